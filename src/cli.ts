@@ -1,0 +1,143 @@
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from './config/load.js';
+import { DEFAULT_DEMO_DIR, runDemo, stopDemo } from './demo/run-demo.js';
+import { getErrorMessage, VmSyncError } from './errors.js';
+import { renderTable } from './report/table.js';
+import { exitCodeFor, runInspect, runSync } from './sync/fleet.js';
+import type { EngineEvents, RunReport } from './sync/types.js';
+
+const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
+
+Usage:
+  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--json]
+  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
+  vm-sync status --config FILE [--vm ...] [--json]
+  vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
+  vm-sync demo stop [--dir DIR]
+
+Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify; 2 usage or config error.
+`;
+
+/** Where the CLI writes: injectable so tests can capture everything it prints. */
+export interface CliIO {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+const processIO: CliIO = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
+
+class UsageError extends Error {}
+
+/** Log and progress lines on stderr (stdout is reserved for the table or the JSON document). */
+function stderrEvents(io: CliIO): EngineEvents {
+  const lastProgress = new Map<string, number>();
+  return {
+    info: (vm, message) => io.err(`${vm ? `[${vm}] ` : ''}${message}\n`),
+    progress: (vm, percent, rate) => {
+      const now = Date.now();
+      // A line every 2 s per VM is enough to show a long transfer is alive.
+      if (now - (lastProgress.get(vm) ?? 0) < 2000 && percent < 100) return;
+      lastProgress.set(vm, now);
+      io.err(`[${vm}] transfer ${percent}% at ${rate}\n`);
+    },
+  };
+}
+
+function parse(argv: string[]) {
+  try {
+    return parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        commit: { type: 'string' },
+        vm: { type: 'string' },
+        force: { type: 'boolean', default: false },
+        'dry-run': { type: 'boolean', default: false },
+        'no-fetch': { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
+        dir: { type: 'string', default: DEFAULT_DEMO_DIR },
+        keep: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (error) {
+    throw new UsageError(getErrorMessage(error));
+  }
+}
+
+/**
+ * Runs the CLI with `argv` (without `node` and the script) and returns the exit
+ * code. Every failure becomes a message and an exit code; nothing throws out.
+ */
+export async function main(argv: string[], io: CliIO = processIO, signal?: AbortSignal): Promise<number> {
+  let json = false;
+  try {
+    const { values, positionals } = parse(argv);
+    json = values.json;
+    const [command, sub] = positionals;
+    if (values.help || !command) {
+      io.out(USAGE);
+      return command || values.help ? 0 : 2;
+    }
+    const events = stderrEvents(io);
+    if (command === 'demo') {
+      if (sub === 'stop') {
+        const fleet = stopDemo(values.dir);
+        io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);
+        return 0;
+      }
+      return await runDemo(values.dir, values.keep, events, io.out);
+    }
+    if (!['sync', 'verify', 'status'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`);
+    if (!values.config) throw new UsageError('--config FILE is required');
+    if (command !== 'sync' && (values.force || values['dry-run'] || values['no-fetch'])) {
+      throw new UsageError(`--force, --dry-run and --no-fetch only apply to sync`);
+    }
+    if (command === 'status' && values.commit) throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
+
+    const config = loadConfig(values.config);
+    const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
+    const options = { commit: values.commit, vms, events, signal };
+    let report: RunReport;
+    if (command === 'sync') {
+      report = await runSync(config, { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'] });
+    } else {
+      report = await runInspect(config, command as 'verify' | 'status', options);
+    }
+    io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
+    return exitCodeFor(report);
+  } catch (error) {
+    const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && error.code === 'config_invalid');
+    const code = error instanceof VmSyncError ? error.code : usage ? 'usage' : 'internal';
+    const message = getErrorMessage(error);
+    if (json) io.out(`${JSON.stringify({ commit: null, vms: [], error: { code, message } }, null, 2)}\n`);
+    io.err(`vm-sync: ${code === 'usage' || code === 'config_invalid' ? '' : `${code}: `}${message}\n`);
+    if (error instanceof UsageError) io.err('Run vm-sync --help for usage.\n');
+    return usage ? 2 : 1;
+  }
+}
+
+/** Entry point when run as a program: wires Ctrl-C / SIGTERM to a clean stop. */
+export async function runCli(): Promise<void> {
+  const controller = new AbortController();
+  const onSignal = (name: string): void => {
+    if (controller.signal.aborted) process.exit(130);
+    process.stderr.write(`vm-sync: ${name}: stopping; every VM stays on its last complete release (again to force)\n`);
+    controller.abort();
+  };
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  let finished = false;
+  // If the event loop ever drains while a step still awaits (a bug), Node would
+  // exit 0 silently; a deploy tool must never report success it did not reach.
+  process.on('exit', () => {
+    if (!finished) {
+      process.stderr.write('vm-sync: internal error: stopped before the run finished\n');
+      process.exitCode = 70;
+    }
+  });
+  process.exitCode = await main(process.argv.slice(2), processIO, controller.signal);
+  finished = true;
+}

@@ -1,0 +1,330 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
+import { VmSyncError } from '../errors.js';
+import { expandLocalHome, normalizePath, pathProblem } from './paths.js';
+import type { Config, Layout, VmConfig } from './types.js';
+
+/** One thing wrong with the config, with the line it is on when known. */
+export interface ConfigProblem {
+  line: number | null;
+  message: string;
+}
+
+/** Thrown when the config cannot be used; carries every problem found, not just the first. */
+export class ConfigError extends VmSyncError {
+  readonly problems: ConfigProblem[];
+
+  constructor(source: string, problems: ConfigProblem[]) {
+    const lines = problems.map((p) => `  ${source}${p.line ? `:${p.line}` : ''}: ${p.message}`);
+    super('config_invalid', `invalid config (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${lines.join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const HOST = /^[A-Za-z0-9_][A-Za-z0-9_.:-]*$/;
+const USER = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/;
+const GIT_NAME = /^[A-Za-z0-9_][A-Za-z0-9_./-]*$/;
+
+interface Context {
+  problems: ConfigProblem[];
+  lines: LineCounter;
+}
+
+function lineOf(ctx: Context, node: Node | null | undefined): number | null {
+  const offset = node?.range?.[0];
+  return offset === undefined ? null : ctx.lines.linePos(offset).line;
+}
+
+/**
+ * Reads one mapping of the config. Unknown keys are reported on construction,
+ * so a typo (`ssh_prot`) is an error that names the key and its line instead
+ * of a silently ignored setting.
+ */
+class Section {
+  private readonly pairs = new Map<string, Pair<Node, Node | null>>();
+
+  constructor(
+    private readonly ctx: Context,
+    readonly where: string,
+    node: Node | null | undefined,
+    allowed: readonly string[] | null,
+  ) {
+    if (node === null || node === undefined || (isScalar(node) && node.value === null)) return;
+    if (!isMap(node)) {
+      this.problem(node, `${where} must be a mapping`);
+      return;
+    }
+    for (const pair of (node as YAMLMap<Node, Node | null>).items) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : null;
+      if (key === null) {
+        this.problem(pair.key, `${where} has a key that is not a plain name`);
+        continue;
+      }
+      if (allowed && !allowed.includes(key)) {
+        this.problem(pair.key, `unknown key '${key}' in ${where} (allowed: ${allowed.join(', ')})`);
+        continue;
+      }
+      this.pairs.set(key, pair);
+    }
+  }
+
+  keys(): string[] {
+    return [...this.pairs.keys()];
+  }
+
+  node(key: string): Node | null | undefined {
+    return this.pairs.get(key)?.value;
+  }
+
+  keyNode(key: string): Node | null | undefined {
+    return this.pairs.get(key)?.key;
+  }
+
+  problem(node: Node | null | undefined, message: string): void {
+    this.ctx.problems.push({ line: lineOf(this.ctx, node), message });
+  }
+
+  private scalar(key: string): { present: boolean; value: unknown; node: Node | null | undefined } {
+    const pair = this.pairs.get(key);
+    if (!pair) return { present: false, value: undefined, node: undefined };
+    const node = pair.value;
+    if (node && !isScalar(node)) return { present: true, value: node, node };
+    return { present: true, value: node ? node.value : null, node: node ?? pair.key };
+  }
+
+  string(key: string, fallback: string | null, required = false): string | null {
+    const { present, value, node } = this.scalar(key);
+    if (!present || value === null) {
+      if (required) this.problem(this.keyNode(key), `${this.where}.${key} is required`);
+      return fallback;
+    }
+    if (typeof value === 'number') return String(value);
+    if (typeof value !== 'string') {
+      this.problem(node, `${this.where}.${key} must be a string`);
+      return fallback;
+    }
+    return value;
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const { present, value, node } = this.scalar(key);
+    if (!present || value === null) return fallback;
+    if (typeof value !== 'boolean') {
+      this.problem(node, `${this.where}.${key} must be true or false`);
+      return fallback;
+    }
+    return value;
+  }
+
+  int(key: string, fallback: number, min: number, max: number): number {
+    const { present, value, node } = this.scalar(key);
+    if (!present || value === null) return fallback;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+      this.problem(node, `${this.where}.${key} must be a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return value;
+  }
+
+  stringList(key: string, fallback: string[]): string[] {
+    const node = this.node(key);
+    if (node === undefined || node === null || (isScalar(node) && node.value === null)) return fallback;
+    if (!isSeq(node)) {
+      this.problem(node, `${this.where}.${key} must be a list`);
+      return fallback;
+    }
+    const out: string[] = [];
+    for (const item of node.items as Node[]) {
+      const value = isScalar(item) ? item.value : undefined;
+      if (typeof value !== 'string' || value === '' || /[\n\r\0]/.test(value)) {
+        this.problem(item, `${this.where}.${key} entries must be non-empty single-line strings`);
+      } else {
+        out.push(value);
+      }
+    }
+    return out;
+  }
+
+  section(key: string, allowed: readonly string[] | null): Section {
+    return new Section(this.ctx, `${this.where}.${key}`, this.node(key), allowed);
+  }
+}
+
+/** Validates a path and reports it; returns the normalised path or null. */
+function checkedPath(section: Section, key: string, value: string | null, nodeKey = key): string | null {
+  if (value === null) return null;
+  const problem = pathProblem(value);
+  if (problem) {
+    section.problem(section.node(nodeKey) ?? section.keyNode(nodeKey), `${section.where}.${key} ${problem}: '${value}'`);
+    return null;
+  }
+  return normalizePath(value);
+}
+
+/**
+ * Parses and validates config text. Pure: touches no file. Every default of the
+ * documented shape is filled in. Throws {@link ConfigError} listing all problems.
+ */
+export function parseConfig(text: string, source: string, home: string = os.homedir()): Config {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const ctx: Context = { problems: [], lines };
+  for (const error of doc.errors) {
+    ctx.problems.push({ line: error.linePos?.[0]?.line ?? null, message: `YAML: ${error.message.split('\n')[0]}` });
+  }
+  if (ctx.problems.length > 0) throw new ConfigError(source, ctx.problems);
+
+  const root = new Section(ctx, 'config', doc.contents as Node | null, ['vms', 'repository', 'remote_execution', 'sync']);
+  const repo = root.section('repository', [
+    'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
+    'rsync_excludes', 'layout', 'keep_releases', 'secret_scanning',
+  ]);
+  const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
+  const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
+  const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets']);
+
+  const keyStorage = checkedPath(remoteExec, 'key_storage_path', remoteExec.string('key_storage_path', '~/.ssh/vm-sync_keys'));
+  const knownHosts = checkedPath(
+    remoteExec,
+    'known_hosts',
+    remoteExec.string('known_hosts', keyStorage ? `${keyStorage}/known_hosts` : null),
+  );
+
+  // Per-VM target paths: `default` applies to every VM without its own entry.
+  const repoPaths = repo.section('vm_repo_paths', null);
+  const pathFor = new Map<string, string>();
+  for (const key of repoPaths.keys()) {
+    const value = checkedPath(repoPaths, key, repoPaths.string(key, null, true));
+    if (value) pathFor.set(key, value);
+  }
+  if (repoPaths.keys().length === 0) pathFor.set('default', '~/app');
+
+  const vmsNode = root.node('vms');
+  const vmSection = new Section(ctx, 'vms', vmsNode, null);
+  if (vmSection.keys().length === 0) root.problem(vmsNode ?? root.keyNode('vms'), 'vms must list at least one VM (vm_id: { ip, ssh_user, ssh_port })');
+  const vms: VmConfig[] = [];
+  for (const id of vmSection.keys()) {
+    if (!VM_ID.test(id) || id === 'default') {
+      vmSection.problem(vmSection.keyNode(id), `VM id '${id}' must be letters, digits, '.', '_' or '-' (and not 'default')`);
+      continue;
+    }
+    const vm = vmSection.section(id, ['ip', 'ssh_user', 'ssh_port']);
+    const host = vm.string('ip', null, true);
+    const user = vm.string('ssh_user', null, true);
+    const port = vm.int('ssh_port', 22, 1, 65535);
+    if (host !== null && !HOST.test(host)) vm.problem(vm.node('ip'), `vms.${id}.ip is not a valid address or host name: '${host}'`);
+    if (user !== null && !USER.test(user)) vm.problem(vm.node('ssh_user'), `vms.${id}.ssh_user is not a valid user name: '${user}'`);
+    const repoPath = pathFor.get(id) ?? pathFor.get('default');
+    if (!repoPath && !pathFor.has(id)) {
+      vm.problem(vmSection.keyNode(id), `no target path for VM '${id}': add repository.vm_repo_paths.${id} or a 'default'`);
+    }
+    if (host && user && repoPath && HOST.test(host) && USER.test(user)) {
+      vms.push({
+        id,
+        host,
+        user,
+        port,
+        repoPath,
+        keyPath: path.join(expandLocalHome(keyStorage ?? '', home), `id_ed25519_${id}`),
+      });
+    }
+  }
+  for (const key of repoPaths.keys()) {
+    if (key !== 'default' && !vmSection.keys().includes(key)) {
+      repoPaths.problem(repoPaths.keyNode(key), `repository.vm_repo_paths names unknown VM '${key}' (known: ${vmSection.keys().join(', ') || 'none'})`);
+    }
+  }
+
+  const mainRepoPath = checkedPath(repo, 'main_repo_path', repo.string('main_repo_path', null, true));
+  const remote = repo.string('remote', 'origin') ?? 'origin';
+  const defaultBranch = repo.string('default_branch', 'main') ?? 'main';
+  if (!GIT_NAME.test(remote)) repo.problem(repo.node('remote'), `repository.remote is not a valid remote name: '${remote}'`);
+  if (!GIT_NAME.test(defaultBranch) || defaultBranch.includes('..')) {
+    repo.problem(repo.node('default_branch'), `repository.default_branch is not a valid branch name: '${defaultBranch}'`);
+  }
+  const url = repo.string('url', null);
+  if (url !== null && (url.startsWith('-') || /\s/.test(url))) repo.problem(repo.node('url'), 'repository.url must not start with - or contain spaces');
+  const layout = repo.string('layout', 'atomic');
+  if (layout !== 'atomic' && layout !== 'in-place') repo.problem(repo.node('layout'), `repository.layout must be 'atomic' or 'in-place', not '${layout}'`);
+  const tool = scanning.string('tool', 'gitleaks');
+  if (tool !== 'gitleaks') scanning.problem(scanning.node('tool'), `repository.secret_scanning.tool must be 'gitleaks'`);
+
+  const postSync = sync.string('post_sync_command', null);
+  if (postSync !== null && postSync.trim() === '') sync.problem(sync.node('post_sync_command'), 'sync.post_sync_command is empty: remove it or set null');
+
+  const config = {
+    source,
+    vms,
+    repository: {
+      mainRepoPath: mainRepoPath ? expandLocalHome(mainRepoPath, home) : '',
+      url,
+      remote,
+      defaultBranch,
+      excludeDotGit: repo.bool('exclude_dot_git', true),
+      rsyncExcludes: repo.stringList('rsync_excludes', ['.git', '__pycache__', '.vscode']),
+      layout: (layout === 'in-place' ? 'in-place' : 'atomic') as Layout,
+      keepReleases: repo.int('keep_releases', 3, 1, 100),
+      secretScanning: {
+        enabled: scanning.bool('enabled', true),
+        tool: 'gitleaks' as const,
+        configPath: scanning.string('config_path', '.gitleaks.toml') ?? '.gitleaks.toml',
+        blockOnSecrets: scanning.bool('block_on_secrets', true),
+      },
+    },
+    keyStoragePath: keyStorage ? expandLocalHome(keyStorage, home) : '',
+    knownHostsPath: knownHosts ? expandLocalHome(knownHosts, home) : '',
+    sync: {
+      concurrency: sync.int('concurrency', 8, 1, 256),
+      connectTimeoutS: sync.int('connect_timeout_s', 10, 1, 300),
+      timeoutS: sync.int('timeout_s', 900, 5, 86400),
+      retries: sync.int('retries', 3, 0, 10),
+      postSyncCommand: postSync,
+    },
+  } satisfies Config;
+  if (ctx.problems.length > 0) throw new ConfigError(source, ctx.problems);
+  return config;
+}
+
+/**
+ * Checks what the config points at on the runner host: a readable key file per
+ * VM that only its owner can read (OpenSSH refuses others, so do we), and the
+ * pinned known_hosts file. Returns problems; touches nothing.
+ */
+export function checkConfigFiles(config: Config): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const check = (file: string, what: string, privateKey: boolean): void => {
+    let stat: fs.Stats;
+    try {
+      stat = fs.statSync(file);
+      fs.accessSync(file, fs.constants.R_OK);
+    } catch {
+      problems.push({ line: null, message: `${what} not found or not readable: ${file}` });
+      return;
+    }
+    if (!stat.isFile()) problems.push({ line: null, message: `${what} is not a regular file: ${file}` });
+    else if (privateKey && (stat.mode & 0o077) !== 0) {
+      problems.push({ line: null, message: `${what} is readable by other users (mode ${(stat.mode & 0o777).toString(8)}): run chmod 600 ${file}` });
+    }
+  };
+  for (const vm of config.vms) check(vm.keyPath, `SSH key for ${vm.id}`, true);
+  check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
+  return problems;
+}
+
+/** Reads, validates and checks a config file; throws {@link ConfigError} with every problem. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(file, [{ line: null, message: `cannot read config file: ${(error as NodeJS.ErrnoException).code ?? error}` }]);
+  }
+  const config = parseConfig(text, file);
+  const problems = checkConfigFiles(config);
+  if (problems.length > 0) throw new ConfigError(file, problems);
+  return config;
+}

@@ -1,0 +1,63 @@
+import type { FailureCode } from '../errors.js';
+
+/**
+ * Failure codes from what the VM's shell or rsync wrote to stderr. Ordered:
+ * the first match wins, and the specific ones (disk full) come before the
+ * generic ones (permission) because rsync often prints both.
+ */
+const STDERR_RULES: ReadonlyArray<[RegExp, FailureCode]> = [
+  [/No space left on device|Disk quota exceeded|ENOSPC/i, 'storage_full'],
+  [/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|Host denied \(verification failed\)/i, 'host_key_mismatch'],
+  [/Permission denied \(publickey|All configured authentication methods failed|Too many authentication failures/i, 'auth_failed'],
+  [/rsync: (command )?not found|rsync: No such file or directory|sh: \d*:? ?rsync: not found|bash: (line \d+: )?rsync: command not found/i, 'remote_rsync_missing'],
+  [/Permission denied|Read-only file system|Operation not permitted/i, 'permission_denied'],
+  [/timed out|timeout/i, 'timeout'],
+  [/Connection refused|Connection reset|Connection closed|connection unexpectedly closed|Broken pipe|No route to host|Network is unreachable|SSH connection to .* lost/i, 'unreachable'],
+];
+
+/** The failure code that stderr text points to, or null when nothing matches. */
+export function codeFromStderr(stderr: string): FailureCode | null {
+  for (const [pattern, code] of STDERR_RULES) if (pattern.test(stderr)) return code;
+  return null;
+}
+
+/**
+ * Classifies a failed rsync run. The exit code alone is ambiguous (255 is a
+ * dropped connection and also a rejected host key; 12 is a lost connection and
+ * also a missing remote rsync), so stderr decides first and the code only
+ * breaks ties.
+ */
+export function classifyRsyncFailure(exitCode: number | null, stderr: string): FailureCode {
+  const fromText = codeFromStderr(stderr);
+  if (fromText) return fromText;
+  switch (exitCode) {
+    case 10: // socket I/O
+    case 12: // protocol data stream (connection dropped)
+    case 255:
+      return 'unreachable';
+    case 30: // timeout in data send/receive
+    case 35: // timeout waiting for daemon connection
+      return 'timeout';
+    case 127:
+      return 'remote_rsync_missing';
+    default:
+      return 'rsync_failed';
+  }
+}
+
+const NETWORK_ERRNO: ReadonlySet<string> = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED',
+]);
+
+/** Classifies an error from ssh2/node-ssh while connecting. */
+export function classifyConnectError(error: unknown, hostKeyRejected: boolean): FailureCode {
+  if (hostKeyRejected) return 'host_key_mismatch';
+  const err = error as { code?: string; level?: string; message?: string };
+  if (err.level === 'client-authentication') return 'auth_failed';
+  if (err.level === 'client-timeout' || err.code === 'ETIMEDOUT') return 'timeout';
+  if (err.code && NETWORK_ERRNO.has(err.code)) return 'unreachable';
+  const message = err.message ?? '';
+  if (/Timed out while waiting for handshake/i.test(message)) return 'timeout';
+  if (/passphrase|Cannot parse privateKey|Unsupported key format/i.test(message)) return 'auth_failed';
+  return codeFromStderr(message) ?? 'unreachable';
+}

@@ -1,0 +1,149 @@
+import fs from 'node:fs';
+import { NodeSSH } from 'node-ssh';
+import type { ClientChannel } from 'ssh2';
+import type { VmConfig } from '../config/types.js';
+import { getErrorMessage, VmSyncError } from '../errors.js';
+import { classifyConnectError } from './classify.js';
+import { fingerprint, isPinned, type KnownHosts } from './known-hosts.js';
+
+/** The outcome of one command on a VM. `code` is -1 when the command was killed or the channel died. */
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ConnectOptions {
+  connectTimeoutMs: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * One authenticated SSH connection to one VM. Everything vm-sync does on a VM
+ * (remote commands and rsync, through the bridge) runs over this single
+ * connection, so a VM costs one handshake and one host-key check.
+ */
+export class VmSession {
+  private closed = false;
+
+  private constructor(
+    readonly vm: VmConfig,
+    private readonly ssh: NodeSSH,
+  ) {}
+
+  /**
+   * Connects with the VM's own key, accepting only a host key pinned in
+   * known_hosts for `ip`/`[ip]:port` (ssh2 would accept any key by default).
+   * No password, keyboard-interactive or agent: an unattended deploy must
+   * fail fast rather than prompt (OpenSSH's BatchMode).
+   */
+  static async open(vm: VmConfig, knownHosts: KnownHosts, options: ConnectOptions): Promise<VmSession> {
+    const pinned = knownHosts.pinned(vm.host, vm.port);
+    if (pinned.keys.length === 0) {
+      throw new VmSyncError(
+        'host_key_unknown',
+        `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`,
+      );
+    }
+    let privateKey: string;
+    try {
+      privateKey = fs.readFileSync(vm.keyPath, 'utf8');
+    } catch (error) {
+      throw new VmSyncError('config_invalid', `cannot read SSH key ${vm.keyPath}: ${getErrorMessage(error)}`);
+    }
+    const ssh = new NodeSSH();
+    let offered: Buffer | null = null;
+    let rejected = false;
+    const abort = (): void => {
+      ssh.connection?.end();
+    };
+    options.signal?.addEventListener('abort', abort, { once: true });
+    try {
+      await ssh.connect({
+        host: vm.host,
+        port: vm.port,
+        username: vm.user,
+        privateKey,
+        tryKeyboard: false,
+        agent: undefined,
+        readyTimeout: options.connectTimeoutMs,
+        keepaliveInterval: 5000,
+        keepaliveCountMax: 3,
+        algorithms: { serverHostKey: pinned.algorithms as never },
+        hostVerifier: (key: Buffer) => {
+          offered = key;
+          rejected = !isPinned(pinned, key);
+          return !rejected;
+        },
+      });
+    } catch (error) {
+      ssh.dispose();
+      if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+      const code = classifyConnectError(error, rejected);
+      throw new VmSyncError(code, connectMessage(vm, code, error, offered, pinned.keys), { cause: error });
+    } finally {
+      options.signal?.removeEventListener('abort', abort);
+    }
+    // node-ssh stops listening for errors once connected; without a listener a
+    // later socket error (VM rebooting mid-deploy) would crash the process.
+    ssh.connection?.on('error', () => undefined);
+    return new VmSession(vm, ssh);
+  }
+
+  /** Runs a command line on the VM (parsed by the SSH user's shell), with a hard timeout. */
+  exec(command: string, timeoutMs: number, signal?: AbortSignal): Promise<ExecResult> {
+    let channel: ClientChannel | null = null;
+    return new Promise<ExecResult>((resolve, reject) => {
+      const kill = (code: 'timeout', why: string): void => {
+        channel?.close();
+        reject(new VmSyncError(code, why));
+      };
+      const timer = setTimeout(() => kill('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`), timeoutMs);
+      const onAbort = (): void => kill('timeout', `command on ${this.vm.id} was cancelled (per-VM timeout)`);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.ssh
+        .execCommand(command, { onChannel: (c) => (channel = c), noTrim: true })
+        .then(
+          (r) => resolve({ code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr }),
+          (error) => reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`)),
+        )
+        .finally(() => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
+        });
+    });
+  }
+
+  /** Opens a raw exec channel (for the rsync bridge, which streams both ways). */
+  openChannel(command: string): Promise<ClientChannel> {
+    return new Promise((resolve, reject) => {
+      const connection = this.ssh.connection;
+      if (!connection || this.closed) {
+        reject(new Error(`SSH connection to ${this.vm.id} is closed`));
+        return;
+      }
+      connection.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+    });
+  }
+
+  /** Closes the connection. Safe to call twice; an open socket would keep the process alive. */
+  dispose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ssh.dispose();
+  }
+}
+
+function connectMessage(vm: VmConfig, code: string, error: unknown, offered: Buffer | null, pinned: Buffer[]): string {
+  const where = `${vm.id} (${vm.user}@${vm.host}:${vm.port})`;
+  switch (code) {
+    case 'host_key_mismatch':
+      return `host key of ${where} does not match the pinned key: offered ${offered ? fingerprint(offered) : 'unknown'}, pinned ${pinned.map(fingerprint).join(', ')}. If the VM was rebuilt, verify the new fingerprint out of band and replace its line in known_hosts; otherwise treat this as an attack.`;
+    case 'auth_failed':
+      return `${where} refused key ${vm.keyPath} (${getErrorMessage(error)}): add its public key (ssh-keygen -y -f ${vm.keyPath}) to ~${vm.user}/.ssh/authorized_keys on the VM.`;
+    case 'timeout':
+      return `${where} did not complete the SSH handshake in time: check the VM is up and that sshd answers on port ${vm.port}.`;
+    default:
+      return `cannot reach ${where}: ${getErrorMessage(error)}. Check the VM is up, the address and port, and firewalls between the runner and the VM.`;
+  }
+}

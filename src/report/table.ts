@@ -1,0 +1,58 @@
+import type { RunReport, VmReport } from '../sync/types.js';
+
+const short = (sha: string | null): string => (sha ? sha.slice(0, 7) : '-');
+
+/** Bytes in a compact human form (1.2 MB). */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ['KB', 'MB', 'GB', 'TB'];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function formatDuration(ms: number): string {
+  return ms < 1000 ? `${ms}ms` : `${(ms / 1000).toFixed(1)}s`;
+}
+
+function row(vm: VmReport): string[] {
+  const revs = vm.rev_before === vm.rev_after ? short(vm.rev_after) : `${short(vm.rev_before)} -> ${short(vm.rev_after)}`;
+  return [
+    vm.id,
+    vm.host,
+    vm.state,
+    vm.action,
+    vm.error ? `${vm.result} (${vm.error.code})` : vm.result,
+    revs,
+    String(vm.files_changed),
+    formatBytes(vm.bytes_sent),
+    formatDuration(vm.duration_ms),
+    vm.verified ? 'yes' : 'no',
+  ];
+}
+
+/**
+ * The readable report of a run: a header line, an aligned table with one row
+ * per VM, then every error and note in full (a table cell is too small for
+ * the sentence that tells the user what to do). Pure: same report, same text.
+ */
+export function renderTable(report: RunReport): string {
+  const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED'];
+  const rows = [header, ...report.vms.map(row)];
+  const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
+  const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
+  lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
+
+  const ok = report.vms.filter((vm) => vm.result === 'success').length;
+  const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} of ${report.commit.slice(0, 12)}: ${ok}/${report.vms.length} VM(s) ok`;
+  const details: string[] = [];
+  for (const vm of report.vms) {
+    if (vm.error) details.push(`${vm.id}: ${vm.error.code}: ${vm.error.message}`);
+    for (const note of vm.notes) details.push(`${vm.id}: note: ${note}`);
+  }
+  return [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+}

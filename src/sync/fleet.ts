@@ -1,0 +1,156 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Config, VmConfig } from '../config/types.js';
+import { VmSyncError } from '../errors.js';
+import { RunnerRepo } from '../git/repo.js';
+import { KnownHosts } from '../remote/known-hosts.js';
+import { lockToken } from '../remote/target.js';
+import { inspectVm, syncVm, type RunContext } from './vm-pipeline.js';
+import { silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
+
+/** Options shared by every engine command. */
+export interface FleetOptions {
+  /** Revision to deploy or check; default: `remote/default_branch` for sync, the runner-host HEAD otherwise. */
+  commit?: string;
+  /** Only these VM ids (default: all). */
+  vms?: string[];
+  events?: EngineEvents;
+  signal?: AbortSignal;
+  /** First retry delay in ms (tests shorten it). */
+  retryBaseMs?: number;
+}
+
+export interface SyncOptions extends FleetOptions {
+  force?: boolean;
+  dryRun?: boolean;
+  /** Fetch the default branch first (default true). */
+  fetch?: boolean;
+  /** Extra environment for git (credentials for the fetch, never on a command line). */
+  gitEnv?: NodeJS.ProcessEnv;
+}
+
+/**
+ * Runs `fn` over `items` with at most `limit` in flight, keeping input order in
+ * the results. `fn` must not throw (each VM's outcome is a report row).
+ */
+export async function mapPool<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await fn(items[index]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
+export function selectVms(config: Config, ids: string[] | undefined): VmConfig[] {
+  if (!ids || ids.length === 0) return config.vms;
+  const known = new Set(config.vms.map((vm) => vm.id));
+  const unknown = ids.filter((id) => !known.has(id));
+  if (unknown.length > 0) {
+    throw new VmSyncError('config_invalid', `unknown VM id${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (configured: ${[...known].join(', ')})`);
+  }
+  return config.vms.filter((vm) => ids.includes(vm.id));
+}
+
+function runnerRepo(config: Config, env?: NodeJS.ProcessEnv): RunnerRepo {
+  const { mainRepoPath, remote, defaultBranch, url } = config.repository;
+  return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env);
+}
+
+function loadKnownHosts(config: Config): KnownHosts {
+  return new KnownHosts(fs.readFileSync(config.knownHostsPath, 'utf8'));
+}
+
+/**
+ * `vm-sync sync`: brings the runner-host repo to the commit, exports it once,
+ * and deploys it to every selected VM in parallel (capped by
+ * `sync.concurrency`). One VM failing never stops the others.
+ */
+export async function runSync(config: Config, options: SyncOptions = {}): Promise<RunReport> {
+  const events = options.events ?? silentEvents;
+  const vms = selectVms(config, options.vms);
+  const knownHosts = loadKnownHosts(config);
+  const repo = runnerRepo(config, options.gitEnv);
+
+  const prepared = await repo.prepare(options.fetch !== false);
+  if (prepared.movedAside) events.info(null, `runner-host repo was corrupt: moved to ${prepared.movedAside} and cloned again`);
+  else if (prepared.action === 'cloned') events.info(null, `cloned ${config.repository.mainRepoPath}`);
+  const commit = await repo.resolve(options.commit ?? repo.trackingRef);
+  if (!options.force && !(await repo.isOnBranch(commit))) {
+    throw new VmSyncError(
+      'commit_not_on_branch',
+      `${commit} is not on ${config.repository.remote}/${config.repository.defaultBranch}: only merged commits are deployed. Use --force to deploy it anyway.`,
+    );
+  }
+  await repo.checkout(commit);
+
+  const exportRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-export-'));
+  const exportDir = path.join(exportRoot, 'tree');
+  try {
+    await repo.exportTree(commit, exportDir);
+    events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time${options.dryRun ? ' (dry run)' : ''}`);
+    const ctx: RunContext = {
+      config,
+      knownHosts,
+      history: repo,
+      commit,
+      exportDir,
+      force: options.force ?? false,
+      dryRun: options.dryRun ?? false,
+      lockToken: lockToken(),
+      events,
+      signal: options.signal,
+      retryBaseMs: options.retryBaseMs ?? 1000,
+    };
+    const reports = await mapPool(vms, config.sync.concurrency, (vm) => syncVm(vm, ctx).then((r) => announce(events, r)));
+    return { command: 'sync', commit, dry_run: ctx.dryRun, vms: reports };
+  } finally {
+    fs.rmSync(exportRoot, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `vm-sync verify` / `vm-sync status`: reads every selected VM's `.sync_rev`
+ * and classifies it against the commit (default: the runner-host HEAD).
+ * Read-only on the VMs and on the runner-host repo.
+ */
+export async function runInspect(config: Config, mode: 'verify' | 'status', options: FleetOptions = {}): Promise<RunReport> {
+  const events = options.events ?? silentEvents;
+  const vms = selectVms(config, options.vms);
+  const repo = runnerRepo(config);
+  if (!fs.existsSync(config.repository.mainRepoPath)) {
+    throw new VmSyncError('git_failed', `runner-host repo ${config.repository.mainRepoPath} does not exist: run vm-sync sync first, or pass --commit with a repo present.`);
+  }
+  const commit = await repo.resolve(options.commit ?? 'HEAD');
+  const ctx: RunContext = {
+    config,
+    knownHosts: loadKnownHosts(config),
+    history: repo,
+    commit,
+    exportDir: '',
+    force: false,
+    dryRun: false,
+    lockToken: '',
+    events,
+    signal: options.signal,
+    retryBaseMs: options.retryBaseMs ?? 1000,
+  };
+  const reports = await mapPool(vms, config.sync.concurrency, (vm) => inspectVm(vm, ctx, mode).then((r) => announce(events, r)));
+  return { command: mode, commit, dry_run: false, vms: reports };
+}
+
+function announce(events: EngineEvents, report: VmReport): VmReport {
+  events.info(report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
+  return report;
+}
+
+/** Exit status for a finished run: 0 when every VM succeeded, 1 otherwise. */
+export function exitCodeFor(report: RunReport): 0 | 1 {
+  return report.vms.every((vm) => vm.result === 'success') ? 0 : 1;
+}

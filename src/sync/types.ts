@@ -1,0 +1,44 @@
+import type { FailureCode } from '../errors.js';
+
+/** Where a VM stood before the run, relative to the deploy commit. */
+export type VmState = 'fresh' | 'up-to-date' | 'behind' | 'ahead' | 'diverged' | 'unknown';
+
+/** What the run did (or, with --dry-run, would do) on a VM. */
+export type VmAction = 'deploy' | 'none' | 'refuse' | 'verify' | 'status';
+
+/** How it ended for the VM. */
+export type VmResultKind = 'success' | 'failed' | 'refused' | 'skipped';
+
+/** One VM's row of the report: the `vms[]` entries of the `--json` document. */
+export interface VmReport {
+  id: string;
+  host: string;
+  state: VmState;
+  action: VmAction;
+  result: VmResultKind;
+  rev_before: string | null;
+  rev_after: string | null;
+  files_changed: number;
+  bytes_sent: number;
+  duration_ms: number;
+  verified: boolean;
+  /** Things the user should know that are not failures (a directory kept aside, a diverged history). */
+  notes: string[];
+  error: { code: FailureCode; message: string } | null;
+}
+
+/** The whole run: the `--json` document. */
+export interface RunReport {
+  command: 'sync' | 'verify' | 'status';
+  commit: string;
+  dry_run: boolean;
+  vms: VmReport[];
+}
+
+/** Progress and log lines from the engine; the CLI prints them, the action groups them. */
+export interface EngineEvents {
+  info(vmId: string | null, message: string): void;
+  progress(vmId: string, percent: number, rate: string): void;
+}
+
+export const silentEvents: EngineEvents = { info: () => undefined, progress: () => undefined };
