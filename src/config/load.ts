@@ -50,12 +50,15 @@ class Section {
   constructor(
     private readonly ctx: Context,
     readonly where: string,
-    node: Node | null | undefined,
+    private readonly self: Node | null | undefined,
     allowed: readonly string[] | null,
+    /** The key this section hangs from: where a missing key inside it is reported. */
+    private readonly anchor?: Node | null,
   ) {
+    const node = self;
     if (node === null || node === undefined || (isScalar(node) && node.value === null)) return;
     if (!isMap(node)) {
-      this.problem(node, `${where} must be a mapping`);
+      this.problem(node, `${where || 'the config'} must be a mapping`);
       return;
     }
     for (const pair of (node as YAMLMap<Node, Node | null>).items) {
@@ -65,7 +68,7 @@ class Section {
         continue;
       }
       if (allowed && !allowed.includes(key)) {
-        this.problem(pair.key, `unknown key '${key}' in ${where} (allowed: ${allowed.join(', ')})`);
+        this.problem(pair.key, `unknown key '${key}' in ${where || 'the config'} (allowed: ${allowed.join(', ')})`);
         continue;
       }
       this.pairs.set(key, pair);
@@ -84,8 +87,9 @@ class Section {
     return this.pairs.get(key)?.key;
   }
 
+  /** Records a problem at `node`, or at this section when the node is absent (a missing key). */
   problem(node: Node | null | undefined, message: string): void {
-    this.ctx.problems.push({ line: lineOf(this.ctx, node), message });
+    this.ctx.problems.push({ line: lineOf(this.ctx, node ?? this.anchor ?? this.self), message });
   }
 
   private scalar(key: string): { present: boolean; value: unknown; node: Node | null | undefined } {
@@ -150,7 +154,7 @@ class Section {
   }
 
   section(key: string, allowed: readonly string[] | null): Section {
-    return new Section(this.ctx, `${this.where}.${key}`, this.node(key), allowed);
+    return new Section(this.ctx, this.where === '' ? key : `${this.where}.${key}`, this.node(key), allowed, this.keyNode(key));
   }
 }
 
@@ -171,14 +175,14 @@ function checkedPath(section: Section, key: string, value: string | null, nodeKe
  */
 export function parseConfig(text: string, source: string, home: string = os.homedir()): Config {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: true });
   const ctx: Context = { problems: [], lines };
   for (const error of doc.errors) {
     ctx.problems.push({ line: error.linePos?.[0]?.line ?? null, message: `YAML: ${error.message.split('\n')[0]}` });
   }
   if (ctx.problems.length > 0) throw new ConfigError(source, ctx.problems);
 
-  const root = new Section(ctx, 'config', doc.contents as Node | null, ['vms', 'repository', 'remote_execution', 'sync']);
+  const root = new Section(ctx, '', doc.contents as Node | null, ['vms', 'repository', 'remote_execution', 'sync']);
   const repo = root.section('repository', [
     'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
     'rsync_excludes', 'layout', 'keep_releases', 'secret_scanning',
@@ -219,7 +223,8 @@ export function parseConfig(text: string, source: string, home: string = os.home
     if (host !== null && !HOST.test(host)) vm.problem(vm.node('ip'), `vms.${id}.ip is not a valid address or host name: '${host}'`);
     if (user !== null && !USER.test(user)) vm.problem(vm.node('ssh_user'), `vms.${id}.ssh_user is not a valid user name: '${user}'`);
     const repoPath = pathFor.get(id) ?? pathFor.get('default');
-    if (!repoPath && !pathFor.has(id)) {
+    // An entry that is present but invalid was reported already; say nothing more.
+    if (!repoPath && !repoPaths.keys().includes(id) && !repoPaths.keys().includes('default')) {
       vm.problem(vmSection.keyNode(id), `no target path for VM '${id}': add repository.vm_repo_paths.${id} or a 'default'`);
     }
     if (host && user && repoPath && HOST.test(host) && USER.test(user)) {

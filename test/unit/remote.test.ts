@@ -1,0 +1,143 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AGENT_SCRIPT, agentCommand, parseAgentOutput, shellQuote } from '../../src/remote/agent-script.js';
+import { classifyConnectError, classifyRsyncFailure } from '../../src/remote/classify.js';
+import { parseProgress, parseRsyncOutput, rsyncArgs, type RsyncPlan } from '../../src/remote/rsync.js';
+
+describe('shellQuote', () => {
+  const tricky = ["it's", '$(touch /tmp/pwned)', '`id`', 'a b\tc', '"; rm -rf / #', '~/app', '\\n', '', "''", 'ünïcødé 日本'];
+  test.each(tricky)('a real sh receives %j unchanged', (word) => {
+    // The quoted word goes through sh exactly as it would through the VM's login shell.
+    const out = execFileSync('sh', ['-c', `printf '%s' ${shellQuote(word)}`], { encoding: 'utf8' });
+    expect(out).toBe(word);
+  });
+});
+
+describe('agent script', () => {
+  test('is clean under shellcheck as POSIX sh', () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-agent-')), 'agent.sh');
+    fs.writeFileSync(file, `#!/bin/sh\n${AGENT_SCRIPT}`);
+    const result = spawnSync('shellcheck', ['-s', 'sh', file], { encoding: 'utf8' });
+    expect(result.stdout).toBe('');
+    expect(result.status).toBe(0);
+  });
+
+  test('config values reach the script as positional arguments, not as script text', () => {
+    const evil = "/srv/app'; touch /tmp/x; '";
+    const command = agentCommand('probe', evil);
+    expect(command.startsWith(`'sh' '-c' `)).toBe(true);
+    expect(command).toContain(shellQuote(evil));
+    expect(AGENT_SCRIPT).not.toContain('/srv/app');
+  });
+
+  test('probe runs under a real sh and expands ~/ against $HOME', () => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-home-'));
+    fs.mkdirSync(path.join(home, 'app'));
+    fs.writeFileSync(path.join(home, 'app', '.sync_rev'), `${'a'.repeat(40)}\n`);
+    const out = execFileSync('sh', ['-c', agentCommand('probe', '~/app')], { encoding: 'utf8', env: { ...process.env, HOME: home } });
+    const values = parseAgentOutput(out);
+    expect(values.get('target')).toEqual([`${home}/app`]);
+    expect(values.get('kind')).toEqual(['dir']);
+    expect(values.get('rev')).toEqual(['a'.repeat(40)]);
+  });
+
+  test('parseAgentOutput keeps repeated keys', () => {
+    expect(parseAgentOutput('pruned=a\npruned=b\nx=1=2\nnoise\n')).toEqual(new Map([['pruned', ['a', 'b']], ['x', ['1=2']]]));
+  });
+});
+
+describe('rsync arguments', () => {
+  const plan: RsyncPlan = {
+    source: '/tmp/export/tree',
+    dest: '/home/deploy/.app.vm-sync/releases/abc.partial',
+    rsh: "'/usr/bin/node' '/tmp/rsh/rsh.cjs' '/tmp/rsh/s'",
+    linkDest: '/home/deploy/.app.vm-sync/releases/20260101T000000Z-abc',
+    excludes: ['.git', '__pycache__'],
+    dryRun: false,
+    ioTimeoutS: 30,
+  };
+
+  test('a staged release: checksum, link-dest, delete, excludes, never -t, never follows links', () => {
+    expect(rsyncArgs(plan)).toEqual([
+      '-rlp',
+      '--checksum',
+      '--delete',
+      '--numeric-ids',
+      '--timeout=30',
+      '-e',
+      plan.rsh,
+      `--link-dest=${plan.linkDest}`,
+      '--exclude=.git',
+      '--exclude=__pycache__',
+      '--exclude=/.sync_rev',
+      '--stats',
+      '--info=progress2',
+      '--no-human-readable',
+      '/tmp/export/tree/',
+      'vm:/home/deploy/.app.vm-sync/releases/abc.partial/',
+    ]);
+    for (const dangerous of ['-L', '--copy-links', '--copy-unsafe-links', '-t', '-a', '--times']) {
+      expect(rsyncArgs(plan)).not.toContain(dangerous);
+    }
+  });
+
+  test('a dry run itemises and sends no stats flags', () => {
+    const args = rsyncArgs({ ...plan, dryRun: true, linkDest: null });
+    expect(args).toEqual(expect.arrayContaining(['--dry-run', '--itemize-changes']));
+    expect(args.some((a) => a.startsWith('--link-dest'))).toBe(false);
+    expect(args).not.toContain('--info=progress2');
+  });
+
+  test('stats and progress parsing', () => {
+    const stats = 'Number of files: 9 (reg: 6, dir: 3)\nNumber of regular files transferred: 2\nTotal bytes sent: 1234567\n';
+    expect(parseRsyncOutput(stats, false)).toEqual({ filesChanged: 2, bytesSent: 1234567, changes: [] });
+    expect(parseRsyncOutput('Number of regular files transferred: 1,024\nTotal bytes sent: 9,999\n', false).bytesSent).toBe(9999);
+    expect(parseProgress('\r     32768  12%   10.00MB/s    0:00:02 (xfr#1, to-chk=3/9)\r   262144 100%  11.50MB/s    0:00:00')).toEqual({
+      bytes: 262144,
+      percent: 100,
+      rate: '11.50MB/s',
+    });
+    expect(parseProgress('sending incremental file list\n')).toBeNull();
+  });
+
+  test('dry-run itemised lines count as changes', () => {
+    const out = '>f+++++++++ new.txt\n>fcs.p..... changed.txt\n*deleting   old.txt\ncd+++++++++ newdir/\n';
+    const stats = parseRsyncOutput(out, true);
+    expect(stats.filesChanged).toBe(4);
+    expect(stats.changes).toContain('*deleting   old.txt');
+  });
+});
+
+describe('failure classification', () => {
+  test.each([
+    [255, 'Host key verification failed.', 'host_key_mismatch'],
+    [255, 'root@10.0.0.1: Permission denied (publickey).', 'auth_failed'],
+    [255, 'ssh: connect to host 10.0.0.1 port 22: Connection refused', 'unreachable'],
+    [255, 'ssh: connect to host 10.0.0.1 port 22: Connection timed out', 'timeout'],
+    [12, 'bash: line 1: rsync: command not found\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]', 'remote_rsync_missing'],
+    [12, 'rsync: connection unexpectedly closed (0 bytes received so far) [sender]', 'unreachable'],
+    [11, 'rsync: write failed on "/srv/app/big": No space left on device (28)', 'storage_full'],
+    [23, 'rsync: mkstemp "/srv/app/.x" failed: Permission denied (13)', 'permission_denied'],
+    [23, 'rsync error: some files/attrs were not transferred', 'rsync_failed'],
+    [30, 'rsync error: timeout in data send/receive', 'timeout'],
+    [10, '', 'unreachable'],
+  ])('rsync exit %i with %j -> %s', (code, stderr, expected) => {
+    expect(classifyRsyncFailure(code, stderr)).toBe(expected);
+  });
+
+  test('a host key that was rejected is a mismatch, whatever the error says', () => {
+    expect(classifyConnectError(new Error('Handshake failed'), true)).toBe('host_key_mismatch');
+  });
+
+  test.each([
+    [{ level: 'client-authentication', message: 'All configured authentication methods failed' }, 'auth_failed'],
+    [{ code: 'ECONNREFUSED', message: 'connect ECONNREFUSED' }, 'unreachable'],
+    [{ code: 'EHOSTUNREACH', message: 'connect EHOSTUNREACH' }, 'unreachable'],
+    [{ level: 'client-timeout', message: 'Timed out while waiting for handshake' }, 'timeout'],
+    [{ message: 'Encrypted private OpenSSH key detected, but no passphrase given' }, 'auth_failed'],
+  ])('ssh2 error %j -> %s', (error, expected) => {
+    expect(classifyConnectError(Object.assign(new Error(error.message), error), false)).toBe(expected);
+  });
+});
