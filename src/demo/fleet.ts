@@ -74,6 +74,8 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
 }
 
 function sshdConfig(vm: FleetVm, user: string, hostKey: string, authorizedKeys: string, extra: string[]): string {
+  // sshd honours only the first SetEnv directive: fold any extra ones into it.
+  const setEnv = [`HOME=${vm.home}`, ...extra.filter((l) => l.startsWith('SetEnv ')).map((l) => l.slice('SetEnv '.length))];
   return [
     `Port ${vm.port}`,
     'ListenAddress 127.0.0.1',
@@ -88,9 +90,9 @@ function sshdConfig(vm: FleetVm, user: string, hostKey: string, authorizedKeys: 
     'PermitRootLogin prohibit-password',
     'MaxStartups 100',
     'MaxSessions 50',
-    `SetEnv HOME=${vm.home}`,
+    `SetEnv ${setEnv.join(' ')}`,
     'LogLevel VERBOSE',
-    ...extra,
+    ...extra.filter((l) => !l.startsWith('SetEnv ')),
     '',
   ].join('\n');
 }
