@@ -34640,14 +34640,21 @@ function lineOf(ctx, node) {
 class Section {
     ctx;
     where;
+    self;
+    anchor;
     pairs = new Map();
-    constructor(ctx, where, node, allowed) {
+    constructor(ctx, where, self, allowed, 
+    /** The key this section hangs from: where a missing key inside it is reported. */
+    anchor) {
         this.ctx = ctx;
         this.where = where;
+        this.self = self;
+        this.anchor = anchor;
+        const node = self;
         if (node === null || node === undefined || ((0,dist/* isScalar */.jn)(node) && node.value === null))
             return;
         if (!(0,dist/* isMap */.jh)(node)) {
-            this.problem(node, `${where} must be a mapping`);
+            this.problem(node, `${where || 'the config'} must be a mapping`);
             return;
         }
         for (const pair of node.items) {
@@ -34657,7 +34664,7 @@ class Section {
                 continue;
             }
             if (allowed && !allowed.includes(key)) {
-                this.problem(pair.key, `unknown key '${key}' in ${where} (allowed: ${allowed.join(', ')})`);
+                this.problem(pair.key, `unknown key '${key}' in ${where || 'the config'} (allowed: ${allowed.join(', ')})`);
                 continue;
             }
             this.pairs.set(key, pair);
@@ -34672,8 +34679,9 @@ class Section {
     keyNode(key) {
         return this.pairs.get(key)?.key;
     }
+    /** Records a problem at `node`, or at this section when the node is absent (a missing key). */
     problem(node, message) {
-        this.ctx.problems.push({ line: lineOf(this.ctx, node), message });
+        this.ctx.problems.push({ line: lineOf(this.ctx, node ?? this.anchor ?? this.self), message });
     }
     scalar(key) {
         const pair = this.pairs.get(key);
@@ -34740,7 +34748,7 @@ class Section {
         return out;
     }
     section(key, allowed) {
-        return new Section(this.ctx, `${this.where}.${key}`, this.node(key), allowed);
+        return new Section(this.ctx, this.where === '' ? key : `${this.where}.${key}`, this.node(key), allowed, this.keyNode(key));
     }
 }
 /** Validates a path and reports it; returns the normalised path or null. */
@@ -34760,14 +34768,14 @@ function checkedPath(section, key, value, nodeKey = key) {
  */
 function parseConfig(text, source, home = external_node_os_default().homedir()) {
     const lines = new dist/* LineCounter */.HN();
-    const doc = (0,dist/* parseDocument */.Tp)(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+    const doc = (0,dist/* parseDocument */.Tp)(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: true });
     const ctx = { problems: [], lines };
     for (const error of doc.errors) {
         ctx.problems.push({ line: error.linePos?.[0]?.line ?? null, message: `YAML: ${error.message.split('\n')[0]}` });
     }
     if (ctx.problems.length > 0)
         throw new ConfigError(source, ctx.problems);
-    const root = new Section(ctx, 'config', doc.contents, ['vms', 'repository', 'remote_execution', 'sync']);
+    const root = new Section(ctx, '', doc.contents, ['vms', 'repository', 'remote_execution', 'sync']);
     const repo = root.section('repository', [
         'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
         'rsync_excludes', 'layout', 'keep_releases', 'secret_scanning',
@@ -34806,7 +34814,8 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
         if (user !== null && !USER.test(user))
             vm.problem(vm.node('ssh_user'), `vms.${id}.ssh_user is not a valid user name: '${user}'`);
         const repoPath = pathFor.get(id) ?? pathFor.get('default');
-        if (!repoPath && !pathFor.has(id)) {
+        // An entry that is present but invalid was reported already; say nothing more.
+        if (!repoPath && !repoPaths.keys().includes(id) && !repoPaths.keys().includes('default')) {
             vm.problem(vmSection.keyNode(id), `no target path for VM '${id}': add repository.vm_repo_paths.${id} or a 'default'`);
         }
         if (host && user && repoPath && HOST.test(host) && USER.test(user)) {
@@ -37373,6 +37382,8 @@ async function waitForPort(port, timeoutMs) {
     }
 }
 function sshdConfig(vm, user, hostKey, authorizedKeys, extra) {
+    // sshd honours only the first SetEnv directive: fold any extra ones into it.
+    const setEnv = [`HOME=${vm.home}`, ...extra.filter((l) => l.startsWith('SetEnv ')).map((l) => l.slice('SetEnv '.length))];
     return [
         `Port ${vm.port}`,
         'ListenAddress 127.0.0.1',
@@ -37387,9 +37398,9 @@ function sshdConfig(vm, user, hostKey, authorizedKeys, extra) {
         'PermitRootLogin prohibit-password',
         'MaxStartups 100',
         'MaxSessions 50',
-        `SetEnv HOME=${vm.home}`,
+        `SetEnv ${setEnv.join(' ')}`,
         'LogLevel VERBOSE',
-        ...extra,
+        ...extra.filter((l) => !l.startsWith('SetEnv ')),
         '',
     ].join('\n');
 }

@@ -128,7 +128,7 @@ export function expectedTree(ws: GitWorkspace, sha: string): Record<string, Tree
     if (type === 'tree') out[name] = 'dir 755';
     else if (mode === '120000') out[name] = `link -> ${execFileSync('git', ['-C', ws.origin, 'cat-file', 'blob', object], { encoding: 'utf8' })}`;
     else {
-      const bytes = execFileSync('git', ['-C', ws.origin, 'cat-file', 'blob', object]);
+      const bytes = execFileSync('git', ['-C', ws.origin, 'cat-file', 'blob', object], { maxBuffer: 1 << 30 });
       out[name] = `file ${mode === '100755' ? '755' : '644'} ${crypto.createHash('sha256').update(bytes).digest('hex')}`;
     }
   }
