@@ -35751,6 +35751,7 @@ class RshBridge {
     server;
     token = external_node_crypto_default().randomBytes(32).toString('hex');
     channels = new Set();
+    sockets = new Set();
     constructor(dir, socketPath, server) {
         this.dir = dir;
         this.socketPath = socketPath;
@@ -35762,7 +35763,11 @@ class RshBridge {
         external_node_fs_default().writeFileSync(bridgePath, BRIDGE_SOURCE, { mode: 0o600 });
         const socketPath = external_node_path_default().join(dir, 's');
         let bridge = null;
-        const server = external_node_net_default().createServer({ allowHalfOpen: true }, (socket) => bridge?.serve(session, socket));
+        const server = external_node_net_default().createServer({ allowHalfOpen: true }, (socket) => {
+            bridge?.sockets.add(socket);
+            socket.on('close', () => bridge?.sockets.delete(socket));
+            bridge?.serve(session, socket);
+        });
         await new Promise((resolve, reject) => {
             server.once('error', reject);
             server.listen(socketPath, () => resolve());
@@ -35852,8 +35857,12 @@ class RshBridge {
     }
     /** Stops serving, closes any channel still open and removes the socket directory. */
     async close() {
+        // After an abort the remote rsync may still be waiting on its own I/O
+        // timeout: close its channel and drop the socket instead of waiting.
         for (const channel of this.channels)
             channel.close();
+        for (const socket of this.sockets)
+            socket.destroy();
         await new Promise((resolve) => this.server.close(() => resolve()));
         external_node_fs_default().rmSync(this.dir, { recursive: true, force: true });
     }
@@ -37606,6 +37615,23 @@ function seedDemoApp(ws) {
 /** Where the demo keeps its fleet, repositories and config. */
 const DEFAULT_DEMO_DIR = '.vm-sync-demo';
 /**
+ * `vm-sync demo up`: starts `count` loopback VMs (vm01, vm02, ...) under `dir`,
+ * creates the sample repository (the "GitHub" remote) and writes a config for
+ * them. The fleet keeps running until `vm-sync demo stop`.
+ */
+async function setupDemo(dir, count) {
+    external_node_fs_default().rmSync(dir, { recursive: true, force: true });
+    external_node_fs_default().mkdirSync(dir, { recursive: true });
+    const absolute = external_node_path_default().resolve(dir);
+    const ids = Array.from({ length: count }, (_, i) => `vm${String(i + 1).padStart(2, '0')}`);
+    const fleet = await createFleet({ dir: absolute, ids });
+    const ws = new GitWorkspace(absolute);
+    seedDemoApp(ws);
+    const configPath = external_node_path_default().join(absolute, 'vm-sync.yml');
+    external_node_fs_default().writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: external_node_path_default().join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'] }));
+    return { fleet, ws, configPath };
+}
+/**
  * `vm-sync demo`: a complete local walk-through on three loopback sshd VMs.
  * 1. starts the fleet and a sample repository (the "GitHub" remote);
  * 2. syncs it to all three VMs and prints the table;
@@ -37615,15 +37641,8 @@ const DEFAULT_DEMO_DIR = '.vm-sync-demo';
  * With `keep`, the fleet stays up for experiments (`vm-sync demo stop` ends it).
  */
 async function runDemo(dir, keep, events, print) {
-    external_node_fs_default().rmSync(dir, { recursive: true, force: true });
-    external_node_fs_default().mkdirSync(dir, { recursive: true });
-    const absolute = external_node_path_default().resolve(dir);
-    const fleet = await createFleet({ dir: absolute, ids: ['vm01', 'vm02', 'vm03'] });
+    const { fleet, ws, configPath } = await setupDemo(dir, 3);
     try {
-        const ws = new GitWorkspace(absolute);
-        seedDemoApp(ws);
-        const configPath = external_node_path_default().join(absolute, 'vm-sync.yml');
-        external_node_fs_default().writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: external_node_path_default().join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'] }));
         const config = loadConfig(configPath);
         const step = async (title) => {
             print(`\n== ${title}\n`);
@@ -37671,6 +37690,7 @@ Usage:
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
+  vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
   vm-sync demo stop [--dir DIR]
 
 Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify; 2 usage or config error.
@@ -37708,6 +37728,7 @@ function parse(argv) {
                 json: { type: 'boolean', default: false },
                 dir: { type: 'string', default: DEFAULT_DEMO_DIR },
                 keep: { type: 'boolean', default: false },
+                vms: { type: 'string' },
                 help: { type: 'boolean', short: 'h', default: false },
             },
         });
@@ -37732,6 +37753,16 @@ async function main(argv, io = processIO, signal) {
         }
         const events = stderrEvents(io);
         if (command === 'demo') {
+            if (sub === 'up') {
+                const count = Number(values.vms ?? '3');
+                if (!Number.isInteger(count) || count < 1 || count > 200)
+                    throw new UsageError('--vms must be a whole number from 1 to 200');
+                const demo = await setupDemo(values.dir, count);
+                io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
+                return 0;
+            }
+            if (sub !== undefined && sub !== 'stop')
+                throw new UsageError(`unknown demo command '${sub}' (up, stop)`);
             if (sub === 'stop') {
                 const fleet = stopDemo(values.dir);
                 io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);

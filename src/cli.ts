@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
-import { DEFAULT_DEMO_DIR, runDemo, stopDemo } from './demo/run-demo.js';
+import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
 import { renderTable } from './report/table.js';
 import { exitCodeFor, runInspect, runSync } from './sync/fleet.js';
@@ -13,6 +13,7 @@ Usage:
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
+  vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
   vm-sync demo stop [--dir DIR]
 
 Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify; 2 usage or config error.
@@ -58,6 +59,7 @@ function parse(argv: string[]) {
         json: { type: 'boolean', default: false },
         dir: { type: 'string', default: DEFAULT_DEMO_DIR },
         keep: { type: 'boolean', default: false },
+        vms: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -82,6 +84,14 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     }
     const events = stderrEvents(io);
     if (command === 'demo') {
+      if (sub === 'up') {
+        const count = Number(values.vms ?? '3');
+        if (!Number.isInteger(count) || count < 1 || count > 200) throw new UsageError('--vms must be a whole number from 1 to 200');
+        const demo = await setupDemo(values.dir, count);
+        io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
+        return 0;
+      }
+      if (sub !== undefined && sub !== 'stop') throw new UsageError(`unknown demo command '${sub}' (up, stop)`);
       if (sub === 'stop') {
         const fleet = stopDemo(values.dir);
         io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);

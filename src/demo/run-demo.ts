@@ -19,19 +19,43 @@ export const DEFAULT_DEMO_DIR = '.vm-sync-demo';
  * 4. brings vm02 back and syncs once more: it catches up, the others have nothing to do.
  * With `keep`, the fleet stays up for experiments (`vm-sync demo stop` ends it).
  */
-export async function runDemo(dir: string, keep: boolean, events: EngineEvents, print: (text: string) => void): Promise<number> {
+/** A demo fleet with its sample repository and config, ready to sync. */
+export interface DemoSetup {
+  fleet: Fleet;
+  ws: GitWorkspace;
+  configPath: string;
+}
+
+/**
+ * `vm-sync demo up`: starts `count` loopback VMs (vm01, vm02, ...) under `dir`,
+ * creates the sample repository (the "GitHub" remote) and writes a config for
+ * them. The fleet keeps running until `vm-sync demo stop`.
+ */
+export async function setupDemo(dir: string, count: number): Promise<DemoSetup> {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
   const absolute = path.resolve(dir);
-  const fleet = await createFleet({ dir: absolute, ids: ['vm01', 'vm02', 'vm03'] });
+  const ids = Array.from({ length: count }, (_, i) => `vm${String(i + 1).padStart(2, '0')}`);
+  const fleet = await createFleet({ dir: absolute, ids });
+  const ws = new GitWorkspace(absolute);
+  seedDemoApp(ws);
+  const configPath = path.join(absolute, 'vm-sync.yml');
+  fs.writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: path.join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'] }));
+  return { fleet, ws, configPath };
+}
+
+/**
+ * `vm-sync demo`: a complete local walk-through on three loopback sshd VMs.
+ * 1. starts the fleet and a sample repository (the "GitHub" remote);
+ * 2. syncs it to all three VMs and prints the table;
+ * 3. pushes a new commit, stops vm02's sshd, syncs again: vm02 fails with a
+ *    clear error while vm01 and vm03 move to the new commit;
+ * 4. brings vm02 back and syncs once more: it catches up, the others have nothing to do.
+ * With `keep`, the fleet stays up for experiments (`vm-sync demo stop` ends it).
+ */
+export async function runDemo(dir: string, keep: boolean, events: EngineEvents, print: (text: string) => void): Promise<number> {
+  const { fleet, ws, configPath } = await setupDemo(dir, 3);
   try {
-    const ws = new GitWorkspace(absolute);
-    seedDemoApp(ws);
-    const configPath = path.join(absolute, 'vm-sync.yml');
-    fs.writeFileSync(
-      configPath,
-      fleetConfigYaml(fleet, { mainRepoPath: path.join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'] }),
-    );
     const config = loadConfig(configPath);
     const step = async (title: string): Promise<number> => {
       print(`\n== ${title}\n`);

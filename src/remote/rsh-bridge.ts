@@ -79,6 +79,7 @@ function quoteForRsync(arg: string): string {
 export class RshBridge {
   private readonly token = crypto.randomBytes(32).toString('hex');
   private readonly channels = new Set<ClientChannel>();
+  private readonly sockets = new Set<net.Socket>();
 
   private constructor(
     private readonly dir: string,
@@ -92,7 +93,11 @@ export class RshBridge {
     fs.writeFileSync(bridgePath, BRIDGE_SOURCE, { mode: 0o600 });
     const socketPath = path.join(dir, 's');
     let bridge: RshBridge | null = null;
-    const server = net.createServer({ allowHalfOpen: true }, (socket) => bridge?.serve(session, socket));
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+      bridge?.sockets.add(socket);
+      socket.on('close', () => bridge?.sockets.delete(socket));
+      bridge?.serve(session, socket);
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => resolve());
@@ -187,7 +192,10 @@ export class RshBridge {
 
   /** Stops serving, closes any channel still open and removes the socket directory. */
   async close(): Promise<void> {
+    // After an abort the remote rsync may still be waiting on its own I/O
+    // timeout: close its channel and drop the socket instead of waiting.
     for (const channel of this.channels) channel.close();
+    for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     fs.rmSync(this.dir, { recursive: true, force: true });
   }

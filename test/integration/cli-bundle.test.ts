@@ -1,0 +1,67 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { World } from '../helpers/world.js';
+
+/**
+ * The committed bundle, run the way an operator runs it on the runner host:
+ * `node dist/cli.js` copied to a directory with no node_modules.
+ */
+const bundleDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-bundle-'));
+const bundle = path.join(bundleDir, 'cli.js');
+fs.copyFileSync(path.join(process.cwd(), 'dist', 'cli.js'), bundle);
+
+function vmSync(args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(process.execPath, [bundle, ...args], { encoding: 'utf8', cwd: bundleDir, timeout: 120_000 });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+let world: World;
+beforeAll(async () => {
+  world = await World.create(['vm01', 'vm02']);
+  world.ws.commit({ 'index.html': '<h1>hi</h1>\n' }, 'first');
+  world.ws.push();
+});
+afterAll(() => {
+  world?.destroy();
+  fs.rmSync(bundleDir, { recursive: true, force: true });
+});
+
+test('sync prints the table and exits 0; --json prints one parseable document', () => {
+  const sync = vmSync(['sync', '--config', world.configPath]);
+  expect(sync.stderr).toContain('[vm01] live on');
+  expect(sync.code).toBe(0);
+  expect(sync.stdout).toMatch(/^vm-sync sync of [0-9a-f]{12}: 2\/2 VM\(s\) ok$/m);
+  expect(sync.stdout).toMatch(/^vm01 +127\.0\.0\.1 +fresh +deploy +success/m);
+
+  const status = vmSync(['status', '--config', world.configPath, '--json']);
+  expect(status.code).toBe(0);
+  const doc = JSON.parse(status.stdout);
+  expect(Object.keys(doc.vms[0]).sort()).toEqual(
+    ['id', 'host', 'state', 'action', 'result', 'rev_before', 'rev_after', 'files_changed', 'bytes_sent', 'duration_ms', 'verified', 'notes', 'error'].sort(),
+  );
+  expect(doc.vms.map((vm: { state: string }) => vm.state)).toEqual(['up-to-date', 'up-to-date']);
+});
+
+test('a config error exits 2 with one line per problem, before touching anything', () => {
+  const bad = path.join(world.dir, 'bad.yml');
+  fs.writeFileSync(bad, fs.readFileSync(world.configPath, 'utf8').replace('concurrency: 8', 'concurrency: 0\n  colour: blue'));
+  const result = vmSync(['sync', '--config', bad]);
+  expect(result.code).toBe(2);
+  expect(result.stderr).toMatch(/bad\.yml:\d+: sync\.concurrency must be a whole number from 1 to 256/);
+  expect(result.stderr).toMatch(/bad\.yml:\d+: unknown key 'colour' in sync/);
+  expect(result.stdout).toBe('');
+});
+
+test('usage errors exit 2; a VM that fails exits 1', () => {
+  expect(vmSync(['sync']).code).toBe(2);
+  expect(vmSync(['launch', '--config', world.configPath]).code).toBe(2);
+  const unknownVm = vmSync(['sync', '--config', world.configPath, '--vm', 'vm09']);
+  expect(unknownVm.code).toBe(2);
+  expect(unknownVm.stderr).toContain('unknown VM id vm09 (configured: vm01, vm02)');
+
+  const verify = vmSync(['verify', '--config', world.configPath, '--commit', '0000000']);
+  expect(verify.code).toBe(1);
+  expect(verify.stderr).toContain('git_failed: commit 0000000 is not in');
+});
