@@ -35532,6 +35532,18 @@ function codeFromStderr(stderr) {
     return null;
 }
 /**
+ * The few lines of a failed command's stderr worth showing: the first line
+ * that explains the classification (rsync often prints it long before its
+ * closing "rsync error: ..." line), then the last line.
+ */
+function stderrSummary(stderr) {
+    const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+    const rule = STDERR_RULES.find(([pattern]) => pattern.test(stderr));
+    const cause = rule ? lines.find((l) => rule[0].test(l)) : undefined;
+    const last = lines.at(-1);
+    return [...new Set([cause, last].filter((l) => Boolean(l)))].join(' | ');
+}
+/**
  * Classifies a failed rsync run. The exit code alone is ambiguous (255 is a
  * dropped connection and also a rejected host key; 12 is a lost connection and
  * also a missing remote rsync), so stderr decides first and the code only
@@ -35701,6 +35713,9 @@ const FRAME_STDERR = 2;
 const FRAME_EXIT = 3;
 /** The bridge program, written next to the socket at run time. Plain CommonJS, no dependencies. */
 const BRIDGE_SOURCE = `'use strict';
+// rsync stops its remote shell with SIGUSR1 on error. ssh dies of it; Node would
+// instead open its inspector on 127.0.0.1:9229 and keep running. Die like ssh.
+process.on('SIGUSR1', () => process.exit(255));
 const net = require('net');
 const sock = net.connect(process.argv[2]);
 let code = 255;
@@ -35951,7 +35966,7 @@ async function runRsync(plan, env, options = {}) {
     if (options.signal?.aborted)
         throw new VmSyncError('timeout', 'rsync was stopped: the per-VM timeout (sync.timeout_s) ran out');
     const code = classifyRsyncFailure(result.code, result.stderr);
-    const detail = result.stderr.trim().split('\n').filter(Boolean).slice(-3).join(' | ') || `exit ${result.code ?? result.signal}`;
+    const detail = stderrSummary(result.stderr) || 'no error output';
     throw new VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}`);
 }
 

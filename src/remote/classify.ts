@@ -22,6 +22,19 @@ export function codeFromStderr(stderr: string): FailureCode | null {
 }
 
 /**
+ * The few lines of a failed command's stderr worth showing: the first line
+ * that explains the classification (rsync often prints it long before its
+ * closing "rsync error: ..." line), then the last line.
+ */
+export function stderrSummary(stderr: string): string {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  const rule = STDERR_RULES.find(([pattern]) => pattern.test(stderr));
+  const cause = rule ? lines.find((l) => rule[0].test(l)) : undefined;
+  const last = lines.at(-1);
+  return [...new Set([cause, last].filter((l): l is string => Boolean(l)))].join(' | ');
+}
+
+/**
  * Classifies a failed rsync run. The exit code alone is ambiguous (255 is a
  * dropped connection and also a rejected host key; 12 is a lost connection and
  * also a missing remote rsync), so stderr decides first and the code only

@@ -30,6 +30,9 @@ const FRAME_EXIT = 3;
 
 /** The bridge program, written next to the socket at run time. Plain CommonJS, no dependencies. */
 const BRIDGE_SOURCE = `'use strict';
+// rsync stops its remote shell with SIGUSR1 on error. ssh dies of it; Node would
+// instead open its inspector on 127.0.0.1:9229 and keep running. Die like ssh.
+process.on('SIGUSR1', () => process.exit(255));
 const net = require('net');
 const sock = net.connect(process.argv[2]);
 let code = 255;

@@ -141,3 +141,12 @@ describe('failure classification', () => {
     expect(classifyConnectError(Object.assign(new Error(error.message), error), false)).toBe(expected);
   });
 });
+
+describe('stderrSummary', () => {
+  test('leads with the line that explains the failure, then the last line', async () => {
+    const { stderrSummary } = await import('../../src/remote/classify.js');
+    const stderr = 'rsync: [receiver] write failed on "/a/b": No space left on device (28)\nrsync error: error in file IO (code 11) at receiver.c(381)\nrsync: [sender] write error: Broken pipe (32)\nrsync error: error in file IO (code 11) at io.c(848) [sender=3.2.7]\n';
+    expect(stderrSummary(stderr)).toBe('rsync: [receiver] write failed on "/a/b": No space left on device (28) | rsync error: error in file IO (code 11) at io.c(848) [sender=3.2.7]');
+    expect(stderrSummary('')).toBe('');
+  });
+});
