@@ -34539,6 +34539,10 @@ const FAILURE_CODES = (/* unused pure expression or super */ null && ([
     'git_failed',
     'commit_not_on_branch',
     'interrupted',
+    'secrets_found',
+    'scan_range_unresolved',
+    'scan_failed',
+    'gitleaks_missing',
 ]));
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout']);
@@ -34782,7 +34786,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     ]);
     const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
     const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
-    const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets']);
+    const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path']);
     const keyStorage = checkedPath(remoteExec, 'key_storage_path', remoteExec.string('key_storage_path', '~/.ssh/vm-sync_keys'));
     const knownHosts = checkedPath(remoteExec, 'known_hosts', remoteExec.string('known_hosts', keyStorage ? `${keyStorage}/known_hosts` : null));
     // Per-VM target paths: `default` applies to every VM without its own entry.
@@ -34851,6 +34855,11 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     const tool = scanning.string('tool', 'gitleaks');
     if (tool !== 'gitleaks')
         scanning.problem(scanning.node('tool'), `repository.secret_scanning.tool must be 'gitleaks'`);
+    const scanConfigPath = scanning.string('config_path', '.gitleaks.toml') ?? '.gitleaks.toml';
+    if (scanConfigPath.startsWith('/') || scanConfigPath.split('/').includes('..') || scanConfigPath.trim() === '') {
+        scanning.problem(scanning.node('config_path'), `repository.secret_scanning.config_path must be a path inside the repository, not '${scanConfigPath}'`);
+    }
+    const gitleaksPath = checkedPath(scanning, 'gitleaks_path', scanning.string('gitleaks_path', null));
     const postSync = sync.string('post_sync_command', null);
     if (postSync !== null && postSync.trim() === '')
         sync.problem(sync.node('post_sync_command'), 'sync.post_sync_command is empty: remove it or set null');
@@ -34869,8 +34878,9 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             secretScanning: {
                 enabled: scanning.bool('enabled', true),
                 tool: 'gitleaks',
-                configPath: scanning.string('config_path', '.gitleaks.toml') ?? '.gitleaks.toml',
+                configPath: scanConfigPath,
                 blockOnSecrets: scanning.bool('block_on_secrets', true),
+                gitleaksPath: gitleaksPath ? expandLocalHome(gitleaksPath, home) : null,
             },
         },
         keyStoragePath: keyStorage ? expandLocalHome(keyStorage, home) : '',
@@ -34915,8 +34925,12 @@ function checkConfigFiles(config) {
     check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
     return problems;
 }
-/** Reads, validates and checks a config file; throws {@link ConfigError} with every problem. */
-function loadConfig(file) {
+/**
+ * Reads, validates and checks a config file; throws {@link ConfigError} with
+ * every problem. `checkFiles: false` skips the key and known_hosts checks, for
+ * commands that never reach a VM (`scan` on a CI checkout has no keys).
+ */
+function loadConfig(file, options = {}) {
     let text;
     try {
         text = external_node_fs_default().readFileSync(file, 'utf8');
@@ -34925,13 +34939,74 @@ function loadConfig(file) {
         throw new ConfigError(file, [{ line: null, message: `cannot read config file: ${error.code ?? error}` }]);
     }
     const config = parseConfig(text, file);
-    const problems = checkConfigFiles(config);
+    const problems = options.checkFiles === false ? [] : checkConfigFiles(config);
     if (problems.length > 0)
         throw new ConfigError(file, problems);
     return config;
 }
 
+;// CONCATENATED MODULE: ./src/scan/findings.ts
+const str = (v) => (typeof v === 'string' ? v : '');
+/**
+ * Keeps only the safe fields of gitleaks findings and removes duplicates
+ * (with `-m`, a merge reports a finding once per parent).
+ */
+function sanitizeFindings(raw, source) {
+    if (!Array.isArray(raw))
+        throw new Error('gitleaks report is not a JSON array');
+    const seen = new Map();
+    for (const item of raw) {
+        const finding = {
+            rule: str(item.RuleID) || 'unknown-rule',
+            file: str(item.File),
+            line: typeof item.StartLine === 'number' ? item.StartLine : 0,
+            commit: str(item.Commit) ? str(item.Commit).slice(0, 12) : null,
+            author: str(item.Author) || null,
+            fingerprint: str(item.Fingerprint),
+            source,
+        };
+        seen.set(finding.fingerprint || `${finding.file}:${finding.rule}:${finding.line}:${finding.commit}`, finding);
+    }
+    return [...seen.values()];
+}
+/** One line per finding, for logs and tables. */
+function describeFinding(f) {
+    return `${f.rule} in ${f.file}:${f.line}${f.commit ? ` (commit ${f.commit}${f.author ? ` by ${f.author}` : ''})` : ' (deployed tree)'} fingerprint ${f.fingerprint}`;
+}
+/**
+ * A SARIF 2.1.0 log of the findings, for GitHub code scanning. Built from the
+ * sanitised findings only (not gitleaks' own SARIF, which carries the matched
+ * snippet), so it cannot contain a secret.
+ */
+function renderSarif(findings) {
+    const rules = [...new Set(findings.map((f) => f.rule))].sort();
+    const sarif = {
+        $schema: 'https://json.schemastore.org/sarif-2.1.0.json',
+        version: '2.1.0',
+        runs: [
+            {
+                tool: {
+                    driver: {
+                        name: 'vm-sync secret scan (gitleaks)',
+                        informationUri: 'https://github.com/gitleaks/gitleaks',
+                        rules: rules.map((id) => ({ id, shortDescription: { text: `gitleaks rule ${id}` } })),
+                    },
+                },
+                results: findings.map((f) => ({
+                    ruleId: f.rule,
+                    level: 'error',
+                    message: { text: `Possible secret (${f.rule})${f.commit ? ` added in commit ${f.commit}` : ''}. Rotate it, remove it from the repository, or add the fingerprint to .gitleaksignore if it is not a secret.` },
+                    locations: [{ physicalLocation: { artifactLocation: { uri: f.file }, region: { startLine: Math.max(1, f.line) } } }],
+                    partialFingerprints: { gitleaksFingerprint: f.fingerprint },
+                })),
+            },
+        ],
+    };
+    return `${JSON.stringify(sarif, null, 2)}\n`;
+}
+
 ;// CONCATENATED MODULE: ./src/report/table.ts
+
 const table_short = (sha) => (sha ? sha.slice(0, 7) : '-');
 /** Bytes in a compact human form (1.2 MB). */
 function formatBytes(bytes) {
@@ -34970,6 +35045,9 @@ function row(vm) {
  * the sentence that tells the user what to do). Pure: same report, same text.
  */
 function renderTable(report) {
+    const scan = renderScan(report);
+    if (report.vms.length === 0)
+        return scan;
     const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED'];
     const rows = [header, ...report.vms.map(row)];
     const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
@@ -34984,7 +35062,22 @@ function renderTable(report) {
         for (const note of vm.notes)
             details.push(`${vm.id}: note: ${note}`);
     }
-    return [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    return scan + [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+}
+/** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
+function renderScan(report) {
+    const scan = report.scan;
+    if (!scan)
+        return '';
+    const verdict = scan.findings.length === 0
+        ? 'clean'
+        : `${scan.findings.length} possible secret(s)${scan.blocked ? ': DEPLOY BLOCKED, no VM was contacted' : ' (not blocking: block_on_secrets is false)'}`;
+    const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
+    for (const finding of scan.findings)
+        lines.push(`  - ${describeFinding(finding)}`);
+    if (scan.findings.length > 0)
+        lines.push('  Rotate each secret and remove it from the repository; a false positive goes into .gitleaksignore by its fingerprint.');
+    return `${lines.join('\n')}\n\n`;
 }
 
 ;// CONCATENATED MODULE: external "node:child_process"
@@ -35177,6 +35270,39 @@ class RunnerRepo {
         if ((await this.git(['merge-base', '--is-ancestor', deploy, vmRev])).code === 0)
             return 'ahead';
         return 'diverged';
+    }
+    /** Whether the clone has truncated history (a shallow clone cannot prove what a range holds). */
+    async isShallow() {
+        return (await this.gitOk(['rev-parse', '--is-shallow-repository'], 'rev-parse --is-shallow-repository')) === 'true';
+    }
+    /** Commits in a rev-list selection (`['A..B']`, `['B', '--not', 'X']`); null when git cannot resolve it. */
+    async countCommits(selection, noMerges = false) {
+        const result = await this.git(['rev-list', '--count', ...(noMerges ? ['--no-merges'] : []), ...selection, '--']);
+        return result.code === 0 ? Number(result.stdout.trim()) : null;
+    }
+    /** The best common ancestor of two commits, or null when they share none. */
+    async mergeBase(a, b) {
+        const result = await this.git(['merge-base', a, b]);
+        return result.code === 0 ? result.stdout.trim() : null;
+    }
+    /** Tips of every remote-tracking branch except `except` (the branch being deployed). */
+    async otherRemoteTips(except) {
+        const out = await this.gitOk(['for-each-ref', '--format=%(refname) %(objectname)', 'refs/remotes/'], 'for-each-ref');
+        return out
+            .split('\n')
+            .filter(Boolean)
+            .map((line) => line.split(' '))
+            .filter(([ref]) => ref !== except && !ref.endsWith('/HEAD'))
+            .map(([, sha]) => sha);
+    }
+    /** Records the commit a VM was last deployed with, so a later manual resync knows what to scan. */
+    async recordDeployed(vmId, sha) {
+        await this.gitOk(['update-ref', `refs/vm-sync/deployed/${vmId}`, sha], 'update-ref');
+    }
+    /** The commit recorded for a VM by {@link recordDeployed}, or null. */
+    async deployed(vmId) {
+        const result = await this.git(['rev-parse', '--verify', '--quiet', `refs/vm-sync/deployed/${vmId}^{commit}`]);
+        return result.code === 0 ? result.stdout.trim() : null;
     }
     /** Brings the working tree to exactly `sha`: reset, never merge; untracked and ignored files removed. */
     async checkout(sha) {
@@ -35680,6 +35806,260 @@ class RemoteTarget {
             throw new VmSyncError('post_sync_failed', `post_sync_command exited ${result.code} on ${this.session.vm.id}: ${tail || 'no output'}. The new release is live; fix the command and run sync --force to run it again.`);
         }
     }
+}
+
+;// CONCATENATED MODULE: ./src/scan/gitleaks.ts
+
+
+
+
+
+
+/**
+ * Finds the gitleaks binary: an explicit path (config or action input), then
+ * `$VM_SYNC_GITLEAKS`, then `PATH`. A missing binary is an error, never a
+ * skipped scan.
+ */
+function locateGitleaks(explicit) {
+    const candidates = explicit ? [explicit] : process.env.VM_SYNC_GITLEAKS ? [process.env.VM_SYNC_GITLEAKS] : (process.env.PATH ?? '').split((external_node_path_default()).delimiter).filter(Boolean).map((d) => external_node_path_default().join(d, 'gitleaks'));
+    for (const candidate of candidates) {
+        try {
+            external_node_fs_default().accessSync(candidate, (external_node_fs_default()).constants.X_OK);
+            if (external_node_fs_default().statSync(candidate).isFile())
+                return candidate;
+        }
+        catch {
+            // next
+        }
+    }
+    throw new VmSyncError('gitleaks_missing', explicit
+        ? `gitleaks not found or not executable at ${explicit}: fix secret_scanning.gitleaks_path.`
+        : 'gitleaks is not on PATH: install it (https://github.com/gitleaks/gitleaks, v8.30.x), set secret_scanning.gitleaks_path, or disable repository.secret_scanning (not recommended).');
+}
+// ANSI colours gitleaks may still emit, and anything token-shaped: gitleaks'
+// own error lines are shown to the user only after both are removed, so that
+// no secret can reach a log even if an error message quoted one.
+// eslint-disable-next-line no-control-regex
+const ANSI = /\u001b\[[0-9;]*m/g;
+const TOKENISH = /[A-Za-z0-9+/=_-]{20,}/g;
+/** A gitleaks log line made safe to print. */
+function scrubLogLine(line) {
+    return line.replace(ANSI, '').replace(TOKENISH, '[scrubbed]').slice(0, 300);
+}
+/**
+ * Runs gitleaks with every setting that keeps secrets out of logs: `--redact`,
+ * no `-v`, log level info (trace would print candidates), the JSON report to a
+ * file in a private directory that is deleted afterwards. `--exit-code 2` tells
+ * "leaks found" (2) from "gitleaks failed" (anything but 0 and 2).
+ *
+ * gitleaks runs inside `target.root` with the path `.`, so its fingerprints
+ * are relative paths (what `.gitleaksignore` entries use).
+ */
+async function runGitleaks(binary, target, settings, signal) {
+    const privateDir = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-gitleaks-'));
+    const report = external_node_path_default().join(privateDir, 'report.json');
+    try {
+        const args = [
+            target.mode,
+            ...(target.mode === 'git' ? ['--log-opts', ['-m', ...target.selection].join(' ')] : []),
+            '--redact',
+            '--exit-code', '2',
+            '--report-format', 'json',
+            '--report-path', report,
+            '--no-banner',
+            '--no-color',
+            '--log-level', 'info',
+            '--gitleaks-ignore-path', settings.ignoreDir,
+            ...(settings.configFile ? ['--config', settings.configFile] : []),
+            '.',
+        ];
+        // The operator's environment must not swap in another config behind the repository's back.
+        const env = { ...process.env };
+        delete env.GITLEAKS_CONFIG;
+        delete env.GITLEAKS_CONFIG_TOML;
+        let result;
+        try {
+            result = await run(binary, args, { cwd: target.root, env, signal, maxOutput: 64 * 1024 });
+        }
+        catch (error) {
+            throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${getErrorMessage(error)}`);
+        }
+        const log = result.stderr.replace(ANSI, '') + result.stdout.replace(ANSI, '');
+        const errors = log.split('\n').filter((l) => /\b(ERR|FTL)\b|panic:/.test(l));
+        if ((result.code !== 0 && result.code !== 2) || errors.length > 0) {
+            const detail = errors.slice(0, 3).map(scrubLogLine).join(' | ') || `exit ${result.code ?? result.signal}`;
+            throw new VmSyncError('scan_failed', `gitleaks ${target.mode} scan failed (exit ${result.code ?? result.signal}): ${detail}. The deploy is blocked until a scan succeeds.`);
+        }
+        let raw = [];
+        try {
+            raw = JSON.parse(external_node_fs_default().readFileSync(report, 'utf8'));
+        }
+        catch {
+            throw new VmSyncError('scan_failed', `gitleaks exited ${result.code} but wrote no readable report: the deploy is blocked until a scan succeeds.`);
+        }
+        const findings = sanitizeFindings(raw, target.mode === 'git' ? 'commits' : 'tree');
+        if (result.code === 0 && findings.length > 0)
+            throw new VmSyncError('scan_failed', 'gitleaks reported findings but exited 0: refusing to trust this scan.');
+        if (result.code === 2 && findings.length === 0)
+            throw new VmSyncError('scan_failed', 'gitleaks reported leaks but its report lists none: refusing to trust this scan.');
+        const scanned = /(\d+) commits scanned/.exec(log);
+        return { findings, commitsScanned: scanned ? Number(scanned[1]) : null };
+    }
+    finally {
+        external_node_fs_default().rmSync(privateDir, { recursive: true, force: true });
+    }
+}
+
+;// CONCATENATED MODULE: ./src/scan/gate.ts
+
+
+
+
+
+/**
+ * The scan settings from the deployed commit's tree: its `.gitleaksignore`, and
+ * its gitleaks config (absent default file: gitleaks' built-in rules; a
+ * configured non-default path must exist).
+ */
+function settingsFrom(root, configPath) {
+    const file = external_node_path_default().join(root, configPath);
+    if (external_node_fs_default().existsSync(file))
+        return { ignoreDir: root, configFile: file };
+    if (configPath !== '.gitleaks.toml') {
+        throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${configPath}' does not exist in the commit being deployed.`);
+    }
+    return { ignoreDir: root, configFile: null };
+}
+/**
+ * Scans the commits being deployed and the exact tree being deployed with
+ * gitleaks, failing closed: our own count of the commits must be matched by
+ * what gitleaks says it scanned, and any gitleaks failure is an error.
+ */
+async function runSecretScan(inputs) {
+    const { settings, plan, events } = inputs;
+    const binary = locateGitleaks(settings.gitleaksPath);
+    const findings = [];
+    let commitsScanned = 0;
+    events.info(null, `secret scan: ${plan.description}`);
+    // Settings come from the commit being deployed; with no tree (nothing to deploy), from the checkout.
+    const scanSettings = settingsFrom(inputs.exportDir ?? inputs.repoDir, settings.configPath);
+    if (plan.commits && plan.commits.count > 0) {
+        const result = await runGitleaks(binary, { mode: 'git', root: inputs.repoDir, selection: plan.commits.selection }, scanSettings, inputs.signal);
+        // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+        // scan that saw no commits where we counted some is not a pass.
+        if (result.commitsScanned === null || result.commitsScanned === 0 || result.commitsScanned > plan.commits.count) {
+            throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${result.commitsScanned ?? 'an unknown number of'} commit(s) where ${plan.commits.count} were expected: the scan cannot be trusted, so nothing is deployed.`);
+        }
+        commitsScanned = result.commitsScanned;
+        findings.push(...result.findings);
+    }
+    if (inputs.exportDir) {
+        const result = await runGitleaks(binary, { mode: 'dir', root: inputs.exportDir }, scanSettings, inputs.signal);
+        findings.push(...result.findings);
+    }
+    const blocked = findings.length > 0 && settings.blockOnSecrets;
+    for (const finding of findings)
+        events.info(null, `secret scan: ${blocked ? 'BLOCKING' : 'found'}: ${describeFinding(finding)}`);
+    if (findings.length > 0 && !settings.blockOnSecrets) {
+        events.info(null, `WARNING: ${findings.length} possible secret(s) found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
+    }
+    else if (findings.length === 0) {
+        events.info(null, `secret scan: clean (${commitsScanned} commit(s)${inputs.exportDir ? ' and the deployed tree' : ''})`);
+    }
+    return { description: plan.description, commits_scanned: commitsScanned, tree_scanned: inputs.exportDir !== null, findings, blocked };
+}
+
+;// CONCATENATED MODULE: ./src/scan/plan.ts
+
+const ZERO = /^0{40}$/;
+function unresolved(message) {
+    return new VmSyncError('scan_range_unresolved', `${message}. Nothing was scanned, so nothing is deployed: fetch the full history (actions/checkout with fetch-depth: 0) and try again.`);
+}
+async function resolveOrFail(repo, rev, what) {
+    try {
+        return await repo.resolve(rev);
+    }
+    catch {
+        throw unresolved(`${what} ${rev} is not in ${repo.dir}`);
+    }
+}
+/** Counts a selection, failing closed: a selection git cannot walk is an error, never "0 commits". */
+async function counted(repo, selection) {
+    const count = await repo.countCommits(selection);
+    if (count === null)
+        throw unresolved(`git cannot list the commits of ${selection.join(' ')}`);
+    return { selection, count };
+}
+/**
+ * In a shallow clone a rev-list silently stops at the cut, so only a plain
+ * `BASE..HEAD` whose base is provably an ancestor of head can be trusted.
+ */
+async function requireFullHistory(repo, what) {
+    if (await repo.isShallow())
+        throw unresolved(`${repo.dir} is a shallow clone, so the commits of ${what} cannot be listed completely`);
+}
+/**
+ * Decides what the secret scan must cover. The deployed tree is always
+ * scanned too (by the caller); this picks the commits:
+ * - a range: exactly `BASE..HEAD`;
+ * - a push: `before..after`; a new branch: the commits no other remote branch
+ *   has; a force push: from the merge base; a branch deletion: nothing;
+ * - a resync: everything the VMs do not have yet, or the tree only when the
+ *   runner host has no record of what some VM holds.
+ * Merge commits are included (gitleaks runs with `-m`), so content that came
+ * in through a side branch or a conflict resolution is scanned.
+ */
+async function planScan(repo, request) {
+    if (request.kind === 'range') {
+        const parts = request.range.split('..');
+        if (parts.length !== 2 || parts.some((p) => p === '' || p.startsWith('.'))) {
+            throw new VmSyncError('config_invalid', `--range must be BASE..HEAD, not '${request.range}'`);
+        }
+        const base = await resolveOrFail(repo, parts[0], 'range base');
+        const head = await resolveOrFail(repo, parts[1], 'range head');
+        if ((await repo.isShallow()) && (await repo.relation(base, head)) !== 'behind' && base !== head) {
+            throw unresolved(`${repo.dir} is shallow and ${parts[0]} is not an ancestor of ${parts[1]} in it`);
+        }
+        const commits = await counted(repo, [`${base}..${head}`]);
+        return { head, commits, description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}` };
+    }
+    if (request.kind === 'push') {
+        if (ZERO.test(request.after))
+            return { head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan' };
+        const head = await resolveOrFail(repo, request.after, 'pushed commit');
+        const known = !ZERO.test(request.before) && (await repo.hasCommit(request.before));
+        if (known) {
+            const relation = await repo.relation(request.before, head);
+            if (relation === 'behind' || relation === 'up-to-date') {
+                return planScan(repo, { kind: 'range', range: `${request.before}..${head}` });
+            }
+            // Force push: what `after` has beyond the history both share.
+            await requireFullHistory(repo, 'a force push');
+            const base = await repo.mergeBase(request.before, head);
+            const commits = await counted(repo, base ? [`${base}..${head}`] : [head]);
+            return { head, commits, description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}` };
+        }
+        // A new branch, or a `before` the clone never saw (force-pushed away): the
+        // commits that no other remote branch already has.
+        await requireFullHistory(repo, 'a new branch');
+        const pushed = request.branch ? repo.trackingRef.replace(/[^/]+$/, request.branch.replace(/^refs\/heads\//, '')) : repo.trackingRef;
+        const others = await repo.otherRemoteTips(pushed);
+        const commits = await counted(repo, others.length ? [head, '--not', ...others] : [head]);
+        const why = ZERO.test(request.before) ? 'new branch' : `previous tip ${request.before.slice(0, 12)} is unknown here`;
+        return { head, commits, description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}` };
+    }
+    const head = await resolveOrFail(repo, request.head, 'commit');
+    const deployed = request.deployed;
+    const known = [];
+    for (const rev of deployed)
+        if (rev && (await repo.hasCommit(rev)))
+            known.push(rev);
+    if (deployed.length === 0 || known.length !== deployed.length) {
+        return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned` };
+    }
+    await requireFullHistory(repo, 'a resync');
+    const commits = await counted(repo, [head, '--not', ...new Set(known)]);
+    return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}` };
 }
 
 ;// CONCATENATED MODULE: external "node:net"
@@ -37243,6 +37623,8 @@ const silentEvents = { info: () => undefined, progress: () => undefined };
 
 
 
+
+
 /**
  * Runs `fn` over `items` with at most `limit` in flight, keeping input order in
  * the results. `fn` must not throw (each VM's outcome is a report row).
@@ -37301,6 +37683,18 @@ async function runSync(config, options = {}) {
     const exportDir = external_node_path_default().join(exportRoot, 'tree');
     try {
         await repo.exportTree(commit, exportDir);
+        // The secret-scan gate: before any VM is contacted.
+        let scan = null;
+        if (config.repository.secretScanning.enabled) {
+            const request = options.scanRequest ?? { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) };
+            const plan = await planScan(repo, request);
+            scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, exportDir, events, signal: options.signal });
+            if (scan.blocked)
+                return { command: 'sync', commit, dry_run: options.dryRun ?? false, scan, vms: [] };
+        }
+        else {
+            events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+        }
         events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time${options.dryRun ? ' (dry run)' : ''}`);
         const ctx = {
             config,
@@ -37315,8 +37709,14 @@ async function runSync(config, options = {}) {
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
         };
-        const reports = await mapPool(vms, config.sync.concurrency, (vm) => syncVm(vm, ctx).then((r) => announce(events, r)));
-        return { command: 'sync', commit, dry_run: ctx.dryRun, vms: reports };
+        const reports = await mapPool(vms, config.sync.concurrency, async (vm) => {
+            const report = await syncVm(vm, ctx);
+            // Remember what each VM holds, so the next manual resync scans only what is new to it.
+            if (!ctx.dryRun && report.result === 'success' && report.rev_after === commit)
+                await repo.recordDeployed(vm.id, commit);
+            return announce(events, report);
+        });
+        return { command: 'sync', commit, dry_run: ctx.dryRun, scan, vms: reports };
     }
     finally {
         external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
@@ -37349,14 +37749,50 @@ async function runInspect(config, mode, options = {}) {
         retryBaseMs: options.retryBaseMs ?? 1000,
     };
     const reports = await mapPool(vms, config.sync.concurrency, (vm) => inspectVm(vm, ctx, mode).then((r) => announce(events, r)));
-    return { command: mode, commit, dry_run: false, vms: reports };
+    return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+}
+/**
+ * `vm-sync scan`: the secret-scan gate on its own, on the runner-host clone or
+ * on any checkout (`repoDir`). Contacts no VM; needs no SSH keys.
+ */
+async function runScan(config, options = {}) {
+    const events = options.events ?? silentEvents;
+    const { remote, defaultBranch } = config.repository;
+    const dir = options.repoDir ?? config.repository.mainRepoPath;
+    let repo;
+    if (options.repoDir) {
+        if (!external_node_fs_default().existsSync(external_node_path_default().join(dir, '.git')))
+            throw new VmSyncError('git_failed', `${dir} is not a git checkout.`);
+        repo = new RunnerRepo(dir, remote, defaultBranch, null);
+    }
+    else {
+        repo = runnerRepo(config);
+        await repo.prepare(options.fetch !== false);
+    }
+    const request = options.range
+        ? { kind: 'range', range: options.range }
+        : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
+    const plan = await planScan(repo, request);
+    const exportRoot = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-export-'));
+    try {
+        const exportDir = plan.head ? external_node_path_default().join(exportRoot, 'tree') : null;
+        if (plan.head && exportDir)
+            await repo.exportTree(plan.head, exportDir);
+        const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, exportDir, events, signal: options.signal });
+        return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
+    }
+    finally {
+        external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
+    }
 }
 function announce(events, report) {
     events.info(report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
     return report;
 }
-/** Exit status for a finished run: 0 when every VM succeeded, 1 otherwise. */
+/** Exit status for a finished run: 3 when secrets blocked it, 0 when every VM succeeded, 1 otherwise. */
 function exitCodeFor(report) {
+    if (report.scan?.blocked)
+        return 3;
     return report.vms.every((vm) => vm.result === 'success') ? 0 : 1;
 }
 
@@ -37627,6 +38063,7 @@ function seedDemoApp(ws) {
 
 
 
+
 /** Where the demo keeps its fleet, repositories and config. */
 const DEFAULT_DEMO_DIR = '.vm-sync-demo';
 /**
@@ -37643,8 +38080,18 @@ async function setupDemo(dir, count) {
     const ws = new GitWorkspace(absolute);
     seedDemoApp(ws);
     const configPath = external_node_path_default().join(absolute, 'vm-sync.yml');
-    external_node_fs_default().writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: external_node_path_default().join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'] }));
-    return { fleet, ws, configPath };
+    const repository = [];
+    let warning = null;
+    try {
+        locateGitleaks(null);
+    }
+    catch {
+        // The demo still shows the deploy; a real config keeps the gate on and fails without gitleaks.
+        repository.push('secret_scanning: { enabled: false }');
+        warning = 'gitleaks is not installed: this demo config runs WITHOUT the secret-scan gate (install gitleaks v8.30.x to see it).';
+    }
+    external_node_fs_default().writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: external_node_path_default().join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'], repository }));
+    return { fleet, ws, configPath, warning };
 }
 /**
  * `vm-sync demo`: a complete local walk-through on three loopback sshd VMs.
@@ -37656,7 +38103,9 @@ async function setupDemo(dir, count) {
  * With `keep`, the fleet stays up for experiments (`vm-sync demo stop` ends it).
  */
 async function runDemo(dir, keep, events, print) {
-    const { fleet, ws, configPath } = await setupDemo(dir, 3);
+    const { fleet, ws, configPath, warning } = await setupDemo(dir, 3);
+    if (warning)
+        events.info(null, `WARNING: ${warning}`);
     try {
         const config = loadConfig(configPath);
         const step = async (title) => {
@@ -37698,17 +38147,23 @@ function stopDemo(dir) {
 
 
 
+
+
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
 
 Usage:
   vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--json]
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
+  vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
   vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
   vm-sync demo stop [--dir DIR]
 
-Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify; 2 usage or config error.
+sync also takes --sarif FILE (the secret-scan findings, for code scanning).
+
+Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify, or the run failed;
+2 usage or config error; 3 secrets found: the deploy was blocked and no VM was contacted.
 `;
 const processIO = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 class UsageError extends Error {
@@ -37744,6 +38199,9 @@ function parse(argv) {
                 dir: { type: 'string', default: DEFAULT_DEMO_DIR },
                 keep: { type: 'boolean', default: false },
                 vms: { type: 'string' },
+                range: { type: 'string' },
+                repo: { type: 'string' },
+                sarif: { type: 'string' },
                 help: { type: 'boolean', short: 'h', default: false },
             },
         });
@@ -37773,6 +38231,8 @@ async function main(argv, io = processIO, signal) {
                 if (!Number.isInteger(count) || count < 1 || count > 200)
                     throw new UsageError('--vms must be a whole number from 1 to 200');
                 const demo = await setupDemo(values.dir, count);
+                if (demo.warning)
+                    io.err(`WARNING: ${demo.warning}\n`);
                 io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
                 return 0;
             }
@@ -37785,27 +38245,40 @@ async function main(argv, io = processIO, signal) {
             }
             return await runDemo(values.dir, values.keep, events, io.out);
         }
-        if (!['sync', 'verify', 'status'].includes(command))
+        if (!['sync', 'verify', 'status', 'scan'].includes(command))
             throw new UsageError(`unknown command '${command}'`);
+        if (command !== 'scan' && (values.range || values.repo))
+            throw new UsageError('--range and --repo only apply to scan');
+        if (values.sarif && command !== 'scan' && command !== 'sync')
+            throw new UsageError('--sarif only applies to scan and sync');
+        if (values.range && values.commit)
+            throw new UsageError('give --range or --commit, not both');
         if (positionals.length > 1)
             throw new UsageError(`unexpected argument '${positionals[1]}'`);
         if (!values.config)
             throw new UsageError('--config FILE is required');
-        if (command !== 'sync' && (values.force || values['dry-run'] || values['no-fetch'])) {
-            throw new UsageError(`--force, --dry-run and --no-fetch only apply to sync`);
-        }
+        if (command !== 'sync' && (values.force || values['dry-run']))
+            throw new UsageError('--force and --dry-run only apply to sync');
+        if (values['no-fetch'] && command !== 'sync' && command !== 'scan')
+            throw new UsageError('--no-fetch only applies to sync and scan');
         if (command === 'status' && values.commit)
             throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
-        const config = loadConfig(values.config);
+        // scan never reaches a VM, so it does not need (or check) the SSH keys.
+        const config = loadConfig(values.config, { checkFiles: command !== 'scan' });
         const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
         const options = { commit: values.commit, vms, events, signal };
         let report;
         if (command === 'sync') {
             report = await runSync(config, { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'] });
         }
+        else if (command === 'scan') {
+            report = await runScan(config, { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] });
+        }
         else {
             report = await runInspect(config, command, options);
         }
+        if (values.sarif)
+            external_node_fs_default().writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
         io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
         return exitCodeFor(report);
     }

@@ -3,7 +3,9 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
 import { renderTable } from './report/table.js';
-import { exitCodeFor, runInspect, runSync } from './sync/fleet.js';
+import fs from 'node:fs';
+import { renderSarif } from './scan/findings.js';
+import { exitCodeFor, runInspect, runScan, runSync } from './sync/fleet.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
 
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
@@ -12,11 +14,15 @@ Usage:
   vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--json]
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
+  vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
   vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
   vm-sync demo stop [--dir DIR]
 
-Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify; 2 usage or config error.
+sync also takes --sarif FILE (the secret-scan findings, for code scanning).
+
+Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify, or the run failed;
+2 usage or config error; 3 secrets found: the deploy was blocked and no VM was contacted.
 `;
 
 /** Where the CLI writes: injectable so tests can capture everything it prints. */
@@ -60,6 +66,9 @@ function parse(argv: string[]) {
         dir: { type: 'string', default: DEFAULT_DEMO_DIR },
         keep: { type: 'boolean', default: false },
         vms: { type: 'string' },
+        range: { type: 'string' },
+        repo: { type: 'string' },
+        sarif: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -88,6 +97,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
         const count = Number(values.vms ?? '3');
         if (!Number.isInteger(count) || count < 1 || count > 200) throw new UsageError('--vms must be a whole number from 1 to 200');
         const demo = await setupDemo(values.dir, count);
+        if (demo.warning) io.err(`WARNING: ${demo.warning}\n`);
         io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
         return 0;
       }
@@ -99,23 +109,29 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       }
       return await runDemo(values.dir, values.keep, events, io.out);
     }
-    if (!['sync', 'verify', 'status'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (!['sync', 'verify', 'status', 'scan'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (command !== 'scan' && (values.range || values.repo)) throw new UsageError('--range and --repo only apply to scan');
+    if (values.sarif && command !== 'scan' && command !== 'sync') throw new UsageError('--sarif only applies to scan and sync');
+    if (values.range && values.commit) throw new UsageError('give --range or --commit, not both');
     if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`);
     if (!values.config) throw new UsageError('--config FILE is required');
-    if (command !== 'sync' && (values.force || values['dry-run'] || values['no-fetch'])) {
-      throw new UsageError(`--force, --dry-run and --no-fetch only apply to sync`);
-    }
+    if (command !== 'sync' && (values.force || values['dry-run'])) throw new UsageError('--force and --dry-run only apply to sync');
+    if (values['no-fetch'] && command !== 'sync' && command !== 'scan') throw new UsageError('--no-fetch only applies to sync and scan');
     if (command === 'status' && values.commit) throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
 
-    const config = loadConfig(values.config);
+    // scan never reaches a VM, so it does not need (or check) the SSH keys.
+    const config = loadConfig(values.config, { checkFiles: command !== 'scan' });
     const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
     const options = { commit: values.commit, vms, events, signal };
     let report: RunReport;
     if (command === 'sync') {
       report = await runSync(config, { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'] });
+    } else if (command === 'scan') {
+      report = await runScan(config, { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] });
     } else {
       report = await runInspect(config, command as 'verify' | 'status', options);
     }
+    if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
     io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
     return exitCodeFor(report);
   } catch (error) {

@@ -22,6 +22,10 @@ export const FAILURE_CODES = [
   'git_failed',
   'commit_not_on_branch',
   'interrupted',
+  'secrets_found',
+  'scan_range_unresolved',
+  'scan_failed',
+  'gitleaks_missing',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];

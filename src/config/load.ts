@@ -189,7 +189,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
   ]);
   const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
   const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
-  const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets']);
+  const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path']);
 
   const keyStorage = checkedPath(remoteExec, 'key_storage_path', remoteExec.string('key_storage_path', '~/.ssh/vm-sync_keys'));
   const knownHosts = checkedPath(
@@ -258,6 +258,12 @@ export function parseConfig(text: string, source: string, home: string = os.home
   const tool = scanning.string('tool', 'gitleaks');
   if (tool !== 'gitleaks') scanning.problem(scanning.node('tool'), `repository.secret_scanning.tool must be 'gitleaks'`);
 
+  const scanConfigPath = scanning.string('config_path', '.gitleaks.toml') ?? '.gitleaks.toml';
+  if (scanConfigPath.startsWith('/') || scanConfigPath.split('/').includes('..') || scanConfigPath.trim() === '') {
+    scanning.problem(scanning.node('config_path'), `repository.secret_scanning.config_path must be a path inside the repository, not '${scanConfigPath}'`);
+  }
+  const gitleaksPath = checkedPath(scanning, 'gitleaks_path', scanning.string('gitleaks_path', null));
+
   const postSync = sync.string('post_sync_command', null);
   if (postSync !== null && postSync.trim() === '') sync.problem(sync.node('post_sync_command'), 'sync.post_sync_command is empty: remove it or set null');
 
@@ -276,8 +282,9 @@ export function parseConfig(text: string, source: string, home: string = os.home
       secretScanning: {
         enabled: scanning.bool('enabled', true),
         tool: 'gitleaks' as const,
-        configPath: scanning.string('config_path', '.gitleaks.toml') ?? '.gitleaks.toml',
+        configPath: scanConfigPath,
         blockOnSecrets: scanning.bool('block_on_secrets', true),
+        gitleaksPath: gitleaksPath ? expandLocalHome(gitleaksPath, home) : null,
       },
     },
     keyStoragePath: keyStorage ? expandLocalHome(keyStorage, home) : '',
@@ -320,8 +327,12 @@ export function checkConfigFiles(config: Config): ConfigProblem[] {
   return problems;
 }
 
-/** Reads, validates and checks a config file; throws {@link ConfigError} with every problem. */
-export function loadConfig(file: string): Config {
+/**
+ * Reads, validates and checks a config file; throws {@link ConfigError} with
+ * every problem. `checkFiles: false` skips the key and known_hosts checks, for
+ * commands that never reach a VM (`scan` on a CI checkout has no keys).
+ */
+export function loadConfig(file: string, options: { checkFiles?: boolean } = {}): Config {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -329,7 +340,7 @@ export function loadConfig(file: string): Config {
     throw new ConfigError(file, [{ line: null, message: `cannot read config file: ${(error as NodeJS.ErrnoException).code ?? error}` }]);
   }
   const config = parseConfig(text, file);
-  const problems = checkConfigFiles(config);
+  const problems = options.checkFiles === false ? [] : checkConfigFiles(config);
   if (problems.length > 0) throw new ConfigError(file, problems);
   return config;
 }

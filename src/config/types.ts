@@ -16,8 +16,11 @@ export type Layout = 'atomic' | 'in-place';
 export interface SecretScanningConfig {
   enabled: boolean;
   tool: 'gitleaks';
+  /** Path of the repository's gitleaks config, relative to the repository root. */
   configPath: string;
   blockOnSecrets: boolean;
+  /** An explicit gitleaks binary; null: `$VM_SYNC_GITLEAKS`, then PATH. */
+  gitleaksPath: string | null;
 }
 
 export interface RepositoryConfig {

@@ -4,6 +4,7 @@ import { loadConfig } from '../config/load.js';
 import { renderTable } from '../report/table.js';
 import { runSync } from '../sync/fleet.js';
 import type { EngineEvents } from '../sync/types.js';
+import { locateGitleaks } from '../scan/gitleaks.js';
 import { createFleet, fleetConfigYaml, readFleet, startVm, stopFleet, stopVm, type Fleet } from './fleet.js';
 import { GitWorkspace, seedDemoApp } from './workspace.js';
 
@@ -24,6 +25,8 @@ export interface DemoSetup {
   fleet: Fleet;
   ws: GitWorkspace;
   configPath: string;
+  /** Set when the demo had to leave something out (no gitleaks). */
+  warning: string | null;
 }
 
 /**
@@ -40,8 +43,17 @@ export async function setupDemo(dir: string, count: number): Promise<DemoSetup> 
   const ws = new GitWorkspace(absolute);
   seedDemoApp(ws);
   const configPath = path.join(absolute, 'vm-sync.yml');
-  fs.writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: path.join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'] }));
-  return { fleet, ws, configPath };
+  const repository: string[] = [];
+  let warning: string | null = null;
+  try {
+    locateGitleaks(null);
+  } catch {
+    // The demo still shows the deploy; a real config keeps the gate on and fails without gitleaks.
+    repository.push('secret_scanning: { enabled: false }');
+    warning = 'gitleaks is not installed: this demo config runs WITHOUT the secret-scan gate (install gitleaks v8.30.x to see it).';
+  }
+  fs.writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: path.join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'], repository }));
+  return { fleet, ws, configPath, warning };
 }
 
 /**
@@ -54,7 +66,8 @@ export async function setupDemo(dir: string, count: number): Promise<DemoSetup> 
  * With `keep`, the fleet stays up for experiments (`vm-sync demo stop` ends it).
  */
 export async function runDemo(dir: string, keep: boolean, events: EngineEvents, print: (text: string) => void): Promise<number> {
-  const { fleet, ws, configPath } = await setupDemo(dir, 3);
+  const { fleet, ws, configPath, warning } = await setupDemo(dir, 3);
+  if (warning) events.info(null, `WARNING: ${warning}`);
   try {
     const config = loadConfig(configPath);
     const step = async (title: string): Promise<number> => {

@@ -157,6 +157,45 @@ export class RunnerRepo {
     return 'diverged';
   }
 
+  /** Whether the clone has truncated history (a shallow clone cannot prove what a range holds). */
+  async isShallow(): Promise<boolean> {
+    return (await this.gitOk(['rev-parse', '--is-shallow-repository'], 'rev-parse --is-shallow-repository')) === 'true';
+  }
+
+  /** Commits in a rev-list selection (`['A..B']`, `['B', '--not', 'X']`); null when git cannot resolve it. */
+  async countCommits(selection: string[], noMerges = false): Promise<number | null> {
+    const result = await this.git(['rev-list', '--count', ...(noMerges ? ['--no-merges'] : []), ...selection, '--']);
+    return result.code === 0 ? Number(result.stdout.trim()) : null;
+  }
+
+  /** The best common ancestor of two commits, or null when they share none. */
+  async mergeBase(a: string, b: string): Promise<string | null> {
+    const result = await this.git(['merge-base', a, b]);
+    return result.code === 0 ? result.stdout.trim() : null;
+  }
+
+  /** Tips of every remote-tracking branch except `except` (the branch being deployed). */
+  async otherRemoteTips(except: string): Promise<string[]> {
+    const out = await this.gitOk(['for-each-ref', '--format=%(refname) %(objectname)', 'refs/remotes/'], 'for-each-ref');
+    return out
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => line.split(' '))
+      .filter(([ref]) => ref !== except && !ref.endsWith('/HEAD'))
+      .map(([, sha]) => sha);
+  }
+
+  /** Records the commit a VM was last deployed with, so a later manual resync knows what to scan. */
+  async recordDeployed(vmId: string, sha: string): Promise<void> {
+    await this.gitOk(['update-ref', `refs/vm-sync/deployed/${vmId}`, sha], 'update-ref');
+  }
+
+  /** The commit recorded for a VM by {@link recordDeployed}, or null. */
+  async deployed(vmId: string): Promise<string | null> {
+    const result = await this.git(['rev-parse', '--verify', '--quiet', `refs/vm-sync/deployed/${vmId}^{commit}`]);
+    return result.code === 0 ? result.stdout.trim() : null;
+  }
+
   /** Brings the working tree to exactly `sha`: reset, never merge; untracked and ignored files removed. */
   async checkout(sha: string): Promise<void> {
     await this.gitOk(['reset', '--quiet', '--hard', sha], `reset --hard ${sha}`);

@@ -1,3 +1,4 @@
+import { describeFinding } from '../scan/findings.js';
 import type { RunReport, VmReport } from '../sync/types.js';
 
 const short = (sha: string | null): string => (sha ? sha.slice(0, 7) : '-');
@@ -41,6 +42,8 @@ function row(vm: VmReport): string[] {
  * the sentence that tells the user what to do). Pure: same report, same text.
  */
 export function renderTable(report: RunReport): string {
+  const scan = renderScan(report);
+  if (report.vms.length === 0) return scan;
   const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED'];
   const rows = [header, ...report.vms.map(row)];
   const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
@@ -54,5 +57,18 @@ export function renderTable(report: RunReport): string {
     if (vm.error) details.push(`${vm.id}: ${vm.error.code}: ${vm.error.message}`);
     for (const note of vm.notes) details.push(`${vm.id}: note: ${note}`);
   }
-  return [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+  return scan + [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+}
+
+/** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
+function renderScan(report: RunReport): string {
+  const scan = report.scan;
+  if (!scan) return '';
+  const verdict = scan.findings.length === 0
+    ? 'clean'
+    : `${scan.findings.length} possible secret(s)${scan.blocked ? ': DEPLOY BLOCKED, no VM was contacted' : ' (not blocking: block_on_secrets is false)'}`;
+  const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
+  for (const finding of scan.findings) lines.push(`  - ${describeFinding(finding)}`);
+  if (scan.findings.length > 0) lines.push('  Rotate each secret and remove it from the repository; a false positive goes into .gitleaksignore by its fingerprint.');
+  return `${lines.join('\n')}\n\n`;
 }

@@ -6,6 +6,8 @@ import { VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
 import { KnownHosts } from '../remote/known-hosts.js';
 import { lockToken } from '../remote/target.js';
+import { runSecretScan, type ScanReport } from '../scan/gate.js';
+import { planScan, type ScanRequest } from '../scan/plan.js';
 import { inspectVm, syncVm, type RunContext } from './vm-pipeline.js';
 import { silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
 
@@ -28,6 +30,17 @@ export interface SyncOptions extends FleetOptions {
   fetch?: boolean;
   /** Extra environment for git (credentials for the fetch, never on a command line). */
   gitEnv?: NodeJS.ProcessEnv;
+  /** What is being deployed, for the secret scan (default: a manual resync of the commit). */
+  scanRequest?: ScanRequest;
+}
+
+export interface ScanOptions extends FleetOptions {
+  /** Scan this checkout instead of repository.main_repo_path (a CI checkout; never fetched). */
+  repoDir?: string;
+  /** Fetch the runner-host clone first (default true; ignored with repoDir). */
+  fetch?: boolean;
+  /** `BASE..HEAD`; default: what the VMs do not have yet, as recorded on this runner. */
+  range?: string;
 }
 
 /**
@@ -94,6 +107,18 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   const exportDir = path.join(exportRoot, 'tree');
   try {
     await repo.exportTree(commit, exportDir);
+
+    // The secret-scan gate: before any VM is contacted.
+    let scan: ScanReport | null = null;
+    if (config.repository.secretScanning.enabled) {
+      const request = options.scanRequest ?? { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) };
+      const plan = await planScan(repo, request);
+      scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, exportDir, events, signal: options.signal });
+      if (scan.blocked) return { command: 'sync', commit, dry_run: options.dryRun ?? false, scan, vms: [] };
+    } else {
+      events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+    }
+
     events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time${options.dryRun ? ' (dry run)' : ''}`);
     const ctx: RunContext = {
       config,
@@ -108,8 +133,13 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       signal: options.signal,
       retryBaseMs: options.retryBaseMs ?? 1000,
     };
-    const reports = await mapPool(vms, config.sync.concurrency, (vm) => syncVm(vm, ctx).then((r) => announce(events, r)));
-    return { command: 'sync', commit, dry_run: ctx.dryRun, vms: reports };
+    const reports = await mapPool(vms, config.sync.concurrency, async (vm) => {
+      const report = await syncVm(vm, ctx);
+      // Remember what each VM holds, so the next manual resync scans only what is new to it.
+      if (!ctx.dryRun && report.result === 'success' && report.rev_after === commit) await repo.recordDeployed(vm.id, commit);
+      return announce(events, report);
+    });
+    return { command: 'sync', commit, dry_run: ctx.dryRun, scan, vms: reports };
   } finally {
     fs.rmSync(exportRoot, { recursive: true, force: true });
   }
@@ -142,7 +172,38 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
     retryBaseMs: options.retryBaseMs ?? 1000,
   };
   const reports = await mapPool(vms, config.sync.concurrency, (vm) => inspectVm(vm, ctx, mode).then((r) => announce(events, r)));
-  return { command: mode, commit, dry_run: false, vms: reports };
+  return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+}
+
+/**
+ * `vm-sync scan`: the secret-scan gate on its own, on the runner-host clone or
+ * on any checkout (`repoDir`). Contacts no VM; needs no SSH keys.
+ */
+export async function runScan(config: Config, options: ScanOptions = {}): Promise<RunReport> {
+  const events = options.events ?? silentEvents;
+  const { remote, defaultBranch } = config.repository;
+  const dir = options.repoDir ?? config.repository.mainRepoPath;
+  let repo: RunnerRepo;
+  if (options.repoDir) {
+    if (!fs.existsSync(path.join(dir, '.git'))) throw new VmSyncError('git_failed', `${dir} is not a git checkout.`);
+    repo = new RunnerRepo(dir, remote, defaultBranch, null);
+  } else {
+    repo = runnerRepo(config);
+    await repo.prepare(options.fetch !== false);
+  }
+  const request: ScanRequest = options.range
+    ? { kind: 'range', range: options.range }
+    : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
+  const plan = await planScan(repo, request);
+  const exportRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-export-'));
+  try {
+    const exportDir = plan.head ? path.join(exportRoot, 'tree') : null;
+    if (plan.head && exportDir) await repo.exportTree(plan.head, exportDir);
+    const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, exportDir, events, signal: options.signal });
+    return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
+  } finally {
+    fs.rmSync(exportRoot, { recursive: true, force: true });
+  }
 }
 
 function announce(events: EngineEvents, report: VmReport): VmReport {
@@ -150,7 +211,8 @@ function announce(events: EngineEvents, report: VmReport): VmReport {
   return report;
 }
 
-/** Exit status for a finished run: 0 when every VM succeeded, 1 otherwise. */
-export function exitCodeFor(report: RunReport): 0 | 1 {
+/** Exit status for a finished run: 3 when secrets blocked it, 0 when every VM succeeded, 1 otherwise. */
+export function exitCodeFor(report: RunReport): 0 | 1 | 3 {
+  if (report.scan?.blocked) return 3;
   return report.vms.every((vm) => vm.result === 'success') ? 0 : 1;
 }

@@ -1,4 +1,5 @@
 import type { FailureCode } from '../errors.js';
+import type { ScanReport } from '../scan/gate.js';
 
 /** Where a VM stood before the run, relative to the deploy commit. */
 export type VmState = 'fresh' | 'up-to-date' | 'behind' | 'ahead' | 'diverged' | 'unknown';
@@ -29,9 +30,12 @@ export interface VmReport {
 
 /** The whole run: the `--json` document. */
 export interface RunReport {
-  command: 'sync' | 'verify' | 'status';
+  command: 'sync' | 'verify' | 'status' | 'scan';
   commit: string;
   dry_run: boolean;
+  /** The secret-scan gate's outcome; null when scanning is disabled or the command does not scan. */
+  scan: ScanReport | null;
+  /** Empty when the scan blocked the run: no VM was contacted. */
   vms: VmReport[];
 }
 

@@ -38,7 +38,7 @@ describe('parseConfig', () => {
       rsyncExcludes: ['.git', '__pycache__', '.vscode'],
       layout: 'atomic',
       keepReleases: 3,
-      secretScanning: { enabled: true, tool: 'gitleaks', configPath: '.gitleaks.toml', blockOnSecrets: true },
+      secretScanning: { enabled: true, tool: 'gitleaks', configPath: '.gitleaks.toml', blockOnSecrets: true, gitleaksPath: null },
     });
     expect(config.keyStoragePath).toBe('/home/runner/.ssh/vm-sync_keys');
     expect(config.knownHostsPath).toBe('/home/runner/.ssh/vm-sync_keys/known_hosts');

@@ -71,6 +71,7 @@ const report: RunReport = {
   command: 'sync',
   commit: B,
   dry_run: false,
+  scan: null,
   vms: [
     vm({}),
     vm({ id: 'vm02', host: '192.0.2.12', state: 'unknown', action: 'none', result: 'failed', rev_before: null, rev_after: null, files_changed: 0, bytes_sent: 0, duration_ms: 310, verified: false, error: { code: 'unreachable', message: 'cannot reach vm02 (deploy@192.0.2.12:22): connect ECONNREFUSED. Check the VM is up.' } }),

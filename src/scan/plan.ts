@@ -1,0 +1,116 @@
+import { VmSyncError } from '../errors.js';
+import type { RunnerRepo } from '../git/repo.js';
+
+const ZERO = /^0{40}$/;
+
+/** What the caller knows about the change being deployed. */
+export type ScanRequest =
+  /** An explicit `BASE..HEAD` (`vm-sync scan --range`). */
+  | { kind: 'range'; range: string }
+  /**
+   * A push event: `before` and `after` as GitHub sends them (all zeros for a
+   * new or deleted branch), and the pushed branch (default: the deploy branch).
+   */
+  | { kind: 'push'; before: string; after: string; branch?: string }
+  /** A manual resync of `head`, with the commits the runner host last deployed to each VM (null: unknown). */
+  | { kind: 'resync'; head: string; deployed: Array<string | null> };
+
+/** What will be scanned: the commits (a rev-list selection) and the tree of `head`. */
+export interface ScanPlan {
+  /** The commit whose tree is deployed (and scanned); null when there is nothing to deploy. */
+  head: string | null;
+  /** The commits to scan, as rev-list arguments, with their count; null: the tree only. */
+  commits: { selection: string[]; count: number } | null;
+  /** One sentence saying what is scanned and why (printed, and kept in reports). */
+  description: string;
+}
+
+function unresolved(message: string): VmSyncError {
+  return new VmSyncError('scan_range_unresolved', `${message}. Nothing was scanned, so nothing is deployed: fetch the full history (actions/checkout with fetch-depth: 0) and try again.`);
+}
+
+async function resolveOrFail(repo: RunnerRepo, rev: string, what: string): Promise<string> {
+  try {
+    return await repo.resolve(rev);
+  } catch {
+    throw unresolved(`${what} ${rev} is not in ${repo.dir}`);
+  }
+}
+
+/** Counts a selection, failing closed: a selection git cannot walk is an error, never "0 commits". */
+async function counted(repo: RunnerRepo, selection: string[]): Promise<{ selection: string[]; count: number }> {
+  const count = await repo.countCommits(selection);
+  if (count === null) throw unresolved(`git cannot list the commits of ${selection.join(' ')}`);
+  return { selection, count };
+}
+
+/**
+ * In a shallow clone a rev-list silently stops at the cut, so only a plain
+ * `BASE..HEAD` whose base is provably an ancestor of head can be trusted.
+ */
+async function requireFullHistory(repo: RunnerRepo, what: string): Promise<void> {
+  if (await repo.isShallow()) throw unresolved(`${repo.dir} is a shallow clone, so the commits of ${what} cannot be listed completely`);
+}
+
+/**
+ * Decides what the secret scan must cover. The deployed tree is always
+ * scanned too (by the caller); this picks the commits:
+ * - a range: exactly `BASE..HEAD`;
+ * - a push: `before..after`; a new branch: the commits no other remote branch
+ *   has; a force push: from the merge base; a branch deletion: nothing;
+ * - a resync: everything the VMs do not have yet, or the tree only when the
+ *   runner host has no record of what some VM holds.
+ * Merge commits are included (gitleaks runs with `-m`), so content that came
+ * in through a side branch or a conflict resolution is scanned.
+ */
+export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<ScanPlan> {
+  if (request.kind === 'range') {
+    const parts = request.range.split('..');
+    if (parts.length !== 2 || parts.some((p) => p === '' || p.startsWith('.'))) {
+      throw new VmSyncError('config_invalid', `--range must be BASE..HEAD, not '${request.range}'`);
+    }
+    const base = await resolveOrFail(repo, parts[0], 'range base');
+    const head = await resolveOrFail(repo, parts[1], 'range head');
+    if ((await repo.isShallow()) && (await repo.relation(base, head)) !== 'behind' && base !== head) {
+      throw unresolved(`${repo.dir} is shallow and ${parts[0]} is not an ancestor of ${parts[1]} in it`);
+    }
+    const commits = await counted(repo, [`${base}..${head}`]);
+    return { head, commits, description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}` };
+  }
+
+  if (request.kind === 'push') {
+    if (ZERO.test(request.after)) return { head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan' };
+    const head = await resolveOrFail(repo, request.after, 'pushed commit');
+    const known = !ZERO.test(request.before) && (await repo.hasCommit(request.before));
+    if (known) {
+      const relation = await repo.relation(request.before, head);
+      if (relation === 'behind' || relation === 'up-to-date') {
+        return planScan(repo, { kind: 'range', range: `${request.before}..${head}` });
+      }
+      // Force push: what `after` has beyond the history both share.
+      await requireFullHistory(repo, 'a force push');
+      const base = await repo.mergeBase(request.before, head);
+      const commits = await counted(repo, base ? [`${base}..${head}`] : [head]);
+      return { head, commits, description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}` };
+    }
+    // A new branch, or a `before` the clone never saw (force-pushed away): the
+    // commits that no other remote branch already has.
+    await requireFullHistory(repo, 'a new branch');
+    const pushed = request.branch ? repo.trackingRef.replace(/[^/]+$/, request.branch.replace(/^refs\/heads\//, '')) : repo.trackingRef;
+    const others = await repo.otherRemoteTips(pushed);
+    const commits = await counted(repo, others.length ? [head, '--not', ...others] : [head]);
+    const why = ZERO.test(request.before) ? 'new branch' : `previous tip ${request.before.slice(0, 12)} is unknown here`;
+    return { head, commits, description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}` };
+  }
+
+  const head = await resolveOrFail(repo, request.head, 'commit');
+  const deployed = request.deployed;
+  const known: string[] = [];
+  for (const rev of deployed) if (rev && (await repo.hasCommit(rev))) known.push(rev);
+  if (deployed.length === 0 || known.length !== deployed.length) {
+    return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned` };
+  }
+  await requireFullHistory(repo, 'a resync');
+  const commits = await counted(repo, [head, '--not', ...new Set(known)]);
+  return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}` };
+}
