@@ -35280,6 +35280,24 @@ class RunnerRepo {
         const result = await this.git(['rev-list', '--count', ...(noMerges ? ['--no-merges'] : []), ...selection, '--']);
         return result.code === 0 ? Number(result.stdout.trim()) : null;
     }
+    /**
+     * How many commits of a selection add at least one line of text (merges
+     * diffed against each parent, as the scan sees them). Commits that only
+     * touch binary files, delete lines or change modes add no text, and a
+     * scanner rightly reports them as nothing to scan.
+     */
+    async countCommitsAddingText(selection) {
+        const result = await this.git(['log', '-m', '--no-renames', '--format=%x00%H', '--numstat', ...selection, '--']);
+        if (result.code !== 0)
+            return null;
+        const adding = new Set();
+        for (const block of result.stdout.split('\0').filter(Boolean)) {
+            const [sha, ...lines] = block.split('\n');
+            if (lines.some((line) => /^[1-9]\d*\t/.test(line)))
+                adding.add(sha.trim());
+        }
+        return adding.size;
+    }
     /** The best common ancestor of two commits, or null when they share none. */
     async mergeBase(a, b) {
         const result = await this.git(['merge-base', a, b]);
@@ -35946,11 +35964,14 @@ async function runSecretScan(inputs) {
     if (plan.commits && plan.commits.count > 0) {
         const result = await runGitleaks(binary, { mode: 'git', root: inputs.repoDir, selection: plan.commits.selection }, scanSettings, inputs.signal);
         // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-        // scan that saw no commits where we counted some is not a pass.
-        if (result.commitsScanned === null || result.commitsScanned === 0 || result.commitsScanned > plan.commits.count) {
-            throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${result.commitsScanned ?? 'an unknown number of'} commit(s) where ${plan.commits.count} were expected: the scan cannot be trusted, so nothing is deployed.`);
+        // scan that saw no commits where some add text is not a pass. (Commits
+        // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+        const withText = await inputs.countCommitsAddingText(plan.commits.selection);
+        const scanned = result.commitsScanned;
+        if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
+            throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
         }
-        commitsScanned = result.commitsScanned;
+        commitsScanned = scanned;
         findings.push(...result.findings);
     }
     if (inputs.exportDir) {
@@ -37688,7 +37709,7 @@ async function runSync(config, options = {}) {
         if (config.repository.secretScanning.enabled) {
             const request = options.scanRequest ?? { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) };
             const plan = await planScan(repo, request);
-            scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, exportDir, events, signal: options.signal });
+            scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
             if (scan.blocked)
                 return { command: 'sync', commit, dry_run: options.dryRun ?? false, scan, vms: [] };
         }
@@ -37778,7 +37799,7 @@ async function runScan(config, options = {}) {
         const exportDir = plan.head ? external_node_path_default().join(exportRoot, 'tree') : null;
         if (plan.head && exportDir)
             await repo.exportTree(plan.head, exportDir);
-        const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, exportDir, events, signal: options.signal });
+        const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
         return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
     }
     finally {

@@ -11,6 +11,7 @@
 //   no-op        every VM already on the commit: nothing should travel
 //   serial       the one-file change again with concurrency 1 (shows the fan-out)
 //   openssh-ref  plain `rsync -e ssh` of the same tree to one VM (a reference peer)
+// and the secret scan's cost for one pushed commit on a long vs a short history.
 // It prints a markdown table and writes bench-results.json. It is a measurement,
 // not a test: nothing here fails on a number.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -100,11 +101,49 @@ try {
   execFileSync('rsync', ['-rlp', '--checksum', '-e', rsh, `${exportDir}/`, `${fleet.user}@127.0.0.1:${path.join(vm.home, 'openssh-ref')}/`]);
   rows.push({ scenario: 'openssh-ref (1 VM, fresh, plain rsync -e ssh)', wall_s: +(Number(process.hrtime.bigint() - started) / 1e9).toFixed(2), vms: 1, handshakes_per_vm: '1', files_changed_per_vm: fileCount, bytes_sent_per_vm: null, slowest_vm_s: null });
 
+  // Secret-scan cost: one pushed commit must cost about the same on a long
+  // history as on a short one (the scan covers the pushed range, not history).
+  const scanRows = [];
+  if (spawnSync('sh', ['-c', 'command -v gitleaks']).status === 0) {
+    const makeHistory = (name, commits) => {
+      const repo = path.join(dir, name);
+      git(dir, 'init', '-q', '-b', 'main', repo);
+      let stream = '';
+      for (let i = 1; i <= commits; i++) {
+        const content = `module ${i}\nvalue = ${crypto.randomBytes(16).toString('hex')}\n`;
+        stream += `commit refs/heads/main\nmark :${i}\ncommitter b <b@x> ${1700000000 + i} +0000\ndata 9\ncommit ${String(i % 10)}\n`;
+        if (i > 1) stream += `from :${i - 1}\n`;
+        stream += `M 100644 inline src/m${i % 500}.py\ndata ${Buffer.byteLength(content)}\n${content}\n`;
+      }
+      execFileSync('git', ['-C', repo, 'fast-import', '--quiet'], { input: stream });
+      git(repo, 'reset', '-q', '--hard', 'main');
+      return repo;
+    };
+    const timeScan = (label, args) => {
+      const run = vmSync('scan', '--config', config, '--json', ...args);
+      if (run.code !== 0) throw new Error(`${label}: exit ${run.code}\n${run.stderr.slice(-1000)}`);
+      const scan = JSON.parse(run.stdout).scan;
+      scanRows.push({ scenario: label, wall_s: +(run.ms / 1000).toFixed(2), commits_scanned: scan.commits_scanned, tree_scanned: scan.tree_scanned });
+    };
+    const long = makeHistory('long-history', 5000);
+    const short = makeHistory('short-history', 2);
+    timeScan('1 pushed commit, 5000-commit history', ['--repo', long, '--range', 'HEAD~1..HEAD']);
+    timeScan('1 pushed commit, 2-commit history', ['--repo', short, '--range', 'HEAD~1..HEAD']);
+    timeScan('whole 5000-commit history (reference)', ['--repo', long, '--range', `${git(long, 'rev-list', '--max-parents=0', 'HEAD').trim()}..HEAD`]);
+  }
+
   const header = Object.keys(rows[0]);
   console.log(`vm-sync benchmark: ${vmCount} VMs, ${fileCount} files, ${megabytes} MB, ${os.cpus().length} cores, node ${process.version}\n`);
   console.log(`| ${header.join(' | ')} |\n|${header.map(() => '---').join('|')}|`);
   for (const row of rows) console.log(`| ${header.map((h) => row[h] ?? '-').join(' | ')} |`);
-  fs.writeFileSync(path.join(root, 'bench-results.json'), JSON.stringify({ vmCount, fileCount, megabytes, rows }, null, 2));
+  if (scanRows.length) {
+    const scanHeader = Object.keys(scanRows[0]);
+    console.log(`\nsecret scan (gitleaks)\n\n| ${scanHeader.join(' | ')} |\n|${scanHeader.map(() => '---').join('|')}|`);
+    for (const row of scanRows) console.log(`| ${scanHeader.map((h) => row[h]).join(' | ')} |`);
+  } else {
+    console.log('\nsecret scan: skipped (gitleaks not on PATH)');
+  }
+  fs.writeFileSync(path.join(root, 'bench-results.json'), JSON.stringify({ vmCount, fileCount, megabytes, rows, scanRows }, null, 2));
 } finally {
   spawnSync(process.execPath, [cli, 'demo', 'stop', '--dir', dir], { stdio: 'ignore' });
   fs.rmSync(dir, { recursive: true, force: true });

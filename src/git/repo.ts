@@ -168,6 +168,23 @@ export class RunnerRepo {
     return result.code === 0 ? Number(result.stdout.trim()) : null;
   }
 
+  /**
+   * How many commits of a selection add at least one line of text (merges
+   * diffed against each parent, as the scan sees them). Commits that only
+   * touch binary files, delete lines or change modes add no text, and a
+   * scanner rightly reports them as nothing to scan.
+   */
+  async countCommitsAddingText(selection: string[]): Promise<number | null> {
+    const result = await this.git(['log', '-m', '--no-renames', '--format=%x00%H', '--numstat', ...selection, '--']);
+    if (result.code !== 0) return null;
+    const adding = new Set<string>();
+    for (const block of result.stdout.split('\0').filter(Boolean)) {
+      const [sha, ...lines] = block.split('\n');
+      if (lines.some((line) => /^[1-9]\d*\t/.test(line))) adding.add(sha.trim());
+    }
+    return adding.size;
+  }
+
   /** The best common ancestor of two commits, or null when they share none. */
   async mergeBase(a: string, b: string): Promise<string | null> {
     const result = await this.git(['merge-base', a, b]);

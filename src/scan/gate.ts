@@ -23,6 +23,8 @@ export interface GateInputs {
   plan: ScanPlan;
   /** The runner-host repository (commits are scanned there). */
   repoDir: string;
+  /** Counts the commits of a selection that add text (RunnerRepo.countCommitsAddingText). */
+  countCommitsAddingText: (selection: string[]) => Promise<number | null>;
   /** The clean export of `plan.head` (its tree is scanned there); null when there is no tree. */
   exportDir: string | null;
   events: EngineEvents;
@@ -60,11 +62,14 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
   if (plan.commits && plan.commits.count > 0) {
     const result = await runGitleaks(binary, { mode: 'git', root: inputs.repoDir, selection: plan.commits.selection }, scanSettings, inputs.signal);
     // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-    // scan that saw no commits where we counted some is not a pass.
-    if (result.commitsScanned === null || result.commitsScanned === 0 || result.commitsScanned > plan.commits.count) {
-      throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${result.commitsScanned ?? 'an unknown number of'} commit(s) where ${plan.commits.count} were expected: the scan cannot be trusted, so nothing is deployed.`);
+    // scan that saw no commits where some add text is not a pass. (Commits
+    // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+    const withText = await inputs.countCommitsAddingText(plan.commits.selection);
+    const scanned = result.commitsScanned;
+    if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
+      throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
     }
-    commitsScanned = result.commitsScanned;
+    commitsScanned = scanned;
     findings.push(...result.findings);
   }
   if (inputs.exportDir) {

@@ -113,7 +113,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     if (config.repository.secretScanning.enabled) {
       const request = options.scanRequest ?? { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) };
       const plan = await planScan(repo, request);
-      scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, exportDir, events, signal: options.signal });
+      scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
       if (scan.blocked) return { command: 'sync', commit, dry_run: options.dryRun ?? false, scan, vms: [] };
     } else {
       events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
@@ -199,7 +199,7 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
   try {
     const exportDir = plan.head ? path.join(exportRoot, 'tree') : null;
     if (plan.head && exportDir) await repo.exportTree(plan.head, exportDir);
-    const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, exportDir, events, signal: options.signal });
+    const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
     return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
   } finally {
     fs.rmSync(exportRoot, { recursive: true, force: true });

@@ -162,7 +162,7 @@ test('push shapes: new branch scans only its own commits; force push scans from 
   expect(forced.description).toMatch(/^force push: the 1 commit\(s\) after the merge base/);
   const exportDir = path.join(world.dir, 'export-forced');
   await repo.exportTree(rewritten, exportDir);
-  const clean = await runSecretScan({ settings, plan: forced, repoDir: world.runnerRepo, exportDir, events: silentEvents });
+  const clean = await runSecretScan({ settings, plan: forced, repoDir: world.runnerRepo, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events: silentEvents });
   expect(clean).toMatchObject({ commits_scanned: 1, findings: [], blocked: false });
 
   const deleted = await planScan(repo, { kind: 'push', before: rewritten, after: ZERO });
@@ -249,4 +249,16 @@ test('a manual resync scans only the commits the VMs do not have yet', async () 
   expect(run.code).toBe(0);
   expect(run.json.scan?.commits_scanned).toBe(2);
   expect(run.json.scan?.description).toMatch(/^resync: the 2 commit\(s\) the VMs do not have yet/);
+});
+
+test('a push that only changes binary files passes (gitleaks counts no commit there, and that is right)', async () => {
+  const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  fs.writeFileSync(path.join(world.ws.work, 'logo.png'), Buffer.from([0x89, 0x50, 0x4e, 0x47, 0, 0, 0, 0, 1, 2, 3]));
+  world.ws.git(world.ws.work, ['add', 'logo.png']);
+  world.ws.git(world.ws.work, ['commit', '--quiet', '-m', 'binary only']);
+  const head = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  world.ws.push();
+  const scan = await world.cli(['scan', '--range', `${base}..${head}`]);
+  expect(scan.code).toBe(0);
+  expect(scan.json.scan).toMatchObject({ commits_scanned: 0, findings: [], blocked: false });
 });
