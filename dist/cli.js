@@ -38301,6 +38301,9 @@ async function main(argv, io = processIO, signal) {
         if (values.sarif)
             external_node_fs_default().writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
         io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
+        if (report.scan?.blocked) {
+            io.err(`vm-sync: secrets_found: ${report.scan.findings.length} possible secret(s) in what would be deployed; ${command === 'sync' ? 'the deploy was blocked and no VM was contacted' : 'a sync of it would be blocked'}.\n`);
+        }
         return exitCodeFor(report);
     }
     catch (error) {

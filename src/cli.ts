@@ -133,6 +133,9 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     }
     if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
     io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
+    if (report.scan?.blocked) {
+      io.err(`vm-sync: secrets_found: ${report.scan.findings.length} possible secret(s) in what would be deployed; ${command === 'sync' ? 'the deploy was blocked and no VM was contacted' : 'a sync of it would be blocked'}.\n`);
+    }
     return exitCodeFor(report);
   } catch (error) {
     const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && error.code === 'config_invalid');

@@ -76,6 +76,7 @@ test('a push adding secrets blocks the sync before any VM is contacted; no secre
   const github = run.json.scan?.findings.find((f) => f.rule === 'github-pat' && f.source === 'commits');
   expect(github).toEqual({ rule: 'github-pat', file: 'config/github.env', line: 1, commit: bad.slice(0, 12), author: 'Demo Dev', fingerprint: `${bad}:config/github.env:github-pat:1`, source: 'commits' });
   expect(table.stdout).toMatch(/DEPLOY BLOCKED, no VM was contacted/);
+  expect(run.stderr).toMatch(/vm-sync: secrets_found: \d+ possible secret\(s\) in what would be deployed; the deploy was blocked and no VM was contacted/);
   expect(table.stdout).toContain(`github-pat in config/github.env:1 (commit ${bad.slice(0, 12)} by Demo Dev)`);
 
   // Nothing reached a VM: same trees, and not even an SSH handshake.
