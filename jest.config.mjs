@@ -8,4 +8,5 @@ export default {
   // Integration tests start real sshd fleets; give them room, never retry them.
   testTimeout: 120000,
   maxWorkers: 2,
+  reporters: ['default', '<rootDir>/test/plain-summary-reporter.mjs'],
 };
