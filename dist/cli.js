@@ -35322,6 +35322,17 @@ class RunnerRepo {
         const result = await this.git(['rev-parse', '--verify', '--quiet', `refs/vm-sync/deployed/${vmId}^{commit}`]);
         return result.code === 0 ? result.stdout.trim() : null;
     }
+    /** Total bytes of the files in a commit's tree (what a fresh deploy would need on a VM). */
+    async treeBytes(sha) {
+        const out = await this.gitOk(['ls-tree', '-r', '-l', '-z', sha], 'ls-tree');
+        let total = 0;
+        for (const record of out.split('\0')) {
+            const size = Number(record.split(/\s+/)[3]);
+            if (Number.isFinite(size))
+                total += size;
+        }
+        return total;
+    }
     /** Brings the working tree to exactly `sha`: reset, never merge; untracked and ignored files removed. */
     async checkout(sha) {
         await this.gitOk(['reset', '--quiet', '--hard', sha], `reset --hard ${sha}`);
@@ -35627,6 +35638,14 @@ post)
   cd -- "$T" || die "cannot enter $T"
   VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
   ;;
+doctor)
+  # Can a deploy create its state directory and flip the target here?
+  d=$P
+  while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
+  printf 'parent=%s\\nexisting=%s\\n' "$P" "$d"
+  if [ -d "$d" ] && [ -w "$d" ]; then printf 'writable=1\\n'; else printf 'writable=0\\n'; fi
+  printf 'avail_kb=%s\\n' "$(df -Pk -- "$d" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+  ;;
 *)
   die "unknown operation $op"
   ;;
@@ -35815,6 +35834,13 @@ class RemoteTarget {
     /** Removes releases beyond `keep` (never the current one) and abandoned partial stages. */
     async prune(keep) {
         return (await this.op('prune', String(keep))).get('pruned') ?? [];
+    }
+    /** Whether a deploy could write beside the target, and the free space there. */
+    async writability() {
+        const out = await this.op('doctor');
+        const one = (key) => out.get(key)?.[0] ?? '';
+        const kb = Number(one('avail_kb'));
+        return { parent: one('parent'), existing: one('existing'), writable: one('writable') === '1', availableKb: one('avail_kb') && Number.isFinite(kb) ? kb : null };
     }
     /** Runs the configured post-sync command in the target directory. */
     async postSync(sha, command) {
@@ -37265,6 +37291,8 @@ class NodeSSH {
 
 
 
+
+
 /**
  * One authenticated SSH connection to one VM. Everything vm-sync does on a VM
  * (remote commands and rsync, through the bridge) runs over this single
@@ -37357,6 +37385,15 @@ class VmSession {
             });
         });
     }
+    /**
+     * Runs a program on the VM from an argument vector: each word is quoted for
+     * the remote shell, so no value can change the command. Times out cleanly.
+     */
+    run(argv, timeoutMs, signal) {
+        if (argv.length === 0)
+            throw new Error('run() needs a program');
+        return this.exec(argv.map(shellQuote).join(' '), timeoutMs, signal);
+    }
     /** Opens a raw exec channel (for the rsync bridge, which streams both ways). */
     openChannel(command) {
         return new Promise((resolve, reject) => {
@@ -37388,6 +37425,38 @@ function connectMessage(vm, code, error, offered, pinned) {
         default:
             return `cannot reach ${where}: ${getErrorMessage(error)}. Check the VM is up, the address and port, and firewalls between the runner and the VM.`;
     }
+}
+/**
+ * Reads the host key a server offers (like ssh-keyscan) without
+ * authenticating: the handshake is stopped right after the key is seen.
+ * `algorithms` restricts which key type to ask for (default: ssh2's list).
+ */
+function scanHostKey(host, port, timeoutMs, algorithms) {
+    return new Promise((resolve, reject) => {
+        const client = new lib.Client();
+        let offered = null;
+        const finish = (error) => {
+            client.end();
+            if (offered)
+                resolve(offered);
+            else
+                reject(error ?? new Error('no host key offered'));
+        };
+        client.on('error', (error) => finish(error));
+        client.on('close', () => finish(null));
+        client.connect({
+            host,
+            port,
+            username: 'vm-sync-keyscan',
+            readyTimeout: timeoutMs,
+            ...(algorithms && algorithms.length ? { algorithms: { serverHostKey: algorithms } } : {}),
+            hostVerifier: (key) => {
+                const len = key.readUInt32BE(0);
+                offered = { type: key.subarray(4, 4 + len).toString('latin1'), blob: key, fingerprint: fingerprint(key) };
+                return false; // stop here: we only wanted the key
+            },
+        });
+    });
 }
 
 ;// CONCATENATED MODULE: ./src/sync/state.ts
@@ -38161,7 +38230,174 @@ function stopDemo(dir) {
     return fleet;
 }
 
+;// CONCATENATED MODULE: ./src/doctor/doctor.ts
+
+
+
+
+
+
+
+
+
+function tcpReachable(host, port, timeoutMs) {
+    return new Promise((resolve) => {
+        const socket = external_node_net_default().connect({ host, port });
+        const done = (error) => {
+            socket.destroy();
+            resolve(error);
+        };
+        socket.setTimeout(timeoutMs, () => done(`no answer within ${timeoutMs / 1000}s`));
+        socket.once('connect', () => done(null));
+        socket.once('error', (error) => done(error.code ?? error.message));
+    });
+}
+/**
+ * Checks one VM the way a sync would use it, stopping at the first check
+ * that makes the rest meaningless (no TCP: no host key; wrong host key: no
+ * login). Never throws.
+ */
+async function checkVm(vm, config, knownHosts, treeBytes) {
+    const checks = [];
+    const add = (name, status, detail, hint = null) => {
+        checks.push({ name, status, detail, hint });
+    };
+    const timeoutMs = config.sync.connectTimeoutS * 1000;
+    const where = `${vm.host}:${vm.port}`;
+    const report = () => ({ id: vm.id, host: vm.host, ready: !checks.some((c) => c.status === 'fail'), checks });
+    const tcp = await tcpReachable(vm.host, vm.port, timeoutMs);
+    if (tcp) {
+        add('tcp', 'fail', `${where} not reachable: ${tcp}`, `start the VM or its sshd, or fix ip/ssh_port of ${vm.id} in the config; check firewalls between this host and ${vm.host}`);
+        return report();
+    }
+    add('tcp', 'ok', `${where} reachable`);
+    const pinned = knownHosts.pinned(vm.host, vm.port);
+    let offered;
+    try {
+        offered = await scanHostKey(vm.host, vm.port, timeoutMs, pinned.keys.length ? pinned.algorithms : undefined);
+    }
+    catch (error) {
+        add('host_key', 'fail', `no SSH host key from ${where}: ${getErrorMessage(error)}`, `is an SSH server listening on ${where}?`);
+        return report();
+    }
+    const line = `${pinned.name} ${offered.type} ${offered.blob.toString('base64')}`;
+    if (pinned.keys.length === 0) {
+        add('host_key', 'fail', `no key pinned for ${pinned.name}; it offers ${offered.type} ${offered.fingerprint}`, `compare ${offered.fingerprint} with the VM's own (ssh-keygen -lf /etc/ssh/ssh_host_${offered.type.replace(/^ssh-/, '').replace(/-.*/, '')}_key.pub on its console); if equal, add this line to ${config.knownHostsPath}: ${line}`);
+        return report();
+    }
+    if (!pinned.keys.some((key) => key.equals(offered.blob))) {
+        add('host_key', 'fail', `${pinned.name} offers ${offered.type} ${offered.fingerprint}, which is not the pinned key`, `if the VM was rebuilt, verify ${offered.fingerprint} on its console and replace its line in ${config.knownHostsPath} with: ${line}; otherwise treat this as an attack`);
+        return report();
+    }
+    add('host_key', 'ok', `${offered.type} ${offered.fingerprint} matches the pinned key`);
+    let session;
+    try {
+        session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: timeoutMs });
+    }
+    catch (error) {
+        const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
+        const hint = failure.code === 'auth_failed'
+            ? `on ${vm.id}: append the output of ssh-keygen -y -f ${vm.keyPath} to ~${vm.user}/.ssh/authorized_keys`
+            : failure.code === 'config_invalid'
+                ? `create it: ssh-keygen -t ed25519 -N '' -f ${vm.keyPath} (then authorize its .pub on ${vm.id})`
+                : null;
+        add('auth', 'fail', failure.message, hint);
+        return report();
+    }
+    try {
+        add('auth', 'ok', `logged in as ${vm.user} with ${vm.keyPath}`);
+        const target = new RemoteTarget(session, vm.repoPath, timeoutMs * 3);
+        let probe;
+        try {
+            probe = await target.probe();
+        }
+        catch (error) {
+            add('sync_rev', 'fail', getErrorMessage(error), null);
+            return report();
+        }
+        if (probe.rsyncVersion)
+            add('rsync', 'ok', probe.rsyncVersion);
+        else
+            add('rsync', 'fail', `rsync not found on ${vm.id}`, `install rsync on ${vm.id} (apt-get install rsync)`);
+        const space = await target.writability();
+        if (space.writable)
+            add('target', 'ok', `${probe.target}: ${space.existing} is writable by ${vm.user}`);
+        else
+            add('target', 'fail', `${probe.target}: ${space.existing} is not writable by ${vm.user}`, `on ${vm.id}: mkdir -p ${space.parent} && chown ${vm.user} ${space.parent}`);
+        if (space.availableKb === null)
+            add('free_space', 'warn', 'free space unknown (df failed)', null);
+        else if (treeBytes === null)
+            add('free_space', 'ok', `${formatBytes(space.availableKb * 1024)} free (tree size unknown: runner-host repo not cloned yet)`);
+        else {
+            // A new release needs at most the whole tree (unchanged files are hard links); keep a margin.
+            const needed = treeBytes * 1.2;
+            if (space.availableKb * 1024 < needed) {
+                add('free_space', 'fail', `${formatBytes(space.availableKb * 1024)} free, a release needs up to ${formatBytes(treeBytes)}`, `free space on ${vm.id} under ${space.existing}, or lower repository.keep_releases`);
+            }
+            else {
+                add('free_space', 'ok', `${formatBytes(space.availableKb * 1024)} free for a tree of ${formatBytes(treeBytes)}`);
+            }
+        }
+        if (probe.lock) {
+            const [owner, started] = probe.lock.split(' ');
+            const age = probe.now - Number(started);
+            if (Number.isFinite(age) && age > config.sync.timeoutS) {
+                add('lock', 'warn', `stale lock left by ${owner}, ${age}s old (stale after ${config.sync.timeoutS}s)`, `the next sync takes it over; to clear it now, on ${vm.id}: rm -r ${probe.target.replace(/\/([^/]+)$/, '/.$1.vm-sync/lock')}`);
+            }
+            else {
+                add('lock', 'warn', `locked by ${owner} for ${Number.isFinite(age) ? age : '?'}s: a deploy is running`, 'wait for it to finish');
+            }
+        }
+        else {
+            add('lock', 'ok', 'no lock');
+        }
+        add('sync_rev', 'ok', probe.rev ? `on ${probe.rev}` : 'no .sync_rev (never deployed)');
+    }
+    finally {
+        session.dispose();
+    }
+    return report();
+}
+/**
+ * `vm-sync doctor`: proves every VM is ready for a sync, in parallel: TCP,
+ * pinned host key, key login, rsync, a writable target, free space for the
+ * tree, a stale lock, the current `.sync_rev`. Read-only everywhere.
+ */
+async function runDoctor(config, options = {}) {
+    const vms = selectVms(config, options.vms);
+    const knownHosts = new KnownHosts(external_node_fs_default().existsSync(config.knownHostsPath) ? external_node_fs_default().readFileSync(config.knownHostsPath, 'utf8') : '');
+    let treeBytes = null;
+    if (external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
+        const { mainRepoPath, remote, defaultBranch, url } = config.repository;
+        const repo = new RunnerRepo(mainRepoPath, remote, defaultBranch, url);
+        treeBytes = await repo
+            .resolve(repo.trackingRef)
+            .catch(() => repo.resolve('HEAD'))
+            .then((sha) => repo.treeBytes(sha))
+            .catch(() => null);
+    }
+    const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes));
+    return { command: 'doctor', tree_bytes: treeBytes, vms: reports };
+}
+/** One line per check per VM, with the fix under each failure. Pure. */
+function renderDoctor(report) {
+    const lines = [];
+    const width = Math.max(...report.vms.map((vm) => vm.id.length), 2);
+    for (const vm of report.vms) {
+        for (const check of vm.checks) {
+            lines.push(`${vm.id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
+            if (check.hint && check.status !== 'ok')
+                lines.push(`${' '.repeat(width)}        fix: ${check.hint}`);
+        }
+    }
+    const ready = report.vms.filter((vm) => vm.ready).length;
+    const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
+    lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
+    return `${lines.join('\n')}\n`;
+}
+
 ;// CONCATENATED MODULE: ./src/cli.ts
+
 
 
 
@@ -38176,6 +38412,7 @@ Usage:
   vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--json]
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
+  vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
   vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
@@ -38266,7 +38503,7 @@ async function main(argv, io = processIO, signal) {
             }
             return await runDemo(values.dir, values.keep, events, io.out);
         }
-        if (!['sync', 'verify', 'status', 'scan'].includes(command))
+        if (!['sync', 'verify', 'status', 'scan', 'doctor'].includes(command))
             throw new UsageError(`unknown command '${command}'`);
         if (command !== 'scan' && (values.range || values.repo))
             throw new UsageError('--range and --repo only apply to scan');
@@ -38284,9 +38521,17 @@ async function main(argv, io = processIO, signal) {
             throw new UsageError('--no-fetch only applies to sync and scan');
         if (command === 'status' && values.commit)
             throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
-        // scan never reaches a VM, so it does not need (or check) the SSH keys.
-        const config = loadConfig(values.config, { checkFiles: command !== 'scan' });
+        // scan never reaches a VM, so it does not need (or check) the SSH keys;
+        // doctor reports a missing key or known_hosts per VM, with the fix.
+        const config = loadConfig(values.config, { checkFiles: command !== 'scan' && command !== 'doctor' });
         const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
+        if (command === 'doctor') {
+            if (values.commit)
+                throw new UsageError('doctor takes no --commit');
+            const doctor = await runDoctor(config, { vms });
+            io.out(json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
+            return doctor.vms.every((vm) => vm.ready) ? 0 : 1;
+        }
         const options = { commit: values.commit, vms, events, signal };
         let report;
         if (command === 'sync') {

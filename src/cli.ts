@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
 import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
+import { renderDoctor, runDoctor } from './doctor/doctor.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
 import { renderTable } from './report/table.js';
 import fs from 'node:fs';
@@ -14,6 +15,7 @@ Usage:
   vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--json]
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
+  vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
   vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
@@ -109,7 +111,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       }
       return await runDemo(values.dir, values.keep, events, io.out);
     }
-    if (!['sync', 'verify', 'status', 'scan'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (!['sync', 'verify', 'status', 'scan', 'doctor'].includes(command)) throw new UsageError(`unknown command '${command}'`);
     if (command !== 'scan' && (values.range || values.repo)) throw new UsageError('--range and --repo only apply to scan');
     if (values.sarif && command !== 'scan' && command !== 'sync') throw new UsageError('--sarif only applies to scan and sync');
     if (values.range && values.commit) throw new UsageError('give --range or --commit, not both');
@@ -119,9 +121,16 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     if (values['no-fetch'] && command !== 'sync' && command !== 'scan') throw new UsageError('--no-fetch only applies to sync and scan');
     if (command === 'status' && values.commit) throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
 
-    // scan never reaches a VM, so it does not need (or check) the SSH keys.
-    const config = loadConfig(values.config, { checkFiles: command !== 'scan' });
+    // scan never reaches a VM, so it does not need (or check) the SSH keys;
+    // doctor reports a missing key or known_hosts per VM, with the fix.
+    const config = loadConfig(values.config, { checkFiles: command !== 'scan' && command !== 'doctor' });
     const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
+    if (command === 'doctor') {
+      if (values.commit) throw new UsageError('doctor takes no --commit');
+      const doctor = await runDoctor(config, { vms });
+      io.out(json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
+      return doctor.vms.every((vm) => vm.ready) ? 0 : 1;
+    }
     const options = { commit: values.commit, vms, events, signal };
     let report: RunReport;
     if (command === 'sync') {

@@ -213,6 +213,17 @@ export class RunnerRepo {
     return result.code === 0 ? result.stdout.trim() : null;
   }
 
+  /** Total bytes of the files in a commit's tree (what a fresh deploy would need on a VM). */
+  async treeBytes(sha: string): Promise<number> {
+    const out = await this.gitOk(['ls-tree', '-r', '-l', '-z', sha], 'ls-tree');
+    let total = 0;
+    for (const record of out.split('\0')) {
+      const size = Number(record.split(/\s+/)[3]);
+      if (Number.isFinite(size)) total += size;
+    }
+    return total;
+  }
+
   /** Brings the working tree to exactly `sha`: reset, never merge; untracked and ignored files removed. */
   async checkout(sha: string): Promise<void> {
     await this.gitOk(['reset', '--quiet', '--hard', sha], `reset --hard ${sha}`);

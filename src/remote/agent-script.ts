@@ -172,6 +172,14 @@ post)
   cd -- "$T" || die "cannot enter $T"
   VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
   ;;
+doctor)
+  # Can a deploy create its state directory and flip the target here?
+  d=$P
+  while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
+  printf 'parent=%s\\nexisting=%s\\n' "$P" "$d"
+  if [ -d "$d" ] && [ -w "$d" ]; then printf 'writable=1\\n'; else printf 'writable=0\\n'; fi
+  printf 'avail_kb=%s\\n' "$(df -Pk -- "$d" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+  ;;
 *)
   die "unknown operation $op"
   ;;

@@ -1,9 +1,10 @@
 import fs from 'node:fs';
 import { NodeSSH } from 'node-ssh';
-import type { ClientChannel } from 'ssh2';
+import { Client, type ClientChannel } from 'ssh2';
 import type { VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { classifyConnectError } from './classify.js';
+import { shellQuote } from './agent-script.js';
 import { fingerprint, isPinned, type KnownHosts } from './known-hosts.js';
 
 /** The outcome of one command on a VM. `code` is -1 when the command was killed or the channel died. */
@@ -114,6 +115,15 @@ export class VmSession {
     });
   }
 
+  /**
+   * Runs a program on the VM from an argument vector: each word is quoted for
+   * the remote shell, so no value can change the command. Times out cleanly.
+   */
+  run(argv: readonly string[], timeoutMs: number, signal?: AbortSignal): Promise<ExecResult> {
+    if (argv.length === 0) throw new Error('run() needs a program');
+    return this.exec(argv.map(shellQuote).join(' '), timeoutMs, signal);
+  }
+
   /** Opens a raw exec channel (for the rsync bridge, which streams both ways). */
   openChannel(command: string): Promise<ClientChannel> {
     return new Promise((resolve, reject) => {
@@ -146,4 +156,42 @@ function connectMessage(vm: VmConfig, code: string, error: unknown, offered: Buf
     default:
       return `cannot reach ${where}: ${getErrorMessage(error)}. Check the VM is up, the address and port, and firewalls between the runner and the VM.`;
   }
+}
+
+/** A host key as a server offers it. */
+export interface OfferedHostKey {
+  type: string;
+  blob: Buffer;
+  fingerprint: string;
+}
+
+/**
+ * Reads the host key a server offers (like ssh-keyscan) without
+ * authenticating: the handshake is stopped right after the key is seen.
+ * `algorithms` restricts which key type to ask for (default: ssh2's list).
+ */
+export function scanHostKey(host: string, port: number, timeoutMs: number, algorithms?: string[]): Promise<OfferedHostKey> {
+  return new Promise((resolve, reject) => {
+    const client = new Client();
+    let offered: OfferedHostKey | null = null;
+    const finish = (error: Error | null): void => {
+      client.end();
+      if (offered) resolve(offered);
+      else reject(error ?? new Error('no host key offered'));
+    };
+    client.on('error', (error) => finish(error));
+    client.on('close', () => finish(null));
+    client.connect({
+      host,
+      port,
+      username: 'vm-sync-keyscan',
+      readyTimeout: timeoutMs,
+      ...(algorithms && algorithms.length ? { algorithms: { serverHostKey: algorithms as never } } : {}),
+      hostVerifier: (key: Buffer) => {
+        const len = key.readUInt32BE(0);
+        offered = { type: key.subarray(4, 4 + len).toString('latin1'), blob: key, fingerprint: fingerprint(key) };
+        return false; // stop here: we only wanted the key
+      },
+    });
+  });
 }

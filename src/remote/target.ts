@@ -108,6 +108,14 @@ export class RemoteTarget {
     return (await this.op('prune', String(keep))).get('pruned') ?? [];
   }
 
+  /** Whether a deploy could write beside the target, and the free space there. */
+  async writability(): Promise<{ parent: string; existing: string; writable: boolean; availableKb: number | null }> {
+    const out = await this.op('doctor');
+    const one = (key: string): string => out.get(key)?.[0] ?? '';
+    const kb = Number(one('avail_kb'));
+    return { parent: one('parent'), existing: one('existing'), writable: one('writable') === '1', availableKb: one('avail_kb') && Number.isFinite(kb) ? kb : null };
+  }
+
   /** Runs the configured post-sync command in the target directory. */
   async postSync(sha: string, command: string): Promise<void> {
     const result = await this.session.exec(agentCommand('post', this.path, sha, command), this.commandTimeoutMs, this.signal);

@@ -1,0 +1,186 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import type { Config, VmConfig } from '../config/types.js';
+import { getErrorMessage, VmSyncError } from '../errors.js';
+import { RunnerRepo } from '../git/repo.js';
+import { formatBytes } from '../report/table.js';
+import { KnownHosts } from '../remote/known-hosts.js';
+import { scanHostKey, VmSession } from '../remote/session.js';
+import { RemoteTarget, type Probe } from '../remote/target.js';
+import { mapPool, selectVms } from '../sync/fleet.js';
+
+/** One check of one VM. `warn` is worth knowing but would not fail a sync. */
+export interface Check {
+  name: 'tcp' | 'host_key' | 'auth' | 'rsync' | 'target' | 'free_space' | 'lock' | 'sync_rev';
+  status: 'ok' | 'warn' | 'fail' | 'skipped';
+  detail: string;
+  /** What to do about a warn or fail. */
+  hint: string | null;
+}
+
+export interface VmDoctorReport {
+  id: string;
+  host: string;
+  /** False when a sync to this VM would fail. */
+  ready: boolean;
+  checks: Check[];
+}
+
+export interface DoctorReport {
+  command: 'doctor';
+  /** Bytes of the tree a fresh deploy sends (runner-host HEAD), null when unknown. */
+  tree_bytes: number | null;
+  vms: VmDoctorReport[];
+}
+
+function tcpReachable(host: string, port: number, timeoutMs: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const done = (error: string | null): void => {
+      socket.destroy();
+      resolve(error);
+    };
+    socket.setTimeout(timeoutMs, () => done(`no answer within ${timeoutMs / 1000}s`));
+    socket.once('connect', () => done(null));
+    socket.once('error', (error: NodeJS.ErrnoException) => done(error.code ?? error.message));
+  });
+}
+
+/**
+ * Checks one VM the way a sync would use it, stopping at the first check
+ * that makes the rest meaningless (no TCP: no host key; wrong host key: no
+ * login). Never throws.
+ */
+async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, treeBytes: number | null): Promise<VmDoctorReport> {
+  const checks: Check[] = [];
+  const add = (name: Check['name'], status: Check['status'], detail: string, hint: string | null = null): void => {
+    checks.push({ name, status, detail, hint });
+  };
+  const timeoutMs = config.sync.connectTimeoutS * 1000;
+  const where = `${vm.host}:${vm.port}`;
+  const report = (): VmDoctorReport => ({ id: vm.id, host: vm.host, ready: !checks.some((c) => c.status === 'fail'), checks });
+
+  const tcp = await tcpReachable(vm.host, vm.port, timeoutMs);
+  if (tcp) {
+    add('tcp', 'fail', `${where} not reachable: ${tcp}`, `start the VM or its sshd, or fix ip/ssh_port of ${vm.id} in the config; check firewalls between this host and ${vm.host}`);
+    return report();
+  }
+  add('tcp', 'ok', `${where} reachable`);
+
+  const pinned = knownHosts.pinned(vm.host, vm.port);
+  let offered;
+  try {
+    offered = await scanHostKey(vm.host, vm.port, timeoutMs, pinned.keys.length ? pinned.algorithms : undefined);
+  } catch (error) {
+    add('host_key', 'fail', `no SSH host key from ${where}: ${getErrorMessage(error)}`, `is an SSH server listening on ${where}?`);
+    return report();
+  }
+  const line = `${pinned.name} ${offered.type} ${offered.blob.toString('base64')}`;
+  if (pinned.keys.length === 0) {
+    add('host_key', 'fail', `no key pinned for ${pinned.name}; it offers ${offered.type} ${offered.fingerprint}`, `compare ${offered.fingerprint} with the VM's own (ssh-keygen -lf /etc/ssh/ssh_host_${offered.type.replace(/^ssh-/, '').replace(/-.*/, '')}_key.pub on its console); if equal, add this line to ${config.knownHostsPath}: ${line}`);
+    return report();
+  }
+  if (!pinned.keys.some((key) => key.equals(offered.blob))) {
+    add('host_key', 'fail', `${pinned.name} offers ${offered.type} ${offered.fingerprint}, which is not the pinned key`, `if the VM was rebuilt, verify ${offered.fingerprint} on its console and replace its line in ${config.knownHostsPath} with: ${line}; otherwise treat this as an attack`);
+    return report();
+  }
+  add('host_key', 'ok', `${offered.type} ${offered.fingerprint} matches the pinned key`);
+
+  let session: VmSession;
+  try {
+    session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: timeoutMs });
+  } catch (error) {
+    const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
+    const hint =
+      failure.code === 'auth_failed'
+        ? `on ${vm.id}: append the output of ssh-keygen -y -f ${vm.keyPath} to ~${vm.user}/.ssh/authorized_keys`
+        : failure.code === 'config_invalid'
+          ? `create it: ssh-keygen -t ed25519 -N '' -f ${vm.keyPath} (then authorize its .pub on ${vm.id})`
+          : null;
+    add('auth', 'fail', failure.message, hint);
+    return report();
+  }
+  try {
+    add('auth', 'ok', `logged in as ${vm.user} with ${vm.keyPath}`);
+    const target = new RemoteTarget(session, vm.repoPath, timeoutMs * 3);
+    let probe: Probe;
+    try {
+      probe = await target.probe();
+    } catch (error) {
+      add('sync_rev', 'fail', getErrorMessage(error), null);
+      return report();
+    }
+    if (probe.rsyncVersion) add('rsync', 'ok', probe.rsyncVersion);
+    else add('rsync', 'fail', `rsync not found on ${vm.id}`, `install rsync on ${vm.id} (apt-get install rsync)`);
+
+    const space = await target.writability();
+    if (space.writable) add('target', 'ok', `${probe.target}: ${space.existing} is writable by ${vm.user}`);
+    else add('target', 'fail', `${probe.target}: ${space.existing} is not writable by ${vm.user}`, `on ${vm.id}: mkdir -p ${space.parent} && chown ${vm.user} ${space.parent}`);
+
+    if (space.availableKb === null) add('free_space', 'warn', 'free space unknown (df failed)', null);
+    else if (treeBytes === null) add('free_space', 'ok', `${formatBytes(space.availableKb * 1024)} free (tree size unknown: runner-host repo not cloned yet)`);
+    else {
+      // A new release needs at most the whole tree (unchanged files are hard links); keep a margin.
+      const needed = treeBytes * 1.2;
+      if (space.availableKb * 1024 < needed) {
+        add('free_space', 'fail', `${formatBytes(space.availableKb * 1024)} free, a release needs up to ${formatBytes(treeBytes)}`, `free space on ${vm.id} under ${space.existing}, or lower repository.keep_releases`);
+      } else {
+        add('free_space', 'ok', `${formatBytes(space.availableKb * 1024)} free for a tree of ${formatBytes(treeBytes)}`);
+      }
+    }
+
+    if (probe.lock) {
+      const [owner, started] = probe.lock.split(' ');
+      const age = probe.now - Number(started);
+      if (Number.isFinite(age) && age > config.sync.timeoutS) {
+        add('lock', 'warn', `stale lock left by ${owner}, ${age}s old (stale after ${config.sync.timeoutS}s)`, `the next sync takes it over; to clear it now, on ${vm.id}: rm -r ${probe.target.replace(/\/([^/]+)$/, '/.$1.vm-sync/lock')}`);
+      } else {
+        add('lock', 'warn', `locked by ${owner} for ${Number.isFinite(age) ? age : '?'}s: a deploy is running`, 'wait for it to finish');
+      }
+    } else {
+      add('lock', 'ok', 'no lock');
+    }
+    add('sync_rev', 'ok', probe.rev ? `on ${probe.rev}` : 'no .sync_rev (never deployed)');
+  } finally {
+    session.dispose();
+  }
+  return report();
+}
+
+/**
+ * `vm-sync doctor`: proves every VM is ready for a sync, in parallel: TCP,
+ * pinned host key, key login, rsync, a writable target, free space for the
+ * tree, a stale lock, the current `.sync_rev`. Read-only everywhere.
+ */
+export async function runDoctor(config: Config, options: { vms?: string[] } = {}): Promise<DoctorReport> {
+  const vms = selectVms(config, options.vms);
+  const knownHosts = new KnownHosts(fs.existsSync(config.knownHostsPath) ? fs.readFileSync(config.knownHostsPath, 'utf8') : '');
+  let treeBytes: number | null = null;
+  if (fs.existsSync(config.repository.mainRepoPath)) {
+    const { mainRepoPath, remote, defaultBranch, url } = config.repository;
+    const repo = new RunnerRepo(mainRepoPath, remote, defaultBranch, url);
+    treeBytes = await repo
+      .resolve(repo.trackingRef)
+      .catch(() => repo.resolve('HEAD'))
+      .then((sha) => repo.treeBytes(sha))
+      .catch(() => null);
+  }
+  const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes));
+  return { command: 'doctor', tree_bytes: treeBytes, vms: reports };
+}
+
+/** One line per check per VM, with the fix under each failure. Pure. */
+export function renderDoctor(report: DoctorReport): string {
+  const lines: string[] = [];
+  const width = Math.max(...report.vms.map((vm) => vm.id.length), 2);
+  for (const vm of report.vms) {
+    for (const check of vm.checks) {
+      lines.push(`${vm.id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
+      if (check.hint && check.status !== 'ok') lines.push(`${' '.repeat(width)}        fix: ${check.hint}`);
+    }
+  }
+  const ready = report.vms.filter((vm) => vm.ready).length;
+  const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
+  lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
+  return `${lines.join('\n')}\n`;
+}
