@@ -37800,6 +37800,7 @@ async function runSync(config, options = {}) {
             retryBaseMs: options.retryBaseMs ?? 1000,
         };
         const reports = await mapPool(vms, config.sync.concurrency, async (vm) => {
+            events.vmStarted?.(vm.id);
             const report = await syncVm(vm, ctx);
             // Remember what each VM holds, so the next manual resync scans only what is new to it.
             if (!ctx.dryRun && report.result === 'success' && report.rev_after === commit)
@@ -37838,7 +37839,10 @@ async function runInspect(config, mode, options = {}) {
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
     };
-    const reports = await mapPool(vms, config.sync.concurrency, (vm) => inspectVm(vm, ctx, mode).then((r) => announce(events, r)));
+    const reports = await mapPool(vms, config.sync.concurrency, (vm) => {
+        events.vmStarted?.(vm.id);
+        return inspectVm(vm, ctx, mode).then((r) => announce(events, r));
+    });
     return { command: mode, commit, dry_run: false, scan: null, vms: reports };
 }
 /**
@@ -37859,9 +37863,11 @@ async function runScan(config, options = {}) {
         repo = runnerRepo(config);
         await repo.prepare(options.fetch !== false);
     }
-    const request = options.range
-        ? { kind: 'range', range: options.range }
-        : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
+    const request = options.request
+        ? options.request
+        : options.range
+            ? { kind: 'range', range: options.range }
+            : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
     const plan = await planScan(repo, request);
     const exportRoot = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-export-'));
     try {
@@ -37877,6 +37883,7 @@ async function runScan(config, options = {}) {
 }
 function announce(events, report) {
     events.info(report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
+    events.vmFinished?.(report);
     return report;
 }
 /** Exit status for a finished run: 3 when secrets blocked it, 0 when every VM succeeded, 1 otherwise. */

@@ -41,6 +41,8 @@ export interface ScanOptions extends FleetOptions {
   fetch?: boolean;
   /** `BASE..HEAD`; default: what the VMs do not have yet, as recorded on this runner. */
   range?: string;
+  /** A full scan request (a push event); takes precedence over `range`. */
+  request?: ScanRequest;
 }
 
 /**
@@ -134,6 +136,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       retryBaseMs: options.retryBaseMs ?? 1000,
     };
     const reports = await mapPool(vms, config.sync.concurrency, async (vm) => {
+      events.vmStarted?.(vm.id);
       const report = await syncVm(vm, ctx);
       // Remember what each VM holds, so the next manual resync scans only what is new to it.
       if (!ctx.dryRun && report.result === 'success' && report.rev_after === commit) await repo.recordDeployed(vm.id, commit);
@@ -171,7 +174,10 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
     signal: options.signal,
     retryBaseMs: options.retryBaseMs ?? 1000,
   };
-  const reports = await mapPool(vms, config.sync.concurrency, (vm) => inspectVm(vm, ctx, mode).then((r) => announce(events, r)));
+  const reports = await mapPool(vms, config.sync.concurrency, (vm) => {
+    events.vmStarted?.(vm.id);
+    return inspectVm(vm, ctx, mode).then((r) => announce(events, r));
+  });
   return { command: mode, commit, dry_run: false, scan: null, vms: reports };
 }
 
@@ -191,7 +197,9 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     repo = runnerRepo(config);
     await repo.prepare(options.fetch !== false);
   }
-  const request: ScanRequest = options.range
+  const request: ScanRequest = options.request
+    ? options.request
+    : options.range
     ? { kind: 'range', range: options.range }
     : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
   const plan = await planScan(repo, request);
@@ -208,6 +216,7 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
 
 function announce(events: EngineEvents, report: VmReport): VmReport {
   events.info(report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
+  events.vmFinished?.(report);
   return report;
 }
 

@@ -43,6 +43,10 @@ export interface RunReport {
 export interface EngineEvents {
   info(vmId: string | null, message: string): void;
   progress(vmId: string, percent: number, rate: string): void;
+  /** A VM's pipeline is starting (the action posts a pending status). */
+  vmStarted?(vmId: string): void;
+  /** A VM's pipeline ended, successfully or not. */
+  vmFinished?(report: VmReport): void;
 }
 
 export const silentEvents: EngineEvents = { info: () => undefined, progress: () => undefined };

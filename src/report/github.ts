@@ -1,0 +1,121 @@
+import { getErrorMessage } from '../errors.js';
+import type { ScanReport } from '../scan/gate.js';
+import type { VmReport } from '../sync/types.js';
+
+/** The few GitHub REST calls vm-sync makes; an interface so tests can record them. */
+export interface GitHubApi {
+  createStatus(sha: string, body: { state: StatusState; context: string; description: string; target_url: string }): Promise<void>;
+  createDeployment(body: { ref: string; environment: string; description: string; payload: Record<string, string> }): Promise<number>;
+  createDeploymentStatus(id: number, body: { state: DeploymentState; description: string; log_url: string }): Promise<void>;
+}
+
+export type StatusState = 'pending' | 'success' | 'failure' | 'error';
+export type DeploymentState = 'in_progress' | 'success' | 'failure' | 'error';
+
+export interface ReporterOptions {
+  sha: string;
+  runUrl: string;
+  /** Post commit statuses (input commit-statuses). */
+  statuses: boolean;
+  /** Create a Deployment per VM in `<environment>/<vm>` (input environment); empty: none. */
+  environment: string;
+  /** What the run is doing, for descriptions: `sync` or `verify`. */
+  verb: 'sync' | 'verify';
+  dryRun: boolean;
+  warn: (message: string) => void;
+}
+
+// Failures of the VM's own answer (wrong commit, refused, hook failed) are
+// "failure"; failures to get an answer at all (network, keys) are "error".
+const FAILURE_CODES = new Set(['refused_ahead', 'verify_mismatch', 'post_sync_failed', 'locked']);
+
+function clip(text: string, max = 140): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+/** The commit-status state and one-line description for a VM's outcome. */
+export function vmStatus(report: VmReport, verb: 'sync' | 'verify', dryRun: boolean): { state: Exclude<StatusState, 'pending'>; description: string } {
+  if (report.result === 'success') {
+    const rev = report.rev_after?.slice(0, 7) ?? '?';
+    let description: string;
+    if (verb === 'verify') description = `verified: on ${rev}`;
+    else if (dryRun) description = `dry run: ${report.files_changed} file(s) would change`;
+    else if (report.action === 'none') description = `already on ${rev}`;
+    else description = `deployed ${rev}: ${report.files_changed} file(s), ${report.bytes_sent} bytes in ${(report.duration_ms / 1000).toFixed(1)}s`;
+    return { state: 'success', description };
+  }
+  const code = report.error?.code ?? report.result;
+  return { state: FAILURE_CODES.has(code) ? 'failure' : 'error', description: clip(`${code}: ${report.error?.message ?? report.result}`) };
+}
+
+/**
+ * Posts commit statuses (`vm-sync/secret-scan`, `vm-sync/<vm>`) and, with an
+ * environment, a Deployment per VM with its statuses. Every call is
+ * best-effort: a failure is a warning and never fails or hides the sync.
+ * Calls for one VM are sent in order (pending before the outcome).
+ */
+export class GitHubReporter {
+  private readonly chains = new Map<string, Promise<unknown>>();
+  private readonly deployments = new Map<string, number>();
+
+  constructor(
+    private readonly api: GitHubApi | null,
+    private readonly options: ReporterOptions,
+  ) {}
+
+  private enqueue(key: string, what: string, call: (api: GitHubApi) => Promise<unknown>): void {
+    const api = this.api;
+    if (!api) return;
+    const previous = this.chains.get(key) ?? Promise.resolve();
+    this.chains.set(
+      key,
+      previous.then(() => call(api)).catch((error: unknown) => this.options.warn(`could not ${what}: ${getErrorMessage(error)} (the deploy itself is unaffected)`)),
+    );
+  }
+
+  private status(key: string, context: string, state: StatusState, description: string): void {
+    if (!this.options.statuses) return;
+    this.enqueue(key, `post commit status ${context}`, (api) =>
+      api.createStatus(this.options.sha, { state, context, description: clip(description), target_url: this.options.runUrl }),
+    );
+  }
+
+  scanStarted(): void {
+    this.status('scan', 'vm-sync/secret-scan', 'pending', 'scanning the commits and the tree being deployed');
+  }
+
+  scanFinished(scan: ScanReport | null, failure: { code: string; message: string } | null): void {
+    if (failure) this.status('scan', 'vm-sync/secret-scan', 'error', `${failure.code}: ${failure.message}`);
+    else if (scan && scan.findings.length === 0) this.status('scan', 'vm-sync/secret-scan', 'success', `clean: ${scan.commits_scanned} commit(s) and the tree`);
+    else if (scan) this.status('scan', 'vm-sync/secret-scan', scan.blocked ? 'failure' : 'success', `${scan.findings.length} possible secret(s)${scan.blocked ? ': deploy blocked' : ' (not blocking)'}`);
+  }
+
+  vmStarted(vmId: string): void {
+    this.status(vmId, `vm-sync/${vmId}`, 'pending', this.options.verb === 'verify' ? 'checking .sync_rev' : 'deploying');
+    if (!this.options.environment || this.options.verb !== 'sync' || this.options.dryRun) return;
+    this.enqueue(vmId, `create a deployment for ${vmId}`, async (api) => {
+      const id = await api.createDeployment({
+        ref: this.options.sha,
+        environment: `${this.options.environment}/${vmId}`,
+        description: `vm-sync to ${vmId}`,
+        payload: { vm: vmId },
+      });
+      this.deployments.set(vmId, id);
+      await api.createDeploymentStatus(id, { state: 'in_progress', description: 'deploying', log_url: this.options.runUrl });
+    });
+  }
+
+  vmFinished(report: VmReport): void {
+    const { state, description } = vmStatus(report, this.options.verb, this.options.dryRun);
+    this.status(report.id, `vm-sync/${report.id}`, state, description);
+    this.enqueue(report.id, `update the deployment of ${report.id}`, async (api) => {
+      const id = this.deployments.get(report.id);
+      if (id !== undefined) await api.createDeploymentStatus(id, { state, description: clip(description), log_url: this.options.runUrl });
+    });
+  }
+
+  /** Waits for every queued call (each already turns its failure into a warning). */
+  async flush(): Promise<void> {
+    await Promise.all(this.chains.values());
+  }
+}

@@ -1,0 +1,191 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { FakeGitHub } from '../helpers/github-server.js';
+import { plantedSecrets, secretFiles, secretFragments } from '../helpers/secrets.js';
+import { snapshotTree, World } from '../helpers/world.js';
+
+/*
+ * The committed bundle dist/index.js, run the way the Actions runner runs it:
+ * INPUT_* variables, GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, GITHUB_EVENT_PATH,
+ * and GITHUB_API_URL / GITHUB_SERVER_URL pointing at a loopback fake GitHub
+ * that records every request and serves the repository over smart HTTP.
+ */
+const TOKEN = `ghs_${'T0k3n'.repeat(7)}x`;
+let world: World;
+let github: FakeGitHub;
+
+beforeAll(async () => {
+  world = await World.create(['vm01', 'vm02']);
+  github = await FakeGitHub.start(path.dirname(world.ws.origin));
+  // The runner-host clone comes from the fake GitHub over HTTP, so the fetch needs the token.
+  fs.writeFileSync(world.configPath, fs.readFileSync(world.configPath, 'utf8').replace(/url: .*/, `url: ${github.url}${FakeGitHub.gitPath(world.ws.origin)}`));
+});
+afterAll(async () => {
+  await github?.stop();
+  world?.destroy();
+});
+
+interface ActionRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  outputs: Record<string, string>;
+  summary: string;
+}
+
+/**
+ * Runs dist/index.js with the given inputs and event, as the runner would.
+ * Asynchronously: the fake GitHub answers from this same process.
+ */
+async function runAction(inputs: Record<string, string>, event: { name: string; payload: object; sha: string }): Promise<ActionRun> {
+  const dir = fs.mkdtempSync(path.join(world.dir, 'runner-'));
+  const files = { output: path.join(dir, 'output'), summary: path.join(dir, 'summary.md'), event: path.join(dir, 'event.json') };
+  fs.writeFileSync(files.output, '');
+  fs.writeFileSync(files.summary, '');
+  fs.writeFileSync(files.event, JSON.stringify(event.payload));
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    GITHUB_ACTIONS: 'true',
+    GITHUB_REPOSITORY: 'acme/app',
+    GITHUB_SHA: event.sha,
+    GITHUB_EVENT_NAME: event.name,
+    GITHUB_EVENT_PATH: files.event,
+    GITHUB_RUN_ID: '4242',
+    GITHUB_SERVER_URL: github.url,
+    GITHUB_API_URL: `${github.url}/api/v3`,
+    GITHUB_WORKSPACE: world.dir,
+    GITHUB_OUTPUT: files.output,
+    GITHUB_STEP_SUMMARY: files.summary,
+    RUNNER_TEMP: path.join(dir, 'temp'),
+    RUNNER_TOOL_CACHE: path.join(dir, 'toolcache'),
+    'INPUT_GITHUB-TOKEN': TOKEN,
+    INPUT_CONFIG: path.basename(world.configPath),
+  };
+  for (const [name, value] of Object.entries(inputs)) env[`INPUT_${name.toUpperCase()}`] = value;
+  const child = spawn(process.execPath, [path.join(process.cwd(), 'dist', 'index.js')], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const outputs: Record<string, string> = {};
+  // GITHUB_OUTPUT uses name<<DELIMITER ... DELIMITER blocks.
+  const text = fs.readFileSync(files.output, 'utf8');
+  for (const match of text.matchAll(/^(.+?)<<(.+)\n([\s\S]*?)\n\2$/gm)) outputs[match[1]] = match[3];
+  return { code, stdout, stderr, outputs, summary: fs.readFileSync(files.summary, 'utf8') };
+}
+
+/** stdout/stderr without the runner's mask-registration lines (which carry the value to mask by design). */
+function visible(run: ActionRun): string {
+  return (run.stdout + run.stderr)
+    .split('\n')
+    .filter((l) => !l.startsWith('::add-mask::'))
+    .join('\n');
+}
+
+test('a push deploys, posts the exact statuses and deployments, writes outputs and the summary', async () => {
+  const sha = world.ws.commit({ 'index.html': '<h1>v1</h1>\n', 'app/main.py': 'print(1)\n' }, 'first deploy');
+  world.ws.push();
+
+  const run = await runAction({ command: 'sync', environment: 'production' }, { name: 'push', sha, payload: { before: '0'.repeat(40), after: sha, ref: 'refs/heads/main' } });
+
+  expect(run.stderr).toBe('');
+  expect(run.stdout).not.toMatch(/^::(warning|error)/m);
+  expect(run.code).toBe(0);
+  for (const id of ['vm01', 'vm02']) expect(world.sentinel(id)).toBe(`${sha}\n`);
+
+  // The exact API requests, in order per context.
+  const calls = github.calls();
+  const statuses = calls.filter((c) => c.call.startsWith('POST /api/v3/repos/acme/app/statuses/'));
+  expect(new Set(statuses.map((c) => c.call))).toEqual(new Set([`POST /api/v3/repos/acme/app/statuses/${sha}`]));
+  const byContext = (context: string): Array<[unknown, unknown]> => statuses.filter((c) => c.body.context === context).map((c) => [c.body.state, c.body.description]);
+  expect(byContext('vm-sync/secret-scan')).toEqual([
+    ['pending', 'scanning the commits and the tree being deployed'],
+    ['success', 'clean: 1 commit(s) and the tree'],
+  ]);
+  for (const id of ['vm01', 'vm02']) {
+    const [pending, done] = byContext(`vm-sync/${id}`);
+    expect(pending).toEqual(['pending', 'deploying']);
+    expect(done[0]).toBe('success');
+    expect(done[1]).toMatch(new RegExp(`^deployed ${sha.slice(0, 7)}: 2 file\\(s\\), \\d+ bytes in \\d+\\.\\ds$`));
+  }
+  for (const status of statuses) expect(status.body.target_url).toBe(`${github.url}/acme/app/actions/runs/4242`);
+  const deployments = calls.filter((c) => c.call === 'POST /api/v3/repos/acme/app/deployments');
+  expect(deployments.map((c) => c.body).sort((a, b) => String(a.environment).localeCompare(String(b.environment)))).toEqual([
+    { ref: sha, environment: 'production/vm01', description: 'vm-sync to vm01', payload: { vm: 'vm01' }, auto_merge: false, required_contexts: [], transient_environment: false },
+    { ref: sha, environment: 'production/vm02', description: 'vm-sync to vm02', payload: { vm: 'vm02' }, auto_merge: false, required_contexts: [], transient_environment: false },
+  ]);
+  const deploymentStatuses = calls.filter((c) => /\/deployments\/\d+\/statuses$/.test(c.call)).map((c) => c.body.state);
+  expect(deploymentStatuses.sort()).toEqual(['in_progress', 'in_progress', 'success', 'success']);
+  for (const request of github.api) expect(request.authorization).toBe(`token ${TOKEN}`);
+
+  // The runner-host clone was fetched with the token as a header, which never reached .git/config.
+  expect(github.git.length).toBeGreaterThan(0);
+  const basic = `basic ${Buffer.from(`x-access-token:${TOKEN}`).toString('base64')}`;
+  for (const request of github.git) expect(request.authorization?.toLowerCase()).toBe(basic.toLowerCase());
+  expect(fs.readFileSync(path.join(world.runnerRepo, '.git', 'config'), 'utf8')).not.toMatch(/extraheader|x-access-token|T0k3n/i);
+
+  // Outputs.
+  expect(run.outputs.commit).toBe(sha);
+  expect(run.outputs.synced).toBe('vm01,vm02');
+  expect(run.outputs.skipped).toBe('');
+  expect(run.outputs.failed).toBe('');
+  expect(run.outputs.findings).toBe('0');
+  expect(JSON.parse(run.outputs.results).vms.map((vm: { id: string; result: string }) => [vm.id, vm.result])).toEqual([['vm01', 'success'], ['vm02', 'success']]);
+
+  // Logs grouped per VM; the summary has a row per VM; the token is never visible.
+  expect(run.stdout).toMatch(/^::group::vm01: success$/m);
+  expect(run.summary).toContain('## vm-sync sync: 2/2 VM(s) ok');
+  expect(run.summary).toMatch(/^\| vm01 \| 127\.0\.0\.1 \| fresh \| deploy \| ✅ success \| — → `[0-9a-f]{7}` \| 2 \|/m);
+  expect(run.stdout).toContain(`::add-mask::${TOKEN}`);
+  expect(visible(run)).not.toContain(TOKEN);
+  expect(run.summary).not.toContain(TOKEN);
+});
+
+test('a failing status API only warns; the deploy still succeeds and is reported', async () => {
+  github.failStatusesWith = 500;
+  try {
+    const sha = world.ws.commit({ 'index.html': '<h1>v2</h1>\n' }, 'second');
+    world.ws.push();
+    const run = await runAction({ command: 'sync' }, { name: 'workflow_dispatch', sha, payload: { inputs: {} } });
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/^::warning::could not post commit status vm-sync\/vm01: .*\(the deploy itself is unaffected\)$/m);
+    expect(world.sentinel('vm01')).toBe(`${sha}\n`);
+    expect(run.outputs.synced).toBe('vm01,vm02');
+  } finally {
+    github.failStatusesWith = null;
+  }
+});
+
+test('secrets block the sync: exit 1 with secrets_found, annotations on file and line, no VM touched, no secret visible', async () => {
+  const secrets = plantedSecrets();
+  const before = ['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home));
+  const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  const sha = world.ws.commit(secretFiles(secrets), 'oops');
+  world.ws.push();
+  const sarif = 'scan.sarif';
+  const run = await runAction({ command: 'sync', 'sarif-path': sarif }, { name: 'push', sha, payload: { before: base, after: sha, ref: 'refs/heads/main' } });
+
+  expect(run.code).toBe(1);
+  expect(run.stdout).toMatch(/^::error::secrets_found: \d+ possible secret\(s\): the deploy was blocked and no VM was contacted$/m);
+  expect(run.stdout).toMatch(/^::error title=vm-sync secret scan%3A github-pat,file=config\/github.env,line=1::Possible secret \(github-pat\) added in commit [0-9a-f]{12}/m);
+  expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(before);
+  expect(Number(run.outputs.findings)).toBeGreaterThanOrEqual(4);
+  expect(run.summary).toContain('the deploy was blocked, no VM was contacted');
+  const statuses = github.calls().filter((c) => c.call === `POST /api/v3/repos/acme/app/statuses/${sha}` && c.body.context === 'vm-sync/secret-scan');
+  expect(statuses.map((c) => c.body.state)).toEqual(['pending', 'failure']);
+  const texts = [visible(run), run.summary, run.outputs.results, fs.readFileSync(path.join(world.dir, sarif), 'utf8')].join('\n');
+  for (const fragment of secretFragments(secrets)) expect(texts.includes(fragment)).toBe(false);
+
+  world.ws.commit(Object.fromEntries(Object.keys(secretFiles(secrets)).map((f) => [f, null])), 'remove secrets');
+  world.ws.push();
+});
+
+test('bad input fails clearly and still writes a summary', async () => {
+  const run = await runAction({ command: 'deploy-everything' }, { name: 'workflow_dispatch', sha: 'a'.repeat(40), payload: {} });
+  expect(run.code).toBe(1);
+  expect(run.stdout).toMatch(/^::error::config_invalid: input command must be sync, verify, status or scan, not 'deploy-everything'$/m);
+  expect(run.summary).toContain('vm-sync: failed before reaching any VM');
+});
