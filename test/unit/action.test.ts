@@ -1,0 +1,141 @@
+import { gitAuthEnv, readWorkflowContext } from '../../src/action/context.js';
+import { parseInputs } from '../../src/action/inputs.js';
+import { GitHubReporter, vmStatus, type GitHubApi } from '../../src/report/github.js';
+import { renderSummary } from '../../src/report/summary.js';
+import type { RunReport, VmReport } from '../../src/sync/types.js';
+
+const reader = (values: Record<string, string>) => (name: string) => values[name] ?? '';
+
+describe('parseInputs', () => {
+  test('defaults', () => {
+    expect(parseInputs(reader({ 'github-token': 'x' }))).toEqual({
+      command: 'sync',
+      config: 'vm-sync.yml',
+      commit: '',
+      vms: [],
+      force: false,
+      dryRun: false,
+      githubToken: 'x',
+      commitStatuses: true,
+      environment: '',
+      gitleaksVersion: '8.30.1',
+      gitleaksPath: '',
+      sarifPath: '',
+    });
+  });
+
+  test('every input, parsed once', () => {
+    const inputs = parseInputs(reader({ command: 'sync', vms: ' vm01, vm02 ,', force: 'true', 'dry-run': 'True', 'commit-statuses': 'false', environment: 'production', commit: 'abc1234' }));
+    expect(inputs).toMatchObject({ vms: ['vm01', 'vm02'], force: true, dryRun: true, commitStatuses: false, environment: 'production', commit: 'abc1234' });
+  });
+
+  test.each([
+    [{ command: 'deploy' }, "input command must be sync, verify, status or scan, not 'deploy'"],
+    [{ force: 'yes' }, "input force must be true or false, not 'yes'"],
+    [{ command: 'verify', 'dry-run': 'true' }, 'input dry-run only applies to command: sync'],
+    [{ commit: '$(rm -rf /)' }, "input commit is not a commit or ref: '$(rm -rf /)'"],
+  ])('%j is rejected with a message naming the input', (values, message) => {
+    expect(() => parseInputs(reader(values))).toThrow(message);
+  });
+});
+
+describe('workflow context', () => {
+  test('reads GHES URLs from the environment, never a hard-coded host', () => {
+    const ctx = readWorkflowContext({ GITHUB_REPOSITORY: 'acme/app', GITHUB_SERVER_URL: 'https://ghe.example.com/', GITHUB_API_URL: 'https://ghe.example.com/api/v3', GITHUB_RUN_ID: '7', GITHUB_SHA: 'a'.repeat(40) });
+    expect(ctx).toMatchObject({ owner: 'acme', repo: 'app', serverUrl: 'https://ghe.example.com', apiUrl: 'https://ghe.example.com/api/v3', runUrl: 'https://ghe.example.com/acme/app/actions/runs/7', push: null });
+  });
+
+  test('the fetch credential is a per-command header in the environment', () => {
+    const { env, secret } = gitAuthEnv('tok', 'https://ghe.example.com');
+    expect(env).toEqual({ GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'http.https://ghe.example.com/.extraheader', GIT_CONFIG_VALUE_0: `AUTHORIZATION: basic ${secret}` });
+    expect(Buffer.from(secret, 'base64').toString()).toBe('x-access-token:tok');
+  });
+});
+
+function vm(overrides: Partial<VmReport>): VmReport {
+  return { id: 'vm01', host: '10.0.0.1', state: 'behind', action: 'deploy', result: 'success', rev_before: 'a'.repeat(40), rev_after: 'b'.repeat(40), files_changed: 3, bytes_sent: 2048, duration_ms: 1500, verified: true, notes: [], error: null, ...overrides };
+}
+
+describe('commit status of a VM', () => {
+  test.each([
+    [vm({}), 'sync', false, { state: 'success', description: 'deployed bbbbbbb: 3 file(s), 2048 bytes in 1.5s' }],
+    [vm({ action: 'none' }), 'sync', false, { state: 'success', description: 'already on bbbbbbb' }],
+    [vm({}), 'sync', true, { state: 'success', description: 'dry run: 3 file(s) would change' }],
+    [vm({ action: 'verify' }), 'verify', false, { state: 'success', description: 'verified: on bbbbbbb' }],
+    [vm({ result: 'refused', error: { code: 'refused_ahead', message: 'older' } }), 'sync', false, { state: 'failure', description: 'refused_ahead: older' }],
+    [vm({ result: 'failed', error: { code: 'unreachable', message: 'x'.repeat(300) } }), 'sync', false, { state: 'error', description: `unreachable: ${'x'.repeat(126)}…` }],
+  ] as const)('%#', (report, verb, dryRun, expected) => {
+    const status = vmStatus(report, verb, dryRun);
+    expect(status).toEqual(expected);
+    expect(status.description.length).toBeLessThanOrEqual(140);
+  });
+});
+
+test('the reporter sends one VM\'s calls in order and turns failures into warnings', async () => {
+  const calls: string[] = [];
+  const warnings: string[] = [];
+  const api: GitHubApi = {
+    createStatus: async (_sha, body) => {
+      await new Promise((r) => setTimeout(r, body.state === 'pending' ? 20 : 0));
+      calls.push(`status ${body.context} ${body.state}`);
+      if (body.context === 'vm-sync/vm02') throw new Error('HTTP 500');
+    },
+    createDeployment: async (body) => {
+      calls.push(`deployment ${body.environment}`);
+      return body.environment === 'prod/vm01' ? 7 : 8;
+    },
+    createDeploymentStatus: async (id, body) => {
+      calls.push(`deployment-status ${id} ${body.state}`);
+    },
+  };
+  const reporter = new GitHubReporter(api, { sha: 'c'.repeat(40), runUrl: 'u', statuses: true, environment: 'prod', verb: 'sync', dryRun: false, warn: (w) => warnings.push(w) });
+  reporter.vmStarted('vm01');
+  reporter.vmFinished(vm({}));
+  reporter.vmStarted('vm02');
+  reporter.vmFinished(vm({ id: 'vm02' }));
+  await reporter.flush();
+  expect(calls.filter((c) => c.includes('vm01') || c.startsWith('deployment-status 7'))).toEqual([
+    'status vm-sync/vm01 pending',
+    'deployment prod/vm01',
+    'deployment-status 7 in_progress',
+    'status vm-sync/vm01 success',
+    'deployment-status 7 success',
+  ]);
+  expect(warnings).toEqual([expect.stringMatching(/^could not post commit status vm-sync\/vm02: HTTP 500 \(the deploy itself is unaffected\)$/)]);
+});
+
+const report: RunReport = {
+  command: 'sync',
+  commit: 'b'.repeat(40),
+  dry_run: false,
+  scan: {
+    description: 'the 2 commit(s) of aaaaaaaaaaaa..bbbbbbbbbbbb and the tree of bbbbbbbbbbbb',
+    commits_scanned: 2,
+    tree_scanned: true,
+    findings: [{ rule: 'github-pat', file: 'config/a|b.env', line: 3, commit: 'bbbbbbbbbbbb', author: 'Dev', fingerprint: `${'b'.repeat(40)}:config/a|b.env:github-pat:3`, source: 'commits' }],
+    blocked: false,
+  },
+  vms: [
+    vm({}),
+    vm({ id: 'vm02', host: '10.0.0.2', state: 'unknown', action: 'none', result: 'failed', rev_before: null, rev_after: null, files_changed: 0, bytes_sent: 0, verified: false, error: { code: 'host_key_mismatch', message: 'host key of vm02 does not match the pinned key' } }),
+    vm({ id: 'vm03', host: '10.0.0.3', state: 'up-to-date', action: 'none', rev_before: 'b'.repeat(40), files_changed: 0, bytes_sent: 0, notes: ['took over a stale lock'] }),
+  ],
+};
+
+test('the job summary is a pure function of the report', () => {
+  const text = renderSummary(report, { runUrl: 'https://github.com/acme/app/actions/runs/1', failure: null });
+  expect(text).toMatchSnapshot();
+  expect(text).toBe(renderSummary(structuredClone(report), { runUrl: 'https://github.com/acme/app/actions/runs/1', failure: null }));
+  expect(text).toContain('config/a\\|b.env'); // table cells escaped
+});
+
+test('the job summary stays far below GitHub\'s 1 MiB limit, even for a huge fleet', () => {
+  const many = { ...report, vms: Array.from({ length: 5000 }, (_, i) => vm({ id: `vm${i}`, notes: ['n'.repeat(200)] })) };
+  const text = renderSummary(many, { runUrl: 'u', failure: null });
+  expect(Buffer.byteLength(text)).toBeLessThan(600 * 1024);
+  expect(text).toContain('summary truncated');
+});
+
+test('a run that failed before any VM still gets a summary', () => {
+  expect(renderSummary(null, { runUrl: 'u', failure: { code: 'config_invalid', message: 'bad | config' } })).toMatchSnapshot();
+});
