@@ -37821,8 +37821,10 @@ async function runSync(config, options = {}) {
 async function runInspect(config, mode, options = {}) {
     const events = options.events ?? silentEvents;
     const vms = selectVms(config, options.vms);
-    const repo = runnerRepo(config);
-    if (!external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
+    const repo = runnerRepo(config, options.gitEnv);
+    if (options.fetch)
+        await repo.prepare(true);
+    else if (!external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
         throw new VmSyncError('git_failed', `runner-host repo ${config.repository.mainRepoPath} does not exist: run vm-sync sync first, or pass --commit with a repo present.`);
     }
     const commit = await repo.resolve(options.commit ?? 'HEAD');

@@ -79721,8 +79721,10 @@ async function runSync(config, options = {}) {
 async function runInspect(config, mode, options = {}) {
     const events = options.events ?? silentEvents;
     const vms = selectVms(config, options.vms);
-    const repo = runnerRepo(config);
-    if (!external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
+    const repo = runnerRepo(config, options.gitEnv);
+    if (options.fetch)
+        await repo.prepare(true);
+    else if (!external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
         throw new VmSyncError('git_failed', `runner-host repo ${config.repository.mainRepoPath} does not exist: run vm-sync sync first, or pass --commit with a repo present.`);
     }
     const commit = await repo.resolve(options.commit ?? 'HEAD');
@@ -79946,7 +79948,11 @@ async function main_run() {
                 });
             }
             else {
-                report = await runInspect(config, inputs.command, { commit: inputs.commit || undefined, vms: inputs.vms, events, signal: controller.signal });
+                // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
+                const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
+                if (auth)
+                    core_setSecret(auth.secret);
+                report = await runInspect(config, inputs.command, { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal });
             }
         }
         finally {

@@ -142,7 +142,10 @@ export async function run(): Promise<void> {
           signal: controller.signal,
         });
       } else {
-        report = await runInspect(config, inputs.command, { commit: inputs.commit || undefined, vms: inputs.vms, events, signal: controller.signal });
+        // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
+        const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
+        if (auth) core.setSecret(auth.secret);
+        report = await runInspect(config, inputs.command, { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal });
       }
     } finally {
       if (scans) reporter.scanFinished(report?.scan ?? null, report ? null : { code: 'scan_failed', message: 'the run failed before the scan finished' });

@@ -21,15 +21,15 @@ export interface FleetOptions {
   signal?: AbortSignal;
   /** First retry delay in ms (tests shorten it). */
   retryBaseMs?: number;
+  /** verify/status: fetch the runner-host clone first (the action does; the CLI reads it as it is). */
+  fetch?: boolean;
+  /** Extra environment for git (credentials for the fetch, never on a command line). */
+  gitEnv?: NodeJS.ProcessEnv;
 }
 
 export interface SyncOptions extends FleetOptions {
   force?: boolean;
   dryRun?: boolean;
-  /** Fetch the default branch first (default true). */
-  fetch?: boolean;
-  /** Extra environment for git (credentials for the fetch, never on a command line). */
-  gitEnv?: NodeJS.ProcessEnv;
   /** What is being deployed, for the secret scan (default: a manual resync of the commit). */
   scanRequest?: ScanRequest;
 }
@@ -156,8 +156,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
 export async function runInspect(config: Config, mode: 'verify' | 'status', options: FleetOptions = {}): Promise<RunReport> {
   const events = options.events ?? silentEvents;
   const vms = selectVms(config, options.vms);
-  const repo = runnerRepo(config);
-  if (!fs.existsSync(config.repository.mainRepoPath)) {
+  const repo = runnerRepo(config, options.gitEnv);
+  if (options.fetch) await repo.prepare(true);
+  else if (!fs.existsSync(config.repository.mainRepoPath)) {
     throw new VmSyncError('git_failed', `runner-host repo ${config.repository.mainRepoPath} does not exist: run vm-sync sync first, or pass --commit with a repo present.`);
   }
   const commit = await repo.resolve(options.commit ?? 'HEAD');
