@@ -76025,14 +76025,16 @@ function scanSection(scan) {
 function renderSummary(report, ctx) {
     const lines = [];
     if (!report) {
-        lines.push('## vm-sync: failed before reaching any VM', '', `❌ \`${ctx.failure?.code ?? 'error'}\`: ${cell(ctx.failure?.message ?? 'unknown error')}`, '', `[Workflow run](${ctx.runUrl})`);
+        lines.push('## vm-sync: failed before reaching any VM', '', `❌ \`${ctx.failure?.code ?? 'error'}\`: ${cell(ctx.failure?.message ?? 'unknown error')}`);
+        if (ctx.runUrl)
+            lines.push('', `[Workflow run](${ctx.runUrl})`);
         return `${lines.join('\n')}\n`;
     }
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
     const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}: ${ok}/${report.vms.length} VM(s) ok`;
     lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
     if (report.commit)
-        lines.push(`Commit \`${report.commit}\` · [workflow run](${ctx.runUrl})`, '');
+        lines.push(`Commit \`${report.commit}\`${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
     if (ctx.failure)
         lines.push(`❌ \`${ctx.failure.code}\`: ${cell(ctx.failure.message)}`, '');
     if (report.scan)

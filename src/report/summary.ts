@@ -53,13 +53,14 @@ function scanSection(scan: ScanReport): string[] {
 export function renderSummary(report: RunReport | null, ctx: SummaryContext): string {
   const lines: string[] = [];
   if (!report) {
-    lines.push('## vm-sync: failed before reaching any VM', '', `❌ \`${ctx.failure?.code ?? 'error'}\`: ${cell(ctx.failure?.message ?? 'unknown error')}`, '', `[Workflow run](${ctx.runUrl})`);
+    lines.push('## vm-sync: failed before reaching any VM', '', `❌ \`${ctx.failure?.code ?? 'error'}\`: ${cell(ctx.failure?.message ?? 'unknown error')}`);
+    if (ctx.runUrl) lines.push('', `[Workflow run](${ctx.runUrl})`);
     return `${lines.join('\n')}\n`;
   }
   const ok = report.vms.filter((vm) => vm.result === 'success').length;
   const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}: ${ok}/${report.vms.length} VM(s) ok`;
   lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
-  if (report.commit) lines.push(`Commit \`${report.commit}\` · [workflow run](${ctx.runUrl})`, '');
+  if (report.commit) lines.push(`Commit \`${report.commit}\`${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
   if (ctx.failure) lines.push(`❌ \`${ctx.failure.code}\`: ${cell(ctx.failure.message)}`, '');
   if (report.scan) lines.push(...scanSection(report.scan), '');
   if (report.vms.length > 0) {
