@@ -142,3 +142,8 @@ test('the job summary stays far below GitHub\'s 1 MiB limit, even for a huge fle
 test('a run that failed before any VM still gets a summary', () => {
   expect(renderSummary(null, { runUrl: 'u', failure: { code: 'config_invalid', message: 'bad | config' } })).toMatchSnapshot();
 });
+
+test('the README action tables are the ones action.yml generates', async () => {
+  const { execFileSync } = await import('node:child_process');
+  expect(execFileSync(process.execPath, ['scripts/action-docs.mjs', '--check'], { encoding: 'utf8' })).toContain('match action.yml');
+});

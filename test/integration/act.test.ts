@@ -1,0 +1,93 @@
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { plantedSecrets, secretFragments } from '../helpers/secrets.js';
+import { snapshotTree, World } from '../helpers/world.js';
+
+/*
+ * deploy.yml end to end with act, on this host (-P ...=-self-hosted from
+ * .actrc, no Docker), against a fleet of real sshd VMs. act exits 0 even when
+ * it skips a job whose label it does not map, so every assertion is on the
+ * VMs themselves.
+ */
+let world: World;
+let repo: string;
+
+const git = (...args: string[]): string =>
+  execFileSync('git', args, {
+    cwd: repo,
+    encoding: 'utf8',
+    env: { ...process.env, GIT_AUTHOR_NAME: 'Dev', GIT_AUTHOR_EMAIL: 'dev@example.invalid', GIT_COMMITTER_NAME: 'Dev', GIT_COMMITTER_EMAIL: 'dev@example.invalid' },
+  }).trim();
+
+function act(args: string[]): Promise<{ code: number | null; log: string }> {
+  const child = spawn('act', args, { cwd: repo, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (d: Buffer) => (log += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (log += d.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, log })));
+}
+
+function pushEvent(before: string, after: string): string {
+  const file = path.join(world.dir, `push-${after.slice(0, 7)}.json`);
+  fs.writeFileSync(file, JSON.stringify({ ref: 'refs/heads/main', before, after, repository: { default_branch: 'main' } }));
+  return file;
+}
+
+beforeAll(async () => {
+  world = await World.create(['vm01', 'vm02']);
+  // This repository as it is on disk (action.yml, dist/, workflows, .actrc), as a fresh repo to deploy.
+  repo = path.join(world.dir, 'app');
+  for (const file of execFileSync('git', ['ls-files', '-co', '--exclude-standard'], { encoding: 'utf8' }).split('\n').filter(Boolean)) {
+    if (!fs.existsSync(file)) continue;
+    fs.mkdirSync(path.dirname(path.join(repo, file)), { recursive: true });
+    fs.cpSync(file, path.join(repo, file));
+  }
+  const config = fs.readFileSync(world.configPath, 'utf8').replace(/url: .*/, `url: ${repo}`);
+  fs.writeFileSync(path.join(repo, 'vm-sync.yml'), config);
+  execFileSync('git', ['init', '--quiet', '--initial-branch=main', repo]);
+  git('add', '--all', '--force');
+  git('commit', '--quiet', '-m', 'the app');
+  // act takes the repository's name from its remote; nothing is fetched from it.
+  git('remote', 'add', 'origin', 'https://github.com/acme/app.git');
+});
+afterAll(() => world?.destroy());
+
+test('act push: the scan job, then the sync job on the self-hosted label, deploy the pushed commit to every VM', async () => {
+  fs.writeFileSync(path.join(repo, 'CHANGELOG.md'), '# changes\n- first deploy through act\n');
+  git('add', 'CHANGELOG.md');
+  git('commit', '--quiet', '-m', 'first deploy');
+  const head = git('rev-parse', 'HEAD');
+
+  const run = await act(['push', '-W', '.github/workflows/deploy.yml', '-e', pushEvent(git('rev-parse', 'HEAD~1'), head)]);
+
+  expect(run.log).toMatch(/\[deploy\/scan\] 🏁 {2}Job succeeded/);
+  expect(run.log).toMatch(/\[deploy\/sync\] 🏁 {2}Job succeeded/);
+  expect(run.code).toBe(0);
+  const tree = path.join(world.dir, 'expected');
+  fs.mkdirSync(tree);
+  execFileSync('sh', ['-c', 'git -C "$1" -c tar.umask=022 archive HEAD | tar -x -C "$2"', 'sh', repo, tree]);
+  for (const id of ['vm01', 'vm02']) {
+    expect(world.sentinel(id)).toBe(`${head}\n`);
+    expect(snapshotTree(world.target(id))).toEqual(snapshotTree(tree));
+  }
+});
+
+test('act push of a secret: the scan job fails, the sync job never runs, no VM changes, nothing printed', async () => {
+  const before = git('rev-parse', 'HEAD');
+  const vmsBefore = ['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home));
+  const secrets = plantedSecrets();
+  fs.writeFileSync(path.join(repo, 'deploy.env'), `GITHUB_TOKEN=${secrets.github}\nSLACK=${secrets.slack}\n`);
+  git('add', 'deploy.env');
+  git('commit', '--quiet', '-m', 'oops');
+  const head = git('rev-parse', 'HEAD');
+
+  const run = await act(['push', '-W', '.github/workflows/deploy.yml', '-e', pushEvent(before, head)]);
+
+  expect(run.code).not.toBe(0);
+  expect(run.log).toMatch(/\[deploy\/scan\] 🏁 {2}Job failed/);
+  expect(run.log).not.toMatch(/\[deploy\/sync\] ⭐ Run/);
+  expect(run.log).toMatch(/secrets_found: \d+ possible secret\(s\)/);
+  expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(vmsBefore);
+  for (const fragment of secretFragments(secrets)) expect(run.log.includes(fragment)).toBe(false);
+});
