@@ -38422,6 +38422,7 @@ Usage:
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
+  vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
   vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
@@ -38512,7 +38513,7 @@ async function main(argv, io = processIO, signal) {
             }
             return await runDemo(values.dir, values.keep, events, io.out);
         }
-        if (!['sync', 'verify', 'status', 'scan', 'doctor'].includes(command))
+        if (!['sync', 'verify', 'status', 'scan', 'doctor', 'inventory'].includes(command))
             throw new UsageError(`unknown command '${command}'`);
         if (command !== 'scan' && (values.range || values.repo))
             throw new UsageError('--range and --repo only apply to scan');
@@ -38532,7 +38533,17 @@ async function main(argv, io = processIO, signal) {
             throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
         // scan never reaches a VM, so it does not need (or check) the SSH keys;
         // doctor reports a missing key or known_hosts per VM, with the fix.
-        const config = loadConfig(values.config, { checkFiles: command !== 'scan' && command !== 'doctor' });
+        const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory'].includes(command) });
+        if (command === 'inventory') {
+            // For scripts (the runner bootstrap): everything needed to provision keys and pin host keys.
+            const inventory = {
+                key_storage_path: config.keyStoragePath,
+                known_hosts: config.knownHostsPath,
+                vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: vm.port === 22 ? vm.host : `[${vm.host}]:${vm.port}` })),
+            };
+            io.out(`${JSON.stringify(inventory, null, 2)}\n`);
+            return 0;
+        }
         const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
         if (command === 'doctor') {
             if (values.commit)
