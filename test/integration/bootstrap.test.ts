@@ -41,7 +41,8 @@ function buildRunnerTarball(): Buffer {
   const record = `printf '{"script":"%s","uid":%s,"token":"%s","args":"%s"}\\n' "$(basename "$0")" "$(id -u)" "\${ACTIONS_RUNNER_INPUT_TOKEN:-}" "$*" >> ${records}/calls.jsonl`;
   fs.writeFileSync(
     path.join(dir, 'config.sh'),
-    `#!/bin/sh\n${record}\ncase "$1" in\n  remove) rm -f .runner ;;\n  *) [ -n "$ACTIONS_RUNNER_INPUT_TOKEN" ] || { echo "no token" >&2; exit 1; }; echo '{"agentName":"x"}' > .runner ;;\nesac\n`,
+    // It lingers a moment, like the real one, so the process-list sampler sees its command line.
+    `#!/bin/sh\n${record}\nsleep 0.3\ncase "$1" in\n  remove) rm -f .runner ;;\n  *) [ -n "$ACTIONS_RUNNER_INPUT_TOKEN" ] || { echo "no token" >&2; exit 1; }; echo '{"agentName":"x"}' > .runner ;;\nesac\n`,
     { mode: 0o755 },
   );
   fs.writeFileSync(
