@@ -91,3 +91,22 @@ test('act push of a secret: the scan job fails, the sync job never runs, no VM c
   expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(vmsBefore);
   for (const fragment of secretFragments(secrets)) expect(run.log.includes(fragment)).toBe(false);
 });
+
+test('act workflow_dispatch with dry-run: the sync job runs and changes no VM', async () => {
+  // Rewind past the secret commit: a resync scans every commit the VMs do not have yet, and
+  // a pushed-then-removed secret would (rightly) keep blocking it until rotated and ignored.
+  git('reset', '--quiet', '--hard', 'HEAD~1');
+  fs.writeFileSync(path.join(repo, 'NOTES.md'), 'clean change\n');
+  git('add', 'NOTES.md');
+  git('commit', '--quiet', '-m', 'clean change');
+  const vmsBefore = ['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home));
+  const event = path.join(world.dir, 'dispatch.json');
+  // In an event file, workflow_dispatch booleans are the strings "true"/"false" (act ignores --input with -e).
+  fs.writeFileSync(event, JSON.stringify({ ref: 'refs/heads/main', inputs: { vms: 'vm01', force: 'false', 'dry-run': 'true' }, repository: { default_branch: 'main' } }));
+
+  const run = await act(['workflow_dispatch', '-W', '.github/workflows/deploy.yml', '-e', event]);
+
+  expect(run.log).toMatch(/\[deploy\/sync\] 🏁 {2}Job succeeded/);
+  expect(run.log).toContain('vm-sync sync: 1/1 VM(s) ok (dry run: nothing changed)');
+  expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(vmsBefore);
+});
