@@ -79424,8 +79424,10 @@ async function withBudget(vm, ctx, attempt) {
     const deadline = AbortSignal.timeout(ctx.config.sync.timeoutS * 1000);
     const signal = ctx.signal ? AbortSignal.any([ctx.signal, deadline]) : deadline;
     let report = emptyReport(vm);
+    const earlier = []; // failed attempts, reported as notes on the final row
     for (let attemptNo = 0;; attemptNo++) {
         report = emptyReport(vm);
+        report.notes.push(...earlier);
         try {
             await attempt(report, signal);
             report.error = null;
@@ -79442,6 +79444,7 @@ async function withBudget(vm, ctx, attempt) {
             report.error = { code: failure.code, message: failure.message };
             if (!failure.retryable || signal.aborted || attemptNo >= ctx.config.sync.retries)
                 break;
+            earlier.push(`attempt ${attemptNo + 1} failed: ${failure.code}: ${failure.message}`);
             const delay = ctx.retryBaseMs * 2 ** attemptNo * (1 + Math.random());
             ctx.events.info(vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${ctx.config.sync.retries} in ${(delay / 1000).toFixed(1)}s`);
             await sleep(delay, signal);
@@ -79812,11 +79815,9 @@ function exitCodeFor(report) {
 
 
 
-/** Registers every value that must never appear in the log (the runner masks them). */
-function maskSecrets(inputs, config) {
-    if (inputs.githubToken)
-        core_setSecret(inputs.githubToken);
-    for (const vm of config?.vms ?? []) {
+/** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
+function maskKeys(config) {
+    for (const vm of config.vms) {
         try {
             // Mask each line of every private key body (multi-line values are masked line by line).
             for (const line of external_node_fs_default().readFileSync(vm.keyPath, 'utf8').split('\n'))
@@ -79909,11 +79910,12 @@ async function main_run() {
     process.once('SIGINT', onSignal);
     try {
         const inputs = parseInputs();
-        maskSecrets(inputs, null);
+        if (inputs.githubToken)
+            core_setSecret(inputs.githubToken);
         const ctx = readWorkflowContext();
         runUrl = ctx.runUrl;
         const config = loadConfig(external_node_path_default().resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' });
-        maskSecrets(inputs, config);
+        maskKeys(config);
         const commit = inputs.commit || ctx.sha;
         const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
         if (scans)

@@ -16,10 +16,9 @@ import type { ScanRequest } from './scan/plan.js';
 import { exitCodeFor, runInspect, runScan, runSync } from './sync/fleet.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
 
-/** Registers every value that must never appear in the log (the runner masks them). */
-function maskSecrets(inputs: Inputs, config: Config | null): void {
-  if (inputs.githubToken) core.setSecret(inputs.githubToken);
-  for (const vm of config?.vms ?? []) {
+/** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
+function maskKeys(config: Config): void {
+  for (const vm of config.vms) {
     try {
       // Mask each line of every private key body (multi-line values are masked line by line).
       for (const line of fs.readFileSync(vm.keyPath, 'utf8').split('\n')) if (line.length >= 16 && !line.startsWith('-----')) core.setSecret(line);
@@ -105,11 +104,11 @@ export async function run(): Promise<void> {
   process.once('SIGINT', onSignal);
   try {
     const inputs = parseInputs();
-    maskSecrets(inputs, null);
+    if (inputs.githubToken) core.setSecret(inputs.githubToken);
     const ctx = readWorkflowContext();
     runUrl = ctx.runUrl;
     const config = loadConfig(path.resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' });
-    maskSecrets(inputs, config);
+    maskKeys(config);
     const commit = inputs.commit || ctx.sha;
     const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
     if (scans) config.repository.secretScanning.gitleaksPath = await resolveGitleaks(inputs, config);

@@ -25,7 +25,10 @@ function act(args: string[]): Promise<{ code: number | null; log: string }> {
   let log = '';
   child.stdout.on('data', (d: Buffer) => (log += d.toString()));
   child.stderr.on('data', (d: Buffer) => (log += d.toString()));
-  return new Promise((resolve) => child.on('close', (code) => resolve({ code, log })));
+  return new Promise((resolve, reject) => {
+    child.on('error', (error) => reject(new Error(`cannot run act (${error.message}): install it with go install github.com/nektos/act@v0.2.87 (bash .ci/run does)`)));
+    child.on('close', (code) => resolve({ code, log }));
+  });
 }
 
 function pushEvent(before: string, after: string): string {
