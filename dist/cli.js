@@ -37521,15 +37521,14 @@ async function withBudget(vm, ctx, attempt) {
     const started = Date.now();
     const deadline = AbortSignal.timeout(ctx.config.sync.timeoutS * 1000);
     const signal = ctx.signal ? AbortSignal.any([ctx.signal, deadline]) : deadline;
-    let report = emptyReport(vm);
+    const finish = (report) => ({ ...report, duration_ms: Date.now() - started });
     const earlier = []; // failed attempts, reported as notes on the final row
     for (let attemptNo = 0;; attemptNo++) {
-        report = emptyReport(vm);
+        const report = emptyReport(vm);
         report.notes.push(...earlier);
         try {
             await attempt(report, signal);
-            report.error = null;
-            break;
+            return finish({ ...report, error: null });
         }
         catch (error) {
             let failure = toFailure(error);
@@ -37541,15 +37540,13 @@ async function withBudget(vm, ctx, attempt) {
             report.result = report.result === 'refused' ? 'refused' : 'failed';
             report.error = { code: failure.code, message: failure.message };
             if (!failure.retryable || signal.aborted || attemptNo >= ctx.config.sync.retries)
-                break;
+                return finish(report);
             earlier.push(`attempt ${attemptNo + 1} failed: ${failure.code}: ${failure.message}`);
             const delay = ctx.retryBaseMs * 2 ** attemptNo * (1 + Math.random());
             ctx.events.info(vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${ctx.config.sync.retries} in ${(delay / 1000).toFixed(1)}s`);
             await sleep(delay, signal);
         }
     }
-    report.duration_ms = Date.now() - started;
-    return report;
 }
 /** Connects, runs `body` with the session and target, and always closes the connection. */
 async function withTarget(vm, ctx, signal, body) {

@@ -48,7 +48,7 @@ export class FakeGitHub {
       this.gitBackend(req, res, body, url, gitRoot);
       return;
     }
-    let parsed: unknown = null;
+    let parsed: unknown;
     try {
       parsed = body.length ? JSON.parse(body.toString('utf8')) : null;
     } catch {
