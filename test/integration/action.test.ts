@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FakeGitHub } from '../helpers/github-server.js';
@@ -14,6 +14,8 @@ import { snapshotTree, World } from '../helpers/world.js';
 const TOKEN = `ghs_${'T0k3n'.repeat(7)}x`;
 let world: World;
 let github: FakeGitHub;
+/** Command lines of every process seen while an action run was in progress. */
+const processes: string[] = [];
 
 beforeAll(async () => {
   world = await World.create(['vm01', 'vm02']);
@@ -69,7 +71,16 @@ async function runAction(inputs: Record<string, string>, event: { name: string; 
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  // Sample every process's command line while the action runs (git, rsync, gitleaks, the bridge...).
+  const sampler = setInterval(() => {
+    try {
+      processes.push(...execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).split('\n'));
+    } catch {
+      // a process vanished mid-listing
+    }
+  }, 25);
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  clearInterval(sampler);
   const outputs: Record<string, string> = {};
   // GITHUB_OUTPUT uses name<<DELIMITER ... DELIMITER blocks.
   const text = fs.readFileSync(files.output, 'utf8');
@@ -142,6 +153,10 @@ test('a push deploys, posts the exact statuses and deployments, writes outputs a
   expect(run.stdout).toContain(`::add-mask::${TOKEN}`);
   expect(visible(run)).not.toContain(TOKEN);
   expect(run.summary).not.toContain(TOKEN);
+  // ...nor in any process's command line during the run (the fetch header travels in the environment).
+  expect(processes.some((p) => p.includes('dist/index.js'))).toBe(true);
+  expect(processes.some((p) => /^git (clone|fetch)/.test(p))).toBe(true);
+  expect(processes.filter((p) => p.includes(TOKEN) || p.includes(basic.split(' ')[1]))).toEqual([]);
 });
 
 test('a failing status API only warns; the deploy still succeeds and is reported', async () => {
