@@ -37539,8 +37539,14 @@ async function withBudget(vm, ctx, attempt) {
             }
             report.result = report.result === 'refused' ? 'refused' : 'failed';
             report.error = { code: failure.code, message: failure.message };
-            if (!failure.retryable || signal.aborted || attemptNo >= ctx.config.sync.retries)
+            if (!failure.retryable || signal.aborted || attemptNo >= ctx.config.sync.retries) {
+                // An earlier attempt that failed the same way adds nothing; say how many there were instead.
+                const same = `${failure.code}: ${failure.message}`;
+                report.notes = report.notes.filter((note) => !note.endsWith(same));
+                if (attemptNo > 0)
+                    report.error.message += ` (${attemptNo + 1} attempts)`;
                 return finish(report);
+            }
             earlier.push(`attempt ${attemptNo + 1} failed: ${failure.code}: ${failure.message}`);
             const delay = ctx.retryBaseMs * 2 ** attemptNo * (1 + Math.random());
             ctx.events.info(vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${ctx.config.sync.retries} in ${(delay / 1000).toFixed(1)}s`);
