@@ -37748,6 +37748,7 @@ function selectVms(config, ids) {
     }
     return config.vms.filter((vm) => ids.includes(vm.id));
 }
+/** The runner-host clone the config names. */
 function runnerRepo(config, env) {
     const { mainRepoPath, remote, defaultBranch, url } = config.repository;
     return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env);
@@ -38254,7 +38255,6 @@ function stopDemo(dir) {
 
 
 
-
 function tcpReachable(host, port, timeoutMs) {
     return new Promise((resolve) => {
         const socket = external_node_net_default().connect({ host, port });
@@ -38383,8 +38383,7 @@ async function runDoctor(config, options = {}) {
     const knownHosts = new KnownHosts(external_node_fs_default().existsSync(config.knownHostsPath) ? external_node_fs_default().readFileSync(config.knownHostsPath, 'utf8') : '');
     let treeBytes = null;
     if (external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
-        const { mainRepoPath, remote, defaultBranch, url } = config.repository;
-        const repo = new RunnerRepo(mainRepoPath, remote, defaultBranch, url);
+        const repo = runnerRepo(config);
         treeBytes = await repo
             .resolve(repo.trackingRef)
             .catch(() => repo.resolve('HEAD'))

@@ -79650,6 +79650,7 @@ function selectVms(config, ids) {
     }
     return config.vms.filter((vm) => ids.includes(vm.id));
 }
+/** The runner-host clone the config names. */
 function runnerRepo(config, env) {
     const { mainRepoPath, remote, defaultBranch, url } = config.repository;
     return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env);

@@ -2,12 +2,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Config, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
-import { RunnerRepo } from '../git/repo.js';
 import { formatBytes } from '../report/table.js';
 import { KnownHosts } from '../remote/known-hosts.js';
 import { scanHostKey, VmSession } from '../remote/session.js';
 import { RemoteTarget, type Probe } from '../remote/target.js';
-import { mapPool, selectVms } from '../sync/fleet.js';
+import { mapPool, runnerRepo, selectVms } from '../sync/fleet.js';
 
 /** One check of one VM. `warn` is worth knowing but would not fail a sync. */
 export interface Check {
@@ -157,8 +156,7 @@ export async function runDoctor(config: Config, options: { vms?: string[] } = {}
   const knownHosts = new KnownHosts(fs.existsSync(config.knownHostsPath) ? fs.readFileSync(config.knownHostsPath, 'utf8') : '');
   let treeBytes: number | null = null;
   if (fs.existsSync(config.repository.mainRepoPath)) {
-    const { mainRepoPath, remote, defaultBranch, url } = config.repository;
-    const repo = new RunnerRepo(mainRepoPath, remote, defaultBranch, url);
+    const repo = runnerRepo(config);
     treeBytes = await repo
       .resolve(repo.trackingRef)
       .catch(() => repo.resolve('HEAD'))

@@ -73,7 +73,8 @@ export function selectVms(config: Config, ids: string[] | undefined): VmConfig[]
   return config.vms.filter((vm) => ids.includes(vm.id));
 }
 
-function runnerRepo(config: Config, env?: NodeJS.ProcessEnv): RunnerRepo {
+/** The runner-host clone the config names. */
+export function runnerRepo(config: Config, env?: NodeJS.ProcessEnv): RunnerRepo {
   const { mainRepoPath, remote, defaultBranch, url } = config.repository;
   return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env);
 }

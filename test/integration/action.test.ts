@@ -1,7 +1,8 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FakeGitHub } from '../helpers/github-server.js';
+import { exitWhileSampling } from '../helpers/processes.js';
 import { plantedSecrets, secretFiles, secretFragments } from '../helpers/secrets.js';
 import { snapshotTree, World } from '../helpers/world.js';
 
@@ -72,15 +73,8 @@ async function runAction(inputs: Record<string, string>, event: { name: string; 
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   // Sample every process's command line while the action runs (git, rsync, gitleaks, the bridge...).
-  const sampler = setInterval(() => {
-    try {
-      processes.push(...execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).split('\n'));
-    } catch {
-      // a process vanished mid-listing
-    }
-  }, 25);
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  clearInterval(sampler);
+  const { code, processes: seen } = await exitWhileSampling(child, 25);
+  processes.push(...seen);
   const outputs: Record<string, string> = {};
   // GITHUB_OUTPUT uses name<<DELIMITER ... DELIMITER blocks.
   const text = fs.readFileSync(files.output, 'utf8');

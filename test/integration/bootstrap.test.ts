@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { exitWhileSampling } from '../helpers/processes.js';
 import { World } from '../helpers/world.js';
 
 /*
@@ -89,16 +90,7 @@ async function bootstrap(args: string[], env: Record<string, string> = { GITHUB_
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const processes: string[] = [];
-  const sampler = setInterval(() => {
-    try {
-      processes.push(...execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).split('\n'));
-    } catch {
-      // ps raced a dying process
-    }
-  }, 20);
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  clearInterval(sampler);
+  const { code, processes } = await exitWhileSampling(child, 20);
   return { code, out, processes };
 }
 
