@@ -7,6 +7,7 @@ import { renderTable } from './report/table.js';
 import fs from 'node:fs';
 import { renderSarif } from './scan/findings.js';
 import { exitCodeFor, runInspect, runScan, runSync } from './sync/fleet.js';
+import { runUnlock } from './sync/unlock.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
 
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
@@ -16,6 +17,7 @@ Usage:
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
+  vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
   vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
@@ -112,13 +114,14 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       }
       return await runDemo(values.dir, values.keep, events, io.out);
     }
-    if (!['sync', 'verify', 'status', 'scan', 'doctor', 'inventory'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (!['sync', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock'].includes(command)) throw new UsageError(`unknown command '${command}'`);
     if (command !== 'scan' && (values.range || values.repo)) throw new UsageError('--range and --repo only apply to scan');
     if (values.sarif && command !== 'scan' && command !== 'sync') throw new UsageError('--sarif only applies to scan and sync');
     if (values.range && values.commit) throw new UsageError('give --range or --commit, not both');
     if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`);
     if (!values.config) throw new UsageError('--config FILE is required');
-    if (command !== 'sync' && (values.force || values['dry-run'])) throw new UsageError('--force and --dry-run only apply to sync');
+    if (command !== 'sync' && command !== 'unlock' && values.force) throw new UsageError('--force only applies to sync and unlock');
+    if (command !== 'sync' && values['dry-run']) throw new UsageError('--dry-run only applies to sync');
     if (values['no-fetch'] && command !== 'sync' && command !== 'scan') throw new UsageError('--no-fetch only applies to sync and scan');
     if (command === 'status' && values.commit) throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
 
@@ -141,6 +144,13 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       const doctor = await runDoctor(config, { vms });
       io.out(json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
       return doctor.vms.every((vm) => vm.ready) ? 0 : 1;
+    }
+    if (command === 'unlock') {
+      if (values.commit) throw new UsageError('unlock takes no --commit');
+      const rows = await runUnlock(config, { vms: vms ?? [], force: values.force });
+      if (json) io.out(`${JSON.stringify({ command: 'unlock', vms: rows }, null, 2)}\n`);
+      else for (const row of rows) io.out(`${row.id}: ${row.detail}\n`);
+      return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
     }
     const options = { commit: values.commit, vms, events, signal };
     let report: RunReport;

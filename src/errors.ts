@@ -26,6 +26,9 @@ export const FAILURE_CODES = [
   'scan_range_unresolved',
   'scan_failed',
   'gitleaks_missing',
+  'unsafe_state_dir',
+  'lock_lost',
+  'internal_error',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];

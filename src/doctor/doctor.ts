@@ -5,12 +5,13 @@ import { getErrorMessage, VmSyncError } from '../errors.js';
 import { formatBytes } from '../report/table.js';
 import { KnownHosts } from '../remote/known-hosts.js';
 import { scanHostKey, VmSession } from '../remote/session.js';
-import { RemoteTarget, type Probe } from '../remote/target.js';
+import { describeOwner, holderIsDead, parseLockOwner } from '../remote/lock.js';
+import { RemoteTarget, UNREADABLE_LOCK_GRACE_S, type Probe } from '../remote/target.js';
 import { mapPool, runnerRepo, selectVms } from '../sync/fleet.js';
 
 /** One check of one VM. `warn` is worth knowing but would not fail a sync. */
 export interface Check {
-  name: 'tcp' | 'host_key' | 'auth' | 'rsync' | 'target' | 'free_space' | 'lock' | 'sync_rev';
+  name: 'tcp' | 'host_key' | 'auth' | 'rsync' | 'timeout' | 'target' | 'free_space' | 'lock' | 'sync_rev';
   status: 'ok' | 'warn' | 'fail' | 'skipped';
   detail: string;
   /** What to do about a warn or fail. */
@@ -43,6 +44,29 @@ function tcpReachable(host: string, port: number, timeoutMs: number): Promise<st
     socket.once('connect', () => done(null));
     socket.once('error', (error: NodeJS.ErrnoException) => done(error.code ?? error.message));
   });
+}
+
+/** What doctor says of the VM's lock: who holds it and whether a sync would wait, take it over, or be blocked. */
+function describeLock(vm: VmConfig, probe: Probe): Pick<Check, 'status' | 'detail' | 'hint'> {
+  const lock = probe.lock;
+  if (!lock) return { status: 'ok', detail: 'no lock', hint: null };
+  const unlock = `vm-sync unlock --vm ${vm.id}`;
+  const age = lock.mtime === null ? null : probe.now - lock.mtime;
+  const owner = parseLockOwner(lock.record);
+  if (owner) {
+    if (owner.deadline < probe.now) return { status: 'warn', detail: `stale lock of ${describeOwner(owner, probe.now)}`, hint: `the next sync takes it over; to clear it now: ${unlock}` };
+    if (holderIsDead(owner)) return { status: 'warn', detail: `lock of a process that no longer exists: ${describeOwner(owner, probe.now)}`, hint: `the next sync from this runner host takes it over; to clear it now: ${unlock}` };
+    return { status: 'warn', detail: `locked by ${describeOwner(owner, probe.now)}: a deploy is running`, hint: `wait for it; if you know it is gone: ${unlock} --force` };
+  }
+  if (lock.kind === 'legacy' && /^\S+ \d+$/.test(lock.record)) {
+    return { status: 'warn', detail: `lock of an older vm-sync: ${lock.record}`, hint: `wait for it, or clear it: ${unlock}` };
+  }
+  const stale = age !== null && age > UNREADABLE_LOCK_GRACE_S;
+  return {
+    status: 'warn',
+    detail: `lock with an empty or unreadable owner record (${lock.record ? JSON.stringify(lock.record) : 'empty'}, ${age ?? '?'}s old): ${stale ? 'stale, the next sync takes it over' : `treated as stale after ${UNREADABLE_LOCK_GRACE_S}s`}`,
+    hint: `to clear it now: ${unlock}`,
+  };
 }
 
 /**
@@ -101,7 +125,7 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
   }
   try {
     add('auth', 'ok', `logged in as ${vm.user} with ${vm.keyPath}`);
-    const target = new RemoteTarget(session, vm.repoPath, timeoutMs * 3);
+    const target = new RemoteTarget(session, vm.repoPath, Date.now() + timeoutMs * 3);
     let probe: Probe;
     try {
       probe = await target.probe();
@@ -128,18 +152,18 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
       }
     }
 
-    if (probe.lock) {
-      const [owner, started] = probe.lock.split(' ');
-      const age = probe.now - Number(started);
-      if (Number.isFinite(age) && age > config.sync.timeoutS) {
-        add('lock', 'warn', `stale lock left by ${owner}, ${age}s old (stale after ${config.sync.timeoutS}s)`, `the next sync takes it over; to clear it now, on ${vm.id}: rm -r ${probe.target.replace(/\/([^/]+)$/, '/.$1.vm-sync/lock')}`);
-      } else {
-        add('lock', 'warn', `locked by ${owner} for ${Number.isFinite(age) ? age : '?'}s: a deploy is running`, 'wait for it to finish');
-      }
+    if (space.timeout) add('timeout', 'ok', `coreutils timeout at ${space.timeout}`);
+    else add('timeout', 'fail', `timeout (coreutils) not found on ${vm.id}: vm-sync runs every step under it so a cancelled run stops on the VM too`, `install coreutils on ${vm.id}`);
+
+    const lockCheck = describeLock(vm, probe);
+    add('lock', lockCheck.status, lockCheck.detail, lockCheck.hint);
+    if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
+      add('sync_rev', 'fail', `${probe.target}/.sync_rev is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}`}: vm-sync never follows or reads it, so a sync fails`, `remove it on ${vm.id}, or run vm-sync sync --force to replace it with a new release`);
+    } else if (probe.rev !== null && !/^[0-9a-f]{40}$/.test(probe.rev.trim())) {
+      add('sync_rev', 'fail', `.sync_rev holds ${JSON.stringify(probe.rev.slice(0, 60))}, not a commit hash`, `remove ${probe.target}/.sync_rev on ${vm.id} to treat the VM as fresh`);
     } else {
-      add('lock', 'ok', 'no lock');
+      add('sync_rev', 'ok', probe.rev ? `on ${probe.rev}` : 'no .sync_rev (never deployed)');
     }
-    add('sync_rev', 'ok', probe.rev ? `on ${probe.rev}` : 'no .sync_rev (never deployed)');
   } finally {
     session.dispose();
   }

@@ -10,8 +10,42 @@ import { fingerprint, isPinned, type KnownHosts } from './known-hosts.js';
 /** The outcome of one command on a VM. `code` is -1 when the command was killed or the channel died. */
 export interface ExecResult {
   code: number;
+  /** With a frame: only the framed lines. Without: stdout, bounded. */
   stdout: string;
+  /** With a frame: a bounded sample of everything else on stdout (what a chatty login shell printed). */
+  other: string;
+  /** Bounded: the start and the end of stderr. */
   stderr: string;
+}
+
+const OUTPUT_MAX = 64 * 1024;
+const FRAMED_LINE_MAX = 8192;
+const FRAMED_LINES_MAX = 2000;
+
+/** Keeps the first and the last part of a stream, never more than `max` characters in all. */
+class BoundedText {
+  private head = '';
+  private tail = '';
+  private dropped = 0;
+
+  constructor(private readonly max: number) {}
+
+  add(chunk: string): void {
+    if (this.head.length < this.max / 2) {
+      const room = this.max / 2 - this.head.length;
+      this.head += chunk.slice(0, room);
+      chunk = chunk.slice(room);
+    }
+    if (!chunk) return;
+    const joined = this.tail + chunk;
+    const keep = this.max / 2;
+    if (joined.length > keep) this.dropped += joined.length - keep;
+    this.tail = joined.slice(-keep);
+  }
+
+  text(): string {
+    return this.dropped > 0 ? `${this.head}\n[... ${this.dropped} characters not kept ...]\n${this.tail}` : this.head + this.tail;
+  }
 }
 
 export interface ConnectOptions {
@@ -91,27 +125,83 @@ export class VmSession {
     return new VmSession(vm, ssh);
   }
 
-  /** Runs a command line on the VM (parsed by the SSH user's shell), with a hard timeout. */
-  exec(command: string, timeoutMs: number, signal?: AbortSignal): Promise<ExecResult> {
-    let channel: ClientChannel | null = null;
+  /**
+   * Runs a command line on the VM (parsed by the SSH user's shell), with a
+   * hard timeout. Output is bounded whatever the VM sends: with `frame`, the
+   * lines that start with `@<frame> ` are kept apart (the agent's answer) and
+   * everything else only as a bounded sample, so a login shell that prints
+   * megabytes can neither exhaust memory nor push the answer out.
+   */
+  exec(command: string, timeoutMs: number, signal?: AbortSignal, frame?: string, onFramedLine?: (line: string) => void): Promise<ExecResult> {
     return new Promise<ExecResult>((resolve, reject) => {
-      const kill = (code: 'timeout', why: string): void => {
-        channel?.close();
-        reject(new VmSyncError(code, why));
+      const connection = this.ssh.connection;
+      if (!connection || this.closed) {
+        reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
+        return;
+      }
+      let channel: ClientChannel | null = null;
+      let settled = false;
+      const out = new BoundedText(OUTPUT_MAX);
+      const err = new BoundedText(OUTPUT_MAX);
+      const framed: string[] = [];
+      const prefix = frame ? `@${frame} ` : null;
+      let partial = '';
+      const finish = (error: VmSyncError | null, code = -1): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (error) {
+          channel?.close();
+          reject(error);
+        } else {
+          if (partial) take(partial);
+          resolve({ code, stdout: prefix ? framed.join('\n') : out.text(), other: prefix ? out.text() : '', stderr: err.text() });
+        }
       };
-      const timer = setTimeout(() => kill('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`), timeoutMs);
-      const onAbort = (): void => kill('timeout', `command on ${this.vm.id} was cancelled (per-VM timeout)`);
+      const take = (line: string): void => {
+        if (prefix && line.startsWith(prefix)) {
+          if (framed.length < FRAMED_LINES_MAX) {
+            framed.push(line.slice(0, FRAMED_LINE_MAX));
+            onFramedLine?.(line);
+          }
+        } else out.add(`${line}\n`);
+      };
+      const timer = setTimeout(() => finish(new VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
+      const onAbort = (): void => finish(new VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.ssh
-        .execCommand(command, { onChannel: (c) => (channel = c), noTrim: true })
-        .then(
-          (r) => resolve({ code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr }),
-          (error) => reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`)),
-        )
-        .finally(() => {
-          clearTimeout(timer);
-          signal?.removeEventListener('abort', onAbort);
+      connection.exec(command, (error, ch) => {
+        if (error) {
+          finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`));
+          return;
+        }
+        channel = ch;
+        if (settled) {
+          ch.close();
+          return;
+        }
+        let code = -1;
+        ch.on('data', (data: Buffer) => {
+          const text = partial + data.toString('utf8');
+          const lines = text.split('\n');
+          partial = lines.pop() ?? '';
+          // A line that never ends is noise, not an answer: keep memory bounded.
+          if (partial.length > FRAMED_LINE_MAX) {
+            out.add(partial);
+            partial = '';
+          }
+          for (const line of lines) take(line);
         });
+        ch.stderr.on('data', (data: Buffer) => err.add(data.toString('utf8')));
+        ch.on('exit', (exitCode: number | null) => {
+          code = typeof exitCode === 'number' ? exitCode : -1;
+        });
+        ch.on('close', () => finish(null, code));
+      });
     });
   }
 

@@ -1,127 +1,251 @@
 import crypto from 'node:crypto';
-import os from 'node:os';
-import { VmSyncError } from '../errors.js';
-import { agentCommand, parseAgentOutput } from './agent-script.js';
+import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
+import { agentCommand, AgentResponse, KILL_GRACE_S, parseAgentOutput } from './agent-script.js';
 import { codeFromStderr } from './classify.js';
+import { encodeLockOwner, type LockOwner } from './lock.js';
 import type { VmSession } from './session.js';
+import { vmBlock, vmText } from './untrusted.js';
 
-/** What `probe` found at the target path on the VM. */
+/** What the target path holds on the VM. */
+export type TargetKind = 'release' | 'symlink' | 'dangling' | 'dir' | 'other' | 'absent';
+/** What stands at `.sync_rev` in the live tree. Only `regular` is ever read. */
+export type SentinelState = 'regular' | 'absent' | 'symlink' | 'directory' | 'special' | 'unreadable';
+
+const TARGET_KINDS: readonly TargetKind[] = ['release', 'symlink', 'dangling', 'dir', 'other', 'absent'];
+const SENTINEL_STATES: readonly SentinelState[] = ['regular', 'absent', 'symlink', 'directory', 'special', 'unreadable'];
+
+/** What `probe` found at the target path on the VM. Every text field is cleaned and bounded. */
 export interface Probe {
   /** The target with `~` expanded by the VM. */
   target: string;
-  kind: 'symlink' | 'dir' | 'other' | 'absent';
+  /** `release`: vm-sync's symlink to a release; `symlink`: a symlink vm-sync did not make; `dangling`: vm-sync's symlink to a missing release. */
+  kind: TargetKind;
   /** The release the managed symlink points at, or null. */
   currentRelease: string | null;
-  /** `.sync_rev`'s first line, null when there is none. */
+  sentinel: SentinelState;
+  /** `.sync_rev`'s first line (at most 100 bytes), when it is a regular file; not yet validated. */
   rev: string | null;
   /** The first line of `rsync --version`, null when rsync is not on the VM's PATH. */
   rsyncVersion: string | null;
-  /** `token epoch` of a lock left in place, or null. */
-  lock: string | null;
+  /** The lock as it stands, or null. */
+  lock: { record: string; kind: 'v2' | 'legacy' | 'other'; mtime: number | null } | null;
   /** The VM's clock (epoch seconds). */
   now: number;
 }
 
-export type LockOutcome =
-  | { held: false; staleOwner: string | null }
-  | { held: true; owner: string; ageS: number };
+/** The answer to `begin`: the lock taken (with the probe made under it), or who holds it. */
+export type BeginOutcome =
+  | { held: false; probe: Probe; released: boolean; tookOver: { record: string; why: string } | null }
+  | { held: true; probe: Probe; record: string; why: 'deadline' | 'legacy' | 'unreadable'; ageS: number };
 
-/** A token that names this run as a lock owner: host, pid and randomness, no spaces. */
-export function lockToken(): string {
-  return `${os.hostname().replace(/[^A-Za-z0-9_.-]/g, '_')}:${process.pid}:${crypto.randomBytes(6).toString('hex')}`;
-}
+/** Seconds an empty, unreadable or garbled lock is respected before it is treated as stale. */
+export const UNREADABLE_LOCK_GRACE_S = 60;
+/** Extra lifetime of a lock past its holder's budget, covering the final probe and unlock. */
+const LOCK_MARGIN_S = KILL_GRACE_S + 20;
+/** The budget of the steps that run after a failure (kill, probe, unlock). */
+export const CLEANUP_MS = 15_000;
+
+const AGENT_CODES: ReadonlySet<string> = new Set(FAILURE_CODES);
 
 /**
- * The deploy target on one VM, driven through the agent script over the VM's
- * session. Each method is one remote command; a failure becomes a
- * {@link VmSyncError} classified from what the VM printed.
+ * The deploy target on one VM, driven through the agent over the VM's
+ * session. Each method is one remote command under a deadline on the VM; a
+ * failure becomes a {@link VmSyncError} classified from what the VM said.
+ * Operations that a cancellation interrupted are remembered, so
+ * {@link stopInterrupted} can kill what they left running on the VM.
  */
 export class RemoteTarget {
+  private readonly interrupted = new Set<string>();
+
   constructor(
     private readonly session: VmSession,
     /** The target path as configured (`~/app` or absolute). */
     private readonly path: string,
-    private readonly commandTimeoutMs: number,
+    /** When this run's budget for the VM ends (epoch ms). */
+    private readonly deadlineAt: number,
     private readonly signal?: AbortSignal,
   ) {}
 
-  private async op(op: string, ...args: string[]): Promise<Map<string, string[]>> {
-    const result = await this.session.exec(agentCommand(op, this.path, ...args), this.commandTimeoutMs, this.signal);
-    if (result.code !== 0) {
-      const text = result.stderr.trim() || result.stdout.trim() || `exit ${result.code}`;
-      const code = codeFromStderr(text) ?? 'remote_command_failed';
-      throw new VmSyncError(code, `${op} on ${this.session.vm.id} failed: ${text.split('\n').slice(-2).join(' | ')}`);
-    }
-    return parseAgentOutput(result.stdout);
+  private get vmId(): string {
+    return this.session.vm.id;
   }
 
-  async probe(): Promise<Probe> {
-    const out = await this.op('probe');
-    const one = (key: string): string => out.get(key)?.[0] ?? '';
-    if (one('rev_state') === 'unreadable') {
-      throw new VmSyncError('sentinel_unreadable', `${one('target')}/.sync_rev on ${this.session.vm.id} exists but cannot be read: fix its permissions (it must be readable by ${this.session.vm.user}).`);
+  /** Seconds left of the budget, for the VM-side `timeout`. */
+  private budgetS(): number {
+    return Math.max(1, Math.ceil((this.deadlineAt - Date.now()) / 1000));
+  }
+
+  /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
+  private async call(op: string, args: string[], cleanup: boolean): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
+    const nonce = crypto.randomBytes(12).toString('hex');
+    const budgetS = cleanup ? CLEANUP_MS / 1000 : this.budgetS();
+    let pgid: string | null = null;
+    const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
+    try {
+      const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, cleanup ? undefined : this.signal, nonce, (line) => {
+        pgid ??= /^@\S+ pgid=(\d+)$/.exec(line)?.[1] ?? null;
+      });
+      return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: vmBlock(result.stderr.trim(), 2000), other: vmBlock(result.other.trim(), 2000) };
+    } catch (error) {
+      // The channel is gone but the operation may still run on the VM.
+      if (pgid) this.interrupted.add(pgid);
+      throw error;
     }
+  }
+
+  private async op(op: string, args: string[], cleanup = false): Promise<AgentResponse> {
+    const { response, code, stderr, other } = await this.call(op, args, cleanup);
+    const agentCode = response.get('error');
+    if (agentCode === null && code === 0 && response.complete) return response;
+    const said = vmText(response.get('message') ?? '', 500);
+    const known = agentCode !== null && agentCode !== 'failed' && AGENT_CODES.has(agentCode) ? (agentCode as FailureCode) : null;
+    const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(stderr);
+    const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${vmText(other, 300)}` : `exit ${code}`);
+    throw new VmSyncError(known ?? codeFromStderr(stderr) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+  }
+
+  /** Reads where the VM stands; changes nothing. */
+  async probe(cleanup = false): Promise<Probe> {
+    return parseProbe(await this.op('probe', [], cleanup));
+  }
+
+  /**
+   * Takes the lock (breaking `expectedBreak` first if it is still exactly that
+   * record), then probes under it. With `expect` equal to the live commit and
+   * no `force`, the lock is released again at once (`released`).
+   */
+  async begin(owner: Omit<LockOwner, 'deadline'>, options: { expect: string; force: boolean; legacyStaleAfterS: number; expectedBreak?: string }): Promise<BeginOutcome> {
+    const lockBudget = this.budgetS() + LOCK_MARGIN_S;
+    const out = await this.op('begin', [
+      encodeLockOwner(owner),
+      String(lockBudget),
+      options.expect,
+      options.force ? '1' : '0',
+      String(UNREADABLE_LOCK_GRACE_S),
+      String(options.legacyStaleAfterS),
+      options.expectedBreak ?? '',
+    ]);
+    const probe = parseProbe(out);
+    const lock = out.all('lock')[0];
+    if (lock === 'held') {
+      return {
+        held: true,
+        probe,
+        record: vmText(out.require('owner'), 400),
+        why: out.oneOf('lock_why', ['deadline', 'legacy', 'unreadable'] as const),
+        ageS: toInt(out.require('age')),
+      };
+    }
+    if (lock !== 'acquired') throw new VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${vmText(lock ?? '', 40)}`);
+    const took = out.all('took_over').at(-1);
     return {
-      target: one('target'),
-      kind: (one('kind') || 'absent') as Probe['kind'],
-      currentRelease: one('current') || null,
-      rev: one('rev_state') === 'present' ? one('rev') : null,
-      rsyncVersion: one('rsync') || null,
-      lock: one('lock') || null,
-      now: Number(one('now')) || 0,
+      held: false,
+      probe,
+      released: out.all('lock').includes('released'),
+      tookOver: took !== undefined ? { record: vmText(took, 400), why: vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
     };
   }
 
-  async lock(token: string, staleAfterS: number): Promise<LockOutcome> {
-    const out = await this.op('lock', token, String(staleAfterS));
-    if (out.get('lock')?.[0] === 'acquired') return { held: false, staleOwner: out.get('stale_owner')?.[0] ?? null };
-    return { held: true, owner: out.get('owner')?.[0] ?? 'unknown', ageS: Number(out.get('age')?.[0] ?? 0) };
-  }
-
-  /** Releases the lock if this run still owns it; never removes another run's lock. */
+  /** Releases the lock if this run still holds it; never removes another run's lock. Runs on a budget of its own. */
   async unlock(token: string): Promise<boolean> {
-    return (await this.op('unlock', token)).get('lock')?.[0] === 'released';
+    return (await this.op('unlock', [token], true)).get('lock') === 'released';
   }
 
-  /** Creates the releases directory; returns where to stage and what to hard-link from. */
-  async stageDir(sha: string): Promise<{ stage: string; linkDest: string | null }> {
-    const out = await this.op('stage-dir', sha);
-    return { stage: out.get('stage')?.[0] ?? '', linkDest: out.get('link_dest')?.[0] || null };
+  /** Breaks the lock if it is still exactly `record` (for `vm-sync unlock`); false when it changed meanwhile. */
+  async breakLock(record: string): Promise<boolean> {
+    return (await this.op('break', [record], true)).get('lock') === 'broken';
+  }
+
+  /** Removes abandoned partial stages of other commits, then makes this commit's stage; returns where to stage and what to hard-link from. */
+  async stage(token: string, sha: string): Promise<{ stage: string; linkDest: string | null; removedPartials: string[] }> {
+    const out = await this.op('stage', [token, sha]);
+    const stage = out.require('stage');
+    if (!stage.endsWith(`/releases/${sha}.partial`)) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected directory ${vmText(stage)}`);
+    return { stage, linkDest: out.require('link_dest') || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
   }
 
   /** Writes `.sync_rev` into the staged release, renames it complete and flips the symlink. */
-  async publish(sha: string, stage: string): Promise<{ release: string; movedAside: string | null }> {
-    const out = await this.op('publish', sha, stage);
-    return { release: out.get('release')?.[0] ?? '', movedAside: out.get('moved_aside')?.[0] ?? null };
+  async publish(token: string, sha: string): Promise<{ release: string; movedAside: string | null }> {
+    const out = await this.op('publish', [token, sha]);
+    const aside = out.get('moved_aside');
+    return { release: vmText(out.require('release')), movedAside: aside === null ? null : vmText(aside) };
   }
 
-  async inPlaceBegin(): Promise<void> {
-    await this.op('inplace-begin');
+  async inPlaceBegin(token: string): Promise<string> {
+    return (await this.op('inplace-begin', [token])).require('target');
   }
 
-  async inPlaceFinish(sha: string): Promise<void> {
-    await this.op('inplace-finish', sha);
+  async inPlaceFinish(token: string, sha: string): Promise<void> {
+    await this.op('inplace-finish', [token, sha]);
   }
 
   /** Removes releases beyond `keep` (never the current one) and abandoned partial stages. */
-  async prune(keep: number): Promise<string[]> {
-    return (await this.op('prune', String(keep))).get('pruned') ?? [];
+  async prune(token: string, keep: number): Promise<string[]> {
+    return (await this.op('prune', [token, String(keep)])).all('pruned').map((p) => vmText(p));
   }
 
   /** Whether a deploy could write beside the target, and the free space there. */
-  async writability(): Promise<{ parent: string; existing: string; writable: boolean; availableKb: number | null }> {
-    const out = await this.op('doctor');
-    const one = (key: string): string => out.get(key)?.[0] ?? '';
-    const kb = Number(one('avail_kb'));
-    return { parent: one('parent'), existing: one('existing'), writable: one('writable') === '1', availableKb: one('avail_kb') && Number.isFinite(kb) ? kb : null };
+  async writability(): Promise<{ parent: string; existing: string; writable: boolean; availableKb: number | null; timeout: string | null }> {
+    const out = await this.op('doctor', []);
+    const kb = Number(out.get('avail_kb'));
+    return {
+      parent: vmText(out.require('parent')),
+      existing: vmText(out.require('existing')),
+      writable: out.require('writable') === '1',
+      availableKb: out.get('avail_kb') && Number.isFinite(kb) ? kb : null,
+      timeout: out.get('timeout') || null,
+    };
   }
 
-  /** Runs the configured post-sync command in the target directory. */
-  async postSync(sha: string, command: string): Promise<void> {
-    const result = await this.session.exec(agentCommand('post', this.path, sha, command), this.commandTimeoutMs, this.signal);
-    if (result.code !== 0) {
-      const tail = (result.stderr.trim() || result.stdout.trim()).split('\n').slice(-3).join(' | ');
-      throw new VmSyncError('post_sync_failed', `post_sync_command exited ${result.code} on ${this.session.vm.id}: ${tail || 'no output'}. The new release is live; fix the command and run sync --force to run it again.`);
+  /** Runs the configured post-sync command in the live release, under the run's deadline. */
+  async postSync(token: string, sha: string, command: string): Promise<void> {
+    const { response, code, stderr, other } = await this.call('post', [token, sha, command], false);
+    if (response.get('error') !== null) await this.op('post', [token, sha, command]); // lock lost and the like: the checked form says why
+    if (code === 0 && response.complete) return;
+    const exit = response.get('exit') ?? String(code);
+    const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
+    throw new VmSyncError('post_sync_failed', `post_sync_command exited ${vmText(exit, 10)} on ${this.vmId}: ${vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run sync --force to run it again.`);
+  }
+
+  /**
+   * Kills, on the VM, the process groups of operations whose channel this run
+   * dropped (a cancelled run or a spent budget): closing a channel does not
+   * stop the remote process. Returns false when they could not be confirmed
+   * stopped.
+   */
+  async stopInterrupted(): Promise<boolean> {
+    if (this.interrupted.size === 0) return true;
+    try {
+      await this.op('kill', [...this.interrupted], true);
+      this.interrupted.clear();
+      return true;
+    } catch {
+      return false;
     }
   }
+}
+
+function toInt(value: string): number {
+  const n = Number(value);
+  return Number.isSafeInteger(n) ? n : 0;
+}
+
+/** The probe part of a response, every field required and checked. */
+function parseProbe(out: AgentResponse): Probe {
+  const sentinel = out.oneOf('rev_state', SENTINEL_STATES);
+  const lockKind = out.get('lock_kind');
+  const mtime = Number(out.get('lock_mtime'));
+  return {
+    target: vmText(out.require('target')),
+    kind: out.oneOf('kind', TARGET_KINDS),
+    currentRelease: out.require('current') ? vmText(out.require('current')) : null,
+    sentinel,
+    rev: sentinel === 'regular' ? vmText(out.require('rev'), 100) : null,
+    rsyncVersion: out.require('rsync') ? vmText(out.require('rsync'), 120) : null,
+    lock:
+      lockKind === null
+        ? null
+        : { record: vmText(out.get('lock_record') ?? '', 400), kind: lockKind === 'v2' || lockKind === 'legacy' ? lockKind : 'other', mtime: out.get('lock_mtime') && Number.isSafeInteger(mtime) ? mtime : null },
+    now: toInt(out.require('now')),
+  };
 }

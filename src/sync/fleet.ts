@@ -2,10 +2,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Config, VmConfig } from '../config/types.js';
-import { VmSyncError } from '../errors.js';
+import { getErrorMessage, VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
 import { KnownHosts } from '../remote/known-hosts.js';
-import { lockToken } from '../remote/target.js';
+import { ownLockOwner } from '../remote/lock.js';
 import { runSecretScan, type ScanReport } from '../scan/gate.js';
 import { planScan, type ScanRequest } from '../scan/plan.js';
 import { inspectVm, syncVm, type RunContext } from './vm-pipeline.js';
@@ -131,18 +131,15 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       exportDir,
       force: options.force ?? false,
       dryRun: options.dryRun ?? false,
-      lockToken: lockToken(),
+      owner: ownLockOwner(commit, runUrlFromEnv()),
+      deployNotes: committedSentinelNote(exportDir),
       events,
       signal: options.signal,
       retryBaseMs: options.retryBaseMs ?? 1000,
     };
-    const reports = await mapPool(vms, config.sync.concurrency, async (vm) => {
-      events.vmStarted?.(vm.id);
-      const report = await syncVm(vm, ctx);
-      // Remember what each VM holds, so the next manual resync scans only what is new to it.
-      if (!ctx.dryRun && report.result === 'success' && report.rev_after === commit) await repo.recordDeployed(vm.id, commit);
-      return announce(events, report);
-    });
+    // Every VM ends with a row, whatever throws: the export outlives them all.
+    const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => syncVm(vm, ctx)));
+    if (!ctx.dryRun) await recordDeployed(repo, reports, commit, events);
     return { command: 'sync', commit, dry_run: ctx.dryRun, scan, vms: reports };
   } finally {
     fs.rmSync(exportRoot, { recursive: true, force: true });
@@ -171,15 +168,12 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
     exportDir: '',
     force: false,
     dryRun: false,
-    lockToken: '',
+    owner: ownLockOwner(commit, ''),
     events,
     signal: options.signal,
     retryBaseMs: options.retryBaseMs ?? 1000,
   };
-  const reports = await mapPool(vms, config.sync.concurrency, (vm) => {
-    events.vmStarted?.(vm.id);
-    return inspectVm(vm, ctx, mode).then((r) => announce(events, r));
-  });
+  const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode)));
   return { command: mode, commit, dry_run: false, scan: null, vms: reports };
 }
 
@@ -213,6 +207,64 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
   } finally {
     fs.rmSync(exportRoot, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs one VM's pipeline and announces its row. A pipeline never throws by
+ * design; if a defect makes it throw anyway, the VM still gets a failed row
+ * instead of the error escaping the fan-out and abandoning the other VMs.
+ */
+async function rowOf(vm: VmConfig, events: EngineEvents, pipeline: () => Promise<VmReport>): Promise<VmReport> {
+  events.vmStarted?.(vm.id);
+  let report: VmReport;
+  try {
+    report = await pipeline();
+  } catch (error) {
+    report = {
+      id: vm.id,
+      host: vm.host,
+      state: 'unknown',
+      action: 'none',
+      result: 'failed',
+      rev_before: null,
+      rev_after: null,
+      files_changed: 0,
+      bytes_sent: 0,
+      duration_ms: 0,
+      verified: false,
+      notes: ['what this VM serves is unknown: check it with vm-sync status'],
+      error: { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` },
+    };
+  }
+  return announce(events, report);
+}
+
+/** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
+async function recordDeployed(repo: RunnerRepo, reports: VmReport[], commit: string, events: EngineEvents): Promise<void> {
+  for (const report of reports.filter((r) => r.rev_after === commit)) {
+    try {
+      await repo.recordDeployed(report.id, commit);
+    } catch (error) {
+      events.info(report.id, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
+    }
+  }
+}
+
+/** The Actions run that is deploying, for lock records ('' outside Actions). */
+function runUrlFromEnv(): string {
+  const { GITHUB_SERVER_URL, GITHUB_REPOSITORY, GITHUB_RUN_ID } = process.env;
+  return GITHUB_SERVER_URL && GITHUB_REPOSITORY && GITHUB_RUN_ID ? `${GITHUB_SERVER_URL}/${GITHUB_REPOSITORY}/actions/runs/${GITHUB_RUN_ID}` : '';
+}
+
+/** `.sync_rev` at a tree's root is vm-sync's own name: a committed one is never deployed, and the row says so. */
+function committedSentinelNote(exportDir: string): string[] {
+  try {
+    const stat = fs.lstatSync(path.join(exportDir, '.sync_rev'));
+    const what = stat.isSymbolicLink() ? 'a symlink' : stat.isDirectory() ? 'a directory' : 'a file';
+    return [`the commit has ${what} at .sync_rev: not deployed, because vm-sync writes its own sentinel under that name`];
+  } catch {
+    return [];
   }
 }
 

@@ -4,7 +4,8 @@ import type { KnownHosts } from '../remote/known-hosts.js';
 import { RshBridge } from '../remote/rsh-bridge.js';
 import { runRsync, type RsyncStats } from '../remote/rsync.js';
 import { VmSession } from '../remote/session.js';
-import { RemoteTarget } from '../remote/target.js';
+import { holderIsDead, parseLockOwner, describeOwner, type LockOwner } from '../remote/lock.js';
+import { RemoteTarget, UNREADABLE_LOCK_GRACE_S, type BeginOutcome, type Probe } from '../remote/target.js';
 import { classifyState, type History } from './state.js';
 import type { EngineEvents, VmReport } from './types.js';
 
@@ -19,7 +20,10 @@ export interface RunContext {
   exportDir: string;
   force: boolean;
   dryRun: boolean;
-  lockToken: string;
+  /** Who this run is, as recorded in each VM's lock (the VM adds the deadline). */
+  owner: Omit<LockOwner, 'deadline'>;
+  /** Notes for every VM that gets the new release (e.g. a committed `.sync_rev` that was not deployed). */
+  deployNotes?: string[];
   events: EngineEvents;
   /** Aborts every VM (Ctrl-C, job cancelled). */
   signal?: AbortSignal;
@@ -60,8 +64,9 @@ const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
  * (unreachable, timeout of one step) with exponential backoff and jitter.
  * Never throws: the outcome is always a report row.
  */
-async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmReport, signal: AbortSignal) => Promise<void>): Promise<VmReport> {
+async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmReport, signal: AbortSignal, deadlineAt: number) => Promise<void>): Promise<VmReport> {
   const started = Date.now();
+  const deadlineAt = started + ctx.config.sync.timeoutS * 1000;
   const deadline = AbortSignal.timeout(ctx.config.sync.timeoutS * 1000);
   const signal = ctx.signal ? AbortSignal.any([ctx.signal, deadline]) : deadline;
   const finish = (report: VmReport): VmReport => ({ ...report, duration_ms: Date.now() - started });
@@ -70,13 +75,13 @@ async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmRep
     const report = emptyReport(vm);
     report.notes.push(...earlier);
     try {
-      await attempt(report, signal);
+      await attempt(report, signal, deadlineAt);
       return finish({ ...report, error: null });
     } catch (error) {
       let failure = toFailure(error);
       if (signal.aborted) {
         failure = ctx.signal?.aborted
-          ? new VmSyncError('interrupted', `run interrupted before ${vm.id} finished; it stays on its last complete release`)
+          ? new VmSyncError('interrupted', `run interrupted before ${vm.id} finished; what it serves now is in rev_after`)
           : new VmSyncError('timeout', `${vm.id} did not finish within sync.timeout_s=${ctx.config.sync.timeoutS}s (last step: ${failure.message})`);
       }
       report.result = report.result === 'refused' ? 'refused' : 'failed';
@@ -97,126 +102,254 @@ async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmRep
 }
 
 /** Connects, runs `body` with the session and target, and always closes the connection. */
-async function withTarget<T>(vm: VmConfig, ctx: RunContext, signal: AbortSignal, body: (session: VmSession, target: RemoteTarget) => Promise<T>): Promise<T> {
+async function withTarget<T>(vm: VmConfig, ctx: RunContext, signal: AbortSignal, deadlineAt: number, body: (session: VmSession, target: RemoteTarget) => Promise<T>): Promise<T> {
   const session = await VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal });
   try {
-    return await body(session, new RemoteTarget(session, vm.repoPath, ctx.config.sync.timeoutS * 1000, signal));
+    return await body(session, new RemoteTarget(session, vm.repoPath, deadlineAt, signal));
   } finally {
     session.dispose();
   }
 }
 
+const FULL_SHA = /^[0-9a-f]{40}$/;
+
+/** The commit a probe shows live, or null: only a full hash is ever reported as a rev. */
+function liveRev(probe: Probe): string | null {
+  return probe.rev !== null && FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
+}
+
 /**
- * Deploys `ctx.commit` to one VM: connect, lock, read `.sync_rev` and classify,
- * stage a complete release, write `.sync_rev`, flip, verify, prune, post-sync,
- * unlock. A failure at any step before the flip leaves the VM on its last
- * complete release.
+ * Where the VM stands against the commit. A sentinel that is not a regular
+ * file (a symlink, FIFO, directory) is never read or followed: it is an error,
+ * or with --force a VM in an unknown state that gets a fresh release.
+ */
+async function stateOf(vm: VmConfig, probe: Probe, ctx: RunContext, force: boolean): Promise<VmReport['state']> {
+  if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
+    if (force) return 'unknown';
+    throw new VmSyncError(
+      'sentinel_unreadable',
+      `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run sync --force to replace it with a new release.`,
+    );
+  }
+  return classifyState(vm.id, probe.rev, ctx.commit, ctx.history);
+}
+
+/** Who held a lock, in a few words (its token for vm-sync's own records). */
+function holderName(record: string): string {
+  const owner = parseLockOwner(record);
+  if (owner) return `${owner.token} (pid ${owner.pid} on ${owner.host}${owner.commit ? `, deploying ${owner.commit.slice(0, 12)}` : ''})`;
+  return record ? record.split(' ')[0] : 'an unknown holder (empty owner record)';
+}
+
+function staleReason(why: string): string {
+  switch (why) {
+    case 'deadline': return 'its deadline had passed';
+    case 'legacy': return 'a lock of an older vm-sync, older than sync.timeout_s';
+    case 'unreadable': return `its owner record was empty or unreadable for over ${UNREADABLE_LOCK_GRACE_S}s`;
+    default: return 'its holder process no longer exists';
+  }
+}
+
+/** Why a lock is held, in words that say what to do. */
+function lockedError(vm: VmConfig, outcome: Extract<BeginOutcome, { held: true }>, staleAfterS: number): VmSyncError {
+  const owner = parseLockOwner(outcome.record);
+  const unlock = `vm-sync unlock --vm ${vm.id}`;
+  if (owner) {
+    return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress. Wait for it; if you know it is gone, run ${unlock} (--force for a holder that is still alive).`);
+  }
+  if (outcome.why === 'legacy') {
+    return new VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s). Wait for it, or run ${unlock}.`);
+  }
+  return new VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s. Run ${unlock} to break it now.`);
+}
+
+/**
+ * Takes the VM's lock. A lock of this same run (an earlier attempt that lost
+ * its connection) or of a process on this runner host that no longer exists
+ * is broken at once; the VM itself breaks one whose holder's deadline passed.
+ */
+async function takeLock(vm: VmConfig, target: RemoteTarget, ctx: RunContext): Promise<Extract<BeginOutcome, { held: false }>> {
+  const options = { expect: ctx.commit, force: ctx.force, legacyStaleAfterS: ctx.config.sync.timeoutS };
+  let outcome = await target.begin(ctx.owner, options);
+  if (outcome.held) {
+    const owner = parseLockOwner(outcome.record);
+    if (owner && (owner.token === ctx.owner.token || holderIsDead(owner))) {
+      outcome = await target.begin(ctx.owner, { ...options, expectedBreak: outcome.record });
+    }
+  }
+  if (outcome.held) throw Object.assign(lockedError(vm, outcome, ctx.config.sync.timeoutS), { probe: outcome.probe });
+  return outcome;
+}
+
+/**
+ * Deploys `ctx.commit` to one VM: connect, take the lock, then read
+ * `.sync_rev` and decide (only under the lock, so a run that arrives late
+ * sees what an earlier one deployed), stage a complete release, write
+ * `.sync_rev`, flip, verify, prune, post-sync, unlock. Whatever fails, this
+ * run's operations on the VM are stopped before the lock is released, and the
+ * row's `rev_after` is read back from the VM.
  */
 export function syncVm(vm: VmConfig, ctx: RunContext): Promise<VmReport> {
-  return withBudget(vm, ctx, (report, signal) =>
-    withTarget(vm, ctx, signal, async (session, target) => {
-      const { repository, sync } = ctx.config;
-      const say = (message: string): void => ctx.events.info(vm.id, message);
-
-      // Read where the VM stands and decide.
-      const before = await target.probe();
-      report.rev_before = before.rev;
-      report.rev_after = before.rev;
-      report.state = await classifyState(vm.id, before.rev, ctx.commit, ctx.history);
-      if (report.state === 'up-to-date' && !ctx.force) {
-        report.action = 'none';
-        report.result = 'success';
-        report.verified = true;
-        say(`already on ${short(ctx.commit)}: nothing to do`);
-        return;
-      }
-      if (report.state === 'ahead' && !ctx.force) {
-        report.action = 'refuse';
-        report.result = 'refused';
-        throw new VmSyncError('refused_ahead', `${vm.id} is on ${short(before.rev)}, a descendant of ${short(ctx.commit)}: an older run arrived late. Use --force to roll back deliberately.`);
-      }
-      if (report.state === 'diverged') {
-        report.notes.push(`history diverged: ${short(before.rev)} is not an ancestor of ${short(ctx.commit)} (rewritten history?); deploying the remote's commit`);
-      }
-      report.action = 'deploy';
-      if (before.rsyncVersion === null) {
-        throw new VmSyncError('remote_rsync_missing', `rsync is not installed on ${vm.id} (or not on ${vm.user}'s PATH): install it there (apt-get install rsync).`);
-      }
-
-      const bridge = await RshBridge.start(session);
+  return withBudget(vm, ctx, (report, signal, deadlineAt) =>
+    withTarget(vm, ctx, signal, deadlineAt, async (session, target) => {
+      if (ctx.dryRun) return dryRun(vm, ctx, session, target, report, signal);
+      let begun: Extract<BeginOutcome, { held: false }>;
       try {
-        const plan = { source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: Math.max(30, sync.connectTimeoutS * 3) };
-        const progress = { signal, onProgress: (p: { percent: number; rate: string }) => ctx.events.progress(vm.id, p.percent, p.rate) };
-
-        if (ctx.dryRun) {
-          // Compare against what is live now; nothing is written on the VM.
-          const stats = await runRsync({ ...plan, dest: before.currentRelease ?? before.target, linkDest: null, dryRun: true }, bridge.env, { signal });
-          report.files_changed = stats.filesChanged;
-          report.result = 'success';
-          for (const change of stats.changes.slice(0, 20)) report.notes.push(`would change: ${change}`);
-          return;
-        }
-
-        const lock = await target.lock(ctx.lockToken, sync.timeoutS);
-        if (lock.held && lock.owner !== ctx.lockToken) {
-          throw new VmSyncError('locked', `${vm.id} is locked by ${lock.owner} for ${lock.ageS}s (another deploy in progress). Wait for it; the lock is considered stale after sync.timeout_s=${sync.timeoutS}s.`);
-        }
-        if (!lock.held && lock.staleOwner) report.notes.push(`took over a stale lock left by ${lock.staleOwner}`);
-        try {
-          let stats: RsyncStats;
-          if (repository.layout === 'atomic') {
-            const { stage, linkDest } = await target.stageDir(ctx.commit);
-            say(`staging ${short(ctx.commit)} into a new release${linkDest ? ' (unchanged files hard-linked)' : ''}`);
-            stats = await runRsync({ ...plan, dest: stage, linkDest, dryRun: false }, bridge.env, progress);
-            const published = await target.publish(ctx.commit, stage);
-            if (published.movedAside) report.notes.push(`kept the directory that stood at ${before.target} as ${published.movedAside}`);
-          } else {
-            await target.inPlaceBegin();
-            stats = await runRsync({ ...plan, dest: before.target, linkDest: null, dryRun: false }, bridge.env, progress);
-            await target.inPlaceFinish(ctx.commit);
-          }
-          report.files_changed = stats.filesChanged;
-          report.bytes_sent = stats.bytesSent;
-
-          // Verify by reading the sentinel back through the live path.
-          const after = await target.probe();
-          report.rev_after = after.rev;
-          if (after.rev !== ctx.commit) {
-            throw new VmSyncError('verify_mismatch', `${vm.id} reports ${after.rev ?? 'no .sync_rev'} after the deploy, expected ${ctx.commit}: something else is writing to ${after.target}.`);
-          }
-          report.verified = true;
-          say(`live on ${short(ctx.commit)} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
-
-          if (repository.layout === 'atomic') {
-            try {
-              const pruned = await target.prune(repository.keepReleases);
-              if (pruned.length > 0) say(`pruned ${pruned.length} old release(s)`);
-            } catch (error) {
-              report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
-            }
-          }
-          if (sync.postSyncCommand) {
-            say('running post_sync_command');
-            await target.postSync(ctx.commit, sync.postSyncCommand);
-          }
-          report.result = 'success';
-        } finally {
-          await unlockQuietly(session, vm, ctx, report);
-        }
+        begun = await takeLock(vm, target, ctx);
+      } catch (error) {
+        const probe = (error as { probe?: Probe }).probe;
+        if (probe) report.rev_before = report.rev_after = liveRev(probe);
+        throw error;
+      }
+      const token = ctx.owner.token;
+      // Whether a step that can change what the VM serves was started.
+      let touched = false;
+      let failed = true;
+      try {
+        report.rev_before = report.rev_after = liveRev(begun.probe);
+        if (begun.tookOver) report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
+        await deploy(vm, ctx, session, target, report, signal, begun, () => (touched = true));
+        failed = false;
       } finally {
-        await bridge.close();
+        if (!begun.released) await settle(vm, target, token, report, failed, touched);
       }
     }),
   );
 }
 
-/** Releases our lock even after a timeout, on a fresh budget; a failure only adds a note. */
-async function unlockQuietly(session: VmSession, vm: VmConfig, ctx: RunContext, report: VmReport): Promise<void> {
-  try {
-    await new RemoteTarget(session, vm.repoPath, 15_000).unlock(ctx.lockToken);
-  } catch (error) {
-    report.notes.push(`could not release the lock (it goes stale after ${ctx.config.sync.timeoutS}s): ${getErrorMessage(error)}`);
+/** The steps of a deploy while holding the lock. */
+async function deploy(
+  vm: VmConfig,
+  ctx: RunContext,
+  session: VmSession,
+  target: RemoteTarget,
+  report: VmReport,
+  signal: AbortSignal,
+  begun: Extract<BeginOutcome, { held: false }>,
+  touching: () => void,
+): Promise<void> {
+  const { repository, sync } = ctx.config;
+  const say = (message: string): void => ctx.events.info(vm.id, message);
+  const before = begun.probe;
+  const token = ctx.owner.token;
+  report.state = await stateOf(vm, before, ctx, ctx.force);
+  if (begun.released || (report.state === 'up-to-date' && !ctx.force)) {
+    report.action = 'none';
+    report.result = 'success';
+    report.verified = true;
+    say(`already on ${short(ctx.commit)}: nothing to do`);
+    return;
   }
+  if (report.state === 'ahead' && !ctx.force) {
+    report.action = 'refuse';
+    report.result = 'refused';
+    throw new VmSyncError('refused_ahead', `${vm.id} is on ${short(report.rev_before)}, a descendant of ${short(ctx.commit)}: an older run arrived late. Use --force to roll back deliberately.`);
+  }
+  if (report.state === 'diverged') {
+    report.notes.push(`history diverged: ${short(report.rev_before)} is not an ancestor of ${short(ctx.commit)} (rewritten history?); deploying the remote's commit`);
+  }
+  report.action = 'deploy';
+  if (before.rsyncVersion === null) {
+    throw new VmSyncError('remote_rsync_missing', `rsync is not installed on ${vm.id} (or not on ${vm.user}'s PATH): install it there (apt-get install rsync).`);
+  }
+  const bridge = await RshBridge.start(session);
+  try {
+    const plan = { source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: Math.max(30, sync.connectTimeoutS * 3) };
+    const progress = { signal, onProgress: (p: { percent: number; rate: string }) => ctx.events.progress(vm.id, p.percent, p.rate) };
+    let stats: RsyncStats;
+    if (repository.layout === 'atomic') {
+      const { stage, linkDest, removedPartials } = await target.stage(token, ctx.commit);
+      for (const name of removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);
+      say(`staging ${short(ctx.commit)} into a new release${linkDest ? ' (unchanged files hard-linked)' : ''}`);
+      stats = await runRsync({ ...plan, dest: stage, linkDest, dryRun: false }, bridge.env, progress);
+      touching();
+      const published = await target.publish(token, ctx.commit);
+      if (published.movedAside) report.notes.push(`kept the directory that stood at ${before.target} as ${published.movedAside}`);
+    } else {
+      touching();
+      const dest = await target.inPlaceBegin(token);
+      stats = await runRsync({ ...plan, dest, linkDest: null, dryRun: false }, bridge.env, progress);
+      await target.inPlaceFinish(token, ctx.commit);
+    }
+    report.files_changed = stats.filesChanged;
+    report.bytes_sent = stats.bytesSent;
+  } finally {
+    await bridge.close();
+  }
+  report.notes.push(...(ctx.deployNotes ?? []));
+
+  // Verify by reading the sentinel back through the live path.
+  const after = await target.probe();
+  report.rev_after = liveRev(after);
+  if (report.rev_after !== ctx.commit) {
+    throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the deploy, expected ${ctx.commit}: something else is writing to ${after.target}.`);
+  }
+  report.verified = true;
+  say(`live on ${short(ctx.commit)} (${report.files_changed} files changed, ${report.bytes_sent} bytes sent)`);
+
+  if (repository.layout === 'atomic') {
+    try {
+      const pruned = await target.prune(token, repository.keepReleases);
+      if (pruned.length > 0) say(`pruned ${pruned.length} old release(s)`);
+    } catch (error) {
+      if (signal.aborted) throw error;
+      report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
+    }
+  }
+  if (sync.postSyncCommand) {
+    say('running post_sync_command');
+    await target.postSync(token, ctx.commit, sync.postSyncCommand);
+  }
+  report.result = 'success';
+}
+
+/**
+ * The end of every locked deploy: after a failure, stop what this run still
+ * has running on the VM and read back what the VM serves now, so the row
+ * reports the truth; then release the lock (only once nothing of this run is
+ * left running there). Runs on a budget of its own: the run's may be spent.
+ */
+async function settle(vm: VmConfig, target: RemoteTarget, token: string, report: VmReport, failed: boolean, touched: boolean): Promise<void> {
+  let safeToUnlock = true;
+  if (failed) {
+    safeToUnlock = await target.stopInterrupted();
+    if (!safeToUnlock) report.notes.push(`could not confirm that this run's steps on ${vm.id} stopped: the lock is left to expire at its deadline`);
+    try {
+      const now = await target.probe(true);
+      if (report.rev_after !== liveRev(now) && touched) report.notes.push(`after the failure ${vm.id} serves ${short(liveRev(now))}`);
+      report.rev_after = liveRev(now);
+    } catch (error) {
+      if (touched) {
+        report.rev_after = null;
+        report.notes.push(`could not read what ${vm.id} serves after the failure (${getErrorMessage(error)}): check it with vm-sync status`);
+      }
+    }
+  }
+  if (!safeToUnlock) return;
+  try {
+    await target.unlock(token);
+  } catch (error) {
+    report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${vm.id}): ${getErrorMessage(error)}`);
+  }
+}
+
+/** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
+async function dryRun(vm: VmConfig, ctx: RunContext, session: VmSession, target: RemoteTarget, report: VmReport, signal: AbortSignal): Promise<void> {
+  const before = await target.probe();
+  report.rev_before = report.rev_after = liveRev(before);
+  report.state = await stateOf(vm, before, ctx, ctx.force);
+  report.action = report.state === 'up-to-date' && !ctx.force ? 'none' : report.state === 'ahead' && !ctx.force ? 'refuse' : 'deploy';
+  if (before.lock) report.notes.push(`lock present: ${before.lock.record || '(empty owner)'}`);
+  const bridge = await RshBridge.start(session);
+  try {
+    const dest = before.currentRelease ?? before.target;
+    const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
+    report.files_changed = stats.filesChanged;
+    for (const change of stats.changes.slice(0, 20)) report.notes.push(`would change: ${change}`);
+  } finally {
+    await bridge.close();
+  }
+  report.result = 'success';
 }
 
 /**
@@ -224,17 +357,16 @@ async function unlockQuietly(session: VmSession, vm: VmConfig, ctx: RunContext, 
  * `verify` also requires it to equal the commit (`vm-sync verify`).
  */
 export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'status'): Promise<VmReport> {
-  return withBudget(vm, ctx, (report, signal) =>
-    withTarget(vm, ctx, signal, async (_session, target) => {
+  return withBudget(vm, ctx, (report, signal, deadlineAt) =>
+    withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
       report.action = mode;
       const probe = await target.probe();
-      report.rev_before = probe.rev;
-      report.rev_after = probe.rev;
-      report.state = await classifyState(vm.id, probe.rev, ctx.commit, ctx.history);
-      if (probe.lock) report.notes.push(`lock present: ${probe.lock}`);
-      report.verified = probe.rev === ctx.commit;
+      report.rev_before = report.rev_after = liveRev(probe);
+      if (probe.lock) report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
+      report.state = await stateOf(vm, probe, ctx, false);
+      report.verified = report.rev_after === ctx.commit;
       if (mode === 'verify' && !report.verified) {
-        throw new VmSyncError('verify_mismatch', `${vm.id} is on ${probe.rev ? short(probe.rev) : 'nothing (no .sync_rev)'}, expected ${short(ctx.commit)} (${report.state}): run vm-sync sync.`);
+        throw new VmSyncError('verify_mismatch', `${vm.id} is on ${report.rev_after ? short(report.rev_after) : 'nothing (no .sync_rev)'}, expected ${short(ctx.commit)} (${report.state}): run vm-sync sync.`);
       }
       report.result = 'success';
     }),

@@ -26,8 +26,8 @@ describe('agent script', () => {
 
   test('config values reach the script as positional arguments, not as script text', () => {
     const evil = "/srv/app'; touch /tmp/x; '";
-    const command = agentCommand('probe', evil);
-    expect(command.startsWith(`'sh' '-c' `)).toBe(true);
+    const command = agentCommand('probe', evil, { nonce: 'n0', budgetS: 30 });
+    expect(command.startsWith(`'timeout' '-k' '3' '30' 'sh' '-c' `)).toBe(true);
     expect(command).toContain(shellQuote(evil));
     expect(AGENT_SCRIPT).not.toContain('/srv/app');
   });
@@ -36,15 +36,44 @@ describe('agent script', () => {
     const home = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-home-'));
     fs.mkdirSync(path.join(home, 'app'));
     fs.writeFileSync(path.join(home, 'app', '.sync_rev'), `${'a'.repeat(40)}\n`);
-    const out = execFileSync('sh', ['-c', agentCommand('probe', '~/app')], { encoding: 'utf8', env: { ...process.env, HOME: home } });
-    const values = parseAgentOutput(out);
-    expect(values.get('target')).toEqual([`${home}/app`]);
-    expect(values.get('kind')).toEqual(['dir']);
-    expect(values.get('rev')).toEqual(['a'.repeat(40)]);
+    const out = execFileSync('sh', ['-c', agentCommand('probe', '~/app', { nonce: 'n1', budgetS: 30 })], { encoding: 'utf8', env: { ...process.env, HOME: home } });
+    const values = parseAgentOutput(out, 'n1');
+    expect(values.complete).toBe(true);
+    expect(values.get('target')).toBe(`${home}/app`);
+    expect(values.oneOf('kind', ['dir'])).toBe('dir');
+    expect(values.get('rev_state')).toBe('regular');
+    expect(values.get('rev')).toBe('a'.repeat(40));
   });
 
-  test('parseAgentOutput keeps repeated keys', () => {
-    expect(parseAgentOutput('pruned=a\npruned=b\nx=1=2\nnoise\n')).toEqual(new Map([['pruned', ['a', 'b']], ['x', ['1=2']]]));
+  test.each([
+    ['a symlink to a file elsewhere', (f: string) => fs.symlinkSync('/etc/hostname', f), 'symlink'],
+    ['a FIFO', (f: string) => execFileSync('mkfifo', [f]), 'special'],
+    ['a directory', (f: string) => fs.mkdirSync(f), 'directory'],
+  ])('probe never reads or follows a .sync_rev that is %s', (_what, plant, state) => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-home-'));
+    fs.mkdirSync(path.join(home, 'app'));
+    plant(path.join(home, 'app', '.sync_rev'));
+    const out = execFileSync('sh', ['-c', agentCommand('probe', '~/app', { nonce: 'n2', budgetS: 5 })], { encoding: 'utf8', env: { ...process.env, HOME: home }, timeout: 10_000 });
+    const values = parseAgentOutput(out, 'n2');
+    expect(values.get('rev_state')).toBe(state);
+    expect(values.get('rev')).toBeNull();
+  });
+
+  test('only lines framed with the nonce count; a forged or foreign line is ignored', () => {
+    const stdout = ['rev=0000000000000000000000000000000000000000', '@other kind=dir', '@n3 kind=release', '@n3 pruned=a', '@n3 pruned=b', '@n3 x=1=2', '@n3 end=ok', ''].join('\n');
+    const values = parseAgentOutput(stdout, 'n3');
+    expect(values.get('rev')).toBeNull();
+    expect(values.get('kind')).toBe('release');
+    expect(values.all('pruned')).toEqual(['a', 'b']);
+    expect(values.get('x')).toBe('1=2');
+    expect(values.complete).toBe(true);
+  });
+
+  test('a response missing a required field or holding an unknown enum value is rejected', () => {
+    const values = parseAgentOutput('@n4 kind=teapot\n@n4 end=ok\n', 'n4');
+    expect(() => values.require('stage')).toThrow(/lacks stage=/);
+    expect(() => values.oneOf('kind', ['dir', 'release'])).toThrow(/kind="teapot"/);
+    expect(parseAgentOutput('@n5 kind=dir\n', 'n5').complete).toBe(false);
   });
 });
 

@@ -1,0 +1,37 @@
+/**
+ * Text that a VM controls (its `.sync_rev`, a lock owner, error output, paths
+ * its `$HOME` expands to) is untrusted: it may hold terminal escapes, markdown
+ * or HTML, or be megabytes long. Everything read from a VM passes through
+ * {@link vmText} once, where it is parsed; each output channel then applies its
+ * own escaping on top (markdown in the summary, JSON in `--json`).
+ */
+
+// C0 controls except tab and newline, DEL, and the C1 range (U+0080–U+009F:
+// U+009B is a one-character CSI on some terminals).
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+// eslint-disable-next-line no-control-regex
+const CONTROL_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f]/g;
+
+/** The default bound for one value read from a VM (a path, a rev, an owner). */
+export const VM_VALUE_MAX = 300;
+
+/**
+ * One line of VM-controlled text made safe to store and print: control
+ * characters (escape sequences above all) become `?`, newlines become spaces,
+ * and anything past `max` characters is cut with a note of how much was cut.
+ */
+export function vmText(value: string, max: number = VM_VALUE_MAX): string {
+  const clean = value.replace(CONTROL_OR_NEWLINE, (c) => (c === '\n' || c === '\r' || c === '\t' ? ' ' : '?'));
+  return clip(clean, max);
+}
+
+/** Like {@link vmText} but keeps newlines (command output shown as a block). */
+export function vmBlock(value: string, max: number): string {
+  return clip(value.replace(/\r\n?/g, '\n').replace(CONTROL, '?'), max);
+}
+
+function clip(text: string, max: number): string {
+  if (text.length <= max) return text;
+  return `${text.slice(0, max)}… (${text.length - max} more characters cut)`;
+}
