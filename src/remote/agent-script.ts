@@ -167,7 +167,7 @@ kill_ops() { # TOKEN
     alive=0
     [ "$(cat "/proc/$pg/comm" 2>/dev/null)" = timeout ] && alive=1
     if [ "$alive" = 1 ] && [ -n "$1" ] && [ "$holder" = "$1" ]; then
-      kill -KILL -- "-$pg" 2>/dev/null && out killed "$pg"
+      kill -KILL "-$pg" 2>/dev/null && out killed "$pg"
       rm -f -- "$rec"
     elif [ "$alive" = 0 ]; then
       rm -f -- "$rec"
@@ -355,20 +355,20 @@ kill)
   for pg in "$@"; do
     digits "$pg" || continue
     [ "$(cat "/proc/$pg/comm" 2>/dev/null)" = timeout ] || continue
-    kill -TERM -- "-$pg" 2>/dev/null
+    kill -TERM "-$pg" 2>/dev/null
   done
   i=0
   while [ "$i" -lt 30 ]; do
     left=0
     for pg in "$@"; do
-      digits "$pg" && kill -0 -- "-$pg" 2>/dev/null && left=1
+      digits "$pg" && kill -0 "-$pg" 2>/dev/null && left=1
     done
     [ "$left" = 0 ] && break
     sleep 0.1 2>/dev/null || sleep 1
     i=$((i + 1))
   done
   for pg in "$@"; do
-    digits "$pg" && kill -0 -- "-$pg" 2>/dev/null && kill -KILL -- "-$pg" 2>/dev/null && out killed "$pg"
+    digits "$pg" && kill -0 "-$pg" 2>/dev/null && kill -KILL "-$pg" 2>/dev/null && out killed "$pg"
   done
   ;;
 doctor)
