@@ -55,9 +55,20 @@ N=$(basename -- "$T")
 S="$P/.$N.vm-sync"
 R="$S/releases"
 L="$S/lock"
-# The pgid of this operation: \`timeout\` (our parent) made a process group of
-# its own, which is what vm-sync kills when the run is cancelled.
-out pgid "$PPID"
+LOCK_MAX=1000
+hexof() { od -An -tx1 | tr -d ' \\n'; }
+# What a lock says, as text (bounded) and as hex: vm-sync compares the hex,
+# so a record holding any byte at all can still be matched exactly.
+lock_text() {
+  if [ -L "$L" ]; then readlink -- "$L" | head -c "$LOCK_MAX"
+  elif [ -d "$L" ]; then head -c 200 -- "$L/owner" 2>/dev/null | head -n 1
+  fi
+}
+# A step vm-sync already gave up on (its channel was cancelled before it ran)
+# must not run now.
+not_cancelled() {
+  if [ -e "$S/tmp/cancelled.$NONCE" ]; then fail interrupted "this step was cancelled by its run before it started: nothing was changed"; fi
+}
 
 # vm-sync's own directories: never a symlink, always ours, never writable by
 # others. A planted one would let another user steer what vm-sync writes or deletes.
@@ -116,16 +127,14 @@ probe() {
   else state=regular
   fi
   out rev_state "$state"
-  if [ "$state" = regular ]; then out rev "$(head -c 100 -- "$f" | head -n 1)"; fi
+  revval=
+  if [ "$state" = regular ]; then revval=$(head -c 100 -- "$f" | head -n 1); out rev "$revval"; fi
   out rsync "$(rsync --version 2>/dev/null </dev/null | head -n 1)"
-  if [ -L "$L" ]; then
-    out lock_record "$(readlink -- "$L" | head -c 400)"
-    out lock_kind v2
-  elif [ -d "$L" ]; then
-    out lock_record "$(head -c 200 -- "$L/owner" 2>/dev/null | head -n 1)"
-    out lock_kind legacy
-  elif [ -e "$L" ]; then
-    out lock_kind other
+  if [ -L "$L" ] || [ -e "$L" ]; then
+    lt=$(lock_text)
+    out lock_record "$lt"
+    out lock_hex "$(printf '%s' "$lt" | hexof)"
+    if [ -L "$L" ]; then out lock_kind v2; elif [ -d "$L" ]; then out lock_kind legacy; else out lock_kind other; fi
   fi
   if [ -e "$L" ] || [ -L "$L" ]; then out lock_mtime "$(stat -c %Y -- "$L" 2>/dev/null)"; fi
   out now "$(date +%s)"
@@ -136,25 +145,22 @@ field() { # TEXT KEY: the value of key=value in a space-separated lock record
   esac
 }
 # Moves the lock away if it is still exactly what the caller saw (a lock
-# released and taken again meanwhile is left alone).
-break_lock() { # EXPECTED
-  if [ -L "$L" ]; then seen=$(readlink -- "$L" | head -c 400)
-  elif [ -d "$L" ]; then seen=$(head -c 200 -- "$L/owner" 2>/dev/null | head -n 1)
-  elif [ -e "$L" ]; then seen=''
-  else return 1
-  fi
-  [ "$seen" = "$1" ] || return 1
+# released and taken again meanwhile is left alone). EXPECTED is hex.
+break_lock() { # EXPECTED_HEX
+  [ -L "$L" ] || [ -e "$L" ] || return 1
+  seen=$(lock_text)
+  [ "$(printf '%s' "$seen" | hexof)" = "$1" ] || return 1
   away="$S/tmp/broken.$$"
   rm -rf -- "$away"
   mv -- "$L" "$away" 2>/dev/null || return 1
-  if [ -L "$away" ]; then again=$(readlink -- "$away" | head -c 400); else again=$(head -c 200 -- "$away/owner" 2>/dev/null | head -n 1); fi
-  if [ "$again" != "$1" ]; then
+  if [ -L "$away" ]; then again=$(readlink -- "$away" | head -c "$LOCK_MAX"); else again=$(head -c 200 -- "$away/owner" 2>/dev/null | head -n 1); fi
+  if [ "$again" != "$seen" ]; then
     # Raced with a fresh lock: put it back unless yet another one exists.
     [ -e "$L" ] || [ -L "$L" ] || mv -- "$away" "$L" 2>/dev/null
     return 1
   fi
   rm -rf -- "$away"
-  kill_ops "$(field "$1" token)"
+  kill_ops "$(field "$seen" token)"
   return 0
 }
 # Kills the process groups of a dead or evicted holder's operations.
@@ -162,12 +168,12 @@ kill_ops() { # TOKEN
   for rec in "$S/ops"/*; do
     [ -f "$rec" ] || continue
     pg=\${rec##*/}
-    digits "$pg" || continue
+    digits "$pg" || { rm -f -- "$rec"; continue; }
     holder=$(head -c 200 -- "$rec")
     alive=0
     [ "$(cat "/proc/$pg/comm" 2>/dev/null)" = timeout ] && alive=1
     if [ "$alive" = 1 ] && [ -n "$1" ] && [ "$holder" = "$1" ]; then
-      kill -KILL "-$pg" 2>/dev/null && out killed "$pg"
+      kill -KILL "-$pg" 2>/dev/null && out killed_pgid "$pg"
       rm -f -- "$rec"
     elif [ "$alive" = 0 ]; then
       rm -f -- "$rec"
@@ -177,7 +183,8 @@ kill_ops() { # TOKEN
 # Every operation that changes the VM runs only while this run holds the lock,
 # and records its process group so a later run can stop it if this one died.
 require_lock() { # TOKEN
-  case " $(readlink -- "$L" 2>/dev/null) " in
+  not_cancelled
+  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
     *" token=$1 "*) ;;
     *) fail lock_lost "this run no longer holds the lock $L (another run broke it): nothing was changed by this step" ;;
   esac
@@ -193,22 +200,24 @@ begin)
   owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7
   digits "$budget" || fail failed "bad budget"
   state_dirs
+  not_cancelled
+  find "$S/tmp" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null
   now=$(date +%s)
   if [ -n "$expected_break" ]; then
-    break_lock "$expected_break" && out took_over "$expected_break"
+    break_lock "$expected_break" && out took_over "$seen"
   fi
-  record="$owner deadline=$((now + budget))"
+  # The deadline comes first: a record is read back whole, but never past LOCK_MAX.
+  record="vm-sync-lock-v2 deadline=$((now + budget)) \${owner#vm-sync-lock-v2 }"
   if ! err=$(ln -s -T -- "$record" "$L" 2>&1); then
     if [ ! -L "$L" ] && [ ! -e "$L" ]; then fail failed "cannot create the lock $L: $err"; fi
     stale=0
+    held=$(lock_text)
     if [ -L "$L" ]; then
-      held=$(readlink -- "$L" | head -c 400)
       deadline=$(field "$held" deadline)
       if digits "$deadline"; then [ "$now" -gt "$deadline" ] && stale=1; why=deadline
       else why=unreadable
       fi
     elif [ -d "$L" ]; then
-      held=$(head -c 200 -- "$L/owner" 2>/dev/null | head -n 1)
       started=\${held##* }
       if [ "$held" != "$started" ] && digits "$started"; then
         # A lock of vm-sync before 0.2 ("token epoch"): it has no deadline of its own.
@@ -216,19 +225,20 @@ begin)
       else why=unreadable
       fi
     else
-      held='' why=unreadable
+      why=unreadable
     fi
     mtime=$(stat -c %Y -- "$L" 2>/dev/null)
     digits "$mtime" || mtime=$now
     age=$((now - mtime))
     if [ "$why" = unreadable ] && [ "$age" -gt "$grace" ]; then stale=1; fi
-    if [ "$stale" = 1 ] && break_lock "$held" && ln -s -T -- "$record" "$L" 2>/dev/null; then
+    if [ "$stale" = 1 ] && break_lock "$(printf '%s' "$held" | hexof)" && ln -s -T -- "$record" "$L" 2>/dev/null; then
       out took_over "$held"
       out took_over_why "$why"
     else
       out lock held
       out lock_why "$why"
       out owner "$held"
+      out owner_hex "$(printf '%s' "$held" | hexof)"
       out age "$age"
       probe
       out end ok
@@ -238,15 +248,17 @@ begin)
   out lock acquired
   kill_ops ''
   probe
-  if [ "$force" = 0 ] && [ -f "$T/.sync_rev" ] && [ ! -L "$T/.sync_rev" ] && [ "$(head -c 100 -- "$T/.sync_rev" | head -n 1)" = "$expect" ]; then
-    # Already on the commit: decided under the lock, released at once.
+  # Already on the commit: decided under the lock, from what the probe read
+  # (only a regular sentinel in vm-sync's release or a plain directory), and
+  # released at once.
+  if [ "$force" = 0 ] && [ "$state" = regular ] && { [ "$kind" = release ] || [ "$kind" = dir ]; } && [ "$revval" = "$expect" ]; then
     rm -f -- "$L"
     out lock released
   fi
   ;;
 unlock)
   token=$1
-  case " $(readlink -- "$L" 2>/dev/null) " in
+  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
     *" token=$token "*) rm -f -- "$L"; out lock released ;;
     *) out lock not-ours ;;
   esac
@@ -351,24 +363,33 @@ post)
   [ "$status" = 0 ] || { out exit "$status"; out end failed; exit "$status"; }
   ;;
 kill)
-  # Stops this run's own operations that outlived their channel (a cancelled run).
-  for pg in "$@"; do
-    digits "$pg" || continue
-    [ "$(cat "/proc/$pg/comm" 2>/dev/null)" = timeout ] || continue
-    kill -TERM "-$pg" 2>/dev/null
+  # Stops this run's own steps that outlived their channel (a cancelled run),
+  # found by the nonce on their command line; a step that has not started
+  # yet finds the marker and refuses to run.
+  [ -d "$S/tmp" ] && [ ! -L "$S/tmp" ] && [ -O "$S/tmp" ] || S=
+  groups=
+  for nonce in "$@"; do
+    case $nonce in '' | *[!0-9a-f]*) continue ;; esac
+    [ -n "$S" ] && : > "$S/tmp/cancelled.$nonce"
+    for d in /proc/[0-9]*; do
+      # Our own \`timeout\` carries these nonces as arguments too.
+      [ "\${d#/proc/}" = "$PPID" ] && continue
+      [ "$(cat "$d/comm" 2>/dev/null)" = timeout ] || continue
+      if tr '\\000' '\\n' < "$d/cmdline" 2>/dev/null | grep -qx -- "$nonce"; then groups="$groups \${d#/proc/}"; fi
+    done
   done
+  for pg in $groups; do kill -TERM "-$pg" 2>/dev/null; done
   i=0
   while [ "$i" -lt 30 ]; do
     left=0
-    for pg in "$@"; do
-      digits "$pg" && kill -0 "-$pg" 2>/dev/null && left=1
-    done
+    for pg in $groups; do kill -0 "-$pg" 2>/dev/null && left=1; done
     [ "$left" = 0 ] && break
     sleep 0.1 2>/dev/null || sleep 1
     i=$((i + 1))
   done
-  for pg in "$@"; do
-    digits "$pg" && kill -0 "-$pg" 2>/dev/null && kill -KILL "-$pg" 2>/dev/null && out killed "$pg"
+  for pg in $groups; do
+    kill -0 "-$pg" 2>/dev/null && kill -KILL "-$pg" 2>/dev/null
+    out stopped "$pg"
   done
   ;;
 doctor)

@@ -17,6 +17,9 @@ export interface LockOwner {
   pid: number;
   /** The holder process's start time (clock ticks since boot, /proc/PID/stat field 22), so a reused pid is not mistaken for it. */
   pidStart: string;
+  /** The runner host's boot id and the holder's pid namespace: a pid means the same process only where both match. */
+  boot: string;
+  pidns: string;
   /** The holder's own deadline, epoch seconds on the VM's clock: past it, nothing of the holder still runs there. */
   deadline: number;
   /** The commit being deployed ('' when not known). */
@@ -35,16 +38,20 @@ const SAFE = /[^A-Za-z0-9_.:/@%+=-]/g;
  * clock skew between the runner host and the VM can shorten a lock).
  */
 export function encodeLockOwner(owner: Omit<LockOwner, 'deadline'> & { deadline?: number }): string {
-  const field = (v: string | number): string => String(v).replace(SAFE, '_').slice(0, 200);
+  const field = (v: string | number, max: number): string => String(v).replace(SAFE, '_').slice(0, max);
+  // The deadline comes first (the VM's agent puts it there) and the whole
+  // record stays far below what the agent reads back (1000 bytes).
   return [
     MAGIC,
-    `token=${field(owner.token)}`,
-    `host=${field(owner.host)}`,
-    `pid=${field(owner.pid)}`,
-    `start=${field(owner.pidStart)}`,
-    `commit=${field(owner.commit)}`,
-    `run=${field(owner.run)}`,
-    ...(owner.deadline === undefined ? [] : [`deadline=${field(owner.deadline)}`]),
+    ...(owner.deadline === undefined ? [] : [`deadline=${field(owner.deadline, 20)}`]),
+    `token=${field(owner.token, 120)}`,
+    `host=${field(owner.host, 100)}`,
+    `pid=${field(owner.pid, 12)}`,
+    `start=${field(owner.pidStart, 24)}`,
+    `boot=${field(owner.boot, 40)}`,
+    `pidns=${field(owner.pidns, 40)}`,
+    `commit=${field(owner.commit, 40)}`,
+    `run=${field(owner.run, 200)}`,
   ].join(' ');
 }
 
@@ -62,6 +69,8 @@ export function parseLockOwner(text: string): LockOwner | null {
     host: values.get('host') ?? '',
     pid,
     pidStart: values.get('start') ?? '',
+    boot: values.get('boot') ?? '',
+    pidns: values.get('pidns') ?? '',
     deadline,
     commit: values.get('commit') ?? '',
     run: values.get('run') ?? '',
@@ -94,13 +103,36 @@ export function processStart(pid: number): string {
   }
 }
 
+/** This boot of this machine (a pid is only meaningful within one boot). */
+export function bootId(): string {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+/** This process's pid namespace (two runner containers on one host share a host name, not pids). */
+export function pidNamespace(): string {
+  try {
+    return fs.readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return '';
+  }
+}
+
 /**
- * Whether a lock holder is certainly dead: it ran on this runner host and its
- * pid is gone, or the pid now belongs to a process that started at another
- * time. A holder on another host is never "certainly dead" from here.
+ * Whether a lock holder is certainly dead: it ran on this very machine, boot
+ * and pid namespace, and its pid is gone or now belongs to a process that
+ * started at another time. A holder anywhere else (another host, a container
+ * with its own pids, a record without these fields) is never "certainly
+ * dead" from here: its own deadline decides.
  */
 export function holderIsDead(owner: LockOwner): boolean {
   if (owner.host !== runnerHostId()) return false;
+  // Compared as records store them (restricted charset), whichever record it is.
+  const same = (a: string, b: string): boolean => a !== '' && a.replace(SAFE, '_') === b.replace(SAFE, '_');
+  if (!same(bootId(), owner.boot) || !same(pidNamespace(), owner.pidns)) return false;
   const start = processStart(owner.pid);
   if (start === '') {
     try {
@@ -120,6 +152,8 @@ export function ownLockOwner(commit: string, run: string): Omit<LockOwner, 'dead
     host: runnerHostId(),
     pid: process.pid,
     pidStart: processStart(process.pid),
+    boot: bootId(),
+    pidns: pidNamespace(),
     commit,
     run,
   };

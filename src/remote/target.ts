@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import path from 'node:path';
 import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
 import { agentCommand, AgentResponse, KILL_GRACE_S, parseAgentOutput } from './agent-script.js';
 import { codeFromStderr } from './classify.js';
@@ -27,8 +28,8 @@ export interface Probe {
   rev: string | null;
   /** The first line of `rsync --version`, null when rsync is not on the VM's PATH. */
   rsyncVersion: string | null;
-  /** The lock as it stands, or null. */
-  lock: { record: string; kind: 'v2' | 'legacy' | 'other'; mtime: number | null } | null;
+  /** The lock as it stands, or null. `record` is cleaned for display; `hex` is its exact bytes, for breaking it. */
+  lock: { record: string; hex: string; kind: 'v2' | 'legacy' | 'other'; mtime: number | null } | null;
   /** The VM's clock (epoch seconds). */
   now: number;
 }
@@ -36,7 +37,7 @@ export interface Probe {
 /** The answer to `begin`: the lock taken (with the probe made under it), or who holds it. */
 export type BeginOutcome =
   | { held: false; probe: Probe; released: boolean; tookOver: { record: string; why: string } | null }
-  | { held: true; probe: Probe; record: string; why: 'deadline' | 'legacy' | 'unreadable'; ageS: number };
+  | { held: true; probe: Probe; record: string; hex: string; why: 'deadline' | 'legacy' | 'unreadable'; ageS: number };
 
 /** Seconds an empty, unreadable or garbled lock is respected before it is treated as stale. */
 export const UNREADABLE_LOCK_GRACE_S = 60;
@@ -55,6 +56,7 @@ const AGENT_CODES: ReadonlySet<string> = new Set(FAILURE_CODES);
  * {@link stopInterrupted} can kill what they left running on the VM.
  */
 export class RemoteTarget {
+  /** Nonces of steps whose channel this run dropped: they may still run, or not have started yet. */
   private readonly interrupted = new Set<string>();
 
   constructor(
@@ -79,16 +81,14 @@ export class RemoteTarget {
   private async call(op: string, args: string[], cleanup: boolean): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
     const nonce = crypto.randomBytes(12).toString('hex');
     const budgetS = cleanup ? CLEANUP_MS / 1000 : this.budgetS();
-    let pgid: string | null = null;
     const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
     try {
-      const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, cleanup ? undefined : this.signal, nonce, (line) => {
-        pgid ??= /^@\S+ pgid=(\d+)$/.exec(line)?.[1] ?? null;
-      });
+      const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, cleanup ? undefined : this.signal, nonce);
       return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: vmBlock(result.stderr.trim(), 2000), other: vmBlock(result.other.trim(), 2000) };
     } catch (error) {
-      // The channel is gone but the operation may still run on the VM.
-      if (pgid) this.interrupted.add(pgid);
+      // The channel is gone, but the step may still run on the VM, or start
+      // there later: stopInterrupted() finds it by its nonce.
+      this.interrupted.add(nonce);
       throw error;
     }
   }
@@ -131,7 +131,8 @@ export class RemoteTarget {
       return {
         held: true,
         probe,
-        record: vmText(out.require('owner'), 400),
+        record: vmText(out.require('owner'), 1000),
+        hex: hexOnly(out.require('owner_hex')),
         why: out.oneOf('lock_why', ['deadline', 'legacy', 'unreadable'] as const),
         ageS: toInt(out.require('age')),
       };
@@ -142,7 +143,7 @@ export class RemoteTarget {
       held: false,
       probe,
       released: out.all('lock').includes('released'),
-      tookOver: took !== undefined ? { record: vmText(took, 400), why: vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
+      tookOver: took !== undefined ? { record: vmText(took, 1000), why: vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
     };
   }
 
@@ -151,17 +152,22 @@ export class RemoteTarget {
     return (await this.op('unlock', [token], true)).get('lock') === 'released';
   }
 
-  /** Breaks the lock if it is still exactly `record` (for `vm-sync unlock`); false when it changed meanwhile. */
-  async breakLock(record: string): Promise<boolean> {
-    return (await this.op('break', [record], true)).get('lock') === 'broken';
+  /** Breaks the lock if it is still exactly the one read (its `hex`); false when it changed meanwhile. */
+  async breakLock(hex: string): Promise<boolean> {
+    return (await this.op('break', [hex], true)).get('lock') === 'broken';
   }
 
   /** Removes abandoned partial stages of other commits, then makes this commit's stage; returns where to stage and what to hard-link from. */
-  async stage(token: string, sha: string): Promise<{ stage: string; linkDest: string | null; removedPartials: string[] }> {
+  async stage(token: string, sha: string, probed: Probe): Promise<{ stage: string; linkDest: string | null; removedPartials: string[] }> {
     const out = await this.op('stage', [token, sha]);
+    // rsync writes there with --delete: only the one directory it must be.
+    const expected = path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
     const stage = out.require('stage');
-    if (!stage.endsWith(`/releases/${sha}.partial`)) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected directory ${vmText(stage)}`);
-    return { stage, linkDest: out.require('link_dest') || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
+    if (stage !== expected) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${vmText(stage)}, not ${expected}: refusing to transfer there`);
+    const linkDest = out.require('link_dest');
+    const releases = path.posix.dirname(expected);
+    if (linkDest && linkDest !== probed.target && path.posix.dirname(linkDest) !== releases) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
+    return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
   }
 
   /** Writes `.sync_rev` into the staged release, renames it complete and flips the symlink. */
@@ -171,8 +177,10 @@ export class RemoteTarget {
     return { release: vmText(out.require('release')), movedAside: aside === null ? null : vmText(aside) };
   }
 
-  async inPlaceBegin(token: string): Promise<string> {
-    return (await this.op('inplace-begin', [token])).require('target');
+  async inPlaceBegin(token: string, probed: Probe): Promise<string> {
+    const target = (await this.op('inplace-begin', [token])).require('target');
+    if (target !== probed.target) throw new VmSyncError('remote_command_failed', `inplace-begin on ${this.vmId} answered ${vmText(target)}, not ${probed.target}: refusing to transfer there`);
+    return target;
   }
 
   async inPlaceFinish(token: string, sha: string): Promise<void> {
@@ -193,7 +201,7 @@ export class RemoteTarget {
       existing: vmText(out.require('existing')),
       writable: out.require('writable') === '1',
       availableKb: out.get('avail_kb') && Number.isFinite(kb) ? kb : null,
-      timeout: out.get('timeout') || null,
+      timeout: out.get('timeout') ? vmText(out.require('timeout')) : null,
     };
   }
 
@@ -225,6 +233,10 @@ export class RemoteTarget {
   }
 }
 
+function hexOnly(value: string): string {
+  return /^[0-9a-f]*$/.test(value) ? value : '';
+}
+
 function toInt(value: string): number {
   const n = Number(value);
   return Number.isSafeInteger(n) ? n : 0;
@@ -245,7 +257,7 @@ function parseProbe(out: AgentResponse): Probe {
     lock:
       lockKind === null
         ? null
-        : { record: vmText(out.get('lock_record') ?? '', 400), kind: lockKind === 'v2' || lockKind === 'legacy' ? lockKind : 'other', mtime: out.get('lock_mtime') && Number.isSafeInteger(mtime) ? mtime : null },
+        : { record: vmText(out.get('lock_record') ?? '', 1000), hex: hexOnly(out.get('lock_hex') ?? ''), kind: lockKind === 'v2' || lockKind === 'legacy' ? lockKind : 'other', mtime: out.get('lock_mtime') && Number.isSafeInteger(mtime) ? mtime : null },
     now: toInt(out.require('now')),
   };
 }

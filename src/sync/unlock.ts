@@ -51,7 +51,7 @@ async function unlockVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, fo
       return { id: vm.id, outcome: 'held', detail: `locked by ${who}: it looks alive, so it was left alone. If you are sure no deploy is running, run again with --force.` };
     }
     // Breaking compares the lock with what was just read: one taken meanwhile is left alone.
-    if (!(await target.breakLock(probe.lock.record))) return { id: vm.id, outcome: 'changed', detail: 'the lock changed while it was being read (another run took it): nothing was broken; look again' };
+    if (!(await target.breakLock(probe.lock.hex))) return { id: vm.id, outcome: 'changed', detail: 'the lock changed while it was being read (another run took it): nothing was broken; look again' };
     return { id: vm.id, outcome: 'broken', detail: `broke the lock of ${who}${stale ? '' : ' (--force: its steps still running on the VM were stopped)'}` };
   } catch (error) {
     return { id: vm.id, outcome: 'failed', detail: getErrorMessage(error) };

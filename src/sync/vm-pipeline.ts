@@ -174,7 +174,7 @@ async function takeLock(vm: VmConfig, target: RemoteTarget, ctx: RunContext): Pr
   if (outcome.held) {
     const owner = parseLockOwner(outcome.record);
     if (owner && (owner.token === ctx.owner.token || holderIsDead(owner))) {
-      outcome = await target.begin(ctx.owner, { ...options, expectedBreak: outcome.record });
+      outcome = await target.begin(ctx.owner, { ...options, expectedBreak: outcome.hex });
     }
   }
   if (outcome.held) throw Object.assign(lockedError(vm, outcome, ctx.config.sync.timeoutS), { probe: outcome.probe });
@@ -199,6 +199,11 @@ export function syncVm(vm: VmConfig, ctx: RunContext): Promise<VmReport> {
       } catch (error) {
         const probe = (error as { probe?: Probe }).probe;
         if (probe) report.rev_before = report.rev_after = liveRev(probe);
+        else {
+          // Cancelled or timed out while taking the lock: it may have been
+          // taken after all. Stop that step, then release what is ours.
+          if (await target.stopInterrupted()) await target.unlock(ctx.owner.token).catch(() => false);
+        }
         throw error;
       }
       const token = ctx.owner.token;
@@ -258,7 +263,7 @@ async function deploy(
     const progress = { signal, onProgress: (p: { percent: number; rate: string }) => ctx.events.progress(vm.id, p.percent, p.rate) };
     let stats: RsyncStats;
     if (repository.layout === 'atomic') {
-      const { stage, linkDest, removedPartials } = await target.stage(token, ctx.commit);
+      const { stage, linkDest, removedPartials } = await target.stage(token, ctx.commit, before);
       for (const name of removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);
       say(`staging ${short(ctx.commit)} into a new release${linkDest ? ' (unchanged files hard-linked)' : ''}`);
       stats = await runRsync({ ...plan, dest: stage, linkDest, dryRun: false }, bridge.env, progress);
@@ -267,7 +272,7 @@ async function deploy(
       if (published.movedAside) report.notes.push(`kept the directory that stood at ${before.target} as ${published.movedAside}`);
     } else {
       touching();
-      const dest = await target.inPlaceBegin(token);
+      const dest = await target.inPlaceBegin(token, before);
       stats = await runRsync({ ...plan, dest, linkDest: null, dryRun: false }, bridge.env, progress);
       await target.inPlaceFinish(token, ctx.commit);
     }
