@@ -70259,7 +70259,7 @@ function getIDToken(aud) {
  * Stable failure codes. They appear in `--json` output, in reports and in the
  * action's outputs, so they are part of the public interface: add, never rename.
  */
-const FAILURE_CODES = (/* unused pure expression or super */ null && ([
+const FAILURE_CODES = [
     'config_invalid',
     'auth_failed',
     'host_key_mismatch',
@@ -70283,7 +70283,14 @@ const FAILURE_CODES = (/* unused pure expression or super */ null && ([
     'scan_range_unresolved',
     'scan_failed',
     'gitleaks_missing',
-]));
+    'remote_shell_unclean',
+    'host_key_revoked',
+    'unsafe_state_dir',
+    'lock_lost',
+    'internal_error',
+    'runner_busy',
+    'scan_timeout',
+];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout']);
 /** An error that carries a stable code and a message telling the user what to do. */
@@ -75545,11 +75552,25 @@ class Section {
                 this.problem(pair.key, `unknown key '${key}' in ${where || 'the config'} (allowed: ${allowed.join(', ')})`);
                 continue;
             }
+            // Duplicates are found here rather than by the YAML parser's uniqueKeys,
+            // which compares every key with every earlier one (quadratic in the VM count).
+            const first = this.pairs.get(key);
+            if (first) {
+                this.problem(pair.key, `duplicate key '${key}' in ${where || 'the config'} (first on line ${lineOf(ctx, first.key) ?? '?'})`);
+                continue;
+            }
             this.pairs.set(key, pair);
         }
     }
     keys() {
         return [...this.pairs.keys()];
+    }
+    /** Whether the section has `key` (a map lookup: safe inside a loop over thousands of VMs). */
+    has(key) {
+        return this.pairs.has(key);
+    }
+    get size() {
+        return this.pairs.size;
     }
     node(key) {
         return this.pairs.get(key)?.value;
@@ -75646,7 +75667,7 @@ function checkedPath(section, key, value, nodeKey = key) {
  */
 function parseConfig(text, source, home = external_node_os_default().homedir()) {
     const lines = new dist/* LineCounter */.HN();
-    const doc = (0,dist/* parseDocument */.Tp)(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: true });
+    const doc = (0,dist/* parseDocument */.Tp)(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: true });
     const ctx = { problems: [], lines };
     for (const error of doc.errors) {
         ctx.problems.push({ line: error.linePos?.[0]?.line ?? null, message: `YAML: ${error.message.split('\n')[0]}` });
@@ -75660,7 +75681,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     ]);
     const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
     const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
-    const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path']);
+    const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path', 'timeout_s']);
     const keyStorage = checkedPath(remoteExec, 'key_storage_path', remoteExec.string('key_storage_path', '~/.ssh/vm-sync_keys'));
     const knownHosts = checkedPath(remoteExec, 'known_hosts', remoteExec.string('known_hosts', keyStorage ? `${keyStorage}/known_hosts` : null));
     // Per-VM target paths: `default` applies to every VM without its own entry.
@@ -75671,11 +75692,11 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
         if (value)
             pathFor.set(key, value);
     }
-    if (repoPaths.keys().length === 0)
+    if (repoPaths.size === 0)
         pathFor.set('default', '~/app');
     const vmsNode = root.node('vms');
     const vmSection = new Section(ctx, 'vms', vmsNode, null);
-    if (vmSection.keys().length === 0)
+    if (vmSection.size === 0)
         root.problem(vmsNode ?? root.keyNode('vms'), 'vms must list at least one VM (vm_id: { ip, ssh_user, ssh_port })');
     const vms = [];
     for (const id of vmSection.keys()) {
@@ -75693,7 +75714,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             vm.problem(vm.node('ssh_user'), `vms.${id}.ssh_user is not a valid user name: '${user}'`);
         const repoPath = pathFor.get(id) ?? pathFor.get('default');
         // An entry that is present but invalid was reported already; say nothing more.
-        if (!repoPath && !repoPaths.keys().includes(id) && !repoPaths.keys().includes('default')) {
+        if (!repoPath && !repoPaths.has(id) && !repoPaths.has('default')) {
             vm.problem(vmSection.keyNode(id), `no target path for VM '${id}': add repository.vm_repo_paths.${id} or a 'default'`);
         }
         if (host && user && repoPath && HOST.test(host) && USER.test(user)) {
@@ -75707,9 +75728,12 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             });
         }
     }
+    // The known ids, listed once and shortened: each stray entry repeats them, and a fleet can have thousands.
+    const ids = vmSection.keys();
+    const known = ids.length === 0 ? 'none' : ids.length <= 10 ? ids.join(', ') : `${ids.slice(0, 10).join(', ')} and ${ids.length - 10} more`;
     for (const key of repoPaths.keys()) {
-        if (key !== 'default' && !vmSection.keys().includes(key)) {
-            repoPaths.problem(repoPaths.keyNode(key), `repository.vm_repo_paths names unknown VM '${key}' (known: ${vmSection.keys().join(', ') || 'none'})`);
+        if (key !== 'default' && !vmSection.has(key)) {
+            repoPaths.problem(repoPaths.keyNode(key), `repository.vm_repo_paths names unknown VM '${key}' (known: ${known})`);
         }
     }
     const mainRepoPath = checkedPath(repo, 'main_repo_path', repo.string('main_repo_path', null, true));
@@ -75755,6 +75779,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
                 configPath: scanConfigPath,
                 blockOnSecrets: scanning.bool('block_on_secrets', true),
                 gitleaksPath: gitleaksPath ? expandLocalHome(gitleaksPath, home) : null,
+                timeoutS: scanning.int('timeout_s', 600, 1, 86400),
             },
         },
         keyStoragePath: keyStorage ? expandLocalHome(keyStorage, home) : '',
@@ -75819,14 +75844,180 @@ function loadConfig(file, options = {}) {
     return config;
 }
 
+;// CONCATENATED MODULE: ./src/remote/untrusted.ts
+/**
+ * Text that a VM controls (its `.sync_rev`, a lock owner, error output, paths
+ * its `$HOME` expands to) is untrusted: it may hold terminal escapes, markdown
+ * or HTML, or be megabytes long. Everything read from a VM passes through
+ * {@link vmText} once, where it is parsed; each output channel then applies its
+ * own escaping on top (markdown in the summary, JSON in `--json`).
+ */
+// C0 controls except tab and newline, DEL, and the C1 range (U+0080–U+009F:
+// U+009B is a one-character CSI on some terminals).
+// eslint-disable-next-line no-control-regex
+const untrusted_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+// eslint-disable-next-line no-control-regex
+const CONTROL_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f]/g;
+/** The default bound for one value read from a VM (a path, a rev, an owner). */
+const VM_VALUE_MAX = 300;
+/**
+ * One line of VM-controlled text made safe to store and print: control
+ * characters (escape sequences above all) become `?`, newlines become spaces,
+ * and anything past `max` characters is cut with a note of how much was cut.
+ */
+function vmText(value, max = VM_VALUE_MAX) {
+    const clean = value.replace(CONTROL_OR_NEWLINE, (c) => (c === '\n' || c === '\r' || c === '\t' ? ' ' : '?'));
+    return clip(clean, max);
+}
+/** Like {@link vmText} but keeps newlines (command output shown as a block). */
+function vmBlock(value, max) {
+    return clip(value.replace(/\r\n?/g, '\n').replace(untrusted_CONTROL, '?'), max);
+}
+function clip(text, max) {
+    if (text.length <= max)
+        return text;
+    return `${text.slice(0, max)}… (${text.length - max} more characters cut)`;
+}
+
+;// CONCATENATED MODULE: ./src/report/escape.ts
+
+/*
+ * Each output channel makes text safe on its own terms, whatever the remote
+ * layer already cleaned: messages and notes embed text a VM or a commit's tree
+ * controls (a rev, a lock owner, a file name, stderr), and one missed spot
+ * must not reach a terminal as an escape sequence, the job summary as HTML,
+ * or GITHUB_OUTPUT as megabytes.
+ */
+/** Longest line vm-sync prints to a terminal or a job log for one message. */
+const LINE_MAX = 4000;
+/**
+ * One line for a terminal or the Actions log: no control characters (so no
+ * escape sequences, no carriage return overwriting what was printed), bounded.
+ * A line that would start with `::` gets a leading space, so it can never be
+ * read by the runner as a workflow command.
+ */
+function escape_terminalLine(text, max = LINE_MAX) {
+    const line = vmText(text, max);
+    return line.startsWith('::') ? ` ${line}` : line;
+}
+// Backslash first, so the escapes added after it are not escaped again.
+const MARKDOWN_SPECIAL = /[\\`*_[\]|~]/g;
+const HTML_SPECIAL = { '&': '&amp;', '<': '&lt;', '>': '&gt;' };
+/**
+ * Text for the job summary (GitHub-flavoured markdown with HTML), inline: one
+ * line, bounded, with HTML and every markdown construct that text could start
+ * (links, images, emphasis, code, tables, headings) escaped, so it renders as
+ * the literal characters.
+ */
+function markdownText(text, max) {
+    const escaped = vmText(text, max)
+        .replace(/[&<>]/g, (c) => HTML_SPECIAL[c])
+        .replace(MARKDOWN_SPECIAL, (c) => `\\${c}`);
+    // A heading, quote or list marker only counts at the start of a line.
+    return escaped.replace(/^([#+-])/, '\\$1').replace(/^(\d{1,9})([.)])(?=\s|$)/, '$1\\$2');
+}
+/**
+ * A code span for the job summary. Inside backticks markdown escapes are shown
+ * literally, so instead the text loses any backtick (it could close the span)
+ * and keeps `\|` (GitHub's table parser needs it even inside code).
+ */
+function markdownCode(text, max) {
+    return `\`${vmText(text, max).replace(/`/g, "'").replace(/\|/g, '\\|')}\``;
+}
+/** GitHub's limit on a commit status or deployment status description. */
+const DESCRIPTION_MAX = 140;
+/**
+ * A commit status or deployment status description: one line, no control
+ * characters, at most 140 UTF-16 units (GitHub rejects longer ones), never
+ * cutting a surrogate pair in half.
+ */
+function githubDescription(text) {
+    // Only the start can be shown: never clean megabytes to keep 140 characters.
+    const line = vmText(text.slice(0, 1000), 1000);
+    if (line.length <= DESCRIPTION_MAX)
+        return line;
+    let cut = line.slice(0, DESCRIPTION_MAX - 1);
+    if (/[\uD800-\uDBFF]$/.test(cut))
+        cut = cut.slice(0, -1);
+    return `${cut}…`;
+}
+/** Annotation (core.error/warning) message and title bounds. */
+const ANNOTATION_MAX = 2000;
+const ANNOTATION_TITLE_MAX = 200;
+/** An annotation message or title: one line, no control characters, bounded. */
+function annotationText(text, max = ANNOTATION_MAX) {
+    return vmText(text, max);
+}
+/** The cap on the `results` output: GitHub allows 1 MB per output; stay under it with room for the other outputs. */
+const RESULTS_MAX_BYTES = 900 * 1024;
+/** Per-string caps for `results`: generous first, tight when the document is still too big. */
+const STRING_MAX = 2000;
+const STRING_MAX_TIGHT = 200;
+const NOTES_MAX = 20;
+const FINDINGS_MAX = 1000;
+/** Every string in a JSON value cleaned of control characters (newlines kept) and bounded. */
+function capStrings(value, max) {
+    if (typeof value === 'string')
+        return vmBlock(value, max);
+    if (Array.isArray(value))
+        return value.map((v) => capStrings(v, max));
+    if (value && typeof value === 'object') {
+        return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, capStrings(v, max)]));
+    }
+    return value;
+}
+/**
+ * The `results` output as JSON that is always valid and at most `maxBytes`
+ * (UTF-8): every string bounded and cleaned; if the document is still too
+ * big, messages are shortened and notes and findings trimmed; if even that is
+ * too big (a fleet of thousands), VM rows are cut from the end and
+ * `truncated` says how many there were. `failed` and the other outputs keep
+ * the full picture.
+ */
+function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
+    const capped = capStrings({
+        ...doc,
+        vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX) })),
+        scan: doc.scan ? { ...doc.scan, findings: doc.scan.findings.slice(0, FINDINGS_MAX) } : doc.scan,
+    }, STRING_MAX);
+    let text = JSON.stringify(capped);
+    if (Buffer.byteLength(text) <= maxBytes)
+        return text;
+    const tight = capStrings({
+        ...capped,
+        vms: capped.vms.map((vm) => ({ ...vm, notes: [] })),
+        scan: capped.scan ? { ...capped.scan, findings: capped.scan.findings.slice(0, 100) } : capped.scan,
+    }, STRING_MAX_TIGHT);
+    text = JSON.stringify(tight);
+    if (Buffer.byteLength(text) <= maxBytes)
+        return text;
+    // Keep as many rows as fit (rows are similar in size: one pass, then trim).
+    const total = tight.vms.length;
+    const reason = `the full report is over ${Math.round(maxBytes / 1024)} KiB: see the job summary and log`;
+    const fits = (shown) => {
+        const candidate = JSON.stringify({ ...tight, vms: tight.vms.slice(0, shown), truncated: { vms_total: total, vms_shown: shown, reason } });
+        return Buffer.byteLength(candidate) <= maxBytes ? candidate : null;
+    };
+    // Binary search on the row count: a few serialisations, whatever the fleet size.
+    let best = fits(0);
+    let [lo, hi] = [1, total];
+    while (lo <= hi) {
+        const mid = Math.floor((lo + hi) / 2);
+        const candidate = fits(mid);
+        if (candidate === null)
+            hi = mid - 1;
+        else
+            [best, lo] = [candidate, mid + 1];
+    }
+    return best ?? JSON.stringify({ command: doc.command, commit: doc.commit, vms: [], truncated: { vms_total: total, vms_shown: 0, reason } });
+}
+
 ;// CONCATENATED MODULE: ./src/report/github.ts
+
 
 // Failures of the VM's own answer (wrong commit, refused, hook failed) are
 // "failure"; failures to get an answer at all (network, keys) are "error".
 const github_FAILURE_CODES = new Set(['refused_ahead', 'verify_mismatch', 'post_sync_failed', 'locked']);
-function clip(text, max = 140) {
-    return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
-}
 /** The commit-status state and one-line description for a VM's outcome. */
 function vmStatus(report, verb, dryRun) {
     if (report.result === 'success') {
@@ -75843,7 +76034,7 @@ function vmStatus(report, verb, dryRun) {
         return { state: 'success', description };
     }
     const code = report.error?.code ?? report.result;
-    return { state: github_FAILURE_CODES.has(code) ? 'failure' : 'error', description: clip(`${code}: ${report.error?.message ?? report.result}`) };
+    return { state: github_FAILURE_CODES.has(code) ? 'failure' : 'error', description: githubDescription(`${code}: ${report.error?.message ?? report.result}`) };
 }
 /**
  * Posts commit statuses (`vm-sync/secret-scan`, `vm-sync/<vm>`) and, with an
@@ -75856,6 +76047,9 @@ class GitHubReporter {
     options;
     chains = new Map();
     deployments = new Map();
+    /** VMs whose pending status went out and whose outcome has not: {@link finalize} closes them. */
+    open = new Set();
+    scanOpen = false;
     constructor(api, options) {
         this.api = api;
         this.options = options;
@@ -75865,17 +76059,21 @@ class GitHubReporter {
         if (!api)
             return;
         const previous = this.chains.get(key) ?? Promise.resolve();
-        this.chains.set(key, previous.then(() => call(api)).catch((error) => this.options.warn(`could not ${what}: ${getErrorMessage(error)} (the deploy itself is unaffected)`)));
+        this.chains.set(key, previous.then(() => call(api)).catch((error) => this.options.warn(annotationText(`could not ${what}: ${getErrorMessage(error)} (the deploy itself is unaffected)`))));
     }
     status(key, context, state, description) {
         if (!this.options.statuses)
             return;
-        this.enqueue(key, `post commit status ${context}`, (api) => api.createStatus(this.options.sha, { state, context, description: clip(description), target_url: this.options.runUrl }));
+        this.enqueue(key, `post commit status ${context}`, (api) => api.createStatus(this.options.sha, { state, context, description: githubDescription(description), target_url: this.options.runUrl }));
     }
     scanStarted() {
+        this.scanOpen = true;
         this.status('scan', 'vm-sync/secret-scan', 'pending', 'scanning the commits and the tree being deployed');
     }
     scanFinished(scan, failure) {
+        // With neither a result nor a failure there is nothing to say yet: finalize() closes it.
+        if (failure || scan)
+            this.scanOpen = false;
         if (failure)
             this.status('scan', 'vm-sync/secret-scan', 'error', `${failure.code}: ${failure.message}`);
         else if (scan && scan.findings.length === 0)
@@ -75884,6 +76082,7 @@ class GitHubReporter {
             this.status('scan', 'vm-sync/secret-scan', scan.blocked ? 'failure' : 'success', `${scan.findings.length} possible secret(s)${scan.blocked ? ': deploy blocked' : ' (not blocking)'}`);
     }
     vmStarted(vmId) {
+        this.open.add(vmId);
         this.status(vmId, `vm-sync/${vmId}`, 'pending', this.options.verb === 'verify' ? 'checking .sync_rev' : 'deploying');
         if (!this.options.environment || this.options.verb !== 'sync' || this.options.dryRun)
             return;
@@ -75899,13 +76098,33 @@ class GitHubReporter {
         });
     }
     vmFinished(report) {
+        this.open.delete(report.id);
         const { state, description } = vmStatus(report, this.options.verb, this.options.dryRun);
-        this.status(report.id, `vm-sync/${report.id}`, state, description);
-        this.enqueue(report.id, `update the deployment of ${report.id}`, async (api) => {
-            const id = this.deployments.get(report.id);
+        this.outcome(report.id, state, description);
+    }
+    /** The final commit status and deployment status of one VM. */
+    outcome(vmId, state, description) {
+        this.status(vmId, `vm-sync/${vmId}`, state, description);
+        this.enqueue(vmId, `update the deployment of ${vmId}`, async (api) => {
+            const id = this.deployments.get(vmId);
             if (id !== undefined)
-                await api.createDeploymentStatus(id, { state, description: clip(description), log_url: this.options.runUrl });
+                await api.createDeploymentStatus(id, { state, description: githubDescription(description), log_url: this.options.runUrl });
         });
+    }
+    /**
+     * Closes everything still pending when the run ends: the scan status and
+     * every VM that started but never finished get a final `error` status (and
+     * deployment status) carrying the failure, so nothing on GitHub is left
+     * `pending` or `in_progress` by a run that stopped. A no-op after a normal run.
+     */
+    finalize(failure) {
+        if (this.scanOpen) {
+            this.scanOpen = false;
+            this.status('scan', 'vm-sync/secret-scan', 'error', `${failure.code}: the run stopped before the scan was reported: ${failure.message}`);
+        }
+        for (const vmId of this.open)
+            this.outcome(vmId, 'error', `${failure.code}: the run stopped before this VM finished: ${failure.message}`);
+        this.open.clear();
     }
     /** Waits for every queued call (each already turns its failure into a warning). */
     async flush() {
@@ -75915,7 +76134,13 @@ class GitHubReporter {
 
 ;// CONCATENATED MODULE: ./src/report/table.ts
 
-const table_short = (sha) => (sha ? sha.slice(0, 7) : '-');
+
+// A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
+const table_short = (sha) => (sha === null ? '-' : /^[0-9a-f]{40}$/.test(sha) ? sha.slice(0, 7) : '?');
+/** Bounds for table cells and for each error or note printed under the table. */
+const CELL_MAX = 80;
+const MESSAGE_MAX = 4000;
+const NOTES_PER_VM = 20;
 /** Bytes in a compact human form (1.2 MB). */
 function formatBytes(bytes) {
     if (bytes < 1024)
@@ -75935,11 +76160,11 @@ function formatDuration(ms) {
 function row(vm) {
     const revs = vm.rev_before === vm.rev_after ? table_short(vm.rev_after) : `${table_short(vm.rev_before)} -> ${table_short(vm.rev_after)}`;
     return [
-        vm.id,
-        vm.host,
+        terminalLine(vm.id, CELL_MAX),
+        terminalLine(vm.host, CELL_MAX),
         vm.state,
         vm.action,
-        vm.error ? `${vm.result} (${vm.error.code})` : vm.result,
+        terminalLine(vm.error ? `${vm.result} (${vm.error.code})` : vm.result, CELL_MAX),
         revs,
         String(vm.files_changed),
         formatBytes(vm.bytes_sent),
@@ -75962,13 +76187,16 @@ function renderTable(report) {
     const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
-    const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} of ${report.commit.slice(0, 12)}: ${ok}/${report.vms.length} VM(s) ok`;
+    const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} of ${terminalLine(report.commit.slice(0, 12))}: ${ok}/${report.vms.length} VM(s) ok`;
     const details = [];
     for (const vm of report.vms) {
+        const id = terminalLine(vm.id, CELL_MAX);
         if (vm.error)
-            details.push(`${vm.id}: ${vm.error.code}: ${vm.error.message}`);
-        for (const note of vm.notes)
-            details.push(`${vm.id}: note: ${note}`);
+            details.push(terminalLine(`${id}: ${vm.error.code}: ${vm.error.message}`, MESSAGE_MAX));
+        for (const note of vm.notes.slice(0, NOTES_PER_VM))
+            details.push(terminalLine(`${id}: note: ${note}`, MESSAGE_MAX));
+        if (vm.notes.length > NOTES_PER_VM)
+            details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
     }
     return scan + [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
@@ -75985,10 +76213,31 @@ function renderScan(report) {
         lines.push(`  - ${describeFinding(finding)}`);
     if (scan.findings.length > 0)
         lines.push('  Rotate each secret and remove it from the repository; a false positive goes into .gitleaksignore by its fingerprint.');
+    const settings = scan.configuration;
+    if (settings) {
+        const from = settings.commit ? `commit ${settings.commit.slice(0, 12)}` : "gitleaks' defaults";
+        lines.push(terminalLine(`  scan settings: ${from} (${settings.reason})${settings.files.length ? `: ${settings.files.join(', ')}` : ''}`));
+        if (settings.changed.length > 0) {
+            const changed = settings.changed.map((c) => `${c.path} (${c.change})`).join(', ');
+            lines.push(terminalLine(`  SCAN SETTINGS CHANGED by this change: ${changed}; they take effect from the next deploy, this one was scanned with the settings of ${from}`));
+        }
+        for (const sentence of settings.weakening)
+            lines.push(terminalLine(`  WEAKENS THE SCAN: ${sentence}`));
+    }
+    const unscanned = scan.unscanned ?? [];
+    const total = scan.unscanned_count ?? unscanned.length;
+    if (total > 0) {
+        lines.push(`  not scanned: ${total} deployed file(s) or archive entries (binaries, archives gitleaks cannot open):`);
+        for (const u of unscanned.slice(0, 10))
+            lines.push(terminalLine(`    - ${u.path}: ${u.reason}: ${u.detail}`));
+        if (total > 10)
+            lines.push(`    - ...and ${total - 10} more (see --json)`);
+    }
     return `${lines.join('\n')}\n\n`;
 }
 
 ;// CONCATENATED MODULE: ./src/report/summary.ts
+
 
 // GitHub rejects a step summary over 1 MiB; stay far below it.
 const MAX_BYTES = 512 * 1024;
@@ -75996,24 +76245,85 @@ const MAX_FINDINGS = 200;
 function cell(text) {
     return text.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
 }
-const sha = (s) => (s ? `\`${s.slice(0, 7)}\`` : '—');
+// Bounds for text in the VM table and the details list (the whole summary is capped too).
+const summary_CELL_MAX = 100;
+const summary_MESSAGE_MAX = 2000;
+const NOTE_MAX = 1000;
+const summary_NOTES_PER_VM = 20;
+// A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
+const sha = (s) => (s === null ? '—' : /^[0-9a-f]{40}$/.test(s) ? `\`${s.slice(0, 7)}\`` : '?');
 function resultCell(vm) {
     const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : '❌';
-    return `${icon} ${vm.result}${vm.error ? ` (\`${vm.error.code}\`)` : ''}`;
+    return `${icon} ${markdownText(vm.result, summary_CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, summary_CELL_MAX)})` : ''}`;
+}
+/** One VM's error and notes as list items, each escaped and bounded. */
+function detailLines(vm) {
+    const id = markdownText(vm.id, summary_CELL_MAX);
+    const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, summary_CELL_MAX)}: ${markdownText(vm.error.message, summary_MESSAGE_MAX)}`] : [];
+    for (const note of vm.notes.slice(0, summary_NOTES_PER_VM))
+        lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
+    if (vm.notes.length > summary_NOTES_PER_VM)
+        lines.push(`- ${id}: …and ${vm.notes.length - summary_NOTES_PER_VM} more note(s) (see the \`results\` output)`);
+    return lines;
+}
+/**
+ * Joins lines into at most MAX_BYTES of UTF-8, cutting at a line boundary and
+ * closing an open <details> so the rest of the page renders normally.
+ */
+function capped(lines) {
+    const text = `${lines.join('\n')}\n`;
+    if (Buffer.byteLength(text) <= MAX_BYTES)
+        return text;
+    const notice = '\n…summary truncated; the full report is in the `results` output and the job log.\n';
+    const budget = MAX_BYTES - Buffer.byteLength(notice) - 64;
+    const kept = [];
+    let used = 0;
+    for (const line of lines) {
+        const size = Buffer.byteLength(line) + 1;
+        if (used + size > budget)
+            break;
+        kept.push(line);
+        used += size;
+    }
+    const open = kept.lastIndexOf('<details open><summary>Errors and notes</summary>') > kept.lastIndexOf('</details>');
+    return `${kept.join('\n')}\n${open ? '\n</details>\n' : ''}${notice}`;
 }
 function scanSection(scan) {
     const lines = ['### Secret scan', ''];
     if (scan.findings.length === 0) {
         lines.push(`✅ clean — ${cell(scan.description)}`);
-        return lines;
     }
-    lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${cell(scan.description)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
-    for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
-        lines.push(`| ${cell(f.rule)} | ${cell(f.file)} | ${f.line} | ${f.commit ? `\`${f.commit}\`` : 'tree'} | ${cell(f.author ?? '—')} | \`${cell(f.fingerprint)}\` |`);
+    else {
+        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${cell(scan.description)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
+        for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
+            lines.push(`| ${cell(f.rule)} | ${cell(f.file)} | ${f.line} | ${f.commit ? `\`${f.commit}\`` : 'tree'} | ${cell(f.author ?? '—')} | \`${cell(f.fingerprint)}\` |`);
+        }
+        if (scan.findings.length > MAX_FINDINGS)
+            lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
+        lines.push('', 'Rotate each secret and remove it; a false positive goes into `.gitleaksignore` by its fingerprint.');
     }
-    if (scan.findings.length > MAX_FINDINGS)
-        lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
-    lines.push('', 'Rotate each secret and remove it; a false positive goes into `.gitleaksignore` by its fingerprint.');
+    // Where the scan's own settings came from, and a change to them: it applies from the next deploy, and a weakening is called out.
+    const settings = scan.configuration;
+    if (settings) {
+        const from = settings.commit ? `commit ${markdownCode(settings.commit.slice(0, 12), summary_CELL_MAX)}` : "gitleaks' defaults";
+        lines.push('', `Scan settings: ${from} (${markdownText(settings.reason, summary_CELL_MAX)})${settings.files.length ? `: ${settings.files.map((f) => markdownCode(f, summary_CELL_MAX)).join(', ')}` : ''}.`);
+        if (settings.changed.length > 0) {
+            const changed = settings.changed.map((c) => `${markdownCode(c.path, summary_CELL_MAX)} (${c.change})`).join(', ');
+            lines.push('', `⚠️ **This change modifies the scan settings**: ${changed}. They take effect from the next deploy; this one was scanned with the settings of ${from}.`);
+        }
+        for (const sentence of settings.weakening.slice(0, 10))
+            lines.push('', `❗ **It weakens the scan**: ${markdownText(sentence, summary_MESSAGE_MAX)}.`);
+    }
+    // What could not be scanned, and why (the first few; the JSON report has up to 1000).
+    const unscanned = scan.unscanned ?? [];
+    if ((scan.unscanned_count ?? unscanned.length) > 0) {
+        const total = scan.unscanned_count ?? unscanned.length;
+        lines.push('', `ℹ️ **${total} deployed file(s) or archive entries could not be scanned**:`, '');
+        for (const u of unscanned.slice(0, 10))
+            lines.push(`- ${markdownCode(u.path, summary_CELL_MAX)} — ${u.reason}: ${markdownText(u.detail, summary_CELL_MAX)}`);
+        if (total > 10)
+            lines.push(`- …and ${total - 10} more (see the \`results\` output or the job log).`);
+    }
     return lines;
 }
 /**
@@ -76025,42 +76335,44 @@ function scanSection(scan) {
 function renderSummary(report, ctx) {
     const lines = [];
     if (!report) {
-        lines.push('## vm-sync: failed before reaching any VM', '', `❌ \`${ctx.failure?.code ?? 'error'}\`: ${cell(ctx.failure?.message ?? 'unknown error')}`);
+        lines.push('## vm-sync: failed before reaching any VM', '', `❌ ${markdownCode(ctx.failure?.code ?? 'error', summary_CELL_MAX)}: ${markdownText(ctx.failure?.message ?? 'unknown error', summary_MESSAGE_MAX)}`);
         if (ctx.runUrl)
             lines.push('', `[Workflow run](${ctx.runUrl})`);
-        return `${lines.join('\n')}\n`;
+        return capped(lines);
     }
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
     const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}: ${ok}/${report.vms.length} VM(s) ok`;
     lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
     if (report.commit)
-        lines.push(`Commit \`${report.commit}\`${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
+        lines.push(`Commit ${markdownCode(report.commit, summary_CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
     if (ctx.failure)
-        lines.push(`❌ \`${ctx.failure.code}\`: ${cell(ctx.failure.message)}`, '');
+        lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
     if (report.scan)
         lines.push(...scanSection(report.scan), '');
     if (report.vms.length > 0) {
         lines.push('### VMs', '', '| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |', '|---|---|---|---|---|---|---|---|---|---|');
         for (const vm of report.vms) {
             const revs = vm.rev_before === vm.rev_after ? sha(vm.rev_after) : `${sha(vm.rev_before)} → ${sha(vm.rev_after)}`;
-            lines.push(`| ${cell(vm.id)} | ${cell(vm.host)} | ${vm.state} | ${vm.action} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |`);
+            lines.push(`| ${markdownText(vm.id, summary_CELL_MAX)} | ${markdownText(vm.host, summary_CELL_MAX)} | ${markdownText(vm.state, summary_CELL_MAX)} | ${markdownText(vm.action, summary_CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |`);
         }
-        const details = report.vms.flatMap((vm) => [
-            ...(vm.error ? [`- **${cell(vm.id)}** \`${vm.error.code}\`: ${cell(vm.error.message)}`] : []),
-            ...vm.notes.map((note) => `- ${cell(vm.id)}: ${cell(note)}`),
-        ]);
+        const details = report.vms.flatMap(detailLines);
         if (details.length)
             lines.push('', '<details open><summary>Errors and notes</summary>', '', ...details, '', '</details>');
     }
-    let text = `${lines.join('\n')}\n`;
-    if (Buffer.byteLength(text) > MAX_BYTES) {
-        text = `${text.slice(0, MAX_BYTES - 200)}\n\n…summary truncated; the full report is in the \`results\` output and the job log.\n`;
-    }
-    return text;
+    return capped(lines);
 }
 
 ;// CONCATENATED MODULE: ./src/scan/findings.ts
 const str = (v) => (typeof v === 'string' ? v : '');
+// Control characters (terminal escapes, newlines) and invisible or
+// direction-changing characters: a file name or author comes from the
+// commit, and must not be able to rewrite what a terminal or summary shows.
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+/** Text from a commit or tree made safe to print: each unprintable character becomes `\u{hex}`. */
+function printable(text) {
+    return text.replace(UNPRINTABLE, (c) => `\\u{${c.codePointAt(0)?.toString(16)}}`);
+}
 /**
  * Keeps only the safe fields of gitleaks findings and removes duplicates
  * (with `-m`, a merge reports a finding once per parent).
@@ -76071,17 +76383,37 @@ function sanitizeFindings(raw, source) {
     const seen = new Map();
     for (const item of raw) {
         const finding = {
-            rule: str(item.RuleID) || 'unknown-rule',
-            file: str(item.File),
+            rule: printable(str(item.RuleID)) || 'unknown-rule',
+            file: printable(str(item.File)),
             line: typeof item.StartLine === 'number' ? item.StartLine : 0,
-            commit: str(item.Commit) ? str(item.Commit).slice(0, 12) : null,
-            author: str(item.Author) || null,
-            fingerprint: str(item.Fingerprint),
+            commit: str(item.Commit) ? printable(str(item.Commit).slice(0, 12)) : null,
+            author: printable(str(item.Author)) || null,
+            fingerprint: printable(str(item.Fingerprint)),
             source,
         };
         seen.set(finding.fingerprint || `${finding.file}:${finding.rule}:${finding.line}:${finding.commit}`, finding);
     }
     return [...seen.values()];
+}
+/**
+ * A finding rebuilt from its fingerprint (`file:rule:line`, or
+ * `commit:file:rule:line`): what is left of one that gitleaks dropped because
+ * an ignore file vm-sync does not trust listed it.
+ */
+function findingFromFingerprint(fingerprint, source) {
+    const parts = fingerprint.split(':');
+    const line = Number(parts.pop());
+    const rule = parts.pop() ?? 'unknown-rule';
+    const commit = parts.length > 1 && /^[0-9a-f]{40}$/.test(parts[0]) ? parts.shift() : null;
+    return {
+        rule: printable(rule),
+        file: printable(parts.join(':')),
+        line: Number.isInteger(line) ? line : 0,
+        commit: commit ? commit.slice(0, 12) : null,
+        author: null,
+        fingerprint: printable(fingerprint),
+        source,
+    };
 }
 /** One line per finding, for logs and tables. */
 function findings_describeFinding(f) {
@@ -76119,6 +76451,12 @@ function renderSarif(findings) {
     return `${JSON.stringify(sarif, null, 2)}\n`;
 }
 
+// EXTERNAL MODULE: external "node:crypto"
+var external_node_crypto_ = __nccwpck_require__(7598);
+var external_node_crypto_default = /*#__PURE__*/__nccwpck_require__.n(external_node_crypto_);
+// EXTERNAL MODULE: external "node:zlib"
+var external_node_zlib_ = __nccwpck_require__(8522);
+var external_node_zlib_default = /*#__PURE__*/__nccwpck_require__.n(external_node_zlib_);
 ;// CONCATENATED MODULE: external "node:child_process"
 const external_node_child_process_namespaceObject = require("node:child_process");
 ;// CONCATENATED MODULE: ./src/local/run.ts
@@ -76162,6 +76500,255 @@ function run(command, args, options = {}) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/remote/lock.ts
+
+
+
+
+const MAGIC = 'vm-sync-lock-v2';
+const SAFE = /[^A-Za-z0-9_.:/@%+=-]/g;
+/**
+ * The symlink target that stores an owner: space-separated `key=value`, values
+ * restricted to a safe charset. Without a deadline, the text is what vm-sync
+ * sends to the VM, whose agent appends `deadline=` from the VM's own clock (no
+ * clock skew between the runner host and the VM can shorten a lock).
+ */
+function encodeLockOwner(owner) {
+    const field = (v, max) => String(v).replace(SAFE, '_').slice(0, max);
+    // The deadline comes first (the VM's agent puts it there) and the whole
+    // record stays far below what the agent reads back (1000 bytes).
+    return [
+        MAGIC,
+        ...(owner.deadline === undefined ? [] : [`deadline=${field(owner.deadline, 20)}`]),
+        `token=${field(owner.token, 120)}`,
+        `host=${field(owner.host, 100)}`,
+        `pid=${field(owner.pid, 12)}`,
+        `start=${field(owner.pidStart, 24)}`,
+        `boot=${field(owner.boot, 40)}`,
+        `pidns=${field(owner.pidns, 40)}`,
+        `commit=${field(owner.commit, 40)}`,
+        `run=${field(owner.run, 200)}`,
+    ].join(' ');
+}
+/** Parses {@link encodeLockOwner}'s text; null for anything else (a legacy or foreign lock). */
+function parseLockOwner(text) {
+    const [magic, ...fields] = text.trim().split(' ');
+    if (magic !== MAGIC)
+        return null;
+    const values = new Map(fields.map((f) => [f.slice(0, f.indexOf('=')), f.slice(f.indexOf('=') + 1)]));
+    const pid = Number(values.get('pid'));
+    const deadline = Number(values.get('deadline'));
+    const token = values.get('token') ?? '';
+    if (!token || !Number.isSafeInteger(pid) || !Number.isSafeInteger(deadline))
+        return null;
+    return {
+        token,
+        host: values.get('host') ?? '',
+        pid,
+        pidStart: values.get('start') ?? '',
+        boot: values.get('boot') ?? '',
+        pidns: values.get('pidns') ?? '',
+        deadline,
+        commit: values.get('commit') ?? '',
+        run: values.get('run') ?? '',
+    };
+}
+/** One line describing a holder, for messages (VM-controlled, so cleaned). */
+function describeOwner(owner, vmNow) {
+    const left = owner.deadline - vmNow;
+    const parts = [`run ${owner.token}`, `on ${owner.host} pid ${owner.pid}`];
+    if (owner.commit)
+        parts.push(`deploying ${owner.commit.slice(0, 12)}`);
+    if (owner.run)
+        parts.push(owner.run);
+    parts.push(left >= 0 ? `its deadline is in ${left}s` : `its deadline passed ${-left}s ago`);
+    return vmText(parts.join(', '));
+}
+/** This runner host's name as locks record it. */
+function runnerHostId() {
+    return external_node_os_default().hostname().replace(SAFE, '_').slice(0, 100) || 'unknown-host';
+}
+/** A process's start time (clock ticks since boot), or '' where /proc cannot tell. */
+function processStart(pid) {
+    try {
+        const stat = external_node_fs_default().readFileSync(`/proc/${pid}/stat`, 'utf8');
+        // The command name (field 2) is in parentheses and may hold spaces: count fields after its closing one.
+        return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+    }
+    catch {
+        return '';
+    }
+}
+/** This boot of this machine (a pid is only meaningful within one boot). */
+function bootId() {
+    try {
+        return external_node_fs_default().readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    }
+    catch {
+        return '';
+    }
+}
+/** This process's pid namespace (two runner containers on one host share a host name, not pids). */
+function pidNamespace() {
+    try {
+        return external_node_fs_default().readlinkSync('/proc/self/ns/pid');
+    }
+    catch {
+        return '';
+    }
+}
+/**
+ * Whether a lock holder is certainly dead: it ran on this very machine, boot
+ * and pid namespace, and its pid is gone or now belongs to a process that
+ * started at another time. A holder anywhere else (another host, a container
+ * with its own pids, a record without these fields) is never "certainly
+ * dead" from here: its own deadline decides.
+ */
+function holderIsDead(owner) {
+    if (owner.host !== runnerHostId())
+        return false;
+    // Compared as records store them (restricted charset), whichever record it is.
+    const same = (a, b) => a !== '' && a.replace(SAFE, '_') === b.replace(SAFE, '_');
+    if (!same(bootId(), owner.boot) || !same(pidNamespace(), owner.pidns))
+        return false;
+    const start = processStart(owner.pid);
+    if (start === '') {
+        try {
+            process.kill(owner.pid, 0);
+            return false;
+        }
+        catch (error) {
+            return error.code === 'ESRCH';
+        }
+    }
+    return owner.pidStart !== '' && start !== owner.pidStart;
+}
+/** The owner record for this process, deploying `commit` (the VM's agent adds the deadline). */
+function ownLockOwner(commit, run) {
+    return {
+        token: `${runnerHostId()}:${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`,
+        host: runnerHostId(),
+        pid: process.pid,
+        pidStart: processStart(process.pid),
+        boot: bootId(),
+        pidns: pidNamespace(),
+        commit,
+        run,
+    };
+}
+
+;// CONCATENATED MODULE: ./src/local/scratch.ts
+
+
+
+
+
+/*
+ * Every temporary directory vm-sync makes on the runner host carries its
+ * owner in its name: a tag of the host, the pid and the pid's start time.
+ * A run that dies without its `finally` (kill -9, OOM killer, a runner that
+ * vanishes) leaves its directories behind (an export is a full tree copy);
+ * the next run on the host can then tell, from the name alone, that the owner
+ * is gone and remove them, and never touch a live run's.
+ */
+/** `<host tag>-<pid>-<start ticks>`, this process's owner stamp. */
+function ownerStamp() {
+    return `${hostTag()}-${process.pid}-${processStart(process.pid) || '0'}`;
+}
+// Short, so socket paths inside these directories stay far below the 108-byte limit.
+// A pid only names a process within one boot and one pid namespace: a run in
+// another container on the same host (same host name, own pids) must never
+// take a live run's directories for a dead one's.
+function hostTag() {
+    return external_node_crypto_default().createHash('sha256').update(`${runnerHostId()} ${bootId()} ${pidNamespace()}`).digest('hex').slice(0, 8);
+}
+const SCRATCH = /^vm-sync-([a-z]+)-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
+/**
+ * Creates a private (0700) temporary directory `vm-sync-<kind>-<owner>-XXXXXX`
+ * in the system temporary directory. `kind` is lower-case letters (export,
+ * rsh, gitleaks). The caller removes it in `finally`; {@link sweepScratchDirs}
+ * removes it if the process dies first.
+ */
+function makeScratchDir(kind) {
+    if (!/^[a-z]+$/.test(kind))
+        throw new Error(`scratch directory kind must be lower-case letters: ${kind}`);
+    return external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), `vm-sync-${kind}-${ownerStamp()}-`));
+}
+/**
+ * A name for a temporary sibling of `target` (a clone being made), stamped
+ * with this process as owner so {@link ownedByDeadProcess} can judge it later.
+ */
+function scratchSiblingName(target, kind) {
+    return `${target}.vm-sync-${kind}-${ownerStamp()}-${external_node_crypto_default().randomBytes(3).toString('hex')}`;
+}
+/**
+ * Whether the owner stamped into a name by this module is certainly dead: it
+ * ran on this host (tag) and its pid is gone or now belongs to a process that
+ * started at another time. Unknown start times and other hosts' stamps are
+ * never "dead": leaving a directory behind is cheaper than deleting a live one.
+ */
+function ownedByDeadProcess(name) {
+    const match = /-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/.exec(name);
+    if (!match || match[1] !== hostTag() || match[3] === '0')
+        return false;
+    const pid = Number(match[2]);
+    if (!Number.isSafeInteger(pid) || pid <= 0)
+        return false;
+    const start = processStart(pid);
+    if (start !== '')
+        return start !== match[3];
+    try {
+        process.kill(pid, 0);
+        return false;
+    }
+    catch (error) {
+        return error.code === 'ESRCH';
+    }
+}
+/**
+ * Removes the temporary directories of vm-sync runs that died on this host:
+ * only directories (never a symlink), only this user's, only those whose
+ * owner is certainly dead. Cheap: one directory listing and an lstat per
+ * `vm-sync-*` entry. Best effort: a failure to remove one is skipped.
+ * Returns the paths removed.
+ */
+function sweepScratchDirs(tmpDir = external_node_os_default().tmpdir()) {
+    let names;
+    try {
+        names = external_node_fs_default().readdirSync(tmpDir);
+    }
+    catch {
+        return [];
+    }
+    const removed = [];
+    for (const name of names) {
+        if (!name.startsWith('vm-sync-') || !SCRATCH.test(name))
+            continue;
+        const full = external_node_path_default().join(tmpDir, name);
+        if (removeIfOrphaned(full))
+            removed.push(full);
+    }
+    return removed;
+}
+/**
+ * Removes `full` when it is this user's directory (not a symlink) and its
+ * name's owner stamp is a dead process. Returns whether it removed it.
+ */
+function removeIfOrphaned(full) {
+    try {
+        const stat = external_node_fs_default().lstatSync(full);
+        if (!stat.isDirectory() || stat.uid !== process.getuid?.())
+            return false;
+        if (!ownedByDeadProcess(external_node_path_default().basename(full)))
+            return false;
+        external_node_fs_default().rmSync(full, { recursive: true, force: true });
+        return true;
+    }
+    catch {
+        return false;
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/scan/gitleaks.ts
 
 
@@ -76169,6 +76756,10 @@ function run(command, args, options = {}) {
 
 
 
+
+
+/** How deep gitleaks opens archives inside archives; deeper ones are reported as not scanned. */
+const MAX_ARCHIVE_DEPTH = 6;
 /**
  * Finds the gitleaks binary: an explicit path (config or action input), then
  * `$VM_SYNC_GITLEAKS`, then `PATH`. A missing binary is an error, never a
@@ -76201,47 +76792,226 @@ function scrubLogLine(line) {
     return line.replace(ANSI, '').replace(TOKENISH, '[scrubbed]').slice(0, 300);
 }
 /**
- * Runs gitleaks with every setting that keeps secrets out of logs: `--redact`,
- * no `-v`, log level info (trace would print candidates), the JSON report to a
- * file in a private directory that is deleted afterwards. `--exit-code 2` tells
- * "leaks found" (2) from "gitleaks failed" (anything but 0 and 2).
- *
- * gitleaks runs inside `target.root` with the path `.`, so its fingerprints
- * are relative paths (what `.gitleaksignore` entries use).
+ * Undoes Go's `strconv.Quote`, which gitleaks' logger applies to field values
+ * holding spaces, quotes, backslashes or non-ASCII bytes. Works on bytes, so
+ * a quoted non-UTF-8 name decodes the way Node decodes directory entries.
  */
-async function runGitleaks(binary, target, settings, signal) {
-    const privateDir = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-gitleaks-'));
+function goUnquote(value) {
+    if (!(value.length >= 2 && value.startsWith('"') && value.endsWith('"')))
+        return value;
+    const body = value.slice(1, -1);
+    const bytes = [];
+    const simple = { a: 7, b: 8, f: 12, n: 10, r: 13, t: 9, v: 11, '\\': 92, '"': 34, "'": 39 };
+    for (let i = 0; i < body.length;) {
+        const c = body[i];
+        if (c !== '\\') {
+            const cp = body.codePointAt(i) ?? 0;
+            bytes.push(...Buffer.from(String.fromCodePoint(cp), 'utf8'));
+            i += cp > 0xffff ? 2 : 1;
+            continue;
+        }
+        const e = body[i + 1];
+        if (e in simple) {
+            bytes.push(simple[e]);
+            i += 2;
+        }
+        else if (e === 'x') {
+            bytes.push(parseInt(body.slice(i + 2, i + 4), 16));
+            i += 4;
+        }
+        else if (e === 'u' || e === 'U') {
+            const n = e === 'u' ? 4 : 8;
+            bytes.push(...Buffer.from(String.fromCodePoint(parseInt(body.slice(i + 2, i + 2 + n), 16)), 'utf8'));
+            i += 2 + n;
+        }
+        else if (/[0-7]/.test(e ?? '')) {
+            bytes.push(parseInt(body.slice(i + 1, i + 4), 8) & 0xff);
+            i += 4;
+        }
+        else {
+            bytes.push(92);
+            i += 1;
+        }
+    }
+    return Buffer.from(bytes).toString('utf8');
+}
+// "4:06AM DBG message key=value key="quoted value"" (zerolog's console format;
+// fields are sorted by name and values quoted with Go's strconv.Quote).
+const LOG_LINE = /^\S+ (TRC|DBG|INF|WRN|ERR|FTL) (.*)$/;
+function parseLogLine(raw) {
+    const match = LOG_LINE.exec(raw.replace(ANSI, ''));
+    if (!match)
+        return null;
+    const rest = match[2];
+    return {
+        level: match[1],
+        message: rest,
+        field(name) {
+            const value = new RegExp(`(?:^| )${name}=("(?:[^"\\\\]|\\\\.)*"|[^\\s"]+)(?= |$)`).exec(rest);
+            return value ? goUnquote(value[1]) : null;
+        },
+    };
+}
+/**
+ * What a line of gitleaks' debug log says about coverage, or null. Only lines
+ * that start with gitleaks' own time and level are read: decoded content
+ * (which gitleaks logs at debug level, quoted) cannot start a line.
+ */
+function readSkip(raw) {
+    const line = parseLogLine(raw);
+    if (!line || (line.level !== 'DBG' && line.level !== 'WRN'))
+        return null;
+    const at = line.field('path');
+    if (at === null)
+        return null;
+    const m = line.message;
+    if (m.startsWith('skipping directory: global allowlist'))
+        return { kind: 'allowlist-dir', path: at, detail: 'path allowlist' };
+    if (m.startsWith('skipping file: global allowlist'))
+        return { kind: 'allowlist-file', path: at, detail: 'path allowlist' };
+    if (m.startsWith('skipping binary file'))
+        return { kind: 'binary', path: at, detail: line.field('mime_type') ?? 'unknown type' };
+    if (m.startsWith('skipping archive: exceeds max archive depth'))
+        return { kind: 'archive-depth', path: at, detail: `nested deeper than ${MAX_ARCHIVE_DEPTH} archives` };
+    if (m.startsWith('skipping unknown archive type'))
+        return { kind: 'archive-unknown', path: at, detail: 'an archive type gitleaks cannot open' };
+    if (m.startsWith('skipping file: too large'))
+        return { kind: 'too-large', path: at, detail: 'larger than gitleaks accepts' };
+    if (m.startsWith('skipping file: permission denied') || m.startsWith('skipping directory'))
+        return { kind: 'unreadable', path: at, detail: 'permission denied' };
+    return null;
+}
+/** The fingerprint of a finding gitleaks dropped because an ignore file listed it, or null. */
+function readSuppressed(raw) {
+    const line = parseLogLine(raw);
+    if (!line || line.level !== 'DBG' || !line.message.startsWith('skipping finding: '))
+        return null;
+    if (!/^skipping finding: (global )?fingerprint/.test(line.message))
+        return null;
+    return line.field('fingerprint');
+}
+/** Splits streamed output into whole lines. */
+function lineReader(onLine) {
+    let carry = '';
+    return {
+        push(chunk) {
+            const parts = (carry + chunk).split('\n');
+            carry = parts.pop() ?? '';
+            // A line longer than any gitleaks writes for coverage is decoded content: drop it.
+            if (carry.length > 1 << 20)
+                carry = '';
+            for (const part of parts)
+                onLine(part);
+        },
+        end() {
+            if (carry)
+                onLine(carry);
+            carry = '';
+        },
+    };
+}
+/** Thrown when a scan ran out of `secret_scanning.timeout_s`. */
+function scanTimeout(limits, what) {
+    return new VmSyncError('scan_timeout', `the secret scan did not finish within repository.secret_scanning.timeout_s (${limits.timeoutS} s) while ${what}; a scan that did not finish is not a pass, so nothing is deployed. Raise timeout_s, or make the large files in the deployed tree smaller (gitleaks is slowest on long single-line files).`);
+}
+/**
+ * Runs gitleaks with every setting that keeps secrets out of logs: `--redact`,
+ * no `-v`, the JSON report to a file in a private directory that is deleted
+ * afterwards. `--exit-code 2` tells "leaks found" (2) from "gitleaks failed".
+ *
+ * The log runs at debug level because that is where gitleaks says what it
+ * skipped. That log also holds decoded content (base64 segments, quoted), so
+ * it is only parsed line by line for known messages and never printed; only
+ * error lines are shown, scrubbed.
+ *
+ * Nothing the scanned tree holds may steer the run: the config and the
+ * ignore directory are always given explicitly, `gitleaks:allow` comments are
+ * ignored, git mode reads the git directory (a working tree's
+ * `.gitleaksignore` would be loaded automatically), and dir mode runs inside
+ * `target.root` with the path `.`, so fingerprints are relative paths.
+ *
+ * Time: gitleaks' own `--timeout` stops the scan but then reports the part it
+ * scanned as a normal result, so a run is killed at the deadline and any run
+ * that reaches it is a {@link scanTimeout}, whatever gitleaks said.
+ */
+async function runGitleaks(binary, target, settings, limits) {
+    const privateDir = makeScratchDir('gitleaks');
     const report = external_node_path_default().join(privateDir, 'report.json');
+    const what = target.mode === 'git' ? 'gitleaks scanned the commits' : 'gitleaks scanned the deployed tree';
     try {
+        const remainingMs = limits.deadline - Date.now();
+        if (remainingMs <= 0)
+            throw scanTimeout(limits, what);
         const args = [
             target.mode,
-            ...(target.mode === 'git' ? ['--log-opts', ['-m', ...target.selection].join(' ')] : []),
+            ...(target.mode === 'git' ? ['--log-opts', ['-m', ...target.selection].join(' ')] : ['--max-archive-depth', String(MAX_ARCHIVE_DEPTH)]),
             '--redact',
             '--exit-code', '2',
             '--report-format', 'json',
             '--report-path', report,
             '--no-banner',
             '--no-color',
-            '--log-level', 'info',
+            '--log-level', 'debug',
+            '--ignore-gitleaks-allow',
+            '--timeout', String(Math.ceil(remainingMs / 1000) + 5),
             '--gitleaks-ignore-path', settings.ignoreDir,
-            ...(settings.configFile ? ['--config', settings.configFile] : []),
-            '.',
+            '--config', settings.configFile,
+            target.mode === 'git' ? target.gitDir : '.',
         ];
-        // The operator's environment must not swap in another config behind the repository's back.
+        // The operator's environment must not swap in another config behind the scan's back.
         const env = { ...process.env };
         delete env.GITLEAKS_CONFIG;
         delete env.GITLEAKS_CONFIG_TOML;
+        const skips = [];
+        const suppressed = [];
+        const extended = [];
+        const errors = [];
+        let commitsScanned = null;
+        const onLine = (raw) => {
+            const clean = raw.replace(ANSI, '');
+            const skip = readSkip(clean);
+            if (skip)
+                return void skips.push(skip);
+            const fingerprint = readSuppressed(clean);
+            if (fingerprint !== null)
+                return void suppressed.push(fingerprint);
+            const line = parseLogLine(clean);
+            if (line?.level === 'DBG' && line.message.startsWith('extending config with ') && line.message !== 'extending config with default config') {
+                extended.push(line.message.slice('extending config with '.length));
+            }
+            else if (line?.level === 'INF' && /^\d+ commits scanned/.test(line.message)) {
+                commitsScanned = Number(/^\d+/.exec(line.message)?.[0]);
+            }
+            else if ((line && (line.level === 'ERR' || line.level === 'FTL')) || (!line && /^(?:ERR|FTL)\b|^panic:/.test(clean))) {
+                if (errors.length < 3)
+                    errors.push(scrubLogLine(clean));
+            }
+        };
+        const stderr = lineReader(onLine);
+        const stdout = lineReader(onLine);
+        const timer = AbortSignal.timeout(remainingMs);
+        const signal = limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
+        const started = Date.now();
         let result;
         try {
-            result = await run(binary, args, { cwd: target.root, env, signal, maxOutput: 64 * 1024 });
+            result = await run(binary, args, {
+                cwd: target.mode === 'git' ? privateDir : target.root,
+                env,
+                signal,
+                maxOutput: 4096,
+                onStderr: (chunk) => stderr.push(chunk),
+                onStdout: (chunk) => stdout.push(chunk),
+            });
         }
         catch (error) {
             throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${getErrorMessage(error)}`);
         }
-        const log = result.stderr.replace(ANSI, '') + result.stdout.replace(ANSI, '');
-        const errors = log.split('\n').filter((l) => /\b(ERR|FTL)\b|panic:/.test(l));
+        stderr.end();
+        stdout.end();
+        if (!limits.signal?.aborted && (timer.aborted || Date.now() - started >= remainingMs))
+            throw scanTimeout(limits, what);
         if ((result.code !== 0 && result.code !== 2) || errors.length > 0) {
-            const detail = errors.slice(0, 3).map(scrubLogLine).join(' | ') || `exit ${result.code ?? result.signal}`;
+            const detail = errors.join(' | ') || `exit ${result.code ?? result.signal}`;
             throw new VmSyncError('scan_failed', `gitleaks ${target.mode} scan failed (exit ${result.code ?? result.signal}): ${detail}. The deploy is blocked until a scan succeeds.`);
         }
         let raw = [];
@@ -76256,17 +77026,55 @@ async function runGitleaks(binary, target, settings, signal) {
             throw new VmSyncError('scan_failed', 'gitleaks reported findings but exited 0: refusing to trust this scan.');
         if (result.code === 2 && findings.length === 0)
             throw new VmSyncError('scan_failed', 'gitleaks reported leaks but its report lists none: refusing to trust this scan.');
-        const scanned = /(\d+) commits scanned/.exec(log);
-        return { findings, commitsScanned: scanned ? Number(scanned[1]) : null };
+        return { findings, commitsScanned, skips, suppressed, extended };
     }
     finally {
         external_node_fs_default().rmSync(privateDir, { recursive: true, force: true });
     }
 }
+const verified = new Map();
+/**
+ * Proves, once per binary and process, that this gitleaks build logs the
+ * messages vm-sync relies on to find what it skipped (a path allowlist, a
+ * binary, an ignored fingerprint). A build that words them differently would
+ * otherwise make skipped files look scanned; this fails closed instead.
+ */
+function checkGitleaksLogs(binary, limits) {
+    const key = binary;
+    let check = verified.get(key);
+    if (!check) {
+        check = probeLogs(binary, limits);
+        verified.set(key, check);
+        check.catch(() => verified.delete(key));
+    }
+    return check;
+}
+async function probeLogs(binary, limits) {
+    const dir = makeScratchDir('gitleaksprobe');
+    try {
+        const alnum = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+        // A random token in GitHub's format, generated here and never printed.
+        const token = `ghp_${Array.from(external_node_crypto_default().randomBytes(36), (b) => alnum[b % alnum.length]).join('')}`;
+        const root = external_node_path_default().join(dir, 'tree');
+        external_node_fs_default().mkdirSync(external_node_path_default().join(root, 'node_modules', 'p'), { recursive: true });
+        external_node_fs_default().writeFileSync(external_node_path_default().join(root, 'node_modules', 'p', 'i.js'), `t=${token}\n`);
+        external_node_fs_default().writeFileSync(external_node_path_default().join(root, 'a b.png'), `t=${token}\n`);
+        external_node_fs_default().writeFileSync(external_node_path_default().join(root, 'z.dat'), external_node_zlib_default().gzipSync(`t=${token}\n`));
+        external_node_fs_default().writeFileSync(external_node_path_default().join(root, 'ignored.txt'), `t=${token}\n`);
+        external_node_fs_default().writeFileSync(external_node_path_default().join(root, '.gitleaksignore'), 'ignored.txt:github-pat:1\n');
+        external_node_fs_default().writeFileSync(external_node_path_default().join(dir, 'config.toml'), '[extend]\nuseDefault = true\n');
+        const result = await runGitleaks(binary, { mode: 'dir', root }, { configFile: external_node_path_default().join(dir, 'config.toml'), ignoreDir: dir }, limits);
+        const has = (kind, at) => result.skips.some((s) => s.kind === kind && s.path === at);
+        const ok = has('allowlist-dir', 'node_modules') && has('allowlist-file', 'a b.png') && has('binary', 'z.dat') && result.suppressed.includes('ignored.txt:github-pat:1');
+        if (!ok) {
+            throw new VmSyncError('scan_failed', `gitleaks at ${binary} does not log what it skips the way vm-sync reads it (gitleaks 8.30.x does), so vm-sync cannot prove the whole deployed tree was scanned: use gitleaks 8.30.x.`);
+        }
+    }
+    finally {
+        external_node_fs_default().rmSync(dir, { recursive: true, force: true });
+    }
+}
 
-// EXTERNAL MODULE: external "node:crypto"
-var external_node_crypto_ = __nccwpck_require__(7598);
-var external_node_crypto_default = /*#__PURE__*/__nccwpck_require__.n(external_node_crypto_);
 // EXTERNAL MODULE: ./node_modules/@actions/tool-cache/node_modules/semver/index.js
 var node_modules_semver = __nccwpck_require__(885);
 ;// CONCATENATED MODULE: ./node_modules/@actions/tool-cache/lib/manifest.js
@@ -77136,7 +77944,227 @@ async function installGitleaks(options = {}) {
     }
 }
 
+;// CONCATENATED MODULE: ./src/sync/types.ts
+const silentEvents = { info: () => undefined, progress: () => undefined };
+
+// EXTERNAL MODULE: external "node:async_hooks"
+var external_node_async_hooks_ = __nccwpck_require__(6698);
+;// CONCATENATED MODULE: external "node:timers/promises"
+const promises_namespaceObject = require("node:timers/promises");
+;// CONCATENATED MODULE: ./src/git/clone-lock.ts
+
+
+
+
+
+
+
+/*
+ * The runner-host lock: one vm-sync run at a time fetches, resets, exports or
+ * writes refs in the runner-host clone (two at once collide on git's own
+ * `index.lock` / `cannot lock ref`). The lock is a symlink whose target is the
+ * holder's record: creating a symlink is atomic and carries its content, so a
+ * lock never exists half-written. It lives in a state directory beside the
+ * clone, not inside it, because a corrupt clone is moved aside while locked.
+ *
+ * Each acquisition has its own token, so two runs inside one process (same
+ * pid) exclude each other too. Re-entry by the same run (same async context)
+ * does not wait for itself.
+ */
+/** Default wait for a busy clone before giving up with `runner_busy`. */
+const DEFAULT_CLONE_WAIT_MS = 300_000;
+const clone_lock_MAGIC = 'vm-sync-clone-lock-v1';
+const POLL_MS = 200;
+// Breaking a stale lock takes milliseconds; a break marker older than this was left by a killed breaker.
+const BREAK_STALE_MS = 30_000;
+/** The lock's path for a clone at `<parent>/<name>`: `<parent>/.<name>.vm-sync/clone.lock`. */
+function cloneLockPath(cloneDir) {
+    const resolved = external_node_path_default().resolve(cloneDir);
+    return external_node_path_default().join(external_node_path_default().dirname(resolved), `.${external_node_path_default().basename(resolved)}.vm-sync`, 'clone.lock');
+}
+const held = new external_node_async_hooks_.AsyncLocalStorage();
+/**
+ * Runs `fn` holding the runner-host lock of `cloneDir`. A busy lock is waited
+ * for (one message through `onWait`), polling, up to `waitMs`; then
+ * `runner_busy` names the holder. A holder that died on this host is stale at
+ * once. Only our own lock is ever released.
+ */
+async function withCloneLock(cloneDir, doing, options, fn) {
+    const lockPath = cloneLockPath(cloneDir);
+    const outer = held.getStore();
+    if (outer?.has(lockPath))
+        return fn();
+    const record = await acquire(lockPath, cloneDir, doing, options);
+    try {
+        return await held.run(new Set([...(outer ?? []), lockPath]), fn);
+    }
+    finally {
+        releaseIfOurs(lockPath, record);
+    }
+}
+/** Reads the holder of a lock path, or null when it is free or not a vm-sync clone lock. */
+function readCloneLock(lockPath) {
+    try {
+        return parseHolder(fs.readlinkSync(lockPath));
+    }
+    catch {
+        return null;
+    }
+}
+function encodeHolder(holder) {
+    const field = (v) => encodeURIComponent(String(v)).slice(0, 300);
+    return [clone_lock_MAGIC, `token=${field(holder.token)}`, `host=${field(holder.host)}`, `pid=${holder.pid}`, `start=${field(holder.pidStart)}`, `boot=${field(holder.boot)}`, `pidns=${field(holder.pidns)}`, `since=${holder.since}`, `doing=${field(holder.doing)}`].join(' ');
+}
+function parseHolder(text) {
+    const [magic, ...fields] = text.split(' ');
+    if (magic !== clone_lock_MAGIC)
+        return null;
+    const values = new Map();
+    for (const f of fields) {
+        const eq = f.indexOf('=');
+        if (eq <= 0)
+            continue;
+        try {
+            values.set(f.slice(0, eq), decodeURIComponent(f.slice(eq + 1)));
+        }
+        catch {
+            return null;
+        }
+    }
+    const pid = Number(values.get('pid'));
+    const since = Number(values.get('since'));
+    const token = values.get('token') ?? '';
+    if (!token || !Number.isSafeInteger(pid) || !Number.isSafeInteger(since))
+        return null;
+    return { token, host: values.get('host') ?? '', pid, pidStart: values.get('start') ?? '', boot: values.get('boot') ?? '', pidns: values.get('pidns') ?? '', since, doing: values.get('doing') ?? '' };
+}
+function isDead(holder) {
+    return holderIsDead({ ...holder, deadline: 0, commit: '', run: '' });
+}
+/** One line about a holder, for messages (printable characters only). */
+function describeHolder(holder, now = Date.now()) {
+    if (!holder)
+        return 'an unrecognised lock';
+    const since = new Date(holder.since);
+    const when = Number.isNaN(since.getTime()) ? 'an unknown time' : `${since.toISOString().replace(/\.\d+Z$/, 'Z')} (${Math.max(0, Math.round((now - holder.since) / 1000))} s ago)`;
+    return clone_lock_printable(`pid ${holder.pid} on ${holder.host} since ${when}${holder.doing ? `, ${holder.doing}` : ''}`);
+}
+// The record is a file anyone with the runner user's rights can write: no terminal escapes from it.
+function clone_lock_printable(text) {
+    // eslint-disable-next-line no-control-regex
+    return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?').slice(0, 500);
+}
+async function acquire(lockPath, cloneDir, doing, options) {
+    const stateDir = external_node_path_default().dirname(lockPath);
+    try {
+        external_node_fs_default().mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    }
+    catch (error) {
+        throw new VmSyncError('git_failed', `cannot create ${stateDir}, where vm-sync keeps the runner-host lock for ${cloneDir}: ${getErrorMessage(error)}. Make ${external_node_path_default().dirname(stateDir)} writable by the runner's user, or create ${stateDir} owned by it.`);
+    }
+    const record = encodeHolder({
+        token: `${runnerHostId()}:${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`,
+        host: runnerHostId(),
+        pid: process.pid,
+        pidStart: processStart(process.pid),
+        boot: bootId(),
+        pidns: pidNamespace(),
+        since: Date.now(),
+        doing,
+    });
+    const waitMs = options.waitMs ?? DEFAULT_CLONE_WAIT_MS;
+    const started = Date.now();
+    let announced = false;
+    for (;;) {
+        try {
+            external_node_fs_default().symlinkSync(record, lockPath);
+            return record;
+        }
+        catch (error) {
+            if (error.code !== 'EEXIST') {
+                throw new VmSyncError('git_failed', `cannot take the runner-host lock ${lockPath}: ${getErrorMessage(error)}`);
+            }
+        }
+        let current;
+        try {
+            current = external_node_fs_default().readlinkSync(lockPath);
+        }
+        catch {
+            continue; // released between our attempt and the read: try again at once
+        }
+        const holder = parseHolder(current);
+        if (holder && isDead(holder) && breakStale(lockPath, current))
+            continue;
+        if (options.signal?.aborted)
+            throw new VmSyncError('interrupted', `interrupted while waiting for the runner-host clone ${cloneDir}`);
+        const waited = Date.now() - started;
+        if (waited >= waitMs) {
+            throw new VmSyncError('runner_busy', `the runner-host clone ${cloneDir} is still in use after waiting ${Math.round(waited / 1000)} s: held by ${describeHolder(holder)}. ` +
+                `Wait for that run to finish and retry. If no vm-sync run with that pid is alive on ${holder ? clone_lock_printable(holder.host) : 'this host'}, remove ${lockPath}. ` +
+                `VM_SYNC_CLONE_WAIT_S sets how long to wait.`);
+        }
+        if (!announced) {
+            announced = true;
+            options.onWait?.(`waiting for the runner-host clone ${cloneDir}: held by ${describeHolder(holder)}; waiting up to ${Math.round(waitMs / 1000)} s`);
+        }
+        await (0,promises_namespaceObject.setTimeout)(Math.min(POLL_MS, waitMs - waited), undefined, { signal: options.signal }).catch(() => undefined);
+    }
+}
+/**
+ * Removes a dead holder's lock. Two waiters may both find the same dead
+ * holder; without care the slower one would delete the lock the faster one
+ * just took. So breaking is itself serialised by a marker symlink, and under
+ * it the lock is removed only if it still holds the dead holder's record.
+ * Returns false when another waiter is breaking it (the caller waits a poll).
+ */
+function breakStale(lockPath, deadRecord) {
+    const marker = `${lockPath}.break`;
+    const mine = `${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
+    try {
+        external_node_fs_default().symlinkSync(mine, marker);
+    }
+    catch {
+        // Another waiter is breaking it; a marker left by a killed breaker is removed once old.
+        try {
+            if (Date.now() - external_node_fs_default().lstatSync(marker).mtimeMs > BREAK_STALE_MS)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+        return false;
+    }
+    try {
+        if (external_node_fs_default().readlinkSync(lockPath) === deadRecord)
+            external_node_fs_default().unlinkSync(lockPath);
+        return true;
+    }
+    catch {
+        return true; // already gone
+    }
+    finally {
+        try {
+            if (external_node_fs_default().readlinkSync(marker) === mine)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+    }
+}
+function releaseIfOurs(lockPath, record) {
+    try {
+        if (external_node_fs_default().readlinkSync(lockPath) === record)
+            external_node_fs_default().unlinkSync(lockPath);
+    }
+    catch {
+        // Nothing to release: someone removed it by hand.
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/git/repo.ts
+
+
 
 
 
@@ -77146,7 +78174,27 @@ async function installGitleaks(options = {}) {
 const FULL_SHA = /^[0-9a-f]{40}$/;
 // Messages git prints when the object store itself is damaged, as opposed to
 // the network or the remote being unavailable (which must not trigger a re-clone).
-const CORRUPTION = /bad object|corrupt|unable to read tree|did not send all necessary objects|packfile .* cannot be accessed|not a git repository|invalid object|missing blob|unable to read sha1 file|Could not parse object|bad revision 'HEAD'|ambiguous argument 'HEAD'/i;
+const CORRUPTION = /bad object|corrupt|unable to read tree|did not send all necessary objects|packfile .* cannot be accessed|does not match index|not a git repository|invalid object|missing blob|unable to read sha1 file|Could not parse object|Could not read [0-9a-f]{40}|Failed to traverse parents|not a tree object|bad revision 'HEAD'|ambiguous argument 'HEAD'/i;
+/** A git step failed because the clone's object store is damaged (moving it aside and cloning again fixes it). */
+class CorruptCloneError extends VmSyncError {
+    constructor(message) {
+        super('git_failed', message);
+    }
+}
+/**
+ * The ref that records a VM's deployed commit: `refs/vm-sync/deployed/<id>`.
+ * An id that is a valid ref component as it is (`vm01`, `web-1.eu`) is used
+ * unchanged, so records written before this encoding existed are still found.
+ * Any other id (`web.lock`, `a..b`, `vm.`) is percent-encoded: every byte
+ * outside `[A-Za-z0-9_-]` as `%XX`, which leaves no `.` to break git's rules.
+ * Both forms decode to the id, so two ids never share a ref.
+ */
+function deployedRefName(vmId) {
+    const encode = (keep) => [...Buffer.from(vmId, 'utf8')].map((b) => (keep.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('');
+    const plain = encode(/[A-Za-z0-9_.-]/);
+    const valid = plain !== '' && !plain.startsWith('.') && !plain.endsWith('.') && !plain.endsWith('.lock') && !plain.includes('..');
+    return `refs/vm-sync/deployed/${valid ? plain : encode(/[A-Za-z0-9_-]/)}`;
+}
 /**
  * The runner host's clone of the main repository: the only place vm-sync talks
  * to the git remote. Git runs from argument arrays, never through a shell, with
@@ -77158,12 +78206,30 @@ class RunnerRepo {
     branch;
     url;
     env;
-    constructor(dir, remote, branch, url, env = {}) {
+    options;
+    constructor(dir, remote, branch, url, env = {}, options = {}) {
         this.dir = dir;
         this.remote = remote;
         this.branch = branch;
         this.url = url;
         this.env = env;
+        this.options = options;
+    }
+    /** At most one re-clone per run: a clone that is corrupt again right away is not a clone problem. */
+    recloned = false;
+    get events() {
+        return this.options.events ?? silentEvents;
+    }
+    /**
+     * Runs `fn` holding the runner-host lock (a managed clone only; re-entrant
+     * within one run). Another run holding it is waited for, with one message,
+     * up to the wait limit, then `runner_busy`.
+     */
+    locked(doing, fn) {
+        if (!this.options.managed)
+            return fn();
+        const { lockWaitMs, signal } = this.options;
+        return withCloneLock(this.dir, doing, { waitMs: lockWaitMs, signal, onWait: (message) => this.events.info(null, message) }, fn);
     }
     /** `remote/branch`, the ref that decides what may be deployed. */
     get trackingRef() {
@@ -77177,41 +78243,118 @@ class RunnerRepo {
     }
     async gitOk(args, what) {
         const result = await this.git(args);
-        if (result.code !== 0) {
-            throw new VmSyncError('git_failed', `git ${what} failed in ${this.dir}: ${lastLine(result.stderr)}`);
-        }
+        if (result.code !== 0)
+            throw this.failure(`git ${what} failed in ${this.dir}`, result.stderr);
         return result.stdout.trim();
+    }
+    /** The error for a failed git step, carrying git's own (bounded) output; corruption is its own class. */
+    failure(what, stderr, advice = '') {
+        const message = `${what}:\n${gitOutput(stderr)}${advice ? `\n${advice}` : ''}`;
+        return CORRUPTION.test(stderr) ? new CorruptCloneError(message) : new VmSyncError('git_failed', message);
     }
     /**
      * Makes `dir` a healthy clone and, unless `fetch` is false, fetches the
      * default branch. Clones when absent (into a temporary sibling, renamed into
      * place only when complete, so an interrupted clone never looks valid).
-     * A corrupt clone is moved aside, never deleted, and cloned again.
+     * A corrupt clone is moved aside and cloned again. Under the runner-host lock.
      */
-    async prepare(fetch) {
-        if (!external_node_fs_default().existsSync(this.dir)) {
-            await this.cloneInto(this.url);
-            return { action: 'cloned', movedAside: null };
-        }
-        const problem = await this.healthProblem();
-        if (problem === null) {
-            if (!fetch)
-                return { action: 'reused', movedAside: null };
-            const result = await this.fetchBranch();
-            if (result.code === 0)
-                return { action: 'fetched', movedAside: null };
-            if (!CORRUPTION.test(result.stderr)) {
-                throw new VmSyncError('git_failed', `git fetch ${this.remote} ${this.branch} failed: ${lastLine(result.stderr)}. Check the network and the runner's credentials for the remote, or run with --no-fetch.`);
+    prepare(fetch) {
+        return this.locked(fetch ? 'fetching' : 'checking the clone', async () => {
+            this.sweepDeadClones();
+            if (!external_node_fs_default().existsSync(this.dir)) {
+                await this.cloneInto(this.url);
+                this.events.info(null, `cloned ${this.dir}`);
+                return { action: 'cloned', movedAside: null };
             }
-        }
+            const problem = await this.healthProblem();
+            if (problem === null) {
+                if (!fetch)
+                    return { action: 'reused', movedAside: null };
+                const result = await this.fetchBranch();
+                if (result.code === 0)
+                    return { action: 'fetched', movedAside: null };
+                if (!CORRUPTION.test(result.stderr)) {
+                    throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, "Check the network and the runner's credentials for the remote, or run with --no-fetch.");
+                }
+                return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`) };
+            }
+            return { action: 'recloned', movedAside: await this.recloneAside(problem) };
+        });
+    }
+    /**
+     * Moves the clone aside as `<dir>.corrupt-<UTC time>` (never deleted at
+     * once: it is evidence), clones again, and then removes older
+     * `<dir>.corrupt-*` copies so only this newest one is kept. Returns where
+     * the clone went. Once per run.
+     */
+    async recloneAside(problem) {
         const url = this.url ?? (await this.configuredUrl());
         if (url === null) {
-            throw new VmSyncError('git_failed', `${this.dir} is not a usable clone (${problem ?? 'fetch reported corruption'}) and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand.`);
+            throw new VmSyncError('git_failed', `${this.dir} is not a usable clone and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand. The problem: ${problem}`);
         }
-        const aside = `${this.dir}.corrupt-${timestamp()}`;
+        if (this.recloned) {
+            throw new VmSyncError('git_failed', `${this.dir} is corrupt again right after a fresh clone: check the runner host's disk and the remote repository. The problem: ${problem}`);
+        }
+        this.recloned = true;
+        let aside = `${this.dir}.corrupt-${timestamp()}`;
+        for (let n = 2; external_node_fs_default().existsSync(aside); n++)
+            aside = `${this.dir}.corrupt-${timestamp()}-${n}`;
         external_node_fs_default().renameSync(this.dir, aside);
         await this.cloneInto(url);
-        return { action: 'recloned', movedAside: aside };
+        this.events.info(null, `runner-host repo was corrupt: moved to ${aside} and cloned again`);
+        this.pruneCorruptCopies(aside);
+        return aside;
+    }
+    /** Removes `<dir>.corrupt-*` directories other than `keep` (this user's, never through a symlink). */
+    pruneCorruptCopies(keep) {
+        const parent = external_node_path_default().dirname(this.dir);
+        const pattern = new RegExp(`^${escapeRegExp(external_node_path_default().basename(this.dir))}\\.corrupt-\\d{8}T\\d{6}Z(-\\d+)?$`);
+        for (const name of external_node_fs_default().readdirSync(parent)) {
+            const full = external_node_path_default().join(parent, name);
+            if (!pattern.test(name) || full === keep)
+                continue;
+            try {
+                const stat = external_node_fs_default().lstatSync(full);
+                if (!stat.isDirectory() || stat.uid !== process.getuid?.())
+                    continue;
+                external_node_fs_default().rmSync(full, { recursive: true, force: true });
+                this.events.info(null, `removed an older corrupt copy of the runner-host repo: ${full}`);
+            }
+            catch {
+                // Best effort: an old copy left behind costs disk, not correctness.
+            }
+        }
+    }
+    /** Removes half-made clones (`<dir>.vm-sync-clone-*`) of runs that died mid-clone. */
+    sweepDeadClones() {
+        const parent = external_node_path_default().dirname(this.dir);
+        const prefix = `${external_node_path_default().basename(this.dir)}.vm-sync-clone-`;
+        let names;
+        try {
+            names = external_node_fs_default().readdirSync(parent);
+        }
+        catch {
+            return;
+        }
+        for (const name of names)
+            if (name.startsWith(prefix))
+                removeIfOrphaned(external_node_path_default().join(parent, name));
+    }
+    /**
+     * Runs a step; if it fails because the clone is corrupt, moves the clone
+     * aside, clones again and runs it once more. Only a managed clone is ever
+     * re-cloned.
+     */
+    async recovering(step) {
+        try {
+            return await step();
+        }
+        catch (error) {
+            if (!(error instanceof CorruptCloneError) || !this.options.managed)
+                throw error;
+            await this.recloneAside(error.message);
+            return step();
+        }
     }
     /** Why the clone is unusable, or null when it looks healthy. */
     async healthProblem() {
@@ -77230,7 +78373,8 @@ class RunnerRepo {
         return result.code === 0 && result.stdout.trim() !== '' ? result.stdout.trim() : null;
     }
     fetchBranch() {
-        return this.git(['fetch', '--prune', '--no-tags', '--quiet', this.remote, `+refs/heads/${this.branch}:${this.trackingRef}`]);
+        // An automatic gc that detaches would go on writing in the clone after the lock is released.
+        return this.git(['-c', 'gc.autoDetach=false', '-c', 'maintenance.autoDetach=false', 'fetch', '--prune', '--no-tags', '--quiet', this.remote, `+refs/heads/${this.branch}:${this.trackingRef}`]);
     }
     async cloneInto(url) {
         if (url === null) {
@@ -77238,11 +78382,12 @@ class RunnerRepo {
         }
         const parent = external_node_path_default().dirname(this.dir);
         external_node_fs_default().mkdirSync(parent, { recursive: true });
-        const temp = `${this.dir}.vm-sync-clone-${external_node_crypto_default().randomBytes(4).toString('hex')}`;
+        // Named after this process, so a clone cut short by kill -9 is removed by the next run.
+        const temp = scratchSiblingName(this.dir, 'clone');
         const result = await this.git(['clone', '--quiet', '--no-tags', '--origin', this.remote, '--branch', this.branch, '--', url, temp], parent);
         if (result.code !== 0) {
             external_node_fs_default().rmSync(temp, { recursive: true, force: true });
-            throw new VmSyncError('git_failed', `git clone of ${url} failed: ${lastLine(result.stderr)}`);
+            throw new VmSyncError('git_failed', `git clone of ${anonymizeUrls(url)} failed:\n${gitOutput(result.stderr)}`);
         }
         external_node_fs_default().renameSync(temp, this.dir);
     }
@@ -77253,13 +78398,46 @@ class RunnerRepo {
         const result = await this.git(['rev-parse', '--verify', '--quiet', `${rev}^{commit}`]);
         const sha = result.stdout.trim();
         if (result.code !== 0 || !FULL_SHA.test(sha)) {
+            // A ref whose commit object is gone is a damaged clone, not an unknown commit.
+            const named = await this.git(['rev-parse', '--verify', '--quiet', rev]);
+            const target = named.stdout.trim();
+            const isHash = /^[0-9a-f]{4,40}$/i.test(rev);
+            if (!isHash && named.code === 0 && FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
+                throw new CorruptCloneError(`${rev} points to ${target}, which is missing from ${this.dir}`);
+            }
             throw new VmSyncError('git_failed', `commit ${rev} is not in ${this.dir}: push it, or fetch (drop --no-fetch).`);
         }
         return sha;
     }
-    /** Whether `sha` is reachable from `remote/default_branch`. */
+    /** Whether `sha` is reachable from `remote/default_branch`; a git failure (a damaged history) throws. */
     async isOnBranch(sha) {
-        return (await this.git(['merge-base', '--is-ancestor', sha, this.trackingRef])).code === 0;
+        const result = await this.git(['merge-base', '--is-ancestor', sha, this.trackingRef]);
+        // A commit missing on the way makes git answer "not an ancestor" (exit 1), with only its stderr telling why.
+        if ((result.code === 0 || result.code === 1) && !CORRUPTION.test(result.stderr))
+            return result.code === 0;
+        throw this.failure(`git merge-base --is-ancestor ${sha} ${this.trackingRef} failed in ${this.dir}`, result.stderr);
+    }
+    /**
+     * `sync`'s work in the clone, under one hold of the runner-host lock:
+     * fetch (clone or re-clone when needed), resolve the commit, require it to
+     * be on the default branch (unless `force`), reset the working tree to it
+     * and export it into `exportDir`. A step that meets corruption moves the
+     * clone aside, clones again and redoes the steps once. Returns the commit.
+     */
+    prepareDeploy(options) {
+        return this.locked(`sync: fetch, reset and export ${options.rev ?? this.trackingRef}`, async () => {
+            await this.prepare(options.fetch);
+            return this.recovering(async () => {
+                const commit = await this.resolve(options.rev ?? this.trackingRef);
+                if (!options.force && !(await this.isOnBranch(commit))) {
+                    throw new VmSyncError('commit_not_on_branch', `${commit} is not on ${this.remote}/${this.branch}: only merged commits are deployed. Use --force to deploy it anyway.`);
+                }
+                await this.checkoutSteps(commit);
+                external_node_fs_default().rmSync(options.exportDir, { recursive: true, force: true });
+                await this.exportSteps(commit, options.exportDir);
+                return commit;
+            });
+        });
     }
     /** Whether the clone holds this commit object. */
     async hasCommit(sha) {
@@ -77323,14 +78501,53 @@ class RunnerRepo {
             .filter(([ref]) => ref !== except && !ref.endsWith('/HEAD'))
             .map(([, sha]) => sha);
     }
-    /** Records the commit a VM was last deployed with, so a later manual resync knows what to scan. */
-    async recordDeployed(vmId, sha) {
-        await this.gitOk(['update-ref', `refs/vm-sync/deployed/${vmId}`, sha], 'update-ref');
+    async recordDeployed(first, sha) {
+        const entries = typeof first === 'string' ? [{ vmId: first, sha: sha ?? '' }] : first;
+        const latest = new Map();
+        for (const entry of entries)
+            if (entry.vmId !== '' && FULL_SHA.test(entry.sha))
+                latest.set(entry.vmId, entry.sha);
+        if (latest.size === 0)
+            return;
+        await this.locked('recording deployed commits', async () => {
+            // update-ref refuses a missing object and would then fail the whole transaction.
+            const present = await this.commitsPresent([...new Set(latest.values())]);
+            const lines = [...latest].filter(([, commit]) => present.has(commit)).map(([vmId, commit]) => `update ${deployedRefName(vmId)} ${commit}\n`);
+            if (lines.length === 0)
+                return;
+            const result = await this.gitWithInput(['update-ref', '--stdin'], `start\n${lines.join('')}prepare\ncommit\n`);
+            if (result.code !== 0)
+                throw this.failure(`could not record the deployed commits in ${this.dir}`, result.stderr);
+        });
     }
     /** The commit recorded for a VM by {@link recordDeployed}, or null. */
     async deployed(vmId) {
-        const result = await this.git(['rev-parse', '--verify', '--quiet', `refs/vm-sync/deployed/${vmId}^{commit}`]);
+        const result = await this.git(['rev-parse', '--verify', '--quiet', `${deployedRefName(vmId)}^{commit}`]);
         return result.code === 0 ? result.stdout.trim() : null;
+    }
+    /** Which of `shas` are commits the clone holds (one `cat-file --batch-check`). */
+    async commitsPresent(shas) {
+        const result = await this.gitWithInput(['cat-file', '--batch-check=%(objectname) %(objecttype)'], shas.map((s) => `${s}\n`).join(''));
+        const present = new Set();
+        for (const line of result.stdout.split('\n')) {
+            const [sha, type] = line.split(' ');
+            if (type === 'commit')
+                present.add(sha);
+        }
+        return present;
+    }
+    gitWithInput(args, input) {
+        return new Promise((resolve, reject) => {
+            const child = (0,external_node_child_process_namespaceObject.spawn)('git', args, { cwd: this.dir, env: this.gitEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+            let stdout = '';
+            let stderr = '';
+            child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+            child.stderr.setEncoding('utf8').on('data', (d) => (stderr = (stderr + d).slice(-65536)));
+            child.on('error', reject);
+            child.on('close', (code) => resolve({ code, stdout, stderr }));
+            child.stdin.on('error', () => undefined); // git exiting early is reported through its status
+            child.stdin.end(input);
+        });
     }
     /** Total bytes of the files in a commit's tree (what a fresh deploy would need on a VM). */
     async treeBytes(sha) {
@@ -77343,16 +78560,37 @@ class RunnerRepo {
         }
         return total;
     }
-    /** Brings the working tree to exactly `sha`: reset, never merge; untracked and ignored files removed. */
-    async checkout(sha) {
+    /**
+     * Brings the working tree to exactly `sha`: reset, never merge; untracked
+     * and ignored files removed. Under the runner-host lock; on corruption a
+     * managed clone is cloned again and the reset retried once.
+     */
+    checkout(sha) {
+        return this.locked(`reset to ${sha.slice(0, 12)}`, () => this.recovering(() => this.checkoutSteps(sha)));
+    }
+    async checkoutSteps(sha) {
         await this.gitOk(['reset', '--quiet', '--hard', sha], `reset --hard ${sha}`);
         await this.gitOk(['clean', '-ffdxq'], 'clean -ffdx');
     }
     /**
      * Writes a clean export of `sha` (no `.git`, nothing untracked, frozen while
-     * rsync reads it) into the empty directory `dest`, via `git archive | tar -x`.
+     * rsync reads it) into the directory `dest` (absent or empty), via
+     * `git archive | tar -x`. Under the runner-host lock; on corruption a
+     * managed clone is cloned again and the export redone once.
      */
-    async exportTree(sha, dest) {
+    exportTree(sha, dest) {
+        return this.locked(`export of ${sha.slice(0, 12)}`, () => this.recovering(async () => {
+            try {
+                await this.exportSteps(sha, dest);
+            }
+            catch (error) {
+                // A half-written export must not mix into the retry.
+                external_node_fs_default().rmSync(dest, { recursive: true, force: true });
+                throw error;
+            }
+        }));
+    }
+    async exportSteps(sha, dest) {
         external_node_fs_default().mkdirSync(dest, { recursive: true });
         // rsync -p copies the export's modes: the tree root must be 0755 and files
         // 0644/0755 as git records them (git archive's default umask 002 would
@@ -77369,19 +78607,56 @@ class RunnerRepo {
         });
         const [a, t] = await Promise.all([status(archive), status(tar)]);
         if (a.code !== 0 || t.code !== 0) {
-            throw new VmSyncError('git_failed', `export of ${sha} failed: ${lastLine(a.stderr || t.stderr)}`);
+            throw this.failure(`export of ${sha} failed (git archive exited ${a.code}, tar ${t.code})`, [a.stderr, t.stderr].filter((x) => x.trim()).join('\n'));
         }
     }
 }
-function lastLine(text) {
-    const lines = text.trim().split('\n').filter(Boolean);
-    return lines.at(-1) ?? 'no error output';
+const OUTPUT_LINES = 20;
+const OUTPUT_CHARS = 2000;
+/**
+ * git's error output for a message: whole, but bounded (its last
+ * {@link OUTPUT_LINES} distinct lines, at most {@link OUTPUT_CHARS}
+ * characters), with repeated lines counted instead of repeated, terminal
+ * control characters replaced and credentials in URLs masked. The line that
+ * names the culprit ("remove the file manually": which file) is kept.
+ */
+function gitOutput(stderr) {
+    const lines = [];
+    for (const raw of stderr.replace(/\r\n?/g, '\n').split('\n')) {
+        // eslint-disable-next-line no-control-regex
+        const text = anonymizeUrls(raw.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?')).trimEnd();
+        if (text === '')
+            continue;
+        const last = lines.at(-1);
+        if (last?.text === text)
+            last.times++;
+        else
+            lines.push({ text, times: 1 });
+    }
+    if (lines.length === 0)
+        return '(git printed nothing)';
+    const kept = lines.slice(-OUTPUT_LINES);
+    let text = kept.map((l) => (l.times > 1 ? `${l.text} (${l.times} times)` : l.text)).join('\n');
+    if (text.length > OUTPUT_CHARS)
+        text = `…${text.slice(text.length - OUTPUT_CHARS)}`;
+    const cut = lines.length - kept.length;
+    return cut > 0 ? `(${cut} earlier line${cut === 1 ? '' : 's'} cut)\n${text}` : text;
+}
+/** `https://user:token@host/…` → `https://***@host/…`: a URL's credentials never reach a message. */
+function anonymizeUrls(text) {
+    return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
+}
+function escapeRegExp(text) {
+    return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 function timestamp(date = new Date()) {
     return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 }
 
+// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
+var ssh2_lib = __nccwpck_require__(5472);
 ;// CONCATENATED MODULE: ./src/remote/known-hosts.ts
+
 
 const ALGORITHMS = {
     'ssh-ed25519': ['ssh-ed25519'],
@@ -77401,26 +78676,34 @@ function blobType(blob) {
     const len = blob.readUInt32BE(0);
     return blob.length >= 4 + len ? blob.subarray(4, 4 + len).toString('latin1') : null;
 }
-function globMatch(pattern, name) {
-    const regex = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, 'i');
-    return regex.test(name);
+function parsePattern(raw) {
+    const negated = raw.startsWith('!');
+    const text = negated ? raw.slice(1) : raw;
+    if (text.startsWith('|1|')) {
+        const [, , salt, hash] = text.split('|');
+        return salt && hash ? { negated, kind: 'hashed', salt: Buffer.from(salt, 'base64'), hash } : null;
+    }
+    if (!/[*?]/.test(text))
+        return { negated, kind: 'literal', name: text.toLowerCase() };
+    const source = text.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+    return { negated, kind: 'glob', regex: new RegExp(`^${source}$`, 'i') };
 }
 function patternMatches(pattern, name) {
-    if (pattern.startsWith('|1|')) {
-        const [, , salt, hash] = pattern.split('|');
-        if (!salt || !hash)
-            return false;
-        const digest = external_node_crypto_default().createHmac('sha1', Buffer.from(salt, 'base64')).update(name).digest('base64');
-        return digest === hash;
+    switch (pattern.kind) {
+        case 'literal':
+            return pattern.name === name.toLowerCase();
+        case 'glob':
+            return pattern.regex.test(name);
+        case 'hashed':
+            return external_node_crypto_default().createHmac('sha1', pattern.salt).update(name).digest('base64') === pattern.hash;
     }
-    return globMatch(pattern, name);
 }
-/** Whether a comma-separated host field matches `name`, honouring `!negated` patterns. */
+/** Whether a line's host patterns match `name`, honouring `!negated` patterns. */
 function hostMatches(patterns, name) {
     let matched = false;
     for (const pattern of patterns) {
-        if (pattern.startsWith('!')) {
-            if (patternMatches(pattern.slice(1), name))
+        if (pattern.negated) {
+            if (patternMatches(pattern, name))
                 return false;
         }
         else if (patternMatches(pattern, name)) {
@@ -77435,8 +78718,14 @@ function hostMatches(patterns, name) {
  * host certificates, so a CA line must never count as a pinned key).
  */
 class KnownHosts {
-    entries = [];
+    /** Lines whose positive patterns are all plain names, by each of those names (lower case). */
+    byName = new Map();
+    /** Lines with a wildcard or hashed positive pattern: these are tested one by one. */
+    scanned = [];
     constructor(text) {
+        // A fleet's known_hosts has a line per VM and is looked up once per VM:
+        // indexing plain names keeps that linear instead of lines x VMs.
+        let index = 0;
         for (const raw of text.split('\n')) {
             const line = raw.trim();
             if (line === '' || line.startsWith('#'))
@@ -77449,416 +78738,455 @@ class KnownHosts {
             const blob = Buffer.from(key, 'base64');
             if (blobType(blob) !== type)
                 continue; // garbled line: never pins anything
-            this.entries.push({ marker, patterns: hosts.split(','), type, blob });
+            // A malformed hashed name matches nothing: dropping it changes no lookup.
+            const patterns = hosts.split(',').map(parsePattern).filter((p) => p !== null);
+            const entry = { index: index++, marker, patterns, type, blob };
+            const positive = entry.patterns.filter((p) => !p.negated);
+            if (positive.every((p) => p.kind === 'literal')) {
+                for (const name of new Set(positive.map((p) => p.name))) {
+                    const list = this.byName.get(name);
+                    if (list)
+                        list.push(entry);
+                    else
+                        this.byName.set(name, [entry]);
+                }
+            }
+            else {
+                this.scanned.push(entry);
+            }
         }
     }
     /** The name OpenSSH uses for a host and port. */
     static lookupName(host, port) {
         return port === 22 ? host : `[${host}]:${port}`;
     }
-    /** The keys pinned for host:port (revoked ones removed). */
+    /** The keys pinned for host:port (revoked ones removed, and listed apart). */
     pinned(host, port) {
         const name = KnownHosts.lookupName(host, port);
-        const matching = this.entries.filter((e) => hostMatches(e.patterns, name));
+        const candidates = [...(this.byName.get(name.toLowerCase()) ?? []), ...this.scanned];
+        const matching = candidates.filter((e) => hostMatches(e.patterns, name)).sort((x, y) => x.index - y.index);
         const revoked = matching.filter((e) => e.marker === '@revoked').map((e) => e.blob);
-        const keys = matching
-            .filter((e) => e.marker === '' && !revoked.some((r) => r.equals(e.blob)))
-            .map((e) => e);
+        const keys = matching.filter((e) => e.marker === '' && !revoked.some((r) => r.equals(e.blob)));
         const algorithms = [...new Set(keys.flatMap((e) => ALGORITHMS[e.type] ?? []))];
-        return { name, keys: keys.map((e) => e.blob), algorithms };
+        return { name, keys: keys.map((e) => e.blob), algorithms, revoked };
     }
 }
 /** Whether a key the server offered is one of the pinned ones. */
 function isPinned(pinned, offered) {
     return pinned.keys.some((key) => key.equals(offered));
 }
-
-;// CONCATENATED MODULE: ./src/remote/agent-script.ts
+/** Whether a key the server offered matches a `@revoked` line for this host. */
+function isRevoked(pinned, offered) {
+    return pinned.revoked.some((key) => key.equals(offered));
+}
+/** The key type named inside a public key blob ("ssh-ed25519"), or "unknown". */
+function keyType(blob) {
+    return blobType(blob) ?? 'unknown';
+}
+const ALGORITHM_NAME = /^[A-Za-z0-9@._+-]{1,64}$/;
 /**
- * The POSIX sh program vm-sync runs on a VM for everything that is not rsync:
- * probing the target, the lock, publishing a release, pruning. It is a fixed
- * text; values from the config reach it only as positional arguments quoted by
- * {@link agentCommand}, never spliced into the script.
- *
- * Layout on the VM for a target T = P/N:
- *   P/N                          symlink -> .N.vm-sync/releases/<release>   (layout: atomic)
- *   P/.N.vm-sync/releases/<UTC time>-<sha12>/   complete releases, each with .sync_rev
- *   P/.N.vm-sync/releases/<sha>.partial/        a release being staged (resumable)
- *   P/.N.vm-sync/lock/owner                     "<token> <epoch seconds>"
- *   P/.N.vm-sync/previous-<time>                what stood at T before vm-sync managed it
- *
- * Every operation prints `key=value` lines on success; on failure it exits
- * non-zero and the VM's own error text (disk full, permission denied) on
- * stderr is what vm-sync classifies.
+ * Asks a VM which host key algorithms it offers, without restricting them and
+ * without authenticating (the handshake is stopped once the key is seen). Used
+ * only to explain a failed connection whose pinned key types the VM does not
+ * offer: ssh2 then fails with "no matching host key format" and names neither
+ * side. Never rejects; an unreachable VM gives empty answers.
  */
-const AGENT_SCRIPT = `
-set -u
-umask 022
-op=$1
-shift
-die() { printf 'vm-sync: %s\\n' "$*" >&2; exit 3; }
-expand() {
-  # shellcheck disable=SC2088 # a literal "~/" prefix from the config, expanded here
-  case $1 in
-    "~/"*) printf '%s\\n' "$HOME/\${1#"~/"}" ;;
-    *) printf '%s\\n' "$1" ;;
-  esac
+function probeHostKeys(host, port, timeoutMs) {
+    return new Promise((resolve) => {
+        const client = new ssh2_lib.Client();
+        const seen = { algorithms: [], key: null };
+        let settled = false;
+        const finish = () => {
+            if (settled)
+                return;
+            settled = true;
+            client.end();
+            resolve(seen);
+        };
+        client.on('error', finish);
+        client.on('close', finish);
+        client.connect({
+            host,
+            port,
+            username: 'vm-sync-probe',
+            readyTimeout: timeoutMs,
+            // ssh2 reports the server's KEXINIT lists only through its debug hook.
+            debug: (line) => {
+                const prefix = 'Handshake: (remote) Host key format: ';
+                if (!line.startsWith(prefix))
+                    return;
+                seen.algorithms = line.slice(prefix.length).split(',').filter((name) => ALGORITHM_NAME.test(name)).slice(0, 16);
+            },
+            hostVerifier: (key) => {
+                seen.key = key;
+                return false; // the key is all we wanted
+            },
+        });
+    });
 }
-flush() { sync -f "$1" 2>/dev/null || sync; }
-T=$(expand "$1")
-P=$(dirname -- "$T")
-N=$(basename -- "$T")
-S="$P/.$N.vm-sync"
-R="$S/releases"
-L="$S/lock"
-shift
-current_release() {
-  if [ -L "$T" ]; then
-    link=$(readlink -- "$T")
-    case $link in
-      ".$N.vm-sync/releases/"*) printf '%s\\n' "$P/$link" ;;
-    esac
-  fi
+
+;// CONCATENATED MODULE: ./src/scan/settings.ts
+
+
+
+
+/** The file gitleaks reads per-finding exemptions from. */
+const IGNORE_FILE = '.gitleaksignore';
+// gitleaks' built-in rules with its built-in allowlists: what it uses when a
+// repository has no config of its own.
+const DEFAULT_CONFIG = '[extend]\nuseDefault = true\n';
+// Scan settings are small text files; anything bigger is not one.
+const MAX_SETTINGS_BYTES = 1024 * 1024;
+function git(repoDir, args) {
+    return run('git', ['--literal-pathspecs', ...args], {
+        cwd: repoDir,
+        env: { ...process.env, GIT_TERMINAL_PROMPT: '0', LC_ALL: 'C' },
+        maxOutput: 2 * MAX_SETTINGS_BYTES,
+    });
 }
-case $op in
-probe)
-  printf 'target=%s\\n' "$T"
-  if [ -L "$T" ]; then kind=symlink
-  elif [ -d "$T" ]; then kind=dir
-  elif [ -e "$T" ]; then kind=other
-  else kind=absent
-  fi
-  printf 'kind=%s\\n' "$kind"
-  printf 'current=%s\\n' "$(current_release)"
-  if [ -e "$T/.sync_rev" ]; then
-    if rev=$(head -n 1 -- "$T/.sync_rev" 2>/dev/null); then
-      printf 'rev_state=present\\nrev=%s\\n' "$rev"
-    else
-      printf 'rev_state=unreadable\\n'
-    fi
-  else
-    printf 'rev_state=absent\\n'
-  fi
-  printf 'rsync=%s\\n' "$(rsync --version 2>/dev/null </dev/null | head -n 1)"
-  if [ -r "$L/owner" ]; then printf 'lock=%s\\n' "$(head -n 1 -- "$L/owner")"; fi
-  printf 'now=%s\\n' "$(date +%s)"
-  ;;
-lock)
-  token=$1 stale_after=$2
-  mkdir -p -- "$S" || die "cannot create $S"
-  now=$(date +%s)
-  if mkdir -- "$L" 2>/dev/null; then
-    printf '%s %s\\n' "$token" "$now" > "$L/owner" || die "cannot write $L/owner"
-    printf 'lock=acquired\\n'
-    exit 0
-  fi
-  owner=unknown started=
-  if [ -r "$L/owner" ]; then read -r owner started < "$L/owner" || true; fi
-  # Between another run's mkdir and its owner write, fall back to the directory's age.
-  [ -n "$started" ] || started=$(stat -c %Y -- "$L" 2>/dev/null || echo "$now")
-  age=$((now - started))
-  if [ "$age" -gt "$stale_after" ]; then
-    # Take a stale lock over by renaming it away: only one contender can win the rename.
-    if mv -- "$L" "$S/lock.stale.$token" 2>/dev/null; then
-      taken=
-      read -r taken _ < "$S/lock.stale.$token/owner" 2>/dev/null || true
-      if [ "$taken" != "$owner" ] && [ ! -e "$L" ]; then
-        # We raced a fresh lock away: put it back and report it held.
-        mv -- "$S/lock.stale.$token" "$L" 2>/dev/null
-      else
-        rm -rf -- "$S/lock.stale.$token"
-        if mkdir -- "$L" 2>/dev/null; then
-          printf '%s %s\\n' "$token" "$now" > "$L/owner" || die "cannot write $L/owner"
-          printf 'lock=acquired\\nstale_owner=%s\\nstale_age=%s\\n' "$owner" "$age"
-          exit 0
-        fi
-      fi
-    fi
-  fi
-  printf 'lock=held\\nowner=%s\\nage=%s\\n' "$owner" "$age"
-  ;;
-unlock)
-  token=$1 owner=
-  if [ -r "$L/owner" ]; then read -r owner _ < "$L/owner" || true; fi
-  if [ "$owner" = "$token" ]; then rm -rf -- "$L"; printf 'lock=released\\n'
-  else printf 'lock=not-ours\\n'
-  fi
-  ;;
-stage-dir)
-  sha=$1
-  mkdir -p -- "$R" || die "cannot create $R"
-  printf 'stage=%s\\n' "$R/$sha.partial"
-  cur=$(current_release)
-  if [ -n "$cur" ] && [ -d "$cur" ]; then printf 'link_dest=%s\\n' "$cur"
-  elif [ ! -L "$T" ] && [ -d "$T" ]; then printf 'link_dest=%s\\n' "$T"
-  else printf 'link_dest=\\n'
-  fi
-  ;;
-publish)
-  sha=$1 stage=$2
-  [ -d "$stage" ] || die "staged release $stage is missing"
-  printf '%s\\n' "$sha" > "$stage/.sync_rev.tmp" || die "cannot write .sync_rev"
-  mv -f -- "$stage/.sync_rev.tmp" "$stage/.sync_rev" || die "cannot write .sync_rev"
-  flush "$stage"
-  name="$(date -u +%Y%m%dT%H%M%SZ)-$(printf '%s' "$sha" | cut -c1-12)"
-  [ ! -e "$R/$name" ] || name="$name-$$"
-  mv -- "$stage" "$R/$name" || die "cannot rename $stage"
-  if [ -z "$(current_release)" ] && { [ -e "$T" ] || [ -L "$T" ]; }; then
-    # First atomic deploy over something vm-sync did not create: keep it.
-    previous="$S/previous-$(date -u +%Y%m%dT%H%M%SZ)"
-    mv -- "$T" "$previous" || die "cannot move $T aside"
-    printf 'moved_aside=%s\\n' "$previous"
-  fi
-  ln -s -- ".$N.vm-sync/releases/$name" "$S/link.$$" || die "cannot create symlink"
-  mv -f -T -- "$S/link.$$" "$T" || { rm -f -- "$S/link.$$"; die "cannot flip $T"; }
-  flush "$P"
-  printf 'release=%s\\n' "$R/$name"
-  ;;
-inplace-begin)
-  mkdir -p -- "$T" || die "cannot create $T"
-  [ ! -L "$T" ] || die "$T is a symlink (atomic layout): switch layout back to atomic or remove it"
-  # A tree that is being rewritten must not claim any commit.
-  rm -f -- "$T/.sync_rev" || die "cannot remove $T/.sync_rev"
-  printf 'target=%s\\n' "$T"
-  ;;
-inplace-finish)
-  sha=$1
-  printf '%s\\n' "$sha" > "$T/.sync_rev.tmp" || die "cannot write .sync_rev"
-  flush "$T"
-  mv -f -- "$T/.sync_rev.tmp" "$T/.sync_rev" || die "cannot write .sync_rev"
-  flush "$T"
-  printf 'rev=%s\\n' "$sha"
-  ;;
-prune)
-  keep=$1
-  cur=$(current_release)
-  cur=$(basename -- "\${cur:-none}")
-  for p in "$R"/*.partial; do
-    [ -d "$p" ] && rm -rf -- "$p" && printf 'pruned=%s\\n' "$(basename -- "$p")"
-  done
-  for d in "$R"/*; do
-    [ -d "$d" ] && printf '%s\\n' "$(basename -- "$d")"
-  done | sort -r | tail -n +"$((keep + 1))" | while IFS= read -r name; do
-    [ "$name" = "$cur" ] && continue
-    rm -rf -- "\${R:?}/$name" && printf 'pruned=%s\\n' "$name"
-  done
-  ;;
-post)
-  sha=$1 cmd=$2
-  cd -- "$T" || die "cannot enter $T"
-  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
-  ;;
-doctor)
-  # Can a deploy create its state directory and flip the target here?
-  d=$P
-  while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
-  printf 'parent=%s\\nexisting=%s\\n' "$P" "$d"
-  if [ -d "$d" ] && [ -w "$d" ]; then printf 'writable=1\\n'; else printf 'writable=0\\n'; fi
-  printf 'avail_kb=%s\\n' "$(df -Pk -- "$d" 2>/dev/null | awk 'NR == 2 { print $4 }')"
-  ;;
-*)
-  die "unknown operation $op"
-  ;;
-esac
-`;
-/** Quotes one word for a POSIX shell: the only way config values reach a VM's shell. */
-function shellQuote(word) {
-    return `'${word.replace(/'/g, `'\\''`)}'`;
-}
-/** The command line that runs one agent operation: `sh -c SCRIPT vm-sync OP TARGET ARGS...`. */
-function agentCommand(op, target, ...args) {
-    return ['sh', '-c', AGENT_SCRIPT, 'vm-sync', op, target, ...args].map(shellQuote).join(' ');
-}
-/** Parses the `key=value` lines an agent operation prints (a repeated key keeps every value). */
-function parseAgentOutput(stdout) {
-    const out = new Map();
-    for (const line of stdout.split('\n')) {
-        const eq = line.indexOf('=');
-        if (eq <= 0)
-            continue;
-        const key = line.slice(0, eq);
-        out.set(key, [...(out.get(key) ?? []), line.slice(eq + 1)]);
+/** A file of a commit read from git's object store (never from a working tree), or null when the commit has none. */
+async function fileAt(repoDir, commit, file) {
+    const listed = await git(repoDir, ['ls-tree', '-l', '-z', commit, '--', file]);
+    if (listed.code !== 0)
+        throw new VmSyncError('git_failed', `git ls-tree ${commit.slice(0, 12)} -- ${file} failed in ${repoDir}: ${listed.stderr.trim().split('\n').pop()}`);
+    const entry = listed.stdout.split('\0').find((e) => e.endsWith(`\t${file}`));
+    if (!entry)
+        return null;
+    const [mode, type, oid, size] = entry.split('\t')[0].split(/\s+/);
+    if (type !== 'blob' || (mode !== '100644' && mode !== '100755')) {
+        throw new VmSyncError('config_invalid', `${file} in commit ${commit.slice(0, 12)} is not a regular file (git mode ${mode}): the secret scan reads its settings only from regular files.`);
     }
-    return out;
+    if (Number(size) > MAX_SETTINGS_BYTES) {
+        throw new VmSyncError('config_invalid', `${file} in commit ${commit.slice(0, 12)} is ${size} bytes: scan settings larger than 1 MiB are refused.`);
+    }
+    const blob = await git(repoDir, ['cat-file', 'blob', oid]);
+    if (blob.code !== 0 || Buffer.byteLength(blob.stdout) !== Number(size)) {
+        throw new VmSyncError('git_failed', `cannot read ${file} of commit ${commit.slice(0, 12)} from ${repoDir}.`);
+    }
+    return { path: file, oid, text: blob.stdout };
+}
+/** The scan settings of `commit` (null: none, gitleaks' defaults). */
+async function settingsAt(repoDir, commit, configPath) {
+    if (commit === null)
+        return { commit: null, config: null, ignore: null };
+    return { commit, config: await fileAt(repoDir, commit, configPath), ignore: await fileAt(repoDir, commit, IGNORE_FILE) };
+}
+/**
+ * Writes settings into `dir` (private to this scan) and returns them in the
+ * form gitleaks takes. A commit without a config gets gitleaks' defaults,
+ * written out, because without `--config` gitleaks would read the
+ * `.gitleaks.toml` of the tree it scans.
+ */
+function writeSettings(dir, settings) {
+    const ignoreDir = external_node_path_default().join(dir, 'ignore');
+    external_node_fs_default().mkdirSync(ignoreDir, { recursive: true, mode: 0o700 });
+    const configFile = external_node_path_default().join(dir, 'gitleaks.toml');
+    external_node_fs_default().writeFileSync(configFile, settings.config?.text ?? DEFAULT_CONFIG, { mode: 0o600 });
+    if (settings.ignore)
+        external_node_fs_default().writeFileSync(external_node_path_default().join(ignoreDir, IGNORE_FILE), settings.ignore.text, { mode: 0o600 });
+    return { configFile, ignoreDir };
+}
+/**
+ * The entries of a `.gitleaksignore`, normalised as gitleaks does: comments
+ * and blank lines dropped, backslashes in the file part made slashes.
+ */
+function parseIgnore(text) {
+    const entries = new Set();
+    for (const raw of (text ?? '').split('\n')) {
+        const line = raw.trim();
+        if (line === '' || line.startsWith('#'))
+            continue;
+        const parts = line.split(':');
+        if (parts.length === 3)
+            parts[0] = parts[0].replace(/\\/g, '/');
+        else if (parts.length === 4)
+            parts[1] = parts[1].replace(/\\/g, '/');
+        entries.add(parts.join(':'));
+    }
+    return entries;
+}
+/** A fingerprint without its commit: `file:rule:line`. */
+function globalFingerprint(fingerprint) {
+    return fingerprint.replace(/^[0-9a-f]{40}:/, '');
+}
+/** Whether an ignore list exempts a finding, by its fingerprint or its commit-less form (gitleaks' rule). */
+function isIgnored(entries, finding) {
+    return entries.has(finding.fingerprint) || entries.has(globalFingerprint(finding.fingerprint));
+}
+/** The settings files that differ between the trusted commit and the commit being deployed. */
+function settingsChanges(trusted, head) {
+    const changes = [];
+    for (const key of ['config', 'ignore']) {
+        const before = trusted[key];
+        const after = head[key];
+        if (!before && after)
+            changes.push({ path: after.path, change: 'added' });
+        else if (before && !after)
+            changes.push({ path: before.path, change: 'deleted' });
+        else if (before && after && before.oid !== after.oid)
+            changes.push({ path: after.path, change: 'modified' });
+    }
+    return changes;
 }
 
-;// CONCATENATED MODULE: ./src/remote/classify.ts
+;// CONCATENATED MODULE: ./src/scan/coverage.ts
+
+
+
+
+
+
+
+const COMPRESSED = new Set(['gz', 'bz2', 'xz', 'zst']);
 /**
- * Failure codes from what the VM's shell or rsync wrote to stderr. Ordered:
- * the first match wins, and the specific ones (disk full) come before the
- * generic ones (permission) because rsync often prints both.
+ * The archive format of a file, by its first bytes, or null. gitleaks only
+ * opens archives whose *name* says what they are (`.tgz`, `.jar` are skipped
+ * as binary), so the second pass names them by content. For gzip, the start
+ * is inflated to tell a tarball from a single compressed file.
  */
-const STDERR_RULES = [
-    [/No space left on device|Disk quota exceeded|ENOSPC/i, 'storage_full'],
-    [/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|Host denied \(verification failed\)/i, 'host_key_mismatch'],
-    [/Permission denied \(publickey|All configured authentication methods failed|Too many authentication failures/i, 'auth_failed'],
-    [/rsync: (command )?not found|rsync: No such file or directory|sh: \d*:? ?rsync: not found|bash: (line \d+: )?rsync: command not found/i, 'remote_rsync_missing'],
-    [/Permission denied|Read-only file system|Operation not permitted/i, 'permission_denied'],
-    [/timed out|timeout/i, 'timeout'],
-    [/Connection refused|Connection reset|Connection closed|connection unexpectedly closed|Broken pipe|No route to host|Network is unreachable|SSH connection to .* lost/i, 'unreachable'],
-];
-/** The failure code that stderr text points to, or null when nothing matches. */
-function codeFromStderr(stderr) {
-    for (const [pattern, code] of STDERR_RULES)
-        if (pattern.test(stderr))
-            return code;
+function sniffArchive(file) {
+    const head = Buffer.alloc(64 * 1024);
+    let b;
+    try {
+        const fd = external_node_fs_default().openSync(file, 'r');
+        try {
+            b = head.subarray(0, external_node_fs_default().readSync(fd, head, 0, head.length, 0));
+        }
+        finally {
+            external_node_fs_default().closeSync(fd);
+        }
+    }
+    catch {
+        return null;
+    }
+    const starts = (...bytes) => bytes.every((v, i) => b[i] === v);
+    const isTar = (buf) => buf.length >= 262 && buf.toString('latin1', 257, 262) === 'ustar';
+    if (starts(0x50, 0x4b, 0x03, 0x04) || starts(0x50, 0x4b, 0x05, 0x06))
+        return 'zip';
+    if (starts(0x1f, 0x8b)) {
+        try {
+            return isTar(external_node_zlib_default().gunzipSync(b, { finishFlush: (external_node_zlib_default()).constants.Z_SYNC_FLUSH })) ? 'tar.gz' : 'gz';
+        }
+        catch {
+            return 'gz';
+        }
+    }
+    if (starts(0x42, 0x5a, 0x68))
+        return 'bz2';
+    if (starts(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00))
+        return 'xz';
+    if (starts(0x28, 0xb5, 0x2f, 0xfd))
+        return 'zst';
+    if (starts(0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c))
+        return '7z';
+    if (starts(0x52, 0x61, 0x72, 0x21, 0x1a, 0x07))
+        return 'rar';
+    if (isTar(b))
+        return 'tar';
     return null;
 }
 /**
- * The few lines of a failed command's stderr worth showing: the first line
- * that explains the classification (rsync often prints it long before its
- * closing "rsync error: ..." line), then the last line.
+ * The name a skipped file gets in the second pass: its own base name (so
+ * rules that look at file names still apply), then, if a path allowlist
+ * still matches that, a neutral one. Archives are named after their format;
+ * a compressed file that turns out to hold a tarball is renamed `.tar.*`.
  */
-function stderrSummary(stderr) {
-    const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
-    const rule = STDERR_RULES.find(([pattern]) => pattern.test(stderr));
-    const cause = rule ? lines.find((l) => rule[0].test(l)) : undefined;
-    const last = lines.at(-1);
-    return [...new Set([cause, last].filter((l) => Boolean(l)))].join(' | ');
+function nameFor(entry) {
+    if (entry.archive)
+        return entry.attempt === 0 || !COMPRESSED.has(entry.archive) ? `archive.${entry.archive}` : `archive.tar.${entry.archive}`;
+    const base = external_node_path_default().basename(entry.original);
+    // A name that findings would show escaped could not be mapped back: use the neutral one at once.
+    return entry.attempt === 0 && printable(base) === base ? base : 'content';
 }
-/**
- * Classifies a failed rsync run. The exit code alone is ambiguous (255 is a
- * dropped connection and also a rejected host key; 12 is a lost connection and
- * also a missing remote rsync), so stderr decides first and the code only
- * breaks ties.
- */
-function classifyRsyncFailure(exitCode, stderr) {
-    const fromText = codeFromStderr(stderr);
-    if (fromText)
-        return fromText;
-    switch (exitCode) {
-        case 10: // socket I/O
-        case 12: // protocol data stream (connection dropped)
-        case 255:
-            return 'unreachable';
-        case 30: // timeout in data send/receive
-        case 35: // timeout waiting for daemon connection
-            return 'timeout';
-        case 127:
-            return 'remote_rsync_missing';
+/** `rel` inside `root` (never outside it), or null. */
+function inside(root, rel) {
+    const full = external_node_path_default().resolve(root, rel);
+    return full === root || full.startsWith(`${root}${(external_node_path_default()).sep}`) ? full : null;
+}
+function coverage_lstat(file) {
+    try {
+        return external_node_fs_default().lstatSync(file);
+    }
+    catch {
+        return null;
+    }
+}
+/** Every regular file under `dir` (symlinks are deployed as links: they carry no content of their own). */
+function filesUnder(dir, rel) {
+    const out = [];
+    const walk = (abs, relDir) => {
+        for (const entry of external_node_fs_default().readdirSync(abs, { withFileTypes: true })) {
+            const childRel = relDir === '.' ? entry.name : `${relDir}/${entry.name}`;
+            if (entry.isDirectory())
+                walk(external_node_path_default().join(abs, entry.name), childRel);
+            else if (entry.isFile())
+                out.push(childRel);
+        }
+    };
+    walk(dir, rel);
+    return out;
+}
+const ENTRIES_SKIPPED = 'entries inside it were skipped by a path allowlist (images, lock files, node_modules/, vendor/ ...)';
+/** What a skip that cannot be undone by renaming means for the report. */
+function unscannedFor(skip, at, isArchive) {
+    switch (skip.kind) {
+        case 'allowlist-dir':
+        case 'allowlist-file':
+            return isArchive ? { path: at, reason: 'archive', detail: ENTRIES_SKIPPED } : { path: at, reason: 'allowlisted', detail: 'a path allowlist of the scan settings matches it under every name tried' };
+        case 'binary':
+            return /zip|gzip|x-tar|bzip|x-xz|zstd|7z|rar|java-archive/.test(skip.detail)
+                ? { path: at, reason: 'archive', detail: `an archive inside an archive, under a name gitleaks does not open (${skip.detail})` }
+                : { path: at, reason: 'binary', detail: `binary file (${skip.detail})` };
+        case 'archive-depth':
+        case 'archive-unknown':
+            return { path: at, reason: 'archive', detail: skip.detail };
+        case 'too-large':
+            return { path: at, reason: 'too_large', detail: skip.detail };
         default:
-            return 'rsync_failed';
+            return { path: at, reason: 'unreadable', detail: skip.detail };
     }
-}
-const NETWORK_ERRNO = new Set([
-    'ECONNREFUSED', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED',
-]);
-/** Classifies an error from ssh2/node-ssh while connecting. */
-function classifyConnectError(error, hostKeyRejected) {
-    if (hostKeyRejected)
-        return 'host_key_mismatch';
-    const err = error;
-    if (err.level === 'client-authentication')
-        return 'auth_failed';
-    if (err.level === 'client-timeout' || err.code === 'ETIMEDOUT')
-        return 'timeout';
-    if (err.code && NETWORK_ERRNO.has(err.code))
-        return 'unreachable';
-    const message = err.message ?? '';
-    if (/Timed out while waiting for handshake/i.test(message))
-        return 'timeout';
-    if (/passphrase|Cannot parse privateKey|Unsupported key format/i.test(message))
-        return 'auth_failed';
-    return codeFromStderr(message) ?? 'unreachable';
-}
-
-;// CONCATENATED MODULE: ./src/remote/target.ts
-
-
-
-
-
-/** A token that names this run as a lock owner: host, pid and randomness, no spaces. */
-function lockToken() {
-    return `${external_node_os_default().hostname().replace(/[^A-Za-z0-9_.-]/g, '_')}:${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
 }
 /**
- * The deploy target on one VM, driven through the agent script over the VM's
- * session. Each method is one remote command; a failure becomes a
- * {@link VmSyncError} classified from what the VM printed.
+ * Scans the deployed tree so that nothing in it escapes: gitleaks' default
+ * config skips whole paths (node_modules/, vendor/, lock files, go.sum,
+ * images, fonts, `.gitleaks.toml` ...) and archives whose name it does not
+ * know. Pass 1 scans the export as it is; every file it skipped by a path
+ * allowlist, and every archive it skipped as binary, is scanned again from a
+ * private directory of hard links with neutral names (`<n>/<base name>`,
+ * then `<n>/content`; archives as `archive.<format>`), and the findings are
+ * mapped back to the real path and fingerprint (`file:rule:line`). gitleaks
+ * cannot apply `.gitleaksignore` to the renamed files, so the trusted ignore
+ * list is applied here. Whatever still could not be scanned is returned with
+ * the reason.
+ *
+ * Findings that gitleaks dropped because of an ignore list other than the
+ * trusted one (it always loads the scanned tree's own `.gitleaksignore`) are
+ * restored from its log.
  */
-class RemoteTarget {
-    session;
-    path;
-    commandTimeoutMs;
-    signal;
-    constructor(session, 
-    /** The target path as configured (`~/app` or absolute). */
-    path, commandTimeoutMs, signal) {
-        this.session = session;
-        this.path = path;
-        this.commandTimeoutMs = commandTimeoutMs;
-        this.signal = signal;
+async function scanTree(binary, exportDir, settings, ignore, limits) {
+    const root = external_node_path_default().resolve(exportDir);
+    const first = await runGitleaks(binary, { mode: 'dir', root }, settings, limits);
+    const findings = [...first.findings];
+    for (const fingerprint of first.suppressed) {
+        if (!isIgnored(ignore, { fingerprint }))
+            findings.push(findingFromFingerprint(fingerprint, 'tree'));
     }
-    async op(op, ...args) {
-        const result = await this.session.exec(agentCommand(op, this.path, ...args), this.commandTimeoutMs, this.signal);
-        if (result.code !== 0) {
-            const text = result.stderr.trim() || result.stdout.trim() || `exit ${result.code}`;
-            const code = codeFromStderr(text) ?? 'remote_command_failed';
-            throw new VmSyncError(code, `${op} on ${this.session.vm.id} failed: ${text.split('\n').slice(-2).join(' | ')}`);
+    const unscanned = [];
+    const rescans = new Map();
+    const queue = (rel, file, archive) => {
+        if (!rescans.has(rel))
+            rescans.set(rel, { original: rel, file, archive, attempt: 0 });
+    };
+    for (const skip of first.skips) {
+        const full = inside(root, skip.path);
+        const stat = full ? coverage_lstat(full) : null;
+        if (skip.kind === 'allowlist-dir' && full && stat?.isDirectory()) {
+            for (const rel of filesUnder(full, skip.path))
+                queue(rel, external_node_path_default().join(root, rel), sniffArchive(external_node_path_default().join(root, rel)));
         }
-        return parseAgentOutput(result.stdout);
+        else if (full && stat?.isFile()) {
+            // A file of the tree itself (not an entry inside an archive).
+            const archive = sniffArchive(full);
+            if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive))
+                queue(skip.path, full, archive);
+            else
+                unscanned.push(unscannedFor(skip, skip.path, archive !== null));
+        }
+        else if (skip.path.includes('!')) {
+            unscanned.push(unscannedFor(skip, skip.path, true));
+        }
     }
-    async probe() {
-        const out = await this.op('probe');
-        const one = (key) => out.get(key)?.[0] ?? '';
-        if (one('rev_state') === 'unreadable') {
-            throw new VmSyncError('sentinel_unreadable', `${one('target')}/.sync_rev on ${this.session.vm.id} exists but cannot be read: fix its permissions (it must be readable by ${this.session.vm.user}).`);
-        }
-        return {
-            target: one('target'),
-            kind: (one('kind') || 'absent'),
-            currentRelease: one('current') || null,
-            rev: one('rev_state') === 'present' ? one('rev') : null,
-            rsyncVersion: one('rsync') || null,
-            lock: one('lock') || null,
-            now: Number(one('now')) || 0,
+    let pending = [...rescans.values()];
+    for (let round = 0; pending.length > 0 && round < 2; round++) {
+        const result = await rescan(binary, pending, settings, limits);
+        for (const f of result.findings)
+            if (!isIgnored(ignore, f))
+                findings.push(f);
+        unscanned.push(...result.unscanned);
+        pending = result.retry.map((entry) => ({ ...entry, attempt: entry.attempt + 1 }));
+    }
+    const seenFindings = new Map(findings.map((f) => [f.fingerprint || `${f.file}:${f.rule}:${f.line}`, f]));
+    const seenUnscanned = new Map(unscanned.map((u) => [`${u.path}\0${u.reason}`, { ...u, path: printable(u.path) }]));
+    return {
+        findings: [...seenFindings.values()],
+        unscanned: [...seenUnscanned.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
+        extended: first.extended,
+    };
+}
+/** One second-pass round over `entries`: findings mapped back, what is still skipped, and what to try under another name. */
+async function rescan(binary, entries, settings, limits) {
+    const view = makeScratchDir('scanview');
+    const unscanned = [];
+    const retry = [];
+    try {
+        // No ignore list in the view: the renamed paths match none; the caller applies the trusted one.
+        const empty = external_node_path_default().join(view, 'no-ignore');
+        const scanRoot = external_node_path_default().join(view, 'v');
+        external_node_fs_default().mkdirSync(empty);
+        external_node_fs_default().mkdirSync(scanRoot);
+        const names = entries.map(nameFor);
+        entries.forEach((entry, i) => {
+            const target = external_node_path_default().join(scanRoot, String(i), names[i]);
+            external_node_fs_default().mkdirSync(external_node_path_default().dirname(target));
+            try {
+                // A hard link costs nothing and cannot change under the scan; a copy when the export is on another filesystem.
+                external_node_fs_default().linkSync(entry.file, target);
+            }
+            catch {
+                try {
+                    external_node_fs_default().copyFileSync(entry.file, target);
+                }
+                catch (error) {
+                    unscanned.push({ path: entry.original, reason: 'unreadable', detail: error.code ?? 'cannot read' });
+                }
+            }
+        });
+        const result = await runGitleaks(binary, { mode: 'dir', root: scanRoot }, { configFile: settings.configFile, ignoreDir: empty }, limits);
+        // `<n>/<name>` or `<n>/<name>!entry...` -> the entry and the part inside it.
+        const locate = (at) => {
+            const slash = at.indexOf('/');
+            const index = Number(slash < 0 ? at : at.slice(0, slash));
+            const entry = entries[index];
+            if (!Number.isInteger(index) || !entry)
+                return null;
+            const rest = slash < 0 ? '' : at.slice(slash + 1);
+            if (rest === '' || rest === names[index])
+                return { entry, index, inner: '' };
+            return rest.startsWith(`${names[index]}!`) ? { entry, index, inner: rest.slice(names[index].length) } : null;
         };
-    }
-    async lock(token, staleAfterS) {
-        const out = await this.op('lock', token, String(staleAfterS));
-        if (out.get('lock')?.[0] === 'acquired')
-            return { held: false, staleOwner: out.get('stale_owner')?.[0] ?? null };
-        return { held: true, owner: out.get('owner')?.[0] ?? 'unknown', ageS: Number(out.get('age')?.[0] ?? 0) };
-    }
-    /** Releases the lock if this run still owns it; never removes another run's lock. */
-    async unlock(token) {
-        return (await this.op('unlock', token)).get('lock')?.[0] === 'released';
-    }
-    /** Creates the releases directory; returns where to stage and what to hard-link from. */
-    async stageDir(sha) {
-        const out = await this.op('stage-dir', sha);
-        return { stage: out.get('stage')?.[0] ?? '', linkDest: out.get('link_dest')?.[0] || null };
-    }
-    /** Writes `.sync_rev` into the staged release, renames it complete and flips the symlink. */
-    async publish(sha, stage) {
-        const out = await this.op('publish', sha, stage);
-        return { release: out.get('release')?.[0] ?? '', movedAside: out.get('moved_aside')?.[0] ?? null };
-    }
-    async inPlaceBegin() {
-        await this.op('inplace-begin');
-    }
-    async inPlaceFinish(sha) {
-        await this.op('inplace-finish', sha);
-    }
-    /** Removes releases beyond `keep` (never the current one) and abandoned partial stages. */
-    async prune(keep) {
-        return (await this.op('prune', String(keep))).get('pruned') ?? [];
-    }
-    /** Whether a deploy could write beside the target, and the free space there. */
-    async writability() {
-        const out = await this.op('doctor');
-        const one = (key) => out.get(key)?.[0] ?? '';
-        const kb = Number(one('avail_kb'));
-        return { parent: one('parent'), existing: one('existing'), writable: one('writable') === '1', availableKb: one('avail_kb') && Number.isFinite(kb) ? kb : null };
-    }
-    /** Runs the configured post-sync command in the target directory. */
-    async postSync(sha, command) {
-        const result = await this.session.exec(agentCommand('post', this.path, sha, command), this.commandTimeoutMs, this.signal);
-        if (result.code !== 0) {
-            const tail = (result.stderr.trim() || result.stdout.trim()).split('\n').slice(-3).join(' | ');
-            throw new VmSyncError('post_sync_failed', `post_sync_command exited ${result.code} on ${this.session.vm.id}: ${tail || 'no output'}. The new release is live; fix the command and run sync --force to run it again.`);
+        const findings = [];
+        for (const f of result.findings) {
+            const where = locate(f.file);
+            if (!where)
+                continue;
+            const file = printable(`${where.entry.original}${where.inner}`);
+            findings.push({ ...f, file, fingerprint: `${file}:${f.rule}:${f.line}` });
         }
+        const retried = new Set();
+        for (const skip of result.skips) {
+            const targets = skip.path === '.' ? entries.map((entry, index) => ({ entry, index, inner: '' })) : [locate(skip.path)];
+            for (const where of targets) {
+                if (!where || retried.has(where.index))
+                    continue;
+                const { entry, inner } = where;
+                const own = inner === '';
+                const renameHelps = own &&
+                    entry.attempt === 0 &&
+                    ((!entry.archive && (skip.kind === 'allowlist-file' || skip.kind === 'allowlist-dir')) ||
+                        (entry.archive !== null && COMPRESSED.has(entry.archive) && skip.kind === 'binary' && skip.detail === 'application/x-tar'));
+                if (renameHelps) {
+                    retried.add(where.index);
+                    retry.push(entry);
+                }
+                else {
+                    unscanned.push(unscannedFor(skip, `${entry.original}${inner}`, own ? entry.archive !== null : skip.kind.startsWith('allowlist')));
+                }
+            }
+        }
+        return { findings, unscanned, retry };
+    }
+    finally {
+        external_node_fs_default().rmSync(view, { recursive: true, force: true });
     }
 }
 
@@ -77868,60 +79196,173 @@ class RemoteTarget {
 
 
 
-/**
- * The scan settings from the deployed commit's tree: its `.gitleaksignore`, and
- * its gitleaks config (absent default file: gitleaks' built-in rules; a
- * configured non-default path must exist).
- */
-function settingsFrom(root, configPath) {
-    const file = external_node_path_default().join(root, configPath);
-    if (external_node_fs_default().existsSync(file))
-        return { ignoreDir: root, configFile: file };
-    if (configPath !== '.gitleaks.toml') {
-        throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${configPath}' does not exist in the commit being deployed.`);
-    }
-    return { ignoreDir: root, configFile: null };
+
+
+
+
+/** The most unscanned entries a report lists (the count is always complete). */
+const MAX_UNSCANNED_LISTED = 1000;
+async function absoluteGitDir(repoDir) {
+    const result = await run('git', ['rev-parse', '--absolute-git-dir'], { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' } });
+    if (result.code !== 0)
+        throw new VmSyncError('git_failed', `${repoDir} is not a git repository: ${result.stderr.trim()}`);
+    return result.stdout.trim();
 }
+const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 /**
  * Scans the commits being deployed and the exact tree being deployed with
  * gitleaks, failing closed: our own count of the commits must be matched by
- * what gitleaks says it scanned, and any gitleaks failure is an error.
+ * what gitleaks says it scanned, any gitleaks failure is an error, and a scan
+ * that runs out of `timeout_s` is an error.
+ *
+ * The scan settings (gitleaks config, `.gitleaksignore`) come from
+ * `plan.trusted`, a commit the scanned change cannot have written, never
+ * from the commit under scan: a change to them takes effect from the next
+ * deploy. Such a change is reported, and when it would hide findings that
+ * the trusted settings report, reported as a weakening.
+ *
+ * Every deployed file is scanned: what gitleaks' path allowlists skip is
+ * scanned again under neutral names (see {@link scanTree}), and what still
+ * cannot be scanned (binaries, archives gitleaks cannot open) is reported.
  */
 async function runSecretScan(inputs) {
     const { settings, plan, events } = inputs;
+    const limits = { deadline: Date.now() + settings.timeoutS * 1000, timeoutS: settings.timeoutS, signal: inputs.signal };
     const binary = locateGitleaks(settings.gitleaksPath);
-    const findings = [];
-    let commitsScanned = 0;
     events.info(null, `secret scan: ${plan.description}`);
-    // Settings come from the commit being deployed; with no tree (nothing to deploy), from the checkout.
-    const scanSettings = settingsFrom(inputs.exportDir ?? inputs.repoDir, settings.configPath);
-    if (plan.commits && plan.commits.count > 0) {
-        const result = await runGitleaks(binary, { mode: 'git', root: inputs.repoDir, selection: plan.commits.selection }, scanSettings, inputs.signal);
-        // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-        // scan that saw no commits where some add text is not a pass. (Commits
-        // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-        const withText = await inputs.countCommitsAddingText(plan.commits.selection);
-        const scanned = result.commitsScanned;
-        if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
-            throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
+    if (!plan.head) {
+        return {
+            description: plan.description,
+            commits_scanned: 0,
+            tree_scanned: false,
+            findings: [],
+            blocked: false,
+            unscanned: [],
+            unscanned_count: 0,
+            configuration: { commit: null, reason: plan.trusted.reason, files: [], changed: [], weakening: [] },
+        };
+    }
+    await checkGitleaksLogs(binary, limits);
+    const trusted = await settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath);
+    const head = await settingsAt(inputs.repoDir, plan.head, settings.configPath);
+    if (!trusted.config && !head.config && settings.configPath !== '.gitleaks.toml') {
+        throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${settings.configPath}' does not exist in the commit being deployed.`);
+    }
+    const changed = settingsChanges(trusted, head);
+    const files = [trusted.config?.path, trusted.ignore?.path].filter((f) => !!f);
+    const from = trusted.commit ? trusted.commit.slice(0, 12) : null;
+    events.info(null, `secret scan: settings from ${from ? `commit ${from} (${plan.trusted.reason})` : plan.trusted.reason}: ${files.length ? files.join(', ') : "gitleaks' defaults"}`);
+    for (const c of changed) {
+        events.info(null, `secret scan: this change ${c.change === 'added' ? 'adds' : c.change === 'deleted' ? 'deletes' : 'modifies'} ${c.path}: it takes effect from the next deploy; this one is scanned with the settings of ${from ?? "gitleaks' defaults"}`);
+    }
+    const privateDir = makeScratchDir('scansettings');
+    try {
+        const ignore = parseIgnore(trusted.ignore?.text);
+        const outcome = await scanWith(inputs, binary, writeSettings(external_node_path_default().join(privateDir, 'trusted'), trusted), ignore, limits, true);
+        const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, external_node_path_default().join(privateDir, 'candidate'), limits) : [];
+        for (const sentence of weakening)
+            events.info(null, `secret scan: WARNING: this change weakens the scan settings: ${sentence}`);
+        const { findings, commitsScanned, unscanned } = outcome;
+        const blocked = findings.length > 0 && settings.blockOnSecrets;
+        for (const finding of findings)
+            events.info(null, `secret scan: ${blocked ? 'BLOCKING' : 'found'}: ${findings_describeFinding(finding)}`);
+        if (unscanned.length > 0) {
+            const shown = unscanned.slice(0, 5).map((u) => `${u.path} (${u.detail})`);
+            events.info(null, `secret scan: ${plural(unscanned.length, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned: ${shown.join('; ')}${unscanned.length > shown.length ? '; ...' : ''}`);
         }
-        commitsScanned = scanned;
-        findings.push(...result.findings);
+        if (findings.length > 0 && !settings.blockOnSecrets) {
+            events.info(null, `WARNING: ${findings.length} possible secret(s) found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
+        }
+        else if (findings.length === 0) {
+            events.info(null, `secret scan: clean (${commitsScanned} commit(s)${inputs.exportDir ? ' and the deployed tree' : ''})`);
+        }
+        return {
+            description: plan.description,
+            commits_scanned: commitsScanned,
+            tree_scanned: inputs.exportDir !== null,
+            findings,
+            blocked,
+            unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
+            unscanned_count: unscanned.length,
+            configuration: { commit: trusted.commit, reason: plan.trusted.reason, files, changed, weakening },
+        };
     }
+    finally {
+        external_node_fs_default().rmSync(privateDir, { recursive: true, force: true });
+    }
+}
+/** The commits and the tree scanned with one set of settings. `strict`: the trusted run, whose coverage is enforced. */
+async function scanWith(inputs, binary, files, ignore, limits, strict) {
+    const { plan } = inputs;
+    const findings = [];
+    const extended = [];
+    let commitsScanned = 0;
+    if (plan.commits && plan.commits.count > 0) {
+        const gitDir = await absoluteGitDir(inputs.repoDir);
+        const result = await runGitleaks(binary, { mode: 'git', gitDir, selection: plan.commits.selection }, files, limits);
+        if (strict) {
+            // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+            // scan that saw no commits where some add text is not a pass. (Commits
+            // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+            const withText = await inputs.countCommitsAddingText(plan.commits.selection);
+            const scanned = result.commitsScanned;
+            if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
+                throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
+            }
+            commitsScanned = scanned;
+        }
+        findings.push(...result.findings);
+        for (const fingerprint of result.suppressed)
+            if (!isIgnored(ignore, { fingerprint }))
+                findings.push(findingFromFingerprint(fingerprint, 'commits'));
+        extended.push(...result.extended);
+    }
+    let unscanned = [];
     if (inputs.exportDir) {
-        const result = await runGitleaks(binary, { mode: 'dir', root: inputs.exportDir }, scanSettings, inputs.signal);
-        findings.push(...result.findings);
+        const tree = await scanTree(binary, inputs.exportDir, files, ignore, limits);
+        findings.push(...tree.findings);
+        unscanned = tree.unscanned;
+        extended.push(...tree.extended);
     }
-    const blocked = findings.length > 0 && settings.blockOnSecrets;
-    for (const finding of findings)
-        events.info(null, `secret scan: ${blocked ? 'BLOCKING' : 'found'}: ${findings_describeFinding(finding)}`);
-    if (findings.length > 0 && !settings.blockOnSecrets) {
-        events.info(null, `WARNING: ${findings.length} possible secret(s) found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
+    // gitleaks resolves a relative `[extend] path` against the directory it
+    // scans: the trusted config would then read a file the scanned tree controls.
+    const relative = extended.filter((p) => !external_node_path_default().isAbsolute(p));
+    if (strict && relative.length > 0) {
+        throw new VmSyncError('config_invalid', `the trusted gitleaks config extends '${relative[0]}', a relative path that gitleaks reads from the tree under scan, so the commit being scanned could change its own scan: copy that file's rules into ${inputs.settings.configPath}, or extend an absolute path on the runner host.`);
     }
-    else if (findings.length === 0) {
-        events.info(null, `secret scan: clean (${commitsScanned} commit(s)${inputs.exportDir ? ' and the deployed tree' : ''})`);
+    return { findings, commitsScanned, unscanned };
+}
+/**
+ * How the settings the change brings would weaken the scan: new
+ * `.gitleaksignore` entries, and findings of this scan that the new settings
+ * would no longer report (found by scanning again with them, only when there
+ * are findings to lose). Failing to evaluate is reported, never fatal.
+ */
+async function weakeningOf(inputs, binary, change, dir, limits) {
+    const out = [];
+    const before = parseIgnore(change.trusted.ignore?.text);
+    const after = parseIgnore(change.head.ignore?.text);
+    const added = [...after].filter((entry) => !before.has(entry));
+    if (change.changed.some((c) => c.path === IGNORE_FILE) && added.length > 0) {
+        const hidden = change.findings.filter((f) => isIgnored(after, f));
+        out.push(`${IGNORE_FILE} gains ${plural(added.length, 'entry', 'entries')}${hidden.length ? `, which would hide ${plural(hidden.length, 'finding')} of this scan` : ''}`);
     }
-    return { description: plan.description, commits_scanned: commitsScanned, tree_scanned: inputs.exportDir !== null, findings, blocked };
+    if (change.changed.some((c) => c.path !== IGNORE_FILE) && change.findings.length > 0) {
+        try {
+            const candidate = await scanWith(inputs, binary, writeSettings(dir, change.head), after, limits, false);
+            const still = new Set(candidate.findings.map((f) => f.fingerprint));
+            const hidden = change.findings.filter((f) => !still.has(f.fingerprint));
+            if (hidden.length > 0) {
+                const shown = hidden.slice(0, 3).map((f) => `${f.rule} in ${f.file}:${f.line}`);
+                out.push(`the new ${inputs.settings.configPath} would hide ${hidden.length} of the ${plural(change.findings.length, 'finding')} this scan reports (${shown.join(', ')}${hidden.length > shown.length ? ', ...' : ''})`);
+            }
+        }
+        catch (error) {
+            const code = error instanceof VmSyncError ? error.code : 'error';
+            inputs.events.info(null, `secret scan: the new ${inputs.settings.configPath} could not be evaluated (${code}); from the next deploy on it is the one in force.`);
+        }
+    }
+    return out;
 }
 
 ;// CONCATENATED MODULE: ./src/scan/plan.ts
@@ -77954,6 +79395,45 @@ async function requireFullHistory(repo, what) {
         throw unresolved(`${repo.dir} is a shallow clone, so the commits of ${what} cannot be listed completely`);
 }
 /**
+ * The commit where `head`'s first-parent line leaves the scanned selection:
+ * the last commit of the mainline before anything new. Its settings were in
+ * force before this change; null when the line is new down to its root.
+ */
+async function firstParentBefore(repo, head, exclude) {
+    const inside = await repo.countCommits(['--first-parent', head, ...(exclude.length ? ['--not', ...exclude] : [])]);
+    if (inside === null)
+        throw unresolved(`git cannot walk the first parents of ${head}`);
+    try {
+        return await repo.resolve(`${head}~${inside}`);
+    }
+    catch {
+        return null;
+    }
+}
+/** The first parent of a commit, or null for a root commit (in a shallow clone a missing parent is an error, not a root). */
+async function parentOf(repo, commit) {
+    try {
+        return await repo.resolve(`${commit}~1`);
+    }
+    catch {
+        if (await repo.isShallow())
+            throw unresolved(`the parent of ${commit.slice(0, 12)} is not in the shallow clone ${repo.dir}, so the scan settings in force before it cannot be read`);
+        return null;
+    }
+}
+/** Of several deployed commits, one that no other descends from (the newest line); ties keep the first. */
+async function newest(repo, commits) {
+    let best = commits[0];
+    for (const candidate of commits.slice(1)) {
+        if ((await repo.relation(best, candidate)) === 'behind')
+            best = candidate;
+    }
+    return best;
+}
+function fromParent(commit, what) {
+    return commit ? { commit, reason: what } : { commit: null, reason: "no earlier commit (a root commit): gitleaks' defaults" };
+}
+/**
  * Decides what the secret scan must cover. The deployed tree is always
  * scanned too (by the caller); this picks the commits:
  * - a range: exactly `BASE..HEAD`;
@@ -77976,23 +79456,34 @@ async function planScan(repo, request) {
             throw unresolved(`${repo.dir} is shallow and ${parts[0]} is not an ancestor of ${parts[1]} in it`);
         }
         const commits = await counted(repo, [`${base}..${head}`]);
-        return { head, commits, description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}` };
+        return {
+            head,
+            commits,
+            description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}`,
+            trusted: { commit: base, reason: 'the base of the range' },
+        };
     }
     if (request.kind === 'push') {
         if (ZERO.test(request.after))
-            return { head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan' };
+            return { head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan', trusted: { commit: null, reason: 'nothing to scan' } };
         const head = await resolveOrFail(repo, request.after, 'pushed commit');
         const known = !ZERO.test(request.before) && (await repo.hasCommit(request.before));
         if (known) {
             const relation = await repo.relation(request.before, head);
             if (relation === 'behind' || relation === 'up-to-date') {
-                return planScan(repo, { kind: 'range', range: `${request.before}..${head}` });
+                const plan = await planScan(repo, { kind: 'range', range: `${request.before}..${head}` });
+                return { ...plan, trusted: { commit: plan.trusted.commit, reason: 'the branch tip before the push' } };
             }
             // Force push: what `after` has beyond the history both share.
             await requireFullHistory(repo, 'a force push');
             const base = await repo.mergeBase(request.before, head);
             const commits = await counted(repo, base ? [`${base}..${head}`] : [head]);
-            return { head, commits, description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}` };
+            return {
+                head,
+                commits,
+                description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}`,
+                trusted: { commit: await repo.resolve(request.before), reason: 'the branch tip before the (force) push' },
+            };
         }
         // A new branch, or a `before` the clone never saw (force-pushed away): the
         // commits that no other remote branch already has.
@@ -78001,7 +79492,12 @@ async function planScan(repo, request) {
         const others = await repo.otherRemoteTips(pushed);
         const commits = await counted(repo, others.length ? [head, '--not', ...others] : [head]);
         const why = ZERO.test(request.before) ? 'new branch' : `previous tip ${request.before.slice(0, 12)} is unknown here`;
-        return { head, commits, description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}` };
+        return {
+            head,
+            commits,
+            description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}`,
+            trusted: fromParent(await firstParentBefore(repo, head, others), 'the last commit before the pushed ones on the first-parent line'),
+        };
     }
     const head = await resolveOrFail(repo, request.head, 'commit');
     const deployed = request.deployed;
@@ -78009,12 +79505,18 @@ async function planScan(repo, request) {
     for (const rev of deployed)
         if (rev && (await repo.hasCommit(rev)))
             known.push(rev);
+    // The settings of what the VMs run were in force when it was deployed; with
+    // no record at all, those of the commit before the one being deployed.
+    const unique = [...new Set(known)];
+    const trusted = unique.length
+        ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
+        : fromParent(await parentOf(repo, head), 'the first parent of the commit being deployed (no deploy recorded yet)');
     if (deployed.length === 0 || known.length !== deployed.length) {
-        return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned` };
+        return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
     }
     await requireFullHistory(repo, 'a resync');
-    const commits = await counted(repo, [head, '--not', ...new Set(known)]);
-    return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}` };
+    const commits = await counted(repo, [head, '--not', ...unique]);
+    return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}`, trusted };
 }
 
 // EXTERNAL MODULE: external "node:net"
@@ -78108,7 +79610,7 @@ class RshBridge {
         this.server = server;
     }
     static async start(session) {
-        const dir = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-rsh-')); // mode 0700
+        const dir = makeScratchDir('rsh'); // mode 0700, swept if this process dies
         const bridgePath = external_node_path_default().join(dir, 'rsh.cjs');
         external_node_fs_default().writeFileSync(bridgePath, BRIDGE_SOURCE, { mode: 0o600 });
         const socketPath = external_node_path_default().join(dir, 's');
@@ -78221,6 +79723,108 @@ function exitFrame(code) {
     const payload = Buffer.alloc(4);
     payload.writeInt32BE(code, 0);
     return rsh_bridge_frame(FRAME_EXIT, payload);
+}
+
+;// CONCATENATED MODULE: ./src/remote/classify.ts
+
+/**
+ * Failure codes from what the VM's shell or rsync wrote to stderr. Ordered:
+ * the first match wins, and the specific ones (disk full) come before the
+ * generic ones (permission) because rsync often prints both.
+ */
+const STDERR_RULES = [
+    // rsync's own diagnosis of a login shell that prints to stdout; first, since
+    // whatever else rsync says afterwards (SIGUSR1, exit 2) is only a consequence.
+    [/protocol version mismatch|is your shell clean\?/i, 'remote_shell_unclean'],
+    // EIO from the VM's disk (a failing or full volume, a broken mount) while writing.
+    [/No space left on device|Disk quota exceeded|ENOSPC|Input\/output error|\bI\/O error/i, 'storage_full'],
+    // "no matching host key": the VM offers no key of a pinned type (ssh2 says format, OpenSSH type). Retrying cannot help.
+    [/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|Host denied \(verification failed\)|no matching host key (type|format)/i, 'host_key_mismatch'],
+    [/Permission denied \(publickey|All configured authentication methods failed|Too many authentication failures/i, 'auth_failed'],
+    [/rsync: (command )?not found|rsync: No such file or directory|sh: \d*:? ?rsync: not found|bash: (line \d+: )?rsync: command not found/i, 'remote_rsync_missing'],
+    [/Permission denied|Read-only file system|Operation not permitted/i, 'permission_denied'],
+    [/timed out|timeout/i, 'timeout'],
+    [/Connection refused|Connection reset|Connection closed|connection unexpectedly closed|Broken pipe|No route to host|Network is unreachable|SSH connection to .* lost/i, 'unreachable'],
+];
+/** The failure code that stderr text points to, or null when nothing matches. */
+function codeFromStderr(stderr) {
+    for (const [pattern, code] of STDERR_RULES)
+        if (pattern.test(stderr))
+            return code;
+    return null;
+}
+/**
+ * The few lines of a failed command's stderr worth showing: the first line
+ * that explains the classification (rsync often prints it long before its
+ * closing "rsync error: ..." line), then the last line.
+ */
+function stderrSummary(stderr) {
+    const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+    const rule = STDERR_RULES.find(([pattern]) => pattern.test(stderr));
+    const cause = rule ? lines.find((l) => rule[0].test(l)) : undefined;
+    const last = lines.at(-1);
+    // The VM writes this text: each line is cleaned and bounded before it joins a message.
+    return [...new Set([cause, last].filter((l) => Boolean(l)))].map((l) => vmText(l, SUMMARY_LINE_MAX)).join(' | ');
+}
+const SUMMARY_LINE_MAX = 300;
+/**
+ * What to do about a failure whose code came from stderr, when the stderr
+ * line itself does not say it: a sentence to append to the message, or ''.
+ */
+function remedyFor(code) {
+    switch (code) {
+        case 'remote_shell_unclean':
+            return " The SSH user's shell start-up files print text in non-interactive sessions, which corrupts rsync's protocol: make them silent unless the shell is interactive (e.g. begin ~/.bashrc with: case $- in *i*) ;; *) return ;; esac), so that ssh USER@VM true prints nothing.";
+        case 'storage_full':
+            return ' The disk of the target on the VM is full or failing (no space, quota, or an I/O error): free space or repair the volume, then run vm-sync again.';
+        default:
+            return '';
+    }
+}
+/**
+ * Classifies a failed rsync run. The exit code alone is ambiguous (255 is a
+ * dropped connection and also a rejected host key; 12 is a lost connection and
+ * also a missing remote rsync), so stderr decides first and the code only
+ * breaks ties.
+ */
+function classifyRsyncFailure(exitCode, stderr) {
+    const fromText = codeFromStderr(stderr);
+    if (fromText)
+        return fromText;
+    switch (exitCode) {
+        case 10: // socket I/O
+        case 12: // protocol data stream (connection dropped)
+        case 255:
+            return 'unreachable';
+        case 30: // timeout in data send/receive
+        case 35: // timeout waiting for daemon connection
+            return 'timeout';
+        case 127:
+            return 'remote_rsync_missing';
+        default:
+            return 'rsync_failed';
+    }
+}
+const NETWORK_ERRNO = new Set([
+    'ECONNREFUSED', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED',
+]);
+/** Classifies an error from ssh2/node-ssh while connecting. */
+function classifyConnectError(error, hostKeyRejected) {
+    if (hostKeyRejected)
+        return 'host_key_mismatch';
+    const err = error;
+    if (err.level === 'client-authentication')
+        return 'auth_failed';
+    if (err.level === 'client-timeout' || err.code === 'ETIMEDOUT')
+        return 'timeout';
+    if (err.code && NETWORK_ERRNO.has(err.code))
+        return 'unreachable';
+    const message = err.message ?? '';
+    if (/Timed out while waiting for handshake/i.test(message))
+        return 'timeout';
+    if (/passphrase|Cannot parse privateKey|Unsupported key format/i.test(message))
+        return 'auth_failed';
+    return codeFromStderr(message) ?? 'unreachable';
 }
 
 ;// CONCATENATED MODULE: ./src/remote/rsync.ts
@@ -78479,8 +80083,6 @@ async function scanDirectory(path, { recursive = true, validate = null, concurre
 
 // EXTERNAL MODULE: ./node_modules/shell-escape/shell-escape.js
 var shell_escape = __nccwpck_require__(4646);
-// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
-var ssh2_lib = __nccwpck_require__(5472);
 ;// CONCATENATED MODULE: ./node_modules/node-ssh/lib/esm/index.mjs
 
 
@@ -79187,6 +80789,490 @@ class NodeSSH {
     }
 }
 
+;// CONCATENATED MODULE: ./src/remote/agent-script.ts
+/**
+ * The POSIX sh program vm-sync runs on a VM for everything that is not rsync:
+ * probing the target, the lock, staging and publishing a release, pruning,
+ * post_sync_command. It is a fixed text; values from the config reach it only
+ * as positional arguments quoted by {@link agentCommand}, never spliced into
+ * the script.
+ *
+ * Layout on the VM for a target T = P/N:
+ *   P/N                                symlink -> .N.vm-sync/releases/<release>   (layout: atomic)
+ *   P/.N.vm-sync/                      vm-sync's state directory: owned by the SSH user, never a symlink
+ *   P/.N.vm-sync/releases/<UTC time>-<sha12>/   complete releases, each with .sync_rev
+ *   P/.N.vm-sync/releases/<sha>.partial/        the release being staged (resumable)
+ *   P/.N.vm-sync/lock                  symlink whose target is the holder's record (src/remote/lock.ts)
+ *   P/.N.vm-sync/ops/<pgid>            the holder's running operations, so a later run can stop a dead one's
+ *   P/.N.vm-sync/tmp/                  sentinels and links are written here, then renamed into place
+ *   P/.N.vm-sync/previous-<time>       what stood at T before vm-sync managed it
+ *
+ * Every operation runs under `timeout` in a process group of its own, so the
+ * end of a run's budget, or its cancellation, stops it on the VM too (closing
+ * an SSH channel does not). Its output is framed: only lines that start with
+ * `@<nonce> ` are read, so a login shell that prints to stdout cannot be taken
+ * for the agent. A failure is `error=<code>` and `message=<text>` and exit 3;
+ * the shell's own error text (disk full) is on stderr.
+ */
+const AGENT_SCRIPT = `
+set -u
+umask 022
+NONCE=$1 op=$2
+shift 2
+# Every line vm-sync parses starts with @NONCE: a login shell that prints to
+# stdout (.bashrc, motd) cannot forge a response without knowing it.
+out() {
+  v=$(printf '%s' "$2" | tr '\\n\\r' '??')
+  printf '@%s %s=%s\\n' "$NONCE" "$1" "$v"
+}
+fail() { # CODE MESSAGE
+  out error "$1"
+  out message "$2"
+  printf 'vm-sync: %s\\n' "$2" >&2
+  exit 3
+}
+flush() { sync -f "$1" 2>/dev/null || sync; }
+expand() {
+  # shellcheck disable=SC2088 # a literal "~/" prefix from the config, expanded here
+  case $1 in
+    "~/"*) printf '%s\\n' "$HOME/\${1#"~/"}" ;;
+    *) printf '%s\\n' "$1" ;;
+  esac
+}
+digits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
+T=$(expand "$1")
+shift
+P=$(dirname -- "$T")
+N=$(basename -- "$T")
+S="$P/.$N.vm-sync"
+R="$S/releases"
+L="$S/lock"
+LOCK_MAX=1000
+hexof() { od -An -v -tx1 | tr -d ' \\n'; }
+# What a lock says, as text (bounded) and as hex: vm-sync compares the hex,
+# so a record holding any byte at all can still be matched exactly.
+lock_text() {
+  if [ -L "$L" ]; then readlink -- "$L" | head -c "$LOCK_MAX"
+  elif [ -d "$L" ]; then head -c 200 -- "$L/owner" 2>/dev/null | head -n 1
+  fi
+}
+# A step vm-sync already gave up on (its channel was cancelled before it ran)
+# must not run now.
+not_cancelled() {
+  if [ -e "$S/tmp/cancelled.$NONCE" ]; then fail interrupted "this step was cancelled by its run before it started: nothing was changed"; fi
+}
+
+# vm-sync's own directories: never a symlink, always ours, never writable by
+# others. A planted one would let another user steer what vm-sync writes or deletes.
+own_dir() {
+  d=$1
+  if [ -L "$d" ]; then fail unsafe_state_dir "$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it."; fi
+  if [ ! -e "$d" ]; then
+    mkdir -- "$d" 2>/dev/null || fail failed "cannot create $d: $(mkdir -- "$d" 2>&1)"
+  fi
+  [ -d "$d" ] || fail unsafe_state_dir "$d is not a directory: vm-sync refuses to use it. Move it away."
+  [ -O "$d" ] || fail unsafe_state_dir "$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it."
+  case $(ls -ld -- "$d") in
+    d????w???? | d???????w?) chmod go-w -- "$d" || fail unsafe_state_dir "$d is writable by other users and cannot be fixed" ;;
+  esac
+}
+state_dirs() {
+  own_dir "$S"
+  own_dir "$R"
+  own_dir "$S/tmp"
+  own_dir "$S/ops"
+}
+# The release the target's symlink points at, when vm-sync made that symlink.
+current_release() {
+  if [ -L "$T" ]; then
+    link=$(readlink -- "$T")
+    case $link in
+      ".$N.vm-sync/releases/"*/* | *..*) ;;
+      ".$N.vm-sync/releases/"?*) printf '%s\\n' "$P/$link" ;;
+    esac
+  fi
+}
+probe() {
+  out target "$T"
+  cur=$(current_release)
+  if [ -L "$T" ]; then
+    if [ -z "$cur" ]; then kind=symlink
+    elif [ -d "$cur" ]; then kind=release
+    else kind=dangling
+    fi
+  elif [ -d "$T" ]; then kind=dir
+  elif [ -e "$T" ]; then kind=other
+  else kind=absent
+  fi
+  out kind "$kind"
+  out current "$cur"
+  # The sentinel is read only where vm-sync put it, only as a regular file,
+  # and only its first 100 bytes: a symlink, FIFO or device there is reported,
+  # never followed or read.
+  f="$T/.sync_rev"
+  if [ "$kind" = symlink ] || [ "$kind" = other ] || [ "$kind" = dangling ]; then state=absent
+  elif [ -L "$f" ]; then state=symlink
+  elif [ ! -e "$f" ]; then state=absent
+  elif [ -d "$f" ]; then state=directory
+  elif [ ! -f "$f" ]; then state=special
+  elif [ ! -r "$f" ]; then state=unreadable
+  else state=regular
+  fi
+  out rev_state "$state"
+  revval=
+  if [ "$state" = regular ]; then revval=$(head -c 100 -- "$f" | head -n 1); out rev "$revval"; fi
+  out rsync "$(rsync --version 2>/dev/null </dev/null | head -n 1)"
+  if [ -L "$L" ] || [ -e "$L" ]; then
+    lt=$(lock_text)
+    out lock_record "$lt"
+    out lock_hex "$(printf '%s' "$lt" | hexof)"
+    if [ -L "$L" ]; then out lock_kind v2; elif [ -d "$L" ]; then out lock_kind legacy; else out lock_kind other; fi
+  fi
+  if [ -e "$L" ] || [ -L "$L" ]; then out lock_mtime "$(stat -c %Y -- "$L" 2>/dev/null)"; fi
+  out now "$(date +%s)"
+}
+field() { # TEXT KEY: the value of key=value in a space-separated lock record
+  case " $1 " in
+    *" $2="*) v=\${1##*" $2="}; printf '%s\\n' "\${v%% *}" ;;
+  esac
+}
+# Moves the lock away if it is still exactly what the caller saw (a lock
+# released and taken again meanwhile is left alone). EXPECTED is hex.
+break_lock() { # EXPECTED_HEX
+  [ -L "$L" ] || [ -e "$L" ] || return 1
+  seen=$(lock_text)
+  [ "$(printf '%s' "$seen" | hexof)" = "$1" ] || return 1
+  away="$S/tmp/broken.$$"
+  rm -rf -- "$away"
+  mv -- "$L" "$away" 2>/dev/null || return 1
+  if [ -L "$away" ]; then again=$(readlink -- "$away" | head -c "$LOCK_MAX"); else again=$(head -c 200 -- "$away/owner" 2>/dev/null | head -n 1); fi
+  if [ "$again" != "$seen" ]; then
+    # Raced with a fresh lock: put it back unless yet another one exists.
+    [ -e "$L" ] || [ -L "$L" ] || mv -- "$away" "$L" 2>/dev/null
+    return 1
+  fi
+  rm -rf -- "$away"
+  kill_ops "$(field "$seen" token)"
+  return 0
+}
+# Kills the process groups of a dead or evicted holder's operations.
+kill_ops() { # TOKEN
+  for rec in "$S/ops"/*; do
+    [ -f "$rec" ] || continue
+    pg=\${rec##*/}
+    digits "$pg" || { rm -f -- "$rec"; continue; }
+    holder=$(head -c 200 -- "$rec")
+    alive=0
+    [ "$(cat "/proc/$pg/comm" 2>/dev/null)" = timeout ] && alive=1
+    if [ "$alive" = 1 ] && [ -n "$1" ] && [ "$holder" = "$1" ]; then
+      kill -KILL "-$pg" 2>/dev/null && out killed_pgid "$pg"
+      rm -f -- "$rec"
+    elif [ "$alive" = 0 ]; then
+      rm -f -- "$rec"
+    fi
+  done
+}
+# Every operation that changes the VM runs only while this run holds the lock,
+# and records its process group so a later run can stop it if this one died.
+require_lock() { # TOKEN
+  not_cancelled
+  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
+    *" token=$1 "*) ;;
+    *) fail lock_lost "this run no longer holds the lock $L (another run broke it): nothing was changed by this step" ;;
+  esac
+  printf '%s\\n' "$1" > "$S/ops/$PPID" 2>/dev/null || true
+  trap 'rm -f -- "$S/ops/$PPID"' EXIT
+}
+
+case $op in
+probe)
+  probe
+  ;;
+begin)
+  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7
+  digits "$budget" || fail failed "bad budget"
+  state_dirs
+  not_cancelled
+  find "$S/tmp" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null
+  now=$(date +%s)
+  if [ -n "$expected_break" ]; then
+    break_lock "$expected_break" && out took_over "$seen"
+  fi
+  # The deadline comes first: a record is read back whole, but never past LOCK_MAX.
+  record="vm-sync-lock-v2 deadline=$((now + budget)) \${owner#vm-sync-lock-v2 }"
+  if ! err=$(ln -s -T -- "$record" "$L" 2>&1); then
+    if [ ! -L "$L" ] && [ ! -e "$L" ]; then fail failed "cannot create the lock $L: $err"; fi
+    stale=0
+    held=$(lock_text)
+    if [ -L "$L" ]; then
+      deadline=$(field "$held" deadline)
+      if digits "$deadline"; then [ "$now" -gt "$deadline" ] && stale=1; why=deadline
+      else why=unreadable
+      fi
+    elif [ -d "$L" ]; then
+      started=\${held##* }
+      if [ "$held" != "$started" ] && digits "$started"; then
+        # A lock of vm-sync before 0.2 ("token epoch"): it has no deadline of its own.
+        [ $((now - started)) -gt "$legacy_after" ] && stale=1; why=legacy
+      else why=unreadable
+      fi
+    else
+      why=unreadable
+    fi
+    mtime=$(stat -c %Y -- "$L" 2>/dev/null)
+    digits "$mtime" || mtime=$now
+    age=$((now - mtime))
+    if [ "$why" = unreadable ] && [ "$age" -gt "$grace" ]; then stale=1; fi
+    if [ "$stale" = 1 ] && break_lock "$(printf '%s' "$held" | hexof)" && ln -s -T -- "$record" "$L" 2>/dev/null; then
+      out took_over "$held"
+      out took_over_why "$why"
+    else
+      out lock held
+      out lock_why "$why"
+      out owner "$held"
+      out owner_hex "$(printf '%s' "$held" | hexof)"
+      out age "$age"
+      probe
+      out end ok
+      exit 0
+    fi
+  fi
+  out lock acquired
+  kill_ops ''
+  probe
+  # Already on the commit: decided under the lock, from what the probe read
+  # (only a regular sentinel in vm-sync's release or a plain directory), and
+  # released at once.
+  if [ "$force" = 0 ] && [ "$state" = regular ] && { [ "$kind" = release ] || [ "$kind" = dir ]; } && [ "$revval" = "$expect" ]; then
+    rm -f -- "$L"
+    out lock released
+  fi
+  ;;
+unlock)
+  token=$1
+  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
+    *" token=$token "*) rm -f -- "$L"; out lock released ;;
+    *) out lock not-ours ;;
+  esac
+  ;;
+break)
+  state_dirs
+  if break_lock "$1"; then out lock broken; else out lock changed; fi
+  ;;
+stage)
+  token=$1 sha=$2
+  require_lock "$token"
+  # A half-staged release of another commit is abandoned: free its space
+  # before staging. This commit's own partial is kept: rsync resumes it.
+  for p in "$R"/*.partial; do
+    if [ ! -d "$p" ] || [ -L "$p" ]; then continue; fi
+    [ "$p" = "$R/$sha.partial" ] && continue
+    rm -rf -- "$p" && out removed_partial "\${p##*/}"
+  done
+  stage="$R/$sha.partial"
+  if [ -L "$stage" ]; then rm -f -- "$stage"; fi
+  [ -d "$stage" ] || mkdir -- "$stage" || fail failed "cannot create $stage"
+  out stage "$stage"
+  cur=$(current_release)
+  if [ -n "$cur" ] && [ -d "$cur" ]; then out link_dest "$cur"
+  elif [ ! -L "$T" ] && [ -d "$T" ]; then out link_dest "$T"
+  else out link_dest ''
+  fi
+  ;;
+publish)
+  token=$1 sha=$2
+  require_lock "$token"
+  stage="$R/$sha.partial"
+  if [ ! -d "$stage" ] || [ -L "$stage" ]; then fail failed "staged release $stage is missing"; fi
+  # .sync_rev at a release's root is vm-sync's: whatever stands there goes,
+  # and the sentinel is written in vm-sync's own directory, then renamed in
+  # (rename replaces a symlink; it never writes through one).
+  rm -rf -- "$stage/.sync_rev"
+  tmp="$S/tmp/sync_rev.$$"
+  rm -rf -- "$tmp"
+  printf '%s\\n' "$sha" > "$tmp" || fail failed "cannot write $tmp"
+  mv -f -- "$tmp" "$stage/.sync_rev" || fail failed "cannot write .sync_rev"
+  flush "$stage"
+  name="$(date -u +%Y%m%dT%H%M%SZ)-$(printf '%s' "$sha" | cut -c1-12)"
+  [ ! -e "$R/$name" ] || name="$name-$$"
+  mv -- "$stage" "$R/$name" || fail failed "cannot rename $stage"
+  if [ -z "$(current_release)" ] && { [ -e "$T" ] || [ -L "$T" ]; }; then
+    # First atomic deploy over something vm-sync did not create: keep it.
+    previous="$S/previous-$(date -u +%Y%m%dT%H%M%SZ)"
+    mv -- "$T" "$previous" || fail failed "cannot move $T aside"
+    out moved_aside "$previous"
+  fi
+  link="$S/tmp/link.$$"
+  rm -f -- "$link"
+  ln -s -- ".$N.vm-sync/releases/$name" "$link" || fail failed "cannot create symlink"
+  mv -f -T -- "$link" "$T" || { rm -f -- "$link"; fail failed "cannot flip $T"; }
+  flush "$P"
+  out release "$R/$name"
+  ;;
+inplace-begin)
+  token=$1
+  require_lock "$token"
+  [ ! -L "$T" ] || fail failed "$T is a symlink (atomic layout): switch layout back to atomic or remove it"
+  [ -d "$T" ] || mkdir -- "$T" || fail failed "cannot create $T"
+  # A tree that is being rewritten must not claim any commit.
+  rm -rf -- "$T/.sync_rev" || fail failed "cannot remove $T/.sync_rev"
+  out target "$T"
+  ;;
+inplace-finish)
+  token=$1 sha=$2
+  require_lock "$token"
+  rm -rf -- "$T/.sync_rev"
+  tmp="$S/tmp/sync_rev.$$"
+  rm -rf -- "$tmp"
+  printf '%s\\n' "$sha" > "$tmp" || fail failed "cannot write $tmp"
+  flush "$tmp"
+  mv -f -- "$tmp" "$T/.sync_rev" || fail failed "cannot write .sync_rev"
+  flush "$T"
+  out rev "$sha"
+  ;;
+prune)
+  token=$1 keep=$2
+  require_lock "$token"
+  digits "$keep" || fail failed "bad keep"
+  cur=$(current_release)
+  cur=\${cur##*/}
+  for p in "$R"/*.partial; do
+    [ -d "$p" ] && [ ! -L "$p" ] && rm -rf -- "$p" && out pruned "\${p##*/}"
+  done
+  for d in "$R"/*; do
+    [ -d "$d" ] && [ ! -L "$d" ] && printf '%s\\n' "\${d##*/}"
+  done | sort -r | tail -n +"$((keep + 1))" | while IFS= read -r name; do
+    [ "$name" = "$cur" ] && continue
+    rm -rf -- "\${R:?}/$name" && out pruned "$name"
+  done
+  ;;
+post)
+  token=$1 sha=$2 cmd=$3
+  require_lock "$token"
+  cd -- "$T" || fail failed "cannot enter $T"
+  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
+  status=$?
+  [ "$status" = 0 ] || { out exit "$status"; out end failed; exit "$status"; }
+  ;;
+kill)
+  # Stops this run's own steps that outlived their channel (a cancelled run),
+  # found by the nonce on their command line; a step that has not started
+  # yet finds the marker and refuses to run.
+  [ -d "$S/tmp" ] && [ ! -L "$S/tmp" ] && [ -O "$S/tmp" ] || S=
+  groups=
+  for nonce in "$@"; do
+    case $nonce in '' | *[!0-9a-f]*) continue ;; esac
+    [ -n "$S" ] && : > "$S/tmp/cancelled.$nonce"
+    for d in /proc/[0-9]*; do
+      # Our own \`timeout\` carries these nonces as arguments too.
+      [ "\${d#/proc/}" = "$PPID" ] && continue
+      [ "$(cat "$d/comm" 2>/dev/null)" = timeout ] || continue
+      if tr '\\000' '\\n' < "$d/cmdline" 2>/dev/null | grep -qx -- "$nonce"; then groups="$groups \${d#/proc/}"; fi
+    done
+  done
+  for pg in $groups; do kill -TERM "-$pg" 2>/dev/null; done
+  i=0
+  while [ "$i" -lt 30 ]; do
+    left=0
+    for pg in $groups; do kill -0 "-$pg" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1 2>/dev/null || sleep 1
+    i=$((i + 1))
+  done
+  for pg in $groups; do
+    kill -0 "-$pg" 2>/dev/null && kill -KILL "-$pg" 2>/dev/null
+    out stopped "$pg"
+  done
+  ;;
+doctor)
+  # Can a deploy create its state directory and flip the target here?
+  d=$P
+  while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
+  out parent "$P"
+  out existing "$d"
+  if [ -d "$d" ] && [ -w "$d" ]; then out writable 1; else out writable 0; fi
+  out avail_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+  out timeout "$(command -v timeout)"
+  ;;
+*)
+  fail failed "unknown operation $op"
+  ;;
+esac
+out end ok
+`;
+/** Quotes one word for a POSIX shell: the only way config values reach a VM's shell. */
+function shellQuote(word) {
+    return `'${word.replace(/'/g, `'\\''`)}'`;
+}
+/** Seconds `timeout` waits after its TERM before it sends KILL to the operation's process group. */
+const KILL_GRACE_S = 3;
+/**
+ * The command line that runs one agent operation under a deadline on the VM:
+ * `timeout -k 3 BUDGET sh -c SCRIPT vm-sync NONCE OP TARGET ARGS...`.
+ */
+function agentCommand(op, target, options, ...args) {
+    const budget = String(Math.max(1, Math.ceil(options.budgetS)));
+    return ['timeout', '-k', String(KILL_GRACE_S), budget, 'sh', '-c', AGENT_SCRIPT, 'vm-sync', options.nonce, op, target, ...args].map(shellQuote).join(' ');
+}
+/** What one agent operation answered: its framed `key=value` lines, in order, with repeated keys kept. */
+class AgentResponse {
+    values;
+    constructor(values) {
+        this.values = values;
+    }
+    /** Whether the operation ran to its end marker (a killed one did not). */
+    get complete() {
+        return this.values.has('end');
+    }
+    /** The first value of a key, or null. */
+    get(key) {
+        return this.values.get(key)?.[0] ?? null;
+    }
+    /** Every value of a key (`pruned=` lines). */
+    all(key) {
+        return this.values.get(key) ?? [];
+    }
+    /** The value of a key the operation must have printed; a missing one is a protocol error, never ''. */
+    require(key) {
+        const value = this.get(key);
+        if (value === null)
+            throw new Error(`agent response lacks ${key}=`);
+        return value;
+    }
+    /** A key whose value must be one of `allowed`. */
+    oneOf(key, allowed) {
+        const value = this.require(key);
+        if (!allowed.includes(value))
+            throw new Error(`agent response has ${key}=${JSON.stringify(value.slice(0, 40))}, expected one of ${allowed.join(', ')}`);
+        return value;
+    }
+}
+/** Lines longer than this are cut: no framed value of ours is anywhere near it. */
+const MAX_LINE = 8192;
+/** More framed lines than this is not an answer of ours. */
+const MAX_LINES = 2000;
+/**
+ * Reads the framed lines of an operation's stdout. Lines without the
+ * operation's nonce (a chatty login shell, post_sync_command output) are
+ * ignored here; the caller keeps a bounded copy of them for messages.
+ */
+function parseAgentOutput(stdout, nonce) {
+    const prefix = `@${nonce} `;
+    const values = new Map();
+    let count = 0;
+    for (const raw of stdout.split('\n')) {
+        if (!raw.startsWith(prefix) || ++count > MAX_LINES)
+            continue;
+        const line = raw.slice(prefix.length, MAX_LINE);
+        const eq = line.indexOf('=');
+        if (eq <= 0)
+            continue;
+        const key = line.slice(0, eq);
+        values.set(key, [...(values.get(key) ?? []), line.slice(eq + 1)]);
+    }
+    return new AgentResponse(values);
+}
+
 ;// CONCATENATED MODULE: ./src/remote/session.ts
 
 
@@ -79195,6 +81281,37 @@ class NodeSSH {
 
 
 
+
+const OUTPUT_MAX = 64 * 1024;
+const FRAMED_LINE_MAX = 8192;
+const FRAMED_LINES_MAX = 2000;
+/** Keeps the first and the last part of a stream, never more than `max` characters in all. */
+class BoundedText {
+    max;
+    head = '';
+    tail = '';
+    dropped = 0;
+    constructor(max) {
+        this.max = max;
+    }
+    add(chunk) {
+        if (this.head.length < this.max / 2) {
+            const room = this.max / 2 - this.head.length;
+            this.head += chunk.slice(0, room);
+            chunk = chunk.slice(room);
+        }
+        if (!chunk)
+            return;
+        const joined = this.tail + chunk;
+        const keep = this.max / 2;
+        if (joined.length > keep)
+            this.dropped += joined.length - keep;
+        this.tail = joined.slice(-keep);
+    }
+    text() {
+        return this.dropped > 0 ? `${this.head}\n[... ${this.dropped} characters not kept ...]\n${this.tail}` : this.head + this.tail;
+    }
+}
 /**
  * One authenticated SSH connection to one VM. Everything vm-sync does on a VM
  * (remote commands and rsync, through the bridge) runs over this single
@@ -79216,6 +81333,9 @@ class VmSession {
      */
     static async open(vm, knownHosts, options) {
         const pinned = knownHosts.pinned(vm.host, vm.port);
+        if (pinned.keys.length === 0 && pinned.revoked.length > 0) {
+            throw new VmSyncError('host_key_revoked', `every host key pinned for ${pinned.name} in known_hosts is REVOKED (@revoked ${pinned.revoked.map(known_hosts_fingerprint).join(', ')}): vm-sync will not connect to ${vm.id}. Give the VM a new host key, fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band and pin it; remove the @revoked line only if it was added by mistake.`);
+        }
         if (pinned.keys.length === 0) {
             throw new VmSyncError('host_key_unknown', `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`);
         }
@@ -79256,8 +81376,13 @@ class VmSession {
             ssh.dispose();
             if (options.signal?.aborted)
                 throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
-            const code = classifyConnectError(error, rejected);
-            throw new VmSyncError(code, connectMessage(vm, code, error, offered, pinned.keys), { cause: error });
+            let code = classifyConnectError(error, rejected);
+            // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
+            const probed = code === 'host_key_mismatch' && !offered ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
+            const shown = offered ?? probed?.key ?? null;
+            if (shown && isRevoked(pinned, shown))
+                code = 'host_key_revoked';
+            throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
         }
         finally {
             options.signal?.removeEventListener('abort', abort);
@@ -79267,23 +81392,92 @@ class VmSession {
         ssh.connection?.on('error', () => undefined);
         return new VmSession(vm, ssh);
     }
-    /** Runs a command line on the VM (parsed by the SSH user's shell), with a hard timeout. */
-    exec(command, timeoutMs, signal) {
-        let channel = null;
+    /**
+     * Runs a command line on the VM (parsed by the SSH user's shell), with a
+     * hard timeout. Output is bounded whatever the VM sends: with `frame`, the
+     * lines that start with `@<frame> ` are kept apart (the agent's answer) and
+     * everything else only as a bounded sample, so a login shell that prints
+     * megabytes can neither exhaust memory nor push the answer out.
+     */
+    exec(command, timeoutMs, signal, frame, onFramedLine) {
         return new Promise((resolve, reject) => {
-            const kill = (code, why) => {
-                channel?.close();
-                reject(new VmSyncError(code, why));
-            };
-            const timer = setTimeout(() => kill('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`), timeoutMs);
-            const onAbort = () => kill('timeout', `command on ${this.vm.id} was cancelled (per-VM timeout)`);
-            signal?.addEventListener('abort', onAbort, { once: true });
-            this.ssh
-                .execCommand(command, { onChannel: (c) => (channel = c), noTrim: true })
-                .then((r) => resolve({ code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr }), (error) => reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`)))
-                .finally(() => {
+            const connection = this.ssh.connection;
+            if (!connection || this.closed) {
+                reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
+                return;
+            }
+            let channel = null;
+            let settled = false;
+            const out = new BoundedText(OUTPUT_MAX);
+            const err = new BoundedText(OUTPUT_MAX);
+            const framed = [];
+            const prefix = frame ? `@${frame} ` : null;
+            let partial = '';
+            const finish = (error, code = -1) => {
+                if (settled)
+                    return;
+                settled = true;
                 clearTimeout(timer);
                 signal?.removeEventListener('abort', onAbort);
+                if (error) {
+                    channel?.close();
+                    reject(error);
+                }
+                else {
+                    if (partial)
+                        take(partial);
+                    resolve({ code, stdout: prefix ? framed.join('\n') : out.text(), other: prefix ? out.text() : '', stderr: err.text() });
+                }
+            };
+            const take = (line) => {
+                if (prefix && line.startsWith(prefix)) {
+                    if (framed.length < FRAMED_LINES_MAX) {
+                        framed.push(line.slice(0, FRAMED_LINE_MAX));
+                        onFramedLine?.(line);
+                    }
+                }
+                else
+                    out.add(`${line}\n`);
+            };
+            const timer = setTimeout(() => finish(new VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
+            const onAbort = () => finish(new VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
+            if (signal?.aborted) {
+                onAbort();
+                return;
+            }
+            signal?.addEventListener('abort', onAbort, { once: true });
+            connection.exec(command, (error, ch) => {
+                if (error) {
+                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`));
+                    return;
+                }
+                channel = ch;
+                if (settled) {
+                    ch.close();
+                    return;
+                }
+                let code = -1;
+                ch.on('data', (data) => {
+                    if (!prefix) {
+                        out.add(data.toString('utf8'));
+                        return;
+                    }
+                    const text = partial + data.toString('utf8');
+                    const lines = text.split('\n');
+                    partial = lines.pop() ?? '';
+                    // A line that never ends is noise, not an answer: keep memory bounded.
+                    if (partial.length > FRAMED_LINE_MAX) {
+                        out.add(partial);
+                        partial = '';
+                    }
+                    for (const line of lines)
+                        take(line);
+                });
+                ch.stderr.on('data', (data) => err.add(data.toString('utf8')));
+                ch.on('exit', (exitCode) => {
+                    code = typeof exitCode === 'number' ? exitCode : -1;
+                });
+                ch.on('close', () => finish(null, code));
             });
         });
     }
@@ -79315,17 +81509,33 @@ class VmSession {
         this.ssh.dispose();
     }
 }
-function connectMessage(vm, code, error, offered, pinned) {
+/**
+ * The message for a failed connection: what happened and what to do. `seen`
+ * holds what the VM showed: the key it presented (`offered`) and, when no key
+ * of a pinned type was offered, the host key algorithms it lists.
+ */
+function connectMessage(vm, code, error, seen) {
     const where = `${vm.id} (${vm.user}@${vm.host}:${vm.port})`;
+    const { offered, pinned } = seen;
+    const key = (blob) => `${known_hosts_fingerprint(blob)} (${keyType(blob)})`;
+    // ssh2's message can carry text the VM sent (a disconnect reason).
+    const said = vmText(getErrorMessage(error), 300);
     switch (code) {
+        case 'host_key_revoked':
+            return `host key of ${where} is REVOKED: it presented ${offered ? key(offered) : 'a key'}, which a @revoked line for ${pinned.name} in known_hosts vetoes. Do not deploy to this VM until you know why: check it out of band, give it a new host key and pin that one (ssh-keyscan -p ${vm.port} ${vm.host}, fingerprint verified out of band).`;
         case 'host_key_mismatch':
-            return `host key of ${where} does not match the pinned key: offered ${offered ? known_hosts_fingerprint(offered) : 'unknown'}, pinned ${pinned.map(known_hosts_fingerprint).join(', ')}. If the VM was rebuilt, verify the new fingerprint out of band and replace its line in known_hosts; otherwise treat this as an attack.`;
+            if (seen.algorithms !== null) {
+                const pinnedTypes = [...new Set(pinned.keys.map(keyType))].join(', ');
+                const vmOffers = seen.algorithms.length ? seen.algorithms.join(', ') : 'nothing vm-sync could read';
+                return `host key of ${where} cannot be checked: known_hosts pins only ${pinnedTypes} key(s) for ${pinned.name}, and the VM offers host key types ${vmOffers}${offered ? ` (its ${keyType(offered)} key is ${known_hosts_fingerprint(offered)})` : ''}. Pin one of the keys the VM has: fetch them with ssh-keyscan -p ${vm.port} ${vm.host}, verify the fingerprint out of band, and add the line to known_hosts. Retrying will not help.`;
+            }
+            return `host key of ${where} does not match the pinned key: offered ${offered ? known_hosts_fingerprint(offered) : 'unknown'}, pinned ${pinned.keys.map(known_hosts_fingerprint).join(', ')}. If the VM was rebuilt, verify the new fingerprint out of band and replace its line in known_hosts; otherwise treat this as an attack.`;
         case 'auth_failed':
-            return `${where} refused key ${vm.keyPath} (${getErrorMessage(error)}): add its public key (ssh-keygen -y -f ${vm.keyPath}) to ~${vm.user}/.ssh/authorized_keys on the VM.`;
+            return `${where} refused key ${vm.keyPath} (${said}): add its public key (ssh-keygen -y -f ${vm.keyPath}) to ~${vm.user}/.ssh/authorized_keys on the VM.`;
         case 'timeout':
             return `${where} did not complete the SSH handshake in time: check the VM is up and that sshd answers on port ${vm.port}.`;
         default:
-            return `cannot reach ${where}: ${getErrorMessage(error)}. Check the VM is up, the address and port, and firewalls between the runner and the VM.`;
+            return `cannot reach ${where}: ${said}. Check the VM is up, the address and port, and firewalls between the runner and the VM.`;
     }
 }
 /**
@@ -79361,6 +81571,232 @@ function scanHostKey(host, port, timeoutMs, algorithms) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/remote/target.ts
+
+
+
+
+
+
+
+const TARGET_KINDS = ['release', 'symlink', 'dangling', 'dir', 'other', 'absent'];
+const SENTINEL_STATES = ['regular', 'absent', 'symlink', 'directory', 'special', 'unreadable'];
+/** Seconds an empty, unreadable or garbled lock is respected before it is treated as stale. */
+const UNREADABLE_LOCK_GRACE_S = 60;
+/** Extra lifetime of a lock past its holder's budget, covering the final probe and unlock. */
+const LOCK_MARGIN_S = KILL_GRACE_S + 20;
+/** The budget of the steps that run after a failure (kill, probe, unlock). */
+const CLEANUP_MS = 15_000;
+const AGENT_CODES = new Set(FAILURE_CODES);
+/**
+ * The deploy target on one VM, driven through the agent over the VM's
+ * session. Each method is one remote command under a deadline on the VM; a
+ * failure becomes a {@link VmSyncError} classified from what the VM said.
+ * Operations that a cancellation interrupted are remembered, so
+ * {@link stopInterrupted} can kill what they left running on the VM.
+ */
+class RemoteTarget {
+    session;
+    path;
+    deadlineAt;
+    signal;
+    /** Nonces of steps whose channel this run dropped: they may still run, or not have started yet. */
+    interrupted = new Set();
+    constructor(session, 
+    /** The target path as configured (`~/app` or absolute). */
+    path, 
+    /** When this run's budget for the VM ends (epoch ms). */
+    deadlineAt, signal) {
+        this.session = session;
+        this.path = path;
+        this.deadlineAt = deadlineAt;
+        this.signal = signal;
+    }
+    get vmId() {
+        return this.session.vm.id;
+    }
+    /** Seconds left of the budget, for the VM-side `timeout`. */
+    budgetS() {
+        return Math.max(1, Math.ceil((this.deadlineAt - Date.now()) / 1000));
+    }
+    /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
+    async call(op, args, cleanup) {
+        const nonce = external_node_crypto_default().randomBytes(12).toString('hex');
+        const budgetS = cleanup ? CLEANUP_MS / 1000 : this.budgetS();
+        const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
+        try {
+            const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, cleanup ? undefined : this.signal, nonce);
+            return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: vmBlock(result.stderr.trim(), 2000), other: vmBlock(result.other.trim(), 2000) };
+        }
+        catch (error) {
+            // The channel is gone, but the step may still run on the VM, or start
+            // there later: stopInterrupted() finds it by its nonce.
+            this.interrupted.add(nonce);
+            throw error;
+        }
+    }
+    async op(op, args, cleanup = false) {
+        const { response, code, stderr, other } = await this.call(op, args, cleanup);
+        const agentCode = response.get('error');
+        if (agentCode === null && code === 0 && response.complete)
+            return response;
+        const said = vmText(response.get('message') ?? '', 500);
+        const known = agentCode !== null && agentCode !== 'failed' && AGENT_CODES.has(agentCode) ? agentCode : null;
+        const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(stderr);
+        const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${vmText(other, 300)}` : `exit ${code}`);
+        throw new VmSyncError(known ?? codeFromStderr(stderr) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+    }
+    /** Reads where the VM stands; changes nothing. */
+    async probe(cleanup = false) {
+        return parseProbe(await this.op('probe', [], cleanup));
+    }
+    /**
+     * Takes the lock (breaking `expectedBreak` first if it is still exactly that
+     * record), then probes under it. With `expect` equal to the live commit and
+     * no `force`, the lock is released again at once (`released`).
+     */
+    async begin(owner, options) {
+        const lockBudget = this.budgetS() + LOCK_MARGIN_S;
+        const out = await this.op('begin', [
+            encodeLockOwner(owner),
+            String(lockBudget),
+            options.expect,
+            options.force ? '1' : '0',
+            String(UNREADABLE_LOCK_GRACE_S),
+            String(options.legacyStaleAfterS),
+            options.expectedBreak ?? '',
+        ]);
+        const probe = parseProbe(out);
+        const lock = out.all('lock')[0];
+        if (lock === 'held') {
+            return {
+                held: true,
+                probe,
+                record: vmText(out.require('owner'), 1000),
+                hex: hexOnly(out.require('owner_hex')),
+                why: out.oneOf('lock_why', ['deadline', 'legacy', 'unreadable']),
+                ageS: toInt(out.require('age')),
+            };
+        }
+        if (lock !== 'acquired')
+            throw new VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${vmText(lock ?? '', 40)}`);
+        const took = out.all('took_over').at(-1);
+        return {
+            held: false,
+            probe,
+            released: out.all('lock').includes('released'),
+            tookOver: took !== undefined ? { record: vmText(took, 1000), why: vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
+        };
+    }
+    /** Releases the lock if this run still holds it; never removes another run's lock. Runs on a budget of its own. */
+    async unlock(token) {
+        return (await this.op('unlock', [token], true)).get('lock') === 'released';
+    }
+    /** Breaks the lock if it is still exactly the one read (its `hex`); false when it changed meanwhile. */
+    async breakLock(hex) {
+        return (await this.op('break', [hex], true)).get('lock') === 'broken';
+    }
+    /** Removes abandoned partial stages of other commits, then makes this commit's stage; returns where to stage and what to hard-link from. */
+    async stage(token, sha, probed) {
+        const out = await this.op('stage', [token, sha]);
+        // rsync writes there with --delete: only the one directory it must be.
+        const expected = external_node_path_default().posix.join(external_node_path_default().posix.dirname(probed.target), `.${external_node_path_default().posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
+        const stage = out.require('stage');
+        if (stage !== expected)
+            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${vmText(stage)}, not ${expected}: refusing to transfer there`);
+        const linkDest = out.require('link_dest');
+        const releases = external_node_path_default().posix.dirname(expected);
+        if (linkDest && linkDest !== probed.target && external_node_path_default().posix.dirname(linkDest) !== releases)
+            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
+        return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
+    }
+    /** Writes `.sync_rev` into the staged release, renames it complete and flips the symlink. */
+    async publish(token, sha) {
+        const out = await this.op('publish', [token, sha]);
+        const aside = out.get('moved_aside');
+        return { release: vmText(out.require('release')), movedAside: aside === null ? null : vmText(aside) };
+    }
+    async inPlaceBegin(token, probed) {
+        const target = (await this.op('inplace-begin', [token])).require('target');
+        if (target !== probed.target)
+            throw new VmSyncError('remote_command_failed', `inplace-begin on ${this.vmId} answered ${vmText(target)}, not ${probed.target}: refusing to transfer there`);
+        return target;
+    }
+    async inPlaceFinish(token, sha) {
+        await this.op('inplace-finish', [token, sha]);
+    }
+    /** Removes releases beyond `keep` (never the current one) and abandoned partial stages. */
+    async prune(token, keep) {
+        return (await this.op('prune', [token, String(keep)])).all('pruned').map((p) => vmText(p));
+    }
+    /** Whether a deploy could write beside the target, and the free space there. */
+    async writability() {
+        const out = await this.op('doctor', []);
+        const kb = Number(out.get('avail_kb'));
+        return {
+            parent: vmText(out.require('parent')),
+            existing: vmText(out.require('existing')),
+            writable: out.require('writable') === '1',
+            availableKb: out.get('avail_kb') && Number.isFinite(kb) ? kb : null,
+            timeout: out.get('timeout') ? vmText(out.require('timeout')) : null,
+        };
+    }
+    /** Runs the configured post-sync command in the live release, under the run's deadline. */
+    async postSync(token, sha, command) {
+        const { response, code, stderr, other } = await this.call('post', [token, sha, command], false);
+        if (response.get('error') !== null)
+            await this.op('post', [token, sha, command]); // lock lost and the like: the checked form says why
+        if (code === 0 && response.complete)
+            return;
+        const exit = response.get('exit') ?? String(code);
+        const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
+        throw new VmSyncError('post_sync_failed', `post_sync_command exited ${vmText(exit, 10)} on ${this.vmId}: ${vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run sync --force to run it again.`);
+    }
+    /**
+     * Kills, on the VM, the process groups of operations whose channel this run
+     * dropped (a cancelled run or a spent budget): closing a channel does not
+     * stop the remote process. Returns false when they could not be confirmed
+     * stopped.
+     */
+    async stopInterrupted() {
+        if (this.interrupted.size === 0)
+            return true;
+        try {
+            await this.op('kill', [...this.interrupted], true);
+            this.interrupted.clear();
+            return true;
+        }
+        catch {
+            return false;
+        }
+    }
+}
+function hexOnly(value) {
+    return /^[0-9a-f]*$/.test(value) ? value : '';
+}
+function toInt(value) {
+    const n = Number(value);
+    return Number.isSafeInteger(n) ? n : 0;
+}
+/** The probe part of a response, every field required and checked. */
+function parseProbe(out) {
+    const sentinel = out.oneOf('rev_state', SENTINEL_STATES);
+    const lockKind = out.get('lock_kind');
+    const mtime = Number(out.get('lock_mtime'));
+    return {
+        target: vmText(out.require('target')),
+        kind: out.oneOf('kind', TARGET_KINDS),
+        currentRelease: out.require('current') ? vmText(out.require('current')) : null,
+        sentinel,
+        rev: sentinel === 'regular' ? vmText(out.require('rev'), 100) : null,
+        rsyncVersion: out.require('rsync') ? vmText(out.require('rsync'), 120) : null,
+        lock: lockKind === null
+            ? null
+            : { record: vmText(out.get('lock_record') ?? '', 1000), hex: hexOnly(out.get('lock_hex') ?? ''), kind: lockKind === 'v2' || lockKind === 'legacy' ? lockKind : 'other', mtime: out.get('lock_mtime') && Number.isSafeInteger(mtime) ? mtime : null },
+        now: toInt(out.require('now')),
+    };
+}
+
 ;// CONCATENATED MODULE: ./src/sync/state.ts
 
 const state_FULL_SHA = /^[0-9a-f]{40}$/;
@@ -79384,6 +81820,7 @@ async function classifyState(vmId, rev, deploy, history) {
 }
 
 ;// CONCATENATED MODULE: ./src/sync/vm-pipeline.ts
+
 
 
 
@@ -79421,6 +81858,7 @@ const sleep = (ms, signal) => new Promise((resolve) => {
  */
 async function withBudget(vm, ctx, attempt) {
     const started = Date.now();
+    const deadlineAt = started + ctx.config.sync.timeoutS * 1000;
     const deadline = AbortSignal.timeout(ctx.config.sync.timeoutS * 1000);
     const signal = ctx.signal ? AbortSignal.any([ctx.signal, deadline]) : deadline;
     const finish = (report) => ({ ...report, duration_ms: Date.now() - started });
@@ -79429,14 +81867,14 @@ async function withBudget(vm, ctx, attempt) {
         const report = emptyReport(vm);
         report.notes.push(...earlier);
         try {
-            await attempt(report, signal);
+            await attempt(report, signal, deadlineAt);
             return finish({ ...report, error: null });
         }
         catch (error) {
             let failure = toFailure(error);
             if (signal.aborted) {
                 failure = ctx.signal?.aborted
-                    ? new VmSyncError('interrupted', `run interrupted before ${vm.id} finished; it stays on its last complete release`)
+                    ? new VmSyncError('interrupted', `run interrupted before ${vm.id} finished; what it serves now is in rev_after`)
                     : new VmSyncError('timeout', `${vm.id} did not finish within sync.timeout_s=${ctx.config.sync.timeoutS}s (last step: ${failure.message})`);
             }
             report.result = report.result === 'refused' ? 'refused' : 'failed';
@@ -79457,143 +81895,278 @@ async function withBudget(vm, ctx, attempt) {
     }
 }
 /** Connects, runs `body` with the session and target, and always closes the connection. */
-async function withTarget(vm, ctx, signal, body) {
+async function withTarget(vm, ctx, signal, deadlineAt, body) {
     const session = await VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal });
     try {
-        return await body(session, new RemoteTarget(session, vm.repoPath, ctx.config.sync.timeoutS * 1000, signal));
+        return await body(session, new RemoteTarget(session, vm.repoPath, deadlineAt, signal));
     }
     finally {
         session.dispose();
     }
 }
+const vm_pipeline_FULL_SHA = /^[0-9a-f]{40}$/;
+/** The commit a probe shows live, or null: only a full hash is ever reported as a rev. */
+function liveRev(probe) {
+    return probe.rev !== null && vm_pipeline_FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
+}
 /**
- * Deploys `ctx.commit` to one VM: connect, lock, read `.sync_rev` and classify,
- * stage a complete release, write `.sync_rev`, flip, verify, prune, post-sync,
- * unlock. A failure at any step before the flip leaves the VM on its last
- * complete release.
+ * Where the VM stands against the commit. A sentinel that is not a regular
+ * file (a symlink, FIFO, directory) is never read or followed: it is an error,
+ * or with --force a VM in an unknown state that gets a fresh release.
+ */
+async function stateOf(vm, probe, ctx, force) {
+    if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
+        if (force)
+            return 'unknown';
+        throw new VmSyncError('sentinel_unreadable', `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run sync --force to replace it with a new release.`);
+    }
+    return classifyState(vm.id, probe.rev, ctx.commit, ctx.history);
+}
+/** Who held a lock, in a few words (its token for vm-sync's own records). */
+function holderName(record) {
+    const owner = parseLockOwner(record);
+    if (owner)
+        return `${owner.token} (pid ${owner.pid} on ${owner.host}${owner.commit ? `, deploying ${owner.commit.slice(0, 12)}` : ''})`;
+    return record ? record.split(' ')[0] : 'an unknown holder (empty owner record)';
+}
+function staleReason(why) {
+    switch (why) {
+        case 'deadline': return 'its deadline had passed';
+        case 'legacy': return 'a lock of an older vm-sync, older than sync.timeout_s';
+        case 'unreadable': return `its owner record was empty or unreadable for over ${UNREADABLE_LOCK_GRACE_S}s`;
+        default: return 'its holder process no longer exists';
+    }
+}
+/** Why a lock is held, in words that say what to do. */
+function lockedError(vm, outcome, staleAfterS) {
+    const owner = parseLockOwner(outcome.record);
+    const unlock = `vm-sync unlock --vm ${vm.id}`;
+    if (owner) {
+        return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress. Wait for it; if you know it is gone, run ${unlock} (--force for a holder that is still alive).`);
+    }
+    if (outcome.why === 'legacy') {
+        return new VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s). Wait for it, or run ${unlock}.`);
+    }
+    return new VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s. Run ${unlock} to break it now.`);
+}
+/**
+ * Takes the VM's lock. A lock of this same run (an earlier attempt that lost
+ * its connection) or of a process on this runner host that no longer exists
+ * is broken at once; the VM itself breaks one whose holder's deadline passed.
+ */
+async function takeLock(vm, target, ctx) {
+    const options = { expect: ctx.commit, force: ctx.force, legacyStaleAfterS: ctx.config.sync.timeoutS };
+    let outcome = await target.begin(ctx.owner, options);
+    if (outcome.held) {
+        const owner = parseLockOwner(outcome.record);
+        if (owner && (owner.token === ctx.owner.token || holderIsDead(owner))) {
+            outcome = await target.begin(ctx.owner, { ...options, expectedBreak: outcome.hex });
+        }
+    }
+    if (outcome.held)
+        throw Object.assign(lockedError(vm, outcome, ctx.config.sync.timeoutS), { probe: outcome.probe });
+    return outcome;
+}
+/**
+ * Deploys `ctx.commit` to one VM: connect, take the lock, then read
+ * `.sync_rev` and decide (only under the lock, so a run that arrives late
+ * sees what an earlier one deployed), stage a complete release, write
+ * `.sync_rev`, flip, verify, prune, post-sync, unlock. Whatever fails, this
+ * run's operations on the VM are stopped before the lock is released, and the
+ * row's `rev_after` is read back from the VM.
  */
 function syncVm(vm, ctx) {
-    return withBudget(vm, ctx, (report, signal) => withTarget(vm, ctx, signal, async (session, target) => {
-        const { repository, sync } = ctx.config;
-        const say = (message) => ctx.events.info(vm.id, message);
-        // Read where the VM stands and decide.
-        const before = await target.probe();
-        report.rev_before = before.rev;
-        report.rev_after = before.rev;
-        report.state = await classifyState(vm.id, before.rev, ctx.commit, ctx.history);
-        if (report.state === 'up-to-date' && !ctx.force) {
-            report.action = 'none';
-            report.result = 'success';
-            report.verified = true;
-            say(`already on ${vm_pipeline_short(ctx.commit)}: nothing to do`);
-            return;
-        }
-        if (report.state === 'ahead' && !ctx.force) {
-            report.action = 'refuse';
-            report.result = 'refused';
-            throw new VmSyncError('refused_ahead', `${vm.id} is on ${vm_pipeline_short(before.rev)}, a descendant of ${vm_pipeline_short(ctx.commit)}: an older run arrived late. Use --force to roll back deliberately.`);
-        }
-        if (report.state === 'diverged') {
-            report.notes.push(`history diverged: ${vm_pipeline_short(before.rev)} is not an ancestor of ${vm_pipeline_short(ctx.commit)} (rewritten history?); deploying the remote's commit`);
-        }
-        report.action = 'deploy';
-        if (before.rsyncVersion === null) {
-            throw new VmSyncError('remote_rsync_missing', `rsync is not installed on ${vm.id} (or not on ${vm.user}'s PATH): install it there (apt-get install rsync).`);
-        }
-        const bridge = await RshBridge.start(session);
+    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, async (session, target) => {
+        if (ctx.dryRun)
+            return dryRun(vm, ctx, session, target, report, signal);
+        let begun;
         try {
-            const plan = { source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: Math.max(30, sync.connectTimeoutS * 3) };
-            const progress = { signal, onProgress: (p) => ctx.events.progress(vm.id, p.percent, p.rate) };
-            if (ctx.dryRun) {
-                // Compare against what is live now; nothing is written on the VM.
-                const stats = await runRsync({ ...plan, dest: before.currentRelease ?? before.target, linkDest: null, dryRun: true }, bridge.env, { signal });
-                report.files_changed = stats.filesChanged;
-                report.result = 'success';
-                for (const change of stats.changes.slice(0, 20))
-                    report.notes.push(`would change: ${change}`);
-                return;
+            begun = await takeLock(vm, target, ctx);
+        }
+        catch (error) {
+            const probe = error.probe;
+            if (probe)
+                report.rev_before = report.rev_after = liveRev(probe);
+            else {
+                // Cancelled or timed out while taking the lock: it may have been
+                // taken after all. Stop that step, then release what is ours, and
+                // report what the VM serves (nothing of this run changed it).
+                if (await target.stopInterrupted())
+                    await target.unlock(ctx.owner.token).catch(() => false);
+                const now = await target.probe(true).catch(() => null);
+                if (now)
+                    report.rev_before = report.rev_after = liveRev(now);
             }
-            const lock = await target.lock(ctx.lockToken, sync.timeoutS);
-            if (lock.held && lock.owner !== ctx.lockToken) {
-                throw new VmSyncError('locked', `${vm.id} is locked by ${lock.owner} for ${lock.ageS}s (another deploy in progress). Wait for it; the lock is considered stale after sync.timeout_s=${sync.timeoutS}s.`);
-            }
-            if (!lock.held && lock.staleOwner)
-                report.notes.push(`took over a stale lock left by ${lock.staleOwner}`);
-            try {
-                let stats;
-                if (repository.layout === 'atomic') {
-                    const { stage, linkDest } = await target.stageDir(ctx.commit);
-                    say(`staging ${vm_pipeline_short(ctx.commit)} into a new release${linkDest ? ' (unchanged files hard-linked)' : ''}`);
-                    stats = await runRsync({ ...plan, dest: stage, linkDest, dryRun: false }, bridge.env, progress);
-                    const published = await target.publish(ctx.commit, stage);
-                    if (published.movedAside)
-                        report.notes.push(`kept the directory that stood at ${before.target} as ${published.movedAside}`);
-                }
-                else {
-                    await target.inPlaceBegin();
-                    stats = await runRsync({ ...plan, dest: before.target, linkDest: null, dryRun: false }, bridge.env, progress);
-                    await target.inPlaceFinish(ctx.commit);
-                }
-                report.files_changed = stats.filesChanged;
-                report.bytes_sent = stats.bytesSent;
-                // Verify by reading the sentinel back through the live path.
-                const after = await target.probe();
-                report.rev_after = after.rev;
-                if (after.rev !== ctx.commit) {
-                    throw new VmSyncError('verify_mismatch', `${vm.id} reports ${after.rev ?? 'no .sync_rev'} after the deploy, expected ${ctx.commit}: something else is writing to ${after.target}.`);
-                }
-                report.verified = true;
-                say(`live on ${vm_pipeline_short(ctx.commit)} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
-                if (repository.layout === 'atomic') {
-                    try {
-                        const pruned = await target.prune(repository.keepReleases);
-                        if (pruned.length > 0)
-                            say(`pruned ${pruned.length} old release(s)`);
-                    }
-                    catch (error) {
-                        report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
-                    }
-                }
-                if (sync.postSyncCommand) {
-                    say('running post_sync_command');
-                    await target.postSync(ctx.commit, sync.postSyncCommand);
-                }
-                report.result = 'success';
-            }
-            finally {
-                await unlockQuietly(session, vm, ctx, report);
-            }
+            throw error;
+        }
+        const token = ctx.owner.token;
+        // Whether a step that can change what the VM serves was started.
+        let touched = false;
+        let failed = true;
+        try {
+            report.rev_before = report.rev_after = liveRev(begun.probe);
+            if (begun.tookOver)
+                report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
+            await deploy(vm, ctx, session, target, report, signal, begun, () => (touched = true));
+            failed = false;
         }
         finally {
-            await bridge.close();
+            if (!begun.released)
+                await settle(vm, target, token, report, failed, touched);
         }
     }));
 }
-/** Releases our lock even after a timeout, on a fresh budget; a failure only adds a note. */
-async function unlockQuietly(session, vm, ctx, report) {
+/** The steps of a deploy while holding the lock. */
+async function deploy(vm, ctx, session, target, report, signal, begun, touching) {
+    const { repository, sync } = ctx.config;
+    const say = (message) => ctx.events.info(vm.id, message);
+    const before = begun.probe;
+    const token = ctx.owner.token;
+    report.state = await stateOf(vm, before, ctx, ctx.force);
+    if (begun.released || (report.state === 'up-to-date' && !ctx.force)) {
+        report.action = 'none';
+        report.result = 'success';
+        report.verified = true;
+        say(`already on ${vm_pipeline_short(ctx.commit)}: nothing to do`);
+        return;
+    }
+    if (report.state === 'ahead' && !ctx.force) {
+        report.action = 'refuse';
+        report.result = 'refused';
+        throw new VmSyncError('refused_ahead', `${vm.id} is on ${vm_pipeline_short(report.rev_before)}, a descendant of ${vm_pipeline_short(ctx.commit)}: an older run arrived late. Use --force to roll back deliberately.`);
+    }
+    if (report.state === 'diverged') {
+        report.notes.push(`history diverged: ${vm_pipeline_short(report.rev_before)} is not an ancestor of ${vm_pipeline_short(ctx.commit)} (rewritten history?); deploying the remote's commit`);
+    }
+    report.action = 'deploy';
+    if (before.rsyncVersion === null) {
+        throw new VmSyncError('remote_rsync_missing', `rsync is not installed on ${vm.id} (or not on ${vm.user}'s PATH): install it there (apt-get install rsync).`);
+    }
+    const bridge = await RshBridge.start(session);
     try {
-        await new RemoteTarget(session, vm.repoPath, 15_000).unlock(ctx.lockToken);
+        const plan = { source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: Math.max(30, sync.connectTimeoutS * 3) };
+        const progress = { signal, onProgress: (p) => ctx.events.progress(vm.id, p.percent, p.rate) };
+        let stats;
+        if (repository.layout === 'atomic') {
+            const { stage, linkDest, removedPartials } = await target.stage(token, ctx.commit, before);
+            for (const name of removedPartials)
+                report.notes.push(`removed an abandoned partial release ${name}`);
+            say(`staging ${vm_pipeline_short(ctx.commit)} into a new release${linkDest ? ' (unchanged files hard-linked)' : ''}`);
+            stats = await runRsync({ ...plan, dest: stage, linkDest, dryRun: false }, bridge.env, progress);
+            touching();
+            const published = await target.publish(token, ctx.commit);
+            if (published.movedAside)
+                report.notes.push(`kept the directory that stood at ${before.target} as ${published.movedAside}`);
+        }
+        else {
+            touching();
+            const dest = await target.inPlaceBegin(token, before);
+            stats = await runRsync({ ...plan, dest, linkDest: null, dryRun: false }, bridge.env, progress);
+            await target.inPlaceFinish(token, ctx.commit);
+        }
+        report.files_changed = stats.filesChanged;
+        report.bytes_sent = stats.bytesSent;
+    }
+    finally {
+        await bridge.close();
+    }
+    report.notes.push(...(ctx.deployNotes ?? []));
+    // Verify by reading the sentinel back through the live path.
+    const after = await target.probe();
+    report.rev_after = liveRev(after);
+    if (report.rev_after !== ctx.commit) {
+        throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the deploy, expected ${ctx.commit}: something else is writing to ${after.target}.`);
+    }
+    report.verified = true;
+    say(`live on ${vm_pipeline_short(ctx.commit)} (${report.files_changed} files changed, ${report.bytes_sent} bytes sent)`);
+    if (repository.layout === 'atomic') {
+        try {
+            const pruned = await target.prune(token, repository.keepReleases);
+            if (pruned.length > 0)
+                say(`pruned ${pruned.length} old release(s)`);
+        }
+        catch (error) {
+            if (signal.aborted)
+                throw error;
+            report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
+        }
+    }
+    if (sync.postSyncCommand) {
+        say('running post_sync_command');
+        await target.postSync(token, ctx.commit, sync.postSyncCommand);
+    }
+    report.result = 'success';
+}
+/**
+ * The end of every locked deploy: after a failure, stop what this run still
+ * has running on the VM and read back what the VM serves now, so the row
+ * reports the truth; then release the lock (only once nothing of this run is
+ * left running there). Runs on a budget of its own: the run's may be spent.
+ */
+async function settle(vm, target, token, report, failed, touched) {
+    let safeToUnlock = true;
+    if (failed) {
+        safeToUnlock = await target.stopInterrupted();
+        if (!safeToUnlock)
+            report.notes.push(`could not confirm that this run's steps on ${vm.id} stopped: the lock is left to expire at its deadline`);
+        try {
+            const now = await target.probe(true);
+            if (report.rev_after !== liveRev(now) && touched)
+                report.notes.push(`after the failure ${vm.id} serves ${vm_pipeline_short(liveRev(now))}`);
+            report.rev_after = liveRev(now);
+        }
+        catch (error) {
+            if (touched) {
+                report.rev_after = null;
+                report.notes.push(`could not read what ${vm.id} serves after the failure (${getErrorMessage(error)}): check it with vm-sync status`);
+            }
+        }
+    }
+    if (!safeToUnlock)
+        return;
+    try {
+        await target.unlock(token);
     }
     catch (error) {
-        report.notes.push(`could not release the lock (it goes stale after ${ctx.config.sync.timeoutS}s): ${getErrorMessage(error)}`);
+        report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${vm.id}): ${getErrorMessage(error)}`);
     }
+}
+/** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
+async function dryRun(vm, ctx, session, target, report, signal) {
+    const before = await target.probe();
+    report.rev_before = report.rev_after = liveRev(before);
+    report.state = await stateOf(vm, before, ctx, ctx.force);
+    report.action = report.state === 'up-to-date' && !ctx.force ? 'none' : report.state === 'ahead' && !ctx.force ? 'refuse' : 'deploy';
+    if (before.lock)
+        report.notes.push(`lock present: ${before.lock.record || '(empty owner)'}`);
+    const bridge = await RshBridge.start(session);
+    try {
+        const dest = before.currentRelease ?? before.target;
+        const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
+        report.files_changed = stats.filesChanged;
+        for (const change of stats.changes.slice(0, 20))
+            report.notes.push(`would change: ${change}`);
+    }
+    finally {
+        await bridge.close();
+    }
+    report.result = 'success';
 }
 /**
  * Reads one VM's `.sync_rev` and classifies it (`vm-sync status`), and with
  * `verify` also requires it to equal the commit (`vm-sync verify`).
  */
 function inspectVm(vm, ctx, mode) {
-    return withBudget(vm, ctx, (report, signal) => withTarget(vm, ctx, signal, async (_session, target) => {
+    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
         report.action = mode;
         const probe = await target.probe();
-        report.rev_before = probe.rev;
-        report.rev_after = probe.rev;
-        report.state = await classifyState(vm.id, probe.rev, ctx.commit, ctx.history);
+        report.rev_before = report.rev_after = liveRev(probe);
         if (probe.lock)
-            report.notes.push(`lock present: ${probe.lock}`);
-        report.verified = probe.rev === ctx.commit;
+            report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
+        report.state = await stateOf(vm, probe, ctx, false);
+        report.verified = report.rev_after === ctx.commit;
         if (mode === 'verify' && !report.verified) {
-            throw new VmSyncError('verify_mismatch', `${vm.id} is on ${probe.rev ? vm_pipeline_short(probe.rev) : 'nothing (no .sync_rev)'}, expected ${vm_pipeline_short(ctx.commit)} (${report.state}): run vm-sync sync.`);
+            throw new VmSyncError('verify_mismatch', `${vm.id} is on ${report.rev_after ? vm_pipeline_short(report.rev_after) : 'nothing (no .sync_rev)'}, expected ${vm_pipeline_short(ctx.commit)} (${report.state}): run vm-sync sync.`);
         }
         report.result = 'success';
     }));
@@ -79607,9 +82180,6 @@ function excludes(config) {
 function vm_pipeline_short(sha) {
     return sha ? sha.slice(0, 12) : 'none';
 }
-
-;// CONCATENATED MODULE: ./src/sync/types.ts
-const silentEvents = { info: () => undefined, progress: () => undefined };
 
 ;// CONCATENATED MODULE: ./src/sync/fleet.ts
 
@@ -79650,10 +82220,30 @@ function selectVms(config, ids) {
     }
     return config.vms.filter((vm) => ids.includes(vm.id));
 }
-/** The runner-host clone the config names. */
-function runnerRepo(config, env) {
+/**
+ * The runner-host clone the config names: managed (locked while vm-sync
+ * changes it, re-cloned when corrupt). `$VM_SYNC_CLONE_WAIT_S` sets how long a
+ * run waits for another run's lock (default 300).
+ */
+function runnerRepo(config, env, options = {}) {
     const { mainRepoPath, remote, defaultBranch, url } = config.repository;
-    return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env);
+    const wait = process.env.VM_SYNC_CLONE_WAIT_S;
+    const seconds = wait === undefined || wait === '' ? undefined : Number(wait);
+    if (seconds !== undefined && !(Number.isFinite(seconds) && seconds >= 0)) {
+        throw new VmSyncError('config_invalid', `VM_SYNC_CLONE_WAIT_S must be a number of seconds, not '${wait}'`);
+    }
+    return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env, {
+        managed: true,
+        events: options.events,
+        signal: options.signal,
+        lockWaitMs: seconds === undefined ? undefined : seconds * 1000,
+    });
+}
+/** Removes what runs killed on this host left in the temporary directory (say so when there was any). */
+function sweepDeadRuns(events) {
+    const removed = sweepScratchDirs();
+    if (removed.length > 0)
+        events.info(null, `removed ${removed.length} temporary director${removed.length === 1 ? 'y' : 'ies'} left by vm-sync runs that died: ${removed.join(', ')}`);
 }
 function loadKnownHosts(config) {
     return new KnownHosts(external_node_fs_default().readFileSync(config.knownHostsPath, 'utf8'));
@@ -79667,21 +82257,13 @@ async function runSync(config, options = {}) {
     const events = options.events ?? silentEvents;
     const vms = selectVms(config, options.vms);
     const knownHosts = loadKnownHosts(config);
-    const repo = runnerRepo(config, options.gitEnv);
-    const prepared = await repo.prepare(options.fetch !== false);
-    if (prepared.movedAside)
-        events.info(null, `runner-host repo was corrupt: moved to ${prepared.movedAside} and cloned again`);
-    else if (prepared.action === 'cloned')
-        events.info(null, `cloned ${config.repository.mainRepoPath}`);
-    const commit = await repo.resolve(options.commit ?? repo.trackingRef);
-    if (!options.force && !(await repo.isOnBranch(commit))) {
-        throw new VmSyncError('commit_not_on_branch', `${commit} is not on ${config.repository.remote}/${config.repository.defaultBranch}: only merged commits are deployed. Use --force to deploy it anyway.`);
-    }
-    await repo.checkout(commit);
-    const exportRoot = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-export-'));
+    sweepDeadRuns(events);
+    const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+    const exportRoot = makeScratchDir('export');
     const exportDir = external_node_path_default().join(exportRoot, 'tree');
     try {
-        await repo.exportTree(commit, exportDir);
+        // Fetch, branch check, reset and export under one hold of the runner-host lock.
+        const commit = await repo.prepareDeploy({ rev: options.commit, fetch: options.fetch !== false, force: options.force ?? false, exportDir });
         // The secret-scan gate: before any VM is contacted.
         let scan = null;
         if (config.repository.secretScanning.enabled) {
@@ -79703,19 +82285,16 @@ async function runSync(config, options = {}) {
             exportDir,
             force: options.force ?? false,
             dryRun: options.dryRun ?? false,
-            lockToken: lockToken(),
+            owner: ownLockOwner(commit, runUrlFromEnv()),
+            deployNotes: committedSentinelNote(exportDir),
             events,
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
         };
-        const reports = await mapPool(vms, config.sync.concurrency, async (vm) => {
-            events.vmStarted?.(vm.id);
-            const report = await syncVm(vm, ctx);
-            // Remember what each VM holds, so the next manual resync scans only what is new to it.
-            if (!ctx.dryRun && report.result === 'success' && report.rev_after === commit)
-                await repo.recordDeployed(vm.id, commit);
-            return announce(events, report);
-        });
+        // Every VM ends with a row, whatever throws: the export outlives them all.
+        const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => syncVm(vm, ctx)));
+        if (!ctx.dryRun)
+            await recordDeployed(repo, reports, commit, events);
         return { command: 'sync', commit, dry_run: ctx.dryRun, scan, vms: reports };
     }
     finally {
@@ -79730,7 +82309,8 @@ async function runSync(config, options = {}) {
 async function runInspect(config, mode, options = {}) {
     const events = options.events ?? silentEvents;
     const vms = selectVms(config, options.vms);
-    const repo = runnerRepo(config, options.gitEnv);
+    sweepDeadRuns(events);
+    const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (options.fetch)
         await repo.prepare(true);
     else if (!external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
@@ -79745,15 +82325,12 @@ async function runInspect(config, mode, options = {}) {
         exportDir: '',
         force: false,
         dryRun: false,
-        lockToken: '',
+        owner: ownLockOwner(commit, ''),
         events,
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
     };
-    const reports = await mapPool(vms, config.sync.concurrency, (vm) => {
-        events.vmStarted?.(vm.id);
-        return inspectVm(vm, ctx, mode).then((r) => announce(events, r));
-    });
+    const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode)));
     return { command: mode, commit, dry_run: false, scan: null, vms: reports };
 }
 /**
@@ -79771,7 +82348,7 @@ async function runScan(config, options = {}) {
         repo = new RunnerRepo(dir, remote, defaultBranch, null);
     }
     else {
-        repo = runnerRepo(config);
+        repo = runnerRepo(config, undefined, { events, signal: options.signal });
         await repo.prepare(options.fetch !== false);
     }
     const request = options.request
@@ -79780,7 +82357,8 @@ async function runScan(config, options = {}) {
             ? { kind: 'range', range: options.range }
             : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
     const plan = await planScan(repo, request);
-    const exportRoot = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-export-'));
+    sweepDeadRuns(events);
+    const exportRoot = makeScratchDir('export');
     try {
         const exportDir = plan.head ? external_node_path_default().join(exportRoot, 'tree') : null;
         if (plan.head && exportDir)
@@ -79790,6 +82368,63 @@ async function runScan(config, options = {}) {
     }
     finally {
         external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
+    }
+}
+/**
+ * Runs one VM's pipeline and announces its row. A pipeline never throws by
+ * design; if a defect makes it throw anyway, the VM still gets a failed row
+ * instead of the error escaping the fan-out and abandoning the other VMs.
+ */
+async function rowOf(vm, events, pipeline) {
+    events.vmStarted?.(vm.id);
+    let report;
+    try {
+        report = await pipeline();
+    }
+    catch (error) {
+        report = {
+            id: vm.id,
+            host: vm.host,
+            state: 'unknown',
+            action: 'none',
+            result: 'failed',
+            rev_before: null,
+            rev_after: null,
+            files_changed: 0,
+            bytes_sent: 0,
+            duration_ms: 0,
+            verified: false,
+            notes: ['what this VM serves is unknown: check it with vm-sync status'],
+            error: { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` },
+        };
+    }
+    return announce(events, report);
+}
+/** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
+async function recordDeployed(repo, reports, commit, events) {
+    for (const report of reports.filter((r) => r.rev_after === commit)) {
+        try {
+            await repo.recordDeployed(report.id, commit);
+        }
+        catch (error) {
+            events.info(report.id, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
+        }
+    }
+}
+/** The Actions run that is deploying, for lock records ('' outside Actions). */
+function runUrlFromEnv() {
+    const { GITHUB_SERVER_URL, GITHUB_REPOSITORY, GITHUB_RUN_ID } = process.env;
+    return GITHUB_SERVER_URL && GITHUB_REPOSITORY && GITHUB_RUN_ID ? `${GITHUB_SERVER_URL}/${GITHUB_REPOSITORY}/actions/runs/${GITHUB_RUN_ID}` : '';
+}
+/** `.sync_rev` at a tree's root is vm-sync's own name: a committed one is never deployed, and the row says so. */
+function committedSentinelNote(exportDir) {
+    try {
+        const stat = external_node_fs_default().lstatSync(external_node_path_default().join(exportDir, '.sync_rev'));
+        const what = stat.isSymbolicLink() ? 'a symlink' : stat.isDirectory() ? 'a directory' : 'a file';
+        return [`the commit has ${what} at .sync_rev: not deployed, because vm-sync writes its own sentinel under that name`];
+    }
+    catch {
+        return [];
     }
 }
 function announce(events, report) {
@@ -79805,6 +82440,7 @@ function exitCodeFor(report) {
 }
 
 ;// CONCATENATED MODULE: ./src/main.ts
+
 
 
 
@@ -79857,8 +82493,9 @@ function pushRequest(ctx, commit) {
  * Engine events as Actions logs: each VM's lines are collected and printed as
  * one group when the VM finishes (VMs run in parallel, so live groups would
  * interleave); progress lines of long transfers are printed as they come.
+ * Every line is made safe for the log (messages embed text a VM wrote).
  */
-function actionEvents(reporter) {
+function actionEvents(reporter, fanOut) {
     const buffers = new Map();
     const lastProgress = new Map();
     return {
@@ -79867,47 +82504,102 @@ function actionEvents(reporter) {
             if (buffer)
                 buffer.push(message);
             else
-                info(vm ? `[${vm}] ${message}` : message);
+                info(escape_terminalLine(vm ? `[${vm}] ${message}` : message));
         },
         progress: (vm, percent, rate) => {
             const now = Date.now();
             if (now - (lastProgress.get(vm) ?? 0) < 5000 && percent < 100)
                 return;
             lastProgress.set(vm, now);
-            info(`[${vm}] transfer ${percent}% at ${rate}`);
+            info(escape_terminalLine(`[${vm}] transfer ${percent}% at ${rate}`));
         },
         vmStarted: (vm) => {
+            fanOut.started.add(vm);
             buffers.set(vm, []);
             reporter.vmStarted(vm);
         },
         vmFinished: (report) => {
+            fanOut.finished.set(report.id, report);
             const lines = buffers.get(report.id) ?? [];
             buffers.delete(report.id);
-            startGroup(`${report.id}: ${report.result}${report.error ? ` (${report.error.code})` : ''}`);
+            startGroup(escape_terminalLine(`${report.id}: ${report.result}${report.error ? ` (${report.error.code})` : ''}`));
             for (const line of lines)
-                info(line);
+                info(escape_terminalLine(line));
             endGroup();
-            if (report.error)
-                error(`${report.id}: ${report.error.code}: ${report.error.message}`, { title: `vm-sync: ${report.id} ${report.result}` });
+            if (report.error) {
+                error(annotationText(`${report.id}: ${report.error.code}: ${report.error.message}`), { title: annotationText(`vm-sync: ${report.id} ${report.result}`, ANNOTATION_TITLE_MAX) });
+            }
             reporter.vmFinished(report);
         },
     };
 }
-function setOutputs(report) {
-    const ids = (pick) => report.vms.filter(pick).map((vm) => vm.id).join(',');
-    setOutput('results', JSON.stringify(report));
-    setOutput('commit', report.commit);
+/**
+ * The report of a run that threw after its fan-out began: the rows of the VMs
+ * that finished, and a failed row for every other selected VM, so each VM the
+ * run was meant to reach ends with a row.
+ */
+function partialReport(command, commit, dryRun, vms, fanOut, failure) {
+    const rows = vms.map((vm) => {
+        const done = fanOut.finished.get(vm.id);
+        if (done)
+            return done;
+        const started = fanOut.started.has(vm.id);
+        return {
+            id: vm.id,
+            host: vm.host,
+            state: 'unknown',
+            action: 'none',
+            result: 'failed',
+            rev_before: null,
+            rev_after: null,
+            files_changed: 0,
+            bytes_sent: 0,
+            duration_ms: 0,
+            verified: false,
+            notes: [],
+            error: {
+                code: failure.code,
+                message: started
+                    ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with vm-sync status, then run the deploy again.`
+                    : `the run stopped before ${vm.id} was started (${failure.message}); nothing was changed on it. Run the deploy again.`,
+            },
+        };
+    });
+    return { command, commit, dry_run: dryRun, scan: null, vms: rows };
+}
+/**
+ * Writes every output, for any run: `results` is the report (or, when the run
+ * failed before it had one, `{commit: null, vms: [], error}`), bounded by
+ * {@link boundedResults} so a VM's text can never make it megabytes.
+ */
+function setOutputs(report, failure, fallback) {
+    const vms = report?.vms ?? [];
+    const ids = (pick) => vms.filter(pick).map((vm) => vm.id).join(',');
+    const doc = report ?? { command: fallback.command, commit: null, dry_run: fallback.dryRun, scan: null, vms: [] };
+    setOutput('results', boundedResults(failure && !report ? { ...doc, error: failure } : doc));
+    setOutput('commit', report && /^[0-9a-f]{40}$/.test(report.commit) ? report.commit : '');
     setOutput('synced', ids((vm) => vm.result === 'success' && vm.action === 'deploy'));
     setOutput('skipped', ids((vm) => vm.result === 'success' && vm.action !== 'deploy'));
     setOutput('failed', ids((vm) => vm.result !== 'success'));
-    setOutput('findings', String(report.scan?.findings.length ?? 0));
+    setOutput('findings', String(report?.scan?.findings.length ?? 0));
 }
-/** The action: parse inputs once, run the engine, report on GitHub. Never throws. */
+/**
+ * The action: parse inputs once, run the engine, report on GitHub. Never
+ * throws, and whatever fails (before, during or after the fan-out) the
+ * outputs, the job summary and every status it set to pending are final.
+ */
 async function main_run() {
     let report = null;
     let failure = null;
+    /** What was thrown, when the run did not complete (a failure code for the rows it leaves). */
+    let thrown = null;
     let runUrl = '';
     let reporter = null;
+    let command = 'sync';
+    let dryRun = false;
+    let commit = '';
+    let selected = [];
+    const fanOut = { started: new Set(), finished: new Map() };
     const controller = new AbortController();
     const onSignal = () => controller.abort();
     process.once('SIGTERM', onSignal);
@@ -79916,11 +82608,14 @@ async function main_run() {
         const inputs = parseInputs();
         if (inputs.githubToken)
             core_setSecret(inputs.githubToken);
+        command = inputs.command;
+        dryRun = inputs.dryRun;
         const ctx = readWorkflowContext();
         runUrl = ctx.runUrl;
         const config = loadConfig(external_node_path_default().resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' });
         maskKeys(config);
-        const commit = inputs.commit || ctx.sha;
+        commit = inputs.commit || ctx.sha;
+        selected = config.vms.filter((vm) => inputs.vms.length === 0 || inputs.vms.includes(vm.id));
         const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
         if (scans)
             config.repository.secretScanning.gitleaksPath = await resolveGitleaks(inputs, config);
@@ -79931,52 +82626,47 @@ async function main_run() {
             environment: inputs.environment,
             verb: inputs.command === 'verify' ? 'verify' : 'sync',
             dryRun: inputs.dryRun,
-            warn: (message) => warning(message),
+            warn: (message) => warning(annotationText(message)),
         });
-        const events = actionEvents(reporter);
+        const events = actionEvents(reporter, fanOut);
         if (scans)
             reporter.scanStarted();
-        try {
-            if (inputs.command === 'scan') {
-                report = await runScan(config, { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal });
-            }
-            else if (inputs.command === 'sync') {
-                const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
-                if (auth)
-                    core_setSecret(auth.secret);
-                report = await runSync(config, {
-                    commit,
-                    vms: inputs.vms,
-                    force: inputs.force,
-                    dryRun: inputs.dryRun,
-                    gitEnv: auth?.env,
-                    scanRequest: pushRequest(ctx, commit),
-                    events,
-                    signal: controller.signal,
-                });
-            }
-            else {
-                // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
-                const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
-                if (auth)
-                    core_setSecret(auth.secret);
-                report = await runInspect(config, inputs.command, { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal });
-            }
+        if (inputs.command === 'scan') {
+            report = await runScan(config, { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal });
         }
-        finally {
-            if (scans)
-                reporter.scanFinished(report?.scan ?? null, report ? null : { code: 'scan_failed', message: 'the run failed before the scan finished' });
+        else if (inputs.command === 'sync') {
+            const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
+            if (auth)
+                core_setSecret(auth.secret);
+            report = await runSync(config, {
+                commit,
+                vms: inputs.vms,
+                force: inputs.force,
+                dryRun: inputs.dryRun,
+                gitEnv: auth?.env,
+                scanRequest: pushRequest(ctx, commit),
+                events,
+                signal: controller.signal,
+            });
         }
+        else {
+            // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
+            const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
+            if (auth)
+                core_setSecret(auth.secret);
+            report = await runInspect(config, inputs.command, { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal });
+        }
+        if (scans)
+            reporter.scanFinished(report.scan, null);
         for (const finding of report.scan?.findings ?? []) {
-            error(`Possible secret (${finding.rule})${finding.commit ? ` added in commit ${finding.commit}` : ' in the deployed tree'}. Fingerprint: ${finding.fingerprint}`, {
-                title: `vm-sync secret scan: ${finding.rule}`,
+            error(annotationText(`Possible secret (${finding.rule})${finding.commit ? ` added in commit ${finding.commit}` : ' in the deployed tree'}. Fingerprint: ${finding.fingerprint}`), {
+                title: annotationText(`vm-sync secret scan: ${finding.rule}`, ANNOTATION_TITLE_MAX),
                 file: finding.file,
                 startLine: Math.max(1, finding.line),
             });
         }
         if (inputs.sarifPath)
             external_node_fs_default().writeFileSync(external_node_path_default().resolve(ctx.workspace, inputs.sarifPath), renderSarif(report.scan?.findings ?? []));
-        setOutputs(report);
         const code = exitCodeFor(report);
         if (code === 3)
             failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and no VM was contacted` };
@@ -79985,21 +82675,32 @@ async function main_run() {
             failure = { code: bad[0]?.error?.code ?? 'failed', message: `${bad.length} of ${report.vms.length} VM(s) did not succeed: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` };
         }
         if (failure)
-            setFailed(`${failure.code}: ${failure.message}`);
+            setFailed(annotationText(`${failure.code}: ${failure.message}`));
     }
     catch (error) {
-        failure = { code: error instanceof VmSyncError ? error.code : 'internal', message: getErrorMessage(error) };
-        setFailed(`${failure.code}: ${failure.message}`);
+        thrown = { code: error instanceof VmSyncError ? error.code : 'internal_error', message: getErrorMessage(error) };
+        failure = thrown;
+        setFailed(annotationText(`${failure.code}: ${failure.message}`));
     }
     finally {
         process.removeListener('SIGTERM', onSignal);
         process.removeListener('SIGINT', onSignal);
+        // A run that threw after its fan-out began still reports a row per VM.
+        if (thrown && !report && fanOut.started.size > 0)
+            report = partialReport(command, commit, dryRun, selected, fanOut, thrown);
+        reporter?.finalize(failure ?? { code: 'internal_error', message: 'the run ended without reporting it' });
+        try {
+            setOutputs(report, failure, { command, dryRun });
+        }
+        catch (error) {
+            warning(annotationText(`could not write the outputs: ${getErrorMessage(error)}`));
+        }
         await reporter?.flush();
         try {
             await summary.addRaw(renderSummary(report, { runUrl, failure }), true).write();
         }
         catch (error) {
-            warning(`could not write the job summary: ${getErrorMessage(error)}`);
+            warning(annotationText(`could not write the job summary: ${getErrorMessage(error)}`));
         }
     }
 }

@@ -26,9 +26,13 @@ export const FAILURE_CODES = [
   'scan_range_unresolved',
   'scan_failed',
   'gitleaks_missing',
+  'remote_shell_unclean',
+  'host_key_revoked',
   'unsafe_state_dir',
   'lock_lost',
   'internal_error',
+  'runner_busy',
+  'scan_timeout',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];

@@ -6,7 +6,8 @@ import { parseInputs, type Inputs } from './action/inputs.js';
 import { octokitApi } from './action/octokit-api.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/types.js';
-import { getErrorMessage, VmSyncError } from './errors.js';
+import { getErrorMessage, VmSyncError, type FailureCode } from './errors.js';
+import { annotationText, ANNOTATION_TITLE_MAX, boundedResults, terminalLine, type ResultsDocument } from './report/escape.js';
 import { GitHubReporter } from './report/github.js';
 import { renderSummary } from './report/summary.js';
 import { renderSarif } from './scan/findings.js';
@@ -14,7 +15,7 @@ import { locateGitleaks } from './scan/gitleaks.js';
 import { installGitleaks } from './scan/install.js';
 import type { ScanRequest } from './scan/plan.js';
 import { exitCodeFor, runInspect, runScan, runSync } from './sync/fleet.js';
-import type { EngineEvents, RunReport } from './sync/types.js';
+import type { EngineEvents, RunReport, VmReport } from './sync/types.js';
 
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
 function maskKeys(config: Config): void {
@@ -46,58 +47,121 @@ function pushRequest(ctx: WorkflowContext, commit: string): ScanRequest | undefi
   return { kind: 'push', before: ctx.push.before, after: ctx.push.after, branch: ctx.push.ref };
 }
 
+/** What the fan-out got to, as the engine reported it: the rows for a run that stops half-way. */
+interface FanOut {
+  started: Set<string>;
+  finished: Map<string, VmReport>;
+}
+
 /**
  * Engine events as Actions logs: each VM's lines are collected and printed as
  * one group when the VM finishes (VMs run in parallel, so live groups would
  * interleave); progress lines of long transfers are printed as they come.
+ * Every line is made safe for the log (messages embed text a VM wrote).
  */
-function actionEvents(reporter: GitHubReporter): EngineEvents {
+function actionEvents(reporter: GitHubReporter, fanOut: FanOut): EngineEvents {
   const buffers = new Map<string, string[]>();
   const lastProgress = new Map<string, number>();
   return {
     info: (vm, message) => {
       const buffer = vm ? buffers.get(vm) : undefined;
       if (buffer) buffer.push(message);
-      else core.info(vm ? `[${vm}] ${message}` : message);
+      else core.info(terminalLine(vm ? `[${vm}] ${message}` : message));
     },
     progress: (vm, percent, rate) => {
       const now = Date.now();
       if (now - (lastProgress.get(vm) ?? 0) < 5000 && percent < 100) return;
       lastProgress.set(vm, now);
-      core.info(`[${vm}] transfer ${percent}% at ${rate}`);
+      core.info(terminalLine(`[${vm}] transfer ${percent}% at ${rate}`));
     },
     vmStarted: (vm) => {
+      fanOut.started.add(vm);
       buffers.set(vm, []);
       reporter.vmStarted(vm);
     },
     vmFinished: (report) => {
+      fanOut.finished.set(report.id, report);
       const lines = buffers.get(report.id) ?? [];
       buffers.delete(report.id);
-      core.startGroup(`${report.id}: ${report.result}${report.error ? ` (${report.error.code})` : ''}`);
-      for (const line of lines) core.info(line);
+      core.startGroup(terminalLine(`${report.id}: ${report.result}${report.error ? ` (${report.error.code})` : ''}`));
+      for (const line of lines) core.info(terminalLine(line));
       core.endGroup();
-      if (report.error) core.error(`${report.id}: ${report.error.code}: ${report.error.message}`, { title: `vm-sync: ${report.id} ${report.result}` });
+      if (report.error) {
+        core.error(annotationText(`${report.id}: ${report.error.code}: ${report.error.message}`), { title: annotationText(`vm-sync: ${report.id} ${report.result}`, ANNOTATION_TITLE_MAX) });
+      }
       reporter.vmFinished(report);
     },
   };
 }
 
-function setOutputs(report: RunReport): void {
-  const ids = (pick: (vm: RunReport['vms'][number]) => boolean): string => report.vms.filter(pick).map((vm) => vm.id).join(',');
-  core.setOutput('results', JSON.stringify(report));
-  core.setOutput('commit', report.commit);
+/**
+ * The report of a run that threw after its fan-out began: the rows of the VMs
+ * that finished, and a failed row for every other selected VM, so each VM the
+ * run was meant to reach ends with a row.
+ */
+function partialReport(command: RunReport['command'], commit: string, dryRun: boolean, vms: Array<{ id: string; host: string }>, fanOut: FanOut, failure: { code: FailureCode; message: string }): RunReport {
+  const rows = vms.map((vm): VmReport => {
+    const done = fanOut.finished.get(vm.id);
+    if (done) return done;
+    const started = fanOut.started.has(vm.id);
+    return {
+      id: vm.id,
+      host: vm.host,
+      state: 'unknown',
+      action: 'none',
+      result: 'failed',
+      rev_before: null,
+      rev_after: null,
+      files_changed: 0,
+      bytes_sent: 0,
+      duration_ms: 0,
+      verified: false,
+      notes: [],
+      error: {
+        code: failure.code,
+        message: started
+          ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with vm-sync status, then run the deploy again.`
+          : `the run stopped before ${vm.id} was started (${failure.message}); nothing was changed on it. Run the deploy again.`,
+      },
+    };
+  });
+  return { command, commit, dry_run: dryRun, scan: null, vms: rows };
+}
+
+/**
+ * Writes every output, for any run: `results` is the report (or, when the run
+ * failed before it had one, `{commit: null, vms: [], error}`), bounded by
+ * {@link boundedResults} so a VM's text can never make it megabytes.
+ */
+function setOutputs(report: RunReport | null, failure: { code: string; message: string } | null, fallback: { command: RunReport['command']; dryRun: boolean }): void {
+  const vms = report?.vms ?? [];
+  const ids = (pick: (vm: VmReport) => boolean): string => vms.filter(pick).map((vm) => vm.id).join(',');
+  const doc: ResultsDocument = report ?? { command: fallback.command, commit: null, dry_run: fallback.dryRun, scan: null, vms: [] };
+  core.setOutput('results', boundedResults(failure && !report ? { ...doc, error: failure } : doc));
+  core.setOutput('commit', report && /^[0-9a-f]{40}$/.test(report.commit) ? report.commit : '');
   core.setOutput('synced', ids((vm) => vm.result === 'success' && vm.action === 'deploy'));
   core.setOutput('skipped', ids((vm) => vm.result === 'success' && vm.action !== 'deploy'));
   core.setOutput('failed', ids((vm) => vm.result !== 'success'));
-  core.setOutput('findings', String(report.scan?.findings.length ?? 0));
+  core.setOutput('findings', String(report?.scan?.findings.length ?? 0));
 }
 
-/** The action: parse inputs once, run the engine, report on GitHub. Never throws. */
+/**
+ * The action: parse inputs once, run the engine, report on GitHub. Never
+ * throws, and whatever fails (before, during or after the fan-out) the
+ * outputs, the job summary and every status it set to pending are final.
+ */
 export async function run(): Promise<void> {
   let report: RunReport | null = null;
   let failure: { code: string; message: string } | null = null;
+  /** What was thrown, when the run did not complete (a failure code for the rows it leaves). */
+  let thrown: { code: FailureCode; message: string } | null = null;
   let runUrl = '';
   let reporter: GitHubReporter | null = null;
+  let command: RunReport['command'] = 'sync';
+  let dryRun = false;
+  let commit = '';
+  let selected: Array<{ id: string; host: string }> = [];
+  const fanOut: FanOut = { started: new Set(), finished: new Map() };
   const controller = new AbortController();
   const onSignal = (): void => controller.abort();
   process.once('SIGTERM', onSignal);
@@ -105,11 +169,14 @@ export async function run(): Promise<void> {
   try {
     const inputs = parseInputs();
     if (inputs.githubToken) core.setSecret(inputs.githubToken);
+    command = inputs.command;
+    dryRun = inputs.dryRun;
     const ctx = readWorkflowContext();
     runUrl = ctx.runUrl;
     const config = loadConfig(path.resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' });
     maskKeys(config);
-    const commit = inputs.commit || ctx.sha;
+    commit = inputs.commit || ctx.sha;
+    selected = config.vms.filter((vm) => inputs.vms.length === 0 || inputs.vms.includes(vm.id));
     const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
     if (scans) config.repository.secretScanning.gitleaksPath = await resolveGitleaks(inputs, config);
 
@@ -120,45 +187,41 @@ export async function run(): Promise<void> {
       environment: inputs.environment,
       verb: inputs.command === 'verify' ? 'verify' : 'sync',
       dryRun: inputs.dryRun,
-      warn: (message) => core.warning(message),
+      warn: (message) => core.warning(annotationText(message)),
     });
-    const events = actionEvents(reporter);
+    const events = actionEvents(reporter, fanOut);
     if (scans) reporter.scanStarted();
-    try {
-      if (inputs.command === 'scan') {
-        report = await runScan(config, { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal });
-      } else if (inputs.command === 'sync') {
-        const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
-        if (auth) core.setSecret(auth.secret);
-        report = await runSync(config, {
-          commit,
-          vms: inputs.vms,
-          force: inputs.force,
-          dryRun: inputs.dryRun,
-          gitEnv: auth?.env,
-          scanRequest: pushRequest(ctx, commit),
-          events,
-          signal: controller.signal,
-        });
-      } else {
-        // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
-        const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
-        if (auth) core.setSecret(auth.secret);
-        report = await runInspect(config, inputs.command, { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal });
-      }
-    } finally {
-      if (scans) reporter.scanFinished(report?.scan ?? null, report ? null : { code: 'scan_failed', message: 'the run failed before the scan finished' });
+    if (inputs.command === 'scan') {
+      report = await runScan(config, { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal });
+    } else if (inputs.command === 'sync') {
+      const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
+      if (auth) core.setSecret(auth.secret);
+      report = await runSync(config, {
+        commit,
+        vms: inputs.vms,
+        force: inputs.force,
+        dryRun: inputs.dryRun,
+        gitEnv: auth?.env,
+        scanRequest: pushRequest(ctx, commit),
+        events,
+        signal: controller.signal,
+      });
+    } else {
+      // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
+      const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
+      if (auth) core.setSecret(auth.secret);
+      report = await runInspect(config, inputs.command, { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal });
     }
+    if (scans) reporter.scanFinished(report.scan, null);
 
     for (const finding of report.scan?.findings ?? []) {
-      core.error(`Possible secret (${finding.rule})${finding.commit ? ` added in commit ${finding.commit}` : ' in the deployed tree'}. Fingerprint: ${finding.fingerprint}`, {
-        title: `vm-sync secret scan: ${finding.rule}`,
+      core.error(annotationText(`Possible secret (${finding.rule})${finding.commit ? ` added in commit ${finding.commit}` : ' in the deployed tree'}. Fingerprint: ${finding.fingerprint}`), {
+        title: annotationText(`vm-sync secret scan: ${finding.rule}`, ANNOTATION_TITLE_MAX),
         file: finding.file,
         startLine: Math.max(1, finding.line),
       });
     }
     if (inputs.sarifPath) fs.writeFileSync(path.resolve(ctx.workspace, inputs.sarifPath), renderSarif(report.scan?.findings ?? []));
-    setOutputs(report);
 
     const code = exitCodeFor(report);
     if (code === 3) failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and no VM was contacted` };
@@ -166,18 +229,27 @@ export async function run(): Promise<void> {
       const bad = report.vms.filter((vm) => vm.result !== 'success');
       failure = { code: bad[0]?.error?.code ?? 'failed', message: `${bad.length} of ${report.vms.length} VM(s) did not succeed: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` };
     }
-    if (failure) core.setFailed(`${failure.code}: ${failure.message}`);
+    if (failure) core.setFailed(annotationText(`${failure.code}: ${failure.message}`));
   } catch (error) {
-    failure = { code: error instanceof VmSyncError ? error.code : 'internal', message: getErrorMessage(error) };
-    core.setFailed(`${failure.code}: ${failure.message}`);
+    thrown = { code: error instanceof VmSyncError ? error.code : 'internal_error', message: getErrorMessage(error) };
+    failure = thrown;
+    core.setFailed(annotationText(`${failure.code}: ${failure.message}`));
   } finally {
     process.removeListener('SIGTERM', onSignal);
     process.removeListener('SIGINT', onSignal);
+    // A run that threw after its fan-out began still reports a row per VM.
+    if (thrown && !report && fanOut.started.size > 0) report = partialReport(command, commit, dryRun, selected, fanOut, thrown);
+    reporter?.finalize(failure ?? { code: 'internal_error', message: 'the run ended without reporting it' });
+    try {
+      setOutputs(report, failure, { command, dryRun });
+    } catch (error) {
+      core.warning(annotationText(`could not write the outputs: ${getErrorMessage(error)}`));
+    }
     await reporter?.flush();
     try {
       await core.summary.addRaw(renderSummary(report, { runUrl, failure }), true).write();
     } catch (error) {
-      core.warning(`could not write the job summary: ${getErrorMessage(error)}`);
+      core.warning(annotationText(`could not write the job summary: ${getErrorMessage(error)}`));
     }
   }
 }

@@ -71,12 +71,28 @@ class Section {
         this.problem(pair.key, `unknown key '${key}' in ${where || 'the config'} (allowed: ${allowed.join(', ')})`);
         continue;
       }
+      // Duplicates are found here rather than by the YAML parser's uniqueKeys,
+      // which compares every key with every earlier one (quadratic in the VM count).
+      const first = this.pairs.get(key);
+      if (first) {
+        this.problem(pair.key, `duplicate key '${key}' in ${where || 'the config'} (first on line ${lineOf(ctx, first.key) ?? '?'})`);
+        continue;
+      }
       this.pairs.set(key, pair);
     }
   }
 
   keys(): string[] {
     return [...this.pairs.keys()];
+  }
+
+  /** Whether the section has `key` (a map lookup: safe inside a loop over thousands of VMs). */
+  has(key: string): boolean {
+    return this.pairs.has(key);
+  }
+
+  get size(): number {
+    return this.pairs.size;
   }
 
   node(key: string): Node | null | undefined {
@@ -175,7 +191,7 @@ function checkedPath(section: Section, key: string, value: string | null, nodeKe
  */
 export function parseConfig(text: string, source: string, home: string = os.homedir()): Config {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: true });
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: true });
   const ctx: Context = { problems: [], lines };
   for (const error of doc.errors) {
     ctx.problems.push({ line: error.linePos?.[0]?.line ?? null, message: `YAML: ${error.message.split('\n')[0]}` });
@@ -189,7 +205,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
   ]);
   const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
   const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
-  const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path']);
+  const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path', 'timeout_s']);
 
   const keyStorage = checkedPath(remoteExec, 'key_storage_path', remoteExec.string('key_storage_path', '~/.ssh/vm-sync_keys'));
   const knownHosts = checkedPath(
@@ -205,11 +221,11 @@ export function parseConfig(text: string, source: string, home: string = os.home
     const value = checkedPath(repoPaths, key, repoPaths.string(key, null, true));
     if (value) pathFor.set(key, value);
   }
-  if (repoPaths.keys().length === 0) pathFor.set('default', '~/app');
+  if (repoPaths.size === 0) pathFor.set('default', '~/app');
 
   const vmsNode = root.node('vms');
   const vmSection = new Section(ctx, 'vms', vmsNode, null);
-  if (vmSection.keys().length === 0) root.problem(vmsNode ?? root.keyNode('vms'), 'vms must list at least one VM (vm_id: { ip, ssh_user, ssh_port })');
+  if (vmSection.size === 0) root.problem(vmsNode ?? root.keyNode('vms'), 'vms must list at least one VM (vm_id: { ip, ssh_user, ssh_port })');
   const vms: VmConfig[] = [];
   for (const id of vmSection.keys()) {
     if (!VM_ID.test(id) || id === 'default') {
@@ -224,7 +240,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
     if (user !== null && !USER.test(user)) vm.problem(vm.node('ssh_user'), `vms.${id}.ssh_user is not a valid user name: '${user}'`);
     const repoPath = pathFor.get(id) ?? pathFor.get('default');
     // An entry that is present but invalid was reported already; say nothing more.
-    if (!repoPath && !repoPaths.keys().includes(id) && !repoPaths.keys().includes('default')) {
+    if (!repoPath && !repoPaths.has(id) && !repoPaths.has('default')) {
       vm.problem(vmSection.keyNode(id), `no target path for VM '${id}': add repository.vm_repo_paths.${id} or a 'default'`);
     }
     if (host && user && repoPath && HOST.test(host) && USER.test(user)) {
@@ -238,9 +254,12 @@ export function parseConfig(text: string, source: string, home: string = os.home
       });
     }
   }
+  // The known ids, listed once and shortened: each stray entry repeats them, and a fleet can have thousands.
+  const ids = vmSection.keys();
+  const known = ids.length === 0 ? 'none' : ids.length <= 10 ? ids.join(', ') : `${ids.slice(0, 10).join(', ')} and ${ids.length - 10} more`;
   for (const key of repoPaths.keys()) {
-    if (key !== 'default' && !vmSection.keys().includes(key)) {
-      repoPaths.problem(repoPaths.keyNode(key), `repository.vm_repo_paths names unknown VM '${key}' (known: ${vmSection.keys().join(', ') || 'none'})`);
+    if (key !== 'default' && !vmSection.has(key)) {
+      repoPaths.problem(repoPaths.keyNode(key), `repository.vm_repo_paths names unknown VM '${key}' (known: ${known})`);
     }
   }
 
@@ -285,6 +304,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
         configPath: scanConfigPath,
         blockOnSecrets: scanning.bool('block_on_secrets', true),
         gitleaksPath: gitleaksPath ? expandLocalHome(gitleaksPath, home) : null,
+        timeoutS: scanning.int('timeout_s', 600, 1, 86400),
       },
     },
     keyStoragePath: keyStorage ? expandLocalHome(keyStorage, home) : '',

@@ -21,6 +21,8 @@ export interface SecretScanningConfig {
   blockOnSecrets: boolean;
   /** An explicit gitleaks binary; null: `$VM_SYNC_GITLEAKS`, then PATH. */
   gitleaksPath: string | null;
+  /** The whole scan's time limit in seconds (`timeout_s`); a scan that reaches it fails closed. */
+  timeoutS: number;
 }
 
 export interface RepositoryConfig {

@@ -47,7 +47,7 @@ function tcpReachable(host: string, port: number, timeoutMs: number): Promise<st
 }
 
 /** What doctor says of the VM's lock: who holds it and whether a sync would wait, take it over, or be blocked. */
-function describeLock(vm: VmConfig, probe: Probe): Pick<Check, 'status' | 'detail' | 'hint'> {
+function describeLock(vm: VmConfig, probe: Probe, staleAfterS: number): Pick<Check, 'status' | 'detail' | 'hint'> {
   const lock = probe.lock;
   if (!lock) return { status: 'ok', detail: 'no lock', hint: null };
   const unlock = `vm-sync unlock --vm ${vm.id}`;
@@ -58,8 +58,12 @@ function describeLock(vm: VmConfig, probe: Probe): Pick<Check, 'status' | 'detai
     if (holderIsDead(owner)) return { status: 'warn', detail: `lock of a process that no longer exists: ${describeOwner(owner, probe.now)}`, hint: `the next sync from this runner host takes it over; to clear it now: ${unlock}` };
     return { status: 'warn', detail: `locked by ${describeOwner(owner, probe.now)}: a deploy is running`, hint: `wait for it; if you know it is gone: ${unlock} --force` };
   }
-  if (lock.kind === 'legacy' && /^\S+ \d+$/.test(lock.record)) {
-    return { status: 'warn', detail: `lock of an older vm-sync: ${lock.record}`, hint: `wait for it, or clear it: ${unlock}` };
+  const legacy = /^(\S+) (\d+)$/.exec(lock.record);
+  if (lock.kind === 'legacy' && legacy) {
+    const held = probe.now - Number(legacy[2]);
+    return held > staleAfterS
+      ? { status: 'warn', detail: `stale lock left by ${legacy[1]}, ${held}s old (an older vm-sync's lock; stale after sync.timeout_s=${staleAfterS}s)`, hint: `the next sync takes it over; to clear it now: ${unlock}` }
+      : { status: 'warn', detail: `locked by ${legacy[1]} for ${held}s (an older vm-sync): a deploy may be running`, hint: `wait for it, or clear it: ${unlock}` };
   }
   const stale = age !== null && age > UNREADABLE_LOCK_GRACE_S;
   return {
@@ -155,7 +159,7 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
     if (space.timeout) add('timeout', 'ok', `coreutils timeout at ${space.timeout}`);
     else add('timeout', 'fail', `timeout (coreutils) not found on ${vm.id}: vm-sync runs every step under it so a cancelled run stops on the VM too`, `install coreutils on ${vm.id}`);
 
-    const lockCheck = describeLock(vm, probe);
+    const lockCheck = describeLock(vm, probe, config.sync.timeoutS);
     add('lock', lockCheck.status, lockCheck.detail, lockCheck.hint);
     if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
       add('sync_rev', 'fail', `${probe.target}/.sync_rev is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}`}: vm-sync never follows or reads it, so a sync fails`, `remove it on ${vm.id}, or run vm-sync sync --force to replace it with a new release`);

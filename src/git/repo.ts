@@ -1,9 +1,11 @@
 import { spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { VmSyncError } from '../errors.js';
 import { run, type RunResult } from '../local/run.js';
+import { removeIfOrphaned, scratchSiblingName } from '../local/scratch.js';
+import { silentEvents, type EngineEvents } from '../sync/types.js';
+import { withCloneLock } from './clone-lock.js';
 
 /** How a VM's deployed commit relates to the commit being deployed. */
 export type Relation = 'up-to-date' | 'behind' | 'ahead' | 'diverged';
@@ -11,7 +13,7 @@ export type Relation = 'up-to-date' | 'behind' | 'ahead' | 'diverged';
 /** What {@link RunnerRepo.prepare} had to do to get a usable clone. */
 export interface PrepareOutcome {
   action: 'cloned' | 'fetched' | 'reused' | 'recloned';
-  /** Where a corrupt clone was moved to (it is never deleted). */
+  /** Where a corrupt clone was moved to (kept until a later re-clone moves a newer one aside). */
   movedAside: string | null;
 }
 
@@ -19,7 +21,65 @@ const FULL_SHA = /^[0-9a-f]{40}$/;
 
 // Messages git prints when the object store itself is damaged, as opposed to
 // the network or the remote being unavailable (which must not trigger a re-clone).
-const CORRUPTION = /bad object|corrupt|unable to read tree|did not send all necessary objects|packfile .* cannot be accessed|not a git repository|invalid object|missing blob|unable to read sha1 file|Could not parse object|bad revision 'HEAD'|ambiguous argument 'HEAD'/i;
+const CORRUPTION = /bad object|corrupt|unable to read tree|did not send all necessary objects|packfile .* cannot be accessed|does not match index|not a git repository|invalid object|missing blob|unable to read sha1 file|Could not parse object|Could not read [0-9a-f]{40}|Failed to traverse parents|not a tree object|bad revision 'HEAD'|ambiguous argument 'HEAD'/i;
+
+/** A git step failed because the clone's object store is damaged (moving it aside and cloning again fixes it). */
+class CorruptCloneError extends VmSyncError {
+  constructor(message: string) {
+    super('git_failed', message);
+  }
+}
+
+/** How vm-sync treats a clone it owns (the runner-host clone). */
+export interface RunnerRepoOptions {
+  /**
+   * The clone is vm-sync's own: every step that changes it runs under the
+   * runner-host lock, and a reset or export that meets corruption moves it
+   * aside and clones again once. Leave false for a checkout vm-sync only
+   * reads (a CI checkout given to `scan --repo`).
+   */
+  managed?: boolean;
+  /** Where the lock-wait and moved-aside messages go. */
+  events?: EngineEvents;
+  /** How long to wait for another run's lock (default 300 s). */
+  lockWaitMs?: number;
+  /** Stops waiting for the lock. */
+  signal?: AbortSignal;
+}
+
+/** What {@link RunnerRepo.prepareDeploy} does. */
+export interface PrepareDeployOptions {
+  /** The revision to deploy (default: `remote/branch`). */
+  rev?: string;
+  /** Fetch the default branch first. */
+  fetch: boolean;
+  /** Deploy even when the commit is not on the default branch. */
+  force: boolean;
+  /** An empty directory to export the commit into. */
+  exportDir: string;
+}
+
+/** One VM's deployed commit, for {@link RunnerRepo.recordDeployed}. */
+export interface DeployedEntry {
+  vmId: string;
+  sha: string;
+}
+
+/**
+ * The ref that records a VM's deployed commit: `refs/vm-sync/deployed/<id>`.
+ * An id that is a valid ref component as it is (`vm01`, `web-1.eu`) is used
+ * unchanged, so records written before this encoding existed are still found.
+ * Any other id (`web.lock`, `a..b`, `vm.`) is percent-encoded: every byte
+ * outside `[A-Za-z0-9_-]` as `%XX`, which leaves no `.` to break git's rules.
+ * Both forms decode to the id, so two ids never share a ref.
+ */
+export function deployedRefName(vmId: string): string {
+  const encode = (keep: RegExp): string =>
+    [...Buffer.from(vmId, 'utf8')].map((b) => (keep.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('');
+  const plain = encode(/[A-Za-z0-9_.-]/);
+  const valid = plain !== '' && !plain.startsWith('.') && !plain.endsWith('.') && !plain.endsWith('.lock') && !plain.includes('..');
+  return `refs/vm-sync/deployed/${valid ? plain : encode(/[A-Za-z0-9_-]/)}`;
+}
 
 /**
  * The runner host's clone of the main repository: the only place vm-sync talks
@@ -33,7 +93,26 @@ export class RunnerRepo {
     private readonly branch: string,
     private readonly url: string | null,
     private readonly env: NodeJS.ProcessEnv = {},
+    private readonly options: RunnerRepoOptions = {},
   ) {}
+
+  /** At most one re-clone per run: a clone that is corrupt again right away is not a clone problem. */
+  private recloned = false;
+
+  private get events(): EngineEvents {
+    return this.options.events ?? silentEvents;
+  }
+
+  /**
+   * Runs `fn` holding the runner-host lock (a managed clone only; re-entrant
+   * within one run). Another run holding it is waited for, with one message,
+   * up to the wait limit, then `runner_busy`.
+   */
+  locked<T>(doing: string, fn: () => Promise<T>): Promise<T> {
+    if (!this.options.managed) return fn();
+    const { lockWaitMs, signal } = this.options;
+    return withCloneLock(this.dir, doing, { waitMs: lockWaitMs, signal, onWait: (message) => this.events.info(null, message) }, fn);
+  }
 
   /** `remote/branch`, the ref that decides what may be deployed. */
   get trackingRef(): string {
@@ -50,40 +129,112 @@ export class RunnerRepo {
 
   private async gitOk(args: string[], what: string): Promise<string> {
     const result = await this.git(args);
-    if (result.code !== 0) {
-      throw new VmSyncError('git_failed', `git ${what} failed in ${this.dir}: ${lastLine(result.stderr)}`);
-    }
+    if (result.code !== 0) throw this.failure(`git ${what} failed in ${this.dir}`, result.stderr);
     return result.stdout.trim();
+  }
+
+  /** The error for a failed git step, carrying git's own (bounded) output; corruption is its own class. */
+  private failure(what: string, stderr: string, advice = ''): VmSyncError {
+    const message = `${what}:\n${gitOutput(stderr)}${advice ? `\n${advice}` : ''}`;
+    return CORRUPTION.test(stderr) ? new CorruptCloneError(message) : new VmSyncError('git_failed', message);
   }
 
   /**
    * Makes `dir` a healthy clone and, unless `fetch` is false, fetches the
    * default branch. Clones when absent (into a temporary sibling, renamed into
    * place only when complete, so an interrupted clone never looks valid).
-   * A corrupt clone is moved aside, never deleted, and cloned again.
+   * A corrupt clone is moved aside and cloned again. Under the runner-host lock.
    */
-  async prepare(fetch: boolean): Promise<PrepareOutcome> {
-    if (!fs.existsSync(this.dir)) {
-      await this.cloneInto(this.url);
-      return { action: 'cloned', movedAside: null };
-    }
-    const problem = await this.healthProblem();
-    if (problem === null) {
-      if (!fetch) return { action: 'reused', movedAside: null };
-      const result = await this.fetchBranch();
-      if (result.code === 0) return { action: 'fetched', movedAside: null };
-      if (!CORRUPTION.test(result.stderr)) {
-        throw new VmSyncError('git_failed', `git fetch ${this.remote} ${this.branch} failed: ${lastLine(result.stderr)}. Check the network and the runner's credentials for the remote, or run with --no-fetch.`);
+  prepare(fetch: boolean): Promise<PrepareOutcome> {
+    return this.locked(fetch ? 'fetching' : 'checking the clone', async () => {
+      this.sweepDeadClones();
+      if (!fs.existsSync(this.dir)) {
+        await this.cloneInto(this.url);
+        this.events.info(null, `cloned ${this.dir}`);
+        return { action: 'cloned', movedAside: null };
       }
-    }
+      const problem = await this.healthProblem();
+      if (problem === null) {
+        if (!fetch) return { action: 'reused', movedAside: null };
+        const result = await this.fetchBranch();
+        if (result.code === 0) return { action: 'fetched', movedAside: null };
+        if (!CORRUPTION.test(result.stderr)) {
+          throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, "Check the network and the runner's credentials for the remote, or run with --no-fetch.");
+        }
+        return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`) };
+      }
+      return { action: 'recloned', movedAside: await this.recloneAside(problem) };
+    });
+  }
+
+  /**
+   * Moves the clone aside as `<dir>.corrupt-<UTC time>` (never deleted at
+   * once: it is evidence), clones again, and then removes older
+   * `<dir>.corrupt-*` copies so only this newest one is kept. Returns where
+   * the clone went. Once per run.
+   */
+  private async recloneAside(problem: string): Promise<string> {
     const url = this.url ?? (await this.configuredUrl());
     if (url === null) {
-      throw new VmSyncError('git_failed', `${this.dir} is not a usable clone (${problem ?? 'fetch reported corruption'}) and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand.`);
+      throw new VmSyncError('git_failed', `${this.dir} is not a usable clone and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand. The problem: ${problem}`);
     }
-    const aside = `${this.dir}.corrupt-${timestamp()}`;
+    if (this.recloned) {
+      throw new VmSyncError('git_failed', `${this.dir} is corrupt again right after a fresh clone: check the runner host's disk and the remote repository. The problem: ${problem}`);
+    }
+    this.recloned = true;
+    let aside = `${this.dir}.corrupt-${timestamp()}`;
+    for (let n = 2; fs.existsSync(aside); n++) aside = `${this.dir}.corrupt-${timestamp()}-${n}`;
     fs.renameSync(this.dir, aside);
     await this.cloneInto(url);
-    return { action: 'recloned', movedAside: aside };
+    this.events.info(null, `runner-host repo was corrupt: moved to ${aside} and cloned again`);
+    this.pruneCorruptCopies(aside);
+    return aside;
+  }
+
+  /** Removes `<dir>.corrupt-*` directories other than `keep` (this user's, never through a symlink). */
+  private pruneCorruptCopies(keep: string): void {
+    const parent = path.dirname(this.dir);
+    const pattern = new RegExp(`^${escapeRegExp(path.basename(this.dir))}\\.corrupt-\\d{8}T\\d{6}Z(-\\d+)?$`);
+    for (const name of fs.readdirSync(parent)) {
+      const full = path.join(parent, name);
+      if (!pattern.test(name) || full === keep) continue;
+      try {
+        const stat = fs.lstatSync(full);
+        if (!stat.isDirectory() || stat.uid !== process.getuid?.()) continue;
+        fs.rmSync(full, { recursive: true, force: true });
+        this.events.info(null, `removed an older corrupt copy of the runner-host repo: ${full}`);
+      } catch {
+        // Best effort: an old copy left behind costs disk, not correctness.
+      }
+    }
+  }
+
+  /** Removes half-made clones (`<dir>.vm-sync-clone-*`) of runs that died mid-clone. */
+  private sweepDeadClones(): void {
+    const parent = path.dirname(this.dir);
+    const prefix = `${path.basename(this.dir)}.vm-sync-clone-`;
+    let names: string[];
+    try {
+      names = fs.readdirSync(parent);
+    } catch {
+      return;
+    }
+    for (const name of names) if (name.startsWith(prefix)) removeIfOrphaned(path.join(parent, name));
+  }
+
+  /**
+   * Runs a step; if it fails because the clone is corrupt, moves the clone
+   * aside, clones again and runs it once more. Only a managed clone is ever
+   * re-cloned.
+   */
+  private async recovering<T>(step: () => Promise<T>): Promise<T> {
+    try {
+      return await step();
+    } catch (error) {
+      if (!(error instanceof CorruptCloneError) || !this.options.managed) throw error;
+      await this.recloneAside(error.message);
+      return step();
+    }
   }
 
   /** Why the clone is unusable, or null when it looks healthy. */
@@ -102,7 +253,8 @@ export class RunnerRepo {
   }
 
   private fetchBranch(): Promise<RunResult> {
-    return this.git(['fetch', '--prune', '--no-tags', '--quiet', this.remote, `+refs/heads/${this.branch}:${this.trackingRef}`]);
+    // An automatic gc that detaches would go on writing in the clone after the lock is released.
+    return this.git(['-c', 'gc.autoDetach=false', '-c', 'maintenance.autoDetach=false', 'fetch', '--prune', '--no-tags', '--quiet', this.remote, `+refs/heads/${this.branch}:${this.trackingRef}`]);
   }
 
   private async cloneInto(url: string | null): Promise<void> {
@@ -111,14 +263,15 @@ export class RunnerRepo {
     }
     const parent = path.dirname(this.dir);
     fs.mkdirSync(parent, { recursive: true });
-    const temp = `${this.dir}.vm-sync-clone-${crypto.randomBytes(4).toString('hex')}`;
+    // Named after this process, so a clone cut short by kill -9 is removed by the next run.
+    const temp = scratchSiblingName(this.dir, 'clone');
     const result = await this.git(
       ['clone', '--quiet', '--no-tags', '--origin', this.remote, '--branch', this.branch, '--', url, temp],
       parent,
     );
     if (result.code !== 0) {
       fs.rmSync(temp, { recursive: true, force: true });
-      throw new VmSyncError('git_failed', `git clone of ${url} failed: ${lastLine(result.stderr)}`);
+      throw new VmSyncError('git_failed', `git clone of ${anonymizeUrls(url)} failed:\n${gitOutput(result.stderr)}`);
     }
     fs.renameSync(temp, this.dir);
   }
@@ -129,14 +282,50 @@ export class RunnerRepo {
     const result = await this.git(['rev-parse', '--verify', '--quiet', `${rev}^{commit}`]);
     const sha = result.stdout.trim();
     if (result.code !== 0 || !FULL_SHA.test(sha)) {
+      // A ref whose commit object is gone is a damaged clone, not an unknown commit.
+      const named = await this.git(['rev-parse', '--verify', '--quiet', rev]);
+      const target = named.stdout.trim();
+      const isHash = /^[0-9a-f]{4,40}$/i.test(rev);
+      if (!isHash && named.code === 0 && FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
+        throw new CorruptCloneError(`${rev} points to ${target}, which is missing from ${this.dir}`);
+      }
       throw new VmSyncError('git_failed', `commit ${rev} is not in ${this.dir}: push it, or fetch (drop --no-fetch).`);
     }
     return sha;
   }
 
-  /** Whether `sha` is reachable from `remote/default_branch`. */
+  /** Whether `sha` is reachable from `remote/default_branch`; a git failure (a damaged history) throws. */
   async isOnBranch(sha: string): Promise<boolean> {
-    return (await this.git(['merge-base', '--is-ancestor', sha, this.trackingRef])).code === 0;
+    const result = await this.git(['merge-base', '--is-ancestor', sha, this.trackingRef]);
+    // A commit missing on the way makes git answer "not an ancestor" (exit 1), with only its stderr telling why.
+    if ((result.code === 0 || result.code === 1) && !CORRUPTION.test(result.stderr)) return result.code === 0;
+    throw this.failure(`git merge-base --is-ancestor ${sha} ${this.trackingRef} failed in ${this.dir}`, result.stderr);
+  }
+
+  /**
+   * `sync`'s work in the clone, under one hold of the runner-host lock:
+   * fetch (clone or re-clone when needed), resolve the commit, require it to
+   * be on the default branch (unless `force`), reset the working tree to it
+   * and export it into `exportDir`. A step that meets corruption moves the
+   * clone aside, clones again and redoes the steps once. Returns the commit.
+   */
+  prepareDeploy(options: PrepareDeployOptions): Promise<string> {
+    return this.locked(`sync: fetch, reset and export ${options.rev ?? this.trackingRef}`, async () => {
+      await this.prepare(options.fetch);
+      return this.recovering(async () => {
+        const commit = await this.resolve(options.rev ?? this.trackingRef);
+        if (!options.force && !(await this.isOnBranch(commit))) {
+          throw new VmSyncError(
+            'commit_not_on_branch',
+            `${commit} is not on ${this.remote}/${this.branch}: only merged commits are deployed. Use --force to deploy it anyway.`,
+          );
+        }
+        await this.checkoutSteps(commit);
+        fs.rmSync(options.exportDir, { recursive: true, force: true });
+        await this.exportSteps(commit, options.exportDir);
+        return commit;
+      });
+    });
   }
 
   /** Whether the clone holds this commit object. */
@@ -202,15 +391,62 @@ export class RunnerRepo {
       .map(([, sha]) => sha);
   }
 
-  /** Records the commit a VM was last deployed with, so a later manual resync knows what to scan. */
-  async recordDeployed(vmId: string, sha: string): Promise<void> {
-    await this.gitOk(['update-ref', `refs/vm-sync/deployed/${vmId}`, sha], 'update-ref');
+  /**
+   * Records the commit each VM was last deployed with (so a later manual
+   * resync scans only what is new to it), in one `git update-ref --stdin`
+   * transaction under the runner-host lock. Every VM id works (see
+   * {@link deployedRefName}); entries whose sha is not a full hash of a commit
+   * in the clone are skipped rather than failing the others; for an id listed
+   * twice, the last entry wins. Throws (`git_failed`, `runner_busy`) only
+   * when git or the lock fails as a whole.
+   */
+  async recordDeployed(entries: readonly DeployedEntry[]): Promise<void>;
+  /** One VM's record (the single-entry form of the batch above). */
+  async recordDeployed(vmId: string, sha: string): Promise<void>;
+  async recordDeployed(first: readonly DeployedEntry[] | string, sha?: string): Promise<void> {
+    const entries = typeof first === 'string' ? [{ vmId: first, sha: sha ?? '' }] : first;
+    const latest = new Map<string, string>();
+    for (const entry of entries) if (entry.vmId !== '' && FULL_SHA.test(entry.sha)) latest.set(entry.vmId, entry.sha);
+    if (latest.size === 0) return;
+    await this.locked('recording deployed commits', async () => {
+      // update-ref refuses a missing object and would then fail the whole transaction.
+      const present = await this.commitsPresent([...new Set(latest.values())]);
+      const lines = [...latest].filter(([, commit]) => present.has(commit)).map(([vmId, commit]) => `update ${deployedRefName(vmId)} ${commit}\n`);
+      if (lines.length === 0) return;
+      const result = await this.gitWithInput(['update-ref', '--stdin'], `start\n${lines.join('')}prepare\ncommit\n`);
+      if (result.code !== 0) throw this.failure(`could not record the deployed commits in ${this.dir}`, result.stderr);
+    });
   }
 
   /** The commit recorded for a VM by {@link recordDeployed}, or null. */
   async deployed(vmId: string): Promise<string | null> {
-    const result = await this.git(['rev-parse', '--verify', '--quiet', `refs/vm-sync/deployed/${vmId}^{commit}`]);
+    const result = await this.git(['rev-parse', '--verify', '--quiet', `${deployedRefName(vmId)}^{commit}`]);
     return result.code === 0 ? result.stdout.trim() : null;
+  }
+
+  /** Which of `shas` are commits the clone holds (one `cat-file --batch-check`). */
+  private async commitsPresent(shas: string[]): Promise<Set<string>> {
+    const result = await this.gitWithInput(['cat-file', '--batch-check=%(objectname) %(objecttype)'], shas.map((s) => `${s}\n`).join(''));
+    const present = new Set<string>();
+    for (const line of result.stdout.split('\n')) {
+      const [sha, type] = line.split(' ');
+      if (type === 'commit') present.add(sha);
+    }
+    return present;
+  }
+
+  private gitWithInput(args: string[], input: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve, reject) => {
+      const child = spawn('git', args, { cwd: this.dir, env: this.gitEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-65536)));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+      child.stdin.on('error', () => undefined); // git exiting early is reported through its status
+      child.stdin.end(input);
+    });
   }
 
   /** Total bytes of the files in a commit's tree (what a fresh deploy would need on a VM). */
@@ -224,17 +460,41 @@ export class RunnerRepo {
     return total;
   }
 
-  /** Brings the working tree to exactly `sha`: reset, never merge; untracked and ignored files removed. */
-  async checkout(sha: string): Promise<void> {
+  /**
+   * Brings the working tree to exactly `sha`: reset, never merge; untracked
+   * and ignored files removed. Under the runner-host lock; on corruption a
+   * managed clone is cloned again and the reset retried once.
+   */
+  checkout(sha: string): Promise<void> {
+    return this.locked(`reset to ${sha.slice(0, 12)}`, () => this.recovering(() => this.checkoutSteps(sha)));
+  }
+
+  private async checkoutSteps(sha: string): Promise<void> {
     await this.gitOk(['reset', '--quiet', '--hard', sha], `reset --hard ${sha}`);
     await this.gitOk(['clean', '-ffdxq'], 'clean -ffdx');
   }
 
   /**
    * Writes a clean export of `sha` (no `.git`, nothing untracked, frozen while
-   * rsync reads it) into the empty directory `dest`, via `git archive | tar -x`.
+   * rsync reads it) into the directory `dest` (absent or empty), via
+   * `git archive | tar -x`. Under the runner-host lock; on corruption a
+   * managed clone is cloned again and the export redone once.
    */
-  async exportTree(sha: string, dest: string): Promise<void> {
+  exportTree(sha: string, dest: string): Promise<void> {
+    return this.locked(`export of ${sha.slice(0, 12)}`, () =>
+      this.recovering(async () => {
+        try {
+          await this.exportSteps(sha, dest);
+        } catch (error) {
+          // A half-written export must not mix into the retry.
+          fs.rmSync(dest, { recursive: true, force: true });
+          throw error;
+        }
+      }),
+    );
+  }
+
+  private async exportSteps(sha: string, dest: string): Promise<void> {
     fs.mkdirSync(dest, { recursive: true });
     // rsync -p copies the export's modes: the tree root must be 0755 and files
     // 0644/0755 as git records them (git archive's default umask 002 would
@@ -252,14 +512,46 @@ export class RunnerRepo {
       });
     const [a, t] = await Promise.all([status(archive), status(tar)]);
     if (a.code !== 0 || t.code !== 0) {
-      throw new VmSyncError('git_failed', `export of ${sha} failed: ${lastLine(a.stderr || t.stderr)}`);
+      throw this.failure(`export of ${sha} failed (git archive exited ${a.code}, tar ${t.code})`, [a.stderr, t.stderr].filter((x) => x.trim()).join('\n'));
     }
   }
 }
 
-function lastLine(text: string): string {
-  const lines = text.trim().split('\n').filter(Boolean);
-  return lines.at(-1) ?? 'no error output';
+const OUTPUT_LINES = 20;
+const OUTPUT_CHARS = 2000;
+
+/**
+ * git's error output for a message: whole, but bounded (its last
+ * {@link OUTPUT_LINES} distinct lines, at most {@link OUTPUT_CHARS}
+ * characters), with repeated lines counted instead of repeated, terminal
+ * control characters replaced and credentials in URLs masked. The line that
+ * names the culprit ("remove the file manually": which file) is kept.
+ */
+export function gitOutput(stderr: string): string {
+  const lines: Array<{ text: string; times: number }> = [];
+  for (const raw of stderr.replace(/\r\n?/g, '\n').split('\n')) {
+    // eslint-disable-next-line no-control-regex
+    const text = anonymizeUrls(raw.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?')).trimEnd();
+    if (text === '') continue;
+    const last = lines.at(-1);
+    if (last?.text === text) last.times++;
+    else lines.push({ text, times: 1 });
+  }
+  if (lines.length === 0) return '(git printed nothing)';
+  const kept = lines.slice(-OUTPUT_LINES);
+  let text = kept.map((l) => (l.times > 1 ? `${l.text} (${l.times} times)` : l.text)).join('\n');
+  if (text.length > OUTPUT_CHARS) text = `…${text.slice(text.length - OUTPUT_CHARS)}`;
+  const cut = lines.length - kept.length;
+  return cut > 0 ? `(${cut} earlier line${cut === 1 ? '' : 's'} cut)\n${text}` : text;
+}
+
+/** `https://user:token@host/…` → `https://***@host/…`: a URL's credentials never reach a message. */
+function anonymizeUrls(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 function timestamp(date = new Date()): string {

@@ -56,7 +56,7 @@ S="$P/.$N.vm-sync"
 R="$S/releases"
 L="$S/lock"
 LOCK_MAX=1000
-hexof() { od -An -tx1 | tr -d ' \\n'; }
+hexof() { od -An -v -tx1 | tr -d ' \\n'; }
 # What a lock says, as text (bounded) and as hex: vm-sync compares the hex,
 # so a record holding any byte at all can still be matched exactly.
 lock_text() {

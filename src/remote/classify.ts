@@ -1,4 +1,5 @@
 import type { FailureCode } from '../errors.js';
+import { vmText } from './untrusted.js';
 
 /**
  * Failure codes from what the VM's shell or rsync wrote to stderr. Ordered:
@@ -6,8 +7,13 @@ import type { FailureCode } from '../errors.js';
  * generic ones (permission) because rsync often prints both.
  */
 const STDERR_RULES: ReadonlyArray<[RegExp, FailureCode]> = [
-  [/No space left on device|Disk quota exceeded|ENOSPC/i, 'storage_full'],
-  [/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|Host denied \(verification failed\)/i, 'host_key_mismatch'],
+  // rsync's own diagnosis of a login shell that prints to stdout; first, since
+  // whatever else rsync says afterwards (SIGUSR1, exit 2) is only a consequence.
+  [/protocol version mismatch|is your shell clean\?/i, 'remote_shell_unclean'],
+  // EIO from the VM's disk (a failing or full volume, a broken mount) while writing.
+  [/No space left on device|Disk quota exceeded|ENOSPC|Input\/output error|\bI\/O error/i, 'storage_full'],
+  // "no matching host key": the VM offers no key of a pinned type (ssh2 says format, OpenSSH type). Retrying cannot help.
+  [/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|Host denied \(verification failed\)|no matching host key (type|format)/i, 'host_key_mismatch'],
   [/Permission denied \(publickey|All configured authentication methods failed|Too many authentication failures/i, 'auth_failed'],
   [/rsync: (command )?not found|rsync: No such file or directory|sh: \d*:? ?rsync: not found|bash: (line \d+: )?rsync: command not found/i, 'remote_rsync_missing'],
   [/Permission denied|Read-only file system|Operation not permitted/i, 'permission_denied'],
@@ -31,7 +37,25 @@ export function stderrSummary(stderr: string): string {
   const rule = STDERR_RULES.find(([pattern]) => pattern.test(stderr));
   const cause = rule ? lines.find((l) => rule[0].test(l)) : undefined;
   const last = lines.at(-1);
-  return [...new Set([cause, last].filter((l): l is string => Boolean(l)))].join(' | ');
+  // The VM writes this text: each line is cleaned and bounded before it joins a message.
+  return [...new Set([cause, last].filter((l): l is string => Boolean(l)))].map((l) => vmText(l, SUMMARY_LINE_MAX)).join(' | ');
+}
+
+const SUMMARY_LINE_MAX = 300;
+
+/**
+ * What to do about a failure whose code came from stderr, when the stderr
+ * line itself does not say it: a sentence to append to the message, or ''.
+ */
+export function remedyFor(code: FailureCode): string {
+  switch (code) {
+    case 'remote_shell_unclean':
+      return " The SSH user's shell start-up files print text in non-interactive sessions, which corrupts rsync's protocol: make them silent unless the shell is interactive (e.g. begin ~/.bashrc with: case $- in *i*) ;; *) return ;; esac), so that ssh USER@VM true prints nothing.";
+    case 'storage_full':
+      return ' The disk of the target on the VM is full or failing (no space, quota, or an I/O error): free space or repair the volume, then run vm-sync again.';
+    default:
+      return '';
+  }
 }
 
 /**

@@ -1,9 +1,18 @@
 import crypto from 'node:crypto';
+import { Client } from 'ssh2';
+
+/** One host pattern of a known_hosts line, prepared once so lookups never rebuild it. */
+type Pattern =
+  | { negated: boolean; kind: 'literal'; name: string }
+  | { negated: boolean; kind: 'glob'; regex: RegExp }
+  | { negated: boolean; kind: 'hashed'; salt: Buffer; hash: string };
 
 /** One usable line of an OpenSSH known_hosts file. */
 interface Entry {
+  /** Position in the file: lookups return keys in file order. */
+  index: number;
   marker: '' | '@revoked' | '@cert-authority';
-  patterns: string[];
+  patterns: Pattern[];
   type: string;
   blob: Buffer;
 }
@@ -15,6 +24,8 @@ export interface PinnedHost {
   keys: Buffer[];
   /** ssh2 host key algorithms to offer, restricted to the pinned key types. */
   algorithms: string[];
+  /** Keys that a `@revoked` line for this host vetoes: never accepted, and named as revoked when offered. */
+  revoked: Buffer[];
 }
 
 const ALGORITHMS: Record<string, string[]> = {
@@ -37,27 +48,35 @@ function blobType(blob: Buffer): string | null {
   return blob.length >= 4 + len ? blob.subarray(4, 4 + len).toString('latin1') : null;
 }
 
-function globMatch(pattern: string, name: string): boolean {
-  const regex = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, 'i');
-  return regex.test(name);
-}
-
-function patternMatches(pattern: string, name: string): boolean {
-  if (pattern.startsWith('|1|')) {
-    const [, , salt, hash] = pattern.split('|');
-    if (!salt || !hash) return false;
-    const digest = crypto.createHmac('sha1', Buffer.from(salt, 'base64')).update(name).digest('base64');
-    return digest === hash;
+function parsePattern(raw: string): Pattern | null {
+  const negated = raw.startsWith('!');
+  const text = negated ? raw.slice(1) : raw;
+  if (text.startsWith('|1|')) {
+    const [, , salt, hash] = text.split('|');
+    return salt && hash ? { negated, kind: 'hashed', salt: Buffer.from(salt, 'base64'), hash } : null;
   }
-  return globMatch(pattern, name);
+  if (!/[*?]/.test(text)) return { negated, kind: 'literal', name: text.toLowerCase() };
+  const source = text.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return { negated, kind: 'glob', regex: new RegExp(`^${source}$`, 'i') };
 }
 
-/** Whether a comma-separated host field matches `name`, honouring `!negated` patterns. */
-function hostMatches(patterns: string[], name: string): boolean {
+function patternMatches(pattern: Pattern, name: string): boolean {
+  switch (pattern.kind) {
+    case 'literal':
+      return pattern.name === name.toLowerCase();
+    case 'glob':
+      return pattern.regex.test(name);
+    case 'hashed':
+      return crypto.createHmac('sha1', pattern.salt).update(name).digest('base64') === pattern.hash;
+  }
+}
+
+/** Whether a line's host patterns match `name`, honouring `!negated` patterns. */
+function hostMatches(patterns: Pattern[], name: string): boolean {
   let matched = false;
   for (const pattern of patterns) {
-    if (pattern.startsWith('!')) {
-      if (patternMatches(pattern.slice(1), name)) return false;
+    if (pattern.negated) {
+      if (patternMatches(pattern, name)) return false;
     } else if (patternMatches(pattern, name)) {
       matched = true;
     }
@@ -71,9 +90,15 @@ function hostMatches(patterns: string[], name: string): boolean {
  * host certificates, so a CA line must never count as a pinned key).
  */
 export class KnownHosts {
-  private readonly entries: Entry[] = [];
+  /** Lines whose positive patterns are all plain names, by each of those names (lower case). */
+  private readonly byName = new Map<string, Entry[]>();
+  /** Lines with a wildcard or hashed positive pattern: these are tested one by one. */
+  private readonly scanned: Entry[] = [];
 
   constructor(text: string) {
+    // A fleet's known_hosts has a line per VM and is looked up once per VM:
+    // indexing plain names keeps that linear instead of lines x VMs.
+    let index = 0;
     for (const raw of text.split('\n')) {
       const line = raw.trim();
       if (line === '' || line.startsWith('#')) continue;
@@ -83,7 +108,19 @@ export class KnownHosts {
       if (!hosts || !type || !key) continue;
       const blob = Buffer.from(key, 'base64');
       if (blobType(blob) !== type) continue; // garbled line: never pins anything
-      this.entries.push({ marker, patterns: hosts.split(','), type, blob });
+      // A malformed hashed name matches nothing: dropping it changes no lookup.
+      const patterns = hosts.split(',').map(parsePattern).filter((p): p is Pattern => p !== null);
+      const entry: Entry = { index: index++, marker, patterns, type, blob };
+      const positive = entry.patterns.filter((p) => !p.negated);
+      if (positive.every((p) => p.kind === 'literal')) {
+        for (const name of new Set(positive.map((p) => (p as { name: string }).name))) {
+          const list = this.byName.get(name);
+          if (list) list.push(entry);
+          else this.byName.set(name, [entry]);
+        }
+      } else {
+        this.scanned.push(entry);
+      }
     }
   }
 
@@ -92,20 +129,78 @@ export class KnownHosts {
     return port === 22 ? host : `[${host}]:${port}`;
   }
 
-  /** The keys pinned for host:port (revoked ones removed). */
+  /** The keys pinned for host:port (revoked ones removed, and listed apart). */
   pinned(host: string, port: number): PinnedHost {
     const name = KnownHosts.lookupName(host, port);
-    const matching = this.entries.filter((e) => hostMatches(e.patterns, name));
+    const candidates = [...(this.byName.get(name.toLowerCase()) ?? []), ...this.scanned];
+    const matching = candidates.filter((e) => hostMatches(e.patterns, name)).sort((x, y) => x.index - y.index);
     const revoked = matching.filter((e) => e.marker === '@revoked').map((e) => e.blob);
-    const keys = matching
-      .filter((e) => e.marker === '' && !revoked.some((r) => r.equals(e.blob)))
-      .map((e) => e);
+    const keys = matching.filter((e) => e.marker === '' && !revoked.some((r) => r.equals(e.blob)));
     const algorithms = [...new Set(keys.flatMap((e) => ALGORITHMS[e.type] ?? []))];
-    return { name, keys: keys.map((e) => e.blob), algorithms };
+    return { name, keys: keys.map((e) => e.blob), algorithms, revoked };
   }
 }
 
 /** Whether a key the server offered is one of the pinned ones. */
 export function isPinned(pinned: PinnedHost, offered: Buffer): boolean {
   return pinned.keys.some((key) => key.equals(offered));
+}
+
+/** Whether a key the server offered matches a `@revoked` line for this host. */
+export function isRevoked(pinned: PinnedHost, offered: Buffer): boolean {
+  return pinned.revoked.some((key) => key.equals(offered));
+}
+
+/** The key type named inside a public key blob ("ssh-ed25519"), or "unknown". */
+export function keyType(blob: Buffer): string {
+  return blobType(blob) ?? 'unknown';
+}
+
+/** What a VM offers as host keys, seen from a handshake that stops before authenticating. */
+export interface OfferedHostKeys {
+  /** The host key algorithms the VM lists (names only, at most 16; anything odd is dropped). */
+  algorithms: string[];
+  /** The key the VM presented when any algorithm was allowed, or null if none was agreed. */
+  key: Buffer | null;
+}
+
+const ALGORITHM_NAME = /^[A-Za-z0-9@._+-]{1,64}$/;
+
+/**
+ * Asks a VM which host key algorithms it offers, without restricting them and
+ * without authenticating (the handshake is stopped once the key is seen). Used
+ * only to explain a failed connection whose pinned key types the VM does not
+ * offer: ssh2 then fails with "no matching host key format" and names neither
+ * side. Never rejects; an unreachable VM gives empty answers.
+ */
+export function probeHostKeys(host: string, port: number, timeoutMs: number): Promise<OfferedHostKeys> {
+  return new Promise((resolve) => {
+    const client = new Client();
+    const seen: OfferedHostKeys = { algorithms: [], key: null };
+    let settled = false;
+    const finish = (): void => {
+      if (settled) return;
+      settled = true;
+      client.end();
+      resolve(seen);
+    };
+    client.on('error', finish);
+    client.on('close', finish);
+    client.connect({
+      host,
+      port,
+      username: 'vm-sync-probe',
+      readyTimeout: timeoutMs,
+      // ssh2 reports the server's KEXINIT lists only through its debug hook.
+      debug: (line: string) => {
+        const prefix = 'Handshake: (remote) Host key format: ';
+        if (!line.startsWith(prefix)) return;
+        seen.algorithms = line.slice(prefix.length).split(',').filter((name) => ALGORITHM_NAME.test(name)).slice(0, 16);
+      },
+      hostVerifier: (key: Buffer) => {
+        seen.key = key;
+        return false; // the key is all we wanted
+      },
+    });
+  });
 }

@@ -1,9 +1,9 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import type { ClientChannel } from 'ssh2';
+import { makeScratchDir } from '../local/scratch.js';
 import type { VmSession } from './session.js';
 
 /*
@@ -91,7 +91,7 @@ export class RshBridge {
   ) {}
 
   static async start(session: VmSession): Promise<RshBridge> {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-rsh-')); // mode 0700
+    const dir = makeScratchDir('rsh'); // mode 0700, swept if this process dies
     const bridgePath = path.join(dir, 'rsh.cjs');
     fs.writeFileSync(bridgePath, BRIDGE_SOURCE, { mode: 0o600 });
     const socketPath = path.join(dir, 's');

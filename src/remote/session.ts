@@ -5,7 +5,8 @@ import type { VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { classifyConnectError } from './classify.js';
 import { shellQuote } from './agent-script.js';
-import { fingerprint, isPinned, type KnownHosts } from './known-hosts.js';
+import { fingerprint, isPinned, isRevoked, keyType, probeHostKeys, type KnownHosts, type PinnedHost } from './known-hosts.js';
+import { vmText } from './untrusted.js';
 
 /** The outcome of one command on a VM. `code` is -1 when the command was killed or the channel died. */
 export interface ExecResult {
@@ -74,6 +75,12 @@ export class VmSession {
    */
   static async open(vm: VmConfig, knownHosts: KnownHosts, options: ConnectOptions): Promise<VmSession> {
     const pinned = knownHosts.pinned(vm.host, vm.port);
+    if (pinned.keys.length === 0 && pinned.revoked.length > 0) {
+      throw new VmSyncError(
+        'host_key_revoked',
+        `every host key pinned for ${pinned.name} in known_hosts is REVOKED (@revoked ${pinned.revoked.map(fingerprint).join(', ')}): vm-sync will not connect to ${vm.id}. Give the VM a new host key, fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band and pin it; remove the @revoked line only if it was added by mistake.`,
+      );
+    }
     if (pinned.keys.length === 0) {
       throw new VmSyncError(
         'host_key_unknown',
@@ -114,8 +121,12 @@ export class VmSession {
     } catch (error) {
       ssh.dispose();
       if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
-      const code = classifyConnectError(error, rejected);
-      throw new VmSyncError(code, connectMessage(vm, code, error, offered, pinned.keys), { cause: error });
+      let code = classifyConnectError(error, rejected);
+      // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
+      const probed = code === 'host_key_mismatch' && !offered ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
+      const shown = offered ?? probed?.key ?? null;
+      if (shown && isRevoked(pinned, shown)) code = 'host_key_revoked';
+      throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
@@ -186,6 +197,10 @@ export class VmSession {
         }
         let code = -1;
         ch.on('data', (data: Buffer) => {
+          if (!prefix) {
+            out.add(data.toString('utf8'));
+            return;
+          }
           const text = partial + data.toString('utf8');
           const lines = text.split('\n');
           partial = lines.pop() ?? '';
@@ -234,17 +249,33 @@ export class VmSession {
   }
 }
 
-function connectMessage(vm: VmConfig, code: string, error: unknown, offered: Buffer | null, pinned: Buffer[]): string {
+/**
+ * The message for a failed connection: what happened and what to do. `seen`
+ * holds what the VM showed: the key it presented (`offered`) and, when no key
+ * of a pinned type was offered, the host key algorithms it lists.
+ */
+function connectMessage(vm: VmConfig, code: string, error: unknown, seen: { offered: Buffer | null; pinned: PinnedHost; algorithms: string[] | null }): string {
   const where = `${vm.id} (${vm.user}@${vm.host}:${vm.port})`;
+  const { offered, pinned } = seen;
+  const key = (blob: Buffer): string => `${fingerprint(blob)} (${keyType(blob)})`;
+  // ssh2's message can carry text the VM sent (a disconnect reason).
+  const said = vmText(getErrorMessage(error), 300);
   switch (code) {
+    case 'host_key_revoked':
+      return `host key of ${where} is REVOKED: it presented ${offered ? key(offered) : 'a key'}, which a @revoked line for ${pinned.name} in known_hosts vetoes. Do not deploy to this VM until you know why: check it out of band, give it a new host key and pin that one (ssh-keyscan -p ${vm.port} ${vm.host}, fingerprint verified out of band).`;
     case 'host_key_mismatch':
-      return `host key of ${where} does not match the pinned key: offered ${offered ? fingerprint(offered) : 'unknown'}, pinned ${pinned.map(fingerprint).join(', ')}. If the VM was rebuilt, verify the new fingerprint out of band and replace its line in known_hosts; otherwise treat this as an attack.`;
+      if (seen.algorithms !== null) {
+        const pinnedTypes = [...new Set(pinned.keys.map(keyType))].join(', ');
+        const vmOffers = seen.algorithms.length ? seen.algorithms.join(', ') : 'nothing vm-sync could read';
+        return `host key of ${where} cannot be checked: known_hosts pins only ${pinnedTypes} key(s) for ${pinned.name}, and the VM offers host key types ${vmOffers}${offered ? ` (its ${keyType(offered)} key is ${fingerprint(offered)})` : ''}. Pin one of the keys the VM has: fetch them with ssh-keyscan -p ${vm.port} ${vm.host}, verify the fingerprint out of band, and add the line to known_hosts. Retrying will not help.`;
+      }
+      return `host key of ${where} does not match the pinned key: offered ${offered ? fingerprint(offered) : 'unknown'}, pinned ${pinned.keys.map(fingerprint).join(', ')}. If the VM was rebuilt, verify the new fingerprint out of band and replace its line in known_hosts; otherwise treat this as an attack.`;
     case 'auth_failed':
-      return `${where} refused key ${vm.keyPath} (${getErrorMessage(error)}): add its public key (ssh-keygen -y -f ${vm.keyPath}) to ~${vm.user}/.ssh/authorized_keys on the VM.`;
+      return `${where} refused key ${vm.keyPath} (${said}): add its public key (ssh-keygen -y -f ${vm.keyPath}) to ~${vm.user}/.ssh/authorized_keys on the VM.`;
     case 'timeout':
       return `${where} did not complete the SSH handshake in time: check the VM is up and that sshd answers on port ${vm.port}.`;
     default:
-      return `cannot reach ${where}: ${getErrorMessage(error)}. Check the VM is up, the address and port, and firewalls between the runner and the VM.`;
+      return `cannot reach ${where}: ${said}. Check the VM is up, the address and port, and firewalls between the runner and the VM.`;
   }
 }
 

@@ -1,6 +1,7 @@
 import { getErrorMessage } from '../errors.js';
 import type { ScanReport } from '../scan/gate.js';
 import type { VmReport } from '../sync/types.js';
+import { annotationText, githubDescription } from './escape.js';
 
 /** The few GitHub REST calls vm-sync makes; an interface so tests can record them. */
 export interface GitHubApi {
@@ -29,10 +30,6 @@ export interface ReporterOptions {
 // "failure"; failures to get an answer at all (network, keys) are "error".
 const FAILURE_CODES = new Set(['refused_ahead', 'verify_mismatch', 'post_sync_failed', 'locked']);
 
-function clip(text: string, max = 140): string {
-  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
-}
-
 /** The commit-status state and one-line description for a VM's outcome. */
 export function vmStatus(report: VmReport, verb: 'sync' | 'verify', dryRun: boolean): { state: Exclude<StatusState, 'pending'>; description: string } {
   if (report.result === 'success') {
@@ -45,7 +42,7 @@ export function vmStatus(report: VmReport, verb: 'sync' | 'verify', dryRun: bool
     return { state: 'success', description };
   }
   const code = report.error?.code ?? report.result;
-  return { state: FAILURE_CODES.has(code) ? 'failure' : 'error', description: clip(`${code}: ${report.error?.message ?? report.result}`) };
+  return { state: FAILURE_CODES.has(code) ? 'failure' : 'error', description: githubDescription(`${code}: ${report.error?.message ?? report.result}`) };
 }
 
 /**
@@ -57,6 +54,9 @@ export function vmStatus(report: VmReport, verb: 'sync' | 'verify', dryRun: bool
 export class GitHubReporter {
   private readonly chains = new Map<string, Promise<unknown>>();
   private readonly deployments = new Map<string, number>();
+  /** VMs whose pending status went out and whose outcome has not: {@link finalize} closes them. */
+  private readonly open = new Set<string>();
+  private scanOpen = false;
 
   constructor(
     private readonly api: GitHubApi | null,
@@ -69,28 +69,32 @@ export class GitHubReporter {
     const previous = this.chains.get(key) ?? Promise.resolve();
     this.chains.set(
       key,
-      previous.then(() => call(api)).catch((error: unknown) => this.options.warn(`could not ${what}: ${getErrorMessage(error)} (the deploy itself is unaffected)`)),
+      previous.then(() => call(api)).catch((error: unknown) => this.options.warn(annotationText(`could not ${what}: ${getErrorMessage(error)} (the deploy itself is unaffected)`))),
     );
   }
 
   private status(key: string, context: string, state: StatusState, description: string): void {
     if (!this.options.statuses) return;
     this.enqueue(key, `post commit status ${context}`, (api) =>
-      api.createStatus(this.options.sha, { state, context, description: clip(description), target_url: this.options.runUrl }),
+      api.createStatus(this.options.sha, { state, context, description: githubDescription(description), target_url: this.options.runUrl }),
     );
   }
 
   scanStarted(): void {
+    this.scanOpen = true;
     this.status('scan', 'vm-sync/secret-scan', 'pending', 'scanning the commits and the tree being deployed');
   }
 
   scanFinished(scan: ScanReport | null, failure: { code: string; message: string } | null): void {
+    // With neither a result nor a failure there is nothing to say yet: finalize() closes it.
+    if (failure || scan) this.scanOpen = false;
     if (failure) this.status('scan', 'vm-sync/secret-scan', 'error', `${failure.code}: ${failure.message}`);
     else if (scan && scan.findings.length === 0) this.status('scan', 'vm-sync/secret-scan', 'success', `clean: ${scan.commits_scanned} commit(s) and the tree`);
     else if (scan) this.status('scan', 'vm-sync/secret-scan', scan.blocked ? 'failure' : 'success', `${scan.findings.length} possible secret(s)${scan.blocked ? ': deploy blocked' : ' (not blocking)'}`);
   }
 
   vmStarted(vmId: string): void {
+    this.open.add(vmId);
     this.status(vmId, `vm-sync/${vmId}`, 'pending', this.options.verb === 'verify' ? 'checking .sync_rev' : 'deploying');
     if (!this.options.environment || this.options.verb !== 'sync' || this.options.dryRun) return;
     this.enqueue(vmId, `create a deployment for ${vmId}`, async (api) => {
@@ -106,12 +110,33 @@ export class GitHubReporter {
   }
 
   vmFinished(report: VmReport): void {
+    this.open.delete(report.id);
     const { state, description } = vmStatus(report, this.options.verb, this.options.dryRun);
-    this.status(report.id, `vm-sync/${report.id}`, state, description);
-    this.enqueue(report.id, `update the deployment of ${report.id}`, async (api) => {
-      const id = this.deployments.get(report.id);
-      if (id !== undefined) await api.createDeploymentStatus(id, { state, description: clip(description), log_url: this.options.runUrl });
+    this.outcome(report.id, state, description);
+  }
+
+  /** The final commit status and deployment status of one VM. */
+  private outcome(vmId: string, state: Exclude<StatusState, 'pending'>, description: string): void {
+    this.status(vmId, `vm-sync/${vmId}`, state, description);
+    this.enqueue(vmId, `update the deployment of ${vmId}`, async (api) => {
+      const id = this.deployments.get(vmId);
+      if (id !== undefined) await api.createDeploymentStatus(id, { state, description: githubDescription(description), log_url: this.options.runUrl });
     });
+  }
+
+  /**
+   * Closes everything still pending when the run ends: the scan status and
+   * every VM that started but never finished get a final `error` status (and
+   * deployment status) carrying the failure, so nothing on GitHub is left
+   * `pending` or `in_progress` by a run that stopped. A no-op after a normal run.
+   */
+  finalize(failure: { code: string; message: string }): void {
+    if (this.scanOpen) {
+      this.scanOpen = false;
+      this.status('scan', 'vm-sync/secret-scan', 'error', `${failure.code}: the run stopped before the scan was reported: ${failure.message}`);
+    }
+    for (const vmId of this.open) this.outcome(vmId, 'error', `${failure.code}: the run stopped before this VM finished: ${failure.message}`);
+    this.open.clear();
   }
 
   /** Waits for every queued call (each already turns its failure into a warning). */

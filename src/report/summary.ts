@@ -1,5 +1,6 @@
 import type { ScanReport } from '../scan/gate.js';
 import type { RunReport, VmReport } from '../sync/types.js';
+import { markdownCode, markdownText } from './escape.js';
 import { formatBytes } from './table.js';
 
 /** What the summary needs besides the report. */
@@ -17,30 +18,86 @@ function cell(text: string): string {
   return text.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
 }
 
-const sha = (s: string | null): string => (s ? `\`${s.slice(0, 7)}\`` : '—');
+// Bounds for text in the VM table and the details list (the whole summary is capped too).
+const CELL_MAX = 100;
+const MESSAGE_MAX = 2000;
+const NOTE_MAX = 1000;
+const NOTES_PER_VM = 20;
+
+// A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
+const sha = (s: string | null): string => (s === null ? '—' : /^[0-9a-f]{40}$/.test(s) ? `\`${s.slice(0, 7)}\`` : '?');
 
 function resultCell(vm: VmReport): string {
   const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : '❌';
-  return `${icon} ${vm.result}${vm.error ? ` (\`${vm.error.code}\`)` : ''}`;
+  return `${icon} ${markdownText(vm.result, CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, CELL_MAX)})` : ''}`;
+}
+
+/** One VM's error and notes as list items, each escaped and bounded. */
+function detailLines(vm: VmReport): string[] {
+  const id = markdownText(vm.id, CELL_MAX);
+  const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, CELL_MAX)}: ${markdownText(vm.error.message, MESSAGE_MAX)}`] : [];
+  for (const note of vm.notes.slice(0, NOTES_PER_VM)) lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
+  if (vm.notes.length > NOTES_PER_VM) lines.push(`- ${id}: …and ${vm.notes.length - NOTES_PER_VM} more note(s) (see the \`results\` output)`);
+  return lines;
+}
+
+/**
+ * Joins lines into at most MAX_BYTES of UTF-8, cutting at a line boundary and
+ * closing an open <details> so the rest of the page renders normally.
+ */
+function capped(lines: string[]): string {
+  const text = `${lines.join('\n')}\n`;
+  if (Buffer.byteLength(text) <= MAX_BYTES) return text;
+  const notice = '\n…summary truncated; the full report is in the `results` output and the job log.\n';
+  const budget = MAX_BYTES - Buffer.byteLength(notice) - 64;
+  const kept: string[] = [];
+  let used = 0;
+  for (const line of lines) {
+    const size = Buffer.byteLength(line) + 1;
+    if (used + size > budget) break;
+    kept.push(line);
+    used += size;
+  }
+  const open = kept.lastIndexOf('<details open><summary>Errors and notes</summary>') > kept.lastIndexOf('</details>');
+  return `${kept.join('\n')}\n${open ? '\n</details>\n' : ''}${notice}`;
 }
 
 function scanSection(scan: ScanReport): string[] {
   const lines = ['### Secret scan', ''];
   if (scan.findings.length === 0) {
     lines.push(`✅ clean — ${cell(scan.description)}`);
-    return lines;
+  } else {
+    lines.push(
+      `${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${cell(scan.description)}.`,
+      '',
+      '| Rule | File | Line | Commit | Author | Fingerprint |',
+      '|---|---|---|---|---|---|',
+    );
+    for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
+      lines.push(`| ${cell(f.rule)} | ${cell(f.file)} | ${f.line} | ${f.commit ? `\`${f.commit}\`` : 'tree'} | ${cell(f.author ?? '—')} | \`${cell(f.fingerprint)}\` |`);
+    }
+    if (scan.findings.length > MAX_FINDINGS) lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
+    lines.push('', 'Rotate each secret and remove it; a false positive goes into `.gitleaksignore` by its fingerprint.');
   }
-  lines.push(
-    `${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${cell(scan.description)}.`,
-    '',
-    '| Rule | File | Line | Commit | Author | Fingerprint |',
-    '|---|---|---|---|---|---|',
-  );
-  for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
-    lines.push(`| ${cell(f.rule)} | ${cell(f.file)} | ${f.line} | ${f.commit ? `\`${f.commit}\`` : 'tree'} | ${cell(f.author ?? '—')} | \`${cell(f.fingerprint)}\` |`);
+  // Where the scan's own settings came from, and a change to them: it applies from the next deploy, and a weakening is called out.
+  const settings = scan.configuration;
+  if (settings) {
+    const from = settings.commit ? `commit ${markdownCode(settings.commit.slice(0, 12), CELL_MAX)}` : "gitleaks' defaults";
+    lines.push('', `Scan settings: ${from} (${markdownText(settings.reason, CELL_MAX)})${settings.files.length ? `: ${settings.files.map((f) => markdownCode(f, CELL_MAX)).join(', ')}` : ''}.`);
+    if (settings.changed.length > 0) {
+      const changed = settings.changed.map((c) => `${markdownCode(c.path, CELL_MAX)} (${c.change})`).join(', ');
+      lines.push('', `⚠️ **This change modifies the scan settings**: ${changed}. They take effect from the next deploy; this one was scanned with the settings of ${from}.`);
+    }
+    for (const sentence of settings.weakening.slice(0, 10)) lines.push('', `❗ **It weakens the scan**: ${markdownText(sentence, MESSAGE_MAX)}.`);
   }
-  if (scan.findings.length > MAX_FINDINGS) lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
-  lines.push('', 'Rotate each secret and remove it; a false positive goes into `.gitleaksignore` by its fingerprint.');
+  // What could not be scanned, and why (the first few; the JSON report has up to 1000).
+  const unscanned = scan.unscanned ?? [];
+  if ((scan.unscanned_count ?? unscanned.length) > 0) {
+    const total = scan.unscanned_count ?? unscanned.length;
+    lines.push('', `ℹ️ **${total} deployed file(s) or archive entries could not be scanned**:`, '');
+    for (const u of unscanned.slice(0, 10)) lines.push(`- ${markdownCode(u.path, CELL_MAX)} — ${u.reason}: ${markdownText(u.detail, CELL_MAX)}`);
+    if (total > 10) lines.push(`- …and ${total - 10} more (see the \`results\` output or the job log).`);
+  }
   return lines;
 }
 
@@ -53,15 +110,15 @@ function scanSection(scan: ScanReport): string[] {
 export function renderSummary(report: RunReport | null, ctx: SummaryContext): string {
   const lines: string[] = [];
   if (!report) {
-    lines.push('## vm-sync: failed before reaching any VM', '', `❌ \`${ctx.failure?.code ?? 'error'}\`: ${cell(ctx.failure?.message ?? 'unknown error')}`);
+    lines.push('## vm-sync: failed before reaching any VM', '', `❌ ${markdownCode(ctx.failure?.code ?? 'error', CELL_MAX)}: ${markdownText(ctx.failure?.message ?? 'unknown error', MESSAGE_MAX)}`);
     if (ctx.runUrl) lines.push('', `[Workflow run](${ctx.runUrl})`);
-    return `${lines.join('\n')}\n`;
+    return capped(lines);
   }
   const ok = report.vms.filter((vm) => vm.result === 'success').length;
   const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}: ${ok}/${report.vms.length} VM(s) ok`;
   lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
-  if (report.commit) lines.push(`Commit \`${report.commit}\`${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
-  if (ctx.failure) lines.push(`❌ \`${ctx.failure.code}\`: ${cell(ctx.failure.message)}`, '');
+  if (report.commit) lines.push(`Commit ${markdownCode(report.commit, CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
+  if (ctx.failure) lines.push(`❌ ${markdownCode(ctx.failure.code, CELL_MAX)}: ${markdownText(ctx.failure.message, MESSAGE_MAX)}`, '');
   if (report.scan) lines.push(...scanSection(report.scan), '');
   if (report.vms.length > 0) {
     lines.push(
@@ -73,18 +130,11 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
     for (const vm of report.vms) {
       const revs = vm.rev_before === vm.rev_after ? sha(vm.rev_after) : `${sha(vm.rev_before)} → ${sha(vm.rev_after)}`;
       lines.push(
-        `| ${cell(vm.id)} | ${cell(vm.host)} | ${vm.state} | ${vm.action} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |`,
+        `| ${markdownText(vm.id, CELL_MAX)} | ${markdownText(vm.host, CELL_MAX)} | ${markdownText(vm.state, CELL_MAX)} | ${markdownText(vm.action, CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |`,
       );
     }
-    const details = report.vms.flatMap((vm) => [
-      ...(vm.error ? [`- **${cell(vm.id)}** \`${vm.error.code}\`: ${cell(vm.error.message)}`] : []),
-      ...vm.notes.map((note) => `- ${cell(vm.id)}: ${cell(note)}`),
-    ]);
+    const details = report.vms.flatMap(detailLines);
     if (details.length) lines.push('', '<details open><summary>Errors and notes</summary>', '', ...details, '', '</details>');
   }
-  let text = `${lines.join('\n')}\n`;
-  if (Buffer.byteLength(text) > MAX_BYTES) {
-    text = `${text.slice(0, MAX_BYTES - 200)}\n\n…summary truncated; the full report is in the \`results\` output and the job log.\n`;
-  }
-  return text;
+  return capped(lines);
 }

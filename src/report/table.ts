@@ -1,7 +1,14 @@
 import { describeFinding } from '../scan/findings.js';
 import type { RunReport, VmReport } from '../sync/types.js';
+import { terminalLine } from './escape.js';
 
-const short = (sha: string | null): string => (sha ? sha.slice(0, 7) : '-');
+// A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
+const short = (sha: string | null): string => (sha === null ? '-' : /^[0-9a-f]{40}$/.test(sha) ? sha.slice(0, 7) : '?');
+
+/** Bounds for table cells and for each error or note printed under the table. */
+const CELL_MAX = 80;
+const MESSAGE_MAX = 4000;
+const NOTES_PER_VM = 20;
 
 /** Bytes in a compact human form (1.2 MB). */
 export function formatBytes(bytes: number): string {
@@ -23,11 +30,11 @@ function formatDuration(ms: number): string {
 function row(vm: VmReport): string[] {
   const revs = vm.rev_before === vm.rev_after ? short(vm.rev_after) : `${short(vm.rev_before)} -> ${short(vm.rev_after)}`;
   return [
-    vm.id,
-    vm.host,
+    terminalLine(vm.id, CELL_MAX),
+    terminalLine(vm.host, CELL_MAX),
     vm.state,
     vm.action,
-    vm.error ? `${vm.result} (${vm.error.code})` : vm.result,
+    terminalLine(vm.error ? `${vm.result} (${vm.error.code})` : vm.result, CELL_MAX),
     revs,
     String(vm.files_changed),
     formatBytes(vm.bytes_sent),
@@ -51,11 +58,13 @@ export function renderTable(report: RunReport): string {
   lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
 
   const ok = report.vms.filter((vm) => vm.result === 'success').length;
-  const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} of ${report.commit.slice(0, 12)}: ${ok}/${report.vms.length} VM(s) ok`;
+  const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} of ${terminalLine(report.commit.slice(0, 12))}: ${ok}/${report.vms.length} VM(s) ok`;
   const details: string[] = [];
   for (const vm of report.vms) {
-    if (vm.error) details.push(`${vm.id}: ${vm.error.code}: ${vm.error.message}`);
-    for (const note of vm.notes) details.push(`${vm.id}: note: ${note}`);
+    const id = terminalLine(vm.id, CELL_MAX);
+    if (vm.error) details.push(terminalLine(`${id}: ${vm.error.code}: ${vm.error.message}`, MESSAGE_MAX));
+    for (const note of vm.notes.slice(0, NOTES_PER_VM)) details.push(terminalLine(`${id}: note: ${note}`, MESSAGE_MAX));
+    if (vm.notes.length > NOTES_PER_VM) details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
   }
   return scan + [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
@@ -70,5 +79,22 @@ function renderScan(report: RunReport): string {
   const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
   for (const finding of scan.findings) lines.push(`  - ${describeFinding(finding)}`);
   if (scan.findings.length > 0) lines.push('  Rotate each secret and remove it from the repository; a false positive goes into .gitleaksignore by its fingerprint.');
+  const settings = scan.configuration;
+  if (settings) {
+    const from = settings.commit ? `commit ${settings.commit.slice(0, 12)}` : "gitleaks' defaults";
+    lines.push(terminalLine(`  scan settings: ${from} (${settings.reason})${settings.files.length ? `: ${settings.files.join(', ')}` : ''}`));
+    if (settings.changed.length > 0) {
+      const changed = settings.changed.map((c) => `${c.path} (${c.change})`).join(', ');
+      lines.push(terminalLine(`  SCAN SETTINGS CHANGED by this change: ${changed}; they take effect from the next deploy, this one was scanned with the settings of ${from}`));
+    }
+    for (const sentence of settings.weakening) lines.push(terminalLine(`  WEAKENS THE SCAN: ${sentence}`));
+  }
+  const unscanned = scan.unscanned ?? [];
+  const total = scan.unscanned_count ?? unscanned.length;
+  if (total > 0) {
+    lines.push(`  not scanned: ${total} deployed file(s) or archive entries (binaries, archives gitleaks cannot open):`);
+    for (const u of unscanned.slice(0, 10)) lines.push(terminalLine(`    - ${u.path}: ${u.reason}: ${u.detail}`));
+    if (total > 10) lines.push(`    - ...and ${total - 10} more (see --json)`);
+  }
   return `${lines.join('\n')}\n\n`;
 }

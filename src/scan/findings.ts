@@ -29,6 +29,17 @@ interface RawFinding {
 
 const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 
+// Control characters (terminal escapes, newlines) and invisible or
+// direction-changing characters: a file name or author comes from the
+// commit, and must not be able to rewrite what a terminal or summary shows.
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+
+/** Text from a commit or tree made safe to print: each unprintable character becomes `\u{hex}`. */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => `\\u{${c.codePointAt(0)?.toString(16)}}`);
+}
+
 /**
  * Keeps only the safe fields of gitleaks findings and removes duplicates
  * (with `-m`, a merge reports a finding once per parent).
@@ -38,17 +49,38 @@ export function sanitizeFindings(raw: unknown, source: Finding['source']): Findi
   const seen = new Map<string, Finding>();
   for (const item of raw as RawFinding[]) {
     const finding: Finding = {
-      rule: str(item.RuleID) || 'unknown-rule',
-      file: str(item.File),
+      rule: printable(str(item.RuleID)) || 'unknown-rule',
+      file: printable(str(item.File)),
       line: typeof item.StartLine === 'number' ? item.StartLine : 0,
-      commit: str(item.Commit) ? str(item.Commit).slice(0, 12) : null,
-      author: str(item.Author) || null,
-      fingerprint: str(item.Fingerprint),
+      commit: str(item.Commit) ? printable(str(item.Commit).slice(0, 12)) : null,
+      author: printable(str(item.Author)) || null,
+      fingerprint: printable(str(item.Fingerprint)),
       source,
     };
     seen.set(finding.fingerprint || `${finding.file}:${finding.rule}:${finding.line}:${finding.commit}`, finding);
   }
   return [...seen.values()];
+}
+
+/**
+ * A finding rebuilt from its fingerprint (`file:rule:line`, or
+ * `commit:file:rule:line`): what is left of one that gitleaks dropped because
+ * an ignore file vm-sync does not trust listed it.
+ */
+export function findingFromFingerprint(fingerprint: string, source: Finding['source']): Finding {
+  const parts = fingerprint.split(':');
+  const line = Number(parts.pop());
+  const rule = parts.pop() ?? 'unknown-rule';
+  const commit = parts.length > 1 && /^[0-9a-f]{40}$/.test(parts[0]) ? (parts.shift() as string) : null;
+  return {
+    rule: printable(rule),
+    file: printable(parts.join(':')),
+    line: Number.isInteger(line) ? line : 0,
+    commit: commit ? commit.slice(0, 12) : null,
+    author: null,
+    fingerprint: printable(fingerprint),
+    source,
+  };
 }
 
 /** One line per finding, for logs and tables. */

@@ -2,10 +2,30 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { SecretScanningConfig } from '../config/types.js';
 import { VmSyncError } from '../errors.js';
+import { run } from '../local/run.js';
+import { makeScratchDir } from '../local/scratch.js';
 import type { EngineEvents } from '../sync/types.js';
-import { describeFinding, type Finding } from './findings.js';
-import { locateGitleaks, runGitleaks, type GitleaksSettings } from './gitleaks.js';
+import { scanTree, type UnscannedFile } from './coverage.js';
+import { describeFinding, findingFromFingerprint, type Finding } from './findings.js';
+import { checkGitleaksLogs, locateGitleaks, runGitleaks, type GitleaksSettings, type ScanLimits } from './gitleaks.js';
 import type { ScanPlan } from './plan.js';
+import { IGNORE_FILE, isIgnored, parseIgnore, settingsAt, settingsChanges, writeSettings, type CommitSettings, type SettingsChange } from './settings.js';
+
+export type { UnscannedFile } from './coverage.js';
+
+/** Where the scan's own settings came from, and what the scanned change does to them. */
+export interface ScanConfiguration {
+  /** The commit the gitleaks config and `.gitleaksignore` were read from; null: gitleaks' defaults. */
+  commit: string | null;
+  /** Why that commit is trusted. */
+  reason: string;
+  /** The settings files that commit holds. */
+  files: string[];
+  /** Settings files the scanned change adds, modifies or deletes: they take effect from the next deploy, not this one. */
+  changed: SettingsChange[];
+  /** How those changes would weaken the scan (empty: no weakening found). */
+  weakening: string[];
+}
 
 /** The outcome of the secret-scan gate: the `scan` part of reports and `--json`. */
 export interface ScanReport {
@@ -16,12 +36,25 @@ export interface ScanReport {
   findings: Finding[];
   /** True when findings stop the deploy (`block_on_secrets: true`). */
   blocked: boolean;
+  /**
+   * What of the deployed tree could not be scanned, and why (the first
+   * {@link MAX_UNSCANNED_LISTED}, by path). Always set by {@link runSecretScan};
+   * optional so that hand-built reports stay valid.
+   */
+  unscanned?: UnscannedFile[];
+  /** How many things could not be scanned in all. */
+  unscanned_count?: number;
+  /** Where the scan settings came from and whether this change modifies them. Always set by {@link runSecretScan}. */
+  configuration?: ScanConfiguration;
 }
+
+/** The most unscanned entries a report lists (the count is always complete). */
+export const MAX_UNSCANNED_LISTED = 1000;
 
 export interface GateInputs {
   settings: SecretScanningConfig;
   plan: ScanPlan;
-  /** The runner-host repository (commits are scanned there). */
+  /** The runner-host repository (commits and scan settings are read there). */
   repoDir: string;
   /** Counts the commits of a selection that add text (RunnerRepo.countCommitsAddingText). */
   countCommitsAddingText: (selection: string[]) => Promise<number | null>;
@@ -31,58 +64,180 @@ export interface GateInputs {
   signal?: AbortSignal;
 }
 
-/**
- * The scan settings from the deployed commit's tree: its `.gitleaksignore`, and
- * its gitleaks config (absent default file: gitleaks' built-in rules; a
- * configured non-default path must exist).
- */
-function settingsFrom(root: string, configPath: string): GitleaksSettings {
-  const file = path.join(root, configPath);
-  if (fs.existsSync(file)) return { ignoreDir: root, configFile: file };
-  if (configPath !== '.gitleaks.toml') {
-    throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${configPath}' does not exist in the commit being deployed.`);
-  }
-  return { ignoreDir: root, configFile: null };
+/** What one full scan (commits and tree) with one set of settings found. */
+interface ScanOutcome {
+  findings: Finding[];
+  commitsScanned: number;
+  unscanned: UnscannedFile[];
 }
+
+async function absoluteGitDir(repoDir: string): Promise<string> {
+  const result = await run('git', ['rev-parse', '--absolute-git-dir'], { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' } });
+  if (result.code !== 0) throw new VmSyncError('git_failed', `${repoDir} is not a git repository: ${result.stderr.trim()}`);
+  return result.stdout.trim();
+}
+
+const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
 
 /**
  * Scans the commits being deployed and the exact tree being deployed with
  * gitleaks, failing closed: our own count of the commits must be matched by
- * what gitleaks says it scanned, and any gitleaks failure is an error.
+ * what gitleaks says it scanned, any gitleaks failure is an error, and a scan
+ * that runs out of `timeout_s` is an error.
+ *
+ * The scan settings (gitleaks config, `.gitleaksignore`) come from
+ * `plan.trusted`, a commit the scanned change cannot have written, never
+ * from the commit under scan: a change to them takes effect from the next
+ * deploy. Such a change is reported, and when it would hide findings that
+ * the trusted settings report, reported as a weakening.
+ *
+ * Every deployed file is scanned: what gitleaks' path allowlists skip is
+ * scanned again under neutral names (see {@link scanTree}), and what still
+ * cannot be scanned (binaries, archives gitleaks cannot open) is reported.
  */
 export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
   const { settings, plan, events } = inputs;
+  const limits: ScanLimits = { deadline: Date.now() + settings.timeoutS * 1000, timeoutS: settings.timeoutS, signal: inputs.signal };
   const binary = locateGitleaks(settings.gitleaksPath);
-  const findings: Finding[] = [];
-  let commitsScanned = 0;
   events.info(null, `secret scan: ${plan.description}`);
-  // Settings come from the commit being deployed; with no tree (nothing to deploy), from the checkout.
-  const scanSettings = settingsFrom(inputs.exportDir ?? inputs.repoDir, settings.configPath);
+  if (!plan.head) {
+    return {
+      description: plan.description,
+      commits_scanned: 0,
+      tree_scanned: false,
+      findings: [],
+      blocked: false,
+      unscanned: [],
+      unscanned_count: 0,
+      configuration: { commit: null, reason: plan.trusted.reason, files: [], changed: [], weakening: [] },
+    };
+  }
+  await checkGitleaksLogs(binary, limits);
 
-  if (plan.commits && plan.commits.count > 0) {
-    const result = await runGitleaks(binary, { mode: 'git', root: inputs.repoDir, selection: plan.commits.selection }, scanSettings, inputs.signal);
-    // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-    // scan that saw no commits where some add text is not a pass. (Commits
-    // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-    const withText = await inputs.countCommitsAddingText(plan.commits.selection);
-    const scanned = result.commitsScanned;
-    if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
-      throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
+  const trusted = await settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath);
+  const head = await settingsAt(inputs.repoDir, plan.head, settings.configPath);
+  if (!trusted.config && !head.config && settings.configPath !== '.gitleaks.toml') {
+    throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${settings.configPath}' does not exist in the commit being deployed.`);
+  }
+  const changed = settingsChanges(trusted, head);
+  const files = [trusted.config?.path, trusted.ignore?.path].filter((f): f is string => !!f);
+  const from = trusted.commit ? trusted.commit.slice(0, 12) : null;
+  events.info(null, `secret scan: settings from ${from ? `commit ${from} (${plan.trusted.reason})` : plan.trusted.reason}: ${files.length ? files.join(', ') : "gitleaks' defaults"}`);
+  for (const c of changed) {
+    events.info(null, `secret scan: this change ${c.change === 'added' ? 'adds' : c.change === 'deleted' ? 'deletes' : 'modifies'} ${c.path}: it takes effect from the next deploy; this one is scanned with the settings of ${from ?? "gitleaks' defaults"}`);
+  }
+
+  const privateDir = makeScratchDir('scansettings');
+  try {
+    const ignore = parseIgnore(trusted.ignore?.text);
+    const outcome = await scanWith(inputs, binary, writeSettings(path.join(privateDir, 'trusted'), trusted), ignore, limits, true);
+    const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, path.join(privateDir, 'candidate'), limits) : [];
+    for (const sentence of weakening) events.info(null, `secret scan: WARNING: this change weakens the scan settings: ${sentence}`);
+
+    const { findings, commitsScanned, unscanned } = outcome;
+    const blocked = findings.length > 0 && settings.blockOnSecrets;
+    for (const finding of findings) events.info(null, `secret scan: ${blocked ? 'BLOCKING' : 'found'}: ${describeFinding(finding)}`);
+    if (unscanned.length > 0) {
+      const shown = unscanned.slice(0, 5).map((u) => `${u.path} (${u.detail})`);
+      events.info(null, `secret scan: ${plural(unscanned.length, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned: ${shown.join('; ')}${unscanned.length > shown.length ? '; ...' : ''}`);
     }
-    commitsScanned = scanned;
-    findings.push(...result.findings);
+    if (findings.length > 0 && !settings.blockOnSecrets) {
+      events.info(null, `WARNING: ${findings.length} possible secret(s) found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
+    } else if (findings.length === 0) {
+      events.info(null, `secret scan: clean (${commitsScanned} commit(s)${inputs.exportDir ? ' and the deployed tree' : ''})`);
+    }
+    return {
+      description: plan.description,
+      commits_scanned: commitsScanned,
+      tree_scanned: inputs.exportDir !== null,
+      findings,
+      blocked,
+      unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
+      unscanned_count: unscanned.length,
+      configuration: { commit: trusted.commit, reason: plan.trusted.reason, files, changed, weakening },
+    };
+  } finally {
+    fs.rmSync(privateDir, { recursive: true, force: true });
   }
-  if (inputs.exportDir) {
-    const result = await runGitleaks(binary, { mode: 'dir', root: inputs.exportDir }, scanSettings, inputs.signal);
-    findings.push(...result.findings);
-  }
+}
 
-  const blocked = findings.length > 0 && settings.blockOnSecrets;
-  for (const finding of findings) events.info(null, `secret scan: ${blocked ? 'BLOCKING' : 'found'}: ${describeFinding(finding)}`);
-  if (findings.length > 0 && !settings.blockOnSecrets) {
-    events.info(null, `WARNING: ${findings.length} possible secret(s) found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
-  } else if (findings.length === 0) {
-    events.info(null, `secret scan: clean (${commitsScanned} commit(s)${inputs.exportDir ? ' and the deployed tree' : ''})`);
+/** The commits and the tree scanned with one set of settings. `strict`: the trusted run, whose coverage is enforced. */
+async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, strict: boolean): Promise<ScanOutcome> {
+  const { plan } = inputs;
+  const findings: Finding[] = [];
+  const extended: string[] = [];
+  let commitsScanned = 0;
+  if (plan.commits && plan.commits.count > 0) {
+    const gitDir = await absoluteGitDir(inputs.repoDir);
+    const result = await runGitleaks(binary, { mode: 'git', gitDir, selection: plan.commits.selection }, files, limits);
+    if (strict) {
+      // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+      // scan that saw no commits where some add text is not a pass. (Commits
+      // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+      const withText = await inputs.countCommitsAddingText(plan.commits.selection);
+      const scanned = result.commitsScanned;
+      if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
+        throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
+      }
+      commitsScanned = scanned;
+    }
+    findings.push(...result.findings);
+    for (const fingerprint of result.suppressed) if (!isIgnored(ignore, { fingerprint })) findings.push(findingFromFingerprint(fingerprint, 'commits'));
+    extended.push(...result.extended);
   }
-  return { description: plan.description, commits_scanned: commitsScanned, tree_scanned: inputs.exportDir !== null, findings, blocked };
+  let unscanned: UnscannedFile[] = [];
+  if (inputs.exportDir) {
+    const tree = await scanTree(binary, inputs.exportDir, files, ignore, limits);
+    findings.push(...tree.findings);
+    unscanned = tree.unscanned;
+    extended.push(...tree.extended);
+  }
+  // gitleaks resolves a relative `[extend] path` against the directory it
+  // scans: the trusted config would then read a file the scanned tree controls.
+  const relative = extended.filter((p) => !path.isAbsolute(p));
+  if (strict && relative.length > 0) {
+    throw new VmSyncError(
+      'config_invalid',
+      `the trusted gitleaks config extends '${relative[0]}', a relative path that gitleaks reads from the tree under scan, so the commit being scanned could change its own scan: copy that file's rules into ${inputs.settings.configPath}, or extend an absolute path on the runner host.`,
+    );
+  }
+  return { findings, commitsScanned, unscanned };
+}
+
+/**
+ * How the settings the change brings would weaken the scan: new
+ * `.gitleaksignore` entries, and findings of this scan that the new settings
+ * would no longer report (found by scanning again with them, only when there
+ * are findings to lose). Failing to evaluate is reported, never fatal.
+ */
+async function weakeningOf(
+  inputs: GateInputs,
+  binary: string,
+  change: { trusted: CommitSettings; head: CommitSettings; changed: SettingsChange[]; findings: Finding[] },
+  dir: string,
+  limits: ScanLimits,
+): Promise<string[]> {
+  const out: string[] = [];
+  const before = parseIgnore(change.trusted.ignore?.text);
+  const after = parseIgnore(change.head.ignore?.text);
+  const added = [...after].filter((entry) => !before.has(entry));
+  if (change.changed.some((c) => c.path === IGNORE_FILE) && added.length > 0) {
+    const hidden = change.findings.filter((f) => isIgnored(after, f));
+    out.push(`${IGNORE_FILE} gains ${plural(added.length, 'entry', 'entries')}${hidden.length ? `, which would hide ${plural(hidden.length, 'finding')} of this scan` : ''}`);
+  }
+  if (change.changed.some((c) => c.path !== IGNORE_FILE) && change.findings.length > 0) {
+    try {
+      const candidate = await scanWith(inputs, binary, writeSettings(dir, change.head), after, limits, false);
+      const still = new Set(candidate.findings.map((f) => f.fingerprint));
+      const hidden = change.findings.filter((f) => !still.has(f.fingerprint));
+      if (hidden.length > 0) {
+        const shown = hidden.slice(0, 3).map((f) => `${f.rule} in ${f.file}:${f.line}`);
+        out.push(`the new ${inputs.settings.configPath} would hide ${hidden.length} of the ${plural(change.findings.length, 'finding')} this scan reports (${shown.join(', ')}${hidden.length > shown.length ? ', ...' : ''})`);
+      }
+    } catch (error) {
+      const code = error instanceof VmSyncError ? error.code : 'error';
+      inputs.events.info(null, `secret scan: the new ${inputs.settings.configPath} could not be evaluated (${code}); from the next deploy on it is the one in force.`);
+    }
+  }
+  return out;
 }

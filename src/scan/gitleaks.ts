@@ -1,29 +1,59 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { run } from '../local/run.js';
+import { makeScratchDir } from '../local/scratch.js';
 import { sanitizeFindings, type Finding } from './findings.js';
 
-/** What one gitleaks run found (already sanitised). */
+/** Why gitleaks left something out, as its debug log says. */
+export type SkipKind = 'allowlist-dir' | 'allowlist-file' | 'binary' | 'archive-depth' | 'archive-unknown' | 'too-large' | 'unreadable';
+
+/** One thing gitleaks did not scan: `path` is relative to the scan root (`a.zip!inner/x` inside archives). */
+export interface GitleaksSkip {
+  kind: SkipKind;
+  path: string;
+  /** The MIME type of a binary file, or gitleaks' own words for the other kinds. */
+  detail: string;
+}
+
+/** What one gitleaks run found (already sanitised) and what its log says about coverage. */
 export interface GitleaksResult {
   findings: Finding[];
   /** gitleaks' own "N commits scanned" (git mode), to check against our count. */
   commitsScanned: number | null;
+  skips: GitleaksSkip[];
+  /** Fingerprints gitleaks dropped because some ignore file listed them (the caller decides whether that was allowed). */
+  suppressed: string[];
+  /** Config files gitleaks pulled in through `[extend] path` (its built-in defaults are not listed). */
+  extended: string[];
 }
 
 /** What to scan: commits of a repository (a rev-list selection), or a directory tree. */
-export type GitleaksTarget = { mode: 'git'; root: string; selection: string[] } | { mode: 'dir'; root: string };
+export type GitleaksTarget = { mode: 'git'; gitDir: string; selection: string[] } | { mode: 'dir'; root: string };
 
 /**
- * Where the scan's settings come from: the `.gitleaksignore` directory and the
- * config file, both taken from the commit being deployed (its export), never
- * from whatever the working tree happens to hold.
+ * The scan's settings, always explicit files in a private directory: with no
+ * `--config`, gitleaks would read `.gitleaks.toml` from the tree under scan.
  */
 export interface GitleaksSettings {
+  configFile: string;
+  /** A directory whose `.gitleaksignore` (if any) applies. */
   ignoreDir: string;
-  configFile: string | null;
 }
+
+/** The time budget shared by every gitleaks run of one scan. */
+export interface ScanLimits {
+  /** Epoch ms by which the whole scan must be done. */
+  deadline: number;
+  /** The configured limit, for messages. */
+  timeoutS: number;
+  signal?: AbortSignal;
+}
+
+/** How deep gitleaks opens archives inside archives; deeper ones are reported as not scanned. */
+export const MAX_ARCHIVE_DEPTH = 6;
 
 /**
  * Finds the gitleaks binary: an explicit path (config or action input), then
@@ -61,46 +91,216 @@ export function scrubLogLine(line: string): string {
 }
 
 /**
- * Runs gitleaks with every setting that keeps secrets out of logs: `--redact`,
- * no `-v`, log level info (trace would print candidates), the JSON report to a
- * file in a private directory that is deleted afterwards. `--exit-code 2` tells
- * "leaks found" (2) from "gitleaks failed" (anything but 0 and 2).
- *
- * gitleaks runs inside `target.root` with the path `.`, so its fingerprints
- * are relative paths (what `.gitleaksignore` entries use).
+ * Undoes Go's `strconv.Quote`, which gitleaks' logger applies to field values
+ * holding spaces, quotes, backslashes or non-ASCII bytes. Works on bytes, so
+ * a quoted non-UTF-8 name decodes the way Node decodes directory entries.
  */
-export async function runGitleaks(binary: string, target: GitleaksTarget, settings: GitleaksSettings, signal?: AbortSignal): Promise<GitleaksResult> {
-  const privateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-gitleaks-'));
+export function goUnquote(value: string): string {
+  if (!(value.length >= 2 && value.startsWith('"') && value.endsWith('"'))) return value;
+  const body = value.slice(1, -1);
+  const bytes: number[] = [];
+  const simple: Record<string, number> = { a: 7, b: 8, f: 12, n: 10, r: 13, t: 9, v: 11, '\\': 92, '"': 34, "'": 39 };
+  for (let i = 0; i < body.length; ) {
+    const c = body[i];
+    if (c !== '\\') {
+      const cp = body.codePointAt(i) ?? 0;
+      bytes.push(...Buffer.from(String.fromCodePoint(cp), 'utf8'));
+      i += cp > 0xffff ? 2 : 1;
+      continue;
+    }
+    const e = body[i + 1];
+    if (e in simple) {
+      bytes.push(simple[e]);
+      i += 2;
+    } else if (e === 'x') {
+      bytes.push(parseInt(body.slice(i + 2, i + 4), 16));
+      i += 4;
+    } else if (e === 'u' || e === 'U') {
+      const n = e === 'u' ? 4 : 8;
+      bytes.push(...Buffer.from(String.fromCodePoint(parseInt(body.slice(i + 2, i + 2 + n), 16)), 'utf8'));
+      i += 2 + n;
+    } else if (/[0-7]/.test(e ?? '')) {
+      bytes.push(parseInt(body.slice(i + 1, i + 4), 8) & 0xff);
+      i += 4;
+    } else {
+      bytes.push(92);
+      i += 1;
+    }
+  }
+  return Buffer.from(bytes).toString('utf8');
+}
+
+/** One parsed gitleaks log line: level, message and the value of one field. */
+interface LogLine {
+  level: string;
+  message: string;
+  field(name: string): string | null;
+}
+
+// "4:06AM DBG message key=value key="quoted value"" (zerolog's console format;
+// fields are sorted by name and values quoted with Go's strconv.Quote).
+const LOG_LINE = /^\S+ (TRC|DBG|INF|WRN|ERR|FTL) (.*)$/;
+
+function parseLogLine(raw: string): LogLine | null {
+  const match = LOG_LINE.exec(raw.replace(ANSI, ''));
+  if (!match) return null;
+  const rest = match[2];
+  return {
+    level: match[1],
+    message: rest,
+    field(name: string): string | null {
+      const value = new RegExp(`(?:^| )${name}=("(?:[^"\\\\]|\\\\.)*"|[^\\s"]+)(?= |$)`).exec(rest);
+      return value ? goUnquote(value[1]) : null;
+    },
+  };
+}
+
+/**
+ * What a line of gitleaks' debug log says about coverage, or null. Only lines
+ * that start with gitleaks' own time and level are read: decoded content
+ * (which gitleaks logs at debug level, quoted) cannot start a line.
+ */
+export function readSkip(raw: string): GitleaksSkip | null {
+  const line = parseLogLine(raw);
+  if (!line || (line.level !== 'DBG' && line.level !== 'WRN')) return null;
+  const at = line.field('path');
+  if (at === null) return null;
+  const m = line.message;
+  if (m.startsWith('skipping directory: global allowlist')) return { kind: 'allowlist-dir', path: at, detail: 'path allowlist' };
+  if (m.startsWith('skipping file: global allowlist')) return { kind: 'allowlist-file', path: at, detail: 'path allowlist' };
+  if (m.startsWith('skipping binary file')) return { kind: 'binary', path: at, detail: line.field('mime_type') ?? 'unknown type' };
+  if (m.startsWith('skipping archive: exceeds max archive depth')) return { kind: 'archive-depth', path: at, detail: `nested deeper than ${MAX_ARCHIVE_DEPTH} archives` };
+  if (m.startsWith('skipping unknown archive type')) return { kind: 'archive-unknown', path: at, detail: 'an archive type gitleaks cannot open' };
+  if (m.startsWith('skipping file: too large')) return { kind: 'too-large', path: at, detail: 'larger than gitleaks accepts' };
+  if (m.startsWith('skipping file: permission denied') || m.startsWith('skipping directory')) return { kind: 'unreadable', path: at, detail: 'permission denied' };
+  return null;
+}
+
+/** The fingerprint of a finding gitleaks dropped because an ignore file listed it, or null. */
+export function readSuppressed(raw: string): string | null {
+  const line = parseLogLine(raw);
+  if (!line || line.level !== 'DBG' || !line.message.startsWith('skipping finding: ')) return null;
+  if (!/^skipping finding: (global )?fingerprint/.test(line.message)) return null;
+  return line.field('fingerprint');
+}
+
+/** Splits streamed output into whole lines. */
+function lineReader(onLine: (line: string) => void): { push(chunk: string): void; end(): void } {
+  let carry = '';
+  return {
+    push(chunk: string): void {
+      const parts = (carry + chunk).split('\n');
+      carry = parts.pop() ?? '';
+      // A line longer than any gitleaks writes for coverage is decoded content: drop it.
+      if (carry.length > 1 << 20) carry = '';
+      for (const part of parts) onLine(part);
+    },
+    end(): void {
+      if (carry) onLine(carry);
+      carry = '';
+    },
+  };
+}
+
+/** Thrown when a scan ran out of `secret_scanning.timeout_s`. */
+export function scanTimeout(limits: ScanLimits, what: string): VmSyncError {
+  return new VmSyncError(
+    'scan_timeout',
+    `the secret scan did not finish within repository.secret_scanning.timeout_s (${limits.timeoutS} s) while ${what}; a scan that did not finish is not a pass, so nothing is deployed. Raise timeout_s, or make the large files in the deployed tree smaller (gitleaks is slowest on long single-line files).`,
+  );
+}
+
+/**
+ * Runs gitleaks with every setting that keeps secrets out of logs: `--redact`,
+ * no `-v`, the JSON report to a file in a private directory that is deleted
+ * afterwards. `--exit-code 2` tells "leaks found" (2) from "gitleaks failed".
+ *
+ * The log runs at debug level because that is where gitleaks says what it
+ * skipped. That log also holds decoded content (base64 segments, quoted), so
+ * it is only parsed line by line for known messages and never printed; only
+ * error lines are shown, scrubbed.
+ *
+ * Nothing the scanned tree holds may steer the run: the config and the
+ * ignore directory are always given explicitly, `gitleaks:allow` comments are
+ * ignored, git mode reads the git directory (a working tree's
+ * `.gitleaksignore` would be loaded automatically), and dir mode runs inside
+ * `target.root` with the path `.`, so fingerprints are relative paths.
+ *
+ * Time: gitleaks' own `--timeout` stops the scan but then reports the part it
+ * scanned as a normal result, so a run is killed at the deadline and any run
+ * that reaches it is a {@link scanTimeout}, whatever gitleaks said.
+ */
+export async function runGitleaks(binary: string, target: GitleaksTarget, settings: GitleaksSettings, limits: ScanLimits): Promise<GitleaksResult> {
+  const privateDir = makeScratchDir('gitleaks');
   const report = path.join(privateDir, 'report.json');
+  const what = target.mode === 'git' ? 'gitleaks scanned the commits' : 'gitleaks scanned the deployed tree';
   try {
+    const remainingMs = limits.deadline - Date.now();
+    if (remainingMs <= 0) throw scanTimeout(limits, what);
     const args = [
       target.mode,
-      ...(target.mode === 'git' ? ['--log-opts', ['-m', ...target.selection].join(' ')] : []),
+      ...(target.mode === 'git' ? ['--log-opts', ['-m', ...target.selection].join(' ')] : ['--max-archive-depth', String(MAX_ARCHIVE_DEPTH)]),
       '--redact',
       '--exit-code', '2',
       '--report-format', 'json',
       '--report-path', report,
       '--no-banner',
       '--no-color',
-      '--log-level', 'info',
+      '--log-level', 'debug',
+      '--ignore-gitleaks-allow',
+      '--timeout', String(Math.ceil(remainingMs / 1000) + 5),
       '--gitleaks-ignore-path', settings.ignoreDir,
-      ...(settings.configFile ? ['--config', settings.configFile] : []),
-      '.',
+      '--config', settings.configFile,
+      target.mode === 'git' ? target.gitDir : '.',
     ];
-    // The operator's environment must not swap in another config behind the repository's back.
+    // The operator's environment must not swap in another config behind the scan's back.
     const env = { ...process.env };
     delete env.GITLEAKS_CONFIG;
     delete env.GITLEAKS_CONFIG_TOML;
+
+    const skips: GitleaksSkip[] = [];
+    const suppressed: string[] = [];
+    const extended: string[] = [];
+    const errors: string[] = [];
+    let commitsScanned: number | null = null;
+    const onLine = (raw: string): void => {
+      const clean = raw.replace(ANSI, '');
+      const skip = readSkip(clean);
+      if (skip) return void skips.push(skip);
+      const fingerprint = readSuppressed(clean);
+      if (fingerprint !== null) return void suppressed.push(fingerprint);
+      const line = parseLogLine(clean);
+      if (line?.level === 'DBG' && line.message.startsWith('extending config with ') && line.message !== 'extending config with default config') {
+        extended.push(line.message.slice('extending config with '.length));
+      } else if (line?.level === 'INF' && /^\d+ commits scanned/.test(line.message)) {
+        commitsScanned = Number(/^\d+/.exec(line.message)?.[0]);
+      } else if ((line && (line.level === 'ERR' || line.level === 'FTL')) || (!line && /^(?:ERR|FTL)\b|^panic:/.test(clean))) {
+        if (errors.length < 3) errors.push(scrubLogLine(clean));
+      }
+    };
+    const stderr = lineReader(onLine);
+    const stdout = lineReader(onLine);
+    const timer = AbortSignal.timeout(remainingMs);
+    const signal = limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
+    const started = Date.now();
     let result;
     try {
-      result = await run(binary, args, { cwd: target.root, env, signal, maxOutput: 64 * 1024 });
+      result = await run(binary, args, {
+        cwd: target.mode === 'git' ? privateDir : target.root,
+        env,
+        signal,
+        maxOutput: 4096,
+        onStderr: (chunk) => stderr.push(chunk),
+        onStdout: (chunk) => stdout.push(chunk),
+      });
     } catch (error) {
       throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${getErrorMessage(error)}`);
     }
-    const log = result.stderr.replace(ANSI, '') + result.stdout.replace(ANSI, '');
-    const errors = log.split('\n').filter((l) => /\b(ERR|FTL)\b|panic:/.test(l));
+    stderr.end();
+    stdout.end();
+    if (!limits.signal?.aborted && (timer.aborted || Date.now() - started >= remainingMs)) throw scanTimeout(limits, what);
     if ((result.code !== 0 && result.code !== 2) || errors.length > 0) {
-      const detail = errors.slice(0, 3).map(scrubLogLine).join(' | ') || `exit ${result.code ?? result.signal}`;
+      const detail = errors.join(' | ') || `exit ${result.code ?? result.signal}`;
       throw new VmSyncError('scan_failed', `gitleaks ${target.mode} scan failed (exit ${result.code ?? result.signal}): ${detail}. The deploy is blocked until a scan succeeds.`);
     }
     let raw: unknown = [];
@@ -112,9 +312,55 @@ export async function runGitleaks(binary: string, target: GitleaksTarget, settin
     const findings = sanitizeFindings(raw, target.mode === 'git' ? 'commits' : 'tree');
     if (result.code === 0 && findings.length > 0) throw new VmSyncError('scan_failed', 'gitleaks reported findings but exited 0: refusing to trust this scan.');
     if (result.code === 2 && findings.length === 0) throw new VmSyncError('scan_failed', 'gitleaks reported leaks but its report lists none: refusing to trust this scan.');
-    const scanned = /(\d+) commits scanned/.exec(log);
-    return { findings, commitsScanned: scanned ? Number(scanned[1]) : null };
+    return { findings, commitsScanned, skips, suppressed, extended };
   } finally {
     fs.rmSync(privateDir, { recursive: true, force: true });
+  }
+}
+
+const verified = new Map<string, Promise<void>>();
+
+/**
+ * Proves, once per binary and process, that this gitleaks build logs the
+ * messages vm-sync relies on to find what it skipped (a path allowlist, a
+ * binary, an ignored fingerprint). A build that words them differently would
+ * otherwise make skipped files look scanned; this fails closed instead.
+ */
+export function checkGitleaksLogs(binary: string, limits: ScanLimits): Promise<void> {
+  const key = binary;
+  let check = verified.get(key);
+  if (!check) {
+    check = probeLogs(binary, limits);
+    verified.set(key, check);
+    check.catch(() => verified.delete(key));
+  }
+  return check;
+}
+
+async function probeLogs(binary: string, limits: ScanLimits): Promise<void> {
+  const dir = makeScratchDir('gitleaksprobe');
+  try {
+    const alnum = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+    // A random token in GitHub's format, generated here and never printed.
+    const token = `ghp_${Array.from(crypto.randomBytes(36), (b) => alnum[b % alnum.length]).join('')}`;
+    const root = path.join(dir, 'tree');
+    fs.mkdirSync(path.join(root, 'node_modules', 'p'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'node_modules', 'p', 'i.js'), `t=${token}\n`);
+    fs.writeFileSync(path.join(root, 'a b.png'), `t=${token}\n`);
+    fs.writeFileSync(path.join(root, 'z.dat'), zlib.gzipSync(`t=${token}\n`));
+    fs.writeFileSync(path.join(root, 'ignored.txt'), `t=${token}\n`);
+    fs.writeFileSync(path.join(root, '.gitleaksignore'), 'ignored.txt:github-pat:1\n');
+    fs.writeFileSync(path.join(dir, 'config.toml'), '[extend]\nuseDefault = true\n');
+    const result = await runGitleaks(binary, { mode: 'dir', root }, { configFile: path.join(dir, 'config.toml'), ignoreDir: dir }, limits);
+    const has = (kind: SkipKind, at: string): boolean => result.skips.some((s) => s.kind === kind && s.path === at);
+    const ok = has('allowlist-dir', 'node_modules') && has('allowlist-file', 'a b.png') && has('binary', 'z.dat') && result.suppressed.includes('ignored.txt:github-pat:1');
+    if (!ok) {
+      throw new VmSyncError(
+        'scan_failed',
+        `gitleaks at ${binary} does not log what it skips the way vm-sync reads it (gitleaks 8.30.x does), so vm-sync cannot prove the whole deployed tree was scanned: use gitleaks 8.30.x.`,
+      );
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -23,6 +23,13 @@ export interface ScanPlan {
   commits: { selection: string[]; count: number } | null;
   /** One sentence saying what is scanned and why (printed, and kept in reports). */
   description: string;
+  /**
+   * The commit whose scan settings (gitleaks config, `.gitleaksignore`) the
+   * scan uses: one the scanned change cannot have written, so a change to
+   * them takes effect from the next deploy, never in the commit it arrives
+   * in. null: gitleaks' defaults (the change starts at a root commit).
+   */
+  trusted: { commit: string | null; reason: string };
 }
 
 function unresolved(message: string): VmSyncError {
@@ -53,6 +60,44 @@ async function requireFullHistory(repo: RunnerRepo, what: string): Promise<void>
 }
 
 /**
+ * The commit where `head`'s first-parent line leaves the scanned selection:
+ * the last commit of the mainline before anything new. Its settings were in
+ * force before this change; null when the line is new down to its root.
+ */
+async function firstParentBefore(repo: RunnerRepo, head: string, exclude: string[]): Promise<string | null> {
+  const inside = await repo.countCommits(['--first-parent', head, ...(exclude.length ? ['--not', ...exclude] : [])]);
+  if (inside === null) throw unresolved(`git cannot walk the first parents of ${head}`);
+  try {
+    return await repo.resolve(`${head}~${inside}`);
+  } catch {
+    return null;
+  }
+}
+
+/** The first parent of a commit, or null for a root commit (in a shallow clone a missing parent is an error, not a root). */
+async function parentOf(repo: RunnerRepo, commit: string): Promise<string | null> {
+  try {
+    return await repo.resolve(`${commit}~1`);
+  } catch {
+    if (await repo.isShallow()) throw unresolved(`the parent of ${commit.slice(0, 12)} is not in the shallow clone ${repo.dir}, so the scan settings in force before it cannot be read`);
+    return null;
+  }
+}
+
+/** Of several deployed commits, one that no other descends from (the newest line); ties keep the first. */
+async function newest(repo: RunnerRepo, commits: string[]): Promise<string> {
+  let best = commits[0];
+  for (const candidate of commits.slice(1)) {
+    if ((await repo.relation(best, candidate)) === 'behind') best = candidate;
+  }
+  return best;
+}
+
+function fromParent(commit: string | null, what: string): ScanPlan['trusted'] {
+  return commit ? { commit, reason: what } : { commit: null, reason: "no earlier commit (a root commit): gitleaks' defaults" };
+}
+
+/**
  * Decides what the secret scan must cover. The deployed tree is always
  * scanned too (by the caller); this picks the commits:
  * - a range: exactly `BASE..HEAD`;
@@ -75,23 +120,34 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
       throw unresolved(`${repo.dir} is shallow and ${parts[0]} is not an ancestor of ${parts[1]} in it`);
     }
     const commits = await counted(repo, [`${base}..${head}`]);
-    return { head, commits, description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}` };
+    return {
+      head,
+      commits,
+      description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}`,
+      trusted: { commit: base, reason: 'the base of the range' },
+    };
   }
 
   if (request.kind === 'push') {
-    if (ZERO.test(request.after)) return { head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan' };
+    if (ZERO.test(request.after)) return { head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan', trusted: { commit: null, reason: 'nothing to scan' } };
     const head = await resolveOrFail(repo, request.after, 'pushed commit');
     const known = !ZERO.test(request.before) && (await repo.hasCommit(request.before));
     if (known) {
       const relation = await repo.relation(request.before, head);
       if (relation === 'behind' || relation === 'up-to-date') {
-        return planScan(repo, { kind: 'range', range: `${request.before}..${head}` });
+        const plan = await planScan(repo, { kind: 'range', range: `${request.before}..${head}` });
+        return { ...plan, trusted: { commit: plan.trusted.commit, reason: 'the branch tip before the push' } };
       }
       // Force push: what `after` has beyond the history both share.
       await requireFullHistory(repo, 'a force push');
       const base = await repo.mergeBase(request.before, head);
       const commits = await counted(repo, base ? [`${base}..${head}`] : [head]);
-      return { head, commits, description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}` };
+      return {
+        head,
+        commits,
+        description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}`,
+        trusted: { commit: await repo.resolve(request.before), reason: 'the branch tip before the (force) push' },
+      };
     }
     // A new branch, or a `before` the clone never saw (force-pushed away): the
     // commits that no other remote branch already has.
@@ -100,17 +156,28 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
     const others = await repo.otherRemoteTips(pushed);
     const commits = await counted(repo, others.length ? [head, '--not', ...others] : [head]);
     const why = ZERO.test(request.before) ? 'new branch' : `previous tip ${request.before.slice(0, 12)} is unknown here`;
-    return { head, commits, description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}` };
+    return {
+      head,
+      commits,
+      description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}`,
+      trusted: fromParent(await firstParentBefore(repo, head, others), 'the last commit before the pushed ones on the first-parent line'),
+    };
   }
 
   const head = await resolveOrFail(repo, request.head, 'commit');
   const deployed = request.deployed;
   const known: string[] = [];
   for (const rev of deployed) if (rev && (await repo.hasCommit(rev))) known.push(rev);
+  // The settings of what the VMs run were in force when it was deployed; with
+  // no record at all, those of the commit before the one being deployed.
+  const unique = [...new Set(known)];
+  const trusted: ScanPlan['trusted'] = unique.length
+    ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
+    : fromParent(await parentOf(repo, head), 'the first parent of the commit being deployed (no deploy recorded yet)');
   if (deployed.length === 0 || known.length !== deployed.length) {
-    return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned` };
+    return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
   }
   await requireFullHistory(repo, 'a resync');
-  const commits = await counted(repo, [head, '--not', ...new Set(known)]);
-  return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}` };
+  const commits = await counted(repo, [head, '--not', ...unique]);
+  return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}`, trusted };
 }

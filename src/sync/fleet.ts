@@ -1,9 +1,9 @@
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { Config, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
+import { makeScratchDir, sweepScratchDirs } from '../local/scratch.js';
 import { KnownHosts } from '../remote/known-hosts.js';
 import { ownLockOwner } from '../remote/lock.js';
 import { runSecretScan, type ScanReport } from '../scan/gate.js';
@@ -73,10 +73,30 @@ export function selectVms(config: Config, ids: string[] | undefined): VmConfig[]
   return config.vms.filter((vm) => ids.includes(vm.id));
 }
 
-/** The runner-host clone the config names. */
-export function runnerRepo(config: Config, env?: NodeJS.ProcessEnv): RunnerRepo {
+/**
+ * The runner-host clone the config names: managed (locked while vm-sync
+ * changes it, re-cloned when corrupt). `$VM_SYNC_CLONE_WAIT_S` sets how long a
+ * run waits for another run's lock (default 300).
+ */
+export function runnerRepo(config: Config, env?: NodeJS.ProcessEnv, options: { events?: EngineEvents; signal?: AbortSignal } = {}): RunnerRepo {
   const { mainRepoPath, remote, defaultBranch, url } = config.repository;
-  return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env);
+  const wait = process.env.VM_SYNC_CLONE_WAIT_S;
+  const seconds = wait === undefined || wait === '' ? undefined : Number(wait);
+  if (seconds !== undefined && !(Number.isFinite(seconds) && seconds >= 0)) {
+    throw new VmSyncError('config_invalid', `VM_SYNC_CLONE_WAIT_S must be a number of seconds, not '${wait}'`);
+  }
+  return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env, {
+    managed: true,
+    events: options.events,
+    signal: options.signal,
+    lockWaitMs: seconds === undefined ? undefined : seconds * 1000,
+  });
+}
+
+/** Removes what runs killed on this host left in the temporary directory (say so when there was any). */
+function sweepDeadRuns(events: EngineEvents): void {
+  const removed = sweepScratchDirs();
+  if (removed.length > 0) events.info(null, `removed ${removed.length} temporary director${removed.length === 1 ? 'y' : 'ies'} left by vm-sync runs that died: ${removed.join(', ')}`);
 }
 
 function loadKnownHosts(config: Config): KnownHosts {
@@ -92,24 +112,13 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   const events = options.events ?? silentEvents;
   const vms = selectVms(config, options.vms);
   const knownHosts = loadKnownHosts(config);
-  const repo = runnerRepo(config, options.gitEnv);
-
-  const prepared = await repo.prepare(options.fetch !== false);
-  if (prepared.movedAside) events.info(null, `runner-host repo was corrupt: moved to ${prepared.movedAside} and cloned again`);
-  else if (prepared.action === 'cloned') events.info(null, `cloned ${config.repository.mainRepoPath}`);
-  const commit = await repo.resolve(options.commit ?? repo.trackingRef);
-  if (!options.force && !(await repo.isOnBranch(commit))) {
-    throw new VmSyncError(
-      'commit_not_on_branch',
-      `${commit} is not on ${config.repository.remote}/${config.repository.defaultBranch}: only merged commits are deployed. Use --force to deploy it anyway.`,
-    );
-  }
-  await repo.checkout(commit);
-
-  const exportRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-export-'));
+  sweepDeadRuns(events);
+  const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+  const exportRoot = makeScratchDir('export');
   const exportDir = path.join(exportRoot, 'tree');
   try {
-    await repo.exportTree(commit, exportDir);
+    // Fetch, branch check, reset and export under one hold of the runner-host lock.
+    const commit = await repo.prepareDeploy({ rev: options.commit, fetch: options.fetch !== false, force: options.force ?? false, exportDir });
 
     // The secret-scan gate: before any VM is contacted.
     let scan: ScanReport | null = null;
@@ -154,7 +163,8 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
 export async function runInspect(config: Config, mode: 'verify' | 'status', options: FleetOptions = {}): Promise<RunReport> {
   const events = options.events ?? silentEvents;
   const vms = selectVms(config, options.vms);
-  const repo = runnerRepo(config, options.gitEnv);
+  sweepDeadRuns(events);
+  const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
   if (options.fetch) await repo.prepare(true);
   else if (!fs.existsSync(config.repository.mainRepoPath)) {
     throw new VmSyncError('git_failed', `runner-host repo ${config.repository.mainRepoPath} does not exist: run vm-sync sync first, or pass --commit with a repo present.`);
@@ -190,7 +200,7 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     if (!fs.existsSync(path.join(dir, '.git'))) throw new VmSyncError('git_failed', `${dir} is not a git checkout.`);
     repo = new RunnerRepo(dir, remote, defaultBranch, null);
   } else {
-    repo = runnerRepo(config);
+    repo = runnerRepo(config, undefined, { events, signal: options.signal });
     await repo.prepare(options.fetch !== false);
   }
   const request: ScanRequest = options.request
@@ -199,7 +209,8 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     ? { kind: 'range', range: options.range }
     : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
   const plan = await planScan(repo, request);
-  const exportRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-export-'));
+  sweepDeadRuns(events);
+  const exportRoot = makeScratchDir('export');
   try {
     const exportDir = plan.head ? path.join(exportRoot, 'tree') : null;
     if (plan.head && exportDir) await repo.exportTree(plan.head, exportDir);

@@ -201,8 +201,11 @@ export function syncVm(vm: VmConfig, ctx: RunContext): Promise<VmReport> {
         if (probe) report.rev_before = report.rev_after = liveRev(probe);
         else {
           // Cancelled or timed out while taking the lock: it may have been
-          // taken after all. Stop that step, then release what is ours.
+          // taken after all. Stop that step, then release what is ours, and
+          // report what the VM serves (nothing of this run changed it).
           if (await target.stopInterrupted()) await target.unlock(ctx.owner.token).catch(() => false);
+          const now = await target.probe(true).catch(() => null);
+          if (now) report.rev_before = report.rev_after = liveRev(now);
         }
         throw error;
       }

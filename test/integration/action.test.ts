@@ -197,4 +197,63 @@ test('bad input fails clearly and still writes a summary', async () => {
   expect(run.code).toBe(1);
   expect(run.stdout).toMatch(/^::error::config_invalid: input command must be sync, verify, status or scan, not 'deploy-everything'$/m);
   expect(run.summary).toContain('vm-sync: failed before reaching any VM');
+  expect(JSON.parse(run.outputs.results)).toMatchObject({ commit: null, vms: [], error: { code: 'config_invalid' } });
+  expect(run.outputs.failed).toBe('');
+});
+
+test('a run that fails before the fan-out still writes every output, closes its statuses and writes a summary', async () => {
+  // A real failure before any VM: the git remote does not answer (nothing listens on port 9).
+  const config = path.join(world.dir, 'unreachable.yml');
+  fs.writeFileSync(
+    config,
+    fs.readFileSync(world.configPath, 'utf8').replace(/url: .*/, 'url: http://127.0.0.1:9/git/app.git').replace(/main_repo_path: .*/, `main_repo_path: ${path.join(world.dir, 'runner', 'elsewhere')}`),
+  );
+  const sha = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  const before = github.api.length;
+  const run = await runAction({ command: 'sync', config: 'unreachable.yml', environment: 'production' }, { name: 'workflow_dispatch', sha, payload: {} });
+
+  expect(run.code).toBe(1);
+  expect(run.stdout).toMatch(/^::error::git_failed: /m);
+  expect(Object.keys(run.outputs).sort()).toEqual(['commit', 'failed', 'findings', 'results', 'skipped', 'synced']);
+  expect({ ...run.outputs, results: undefined }).toEqual({ commit: '', failed: '', findings: '0', results: undefined, skipped: '', synced: '' });
+  const results = JSON.parse(run.outputs.results) as { command: string; commit: null; vms: unknown[]; error: { code: string; message: string } };
+  expect([results.command, results.commit, results.vms, results.error.code]).toEqual(['sync', null, [], 'git_failed']);
+  expect(run.summary).toContain('## vm-sync: failed before reaching any VM');
+  expect(run.summary).toContain('❌ `git_failed`: ');
+  // Every status this run set to pending was closed.
+  const statuses = github.calls().slice(before).filter((c) => c.call.includes('/statuses/'));
+  const last = new Map(statuses.map((c) => [c.body.context, c.body.state]));
+  expect([...last]).toEqual([['vm-sync/secret-scan', 'error']]);
+  expect(statuses.at(-1)?.body.description).toMatch(/^git_failed: the run stopped before the scan was reported: /);
+});
+
+test('text a VM controls reaches the summary, statuses, annotations and outputs escaped and bounded', async () => {
+  const sentinel = path.join(world.target('vm01'), '.sync_rev');
+  const original = fs.readFileSync(sentinel);
+  const planted = '\u001b[31m<img src=x onerror=alert(1)>[x](http://e)|`\u009b';
+  fs.writeFileSync(sentinel, `${planted}\n`);
+  try {
+    const sha = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+    const before = github.api.length;
+    const run = await runAction({ command: 'verify' }, { name: 'workflow_dispatch', sha, payload: {} });
+
+    expect(run.code).toBe(1);
+    const results = JSON.parse(run.outputs.results) as { vms: Array<{ id: string; error: { code: string; message: string } | null }> };
+    expect(results.vms.find((vm) => vm.id === 'vm01')?.error?.code).toBe('sentinel_unreadable');
+    expect(run.outputs.failed.split(',')).toContain('vm01');
+    // eslint-disable-next-line no-control-regex
+    const control = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
+    for (const [channel, text] of Object.entries({ stdout: run.stdout, summary: run.summary, results: run.outputs.results })) {
+      expect([channel, control.test(text)]).toEqual([channel, false]);
+    }
+    expect(run.summary.includes('<img')).toBe(false);
+    expect(run.summary).toContain('&lt;img src=x onerror=alert(1)&gt;\\[x\\](http://e)\\|');
+    expect(Buffer.byteLength(run.outputs.results)).toBeLessThan(64 * 1024);
+    const status = github.calls().slice(before).filter((c) => c.body.context === 'vm-sync/vm01').at(-1);
+    expect(status?.body.state).toBe('error');
+    expect(String(status?.body.description).length).toBeLessThanOrEqual(140);
+    expect(control.test(String(status?.body.description))).toBe(false);
+  } finally {
+    fs.writeFileSync(sentinel, original);
+  }
 });

@@ -62,7 +62,7 @@ test('doctor diagnoses every VM in parallel, one line per check, with a fix for 
   const failed = (id: string): string | undefined => byId[id].checks.find((c) => c.status === 'fail')?.name;
 
   expect(byId.ok.ready).toBe(true);
-  expect(byId.ok.checks.map((c) => `${c.name}:${c.status}`)).toEqual(['tcp:ok', 'host_key:ok', 'auth:ok', 'rsync:ok', 'target:ok', 'free_space:ok', 'lock:warn', 'sync_rev:ok']);
+  expect(byId.ok.checks.map((c) => `${c.name}:${c.status}`)).toEqual(['tcp:ok', 'host_key:ok', 'auth:ok', 'rsync:ok', 'target:ok', 'free_space:ok', 'timeout:ok', 'lock:warn', 'sync_rev:ok']);
   expect(byId.ok.checks.find((c) => c.name === 'lock')?.detail).toMatch(/stale lock left by dead-runner:1:x, \d+s old/);
 
   expect(failed('down')).toBe('tcp');
@@ -105,7 +105,7 @@ test('session.run quotes every word and times out cleanly', async () => {
   const session = await VmSession.open(vm, kh, { connectTimeoutMs: 5000 });
   try {
     const tricky = `it's $(touch /tmp/pwned) ; \`id\` "x"`;
-    expect(await session.run(['printf', '%s', tricky], 5000)).toEqual({ code: 0, stdout: tricky, stderr: '' });
+    expect(await session.run(['printf', '%s', tricky], 5000)).toEqual({ code: 0, stdout: tricky, stderr: '', other: '' });
     expect((await session.run(['sh', '-c', 'exit 7'], 5000)).code).toBe(7);
     const started = Date.now();
     await expect(session.run(['sleep', '10'], 300)).rejects.toMatchObject({ code: 'timeout' });

@@ -40,7 +40,7 @@ function runnerRepo(): RunnerRepo {
   return new RunnerRepo(world.runnerRepo, 'origin', 'main', null);
 }
 
-const settings = { enabled: true, tool: 'gitleaks' as const, configPath: '.gitleaks.toml', blockOnSecrets: true, gitleaksPath: null };
+const settings = { enabled: true, tool: 'gitleaks' as const, configPath: '.gitleaks.toml', blockOnSecrets: true, gitleaksPath: null, timeoutS: 600 };
 
 test('a clean push scans its commits and tree and lets the deploy through', async () => {
   const before = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
@@ -167,7 +167,7 @@ test('push shapes: new branch scans only its own commits; force push scans from 
   expect(clean).toMatchObject({ commits_scanned: 1, findings: [], blocked: false });
 
   const deleted = await planScan(repo, { kind: 'push', before: rewritten, after: ZERO });
-  expect(deleted).toEqual({ head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan' });
+  expect(deleted).toEqual({ head: null, commits: null, description: 'branch deleted: nothing to deploy, nothing to scan', trusted: { commit: null, reason: 'nothing to scan' } });
   world.ws.git(world.ws.work, ['checkout', '--quiet', 'main']);
 });
 
@@ -211,7 +211,7 @@ test('gitleaks crashing (even after printing a secret) blocks the deploy and pri
   }
 });
 
-test('.gitleaksignore entries and block_on_secrets: false are honoured', async () => {
+test('.gitleaksignore entries (from the next deploy on) and block_on_secrets: false are honoured', async () => {
   const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
   const head = world.ws.commit({ 'fixtures/token.txt': `${secrets.github}\n` }, 'test fixture');
   world.ws.push();
@@ -220,11 +220,19 @@ test('.gitleaksignore entries and block_on_secrets: false are honoured', async (
   const fingerprints = blocked.json.scan?.findings.map((f) => f.fingerprint) ?? [];
   expect(fingerprints).toEqual(expect.arrayContaining([`${head}:fixtures/token.txt:github-pat:1`, 'fixtures/token.txt:github-pat:1']));
 
+  // The ignore entries arrive in the range being scanned: they apply from the next deploy, not to this one.
   const ignored = world.ws.commit({ '.gitleaksignore': `${fingerprints.join('\n')}\n` }, 'ignore the fixture token');
   world.ws.push();
-  const allowed = await world.cli(['scan', '--range', `${base}..${ignored}`]);
+  const same = await world.cli(['scan', '--range', `${base}..${ignored}`]);
+  expect(same.code).toBe(3);
+  expect(same.json.scan?.configuration).toMatchObject({ commit: base, changed: [{ path: '.gitleaksignore', change: 'added' }] });
+  // Once they are in the base, they are honoured.
+  const later = world.ws.commit({ 'README.md': '# app\nwith fixtures\n' }, 'later change');
+  world.ws.push();
+  const allowed = await world.cli(['scan', '--range', `${ignored}..${later}`]);
   expect(allowed.code).toBe(0);
   expect(allowed.json.scan?.findings).toEqual([]);
+  expect(allowed.json.scan?.configuration).toMatchObject({ commit: ignored, files: ['.gitleaksignore'], changed: [] });
 
   const next = world.ws.commit({ 'more.env': `TOKEN=${secrets.github}\n` }, 'another');
   world.ws.push();

@@ -107,6 +107,75 @@ test('the reporter sends one VM\'s calls in order and turns failures into warnin
   expect(calls).toEqual(expect.arrayContaining(['deployment prod/vm02', 'deployment-status 8 in_progress', 'deployment-status 8 success']));
 });
 
+/** A fake GitHub API that records each call as one line. */
+function recordingApi(calls: string[]): GitHubApi {
+  let next = 7;
+  return {
+    createStatus: async (_sha, body) => void calls.push(`status ${body.context} ${body.state}: ${body.description}`),
+    createDeployment: async (body) => {
+      calls.push(`deployment ${body.environment}`);
+      return next++;
+    },
+    createDeploymentStatus: async (id, body) => void calls.push(`deployment-status ${id} ${body.state}: ${body.description}`),
+  };
+}
+
+describe('finalize: nothing is left pending when a run stops', () => {
+  test('every VM that started and never finished gets error statuses; finished ones are left alone', async () => {
+    const calls: string[] = [];
+    const reporter = new GitHubReporter(recordingApi(calls), { sha: 'c'.repeat(40), runUrl: 'u', statuses: true, environment: 'prod', verb: 'sync', dryRun: false, warn: () => undefined });
+    reporter.scanStarted();
+    reporter.scanFinished({ description: 'd', commits_scanned: 1, tree_scanned: true, findings: [], blocked: false }, null);
+    reporter.vmStarted('vm01');
+    reporter.vmStarted('vm02');
+    reporter.vmStarted('vm03');
+    reporter.vmFinished(vm({}));
+    reporter.finalize({ code: 'internal_error', message: 'vm-sync failed (a defect, please report it): boom' });
+    reporter.finalize({ code: 'internal_error', message: 'again' }); // idempotent
+    await reporter.flush();
+    const stopped = 'internal_error: the run stopped before this VM finished: vm-sync failed (a defect, please report it): boom';
+    expect(calls.filter((c) => c.includes('vm02') || c.startsWith('deployment-status 8'))).toEqual([
+      'status vm-sync/vm02 pending: deploying',
+      'deployment prod/vm02',
+      'deployment-status 8 in_progress: deploying',
+      `status vm-sync/vm02 error: ${stopped}`,
+      `deployment-status 8 error: ${stopped}`,
+    ]);
+    expect(calls).toContain(`deployment-status 9 error: ${stopped}`);
+    expect(calls.filter((c) => c.startsWith('status vm-sync/vm01 ') || c.startsWith('deployment-status 7 ')).map((c) => c.split(':')[0])).toEqual([
+      'status vm-sync/vm01 pending',
+      'deployment-status 7 in_progress',
+      'status vm-sync/vm01 success',
+      'deployment-status 7 success',
+    ]);
+    expect(calls.filter((c) => c.includes('again'))).toEqual([]);
+  });
+
+  test('a scan that never reported is closed with the failure', async () => {
+    const calls: string[] = [];
+    const reporter = new GitHubReporter(recordingApi(calls), { sha: 'c'.repeat(40), runUrl: 'u', statuses: true, environment: '', verb: 'sync', dryRun: false, warn: () => undefined });
+    reporter.scanStarted();
+    reporter.finalize({ code: 'git_failed', message: 'cannot fetch origin' });
+    await reporter.flush();
+    expect(calls).toEqual([
+      'status vm-sync/secret-scan pending: scanning the commits and the tree being deployed',
+      'status vm-sync/secret-scan error: git_failed: the run stopped before the scan was reported: cannot fetch origin',
+    ]);
+  });
+
+  test('after a complete run it sends nothing', async () => {
+    const calls: string[] = [];
+    const reporter = new GitHubReporter(recordingApi(calls), { sha: 'c'.repeat(40), runUrl: 'u', statuses: true, environment: 'prod', verb: 'sync', dryRun: false, warn: () => undefined });
+    reporter.vmStarted('vm01');
+    reporter.vmFinished(vm({}));
+    await reporter.flush();
+    const before = calls.length;
+    reporter.finalize({ code: 'internal_error', message: 'x' });
+    await reporter.flush();
+    expect(calls.length).toBe(before);
+  });
+});
+
 const report: RunReport = {
   command: 'sync',
   commit: 'b'.repeat(40),

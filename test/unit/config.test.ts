@@ -38,7 +38,7 @@ describe('parseConfig', () => {
       rsyncExcludes: ['.git', '__pycache__', '.vscode'],
       layout: 'atomic',
       keepReleases: 3,
-      secretScanning: { enabled: true, tool: 'gitleaks', configPath: '.gitleaks.toml', blockOnSecrets: true, gitleaksPath: null },
+      secretScanning: { enabled: true, tool: 'gitleaks', configPath: '.gitleaks.toml', blockOnSecrets: true, gitleaksPath: null, timeoutS: 600 },
     });
     expect(config.keyStoragePath).toBe('/home/runner/.ssh/vm-sync_keys');
     expect(config.knownHostsPath).toBe('/home/runner/.ssh/vm-sync_keys/known_hosts');
@@ -138,6 +138,63 @@ repository:
 
   test('an empty file asks for VMs', () => {
     expect(problemsOf('')).toEqual(expect.arrayContaining(['-: vms must list at least one VM (vm_id: { ip, ssh_user, ssh_port })']));
+  });
+
+  test.each([
+    ['a VM id', `${MINIMAL}`.replace('  vm02:', '  vm01: { ip: 192.0.2.13, ssh_user: deploy }\n  vm02:'), "4: duplicate key 'vm01' in vms (first on line 3)"],
+    ['a VM field', MINIMAL.replace('ssh_user: deploy }', 'ssh_user: deploy, ip: 192.0.2.99 }'), "3: duplicate key 'ip' in vms.vm01 (first on line 3)"],
+    ['a section', `${MINIMAL}sync: { retries: 1 }\nsync: { retries: 2 }\n`, "8: duplicate key 'sync' in the config (first on line 7)"],
+    ['a target path', `${MINIMAL}  vm_repo_paths:\n    default: /a\n    default: /b\n`, "9: duplicate key 'default' in repository.vm_repo_paths (first on line 8)"],
+  ])('a duplicated key (%s) is an error naming both lines', (_what, text, message) => {
+    expect(problemsOf(text)).toEqual([message]);
+  });
+});
+
+describe('a large fleet', () => {
+  /** A config of `n` VMs, as block or flow mappings, optionally with a target path per VM. */
+  function fleet(n: number, style: 'flow' | 'block', perVmPaths: boolean): string {
+    const lines = ['vms:'];
+    for (let i = 0; i < n; i++) {
+      const ip = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+      if (style === 'flow') lines.push(`  host-${i}: { ip: ${ip}, ssh_user: deploy, ssh_port: ${2000 + (i % 1000)} }`);
+      else lines.push(`  host-${i}:`, `    ip: ${ip}`, '    ssh_user: deploy');
+    }
+    lines.push('repository:', '  main_repo_path: /srv/app', '  vm_repo_paths:', '    default: ~/app');
+    if (perVmPaths) for (let i = 0; i < n; i += 2) lines.push(`    host-${i}: /srv/app-${i}`);
+    return `${lines.join('\n')}\n`;
+  }
+
+  /** The fastest of a few parses, in ms (the minimum is the least noisy measure on a shared machine). */
+  function parseMs(text: string): number {
+    let best = Infinity;
+    for (let round = 0; round < 3; round++) {
+      const start = performance.now();
+      parseConfig(text, 'fleet.yml', '/home/runner');
+      best = Math.min(best, performance.now() - start);
+    }
+    return best;
+  }
+
+  test.each([
+    ['flow', false],
+    ['block', true],
+  ] as const)('loading is linear in the VM count (%s mappings, per-VM paths: %s)', (style, perVmPaths) => {
+    const small = fleet(2000, style, perVmPaths);
+    const large = fleet(20000, style, perVmPaths);
+    parseMs(small); // warm up the JIT so the small run is not charged for compiling
+    const smallMs = parseMs(small);
+    const largeMs = parseMs(large);
+    // 10x the VMs: linear is ~10x; the quadratic parts this guards against made it 20x-50x.
+    console.log(`parseConfig: 2,000 VMs ${smallMs.toFixed(0)} ms, 20,000 VMs ${largeMs.toFixed(0)} ms (x${(largeMs / smallMs).toFixed(1)})`);
+    expect(largeMs / smallMs).toBeLessThan(16);
+    const config = parseConfig(large, 'fleet.yml', '/home/runner');
+    expect(config.vms).toHaveLength(20000);
+    expect(config.vms[19998]).toMatchObject({ id: 'host-19998', repoPath: perVmPaths ? '/srv/app-19998' : '~/app' });
+  }, 120_000);
+
+  test('a stray target path among thousands of VMs names a few known ids, not all of them', () => {
+    const problems = problemsOf(fleet(5000, 'flow', false).replace('    default: ~/app', '    default: ~/app\n    nosuchvm: /x'));
+    expect(problems).toEqual([expect.stringMatching(/names unknown VM 'nosuchvm' \(known: host-0, host-1, .*, host-9 and 4990 more\)$/)]);
   });
 });
 
