@@ -35627,6 +35627,27 @@ function removeIfOrphaned(full) {
 }
 
 ;// CONCATENATED MODULE: ./src/sync/types.ts
+/**
+ * A VM's row before anything is known: failed, until the pipeline says
+ * otherwise. Also the row of a VM the run could not finish (with `error`).
+ */
+function failedRow(vm, error = null, notes = []) {
+    return {
+        id: vm.id,
+        host: vm.host,
+        state: 'unknown',
+        action: 'none',
+        result: 'failed',
+        rev_before: null,
+        rev_after: null,
+        files_changed: 0,
+        bytes_sent: 0,
+        duration_ms: 0,
+        verified: false,
+        notes,
+        error,
+    };
+}
 const silentEvents = { info: () => undefined, progress: () => undefined };
 
 ;// CONCATENATED MODULE: external "node:async_hooks"
@@ -39844,23 +39865,7 @@ async function classifyState(vmId, rev, deploy, history) {
 
 
 
-function emptyReport(vm) {
-    return {
-        id: vm.id,
-        host: vm.host,
-        state: 'unknown',
-        action: 'none',
-        result: 'failed',
-        rev_before: null,
-        rev_after: null,
-        files_changed: 0,
-        bytes_sent: 0,
-        duration_ms: 0,
-        verified: false,
-        notes: [],
-        error: null,
-    };
-}
+
 function toFailure(error) {
     return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
 }
@@ -39881,7 +39886,7 @@ async function withBudget(vm, ctx, attempt) {
     const finish = (report) => ({ ...report, duration_ms: Date.now() - started });
     const earlier = []; // failed attempts, reported as notes on the final row
     for (let attemptNo = 0;; attemptNo++) {
-        const report = emptyReport(vm);
+        const report = failedRow(vm);
         report.notes.push(...earlier);
         try {
             await attempt(report, signal, deadlineAt);
@@ -40399,33 +40404,22 @@ async function rowOf(vm, events, pipeline) {
         report = await pipeline();
     }
     catch (error) {
-        report = {
-            id: vm.id,
-            host: vm.host,
-            state: 'unknown',
-            action: 'none',
-            result: 'failed',
-            rev_before: null,
-            rev_after: null,
-            files_changed: 0,
-            bytes_sent: 0,
-            duration_ms: 0,
-            verified: false,
-            notes: ['what this VM serves is unknown: check it with vm-sync status'],
-            error: { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` },
-        };
+        report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
+            'what this VM serves is unknown: check it with vm-sync status',
+        ]);
     }
     return announce(events, report);
 }
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
 async function recordDeployed(repo, reports, commit, events) {
-    for (const report of reports.filter((r) => r.rev_after === commit)) {
-        try {
-            await repo.recordDeployed(report.id, commit);
-        }
-        catch (error) {
-            events.info(report.id, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
-        }
+    const entries = reports.filter((r) => r.rev_after === commit).map((r) => ({ vmId: r.id, sha: commit }));
+    if (entries.length === 0)
+        return;
+    try {
+        await repo.recordDeployed(entries);
+    }
+    catch (error) {
+        events.info(null, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
     }
 }
 /** The Actions run that is deploying, for lock records ('' outside Actions). */

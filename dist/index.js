@@ -77945,6 +77945,27 @@ async function installGitleaks(options = {}) {
 }
 
 ;// CONCATENATED MODULE: ./src/sync/types.ts
+/**
+ * A VM's row before anything is known: failed, until the pipeline says
+ * otherwise. Also the row of a VM the run could not finish (with `error`).
+ */
+function failedRow(vm, error = null, notes = []) {
+    return {
+        id: vm.id,
+        host: vm.host,
+        state: 'unknown',
+        action: 'none',
+        result: 'failed',
+        rev_before: null,
+        rev_after: null,
+        files_changed: 0,
+        bytes_sent: 0,
+        duration_ms: 0,
+        verified: false,
+        notes,
+        error,
+    };
+}
 const silentEvents = { info: () => undefined, progress: () => undefined };
 
 // EXTERNAL MODULE: external "node:async_hooks"
@@ -81827,23 +81848,7 @@ async function classifyState(vmId, rev, deploy, history) {
 
 
 
-function emptyReport(vm) {
-    return {
-        id: vm.id,
-        host: vm.host,
-        state: 'unknown',
-        action: 'none',
-        result: 'failed',
-        rev_before: null,
-        rev_after: null,
-        files_changed: 0,
-        bytes_sent: 0,
-        duration_ms: 0,
-        verified: false,
-        notes: [],
-        error: null,
-    };
-}
+
 function toFailure(error) {
     return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
 }
@@ -81864,7 +81869,7 @@ async function withBudget(vm, ctx, attempt) {
     const finish = (report) => ({ ...report, duration_ms: Date.now() - started });
     const earlier = []; // failed attempts, reported as notes on the final row
     for (let attemptNo = 0;; attemptNo++) {
-        const report = emptyReport(vm);
+        const report = failedRow(vm);
         report.notes.push(...earlier);
         try {
             await attempt(report, signal, deadlineAt);
@@ -82382,33 +82387,22 @@ async function rowOf(vm, events, pipeline) {
         report = await pipeline();
     }
     catch (error) {
-        report = {
-            id: vm.id,
-            host: vm.host,
-            state: 'unknown',
-            action: 'none',
-            result: 'failed',
-            rev_before: null,
-            rev_after: null,
-            files_changed: 0,
-            bytes_sent: 0,
-            duration_ms: 0,
-            verified: false,
-            notes: ['what this VM serves is unknown: check it with vm-sync status'],
-            error: { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` },
-        };
+        report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
+            'what this VM serves is unknown: check it with vm-sync status',
+        ]);
     }
     return announce(events, report);
 }
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
 async function recordDeployed(repo, reports, commit, events) {
-    for (const report of reports.filter((r) => r.rev_after === commit)) {
-        try {
-            await repo.recordDeployed(report.id, commit);
-        }
-        catch (error) {
-            events.info(report.id, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
-        }
+    const entries = reports.filter((r) => r.rev_after === commit).map((r) => ({ vmId: r.id, sha: commit }));
+    if (entries.length === 0)
+        return;
+    try {
+        await repo.recordDeployed(entries);
+    }
+    catch (error) {
+        events.info(null, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
     }
 }
 /** The Actions run that is deploying, for lock records ('' outside Actions). */
@@ -82440,6 +82434,7 @@ function exitCodeFor(report) {
 }
 
 ;// CONCATENATED MODULE: ./src/main.ts
+
 
 
 
@@ -82544,26 +82539,12 @@ function partialReport(command, commit, dryRun, vms, fanOut, failure) {
         if (done)
             return done;
         const started = fanOut.started.has(vm.id);
-        return {
-            id: vm.id,
-            host: vm.host,
-            state: 'unknown',
-            action: 'none',
-            result: 'failed',
-            rev_before: null,
-            rev_after: null,
-            files_changed: 0,
-            bytes_sent: 0,
-            duration_ms: 0,
-            verified: false,
-            notes: [],
-            error: {
-                code: failure.code,
-                message: started
-                    ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with vm-sync status, then run the deploy again.`
-                    : `the run stopped before ${vm.id} was started (${failure.message}); nothing was changed on it. Run the deploy again.`,
-            },
-        };
+        return failedRow(vm, {
+            code: failure.code,
+            message: started
+                ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with vm-sync status, then run the deploy again.`
+                : `the run stopped before ${vm.id} was started (${failure.message}); nothing was changed on it. Run the deploy again.`,
+        });
     });
     return { command, commit, dry_run: dryRun, scan: null, vms: rows };
 }

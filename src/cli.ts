@@ -3,6 +3,7 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { renderDoctor, runDoctor } from './doctor/doctor.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
+import { terminalLine } from './report/escape.js';
 import { renderTable } from './report/table.js';
 import fs from 'node:fs';
 import { renderSarif } from './scan/findings.js';
@@ -44,7 +45,8 @@ class UsageError extends Error {}
 function stderrEvents(io: CliIO): EngineEvents {
   const lastProgress = new Map<string, number>();
   return {
-    info: (vm, message) => io.err(`${vm ? `[${vm}] ` : ''}${message}\n`),
+    // Engine lines quote VM and repository text: one clean line each on the terminal.
+    info: (vm, message) => io.err(`${terminalLine(`${vm ? `[${vm}] ` : ''}${message}`)}\n`),
     progress: (vm, percent, rate) => {
       const now = Date.now();
       // A line every 2 s per VM is enough to show a long transfer is alive.

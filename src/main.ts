@@ -15,7 +15,7 @@ import { locateGitleaks } from './scan/gitleaks.js';
 import { installGitleaks } from './scan/install.js';
 import type { ScanRequest } from './scan/plan.js';
 import { exitCodeFor, runInspect, runScan, runSync } from './sync/fleet.js';
-import type { EngineEvents, RunReport, VmReport } from './sync/types.js';
+import { failedRow, type EngineEvents, type RunReport, type VmReport } from './sync/types.js';
 
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
 function maskKeys(config: Config): void {
@@ -104,26 +104,12 @@ function partialReport(command: RunReport['command'], commit: string, dryRun: bo
     const done = fanOut.finished.get(vm.id);
     if (done) return done;
     const started = fanOut.started.has(vm.id);
-    return {
-      id: vm.id,
-      host: vm.host,
-      state: 'unknown',
-      action: 'none',
-      result: 'failed',
-      rev_before: null,
-      rev_after: null,
-      files_changed: 0,
-      bytes_sent: 0,
-      duration_ms: 0,
-      verified: false,
-      notes: [],
-      error: {
-        code: failure.code,
-        message: started
-          ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with vm-sync status, then run the deploy again.`
-          : `the run stopped before ${vm.id} was started (${failure.message}); nothing was changed on it. Run the deploy again.`,
-      },
-    };
+    return failedRow(vm, {
+      code: failure.code,
+      message: started
+        ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with vm-sync status, then run the deploy again.`
+        : `the run stopped before ${vm.id} was started (${failure.message}); nothing was changed on it. Run the deploy again.`,
+    });
   });
   return { command, commit, dry_run: dryRun, scan: null, vms: rows };
 }

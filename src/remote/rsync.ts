@@ -1,5 +1,5 @@
 import { run } from '../local/run.js';
-import { classifyRsyncFailure, stderrSummary } from './classify.js';
+import { classifyRsyncFailure, remedyFor, stderrSummary } from './classify.js';
 import { VmSyncError } from '../errors.js';
 
 /** What to transfer where; everything rsync is told comes from here. */
@@ -108,5 +108,6 @@ export async function runRsync(
   if (options.signal?.aborted) throw new VmSyncError('timeout', 'rsync was stopped: the per-VM timeout (sync.timeout_s) ran out');
   const code = classifyRsyncFailure(result.code, result.stderr);
   const detail = stderrSummary(result.stderr) || 'no error output';
-  throw new VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}`);
+  const remedy = remedyFor(code);
+  throw new VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}${remedy}`);
 }

@@ -101,7 +101,8 @@ export class RemoteTarget {
     const known = agentCode !== null && agentCode !== 'failed' && AGENT_CODES.has(agentCode) ? (agentCode as FailureCode) : null;
     const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(stderr);
     const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${vmText(other, 300)}` : `exit ${code}`);
-    throw new VmSyncError(known ?? codeFromStderr(stderr) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+    // The agent quotes the shell's own error (disk full, I/O error) in its message.
+    throw new VmSyncError(known ?? codeFromStderr(`${said}\n${stderr}`) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
   }
 
   /** Reads where the VM stands; changes nothing. */

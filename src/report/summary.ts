@@ -14,9 +14,6 @@ export interface SummaryContext {
 const MAX_BYTES = 512 * 1024;
 const MAX_FINDINGS = 200;
 
-function cell(text: string): string {
-  return text.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
-}
 
 // Bounds for text in the VM table and the details list (the whole summary is capped too).
 const CELL_MAX = 100;
@@ -65,16 +62,16 @@ function capped(lines: string[]): string {
 function scanSection(scan: ScanReport): string[] {
   const lines = ['### Secret scan', ''];
   if (scan.findings.length === 0) {
-    lines.push(`✅ clean — ${cell(scan.description)}`);
+    lines.push(`✅ clean — ${markdownText(scan.description, MESSAGE_MAX)}`);
   } else {
     lines.push(
-      `${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${cell(scan.description)}.`,
+      `${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, MESSAGE_MAX)}.`,
       '',
       '| Rule | File | Line | Commit | Author | Fingerprint |',
       '|---|---|---|---|---|---|',
     );
     for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
-      lines.push(`| ${cell(f.rule)} | ${cell(f.file)} | ${f.line} | ${f.commit ? `\`${f.commit}\`` : 'tree'} | ${cell(f.author ?? '—')} | \`${cell(f.fingerprint)}\` |`);
+      lines.push(`| ${markdownText(f.rule, CELL_MAX)} | ${markdownCode(f.file, CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', CELL_MAX)} | ${markdownCode(f.fingerprint, CELL_MAX * 3)} |`);
     }
     if (scan.findings.length > MAX_FINDINGS) lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
     lines.push('', 'Rotate each secret and remove it; a false positive goes into `.gitleaksignore` by its fingerprint.');

@@ -77,7 +77,7 @@ function renderScan(report: RunReport): string {
     ? 'clean'
     : `${scan.findings.length} possible secret(s)${scan.blocked ? ': DEPLOY BLOCKED, no VM was contacted' : ' (not blocking: block_on_secrets is false)'}`;
   const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
-  for (const finding of scan.findings) lines.push(`  - ${describeFinding(finding)}`);
+  for (const finding of scan.findings) lines.push(terminalLine(`  - ${describeFinding(finding)}`));
   if (scan.findings.length > 0) lines.push('  Rotate each secret and remove it from the repository; a false positive goes into .gitleaksignore by its fingerprint.');
   const settings = scan.configuration;
   if (settings) {

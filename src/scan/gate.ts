@@ -129,6 +129,7 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
 
   const privateDir = makeScratchDir('scansettings');
   try {
+    if (head.config && changed.some((c) => c.path === head.config?.path)) await vetNewConfig(binary, head, path.join(privateDir, 'vet'), limits);
     const ignore = parseIgnore(trusted.ignore?.text);
     const outcome = await scanWith(inputs, binary, writeSettings(path.join(privateDir, 'trusted'), trusted), ignore, limits, true);
     const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, path.join(privateDir, 'candidate'), limits) : [];
@@ -202,6 +203,28 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
     );
   }
   return { findings, commitsScanned, unscanned };
+}
+
+/**
+ * Loads the gitleaks config a change brings, once, on an empty directory. It
+ * is not used for this deploy, but it is the trusted one for the next: one
+ * that gitleaks cannot load, or that extends a relative path (read from the
+ * tree under scan), would fail every later scan, and a resync would have no
+ * way past it. So it is refused now, while the settings in force still work.
+ */
+async function vetNewConfig(binary: string, head: CommitSettings, dir: string, limits: ScanLimits): Promise<void> {
+  const files = writeSettings(dir, head);
+  const empty = path.join(dir, 'tree');
+  fs.mkdirSync(empty);
+  const file = head.config?.path ?? 'the gitleaks config';
+  try {
+    // In an empty directory a relative `[extend] path` cannot be found, so it fails here too.
+    await runGitleaks(binary, { mode: 'dir', root: empty }, files, limits);
+  } catch (error) {
+    if (!(error instanceof VmSyncError) || error.code !== 'scan_failed') throw error;
+    const hint = /extended config/.test(error.message) ? ' (an [extend] path must be absolute, on the runner host: a relative one would be read from the tree under scan)' : '';
+    throw new VmSyncError('config_invalid', `the ${file} this change brings cannot be loaded by gitleaks${hint}, and from the next deploy on it would be the one in force, failing every scan: fix it first. gitleaks: ${error.message}`);
+  }
 }
 
 /**

@@ -9,7 +9,7 @@ import { ownLockOwner } from '../remote/lock.js';
 import { runSecretScan, type ScanReport } from '../scan/gate.js';
 import { planScan, type ScanRequest } from '../scan/plan.js';
 import { inspectVm, syncVm, type RunContext } from './vm-pipeline.js';
-import { silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
+import { failedRow, silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
 
 /** Options shared by every engine command. */
 export interface FleetOptions {
@@ -232,33 +232,21 @@ async function rowOf(vm: VmConfig, events: EngineEvents, pipeline: () => Promise
   try {
     report = await pipeline();
   } catch (error) {
-    report = {
-      id: vm.id,
-      host: vm.host,
-      state: 'unknown',
-      action: 'none',
-      result: 'failed',
-      rev_before: null,
-      rev_after: null,
-      files_changed: 0,
-      bytes_sent: 0,
-      duration_ms: 0,
-      verified: false,
-      notes: ['what this VM serves is unknown: check it with vm-sync status'],
-      error: { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` },
-    };
+    report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
+      'what this VM serves is unknown: check it with vm-sync status',
+    ]);
   }
   return announce(events, report);
 }
 
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
 async function recordDeployed(repo: RunnerRepo, reports: VmReport[], commit: string, events: EngineEvents): Promise<void> {
-  for (const report of reports.filter((r) => r.rev_after === commit)) {
-    try {
-      await repo.recordDeployed(report.id, commit);
-    } catch (error) {
-      events.info(report.id, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
-    }
+  const entries = reports.filter((r) => r.rev_after === commit).map((r) => ({ vmId: r.id, sha: commit }));
+  if (entries.length === 0) return;
+  try {
+    await repo.recordDeployed(entries);
+  } catch (error) {
+    events.info(null, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
   }
 }
 

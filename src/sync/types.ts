@@ -28,6 +28,28 @@ export interface VmReport {
   error: { code: FailureCode; message: string } | null;
 }
 
+/**
+ * A VM's row before anything is known: failed, until the pipeline says
+ * otherwise. Also the row of a VM the run could not finish (with `error`).
+ */
+export function failedRow(vm: { id: string; host: string }, error: VmReport['error'] = null, notes: string[] = []): VmReport {
+  return {
+    id: vm.id,
+    host: vm.host,
+    state: 'unknown',
+    action: 'none',
+    result: 'failed',
+    rev_before: null,
+    rev_after: null,
+    files_changed: 0,
+    bytes_sent: 0,
+    duration_ms: 0,
+    verified: false,
+    notes,
+    error,
+  };
+}
+
 /** The whole run: the `--json` document. */
 export interface RunReport {
   command: 'sync' | 'verify' | 'status' | 'scan';

@@ -7,7 +7,7 @@ import { VmSession } from '../remote/session.js';
 import { holderIsDead, parseLockOwner, describeOwner, type LockOwner } from '../remote/lock.js';
 import { RemoteTarget, UNREADABLE_LOCK_GRACE_S, type BeginOutcome, type Probe } from '../remote/target.js';
 import { classifyState, type History } from './state.js';
-import type { EngineEvents, VmReport } from './types.js';
+import { failedRow, type EngineEvents, type VmReport } from './types.js';
 
 /** Everything a per-VM run needs, shared by all VMs of one run. */
 export interface RunContext {
@@ -29,24 +29,6 @@ export interface RunContext {
   signal?: AbortSignal;
   /** First retry delay; doubles each time, plus jitter. */
   retryBaseMs: number;
-}
-
-function emptyReport(vm: VmConfig): VmReport {
-  return {
-    id: vm.id,
-    host: vm.host,
-    state: 'unknown',
-    action: 'none',
-    result: 'failed',
-    rev_before: null,
-    rev_after: null,
-    files_changed: 0,
-    bytes_sent: 0,
-    duration_ms: 0,
-    verified: false,
-    notes: [],
-    error: null,
-  };
 }
 
 function toFailure(error: unknown): VmSyncError {
@@ -72,7 +54,7 @@ async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmRep
   const finish = (report: VmReport): VmReport => ({ ...report, duration_ms: Date.now() - started });
   const earlier: string[] = []; // failed attempts, reported as notes on the final row
   for (let attemptNo = 0; ; attemptNo++) {
-    const report = emptyReport(vm);
+    const report = failedRow(vm);
     report.notes.push(...earlier);
     try {
       await attempt(report, signal, deadlineAt);

@@ -293,3 +293,12 @@ export function configure(world: World, extra: { sync?: string[]; repository?: s
     fs.writeFileSync(world.configPath, text.replace(/^ {2}timeout_s: \d+$/m, `  timeout_s: ${extra.timeoutS}`));
   }
 }
+
+/** When the armed wrapper started its wait (epoch ms), or null before it fired. */
+export function slowFiredAt(dir: string): number | null {
+  try {
+    return fs.statSync(path.join(dir, 'fired')).mtimeMs;
+  } catch {
+    return null;
+  }
+}

@@ -218,7 +218,7 @@ test('what cannot be scanned is reported with the reason: a real binary, an arch
 const selfAllowlisting: Array<[string, Record<string, string>]> = [
   ['a .gitleaks.toml allowlisting every path', { '.gitleaks.toml': "[extend]\nuseDefault = true\n[[allowlists]]\npaths = ['''.*''']\n" }],
   ['a .gitleaks.toml allowlisting the token pattern', { '.gitleaks.toml': "[extend]\nuseDefault = true\n[[allowlists]]\nregexes = ['''ghp_[0-9A-Za-z]+''']\n" }],
-  ['a .gitleaks.toml disabling the rule', { '.gitleaks.toml': '[extend]\nuseDefault = true\ndisabledRules = ["github-pat"]\n' }],
+  ['a .gitleaks.toml disabling the rules', { '.gitleaks.toml': '[extend]\nuseDefault = true\ndisabledRules = ["github-pat", "generic-api-key"]\n' }],
   ['a .gitleaks.toml without the default rules', { '.gitleaks.toml': "[[rules]]\nid = \"nothing\"\nregex = '''zzzz-never-zzzz'''\n" }],
   ['a .gitleaksignore listing the finding', { '.gitleaksignore': 'config/prod.env:github-pat:1\n' }],
 ];
@@ -306,6 +306,21 @@ test('a settings change on its own deploys, is shown, and is the one in force fo
 
   commitPush({ 'fixtures/token.txt': null, '.gitleaks.toml': null }, 'drop the fixture and its waiver');
   expect((await world.cli(['sync'])).code).toBe(0);
+});
+
+test.each([
+  ['that gitleaks cannot load', '[[rules]\nid = \n', 'cannot be loaded by gitleaks'],
+  ['that extends a relative path (read from the tree under scan)', '[extend]\npath = "ci/base.toml"\n', 'an [extend] path must be absolute'],
+])('a new .gitleaks.toml %s is refused before it can become the trusted one', async (_what, config, message) => {
+  const handshakes = handshakeCount(world.vm('vm01'));
+  const base = head();
+  commitPush({ '.gitleaks.toml': config, 'ci/base.toml': "[[rules]]\nid = \"none\"\nregex = '''zzzz-never'''\n" }, 'new scan config');
+  const run = await world.cli(['sync']);
+  rewind(base);
+  expect(run.code).toBe(2);
+  expect(run.json.error).toEqual({ code: 'config_invalid', message: expect.stringContaining(message) });
+  expect(run.json.error?.message).toContain('from the next deploy on it would be the one in force');
+  expect(handshakeCount(world.vm('vm01'))).toBe(handshakes);
 });
 
 test('the settings come from a trusted commit for every way in: range base, push tip, new branch, resync, root', async () => {

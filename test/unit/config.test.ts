@@ -160,19 +160,14 @@ describe('a large fleet', () => {
       else lines.push(`  host-${i}:`, `    ip: ${ip}`, '    ssh_user: deploy');
     }
     lines.push('repository:', '  main_repo_path: /srv/app', '  vm_repo_paths:', '    default: ~/app');
-    if (perVmPaths) for (let i = 0; i < n; i += 2) lines.push(`    host-${i}: /srv/app-${i}`);
+    if (perVmPaths) for (let i = 0; i < n; i++) lines.push(`    host-${i}: /srv/app-${i}`);
     return `${lines.join('\n')}\n`;
   }
 
-  /** The fastest of a few parses, in ms (the minimum is the least noisy measure on a shared machine). */
   function parseMs(text: string): number {
-    let best = Infinity;
-    for (let round = 0; round < 3; round++) {
-      const start = performance.now();
-      parseConfig(text, 'fleet.yml', '/home/runner');
-      best = Math.min(best, performance.now() - start);
-    }
-    return best;
+    const start = performance.now();
+    parseConfig(text, 'fleet.yml', '/home/runner');
+    return performance.now() - start;
   }
 
   test.each([
@@ -182,11 +177,16 @@ describe('a large fleet', () => {
     const small = fleet(2000, style, perVmPaths);
     const large = fleet(20000, style, perVmPaths);
     parseMs(small); // warm up the JIT so the small run is not charged for compiling
-    const smallMs = parseMs(small);
-    const largeMs = parseMs(large);
-    // 10x the VMs: linear is ~10x; the quadratic parts this guards against made it 20x-50x.
+    // The fastest of rounds that alternate the sizes: other work on a shared
+    // machine slows some rounds, and a minimum taken over both sizes alike cancels that.
+    let [smallMs, largeMs] = [Infinity, Infinity];
+    for (let round = 0; round < 3; round++) {
+      smallMs = Math.min(smallMs, parseMs(small));
+      largeMs = Math.min(largeMs, parseMs(large));
+    }
+    // 10x the VMs: linear measured x9-x18 here under load; the quadratic code this guards against, x39-x93.
     console.log(`parseConfig: 2,000 VMs ${smallMs.toFixed(0)} ms, 20,000 VMs ${largeMs.toFixed(0)} ms (x${(largeMs / smallMs).toFixed(1)})`);
-    expect(largeMs / smallMs).toBeLessThan(16);
+    expect(largeMs / smallMs).toBeLessThan(28);
     const config = parseConfig(large, 'fleet.yml', '/home/runner');
     expect(config.vms).toHaveLength(20000);
     expect(config.vms[19998]).toMatchObject({ id: 'host-19998', repoPath: perVmPaths ? '/srv/app-19998' : '~/app' });
