@@ -76210,7 +76210,7 @@ function renderScan(report) {
         : `${scan.findings.length} possible secret(s)${scan.blocked ? ': DEPLOY BLOCKED, no VM was contacted' : ' (not blocking: block_on_secrets is false)'}`;
     const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
     for (const finding of scan.findings)
-        lines.push(`  - ${describeFinding(finding)}`);
+        lines.push(terminalLine(`  - ${describeFinding(finding)}`));
     if (scan.findings.length > 0)
         lines.push('  Rotate each secret and remove it from the repository; a false positive goes into .gitleaksignore by its fingerprint.');
     const settings = scan.configuration;
@@ -76242,9 +76242,6 @@ function renderScan(report) {
 // GitHub rejects a step summary over 1 MiB; stay far below it.
 const MAX_BYTES = 512 * 1024;
 const MAX_FINDINGS = 200;
-function cell(text) {
-    return text.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
-}
 // Bounds for text in the VM table and the details list (the whole summary is capped too).
 const summary_CELL_MAX = 100;
 const summary_MESSAGE_MAX = 2000;
@@ -76291,12 +76288,12 @@ function capped(lines) {
 function scanSection(scan) {
     const lines = ['### Secret scan', ''];
     if (scan.findings.length === 0) {
-        lines.push(`✅ clean — ${cell(scan.description)}`);
+        lines.push(`✅ clean — ${markdownText(scan.description, summary_MESSAGE_MAX)}`);
     }
     else {
-        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${cell(scan.description)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
+        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
         for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
-            lines.push(`| ${cell(f.rule)} | ${cell(f.file)} | ${f.line} | ${f.commit ? `\`${f.commit}\`` : 'tree'} | ${cell(f.author ?? '—')} | \`${cell(f.fingerprint)}\` |`);
+            lines.push(`| ${markdownText(f.rule, summary_CELL_MAX)} | ${markdownText(f.file, summary_CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, summary_CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', summary_CELL_MAX)} | ${markdownText(f.fingerprint, summary_CELL_MAX * 3)} |`);
         }
         if (scan.findings.length > MAX_FINDINGS)
             lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
@@ -78958,6 +78955,37 @@ function settingsChanges(trusted, head) {
 
 
 
+// Names gitleaks opens as archives (it picks the format by name alone, and an
+// archive it cannot read, or bytes outside its entries, are skipped silently).
+const ARCHIVE_NAME = /\.(zip|jar|war|ear|apk|aar|whl|nupkg|tar|tgz|gz|tbz2?|bz2|txz|xz|tzst|zst|7z|rar|br|lz4|sz|lz|lzma|z)$/i;
+/** The largest file scanned byte for byte (a raw copy); larger ones are reported. */
+const RAW_MAX = 16 * 1024 * 1024;
+/** Whether a file gitleaks called binary is really text (a text file that merely starts with a magic number). */
+function mostlyText(file) {
+    const head = Buffer.alloc(64 * 1024);
+    let n;
+    try {
+        const fd = external_node_fs_default().openSync(file, 'r');
+        try {
+            n = external_node_fs_default().readSync(fd, head, 0, head.length, 0);
+        }
+        finally {
+            external_node_fs_default().closeSync(fd);
+        }
+    }
+    catch {
+        return false;
+    }
+    if (n === 0)
+        return false;
+    let printable = 0;
+    for (let i = 0; i < n; i++) {
+        const c = head[i];
+        if (c === 9 || c === 10 || c === 13 || (c >= 32 && c !== 127))
+            printable++;
+    }
+    return printable / n >= 0.9;
+}
 const COMPRESSED = new Set(['gz', 'bz2', 'xz', 'zst']);
 /**
  * The archive format of a file, by its first bytes, or null. gitleaks only
@@ -79013,6 +79041,8 @@ function sniffArchive(file) {
  * a compressed file that turns out to hold a tarball is renamed `.tar.*`.
  */
 function nameFor(entry) {
+    if (entry.raw)
+        return 'content';
     if (entry.archive)
         return entry.attempt === 0 || !COMPRESSED.has(entry.archive) ? `archive.${entry.archive}` : `archive.tar.${entry.archive}`;
     const base = external_node_path_default().basename(entry.original);
@@ -79036,7 +79066,14 @@ function coverage_lstat(file) {
 function filesUnder(dir, rel) {
     const out = [];
     const walk = (abs, relDir) => {
-        for (const entry of external_node_fs_default().readdirSync(abs, { withFileTypes: true })) {
+        let entries;
+        try {
+            entries = external_node_fs_default().readdirSync(abs, { withFileTypes: true });
+        }
+        catch {
+            return; // a directory whose name is not UTF-8: filesWithOddNames() walks those by bytes
+        }
+        for (const entry of entries) {
             const childRel = relDir === '.' ? entry.name : `${relDir}/${entry.name}`;
             if (entry.isDirectory())
                 walk(external_node_path_default().join(abs, entry.name), childRel);
@@ -79045,6 +79082,25 @@ function filesUnder(dir, rel) {
         }
     };
     walk(dir, rel);
+    return out;
+}
+/** Regular files whose names are not valid UTF-8: their real (byte) path, and a printable name for reports. */
+function filesWithOddNames(root) {
+    const out = [];
+    const walk = (abs, shown, odd) => {
+        for (const entry of external_node_fs_default().readdirSync(abs, { withFileTypes: true, encoding: 'buffer' })) {
+            const name = entry.name;
+            const text = name.toString('utf8');
+            const childOdd = odd || !Buffer.from(text, 'utf8').equals(name);
+            const child = Buffer.concat([abs, Buffer.from('/'), name]);
+            const childShown = shown ? `${shown}/${text}` : text;
+            if (entry.isDirectory())
+                walk(child, childShown, childOdd);
+            else if (entry.isFile() && childOdd)
+                out.push({ file: child, shown: childShown });
+        }
+    };
+    walk(Buffer.from(root), '', false);
     return out;
 }
 const ENTRIES_SKIPPED = 'entries inside it were skipped by a path allowlist (images, lock files, node_modules/, vendor/ ...)';
@@ -79094,10 +79150,37 @@ async function scanTree(binary, exportDir, settings, ignore, limits) {
     }
     const unscanned = [];
     const rescans = new Map();
-    const queue = (rel, file, archive) => {
+    const queue = (rel, file, archive, attempt = 0) => {
         if (!rescans.has(rel))
-            rescans.set(rel, { original: rel, file, archive, attempt: 0 });
+            rescans.set(rel, { original: rel, file, archive, attempt });
+        // An archive is also read byte for byte: gitleaks reads only its entries,
+        // never what sits before, between or after them.
+        if (archive || ARCHIVE_NAME.test(rel))
+            queueRaw(rel, file);
     };
+    const queueRaw = (rel, file) => {
+        let size;
+        try {
+            size = external_node_fs_default().lstatSync(file).size;
+        }
+        catch {
+            return; // a name gitleaks and this walk see differently: the byte-exact walk queues it
+        }
+        if (size > RAW_MAX)
+            unscanned.push({ path: rel, reason: 'too_large', detail: `its bytes outside archive entries are not scanned above ${RAW_MAX / 1024 / 1024} MB` });
+        else if (!rescans.has(`${rel}\0raw`))
+            rescans.set(`${rel}\0raw`, { original: rel, file, archive: null, attempt: 1, raw: true });
+        const kind = sniffArchive(file);
+        if ((kind === 'gz' || kind === 'tar.gz') && !rescans.has(`${rel}\0gunzip`))
+            rescans.set(`${rel}\0gunzip`, { original: rel, file, archive: null, attempt: 1, raw: true, gunzip: true });
+    };
+    // gitleaks reports a file name that is not UTF-8 with U+FFFD in its place,
+    // a path nobody can open: such files are rescanned under neutral names.
+    for (const odd of filesWithOddNames(root))
+        queue(odd.shown, odd.file, sniffArchive(odd.file), 1);
+    for (const rel of filesUnder(root, '.'))
+        if (ARCHIVE_NAME.test(rel))
+            queueRaw(rel, external_node_path_default().join(root, rel));
     for (const skip of first.skips) {
         const full = inside(root, skip.path);
         const stat = full ? coverage_lstat(full) : null;
@@ -79110,11 +79193,17 @@ async function scanTree(binary, exportDir, settings, ignore, limits) {
             const archive = sniffArchive(full);
             if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive))
                 queue(skip.path, full, archive);
+            else if (skip.kind === 'binary' && mostlyText(full))
+                queueRaw(skip.path, full);
             else
                 unscanned.push(unscannedFor(skip, skip.path, archive !== null));
         }
         else if (skip.path.includes('!')) {
             unscanned.push(unscannedFor(skip, skip.path, true));
+        }
+        else if (!skip.path.includes('\ufffd')) {
+            // Never drop a skip: what cannot be mapped back is reported.
+            unscanned.push(unscannedFor(skip, skip.path, false));
         }
     }
     let pending = [...rescans.values()];
@@ -79150,8 +79239,13 @@ async function rescan(binary, entries, settings, limits) {
             const target = external_node_path_default().join(scanRoot, String(i), names[i]);
             external_node_fs_default().mkdirSync(external_node_path_default().dirname(target));
             try {
+                if (entry.raw) {
+                    const bytes = external_node_fs_default().readFileSync(entry.file);
+                    external_node_fs_default().writeFileSync(target, Buffer.concat([Buffer.from('\n'), entry.gunzip ? external_node_zlib_default().gunzipSync(bytes, { maxOutputLength: RAW_MAX * 4 }) : bytes]));
+                }
                 // A hard link costs nothing and cannot change under the scan; a copy when the export is on another filesystem.
-                external_node_fs_default().linkSync(entry.file, target);
+                else
+                    external_node_fs_default().linkSync(entry.file, target);
             }
             catch {
                 try {
@@ -79181,7 +79275,8 @@ async function rescan(binary, entries, settings, limits) {
             if (!where)
                 continue;
             const file = printable(`${where.entry.original}${where.inner}`);
-            findings.push({ ...f, file, fingerprint: `${file}:${f.rule}:${f.line}` });
+            const line = where.entry.raw ? Math.max(1, f.line - 1) : f.line;
+            findings.push({ ...f, file, line, fingerprint: `${file}:${f.rule}:${line}` });
         }
         const retried = new Set();
         for (const skip of result.skips) {
@@ -79191,7 +79286,8 @@ async function rescan(binary, entries, settings, limits) {
                     continue;
                 const { entry, inner } = where;
                 const own = inner === '';
-                const renameHelps = own &&
+                const renameHelps = !entry.raw &&
+                    own &&
                     entry.attempt === 0 &&
                     ((!entry.archive && (skip.kind === 'allowlist-file' || skip.kind === 'allowlist-dir')) ||
                         (entry.archive !== null && COMPRESSED.has(entry.archive) && skip.kind === 'binary' && skip.detail === 'application/x-tar'));
@@ -79278,6 +79374,8 @@ async function runSecretScan(inputs) {
     }
     const privateDir = makeScratchDir('scansettings');
     try {
+        if (head.config && changed.some((c) => c.path === head.config?.path))
+            await vetNewConfig(binary, head, external_node_path_default().join(privateDir, 'vet'), limits);
         const ignore = parseIgnore(trusted.ignore?.text);
         const outcome = await scanWith(inputs, binary, writeSettings(external_node_path_default().join(privateDir, 'trusted'), trusted), ignore, limits, true);
         const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, external_node_path_default().join(privateDir, 'candidate'), limits) : [];
@@ -79345,13 +79443,40 @@ async function scanWith(inputs, binary, files, ignore, limits, strict) {
         unscanned = tree.unscanned;
         extended.push(...tree.extended);
     }
-    // gitleaks resolves a relative `[extend] path` against the directory it
-    // scans: the trusted config would then read a file the scanned tree controls.
-    const relative = extended.filter((p) => !external_node_path_default().isAbsolute(p));
-    if (strict && relative.length > 0) {
-        throw new VmSyncError('config_invalid', `the trusted gitleaks config extends '${relative[0]}', a relative path that gitleaks reads from the tree under scan, so the commit being scanned could change its own scan: copy that file's rules into ${inputs.settings.configPath}, or extend an absolute path on the runner host.`);
+    // An `[extend] path` names a file outside git: a relative one is read from
+    // the tree under scan, an absolute one may be in the runner-host clone (which
+    // is reset to the commit under scan). Either way the commit could change its
+    // own scan, so repository configs may only extend gitleaks' defaults.
+    if (strict && extended.length > 0) {
+        throw new VmSyncError('config_invalid', `the trusted gitleaks config extends '${extended[0]}': vm-sync does not follow [extend] path, because the file it names is not pinned to a trusted commit (the commit being scanned could rewrite it). Copy that file's rules into ${inputs.settings.configPath} and extend only gitleaks' defaults ([extend] useDefault = true).`);
     }
     return { findings, commitsScanned, unscanned };
+}
+/**
+ * Loads the gitleaks config a change brings, once, on an empty directory. It
+ * is not used for this deploy, but it is the trusted one for the next: one
+ * that gitleaks cannot load, or that extends a relative path (read from the
+ * tree under scan), would fail every later scan, and a resync would have no
+ * way past it. So it is refused now, while the settings in force still work.
+ */
+async function vetNewConfig(binary, head, dir, limits) {
+    const files = writeSettings(dir, head);
+    const empty = external_node_path_default().join(dir, 'tree');
+    external_node_fs_default().mkdirSync(empty);
+    const file = head.config?.path ?? 'the gitleaks config';
+    try {
+        // In an empty directory a relative `[extend] path` cannot be found, so it fails here too.
+        const loaded = await runGitleaks(binary, { mode: 'dir', root: empty }, files, limits);
+        if (loaded.extended.length > 0) {
+            throw new VmSyncError('config_invalid', `the ${file} this change brings extends '${loaded.extended[0]}': vm-sync does not follow [extend] path (the file it names is not pinned to a commit), and from the next deploy on it would be the one in force, failing every scan. Copy that file's rules into it and extend only gitleaks' defaults ([extend] useDefault = true).`);
+        }
+    }
+    catch (error) {
+        if (!(error instanceof VmSyncError) || error.code !== 'scan_failed')
+            throw error;
+        const hint = /extended config/.test(error.message) ? ' (vm-sync does not follow [extend] path: extend only gitleaks\' defaults)' : '';
+        throw new VmSyncError('config_invalid', `the ${file} this change brings cannot be loaded by gitleaks${hint}, and from the next deploy on it would be the one in force, failing every scan: fix it first. gitleaks: ${error.message}`);
+    }
 }
 /**
  * How the settings the change brings would weaken the scan: new
@@ -79428,17 +79553,6 @@ async function firstParentBefore(repo, head, exclude) {
         return await repo.resolve(`${head}~${inside}`);
     }
     catch {
-        return null;
-    }
-}
-/** The first parent of a commit, or null for a root commit (in a shallow clone a missing parent is an error, not a root). */
-async function parentOf(repo, commit) {
-    try {
-        return await repo.resolve(`${commit}~1`);
-    }
-    catch {
-        if (await repo.isShallow())
-            throw unresolved(`the parent of ${commit.slice(0, 12)} is not in the shallow clone ${repo.dir}, so the scan settings in force before it cannot be read`);
         return null;
     }
 }
@@ -79526,12 +79640,14 @@ async function planScan(repo, request) {
     for (const rev of deployed)
         if (rev && (await repo.hasCommit(rev)))
             known.push(rev);
-    // The settings of what the VMs run were in force when it was deployed; with
-    // no record at all, those of the commit before the one being deployed.
+    // The settings of what the VMs run were in force when it was deployed. With
+    // no record at all, nothing in the history being deployed can be trusted
+    // (an earlier commit of the same unscanned history could have weakened the
+    // scan), so gitleaks' own defaults apply until a deploy is recorded.
     const unique = [...new Set(known)];
     const trusted = unique.length
         ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
-        : fromParent(await parentOf(repo, head), 'the first parent of the commit being deployed (no deploy recorded yet)');
+        : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on)" };
     if (deployed.length === 0 || known.length !== deployed.length) {
         return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
     }
@@ -79927,7 +80043,8 @@ async function runRsync(plan, env, options = {}) {
         throw new VmSyncError('timeout', 'rsync was stopped: the per-VM timeout (sync.timeout_s) ran out');
     const code = classifyRsyncFailure(result.code, result.stderr);
     const detail = stderrSummary(result.stderr) || 'no error output';
-    throw new VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}`);
+    const remedy = remedyFor(code);
+    throw new VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}${remedy}`);
 }
 
 // EXTERNAL MODULE: ./node_modules/is-stream/index.js
@@ -81665,7 +81782,8 @@ class RemoteTarget {
         const known = agentCode !== null && agentCode !== 'failed' && AGENT_CODES.has(agentCode) ? agentCode : null;
         const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(stderr);
         const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${vmText(other, 300)}` : `exit ${code}`);
-        throw new VmSyncError(known ?? codeFromStderr(stderr) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+        // The agent quotes the shell's own error (disk full, I/O error) in its message.
+        throw new VmSyncError(known ?? codeFromStderr(`${said}\n${stderr}`) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
     }
     /** Reads where the VM stands; changes nothing. */
     async probe(cleanup = false) {
@@ -82272,7 +82390,8 @@ async function runSync(config, options = {}) {
         // The secret-scan gate: before any VM is contacted.
         let scan = null;
         if (config.repository.secretScanning.enabled) {
-            const request = options.scanRequest ?? { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) };
+            const request = options.scanRequest ??
+                (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
             const plan = await planScan(repo, request);
             scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
             if (scan.blocked)

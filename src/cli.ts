@@ -14,7 +14,7 @@ import type { EngineEvents, RunReport } from './sync/types.js';
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
 
 Usage:
-  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--json]
+  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--json]
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
@@ -76,6 +76,7 @@ function parse(argv: string[]) {
         range: { type: 'string' },
         repo: { type: 'string' },
         sarif: { type: 'string' },
+        'scan-base': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -119,6 +120,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     if (!['sync', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock'].includes(command)) throw new UsageError(`unknown command '${command}'`);
     if (command !== 'scan' && (values.range || values.repo)) throw new UsageError('--range and --repo only apply to scan');
     if (values.sarif && command !== 'scan' && command !== 'sync') throw new UsageError('--sarif only applies to scan and sync');
+    if (values['scan-base'] && command !== 'sync') throw new UsageError('--scan-base only applies to sync (scan takes --range BASE..HEAD)');
     if (values.range && values.commit) throw new UsageError('give --range or --commit, not both');
     if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}'`);
     if (!values.config) throw new UsageError('--config FILE is required');
@@ -157,7 +159,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     const options = { commit: values.commit, vms, events, signal };
     let report: RunReport;
     if (command === 'sync') {
-      report = await runSync(config, { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'] });
+      report = await runSync(config, { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'] });
     } else if (command === 'scan') {
       report = await runScan(config, { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] });
     } else {

@@ -71,7 +71,7 @@ function scanSection(scan: ScanReport): string[] {
       '|---|---|---|---|---|---|',
     );
     for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
-      lines.push(`| ${markdownText(f.rule, CELL_MAX)} | ${markdownCode(f.file, CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', CELL_MAX)} | ${markdownCode(f.fingerprint, CELL_MAX * 3)} |`);
+      lines.push(`| ${markdownText(f.rule, CELL_MAX)} | ${markdownText(f.file, CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', CELL_MAX)} | ${markdownText(f.fingerprint, CELL_MAX * 3)} |`);
     }
     if (scan.findings.length > MAX_FINDINGS) lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
     lines.push('', 'Rotate each secret and remove it; a false positive goes into `.gitleaksignore` by its fingerprint.');

@@ -29,10 +29,47 @@ type ArchiveKind = 'zip' | 'tar' | 'gz' | 'tar.gz' | 'bz2' | 'xz' | 'zst' | '7z'
 interface Rescan {
   /** Path in the deployed tree. */
   original: string;
-  /** Where its bytes are (inside the export). */
-  file: string;
+  /** Where its bytes are (inside the export; a Buffer for a name that is not UTF-8). */
+  file: fs.PathLike;
   archive: ArchiveKind | null;
   attempt: number;
+  /**
+   * Scan the file's bytes as text, whatever its name or first bytes say: a
+   * copy behind one newline, so gitleaks' type sniffing (magic bytes at the
+   * start) and archive handling (by name) cannot skip it. Lines map back - 1.
+   */
+  raw?: boolean;
+  /** With `raw`: scan the gzip stream's inflated bytes (a tarball's bytes outside its entries are inside the stream). */
+  gunzip?: boolean;
+}
+
+// Names gitleaks opens as archives (it picks the format by name alone, and an
+// archive it cannot read, or bytes outside its entries, are skipped silently).
+const ARCHIVE_NAME = /\.(zip|jar|war|ear|apk|aar|whl|nupkg|tar|tgz|gz|tbz2?|bz2|txz|xz|tzst|zst|7z|rar|br|lz4|sz|lz|lzma|z)$/i;
+/** The largest file scanned byte for byte (a raw copy); larger ones are reported. */
+const RAW_MAX = 16 * 1024 * 1024;
+
+/** Whether a file gitleaks called binary is really text (a text file that merely starts with a magic number). */
+function mostlyText(file: fs.PathLike): boolean {
+  const head = Buffer.alloc(64 * 1024);
+  let n: number;
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      n = fs.readSync(fd, head, 0, head.length, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+  if (n === 0) return false;
+  let printable = 0;
+  for (let i = 0; i < n; i++) {
+    const c = head[i];
+    if (c === 9 || c === 10 || c === 13 || (c >= 32 && c !== 127)) printable++;
+  }
+  return printable / n >= 0.9;
 }
 
 const COMPRESSED: ReadonlySet<ArchiveKind> = new Set(['gz', 'bz2', 'xz', 'zst']);
@@ -43,7 +80,7 @@ const COMPRESSED: ReadonlySet<ArchiveKind> = new Set(['gz', 'bz2', 'xz', 'zst'])
  * as binary), so the second pass names them by content. For gzip, the start
  * is inflated to tell a tarball from a single compressed file.
  */
-function sniffArchive(file: string): ArchiveKind | null {
+function sniffArchive(file: fs.PathLike): ArchiveKind | null {
   const head = Buffer.alloc(64 * 1024);
   let b: Buffer;
   try {
@@ -82,6 +119,7 @@ function sniffArchive(file: string): ArchiveKind | null {
  * a compressed file that turns out to hold a tarball is renamed `.tar.*`.
  */
 function nameFor(entry: Rescan): string {
+  if (entry.raw) return 'content';
   if (entry.archive) return entry.attempt === 0 || !COMPRESSED.has(entry.archive) ? `archive.${entry.archive}` : `archive.tar.${entry.archive}`;
   const base = path.basename(entry.original);
   // A name that findings would show escaped could not be mapped back: use the neutral one at once.
@@ -106,13 +144,37 @@ function lstat(file: string): fs.Stats | null {
 function filesUnder(dir: string, rel: string): string[] {
   const out: string[] = [];
   const walk = (abs: string, relDir: string): void => {
-    for (const entry of fs.readdirSync(abs, { withFileTypes: true })) {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(abs, { withFileTypes: true });
+    } catch {
+      return; // a directory whose name is not UTF-8: filesWithOddNames() walks those by bytes
+    }
+    for (const entry of entries) {
       const childRel = relDir === '.' ? entry.name : `${relDir}/${entry.name}`;
       if (entry.isDirectory()) walk(path.join(abs, entry.name), childRel);
       else if (entry.isFile()) out.push(childRel);
     }
   };
   walk(dir, rel);
+  return out;
+}
+
+/** Regular files whose names are not valid UTF-8: their real (byte) path, and a printable name for reports. */
+function filesWithOddNames(root: string): Array<{ file: Buffer; shown: string }> {
+  const out: Array<{ file: Buffer; shown: string }> = [];
+  const walk = (abs: Buffer, shown: string, odd: boolean): void => {
+    for (const entry of fs.readdirSync(abs, { withFileTypes: true, encoding: 'buffer' })) {
+      const name = entry.name as unknown as Buffer;
+      const text = name.toString('utf8');
+      const childOdd = odd || !Buffer.from(text, 'utf8').equals(name);
+      const child = Buffer.concat([abs, Buffer.from('/'), name]);
+      const childShown = shown ? `${shown}/${text}` : text;
+      if (entry.isDirectory()) walk(child, childShown, childOdd);
+      else if (entry.isFile() && childOdd) out.push({ file: child, shown: childShown });
+    }
+  };
+  walk(Buffer.from(root), '', false);
   return out;
 }
 
@@ -165,9 +227,28 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
 
   const unscanned: UnscannedFile[] = [];
   const rescans = new Map<string, Rescan>();
-  const queue = (rel: string, file: string, archive: ArchiveKind | null): void => {
-    if (!rescans.has(rel)) rescans.set(rel, { original: rel, file, archive, attempt: 0 });
+  const queue = (rel: string, file: fs.PathLike, archive: ArchiveKind | null, attempt = 0): void => {
+    if (!rescans.has(rel)) rescans.set(rel, { original: rel, file, archive, attempt });
+    // An archive is also read byte for byte: gitleaks reads only its entries,
+    // never what sits before, between or after them.
+    if (archive || ARCHIVE_NAME.test(rel)) queueRaw(rel, file);
   };
+  const queueRaw = (rel: string, file: fs.PathLike): void => {
+    let size: number;
+    try {
+      size = fs.lstatSync(file).size;
+    } catch {
+      return; // a name gitleaks and this walk see differently: the byte-exact walk queues it
+    }
+    if (size > RAW_MAX) unscanned.push({ path: rel, reason: 'too_large', detail: `its bytes outside archive entries are not scanned above ${RAW_MAX / 1024 / 1024} MB` });
+    else if (!rescans.has(`${rel}\0raw`)) rescans.set(`${rel}\0raw`, { original: rel, file, archive: null, attempt: 1, raw: true });
+    const kind = sniffArchive(file);
+    if ((kind === 'gz' || kind === 'tar.gz') && !rescans.has(`${rel}\0gunzip`)) rescans.set(`${rel}\0gunzip`, { original: rel, file, archive: null, attempt: 1, raw: true, gunzip: true });
+  };
+  // gitleaks reports a file name that is not UTF-8 with U+FFFD in its place,
+  // a path nobody can open: such files are rescanned under neutral names.
+  for (const odd of filesWithOddNames(root)) queue(odd.shown, odd.file, sniffArchive(odd.file), 1);
+  for (const rel of filesUnder(root, '.')) if (ARCHIVE_NAME.test(rel)) queueRaw(rel, path.join(root, rel));
   for (const skip of first.skips) {
     const full = inside(root, skip.path);
     const stat = full ? lstat(full) : null;
@@ -177,9 +258,13 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
       // A file of the tree itself (not an entry inside an archive).
       const archive = sniffArchive(full);
       if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive)) queue(skip.path, full, archive);
+      else if (skip.kind === 'binary' && mostlyText(full)) queueRaw(skip.path, full);
       else unscanned.push(unscannedFor(skip, skip.path, archive !== null));
     } else if (skip.path.includes('!')) {
       unscanned.push(unscannedFor(skip, skip.path, true));
+    } else if (!skip.path.includes('\ufffd')) {
+      // Never drop a skip: what cannot be mapped back is reported.
+      unscanned.push(unscannedFor(skip, skip.path, false));
     }
   }
 
@@ -216,8 +301,12 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
       const target = path.join(scanRoot, String(i), names[i]);
       fs.mkdirSync(path.dirname(target));
       try {
+        if (entry.raw) {
+          const bytes = fs.readFileSync(entry.file);
+          fs.writeFileSync(target, Buffer.concat([Buffer.from('\n'), entry.gunzip ? zlib.gunzipSync(bytes, { maxOutputLength: RAW_MAX * 4 }) : bytes]));
+        }
         // A hard link costs nothing and cannot change under the scan; a copy when the export is on another filesystem.
-        fs.linkSync(entry.file, target);
+        else fs.linkSync(entry.file, target);
       } catch {
         try {
           fs.copyFileSync(entry.file, target);
@@ -244,7 +333,8 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
       const where = locate(f.file);
       if (!where) continue;
       const file = printable(`${where.entry.original}${where.inner}`);
-      findings.push({ ...f, file, fingerprint: `${file}:${f.rule}:${f.line}` });
+      const line = where.entry.raw ? Math.max(1, f.line - 1) : f.line;
+      findings.push({ ...f, file, line, fingerprint: `${file}:${f.rule}:${line}` });
     }
     const retried = new Set<number>();
     for (const skip of result.skips) {
@@ -254,6 +344,7 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
         const { entry, inner } = where;
         const own = inner === '';
         const renameHelps =
+          !entry.raw &&
           own &&
           entry.attempt === 0 &&
           ((!entry.archive && (skip.kind === 'allowlist-file' || skip.kind === 'allowlist-dir')) ||

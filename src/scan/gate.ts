@@ -193,13 +193,14 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
     unscanned = tree.unscanned;
     extended.push(...tree.extended);
   }
-  // gitleaks resolves a relative `[extend] path` against the directory it
-  // scans: the trusted config would then read a file the scanned tree controls.
-  const relative = extended.filter((p) => !path.isAbsolute(p));
-  if (strict && relative.length > 0) {
+  // An `[extend] path` names a file outside git: a relative one is read from
+  // the tree under scan, an absolute one may be in the runner-host clone (which
+  // is reset to the commit under scan). Either way the commit could change its
+  // own scan, so repository configs may only extend gitleaks' defaults.
+  if (strict && extended.length > 0) {
     throw new VmSyncError(
       'config_invalid',
-      `the trusted gitleaks config extends '${relative[0]}', a relative path that gitleaks reads from the tree under scan, so the commit being scanned could change its own scan: copy that file's rules into ${inputs.settings.configPath}, or extend an absolute path on the runner host.`,
+      `the trusted gitleaks config extends '${extended[0]}': vm-sync does not follow [extend] path, because the file it names is not pinned to a trusted commit (the commit being scanned could rewrite it). Copy that file's rules into ${inputs.settings.configPath} and extend only gitleaks' defaults ([extend] useDefault = true).`,
     );
   }
   return { findings, commitsScanned, unscanned };
@@ -219,10 +220,13 @@ async function vetNewConfig(binary: string, head: CommitSettings, dir: string, l
   const file = head.config?.path ?? 'the gitleaks config';
   try {
     // In an empty directory a relative `[extend] path` cannot be found, so it fails here too.
-    await runGitleaks(binary, { mode: 'dir', root: empty }, files, limits);
+    const loaded = await runGitleaks(binary, { mode: 'dir', root: empty }, files, limits);
+    if (loaded.extended.length > 0) {
+      throw new VmSyncError('config_invalid', `the ${file} this change brings extends '${loaded.extended[0]}': vm-sync does not follow [extend] path (the file it names is not pinned to a commit), and from the next deploy on it would be the one in force, failing every scan. Copy that file's rules into it and extend only gitleaks' defaults ([extend] useDefault = true).`);
+    }
   } catch (error) {
     if (!(error instanceof VmSyncError) || error.code !== 'scan_failed') throw error;
-    const hint = /extended config/.test(error.message) ? ' (an [extend] path must be absolute, on the runner host: a relative one would be read from the tree under scan)' : '';
+    const hint = /extended config/.test(error.message) ? ' (vm-sync does not follow [extend] path: extend only gitleaks\' defaults)' : '';
     throw new VmSyncError('config_invalid', `the ${file} this change brings cannot be loaded by gitleaks${hint}, and from the next deploy on it would be the one in force, failing every scan: fix it first. gitleaks: ${error.message}`);
   }
 }

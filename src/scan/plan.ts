@@ -74,15 +74,6 @@ async function firstParentBefore(repo: RunnerRepo, head: string, exclude: string
   }
 }
 
-/** The first parent of a commit, or null for a root commit (in a shallow clone a missing parent is an error, not a root). */
-async function parentOf(repo: RunnerRepo, commit: string): Promise<string | null> {
-  try {
-    return await repo.resolve(`${commit}~1`);
-  } catch {
-    if (await repo.isShallow()) throw unresolved(`the parent of ${commit.slice(0, 12)} is not in the shallow clone ${repo.dir}, so the scan settings in force before it cannot be read`);
-    return null;
-  }
-}
 
 /** Of several deployed commits, one that no other descends from (the newest line); ties keep the first. */
 async function newest(repo: RunnerRepo, commits: string[]): Promise<string> {
@@ -168,12 +159,14 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
   const deployed = request.deployed;
   const known: string[] = [];
   for (const rev of deployed) if (rev && (await repo.hasCommit(rev))) known.push(rev);
-  // The settings of what the VMs run were in force when it was deployed; with
-  // no record at all, those of the commit before the one being deployed.
+  // The settings of what the VMs run were in force when it was deployed. With
+  // no record at all, nothing in the history being deployed can be trusted
+  // (an earlier commit of the same unscanned history could have weakened the
+  // scan), so gitleaks' own defaults apply until a deploy is recorded.
   const unique = [...new Set(known)];
   const trusted: ScanPlan['trusted'] = unique.length
     ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
-    : fromParent(await parentOf(repo, head), 'the first parent of the commit being deployed (no deploy recorded yet)');
+    : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on)" };
   if (deployed.length === 0 || known.length !== deployed.length) {
     return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
   }

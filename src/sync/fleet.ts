@@ -32,6 +32,12 @@ export interface SyncOptions extends FleetOptions {
   dryRun?: boolean;
   /** What is being deployed, for the secret scan (default: a manual resync of the commit). */
   scanRequest?: ScanRequest;
+  /**
+   * Scan `scanBase..commit` with the settings of `scanBase` (a commit the
+   * operator vouches for), instead of what the VMs are recorded to hold: the
+   * way in on a runner host with no deploy recorded.
+   */
+  scanBase?: string;
 }
 
 export interface ScanOptions extends FleetOptions {
@@ -123,7 +129,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     // The secret-scan gate: before any VM is contacted.
     let scan: ScanReport | null = null;
     if (config.repository.secretScanning.enabled) {
-      const request = options.scanRequest ?? { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) };
+      const request: ScanRequest =
+        options.scanRequest ??
+        (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
       const plan = await planScan(repo, request);
       scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
       if (scan.blocked) return { command: 'sync', commit, dry_run: options.dryRun ?? false, scan, vms: [] };

@@ -34,6 +34,8 @@ let bins: string;
 let flipBin: string;
 let syncBinA: string;
 let syncBinI: string;
+let rsyncBinA: string;
+let rsyncBinI: string;
 let c0: string;
 
 beforeAll(async () => {
@@ -41,11 +43,15 @@ beforeAll(async () => {
   flipBin = slowBin(bins, ['mv']);
   syncBinA = slowBin(bins, ['sync']);
   syncBinI = slowBin(bins, ['sync']);
-  world = await World.create(['slowflip', 'post', 'posttime', 'slowsynca', 'slowsynci'], {
+  rsyncBinA = slowBin(bins, ['rsync']);
+  rsyncBinI = slowBin(bins, ['rsync']);
+  world = await World.create(['slowflip', 'post', 'posttime', 'slowsynca', 'slowsynci', 'slowrsynca', 'slowrsynci'], {
     sshdExtra: {
       slowflip: [`SetEnv PATH=${flipBin}:/usr/bin:/bin`],
       slowsynca: [`SetEnv PATH=${syncBinA}:/usr/bin:/bin`],
       slowsynci: [`SetEnv PATH=${syncBinI}:/usr/bin:/bin`],
+      slowrsynca: [`SetEnv PATH=${rsyncBinA}:/usr/bin:/bin`],
+      slowrsynci: [`SetEnv PATH=${rsyncBinI}:/usr/bin:/bin`],
     },
   });
   c0 = commitExactly(world, { 'app.txt': 'c0\n' }, 'c0');
@@ -53,12 +59,12 @@ beforeAll(async () => {
   expect([first.json.error ?? null, first.json.vms.map((vm) => [vm.id, vm.result])]).toEqual([null, ['slowflip', 'post', 'posttime', 'slowsynca'].map((id) => [id, 'success'])]);
 });
 afterAll(() => {
-  for (const bin of [flipBin, syncBinA, syncBinI]) if (bin) disarm(bin);
+  for (const bin of [flipBin, syncBinA, syncBinI, rsyncBinA, rsyncBinI]) if (bin) disarm(bin);
   destroyWorld(world);
   if (bins) fs.rmSync(bins, { recursive: true, force: true });
 });
 afterEach(() => {
-  for (const bin of [flipBin, syncBinA, syncBinI]) disarm(bin);
+  for (const bin of [flipBin, syncBinA, syncBinI, rsyncBinA, rsyncBinI]) disarm(bin);
   killVmProcesses(world);
   configure(world);
 });
@@ -186,4 +192,38 @@ test.each([
     lock: lockExists(world, id),
     processes: left,
   }).toEqual({ fired: true, code: 1, result: 'failed', error: 'timeout', rev_after: next, live: next, waitedForStep: false, lock: false, processes: [] });
+});
+
+test.each([
+  ['atomic', 'slowrsynca', () => rsyncBinA, [] as string[]],
+  ['in-place', 'slowrsynci', () => rsyncBinI, ['layout: in-place']],
+])('a run cancelled while the transfer runs (%s): interrupted, rev_after is what the VM serves then, nothing left running', async (_label, id, bin, repository) => {
+  const vm = world.vm(id);
+  configure(world, { repository });
+  const base = commitExactly(world, { 'app.txt': `${id} base ${Date.now()}\n` }, `${id} base`);
+  const ready = await world.cli(['sync', '--vm', id]);
+  expect([ready.code, liveRev(world, id)]).toEqual([0, base]);
+  commitExactly(world, { 'app.txt': `${id} next ${Date.now()}\n`, 'more.txt': 'more\n' }, `${id} next`);
+  armSlow(bin(), '20', '--server'); // the VM's rsync server starts 20 s late: the transfer is under way, nothing arrives
+
+  const controller = new AbortController();
+  const pending = world.cli(['sync', '--vm', id], { signal: controller.signal });
+  const fired = await waitFor(() => slowFired(bin()), 60_000);
+  controller.abort();
+  const run = await pending;
+  const returnedAt = Date.now();
+  const row = rows(run)[id];
+  expectRevShapes(row);
+  const left = await waitNoVmProcesses(vm, 3000);
+  expect({
+    fired: /^rsync --server/.test(fired ?? ''),
+    code: run.code,
+    error: row.error?.code,
+    waitedForStep: returnedAt >= (slowFiredAt(bin()) ?? 0) + 20_000,
+    // in-place: the tree was being rewritten, so it claims no commit (null); atomic: still the old release
+    rev_after: row.rev_after,
+    live: liveRev(world, id),
+    lock: lockExists(world, id),
+    processes: left,
+  }).toEqual({ fired: true, code: 1, error: 'interrupted', waitedForStep: false, rev_after: liveRev(world, id), live: repository.length ? null : base, lock: false, processes: [] });
 });

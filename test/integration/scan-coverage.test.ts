@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { handshakeCount } from '../../src/demo/fleet.js';
@@ -265,7 +266,7 @@ test('ignore entries for an earlier commit, pushed with it, do not hide it (hist
   expect(scan.json.scan?.configuration?.weakening).toEqual(['.gitleaksignore gains 2 entries, which would hide 2 findings of this scan']);
 });
 
-test('a tree-only scan of a checkout (no deploy recorded) takes the settings of the commit before, not its own', async () => {
+test('a tree-only scan of a checkout (no deploy recorded) trusts no commit of the unscanned history: gitleaks\' defaults, not its own settings', async () => {
   const checkout = path.join(world.dir, `checkout-${crypto.randomBytes(3).toString('hex')}`);
   const base = head();
   const bad = commitPush({ '.gitleaksignore': 'config/db.env:github-pat:1\n', 'config/db.env': line }, 'ignore and token in one commit');
@@ -275,7 +276,7 @@ test('a tree-only scan of a checkout (no deploy recorded) takes the settings of 
   expectBlocked(scan);
   expect(scan.json.scan?.commits_scanned).toBe(0);
   expect(scan.json.scan?.findings.map((f) => f.fingerprint)).toEqual(['config/db.env:github-pat:1']);
-  expect(scan.json.scan?.configuration).toMatchObject({ commit: world.ws.git(checkout, ['rev-parse', `${bad}~1`]), changed: [{ path: '.gitleaksignore', change: 'added' }] });
+  expect(scan.json.scan?.configuration).toMatchObject({ commit: null, changed: [{ path: '.gitleaksignore', change: 'added' }] });
 });
 
 test('an inline gitleaks:allow comment in the scanned commit does not silence its own token', async () => {
@@ -308,9 +309,15 @@ test('a settings change on its own deploys, is shown, and is the one in force fo
   expect((await world.cli(['sync'])).code).toBe(0);
 });
 
+// An absolute extend target that exists, as a shared runner-host file would.
+const absoluteBase = path.join(os.tmpdir(), `vm-sync-test-base-${crypto.randomBytes(4).toString('hex')}.toml`);
+fs.writeFileSync(absoluteBase, '[extend]\nuseDefault = true\n');
+afterAll(() => fs.rmSync(absoluteBase, { force: true }));
+
 test.each([
   ['that gitleaks cannot load', '[[rules]\nid = \n', 'cannot be loaded by gitleaks'],
-  ['that extends a relative path (read from the tree under scan)', '[extend]\npath = "ci/base.toml"\n', 'an [extend] path must be absolute'],
+  ['that extends a relative path (read from the tree under scan)', '[extend]\npath = "ci/base.toml"\n', 'vm-sync does not follow [extend] path'],
+  ['that extends an absolute path (a file no commit pins)', `[extend]\npath = "${absoluteBase}"\n`, 'vm-sync does not follow [extend] path'],
 ])('a new .gitleaks.toml %s is refused before it can become the trusted one', async (_what, config, message) => {
   const handshakes = handshakeCount(world.vm('vm01'));
   const base = head();
@@ -339,9 +346,10 @@ test('the settings come from a trusted commit for every way in: range base, push
   expect((await planScan(repo, { kind: 'push', before: ZERO, after: tip, branch: 'refs/heads/topic' })).trusted.commit).toBe(mainTip);
   const deployed = await repo.deployed('vm01');
   expect((await planScan(repo, { kind: 'resync', head: tip, deployed: [deployed] })).trusted).toEqual({ commit: deployed, reason: 'the commit this runner last deployed' });
-  expect((await planScan(repo, { kind: 'resync', head: tip, deployed: [] })).trusted.commit).toBe(world.ws.git(world.ws.work, ['rev-parse', `${tip}~1`]));
+  // Nothing recorded: no commit of the history being deployed is trusted (one could weaken the scan of the next).
+  expect((await planScan(repo, { kind: 'resync', head: tip, deployed: [] })).trusted.commit).toBeNull();
   const root = world.ws.git(world.ws.work, ['rev-list', '--max-parents=0', 'HEAD']);
-  expect((await planScan(repo, { kind: 'resync', head: root, deployed: [] })).trusted).toEqual({ commit: null, reason: "no earlier commit (a root commit): gitleaks' defaults" });
+  expect((await planScan(repo, { kind: 'resync', head: root, deployed: [] })).trusted.commit).toBeNull();
 });
 
 test.each([
@@ -372,4 +380,29 @@ test.each([
     world.writeConfig();
     rewind(base);
   }
+});
+
+test('with no deploy recorded, the repository\'s own waivers are not trusted; --scan-base names a commit whose settings are', async () => {
+  const waiver = "[extend]\nuseDefault = true\n[[allowlists]]\ntargetRules = [\"github-pat\", \"generic-api-key\"]\npaths = ['''^fixtures/''']\n";
+  const base = commitPush({ '.gitleaks.toml': waiver, 'fixtures/token.txt': line }, 'a reviewed fixture and its waiver');
+  const tip = commitPush({ 'README.md': `# app ${Date.now()}\n` }, 'unrelated change');
+  // A new runner host: no record of what the VMs hold.
+  fs.rmSync(world.runnerRepo, { recursive: true, force: true });
+
+  const blocked = await world.cli(['sync']);
+  expectBlocked(blocked);
+  expect(blocked.json.scan?.configuration?.commit).toBeNull();
+  expect(blocked.json.scan?.findings.map((f) => f.file)).toContain('fixtures/token.txt');
+
+  const vouched = await world.cli(['sync', '--scan-base', base]);
+  expect(vouched.code).toBe(0);
+  expect(vouched.json.scan?.configuration?.commit).toBe(base);
+  expect(vouched.json.vms.map((vm) => vm.rev_after)).toEqual(world.fleet.vms.map(() => tip));
+  expectNoSecret(...outputs(blocked), ...outputs(vouched));
+
+  // With the record in place, the next resync trusts it without being told.
+  const next = await world.cli(['sync', '--force']);
+  expect([next.code, next.json.scan?.configuration?.commit]).toEqual([0, tip]);
+  commitPush({ 'fixtures/token.txt': null, '.gitleaks.toml': null }, 'drop the fixture and its waiver');
+  expect((await world.cli(['sync'])).code).toBe(0);
 });
