@@ -4,6 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { ClientChannel } from 'ssh2';
 import { makeScratchDir } from '../local/scratch.js';
+import { KILL_GRACE_S, shellQuote } from './agent-script.js';
 import type { VmSession } from './session.js';
 
 /*
@@ -88,9 +89,15 @@ export class RshBridge {
     private readonly dir: string,
     private readonly socketPath: string,
     private readonly server: net.Server,
+    private readonly guard: RemoteGuard | null,
   ) {}
 
-  static async start(session: VmSession): Promise<RshBridge> {
+  /**
+   * `guard`: run the VM's `rsync --server` under `timeout` with this budget,
+   * carrying `nonce` on its command line, so a cancelled run can find it and
+   * kill it on the VM (closing the channel does not stop it).
+   */
+  static async start(session: VmSession, guard: RemoteGuard | null = null): Promise<RshBridge> {
     const dir = makeScratchDir('rsh'); // mode 0700, swept if this process dies
     const bridgePath = path.join(dir, 'rsh.cjs');
     fs.writeFileSync(bridgePath, BRIDGE_SOURCE, { mode: 0o600 });
@@ -105,7 +112,7 @@ export class RshBridge {
       server.once('error', reject);
       server.listen(socketPath, () => resolve());
     });
-    bridge = new RshBridge(dir, socketPath, server);
+    bridge = new RshBridge(dir, socketPath, server, guard);
     return bridge;
   }
 
@@ -154,7 +161,9 @@ export class RshBridge {
         return;
       }
       // Like OpenSSH, join the words with spaces: rsync already quoted them for the remote shell.
-      this.pump(session, socket, argv.slice(1).join(' '), rest);
+      const rsync = argv.slice(1).join(' ');
+      const guard = this.guard;
+      this.pump(session, socket, guard ? `${['timeout', '-k', String(KILL_GRACE_S), String(Math.max(1, Math.ceil(guard.budgetS()))), 'sh', '-c', 'exec rsync "$@"', guard.nonce].map(shellQuote).join(' ')} ${argv.slice(2).join(' ')}` : rsync, rest);
     };
     socket.on('data', onHeader);
     socket.on('error', () => socket.destroy());
@@ -202,6 +211,14 @@ export class RshBridge {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** How the VM side of a transfer is bounded and found again (see {@link RshBridge.start}). */
+export interface RemoteGuard {
+  /** Seconds left of the run's budget for this VM. */
+  budgetS: () => number;
+  /** Marks the transfer's process on the VM for `RemoteTarget.stopInterrupted()`. */
+  nonce: string;
 }
 
 function exitFrame(code: number): Buffer {

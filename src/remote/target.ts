@@ -4,6 +4,7 @@ import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
 import { agentCommand, AgentResponse, KILL_GRACE_S, parseAgentOutput } from './agent-script.js';
 import { codeFromStderr } from './classify.js';
 import { encodeLockOwner, type LockOwner } from './lock.js';
+import type { RemoteGuard } from './rsh-bridge.js';
 import type { VmSession } from './session.js';
 import { vmBlock, vmText } from './untrusted.js';
 
@@ -103,6 +104,16 @@ export class RemoteTarget {
     const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${vmText(other, 300)}` : `exit ${code}`);
     // The agent quotes the shell's own error (disk full, I/O error) in its message.
     throw new VmSyncError(known ?? codeFromStderr(`${said}\n${stderr}`) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+  }
+
+  /**
+   * A guard for this run's transfer (see RshBridge.start): the VM's rsync
+   * server runs under the run's deadline, and `failed()` marks it for
+   * {@link stopInterrupted}, which kills it on the VM if it is still there.
+   */
+  transferGuard(): RemoteGuard & { failed(): void } {
+    const nonce = crypto.randomBytes(12).toString('hex');
+    return { nonce, budgetS: () => this.budgetS(), failed: () => this.interrupted.add(nonce) };
   }
 
   /** Reads where the VM stands; changes nothing. */

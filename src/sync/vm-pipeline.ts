@@ -242,23 +242,30 @@ async function deploy(
   if (before.rsyncVersion === null) {
     throw new VmSyncError('remote_rsync_missing', `rsync is not installed on ${vm.id} (or not on ${vm.user}'s PATH): install it there (apt-get install rsync).`);
   }
-  const bridge = await RshBridge.start(session);
+  const guard = target.transferGuard();
+  const bridge = await RshBridge.start(session, guard);
   try {
     const plan = { source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: Math.max(30, sync.connectTimeoutS * 3) };
     const progress = { signal, onProgress: (p: { percent: number; rate: string }) => ctx.events.progress(vm.id, p.percent, p.rate) };
+    // A transfer that fails or is cancelled may leave its rsync server running on the VM.
+    const transfer = (dest: string, linkDest: string | null): Promise<RsyncStats> =>
+      runRsync({ ...plan, dest, linkDest, dryRun: false }, bridge.env, progress).catch((error: unknown) => {
+        guard.failed();
+        throw error;
+      });
     let stats: RsyncStats;
     if (repository.layout === 'atomic') {
       const { stage, linkDest, removedPartials } = await target.stage(token, ctx.commit, before);
       for (const name of removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);
       say(`staging ${short(ctx.commit)} into a new release${linkDest ? ' (unchanged files hard-linked)' : ''}`);
-      stats = await runRsync({ ...plan, dest: stage, linkDest, dryRun: false }, bridge.env, progress);
+      stats = await transfer(stage, linkDest);
       touching();
       const published = await target.publish(token, ctx.commit);
       if (published.movedAside) report.notes.push(`kept the directory that stood at ${before.target} as ${published.movedAside}`);
     } else {
       touching();
       const dest = await target.inPlaceBegin(token, before);
-      stats = await runRsync({ ...plan, dest, linkDest: null, dryRun: false }, bridge.env, progress);
+      stats = await transfer(dest, null);
       await target.inPlaceFinish(token, ctx.commit);
     }
     report.files_changed = stats.filesChanged;
