@@ -37579,6 +37579,17 @@ async function newest(repo, commits) {
     }
     return best;
 }
+/** The first parent of a commit, or null for a root commit (in a shallow clone a missing parent is an error, not a root). */
+async function parentOf(repo, commit) {
+    try {
+        return await repo.resolve(`${commit}~1`);
+    }
+    catch {
+        if (await repo.isShallow())
+            throw unresolved(`the parent of ${commit.slice(0, 12)} is not in the shallow clone ${repo.dir}, so the scan settings in force before it cannot be read`);
+        return null;
+    }
+}
 function fromParent(commit, what) {
     return commit ? { commit, reason: what } : { commit: null, reason: "no earlier commit (a root commit): gitleaks' defaults" };
 }
@@ -37661,7 +37672,9 @@ async function planScan(repo, request) {
     const unique = [...new Set(known)];
     const trusted = unique.length
         ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
-        : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on)" };
+        : request.withoutRecord === 'first-parent'
+            ? fromParent(await parentOf(repo, head), 'the first parent of the commit being scanned (a checkout with no deploy recorded; the sync job scans again against what the VMs hold)')
+            : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on; sync --scan-base names a commit to trust)" };
     if (deployed.length === 0 || known.length !== deployed.length) {
         return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
     }
@@ -40524,7 +40537,7 @@ async function runScan(config, options = {}) {
         ? options.request
         : options.range
             ? { kind: 'range', range: options.range }
-            : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
+            : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
     const plan = await planScan(repo, request);
     sweepDeadRuns(events);
     const exportRoot = makeScratchDir('export');

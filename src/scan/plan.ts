@@ -13,7 +13,18 @@ export type ScanRequest =
    */
   | { kind: 'push'; before: string; after: string; branch?: string }
   /** A manual resync of `head`, with the commits the runner host last deployed to each VM (null: unknown). */
-  | { kind: 'resync'; head: string; deployed: Array<string | null> };
+  | {
+      kind: 'resync';
+      head: string;
+      deployed: Array<string | null>;
+      /**
+       * Whose settings to trust when nothing is recorded: gitleaks' defaults on
+       * the runner host (its scan decides the deploy), or the first parent for a
+       * CI checkout, which never has records (a report and a gate; the sync job
+       * scans again on the runner host against what the VMs hold).
+       */
+      withoutRecord?: 'defaults' | 'first-parent';
+    };
 
 /** What will be scanned: the commits (a rev-list selection) and the tree of `head`. */
 export interface ScanPlan {
@@ -82,6 +93,16 @@ async function newest(repo: RunnerRepo, commits: string[]): Promise<string> {
     if ((await repo.relation(best, candidate)) === 'behind') best = candidate;
   }
   return best;
+}
+
+/** The first parent of a commit, or null for a root commit (in a shallow clone a missing parent is an error, not a root). */
+async function parentOf(repo: RunnerRepo, commit: string): Promise<string | null> {
+  try {
+    return await repo.resolve(`${commit}~1`);
+  } catch {
+    if (await repo.isShallow()) throw unresolved(`the parent of ${commit.slice(0, 12)} is not in the shallow clone ${repo.dir}, so the scan settings in force before it cannot be read`);
+    return null;
+  }
 }
 
 function fromParent(commit: string | null, what: string): ScanPlan['trusted'] {
@@ -166,7 +187,9 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
   const unique = [...new Set(known)];
   const trusted: ScanPlan['trusted'] = unique.length
     ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
-    : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on)" };
+    : request.withoutRecord === 'first-parent'
+      ? fromParent(await parentOf(repo, head), 'the first parent of the commit being scanned (a checkout with no deploy recorded; the sync job scans again against what the VMs hold)')
+      : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on; sync --scan-base names a commit to trust)" };
   if (deployed.length === 0 || known.length !== deployed.length) {
     return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
   }

@@ -215,7 +215,7 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     ? options.request
     : options.range
     ? { kind: 'range', range: options.range }
-    : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))) };
+    : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
   const plan = await planScan(repo, request);
   sweepDeadRuns(events);
   const exportRoot = makeScratchDir('export');

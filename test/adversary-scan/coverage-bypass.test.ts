@@ -24,8 +24,6 @@ async function rangeAndTree(files: Array<[string | Buffer, string | Buffer | nul
   const range = await world.cli(['scan', '--range', `${base}..${head(world)}`]);
   const tree = await world.cli(['scan', '--commit', head(world)]);
   rewind(world, base);
-  const show = (r: typeof range) => ({ code: r.code, error: r.json.error ?? null, findings: r.json.scan?.findings.map((f) => `${f.source}:${f.fingerprint}`), unscanned: r.json.scan?.unscanned, desc: r.json.scan?.description });
-  console.log(name, JSON.stringify({ range: show(range), tree: show(tree) }, null, 1));
   expect(leaked(...outputs(range), ...outputs(tree))).toBeNull();
   return { range, tree };
 }
@@ -37,7 +35,6 @@ test('sync: a token line in front of a valid zip (assets/bundle.zip) is deployed
   const onVm = filesHolding(world.target('vm01'), token);
   rewind(world, base);
   await world.cli(['sync', '--vm', 'vm01', '--force']);
-  console.log('bundle.zip sync', run.code, JSON.stringify(run.json.scan), onVm);
   expect(leaked(...outputs(run))).toBeNull();
   expect(onVm).toEqual([]);
   expect(run.code).toBe(3);
@@ -93,7 +90,6 @@ test('sync: the \\xff.png token reaches the VM', async () => {
   const onVm = filesHolding(world.target('vm01'), token);
   rewind(world, base);
   await world.cli(['sync', '--vm', 'vm01', '--force']);
-  console.log('xff.png sync', run.code, JSON.stringify(run.json.scan), onVm);
   expect(onVm).toEqual([]);
   expect(run.code).toBe(3);
 });

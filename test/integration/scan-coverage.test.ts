@@ -266,7 +266,7 @@ test('ignore entries for an earlier commit, pushed with it, do not hide it (hist
   expect(scan.json.scan?.configuration?.weakening).toEqual(['.gitleaksignore gains 2 entries, which would hide 2 findings of this scan']);
 });
 
-test('a tree-only scan of a checkout (no deploy recorded) trusts no commit of the unscanned history: gitleaks\' defaults, not its own settings', async () => {
+test('a tree-only scan of a CI checkout (never a deploy recorded) takes the settings of the commit before, not its own', async () => {
   const checkout = path.join(world.dir, `checkout-${crypto.randomBytes(3).toString('hex')}`);
   const base = head();
   const bad = commitPush({ '.gitleaksignore': 'config/db.env:github-pat:1\n', 'config/db.env': line }, 'ignore and token in one commit');
@@ -276,7 +276,7 @@ test('a tree-only scan of a checkout (no deploy recorded) trusts no commit of th
   expectBlocked(scan);
   expect(scan.json.scan?.commits_scanned).toBe(0);
   expect(scan.json.scan?.findings.map((f) => f.fingerprint)).toEqual(['config/db.env:github-pat:1']);
-  expect(scan.json.scan?.configuration).toMatchObject({ commit: null, changed: [{ path: '.gitleaksignore', change: 'added' }] });
+  expect(scan.json.scan?.configuration).toMatchObject({ commit: world.ws.git(checkout, ['rev-parse', `${bad}~1`]), changed: [{ path: '.gitleaksignore', change: 'added' }] });
 });
 
 test('an inline gitleaks:allow comment in the scanned commit does not silence its own token', async () => {
@@ -348,6 +348,8 @@ test('the settings come from a trusted commit for every way in: range base, push
   expect((await planScan(repo, { kind: 'resync', head: tip, deployed: [deployed] })).trusted).toEqual({ commit: deployed, reason: 'the commit this runner last deployed' });
   // Nothing recorded: no commit of the history being deployed is trusted (one could weaken the scan of the next).
   expect((await planScan(repo, { kind: 'resync', head: tip, deployed: [] })).trusted.commit).toBeNull();
+  // A CI checkout never has records: it trusts the first parent (the sync job's own scan decides the deploy).
+  expect((await planScan(repo, { kind: 'resync', head: tip, deployed: [], withoutRecord: 'first-parent' })).trusted.commit).toBe(world.ws.git(world.ws.work, ['rev-parse', `${tip}~1`]));
   const root = world.ws.git(world.ws.work, ['rev-list', '--max-parents=0', 'HEAD']);
   expect((await planScan(repo, { kind: 'resync', head: root, deployed: [] })).trusted.commit).toBeNull();
 });
