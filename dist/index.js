@@ -80046,11 +80046,22 @@ kill)
   for nonce in "$@"; do
     case $nonce in '' | *[!0-9a-f]*) continue ;; esac
     [ -n "$S" ] && : > "$S/tmp/cancelled.$nonce"
-    for d in /proc/[0-9]*; do
-      # Our own \`timeout\` carries these nonces as arguments too.
-      [ "\${d#/proc/}" = "$PPID" ] && continue
-      [ "$(cat "$d/comm" 2>/dev/null)" = timeout ] || continue
-      if tr '\\000' '\\n' < "$d/cmdline" 2>/dev/null | grep -qx -- "$nonce"; then groups="$groups \${d#/proc/}"; fi
+  done
+  # One pass over the processes, reading comm without a fork (a busy host has
+  # hundreds): only \`timeout\` processes are looked at closer.
+  for d in /proc/[0-9]*; do
+    # Our own \`timeout\` carries these nonces as arguments too.
+    [ "\${d#/proc/}" = "$PPID" ] && continue
+    comm=
+    read -r comm 2>/dev/null < "$d/comm" || continue
+    [ "$comm" = timeout ] || continue
+    args=$(tr '\\000' '\\n' < "$d/cmdline" 2>/dev/null)
+    for nonce in "$@"; do
+      case "
+$args
+" in *"
+$nonce
+"*) groups="$groups \${d#/proc/}"; break ;; esac
     done
   done
   for pg in $groups; do kill -TERM "-$pg" 2>/dev/null; done

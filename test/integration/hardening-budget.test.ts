@@ -69,7 +69,9 @@ afterEach(() => {
   configure(world);
 });
 
-const POST = `post_sync_command: 'touch "$HOME/post.started"; sleep 6; touch "$HOME/post.done"'`;
+// Long enough that a run which waited for the command (instead of stopping it)
+// is told apart from one slowed by a busy machine.
+const POST = `post_sync_command: 'touch "$HOME/post.started"; sleep 12; touch "$HOME/post.done"'`;
 
 test('a flip slower than sync.timeout_s: timeout, and the VM then serves exactly rev_after, with no lock and no process left', async () => {
   const vm = world.vm('slowflip');
@@ -130,7 +132,7 @@ test('a run cancelled during post_sync_command ends at once: interrupted, rev_af
     lock: false,
     processes: [],
   });
-  await sleep(10_000);
+  await sleep(14_000); // past the 12 s the command would have taken
   expect({ done: fs.existsSync(path.join(vm.home, 'post.done')), processes: vmProcesses(vm) }).toEqual({ done: false, processes: [] });
 });
 
@@ -152,12 +154,12 @@ test('sync.timeout_s expiring during post_sync_command: timeout, the command is 
     error: row.error?.code,
     rev_after: row.rev_after,
     live: liveRev(world, 'posttime'),
-    // The run ended before the command could have finished on its own (6 s after it began).
-    waitedForStep: returnedAt >= (fs.existsSync(path.join(vm.home, 'post.started')) ? fs.statSync(path.join(vm.home, 'post.started')).mtimeMs : 0) + 6000,
+    // The run ended before the command could have finished on its own (12 s after it began).
+    waitedForStep: returnedAt >= (fs.existsSync(path.join(vm.home, 'post.started')) ? fs.statSync(path.join(vm.home, 'post.started')).mtimeMs : 0) + 12_000,
     lock: lockExists(world, 'posttime'),
     processes: left,
   }).toEqual({ postStarted: true, code: 1, result: 'failed', error: 'timeout', rev_after: next, live: next, waitedForStep: false, lock: false, processes: [] });
-  await sleep(10_000);
+  await sleep(14_000); // past the 12 s the command would have taken
   expect({ done: fs.existsSync(path.join(vm.home, 'post.done')), processes: vmProcesses(vm) }).toEqual({ done: false, processes: [] });
 });
 
