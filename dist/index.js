@@ -76502,6 +76502,17 @@ function run(command, args, options = {}) {
 
 
 
+/** This process's identity, and a token unique to one run of it: `host:pid:random`. */
+function ownIdentity() {
+    return {
+        token: `${runnerHostId()}:${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`,
+        host: runnerHostId(),
+        pid: process.pid,
+        pidStart: processStart(process.pid),
+        boot: bootId(),
+        pidns: pidNamespace(),
+    };
+}
 const MAGIC = 'vm-sync-lock-v2';
 const SAFE = /[^A-Za-z0-9_.:/@%+=-]/g;
 /**
@@ -76622,16 +76633,7 @@ function holderIsDead(owner) {
 }
 /** The owner record for this process, deploying `commit` (the VM's agent adds the deadline). */
 function ownLockOwner(commit, run) {
-    return {
-        token: `${runnerHostId()}:${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`,
-        host: runnerHostId(),
-        pid: process.pid,
-        pidStart: processStart(process.pid),
-        boot: bootId(),
-        pidns: pidNamespace(),
-        commit,
-        run,
-    };
+    return { ...ownIdentity(), commit, run };
 }
 
 ;// CONCATENATED MODULE: ./src/local/scratch.ts
@@ -78056,9 +78058,6 @@ function parseHolder(text) {
         return null;
     return { token, host: values.get('host') ?? '', pid, pidStart: values.get('start') ?? '', boot: values.get('boot') ?? '', pidns: values.get('pidns') ?? '', since, doing: values.get('doing') ?? '' };
 }
-function isDead(holder) {
-    return holderIsDead({ ...holder, deadline: 0, commit: '', run: '' });
-}
 /** One line about a holder, for messages (printable characters only). */
 function describeHolder(holder, now = Date.now()) {
     if (!holder)
@@ -78080,16 +78079,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
     catch (error) {
         throw new VmSyncError('git_failed', `cannot create ${stateDir}, where vm-sync keeps the runner-host lock for ${cloneDir}: ${getErrorMessage(error)}. Make ${external_node_path_default().dirname(stateDir)} writable by the runner's user, or create ${stateDir} owned by it.`);
     }
-    const record = encodeHolder({
-        token: `${runnerHostId()}:${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`,
-        host: runnerHostId(),
-        pid: process.pid,
-        pidStart: processStart(process.pid),
-        boot: bootId(),
-        pidns: pidNamespace(),
-        since: Date.now(),
-        doing,
-    });
+    const record = encodeHolder({ ...ownIdentity(), since: Date.now(), doing });
     const waitMs = options.waitMs ?? DEFAULT_CLONE_WAIT_MS;
     const started = Date.now();
     let announced = false;
@@ -78111,7 +78101,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
             continue; // released between our attempt and the read: try again at once
         }
         const holder = parseHolder(current);
-        if (holder && isDead(holder) && breakStale(lockPath, current))
+        if (holder && holderIsDead(holder) && breakStale(lockPath, current))
             continue;
         if (options.signal?.aborted)
             throw new VmSyncError('interrupted', `interrupted while waiting for the runner-host clone ${cloneDir}`);

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { getErrorMessage, VmSyncError } from '../errors.js';
-import { bootId, holderIsDead, pidNamespace, processStart, runnerHostId } from '../remote/lock.js';
+import { holderIsDead, ownIdentity, type ProcessIdentity } from '../remote/lock.js';
 
 /*
  * The runner-host lock: one vm-sync run at a time fetches, resets, exports or
@@ -28,15 +28,8 @@ const POLL_MS = 200;
 const BREAK_STALE_MS = 30_000;
 
 /** Who holds the runner-host lock, as recorded in it. */
-export interface CloneLockHolder {
+export interface CloneLockHolder extends ProcessIdentity {
   token: string;
-  host: string;
-  pid: number;
-  /** The holder's process start time (/proc/PID/stat field 22), so a reused pid is not mistaken for it. */
-  pidStart: string;
-  /** Boot id and pid namespace: the pid means this process only where both match (see holderIsDead). */
-  boot: string;
-  pidns: string;
   /** When it took the lock, epoch milliseconds. */
   since: number;
   /** What it is doing, for the waiting message. */
@@ -113,10 +106,6 @@ function parseHolder(text: string): CloneLockHolder | null {
   return { token, host: values.get('host') ?? '', pid, pidStart: values.get('start') ?? '', boot: values.get('boot') ?? '', pidns: values.get('pidns') ?? '', since, doing: values.get('doing') ?? '' };
 }
 
-function isDead(holder: CloneLockHolder): boolean {
-  return holderIsDead({ ...holder, deadline: 0, commit: '', run: '' });
-}
-
 /** One line about a holder, for messages (printable characters only). */
 export function describeHolder(holder: CloneLockHolder | null, now = Date.now()): string {
   if (!holder) return 'an unrecognised lock';
@@ -141,16 +130,7 @@ async function acquire(lockPath: string, cloneDir: string, doing: string, option
       `cannot create ${stateDir}, where vm-sync keeps the runner-host lock for ${cloneDir}: ${getErrorMessage(error)}. Make ${path.dirname(stateDir)} writable by the runner's user, or create ${stateDir} owned by it.`,
     );
   }
-  const record = encodeHolder({
-    token: `${runnerHostId()}:${process.pid}:${crypto.randomBytes(6).toString('hex')}`,
-    host: runnerHostId(),
-    pid: process.pid,
-    pidStart: processStart(process.pid),
-    boot: bootId(),
-    pidns: pidNamespace(),
-    since: Date.now(),
-    doing,
-  });
+  const record = encodeHolder({ ...ownIdentity(), since: Date.now(), doing });
   const waitMs = options.waitMs ?? DEFAULT_CLONE_WAIT_MS;
   const started = Date.now();
   let announced = false;
@@ -170,7 +150,7 @@ async function acquire(lockPath: string, cloneDir: string, doing: string, option
       continue; // released between our attempt and the read: try again at once
     }
     const holder = parseHolder(current);
-    if (holder && isDead(holder) && breakStale(lockPath, current)) continue;
+    if (holder && holderIsDead(holder) && breakStale(lockPath, current)) continue;
     if (options.signal?.aborted) throw new VmSyncError('interrupted', `interrupted while waiting for the runner-host clone ${cloneDir}`);
     const waited = Date.now() - started;
     if (waited >= waitMs) {

@@ -9,17 +9,37 @@ import { vmText } from './untrusted.js';
  * a symlink is atomic and carries its content, so a lock can never exist with
  * an empty or half-written owner.
  */
-export interface LockOwner {
-  /** Unique per run: `host:pid:random`. */
-  token: string;
+/**
+ * A process, named so that another process can tell whether it is still
+ * alive: the pid means this process only on this host, in this boot and pid
+ * namespace, while a process with that start time holds it.
+ */
+export interface ProcessIdentity {
   /** The runner host ({@link runnerHostId}). */
   host: string;
   pid: number;
-  /** The holder process's start time (clock ticks since boot, /proc/PID/stat field 22), so a reused pid is not mistaken for it. */
+  /** The process's start time (clock ticks since boot, /proc/PID/stat field 22), so a reused pid is not mistaken for it. */
   pidStart: string;
-  /** The runner host's boot id and the holder's pid namespace: a pid means the same process only where both match. */
+  /** The host's boot id and the process's pid namespace. */
   boot: string;
   pidns: string;
+}
+
+/** This process's identity, and a token unique to one run of it: `host:pid:random`. */
+export function ownIdentity(): ProcessIdentity & { token: string } {
+  return {
+    token: `${runnerHostId()}:${process.pid}:${crypto.randomBytes(6).toString('hex')}`,
+    host: runnerHostId(),
+    pid: process.pid,
+    pidStart: processStart(process.pid),
+    boot: bootId(),
+    pidns: pidNamespace(),
+  };
+}
+
+export interface LockOwner extends ProcessIdentity {
+  /** Unique per run: `host:pid:random`. */
+  token: string;
   /** The holder's own deadline, epoch seconds on the VM's clock: past it, nothing of the holder still runs there. */
   deadline: number;
   /** The commit being deployed ('' when not known). */
@@ -128,7 +148,7 @@ export function pidNamespace(): string {
  * with its own pids, a record without these fields) is never "certainly
  * dead" from here: its own deadline decides.
  */
-export function holderIsDead(owner: LockOwner): boolean {
+export function holderIsDead(owner: ProcessIdentity): boolean {
   if (owner.host !== runnerHostId()) return false;
   // Compared as records store them (restricted charset), whichever record it is.
   const same = (a: string, b: string): boolean => a !== '' && a.replace(SAFE, '_') === b.replace(SAFE, '_');
@@ -147,14 +167,5 @@ export function holderIsDead(owner: LockOwner): boolean {
 
 /** The owner record for this process, deploying `commit` (the VM's agent adds the deadline). */
 export function ownLockOwner(commit: string, run: string): Omit<LockOwner, 'deadline'> {
-  return {
-    token: `${runnerHostId()}:${process.pid}:${crypto.randomBytes(6).toString('hex')}`,
-    host: runnerHostId(),
-    pid: process.pid,
-    pidStart: processStart(process.pid),
-    boot: bootId(),
-    pidns: pidNamespace(),
-    commit,
-    run,
-  };
+  return { ...ownIdentity(), commit, run };
 }
