@@ -34550,6 +34550,9 @@ const FAILURE_CODES = [
     'internal_error',
     'runner_busy',
     'scan_timeout',
+    'health_failed',
+    'rollout_halted',
+    'no_release',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout']);
@@ -34618,7 +34621,68 @@ function expandLocalHome(value, home = external_node_os_default().homedir()) {
     return value.startsWith('~/') ? external_node_path_default().join(home, value.slice(2)) : value;
 }
 
+;// CONCATENATED MODULE: ./src/config/rollout.ts
+/**
+ * Turns a configured {@link Quantity} into a number of VMs out of `total` (the VMs selected for
+ * the run, a whole number >= 0).
+ *
+ * - `{ count }` is returned as written (it is not capped at `total`; a batch larger than the
+ *   fleet simply holds every VM).
+ * - `{ percent }` is `percent` % of `total`, rounded in integer arithmetic (no floating-point
+ *   surprises such as 0.07 * 100 = 7.000000000000001).
+ * - `round: 'up'` is for `rollout.batch_size`: rounded up, and never less than 1, so a rolling
+ *   rollout always makes progress (25% of 10 = 3; 1% of 10 = 1; any percentage of 0 = 1).
+ * - `round: 'down'` is for `rollout.max_failed`: rounded down, so the tolerance is never more
+ *   than asked for (10% of 9 = 0; 50% of 5 = 2).
+ *
+ * @param q the parsed `batch_size` or `max_failed`
+ * @param total how many VMs the quantity is a share of
+ * @param round `'up'` for batch sizes, `'down'` for failure limits
+ * @returns a whole number of VMs, >= 0 (>= 1 with `'up'`)
+ * @throws RangeError when `total` is not a whole number >= 0
+ */
+function resolveQuantity(q, total, round) {
+    if (!Number.isSafeInteger(total) || total < 0)
+        throw new RangeError(`total must be a whole number >= 0, not ${total}`);
+    let n;
+    if ('count' in q) {
+        n = q.count;
+    }
+    else {
+        const hundredths = q.percent * total;
+        n = round === 'up' ? Math.floor((hundredths + 99) / 100) : Math.floor(hundredths / 100);
+    }
+    return round === 'up' ? Math.max(1, n) : n;
+}
+/**
+ * Parses the YAML value of `batch_size` (`min` 1) or `max_failed` (`min` 0): a whole number
+ * >= `min` written as plain digits, or a string `"N%"` with N a whole number from `min` to 100.
+ * Returns null for anything else: negative numbers, floats (also `3.0`), `1e3`, `0x10`,
+ * `"abc"`, `"150%"`, `"2.5%"`, and `"0%"` when `min` is 1.
+ *
+ * @param value the scalar's value as the YAML parser produced it
+ * @param source the scalar's text in the file, when known (tells `3` from `3.0`)
+ */
+function parseQuantity(value, min, source) {
+    if (typeof value === 'number') {
+        if (!Number.isSafeInteger(value) || value < min)
+            return null;
+        if (source !== undefined && !/^[0-9]+$/.test(source))
+            return null;
+        return { count: value };
+    }
+    if (typeof value === 'string') {
+        const match = /^([0-9]{1,3})%$/.exec(value);
+        if (!match)
+            return null;
+        const percent = Number(match[1]);
+        return percent >= min && percent <= 100 ? { percent } : null;
+    }
+    return null;
+}
+
 ;// CONCATENATED MODULE: ./src/config/load.ts
+
 
 
 
@@ -34704,6 +34768,10 @@ class Section {
     keyNode(key) {
         return this.pairs.get(key)?.key;
     }
+    /** The 1-based line of an offset in the config text. */
+    lineAt(offset) {
+        return this.ctx.lines.linePos(offset).line;
+    }
     /** Records a problem at `node`, or at this section when the node is absent (a missing key). */
     problem(node, message) {
         this.ctx.problems.push({ line: lineOf(this.ctx, node ?? this.anchor ?? this.self), message });
@@ -34752,6 +34820,24 @@ class Section {
         }
         return value;
     }
+    /**
+     * A number of VMs: a whole number >= `min`, or a string `"N%"` (N from `min` to 100).
+     * `what` says what the number is, for the message.
+     */
+    quantity(key, fallback, min, what) {
+        const { present, value, node } = this.scalar(key);
+        if (!present || value === null)
+            return fallback;
+        const source = node && (0,dist/* isScalar */.jn)(node) ? node.source : undefined;
+        const parsed = parseQuantity(value, min, typeof source === 'string' ? source : undefined);
+        if (parsed === null) {
+            const written = typeof source === 'string' ? source : String(value);
+            const shown = node && !(0,dist/* isScalar */.jn)(node) ? ' not a list or mapping' : ` not '${escaped(written)}'`;
+            this.problem(node, `${this.where}.${key} must be a whole number of VMs (${min} or more) or a percentage of the selected VMs from ${min}% to 100% written like "25%" (${what}),${shown}`);
+            return fallback;
+        }
+        return parsed;
+    }
     stringList(key, fallback) {
         const node = this.node(key);
         if (node === undefined || node === null || ((0,dist/* isScalar */.jn)(node) && node.value === null))
@@ -34775,6 +34861,141 @@ class Section {
     section(key, allowed) {
         return new Section(this.ctx, this.where === '' ? key : `${this.where}.${key}`, this.node(key), allowed, this.keyNode(key));
     }
+}
+// C0 and C1 control characters and DEL.
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHAR = /[\u0000-\u001f\u007f-\u009f]/;
+const CONTROL_CHARS = new RegExp(CONTROL_CHAR.source, 'g');
+/** A config value as it may be shown inside a one-line message: control characters escaped. */
+function escaped(value) {
+    return value.replace(CONTROL_CHARS, (c) => {
+        const named = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+        return named[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+    });
+}
+/** At most this many `repository.shared_paths` entries. */
+const MAX_SHARED_PATHS = 50;
+/**
+ * Why one `repository.shared_paths` entry is unusable (a phrase that follows the entry in a
+ * message, with what to do), or null when it is fine. Accepted: a relative `/`-separated path
+ * inside the target, optionally ending in one `/` (a directory).
+ */
+function sharedPathProblem(value) {
+    if (value.trim() === '')
+        return 'is empty: remove it, or name a path inside the target like storage/ or .env';
+    if (CONTROL_CHAR.test(value))
+        return 'contains a control character: remove it';
+    if (value.includes('\\'))
+        return "contains a backslash: write a relative path with '/' between directories, like storage/logs";
+    if (value.startsWith('/') || value.startsWith('~')) {
+        return 'must be relative to the target (no leading / or ~): write it as the path inside the deployed tree, like storage/ or .env';
+    }
+    const parts = (value.endsWith('/') ? value.slice(0, -1) : value).split('/');
+    if (parts.some((p) => p.trim() === ''))
+        return "has an empty component (a doubled '/', or more than one trailing '/'): write each directory once";
+    if (parts.includes('..'))
+        return "has a '..' component: a shared path must stay inside the target";
+    if (parts.includes('.'))
+        return "has a '.' component: write the path without './' or '/.'";
+    if (parts.length === 1 && parts[0] === '.sync_rev')
+        return "is vm-sync's sentinel, which every release writes itself: remove it";
+    if (parts[0] === '.git')
+        return 'is .git or inside it, which is never deployed: remove it';
+    return null;
+}
+/**
+ * Reads `repository.shared_paths`: every entry checked on its own (one problem each, naming it
+ * and its line), then against the others (duplicates, one inside another), the count, and the layout.
+ */
+function sharedPaths(repo, layout) {
+    const node = repo.node('shared_paths');
+    if (node === undefined || node === null || ((0,dist/* isScalar */.jn)(node) && node.value === null))
+        return [];
+    const where = 'repository.shared_paths';
+    if (!(0,dist/* isSeq */.oP)(node)) {
+        repo.problem(node, `${where} must be a list of paths inside the target, like [storage/, .env]`);
+        return [];
+    }
+    const items = node.items;
+    const accepted = [];
+    for (const item of items) {
+        const value = (0,dist/* isScalar */.jn)(item) ? (item.value ?? '') : undefined;
+        if (typeof value !== 'string') {
+            if ((0,dist/* isScalar */.jn)(item)) {
+                const written = escaped(String(item.source ?? value));
+                repo.problem(item, `${where} entry '${written}' is not a string: quote it ("${written}") if it is a path`);
+            }
+            else {
+                repo.problem(item, `${where} has an entry that is ${(0,dist/* isSeq */.oP)(item) ? 'a list' : 'a mapping'}: each entry must be a path inside the target, like storage/ or .env`);
+            }
+            continue;
+        }
+        const problem = sharedPathProblem(value);
+        if (problem) {
+            repo.problem(item, `${where} entry '${escaped(value)}' ${problem}`);
+            continue;
+        }
+        const dir = value.endsWith('/');
+        accepted.push({ entry: { path: dir ? value.slice(0, -1) : value, dir }, raw: value, item });
+    }
+    // Duplicates and nesting, by map lookups of each entry's ancestors (not every pair).
+    const line = (item) => {
+        const offset = item.range?.[0];
+        return offset === undefined ? '?' : String(repo.lineAt(offset));
+    };
+    const byPath = new Map();
+    const unique = [];
+    for (const a of accepted) {
+        const first = byPath.get(a.entry.path);
+        if (first) {
+            repo.problem(a.item, `${where} entry '${escaped(a.raw)}' names the same path as '${escaped(first.raw)}' (line ${line(first.item)}): list it once`);
+            continue;
+        }
+        byPath.set(a.entry.path, a);
+        unique.push(a);
+    }
+    const out = [];
+    for (const a of unique) {
+        const parts = a.entry.path.split('/');
+        let outer;
+        for (let i = 1; i < parts.length && !outer; i++)
+            outer = byPath.get(parts.slice(0, i).join('/'));
+        if (outer) {
+            repo.problem(a.item, `${where} entry '${escaped(a.raw)}' is inside '${escaped(outer.raw)}' (line ${line(outer.item)}), which is already shared: list only '${escaped(outer.raw)}'`);
+            continue;
+        }
+        out.push(a.entry);
+    }
+    if (items.length > MAX_SHARED_PATHS) {
+        const extra = items[MAX_SHARED_PATHS];
+        const value = (0,dist/* isScalar */.jn)(extra) && typeof extra.value === 'string' ? `'${escaped(extra.value)}'` : 'an entry';
+        repo.problem(extra, `${where} has ${items.length} entries; at most ${MAX_SHARED_PATHS} are allowed (the ${MAX_SHARED_PATHS + 1}st is ${value}): share a common parent directory instead`);
+    }
+    if (layout === 'in-place' && items.length > 0) {
+        const names = accepted.map((a) => `'${escaped(a.raw)}'`);
+        const shown = names.length <= 5 ? names.join(', ') : `${names.slice(0, 5).join(', ')} and ${names.length - 5} more`;
+        repo.problem(repo.keyNode('shared_paths'), `${where} (${shown || 'its entries'}) needs layout: atomic; layout: in-place has no releases to share them between: remove shared_paths or set layout: atomic`);
+    }
+    return out;
+}
+/** Reads the `rollout:` section; every key is optional. */
+function rollout(section) {
+    const strategy = section.string('strategy', 'all-at-once');
+    if (strategy !== 'all-at-once' && strategy !== 'rolling') {
+        section.problem(section.node('strategy'), `rollout.strategy must be 'all-at-once' or 'rolling', not '${escaped(String(strategy))}'`);
+    }
+    const healthCommand = section.string('health_command', null);
+    if (healthCommand !== null && healthCommand.trim() === '') {
+        section.problem(section.node('health_command'), 'rollout.health_command is empty: remove it or set null');
+    }
+    return {
+        strategy: strategy === 'rolling' ? 'rolling' : 'all-at-once',
+        batchSize: section.quantity('batch_size', { count: 1 }, 1, 'VMs flipped per batch'),
+        maxFailed: section.quantity('max_failed', { count: 0 }, 0, 'failed VMs tolerated before the rollout halts'),
+        healthCommand: healthCommand !== null && healthCommand.trim() === '' ? null : healthCommand,
+        healthTimeoutS: section.int('health_timeout_s', 60, 1, 3600),
+        revertUnhealthy: section.bool('revert_unhealthy', true),
+    };
 }
 /** Validates a path and reports it; returns the normalised path or null. */
 function checkedPath(section, key, value, nodeKey = key) {
@@ -34800,13 +35021,16 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     }
     if (ctx.problems.length > 0)
         throw new ConfigError(source, ctx.problems);
-    const root = new Section(ctx, '', doc.contents, ['vms', 'repository', 'remote_execution', 'sync']);
+    const root = new Section(ctx, '', doc.contents, ['vms', 'repository', 'remote_execution', 'sync', 'rollout']);
     const repo = root.section('repository', [
         'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
-        'rsync_excludes', 'layout', 'keep_releases', 'secret_scanning',
+        'rsync_excludes', 'layout', 'keep_releases', 'shared_paths', 'secret_scanning',
     ]);
     const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
     const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
+    const rolloutSection = root.section('rollout', [
+        'strategy', 'batch_size', 'max_failed', 'health_command', 'health_timeout_s', 'revert_unhealthy',
+    ]);
     const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path', 'timeout_s']);
     const keyStorage = checkedPath(remoteExec, 'key_storage_path', remoteExec.string('key_storage_path', '~/.ssh/vm-sync_keys'));
     const knownHosts = checkedPath(remoteExec, 'known_hosts', remoteExec.string('known_hosts', keyStorage ? `${keyStorage}/known_hosts` : null));
@@ -34899,6 +35123,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             rsyncExcludes: repo.stringList('rsync_excludes', ['.git', '__pycache__', '.vscode']),
             layout: (layout === 'in-place' ? 'in-place' : 'atomic'),
             keepReleases: repo.int('keep_releases', 3, 1, 100),
+            sharedPaths: sharedPaths(repo, layout),
             secretScanning: {
                 enabled: scanning.bool('enabled', true),
                 tool: 'gitleaks',
@@ -34917,6 +35142,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             retries: sync.int('retries', 3, 0, 10),
             postSyncCommand: postSync,
         },
+        rollout: rollout(rolloutSection),
     };
     if (ctx.problems.length > 0)
         throw new ConfigError(source, ctx.problems);
@@ -35648,6 +35874,11 @@ function failedRow(vm, error = null, notes = []) {
         verified: false,
         notes,
         error,
+        staged_at: null,
+        flipped_at: null,
+        health: 'skipped',
+        health_output: null,
+        release: null,
     };
 }
 const silentEvents = { info: () => undefined, progress: () => undefined };
@@ -37676,428 +37907,21 @@ async function planScan(repo, request) {
 ;// CONCATENATED MODULE: external "node:net"
 const external_node_net_namespaceObject = require("node:net");
 var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node_net_namespaceObject);
+;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
+// Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
+/** The VM agent's program text (src/remote/agent.sh without its comments). */
+const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nout() {\n  v=$(printf '%s' \"$2\" | tr '\\n\\r' '??')\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    [ -e \"$C/$name\" ] && continue\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nsafe_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || mkdir -- \"$cur\" || return 1\n    [ -d \"$cur\" ] || return 1\n  done\n  return 0\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then kind=symlink\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  printf '%s\\n' \"$sha\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  out release \"$name\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  out exit \"$?\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"\n  done\n  list=\"$S/tmp/prune.$$\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev='' seen=0\n  while IFS= read -r name; do\n    if [ \"$seen\" = 1 ] && [ -f \"$C/$name\" ]; then prev=$name; break; fi\n    if [ \"$name\" = \"$cur\" ]; then seen=1; fi\n  done < \"$list\"\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
+
 /**
- * The POSIX sh program vm-sync runs on a VM for everything that is not rsync:
- * probing the target, the lock, staging and publishing a release, pruning,
- * post_sync_command. It is a fixed text; values from the config reach it only
- * as positional arguments quoted by {@link agentCommand}, never spliced into
- * the script.
- *
- * Layout on the VM for a target T = P/N:
- *   P/N                                symlink -> .N.vm-sync/releases/<release>   (layout: atomic)
- *   P/.N.vm-sync/                      vm-sync's state directory: owned by the SSH user, never a symlink
- *   P/.N.vm-sync/releases/<UTC time>-<sha12>/   complete releases, each with .sync_rev
- *   P/.N.vm-sync/releases/<sha>.partial/        the release being staged (resumable)
- *   P/.N.vm-sync/lock                  symlink whose target is the holder's record (src/remote/lock.ts)
- *   P/.N.vm-sync/ops/<pgid>            the holder's running operations, so a later run can stop a dead one's
- *   P/.N.vm-sync/tmp/                  sentinels and links are written here, then renamed into place
- *   P/.N.vm-sync/previous-<time>       what stood at T before vm-sync managed it
- *
- * Every operation runs under `timeout` in a process group of its own, so the
- * end of a run's budget, or its cancellation, stops it on the VM too (closing
- * an SSH channel does not). Its output is framed: only lines that start with
- * `@<nonce> ` are read, so a login shell that prints to stdout cannot be taken
- * for the agent. A failure is `error=<code>` and `message=<text>` and exit 3;
- * the shell's own error text (disk full) is on stderr.
+ * The POSIX sh program vm-sync runs on a VM for everything that is not rsync
+ * (src/remote/agent.sh, embedded at build time): probing the target, the
+ * lock, staging, sealing and flipping releases, pruning, health and
+ * post-sync commands. Values from the config reach it only as positional
+ * arguments, never spliced into it.
  */
-const AGENT_SCRIPT = `
-set -u
-umask 022
-NONCE=$1 op=$2
-shift 2
-# Every line vm-sync parses starts with @NONCE: a login shell that prints to
-# stdout (.bashrc, motd) cannot forge a response without knowing it.
-out() {
-  v=$(printf '%s' "$2" | tr '\\n\\r' '??')
-  printf '@%s %s=%s\\n' "$NONCE" "$1" "$v"
-}
-fail() { # CODE MESSAGE
-  out error "$1"
-  out message "$2"
-  printf 'vm-sync: %s\\n' "$2" >&2
-  exit 3
-}
-flush() { sync -f "$1" 2>/dev/null || sync; }
-expand() {
-  # shellcheck disable=SC2088 # a literal "~/" prefix from the config, expanded here
-  case $1 in
-    "~/"*) printf '%s\\n' "$HOME/\${1#"~/"}" ;;
-    *) printf '%s\\n' "$1" ;;
-  esac
-}
-digits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
-T=$(expand "$1")
-shift
-P=$(dirname -- "$T")
-N=$(basename -- "$T")
-S="$P/.$N.vm-sync"
-R="$S/releases"
-L="$S/lock"
-LOCK_MAX=1000
-hexof() { od -An -v -tx1 | tr -d ' \\n'; }
-# What a lock says, as text (bounded) and as hex: vm-sync compares the hex,
-# so a record holding any byte at all can still be matched exactly.
-lock_text() {
-  if [ -L "$L" ]; then readlink -- "$L" | head -c "$LOCK_MAX"
-  elif [ -d "$L" ]; then head -c 200 -- "$L/owner" 2>/dev/null | head -n 1
-  fi
-}
-# A step vm-sync already gave up on (its channel was cancelled before it ran)
-# must not run now.
-not_cancelled() {
-  if [ -e "$S/tmp/cancelled.$NONCE" ]; then fail interrupted "this step was cancelled by its run before it started: nothing was changed"; fi
-}
-
-# vm-sync's own directories: never a symlink, always ours, never writable by
-# others. A planted one would let another user steer what vm-sync writes or deletes.
-own_dir() {
-  d=$1
-  if [ -L "$d" ]; then fail unsafe_state_dir "$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it."; fi
-  if [ ! -e "$d" ]; then
-    mkdir -- "$d" 2>/dev/null || fail failed "cannot create $d: $(mkdir -- "$d" 2>&1)"
-  fi
-  [ -d "$d" ] || fail unsafe_state_dir "$d is not a directory: vm-sync refuses to use it. Move it away."
-  [ -O "$d" ] || fail unsafe_state_dir "$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it."
-  case $(ls -ld -- "$d") in
-    d????w???? | d???????w?) chmod go-w -- "$d" || fail unsafe_state_dir "$d is writable by other users and cannot be fixed" ;;
-  esac
-}
-state_dirs() {
-  own_dir "$S"
-  own_dir "$R"
-  own_dir "$S/tmp"
-  own_dir "$S/ops"
-}
-# The release the target's symlink points at, when vm-sync made that symlink.
-current_release() {
-  if [ -L "$T" ]; then
-    link=$(readlink -- "$T")
-    case $link in
-      ".$N.vm-sync/releases/"*/* | *..*) ;;
-      ".$N.vm-sync/releases/"?*) printf '%s\\n' "$P/$link" ;;
-    esac
-  fi
-}
-probe() {
-  out target "$T"
-  cur=$(current_release)
-  if [ -L "$T" ]; then
-    if [ -z "$cur" ]; then kind=symlink
-    elif [ -d "$cur" ]; then kind=release
-    else kind=dangling
-    fi
-  elif [ -d "$T" ]; then kind=dir
-  elif [ -e "$T" ]; then kind=other
-  else kind=absent
-  fi
-  out kind "$kind"
-  out current "$cur"
-  # The sentinel is read only where vm-sync put it, only as a regular file,
-  # and only its first 100 bytes: a symlink, FIFO or device there is reported,
-  # never followed or read.
-  f="$T/.sync_rev"
-  if [ "$kind" = symlink ] || [ "$kind" = other ] || [ "$kind" = dangling ]; then state=absent
-  elif [ -L "$f" ]; then state=symlink
-  elif [ ! -e "$f" ]; then state=absent
-  elif [ -d "$f" ]; then state=directory
-  elif [ ! -f "$f" ]; then state=special
-  elif [ ! -r "$f" ]; then state=unreadable
-  else state=regular
-  fi
-  out rev_state "$state"
-  revval=
-  if [ "$state" = regular ]; then revval=$(head -c 100 -- "$f" | head -n 1); out rev "$revval"; fi
-  out rsync "$(rsync --version 2>/dev/null </dev/null | head -n 1)"
-  if [ -L "$L" ] || [ -e "$L" ]; then
-    lt=$(lock_text)
-    out lock_record "$lt"
-    out lock_hex "$(printf '%s' "$lt" | hexof)"
-    if [ -L "$L" ]; then out lock_kind v2; elif [ -d "$L" ]; then out lock_kind legacy; else out lock_kind other; fi
-  fi
-  if [ -e "$L" ] || [ -L "$L" ]; then out lock_mtime "$(stat -c %Y -- "$L" 2>/dev/null)"; fi
-  out now "$(date +%s)"
-}
-field() { # TEXT KEY: the value of key=value in a space-separated lock record
-  case " $1 " in
-    *" $2="*) v=\${1##*" $2="}; printf '%s\\n' "\${v%% *}" ;;
-  esac
-}
-# Moves the lock away if it is still exactly what the caller saw (a lock
-# released and taken again meanwhile is left alone). EXPECTED is hex.
-break_lock() { # EXPECTED_HEX
-  [ -L "$L" ] || [ -e "$L" ] || return 1
-  seen=$(lock_text)
-  [ "$(printf '%s' "$seen" | hexof)" = "$1" ] || return 1
-  away="$S/tmp/broken.$$"
-  rm -rf -- "$away"
-  mv -- "$L" "$away" 2>/dev/null || return 1
-  if [ -L "$away" ]; then again=$(readlink -- "$away" | head -c "$LOCK_MAX"); else again=$(head -c 200 -- "$away/owner" 2>/dev/null | head -n 1); fi
-  if [ "$again" != "$seen" ]; then
-    # Raced with a fresh lock: put it back unless yet another one exists.
-    [ -e "$L" ] || [ -L "$L" ] || mv -- "$away" "$L" 2>/dev/null
-    return 1
-  fi
-  rm -rf -- "$away"
-  kill_ops "$(field "$seen" token)"
-  return 0
-}
-# Kills the process groups of a dead or evicted holder's operations.
-kill_ops() { # TOKEN
-  for rec in "$S/ops"/*; do
-    [ -f "$rec" ] || continue
-    pg=\${rec##*/}
-    digits "$pg" || { rm -f -- "$rec"; continue; }
-    holder=$(head -c 200 -- "$rec")
-    alive=0
-    [ "$(cat "/proc/$pg/comm" 2>/dev/null)" = timeout ] && alive=1
-    if [ "$alive" = 1 ] && [ -n "$1" ] && [ "$holder" = "$1" ]; then
-      kill -KILL "-$pg" 2>/dev/null && out killed_pgid "$pg"
-      rm -f -- "$rec"
-    elif [ "$alive" = 0 ]; then
-      rm -f -- "$rec"
-    fi
-  done
-}
-# Every operation that changes the VM runs only while this run holds the lock,
-# and records its process group so a later run can stop it if this one died.
-require_lock() { # TOKEN
-  not_cancelled
-  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
-    *" token=$1 "*) ;;
-    *) fail lock_lost "this run no longer holds the lock $L (another run broke it): nothing was changed by this step" ;;
-  esac
-  printf '%s\\n' "$1" > "$S/ops/$PPID" 2>/dev/null || true
-  trap 'rm -f -- "$S/ops/$PPID"' EXIT
-}
-
-case $op in
-probe)
-  probe
-  ;;
-begin)
-  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7
-  digits "$budget" || fail failed "bad budget"
-  state_dirs
-  not_cancelled
-  find "$S/tmp" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null
-  now=$(date +%s)
-  if [ -n "$expected_break" ]; then
-    break_lock "$expected_break" && out took_over "$seen"
-  fi
-  # The deadline comes first: a record is read back whole, but never past LOCK_MAX.
-  record="vm-sync-lock-v2 deadline=$((now + budget)) \${owner#vm-sync-lock-v2 }"
-  if ! err=$(ln -s -T -- "$record" "$L" 2>&1); then
-    if [ ! -L "$L" ] && [ ! -e "$L" ]; then fail failed "cannot create the lock $L: $err"; fi
-    stale=0
-    held=$(lock_text)
-    if [ -L "$L" ]; then
-      deadline=$(field "$held" deadline)
-      if digits "$deadline"; then [ "$now" -gt "$deadline" ] && stale=1; why=deadline
-      else why=unreadable
-      fi
-    elif [ -d "$L" ]; then
-      started=\${held##* }
-      if [ "$held" != "$started" ] && digits "$started"; then
-        # A lock of vm-sync before 0.2 ("token epoch"): it has no deadline of its own.
-        [ $((now - started)) -gt "$legacy_after" ] && stale=1; why=legacy
-      else why=unreadable
-      fi
-    else
-      why=unreadable
-    fi
-    mtime=$(stat -c %Y -- "$L" 2>/dev/null)
-    digits "$mtime" || mtime=$now
-    age=$((now - mtime))
-    if [ "$why" = unreadable ] && [ "$age" -gt "$grace" ]; then stale=1; fi
-    if [ "$stale" = 1 ] && break_lock "$(printf '%s' "$held" | hexof)" && ln -s -T -- "$record" "$L" 2>/dev/null; then
-      out took_over "$held"
-      out took_over_why "$why"
-    else
-      out lock held
-      out lock_why "$why"
-      out owner "$held"
-      out owner_hex "$(printf '%s' "$held" | hexof)"
-      out age "$age"
-      probe
-      out end ok
-      exit 0
-    fi
-  fi
-  out lock acquired
-  kill_ops ''
-  probe
-  # Already on the commit: decided under the lock, from what the probe read
-  # (only a regular sentinel in vm-sync's release or a plain directory), and
-  # released at once.
-  if [ "$force" = 0 ] && [ "$state" = regular ] && { [ "$kind" = release ] || [ "$kind" = dir ]; } && [ "$revval" = "$expect" ]; then
-    rm -f -- "$L"
-    out lock released
-  fi
-  ;;
-unlock)
-  token=$1
-  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
-    *" token=$token "*) rm -f -- "$L"; out lock released ;;
-    *) out lock not-ours ;;
-  esac
-  ;;
-break)
-  state_dirs
-  if break_lock "$1"; then out lock broken; else out lock changed; fi
-  ;;
-stage)
-  token=$1 sha=$2
-  require_lock "$token"
-  # A half-staged release of another commit is abandoned: free its space
-  # before staging. This commit's own partial is kept: rsync resumes it.
-  for p in "$R"/*.partial; do
-    if [ ! -d "$p" ] || [ -L "$p" ]; then continue; fi
-    [ "$p" = "$R/$sha.partial" ] && continue
-    rm -rf -- "$p" && out removed_partial "\${p##*/}"
-  done
-  stage="$R/$sha.partial"
-  if [ -L "$stage" ]; then rm -f -- "$stage"; fi
-  [ -d "$stage" ] || mkdir -- "$stage" || fail failed "cannot create $stage"
-  out stage "$stage"
-  cur=$(current_release)
-  if [ -n "$cur" ] && [ -d "$cur" ]; then out link_dest "$cur"
-  elif [ ! -L "$T" ] && [ -d "$T" ]; then out link_dest "$T"
-  else out link_dest ''
-  fi
-  ;;
-publish)
-  token=$1 sha=$2
-  require_lock "$token"
-  stage="$R/$sha.partial"
-  if [ ! -d "$stage" ] || [ -L "$stage" ]; then fail failed "staged release $stage is missing"; fi
-  # .sync_rev at a release's root is vm-sync's: whatever stands there goes,
-  # and the sentinel is written in vm-sync's own directory, then renamed in
-  # (rename replaces a symlink; it never writes through one).
-  rm -rf -- "$stage/.sync_rev"
-  tmp="$S/tmp/sync_rev.$$"
-  rm -rf -- "$tmp"
-  printf '%s\\n' "$sha" > "$tmp" || fail failed "cannot write $tmp"
-  mv -f -- "$tmp" "$stage/.sync_rev" || fail failed "cannot write .sync_rev"
-  flush "$stage"
-  name="$(date -u +%Y%m%dT%H%M%SZ)-$(printf '%s' "$sha" | cut -c1-12)"
-  [ ! -e "$R/$name" ] || name="$name-$$"
-  mv -- "$stage" "$R/$name" || fail failed "cannot rename $stage"
-  if [ -z "$(current_release)" ] && { [ -e "$T" ] || [ -L "$T" ]; }; then
-    # First atomic deploy over something vm-sync did not create: keep it.
-    previous="$S/previous-$(date -u +%Y%m%dT%H%M%SZ)"
-    mv -- "$T" "$previous" || fail failed "cannot move $T aside"
-    out moved_aside "$previous"
-  fi
-  link="$S/tmp/link.$$"
-  rm -f -- "$link"
-  ln -s -- ".$N.vm-sync/releases/$name" "$link" || fail failed "cannot create symlink"
-  mv -f -T -- "$link" "$T" || { rm -f -- "$link"; fail failed "cannot flip $T"; }
-  flush "$P"
-  out release "$R/$name"
-  ;;
-inplace-begin)
-  token=$1
-  require_lock "$token"
-  [ ! -L "$T" ] || fail failed "$T is a symlink (atomic layout): switch layout back to atomic or remove it"
-  [ -d "$T" ] || mkdir -- "$T" || fail failed "cannot create $T"
-  # A tree that is being rewritten must not claim any commit.
-  rm -rf -- "$T/.sync_rev" || fail failed "cannot remove $T/.sync_rev"
-  out target "$T"
-  ;;
-inplace-finish)
-  token=$1 sha=$2
-  require_lock "$token"
-  rm -rf -- "$T/.sync_rev"
-  tmp="$S/tmp/sync_rev.$$"
-  rm -rf -- "$tmp"
-  printf '%s\\n' "$sha" > "$tmp" || fail failed "cannot write $tmp"
-  flush "$tmp"
-  mv -f -- "$tmp" "$T/.sync_rev" || fail failed "cannot write .sync_rev"
-  flush "$T"
-  out rev "$sha"
-  ;;
-prune)
-  token=$1 keep=$2
-  require_lock "$token"
-  digits "$keep" || fail failed "bad keep"
-  cur=$(current_release)
-  cur=\${cur##*/}
-  for p in "$R"/*.partial; do
-    [ -d "$p" ] && [ ! -L "$p" ] && rm -rf -- "$p" && out pruned "\${p##*/}"
-  done
-  for d in "$R"/*; do
-    [ -d "$d" ] && [ ! -L "$d" ] && printf '%s\\n' "\${d##*/}"
-  done | sort -r | tail -n +"$((keep + 1))" | while IFS= read -r name; do
-    [ "$name" = "$cur" ] && continue
-    rm -rf -- "\${R:?}/$name" && out pruned "$name"
-  done
-  ;;
-post)
-  token=$1 sha=$2 cmd=$3
-  require_lock "$token"
-  cd -- "$T" || fail failed "cannot enter $T"
-  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
-  status=$?
-  [ "$status" = 0 ] || { out exit "$status"; out end failed; exit "$status"; }
-  ;;
-kill)
-  # Stops this run's own steps that outlived their channel (a cancelled run),
-  # found by the nonce on their command line; a step that has not started
-  # yet finds the marker and refuses to run.
-  [ -d "$S/tmp" ] && [ ! -L "$S/tmp" ] && [ -O "$S/tmp" ] || S=
-  groups=
-  for nonce in "$@"; do
-    case $nonce in '' | *[!0-9a-f]*) continue ;; esac
-    [ -n "$S" ] && : > "$S/tmp/cancelled.$nonce"
-  done
-  # One pass over the processes, reading comm without a fork (a busy host has
-  # hundreds): only \`timeout\` processes are looked at closer.
-  for d in /proc/[0-9]*; do
-    # Our own \`timeout\` carries these nonces as arguments too.
-    [ "\${d#/proc/}" = "$PPID" ] && continue
-    comm=
-    read -r comm 2>/dev/null < "$d/comm" || continue
-    [ "$comm" = timeout ] || continue
-    args=$(tr '\\000' '\\n' < "$d/cmdline" 2>/dev/null)
-    for nonce in "$@"; do
-      case "
-$args
-" in *"
-$nonce
-"*) groups="$groups \${d#/proc/}"; break ;; esac
-    done
-  done
-  for pg in $groups; do kill -TERM "-$pg" 2>/dev/null; done
-  i=0
-  while [ "$i" -lt 30 ]; do
-    left=0
-    for pg in $groups; do kill -0 "-$pg" 2>/dev/null && left=1; done
-    [ "$left" = 0 ] && break
-    sleep 0.1 2>/dev/null || sleep 1
-    i=$((i + 1))
-  done
-  for pg in $groups; do
-    kill -0 "-$pg" 2>/dev/null && kill -KILL "-$pg" 2>/dev/null
-    out stopped "$pg"
-  done
-  ;;
-doctor)
-  # Can a deploy create its state directory and flip the target here?
-  d=$P
-  while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
-  out parent "$P"
-  out existing "$d"
-  if [ -d "$d" ] && [ -w "$d" ]; then out writable 1; else out writable 0; fi
-  out avail_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR == 2 { print $4 }')"
-  out timeout "$(command -v timeout)"
-  ;;
-*)
-  fail failed "unknown operation $op"
-  ;;
-esac
-out end ok
-`;
+const AGENT_SCRIPT = AGENT_SH;
 /** Quotes one word for a POSIX shell: the only way config values reach a VM's shell. */
 function shellQuote(word) {
     return `'${word.replace(/'/g, `'\\''`)}'`;
@@ -38137,6 +37961,18 @@ class AgentResponse {
             throw new Error(`agent response lacks ${key}=`);
         return value;
     }
+    /**
+     * Rejects a response that carries a key its operation never prints: a
+     * protocol mismatch (an agent of another version, a forged line) is an
+     * error, never silently ignored. `end`, `error` and `message` are always allowed.
+     */
+    only(allowed) {
+        for (const key of this.values.keys()) {
+            if (!allowed.includes(key) && key !== 'end' && key !== 'error' && key !== 'message')
+                throw new Error(`agent response has an unknown field ${JSON.stringify(key.slice(0, 40))}=`);
+        }
+        return this;
+    }
     /** A key whose value must be one of `allowed`. */
     oneOf(key, allowed) {
         const value = this.require(key);
@@ -38144,6 +37980,30 @@ class AgentResponse {
             throw new Error(`agent response has ${key}=${JSON.stringify(value.slice(0, 40))}, expected one of ${allowed.join(', ')}`);
         return value;
     }
+}
+/**
+ * One argument of a session request: `=` then its bytes, with everything but
+ * a few plain characters as a `printf %b` octal escape, so a request stays
+ * one line of words whatever the value holds (spaces, newlines, quotes).
+ */
+function encodeSessionArg(value) {
+    if (value.includes('\0'))
+        throw new Error('an agent argument cannot hold a NUL byte');
+    let out = '=';
+    for (const byte of Buffer.from(value, 'utf8')) {
+        const c = String.fromCharCode(byte);
+        out += /[A-Za-z0-9._,:/@+-]/.test(c) ? c : `\\0${byte.toString(8).padStart(3, '0')}`;
+    }
+    return out;
+}
+/**
+ * The command line of an agent session: `timeout -k 3 BUDGET sh -c AGENT
+ * vm-sync NONCE serve TARGET AGENT`. It reads one request a line on stdin
+ * (see `serve` in agent.sh) and runs each as its own operation.
+ */
+function agentSessionCommand(target, options) {
+    const budget = String(Math.max(1, Math.ceil(options.budgetS)));
+    return ['timeout', '-k', String(KILL_GRACE_S), budget, 'sh', '-c', AGENT_SCRIPT, 'vm-sync', options.nonce, 'serve', target, AGENT_SCRIPT].map(shellQuote).join(' ');
 }
 /** Lines longer than this are cut: no framed value of ours is anywhere near it. */
 const MAX_LINE = 8192;
@@ -39753,7 +39613,171 @@ function scanHostKey(host, port, timeoutMs, algorithms) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/remote/agent-session.ts
+
+
+
+const agent_session_LINE_MAX = 8192;
+const LINES_MAX = 2000;
+const OTHER_MAX = 16 * 1024;
+/**
+ * One agent process per VM, on one exec channel of the VM's connection:
+ * requests go in on stdin, one a line, and each answer comes back framed by
+ * the request's nonce and closed by `@NONCE done=STATUS`. Each operation
+ * still runs on the VM as its own process under `timeout` (agent.sh `serve`),
+ * so budgets and the kill by nonce work as for a command of its own; the
+ * session only saves the channel, the shell start and a round trip per
+ * operation. Requests are sent one at a time.
+ */
+class AgentSession {
+    vmId;
+    channel;
+    nonce;
+    partial = '';
+    pending = null;
+    dead = null;
+    stderrTail = '';
+    queue = Promise.resolve();
+    constructor(vmId, channel, 
+    /** The session's own nonce: on its `timeout` process on the VM, for the kill step. */
+    nonce) {
+        this.vmId = vmId;
+        this.channel = channel;
+        this.nonce = nonce;
+        channel.on('data', (data) => this.onData(data.toString('utf8')));
+        channel.stderr.on('data', (data) => {
+            this.stderrTail = (this.stderrTail + data.toString('utf8')).slice(-4000);
+        });
+        channel.on('close', () => this.fail(new VmSyncError('unreachable', `the agent session on ${vmId} ended${this.stderrTail.trim() ? `: ${this.stderrTail.trim().split('\n').slice(-3).join(' | ')}` : ''}`)));
+    }
+    /** Starts the agent on the VM for `target`, alive for at most `budgetS` seconds. */
+    static async open(session, target, budgetS) {
+        const nonce = external_node_crypto_default().randomBytes(12).toString('hex');
+        let channel;
+        try {
+            channel = await session.openChannel(agentSessionCommand(target, { nonce, budgetS }));
+        }
+        catch (error) {
+            throw new VmSyncError('unreachable', `cannot start the agent on ${session.vm.id}: ${getErrorMessage(error)}`);
+        }
+        return new AgentSession(session.vm.id, channel, nonce);
+    }
+    /** Whether the session can take requests (it dies with its channel, a timeout or a cancellation). */
+    get alive() {
+        return this.dead === null;
+    }
+    /** The stderr the session itself printed (a missing `timeout`, a shell error), bounded. */
+    get stderr() {
+        return this.stderrTail;
+    }
+    /**
+     * Runs one operation. `nonce` names it on the VM (for the kill step);
+     * `timeoutMs` bounds the wait here (the VM-side budget is `budgetS`). A
+     * timeout or a cancellation ends the session: its operation may still run
+     * on the VM, and only a kill by nonce stops it.
+     */
+    request(op, args, options) {
+        const run = () => this.send(op, args, options);
+        const next = this.queue.then(run, run);
+        this.queue = next.catch(() => undefined);
+        return next;
+    }
+    send(op, args, options) {
+        return new Promise((resolve, reject) => {
+            if (this.dead) {
+                reject(this.dead);
+                return;
+            }
+            const budget = Math.max(1, Math.ceil(options.budgetS));
+            const line = `${options.nonce} ${budget} ${op}${args.map((a) => ` ${encodeSessionArg(a)}`).join('')}\n`;
+            const signal = options.signal;
+            const onAbort = () => this.fail(new VmSyncError('timeout', `${op} on ${this.vmId} was cancelled`));
+            const timer = setTimeout(() => this.fail(new VmSyncError('timeout', `${op} on ${this.vmId} did not finish within ${budget}s`)), (budget + KILL_GRACE_S + 2) * 1000);
+            const done = () => {
+                clearTimeout(timer);
+                signal?.removeEventListener('abort', onAbort);
+                this.pending = null;
+            };
+            this.pending = {
+                nonce: options.nonce,
+                framed: [],
+                stderr: [],
+                other: '',
+                resolve: (reply) => {
+                    done();
+                    resolve(reply);
+                },
+                reject: (error) => {
+                    done();
+                    reject(error);
+                },
+            };
+            if (signal?.aborted) {
+                onAbort();
+                return;
+            }
+            signal?.addEventListener('abort', onAbort, { once: true });
+            this.channel.write(line);
+        });
+    }
+    /** Ends the session: the agent reads end-of-input and exits. */
+    close() {
+        if (!this.dead)
+            this.dead = new VmSyncError('unreachable', `the agent session on ${this.vmId} was closed`);
+        this.channel.end();
+        this.channel.close();
+    }
+    fail(error) {
+        if (!this.dead)
+            this.dead = error;
+        const pending = this.pending;
+        this.pending = null;
+        pending?.reject(error);
+        this.channel.close();
+    }
+    onData(text) {
+        const lines = (this.partial + text).split('\n');
+        this.partial = lines.pop() ?? '';
+        // A line that never ends is noise, not an answer: keep memory bounded.
+        if (this.partial.length > agent_session_LINE_MAX) {
+            this.noise(this.partial);
+            this.partial = '';
+        }
+        for (const line of lines)
+            this.onLine(line);
+    }
+    noise(line) {
+        const pending = this.pending;
+        if (pending && pending.other.length < OTHER_MAX)
+            pending.other = `${pending.other}${line}\n`.slice(0, OTHER_MAX);
+    }
+    onLine(line) {
+        const pending = this.pending;
+        const prefix = pending ? `@${pending.nonce} ` : null;
+        if (!pending || !prefix || !line.startsWith(prefix)) {
+            if (line.startsWith(`@${this.nonce} error=`))
+                this.fail(new VmSyncError('remote_command_failed', `the agent session on ${this.vmId} failed to start`));
+            else if (!line.startsWith(`@${this.nonce} `))
+                this.noise(line);
+            return;
+        }
+        const body = line.slice(prefix.length, agent_session_LINE_MAX);
+        if (body.startsWith('done=')) {
+            const code = Number(body.slice(5));
+            pending.resolve({ framed: pending.framed.join('\n'), code: Number.isInteger(code) ? code : -1, stderr: pending.stderr.join('\n'), other: pending.other });
+        }
+        else if (body.startsWith('stderr=')) {
+            if (pending.stderr.length < 200)
+                pending.stderr.push(body.slice(7));
+        }
+        else if (pending.framed.length < LINES_MAX) {
+            pending.framed.push(line.slice(0, agent_session_LINE_MAX));
+        }
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/remote/target.ts
+
 
 
 
@@ -39770,6 +39794,9 @@ const LOCK_MARGIN_S = KILL_GRACE_S + 20;
 /** The budget of the steps that run after a failure (kill, probe, unlock). */
 const CLEANUP_MS = 15_000;
 const AGENT_CODES = new Set(FAILURE_CODES);
+const PROBE_KEYS = ['target', 'kind', 'current', 'rev_state', 'rev', 'rsync', 'lock_record', 'lock_hex', 'lock_kind', 'lock_mtime', 'now'];
+const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid'];
+const RELEASE_NAME = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
 /**
  * The deploy target on one VM, driven through the agent over the VM's
  * session. Each method is one remote command under a deadline on the VM; a
@@ -39782,17 +39809,34 @@ class RemoteTarget {
     path;
     deadlineAt;
     signal;
+    sessionBudgetS;
     /** Nonces of steps whose channel this run dropped: they may still run, or not have started yet. */
     interrupted = new Set();
+    /** The agent session every ordinary operation goes through (cleanup steps use a command of their own). */
+    agent = null;
     constructor(session, 
     /** The target path as configured (`~/app` or absolute). */
     path, 
-    /** When this run's budget for the VM ends (epoch ms). */
-    deadlineAt, signal) {
+    /** When this run's budget for the VM ends (epoch ms); {@link extendTo} moves it. */
+    deadlineAt, signal, 
+    /** The agent session's lifetime on the VM: the whole run's (a VM may wait for its batch). */
+    sessionBudgetS = Math.ceil((deadlineAt - Date.now()) / 1000) + 60) {
         this.session = session;
         this.path = path;
         this.deadlineAt = deadlineAt;
         this.signal = signal;
+        this.sessionBudgetS = sessionBudgetS;
+    }
+    /** Moves the budget's end (a VM that waited for its batch gets a new budget for its flip). */
+    extendTo(deadlineAt, signal) {
+        this.deadlineAt = deadlineAt;
+        if (signal)
+            this.signal = signal;
+    }
+    /** Ends the agent session (the connection is the caller's). */
+    close() {
+        this.agent?.close();
+        this.agent = null;
     }
     get vmId() {
         return this.session.vm.id;
@@ -39802,12 +39846,36 @@ class RemoteTarget {
         return Math.max(1, Math.ceil((this.deadlineAt - Date.now()) / 1000));
     }
     /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
-    async call(op, args, cleanup) {
+    async call(op, args, cleanup, budgetOverride) {
         const nonce = external_node_crypto_default().randomBytes(12).toString('hex');
-        const budgetS = cleanup ? CLEANUP_MS / 1000 : this.budgetS();
-        const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
+        const budgetS = cleanup ? CLEANUP_MS / 1000 : (budgetOverride ?? this.budgetS());
         try {
-            const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, cleanup ? undefined : this.signal, nonce);
+            if (!cleanup) {
+                // Ordinary operations share one agent session: one channel, no shell start per step.
+                if (!this.agent?.alive) {
+                    this.agent = null;
+                    this.agent = await AgentSession.open(this.session, this.path, this.sessionBudgetS);
+                }
+                const agent = this.agent;
+                try {
+                    const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal });
+                    return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: untrusted_vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: untrusted_vmBlock(reply.other.trim(), 2000) };
+                }
+                catch (error) {
+                    // The session's own process must go too when its step is killed.
+                    this.interrupted.add(agent.nonce);
+                    const said = agent.stderr.trim();
+                    if (error instanceof VmSyncError && error.code === 'unreachable' && said) {
+                        const known = codeFromStderr(said);
+                        const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(said);
+                        if (known || missingTimeout)
+                            throw new VmSyncError(known ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${untrusted_vmText(said.split('\n').slice(-3).join(' | '), 500)}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+                    }
+                    throw error;
+                }
+            }
+            const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
+            const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, undefined, nonce);
             return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: untrusted_vmBlock(result.stderr.trim(), 2000), other: untrusted_vmBlock(result.other.trim(), 2000) };
         }
         catch (error) {
@@ -39840,7 +39908,7 @@ class RemoteTarget {
     }
     /** Reads where the VM stands; changes nothing. */
     async probe(cleanup = false) {
-        return parseProbe(await this.op('probe', [], cleanup));
+        return parseProbe((await this.op('probe', [], cleanup)).only(PROBE_KEYS));
     }
     /**
      * Takes the lock (breaking `expectedBreak` first if it is still exactly that
@@ -39858,6 +39926,7 @@ class RemoteTarget {
             String(options.legacyStaleAfterS),
             options.expectedBreak ?? '',
         ]);
+        out.only(BEGIN_KEYS);
         const probe = parseProbe(out);
         const lock = out.all('lock')[0];
         if (lock === 'held') {
@@ -39888,9 +39957,13 @@ class RemoteTarget {
     async breakLock(hex) {
         return (await this.op('break', [hex], true)).get('lock') === 'broken';
     }
-    /** Removes abandoned partial stages of other commits, then makes this commit's stage; returns where to stage and what to hard-link from. */
-    async stage(token, sha, probed) {
-        const out = await this.op('stage', [token, sha]);
+    /**
+     * Removes abandoned partial stages of other commits, then makes this
+     * commit's stage; returns where to stage, what to hard-link from, and which
+     * of the shared paths already exist on the VM (excluded from the transfer).
+     */
+    async stage(token, sha, probed, sharedPaths = []) {
+        const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared']);
         // rsync writes there with --delete: only the one directory it must be.
         const expected = external_node_path_default().posix.join(external_node_path_default().posix.dirname(probed.target), `.${external_node_path_default().posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
         const stage = out.require('stage');
@@ -39900,13 +39973,61 @@ class RemoteTarget {
         const releases = external_node_path_default().posix.dirname(expected);
         if (linkDest && linkDest !== probed.target && external_node_path_default().posix.dirname(linkDest) !== releases)
             throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${untrusted_vmText(linkDest)}`);
-        return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)) };
+        const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
+        return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)), sharedExisting: existing };
     }
-    /** Writes `.sync_rev` into the staged release, renames it complete and flips the symlink. */
-    async publish(token, sha) {
-        const out = await this.op('publish', [token, sha]);
+    /**
+     * Completes the staged release: writes `.sync_rev`, links the shared paths
+     * (`d:path` / `f:path`, seeding the ones the VM lacks), writes the
+     * completion marker and gives it its final name. Nothing live changes.
+     */
+    async seal(token, sha, shared = []) {
+        const out = (await this.op('seal', [token, sha, ...shared.map((s) => `${s.dir ? 'd' : 'f'}:${s.path}`)])).only(['release', 'seeded', 'created']);
+        return { release: releaseName(out.require('release'), this.vmId), seeded: out.all('seeded').map((p) => untrusted_vmText(p)), created: out.all('created').map((p) => untrusted_vmText(p)) };
+    }
+    /** Points the target at a complete kept release; returns the release it replaced (null: none of vm-sync's). */
+    async flip(token, release) {
+        const out = (await this.op('flip', [token, release])).only(['previous', 'moved_aside', 'release']);
+        if (out.require('release') !== release)
+            throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${untrusted_vmText(out.require('release'))}, not ${release}`);
+        const previous = out.require('previous');
         const aside = out.get('moved_aside');
-        return { release: untrusted_vmText(out.require('release')), movedAside: aside === null ? null : untrusted_vmText(aside) };
+        return { previous: previous ? releaseName(previous, this.vmId) : null, movedAside: aside === null ? null : untrusted_vmText(aside) };
+    }
+    /** The kept releases and the live one; read-only, needs no lock. */
+    async releases() {
+        const out = (await this.op('releases', [])).only(['live', 'release', 'incomplete']);
+        const live = out.require('live');
+        const complete = out.all('release').map((line) => {
+            const [name, commit] = line.split(' ');
+            if (!commit || !/^[0-9a-f]{40}$/.test(commit))
+                throw new VmSyncError('remote_command_failed', `releases on ${this.vmId}: a completion marker without a commit (${untrusted_vmText(line, 120)})`);
+            return { name: releaseName(name, this.vmId), commit };
+        });
+        return { live: live ? untrusted_vmText(live, 200) : null, complete, incomplete: out.all('incomplete').map((n) => untrusted_vmText(n, 200)) };
+    }
+    /** Extends this run's lock to the budget's end (plus the margin); fails with lock_lost when it is gone. */
+    async renew(token) {
+        const out = (await this.op('renew', [token, String(this.budgetS() + LOCK_MARGIN_S)])).only(['deadline']);
+        toInt(out.require('deadline'));
+    }
+    /**
+     * Runs the health command in the live release with `timeoutS` as its whole
+     * budget. Never throws for the command's own failure or timeout: that is
+     * the outcome; only the VM's or the lock's failures throw.
+     */
+    async health(token, sha, command, timeoutS) {
+        const { response, code, stderr, other } = await this.call('health', [token, sha, command], false, timeoutS);
+        if (response.get('error') !== null)
+            await this.op('health', [token, sha, command]); // lock lost and the like: the checked form says why
+        const output = untrusted_vmBlock(other.split('\n').slice(-20).join('\n'), 2000);
+        if (!response.complete) {
+            // Killed by its timeout (124, or 137 after the grace): unhealthy.
+            return { exit: null, output: output || untrusted_vmBlock(stderr, 1000) };
+        }
+        response.only(['exit']);
+        const exit = toInt(response.require('exit'));
+        return { exit: code === 0 ? exit : exit || code, output };
     }
     async inPlaceBegin(token, probed) {
         const target = (await this.op('inplace-begin', [token])).require('target');
@@ -39917,9 +40038,9 @@ class RemoteTarget {
     async inPlaceFinish(token, sha) {
         await this.op('inplace-finish', [token, sha]);
     }
-    /** Removes releases beyond `keep` (never the current one) and abandoned partial stages. */
+    /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
     async prune(token, keep) {
-        return (await this.op('prune', [token, String(keep)])).all('pruned').map((p) => untrusted_vmText(p));
+        return (await this.op('prune', [token, String(keep)])).only(['pruned']).all('pruned').map((p) => untrusted_vmText(p));
     }
     /** Whether a deploy could write beside the target, and the free space there. */
     async writability() {
@@ -39963,6 +40084,12 @@ class RemoteTarget {
         }
     }
 }
+/** A release name as the agent makes them; anything else is a protocol error, never a path to use. */
+function releaseName(value, vmId) {
+    if (!RELEASE_NAME.test(value))
+        throw new VmSyncError('remote_command_failed', `the agent on ${vmId} named a release ${JSON.stringify(untrusted_vmText(value, 80))}, which is not a release name`);
+    return value;
+}
 function hexOnly(value) {
     return /^[0-9a-f]*$/.test(value) ? value : '';
 }
@@ -39989,6 +40116,157 @@ function parseProbe(out) {
     };
 }
 
+;// CONCATENATED MODULE: ./src/remote/port.ts
+
+
+
+
+/** The real port: one SSH connection, one agent session, rsync through the connection's bridge. */
+function sshPorts(knownHosts) {
+    return async (vm, options) => {
+        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
+        const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
+        let signal = options.signal;
+        const port = {
+            probe: (cleanup) => target.probe(cleanup),
+            begin: (owner, o) => target.begin(owner, o),
+            stage: (token, sha, probed, shared) => target.stage(token, sha, probed, shared),
+            async transfer(plan, onProgress) {
+                const guard = plan.dryRun ? null : target.transferGuard();
+                const bridge = await RshBridge.start(session, guard);
+                try {
+                    return await runRsync({ source: plan.source, dest: plan.dest, linkDest: plan.linkDest, excludes: plan.excludes, ioTimeoutS: plan.ioTimeoutS, dryRun: plan.dryRun ?? false, rsh: bridge.rshCommand }, bridge.env, {
+                        signal,
+                        onProgress: onProgress && ((p) => onProgress({ percent: p.percent, rate: p.rate })),
+                    });
+                }
+                catch (error) {
+                    // A failed or cancelled transfer may leave its rsync server running on the VM.
+                    guard?.failed();
+                    throw error;
+                }
+                finally {
+                    await bridge.close();
+                }
+            },
+            seal: (token, sha, shared) => target.seal(token, sha, shared),
+            flip: (token, release) => target.flip(token, release),
+            inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
+            inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),
+            releases: () => target.releases(),
+            renew: (token) => target.renew(token),
+            health: (token, sha, command, timeoutS) => target.health(token, sha, command, timeoutS),
+            prune: (token, keep) => target.prune(token, keep),
+            postSync: (token, sha, command) => target.postSync(token, sha, command),
+            unlock: (token) => target.unlock(token),
+            breakLock: (hex) => target.breakLock(hex),
+            stopInterrupted: () => target.stopInterrupted(),
+            extendTo(deadlineAt, next) {
+                signal = next;
+                target.extendTo(deadlineAt, next);
+            },
+            close() {
+                target.close();
+                session.dispose();
+            },
+        };
+        return port;
+    };
+}
+
+;// CONCATENATED MODULE: ./src/sync/pool.ts
+/**
+ * Runs `fn` over `items` with at most `limit` in flight, keeping input order in
+ * the results. `fn` must not throw (each VM's outcome is a report row).
+ */
+async function mapPool(items, limit, fn) {
+    const results = new Array(items.length);
+    let next = 0;
+    const worker = async () => {
+        while (next < items.length) {
+            const index = next++;
+            results[index] = await fn(items[index]);
+        }
+    };
+    await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+    return results;
+}
+
+;// CONCATENATED MODULE: ./src/sync/planner.ts
+
+/**
+ * Decides the prepare phase for one VM: nothing (already on the commit),
+ * refuse (a VM ahead of the commit, an unreadable sentinel, no rsync), or
+ * stage a new release. `--force` stages over anything but a missing rsync.
+ */
+function decidePrepare(vmId, facts, options) {
+    const short = options.commit.slice(0, 12);
+    if (facts.sentinel !== 'regular' && facts.sentinel !== 'absent' && !options.force) {
+        return {
+            kind: 'refuse',
+            code: 'sentinel_unreadable',
+            result: 'failed',
+            message: `.sync_rev on ${vmId} is ${facts.sentinel === 'unreadable' ? 'not readable' : `a ${facts.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run sync --force to replace it with a new release.`,
+        };
+    }
+    if (!options.force && (facts.releasedAtBegin || facts.state === 'up-to-date'))
+        return { kind: 'none' };
+    if (!options.force && facts.state === 'ahead') {
+        return { kind: 'refuse', code: 'refused_ahead', result: 'refused', message: `${vmId} is on a descendant of ${short}: an older run arrived late. Use --force to roll back deliberately (or vm-sync rollback).` };
+    }
+    if (!facts.rsyncPresent) {
+        return { kind: 'refuse', code: 'remote_rsync_missing', result: 'failed', message: `rsync is not installed on ${vmId} (or not on the SSH user's PATH): install it there (apt-get install rsync).` };
+    }
+    const notes = facts.state === 'diverged' ? [`history diverged: the VM's commit is not an ancestor of ${short} (rewritten history?); deploying the remote's commit`] : [];
+    return { kind: 'stage', notes };
+}
+/**
+ * The flip batches, in config order: one batch of every staged VM for
+ * all-at-once; `batch_size` (a count or a share of the staged VMs) for rolling.
+ */
+function planBatches(ids, rollout) {
+    if (ids.length === 0)
+        return [];
+    if (rollout.strategy === 'all-at-once')
+        return [[...ids]];
+    const size = Math.max(1, resolveQuantity(rollout.batchSize, ids.length, 'up'));
+    const batches = [];
+    for (let i = 0; i < ids.length; i += size)
+        batches.push(ids.slice(i, i + size));
+    return batches;
+}
+/** Whether the rollout goes on: it halts once more VMs failed than `max_failed` allows (of `total` selected). */
+function rolloutVerdict(failed, total, maxFailed) {
+    return failed > resolveQuantity(maxFailed, total, 'down') ? 'halt' : 'continue';
+}
+/** After a health check: keep the new release, or flip back to the one the VM had. */
+function afterHealth(health, options) {
+    if (health.exit === 0)
+        return 'keep';
+    return options.revertUnhealthy && options.previous !== null && options.layout === 'atomic' ? 'revert' : 'keep-unhealthy';
+}
+/**
+ * Where a rollback goes: to the kept complete release of `to` (the newest
+ * one of that commit), or, without `to`, to the newest complete release older
+ * than the live one. Names sort by the time they were made.
+ */
+function chooseRollback(vmId, list, to) {
+    const sorted = [...list.complete].sort((a, b) => (a.name < b.name ? 1 : a.name > b.name ? -1 : 0));
+    const kept = sorted.length ? `it keeps ${sorted.map((r) => `${r.commit.slice(0, 12)} (${r.name})`).join(', ')}` : 'it keeps no complete release';
+    if (to !== null) {
+        const match = sorted.find((r) => r.commit === to);
+        if (!match)
+            return { kind: 'refuse', message: `${vmId} keeps no release of ${to.slice(0, 12)}: ${kept}. Deploy that commit with vm-sync sync --commit ${to.slice(0, 12)} --force instead.` };
+        return match.name === list.live ? { kind: 'none', release: match } : { kind: 'flip', release: match };
+    }
+    if (list.live === null)
+        return { kind: 'refuse', message: `${vmId} serves no release of vm-sync, so there is nothing to roll back from (${kept}).` };
+    const previous = sorted.find((r) => r.name < list.live);
+    if (!previous)
+        return { kind: 'refuse', message: `${vmId} keeps no release older than the live one (${list.live}): ${kept}. Raise repository.keep_releases to keep more.` };
+    return { kind: 'flip', release: previous };
+}
+
 ;// CONCATENATED MODULE: ./src/sync/state.ts
 
 const state_FULL_SHA = /^[0-9a-f]{40}$/;
@@ -40011,6 +40289,589 @@ async function classifyState(vmId, rev, deploy, history) {
     return history.relation(trimmed, deploy);
 }
 
+;// CONCATENATED MODULE: ./src/sync/vm-lock.ts
+
+
+
+/** Who held a lock, in a few words (its token for vm-sync's own records). */
+function holderName(record) {
+    const owner = parseLockOwner(record);
+    if (owner)
+        return `${owner.token} (pid ${owner.pid} on ${owner.host}${owner.commit ? `, deploying ${owner.commit.slice(0, 12)}` : ''})`;
+    return record ? record.split(' ')[0] : 'an unknown holder (empty owner record)';
+}
+/** Why a stale lock was taken over, in words. */
+function staleReason(why) {
+    switch (why) {
+        case 'deadline': return 'its deadline had passed';
+        case 'legacy': return 'a lock of an older vm-sync, older than sync.timeout_s';
+        case 'unreadable': return `its owner record was empty or unreadable for over ${UNREADABLE_LOCK_GRACE_S}s`;
+        default: return 'its holder process no longer exists';
+    }
+}
+/** Why a lock is held, in words that say what to do. */
+function lockedError(vm, outcome, staleAfterS, waitedS) {
+    const owner = parseLockOwner(outcome.record);
+    const unlock = `vm-sync unlock --vm ${vm.id}`;
+    const waited = waitedS > 0 ? ` (waited ${waitedS}s)` : '';
+    if (owner) {
+        return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress${waited}. Wait for it (--lock-wait SECONDS waits for you); if you know it is gone, run ${unlock} (--force for a holder that is still alive).`);
+    }
+    if (outcome.why === 'legacy') {
+        return new VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s)${waited}. Wait for it, or run ${unlock}.`);
+    }
+    return new VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s${waited}. Run ${unlock} to break it now.`);
+}
+const sleep = (ms, signal) => new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+});
+/**
+ * Takes the VM's lock. A lock of this same run (an earlier attempt that lost
+ * its connection) or of a process on this runner host that no longer exists
+ * is broken at once; the VM itself breaks one whose holder's deadline passed.
+ * A live holder's lock is waited for up to `lockWaitS` seconds (polled), then
+ * it is a `locked` failure carrying the probe made meanwhile.
+ */
+async function takeLock(vm, port, options) {
+    const begin = { expect: options.expect, force: options.force, legacyStaleAfterS: options.staleAfterS };
+    const started = Date.now();
+    let announced = false;
+    for (let round = 0;; round++) {
+        let outcome = await port.begin(options.owner, begin);
+        if (outcome.held) {
+            const owner = parseLockOwner(outcome.record);
+            if (owner && (owner.token === options.owner.token || holderIsDead(owner))) {
+                outcome = await port.begin(options.owner, { ...begin, expectedBreak: outcome.hex });
+            }
+        }
+        if (!outcome.held)
+            return outcome;
+        const waitedS = Math.round((Date.now() - started) / 1000);
+        if (waitedS >= options.lockWaitS || options.signal?.aborted) {
+            throw Object.assign(lockedError(vm, outcome, options.staleAfterS, waitedS), { probe: outcome.probe });
+        }
+        if (!announced) {
+            options.onWait?.(`locked by ${holderName(outcome.record)}: waiting up to ${options.lockWaitS}s (--lock-wait)`);
+            announced = true;
+        }
+        await sleep(Math.min(5000, 500 * 2 ** Math.min(round, 4), Math.max(100, started + options.lockWaitS * 1000 - Date.now())), options.signal);
+    }
+}
+
+;// CONCATENATED MODULE: ./src/sync/release.ts
+
+
+
+
+
+
+
+const release_FULL_SHA = /^[0-9a-f]{40}$/;
+const now = () => new Date().toISOString();
+const release_short = (sha) => (sha ? sha.slice(0, 12) : 'none');
+function liveRev(probe) {
+    return probe.rev !== null && release_FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
+}
+function toFailure(error) {
+    return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
+}
+const release_sleep = (ms, signal) => new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+});
+/** The shared paths as the agent takes them, and the rsync excludes of a transfer. */
+function excludesFor(config, sharedExisting) {
+    const list = [...config.repository.rsyncExcludes];
+    if (config.repository.excludeDotGit && !list.includes('.git'))
+        list.push('.git');
+    // Anchored at the release root: the shared copy is the VM's, never the tree's.
+    for (const p of sharedExisting)
+        list.push(`/${p}`);
+    return list;
+}
+/**
+ * The executor. Each phase takes the VMs still in the release and drops the
+ * ones it finishes (failed, halted, done); `rows()` is the final report.
+ */
+class FleetRelease {
+    ctx;
+    runs;
+    token;
+    budgetMs;
+    /** How long the VMs' agent sessions may live: the whole run's worst case. */
+    sessionBudgetS;
+    rollout;
+    constructor(ctx, vms) {
+        this.ctx = ctx;
+        this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, deadlineAt: null }));
+        this.token = ctx.owner.token;
+        const { sync, rollout } = ctx.config;
+        this.budgetMs = sync.timeoutS * 1000;
+        const batches = planBatches(vms.map((vm) => vm.id), rollout).length;
+        this.sessionBudgetS = ctx.lockWaitS + sync.timeoutS * (2 + batches) + rollout.healthTimeoutS * batches + 60;
+        this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
+    }
+    say(run, message) {
+        this.ctx.events.info(run.vm.id, message);
+    }
+    /** The run's signal combined with a fresh per-VM budget. */
+    budget(extraMs = 0) {
+        const ms = this.budgetMs + extraMs;
+        const deadline = AbortSignal.timeout(ms);
+        return { signal: this.ctx.signal ? AbortSignal.any([this.ctx.signal, deadline]) : deadline, deadlineAt: Date.now() + ms };
+    }
+    /** The fleet release, phase by phase. */
+    async main() {
+        const { rollout, repository } = this.ctx.config;
+        await this.prepare();
+        const staged = this.active();
+        const total = this.runs.length;
+        const batches = planBatches(staged.map((run) => run.vm.id), rollout);
+        this.rollout.batches = batches;
+        for (const [index, ids] of batches.entries()) {
+            const failed = this.runs.filter((run) => run.done && run.report.result !== 'success').length;
+            if (rolloutVerdict(failed, total, rollout.maxFailed) === 'halt') {
+                await this.halt(`${failed} of ${total} VM(s) failed, more than rollout.max_failed allows`, batches.slice(index).flat());
+                break;
+            }
+            if (this.ctx.signal?.aborted)
+                break;
+            const batch = this.active().filter((run) => ids.includes(run.vm.id));
+            await this.renew(batch, this.active().filter((run) => !ids.includes(run.vm.id)));
+            await this.flip(this.active().filter((run) => batch.includes(run)));
+            await this.verify(this.active().filter((run) => batch.includes(run)));
+            if (rollout.healthCommand)
+                await this.health(this.active().filter((run) => batch.includes(run)), rollout.healthCommand);
+            await this.finish(this.active().filter((run) => batch.includes(run)), repository.keepReleases);
+        }
+        // Cancelled between batches: what is left stays on its release, staged.
+        for (const run of this.active())
+            await this.fail(run, new VmSyncError('interrupted', `run interrupted before ${run.vm.id} flipped: it serves its old release, with the new one staged`));
+        return this.runs.map((run) => run.report);
+    }
+    /** The VMs still in the release: staged, holding their lock, not yet final. */
+    active() {
+        return this.runs.filter((run) => !run.done && run.port !== null);
+    }
+    /** Phase 1: every VM in parallel, capped by sync.concurrency. */
+    async prepare() {
+        await mapPool(this.runs, this.ctx.config.sync.concurrency, async (run) => {
+            this.ctx.events.vmStarted?.(run.vm.id);
+            try {
+                await this.prepareWithRetries(run);
+            }
+            catch (error) {
+                // A defect: the VM still ends with a row, and its lock is released.
+                await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${getErrorMessage(error)}`));
+            }
+        });
+    }
+    /** Retries network failures of the prepare phase with exponential backoff and jitter. */
+    async prepareWithRetries(run) {
+        const { sync } = this.ctx.config;
+        const earlier = [];
+        const { signal, deadlineAt } = this.budget(this.ctx.lockWaitS * 1000);
+        for (let attempt = 0;; attempt++) {
+            run.report = { ...failedRow(run.vm), notes: [...earlier] };
+            try {
+                await this.prepareVm(run, signal, deadlineAt);
+                return;
+            }
+            catch (error) {
+                let failure = toFailure(error);
+                if (signal.aborted) {
+                    failure = this.ctx.signal?.aborted
+                        ? new VmSyncError('interrupted', `run interrupted before ${run.vm.id} finished; what it serves now is in rev_after`)
+                        : new VmSyncError('timeout', `${run.vm.id} did not finish within sync.timeout_s=${sync.timeoutS}s (last step: ${failure.message})`);
+                }
+                if (!failure.retryable || signal.aborted || attempt >= sync.retries) {
+                    const same = `${failure.code}: ${failure.message}`;
+                    run.report.notes = run.report.notes.filter((note) => !note.endsWith(same));
+                    if (attempt > 0)
+                        failure = new VmSyncError(failure.code, `${failure.message} (${attempt + 1} attempts)`);
+                    await this.fail(run, failure);
+                    return;
+                }
+                await this.settle(run, true);
+                run.port?.close();
+                run.port = null;
+                earlier.push(`attempt ${attempt + 1} failed: ${failure.code}: ${failure.message}`);
+                const delay = this.ctx.retryBaseMs * 2 ** attempt * (1 + Math.random());
+                this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+                await release_sleep(delay, signal);
+            }
+        }
+    }
+    /** Connect, lock, probe, decide, and stage + seal the release (atomic layout). */
+    async prepareVm(run, signal, deadlineAt) {
+        const { config, commit, force } = this.ctx;
+        const port = await this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+        run.port = port;
+        let begun;
+        try {
+            begun = await takeLock(run.vm, port, {
+                owner: this.ctx.owner,
+                expect: commit,
+                force,
+                staleAfterS: config.sync.timeoutS,
+                lockWaitS: this.ctx.lockWaitS,
+                signal,
+                onWait: (message) => this.say(run, message),
+            });
+        }
+        catch (error) {
+            const probe = error.probe;
+            if (probe)
+                run.report.rev_before = run.report.rev_after = liveRev(probe);
+            else {
+                // Cancelled or timed out while taking the lock: it may have been taken
+                // after all. Stop that step, release what is ours, report what it serves.
+                if (await port.stopInterrupted())
+                    await port.unlock(this.token).catch(() => false);
+                const seen = await port.probe(true).catch(() => null);
+                if (seen)
+                    run.report.rev_before = run.report.rev_after = liveRev(seen);
+            }
+            port.close();
+            run.port = null;
+            throw error;
+        }
+        const report = run.report;
+        const before = begun.probe;
+        run.before = before;
+        report.rev_before = report.rev_after = liveRev(before);
+        report.release = before.currentRelease ? before.currentRelease.split('/').pop() ?? null : null;
+        if (begun.tookOver)
+            report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
+        const readable = before.sentinel === 'regular' || before.sentinel === 'absent';
+        report.state = readable ? await classifyState(run.vm.id, before.rev, commit, this.ctx.history).catch((error) => {
+            if (force)
+                return 'unknown';
+            throw error;
+        }) : 'unknown';
+        const decision = decidePrepare(run.vm.id, { state: readable ? report.state : null, sentinel: before.sentinel, releasedAtBegin: begun.released, rsyncPresent: before.rsyncVersion !== null }, { force, commit });
+        if (decision.kind === 'none') {
+            report.action = 'none';
+            report.result = 'success';
+            report.verified = true;
+            this.say(run, `already on ${release_short(commit)}: nothing to do`);
+            if (!begun.released)
+                await port.unlock(this.token).catch(() => false);
+            this.close(run);
+            return;
+        }
+        if (decision.kind === 'refuse') {
+            report.action = decision.code === 'refused_ahead' ? 'refuse' : 'deploy';
+            report.result = decision.result;
+            throw new VmSyncError(decision.code, decision.message);
+        }
+        report.notes.push(...decision.notes);
+        report.action = 'deploy';
+        if (config.repository.layout !== 'atomic')
+            return; // in place: the transfer is the flip
+        const shared = config.repository.sharedPaths;
+        const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
+        for (const name of staged.removedPartials)
+            report.notes.push(`removed an abandoned partial release ${name}`);
+        this.say(run, `staging ${release_short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
+        const stats = await port.transfer({ source: this.ctx.exportDir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+        report.files_changed = stats.filesChanged;
+        report.bytes_sent = stats.bytesSent;
+        const sealed = await port.seal(this.token, commit, shared);
+        for (const p of sealed.seeded)
+            report.notes.push(`shared path ${p} seeded from this release`);
+        for (const p of sealed.created)
+            report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
+        run.release = sealed.release;
+        report.staged_at = now();
+        this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
+    }
+    /**
+     * Before a batch flips, its VMs get a fresh budget and their locks a new
+     * deadline; VMs still waiting get a new deadline when theirs comes near.
+     */
+    async renew(batch, waiting) {
+        const soon = Date.now() + this.budgetMs / 2;
+        await Promise.all([...batch, ...waiting].map(async (run) => {
+            const port = run.port;
+            if (!batch.includes(run) && run.deadlineAt !== null && run.deadlineAt > soon)
+                return;
+            const { signal, deadlineAt } = this.budget();
+            port.extendTo(deadlineAt, signal);
+            run.deadlineAt = deadlineAt;
+            try {
+                await port.renew(this.token);
+            }
+            catch (error) {
+                await this.fail(run, toFailure(error));
+            }
+        }));
+    }
+    /** Phase 2: switch each VM's live path to its new release, all in parallel. */
+    async flip(batch) {
+        const { config, commit } = this.ctx;
+        await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            run.touched = true;
+            if (config.repository.layout === 'atomic') {
+                const flipped = await port.flip(this.token, run.release);
+                run.report.flipped_at = now();
+                run.previous = flipped.previous;
+                if (flipped.movedAside)
+                    run.report.notes.push(`kept the directory that stood at ${run.before?.target} as ${flipped.movedAside}`);
+                return;
+            }
+            // In place: no staging is possible; the transfer is the flip.
+            const dest = await port.inPlaceBegin(this.token, run.before);
+            const stats = await port.transfer({ source: this.ctx.exportDir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+            await port.inPlaceFinish(this.token, commit);
+            run.report.files_changed = stats.filesChanged;
+            run.report.bytes_sent = stats.bytesSent;
+            run.report.flipped_at = now();
+        })));
+    }
+    /** Phase 3: `.sync_rev` read back through the live path must be the commit. */
+    async verify(batch) {
+        const { commit } = this.ctx;
+        await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            const after = await port.probe();
+            run.report.rev_after = liveRev(after);
+            run.report.release = after.currentRelease ? after.currentRelease.split('/').pop() ?? null : null;
+            if (run.report.rev_after !== commit) {
+                throw new VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
+            }
+            run.report.verified = true;
+            run.report.notes.push(...(this.ctx.deployNotes ?? []));
+            this.say(run, `live on ${release_short(commit)}`);
+        })));
+    }
+    /** Phase 4: the health command in the new release; an unhealthy VM goes back to the release it had. */
+    async health(batch, command) {
+        const { config, commit } = this.ctx;
+        await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            const outcome = await port.health(this.token, commit, command, config.rollout.healthTimeoutS);
+            if (outcome.exit === 0) {
+                run.report.health = 'passed';
+                return;
+            }
+            run.report.health = 'failed';
+            run.report.health_output = outcome.output || null;
+            const why = outcome.exit === null ? `did not finish within rollout.health_timeout_s=${config.rollout.healthTimeoutS}s` : `exited ${outcome.exit}`;
+            const next = afterHealth(outcome, { revertUnhealthy: config.rollout.revertUnhealthy, previous: run.previous, layout: config.repository.layout });
+            if (next === 'revert') {
+                await port.flip(this.token, run.previous);
+                const back = await port.probe();
+                run.report.rev_after = liveRev(back);
+                run.report.release = back.currentRelease ? back.currentRelease.split('/').pop() ?? null : null;
+                run.report.verified = false;
+                throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${release_short(commit)}: flipped back to ${run.previous} (now serving ${release_short(run.report.rev_after)}). Fix the release and deploy again.`);
+            }
+            const reason = config.repository.layout !== 'atomic' ? 'the in-place layout keeps no release to go back to' : run.previous === null ? 'it had no release of vm-sync before' : 'rollout.revert_unhealthy is false';
+            throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${release_short(commit)}; it still serves ${release_short(commit)} (${reason}). Fix it, or run vm-sync rollback.`);
+        })));
+    }
+    /** Phase 5: prune, post_sync_command, unlock. */
+    async finish(batch, keep) {
+        const { config, commit } = this.ctx;
+        await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            if (config.repository.layout === 'atomic') {
+                try {
+                    const pruned = await port.prune(this.token, keep);
+                    if (pruned.length > 0)
+                        this.say(run, `pruned ${pruned.length} old release(s)`);
+                }
+                catch (error) {
+                    if (this.ctx.signal?.aborted)
+                        throw error;
+                    run.report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
+                }
+            }
+            if (config.sync.postSyncCommand) {
+                this.say(run, 'running post_sync_command');
+                await port.postSync(this.token, commit, config.sync.postSyncCommand);
+            }
+            run.report.result = 'success';
+            run.report.error = null;
+            await port.unlock(this.token).catch((error) => {
+                run.report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+            });
+            this.close(run);
+        })));
+    }
+    /** Runs one VM's step of a phase; a failure ends that VM's release (settled, unlocked, reported). */
+    async step(run, body) {
+        if (run.done || !run.port)
+            return;
+        try {
+            await body(run.port);
+        }
+        catch (error) {
+            let failure = toFailure(error);
+            if (this.ctx.signal?.aborted && failure.code !== 'health_failed')
+                failure = new VmSyncError('interrupted', `run interrupted during ${run.vm.id}'s release; what it serves now is in rev_after`);
+            await this.fail(run, failure);
+        }
+    }
+    /** The VMs not yet flipped when the rollout stops: they keep their release, the new one staged. */
+    async halt(reason, ids) {
+        this.rollout.halted = true;
+        this.rollout.halted_reason = reason;
+        const halted = this.active().filter((r) => ids.includes(r.vm.id));
+        for (const run of halted) {
+            run.report.result = 'skipped';
+            run.report.error = {
+                code: 'rollout_halted',
+                message: `not flipped: the rollout stopped (${reason}). ${run.vm.id} still serves ${release_short(run.report.rev_before)}${run.release ? `, with ${release_short(this.ctx.commit)} staged as ${run.release}` : ''}. Fix the failed VMs and deploy again.`,
+            };
+        }
+        await Promise.all(halted.map(async (run) => {
+            run.port?.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
+            await this.settle(run, false);
+            this.close(run);
+        }));
+    }
+    /** Ends a VM's release with a failure: stop what is left of this run on it, read back what it serves, unlock. */
+    async fail(run, failure) {
+        if (run.done)
+            return;
+        const report = run.report;
+        if (report.result !== 'refused')
+            report.result = 'failed';
+        report.error = { code: failure.code, message: failure.message };
+        if (run.port)
+            await this.settle(run, true);
+        this.close(run);
+    }
+    /**
+     * After a failure: stop this run's steps still running on the VM, read
+     * back what it serves, then release the lock (only once nothing of this
+     * run is left running there). On a budget of its own: the run's may be spent.
+     */
+    async settle(run, failed) {
+        const port = run.port;
+        if (!port)
+            return;
+        const { report } = run;
+        port.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
+        let safeToUnlock = true;
+        if (failed) {
+            safeToUnlock = await port.stopInterrupted();
+            if (!safeToUnlock)
+                report.notes.push(`could not confirm that this run's steps on ${run.vm.id} stopped: the lock is left to expire at its deadline`);
+            try {
+                const seen = await port.probe(true);
+                if (report.rev_after !== liveRev(seen) && run.touched)
+                    report.notes.push(`after the failure ${run.vm.id} serves ${release_short(liveRev(seen))}`);
+                report.rev_after = liveRev(seen);
+                report.release = seen.currentRelease ? seen.currentRelease.split('/').pop() ?? null : report.release;
+            }
+            catch (error) {
+                if (run.touched) {
+                    report.rev_after = null;
+                    report.notes.push(`could not read what ${run.vm.id} serves after the failure (${getErrorMessage(error)}): check it with vm-sync status`);
+                }
+            }
+        }
+        if (!safeToUnlock)
+            return;
+        try {
+            await port.unlock(this.token);
+        }
+        catch (error) {
+            report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+        }
+    }
+    /** Makes the row final: closes the port and announces it. */
+    close(run) {
+        if (run.done)
+            return;
+        run.done = true;
+        run.port?.close();
+        run.port = null;
+        run.report.duration_ms = Date.now() - run.started;
+        const { report } = run;
+        this.ctx.events.info(run.vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
+        this.ctx.events.vmFinished?.(report);
+    }
+}
+/** Deploys `ctx.commit` to `vms` as one fleet release (see the module comment). Never throws for a VM. */
+async function releaseFleet(ctx, vms) {
+    const release = new FleetRelease(ctx, vms);
+    const rows = await release.main();
+    const flips = rows.map((row) => row.flipped_at).filter((at) => at !== null).map((at) => Date.parse(at));
+    return { vms: rows, rollout: release.rollout, flip_skew_ms: flips.length ? Math.max(...flips) - Math.min(...flips) : null };
+}
+/**
+ * `vm-sync rollback`: on every VM in parallel, lock, list the kept releases,
+ * flip to the chosen one, read `.sync_rev` back, unlock. Transfers nothing.
+ */
+async function rollbackFleet(ctx, vms) {
+    const { config } = ctx;
+    return mapPool(vms, config.sync.concurrency, async (vm) => {
+        ctx.events.vmStarted?.(vm.id);
+        const started = Date.now();
+        const report = { ...failedRow(vm), action: 'rollback' };
+        const ms = config.sync.timeoutS * 1000 + ctx.lockWaitS * 1000;
+        const deadline = AbortSignal.timeout(ms);
+        const signal = ctx.signal ? AbortSignal.any([ctx.signal, deadline]) : deadline;
+        let port = null;
+        let locked = false;
+        try {
+            if (config.repository.layout !== 'atomic')
+                throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
+            port = await ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+            const begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m) });
+            locked = true;
+            report.rev_before = report.rev_after = liveRev(begun.probe);
+            const list = await port.releases();
+            const decision = chooseRollback(vm.id, list, ctx.to);
+            if (decision.kind === 'refuse')
+                throw new VmSyncError('no_release', decision.message);
+            if (decision.kind === 'flip') {
+                await port.flip(ctx.owner.token, decision.release.name);
+                report.flipped_at = now();
+            }
+            else {
+                report.action = 'none';
+            }
+            const after = await port.probe();
+            report.rev_after = liveRev(after);
+            report.release = after.currentRelease ? after.currentRelease.split('/').pop() ?? null : null;
+            if (report.rev_after !== decision.release.commit) {
+                throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the rollback, expected ${decision.release.commit}: the release ${decision.release.name} was changed by hand; deploy instead.`);
+            }
+            report.verified = true;
+            report.result = 'success';
+            ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${release_short(decision.release.commit)} (${decision.release.name})` : `already on ${release_short(decision.release.commit)}`);
+        }
+        catch (error) {
+            const failure = toFailure(error);
+            const probe = error.probe;
+            if (probe)
+                report.rev_before = report.rev_after = liveRev(probe);
+            report.error = { code: signal.aborted && failure.code !== 'no_release' ? (ctx.signal?.aborted ? 'interrupted' : 'timeout') : failure.code, message: failure.message };
+            report.result = 'failed';
+            if (port) {
+                port.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
+                if (!(await port.stopInterrupted()))
+                    locked = false;
+                const seen = await port.probe(true).catch(() => null);
+                if (seen)
+                    report.rev_after = liveRev(seen);
+            }
+        }
+        finally {
+            if (port && locked)
+                await port.unlock(ctx.owner.token).catch(() => false);
+            port?.close();
+            report.duration_ms = Date.now() - started;
+            ctx.events.info(vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result);
+            ctx.events.vmFinished?.(report);
+        }
+        return report;
+    });
+}
+
 ;// CONCATENATED MODULE: ./src/sync/vm-pipeline.ts
 
 
@@ -40019,11 +40880,10 @@ async function classifyState(vmId, rev, deploy, history) {
 
 
 
-
-function toFailure(error) {
+function vm_pipeline_toFailure(error) {
     return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
 }
-const sleep = (ms, signal) => new Promise((resolve) => {
+const vm_pipeline_sleep = (ms, signal) => new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
     signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
 });
@@ -40047,7 +40907,7 @@ async function withBudget(vm, ctx, attempt) {
             return finish({ ...report, error: null });
         }
         catch (error) {
-            let failure = toFailure(error);
+            let failure = vm_pipeline_toFailure(error);
             if (signal.aborted) {
                 failure = ctx.signal?.aborted
                     ? new VmSyncError('interrupted', `run interrupted before ${vm.id} finished; what it serves now is in rev_after`)
@@ -40066,7 +40926,7 @@ async function withBudget(vm, ctx, attempt) {
             earlier.push(`attempt ${attemptNo + 1} failed: ${failure.code}: ${failure.message}`);
             const delay = ctx.retryBaseMs * 2 ** attemptNo * (1 + Math.random());
             ctx.events.info(vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${ctx.config.sync.retries} in ${(delay / 1000).toFixed(1)}s`);
-            await sleep(delay, signal);
+            await vm_pipeline_sleep(delay, signal);
         }
     }
 }
@@ -40082,7 +40942,7 @@ async function withTarget(vm, ctx, signal, deadlineAt, body) {
 }
 const vm_pipeline_FULL_SHA = /^[0-9a-f]{40}$/;
 /** The commit a probe shows live, or null: only a full hash is ever reported as a rev. */
-function liveRev(probe) {
+function vm_pipeline_liveRev(probe) {
     return probe.rev !== null && vm_pipeline_FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
 }
 /**
@@ -40098,225 +40958,17 @@ async function stateOf(vm, probe, ctx, force) {
     }
     return classifyState(vm.id, probe.rev, ctx.commit, ctx.history);
 }
-/** Who held a lock, in a few words (its token for vm-sync's own records). */
-function holderName(record) {
-    const owner = parseLockOwner(record);
-    if (owner)
-        return `${owner.token} (pid ${owner.pid} on ${owner.host}${owner.commit ? `, deploying ${owner.commit.slice(0, 12)}` : ''})`;
-    return record ? record.split(' ')[0] : 'an unknown holder (empty owner record)';
-}
-function staleReason(why) {
-    switch (why) {
-        case 'deadline': return 'its deadline had passed';
-        case 'legacy': return 'a lock of an older vm-sync, older than sync.timeout_s';
-        case 'unreadable': return `its owner record was empty or unreadable for over ${UNREADABLE_LOCK_GRACE_S}s`;
-        default: return 'its holder process no longer exists';
-    }
-}
-/** Why a lock is held, in words that say what to do. */
-function lockedError(vm, outcome, staleAfterS) {
-    const owner = parseLockOwner(outcome.record);
-    const unlock = `vm-sync unlock --vm ${vm.id}`;
-    if (owner) {
-        return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress. Wait for it; if you know it is gone, run ${unlock} (--force for a holder that is still alive).`);
-    }
-    if (outcome.why === 'legacy') {
-        return new VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s). Wait for it, or run ${unlock}.`);
-    }
-    return new VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s. Run ${unlock} to break it now.`);
-}
 /**
- * Takes the VM's lock. A lock of this same run (an earlier attempt that lost
- * its connection) or of a process on this runner host that no longer exists
- * is broken at once; the VM itself breaks one whose holder's deadline passed.
+ * `vm-sync sync --dry-run` on one VM: compares the export with what is live
+ * now; nothing is written on the VM and no lock is taken.
  */
-async function takeLock(vm, target, ctx) {
-    const options = { expect: ctx.commit, force: ctx.force, legacyStaleAfterS: ctx.config.sync.timeoutS };
-    let outcome = await target.begin(ctx.owner, options);
-    if (outcome.held) {
-        const owner = parseLockOwner(outcome.record);
-        if (owner && (owner.token === ctx.owner.token || holderIsDead(owner))) {
-            outcome = await target.begin(ctx.owner, { ...options, expectedBreak: outcome.hex });
-        }
-    }
-    if (outcome.held)
-        throw Object.assign(lockedError(vm, outcome, ctx.config.sync.timeoutS), { probe: outcome.probe });
-    return outcome;
-}
-/**
- * Deploys `ctx.commit` to one VM: connect, take the lock, then read
- * `.sync_rev` and decide (only under the lock, so a run that arrives late
- * sees what an earlier one deployed), stage a complete release, write
- * `.sync_rev`, flip, verify, prune, post-sync, unlock. Whatever fails, this
- * run's operations on the VM are stopped before the lock is released, and the
- * row's `rev_after` is read back from the VM.
- */
-function syncVm(vm, ctx) {
-    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, async (session, target) => {
-        if (ctx.dryRun)
-            return dryRun(vm, ctx, session, target, report, signal);
-        let begun;
-        try {
-            begun = await takeLock(vm, target, ctx);
-        }
-        catch (error) {
-            const probe = error.probe;
-            if (probe)
-                report.rev_before = report.rev_after = liveRev(probe);
-            else {
-                // Cancelled or timed out while taking the lock: it may have been
-                // taken after all. Stop that step, then release what is ours, and
-                // report what the VM serves (nothing of this run changed it).
-                if (await target.stopInterrupted())
-                    await target.unlock(ctx.owner.token).catch(() => false);
-                const now = await target.probe(true).catch(() => null);
-                if (now)
-                    report.rev_before = report.rev_after = liveRev(now);
-            }
-            throw error;
-        }
-        const token = ctx.owner.token;
-        // Whether a step that can change what the VM serves was started.
-        let touched = false;
-        let failed = true;
-        try {
-            report.rev_before = report.rev_after = liveRev(begun.probe);
-            if (begun.tookOver)
-                report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
-            await deploy(vm, ctx, session, target, report, signal, begun, () => (touched = true));
-            failed = false;
-        }
-        finally {
-            if (!begun.released)
-                await settle(vm, target, token, report, failed, touched);
-        }
-    }));
-}
-/** The steps of a deploy while holding the lock. */
-async function deploy(vm, ctx, session, target, report, signal, begun, touching) {
-    const { repository, sync } = ctx.config;
-    const say = (message) => ctx.events.info(vm.id, message);
-    const before = begun.probe;
-    const token = ctx.owner.token;
-    report.state = await stateOf(vm, before, ctx, ctx.force);
-    if (begun.released || (report.state === 'up-to-date' && !ctx.force)) {
-        report.action = 'none';
-        report.result = 'success';
-        report.verified = true;
-        say(`already on ${vm_pipeline_short(ctx.commit)}: nothing to do`);
-        return;
-    }
-    if (report.state === 'ahead' && !ctx.force) {
-        report.action = 'refuse';
-        report.result = 'refused';
-        throw new VmSyncError('refused_ahead', `${vm.id} is on ${vm_pipeline_short(report.rev_before)}, a descendant of ${vm_pipeline_short(ctx.commit)}: an older run arrived late. Use --force to roll back deliberately.`);
-    }
-    if (report.state === 'diverged') {
-        report.notes.push(`history diverged: ${vm_pipeline_short(report.rev_before)} is not an ancestor of ${vm_pipeline_short(ctx.commit)} (rewritten history?); deploying the remote's commit`);
-    }
-    report.action = 'deploy';
-    if (before.rsyncVersion === null) {
-        throw new VmSyncError('remote_rsync_missing', `rsync is not installed on ${vm.id} (or not on ${vm.user}'s PATH): install it there (apt-get install rsync).`);
-    }
-    const guard = target.transferGuard();
-    const bridge = await RshBridge.start(session, guard);
-    try {
-        const plan = { source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: Math.max(30, sync.connectTimeoutS * 3) };
-        const progress = { signal, onProgress: (p) => ctx.events.progress(vm.id, p.percent, p.rate) };
-        // A transfer that fails or is cancelled may leave its rsync server running on the VM.
-        const transfer = (dest, linkDest) => runRsync({ ...plan, dest, linkDest, dryRun: false }, bridge.env, progress).catch((error) => {
-            guard.failed();
-            throw error;
-        });
-        let stats;
-        if (repository.layout === 'atomic') {
-            const { stage, linkDest, removedPartials } = await target.stage(token, ctx.commit, before);
-            for (const name of removedPartials)
-                report.notes.push(`removed an abandoned partial release ${name}`);
-            say(`staging ${vm_pipeline_short(ctx.commit)} into a new release${linkDest ? ' (unchanged files hard-linked)' : ''}`);
-            stats = await transfer(stage, linkDest);
-            touching();
-            const published = await target.publish(token, ctx.commit);
-            if (published.movedAside)
-                report.notes.push(`kept the directory that stood at ${before.target} as ${published.movedAside}`);
-        }
-        else {
-            touching();
-            const dest = await target.inPlaceBegin(token, before);
-            stats = await transfer(dest, null);
-            await target.inPlaceFinish(token, ctx.commit);
-        }
-        report.files_changed = stats.filesChanged;
-        report.bytes_sent = stats.bytesSent;
-    }
-    finally {
-        await bridge.close();
-    }
-    report.notes.push(...(ctx.deployNotes ?? []));
-    // Verify by reading the sentinel back through the live path.
-    const after = await target.probe();
-    report.rev_after = liveRev(after);
-    if (report.rev_after !== ctx.commit) {
-        throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the deploy, expected ${ctx.commit}: something else is writing to ${after.target}.`);
-    }
-    report.verified = true;
-    say(`live on ${vm_pipeline_short(ctx.commit)} (${report.files_changed} files changed, ${report.bytes_sent} bytes sent)`);
-    if (repository.layout === 'atomic') {
-        try {
-            const pruned = await target.prune(token, repository.keepReleases);
-            if (pruned.length > 0)
-                say(`pruned ${pruned.length} old release(s)`);
-        }
-        catch (error) {
-            if (signal.aborted)
-                throw error;
-            report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
-        }
-    }
-    if (sync.postSyncCommand) {
-        say('running post_sync_command');
-        await target.postSync(token, ctx.commit, sync.postSyncCommand);
-    }
-    report.result = 'success';
-}
-/**
- * The end of every locked deploy: after a failure, stop what this run still
- * has running on the VM and read back what the VM serves now, so the row
- * reports the truth; then release the lock (only once nothing of this run is
- * left running there). Runs on a budget of its own: the run's may be spent.
- */
-async function settle(vm, target, token, report, failed, touched) {
-    let safeToUnlock = true;
-    if (failed) {
-        safeToUnlock = await target.stopInterrupted();
-        if (!safeToUnlock)
-            report.notes.push(`could not confirm that this run's steps on ${vm.id} stopped: the lock is left to expire at its deadline`);
-        try {
-            const now = await target.probe(true);
-            if (report.rev_after !== liveRev(now) && touched)
-                report.notes.push(`after the failure ${vm.id} serves ${vm_pipeline_short(liveRev(now))}`);
-            report.rev_after = liveRev(now);
-        }
-        catch (error) {
-            if (touched) {
-                report.rev_after = null;
-                report.notes.push(`could not read what ${vm.id} serves after the failure (${getErrorMessage(error)}): check it with vm-sync status`);
-            }
-        }
-    }
-    if (!safeToUnlock)
-        return;
-    try {
-        await target.unlock(token);
-    }
-    catch (error) {
-        report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${vm.id}): ${getErrorMessage(error)}`);
-    }
+function dryRunVm(vm, ctx) {
+    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)));
 }
 /** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
 async function dryRun(vm, ctx, session, target, report, signal) {
     const before = await target.probe();
-    report.rev_before = report.rev_after = liveRev(before);
+    report.rev_before = report.rev_after = vm_pipeline_liveRev(before);
     report.state = await stateOf(vm, before, ctx, ctx.force);
     report.action = report.state === 'up-to-date' && !ctx.force ? 'none' : report.state === 'ahead' && !ctx.force ? 'refuse' : 'deploy';
     if (before.lock)
@@ -40342,7 +40994,7 @@ function inspectVm(vm, ctx, mode) {
     return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
         report.action = mode;
         const probe = await target.probe();
-        report.rev_before = report.rev_after = liveRev(probe);
+        report.rev_before = report.rev_after = vm_pipeline_liveRev(probe);
         if (probe.lock)
             report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
         report.state = await stateOf(vm, probe, ctx, false);
@@ -40354,7 +41006,8 @@ function inspectVm(vm, ctx, mode) {
     }));
 }
 function excludes(config) {
-    const list = [...config.repository.rsyncExcludes];
+    // Shared paths are the VM's: never compared with the tree.
+    const list = [...config.repository.rsyncExcludes, ...config.repository.sharedPaths.map((s) => `/${s.path}`)];
     if (config.repository.excludeDotGit && !list.includes('.git'))
         list.push('.git');
     return list;
@@ -40375,22 +41028,9 @@ function vm_pipeline_short(sha) {
 
 
 
-/**
- * Runs `fn` over `items` with at most `limit` in flight, keeping input order in
- * the results. `fn` must not throw (each VM's outcome is a report row).
- */
-async function mapPool(items, limit, fn) {
-    const results = new Array(items.length);
-    let next = 0;
-    const worker = async () => {
-        while (next < items.length) {
-            const index = next++;
-            results[index] = await fn(items[index]);
-        }
-    };
-    await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-    return results;
-}
+
+
+
 /** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
 function selectVms(config, ids) {
     if (!ids || ids.length === 0)
@@ -40459,26 +41099,30 @@ async function runSync(config, options = {}) {
         else {
             events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
         }
-        events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time${options.dryRun ? ' (dry run)' : ''}`);
-        const ctx = {
+        const dryRun = options.dryRun ?? false;
+        const { rollout } = config;
+        events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`);
+        if (dryRun) {
+            const ctx = { config, knownHosts, history: repo, commit, exportDir, force: options.force ?? false, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
+            const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
+            return { command: 'sync', commit, dry_run: true, scan, vms: reports };
+        }
+        const outcome = await releaseFleet({
             config,
-            knownHosts,
+            openPort: sshPorts(knownHosts),
             history: repo,
             commit,
             exportDir,
             force: options.force ?? false,
-            dryRun: options.dryRun ?? false,
             owner: ownLockOwner(commit, runUrlFromEnv()),
             deployNotes: committedSentinelNote(exportDir),
             events,
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
-        };
-        // Every VM ends with a row, whatever throws: the export outlives them all.
-        const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => syncVm(vm, ctx)));
-        if (!ctx.dryRun)
-            await recordDeployed(repo, reports, commit, events);
-        return { command: 'sync', commit, dry_run: ctx.dryRun, scan, vms: reports };
+            lockWaitS: options.lockWaitS ?? 0,
+        }, vms);
+        await recordDeployed(repo, outcome.vms, events);
+        return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
     }
     finally {
         external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
@@ -40507,14 +41151,39 @@ async function runInspect(config, mode, options = {}) {
         commit,
         exportDir: '',
         force: false,
-        dryRun: false,
-        owner: ownLockOwner(commit, ''),
         events,
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
     };
     const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode)));
     return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+}
+/**
+ * `vm-sync rollback`: flips each selected VM to its previous kept release, or
+ * to its kept release of `to`. Transfers nothing and scans nothing (the
+ * release was scanned when it was deployed).
+ */
+async function runRollback(config, options = {}) {
+    const events = options.events ?? silentEvents;
+    const vms = selectVms(config, options.vms);
+    const knownHosts = loadKnownHosts(config);
+    let to = null;
+    if (options.to) {
+        if (/^[0-9a-f]{40}$/.test(options.to))
+            to = options.to;
+        else {
+            const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+            if (!external_node_fs_default().existsSync(config.repository.mainRepoPath))
+                throw new VmSyncError('git_failed', `cannot resolve --to ${options.to}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
+            to = await repo.resolve(options.to);
+        }
+    }
+    events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`);
+    const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
+    const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+    if (external_node_fs_default().existsSync(config.repository.mainRepoPath))
+        await recordDeployed(repo, rows, events);
+    return { command: 'rollback', commit: to ?? '', dry_run: false, scan: null, vms: rows };
 }
 /**
  * `vm-sync scan`: the secret-scan gate on its own, on the runner-host clone or
@@ -40572,8 +41241,8 @@ async function rowOf(vm, events, pipeline) {
     return announce(events, report);
 }
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
-async function recordDeployed(repo, reports, commit, events) {
-    const entries = reports.filter((r) => r.rev_after === commit).map((r) => ({ vmId: r.id, sha: commit }));
+async function recordDeployed(repo, reports, events) {
+    const entries = reports.filter((r) => r.rev_after !== null && r.result === 'success').map((r) => ({ vmId: r.id, sha: r.rev_after }));
     if (entries.length === 0)
         return;
     try {
@@ -40791,6 +41460,7 @@ function fleetConfigYaml(fleet, repo, extra = {}) {
         '  connect_timeout_s: 5',
         '  timeout_s: 120',
         ...(extra.sync ?? []).map((l) => `  ${l}`),
+        ...(extra.rollout?.length ? ['rollout:', ...extra.rollout.map((l) => `  ${l}`)] : []),
         '',
     ].join('\n');
 }
@@ -40956,6 +41626,7 @@ function stopDemo(dir) {
 }
 
 ;// CONCATENATED MODULE: ./src/doctor/doctor.ts
+
 
 
 
@@ -41150,7 +41821,28 @@ function renderDoctor(report) {
     return `${lines.join('\n')}\n`;
 }
 
+;// CONCATENATED MODULE: ./src/execute.ts
+
+/**
+ * Runs one command against the fleet and returns its report. The CLI
+ * (cli.ts) and the Action (main.ts) only parse their input into a
+ * {@link Command} and present the report; everything between is here.
+ */
+function execute(config, command) {
+    switch (command.name) {
+        case 'sync':
+            return runSync(config, command.options);
+        case 'rollback':
+            return runRollback(config, command.options);
+        case 'scan':
+            return runScan(config, command.options);
+        default:
+            return runInspect(config, command.name, command.options);
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/sync/unlock.ts
+
 
 
 
@@ -41222,7 +41914,54 @@ async function runUnlock(config, options) {
     return mapPool(vms, config.sync.concurrency, (vm) => unlockVm(vm, config, knownHosts, options.force));
 }
 
+;// CONCATENATED MODULE: ./src/sync/locks.ts
+
+
+
+
+
+
+
+
+
+async function lockOf(vm, config, knownHosts) {
+    const row = { id: vm.id, locked: false, stale: false, holder: null, record: null, age_s: null, detail: '', error: null };
+    let session = null;
+    try {
+        session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+        const probe = await new RemoteTarget(session, vm.repoPath, Date.now() + CLEANUP_MS).probe(true);
+        if (!probe.lock) {
+            row.detail = 'not locked';
+            return row;
+        }
+        const { stale, who } = judge(probe, config.sync.timeoutS);
+        const owner = parseLockOwner(probe.lock.record);
+        row.locked = true;
+        row.stale = stale;
+        row.record = probe.lock.record;
+        row.age_s = probe.lock.mtime === null ? null : Math.max(0, probe.now - probe.lock.mtime);
+        row.holder = owner ? { host: owner.host, pid: owner.pid, commit: owner.commit, run: owner.run, deadline: owner.deadline } : null;
+        row.detail = stale ? `locked by ${who}: stale, vm-sync unlock --vm ${vm.id} breaks it (the next deploy does too)` : `locked by ${who}`;
+    }
+    catch (error) {
+        row.error = { code: error instanceof VmSyncError ? error.code : 'remote_command_failed', message: getErrorMessage(error) };
+        row.detail = `could not read the lock: ${row.error.message}`;
+    }
+    finally {
+        session?.dispose();
+    }
+    return row;
+}
+/** `vm-sync locks`: every selected VM's deploy lock and who holds it. Read-only. */
+async function runLocks(config, options = {}) {
+    const vms = selectVms(config, options.vms);
+    const knownHosts = new KnownHosts(external_node_fs_default().readFileSync(config.knownHostsPath, 'utf8'));
+    return mapPool(vms, config.sync.concurrency, (vm) => lockOf(vm, config, knownHosts));
+}
+
 ;// CONCATENATED MODULE: ./src/cli.ts
+
+
 
 
 
@@ -41237,10 +41976,13 @@ async function runUnlock(config, options) {
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
 
 Usage:
-  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--json]
+  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--lock-wait SECONDS] [--json]
+  vm-sync rollback --config FILE [--vm ...] [--to SHA] [--lock-wait SECONDS] [--json]
+                 flip back to the previous kept release (or to the kept release of SHA): no transfer, no scan
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
+  vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
   vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
   vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
@@ -41292,6 +42034,8 @@ function parse(argv) {
                 repo: { type: 'string' },
                 sarif: { type: 'string' },
                 'scan-base': { type: 'string' },
+                to: { type: 'string' },
+                'lock-wait': { type: 'string' },
                 help: { type: 'boolean', short: 'h', default: false },
             },
         });
@@ -41335,8 +42079,19 @@ async function main(argv, io = processIO, signal) {
             }
             return await runDemo(values.dir, values.keep, events, io.out);
         }
-        if (!['sync', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock'].includes(command))
+        if (!['sync', 'rollback', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock', 'locks'].includes(command))
             throw new UsageError(`unknown command '${command}'`);
+        if (values.to !== undefined && command !== 'rollback')
+            throw new UsageError('--to only applies to rollback (sync takes --commit)');
+        if (values['lock-wait'] !== undefined && command !== 'sync' && command !== 'rollback')
+            throw new UsageError('--lock-wait only applies to sync and rollback');
+        const lockWait = values['lock-wait'] === undefined ? 0 : Number(values['lock-wait']);
+        if (!Number.isInteger(lockWait) || lockWait < 0 || lockWait > 86400)
+            throw new UsageError(`--lock-wait must be a whole number of seconds from 0 to 86400, not '${values['lock-wait']}'`);
+        if (values.to !== undefined && !/^[0-9A-Za-z._/-]{1,200}$/.test(values.to))
+            throw new UsageError(`--to must be a commit hash or a ref, not '${values.to}'`);
+        if (command === 'rollback' && values.commit)
+            throw new UsageError('rollback takes --to SHA, not --commit');
         if (command !== 'scan' && (values.range || values.repo))
             throw new UsageError('--range and --repo only apply to scan');
         if (values.sarif && command !== 'scan' && command !== 'sync')
@@ -41359,7 +42114,7 @@ async function main(argv, io = processIO, signal) {
             throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
         // scan never reaches a VM, so it does not need (or check) the SSH keys;
         // doctor reports a missing key or known_hosts per VM, with the fix.
-        const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory'].includes(command) });
+        const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory', 'locks'].includes(command) });
         if (command === 'inventory') {
             // For scripts (the runner bootstrap): everything needed to provision keys and pin host keys.
             const inventory = {
@@ -41371,6 +42126,17 @@ async function main(argv, io = processIO, signal) {
             return 0;
         }
         const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
+        if (command === 'locks') {
+            if (values.commit)
+                throw new UsageError('locks takes no --commit');
+            const rows = await runLocks(config, { vms });
+            if (json)
+                io.out(`${JSON.stringify({ command: 'locks', vms: rows }, null, 2)}\n`);
+            else
+                for (const row of rows)
+                    io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
+            return rows.every((row) => row.error === null) ? 0 : 1;
+        }
         if (command === 'doctor') {
             if (values.commit)
                 throw new UsageError('doctor takes no --commit');
@@ -41390,16 +42156,20 @@ async function main(argv, io = processIO, signal) {
             return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
         }
         const options = { commit: values.commit, vms, events, signal };
-        let report;
+        let request;
         if (command === 'sync') {
-            report = await runSync(config, { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'] });
+            request = { name: 'sync', options: { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'], lockWaitS: lockWait } };
+        }
+        else if (command === 'rollback') {
+            request = { name: 'rollback', options: { vms, events, signal, to: values.to, lockWaitS: lockWait } };
         }
         else if (command === 'scan') {
-            report = await runScan(config, { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] });
+            request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
         }
         else {
-            report = await runInspect(config, command, options);
+            request = { name: command, options };
         }
+        const report = await execute(config, request);
         if (values.sarif)
             external_node_fs_default().writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
         io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));

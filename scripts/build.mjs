@@ -9,6 +9,8 @@ const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 const dist = path.join(root, 'dist');
 const ncc = path.join(root, 'node_modules', '@vercel', 'ncc', 'dist', 'ncc', 'cli.js');
 const stage = path.join(root, 'build', 'ncc');
+// The VM agent is a shell file in the repository; the bundle carries it as a generated module.
+execFileSync(process.execPath, [path.join(root, 'scripts', 'embed-agent.mjs')], { cwd: root, stdio: 'inherit' });
 fs.rmSync(stage, { recursive: true, force: true });
 fs.mkdirSync(dist, { recursive: true });
 const licences = new Set();

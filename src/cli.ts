@@ -7,17 +7,22 @@ import { terminalLine } from './report/escape.js';
 import { renderTable } from './report/table.js';
 import fs from 'node:fs';
 import { renderSarif } from './scan/findings.js';
-import { exitCodeFor, runInspect, runScan, runSync } from './sync/fleet.js';
+import { execute, type Command } from './execute.js';
+import { exitCodeFor } from './sync/fleet.js';
+import { runLocks } from './sync/locks.js';
 import { runUnlock } from './sync/unlock.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
 
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
 
 Usage:
-  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--json]
+  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--lock-wait SECONDS] [--json]
+  vm-sync rollback --config FILE [--vm ...] [--to SHA] [--lock-wait SECONDS] [--json]
+                 flip back to the previous kept release (or to the kept release of SHA): no transfer, no scan
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
+  vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
   vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
   vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
@@ -77,6 +82,8 @@ function parse(argv: string[]) {
         repo: { type: 'string' },
         sarif: { type: 'string' },
         'scan-base': { type: 'string' },
+        to: { type: 'string' },
+        'lock-wait': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -117,7 +124,13 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       }
       return await runDemo(values.dir, values.keep, events, io.out);
     }
-    if (!['sync', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (!['sync', 'rollback', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock', 'locks'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (values.to !== undefined && command !== 'rollback') throw new UsageError('--to only applies to rollback (sync takes --commit)');
+    if (values['lock-wait'] !== undefined && command !== 'sync' && command !== 'rollback') throw new UsageError('--lock-wait only applies to sync and rollback');
+    const lockWait = values['lock-wait'] === undefined ? 0 : Number(values['lock-wait']);
+    if (!Number.isInteger(lockWait) || lockWait < 0 || lockWait > 86400) throw new UsageError(`--lock-wait must be a whole number of seconds from 0 to 86400, not '${values['lock-wait']}'`);
+    if (values.to !== undefined && !/^[0-9A-Za-z._/-]{1,200}$/.test(values.to)) throw new UsageError(`--to must be a commit hash or a ref, not '${values.to}'`);
+    if (command === 'rollback' && values.commit) throw new UsageError('rollback takes --to SHA, not --commit');
     if (command !== 'scan' && (values.range || values.repo)) throw new UsageError('--range and --repo only apply to scan');
     if (values.sarif && command !== 'scan' && command !== 'sync') throw new UsageError('--sarif only applies to scan and sync');
     if (values['scan-base'] && command !== 'sync') throw new UsageError('--scan-base only applies to sync (scan takes --range BASE..HEAD)');
@@ -131,7 +144,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
 
     // scan never reaches a VM, so it does not need (or check) the SSH keys;
     // doctor reports a missing key or known_hosts per VM, with the fix.
-    const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory'].includes(command) });
+    const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory', 'locks'].includes(command) });
     if (command === 'inventory') {
       // For scripts (the runner bootstrap): everything needed to provision keys and pin host keys.
       const inventory = {
@@ -143,6 +156,13 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       return 0;
     }
     const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
+    if (command === 'locks') {
+      if (values.commit) throw new UsageError('locks takes no --commit');
+      const rows = await runLocks(config, { vms });
+      if (json) io.out(`${JSON.stringify({ command: 'locks', vms: rows }, null, 2)}\n`);
+      else for (const row of rows) io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
+      return rows.every((row) => row.error === null) ? 0 : 1;
+    }
     if (command === 'doctor') {
       if (values.commit) throw new UsageError('doctor takes no --commit');
       const doctor = await runDoctor(config, { vms });
@@ -157,14 +177,17 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
     }
     const options = { commit: values.commit, vms, events, signal };
-    let report: RunReport;
+    let request: Command;
     if (command === 'sync') {
-      report = await runSync(config, { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'] });
+      request = { name: 'sync', options: { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'], lockWaitS: lockWait } };
+    } else if (command === 'rollback') {
+      request = { name: 'rollback', options: { vms, events, signal, to: values.to, lockWaitS: lockWait } };
     } else if (command === 'scan') {
-      report = await runScan(config, { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] });
+      request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
     } else {
-      report = await runInspect(config, command as 'verify' | 'status', options);
+      request = { name: command as 'verify' | 'status', options };
     }
+    const report: RunReport = await execute(config, request);
     if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
     io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
     if (report.scan?.blocked) {

@@ -33,6 +33,9 @@ export const FAILURE_CODES = [
   'internal_error',
   'runner_busy',
   'scan_timeout',
+  'health_failed',
+  'rollout_halted',
+  'no_release',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];

@@ -14,7 +14,8 @@ import { renderSarif } from './scan/findings.js';
 import { locateGitleaks } from './scan/gitleaks.js';
 import { installGitleaks } from './scan/install.js';
 import type { ScanRequest } from './scan/plan.js';
-import { exitCodeFor, runInspect, runScan, runSync } from './sync/fleet.js';
+import { execute } from './execute.js';
+import { exitCodeFor } from './sync/fleet.js';
 import { failedRow, type EngineEvents, type RunReport, type VmReport } from './sync/types.js';
 
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
@@ -169,6 +170,7 @@ export async function run(): Promise<void> {
     reporter = new GitHubReporter(inputs.githubToken ? octokitApi(inputs.githubToken, ctx) : null, {
       sha: commit,
       runUrl,
+      // A rollback changes what the VMs serve, not the commit's verdict: it posts no statuses on it.
       statuses: inputs.commitStatuses && (inputs.command === 'sync' || inputs.command === 'verify' || inputs.command === 'scan'),
       environment: inputs.environment,
       verb: inputs.command === 'verify' ? 'verify' : 'sync',
@@ -178,25 +180,23 @@ export async function run(): Promise<void> {
     const events = actionEvents(reporter, fanOut);
     if (scans) reporter.scanStarted();
     if (inputs.command === 'scan') {
-      report = await runScan(config, { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal });
+      report = await execute(config, { name: 'scan', options: { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal } });
     } else if (inputs.command === 'sync') {
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
       if (auth) core.setSecret(auth.secret);
-      report = await runSync(config, {
-        commit,
-        vms: inputs.vms,
-        force: inputs.force,
-        dryRun: inputs.dryRun,
-        gitEnv: auth?.env,
-        scanRequest: pushRequest(ctx, commit),
-        events,
-        signal: controller.signal,
+      report = await execute(config, {
+        name: 'sync',
+        options: { commit, vms: inputs.vms, force: inputs.force, dryRun: inputs.dryRun, gitEnv: auth?.env, scanRequest: pushRequest(ctx, commit), lockWaitS: inputs.lockWaitS, events, signal: controller.signal },
       });
+    } else if (inputs.command === 'rollback') {
+      const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
+      if (auth) core.setSecret(auth.secret);
+      report = await execute(config, { name: 'rollback', options: { vms: inputs.vms, to: inputs.to || undefined, lockWaitS: inputs.lockWaitS, gitEnv: auth?.env, events, signal: controller.signal } });
     } else {
       // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
       if (auth) core.setSecret(auth.secret);
-      report = await runInspect(config, inputs.command, { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal });
+      report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal } });
     }
     if (scans) reporter.scanFinished(report.scan, null);
 

@@ -1,7 +1,12 @@
 import * as core from '@actions/core';
 import { VmSyncError } from '../errors.js';
 
-export type ActionCommand = 'sync' | 'verify' | 'status' | 'scan';
+export type ActionCommand = 'sync' | 'rollback' | 'verify' | 'status' | 'scan';
+
+const COMMANDS: readonly ActionCommand[] = ['sync', 'rollback', 'verify', 'status', 'scan'];
+
+/** The longest `lock-wait`: one day. */
+export const MAX_LOCK_WAIT_S = 86400;
 
 /** Every input of action.yml, parsed and checked once. */
 export interface Inputs {
@@ -9,6 +14,10 @@ export interface Inputs {
   config: string;
   /** Empty: the event's SHA. */
   commit: string;
+  /** rollback: the commit to go back to (7-40 hex digits or a ref name); empty: each VM's previous release. */
+  to: string;
+  /** sync and rollback: how long to keep retrying a VM locked by another live run, in seconds (0: fail at once). */
+  lockWaitS: number;
   vms: string[];
   force: boolean;
   dryRun: boolean;
@@ -34,18 +43,52 @@ function bool(read: InputReader, name: string, fallback: boolean): boolean {
   throw new VmSyncError('config_invalid', `input ${name} must be true or false, not '${raw}'`);
 }
 
+/** A commit or ref as an input may name it: 7-40 hex digits, or a ref name git would accept (roughly). */
+function isCommitOrRef(value: string): boolean {
+  if (/^[0-9a-fA-F]{7,40}$/.test(value)) return true;
+  return (
+    /^[A-Za-z0-9_][A-Za-z0-9._/-]*$/.test(value) &&
+    !value.includes('..') &&
+    !value.includes('//') &&
+    !value.includes('/.') &&
+    !/[/.]$/.test(value) &&
+    !value.endsWith('.lock')
+  );
+}
+
+/** Whole seconds from 0 to {@link MAX_LOCK_WAIT_S}; empty: 0. */
+function lockWait(read: InputReader): number {
+  const raw = read('lock-wait').trim();
+  if (raw === '') return 0;
+  const seconds = /^[0-9]{1,6}$/.test(raw) ? Number(raw) : NaN;
+  if (!(seconds <= MAX_LOCK_WAIT_S)) {
+    throw new VmSyncError('config_invalid', `input lock-wait must be whole seconds from 0 to ${MAX_LOCK_WAIT_S}, not '${raw}'`);
+  }
+  return seconds;
+}
+
 /**
  * Parses every input into one typed object, so the rest of the action never
  * reads an input itself. Bad values are errors that name the input.
  */
 export function parseInputs(read: InputReader = defaultReader): Inputs {
   const command = (read('command').trim() || 'sync') as ActionCommand;
-  if (!['sync', 'verify', 'status', 'scan'].includes(command)) {
-    throw new VmSyncError('config_invalid', `input command must be sync, verify, status or scan, not '${command}'`);
+  if (!COMMANDS.includes(command)) {
+    throw new VmSyncError('config_invalid', `input command must be sync, rollback, verify, status or scan, not '${command}'`);
   }
   const commit = read('commit').trim();
   if (commit !== '' && !/^[0-9a-fA-F]{7,40}$/.test(commit) && !/^[A-Za-z0-9._/-]+$/.test(commit)) {
     throw new VmSyncError('config_invalid', `input commit is not a commit or ref: '${commit}'`);
+  }
+  const to = read('to').trim();
+  if (to !== '' && !isCommitOrRef(to)) {
+    throw new VmSyncError('config_invalid', `input to must be a commit (7 to 40 hex digits) or a ref name, not '${to}'`);
+  }
+  if (to !== '' && command !== 'rollback') {
+    throw new VmSyncError('config_invalid', `input to only applies to command: rollback (command is ${command}); for sync use input commit`);
+  }
+  if (commit !== '' && command === 'rollback') {
+    throw new VmSyncError('config_invalid', 'input commit does not apply to command: rollback; name the release to go back to with input to');
   }
   const vms = read('vms')
     .split(',')
@@ -55,6 +98,8 @@ export function parseInputs(read: InputReader = defaultReader): Inputs {
     command,
     config: read('config').trim() || 'vm-sync.yml',
     commit,
+    to,
+    lockWaitS: lockWait(read),
     vms,
     force: bool(read, 'force', false),
     dryRun: bool(read, 'dry-run', false),
@@ -67,5 +112,8 @@ export function parseInputs(read: InputReader = defaultReader): Inputs {
   };
   if (inputs.dryRun && command !== 'sync') throw new VmSyncError('config_invalid', 'input dry-run only applies to command: sync');
   if (inputs.force && command !== 'sync') throw new VmSyncError('config_invalid', 'input force only applies to command: sync');
+  if (inputs.lockWaitS > 0 && command !== 'sync' && command !== 'rollback') {
+    throw new VmSyncError('config_invalid', 'input lock-wait only applies to command: sync or rollback');
+  }
   return inputs;
 }

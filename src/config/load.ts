@@ -4,7 +4,8 @@ import path from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from 'yaml';
 import { VmSyncError } from '../errors.js';
 import { expandLocalHome, normalizePath, pathProblem } from './paths.js';
-import type { Config, Layout, VmConfig } from './types.js';
+import { parseQuantity } from './rollout.js';
+import type { Config, Layout, Quantity, RolloutConfig, SharedPath, VmConfig } from './types.js';
 
 /** One thing wrong with the config, with the line it is on when known. */
 export interface ConfigProblem {
@@ -103,6 +104,11 @@ class Section {
     return this.pairs.get(key)?.key;
   }
 
+  /** The 1-based line of an offset in the config text. */
+  lineAt(offset: number): number {
+    return this.ctx.lines.linePos(offset).line;
+  }
+
   /** Records a problem at `node`, or at this section when the node is absent (a missing key). */
   problem(node: Node | null | undefined, message: string): void {
     this.ctx.problems.push({ line: lineOf(this.ctx, node ?? this.anchor ?? this.self), message });
@@ -150,6 +156,27 @@ class Section {
     return value;
   }
 
+  /**
+   * A number of VMs: a whole number >= `min`, or a string `"N%"` (N from `min` to 100).
+   * `what` says what the number is, for the message.
+   */
+  quantity(key: string, fallback: Quantity, min: 0 | 1, what: string): Quantity {
+    const { present, value, node } = this.scalar(key);
+    if (!present || value === null) return fallback;
+    const source = node && isScalar(node) ? node.source : undefined;
+    const parsed = parseQuantity(value, min, typeof source === 'string' ? source : undefined);
+    if (parsed === null) {
+      const written = typeof source === 'string' ? source : String(value);
+      const shown = node && !isScalar(node) ? ' not a list or mapping' : ` not '${escaped(written)}'`;
+      this.problem(
+        node,
+        `${this.where}.${key} must be a whole number of VMs (${min} or more) or a percentage of the selected VMs from ${min}% to 100% written like "25%" (${what}),${shown}`,
+      );
+      return fallback;
+    }
+    return parsed;
+  }
+
   stringList(key: string, fallback: string[]): string[] {
     const node = this.node(key);
     if (node === undefined || node === null || (isScalar(node) && node.value === null)) return fallback;
@@ -172,6 +199,147 @@ class Section {
   section(key: string, allowed: readonly string[] | null): Section {
     return new Section(this.ctx, this.where === '' ? key : `${this.where}.${key}`, this.node(key), allowed, this.keyNode(key));
   }
+}
+
+// C0 and C1 control characters and DEL.
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHAR = /[\u0000-\u001f\u007f-\u009f]/;
+const CONTROL_CHARS = new RegExp(CONTROL_CHAR.source, 'g');
+
+/** A config value as it may be shown inside a one-line message: control characters escaped. */
+function escaped(value: string): string {
+  return value.replace(CONTROL_CHARS, (c) => {
+    const named: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+    return named[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+  });
+}
+
+/** At most this many `repository.shared_paths` entries. */
+export const MAX_SHARED_PATHS = 50;
+
+/**
+ * Why one `repository.shared_paths` entry is unusable (a phrase that follows the entry in a
+ * message, with what to do), or null when it is fine. Accepted: a relative `/`-separated path
+ * inside the target, optionally ending in one `/` (a directory).
+ */
+export function sharedPathProblem(value: string): string | null {
+  if (value.trim() === '') return 'is empty: remove it, or name a path inside the target like storage/ or .env';
+  if (CONTROL_CHAR.test(value)) return 'contains a control character: remove it';
+  if (value.includes('\\')) return "contains a backslash: write a relative path with '/' between directories, like storage/logs";
+  if (value.startsWith('/') || value.startsWith('~')) {
+    return 'must be relative to the target (no leading / or ~): write it as the path inside the deployed tree, like storage/ or .env';
+  }
+  const parts = (value.endsWith('/') ? value.slice(0, -1) : value).split('/');
+  if (parts.some((p) => p.trim() === '')) return "has an empty component (a doubled '/', or more than one trailing '/'): write each directory once";
+  if (parts.includes('..')) return "has a '..' component: a shared path must stay inside the target";
+  if (parts.includes('.')) return "has a '.' component: write the path without './' or '/.'";
+  if (parts.length === 1 && parts[0] === '.sync_rev') return "is vm-sync's sentinel, which every release writes itself: remove it";
+  if (parts[0] === '.git') return 'is .git or inside it, which is never deployed: remove it';
+  return null;
+}
+
+/**
+ * Reads `repository.shared_paths`: every entry checked on its own (one problem each, naming it
+ * and its line), then against the others (duplicates, one inside another), the count, and the layout.
+ */
+function sharedPaths(repo: Section, layout: string | null): SharedPath[] {
+  const node = repo.node('shared_paths');
+  if (node === undefined || node === null || (isScalar(node) && node.value === null)) return [];
+  const where = 'repository.shared_paths';
+  if (!isSeq(node)) {
+    repo.problem(node, `${where} must be a list of paths inside the target, like [storage/, .env]`);
+    return [];
+  }
+  const items = node.items as Node[];
+  const accepted: { entry: SharedPath; raw: string; item: Node }[] = [];
+  for (const item of items) {
+    const value = isScalar(item) ? (item.value ?? '') : undefined;
+    if (typeof value !== 'string') {
+      if (isScalar(item)) {
+        const written = escaped(String(item.source ?? value));
+        repo.problem(item, `${where} entry '${written}' is not a string: quote it ("${written}") if it is a path`);
+      } else {
+        repo.problem(item, `${where} has an entry that is ${isSeq(item) ? 'a list' : 'a mapping'}: each entry must be a path inside the target, like storage/ or .env`);
+      }
+      continue;
+    }
+    const problem = sharedPathProblem(value);
+    if (problem) {
+      repo.problem(item, `${where} entry '${escaped(value)}' ${problem}`);
+      continue;
+    }
+    const dir = value.endsWith('/');
+    accepted.push({ entry: { path: dir ? value.slice(0, -1) : value, dir }, raw: value, item });
+  }
+
+  // Duplicates and nesting, by map lookups of each entry's ancestors (not every pair).
+  const line = (item: Node): string => {
+    const offset = item.range?.[0];
+    return offset === undefined ? '?' : String(repo.lineAt(offset));
+  };
+  const byPath = new Map<string, { raw: string; item: Node }>();
+  const unique: typeof accepted = [];
+  for (const a of accepted) {
+    const first = byPath.get(a.entry.path);
+    if (first) {
+      repo.problem(a.item, `${where} entry '${escaped(a.raw)}' names the same path as '${escaped(first.raw)}' (line ${line(first.item)}): list it once`);
+      continue;
+    }
+    byPath.set(a.entry.path, a);
+    unique.push(a);
+  }
+  const out: SharedPath[] = [];
+  for (const a of unique) {
+    const parts = a.entry.path.split('/');
+    let outer: { raw: string; item: Node } | undefined;
+    for (let i = 1; i < parts.length && !outer; i++) outer = byPath.get(parts.slice(0, i).join('/'));
+    if (outer) {
+      repo.problem(
+        a.item,
+        `${where} entry '${escaped(a.raw)}' is inside '${escaped(outer.raw)}' (line ${line(outer.item)}), which is already shared: list only '${escaped(outer.raw)}'`,
+      );
+      continue;
+    }
+    out.push(a.entry);
+  }
+
+  if (items.length > MAX_SHARED_PATHS) {
+    const extra = items[MAX_SHARED_PATHS] as Node;
+    const value = isScalar(extra) && typeof extra.value === 'string' ? `'${escaped(extra.value)}'` : 'an entry';
+    repo.problem(
+      extra,
+      `${where} has ${items.length} entries; at most ${MAX_SHARED_PATHS} are allowed (the ${MAX_SHARED_PATHS + 1}st is ${value}): share a common parent directory instead`,
+    );
+  }
+  if (layout === 'in-place' && items.length > 0) {
+    const names = accepted.map((a) => `'${escaped(a.raw)}'`);
+    const shown = names.length <= 5 ? names.join(', ') : `${names.slice(0, 5).join(', ')} and ${names.length - 5} more`;
+    repo.problem(
+      repo.keyNode('shared_paths'),
+      `${where} (${shown || 'its entries'}) needs layout: atomic; layout: in-place has no releases to share them between: remove shared_paths or set layout: atomic`,
+    );
+  }
+  return out;
+}
+
+/** Reads the `rollout:` section; every key is optional. */
+function rollout(section: Section): RolloutConfig {
+  const strategy = section.string('strategy', 'all-at-once');
+  if (strategy !== 'all-at-once' && strategy !== 'rolling') {
+    section.problem(section.node('strategy'), `rollout.strategy must be 'all-at-once' or 'rolling', not '${escaped(String(strategy))}'`);
+  }
+  const healthCommand = section.string('health_command', null);
+  if (healthCommand !== null && healthCommand.trim() === '') {
+    section.problem(section.node('health_command'), 'rollout.health_command is empty: remove it or set null');
+  }
+  return {
+    strategy: strategy === 'rolling' ? 'rolling' : 'all-at-once',
+    batchSize: section.quantity('batch_size', { count: 1 }, 1, 'VMs flipped per batch'),
+    maxFailed: section.quantity('max_failed', { count: 0 }, 0, 'failed VMs tolerated before the rollout halts'),
+    healthCommand: healthCommand !== null && healthCommand.trim() === '' ? null : healthCommand,
+    healthTimeoutS: section.int('health_timeout_s', 60, 1, 3600),
+    revertUnhealthy: section.bool('revert_unhealthy', true),
+  };
 }
 
 /** Validates a path and reports it; returns the normalised path or null. */
@@ -198,13 +366,16 @@ export function parseConfig(text: string, source: string, home: string = os.home
   }
   if (ctx.problems.length > 0) throw new ConfigError(source, ctx.problems);
 
-  const root = new Section(ctx, '', doc.contents as Node | null, ['vms', 'repository', 'remote_execution', 'sync']);
+  const root = new Section(ctx, '', doc.contents as Node | null, ['vms', 'repository', 'remote_execution', 'sync', 'rollout']);
   const repo = root.section('repository', [
     'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
-    'rsync_excludes', 'layout', 'keep_releases', 'secret_scanning',
+    'rsync_excludes', 'layout', 'keep_releases', 'shared_paths', 'secret_scanning',
   ]);
   const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
   const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
+  const rolloutSection = root.section('rollout', [
+    'strategy', 'batch_size', 'max_failed', 'health_command', 'health_timeout_s', 'revert_unhealthy',
+  ]);
   const scanning = repo.section('secret_scanning', ['enabled', 'tool', 'config_path', 'block_on_secrets', 'gitleaks_path', 'timeout_s']);
 
   const keyStorage = checkedPath(remoteExec, 'key_storage_path', remoteExec.string('key_storage_path', '~/.ssh/vm-sync_keys'));
@@ -298,6 +469,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
       rsyncExcludes: repo.stringList('rsync_excludes', ['.git', '__pycache__', '.vscode']),
       layout: (layout === 'in-place' ? 'in-place' : 'atomic') as Layout,
       keepReleases: repo.int('keep_releases', 3, 1, 100),
+      sharedPaths: sharedPaths(repo, layout),
       secretScanning: {
         enabled: scanning.bool('enabled', true),
         tool: 'gitleaks' as const,
@@ -316,6 +488,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
       retries: sync.int('retries', 3, 0, 10),
       postSyncCommand: postSync,
     },
+    rollout: rollout(rolloutSection),
   } satisfies Config;
   if (ctx.problems.length > 0) throw new ConfigError(source, ctx.problems);
   return config;

@@ -25,6 +25,37 @@ export interface SecretScanningConfig {
   timeoutS: number;
 }
 
+/**
+ * A file or directory that outlives releases (atomic layout only). It lives on the VM
+ * under vm-sync's state directory, `~/.app.vm-sync/shared/<path>`, and every release
+ * has a symlink at `path` pointing there.
+ */
+export interface SharedPath {
+  /** Relative to the target, `/`-separated, without a trailing slash. */
+  path: string;
+  /** True when the entry was written with a trailing `/`: a directory; false: a file. */
+  dir: boolean;
+}
+
+/** A number of VMs: absolute, or a percentage of the selected VMs (see `resolveQuantity`). */
+export type Quantity = { count: number } | { percent: number };
+
+export type RolloutStrategy = 'all-at-once' | 'rolling';
+
+/** The `rollout:` section: how a release's flip is spread over the fleet and checked. */
+export interface RolloutConfig {
+  strategy: RolloutStrategy;
+  /** rolling: VMs flipped per batch (a count >= 1, or 1..100 percent). */
+  batchSize: Quantity;
+  /** Failed VMs tolerated before the rollout halts (a count >= 0, or 0..100 percent). */
+  maxFailed: Quantity;
+  /** Run on the VM in the new release after its flip; null: no health check. */
+  healthCommand: string | null;
+  healthTimeoutS: number;
+  /** Flip an unhealthy VM back to the release it had. */
+  revertUnhealthy: boolean;
+}
+
 export interface RepositoryConfig {
   /** The runner host's clone (absolute, `~` expanded). */
   mainRepoPath: string;
@@ -35,6 +66,8 @@ export interface RepositoryConfig {
   rsyncExcludes: string[];
   layout: Layout;
   keepReleases: number;
+  /** `shared_paths`: kept across releases (atomic layout only); default []. */
+  sharedPaths: SharedPath[];
   secretScanning: SecretScanningConfig;
 }
 
@@ -55,4 +88,5 @@ export interface Config {
   keyStoragePath: string;
   knownHostsPath: string;
   sync: SyncSettings;
+  rollout: RolloutConfig;
 }

@@ -194,7 +194,7 @@ export function handshakeCount(vm: FleetVm): number {
  * A vm-sync config for a fleet: each VM's target is `~/app` (its own home),
  * the runner-host repo at `mainRepoPath`, cloned from `url`.
  */
-export function fleetConfigYaml(fleet: Fleet, repo: { mainRepoPath: string; url: string }, extra: { sync?: string[]; repository?: string[] } = {}): string {
+export function fleetConfigYaml(fleet: Fleet, repo: { mainRepoPath: string; url: string }, extra: { sync?: string[]; repository?: string[]; rollout?: string[] } = {}): string {
   const vms = fleet.vms.map((vm) => `  ${vm.id}: { ip: 127.0.0.1, ssh_user: ${fleet.user}, ssh_port: ${vm.port} }`);
   return [
     'vms:',
@@ -213,6 +213,7 @@ export function fleetConfigYaml(fleet: Fleet, repo: { mainRepoPath: string; url:
     '  connect_timeout_s: 5',
     '  timeout_s: 120',
     ...(extra.sync ?? []).map((l) => `  ${l}`),
+    ...(extra.rollout?.length ? ['rollout:', ...extra.rollout.map((l) => `  ${l}`)] : []),
     '',
   ].join('\n');
 }

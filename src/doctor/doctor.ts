@@ -7,7 +7,8 @@ import { KnownHosts } from '../remote/known-hosts.js';
 import { scanHostKey, VmSession } from '../remote/session.js';
 import { describeOwner, holderIsDead, parseLockOwner } from '../remote/lock.js';
 import { RemoteTarget, UNREADABLE_LOCK_GRACE_S, type Probe } from '../remote/target.js';
-import { mapPool, runnerRepo, selectVms } from '../sync/fleet.js';
+import { runnerRepo, selectVms } from '../sync/fleet.js';
+import { mapPool } from '../sync/pool.js';
 
 /** One check of one VM. `warn` is worth knowing but would not fail a sync. */
 export interface Check {

@@ -2,6 +2,7 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
 import { agentCommand, AgentResponse, KILL_GRACE_S, parseAgentOutput } from './agent-script.js';
+import { AgentSession } from './agent-session.js';
 import { codeFromStderr } from './classify.js';
 import { encodeLockOwner, type LockOwner } from './lock.js';
 import type { RemoteGuard } from './rsh-bridge.js';
@@ -49,6 +50,30 @@ export const CLEANUP_MS = 15_000;
 
 const AGENT_CODES: ReadonlySet<string> = new Set(FAILURE_CODES);
 
+const PROBE_KEYS = ['target', 'kind', 'current', 'rev_state', 'rev', 'rsync', 'lock_record', 'lock_hex', 'lock_kind', 'lock_mtime', 'now'] as const;
+const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid'];
+
+/** A kept release on a VM: its directory name and the commit it holds (complete releases only). */
+export interface KeptRelease {
+  name: string;
+  commit: string;
+}
+
+/** What `releases` lists: the live release's name (null when the target is not vm-sync's) and every kept one. */
+export interface ReleaseList {
+  live: string | null;
+  complete: KeptRelease[];
+  incomplete: string[];
+}
+
+/** How a health command ended: its exit status (null when it ran out of time) and its last output lines. */
+export interface HealthOutcome {
+  exit: number | null;
+  output: string;
+}
+
+const RELEASE_NAME = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
+
 /**
  * The deploy target on one VM, driven through the agent over the VM's
  * session. Each method is one remote command under a deadline on the VM; a
@@ -59,15 +84,31 @@ const AGENT_CODES: ReadonlySet<string> = new Set(FAILURE_CODES);
 export class RemoteTarget {
   /** Nonces of steps whose channel this run dropped: they may still run, or not have started yet. */
   private readonly interrupted = new Set<string>();
+  /** The agent session every ordinary operation goes through (cleanup steps use a command of their own). */
+  private agent: AgentSession | null = null;
 
   constructor(
     private readonly session: VmSession,
     /** The target path as configured (`~/app` or absolute). */
     private readonly path: string,
-    /** When this run's budget for the VM ends (epoch ms). */
-    private readonly deadlineAt: number,
-    private readonly signal?: AbortSignal,
+    /** When this run's budget for the VM ends (epoch ms); {@link extendTo} moves it. */
+    private deadlineAt: number,
+    private signal?: AbortSignal,
+    /** The agent session's lifetime on the VM: the whole run's (a VM may wait for its batch). */
+    private readonly sessionBudgetS: number = Math.ceil((deadlineAt - Date.now()) / 1000) + 60,
   ) {}
+
+  /** Moves the budget's end (a VM that waited for its batch gets a new budget for its flip). */
+  extendTo(deadlineAt: number, signal?: AbortSignal): void {
+    this.deadlineAt = deadlineAt;
+    if (signal) this.signal = signal;
+  }
+
+  /** Ends the agent session (the connection is the caller's). */
+  close(): void {
+    this.agent?.close();
+    this.agent = null;
+  }
 
   private get vmId(): string {
     return this.session.vm.id;
@@ -79,12 +120,34 @@ export class RemoteTarget {
   }
 
   /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
-  private async call(op: string, args: string[], cleanup: boolean): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
+  private async call(op: string, args: string[], cleanup: boolean, budgetOverride?: number): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
     const nonce = crypto.randomBytes(12).toString('hex');
-    const budgetS = cleanup ? CLEANUP_MS / 1000 : this.budgetS();
-    const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
+    const budgetS = cleanup ? CLEANUP_MS / 1000 : (budgetOverride ?? this.budgetS());
     try {
-      const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, cleanup ? undefined : this.signal, nonce);
+      if (!cleanup) {
+        // Ordinary operations share one agent session: one channel, no shell start per step.
+        if (!this.agent?.alive) {
+          this.agent = null;
+          this.agent = await AgentSession.open(this.session, this.path, this.sessionBudgetS);
+        }
+        const agent = this.agent;
+        try {
+          const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal });
+          return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: vmBlock(reply.other.trim(), 2000) };
+        } catch (error) {
+          // The session's own process must go too when its step is killed.
+          this.interrupted.add(agent.nonce);
+          const said = agent.stderr.trim();
+          if (error instanceof VmSyncError && error.code === 'unreachable' && said) {
+            const known = codeFromStderr(said);
+            const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(said);
+            if (known || missingTimeout) throw new VmSyncError(known ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${vmText(said.split('\n').slice(-3).join(' | '), 500)}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+          }
+          throw error;
+        }
+      }
+      const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
+      const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, undefined, nonce);
       return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: vmBlock(result.stderr.trim(), 2000), other: vmBlock(result.other.trim(), 2000) };
     } catch (error) {
       // The channel is gone, but the step may still run on the VM, or start
@@ -118,7 +181,7 @@ export class RemoteTarget {
 
   /** Reads where the VM stands; changes nothing. */
   async probe(cleanup = false): Promise<Probe> {
-    return parseProbe(await this.op('probe', [], cleanup));
+    return parseProbe((await this.op('probe', [], cleanup)).only(PROBE_KEYS));
   }
 
   /**
@@ -137,6 +200,7 @@ export class RemoteTarget {
       String(options.legacyStaleAfterS),
       options.expectedBreak ?? '',
     ]);
+    out.only(BEGIN_KEYS);
     const probe = parseProbe(out);
     const lock = out.all('lock')[0];
     if (lock === 'held') {
@@ -169,9 +233,13 @@ export class RemoteTarget {
     return (await this.op('break', [hex], true)).get('lock') === 'broken';
   }
 
-  /** Removes abandoned partial stages of other commits, then makes this commit's stage; returns where to stage and what to hard-link from. */
-  async stage(token: string, sha: string, probed: Probe): Promise<{ stage: string; linkDest: string | null; removedPartials: string[] }> {
-    const out = await this.op('stage', [token, sha]);
+  /**
+   * Removes abandoned partial stages of other commits, then makes this
+   * commit's stage; returns where to stage, what to hard-link from, and which
+   * of the shared paths already exist on the VM (excluded from the transfer).
+   */
+  async stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[] = []): Promise<{ stage: string; linkDest: string | null; removedPartials: string[]; sharedExisting: string[] }> {
+    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared']);
     // rsync writes there with --delete: only the one directory it must be.
     const expected = path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
     const stage = out.require('stage');
@@ -179,14 +247,63 @@ export class RemoteTarget {
     const linkDest = out.require('link_dest');
     const releases = path.posix.dirname(expected);
     if (linkDest && linkDest !== probed.target && path.posix.dirname(linkDest) !== releases) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
-    return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
+    const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
+    return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)), sharedExisting: existing };
   }
 
-  /** Writes `.sync_rev` into the staged release, renames it complete and flips the symlink. */
-  async publish(token: string, sha: string): Promise<{ release: string; movedAside: string | null }> {
-    const out = await this.op('publish', [token, sha]);
+  /**
+   * Completes the staged release: writes `.sync_rev`, links the shared paths
+   * (`d:path` / `f:path`, seeding the ones the VM lacks), writes the
+   * completion marker and gives it its final name. Nothing live changes.
+   */
+  async seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }> = []): Promise<{ release: string; seeded: string[]; created: string[] }> {
+    const out = (await this.op('seal', [token, sha, ...shared.map((s) => `${s.dir ? 'd' : 'f'}:${s.path}`)])).only(['release', 'seeded', 'created']);
+    return { release: releaseName(out.require('release'), this.vmId), seeded: out.all('seeded').map((p) => vmText(p)), created: out.all('created').map((p) => vmText(p)) };
+  }
+
+  /** Points the target at a complete kept release; returns the release it replaced (null: none of vm-sync's). */
+  async flip(token: string, release: string): Promise<{ previous: string | null; movedAside: string | null }> {
+    const out = (await this.op('flip', [token, release])).only(['previous', 'moved_aside', 'release']);
+    if (out.require('release') !== release) throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${vmText(out.require('release'))}, not ${release}`);
+    const previous = out.require('previous');
     const aside = out.get('moved_aside');
-    return { release: vmText(out.require('release')), movedAside: aside === null ? null : vmText(aside) };
+    return { previous: previous ? releaseName(previous, this.vmId) : null, movedAside: aside === null ? null : vmText(aside) };
+  }
+
+  /** The kept releases and the live one; read-only, needs no lock. */
+  async releases(): Promise<ReleaseList> {
+    const out = (await this.op('releases', [])).only(['live', 'release', 'incomplete']);
+    const live = out.require('live');
+    const complete = out.all('release').map((line): KeptRelease => {
+      const [name, commit] = line.split(' ');
+      if (!commit || !/^[0-9a-f]{40}$/.test(commit)) throw new VmSyncError('remote_command_failed', `releases on ${this.vmId}: a completion marker without a commit (${vmText(line, 120)})`);
+      return { name: releaseName(name, this.vmId), commit };
+    });
+    return { live: live ? vmText(live, 200) : null, complete, incomplete: out.all('incomplete').map((n) => vmText(n, 200)) };
+  }
+
+  /** Extends this run's lock to the budget's end (plus the margin); fails with lock_lost when it is gone. */
+  async renew(token: string): Promise<void> {
+    const out = (await this.op('renew', [token, String(this.budgetS() + LOCK_MARGIN_S)])).only(['deadline']);
+    toInt(out.require('deadline'));
+  }
+
+  /**
+   * Runs the health command in the live release with `timeoutS` as its whole
+   * budget. Never throws for the command's own failure or timeout: that is
+   * the outcome; only the VM's or the lock's failures throw.
+   */
+  async health(token: string, sha: string, command: string, timeoutS: number): Promise<HealthOutcome> {
+    const { response, code, stderr, other } = await this.call('health', [token, sha, command], false, timeoutS);
+    if (response.get('error') !== null) await this.op('health', [token, sha, command]); // lock lost and the like: the checked form says why
+    const output = vmBlock(other.split('\n').slice(-20).join('\n'), 2000);
+    if (!response.complete) {
+      // Killed by its timeout (124, or 137 after the grace): unhealthy.
+      return { exit: null, output: output || vmBlock(stderr, 1000) };
+    }
+    response.only(['exit']);
+    const exit = toInt(response.require('exit'));
+    return { exit: code === 0 ? exit : exit || code, output };
   }
 
   async inPlaceBegin(token: string, probed: Probe): Promise<string> {
@@ -199,9 +316,9 @@ export class RemoteTarget {
     await this.op('inplace-finish', [token, sha]);
   }
 
-  /** Removes releases beyond `keep` (never the current one) and abandoned partial stages. */
+  /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
   async prune(token: string, keep: number): Promise<string[]> {
-    return (await this.op('prune', [token, String(keep)])).all('pruned').map((p) => vmText(p));
+    return (await this.op('prune', [token, String(keep)])).only(['pruned']).all('pruned').map((p) => vmText(p));
   }
 
   /** Whether a deploy could write beside the target, and the free space there. */
@@ -243,6 +360,12 @@ export class RemoteTarget {
       return false;
     }
   }
+}
+
+/** A release name as the agent makes them; anything else is a protocol error, never a path to use. */
+function releaseName(value: string, vmId: string): string {
+  if (!RELEASE_NAME.test(value)) throw new VmSyncError('remote_command_failed', `the agent on ${vmId} named a release ${JSON.stringify(vmText(value, 80))}, which is not a release name`);
+  return value;
 }
 
 function hexOnly(value: string): string {

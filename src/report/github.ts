@@ -28,7 +28,7 @@ export interface ReporterOptions {
 
 // Failures of the VM's own answer (wrong commit, refused, hook failed) are
 // "failure"; failures to get an answer at all (network, keys) are "error".
-const FAILURE_CODES = new Set(['refused_ahead', 'verify_mismatch', 'post_sync_failed', 'locked']);
+const FAILURE_CODES = new Set(['refused_ahead', 'verify_mismatch', 'post_sync_failed', 'locked', 'health_failed', 'rollout_halted']);
 
 /** The commit-status state and one-line description for a VM's outcome. */
 export function vmStatus(report: VmReport, verb: 'sync' | 'verify', dryRun: boolean): { state: Exclude<StatusState, 'pending'>; description: string } {

@@ -24,8 +24,11 @@ const NOTES_PER_VM = 20;
 // A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
 const sha = (s: string | null): string => (s === null ? '—' : /^[0-9a-f]{40}$/.test(s) ? `\`${s.slice(0, 7)}\`` : '?');
 
+/** The time of day of an ISO timestamp (UTC, ms), or a dash. */
+const clock = (iso: string | null): string => (iso && /^\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d\.\d{3})Z$/.test(iso) ? `${iso.slice(11, 23)}` : '—');
+
 function resultCell(vm: VmReport): string {
-  const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : '❌';
+  const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : vm.result === 'skipped' ? '⏸️' : '❌';
   return `${icon} ${markdownText(vm.result, CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, CELL_MAX)})` : ''}`;
 }
 
@@ -33,6 +36,7 @@ function resultCell(vm: VmReport): string {
 function detailLines(vm: VmReport): string[] {
   const id = markdownText(vm.id, CELL_MAX);
   const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, CELL_MAX)}: ${markdownText(vm.error.message, MESSAGE_MAX)}`] : [];
+  if (vm.health_output) lines.push(`- ${id}: health command output: ${markdownCode(vm.health_output, NOTE_MAX)}`);
   for (const note of vm.notes.slice(0, NOTES_PER_VM)) lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
   if (vm.notes.length > NOTES_PER_VM) lines.push(`- ${id}: …and ${vm.notes.length - NOTES_PER_VM} more note(s) (see the \`results\` output)`);
   return lines;
@@ -117,17 +121,26 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
   if (report.commit) lines.push(`Commit ${markdownCode(report.commit, CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
   if (ctx.failure) lines.push(`❌ ${markdownCode(ctx.failure.code, CELL_MAX)}: ${markdownText(ctx.failure.message, MESSAGE_MAX)}`, '');
   if (report.scan) lines.push(...scanSection(report.scan), '');
+  if (report.rollout) {
+    const r = report.rollout;
+    const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;
+    lines.push(`Rollout: ${markdownText(r.strategy, CELL_MAX)}${r.strategy === 'rolling' ? ` in ${r.batches.length} batch(es)` : ''}${skew}`, '');
+    if (r.halted) lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
+  }
   if (report.vms.length > 0) {
+    // A release run shows when each VM was staged and flipped, and its health check.
+    const phases = Boolean(report.rollout);
     lines.push(
       '### VMs',
       '',
-      '| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |',
-      '|---|---|---|---|---|---|---|---|---|---|',
+      `| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |${phases ? ' Staged | Flipped | Health |' : ''}`,
+      `|---|---|---|---|---|---|---|---|---|---|${phases ? '---|---|---|' : ''}`,
     );
     for (const vm of report.vms) {
       const revs = vm.rev_before === vm.rev_after ? sha(vm.rev_after) : `${sha(vm.rev_before)} → ${sha(vm.rev_after)}`;
+      const extra = phases ? ` ${clock(vm.staged_at)} | ${clock(vm.flipped_at)} | ${markdownText(vm.health, CELL_MAX)} |` : '';
       lines.push(
-        `| ${markdownText(vm.id, CELL_MAX)} | ${markdownText(vm.host, CELL_MAX)} | ${markdownText(vm.state, CELL_MAX)} | ${markdownText(vm.action, CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |`,
+        `| ${markdownText(vm.id, CELL_MAX)} | ${markdownText(vm.host, CELL_MAX)} | ${markdownText(vm.state, CELL_MAX)} | ${markdownText(vm.action, CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |${extra}`,
       );
     }
     const details = report.vms.flatMap(detailLines);

@@ -8,7 +8,10 @@ import { KnownHosts } from '../remote/known-hosts.js';
 import { ownLockOwner } from '../remote/lock.js';
 import { runSecretScan, type ScanReport } from '../scan/gate.js';
 import { planScan, type ScanRequest } from '../scan/plan.js';
-import { inspectVm, syncVm, type RunContext } from './vm-pipeline.js';
+import { sshPorts } from '../remote/port.js';
+import { mapPool } from './pool.js';
+import { releaseFleet, rollbackFleet } from './release.js';
+import { dryRunVm, inspectVm, type RunContext } from './vm-pipeline.js';
 import { failedRow, silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
 
 /** Options shared by every engine command. */
@@ -29,6 +32,8 @@ export interface FleetOptions {
 
 export interface SyncOptions extends FleetOptions {
   force?: boolean;
+  /** Seconds to wait for a VM locked by another run (default 0: fail at once with `locked`). */
+  lockWaitS?: number;
   dryRun?: boolean;
   /** What is being deployed, for the secret scan (default: a manual resync of the commit). */
   scanRequest?: ScanRequest;
@@ -49,23 +54,6 @@ export interface ScanOptions extends FleetOptions {
   range?: string;
   /** A full scan request (a push event); takes precedence over `range`. */
   request?: ScanRequest;
-}
-
-/**
- * Runs `fn` over `items` with at most `limit` in flight, keeping input order in
- * the results. `fn` must not throw (each VM's outcome is a report row).
- */
-export async function mapPool<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await fn(items[index]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }
 
 /** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
@@ -139,25 +127,33 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
     }
 
-    events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time${options.dryRun ? ' (dry run)' : ''}`);
-    const ctx: RunContext = {
-      config,
-      knownHosts,
-      history: repo,
-      commit,
-      exportDir,
-      force: options.force ?? false,
-      dryRun: options.dryRun ?? false,
-      owner: ownLockOwner(commit, runUrlFromEnv()),
-      deployNotes: committedSentinelNote(exportDir),
-      events,
-      signal: options.signal,
-      retryBaseMs: options.retryBaseMs ?? 1000,
-    };
-    // Every VM ends with a row, whatever throws: the export outlives them all.
-    const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => syncVm(vm, ctx)));
-    if (!ctx.dryRun) await recordDeployed(repo, reports, commit, events);
-    return { command: 'sync', commit, dry_run: ctx.dryRun, scan, vms: reports };
+    const dryRun = options.dryRun ?? false;
+    const { rollout } = config;
+    events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`);
+    if (dryRun) {
+      const ctx: RunContext = { config, knownHosts, history: repo, commit, exportDir, force: options.force ?? false, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
+      const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
+      return { command: 'sync', commit, dry_run: true, scan, vms: reports };
+    }
+    const outcome = await releaseFleet(
+      {
+        config,
+        openPort: sshPorts(knownHosts),
+        history: repo,
+        commit,
+        exportDir,
+        force: options.force ?? false,
+        owner: ownLockOwner(commit, runUrlFromEnv()),
+        deployNotes: committedSentinelNote(exportDir),
+        events,
+        signal: options.signal,
+        retryBaseMs: options.retryBaseMs ?? 1000,
+        lockWaitS: options.lockWaitS ?? 0,
+      },
+      vms,
+    );
+    await recordDeployed(repo, outcome.vms, events);
+    return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
   } finally {
     fs.rmSync(exportRoot, { recursive: true, force: true });
   }
@@ -185,14 +181,44 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
     commit,
     exportDir: '',
     force: false,
-    dryRun: false,
-    owner: ownLockOwner(commit, ''),
     events,
     signal: options.signal,
     retryBaseMs: options.retryBaseMs ?? 1000,
   };
   const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode)));
   return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+}
+
+/** Options of `vm-sync rollback`. */
+export interface RollbackOptions extends FleetOptions {
+  /** The commit to go back to (any revision the runner-host clone resolves); default: each VM's previous release. */
+  to?: string;
+  lockWaitS?: number;
+}
+
+/**
+ * `vm-sync rollback`: flips each selected VM to its previous kept release, or
+ * to its kept release of `to`. Transfers nothing and scans nothing (the
+ * release was scanned when it was deployed).
+ */
+export async function runRollback(config: Config, options: RollbackOptions = {}): Promise<RunReport> {
+  const events = options.events ?? silentEvents;
+  const vms = selectVms(config, options.vms);
+  const knownHosts = loadKnownHosts(config);
+  let to: string | null = null;
+  if (options.to) {
+    if (/^[0-9a-f]{40}$/.test(options.to)) to = options.to;
+    else {
+      const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+      if (!fs.existsSync(config.repository.mainRepoPath)) throw new VmSyncError('git_failed', `cannot resolve --to ${options.to}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
+      to = await repo.resolve(options.to);
+    }
+  }
+  events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`);
+  const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
+  const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+  if (fs.existsSync(config.repository.mainRepoPath)) await recordDeployed(repo, rows, events);
+  return { command: 'rollback', commit: to ?? '', dry_run: false, scan: null, vms: rows };
 }
 
 /**
@@ -248,8 +274,8 @@ async function rowOf(vm: VmConfig, events: EngineEvents, pipeline: () => Promise
 }
 
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
-async function recordDeployed(repo: RunnerRepo, reports: VmReport[], commit: string, events: EngineEvents): Promise<void> {
-  const entries = reports.filter((r) => r.rev_after === commit).map((r) => ({ vmId: r.id, sha: commit }));
+async function recordDeployed(repo: RunnerRepo, reports: VmReport[], events: EngineEvents): Promise<void> {
+  const entries = reports.filter((r) => r.rev_after !== null && r.result === 'success').map((r) => ({ vmId: r.id, sha: r.rev_after as string }));
   if (entries.length === 0) return;
   try {
     await repo.recordDeployed(entries);

@@ -5,7 +5,7 @@ import type { ScanReport } from '../scan/gate.js';
 export type VmState = 'fresh' | 'up-to-date' | 'behind' | 'ahead' | 'diverged' | 'unknown';
 
 /** What the run did (or, with --dry-run, would do) on a VM. */
-export type VmAction = 'deploy' | 'none' | 'refuse' | 'verify' | 'status';
+export type VmAction = 'deploy' | 'none' | 'refuse' | 'rollback' | 'verify' | 'status';
 
 /** How it ended for the VM. */
 export type VmResultKind = 'success' | 'failed' | 'refused' | 'skipped';
@@ -26,6 +26,16 @@ export interface VmReport {
   /** Things the user should know that are not failures (a directory kept aside, a diverged history). */
   notes: string[];
   error: { code: FailureCode; message: string } | null;
+  /** When the VM's new release was complete on it, not yet live (ISO 8601, ms); null when none was staged. */
+  staged_at: string | null;
+  /** When the VM's live path was switched to the new release (ISO 8601, ms); null when it was not. */
+  flipped_at: string | null;
+  /** The health check after the flip: `skipped` when there is no health_command or the VM did not flip. */
+  health: 'passed' | 'failed' | 'skipped';
+  /** The health command's last output lines when it failed (bounded, cleaned). */
+  health_output: string | null;
+  /** The release live at the end (atomic layout), null when unknown or not vm-sync's. */
+  release: string | null;
 }
 
 /**
@@ -47,18 +57,35 @@ export function failedRow(vm: { id: string; host: string }, error: VmReport['err
     verified: false,
     notes,
     error,
+    staged_at: null,
+    flipped_at: null,
+    health: 'skipped',
+    health_output: null,
+    release: null,
   };
 }
 
 /** The whole run: the `--json` document. */
 export interface RunReport {
-  command: 'sync' | 'verify' | 'status' | 'scan';
+  command: 'sync' | 'rollback' | 'verify' | 'status' | 'scan';
   commit: string;
   dry_run: boolean;
   /** The secret-scan gate's outcome; null when scanning is disabled or the command does not scan. */
   scan: ScanReport | null;
+  /** How the release was rolled out (sync of an atomic layout), null for other commands. */
+  rollout?: RolloutReport | null;
+  /** Last flip minus first flip over the VMs that flipped, in ms; null when none flipped. */
+  flip_skew_ms?: number | null;
   /** Empty when the scan blocked the run: no VM was contacted. */
   vms: VmReport[];
+}
+
+/** The rollout of one run: its batches (VM ids, in flip order) and whether it stopped early. */
+export interface RolloutReport {
+  strategy: 'all-at-once' | 'rolling';
+  batches: string[][];
+  halted: boolean;
+  halted_reason: string | null;
 }
 
 /** Progress and log lines from the engine; the CLI prints them, the action groups them. */

@@ -5,7 +5,8 @@ import { KnownHosts } from '../remote/known-hosts.js';
 import { describeOwner, holderIsDead, parseLockOwner } from '../remote/lock.js';
 import { VmSession } from '../remote/session.js';
 import { CLEANUP_MS, RemoteTarget, UNREADABLE_LOCK_GRACE_S, type Probe } from '../remote/target.js';
-import { mapPool, selectVms } from './fleet.js';
+import { selectVms } from './fleet.js';
+import { mapPool } from './pool.js';
 
 /** What `vm-sync unlock` did on one VM. */
 export interface UnlockRow {
@@ -17,7 +18,7 @@ export interface UnlockRow {
 }
 
 /** Whether a lock is certainly abandoned, and who held it, in words. */
-function judge(probe: Probe, legacyStaleAfterS: number): { stale: boolean; who: string } {
+export function judge(probe: Probe, legacyStaleAfterS: number): { stale: boolean; who: string } {
   const lock = probe.lock;
   if (!lock) return { stale: true, who: '' };
   const owner = parseLockOwner(lock.record);

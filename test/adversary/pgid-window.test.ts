@@ -11,11 +11,11 @@ import { World } from '../helpers/world.js';
  * reached the runner (network latency, a stalled TCP window), the operation is
  * not added to `interrupted`: stopInterrupted() kills nothing, the lock is
  * released, the row says failed with rev_after = the old commit, and the
- * still-running `publish` flips the VM afterwards.
+ * still-running `flip` flips the VM afterwards.
  *
  * Simulation: on the VM, `timeout` (first on PATH) delays the agent's stdout of
- * one `publish` by 2 s (latency on the return path only); the flip's `mv -T`
- * takes 4 s (a slow disk). The test cancels as soon as that publish started.
+ * one `flip` by 2 s (latency on the return path only); the flip's `mv -T`
+ * takes 4 s (a slow disk). The test cancels as soon as that flip started.
  */
 
 let world: World;
@@ -32,7 +32,7 @@ beforeAll(async () => {
     path.join(lagBin, 'timeout'),
     `#!/bin/bash
 d='${lagBin}'
-if [ "$9" = publish ] && [ -e "$d/armed" ] && /usr/bin/mv "$d/armed" "$d/taken.$$" 2>/dev/null; then
+if [ "$9" = flip ] && [ -e "$d/armed" ] && /usr/bin/mv "$d/armed" "$d/taken.$$" 2>/dev/null; then
   /usr/bin/touch "$d/fired"
   /usr/bin/timeout "$@" | { /usr/bin/sleep 2; /usr/bin/cat; }
   exit "\${PIPESTATUS[0]}"
@@ -54,14 +54,14 @@ afterAll(() => {
   if (bins) fs.rmSync(bins, { recursive: true, force: true });
 });
 
-test('cancelled before the pgid line arrived: the lock is released while publish runs, and the VM flips after the failed report', async () => {
+test('cancelled before the pgid line arrived: the lock is released while the flip runs, and the VM flips after the failed report', async () => {
   const c1 = commitExactly(world, { 'app.txt': `c1 ${Date.now()}\n` }, 'c1');
   fs.writeFileSync(path.join(lagBin, 'armed'), '');
-  armSlow(mvBin, '4', '-T');
+  armSlow(mvBin, '4', world.target('lag')); // the flip's `mv -f -T -- link TARGET` (a renewal of the lock also uses mv -T)
   const controller = new AbortController();
   const pending = world.cli(['sync'], { signal: controller.signal });
   const fired = await waitFor(() => fs.existsSync(path.join(lagBin, 'fired')), 60_000);
-  await sleep(150); // the publish op is past require_lock on the VM
+  await sleep(150); // the flip op is past require_lock on the VM
   controller.abort();
   const run = await pending;
   const row = rows(run).lag;

@@ -284,9 +284,16 @@ export function commitExactly(world: World, files: Record<string, FileChange>, m
   return sha;
 }
 
+/**
+ * The rollout of the hardening tests: each VM's fault is its own, and the
+ * healthy VMs flip whatever the others do. (By default, max_failed: 0, one
+ * failed VM holds the flip back for the fleet: fleet-rollout.test.ts.)
+ */
+export const ISOLATED_ROLLOUT = ['max_failed: "100%"'];
+
 /** Writes the world's config; `timeoutS` replaces the fleet default `sync.timeout_s` (a second key would be a YAML error). */
-export function configure(world: World, extra: { sync?: string[]; repository?: string[]; timeoutS?: number } = {}): void {
-  world.writeConfig({ sync: extra.sync, repository: extra.repository });
+export function configure(world: World, extra: { sync?: string[]; repository?: string[]; rollout?: string[]; timeoutS?: number } = {}): void {
+  world.writeConfig({ sync: extra.sync, repository: extra.repository, rollout: extra.rollout ?? ISOLATED_ROLLOUT });
   if (extra.timeoutS !== undefined) {
     const text = fs.readFileSync(world.configPath, 'utf8');
     if (!/^ {2}timeout_s: \d+$/m.test(text)) throw new Error('config has no sync.timeout_s line to replace');

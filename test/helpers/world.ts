@@ -45,7 +45,7 @@ export class World {
     return world;
   }
 
-  writeConfig(extra: { sync?: string[]; repository?: string[] } = {}): void {
+  writeConfig(extra: { sync?: string[]; repository?: string[]; rollout?: string[] } = {}): void {
     const sync = ['retries: 1', ...(extra.sync ?? [])];
     fs.writeFileSync(this.configPath, fleetConfigYaml(this.fleet, { mainRepoPath: this.runnerRepo, url: this.ws.origin }, { ...extra, sync }));
   }

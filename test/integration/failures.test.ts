@@ -21,6 +21,13 @@ let world: World;
 let noRsyncPath: string;
 let sha: string;
 
+/**
+ * These tests are about each VM's own failure: the healthy VMs go on whatever
+ * the others do. By default (max_failed: 0) a failed VM holds the flip back
+ * for the whole fleet; fleet-rollout.test.ts covers that.
+ */
+const ISOLATED = ['max_failed: "100%"'];
+
 beforeAll(async () => {
   noRsyncPath = pathWithoutRsync();
   world = await World.create(['ok1', 'down', 'badhostkey', 'noauth', 'norsync', 'ok2'], {
@@ -36,6 +43,7 @@ beforeAll(async () => {
   fs.writeFileSync(world.fleet.knownHosts, pinned.join('\n'));
   // noauth: the VM does not know our key.
   fs.writeFileSync(path.join(world.vm('noauth').dir, 'authorized_keys'), '');
+  world.writeConfig({ rollout: ISOLATED });
   stopVm(world.vm('down'));
   sha = world.ws.commit({ 'app.txt': 'v1\n', 'lib/a.txt': 'a\n' }, 'v1');
   world.ws.push();
@@ -137,19 +145,19 @@ test('a first deploy over an existing plain directory keeps it aside and says wh
 });
 
 test('post_sync_command runs in the new release with the commit; its failure is reported', async () => {
-  world.writeConfig({ sync: ['post_sync_command: "echo \\"$VM_SYNC_COMMIT $(cat app.txt)\\" > $HOME/post-sync.out"'] });
+  world.writeConfig({ rollout: ISOLATED, sync: ['post_sync_command: "echo \\"$VM_SYNC_COMMIT $(cat app.txt)\\" > $HOME/post-sync.out"'] });
   const next = world.ws.commit({ 'app.txt': 'v3\n' }, 'v3');
   world.ws.push();
   const run = await world.cli(['sync', '--vm', 'ok1']);
   expect(run.json.vms[0].result).toBe('success');
   expect(fs.readFileSync(path.join(world.vm('ok1').home, 'post-sync.out'), 'utf8')).toBe(`${next} v3\n`);
 
-  world.writeConfig({ sync: ['post_sync_command: "echo restart failed >&2; exit 4"'] });
+  world.writeConfig({ rollout: ISOLATED, sync: ['post_sync_command: "echo restart failed >&2; exit 4"'] });
   const failing = await world.cli(['sync', '--vm', 'ok2']);
   expect(failing.code).toBe(1);
   expect(failing.json.vms[0].error).toEqual({ code: 'post_sync_failed', message: expect.stringContaining('exited 4 on ok2: restart failed') });
   expect(world.sentinel('ok2')).toBe(`${next}\n`); // the release itself is live and verified
-  world.writeConfig();
+  world.writeConfig({ rollout: ISOLATED });
 });
 
 test('a commit that is not on the default branch is refused unless --force', async () => {
@@ -180,7 +188,7 @@ test('a corrupt runner-host clone is moved aside, never deleted, and cloned agai
 });
 
 test('layout: in-place keeps a plain directory and writes .sync_rev last', async () => {
-  world.writeConfig({ repository: ['layout: in-place'] });
+  world.writeConfig({ rollout: ISOLATED, repository: ['layout: in-place'] });
   try {
     const target = world.target('ok2');
     fs.rmSync(target, { recursive: true, force: true });
@@ -190,6 +198,6 @@ test('layout: in-place keeps a plain directory and writes .sync_rev last', async
     expect(fs.lstatSync(target).isDirectory()).toBe(true);
     expect(snapshotTree(target)).toEqual(expectedTree(world.ws, head));
   } finally {
-    world.writeConfig();
+    world.writeConfig({ rollout: ISOLATED });
   }
 });

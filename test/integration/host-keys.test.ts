@@ -39,6 +39,8 @@ function negotiationFailures(id: string): number {
 
 beforeAll(async () => {
   world = await World.create(['vm01', 'vm02']);
+  // Each VM's failure is its own here: the healthy VM flips whatever the other does.
+  world.writeConfig({ rollout: ['max_failed: "100%"'] });
   original = fs.readFileSync(world.fleet.knownHosts, 'utf8');
   world.ws.commit({ 'index.html': 'v1\n' }, 'v1');
   world.ws.push();

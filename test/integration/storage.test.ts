@@ -15,6 +15,8 @@ let world: World;
 let mounted = false;
 beforeAll(async () => {
   world = await World.create(['small', 'roomy']);
+  // Each VM's failure is its own here: the healthy VM flips whatever the other does.
+  world.writeConfig({ rollout: ['max_failed: "100%"'] });
   if (isRoot) {
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', world.vm('small').home]);
     mounted = true;

@@ -25,7 +25,7 @@ function expectDeployed(sha: string): void {
     expect(snapshotTree(world.target(id))).toEqual(expected);
     // The target is the managed symlink to a complete release.
     expect(fs.lstatSync(world.target(id)).isSymbolicLink()).toBe(true);
-    expect(fs.readlinkSync(world.target(id))).toMatch(new RegExp(`^\\.app\\.vm-sync/releases/\\d{8}T\\d{6}Z-${sha.slice(0, 12)}`));
+    expect(fs.readlinkSync(world.target(id))).toMatch(new RegExp(`^\\.app\\.vm-sync/releases/\\d{8}T\\d{6}(\\d{3})?Z-${sha.slice(0, 12)}`));
   }
 }
 

@@ -15,7 +15,7 @@ import { FakeGitHub } from '../helpers/github-server.js';
  */
 const vm01: VmReport = {
   id: 'vm01', host: '192.0.2.1', state: 'behind', action: 'deploy', result: 'success', rev_before: 'a'.repeat(40), rev_after: 'c'.repeat(40),
-  files_changed: 1, bytes_sent: 10, duration_ms: 100, verified: true, notes: [], error: null,
+  files_changed: 1, bytes_sent: 10, duration_ms: 100, verified: true, notes: [], error: null, staged_at: null, flipped_at: null, health: 'skipped', health_output: null, release: null,
 };
 
 jest.unstable_mockModule('../../src/sync/fleet.js', () => ({

@@ -12,6 +12,8 @@ describe('parseInputs', () => {
       command: 'sync',
       config: 'vm-sync.yml',
       commit: '',
+      to: '',
+      lockWaitS: 0,
       vms: [],
       force: false,
       dryRun: false,
@@ -30,12 +32,49 @@ describe('parseInputs', () => {
   });
 
   test.each([
-    [{ command: 'deploy' }, "input command must be sync, verify, status or scan, not 'deploy'"],
+    [{ command: 'deploy' }, "input command must be sync, rollback, verify, status or scan, not 'deploy'"],
     [{ force: 'yes' }, "input force must be true or false, not 'yes'"],
     [{ command: 'verify', 'dry-run': 'true' }, 'input dry-run only applies to command: sync'],
     [{ commit: '$(rm -rf /)' }, "input commit is not a commit or ref: '$(rm -rf /)'"],
+    [{ command: 'rollback', force: 'true' }, 'input force only applies to command: sync'],
+    [{ command: 'rollback', 'dry-run': 'true' }, 'input dry-run only applies to command: sync'],
+    [{ command: 'rollback', commit: 'abc1234' }, 'input commit does not apply to command: rollback; name the release to go back to with input to'],
+    [{ to: 'abc1234' }, 'input to only applies to command: rollback (command is sync); for sync use input commit'],
+    [{ command: 'verify', to: 'v1.2.0' }, 'input to only applies to command: rollback (command is verify)'],
+    [{ command: 'rollback', to: '$(rm -rf /)' }, "input to must be a commit (7 to 40 hex digits) or a ref name, not '$(rm -rf /)'"],
+    [{ command: 'rollback', to: '-abc1234' }, "input to must be a commit (7 to 40 hex digits) or a ref name, not '-abc1234'"],
+    [{ command: 'rollback', to: 'main..evil' }, "input to must be a commit (7 to 40 hex digits) or a ref name, not 'main..evil'"],
+    [{ command: 'rollback', to: 'release/' }, "input to must be a commit (7 to 40 hex digits) or a ref name, not 'release/'"],
+    [{ command: 'rollback', to: 'a b' }, "input to must be a commit (7 to 40 hex digits) or a ref name, not 'a b'"],
+    [{ command: 'rollback', to: 'main.lock' }, "input to must be a commit (7 to 40 hex digits) or a ref name, not 'main.lock'"],
+    [{ command: 'rollback', to: 'HEAD~1' }, "input to must be a commit (7 to 40 hex digits) or a ref name, not 'HEAD~1'"],
+    [{ 'lock-wait': '-1' }, "input lock-wait must be whole seconds from 0 to 86400, not '-1'"],
+    [{ 'lock-wait': '1.5' }, "input lock-wait must be whole seconds from 0 to 86400, not '1.5'"],
+    [{ 'lock-wait': '10s' }, "input lock-wait must be whole seconds from 0 to 86400, not '10s'"],
+    [{ 'lock-wait': '86401' }, "input lock-wait must be whole seconds from 0 to 86400, not '86401'"],
+    [{ 'lock-wait': '1e3' }, "input lock-wait must be whole seconds from 0 to 86400, not '1e3'"],
+    [{ 'lock-wait': 'abc' }, "input lock-wait must be whole seconds from 0 to 86400, not 'abc'"],
+    [{ command: 'verify', 'lock-wait': '30' }, 'input lock-wait only applies to command: sync or rollback'],
+    [{ command: 'scan', 'lock-wait': '1' }, 'input lock-wait only applies to command: sync or rollback'],
   ])('%j is rejected with a message naming the input', (values, message) => {
     expect(() => parseInputs(reader(values))).toThrow(message);
+  });
+
+  test.each([
+    [{ command: 'rollback' }, { command: 'rollback', to: '', lockWaitS: 0 }],
+    [{ command: 'rollback', to: ' 0123abc ' }, { command: 'rollback', to: '0123abc' }],
+    [{ command: 'rollback', to: 'A'.repeat(7) }, { to: 'AAAAAAA' }],
+    [{ command: 'rollback', to: '0123456789abcdef0123456789abcdef01234567' }, { to: '0123456789abcdef0123456789abcdef01234567' }],
+    [{ command: 'rollback', to: 'v1.4.2' }, { to: 'v1.4.2' }],
+    [{ command: 'rollback', to: 'refs/tags/release-2026_11' }, { to: 'refs/tags/release-2026_11' }],
+    [{ command: 'rollback', vms: 'vm01,vm02', 'lock-wait': '300' }, { command: 'rollback', vms: ['vm01', 'vm02'], lockWaitS: 300 }],
+    [{ command: 'sync', 'lock-wait': ' 60 ' }, { command: 'sync', lockWaitS: 60 }],
+    [{ 'lock-wait': '0' }, { lockWaitS: 0 }],
+    [{ 'lock-wait': '86400' }, { lockWaitS: 86400 }],
+    [{ command: 'verify', 'lock-wait': '0' }, { command: 'verify', lockWaitS: 0 }], // 0 is the default: no effect, no error
+    [{ command: 'status', to: '' }, { command: 'status', to: '' }],
+  ])('%j is accepted', (values, expected) => {
+    expect(parseInputs(reader(values))).toMatchObject(expected);
   });
 });
 
@@ -53,7 +92,7 @@ describe('workflow context', () => {
 });
 
 function vm(overrides: Partial<VmReport>): VmReport {
-  return { id: 'vm01', host: '10.0.0.1', state: 'behind', action: 'deploy', result: 'success', rev_before: 'a'.repeat(40), rev_after: 'b'.repeat(40), files_changed: 3, bytes_sent: 2048, duration_ms: 1500, verified: true, notes: [], error: null, ...overrides };
+  return { id: 'vm01', host: '10.0.0.1', state: 'behind', action: 'deploy', result: 'success', rev_before: 'a'.repeat(40), rev_after: 'b'.repeat(40), files_changed: 3, bytes_sent: 2048, duration_ms: 1500, verified: true, notes: [], error: null, staged_at: null, flipped_at: null, health: 'skipped', health_output: null, release: null, ...overrides };
 }
 
 describe('commit status of a VM', () => {

@@ -19,7 +19,7 @@ const CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
 const CONTROL_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f]/;
 
 function vm(overrides: Partial<VmReport>): VmReport {
-  return { id: 'vm01', host: '10.0.0.1', state: 'behind', action: 'deploy', result: 'success', rev_before: 'a'.repeat(40), rev_after: 'b'.repeat(40), files_changed: 3, bytes_sent: 2048, duration_ms: 1500, verified: true, notes: [], error: null, ...overrides };
+  return { id: 'vm01', host: '10.0.0.1', state: 'behind', action: 'deploy', result: 'success', rev_before: 'a'.repeat(40), rev_after: 'b'.repeat(40), files_changed: 3, bytes_sent: 2048, duration_ms: 1500, verified: true, notes: [], error: null, staged_at: null, flipped_at: null, health: 'skipped', health_output: null, release: null, ...overrides };
 }
 
 const planted = vm({

@@ -16,12 +16,21 @@ describe('shellQuote', () => {
 });
 
 describe('agent script', () => {
-  test('is clean under shellcheck as POSIX sh', () => {
-    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-agent-')), 'agent.sh');
-    fs.writeFileSync(file, `#!/bin/sh\n${AGENT_SCRIPT}`);
-    const result = spawnSync('shellcheck', ['-s', 'sh', file], { encoding: 'utf8' });
+  test('its source file is clean under shellcheck as POSIX sh', () => {
+    // The embedded text is this file without comments (its shellcheck directives go too).
+    const result = spawnSync('shellcheck', ['-s', 'sh', 'src/remote/agent.sh'], { encoding: 'utf8' });
     expect(result.stdout).toBe('');
     expect(result.status).toBe(0);
+  });
+
+  test('the bundle carries exactly src/remote/agent.sh (the generated module is not stale)', () => {
+    const result = spawnSync(process.execPath, ['scripts/embed-agent.mjs', '--check'], { encoding: 'utf8' });
+    expect([result.status, result.stderr]).toEqual([0, '']);
+    // Every operation of the source is in the embedded text.
+    const source = fs.readFileSync('src/remote/agent.sh', 'utf8');
+    const ops = [...source.matchAll(/^([a-z-]+)\)$/gm)].map((m) => m[1]);
+    expect(ops).toEqual(expect.arrayContaining(['probe', 'begin', 'stage', 'seal', 'flip', 'releases', 'renew', 'health', 'prune', 'serve']));
+    for (const op of ops) expect(AGENT_SCRIPT).toContain(`\n${op})\n`);
   });
 
   test('config values reach the script as positional arguments, not as script text', () => {

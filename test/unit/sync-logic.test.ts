@@ -1,6 +1,7 @@
 import { VmSyncError } from '../../src/errors.js';
 import { renderTable } from '../../src/report/table.js';
-import { exitCodeFor, mapPool } from '../../src/sync/fleet.js';
+import { exitCodeFor } from '../../src/sync/fleet.js';
+import { mapPool } from '../../src/sync/pool.js';
 import { classifyState, type History } from '../../src/sync/state.js';
 import type { RunReport, VmReport } from '../../src/sync/types.js';
 
@@ -63,6 +64,11 @@ function vm(overrides: Partial<VmReport>): VmReport {
     verified: true,
     notes: [],
     error: null,
+    staged_at: null,
+    flipped_at: null,
+    health: 'skipped',
+    health_output: null,
+    release: null,
     ...overrides,
   };
 }

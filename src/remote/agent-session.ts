@@ -1,0 +1,183 @@
+import crypto from 'node:crypto';
+import type { ClientChannel } from 'ssh2';
+import { getErrorMessage, VmSyncError } from '../errors.js';
+import { agentSessionCommand, encodeSessionArg, KILL_GRACE_S } from './agent-script.js';
+import type { VmSession } from './session.js';
+
+/** What one request answered: its framed lines, its exit status, its stderr and other output (bounded). */
+export interface SessionReply {
+  /** The request's framed lines, `@NONCE ` prefix kept (the parser reads them as a one-shot command's). */
+  framed: string;
+  /** The operation's exit status; -1 when the session died first. */
+  code: number;
+  stderr: string;
+  /** Unframed output printed while the request ran (a health or post-sync command's, a chatty shell's). */
+  other: string;
+}
+
+const LINE_MAX = 8192;
+const LINES_MAX = 2000;
+const OTHER_MAX = 16 * 1024;
+
+interface Pending {
+  nonce: string;
+  framed: string[];
+  stderr: string[];
+  other: string;
+  resolve(reply: SessionReply): void;
+  reject(error: VmSyncError): void;
+}
+
+/**
+ * One agent process per VM, on one exec channel of the VM's connection:
+ * requests go in on stdin, one a line, and each answer comes back framed by
+ * the request's nonce and closed by `@NONCE done=STATUS`. Each operation
+ * still runs on the VM as its own process under `timeout` (agent.sh `serve`),
+ * so budgets and the kill by nonce work as for a command of its own; the
+ * session only saves the channel, the shell start and a round trip per
+ * operation. Requests are sent one at a time.
+ */
+export class AgentSession {
+  private partial = '';
+  private pending: Pending | null = null;
+  private dead: VmSyncError | null = null;
+  private stderrTail = '';
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly vmId: string,
+    private readonly channel: ClientChannel,
+    /** The session's own nonce: on its `timeout` process on the VM, for the kill step. */
+    readonly nonce: string,
+  ) {
+    channel.on('data', (data: Buffer) => this.onData(data.toString('utf8')));
+    channel.stderr.on('data', (data: Buffer) => {
+      this.stderrTail = (this.stderrTail + data.toString('utf8')).slice(-4000);
+    });
+    channel.on('close', () => this.fail(new VmSyncError('unreachable', `the agent session on ${vmId} ended${this.stderrTail.trim() ? `: ${this.stderrTail.trim().split('\n').slice(-3).join(' | ')}` : ''}`)));
+  }
+
+  /** Starts the agent on the VM for `target`, alive for at most `budgetS` seconds. */
+  static async open(session: VmSession, target: string, budgetS: number): Promise<AgentSession> {
+    const nonce = crypto.randomBytes(12).toString('hex');
+    let channel: ClientChannel;
+    try {
+      channel = await session.openChannel(agentSessionCommand(target, { nonce, budgetS }));
+    } catch (error) {
+      throw new VmSyncError('unreachable', `cannot start the agent on ${session.vm.id}: ${getErrorMessage(error)}`);
+    }
+    return new AgentSession(session.vm.id, channel, nonce);
+  }
+
+  /** Whether the session can take requests (it dies with its channel, a timeout or a cancellation). */
+  get alive(): boolean {
+    return this.dead === null;
+  }
+
+  /** The stderr the session itself printed (a missing `timeout`, a shell error), bounded. */
+  get stderr(): string {
+    return this.stderrTail;
+  }
+
+  /**
+   * Runs one operation. `nonce` names it on the VM (for the kill step);
+   * `timeoutMs` bounds the wait here (the VM-side budget is `budgetS`). A
+   * timeout or a cancellation ends the session: its operation may still run
+   * on the VM, and only a kill by nonce stops it.
+   */
+  request(op: string, args: readonly string[], options: { nonce: string; budgetS: number; signal?: AbortSignal }): Promise<SessionReply> {
+    const run = (): Promise<SessionReply> => this.send(op, args, options);
+    const next = this.queue.then(run, run);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private send(op: string, args: readonly string[], options: { nonce: string; budgetS: number; signal?: AbortSignal }): Promise<SessionReply> {
+    return new Promise<SessionReply>((resolve, reject) => {
+      if (this.dead) {
+        reject(this.dead);
+        return;
+      }
+      const budget = Math.max(1, Math.ceil(options.budgetS));
+      const line = `${options.nonce} ${budget} ${op}${args.map((a) => ` ${encodeSessionArg(a)}`).join('')}\n`;
+      const signal = options.signal;
+      const onAbort = (): void => this.fail(new VmSyncError('timeout', `${op} on ${this.vmId} was cancelled`));
+      const timer = setTimeout(() => this.fail(new VmSyncError('timeout', `${op} on ${this.vmId} did not finish within ${budget}s`)), (budget + KILL_GRACE_S + 2) * 1000);
+      const done = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.pending = null;
+      };
+      this.pending = {
+        nonce: options.nonce,
+        framed: [],
+        stderr: [],
+        other: '',
+        resolve: (reply) => {
+          done();
+          resolve(reply);
+        },
+        reject: (error) => {
+          done();
+          reject(error);
+        },
+      };
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.channel.write(line);
+    });
+  }
+
+  /** Ends the session: the agent reads end-of-input and exits. */
+  close(): void {
+    if (!this.dead) this.dead = new VmSyncError('unreachable', `the agent session on ${this.vmId} was closed`);
+    this.channel.end();
+    this.channel.close();
+  }
+
+  private fail(error: VmSyncError): void {
+    if (!this.dead) this.dead = error;
+    const pending = this.pending;
+    this.pending = null;
+    pending?.reject(error);
+    this.channel.close();
+  }
+
+  private onData(text: string): void {
+    const lines = (this.partial + text).split('\n');
+    this.partial = lines.pop() ?? '';
+    // A line that never ends is noise, not an answer: keep memory bounded.
+    if (this.partial.length > LINE_MAX) {
+      this.noise(this.partial);
+      this.partial = '';
+    }
+    for (const line of lines) this.onLine(line);
+  }
+
+  private noise(line: string): void {
+    const pending = this.pending;
+    if (pending && pending.other.length < OTHER_MAX) pending.other = `${pending.other}${line}\n`.slice(0, OTHER_MAX);
+  }
+
+  private onLine(line: string): void {
+    const pending = this.pending;
+    const prefix = pending ? `@${pending.nonce} ` : null;
+    if (!pending || !prefix || !line.startsWith(prefix)) {
+      if (line.startsWith(`@${this.nonce} error=`)) this.fail(new VmSyncError('remote_command_failed', `the agent session on ${this.vmId} failed to start`));
+      else if (!line.startsWith(`@${this.nonce} `)) this.noise(line);
+      return;
+    }
+    const body = line.slice(prefix.length, LINE_MAX);
+    if (body.startsWith('done=')) {
+      const code = Number(body.slice(5));
+      pending.resolve({ framed: pending.framed.join('\n'), code: Number.isInteger(code) ? code : -1, stderr: pending.stderr.join('\n'), other: pending.other });
+    } else if (body.startsWith('stderr=')) {
+      if (pending.stderr.length < 200) pending.stderr.push(body.slice(7));
+    } else if (pending.framed.length < LINES_MAX) {
+      pending.framed.push(line.slice(0, LINE_MAX));
+    }
+  }
+}

@@ -1,0 +1,620 @@
+#!/bin/sh
+# vm-sync's agent: the POSIX sh program it runs on a VM for everything that is
+# not rsync. It is a fixed text (embedded in the bundle by
+# scripts/embed-agent.mjs); values from the config reach it only as positional
+# arguments, never spliced into it.
+#
+#   sh -c AGENT vm-sync NONCE OP TARGET ARG...    one operation
+#   sh -c AGENT vm-sync NONCE serve TARGET AGENT  a session: operations read from stdin
+#
+# Layout on the VM for a target T = P/N:
+#   P/N                             symlink -> .N.vm-sync/releases/<release>   (layout: atomic)
+#   P/.N.vm-sync/                   vm-sync's state directory: owned by the SSH user, never a symlink
+#   P/.N.vm-sync/releases/<name>/   releases, named <UTC time>-<sha12>; each has .sync_rev
+#   P/.N.vm-sync/releases/<sha>.partial/   the release being staged (resumable)
+#   P/.N.vm-sync/complete/<name>    completion marker of a release (holds its commit)
+#   P/.N.vm-sync/shared/<path>      shared paths; each release links to them
+#   P/.N.vm-sync/lock               symlink whose target is the holder's record (src/remote/lock.ts)
+#   P/.N.vm-sync/ops/<pgid>         the holder's running operations, so a later run can stop a dead one's
+#   P/.N.vm-sync/tmp/               sentinels and links are written here, then renamed into place
+#   P/.N.vm-sync/previous-<time>    what stood at T before vm-sync managed it
+#
+# Every operation runs under `timeout` in a process group of its own, so the
+# end of a run's budget, or its cancellation, stops it on the VM too (closing
+# an SSH channel does not). Its output is framed: only lines that start with
+# `@<nonce> ` are read, so a login shell that prints to stdout cannot be taken
+# for the agent. A failure is `error=<code>` and `message=<text>` and exit 3;
+# the shell's own error text (disk full) is on stderr.
+set -u
+umask 022
+NONCE=$1 op=$2
+shift 2
+# Every line vm-sync parses starts with @NONCE: a login shell that prints to
+# stdout (.bashrc, motd) cannot forge a response without knowing it.
+out() {
+  v=$(printf '%s' "$2" | tr '\n\r' '??')
+  printf '@%s %s=%s\n' "$NONCE" "$1" "$v"
+}
+fail() { # CODE MESSAGE
+  out error "$1"
+  out message "$2"
+  printf 'vm-sync: %s\n' "$2" >&2
+  exit 3
+}
+flush() { sync -f "$1" 2>/dev/null || sync; }
+expand() {
+  # shellcheck disable=SC2088 # a literal "~/" prefix from the config, expanded here
+  case $1 in
+    "~/"*) printf '%s\n' "$HOME/${1#"~/"}" ;;
+    *) printf '%s\n' "$1" ;;
+  esac
+}
+digits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
+TARGET_ARG=$1
+T=$(expand "$1")
+shift
+P=$(dirname -- "$T")
+N=$(basename -- "$T")
+S="$P/.$N.vm-sync"
+R="$S/releases"
+C="$S/complete"
+SH="$S/shared"
+L="$S/lock"
+LOCK_MAX=1000
+hexof() { od -An -v -tx1 | tr -d ' \n'; }
+# What a lock says, as text (bounded) and as hex: vm-sync compares the hex,
+# so a record holding any byte at all can still be matched exactly.
+lock_text() {
+  if [ -L "$L" ]; then readlink -- "$L" | head -c "$LOCK_MAX"
+  elif [ -d "$L" ]; then head -c 200 -- "$L/owner" 2>/dev/null | head -n 1
+  fi
+}
+# A step vm-sync already gave up on (its channel was cancelled before it ran)
+# must not run now.
+not_cancelled() {
+  if [ -e "$S/tmp/cancelled.$NONCE" ]; then fail interrupted "this step was cancelled by its run before it started: nothing was changed"; fi
+}
+
+# vm-sync's own directories: never a symlink, always ours, never writable by
+# others. A planted one would let another user steer what vm-sync writes or deletes.
+own_dir() {
+  d=$1
+  if [ -L "$d" ]; then fail unsafe_state_dir "$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it."; fi
+  if [ ! -e "$d" ]; then
+    mkdir -- "$d" 2>/dev/null || fail failed "cannot create $d: $(mkdir -- "$d" 2>&1)"
+  fi
+  [ -d "$d" ] || fail unsafe_state_dir "$d is not a directory: vm-sync refuses to use it. Move it away."
+  [ -O "$d" ] || fail unsafe_state_dir "$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it."
+  case $(ls -ld -- "$d") in
+    d????w???? | d???????w?) chmod go-w -- "$d" || fail unsafe_state_dir "$d is writable by other users and cannot be fixed" ;;
+  esac
+}
+state_dirs() {
+  own_dir "$S"
+  own_dir "$R"
+  own_dir "$C"
+  own_dir "$S/tmp"
+  own_dir "$S/ops"
+}
+# A release is complete when $C/<name> (its completion marker, holding the
+# commit) exists. Releases made before markers existed were renamed into
+# place only once complete: one whose name and .sync_rev agree is adopted.
+adopt_legacy() {
+  set +f
+  for d in "$R"/*; do
+    if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
+    name=${d##*/}
+    [ -e "$C/$name" ] && continue
+    case $name in *.partial) continue ;; esac
+    if [ ! -f "$d/.sync_rev" ] || [ -L "$d/.sync_rev" ]; then continue; fi
+    sha=$(head -c 100 -- "$d/.sync_rev" | head -n 1)
+    case $sha in *[!0-9a-f]*) continue ;; esac
+    [ "${#sha}" = 40 ] || continue
+    case $name in ????????T??????Z-"$(printf '%s' "$sha" | cut -c1-12)"*) printf '%s\n' "$sha" > "$C/$name" ;; esac
+  done
+}
+# Every existing component of REL's parent directory under BASE must be a real
+# directory (never a symlink): missing ones are created. A symlink committed
+# in the tree, or planted in shared/ by the application, must not steer where
+# vm-sync creates or links anything.
+safe_parent() { # BASE REL
+  case $2 in */*) ;; *) return 0 ;; esac
+  cur=$1
+  old_ifs=$IFS
+  IFS=/
+  set -f
+  # shellcheck disable=SC2086 # split on / on purpose, globbing is off
+  set -- ${2%/*}
+  set +f
+  IFS=$old_ifs
+  for c in "$@"; do
+    cur="$cur/$c"
+    [ -L "$cur" ] && return 1
+    [ -e "$cur" ] || mkdir -- "$cur" || return 1
+    [ -d "$cur" ] || return 1
+  done
+  return 0
+}
+# The release the target's symlink points at, when vm-sync made that symlink.
+current_release() {
+  if [ -L "$T" ]; then
+    link=$(readlink -- "$T")
+    case $link in
+      ".$N.vm-sync/releases/"*/* | *..*) ;;
+      ".$N.vm-sync/releases/"?*) printf '%s\n' "$P/$link" ;;
+    esac
+  fi
+}
+probe() {
+  out target "$T"
+  cur=$(current_release)
+  if [ -L "$T" ]; then
+    if [ -z "$cur" ]; then kind=symlink
+    elif [ -d "$cur" ]; then kind=release
+    else kind=dangling
+    fi
+  elif [ -d "$T" ]; then kind=dir
+  elif [ -e "$T" ]; then kind=other
+  else kind=absent
+  fi
+  out kind "$kind"
+  out current "$cur"
+  # The sentinel is read only where vm-sync put it, only as a regular file,
+  # and only its first 100 bytes: a symlink, FIFO or device there is reported,
+  # never followed or read.
+  f="$T/.sync_rev"
+  if [ "$kind" = symlink ] || [ "$kind" = other ] || [ "$kind" = dangling ]; then state=absent
+  elif [ -L "$f" ]; then state=symlink
+  elif [ ! -e "$f" ]; then state=absent
+  elif [ -d "$f" ]; then state=directory
+  elif [ ! -f "$f" ]; then state=special
+  elif [ ! -r "$f" ]; then state=unreadable
+  else state=regular
+  fi
+  out rev_state "$state"
+  revval=
+  if [ "$state" = regular ]; then revval=$(head -c 100 -- "$f" | head -n 1); out rev "$revval"; fi
+  out rsync "$(rsync --version 2>/dev/null </dev/null | head -n 1)"
+  if [ -L "$L" ] || [ -e "$L" ]; then
+    lt=$(lock_text)
+    out lock_record "$lt"
+    out lock_hex "$(printf '%s' "$lt" | hexof)"
+    if [ -L "$L" ]; then out lock_kind v2; elif [ -d "$L" ]; then out lock_kind legacy; else out lock_kind other; fi
+  fi
+  if [ -e "$L" ] || [ -L "$L" ]; then out lock_mtime "$(stat -c %Y -- "$L" 2>/dev/null)"; fi
+  out now "$(date +%s)"
+}
+field() { # TEXT KEY: the value of key=value in a space-separated lock record
+  case " $1 " in
+    *" $2="*) v=${1##*" $2="}; printf '%s\n' "${v%% *}" ;;
+  esac
+}
+# Moves the lock away if it is still exactly what the caller saw (a lock
+# released and taken again meanwhile is left alone). EXPECTED is hex.
+break_lock() { # EXPECTED_HEX
+  [ -L "$L" ] || [ -e "$L" ] || return 1
+  seen=$(lock_text)
+  [ "$(printf '%s' "$seen" | hexof)" = "$1" ] || return 1
+  away="$S/tmp/broken.$$"
+  rm -rf -- "$away"
+  mv -- "$L" "$away" 2>/dev/null || return 1
+  if [ -L "$away" ]; then again=$(readlink -- "$away" | head -c "$LOCK_MAX"); else again=$(head -c 200 -- "$away/owner" 2>/dev/null | head -n 1); fi
+  if [ "$again" != "$seen" ]; then
+    # Raced with a fresh lock: put it back unless yet another one exists.
+    [ -e "$L" ] || [ -L "$L" ] || mv -- "$away" "$L" 2>/dev/null
+    return 1
+  fi
+  rm -rf -- "$away"
+  kill_ops "$(field "$seen" token)"
+  return 0
+}
+# Kills the process groups of a dead or evicted holder's operations.
+kill_ops() { # TOKEN
+  for rec in "$S/ops"/*; do
+    [ -f "$rec" ] || continue
+    pg=${rec##*/}
+    digits "$pg" || { rm -f -- "$rec"; continue; }
+    holder=$(head -c 200 -- "$rec")
+    alive=0
+    [ "$(cat "/proc/$pg/comm" 2>/dev/null)" = timeout ] && alive=1
+    if [ "$alive" = 1 ] && [ -n "$1" ] && [ "$holder" = "$1" ]; then
+      kill -KILL "-$pg" 2>/dev/null && out killed_pgid "$pg"
+      rm -f -- "$rec"
+    elif [ "$alive" = 0 ]; then
+      rm -f -- "$rec"
+    fi
+  done
+}
+# Every operation that changes the VM runs only while this run holds the lock,
+# and records its process group so a later run can stop it if this one died.
+require_lock() { # TOKEN
+  not_cancelled
+  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
+    *" token=$1 "*) ;;
+    *) fail lock_lost "this run no longer holds the lock $L (another run broke it): nothing was changed by this step" ;;
+  esac
+  printf '%s\n' "$1" > "$S/ops/$PPID" 2>/dev/null || true
+  trap 'rm -f -- "$S/ops/$PPID"' EXIT
+}
+
+case $op in
+probe)
+  probe
+  ;;
+begin)
+  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7
+  digits "$budget" || fail failed "bad budget"
+  state_dirs
+  not_cancelled
+  find "$S/tmp" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null
+  now=$(date +%s)
+  if [ -n "$expected_break" ]; then
+    break_lock "$expected_break" && out took_over "$seen"
+  fi
+  # The deadline comes first: a record is read back whole, but never past LOCK_MAX.
+  record="vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }"
+  if ! err=$(ln -s -T -- "$record" "$L" 2>&1); then
+    if [ ! -L "$L" ] && [ ! -e "$L" ]; then fail failed "cannot create the lock $L: $err"; fi
+    stale=0
+    held=$(lock_text)
+    if [ -L "$L" ]; then
+      deadline=$(field "$held" deadline)
+      if digits "$deadline"; then [ "$now" -gt "$deadline" ] && stale=1; why=deadline
+      else why=unreadable
+      fi
+    elif [ -d "$L" ]; then
+      started=${held##* }
+      if [ "$held" != "$started" ] && digits "$started"; then
+        # A lock of vm-sync before 0.2 ("token epoch"): it has no deadline of its own.
+        [ $((now - started)) -gt "$legacy_after" ] && stale=1; why=legacy
+      else why=unreadable
+      fi
+    else
+      why=unreadable
+    fi
+    mtime=$(stat -c %Y -- "$L" 2>/dev/null)
+    digits "$mtime" || mtime=$now
+    age=$((now - mtime))
+    if [ "$why" = unreadable ] && [ "$age" -gt "$grace" ]; then stale=1; fi
+    if [ "$stale" = 1 ] && break_lock "$(printf '%s' "$held" | hexof)" && ln -s -T -- "$record" "$L" 2>/dev/null; then
+      out took_over "$held"
+      out took_over_why "$why"
+    else
+      out lock held
+      out lock_why "$why"
+      out owner "$held"
+      out owner_hex "$(printf '%s' "$held" | hexof)"
+      out age "$age"
+      probe
+      out end ok
+      exit 0
+    fi
+  fi
+  out lock acquired
+  adopt_legacy
+  kill_ops ''
+  probe
+  # Already on the commit: decided under the lock, from what the probe read
+  # (only a regular sentinel in vm-sync's release or a plain directory), and
+  # released at once.
+  if [ "$force" = 0 ] && [ "$state" = regular ] && { [ "$kind" = release ] || [ "$kind" = dir ]; } && [ "$revval" = "$expect" ]; then
+    rm -f -- "$L"
+    out lock released
+  fi
+  ;;
+unlock)
+  token=$1
+  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
+    *" token=$token "*) rm -f -- "$L"; out lock released ;;
+    *) out lock not-ours ;;
+  esac
+  ;;
+break)
+  state_dirs
+  if break_lock "$1"; then out lock broken; else out lock changed; fi
+  ;;
+stage)
+  token=$1 sha=$2
+  shift 2
+  require_lock "$token"
+  # A half-staged release of another commit is abandoned: free its space
+  # before staging. This commit's own partial is kept: rsync resumes it.
+  for p in "$R"/*.partial; do
+    if [ ! -d "$p" ] || [ -L "$p" ]; then continue; fi
+    [ "$p" = "$R/$sha.partial" ] && continue
+    rm -rf -- "$p" && out removed_partial "${p##*/}"
+  done
+  stage="$R/$sha.partial"
+  if [ -L "$stage" ]; then rm -f -- "$stage"; fi
+  [ -d "$stage" ] || mkdir -- "$stage" || fail failed "cannot create $stage"
+  out stage "$stage"
+  cur=$(current_release)
+  if [ -n "$cur" ] && [ -d "$cur" ]; then out link_dest "$cur"
+  elif [ ! -L "$T" ] && [ -d "$T" ]; then out link_dest "$T"
+  else out link_dest ''
+  fi
+  # Shared paths that already exist are excluded from the transfer; the
+  # others are transferred once, to seed them.
+  for rel in "$@"; do
+    if [ -e "$SH/$rel" ] || [ -L "$SH/$rel" ]; then out shared "$rel"; fi
+  done
+  ;;
+seal)
+  # Completes the staged release: sentinel, shared-path links, completion
+  # marker, then its final name. Nothing live changes.
+  token=$1 sha=$2
+  shift 2
+  require_lock "$token"
+  stage="$R/$sha.partial"
+  if [ ! -d "$stage" ] || [ -L "$stage" ]; then fail failed "staged release $stage is missing"; fi
+  # .sync_rev at a release's root is vm-sync's: whatever stands there goes,
+  # and the sentinel is written in vm-sync's own directory, then renamed in
+  # (rename replaces a symlink; it never writes through one).
+  rm -rf -- "$stage/.sync_rev"
+  tmp="$S/tmp/sync_rev.$$"
+  rm -rf -- "$tmp"
+  printf '%s\n' "$sha" > "$tmp" || fail failed "cannot write $tmp"
+  mv -f -- "$tmp" "$stage/.sync_rev" || fail failed "cannot write .sync_rev"
+  if [ "$#" -gt 0 ]; then own_dir "$SH"; fi
+  for spec in "$@"; do
+    kind=${spec%%:*} rel=${spec#*:}
+    case /$rel/ in *//* | */./* | */../*) fail failed "bad shared path $rel" ;; esac
+    src="$stage/$rel" dst="$SH/$rel"
+    safe_parent "$SH" "$rel" || fail unsafe_state_dir "a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand."
+    safe_parent "$stage" "$rel" || fail failed "shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree"
+    if [ ! -e "$dst" ] && [ ! -L "$dst" ]; then
+      if [ "$kind" = d ] && [ -d "$src" ] && [ ! -L "$src" ]; then
+        cp -a -- "$src" "$dst" || fail failed "cannot seed $dst"
+        out seeded "$rel"
+      elif [ "$kind" = f ] && [ -f "$src" ] && [ ! -L "$src" ]; then
+        cp -a -- "$src" "$dst" || fail failed "cannot seed $dst"
+        out seeded "$rel"
+      elif [ "$kind" = d ]; then
+        mkdir -m 700 -- "$dst" || fail failed "cannot create $dst"
+        out created "$rel"
+      else
+        (umask 077 && : > "$dst") || fail failed "cannot create $dst"
+        out created "$rel"
+      fi
+    fi
+    rm -rf -- "$src"
+    ln -s -- "$dst" "$src" || fail failed "cannot link $rel in the release"
+  done
+  flush "$stage"
+  # Milliseconds (GNU date) keep two releases of one second in order.
+  ms=$(date -u +%N | cut -c1-3)
+  digits "$ms" || ms=''
+  name="$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' "$sha" | cut -c1-12)"
+  [ ! -e "$R/$name" ] || name="$name-$$"
+  printf '%s\n' "$sha" > "$C/$name" || fail failed "cannot write the completion marker"
+  mv -- "$stage" "$R/$name" || { rm -f -- "$C/$name"; fail failed "cannot rename $stage"; }
+  flush "$R"
+  out release "$name"
+  ;;
+flip)
+  # Points the target at a complete release (a deploy, a revert, a rollback).
+  token=$1 name=$2
+  require_lock "$token"
+  case $name in '' | */* | .* | *.partial) fail failed "bad release name" ;; esac
+  if [ ! -d "$R/$name" ] || [ -L "$R/$name" ] || [ ! -f "$C/$name" ]; then
+    fail no_release "release $name is not kept complete on this VM"
+  fi
+  cur=$(current_release)
+  out previous "${cur##*/}"
+  if [ -z "$cur" ] && { [ -e "$T" ] || [ -L "$T" ]; }; then
+    # First atomic deploy over something vm-sync did not create: keep it.
+    previous="$S/previous-$(date -u +%Y%m%dT%H%M%SZ)"
+    [ ! -e "$previous" ] || previous="$previous-$$"
+    mv -- "$T" "$previous" || fail failed "cannot move $T aside"
+    out moved_aside "$previous"
+  fi
+  link="$S/tmp/link.$$"
+  rm -f -- "$link"
+  ln -s -- ".$N.vm-sync/releases/$name" "$link" || fail failed "cannot create symlink"
+  mv -f -T -- "$link" "$T" || { rm -f -- "$link"; fail failed "cannot flip $T"; }
+  flush "$P"
+  out release "$name"
+  ;;
+releases)
+  # Read-only: the kept releases (complete ones with their commit) and the live one.
+  cur=$(current_release)
+  out live "${cur##*/}"
+  for d in "$R"/*; do
+    if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
+    name=${d##*/}
+    case $name in *.partial) continue ;; esac
+    if [ -f "$C/$name" ]; then out release "$name $(head -c 100 -- "$C/$name" | head -n 1)"
+    else out incomplete "$name"
+    fi
+  done
+  ;;
+renew)
+  # Extends this run's lock (a VM that waits for its batch keeps it).
+  token=$1 budget=$2
+  require_lock "$token"
+  digits "$budget" || fail failed "bad budget"
+  rec=$(readlink -- "$L" | head -c "$LOCK_MAX")
+  dl=$(field "$rec" deadline)
+  now=$(date +%s)
+  # Past its deadline another run may break it at any moment: never race that.
+  if ! digits "$dl" || [ "$dl" -le $((now + 2)) ]; then fail lock_lost "this run's lock on $T expired before it was renewed"; fi
+  rest=${rec#* }
+  rest=${rest#* }
+  link="$S/tmp/lock.$$"
+  rm -f -- "$link"
+  ln -s -T -- "vm-sync-lock-v2 deadline=$((now + budget)) $rest" "$link" || fail failed "cannot renew the lock"
+  mv -f -T -- "$link" "$L" || { rm -f -- "$link"; fail failed "cannot renew the lock"; }
+  out deadline "$((now + budget))"
+  ;;
+health)
+  # The health command, in the live release; its output goes to the caller
+  # unframed (bounded there). The caller's budget is the health timeout.
+  token=$1 sha=$2 cmd=$3
+  require_lock "$token"
+  cd -- "$T" || fail failed "cannot enter $T"
+  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null 2>&1
+  out exit "$?"
+  ;;
+inplace-begin)
+  token=$1
+  require_lock "$token"
+  [ ! -L "$T" ] || fail failed "$T is a symlink (atomic layout): switch layout back to atomic or remove it"
+  [ -d "$T" ] || mkdir -- "$T" || fail failed "cannot create $T"
+  # A tree that is being rewritten must not claim any commit.
+  rm -rf -- "$T/.sync_rev" || fail failed "cannot remove $T/.sync_rev"
+  out target "$T"
+  ;;
+inplace-finish)
+  token=$1 sha=$2
+  require_lock "$token"
+  rm -rf -- "$T/.sync_rev"
+  tmp="$S/tmp/sync_rev.$$"
+  rm -rf -- "$tmp"
+  printf '%s\n' "$sha" > "$tmp" || fail failed "cannot write $tmp"
+  flush "$tmp"
+  mv -f -- "$tmp" "$T/.sync_rev" || fail failed "cannot write .sync_rev"
+  flush "$T"
+  out rev "$sha"
+  ;;
+prune)
+  # Keeps the newest KEEP complete releases, and always the live one and the
+  # one before it (what a rollback goes to). Partial and incomplete releases,
+  # and markers without a release, go.
+  token=$1 keep=$2
+  require_lock "$token"
+  digits "$keep" || fail failed "bad keep"
+  cur=$(current_release)
+  cur=${cur##*/}
+  for p in "$R"/*.partial; do
+    [ -d "$p" ] && [ ! -L "$p" ] && rm -rf -- "$p" && out pruned "${p##*/}"
+  done
+  for m in "$C"/*; do
+    [ -f "$m" ] || continue
+    [ -d "$R/${m##*/}" ] || rm -f -- "$m"
+  done
+  list="$S/tmp/prune.$$"
+  {
+    for d in "$R"/*; do
+      if [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$C/${d##*/}" ]; then printf '%s\n' "${d##*/}"; fi
+    done
+    if [ -n "$cur" ]; then printf '%s\n' "$cur"; fi
+  } | sort -r -u > "$list"
+  # The release before the live one: the newest complete one older than it.
+  prev='' seen=0
+  while IFS= read -r name; do
+    if [ "$seen" = 1 ] && [ -f "$C/$name" ]; then prev=$name; break; fi
+    if [ "$name" = "$cur" ]; then seen=1; fi
+  done < "$list"
+  i=0
+  while IFS= read -r name; do
+    [ -f "$C/$name" ] && i=$((i + 1))
+    if [ "$name" = "$cur" ] || [ "$name" = "$prev" ]; then continue; fi
+    if [ -f "$C/$name" ] && [ "$i" -le "$keep" ]; then continue; fi
+    rm -rf -- "${R:?}/$name" && rm -f -- "$C/$name" && out pruned "$name"
+  done < "$list"
+  for d in "$R"/*; do
+    if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
+    name=${d##*/}
+    if [ ! -f "$C/$name" ] && [ "$name" != "$cur" ]; then rm -rf -- "$d" && out pruned "$name"; fi
+  done
+  rm -f -- "$list"
+  ;;
+post)
+  token=$1 sha=$2 cmd=$3
+  require_lock "$token"
+  cd -- "$T" || fail failed "cannot enter $T"
+  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
+  status=$?
+  [ "$status" = 0 ] || { out exit "$status"; out end failed; exit "$status"; }
+  ;;
+kill)
+  # Stops this run's own steps that outlived their channel (a cancelled run),
+  # found by the nonce on their command line; a step that has not started
+  # yet finds the marker and refuses to run.
+  [ -d "$S/tmp" ] && [ ! -L "$S/tmp" ] && [ -O "$S/tmp" ] || S=
+  groups=
+  for nonce in "$@"; do
+    case $nonce in '' | *[!0-9a-f]*) continue ;; esac
+    [ -n "$S" ] && : > "$S/tmp/cancelled.$nonce"
+  done
+  # One pass over the processes, reading comm without a fork (a busy host has
+  # hundreds): only `timeout` processes are looked at closer.
+  for d in /proc/[0-9]*; do
+    # Our own `timeout` carries these nonces as arguments too.
+    [ "${d#/proc/}" = "$PPID" ] && continue
+    comm=
+    read -r comm 2>/dev/null < "$d/comm" || continue
+    [ "$comm" = timeout ] || continue
+    args=$(tr '\000' '\n' < "$d/cmdline" 2>/dev/null)
+    for nonce in "$@"; do
+      case "
+$args
+" in *"
+$nonce
+"*) groups="$groups ${d#/proc/}"; break ;; esac
+    done
+  done
+  for pg in $groups; do kill -TERM "-$pg" 2>/dev/null; done
+  i=0
+  while [ "$i" -lt 30 ]; do
+    left=0
+    for pg in $groups; do kill -0 "-$pg" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1 2>/dev/null || sleep 1
+    i=$((i + 1))
+  done
+  for pg in $groups; do
+    kill -0 "-$pg" 2>/dev/null && kill -KILL "-$pg" 2>/dev/null
+    out stopped "$pg"
+  done
+  ;;
+doctor)
+  # Can a deploy create its state directory and flip the target here?
+  d=$P
+  while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
+  out parent "$P"
+  out existing "$d"
+  if [ -d "$d" ] && [ -w "$d" ]; then out writable 1; else out writable 0; fi
+  out avail_kb "$(df -Pk -- "$d" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+  out timeout "$(command -v timeout)"
+  ;;
+serve)
+  # One session per VM: requests arrive on stdin, one a line:
+  #   NONCE BUDGET OP ARG...    (each ARG is "=" then its bytes as printf %b escapes)
+  # Each runs as its own `sh -c AGENT` under `timeout`, exactly as a command
+  # of its own would: same budget, own process group, killed by its nonce.
+  # Its stderr is kept (bounded) and framed after it, then @NONCE done=STATUS.
+  src=$1
+  errf=$(mktemp "${TMPDIR:-/tmp}/vm-sync.XXXXXX") || fail failed "cannot create a temporary file"
+  trap 'rm -f -- "$errf" "$errf.st"' EXIT
+  out ready 1
+  while IFS= read -r line; do
+    set -f
+    # shellcheck disable=SC2086 # the words of the request; globbing is off
+    set -- $line
+    set +f
+    [ "$#" -ge 3 ] || continue
+    rn=$1 rb=$2 rop=$3
+    shift 3
+    case $rn in '' | *[!0-9a-f]*) continue ;; esac
+    digits "$rb" || continue
+    case $rop in '' | *[!a-z-]*) continue ;; esac
+    for w in "$@"; do
+      shift
+      a=$(printf '%bx' "${w#=}")
+      set -- "$@" "${a%x}"
+    done
+    rm -f -- "$errf.st"
+    { { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&-; printf '%s\n' "$?" > "$errf.st"; } | tail -c 4000 > "$errf"; } 3>&1
+    while IFS= read -r l || [ -n "$l" ]; do
+      printf '@%s stderr=%s\n' "$rn" "$(printf '%s' "$l" | tr '\r' '?')"
+    done < "$errf"
+    printf '@%s done=%s\n' "$rn" "$(head -c 10 -- "$errf.st" 2>/dev/null)"
+  done
+  exit 0
+  ;;
+*)
+  fail failed "unknown operation $op"
+  ;;
+esac
+out end ok

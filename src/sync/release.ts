@@ -1,0 +1,594 @@
+/**
+ * The executor of a fleet release. `main` reads as its phases:
+ *
+ *   prepare  every VM in parallel: lock, probe, decide, stage and seal a release
+ *   flip     all at once, or batch by batch (rolling)
+ *   verify   `.sync_rev` read back through the live path
+ *   health   the health command in the live release; revert when unhealthy
+ *   finish   prune, post_sync_command, unlock
+ *
+ * Decisions come from the pure planner (planner.ts); every remote step goes
+ * through a {@link VmPort} the entry point provides. Whatever fails, each VM
+ * ends with one row that says what it serves at the end.
+ */
+import type { Config, VmConfig } from '../config/types.js';
+import { getErrorMessage, VmSyncError } from '../errors.js';
+import type { LockOwner } from '../remote/lock.js';
+import type { OpenPort, VmPort } from '../remote/port.js';
+import { CLEANUP_MS, type BeginOutcome, type Probe } from '../remote/target.js';
+import { mapPool } from './pool.js';
+import { afterHealth, chooseRollback, decidePrepare, planBatches, rolloutVerdict } from './planner.js';
+import { classifyState, type History } from './state.js';
+import { failedRow, type EngineEvents, type RolloutReport, type VmReport } from './types.js';
+import { holderName, staleReason, takeLock } from './vm-lock.js';
+
+/** Everything a release needs, given by the entry point. */
+export interface ReleaseContext {
+  config: Config;
+  openPort: OpenPort;
+  history: History;
+  /** The full hash being deployed. */
+  commit: string;
+  /** Clean export of `commit` on the runner host. */
+  exportDir: string;
+  force: boolean;
+  /** Who this run is, as recorded in each VM's lock (the VM adds the deadline). */
+  owner: Omit<LockOwner, 'deadline'>;
+  /** Notes for every VM that gets the new release. */
+  deployNotes?: string[];
+  events: EngineEvents;
+  signal?: AbortSignal;
+  /** First retry delay; doubles each time, plus jitter. */
+  retryBaseMs: number;
+  /** Seconds to wait for a VM locked by another run (0: fail at once). */
+  lockWaitS: number;
+}
+
+/** One VM through the phases: its row, its open port while it holds the lock, its releases. */
+interface VmRun {
+  vm: VmConfig;
+  report: VmReport;
+  started: number;
+  port: VmPort | null;
+  /** The probe made under the lock. */
+  before: Probe | null;
+  /** The sealed release to flip to (atomic layout). */
+  release: string | null;
+  /** The release the VM served before its flip (what a revert goes back to). */
+  previous: string | null;
+  /** Whether a step that can change what the VM serves was started. */
+  touched: boolean;
+  /** The row is final (announced). */
+  done: boolean;
+  /** When the VM's current budget (and its lock's deadline, less the margin) ends; null before its first renewal. */
+  deadlineAt: number | null;
+}
+
+const FULL_SHA = /^[0-9a-f]{40}$/;
+const now = (): string => new Date().toISOString();
+const short = (sha: string | null): string => (sha ? sha.slice(0, 12) : 'none');
+
+function liveRev(probe: Probe): string | null {
+  return probe.rev !== null && FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
+}
+
+function toFailure(error: unknown): VmSyncError {
+  return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
+}
+
+const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+
+/** The shared paths as the agent takes them, and the rsync excludes of a transfer. */
+function excludesFor(config: Config, sharedExisting: readonly string[]): string[] {
+  const list = [...config.repository.rsyncExcludes];
+  if (config.repository.excludeDotGit && !list.includes('.git')) list.push('.git');
+  // Anchored at the release root: the shared copy is the VM's, never the tree's.
+  for (const p of sharedExisting) list.push(`/${p}`);
+  return list;
+}
+
+/**
+ * The executor. Each phase takes the VMs still in the release and drops the
+ * ones it finishes (failed, halted, done); `rows()` is the final report.
+ */
+class FleetRelease {
+  private readonly runs: VmRun[];
+  private readonly token: string;
+  private readonly budgetMs: number;
+  /** How long the VMs' agent sessions may live: the whole run's worst case. */
+  private readonly sessionBudgetS: number;
+  readonly rollout: RolloutReport;
+
+  constructor(
+    private readonly ctx: ReleaseContext,
+    vms: readonly VmConfig[],
+  ) {
+    this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, deadlineAt: null }));
+    this.token = ctx.owner.token;
+    const { sync, rollout } = ctx.config;
+    this.budgetMs = sync.timeoutS * 1000;
+    const batches = planBatches(vms.map((vm) => vm.id), rollout).length;
+    this.sessionBudgetS = ctx.lockWaitS + sync.timeoutS * (2 + batches) + rollout.healthTimeoutS * batches + 60;
+    this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
+  }
+
+  private say(run: VmRun, message: string): void {
+    this.ctx.events.info(run.vm.id, message);
+  }
+
+  /** The run's signal combined with a fresh per-VM budget. */
+  private budget(extraMs = 0): { signal: AbortSignal; deadlineAt: number } {
+    const ms = this.budgetMs + extraMs;
+    const deadline = AbortSignal.timeout(ms);
+    return { signal: this.ctx.signal ? AbortSignal.any([this.ctx.signal, deadline]) : deadline, deadlineAt: Date.now() + ms };
+  }
+
+  /** The fleet release, phase by phase. */
+  async main(): Promise<VmReport[]> {
+    const { rollout, repository } = this.ctx.config;
+    await this.prepare();
+    const staged = this.active();
+    const total = this.runs.length;
+    const batches = planBatches(staged.map((run) => run.vm.id), rollout);
+    this.rollout.batches = batches;
+    for (const [index, ids] of batches.entries()) {
+      const failed = this.runs.filter((run) => run.done && run.report.result !== 'success').length;
+      if (rolloutVerdict(failed, total, rollout.maxFailed) === 'halt') {
+        await this.halt(`${failed} of ${total} VM(s) failed, more than rollout.max_failed allows`, batches.slice(index).flat());
+        break;
+      }
+      if (this.ctx.signal?.aborted) break;
+      const batch = this.active().filter((run) => ids.includes(run.vm.id));
+      await this.renew(batch, this.active().filter((run) => !ids.includes(run.vm.id)));
+      await this.flip(this.active().filter((run) => batch.includes(run)));
+      await this.verify(this.active().filter((run) => batch.includes(run)));
+      if (rollout.healthCommand) await this.health(this.active().filter((run) => batch.includes(run)), rollout.healthCommand);
+      await this.finish(this.active().filter((run) => batch.includes(run)), repository.keepReleases);
+    }
+    // Cancelled between batches: what is left stays on its release, staged.
+    for (const run of this.active()) await this.fail(run, new VmSyncError('interrupted', `run interrupted before ${run.vm.id} flipped: it serves its old release, with the new one staged`));
+    return this.runs.map((run) => run.report);
+  }
+
+  /** The VMs still in the release: staged, holding their lock, not yet final. */
+  private active(): VmRun[] {
+    return this.runs.filter((run) => !run.done && run.port !== null);
+  }
+
+  /** Phase 1: every VM in parallel, capped by sync.concurrency. */
+  private async prepare(): Promise<void> {
+    await mapPool(this.runs, this.ctx.config.sync.concurrency, async (run) => {
+      this.ctx.events.vmStarted?.(run.vm.id);
+      try {
+        await this.prepareWithRetries(run);
+      } catch (error) {
+        // A defect: the VM still ends with a row, and its lock is released.
+        await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${getErrorMessage(error)}`));
+      }
+    });
+  }
+
+  /** Retries network failures of the prepare phase with exponential backoff and jitter. */
+  private async prepareWithRetries(run: VmRun): Promise<void> {
+    const { sync } = this.ctx.config;
+    const earlier: string[] = [];
+    const { signal, deadlineAt } = this.budget(this.ctx.lockWaitS * 1000);
+    for (let attempt = 0; ; attempt++) {
+      run.report = { ...failedRow(run.vm), notes: [...earlier] };
+      try {
+        await this.prepareVm(run, signal, deadlineAt);
+        return;
+      } catch (error) {
+        let failure = toFailure(error);
+        if (signal.aborted) {
+          failure = this.ctx.signal?.aborted
+            ? new VmSyncError('interrupted', `run interrupted before ${run.vm.id} finished; what it serves now is in rev_after`)
+            : new VmSyncError('timeout', `${run.vm.id} did not finish within sync.timeout_s=${sync.timeoutS}s (last step: ${failure.message})`);
+        }
+        if (!failure.retryable || signal.aborted || attempt >= sync.retries) {
+          const same = `${failure.code}: ${failure.message}`;
+          run.report.notes = run.report.notes.filter((note) => !note.endsWith(same));
+          if (attempt > 0) failure = new VmSyncError(failure.code, `${failure.message} (${attempt + 1} attempts)`);
+          await this.fail(run, failure);
+          return;
+        }
+        await this.settle(run, true);
+        run.port?.close();
+        run.port = null;
+        earlier.push(`attempt ${attempt + 1} failed: ${failure.code}: ${failure.message}`);
+        const delay = this.ctx.retryBaseMs * 2 ** attempt * (1 + Math.random());
+        this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+        await sleep(delay, signal);
+      }
+    }
+  }
+
+  /** Connect, lock, probe, decide, and stage + seal the release (atomic layout). */
+  private async prepareVm(run: VmRun, signal: AbortSignal, deadlineAt: number): Promise<void> {
+    const { config, commit, force } = this.ctx;
+    const port = await this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+    run.port = port;
+    let begun: Extract<BeginOutcome, { held: false }>;
+    try {
+      begun = await takeLock(run.vm, port, {
+        owner: this.ctx.owner,
+        expect: commit,
+        force,
+        staleAfterS: config.sync.timeoutS,
+        lockWaitS: this.ctx.lockWaitS,
+        signal,
+        onWait: (message) => this.say(run, message),
+      });
+    } catch (error) {
+      const probe = (error as { probe?: Probe }).probe;
+      if (probe) run.report.rev_before = run.report.rev_after = liveRev(probe);
+      else {
+        // Cancelled or timed out while taking the lock: it may have been taken
+        // after all. Stop that step, release what is ours, report what it serves.
+        if (await port.stopInterrupted()) await port.unlock(this.token).catch(() => false);
+        const seen = await port.probe(true).catch(() => null);
+        if (seen) run.report.rev_before = run.report.rev_after = liveRev(seen);
+      }
+      port.close();
+      run.port = null;
+      throw error;
+    }
+    const report = run.report;
+    const before = begun.probe;
+    run.before = before;
+    report.rev_before = report.rev_after = liveRev(before);
+    report.release = before.currentRelease ? before.currentRelease.split('/').pop() ?? null : null;
+    if (begun.tookOver) report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
+    const readable = before.sentinel === 'regular' || before.sentinel === 'absent';
+    report.state = readable ? await classifyState(run.vm.id, before.rev, commit, this.ctx.history).catch((error: unknown) => {
+      if (force) return 'unknown' as const;
+      throw error;
+    }) : 'unknown';
+    const decision = decidePrepare(run.vm.id, { state: readable ? report.state : null, sentinel: before.sentinel, releasedAtBegin: begun.released, rsyncPresent: before.rsyncVersion !== null }, { force, commit });
+    if (decision.kind === 'none') {
+      report.action = 'none';
+      report.result = 'success';
+      report.verified = true;
+      this.say(run, `already on ${short(commit)}: nothing to do`);
+      if (!begun.released) await port.unlock(this.token).catch(() => false);
+      this.close(run);
+      return;
+    }
+    if (decision.kind === 'refuse') {
+      report.action = decision.code === 'refused_ahead' ? 'refuse' : 'deploy';
+      report.result = decision.result;
+      throw new VmSyncError(decision.code, decision.message);
+    }
+    report.notes.push(...decision.notes);
+    report.action = 'deploy';
+    if (config.repository.layout !== 'atomic') return; // in place: the transfer is the flip
+    const shared = config.repository.sharedPaths;
+    const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
+    for (const name of staged.removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);
+    this.say(run, `staging ${short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
+    const stats = await port.transfer(
+      { source: this.ctx.exportDir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) },
+      (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate),
+    );
+    report.files_changed = stats.filesChanged;
+    report.bytes_sent = stats.bytesSent;
+    const sealed = await port.seal(this.token, commit, shared);
+    for (const p of sealed.seeded) report.notes.push(`shared path ${p} seeded from this release`);
+    for (const p of sealed.created) report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
+    run.release = sealed.release;
+    report.staged_at = now();
+    this.say(run, `staged ${short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
+  }
+
+  /**
+   * Before a batch flips, its VMs get a fresh budget and their locks a new
+   * deadline; VMs still waiting get a new deadline when theirs comes near.
+   */
+  private async renew(batch: VmRun[], waiting: VmRun[]): Promise<void> {
+    const soon = Date.now() + this.budgetMs / 2;
+    await Promise.all(
+      [...batch, ...waiting].map(async (run) => {
+        const port = run.port as VmPort;
+        if (!batch.includes(run) && run.deadlineAt !== null && run.deadlineAt > soon) return;
+        const { signal, deadlineAt } = this.budget();
+        port.extendTo(deadlineAt, signal);
+        run.deadlineAt = deadlineAt;
+        try {
+          await port.renew(this.token);
+        } catch (error) {
+          await this.fail(run, toFailure(error));
+        }
+      }),
+    );
+  }
+
+  /** Phase 2: switch each VM's live path to its new release, all in parallel. */
+  private async flip(batch: VmRun[]): Promise<void> {
+    const { config, commit } = this.ctx;
+    await Promise.all(
+      batch.map((run) =>
+        this.step(run, async (port) => {
+          run.touched = true;
+          if (config.repository.layout === 'atomic') {
+            const flipped = await port.flip(this.token, run.release as string);
+            run.report.flipped_at = now();
+            run.previous = flipped.previous;
+            if (flipped.movedAside) run.report.notes.push(`kept the directory that stood at ${run.before?.target} as ${flipped.movedAside}`);
+            return;
+          }
+          // In place: no staging is possible; the transfer is the flip.
+          const dest = await port.inPlaceBegin(this.token, run.before as Probe);
+          const stats = await port.transfer({ source: this.ctx.exportDir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) =>
+            this.ctx.events.progress(run.vm.id, p.percent, p.rate),
+          );
+          await port.inPlaceFinish(this.token, commit);
+          run.report.files_changed = stats.filesChanged;
+          run.report.bytes_sent = stats.bytesSent;
+          run.report.flipped_at = now();
+        }),
+      ),
+    );
+  }
+
+  /** Phase 3: `.sync_rev` read back through the live path must be the commit. */
+  private async verify(batch: VmRun[]): Promise<void> {
+    const { commit } = this.ctx;
+    await Promise.all(
+      batch.map((run) =>
+        this.step(run, async (port) => {
+          const after = await port.probe();
+          run.report.rev_after = liveRev(after);
+          run.report.release = after.currentRelease ? after.currentRelease.split('/').pop() ?? null : null;
+          if (run.report.rev_after !== commit) {
+            throw new VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
+          }
+          run.report.verified = true;
+          run.report.notes.push(...(this.ctx.deployNotes ?? []));
+          this.say(run, `live on ${short(commit)}`);
+        }),
+      ),
+    );
+  }
+
+  /** Phase 4: the health command in the new release; an unhealthy VM goes back to the release it had. */
+  private async health(batch: VmRun[], command: string): Promise<void> {
+    const { config, commit } = this.ctx;
+    await Promise.all(
+      batch.map((run) =>
+        this.step(run, async (port) => {
+          const outcome = await port.health(this.token, commit, command, config.rollout.healthTimeoutS);
+          if (outcome.exit === 0) {
+            run.report.health = 'passed';
+            return;
+          }
+          run.report.health = 'failed';
+          run.report.health_output = outcome.output || null;
+          const why = outcome.exit === null ? `did not finish within rollout.health_timeout_s=${config.rollout.healthTimeoutS}s` : `exited ${outcome.exit}`;
+          const next = afterHealth(outcome, { revertUnhealthy: config.rollout.revertUnhealthy, previous: run.previous, layout: config.repository.layout });
+          if (next === 'revert') {
+            await port.flip(this.token, run.previous as string);
+            const back = await port.probe();
+            run.report.rev_after = liveRev(back);
+            run.report.release = back.currentRelease ? back.currentRelease.split('/').pop() ?? null : null;
+            run.report.verified = false;
+            throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${short(commit)}: flipped back to ${run.previous} (now serving ${short(run.report.rev_after)}). Fix the release and deploy again.`);
+          }
+          const reason = config.repository.layout !== 'atomic' ? 'the in-place layout keeps no release to go back to' : run.previous === null ? 'it had no release of vm-sync before' : 'rollout.revert_unhealthy is false';
+          throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${short(commit)}; it still serves ${short(commit)} (${reason}). Fix it, or run vm-sync rollback.`);
+        }),
+      ),
+    );
+  }
+
+  /** Phase 5: prune, post_sync_command, unlock. */
+  private async finish(batch: VmRun[], keep: number): Promise<void> {
+    const { config, commit } = this.ctx;
+    await Promise.all(
+      batch.map((run) =>
+        this.step(run, async (port) => {
+          if (config.repository.layout === 'atomic') {
+            try {
+              const pruned = await port.prune(this.token, keep);
+              if (pruned.length > 0) this.say(run, `pruned ${pruned.length} old release(s)`);
+            } catch (error) {
+              if (this.ctx.signal?.aborted) throw error;
+              run.report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
+            }
+          }
+          if (config.sync.postSyncCommand) {
+            this.say(run, 'running post_sync_command');
+            await port.postSync(this.token, commit, config.sync.postSyncCommand);
+          }
+          run.report.result = 'success';
+          run.report.error = null;
+          await port.unlock(this.token).catch((error: unknown) => {
+            run.report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+          });
+          this.close(run);
+        }),
+      ),
+    );
+  }
+
+  /** Runs one VM's step of a phase; a failure ends that VM's release (settled, unlocked, reported). */
+  private async step(run: VmRun, body: (port: VmPort) => Promise<void>): Promise<void> {
+    if (run.done || !run.port) return;
+    try {
+      await body(run.port);
+    } catch (error) {
+      let failure = toFailure(error);
+      if (this.ctx.signal?.aborted && failure.code !== 'health_failed') failure = new VmSyncError('interrupted', `run interrupted during ${run.vm.id}'s release; what it serves now is in rev_after`);
+      await this.fail(run, failure);
+    }
+  }
+
+  /** The VMs not yet flipped when the rollout stops: they keep their release, the new one staged. */
+  private async halt(reason: string, ids: string[]): Promise<void> {
+    this.rollout.halted = true;
+    this.rollout.halted_reason = reason;
+    const halted = this.active().filter((r) => ids.includes(r.vm.id));
+    for (const run of halted) {
+      run.report.result = 'skipped';
+      run.report.error = {
+        code: 'rollout_halted',
+        message: `not flipped: the rollout stopped (${reason}). ${run.vm.id} still serves ${short(run.report.rev_before)}${run.release ? `, with ${short(this.ctx.commit)} staged as ${run.release}` : ''}. Fix the failed VMs and deploy again.`,
+      };
+    }
+    await Promise.all(
+      halted.map(async (run) => {
+        run.port?.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
+        await this.settle(run, false);
+        this.close(run);
+      }),
+    );
+  }
+
+  /** Ends a VM's release with a failure: stop what is left of this run on it, read back what it serves, unlock. */
+  private async fail(run: VmRun, failure: VmSyncError): Promise<void> {
+    if (run.done) return;
+    const report = run.report;
+    if (report.result !== 'refused') report.result = 'failed';
+    report.error = { code: failure.code, message: failure.message };
+    if (run.port) await this.settle(run, true);
+    this.close(run);
+  }
+
+  /**
+   * After a failure: stop this run's steps still running on the VM, read
+   * back what it serves, then release the lock (only once nothing of this
+   * run is left running there). On a budget of its own: the run's may be spent.
+   */
+  private async settle(run: VmRun, failed: boolean): Promise<void> {
+    const port = run.port;
+    if (!port) return;
+    const { report } = run;
+    port.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
+    let safeToUnlock = true;
+    if (failed) {
+      safeToUnlock = await port.stopInterrupted();
+      if (!safeToUnlock) report.notes.push(`could not confirm that this run's steps on ${run.vm.id} stopped: the lock is left to expire at its deadline`);
+      try {
+        const seen = await port.probe(true);
+        if (report.rev_after !== liveRev(seen) && run.touched) report.notes.push(`after the failure ${run.vm.id} serves ${short(liveRev(seen))}`);
+        report.rev_after = liveRev(seen);
+        report.release = seen.currentRelease ? seen.currentRelease.split('/').pop() ?? null : report.release;
+      } catch (error) {
+        if (run.touched) {
+          report.rev_after = null;
+          report.notes.push(`could not read what ${run.vm.id} serves after the failure (${getErrorMessage(error)}): check it with vm-sync status`);
+        }
+      }
+    }
+    if (!safeToUnlock) return;
+    try {
+      await port.unlock(this.token);
+    } catch (error) {
+      report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+    }
+  }
+
+  /** Makes the row final: closes the port and announces it. */
+  private close(run: VmRun): void {
+    if (run.done) return;
+    run.done = true;
+    run.port?.close();
+    run.port = null;
+    run.report.duration_ms = Date.now() - run.started;
+    const { report } = run;
+    this.ctx.events.info(run.vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
+    this.ctx.events.vmFinished?.(report);
+  }
+}
+
+/** A fleet release's outcome: the rows, how it was rolled out, and the flip skew. */
+export interface ReleaseOutcome {
+  vms: VmReport[];
+  rollout: RolloutReport;
+  flip_skew_ms: number | null;
+}
+
+/** Deploys `ctx.commit` to `vms` as one fleet release (see the module comment). Never throws for a VM. */
+export async function releaseFleet(ctx: ReleaseContext, vms: readonly VmConfig[]): Promise<ReleaseOutcome> {
+  const release = new FleetRelease(ctx, vms);
+  const rows = await release.main();
+  const flips = rows.map((row) => row.flipped_at).filter((at): at is string => at !== null).map((at) => Date.parse(at));
+  return { vms: rows, rollout: release.rollout, flip_skew_ms: flips.length ? Math.max(...flips) - Math.min(...flips) : null };
+}
+
+/** Everything a rollback needs, given by the entry point. */
+export interface RollbackContext {
+  config: Config;
+  openPort: OpenPort;
+  /** The commit to go back to (full hash), or null: each VM's previous release. */
+  to: string | null;
+  owner: Omit<LockOwner, 'deadline'>;
+  events: EngineEvents;
+  signal?: AbortSignal;
+  lockWaitS: number;
+}
+
+/**
+ * `vm-sync rollback`: on every VM in parallel, lock, list the kept releases,
+ * flip to the chosen one, read `.sync_rev` back, unlock. Transfers nothing.
+ */
+export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig[]): Promise<VmReport[]> {
+  const { config } = ctx;
+  return mapPool(vms, config.sync.concurrency, async (vm) => {
+    ctx.events.vmStarted?.(vm.id);
+    const started = Date.now();
+    const report: VmReport = { ...failedRow(vm), action: 'rollback' };
+    const ms = config.sync.timeoutS * 1000 + ctx.lockWaitS * 1000;
+    const deadline = AbortSignal.timeout(ms);
+    const signal = ctx.signal ? AbortSignal.any([ctx.signal, deadline]) : deadline;
+    let port: VmPort | null = null;
+    let locked = false;
+    try {
+      if (config.repository.layout !== 'atomic') throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
+      port = await ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+      const begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m) });
+      locked = true;
+      report.rev_before = report.rev_after = liveRev(begun.probe);
+      const list = await port.releases();
+      const decision = chooseRollback(vm.id, list, ctx.to);
+      if (decision.kind === 'refuse') throw new VmSyncError('no_release', decision.message);
+      if (decision.kind === 'flip') {
+        await port.flip(ctx.owner.token, decision.release.name);
+        report.flipped_at = now();
+      } else {
+        report.action = 'none';
+      }
+      const after = await port.probe();
+      report.rev_after = liveRev(after);
+      report.release = after.currentRelease ? after.currentRelease.split('/').pop() ?? null : null;
+      if (report.rev_after !== decision.release.commit) {
+        throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the rollback, expected ${decision.release.commit}: the release ${decision.release.name} was changed by hand; deploy instead.`);
+      }
+      report.verified = true;
+      report.result = 'success';
+      ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${short(decision.release.commit)} (${decision.release.name})` : `already on ${short(decision.release.commit)}`);
+    } catch (error) {
+      const failure = toFailure(error);
+      const probe = (error as { probe?: Probe }).probe;
+      if (probe) report.rev_before = report.rev_after = liveRev(probe);
+      report.error = { code: signal.aborted && failure.code !== 'no_release' ? (ctx.signal?.aborted ? 'interrupted' : 'timeout') : failure.code, message: failure.message };
+      report.result = 'failed';
+      if (port) {
+        port.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
+        if (!(await port.stopInterrupted())) locked = false;
+        const seen = await port.probe(true).catch(() => null);
+        if (seen) report.rev_after = liveRev(seen);
+      }
+    } finally {
+      if (port && locked) await port.unlock(ctx.owner.token).catch(() => false);
+      port?.close();
+      report.duration_ms = Date.now() - started;
+      ctx.events.info(vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result);
+      ctx.events.vmFinished?.(report);
+    }
+    return report;
+  });
+}
