@@ -35478,7 +35478,7 @@ function formatBytes(bytes) {
 function formatDuration(ms) {
     return ms < 1000 ? `${ms}ms` : `${(ms / 1000).toFixed(1)}s`;
 }
-function row(vm) {
+function row(vm, withHealth) {
     const revs = vm.rev_before === vm.rev_after ? table_short(vm.rev_after) : `${table_short(vm.rev_before)} -> ${table_short(vm.rev_after)}`;
     return [
         terminalLine(vm.id, CELL_MAX),
@@ -35491,7 +35491,22 @@ function row(vm) {
         formatBytes(vm.bytes_sent),
         formatDuration(vm.duration_ms),
         vm.verified ? 'yes' : 'no',
+        ...(withHealth ? [vm.health] : []),
     ];
+}
+/** The rollout in one line: strategy, batches, flip skew, and why it stopped when it did. */
+function rolloutLine(report) {
+    const rollout = report.rollout;
+    if (!rollout)
+        return null;
+    const parts = [`rollout: ${rollout.strategy}`];
+    if (rollout.strategy === 'rolling')
+        parts.push(`${rollout.batches.length} batch${rollout.batches.length === 1 ? '' : 'es'}`);
+    if (report.flip_skew_ms !== null && report.flip_skew_ms !== undefined)
+        parts.push(`flip skew ${report.flip_skew_ms} ms`);
+    if (rollout.halted)
+        parts.push(`HALTED: ${rollout.halted_reason ?? 'stopped'}; the VMs not flipped keep their release, the new one staged`);
+    return terminalLine(parts.join(', '), MESSAGE_MAX);
 }
 /**
  * The readable report of a run: a header line, an aligned table with one row
@@ -35502,8 +35517,10 @@ function renderTable(report) {
     const scan = renderScan(report);
     if (report.vms.length === 0)
         return scan;
-    const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED'];
-    const rows = [header, ...report.vms.map(row)];
+    // The health column only when a health check ran.
+    const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
+    const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : [])];
+    const rows = [header, ...report.vms.map((vm) => row(vm, withHealth))];
     const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
     const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
@@ -35514,12 +35531,15 @@ function renderTable(report) {
         const id = terminalLine(vm.id, CELL_MAX);
         if (vm.error)
             details.push(terminalLine(`${id}: ${vm.error.code}: ${vm.error.message}`, MESSAGE_MAX));
+        if (vm.health_output)
+            details.push(terminalLine(`${id}: health output: ${vm.health_output}`, MESSAGE_MAX));
         for (const note of vm.notes.slice(0, NOTES_PER_VM))
             details.push(terminalLine(`${id}: note: ${note}`, MESSAGE_MAX));
         if (vm.notes.length > NOTES_PER_VM)
             details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
     }
-    return scan + [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    const rollout = rolloutLine(report);
+    return scan + [title, ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
 function renderScan(report) {

@@ -76423,7 +76423,7 @@ function formatBytes(bytes) {
 function formatDuration(ms) {
     return ms < 1000 ? `${ms}ms` : `${(ms / 1000).toFixed(1)}s`;
 }
-function row(vm) {
+function row(vm, withHealth) {
     const revs = vm.rev_before === vm.rev_after ? table_short(vm.rev_after) : `${table_short(vm.rev_before)} -> ${table_short(vm.rev_after)}`;
     return [
         terminalLine(vm.id, CELL_MAX),
@@ -76436,7 +76436,22 @@ function row(vm) {
         formatBytes(vm.bytes_sent),
         formatDuration(vm.duration_ms),
         vm.verified ? 'yes' : 'no',
+        ...(withHealth ? [vm.health] : []),
     ];
+}
+/** The rollout in one line: strategy, batches, flip skew, and why it stopped when it did. */
+function rolloutLine(report) {
+    const rollout = report.rollout;
+    if (!rollout)
+        return null;
+    const parts = [`rollout: ${rollout.strategy}`];
+    if (rollout.strategy === 'rolling')
+        parts.push(`${rollout.batches.length} batch${rollout.batches.length === 1 ? '' : 'es'}`);
+    if (report.flip_skew_ms !== null && report.flip_skew_ms !== undefined)
+        parts.push(`flip skew ${report.flip_skew_ms} ms`);
+    if (rollout.halted)
+        parts.push(`HALTED: ${rollout.halted_reason ?? 'stopped'}; the VMs not flipped keep their release, the new one staged`);
+    return terminalLine(parts.join(', '), MESSAGE_MAX);
 }
 /**
  * The readable report of a run: a header line, an aligned table with one row
@@ -76447,8 +76462,10 @@ function renderTable(report) {
     const scan = renderScan(report);
     if (report.vms.length === 0)
         return scan;
-    const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED'];
-    const rows = [header, ...report.vms.map(row)];
+    // The health column only when a health check ran.
+    const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
+    const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : [])];
+    const rows = [header, ...report.vms.map((vm) => row(vm, withHealth))];
     const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
     const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
@@ -76459,12 +76476,15 @@ function renderTable(report) {
         const id = terminalLine(vm.id, CELL_MAX);
         if (vm.error)
             details.push(terminalLine(`${id}: ${vm.error.code}: ${vm.error.message}`, MESSAGE_MAX));
+        if (vm.health_output)
+            details.push(terminalLine(`${id}: health output: ${vm.health_output}`, MESSAGE_MAX));
         for (const note of vm.notes.slice(0, NOTES_PER_VM))
             details.push(terminalLine(`${id}: note: ${note}`, MESSAGE_MAX));
         if (vm.notes.length > NOTES_PER_VM)
             details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
     }
-    return scan + [title, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    const rollout = rolloutLine(report);
+    return scan + [title, ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
 function renderScan(report) {
@@ -76515,14 +76535,18 @@ const NOTE_MAX = 1000;
 const summary_NOTES_PER_VM = 20;
 // A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
 const sha = (s) => (s === null ? '—' : /^[0-9a-f]{40}$/.test(s) ? `\`${s.slice(0, 7)}\`` : '?');
+/** The time of day of an ISO timestamp (UTC, ms), or a dash. */
+const clock = (iso) => (iso && /^\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d\.\d{3})Z$/.test(iso) ? `${iso.slice(11, 23)}` : '—');
 function resultCell(vm) {
-    const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : '❌';
+    const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : vm.result === 'skipped' ? '⏸️' : '❌';
     return `${icon} ${markdownText(vm.result, summary_CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, summary_CELL_MAX)})` : ''}`;
 }
 /** One VM's error and notes as list items, each escaped and bounded. */
 function detailLines(vm) {
     const id = markdownText(vm.id, summary_CELL_MAX);
     const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, summary_CELL_MAX)}: ${markdownText(vm.error.message, summary_MESSAGE_MAX)}`] : [];
+    if (vm.health_output)
+        lines.push(`- ${id}: health command output: ${markdownCode(vm.health_output, NOTE_MAX)}`);
     for (const note of vm.notes.slice(0, summary_NOTES_PER_VM))
         lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
     if (vm.notes.length > summary_NOTES_PER_VM)
@@ -76612,11 +76636,21 @@ function renderSummary(report, ctx) {
         lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
     if (report.scan)
         lines.push(...scanSection(report.scan), '');
+    if (report.rollout) {
+        const r = report.rollout;
+        const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;
+        lines.push(`Rollout: ${markdownText(r.strategy, summary_CELL_MAX)}${r.strategy === 'rolling' ? ` in ${r.batches.length} batch(es)` : ''}${skew}`, '');
+        if (r.halted)
+            lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', summary_MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
+    }
     if (report.vms.length > 0) {
-        lines.push('### VMs', '', '| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |', '|---|---|---|---|---|---|---|---|---|---|');
+        // A release run shows when each VM was staged and flipped, and its health check.
+        const phases = Boolean(report.rollout);
+        lines.push('### VMs', '', `| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |${phases ? ' Staged | Flipped | Health |' : ''}`, `|---|---|---|---|---|---|---|---|---|---|${phases ? '---|---|---|' : ''}`);
         for (const vm of report.vms) {
             const revs = vm.rev_before === vm.rev_after ? sha(vm.rev_after) : `${sha(vm.rev_before)} → ${sha(vm.rev_after)}`;
-            lines.push(`| ${markdownText(vm.id, summary_CELL_MAX)} | ${markdownText(vm.host, summary_CELL_MAX)} | ${markdownText(vm.state, summary_CELL_MAX)} | ${markdownText(vm.action, summary_CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |`);
+            const extra = phases ? ` ${clock(vm.staged_at)} | ${clock(vm.flipped_at)} | ${markdownText(vm.health, summary_CELL_MAX)} |` : '';
+            lines.push(`| ${markdownText(vm.id, summary_CELL_MAX)} | ${markdownText(vm.host, summary_CELL_MAX)} | ${markdownText(vm.state, summary_CELL_MAX)} | ${markdownText(vm.action, summary_CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |${extra}`);
         }
         const details = report.vms.flatMap(detailLines);
         if (details.length)

@@ -333,6 +333,14 @@ stage)
   elif [ ! -L "$T" ] && [ -d "$T" ]; then out link_dest "$T"
   else out link_dest ''
   fi
+  # A complete release of this commit that was staged before (a rollout
+  # that stopped, a revert): the caller may flip to it without a transfer.
+  reuse=$(for m in "$C"/*; do
+    [ -f "$m" ] || continue
+    [ "$(head -c 100 -- "$m" | head -n 1)" = "$sha" ] || continue
+    if [ -d "$R/${m##*/}" ] && [ ! -L "$R/${m##*/}" ]; then printf '%s\n' "${m##*/}"; fi
+  done | sort -r | head -n 1)
+  out complete "$reuse"
   # Shared paths that already exist are excluded from the transfer; the
   # others are transferred once, to seed them.
   for rel in "$@"; do

@@ -4,7 +4,7 @@ import type { LockOwner } from './lock.js';
 import { RshBridge } from './rsh-bridge.js';
 import { runRsync, type RsyncStats } from './rsync.js';
 import { VmSession } from './session.js';
-import { RemoteTarget, type BeginOutcome, type HealthOutcome, type Probe, type ReleaseList } from './target.js';
+import { RemoteTarget, type BeginOutcome, type HealthOutcome, type Probe, type ReleaseList, type StageResult } from './target.js';
 
 /** One transfer into a directory on the VM. */
 export interface TransferPlan {
@@ -25,7 +25,7 @@ export interface TransferPlan {
 export interface VmPort {
   probe(cleanup?: boolean): Promise<Probe>;
   begin(owner: Omit<LockOwner, 'deadline'>, options: { expect: string; force: boolean; legacyStaleAfterS: number; expectedBreak?: string }): Promise<BeginOutcome>;
-  stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[]): Promise<{ stage: string; linkDest: string | null; removedPartials: string[]; sharedExisting: string[] }>;
+  stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[]): Promise<StageResult>;
   transfer(plan: TransferPlan, onProgress?: (p: { percent: number; rate: string }) => void): Promise<RsyncStats>;
   seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>): Promise<{ release: string; seeded: string[]; created: string[] }>;
   flip(token: string, release: string): Promise<{ previous: string | null; movedAside: string | null }>;

@@ -66,6 +66,17 @@ export interface ReleaseList {
   incomplete: string[];
 }
 
+/** What `stage` answered: where to transfer, what to hard-link from, and what the VM already has. */
+export interface StageResult {
+  stage: string;
+  linkDest: string | null;
+  removedPartials: string[];
+  /** Shared paths that exist on the VM (excluded from the transfer). */
+  sharedExisting: string[];
+  /** The newest complete release of this commit kept on the VM, or null. */
+  completeRelease: string | null;
+}
+
 /** How a health command ended: its exit status (null when it ran out of time) and its last output lines. */
 export interface HealthOutcome {
   exit: number | null;
@@ -238,8 +249,8 @@ export class RemoteTarget {
    * commit's stage; returns where to stage, what to hard-link from, and which
    * of the shared paths already exist on the VM (excluded from the transfer).
    */
-  async stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[] = []): Promise<{ stage: string; linkDest: string | null; removedPartials: string[]; sharedExisting: string[] }> {
-    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared']);
+  async stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[] = []): Promise<StageResult> {
+    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete']);
     // rsync writes there with --delete: only the one directory it must be.
     const expected = path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
     const stage = out.require('stage');
@@ -248,7 +259,8 @@ export class RemoteTarget {
     const releases = path.posix.dirname(expected);
     if (linkDest && linkDest !== probed.target && path.posix.dirname(linkDest) !== releases) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
     const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
-    return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)), sharedExisting: existing };
+    const complete = out.require('complete');
+    return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)), sharedExisting: existing, completeRelease: complete ? releaseName(complete, this.vmId) : null };
   }
 
   /**

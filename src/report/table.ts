@@ -72,7 +72,8 @@ export function renderTable(report: RunReport): string {
   lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
 
   const ok = report.vms.filter((vm) => vm.result === 'success').length;
-  const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} of ${terminalLine(report.commit.slice(0, 12))}: ${ok}/${report.vms.length} VM(s) ok`;
+  const subject = report.command === 'rollback' ? (report.commit ? `to ${terminalLine(report.commit.slice(0, 12))}` : "to each VM's previous release") : `of ${terminalLine(report.commit.slice(0, 12))}`;
+  const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
   const details: string[] = [];
   for (const vm of report.vms) {
     const id = terminalLine(vm.id, CELL_MAX);

@@ -211,7 +211,12 @@ export async function runRollback(config: Config, options: RollbackOptions = {})
     else {
       const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
       if (!fs.existsSync(config.repository.mainRepoPath)) throw new VmSyncError('git_failed', `cannot resolve --to ${options.to}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
-      to = await repo.resolve(options.to);
+      try {
+        to = await repo.resolve(options.to);
+      } catch (error) {
+        if (!(error instanceof VmSyncError) || !error.message.startsWith('commit ')) throw error;
+        throw new VmSyncError('no_release', `--to ${options.to} is not a commit the runner-host clone ${config.repository.mainRepoPath} knows: give the full 40-character hash of a release the VMs keep (vm-sync status shows what they serve; vm-sync rollback without --to goes to each VM's previous release).`);
+      }
     }
   }
   events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`);

@@ -269,6 +269,14 @@ class FleetRelease {
     const shared = config.repository.sharedPaths;
     const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
     for (const name of staged.removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);
+    if (staged.completeRelease && !force) {
+      // Staged by an earlier run that did not flip it (a halted rollout, a revert): nothing to send.
+      run.release = staged.completeRelease;
+      report.staged_at = now();
+      report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (sync --force stages afresh)`);
+      this.say(run, `reusing ${staged.completeRelease}, staged earlier`);
+      return;
+    }
     this.say(run, `staging ${short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
     const stats = await port.transfer(
       { source: this.ctx.exportDir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) },

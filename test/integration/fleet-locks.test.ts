@@ -43,7 +43,7 @@ beforeAll(async () => {
   world = await World.create(IDS, { sshdExtra: { l01: [`SetEnv PATH=${rsyncBin}:/usr/bin:/bin`] } });
   first = commitExactly(world, { 'app.txt': 'first\n' }, 'first');
   const run = await world.cli(['sync']);
-  expect([run.code, IDS.map((id) => liveRev(world, id))]).toEqual([0, [first, first, first]]);
+  expect([run.code, run.json.error ?? null, run.json.vms.filter((vm) => vm.result !== 'success').map((vm) => [vm.id, vm.error]), IDS.map((id) => liveRev(world, id))]).toEqual([0, null, [], [first, first, first]]);
 });
 afterAll(() => {
   if (rsyncBin) disarm(rsyncBin);

@@ -22,7 +22,7 @@ beforeAll(async () => {
   never = commitExactly(world, { 'app.txt': 'never deployed\n', 'lib/stable.txt': 'stable\n' }, 'never deployed');
   a = commitExactly(world, { 'app.txt': 'A\n', 'lib/stable.txt': 'stable\n' }, 'A');
   const first = await world.cli(['sync', '--vm', PAIR.join(',')]);
-  expect([first.code, PAIR.map((id) => liveRev(world, id))]).toEqual([0, [a, a]]);
+  expect([first.code, first.json.error ?? null, first.json.vms.filter((vm) => vm.result !== 'success').map((vm) => [vm.id, vm.error]), PAIR.map((id) => liveRev(world, id))]).toEqual([0, null, [], [a, a]]);
 });
 afterAll(() => destroyWorld(world));
 afterEach(() => {

@@ -43,7 +43,8 @@ beforeAll(async () => {
   world = await World.create(IDS, { sshdExtra: { a02: [`SetEnv PATH=${rsyncBin}:/usr/bin:/bin`] } });
   base = commitExactly(world, { 'app.txt': 'base\n', 'lib/keep.txt': 'keep\n' }, 'base');
   const first = await world.cli(['sync']);
-  expect([first.code, first.json.vms.filter((vm) => vm.result !== 'success').map((vm) => vm.id)]).toEqual([0, []]);
+  // The base deploy must work before anything here means something: show why it did not.
+  expect([first.code, first.json.error ?? null, first.json.vms.filter((vm) => vm.result !== 'success').map((vm) => [vm.id, vm.error])]).toEqual([0, null, []]);
 });
 afterAll(() => {
   if (rsyncBin) disarm(rsyncBin);
