@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import type { ClientChannel } from 'ssh2';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { agentSessionCommand, encodeSessionArg, KILL_GRACE_S } from './agent-script.js';
-import type { VmSession } from './session.js';
+import { BoundedText, type VmSession } from './session.js';
 
 /** What one request answered: its framed lines, its exit status, its stderr and other output (bounded). */
 export interface SessionReply {
@@ -23,7 +23,8 @@ interface Pending {
   nonce: string;
   framed: string[];
   stderr: string[];
-  other: string;
+  /** Everything else printed meanwhile: its start and its end (where a failing command says why). */
+  other: BoundedText;
   resolve(reply: SessionReply): void;
   reject(error: VmSyncError): void;
 }
@@ -112,7 +113,7 @@ export class AgentSession {
         nonce: options.nonce,
         framed: [],
         stderr: [],
-        other: '',
+        other: new BoundedText(OTHER_MAX),
         resolve: (reply) => {
           done();
           resolve(reply);
@@ -158,8 +159,7 @@ export class AgentSession {
   }
 
   private noise(line: string): void {
-    const pending = this.pending;
-    if (pending && pending.other.length < OTHER_MAX) pending.other = `${pending.other}${line}\n`.slice(0, OTHER_MAX);
+    this.pending?.other.add(`${line}\n`);
   }
 
   private onLine(line: string): void {
@@ -173,7 +173,7 @@ export class AgentSession {
     const body = line.slice(prefix.length, LINE_MAX);
     if (body.startsWith('done=')) {
       const code = Number(body.slice(5));
-      pending.resolve({ framed: pending.framed.join('\n'), code: Number.isInteger(code) ? code : -1, stderr: pending.stderr.join('\n'), other: pending.other });
+      pending.resolve({ framed: pending.framed.join('\n'), code: Number.isInteger(code) ? code : -1, stderr: pending.stderr.join('\n'), other: pending.other.text() });
     } else if (body.startsWith('stderr=')) {
       if (pending.stderr.length < 200) pending.stderr.push(body.slice(7));
     } else if (pending.framed.length < LINES_MAX) {

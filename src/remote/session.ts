@@ -24,7 +24,7 @@ const FRAMED_LINE_MAX = 8192;
 const FRAMED_LINES_MAX = 2000;
 
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
-class BoundedText {
+export class BoundedText {
   private head = '';
   private tail = '';
   private dropped = 0;

@@ -144,7 +144,7 @@ export class RemoteTarget {
         const agent = this.agent;
         try {
           const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal });
-          return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: vmBlock(reply.other.trim(), 2000) };
+          return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: vmBlock(ends(reply.other.trim()), 5200) };
         } catch (error) {
           // The session's own process must go too when its step is killed.
           this.interrupted.add(agent.nonce);
@@ -159,7 +159,7 @@ export class RemoteTarget {
       }
       const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
       const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, undefined, nonce);
-      return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: vmBlock(result.stderr.trim(), 2000), other: vmBlock(result.other.trim(), 2000) };
+      return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: vmBlock(result.stderr.trim(), 2000), other: vmBlock(ends(result.other.trim()), 5200) };
     } catch (error) {
       // The channel is gone, but the step may still run on the VM, or start
       // there later: stopInterrupted() finds it by its nonce.
@@ -308,7 +308,8 @@ export class RemoteTarget {
   async health(token: string, sha: string, command: string, timeoutS: number): Promise<HealthOutcome> {
     const { response, code, stderr, other } = await this.call('health', [token, sha, command], false, timeoutS);
     if (response.get('error') !== null) await this.op('health', [token, sha, command]); // lock lost and the like: the checked form says why
-    const output = vmBlock(other.split('\n').slice(-20).join('\n'), 2000);
+    // Its start and its end: a failing check says why at its end, a long line is cut in the middle.
+    const output = vmBlock(other.length > 2000 ? `${other.slice(0, 500)}\n[…]\n${other.slice(-1500)}` : other, 2100);
     if (!response.complete) {
       // Killed by its timeout (124, or 137 after the grace): unhealthy.
       return { exit: null, output: output || vmBlock(stderr, 1000) };
@@ -378,6 +379,11 @@ export class RemoteTarget {
 function releaseName(value: string, vmId: string): string {
   if (!RELEASE_NAME.test(value)) throw new VmSyncError('remote_command_failed', `the agent on ${vmId} named a release ${JSON.stringify(vmText(value, 80))}, which is not a release name`);
   return value;
+}
+
+/** Long output as its first 1000 and last 4000 characters: a command says why it failed at its end. */
+function ends(text: string): string {
+  return text.length <= 5000 ? text : `${text.slice(0, 1000)}\n[…]\n${text.slice(-4000)}`;
 }
 
 function hexOnly(value: string): string {

@@ -51,6 +51,8 @@ export interface VmScript {
   rsync?: boolean;
   /** Errors thrown by successive calls of an operation (null: that call succeeds); consumed across ports. */
   failures?: Partial<Record<Op, (Error | null)[]>>;
+  /** Like `failures`, but the operation takes effect on the VM first and only its answer is lost. */
+  lostAnswers?: Partial<Record<Op, (Error | null)[]>>;
   /** Each call of the operation waits for this before it answers. */
   gates?: Partial<Record<Op, Promise<unknown>>>;
   /** Delay in ms before the operation answers. */
@@ -59,6 +61,8 @@ export interface VmScript {
   health?: HealthOutcome[];
   /** Another run's lock record standing on the VM. */
   lockedBy?: string | null;
+  /** Begin never releases the lock at once, even on the expected commit (an agent that keeps it). */
+  keepsLockAtBegin?: boolean;
 }
 
 export const NEW = '1111111111111111111111111111111111111111';
@@ -79,7 +83,7 @@ export class FakeVm {
   live: string | null;
   lock: string | null;
   readonly target: string;
-  private readonly consumed = new Map<Op, number>();
+  private readonly consumed = new Map<string, number>();
   private healthCalls = 0;
 
   constructor(
@@ -93,11 +97,12 @@ export class FakeVm {
   }
 
   /** The scripted error of this call of `op`, if any. */
-  nextFailure(op: Op): Error | null {
-    const list = this.script.failures?.[op];
+  nextFailure(op: Op, which: 'failures' | 'lostAnswers' = 'failures'): Error | null {
+    const list = this.script[which]?.[op];
     if (!list) return null;
-    const n = this.consumed.get(op) ?? 0;
-    this.consumed.set(op, n + 1);
+    const key = `${which}:${op}`;
+    const n = this.consumed.get(key) ?? 0;
+    this.consumed.set(key, n + 1);
     return list[n] ?? null;
   }
 
@@ -204,7 +209,10 @@ export class FakeFleet {
           if (delay) await new Promise((r) => setTimeout(r, delay));
           const failure = vm.nextFailure(name);
           if (failure) throw failure;
-          return body(call);
+          const answer = body(call);
+          const lost = vm.nextFailure(name, 'lostAnswers');
+          if (lost) throw lost;
+          return answer;
         } catch (error) {
           call.threw = true;
           throw error;
@@ -221,7 +229,7 @@ export class FakeFleet {
           vm.lock = owner.token;
           const probe = vm.probe();
           // As agent.sh: released at once when not forced and the live `.sync_rev` is the expected commit.
-          const released = !options.force && probe.sentinel === 'regular' && probe.rev === options.expect;
+          const released = !vm.script.keepsLockAtBegin && !options.force && probe.sentinel === 'regular' && probe.rev === options.expect;
           if (released) vm.lock = null;
           call.took = !released;
           return { held: false, probe, released, tookOver: null };
@@ -229,7 +237,9 @@ export class FakeFleet {
       stage: (token, sha, probed, sharedPaths) =>
         op('stage', [token, sha, probed, sharedPaths], () => {
           vm.requireLock(token, 'stage');
-          return { stage: `/home/deploy/.app-${vm.id}.vm-sync/releases/${sha}.partial`, linkDest: vm.live, removedPartials: [], sharedExisting: [] };
+          // As agent.sh: the newest complete release of this commit kept on the VM, for the caller to reuse.
+          const completeRelease = [...vm.releases].filter(([, commit]) => commit === sha).map(([name]) => name).sort().at(-1) ?? null;
+          return { stage: `/home/deploy/.app-${vm.id}.vm-sync/releases/${sha}.partial`, linkDest: vm.live, removedPartials: [], sharedExisting: [], completeRelease };
         }),
       transfer: (plan: TransferPlan) => op('transfer', [plan], () => ({ filesChanged: 3, bytesSent: 1234, changes: [] })),
       seal: (token, sha, shared) =>

@@ -195,7 +195,7 @@ test('secrets block the sync: exit 1 with secrets_found, annotations on file and
 test('bad input fails clearly and still writes a summary', async () => {
   const run = await runAction({ command: 'deploy-everything' }, { name: 'workflow_dispatch', sha: 'a'.repeat(40), payload: {} });
   expect(run.code).toBe(1);
-  expect(run.stdout).toMatch(/^::error::config_invalid: input command must be sync, verify, status or scan, not 'deploy-everything'$/m);
+  expect(run.stdout).toMatch(/^::error::config_invalid: input command must be sync, rollback, verify, status or scan, not 'deploy-everything'$/m);
   expect(run.summary).toContain('vm-sync: failed before reaching any VM');
   expect(JSON.parse(run.outputs.results)).toMatchObject({ commit: null, vms: [], error: { code: 'config_invalid' } });
   expect(run.outputs.failed).toBe('');

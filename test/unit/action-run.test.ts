@@ -31,6 +31,9 @@ jest.unstable_mockModule('../../src/sync/fleet.js', () => ({
   runInspect: async () => {
     throw new Error('not used');
   },
+  runRollback: async () => {
+    throw new Error('not used');
+  },
   exitCodeFor: () => 1,
 }));
 const { run } = await import('../../src/main.js');

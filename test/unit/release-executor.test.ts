@@ -1,0 +1,649 @@
+/*
+ * The fleet-release executor (src/sync/release.ts) against a scripted fleet
+ * (test/helpers/fake-port.ts): which remote step runs on which VM, in which
+ * order, and what each row says at the end. Every scenario also checks the
+ * invariants of (h): every port closed, nothing called on a closed port,
+ * every lock this run took released exactly once, no lock of ours left.
+ */
+import type { Config } from '../../src/config/types.js';
+import { VmSyncError } from '../../src/errors.js';
+import type { LockOwner } from '../../src/remote/lock.js';
+import { releaseFleet, rollbackFleet, type ReleaseContext, type ReleaseOutcome, type RollbackContext } from '../../src/sync/release.js';
+import type { VmReport } from '../../src/sync/types.js';
+import { AHEAD, deferred, FakeFleet, fakeHistory, fleetConfig, NEW, OLD, OLDER, recordingEvents, releaseName, type FakeRelease, type VmScript } from '../helpers/fake-port.js';
+
+const OWNER: Omit<LockOwner, 'deadline'> = { token: 'runner-host:4242:feedc0de', host: 'runner-host', pid: 4242, pidStart: '1', boot: 'boot', pidns: 'pidns', commit: NEW, run: '' };
+const IDS = ['vm01', 'vm02', 'vm03'];
+
+/** A release made earlier (November 1st + `day`), before any the fake fleet seals. */
+function kept(commit: string, day: number): FakeRelease {
+  return { name: releaseName(commit, new Date(Date.UTC(2026, 10, day, 8, 0, 0))), commit };
+}
+
+/** A VM serving OLD from a kept release (the usual deploy: behind). */
+function onOld(extra: VmScript = {}): VmScript {
+  return { releases: [kept(OLDER, 1), kept(OLD, 2)], ...extra };
+}
+
+function fleetOf(scripts: Partial<Record<string, VmScript>>, ids = IDS): FakeFleet {
+  return new FakeFleet(Object.fromEntries(ids.map((id) => [id, scripts[id] ?? onOld()])));
+}
+
+function releaseCtx(config: Config, fleet: FakeFleet, extra: Partial<ReleaseContext> = {}): ReleaseContext {
+  return { config, openPort: fleet.openPort, history: fakeHistory, commit: NEW, exportDir: '/tmp/vm-sync-export', force: false, owner: OWNER, events: recordingEvents(), retryBaseMs: 1, lockWaitS: 0, ...extra };
+}
+
+function rowsById(rows: VmReport[]): Record<string, VmReport> {
+  return Object.fromEntries(rows.map((r) => [r.id, r]));
+}
+
+/** (h) Every port closed, nothing called after its close, each lock this run took released exactly once, none of ours left. */
+function expectClean(fleet: FakeFleet): void {
+  expect(fleet.afterClose.map((c) => `${c.vm}#${c.port} ${c.op}`)).toEqual([]);
+  for (const id of fleet.vms.keys()) {
+    // Every port that was opened (an open that threw gave none) is closed exactly once.
+    for (const open of fleet.of(id, 'open').filter((c) => !c.threw)) {
+      expect([`${id}#${open.port}`, fleet.closes.get(`${id}#${open.port}`) ?? 0]).toEqual([`${id}#${open.port}`, 1]);
+    }
+    expect([id, fleet.vm(id).lock === OWNER.token]).toEqual([id, false]);
+  }
+  for (const entry of fleet.lockLedger()) expect(entry).toEqual({ ...entry, unlocks: entry.taken });
+}
+
+const sealedRelease = (fleet: FakeFleet, id: string): string => {
+  const seals = fleet.of(id, 'seal').filter((c) => !c.threw);
+  expect(seals).toHaveLength(1);
+  // The release the VM sealed is the newest of NEW on it.
+  return [...fleet.vm(id).releases].filter(([, commit]) => commit === NEW).map(([name]) => name).sort().at(-1) as string;
+};
+
+const ops = (fleet: FakeFleet, id: string): string[] => fleet.of(id).filter((c) => c.op !== 'extendTo').map((c) => c.op);
+
+describe('all-at-once', () => {
+  test('(a) no VM flips before every VM sealed its release, and flip_skew_ms is the spread of flipped_at', async () => {
+    // Catches: flipping a VM as soon as its own prepare ends (before the slow vm02 sealed).
+    const slow = deferred();
+    const fleet = fleetOf({ vm02: onOld({ gates: { transfer: slow.promise } }), vm03: onOld({ delays: { flip: 40 } }) });
+    const config = fleetConfig(IDS);
+    const running = releaseFleet(releaseCtx(config, fleet), config.vms);
+    await fleet.until((calls) => ['vm01', 'vm03'].every((id) => calls.some((c) => c.vm === id && c.op === 'seal')) && calls.some((c) => c.vm === 'vm02' && c.op === 'transfer'));
+    await new Promise((r) => setTimeout(r, 30));
+    expect(fleet.calls.filter((c) => c.op === 'flip')).toEqual([]);
+    slow.resolve();
+    const outcome = await running;
+
+    const seals = fleet.calls.filter((c) => c.op === 'seal');
+    const flips = fleet.calls.filter((c) => c.op === 'flip');
+    expect(seals.map((c) => c.vm).sort()).toEqual(IDS);
+    expect(flips.map((c) => c.vm).sort()).toEqual(IDS);
+    expect(Math.min(...flips.map((c) => c.seq))).toBeGreaterThan(Math.max(...seals.map((c) => c.seq)));
+    // The slow VM sealed last: the others waited for it.
+    expect(seals.at(-1)?.vm).toBe('vm02');
+
+    const rows = rowsById(outcome.vms);
+    for (const id of IDS) {
+      const release = sealedRelease(fleet, id);
+      expect(fleet.of(id, 'flip').map((c) => c.args[1])).toEqual([release]);
+      expect(rows[id]).toMatchObject({ action: 'deploy', result: 'success', error: null, verified: true, state: 'behind', rev_before: OLD, rev_after: NEW, release, health: 'skipped', health_output: null, files_changed: 3, bytes_sent: 1234 });
+      expect(fleet.vm(id).live).toBe(release);
+    }
+    const staged = IDS.map((id) => Date.parse(rows[id].staged_at as string));
+    const flipped = IDS.map((id) => Date.parse(rows[id].flipped_at as string));
+    expect([...staged, ...flipped].every(Number.isFinite)).toBe(true);
+    expect(Math.max(...staged)).toBeLessThanOrEqual(Math.min(...flipped));
+    expect(outcome.flip_skew_ms).toBe(Math.max(...flipped) - Math.min(...flipped));
+    // vm03's flip answers 40 ms late: the skew shows it.
+    expect(outcome.flip_skew_ms).toBeGreaterThanOrEqual(30);
+    expect(outcome.rollout).toEqual({ strategy: 'all-at-once', batches: [IDS], halted: false, halted_reason: null });
+    expect(outcome.vms.map((r) => r.id)).toEqual(IDS);
+    expectClean(fleet);
+  });
+
+  test('(a) the phases run in order on each VM: lock, stage, transfer, seal, renew, flip, verify, prune, unlock, close', async () => {
+    const fleet = fleetOf({});
+    await releaseFleet(releaseCtx(fleetConfig(IDS), fleet), fleetConfig(IDS).vms);
+    for (const id of IDS) expect(ops(fleet, id)).toEqual(['open', 'begin', 'stage', 'transfer', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
+    expectClean(fleet);
+  });
+
+  test('(b) a stage failure with max_failed 0: nobody flips; the staged VMs are skipped/rollout_halted, unlocked, still on their release', async () => {
+    // Catches: counting only flip-phase failures against max_failed, or flipping the staged VMs anyway.
+    const fleet = fleetOf({ vm02: onOld({ failures: { stage: [new VmSyncError('storage_full', 'No space left on device')] } }) });
+    const config = fleetConfig(IDS, { rollout: ['max_failed: 0'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+
+    expect(fleet.calls.filter((c) => c.op === 'flip')).toEqual([]);
+    expect(rows.vm02).toMatchObject({ result: 'failed', error: { code: 'storage_full' }, staged_at: null, flipped_at: null, rev_after: OLD });
+    for (const id of ['vm01', 'vm03']) {
+      expect(rows[id]).toMatchObject({ action: 'deploy', result: 'skipped', error: { code: 'rollout_halted' }, flipped_at: null, rev_before: OLD, rev_after: OLD, verified: false });
+      expect(rows[id].staged_at).not.toBeNull();
+      // It serves its old release, with the new one staged (named in the message).
+      const staged = sealedRelease(fleet, id);
+      expect(fleet.vm(id).live).toBe(kept(OLD, 2).name);
+      expect(rows[id].error?.message).toContain(staged);
+      expect(fleet.of(id, 'unlock')).toHaveLength(1);
+    }
+    expect(outcome.rollout.halted).toBe(true);
+    expect(outcome.rollout.halted_reason).toMatch(/1 of 3/);
+    expect(outcome.flip_skew_ms).toBeNull();
+    expectClean(fleet);
+  });
+
+  test('(b) the same failure with max_failed 1: the others flip', async () => {
+    const fleet = fleetOf({ vm02: onOld({ failures: { stage: [new VmSyncError('storage_full', 'No space left on device')] } }) });
+    const config = fleetConfig(IDS, { rollout: ['max_failed: 1'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    expect(fleet.calls.filter((c) => c.op === 'flip').map((c) => c.vm)).toEqual(expect.arrayContaining(['vm01', 'vm03']));
+    expect(fleet.of('vm02', 'flip')).toEqual([]);
+    expect(rows.vm01).toMatchObject({ result: 'success', rev_after: NEW });
+    expect(rows.vm03).toMatchObject({ result: 'success', rev_after: NEW });
+    expect(rows.vm02).toMatchObject({ result: 'failed', error: { code: 'storage_full' } });
+    expect(outcome.rollout).toMatchObject({ halted: false, batches: [['vm01', 'vm03']] });
+    expectClean(fleet);
+  });
+
+  test('(b) "50%" of 3 tolerates 1 failure, not 2', async () => {
+    const failing = onOld({ failures: { transfer: [new VmSyncError('rsync_failed', 'rsync exited 23')] } });
+    const one = fleetOf({ vm01: failing });
+    const config = fleetConfig(IDS, { rollout: ['max_failed: "50%"'] });
+    expect((await releaseFleet(releaseCtx(config, one), config.vms)).rollout.halted).toBe(false);
+    const two = fleetOf({ vm01: failing, vm03: onOld({ failures: { transfer: [new VmSyncError('rsync_failed', 'rsync exited 23')] } }) });
+    const outcome = await releaseFleet(releaseCtx(config, two), config.vms);
+    expect(outcome.rollout.halted).toBe(true);
+    expect(rowsById(outcome.vms).vm02).toMatchObject({ result: 'skipped', error: { code: 'rollout_halted' } });
+    expect(two.of('vm02', 'flip')).toEqual([]);
+    expectClean(one);
+    expectClean(two);
+  });
+});
+
+describe('rolling', () => {
+  test('(c) batch_size 1, vm02 unhealthy: flipped back to its previous release, the rollout halts before vm03', async () => {
+    // Catches: no revert (vm02 flipped once), going on to vm03 after a failed batch, or flipping vm02 before vm01's batch finished.
+    const fleet = fleetOf({ vm02: onOld({ health: [{ exit: 1, output: 'GET /health: 503 Service Unavailable' }] }) });
+    const config = fleetConfig(IDS, { rollout: ['strategy: rolling', 'batch_size: 1', 'max_failed: 0', 'health_command: curl -fsS localhost/health', 'health_timeout_s: 30'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    const previous = kept(OLD, 2).name;
+
+    const vm02Release = sealedRelease(fleet, 'vm02');
+    expect(fleet.of('vm02', 'flip').map((c) => c.args[1])).toEqual([vm02Release, previous]);
+    expect(fleet.of('vm02', 'health').map((c) => c.args)).toEqual([[OWNER.token, NEW, 'curl -fsS localhost/health', 30]]);
+    expect(fleet.vm('vm02').live).toBe(previous);
+    expect(rows.vm02).toMatchObject({ result: 'failed', error: { code: 'health_failed' }, health: 'failed', health_output: 'GET /health: 503 Service Unavailable', rev_after: OLD, release: previous, verified: false });
+    expect(rows.vm02.flipped_at).not.toBeNull();
+    expect(rows.vm02.error?.message).toContain('exited 1');
+    expect(rows.vm02.error?.message).toContain(previous);
+    // The revert is read back through the live path before the unlock.
+    const vm02 = ops(fleet, 'vm02');
+    expect(vm02.slice(vm02.indexOf('health'))).toEqual(['health', 'flip', 'probe', 'stopInterrupted', 'probe', 'unlock', 'close']);
+
+    expect(rows.vm01).toMatchObject({ result: 'success', health: 'passed', rev_after: NEW });
+    expect(fleet.of('vm03', 'flip')).toEqual([]);
+    expect(fleet.of('vm03', 'health')).toEqual([]);
+    expect(fleet.of('vm03', 'unlock')).toHaveLength(1);
+    expect(rows.vm03).toMatchObject({ result: 'skipped', error: { code: 'rollout_halted' }, flipped_at: null, rev_after: OLD });
+    expect(rows.vm03.staged_at).not.toBeNull();
+    expect(fleet.vm('vm03').live).toBe(previous);
+
+    // Batch by batch: vm01 released its lock before vm02 flipped.
+    const vm01Unlock = fleet.of('vm01', 'unlock')[0].seq;
+    expect(fleet.of('vm02', 'flip')[0].seq).toBeGreaterThan(vm01Unlock);
+    expect(outcome.rollout).toMatchObject({ strategy: 'rolling', batches: [['vm01'], ['vm02'], ['vm03']], halted: true });
+    expect(outcome.rollout.halted_reason).toMatch(/1 of 3/);
+    expectClean(fleet);
+  });
+
+  test('(c) a health command that times out is unhealthy too, and is reverted', async () => {
+    const fleet = fleetOf({ vm01: onOld({ health: [{ exit: null, output: 'still starting' }] }) });
+    const config = fleetConfig(['vm01'], { rollout: ['strategy: rolling', 'health_command: ./check', 'health_timeout_s: 5'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'health_failed' }, health: 'failed', health_output: 'still starting', rev_after: OLD });
+    expect(outcome.vms[0].error?.message).toContain('health_timeout_s=5');
+    expect(fleet.of('vm01', 'flip')).toHaveLength(2);
+    expectClean(fleet);
+  });
+
+  test('(d) revert_unhealthy false: flipped once, health_failed, still on the new release', async () => {
+    // Catches: reverting although revert_unhealthy is false.
+    const fleet = fleetOf({ vm01: onOld({ health: [{ exit: 3, output: 'degraded' }] }) });
+    const config = fleetConfig(['vm01', 'vm02'], { rollout: ['strategy: rolling', 'batch_size: 1', 'max_failed: 1', 'health_command: ./check', 'revert_unhealthy: false'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    const release = sealedRelease(fleet, 'vm01');
+    expect(fleet.of('vm01', 'flip').map((c) => c.args[1])).toEqual([release]);
+    expect(fleet.vm('vm01').live).toBe(release);
+    expect(rows.vm01).toMatchObject({ result: 'failed', error: { code: 'health_failed' }, health: 'failed', health_output: 'degraded', rev_after: NEW, release });
+    expect(rows.vm01.error?.message).toContain('revert_unhealthy is false');
+    // max_failed 1: vm02 goes on.
+    expect(rows.vm02).toMatchObject({ result: 'success', health: 'passed' });
+    expect(outcome.rollout.halted).toBe(false);
+    expectClean(fleet);
+  });
+
+  test('(d) an unhealthy VM that had no release of vm-sync stays on the new one', async () => {
+    const fleet = fleetOf({ vm01: { releases: [], live: null, health: [{ exit: 1, output: 'no' }] } }, ['vm01']);
+    const config = fleetConfig(['vm01'], { rollout: ['strategy: rolling', 'health_command: ./check'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ state: 'fresh', result: 'failed', error: { code: 'health_failed' }, rev_before: null, rev_after: NEW });
+    expect(outcome.vms[0].error?.message).toContain('no release of vm-sync before');
+    expect(fleet.of('vm01', 'flip')).toHaveLength(1);
+    expectClean(fleet);
+  });
+
+  test('rolling batches of 2 flip in config order, each batch after the previous one finished', async () => {
+    const ids = ['vm05', 'vm01', 'vm04', 'vm02', 'vm03'];
+    const fleet = fleetOf({}, ids);
+    const config = fleetConfig(ids, { rollout: ['strategy: rolling', 'batch_size: 2'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.rollout.batches).toEqual([['vm05', 'vm01'], ['vm04', 'vm02'], ['vm03']]);
+    const flipSeq = (id: string): number => fleet.of(id, 'flip')[0].seq;
+    const unlockSeq = (id: string): number => fleet.of(id, 'unlock')[0].seq;
+    expect(Math.min(flipSeq('vm04'), flipSeq('vm02'))).toBeGreaterThan(Math.max(unlockSeq('vm05'), unlockSeq('vm01')));
+    expect(flipSeq('vm03')).toBeGreaterThan(Math.max(unlockSeq('vm04'), unlockSeq('vm02')));
+    expect(outcome.vms.every((r) => r.result === 'success')).toBe(true);
+    expectClean(fleet);
+  });
+});
+
+describe('prepare decisions', () => {
+  test('(e) a VM already on the commit: action none, nothing staged or flipped, its lock released by the VM', async () => {
+    // Catches: staging and flipping a VM that already serves the commit.
+    const fleet = fleetOf({ vm02: { releases: [kept(OLD, 2), kept(NEW, 3)] } });
+    const config = fleetConfig(IDS);
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    expect(rows.vm02).toMatchObject({ action: 'none', result: 'success', state: 'up-to-date', verified: true, staged_at: null, flipped_at: null, rev_after: NEW, release: kept(NEW, 3).name, error: null });
+    expect(ops(fleet, 'vm02')).toEqual(['open', 'begin', 'close']);
+    expect(outcome.rollout.batches).toEqual([['vm01', 'vm03']]);
+    expect(rows.vm01.result).toBe('success');
+    expect(rows.vm03.result).toBe('success');
+    expectClean(fleet);
+  });
+
+  test('(e) up to date but the lock was kept at begin: released by this run, once', async () => {
+    const fleet = fleetOf({ vm01: { releases: [kept(NEW, 3)], keepsLockAtBegin: true } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ action: 'none', result: 'success' });
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'unlock', 'close']);
+    expectClean(fleet);
+  });
+
+  test('(f) a VM ahead of the commit is refused, unlocked, and counts against max_failed 0', async () => {
+    // Catches: a refused VM not counted as failed (result refused is not success).
+    const fleet = fleetOf({ vm03: { releases: [kept(OLD, 2), kept(AHEAD, 3)] } });
+    const config = fleetConfig(IDS, { rollout: ['max_failed: 0'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    expect(rows.vm03).toMatchObject({ action: 'refuse', result: 'refused', state: 'ahead', error: { code: 'refused_ahead' }, rev_after: AHEAD, staged_at: null });
+    expect(fleet.of('vm03', 'unlock')).toHaveLength(1);
+    expect(fleet.of('vm03', 'stage')).toEqual([]);
+    expect(fleet.calls.filter((c) => c.op === 'flip')).toEqual([]);
+    for (const id of ['vm01', 'vm02']) expect(rows[id]).toMatchObject({ result: 'skipped', error: { code: 'rollout_halted' } });
+    expect(outcome.rollout.halted).toBe(true);
+    expectClean(fleet);
+  });
+
+  test('(f) with max_failed 1 the others flip past the refused VM', async () => {
+    const fleet = fleetOf({ vm03: { releases: [kept(AHEAD, 3)] } });
+    const config = fleetConfig(IDS, { rollout: ['max_failed: 1'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    expect(rows.vm03.result).toBe('refused');
+    expect(rows.vm01.result).toBe('success');
+    expect(rows.vm02.result).toBe('success');
+    expectClean(fleet);
+  });
+
+  test('--force deploys over a VM ahead of the commit', async () => {
+    const fleet = fleetOf({ vm01: { releases: [kept(AHEAD, 3)] } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { force: true }), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ action: 'deploy', result: 'success', state: 'ahead', rev_before: AHEAD, rev_after: NEW });
+    expectClean(fleet);
+  });
+
+  test('a sentinel that is a symlink is refused without --force, unlocked', async () => {
+    const fleet = fleetOf({ vm01: onOld({ sentinel: 'symlink' }) }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'sentinel_unreadable' } });
+    expect(fleet.of('vm01', 'stage')).toEqual([]);
+    expect(fleet.of('vm01', 'unlock')).toHaveLength(1);
+    expectClean(fleet);
+  });
+
+  test('a VM locked by another run fails with locked; its lock is left alone', async () => {
+    const record = 'someone-else pid=99';
+    const fleet = fleetOf({ vm02: onOld({ lockedBy: record }) });
+    const config = fleetConfig(IDS, { rollout: ['max_failed: 1'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(rowsById(outcome.vms).vm02).toMatchObject({ result: 'failed', error: { code: 'locked' }, rev_before: OLD, rev_after: OLD });
+    expect(fleet.vm('vm02').lock).toBe(record);
+    expect(fleet.of('vm02', 'stage')).toEqual([]);
+    expectClean(fleet);
+  });
+});
+
+describe('retries and failures', () => {
+  test('(g) an unreachable transfer is retried on a new port; the failed attempt\'s port is unlocked and closed', async () => {
+    // Catches: retrying on the same port, or leaving the first attempt's lock (the retry would then find it held).
+    const fleet = fleetOf({ vm02: onOld({ failures: { transfer: [new VmSyncError('unreachable', 'connection reset by peer')] } }) });
+    const config = fleetConfig(IDS, { sync: ['retries: 2'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const row = rowsById(outcome.vms).vm02;
+    expect(fleet.ports('vm02')).toBe(2);
+    expect(fleet.of('vm02').filter((c) => c.port === 0 && c.op !== 'extendTo').map((c) => c.op)).toEqual(['open', 'begin', 'stage', 'transfer', 'stopInterrupted', 'probe', 'unlock', 'close']);
+    // The first port is closed before the second is opened.
+    const firstClose = fleet.of('vm02', 'close').find((c) => c.port === 0);
+    const secondOpen = fleet.of('vm02', 'open').find((c) => c.port === 1);
+    expect(firstClose?.seq).toBeLessThan(secondOpen?.seq ?? 0);
+    expect(fleet.of('vm02', 'flip').map((c) => c.port)).toEqual([1]);
+    expect(row).toMatchObject({ result: 'success', rev_after: NEW, error: null });
+    expect(row.notes).toEqual(expect.arrayContaining([expect.stringMatching(/^attempt 1 failed: unreachable: connection reset by peer/)]));
+    expectClean(fleet);
+  });
+
+  test('(g) retries exhausted: failed unreachable after retries + 1 attempts, every port unlocked and closed', async () => {
+    const down = (): VmSyncError => new VmSyncError('unreachable', 'connection reset by peer');
+    const fleet = fleetOf({ vm01: onOld({ failures: { transfer: [down(), down(), down()] } }) }, ['vm01']);
+    const config = fleetConfig(['vm01'], { sync: ['retries: 2'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(fleet.ports('vm01')).toBe(3);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'unreachable' }, rev_after: OLD });
+    expect(outcome.vms[0].error?.message).toContain('3 attempts');
+    expect(fleet.of('vm01', 'unlock')).toHaveLength(3);
+    expectClean(fleet);
+  });
+
+  test('(g) a failure that is not the network is not retried', async () => {
+    const fleet = fleetOf({ vm01: onOld({ failures: { transfer: [new VmSyncError('rsync_failed', 'rsync exited 23')] } }) }, ['vm01']);
+    const config = fleetConfig(['vm01'], { sync: ['retries: 3'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(fleet.ports('vm01')).toBe(1);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'rsync_failed' } });
+    expectClean(fleet);
+  });
+
+  test('a connection that cannot be opened is retried, and fails with its code', async () => {
+    const fleet = fleetOf({ vm01: onOld({ failures: { open: [new VmSyncError('unreachable', 'connect ETIMEDOUT'), new VmSyncError('unreachable', 'connect ETIMEDOUT')] } }) }, ['vm01']);
+    const config = fleetConfig(['vm01'], { sync: ['retries: 1'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(fleet.ports('vm01')).toBe(2);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'unreachable' } });
+    expect(fleet.calls.filter((c) => c.op !== 'open')).toEqual([]);
+    expectClean(fleet);
+  });
+
+  test('a flip that fails: the VM is failed, read back, unlocked; the others are unaffected', async () => {
+    const fleet = fleetOf({ vm02: onOld({ failures: { flip: [new VmSyncError('permission_denied', 'cannot rename')] } }) });
+    const config = fleetConfig(IDS);
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    expect(rows.vm02).toMatchObject({ result: 'failed', error: { code: 'permission_denied' }, rev_after: OLD, flipped_at: null });
+    expect(rows.vm01.result).toBe('success');
+    expect(rows.vm03.result).toBe('success');
+    expect(outcome.flip_skew_ms).toBe(Math.abs(Date.parse(rows.vm01.flipped_at as string) - Date.parse(rows.vm03.flipped_at as string)));
+    expectClean(fleet);
+  });
+
+  test('a verify mismatch after the flip is failed verify_mismatch', async () => {
+    const fleet = fleetOf({ vm01: onOld() }, ['vm01']);
+    // Something else rewrote the live release: the probe after the flip reads OLD.
+    const vm = fleet.vm('vm01');
+    const realProbe = vm.probe.bind(vm);
+    let flips = 0;
+    vm.probe = () => {
+      const p = realProbe();
+      return flips > 0 ? { ...p, rev: OLD } : p;
+    };
+    const config = fleetConfig(['vm01']);
+    const openPort = fleet.openPort;
+    const outcome = await releaseFleet(
+      releaseCtx(config, fleet, {
+        openPort: async (v, o) => {
+          const port = await openPort(v, o);
+          const flip = port.flip.bind(port);
+          port.flip = async (t, r) => {
+            const out = await flip(t, r);
+            flips++;
+            return out;
+          };
+          return port;
+        },
+      }),
+      config.vms,
+    );
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'verify_mismatch' }, verified: false });
+    expectClean(fleet);
+  });
+
+  test('vmStarted and vmFinished are announced once per VM, rows final', async () => {
+    const fleet = fleetOf({ vm02: onOld({ failures: { stage: [new VmSyncError('storage_full', 'full')] } }) });
+    const config = fleetConfig(IDS);
+    const events = recordingEvents();
+    const outcome: ReleaseOutcome = await releaseFleet(releaseCtx(config, fleet, { events }), config.vms);
+    expect(events.finished.map((r) => r.id).sort()).toEqual(IDS);
+    for (const row of outcome.vms) expect(events.finished.find((r) => r.id === row.id)).toEqual(row);
+    expectClean(fleet);
+  });
+});
+
+describe('more edges', () => {
+  test('a run cancelled during prepare flips nobody; the staged VMs are interrupted and unlocked', async () => {
+    // Catches: flipping after a cancellation (the signal checked only inside steps).
+    const slow = deferred();
+    const controller = new AbortController();
+    const fleet = fleetOf({ vm02: onOld({ gates: { transfer: slow.promise } }) });
+    const config = fleetConfig(IDS);
+    const running = releaseFleet(releaseCtx(config, fleet, { signal: controller.signal }), config.vms);
+    await fleet.until((calls) => calls.some((c) => c.vm === 'vm02' && c.op === 'transfer'));
+    controller.abort();
+    slow.resolve();
+    const outcome = await running;
+    expect(fleet.calls.filter((c) => c.op === 'flip')).toEqual([]);
+    for (const row of outcome.vms) expect(row).toMatchObject({ result: 'failed', error: { code: 'interrupted' }, rev_after: OLD, flipped_at: null });
+    for (const id of IDS) expect(fleet.vm(id).live).toBe(kept(OLD, 2).name);
+    expectClean(fleet);
+  });
+
+  test('a begin whose answer is lost after the VM took the lock: the lock is released before the retry', async () => {
+    const fleet = fleetOf({ vm01: onOld({ lostAnswers: { begin: [new VmSyncError('unreachable', 'channel closed')] } }) }, ['vm01']);
+    const config = fleetConfig(['vm01'], { sync: ['retries: 1'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(fleet.ports('vm01')).toBe(2);
+    expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
+    expectClean(fleet);
+  });
+
+  test('a sentinel holding something that is not a commit hash: sentinel_unreadable, unlocked, nothing staged', async () => {
+    const fleet = fleetOf({ vm01: { releases: [{ name: releaseName('x', new Date(Date.UTC(2026, 10, 1))), commit: 'hello world' }] } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'sentinel_unreadable' } });
+    expect(fleet.of('vm01', 'stage')).toEqual([]);
+    expect(fleet.of('vm01', 'unlock')).toHaveLength(1);
+    expectClean(fleet);
+  });
+
+  test('every VM already on the commit: no batch, no flip, skew null', async () => {
+    const fleet = fleetOf({ vm01: { releases: [kept(NEW, 2)] }, vm02: { releases: [kept(NEW, 2)] } }, ['vm01', 'vm02']);
+    const config = fleetConfig(['vm01', 'vm02'], { rollout: ['strategy: rolling'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.vms.map((r) => [r.action, r.result])).toEqual([['none', 'success'], ['none', 'success']]);
+    expect(outcome.rollout).toEqual({ strategy: 'rolling', batches: [], halted: false, halted_reason: null });
+    expect(outcome.flip_skew_ms).toBeNull();
+    expectClean(fleet);
+  });
+
+  test('sync.concurrency 1: VMs are prepared one at a time, and still none flips before the last one sealed', async () => {
+    const fleet = fleetOf({});
+    const config = fleetConfig(IDS, { sync: ['concurrency: 1'] });
+    await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const opens = fleet.calls.filter((c) => c.op === 'open');
+    const seals = fleet.calls.filter((c) => c.op === 'seal');
+    expect(opens.map((c) => c.vm)).toEqual(IDS);
+    // vm02 is opened only after vm01 sealed, and so on.
+    expect(opens[1].seq).toBeGreaterThan(seals[0].seq);
+    expect(opens[2].seq).toBeGreaterThan(seals[1].seq);
+    expect(Math.min(...fleet.calls.filter((c) => c.op === 'flip').map((c) => c.seq))).toBeGreaterThan(seals[2].seq);
+    expectClean(fleet);
+  });
+
+  test('an unhealthy VM whose flip back fails: failed, still reported on the new release, unlocked', async () => {
+    const fleet = fleetOf({ vm01: onOld({ health: [{ exit: 1, output: 'down' }], failures: { flip: [null, new VmSyncError('permission_denied', 'cannot rename')] } }) }, ['vm01']);
+    const config = fleetConfig(['vm01'], { rollout: ['health_command: ./check'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const release = sealedRelease(fleet, 'vm01');
+    expect(fleet.of('vm01', 'flip')).toHaveLength(2);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', health: 'failed', health_output: 'down', rev_after: NEW, release });
+    expectClean(fleet);
+  });
+
+  test('post_sync_command runs after the flip, in the live release; its failure is post_sync_failed and unlocks', async () => {
+    const fleet = fleetOf({ vm02: onOld({ failures: { postSync: [new VmSyncError('post_sync_failed', 'exited 2')] } }) }, ['vm01', 'vm02']);
+    const config = fleetConfig(['vm01', 'vm02'], { sync: ['post_sync_command: systemctl reload app'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    const rows = rowsById(outcome.vms);
+    expect(fleet.of('vm01', 'postSync').map((c) => c.args)).toEqual([[OWNER.token, NEW, 'systemctl reload app']]);
+    expect(fleet.of('vm01', 'postSync')[0].seq).toBeGreaterThan(fleet.of('vm01', 'flip')[0].seq);
+    expect(rows.vm01.result).toBe('success');
+    expect(rows.vm02).toMatchObject({ result: 'failed', error: { code: 'post_sync_failed' }, rev_after: NEW });
+    expectClean(fleet);
+  });
+
+  test('a complete release of the commit staged by an earlier run is reused: nothing transferred or sealed, flipped to it', async () => {
+    // Catches: re-sending a release that a halted rollout left staged, or flipping to the wrong one.
+    const staged = kept(NEW, 2);
+    const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), staged], live: kept(OLD, 1).name } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'stage', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
+    expect(fleet.of('vm01', 'flip').map((c) => c.args[1])).toEqual([staged.name]);
+    expect(outcome.vms[0]).toMatchObject({ action: 'deploy', result: 'success', rev_after: NEW, release: staged.name, files_changed: 0, bytes_sent: 0 });
+    expect(outcome.vms[0].staged_at).not.toBeNull();
+    expect(outcome.vms[0].notes.join('\n')).toContain(`reused the release ${staged.name}`);
+    expectClean(fleet);
+  });
+
+  test('--force stages afresh even when a complete release of the commit is kept', async () => {
+    const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), kept(NEW, 2)], live: kept(OLD, 1).name } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { force: true }), config.vms);
+    expect(fleet.of('vm01', 'transfer')).toHaveLength(1);
+    const sealed = fleet.of('vm01', 'seal');
+    expect(sealed).toHaveLength(1);
+    expect(fleet.of('vm01', 'flip').map((c) => c.args[1])).not.toEqual([kept(NEW, 2).name]);
+    expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
+    expectClean(fleet);
+  });
+
+  test('row.release is the release live at the end for a VM locked by another run (its probe showed it)', async () => {
+    // Contract: "release": the release live at the end. The locked VM's probe named it.
+    const fleet = fleetOf({ vm01: onOld({ lockedBy: 'someone-else' }) }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ error: { code: 'locked' }, rev_after: OLD, release: kept(OLD, 2).name });
+  });
+});
+
+describe('rollbackFleet', () => {
+  function rollbackCtx(config: Config, fleet: FakeFleet, to: string | null): RollbackContext {
+    return { config, openPort: fleet.openPort, to, owner: OWNER, events: recordingEvents(), lockWaitS: 0 };
+  }
+
+  test('(i) flips each VM to its previous release, refuses no_release where there is none, unlocks', async () => {
+    // Catches: rolling back to the newest kept release instead of the one before the live one.
+    const r1 = kept(OLDER, 1);
+    const r2 = kept(OLD, 2);
+    const r3 = kept(NEW, 3);
+    const fleet = fleetOf({ vm01: { releases: [r1, r2, r3] }, vm02: { releases: [r3] }, vm03: { releases: [r1, r2, r3], live: r2.name } });
+    const config = fleetConfig(IDS);
+    const rows = rowsById(await rollbackFleet(rollbackCtx(config, fleet, null), config.vms));
+
+    expect(fleet.of('vm01', 'flip').map((c) => c.args)).toEqual([[OWNER.token, r2.name]]);
+    expect(rows.vm01).toMatchObject({ action: 'rollback', result: 'success', rev_before: NEW, rev_after: OLD, release: r2.name, verified: true, error: null });
+    expect(rows.vm01.flipped_at).not.toBeNull();
+    expect(fleet.vm('vm01').live).toBe(r2.name);
+
+    expect(fleet.of('vm03', 'flip').map((c) => c.args[1])).toEqual([r1.name]);
+    expect(rows.vm03).toMatchObject({ result: 'success', rev_after: OLDER });
+
+    expect(fleet.of('vm02', 'flip')).toEqual([]);
+    expect(rows.vm02).toMatchObject({ action: 'rollback', result: 'failed', error: { code: 'no_release' }, rev_after: NEW, flipped_at: null });
+    expect(rows.vm02.error?.message).toContain(`${NEW.slice(0, 12)} (${r3.name})`);
+    expect(fleet.vm('vm02').live).toBe(r3.name);
+
+    for (const id of IDS) {
+      expect(fleet.of(id, 'unlock')).toHaveLength(1);
+      for (const op of ['stage', 'transfer', 'seal', 'prune'] as const) expect(fleet.of(id, op)).toEqual([]);
+    }
+    expectClean(fleet);
+  });
+
+  test('(i) --to: the newest kept release of that commit; a VM already on it is action none', async () => {
+    const a1 = kept(OLD, 1);
+    const b = kept(NEW, 2);
+    const a2 = kept(OLD, 3);
+    const fleet = fleetOf({ vm01: { releases: [a1, a2, b], live: b.name }, vm02: { releases: [a1, b, a2] }, vm03: { releases: [b] } });
+    const config = fleetConfig(IDS);
+    const rows = rowsById(await rollbackFleet(rollbackCtx(config, fleet, OLD), config.vms));
+    expect(fleet.of('vm01', 'flip').map((c) => c.args[1])).toEqual([a2.name]);
+    expect(rows.vm01).toMatchObject({ result: 'success', rev_after: OLD, release: a2.name });
+    expect(fleet.of('vm02', 'flip')).toEqual([]);
+    expect(rows.vm02).toMatchObject({ action: 'none', result: 'success', rev_after: OLD, flipped_at: null, verified: true });
+    expect(rows.vm03).toMatchObject({ result: 'failed', error: { code: 'no_release' } });
+    expect(rows.vm03.error?.message).toContain(OLD.slice(0, 12));
+    for (const id of IDS) expect(fleet.of(id, 'unlock')).toHaveLength(1);
+    expectClean(fleet);
+  });
+
+  test('(i) a flip that fails during rollback: failed, read back, unlocked', async () => {
+    const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), kept(NEW, 2)], failures: { flip: [new VmSyncError('permission_denied', 'cannot rename')] } } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const [row] = await rollbackFleet(rollbackCtx(config, fleet, null), config.vms);
+    expect(row).toMatchObject({ result: 'failed', error: { code: 'permission_denied' }, rev_after: NEW });
+    expect(fleet.of('vm01', 'unlock')).toHaveLength(1);
+    expectClean(fleet);
+  });
+
+  test('(i) a VM locked by another run: locked, its lock left alone', async () => {
+    const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), kept(NEW, 2)], lockedBy: 'other-run' } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const [row] = await rollbackFleet(rollbackCtx(config, fleet, null), config.vms);
+    expect(row).toMatchObject({ result: 'failed', error: { code: 'locked' } });
+    expect(fleet.vm('vm01').lock).toBe('other-run');
+    expect(fleet.of('vm01', 'flip')).toEqual([]);
+    expectClean(fleet);
+  });
+
+  test('(i) a refused rollback row still says which release is live (row.release)', async () => {
+    // Contract: "release": the release live at the end. vm02 keeps only its live release and still serves it.
+    const r3 = kept(NEW, 3);
+    const fleet = fleetOf({ vm01: { releases: [r3] } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const [row] = await rollbackFleet(rollbackCtx(config, fleet, null), config.vms);
+    expect(row).toMatchObject({ result: 'failed', error: { code: 'no_release' }, rev_after: NEW, release: r3.name });
+  });
+
+  test('(h) rollback: a begin whose answer is lost after the VM took the lock still releases that lock', async () => {
+    // Catches: leaving this run's lock on the VM until its deadline (sync's prepare unlocks in the same case).
+    const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), kept(NEW, 2)], lostAnswers: { begin: [new VmSyncError('unreachable', 'channel closed')] } } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const [row] = await rollbackFleet(rollbackCtx(config, fleet, null), config.vms);
+    expect(row).toMatchObject({ result: 'failed', error: { code: 'unreachable' } });
+    expect(fleet.of('vm01', 'flip')).toEqual([]);
+    expectClean(fleet);
+  });
+
+  test('(i) in-place layout: no_release without connecting', async () => {
+    const fleet = fleetOf({}, ['vm01']);
+    const config = fleetConfig(['vm01'], { repository: ['layout: in-place'] });
+    const [row] = await rollbackFleet(rollbackCtx(config, fleet, null), config.vms);
+    expect(row).toMatchObject({ result: 'failed', error: { code: 'no_release' } });
+    expect(fleet.calls).toEqual([]);
+  });
+});
