@@ -335,10 +335,17 @@ stage)
   fi
   # A complete release of this commit that was staged before (a rollout
   # that stopped, a revert): the caller may flip to it without a transfer.
+  # It must link every shared path configured now (they may have changed).
   reuse=$(for m in "$C"/*; do
     [ -f "$m" ] || continue
     [ "$(head -c 100 -- "$m" | head -n 1)" = "$sha" ] || continue
-    if [ -d "$R/${m##*/}" ] && [ ! -L "$R/${m##*/}" ]; then printf '%s\n' "${m##*/}"; fi
+    d="$R/${m##*/}"
+    if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
+    ok=1
+    for rel in "$@"; do
+      if [ ! -L "$d/$rel" ] || [ "$(readlink -- "$d/$rel")" != "$SH/$rel" ]; then ok=0; fi
+    done
+    if [ "$ok" = 1 ]; then printf '%s\n' "${m##*/}"; fi
   done | sort -r | head -n 1)
   out complete "$reuse"
   # Shared paths that already exist are excluded from the transfer; the

@@ -93,6 +93,9 @@ export function chooseRollback(vmId: string, list: { live: string | null; comple
   const sorted = [...list.complete].sort((a, b) => (a.name < b.name ? 1 : a.name > b.name ? -1 : 0));
   const kept = sorted.length ? `it keeps ${sorted.map((r) => `${r.commit.slice(0, 12)} (${r.name})`).join(', ')}` : 'it keeps no complete release';
   if (to !== null) {
+    // Already serving a release of that commit (there may be an older and a newer one): nothing to do.
+    const live = sorted.find((r) => r.name === list.live && r.commit === to);
+    if (live) return { kind: 'none', release: live };
     const match = sorted.find((r) => r.commit === to);
     if (!match) return { kind: 'refuse', message: `${vmId} keeps no release of ${to.slice(0, 12)}: ${kept}. Deploy that commit with vm-sync sync --commit ${to.slice(0, 12)} --force instead.` };
     return match.name === list.live ? { kind: 'none', release: match } : { kind: 'flip', release: match };

@@ -20,6 +20,7 @@ import { mapPool } from './pool.js';
 import { afterHealth, chooseRollback, decidePrepare, planBatches, rolloutVerdict } from './planner.js';
 import { classifyState, type History } from './state.js';
 import { failedRow, type EngineEvents, type RolloutReport, type VmReport } from './types.js';
+import { releaseOf } from './vm-pipeline.js';
 import { holderName, staleReason, takeLock } from './vm-lock.js';
 
 /** Everything a release needs, given by the entry point. */
@@ -225,13 +226,18 @@ class FleetRelease {
       });
     } catch (error) {
       const probe = (error as { probe?: Probe }).probe;
-      if (probe) run.report.rev_before = run.report.rev_after = liveRev(probe);
-      else {
+      if (probe) {
+        run.report.rev_before = run.report.rev_after = liveRev(probe);
+        run.report.release = releaseOf(probe);
+      } else {
         // Cancelled or timed out while taking the lock: it may have been taken
         // after all. Stop that step, release what is ours, report what it serves.
         if (await port.stopInterrupted()) await port.unlock(this.token).catch(() => false);
         const seen = await port.probe(true).catch(() => null);
-        if (seen) run.report.rev_before = run.report.rev_after = liveRev(seen);
+        if (seen) {
+          run.report.rev_before = run.report.rev_after = liveRev(seen);
+          run.report.release = releaseOf(seen);
+        }
       }
       port.close();
       run.port = null;
@@ -241,7 +247,7 @@ class FleetRelease {
     const before = begun.probe;
     run.before = before;
     report.rev_before = report.rev_after = liveRev(before);
-    report.release = before.currentRelease ? before.currentRelease.split('/').pop() ?? null : null;
+    report.release = releaseOf(before);
     if (begun.tookOver) report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
     const readable = before.sentinel === 'regular' || before.sentinel === 'absent';
     report.state = readable ? await classifyState(run.vm.id, before.rev, commit, this.ctx.history).catch((error: unknown) => {
@@ -350,7 +356,7 @@ class FleetRelease {
         this.step(run, async (port) => {
           const after = await port.probe();
           run.report.rev_after = liveRev(after);
-          run.report.release = after.currentRelease ? after.currentRelease.split('/').pop() ?? null : null;
+          run.report.release = releaseOf(after);
           if (run.report.rev_after !== commit) {
             throw new VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
           }
@@ -381,7 +387,7 @@ class FleetRelease {
             await port.flip(this.token, run.previous as string);
             const back = await port.probe();
             run.report.rev_after = liveRev(back);
-            run.report.release = back.currentRelease ? back.currentRelease.split('/').pop() ?? null : null;
+            run.report.release = releaseOf(back);
             run.report.verified = false;
             throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${short(commit)}: flipped back to ${run.previous} (now serving ${short(run.report.rev_after)}). Fix the release and deploy again.`);
           }
@@ -483,7 +489,7 @@ class FleetRelease {
         const seen = await port.probe(true);
         if (report.rev_after !== liveRev(seen) && run.touched) report.notes.push(`after the failure ${run.vm.id} serves ${short(liveRev(seen))}`);
         report.rev_after = liveRev(seen);
-        report.release = seen.currentRelease ? seen.currentRelease.split('/').pop() ?? null : report.release;
+        report.release = releaseOf(seen) ?? report.release;
       } catch (error) {
         if (run.touched) {
           report.rev_after = null;
@@ -557,7 +563,14 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
     try {
       if (config.repository.layout !== 'atomic') throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
       port = await ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
-      const begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m) });
+      let begun: Extract<BeginOutcome, { held: false }>;
+      try {
+        begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m) });
+      } catch (error) {
+        // Without an answer the VM may have taken the lock for us: stop that step, then release what is ours.
+        if (!(error as { probe?: Probe }).probe) locked = true;
+        throw error;
+      }
       locked = true;
       report.rev_before = report.rev_after = liveRev(begun.probe);
       const list = await port.releases();
@@ -571,7 +584,7 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
       }
       const after = await port.probe();
       report.rev_after = liveRev(after);
-      report.release = after.currentRelease ? after.currentRelease.split('/').pop() ?? null : null;
+      report.release = releaseOf(after);
       if (report.rev_after !== decision.release.commit) {
         throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the rollback, expected ${decision.release.commit}: the release ${decision.release.name} was changed by hand; deploy instead.`);
       }
@@ -581,14 +594,20 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
     } catch (error) {
       const failure = toFailure(error);
       const probe = (error as { probe?: Probe }).probe;
-      if (probe) report.rev_before = report.rev_after = liveRev(probe);
+      if (probe) {
+        report.rev_before = report.rev_after = liveRev(probe);
+        report.release = releaseOf(probe);
+      }
       report.error = { code: signal.aborted && failure.code !== 'no_release' ? (ctx.signal?.aborted ? 'interrupted' : 'timeout') : failure.code, message: failure.message };
       report.result = 'failed';
       if (port) {
         port.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
         if (!(await port.stopInterrupted())) locked = false;
         const seen = await port.probe(true).catch(() => null);
-        if (seen) report.rev_after = liveRev(seen);
+        if (seen) {
+          report.rev_after = liveRev(seen);
+          report.release = releaseOf(seen);
+        }
       }
     } finally {
       if (port && locked) await port.unlock(ctx.owner.token).catch(() => false);

@@ -147,6 +147,7 @@ export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'statu
       report.action = mode;
       const probe = await target.probe();
       report.rev_before = report.rev_after = liveRev(probe);
+      report.release = releaseOf(probe);
       if (probe.lock) report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
       report.state = await stateOf(vm, probe, ctx, false);
       report.verified = report.rev_after === ctx.commit;
@@ -163,6 +164,11 @@ function excludes(config: Config): string[] {
   const list = [...config.repository.rsyncExcludes, ...config.repository.sharedPaths.map((s) => `/${s.path}`)];
   if (config.repository.excludeDotGit && !list.includes('.git')) list.push('.git');
   return list;
+}
+
+/** The name of the release a probe found live (vm-sync's symlink), or null. */
+export function releaseOf(probe: Probe): string | null {
+  return probe.currentRelease ? (probe.currentRelease.split('/').pop() ?? null) : null;
 }
 
 function short(sha: string | null): string {
