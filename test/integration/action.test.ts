@@ -257,3 +257,47 @@ test('text a VM controls reaches the summary, statuses, annotations and outputs 
     fs.writeFileSync(sentinel, original);
   }
 });
+
+test('command: rollback flips every VM back to its previous release: no transfer, no scan, no commit status, a summary', async () => {
+  const deploy = async (content: string): Promise<string> => {
+    let before = '0'.repeat(40); // the branch's first push, when this test runs alone
+    try {
+      before = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+    } catch {
+      // no commit yet
+    }
+    const sha = world.ws.commit({ 'index.html': content }, content.trim());
+    world.ws.push();
+    const run = await runAction({ command: 'sync' }, { name: 'push', sha, payload: { before, after: sha, ref: 'refs/heads/main' } });
+    expect([run.code, run.outputs.failed]).toEqual([0, '']);
+    return sha;
+  };
+  const older = await deploy('<h1>before the rollback</h1>\n');
+  const newer = await deploy('<h1>the release rolled back</h1>\n');
+  for (const id of ['vm01', 'vm02']) expect(world.sentinel(id)).toBe(`${newer}\n`);
+  const callsBefore = github.calls().length;
+
+  const run = await runAction({ command: 'rollback' }, { name: 'workflow_dispatch', sha: newer, payload: {} });
+
+  expect(run.code).toBe(0);
+  for (const id of ['vm01', 'vm02']) expect(world.sentinel(id)).toBe(`${older}\n`);
+  const results = JSON.parse(run.outputs.results);
+  expect(results.command).toBe('rollback');
+  expect(results.vms.map((vm: { id: string; action: string; result: string; bytes_sent: number; rev_before: string; rev_after: string }) => [vm.id, vm.action, vm.result, vm.bytes_sent, vm.rev_before, vm.rev_after])).toEqual([
+    ['vm01', 'rollback', 'success', 0, newer, older],
+    ['vm02', 'rollback', 'success', 0, newer, older],
+  ]);
+  // No scan ran and no status was posted: the pushed commit's verdict is not the rollback's to change.
+  expect(results.scan).toBeNull();
+  expect(github.calls().slice(callsBefore).filter((c) => c.call.includes('/statuses/'))).toEqual([]);
+  expect(run.summary).toContain('## vm-sync rollback: 2/2 VM(s) ok');
+
+  // Rolling back to a commit no VM keeps fails with no_release, and changes nothing.
+  const never = world.ws.commit({ 'index.html': '<h1>never deployed</h1>\n' }, 'never deployed');
+  world.ws.push();
+  const refused = await runAction({ command: 'rollback', to: never }, { name: 'workflow_dispatch', sha: never, payload: {} });
+  expect(refused.code).toBe(1);
+  expect(JSON.parse(refused.outputs.results).vms.map((vm: { error: { code: string } | null }) => vm.error?.code)).toEqual(['no_release', 'no_release']);
+  expect(refused.stdout).toMatch(/^::error::no_release: /m);
+  for (const id of ['vm01', 'vm02']) expect(world.sentinel(id)).toBe(`${older}\n`);
+});
