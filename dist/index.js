@@ -82361,9 +82361,11 @@ async function classifyState(vmId, rev, deploy, history) {
 
 
 
+/** Any error as a {@link VmSyncError} (a stray one is a remote command that failed). */
 function toFailure(error) {
     return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
 }
+/** Waits `ms`, or less when `signal` aborts. */
 const sleep = (ms, signal) => new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
     signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
@@ -82506,6 +82508,7 @@ function vm_pipeline_short(sha) {
 
 
 
+
 /** Who held a lock, in a few words (its token for vm-sync's own records). */
 function holderName(record) {
     const owner = parseLockOwner(record);
@@ -82535,10 +82538,6 @@ function lockedError(vm, outcome, staleAfterS, waitedS) {
     }
     return new VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s${waited}. Run ${unlock} to break it now.`);
 }
-const vm_lock_sleep = (ms, signal) => new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
-});
 /**
  * Takes the VM's lock. A lock of this same run (an earlier attempt that lost
  * its connection) or of a process on this runner host that no longer exists
@@ -82568,7 +82567,7 @@ async function takeLock(vm, port, options) {
             options.onWait?.(`locked by ${holderName(outcome.record)}: waiting up to ${options.lockWaitS}s (--lock-wait)`);
             announced = true;
         }
-        await vm_lock_sleep(Math.min(5000, 500 * 2 ** Math.min(round, 4), Math.max(100, started + options.lockWaitS * 1000 - Date.now())), options.signal);
+        await sleep(Math.min(5000, 500 * 2 ** Math.min(round, 4), Math.max(100, started + options.lockWaitS * 1000 - Date.now())), options.signal);
     }
 }
 
@@ -82581,19 +82580,8 @@ async function takeLock(vm, port, options) {
 
 
 
-const release_FULL_SHA = /^[0-9a-f]{40}$/;
 const now = () => new Date().toISOString();
 const release_short = (sha) => (sha ? sha.slice(0, 12) : 'none');
-function release_liveRev(probe) {
-    return probe.rev !== null && release_FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
-}
-function release_toFailure(error) {
-    return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
-}
-const release_sleep = (ms, signal) => new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
-});
 /** The shared paths as the agent takes them, and the rsync excludes of a transfer. */
 function excludesFor(config, sharedExisting) {
     const list = [...config.repository.rsyncExcludes];
@@ -82618,7 +82606,7 @@ class FleetRelease {
     rollout;
     constructor(ctx, vms) {
         this.ctx = ctx;
-        this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, deadlineAt: null }));
+        this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false }));
         this.token = ctx.owner.token;
         const { sync, rollout } = ctx.config;
         this.budgetMs = sync.timeoutS * 1000;
@@ -82693,7 +82681,7 @@ class FleetRelease {
                 return;
             }
             catch (error) {
-                let failure = release_toFailure(error);
+                let failure = toFailure(error);
                 if (signal.aborted) {
                     failure = this.ctx.signal?.aborted
                         ? new VmSyncError('interrupted', `run interrupted before ${run.vm.id} finished; what it serves now is in rev_after`)
@@ -82713,7 +82701,7 @@ class FleetRelease {
                 earlier.push(`attempt ${attempt + 1} failed: ${failure.code}: ${failure.message}`);
                 const delay = this.ctx.retryBaseMs * 2 ** attempt * (1 + Math.random());
                 this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`);
-                await release_sleep(delay, signal);
+                await sleep(delay, signal);
             }
         }
     }
@@ -82737,7 +82725,7 @@ class FleetRelease {
         catch (error) {
             const probe = error.probe;
             if (probe) {
-                run.report.rev_before = run.report.rev_after = release_liveRev(probe);
+                run.report.rev_before = run.report.rev_after = liveRev(probe);
                 run.report.release = releaseOf(probe);
             }
             else {
@@ -82747,7 +82735,7 @@ class FleetRelease {
                     await port.unlock(this.token).catch(() => false);
                 const seen = await port.probe(true).catch(() => null);
                 if (seen) {
-                    run.report.rev_before = run.report.rev_after = release_liveRev(seen);
+                    run.report.rev_before = run.report.rev_after = liveRev(seen);
                     run.report.release = releaseOf(seen);
                 }
             }
@@ -82758,7 +82746,7 @@ class FleetRelease {
         const report = run.report;
         const before = begun.probe;
         run.before = before;
-        report.rev_before = report.rev_after = release_liveRev(before);
+        report.rev_before = report.rev_after = liveRev(before);
         report.release = releaseOf(before);
         if (begun.tookOver)
             report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
@@ -82815,22 +82803,20 @@ class FleetRelease {
     }
     /**
      * Before a batch flips, its VMs get a fresh budget and their locks a new
-     * deadline; VMs still waiting get a new deadline when theirs comes near.
+     * deadline, and so do the VMs still waiting for a later batch (one round
+     * trip each, in parallel): a batch may take up to a whole budget, and a
+     * waiting VM's lock must not expire meanwhile.
      */
     async renew(batch, waiting) {
-        const soon = Date.now() + this.budgetMs / 2;
         await Promise.all([...batch, ...waiting].map(async (run) => {
             const port = run.port;
-            if (!batch.includes(run) && run.deadlineAt !== null && run.deadlineAt > soon)
-                return;
             const { signal, deadlineAt } = this.budget();
             port.extendTo(deadlineAt, signal);
-            run.deadlineAt = deadlineAt;
             try {
                 await port.renew(this.token);
             }
             catch (error) {
-                await this.fail(run, release_toFailure(error));
+                await this.fail(run, toFailure(error));
             }
         }));
     }
@@ -82861,7 +82847,7 @@ class FleetRelease {
         const { commit } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
             const after = await port.probe();
-            run.report.rev_after = release_liveRev(after);
+            run.report.rev_after = liveRev(after);
             run.report.release = releaseOf(after);
             if (run.report.rev_after !== commit) {
                 throw new VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
@@ -82887,7 +82873,7 @@ class FleetRelease {
             if (next === 'revert') {
                 await port.flip(this.token, run.previous);
                 const back = await port.probe();
-                run.report.rev_after = release_liveRev(back);
+                run.report.rev_after = liveRev(back);
                 run.report.release = releaseOf(back);
                 run.report.verified = false;
                 throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${release_short(commit)}: flipped back to ${run.previous} (now serving ${release_short(run.report.rev_after)}). Fix the release and deploy again.`);
@@ -82932,7 +82918,7 @@ class FleetRelease {
             await body(run.port);
         }
         catch (error) {
-            let failure = release_toFailure(error);
+            let failure = toFailure(error);
             if (this.ctx.signal?.aborted && failure.code !== 'health_failed')
                 failure = new VmSyncError('interrupted', `run interrupted during ${run.vm.id}'s release; what it serves now is in rev_after`);
             await this.fail(run, failure);
@@ -82986,9 +82972,9 @@ class FleetRelease {
                 report.notes.push(`could not confirm that this run's steps on ${run.vm.id} stopped: the lock is left to expire at its deadline`);
             try {
                 const seen = await port.probe(true);
-                if (report.rev_after !== release_liveRev(seen) && run.touched)
-                    report.notes.push(`after the failure ${run.vm.id} serves ${release_short(release_liveRev(seen))}`);
-                report.rev_after = release_liveRev(seen);
+                if (report.rev_after !== liveRev(seen) && run.touched)
+                    report.notes.push(`after the failure ${run.vm.id} serves ${release_short(liveRev(seen))}`);
+                report.rev_after = liveRev(seen);
                 report.release = releaseOf(seen) ?? report.release;
             }
             catch (error) {
@@ -83057,7 +83043,7 @@ async function rollbackFleet(ctx, vms) {
                 throw error;
             }
             locked = true;
-            report.rev_before = report.rev_after = release_liveRev(begun.probe);
+            report.rev_before = report.rev_after = liveRev(begun.probe);
             const list = await port.releases();
             const decision = chooseRollback(vm.id, list, ctx.to);
             if (decision.kind === 'refuse')
@@ -83070,7 +83056,7 @@ async function rollbackFleet(ctx, vms) {
                 report.action = 'none';
             }
             const after = await port.probe();
-            report.rev_after = release_liveRev(after);
+            report.rev_after = liveRev(after);
             report.release = releaseOf(after);
             if (report.rev_after !== decision.release.commit) {
                 throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the rollback, expected ${decision.release.commit}: the release ${decision.release.name} was changed by hand; deploy instead.`);
@@ -83080,10 +83066,10 @@ async function rollbackFleet(ctx, vms) {
             ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${release_short(decision.release.commit)} (${decision.release.name})` : `already on ${release_short(decision.release.commit)}`);
         }
         catch (error) {
-            const failure = release_toFailure(error);
+            const failure = toFailure(error);
             const probe = error.probe;
             if (probe) {
-                report.rev_before = report.rev_after = release_liveRev(probe);
+                report.rev_before = report.rev_after = liveRev(probe);
                 report.release = releaseOf(probe);
             }
             report.error = { code: signal.aborted && failure.code !== 'no_release' ? (ctx.signal?.aborted ? 'interrupted' : 'timeout') : failure.code, message: failure.message };
@@ -83094,7 +83080,7 @@ async function rollbackFleet(ctx, vms) {
                     locked = false;
                 const seen = await port.probe(true).catch(() => null);
                 if (seen) {
-                    report.rev_after = release_liveRev(seen);
+                    report.rev_after = liveRev(seen);
                     report.release = releaseOf(seen);
                 }
             }

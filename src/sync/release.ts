@@ -20,7 +20,7 @@ import { mapPool } from './pool.js';
 import { afterHealth, chooseRollback, decidePrepare, planBatches, rolloutVerdict } from './planner.js';
 import { classifyState, type History } from './state.js';
 import { failedRow, type EngineEvents, type RolloutReport, type VmReport } from './types.js';
-import { releaseOf } from './vm-pipeline.js';
+import { liveRev, releaseOf, sleep, toFailure } from './vm-pipeline.js';
 import { holderName, staleReason, takeLock } from './vm-lock.js';
 
 /** Everything a release needs, given by the entry point. */
@@ -61,27 +61,10 @@ interface VmRun {
   touched: boolean;
   /** The row is final (announced). */
   done: boolean;
-  /** When the VM's current budget (and its lock's deadline, less the margin) ends; null before its first renewal. */
-  deadlineAt: number | null;
 }
 
-const FULL_SHA = /^[0-9a-f]{40}$/;
 const now = (): string => new Date().toISOString();
 const short = (sha: string | null): string => (sha ? sha.slice(0, 12) : 'none');
-
-function liveRev(probe: Probe): string | null {
-  return probe.rev !== null && FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
-}
-
-function toFailure(error: unknown): VmSyncError {
-  return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
-}
-
-const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
-  new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
-  });
 
 /** The shared paths as the agent takes them, and the rsync excludes of a transfer. */
 function excludesFor(config: Config, sharedExisting: readonly string[]): string[] {
@@ -108,7 +91,7 @@ class FleetRelease {
     private readonly ctx: ReleaseContext,
     vms: readonly VmConfig[],
   ) {
-    this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, deadlineAt: null }));
+    this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false }));
     this.token = ctx.owner.token;
     const { sync, rollout } = ctx.config;
     this.budgetMs = sync.timeoutS * 1000;
@@ -300,17 +283,16 @@ class FleetRelease {
 
   /**
    * Before a batch flips, its VMs get a fresh budget and their locks a new
-   * deadline; VMs still waiting get a new deadline when theirs comes near.
+   * deadline, and so do the VMs still waiting for a later batch (one round
+   * trip each, in parallel): a batch may take up to a whole budget, and a
+   * waiting VM's lock must not expire meanwhile.
    */
   private async renew(batch: VmRun[], waiting: VmRun[]): Promise<void> {
-    const soon = Date.now() + this.budgetMs / 2;
     await Promise.all(
       [...batch, ...waiting].map(async (run) => {
         const port = run.port as VmPort;
-        if (!batch.includes(run) && run.deadlineAt !== null && run.deadlineAt > soon) return;
         const { signal, deadlineAt } = this.budget();
         port.extendTo(deadlineAt, signal);
-        run.deadlineAt = deadlineAt;
         try {
           await port.renew(this.token);
         } catch (error) {

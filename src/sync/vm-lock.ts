@@ -3,6 +3,7 @@ import { VmSyncError } from '../errors.js';
 import { describeOwner, holderIsDead, parseLockOwner, type LockOwner } from '../remote/lock.js';
 import type { VmPort } from '../remote/port.js';
 import { UNREADABLE_LOCK_GRACE_S, type BeginOutcome } from '../remote/target.js';
+import { sleep } from './vm-pipeline.js';
 
 /** Who held a lock, in a few words (its token for vm-sync's own records). */
 export function holderName(record: string): string {
@@ -34,12 +35,6 @@ function lockedError(vm: VmConfig, outcome: Extract<BeginOutcome, { held: true }
   }
   return new VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s${waited}. Run ${unlock} to break it now.`);
 }
-
-const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
-  new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
-  });
 
 /**
  * Takes the VM's lock. A lock of this same run (an earlier attempt that lost

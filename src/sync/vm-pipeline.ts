@@ -25,11 +25,13 @@ export interface RunContext {
   retryBaseMs: number;
 }
 
-function toFailure(error: unknown): VmSyncError {
+/** Any error as a {@link VmSyncError} (a stray one is a remote command that failed). */
+export function toFailure(error: unknown): VmSyncError {
   return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
 }
 
-const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+/** Waits `ms`, or less when `signal` aborts. */
+export const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
   new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
     signal?.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
@@ -90,7 +92,7 @@ async function withTarget<T>(vm: VmConfig, ctx: RunContext, signal: AbortSignal,
 const FULL_SHA = /^[0-9a-f]{40}$/;
 
 /** The commit a probe shows live, or null: only a full hash is ever reported as a rev. */
-function liveRev(probe: Probe): string | null {
+export function liveRev(probe: Probe): string | null {
   return probe.rev !== null && FULL_SHA.test(probe.rev.trim()) ? probe.rev.trim() : null;
 }
 

@@ -2,58 +2,26 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { main } from '../../src/cli.js';
 import { fleetConfigYaml } from '../../src/demo/fleet.js';
-import type { VmReport } from '../../src/sync/types.js';
+import type { LockRow } from '../../src/sync/locks.js';
+import type { RunReport, VmReport } from '../../src/sync/types.js';
 import { stateDir } from './hardening.js';
 import type { CliRun, World } from './world.js';
 
 /*
  * Helpers for the fleet-release integration tests (contract 9: phases,
  * rolling/all-at-once rollout, health gate, rollback, shared paths, locks).
- * The new JSON fields are read through the local interfaces below, so these
- * tests compile whether or not src/sync/types.ts has them yet.
  */
 
-/** One `vms[]` row as contract 9 describes it. */
-export interface FleetRow extends Omit<VmReport, 'action' | 'error'> {
-  action: VmReport['action'] | 'rollback';
-  error: { code: string; message: string } | null;
-  staged_at: string | null;
-  flipped_at: string | null;
-  health: 'passed' | 'failed' | 'skipped';
-  health_output: string | null;
-  release: string | null;
-}
+/** One `vms[]` row of a run's JSON document. */
+export type FleetRow = VmReport;
 
-export interface RolloutReport {
-  strategy: 'all-at-once' | 'rolling';
-  batches: string[][];
-  halted: boolean;
-  halted_reason: string | null;
-}
-
-/** The run's `--json` document as contract 9 describes it. */
-export interface FleetDoc {
-  command: string;
-  commit: string | null;
-  dry_run: boolean;
-  rollout: RolloutReport | null;
-  flip_skew_ms: number | null;
-  vms: FleetRow[];
-  error?: { code: string; message: string };
-}
+/** The run's `--json` document (with the error of a run that failed before the VMs). */
+export type FleetDoc = RunReport & { error?: { code: string; message: string } };
 
 /** `vm-sync locks --json`. */
 export interface LocksDoc {
   command: 'locks';
-  vms: {
-    id: string;
-    locked: boolean;
-    stale: boolean;
-    holder: { host: string; pid: number; commit: string; run: string; deadline: number } | null;
-    record: string | null;
-    age_s: number | null;
-    error: { code: string; message: string } | null;
-  }[];
+  vms: LockRow[];
   error?: { code: string; message: string };
 }
 
