@@ -335,12 +335,16 @@ stage)
   fi
   # A complete release of this commit that was staged before (a rollout
   # that stopped, a revert): the caller may flip to it without a transfer.
-  # It must link every shared path configured now (they may have changed).
+  # Never the live release (the VM serves it and does not claim the commit:
+  # it was changed), only one whose sentinel still names the commit, and one
+  # that links every shared path configured now (they may have changed).
+  live=$(current_release)
   reuse=$(for m in "$C"/*; do
     [ -f "$m" ] || continue
     [ "$(head -c 100 -- "$m" | head -n 1)" = "$sha" ] || continue
     d="$R/${m##*/}"
-    if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
+    if [ ! -d "$d" ] || [ -L "$d" ] || [ "$d" = "$live" ]; then continue; fi
+    if [ ! -f "$d/.sync_rev" ] || [ -L "$d/.sync_rev" ] || [ "$(head -c 100 -- "$d/.sync_rev" | head -n 1)" != "$sha" ]; then continue; fi
     ok=1
     for rel in "$@"; do
       if [ ! -L "$d/$rel" ] || [ "$(readlink -- "$d/$rel")" != "$SH/$rel" ]; then ok=0; fi
@@ -468,7 +472,10 @@ health)
   require_lock "$token"
   cd -- "$T" || fail failed "cannot enter $T"
   VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null 2>&1
-  out exit "$?"
+  status=$?
+  # Output without a final newline must not swallow the framed line after it.
+  printf '\n'
+  out exit "$status"
   ;;
 inplace-begin)
   token=$1
@@ -540,6 +547,7 @@ post)
   cd -- "$T" || fail failed "cannot enter $T"
   VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
   status=$?
+  printf '\n'
   [ "$status" = 0 ] || { out exit "$status"; out end failed; exit "$status"; }
   ;;
 kill)
@@ -621,6 +629,9 @@ serve)
     done
     rm -f -- "$errf.st"
     { { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&-; printf '%s\n' "$?" > "$errf.st"; } | tail -c 4000 > "$errf"; } 3>&1
+    # An operation killed while its command printed half a line must not glue
+    # that half to the framed lines that follow.
+    printf '\n'
     while IFS= read -r l || [ -n "$l" ]; do
       printf '@%s stderr=%s\n' "$rn" "$(printf '%s' "$l" | tr '\r' '?')"
     done < "$errf"
