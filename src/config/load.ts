@@ -332,6 +332,9 @@ function rollout(section: Section): RolloutConfig {
   if (healthCommand !== null && healthCommand.trim() === '') {
     section.problem(section.node('health_command'), 'rollout.health_command is empty: remove it or set null');
   }
+  if (healthCommand?.includes('\0')) {
+    section.problem(section.node('health_command'), 'rollout.health_command contains a NUL byte, which no shell command can hold: remove it');
+  }
   return {
     strategy: strategy === 'rolling' ? 'rolling' : 'all-at-once',
     batchSize: section.quantity('batch_size', { count: 1 }, 1, 'VMs flipped per batch'),
@@ -456,6 +459,8 @@ export function parseConfig(text: string, source: string, home: string = os.home
 
   const postSync = sync.string('post_sync_command', null);
   if (postSync !== null && postSync.trim() === '') sync.problem(sync.node('post_sync_command'), 'sync.post_sync_command is empty: remove it or set null');
+  // A NUL byte cannot reach a shell (the agent's arguments are C strings): refuse it here, before anything runs.
+  if (postSync?.includes('\0')) sync.problem(sync.node('post_sync_command'), 'sync.post_sync_command contains a NUL byte, which no shell command can hold: remove it');
 
   const config = {
     source,

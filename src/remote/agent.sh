@@ -58,6 +58,7 @@ N=$(basename -- "$T")
 S="$P/.$N.vm-sync"
 R="$S/releases"
 C="$S/complete"
+RJ="$S/rejected"
 SH="$S/shared"
 L="$S/lock"
 LOCK_MAX=1000
@@ -93,6 +94,7 @@ state_dirs() {
   own_dir "$S"
   own_dir "$R"
   own_dir "$C"
+  own_dir "$RJ"
   own_dir "$S/tmp"
   own_dir "$S/ops"
 }
@@ -104,7 +106,7 @@ adopt_legacy() {
   for d in "$R"/*; do
     if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
     name=${d##*/}
-    [ -e "$C/$name" ] && continue
+    if [ -e "$C/$name" ] || [ -L "$C/$name" ]; then continue; fi
     case $name in *.partial) continue ;; esac
     if [ ! -f "$d/.sync_rev" ] || [ -L "$d/.sync_rev" ]; then continue; fi
     sha=$(head -c 100 -- "$d/.sync_rev" | head -n 1)
@@ -112,6 +114,34 @@ adopt_legacy() {
     [ "${#sha}" = 40 ] || continue
     case $name in ????????T??????Z-"$(printf '%s' "$sha" | cut -c1-12)"*) printf '%s\n' "$sha" > "$C/$name" ;; esac
   done
+}
+# The release a rollback goes to from LIVE: the last one live before it, from
+# the flip history, that is still complete and was not rejected (rolled back
+# from, or reverted as unhealthy); without such history (releases of an older
+# vm-sync), the newest complete one older than LIVE by name.
+previous_of() { # LIVE
+  found=''
+  if [ -f "$S/history" ] && [ ! -L "$S/history" ]; then
+    found=$(tac -- "$S/history" | while IFS= read -r name; do
+      case $name in '' | */* | .*) continue ;; esac
+      [ "$name" = "$1" ] && continue
+      if [ -f "$C/$name" ] && [ ! -e "$RJ/$name" ] && [ -d "$R/$name" ] && [ ! -L "$R/$name" ]; then printf '%s\n' "$name"; break; fi
+    done)
+  fi
+  if [ -z "$found" ] && [ -n "$1" ]; then
+    found=$(for d in "$R"/*; do
+      name=${d##*/}
+      if [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$C/$name" ] && [ ! -e "$RJ/$name" ]; then printf '%s\n' "$name"; fi
+    done | sort -r | {
+      # Newest first: the first one that sorts after LIVE is older than it.
+      after=0
+      while IFS= read -r name; do
+        if [ "$after" = 1 ]; then printf '%s\n' "$name"; break; fi
+        [ "$name" = "$1" ] && after=1
+      done
+    })
+  fi
+  printf '%s\n' "$found"
 }
 # Every existing component of REL's parent directory under BASE must be a real
 # directory (never a symlink): missing ones are created. A symlink committed
@@ -405,6 +435,7 @@ seal)
   digits "$ms" || ms=''
   name="$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' "$sha" | cut -c1-12)"
   [ ! -e "$R/$name" ] || name="$name-$$"
+  rm -rf -- "${C:?}/$name"
   printf '%s\n' "$sha" > "$C/$name" || fail failed "cannot write the completion marker"
   mv -- "$stage" "$R/$name" || { rm -f -- "$C/$name"; fail failed "cannot rename $stage"; }
   flush "$R"
@@ -412,7 +443,8 @@ seal)
   ;;
 flip)
   # Points the target at a complete release (a deploy, a revert, a rollback).
-  token=$1 name=$2
+  # REJECT=1 marks the release it replaces as one a rollback never goes back to.
+  token=$1 name=$2 reject=${3:-0}
   require_lock "$token"
   case $name in '' | */* | .* | *.partial) fail failed "bad release name" ;; esac
   if [ ! -d "$R/$name" ] || [ -L "$R/$name" ] || [ ! -f "$C/$name" ]; then
@@ -432,12 +464,24 @@ flip)
   ln -s -- ".$N.vm-sync/releases/$name" "$link" || fail failed "cannot create symlink"
   mv -f -T -- "$link" "$T" || { rm -f -- "$link"; fail failed "cannot flip $T"; }
   flush "$P"
+  rm -rf -- "${RJ:?}/$name"
+  if [ "$reject" = 1 ] && [ -n "$cur" ]; then
+    rm -rf -- "${RJ:?}/${cur##*/}"
+    : > "$RJ/${cur##*/}"
+  fi
+  # The flip history (the last 200 flips): what "previous" means for a rollback.
+  if [ -L "$S/history" ]; then rm -f -- "$S/history"; fi
+  printf '%s\n' "$name" >> "$S/history"
+  if [ "$(wc -l < "$S/history")" -gt 400 ]; then
+    keep=$(mktemp "$S/tmp/history.XXXXXX") && tail -n 200 -- "$S/history" > "$keep" && mv -f -- "$keep" "$S/history"
+  fi
   out release "$name"
   ;;
 releases)
   # Read-only: the kept releases (complete ones with their commit) and the live one.
   cur=$(current_release)
   out live "${cur##*/}"
+  out previous "$(previous_of "${cur##*/}")"
   for d in "$R"/*; do
     if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
     name=${d##*/}
@@ -510,29 +554,24 @@ prune)
   for p in "$R"/*.partial; do
     [ -d "$p" ] && [ ! -L "$p" ] && rm -rf -- "$p" && out pruned "${p##*/}"
   done
-  for m in "$C"/*; do
-    [ -f "$m" ] || continue
-    [ -d "$R/${m##*/}" ] || rm -f -- "$m"
+  for m in "$C"/* "$RJ"/*; do
+    if [ -e "$m" ] || [ -L "$m" ]; then [ -d "$R/${m##*/}" ] || rm -f -- "$m"; fi
   done
-  list="$S/tmp/prune.$$"
+  list=$(mktemp "$S/tmp/prune.XXXXXX") || fail failed "cannot create a temporary file in $S/tmp"
   {
     for d in "$R"/*; do
       if [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$C/${d##*/}" ]; then printf '%s\n' "${d##*/}"; fi
     done
     if [ -n "$cur" ]; then printf '%s\n' "$cur"; fi
   } | sort -r -u > "$list"
-  # The release before the live one: the newest complete one older than it.
-  prev='' seen=0
-  while IFS= read -r name; do
-    if [ "$seen" = 1 ] && [ -f "$C/$name" ]; then prev=$name; break; fi
-    if [ "$name" = "$cur" ]; then seen=1; fi
-  done < "$list"
+  # The release a rollback would go to is kept whatever its age.
+  prev=$(previous_of "$cur")
   i=0
   while IFS= read -r name; do
     [ -f "$C/$name" ] && i=$((i + 1))
     if [ "$name" = "$cur" ] || [ "$name" = "$prev" ]; then continue; fi
     if [ -f "$C/$name" ] && [ "$i" -le "$keep" ]; then continue; fi
-    rm -rf -- "${R:?}/$name" && rm -f -- "$C/$name" && out pruned "$name"
+    rm -rf -- "${R:?}/$name" && rm -f -- "$C/$name" "$RJ/$name" && out pruned "$name"
   done < "$list"
   for d in "$R"/*; do
     if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi

@@ -28,7 +28,7 @@ export interface VmPort {
   stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[]): Promise<StageResult>;
   transfer(plan: TransferPlan, onProgress?: (p: { percent: number; rate: string }) => void): Promise<RsyncStats>;
   seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>): Promise<{ release: string; seeded: string[]; created: string[] }>;
-  flip(token: string, release: string): Promise<{ previous: string | null; movedAside: string | null }>;
+  flip(token: string, release: string, reject?: boolean): Promise<{ previous: string | null; movedAside: string | null }>;
   inPlaceBegin(token: string, probed: Probe): Promise<string>;
   inPlaceFinish(token: string, sha: string): Promise<void>;
   releases(): Promise<ReleaseList>;
@@ -76,7 +76,7 @@ export function sshPorts(knownHosts: KnownHosts): OpenPort {
         }
       },
       seal: (token, sha, shared) => target.seal(token, sha, shared),
-      flip: (token, release) => target.flip(token, release),
+      flip: (token, release, reject) => target.flip(token, release, reject),
       inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
       inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),
       releases: () => target.releases(),

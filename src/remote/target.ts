@@ -62,6 +62,11 @@ export interface KeptRelease {
 /** What `releases` lists: the live release's name (null when the target is not vm-sync's) and every kept one. */
 export interface ReleaseList {
   live: string | null;
+  /**
+   * Where a rollback goes: the last release live before the live one (from the
+   * VM's flip history) that is still complete and was not rejected; null: none.
+   */
+  previous: string | null;
   complete: KeptRelease[];
   incomplete: string[];
 }
@@ -273,9 +278,13 @@ export class RemoteTarget {
     return { release: releaseName(out.require('release'), this.vmId), seeded: out.all('seeded').map((p) => vmText(p)), created: out.all('created').map((p) => vmText(p)) };
   }
 
-  /** Points the target at a complete kept release; returns the release it replaced (null: none of vm-sync's). */
-  async flip(token: string, release: string): Promise<{ previous: string | null; movedAside: string | null }> {
-    const out = (await this.op('flip', [token, release])).only(['previous', 'moved_aside', 'release']);
+  /**
+   * Points the target at a complete kept release; returns the release it
+   * replaced (null: none of vm-sync's). With `reject`, the replaced release is
+   * marked as one a rollback never goes back to (it was reverted or rolled back from).
+   */
+  async flip(token: string, release: string, reject = false): Promise<{ previous: string | null; movedAside: string | null }> {
+    const out = (await this.op('flip', [token, release, reject ? '1' : '0'])).only(['previous', 'moved_aside', 'release']);
     if (out.require('release') !== release) throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${vmText(out.require('release'))}, not ${release}`);
     const previous = out.require('previous');
     const aside = out.get('moved_aside');
@@ -284,14 +293,15 @@ export class RemoteTarget {
 
   /** The kept releases and the live one; read-only, needs no lock. */
   async releases(): Promise<ReleaseList> {
-    const out = (await this.op('releases', [])).only(['live', 'release', 'incomplete']);
+    const out = (await this.op('releases', [])).only(['live', 'previous', 'release', 'incomplete']);
     const live = out.require('live');
+    const previous = out.require('previous');
     const complete = out.all('release').map((line): KeptRelease => {
       const [name, commit] = line.split(' ');
       if (!commit || !/^[0-9a-f]{40}$/.test(commit)) throw new VmSyncError('remote_command_failed', `releases on ${this.vmId}: a completion marker without a commit (${vmText(line, 120)})`);
       return { name: releaseName(name, this.vmId), commit };
     });
-    return { live: live ? vmText(live, 200) : null, complete, incomplete: out.all('incomplete').map((n) => vmText(n, 200)) };
+    return { live: live ? vmText(live, 200) : null, previous: previous ? releaseName(previous, this.vmId) : null, complete, incomplete: out.all('incomplete').map((n) => vmText(n, 200)) };
   }
 
   /** Extends this run's lock to the budget's end (plus the margin); fails with lock_lost when it is gone. */

@@ -86,10 +86,11 @@ export type RollbackDecision = { kind: 'flip'; release: ReleaseFact } | { kind: 
 
 /**
  * Where a rollback goes: to the kept complete release of `to` (the newest
- * one of that commit), or, without `to`, to the newest complete release older
- * than the live one. Names sort by the time they were made.
+ * one of that commit), or, without `to`, to `previous`: the release the VM
+ * served before the live one (its flip history, skipping releases that were
+ * rejected: rolled back from or reverted as unhealthy).
  */
-export function chooseRollback(vmId: string, list: { live: string | null; complete: readonly ReleaseFact[] }, to: string | null): RollbackDecision {
+export function chooseRollback(vmId: string, list: { live: string | null; previous: string | null; complete: readonly ReleaseFact[] }, to: string | null): RollbackDecision {
   const sorted = [...list.complete].sort((a, b) => (a.name < b.name ? 1 : a.name > b.name ? -1 : 0));
   const kept = sorted.length ? `it keeps ${sorted.map((r) => `${r.commit.slice(0, 12)} (${r.name})`).join(', ')}` : 'it keeps no complete release';
   if (to !== null) {
@@ -101,7 +102,7 @@ export function chooseRollback(vmId: string, list: { live: string | null; comple
     return match.name === list.live ? { kind: 'none', release: match } : { kind: 'flip', release: match };
   }
   if (list.live === null) return { kind: 'refuse', message: `${vmId} serves no release of vm-sync, so there is nothing to roll back from (${kept}).` };
-  const previous = sorted.find((r) => r.name < (list.live as string));
-  if (!previous) return { kind: 'refuse', message: `${vmId} keeps no release older than the live one (${list.live}): ${kept}. Raise repository.keep_releases to keep more.` };
+  const previous = sorted.find((r) => r.name === list.previous && r.name !== list.live);
+  if (!previous) return { kind: 'refuse', message: `${vmId} keeps no release it served before the live one (${list.live}) that it may go back to (releases rolled back from or reverted as unhealthy do not count): ${kept}. Use rollback --to SHA to pick one, or raise repository.keep_releases to keep more.` };
   return { kind: 'flip', release: previous };
 }

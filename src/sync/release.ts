@@ -14,6 +14,7 @@
 import type { Config, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { LockOwner } from '../remote/lock.js';
+import { KILL_GRACE_S } from '../remote/agent-script.js';
 import type { OpenPort, VmPort } from '../remote/port.js';
 import { CLEANUP_MS, type BeginOutcome, type Probe } from '../remote/target.js';
 import { mapPool } from './pool.js';
@@ -288,10 +289,14 @@ class FleetRelease {
    * waiting VM's lock must not expire meanwhile.
    */
   private async renew(batch: VmRun[], waiting: VmRun[]): Promise<void> {
+    // A batch's budget covers its health check on top of sync.timeout_s: a slow check is judged by
+    // health_timeout_s (and reverted), never cut off by the run's budget.
+    const { healthCommand, healthTimeoutS } = this.ctx.config.rollout;
+    const healthMs = healthCommand ? (healthTimeoutS + KILL_GRACE_S + 5) * 1000 : 0;
     await Promise.all(
       [...batch, ...waiting].map(async (run) => {
         const port = run.port as VmPort;
-        const { signal, deadlineAt } = this.budget();
+        const { signal, deadlineAt } = this.budget(healthMs);
         port.extendTo(deadlineAt, signal);
         try {
           await port.renew(this.token);
@@ -366,7 +371,8 @@ class FleetRelease {
           const why = outcome.exit === null ? `did not finish within rollout.health_timeout_s=${config.rollout.healthTimeoutS}s` : `exited ${outcome.exit}`;
           const next = afterHealth(outcome, { revertUnhealthy: config.rollout.revertUnhealthy, previous: run.previous, layout: config.repository.layout });
           if (next === 'revert') {
-            await port.flip(this.token, run.previous as string);
+            // The unhealthy release is rejected: a later rollback never goes back to it.
+            await port.flip(this.token, run.previous as string, true);
             const back = await port.probe();
             run.report.rev_after = liveRev(back);
             run.report.release = releaseOf(back);
@@ -559,7 +565,8 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
       const decision = chooseRollback(vm.id, list, ctx.to);
       if (decision.kind === 'refuse') throw new VmSyncError('no_release', decision.message);
       if (decision.kind === 'flip') {
-        await port.flip(ctx.owner.token, decision.release.name);
+        // A plain rollback rejects the release it leaves; --to is a deliberate move either way.
+        await port.flip(ctx.owner.token, decision.release.name, ctx.to === null);
         report.flipped_at = now();
       } else {
         report.action = 'none';

@@ -3,7 +3,7 @@ import { configureFleet, expectRan, fleetRows, liveRelease } from '../helpers/fl
 import { World } from '../helpers/world.js';
 
 /*
- * Finding: the agent prints its framed answer (`@NONCE exit=N`, `@NONCE end=ok`,
+ * Regression test (finding fixed in cbb6b0d, agent prints a newline before its framed lines). Finding was: the agent prints its framed answer (`@NONCE exit=N`, `@NONCE end=ok`,
  * and the serve loop's `@NONCE done=N`) right after the health / post command's
  * unframed output, without first ending that output's line. A command whose
  * output does not end in a newline (`curl -s http://localhost/health` answering

@@ -1,21 +1,18 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { commitExactly, destroyWorld, killVmProcesses, liveRev } from '../helpers/hardening.js';
 import { configureFleet, expectRan, fleetRows } from '../helpers/fleet-release.js';
 import { World } from '../helpers/world.js';
 
 /*
- * Finding: a VM waiting for a later rolling batch gets its lock renewed only
- * when, at the start of a batch, its node-side budget ends within budget/2;
- * its VM-side deadline is that budget + 23 s. A batch may last a whole budget
- * (plus its cleanup), so when one batch started just before the renew
- * threshold and the next one runs long (a slow or hanging health check), the
- * waiting VM's lock passes its deadline while it waits: any other run may take
- * the VM over meanwhile, and the rollout itself fails the VM `lock_lost`
- * although nothing else touched it.
- *
- * Timeline here (sync.timeout_s 80): batch 1 (w01) health takes ~30 s, so at
- * batch 2 w03 is not renewed (deadline 80 s > now + 40 s); batch 2 (w02) health
- * hangs until the 80 s budget; w03's lock (deadline t0+80+23) has expired
- * when batch 3 renews it at ~t0+112.
+ * Regression test: a VM waiting for a later rolling batch must keep its lock
+ * while earlier batches run long. Each batch's budget is sync.timeout_s +
+ * health_timeout_s (+ 8 s) and a lock's deadline is that budget + 23 s from its
+ * last renewal. Here (timeout_s 10, health_timeout_s 45: a 63 s budget, an
+ * 86 s deadline) batches 1 and 2 each take ~44 s of health check, so w03,
+ * if it were renewed only once before batch 1, would find its lock expired
+ * (renew answers lock_lost) when its own batch starts at ~90 s. vm-sync renews
+ * every waiting VM at every batch.
  */
 
 let world: World;
@@ -32,12 +29,25 @@ afterEach(() => killVmProcesses(world));
 
 test('a VM waiting for its rolling batch keeps its lock while earlier batches run long', async () => {
   const next = commitExactly(world, { 'app.txt': 'next\n' }, 'next');
-  const health = 'case "$HOME" in *w01*) sleep 30 ;; *w02*) sleep 300 ;; esac; exit 0';
-  configureFleet(world, { timeoutS: 80, rollout: { strategy: 'rolling', batch_size: 1, max_failed: '100%', health_command: health, health_timeout_s: 600 } });
+  const health = 'case "$HOME" in *w01* | *w02*) sleep 44 ;; esac; exit 0';
+  configureFleet(world, { timeoutS: 10, rollout: { strategy: 'rolling', batch_size: 1, max_failed: '100%', health_command: health, health_timeout_s: 45 } });
+  const seen: string[] = [];
+  const poll = setInterval(() => {
+    try {
+      seen.push(`${Math.round(Date.now() / 1000)} ${fs.readlinkSync(path.join(world.vm('w03').home, '.app.vm-sync', 'lock')).split(' ')[1]}`);
+    } catch {
+      seen.push(`${Math.round(Date.now() / 1000)} none`);
+    }
+  }, 2000);
   const run = await world.cli(['sync']);
+  clearInterval(poll);
+  if (process.env.ADV_DEBUG) console.log(seen.join('\n'));
   expectRan(run, IDS);
   const rows = fleetRows(run);
   if (process.env.ADV_DEBUG) console.log(JSON.stringify(Object.values(rows).map((r) => [r.id, r.result, r.error, r.notes, r.staged_at, r.flipped_at, r.duration_ms])));
-  // Observed: w03 failed lock_lost ("this run's lock on ~/app expired before it was renewed"), never flipped.
-  expect({ w03: [rows.w03.result, rows.w03.error?.code ?? null], live: liveRev(world, 'w03') }).toEqual({ w03: ['success', null], live: next });
-}, 240_000);
+  // Without the renewal: w03 failed lock_lost ("this run's lock on ~/app expired before it was renewed"), never flipped.
+  expect({ rows: IDS.map((id) => [rows[id].result, rows[id].error?.code ?? null, rows[id].health]), live: IDS.map((id) => liveRev(world, id)) }).toEqual({
+    rows: IDS.map(() => ['success', null, 'passed']),
+    live: [next, next, next],
+  });
+}, 180_000);

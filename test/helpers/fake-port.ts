@@ -83,6 +83,10 @@ export class FakeVm {
   live: string | null;
   lock: string | null;
   readonly target: string;
+  /** Every release flipped to, in order (agent.sh's `history`). */
+  readonly history: string[] = [];
+  /** Releases rolled back from or reverted as unhealthy. */
+  readonly rejected = new Set<string>();
   private readonly consumed = new Map<string, number>();
   private healthCalls = 0;
 
@@ -109,6 +113,15 @@ export class FakeVm {
   nextHealth(): HealthOutcome {
     const list = this.script.health ?? [{ exit: 0, output: '' }];
     return list[Math.min(this.healthCalls++, list.length - 1)];
+  }
+
+  /** As agent.sh previous_of: the last release flipped to before the live one, kept and not rejected; else the newest older by name. */
+  previousRelease(): string | null {
+    const usable = (name: string): boolean => name !== this.live && this.releases.has(name) && !this.rejected.has(name);
+    const fromHistory = [...this.history].reverse().find(usable);
+    if (fromHistory) return fromHistory;
+    if (this.live === null) return null;
+    return [...this.releases.keys()].filter(usable).filter((name) => name < (this.live as string)).sort().reverse()[0] ?? null;
   }
 
   liveCommit(): string | null {
@@ -249,18 +262,22 @@ export class FakeFleet {
           vm.releases.set(release, sha);
           return { release, seeded: [], created: [] };
         }),
-      flip: (token, release) =>
-        op('flip', [token, release], () => {
+      flip: (token, release, reject) =>
+        op('flip', [token, release, reject ?? false], () => {
           vm.requireLock(token, 'flip');
           if (!vm.releases.has(release)) throw new VmSyncError('no_release', `release ${release} is not kept complete on ${vm.id}`);
           const previous = vm.live;
           vm.live = release;
+          // As agent.sh: the history of flips, and the rejected release a rollback never goes back to.
+          vm.rejected.delete(release);
+          if (reject && previous) vm.rejected.add(previous);
+          vm.history.push(release);
           return { previous, movedAside: null };
         }),
       inPlaceBegin: (token) => op('inPlaceBegin', [token], () => vm.target),
       inPlaceFinish: (token, sha) => op('inPlaceFinish', [token, sha], () => undefined),
       releases: () =>
-        op('releases', [], (): ReleaseList => ({ live: vm.live, complete: [...vm.releases].map(([name, commit]) => ({ name, commit })), incomplete: [] })),
+        op('releases', [], (): ReleaseList => ({ live: vm.live, previous: vm.previousRelease(), complete: [...vm.releases].map(([name, commit]) => ({ name, commit })), incomplete: [] })),
       renew: (token) => op('renew', [token], () => vm.requireLock(token, 'renew')),
       health: (token, sha, command, timeoutS) =>
         op('health', [token, sha, command, timeoutS], () => {

@@ -168,31 +168,33 @@ describe('chooseRollback', () => {
   // Out of order on purpose: the planner sorts by name (= time), not by the listing.
   const kept = [r3, r1, r4, r2];
 
-  test('previous: the newest complete release older than the live one', () => {
-    expect(chooseRollback('vm01', { live: r4.name, complete: kept }, null)).toEqual({ kind: 'flip', release: r3 });
+  // `previous` is the VM's answer (its flip history, rejected releases skipped: agent.sh previous_of).
+  test('no --to: the release the VM names as previous, whatever its age', () => {
+    expect(chooseRollback('vm01', { live: r4.name, previous: r3.name, complete: kept }, null)).toEqual({ kind: 'flip', release: r3 });
+    // After a revert or a rollback the previous one may be older than a rejected newer one.
+    expect(chooseRollback('vm01', { live: r4.name, previous: r1.name, complete: kept }, null)).toEqual({ kind: 'flip', release: r1 });
+    expect(chooseRollback('vm01', { live: r2.name, previous: r3.name, complete: kept }, null)).toEqual({ kind: 'flip', release: r3 });
   });
 
-  test('previous of a VM already rolled back once: older than the live one, not the newest kept', () => {
-    expect(chooseRollback('vm01', { live: r3.name, complete: kept }, null)).toEqual({ kind: 'flip', release: r2 });
-    expect(chooseRollback('vm01', { live: r2.name, complete: kept }, null)).toEqual({ kind: 'flip', release: r1 });
-  });
-
-  test('previous when the live release is not among the complete ones: the newest older by name', () => {
-    expect(chooseRollback('vm01', { live: '20261106T000000000Z-eeeeeeeeeeee', complete: kept }, null)).toEqual({ kind: 'flip', release: r2 });
+  test('no --to and no previous (or one that is not kept complete, or the live one): refused', () => {
+    for (const previous of [null, '20261106T000000000Z-eeeeeeeeeeee', r4.name]) {
+      const decision = chooseRollback('vm01', { live: r4.name, previous, complete: kept }, null);
+      expect([previous, decision.kind]).toEqual([previous, 'refuse']);
+    }
   });
 
   test('--to picks the newest kept release of that commit', () => {
-    expect(chooseRollback('vm01', { live: r3.name, complete: kept }, A)).toEqual({ kind: 'flip', release: r4 });
-    expect(chooseRollback('vm01', { live: r4.name, complete: kept }, B)).toEqual({ kind: 'flip', release: r2 });
+    expect(chooseRollback('vm01', { live: r3.name, previous: null, complete: kept }, A)).toEqual({ kind: 'flip', release: r4 });
+    expect(chooseRollback('vm01', { live: r4.name, previous: null, complete: kept }, B)).toEqual({ kind: 'flip', release: r2 });
   });
 
   test('--to of the live release is nothing to do', () => {
-    expect(chooseRollback('vm01', { live: r3.name, complete: kept }, C)).toEqual({ kind: 'none', release: r3 });
-    expect(chooseRollback('vm01', { live: r4.name, complete: kept }, A)).toEqual({ kind: 'none', release: r4 });
+    expect(chooseRollback('vm01', { live: r3.name, previous: null, complete: kept }, C)).toEqual({ kind: 'none', release: r3 });
+    expect(chooseRollback('vm01', { live: r4.name, previous: null, complete: kept }, A)).toEqual({ kind: 'none', release: r4 });
   });
 
   test('--to on a VM that serves no release of vm-sync still flips to it', () => {
-    expect(chooseRollback('vm01', { live: null, complete: kept }, B)).toEqual({ kind: 'flip', release: r2 });
+    expect(chooseRollback('vm01', { live: null, previous: null, complete: kept }, B)).toEqual({ kind: 'flip', release: r2 });
   });
 
   /** A refusal's message lists every kept release (short commit and name), newest first. */
@@ -203,15 +205,15 @@ describe('chooseRollback', () => {
   }
 
   test('no live release and no --to: refused, saying what is kept', () => {
-    const decision = chooseRollback('vm01', { live: null, complete: kept }, null);
+    const decision = chooseRollback('vm01', { live: null, previous: null, complete: kept }, null);
     expect(decision.kind).toBe('refuse');
     const { message } = decision as { message: string };
     expect(message).toContain('vm01');
     expectListsKept(message, [r4, r3, r2, r1]);
   });
 
-  test('nothing older than the live one: refused, naming the live release and what is kept', () => {
-    const decision = chooseRollback('vm01', { live: r1.name, complete: kept }, null);
+  test('no previous release: refused, naming the live release and what is kept', () => {
+    const decision = chooseRollback('vm01', { live: r1.name, previous: null, complete: kept }, null);
     expect(decision.kind).toBe('refuse');
     const { message } = decision as { message: string };
     expect(message).toContain(r1.name);
@@ -220,13 +222,13 @@ describe('chooseRollback', () => {
   });
 
   test('a single kept release (the live one): refused', () => {
-    const decision = chooseRollback('vm02', { live: r2.name, complete: [r2] }, null);
+    const decision = chooseRollback('vm02', { live: r2.name, previous: null, complete: [r2] }, null);
     expect(decision.kind).toBe('refuse');
     expectListsKept((decision as { message: string }).message, [r2]);
   });
 
   test('--to a commit the VM keeps no release of: refused, listing what it keeps', () => {
-    const decision = chooseRollback('vm01', { live: r4.name, complete: kept }, D);
+    const decision = chooseRollback('vm01', { live: r4.name, previous: null, complete: kept }, D);
     expect(decision.kind).toBe('refuse');
     const { message } = decision as { message: string };
     expect(message).toContain(D.slice(0, 12));
@@ -235,17 +237,16 @@ describe('chooseRollback', () => {
 
   test('no complete release at all: refused, saying it keeps none', () => {
     for (const to of [null, A]) {
-      const decision = chooseRollback('vm01', { live: null, complete: [] }, to);
+      const decision = chooseRollback('vm01', { live: null, previous: null, complete: [] }, to);
       expect(decision.kind).toBe('refuse');
       expect((decision as { message: string }).message).toContain('keeps no complete release');
     }
   });
 
-  test('a collision suffix (-PID) sorts after its base name, before the next second', () => {
+  test('--to: a collision suffix (-PID) sorts after its base name, before the next second', () => {
     const early = { name: '20261101T080000000Z-aaaaaaaaaaaa', commit: A };
     const later = { name: '20261101T080000000Z-aaaaaaaaaaaa-4242', commit: A };
     const latest = { name: '20261101T080001000Z-bbbbbbbbbbbb', commit: B };
-    expect(chooseRollback('vm01', { live: latest.name, complete: [early, latest, later] }, null)).toEqual({ kind: 'flip', release: later });
-    expect(chooseRollback('vm01', { live: latest.name, complete: [early, latest, later] }, A)).toEqual({ kind: 'flip', release: later });
+    expect(chooseRollback('vm01', { live: latest.name, previous: null, complete: [early, latest, later] }, A)).toEqual({ kind: 'flip', release: later });
   });
 });

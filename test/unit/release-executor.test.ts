@@ -170,6 +170,9 @@ describe('rolling', () => {
 
     const vm02Release = sealedRelease(fleet, 'vm02');
     expect(fleet.of('vm02', 'flip').map((c) => c.args[1])).toEqual([vm02Release, previous]);
+    // The deploy's flip rejects nothing; the revert rejects the unhealthy release, so a rollback never goes back to it.
+    expect(fleet.of('vm02', 'flip').map((c) => c.args[2] ?? false)).toEqual([false, true]);
+    expect([...fleet.vm('vm02').rejected]).toEqual([vm02Release]);
     expect(fleet.of('vm02', 'health').map((c) => c.args)).toEqual([[OWNER.token, NEW, 'curl -fsS localhost/health', 30]]);
     expect(fleet.vm('vm02').live).toBe(previous);
     expect(rows.vm02).toMatchObject({ result: 'failed', error: { code: 'health_failed' }, health: 'failed', health_output: 'GET /health: 503 Service Unavailable', rev_after: OLD, release: previous, verified: false });
@@ -564,7 +567,9 @@ describe('rollbackFleet', () => {
     const config = fleetConfig(IDS);
     const rows = rowsById(await rollbackFleet(rollbackCtx(config, fleet, null), config.vms));
 
-    expect(fleet.of('vm01', 'flip').map((c) => c.args)).toEqual([[OWNER.token, r2.name]]);
+    // A plain rollback rejects the release it leaves (true): a second one never comes back to it.
+    expect(fleet.of('vm01', 'flip').map((c) => c.args)).toEqual([[OWNER.token, r2.name, true]]);
+    expect([...fleet.vm('vm01').rejected]).toEqual([r3.name]);
     expect(rows.vm01).toMatchObject({ action: 'rollback', result: 'success', rev_before: NEW, rev_after: OLD, release: r2.name, verified: true, error: null });
     expect(rows.vm01.flipped_at).not.toBeNull();
     expect(fleet.vm('vm01').live).toBe(r2.name);
