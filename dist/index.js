@@ -76500,7 +76500,7 @@ function renderScan(report) {
         return '';
     const verdict = scan.findings.length === 0
         ? 'clean'
-        : `${scan.findings.length} possible secret(s)${scan.blocked ? ': DEPLOY BLOCKED, no VM was contacted' : ' (not blocking: block_on_secrets is false)'}`;
+        : `${scan.findings.length} possible secret(s)${scan.blocked ? `: DEPLOY BLOCKED, ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` : ' (not blocking: block_on_secrets is false)'}`;
     const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
     for (const finding of scan.findings)
         lines.push(terminalLine(`  - ${describeFinding(finding)}`));
@@ -76582,13 +76582,14 @@ function capped(lines) {
     const open = kept.lastIndexOf('<details open><summary>Errors and notes</summary>') > kept.lastIndexOf('</details>');
     return `${kept.join('\n')}\n${open ? '\n</details>\n' : ''}${notice}`;
 }
-function scanSection(scan) {
+/** The scan verdict; `contacted`: the run reached VMs before it found them (their rows say what each got). */
+function scanSection(scan, contacted) {
     const lines = ['### Secret scan', ''];
     if (scan.findings.length === 0) {
         lines.push(`✅ clean — ${markdownText(scan.description, summary_MESSAGE_MAX)}`);
     }
     else {
-        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
+        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
         for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
             lines.push(`| ${markdownText(f.rule, summary_CELL_MAX)} | ${markdownText(f.file, summary_CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, summary_CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', summary_CELL_MAX)} | ${markdownText(f.fingerprint, summary_CELL_MAX * 3)} |`);
         }
@@ -76642,7 +76643,7 @@ function renderSummary(report, ctx) {
     if (ctx.failure)
         lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
     if (report.scan)
-        lines.push(...scanSection(report.scan), '');
+        lines.push(...scanSection(report.scan, report.vms.length > 0), '');
     if (report.rollout) {
         const r = report.rollout;
         const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;
@@ -78753,6 +78754,8 @@ class RunnerRepo {
                     throw new VmSyncError('commit_not_on_branch', `${commit} is not on ${this.remote}/${this.branch}: only merged commits are deployed. Use --force to deploy it anyway.`);
                 }
                 await this.checkoutSteps(commit);
+                if (options.exportWhen && !(await options.exportWhen(commit)))
+                    return commit;
                 external_node_fs_default().rmSync(options.exportDir, { recursive: true, force: true });
                 await this.exportSteps(commit, options.exportDir);
                 return commit;
@@ -82619,12 +82622,11 @@ class FleetRelease {
     rollout;
     constructor(ctx, vms) {
         this.ctx = ctx;
-        this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false }));
+        this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, treeNotes: [] }));
         this.token = ctx.owner.token;
         const { sync, rollout } = ctx.config;
         this.budgetMs = sync.timeoutS * 1000;
-        const batches = planBatches(vms.map((vm) => vm.id), rollout).length;
-        this.sessionBudgetS = ctx.lockWaitS + sync.timeoutS * (2 + batches) + rollout.healthTimeoutS * batches + 60;
+        this.sessionBudgetS = sessionBudgetS(ctx.config, vms.length, ctx.lockWaitS);
         this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
     }
     say(run, message) {
@@ -82801,8 +82803,10 @@ class FleetRelease {
             this.say(run, `reusing ${staged.completeRelease}, staged earlier`);
             return;
         }
+        const tree = await this.ctx.tree();
+        run.treeNotes = tree.notes;
         this.say(run, `staging ${release_short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
-        const stats = await port.transfer({ source: this.ctx.exportDir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+        const stats = await port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
         report.files_changed = stats.filesChanged;
         report.bytes_sent = stats.bytesSent;
         const sealed = await port.seal(this.token, commit, shared);
@@ -82851,8 +82855,10 @@ class FleetRelease {
                 return;
             }
             // In place: no staging is possible; the transfer is the flip.
+            const tree = await this.ctx.tree();
+            run.treeNotes = tree.notes;
             const dest = await port.inPlaceBegin(this.token, run.before);
-            const stats = await port.transfer({ source: this.ctx.exportDir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+            const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
             await port.inPlaceFinish(this.token, commit);
             run.report.files_changed = stats.filesChanged;
             run.report.bytes_sent = stats.bytesSent;
@@ -82870,7 +82876,7 @@ class FleetRelease {
                 throw new VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
             }
             run.report.verified = true;
-            run.report.notes.push(...(this.ctx.deployNotes ?? []));
+            run.report.notes.push(...run.treeNotes);
             this.say(run, `live on ${release_short(commit)}`);
         })));
     }
@@ -83023,6 +83029,16 @@ class FleetRelease {
         this.ctx.events.info(run.vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
         this.ctx.events.vmFinished?.(report);
     }
+}
+/**
+ * How long a VM's agent session may live in a fleet release of `vmCount` VMs:
+ * the whole run's worst case (lock wait, prepare, then a budget and a health
+ * check per batch), a bound for a session nobody closed, never a deadline.
+ */
+function sessionBudgetS(config, vmCount, lockWaitS) {
+    const { sync, rollout } = config;
+    const batches = planBatches(Array.from({ length: vmCount }, (_, i) => String(i)), rollout).length;
+    return lockWaitS + sync.timeoutS * (2 + batches) + rollout.healthTimeoutS * batches + 60;
 }
 /** Deploys `ctx.commit` to `vms` as one fleet release (see the module comment). Never throws for a VM. */
 async function releaseFleet(ctx, vms) {
@@ -83183,27 +83199,60 @@ async function runSync(config, options = {}) {
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     const exportRoot = makeScratchDir('export');
     const exportDir = external_node_path_default().join(exportRoot, 'tree');
+    const force = options.force ?? false;
+    const dryRun = options.dryRun ?? false;
     try {
-        // Fetch, branch check, reset and export under one hold of the runner-host lock.
-        const commit = await repo.prepareDeploy({ rev: options.commit, fetch: options.fetch !== false, force: options.force ?? false, exportDir });
+        // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
+        // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
+        // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
+        // exported and scanned first.
+        let exported = false;
+        const commit = await repo.prepareDeploy({
+            rev: options.commit,
+            fetch: options.fetch !== false,
+            force,
+            exportDir,
+            exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
+        });
         // The secret-scan gate: before any VM is contacted.
         let scan = null;
-        if (config.repository.secretScanning.enabled) {
+        const gate = async () => {
+            if (!config.repository.secretScanning.enabled) {
+                events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+                return null;
+            }
             const request = options.scanRequest ??
                 (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
             const plan = await planScan(repo, request);
-            scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
-            if (scan.blocked)
-                return { command: 'sync', commit, dry_run: options.dryRun ?? false, scan, vms: [] };
+            return runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
+        };
+        if (exported) {
+            scan = await gate();
+            if (scan?.blocked)
+                return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
         }
         else {
-            events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+            events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`);
         }
-        const dryRun = options.dryRun ?? false;
+        // The tree, for a VM that needs it: exported and scanned once, on first demand.
+        let late = null;
+        const tree = () => {
+            if (exported)
+                return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
+            late ??= (async () => {
+                events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`);
+                await repo.exportTree(commit, exportDir);
+                scan = await gate();
+                if (scan?.blocked)
+                    throw new VmSyncError('secrets_found', `${scan.findings.length} possible secret(s) in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+                return { dir: exportDir, notes: committedSentinelNote(exportDir) };
+            })();
+            return late;
+        };
         const { rollout } = config;
         events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`);
         if (dryRun) {
-            const ctx = { config, knownHosts, history: repo, commit, exportDir, force: options.force ?? false, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
+            const ctx = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
             return { command: 'sync', commit, dry_run: true, scan, vms: reports };
         }
@@ -83212,10 +83261,9 @@ async function runSync(config, options = {}) {
             openPort: sshPorts(knownHosts),
             history: repo,
             commit,
-            exportDir,
-            force: options.force ?? false,
+            tree,
+            force,
             owner: ownLockOwner(commit, runUrlFromEnv()),
-            deployNotes: committedSentinelNote(exportDir),
             events,
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
@@ -83227,6 +83275,11 @@ async function runSync(config, options = {}) {
     finally {
         external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
     }
+}
+/** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
+async function allRecordedOn(repo, vms, commit) {
+    const recorded = await Promise.all(vms.map((vm) => repo.deployed(vm.id)));
+    return vms.length > 0 && recorded.every((sha) => sha === commit);
 }
 /**
  * `vm-sync verify` / `vm-sync status`: reads every selected VM's `.sync_rev`
@@ -83626,7 +83679,7 @@ async function main_run() {
             external_node_fs_default().writeFileSync(external_node_path_default().resolve(ctx.workspace, inputs.sarifPath), renderSarif(report.scan?.findings ?? []));
         const code = exitCodeFor(report);
         if (code === 3)
-            failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and no VM was contacted` };
+            failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` };
         else if (code !== 0) {
             const bad = report.vms.filter((vm) => vm.result !== 'success');
             failure = { code: bad[0]?.error?.code ?? 'failed', message: `${bad.length} of ${report.vms.length} VM(s) did not succeed: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` };

@@ -191,7 +191,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
     io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
     if (report.scan?.blocked) {
-      io.err(`vm-sync: secrets_found: ${report.scan.findings.length} possible secret(s) in what would be deployed; ${command === 'sync' ? 'the deploy was blocked and no VM was contacted' : 'a sync of it would be blocked'}.\n`);
+      io.err(`vm-sync: secrets_found: ${report.scan.findings.length} possible secret(s) in what would be deployed; ${command !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it'}.\n`);
     }
     return exitCodeFor(report);
   } catch (error) {

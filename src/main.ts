@@ -210,7 +210,7 @@ export async function run(): Promise<void> {
     if (inputs.sarifPath) fs.writeFileSync(path.resolve(ctx.workspace, inputs.sarifPath), renderSarif(report.scan?.findings ?? []));
 
     const code = exitCodeFor(report);
-    if (code === 3) failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and no VM was contacted` };
+    if (code === 3) failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` };
     else if (code !== 0) {
       const bad = report.vms.filter((vm) => vm.result !== 'success');
       failure = { code: bad[0]?.error?.code ?? 'failed', message: `${bad.length} of ${report.vms.length} VM(s) did not succeed: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` };

@@ -57,6 +57,8 @@ export interface PrepareDeployOptions {
   force: boolean;
   /** An empty directory to export the commit into. */
   exportDir: string;
+  /** Asked with the resolved commit before the export; false: skip it (every VM already has the commit). */
+  exportWhen?: (commit: string) => Promise<boolean>;
 }
 
 /** One VM's deployed commit, for {@link RunnerRepo.recordDeployed}. */
@@ -321,6 +323,7 @@ export class RunnerRepo {
           );
         }
         await this.checkoutSteps(commit);
+        if (options.exportWhen && !(await options.exportWhen(commit))) return commit;
         fs.rmSync(options.exportDir, { recursive: true, force: true });
         await this.exportSteps(commit, options.exportDir);
         return commit;

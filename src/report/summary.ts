@@ -63,13 +63,14 @@ function capped(lines: string[]): string {
   return `${kept.join('\n')}\n${open ? '\n</details>\n' : ''}${notice}`;
 }
 
-function scanSection(scan: ScanReport): string[] {
+/** The scan verdict; `contacted`: the run reached VMs before it found them (their rows say what each got). */
+function scanSection(scan: ScanReport, contacted: boolean): string[] {
   const lines = ['### Secret scan', ''];
   if (scan.findings.length === 0) {
     lines.push(`✅ clean — ${markdownText(scan.description, MESSAGE_MAX)}`);
   } else {
     lines.push(
-      `${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ' — the deploy was blocked, no VM was contacted' : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, MESSAGE_MAX)}.`,
+      `${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, MESSAGE_MAX)}.`,
       '',
       '| Rule | File | Line | Commit | Author | Fingerprint |',
       '|---|---|---|---|---|---|',
@@ -120,7 +121,7 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
   lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
   if (report.commit) lines.push(`Commit ${markdownCode(report.commit, CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
   if (ctx.failure) lines.push(`❌ ${markdownCode(ctx.failure.code, CELL_MAX)}: ${markdownText(ctx.failure.message, MESSAGE_MAX)}`, '');
-  if (report.scan) lines.push(...scanSection(report.scan), '');
+  if (report.scan) lines.push(...scanSection(report.scan, report.vms.length > 0), '');
   if (report.rollout) {
     const r = report.rollout;
     const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;

@@ -110,28 +110,59 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
   const exportRoot = makeScratchDir('export');
   const exportDir = path.join(exportRoot, 'tree');
+  const force = options.force ?? false;
+  const dryRun = options.dryRun ?? false;
   try {
-    // Fetch, branch check, reset and export under one hold of the runner-host lock.
-    const commit = await repo.prepareDeploy({ rev: options.commit, fetch: options.fetch !== false, force: options.force ?? false, exportDir });
+    // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
+    // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
+    // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
+    // exported and scanned first.
+    let exported = false;
+    const commit = await repo.prepareDeploy({
+      rev: options.commit,
+      fetch: options.fetch !== false,
+      force,
+      exportDir,
+      exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
+    });
 
     // The secret-scan gate: before any VM is contacted.
     let scan: ScanReport | null = null;
-    if (config.repository.secretScanning.enabled) {
+    const gate = async (): Promise<ScanReport | null> => {
+      if (!config.repository.secretScanning.enabled) {
+        events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+        return null;
+      }
       const request: ScanRequest =
         options.scanRequest ??
         (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
       const plan = await planScan(repo, request);
-      scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
-      if (scan.blocked) return { command: 'sync', commit, dry_run: options.dryRun ?? false, scan, vms: [] };
+      return runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
+    };
+    if (exported) {
+      scan = await gate();
+      if (scan?.blocked) return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
     } else {
-      events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+      events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`);
     }
+    // The tree, for a VM that needs it: exported and scanned once, on first demand.
+    let late: Promise<{ dir: string; notes: string[] }> | null = null;
+    const tree = (): Promise<{ dir: string; notes: string[] }> => {
+      if (exported) return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
+      late ??= (async () => {
+        events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`);
+        await repo.exportTree(commit, exportDir);
+        scan = await gate();
+        if (scan?.blocked) throw new VmSyncError('secrets_found', `${scan.findings.length} possible secret(s) in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+        return { dir: exportDir, notes: committedSentinelNote(exportDir) };
+      })();
+      return late;
+    };
 
-    const dryRun = options.dryRun ?? false;
     const { rollout } = config;
     events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`);
     if (dryRun) {
-      const ctx: RunContext = { config, knownHosts, history: repo, commit, exportDir, force: options.force ?? false, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
+      const ctx: RunContext = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
       const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
       return { command: 'sync', commit, dry_run: true, scan, vms: reports };
     }
@@ -141,10 +172,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         openPort: sshPorts(knownHosts),
         history: repo,
         commit,
-        exportDir,
-        force: options.force ?? false,
+        tree,
+        force,
         owner: ownLockOwner(commit, runUrlFromEnv()),
-        deployNotes: committedSentinelNote(exportDir),
         events,
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
@@ -157,6 +187,12 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   } finally {
     fs.rmSync(exportRoot, { recursive: true, force: true });
   }
+}
+
+/** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
+async function allRecordedOn(repo: RunnerRepo, vms: readonly VmConfig[], commit: string): Promise<boolean> {
+  const recorded = await Promise.all(vms.map((vm) => repo.deployed(vm.id)));
+  return vms.length > 0 && recorded.every((sha) => sha === commit);
 }
 
 /**

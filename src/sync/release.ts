@@ -31,13 +31,16 @@ export interface ReleaseContext {
   history: History;
   /** The full hash being deployed. */
   commit: string;
-  /** Clean export of `commit` on the runner host. */
-  exportDir: string;
+  /**
+   * The clean export of `commit` on the runner host, and the notes for every
+   * VM that gets it (a committed `.sync_rev` not deployed). Asked only when a
+   * VM needs the tree: a run whose VMs are all on the commit may export and
+   * scan nothing; one that finds secrets then rejects, and no VM gets the tree.
+   */
+  tree(): Promise<{ dir: string; notes: string[] }>;
   force: boolean;
   /** Who this run is, as recorded in each VM's lock (the VM adds the deadline). */
   owner: Omit<LockOwner, 'deadline'>;
-  /** Notes for every VM that gets the new release. */
-  deployNotes?: string[];
   events: EngineEvents;
   signal?: AbortSignal;
   /** First retry delay; doubles each time, plus jitter. */
@@ -62,6 +65,8 @@ interface VmRun {
   touched: boolean;
   /** The row is final (announced). */
   done: boolean;
+  /** Notes about the tree this VM gets (a committed `.sync_rev` not deployed). */
+  treeNotes: string[];
 }
 
 const now = (): string => new Date().toISOString();
@@ -92,12 +97,11 @@ class FleetRelease {
     private readonly ctx: ReleaseContext,
     vms: readonly VmConfig[],
   ) {
-    this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false }));
+    this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, treeNotes: [] }));
     this.token = ctx.owner.token;
     const { sync, rollout } = ctx.config;
     this.budgetMs = sync.timeoutS * 1000;
-    const batches = planBatches(vms.map((vm) => vm.id), rollout).length;
-    this.sessionBudgetS = ctx.lockWaitS + sync.timeoutS * (2 + batches) + rollout.healthTimeoutS * batches + 60;
+    this.sessionBudgetS = sessionBudgetS(ctx.config, vms.length, ctx.lockWaitS);
     this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
   }
 
@@ -267,9 +271,11 @@ class FleetRelease {
       this.say(run, `reusing ${staged.completeRelease}, staged earlier`);
       return;
     }
+    const tree = await this.ctx.tree();
+    run.treeNotes = tree.notes;
     this.say(run, `staging ${short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
     const stats = await port.transfer(
-      { source: this.ctx.exportDir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) },
+      { source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) },
       (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate),
     );
     report.files_changed = stats.filesChanged;
@@ -322,8 +328,10 @@ class FleetRelease {
             return;
           }
           // In place: no staging is possible; the transfer is the flip.
+          const tree = await this.ctx.tree();
+          run.treeNotes = tree.notes;
           const dest = await port.inPlaceBegin(this.token, run.before as Probe);
-          const stats = await port.transfer({ source: this.ctx.exportDir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) =>
+          const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) =>
             this.ctx.events.progress(run.vm.id, p.percent, p.rate),
           );
           await port.inPlaceFinish(this.token, commit);
@@ -348,7 +356,7 @@ class FleetRelease {
             throw new VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
           }
           run.report.verified = true;
-          run.report.notes.push(...(this.ctx.deployNotes ?? []));
+          run.report.notes.push(...run.treeNotes);
           this.say(run, `live on ${short(commit)}`);
         }),
       ),
@@ -504,6 +512,17 @@ class FleetRelease {
     this.ctx.events.info(run.vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
     this.ctx.events.vmFinished?.(report);
   }
+}
+
+/**
+ * How long a VM's agent session may live in a fleet release of `vmCount` VMs:
+ * the whole run's worst case (lock wait, prepare, then a budget and a health
+ * check per batch), a bound for a session nobody closed, never a deadline.
+ */
+export function sessionBudgetS(config: Config, vmCount: number, lockWaitS: number): number {
+  const { sync, rollout } = config;
+  const batches = planBatches(Array.from({ length: vmCount }, (_, i) => String(i)), rollout).length;
+  return lockWaitS + sync.timeoutS * (2 + batches) + rollout.healthTimeoutS * batches + 60;
 }
 
 /** A fleet release's outcome: the rows, how it was rolled out, and the flip skew. */

@@ -115,6 +115,32 @@ test('a sync when every VM is on the commit transfers nothing and costs one hand
     expect([vm.state, vm.action, vm.result, vm.files_changed, vm.bytes_sent, vm.verified]).toEqual(['up-to-date', 'none', 'success', 0, 0, true]);
   }
   expect(handshakes().map((n, i) => n - before[i])).toEqual([1, 1, 1]);
+  // This runner deployed the commit to every VM: nothing was exported or scanned.
+  expect(run.json.scan).toBeNull();
+  expect(run.stderr).toContain('nothing exported or scanned');
+});
+
+test('a VM that left the commit behind the runner\'s back gets the tree after all: exported and scanned then', async () => {
+  // vm02 is put back on its previous release by hand: the runner's record still says it has the commit.
+  const releases = path.join(world.vm('vm02').home, '.app.vm-sync', 'releases');
+  const live = fs.readlinkSync(world.target('vm02'));
+  const older = fs.readdirSync(releases).filter((n) => !n.endsWith('.partial') && `.app.vm-sync/releases/${n}` !== live).sort().at(-1) as string;
+  fs.symlinkSync(`.app.vm-sync/releases/${older}`, `${world.target('vm02')}.tmp`);
+  fs.renameSync(`${world.target('vm02')}.tmp`, world.target('vm02'));
+  // ...and its release of the commit is gone (else the run would flip back to it, sending nothing).
+  fs.rmSync(path.join(world.vm('vm02').home, live), { recursive: true, force: true });
+  const stale = world.sentinel('vm02');
+  expect(stale).not.toBe(`${commits.c2}\n`);
+
+  const run = await world.cli(['sync']);
+
+  expect(run.code).toBe(0);
+  const byId = Object.fromEntries(run.json.vms.map((vm) => [vm.id, vm]));
+  expect([byId.vm01.action, byId.vm02.action, byId.vm03.action]).toEqual(['none', 'deploy', 'none']);
+  expect(byId.vm02).toMatchObject({ result: 'success', rev_after: commits.c2, verified: true });
+  expect(run.json.scan).not.toBeNull();
+  expect(run.stderr).toContain('exporting and scanning it now');
+  expectDeployed(commits.c2);
 });
 
 test('status and verify read .sync_rev back from every VM', async () => {

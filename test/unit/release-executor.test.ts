@@ -30,7 +30,7 @@ function fleetOf(scripts: Partial<Record<string, VmScript>>, ids = IDS): FakeFle
 }
 
 function releaseCtx(config: Config, fleet: FakeFleet, extra: Partial<ReleaseContext> = {}): ReleaseContext {
-  return { config, openPort: fleet.openPort, history: fakeHistory, commit: NEW, exportDir: '/tmp/vm-sync-export', force: false, owner: OWNER, events: recordingEvents(), retryBaseMs: 1, lockWaitS: 0, ...extra };
+  return { config, openPort: fleet.openPort, history: fakeHistory, commit: NEW, tree: async () => ({ dir: '/tmp/vm-sync-export', notes: [] }), force: false, owner: OWNER, events: recordingEvents(), retryBaseMs: 1, lockWaitS: 0, ...extra };
 }
 
 function rowsById(rows: VmReport[]): Record<string, VmReport> {
@@ -128,6 +128,35 @@ describe('all-at-once', () => {
     expect(outcome.rollout.halted_reason).toMatch(/1 of 3/);
     expect(outcome.flip_skew_ms).toBeNull();
     expectClean(fleet);
+  });
+
+  test('the tree is asked for only when a VM needs it; when it is refused (secrets), those VMs fail and get nothing', async () => {
+    // Catches: exporting (and scanning) for a run whose VMs are all on the commit, or transferring after the gate said no.
+    const upToDate = fleetOf({ vm01: { releases: [kept(NEW, 1)] }, vm02: { releases: [kept(NEW, 1)] }, vm03: { releases: [kept(NEW, 1)] } });
+    let asked = 0;
+    const config = fleetConfig(IDS);
+    await releaseFleet(releaseCtx(config, upToDate, { tree: async () => ((asked += 1), { dir: '/tmp/x', notes: [] }) }), config.vms);
+    expect(asked).toBe(0);
+
+    const mixed = fleetOf({ vm01: { releases: [kept(NEW, 1)] } });
+    const outcome = await releaseFleet(
+      releaseCtx(fleetConfig(IDS, { rollout: ['max_failed: "100%"'] }), mixed, {
+        tree: async () => {
+          asked += 1;
+          throw new VmSyncError('secrets_found', '1 possible secret(s): nothing was sent to this VM');
+        },
+      }),
+      config.vms,
+    );
+    const rows = rowsById(outcome.vms);
+    expect(asked).toBeGreaterThan(0);
+    expect(rows.vm01).toMatchObject({ action: 'none', result: 'success' });
+    for (const id of ['vm02', 'vm03']) {
+      expect(rows[id]).toMatchObject({ result: 'failed', error: { code: 'secrets_found' }, rev_after: OLD });
+      expect(mixed.of(id, 'transfer')).toEqual([]);
+      expect(mixed.of(id, 'flip')).toEqual([]);
+    }
+    expectClean(mixed);
   });
 
   test('(b) the same failure with max_failed 1: the others flip', async () => {
