@@ -76971,6 +76971,15 @@ function hostTag() {
 }
 const SCRATCH = /^vm-sync-([a-z]+)-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
 /**
+ * Removes a scratch directory without waiting for it: removing a whole tree
+ * (an export of a large repository takes seconds) must not stand between a
+ * run and its report. The process stays alive until it is done; if it dies
+ * first, {@link sweepScratchDirs} finishes the job on the next run.
+ */
+function removeScratchDirLater(dir) {
+    void external_node_fs_default().promises.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+}
+/**
  * Creates a private (0700) temporary directory `vm-sync-<kind>-<owner>-XXXXXX`
  * in the system temporary directory. `kind` is lower-case letters (export,
  * rsh, gitleaks). The caller removes it in `finally`; {@link sweepScratchDirs}
@@ -83273,7 +83282,7 @@ async function runSync(config, options = {}) {
         return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
     }
     finally {
-        external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
+        removeScratchDirLater(exportRoot);
     }
 }
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */

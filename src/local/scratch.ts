@@ -29,6 +29,16 @@ function hostTag(): string {
 const SCRATCH = /^vm-sync-([a-z]+)-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
 
 /**
+ * Removes a scratch directory without waiting for it: removing a whole tree
+ * (an export of a large repository takes seconds) must not stand between a
+ * run and its report. The process stays alive until it is done; if it dies
+ * first, {@link sweepScratchDirs} finishes the job on the next run.
+ */
+export function removeScratchDirLater(dir: string): void {
+  void fs.promises.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+}
+
+/**
  * Creates a private (0700) temporary directory `vm-sync-<kind>-<owner>-XXXXXX`
  * in the system temporary directory. `kind` is lower-case letters (export,
  * rsh, gitleaks). The caller removes it in `finally`; {@link sweepScratchDirs}

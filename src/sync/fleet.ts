@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { Config, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
-import { makeScratchDir, sweepScratchDirs } from '../local/scratch.js';
+import { makeScratchDir, removeScratchDirLater, sweepScratchDirs } from '../local/scratch.js';
 import { KnownHosts } from '../remote/known-hosts.js';
 import { ownLockOwner } from '../remote/lock.js';
 import { runSecretScan, type ScanReport } from '../scan/gate.js';
@@ -185,7 +185,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     await recordDeployed(repo, outcome.vms, events);
     return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
   } finally {
-    fs.rmSync(exportRoot, { recursive: true, force: true });
+    removeScratchDirLater(exportRoot);
   }
 }
 
