@@ -77,41 +77,52 @@ const median = (xs) => {
 };
 const fix = (x, digits = 2) => (x === null || x === undefined || Number.isNaN(x) ? null : +x.toFixed(digits));
 
-// Peak RSS of the vm-sync node process itself: a preload asks the kernel
-// (getrusage, RUSAGE_SELF) at exit. /usr/bin/time -f %M reports the largest
-// process of the whole run (node, or a child such as gitleaks or rsync), which
-// is a different number, so both are recorded. The preload removes its variable
-// at once so that children of vm-sync never see it.
-const preload = path.join(tmp, 'rss-preload.cjs');
+// What the vm-sync run costs on the runner host. The node process's own peak
+// RSS and CPU time come from a preload that asks the kernel (getrusage,
+// RUSAGE_SELF) at exit. /usr/bin/time adds the whole run's CPU time (node and
+// its children: git, gitleaks, the local rsync and ssh bridges; not the VMs'
+// sshd) and the peak RSS of its largest process. The preload removes its
+// variable at once so that children of vm-sync never see it.
+const preload = path.join(tmp, 'usage-preload.cjs');
 fs.writeFileSync(
   preload,
-  "const out = process.env.BENCH_RSS_OUT; delete process.env.BENCH_RSS_OUT;\n" +
-    "if (out) process.on('exit', () => require('node:fs').writeFileSync(out, String(process.resourceUsage().maxRSS)));\n",
+  "const out = process.env.BENCH_USAGE_OUT; delete process.env.BENCH_USAGE_OUT;\n" +
+    "if (out) process.on('exit', () => { const u = process.resourceUsage();\n" +
+    "  require('node:fs').writeFileSync(out, JSON.stringify({ maxRssKb: u.maxRSS, cpuS: (u.userCPUTime + u.systemCPUTime) / 1e6 })); });\n",
 );
 const TIME = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : null;
-const readKb = (file) => {
+const readLastLine = (file) => {
   try {
     // GNU time prefixes "Command exited with non-zero status N" when it does.
-    return Number(fs.readFileSync(file, 'utf8').trim().split('\n').pop());
+    return fs.readFileSync(file, 'utf8').trim().split('\n').pop();
   } catch {
     return null;
   }
 };
 
-/** Runs the vm-sync CLI: wall time, exit code, output, peak RSS in MB. */
+/** Runs the vm-sync CLI: wall time, exit code, output, and its cost on the runner host. */
 function vmSync(...args) {
-  const rssFile = path.join(tmp, 'rss.out');
+  const usageFile = path.join(tmp, 'usage.out');
   const timeFile = path.join(tmp, 'time.out');
-  fs.rmSync(rssFile, { force: true });
+  fs.rmSync(usageFile, { force: true });
   fs.rmSync(timeFile, { force: true });
   const command = [process.execPath, '--require', preload, cli, ...args];
-  const [exe, ...argv] = TIME ? [TIME, '-f', '%M', '-o', timeFile, ...command] : command;
+  const [exe, ...argv] = TIME ? [TIME, '-f', '%M %U %S', '-o', timeFile, ...command] : command;
   const started = now();
-  const result = spawnSync(exe, argv, { encoding: 'utf8', maxBuffer: 1 << 28, env: { ...process.env, BENCH_RSS_OUT: rssFile } });
+  const result = spawnSync(exe, argv, { encoding: 'utf8', maxBuffer: 1 << 28, env: { ...process.env, BENCH_USAGE_OUT: usageFile } });
   const s = secondsSince(started);
-  const kb = readKb(rssFile);
-  const treeKb = TIME ? readKb(timeFile) : null;
-  return { s, code: result.status, stdout: result.stdout, stderr: result.stderr, rssMb: kb && kb / 1024, treeRssMb: treeKb && treeKb / 1024 };
+  const own = JSON.parse(readLastLine(usageFile) ?? '{}');
+  const [treeKb, user, system] = (readLastLine(timeFile) ?? '').split(' ').map(Number);
+  return {
+    s,
+    code: result.status,
+    stdout: result.stdout,
+    stderr: result.stderr,
+    rssMb: own.maxRssKb ? own.maxRssKb / 1024 : null,
+    cpuS: own.cpuS ?? null,
+    treeRssMb: treeKb ? treeKb / 1024 : null,
+    treeCpuS: TIME && !Number.isNaN(user + system) ? user + system : null,
+  };
 }
 
 const waitForPort = async (host, port) => {
@@ -263,6 +274,8 @@ try {
       blocked: run.code === 3,
       rss_mb: fix(run.rssMb, 0),
       largest_process_rss_mb: fix(run.treeRssMb, 0),
+      cpu_s: fix(run.cpuS),
+      runner_cpu_s: fix(run.treeCpuS),
       handshakes_per_vm: `${Math.min(...perVm)}-${Math.max(...perVm)}`,
       files_changed_per_vm: report.vms.length ? Math.max(...report.vms.map((v) => v.files_changed)) : null,
       bytes_sent_per_vm: report.vms.length ? Math.max(...report.vms.map((v) => v.bytes_sent)) : null,
@@ -401,11 +414,11 @@ try {
   const details = Object.entries(results).flatMap(([scenario, byVariant]) =>
     ['on', 'off'].map((v) => {
       const r = byVariant[v].at(-1);
-      return [`${scenario}, scan ${v}`, r.handshakes_per_vm, r.files_changed_per_vm, r.bytes_sent_per_vm?.toLocaleString('en-US'), r.slowest_vm_s, r.commits_scanned, r.findings, r.largest_process_rss_mb];
+      return [`${scenario}, scan ${v}`, r.handshakes_per_vm, r.files_changed_per_vm, r.bytes_sent_per_vm?.toLocaleString('en-US'), r.slowest_vm_s, r.commits_scanned, r.findings, r.cpu_s, r.runner_cpu_s, r.largest_process_rss_mb];
     }),
   );
   console.log(`\nvm-sync runs in detail (last round)\n`);
-  console.log(table(['run', 'handshakes per VM', 'files changed per VM', 'bytes sent per VM', 'slowest VM s', 'commits scanned', 'findings', 'largest process RSS MB'], details));
+  console.log(table(['run', 'handshakes per VM', 'files changed per VM', 'bytes sent per VM', 'slowest VM s', 'commits scanned', 'findings', 'vm-sync node CPU s', 'runner-host CPU s (all processes)', 'largest process RSS MB'], details));
 
   fs.writeFileSync(
     outFile,
