@@ -82483,7 +82483,7 @@ async function dryRun(vm, ctx, session, target, report, signal) {
     const bridge = await RshBridge.start(session);
     try {
         const dest = before.currentRelease ?? before.target;
-        const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
+        const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: rsyncExcludes(ctx.config, ctx.config.repository.sharedPaths.map((s) => s.path)), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
         report.files_changed = stats.filesChanged;
         for (const change of stats.changes.slice(0, 20))
             report.notes.push(`would change: ${change}`);
@@ -82513,11 +82513,17 @@ function inspectVm(vm, ctx, mode) {
         report.result = 'success';
     }));
 }
-function excludes(config) {
-    // Shared paths are the VM's: never compared with the tree.
-    const list = [...config.repository.rsyncExcludes, ...config.repository.sharedPaths.map((s) => `/${s.path}`)];
+/**
+ * The rsync excludes of a transfer: the configured ones, `.git` unless it is
+ * deployed, and the given shared paths anchored at the release root (their
+ * copy on the VM is the VM's, never the tree's).
+ */
+function rsyncExcludes(config, sharedPaths) {
+    const list = [...config.repository.rsyncExcludes];
     if (config.repository.excludeDotGit && !list.includes('.git'))
         list.push('.git');
+    for (const p of sharedPaths)
+        list.push(`/${p}`);
     return list;
 }
 /** The name of the release a probe found live (vm-sync's symlink), or null. */
@@ -82606,17 +82612,9 @@ async function takeLock(vm, port, options) {
 
 
 const now = () => new Date().toISOString();
+/** rsync's I/O timeout: no data for this long aborts a transfer (a few connect timeouts, at least 30 s). */
+const ioTimeoutS = (config) => Math.max(30, config.sync.connectTimeoutS * 3);
 const release_short = (sha) => (sha ? sha.slice(0, 12) : 'none');
-/** The shared paths as the agent takes them, and the rsync excludes of a transfer. */
-function excludesFor(config, sharedExisting) {
-    const list = [...config.repository.rsyncExcludes];
-    if (config.repository.excludeDotGit && !list.includes('.git'))
-        list.push('.git');
-    // Anchored at the release root: the shared copy is the VM's, never the tree's.
-    for (const p of sharedExisting)
-        list.push(`/${p}`);
-    return list;
-}
 /**
  * The executor. Each phase takes the VMs still in the release and drops the
  * ones it finishes (failed, halted, done); `rows()` is the final report.
@@ -82815,7 +82813,7 @@ class FleetRelease {
         const tree = await this.ctx.tree();
         run.treeNotes = tree.notes;
         this.say(run, `staging ${release_short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
-        const stats = await port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+        const stats = await port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
         report.files_changed = stats.filesChanged;
         report.bytes_sent = stats.bytesSent;
         const sealed = await port.seal(this.token, commit, shared);
@@ -82867,7 +82865,7 @@ class FleetRelease {
             const tree = await this.ctx.tree();
             run.treeNotes = tree.notes;
             const dest = await port.inPlaceBegin(this.token, run.before);
-            const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+            const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: rsyncExcludes(config, []), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
             await port.inPlaceFinish(this.token, commit);
             run.report.files_changed = stats.filesChanged;
             run.report.bytes_sent = stats.bytesSent;

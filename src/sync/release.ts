@@ -21,7 +21,7 @@ import { mapPool } from './pool.js';
 import { afterHealth, chooseRollback, decidePrepare, planBatches, rolloutVerdict } from './planner.js';
 import { classifyState, type History } from './state.js';
 import { failedRow, type EngineEvents, type RolloutReport, type VmReport } from './types.js';
-import { liveRev, releaseOf, sleep, toFailure } from './vm-pipeline.js';
+import { liveRev, releaseOf, rsyncExcludes, sleep, toFailure } from './vm-pipeline.js';
 import { holderName, staleReason, takeLock } from './vm-lock.js';
 
 /** Everything a release needs, given by the entry point. */
@@ -70,16 +70,9 @@ interface VmRun {
 }
 
 const now = (): string => new Date().toISOString();
+/** rsync's I/O timeout: no data for this long aborts a transfer (a few connect timeouts, at least 30 s). */
+const ioTimeoutS = (config: Config): number => Math.max(30, config.sync.connectTimeoutS * 3);
 const short = (sha: string | null): string => (sha ? sha.slice(0, 12) : 'none');
-
-/** The shared paths as the agent takes them, and the rsync excludes of a transfer. */
-function excludesFor(config: Config, sharedExisting: readonly string[]): string[] {
-  const list = [...config.repository.rsyncExcludes];
-  if (config.repository.excludeDotGit && !list.includes('.git')) list.push('.git');
-  // Anchored at the release root: the shared copy is the VM's, never the tree's.
-  for (const p of sharedExisting) list.push(`/${p}`);
-  return list;
-}
 
 /**
  * The executor. Each phase takes the VMs still in the release and drops the
@@ -275,7 +268,7 @@ class FleetRelease {
     run.treeNotes = tree.notes;
     this.say(run, `staging ${short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
     const stats = await port.transfer(
-      { source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: excludesFor(config, staged.sharedExisting), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) },
+      { source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) },
       (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate),
     );
     report.files_changed = stats.filesChanged;
@@ -331,7 +324,7 @@ class FleetRelease {
           const tree = await this.ctx.tree();
           run.treeNotes = tree.notes;
           const dest = await port.inPlaceBegin(this.token, run.before as Probe);
-          const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: excludesFor(config, []), ioTimeoutS: Math.max(30, config.sync.connectTimeoutS * 3) }, (p) =>
+          const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: rsyncExcludes(config, []), ioTimeoutS: ioTimeoutS(config) }, (p) =>
             this.ctx.events.progress(run.vm.id, p.percent, p.rate),
           );
           await port.inPlaceFinish(this.token, commit);

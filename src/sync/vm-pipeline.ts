@@ -130,7 +130,7 @@ async function dryRun(vm: VmConfig, ctx: RunContext, session: VmSession, target:
   const bridge = await RshBridge.start(session);
   try {
     const dest = before.currentRelease ?? before.target;
-    const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: excludes(ctx.config), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
+    const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: rsyncExcludes(ctx.config, ctx.config.repository.sharedPaths.map((s) => s.path)), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
     report.files_changed = stats.filesChanged;
     for (const change of stats.changes.slice(0, 20)) report.notes.push(`would change: ${change}`);
   } finally {
@@ -161,10 +161,15 @@ export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'statu
   );
 }
 
-function excludes(config: Config): string[] {
-  // Shared paths are the VM's: never compared with the tree.
-  const list = [...config.repository.rsyncExcludes, ...config.repository.sharedPaths.map((s) => `/${s.path}`)];
+/**
+ * The rsync excludes of a transfer: the configured ones, `.git` unless it is
+ * deployed, and the given shared paths anchored at the release root (their
+ * copy on the VM is the VM's, never the tree's).
+ */
+export function rsyncExcludes(config: Config, sharedPaths: readonly string[]): string[] {
+  const list = [...config.repository.rsyncExcludes];
   if (config.repository.excludeDotGit && !list.includes('.git')) list.push('.git');
+  for (const p of sharedPaths) list.push(`/${p}`);
   return list;
 }
 
