@@ -40809,7 +40809,7 @@ class FleetRelease {
                 await port.renew(this.token);
             }
             catch (error) {
-                await this.fail(run, toFailure(error));
+                await this.fail(run, this.cause(run, error));
             }
         }));
     }
@@ -40914,11 +40914,19 @@ class FleetRelease {
             await body(run.port);
         }
         catch (error) {
-            let failure = toFailure(error);
-            if (this.ctx.signal?.aborted && failure.code !== 'health_failed')
-                failure = new VmSyncError('interrupted', `run interrupted during ${run.vm.id}'s release; what it serves now is in rev_after`);
-            await this.fail(run, failure);
+            await this.fail(run, this.cause(run, error));
         }
+    }
+    /**
+     * What a step's error means for the row: once the run is cancelled, any
+     * step cut short (a session cancelled reports `timeout`) was interrupted;
+     * a health verdict already reached stands.
+     */
+    cause(run, error) {
+        const failure = toFailure(error);
+        if (this.ctx.signal?.aborted && failure.code !== 'health_failed')
+            return new VmSyncError('interrupted', `run interrupted during ${run.vm.id}'s release; what it serves now is in rev_after`);
+        return failure;
     }
     /** The VMs not yet flipped when the rollout stops: they keep their release, the new one staged. */
     async halt(reason, ids) {

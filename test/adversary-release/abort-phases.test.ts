@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
-import { commitExactly, destroyWorld, disarm, killVmProcesses, liveRev, lockExists, sleep, slowBin, slowFired, waitFor, waitNoVmProcesses } from '../helpers/hardening.js';
+import { closeGate, commitExactly, destroyWorld, disarm, killVmProcesses, liveRev, lockExists, sleep, slowBin, slowFired, waitFor, waitNoVmProcesses } from '../helpers/hardening.js';
 import { configureFleet, expectRan, fleetRows, liveRelease } from '../helpers/fleet-release.js';
 import { World } from '../helpers/world.js';
 
@@ -67,6 +67,9 @@ test('abort during the first batch\'s health command: both VMs unlocked, on a co
 
 test('abort while the unhealthy VM is being flipped back: unlocked, on a complete release, rev_after = served, no process left', async () => {
   // The health command arms the mv wrapper: the revert's `mv -f -T link target` waits (up to 20 s) for a gate that never opens.
+  // The gate must start closed: an earlier test's disarm() opened it, and an open gate lets the
+  // revert finish before the abort, which then lands in the second batch instead.
+  closeGate(mvBin);
   const arm = `printf 'gate 200\\n-T\\n' > '${mvBin}/slow.new' && mv '${mvBin}/slow.new' '${mvBin}/slow'`;
   const { rows, code } = await abortWhen('in-health2', `touch "$HOME/in-health2"; ${arm}; sleep 1; exit 1`, () => slowFired(mvBin) !== null);
   const fired = slowFired(mvBin);

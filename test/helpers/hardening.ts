@@ -150,9 +150,14 @@ export function slowBin(parent: string, programs: string[]): string {
  * up to N tenths of a second (`'gate 200'`).
  */
 export function armSlow(dir: string, how: string, match = ''): void {
-  for (const f of ['fired', 'woke', 'go']) fs.rmSync(path.join(dir, f), { force: true });
+  closeGate(dir);
   fs.writeFileSync(path.join(dir, 'slow.new'), `${how}\n${match}\n`);
   fs.renameSync(path.join(dir, 'slow.new'), path.join(dir, 'slow'));
+}
+
+/** Forgets an earlier firing and closes the gate, for a wrapper armed by other means than armSlow. */
+export function closeGate(dir: string): void {
+  for (const f of ['fired', 'woke', 'go']) fs.rmSync(path.join(dir, f), { force: true });
 }
 
 export function openGate(dir: string): void {

@@ -482,6 +482,23 @@ describe('more edges', () => {
     expectClean(fleet);
   });
 
+  test('a run cancelled while a later batch renews its locks: that VM is interrupted (not timeout), unflipped and unlocked', async () => {
+    // Catches: the renew step reporting the cancelled session's `timeout` as the row's code.
+    const controller = new AbortController();
+    const cancelled = new VmSyncError('timeout', 'renew on vm02 was cancelled');
+    const fleet = fleetOf({ vm02: onOld({ delays: { renew: 40 }, failures: { renew: [null, cancelled] } }) });
+    const config = fleetConfig(IDS, { rollout: ['strategy: rolling', 'batch_size: 1', 'max_failed: "100%"'] });
+    const running = releaseFleet(releaseCtx(config, fleet, { signal: controller.signal }), config.vms);
+    await fleet.until((calls) => calls.filter((c) => c.vm === 'vm02' && c.op === 'renew').length === 2);
+    controller.abort();
+    const outcome = await running;
+    const row = outcome.vms.find((r) => r.id === 'vm02');
+    expect(row).toMatchObject({ result: 'failed', error: { code: 'interrupted' }, rev_after: OLD, flipped_at: null });
+    expect(fleet.of('vm02', 'flip')).toEqual([]);
+    expect(outcome.vms.find((r) => r.id === 'vm01')).toMatchObject({ result: 'success', rev_after: NEW });
+    expectClean(fleet);
+  });
+
   test('a begin whose answer is lost after the VM took the lock: the lock is released before the retry', async () => {
     const fleet = fleetOf({ vm01: onOld({ lostAnswers: { begin: [new VmSyncError('unreachable', 'channel closed')] } }) }, ['vm01']);
     const config = fleetConfig(['vm01'], { sync: ['retries: 1'] });
