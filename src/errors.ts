@@ -36,6 +36,8 @@ export const FAILURE_CODES = [
   'health_failed',
   'rollout_halted',
   'no_release',
+  'release_drifted',
+  'stream_failed',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];

@@ -375,7 +375,9 @@ export function parseConfig(text: string, source: string, home: string = os.home
     'rsync_excludes', 'layout', 'keep_releases', 'shared_paths', 'secret_scanning',
   ]);
   const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
-  const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
+  const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command', 'transfer']);
+  const transfer = sync.string('transfer', 'auto');
+  if (transfer !== 'auto' && transfer !== 'rsync') sync.problem(sync.node('transfer'), `sync.transfer must be 'auto' or 'rsync', not '${transfer}'`);
   const rolloutSection = root.section('rollout', [
     'strategy', 'batch_size', 'max_failed', 'health_command', 'health_timeout_s', 'revert_unhealthy',
   ]);
@@ -492,6 +494,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
       timeoutS: sync.int('timeout_s', 900, 5, 86400),
       retries: sync.int('retries', 3, 0, 10),
       postSyncCommand: postSync,
+      transfer: transfer === 'rsync' ? 'rsync' : 'auto',
     },
     rollout: rollout(rolloutSection),
   } satisfies Config;

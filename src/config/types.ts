@@ -77,6 +77,12 @@ export interface SyncSettings {
   timeoutS: number;
   retries: number;
   postSyncCommand: string | null;
+  /**
+   * `auto`: a VM whose release vm-sync sealed gets only the changes, as one
+   * stream made once per starting commit (rsync when that cannot apply);
+   * `rsync`: always rsync with --checksum.
+   */
+  transfer: 'auto' | 'rsync';
 }
 
 /** The validated configuration: every default filled in, every path checked. */

@@ -13,6 +13,7 @@
 #   P/.N.vm-sync/releases/<name>/   releases, named <UTC time>-<sha12>; each has .sync_rev
 #   P/.N.vm-sync/releases/<sha>.partial/   the release being staged (resumable)
 #   P/.N.vm-sync/complete/<name>    completion marker of a release (holds its commit)
+#   P/.N.vm-sync/manifests/<name>   what the release held when sealed (type, mode, size, mtime, inode, path of every entry)
 #   P/.N.vm-sync/shared/<path>      shared paths; each release links to them
 #   P/.N.vm-sync/lock               symlink whose target is the holder's record (src/remote/lock.ts)
 #   P/.N.vm-sync/ops/<pgid>         the holder's running operations, so a later run can stop a dead one's
@@ -97,6 +98,7 @@ state_dirs() {
   own_dir "$RJ"
   own_dir "$S/tmp"
   own_dir "$S/ops"
+  own_dir "$S/manifests"
 }
 # A release is complete when $C/<name> (its completion marker, holding the
 # commit) exists. Releases made before markers existed were renamed into
@@ -164,6 +166,43 @@ safe_parent() { # BASE REL
     [ -d "$cur" ] || return 1
   done
   return 0
+}
+# Whether no existing component of REL's parent directory under BASE is a
+# symlink (nothing is created): removing BASE/REL then cannot reach outside BASE.
+no_link_parent() { # BASE REL
+  case $2 in */*) ;; *) return 0 ;; esac
+  cur=$1
+  old_ifs=$IFS
+  IFS=/
+  set -f
+  # shellcheck disable=SC2086 # split on / on purpose, globbing is off
+  set -- ${2%/*}
+  set +f
+  IFS=$old_ifs
+  for c in "$@"; do
+    cur="$cur/$c"
+    [ -L "$cur" ] && return 1
+    [ -e "$cur" ] || return 0
+  done
+  return 0
+}
+# GNU find and tar: the stat listing and the stream need them.
+gnu_tools() {
+  # shellcheck disable=SC2185 # --version takes no path
+  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'
+}
+# A release's entries as a sorted NUL-separated stat listing (no content is
+# read): what a release held when sealed, compared before it is hard-link
+# copied. Any change by hand (content, mode, a new or removed file, a
+# directory swapped for a symlink) changes size, mtime, inode or type.
+stat_list() { # DIR
+  find "$1" -mindepth 1 -printf '%y %m %s %T@ %i %P\0' | LC_ALL=C sort -z
+}
+# Whether release NAME still is exactly what vm-sync sealed.
+intact() { # NAME
+  m="$S/manifests/$1"
+  [ -f "$m" ] && [ ! -L "$m" ] && [ -d "$R/$1" ] && [ ! -L "$R/$1" ] || return 1
+  stat_list "$R/$1" | cmp -s - "$m"
 }
 # The release the target's symlink points at, when vm-sync made that symlink.
 current_release() {
@@ -382,6 +421,14 @@ stage)
     if [ "$ok" = 1 ]; then printf '%s\n' "${m##*/}"; fi
   done | sort -r | head -n 1)
   out complete "$reuse"
+  # Whether the stream transfer can build on the live release: GNU tools, and
+  # the live release unchanged since it was sealed (else rsync repairs it).
+  if gnu_tools; then out stream 1; else out stream 0; fi
+  if [ -z "$live" ]; then out base_state none
+  elif [ ! -f "$S/manifests/${live##*/}" ]; then out base_state unknown
+  elif gnu_tools && intact "${live##*/}"; then out base_state intact
+  else out base_state drifted
+  fi
   # Shared paths that already exist are excluded from the transfer; the
   # others are transferred once, to seed them.
   for rel in "$@"; do
@@ -436,6 +483,12 @@ seal)
   name="$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' "$sha" | cut -c1-12)"
   [ ! -e "$R/$name" ] || name="$name-$$"
   rm -rf -- "${C:?}/$name"
+  own_dir "$S/manifests"
+  rm -rf -- "${S:?}/manifests/$name"
+  if gnu_tools; then
+    mf="$S/tmp/manifest.$$"
+    if ! { stat_list "$stage" > "$mf" && mv -f -- "$mf" "$S/manifests/$name"; }; then rm -f -- "$mf"; fi
+  fi
   printf '%s\n' "$sha" > "$C/$name" || fail failed "cannot write the completion marker"
   mv -- "$stage" "$R/$name" || { rm -f -- "$C/$name"; fail failed "cannot rename $stage"; }
   flush "$R"
@@ -476,6 +529,60 @@ flip)
     keep=$(mktemp "$S/tmp/history.XXXXXX") && tail -n 200 -- "$S/history" > "$keep" && mv -f -- "$keep" "$S/history"
   fi
   out release "$name"
+  ;;
+apply)
+  # Builds this commit's staged release from the stream on stdin: the paths to
+  # remove (one a line, as printf %b escapes, ended by a line "."), then a
+  # gzip'd tar of the changed entries, each with its parent directories. With
+  # BASE (a release name) the release starts as a hard-link copy of BASE,
+  # which must be the live release and unchanged since it was sealed; without
+  # it, from nothing. Nothing live changes; seal completes the release.
+  token=$1 sha=$2 base=$3
+  require_lock "$token"
+  gnu_tools || fail stream_failed "GNU tar and find are needed for the stream transfer"
+  stage="$R/$sha.partial"
+  if [ -L "$stage" ]; then rm -f -- "$stage"; fi
+  rm -rf -- "$stage" || fail failed "cannot remove $stage"
+  mkdir -- "$stage" || fail failed "cannot create $stage"
+  if [ -n "$base" ]; then
+    case $base in */* | .* | *.partial) fail failed "bad base release name" ;; esac
+    cur=$(current_release)
+    if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
+    intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
+    if ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"; fi
+  fi
+  removed=0
+  while IFS= read -r line; do
+    [ "$line" = . ] && break
+    rel=$(printf '%bx' "$line")
+    rel=${rel%x}
+    case /$rel/ in // | *//* | */./* | */../*) fail failed "bad path in the stream" ;; esac
+    no_link_parent "$stage" "$rel" || fail release_drifted "a parent directory of a changed path is a symlink in $base"
+    rm -rf -- "${stage:?}/$rel" || fail failed "cannot remove a changed path from $stage"
+    removed=$((removed + 1))
+    # Directories a deletion left empty go too (git keeps none; what the stream adds comes after).
+    p=$rel
+    while case $p in */*) true ;; *) false ;; esac; do
+      p=${p%/*}
+      if [ -L "$stage/$p" ]; then break; fi
+      if [ -d "$stage/$p" ]; then rmdir -- "$stage/$p" 2>/dev/null || break; fi
+    done
+  done
+  # GNU tar unlinks a file before writing it (a hard link to the live release
+  # is never written through) and replaces a symlink where the stream has a
+  # directory; members never leave the directory.
+  # Its own error (a full disk) goes into the message: vm-sync classifies by it.
+  if ! err=$(tar -x -z -f - -C "$stage" --no-same-owner --delay-directory-restore 2>&1); then
+    # GNU tar reports a full disk as a short write ("Wrote only N of M bytes").
+    case $err in
+      *'No space left'* | *'Wrote only'* | *'Disk quota'*)
+        free=$(df -Pk -- "$S" 2>/dev/null | awk 'NR == 2 { print $4 }')
+        fail storage_full "No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again" ;;
+    esac
+    fail failed "cannot unpack the stream into $stage: $(printf '%s' "$err" | tail -n 2)"
+  fi
+  out removed "$removed"
+  out stage "$stage"
   ;;
 releases)
   # Read-only: the kept releases (complete ones with their commit) and the live one.
@@ -554,7 +661,7 @@ prune)
   for p in "$R"/*.partial; do
     [ -d "$p" ] && [ ! -L "$p" ] && rm -rf -- "$p" && out pruned "${p##*/}"
   done
-  for m in "$C"/* "$RJ"/*; do
+  for m in "$C"/* "$RJ"/* "$S/manifests"/*; do
     if [ -e "$m" ] || [ -L "$m" ]; then [ -d "$R/${m##*/}" ] || rm -f -- "$m"; fi
   done
   list=$(mktemp "$S/tmp/prune.XXXXXX") || fail failed "cannot create a temporary file in $S/tmp"

@@ -27,6 +27,8 @@ export interface VmPort {
   begin(owner: Omit<LockOwner, 'deadline'>, options: { expect: string; force: boolean; legacyStaleAfterS: number; expectedBreak?: string }): Promise<BeginOutcome>;
   stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[]): Promise<StageResult>;
   transfer(plan: TransferPlan, onProgress?: (p: { percent: number; rate: string }) => void): Promise<RsyncStats>;
+  /** Builds the staged release from a stream file: a hard-link copy of `base` (or nothing) changed as the stream says. */
+  apply(token: string, sha: string, base: string | null, file: string, onSent?: (bytes: number) => void): Promise<{ removed: number }>;
   seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>): Promise<{ release: string; seeded: string[]; created: string[] }>;
   flip(token: string, release: string, reject?: boolean): Promise<{ previous: string | null; movedAside: string | null }>;
   inPlaceBegin(token: string, probed: Probe): Promise<string>;
@@ -75,6 +77,7 @@ export function sshPorts(knownHosts: KnownHosts): OpenPort {
           await bridge.close();
         }
       },
+      apply: (token, sha, base, file, onSent) => target.apply(token, sha, base, file, onSent),
       seal: (token, sha, shared) => target.seal(token, sha, shared),
       flip: (token, release, reject) => target.flip(token, release, reject),
       inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),

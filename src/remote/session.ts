@@ -8,6 +8,13 @@ import { shellQuote } from './agent-script.js';
 import { fingerprint, isPinned, isRevoked, keyType, probeHostKeys, type KnownHosts, type PinnedHost } from './known-hosts.js';
 import { vmText } from './untrusted.js';
 
+/** A file sent as a command's standard input (then end of input). */
+export interface ExecInput {
+  path: string;
+  /** Bytes sent so far, as they go. */
+  onSent?: (bytes: number) => void;
+}
+
 /** The outcome of one command on a VM. `code` is -1 when the command was killed or the channel died. */
 export interface ExecResult {
   code: number;
@@ -143,7 +150,7 @@ export class VmSession {
    * everything else only as a bounded sample, so a login shell that prints
    * megabytes can neither exhaust memory nor push the answer out.
    */
-  exec(command: string, timeoutMs: number, signal?: AbortSignal, frame?: string, onFramedLine?: (line: string) => void): Promise<ExecResult> {
+  exec(command: string, timeoutMs: number, signal?: AbortSignal, frame?: string, onFramedLine?: (line: string) => void, input?: ExecInput): Promise<ExecResult> {
     return new Promise<ExecResult>((resolve, reject) => {
       const connection = this.ssh.connection;
       if (!connection || this.closed) {
@@ -212,6 +219,19 @@ export class VmSession {
           for (const line of lines) take(line);
         });
         ch.stderr.on('data', (data: Buffer) => err.add(data.toString('utf8')));
+        if (input) {
+          // The file is read as it is sent: a stream of any size costs one buffer of memory.
+          const file = fs.createReadStream(input.path);
+          let sent = 0;
+          file.on('data', (chunk) => {
+            sent += chunk.length;
+            input.onSent?.(sent);
+          });
+          file.on('error', (error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${getErrorMessage(error)}`)));
+          // A command that exits without reading all of it ends the pipe: its answer says why.
+          ch.on('error', () => undefined);
+          file.pipe(ch);
+        }
         ch.on('exit', (exitCode: number | null) => {
           code = typeof exitCode === 'number' ? exitCode : -1;
         });

@@ -6,7 +6,7 @@ import { AgentSession } from './agent-session.js';
 import { codeFromStderr } from './classify.js';
 import { encodeLockOwner, type LockOwner } from './lock.js';
 import type { RemoteGuard } from './rsh-bridge.js';
-import type { VmSession } from './session.js';
+import type { ExecInput, VmSession } from './session.js';
 import { vmBlock, vmText } from './untrusted.js';
 
 /** What the target path holds on the VM. */
@@ -80,7 +80,19 @@ export interface StageResult {
   sharedExisting: string[];
   /** The newest complete release of this commit kept on the VM, or null. */
   completeRelease: string | null;
+  /** Whether the VM has what the stream transfer needs (GNU tar and find). */
+  streamSupported: boolean;
+  /** Whether the live release can be the base of a stream (see {@link BaseState}). */
+  baseState: BaseState;
 }
+
+/**
+ * The live release as a base for the stream transfer: `none` (no live
+ * release), `unknown` (sealed before vm-sync kept manifests), `intact`
+ * (unchanged since it was sealed), `drifted` (changed on the VM since).
+ */
+export type BaseState = 'none' | 'unknown' | 'intact' | 'drifted';
+const BASE_STATES: readonly BaseState[] = ['none', 'unknown', 'intact', 'drifted'];
 
 /** How a health command ended: its exit status (null when it ran out of time) and its last output lines. */
 export interface HealthOutcome {
@@ -136,11 +148,11 @@ export class RemoteTarget {
   }
 
   /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
-  private async call(op: string, args: string[], cleanup: boolean, budgetOverride?: number): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
+  private async call(op: string, args: string[], cleanup: boolean, budgetOverride?: number, input?: ExecInput): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
     const nonce = crypto.randomBytes(12).toString('hex');
     const budgetS = cleanup ? CLEANUP_MS / 1000 : (budgetOverride ?? this.budgetS());
     try {
-      if (!cleanup) {
+      if (!cleanup && !input) {
         // Ordinary operations share one agent session: one channel, no shell start per step.
         if (!this.agent?.alive) {
           this.agent = null;
@@ -163,7 +175,8 @@ export class RemoteTarget {
         }
       }
       const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
-      const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, undefined, nonce);
+      // A step with input has a channel of its own (the session's stdin carries requests); it is cancelled with the run.
+      const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, input ? this.signal : undefined, nonce, undefined, input);
       return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: vmBlock(result.stderr.trim(), 2000), other: vmBlock(ends(result.other.trim()), 5200) };
     } catch (error) {
       // The channel is gone, but the step may still run on the VM, or start
@@ -173,8 +186,8 @@ export class RemoteTarget {
     }
   }
 
-  private async op(op: string, args: string[], cleanup = false): Promise<AgentResponse> {
-    const { response, code, stderr, other } = await this.call(op, args, cleanup);
+  private async op(op: string, args: string[], cleanup = false, input?: ExecInput): Promise<AgentResponse> {
+    const { response, code, stderr, other } = await this.call(op, args, cleanup, undefined, input);
     const agentCode = response.get('error');
     if (agentCode === null && code === 0 && response.complete) return response;
     const said = vmText(response.get('message') ?? '', 500);
@@ -255,7 +268,7 @@ export class RemoteTarget {
    * of the shared paths already exist on the VM (excluded from the transfer).
    */
   async stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[] = []): Promise<StageResult> {
-    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete']);
+    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'base_state']);
     // rsync writes there with --delete: only the one directory it must be.
     const expected = path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
     const stage = out.require('stage');
@@ -265,7 +278,27 @@ export class RemoteTarget {
     if (linkDest && linkDest !== probed.target && path.posix.dirname(linkDest) !== releases) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
     const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
     const complete = out.require('complete');
-    return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => vmText(p)), sharedExisting: existing, completeRelease: complete ? releaseName(complete, this.vmId) : null };
+    return {
+      stage,
+      linkDest: linkDest || null,
+      removedPartials: out.all('removed_partial').map((p) => vmText(p)),
+      sharedExisting: existing,
+      completeRelease: complete ? releaseName(complete, this.vmId) : null,
+      streamSupported: out.oneOf('stream', ['0', '1'] as const) === '1',
+      baseState: out.oneOf('base_state', BASE_STATES),
+    };
+  }
+
+  /**
+   * Builds this commit's staged release from a stream file (see
+   * `src/sync/stream.ts`): a hard-link copy of `base` (the live release,
+   * which the VM checks is unchanged since it was sealed) or nothing, minus
+   * the paths the stream removes, plus what it carries. Fails with
+   * `release_drifted` when the base is not what vm-sync sealed.
+   */
+  async apply(token: string, sha: string, base: string | null, file: string, onSent?: (bytes: number) => void): Promise<{ removed: number }> {
+    const out = (await this.op('apply', [token, sha, base ?? ''], false, { path: file, onSent })).only(['removed', 'stage']);
+    return { removed: toInt(out.require('removed')) };
   }
 
   /**

@@ -11,7 +11,8 @@ import { planScan, type ScanRequest } from '../scan/plan.js';
 import { sshPorts } from '../remote/port.js';
 import { mapPool } from './pool.js';
 import { releaseFleet, rollbackFleet } from './release.js';
-import { dryRunVm, inspectVm, type RunContext } from './vm-pipeline.js';
+import { ReleaseStreams } from './stream.js';
+import { dryRunVm, inspectVm, rsyncExcludes, type RunContext } from './vm-pipeline.js';
 import { failedRow, silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
 
 /** Options shared by every engine command. */
@@ -112,6 +113,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   const exportDir = path.join(exportRoot, 'tree');
   const force = options.force ?? false;
   const dryRun = options.dryRun ?? false;
+  let streamDir: string | null = null;
   try {
     // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
     // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
@@ -166,6 +168,19 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
       return { command: 'sync', commit, dry_run: true, scan, vms: reports };
     }
+    // The stream transfer: made once per starting commit, for every VM on it.
+    const streams =
+      config.sync.transfer === 'auto' && config.repository.layout === 'atomic'
+        ? new ReleaseStreams({
+            repoDir: repo.dir,
+            commit,
+            tree,
+            excludes: rsyncExcludes(config, []),
+            sharedPaths: config.repository.sharedPaths.map((s) => s.path),
+            scratchDir: (streamDir = makeScratchDir('stream')),
+            env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined,
+          })
+        : null;
     const outcome = await releaseFleet(
       {
         config,
@@ -179,6 +194,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
         lockWaitS: options.lockWaitS ?? 0,
+        stream: streams ? (base) => streams.for(base) : undefined,
       },
       vms,
     );
@@ -186,6 +202,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
   } finally {
     removeScratchDirLater(exportRoot);
+    if (streamDir) removeScratchDirLater(streamDir);
   }
 }
 

@@ -16,13 +16,14 @@ import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { LockOwner } from '../remote/lock.js';
 import { KILL_GRACE_S } from '../remote/agent-script.js';
 import type { OpenPort, VmPort } from '../remote/port.js';
-import { CLEANUP_MS, type BeginOutcome, type Probe } from '../remote/target.js';
+import { CLEANUP_MS, type BeginOutcome, type Probe, type StageResult } from '../remote/target.js';
 import { mapPool } from './pool.js';
 import { afterHealth, chooseRollback, decidePrepare, planBatches, rolloutVerdict } from './planner.js';
 import { classifyState, type History } from './state.js';
 import { failedRow, type EngineEvents, type RolloutReport, type VmReport } from './types.js';
 import { liveRev, releaseOf, rsyncExcludes, sleep, toFailure } from './vm-pipeline.js';
 import { holderName, staleReason, takeLock } from './vm-lock.js';
+import type { StreamOutcome } from './stream.js';
 
 /** Everything a release needs, given by the entry point. */
 export interface ReleaseContext {
@@ -47,6 +48,12 @@ export interface ReleaseContext {
   retryBaseMs: number;
   /** Seconds to wait for a VM locked by another run (0: fail at once). */
   lockWaitS: number;
+  /**
+   * The release stream from a VM's live commit (null: from nothing) to
+   * `commit`, made once per starting commit (`src/sync/stream.ts`). Absent:
+   * every transfer is rsync.
+   */
+  stream?: (base: string | null) => Promise<StreamOutcome>;
 }
 
 /** One VM through the phases: its row, its open port while it holds the lock, its releases. */
@@ -266,11 +273,15 @@ class FleetRelease {
     }
     const tree = await this.ctx.tree();
     run.treeNotes = tree.notes;
-    this.say(run, `staging ${short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
-    const stats = await port.transfer(
-      { source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) },
-      (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate),
-    );
+    const stats =
+      (await this.streamed(run, port, staged)) ??
+      (await (async () => {
+        this.say(run, `staging ${short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
+        return port.transfer(
+          { source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) },
+          (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate),
+        );
+      })());
     report.files_changed = stats.filesChanged;
     report.bytes_sent = stats.bytesSent;
     const sealed = await port.seal(this.token, commit, shared);
@@ -279,6 +290,42 @@ class FleetRelease {
     run.release = sealed.release;
     report.staged_at = now();
     this.say(run, `staged ${short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
+  }
+
+  /**
+   * The stream transfer, when it applies: the VM has GNU tar and find, and
+   * either serves no release (the whole tree) or serves one that is exactly
+   * what vm-sync sealed, of a commit this runner can diff from. Otherwise
+   * null, with the reason in the row when the user should know it (a drifted
+   * release is repaired by rsync, which compares every file).
+   */
+  private async streamed(run: VmRun, port: VmPort, staged: StageResult): Promise<{ filesChanged: number; bytesSent: number } | null> {
+    const { stream, commit } = this.ctx;
+    if (!stream || !staged.streamSupported) return null;
+    const live = run.before ? releaseOf(run.before) : null;
+    if (staged.baseState === 'drifted') {
+      run.report.notes.push(`release ${live} was changed on ${run.vm.id} after vm-sync sealed it (drift): staged through rsync, which compares every file; the new release is exactly the commit`);
+      return null;
+    }
+    if (staged.baseState === 'unknown') return null; // sealed by a vm-sync that kept no manifest
+    const base = staged.baseState === 'intact' ? run.report.rev_before : null;
+    if (staged.baseState === 'intact' && !base) return null;
+    const outcome = await stream(base);
+    if (!outcome.ok) {
+      this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`);
+      return null;
+    }
+    const { stream: made } = outcome;
+    this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`);
+    try {
+      await port.apply(this.token, commit, base ? live : null, made.file, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+    } catch (error) {
+      const failure = toFailure(error);
+      if (failure.code !== 'release_drifted' && failure.code !== 'stream_failed') throw failure;
+      run.report.notes.push(`stream transfer refused by ${run.vm.id} (${failure.message}): staged through rsync instead`);
+      return null;
+    }
+    return { filesChanged: made.files, bytesSent: made.bytes };
   }
 
   /**

@@ -10,12 +10,12 @@ import type { Config, VmConfig } from '../../src/config/types.js';
 import { VmSyncError } from '../../src/errors.js';
 import type { LockOwner } from '../../src/remote/lock.js';
 import type { OpenPort, TransferPlan, VmPort } from '../../src/remote/port.js';
-import type { BeginOutcome, HealthOutcome, Probe, ReleaseList, SentinelState } from '../../src/remote/target.js';
+import type { BaseState, BeginOutcome, HealthOutcome, Probe, ReleaseList, SentinelState } from '../../src/remote/target.js';
 import type { History } from '../../src/sync/state.js';
 import type { EngineEvents, VmReport } from '../../src/sync/types.js';
 
 export type Op =
-  | 'open' | 'probe' | 'begin' | 'stage' | 'transfer' | 'seal' | 'flip' | 'inPlaceBegin' | 'inPlaceFinish' | 'releases' | 'renew' | 'health' | 'prune'
+  | 'open' | 'probe' | 'begin' | 'stage' | 'transfer' | 'apply' | 'seal' | 'flip' | 'inPlaceBegin' | 'inPlaceFinish' | 'releases' | 'renew' | 'health' | 'prune'
   | 'postSync' | 'unlock' | 'breakLock' | 'stopInterrupted' | 'extendTo' | 'close';
 
 /** One call on a port (or an `open`), in the order they happened across the whole fleet. */
@@ -61,6 +61,10 @@ export interface VmScript {
   health?: HealthOutcome[];
   /** Another run's lock record standing on the VM. */
   lockedBy?: string | null;
+  /** The VM has GNU tar and find (stage answers stream=1); default false: every transfer is rsync. */
+  stream?: boolean;
+  /** What stage says of the live release as a stream base; default: intact when live, else none. */
+  baseState?: BaseState;
   /** Begin never releases the lock at once, even on the expected commit (an agent that keeps it). */
   keepsLockAtBegin?: boolean;
 }
@@ -252,9 +256,23 @@ export class FakeFleet {
           vm.requireLock(token, 'stage');
           // As agent.sh: the newest complete release of this commit kept on the VM, for the caller to reuse.
           const completeRelease = [...vm.releases].filter(([, commit]) => commit === sha).map(([name]) => name).sort().at(-1) ?? null;
-          return { stage: `/home/deploy/.app-${vm.id}.vm-sync/releases/${sha}.partial`, linkDest: vm.live, removedPartials: [], sharedExisting: [], completeRelease };
+          return {
+            stage: `/home/deploy/.app-${vm.id}.vm-sync/releases/${sha}.partial`,
+            linkDest: vm.live,
+            removedPartials: [],
+            sharedExisting: [],
+            completeRelease,
+            streamSupported: vm.script.stream ?? false,
+            baseState: vm.script.baseState ?? (vm.live ? 'intact' : 'none'),
+          };
         }),
       transfer: (plan: TransferPlan) => op('transfer', [plan], () => ({ filesChanged: 3, bytesSent: 1234, changes: [] })),
+      apply: (token, sha, base, file) =>
+        op('apply', [token, sha, base, file], () => {
+          vm.requireLock(token, 'apply');
+          if (base !== null && base !== vm.live) throw new VmSyncError('release_drifted', `the live release is no longer ${base}`);
+          return { removed: 0 };
+        }),
       seal: (token, sha, shared) =>
         op('seal', [token, sha, shared], () => {
           vm.requireLock(token, 'seal');

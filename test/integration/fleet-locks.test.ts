@@ -64,6 +64,8 @@ test('while a deploy holds l01: locks lists its holder; sync fails locked at onc
   // A second runner host (its own clone) for the runs that meet the held lock.
   const other = secondConfig(world, 'b');
 
+  // The holder transfers through rsync, whose server on l01 waits at a gate: it holds the lock meanwhile.
+  world.writeConfig({ sync: ['transfer: rsync'] });
   armSlow(rsyncBin, 'gate 600', '--server');
   // Runs still pending when an assertion fails are stopped, so a failure does not leave them running into afterAll.
   const stop = new AbortController();

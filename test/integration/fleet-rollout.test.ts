@@ -135,6 +135,7 @@ test('rolling, batch_size 1, max_failed 0, vm02 unhealthy: vm01 deployed, vm02 f
 test('all-at-once (the default): no VM flips until every VM is staged; the fast VMs serve the old commit while the slow one transfers', async () => {
   const next = commitExactly(world, { 'app.txt': `all-at-once ${Date.now()}\n`, 'lib/keep.txt': 'keep\n', 'more.txt': 'more\n' }, 'all at once');
   // a02's rsync server starts 6 s late: its transfer is under way, nothing arrives.
+  configureFleet(world, { sync: ['transfer: rsync'] });
   armSlow(rsyncBin, '6', '--server');
   const watch = watchLive(world, ['a01', 'a03'], liveRev);
   const run = await world.cli(['sync', '--vm', ALL.join(',')]);

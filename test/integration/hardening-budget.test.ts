@@ -36,6 +36,7 @@ let syncBinA: string;
 let syncBinI: string;
 let rsyncBinA: string;
 let rsyncBinI: string;
+let tarBin: string;
 let c0: string;
 
 beforeAll(async () => {
@@ -45,13 +46,15 @@ beforeAll(async () => {
   syncBinI = slowBin(bins, ['sync']);
   rsyncBinA = slowBin(bins, ['rsync']);
   rsyncBinI = slowBin(bins, ['rsync']);
-  world = await World.create(['slowflip', 'post', 'posttime', 'slowsynca', 'slowsynci', 'slowrsynca', 'slowrsynci'], {
+  tarBin = slowBin(bins, ['tar']);
+  world = await World.create(['slowflip', 'post', 'posttime', 'slowsynca', 'slowsynci', 'slowrsynca', 'slowrsynci', 'slowtar'], {
     sshdExtra: {
       slowflip: [`SetEnv PATH=${flipBin}:/usr/bin:/bin`],
       slowsynca: [`SetEnv PATH=${syncBinA}:/usr/bin:/bin`],
       slowsynci: [`SetEnv PATH=${syncBinI}:/usr/bin:/bin`],
       slowrsynca: [`SetEnv PATH=${rsyncBinA}:/usr/bin:/bin`],
       slowrsynci: [`SetEnv PATH=${rsyncBinI}:/usr/bin:/bin`],
+      slowtar: [`SetEnv PATH=${tarBin}:/usr/bin:/bin`],
     },
   });
   c0 = commitExactly(world, { 'app.txt': 'c0\n' }, 'c0');
@@ -59,12 +62,12 @@ beforeAll(async () => {
   expect([first.json.error ?? null, first.json.vms.map((vm) => [vm.id, vm.result])]).toEqual([null, ['slowflip', 'post', 'posttime', 'slowsynca'].map((id) => [id, 'success'])]);
 });
 afterAll(() => {
-  for (const bin of [flipBin, syncBinA, syncBinI, rsyncBinA, rsyncBinI]) if (bin) disarm(bin);
+  for (const bin of [flipBin, syncBinA, syncBinI, rsyncBinA, rsyncBinI, tarBin]) if (bin) disarm(bin);
   destroyWorld(world);
   if (bins) fs.rmSync(bins, { recursive: true, force: true });
 });
 afterEach(() => {
-  for (const bin of [flipBin, syncBinA, syncBinI, rsyncBinA, rsyncBinI]) disarm(bin);
+  for (const bin of [flipBin, syncBinA, syncBinI, rsyncBinA, rsyncBinI, tarBin]) disarm(bin);
   killVmProcesses(world);
   configure(world);
 });
@@ -197,16 +200,17 @@ test.each([
 });
 
 test.each([
-  ['atomic', 'slowrsynca', () => rsyncBinA, [] as string[]],
-  ['in-place', 'slowrsynci', () => rsyncBinI, ['layout: in-place']],
-])('a run cancelled while the transfer runs (%s): interrupted, rev_after is what the VM serves then, nothing left running', async (_label, id, bin, repository) => {
+  ['atomic, rsync', 'slowrsynca', () => rsyncBinA, [] as string[], ['transfer: rsync'], '--server'],
+  ['in-place, rsync', 'slowrsynci', () => rsyncBinI, ['layout: in-place'], [] as string[], '--server'],
+  ['atomic, the stream unpacked by tar', 'slowtar', () => tarBin, [] as string[], [] as string[], '-x'],
+])('a run cancelled while the transfer runs (%s): interrupted, rev_after is what the VM serves then, nothing left running', async (_label, id, bin, repository, sync, match) => {
   const vm = world.vm(id);
-  configure(world, { repository });
+  configure(world, { repository, sync });
   const base = commitExactly(world, { 'app.txt': `${id} base ${Date.now()}\n` }, `${id} base`);
   const ready = await world.cli(['sync', '--vm', id]);
   expect([ready.code, liveRev(world, id)]).toEqual([0, base]);
   commitExactly(world, { 'app.txt': `${id} next ${Date.now()}\n`, 'more.txt': 'more\n' }, `${id} next`);
-  armSlow(bin(), '20', '--server'); // the VM's rsync server starts 20 s late: the transfer is under way, nothing arrives
+  armSlow(bin(), '20', match); // the VM's rsync server (or tar unpacking the stream) starts 20 s late: the transfer is under way, nothing arrives
 
   const controller = new AbortController();
   const pending = world.cli(['sync', '--vm', id], { signal: controller.signal });
@@ -218,7 +222,7 @@ test.each([
   expectRevShapes(row);
   const left = await waitNoVmProcesses(vm, 3000);
   expect({
-    fired: /^rsync --server/.test(fired ?? ''),
+    fired: (match === '-x' ? /^tar -x/ : /^rsync --server/).test(fired ?? ''),
     code: run.code,
     error: row.error?.code,
     waitedForStep: returnedAt >= (slowFiredAt(bin()) ?? 0) + 20_000,

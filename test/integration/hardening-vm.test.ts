@@ -24,7 +24,7 @@ import {
   vmProcesses,
   waitFor,
 } from '../helpers/hardening.js';
-import { World } from '../helpers/world.js';
+import { expectedTree, snapshotTree, World } from '../helpers/world.js';
 
 /*
  * Contract 3, 6a and 7 of the remote hardening: what a run decides about a
@@ -100,7 +100,17 @@ describe('a login shell that prints to stdout (~/.bashrc with forged key=value l
     }
   });
 
-  test('sync fails remote_shell_unclean with rsync\'s hint, the VM keeps its release, a clean VM in the same run deploys', async () => {
+  test('the stream transfer (framed, like every agent step) deploys through a chatty login shell; the tree is exact', async () => {
+    const c = commitExactly(world, { 'app.txt': `streamed ${Date.now()}\n`, 'lib/a.txt': 'a\n' }, 'streamed');
+    const sync = await world.cli(['sync', '--vm', 'chatty']);
+    expect([sync.code, rows(sync).chatty.result, liveRev(world, 'chatty'), rows(sync).chatty.bytes_sent > 0]).toEqual([0, 'success', c, true]);
+    expect(snapshotTree(world.target('chatty'))).toEqual(expectedTree(world.ws, c));
+    expect(sync.stdout + sync.stderr).not.toContain(ESC);
+  });
+
+  test('through rsync (sync.transfer: rsync), it fails remote_shell_unclean with rsync\'s hint, the VM keeps its release, a clean VM in the same run deploys', async () => {
+    configure(world, { sync: ['transfer: rsync'] });
+    const kept = liveRev(world, 'chatty');
     const c2 = commitExactly(world, { 'app.txt': `c2 ${Date.now()}\n`, 'lib/a.txt': 'a\n' }, 'c2');
     const sync = await world.cli(['sync', '--vm', 'chatty,clean']);
     const table = await world.cli(['sync', '--vm', 'chatty'], { json: false });
@@ -110,7 +120,7 @@ describe('a login shell that prints to stdout (~/.bashrc with forged key=value l
       code: sync.code,
       chatty: [byId.chatty.result, byId.chatty.error?.code, byId.chatty.rev_after, liveRev(world, 'chatty'), lockExists(world, 'chatty')],
       clean: [byId.clean.result, byId.clean.rev_after, liveRev(world, 'clean')],
-    }).toEqual({ code: 1, chatty: ['failed', 'remote_shell_unclean', c1, c1, false], clean: ['success', c2, c2] });
+    }).toEqual({ code: 1, chatty: ['failed', 'remote_shell_unclean', kept, kept, false], clean: ['success', c2, c2] });
     expect(byId.chatty.error?.message).toMatch(/is your shell clean/);
     for (const run of [sync, table]) {
       expect(run.stdout + run.stderr).not.toContain(ESC);
@@ -121,6 +131,7 @@ describe('a login shell that prints to stdout (~/.bashrc with forged key=value l
     const after = await world.cli(['sync', '--vm', 'chatty']);
     fs.writeFileSync(bashrc, NOISE);
     expect([after.code, rows(after).chatty.result, liveRev(world, 'chatty')]).toEqual([0, 'success', c2]);
+    configure(world);
   });
 });
 

@@ -38,7 +38,7 @@ maybe('a full disk is storage_full, the VM keeps its last release, the other VM 
 
   expect(run.code).toBe(1);
   const byId = Object.fromEntries(run.json.vms.map((vm) => [vm.id, vm]));
-  expect(byId.small.error?.code).toBe('storage_full');
+  expect([byId.small.error?.code, byId.small.error?.message]).toEqual(['storage_full', expect.any(String)]);
   expect(byId.small.error?.message).toMatch(/No space left on device/);
   expect(byId.roomy).toMatchObject({ result: 'success', rev_after: second });
   // rsync signals its remote shell (our bridge) with SIGUSR1 on error: it must
@@ -49,4 +49,18 @@ maybe('a full disk is storage_full, the VM keeps its last release, the other VM 
   expect(world.sentinel('small')).toBe(`${first}\n`);
   expect(snapshotTree(world.target('small'))).toEqual(expectedTree(world.ws, first));
   expect(fs.existsSync(`${world.vm('small').home}/.app.vm-sync/lock`)).toBe(false);
+});
+
+maybe('the same through rsync (sync.transfer: rsync): storage_full, not retried, the VM keeps its release', async () => {
+  const kept = world.sentinel('small');
+  world.writeConfig({ sync: ['transfer: rsync'], rollout: ['max_failed: "100%"'] });
+  const next = world.ws.commit({ 'huge2.bin': crypto.randomBytes(6_000_000).toString('base64') }, 'does not fit either');
+  world.ws.push();
+  const run = await world.cli(['sync']);
+  world.writeConfig({ rollout: ['max_failed: "100%"'] });
+  const byId = Object.fromEntries(run.json.vms.map((vm) => [vm.id, vm]));
+  expect([run.code, byId.small.error?.code, byId.roomy.result, byId.roomy.rev_after]).toEqual([1, 'storage_full', 'success', next]);
+  expect(byId.small.error?.message).toMatch(/No space left on device/);
+  expect(run.stderr).not.toMatch(/\[small\] .*retry/);
+  expect(world.sentinel('small')).toBe(kept);
 });

@@ -44,7 +44,7 @@ describe('parseConfig', () => {
     });
     expect(config.keyStoragePath).toBe('/home/runner/.ssh/vm-sync_keys');
     expect(config.knownHostsPath).toBe('/home/runner/.ssh/vm-sync_keys/known_hosts');
-    expect(config.sync).toEqual({ concurrency: 8, connectTimeoutS: 10, timeoutS: 900, retries: 3, postSyncCommand: null });
+    expect(config.sync).toEqual({ concurrency: 8, connectTimeoutS: 10, timeoutS: 900, retries: 3, postSyncCommand: null, transfer: 'auto' });
     expect(config.rollout).toEqual({
       strategy: 'all-at-once',
       batchSize: { count: 1 },
@@ -95,9 +95,14 @@ sync:
     expect(config.knownHostsPath).toBe('/etc/vm-sync/known_hosts');
   });
 
+  test('sync.transfer is auto or rsync, nothing else', () => {
+    expect(parseConfig(`${MINIMAL}sync:\n  transfer: rsync\n`, 'vm-sync.yml', '/home/runner').sync.transfer).toBe('rsync');
+    expect(problemsOf(`${MINIMAL}sync:\n  transfer: tar\n`)).toEqual(["8: sync.transfer must be 'auto' or 'rsync', not 'tar'"]);
+  });
+
   test('an unknown key is an error naming the key and its line', () => {
     expect(problemsOf(`${MINIMAL}sync:\n  concurency: 4\n`)).toEqual([
-      "8: unknown key 'concurency' in sync (allowed: concurrency, connect_timeout_s, timeout_s, retries, post_sync_command)",
+      "8: unknown key 'concurency' in sync (allowed: concurrency, connect_timeout_s, timeout_s, retries, post_sync_command, transfer)",
     ]);
     expect(problemsOf(MINIMAL.replace('ssh_user: deploy }', 'ssh_user: deploy, ssh_prot: 22 }'))).toEqual([
       "3: unknown key 'ssh_prot' in vms.vm01 (allowed: ip, ssh_user, ssh_port)",

@@ -9,6 +9,7 @@ import type { Config } from '../../src/config/types.js';
 import { VmSyncError } from '../../src/errors.js';
 import type { LockOwner } from '../../src/remote/lock.js';
 import { releaseFleet, rollbackFleet, type ReleaseContext, type ReleaseOutcome, type RollbackContext } from '../../src/sync/release.js';
+import type { StreamOutcome } from '../../src/sync/stream.js';
 import type { VmReport } from '../../src/sync/types.js';
 import { AHEAD, deferred, FakeFleet, fakeHistory, fleetConfig, NEW, OLD, OLDER, recordingEvents, releaseName, type FakeRelease, type VmScript } from '../helpers/fake-port.js';
 
@@ -696,5 +697,89 @@ describe('rollbackFleet', () => {
     const [row] = await rollbackFleet(rollbackCtx(config, fleet, null), config.vms);
     expect(row).toMatchObject({ result: 'failed', error: { code: 'no_release' } });
     expect(fleet.calls).toEqual([]);
+  });
+});
+
+describe('the stream transfer: when it applies, and rsync where it cannot', () => {
+  /** A stream source that records which bases were asked for. */
+  function streamsOf(outcome: (base: string | null) => StreamOutcome = (base) => ({ ok: true, stream: { base, file: `/tmp/stream-${base ?? 'full'}.bin`, removals: 1, files: 2, bytes: 999 } })) {
+    const asked: Array<string | null> = [];
+    return {
+      asked,
+      stream: async (base: string | null): Promise<StreamOutcome> => {
+        asked.push(base);
+        return outcome(base);
+      },
+    };
+  }
+
+  test('an intact live release: apply from its commit onto that release, no rsync; the row counts the stream', async () => {
+    const fleet = fleetOf({ vm01: onOld({ stream: true }) }, ['vm01']);
+    const s = streamsOf();
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'stage', 'apply', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
+    expect(fleet.of('vm01', 'apply')[0].args.slice(1, 4)).toEqual([NEW, kept(OLD, 2).name, `/tmp/stream-${OLD}.bin`]);
+    expect(s.asked).toEqual([OLD]);
+    expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW, files_changed: 2, bytes_sent: 999 });
+    expectClean(fleet);
+  });
+
+  test('no live release: the whole-tree stream, applied onto nothing', async () => {
+    const fleet = fleetOf({ vm01: { releases: [], live: null, stream: true } }, ['vm01']);
+    const s = streamsOf();
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
+    expect(s.asked).toEqual([null]);
+    expect(fleet.of('vm01', 'apply')[0].args.slice(1, 3)).toEqual([NEW, null]);
+    expect(fleet.of('vm01', 'transfer')).toEqual([]);
+    expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
+    expectClean(fleet);
+  });
+
+  test('a drifted live release: rsync, and the row says it repaired drift; no stream asked for', async () => {
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseState: 'drifted' }) }, ['vm01']);
+    const s = streamsOf();
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
+    expect(s.asked).toEqual([]);
+    expect(fleet.of('vm01', 'apply')).toEqual([]);
+    expect(fleet.of('vm01', 'transfer')).toHaveLength(1);
+    expect(outcome.vms[0].notes.join('\n')).toMatch(/changed on vm01 after vm-sync sealed it \(drift\): staged through rsync/);
+    expectClean(fleet);
+  });
+
+  test('no GNU tar, an unknown base, or no stream possible: rsync', async () => {
+    for (const [script, outcome] of [
+      [onOld({ stream: false }), undefined],
+      [onOld({ stream: true, baseState: 'unknown' }), undefined],
+      [onOld({ stream: true }), (): StreamOutcome => ({ ok: false, reason: 'wildcards' })],
+    ] as Array<[VmScript, ((base: string | null) => StreamOutcome) | undefined]>) {
+      const fleet = fleetOf({ vm01: script }, ['vm01']);
+      const config = fleetConfig(['vm01']);
+      const rows = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf(outcome).stream }), config.vms);
+      expect([fleet.of('vm01', 'apply').length, fleet.of('vm01', 'transfer').length, rows.vms[0].result]).toEqual([0, 1, 'success']);
+      expectClean(fleet);
+    }
+  });
+
+  test('the VM refuses the stream (its release changed meanwhile): rsync into the same stage, said in the row', async () => {
+    const fleet = fleetOf({ vm01: onOld({ stream: true, failures: { apply: [new VmSyncError('release_drifted', 'release x was changed on this VM after vm-sync sealed it')] } }) }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream }), config.vms);
+    expect(ops(fleet, 'vm01').slice(0, 6)).toEqual(['open', 'begin', 'stage', 'apply', 'transfer', 'seal']);
+    expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
+    expect(outcome.vms[0].notes.join('\n')).toMatch(/stream transfer refused by vm01 .*staged through rsync instead/);
+    expectClean(fleet);
+  });
+
+  test('a network failure while applying is a failure of the VM (retried), never a silent rsync', async () => {
+    const fleet = fleetOf({ vm01: onOld({ stream: true, failures: { apply: [new VmSyncError('unreachable', 'channel lost'), new VmSyncError('unreachable', 'channel lost')] } }) }, ['vm01']);
+    const config = fleetConfig(['vm01'], { sync: ['retries: 1'] });
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream }), config.vms);
+    expect(fleet.of('vm01', 'transfer')).toEqual([]);
+    expect(fleet.of('vm01', 'apply')).toHaveLength(2);
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'unreachable' }, rev_after: OLD });
+    expectClean(fleet);
   });
 });

@@ -1,0 +1,172 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { commitExactly, configure, destroyWorld, snapshotAll } from '../helpers/hardening.js';
+import { releases } from '../helpers/fleet-release.js';
+import { expectedTree, snapshotTree, World, type CliRun } from '../helpers/world.js';
+import type { VmReport } from '../../src/sync/types.js';
+
+/*
+ * The stream transfer (src/sync/stream.ts + agent.sh `apply`): a release is
+ * the live one hard-link copied plus the changes of `git diff`, sent as one
+ * gzip'd tar per starting commit. What a user checks: the VM serves exactly
+ * the commit's tree, the release it came from is untouched, little is sent,
+ * and where the stream cannot apply (drift, no GNU tar, rsync-only patterns)
+ * rsync does the work and the row says why.
+ */
+
+let world: World;
+let outside: string;
+let bins: string;
+const IDS = ['s1', 's2', 's3', 'plain'];
+
+beforeAll(async () => {
+  outside = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-stream-outside-'));
+  fs.writeFileSync(path.join(outside, 'keep.txt'), 'not vm-sync\'s\n');
+  // VM "plain" has a tar that is not GNU tar: the stream cannot apply there.
+  bins = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-stream-bins-'));
+  fs.writeFileSync(path.join(bins, 'tar'), '#!/bin/sh\nif [ "$1" = --version ]; then echo "tar (busybox) 1.36"; exit 0; fi\nexec /bin/tar "$@"\n', { mode: 0o755 });
+  world = await World.create(IDS, { sshdExtra: { plain: [`SetEnv PATH=${bins}:/usr/bin:/bin`] } });
+});
+afterAll(() => {
+  destroyWorld(world);
+  fs.rmSync(outside, { recursive: true, force: true });
+  fs.rmSync(bins, { recursive: true, force: true });
+});
+
+function rows(run: CliRun): Record<string, VmReport> {
+  return Object.fromEntries((run.json.vms as VmReport[]).map((vm) => [vm.id, vm]));
+}
+
+/** Every VM serves exactly `sha`'s tree, and every kept release still holds exactly its own commit's tree. */
+function expectExact(sha: string, ids = IDS): void {
+  const want = deployable(expectedTree(world.ws, sha));
+  for (const id of ids) {
+    expect([id, snapshotTree(world.target(id))]).toEqual([id, want]);
+    for (const kept of releases(world, id)) {
+      const dir = path.join(world.vm(id).home, '.app.vm-sync', 'releases', kept.name);
+      expect([id, kept.name, snapshotTree(dir)]).toEqual([id, kept.name, deployable(expectedTree(world.ws, kept.rev as string))]);
+    }
+  }
+}
+
+/** A commit's tree without what the default rsync_excludes leave out (`__pycache__`, `.vscode` at any depth). */
+function deployable(tree: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(tree).filter(([p]) => !p.split('/').some((c) => c === '__pycache__' || c === '.vscode')));
+}
+
+const streamed = (run: CliRun, id: string): boolean => new RegExp(`\\[${id}\\] staging [0-9a-f]{12} from .* stream`).test(run.stderr);
+
+/** A history that exercises every kind of change, one commit at a time. */
+const history = (): Array<Record<string, Parameters<typeof commitExactly>[1][string]>> => [
+  {
+    'app.txt': 'v1\n',
+    'lib/a.txt': 'a\n',
+    'lib/deep/b.txt': 'b\n',
+    'bin/run': { content: '#!/bin/sh\necho 1\n', executable: true },
+    'mode.sh': 'echo mode\n',
+    'becomes-dir': 'file first\n',
+    'becomes-file/x.txt': 'x\n',
+    'becomes-link': 'was a file\n',
+    'link-to-app': { symlink: 'app.txt' },
+    'escape': { symlink: outside },
+    'name with spaces.txt': 'spaces\n',
+    '-leading-dash': 'dash\n',
+    'weird\\back"quote\'.txt': 'q\n',
+    'big.bin': 'z'.repeat(200_000),
+    '__pycache__/m.pyc': 'excluded by default\n',
+    'sub/.vscode/settings.json': '{}\n',
+  },
+  {
+    'app.txt': 'v2\n', // modified
+    'lib/a.txt': 'a\n',
+    // lib/deep/b.txt deleted: lib/deep must go too
+    'bin/run': { content: '#!/bin/sh\necho 1\n', executable: true },
+    'mode.sh': { content: 'echo mode\n', executable: true }, // mode change only
+    'becomes-dir/inner.txt': 'now a directory\n', // file -> directory
+    'becomes-file': 'now a file\n', // directory -> file
+    'becomes-link': { symlink: 'lib/a.txt' }, // file -> symlink
+    'link-to-app': { symlink: 'bin/run' }, // symlink target change
+    'escape': { symlink: outside },
+    'renamed with spaces.txt': 'spaces\n', // rename
+    '-leading-dash': 'dash 2\n',
+    'weird\\back"quote\'.txt': 'q\n',
+    'big.bin': 'z'.repeat(200_000),
+    'new\nline.txt': 'a name with a newline\n',
+  },
+  {
+    // The committed symlink out of the tree becomes a directory with files: nothing may land outside.
+    'escape/keep.txt': 'inside the release\n',
+    'escape/new.txt': 'also inside\n',
+    'app.txt': 'v3\n',
+    'becomes-dir': 'a file again\n',
+    'becomes-link': 'a file again\n',
+    'big.bin': 'z'.repeat(200_000),
+  },
+];
+
+test('deploys every kind of change through the stream: exact trees, releases untouched, nothing outside written, little sent', async () => {
+  configure(world);
+  const before = snapshotAll(outside);
+  const shas: string[] = [];
+  for (const [i, files] of history().entries()) {
+    shas.push(commitExactly(world, files, `c${i + 1}`));
+    const run = await world.cli(['sync']);
+    const byId = rows(run);
+    expect([i, run.code, IDS.map((id) => byId[id]?.result)]).toEqual([i, 0, IDS.map(() => 'success')]);
+    expectExact(shas[i]);
+    for (const id of ['s1', 's2', 's3']) expect([i, id, streamed(run, id)]).toEqual([i, id, true]);
+    // A VM without GNU tar gets the same release through rsync.
+    expect([i, streamed(run, 'plain')]).toEqual([i, false]);
+    if (i > 0) {
+      // Only the changes travel: the 200 KB file (unchanged) is hard-linked, not sent.
+      for (const id of ['s1', 's2', 's3']) expect([i, id, byId[id].bytes_sent < 20_000]).toEqual([i, id, true]);
+    }
+    // One stream for the fleet: every streamed VM reports the same size.
+    expect(new Set(['s1', 's2', 's3'].map((id) => byId[id].bytes_sent)).size).toBe(1);
+  }
+  expect(snapshotAll(outside)).toEqual(before);
+  // Excluded by the default rsync_excludes, on both paths.
+  for (const id of IDS) {
+    expect(fs.existsSync(path.join(world.target(id), '__pycache__'))).toBe(false);
+  }
+});
+
+test('a release changed by hand on the VM (drift) is not built upon: rsync repairs it, the row says so', async () => {
+  configure(world);
+  const base = commitExactly(world, { 'app.txt': 'drift base\n', 'data/x.txt': 'x\n', 'data/y.txt': 'y\n' }, 'drift base');
+  expect((await world.cli(['sync'])).code).toBe(0);
+  // By hand, in the live release: a changed file (same size, so only its mtime/inode can tell), a new file.
+  fs.writeFileSync(path.join(world.target('s1'), 'data/x.txt'), 'X\n');
+  fs.writeFileSync(path.join(world.target('s2'), 'data/extra.txt'), 'left by someone\n');
+  const next = commitExactly(world, { 'app.txt': 'after drift\n', 'data/x.txt': 'x\n', 'data/y.txt': 'y\n' }, 'after drift');
+  const run = await world.cli(['sync']);
+  const byId = rows(run);
+  expect(run.code).toBe(0);
+  for (const id of ['s1', 's2']) {
+    expect([id, streamed(run, id), byId[id].notes.some((n) => /changed on .* after vm-sync sealed it \(drift\): staged through rsync/.test(n))]).toEqual([id, false, true]);
+  }
+  expect(streamed(run, 's3')).toBe(true);
+  expect(base).not.toBe(next);
+  for (const id of ['s1', 's2', 's3']) expect([id, snapshotTree(world.target(id))]).toEqual([id, expectedTree(world.ws, next)]);
+});
+
+test('sync.transfer: rsync never streams; rsync_excludes with a wildcard falls back to rsync and is honoured', async () => {
+  configure(world, { sync: ['transfer: rsync'] });
+  const a = commitExactly(world, { 'app.txt': 'rsync only\n', 'x.log': 'log\n' }, 'rsync only');
+  let run = await world.cli(['sync']);
+  expect(run.code).toBe(0);
+  for (const id of IDS) expect([id, streamed(run, id)]).toEqual([id, false]);
+  expect(snapshotTree(world.target('s1'))).toEqual(expectedTree(world.ws, a));
+
+  configure(world, { repository: ['rsync_excludes: [".git", "*.log"]'] });
+  const b = commitExactly(world, { 'app.txt': 'with a wildcard exclude\n', 'x.log': 'log 2\n', 'sub/y.log': 'y\n' }, 'wildcard');
+  run = await world.cli(['sync']);
+  expect(run.code).toBe(0);
+  expect(streamed(run, 's1')).toBe(false);
+  expect(run.stderr).toMatch(/stream transfer not possible \(rsync_excludes has patterns only rsync understands/);
+  expect(fs.existsSync(path.join(world.target('s1'), 'x.log'))).toBe(false);
+  expect(fs.existsSync(path.join(world.target('s1'), 'sub/y.log'))).toBe(false);
+  expect(fs.readFileSync(path.join(world.target('s1'), 'app.txt'), 'utf8')).toBe('with a wildcard exclude\n');
+  expect(b).not.toBe(a);
+});
