@@ -424,6 +424,10 @@ stage)
   # Whether the stream transfer can build on the live release: GNU tools, and
   # the live release unchanged since it was sealed (else rsync repairs it).
   if gnu_tools; then out stream 1; else out stream 0; fi
+  if [ -n "$live" ] && [ -f "$C/${live##*/}" ]; then
+    bk=$(sed -n 2p -- "$C/${live##*/}" | head -c 100)
+    out base_key "${bk#key=}"
+  fi
   if [ -z "$live" ]; then out base_state none
   elif [ ! -f "$S/manifests/${live##*/}" ]; then out base_state unknown
   elif gnu_tools && intact "${live##*/}"; then out base_state intact
@@ -437,9 +441,12 @@ stage)
   ;;
 seal)
   # Completes the staged release: sentinel, shared-path links, completion
-  # marker, then its final name. Nothing live changes.
-  token=$1 sha=$2
-  shift 2
+  # marker, then its final name. Nothing live changes. KEY names what the
+  # release was built with (exclude patterns, shared paths): a stream builds
+  # only on a release of the same KEY.
+  token=$1 sha=$2 key=$3
+  shift 3
+  case $key in *[!0-9a-f]*) fail failed "bad build key" ;; esac
   require_lock "$token"
   stage="$R/$sha.partial"
   if [ ! -d "$stage" ] || [ -L "$stage" ]; then fail failed "staged release $stage is missing"; fi
@@ -489,7 +496,7 @@ seal)
     mf="$S/tmp/manifest.$$"
     if ! { stat_list "$stage" > "$mf" && mv -f -- "$mf" "$S/manifests/$name"; }; then rm -f -- "$mf"; fi
   fi
-  printf '%s\n' "$sha" > "$C/$name" || fail failed "cannot write the completion marker"
+  printf '%s\nkey=%s\n' "$sha" "$key" > "$C/$name" || fail failed "cannot write the completion marker"
   mv -- "$stage" "$R/$name" || { rm -f -- "$C/$name"; fail failed "cannot rename $stage"; }
   flush "$R"
   out release "$name"

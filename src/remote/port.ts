@@ -29,7 +29,7 @@ export interface VmPort {
   transfer(plan: TransferPlan, onProgress?: (p: { percent: number; rate: string }) => void): Promise<RsyncStats>;
   /** Builds the staged release from a stream file: a hard-link copy of `base` (or nothing) changed as the stream says. */
   apply(token: string, sha: string, base: string | null, file: string, onSent?: (bytes: number) => void): Promise<{ removed: number }>;
-  seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>): Promise<{ release: string; seeded: string[]; created: string[] }>;
+  seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>, key: string): Promise<{ release: string; seeded: string[]; created: string[] }>;
   flip(token: string, release: string, reject?: boolean): Promise<{ previous: string | null; movedAside: string | null }>;
   inPlaceBegin(token: string, probed: Probe): Promise<string>;
   inPlaceFinish(token: string, sha: string): Promise<void>;
@@ -78,7 +78,7 @@ export function sshPorts(knownHosts: KnownHosts): OpenPort {
         }
       },
       apply: (token, sha, base, file, onSent) => target.apply(token, sha, base, file, onSent),
-      seal: (token, sha, shared) => target.seal(token, sha, shared),
+      seal: (token, sha, shared, key) => target.seal(token, sha, shared, key),
       flip: (token, release, reject) => target.flip(token, release, reject),
       inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
       inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),

@@ -84,6 +84,8 @@ export interface StageResult {
   streamSupported: boolean;
   /** Whether the live release can be the base of a stream (see {@link BaseState}). */
   baseState: BaseState;
+  /** The build key the live release was sealed with (null: none recorded). */
+  baseKey: string | null;
 }
 
 /**
@@ -268,7 +270,7 @@ export class RemoteTarget {
    * of the shared paths already exist on the VM (excluded from the transfer).
    */
   async stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[] = []): Promise<StageResult> {
-    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'base_state']);
+    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'base_state', 'base_key']);
     // rsync writes there with --delete: only the one directory it must be.
     const expected = path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
     const stage = out.require('stage');
@@ -286,6 +288,7 @@ export class RemoteTarget {
       completeRelease: complete ? releaseName(complete, this.vmId) : null,
       streamSupported: out.oneOf('stream', ['0', '1'] as const) === '1',
       baseState: out.oneOf('base_state', BASE_STATES),
+      baseKey: out.get('base_key'),
     };
   }
 
@@ -304,10 +307,11 @@ export class RemoteTarget {
   /**
    * Completes the staged release: writes `.sync_rev`, links the shared paths
    * (`d:path` / `f:path`, seeding the ones the VM lacks), writes the
-   * completion marker and gives it its final name. Nothing live changes.
+   * completion marker (with `key`, see `buildKey`) and gives it its final
+   * name. Nothing live changes.
    */
-  async seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }> = []): Promise<{ release: string; seeded: string[]; created: string[] }> {
-    const out = (await this.op('seal', [token, sha, ...shared.map((s) => `${s.dir ? 'd' : 'f'}:${s.path}`)])).only(['release', 'seeded', 'created']);
+  async seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }> = [], key = '0'): Promise<{ release: string; seeded: string[]; created: string[] }> {
+    const out = (await this.op('seal', [token, sha, key, ...shared.map((s) => `${s.dir ? 'd' : 'f'}:${s.path}`)])).only(['release', 'seeded', 'created']);
     return { release: releaseName(out.require('release'), this.vmId), seeded: out.all('seeded').map((p) => vmText(p)), created: out.all('created').map((p) => vmText(p)) };
   }
 

@@ -23,7 +23,7 @@ import { classifyState, type History } from './state.js';
 import { failedRow, type EngineEvents, type RolloutReport, type VmReport } from './types.js';
 import { liveRev, releaseOf, rsyncExcludes, sleep, toFailure } from './vm-pipeline.js';
 import { holderName, staleReason, takeLock } from './vm-lock.js';
-import type { StreamOutcome } from './stream.js';
+import { buildKey, type StreamOutcome } from './stream.js';
 
 /** Everything a release needs, given by the entry point. */
 export interface ReleaseContext {
@@ -91,6 +91,8 @@ class FleetRelease {
   private readonly budgetMs: number;
   /** How long the VMs' agent sessions may live: the whole run's worst case. */
   private readonly sessionBudgetS: number;
+  /** What releases are built with beyond the commit (see `buildKey`): a stream builds only on a release of the same key. */
+  private readonly buildKey: string;
   readonly rollout: RolloutReport;
 
   constructor(
@@ -102,6 +104,7 @@ class FleetRelease {
     const { sync, rollout } = ctx.config;
     this.budgetMs = sync.timeoutS * 1000;
     this.sessionBudgetS = sessionBudgetS(ctx.config, vms.length, ctx.lockWaitS);
+    this.buildKey = buildKey(rsyncExcludes(ctx.config, []), ctx.config.repository.sharedPaths.map((s) => s.path));
     this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
   }
 
@@ -284,7 +287,7 @@ class FleetRelease {
       })());
     report.files_changed = stats.filesChanged;
     report.bytes_sent = stats.bytesSent;
-    const sealed = await port.seal(this.token, commit, shared);
+    const sealed = await port.seal(this.token, commit, shared, this.buildKey);
     for (const p of sealed.seeded) report.notes.push(`shared path ${p} seeded from this release`);
     for (const p of sealed.created) report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
     run.release = sealed.release;
@@ -308,6 +311,10 @@ class FleetRelease {
       return null;
     }
     if (staged.baseState === 'unknown') return null; // sealed by a vm-sync that kept no manifest
+    if (staged.baseState === 'intact' && staged.baseKey !== this.buildKey) {
+      run.report.notes.push(`release ${live} was built with other rsync_excludes or shared_paths than now: staged through rsync`);
+      return null;
+    }
     const base = staged.baseState === 'intact' ? run.report.rev_before : null;
     if (staged.baseState === 'intact' && !base) return null;
     const outcome = await stream(base);

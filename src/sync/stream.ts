@@ -1,4 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
@@ -49,6 +50,15 @@ export interface StreamSource {
   /** A private directory for the stream files (removed by the caller). */
   scratchDir: string;
   env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * What a release was built with, beyond its commit: the exclude patterns and
+ * the shared paths. A stream builds on a release only when they are the same
+ * now (else files excluded since, or a shared path added since, would stay).
+ */
+export function buildKey(excludes: readonly string[], sharedPaths: readonly string[]): string {
+  return crypto.createHash('sha256').update(JSON.stringify({ excludes: [...excludes], shared: [...sharedPaths] })).digest('hex').slice(0, 32);
 }
 
 /** Whether `rel` (latin1, `/`-separated) is left out; null when a pattern is beyond what this understands. */

@@ -65,6 +65,8 @@ export interface VmScript {
   stream?: boolean;
   /** What stage says of the live release as a stream base; default: intact when live, else none. */
   baseState?: BaseState;
+  /** The build key stage reports for the live release (default: none recorded). */
+  baseKey?: string | null;
   /** Begin never releases the lock at once, even on the expected commit (an agent that keeps it). */
   keepsLockAtBegin?: boolean;
 }
@@ -264,6 +266,7 @@ export class FakeFleet {
             completeRelease,
             streamSupported: vm.script.stream ?? false,
             baseState: vm.script.baseState ?? (vm.live ? 'intact' : 'none'),
+            baseKey: vm.script.baseKey === undefined ? null : vm.script.baseKey,
           };
         }),
       transfer: (plan: TransferPlan) => op('transfer', [plan], () => ({ filesChanged: 3, bytesSent: 1234, changes: [] })),
@@ -273,8 +276,8 @@ export class FakeFleet {
           if (base !== null && base !== vm.live) throw new VmSyncError('release_drifted', `the live release is no longer ${base}`);
           return { removed: 0 };
         }),
-      seal: (token, sha, shared) =>
-        op('seal', [token, sha, shared], () => {
+      seal: (token, sha, shared, key) =>
+        op('seal', [token, sha, shared, key], () => {
           vm.requireLock(token, 'seal');
           const release = releaseName(sha);
           vm.releases.set(release, sha);

@@ -164,9 +164,35 @@ test('sync.transfer: rsync never streams; rsync_excludes with a wildcard falls b
   run = await world.cli(['sync']);
   expect(run.code).toBe(0);
   expect(streamed(run, 's1')).toBe(false);
-  expect(run.stderr).toMatch(/stream transfer not possible \(rsync_excludes has patterns only rsync understands/);
+  expect(rows(run).s1.notes.join('\n')).toMatch(/built with other rsync_excludes or shared_paths than now: staged through rsync/);
   expect(fs.existsSync(path.join(world.target('s1'), 'x.log'))).toBe(false);
+  // Built with this config now, the release could be a base, but only rsync knows what `*.log` leaves out.
+  const c = commitExactly(world, { 'app.txt': 'with a wildcard exclude, again\n', 'x.log': 'log 3\n', 'sub/y.log': 'y\n' }, 'wildcard again');
+  const again = await world.cli(['sync', '--vm', 's1']);
+  expect([again.code, streamed(again, 's1')]).toEqual([0, false]);
+  expect(again.stderr).toMatch(/stream transfer not possible \(rsync_excludes has patterns only rsync understands/);
+  expect(fs.readFileSync(path.join(world.target('s1'), 'app.txt'), 'utf8')).toBe('with a wildcard exclude, again\n');
+  expect(c).not.toBe(b);
+  configure(world, { repository: ['rsync_excludes: [".git", "*.log"]'] });
   expect(fs.existsSync(path.join(world.target('s1'), 'sub/y.log'))).toBe(false);
-  expect(fs.readFileSync(path.join(world.target('s1'), 'app.txt'), 'utf8')).toBe('with a wildcard exclude\n');
   expect(b).not.toBe(a);
+});
+
+test('a release built with other rsync_excludes is not built upon: what is excluded now is gone from the new release', async () => {
+  configure(world);
+  const first = commitExactly(world, { 'app.txt': 'k1\n', 'cache/data.bin': 'cached\n' }, 'k1');
+  expect((await world.cli(['sync', '--vm', 's1'])).code).toBe(0);
+  expect(fs.existsSync(path.join(world.target('s1'), 'cache/data.bin'))).toBe(true);
+  configure(world, { repository: ['rsync_excludes: [".git", "cache"]'] });
+  const second = commitExactly(world, { 'app.txt': 'k2\n', 'cache/data.bin': 'cached\n' }, 'k2');
+  const run = await world.cli(['sync', '--vm', 's1']);
+  expect([run.code, streamed(run, 's1'), rows(run).s1.notes.some((n) => /built with other rsync_excludes or shared_paths than now/.test(n))]).toEqual([0, false, true]);
+  expect(fs.existsSync(path.join(world.target('s1'), 'cache'))).toBe(false);
+  expect(fs.readFileSync(path.join(world.target('s1'), 'app.txt'), 'utf8')).toBe('k2\n');
+  // Built with the new key, the next release streams again.
+  commitExactly(world, { 'app.txt': 'k3\n', 'cache/data.bin': 'cached\n' }, 'k3');
+  const again = await world.cli(['sync', '--vm', 's1']);
+  expect([again.code, streamed(again, 's1'), fs.existsSync(path.join(world.target('s1'), 'cache'))]).toEqual([0, true, false]);
+  expect(first).not.toBe(second);
+  configure(world);
 });

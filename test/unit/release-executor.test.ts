@@ -9,7 +9,8 @@ import type { Config } from '../../src/config/types.js';
 import { VmSyncError } from '../../src/errors.js';
 import type { LockOwner } from '../../src/remote/lock.js';
 import { releaseFleet, rollbackFleet, type ReleaseContext, type ReleaseOutcome, type RollbackContext } from '../../src/sync/release.js';
-import type { StreamOutcome } from '../../src/sync/stream.js';
+import { buildKey, type StreamOutcome } from '../../src/sync/stream.js';
+import { rsyncExcludes } from '../../src/sync/vm-pipeline.js';
 import type { VmReport } from '../../src/sync/types.js';
 import { AHEAD, deferred, FakeFleet, fakeHistory, fleetConfig, NEW, OLD, OLDER, recordingEvents, releaseName, type FakeRelease, type VmScript } from '../helpers/fake-port.js';
 
@@ -701,6 +702,9 @@ describe('rollbackFleet', () => {
 });
 
 describe('the stream transfer: when it applies, and rsync where it cannot', () => {
+  /** The build key of releases made with the test fleet's config (what a VM's completion marker records). */
+  const KEY = buildKey(rsyncExcludes(fleetConfig(['vm01']), []), []);
+
   /** A stream source that records which bases were asked for. */
   function streamsOf(outcome: (base: string | null) => StreamOutcome = (base) => ({ ok: true, stream: { base, file: `/tmp/stream-${base ?? 'full'}.bin`, removals: 1, files: 2, bytes: 999 } })) {
     const asked: Array<string | null> = [];
@@ -714,7 +718,7 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
   }
 
   test('an intact live release: apply from its commit onto that release, no rsync; the row counts the stream', async () => {
-    const fleet = fleetOf({ vm01: onOld({ stream: true }) }, ['vm01']);
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY }) }, ['vm01']);
     const s = streamsOf();
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
@@ -749,11 +753,23 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
     expectClean(fleet);
   });
 
+  test('a live release built with other excludes or shared paths (another build key): rsync, said in the row', async () => {
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: 'f'.repeat(32) }) }, ['vm01']);
+    const s = streamsOf();
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
+    expect([s.asked, fleet.of('vm01', 'apply').length, fleet.of('vm01', 'transfer').length]).toEqual([[], 0, 1]);
+    expect(outcome.vms[0].notes.join('\n')).toMatch(/built with other rsync_excludes or shared_paths than now: staged through rsync/);
+    // The new release records the key it was built with.
+    expect(fleet.of('vm01', 'seal')[0].args[3]).toBe(KEY);
+    expectClean(fleet);
+  });
+
   test('no GNU tar, an unknown base, or no stream possible: rsync', async () => {
     for (const [script, outcome] of [
       [onOld({ stream: false }), undefined],
       [onOld({ stream: true, baseState: 'unknown' }), undefined],
-      [onOld({ stream: true }), (): StreamOutcome => ({ ok: false, reason: 'wildcards' })],
+      [onOld({ stream: true, baseKey: KEY }), (): StreamOutcome => ({ ok: false, reason: 'wildcards' })],
     ] as Array<[VmScript, ((base: string | null) => StreamOutcome) | undefined]>) {
       const fleet = fleetOf({ vm01: script }, ['vm01']);
       const config = fleetConfig(['vm01']);
@@ -764,7 +780,7 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
   });
 
   test('the VM refuses the stream (its release changed meanwhile): rsync into the same stage, said in the row', async () => {
-    const fleet = fleetOf({ vm01: onOld({ stream: true, failures: { apply: [new VmSyncError('release_drifted', 'release x was changed on this VM after vm-sync sealed it')] } }) }, ['vm01']);
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY, failures: { apply: [new VmSyncError('release_drifted', 'release x was changed on this VM after vm-sync sealed it')] } }) }, ['vm01']);
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream }), config.vms);
     expect(ops(fleet, 'vm01').slice(0, 6)).toEqual(['open', 'begin', 'stage', 'apply', 'transfer', 'seal']);
@@ -774,7 +790,7 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
   });
 
   test('a network failure while applying is a failure of the VM (retried), never a silent rsync', async () => {
-    const fleet = fleetOf({ vm01: onOld({ stream: true, failures: { apply: [new VmSyncError('unreachable', 'channel lost'), new VmSyncError('unreachable', 'channel lost')] } }) }, ['vm01']);
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY, failures: { apply: [new VmSyncError('unreachable', 'channel lost'), new VmSyncError('unreachable', 'channel lost')] } }) }, ['vm01']);
     const config = fleetConfig(['vm01'], { sync: ['retries: 1'] });
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream }), config.vms);
     expect(fleet.of('vm01', 'transfer')).toEqual([]);
