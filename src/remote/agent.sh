@@ -763,6 +763,9 @@ serve)
   src=$1
   errf=$(mktemp "${TMPDIR:-/tmp}/vm-sync.XXXXXX") || fail failed "cannot create a temporary file"
   trap 'rm -f -- "$errf" "$errf.st"' EXIT
+  # A session stopped by its budget or its run (SIGTERM, a hang-up) still removes its files.
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
   out ready 1
   while IFS= read -r line; do
     set -f

@@ -259,6 +259,8 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
       const archive = sniffArchive(full);
       if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive)) queue(skip.path, full, archive);
       else if (skip.kind === 'binary' && mostlyText(full)) queueRaw(skip.path, full);
+      // A file gitleaks took for an archive by its name and could not open: its bytes are scanned as text.
+      else if (skip.kind === 'unreadable' && /could not open it/.test(skip.detail)) queueRaw(skip.path, full);
       else unscanned.push(unscannedFor(skip, skip.path, archive !== null));
     } else if (skip.path.includes('!')) {
       unscanned.push(unscannedFor(skip, skip.path, true));

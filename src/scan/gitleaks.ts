@@ -162,9 +162,16 @@ function parseLogLine(raw: string): LogLine | null {
  */
 export function readSkip(raw: string): GitleaksSkip | null {
   const line = parseLogLine(raw);
-  if (!line || (line.level !== 'DBG' && line.level !== 'WRN')) return null;
+  if (!line) return null;
   const at = line.field('path');
   if (at === null) return null;
+  // gitleaks opens files as archives by name (a text file named `fetch.br-x` is taken for brotli) and logs
+  // a file it then cannot decode as an error: that file is not scanned, which the caller reports or rescans.
+  const error = line.field('error');
+  if (line.level === 'ERR' && line.message.startsWith('error=') && error?.startsWith('could not read file: ')) {
+    return { kind: 'unreadable', path: at, detail: `gitleaks could not open it (${scrubLogLine(error.slice('could not read file: '.length)).slice(0, 80)})` };
+  }
+  if (line.level !== 'DBG' && line.level !== 'WRN') return null;
   const m = line.message;
   if (m.startsWith('skipping directory: global allowlist')) return { kind: 'allowlist-dir', path: at, detail: 'path allowlist' };
   if (m.startsWith('skipping file: global allowlist')) return { kind: 'allowlist-file', path: at, detail: 'path allowlist' };

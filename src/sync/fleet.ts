@@ -309,7 +309,8 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
     return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
   } finally {
-    fs.rmSync(exportRoot, { recursive: true, force: true });
+    // Not on the critical path: the report is printed while the export goes.
+    removeScratchDirLater(exportRoot);
   }
 }
 

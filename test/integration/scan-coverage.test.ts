@@ -132,6 +132,21 @@ test.each(archives)('a token inside the archive %s is found, with the entry name
   expectNoSecret(...outputs(scan));
 });
 
+test('a text file whose name gitleaks takes for an archive (git.git\'s t5515/fetch.br-*) is scanned as text: its token blocks, a clean one passes', async () => {
+  // gitleaks opens `*.br*` as brotli by name and logs "could not read file" as an error: the scan must neither fail nor skip it.
+  const base = head();
+  commitPush({ 't/t5515/fetch.br-branches-default': `# fetch output\n${line}`, 't/t5515/fetch.br-clean': 'clean text\n' }, 'misnamed files');
+  const blocked = await world.cli(['scan', '--range', `${base}..${head()}`]);
+  rewind(base);
+  expectBlocked(blocked);
+  expect(blocked.json.scan?.findings).toEqual(expect.arrayContaining([expect.objectContaining({ rule: 'github-pat', file: 't/t5515/fetch.br-branches-default', source: 'tree', line: 2 })]));
+  commitPush({ 't/t5515/fetch.br-clean': 'clean text\n' }, 'misnamed clean file');
+  const clean = await world.cli(['scan', '--range', `${base}..${head()}`]);
+  rewind(base);
+  expect([clean.code, clean.json.error ?? null, clean.json.scan?.findings]).toEqual([0, null, []]);
+  expectNoSecret(...outputs(blocked), ...outputs(clean));
+});
+
 test('what cannot be scanned is reported with the reason: a real binary, an archive inside an archive', async () => {
   const elf = Buffer.concat([Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Buffer.from(line)]);
   const base = head();
