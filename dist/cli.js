@@ -34553,6 +34553,8 @@ const FAILURE_CODES = [
     'health_failed',
     'rollout_halted',
     'no_release',
+    'release_drifted',
+    'stream_failed',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout']);
@@ -35030,7 +35032,10 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
         'rsync_excludes', 'layout', 'keep_releases', 'shared_paths', 'secret_scanning',
     ]);
     const remoteExec = root.section('remote_execution', ['key_storage_path', 'known_hosts']);
-    const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command']);
+    const sync = root.section('sync', ['concurrency', 'connect_timeout_s', 'timeout_s', 'retries', 'post_sync_command', 'transfer']);
+    const transfer = sync.string('transfer', 'auto');
+    if (transfer !== 'auto' && transfer !== 'rsync')
+        sync.problem(sync.node('transfer'), `sync.transfer must be 'auto' or 'rsync', not '${transfer}'`);
     const rolloutSection = root.section('rollout', [
         'strategy', 'batch_size', 'max_failed', 'health_command', 'health_timeout_s', 'revert_unhealthy',
     ]);
@@ -35147,6 +35152,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             timeoutS: sync.int('timeout_s', 900, 5, 86400),
             retries: sync.int('retries', 3, 0, 10),
             postSyncCommand: postSync,
+            transfer: transfer === 'rsync' ? 'rsync' : 'auto',
         },
         rollout: rollout(rolloutSection),
     };
@@ -35484,7 +35490,14 @@ function formatBytes(bytes) {
 function formatDuration(ms) {
     return ms < 1000 ? `${ms}ms` : `${(ms / 1000).toFixed(1)}s`;
 }
-function row(vm, withHealth) {
+/** A drift check in a few words: `clean`, `2 changed, 1 extra`, or `-` when it did not run. */
+function driftCell(drift) {
+    if (!drift)
+        return '-';
+    const parts = [drift.changed ? `${drift.changed} changed` : '', drift.missing ? `${drift.missing} missing` : '', drift.extra ? `${drift.extra} extra` : ''].filter(Boolean);
+    return parts.length ? parts.join(', ') : 'clean';
+}
+function row(vm, withHealth, withDrift) {
     const revs = vm.rev_before === vm.rev_after ? table_short(vm.rev_after) : `${table_short(vm.rev_before)} -> ${table_short(vm.rev_after)}`;
     return [
         terminalLine(vm.id, CELL_MAX),
@@ -35498,6 +35511,7 @@ function row(vm, withHealth) {
         formatDuration(vm.duration_ms),
         vm.verified ? 'yes' : 'no',
         ...(withHealth ? [vm.health] : []),
+        ...(withDrift ? [driftCell(vm.drift)] : []),
     ];
 }
 /** The rollout in one line: strategy, batches, flip skew, and why it stopped when it did. */
@@ -35525,8 +35539,10 @@ function renderTable(report) {
         return scan;
     // The health column only when a health check ran.
     const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
-    const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : [])];
-    const rows = [header, ...report.vms.map((vm) => row(vm, withHealth))];
+    // The drift column only when verify --deep compared a VM's files.
+    const withDrift = report.vms.some((vm) => vm.drift);
+    const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : []), ...(withDrift ? ['DRIFT'] : [])];
+    const rows = [header, ...report.vms.map((vm) => row(vm, withHealth, withDrift))];
     const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
     const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
@@ -35540,6 +35556,11 @@ function renderTable(report) {
             details.push(terminalLine(`${id}: ${vm.error.code}: ${vm.error.message}`, MESSAGE_MAX));
         if (vm.health_output)
             details.push(terminalLine(`${id}: health output: ${vm.health_output}`, MESSAGE_MAX));
+        for (const p of vm.drift?.paths ?? [])
+            details.push(terminalLine(`${id}: drift: ${p.what}: ${p.path} (${p.detail})`, MESSAGE_MAX));
+        const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
+        if (unlisted > 0)
+            details.push(`${id}: drift: …and ${unlisted} more path(s) (the counts are in the DRIFT column)`);
         for (const note of vm.notes.slice(0, NOTES_PER_VM))
             details.push(terminalLine(`${id}: note: ${note}`, MESSAGE_MAX));
         if (vm.notes.length > NOTES_PER_VM)
@@ -35915,6 +35936,7 @@ function failedRow(vm, error = null, notes = []) {
         health: 'skipped',
         health_output: null,
         release: null,
+        drift: null,
     };
 }
 const silentEvents = { info: () => undefined, progress: () => undefined };
@@ -36900,10 +36922,18 @@ function parseLogLine(raw) {
  */
 function readSkip(raw) {
     const line = parseLogLine(raw);
-    if (!line || (line.level !== 'DBG' && line.level !== 'WRN'))
+    if (!line)
         return null;
     const at = line.field('path');
     if (at === null)
+        return null;
+    // gitleaks opens files as archives by name (a text file named `fetch.br-x` is taken for brotli) and logs
+    // a file it then cannot decode as an error: that file is not scanned, which the caller reports or rescans.
+    const error = line.field('error');
+    if (line.level === 'ERR' && line.message.startsWith('error=') && error?.startsWith('could not read file: ')) {
+        return { kind: 'unreadable', path: at, detail: `gitleaks could not open it (${scrubLogLine(error.slice('could not read file: '.length)).slice(0, 80)})` };
+    }
+    if (line.level !== 'DBG' && line.level !== 'WRN')
         return null;
     const m = line.message;
     if (m.startsWith('skipping directory: global allowlist'))
@@ -37468,6 +37498,9 @@ async function scanTree(binary, exportDir, settings, ignore, limits) {
                 queue(skip.path, full, archive);
             else if (skip.kind === 'binary' && mostlyText(full))
                 queueRaw(skip.path, full);
+            // A file gitleaks took for an archive by its name and could not open: its bytes are scanned as text.
+            else if (skip.kind === 'unreadable' && /could not open it/.test(skip.detail))
+                queueRaw(skip.path, full);
             else
                 unscanned.push(unscannedFor(skip, skip.path, archive !== null));
         }
@@ -37948,7 +37981,7 @@ var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node
 ;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
 // Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
 /** The VM agent's program text (src/remote/agent.sh without its comments). */
-const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nout() {\n  v=$(printf '%s' \"$2\" | tr '\\n\\r' '??')\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nsafe_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || mkdir -- \"$cur\" || return 1\n    [ -d \"$cur\" ] || return 1\n  done\n  return 0\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then kind=symlink\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  printf '%s\\n' \"$sha\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nout() {\n  v=$(printf '%s' \"$2\" | tr '\\n\\r' '??')\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nsafe_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || mkdir -- \"$cur\" || return 1\n    [ -d \"$cur\" ] || return 1\n  done\n  return 0\n}\nno_link_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || return 0\n  done\n  return 0\n}\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then kind=symlink\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
 
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
 
@@ -39479,7 +39512,7 @@ class VmSession {
      * everything else only as a bounded sample, so a login shell that prints
      * megabytes can neither exhaust memory nor push the answer out.
      */
-    exec(command, timeoutMs, signal, frame, onFramedLine) {
+    exec(command, timeoutMs, signal, frame, onFramedLine, input) {
         return new Promise((resolve, reject) => {
             const connection = this.ssh.connection;
             if (!connection || this.closed) {
@@ -39554,10 +39587,95 @@ class VmSession {
                         take(line);
                 });
                 ch.stderr.on('data', (data) => err.add(data.toString('utf8')));
+                if (input) {
+                    // The file is read as it is sent: a stream of any size costs one buffer of memory.
+                    const file = external_node_fs_default().createReadStream(input.path);
+                    let sent = 0;
+                    file.on('data', (chunk) => {
+                        sent += chunk.length;
+                        input.onSent?.(sent);
+                    });
+                    file.on('error', (error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${getErrorMessage(error)}`)));
+                    // A command that exits without reading all of it ends the pipe: its answer says why.
+                    ch.on('error', () => undefined);
+                    file.pipe(ch);
+                }
                 ch.on('exit', (exitCode) => {
                     code = typeof exitCode === 'number' ? exitCode : -1;
                 });
                 ch.on('close', () => finish(null, code));
+            });
+        });
+    }
+    /**
+     * Runs a command line on the VM and keeps its stdout as raw bytes (a
+     * binary answer: names that are not UTF-8 must arrive byte for byte),
+     * under a hard timeout and a byte cap: past `maxBytes` the channel is
+     * closed and the result says `overflowed`, so a VM that sends without end
+     * cannot exhaust the runner's memory.
+     */
+    execRaw(command, timeoutMs, maxBytes, signal) {
+        return new Promise((resolve, reject) => {
+            const connection = this.ssh.connection;
+            if (!connection || this.closed) {
+                reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
+                return;
+            }
+            let channel = null;
+            let settled = false;
+            const chunks = [];
+            let size = 0;
+            const err = new BoundedText(OUTPUT_MAX);
+            const finish = (outcome) => {
+                if (settled)
+                    return;
+                settled = true;
+                clearTimeout(timer);
+                signal?.removeEventListener('abort', onAbort);
+                if (outcome instanceof VmSyncError || outcome.overflowed)
+                    channel?.close();
+                if (outcome instanceof VmSyncError)
+                    reject(outcome);
+                else
+                    resolve({ code: outcome.code, stdout: Buffer.concat(chunks, size), stderr: err.text(), overflowed: outcome.overflowed });
+            };
+            const timer = setTimeout(() => finish(new VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
+            const onAbort = () => finish(new VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
+            if (signal?.aborted) {
+                onAbort();
+                return;
+            }
+            signal?.addEventListener('abort', onAbort, { once: true });
+            connection.exec(command, (error, ch) => {
+                if (error) {
+                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`));
+                    return;
+                }
+                channel = ch;
+                if (settled) {
+                    ch.close();
+                    return;
+                }
+                let code = -1;
+                ch.on('data', (data) => {
+                    if (settled)
+                        return;
+                    if (size + data.length > maxBytes) {
+                        const room = maxBytes - size;
+                        if (room > 0)
+                            chunks.push(data.subarray(0, room));
+                        size = maxBytes;
+                        finish({ code: -1, overflowed: true });
+                        return;
+                    }
+                    chunks.push(data);
+                    size += data.length;
+                });
+                ch.stderr.on('data', (data) => err.add(data.toString('utf8')));
+                ch.on('exit', (exitCode) => {
+                    code = typeof exitCode === 'number' ? exitCode : -1;
+                });
+                ch.on('close', () => finish({ code, overflowed: false }));
             });
         });
     }
@@ -39813,7 +39931,152 @@ class AgentSession {
     }
 }
 
+;// CONCATENATED MODULE: ./src/remote/listing.ts
+
+
+
+
+/** The defaults: a few hundred thousand entries, at most a few hundred MiB of runner memory per VM. */
+const LISTING_LIMITS = { maxEntries: 300_000, maxCompressedBytes: 64 * 1024 * 1024, maxBytes: 160 * 1024 * 1024 };
+const TYPES = { f: 'file', d: 'dir', l: 'symlink', p: 'fifo', s: 'socket', b: 'device', c: 'device', D: 'other' };
+const HEADER = 'vm-sync-listing-1';
+const HASHES = 'hashes';
+const META = /^([fdlpsbcD]) ([0-7]{1,5}) ([0-9]{1,20})$/;
+const HASH_RECORD = /^([0-9a-f]{64}) [ *]\.\/([\s\S]+)$/;
+const END = /^end ([0-9]{1,3}) ([0-9]{1,3})$/;
+const AGENT_CODES = new Set(FAILURE_CODES);
+/** A byte bound in words: MiB when it is that large. */
+const bytes = (n) => (n >= 1048576 ? `${Math.round(n / 1048576)} MiB` : `${n} bytes`);
+function tooMany(vmId, limits, what) {
+    return new VmSyncError('remote_command_failed', `too many entries on ${vmId} for verify --deep: ${what} (the limit is ${limits.maxEntries} entries, ${bytes(limits.maxCompressedBytes)} gzip'd, ${bytes(limits.maxBytes)} listed). Exclude generated trees with rsync_excludes or shared_paths, or check this VM with plain vm-sync verify.`);
+}
+function garbled(vmId, why) {
+    return new VmSyncError('remote_command_failed', `the listing from ${vmId} is not usable (${why}): nothing was compared. Run vm-sync verify --deep again; if it persists, check the VM's find, sha256sum and gzip.`);
+}
+/** Whether a relative path is one find could print: no empty, `.` or `..` component, not absolute. */
+function plainPath(rel) {
+    return rel !== '' && !rel.startsWith('/') && rel.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
+}
+/**
+ * Parses the decompressed listing (see agent.sh `listing`). Requires the
+ * header, three fields per entry, a hash for every regular file and nothing
+ * else, and the end record with both of the VM's statuses 0.
+ */
+function parseListing(data, vmId, limits = LISTING_LIMITS) {
+    let at = 0;
+    const next = () => {
+        if (at >= data.length)
+            return null;
+        const nul = data.indexOf(0, at);
+        if (nul < 0)
+            throw garbled(vmId, 'a field without its NUL terminator: the listing was cut short');
+        const field = data.toString('latin1', at, nul);
+        at = nul + 1;
+        return field;
+    };
+    if (next() !== HEADER)
+        throw garbled(vmId, 'no listing header');
+    const entries = new Map();
+    for (;;) {
+        const meta = next();
+        if (meta === null)
+            throw garbled(vmId, 'it ends before the hashes: the listing was cut short');
+        if (meta === HASHES)
+            break;
+        const m = META.exec(meta);
+        if (!m)
+            throw garbled(vmId, `an entry of unknown form ${JSON.stringify(untrusted_vmText(meta, 40))}`);
+        const rel = next();
+        const link = next();
+        if (rel === null || link === null)
+            throw garbled(vmId, 'an entry without its path or link field: the listing was cut short');
+        if (!plainPath(rel))
+            throw garbled(vmId, `an entry with the path ${JSON.stringify(untrusted_vmText(rel, 80))}`);
+        if (entries.has(rel))
+            throw garbled(vmId, `${JSON.stringify(untrusted_vmText(rel, 80))} is listed twice`);
+        const type = TYPES[m[1]];
+        if ((type === 'symlink') !== (link !== ''))
+            throw garbled(vmId, `${JSON.stringify(untrusted_vmText(rel, 80))}: a link target on a ${type}, or a symlink without one`);
+        const size = Number(m[3]);
+        if (!Number.isSafeInteger(size))
+            throw garbled(vmId, `an entry size of ${m[3]}`);
+        // A symlink's own mode means nothing on Linux: only its target is compared.
+        entries.set(rel, { type, mode: type === 'symlink' ? null : parseInt(m[2], 8), size: type === 'file' ? size : null, target: type === 'symlink' ? link : null, sha256: null });
+        if (entries.size > limits.maxEntries)
+            throw tooMany(vmId, limits, `it listed more than ${limits.maxEntries}`);
+    }
+    for (;;) {
+        const record = next();
+        if (record === null)
+            throw garbled(vmId, 'no end record: the listing was cut short');
+        const end = END.exec(record);
+        if (end) {
+            if (at !== data.length)
+                throw garbled(vmId, 'data after the end record');
+            if (end[1] !== '0')
+                throw new VmSyncError('remote_command_failed', `find could not read all of the release on ${vmId} (exit ${end[1]}): an unreadable directory hides what it holds. Fix its permissions on the VM, then run vm-sync verify --deep again.`);
+            if (end[2] !== '0')
+                throw new VmSyncError('remote_command_failed', `sha256sum could not read every file of the release on ${vmId} (exit ${end[2]}): an unreadable file cannot be compared. Fix its permissions on the VM, then run vm-sync verify --deep again.`);
+            break;
+        }
+        const h = HASH_RECORD.exec(record);
+        if (!h)
+            throw garbled(vmId, `a hash record of unknown form ${JSON.stringify(untrusted_vmText(record, 80))}`);
+        const entry = entries.get(h[2]);
+        if (!entry || entry.type !== 'file')
+            throw garbled(vmId, `a hash for ${JSON.stringify(untrusted_vmText(h[2], 80))}, which is not a listed regular file`);
+        if (entry.sha256 !== null)
+            throw garbled(vmId, `two hashes for ${JSON.stringify(untrusted_vmText(h[2], 80))}`);
+        entry.sha256 = h[1];
+    }
+    for (const [rel, entry] of entries) {
+        if (entry.type === 'file' && entry.sha256 === null)
+            throw garbled(vmId, `no hash for the file ${JSON.stringify(untrusted_vmText(rel, 80))} (it changed while it was read?)`);
+    }
+    return entries;
+}
+/**
+ * Reads what `listing` sent over its raw channel: an agent error (framed
+ * lines, before anything else), or the line `@NONCE listing=gzip`, the gzip'd
+ * listing, and `@NONCE end=ok`. Anything else (cut, over a bound, no end
+ * marker) is an error that says so.
+ */
+function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
+    if (result.overflowed)
+        throw tooMany(vmId, limits, `its listing is over ${bytes(limits.maxCompressedBytes)} gzip'd`);
+    const header = Buffer.from(`@${nonce} listing=gzip\n`, 'latin1');
+    const start = result.stdout.indexOf(header);
+    if (start < 0) {
+        // Only framed lines before the header count: anything else is a chatty login shell.
+        const said = parseAgentOutput(result.stdout.toString('utf8'), nonce);
+        const code = said.get('error');
+        const message = untrusted_vmText(said.get('message') ?? '', 500);
+        if (code === 'too_many')
+            throw tooMany(vmId, limits, message);
+        const known = code !== null && code !== 'failed' && AGENT_CODES.has(code) ? code : 'remote_command_failed';
+        const detail = message || untrusted_vmText(result.stderr.trim().split('\n').slice(-3).join(' | '), 500) || `exit ${result.code}, no answer`;
+        throw new VmSyncError(known, `listing on ${vmId} failed: ${detail}`);
+    }
+    const trailer = Buffer.from(`@${nonce} end=ok\n`, 'latin1');
+    const body = result.stdout.subarray(start + header.length);
+    if (result.code !== 0 || body.length < trailer.length || !body.subarray(body.length - trailer.length).equals(trailer)) {
+        const said = untrusted_vmText(result.stderr.trim().split('\n').slice(-2).join(' | '), 300);
+        throw garbled(vmId, `it did not run to its end: exit ${result.code}${said ? `, ${said}` : ''}`);
+    }
+    let data;
+    try {
+        data = external_node_zlib_default().gunzipSync(body.subarray(0, body.length - trailer.length), { maxOutputLength: limits.maxBytes });
+    }
+    catch (error) {
+        if (error instanceof RangeError || error.code === 'ERR_BUFFER_TOO_LARGE')
+            throw tooMany(vmId, limits, `its listing is over ${bytes(limits.maxBytes)}`);
+        throw garbled(vmId, `its gzip data is corrupt: ${untrusted_vmText(error.message, 100)}`);
+    }
+    return parseListing(data, vmId, limits);
+}
+
 ;// CONCATENATED MODULE: ./src/remote/target.ts
+
 
 
 
@@ -39830,9 +40093,10 @@ const UNREADABLE_LOCK_GRACE_S = 60;
 const LOCK_MARGIN_S = KILL_GRACE_S + 20;
 /** The budget of the steps that run after a failure (kill, probe, unlock). */
 const CLEANUP_MS = 15_000;
-const AGENT_CODES = new Set(FAILURE_CODES);
+const target_AGENT_CODES = new Set(FAILURE_CODES);
 const PROBE_KEYS = ['target', 'kind', 'current', 'rev_state', 'rev', 'rsync', 'lock_record', 'lock_hex', 'lock_kind', 'lock_mtime', 'now'];
 const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid'];
+const BASE_STATES = ['none', 'unknown', 'intact', 'drifted'];
 const RELEASE_NAME = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
 /**
  * The deploy target on one VM, driven through the agent over the VM's
@@ -39883,11 +40147,11 @@ class RemoteTarget {
         return Math.max(1, Math.ceil((this.deadlineAt - Date.now()) / 1000));
     }
     /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
-    async call(op, args, cleanup, budgetOverride) {
+    async call(op, args, cleanup, budgetOverride, input) {
         const nonce = external_node_crypto_default().randomBytes(12).toString('hex');
         const budgetS = cleanup ? CLEANUP_MS / 1000 : (budgetOverride ?? this.budgetS());
         try {
-            if (!cleanup) {
+            if (!cleanup && !input) {
                 // Ordinary operations share one agent session: one channel, no shell start per step.
                 if (!this.agent?.alive) {
                     this.agent = null;
@@ -39912,7 +40176,8 @@ class RemoteTarget {
                 }
             }
             const command = agentCommand(op, this.path, { nonce, budgetS }, ...args);
-            const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, undefined, nonce);
+            // A step with input has a channel of its own (the session's stdin carries requests); it is cancelled with the run.
+            const result = await this.session.exec(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, input ? this.signal : undefined, nonce, undefined, input);
             return { response: parseAgentOutput(result.stdout, nonce), code: result.code, stderr: untrusted_vmBlock(result.stderr.trim(), 2000), other: untrusted_vmBlock(ends(result.other.trim()), 5200) };
         }
         catch (error) {
@@ -39922,13 +40187,13 @@ class RemoteTarget {
             throw error;
         }
     }
-    async op(op, args, cleanup = false) {
-        const { response, code, stderr, other } = await this.call(op, args, cleanup);
+    async op(op, args, cleanup = false, input) {
+        const { response, code, stderr, other } = await this.call(op, args, cleanup, undefined, input);
         const agentCode = response.get('error');
         if (agentCode === null && code === 0 && response.complete)
             return response;
         const said = untrusted_vmText(response.get('message') ?? '', 500);
-        const known = agentCode !== null && agentCode !== 'failed' && AGENT_CODES.has(agentCode) ? agentCode : null;
+        const known = agentCode !== null && agentCode !== 'failed' && target_AGENT_CODES.has(agentCode) ? agentCode : null;
         const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(stderr);
         const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${untrusted_vmText(other, 300)}` : `exit ${code}`);
         // The agent quotes the shell's own error (disk full, I/O error) in its message.
@@ -40000,7 +40265,7 @@ class RemoteTarget {
      * of the shared paths already exist on the VM (excluded from the transfer).
      */
     async stage(token, sha, probed, sharedPaths = []) {
-        const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete']);
+        const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'base_state', 'base_key']);
         // rsync writes there with --delete: only the one directory it must be.
         const expected = external_node_path_default().posix.join(external_node_path_default().posix.dirname(probed.target), `.${external_node_path_default().posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
         const stage = out.require('stage');
@@ -40012,15 +40277,36 @@ class RemoteTarget {
             throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${untrusted_vmText(linkDest)}`);
         const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
         const complete = out.require('complete');
-        return { stage, linkDest: linkDest || null, removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)), sharedExisting: existing, completeRelease: complete ? releaseName(complete, this.vmId) : null };
+        return {
+            stage,
+            linkDest: linkDest || null,
+            removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)),
+            sharedExisting: existing,
+            completeRelease: complete ? releaseName(complete, this.vmId) : null,
+            streamSupported: out.oneOf('stream', ['0', '1']) === '1',
+            baseState: out.oneOf('base_state', BASE_STATES),
+            baseKey: out.get('base_key'),
+        };
+    }
+    /**
+     * Builds this commit's staged release from a stream file (see
+     * `src/sync/stream.ts`): a hard-link copy of `base` (the live release,
+     * which the VM checks is unchanged since it was sealed) or nothing, minus
+     * the paths the stream removes, plus what it carries. Fails with
+     * `release_drifted` when the base is not what vm-sync sealed.
+     */
+    async apply(token, sha, base, file, onSent) {
+        const out = (await this.op('apply', [token, sha, base ?? ''], false, { path: file, onSent })).only(['removed', 'stage']);
+        return { removed: toInt(out.require('removed')) };
     }
     /**
      * Completes the staged release: writes `.sync_rev`, links the shared paths
      * (`d:path` / `f:path`, seeding the ones the VM lacks), writes the
-     * completion marker and gives it its final name. Nothing live changes.
+     * completion marker (with `key`, see `buildKey`) and gives it its final
+     * name. Nothing live changes.
      */
-    async seal(token, sha, shared = []) {
-        const out = (await this.op('seal', [token, sha, ...shared.map((s) => `${s.dir ? 'd' : 'f'}:${s.path}`)])).only(['release', 'seeded', 'created']);
+    async seal(token, sha, shared = [], key = '0') {
+        const out = (await this.op('seal', [token, sha, key, ...shared.map((s) => `${s.dir ? 'd' : 'f'}:${s.path}`)])).only(['release', 'seeded', 'created']);
         return { release: releaseName(out.require('release'), this.vmId), seeded: out.all('seeded').map((p) => untrusted_vmText(p)), created: out.all('created').map((p) => untrusted_vmText(p)) };
     }
     /**
@@ -40085,6 +40371,28 @@ class RemoteTarget {
     /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
     async prune(token, keep) {
         return (await this.op('prune', [token, String(keep)])).only(['pruned']).all('pruned').map((p) => untrusted_vmText(p));
+    }
+    /**
+     * Every entry of the live release (`release`) or of the target directory
+     * (`dir`) with the sha256 of every regular file, nothing followed; read-only,
+     * needs no lock. It travels byte-exact on a channel of its own (names may
+     * hold any byte but NUL), bounded by `limits` and the run's deadline.
+     */
+    async listing(kind, limits = LISTING_LIMITS) {
+        const nonce = external_node_crypto_default().randomBytes(12).toString('hex');
+        const budgetS = this.budgetS();
+        const command = agentCommand('listing', this.path, { nonce, budgetS }, String(limits.maxEntries), kind);
+        try {
+            const result = await this.session.execRaw(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, limits.maxCompressedBytes, this.signal);
+            // A channel cut at the byte cap leaves the listing running on the VM until it notices.
+            if (result.overflowed)
+                this.interrupted.add(nonce);
+            return readListingAnswer(result, nonce, this.vmId, limits);
+        }
+        catch (error) {
+            this.interrupted.add(nonce);
+            throw error;
+        }
     }
     /** Whether a deploy could write beside the target, and the free space there. */
     async writability() {
@@ -40197,11 +40505,13 @@ function sshPorts(knownHosts) {
                     await bridge.close();
                 }
             },
-            seal: (token, sha, shared) => target.seal(token, sha, shared),
+            apply: (token, sha, base, file, onSent) => target.apply(token, sha, base, file, onSent),
+            seal: (token, sha, shared, key) => target.seal(token, sha, shared, key),
             flip: (token, release, reject) => target.flip(token, release, reject),
             inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
             inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),
             releases: () => target.releases(),
+            listing: (kind) => target.listing(kind),
             renew: (token) => target.renew(token),
             health: (token, sha, command, timeoutS) => target.health(token, sha, command, timeoutS),
             prune: (token, keep) => target.prune(token, keep),
@@ -40342,7 +40652,502 @@ async function classifyState(vmId, rev, deploy, history) {
     return history.relation(trimmed, deploy);
 }
 
+;// CONCATENATED MODULE: ./src/sync/stream.ts
+
+
+
+
+
+/**
+ * What a release was built with, beyond its commit: the exclude patterns and
+ * the shared paths. A stream builds on a release only when they are the same
+ * now (else files excluded since, or a shared path added since, would stay).
+ */
+function buildKey(excludes, sharedPaths) {
+    return external_node_crypto_default().createHash('sha256').update(JSON.stringify({ excludes: [...excludes], shared: [...sharedPaths] })).digest('hex').slice(0, 32);
+}
+/**
+ * A matcher with rsync's meaning for the exclude patterns it understands:
+ * `name` (no slash, no wildcard: any entry of that name, at any depth),
+ * `name/` (directories only), `/a/b` (anchored at the tree's root). Anything
+ * else (wildcards, `**`, an unanchored `a/b`) returns null, and the caller
+ * uses rsync, which knows them all.
+ */
+function excludeMatcher(patterns) {
+    const names = [];
+    const anchored = [];
+    for (const raw of patterns) {
+        const dirOnly = raw.endsWith('/') && raw.length > 1;
+        const pattern = dirOnly ? raw.slice(0, -1) : raw;
+        if (pattern === '' || /[*?[\]\\]/.test(pattern))
+            return null;
+        const bytes = Buffer.from(pattern, 'utf8').toString('latin1');
+        if (bytes.startsWith('/')) {
+            const rest = bytes.slice(1);
+            if (rest === '' || rest.split('/').some((c) => c === '' || c === '.' || c === '..'))
+                return null;
+            anchored.push({ path: rest, dirOnly });
+        }
+        else if (bytes.includes('/')) {
+            return null;
+        }
+        else {
+            names.push({ name: bytes, dirOnly });
+        }
+    }
+    return (rel, isDir) => {
+        const parts = rel.split('/');
+        for (let i = 0; i < parts.length; i++) {
+            const last = i === parts.length - 1;
+            const dir = !last || isDir;
+            if (names.some((n) => n.name === parts[i] && (dir || !n.dirOnly)))
+                return true;
+            const prefix = parts.slice(0, i + 1).join('/');
+            if (anchored.some((a) => a.path === prefix && (dir || !a.dirOnly)))
+                return true;
+        }
+        return false;
+    };
+}
+/** Parses `git diff --raw -z --no-renames` output (`:mode mode sha sha S\0path\0` records). */
+function parseRawDiff(out) {
+    const fields = out.toString('latin1').split('\0');
+    const entries = [];
+    for (let i = 0; i + 1 < fields.length; i += 2) {
+        const meta = fields[i];
+        if (meta === '' && i === fields.length - 1)
+            break;
+        const status = meta.split(' ')[4];
+        if (!meta.startsWith(':') || !status)
+            throw new VmSyncError('git_failed', `unexpected git diff record: ${JSON.stringify(meta.slice(0, 80))}`);
+        entries.push({ status: status[0], path: fields[i + 1] });
+    }
+    return entries;
+}
+/** A path's bytes as printf %b escapes (the stream header's form; agent.sh decodes them). */
+function encodeStreamPath(rel) {
+    let out = '';
+    for (const byte of Buffer.from(rel, 'latin1')) {
+        const c = String.fromCharCode(byte);
+        out += /[A-Za-z0-9._,:/@+-]/.test(c) ? c : `\\0${byte.toString(8).padStart(3, '0')}`;
+    }
+    return out;
+}
+/** The streams of one deploy, made once per starting commit, on first demand. */
+class ReleaseStreams {
+    source;
+    made = new Map();
+    exclude;
+    constructor(source) {
+        this.source = source;
+        this.exclude = excludeMatcher(source.excludes);
+    }
+    /** The stream from `base` (a commit the VM's live release holds; null: none) to the commit. */
+    for(base) {
+        const key = base ?? '';
+        let made = this.made.get(key);
+        if (!made) {
+            // A stream that cannot be made (a defect, a full disk) costs speed, not the deploy: rsync takes over.
+            made = this.make(base).catch((error) => ({ ok: false, reason: getErrorMessage(error) }));
+            this.made.set(key, made);
+        }
+        return made;
+    }
+    async make(base) {
+        const exclude = this.exclude;
+        if (!exclude)
+            return { ok: false, reason: 'rsync_excludes has patterns only rsync understands (wildcards or unanchored paths)' };
+        const { dir } = await this.source.tree();
+        let removals = [];
+        let members;
+        if (base === null) {
+            members = this.wholeTree(dir, exclude);
+        }
+        else {
+            const diff = await this.diff(base);
+            if (typeof diff === 'string')
+                return { ok: false, reason: diff };
+            const shared = this.source.sharedPaths.map((p) => Buffer.from(p, 'utf8').toString('latin1'));
+            const under = (rel, p) => rel === p || rel.startsWith(`${p}/`);
+            // A change to a parent of a shared path (a directory replaced by a file) needs rsync's full view.
+            const parentOfShared = diff.find((e) => shared.some((p) => p.startsWith(`${e.path}/`)));
+            if (parentOfShared)
+                return { ok: false, reason: `the change touches ${printableLatin1(parentOfShared.path)}, a parent of a shared path` };
+            const kept = diff.filter((e) => !shared.some((p) => under(e.path, p)));
+            // Excluded paths are removed too (they are absent, so it costs nothing): the agent then removes
+            // the directories the change left empty, as rsync --delete would.
+            removals = kept.filter((e) => e.status !== 'A').map((e) => e.path);
+            const added = kept.filter((e) => e.status !== 'D').map((e) => e.path);
+            members = this.withParents(dir, added, exclude);
+        }
+        const file = external_node_path_default().join(this.source.scratchDir, `stream-${base ?? 'full'}.bin`);
+        const files = await writeStream(file, dir, removals, members, this.source.env);
+        return { ok: true, stream: { base, file, removals: removals.length, files, bytes: external_node_fs_default().statSync(file).size } };
+    }
+    /** Changed paths between `base` and the commit, or why the stream cannot be made. */
+    async diff(base) {
+        const args = ['diff', '--raw', '-z', '--no-renames', '--no-abbrev', '--no-ext-diff', '--no-textconv', base, this.source.commit, '--'];
+        // Bytes, not text: a path that is not UTF-8 must survive.
+        const out = await new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout)));
+        if (!out)
+            return `the runner-host clone cannot diff ${base.slice(0, 12)}..${this.source.commit.slice(0, 12)}`;
+        return parseRawDiff(out);
+    }
+    /** Every entry of the export that rsync would send, parents before children. */
+    wholeTree(root, exclude) {
+        const out = [];
+        const walk = (abs, rel) => {
+            for (const entry of external_node_fs_default().readdirSync(abs, { withFileTypes: true, encoding: 'buffer' })) {
+                const name = entry.name.toString('latin1');
+                const childRel = rel ? `${rel}/${name}` : name;
+                const isDir = entry.isDirectory();
+                if (exclude(childRel, isDir))
+                    continue;
+                out.push(childRel);
+                if (isDir)
+                    walk(Buffer.concat([abs, Buffer.from('/'), entry.name]), childRel);
+            }
+        };
+        walk(Buffer.from(root), '');
+        return out;
+    }
+    /** The added or changed paths that exist in the export, each preceded by its parent directories (once). */
+    withParents(root, paths, exclude) {
+        const out = [];
+        const seen = new Set();
+        for (const rel of paths) {
+            const stat = lstatLatin1(root, rel);
+            if (!stat)
+                continue; // export-ignore'd, or under a path git archive does not write
+            if (exclude(rel, stat.isDirectory()))
+                continue;
+            const parts = rel.split('/');
+            for (let i = 1; i <= parts.length; i++) {
+                const prefix = parts.slice(0, i).join('/');
+                if (seen.has(prefix))
+                    continue;
+                seen.add(prefix);
+                out.push(prefix);
+            }
+        }
+        return out;
+    }
+}
+function lstatLatin1(root, rel) {
+    try {
+        return external_node_fs_default().lstatSync(Buffer.concat([Buffer.from(root), Buffer.from('/'), Buffer.from(rel, 'latin1')]));
+    }
+    catch {
+        return null;
+    }
+}
+function printableLatin1(rel) {
+    // eslint-disable-next-line no-control-regex
+    return Buffer.from(rel, 'latin1').toString('utf8').replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+}
+/**
+ * Writes the stream file: the removal header, then `tar -c --no-recursion` of
+ * `members` (read from `root`) through `gzip -1` (fast: the stream is made
+ * on the critical path, and links of 100 Mbit/s and up carry it faster than
+ * a higher level would squeeze it). Returns how many regular files it holds.
+ */
+async function writeStream(file, root, removals, members, env) {
+    const list = `${file}.list`;
+    external_node_fs_default().writeFileSync(list, Buffer.from(members.map((m) => `${m}\0`).join(''), 'latin1'), { mode: 0o600 });
+    external_node_fs_default().writeFileSync(file, `${removals.map((r) => `${encodeStreamPath(r)}\n`).join('')}.\n`, { mode: 0o600 });
+    let files = 0;
+    for (const m of members)
+        if (lstatLatin1(root, m)?.isFile())
+            files++;
+    const out = external_node_fs_default().openSync(file, 'a');
+    try {
+        const tar = (0,external_node_child_process_namespaceObject.spawn)('tar', ['-c', '-f', '-', '--format=gnu', '--numeric-owner', '--owner=0', '--group=0', '-C', root, '--no-recursion', '--null', '-T', list], {
+            env: { ...(env ?? process.env), LC_ALL: 'C' },
+            stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        const gzip = (0,external_node_child_process_namespaceObject.spawn)('gzip', ['-1', '-n', '-c'], { stdio: ['pipe', out, 'pipe'] });
+        tar.stdout.pipe(gzip.stdin);
+        const status = (child) => new Promise((resolve, reject) => {
+            let stderr = '';
+            child.stderr?.on('data', (d) => (stderr = (stderr + d.toString()).slice(-2000)));
+            child.on('error', reject);
+            child.on('close', (code) => resolve({ code, stderr }));
+        });
+        const [t, g] = await Promise.all([status(tar), status(gzip)]);
+        if (t.code !== 0 || g.code !== 0)
+            throw new VmSyncError('internal_error', `could not build the release stream (tar exited ${t.code}, gzip ${g.code}): ${(t.stderr || g.stderr).trim().slice(0, 500)}`);
+    }
+    catch (error) {
+        if (error instanceof VmSyncError)
+            throw error;
+        throw new VmSyncError('internal_error', `could not build the release stream: ${getErrorMessage(error)}`);
+    }
+    finally {
+        external_node_fs_default().closeSync(out);
+        external_node_fs_default().rmSync(list, { force: true });
+    }
+    return files;
+}
+
+;// CONCATENATED MODULE: ./src/sync/drift.ts
+
+
+
+
+
+
+
+
+const latin1 = (text) => Buffer.from(text, 'utf8').toString('latin1');
+const under = (rel, dir) => rel.startsWith(`${dir}/`);
+/**
+ * Reads a tree into a listing: every entry, not following symlinks, with the
+ * sha256 of every regular file. `keep` decides per path (a directory it
+ * rejects is not entered).
+ */
+async function readTree(root, keep = () => true) {
+    const entries = new Map();
+    const files = [];
+    const rootBytes = Buffer.from(root);
+    const pending = [''];
+    while (pending.length > 0) {
+        const dir = pending.pop();
+        const absDir = dir ? Buffer.concat([rootBytes, Buffer.from(`/${dir}`, 'latin1')]) : rootBytes;
+        // Names as bytes: a name that is not UTF-8 must not be decoded (and so changed) on the way.
+        const names = (await external_node_fs_default().promises.readdir(absDir, { encoding: 'buffer' }));
+        for (const name of names) {
+            const rel = dir ? `${dir}/${name.toString('latin1')}` : name.toString('latin1');
+            const abs = Buffer.concat([absDir, Buffer.from('/'), name]);
+            const stat = await external_node_fs_default().promises.lstat(abs);
+            if (!keep(rel, stat.isDirectory()))
+                continue;
+            const mode = stat.mode & 0o7777;
+            if (stat.isSymbolicLink()) {
+                entries.set(rel, { type: 'symlink', mode: null, size: null, target: (await external_node_fs_default().promises.readlink(abs, { encoding: 'buffer' })).toString('latin1'), sha256: null });
+            }
+            else if (stat.isDirectory()) {
+                entries.set(rel, { type: 'dir', mode, size: null, target: null, sha256: null });
+                pending.push(rel);
+            }
+            else if (stat.isFile()) {
+                const entry = { type: 'file', mode, size: stat.size, target: null, sha256: null };
+                entries.set(rel, entry);
+                files.push({ abs, entry });
+            }
+            else {
+                entries.set(rel, { type: stat.isFIFO() ? 'fifo' : stat.isSocket() ? 'socket' : stat.isBlockDevice() || stat.isCharacterDevice() ? 'device' : 'other', mode, size: null, target: null, sha256: null });
+            }
+        }
+    }
+    // A few files at a time: hashing streams each file, never holding a large one in memory.
+    let next = 0;
+    await Promise.all(Array.from({ length: Math.min(8, files.length) }, async () => {
+        while (next < files.length) {
+            const job = files[next++];
+            job.entry.sha256 = await hashFile(job.abs);
+        }
+    }));
+    return entries;
+}
+function hashFile(file) {
+    return new Promise((resolve, reject) => {
+        const hash = external_node_crypto_default().createHash('sha256');
+        external_node_fs_default().createReadStream(file)
+            .on('error', reject)
+            .on('data', (chunk) => hash.update(chunk))
+            .on('end', () => resolve(hash.digest('hex')));
+    });
+}
+/**
+ * The commit's tree as vm-sync deploys it, from its export. With exclude
+ * patterns {@link excludeMatcher} does not understand, rsync itself applies
+ * them: the export is copied (hard links, into `scratchDir`) through rsync
+ * with the same excludes, so the expected side is exactly what rsync sends.
+ */
+async function expectedTree(exportDir, rules, scratchDir) {
+    const shared = rules.sharedPaths.map(latin1);
+    const exclude = excludeMatcher(rules.excludes);
+    let root = exportDir;
+    if (!exclude) {
+        root = external_node_path_default().join(scratchDir, 'filtered');
+        const args = ['-rlpt', `--link-dest=${external_node_path_default().resolve(exportDir)}`, ...rules.excludes.map((p) => `--exclude=${p}`), `${exportDir}/`, `${root}/`];
+        const result = await run('rsync', args, { maxOutput: 4000 });
+        if (result.code !== 0)
+            throw new VmSyncError('rsync_failed', `could not apply rsync_excludes to the export for verify --deep (rsync exited ${result.code}): ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+    }
+    const entries = await readTree(root, (rel, isDir) => rel !== '.sync_rev' && !shared.some((s) => rel === s || under(rel, s)) && !(exclude?.(rel, isDir) ?? false));
+    // The release's seal step creates a shared path's missing parents as directories.
+    for (const s of shared) {
+        const parts = s.split('/');
+        for (let i = 1; i < parts.length; i++) {
+            const parent = parts.slice(0, i).join('/');
+            if (!entries.has(parent))
+                entries.set(parent, { type: 'dir', mode: null, size: null, target: null, sha256: null });
+        }
+    }
+    return { entries, shared, exclude };
+}
+const octal = (mode) => (mode === null ? '?' : `0${mode.toString(8).padStart(3, '0')}`);
+/** How `actual` differs from `expected` at one path, or null when it does not. */
+function differs(expected, actual) {
+    if (expected.type !== actual.type)
+        return { kind: 'changed', detail: `type ${expected.type} -> ${actual.type}` };
+    if (expected.type === 'symlink')
+        return expected.target === actual.target ? null : { kind: 'link', detail: 'symlink target' };
+    const what = [];
+    if (expected.type === 'file' && (expected.sha256 !== actual.sha256 || expected.size !== actual.size))
+        what.push('content');
+    if (expected.mode !== null && expected.mode !== actual.mode)
+        what.push(`mode ${octal(expected.mode)} -> ${octal(actual.mode)}`);
+    return what.length ? { kind: 'changed', detail: what.join(', ') } : null;
+}
+/**
+ * Compares what a VM serves with the expected tree: every path is one of
+ * `changed` (content, mode or type), `missing`, `extra` or `link` (a symlink's
+ * target). `sharedTarget` gives the link a shared path must be on this VM.
+ * Not compared: `.sync_rev`, whatever lies under a shared path (the VM's
+ * data), VM-only paths the excludes cover, and, when the excludes are beyond
+ * the matcher, every VM-only path. Sorted by path (bytes). Pure.
+ */
+function compareTrees(expected, actual, sharedTarget) {
+    const drift = [];
+    for (const [rel, want] of expected.entries) {
+        const have = actual.get(rel);
+        if (!have)
+            drift.push({ path: rel, kind: 'missing', detail: want.type });
+        else {
+            const d = differs(want, have);
+            if (d)
+                drift.push({ path: rel, ...d });
+        }
+    }
+    for (const rel of expected.shared) {
+        const have = actual.get(rel);
+        const target = sharedTarget(rel);
+        if (!have)
+            drift.push({ path: rel, kind: 'missing', detail: 'shared path link' });
+        else if (have.type !== 'symlink')
+            drift.push({ path: rel, kind: 'changed', detail: `type symlink -> ${have.type} (a shared path must link to vm-sync's shared directory)` });
+        else if (have.target !== target)
+            drift.push({ path: rel, kind: 'link', detail: "symlink target (not vm-sync's shared directory)" });
+    }
+    if (expected.exclude) {
+        const exclude = expected.exclude;
+        for (const [rel, have] of actual) {
+            if (rel === '.sync_rev' || expected.entries.has(rel) || expected.shared.includes(rel))
+                continue;
+            if (expected.shared.some((s) => under(rel, s)))
+                continue;
+            if (exclude(rel, have.type === 'dir'))
+                continue;
+            drift.push({ path: rel, kind: 'extra', detail: have.type });
+        }
+    }
+    return drift.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+/** How many drifted paths a report row lists (the counts cover all of them). */
+const DRIFT_PATHS_MAX = 20;
+/** The report's `drift` field: counts, and the first paths made printable. */
+function driftReport(drift, checked, max = DRIFT_PATHS_MAX) {
+    return {
+        checked,
+        changed: drift.filter((d) => d.kind === 'changed' || d.kind === 'link').length,
+        missing: drift.filter((d) => d.kind === 'missing').length,
+        extra: drift.filter((d) => d.kind === 'extra').length,
+        paths: drift.slice(0, max).map((d) => ({ path: printablePath(d.path), what: d.kind === 'link' ? 'changed' : d.kind, detail: d.detail })),
+    };
+}
+// Characters that reorder or hide text on a terminal or a web page: shown as escapes.
+const INVISIBLE = /[\u0080-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]/u;
+/**
+ * A path (latin1, one char per byte, as a VM named it) as printable text:
+ * valid UTF-8 shown as such; a control byte, a byte that is not part of valid
+ * UTF-8, and a backslash as `\xNN`; characters that reorder or hide text as
+ * `\u{…}`. Unambiguous, one line, and bounded.
+ */
+function printablePath(rel, max = 300) {
+    const bytes = Buffer.from(rel, 'latin1');
+    let out = '';
+    for (let i = 0; i < bytes.length && out.length <= max;) {
+        const b = bytes[i];
+        const len = b >= 0xf0 && b <= 0xf4 ? 4 : b >= 0xe0 ? 3 : b >= 0xc2 && b < 0xe0 ? 2 : 1;
+        if (b >= 0x20 && b < 0x7f && b !== 0x5c) {
+            out += String.fromCharCode(b);
+            i++;
+            continue;
+        }
+        if (len > 1 && i + len <= bytes.length) {
+            const slice = bytes.subarray(i, i + len);
+            const text = slice.toString('utf8');
+            // Valid only when it decodes to one code point that encodes back to the same bytes.
+            if ([...text].length === 1 && !text.includes('\ufffd') && Buffer.from(text, 'utf8').equals(slice)) {
+                out += INVISIBLE.test(text) ? `\\u{${text.codePointAt(0).toString(16)}}` : text;
+                i += len;
+                continue;
+            }
+        }
+        out += `\\x${b.toString(16).padStart(2, '0')}`;
+        i++;
+    }
+    return untrusted_vmText(out, max);
+}
+/** The link a shared path must be on a VM whose target (as the VM expanded it) is `target`: agent.sh `seal` makes it. */
+function sharedLinkTarget(target) {
+    const stateDir = `${external_node_path_default().posix.dirname(target)}/.${external_node_path_default().posix.basename(target)}.vm-sync`;
+    return (rel) => latin1(`${stateDir}/shared/`) + rel;
+}
+/** Whether `.sync_rev` in a listing holds exactly `rev` (as vm-sync writes it, or without the newline). */
+function sentinelMatches(listing, rev) {
+    const entry = listing.get('.sync_rev');
+    if (!entry || entry.type !== 'file')
+        return false;
+    const digest = (text) => external_node_crypto_default().createHash('sha256').update(text).digest('hex');
+    return entry.sha256 === digest(`${rev}\n`) || entry.sha256 === digest(rev);
+}
+/**
+ * The expected trees of one run: each commit the VMs serve is exported once
+ * (into a private scratch directory, removed as soon as its listing is made)
+ * and turned into an {@link ExpectedTree}, shared by every VM on it.
+ */
+class ExpectedTrees {
+    repo;
+    rules;
+    made = new Map();
+    scratch = null;
+    constructor(repo, rules) {
+        this.repo = repo;
+        this.rules = rules;
+    }
+    /** The expected tree of `sha` (a full hash), made on first demand. */
+    for(sha) {
+        let tree = this.made.get(sha);
+        if (!tree) {
+            tree = this.make(sha);
+            this.made.set(sha, tree);
+        }
+        return tree;
+    }
+    async make(sha) {
+        this.scratch ??= makeScratchDir('deep');
+        const dir = external_node_path_default().join(this.scratch, sha);
+        external_node_fs_default().mkdirSync(dir);
+        try {
+            await this.repo.exportTree(sha, external_node_path_default().join(dir, 'tree'));
+            return await expectedTree(external_node_path_default().join(dir, 'tree'), this.rules, dir);
+        }
+        finally {
+            removeScratchDirLater(dir);
+        }
+    }
+    /** Removes the scratch directory (call once every VM is done). */
+    close() {
+        if (this.scratch)
+            removeScratchDirLater(this.scratch);
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/sync/vm-pipeline.ts
+
 
 
 
@@ -40460,9 +41265,12 @@ async function dryRun(vm, ctx, session, target, report, signal) {
 }
 /**
  * Reads one VM's `.sync_rev` and classifies it (`vm-sync status`), and with
- * `verify` also requires it to equal the commit (`vm-sync verify`).
+ * `verify` also requires it to equal the commit (`vm-sync verify`). With
+ * `deep` (verify only) it also lists what the VM serves and compares it, file
+ * by file, with the tree of the commit the VM claims: a VM that differs fails
+ * with `release_drifted`, its row's `drift` saying how.
  */
-function inspectVm(vm, ctx, mode) {
+function inspectVm(vm, ctx, mode, deep) {
     return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
         report.action = mode;
         const probe = await target.probe();
@@ -40472,11 +41280,45 @@ function inspectVm(vm, ctx, mode) {
             report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
         report.state = await stateOf(vm, probe, ctx, false);
         report.verified = report.rev_after === ctx.commit;
+        const served = report.rev_after;
+        if (deep && served !== null && (probe.kind === 'release' || probe.kind === 'dir')) {
+            try {
+                await checkDrift(vm, ctx, target, probe, served, report, deep);
+            }
+            catch (error) {
+                // The VM is on another commit: that is the failure to report; its content is a note.
+                if (served === ctx.commit)
+                    throw error;
+                report.notes.push(`content not compared: ${toFailure(error).message}`);
+            }
+        }
         if (mode === 'verify' && !report.verified) {
             throw new VmSyncError('verify_mismatch', `${vm.id} is on ${report.rev_after ? vm_pipeline_short(report.rev_after) : 'nothing (no .sync_rev)'}, expected ${vm_pipeline_short(ctx.commit)} (${report.state}): run vm-sync sync.`);
         }
+        const drift = report.drift;
+        if (drift && drift.changed + drift.missing + drift.extra > 0) {
+            report.verified = false;
+            const counts = [`${drift.changed} changed`, `${drift.missing} missing`, `${drift.extra} extra`].join(', ');
+            throw new VmSyncError('release_drifted', `${vm.id} serves ${vm_pipeline_short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with vm-sync sync --force --vm ${vm.id} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`);
+        }
         report.result = 'success';
     }));
+}
+/** Lists what the VM serves and sets the row's `drift` against the tree of `served`. */
+async function checkDrift(vm, ctx, target, probe, served, report, deep) {
+    const expected = await deep.expected(served);
+    const listing = await target.listing(probe.kind === 'release' ? 'release' : 'dir');
+    // The listing is of what serves `served` only if its own .sync_rev still says so (a deploy may have flipped meanwhile).
+    if (!sentinelMatches(listing, served)) {
+        throw new VmSyncError('remote_command_failed', `what ${vm.id} serves changed while verify --deep read it (its .sync_rev no longer holds ${vm_pipeline_short(served)}): run vm-sync verify --deep again.`);
+    }
+    const drift = compareTrees(expected, listing, sharedLinkTarget(probe.target));
+    report.drift = driftReport(drift, expected.entries.size + expected.shared.length);
+    if (!expected.exclude) {
+        report.notes.push('rsync_excludes has patterns verify --deep cannot match on the VM (wildcards or unanchored paths): files only the VM has were not compared, so none is reported as extra');
+    }
+    if (served !== ctx.commit && drift.length > 0)
+        report.notes.push(`its files also differ from ${vm_pipeline_short(served)}'s tree: see drift`);
 }
 /**
  * The rsync excludes of a transfer: the configured ones, `.git` unless it is
@@ -40576,6 +41418,7 @@ async function takeLock(vm, port, options) {
 
 
 
+
 const now = () => new Date().toISOString();
 /** rsync's I/O timeout: no data for this long aborts a transfer (a few connect timeouts, at least 30 s). */
 const ioTimeoutS = (config) => Math.max(30, config.sync.connectTimeoutS * 3);
@@ -40591,6 +41434,8 @@ class FleetRelease {
     budgetMs;
     /** How long the VMs' agent sessions may live: the whole run's worst case. */
     sessionBudgetS;
+    /** What releases are built with beyond the commit (see `buildKey`): a stream builds only on a release of the same key. */
+    buildKey;
     rollout;
     constructor(ctx, vms) {
         this.ctx = ctx;
@@ -40599,6 +41444,7 @@ class FleetRelease {
         const { sync, rollout } = ctx.config;
         this.budgetMs = sync.timeoutS * 1000;
         this.sessionBudgetS = sessionBudgetS(ctx.config, vms.length, ctx.lockWaitS);
+        this.buildKey = buildKey(rsyncExcludes(ctx.config, []), ctx.config.repository.sharedPaths.map((s) => s.path));
         this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
     }
     say(run, message) {
@@ -40777,11 +41623,14 @@ class FleetRelease {
         }
         const tree = await this.ctx.tree();
         run.treeNotes = tree.notes;
-        this.say(run, `staging ${release_short(commit)} into a new release${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
-        const stats = await port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+        const stats = (await this.streamed(run, port, staged)) ??
+            (await (async () => {
+                this.say(run, `staging ${release_short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
+                return port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+            })());
         report.files_changed = stats.filesChanged;
         report.bytes_sent = stats.bytesSent;
-        const sealed = await port.seal(this.token, commit, shared);
+        const sealed = await port.seal(this.token, commit, shared, this.buildKey);
         for (const p of sealed.seeded)
             report.notes.push(`shared path ${p} seeded from this release`);
         for (const p of sealed.created)
@@ -40789,6 +41638,50 @@ class FleetRelease {
         run.release = sealed.release;
         report.staged_at = now();
         this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
+    }
+    /**
+     * The stream transfer, when it applies: the VM has GNU tar and find, and
+     * either serves no release (the whole tree) or serves one that is exactly
+     * what vm-sync sealed, of a commit this runner can diff from. Otherwise
+     * null, with the reason in the row when the user should know it (a drifted
+     * release is repaired by rsync, which compares every file).
+     */
+    async streamed(run, port, staged) {
+        const { stream, commit } = this.ctx;
+        if (!stream || !staged.streamSupported)
+            return null;
+        const live = run.before ? releaseOf(run.before) : null;
+        if (staged.baseState === 'drifted') {
+            run.report.notes.push(`release ${live} was changed on ${run.vm.id} after vm-sync sealed it (drift): staged through rsync, which compares every file; the new release is exactly the commit`);
+            return null;
+        }
+        if (staged.baseState === 'unknown')
+            return null; // sealed by a vm-sync that kept no manifest
+        if (staged.baseState === 'intact' && staged.baseKey !== this.buildKey) {
+            run.report.notes.push(`release ${live} was built with other rsync_excludes or shared_paths than now: staged through rsync`);
+            return null;
+        }
+        const base = staged.baseState === 'intact' ? run.report.rev_before : null;
+        if (staged.baseState === 'intact' && !base)
+            return null;
+        const outcome = await stream(base);
+        if (!outcome.ok) {
+            this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`);
+            return null;
+        }
+        const { stream: made } = outcome;
+        this.say(run, `staging ${release_short(commit)} from ${base ? `${release_short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`);
+        try {
+            await port.apply(this.token, commit, base ? live : null, made.file, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+        }
+        catch (error) {
+            const failure = toFailure(error);
+            if (failure.code !== 'release_drifted' && failure.code !== 'stream_failed')
+                throw failure;
+            run.report.notes.push(`stream transfer refused by ${run.vm.id} (${failure.message}): staged through rsync instead`);
+            return null;
+        }
+        return { filesChanged: made.files, bytesSent: made.bytes };
     }
     /**
      * Before a batch flips, its VMs get a fresh budget and their locks a new
@@ -41127,6 +42020,8 @@ async function rollbackFleet(ctx, vms) {
 
 
 
+
+
 /** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
 function selectVms(config, ids) {
     if (!ids || ids.length === 0)
@@ -41181,6 +42076,7 @@ async function runSync(config, options = {}) {
     const exportDir = external_node_path_default().join(exportRoot, 'tree');
     const force = options.force ?? false;
     const dryRun = options.dryRun ?? false;
+    let streamDir = null;
     try {
         // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
         // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
@@ -41236,6 +42132,18 @@ async function runSync(config, options = {}) {
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
             return { command: 'sync', commit, dry_run: true, scan, vms: reports };
         }
+        // The stream transfer: made once per starting commit, for every VM on it.
+        const streams = config.sync.transfer === 'auto' && config.repository.layout === 'atomic'
+            ? new ReleaseStreams({
+                repoDir: repo.dir,
+                commit,
+                tree,
+                excludes: rsyncExcludes(config, []),
+                sharedPaths: config.repository.sharedPaths.map((s) => s.path),
+                scratchDir: (streamDir = makeScratchDir('stream')),
+                env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined,
+            })
+            : null;
         const outcome = await releaseFleet({
             config,
             openPort: sshPorts(knownHosts),
@@ -41248,12 +42156,15 @@ async function runSync(config, options = {}) {
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
             lockWaitS: options.lockWaitS ?? 0,
+            stream: streams ? (base) => streams.for(base) : undefined,
         }, vms);
         await recordDeployed(repo, outcome.vms, events);
         return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
     }
     finally {
         removeScratchDirLater(exportRoot);
+        if (streamDir)
+            removeScratchDirLater(streamDir);
     }
 }
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
@@ -41264,9 +42175,13 @@ async function allRecordedOn(repo, vms, commit) {
 /**
  * `vm-sync verify` / `vm-sync status`: reads every selected VM's `.sync_rev`
  * and classifies it against the commit (default: the runner-host HEAD).
- * Read-only on the VMs and on the runner-host repo.
+ * With `deep` (verify only), each commit the VMs serve is exported once and
+ * every VM's files are compared with it. Read-only on the VMs and on the
+ * runner-host repo.
  */
 async function runInspect(config, mode, options = {}) {
+    if (options.deep && mode !== 'verify')
+        throw new VmSyncError('config_invalid', 'deep only applies to verify');
     const events = options.events ?? silentEvents;
     const vms = selectVms(config, options.vms);
     sweepDeadRuns(events);
@@ -41288,8 +42203,16 @@ async function runInspect(config, mode, options = {}) {
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
     };
-    const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode)));
-    return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+    // What a release holds: the tree less the excludes (`.git` among them unless deployed) and the shared paths.
+    const trees = options.deep ? new ExpectedTrees(repo, { excludes: rsyncExcludes(config, []), sharedPaths: config.repository.sharedPaths.map((s) => s.path) }) : null;
+    const deep = trees ? { expected: (sha) => trees.for(sha) } : undefined;
+    try {
+        const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode, deep)));
+        return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+    }
+    finally {
+        trees?.close();
+    }
 }
 /**
  * `vm-sync rollback`: flips each selected VM to its previous kept release, or
@@ -41359,7 +42282,8 @@ async function runScan(config, options = {}) {
         return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
     }
     finally {
-        external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
+        // Not on the critical path: the report is printed while the export goes.
+        removeScratchDirLater(exportRoot);
     }
 }
 /**
@@ -42119,7 +43043,8 @@ Usage:
   vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--lock-wait SECONDS] [--json]
   vm-sync rollback --config FILE [--vm ...] [--to SHA] [--lock-wait SECONDS] [--json]
                  flip back to the previous kept release (or to the kept release of SHA): no transfer, no scan
-  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
+  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--deep] [--json]
+                 every VM on the commit? --deep: also compare every file each VM serves with its commit's tree
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
   vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
@@ -42176,6 +43101,7 @@ function parse(argv) {
                 'scan-base': { type: 'string' },
                 to: { type: 'string' },
                 'lock-wait': { type: 'string' },
+                deep: { type: 'boolean', default: false },
                 help: { type: 'boolean', short: 'h', default: false },
             },
         });
@@ -42250,6 +43176,8 @@ async function main(argv, io = processIO, signal) {
             throw new UsageError('--dry-run only applies to sync');
         if (values['no-fetch'] && command !== 'sync' && command !== 'scan')
             throw new UsageError('--no-fetch only applies to sync and scan');
+        if (values.deep && command !== 'verify')
+            throw new UsageError('--deep only applies to verify');
         if (command === 'status' && values.commit)
             throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
         // scan never reaches a VM, so it does not need (or check) the SSH keys;
@@ -42305,6 +43233,9 @@ async function main(argv, io = processIO, signal) {
         }
         else if (command === 'scan') {
             request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
+        }
+        else if (command === 'verify') {
+            request = { name: 'verify', options: { ...options, deep: values.deep } };
         }
         else {
             request = { name: command, options };

@@ -19,7 +19,8 @@ Usage:
   vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--lock-wait SECONDS] [--json]
   vm-sync rollback --config FILE [--vm ...] [--to SHA] [--lock-wait SECONDS] [--json]
                  flip back to the previous kept release (or to the kept release of SHA): no transfer, no scan
-  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--json]
+  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--deep] [--json]
+                 every VM on the commit? --deep: also compare every file each VM serves with its commit's tree
   vm-sync status --config FILE [--vm ...] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
   vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
@@ -84,6 +85,7 @@ function parse(argv: string[]) {
         'scan-base': { type: 'string' },
         to: { type: 'string' },
         'lock-wait': { type: 'string' },
+        deep: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -140,6 +142,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     if (command !== 'sync' && command !== 'unlock' && values.force) throw new UsageError('--force only applies to sync and unlock');
     if (command !== 'sync' && values['dry-run']) throw new UsageError('--dry-run only applies to sync');
     if (values['no-fetch'] && command !== 'sync' && command !== 'scan') throw new UsageError('--no-fetch only applies to sync and scan');
+    if (values.deep && command !== 'verify') throw new UsageError('--deep only applies to verify');
     if (command === 'status' && values.commit) throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
 
     // scan never reaches a VM, so it does not need (or check) the SSH keys;
@@ -184,8 +187,10 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       request = { name: 'rollback', options: { vms, events, signal, to: values.to, lockWaitS: lockWait } };
     } else if (command === 'scan') {
       request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
+    } else if (command === 'verify') {
+      request = { name: 'verify', options: { ...options, deep: values.deep } };
     } else {
-      request = { name: command as 'verify' | 'status', options };
+      request = { name: command as 'status', options };
     }
     const report: RunReport = await execute(config, request);
     if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));

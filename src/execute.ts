@@ -1,12 +1,12 @@
 import type { Config } from './config/types.js';
-import { runInspect, runRollback, runScan, runSync, type FleetOptions, type RollbackOptions, type ScanOptions, type SyncOptions } from './sync/fleet.js';
+import { runInspect, runRollback, runScan, runSync, type InspectOptions, type RollbackOptions, type ScanOptions, type SyncOptions } from './sync/fleet.js';
 import type { RunReport } from './sync/types.js';
 
 /** One engine command, as the CLI and the Action both build it from their input. */
 export type Command =
   | { name: 'sync'; options: SyncOptions }
   | { name: 'rollback'; options: RollbackOptions }
-  | { name: 'verify' | 'status'; options: FleetOptions }
+  | { name: 'verify' | 'status'; options: InspectOptions }
   | { name: 'scan'; options: ScanOptions };
 
 /**

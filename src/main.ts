@@ -196,7 +196,7 @@ export async function run(): Promise<void> {
       // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
       if (auth) core.setSecret(auth.secret);
-      report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, fetch: true, gitEnv: auth?.env, events, signal: controller.signal } });
+      report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, fetch: true, deep: inputs.deep, gitEnv: auth?.env, events, signal: controller.signal } });
     }
     if (scans) reporter.scanFinished(report.scan, null);
 

@@ -21,6 +21,8 @@ export interface Inputs {
   vms: string[];
   force: boolean;
   dryRun: boolean;
+  /** verify only: also compare every file each VM serves with its commit's tree. */
+  deep: boolean;
   githubToken: string;
   commitStatuses: boolean;
   environment: string;
@@ -103,6 +105,7 @@ export function parseInputs(read: InputReader = defaultReader): Inputs {
     vms,
     force: bool(read, 'force', false),
     dryRun: bool(read, 'dry-run', false),
+    deep: bool(read, 'deep', false),
     githubToken: read('github-token').trim(),
     commitStatuses: bool(read, 'commit-statuses', true),
     environment: read('environment').trim(),
@@ -111,6 +114,7 @@ export function parseInputs(read: InputReader = defaultReader): Inputs {
     sarifPath: read('sarif-path').trim(),
   };
   if (inputs.dryRun && command !== 'sync') throw new VmSyncError('config_invalid', 'input dry-run only applies to command: sync');
+  if (inputs.deep && command !== 'verify') throw new VmSyncError('config_invalid', 'input deep only applies to command: verify');
   if (inputs.force && command !== 'sync') throw new VmSyncError('config_invalid', 'input force only applies to command: sync');
   if (inputs.lockWaitS > 0 && command !== 'sync' && command !== 'rollback') {
     throw new VmSyncError('config_invalid', 'input lock-wait only applies to command: sync or rollback');

@@ -306,6 +306,13 @@ require_lock() { # TOKEN
   trap 'rm -f -- "$S/ops/$PPID"' EXIT
 }
 
+# What `listing` needs: GNU find (-printf), and sha256sum, head and gzip that
+# take NUL-separated names (GNU coreutils).
+listing_tools() {
+  # shellcheck disable=SC2185 # --version takes no path
+  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1
+}
+
 case $op in
 probe)
   probe
@@ -743,6 +750,48 @@ $nonce
     kill -0 "-$pg" 2>/dev/null && kill -KILL "-$pg" 2>/dev/null
     out stopped "$pg"
   done
+  ;;
+listing)
+  # Read-only: every entry of the live release (KIND=release) or of the
+  # target directory (KIND=dir), for `verify --deep`. Nothing is followed:
+  # find does not descend into symlinks and only regular files are hashed.
+  # Names may hold any byte but NUL, so the listing is NUL-separated and sent
+  # gzip'd, raw, after the line "@NONCE listing=gzip", ended by @NONCE end=ok:
+  #   vm-sync-listing-1\0
+  #   TYPE MODE SIZE\0PATH\0LINK-TARGET\0    per entry (%y %m %s, %P, %l)
+  #   hashes\0
+  #   SHA256  ./PATH\0                        per regular file
+  #   end FIND-STATUS HASH-STATUS\0
+  # More than MAX entries is refused before anything is hashed.
+  max=$1 want=$2
+  digits "$max" || fail failed "bad entry limit"
+  listing_tools || fail failed "verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM"
+  case $want in
+    release)
+      # vm-sync's own directories: a planted symlink there would lead the listing elsewhere.
+      if [ -L "$S" ] || [ -L "$R" ]; then fail unsafe_state_dir "$S or $R is a symlink: vm-sync refuses to read through it"; fi
+      root=$(current_release)
+      if [ -z "$root" ] || [ ! -d "$root" ] || [ -L "$root" ]; then fail no_release "$T is not vm-sync's symlink to a release: nothing to list"; fi
+      ;;
+    dir)
+      if [ -L "$T" ] || [ ! -d "$T" ]; then fail no_release "$T is not a directory: nothing to list"; fi
+      root=$T
+      ;;
+    *) fail failed "bad listing kind" ;;
+  esac
+  cd -- "$root" || fail failed "cannot enter $root"
+  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c "$((max + 1))" | wc -c)
+  [ "$n" -le "$max" ] || fail too_many "$root holds more than $max entries"
+  printf '@%s listing=gzip\n' "$NONCE"
+  {
+    printf 'vm-sync-listing-1\0'
+    find . -mindepth 1 -printf '%y %m %s\0%P\0%l\0'
+    fst=$?
+    printf 'hashes\0'
+    find . -mindepth 1 -type f -exec sha256sum -z -- {} +
+    hst=$?
+    printf 'end %s %s\0' "$fst" "$hst"
+  } | gzip -c
   ;;
 doctor)
   # Can a deploy create its state directory and flip the target here?

@@ -4,6 +4,7 @@ import type { LockOwner } from './lock.js';
 import { RshBridge } from './rsh-bridge.js';
 import { runRsync, type RsyncStats } from './rsync.js';
 import { VmSession } from './session.js';
+import type { TreeListing } from './listing.js';
 import { RemoteTarget, type BeginOutcome, type HealthOutcome, type Probe, type ReleaseList, type StageResult } from './target.js';
 
 /** One transfer into a directory on the VM. */
@@ -34,6 +35,8 @@ export interface VmPort {
   inPlaceBegin(token: string, probed: Probe): Promise<string>;
   inPlaceFinish(token: string, sha: string): Promise<void>;
   releases(): Promise<ReleaseList>;
+  /** Every entry of the live release (`release`) or target directory (`dir`), with file hashes; read-only. */
+  listing(kind: 'release' | 'dir'): Promise<TreeListing>;
   renew(token: string): Promise<void>;
   health(token: string, sha: string, command: string, timeoutS: number): Promise<HealthOutcome>;
   prune(token: string, keep: number): Promise<string[]>;
@@ -83,6 +86,7 @@ export function sshPorts(knownHosts: KnownHosts): OpenPort {
       inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
       inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),
       releases: () => target.releases(),
+      listing: (kind) => target.listing(kind),
       renew: (token) => target.renew(token),
       health: (token, sha, command, timeoutS) => target.health(token, sha, command, timeoutS),
       prune: (token, keep) => target.prune(token, keep),

@@ -26,6 +26,18 @@ export interface ExecResult {
   stderr: string;
 }
 
+/** The outcome of {@link VmSession.execRaw}: stdout as bytes, exactly as the VM sent them. */
+export interface RawExecResult {
+  /** -1 when the command was killed, the channel died, or its output was cut (`overflowed`). */
+  code: number;
+  /** At most the byte cap; the bytes received before the cut when `overflowed`. */
+  stdout: Buffer;
+  /** Bounded: the start and the end of stderr. */
+  stderr: string;
+  /** stdout passed the byte cap: reading stopped there and the channel was closed. */
+  overflowed: boolean;
+}
+
 const OUTPUT_MAX = 64 * 1024;
 const FRAMED_LINE_MAX = 8192;
 const FRAMED_LINES_MAX = 2000;
@@ -236,6 +248,73 @@ export class VmSession {
           code = typeof exitCode === 'number' ? exitCode : -1;
         });
         ch.on('close', () => finish(null, code));
+      });
+    });
+  }
+
+  /**
+   * Runs a command line on the VM and keeps its stdout as raw bytes (a
+   * binary answer: names that are not UTF-8 must arrive byte for byte),
+   * under a hard timeout and a byte cap: past `maxBytes` the channel is
+   * closed and the result says `overflowed`, so a VM that sends without end
+   * cannot exhaust the runner's memory.
+   */
+  execRaw(command: string, timeoutMs: number, maxBytes: number, signal?: AbortSignal): Promise<RawExecResult> {
+    return new Promise<RawExecResult>((resolve, reject) => {
+      const connection = this.ssh.connection;
+      if (!connection || this.closed) {
+        reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
+        return;
+      }
+      let channel: ClientChannel | null = null;
+      let settled = false;
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const err = new BoundedText(OUTPUT_MAX);
+      const finish = (outcome: VmSyncError | { code: number; overflowed: boolean }): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (outcome instanceof VmSyncError || outcome.overflowed) channel?.close();
+        if (outcome instanceof VmSyncError) reject(outcome);
+        else resolve({ code: outcome.code, stdout: Buffer.concat(chunks, size), stderr: err.text(), overflowed: outcome.overflowed });
+      };
+      const timer = setTimeout(() => finish(new VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
+      const onAbort = (): void => finish(new VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
+      connection.exec(command, (error, ch) => {
+        if (error) {
+          finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`));
+          return;
+        }
+        channel = ch;
+        if (settled) {
+          ch.close();
+          return;
+        }
+        let code = -1;
+        ch.on('data', (data: Buffer) => {
+          if (settled) return;
+          if (size + data.length > maxBytes) {
+            const room = maxBytes - size;
+            if (room > 0) chunks.push(data.subarray(0, room));
+            size = maxBytes;
+            finish({ code: -1, overflowed: true });
+            return;
+          }
+          chunks.push(data);
+          size += data.length;
+        });
+        ch.stderr.on('data', (data: Buffer) => err.add(data.toString('utf8')));
+        ch.on('exit', (exitCode: number | null) => {
+          code = typeof exitCode === 'number' ? exitCode : -1;
+        });
+        ch.on('close', () => finish({ code, overflowed: false }));
       });
     });
   }

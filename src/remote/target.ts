@@ -3,6 +3,7 @@ import path from 'node:path';
 import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
 import { agentCommand, AgentResponse, KILL_GRACE_S, parseAgentOutput } from './agent-script.js';
 import { AgentSession } from './agent-session.js';
+import { LISTING_LIMITS, readListingAnswer, type ListingLimits, type TreeListing } from './listing.js';
 import { codeFromStderr } from './classify.js';
 import { encodeLockOwner, type LockOwner } from './lock.js';
 import type { RemoteGuard } from './rsh-bridge.js';
@@ -379,6 +380,27 @@ export class RemoteTarget {
   /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
   async prune(token: string, keep: number): Promise<string[]> {
     return (await this.op('prune', [token, String(keep)])).only(['pruned']).all('pruned').map((p) => vmText(p));
+  }
+
+  /**
+   * Every entry of the live release (`release`) or of the target directory
+   * (`dir`) with the sha256 of every regular file, nothing followed; read-only,
+   * needs no lock. It travels byte-exact on a channel of its own (names may
+   * hold any byte but NUL), bounded by `limits` and the run's deadline.
+   */
+  async listing(kind: 'release' | 'dir', limits: ListingLimits = LISTING_LIMITS): Promise<TreeListing> {
+    const nonce = crypto.randomBytes(12).toString('hex');
+    const budgetS = this.budgetS();
+    const command = agentCommand('listing', this.path, { nonce, budgetS }, String(limits.maxEntries), kind);
+    try {
+      const result = await this.session.execRaw(command, budgetS * 1000 + (KILL_GRACE_S + 2) * 1000, limits.maxCompressedBytes, this.signal);
+      // A channel cut at the byte cap leaves the listing running on the VM until it notices.
+      if (result.overflowed) this.interrupted.add(nonce);
+      return readListingAnswer(result, nonce, this.vmId, limits);
+    } catch (error) {
+      this.interrupted.add(nonce);
+      throw error;
+    }
   }
 
   /** Whether a deploy could write beside the target, and the free space there. */

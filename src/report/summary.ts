@@ -1,7 +1,7 @@
 import type { ScanReport } from '../scan/gate.js';
 import type { RunReport, VmReport } from '../sync/types.js';
 import { markdownCode, markdownText } from './escape.js';
-import { formatBytes } from './table.js';
+import { driftCell, formatBytes } from './table.js';
 
 /** What the summary needs besides the report. */
 export interface SummaryContext {
@@ -32,11 +32,21 @@ function resultCell(vm: VmReport): string {
   return `${icon} ${markdownText(vm.result, CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, CELL_MAX)})` : ''}`;
 }
 
+/** What verify --deep found on a VM: `clean`, a warning with the counts, or a dash when it did not compare. */
+function driftSummaryCell(vm: VmReport): string {
+  if (!vm.drift) return '—';
+  const cell = driftCell(vm.drift);
+  return cell === 'clean' ? cell : `⚠️ ${markdownText(cell, CELL_MAX)}`;
+}
+
 /** One VM's error and notes as list items, each escaped and bounded. */
 function detailLines(vm: VmReport): string[] {
   const id = markdownText(vm.id, CELL_MAX);
   const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, CELL_MAX)}: ${markdownText(vm.error.message, MESSAGE_MAX)}`] : [];
   if (vm.health_output) lines.push(`- ${id}: health command output: ${markdownCode(vm.health_output, NOTE_MAX)}`);
+  for (const p of vm.drift?.paths ?? []) lines.push(`- ${id}: drift: ${markdownText(p.what, CELL_MAX)} ${markdownCode(p.path, NOTE_MAX)} (${markdownText(p.detail, CELL_MAX)})`);
+  const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
+  if (unlisted > 0) lines.push(`- ${id}: drift: …and ${unlisted} more path(s) (see the \`results\` output)`);
   for (const note of vm.notes.slice(0, NOTES_PER_VM)) lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
   if (vm.notes.length > NOTES_PER_VM) lines.push(`- ${id}: …and ${vm.notes.length - NOTES_PER_VM} more note(s) (see the \`results\` output)`);
   return lines;
@@ -131,15 +141,17 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
   if (report.vms.length > 0) {
     // A release run shows when each VM was staged and flipped, and its health check.
     const phases = Boolean(report.rollout);
+    // verify --deep shows what it found in each VM's files.
+    const withDrift = report.vms.some((vm) => vm.drift);
     lines.push(
       '### VMs',
       '',
-      `| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |${phases ? ' Staged | Flipped | Health |' : ''}`,
-      `|---|---|---|---|---|---|---|---|---|---|${phases ? '---|---|---|' : ''}`,
+      `| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |${phases ? ' Staged | Flipped | Health |' : ''}${withDrift ? ' Drift |' : ''}`,
+      `|---|---|---|---|---|---|---|---|---|---|${phases ? '---|---|---|' : ''}${withDrift ? '---|' : ''}`,
     );
     for (const vm of report.vms) {
       const revs = vm.rev_before === vm.rev_after ? sha(vm.rev_after) : `${sha(vm.rev_before)} → ${sha(vm.rev_after)}`;
-      const extra = phases ? ` ${clock(vm.staged_at)} | ${clock(vm.flipped_at)} | ${markdownText(vm.health, CELL_MAX)} |` : '';
+      const extra = (phases ? ` ${clock(vm.staged_at)} | ${clock(vm.flipped_at)} | ${markdownText(vm.health, CELL_MAX)} |` : '') + (withDrift ? ` ${driftSummaryCell(vm)} |` : '');
       lines.push(
         `| ${markdownText(vm.id, CELL_MAX)} | ${markdownText(vm.host, CELL_MAX)} | ${markdownText(vm.state, CELL_MAX)} | ${markdownText(vm.action, CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |${extra}`,
       );

@@ -1,5 +1,5 @@
 import { describeFinding } from '../scan/findings.js';
-import type { RunReport, VmReport } from '../sync/types.js';
+import type { DriftReport, RunReport, VmReport } from '../sync/types.js';
 import { terminalLine } from './escape.js';
 
 // A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
@@ -27,7 +27,14 @@ function formatDuration(ms: number): string {
   return ms < 1000 ? `${ms}ms` : `${(ms / 1000).toFixed(1)}s`;
 }
 
-function row(vm: VmReport, withHealth: boolean): string[] {
+/** A drift check in a few words: `clean`, `2 changed, 1 extra`, or `-` when it did not run. */
+export function driftCell(drift: DriftReport | null | undefined): string {
+  if (!drift) return '-';
+  const parts = [drift.changed ? `${drift.changed} changed` : '', drift.missing ? `${drift.missing} missing` : '', drift.extra ? `${drift.extra} extra` : ''].filter(Boolean);
+  return parts.length ? parts.join(', ') : 'clean';
+}
+
+function row(vm: VmReport, withHealth: boolean, withDrift: boolean): string[] {
   const revs = vm.rev_before === vm.rev_after ? short(vm.rev_after) : `${short(vm.rev_before)} -> ${short(vm.rev_after)}`;
   return [
     terminalLine(vm.id, CELL_MAX),
@@ -41,6 +48,7 @@ function row(vm: VmReport, withHealth: boolean): string[] {
     formatDuration(vm.duration_ms),
     vm.verified ? 'yes' : 'no',
     ...(withHealth ? [vm.health] : []),
+    ...(withDrift ? [driftCell(vm.drift)] : []),
   ];
 }
 
@@ -65,8 +73,10 @@ export function renderTable(report: RunReport): string {
   if (report.vms.length === 0) return scan;
   // The health column only when a health check ran.
   const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
-  const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : [])];
-  const rows = [header, ...report.vms.map((vm) => row(vm, withHealth))];
+  // The drift column only when verify --deep compared a VM's files.
+  const withDrift = report.vms.some((vm) => vm.drift);
+  const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : []), ...(withDrift ? ['DRIFT'] : [])];
+  const rows = [header, ...report.vms.map((vm) => row(vm, withHealth, withDrift))];
   const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
   const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
   lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
@@ -79,6 +89,9 @@ export function renderTable(report: RunReport): string {
     const id = terminalLine(vm.id, CELL_MAX);
     if (vm.error) details.push(terminalLine(`${id}: ${vm.error.code}: ${vm.error.message}`, MESSAGE_MAX));
     if (vm.health_output) details.push(terminalLine(`${id}: health output: ${vm.health_output}`, MESSAGE_MAX));
+    for (const p of vm.drift?.paths ?? []) details.push(terminalLine(`${id}: drift: ${p.what}: ${p.path} (${p.detail})`, MESSAGE_MAX));
+    const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
+    if (unlisted > 0) details.push(`${id}: drift: …and ${unlisted} more path(s) (the counts are in the DRIFT column)`);
     for (const note of vm.notes.slice(0, NOTES_PER_VM)) details.push(terminalLine(`${id}: note: ${note}`, MESSAGE_MAX));
     if (vm.notes.length > NOTES_PER_VM) details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
   }

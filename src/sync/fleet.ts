@@ -12,7 +12,8 @@ import { sshPorts } from '../remote/port.js';
 import { mapPool } from './pool.js';
 import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
-import { dryRunVm, inspectVm, rsyncExcludes, type RunContext } from './vm-pipeline.js';
+import { ExpectedTrees } from './drift.js';
+import { dryRunVm, inspectVm, rsyncExcludes, type DeepCheck, type RunContext } from './vm-pipeline.js';
 import { failedRow, silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
 
 /** Options shared by every engine command. */
@@ -29,6 +30,16 @@ export interface FleetOptions {
   fetch?: boolean;
   /** Extra environment for git (credentials for the fetch, never on a command line). */
   gitEnv?: NodeJS.ProcessEnv;
+}
+
+/** Options of `vm-sync verify` and `vm-sync status`. */
+export interface InspectOptions extends FleetOptions {
+  /**
+   * verify only: also compare, file by file, what each VM serves with the
+   * tree of the commit it serves (`verify --deep`); a VM that differs fails
+   * with `release_drifted`.
+   */
+  deep?: boolean;
 }
 
 export interface SyncOptions extends FleetOptions {
@@ -215,9 +226,12 @@ async function allRecordedOn(repo: RunnerRepo, vms: readonly VmConfig[], commit:
 /**
  * `vm-sync verify` / `vm-sync status`: reads every selected VM's `.sync_rev`
  * and classifies it against the commit (default: the runner-host HEAD).
- * Read-only on the VMs and on the runner-host repo.
+ * With `deep` (verify only), each commit the VMs serve is exported once and
+ * every VM's files are compared with it. Read-only on the VMs and on the
+ * runner-host repo.
  */
-export async function runInspect(config: Config, mode: 'verify' | 'status', options: FleetOptions = {}): Promise<RunReport> {
+export async function runInspect(config: Config, mode: 'verify' | 'status', options: InspectOptions = {}): Promise<RunReport> {
+  if (options.deep && mode !== 'verify') throw new VmSyncError('config_invalid', 'deep only applies to verify');
   const events = options.events ?? silentEvents;
   const vms = selectVms(config, options.vms);
   sweepDeadRuns(events);
@@ -238,8 +252,15 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
     signal: options.signal,
     retryBaseMs: options.retryBaseMs ?? 1000,
   };
-  const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode)));
-  return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+  // What a release holds: the tree less the excludes (`.git` among them unless deployed) and the shared paths.
+  const trees = options.deep ? new ExpectedTrees(repo, { excludes: rsyncExcludes(config, []), sharedPaths: config.repository.sharedPaths.map((s) => s.path) }) : null;
+  const deep: DeepCheck | undefined = trees ? { expected: (sha) => trees.for(sha) } : undefined;
+  try {
+    const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode, deep)));
+    return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+  } finally {
+    trees?.close();
+  }
 }
 
 /** Options of `vm-sync rollback`. */

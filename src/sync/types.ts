@@ -36,6 +36,21 @@ export interface VmReport {
   health_output: string | null;
   /** The release live at the end (atomic layout), null when unknown or not vm-sync's. */
   release: string | null;
+  /** `verify --deep`: how what the VM serves differs from its commit's tree; null when not checked. */
+  drift?: DriftReport | null;
+}
+
+/**
+ * What `verify --deep` found on a VM: how many deployed paths it compared,
+ * how many differ (a symlink's target counts as changed), and the first of
+ * them, made printable (a VM names them: never shown raw).
+ */
+export interface DriftReport {
+  checked: number;
+  changed: number;
+  missing: number;
+  extra: number;
+  paths: Array<{ path: string; what: 'changed' | 'missing' | 'extra'; detail: string }>;
 }
 
 /**
@@ -62,6 +77,7 @@ export function failedRow(vm: { id: string; host: string }, error: VmReport['err
     health: 'skipped',
     health_output: null,
     release: null,
+    drift: null,
   };
 }
 

@@ -5,6 +5,7 @@ import { RshBridge } from '../remote/rsh-bridge.js';
 import { runRsync } from '../remote/rsync.js';
 import { VmSession } from '../remote/session.js';
 import { RemoteTarget, type Probe } from '../remote/target.js';
+import { compareTrees, driftReport, sentinelMatches, sharedLinkTarget, type ExpectedTree } from './drift.js';
 import { classifyState, type History } from './state.js';
 import { failedRow, type EngineEvents, type VmReport } from './types.js';
 
@@ -139,11 +140,19 @@ async function dryRun(vm: VmConfig, ctx: RunContext, session: VmSession, target:
   report.result = 'success';
 }
 
+/** `verify --deep`: where the expected tree of a commit comes from (one export per commit, shared by the VMs on it). */
+export interface DeepCheck {
+  expected(sha: string): Promise<ExpectedTree>;
+}
+
 /**
  * Reads one VM's `.sync_rev` and classifies it (`vm-sync status`), and with
- * `verify` also requires it to equal the commit (`vm-sync verify`).
+ * `verify` also requires it to equal the commit (`vm-sync verify`). With
+ * `deep` (verify only) it also lists what the VM serves and compares it, file
+ * by file, with the tree of the commit the VM claims: a VM that differs fails
+ * with `release_drifted`, its row's `drift` saying how.
  */
-export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'status'): Promise<VmReport> {
+export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'status', deep?: DeepCheck): Promise<VmReport> {
   return withBudget(vm, ctx, (report, signal, deadlineAt) =>
     withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
       report.action = mode;
@@ -153,12 +162,47 @@ export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'statu
       if (probe.lock) report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
       report.state = await stateOf(vm, probe, ctx, false);
       report.verified = report.rev_after === ctx.commit;
+      const served = report.rev_after;
+      if (deep && served !== null && (probe.kind === 'release' || probe.kind === 'dir')) {
+        try {
+          await checkDrift(vm, ctx, target, probe, served, report, deep);
+        } catch (error) {
+          // The VM is on another commit: that is the failure to report; its content is a note.
+          if (served === ctx.commit) throw error;
+          report.notes.push(`content not compared: ${toFailure(error).message}`);
+        }
+      }
       if (mode === 'verify' && !report.verified) {
         throw new VmSyncError('verify_mismatch', `${vm.id} is on ${report.rev_after ? short(report.rev_after) : 'nothing (no .sync_rev)'}, expected ${short(ctx.commit)} (${report.state}): run vm-sync sync.`);
+      }
+      const drift = report.drift;
+      if (drift && drift.changed + drift.missing + drift.extra > 0) {
+        report.verified = false;
+        const counts = [`${drift.changed} changed`, `${drift.missing} missing`, `${drift.extra} extra`].join(', ');
+        throw new VmSyncError(
+          'release_drifted',
+          `${vm.id} serves ${short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with vm-sync sync --force --vm ${vm.id} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`,
+        );
       }
       report.result = 'success';
     }),
   );
+}
+
+/** Lists what the VM serves and sets the row's `drift` against the tree of `served`. */
+async function checkDrift(vm: VmConfig, ctx: RunContext, target: RemoteTarget, probe: Probe, served: string, report: VmReport, deep: DeepCheck): Promise<void> {
+  const expected = await deep.expected(served);
+  const listing = await target.listing(probe.kind === 'release' ? 'release' : 'dir');
+  // The listing is of what serves `served` only if its own .sync_rev still says so (a deploy may have flipped meanwhile).
+  if (!sentinelMatches(listing, served)) {
+    throw new VmSyncError('remote_command_failed', `what ${vm.id} serves changed while verify --deep read it (its .sync_rev no longer holds ${short(served)}): run vm-sync verify --deep again.`);
+  }
+  const drift = compareTrees(expected, listing, sharedLinkTarget(probe.target));
+  report.drift = driftReport(drift, expected.entries.size + expected.shared.length);
+  if (!expected.exclude) {
+    report.notes.push('rsync_excludes has patterns verify --deep cannot match on the VM (wildcards or unanchored paths): files only the VM has were not compared, so none is reported as extra');
+  }
+  if (served !== ctx.commit && drift.length > 0) report.notes.push(`its files also differ from ${short(served)}'s tree: see drift`);
 }
 
 /**

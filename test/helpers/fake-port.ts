@@ -9,13 +9,14 @@ import { parseConfig } from '../../src/config/load.js';
 import type { Config, VmConfig } from '../../src/config/types.js';
 import { VmSyncError } from '../../src/errors.js';
 import type { LockOwner } from '../../src/remote/lock.js';
+import type { TreeListing } from '../../src/remote/listing.js';
 import type { OpenPort, TransferPlan, VmPort } from '../../src/remote/port.js';
 import type { BaseState, BeginOutcome, HealthOutcome, Probe, ReleaseList, SentinelState } from '../../src/remote/target.js';
 import type { History } from '../../src/sync/state.js';
 import type { EngineEvents, VmReport } from '../../src/sync/types.js';
 
 export type Op =
-  | 'open' | 'probe' | 'begin' | 'stage' | 'transfer' | 'apply' | 'seal' | 'flip' | 'inPlaceBegin' | 'inPlaceFinish' | 'releases' | 'renew' | 'health' | 'prune'
+  | 'open' | 'probe' | 'begin' | 'stage' | 'transfer' | 'apply' | 'seal' | 'flip' | 'inPlaceBegin' | 'inPlaceFinish' | 'releases' | 'listing' | 'renew' | 'health' | 'prune'
   | 'postSync' | 'unlock' | 'breakLock' | 'stopInterrupted' | 'extendTo' | 'close';
 
 /** One call on a port (or an `open`), in the order they happened across the whole fleet. */
@@ -69,6 +70,8 @@ export interface VmScript {
   baseKey?: string | null;
   /** Begin never releases the lock at once, even on the expected commit (an agent that keeps it). */
   keepsLockAtBegin?: boolean;
+  /** What `listing` answers (default: an empty tree). */
+  listing?: TreeListing;
 }
 
 export const NEW = '1111111111111111111111111111111111111111';
@@ -299,6 +302,7 @@ export class FakeFleet {
       inPlaceFinish: (token, sha) => op('inPlaceFinish', [token, sha], () => undefined),
       releases: () =>
         op('releases', [], (): ReleaseList => ({ live: vm.live, previous: vm.previousRelease(), complete: [...vm.releases].map(([name, commit]) => ({ name, commit })), incomplete: [] })),
+      listing: (kind) => op('listing', [kind], (): TreeListing => new Map(vm.script.listing ?? [])),
       renew: (token) => op('renew', [token], () => vm.requireLock(token, 'renew')),
       health: (token, sha, command, timeoutS) =>
         op('health', [token, sha, command, timeoutS], () => {

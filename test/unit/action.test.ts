@@ -17,6 +17,7 @@ describe('parseInputs', () => {
       vms: [],
       force: false,
       dryRun: false,
+      deep: false,
       githubToken: 'x',
       commitStatuses: true,
       environment: '',
