@@ -59,6 +59,8 @@ export interface PrepareDeployOptions {
   exportDir: string;
   /** Asked with the resolved commit before the export; false: skip it (every VM already has the commit). */
   exportWhen?: (commit: string) => Promise<boolean>;
+  /** Writes the export instead of a fresh `git archive` into `exportDir` (the kept exports, see src/git/exports.ts). */
+  exporter?: (commit: string) => Promise<void>;
 }
 
 /** One VM's deployed commit, for {@link RunnerRepo.recordDeployed}. */
@@ -324,6 +326,10 @@ export class RunnerRepo {
         }
         await this.checkoutSteps(commit);
         if (options.exportWhen && !(await options.exportWhen(commit))) return commit;
+        if (options.exporter) {
+          await options.exporter(commit);
+          return commit;
+        }
         fs.rmSync(options.exportDir, { recursive: true, force: true });
         await this.exportSteps(commit, options.exportDir);
         return commit;

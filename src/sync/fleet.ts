@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Config, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
+import { ExportStore, stateDirOf, type ExportSnapshot } from '../git/exports.js';
 import { makeScratchDir, removeScratchDirLater, sweepScratchDirs } from '../local/scratch.js';
 import { KnownHosts } from '../remote/known-hosts.js';
 import { ownLockOwner } from '../remote/lock.js';
@@ -120,8 +121,22 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   const knownHosts = loadKnownHosts(config);
   sweepDeadRuns(events);
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
-  const exportRoot = makeScratchDir('export');
-  const exportDir = path.join(exportRoot, 'tree');
+  // The export lives on between runs (src/git/exports.ts): a deploy rewrites only what changed since the last one.
+  const exports = new ExportStore({ stateDir: stateDirOf(config.repository.mainRepoPath), repoDir: config.repository.mainRepoPath, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined });
+  exports.sweep();
+  let snapshot: ExportSnapshot | null = null;
+  let exportDir = '';
+  const exportNow = async (sha: string): Promise<void> => {
+    const started = Date.now();
+    snapshot = await exports.checkout(sha);
+    exportDir = snapshot.dir;
+    events.info(
+      null,
+      snapshot.how === 'incremental'
+        ? `export of ${sha.slice(0, 12)}: ${snapshot.changedPaths} path(s) rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
+        : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`,
+    );
+  };
   const force = options.force ?? false;
   const dryRun = options.dryRun ?? false;
   let streamDir: string | null = null;
@@ -135,8 +150,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       rev: options.commit,
       fetch: options.fetch !== false,
       force,
-      exportDir,
+      exportDir: '',
       exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
+      exporter: exportNow,
     });
 
     // The secret-scan gate: before any VM is contacted.
@@ -164,7 +180,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       if (exported) return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
       late ??= (async () => {
         events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`);
-        await repo.exportTree(commit, exportDir);
+        await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
         scan = await gate();
         if (scan?.blocked) throw new VmSyncError('secrets_found', `${scan.findings.length} possible secret(s) in ${commit.slice(0, 12)}: nothing was sent to this VM`);
         return { dir: exportDir, notes: committedSentinelNote(exportDir) };
@@ -212,8 +228,10 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     await recordDeployed(repo, outcome.vms, events);
     return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
   } finally {
-    removeScratchDirLater(exportRoot);
     if (streamDir) removeScratchDirLater(streamDir);
+    // The export becomes the base of the next run's (under the runner-host lock: no run copies it meanwhile).
+    const made: ExportSnapshot | null = snapshot;
+    if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
 }
 
