@@ -36417,6 +36417,10 @@ class RunnerRepo {
                 await this.checkoutSteps(commit);
                 if (options.exportWhen && !(await options.exportWhen(commit)))
                     return commit;
+                if (options.exporter) {
+                    await options.exporter(commit);
+                    return commit;
+                }
                 external_node_fs_default().rmSync(options.exportDir, { recursive: true, force: true });
                 await this.exportSteps(commit, options.exportDir);
                 return commit;
@@ -36635,6 +36639,255 @@ function escapeRegExp(text) {
 }
 function timestamp(date = new Date()) {
     return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
+;// CONCATENATED MODULE: ./src/git/exports.ts
+
+
+
+
+
+
+const exports_FULL_SHA = /^[0-9a-f]{40}$/;
+const READY = /^ready-(\d{15})-([0-9a-f]{40})$/;
+/** Above this many changed paths a full export is as cheap as rewriting them one chunk at a time. */
+const MAX_INCREMENTAL_PATHS = 20_000;
+/** vm-sync's runner-host state directory for a clone. */
+function stateDirOf(cloneDir) {
+    return external_node_path_default().dirname(cloneLockPath(cloneDir));
+}
+/** The export store of one runner-host clone. The caller holds the runner-host lock for checkout, retire and discard. */
+class ExportStore {
+    options;
+    dir;
+    keep;
+    constructor(options) {
+        this.options = options;
+        this.dir = external_node_path_default().join(options.stateDir, 'exports');
+        this.keep = Math.max(1, options.keep ?? 2);
+    }
+    /** Removes what earlier runs left: trash, and run exports whose owner died. In the background; never throws. */
+    sweep() {
+        for (const name of this.names()) {
+            if (name.startsWith('trash-') || (name.startsWith('run-') && ownedByDeadProcess(name)))
+                this.removeLater(name);
+        }
+    }
+    /**
+     * An export of `commit` for this run: derived from the newest ready export
+     * when that is possible and cheaper, else a full `git archive`. Identical to
+     * a full export in paths, types, modes, bytes and link targets (mtimes may
+     * differ). A failure leaves nothing that could become a base.
+     */
+    async checkout(commit) {
+        if (!exports_FULL_SHA.test(commit))
+            throw new VmSyncError('git_failed', `not a full commit hash: ${commit}`);
+        this.ensureDir();
+        const home = scratchSiblingName(external_node_path_default().join(this.dir, 'run'), 'export').replace(/^(.*\/)run\./, '$1run-');
+        external_node_fs_default().mkdirSync(home, { mode: 0o700 });
+        const tree = external_node_path_default().join(home, 'tree');
+        try {
+            const base = this.newestReady();
+            const why = base ? await this.whyNotIncremental(base.commit, commit) : 'no earlier export on this runner';
+            if (base && why === null) {
+                const changed = await this.incremental(base.dir, base.commit, commit, tree);
+                if (changed !== null)
+                    return { dir: tree, commit, base: base.commit, how: 'incremental', reason: null, changedPaths: changed, home };
+                external_node_fs_default().rmSync(tree, { recursive: true, force: true });
+            }
+            await this.archive(commit, tree, []);
+            return { dir: tree, commit, base: null, how: 'fresh', reason: why ?? 'too many changed paths', changedPaths: 0, home };
+        }
+        catch (error) {
+            this.trash(external_node_path_default().basename(home));
+            if (error instanceof VmSyncError)
+                throw error;
+            throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed: ${getErrorMessage(error)}`);
+        }
+    }
+    /** Makes a run's export a base for later runs and drops ready exports beyond `keep` (removed in the background). */
+    retire(snapshot) {
+        const ready = external_node_path_default().join(this.dir, `ready-${String(Date.now()).padStart(15, '0')}-${snapshot.commit}`);
+        try {
+            external_node_fs_default().renameSync(snapshot.home, ready);
+        }
+        catch {
+            return; // gone already (a sweep of a run that looked dead): nothing to keep
+        }
+        const all = this.names()
+            .filter((n) => READY.test(n))
+            .sort()
+            .reverse();
+        for (const name of all.slice(this.keep))
+            this.trash(name);
+    }
+    /** Drops a run's export (a run whose export must not become a base). */
+    discard(snapshot) {
+        this.trash(external_node_path_default().basename(snapshot.home));
+    }
+    ensureDir() {
+        external_node_fs_default().mkdirSync(this.options.stateDir, { recursive: true, mode: 0o700 });
+        const stat = external_node_fs_default().lstatSync(this.options.stateDir);
+        if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
+            throw new VmSyncError('unsafe_state_dir', `${this.options.stateDir} is not a directory owned by this user: vm-sync keeps its exports there and refuses to use it. Check who made it, then remove it.`);
+        }
+        try {
+            external_node_fs_default().mkdirSync(this.dir, { mode: 0o700 });
+        }
+        catch (error) {
+            if (error.code !== 'EEXIST')
+                throw error;
+        }
+        const own = external_node_fs_default().lstatSync(this.dir);
+        if (!own.isDirectory() || own.uid !== process.getuid?.())
+            throw new VmSyncError('unsafe_state_dir', `${this.dir} is not a directory owned by this user: remove it.`);
+    }
+    names() {
+        try {
+            return external_node_fs_default().readdirSync(this.dir);
+        }
+        catch {
+            return [];
+        }
+    }
+    newestReady() {
+        const name = this.names()
+            .filter((n) => READY.test(n))
+            .sort()
+            .at(-1);
+        if (!name)
+            return null;
+        const dir = external_node_path_default().join(this.dir, name, 'tree');
+        return external_node_fs_default().existsSync(dir) ? { dir, commit: READY.exec(name)[2] } : null;
+    }
+    /** Renames a snapshot out of the way at once, and removes it in the background. */
+    trash(name) {
+        const to = `trash-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+        try {
+            external_node_fs_default().renameSync(external_node_path_default().join(this.dir, name), external_node_path_default().join(this.dir, to));
+        }
+        catch {
+            return;
+        }
+        this.removeLater(to);
+    }
+    removeLater(name) {
+        void external_node_fs_default().promises.rm(external_node_path_default().join(this.dir, name), { recursive: true, force: true }).catch(() => undefined);
+    }
+    git(args) {
+        return new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 512 * 1024 * 1024 }, (error, stdout, stderr) => resolve({ ok: !error, out: stdout, err: stderr.toString('utf8').slice(-2000) })));
+    }
+    /**
+     * Why the export of `commit` cannot be derived from `base`'s (null: it can).
+     * `.gitattributes` decide how git archive writes every file (eol, export-ignore,
+     * export-subst): a change to one, or an export-subst anywhere (its content
+     * depends on the commit), means a full export.
+     */
+    async whyNotIncremental(base, commit) {
+        if (!(await this.git(['cat-file', '-e', `${base}^{commit}`])).ok)
+            return `the last export's commit ${base.slice(0, 12)} is not in the clone`;
+        const names = await this.git(['diff', '--name-only', '-z', '--no-renames', base, commit, '--']);
+        if (!names.ok)
+            return 'git cannot diff the last export against this commit';
+        if (names.out.toString('latin1').split('\0').some((p) => p === '.gitattributes' || p.endsWith('/.gitattributes')))
+            return 'a .gitattributes changed';
+        const attrs = await this.git(['ls-tree', '-r', '-z', '--name-only', commit]);
+        if (!attrs.ok)
+            return 'git cannot list the commit';
+        for (const p of attrs.out.toString('latin1').split('\0')) {
+            if (p !== '.gitattributes' && !p.endsWith('/.gitattributes'))
+                continue;
+            const text = await this.git(['show', `${commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
+            if (!text.ok || text.out.toString('latin1').includes('export-subst'))
+                return `${p} uses export-subst`;
+        }
+        return null;
+    }
+    /** Hard-link copy of `baseTree`, then the changed paths rewritten. null: too many changes, or names argv cannot carry. */
+    async incremental(baseTree, base, commit, tree) {
+        const diff = await this.git(['diff', '--raw', '-z', '--no-renames', '--no-abbrev', base, commit, '--']);
+        if (!diff.ok)
+            throw new VmSyncError('git_failed', `git diff ${base.slice(0, 12)} ${commit.slice(0, 12)} failed: ${diff.err}`);
+        const fields = diff.out.toString('latin1').split('\0');
+        const removed = [];
+        const written = [];
+        for (let i = 0; i + 1 < fields.length; i += 2) {
+            const status = fields[i].split(' ')[4]?.[0];
+            const rel = fields[i + 1];
+            if (!status || !rel)
+                continue;
+            // argv carries UTF-8 only: a name that is not UTF-8 goes through a full export.
+            if (Buffer.from(Buffer.from(rel, 'latin1').toString('utf8'), 'utf8').toString('latin1') !== rel)
+                return null;
+            if (status !== 'A')
+                removed.push(rel);
+            if (status !== 'D')
+                written.push(Buffer.from(rel, 'latin1').toString('utf8'));
+        }
+        if (removed.length + written.length > MAX_INCREMENTAL_PATHS)
+            return null;
+        await spawnOk('cp', ['-al', '--', baseTree, tree]);
+        for (const rel of removed) {
+            const full = external_node_path_default().join(tree, Buffer.from(rel, 'latin1').toString('utf8'));
+            external_node_fs_default().rmSync(full, { recursive: true, force: true });
+            // A directory the change emptied goes too: a full export never has one.
+            for (let dir = external_node_path_default().dirname(full); dir.startsWith(`${tree}/`); dir = external_node_path_default().dirname(dir)) {
+                try {
+                    external_node_fs_default().rmdirSync(dir);
+                }
+                catch {
+                    break;
+                }
+            }
+        }
+        if (written.length > 0)
+            await this.archive(commit, tree, written);
+        return removed.length + written.length;
+    }
+    /** `git archive` of `commit` (or of just `paths` in it) unpacked into `dest`, in chunks that fit an argv. */
+    async archive(commit, dest, paths) {
+        external_node_fs_default().mkdirSync(dest, { recursive: true, mode: 0o755 });
+        external_node_fs_default().chmodSync(dest, 0o755);
+        const chunks = [];
+        if (paths.length === 0)
+            chunks.push([]);
+        let chunk = [];
+        let size = 0;
+        for (const p of paths) {
+            if (size + p.length > 100_000 && chunk.length > 0) {
+                chunks.push(chunk);
+                chunk = [];
+                size = 0;
+            }
+            chunk.push(p);
+            size += p.length + 1;
+        }
+        if (chunk.length > 0)
+            chunks.push(chunk);
+        for (const part of chunks) {
+            // Literal pathspecs: a name with `*` or `:(...)` means itself.
+            const args = ['--literal-pathspecs', '-c', 'tar.umask=022', 'archive', '--format=tar', commit, ...(part.length ? ['--', ...part] : [])];
+            const archive = (0,external_node_child_process_namespaceObject.spawn)('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+            const tar = (0,external_node_child_process_namespaceObject.spawn)('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
+            archive.stdout.pipe(tar.stdin);
+            const [a, t] = await Promise.all([exports_status(archive), exports_status(tar)]);
+            if (a.code !== 0 || t.code !== 0)
+                throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${a.code}, tar ${t.code}): ${(a.stderr || t.stderr).trim().slice(-1000)}`);
+        }
+    }
+}
+function exports_status(child) {
+    return new Promise((resolve, reject) => {
+        let stderr = '';
+        child.stderr?.on('data', (d) => (stderr = (stderr + d.toString()).slice(-4000)));
+        child.on('error', reject);
+        child.on('close', (code) => resolve({ code, stderr }));
+    });
+}
+async function spawnOk(command, args) {
+    const result = await exports_status((0,external_node_child_process_namespaceObject.spawn)(command, args, { stdio: ['ignore', 'ignore', 'pipe'] }));
+    if (result.code !== 0)
+        throw new VmSyncError('git_failed', `${command} ${args[0]} failed: ${result.stderr.trim().slice(-500)}`);
 }
 
 // EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
@@ -37981,7 +38234,7 @@ var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node
 ;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
 // Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
 /** The VM agent's program text (src/remote/agent.sh without its comments). */
-const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nout() {\n  v=$(printf '%s' \"$2\" | tr '\\n\\r' '??')\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nsafe_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || mkdir -- \"$cur\" || return 1\n    [ -d \"$cur\" ] || return 1\n  done\n  return 0\n}\nno_link_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || return 0\n  done\n  return 0\n}\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then kind=symlink\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nsafe_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || mkdir -- \"$cur\" || return 1\n    [ -d \"$cur\" ] || return 1\n  done\n  return 0\n}\nno_link_parent() { # BASE REL\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    [ -e \"$cur\" ] || return 0\n  done\n  return 0\n}\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then kind=symlink\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
 
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
 
@@ -42022,6 +42275,7 @@ async function rollbackFleet(ctx, vms) {
 
 
 
+
 /** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
 function selectVms(config, ids) {
     if (!ids || ids.length === 0)
@@ -42072,8 +42326,19 @@ async function runSync(config, options = {}) {
     const knownHosts = loadKnownHosts(config);
     sweepDeadRuns(events);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
-    const exportRoot = makeScratchDir('export');
-    const exportDir = external_node_path_default().join(exportRoot, 'tree');
+    // The export lives on between runs (src/git/exports.ts): a deploy rewrites only what changed since the last one.
+    const exports = new ExportStore({ stateDir: stateDirOf(config.repository.mainRepoPath), repoDir: config.repository.mainRepoPath, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined });
+    exports.sweep();
+    let snapshot = null;
+    let exportDir = '';
+    const exportNow = async (sha) => {
+        const started = Date.now();
+        snapshot = await exports.checkout(sha);
+        exportDir = snapshot.dir;
+        events.info(null, snapshot.how === 'incremental'
+            ? `export of ${sha.slice(0, 12)}: ${snapshot.changedPaths} path(s) rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
+            : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`);
+    };
     const force = options.force ?? false;
     const dryRun = options.dryRun ?? false;
     let streamDir = null;
@@ -42087,8 +42352,9 @@ async function runSync(config, options = {}) {
             rev: options.commit,
             fetch: options.fetch !== false,
             force,
-            exportDir,
+            exportDir: '',
             exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
+            exporter: exportNow,
         });
         // The secret-scan gate: before any VM is contacted.
         let scan = null;
@@ -42117,7 +42383,7 @@ async function runSync(config, options = {}) {
                 return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
             late ??= (async () => {
                 events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`);
-                await repo.exportTree(commit, exportDir);
+                await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
                 scan = await gate();
                 if (scan?.blocked)
                     throw new VmSyncError('secrets_found', `${scan.findings.length} possible secret(s) in ${commit.slice(0, 12)}: nothing was sent to this VM`);
@@ -42162,9 +42428,12 @@ async function runSync(config, options = {}) {
         return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
     }
     finally {
-        removeScratchDirLater(exportRoot);
         if (streamDir)
             removeScratchDirLater(streamDir);
+        // The export becomes the base of the next run's (under the runner-host lock: no run copies it meanwhile).
+        const made = snapshot;
+        if (made)
+            await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
     }
 }
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
@@ -42364,15 +42633,23 @@ function mustRun(command, args) {
         throw new Error(`${command} ${args.join(' ')} failed: ${result.stderr || result.error}`);
     return result.stdout;
 }
+/** Ports this process already handed out: the kernel may offer a closed one again, and two VMs on one port would share an sshd. */
+const handedOut = new Set();
 async function freePort() {
-    return new Promise((resolve, reject) => {
-        const server = external_node_net_default().createServer();
-        server.on('error', reject);
-        server.listen(0, '127.0.0.1', () => {
-            const { port } = server.address();
-            server.close(() => resolve(port));
+    for (;;) {
+        const port = await new Promise((resolve, reject) => {
+            const server = external_node_net_default().createServer();
+            server.on('error', reject);
+            server.listen(0, '127.0.0.1', () => {
+                const { port: p } = server.address();
+                server.close(() => resolve(p));
+            });
         });
-    });
+        if (handedOut.has(port))
+            continue;
+        handedOut.add(port);
+        return port;
+    }
 }
 async function waitForPort(port, timeoutMs) {
     const deadline = Date.now() + timeoutMs;

@@ -32,8 +32,15 @@ NONCE=$1 op=$2
 shift 2
 # Every line vm-sync parses starts with @NONCE: a login shell that prints to
 # stdout (.bashrc, motd) cannot forge a response without knowing it.
+NL='
+'
+CR=$(printf '\r')
 out() {
-  v=$(printf '%s' "$2" | tr '\n\r' '??')
+  # tr only for a value that needs it: a fork per answer line adds up over a fleet.
+  case $2 in
+    *"$NL"* | *"$CR"*) v=$(printf '%s' "$2" | tr '\n\r' '??') ;;
+    *) v=$2 ;;
+  esac
   printf '@%s %s=%s\n' "$NONCE" "$1" "$v"
 }
 fail() { # CODE MESSAGE
