@@ -373,7 +373,9 @@ export class RunnerRepo {
    * scanner rightly reports them as nothing to scan.
    */
   async countCommitsAddingText(selection: string[]): Promise<number | null> {
-    const result = await this.git(['log', '-m', '--no-renames', '--format=%x00%H', '--numstat', ...selection, '--']);
+    // With rename detection, as gitleaks' own `git log -p` sees commits: a pure rename adds no line there, so
+    // counting it here would fail a scan that is complete (scan_range_unresolved on a commit that only moves a file).
+    const result = await this.git(['log', '-m', '-M', '--format=%x00%H', '--numstat', ...selection, '--']);
     if (result.code !== 0) return null;
     const adding = new Set<string>();
     for (const block of result.stdout.split('\0').filter(Boolean)) {

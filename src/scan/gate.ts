@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { SecretScanningConfig } from '../config/types.js';
@@ -6,7 +7,8 @@ import { run } from '../local/run.js';
 import { makeScratchDir } from '../local/scratch.js';
 import type { EngineEvents } from '../sync/types.js';
 import { scanTree, type UnscannedFile } from './coverage.js';
-import { describeFinding, findingFromFingerprint, type Finding } from './findings.js';
+import { ScanCache } from './cache.js';
+import { describeFinding, findingFromFingerprint, printable, type Finding } from './findings.js';
 import { checkGitleaksLogs, locateGitleaks, runGitleaks, type GitleaksSettings, type ScanLimits } from './gitleaks.js';
 import type { ScanPlan } from './plan.js';
 import { IGNORE_FILE, isIgnored, parseIgnore, settingsAt, settingsChanges, writeSettings, type CommitSettings, type SettingsChange } from './settings.js';
@@ -46,6 +48,8 @@ export interface ScanReport {
   unscanned_count?: number;
   /** Where the scan settings came from and whether this change modifies them. Always set by {@link runSecretScan}. */
   configuration?: ScanConfiguration;
+  /** What the runner host's scan cache saved (null: no cache, e.g. a scan of a CI checkout). */
+  cache?: CacheSavings | null;
 }
 
 /** The most unscanned entries a report lists (the count is always complete). */
@@ -60,6 +64,8 @@ export interface GateInputs {
   countCommitsAddingText: (selection: string[]) => Promise<number | null>;
   /** The clean export of `plan.head` (its tree is scanned there); null when there is no tree. */
   exportDir: string | null;
+  /** The runner host's scan cache directory (src/scan/cache.ts); absent: scan everything. */
+  cacheDir?: string | null;
   events: EngineEvents;
   signal?: AbortSignal;
 }
@@ -97,7 +103,12 @@ const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n =
  */
 export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
   const { settings, plan, events } = inputs;
-  const limits: ScanLimits = { deadline: Date.now() + settings.timeoutS * 1000, timeoutS: settings.timeoutS, signal: inputs.signal };
+  const limits: ScanLimits = {
+    deadline: Date.now() + settings.timeoutS * 1000,
+    timeoutS: settings.timeoutS,
+    signal: inputs.signal,
+    onLongRun: (seconds) => inputs.events.info(null, `secret scan: still scanning (${seconds} s)`),
+  };
   const binary = locateGitleaks(settings.gitleaksPath);
   events.info(null, `secret scan: ${plan.description}`);
   if (!plan.head) {
@@ -131,7 +142,18 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
   try {
     if (head.config && changed.some((c) => c.path === head.config?.path)) await vetNewConfig(binary, head, path.join(privateDir, 'vet'), limits);
     const ignore = parseIgnore(trusted.ignore?.text);
-    const outcome = await scanWith(inputs, binary, writeSettings(path.join(privateDir, 'trusted'), trusted), ignore, limits, true);
+    const trustedFiles = writeSettings(path.join(privateDir, 'trusted'), trusted);
+    const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
+    const saved: CacheSavings = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
+    const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
+    // Only a scan that completed is remembered (a throw above records nothing).
+    if (cache) {
+      try {
+        cache.save();
+      } catch (error) {
+        events.info(null, `secret scan: could not write the scan cache (the next run scans everything again): ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
     const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, path.join(privateDir, 'candidate'), limits) : [];
     for (const sentence of weakening) events.info(null, `secret scan: WARNING: this change weakens the scan settings: ${sentence}`);
 
@@ -156,42 +178,101 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
       unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
       unscanned_count: unscanned.length,
       configuration: { commit: trusted.commit, reason: plan.trusted.reason, files, changed, weakening },
+      cache: cache ? saved : null,
     };
   } finally {
     fs.rmSync(privateDir, { recursive: true, force: true });
   }
 }
 
-/** The commits and the tree scanned with one set of settings. `strict`: the trusted run, whose coverage is enforced. */
-async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, strict: boolean): Promise<ScanOutcome> {
+/** The commits and the tree scanned with one set of settings. `strict`: the trusted run, whose coverage is enforced (and whose clean results the cache keeps). */
+async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, strict: boolean, cache: ScanCache | null = null, saved?: CacheSavings): Promise<ScanOutcome> {
   const { plan } = inputs;
   const findings: Finding[] = [];
   const extended: string[] = [];
   let commitsScanned = 0;
+  let cleanCommits: string[] = [];
   if (plan.commits && plan.commits.count > 0) {
-    const gitDir = await absoluteGitDir(inputs.repoDir);
-    const result = await runGitleaks(binary, { mode: 'git', gitDir, selection: plan.commits.selection }, files, limits);
-    if (strict) {
-      // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-      // scan that saw no commits where some add text is not a pass. (Commits
-      // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-      const withText = await inputs.countCommitsAddingText(plan.commits.selection);
-      const scanned = result.commitsScanned;
-      if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
-        throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
+    // Only the commits not scanned before under these settings (listed explicitly when some were).
+    let selection = plan.commits.selection;
+    let count = plan.commits.count;
+    let fresh: string[] | null = null;
+    if (cache) {
+      const all = await revList(inputs.repoDir, selection);
+      if (all !== null) {
+        fresh = all.filter((sha) => !cache.hasCommit(sha));
+        if (saved) saved.commits_cached = all.length - fresh.length;
+        if (fresh.length < all.length && fresh.length <= MAX_LISTED_COMMITS) {
+          selection = fresh.length > 0 ? ['--no-walk', ...fresh] : [];
+          count = fresh.length;
+        } else if (fresh.length > MAX_LISTED_COMMITS) {
+          if (saved) saved.commits_cached = 0;
+        }
       }
-      commitsScanned = scanned;
     }
-    findings.push(...result.findings);
-    for (const fingerprint of result.suppressed) if (!isIgnored(ignore, { fingerprint })) findings.push(findingFromFingerprint(fingerprint, 'commits'));
-    extended.push(...result.extended);
+    if (count > 0) {
+      inputs.events.info(null, `secret scan: ${plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
+      const gitDir = await absoluteGitDir(inputs.repoDir);
+      const result = await runGitleaks(binary, { mode: 'git', gitDir, selection }, files, limits);
+      if (strict) {
+        // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+        // scan that saw no commits where some add text is not a pass. (Commits
+        // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+        const withText = await inputs.countCommitsAddingText(selection);
+        const scanned = result.commitsScanned;
+        if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > count) {
+          throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
+        }
+        commitsScanned = scanned;
+      }
+      findings.push(...result.findings);
+      for (const fingerprint of result.suppressed) if (!isIgnored(ignore, { fingerprint })) findings.push(findingFromFingerprint(fingerprint, 'commits'));
+      extended.push(...result.extended);
+      if (saved) saved.commits_scanned = count;
+      const tainted = findings.filter((f) => f.commit).map((f) => f.commit as string);
+      cleanCommits = (fresh ?? (await revList(inputs.repoDir, plan.commits.selection)) ?? []).filter((sha) => !tainted.some((short) => sha.startsWith(short)));
+    }
   }
+  // Commits covered: scanned now, or clean under these settings before (the report reads the same either way).
+  if (strict) commitsScanned += saved?.commits_cached ?? 0;
   let unscanned: UnscannedFile[] = [];
+  let cleanEntries: TreeFile[] = [];
   if (inputs.exportDir) {
-    const tree = await scanTree(binary, inputs.exportDir, files, ignore, limits);
-    findings.push(...tree.findings);
-    unscanned = tree.unscanned;
-    extended.push(...tree.extended);
+    // Only the files not scanned before under these settings, from a view of hard links at their real paths.
+    const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
+    const fresh = listed ? listed.filter((f) => !(cache as ScanCache).hasEntry(f.blob, f.path)) : null;
+    let root = inputs.exportDir;
+    let view: string | null = null;
+    try {
+      if (listed && fresh) {
+        view = makeScratchDir('scanview');
+        const bytes = linkView(inputs.exportDir, view, fresh);
+        if (saved) {
+          saved.files_scanned = fresh.length;
+          saved.files_cached = listed.length - fresh.length;
+        }
+        inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} file(s) (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
+        root = view;
+      }
+      if (!fresh || fresh.length > 0) {
+        const tree = await scanTree(binary, root, files, ignore, limits);
+        findings.push(...tree.findings);
+        unscanned = tree.unscanned;
+        extended.push(...tree.extended);
+      }
+    } finally {
+      // Small (only what was not scanned before): gone before the scan returns, like its other scratch files.
+      if (view) fs.rmSync(view, { recursive: true, force: true });
+    }
+    if (fresh) {
+      // Clean means: no finding in it (or in an archive entry of it) and nothing of it left unscanned.
+      const touched = new Set([...findings.map((f) => f.file), ...unscanned.map((u) => u.path)].map((p) => p.split('!')[0]));
+      cleanEntries = fresh.filter((f) => {
+        const name = Buffer.from(f.path, 'latin1').toString('utf8');
+        // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
+        return Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name && !touched.has(name);
+      });
+    }
   }
   // An `[extend] path` names a file outside git: a relative one is read from
   // the tree under scan, an absolute one may be in the runner-host clone (which
@@ -203,7 +284,78 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
       `the trusted gitleaks config extends '${extended[0]}': vm-sync does not follow [extend] path, because the file it names is not pinned to a trusted commit (the commit being scanned could rewrite it). Copy that file's rules into ${inputs.settings.configPath} and extend only gitleaks' defaults ([extend] useDefault = true).`,
     );
   }
+  if (cache && strict) {
+    cache.addCommits(cleanCommits);
+    cache.addEntries(cleanEntries);
+  }
   return { findings, commitsScanned, unscanned };
+}
+
+/** Above this many new commits the selection is scanned as it is (an argv of hashes has limits). */
+const MAX_LISTED_COMMITS = 1000;
+
+/** What the cache saved in one scan (the `cache` part of the report). */
+export interface CacheSavings {
+  files_scanned: number;
+  files_cached: number;
+  commits_scanned: number;
+  commits_cached: number;
+}
+
+/** A regular file of a commit's tree: its blob and its path (latin1: one char per byte). */
+interface TreeFile {
+  blob: string;
+  path: string;
+  size: number;
+}
+
+function gitBytes(repoDir: string, args: string[]): Promise<Buffer | null> {
+  return new Promise((resolve) =>
+    execFile('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout)),
+  );
+}
+
+/** The commits of a rev-list selection, or null when git cannot list them. */
+async function revList(repoDir: string, selection: string[]): Promise<string[] | null> {
+  const out = await gitBytes(repoDir, ['rev-list', ...selection, '--']);
+  return out ? out.toString('latin1').split('\n').filter(Boolean) : null;
+}
+
+/** The regular files of `commit`'s tree (symlinks and submodules carry no content of their own). */
+async function treeFiles(repoDir: string, commit: string): Promise<TreeFile[] | null> {
+  const out = await gitBytes(repoDir, ['ls-tree', '-r', '-l', '-z', '--full-tree', commit]);
+  if (!out) return null;
+  const files: TreeFile[] = [];
+  for (const record of out.toString('latin1').split('\0')) {
+    const tab = record.indexOf('\t');
+    if (tab < 0) continue;
+    const [mode, type, blob, size] = record.slice(0, tab).split(/ +/);
+    if (type === 'blob' && (mode === '100644' || mode === '100755')) files.push({ blob, path: record.slice(tab + 1), size: Number(size) || 0 });
+  }
+  return files;
+}
+
+/** Hard links (copies across filesystems) of `files` from the export into `view`, at their paths; returns their bytes. A file the export lacks (export-ignore) is not deployed: skipped. */
+function linkView(exportDir: string, view: string, files: readonly TreeFile[]): number {
+  let bytes = 0;
+  for (const f of files) {
+    const rel = Buffer.from(f.path, 'latin1');
+    const from = Buffer.concat([Buffer.from(`${exportDir}/`), rel]);
+    const to = Buffer.concat([Buffer.from(`${view}/`), rel]);
+    try {
+      if (!fs.lstatSync(from).isFile()) continue;
+    } catch {
+      continue;
+    }
+    fs.mkdirSync(path.dirname(to.toString('latin1')) === '.' ? view : Buffer.from(path.dirname(to.toString('latin1')), 'latin1'), { recursive: true });
+    try {
+      fs.linkSync(from, to);
+    } catch {
+      fs.copyFileSync(from, to);
+    }
+    bytes += f.size;
+  }
+  return bytes;
 }
 
 /**

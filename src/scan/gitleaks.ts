@@ -50,7 +50,12 @@ export interface ScanLimits {
   /** The configured limit, for messages. */
   timeoutS: number;
   signal?: AbortSignal;
+  /** Called every {@link HEARTBEAT_S} seconds while one gitleaks run lasts (progress on long scans). */
+  onLongRun?: (seconds: number) => void;
 }
+
+/** How often a long gitleaks run says it is still going. */
+export const HEARTBEAT_S = 10;
 
 /** How deep gitleaks opens archives inside archives; deeper ones are reported as not scanned. */
 export const MAX_ARCHIVE_DEPTH = 6;
@@ -290,6 +295,7 @@ export async function runGitleaks(binary: string, target: GitleaksTarget, settin
     const timer = AbortSignal.timeout(remainingMs);
     const signal = limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
     const started = Date.now();
+    const heartbeat = limits.onLongRun ? setInterval(() => limits.onLongRun?.(Math.round((Date.now() - started) / 1000)), HEARTBEAT_S * 1000) : null;
     let result;
     try {
       result = await run(binary, args, {
@@ -302,6 +308,8 @@ export async function runGitleaks(binary: string, target: GitleaksTarget, settin
       });
     } catch (error) {
       throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${getErrorMessage(error)}`);
+    } finally {
+      if (heartbeat) clearInterval(heartbeat);
     }
     stderr.end();
     stdout.end();

@@ -166,7 +166,16 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         options.scanRequest ??
         (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
       const plan = await planScan(repo, request);
-      return runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
+      return runSecretScan({
+        settings: config.repository.secretScanning,
+        plan,
+        repoDir: repo.dir,
+        countCommitsAddingText: (s) => repo.countCommitsAddingText(s),
+        exportDir,
+        cacheDir: scanCacheDir(config),
+        events,
+        signal: options.signal,
+      });
     };
     if (exported) {
       scan = await gate();
@@ -233,6 +242,11 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     const made: ExportSnapshot | null = snapshot;
     if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
+}
+
+/** The runner host's scan cache, in vm-sync's state directory beside the clone. */
+function scanCacheDir(config: Config): string {
+  return path.join(stateDirOf(config.repository.mainRepoPath), 'scan-cache');
 }
 
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
@@ -345,11 +359,12 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
   try {
     const exportDir = plan.head ? path.join(exportRoot, 'tree') : null;
     if (plan.head && exportDir) await repo.exportTree(plan.head, exportDir);
-    const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
+    // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
+    const cacheDir = options.repoDir ? null : scanCacheDir(config);
+    const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events, signal: options.signal });
     return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
   } finally {
-    // Not on the critical path: the report is printed while the export goes.
-    removeScratchDirLater(exportRoot);
+    fs.rmSync(exportRoot, { recursive: true, force: true });
   }
 }
 

@@ -1,0 +1,153 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { tarOf, zipOf } from '../helpers/archives.js';
+import { plantedSecrets, secretFragments } from '../helpers/secrets.js';
+import { World, type CliRun } from '../helpers/world.js';
+
+/*
+ * The runner host's scan cache (src/scan/cache.ts): each (blob, path) and
+ * each commit is scanned once per set of scan settings and gitleaks version.
+ * What gitleaks was asked to scan is observed through a wrapper that logs the
+ * files under the directory it scans (dir mode) and its --log-opts (git mode).
+ * Real gitleaks behind the wrapper; the report must be what an uncached scan says.
+ */
+
+let world: World;
+let wrapper: string;
+let log: string;
+const secrets = plantedSecrets();
+const fragments = secretFragments(secrets);
+const token = `GITHUB_TOKEN=${secrets.github}\n`;
+
+beforeAll(async () => {
+  world = await World.create(['c01']);
+  log = path.join(world.dir, 'gitleaks-calls.log');
+  wrapper = path.join(world.dir, 'gitleaks-wrapper');
+  const real = (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'gitleaks')).find((f) => fs.existsSync(f)) as string;
+  // Logs one line per call: the mode, and for dir mode every file under the scanned dir (its last argument).
+  fs.writeFileSync(
+    wrapper,
+    [
+      '#!/bin/sh',
+      `log='${log}'`,
+      'if [ -e "$log.fail" ] && [ "$1" = dir ]; then echo "ERR forced failure" >&2; exit 1; fi',
+      'if [ "$1" = version ] && [ -e "$log.version" ]; then cat "$log.version"; exit 0; fi',
+      'for last; do :; done',
+      'if [ "$1" = dir ]; then printf "dir %s\\n" "$(cd "$last" && find . -type f | wc -l)" >> "$log"; fi',
+      'if [ "$1" = git ]; then printf "git\\n" >> "$log"; fi',
+      `exec '${real}' "$@"`,
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+  world.ws.commit({ '.gitleaks.toml': "[extend]\nuseDefault = true\n[[rules]]\nid = \"no-key-files\"\ndescription = \"key files\"\npath = '''\\.key$'''\n", 'README.md': '# app\n', 'src/a.txt': 'hello\n' }, 'base');
+  world.ws.push();
+  world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${wrapper} }`] });
+});
+afterAll(() => world?.destroy());
+
+const head = (): string => world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+const calls = (): string[] => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').trim().split('\n').filter(Boolean) : []);
+const cacheDir = (): string => path.join(path.dirname(world.runnerRepo), `.${path.basename(world.runnerRepo)}.vm-sync`, 'scan-cache');
+
+async function scan(range: string): Promise<{ run: CliRun; calls: string[] }> {
+  fs.rmSync(log, { force: true });
+  const run = await world.cli(['scan', '--range', range]);
+  for (const fragment of fragments) expect(run.stdout + run.stderr).not.toContain(fragment);
+  return { run, calls: calls() };
+}
+
+function commit(files: Record<string, string>, message: string): string {
+  world.ws.commit(files, message);
+  world.ws.push();
+  return head();
+}
+
+test('a warm cache scans nothing again, and reports exactly what the cold scan did', async () => {
+  const base = head();
+  // An archive inside an archive under a name gitleaks does not open: reported unscanned, so never recorded clean.
+  fs.mkdirSync(path.join(world.ws.work, 'assets'), { recursive: true });
+  fs.writeFileSync(path.join(world.ws.work, 'assets/outer.zip'), zipOf({ 'inner.tgz': zlib.gzipSync(tarOf({ 'x.txt': 'hello\n' })) }));
+  const a = commit({ 'src/b.txt': 'b\n' }, 'a');
+  const cold = await scan(`${base}..${a}`);
+  expect(cold.run.code).toBe(0);
+  expect(cold.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0, commits_scanned: 1 });
+  const warm = await scan(`${base}..${a}`);
+  expect(cold.run.json.scan?.unscanned).toEqual([expect.objectContaining({ path: 'assets/outer.zip!inner.tgz', reason: 'archive' })]);
+  expect(warm.run.json.scan?.cache).toEqual({ files_scanned: 1, files_cached: (cold.run.json.scan?.cache?.files_scanned ?? 0) - 1, commits_scanned: 0, commits_cached: 1 });
+  // Only the archive (reported unscanned, so never recorded clean) is looked at again (first pass and its rescan); no commit is.
+  expect([warm.calls.length > 0, warm.calls.every((c) => c === 'dir 1')]).toEqual([true, true]);
+  expect({ ...warm.run.json.scan, cache: null }).toEqual({ ...cold.run.json.scan, cache: null });
+});
+
+test('one new commit: that commit and its one new file are scanned; a secret in it still blocks', async () => {
+  const before = head();
+  const clean = commit({ 'src/c.txt': 'c\n' }, 'clean');
+  await scan(`${before}..${clean}`);
+  const leak = commit({ 'config/prod.env': token }, 'leak');
+  const run = await scan(`${before}..${leak}`);
+  expect(run.run.code).toBe(3);
+  // The new file, and the archive that is never recorded clean (the other files are known clean).
+  expect(run.run.json.scan?.cache).toMatchObject({ files_scanned: 2, commits_scanned: 1, commits_cached: 1 });
+  expect(run.run.json.scan?.findings).toEqual(expect.arrayContaining([expect.objectContaining({ rule: 'github-pat', file: 'config/prod.env', source: 'tree' })]));
+  // Found again on every run: a file with a finding is never recorded clean.
+  const again = await scan(`${before}..${leak}`);
+  expect(again.run.code).toBe(3);
+  // The token leaves the tree (later ranges start after it).
+  world.ws.git(world.ws.work, ['rm', '-q', 'config/prod.env']);
+  world.ws.git(world.ws.work, ['commit', '-q', '-m', 'token removed']);
+  world.ws.push();
+});
+
+test('the same clean bytes at a path a rule matches by name are scanned, and found (the cache key is blob and path)', async () => {
+  const before = head();
+  const first = commit({ 'keys/server.txt': 'hello\n' }, 'a text file');
+  expect((await scan(`${before}..${first}`)).run.code).toBe(0);
+  // A pure rename adds no line, so the commit scan has nothing to read (and must not fail for it: it is
+  // complete): only the tree scan can see the new name.
+  world.ws.git(world.ws.work, ['mv', 'keys/server.txt', 'keys/server.key']);
+  world.ws.git(world.ws.work, ['commit', '-q', '-m', 'renamed to a key file']);
+  world.ws.push();
+  const run = await scan(`${first}..${head()}`);
+  expect(run.run.json.scan?.cache?.files_cached).toBeGreaterThan(0);
+  expect(run.run.code).toBe(3);
+  expect(run.run.json.scan?.findings).toEqual(expect.arrayContaining([expect.objectContaining({ rule: 'no-key-files', file: 'keys/server.key', source: 'tree' })]));
+});
+
+test('another gitleaks version, a damaged cache or a failed scan: everything is scanned again, nothing wrongly trusted', async () => {
+  const base = head();
+  const c = commit({ 'src/d.txt': 'd\n' }, 'd');
+  await scan(`${base}..${c}`);
+  expect((await scan(`${base}..${c}`)).run.json.scan?.cache?.files_cached).toBeGreaterThan(0);
+
+  fs.writeFileSync(`${log}.version`, '9.9.9-other\n');
+  const other = await scan(`${base}..${c}`);
+  fs.rmSync(`${log}.version`);
+  expect(other.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0 });
+
+  expect((await scan(`${base}..${c}`)).run.json.scan?.cache?.files_cached).toBe(0); // the real version's cache, made again
+  for (const file of fs.readdirSync(cacheDir())) fs.writeFileSync(path.join(cacheDir(), file), 'not a cache line\n');
+  const damaged = await scan(`${base}..${c}`);
+  expect(damaged.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0 });
+  expect(damaged.run.stderr).toMatch(/scan cache .* is damaged or too large: it is ignored and everything is scanned/);
+
+  // A failing tree scan records nothing, not even the commits it had scanned.
+  for (const file of fs.readdirSync(cacheDir())) fs.rmSync(path.join(cacheDir(), file));
+  fs.writeFileSync(`${log}.fail`, '');
+  const failed = await scan(`${base}..${c}`);
+  fs.rmSync(`${log}.fail`);
+  expect(failed.run.json.error?.code).toBe('scan_failed');
+  expect(fs.readdirSync(cacheDir()).filter((f) => fs.statSync(path.join(cacheDir(), f)).size > 0)).toEqual([]);
+});
+
+test('a change to the trusted settings is another key: everything is scanned with the new settings', async () => {
+  const base = head();
+  const c = commit({ 'src/e.txt': 'e\n' }, 'e');
+  await scan(`${base}..${c}`);
+  const next = commit({ '.gitleaks.toml': "[extend]\nuseDefault = true\n" }, 'settings change');
+  const d = commit({ 'src/f.txt': 'f\n' }, 'f');
+  const run = await scan(`${next}..${d}`);
+  expect(run.run.json.scan?.configuration?.commit).toBe(next);
+  expect(run.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0 });
+});
