@@ -77112,6 +77112,8 @@ function removeIfOrphaned(full) {
 
 
 
+/** How often a long gitleaks run says it is still going. */
+const HEARTBEAT_S = 10;
 /** How deep gitleaks opens archives inside archives; deeper ones are reported as not scanned. */
 const MAX_ARCHIVE_DEPTH = 6;
 /**
@@ -77354,6 +77356,7 @@ async function runGitleaks(binary, target, settings, limits) {
         const timer = AbortSignal.timeout(remainingMs);
         const signal = limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
         const started = Date.now();
+        const heartbeat = limits.onLongRun ? setInterval(() => limits.onLongRun?.(Math.round((Date.now() - started) / 1000)), HEARTBEAT_S * 1000) : null;
         let result;
         try {
             result = await run(binary, args, {
@@ -77367,6 +77370,10 @@ async function runGitleaks(binary, target, settings, limits) {
         }
         catch (error) {
             throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${getErrorMessage(error)}`);
+        }
+        finally {
+            if (heartbeat)
+                clearInterval(heartbeat);
         }
         stderr.end();
         stdout.end();
@@ -78858,7 +78865,9 @@ class RunnerRepo {
      * scanner rightly reports them as nothing to scan.
      */
     async countCommitsAddingText(selection) {
-        const result = await this.git(['log', '-m', '--no-renames', '--format=%x00%H', '--numstat', ...selection, '--']);
+        // With rename detection, as gitleaks' own `git log -p` sees commits: a pure rename adds no line there, so
+        // counting it here would fail a scan that is complete (scan_range_unresolved on a commit that only moves a file).
+        const result = await this.git(['log', '-m', '-M', '--format=%x00%H', '--numstat', ...selection, '--']);
         if (result.code !== 0)
             return null;
         const adding = new Set();
@@ -79924,7 +79933,151 @@ async function rescan(binary, entries, settings, limits) {
     }
 }
 
+;// CONCATENATED MODULE: ./src/scan/cache.ts
+
+
+
+
+
+/**
+ * Bumped whenever vm-sync's own scan logic changes what a clean result
+ * means (coverage rules, rescans): every cache made before is then unused.
+ */
+const SCAN_LOGIC_VERSION = '1';
+/** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
+const MAX_ENTRIES = 1_000_000;
+const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
+const COMMIT = /^[0-9a-f]{40,64}$/;
+/**
+ * What the secret scan already found clean on this runner host, so that a
+ * deploy scans only what is new: tree entries as (blob id, path) — the path
+ * too, because gitleaks rules and allowlists can match on it — and commits.
+ * One file pair per key: the gitleaks version and the exact bytes of the
+ * settings in force, plus {@link SCAN_LOGIC_VERSION}. Any change to them is
+ * another key, so nothing recorded under other rules is ever trusted.
+ *
+ * Only clean results go in (no finding, nothing left unscanned), and only
+ * after a complete, strict scan: a failed, cancelled or timed-out scan
+ * records nothing. A cache that cannot be read is empty, never "all clean".
+ */
+class ScanCache {
+    dir;
+    key;
+    entries;
+    commits;
+    newEntries = [];
+    newCommits = [];
+    constructor(dir, key, loaded) {
+        this.dir = dir;
+        this.key = key;
+        this.entries = loaded.entries;
+        this.commits = loaded.commits;
+    }
+    /**
+     * Opens the cache in `dir` for `binary` with `settings` (the files the
+     * scan runs with). null when there is no usable cache directory: the
+     * reason goes to `say`.
+     */
+    static async open(dir, binary, settings, say) {
+        if (!dir)
+            return null;
+        try {
+            external_node_fs_default().mkdirSync(dir, { recursive: true, mode: 0o700 });
+            const stat = external_node_fs_default().lstatSync(dir);
+            if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
+                say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+                return null;
+            }
+            const version = await gitleaksVersion(binary);
+            const hash = external_node_crypto_default().createHash('sha256');
+            hash.update(`vm-sync-scan-cache ${SCAN_LOGIC_VERSION}\0${version}\0`);
+            hash.update(external_node_fs_default().readFileSync(settings.configFile));
+            hash.update('\0');
+            const ignore = external_node_path_default().join(settings.ignoreDir, '.gitleaksignore');
+            hash.update(external_node_fs_default().existsSync(ignore) ? external_node_fs_default().readFileSync(ignore) : Buffer.alloc(0));
+            const key = hash.digest('hex').slice(0, 32);
+            // Caches of other keys are never used again: drop them.
+            for (const name of external_node_fs_default().readdirSync(dir))
+                if (!name.startsWith(key))
+                    external_node_fs_default().rmSync(external_node_path_default().join(dir, name), { force: true, recursive: true });
+            const loaded = { entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say), commits: readSet(external_node_path_default().join(dir, `${key}.commits`), COMMIT, say) };
+            return new ScanCache(dir, key, loaded);
+        }
+        catch (error) {
+            say(`secret scan: the scan cache in ${dir} cannot be used (${getErrorMessage(error)}): everything is scanned`);
+            return null;
+        }
+    }
+    /** Whether the file `rel` (latin1) with blob `blob` was scanned clean under this key. */
+    hasEntry(blob, rel) {
+        return this.entries.has(entryLine(blob, rel));
+    }
+    hasCommit(sha) {
+        return this.commits.has(sha);
+    }
+    /** Records clean results (kept in memory until {@link save}). */
+    addEntries(entries) {
+        for (const e of entries) {
+            const line = entryLine(e.blob, e.path);
+            if (!this.entries.has(line)) {
+                this.entries.add(line);
+                this.newEntries.push(line);
+            }
+        }
+    }
+    addCommits(shas) {
+        for (const sha of shas) {
+            if (!this.commits.has(sha)) {
+                this.commits.add(sha);
+                this.newCommits.push(sha);
+            }
+        }
+    }
+    /** Writes what was added, atomically (another run's concurrent write may win: then this one's additions are lost, never torn). */
+    save() {
+        if (this.newEntries.length > 0)
+            writeSet(external_node_path_default().join(this.dir, `${this.key}.entries`), this.entries);
+        if (this.newCommits.length > 0)
+            writeSet(external_node_path_default().join(this.dir, `${this.key}.commits`), this.commits);
+    }
+}
+/** A path enters the cache as a hash: the file stays small and holds no names. */
+function entryLine(blob, rel) {
+    return `${blob} ${external_node_crypto_default().createHash('sha256').update(Buffer.from(rel, 'latin1')).digest('hex').slice(0, 32)}`;
+}
+function readSet(file, line, say) {
+    let text;
+    try {
+        text = external_node_fs_default().readFileSync(file, 'latin1');
+    }
+    catch {
+        return new Set();
+    }
+    const lines = text.split('\n').filter(Boolean);
+    if (lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
+        say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and everything is scanned`);
+        external_node_fs_default().rmSync(file, { force: true });
+        return new Set();
+    }
+    return new Set(lines);
+}
+function writeSet(file, set) {
+    if (set.size > MAX_ENTRIES) {
+        external_node_fs_default().rmSync(file, { force: true });
+        return;
+    }
+    const tmp = `${file}.${process.pid}.${external_node_crypto_default().randomBytes(4).toString('hex')}`;
+    external_node_fs_default().writeFileSync(tmp, [...set].map((l) => `${l}\n`).join(''), { mode: 0o600 });
+    external_node_fs_default().renameSync(tmp, file);
+}
+/** `gitleaks version`: part of the cache key (asked each time: a binary replaced between runs is another key). */
+function gitleaksVersion(binary) {
+    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => (error ? reject(new Error(`gitleaks version failed: ${getErrorMessage(error)}`)) : resolve(stdout.trim()))));
+}
+
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
+
+
 
 
 
@@ -79961,7 +80114,12 @@ const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
  */
 async function runSecretScan(inputs) {
     const { settings, plan, events } = inputs;
-    const limits = { deadline: Date.now() + settings.timeoutS * 1000, timeoutS: settings.timeoutS, signal: inputs.signal };
+    const limits = {
+        deadline: Date.now() + settings.timeoutS * 1000,
+        timeoutS: settings.timeoutS,
+        signal: inputs.signal,
+        onLongRun: (seconds) => inputs.events.info(null, `secret scan: still scanning (${seconds} s)`),
+    };
     const binary = locateGitleaks(settings.gitleaksPath);
     events.info(null, `secret scan: ${plan.description}`);
     if (!plan.head) {
@@ -79994,7 +80152,19 @@ async function runSecretScan(inputs) {
         if (head.config && changed.some((c) => c.path === head.config?.path))
             await vetNewConfig(binary, head, external_node_path_default().join(privateDir, 'vet'), limits);
         const ignore = parseIgnore(trusted.ignore?.text);
-        const outcome = await scanWith(inputs, binary, writeSettings(external_node_path_default().join(privateDir, 'trusted'), trusted), ignore, limits, true);
+        const trustedFiles = writeSettings(external_node_path_default().join(privateDir, 'trusted'), trusted);
+        const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
+        const saved = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
+        const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
+        // Only a scan that completed is remembered (a throw above records nothing).
+        if (cache) {
+            try {
+                cache.save();
+            }
+            catch (error) {
+                events.info(null, `secret scan: could not write the scan cache (the next run scans everything again): ${error instanceof Error ? error.message : String(error)}`);
+            }
+        }
         const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, external_node_path_default().join(privateDir, 'candidate'), limits) : [];
         for (const sentence of weakening)
             events.info(null, `secret scan: WARNING: this change weakens the scan settings: ${sentence}`);
@@ -80021,44 +80191,110 @@ async function runSecretScan(inputs) {
             unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
             unscanned_count: unscanned.length,
             configuration: { commit: trusted.commit, reason: plan.trusted.reason, files, changed, weakening },
+            cache: cache ? saved : null,
         };
     }
     finally {
         external_node_fs_default().rmSync(privateDir, { recursive: true, force: true });
     }
 }
-/** The commits and the tree scanned with one set of settings. `strict`: the trusted run, whose coverage is enforced. */
-async function scanWith(inputs, binary, files, ignore, limits, strict) {
+/** The commits and the tree scanned with one set of settings. `strict`: the trusted run, whose coverage is enforced (and whose clean results the cache keeps). */
+async function scanWith(inputs, binary, files, ignore, limits, strict, cache = null, saved) {
     const { plan } = inputs;
     const findings = [];
     const extended = [];
     let commitsScanned = 0;
+    let cleanCommits = [];
     if (plan.commits && plan.commits.count > 0) {
-        const gitDir = await absoluteGitDir(inputs.repoDir);
-        const result = await runGitleaks(binary, { mode: 'git', gitDir, selection: plan.commits.selection }, files, limits);
-        if (strict) {
-            // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-            // scan that saw no commits where some add text is not a pass. (Commits
-            // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-            const withText = await inputs.countCommitsAddingText(plan.commits.selection);
-            const scanned = result.commitsScanned;
-            if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > plan.commits.count) {
-                throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${plan.commits.count} add text: the scan cannot be trusted, so nothing is deployed.`);
+        // Only the commits not scanned before under these settings (listed explicitly when some were).
+        let selection = plan.commits.selection;
+        let count = plan.commits.count;
+        let fresh = null;
+        if (cache) {
+            const all = await revList(inputs.repoDir, selection);
+            if (all !== null) {
+                fresh = all.filter((sha) => !cache.hasCommit(sha));
+                if (saved)
+                    saved.commits_cached = all.length - fresh.length;
+                if (fresh.length < all.length && fresh.length <= MAX_LISTED_COMMITS) {
+                    selection = fresh.length > 0 ? ['--no-walk', ...fresh] : [];
+                    count = fresh.length;
+                }
+                else if (fresh.length > MAX_LISTED_COMMITS) {
+                    if (saved)
+                        saved.commits_cached = 0;
+                }
             }
-            commitsScanned = scanned;
         }
-        findings.push(...result.findings);
-        for (const fingerprint of result.suppressed)
-            if (!isIgnored(ignore, { fingerprint }))
-                findings.push(findingFromFingerprint(fingerprint, 'commits'));
-        extended.push(...result.extended);
+        if (count > 0) {
+            inputs.events.info(null, `secret scan: ${plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
+            const gitDir = await absoluteGitDir(inputs.repoDir);
+            const result = await runGitleaks(binary, { mode: 'git', gitDir, selection }, files, limits);
+            if (strict) {
+                // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+                // scan that saw no commits where some add text is not a pass. (Commits
+                // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+                const withText = await inputs.countCommitsAddingText(selection);
+                const scanned = result.commitsScanned;
+                if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > count) {
+                    throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
+                }
+                commitsScanned = scanned;
+            }
+            findings.push(...result.findings);
+            for (const fingerprint of result.suppressed)
+                if (!isIgnored(ignore, { fingerprint }))
+                    findings.push(findingFromFingerprint(fingerprint, 'commits'));
+            extended.push(...result.extended);
+            if (saved)
+                saved.commits_scanned = count;
+            const tainted = findings.filter((f) => f.commit).map((f) => f.commit);
+            cleanCommits = (fresh ?? (await revList(inputs.repoDir, plan.commits.selection)) ?? []).filter((sha) => !tainted.some((short) => sha.startsWith(short)));
+        }
     }
+    // Commits covered: scanned now, or clean under these settings before (the report reads the same either way).
+    if (strict)
+        commitsScanned += saved?.commits_cached ?? 0;
     let unscanned = [];
+    let cleanEntries = [];
     if (inputs.exportDir) {
-        const tree = await scanTree(binary, inputs.exportDir, files, ignore, limits);
-        findings.push(...tree.findings);
-        unscanned = tree.unscanned;
-        extended.push(...tree.extended);
+        // Only the files not scanned before under these settings, from a view of hard links at their real paths.
+        const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
+        const fresh = listed ? listed.filter((f) => !cache.hasEntry(f.blob, f.path)) : null;
+        let root = inputs.exportDir;
+        let view = null;
+        try {
+            if (listed && fresh) {
+                view = makeScratchDir('scanview');
+                const bytes = linkView(inputs.exportDir, view, fresh);
+                if (saved) {
+                    saved.files_scanned = fresh.length;
+                    saved.files_cached = listed.length - fresh.length;
+                }
+                inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} file(s) (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
+                root = view;
+            }
+            if (!fresh || fresh.length > 0) {
+                const tree = await scanTree(binary, root, files, ignore, limits);
+                findings.push(...tree.findings);
+                unscanned = tree.unscanned;
+                extended.push(...tree.extended);
+            }
+        }
+        finally {
+            // Small (only what was not scanned before): gone before the scan returns, like its other scratch files.
+            if (view)
+                external_node_fs_default().rmSync(view, { recursive: true, force: true });
+        }
+        if (fresh) {
+            // Clean means: no finding in it (or in an archive entry of it) and nothing of it left unscanned.
+            const touched = new Set([...findings.map((f) => f.file), ...unscanned.map((u) => u.path)].map((p) => p.split('!')[0]));
+            cleanEntries = fresh.filter((f) => {
+                const name = Buffer.from(f.path, 'latin1').toString('utf8');
+                // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
+                return Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name && !touched.has(name);
+            });
+        }
     }
     // An `[extend] path` names a file outside git: a relative one is read from
     // the tree under scan, an absolute one may be in the runner-host clone (which
@@ -80067,7 +80303,62 @@ async function scanWith(inputs, binary, files, ignore, limits, strict) {
     if (strict && extended.length > 0) {
         throw new VmSyncError('config_invalid', `the trusted gitleaks config extends '${extended[0]}': vm-sync does not follow [extend] path, because the file it names is not pinned to a trusted commit (the commit being scanned could rewrite it). Copy that file's rules into ${inputs.settings.configPath} and extend only gitleaks' defaults ([extend] useDefault = true).`);
     }
+    if (cache && strict) {
+        cache.addCommits(cleanCommits);
+        cache.addEntries(cleanEntries);
+    }
     return { findings, commitsScanned, unscanned };
+}
+/** Above this many new commits the selection is scanned as it is (an argv of hashes has limits). */
+const MAX_LISTED_COMMITS = 1000;
+function gitBytes(repoDir, args) {
+    return new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout)));
+}
+/** The commits of a rev-list selection, or null when git cannot list them. */
+async function revList(repoDir, selection) {
+    const out = await gitBytes(repoDir, ['rev-list', ...selection, '--']);
+    return out ? out.toString('latin1').split('\n').filter(Boolean) : null;
+}
+/** The regular files of `commit`'s tree (symlinks and submodules carry no content of their own). */
+async function treeFiles(repoDir, commit) {
+    const out = await gitBytes(repoDir, ['ls-tree', '-r', '-l', '-z', '--full-tree', commit]);
+    if (!out)
+        return null;
+    const files = [];
+    for (const record of out.toString('latin1').split('\0')) {
+        const tab = record.indexOf('\t');
+        if (tab < 0)
+            continue;
+        const [mode, type, blob, size] = record.slice(0, tab).split(/ +/);
+        if (type === 'blob' && (mode === '100644' || mode === '100755'))
+            files.push({ blob, path: record.slice(tab + 1), size: Number(size) || 0 });
+    }
+    return files;
+}
+/** Hard links (copies across filesystems) of `files` from the export into `view`, at their paths; returns their bytes. A file the export lacks (export-ignore) is not deployed: skipped. */
+function linkView(exportDir, view, files) {
+    let bytes = 0;
+    for (const f of files) {
+        const rel = Buffer.from(f.path, 'latin1');
+        const from = Buffer.concat([Buffer.from(`${exportDir}/`), rel]);
+        const to = Buffer.concat([Buffer.from(`${view}/`), rel]);
+        try {
+            if (!external_node_fs_default().lstatSync(from).isFile())
+                continue;
+        }
+        catch {
+            continue;
+        }
+        external_node_fs_default().mkdirSync(external_node_path_default().dirname(to.toString('latin1')) === '.' ? view : Buffer.from(external_node_path_default().dirname(to.toString('latin1')), 'latin1'), { recursive: true });
+        try {
+            external_node_fs_default().linkSync(from, to);
+        }
+        catch {
+            external_node_fs_default().copyFileSync(from, to);
+        }
+        bytes += f.size;
+    }
+    return bytes;
 }
 /**
  * Loads the gitleaks config a change brings, once, on an empty directory. It
@@ -84418,7 +84709,16 @@ async function runSync(config, options = {}) {
             const request = options.scanRequest ??
                 (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
             const plan = await planScan(repo, request);
-            return runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: repo.dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
+            return runSecretScan({
+                settings: config.repository.secretScanning,
+                plan,
+                repoDir: repo.dir,
+                countCommitsAddingText: (s) => repo.countCommitsAddingText(s),
+                exportDir,
+                cacheDir: scanCacheDir(config),
+                events,
+                signal: options.signal,
+            });
         };
         if (exported) {
             scan = await gate();
@@ -84487,6 +84787,10 @@ async function runSync(config, options = {}) {
         if (made)
             await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
     }
+}
+/** The runner host's scan cache, in vm-sync's state directory beside the clone. */
+function scanCacheDir(config) {
+    return external_node_path_default().join(stateDirOf(config.repository.mainRepoPath), 'scan-cache');
 }
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
 async function allRecordedOn(repo, vms, commit) {
@@ -84599,12 +84903,13 @@ async function runScan(config, options = {}) {
         const exportDir = plan.head ? external_node_path_default().join(exportRoot, 'tree') : null;
         if (plan.head && exportDir)
             await repo.exportTree(plan.head, exportDir);
-        const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events, signal: options.signal });
+        // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
+        const cacheDir = options.repoDir ? null : scanCacheDir(config);
+        const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events, signal: options.signal });
         return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
     }
     finally {
-        // Not on the critical path: the report is printed while the export goes.
-        removeScratchDirLater(exportRoot);
+        external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
     }
 }
 /**
