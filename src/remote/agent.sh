@@ -152,13 +152,15 @@ previous_of() { # LIVE
   fi
   printf '%s\n' "$found"
 }
-# Every existing component of REL's parent directory under BASE must be a real
-# directory (never a symlink): missing ones are created. A symlink committed
-# in the tree, or planted in shared/ by the application, must not steer where
-# vm-sync creates or links anything.
-safe_parent() { # BASE REL
+# Walks REL's parent directories under BASE, refusing a symlink among them
+# (returns 1). With create, a missing one is made and a non-directory
+# refused: a symlink committed in the tree, or planted in shared/ by the
+# application, must not steer where vm-sync creates or links anything.
+# Without it nothing is made and the walk stops at the first missing one:
+# removing BASE/REL then cannot reach outside BASE.
+parents_ok() { # BASE REL create|check
   case $2 in */*) ;; *) return 0 ;; esac
-  cur=$1
+  cur=$1 how=$3
   old_ifs=$IFS
   IFS=/
   set -f
@@ -169,30 +171,19 @@ safe_parent() { # BASE REL
   for c in "$@"; do
     cur="$cur/$c"
     [ -L "$cur" ] && return 1
-    [ -e "$cur" ] || mkdir -- "$cur" || return 1
-    [ -d "$cur" ] || return 1
+    if [ ! -e "$cur" ]; then
+      [ "$how" = create ] || return 0
+      mkdir -- "$cur" || return 1
+    fi
+    if [ ! -d "$cur" ]; then
+      [ "$how" = create ] && return 1
+      return 0
+    fi
   done
   return 0
 }
-# Whether no existing component of REL's parent directory under BASE is a
-# symlink (nothing is created): removing BASE/REL then cannot reach outside BASE.
-no_link_parent() { # BASE REL
-  case $2 in */*) ;; *) return 0 ;; esac
-  cur=$1
-  old_ifs=$IFS
-  IFS=/
-  set -f
-  # shellcheck disable=SC2086 # split on / on purpose, globbing is off
-  set -- ${2%/*}
-  set +f
-  IFS=$old_ifs
-  for c in "$@"; do
-    cur="$cur/$c"
-    [ -L "$cur" ] && return 1
-    [ -e "$cur" ] || return 0
-  done
-  return 0
-}
+safe_parent() { parents_ok "$1" "$2" create; }
+no_link_parent() { parents_ok "$1" "$2" check; }
 # GNU find and tar: the stat listing and the stream need them.
 gnu_tools() {
   # shellcheck disable=SC2185 # --version takes no path
