@@ -75,6 +75,8 @@ export function excludeMatcher(patterns: readonly string[]): ExcludeMatcher | nu
   const names: Array<{ name: string; dirOnly: boolean }> = [];
   const anchored: Array<{ path: string; dirOnly: boolean }> = [];
   for (const raw of patterns) {
+    // rsync reads `- x` and `+ x` as an exclude and an include of x, and `!` as "clear the list".
+    if (raw.startsWith('- ') || raw.startsWith('+ ') || raw.startsWith('!')) return null;
     const dirOnly = raw.endsWith('/') && raw.length > 1;
     const pattern = dirOnly ? raw.slice(0, -1) : raw;
     if (pattern === '' || /[*?[\]\\]/.test(pattern)) return null;
@@ -136,6 +138,7 @@ export function encodeStreamPath(rel: string): string {
 export class ReleaseStreams {
   private readonly made = new Map<string, Promise<StreamOutcome>>();
   private readonly exclude: ExcludeMatcher | null;
+  private substChecked?: Promise<string | null>;
 
   constructor(private readonly source: StreamSource) {
     this.exclude = excludeMatcher(source.excludes);
@@ -164,6 +167,12 @@ export class ReleaseStreams {
     } else {
       const diff = await this.diff(base);
       if (typeof diff === 'string') return { ok: false, reason: diff };
+      // .gitattributes decide the bytes of files the diff does not list (export-ignore, eol, export-subst):
+      // a changed one, or an export-subst anywhere (its output names the commit), needs every file compared.
+      const attrs = diff.find((e) => e.path === '.gitattributes' || e.path.endsWith('/.gitattributes'));
+      if (attrs) return { ok: false, reason: `${printableLatin1(attrs.path)} changed, which can change files the diff does not list` };
+      const subst = await this.exportSubst();
+      if (subst) return { ok: false, reason: subst };
       const shared = this.source.sharedPaths.map((p) => Buffer.from(p, 'utf8').toString('latin1'));
       const under = (rel: string, p: string): boolean => rel === p || rel.startsWith(`${p}/`);
       // A change to a parent of a shared path (a directory replaced by a file) needs rsync's full view.
@@ -173,8 +182,7 @@ export class ReleaseStreams {
       // Excluded paths are removed too (they are absent, so it costs nothing): the agent then removes
       // the directories the change left empty, as rsync --delete would.
       removals = kept.filter((e) => e.status !== 'A').map((e) => e.path);
-      const added = kept.filter((e) => e.status !== 'D').map((e) => e.path);
-      members = this.withParents(dir, added, exclude);
+      members = this.withParents(dir, kept, exclude);
     }
     const file = path.join(this.source.scratchDir, `stream-${base ?? 'full'}.bin`);
     const files = await writeStream(file, dir, removals, members, this.source.env);
@@ -211,23 +219,56 @@ export class ReleaseStreams {
     return out;
   }
 
-  /** The added or changed paths that exist in the export, each preceded by its parent directories (once). */
-  private withParents(root: string, paths: string[], exclude: ExcludeMatcher): string[] {
+  /**
+   * The added or changed paths that exist in the export, each preceded by its
+   * parent directories (once), and the parent directories of every other
+   * changed path that the export still has: the agent removes the directories
+   * a removal left empty, and one whose remaining entries are all excluded
+   * must come back, as rsync sends it.
+   */
+  private withParents(root: string, entries: DiffEntry[], exclude: ExcludeMatcher): string[] {
     const out: string[] = [];
     const seen = new Set<string>();
-    for (const rel of paths) {
+    const add = (rel: string): void => {
+      if (seen.has(rel)) return;
+      seen.add(rel);
+      out.push(rel);
+    };
+    for (const { status, path: rel } of entries) {
+      const parts = rel.split('/');
+      let parentsOk = true;
+      for (let i = 1; i < parts.length && parentsOk; i++) {
+        const prefix = parts.slice(0, i).join('/');
+        if (seen.has(prefix)) continue;
+        parentsOk = lstatLatin1(root, prefix)?.isDirectory() === true && !exclude(prefix, true);
+        if (parentsOk) add(prefix);
+      }
+      if (!parentsOk || status === 'D') continue;
       const stat = lstatLatin1(root, rel);
       if (!stat) continue; // export-ignore'd, or under a path git archive does not write
       if (exclude(rel, stat.isDirectory())) continue;
-      const parts = rel.split('/');
-      for (let i = 1; i <= parts.length; i++) {
-        const prefix = parts.slice(0, i).join('/');
-        if (seen.has(prefix)) continue;
-        seen.add(prefix);
-        out.push(prefix);
-      }
+      add(rel);
     }
     return out;
+  }
+
+  /** Why no stream can be made for the commit because of export-subst (null: none is used); checked once. */
+  private exportSubst(): Promise<string | null> {
+    this.substChecked ??= (async () => {
+      const run = (args: string[]): Promise<Buffer | null> =>
+        new Promise((resolve) =>
+          execFile('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout)),
+        );
+      const names = await run(['ls-tree', '-r', '-z', '--name-only', this.source.commit]);
+      if (!names) return `the runner-host clone cannot list ${this.source.commit.slice(0, 12)}`;
+      for (const p of names.toString('latin1').split('\0')) {
+        if (p !== '.gitattributes' && !p.endsWith('/.gitattributes')) continue;
+        const text = await run(['cat-file', 'blob', `${this.source.commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
+        if (!text || text.toString('latin1').includes('export-subst')) return `${printableLatin1(p)} uses export-subst (its files name the commit)`;
+      }
+      return null;
+    })();
+    return this.substChecked;
   }
 }
 
