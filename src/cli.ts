@@ -8,7 +8,11 @@ import { renderTable } from './report/table.js';
 import fs from 'node:fs';
 import { renderSarif } from './scan/findings.js';
 import { execute, type Command } from './execute.js';
-import { exitCodeFor } from './sync/fleet.js';
+import { exitCodeFor, selectVms } from './sync/fleet.js';
+import { MAX_SHARDS, parseShard } from './config/shard.js';
+import { mergeResults } from './report/merge.js';
+import { readResultsFiles } from './report/results-files.js';
+import { renderSummary } from './report/summary.js';
 import { runLocks } from './sync/locks.js';
 import { runUnlock } from './sync/unlock.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
@@ -26,12 +30,16 @@ Usage:
   vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
   vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
   vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
+  vm-sync report --merge FILE_OR_DIR... [--shards N] [--config FILE] [--json] [--summary FILE]
+                 merge the --json results of the shards of one deploy into one report (exit 1 when a shard is missing)
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
   vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
   vm-sync demo stop [--dir DIR]
 
 sync also takes --sarif FILE (the secret-scan findings, for code scanning).
+sync, rollback, verify and status take --shard K/N: only the VMs of shard K of N (a stable hash of
+each VM id; every VM is in exactly one shard), for a fleet spread over N runner hosts.
 
 Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify, or the run failed;
 2 usage or config error; 3 secrets found: the deploy was blocked and no VM was contacted.
@@ -86,6 +94,10 @@ function parse(argv: string[]) {
         to: { type: 'string' },
         'lock-wait': { type: 'string' },
         deep: { type: 'boolean', default: false },
+        shard: { type: 'string' },
+        merge: { type: 'boolean', default: false },
+        shards: { type: 'string' },
+        summary: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -126,7 +138,11 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       }
       return await runDemo(values.dir, values.keep, events, io.out);
     }
+    if (command === 'report') return reportCommand(values, positionals.slice(1), io);
+    if (values.merge || values.shards !== undefined || values.summary !== undefined) throw new UsageError('--merge, --shards and --summary only apply to report');
     if (!['sync', 'rollback', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock', 'locks'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (values.shard !== undefined && !['sync', 'rollback', 'verify', 'status'].includes(command)) throw new UsageError('--shard only applies to sync, rollback, verify and status');
+    const shard = values.shard === undefined ? undefined : parseShard(values.shard, '--shard');
     if (values.to !== undefined && command !== 'rollback') throw new UsageError('--to only applies to rollback (sync takes --commit)');
     if (values['lock-wait'] !== undefined && command !== 'sync' && command !== 'rollback') throw new UsageError('--lock-wait only applies to sync and rollback');
     const lockWait = values['lock-wait'] === undefined ? 0 : Number(values['lock-wait']);
@@ -179,12 +195,12 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       else for (const row of rows) io.out(`${row.id}: ${row.detail}\n`);
       return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
     }
-    const options = { commit: values.commit, vms, events, signal };
+    const options = { commit: values.commit, vms, shard, events, signal };
     let request: Command;
     if (command === 'sync') {
       request = { name: 'sync', options: { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'], lockWaitS: lockWait } };
     } else if (command === 'rollback') {
-      request = { name: 'rollback', options: { vms, events, signal, to: values.to, lockWaitS: lockWait } };
+      request = { name: 'rollback', options: { vms, shard, events, signal, to: values.to, lockWaitS: lockWait } };
     } else if (command === 'scan') {
       request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
     } else if (command === 'verify') {
@@ -208,6 +224,30 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     if (error instanceof UsageError) io.err('Run vm-sync --help for usage.\n');
     return usage ? 2 : 1;
   }
+}
+
+/**
+ * `vm-sync report --merge PATH...`: one report from the results of every
+ * shard of a deploy. With `--config`, each VM of a missing shard gets its own
+ * failed row; `--shards N` says how many shards there were (else the results say).
+ */
+function reportCommand(values: ReturnType<typeof parse>['values'], paths: string[], io: CliIO): number {
+  if (!values.merge) throw new UsageError('report needs --merge FILE_OR_DIR... (the --json results of each shard)');
+  if (paths.length === 0) throw new UsageError('report --merge needs at least one results file or directory');
+  for (const flag of ['commit', 'vm', 'shard', 'to', 'range', 'repo', 'sarif', 'scan-base', 'lock-wait'] as const) {
+    if (values[flag] !== undefined) throw new UsageError(`--${flag} does not apply to report`);
+  }
+  const expected = values.shards === undefined ? undefined : Number(values.shards);
+  if (expected !== undefined && !(Number.isInteger(expected) && expected >= 1 && expected <= MAX_SHARDS)) throw new UsageError(`--shards must be a whole number from 1 to ${MAX_SHARDS}, not '${values.shards}'`);
+  const config = values.config ? loadConfig(values.config, { checkFiles: false }) : null;
+  const report = mergeResults(readResultsFiles(paths), {
+    expected,
+    vmsOfShard: config ? (shard) => selectVms(config, undefined, shard) : undefined,
+    order: config?.vms.map((vm) => vm.id),
+  });
+  if (values.summary) fs.writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
+  io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
+  return exitCodeFor(report);
 }
 
 /** Entry point when run as a program: wires Ctrl-C / SIGTERM to a clean stop. */

@@ -38,6 +38,8 @@ export const FAILURE_CODES = [
   'no_release',
   'release_drifted',
   'stream_failed',
+  'shard_missing',
+  'results_invalid',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];

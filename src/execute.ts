@@ -1,5 +1,6 @@
 import type { Config } from './config/types.js';
-import { runInspect, runRollback, runScan, runSync, type InspectOptions, type RollbackOptions, type ScanOptions, type SyncOptions } from './sync/fleet.js';
+import { shardLabel } from './config/shard.js';
+import { runInspect, runRollback, runScan, runSync, selectVms, type InspectOptions, type RollbackOptions, type ScanOptions, type SyncOptions } from './sync/fleet.js';
 import type { RunReport } from './sync/types.js';
 
 /** One engine command, as the CLI and the Action both build it from their input. */
@@ -13,8 +14,21 @@ export type Command =
  * Runs one command against the fleet and returns its report. The CLI
  * (cli.ts) and the Action (main.ts) only parse their input into a
  * {@link Command} and present the report; everything between is here.
+ * A sharded run's report says which shard it covered, so `report --merge`
+ * can tell a missing shard from an empty one.
  */
-export function execute(config: Config, command: Command): Promise<RunReport> {
+export async function execute(config: Config, command: Command): Promise<RunReport> {
+  const shard = command.options.shard;
+  if (shard && command.name !== 'scan' && selectVms(config, command.options.vms, shard).length === 0) {
+    // Nothing to do here, and nothing to fetch, export or scan for it: the other shards have the VMs.
+    command.options.events?.info(null, `shard ${shardLabel(shard)} has no VM${command.options.vms?.length ? ' among those selected' : ''}: nothing to do`);
+    return { command: command.name, commit: '', dry_run: command.name === 'sync' && Boolean(command.options.dryRun), scan: null, vms: [], shard };
+  }
+  const report = await run(config, command);
+  return shard ? { ...report, shard } : report;
+}
+
+function run(config: Config, command: Command): Promise<RunReport> {
   switch (command.name) {
     case 'sync':
       return runSync(config, command.options);

@@ -15,7 +15,9 @@ import { locateGitleaks } from './scan/gitleaks.js';
 import { installGitleaks } from './scan/install.js';
 import type { ScanRequest } from './scan/plan.js';
 import { execute } from './execute.js';
-import { exitCodeFor } from './sync/fleet.js';
+import { exitCodeFor, selectVms } from './sync/fleet.js';
+import { mergeResults } from './report/merge.js';
+import { readResultsFiles } from './report/results-files.js';
 import { failedRow, type EngineEvents, type RunReport, type VmReport } from './sync/types.js';
 
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
@@ -47,6 +49,9 @@ function pushRequest(ctx: WorkflowContext, commit: string): ScanRequest | undefi
   if (!ctx.push || ctx.push.after !== commit) return undefined;
   return { kind: 'push', before: ctx.push.before, after: ctx.push.after, branch: ctx.push.ref };
 }
+
+/** A results file may hold a fleet of thousands of VMs with their notes. */
+const RESULTS_FILE_MAX_BYTES = 32 * 1024 * 1024;
 
 /** What the fan-out got to, as the engine reported it: the rows for a run that stops half-way. */
 interface FanOut {
@@ -120,11 +125,15 @@ function partialReport(command: RunReport['command'], commit: string, dryRun: bo
  * failed before it had one, `{commit: null, vms: [], error}`), bounded by
  * {@link boundedResults} so a VM's text can never make it megabytes.
  */
-function setOutputs(report: RunReport | null, failure: { code: string; message: string } | null, fallback: { command: RunReport['command']; dryRun: boolean }): void {
+function setOutputs(report: RunReport | null, failure: { code: string; message: string } | null, fallback: { command: RunReport['command']; dryRun: boolean; shard: RunReport['shard']; resultsPath: string }): void {
   const vms = report?.vms ?? [];
   const ids = (pick: (vm: VmReport) => boolean): string => vms.filter(pick).map((vm) => vm.id).join(',');
-  const doc: ResultsDocument = report ?? { command: fallback.command, commit: null, dry_run: fallback.dryRun, scan: null, vms: [] };
-  core.setOutput('results', boundedResults(failure && !report ? { ...doc, error: failure } : doc));
+  // A shard that failed before it had a report still says which shard it was, so the merge reports its VMs failed with its error.
+  const doc: ResultsDocument = report ?? { command: fallback.command, commit: null, dry_run: fallback.dryRun, scan: null, vms: [], ...(fallback.shard ? { shard: fallback.shard } : {}) };
+  const full = failure && !report ? { ...doc, error: failure } : doc;
+  // The file is for the merge: the whole report (strings still cleaned and bounded), not cut to an output's size.
+  if (fallback.resultsPath) fs.writeFileSync(fallback.resultsPath, boundedResults(full, RESULTS_FILE_MAX_BYTES));
+  core.setOutput('results', boundedResults(full));
   core.setOutput('commit', report && /^[0-9a-f]{40}$/.test(report.commit) ? report.commit : '');
   core.setOutput('synced', ids((vm) => vm.result === 'success' && vm.action === 'deploy'));
   core.setOutput('skipped', ids((vm) => vm.result === 'success' && vm.action !== 'deploy'));
@@ -148,6 +157,9 @@ export async function run(): Promise<void> {
   let dryRun = false;
   let commit = '';
   let selected: Array<{ id: string; host: string }> = [];
+  let shard: RunReport['shard'] = null;
+  let resultsPath = '';
+  let merging = false;
   const fanOut: FanOut = { started: new Set(), finished: new Map() };
   const controller = new AbortController();
   const onSignal = (): void => controller.abort();
@@ -156,14 +168,22 @@ export async function run(): Promise<void> {
   try {
     const inputs = parseInputs();
     if (inputs.githubToken) core.setSecret(inputs.githubToken);
-    command = inputs.command;
+    merging = inputs.command === 'report';
+    if (inputs.command !== 'report') command = inputs.command;
     dryRun = inputs.dryRun;
+    shard = inputs.shard;
     const ctx = readWorkflowContext();
     runUrl = ctx.runUrl;
-    const config = loadConfig(path.resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' });
+    resultsPath = inputs.resultsPath ? path.resolve(ctx.workspace, inputs.resultsPath) : '';
+    const config = loadConfig(path.resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' && inputs.command !== 'report' });
     maskKeys(config);
     commit = inputs.commit || ctx.sha;
-    selected = config.vms.filter((vm) => inputs.vms.length === 0 || inputs.vms.includes(vm.id));
+    selected = selectVms(config, inputs.vms, inputs.shard ?? undefined);
+    if (inputs.skipScan) {
+      // The job this one needs scanned the commit (deploy.yml: one scan for every shard); its result is in the merged report.
+      config.repository.secretScanning.enabled = false;
+      core.info('secret scan: skipped here (skip-scan): an earlier job of this run scanned this commit');
+    }
     const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
     if (scans) config.repository.secretScanning.gitleaksPath = await resolveGitleaks(inputs, config);
 
@@ -171,7 +191,7 @@ export async function run(): Promise<void> {
       sha: commit,
       runUrl,
       // A rollback changes what the VMs serve, not the commit's verdict: it posts no statuses on it.
-      statuses: inputs.commitStatuses && (inputs.command === 'sync' || inputs.command === 'verify' || inputs.command === 'scan'),
+      statuses: inputs.commitStatuses && (inputs.command === 'sync' || inputs.command === 'verify' || inputs.command === 'scan' || inputs.command === 'report'),
       environment: inputs.environment,
       verb: inputs.command === 'verify' ? 'verify' : 'sync',
       dryRun: inputs.dryRun,
@@ -179,24 +199,34 @@ export async function run(): Promise<void> {
     });
     const events = actionEvents(reporter, fanOut);
     if (scans) reporter.scanStarted();
-    if (inputs.command === 'scan') {
+    const sharded = inputs.shard ?? undefined;
+    if (inputs.command === 'report') {
+      // The shards' artifacts; none at all when every shard failed before uploading (each is then missing).
+      report = mergeResults(readResultsFiles([path.resolve(ctx.workspace, inputs.results)], { allowMissing: true }), {
+        expected: inputs.shards ?? undefined,
+        vmsOfShard: (s) => selectVms(config, undefined, s),
+        order: config.vms.map((vm) => vm.id),
+      });
+      command = report.command;
+      commit = report.commit || commit;
+    } else if (inputs.command === 'scan') {
       report = await execute(config, { name: 'scan', options: { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal } });
     } else if (inputs.command === 'sync') {
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
       if (auth) core.setSecret(auth.secret);
       report = await execute(config, {
         name: 'sync',
-        options: { commit, vms: inputs.vms, force: inputs.force, dryRun: inputs.dryRun, gitEnv: auth?.env, scanRequest: pushRequest(ctx, commit), lockWaitS: inputs.lockWaitS, events, signal: controller.signal },
+        options: { commit, vms: inputs.vms, shard: sharded, force: inputs.force, dryRun: inputs.dryRun, gitEnv: auth?.env, scanRequest: pushRequest(ctx, commit), lockWaitS: inputs.lockWaitS, events, signal: controller.signal },
       });
     } else if (inputs.command === 'rollback') {
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
       if (auth) core.setSecret(auth.secret);
-      report = await execute(config, { name: 'rollback', options: { vms: inputs.vms, to: inputs.to || undefined, lockWaitS: inputs.lockWaitS, gitEnv: auth?.env, events, signal: controller.signal } });
+      report = await execute(config, { name: 'rollback', options: { vms: inputs.vms, shard: sharded, to: inputs.to || undefined, lockWaitS: inputs.lockWaitS, gitEnv: auth?.env, events, signal: controller.signal } });
     } else {
       // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
       if (auth) core.setSecret(auth.secret);
-      report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, fetch: true, deep: inputs.deep, gitEnv: auth?.env, events, signal: controller.signal } });
+      report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, shard: sharded, fetch: true, deep: inputs.deep, gitEnv: auth?.env, events, signal: controller.signal } });
     }
     if (scans) reporter.scanFinished(report.scan, null);
 
@@ -213,7 +243,9 @@ export async function run(): Promise<void> {
     if (code === 3) failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` };
     else if (code !== 0) {
       const bad = report.vms.filter((vm) => vm.result !== 'success');
-      failure = { code: bad[0]?.error?.code ?? 'failed', message: `${bad.length} of ${report.vms.length} VM(s) did not succeed: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` };
+      const missing = report.shards?.missing ?? [];
+      const shardsNote = missing.length > 0 ? `; shard(s) ${missing.map((i) => `${i}/${report?.shards?.expected}`).join(', ')} wrote no results` : '';
+      failure = { code: bad[0]?.error?.code ?? (missing.length > 0 ? 'shard_missing' : 'failed'), message: `${bad.length} of ${report.vms.length} VM(s) did not succeed${bad.length ? `: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` : ''}${shardsNote}` };
     }
     if (failure) core.setFailed(annotationText(`${failure.code}: ${failure.message}`));
   } catch (error) {
@@ -226,8 +258,10 @@ export async function run(): Promise<void> {
     // A run that threw after its fan-out began still reports a row per VM.
     if (thrown && !report && fanOut.started.size > 0) report = partialReport(command, commit, dryRun, selected, fanOut, thrown);
     reporter?.finalize(failure ?? { code: 'internal_error', message: 'the run ended without reporting it' });
+    // A merge posts the one status that says whether the whole fleet got the commit, even when the merge itself failed.
+    if (merging) reporter?.fleetFinished(report, thrown);
     try {
-      setOutputs(report, failure, { command, dryRun });
+      setOutputs(report, failure, { command, dryRun, shard, resultsPath });
     } catch (error) {
       core.warning(annotationText(`could not write the outputs: ${getErrorMessage(error)}`));
     }

@@ -1,9 +1,10 @@
 import * as core from '@actions/core';
 import { VmSyncError } from '../errors.js';
+import { MAX_SHARDS, parseShard, type Shard } from '../config/shard.js';
 
-export type ActionCommand = 'sync' | 'rollback' | 'verify' | 'status' | 'scan';
+export type ActionCommand = 'sync' | 'rollback' | 'verify' | 'status' | 'scan' | 'report';
 
-const COMMANDS: readonly ActionCommand[] = ['sync', 'rollback', 'verify', 'status', 'scan'];
+const COMMANDS: readonly ActionCommand[] = ['sync', 'rollback', 'verify', 'status', 'scan', 'report'];
 
 /** The longest `lock-wait`: one day. */
 export const MAX_LOCK_WAIT_S = 86400;
@@ -19,6 +20,16 @@ export interface Inputs {
   /** sync and rollback: how long to keep retrying a VM locked by another live run, in seconds (0: fail at once). */
   lockWaitS: number;
   vms: string[];
+  /** sync, rollback, verify, status: only this shard's VMs. */
+  shard: Shard | null;
+  /** Where to write the results document ('' = nowhere). */
+  resultsPath: string;
+  /** report: the shards' results files or directories. */
+  results: string;
+  /** report: how many shards there were (null: as the results files say). */
+  shards: number | null;
+  /** sync: an earlier job of this run scanned the commit (sharded deploys scan once). */
+  skipScan: boolean;
   force: boolean;
   dryRun: boolean;
   /** verify only: also compare every file each VM serves with its commit's tree. */
@@ -69,6 +80,15 @@ function lockWait(read: InputReader): number {
   return seconds;
 }
 
+/** report: N, a whole number from 1 to {@link MAX_SHARDS}; empty: null. */
+function shardCount(read: InputReader): number | null {
+  const raw = read('shards').trim();
+  if (raw === '') return null;
+  const count = /^[0-9]{1,3}$/.test(raw) ? Number(raw) : NaN;
+  if (!(count >= 1 && count <= MAX_SHARDS)) throw new VmSyncError('config_invalid', `input shards must be a whole number from 1 to ${MAX_SHARDS}, not '${raw}'`);
+  return count;
+}
+
 /**
  * Parses every input into one typed object, so the rest of the action never
  * reads an input itself. Bad values are errors that name the input.
@@ -76,7 +96,7 @@ function lockWait(read: InputReader): number {
 export function parseInputs(read: InputReader = defaultReader): Inputs {
   const command = (read('command').trim() || 'sync') as ActionCommand;
   if (!COMMANDS.includes(command)) {
-    throw new VmSyncError('config_invalid', `input command must be sync, rollback, verify, status or scan, not '${command}'`);
+    throw new VmSyncError('config_invalid', `input command must be sync, rollback, verify, status, scan or report, not '${command}'`);
   }
   const commit = read('commit').trim();
   if (commit !== '' && !/^[0-9a-fA-F]{7,40}$/.test(commit) && !/^[A-Za-z0-9._/-]+$/.test(commit)) {
@@ -103,6 +123,11 @@ export function parseInputs(read: InputReader = defaultReader): Inputs {
     to,
     lockWaitS: lockWait(read),
     vms,
+    shard: read('shard').trim() === '' ? null : parseShard(read('shard'), 'input shard'),
+    resultsPath: read('results-path').trim(),
+    results: read('results').trim(),
+    shards: shardCount(read),
+    skipScan: bool(read, 'skip-scan', false),
     force: bool(read, 'force', false),
     dryRun: bool(read, 'dry-run', false),
     deep: bool(read, 'deep', false),
@@ -113,6 +138,10 @@ export function parseInputs(read: InputReader = defaultReader): Inputs {
     gitleaksPath: read('gitleaks-path').trim(),
     sarifPath: read('sarif-path').trim(),
   };
+  if (inputs.shard && !['sync', 'rollback', 'verify', 'status'].includes(command)) throw new VmSyncError('config_invalid', 'input shard only applies to command: sync, rollback, verify or status');
+  if (command === 'report' && inputs.results === '') throw new VmSyncError('config_invalid', 'command: report needs input results: the directory the shards\' results artifacts were downloaded to');
+  if (command !== 'report' && (inputs.results !== '' || inputs.shards !== null)) throw new VmSyncError('config_invalid', 'inputs results and shards only apply to command: report');
+  if (inputs.skipScan && command !== 'sync') throw new VmSyncError('config_invalid', 'input skip-scan only applies to command: sync');
   if (inputs.dryRun && command !== 'sync') throw new VmSyncError('config_invalid', 'input dry-run only applies to command: sync');
   if (inputs.deep && command !== 'verify') throw new VmSyncError('config_invalid', 'input deep only applies to command: verify');
   if (inputs.force && command !== 'sync') throw new VmSyncError('config_invalid', 'input force only applies to command: sync');

@@ -1,6 +1,6 @@
 import { getErrorMessage } from '../errors.js';
 import type { ScanReport } from '../scan/gate.js';
-import type { VmReport } from '../sync/types.js';
+import type { RunReport, VmReport } from '../sync/types.js';
 import { annotationText, githubDescription } from './escape.js';
 
 /** The few GitHub REST calls vm-sync makes; an interface so tests can record them. */
@@ -43,6 +43,26 @@ export function vmStatus(report: VmReport, verb: 'sync' | 'verify', dryRun: bool
   }
   const code = report.error?.code ?? report.result;
   return { state: FAILURE_CODES.has(code) ? 'failure' : 'error', description: githubDescription(`${code}: ${report.error?.message ?? report.result}`) };
+}
+
+/**
+ * The one aggregate status `vm-sync` of a merged, sharded run: `success` only
+ * when every shard reported and every VM of every shard succeeded; a missing
+ * shard, a failed VM or a merge that could not be done is never success.
+ */
+export function fleetStatus(report: RunReport | null, failure: { code: string; message: string } | null): { state: Exclude<StatusState, 'pending'>; description: string } {
+  if (!report || failure) return { state: 'error', description: githubDescription(`${failure?.code ?? 'internal_error'}: ${failure?.message ?? 'the report could not be made'}`) };
+  const ok = report.vms.filter((vm) => vm.result === 'success').length;
+  const shards = report.shards;
+  const missing = shards?.missing.length ?? 0;
+  const broken = shards?.failed.length ?? 0;
+  const of = shards ? ` in ${shards.expected} shard${shards.expected === 1 ? '' : 's'}` : '';
+  if (report.scan?.blocked) return { state: 'failure', description: `secrets_found: ${report.scan.findings.length} possible secret(s): deploy blocked` };
+  if (ok === report.vms.length && missing === 0 && broken === 0) return { state: 'success', description: `${ok}/${report.vms.length} VM(s) ok${of}` };
+  const parts = [`${ok}/${report.vms.length} VM(s) ok${of}`];
+  if (missing) parts.push(`${missing} shard(s) missing`);
+  if (broken) parts.push(`${broken} shard(s) failed`);
+  return { state: 'failure', description: githubDescription(parts.join(', ')) };
 }
 
 /**
@@ -137,6 +157,12 @@ export class GitHubReporter {
     }
     for (const vmId of this.open) this.outcome(vmId, 'error', `${failure.code}: the run stopped before this VM finished: ${failure.message}`);
     this.open.clear();
+  }
+
+  /** The aggregate status `vm-sync` of a merged run ({@link fleetStatus}). */
+  fleetFinished(report: RunReport | null, failure: { code: string; message: string } | null): void {
+    const { state, description } = fleetStatus(report, failure);
+    this.status('fleet', 'vm-sync', state, description);
   }
 
   /** Waits for every queued call (each already turns its failure into a warning). */

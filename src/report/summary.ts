@@ -1,7 +1,7 @@
 import type { ScanReport } from '../scan/gate.js';
 import type { RunReport, VmReport } from '../sync/types.js';
 import { markdownCode, markdownText } from './escape.js';
-import { driftCell, formatBytes } from './table.js';
+import { driftCell, formatBytes, shardsLine } from './table.js';
 
 /** What the summary needs besides the report. */
 export interface SummaryContext {
@@ -127,10 +127,13 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
     return capped(lines);
   }
   const ok = report.vms.filter((vm) => vm.result === 'success').length;
-  const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}: ${ok}/${report.vms.length} VM(s) ok`;
+  const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${report.shards.expected} shard${report.shards.expected === 1 ? '' : 's'} merged)` : '';
+  const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${ok}/${report.vms.length} VM(s) ok`;
   lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
   if (report.commit) lines.push(`Commit ${markdownCode(report.commit, CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
   if (ctx.failure) lines.push(`❌ ${markdownCode(ctx.failure.code, CELL_MAX)}: ${markdownText(ctx.failure.message, MESSAGE_MAX)}`, '');
+  const shards = shardsLine(report);
+  if (shards) lines.push(`${report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0) ? '❌' : '✅'} ${markdownText(shards, MESSAGE_MAX)}`, '');
   if (report.scan) lines.push(...scanSection(report.scan, report.vms.length > 0), '');
   if (report.rollout) {
     const r = report.rollout;

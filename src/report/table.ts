@@ -64,13 +64,29 @@ export function rolloutLine(report: RunReport): string | null {
 }
 
 /**
+ * How the shards of a merged run came back, in one line (null for a run that
+ * was not merged). Shared by the table and the job summary, which escape it.
+ */
+export function shardsLine(report: RunReport): string | null {
+  const shards = report.shards;
+  if (!shards) return null;
+  const parts = [`shards: ${shards.received.length} of ${shards.expected} reported`];
+  if (shards.missing.length > 0) {
+    parts.push(`MISSING ${shards.missing.map((i) => `${i}/${shards.expected}`).join(', ')}: their jobs wrote no results, so what their VMs serve is unknown (re-run the failed jobs)`);
+  }
+  for (const f of shards.failed) parts.push(`shard ${f.index}/${shards.expected} FAILED before reaching its VMs: ${f.code}: ${f.message}`);
+  return parts.join('; ');
+}
+
+/**
  * The readable report of a run: a header line, an aligned table with one row
  * per VM, then every error and note in full (a table cell is too small for
  * the sentence that tells the user what to do). Pure: same report, same text.
  */
 export function renderTable(report: RunReport): string {
   const scan = renderScan(report);
-  if (report.vms.length === 0) return scan;
+  const shards = shardsLine(report);
+  if (report.vms.length === 0) return scan + (shards ? `${terminalLine(shards, MESSAGE_MAX)}\n` : '');
   // The health column only when a health check ran.
   const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
   // The drift column only when verify --deep compared a VM's files.
@@ -83,7 +99,8 @@ export function renderTable(report: RunReport): string {
 
   const ok = report.vms.filter((vm) => vm.result === 'success').length;
   const subject = report.command === 'rollback' ? (report.commit ? `to ${terminalLine(report.commit.slice(0, 12))}` : "to each VM's previous release") : `of ${terminalLine(report.commit.slice(0, 12))}`;
-  const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
+  const shard = report.shard ? ` [shard ${report.shard.index}/${report.shard.count}]` : '';
+  const title = `vm-sync ${report.command}${shard}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
   const details: string[] = [];
   for (const vm of report.vms) {
     const id = terminalLine(vm.id, CELL_MAX);
@@ -96,7 +113,7 @@ export function renderTable(report: RunReport): string {
     if (vm.notes.length > NOTES_PER_VM) details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
   }
   const rollout = rolloutLine(report);
-  return scan + [title, ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+  return scan + [title, ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Config, VmConfig } from '../config/types.js';
+import { inShard, type Shard } from '../config/shard.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
 import { ExportStore, stateDirOf, type ExportSnapshot } from '../git/exports.js';
@@ -23,6 +24,8 @@ export interface FleetOptions {
   commit?: string;
   /** Only these VM ids (default: all). */
   vms?: string[];
+  /** Only the VMs of this shard (`--shard K/N`), intersected with `vms`. */
+  shard?: Shard;
   events?: EngineEvents;
   signal?: AbortSignal;
   /** First retry delay in ms (tests shorten it). */
@@ -69,15 +72,20 @@ export interface ScanOptions extends FleetOptions {
   request?: ScanRequest;
 }
 
-/** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
-export function selectVms(config: Config, ids: string[] | undefined): VmConfig[] {
-  if (!ids || ids.length === 0) return config.vms;
+/**
+ * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
+ * usage error naming the known ones. A known id that belongs to another shard
+ * is not an error: that shard's job selects it.
+ */
+export function selectVms(config: Config, ids: string[] | undefined, shard?: Shard): VmConfig[] {
+  const inSelectedShard = (vm: VmConfig): boolean => !shard || inShard(vm.id, shard);
+  if (!ids || ids.length === 0) return config.vms.filter(inSelectedShard);
   const known = new Set(config.vms.map((vm) => vm.id));
   const unknown = ids.filter((id) => !known.has(id));
   if (unknown.length > 0) {
     throw new VmSyncError('config_invalid', `unknown VM id${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (configured: ${[...known].join(', ')})`);
   }
-  return config.vms.filter((vm) => ids.includes(vm.id));
+  return config.vms.filter((vm) => ids.includes(vm.id) && inSelectedShard(vm));
 }
 
 /**
@@ -117,7 +125,7 @@ function loadKnownHosts(config: Config): KnownHosts {
  */
 export async function runSync(config: Config, options: SyncOptions = {}): Promise<RunReport> {
   const events = options.events ?? silentEvents;
-  const vms = selectVms(config, options.vms);
+  const vms = selectVms(config, options.vms, options.shard);
   const knownHosts = loadKnownHosts(config);
   sweepDeadRuns(events);
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
@@ -265,7 +273,7 @@ async function allRecordedOn(repo: RunnerRepo, vms: readonly VmConfig[], commit:
 export async function runInspect(config: Config, mode: 'verify' | 'status', options: InspectOptions = {}): Promise<RunReport> {
   if (options.deep && mode !== 'verify') throw new VmSyncError('config_invalid', 'deep only applies to verify');
   const events = options.events ?? silentEvents;
-  const vms = selectVms(config, options.vms);
+  const vms = selectVms(config, options.vms, options.shard);
   sweepDeadRuns(events);
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
   if (options.fetch) await repo.prepare(true);
@@ -309,7 +317,7 @@ export interface RollbackOptions extends FleetOptions {
  */
 export async function runRollback(config: Config, options: RollbackOptions = {}): Promise<RunReport> {
   const events = options.events ?? silentEvents;
-  const vms = selectVms(config, options.vms);
+  const vms = selectVms(config, options.vms, options.shard);
   const knownHosts = loadKnownHosts(config);
   let to: string | null = null;
   if (options.to) {
@@ -420,8 +428,12 @@ function announce(events: EngineEvents, report: VmReport): VmReport {
   return report;
 }
 
-/** Exit status for a finished run: 3 when secrets blocked it, 0 when every VM succeeded, 1 otherwise. */
+/**
+ * Exit status for a finished run: 3 when secrets blocked it, 0 when every VM
+ * succeeded (and, for merged shards, every shard reported and none failed), 1 otherwise.
+ */
 export function exitCodeFor(report: RunReport): 0 | 1 | 3 {
   if (report.scan?.blocked) return 3;
+  if (report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0)) return 1;
   return report.vms.every((vm) => vm.result === 'success') ? 0 : 1;
 }

@@ -94,6 +94,22 @@ export interface RunReport {
   flip_skew_ms?: number | null;
   /** Empty when the scan blocked the run: no VM was contacted. */
   vms: VmReport[];
+  /** The shard this run covered (`--shard K/N`); absent when it covered the whole selection. */
+  shard?: { index: number; count: number } | null;
+  /** `report --merge`: how the shards of the deploy came back (missing and failed ones fail the run). */
+  shards?: ShardsReport | null;
+}
+
+/** How the shards of one deploy came back: what `report --merge` adds to the report. */
+export interface ShardsReport {
+  /** How many shards the deploy was split into (N of `K/N`). */
+  expected: number;
+  /** The shards whose results were found, ascending. */
+  received: number[];
+  /** The shards with no results: their job failed or was cancelled before writing them. */
+  missing: number[];
+  /** Shards whose job wrote results saying it failed before reaching its VMs. */
+  failed: Array<{ index: number; code: string; message: string }>;
 }
 
 /** The rollout of one run: its batches (VM ids, in flip order) and whether it stopped early. */

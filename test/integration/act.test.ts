@@ -1,6 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { shardOf } from '../../src/config/shard.js';
 import { plantedSecrets, secretFragments } from '../helpers/secrets.js';
 import { snapshotTree, World } from '../helpers/world.js';
 
@@ -65,7 +66,9 @@ test('act push: the scan job, then the sync job on the self-hosted label, deploy
   const run = await act(['push', '-W', '.github/workflows/deploy.yml', '-e', pushEvent(git('rev-parse', 'HEAD~1'), head)]);
 
   expect(run.log).toMatch(/\[deploy\/scan\] 🏁 {2}Job succeeded/);
-  expect(run.log).toMatch(/\[deploy\/sync\] 🏁 {2}Job succeeded/);
+  // deploy.yml's matrix: two shards, each deploying its own VMs.
+  for (const shard of [1, 2]) expect(run.log).toMatch(new RegExp(`\\[deploy/sync \\(shard ${shard}\\)-${shard}\\] 🏁 {2}Job succeeded`));
+  for (const id of ['vm01', 'vm02']) expect(run.log).toContain(`[deploy/sync (shard ${shardOf(id, 2)})-${shardOf(id, 2)}]`);
   expect(run.code).toBe(0);
   const tree = path.join(world.dir, 'expected');
   fs.mkdirSync(tree);
@@ -89,7 +92,7 @@ test('act push of a secret: the scan job fails, the sync job never runs, no VM c
 
   expect(run.code).not.toBe(0);
   expect(run.log).toMatch(/\[deploy\/scan\] 🏁 {2}Job failed/);
-  expect(run.log).not.toMatch(/\[deploy\/sync\] ⭐ Run/);
+  expect(run.log).not.toMatch(/\[deploy\/sync[^\]]*\] ⭐ Run/);
   expect(run.log).toMatch(/secrets_found: \d+ possible secret\(s\)/);
   expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(vmsBefore);
   for (const fragment of secretFragments(secrets)) expect(run.log.includes(fragment)).toBe(false);
@@ -109,7 +112,8 @@ test('act workflow_dispatch with dry-run: the sync job runs and changes no VM', 
 
   const run = await act(['workflow_dispatch', '-W', '.github/workflows/deploy.yml', '-e', event]);
 
-  expect(run.log).toMatch(/\[deploy\/sync\] 🏁 {2}Job succeeded/);
-  expect(run.log).toContain('vm-sync sync: 1/1 VM(s) ok (dry run: nothing changed)');
+  const shard = shardOf('vm01', 2);
+  expect(run.log).toMatch(new RegExp(`\\[deploy/sync \\(shard ${shard}\\)-${shard}\\] 🏁 {2}Job succeeded`));
+  expect(run.log).toContain(`vm-sync sync (shard ${shard}/2): 1/1 VM(s) ok (dry run: nothing changed)`);
   expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(vmsBefore);
 });

@@ -1,18 +1,16 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FakeGitHub } from '../helpers/github-server.js';
-import { exitWhileSampling } from '../helpers/processes.js';
+import { ACTION_TOKEN, runAction as runBundledAction, type ActionRun } from '../helpers/action-run.js';
 import { plantedSecrets, secretFiles, secretFragments } from '../helpers/secrets.js';
 import { snapshotTree, World } from '../helpers/world.js';
 
 /*
- * The committed bundle dist/index.js, run the way the Actions runner runs it:
- * INPUT_* variables, GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, GITHUB_EVENT_PATH,
- * and GITHUB_API_URL / GITHUB_SERVER_URL pointing at a loopback fake GitHub
- * that records every request and serves the repository over smart HTTP.
+ * The committed bundle dist/index.js, run the way the Actions runner runs it
+ * (test/helpers/action-run.ts), against a loopback fake GitHub that records
+ * every request and serves the repository over smart HTTP.
  */
-const TOKEN = `ghs_${'T0k3n'.repeat(7)}x`;
+const TOKEN = ACTION_TOKEN;
 let world: World;
 let github: FakeGitHub;
 /** Command lines of every process seen while an action run was in progress. */
@@ -29,57 +27,10 @@ afterAll(async () => {
   world?.destroy();
 });
 
-interface ActionRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  outputs: Record<string, string>;
-  summary: string;
-}
-
-/**
- * Runs dist/index.js with the given inputs and event, as the runner would.
- * Asynchronously: the fake GitHub answers from this same process.
- */
 async function runAction(inputs: Record<string, string>, event: { name: string; payload: object; sha: string }): Promise<ActionRun> {
-  const dir = fs.mkdtempSync(path.join(world.dir, 'runner-'));
-  const files = { output: path.join(dir, 'output'), summary: path.join(dir, 'summary.md'), event: path.join(dir, 'event.json') };
-  fs.writeFileSync(files.output, '');
-  fs.writeFileSync(files.summary, '');
-  fs.writeFileSync(files.event, JSON.stringify(event.payload));
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH,
-    HOME: process.env.HOME,
-    GITHUB_ACTIONS: 'true',
-    GITHUB_REPOSITORY: 'acme/app',
-    GITHUB_SHA: event.sha,
-    GITHUB_EVENT_NAME: event.name,
-    GITHUB_EVENT_PATH: files.event,
-    GITHUB_RUN_ID: '4242',
-    GITHUB_SERVER_URL: github.url,
-    GITHUB_API_URL: `${github.url}/api/v3`,
-    GITHUB_WORKSPACE: world.dir,
-    GITHUB_OUTPUT: files.output,
-    GITHUB_STEP_SUMMARY: files.summary,
-    RUNNER_TEMP: path.join(dir, 'temp'),
-    RUNNER_TOOL_CACHE: path.join(dir, 'toolcache'),
-    'INPUT_GITHUB-TOKEN': TOKEN,
-    INPUT_CONFIG: path.basename(world.configPath),
-  };
-  for (const [name, value] of Object.entries(inputs)) env[`INPUT_${name.toUpperCase()}`] = value;
-  const child = spawn(process.execPath, [path.join(process.cwd(), 'dist', 'index.js')], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  // Sample every process's command line while the action runs (git, rsync, gitleaks, the bridge...).
-  const { code, processes: seen } = await exitWhileSampling(child, 25);
-  processes.push(...seen);
-  const outputs: Record<string, string> = {};
-  // GITHUB_OUTPUT uses name<<DELIMITER ... DELIMITER blocks.
-  const text = fs.readFileSync(files.output, 'utf8');
-  for (const match of text.matchAll(/^(.+?)<<(.+)\n([\s\S]*?)\n\2$/gm)) outputs[match[1]] = match[3];
-  return { code, stdout, stderr, outputs, summary: fs.readFileSync(files.summary, 'utf8') };
+  const run = await runBundledAction(world, github, inputs, event);
+  processes.push(...run.processes);
+  return run;
 }
 
 /** stdout/stderr without the runner's mask-registration lines (which carry the value to mask by design). */
@@ -195,7 +146,7 @@ test('secrets block the sync: exit 1 with secrets_found, annotations on file and
 test('bad input fails clearly and still writes a summary', async () => {
   const run = await runAction({ command: 'deploy-everything' }, { name: 'workflow_dispatch', sha: 'a'.repeat(40), payload: {} });
   expect(run.code).toBe(1);
-  expect(run.stdout).toMatch(/^::error::config_invalid: input command must be sync, rollback, verify, status or scan, not 'deploy-everything'$/m);
+  expect(run.stdout).toMatch(/^::error::config_invalid: input command must be sync, rollback, verify, status, scan or report, not 'deploy-everything'$/m);
   expect(run.summary).toContain('vm-sync: failed before reaching any VM');
   expect(JSON.parse(run.outputs.results)).toMatchObject({ commit: null, vms: [], error: { code: 'config_invalid' } });
   expect(run.outputs.failed).toBe('');

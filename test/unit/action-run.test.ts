@@ -35,6 +35,7 @@ jest.unstable_mockModule('../../src/sync/fleet.js', () => ({
     throw new Error('not used');
   },
   exitCodeFor: () => 1,
+  selectVms: (config: { vms: Array<{ id: string }> }, ids?: string[]) => config.vms.filter((vm) => !ids?.length || ids.includes(vm.id)),
 }));
 const { run } = await import('../../src/main.js');
 

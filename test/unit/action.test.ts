@@ -15,6 +15,11 @@ describe('parseInputs', () => {
       to: '',
       lockWaitS: 0,
       vms: [],
+      shard: null,
+      resultsPath: '',
+      results: '',
+      shards: null,
+      skipScan: false,
       force: false,
       dryRun: false,
       deep: false,
@@ -27,13 +32,28 @@ describe('parseInputs', () => {
     });
   });
 
+  test('the shard inputs', () => {
+    expect(parseInputs(reader({ shard: ' 2/3 ', 'skip-scan': 'true', 'results-path': 'r.json' }))).toMatchObject({ shard: { index: 2, count: 3 }, skipScan: true, resultsPath: 'r.json' });
+    expect(parseInputs(reader({ command: 'report', results: 'dir', shards: '4' }))).toMatchObject({ command: 'report', results: 'dir', shards: 4 });
+  });
+
   test('every input, parsed once', () => {
     const inputs = parseInputs(reader({ command: 'sync', vms: ' vm01, vm02 ,', force: 'true', 'dry-run': 'True', 'commit-statuses': 'false', environment: 'production', commit: 'abc1234' }));
     expect(inputs).toMatchObject({ vms: ['vm01', 'vm02'], force: true, dryRun: true, commitStatuses: false, environment: 'production', commit: 'abc1234' });
   });
 
   test.each([
-    [{ command: 'deploy' }, "input command must be sync, rollback, verify, status or scan, not 'deploy'"],
+    [{ command: 'deploy' }, "input command must be sync, rollback, verify, status, scan or report, not 'deploy'"],
+    [{ shard: '3/2' }, "input shard must be K/N with 1 <= K <= N <= 256 (for example 2/4), not '3/2'"],
+    [{ shard: '1of2' }, "input shard must be K/N with 1 <= K <= N <= 256 (for example 2/4), not '1of2'"],
+    [{ command: 'scan', shard: '1/2' }, 'input shard only applies to command: sync, rollback, verify or status'],
+    [{ command: 'report' }, "command: report needs input results: the directory the shards' results artifacts were downloaded to"],
+    [{ command: 'report', results: 'r', shards: '0' }, "input shards must be a whole number from 1 to 256, not '0'"],
+    [{ command: 'report', results: 'r', shards: '2.5' }, "input shards must be a whole number from 1 to 256, not '2.5'"],
+    [{ results: 'r' }, 'inputs results and shards only apply to command: report'],
+    [{ shards: '2' }, 'inputs results and shards only apply to command: report'],
+    [{ command: 'rollback', 'skip-scan': 'true' }, 'input skip-scan only applies to command: sync'],
+    [{ 'skip-scan': 'maybe' }, "input skip-scan must be true or false, not 'maybe'"],
     [{ force: 'yes' }, "input force must be true or false, not 'yes'"],
     [{ command: 'verify', 'dry-run': 'true' }, 'input dry-run only applies to command: sync'],
     [{ commit: '$(rm -rf /)' }, "input commit is not a commit or ref: '$(rm -rf /)'"],
