@@ -34555,6 +34555,8 @@ const FAILURE_CODES = [
     'no_release',
     'release_drifted',
     'stream_failed',
+    'shard_missing',
+    'results_invalid',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout']);
@@ -35363,7 +35365,7 @@ const HTML_SPECIAL = { '&': '&amp;', '<': '&lt;', '>': '&gt;' };
  * the literal characters.
  */
 function markdownText(text, max) {
-    const escaped = vmText(text, max)
+    const escaped = untrusted_vmText(text, max)
         .replace(/[&<>]/g, (c) => HTML_SPECIAL[c])
         .replace(MARKDOWN_SPECIAL, (c) => `\\${c}`);
     // A heading, quote or list marker only counts at the start of a line.
@@ -35375,7 +35377,7 @@ function markdownText(text, max) {
  * and keeps `\|` (GitHub's table parser needs it even inside code).
  */
 function markdownCode(text, max) {
-    return `\`${vmText(text, max).replace(/`/g, "'").replace(/\|/g, '\\|')}\``;
+    return `\`${untrusted_vmText(text, max).replace(/`/g, "'").replace(/\|/g, '\\|')}\``;
 }
 /** GitHub's limit on a commit status or deployment status description. */
 const DESCRIPTION_MAX = 140;
@@ -35529,14 +35531,31 @@ function rolloutLine(report) {
     return terminalLine(parts.join(', '), MESSAGE_MAX);
 }
 /**
+ * How the shards of a merged run came back, in one line (null for a run that
+ * was not merged). Shared by the table and the job summary, which escape it.
+ */
+function shardsLine(report) {
+    const shards = report.shards;
+    if (!shards)
+        return null;
+    const parts = [`shards: ${shards.received.length} of ${shards.expected} reported`];
+    if (shards.missing.length > 0) {
+        parts.push(`MISSING ${shards.missing.map((i) => `${i}/${shards.expected}`).join(', ')}: their jobs wrote no results, so what their VMs serve is unknown (re-run the failed jobs)`);
+    }
+    for (const f of shards.failed)
+        parts.push(`shard ${f.index}/${shards.expected} FAILED before reaching its VMs: ${f.code}: ${f.message}`);
+    return parts.join('; ');
+}
+/**
  * The readable report of a run: a header line, an aligned table with one row
  * per VM, then every error and note in full (a table cell is too small for
  * the sentence that tells the user what to do). Pure: same report, same text.
  */
 function renderTable(report) {
     const scan = renderScan(report);
+    const shards = shardsLine(report);
     if (report.vms.length === 0)
-        return scan;
+        return scan + (shards ? `${terminalLine(shards, MESSAGE_MAX)}\n` : '');
     // The health column only when a health check ran.
     const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
     // The drift column only when verify --deep compared a VM's files.
@@ -35548,7 +35567,8 @@ function renderTable(report) {
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
     const subject = report.command === 'rollback' ? (report.commit ? `to ${terminalLine(report.commit.slice(0, 12))}` : "to each VM's previous release") : `of ${terminalLine(report.commit.slice(0, 12))}`;
-    const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
+    const shard = report.shard ? ` [shard ${report.shard.index}/${report.shard.count}]` : '';
+    const title = `vm-sync ${report.command}${shard}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
     const details = [];
     for (const vm of report.vms) {
         const id = terminalLine(vm.id, CELL_MAX);
@@ -35567,7 +35587,7 @@ function renderTable(report) {
             details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
     }
     const rollout = rolloutLine(report);
-    return scan + [title, ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    return scan + [title, ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
 function renderScan(report) {
@@ -35603,6 +35623,47 @@ function renderScan(report) {
             lines.push(`    - ...and ${total - 10} more (see --json)`);
     }
     return `${lines.join('\n')}\n\n`;
+}
+
+;// CONCATENATED MODULE: external "node:crypto"
+const external_node_crypto_namespaceObject = require("node:crypto");
+var external_node_crypto_default = /*#__PURE__*/__nccwpck_require__.n(external_node_crypto_namespaceObject);
+;// CONCATENATED MODULE: ./src/config/shard.ts
+
+
+/** The largest shard count: far more runner hosts than any fleet vm-sync serves would use. */
+const MAX_SHARDS = 256;
+/**
+ * Parses `K/N` (1 ≤ K ≤ N ≤ {@link MAX_SHARDS}). `what` names the flag or
+ * input in the error, so the user knows which one to fix.
+ */
+function parseShard(text, what) {
+    const match = /^\s*([0-9]{1,3})\s*\/\s*([0-9]{1,3})\s*$/.exec(text);
+    const index = match ? Number(match[1]) : NaN;
+    const count = match ? Number(match[2]) : NaN;
+    if (!(index >= 1 && count >= 1 && index <= count && count <= MAX_SHARDS)) {
+        throw new VmSyncError('config_invalid', `${what} must be K/N with 1 <= K <= N <= ${MAX_SHARDS} (for example 2/4), not '${text}'`);
+    }
+    return { index, count };
+}
+/**
+ * Which shard (1-based) of `count` a VM belongs to: a hash of its id alone.
+ * Because nothing else enters the hash, adding or removing a VM moves no
+ * other VM, and every runner computes the same partition from the same
+ * config (no coordination, no state).
+ */
+function shardOf(vmId, count) {
+    const digest = external_node_crypto_default().createHash('sha256').update(vmId, 'utf8').digest();
+    // 48 bits are exact in a double and make the modulo bias negligible for N <= 256.
+    return (digest.readUIntBE(0, 6) % count) + 1;
+}
+/** Whether the VM is in the shard (every VM is in exactly one shard of a given count). */
+function inShard(vmId, shard) {
+    return shardOf(vmId, shard.count) === shard.index;
+}
+/** `K/N`, as the user wrote it. */
+function shardLabel(shard) {
+    return `${shard.index}/${shard.count}`;
 }
 
 ;// CONCATENATED MODULE: external "node:child_process"
@@ -35648,9 +35709,6 @@ function run(command, args, options = {}) {
     });
 }
 
-;// CONCATENATED MODULE: external "node:crypto"
-const external_node_crypto_namespaceObject = require("node:crypto");
-var external_node_crypto_default = /*#__PURE__*/__nccwpck_require__.n(external_node_crypto_namespaceObject);
 ;// CONCATENATED MODULE: ./src/remote/lock.ts
 
 
@@ -41221,6 +41279,9 @@ function excludeMatcher(patterns) {
     const names = [];
     const anchored = [];
     for (const raw of patterns) {
+        // rsync reads `- x` and `+ x` as an exclude and an include of x, and `!` as "clear the list".
+        if (raw.startsWith('- ') || raw.startsWith('+ ') || raw.startsWith('!'))
+            return null;
         const dirOnly = raw.endsWith('/') && raw.length > 1;
         const pattern = dirOnly ? raw.slice(0, -1) : raw;
         if (pattern === '' || /[*?[\]\\]/.test(pattern))
@@ -41282,6 +41343,7 @@ class ReleaseStreams {
     source;
     made = new Map();
     exclude;
+    substChecked;
     constructor(source) {
         this.source = source;
         this.exclude = excludeMatcher(source.excludes);
@@ -41311,6 +41373,14 @@ class ReleaseStreams {
             const diff = await this.diff(base);
             if (typeof diff === 'string')
                 return { ok: false, reason: diff };
+            // .gitattributes decide the bytes of files the diff does not list (export-ignore, eol, export-subst):
+            // a changed one, or an export-subst anywhere (its output names the commit), needs every file compared.
+            const attrs = diff.find((e) => e.path === '.gitattributes' || e.path.endsWith('/.gitattributes'));
+            if (attrs)
+                return { ok: false, reason: `${printableLatin1(attrs.path)} changed, which can change files the diff does not list` };
+            const subst = await this.exportSubst();
+            if (subst)
+                return { ok: false, reason: subst };
             const shared = this.source.sharedPaths.map((p) => Buffer.from(p, 'utf8').toString('latin1'));
             const under = (rel, p) => rel === p || rel.startsWith(`${p}/`);
             // A change to a parent of a shared path (a directory replaced by a file) needs rsync's full view.
@@ -41321,8 +41391,7 @@ class ReleaseStreams {
             // Excluded paths are removed too (they are absent, so it costs nothing): the agent then removes
             // the directories the change left empty, as rsync --delete would.
             removals = kept.filter((e) => e.status !== 'A').map((e) => e.path);
-            const added = kept.filter((e) => e.status !== 'D').map((e) => e.path);
-            members = this.withParents(dir, added, exclude);
+            members = this.withParents(dir, kept, exclude);
         }
         const file = external_node_path_default().join(this.source.scratchDir, `stream-${base ?? 'full'}.bin`);
         const files = await writeStream(file, dir, removals, members, this.source.env);
@@ -41355,26 +41424,61 @@ class ReleaseStreams {
         walk(Buffer.from(root), '');
         return out;
     }
-    /** The added or changed paths that exist in the export, each preceded by its parent directories (once). */
-    withParents(root, paths, exclude) {
+    /**
+     * The added or changed paths that exist in the export, each preceded by its
+     * parent directories (once), and the parent directories of every other
+     * changed path that the export still has: the agent removes the directories
+     * a removal left empty, and one whose remaining entries are all excluded
+     * must come back, as rsync sends it.
+     */
+    withParents(root, entries, exclude) {
         const out = [];
         const seen = new Set();
-        for (const rel of paths) {
+        const add = (rel) => {
+            if (seen.has(rel))
+                return;
+            seen.add(rel);
+            out.push(rel);
+        };
+        for (const { status, path: rel } of entries) {
+            const parts = rel.split('/');
+            let parentsOk = true;
+            for (let i = 1; i < parts.length && parentsOk; i++) {
+                const prefix = parts.slice(0, i).join('/');
+                if (seen.has(prefix))
+                    continue;
+                parentsOk = lstatLatin1(root, prefix)?.isDirectory() === true && !exclude(prefix, true);
+                if (parentsOk)
+                    add(prefix);
+            }
+            if (!parentsOk || status === 'D')
+                continue;
             const stat = lstatLatin1(root, rel);
             if (!stat)
                 continue; // export-ignore'd, or under a path git archive does not write
             if (exclude(rel, stat.isDirectory()))
                 continue;
-            const parts = rel.split('/');
-            for (let i = 1; i <= parts.length; i++) {
-                const prefix = parts.slice(0, i).join('/');
-                if (seen.has(prefix))
-                    continue;
-                seen.add(prefix);
-                out.push(prefix);
-            }
+            add(rel);
         }
         return out;
+    }
+    /** Why no stream can be made for the commit because of export-subst (null: none is used); checked once. */
+    exportSubst() {
+        this.substChecked ??= (async () => {
+            const run = (args) => new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout)));
+            const names = await run(['ls-tree', '-r', '-z', '--name-only', this.source.commit]);
+            if (!names)
+                return `the runner-host clone cannot list ${this.source.commit.slice(0, 12)}`;
+            for (const p of names.toString('latin1').split('\0')) {
+                if (p !== '.gitattributes' && !p.endsWith('/.gitattributes'))
+                    continue;
+                const text = await run(['cat-file', 'blob', `${this.source.commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
+                if (!text || text.toString('latin1').includes('export-subst'))
+                    return `${printableLatin1(p)} uses export-subst (its files name the commit)`;
+            }
+            return null;
+        })();
+        return this.substChecked;
     }
 }
 function lstatLatin1(root, rel) {
@@ -42567,16 +42671,22 @@ async function rollbackFleet(ctx, vms) {
 
 
 
-/** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
-function selectVms(config, ids) {
+
+/**
+ * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
+ * usage error naming the known ones. A known id that belongs to another shard
+ * is not an error: that shard's job selects it.
+ */
+function selectVms(config, ids, shard) {
+    const inSelectedShard = (vm) => !shard || inShard(vm.id, shard);
     if (!ids || ids.length === 0)
-        return config.vms;
+        return config.vms.filter(inSelectedShard);
     const known = new Set(config.vms.map((vm) => vm.id));
     const unknown = ids.filter((id) => !known.has(id));
     if (unknown.length > 0) {
         throw new VmSyncError('config_invalid', `unknown VM id${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (configured: ${[...known].join(', ')})`);
     }
-    return config.vms.filter((vm) => ids.includes(vm.id));
+    return config.vms.filter((vm) => ids.includes(vm.id) && inSelectedShard(vm));
 }
 /**
  * The runner-host clone the config names: managed (locked while vm-sync
@@ -42613,7 +42723,7 @@ function loadKnownHosts(config) {
  */
 async function runSync(config, options = {}) {
     const events = options.events ?? silentEvents;
-    const vms = selectVms(config, options.vms);
+    const vms = selectVms(config, options.vms, options.shard);
     const knownHosts = loadKnownHosts(config);
     sweepDeadRuns(events);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
@@ -42756,7 +42866,7 @@ async function runInspect(config, mode, options = {}) {
     if (options.deep && mode !== 'verify')
         throw new VmSyncError('config_invalid', 'deep only applies to verify');
     const events = options.events ?? silentEvents;
-    const vms = selectVms(config, options.vms);
+    const vms = selectVms(config, options.vms, options.shard);
     sweepDeadRuns(events);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (options.fetch)
@@ -42794,7 +42904,7 @@ async function runInspect(config, mode, options = {}) {
  */
 async function runRollback(config, options = {}) {
     const events = options.events ?? silentEvents;
-    const vms = selectVms(config, options.vms);
+    const vms = selectVms(config, options.vms, options.shard);
     const knownHosts = loadKnownHosts(config);
     let to = null;
     if (options.to) {
@@ -42911,10 +43021,15 @@ function announce(events, report) {
     events.vmFinished?.(report);
     return report;
 }
-/** Exit status for a finished run: 3 when secrets blocked it, 0 when every VM succeeded, 1 otherwise. */
+/**
+ * Exit status for a finished run: 3 when secrets blocked it, 0 when every VM
+ * succeeded (and, for merged shards, every shard reported and none failed), 1 otherwise.
+ */
 function exitCodeFor(report) {
     if (report.scan?.blocked)
         return 3;
+    if (report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0))
+        return 1;
     return report.vms.every((vm) => vm.result === 'success') ? 0 : 1;
 }
 
@@ -43469,12 +43584,25 @@ function renderDoctor(report) {
 
 ;// CONCATENATED MODULE: ./src/execute.ts
 
+
 /**
  * Runs one command against the fleet and returns its report. The CLI
  * (cli.ts) and the Action (main.ts) only parse their input into a
  * {@link Command} and present the report; everything between is here.
+ * A sharded run's report says which shard it covered, so `report --merge`
+ * can tell a missing shard from an empty one.
  */
-function execute(config, command) {
+async function execute(config, command) {
+    const shard = command.options.shard;
+    if (shard && command.name !== 'scan' && selectVms(config, command.options.vms, shard).length === 0) {
+        // Nothing to do here, and nothing to fetch, export or scan for it: the other shards have the VMs.
+        command.options.events?.info(null, `shard ${shardLabel(shard)} has no VM${command.options.vms?.length ? ' among those selected' : ''}: nothing to do`);
+        return { command: command.name, commit: '', dry_run: command.name === 'sync' && Boolean(command.options.dryRun), scan: null, vms: [], shard };
+    }
+    const report = await execute_run(config, command);
+    return shard ? { ...report, shard } : report;
+}
+function execute_run(config, command) {
     switch (command.name) {
         case 'sync':
             return runSync(config, command.options);
@@ -43485,6 +43613,395 @@ function execute(config, command) {
         default:
             return runInspect(config, command.name, command.options);
     }
+}
+
+;// CONCATENATED MODULE: ./src/report/merge.ts
+
+
+
+const COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'];
+const RESULTS = ['success', 'failed', 'refused', 'skipped'];
+const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'unknown'];
+const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
+const HEALTH = ['passed', 'failed', 'skipped'];
+function invalid(source, what) {
+    return new VmSyncError('results_invalid', `${source}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
+}
+function field(source, where, value, check, what) {
+    if (!check(value))
+        throw invalid(source, `${where} is not ${what}`);
+    return value;
+}
+const isString = (v) => typeof v === 'string';
+const isCount = (v) => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+const isBool = (v) => typeof v === 'boolean';
+const isNullableString = (v) => v === null || typeof v === 'string';
+const oneOf = (values) => (v) => typeof v === 'string' && values.includes(v);
+const isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** One VM row, every field the report promises required (a truncated or edited row is refused, not guessed). */
+function parseRow(source, raw, i) {
+    const at = `vms[${i}]`;
+    const row = field(source, at, raw, isObject, 'an object');
+    const error = row.error === null ? null : field(source, `${at}.error`, row.error, isObject, 'an object or null');
+    const notes = field(source, `${at}.notes`, row.notes, (v) => Array.isArray(v), 'a list');
+    return {
+        id: field(source, `${at}.id`, row.id, isString, 'a string'),
+        host: field(source, `${at}.host`, row.host, isString, 'a string'),
+        state: field(source, `${at}.state`, row.state, oneOf(STATES), `one of ${STATES.join(', ')}`),
+        action: field(source, `${at}.action`, row.action, oneOf(ACTIONS), `one of ${ACTIONS.join(', ')}`),
+        result: field(source, `${at}.result`, row.result, oneOf(RESULTS), `one of ${RESULTS.join(', ')}`),
+        rev_before: field(source, `${at}.rev_before`, row.rev_before, isNullableString, 'a string or null'),
+        rev_after: field(source, `${at}.rev_after`, row.rev_after, isNullableString, 'a string or null'),
+        files_changed: field(source, `${at}.files_changed`, row.files_changed, isCount, 'a count'),
+        bytes_sent: field(source, `${at}.bytes_sent`, row.bytes_sent, isCount, 'a count'),
+        duration_ms: field(source, `${at}.duration_ms`, row.duration_ms, isCount, 'a count'),
+        verified: field(source, `${at}.verified`, row.verified, isBool, 'true or false'),
+        notes: notes.map((note, n) => field(source, `${at}.notes[${n}]`, note, isString, 'a string')),
+        error: error
+            ? {
+                code: field(source, `${at}.error.code`, error.code, oneOf(FAILURE_CODES), 'a vm-sync failure code'),
+                message: field(source, `${at}.error.message`, error.message, isString, 'a string'),
+            }
+            : null,
+        staged_at: field(source, `${at}.staged_at`, row.staged_at ?? null, isNullableString, 'a string or null'),
+        flipped_at: field(source, `${at}.flipped_at`, row.flipped_at ?? null, isNullableString, 'a string or null'),
+        health: field(source, `${at}.health`, row.health ?? 'skipped', oneOf(HEALTH), `one of ${HEALTH.join(', ')}`),
+        health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
+        release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
+        drift: (row.drift ?? null),
+    };
+}
+function parseShardField(source, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const shard = field(source, 'shard', raw, isObject, 'an object');
+    const count = field(source, 'shard.count', shard.count, (v) => isCount(v) && v >= 1 && v <= MAX_SHARDS, `a count from 1 to ${MAX_SHARDS}`);
+    const index = field(source, 'shard.index', shard.index, (v) => isCount(v) && v >= 1 && v <= count, `from 1 to ${count}`);
+    return { index, count };
+}
+/** Parses one results document; anything that is not one is `results_invalid`, naming the file and the field. */
+function parseResults(input) {
+    let raw;
+    try {
+        raw = JSON.parse(input.text);
+    }
+    catch {
+        throw invalid(input.source, 'is not JSON');
+    }
+    const doc = field(input.source, 'the document', raw, isObject, 'a JSON object');
+    if (isObject(doc.truncated))
+        throw invalid(input.source, 'was shortened to fit an output (it has "truncated"): write the shard results with the results-path input instead of the results output');
+    const command = field(input.source, 'command', doc.command, oneOf(COMMANDS), `one of ${COMMANDS.join(', ')}`);
+    const rows = field(input.source, 'vms', doc.vms, (v) => Array.isArray(v), 'a list');
+    const error = doc.error === undefined ? null : field(input.source, 'error', doc.error, isObject, 'an object');
+    const report = {
+        command,
+        commit: doc.commit === null ? '' : field(input.source, 'commit', doc.commit, isString, 'a string or null'),
+        dry_run: field(input.source, 'dry_run', doc.dry_run ?? false, isBool, 'true or false'),
+        // The scan report is vm-sync's own and is shown through the escaping renderers; its shape is checked where it matters.
+        scan: doc.scan === null || doc.scan === undefined ? null : field(input.source, 'scan', doc.scan, isObject, 'an object or null'),
+        vms: rows.map((row, i) => parseRow(input.source, row, i)),
+        shard: parseShardField(input.source, doc.shard),
+    };
+    if (report.scan && !Array.isArray(report.scan.findings))
+        throw invalid(input.source, 'scan.findings is not a list');
+    return {
+        source: input.source,
+        report,
+        error: error ? { code: field(input.source, 'error.code', error.code, isString, 'a string'), message: field(input.source, 'error.message', error.message, isString, 'a string') } : null,
+    };
+}
+/**
+ * Merges the results of a sharded run (and, optionally, of the scan job) into
+ * one report, as if one runner had done it all. A pure function of its input:
+ * - every shard 1..N must be there; a missing one fails each of its VMs with
+ *   `shard_missing` (or, without the config, fails the merge);
+ * - a shard that failed before reaching its VMs fails each of them with its code;
+ * - the shards must agree on N, the command and the commit; a VM in two shards,
+ *   or a shard twice, is `results_invalid` (the inputs are not one deploy).
+ */
+function mergeResults(sources, options = {}) {
+    const parsed = sources.map(parseResults);
+    const scans = parsed.filter((p) => p.report.command === 'scan');
+    const shards = parsed.filter((p) => p.report.command !== 'scan');
+    const counts = new Set(shards.map((p) => p.report.shard?.count ?? 1));
+    if (options.expected !== undefined)
+        counts.add(options.expected);
+    if (counts.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), `the results disagree on the number of shards (${[...counts].sort((a, b) => a - b).join(', ')}): merge the results of one deploy, with the shards input set to its matrix size`);
+    const expected = [...counts][0];
+    if (expected === undefined) {
+        throw new VmSyncError('results_invalid', 'no shard results to merge (only scan results, or none at all): set the shards input (the number of shards) so every shard is reported missing, or pass the shards\' results files');
+    }
+    const byIndex = new Map();
+    for (const p of shards) {
+        const index = p.report.shard?.index ?? 1;
+        const other = byIndex.get(index);
+        if (other)
+            throw invalid(p.source, `shard ${index}/${expected} is also in ${other.source}: pass each shard's results once`);
+        byIndex.set(index, p);
+    }
+    const commands = new Set(shards.map((p) => p.report.command));
+    if (commands.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), `the shards ran different commands (${[...commands].join(', ')})`);
+    const commits = new Set([...shards, ...scans].map((p) => p.report.commit).filter((c) => c !== ''));
+    if (commits.size > 1)
+        throw invalid([...shards, ...scans].map((p) => p.source).join(', '), `the results are of different commits (${[...commits].join(', ')}): merge the results of one deploy`);
+    const rows = new Map();
+    const add = (row, source) => {
+        if (rows.has(row.id))
+            throw invalid(source, `VM ${JSON.stringify(row.id)} is in two shards' results`);
+        rows.set(row.id, row);
+    };
+    const missing = [];
+    const failed = [];
+    for (let index = 1; index <= expected; index++) {
+        const label = shardLabel({ index, count: expected });
+        const p = byIndex.get(index);
+        if (!p) {
+            missing.push(index);
+            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
+                add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with vm-sync status --shard ${label}, then re-run the failed job.` }), `shard ${label}`);
+            }
+            continue;
+        }
+        for (const row of p.report.vms)
+            add(row, p.source);
+        if (p.error) {
+            failed.push({ index, ...p.error });
+            const code = FAILURE_CODES.includes(p.error.code) ? p.error.code : 'internal_error';
+            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
+                if (!rows.has(vm.id))
+                    add(failedRow(vm, { code, message: `shard ${label} failed before reaching ${vm.id}: ${p.error.message}` }), p.source);
+            }
+        }
+    }
+    const rank = new Map((options.order ?? []).map((id, i) => [id, i]));
+    const vms = [...rows.values()].sort((a, b) => (rank.get(a.id) ?? Infinity) - (rank.get(b.id) ?? Infinity) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const flips = vms.map((vm) => (vm.flipped_at ? Date.parse(vm.flipped_at) : NaN)).filter((t) => Number.isFinite(t));
+    // The scan job's verdict when there is one (the shards then skip it), else a shard's own scan.
+    const scan = scans.find((p) => p.report.scan)?.report.scan ?? shards.find((p) => p.report.scan?.blocked)?.report.scan ?? shards.find((p) => p.report.scan)?.report.scan ?? null;
+    return {
+        command: shards[0]?.report.command ?? 'sync',
+        commit: [...commits][0] ?? '',
+        dry_run: shards.some((p) => p.report.dry_run),
+        scan,
+        rollout: null,
+        // Fleet-wide: the skew between the first and the last VM to flip, over every shard.
+        flip_skew_ms: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : null,
+        vms,
+        shards: { expected, received: [...byIndex.keys()].sort((a, b) => a - b), missing, failed },
+    };
+}
+
+;// CONCATENATED MODULE: ./src/report/results-files.ts
+
+
+
+/** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
+const MAX_FILE_BYTES = 64 * 1024 * 1024;
+/** More files than this under one directory is not a set of shard results. */
+const MAX_FILES = 10_000;
+/**
+ * The results documents under each path: a file as it is, a directory
+ * searched for `*.json` at any depth (actions/download-artifact puts each
+ * artifact in its own subdirectory), in a stable order. Symlinks are not
+ * followed: an artifact cannot point the merge at another file of the runner.
+ * A path that does not exist is an error unless `allowMissing` (the Action:
+ * when every shard failed, no artifact was downloaded, and each is reported missing).
+ */
+function readResultsFiles(paths, options = {}) {
+    const files = [];
+    const walk = (dir) => {
+        for (const entry of external_node_fs_default().readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+            const full = external_node_path_default().join(dir, entry.name);
+            if (entry.isDirectory())
+                walk(full);
+            else if (entry.isFile() && entry.name.endsWith('.json'))
+                files.push(full);
+            if (files.length > MAX_FILES)
+                throw new VmSyncError('results_invalid', `${dir}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
+        }
+    };
+    for (const p of paths) {
+        let stat;
+        try {
+            stat = external_node_fs_default().lstatSync(p);
+        }
+        catch {
+            if (options.allowMissing)
+                continue;
+            throw new VmSyncError('config_invalid', `results path ${p} does not exist: give the results files (or a directory of them) that the shards wrote`);
+        }
+        if (stat.isDirectory())
+            walk(p);
+        else if (stat.isFile())
+            files.push(p);
+        else
+            throw new VmSyncError('config_invalid', `results path ${p} is not a file or a directory`);
+    }
+    return files.map((file) => {
+        const size = external_node_fs_default().statSync(file).size;
+        if (size > MAX_FILE_BYTES)
+            throw new VmSyncError('results_invalid', `${file} is ${size} bytes: not a vm-sync results file`);
+        return { source: file, text: external_node_fs_default().readFileSync(file, 'utf8') };
+    });
+}
+
+;// CONCATENATED MODULE: ./src/report/summary.ts
+
+
+// GitHub rejects a step summary over 1 MiB; stay far below it.
+const MAX_BYTES = 512 * 1024;
+const MAX_FINDINGS = 200;
+// Bounds for text in the VM table and the details list (the whole summary is capped too).
+const summary_CELL_MAX = 100;
+const summary_MESSAGE_MAX = 2000;
+const NOTE_MAX = 1000;
+const summary_NOTES_PER_VM = 20;
+// A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
+const sha = (s) => (s === null ? '—' : /^[0-9a-f]{40}$/.test(s) ? `\`${s.slice(0, 7)}\`` : '?');
+/** The time of day of an ISO timestamp (UTC, ms), or a dash. */
+const clock = (iso) => (iso && /^\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d\.\d{3})Z$/.test(iso) ? `${iso.slice(11, 23)}` : '—');
+function resultCell(vm) {
+    const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : vm.result === 'skipped' ? '⏸️' : '❌';
+    return `${icon} ${markdownText(vm.result, summary_CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, summary_CELL_MAX)})` : ''}`;
+}
+/** What verify --deep found on a VM: `clean`, a warning with the counts, or a dash when it did not compare. */
+function driftSummaryCell(vm) {
+    if (!vm.drift)
+        return '—';
+    const cell = driftCell(vm.drift);
+    return cell === 'clean' ? cell : `⚠️ ${markdownText(cell, summary_CELL_MAX)}`;
+}
+/** One VM's error and notes as list items, each escaped and bounded. */
+function detailLines(vm) {
+    const id = markdownText(vm.id, summary_CELL_MAX);
+    const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, summary_CELL_MAX)}: ${markdownText(vm.error.message, summary_MESSAGE_MAX)}`] : [];
+    if (vm.health_output)
+        lines.push(`- ${id}: health command output: ${markdownCode(vm.health_output, NOTE_MAX)}`);
+    for (const p of vm.drift?.paths ?? [])
+        lines.push(`- ${id}: drift: ${markdownText(p.what, summary_CELL_MAX)} ${markdownCode(p.path, NOTE_MAX)} (${markdownText(p.detail, summary_CELL_MAX)})`);
+    const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
+    if (unlisted > 0)
+        lines.push(`- ${id}: drift: …and ${unlisted} more path(s) (see the \`results\` output)`);
+    for (const note of vm.notes.slice(0, summary_NOTES_PER_VM))
+        lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
+    if (vm.notes.length > summary_NOTES_PER_VM)
+        lines.push(`- ${id}: …and ${vm.notes.length - summary_NOTES_PER_VM} more note(s) (see the \`results\` output)`);
+    return lines;
+}
+/**
+ * Joins lines into at most MAX_BYTES of UTF-8, cutting at a line boundary and
+ * closing an open <details> so the rest of the page renders normally.
+ */
+function capped(lines) {
+    const text = `${lines.join('\n')}\n`;
+    if (Buffer.byteLength(text) <= MAX_BYTES)
+        return text;
+    const notice = '\n…summary truncated; the full report is in the `results` output and the job log.\n';
+    const budget = MAX_BYTES - Buffer.byteLength(notice) - 64;
+    const kept = [];
+    let used = 0;
+    for (const line of lines) {
+        const size = Buffer.byteLength(line) + 1;
+        if (used + size > budget)
+            break;
+        kept.push(line);
+        used += size;
+    }
+    const open = kept.lastIndexOf('<details open><summary>Errors and notes</summary>') > kept.lastIndexOf('</details>');
+    return `${kept.join('\n')}\n${open ? '\n</details>\n' : ''}${notice}`;
+}
+/** The scan verdict; `contacted`: the run reached VMs before it found them (their rows say what each got). */
+function scanSection(scan, contacted) {
+    const lines = ['### Secret scan', ''];
+    if (scan.findings.length === 0) {
+        lines.push(`✅ clean — ${markdownText(scan.description, summary_MESSAGE_MAX)}`);
+    }
+    else {
+        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
+        for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
+            lines.push(`| ${markdownText(f.rule, summary_CELL_MAX)} | ${markdownText(f.file, summary_CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, summary_CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', summary_CELL_MAX)} | ${markdownText(f.fingerprint, summary_CELL_MAX * 3)} |`);
+        }
+        if (scan.findings.length > MAX_FINDINGS)
+            lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
+        lines.push('', 'Rotate each secret and remove it; a false positive goes into `.gitleaksignore` by its fingerprint.');
+    }
+    // Where the scan's own settings came from, and a change to them: it applies from the next deploy, and a weakening is called out.
+    const settings = scan.configuration;
+    if (settings) {
+        const from = settings.commit ? `commit ${markdownCode(settings.commit.slice(0, 12), summary_CELL_MAX)}` : "gitleaks' defaults";
+        lines.push('', `Scan settings: ${from} (${markdownText(settings.reason, summary_CELL_MAX)})${settings.files.length ? `: ${settings.files.map((f) => markdownCode(f, summary_CELL_MAX)).join(', ')}` : ''}.`);
+        if (settings.changed.length > 0) {
+            const changed = settings.changed.map((c) => `${markdownCode(c.path, summary_CELL_MAX)} (${c.change})`).join(', ');
+            lines.push('', `⚠️ **This change modifies the scan settings**: ${changed}. They take effect from the next deploy; this one was scanned with the settings of ${from}.`);
+        }
+        for (const sentence of settings.weakening.slice(0, 10))
+            lines.push('', `❗ **It weakens the scan**: ${markdownText(sentence, summary_MESSAGE_MAX)}.`);
+    }
+    // What could not be scanned, and why (the first few; the JSON report has up to 1000).
+    const unscanned = scan.unscanned ?? [];
+    if ((scan.unscanned_count ?? unscanned.length) > 0) {
+        const total = scan.unscanned_count ?? unscanned.length;
+        lines.push('', `ℹ️ **${total} deployed file(s) or archive entries could not be scanned**:`, '');
+        for (const u of unscanned.slice(0, 10))
+            lines.push(`- ${markdownCode(u.path, summary_CELL_MAX)} — ${u.reason}: ${markdownText(u.detail, summary_CELL_MAX)}`);
+        if (total > 10)
+            lines.push(`- …and ${total - 10} more (see the \`results\` output or the job log).`);
+    }
+    return lines;
+}
+/**
+ * The job summary of a run, as markdown: the commit, the scan result and one
+ * row per VM, then every error and note in full. A pure function of its
+ * inputs (snapshot-tested); never contains a secret, since the report holds
+ * none.
+ */
+function renderSummary(report, ctx) {
+    const lines = [];
+    if (!report) {
+        lines.push('## vm-sync: failed before reaching any VM', '', `❌ ${markdownCode(ctx.failure?.code ?? 'error', summary_CELL_MAX)}: ${markdownText(ctx.failure?.message ?? 'unknown error', summary_MESSAGE_MAX)}`);
+        if (ctx.runUrl)
+            lines.push('', `[Workflow run](${ctx.runUrl})`);
+        return capped(lines);
+    }
+    const ok = report.vms.filter((vm) => vm.result === 'success').length;
+    const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${report.shards.expected} shard${report.shards.expected === 1 ? '' : 's'} merged)` : '';
+    const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${ok}/${report.vms.length} VM(s) ok`;
+    lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
+    if (report.commit)
+        lines.push(`Commit ${markdownCode(report.commit, summary_CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
+    if (ctx.failure)
+        lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
+    const shards = shardsLine(report);
+    if (shards)
+        lines.push(`${report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0) ? '❌' : '✅'} ${markdownText(shards, summary_MESSAGE_MAX)}`, '');
+    if (report.scan)
+        lines.push(...scanSection(report.scan, report.vms.length > 0), '');
+    if (report.rollout) {
+        const r = report.rollout;
+        const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;
+        lines.push(`Rollout: ${markdownText(r.strategy, summary_CELL_MAX)}${r.strategy === 'rolling' ? ` in ${r.batches.length} batch(es)` : ''}${skew}`, '');
+        if (r.halted)
+            lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', summary_MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
+    }
+    if (report.vms.length > 0) {
+        // A release run shows when each VM was staged and flipped, and its health check.
+        const phases = Boolean(report.rollout);
+        // verify --deep shows what it found in each VM's files.
+        const withDrift = report.vms.some((vm) => vm.drift);
+        lines.push('### VMs', '', `| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |${phases ? ' Staged | Flipped | Health |' : ''}${withDrift ? ' Drift |' : ''}`, `|---|---|---|---|---|---|---|---|---|---|${phases ? '---|---|---|' : ''}${withDrift ? '---|' : ''}`);
+        for (const vm of report.vms) {
+            const revs = vm.rev_before === vm.rev_after ? sha(vm.rev_after) : `${sha(vm.rev_before)} → ${sha(vm.rev_after)}`;
+            const extra = (phases ? ` ${clock(vm.staged_at)} | ${clock(vm.flipped_at)} | ${markdownText(vm.health, summary_CELL_MAX)} |` : '') + (withDrift ? ` ${driftSummaryCell(vm)} |` : '');
+            lines.push(`| ${markdownText(vm.id, summary_CELL_MAX)} | ${markdownText(vm.host, summary_CELL_MAX)} | ${markdownText(vm.state, summary_CELL_MAX)} | ${markdownText(vm.action, summary_CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |${extra}`);
+        }
+        const details = report.vms.flatMap(detailLines);
+        if (details.length)
+            lines.push('', '<details open><summary>Errors and notes</summary>', '', ...details, '', '</details>');
+    }
+    return capped(lines);
 }
 
 ;// CONCATENATED MODULE: ./src/sync/unlock.ts
@@ -43619,6 +44136,10 @@ async function runLocks(config, options = {}) {
 
 
 
+
+
+
+
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
 
 Usage:
@@ -43632,12 +44153,16 @@ Usage:
   vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
   vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
   vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
+  vm-sync report --merge FILE_OR_DIR... [--shards N] [--config FILE] [--json] [--summary FILE]
+                 merge the --json results of the shards of one deploy into one report (exit 1 when a shard is missing)
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
   vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
   vm-sync demo stop [--dir DIR]
 
 sync also takes --sarif FILE (the secret-scan findings, for code scanning).
+sync, rollback, verify and status take --shard K/N: only the VMs of shard K of N (a stable hash of
+each VM id; every VM is in exactly one shard), for a fleet spread over N runner hosts.
 
 Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify, or the run failed;
 2 usage or config error; 3 secrets found: the deploy was blocked and no VM was contacted.
@@ -43684,6 +44209,10 @@ function parse(argv) {
                 to: { type: 'string' },
                 'lock-wait': { type: 'string' },
                 deep: { type: 'boolean', default: false },
+                shard: { type: 'string' },
+                merge: { type: 'boolean', default: false },
+                shards: { type: 'string' },
+                summary: { type: 'string' },
                 help: { type: 'boolean', short: 'h', default: false },
             },
         });
@@ -43727,8 +44256,15 @@ async function main(argv, io = processIO, signal) {
             }
             return await runDemo(values.dir, values.keep, events, io.out);
         }
+        if (command === 'report')
+            return reportCommand(values, positionals.slice(1), io);
+        if (values.merge || values.shards !== undefined || values.summary !== undefined)
+            throw new UsageError('--merge, --shards and --summary only apply to report');
         if (!['sync', 'rollback', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock', 'locks'].includes(command))
             throw new UsageError(`unknown command '${command}'`);
+        if (values.shard !== undefined && !['sync', 'rollback', 'verify', 'status'].includes(command))
+            throw new UsageError('--shard only applies to sync, rollback, verify and status');
+        const shard = values.shard === undefined ? undefined : parseShard(values.shard, '--shard');
         if (values.to !== undefined && command !== 'rollback')
             throw new UsageError('--to only applies to rollback (sync takes --commit)');
         if (values['lock-wait'] !== undefined && command !== 'sync' && command !== 'rollback')
@@ -43805,13 +44341,13 @@ async function main(argv, io = processIO, signal) {
                     io.out(`${row.id}: ${row.detail}\n`);
             return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
         }
-        const options = { commit: values.commit, vms, events, signal };
+        const options = { commit: values.commit, vms, shard, events, signal };
         let request;
         if (command === 'sync') {
             request = { name: 'sync', options: { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'], lockWaitS: lockWait } };
         }
         else if (command === 'rollback') {
-            request = { name: 'rollback', options: { vms, events, signal, to: values.to, lockWaitS: lockWait } };
+            request = { name: 'rollback', options: { vms, shard, events, signal, to: values.to, lockWaitS: lockWait } };
         }
         else if (command === 'scan') {
             request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
@@ -43842,6 +44378,34 @@ async function main(argv, io = processIO, signal) {
             io.err('Run vm-sync --help for usage.\n');
         return usage ? 2 : 1;
     }
+}
+/**
+ * `vm-sync report --merge PATH...`: one report from the results of every
+ * shard of a deploy. With `--config`, each VM of a missing shard gets its own
+ * failed row; `--shards N` says how many shards there were (else the results say).
+ */
+function reportCommand(values, paths, io) {
+    if (!values.merge)
+        throw new UsageError('report needs --merge FILE_OR_DIR... (the --json results of each shard)');
+    if (paths.length === 0)
+        throw new UsageError('report --merge needs at least one results file or directory');
+    for (const flag of ['commit', 'vm', 'shard', 'to', 'range', 'repo', 'sarif', 'scan-base', 'lock-wait']) {
+        if (values[flag] !== undefined)
+            throw new UsageError(`--${flag} does not apply to report`);
+    }
+    const expected = values.shards === undefined ? undefined : Number(values.shards);
+    if (expected !== undefined && !(Number.isInteger(expected) && expected >= 1 && expected <= MAX_SHARDS))
+        throw new UsageError(`--shards must be a whole number from 1 to ${MAX_SHARDS}, not '${values.shards}'`);
+    const config = values.config ? loadConfig(values.config, { checkFiles: false }) : null;
+    const report = mergeResults(readResultsFiles(paths), {
+        expected,
+        vmsOfShard: config ? (shard) => selectVms(config, undefined, shard) : undefined,
+        order: config?.vms.map((vm) => vm.id),
+    });
+    if (values.summary)
+        external_node_fs_default().writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
+    io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
+    return exitCodeFor(report);
 }
 /** Entry point when run as a program: wires Ctrl-C / SIGTERM to a clean stop. */
 async function runCli() {

@@ -70295,6 +70295,8 @@ const FAILURE_CODES = [
     'no_release',
     'release_drifted',
     'stream_failed',
+    'shard_missing',
+    'results_invalid',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout']);
@@ -70373,10 +70375,52 @@ function gitAuthEnv(token, serverUrl) {
     };
 }
 
+// EXTERNAL MODULE: external "node:crypto"
+var external_node_crypto_ = __nccwpck_require__(7598);
+var external_node_crypto_default = /*#__PURE__*/__nccwpck_require__.n(external_node_crypto_);
+;// CONCATENATED MODULE: ./src/config/shard.ts
+
+
+/** The largest shard count: far more runner hosts than any fleet vm-sync serves would use. */
+const MAX_SHARDS = 256;
+/**
+ * Parses `K/N` (1 ≤ K ≤ N ≤ {@link MAX_SHARDS}). `what` names the flag or
+ * input in the error, so the user knows which one to fix.
+ */
+function parseShard(text, what) {
+    const match = /^\s*([0-9]{1,3})\s*\/\s*([0-9]{1,3})\s*$/.exec(text);
+    const index = match ? Number(match[1]) : NaN;
+    const count = match ? Number(match[2]) : NaN;
+    if (!(index >= 1 && count >= 1 && index <= count && count <= MAX_SHARDS)) {
+        throw new VmSyncError('config_invalid', `${what} must be K/N with 1 <= K <= N <= ${MAX_SHARDS} (for example 2/4), not '${text}'`);
+    }
+    return { index, count };
+}
+/**
+ * Which shard (1-based) of `count` a VM belongs to: a hash of its id alone.
+ * Because nothing else enters the hash, adding or removing a VM moves no
+ * other VM, and every runner computes the same partition from the same
+ * config (no coordination, no state).
+ */
+function shardOf(vmId, count) {
+    const digest = external_node_crypto_default().createHash('sha256').update(vmId, 'utf8').digest();
+    // 48 bits are exact in a double and make the modulo bias negligible for N <= 256.
+    return (digest.readUIntBE(0, 6) % count) + 1;
+}
+/** Whether the VM is in the shard (every VM is in exactly one shard of a given count). */
+function inShard(vmId, shard) {
+    return shardOf(vmId, shard.count) === shard.index;
+}
+/** `K/N`, as the user wrote it. */
+function shardLabel(shard) {
+    return `${shard.index}/${shard.count}`;
+}
+
 ;// CONCATENATED MODULE: ./src/action/inputs.ts
 
 
-const COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'];
+
+const COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan', 'report'];
 /** The longest `lock-wait`: one day. */
 const MAX_LOCK_WAIT_S = 86400;
 const defaultReader = (name) => getInput(name);
@@ -70413,6 +70457,16 @@ function lockWait(read) {
     }
     return seconds;
 }
+/** report: N, a whole number from 1 to {@link MAX_SHARDS}; empty: null. */
+function shardCount(read) {
+    const raw = read('shards').trim();
+    if (raw === '')
+        return null;
+    const count = /^[0-9]{1,3}$/.test(raw) ? Number(raw) : NaN;
+    if (!(count >= 1 && count <= MAX_SHARDS))
+        throw new VmSyncError('config_invalid', `input shards must be a whole number from 1 to ${MAX_SHARDS}, not '${raw}'`);
+    return count;
+}
 /**
  * Parses every input into one typed object, so the rest of the action never
  * reads an input itself. Bad values are errors that name the input.
@@ -70420,7 +70474,7 @@ function lockWait(read) {
 function parseInputs(read = defaultReader) {
     const command = (read('command').trim() || 'sync');
     if (!COMMANDS.includes(command)) {
-        throw new VmSyncError('config_invalid', `input command must be sync, rollback, verify, status or scan, not '${command}'`);
+        throw new VmSyncError('config_invalid', `input command must be sync, rollback, verify, status, scan or report, not '${command}'`);
     }
     const commit = read('commit').trim();
     if (commit !== '' && !/^[0-9a-fA-F]{7,40}$/.test(commit) && !/^[A-Za-z0-9._/-]+$/.test(commit)) {
@@ -70447,6 +70501,11 @@ function parseInputs(read = defaultReader) {
         to,
         lockWaitS: lockWait(read),
         vms,
+        shard: read('shard').trim() === '' ? null : parseShard(read('shard'), 'input shard'),
+        resultsPath: read('results-path').trim(),
+        results: read('results').trim(),
+        shards: shardCount(read),
+        skipScan: bool(read, 'skip-scan', false),
         force: bool(read, 'force', false),
         dryRun: bool(read, 'dry-run', false),
         deep: bool(read, 'deep', false),
@@ -70457,6 +70516,14 @@ function parseInputs(read = defaultReader) {
         gitleaksPath: read('gitleaks-path').trim(),
         sarifPath: read('sarif-path').trim(),
     };
+    if (inputs.shard && !['sync', 'rollback', 'verify', 'status'].includes(command))
+        throw new VmSyncError('config_invalid', 'input shard only applies to command: sync, rollback, verify or status');
+    if (command === 'report' && inputs.results === '')
+        throw new VmSyncError('config_invalid', 'command: report needs input results: the directory the shards\' results artifacts were downloaded to');
+    if (command !== 'report' && (inputs.results !== '' || inputs.shards !== null))
+        throw new VmSyncError('config_invalid', 'inputs results and shards only apply to command: report');
+    if (inputs.skipScan && command !== 'sync')
+        throw new VmSyncError('config_invalid', 'input skip-scan only applies to command: sync');
     if (inputs.dryRun && command !== 'sync')
         throw new VmSyncError('config_invalid', 'input dry-run only applies to command: sync');
     if (inputs.deep && command !== 'verify')
@@ -76318,6 +76385,30 @@ function vmStatus(report, verb, dryRun) {
     return { state: github_FAILURE_CODES.has(code) ? 'failure' : 'error', description: githubDescription(`${code}: ${report.error?.message ?? report.result}`) };
 }
 /**
+ * The one aggregate status `vm-sync` of a merged, sharded run: `success` only
+ * when every shard reported and every VM of every shard succeeded; a missing
+ * shard, a failed VM or a merge that could not be done is never success.
+ */
+function fleetStatus(report, failure) {
+    if (!report || failure)
+        return { state: 'error', description: githubDescription(`${failure?.code ?? 'internal_error'}: ${failure?.message ?? 'the report could not be made'}`) };
+    const ok = report.vms.filter((vm) => vm.result === 'success').length;
+    const shards = report.shards;
+    const missing = shards?.missing.length ?? 0;
+    const broken = shards?.failed.length ?? 0;
+    const of = shards ? ` in ${shards.expected} shard${shards.expected === 1 ? '' : 's'}` : '';
+    if (report.scan?.blocked)
+        return { state: 'failure', description: `secrets_found: ${report.scan.findings.length} possible secret(s): deploy blocked` };
+    if (ok === report.vms.length && missing === 0 && broken === 0)
+        return { state: 'success', description: `${ok}/${report.vms.length} VM(s) ok${of}` };
+    const parts = [`${ok}/${report.vms.length} VM(s) ok${of}`];
+    if (missing)
+        parts.push(`${missing} shard(s) missing`);
+    if (broken)
+        parts.push(`${broken} shard(s) failed`);
+    return { state: 'failure', description: githubDescription(parts.join(', ')) };
+}
+/**
  * Posts commit statuses (`vm-sync/secret-scan`, `vm-sync/<vm>`) and, with an
  * environment, a Deployment per VM with its statuses. Every call is
  * best-effort: a failure is a warning and never fails or hides the sync.
@@ -76407,6 +76498,11 @@ class GitHubReporter {
             this.outcome(vmId, 'error', `${failure.code}: the run stopped before this VM finished: ${failure.message}`);
         this.open.clear();
     }
+    /** The aggregate status `vm-sync` of a merged run ({@link fleetStatus}). */
+    fleetFinished(report, failure) {
+        const { state, description } = fleetStatus(report, failure);
+        this.status('fleet', 'vm-sync', state, description);
+    }
     /** Waits for every queued call (each already turns its failure into a warning). */
     async flush() {
         await Promise.all(this.chains.values());
@@ -76477,14 +76573,31 @@ function rolloutLine(report) {
     return terminalLine(parts.join(', '), MESSAGE_MAX);
 }
 /**
+ * How the shards of a merged run came back, in one line (null for a run that
+ * was not merged). Shared by the table and the job summary, which escape it.
+ */
+function shardsLine(report) {
+    const shards = report.shards;
+    if (!shards)
+        return null;
+    const parts = [`shards: ${shards.received.length} of ${shards.expected} reported`];
+    if (shards.missing.length > 0) {
+        parts.push(`MISSING ${shards.missing.map((i) => `${i}/${shards.expected}`).join(', ')}: their jobs wrote no results, so what their VMs serve is unknown (re-run the failed jobs)`);
+    }
+    for (const f of shards.failed)
+        parts.push(`shard ${f.index}/${shards.expected} FAILED before reaching its VMs: ${f.code}: ${f.message}`);
+    return parts.join('; ');
+}
+/**
  * The readable report of a run: a header line, an aligned table with one row
  * per VM, then every error and note in full (a table cell is too small for
  * the sentence that tells the user what to do). Pure: same report, same text.
  */
 function renderTable(report) {
     const scan = renderScan(report);
+    const shards = shardsLine(report);
     if (report.vms.length === 0)
-        return scan;
+        return scan + (shards ? `${terminalLine(shards, MESSAGE_MAX)}\n` : '');
     // The health column only when a health check ran.
     const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
     // The drift column only when verify --deep compared a VM's files.
@@ -76496,7 +76609,8 @@ function renderTable(report) {
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
     const subject = report.command === 'rollback' ? (report.commit ? `to ${terminalLine(report.commit.slice(0, 12))}` : "to each VM's previous release") : `of ${terminalLine(report.commit.slice(0, 12))}`;
-    const title = `vm-sync ${report.command}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
+    const shard = report.shard ? ` [shard ${report.shard.index}/${report.shard.count}]` : '';
+    const title = `vm-sync ${report.command}${shard}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
     const details = [];
     for (const vm of report.vms) {
         const id = terminalLine(vm.id, CELL_MAX);
@@ -76515,7 +76629,7 @@ function renderTable(report) {
             details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
     }
     const rollout = rolloutLine(report);
-    return scan + [title, ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    return scan + [title, ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
 function renderScan(report) {
@@ -76672,12 +76786,16 @@ function renderSummary(report, ctx) {
         return capped(lines);
     }
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
-    const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}: ${ok}/${report.vms.length} VM(s) ok`;
+    const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${report.shards.expected} shard${report.shards.expected === 1 ? '' : 's'} merged)` : '';
+    const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${ok}/${report.vms.length} VM(s) ok`;
     lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
     if (report.commit)
         lines.push(`Commit ${markdownCode(report.commit, summary_CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
     if (ctx.failure)
         lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
+    const shards = shardsLine(report);
+    if (shards)
+        lines.push(`${report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0) ? '❌' : '✅'} ${markdownText(shards, summary_MESSAGE_MAX)}`, '');
     if (report.scan)
         lines.push(...scanSection(report.scan, report.vms.length > 0), '');
     if (report.rollout) {
@@ -76794,9 +76912,6 @@ function renderSarif(findings) {
     return `${JSON.stringify(sarif, null, 2)}\n`;
 }
 
-// EXTERNAL MODULE: external "node:crypto"
-var external_node_crypto_ = __nccwpck_require__(7598);
-var external_node_crypto_default = /*#__PURE__*/__nccwpck_require__.n(external_node_crypto_);
 // EXTERNAL MODULE: external "node:zlib"
 var external_node_zlib_ = __nccwpck_require__(8522);
 var external_node_zlib_default = /*#__PURE__*/__nccwpck_require__.n(external_node_zlib_);
@@ -83273,6 +83388,9 @@ function excludeMatcher(patterns) {
     const names = [];
     const anchored = [];
     for (const raw of patterns) {
+        // rsync reads `- x` and `+ x` as an exclude and an include of x, and `!` as "clear the list".
+        if (raw.startsWith('- ') || raw.startsWith('+ ') || raw.startsWith('!'))
+            return null;
         const dirOnly = raw.endsWith('/') && raw.length > 1;
         const pattern = dirOnly ? raw.slice(0, -1) : raw;
         if (pattern === '' || /[*?[\]\\]/.test(pattern))
@@ -83334,6 +83452,7 @@ class ReleaseStreams {
     source;
     made = new Map();
     exclude;
+    substChecked;
     constructor(source) {
         this.source = source;
         this.exclude = excludeMatcher(source.excludes);
@@ -83363,6 +83482,14 @@ class ReleaseStreams {
             const diff = await this.diff(base);
             if (typeof diff === 'string')
                 return { ok: false, reason: diff };
+            // .gitattributes decide the bytes of files the diff does not list (export-ignore, eol, export-subst):
+            // a changed one, or an export-subst anywhere (its output names the commit), needs every file compared.
+            const attrs = diff.find((e) => e.path === '.gitattributes' || e.path.endsWith('/.gitattributes'));
+            if (attrs)
+                return { ok: false, reason: `${printableLatin1(attrs.path)} changed, which can change files the diff does not list` };
+            const subst = await this.exportSubst();
+            if (subst)
+                return { ok: false, reason: subst };
             const shared = this.source.sharedPaths.map((p) => Buffer.from(p, 'utf8').toString('latin1'));
             const under = (rel, p) => rel === p || rel.startsWith(`${p}/`);
             // A change to a parent of a shared path (a directory replaced by a file) needs rsync's full view.
@@ -83373,8 +83500,7 @@ class ReleaseStreams {
             // Excluded paths are removed too (they are absent, so it costs nothing): the agent then removes
             // the directories the change left empty, as rsync --delete would.
             removals = kept.filter((e) => e.status !== 'A').map((e) => e.path);
-            const added = kept.filter((e) => e.status !== 'D').map((e) => e.path);
-            members = this.withParents(dir, added, exclude);
+            members = this.withParents(dir, kept, exclude);
         }
         const file = external_node_path_default().join(this.source.scratchDir, `stream-${base ?? 'full'}.bin`);
         const files = await writeStream(file, dir, removals, members, this.source.env);
@@ -83407,26 +83533,61 @@ class ReleaseStreams {
         walk(Buffer.from(root), '');
         return out;
     }
-    /** The added or changed paths that exist in the export, each preceded by its parent directories (once). */
-    withParents(root, paths, exclude) {
+    /**
+     * The added or changed paths that exist in the export, each preceded by its
+     * parent directories (once), and the parent directories of every other
+     * changed path that the export still has: the agent removes the directories
+     * a removal left empty, and one whose remaining entries are all excluded
+     * must come back, as rsync sends it.
+     */
+    withParents(root, entries, exclude) {
         const out = [];
         const seen = new Set();
-        for (const rel of paths) {
+        const add = (rel) => {
+            if (seen.has(rel))
+                return;
+            seen.add(rel);
+            out.push(rel);
+        };
+        for (const { status, path: rel } of entries) {
+            const parts = rel.split('/');
+            let parentsOk = true;
+            for (let i = 1; i < parts.length && parentsOk; i++) {
+                const prefix = parts.slice(0, i).join('/');
+                if (seen.has(prefix))
+                    continue;
+                parentsOk = lstatLatin1(root, prefix)?.isDirectory() === true && !exclude(prefix, true);
+                if (parentsOk)
+                    add(prefix);
+            }
+            if (!parentsOk || status === 'D')
+                continue;
             const stat = lstatLatin1(root, rel);
             if (!stat)
                 continue; // export-ignore'd, or under a path git archive does not write
             if (exclude(rel, stat.isDirectory()))
                 continue;
-            const parts = rel.split('/');
-            for (let i = 1; i <= parts.length; i++) {
-                const prefix = parts.slice(0, i).join('/');
-                if (seen.has(prefix))
-                    continue;
-                seen.add(prefix);
-                out.push(prefix);
-            }
+            add(rel);
         }
         return out;
+    }
+    /** Why no stream can be made for the commit because of export-subst (null: none is used); checked once. */
+    exportSubst() {
+        this.substChecked ??= (async () => {
+            const run = (args) => new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout)));
+            const names = await run(['ls-tree', '-r', '-z', '--name-only', this.source.commit]);
+            if (!names)
+                return `the runner-host clone cannot list ${this.source.commit.slice(0, 12)}`;
+            for (const p of names.toString('latin1').split('\0')) {
+                if (p !== '.gitattributes' && !p.endsWith('/.gitattributes'))
+                    continue;
+                const text = await run(['cat-file', 'blob', `${this.source.commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
+                if (!text || text.toString('latin1').includes('export-subst'))
+                    return `${printableLatin1(p)} uses export-subst (its files name the commit)`;
+            }
+            return null;
+        })();
+        return this.substChecked;
     }
 }
 function lstatLatin1(root, rel) {
@@ -84619,16 +84780,22 @@ async function rollbackFleet(ctx, vms) {
 
 
 
-/** The configured VMs, narrowed to `ids`; an unknown id is a usage error naming the known ones. */
-function selectVms(config, ids) {
+
+/**
+ * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
+ * usage error naming the known ones. A known id that belongs to another shard
+ * is not an error: that shard's job selects it.
+ */
+function selectVms(config, ids, shard) {
+    const inSelectedShard = (vm) => !shard || inShard(vm.id, shard);
     if (!ids || ids.length === 0)
-        return config.vms;
+        return config.vms.filter(inSelectedShard);
     const known = new Set(config.vms.map((vm) => vm.id));
     const unknown = ids.filter((id) => !known.has(id));
     if (unknown.length > 0) {
         throw new VmSyncError('config_invalid', `unknown VM id${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (configured: ${[...known].join(', ')})`);
     }
-    return config.vms.filter((vm) => ids.includes(vm.id));
+    return config.vms.filter((vm) => ids.includes(vm.id) && inSelectedShard(vm));
 }
 /**
  * The runner-host clone the config names: managed (locked while vm-sync
@@ -84665,7 +84832,7 @@ function loadKnownHosts(config) {
  */
 async function runSync(config, options = {}) {
     const events = options.events ?? silentEvents;
-    const vms = selectVms(config, options.vms);
+    const vms = selectVms(config, options.vms, options.shard);
     const knownHosts = loadKnownHosts(config);
     sweepDeadRuns(events);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
@@ -84808,7 +84975,7 @@ async function runInspect(config, mode, options = {}) {
     if (options.deep && mode !== 'verify')
         throw new VmSyncError('config_invalid', 'deep only applies to verify');
     const events = options.events ?? silentEvents;
-    const vms = selectVms(config, options.vms);
+    const vms = selectVms(config, options.vms, options.shard);
     sweepDeadRuns(events);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (options.fetch)
@@ -84846,7 +85013,7 @@ async function runInspect(config, mode, options = {}) {
  */
 async function runRollback(config, options = {}) {
     const events = options.events ?? silentEvents;
-    const vms = selectVms(config, options.vms);
+    const vms = selectVms(config, options.vms, options.shard);
     const knownHosts = loadKnownHosts(config);
     let to = null;
     if (options.to) {
@@ -84963,21 +85130,39 @@ function announce(events, report) {
     events.vmFinished?.(report);
     return report;
 }
-/** Exit status for a finished run: 3 when secrets blocked it, 0 when every VM succeeded, 1 otherwise. */
+/**
+ * Exit status for a finished run: 3 when secrets blocked it, 0 when every VM
+ * succeeded (and, for merged shards, every shard reported and none failed), 1 otherwise.
+ */
 function exitCodeFor(report) {
     if (report.scan?.blocked)
         return 3;
+    if (report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0))
+        return 1;
     return report.vms.every((vm) => vm.result === 'success') ? 0 : 1;
 }
 
 ;// CONCATENATED MODULE: ./src/execute.ts
 
+
 /**
  * Runs one command against the fleet and returns its report. The CLI
  * (cli.ts) and the Action (main.ts) only parse their input into a
  * {@link Command} and present the report; everything between is here.
+ * A sharded run's report says which shard it covered, so `report --merge`
+ * can tell a missing shard from an empty one.
  */
-function execute(config, command) {
+async function execute(config, command) {
+    const shard = command.options.shard;
+    if (shard && command.name !== 'scan' && selectVms(config, command.options.vms, shard).length === 0) {
+        // Nothing to do here, and nothing to fetch, export or scan for it: the other shards have the VMs.
+        command.options.events?.info(null, `shard ${shardLabel(shard)} has no VM${command.options.vms?.length ? ' among those selected' : ''}: nothing to do`);
+        return { command: command.name, commit: '', dry_run: command.name === 'sync' && Boolean(command.options.dryRun), scan: null, vms: [], shard };
+    }
+    const report = await execute_run(config, command);
+    return shard ? { ...report, shard } : report;
+}
+function execute_run(config, command) {
     switch (command.name) {
         case 'sync':
             return runSync(config, command.options);
@@ -84990,7 +85175,242 @@ function execute(config, command) {
     }
 }
 
+;// CONCATENATED MODULE: ./src/report/merge.ts
+
+
+
+const merge_COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'];
+const RESULTS = ['success', 'failed', 'refused', 'skipped'];
+const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'unknown'];
+const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
+const HEALTH = ['passed', 'failed', 'skipped'];
+function invalid(source, what) {
+    return new VmSyncError('results_invalid', `${source}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
+}
+function field(source, where, value, check, what) {
+    if (!check(value))
+        throw invalid(source, `${where} is not ${what}`);
+    return value;
+}
+const isString = (v) => typeof v === 'string';
+const isCount = (v) => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+const isBool = (v) => typeof v === 'boolean';
+const isNullableString = (v) => v === null || typeof v === 'string';
+const oneOf = (values) => (v) => typeof v === 'string' && values.includes(v);
+const isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** One VM row, every field the report promises required (a truncated or edited row is refused, not guessed). */
+function parseRow(source, raw, i) {
+    const at = `vms[${i}]`;
+    const row = field(source, at, raw, isObject, 'an object');
+    const error = row.error === null ? null : field(source, `${at}.error`, row.error, isObject, 'an object or null');
+    const notes = field(source, `${at}.notes`, row.notes, (v) => Array.isArray(v), 'a list');
+    return {
+        id: field(source, `${at}.id`, row.id, isString, 'a string'),
+        host: field(source, `${at}.host`, row.host, isString, 'a string'),
+        state: field(source, `${at}.state`, row.state, oneOf(STATES), `one of ${STATES.join(', ')}`),
+        action: field(source, `${at}.action`, row.action, oneOf(ACTIONS), `one of ${ACTIONS.join(', ')}`),
+        result: field(source, `${at}.result`, row.result, oneOf(RESULTS), `one of ${RESULTS.join(', ')}`),
+        rev_before: field(source, `${at}.rev_before`, row.rev_before, isNullableString, 'a string or null'),
+        rev_after: field(source, `${at}.rev_after`, row.rev_after, isNullableString, 'a string or null'),
+        files_changed: field(source, `${at}.files_changed`, row.files_changed, isCount, 'a count'),
+        bytes_sent: field(source, `${at}.bytes_sent`, row.bytes_sent, isCount, 'a count'),
+        duration_ms: field(source, `${at}.duration_ms`, row.duration_ms, isCount, 'a count'),
+        verified: field(source, `${at}.verified`, row.verified, isBool, 'true or false'),
+        notes: notes.map((note, n) => field(source, `${at}.notes[${n}]`, note, isString, 'a string')),
+        error: error
+            ? {
+                code: field(source, `${at}.error.code`, error.code, oneOf(FAILURE_CODES), 'a vm-sync failure code'),
+                message: field(source, `${at}.error.message`, error.message, isString, 'a string'),
+            }
+            : null,
+        staged_at: field(source, `${at}.staged_at`, row.staged_at ?? null, isNullableString, 'a string or null'),
+        flipped_at: field(source, `${at}.flipped_at`, row.flipped_at ?? null, isNullableString, 'a string or null'),
+        health: field(source, `${at}.health`, row.health ?? 'skipped', oneOf(HEALTH), `one of ${HEALTH.join(', ')}`),
+        health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
+        release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
+        drift: (row.drift ?? null),
+    };
+}
+function parseShardField(source, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const shard = field(source, 'shard', raw, isObject, 'an object');
+    const count = field(source, 'shard.count', shard.count, (v) => isCount(v) && v >= 1 && v <= MAX_SHARDS, `a count from 1 to ${MAX_SHARDS}`);
+    const index = field(source, 'shard.index', shard.index, (v) => isCount(v) && v >= 1 && v <= count, `from 1 to ${count}`);
+    return { index, count };
+}
+/** Parses one results document; anything that is not one is `results_invalid`, naming the file and the field. */
+function parseResults(input) {
+    let raw;
+    try {
+        raw = JSON.parse(input.text);
+    }
+    catch {
+        throw invalid(input.source, 'is not JSON');
+    }
+    const doc = field(input.source, 'the document', raw, isObject, 'a JSON object');
+    if (isObject(doc.truncated))
+        throw invalid(input.source, 'was shortened to fit an output (it has "truncated"): write the shard results with the results-path input instead of the results output');
+    const command = field(input.source, 'command', doc.command, oneOf(merge_COMMANDS), `one of ${merge_COMMANDS.join(', ')}`);
+    const rows = field(input.source, 'vms', doc.vms, (v) => Array.isArray(v), 'a list');
+    const error = doc.error === undefined ? null : field(input.source, 'error', doc.error, isObject, 'an object');
+    const report = {
+        command,
+        commit: doc.commit === null ? '' : field(input.source, 'commit', doc.commit, isString, 'a string or null'),
+        dry_run: field(input.source, 'dry_run', doc.dry_run ?? false, isBool, 'true or false'),
+        // The scan report is vm-sync's own and is shown through the escaping renderers; its shape is checked where it matters.
+        scan: doc.scan === null || doc.scan === undefined ? null : field(input.source, 'scan', doc.scan, isObject, 'an object or null'),
+        vms: rows.map((row, i) => parseRow(input.source, row, i)),
+        shard: parseShardField(input.source, doc.shard),
+    };
+    if (report.scan && !Array.isArray(report.scan.findings))
+        throw invalid(input.source, 'scan.findings is not a list');
+    return {
+        source: input.source,
+        report,
+        error: error ? { code: field(input.source, 'error.code', error.code, isString, 'a string'), message: field(input.source, 'error.message', error.message, isString, 'a string') } : null,
+    };
+}
+/**
+ * Merges the results of a sharded run (and, optionally, of the scan job) into
+ * one report, as if one runner had done it all. A pure function of its input:
+ * - every shard 1..N must be there; a missing one fails each of its VMs with
+ *   `shard_missing` (or, without the config, fails the merge);
+ * - a shard that failed before reaching its VMs fails each of them with its code;
+ * - the shards must agree on N, the command and the commit; a VM in two shards,
+ *   or a shard twice, is `results_invalid` (the inputs are not one deploy).
+ */
+function mergeResults(sources, options = {}) {
+    const parsed = sources.map(parseResults);
+    const scans = parsed.filter((p) => p.report.command === 'scan');
+    const shards = parsed.filter((p) => p.report.command !== 'scan');
+    const counts = new Set(shards.map((p) => p.report.shard?.count ?? 1));
+    if (options.expected !== undefined)
+        counts.add(options.expected);
+    if (counts.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), `the results disagree on the number of shards (${[...counts].sort((a, b) => a - b).join(', ')}): merge the results of one deploy, with the shards input set to its matrix size`);
+    const expected = [...counts][0];
+    if (expected === undefined) {
+        throw new VmSyncError('results_invalid', 'no shard results to merge (only scan results, or none at all): set the shards input (the number of shards) so every shard is reported missing, or pass the shards\' results files');
+    }
+    const byIndex = new Map();
+    for (const p of shards) {
+        const index = p.report.shard?.index ?? 1;
+        const other = byIndex.get(index);
+        if (other)
+            throw invalid(p.source, `shard ${index}/${expected} is also in ${other.source}: pass each shard's results once`);
+        byIndex.set(index, p);
+    }
+    const commands = new Set(shards.map((p) => p.report.command));
+    if (commands.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), `the shards ran different commands (${[...commands].join(', ')})`);
+    const commits = new Set([...shards, ...scans].map((p) => p.report.commit).filter((c) => c !== ''));
+    if (commits.size > 1)
+        throw invalid([...shards, ...scans].map((p) => p.source).join(', '), `the results are of different commits (${[...commits].join(', ')}): merge the results of one deploy`);
+    const rows = new Map();
+    const add = (row, source) => {
+        if (rows.has(row.id))
+            throw invalid(source, `VM ${JSON.stringify(row.id)} is in two shards' results`);
+        rows.set(row.id, row);
+    };
+    const missing = [];
+    const failed = [];
+    for (let index = 1; index <= expected; index++) {
+        const label = shardLabel({ index, count: expected });
+        const p = byIndex.get(index);
+        if (!p) {
+            missing.push(index);
+            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
+                add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with vm-sync status --shard ${label}, then re-run the failed job.` }), `shard ${label}`);
+            }
+            continue;
+        }
+        for (const row of p.report.vms)
+            add(row, p.source);
+        if (p.error) {
+            failed.push({ index, ...p.error });
+            const code = FAILURE_CODES.includes(p.error.code) ? p.error.code : 'internal_error';
+            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
+                if (!rows.has(vm.id))
+                    add(failedRow(vm, { code, message: `shard ${label} failed before reaching ${vm.id}: ${p.error.message}` }), p.source);
+            }
+        }
+    }
+    const rank = new Map((options.order ?? []).map((id, i) => [id, i]));
+    const vms = [...rows.values()].sort((a, b) => (rank.get(a.id) ?? Infinity) - (rank.get(b.id) ?? Infinity) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const flips = vms.map((vm) => (vm.flipped_at ? Date.parse(vm.flipped_at) : NaN)).filter((t) => Number.isFinite(t));
+    // The scan job's verdict when there is one (the shards then skip it), else a shard's own scan.
+    const scan = scans.find((p) => p.report.scan)?.report.scan ?? shards.find((p) => p.report.scan?.blocked)?.report.scan ?? shards.find((p) => p.report.scan)?.report.scan ?? null;
+    return {
+        command: shards[0]?.report.command ?? 'sync',
+        commit: [...commits][0] ?? '',
+        dry_run: shards.some((p) => p.report.dry_run),
+        scan,
+        rollout: null,
+        // Fleet-wide: the skew between the first and the last VM to flip, over every shard.
+        flip_skew_ms: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : null,
+        vms,
+        shards: { expected, received: [...byIndex.keys()].sort((a, b) => a - b), missing, failed },
+    };
+}
+
+;// CONCATENATED MODULE: ./src/report/results-files.ts
+
+
+
+/** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
+const MAX_FILE_BYTES = 64 * 1024 * 1024;
+/** More files than this under one directory is not a set of shard results. */
+const MAX_FILES = 10_000;
+/**
+ * The results documents under each path: a file as it is, a directory
+ * searched for `*.json` at any depth (actions/download-artifact puts each
+ * artifact in its own subdirectory), in a stable order. Symlinks are not
+ * followed: an artifact cannot point the merge at another file of the runner.
+ * A path that does not exist is an error unless `allowMissing` (the Action:
+ * when every shard failed, no artifact was downloaded, and each is reported missing).
+ */
+function readResultsFiles(paths, options = {}) {
+    const files = [];
+    const walk = (dir) => {
+        for (const entry of external_node_fs_default().readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+            const full = external_node_path_default().join(dir, entry.name);
+            if (entry.isDirectory())
+                walk(full);
+            else if (entry.isFile() && entry.name.endsWith('.json'))
+                files.push(full);
+            if (files.length > MAX_FILES)
+                throw new VmSyncError('results_invalid', `${dir}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
+        }
+    };
+    for (const p of paths) {
+        let stat;
+        try {
+            stat = external_node_fs_default().lstatSync(p);
+        }
+        catch {
+            if (options.allowMissing)
+                continue;
+            throw new VmSyncError('config_invalid', `results path ${p} does not exist: give the results files (or a directory of them) that the shards wrote`);
+        }
+        if (stat.isDirectory())
+            walk(p);
+        else if (stat.isFile())
+            files.push(p);
+        else
+            throw new VmSyncError('config_invalid', `results path ${p} is not a file or a directory`);
+    }
+    return files.map((file) => {
+        const size = external_node_fs_default().statSync(file).size;
+        if (size > MAX_FILE_BYTES)
+            throw new VmSyncError('results_invalid', `${file} is ${size} bytes: not a vm-sync results file`);
+        return { source: file, text: external_node_fs_default().readFileSync(file, 'utf8') };
+    });
+}
+
 ;// CONCATENATED MODULE: ./src/main.ts
+
+
 
 
 
@@ -85042,6 +85462,8 @@ function pushRequest(ctx, commit) {
         return undefined;
     return { kind: 'push', before: ctx.push.before, after: ctx.push.after, branch: ctx.push.ref };
 }
+/** A results file may hold a fleet of thousands of VMs with their notes. */
+const RESULTS_FILE_MAX_BYTES = 32 * 1024 * 1024;
 /**
  * Engine events as Actions logs: each VM's lines are collected and printed as
  * one group when the VM finishes (VMs run in parallel, so live groups would
@@ -85114,8 +85536,13 @@ function partialReport(command, commit, dryRun, vms, fanOut, failure) {
 function setOutputs(report, failure, fallback) {
     const vms = report?.vms ?? [];
     const ids = (pick) => vms.filter(pick).map((vm) => vm.id).join(',');
-    const doc = report ?? { command: fallback.command, commit: null, dry_run: fallback.dryRun, scan: null, vms: [] };
-    setOutput('results', boundedResults(failure && !report ? { ...doc, error: failure } : doc));
+    // A shard that failed before it had a report still says which shard it was, so the merge reports its VMs failed with its error.
+    const doc = report ?? { command: fallback.command, commit: null, dry_run: fallback.dryRun, scan: null, vms: [], ...(fallback.shard ? { shard: fallback.shard } : {}) };
+    const full = failure && !report ? { ...doc, error: failure } : doc;
+    // The file is for the merge: the whole report (strings still cleaned and bounded), not cut to an output's size.
+    if (fallback.resultsPath)
+        external_node_fs_default().writeFileSync(fallback.resultsPath, boundedResults(full, RESULTS_FILE_MAX_BYTES));
+    setOutput('results', boundedResults(full));
     setOutput('commit', report && /^[0-9a-f]{40}$/.test(report.commit) ? report.commit : '');
     setOutput('synced', ids((vm) => vm.result === 'success' && vm.action === 'deploy'));
     setOutput('skipped', ids((vm) => vm.result === 'success' && vm.action !== 'deploy'));
@@ -85138,6 +85565,9 @@ async function main_run() {
     let dryRun = false;
     let commit = '';
     let selected = [];
+    let shard = null;
+    let resultsPath = '';
+    let merging = false;
     const fanOut = { started: new Set(), finished: new Map() };
     const controller = new AbortController();
     const onSignal = () => controller.abort();
@@ -85147,14 +85577,23 @@ async function main_run() {
         const inputs = parseInputs();
         if (inputs.githubToken)
             core_setSecret(inputs.githubToken);
-        command = inputs.command;
+        merging = inputs.command === 'report';
+        if (inputs.command !== 'report')
+            command = inputs.command;
         dryRun = inputs.dryRun;
+        shard = inputs.shard;
         const ctx = readWorkflowContext();
         runUrl = ctx.runUrl;
-        const config = loadConfig(external_node_path_default().resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' });
+        resultsPath = inputs.resultsPath ? external_node_path_default().resolve(ctx.workspace, inputs.resultsPath) : '';
+        const config = loadConfig(external_node_path_default().resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' && inputs.command !== 'report' });
         maskKeys(config);
         commit = inputs.commit || ctx.sha;
-        selected = config.vms.filter((vm) => inputs.vms.length === 0 || inputs.vms.includes(vm.id));
+        selected = selectVms(config, inputs.vms, inputs.shard ?? undefined);
+        if (inputs.skipScan) {
+            // The job this one needs scanned the commit (deploy.yml: one scan for every shard); its result is in the merged report.
+            config.repository.secretScanning.enabled = false;
+            info('secret scan: skipped here (skip-scan): an earlier job of this run scanned this commit');
+        }
         const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
         if (scans)
             config.repository.secretScanning.gitleaksPath = await resolveGitleaks(inputs, config);
@@ -85162,7 +85601,7 @@ async function main_run() {
             sha: commit,
             runUrl,
             // A rollback changes what the VMs serve, not the commit's verdict: it posts no statuses on it.
-            statuses: inputs.commitStatuses && (inputs.command === 'sync' || inputs.command === 'verify' || inputs.command === 'scan'),
+            statuses: inputs.commitStatuses && (inputs.command === 'sync' || inputs.command === 'verify' || inputs.command === 'scan' || inputs.command === 'report'),
             environment: inputs.environment,
             verb: inputs.command === 'verify' ? 'verify' : 'sync',
             dryRun: inputs.dryRun,
@@ -85171,7 +85610,18 @@ async function main_run() {
         const events = actionEvents(reporter, fanOut);
         if (scans)
             reporter.scanStarted();
-        if (inputs.command === 'scan') {
+        const sharded = inputs.shard ?? undefined;
+        if (inputs.command === 'report') {
+            // The shards' artifacts; none at all when every shard failed before uploading (each is then missing).
+            report = mergeResults(readResultsFiles([external_node_path_default().resolve(ctx.workspace, inputs.results)], { allowMissing: true }), {
+                expected: inputs.shards ?? undefined,
+                vmsOfShard: (s) => selectVms(config, undefined, s),
+                order: config.vms.map((vm) => vm.id),
+            });
+            command = report.command;
+            commit = report.commit || commit;
+        }
+        else if (inputs.command === 'scan') {
             report = await execute(config, { name: 'scan', options: { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal } });
         }
         else if (inputs.command === 'sync') {
@@ -85180,21 +85630,21 @@ async function main_run() {
                 core_setSecret(auth.secret);
             report = await execute(config, {
                 name: 'sync',
-                options: { commit, vms: inputs.vms, force: inputs.force, dryRun: inputs.dryRun, gitEnv: auth?.env, scanRequest: pushRequest(ctx, commit), lockWaitS: inputs.lockWaitS, events, signal: controller.signal },
+                options: { commit, vms: inputs.vms, shard: sharded, force: inputs.force, dryRun: inputs.dryRun, gitEnv: auth?.env, scanRequest: pushRequest(ctx, commit), lockWaitS: inputs.lockWaitS, events, signal: controller.signal },
             });
         }
         else if (inputs.command === 'rollback') {
             const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
             if (auth)
                 core_setSecret(auth.secret);
-            report = await execute(config, { name: 'rollback', options: { vms: inputs.vms, to: inputs.to || undefined, lockWaitS: inputs.lockWaitS, gitEnv: auth?.env, events, signal: controller.signal } });
+            report = await execute(config, { name: 'rollback', options: { vms: inputs.vms, shard: sharded, to: inputs.to || undefined, lockWaitS: inputs.lockWaitS, gitEnv: auth?.env, events, signal: controller.signal } });
         }
         else {
             // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
             const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
             if (auth)
                 core_setSecret(auth.secret);
-            report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, fetch: true, deep: inputs.deep, gitEnv: auth?.env, events, signal: controller.signal } });
+            report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, shard: sharded, fetch: true, deep: inputs.deep, gitEnv: auth?.env, events, signal: controller.signal } });
         }
         if (scans)
             reporter.scanFinished(report.scan, null);
@@ -85212,7 +85662,9 @@ async function main_run() {
             failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` };
         else if (code !== 0) {
             const bad = report.vms.filter((vm) => vm.result !== 'success');
-            failure = { code: bad[0]?.error?.code ?? 'failed', message: `${bad.length} of ${report.vms.length} VM(s) did not succeed: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` };
+            const missing = report.shards?.missing ?? [];
+            const shardsNote = missing.length > 0 ? `; shard(s) ${missing.map((i) => `${i}/${report?.shards?.expected}`).join(', ')} wrote no results` : '';
+            failure = { code: bad[0]?.error?.code ?? (missing.length > 0 ? 'shard_missing' : 'failed'), message: `${bad.length} of ${report.vms.length} VM(s) did not succeed${bad.length ? `: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` : ''}${shardsNote}` };
         }
         if (failure)
             setFailed(annotationText(`${failure.code}: ${failure.message}`));
@@ -85229,8 +85681,11 @@ async function main_run() {
         if (thrown && !report && fanOut.started.size > 0)
             report = partialReport(command, commit, dryRun, selected, fanOut, thrown);
         reporter?.finalize(failure ?? { code: 'internal_error', message: 'the run ended without reporting it' });
+        // A merge posts the one status that says whether the whole fleet got the commit, even when the merge itself failed.
+        if (merging)
+            reporter?.fleetFinished(report, thrown);
         try {
-            setOutputs(report, failure, { command, dryRun });
+            setOutputs(report, failure, { command, dryRun, shard, resultsPath });
         }
         catch (error) {
             warning(annotationText(`could not write the outputs: ${getErrorMessage(error)}`));
