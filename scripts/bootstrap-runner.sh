@@ -40,7 +40,7 @@ Options:
   --dir DIR               install directory (default /opt/actions-runner)
   --ephemeral             register an ephemeral runner (one job, then gone)
   --config FILE           vm-sync.yml: provision its key store and pin its VMs' host keys
-  --host-fingerprint VM=SHA256:...   accept VM's host key only with this fingerprint (repeatable)
+  --host-fingerprint VM=SHA256:...   accept VM's host key only with this fingerprint (repeatable; a jump host: jump:NAME=SHA256:...)
   --trust-on-first-use    accept the host keys offered now (prints each fingerprint accepted)
   --delete-user, --delete-dir        uninstall: also remove the user / the directory
   --runner-sha256 HEX, --runner-url-base URL, --gitleaks-sha256 HEX, --gitleaks-url-base URL
@@ -264,31 +264,46 @@ key_store() {
   if [ ! -d "$key_dir" ]; then mkdir -p "$key_dir"; changed+=("key store"); fi
   chmod 0700 "$key_dir"; chown "$uid:$gid" "$key_dir"
   touch "$known_hosts"; chmod 0644 "$known_hosts"; chown "$uid:$gid" "$known_hosts"
-  local id host port key name offered fp line
+  local id host port key name jump offered fp line
+  # Jump hosts first: each has its own key and pinned host key, exactly as a VM.
   while IFS=$'\t' read -r id host port key name; do
-    key=$(R "$key")
-    if [ ! -f "$key" ]; then
-      ssh-keygen -q -t ed25519 -N '' -C "vm-sync-$id" -f "$key"
-      changed+=("key $id")
-    fi
-    chmod 0600 "$key"; chmod 0644 "$key.pub"; chown "$uid:$gid" "$key" "$key.pub"
-    say "public key for $id (add it to ~/.ssh/authorized_keys of its SSH user): $(cat "$key.pub")"
-    if ssh-keygen -F "$name" -f "$known_hosts" >/dev/null; then continue; fi
-    offered=$(ssh-keyscan -T 10 -t ed25519 -p "$port" "$host" 2>/dev/null | awk '!/^#/ { print $2, $3; exit }')
-    [ -n "$offered" ] || die "$id ($host:$port) offered no ed25519 host key: is sshd running there?"
-    fp=$(printf '%s %s\n' "$name" "$offered" | ssh-keygen -l -E sha256 -f - | awk '{ print $2 }')
-    line="$name $offered"
-    if [ -n "${fingerprints[$id]:-}" ]; then
-      [ "${fingerprints[$id]}" = "$fp" ] || die "$id offers $fp, not the expected ${fingerprints[$id]}: refusing to pin it"
-      say "pinned $id ($fp, matches --host-fingerprint)"
-    elif [ "$tofu" = true ]; then
-      say "pinned $id on first use: $fp (compare it with the VM's own: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"
-    else
-      die "$id offers host key $fp: confirm it on the VM and pass --host-fingerprint $id=$fp (or --trust-on-first-use)"
-    fi
-    printf '%s\n' "$line" >> "$known_hosts"
-    changed+=("host key $id")
-  done < <(jq -r '.vms[] | [.id, .host, (.port | tostring), .key_path, .known_hosts_name] | @tsv' <<<"$inventory")
+    provision "$id" "$host" "$port" "$key" "$name" ""
+  done < <(jq -r '(.jump_hosts // [])[] | ["jump:" + .name, .host, (.port | tostring), .key_path, .known_hosts_name] | @tsv' <<<"$inventory")
+  while IFS=$'\t' read -r id host port key name jump; do
+    provision "$id" "$host" "$port" "$key" "$name" "$jump"
+  done < <(jq -r '.vms[] | [.id, .host, (.port | tostring), .key_path, .known_hosts_name, (.jump // "")] | @tsv' <<<"$inventory")
+}
+
+# provision ID HOST PORT KEY KNOWN_HOSTS_NAME JUMP: the key for one VM or jump host (made once), and its pinned
+# host key. A VM behind a jump host cannot be scanned from here: say how to pin it instead.
+provision() {
+  local id=$1 host=$2 port=$3 key=$4 name=$5 jump=$6 offered fp line
+  key=$(R "$key")
+  if [ ! -f "$key" ]; then
+    ssh-keygen -q -t ed25519 -N '' -C "vm-sync-$id" -f "$key"
+    changed+=("key $id")
+  fi
+  chmod 0600 "$key"; chmod 0644 "$key.pub"; chown "$uid:$gid" "$key" "$key.pub"
+  say "public key for $id (add it to ~/.ssh/authorized_keys of its SSH user): $(cat "$key.pub")"
+  if ssh-keygen -F "$name" -f "$known_hosts" >/dev/null; then return 0; fi
+  if [ -n "$jump" ]; then
+    say "$id is behind jump host $jump, which this host cannot scan through: on $jump run 'ssh-keyscan -t ed25519 -p $port $host', check the fingerprint on $id, and add the line as '$name <type> <key>' to $known_hosts"
+    return 0
+  fi
+  offered=$(ssh-keyscan -T 10 -t ed25519 -p "$port" "$host" 2>/dev/null | awk '!/^#/ { print $2, $3; exit }')
+  [ -n "$offered" ] || die "$id ($host:$port) offered no ed25519 host key: is sshd running there?"
+  fp=$(printf '%s %s\n' "$name" "$offered" | ssh-keygen -l -E sha256 -f - | awk '{ print $2 }')
+  line="$name $offered"
+  if [ -n "${fingerprints[$id]:-}" ]; then
+    [ "${fingerprints[$id]}" = "$fp" ] || die "$id offers $fp, not the expected ${fingerprints[$id]}: refusing to pin it"
+    say "pinned $id ($fp, matches --host-fingerprint)"
+  elif [ "$tofu" = true ]; then
+    say "pinned $id on first use: $fp (compare it with its own: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"
+  else
+    die "$id offers host key $fp: confirm it on the host and pass --host-fingerprint $id=$fp (or --trust-on-first-use)"
+  fi
+  printf '%s\n' "$line" >> "$known_hosts"
+  changed+=("host key $id")
 }
 
 # ---------------------------------------------------------------- commands

@@ -45,6 +45,11 @@ Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify, or the r
 2 usage or config error; 3 secrets found: the deploy was blocked and no VM was contacted.
 `;
 
+/** How known_hosts names a host: `host` on port 22, `[host]:port` otherwise. */
+function knownHostsName(host: { host: string; port: number }): string {
+  return host.port === 22 ? host.host : `[${host.host}]:${host.port}`;
+}
+
 /** Where the CLI writes: injectable so tests can capture everything it prints. */
 export interface CliIO {
   out(text: string): void;
@@ -169,7 +174,16 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       const inventory = {
         key_storage_path: config.keyStoragePath,
         known_hosts: config.knownHostsPath,
-        vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: vm.port === 22 ? vm.host : `[${vm.host}]:${vm.port}` })),
+        vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: knownHostsName(vm), jump: vm.jump?.name ?? null })),
+        jump_hosts: [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump] as const] : []))).values()].map((jump) => ({
+          name: jump.name,
+          host: jump.host,
+          port: jump.port,
+          user: jump.user,
+          key_path: jump.keyPath,
+          known_hosts_name: knownHostsName(jump),
+          max_sessions: jump.maxSessions,
+        })),
       };
       io.out(`${JSON.stringify(inventory, null, 2)}\n`);
       return 0;

@@ -40,12 +40,13 @@ export const FAILURE_CODES = [
   'stream_failed',
   'shard_missing',
   'results_invalid',
+  'jump_unreachable',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];
 
 /** Failures worth another attempt: the network, not the VM's answer. */
-const RETRYABLE: ReadonlySet<FailureCode> = new Set(['unreachable', 'timeout']);
+const RETRYABLE: ReadonlySet<FailureCode> = new Set(['unreachable', 'timeout', 'jump_unreachable']);
 
 /** An error that carries a stable code and a message telling the user what to do. */
 export class VmSyncError extends Error {

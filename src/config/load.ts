@@ -5,7 +5,7 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pai
 import { VmSyncError } from '../errors.js';
 import { expandLocalHome, normalizePath, pathProblem } from './paths.js';
 import { parseQuantity } from './rollout.js';
-import type { Config, Layout, Quantity, RolloutConfig, SharedPath, VmConfig } from './types.js';
+import type { JumpHost, Config, Layout, Quantity, RolloutConfig, SharedPath, VmConfig } from './types.js';
 
 /** One thing wrong with the config, with the line it is on when known. */
 export interface ConfigProblem {
@@ -369,7 +369,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
   }
   if (ctx.problems.length > 0) throw new ConfigError(source, ctx.problems);
 
-  const root = new Section(ctx, '', doc.contents as Node | null, ['vms', 'repository', 'remote_execution', 'sync', 'rollout']);
+  const root = new Section(ctx, '', doc.contents as Node | null, ['vms', 'jump_hosts', 'repository', 'remote_execution', 'sync', 'rollout']);
   const repo = root.section('repository', [
     'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
     'rsync_excludes', 'layout', 'keep_releases', 'shared_paths', 'secret_scanning',
@@ -399,6 +399,27 @@ export function parseConfig(text: string, source: string, home: string = os.home
   }
   if (repoPaths.size === 0) pathFor.set('default', '~/app');
 
+  // Jump hosts (bastions): each with its own key and pinned host key, shared by the VMs behind it.
+  const jumpSection = root.section('jump_hosts', null);
+  const jumps = new Map<string, JumpHost>();
+  for (const name of jumpSection.keys()) {
+    if (!VM_ID.test(name)) {
+      jumpSection.problem(jumpSection.keyNode(name), `jump host name '${name}' must be letters, digits, '.', '_' or '-'`);
+      continue;
+    }
+    const jump = jumpSection.section(name, ['ip', 'ssh_user', 'ssh_port', 'max_sessions']);
+    const host = jump.string('ip', null, true);
+    const user = jump.string('ssh_user', null, true);
+    const port = jump.int('ssh_port', 22, 1, 65535);
+    // Below sshd's default MaxSessions 10 and MaxStartups 10, so a bastion never refuses vm-sync's channels.
+    const maxSessions = jump.int('max_sessions', 8, 1, 1000);
+    if (host !== null && !HOST.test(host)) jump.problem(jump.node('ip'), `jump_hosts.${name}.ip is not a valid address or host name: '${host}'`);
+    if (user !== null && !USER.test(user)) jump.problem(jump.node('ssh_user'), `jump_hosts.${name}.ssh_user is not a valid user name: '${user}'`);
+    if (host && user && HOST.test(host) && USER.test(user)) {
+      jumps.set(name, { name, host, user, port, maxSessions, keyPath: path.join(expandLocalHome(keyStorage ?? '', home), `id_ed25519_jump_${name}`) });
+    }
+  }
+
   const vmsNode = root.node('vms');
   const vmSection = new Section(ctx, 'vms', vmsNode, null);
   if (vmSection.size === 0) root.problem(vmsNode ?? root.keyNode('vms'), 'vms must list at least one VM (vm_id: { ip, ssh_user, ssh_port })');
@@ -408,10 +429,15 @@ export function parseConfig(text: string, source: string, home: string = os.home
       vmSection.problem(vmSection.keyNode(id), `VM id '${id}' must be letters, digits, '.', '_' or '-' (and not 'default')`);
       continue;
     }
-    const vm = vmSection.section(id, ['ip', 'ssh_user', 'ssh_port']);
+    const vm = vmSection.section(id, ['ip', 'ssh_user', 'ssh_port', 'jump']);
     const host = vm.string('ip', null, true);
     const user = vm.string('ssh_user', null, true);
     const port = vm.int('ssh_port', 22, 1, 65535);
+    const jumpName = vm.string('jump', null);
+    const jump = jumpName === null ? null : (jumps.get(jumpName) ?? null);
+    if (jumpName !== null && !jump && !jumpSection.has(jumpName)) {
+      vm.problem(vm.node('jump'), `vms.${id}.jump names unknown jump host '${jumpName}' (jump_hosts: ${jumpSection.keys().join(', ') || 'none'})`);
+    }
     if (host !== null && !HOST.test(host)) vm.problem(vm.node('ip'), `vms.${id}.ip is not a valid address or host name: '${host}'`);
     if (user !== null && !USER.test(user)) vm.problem(vm.node('ssh_user'), `vms.${id}.ssh_user is not a valid user name: '${user}'`);
     const repoPath = pathFor.get(id) ?? pathFor.get('default');
@@ -427,6 +453,7 @@ export function parseConfig(text: string, source: string, home: string = os.home
         port,
         repoPath,
         keyPath: path.join(expandLocalHome(keyStorage ?? '', home), `id_ed25519_${id}`),
+        jump,
       });
     }
   }
@@ -524,6 +551,8 @@ export function checkConfigFiles(config: Config): ConfigProblem[] {
     }
   };
   for (const vm of config.vms) check(vm.keyPath, `SSH key for ${vm.id}`, true);
+  const jumps = new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump] as const] : [])));
+  for (const jump of jumps.values()) check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
   check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
   return problems;
 }

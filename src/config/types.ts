@@ -9,6 +9,25 @@ export interface VmConfig {
   repoPath: string;
   /** Private key on the runner host: `key_storage_path/id_ed25519_{id}`. */
   keyPath: string;
+  /** The jump host (bastion) the VM is reached through; null: directly. */
+  jump?: JumpHost | null;
+}
+
+/**
+ * A jump host (`jump_hosts.<name>`): a bastion the runner host reaches, which
+ * reaches the VMs behind it. Its host key is pinned like a VM's; all VMs
+ * behind it share one connection to it, with their SSH connections forwarded
+ * through it as channels.
+ */
+export interface JumpHost {
+  name: string;
+  host: string;
+  user: string;
+  port: number;
+  /** At most this many VM connections through it at a time (default 8). */
+  maxSessions: number;
+  /** `key_storage_path/id_ed25519_jump_<name>`. */
+  keyPath: string;
 }
 
 export type Layout = 'atomic' | 'in-place';

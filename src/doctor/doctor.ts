@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import net from 'node:net';
-import type { Config, VmConfig } from '../config/types.js';
+import type { Config, JumpHost, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { formatBytes } from '../report/table.js';
 import { KnownHosts } from '../remote/known-hosts.js';
@@ -12,7 +12,7 @@ import { mapPool } from '../sync/pool.js';
 
 /** One check of one VM. `warn` is worth knowing but would not fail a sync. */
 export interface Check {
-  name: 'tcp' | 'host_key' | 'auth' | 'rsync' | 'timeout' | 'target' | 'free_space' | 'lock' | 'sync_rev';
+  name: 'jump' | 'tcp' | 'host_key' | 'auth' | 'rsync' | 'timeout' | 'target' | 'free_space' | 'lock' | 'sync_rev';
   status: 'ok' | 'warn' | 'fail' | 'skipped';
   detail: string;
   /** What to do about a warn or fail. */
@@ -74,60 +74,106 @@ function describeLock(vm: VmConfig, probe: Probe, staleAfterS: number): Pick<Che
   };
 }
 
-/**
- * Checks one VM the way a sync would use it, stopping at the first check
- * that makes the rest meaningless (no TCP: no host key; wrong host key: no
- * login). Never throws.
- */
-async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, treeBytes: number | null): Promise<VmDoctorReport> {
-  const checks: Check[] = [];
-  const add = (name: Check['name'], status: Check['status'], detail: string, hint: string | null = null): void => {
-    checks.push({ name, status, detail, hint });
-  };
-  const timeoutMs = config.sync.connectTimeoutS * 1000;
-  const where = `${vm.host}:${vm.port}`;
-  const report = (): VmDoctorReport => ({ id: vm.id, host: vm.host, ready: !checks.some((c) => c.status === 'fail'), checks });
+type AddCheck = (name: Check['name'], status: Check['status'], detail: string, hint?: string | null) => void;
 
-  const tcp = await tcpReachable(vm.host, vm.port, timeoutMs);
+/** The hint for a failed login to a host (VM or jump host) with its key. */
+function loginHint(host: VmConfig, failure: VmSyncError): string | null {
+  if (failure.code === 'auth_failed') return `on ${host.id}: append the output of ssh-keygen -y -f ${host.keyPath} to ~${host.user}/.ssh/authorized_keys`;
+  if (failure.code === 'config_invalid') return `create it: ssh-keygen -t ed25519 -N '' -f ${host.keyPath} (then authorize its .pub on ${host.id})`;
+  return null;
+}
+
+/** TCP, then the host key against the pinned ones, for a host this runner reaches directly. False when one failed. */
+async function reachDirectly(host: VmConfig, kind: 'VM' | 'jump host', config: Config, knownHosts: KnownHosts, add: AddCheck): Promise<boolean> {
+  const timeoutMs = config.sync.connectTimeoutS * 1000;
+  const where = `${host.host}:${host.port}`;
+  const tcp = await tcpReachable(host.host, host.port, timeoutMs);
   if (tcp) {
-    add('tcp', 'fail', `${where} not reachable: ${tcp}`, `start the VM or its sshd, or fix ip/ssh_port of ${vm.id} in the config; check firewalls between this host and ${vm.host}`);
-    return report();
+    add('tcp', 'fail', `${where} not reachable: ${tcp}`, `start the ${kind} or its sshd, or fix ip/ssh_port of ${host.id} in the config; check firewalls between this host and ${host.host}`);
+    return false;
   }
   add('tcp', 'ok', `${where} reachable`);
-
-  const pinned = knownHosts.pinned(vm.host, vm.port);
+  const pinned = knownHosts.pinned(host.host, host.port);
   let offered;
   try {
-    offered = await scanHostKey(vm.host, vm.port, timeoutMs, pinned.keys.length ? pinned.algorithms : undefined);
+    offered = await scanHostKey(host.host, host.port, timeoutMs, pinned.keys.length ? pinned.algorithms : undefined);
   } catch (error) {
     add('host_key', 'fail', `no SSH host key from ${where}: ${getErrorMessage(error)}`, `is an SSH server listening on ${where}?`);
-    return report();
+    return false;
   }
   const line = `${pinned.name} ${offered.type} ${offered.blob.toString('base64')}`;
   if (pinned.keys.length === 0) {
-    add('host_key', 'fail', `no key pinned for ${pinned.name}; it offers ${offered.type} ${offered.fingerprint}`, `compare ${offered.fingerprint} with the VM's own (ssh-keygen -lf /etc/ssh/ssh_host_${offered.type.replace(/^ssh-/, '').replace(/-.*/, '')}_key.pub on its console); if equal, add this line to ${config.knownHostsPath}: ${line}`);
-    return report();
+    add('host_key', 'fail', `no key pinned for ${pinned.name}; it offers ${offered.type} ${offered.fingerprint}`, `compare ${offered.fingerprint} with the ${kind}'s own (ssh-keygen -lf /etc/ssh/ssh_host_${offered.type.replace(/^ssh-/, '').replace(/-.*/, '')}_key.pub on its console); if equal, add this line to ${config.knownHostsPath}: ${line}`);
+    return false;
   }
   if (!pinned.keys.some((key) => key.equals(offered.blob))) {
-    add('host_key', 'fail', `${pinned.name} offers ${offered.type} ${offered.fingerprint}, which is not the pinned key`, `if the VM was rebuilt, verify ${offered.fingerprint} on its console and replace its line in ${config.knownHostsPath} with: ${line}; otherwise treat this as an attack`);
-    return report();
+    add('host_key', 'fail', `${pinned.name} offers ${offered.type} ${offered.fingerprint}, which is not the pinned key`, `if the ${kind} was rebuilt, verify ${offered.fingerprint} on its console and replace its line in ${config.knownHostsPath} with: ${line}; otherwise treat this as an attack`);
+    return false;
   }
   add('host_key', 'ok', `${offered.type} ${offered.fingerprint} matches the pinned key`);
+  return true;
+}
+
+/**
+ * A jump host, checked once per doctor run however many VMs are behind it:
+ * TCP, its pinned host key, a login with its own key. The first failure, or
+ * null when it is ready.
+ */
+async function checkJump(jump: JumpHost, config: Config, knownHosts: KnownHosts): Promise<Check | null> {
+  const host: VmConfig = { id: `jump host ${jump.name}`, host: jump.host, user: jump.user, port: jump.port, keyPath: jump.keyPath, repoPath: '' };
+  const checks: Check[] = [];
+  const add: AddCheck = (name, status, detail, hint = null) => checks.push({ name, status, detail, hint });
+  if (!(await reachDirectly(host, 'jump host', config, knownHosts, add))) return checks.find((c) => c.status === 'fail') ?? null;
+  try {
+    (await VmSession.open(host, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000 })).dispose();
+    return null;
+  } catch (error) {
+    const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
+    return { name: 'auth', status: 'fail', detail: failure.message, hint: loginHint(host, failure) };
+  }
+}
+
+/**
+ * Checks one VM the way a sync would use it, stopping at the first check
+ * that makes the rest meaningless (no TCP: no host key; wrong host key: no
+ * login). A VM behind a jump host is checked after its jump host, and only
+ * through it (this host cannot reach it otherwise). Never throws.
+ */
+async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, treeBytes: number | null, jumps: Map<string, Promise<Check | null>>): Promise<VmDoctorReport> {
+  const checks: Check[] = [];
+  const add: AddCheck = (name, status, detail, hint = null) => {
+    checks.push({ name, status, detail, hint });
+  };
+  const timeoutMs = config.sync.connectTimeoutS * 1000;
+  const report = (): VmDoctorReport => ({ id: vm.id, host: vm.host, ready: !checks.some((c) => c.status === 'fail'), checks });
+
+  const jump = vm.jump;
+  if (jump) {
+    let checked = jumps.get(jump.name);
+    if (!checked) jumps.set(jump.name, (checked = checkJump(jump, config, knownHosts)));
+    const failed = await checked;
+    const named = `jump host ${jump.name} (${jump.user}@${jump.host}:${jump.port})`;
+    if (failed) {
+      add('jump', 'fail', `${named}: ${failed.name}: ${failed.detail}`, failed.hint ?? `fix ${named} first: every VM behind it is unreachable until then`);
+      return report();
+    }
+    add('jump', 'ok', `${named}: reachable, host key matches the pinned key, logged in with ${jump.keyPath}`);
+  } else if (!(await reachDirectly(vm, 'VM', config, knownHosts, add))) {
+    return report();
+  }
 
   let session: VmSession;
   try {
     session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: timeoutMs });
   } catch (error) {
     const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
-    const hint =
-      failure.code === 'auth_failed'
-        ? `on ${vm.id}: append the output of ssh-keygen -y -f ${vm.keyPath} to ~${vm.user}/.ssh/authorized_keys`
-        : failure.code === 'config_invalid'
-          ? `create it: ssh-keygen -t ed25519 -N '' -f ${vm.keyPath} (then authorize its .pub on ${vm.id})`
-          : null;
-    add('auth', 'fail', failure.message, hint);
+    // Through a jump host, the connection, the host key and the login are one step: say which failed.
+    if (jump && failure.code.startsWith('host_key')) add('host_key', 'fail', failure.message, `pin ${vm.id}'s host key for [${vm.host}]:${vm.port} (fetch it from the jump host: ssh-keyscan -p ${vm.port} ${vm.host}), verified out of band`);
+    else if (jump && (failure.code === 'unreachable' || failure.code === 'timeout' || failure.code === 'jump_unreachable')) add('tcp', 'fail', failure.message, `start ${vm.id} or its sshd, or fix its ip/ssh_port; the jump host ${jump.name} must reach ${vm.host}:${vm.port}`);
+    else add('auth', 'fail', failure.message, loginHint(vm, failure));
     return report();
   }
+  if (jump) add('host_key', 'ok', `the key ${vm.id} offered through ${jump.name} matches the pinned key`);
   try {
     add('auth', 'ok', `logged in as ${vm.user} with ${vm.keyPath}`);
     const target = new RemoteTarget(session, vm.repoPath, Date.now() + timeoutMs * 3);
@@ -192,7 +238,8 @@ export async function runDoctor(config: Config, options: { vms?: string[] } = {}
       .then((sha) => repo.treeBytes(sha))
       .catch(() => null);
   }
-  const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes));
+  const jumps = new Map<string, Promise<Check | null>>();
+  const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps));
   return { command: 'doctor', tree_bytes: treeBytes, vms: reports };
 }
 

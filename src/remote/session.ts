@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import type { Duplex } from 'node:stream';
 import { NodeSSH } from 'node-ssh';
 import { Client, type ClientChannel } from 'ssh2';
 import type { VmConfig } from '../config/types.js';
@@ -7,6 +8,7 @@ import { classifyConnectError } from './classify.js';
 import { shellQuote } from './agent-script.js';
 import { fingerprint, isPinned, isRevoked, keyType, probeHostKeys, type KnownHosts, type PinnedHost } from './known-hosts.js';
 import { vmText } from './untrusted.js';
+import { tunnelTo } from './jump.js';
 
 /** A file sent as a command's standard input (then end of input). */
 export interface ExecInput {
@@ -84,6 +86,8 @@ export class VmSession {
   private constructor(
     readonly vm: VmConfig,
     private readonly ssh: NodeSSH,
+    /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
+    private readonly tunnelClosed: () => void = () => undefined,
   ) {}
 
   /**
@@ -112,6 +116,8 @@ export class VmSession {
     } catch (error) {
       throw new VmSyncError('config_invalid', `cannot read SSH key ${vm.keyPath}: ${getErrorMessage(error)}`);
     }
+    // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
+    const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
     const ssh = new NodeSSH();
     let offered: Buffer | null = null;
     let rejected = false;
@@ -123,6 +129,7 @@ export class VmSession {
       await ssh.connect({
         host: vm.host,
         port: vm.port,
+        ...(tunnel ? { sock: tunnel.sock as never } : {}),
         username: vm.user,
         privateKey,
         tryKeyboard: false,
@@ -139,10 +146,13 @@ export class VmSession {
       });
     } catch (error) {
       ssh.dispose();
+      tunnel?.opened();
+      tunnel?.closed();
       if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
       let code = classifyConnectError(error, rejected);
       // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
-      const probed = code === 'host_key_mismatch' && !offered ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
+      // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
+      const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
       const shown = offered ?? probed?.key ?? null;
       if (shown && isRevoked(pinned, shown)) code = 'host_key_revoked';
       throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
@@ -152,7 +162,17 @@ export class VmSession {
     // node-ssh stops listening for errors once connected; without a listener a
     // later socket error (VM rebooting mid-deploy) would crash the process.
     ssh.connection?.on('error', () => undefined);
-    return new VmSession(vm, ssh);
+    tunnel?.opened();
+    return new VmSession(vm, ssh, tunnel?.closed);
+  }
+
+  /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
+  forward(host: string, port: number): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      const connection = this.ssh.connection;
+      if (!connection || this.closed) return reject(new Error('the connection to the jump host is closed'));
+      connection.forwardOut('127.0.0.1', 0, host, port, (error, channel) => (error ? reject(error) : resolve(channel)));
+    });
   }
 
   /**
@@ -345,6 +365,7 @@ export class VmSession {
     if (this.closed) return;
     this.closed = true;
     this.ssh.dispose();
+    this.tunnelClosed();
   }
 }
 

@@ -151,9 +151,15 @@ maybe('bootstrap-runner.sh', () => {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     baseUrl = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-    world = await World.create(['vm01', 'vm02']);
+    world = await World.create(['vm01', 'vm02', 'bastion']);
     configPath = path.join(work, 'vm-sync.yml');
-    fs.writeFileSync(configPath, fs.readFileSync(world.configPath, 'utf8').replace(/key_storage_path: .*/, 'key_storage_path: /etc/vm-sync/keys').replace(/known_hosts: .*/, 'known_hosts: /etc/vm-sync/keys/known_hosts'));
+    // 'bastion' is a jump host (not a VM), with one VM behind it that this host cannot reach.
+    const config = fs
+      .readFileSync(world.configPath, 'utf8')
+      .replace(/key_storage_path: .*/, 'key_storage_path: /etc/vm-sync/keys')
+      .replace(/known_hosts: .*/, 'known_hosts: /etc/vm-sync/keys/known_hosts')
+      .replace(/^ {2}bastion: .*\n/m, `  vm09: { ip: 10.255.0.9, ssh_user: deploy, jump: bastion }\n`);
+    fs.writeFileSync(configPath, `jump_hosts:\n  bastion: { ip: 127.0.0.1, ssh_user: ${world.fleet.user}, ssh_port: ${world.vm('bastion').port} }\n${config}`);
     root = makeRoot();
   });
   afterAll(async () => {
@@ -227,6 +233,15 @@ maybe('bootstrap-runner.sh', () => {
     }
     expect(run.out).toContain(`pinned vm01 (${hostFingerprint('vm01')}, matches --host-fingerprint)`);
     expect(run.out).toContain(`pinned vm02 on first use: ${hostFingerprint('vm02')}`);
+    // The jump host: its own key and its pinned host key; the VM behind it cannot be scanned from here, and the output says how to pin it.
+    const jumpKey = path.join(keyDir, 'id_ed25519_jump_bastion');
+    expect([fs.statSync(jumpKey).mode & 0o777, fs.statSync(jumpKey).uid]).toEqual([0o600, uid]);
+    const bastionPub = fs.readFileSync(path.join(world.vm('bastion').dir, 'ssh_host_ed25519_key.pub'), 'utf8').split(' ').slice(0, 2).join(' ');
+    expect(pinned).toContain(`[127.0.0.1]:${world.vm('bastion').port} ${bastionPub}`);
+    expect(run.out).toContain(`pinned jump:bastion on first use: ${hostFingerprint('bastion')}`);
+    expect(run.out).toContain("vm09 is behind jump host bastion, which this host cannot scan through: on bastion run 'ssh-keyscan -t ed25519 -p 22 10.255.0.9'");
+    expect(pinned).not.toContain('10.255.0.9');
+    expect(fs.existsSync(path.join(keyDir, 'id_ed25519_vm09'))).toBe(true);
     expectNoToken(run);
   });
 
@@ -252,7 +267,7 @@ maybe('bootstrap-runner.sh', () => {
 
   test('a host key that does not match the given fingerprint is refused', async () => {
     const other = makeRoot();
-    const run = await bootstrap(['install', ...common().map((a) => (a === root ? other : a)), '--config', configPath, '--host-fingerprint', 'vm01=SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA']);
+    const run = await bootstrap(['install', ...common().map((a) => (a === root ? other : a)), '--config', configPath, '--host-fingerprint', `jump:bastion=${hostFingerprint('bastion')}`, '--host-fingerprint', 'vm01=SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA']);
     expect(run.code).toBe(1);
     expect(run.out).toContain(`vm01 offers ${hostFingerprint('vm01')}, not the expected SHA256:AAAA`);
   });
