@@ -34557,9 +34557,10 @@ const FAILURE_CODES = [
     'stream_failed',
     'shard_missing',
     'results_invalid',
+    'jump_unreachable',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
-const RETRYABLE = new Set(['unreachable', 'timeout']);
+const RETRYABLE = new Set(['unreachable', 'timeout', 'jump_unreachable']);
 /** An error that carries a stable code and a message telling the user what to do. */
 class VmSyncError extends Error {
     code;
@@ -35028,7 +35029,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     }
     if (ctx.problems.length > 0)
         throw new ConfigError(source, ctx.problems);
-    const root = new Section(ctx, '', doc.contents, ['vms', 'repository', 'remote_execution', 'sync', 'rollout']);
+    const root = new Section(ctx, '', doc.contents, ['vms', 'jump_hosts', 'repository', 'remote_execution', 'sync', 'rollout']);
     const repo = root.section('repository', [
         'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
         'rsync_excludes', 'layout', 'keep_releases', 'shared_paths', 'secret_scanning',
@@ -35054,6 +35055,28 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     }
     if (repoPaths.size === 0)
         pathFor.set('default', '~/app');
+    // Jump hosts (bastions): each with its own key and pinned host key, shared by the VMs behind it.
+    const jumpSection = root.section('jump_hosts', null);
+    const jumps = new Map();
+    for (const name of jumpSection.keys()) {
+        if (!VM_ID.test(name)) {
+            jumpSection.problem(jumpSection.keyNode(name), `jump host name '${name}' must be letters, digits, '.', '_' or '-'`);
+            continue;
+        }
+        const jump = jumpSection.section(name, ['ip', 'ssh_user', 'ssh_port', 'max_sessions']);
+        const host = jump.string('ip', null, true);
+        const user = jump.string('ssh_user', null, true);
+        const port = jump.int('ssh_port', 22, 1, 65535);
+        // Below sshd's default MaxSessions 10 and MaxStartups 10, so a bastion never refuses vm-sync's channels.
+        const maxSessions = jump.int('max_sessions', 8, 1, 1000);
+        if (host !== null && !HOST.test(host))
+            jump.problem(jump.node('ip'), `jump_hosts.${name}.ip is not a valid address or host name: '${host}'`);
+        if (user !== null && !USER.test(user))
+            jump.problem(jump.node('ssh_user'), `jump_hosts.${name}.ssh_user is not a valid user name: '${user}'`);
+        if (host && user && HOST.test(host) && USER.test(user)) {
+            jumps.set(name, { name, host, user, port, maxSessions, keyPath: external_node_path_default().join(expandLocalHome(keyStorage ?? '', home), `id_ed25519_jump_${name}`) });
+        }
+    }
     const vmsNode = root.node('vms');
     const vmSection = new Section(ctx, 'vms', vmsNode, null);
     if (vmSection.size === 0)
@@ -35064,10 +35087,15 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             vmSection.problem(vmSection.keyNode(id), `VM id '${id}' must be letters, digits, '.', '_' or '-' (and not 'default')`);
             continue;
         }
-        const vm = vmSection.section(id, ['ip', 'ssh_user', 'ssh_port']);
+        const vm = vmSection.section(id, ['ip', 'ssh_user', 'ssh_port', 'jump']);
         const host = vm.string('ip', null, true);
         const user = vm.string('ssh_user', null, true);
         const port = vm.int('ssh_port', 22, 1, 65535);
+        const jumpName = vm.string('jump', null);
+        const jump = jumpName === null ? null : (jumps.get(jumpName) ?? null);
+        if (jumpName !== null && !jump && !jumpSection.has(jumpName)) {
+            vm.problem(vm.node('jump'), `vms.${id}.jump names unknown jump host '${jumpName}' (jump_hosts: ${jumpSection.keys().join(', ') || 'none'})`);
+        }
         if (host !== null && !HOST.test(host))
             vm.problem(vm.node('ip'), `vms.${id}.ip is not a valid address or host name: '${host}'`);
         if (user !== null && !USER.test(user))
@@ -35085,6 +35113,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
                 port,
                 repoPath,
                 keyPath: external_node_path_default().join(expandLocalHome(keyStorage ?? '', home), `id_ed25519_${id}`),
+                jump,
             });
         }
     }
@@ -35187,6 +35216,9 @@ function checkConfigFiles(config) {
     };
     for (const vm of config.vms)
         check(vm.keyPath, `SSH key for ${vm.id}`, true);
+    const jumps = new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : [])));
+    for (const jump of jumps.values())
+        check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
     check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
     return problems;
 }
@@ -39988,7 +40020,148 @@ class NodeSSH {
     }
 }
 
+;// CONCATENATED MODULE: ./src/remote/jump.ts
+
+
+/** How long an idle jump connection is kept for the next VM behind it (a pool starts the next VM at once). */
+const LINGER_MS = 300;
+/**
+ * One connection to one jump host, shared by every VM behind it in a run.
+ *
+ * `max_sessions` bounds how many VM connections are being *opened* through it
+ * at once (the forward and the VM's SSH handshake): a burst of a hundred VMs
+ * never hits the bastion at once. An established VM connection does not keep
+ * its slot: a fleet release keeps every VM's session open from staging to the
+ * flip, so a cap on open connections would deadlock an all-at-once rollout of
+ * more VMs than the cap; and sshd's MaxSessions counts shell, exec and
+ * subsystem sessions only, not forwarded channels (sshd_config(5)).
+ *
+ * The jump host is connected as a VmSession is: its own key, its host key
+ * checked against the pinned ones, the same codes and messages. A jump host
+ * that cannot be reached fails each VM behind it with `jump_unreachable`; the
+ * next attempt (a retry) connects afresh.
+ */
+class JumpLink {
+    jump;
+    openJump;
+    session = null;
+    users = 0;
+    active = 0;
+    waiting = [];
+    idle = null;
+    constructor(jump, openJump) {
+        this.jump = jump;
+        this.openJump = openJump;
+    }
+    /** A tunnel to `vm` through this jump host, once an opening slot is free. */
+    async open(vm, options) {
+        this.users++;
+        if (this.idle)
+            clearTimeout(this.idle);
+        this.idle = null;
+        let closed = false;
+        const done = () => {
+            if (closed)
+                return;
+            closed = true;
+            if (--this.users === 0)
+                this.idle = setTimeout(() => this.close(), LINGER_MS);
+        };
+        try {
+            await this.slot(options.signal);
+        }
+        catch (error) {
+            done();
+            throw error;
+        }
+        let freed = false;
+        const opened = () => {
+            if (freed)
+                return;
+            freed = true;
+            this.active--;
+            // The slot passes straight to the next VM waiting (it counts itself in).
+            this.waiting.shift()?.();
+        };
+        try {
+            const session = await this.connect(options);
+            const sock = await session.forward(vm.host, vm.port).catch((error) => {
+                throw new VmSyncError('unreachable', `jump host ${this.jump.name} (${this.jump.host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${untrusted_vmText(getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`);
+            });
+            return { sock, opened, closed: done };
+        }
+        catch (error) {
+            opened();
+            done();
+            throw error;
+        }
+    }
+    /** Takes a slot, at once or when one is released (counted when taken, so concurrent callers cannot overshoot). */
+    slot(signal) {
+        if (this.active < this.jump.maxSessions) {
+            this.active++;
+            return Promise.resolve();
+        }
+        return new Promise((resolve, reject) => {
+            const go = () => {
+                signal?.removeEventListener('abort', cancel);
+                this.active++;
+                resolve();
+            };
+            const cancel = () => {
+                const at = this.waiting.indexOf(go);
+                if (at >= 0)
+                    this.waiting.splice(at, 1);
+                reject(new VmSyncError('timeout', `waited for one of the ${this.jump.maxSessions} connections through jump host ${this.jump.name} until the VM's time ran out: raise jump_hosts.${this.jump.name}.max_sessions (and the jump host's sshd MaxSessions) or sync.timeout_s`));
+            };
+            signal?.addEventListener('abort', cancel, { once: true });
+            this.waiting.push(go);
+        });
+    }
+    connect(options) {
+        if (!this.session) {
+            const { name, host, user, port, keyPath } = this.jump;
+            const attempt = this.openJump({ id: `jump host ${name}`, host, user, port, keyPath, repoPath: '' }, { connectTimeoutMs: options.connectTimeoutMs });
+            this.session = attempt.catch((error) => {
+                // The next VM (or this one's retry) tries again rather than inheriting this failure.
+                this.session = null;
+                const code = error instanceof VmSyncError ? error.code : 'unreachable';
+                // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
+                throw new VmSyncError(code === 'unreachable' || code === 'timeout' ? 'jump_unreachable' : code, `${getErrorMessage(error)}${code === 'unreachable' || code === 'timeout' ? ` (every VM behind jump host ${name} fails until it is back)` : ''}`, { cause: error });
+            });
+        }
+        return this.session;
+    }
+    close() {
+        if (this.users > 0)
+            return;
+        const session = this.session;
+        this.session = null;
+        void session?.then((s) => s.dispose(), () => undefined);
+    }
+}
+/** Per set of pinned keys (one per run): the jump links, so VMs behind one jump host share its connection. */
+const links = new WeakMap();
+/**
+ * The way to a VM behind a jump host: a tunnel through the run's one shared
+ * connection to that jump host (null for a VM reached directly).
+ */
+function tunnelTo(vm, knownHosts, openJump) {
+    const jump = vm.jump;
+    if (!jump)
+        return null;
+    let byName = links.get(knownHosts);
+    if (!byName)
+        links.set(knownHosts, (byName = new Map()));
+    let link = byName.get(jump.name);
+    if (!link)
+        byName.set(jump.name, (link = new JumpLink(jump, openJump)));
+    const shared = link;
+    return (options) => shared.open(vm, options);
+}
+
 ;// CONCATENATED MODULE: ./src/remote/session.ts
+
 
 
 
@@ -40035,10 +40208,14 @@ class BoundedText {
 class VmSession {
     vm;
     ssh;
+    tunnelClosed;
     closed = false;
-    constructor(vm, ssh) {
+    constructor(vm, ssh, 
+    /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
+    tunnelClosed = () => undefined) {
         this.vm = vm;
         this.ssh = ssh;
+        this.tunnelClosed = tunnelClosed;
     }
     /**
      * Connects with the VM's own key, accepting only a host key pinned in
@@ -40061,6 +40238,8 @@ class VmSession {
         catch (error) {
             throw new VmSyncError('config_invalid', `cannot read SSH key ${vm.keyPath}: ${getErrorMessage(error)}`);
         }
+        // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
+        const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
         const ssh = new NodeSSH();
         let offered = null;
         let rejected = false;
@@ -40072,6 +40251,7 @@ class VmSession {
             await ssh.connect({
                 host: vm.host,
                 port: vm.port,
+                ...(tunnel ? { sock: tunnel.sock } : {}),
                 username: vm.user,
                 privateKey,
                 tryKeyboard: false,
@@ -40089,11 +40269,14 @@ class VmSession {
         }
         catch (error) {
             ssh.dispose();
+            tunnel?.opened();
+            tunnel?.closed();
             if (options.signal?.aborted)
                 throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
             let code = classifyConnectError(error, rejected);
             // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
-            const probed = code === 'host_key_mismatch' && !offered ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
+            // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
+            const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
             const shown = offered ?? probed?.key ?? null;
             if (shown && isRevoked(pinned, shown))
                 code = 'host_key_revoked';
@@ -40105,7 +40288,17 @@ class VmSession {
         // node-ssh stops listening for errors once connected; without a listener a
         // later socket error (VM rebooting mid-deploy) would crash the process.
         ssh.connection?.on('error', () => undefined);
-        return new VmSession(vm, ssh);
+        tunnel?.opened();
+        return new VmSession(vm, ssh, tunnel?.closed);
+    }
+    /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
+    forward(host, port) {
+        return new Promise((resolve, reject) => {
+            const connection = this.ssh.connection;
+            if (!connection || this.closed)
+                return reject(new Error('the connection to the jump host is closed'));
+            connection.forwardOut('127.0.0.1', 0, host, port, (error, channel) => (error ? reject(error) : resolve(channel)));
+        });
     }
     /**
      * Runs a command line on the VM (parsed by the SSH user's shell), with a
@@ -40307,6 +40500,7 @@ class VmSession {
             return;
         this.closed = true;
         this.ssh.dispose();
+        this.tunnelClosed();
     }
 }
 /**
@@ -43438,58 +43632,111 @@ function describeLock(vm, probe, staleAfterS) {
         hint: `to clear it now: ${unlock}`,
     };
 }
+/** The hint for a failed login to a host (VM or jump host) with its key. */
+function loginHint(host, failure) {
+    if (failure.code === 'auth_failed')
+        return `on ${host.id}: append the output of ssh-keygen -y -f ${host.keyPath} to ~${host.user}/.ssh/authorized_keys`;
+    if (failure.code === 'config_invalid')
+        return `create it: ssh-keygen -t ed25519 -N '' -f ${host.keyPath} (then authorize its .pub on ${host.id})`;
+    return null;
+}
+/** TCP, then the host key against the pinned ones, for a host this runner reaches directly. False when one failed. */
+async function reachDirectly(host, kind, config, knownHosts, add) {
+    const timeoutMs = config.sync.connectTimeoutS * 1000;
+    const where = `${host.host}:${host.port}`;
+    const tcp = await tcpReachable(host.host, host.port, timeoutMs);
+    if (tcp) {
+        add('tcp', 'fail', `${where} not reachable: ${tcp}`, `start the ${kind} or its sshd, or fix ip/ssh_port of ${host.id} in the config; check firewalls between this host and ${host.host}`);
+        return false;
+    }
+    add('tcp', 'ok', `${where} reachable`);
+    const pinned = knownHosts.pinned(host.host, host.port);
+    let offered;
+    try {
+        offered = await scanHostKey(host.host, host.port, timeoutMs, pinned.keys.length ? pinned.algorithms : undefined);
+    }
+    catch (error) {
+        add('host_key', 'fail', `no SSH host key from ${where}: ${getErrorMessage(error)}`, `is an SSH server listening on ${where}?`);
+        return false;
+    }
+    const line = `${pinned.name} ${offered.type} ${offered.blob.toString('base64')}`;
+    if (pinned.keys.length === 0) {
+        add('host_key', 'fail', `no key pinned for ${pinned.name}; it offers ${offered.type} ${offered.fingerprint}`, `compare ${offered.fingerprint} with the ${kind}'s own (ssh-keygen -lf /etc/ssh/ssh_host_${offered.type.replace(/^ssh-/, '').replace(/-.*/, '')}_key.pub on its console); if equal, add this line to ${config.knownHostsPath}: ${line}`);
+        return false;
+    }
+    if (!pinned.keys.some((key) => key.equals(offered.blob))) {
+        add('host_key', 'fail', `${pinned.name} offers ${offered.type} ${offered.fingerprint}, which is not the pinned key`, `if the ${kind} was rebuilt, verify ${offered.fingerprint} on its console and replace its line in ${config.knownHostsPath} with: ${line}; otherwise treat this as an attack`);
+        return false;
+    }
+    add('host_key', 'ok', `${offered.type} ${offered.fingerprint} matches the pinned key`);
+    return true;
+}
+/**
+ * A jump host, checked once per doctor run however many VMs are behind it:
+ * TCP, its pinned host key, a login with its own key. The first failure, or
+ * null when it is ready.
+ */
+async function checkJump(jump, config, knownHosts) {
+    const host = { id: `jump host ${jump.name}`, host: jump.host, user: jump.user, port: jump.port, keyPath: jump.keyPath, repoPath: '' };
+    const checks = [];
+    const add = (name, status, detail, hint = null) => checks.push({ name, status, detail, hint });
+    if (!(await reachDirectly(host, 'jump host', config, knownHosts, add)))
+        return checks.find((c) => c.status === 'fail') ?? null;
+    try {
+        (await VmSession.open(host, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000 })).dispose();
+        return null;
+    }
+    catch (error) {
+        const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
+        return { name: 'auth', status: 'fail', detail: failure.message, hint: loginHint(host, failure) };
+    }
+}
 /**
  * Checks one VM the way a sync would use it, stopping at the first check
  * that makes the rest meaningless (no TCP: no host key; wrong host key: no
- * login). Never throws.
+ * login). A VM behind a jump host is checked after its jump host, and only
+ * through it (this host cannot reach it otherwise). Never throws.
  */
-async function checkVm(vm, config, knownHosts, treeBytes) {
+async function checkVm(vm, config, knownHosts, treeBytes, jumps) {
     const checks = [];
     const add = (name, status, detail, hint = null) => {
         checks.push({ name, status, detail, hint });
     };
     const timeoutMs = config.sync.connectTimeoutS * 1000;
-    const where = `${vm.host}:${vm.port}`;
     const report = () => ({ id: vm.id, host: vm.host, ready: !checks.some((c) => c.status === 'fail'), checks });
-    const tcp = await tcpReachable(vm.host, vm.port, timeoutMs);
-    if (tcp) {
-        add('tcp', 'fail', `${where} not reachable: ${tcp}`, `start the VM or its sshd, or fix ip/ssh_port of ${vm.id} in the config; check firewalls between this host and ${vm.host}`);
+    const jump = vm.jump;
+    if (jump) {
+        let checked = jumps.get(jump.name);
+        if (!checked)
+            jumps.set(jump.name, (checked = checkJump(jump, config, knownHosts)));
+        const failed = await checked;
+        const named = `jump host ${jump.name} (${jump.user}@${jump.host}:${jump.port})`;
+        if (failed) {
+            add('jump', 'fail', `${named}: ${failed.name}: ${failed.detail}`, failed.hint ?? `fix ${named} first: every VM behind it is unreachable until then`);
+            return report();
+        }
+        add('jump', 'ok', `${named}: reachable, host key matches the pinned key, logged in with ${jump.keyPath}`);
+    }
+    else if (!(await reachDirectly(vm, 'VM', config, knownHosts, add))) {
         return report();
     }
-    add('tcp', 'ok', `${where} reachable`);
-    const pinned = knownHosts.pinned(vm.host, vm.port);
-    let offered;
-    try {
-        offered = await scanHostKey(vm.host, vm.port, timeoutMs, pinned.keys.length ? pinned.algorithms : undefined);
-    }
-    catch (error) {
-        add('host_key', 'fail', `no SSH host key from ${where}: ${getErrorMessage(error)}`, `is an SSH server listening on ${where}?`);
-        return report();
-    }
-    const line = `${pinned.name} ${offered.type} ${offered.blob.toString('base64')}`;
-    if (pinned.keys.length === 0) {
-        add('host_key', 'fail', `no key pinned for ${pinned.name}; it offers ${offered.type} ${offered.fingerprint}`, `compare ${offered.fingerprint} with the VM's own (ssh-keygen -lf /etc/ssh/ssh_host_${offered.type.replace(/^ssh-/, '').replace(/-.*/, '')}_key.pub on its console); if equal, add this line to ${config.knownHostsPath}: ${line}`);
-        return report();
-    }
-    if (!pinned.keys.some((key) => key.equals(offered.blob))) {
-        add('host_key', 'fail', `${pinned.name} offers ${offered.type} ${offered.fingerprint}, which is not the pinned key`, `if the VM was rebuilt, verify ${offered.fingerprint} on its console and replace its line in ${config.knownHostsPath} with: ${line}; otherwise treat this as an attack`);
-        return report();
-    }
-    add('host_key', 'ok', `${offered.type} ${offered.fingerprint} matches the pinned key`);
     let session;
     try {
         session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: timeoutMs });
     }
     catch (error) {
         const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
-        const hint = failure.code === 'auth_failed'
-            ? `on ${vm.id}: append the output of ssh-keygen -y -f ${vm.keyPath} to ~${vm.user}/.ssh/authorized_keys`
-            : failure.code === 'config_invalid'
-                ? `create it: ssh-keygen -t ed25519 -N '' -f ${vm.keyPath} (then authorize its .pub on ${vm.id})`
-                : null;
-        add('auth', 'fail', failure.message, hint);
+        // Through a jump host, the connection, the host key and the login are one step: say which failed.
+        if (jump && failure.code.startsWith('host_key'))
+            add('host_key', 'fail', failure.message, `pin ${vm.id}'s host key for [${vm.host}]:${vm.port} (fetch it from the jump host: ssh-keyscan -p ${vm.port} ${vm.host}), verified out of band`);
+        else if (jump && (failure.code === 'unreachable' || failure.code === 'timeout' || failure.code === 'jump_unreachable'))
+            add('tcp', 'fail', failure.message, `start ${vm.id} or its sshd, or fix its ip/ssh_port; the jump host ${jump.name} must reach ${vm.host}:${vm.port}`);
+        else
+            add('auth', 'fail', failure.message, loginHint(vm, failure));
         return report();
     }
+    if (jump)
+        add('host_key', 'ok', `the key ${vm.id} offered through ${jump.name} matches the pinned key`);
     try {
         add('auth', 'ok', `logged in as ${vm.user} with ${vm.keyPath}`);
         const target = new RemoteTarget(session, vm.repoPath, Date.now() + timeoutMs * 3);
@@ -43562,7 +43809,8 @@ async function runDoctor(config, options = {}) {
             .then((sha) => repo.treeBytes(sha))
             .catch(() => null);
     }
-    const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes));
+    const jumps = new Map();
+    const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps));
     return { command: 'doctor', tree_bytes: treeBytes, vms: reports };
 }
 /** One line per check per VM, with the fix under each failure. Pure. */
@@ -44167,6 +44415,10 @@ each VM id; every VM is in exactly one shard), for a fleet spread over N runner 
 Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify, or the run failed;
 2 usage or config error; 3 secrets found: the deploy was blocked and no VM was contacted.
 `;
+/** How known_hosts names a host: `host` on port 22, `[host]:port` otherwise. */
+function knownHostsName(host) {
+    return host.port === 22 ? host.host : `[${host.host}]:${host.port}`;
+}
 const processIO = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 class UsageError extends Error {
 }
@@ -44306,7 +44558,16 @@ async function main(argv, io = processIO, signal) {
             const inventory = {
                 key_storage_path: config.keyStoragePath,
                 known_hosts: config.knownHostsPath,
-                vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: vm.port === 22 ? vm.host : `[${vm.host}]:${vm.port}` })),
+                vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: knownHostsName(vm), jump: vm.jump?.name ?? null })),
+                jump_hosts: [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : []))).values()].map((jump) => ({
+                    name: jump.name,
+                    host: jump.host,
+                    port: jump.port,
+                    user: jump.user,
+                    key_path: jump.keyPath,
+                    known_hosts_name: knownHostsName(jump),
+                    max_sessions: jump.maxSessions,
+                })),
             };
             io.out(`${JSON.stringify(inventory, null, 2)}\n`);
             return 0;

@@ -70297,9 +70297,10 @@ const FAILURE_CODES = [
     'stream_failed',
     'shard_missing',
     'results_invalid',
+    'jump_unreachable',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
-const RETRYABLE = new Set(['unreachable', 'timeout']);
+const RETRYABLE = new Set(['unreachable', 'timeout', 'jump_unreachable']);
 /** An error that carries a stable code and a message telling the user what to do. */
 class VmSyncError extends Error {
     code;
@@ -76010,7 +76011,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     }
     if (ctx.problems.length > 0)
         throw new ConfigError(source, ctx.problems);
-    const root = new Section(ctx, '', doc.contents, ['vms', 'repository', 'remote_execution', 'sync', 'rollout']);
+    const root = new Section(ctx, '', doc.contents, ['vms', 'jump_hosts', 'repository', 'remote_execution', 'sync', 'rollout']);
     const repo = root.section('repository', [
         'main_repo_path', 'url', 'remote', 'default_branch', 'vm_repo_paths', 'exclude_dot_git',
         'rsync_excludes', 'layout', 'keep_releases', 'shared_paths', 'secret_scanning',
@@ -76036,6 +76037,28 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
     }
     if (repoPaths.size === 0)
         pathFor.set('default', '~/app');
+    // Jump hosts (bastions): each with its own key and pinned host key, shared by the VMs behind it.
+    const jumpSection = root.section('jump_hosts', null);
+    const jumps = new Map();
+    for (const name of jumpSection.keys()) {
+        if (!VM_ID.test(name)) {
+            jumpSection.problem(jumpSection.keyNode(name), `jump host name '${name}' must be letters, digits, '.', '_' or '-'`);
+            continue;
+        }
+        const jump = jumpSection.section(name, ['ip', 'ssh_user', 'ssh_port', 'max_sessions']);
+        const host = jump.string('ip', null, true);
+        const user = jump.string('ssh_user', null, true);
+        const port = jump.int('ssh_port', 22, 1, 65535);
+        // Below sshd's default MaxSessions 10 and MaxStartups 10, so a bastion never refuses vm-sync's channels.
+        const maxSessions = jump.int('max_sessions', 8, 1, 1000);
+        if (host !== null && !HOST.test(host))
+            jump.problem(jump.node('ip'), `jump_hosts.${name}.ip is not a valid address or host name: '${host}'`);
+        if (user !== null && !USER.test(user))
+            jump.problem(jump.node('ssh_user'), `jump_hosts.${name}.ssh_user is not a valid user name: '${user}'`);
+        if (host && user && HOST.test(host) && USER.test(user)) {
+            jumps.set(name, { name, host, user, port, maxSessions, keyPath: external_node_path_default().join(expandLocalHome(keyStorage ?? '', home), `id_ed25519_jump_${name}`) });
+        }
+    }
     const vmsNode = root.node('vms');
     const vmSection = new Section(ctx, 'vms', vmsNode, null);
     if (vmSection.size === 0)
@@ -76046,10 +76069,15 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
             vmSection.problem(vmSection.keyNode(id), `VM id '${id}' must be letters, digits, '.', '_' or '-' (and not 'default')`);
             continue;
         }
-        const vm = vmSection.section(id, ['ip', 'ssh_user', 'ssh_port']);
+        const vm = vmSection.section(id, ['ip', 'ssh_user', 'ssh_port', 'jump']);
         const host = vm.string('ip', null, true);
         const user = vm.string('ssh_user', null, true);
         const port = vm.int('ssh_port', 22, 1, 65535);
+        const jumpName = vm.string('jump', null);
+        const jump = jumpName === null ? null : (jumps.get(jumpName) ?? null);
+        if (jumpName !== null && !jump && !jumpSection.has(jumpName)) {
+            vm.problem(vm.node('jump'), `vms.${id}.jump names unknown jump host '${jumpName}' (jump_hosts: ${jumpSection.keys().join(', ') || 'none'})`);
+        }
         if (host !== null && !HOST.test(host))
             vm.problem(vm.node('ip'), `vms.${id}.ip is not a valid address or host name: '${host}'`);
         if (user !== null && !USER.test(user))
@@ -76067,6 +76095,7 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
                 port,
                 repoPath,
                 keyPath: external_node_path_default().join(expandLocalHome(keyStorage ?? '', home), `id_ed25519_${id}`),
+                jump,
             });
         }
     }
@@ -76169,6 +76198,9 @@ function checkConfigFiles(config) {
     };
     for (const vm of config.vms)
         check(vm.keyPath, `SSH key for ${vm.id}`, true);
+    const jumps = new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : [])));
+    for (const jump of jumps.values())
+        check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
     check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
     return problems;
 }
@@ -82097,7 +82129,148 @@ class NodeSSH {
     }
 }
 
+;// CONCATENATED MODULE: ./src/remote/jump.ts
+
+
+/** How long an idle jump connection is kept for the next VM behind it (a pool starts the next VM at once). */
+const LINGER_MS = 300;
+/**
+ * One connection to one jump host, shared by every VM behind it in a run.
+ *
+ * `max_sessions` bounds how many VM connections are being *opened* through it
+ * at once (the forward and the VM's SSH handshake): a burst of a hundred VMs
+ * never hits the bastion at once. An established VM connection does not keep
+ * its slot: a fleet release keeps every VM's session open from staging to the
+ * flip, so a cap on open connections would deadlock an all-at-once rollout of
+ * more VMs than the cap; and sshd's MaxSessions counts shell, exec and
+ * subsystem sessions only, not forwarded channels (sshd_config(5)).
+ *
+ * The jump host is connected as a VmSession is: its own key, its host key
+ * checked against the pinned ones, the same codes and messages. A jump host
+ * that cannot be reached fails each VM behind it with `jump_unreachable`; the
+ * next attempt (a retry) connects afresh.
+ */
+class JumpLink {
+    jump;
+    openJump;
+    session = null;
+    users = 0;
+    active = 0;
+    waiting = [];
+    idle = null;
+    constructor(jump, openJump) {
+        this.jump = jump;
+        this.openJump = openJump;
+    }
+    /** A tunnel to `vm` through this jump host, once an opening slot is free. */
+    async open(vm, options) {
+        this.users++;
+        if (this.idle)
+            clearTimeout(this.idle);
+        this.idle = null;
+        let closed = false;
+        const done = () => {
+            if (closed)
+                return;
+            closed = true;
+            if (--this.users === 0)
+                this.idle = setTimeout(() => this.close(), LINGER_MS);
+        };
+        try {
+            await this.slot(options.signal);
+        }
+        catch (error) {
+            done();
+            throw error;
+        }
+        let freed = false;
+        const opened = () => {
+            if (freed)
+                return;
+            freed = true;
+            this.active--;
+            // The slot passes straight to the next VM waiting (it counts itself in).
+            this.waiting.shift()?.();
+        };
+        try {
+            const session = await this.connect(options);
+            const sock = await session.forward(vm.host, vm.port).catch((error) => {
+                throw new VmSyncError('unreachable', `jump host ${this.jump.name} (${this.jump.host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${vmText(getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`);
+            });
+            return { sock, opened, closed: done };
+        }
+        catch (error) {
+            opened();
+            done();
+            throw error;
+        }
+    }
+    /** Takes a slot, at once or when one is released (counted when taken, so concurrent callers cannot overshoot). */
+    slot(signal) {
+        if (this.active < this.jump.maxSessions) {
+            this.active++;
+            return Promise.resolve();
+        }
+        return new Promise((resolve, reject) => {
+            const go = () => {
+                signal?.removeEventListener('abort', cancel);
+                this.active++;
+                resolve();
+            };
+            const cancel = () => {
+                const at = this.waiting.indexOf(go);
+                if (at >= 0)
+                    this.waiting.splice(at, 1);
+                reject(new VmSyncError('timeout', `waited for one of the ${this.jump.maxSessions} connections through jump host ${this.jump.name} until the VM's time ran out: raise jump_hosts.${this.jump.name}.max_sessions (and the jump host's sshd MaxSessions) or sync.timeout_s`));
+            };
+            signal?.addEventListener('abort', cancel, { once: true });
+            this.waiting.push(go);
+        });
+    }
+    connect(options) {
+        if (!this.session) {
+            const { name, host, user, port, keyPath } = this.jump;
+            const attempt = this.openJump({ id: `jump host ${name}`, host, user, port, keyPath, repoPath: '' }, { connectTimeoutMs: options.connectTimeoutMs });
+            this.session = attempt.catch((error) => {
+                // The next VM (or this one's retry) tries again rather than inheriting this failure.
+                this.session = null;
+                const code = error instanceof VmSyncError ? error.code : 'unreachable';
+                // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
+                throw new VmSyncError(code === 'unreachable' || code === 'timeout' ? 'jump_unreachable' : code, `${getErrorMessage(error)}${code === 'unreachable' || code === 'timeout' ? ` (every VM behind jump host ${name} fails until it is back)` : ''}`, { cause: error });
+            });
+        }
+        return this.session;
+    }
+    close() {
+        if (this.users > 0)
+            return;
+        const session = this.session;
+        this.session = null;
+        void session?.then((s) => s.dispose(), () => undefined);
+    }
+}
+/** Per set of pinned keys (one per run): the jump links, so VMs behind one jump host share its connection. */
+const links = new WeakMap();
+/**
+ * The way to a VM behind a jump host: a tunnel through the run's one shared
+ * connection to that jump host (null for a VM reached directly).
+ */
+function tunnelTo(vm, knownHosts, openJump) {
+    const jump = vm.jump;
+    if (!jump)
+        return null;
+    let byName = links.get(knownHosts);
+    if (!byName)
+        links.set(knownHosts, (byName = new Map()));
+    let link = byName.get(jump.name);
+    if (!link)
+        byName.set(jump.name, (link = new JumpLink(jump, openJump)));
+    const shared = link;
+    return (options) => shared.open(vm, options);
+}
+
 ;// CONCATENATED MODULE: ./src/remote/session.ts
+
 
 
 
@@ -82144,10 +82317,14 @@ class BoundedText {
 class VmSession {
     vm;
     ssh;
+    tunnelClosed;
     closed = false;
-    constructor(vm, ssh) {
+    constructor(vm, ssh, 
+    /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
+    tunnelClosed = () => undefined) {
         this.vm = vm;
         this.ssh = ssh;
+        this.tunnelClosed = tunnelClosed;
     }
     /**
      * Connects with the VM's own key, accepting only a host key pinned in
@@ -82170,6 +82347,8 @@ class VmSession {
         catch (error) {
             throw new VmSyncError('config_invalid', `cannot read SSH key ${vm.keyPath}: ${getErrorMessage(error)}`);
         }
+        // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
+        const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
         const ssh = new NodeSSH();
         let offered = null;
         let rejected = false;
@@ -82181,6 +82360,7 @@ class VmSession {
             await ssh.connect({
                 host: vm.host,
                 port: vm.port,
+                ...(tunnel ? { sock: tunnel.sock } : {}),
                 username: vm.user,
                 privateKey,
                 tryKeyboard: false,
@@ -82198,11 +82378,14 @@ class VmSession {
         }
         catch (error) {
             ssh.dispose();
+            tunnel?.opened();
+            tunnel?.closed();
             if (options.signal?.aborted)
                 throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
             let code = classifyConnectError(error, rejected);
             // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
-            const probed = code === 'host_key_mismatch' && !offered ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
+            // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
+            const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
             const shown = offered ?? probed?.key ?? null;
             if (shown && isRevoked(pinned, shown))
                 code = 'host_key_revoked';
@@ -82214,7 +82397,17 @@ class VmSession {
         // node-ssh stops listening for errors once connected; without a listener a
         // later socket error (VM rebooting mid-deploy) would crash the process.
         ssh.connection?.on('error', () => undefined);
-        return new VmSession(vm, ssh);
+        tunnel?.opened();
+        return new VmSession(vm, ssh, tunnel?.closed);
+    }
+    /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
+    forward(host, port) {
+        return new Promise((resolve, reject) => {
+            const connection = this.ssh.connection;
+            if (!connection || this.closed)
+                return reject(new Error('the connection to the jump host is closed'));
+            connection.forwardOut('127.0.0.1', 0, host, port, (error, channel) => (error ? reject(error) : resolve(channel)));
+        });
     }
     /**
      * Runs a command line on the VM (parsed by the SSH user's shell), with a
@@ -82416,6 +82609,7 @@ class VmSession {
             return;
         this.closed = true;
         this.ssh.dispose();
+        this.tunnelClosed();
     }
 }
 /**
