@@ -76431,8 +76431,10 @@ function fleetStatus(report, failure) {
     const of = shards ? ` in ${shards.expected} shard${shards.expected === 1 ? '' : 's'}` : '';
     if (report.scan?.blocked)
         return { state: 'failure', description: `secrets_found: ${report.scan.findings.length} possible secret(s): deploy blocked` };
-    if (ok === report.vms.length && missing === 0 && broken === 0)
-        return { state: 'success', description: `${ok}/${report.vms.length} VM(s) ok${of}` };
+    if (ok === report.vms.length && missing === 0 && broken === 0) {
+        // A dry run changed nothing: its success must not read as a deploy.
+        return { state: 'success', description: report.dry_run ? `dry run: ${ok}/${report.vms.length} VM(s) ok${of}, nothing changed` : `${ok}/${report.vms.length} VM(s) ok${of}` };
+    }
     const parts = [`${ok}/${report.vms.length} VM(s) ok${of}`];
     if (missing)
         parts.push(`${missing} shard(s) missing`);
@@ -76671,7 +76673,7 @@ function renderScan(report) {
     const verdict = scan.findings.length === 0
         ? 'clean'
         : `${scan.findings.length} possible secret(s)${scan.blocked ? `: DEPLOY BLOCKED, ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` : ' (not blocking: block_on_secrets is false)'}`;
-    const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
+    const lines = [`secret scan: ${verdict}`, terminalLine(`  scanned: ${scan.description}`)];
     for (const finding of scan.findings)
         lines.push(terminalLine(`  - ${describeFinding(finding)}`));
     if (scan.findings.length > 0)
@@ -82134,6 +82136,8 @@ class NodeSSH {
 
 /** How long an idle jump connection is kept for the next VM behind it (a pool starts the next VM at once). */
 const LINGER_MS = 300;
+/** How long a failed connection to a jump host answers for it (the VMs that were waiting fail with it). */
+const FAILURE_MEMORY_MS = 1000;
 /**
  * One connection to one jump host, shared by every VM behind it in a run.
  *
@@ -82158,6 +82162,8 @@ class JumpLink {
     active = 0;
     waiting = [];
     idle = null;
+    /** Jump connections that failed under their users: closed with the link, once no VM uses it. */
+    retired = [];
     constructor(jump, openJump) {
         this.jump = jump;
         this.openJump = openJump;
@@ -82193,10 +82199,7 @@ class JumpLink {
             this.waiting.shift()?.();
         };
         try {
-            const session = await this.connect(options);
-            const sock = await session.forward(vm.host, vm.port).catch((error) => {
-                throw new VmSyncError('unreachable', `jump host ${this.jump.name} (${this.jump.host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${vmText(getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`);
-            });
+            const sock = await this.forward(this.connect(options), vm, options);
             return { sock, opened, closed: done };
         }
         catch (error) {
@@ -82205,8 +82208,66 @@ class JumpLink {
             throw error;
         }
     }
+    /**
+     * A forwarded connection to the VM through `session`, bounded by the VM's
+     * signal and the connect timeout (a jump host that stopped answering must
+     * not hold the VM past its budget). A failure that is the jump connection's
+     * (it closed, or gave no answer) forgets it, so the next opening (a retry)
+     * connects afresh, and is `jump_unreachable`; the jump host's refusal to
+     * reach the VM (an SSH channel-open failure, with its reason code) is the VM's.
+     */
+    forward(session, vm, options) {
+        const { name, host } = this.jump;
+        return session.then((s) => new Promise((resolve, reject) => {
+            let settled = false;
+            const settle = () => {
+                if (settled)
+                    return false;
+                settled = true;
+                clearTimeout(timer);
+                options.signal?.removeEventListener('abort', onAbort);
+                return true;
+            };
+            const linkFailed = (why) => {
+                if (!settle())
+                    return;
+                this.forget(session);
+                reject(new VmSyncError('jump_unreachable', `the connection to jump host ${name} (${host}) ${why} while opening the way to ${vm.id} (every VM behind jump host ${name} fails until it is back; the next attempt connects afresh)`));
+            };
+            const onAbort = () => {
+                if (settle())
+                    reject(new VmSyncError('timeout', `opening the way to ${vm.id} through jump host ${name} was cancelled (per-VM timeout)`));
+            };
+            const timer = setTimeout(() => linkFailed(`did not answer within ${Math.round(options.connectTimeoutMs / 1000)}s (sync.connect_timeout_s)`), options.connectTimeoutMs);
+            options.signal?.addEventListener('abort', onAbort, { once: true });
+            if (options.signal?.aborted)
+                onAbort();
+            s.forward(vm.host, vm.port).then((sock) => {
+                if (settle())
+                    resolve(sock);
+                else
+                    sock.destroy();
+            }, (error) => {
+                const reason = error?.reason;
+                if (typeof reason !== 'number')
+                    return linkFailed(`is gone (${vmText(getErrorMessage(error), 200)})`);
+                if (settle()) {
+                    reject(new VmSyncError('unreachable', `jump host ${name} (${host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${vmText(getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`));
+                }
+            });
+        }));
+    }
+    /** The jump connection failed under its users: the next opening connects afresh; this one is closed when the link is idle. */
+    forget(session) {
+        if (this.session !== session)
+            return;
+        this.session = null;
+        this.retired.push(session);
+    }
     /** Takes a slot, at once or when one is released (counted when taken, so concurrent callers cannot overshoot). */
     slot(signal) {
+        if (signal?.aborted)
+            return Promise.reject(new VmSyncError('timeout', `the VM's time ran out before a connection through jump host ${this.jump.name} could be opened`));
         if (this.active < this.jump.maxSessions) {
             this.active++;
             return Promise.resolve();
@@ -82221,7 +82282,7 @@ class JumpLink {
                 const at = this.waiting.indexOf(go);
                 if (at >= 0)
                     this.waiting.splice(at, 1);
-                reject(new VmSyncError('timeout', `waited for one of the ${this.jump.maxSessions} connections through jump host ${this.jump.name} until the VM's time ran out: raise jump_hosts.${this.jump.name}.max_sessions (and the jump host's sshd MaxSessions) or sync.timeout_s`));
+                reject(new VmSyncError('timeout', `stopped while waiting to open a connection through jump host ${this.jump.name} (at most ${this.jump.maxSessions} at a time): the run was cancelled or the VM's time ran out; if it ran out, raise jump_hosts.${this.jump.name}.max_sessions or sync.timeout_s`));
             };
             signal?.addEventListener('abort', cancel, { once: true });
             this.waiting.push(go);
@@ -82231,22 +82292,28 @@ class JumpLink {
         if (!this.session) {
             const { name, host, user, port, keyPath } = this.jump;
             const attempt = this.openJump({ id: `jump host ${name}`, host, user, port, keyPath, repoPath: '' }, { connectTimeoutMs: options.connectTimeoutMs });
-            this.session = attempt.catch((error) => {
-                // The next VM (or this one's retry) tries again rather than inheriting this failure.
-                this.session = null;
+            const failed = attempt.catch((error) => {
+                // The VMs waiting now share this failure (a hundred VMs behind a dead bastion cost one connect
+                // timeout, not one each); after a short while, the next VM or a retry tries again.
+                setTimeout(() => {
+                    if (this.session === failed)
+                        this.session = null;
+                }, FAILURE_MEMORY_MS).unref();
                 const code = error instanceof VmSyncError ? error.code : 'unreachable';
                 // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
                 throw new VmSyncError(code === 'unreachable' || code === 'timeout' ? 'jump_unreachable' : code, `${getErrorMessage(error)}${code === 'unreachable' || code === 'timeout' ? ` (every VM behind jump host ${name} fails until it is back)` : ''}`, { cause: error });
             });
+            this.session = failed;
         }
         return this.session;
     }
     close() {
         if (this.users > 0)
             return;
-        const session = this.session;
+        const sessions = [...this.retired.splice(0), ...(this.session ? [this.session] : [])];
         this.session = null;
-        void session?.then((s) => s.dispose(), () => undefined);
+        for (const session of sessions)
+            void session.then((s) => s.dispose(), () => undefined);
     }
 }
 /** Per set of pinned keys (one per run): the jump links, so VMs behind one jump host share its connection. */
@@ -85373,13 +85440,15 @@ function execute_run(config, command) {
 
 
 
+
 const merge_COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'];
 const RESULTS = ['success', 'failed', 'refused', 'skipped'];
 const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'unknown'];
 const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
 const HEALTH = ['passed', 'failed', 'skipped'];
 function invalid(source, what) {
-    return new VmSyncError('results_invalid', `${source}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
+    // A file name comes from another job's artifact: never print its control characters.
+    return new VmSyncError('results_invalid', `${vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
 }
 function field(source, where, value, check, what) {
     if (!check(value))
@@ -85392,6 +85461,47 @@ const isBool = (v) => typeof v === 'boolean';
 const isNullableString = (v) => v === null || typeof v === 'string';
 const oneOf = (values) => (v) => typeof v === 'string' && values.includes(v);
 const isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+const DRIFT_WHAT = ['changed', 'missing', 'extra'];
+/** A row's drift (verify --deep), checked like the rest of the row: the renderers add and list its fields. */
+function parseDrift(source, at, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const drift = field(source, at, raw, isObject, 'an object or null');
+    const paths = field(source, `${at}.paths`, drift.paths, (v) => Array.isArray(v), 'a list');
+    return {
+        checked: field(source, `${at}.checked`, drift.checked, isCount, 'a count'),
+        changed: field(source, `${at}.changed`, drift.changed, isCount, 'a count'),
+        missing: field(source, `${at}.missing`, drift.missing, isCount, 'a count'),
+        extra: field(source, `${at}.extra`, drift.extra, isCount, 'a count'),
+        paths: paths.map((entry, n) => {
+            const p = field(source, `${at}.paths[${n}]`, entry, isObject, 'an object');
+            return {
+                path: field(source, `${at}.paths[${n}].path`, p.path, isString, 'a string'),
+                what: field(source, `${at}.paths[${n}].what`, p.what, oneOf(DRIFT_WHAT), `one of ${DRIFT_WHAT.join(', ')}`),
+                detail: field(source, `${at}.paths[${n}].detail`, p.detail, isString, 'a string'),
+            };
+        }),
+    };
+}
+/** How deep a results document's free-form part (the scan report) may nest: vm-sync's own is a few levels. */
+const MAX_DEPTH = 16;
+/**
+ * Every string of a parsed document with its control characters replaced
+ * (newlines kept), as vm-sync writes them: a results file comes from another
+ * job, and not every renderer escapes every field (the scan report's are shown
+ * as they are). A document nested deeper than vm-sync's is refused.
+ */
+function cleaned(source, value, depth = 0) {
+    if (typeof value === 'string')
+        return vmBlock(value, Number.MAX_SAFE_INTEGER);
+    if (value === null || typeof value !== 'object')
+        return value;
+    if (depth > MAX_DEPTH)
+        throw invalid(source, `is nested more than ${MAX_DEPTH} levels deep`);
+    if (Array.isArray(value))
+        return value.map((v) => cleaned(source, v, depth + 1));
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, cleaned(source, v, depth + 1)]));
+}
 /** One VM row, every field the report promises required (a truncated or edited row is refused, not guessed). */
 function parseRow(source, raw, i) {
     const at = `vms[${i}]`;
@@ -85422,7 +85532,7 @@ function parseRow(source, raw, i) {
         health: field(source, `${at}.health`, row.health ?? 'skipped', oneOf(HEALTH), `one of ${HEALTH.join(', ')}`),
         health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
         release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
-        drift: (row.drift ?? null),
+        drift: parseDrift(source, `${at}.drift`, row.drift),
     };
 }
 function parseShardField(source, raw) {
@@ -85442,7 +85552,7 @@ function parseResults(input) {
     catch {
         throw invalid(input.source, 'is not JSON');
     }
-    const doc = field(input.source, 'the document', raw, isObject, 'a JSON object');
+    const doc = cleaned(input.source, field(input.source, 'the document', raw, isObject, 'a JSON object'));
     if (isObject(doc.truncated))
         throw invalid(input.source, 'was shortened to fit an output (it has "truncated"): write the shard results with the results-path input instead of the results output');
     const command = field(input.source, 'command', doc.command, oneOf(merge_COMMANDS), `one of ${merge_COMMANDS.join(', ')}`);
@@ -85498,6 +85608,9 @@ function mergeResults(sources, options = {}) {
     const commands = new Set(shards.map((p) => p.report.command));
     if (commands.size > 1)
         throw invalid(shards.map((p) => p.source).join(', '), `the shards ran different commands (${[...commands].join(', ')})`);
+    const dryRuns = new Set(shards.filter((p) => p.report.vms.length > 0 || p.error).map((p) => p.report.dry_run));
+    if (dryRuns.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), 'some shards were dry runs and some were not: merge the results of one deploy');
     const commits = new Set([...shards, ...scans].map((p) => p.report.commit).filter((c) => c !== ''));
     if (commits.size > 1)
         throw invalid([...shards, ...scans].map((p) => p.source).join(', '), `the results are of different commits (${[...commits].join(', ')}): merge the results of one deploy`);
@@ -85507,6 +85620,13 @@ function mergeResults(sources, options = {}) {
             throw invalid(source, `VM ${JSON.stringify(row.id)} is in two shards' results`);
         rows.set(row.id, row);
     };
+    // Which shard each configured VM is in: a row in another shard's results is not that VM's (a VM's shard is a hash of its id).
+    const owner = new Map();
+    if (options.vmsOfShard) {
+        for (let index = 1; index <= expected; index++)
+            for (const vm of options.vmsOfShard({ index, count: expected }))
+                owner.set(vm.id, index);
+    }
     const missing = [];
     const failed = [];
     for (let index = 1; index <= expected; index++) {
@@ -85519,8 +85639,12 @@ function mergeResults(sources, options = {}) {
             }
             continue;
         }
-        for (const row of p.report.vms)
+        for (const row of p.report.vms) {
+            const home = owner.get(row.id);
+            if (home !== undefined && home !== index && !rows.has(row.id))
+                throw invalid(p.source, `VM ${JSON.stringify(row.id)} is in shard ${shardLabel({ index: home, count: expected })}, not in shard ${label} whose results these are`);
             add(row, p.source);
+        }
         if (p.error) {
             failed.push({ index, ...p.error });
             const code = FAILURE_CODES.includes(p.error.code) ? p.error.code : 'internal_error';
@@ -85552,6 +85676,9 @@ function mergeResults(sources, options = {}) {
 
 
 
+
+/** A path for a message: names under the results directory come from other jobs' artifacts. */
+const shown = (p) => vmText(p, 1000);
 /** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
 const MAX_FILE_BYTES = 64 * 1024 * 1024;
 /** More files than this under one directory is not a set of shard results. */
@@ -85574,7 +85701,7 @@ function readResultsFiles(paths, options = {}) {
             else if (entry.isFile() && entry.name.endsWith('.json'))
                 files.push(full);
             if (files.length > MAX_FILES)
-                throw new VmSyncError('results_invalid', `${dir}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
+                throw new VmSyncError('results_invalid', `${shown(dir)}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
         }
     };
     for (const p of paths) {
@@ -85585,19 +85712,19 @@ function readResultsFiles(paths, options = {}) {
         catch {
             if (options.allowMissing)
                 continue;
-            throw new VmSyncError('config_invalid', `results path ${p} does not exist: give the results files (or a directory of them) that the shards wrote`);
+            throw new VmSyncError('config_invalid', `results path ${shown(p)} does not exist: give the results files (or a directory of them) that the shards wrote`);
         }
         if (stat.isDirectory())
             walk(p);
         else if (stat.isFile())
             files.push(p);
         else
-            throw new VmSyncError('config_invalid', `results path ${p} is not a file or a directory`);
+            throw new VmSyncError('config_invalid', `results path ${shown(p)} is not a file or a directory`);
     }
     return files.map((file) => {
         const size = external_node_fs_default().statSync(file).size;
         if (size > MAX_FILE_BYTES)
-            throw new VmSyncError('results_invalid', `${file} is ${size} bytes: not a vm-sync results file`);
+            throw new VmSyncError('results_invalid', `${shown(file)} is ${size} bytes: not a vm-sync results file`);
         return { source: file, text: external_node_fs_default().readFileSync(file, 'utf8') };
     });
 }

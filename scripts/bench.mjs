@@ -4,19 +4,60 @@
 //
 //   node scripts/bench.mjs [--vms 10] [--rounds 3] [--rate-mbit 100] [--incremental 40]
 //                          [--repo PATH | --files 2000 --mb 20] [--out bench-results.json]
+//                          [--scenarios full,no-op,incremental]
+//                          [--contenders scan-on,scan-off,parallel,sequential]
+//                          [--gitleaks-allow-existing] [--cli dist/cli.js]
+//   node scripts/bench.mjs --footprint --vms 100     vm-sync only: time and runner-side peak RSS
 //
-// Scenarios, each timed as wall time (median of --rounds):
+// Scenarios, each timed as wall time (median of --rounds, at least 3 for a median):
 //   full         fresh VMs: the whole tree travels
 //   no-op        every VM already on the commit
 //   incremental  every VM on HEAD~N (--incremental), deploy HEAD
-// and in each, four ways of getting the commit onto every VM:
-//   vm-sync, secret scan on    the default config
-//   vm-sync, secret scan off   the same config with `secret_scanning: { enabled: false }`
-//   parallel raw rsync         `git archive` export of the commit, then `rsync -a --delete`
-//                              to every VM at once (plain OpenSSH, pinned host keys)
-//   sequential raw rsync       the same rsync, one VM after the other
+// and in each, four ways (contenders) of getting the commit onto every VM:
+//   scan-on     vm-sync, secret scan on: the default config
+//   scan-off    vm-sync, the same config with `secret_scanning: { enabled: false }`
+//   parallel    parallel raw rsync: `git archive` export of the commit, then
+//               `rsync -a --delete` to every VM at once (plain OpenSSH, pinned host keys)
+//   sequential  sequential raw rsync: the same rsync, one VM after the other
 // The raw runs need the tree too, so their export time is measured separately
 // and counted in their total. Ratios are vm-sync ÷ parallel raw rsync.
+// --scenarios and --contenders pick a subset (a shorter run).
+//
+// --footprint: the large-fleet run. Only vm-sync (scan on and off unless
+// --contenders says otherwise), full and no-op, on uncapped loopback unless
+// --rate-mbit is given, and the demo's own sample repository unless --repo or
+// --files is given. It prints wall time and the runner-side peak RSS.
+//
+// Memory on the runner host, per vm-sync run:
+//   node peak RSS       the vm-sync node process's own peak (getrusage ru_maxrss,
+//                       RUSAGE_SELF, read by a preload at exit: exact, from the kernel)
+//   process-tree peak   the largest sum of VmRSS over the vm-sync process and all
+//                       its descendants (git, gitleaks, rsync, ssh), sampled from
+//                       /proc every 50 ms: a lower bound (a spike shorter than that
+//                       can be missed) that counts shared pages once per process
+//   largest process     /usr/bin/time's %M: ru_maxrss of the largest single process
+// The demo VMs' sshd and shells are not descendants of vm-sync and not counted.
+//
+// Secret scan and existing findings: a repository whose history or tree
+// already has gitleaks findings (git/git: its test fixtures) blocks every
+// scan-on deploy. --gitleaks-allow-existing then waives exactly those, the
+// supported way (README, "Secret scanning"): a `.gitleaksignore` in a trusted
+// commit. It scans the benchmarked range with vm-sync itself first (`vm-sync
+// scan`, history of HEAD~N..HEAD, trees of HEAD and HEAD~N), writes the
+// fingerprints found into `.gitleaksignore`, and builds
+//   I = HEAD~N + .gitleaksignore            (the incremental starting point)
+//   M = merge of HEAD and I = HEAD's tree + .gitleaksignore   (the deployed commit)
+// so I..M changes exactly what HEAD~N..HEAD changes. The scan still runs in
+// full, with I's (or M's) settings: incremental deploys trust I as the commit
+// the VMs hold; full deploys pass `--scan-base M` (the documented way in on a
+// runner host with no deploy recorded), which scans M's whole tree. History
+// findings are also listed commit-less (`file:rule:line`), as gitleaks matches
+// them, since M re-adds HEAD~N..HEAD's lines against I. The output says so.
+//
+// Scan cache: an untimed warm-up deploy scans HEAD's tree, as a runner host
+// that deployed HEAD before would have (full and no-op). Each incremental
+// scan-on round starts from the cache as it was after a deploy of HEAD~N only,
+// so the N new commits and the changed files are scanned as on a real push.
 //
 // Rate cap: as root, each VM's sshd is moved into its own network namespace
 // behind a veth pair shaped by tbf at --rate-mbit per direction (see
@@ -24,8 +65,9 @@
 // uncapped loopback, and the output says so.
 //
 // The tree: --repo PATH deploys that git repository's HEAD (its history is
-// fetched into the demo's origin); by default a synthetic tree of --files
-// random files (--mb MB in all) plus N commits that each rewrite two files.
+// fetched into the demo's origin; a bare repository or mirror works too); by
+// default a synthetic tree of --files random files (--mb MB in all) plus N
+// commits that each rewrite two files.
 //
 // It prints markdown tables and writes --out (JSON). It is a measurement, not a
 // test: nothing here fails on a number.
@@ -35,6 +77,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { clearInterval, setInterval } from 'node:timers';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 
@@ -42,24 +85,56 @@ const { values } = parseArgs({
   options: {
     vms: { type: 'string', default: '10' },
     rounds: { type: 'string', default: '3' },
-    'rate-mbit': { type: 'string', default: '100' },
+    'rate-mbit': { type: 'string' },
     incremental: { type: 'string', default: '40' },
     repo: { type: 'string' },
-    files: { type: 'string', default: '2000' },
+    files: { type: 'string' },
     mb: { type: 'string', default: '20' },
     out: { type: 'string', default: 'bench-results.json' },
+    scenarios: { type: 'string' },
+    contenders: { type: 'string' },
+    footprint: { type: 'boolean', default: false },
+    'gitleaks-allow-existing': { type: 'boolean', default: false },
+    cli: { type: 'string' },
   },
 });
+const footprint = values.footprint;
 const vmCount = Number(values.vms);
 const rounds = Number(values.rounds);
-const rateMbit = Number(values['rate-mbit']);
+// --footprint measures vm-sync itself: uncapped loopback unless a cap is asked for.
+const rateMbit = Number(values['rate-mbit'] ?? (footprint ? 0 : 100));
 const incremental = Number(values.incremental);
-const fileCount = Number(values.files);
+const allowExisting = values['gitleaks-allow-existing'];
+/** A comma-separated selection out of `known` (aliases map to their canonical name). */
+const pick = (flag, given, known, aliases) => {
+  const names = given.split(',').map((n) => n.trim()).filter(Boolean).map((n) => aliases[n] ?? n);
+  const unknown = names.filter((n) => !known.includes(n));
+  if (unknown.length || names.length === 0) throw new Error(`--${flag}: expected some of ${known.join(',')}, got '${given}'`);
+  return known.filter((n) => names.includes(n)); // canonical order: full before no-op (which relies on it)
+};
+const scenarioNames = pick('scenarios', values.scenarios ?? (footprint ? 'full,no-op' : 'full,no-op,incremental'), ['full', 'no-op', 'incremental'], { noop: 'no-op' });
+// Internally: on / off (vm-sync with the scan on / off), parallel / sequential (raw rsync).
+const variants = pick('contenders', values.contenders ?? (footprint ? 'scan-on,scan-off' : 'scan-on,scan-off,parallel,sequential'), ['on', 'off', 'parallel', 'sequential'], {
+  'scan-on': 'on',
+  'scan-off': 'off',
+  'vm-sync': 'on',
+  'parallel-rsync': 'parallel',
+  'sequential-rsync': 'sequential',
+});
+if (!(rounds >= 1)) throw new Error('--rounds must be at least 1');
+// Footprint mode keeps the demo's sample repository unless a tree is asked for.
+const synthetic = !values.repo && !(footprint && values.files === undefined);
+const fileCount = Number(values.files ?? 2000);
 const megabytes = Number(values.mb);
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const cli = path.join(root, 'dist', 'cli.js');
 const outFile = path.resolve(values.out);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-bench-'));
+// The bundle measured: a copy of dist/cli.js (or --cli) taken at the start, so
+// that a rebuild of dist/ during a long run cannot mix two versions.
+const cliSource = path.resolve(values.cli ?? path.join(root, 'dist', 'cli.js'));
+const cli = path.join(tmp, 'cli.js');
+fs.copyFileSync(cliSource, cli);
+const cliSha = crypto.createHash('sha256').update(fs.readFileSync(cli)).digest('hex').slice(0, 12);
 const dir = path.join(tmp, 'fleet'); // `demo up` empties its --dir first: keep our own files beside it
 const SSHD = ['/usr/sbin/sshd', '/usr/bin/sshd', '/usr/local/sbin/sshd'].find((p) => fs.existsSync(p));
 const netnsScript = path.join(root, 'scripts', 'bench-netns.sh');
@@ -100,8 +175,41 @@ const readLastLine = (file) => {
   }
 };
 
+/**
+ * The resident set of a process and all its descendants, in kB: the sum of
+ * VmRSS over every process whose parent chain leads to `rootPid` (from
+ * /proc/<pid>/stat and /proc/<pid>/status; processes that exit meanwhile are skipped).
+ */
+function treeRssKb(rootPid, skip) {
+  const parent = new Map();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      parent.set(Number(name), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone
+    }
+  }
+  const inTree = (pid) => {
+    for (let p = pid, hops = 0; p > 1 && hops < 64; p = parent.get(p) ?? 0, hops++) if (p === rootPid) return true;
+    return false;
+  };
+  let kb = 0;
+  for (const pid of parent.keys()) {
+    if (pid === skip || !inTree(pid)) continue;
+    try {
+      kb += Number(/^VmRSS:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+    } catch {
+      // gone
+    }
+  }
+  return kb;
+}
+const SAMPLE_MS = 50;
+
 /** Runs the vm-sync CLI: wall time, exit code, output, and its cost on the runner host. */
-function vmSync(...args) {
+async function vmSync(...args) {
   const usageFile = path.join(tmp, 'usage.out');
   const timeFile = path.join(tmp, 'time.out');
   fs.rmSync(usageFile, { force: true });
@@ -109,18 +217,33 @@ function vmSync(...args) {
   const command = [process.execPath, '--require', preload, cli, ...args];
   const [exe, ...argv] = TIME ? [TIME, '-f', '%M %U %S', '-o', timeFile, ...command] : command;
   const started = now();
-  const result = spawnSync(exe, argv, { encoding: 'utf8', maxBuffer: 1 << 28, env: { ...process.env, BENCH_USAGE_OUT: usageFile } });
+  const child = spawn(exe, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BENCH_USAGE_OUT: usageFile } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
+  let treePeakKb = 0;
+  const sample = () => {
+    treePeakKb = Math.max(treePeakKb, treeRssKb(child.pid, TIME ? child.pid : null)); // not /usr/bin/time itself
+  };
+  const sampler = setInterval(sample, SAMPLE_MS);
+  const code = await new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (c) => resolve(c));
+  });
+  clearInterval(sampler);
   const s = secondsSince(started);
   const own = JSON.parse(readLastLine(usageFile) ?? '{}');
-  const [treeKb, user, system] = (readLastLine(timeFile) ?? '').split(' ').map(Number);
+  const [largestKb, user, system] = (readLastLine(timeFile) ?? '').split(' ').map(Number);
   return {
     s,
-    code: result.status,
-    stdout: result.stdout,
-    stderr: result.stderr,
+    code,
+    stdout,
+    stderr,
     rssMb: own.maxRssKb ? own.maxRssKb / 1024 : null,
     cpuS: own.cpuS ?? null,
-    treeRssMb: treeKb ? treeKb / 1024 : null,
+    treePeakMb: treePeakKb ? treePeakKb / 1024 : null,
+    largestRssMb: largestKb ? largestKb / 1024 : null,
     treeCpuS: TIME && !Number.isNaN(user + system) ? user + system : null,
   };
 }
@@ -219,6 +342,7 @@ function populateOrigin(origin, work) {
     git(origin, 'fetch', '--quiet', '--no-tags', repo, '+HEAD:refs/heads/main');
     return `repository ${repo}`;
   }
+  if (!synthetic) return "the demo's sample repository";
   // A tree of `fileCount` files totalling about `megabytes` MB of incompressible data...
   const perFile = Math.floor((megabytes * 1024 * 1024) / fileCount);
   const file = (i) => path.join(work, 'data', String(i % 50), `f${i}.bin`);
@@ -237,35 +361,105 @@ function populateOrigin(origin, work) {
   return `synthetic: ${fileCount} random files, ${megabytes} MB; ${incremental} commits of 2 rewritten files each`;
 }
 
+const table = (header, body) => [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...body.map((cells) => `| ${cells.map((c) => c ?? '-').join(' | ')} |`)].join('\n');
+/** "median (min–max)" of some numbers; the median needs at least 3 of them. */
+const cell = (xs, digits = 2) => {
+  const ok = xs.filter((x) => typeof x === 'number' && !Number.isNaN(x));
+  if (ok.length === 0) return null;
+  const m = fix(median(ok), digits);
+  return ok.length < 3 ? `${m} (n=${ok.length}, no median)` : `${m} (${fix(Math.min(...ok), digits)}–${fix(Math.max(...ok), digits)})`;
+};
+
 try {
-  const up = vmSync('demo', 'up', '--dir', dir, '--vms', String(vmCount));
+  const up = await vmSync('demo', 'up', '--dir', dir, '--vms', String(vmCount));
   if (up.code !== 0) throw new Error(`demo up failed: ${up.stderr}`);
   const fleet = JSON.parse(fs.readFileSync(path.join(dir, 'fleet.json'), 'utf8'));
   const origin = path.join(dir, 'origin.git');
   const runnerClone = path.join(dir, 'runner', 'app');
+  const scanCache = path.join(dir, 'runner', '.app.vm-sync', 'scan-cache'); // vm-sync's state dir beside the clone
   const treeSource = populateOrigin(origin, path.join(dir, 'work'));
-  const head = git(origin, 'rev-parse', 'main');
-  let base;
-  try {
-    base = git(origin, 'rev-parse', '--verify', '--quiet', `main~${incremental}`);
-  } catch {
-    throw new Error(`the repository has fewer than ${incremental} first-parent commits before HEAD: pass a smaller --incremental`);
+  const needBase = scenarioNames.includes('incremental');
+  let head = git(origin, 'rev-parse', 'main');
+  let base = null;
+  if (needBase) {
+    try {
+      base = git(origin, 'rev-parse', '--verify', '--quiet', `main~${incremental}`);
+    } catch {
+      throw new Error(`the repository has fewer than ${incremental} first-parent commits before HEAD: pass a smaller --incremental`);
+    }
   }
-  const treeFiles = git(origin, 'ls-tree', '-r', '-l', head).split('\n').filter(Boolean);
-  const treeMb = treeFiles.reduce((sum, line) => sum + (Number(line.split(/\s+/)[3]) || 0), 0) / 1e6;
-  const changedFiles = git(origin, 'diff', '--name-only', base, head).split('\n').filter(Boolean).length;
+  const repoHead = head;
 
   const { hosts, cap } = await capFleet(fleet);
   const configs = { on: path.join(dir, 'scan-on.yml'), off: path.join(dir, 'scan-off.yml') };
   fs.writeFileSync(configs.on, configYaml(fleet, hosts, true));
   fs.writeFileSync(configs.off, configYaml(fleet, hosts, false));
 
+  // --gitleaks-allow-existing: waive the findings already in the repository (see the header).
+  let allowNote = null;
+  let scanBase = null; // --scan-base for scan-on deploys onto VMs with no record
+  if (allowExisting && variants.includes('on')) {
+    const findings = [];
+    const scanJson = async (...args) => {
+      const run = await vmSync('scan', '--config', configs.on, ...args, '--json');
+      if (run.code !== 0 && run.code !== 3) throw new Error(`vm-sync scan ${args.join(' ')} exited ${run.code}\n${run.stderr.slice(-3000)}`);
+      const report = JSON.parse(run.stdout);
+      findings.push(...(report.scan?.findings ?? []));
+    };
+    if (base) {
+      await scanJson('--range', `${base}..${head}`); // HEAD~N..HEAD's commits and HEAD's tree
+      await scanJson('--commit', base); // HEAD~N's tree (nothing is recorded yet: the tree alone)
+    } else {
+      await scanJson('--commit', head);
+    }
+    const entries = new Set();
+    for (const f of findings) {
+      entries.add(f.fingerprint);
+      if (/^[0-9a-f]{40}:/.test(f.fingerprint)) entries.add(f.fingerprint.replace(/^[0-9a-f]{40}:/, ''));
+    }
+    const text = `# Written by scripts/bench.mjs --gitleaks-allow-existing: findings already in the repository\n${[...entries].sort().join('\n')}\n`;
+    const blob = execFileSync('git', ['hash-object', '-w', '--stdin'], { cwd: origin, input: text, encoding: 'utf8' }).trim();
+    const withIgnore = (commit) => {
+      const env = { ...gitEnv, GIT_INDEX_FILE: path.join(tmp, 'bench.index') };
+      fs.rmSync(env.GIT_INDEX_FILE, { force: true });
+      execFileSync('git', ['read-tree', commit], { cwd: origin, env });
+      execFileSync('git', ['update-index', '--add', '--cacheinfo', `100644,${blob},.gitleaksignore`], { cwd: origin, env });
+      return execFileSync('git', ['write-tree'], { cwd: origin, env, encoding: 'utf8' }).trim();
+    };
+    // Each new commit keeps the dates of the one it stands for: `git archive`
+    // stamps files with the commit time, and the raw rsync's quick check must
+    // see the same mtimes as without the waiver (I and M made in the same
+    // second would otherwise let rsync skip every unchanged-size file).
+    const commitTree = (tree, like, ...rest) => {
+      const date = git(origin, 'log', '-1', '--format=%cI', like);
+      return execFileSync('git', ['commit-tree', tree, ...rest], { cwd: origin, encoding: 'utf8', env: { ...gitEnv, GIT_AUTHOR_DATE: date, GIT_COMMITTER_DATE: date } }).trim();
+    };
+    const ignoreBase = base ? commitTree(withIgnore(base), base, '-p', base, '-m', 'bench: .gitleaksignore for the findings already in the repository') : null;
+    const merged = commitTree(withIgnore(head), head, '-p', head, ...(ignoreBase ? ['-p', ignoreBase] : []), '-m', 'bench: HEAD with the .gitleaksignore');
+    git(origin, 'update-ref', 'refs/heads/main', merged);
+    const distinct = new Set(findings.map((f) => f.fingerprint)).size;
+    allowNote =
+      `--gitleaks-allow-existing: ${distinct} finding(s) already in the repository (vm-sync scan of ${base ? `${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${base.slice(0, 12)}` : `the tree of ${head.slice(0, 12)}`}) ` +
+      `written as ${entries.size} .gitleaksignore entries; deployed ${merged.slice(0, 12)} = ${head.slice(0, 12)} + that file` +
+      (ignoreBase ? `, incremental from ${ignoreBase.slice(0, 12)} = ${base.slice(0, 12)} + that file (same diff)` : '') +
+      `; the scan runs in full with those settings; full deploys pass --scan-base ${merged.slice(0, 12)}`;
+    head = merged;
+    base = ignoreBase;
+    scanBase = merged;
+  } else if (allowExisting) {
+    allowNote = '--gitleaks-allow-existing: ignored (no scan-on contender)';
+  }
+
+  const treeFiles = git(origin, 'ls-tree', '-r', '-l', head).split('\n').filter(Boolean);
+  const treeMb = treeFiles.reduce((sum, line) => sum + (Number(line.split(/\s+/)[3]) || 0), 0) / 1e6;
+  const changedFiles = base ? git(origin, 'diff', '--name-only', base, head).split('\n').filter(Boolean).length : null;
+
   const handshakes = () => fleet.vms.map((vm) => (fs.readFileSync(vm.log, 'utf8').match(/Accepted publickey for /g) ?? []).length);
   /** One timed vm-sync deploy; a run the secret scan blocks (exit 3) is recorded as such, not as a failure. */
-  const deploy = (config, commit) => {
+  const deploy = async (config, commit, extra = []) => {
     settle();
     const before = handshakes();
-    const run = vmSync('sync', '--config', config, '--commit', commit, '--json');
+    const run = await vmSync('sync', '--config', config, '--commit', commit, ...extra, '--json');
     if (run.code !== 0 && run.code !== 3) throw new Error(`vm-sync sync exited ${run.code}\n${run.stderr.slice(-3000)}`);
     const report = JSON.parse(run.stdout);
     const perVm = handshakes().map((n, i) => n - before[i]);
@@ -273,7 +467,8 @@ try {
       s: run.s,
       blocked: run.code === 3,
       rss_mb: fix(run.rssMb, 0),
-      largest_process_rss_mb: fix(run.treeRssMb, 0),
+      tree_peak_rss_mb: fix(run.treePeakMb, 0),
+      largest_process_rss_mb: fix(run.largestRssMb, 0),
       cpu_s: fix(run.cpuS),
       runner_cpu_s: fix(run.treeCpuS),
       handshakes_per_vm: `${Math.min(...perVm)}-${Math.max(...perVm)}`,
@@ -294,6 +489,13 @@ try {
     if (fs.existsSync(runnerClone)) {
       for (const ref of git(runnerClone, 'for-each-ref', '--format=%(refname)', 'refs/vm-sync/deployed/').split('\n').filter(Boolean)) git(runnerClone, 'update-ref', '-d', ref);
     }
+  };
+  const scanOnExtra = scanBase ? ['--scan-base', scanBase] : [];
+  // The scan cache as it was after a deploy of HEAD~N only (see the header).
+  const cacheAtBase = path.join(tmp, 'scan-cache-at-base');
+  const restoreCacheAtBase = () => {
+    fs.rmSync(scanCache, { recursive: true, force: true });
+    if (fs.existsSync(cacheAtBase)) execFileSync('cp', ['-a', cacheAtBase, scanCache]);
   };
 
   // Raw rsync: each VM's copy goes to <home>/raw/, apart from vm-sync's ~/app.
@@ -335,94 +537,165 @@ try {
       if (src) execFileSync('cp', ['-a', src, path.join(vm.home, 'raw')]);
     }
   };
+  const isVmSync = (variant) => variant === 'on' || variant === 'off';
+  const rawVariants = variants.filter((v) => !isVmSync(v));
 
-  const variants = ['on', 'off', 'parallel', 'sequential'];
   const results = {};
   const scenarios = {
     // Fresh VMs for every run.
     full: async (variant) => {
-      if (variant === 'on' || variant === 'off') {
+      if (isVmSync(variant)) {
         wipeVms();
-        return deploy(configs[variant], head);
+        return deploy(configs[variant], head, variant === 'on' ? scanOnExtra : []);
       }
       resetRaw(null);
       return raw(head, variant === 'parallel');
     },
-    // Relies on the state the full scenario leaves: every VM on HEAD, both ways.
-    'no-op': async (variant) => (variant === 'on' || variant === 'off' ? deploy(configs[variant], head) : raw(head, variant === 'parallel')),
+    // Every VM already on HEAD, both ways (what the full scenario or the warm-up leaves).
+    'no-op': async (variant) => (isVmSync(variant) ? deploy(configs[variant], head) : raw(head, variant === 'parallel')),
     // Every VM on HEAD~N first (that deploy is not timed, and runs without the scan).
     incremental: async (variant) => {
-      if (variant === 'on' || variant === 'off') {
+      if (isVmSync(variant)) {
         wipeVms();
-        const setup = deploy(configs.off, base);
+        const setup = await deploy(configs.off, base);
         if (setup.blocked) throw new Error('setup deploy blocked');
+        if (variant === 'on') restoreCacheAtBase();
         return deploy(configs[variant], head);
       }
       resetRaw(baseExport);
       return raw(head, variant === 'parallel');
     },
   };
+  const prepare = {
+    // The state no-op relies on: vm-sync's VMs on HEAD with a record, the raw copies of HEAD.
+    'no-op': async () => {
+      wipeVms();
+      await deploy(configs.off, head);
+      if (rawVariants.length) {
+        resetRaw(null);
+        await raw(head, true);
+      }
+    },
+  };
 
   const load = os.loadavg()[0].toFixed(2);
-  console.error(`bench dir ${dir}; cap: ${cap}; load ${load}`);
-  // Untimed warm-up: clones the runner-host repository and warms the page cache and sshd.
-  deploy(configs.off, head);
-  exportTree(base, baseExport);
-  for (const [name, run] of Object.entries(scenarios)) {
+  console.error(`bench dir ${dir}; cap: ${cap}; load ${load}; scenarios ${scenarioNames.join(',')}; contenders ${variants.join(',')}`);
+  if (allowNote) console.error(allowNote);
+  // Untimed warm-up: clones the runner-host repository, warms the page cache
+  // and sshd, and fills the scan cache (see the header).
+  if (variants.includes('on') && base) {
+    wipeVms();
+    fs.rmSync(scanCache, { recursive: true, force: true });
+    const atBase = await deploy(configs.on, base, scanBase ? ['--scan-base', base] : []);
+    if (atBase.blocked) console.error('warm-up: the scan of HEAD~N was blocked (the incremental scan-on rounds start from its partial cache)');
+    if (fs.existsSync(scanCache)) execFileSync('cp', ['-a', scanCache, cacheAtBase]);
+  }
+  wipeVms();
+  await deploy(variants.includes('on') ? configs.on : configs.off, head, variants.includes('on') ? scanOnExtra : []);
+  if (base && rawVariants.length) exportTree(base, baseExport);
+  let last = null;
+  for (const name of scenarioNames) {
+    if (prepare[name] && last !== 'full') await prepare[name]();
     results[name] = Object.fromEntries(variants.map((v) => [v, []]));
     for (let r = 0; r < rounds; r++) {
       // Variants interleaved within a round, so that drift in machine speed hits them alike.
       for (const variant of variants) {
-        const result = await run(variant);
+        const result = await scenarios[name](variant);
         results[name][variant].push(result);
-        console.error(`${name} round ${r + 1} ${variant}: ${result.s.toFixed(2)} s${result.blocked ? ' (blocked by the secret scan)' : ''}`);
+        const mem = isVmSync(variant) ? `, node RSS ${result.rss_mb} MB, tree RSS ${result.tree_peak_rss_mb} MB` : '';
+        console.error(`${name} round ${r + 1} ${variant}: ${result.s.toFixed(2)} s${mem}${result.blocked ? ' (blocked by the secret scan)' : ''}`);
       }
     }
+    last = name;
   }
 
-  // Summary: medians, ratios against parallel raw rsync.
+  // Summary: medians (with the range), ratios against parallel raw rsync.
   const rows = Object.entries(results).map(([scenario, byVariant]) => {
-    const med = (variant, key = 's') => median(byVariant[variant].map((r) => r[key]));
-    const blocked = byVariant.on.some((r) => r.blocked);
+    const times = (variant) => (byVariant[variant] ?? []).map((r) => r.s);
+    const med = (variant) => (byVariant[variant]?.length ? median(times(variant)) : null);
+    const blocked = (byVariant.on ?? []).some((r) => r.blocked);
     const parallel = med('parallel');
+    const ratio = (variant) => (med(variant) !== null && parallel ? fix(med(variant) / parallel) : null);
+    const peak = (variant, key) => (byVariant[variant]?.length ? Math.max(...byVariant[variant].map((r) => r[key] ?? 0)) : null);
+    const exports = [...(byVariant.parallel ?? []), ...(byVariant.sequential ?? [])].map((r) => r.export_s);
     return {
       scenario,
+      rounds: Math.max(...Object.values(byVariant).map((runs) => runs.length)),
       vm_sync_scan_on_s: fix(med('on')),
       scan_on_blocked: blocked,
       vm_sync_scan_off_s: fix(med('off')),
-      export_s: fix(median([...byVariant.parallel, ...byVariant.sequential].map((r) => r.export_s))),
+      export_s: exports.length ? fix(median(exports)) : null,
       parallel_raw_rsync_s: fix(parallel),
       sequential_raw_rsync_s: fix(med('sequential')),
-      ratio_scan_on: blocked ? null : fix(med('on') / parallel),
-      ratio_scan_off: fix(med('off') / parallel),
-      rss_mb_scan_on: Math.max(...byVariant.on.map((r) => r.rss_mb)),
-      rss_mb_scan_off: Math.max(...byVariant.off.map((r) => r.rss_mb)),
+      ratio_scan_on: blocked ? null : ratio('on'),
+      ratio_scan_off: ratio('off'),
+      rss_mb_scan_on: peak('on', 'rss_mb'),
+      rss_mb_scan_off: peak('off', 'rss_mb'),
+      tree_rss_mb_scan_on: peak('on', 'tree_peak_rss_mb'),
+      tree_rss_mb_scan_off: peak('off', 'tree_peak_rss_mb'),
+      cells: {
+        on: cell(times('on')),
+        off: cell(times('off')),
+        parallel: cell(times('parallel')),
+        sequential: cell(times('sequential')),
+      },
     };
   });
 
-  const table = (header, body) => [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...body.map((cells) => `| ${cells.map((c) => c ?? '-').join(' | ')} |`)].join('\n');
   const cpu = (os.cpus()[0]?.model ?? 'unknown CPU').replace(/\s+/g, ' ');
-  const setting = `${vmCount} VMs, ${rounds} round(s), median wall seconds; tree: ${treeSource} (HEAD ${head.slice(0, 12)}: ${treeFiles.length} files, ${treeMb.toFixed(1)} MB; HEAD~${incremental}..HEAD changes ${changedFiles} files)`;
-  console.log(`vm-sync benchmark: ${setting}\nmachine: ${os.cpus().length} × ${cpu}, node ${process.version}, load at start ${load}\nrate cap: ${cap}\nvm-sync concurrency ${vmCount} (all VMs at once, like the parallel raw rsync)\n`);
+  const setting =
+    `${vmCount} VMs, ${rounds} round(s) per cell, wall seconds as median (min–max)${rounds < 3 ? ' — fewer than 3 rounds: not a median' : ''}; ` +
+    `tree: ${treeSource} (HEAD ${head.slice(0, 12)}: ${treeFiles.length} files, ${treeMb.toFixed(1)} MB` +
+    (base ? `; HEAD~${incremental}..HEAD changes ${changedFiles} files)` : ')');
+  console.log(
+    `vm-sync benchmark${footprint ? ' (--footprint: vm-sync only)' : ''}: ${setting}\n` +
+      `bundle: ${path.relative(root, cliSource) || cliSource} (sha256 ${cliSha}, copied at the start)\n` +
+      `machine: ${os.cpus().length} × ${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GB, node ${process.version}, load at start ${load}\n` +
+      `rate cap: ${cap}\nvm-sync concurrency ${vmCount} (all VMs at once, like the parallel raw rsync)\n` +
+      (variants.includes('on') ? `secret scan: ${allowNote ?? 'no waiver (any finding blocks a scan-on deploy)'}; scan cache warm for full and no-op${base ? ', at HEAD~N for incremental' : ''}\n` : '') +
+      `peak RSS: node = vm-sync's node process (getrusage ru_maxrss); tree = sum of VmRSS over vm-sync and its children, sampled every ${SAMPLE_MS} ms; max over the rounds\n`,
+  );
+  const vmSyncVariants = variants.filter(isVmSync);
+  const label = { on: 'vm-sync, scan on', off: 'vm-sync, scan off', parallel: 'parallel raw rsync', sequential: 'sequential raw rsync' };
+  const header = ['scenario', ...variants.map((v) => label[v])];
+  if (rawVariants.length) header.push('export (part of raw)');
+  if (variants.includes('parallel')) header.push(...vmSyncVariants.map((v) => `ratio ${v} ÷ parallel`));
+  header.push(...vmSyncVariants.map((v) => `peak RSS MB ${v} (node / tree)`));
   console.log(
     table(
-      ['scenario', 'vm-sync, scan on', 'vm-sync, scan off', 'export (part of raw)', 'parallel raw rsync', 'sequential raw rsync', 'ratio on ÷ parallel', 'ratio off ÷ parallel', 'vm-sync peak RSS MB (on / off)'],
-      rows.map((r) => [r.scenario, r.scan_on_blocked ? `${r.vm_sync_scan_on_s} (blocked: secrets found)` : r.vm_sync_scan_on_s, r.vm_sync_scan_off_s, r.export_s, r.parallel_raw_rsync_s, r.sequential_raw_rsync_s, r.ratio_scan_on, r.ratio_scan_off, `${r.rss_mb_scan_on} / ${r.rss_mb_scan_off}`]),
+      header,
+      rows.map((r) => {
+        const ratios = { on: r.ratio_scan_on, off: r.ratio_scan_off };
+        const rss = { on: `${r.rss_mb_scan_on} / ${r.tree_rss_mb_scan_on}`, off: `${r.rss_mb_scan_off} / ${r.tree_rss_mb_scan_off}` };
+        return [
+          r.scenario,
+          ...variants.map((v) => (v === 'on' && r.scan_on_blocked ? `${r.cells.on} (blocked: secrets found)` : r.cells[v])),
+          ...(rawVariants.length ? [r.export_s] : []),
+          ...(variants.includes('parallel') ? vmSyncVariants.map((v) => ratios[v]) : []),
+          ...vmSyncVariants.map((v) => rss[v]),
+        ];
+      }),
     ),
   );
   // What each vm-sync run did (last round): sanity checks behind the times.
   const details = Object.entries(results).flatMap(([scenario, byVariant]) =>
-    ['on', 'off'].map((v) => {
+    vmSyncVariants.map((v) => {
       const r = byVariant[v].at(-1);
       return [`${scenario}, scan ${v}`, r.handshakes_per_vm, r.files_changed_per_vm, r.bytes_sent_per_vm?.toLocaleString('en-US'), r.slowest_vm_s, r.commits_scanned, r.findings, r.cpu_s, r.runner_cpu_s, r.largest_process_rss_mb];
     }),
   );
-  console.log(`\nvm-sync runs in detail (last round)\n`);
-  console.log(table(['run', 'handshakes per VM', 'files changed per VM', 'bytes sent per VM', 'slowest VM s', 'commits scanned', 'findings', 'vm-sync node CPU s', 'runner-host CPU s (all processes)', 'largest process RSS MB'], details));
+  if (details.length) {
+    console.log(`\nvm-sync runs in detail (last round)\n`);
+    console.log(table(['run', 'handshakes per VM', 'files changed per VM', 'bytes sent per VM', 'slowest VM s', 'commits scanned', 'findings', 'vm-sync node CPU s', 'runner-host CPU s (all processes)', 'largest process RSS MB'], details));
+  }
 
   fs.writeFileSync(
     outFile,
-    JSON.stringify({ date: new Date().toISOString(), vmCount, rounds, incremental, treeSource, head, base, treeFiles: treeFiles.length, treeMb: fix(treeMb), changedFiles, cap, cpus: os.cpus().length, cpu, node: process.version, loadAtStart: Number(load), rows, runs: results }, null, 2) + '\n',
+    JSON.stringify(
+      { date: new Date().toISOString(), cli: { path: cliSource, sha256: cliSha }, footprint, vmCount, rounds, scenarios: scenarioNames, contenders: variants, incremental, treeSource, repoHead, head, base, allowExisting: allowNote, treeFiles: treeFiles.length, treeMb: fix(treeMb), changedFiles, cap, cpus: os.cpus().length, cpu, node: process.version, loadAtStart: Number(load), rows, runs: results },
+      null,
+      2,
+    ) + '\n',
   );
   console.error(`\nwrote ${outFile}`);
 } finally {

@@ -26,6 +26,9 @@ export interface Tunnel {
 /** How long an idle jump connection is kept for the next VM behind it (a pool starts the next VM at once). */
 const LINGER_MS = 300;
 
+/** How long a failed connection to a jump host answers for it (the VMs that were waiting fail with it). */
+const FAILURE_MEMORY_MS = 1000;
+
 /**
  * One connection to one jump host, shared by every VM behind it in a run.
  *
@@ -48,6 +51,8 @@ class JumpLink {
   private active = 0;
   private readonly waiting: Array<() => void> = [];
   private idle: NodeJS.Timeout | null = null;
+  /** Jump connections that failed under their users: closed with the link, once no VM uses it. */
+  private readonly retired: Array<Promise<JumpSession>> = [];
 
   constructor(
     private readonly jump: JumpHost,
@@ -80,10 +85,7 @@ class JumpLink {
       this.waiting.shift()?.();
     };
     try {
-      const session = await this.connect(options);
-      const sock = await session.forward(vm.host, vm.port).catch((error: unknown) => {
-        throw new VmSyncError('unreachable', `jump host ${this.jump.name} (${this.jump.host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${vmText(getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`);
-      });
+      const sock = await this.forward(this.connect(options), vm, options);
       return { sock, opened, closed: done };
     } catch (error) {
       opened();
@@ -92,8 +94,65 @@ class JumpLink {
     }
   }
 
+  /**
+   * A forwarded connection to the VM through `session`, bounded by the VM's
+   * signal and the connect timeout (a jump host that stopped answering must
+   * not hold the VM past its budget). A failure that is the jump connection's
+   * (it closed, or gave no answer) forgets it, so the next opening (a retry)
+   * connects afresh, and is `jump_unreachable`; the jump host's refusal to
+   * reach the VM (an SSH channel-open failure, with its reason code) is the VM's.
+   */
+  private forward(session: Promise<JumpSession>, vm: VmConfig, options: ConnectOptions): Promise<Duplex> {
+    const { name, host } = this.jump;
+    return session.then(
+      (s) =>
+        new Promise<Duplex>((resolve, reject) => {
+          let settled = false;
+          const settle = (): boolean => {
+            if (settled) return false;
+            settled = true;
+            clearTimeout(timer);
+            options.signal?.removeEventListener('abort', onAbort);
+            return true;
+          };
+          const linkFailed = (why: string): void => {
+            if (!settle()) return;
+            this.forget(session);
+            reject(new VmSyncError('jump_unreachable', `the connection to jump host ${name} (${host}) ${why} while opening the way to ${vm.id} (every VM behind jump host ${name} fails until it is back; the next attempt connects afresh)`));
+          };
+          const onAbort = (): void => {
+            if (settle()) reject(new VmSyncError('timeout', `opening the way to ${vm.id} through jump host ${name} was cancelled (per-VM timeout)`));
+          };
+          const timer = setTimeout(() => linkFailed(`did not answer within ${Math.round(options.connectTimeoutMs / 1000)}s (sync.connect_timeout_s)`), options.connectTimeoutMs);
+          options.signal?.addEventListener('abort', onAbort, { once: true });
+          if (options.signal?.aborted) onAbort();
+          s.forward(vm.host, vm.port).then(
+            (sock) => {
+              if (settle()) resolve(sock);
+              else sock.destroy();
+            },
+            (error: unknown) => {
+              const reason = (error as { reason?: unknown } | null)?.reason;
+              if (typeof reason !== 'number') return linkFailed(`is gone (${vmText(getErrorMessage(error), 200)})`);
+              if (settle()) {
+                reject(new VmSyncError('unreachable', `jump host ${name} (${host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${vmText(getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`));
+              }
+            },
+          );
+        }),
+    );
+  }
+
+  /** The jump connection failed under its users: the next opening connects afresh; this one is closed when the link is idle. */
+  private forget(session: Promise<JumpSession>): void {
+    if (this.session !== session) return;
+    this.session = null;
+    this.retired.push(session);
+  }
+
   /** Takes a slot, at once or when one is released (counted when taken, so concurrent callers cannot overshoot). */
   private slot(signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(new VmSyncError('timeout', `the VM's time ran out before a connection through jump host ${this.jump.name} could be opened`));
     if (this.active < this.jump.maxSessions) {
       this.active++;
       return Promise.resolve();
@@ -107,7 +166,7 @@ class JumpLink {
       const cancel = (): void => {
         const at = this.waiting.indexOf(go);
         if (at >= 0) this.waiting.splice(at, 1);
-        reject(new VmSyncError('timeout', `waited for one of the ${this.jump.maxSessions} connections through jump host ${this.jump.name} until the VM's time ran out: raise jump_hosts.${this.jump.name}.max_sessions (and the jump host's sshd MaxSessions) or sync.timeout_s`));
+        reject(new VmSyncError('timeout', `stopped while waiting to open a connection through jump host ${this.jump.name} (at most ${this.jump.maxSessions} at a time): the run was cancelled or the VM's time ran out; if it ran out, raise jump_hosts.${this.jump.name}.max_sessions or sync.timeout_s`));
       };
       signal?.addEventListener('abort', cancel, { once: true });
       this.waiting.push(go);
@@ -118,22 +177,26 @@ class JumpLink {
     if (!this.session) {
       const { name, host, user, port, keyPath } = this.jump;
       const attempt = this.openJump({ id: `jump host ${name}`, host, user, port, keyPath, repoPath: '' }, { connectTimeoutMs: options.connectTimeoutMs });
-      this.session = attempt.catch((error: unknown) => {
-        // The next VM (or this one's retry) tries again rather than inheriting this failure.
-        this.session = null;
+      const failed: Promise<JumpSession> = attempt.catch((error: unknown) => {
+        // The VMs waiting now share this failure (a hundred VMs behind a dead bastion cost one connect
+        // timeout, not one each); after a short while, the next VM or a retry tries again.
+        setTimeout(() => {
+          if (this.session === failed) this.session = null;
+        }, FAILURE_MEMORY_MS).unref();
         const code = error instanceof VmSyncError ? error.code : 'unreachable';
         // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
         throw new VmSyncError(code === 'unreachable' || code === 'timeout' ? 'jump_unreachable' : code, `${getErrorMessage(error)}${code === 'unreachable' || code === 'timeout' ? ` (every VM behind jump host ${name} fails until it is back)` : ''}`, { cause: error });
       });
+      this.session = failed;
     }
     return this.session;
   }
 
   private close(): void {
     if (this.users > 0) return;
-    const session = this.session;
+    const sessions = [...this.retired.splice(0), ...(this.session ? [this.session] : [])];
     this.session = null;
-    void session?.then((s) => s.dispose(), () => undefined);
+    for (const session of sessions) void session.then((s) => s.dispose(), () => undefined);
   }
 }
 

@@ -58,7 +58,10 @@ export function fleetStatus(report: RunReport | null, failure: { code: string; m
   const broken = shards?.failed.length ?? 0;
   const of = shards ? ` in ${shards.expected} shard${shards.expected === 1 ? '' : 's'}` : '';
   if (report.scan?.blocked) return { state: 'failure', description: `secrets_found: ${report.scan.findings.length} possible secret(s): deploy blocked` };
-  if (ok === report.vms.length && missing === 0 && broken === 0) return { state: 'success', description: `${ok}/${report.vms.length} VM(s) ok${of}` };
+  if (ok === report.vms.length && missing === 0 && broken === 0) {
+    // A dry run changed nothing: its success must not read as a deploy.
+    return { state: 'success', description: report.dry_run ? `dry run: ${ok}/${report.vms.length} VM(s) ok${of}, nothing changed` : `${ok}/${report.vms.length} VM(s) ok${of}` };
+  }
   const parts = [`${ok}/${report.vms.length} VM(s) ok${of}`];
   if (missing) parts.push(`${missing} shard(s) missing`);
   if (broken) parts.push(`${broken} shard(s) failed`);

@@ -1,7 +1,8 @@
 import { VmSyncError, FAILURE_CODES, type FailureCode } from '../errors.js';
 import { MAX_SHARDS, shardLabel, type Shard } from '../config/shard.js';
 import type { ScanReport } from '../scan/gate.js';
-import { failedRow, type RunReport, type ShardsReport, type VmReport } from '../sync/types.js';
+import { failedRow, type DriftReport, type RunReport, type ShardsReport, type VmReport } from '../sync/types.js';
+import { vmBlock, vmText } from '../remote/untrusted.js';
 
 /** One results document as read from a file: where it came from and its text. */
 export interface ResultsSource {
@@ -33,7 +34,8 @@ interface ParsedResults {
 }
 
 function invalid(source: string, what: string): VmSyncError {
-  return new VmSyncError('results_invalid', `${source}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
+  // A file name comes from another job's artifact: never print its control characters.
+  return new VmSyncError('results_invalid', `${vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
 }
 
 function field<T>(source: string, where: string, value: unknown, check: (v: unknown) => v is T, what: string): T {
@@ -50,6 +52,45 @@ const oneOf =
   (v: unknown): v is T =>
     typeof v === 'string' && (values as readonly string[]).includes(v);
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const DRIFT_WHAT = ['changed', 'missing', 'extra'] as const;
+
+/** A row's drift (verify --deep), checked like the rest of the row: the renderers add and list its fields. */
+function parseDrift(source: string, at: string, raw: unknown): DriftReport | null {
+  if (raw === undefined || raw === null) return null;
+  const drift = field(source, at, raw, isObject, 'an object or null');
+  const paths = field(source, `${at}.paths`, drift.paths, (v): v is unknown[] => Array.isArray(v), 'a list');
+  return {
+    checked: field(source, `${at}.checked`, drift.checked, isCount, 'a count'),
+    changed: field(source, `${at}.changed`, drift.changed, isCount, 'a count'),
+    missing: field(source, `${at}.missing`, drift.missing, isCount, 'a count'),
+    extra: field(source, `${at}.extra`, drift.extra, isCount, 'a count'),
+    paths: paths.map((entry, n) => {
+      const p = field(source, `${at}.paths[${n}]`, entry, isObject, 'an object');
+      return {
+        path: field(source, `${at}.paths[${n}].path`, p.path, isString, 'a string'),
+        what: field(source, `${at}.paths[${n}].what`, p.what, oneOf(DRIFT_WHAT), `one of ${DRIFT_WHAT.join(', ')}`),
+        detail: field(source, `${at}.paths[${n}].detail`, p.detail, isString, 'a string'),
+      };
+    }),
+  };
+}
+
+/** How deep a results document's free-form part (the scan report) may nest: vm-sync's own is a few levels. */
+const MAX_DEPTH = 16;
+
+/**
+ * Every string of a parsed document with its control characters replaced
+ * (newlines kept), as vm-sync writes them: a results file comes from another
+ * job, and not every renderer escapes every field (the scan report's are shown
+ * as they are). A document nested deeper than vm-sync's is refused.
+ */
+function cleaned<T>(source: string, value: T, depth = 0): T {
+  if (typeof value === 'string') return vmBlock(value, Number.MAX_SAFE_INTEGER) as T;
+  if (value === null || typeof value !== 'object') return value;
+  if (depth > MAX_DEPTH) throw invalid(source, `is nested more than ${MAX_DEPTH} levels deep`);
+  if (Array.isArray(value)) return value.map((v) => cleaned(source, v, depth + 1)) as T;
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, cleaned(source, v, depth + 1)])) as T;
+}
 
 /** One VM row, every field the report promises required (a truncated or edited row is refused, not guessed). */
 function parseRow(source: string, raw: unknown, i: number): VmReport {
@@ -81,7 +122,7 @@ function parseRow(source: string, raw: unknown, i: number): VmReport {
     health: field(source, `${at}.health`, row.health ?? 'skipped', oneOf(HEALTH), `one of ${HEALTH.join(', ')}`),
     health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
     release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
-    drift: (row.drift ?? null) as VmReport['drift'],
+    drift: parseDrift(source, `${at}.drift`, row.drift),
   };
 }
 
@@ -101,7 +142,7 @@ export function parseResults(input: ResultsSource): ParsedResults {
   } catch {
     throw invalid(input.source, 'is not JSON');
   }
-  const doc = field(input.source, 'the document', raw, isObject, 'a JSON object');
+  const doc = cleaned(input.source, field(input.source, 'the document', raw, isObject, 'a JSON object'));
   if (isObject(doc.truncated)) throw invalid(input.source, 'was shortened to fit an output (it has "truncated"): write the shard results with the results-path input instead of the results output');
   const command = field(input.source, 'command', doc.command, oneOf(COMMANDS), `one of ${COMMANDS.join(', ')}`);
   const rows = field(input.source, 'vms', doc.vms, (v): v is unknown[] => Array.isArray(v), 'a list');
@@ -154,6 +195,8 @@ export function mergeResults(sources: readonly ResultsSource[], options: MergeOp
   }
   const commands = new Set(shards.map((p) => p.report.command));
   if (commands.size > 1) throw invalid(shards.map((p) => p.source).join(', '), `the shards ran different commands (${[...commands].join(', ')})`);
+  const dryRuns = new Set(shards.filter((p) => p.report.vms.length > 0 || p.error).map((p) => p.report.dry_run));
+  if (dryRuns.size > 1) throw invalid(shards.map((p) => p.source).join(', '), 'some shards were dry runs and some were not: merge the results of one deploy');
   const commits = new Set([...shards, ...scans].map((p) => p.report.commit).filter((c) => c !== ''));
   if (commits.size > 1) throw invalid([...shards, ...scans].map((p) => p.source).join(', '), `the results are of different commits (${[...commits].join(', ')}): merge the results of one deploy`);
 
@@ -162,6 +205,11 @@ export function mergeResults(sources: readonly ResultsSource[], options: MergeOp
     if (rows.has(row.id)) throw invalid(source, `VM ${JSON.stringify(row.id)} is in two shards' results`);
     rows.set(row.id, row);
   };
+  // Which shard each configured VM is in: a row in another shard's results is not that VM's (a VM's shard is a hash of its id).
+  const owner = new Map<string, number>();
+  if (options.vmsOfShard) {
+    for (let index = 1; index <= expected; index++) for (const vm of options.vmsOfShard({ index, count: expected })) owner.set(vm.id, index);
+  }
   const missing: number[] = [];
   const failed: ShardsReport['failed'] = [];
   for (let index = 1; index <= expected; index++) {
@@ -174,7 +222,11 @@ export function mergeResults(sources: readonly ResultsSource[], options: MergeOp
       }
       continue;
     }
-    for (const row of p.report.vms) add(row, p.source);
+    for (const row of p.report.vms) {
+      const home = owner.get(row.id);
+      if (home !== undefined && home !== index && !rows.has(row.id)) throw invalid(p.source, `VM ${JSON.stringify(row.id)} is in shard ${shardLabel({ index: home, count: expected })}, not in shard ${label} whose results these are`);
+      add(row, p.source);
+    }
     if (p.error) {
       failed.push({ index, ...p.error });
       const code: FailureCode = (FAILURE_CODES as readonly string[]).includes(p.error.code) ? (p.error.code as FailureCode) : 'internal_error';

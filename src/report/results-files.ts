@@ -2,6 +2,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { VmSyncError } from '../errors.js';
 import type { ResultsSource } from './merge.js';
+import { vmText } from '../remote/untrusted.js';
+
+/** A path for a message: names under the results directory come from other jobs' artifacts. */
+const shown = (p: string): string => vmText(p, 1000);
 
 /** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
 const MAX_FILE_BYTES = 64 * 1024 * 1024;
@@ -23,7 +27,7 @@ export function readResultsFiles(paths: readonly string[], options: { allowMissi
       const full = path.join(dir, entry.name);
       if (entry.isDirectory()) walk(full);
       else if (entry.isFile() && entry.name.endsWith('.json')) files.push(full);
-      if (files.length > MAX_FILES) throw new VmSyncError('results_invalid', `${dir}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
+      if (files.length > MAX_FILES) throw new VmSyncError('results_invalid', `${shown(dir)}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
     }
   };
   for (const p of paths) {
@@ -32,15 +36,15 @@ export function readResultsFiles(paths: readonly string[], options: { allowMissi
       stat = fs.lstatSync(p);
     } catch {
       if (options.allowMissing) continue;
-      throw new VmSyncError('config_invalid', `results path ${p} does not exist: give the results files (or a directory of them) that the shards wrote`);
+      throw new VmSyncError('config_invalid', `results path ${shown(p)} does not exist: give the results files (or a directory of them) that the shards wrote`);
     }
     if (stat.isDirectory()) walk(p);
     else if (stat.isFile()) files.push(p);
-    else throw new VmSyncError('config_invalid', `results path ${p} is not a file or a directory`);
+    else throw new VmSyncError('config_invalid', `results path ${shown(p)} is not a file or a directory`);
   }
   return files.map((file) => {
     const size = fs.statSync(file).size;
-    if (size > MAX_FILE_BYTES) throw new VmSyncError('results_invalid', `${file} is ${size} bytes: not a vm-sync results file`);
+    if (size > MAX_FILE_BYTES) throw new VmSyncError('results_invalid', `${shown(file)} is ${size} bytes: not a vm-sync results file`);
     return { source: file, text: fs.readFileSync(file, 'utf8') };
   });
 }

@@ -123,7 +123,7 @@ function renderScan(report: RunReport): string {
   const verdict = scan.findings.length === 0
     ? 'clean'
     : `${scan.findings.length} possible secret(s)${scan.blocked ? `: DEPLOY BLOCKED, ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` : ' (not blocking: block_on_secrets is false)'}`;
-  const lines = [`secret scan: ${verdict}`, `  scanned: ${scan.description}`];
+  const lines = [`secret scan: ${verdict}`, terminalLine(`  scanned: ${scan.description}`)];
   for (const finding of scan.findings) lines.push(terminalLine(`  - ${describeFinding(finding)}`));
   if (scan.findings.length > 0) lines.push('  Rotate each secret and remove it from the repository; a false positive goes into .gitleaksignore by its fingerprint.');
   const settings = scan.configuration;

@@ -131,3 +131,15 @@ export function canMakeNamespaces(): boolean {
     return false;
   }
 }
+
+/** The file name of a jump host's key in the key store, as the config derives it. */
+export function jumpKeyFile(name: string): string {
+  return `id_ed25519_jump_${name}`;
+}
+
+/** Makes a fleet VM's client key the jump host key `name` (the fleet's sshd for that VM authorizes it). */
+export function adoptJumpKey(keyDir: string, vmId: string, name: string): void {
+  const target = `${keyDir}/${jumpKeyFile(name)}`;
+  fs.copyFileSync(`${keyDir}/id_ed25519_${vmId}`, target);
+  fs.chmodSync(target, 0o600);
+}

@@ -1,4 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
+import { jumpKeyFile } from '../helpers/jump-net.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -234,7 +235,7 @@ maybe('bootstrap-runner.sh', () => {
     expect(run.out).toContain(`pinned vm01 (${hostFingerprint('vm01')}, matches --host-fingerprint)`);
     expect(run.out).toContain(`pinned vm02 on first use: ${hostFingerprint('vm02')}`);
     // The jump host: its own key and its pinned host key; the VM behind it cannot be scanned from here, and the output says how to pin it.
-    const jumpKey = path.join(keyDir, 'id_ed25519_jump_bastion');
+    const jumpKey = path.join(keyDir, jumpKeyFile('bastion'));
     expect([fs.statSync(jumpKey).mode & 0o777, fs.statSync(jumpKey).uid]).toEqual([0o600, uid]);
     const bastionPub = fs.readFileSync(path.join(world.vm('bastion').dir, 'ssh_host_ed25519_key.pub'), 'utf8').split(' ').slice(0, 2).join(' ');
     expect(pinned).toContain(`[127.0.0.1]:${world.vm('bastion').port} ${bastionPub}`);

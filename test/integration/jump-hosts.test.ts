@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { handshakeCount, type FleetVm } from '../../src/demo/fleet.js';
-import { canMakeNamespaces, JumpNet } from '../helpers/jump-net.js';
+import { adoptJumpKey, canMakeNamespaces, JumpNet, jumpKeyFile } from '../helpers/jump-net.js';
 import { World } from '../helpers/world.js';
 
 /*
@@ -47,8 +47,7 @@ beforeAll(async () => {
   jnet = new JumpNet(String(process.pid % 10000), 200 + (process.pid % 50));
   bastion = world.vm('bastion');
   // The jump host has its own key, id_ed25519_jump_<name> (the bastion's sshd authorizes it).
-  fs.copyFileSync(path.join(world.fleet.keyDir, 'id_ed25519_bastion'), path.join(world.fleet.keyDir, 'id_ed25519_jump_bastion'));
-  fs.chmodSync(path.join(world.fleet.keyDir, 'id_ed25519_jump_bastion'), 0o600);
+  adoptJumpKey(world.fleet.keyDir, 'bastion', 'bastion');
   await jnet.move(bastion, jnet.bastionNs, jnet.bastionIp, world.fleet.knownHosts);
   for (const id of BEHIND) await jnet.move(world.vm(id), jnet.vmsNs, jnet.vmIp, world.fleet.knownHosts);
   writeConfig(2);
@@ -62,7 +61,7 @@ test('inventory lists the jump host with its own key and pinned name, and each V
   const run = await world.cli(['inventory'], { json: false });
   const inventory = JSON.parse(run.stdout);
   expect(inventory.jump_hosts).toEqual([
-    { name: 'bastion', host: jnet.bastionIp, port: bastion.port, user: world.fleet.user, key_path: path.join(world.fleet.keyDir, 'id_ed25519_jump_bastion'), known_hosts_name: `[${jnet.bastionIp}]:${bastion.port}`, max_sessions: 2 },
+    { name: 'bastion', host: jnet.bastionIp, port: bastion.port, user: world.fleet.user, key_path: path.join(world.fleet.keyDir, jumpKeyFile('bastion')), known_hosts_name: `[${jnet.bastionIp}]:${bastion.port}`, max_sessions: 2 },
   ]);
   expect(inventory.vms.map((vm: { id: string; jump: string | null }) => [vm.id, vm.jump])).toEqual([...BEHIND.map((id) => [id, 'bastion']), ['direct1', null]]);
 });

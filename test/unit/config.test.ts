@@ -27,8 +27,8 @@ describe('parseConfig', () => {
   test('fills every documented default', () => {
     const config = parseConfig(MINIMAL, 'vm-sync.yml', '/home/runner');
     expect(config.vms).toEqual([
-      { id: 'vm01', host: '192.0.2.11', user: 'deploy', port: 22, repoPath: '~/app', keyPath: '/home/runner/.ssh/vm-sync_keys/id_ed25519_vm01' },
-      { id: 'vm02', host: '192.0.2.12', user: 'deploy', port: 2222, repoPath: '~/app', keyPath: '/home/runner/.ssh/vm-sync_keys/id_ed25519_vm02' },
+      { id: 'vm01', host: '192.0.2.11', user: 'deploy', port: 22, repoPath: '~/app', keyPath: '/home/runner/.ssh/vm-sync_keys/id_ed25519_vm01', jump: null },
+      { id: 'vm02', host: '192.0.2.12', user: 'deploy', port: 2222, repoPath: '~/app', keyPath: '/home/runner/.ssh/vm-sync_keys/id_ed25519_vm02', jump: null },
     ]);
     expect(config.repository).toEqual({
       mainRepoPath: '/srv/app',
@@ -105,7 +105,7 @@ sync:
       "8: unknown key 'concurency' in sync (allowed: concurrency, connect_timeout_s, timeout_s, retries, post_sync_command, transfer)",
     ]);
     expect(problemsOf(MINIMAL.replace('ssh_user: deploy }', 'ssh_user: deploy, ssh_prot: 22 }'))).toEqual([
-      "3: unknown key 'ssh_prot' in vms.vm01 (allowed: ip, ssh_user, ssh_port)",
+      "3: unknown key 'ssh_prot' in vms.vm01 (allowed: ip, ssh_user, ssh_port, jump)",
     ]);
   });
 

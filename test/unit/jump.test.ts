@@ -52,18 +52,19 @@ test('every VM behind a jump host shares one connection to it; at most max_sessi
   expect(fake.disposed).toBe(1);
 });
 
-test('a jump host that is down fails each VM with jump_unreachable, and a retry connects afresh', async () => {
+test('a jump host that is down fails each VM with jump_unreachable: one attempt for the VMs waiting, a later retry connects afresh', async () => {
   const fake = fakeJump({ fail: true });
   const knownHosts = new KnownHosts('');
-  const results = await Promise.allSettled([1, 2].map((i) => tunnelTo(vm(i), knownHosts, fake.opener)!({ connectTimeoutMs: 1000 })));
+  // Three VMs, two opening slots: the third waits, then fails with the same attempt rather than a second timeout.
+  const results = await Promise.allSettled([1, 2, 3].map((i) => tunnelTo(vm(i), knownHosts, fake.opener)!({ connectTimeoutMs: 1000 })));
   for (const result of results) {
     expect(result.status).toBe('rejected');
     expect((result as PromiseRejectedResult).reason).toMatchObject({ code: 'jump_unreachable' });
     expect(String((result as PromiseRejectedResult).reason.message)).toMatch(/every VM behind jump host bastion fails until it is back/);
   }
-  // One attempt for the VMs that asked together (within max_sessions); a later attempt tries again.
   expect(fake.opened).toBe(1);
-  await expect(tunnelTo(vm(3), knownHosts, fake.opener)!({ connectTimeoutMs: 1000 })).rejects.toMatchObject({ code: 'jump_unreachable' });
+  await tick(1100);
+  await expect(tunnelTo(vm(4), knownHosts, fake.opener)!({ connectTimeoutMs: 1000 })).rejects.toMatchObject({ code: 'jump_unreachable' });
   expect(fake.opened).toBe(2);
 });
 

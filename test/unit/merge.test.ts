@@ -128,6 +128,11 @@ test('the merged report renders as one table and one job summary (snapshots)', (
   expect(summary).toMatchSnapshot();
 });
 
+test('a merged dry run says so in its aggregate status', () => {
+  const merged = mergeResults([shard(1, 2, [row('vm1')], { dry_run: true }), shard(2, 2, [row('vm2')], { dry_run: true })]);
+  expect(fleetStatus(merged, null)).toEqual({ state: 'success', description: 'dry run: 2/2 VM(s) ok in 2 shards, nothing changed' });
+});
+
 test('a merge that could not be done is an error status, never success', () => {
   expect(fleetStatus(null, { code: 'results_invalid', message: 'a.json: is not JSON' })).toEqual({ state: 'error', description: 'results_invalid: a.json: is not JSON' });
 });
