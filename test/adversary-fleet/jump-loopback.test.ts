@@ -1,8 +1,7 @@
 import fs from 'node:fs';
-import { adoptJumpKey } from '../helpers/jump-net.js';
 import net from 'node:net';
 import path from 'node:path';
-import type { FleetVm } from '../../src/demo/fleet.js';
+import { adoptJumpKey, writeJumpConfig } from '../helpers/jump-net.js';
 import { World } from '../helpers/world.js';
 
 /*
@@ -17,28 +16,7 @@ let silentPort = 0;
 const held: net.Socket[] = [];
 
 function writeConfig(jump: { port: number }, extra: string[] = []): void {
-  const vm = (id: string): FleetVm => world.vm(id);
-  fs.writeFileSync(
-    world.configPath,
-    [
-      'jump_hosts:',
-      `  bastion: { ip: 127.0.0.1, ssh_user: ${world.fleet.user}, ssh_port: ${jump.port}, max_sessions: 1 }`,
-      'vms:',
-      ...BEHIND.map((id) => `  ${id}: { ip: 127.0.0.1, ssh_user: ${world.fleet.user}, ssh_port: ${vm(id).port}, jump: bastion }`),
-      'repository:',
-      `  main_repo_path: ${world.runnerRepo}`,
-      `  url: ${world.ws.origin}`,
-      '  default_branch: main',
-      '  vm_repo_paths: { default: ~/app }',
-      'remote_execution:',
-      `  key_storage_path: ${world.fleet.keyDir}`,
-      `  known_hosts: ${world.fleet.knownHosts}`,
-      'sync: { concurrency: 8, connect_timeout_s: 2, timeout_s: 20, retries: 0 }',
-      'rollout: { max_failed: "100%" }',
-      ...extra,
-      '',
-    ].join('\n'),
-  );
+  writeJumpConfig(world, { bastion: { ip: '127.0.0.1', port: jump.port, maxSessions: 1 }, vmIp: '127.0.0.1', behind: BEHIND, sync: '{ concurrency: 8, connect_timeout_s: 2, timeout_s: 20, retries: 0 }', extra });
 }
 
 beforeAll(async () => {

@@ -1,4 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
+import type { World } from './world.js';
 import fs from 'node:fs';
 import type { FleetVm } from '../../src/demo/fleet.js';
 import { stopVm } from '../../src/demo/fleet.js';
@@ -142,4 +143,34 @@ export function adoptJumpKey(keyDir: string, vmId: string, name: string): void {
   const target = `${keyDir}/${jumpKeyFile(name)}`;
   fs.copyFileSync(`${keyDir}/id_ed25519_${vmId}`, target);
   fs.chmodSync(target, 0o600);
+}
+
+/**
+ * Writes the world's config for a fleet behind one jump host `bastion`: the
+ * VMs `behind` (each at `vmIp`, its own port), the `direct` ones on loopback.
+ */
+export function writeJumpConfig(world: World, options: { bastion: { ip: string; port: number; maxSessions: number }; vmIp: string; behind: string[]; direct?: string[]; sync: string; extra?: string[] }): void {
+  const { user } = world.fleet;
+  fs.writeFileSync(
+    world.configPath,
+    [
+      'jump_hosts:',
+      `  bastion: { ip: ${options.bastion.ip}, ssh_user: ${user}, ssh_port: ${options.bastion.port}, max_sessions: ${options.bastion.maxSessions} }`,
+      'vms:',
+      ...options.behind.map((id) => `  ${id}: { ip: ${options.vmIp}, ssh_user: ${user}, ssh_port: ${world.vm(id).port}, jump: bastion }`),
+      ...(options.direct ?? []).map((id) => `  ${id}: { ip: 127.0.0.1, ssh_user: ${user}, ssh_port: ${world.vm(id).port} }`),
+      'repository:',
+      `  main_repo_path: ${world.runnerRepo}`,
+      `  url: ${world.ws.origin}`,
+      '  default_branch: main',
+      '  vm_repo_paths: { default: ~/app }',
+      'remote_execution:',
+      `  key_storage_path: ${world.fleet.keyDir}`,
+      `  known_hosts: ${world.fleet.knownHosts}`,
+      `sync: ${options.sync}`,
+      'rollout: { max_failed: "100%" }',
+      ...(options.extra ?? []),
+      '',
+    ].join('\n'),
+  );
 }

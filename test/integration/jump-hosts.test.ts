@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { handshakeCount, type FleetVm } from '../../src/demo/fleet.js';
-import { adoptJumpKey, canMakeNamespaces, JumpNet, jumpKeyFile } from '../helpers/jump-net.js';
+import { adoptJumpKey, canMakeNamespaces, JumpNet, jumpKeyFile, writeJumpConfig } from '../helpers/jump-net.js';
 import { World } from '../helpers/world.js';
 
 /*
@@ -17,28 +17,7 @@ let jnet: JumpNet;
 let bastion: FleetVm;
 
 function writeConfig(maxSessions: number): void {
-  const vm = (id: string): FleetVm => world.vm(id);
-  fs.writeFileSync(
-    world.configPath,
-    [
-      'jump_hosts:',
-      `  bastion: { ip: ${jnet.bastionIp}, ssh_user: ${world.fleet.user}, ssh_port: ${bastion.port}, max_sessions: ${maxSessions} }`,
-      'vms:',
-      ...BEHIND.map((id) => `  ${id}: { ip: ${jnet.vmIp}, ssh_user: ${world.fleet.user}, ssh_port: ${vm(id).port}, jump: bastion }`),
-      `  direct1: { ip: 127.0.0.1, ssh_user: ${world.fleet.user}, ssh_port: ${vm('direct1').port} }`,
-      'repository:',
-      `  main_repo_path: ${world.runnerRepo}`,
-      `  url: ${world.ws.origin}`,
-      '  default_branch: main',
-      '  vm_repo_paths: { default: ~/app }',
-      'remote_execution:',
-      `  key_storage_path: ${world.fleet.keyDir}`,
-      `  known_hosts: ${world.fleet.knownHosts}`,
-      'sync: { concurrency: 8, connect_timeout_s: 5, timeout_s: 120, retries: 1 }',
-      'rollout: { max_failed: "100%" }',
-      '',
-    ].join('\n'),
-  );
+  writeJumpConfig(world, { bastion: { ip: jnet.bastionIp, port: bastion.port, maxSessions }, vmIp: jnet.vmIp, behind: BEHIND, direct: ['direct1'], sync: '{ concurrency: 8, connect_timeout_s: 5, timeout_s: 120, retries: 1 }' });
 }
 
 beforeAll(async () => {
