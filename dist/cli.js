@@ -35191,6 +35191,10 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
         throw new ConfigError(source, ctx.problems);
     return config;
 }
+/** The jump hosts the config's VMs use, each once, in the order the VMs name them. */
+function jumpHostsOf(config) {
+    return [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : []))).values()];
+}
 /**
  * Checks what the config points at on the runner host: a readable key file per
  * VM that only its owner can read (OpenSSH refuses others, so do we), and the
@@ -35216,8 +35220,7 @@ function checkConfigFiles(config) {
     };
     for (const vm of config.vms)
         check(vm.keyPath, `SSH key for ${vm.id}`, true);
-    const jumps = new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : [])));
-    for (const jump of jumps.values())
+    for (const jump of jumpHostsOf(config))
         check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
     check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
     return problems;
@@ -43895,39 +43898,6 @@ function renderDoctor(report) {
     return `${lines.join('\n')}\n`;
 }
 
-;// CONCATENATED MODULE: ./src/execute.ts
-
-
-/**
- * Runs one command against the fleet and returns its report. The CLI
- * (cli.ts) and the Action (main.ts) only parse their input into a
- * {@link Command} and present the report; everything between is here.
- * A sharded run's report says which shard it covered, so `report --merge`
- * can tell a missing shard from an empty one.
- */
-async function execute(config, command) {
-    const shard = command.options.shard;
-    if (shard && command.name !== 'scan' && selectVms(config, command.options.vms, shard).length === 0) {
-        // Nothing to do here, and nothing to fetch, export or scan for it: the other shards have the VMs.
-        command.options.events?.info(null, `shard ${shardLabel(shard)} has no VM${command.options.vms?.length ? ' among those selected' : ''}: nothing to do`);
-        return { command: command.name, commit: '', dry_run: command.name === 'sync' && Boolean(command.options.dryRun), scan: null, vms: [], shard };
-    }
-    const report = await execute_run(config, command);
-    return shard ? { ...report, shard } : report;
-}
-function execute_run(config, command) {
-    switch (command.name) {
-        case 'sync':
-            return runSync(config, command.options);
-        case 'rollback':
-            return runRollback(config, command.options);
-        case 'scan':
-            return runScan(config, command.options);
-        default:
-            return runInspect(config, command.name, command.options);
-    }
-}
-
 ;// CONCATENATED MODULE: ./src/report/merge.ts
 
 
@@ -44221,6 +44191,55 @@ function readResultsFiles(paths, options = {}) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/execute.ts
+
+
+
+
+/**
+ * Runs one command against the fleet and returns its report. The CLI
+ * (cli.ts) and the Action (main.ts) only parse their input into a
+ * {@link Command} and present the report; everything between is here.
+ * A sharded run's report says which shard it covered, so `report --merge`
+ * can tell a missing shard from an empty one.
+ */
+async function execute(config, command) {
+    const shard = command.options.shard;
+    if (shard && command.name !== 'scan' && selectVms(config, command.options.vms, shard).length === 0) {
+        // Nothing to do here, and nothing to fetch, export or scan for it: the other shards have the VMs.
+        command.options.events?.info(null, `shard ${shardLabel(shard)} has no VM${command.options.vms?.length ? ' among those selected' : ''}: nothing to do`);
+        return { command: command.name, commit: '', dry_run: command.name === 'sync' && Boolean(command.options.dryRun), scan: null, vms: [], shard };
+    }
+    const report = await execute_run(config, command);
+    return shard ? { ...report, shard } : report;
+}
+function execute_run(config, command) {
+    switch (command.name) {
+        case 'sync':
+            return runSync(config, command.options);
+        case 'rollback':
+            return runRollback(config, command.options);
+        case 'scan':
+            return runScan(config, command.options);
+        default:
+            return runInspect(config, command.name, command.options);
+    }
+}
+/**
+ * `report --merge` / `command: report`: one report from the results files
+ * of a sharded run. With the config, each VM of a missing or failed shard gets
+ * its own failed row, in config order; `expected` is N when the caller knows
+ * it; `allowMissing` (the Action) treats an absent path as "no shard wrote
+ * results".
+ */
+function mergeShards(config, paths, options = {}) {
+    return mergeResults(readResultsFiles(paths, { allowMissing: options.allowMissing }), {
+        expected: options.expected,
+        vmsOfShard: config ? (shard) => selectVms(config, undefined, shard) : undefined,
+        order: config?.vms.map((vm) => vm.id),
+    });
+}
+
 ;// CONCATENATED MODULE: ./src/report/summary.ts
 
 
@@ -44511,8 +44530,6 @@ async function runLocks(config, options = {}) {
 
 
 
-
-
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
 
 Usage:
@@ -44684,7 +44701,7 @@ async function main(argv, io = processIO, signal) {
                 key_storage_path: config.keyStoragePath,
                 known_hosts: config.knownHostsPath,
                 vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: knownHostsName(vm), jump: vm.jump?.name ?? null })),
-                jump_hosts: [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : []))).values()].map((jump) => ({
+                jump_hosts: jumpHostsOf(config).map((jump) => ({
                     name: jump.name,
                     host: jump.host,
                     port: jump.port,
@@ -44783,11 +44800,7 @@ function reportCommand(values, paths, io) {
     if (expected !== undefined && !(Number.isInteger(expected) && expected >= 1 && expected <= MAX_SHARDS))
         throw new UsageError(`--shards must be a whole number from 1 to ${MAX_SHARDS}, not '${values.shards}'`);
     const config = values.config ? loadConfig(values.config, { checkFiles: false }) : null;
-    const report = mergeResults(readResultsFiles(paths), {
-        expected,
-        vmsOfShard: config ? (shard) => selectVms(config, undefined, shard) : undefined,
-        order: config?.vms.map((vm) => vm.id),
-    });
+    const report = mergeShards(config, paths, { expected });
     if (values.summary)
         external_node_fs_default().writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
     io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));

@@ -76173,6 +76173,10 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
         throw new ConfigError(source, ctx.problems);
     return config;
 }
+/** The jump hosts the config's VMs use, each once, in the order the VMs name them. */
+function jumpHostsOf(config) {
+    return [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : []))).values()];
+}
 /**
  * Checks what the config points at on the runner host: a readable key file per
  * VM that only its owner can read (OpenSSH refuses others, so do we), and the
@@ -76198,8 +76202,7 @@ function checkConfigFiles(config) {
     };
     for (const vm of config.vms)
         check(vm.keyPath, `SSH key for ${vm.id}`, true);
-    const jumps = new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : [])));
-    for (const jump of jumps.values())
+    for (const jump of jumpHostsOf(config))
         check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
     check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
     return problems;
@@ -78491,6 +78494,299 @@ function failedRow(vm, error = null, notes = []) {
     };
 }
 const silentEvents = { info: () => undefined, progress: () => undefined };
+
+;// CONCATENATED MODULE: ./src/report/merge.ts
+
+
+
+
+const merge_COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'];
+const RESULTS = ['success', 'failed', 'refused', 'skipped'];
+const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'unknown'];
+const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
+const HEALTH = ['passed', 'failed', 'skipped'];
+function invalid(source, what) {
+    // A file name comes from another job's artifact: never print its control characters.
+    return new VmSyncError('results_invalid', `${vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
+}
+function field(source, where, value, check, what) {
+    if (!check(value))
+        throw invalid(source, `${where} is not ${what}`);
+    return value;
+}
+const isString = (v) => typeof v === 'string';
+const isCount = (v) => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+const isBool = (v) => typeof v === 'boolean';
+const isNullableString = (v) => v === null || typeof v === 'string';
+const oneOf = (values) => (v) => typeof v === 'string' && values.includes(v);
+const isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+const DRIFT_WHAT = ['changed', 'missing', 'extra'];
+/** A row's drift (verify --deep), checked like the rest of the row: the renderers add and list its fields. */
+function parseDrift(source, at, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const drift = field(source, at, raw, isObject, 'an object or null');
+    const paths = field(source, `${at}.paths`, drift.paths, (v) => Array.isArray(v), 'a list');
+    return {
+        checked: field(source, `${at}.checked`, drift.checked, isCount, 'a count'),
+        changed: field(source, `${at}.changed`, drift.changed, isCount, 'a count'),
+        missing: field(source, `${at}.missing`, drift.missing, isCount, 'a count'),
+        extra: field(source, `${at}.extra`, drift.extra, isCount, 'a count'),
+        paths: paths.map((entry, n) => {
+            const p = field(source, `${at}.paths[${n}]`, entry, isObject, 'an object');
+            return {
+                path: field(source, `${at}.paths[${n}].path`, p.path, isString, 'a string'),
+                what: field(source, `${at}.paths[${n}].what`, p.what, oneOf(DRIFT_WHAT), `one of ${DRIFT_WHAT.join(', ')}`),
+                detail: field(source, `${at}.paths[${n}].detail`, p.detail, isString, 'a string'),
+            };
+        }),
+    };
+}
+/** How deep a results document's free-form part (the scan report) may nest: vm-sync's own is a few levels. */
+const MAX_DEPTH = 16;
+/**
+ * Every string of a parsed document with its control characters replaced
+ * (newlines kept), as vm-sync writes them: a results file comes from another
+ * job, and not every renderer escapes every field (the scan report's are shown
+ * as they are). A document nested deeper than vm-sync's is refused.
+ */
+function cleaned(source, value, depth = 0) {
+    if (typeof value === 'string')
+        return vmBlock(value, Number.MAX_SAFE_INTEGER);
+    if (value === null || typeof value !== 'object')
+        return value;
+    if (depth > MAX_DEPTH)
+        throw invalid(source, `is nested more than ${MAX_DEPTH} levels deep`);
+    if (Array.isArray(value))
+        return value.map((v) => cleaned(source, v, depth + 1));
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, cleaned(source, v, depth + 1)]));
+}
+/** One VM row, every field the report promises required (a truncated or edited row is refused, not guessed). */
+function parseRow(source, raw, i) {
+    const at = `vms[${i}]`;
+    const row = field(source, at, raw, isObject, 'an object');
+    const error = row.error === null ? null : field(source, `${at}.error`, row.error, isObject, 'an object or null');
+    const notes = field(source, `${at}.notes`, row.notes, (v) => Array.isArray(v), 'a list');
+    return {
+        id: field(source, `${at}.id`, row.id, isString, 'a string'),
+        host: field(source, `${at}.host`, row.host, isString, 'a string'),
+        state: field(source, `${at}.state`, row.state, oneOf(STATES), `one of ${STATES.join(', ')}`),
+        action: field(source, `${at}.action`, row.action, oneOf(ACTIONS), `one of ${ACTIONS.join(', ')}`),
+        result: field(source, `${at}.result`, row.result, oneOf(RESULTS), `one of ${RESULTS.join(', ')}`),
+        rev_before: field(source, `${at}.rev_before`, row.rev_before, isNullableString, 'a string or null'),
+        rev_after: field(source, `${at}.rev_after`, row.rev_after, isNullableString, 'a string or null'),
+        files_changed: field(source, `${at}.files_changed`, row.files_changed, isCount, 'a count'),
+        bytes_sent: field(source, `${at}.bytes_sent`, row.bytes_sent, isCount, 'a count'),
+        duration_ms: field(source, `${at}.duration_ms`, row.duration_ms, isCount, 'a count'),
+        verified: field(source, `${at}.verified`, row.verified, isBool, 'true or false'),
+        notes: notes.map((note, n) => field(source, `${at}.notes[${n}]`, note, isString, 'a string')),
+        error: error
+            ? {
+                code: field(source, `${at}.error.code`, error.code, oneOf(FAILURE_CODES), 'a vm-sync failure code'),
+                message: field(source, `${at}.error.message`, error.message, isString, 'a string'),
+            }
+            : null,
+        staged_at: field(source, `${at}.staged_at`, row.staged_at ?? null, isNullableString, 'a string or null'),
+        flipped_at: field(source, `${at}.flipped_at`, row.flipped_at ?? null, isNullableString, 'a string or null'),
+        health: field(source, `${at}.health`, row.health ?? 'skipped', oneOf(HEALTH), `one of ${HEALTH.join(', ')}`),
+        health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
+        release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
+        drift: parseDrift(source, `${at}.drift`, row.drift),
+    };
+}
+function parseShardField(source, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const shard = field(source, 'shard', raw, isObject, 'an object');
+    const count = field(source, 'shard.count', shard.count, (v) => isCount(v) && v >= 1 && v <= MAX_SHARDS, `a count from 1 to ${MAX_SHARDS}`);
+    const index = field(source, 'shard.index', shard.index, (v) => isCount(v) && v >= 1 && v <= count, `from 1 to ${count}`);
+    return { index, count };
+}
+/** Parses one results document; anything that is not one is `results_invalid`, naming the file and the field. */
+function parseResults(input) {
+    let raw;
+    try {
+        raw = JSON.parse(input.text);
+    }
+    catch {
+        throw invalid(input.source, 'is not JSON');
+    }
+    const doc = cleaned(input.source, field(input.source, 'the document', raw, isObject, 'a JSON object'));
+    if (isObject(doc.truncated))
+        throw invalid(input.source, 'was shortened to fit an output (it has "truncated"): write the shard results with the results-path input instead of the results output');
+    const command = field(input.source, 'command', doc.command, oneOf(merge_COMMANDS), `one of ${merge_COMMANDS.join(', ')}`);
+    const rows = field(input.source, 'vms', doc.vms, (v) => Array.isArray(v), 'a list');
+    const error = doc.error === undefined ? null : field(input.source, 'error', doc.error, isObject, 'an object');
+    const report = {
+        command,
+        commit: doc.commit === null ? '' : field(input.source, 'commit', doc.commit, isString, 'a string or null'),
+        dry_run: field(input.source, 'dry_run', doc.dry_run ?? false, isBool, 'true or false'),
+        // The scan report is vm-sync's own and is shown through the escaping renderers; its shape is checked where it matters.
+        scan: doc.scan === null || doc.scan === undefined ? null : field(input.source, 'scan', doc.scan, isObject, 'an object or null'),
+        vms: rows.map((row, i) => parseRow(input.source, row, i)),
+        shard: parseShardField(input.source, doc.shard),
+    };
+    if (report.scan && !Array.isArray(report.scan.findings))
+        throw invalid(input.source, 'scan.findings is not a list');
+    return {
+        source: input.source,
+        report,
+        error: error ? { code: field(input.source, 'error.code', error.code, isString, 'a string'), message: field(input.source, 'error.message', error.message, isString, 'a string') } : null,
+    };
+}
+/**
+ * Merges the results of a sharded run (and, optionally, of the scan job) into
+ * one report, as if one runner had done it all. A pure function of its input:
+ * - every shard 1..N must be there; a missing one fails each of its VMs with
+ *   `shard_missing` (or, without the config, fails the merge);
+ * - a shard that failed before reaching its VMs fails each of them with its code;
+ * - the shards must agree on N, the command and the commit; a VM in two shards,
+ *   or a shard twice, is `results_invalid` (the inputs are not one deploy).
+ */
+function mergeResults(sources, options = {}) {
+    const parsed = sources.map(parseResults);
+    const scans = parsed.filter((p) => p.report.command === 'scan');
+    const shards = parsed.filter((p) => p.report.command !== 'scan');
+    const counts = new Set(shards.map((p) => p.report.shard?.count ?? 1));
+    if (options.expected !== undefined)
+        counts.add(options.expected);
+    if (counts.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), `the results disagree on the number of shards (${[...counts].sort((a, b) => a - b).join(', ')}): merge the results of one deploy, with the shards input set to its matrix size`);
+    const expected = [...counts][0];
+    if (expected === undefined) {
+        throw new VmSyncError('results_invalid', 'no shard results to merge (only scan results, or none at all): set the shards input (the number of shards) so every shard is reported missing, or pass the shards\' results files');
+    }
+    const byIndex = new Map();
+    for (const p of shards) {
+        const index = p.report.shard?.index ?? 1;
+        const other = byIndex.get(index);
+        if (other)
+            throw invalid(p.source, `shard ${index}/${expected} is also in ${other.source}: pass each shard's results once`);
+        byIndex.set(index, p);
+    }
+    const commands = new Set(shards.map((p) => p.report.command));
+    if (commands.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), `the shards ran different commands (${[...commands].join(', ')})`);
+    const dryRuns = new Set(shards.filter((p) => p.report.vms.length > 0 || p.error).map((p) => p.report.dry_run));
+    if (dryRuns.size > 1)
+        throw invalid(shards.map((p) => p.source).join(', '), 'some shards were dry runs and some were not: merge the results of one deploy');
+    const commits = new Set([...shards, ...scans].map((p) => p.report.commit).filter((c) => c !== ''));
+    if (commits.size > 1)
+        throw invalid([...shards, ...scans].map((p) => p.source).join(', '), `the results are of different commits (${[...commits].join(', ')}): merge the results of one deploy`);
+    const rows = new Map();
+    const add = (row, source) => {
+        if (rows.has(row.id))
+            throw invalid(source, `VM ${JSON.stringify(row.id)} is in two shards' results`);
+        rows.set(row.id, row);
+    };
+    // Which shard each configured VM is in: a row in another shard's results is not that VM's (a VM's shard is a hash of its id).
+    const owner = new Map();
+    if (options.vmsOfShard) {
+        for (let index = 1; index <= expected; index++)
+            for (const vm of options.vmsOfShard({ index, count: expected }))
+                owner.set(vm.id, index);
+    }
+    const missing = [];
+    const failed = [];
+    for (let index = 1; index <= expected; index++) {
+        const label = shardLabel({ index, count: expected });
+        const p = byIndex.get(index);
+        if (!p) {
+            missing.push(index);
+            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
+                add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with vm-sync status --shard ${label}, then re-run the failed job.` }), `shard ${label}`);
+            }
+            continue;
+        }
+        for (const row of p.report.vms) {
+            const home = owner.get(row.id);
+            if (home !== undefined && home !== index && !rows.has(row.id))
+                throw invalid(p.source, `VM ${JSON.stringify(row.id)} is in shard ${shardLabel({ index: home, count: expected })}, not in shard ${label} whose results these are`);
+            add(row, p.source);
+        }
+        if (p.error) {
+            failed.push({ index, ...p.error });
+            const code = FAILURE_CODES.includes(p.error.code) ? p.error.code : 'internal_error';
+            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
+                if (!rows.has(vm.id))
+                    add(failedRow(vm, { code, message: `shard ${label} failed before reaching ${vm.id}: ${p.error.message}` }), p.source);
+            }
+        }
+    }
+    const rank = new Map((options.order ?? []).map((id, i) => [id, i]));
+    const vms = [...rows.values()].sort((a, b) => (rank.get(a.id) ?? Infinity) - (rank.get(b.id) ?? Infinity) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const flips = vms.map((vm) => (vm.flipped_at ? Date.parse(vm.flipped_at) : NaN)).filter((t) => Number.isFinite(t));
+    // The scan job's verdict when there is one (the shards then skip it), else a shard's own scan.
+    const scan = scans.find((p) => p.report.scan)?.report.scan ?? shards.find((p) => p.report.scan?.blocked)?.report.scan ?? shards.find((p) => p.report.scan)?.report.scan ?? null;
+    return {
+        command: shards[0]?.report.command ?? 'sync',
+        commit: [...commits][0] ?? '',
+        dry_run: shards.some((p) => p.report.dry_run),
+        scan,
+        rollout: null,
+        // Fleet-wide: the skew between the first and the last VM to flip, over every shard.
+        flip_skew_ms: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : null,
+        vms,
+        shards: { expected, received: [...byIndex.keys()].sort((a, b) => a - b), missing, failed },
+    };
+}
+
+;// CONCATENATED MODULE: ./src/report/results-files.ts
+
+
+
+
+/** A path for a message: names under the results directory come from other jobs' artifacts. */
+const shown = (p) => vmText(p, 1000);
+/** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
+const MAX_FILE_BYTES = 64 * 1024 * 1024;
+/** More files than this under one directory is not a set of shard results. */
+const MAX_FILES = 10_000;
+/**
+ * The results documents under each path: a file as it is, a directory
+ * searched for `*.json` at any depth (actions/download-artifact puts each
+ * artifact in its own subdirectory), in a stable order. Symlinks are not
+ * followed: an artifact cannot point the merge at another file of the runner.
+ * A path that does not exist is an error unless `allowMissing` (the Action:
+ * when every shard failed, no artifact was downloaded, and each is reported missing).
+ */
+function readResultsFiles(paths, options = {}) {
+    const files = [];
+    const walk = (dir) => {
+        for (const entry of external_node_fs_default().readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+            const full = external_node_path_default().join(dir, entry.name);
+            if (entry.isDirectory())
+                walk(full);
+            else if (entry.isFile() && entry.name.endsWith('.json'))
+                files.push(full);
+            if (files.length > MAX_FILES)
+                throw new VmSyncError('results_invalid', `${shown(dir)}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
+        }
+    };
+    for (const p of paths) {
+        let stat;
+        try {
+            stat = external_node_fs_default().lstatSync(p);
+        }
+        catch {
+            if (options.allowMissing)
+                continue;
+            throw new VmSyncError('config_invalid', `results path ${shown(p)} does not exist: give the results files (or a directory of them) that the shards wrote`);
+        }
+        if (stat.isDirectory())
+            walk(p);
+        else if (stat.isFile())
+            files.push(p);
+        else
+            throw new VmSyncError('config_invalid', `results path ${shown(p)} is not a file or a directory`);
+    }
+    return files.map((file) => {
+        const size = external_node_fs_default().statSync(file).size;
+        if (size > MAX_FILE_BYTES)
+            throw new VmSyncError('results_invalid', `${shown(file)} is ${size} bytes: not a vm-sync results file`);
+        return { source: file, text: external_node_fs_default().readFileSync(file, 'utf8') };
+    });
+}
 
 // EXTERNAL MODULE: external "node:async_hooks"
 var external_node_async_hooks_ = __nccwpck_require__(6698);
@@ -85406,6 +85702,8 @@ function exitCodeFor(report) {
 ;// CONCATENATED MODULE: ./src/execute.ts
 
 
+
+
 /**
  * Runs one command against the fleet and returns its report. The CLI
  * (cli.ts) and the Action (main.ts) only parse their input into a
@@ -85435,303 +85733,22 @@ function execute_run(config, command) {
             return runInspect(config, command.name, command.options);
     }
 }
-
-;// CONCATENATED MODULE: ./src/report/merge.ts
-
-
-
-
-const merge_COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'];
-const RESULTS = ['success', 'failed', 'refused', 'skipped'];
-const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'unknown'];
-const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
-const HEALTH = ['passed', 'failed', 'skipped'];
-function invalid(source, what) {
-    // A file name comes from another job's artifact: never print its control characters.
-    return new VmSyncError('results_invalid', `${vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
-}
-function field(source, where, value, check, what) {
-    if (!check(value))
-        throw invalid(source, `${where} is not ${what}`);
-    return value;
-}
-const isString = (v) => typeof v === 'string';
-const isCount = (v) => typeof v === 'number' && Number.isInteger(v) && v >= 0;
-const isBool = (v) => typeof v === 'boolean';
-const isNullableString = (v) => v === null || typeof v === 'string';
-const oneOf = (values) => (v) => typeof v === 'string' && values.includes(v);
-const isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
-const DRIFT_WHAT = ['changed', 'missing', 'extra'];
-/** A row's drift (verify --deep), checked like the rest of the row: the renderers add and list its fields. */
-function parseDrift(source, at, raw) {
-    if (raw === undefined || raw === null)
-        return null;
-    const drift = field(source, at, raw, isObject, 'an object or null');
-    const paths = field(source, `${at}.paths`, drift.paths, (v) => Array.isArray(v), 'a list');
-    return {
-        checked: field(source, `${at}.checked`, drift.checked, isCount, 'a count'),
-        changed: field(source, `${at}.changed`, drift.changed, isCount, 'a count'),
-        missing: field(source, `${at}.missing`, drift.missing, isCount, 'a count'),
-        extra: field(source, `${at}.extra`, drift.extra, isCount, 'a count'),
-        paths: paths.map((entry, n) => {
-            const p = field(source, `${at}.paths[${n}]`, entry, isObject, 'an object');
-            return {
-                path: field(source, `${at}.paths[${n}].path`, p.path, isString, 'a string'),
-                what: field(source, `${at}.paths[${n}].what`, p.what, oneOf(DRIFT_WHAT), `one of ${DRIFT_WHAT.join(', ')}`),
-                detail: field(source, `${at}.paths[${n}].detail`, p.detail, isString, 'a string'),
-            };
-        }),
-    };
-}
-/** How deep a results document's free-form part (the scan report) may nest: vm-sync's own is a few levels. */
-const MAX_DEPTH = 16;
 /**
- * Every string of a parsed document with its control characters replaced
- * (newlines kept), as vm-sync writes them: a results file comes from another
- * job, and not every renderer escapes every field (the scan report's are shown
- * as they are). A document nested deeper than vm-sync's is refused.
+ * `report --merge` / `command: report`: one report from the results files
+ * of a sharded run. With the config, each VM of a missing or failed shard gets
+ * its own failed row, in config order; `expected` is N when the caller knows
+ * it; `allowMissing` (the Action) treats an absent path as "no shard wrote
+ * results".
  */
-function cleaned(source, value, depth = 0) {
-    if (typeof value === 'string')
-        return vmBlock(value, Number.MAX_SAFE_INTEGER);
-    if (value === null || typeof value !== 'object')
-        return value;
-    if (depth > MAX_DEPTH)
-        throw invalid(source, `is nested more than ${MAX_DEPTH} levels deep`);
-    if (Array.isArray(value))
-        return value.map((v) => cleaned(source, v, depth + 1));
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, cleaned(source, v, depth + 1)]));
-}
-/** One VM row, every field the report promises required (a truncated or edited row is refused, not guessed). */
-function parseRow(source, raw, i) {
-    const at = `vms[${i}]`;
-    const row = field(source, at, raw, isObject, 'an object');
-    const error = row.error === null ? null : field(source, `${at}.error`, row.error, isObject, 'an object or null');
-    const notes = field(source, `${at}.notes`, row.notes, (v) => Array.isArray(v), 'a list');
-    return {
-        id: field(source, `${at}.id`, row.id, isString, 'a string'),
-        host: field(source, `${at}.host`, row.host, isString, 'a string'),
-        state: field(source, `${at}.state`, row.state, oneOf(STATES), `one of ${STATES.join(', ')}`),
-        action: field(source, `${at}.action`, row.action, oneOf(ACTIONS), `one of ${ACTIONS.join(', ')}`),
-        result: field(source, `${at}.result`, row.result, oneOf(RESULTS), `one of ${RESULTS.join(', ')}`),
-        rev_before: field(source, `${at}.rev_before`, row.rev_before, isNullableString, 'a string or null'),
-        rev_after: field(source, `${at}.rev_after`, row.rev_after, isNullableString, 'a string or null'),
-        files_changed: field(source, `${at}.files_changed`, row.files_changed, isCount, 'a count'),
-        bytes_sent: field(source, `${at}.bytes_sent`, row.bytes_sent, isCount, 'a count'),
-        duration_ms: field(source, `${at}.duration_ms`, row.duration_ms, isCount, 'a count'),
-        verified: field(source, `${at}.verified`, row.verified, isBool, 'true or false'),
-        notes: notes.map((note, n) => field(source, `${at}.notes[${n}]`, note, isString, 'a string')),
-        error: error
-            ? {
-                code: field(source, `${at}.error.code`, error.code, oneOf(FAILURE_CODES), 'a vm-sync failure code'),
-                message: field(source, `${at}.error.message`, error.message, isString, 'a string'),
-            }
-            : null,
-        staged_at: field(source, `${at}.staged_at`, row.staged_at ?? null, isNullableString, 'a string or null'),
-        flipped_at: field(source, `${at}.flipped_at`, row.flipped_at ?? null, isNullableString, 'a string or null'),
-        health: field(source, `${at}.health`, row.health ?? 'skipped', oneOf(HEALTH), `one of ${HEALTH.join(', ')}`),
-        health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
-        release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
-        drift: parseDrift(source, `${at}.drift`, row.drift),
-    };
-}
-function parseShardField(source, raw) {
-    if (raw === undefined || raw === null)
-        return null;
-    const shard = field(source, 'shard', raw, isObject, 'an object');
-    const count = field(source, 'shard.count', shard.count, (v) => isCount(v) && v >= 1 && v <= MAX_SHARDS, `a count from 1 to ${MAX_SHARDS}`);
-    const index = field(source, 'shard.index', shard.index, (v) => isCount(v) && v >= 1 && v <= count, `from 1 to ${count}`);
-    return { index, count };
-}
-/** Parses one results document; anything that is not one is `results_invalid`, naming the file and the field. */
-function parseResults(input) {
-    let raw;
-    try {
-        raw = JSON.parse(input.text);
-    }
-    catch {
-        throw invalid(input.source, 'is not JSON');
-    }
-    const doc = cleaned(input.source, field(input.source, 'the document', raw, isObject, 'a JSON object'));
-    if (isObject(doc.truncated))
-        throw invalid(input.source, 'was shortened to fit an output (it has "truncated"): write the shard results with the results-path input instead of the results output');
-    const command = field(input.source, 'command', doc.command, oneOf(merge_COMMANDS), `one of ${merge_COMMANDS.join(', ')}`);
-    const rows = field(input.source, 'vms', doc.vms, (v) => Array.isArray(v), 'a list');
-    const error = doc.error === undefined ? null : field(input.source, 'error', doc.error, isObject, 'an object');
-    const report = {
-        command,
-        commit: doc.commit === null ? '' : field(input.source, 'commit', doc.commit, isString, 'a string or null'),
-        dry_run: field(input.source, 'dry_run', doc.dry_run ?? false, isBool, 'true or false'),
-        // The scan report is vm-sync's own and is shown through the escaping renderers; its shape is checked where it matters.
-        scan: doc.scan === null || doc.scan === undefined ? null : field(input.source, 'scan', doc.scan, isObject, 'an object or null'),
-        vms: rows.map((row, i) => parseRow(input.source, row, i)),
-        shard: parseShardField(input.source, doc.shard),
-    };
-    if (report.scan && !Array.isArray(report.scan.findings))
-        throw invalid(input.source, 'scan.findings is not a list');
-    return {
-        source: input.source,
-        report,
-        error: error ? { code: field(input.source, 'error.code', error.code, isString, 'a string'), message: field(input.source, 'error.message', error.message, isString, 'a string') } : null,
-    };
-}
-/**
- * Merges the results of a sharded run (and, optionally, of the scan job) into
- * one report, as if one runner had done it all. A pure function of its input:
- * - every shard 1..N must be there; a missing one fails each of its VMs with
- *   `shard_missing` (or, without the config, fails the merge);
- * - a shard that failed before reaching its VMs fails each of them with its code;
- * - the shards must agree on N, the command and the commit; a VM in two shards,
- *   or a shard twice, is `results_invalid` (the inputs are not one deploy).
- */
-function mergeResults(sources, options = {}) {
-    const parsed = sources.map(parseResults);
-    const scans = parsed.filter((p) => p.report.command === 'scan');
-    const shards = parsed.filter((p) => p.report.command !== 'scan');
-    const counts = new Set(shards.map((p) => p.report.shard?.count ?? 1));
-    if (options.expected !== undefined)
-        counts.add(options.expected);
-    if (counts.size > 1)
-        throw invalid(shards.map((p) => p.source).join(', '), `the results disagree on the number of shards (${[...counts].sort((a, b) => a - b).join(', ')}): merge the results of one deploy, with the shards input set to its matrix size`);
-    const expected = [...counts][0];
-    if (expected === undefined) {
-        throw new VmSyncError('results_invalid', 'no shard results to merge (only scan results, or none at all): set the shards input (the number of shards) so every shard is reported missing, or pass the shards\' results files');
-    }
-    const byIndex = new Map();
-    for (const p of shards) {
-        const index = p.report.shard?.index ?? 1;
-        const other = byIndex.get(index);
-        if (other)
-            throw invalid(p.source, `shard ${index}/${expected} is also in ${other.source}: pass each shard's results once`);
-        byIndex.set(index, p);
-    }
-    const commands = new Set(shards.map((p) => p.report.command));
-    if (commands.size > 1)
-        throw invalid(shards.map((p) => p.source).join(', '), `the shards ran different commands (${[...commands].join(', ')})`);
-    const dryRuns = new Set(shards.filter((p) => p.report.vms.length > 0 || p.error).map((p) => p.report.dry_run));
-    if (dryRuns.size > 1)
-        throw invalid(shards.map((p) => p.source).join(', '), 'some shards were dry runs and some were not: merge the results of one deploy');
-    const commits = new Set([...shards, ...scans].map((p) => p.report.commit).filter((c) => c !== ''));
-    if (commits.size > 1)
-        throw invalid([...shards, ...scans].map((p) => p.source).join(', '), `the results are of different commits (${[...commits].join(', ')}): merge the results of one deploy`);
-    const rows = new Map();
-    const add = (row, source) => {
-        if (rows.has(row.id))
-            throw invalid(source, `VM ${JSON.stringify(row.id)} is in two shards' results`);
-        rows.set(row.id, row);
-    };
-    // Which shard each configured VM is in: a row in another shard's results is not that VM's (a VM's shard is a hash of its id).
-    const owner = new Map();
-    if (options.vmsOfShard) {
-        for (let index = 1; index <= expected; index++)
-            for (const vm of options.vmsOfShard({ index, count: expected }))
-                owner.set(vm.id, index);
-    }
-    const missing = [];
-    const failed = [];
-    for (let index = 1; index <= expected; index++) {
-        const label = shardLabel({ index, count: expected });
-        const p = byIndex.get(index);
-        if (!p) {
-            missing.push(index);
-            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
-                add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with vm-sync status --shard ${label}, then re-run the failed job.` }), `shard ${label}`);
-            }
-            continue;
-        }
-        for (const row of p.report.vms) {
-            const home = owner.get(row.id);
-            if (home !== undefined && home !== index && !rows.has(row.id))
-                throw invalid(p.source, `VM ${JSON.stringify(row.id)} is in shard ${shardLabel({ index: home, count: expected })}, not in shard ${label} whose results these are`);
-            add(row, p.source);
-        }
-        if (p.error) {
-            failed.push({ index, ...p.error });
-            const code = FAILURE_CODES.includes(p.error.code) ? p.error.code : 'internal_error';
-            for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
-                if (!rows.has(vm.id))
-                    add(failedRow(vm, { code, message: `shard ${label} failed before reaching ${vm.id}: ${p.error.message}` }), p.source);
-            }
-        }
-    }
-    const rank = new Map((options.order ?? []).map((id, i) => [id, i]));
-    const vms = [...rows.values()].sort((a, b) => (rank.get(a.id) ?? Infinity) - (rank.get(b.id) ?? Infinity) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    const flips = vms.map((vm) => (vm.flipped_at ? Date.parse(vm.flipped_at) : NaN)).filter((t) => Number.isFinite(t));
-    // The scan job's verdict when there is one (the shards then skip it), else a shard's own scan.
-    const scan = scans.find((p) => p.report.scan)?.report.scan ?? shards.find((p) => p.report.scan?.blocked)?.report.scan ?? shards.find((p) => p.report.scan)?.report.scan ?? null;
-    return {
-        command: shards[0]?.report.command ?? 'sync',
-        commit: [...commits][0] ?? '',
-        dry_run: shards.some((p) => p.report.dry_run),
-        scan,
-        rollout: null,
-        // Fleet-wide: the skew between the first and the last VM to flip, over every shard.
-        flip_skew_ms: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : null,
-        vms,
-        shards: { expected, received: [...byIndex.keys()].sort((a, b) => a - b), missing, failed },
-    };
-}
-
-;// CONCATENATED MODULE: ./src/report/results-files.ts
-
-
-
-
-/** A path for a message: names under the results directory come from other jobs' artifacts. */
-const shown = (p) => vmText(p, 1000);
-/** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
-const MAX_FILE_BYTES = 64 * 1024 * 1024;
-/** More files than this under one directory is not a set of shard results. */
-const MAX_FILES = 10_000;
-/**
- * The results documents under each path: a file as it is, a directory
- * searched for `*.json` at any depth (actions/download-artifact puts each
- * artifact in its own subdirectory), in a stable order. Symlinks are not
- * followed: an artifact cannot point the merge at another file of the runner.
- * A path that does not exist is an error unless `allowMissing` (the Action:
- * when every shard failed, no artifact was downloaded, and each is reported missing).
- */
-function readResultsFiles(paths, options = {}) {
-    const files = [];
-    const walk = (dir) => {
-        for (const entry of external_node_fs_default().readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-            const full = external_node_path_default().join(dir, entry.name);
-            if (entry.isDirectory())
-                walk(full);
-            else if (entry.isFile() && entry.name.endsWith('.json'))
-                files.push(full);
-            if (files.length > MAX_FILES)
-                throw new VmSyncError('results_invalid', `${shown(dir)}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
-        }
-    };
-    for (const p of paths) {
-        let stat;
-        try {
-            stat = external_node_fs_default().lstatSync(p);
-        }
-        catch {
-            if (options.allowMissing)
-                continue;
-            throw new VmSyncError('config_invalid', `results path ${shown(p)} does not exist: give the results files (or a directory of them) that the shards wrote`);
-        }
-        if (stat.isDirectory())
-            walk(p);
-        else if (stat.isFile())
-            files.push(p);
-        else
-            throw new VmSyncError('config_invalid', `results path ${shown(p)} is not a file or a directory`);
-    }
-    return files.map((file) => {
-        const size = external_node_fs_default().statSync(file).size;
-        if (size > MAX_FILE_BYTES)
-            throw new VmSyncError('results_invalid', `${shown(file)} is ${size} bytes: not a vm-sync results file`);
-        return { source: file, text: external_node_fs_default().readFileSync(file, 'utf8') };
+function mergeShards(config, paths, options = {}) {
+    return mergeResults(readResultsFiles(paths, { allowMissing: options.allowMissing }), {
+        expected: options.expected,
+        vmsOfShard: config ? (shard) => selectVms(config, undefined, shard) : undefined,
+        order: config?.vms.map((vm) => vm.id),
     });
 }
 
 ;// CONCATENATED MODULE: ./src/main.ts
-
-
 
 
 
@@ -85934,11 +85951,7 @@ async function main_run() {
         const sharded = inputs.shard ?? undefined;
         if (inputs.command === 'report') {
             // The shards' artifacts; none at all when every shard failed before uploading (each is then missing).
-            report = mergeResults(readResultsFiles([external_node_path_default().resolve(ctx.workspace, inputs.results)], { allowMissing: true }), {
-                expected: inputs.shards ?? undefined,
-                vmsOfShard: (s) => selectVms(config, undefined, s),
-                order: config.vms.map((vm) => vm.id),
-            });
+            report = mergeShards(config, [external_node_path_default().resolve(ctx.workspace, inputs.results)], { expected: inputs.shards ?? undefined, allowMissing: true });
             command = report.command;
             commit = report.commit || commit;
         }

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from './config/load.js';
+import { ConfigError, jumpHostsOf, loadConfig } from './config/load.js';
 import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { renderDoctor, runDoctor } from './doctor/doctor.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
@@ -7,11 +7,9 @@ import { terminalLine } from './report/escape.js';
 import { renderTable } from './report/table.js';
 import fs from 'node:fs';
 import { renderSarif } from './scan/findings.js';
-import { execute, type Command } from './execute.js';
-import { exitCodeFor, selectVms } from './sync/fleet.js';
+import { execute, mergeShards, type Command } from './execute.js';
+import { exitCodeFor } from './sync/fleet.js';
 import { MAX_SHARDS, parseShard } from './config/shard.js';
-import { mergeResults } from './report/merge.js';
-import { readResultsFiles } from './report/results-files.js';
 import { renderSummary } from './report/summary.js';
 import { runLocks } from './sync/locks.js';
 import { runUnlock } from './sync/unlock.js';
@@ -175,7 +173,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
         key_storage_path: config.keyStoragePath,
         known_hosts: config.knownHostsPath,
         vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: knownHostsName(vm), jump: vm.jump?.name ?? null })),
-        jump_hosts: [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump] as const] : []))).values()].map((jump) => ({
+        jump_hosts: jumpHostsOf(config).map((jump) => ({
           name: jump.name,
           host: jump.host,
           port: jump.port,
@@ -254,11 +252,7 @@ function reportCommand(values: ReturnType<typeof parse>['values'], paths: string
   const expected = values.shards === undefined ? undefined : Number(values.shards);
   if (expected !== undefined && !(Number.isInteger(expected) && expected >= 1 && expected <= MAX_SHARDS)) throw new UsageError(`--shards must be a whole number from 1 to ${MAX_SHARDS}, not '${values.shards}'`);
   const config = values.config ? loadConfig(values.config, { checkFiles: false }) : null;
-  const report = mergeResults(readResultsFiles(paths), {
-    expected,
-    vmsOfShard: config ? (shard) => selectVms(config, undefined, shard) : undefined,
-    order: config?.vms.map((vm) => vm.id),
-  });
+  const report = mergeShards(config, paths, { expected });
   if (values.summary) fs.writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
   io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
   return exitCodeFor(report);

@@ -1,5 +1,7 @@
 import type { Config } from './config/types.js';
 import { shardLabel } from './config/shard.js';
+import { mergeResults } from './report/merge.js';
+import { readResultsFiles } from './report/results-files.js';
 import { runInspect, runRollback, runScan, runSync, selectVms, type InspectOptions, type RollbackOptions, type ScanOptions, type SyncOptions } from './sync/fleet.js';
 import type { RunReport } from './sync/types.js';
 
@@ -39,4 +41,19 @@ function run(config: Config, command: Command): Promise<RunReport> {
     default:
       return runInspect(config, command.name, command.options);
   }
+}
+
+/**
+ * `report --merge` / `command: report`: one report from the results files
+ * of a sharded run. With the config, each VM of a missing or failed shard gets
+ * its own failed row, in config order; `expected` is N when the caller knows
+ * it; `allowMissing` (the Action) treats an absent path as "no shard wrote
+ * results".
+ */
+export function mergeShards(config: Config | null, paths: string[], options: { expected?: number; allowMissing?: boolean } = {}): RunReport {
+  return mergeResults(readResultsFiles(paths, { allowMissing: options.allowMissing }), {
+    expected: options.expected,
+    vmsOfShard: config ? (shard) => selectVms(config, undefined, shard) : undefined,
+    order: config?.vms.map((vm) => vm.id),
+  });
 }

@@ -14,10 +14,8 @@ import { renderSarif } from './scan/findings.js';
 import { locateGitleaks } from './scan/gitleaks.js';
 import { installGitleaks } from './scan/install.js';
 import type { ScanRequest } from './scan/plan.js';
-import { execute } from './execute.js';
+import { execute, mergeShards } from './execute.js';
 import { exitCodeFor, selectVms } from './sync/fleet.js';
-import { mergeResults } from './report/merge.js';
-import { readResultsFiles } from './report/results-files.js';
 import { failedRow, type EngineEvents, type RunReport, type VmReport } from './sync/types.js';
 
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
@@ -202,11 +200,7 @@ export async function run(): Promise<void> {
     const sharded = inputs.shard ?? undefined;
     if (inputs.command === 'report') {
       // The shards' artifacts; none at all when every shard failed before uploading (each is then missing).
-      report = mergeResults(readResultsFiles([path.resolve(ctx.workspace, inputs.results)], { allowMissing: true }), {
-        expected: inputs.shards ?? undefined,
-        vmsOfShard: (s) => selectVms(config, undefined, s),
-        order: config.vms.map((vm) => vm.id),
-      });
+      report = mergeShards(config, [path.resolve(ctx.workspace, inputs.results)], { expected: inputs.shards ?? undefined, allowMissing: true });
       command = report.command;
       commit = report.commit || commit;
     } else if (inputs.command === 'scan') {

@@ -529,6 +529,11 @@ export function parseConfig(text: string, source: string, home: string = os.home
   return config;
 }
 
+/** The jump hosts the config's VMs use, each once, in the order the VMs name them. */
+export function jumpHostsOf(config: Config): JumpHost[] {
+  return [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump] as const] : []))).values()];
+}
+
 /**
  * Checks what the config points at on the runner host: a readable key file per
  * VM that only its owner can read (OpenSSH refuses others, so do we), and the
@@ -551,8 +556,7 @@ export function checkConfigFiles(config: Config): ConfigProblem[] {
     }
   };
   for (const vm of config.vms) check(vm.keyPath, `SSH key for ${vm.id}`, true);
-  const jumps = new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump] as const] : [])));
-  for (const jump of jumps.values()) check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
+  for (const jump of jumpHostsOf(config)) check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
   check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
   return problems;
 }
