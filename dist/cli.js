@@ -43648,7 +43648,153 @@ function stopDemo(dir) {
     return fleet;
 }
 
+;// CONCATENATED MODULE: ./src/doctor/runner.ts
+
+
+/**
+ * The oldest GitHub Actions runner that GitHub lets configure, register again
+ * or connect. An older `config.sh` fails with "Your runner version is out of
+ * date and can no longer register with GitHub"; an older registered runner is
+ * refused with "Runner version vX is deprecated and cannot receive messages".
+ * Source: GitHub changelog, 2026-06-12, "GitHub Actions: minimum version
+ * enforcement timeline for self-hosted runners"
+ * (https://github.blog/changelog/2026-06-12-github-actions-minimum-version-enforcement-timeline-for-self-hosted-runners/)
+ * and https://github.com/orgs/community/discussions/194762: "To configure or
+ * (re)register a runner: the runner must be on version 2.329.0 or later".
+ * (Running jobs also needs each new release within 30 days of it; the
+ * runner's self-update does that.) Change it here and in the README only.
+ */
+const MIN_RUNNER_VERSION = '2.329.0';
+/** Where scripts/bootstrap-runner.sh installs the runner unless told `--dir`. */
+const DEFAULT_RUNNER_DIR = '/opt/actions-runner';
+/** Overrides the runner directory; the installed `vm-sync` command sets it to the directory it was installed for. */
+const RUNNER_DIR_ENV = 'VM_SYNC_RUNNER_DIR';
+const VERSION = /^(\d{1,6})\.(\d{1,6})\.(\d{1,6})$/;
+/** Compares two `X.Y.Z` versions numerically (2.99.0 is older than 2.329.0). */
+function compareVersions(a, b) {
+    const pa = a.split('.').map(Number);
+    const pb = b.split('.').map(Number);
+    for (let i = 0; i < 3; i++)
+        if (pa[i] !== pb[i])
+            return pa[i] - pb[i];
+    return 0;
+}
+/** The runner's version from its .NET manifest: the `Runner.Listener/X.Y.Z` entry (under libraries and targets). */
+function fromDepsJson(dir) {
+    const file = external_node_path_default().join(dir, 'bin', 'Runner.Listener.deps.json');
+    let manifest;
+    try {
+        // The real one is a few hundred KB; anything far larger is not it.
+        if (external_node_fs_default().statSync(file).size > 16 * 1024 * 1024)
+            return null;
+        manifest = JSON.parse(external_node_fs_default().readFileSync(file, 'utf8'));
+    }
+    catch {
+        return null;
+    }
+    if (!manifest || typeof manifest !== 'object')
+        return null;
+    const { libraries, targets } = manifest;
+    const tables = [libraries, ...(targets && typeof targets === 'object' ? Object.values(targets) : [])];
+    for (const table of tables) {
+        if (!table || typeof table !== 'object')
+            continue;
+        for (const key of Object.keys(table)) {
+            const match = /^Runner\.Listener\/(.+)$/.exec(key);
+            if (match && VERSION.test(match[1]))
+                return match[1];
+        }
+    }
+    return null;
+}
+/**
+ * The installed runner's version and where it was read, or null. Read from
+ * files, never by running `bin/Runner.Listener --version`: the runner user
+ * (and so any job) can rewrite that binary, and doctor may run as root.
+ * In order: the .NET manifest of `bin/` (which follows the `bin -> bin.X.Y.Z`
+ * link a self-update leaves), the name of that link's target, and the
+ * version the bootstrap installed (stale once the runner updated itself).
+ */
+function readRunnerVersion(dir) {
+    const deps = fromDepsJson(dir);
+    if (deps)
+        return { version: deps, source: 'bin/Runner.Listener.deps.json' };
+    try {
+        const target = external_node_path_default().basename(external_node_fs_default().readlinkSync(external_node_path_default().join(dir, 'bin')));
+        const match = /^bin\.(.+)$/.exec(target);
+        if (match && VERSION.test(match[1]))
+            return { version: match[1], source: `the bin -> ${target} link` };
+    }
+    catch {
+        // not a link: a runner that never updated itself
+    }
+    try {
+        const marker = external_node_fs_default().readFileSync(external_node_path_default().join(dir, '.vm-sync-runner-version'), 'utf8').trim();
+        if (VERSION.test(marker))
+            return { version: marker, source: '.vm-sync-runner-version (what the bootstrap installed)' };
+    }
+    catch {
+        // not installed by the bootstrap
+    }
+    return null;
+}
+/**
+ * Is the GitHub Actions runner on this host new enough to register and
+ * connect? The directory is `$VM_SYNC_RUNNER_DIR`, else the bootstrap's
+ * default. No runner there is a warning (doctor also runs on laptops), an
+ * unreadable version too; a runner older than {@link MIN_RUNNER_VERSION} fails.
+ */
+function checkRunnerHost(env = process.env) {
+    const fromEnv = env[RUNNER_DIR_ENV]?.trim();
+    const dir = fromEnv ? external_node_path_default().resolve(fromEnv) : DEFAULT_RUNNER_DIR;
+    const base = { name: 'runner', dir, minimum: MIN_RUNNER_VERSION };
+    const install = 'on the runner host: scripts/bootstrap-runner.sh install (README: Setting up the runner host)';
+    let isDir = false;
+    try {
+        isDir = external_node_fs_default().statSync(dir).isDirectory();
+    }
+    catch {
+        // missing
+    }
+    if (!isDir || !external_node_fs_default().existsSync(external_node_path_default().join(dir, 'config.sh'))) {
+        return {
+            ...base,
+            status: 'warn',
+            version: null,
+            detail: `no GitHub Actions runner found in ${dir}${fromEnv ? ` (${RUNNER_DIR_ENV})` : ''}: fine if this is not the runner host`,
+            hint: `${install}; or, if the runner is elsewhere, set ${RUNNER_DIR_ENV} to its directory`,
+        };
+    }
+    const found = readRunnerVersion(dir);
+    if (!found) {
+        return {
+            ...base,
+            status: 'warn',
+            version: null,
+            detail: `runner in ${dir}, but its version is unreadable (no bin/Runner.Listener.deps.json, bin.X.Y.Z link or .vm-sync-runner-version)`,
+            hint: `check that ${dir} holds a complete runner package; ${dir}/bin/Runner.Listener --version prints its version (GitHub needs ${MIN_RUNNER_VERSION} or later)`,
+        };
+    }
+    if (compareVersions(found.version, MIN_RUNNER_VERSION) < 0) {
+        return {
+            ...base,
+            status: 'fail',
+            version: found.version,
+            detail: `runner ${found.version} in ${dir} is older than ${MIN_RUNNER_VERSION}, the oldest GitHub lets register or connect: the sync job would never start`,
+            hint: `upgrade the runner: ${install} (it pins a newer one), or unpack a release of ${MIN_RUNNER_VERSION} or later from https://github.com/actions/runner/releases into ${dir} and register it again`,
+        };
+    }
+    return {
+        ...base,
+        status: 'ok',
+        version: found.version,
+        detail: `runner ${found.version} in ${dir} (GitHub's minimum for registration: ${MIN_RUNNER_VERSION}; read from ${found.source})`,
+        hint: null,
+    };
+}
+
 ;// CONCATENATED MODULE: ./src/doctor/doctor.ts
+
 
 
 
@@ -43879,12 +44025,16 @@ async function runDoctor(config, options = {}) {
     }
     const jumps = new Map();
     const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps));
-    return { command: 'doctor', tree_bytes: treeBytes, vms: reports };
+    return { command: 'doctor', tree_bytes: treeBytes, runner_host: checkRunnerHost(options.env), vms: reports };
 }
 /** One line per check per VM, with the fix under each failure. Pure. */
 function renderDoctor(report) {
     const lines = [];
     const width = Math.max(...report.vms.map((vm) => vm.id.length), 2);
+    const runner = report.runner_host;
+    lines.push(`runner host  ${runner.status.toUpperCase().padEnd(4)}  ${runner.name.padEnd(10)}  ${runner.detail}`);
+    if (runner.hint && runner.status !== 'ok')
+        lines.push(`             fix: ${runner.hint}`);
     for (const vm of report.vms) {
         for (const check of vm.checks) {
             lines.push(`${vm.id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
@@ -43894,7 +44044,7 @@ function renderDoctor(report) {
     }
     const ready = report.vms.filter((vm) => vm.ready).length;
     const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
-    lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
+    lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
     return `${lines.join('\n')}\n`;
 }
 
@@ -44731,7 +44881,7 @@ async function main(argv, io = processIO, signal) {
                 throw new UsageError('doctor takes no --commit');
             const doctor = await runDoctor(config, { vms });
             io.out(json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
-            return doctor.vms.every((vm) => vm.ready) ? 0 : 1;
+            return doctor.vms.every((vm) => vm.ready) && doctor.runner_host.status !== 'fail' ? 0 : 1;
         }
         if (command === 'unlock') {
             if (values.commit)

@@ -198,7 +198,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       if (values.commit) throw new UsageError('doctor takes no --commit');
       const doctor = await runDoctor(config, { vms });
       io.out(json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
-      return doctor.vms.every((vm) => vm.ready) ? 0 : 1;
+      return doctor.vms.every((vm) => vm.ready) && doctor.runner_host.status !== 'fail' ? 0 : 1;
     }
     if (command === 'unlock') {
       if (values.commit) throw new UsageError('unlock takes no --commit');

@@ -9,6 +9,7 @@ import { describeOwner, holderIsDead, parseLockOwner } from '../remote/lock.js';
 import { RemoteTarget, UNREADABLE_LOCK_GRACE_S, type Probe } from '../remote/target.js';
 import { runnerRepo, selectVms } from '../sync/fleet.js';
 import { mapPool } from '../sync/pool.js';
+import { checkRunnerHost, type RunnerHostCheck } from './runner.js';
 
 /** One check of one VM. `warn` is worth knowing but would not fail a sync. */
 export interface Check {
@@ -31,6 +32,8 @@ export interface DoctorReport {
   command: 'doctor';
   /** Bytes of the tree a fresh deploy sends (runner-host HEAD), null when unknown. */
   tree_bytes: number | null;
+  /** This host's GitHub Actions runner (its version against GitHub's minimum); checked once per run. */
+  runner_host: RunnerHostCheck;
   vms: VmDoctorReport[];
 }
 
@@ -226,7 +229,7 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
  * pinned host key, key login, rsync, a writable target, free space for the
  * tree, a stale lock, the current `.sync_rev`. Read-only everywhere.
  */
-export async function runDoctor(config: Config, options: { vms?: string[] } = {}): Promise<DoctorReport> {
+export async function runDoctor(config: Config, options: { vms?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DoctorReport> {
   const vms = selectVms(config, options.vms);
   const knownHosts = new KnownHosts(fs.existsSync(config.knownHostsPath) ? fs.readFileSync(config.knownHostsPath, 'utf8') : '');
   let treeBytes: number | null = null;
@@ -240,13 +243,16 @@ export async function runDoctor(config: Config, options: { vms?: string[] } = {}
   }
   const jumps = new Map<string, Promise<Check | null>>();
   const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps));
-  return { command: 'doctor', tree_bytes: treeBytes, vms: reports };
+  return { command: 'doctor', tree_bytes: treeBytes, runner_host: checkRunnerHost(options.env), vms: reports };
 }
 
 /** One line per check per VM, with the fix under each failure. Pure. */
 export function renderDoctor(report: DoctorReport): string {
   const lines: string[] = [];
   const width = Math.max(...report.vms.map((vm) => vm.id.length), 2);
+  const runner = report.runner_host;
+  lines.push(`runner host  ${runner.status.toUpperCase().padEnd(4)}  ${runner.name.padEnd(10)}  ${runner.detail}`);
+  if (runner.hint && runner.status !== 'ok') lines.push(`             fix: ${runner.hint}`);
   for (const vm of report.vms) {
     for (const check of vm.checks) {
       lines.push(`${vm.id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
@@ -255,6 +261,6 @@ export function renderDoctor(report: DoctorReport): string {
   }
   const ready = report.vms.filter((vm) => vm.ready).length;
   const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
-  lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
+  lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
   return `${lines.join('\n')}\n`;
 }
