@@ -34501,17 +34501,17 @@ var __webpack_exports__ = {};
 (() => {
 "use strict";
 
-;// CONCATENATED MODULE: external "node:util"
-const external_node_util_namespaceObject = require("node:util");
 ;// CONCATENATED MODULE: external "node:fs"
 const external_node_fs_namespaceObject = require("node:fs");
 var external_node_fs_default = /*#__PURE__*/__nccwpck_require__.n(external_node_fs_namespaceObject);
-;// CONCATENATED MODULE: external "node:os"
-const external_node_os_namespaceObject = require("node:os");
-var external_node_os_default = /*#__PURE__*/__nccwpck_require__.n(external_node_os_namespaceObject);
 ;// CONCATENATED MODULE: external "node:path"
 const external_node_path_namespaceObject = require("node:path");
 var external_node_path_default = /*#__PURE__*/__nccwpck_require__.n(external_node_path_namespaceObject);
+;// CONCATENATED MODULE: external "node:util"
+const external_node_util_namespaceObject = require("node:util");
+;// CONCATENATED MODULE: external "node:os"
+const external_node_os_namespaceObject = require("node:os");
+var external_node_os_default = /*#__PURE__*/__nccwpck_require__.n(external_node_os_namespaceObject);
 // EXTERNAL MODULE: ./node_modules/yaml/dist/index.js
 var dist = __nccwpck_require__(8815);
 ;// CONCATENATED MODULE: ./src/errors.ts
@@ -35334,6 +35334,30 @@ function renderSarif(findings) {
     return `${JSON.stringify(sarif, null, 2)}\n`;
 }
 
+;// CONCATENATED MODULE: ./src/report/colour.ts
+/*
+ * Colour for the CLI: only where a person reads it. A pipe, a file or a CI
+ * log gets plain text, so nothing downstream has to strip escape sequences.
+ */
+const CODES = { ok: '32', bad: '31', warn: '33' };
+/**
+ * Whether to colour a stream: never when `NO_COLOR` is set to anything
+ * (no-color.org), always when `FORCE_COLOR` is set (except `0` or `false`),
+ * otherwise only on a terminal that is not `TERM=dumb`.
+ */
+function colourWanted(isTTY, env) {
+    if (env.NO_COLOR)
+        return false;
+    const force = env.FORCE_COLOR;
+    if (force !== undefined && force !== '')
+        return force !== '0' && force.toLowerCase() !== 'false';
+    return Boolean(isTTY) && env.TERM !== 'dumb';
+}
+/** `text` in `tone` when `on`, else unchanged (the text itself must already be clean). */
+function paint(text, tone, on) {
+    return on ? `\u001b[${CODES[tone]}m${text}\u001b[0m` : text;
+}
+
 ;// CONCATENATED MODULE: ./src/remote/untrusted.ts
 /**
  * Text that a VM controls (its `.sync_rev`, a lock owner, error output, paths
@@ -35505,6 +35529,7 @@ function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
 ;// CONCATENATED MODULE: ./src/report/table.ts
 
 
+
 // A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
 const table_short = (sha) => (sha === null ? '-' : /^[0-9a-f]{40}$/.test(sha) ? sha.slice(0, 7) : '?');
 /** Bounds for table cells and for each error or note printed under the table. */
@@ -35581,12 +35606,15 @@ function shardsLine(report) {
         parts.push(`shard ${f.index}/${shards.expected} FAILED before reaching its VMs: ${f.code}: ${f.message}`);
     return parts.join('; ');
 }
+const RESULT_COLUMN = 4;
+const RESULT_TONE = { success: 'ok', failed: 'bad', refused: 'bad', skipped: 'warn' };
 /**
  * The readable report of a run: a header line, an aligned table with one row
  * per VM, then every error and note in full (a table cell is too small for
  * the sentence that tells the user what to do). Pure: same report, same text.
+ * With `colour` (a terminal), each RESULT cell is coloured by the VM's result.
  */
-function renderTable(report) {
+function renderTable(report, options = {}) {
     const scan = renderScan(report);
     const shards = shardsLine(report);
     if (report.vms.length === 0)
@@ -35598,7 +35626,11 @@ function renderTable(report) {
     const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : []), ...(withDrift ? ['DRIFT'] : [])];
     const rows = [header, ...report.vms.map((vm) => row(vm, withHealth, withDrift))];
     const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
-    const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
+    // Padded first, coloured after: the escape sequences must not count towards a column's width.
+    const lines = rows.map((r, i) => r
+        .map((cell, col) => (i > 0 && col === RESULT_COLUMN && options.colour ? paint(cell, RESULT_TONE[report.vms[i - 1].result] ?? 'warn', true) + ' '.repeat(widths[col] - cell.length) : cell.padEnd(widths[col])))
+        .join('  ')
+        .trimEnd());
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
     const subject = report.command === 'rollback' ? (report.commit ? `to ${terminalLine(report.commit.slice(0, 12))}` : "to each VM's previous release") : `of ${terminalLine(report.commit.slice(0, 12))}`;
@@ -36033,6 +36065,28 @@ function failedRow(vm, error = null, notes = []) {
     };
 }
 const silentEvents = { info: () => undefined, progress: () => undefined };
+/** Sends one line at `level`, falling back to `info` when the sink has no such level (debug: dropped). */
+function logAt(events, level, vmId, message, phase) {
+    if (level === 'debug')
+        events.debug?.(vmId, message, phase);
+    else if (level === 'warn' && events.warn)
+        events.warn(vmId, message, phase);
+    else if (level === 'error' && events.error)
+        events.error(vmId, message, phase);
+    else
+        events.info(vmId, message, phase);
+}
+/**
+ * Announces a VM's final row: one `finish` line with its result (an error
+ * line when it failed or was refused, a warning when skipped), then
+ * `vmFinished`. Every command ends each VM through here.
+ */
+function announceRow(events, report) {
+    const level = report.result === 'success' ? 'info' : report.result === 'skipped' ? 'warn' : 'error';
+    logAt(events, level, report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result, 'finish');
+    events.vmFinished?.(report);
+    return report;
+}
 
 ;// CONCATENATED MODULE: external "node:async_hooks"
 const external_node_async_hooks_namespaceObject = require("node:async_hooks");
@@ -42076,10 +42130,10 @@ const sleep = (ms, signal) => new Promise((resolve) => {
 });
 /**
  * Runs `attempt` under the VM's hard timeout, retrying network failures
- * (unreachable, timeout of one step) with exponential backoff and jitter.
- * Never throws: the outcome is always a report row.
+ * (unreachable, timeout of one step) up to `retries` times with exponential
+ * backoff and jitter. Never throws: the outcome is always a report row.
  */
-async function withBudget(vm, ctx, attempt) {
+async function withBudget(vm, ctx, phase, retries, attempt) {
     const started = Date.now();
     const deadlineAt = started + ctx.config.sync.timeoutS * 1000;
     const deadline = AbortSignal.timeout(ctx.config.sync.timeoutS * 1000);
@@ -42102,7 +42156,7 @@ async function withBudget(vm, ctx, attempt) {
             }
             report.result = report.result === 'refused' ? 'refused' : 'failed';
             report.error = { code: failure.code, message: failure.message };
-            if (!failure.retryable || signal.aborted || attemptNo >= ctx.config.sync.retries) {
+            if (!failure.retryable || signal.aborted || attemptNo >= retries) {
                 // An earlier attempt that failed the same way adds nothing; say how many there were instead.
                 const same = `${failure.code}: ${failure.message}`;
                 report.notes = report.notes.filter((note) => !note.endsWith(same));
@@ -42112,19 +42166,38 @@ async function withBudget(vm, ctx, attempt) {
             }
             earlier.push(`attempt ${attemptNo + 1} failed: ${failure.code}: ${failure.message}`);
             const delay = ctx.retryBaseMs * 2 ** attemptNo * (1 + Math.random());
-            ctx.events.info(vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${ctx.config.sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+            logAt(ctx.events, 'warn', vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${retries} in ${(delay / 1000).toFixed(1)}s`, phase);
             await sleep(delay, signal);
         }
     }
 }
 /** Connects, runs `body` with the session and target, and always closes the connection. */
-async function withTarget(vm, ctx, signal, deadlineAt, body) {
-    const session = await VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal });
+async function withTarget(vm, ctx, phase, signal, deadlineAt, body) {
+    const session = await connect(vm, ctx.events, phase, ctx.config.sync.connectTimeoutS, () => VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal }));
     try {
         return await body(session, new RemoteTarget(session, vm.repoPath, deadlineAt, signal));
     }
     finally {
         session.dispose();
+    }
+}
+/**
+ * One SSH connection attempt, with `-v` lines before and after it (how long
+ * the handshake took, or how it failed): what an operator needs to tell a
+ * slow VM from an unreachable one.
+ */
+async function connect(vm, events, phase, connectTimeoutS, open) {
+    const via = vm.jump ? ` via ${vm.jump.name}` : '';
+    logAt(events, 'debug', vm.id, `connecting to ${vm.user}@${vm.host}:${vm.port}${via} (connect_timeout_s=${connectTimeoutS})`, phase);
+    const started = Date.now();
+    try {
+        const opened = await open();
+        logAt(events, 'debug', vm.id, `connected in ${Date.now() - started} ms`, phase);
+        return opened;
+    }
+    catch (error) {
+        logAt(events, 'debug', vm.id, `connection failed after ${Date.now() - started} ms: ${toFailure(error).code}`, phase);
+        throw error;
     }
 }
 const vm_pipeline_FULL_SHA = /^[0-9a-f]{40}$/;
@@ -42150,7 +42223,7 @@ async function stateOf(vm, probe, ctx, force) {
  * now; nothing is written on the VM and no lock is taken.
  */
 function dryRunVm(vm, ctx) {
-    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)));
+    return withBudget(vm, ctx, 'prepare', ctx.config.sync.retries, (report, signal, deadlineAt) => withTarget(vm, ctx, 'prepare', signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)));
 }
 /** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
 async function dryRun(vm, ctx, session, target, report, signal) {
@@ -42181,7 +42254,9 @@ async function dryRun(vm, ctx, session, target, report, signal) {
  * with `release_drifted`, its row's `drift` saying how.
  */
 function inspectVm(vm, ctx, mode, deep) {
-    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
+    // One attempt, bounded by connect_timeout_s: a read-only look answers now
+    // (unreachable, timeout) rather than after sync.retries rounds of backoff.
+    return withBudget(vm, ctx, 'inspect', 0, (report, signal, deadlineAt) => withTarget(vm, ctx, 'inspect', signal, deadlineAt, async (_session, target) => {
         report.action = mode;
         const probe = await target.probe();
         report.rev_before = report.rev_after = liveRev(probe);
@@ -42357,8 +42432,8 @@ class FleetRelease {
         this.buildKey = buildKey(rsyncExcludes(ctx.config, []), ctx.config.repository.sharedPaths.map((s) => s.path));
         this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
     }
-    say(run, message) {
-        this.ctx.events.info(run.vm.id, message);
+    say(run, message, phase, level = 'info') {
+        logAt(this.ctx.events, level, run.vm.id, message, phase);
     }
     /** The run's signal combined with a fresh per-VM budget. */
     budget(extraMs = 0) {
@@ -42407,7 +42482,8 @@ class FleetRelease {
                 await this.prepareWithRetries(run);
             }
             catch (error) {
-                // A defect: the VM still ends with a row, and its lock is released.
+                // A defect: the VM still ends with a row, and its lock is released; -v shows where.
+                this.say(run, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`, 'prepare', 'debug');
                 await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${getErrorMessage(error)}`));
             }
         });
@@ -42443,7 +42519,7 @@ class FleetRelease {
                 run.port = null;
                 earlier.push(`attempt ${attempt + 1} failed: ${failure.code}: ${failure.message}`);
                 const delay = this.ctx.retryBaseMs * 2 ** attempt * (1 + Math.random());
-                this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+                this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`, 'prepare', 'warn');
                 await sleep(delay, signal);
             }
         }
@@ -42451,8 +42527,9 @@ class FleetRelease {
     /** Connect, lock, probe, decide, and stage + seal the release (atomic layout). */
     async prepareVm(run, signal, deadlineAt) {
         const { config, commit, force } = this.ctx;
-        const port = await this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+        const port = await connect(run.vm, this.ctx.events, 'prepare', config.sync.connectTimeoutS, () => this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }));
         run.port = port;
+        this.say(run, this.ctx.lockWaitS > 0 ? `taking the deploy lock (waiting up to ${this.ctx.lockWaitS}s for another run)` : 'taking the deploy lock', 'prepare', 'debug');
         let begun;
         try {
             begun = await takeLock(run.vm, port, {
@@ -42462,7 +42539,7 @@ class FleetRelease {
                 staleAfterS: config.sync.timeoutS,
                 lockWaitS: this.ctx.lockWaitS,
                 signal,
-                onWait: (message) => this.say(run, message),
+                onWait: (message) => this.say(run, message, 'prepare'),
             });
         }
         catch (error) {
@@ -42504,7 +42581,7 @@ class FleetRelease {
             report.action = 'none';
             report.result = 'success';
             report.verified = true;
-            this.say(run, `already on ${release_short(commit)}: nothing to do`);
+            this.say(run, `already on ${release_short(commit)}: nothing to do`, 'prepare');
             if (!begun.released)
                 await port.unlock(this.token).catch(() => false);
             this.close(run);
@@ -42528,14 +42605,14 @@ class FleetRelease {
             run.release = staged.completeRelease;
             report.staged_at = now();
             report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (sync --force stages afresh)`);
-            this.say(run, `reusing ${staged.completeRelease}, staged earlier`);
+            this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
             return;
         }
         const tree = await this.ctx.tree();
         run.treeNotes = tree.notes;
         const stats = (await this.streamed(run, port, staged)) ??
             (await (async () => {
-                this.say(run, `staging ${release_short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
+                this.say(run, `staging ${release_short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`, 'transfer');
                 return port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
             })());
         report.files_changed = stats.filesChanged;
@@ -42547,7 +42624,7 @@ class FleetRelease {
             report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
         run.release = sealed.release;
         report.staged_at = now();
-        this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
+        this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'transfer');
     }
     /**
      * The stream transfer, when it applies: the VM has GNU tar and find, and
@@ -42576,11 +42653,11 @@ class FleetRelease {
             return null;
         const outcome = await stream(base);
         if (!outcome.ok) {
-            this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`);
+            this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`, 'transfer');
             return null;
         }
         const { stream: made } = outcome;
-        this.say(run, `staging ${release_short(commit)} from ${base ? `${release_short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`);
+        this.say(run, `staging ${release_short(commit)} from ${base ? `${release_short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`, 'transfer');
         try {
             await port.apply(this.token, commit, base ? live : null, made.file, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
         }
@@ -42622,14 +42699,17 @@ class FleetRelease {
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
             run.touched = true;
             if (config.repository.layout === 'atomic') {
+                this.say(run, `switching the live path to ${run.release}`, 'flip', 'debug');
                 const flipped = await port.flip(this.token, run.release);
                 run.report.flipped_at = now();
                 run.previous = flipped.previous;
                 if (flipped.movedAside)
                     run.report.notes.push(`kept the directory that stood at ${run.before?.target} as ${flipped.movedAside}`);
+                this.say(run, `flipped to ${run.release}${flipped.previous ? ` (was ${flipped.previous})` : ''}`, 'flip');
                 return;
             }
             // In place: no staging is possible; the transfer is the flip.
+            this.say(run, `transferring ${release_short(commit)} into the live directory (layout in-place)`, 'transfer');
             const tree = await this.ctx.tree();
             run.treeNotes = tree.notes;
             const dest = await port.inPlaceBegin(this.token, run.before);
@@ -42638,12 +42718,14 @@ class FleetRelease {
             run.report.files_changed = stats.filesChanged;
             run.report.bytes_sent = stats.bytesSent;
             run.report.flipped_at = now();
+            this.say(run, `wrote .sync_rev ${release_short(commit)} in place (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'flip');
         })));
     }
     /** Phase 3: `.sync_rev` read back through the live path must be the commit. */
     async verify(batch) {
         const { commit } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            this.say(run, 'reading .sync_rev back through the live path', 'verify', 'debug');
             const after = await port.probe();
             run.report.rev_after = liveRev(after);
             run.report.release = releaseOf(after);
@@ -42652,16 +42734,18 @@ class FleetRelease {
             }
             run.report.verified = true;
             run.report.notes.push(...run.treeNotes);
-            this.say(run, `live on ${release_short(commit)}`);
+            this.say(run, `live on ${release_short(commit)}`, 'verify');
         })));
     }
     /** Phase 4: the health command in the new release; an unhealthy VM goes back to the release it had. */
     async health(batch, command) {
         const { config, commit } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            this.say(run, `running health_command (health_timeout_s=${config.rollout.healthTimeoutS})`, 'health', 'debug');
             const outcome = await port.health(this.token, commit, command, config.rollout.healthTimeoutS);
             if (outcome.exit === 0) {
                 run.report.health = 'passed';
+                this.say(run, 'health check passed', 'health');
                 return;
             }
             run.report.health = 'failed';
@@ -42685,11 +42769,12 @@ class FleetRelease {
     async finish(batch, keep) {
         const { config, commit } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            this.say(run, 'finishing: prune old releases, post_sync_command, unlock', 'finish', 'debug');
             if (config.repository.layout === 'atomic') {
                 try {
                     const pruned = await port.prune(this.token, keep);
                     if (pruned.length > 0)
-                        this.say(run, `pruned ${pruned.length} old release(s)`);
+                        this.say(run, `pruned ${pruned.length} old release(s)`, 'finish');
                 }
                 catch (error) {
                     if (this.ctx.signal?.aborted)
@@ -42698,7 +42783,7 @@ class FleetRelease {
                 }
             }
             if (config.sync.postSyncCommand) {
-                this.say(run, 'running post_sync_command');
+                this.say(run, 'running post_sync_command', 'finish');
                 await port.postSync(this.token, commit, config.sync.postSyncCommand);
             }
             run.report.result = 'success';
@@ -42808,9 +42893,7 @@ class FleetRelease {
         run.port?.close();
         run.port = null;
         run.report.duration_ms = Date.now() - run.started;
-        const { report } = run;
-        this.ctx.events.info(run.vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
-        this.ctx.events.vmFinished?.(report);
+        announceRow(this.ctx.events, run.report);
     }
 }
 /**
@@ -42848,10 +42931,10 @@ async function rollbackFleet(ctx, vms) {
         try {
             if (config.repository.layout !== 'atomic')
                 throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
-            port = await ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+            port = await connect(vm, ctx.events, 'rollback', config.sync.connectTimeoutS, () => ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }));
             let begun;
             try {
-                begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m) });
+                begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m, 'rollback') });
             }
             catch (error) {
                 // Without an answer the VM may have taken the lock for us: stop that step, then release what is ours.
@@ -42881,7 +42964,7 @@ async function rollbackFleet(ctx, vms) {
             }
             report.verified = true;
             report.result = 'success';
-            ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${release_short(decision.release.commit)} (${decision.release.name})` : `already on ${release_short(decision.release.commit)}`);
+            ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${release_short(decision.release.commit)} (${decision.release.name})` : `already on ${release_short(decision.release.commit)}`, 'rollback');
         }
         catch (error) {
             const failure = toFailure(error);
@@ -42908,8 +42991,7 @@ async function rollbackFleet(ctx, vms) {
                 await port.unlock(ctx.owner.token).catch(() => false);
             port?.close();
             report.duration_ms = Date.now() - started;
-            ctx.events.info(vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result);
-            ctx.events.vmFinished?.(report);
+            announceRow(ctx.events, report);
         }
         return report;
     });
@@ -43000,7 +43082,7 @@ async function runSync(config, options = {}) {
         exportDir = snapshot.dir;
         events.info(null, snapshot.how === 'incremental'
             ? `export of ${sha.slice(0, 12)}: ${snapshot.changedPaths} path(s) rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
-            : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`);
+            : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`, 'export');
     };
     const force = options.force ?? false;
     const dryRun = options.dryRun ?? false;
@@ -43023,7 +43105,7 @@ async function runSync(config, options = {}) {
         let scan = null;
         const gate = async () => {
             if (!config.repository.secretScanning.enabled) {
-                events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+                events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)', 'scan');
                 return null;
             }
             const request = options.scanRequest ??
@@ -43046,7 +43128,7 @@ async function runSync(config, options = {}) {
                 return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
         }
         else {
-            events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`);
+            events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
         }
         // The tree, for a VM that needs it: exported and scanned once, on first demand.
         let late = null;
@@ -43054,7 +43136,7 @@ async function runSync(config, options = {}) {
             if (exported)
                 return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
             late ??= (async () => {
-                events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`);
+                events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
                 await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
                 scan = await gate();
                 if (scan?.blocked)
@@ -43064,7 +43146,7 @@ async function runSync(config, options = {}) {
             return late;
         };
         const { rollout } = config;
-        events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`);
+        events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
         if (dryRun) {
             const ctx = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
@@ -43186,7 +43268,7 @@ async function runRollback(config, options = {}) {
             }
         }
     }
-    events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`);
+    events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
     const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (external_node_fs_default().existsSync(config.repository.mainRepoPath))
@@ -43247,8 +43329,10 @@ async function rowOf(vm, events, pipeline) {
         report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
             'what this VM serves is unknown: check it with vm-sync status',
         ]);
+        // The trace, for -v: where the defect is.
+        events.debug?.(vm.id, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`);
     }
-    return announce(events, report);
+    return announceRow(events, report);
 }
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
 async function recordDeployed(repo, reports, events) {
@@ -43277,11 +43361,6 @@ function committedSentinelNote(exportDir) {
     catch {
         return [];
     }
-}
-function announce(events, report) {
-    events.info(report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
-    events.vmFinished?.(report);
-    return report;
 }
 /**
  * Exit status for a finished run: 3 when secrets blocked it, 0 when every VM
@@ -44048,6 +44127,165 @@ function renderDoctor(report) {
     return `${lines.join('\n')}\n`;
 }
 
+;// CONCATENATED MODULE: ./src/report/log.ts
+
+
+
+const RANK = { debug: 0, info: 1, warn: 2, error: 3 };
+const FLOOR = { quiet: RANK.warn, normal: RANK.info, verbose: RANK.debug };
+/** A progress line every 2 s per VM is enough to show a long transfer is alive. */
+const PROGRESS_EVERY_MS = 2000;
+/**
+ * The CLI's stderr: the engine's events and the CLI's own messages, filtered
+ * by verbosity and written as text lines or JSON lines. Every message is
+ * cleaned (no control characters: it may quote a VM or a commit's tree);
+ * stdout is not touched (it carries the table or the `--json` document).
+ */
+class Log {
+    write;
+    options;
+    lastProgress = new Map();
+    now;
+    constructor(write, options) {
+        this.write = write;
+        this.options = options;
+        this.now = options.now ?? (() => new Date());
+    }
+    /** Whether lines of `level` are written at this verbosity. */
+    enabled(level) {
+        return RANK[level] >= FLOOR[this.options.verbosity];
+    }
+    /** One engine line: `[vm] message` (debug lines say so), or a JSON object. */
+    line(level, vm, message, phase) {
+        if (!this.enabled(level))
+            return;
+        if (this.options.format === 'json') {
+            this.json({ level, vm, phase: phase ?? null, message });
+            return;
+        }
+        const prefix = `${vm ? `[${vm}] ` : ''}${level === 'debug' ? 'debug: ' : ''}`;
+        if (level === 'debug' && message.includes('\n')) {
+            // A stack trace: one clean line per frame, the frames made readable.
+            const lines = (this.options.stack ?? ((t) => t))(message).split('\n');
+            this.write(lines.map((l, i) => terminalLine(i === 0 ? `${prefix}${l}` : `    ${l.trim()}`)).join('\n') + '\n');
+            return;
+        }
+        this.write(`${terminalLine(`${prefix}${message}`)}\n`);
+    }
+    /** A VM's transfer progress, at most every 2 s per VM (and always at 100 %). */
+    progress(vm, percent, rate) {
+        if (!this.enabled('info'))
+            return;
+        const now = Date.now();
+        if (now - (this.lastProgress.get(vm) ?? 0) < PROGRESS_EVERY_MS && percent < 100)
+            return;
+        this.lastProgress.set(vm, now);
+        // The rate is rsync's text: cleaned like any other.
+        const speed = untrusted_vmText(rate, 40);
+        const message = `transfer ${percent}%${speed ? ` at ${speed}` : ''}`;
+        if (this.options.format === 'json')
+            this.json({ level: 'info', vm, phase: 'transfer', message, percent, ...(speed ? { rate: speed } : {}) });
+        else
+            this.write(`${terminalLine(`[${vm}] ${message}`)}\n`);
+    }
+    /**
+     * The CLI's own failure: `vm-sync: code: message` (the prefix in colour on
+     * a terminal), then the hint lines; or one JSON error line with the code.
+     * Always written, whatever the verbosity.
+     */
+    failure(code, message, hints = []) {
+        if (this.options.format === 'json') {
+            const text = [message, ...hints].join('\n').replace(/\n\s*/g, '; ');
+            this.json({ level: 'error', vm: null, phase: null, message: text, ...(code ? { code } : {}) });
+            return;
+        }
+        const prefix = paint(`vm-sync: ${code ? `${code}: ` : ''}`, 'bad', this.options.colour);
+        // The message may span lines (a config error lists each problem); each line is cleaned.
+        const body = message.split('\n').map((l) => untrusted_vmText(l, LINE_MAX)).join('\n');
+        this.write(`${prefix}${body}\n${hints.map((h) => `${terminalLine(h)}\n`).join('')}`);
+    }
+    /** A CLI message at `level` that is not about a VM (a warning of the demo, the stop on a signal). */
+    note(level, message, tone) {
+        if (!this.enabled(level))
+            return;
+        if (this.options.format === 'json')
+            this.json({ level, vm: null, phase: null, message });
+        else
+            this.write(`${tone ? paint(terminalLine(message), tone, this.options.colour) : terminalLine(message)}\n`);
+    }
+    /** The engine's events, written through this log. */
+    events(extra = {}) {
+        return {
+            info: (vm, message, phase) => this.line('info', vm, message, phase),
+            debug: (vm, message, phase) => this.line('debug', vm, message, phase),
+            warn: (vm, message, phase) => this.line('warn', vm, message, phase),
+            error: (vm, message, phase) => this.line('error', vm, message, phase),
+            progress: (vm, percent, rate) => this.progress(vm, percent, rate),
+            ...extra,
+        };
+    }
+    json(fields) {
+        const line = { time: this.now().toISOString(), ...fields, message: untrusted_vmText(fields.message, LINE_MAX) };
+        this.write(`${JSON.stringify(line)}\n`);
+    }
+}
+
+;// CONCATENATED MODULE: external "node:module"
+const external_node_module_namespaceObject = require("node:module");
+;// CONCATENATED MODULE: ./src/report/stack.ts
+
+
+
+/*
+ * Stack traces of the bundle, in the sources' terms. dist/cli.js is one file
+ * that Node has already compiled by the time any of its code runs, so
+ * `process.setSourceMapsEnabled(true)` comes too late for it (Node reads a
+ * file's map only when it loads the file; verified on Node 20 and 24). The
+ * build ships dist/cli.js.map instead, and a trace shown with -v is mapped
+ * here, frame by frame, through node:module's SourceMap.
+ */
+const maps = new Map();
+function mapOf(file) {
+    if (!maps.has(file)) {
+        let map = null;
+        try {
+            map = new external_node_module_namespaceObject.SourceMap(JSON.parse(external_node_fs_default().readFileSync(`${file}.map`, 'utf8')));
+        }
+        catch {
+            // No map beside it (run from the sources, or a copy without its map): frames stay as they are.
+        }
+        maps.set(file, map);
+    }
+    return maps.get(file) ?? null;
+}
+// `    at fn (/path/file.js:12:34)` or `    at /path/file.js:12:34`
+const FRAME = /^(\s*at (?:.*? \()?)(\/[^():]+):(\d+):(\d+)(\)?)$/;
+/**
+ * `trace` with every frame in `bundle` (default: the running program) replaced
+ * by the source file and line it was built from (`src/cli.ts:42:7`); frames
+ * elsewhere, and every frame when the bundle has no map, are unchanged.
+ */
+function readableStack(trace, bundle = process.argv[1]) {
+    if (!bundle)
+        return trace;
+    const file = external_node_path_default().resolve(bundle);
+    return trace
+        .split('\n')
+        .map((line) => {
+        const frame = FRAME.exec(line);
+        if (!frame || external_node_path_default().resolve(frame[2]) !== file)
+            return line;
+        const map = mapOf(file);
+        const entry = map?.findEntry(Number(frame[3]) - 1, Number(frame[4]) - 1);
+        if (!entry?.originalSource || entry.originalLine === undefined)
+            return line;
+        // The map names sources relative to dist/ (`../src/cli.ts`): shown from the repository root.
+        const source = entry.originalSource.replace(/^(?:webpack:\/\/\/?|file:\/\/)/, '').replace(/^(?:\.{1,2}\/)+/, '');
+        return `${frame[1]}${source}:${entry.originalLine + 1}:${(entry.originalColumn ?? 0) + 1}${frame[5]}`;
+    })
+        .join('\n');
+}
+
 ;// CONCATENATED MODULE: ./src/report/merge.ts
 
 
@@ -44664,6 +44902,11 @@ async function runLocks(config, options = {}) {
     return mapPool(vms, config.sync.concurrency, (vm) => lockOf(vm, config, knownHosts));
 }
 
+;// CONCATENATED MODULE: ./src/version.generated.ts
+// Generated by scripts/build.mjs from package.json: change the version there, then run npm run build.
+/** vm-sync's version (package.json), as built into the bundle. */
+const version_generated_VERSION = "0.1.0";
+
 ;// CONCATENATED MODULE: ./src/cli.ts
 
 
@@ -44680,245 +44923,472 @@ async function runLocks(config, options = {}) {
 
 
 
-const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
+
+
+
+
+
+const processIO = {
+    out: (t) => process.stdout.write(t),
+    err: (t) => process.stderr.write(t),
+    outIsTTY: process.stdout.isTTY,
+    errIsTTY: process.stderr.isTTY,
+};
+/** A mistake on the command line: exit 2, with a hint to the help of `command` (or the command list). */
+class UsageError extends Error {
+    command;
+    constructor(message, command) {
+        super(message);
+        this.command = command;
+    }
+}
+const OPTIONS = {
+    config: { type: 'string', short: 'c', arg: 'FILE', help: 'the config file (default: $VM_SYNC_CONFIG, then ./vm-sync.yml)' },
+    commit: { type: 'string', arg: 'SHA', help: 'the commit to use instead of the default' },
+    vm: { type: 'string', arg: 'ID,...', help: 'only these VMs (an unknown id is a usage error)' },
+    shard: { type: 'string', arg: 'K/N', help: 'only the VMs of shard K of N (a stable hash of each VM id), for a fleet spread over N runner hosts' },
+    force: { type: 'boolean', help: 'deploy even when a VM is ahead or up to date, or the commit is not on the default branch' },
+    'dry-run': { type: 'boolean', help: 'connect, classify and list what would change on each VM; write nothing' },
+    'no-fetch': { type: 'boolean', help: 'use the runner-host clone as it is (no git fetch)' },
+    'scan-base': { type: 'string', arg: 'REV', help: 'scan REV..commit with the scan settings of REV, a commit you vouch for', elsewhere: '(scan takes --range BASE..HEAD)' },
+    'lock-wait': { type: 'string', arg: 'SECONDS', help: 'wait up to SECONDS for a VM locked by another live run (default 0: fail with locked)' },
+    to: { type: 'string', arg: 'SHA', help: 'the release to go back to (default: each VM\'s previous release)', elsewhere: '(sync takes --commit)' },
+    deep: { type: 'boolean', help: 'also compare every file each VM serves with its commit\'s tree (release_drifted when they differ)' },
+    range: { type: 'string', arg: 'BASE..HEAD', help: 'scan these commits (default: what the VMs do not have yet, as recorded here)' },
+    repo: { type: 'string', arg: 'DIR', help: 'scan this checkout instead of the runner-host clone (never fetched)' },
+    sarif: { type: 'string', arg: 'FILE', help: 'also write the secret-scan findings as SARIF (for code scanning)' },
+    merge: { type: 'boolean', help: 'merge the --json results of the shards of one deploy (the files or directories given)' },
+    shards: { type: 'string', arg: 'N', help: 'how many shards the deploy had (default: what the results say)' },
+    summary: { type: 'string', arg: 'FILE', help: 'also write the merged report as a markdown job summary' },
+    dir: { type: 'string', arg: 'DIR', help: `the demo's directory (default: ${DEFAULT_DEMO_DIR})` },
+    keep: { type: 'boolean', help: 'leave the fleet running after the walk-through' },
+    vms: { type: 'string', arg: 'N', help: 'how many VMs (1 to 200, default 3)' },
+    json: { type: 'boolean', help: 'print one JSON document on stdout instead of the table' },
+    quiet: { type: 'boolean', short: 'q', help: 'only the result and errors: no info or progress lines on stderr' },
+    verbose: { type: 'boolean', short: 'v', help: 'also debug lines (connection attempts, phases) and stack traces of internal errors' },
+    'log-format': { type: 'string', arg: 'text|json', help: 'stderr as text lines (default), or one JSON object per line for log shippers' },
+    help: { type: 'boolean', short: 'h', help: 'show this help' },
+    version: { type: 'boolean', short: 'V', help: 'print the version' },
+};
+/** Options every command takes. */
+const GLOBAL = ['quiet', 'verbose', 'log-format', 'help', 'version'];
+const RUN_EXITS = [
+    [0, 'every VM succeeded'],
+    [1, 'a VM failed, was refused or did not verify, or the run failed before reaching the VMs'],
+];
+const cli_COMMANDS = [
+    {
+        name: 'sync',
+        summary: 'deploy a commit to every VM as one atomic release',
+        description: 'Fetches remote/default_branch into the runner-host clone, brings it to the commit (default: the branch tip), exports it, runs the secret scan, and deploys it to every selected VM: each gets a complete new release, then its live path is flipped to it, and .sync_rev is read back. When this runner host recorded every selected VM on the commit already, nothing is exported or scanned.',
+        options: {
+            config: '',
+            commit: 'deploy this commit (default: the tip of remote/default_branch); it must be on that branch unless --force',
+            vm: '',
+            shard: '',
+            force: '',
+            'dry-run': '',
+            'no-fetch': '',
+            'scan-base': '',
+            'lock-wait': '',
+            sarif: '',
+            json: '',
+        },
+        exits: [...RUN_EXITS, [3, 'secrets found: the deploy was blocked and no VM was sent it']],
+        run: (ctx) => engineCommand(ctx, 'sync'),
+    },
+    {
+        name: 'rollback',
+        summary: 'flip VMs back to their previous kept release (no transfer, no scan)',
+        description: 'Flips each selected VM back to its previous kept release, or to its kept release of --to SHA. Nothing is transferred or scanned: the release was scanned when it was deployed.',
+        options: { config: '', vm: '', shard: '', to: '', 'lock-wait': '', json: '' },
+        misuse: { commit: 'rollback takes --to SHA, not --commit' },
+        exits: RUN_EXITS,
+        run: (ctx) => engineCommand(ctx, 'rollback'),
+    },
+    {
+        name: 'verify',
+        summary: 'check that every VM serves the commit (--deep: and its files)',
+        description: "Reads each VM's .sync_rev and requires it to equal the commit (default: the runner-host clone's HEAD). With --deep, also compares every file each VM serves with its commit's tree. One connection attempt per VM, bounded by sync.connect_timeout_s.",
+        options: { config: '', commit: 'the commit every VM must serve (default: the runner-host HEAD)', vm: '', shard: '', deep: '', json: '' },
+        exits: [
+            [0, 'every VM serves the commit'],
+            [1, 'a VM is on another commit, unreachable or drifted, or the run failed'],
+        ],
+        run: (ctx) => engineCommand(ctx, 'verify'),
+    },
+    {
+        name: 'status',
+        summary: 'what each VM serves, against the runner-host HEAD',
+        description: "Reads each VM's .sync_rev and classifies it (fresh, up-to-date, behind, ahead, diverged) against the runner-host clone's HEAD. One connection attempt per VM, bounded by sync.connect_timeout_s.",
+        options: { config: '', vm: '', shard: '', json: '' },
+        misuse: { commit: 'status compares against the runner-host HEAD; use verify --commit' },
+        exits: [
+            [0, 'every VM was read'],
+            [1, 'a VM could not be read, or the run failed'],
+        ],
+        run: (ctx) => engineCommand(ctx, 'status'),
+    },
+    {
+        name: 'scan',
+        summary: 'the secret-scan gate alone (contacts no VM)',
+        description: 'Runs the gitleaks gate on what sync would deploy, on --range BASE..HEAD, or on --commit SHA; --repo scans another checkout. Contacts no VM and needs no SSH keys.',
+        options: { config: '', range: '', commit: 'scan what deploying this commit would add', repo: '', 'no-fetch': '', sarif: '', json: '' },
+        exits: [
+            [0, 'no secret found'],
+            [1, 'the scan could not run'],
+            [3, 'secrets found: a sync of it would be blocked'],
+        ],
+        run: (ctx) => engineCommand(ctx, 'scan'),
+    },
+    {
+        name: 'doctor',
+        summary: 'prove every VM is ready before the first deploy',
+        description: 'Checks, for each selected VM, what a sync needs (key, host key, login, remote tools, target) and prints a fix for each failure.',
+        options: { config: '', vm: '', json: '' },
+        exits: [
+            [0, 'every VM is ready'],
+            [1, 'a VM is not ready (each failure has its fix)'],
+        ],
+        run: doctorCommand,
+    },
+    {
+        name: 'locks',
+        summary: "every VM's deploy lock and who holds it",
+        description: "Lists each selected VM's deploy lock: free, or held by whom, since when, and whether it is stale. Read-only: it never breaks a lock.",
+        options: { config: '', vm: '', json: '' },
+        exits: [
+            [0, 'every VM was read'],
+            [1, 'a VM could not be read'],
+        ],
+        run: locksCommand,
+    },
+    {
+        name: 'unlock',
+        summary: "break a VM's deploy lock",
+        description: "Breaks the deploy lock of the named VMs and says whose it was. Without --force only a lock that is certainly abandoned (its deadline passed, its holder is gone from this runner host, or its record has been unreadable for over a minute); with --force any lock, and the holder's steps still running on the VM are killed.",
+        options: { config: '', vm: 'the VMs whose lock to break', force: 'break a live holder\'s lock too, killing its steps on the VM', json: '' },
+        required: ['vm'],
+        exits: [
+            [0, 'every lock named is free now'],
+            [1, 'a lock was left alone (live holder without --force) or a VM could not be reached'],
+        ],
+        run: unlockCommand,
+    },
+    {
+        name: 'inventory',
+        summary: 'the VMs, key files and known_hosts path, as JSON',
+        description: 'Prints the config\'s VMs, jump hosts, key files and known_hosts path as JSON, for scripts (the runner bootstrap provisions keys and pins host keys from it). Contacts nothing.',
+        options: { config: '', json: 'accepted (the output is always JSON)' },
+        exits: [
+            [0, 'printed'],
+            [1, 'the inventory could not be made'],
+        ],
+        run: inventoryCommand,
+    },
+    {
+        name: 'report',
+        summary: "merge the shards' --json results into one report",
+        usage: ['report --merge FILE_OR_DIR... [--shards N] [--config FILE] [--summary FILE] [--json]'],
+        description: "Merges the --json results of the shards of one deploy into one report, table and exit code. With a config (--config, $VM_SYNC_CONFIG or ./vm-sync.yml), each VM of a missing shard gets its own failed row; a missing shard fails the report.",
+        options: { merge: '', shards: '', config: 'the fleet\'s config: each VM of a missing shard gets a row (optional)', summary: '', json: '' },
+        operands: 'FILE_OR_DIR...',
+        exits: [
+            [0, 'every shard reported and every VM succeeded'],
+            [1, 'a shard is missing or failed, or a VM failed'],
+            [3, 'a shard found secrets'],
+        ],
+        run: reportCommand,
+    },
+    {
+        name: 'demo',
+        summary: 'three loopback sshd VMs, a sample repo, three syncs',
+        usage: ['demo [--dir DIR] [--keep]', 'demo up [--dir DIR] [--vms N]', 'demo stop [--dir DIR]'],
+        description: 'The walk-through: starts loopback sshd "VMs" and a sample repository, deploys, stops one VM and deploys again, then lets it catch up. `demo up` leaves a fleet and its config running for experiments; `demo stop` stops it.',
+        options: { dir: '', keep: 'leave the fleet running after the walk-through (demo)', vms: 'how many VMs (demo up; 1 to 200, default 3)' },
+        operands: '[up | stop]',
+        exits: [
+            [0, 'the walk-through went as described'],
+            [1, 'it did not'],
+        ],
+        run: demoCommand,
+    },
+    {
+        name: 'help',
+        summary: 'help on a command (vm-sync help sync)',
+        usage: ['help [COMMAND]'],
+        description: 'Prints the list of commands, or the help of one command (the same as vm-sync COMMAND --help).',
+        options: {},
+        operands: '[COMMAND]',
+        exits: [[0, 'printed']],
+        run: async (ctx) => {
+            if (ctx.operands.length > 1)
+                throw new UsageError(`help takes one command, not '${ctx.operands.join(' ')}'`, 'help');
+            const name = ctx.operands[0];
+            if (name === undefined)
+                ctx.io.out(generalHelp());
+            else
+                ctx.io.out(commandHelp(commandNamed(name)));
+            return 0;
+        },
+    },
+];
+/** The command called `name`, or a usage error that suggests the closest one. */
+function commandNamed(name) {
+    const spec = cli_COMMANDS.find((c) => c.name === name);
+    if (spec)
+        return spec;
+    const near = closest(name, cli_COMMANDS.map((c) => c.name));
+    throw new UsageError(`unknown command '${terminalLine(name, 80)}'${near ? ` (did you mean '${near}'?)` : ''}`);
+}
+/**
+ * The candidate `word` is most likely a typo of: within one edit per three
+ * letters (at least one), or one it begins; null unless exactly one is closest.
+ */
+function closest(word, candidates) {
+    const most = Math.max(1, Math.floor(word.length / 3));
+    const scored = candidates.map((c) => ({ c, d: c.startsWith(word) && word.length >= 3 ? 1 : distance(word, c) })).filter((s) => s.d <= most);
+    scored.sort((a, b) => a.d - b.d);
+    return scored.length > 0 && (scored.length === 1 || scored[0].d < scored[1].d) ? scored[0].c : null;
+}
+/** Levenshtein distance (the words are short). */
+function distance(a, b) {
+    let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+        const next = [i];
+        for (let j = 1; j <= b.length; j++)
+            next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+        row = next;
+    }
+    return row[b.length];
+}
+// ---------------------------------------------------------------------------
+// Help
+function optionLabel(name) {
+    const spec = OPTIONS[name];
+    return `${spec.short ? `-${spec.short}, ` : ''}--${name}${spec.arg ? ` ${spec.arg}` : ''}`;
+}
+function usageLines(spec) {
+    if (spec.usage)
+        return spec.usage;
+    const parts = Object.keys(spec.options).map((name) => {
+        const option = OPTIONS[name];
+        const label = `--${name}${option.arg ? ` ${option.arg}` : ''}`;
+        return spec.required?.includes(name) ? label : `[${label}]`;
+    });
+    return [[spec.name, ...(spec.operands ? [spec.operands] : []), ...parts].join(' ')];
+}
+function table(rows, indent = '  ') {
+    const width = Math.max(...rows.map(([left]) => left.length));
+    return rows.map(([left, right]) => `${indent}${left.padEnd(width)}  ${right}`.trimEnd()).join('\n');
+}
+/** `vm-sync --help`: the commands, the conventions every command follows. */
+function generalHelp() {
+    return `vm-sync ${version_generated_VERSION}: deploy a git repository to a fleet of VMs over rsync/SSH
 
 Usage:
-  vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--lock-wait SECONDS] [--json]
-  vm-sync rollback --config FILE [--vm ...] [--to SHA] [--lock-wait SECONDS] [--json]
-                 flip back to the previous kept release (or to the kept release of SHA): no transfer, no scan
-  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--deep] [--json]
-                 every VM on the commit? --deep: also compare every file each VM serves with its commit's tree
-  vm-sync status --config FILE [--vm ...] [--json]
-  vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
-  vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
-  vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
-  vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
-  vm-sync report --merge FILE_OR_DIR... [--shards N] [--config FILE] [--json] [--summary FILE]
-                 merge the --json results of the shards of one deploy into one report (exit 1 when a shard is missing)
-  vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
-  vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
-  vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
-  vm-sync demo stop [--dir DIR]
+  vm-sync COMMAND [OPTIONS]
+  vm-sync COMMAND --help      the options and exit codes of COMMAND (or: vm-sync help COMMAND)
 
-sync also takes --sarif FILE (the secret-scan findings, for code scanning).
-sync, rollback, verify and status take --shard K/N: only the VMs of shard K of N (a stable hash of
-each VM id; every VM is in exactly one shard), for a fleet spread over N runner hosts.
+Commands:
+${table(cli_COMMANDS.map((c) => [c.name, c.summary]))}
 
-Exit codes: 0 all VMs ok; 1 a VM failed, was refused or did not verify, or the run failed;
-2 usage or config error; 3 secrets found: the deploy was blocked and no VM was contacted.
+Options every command takes:
+${table(GLOBAL.map((name) => [optionLabel(name), OPTIONS[name].help]))}
+
+The config is --config FILE, else $VM_SYNC_CONFIG, else ./vm-sync.yml.
+Colour only on a terminal; NO_COLOR (any value) turns it off, FORCE_COLOR on.
+
+Exit codes: 0 success; 1 a VM failed or the run failed; 2 usage or config error;
+3 secrets found (the deploy was blocked); 130 interrupted (SIGINT); 143 terminated (SIGTERM).
 `;
-/** How known_hosts names a host: `host` on port 22, `[host]:port` otherwise. */
-function knownHostsName(host) {
-    return host.port === 22 ? host.host : `[${host.host}]:${host.port}`;
 }
-const processIO = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
-class UsageError extends Error {
+/** `vm-sync NAME --help`: usage, what it does, its options, its exit codes. */
+function commandHelp(spec) {
+    const options = [
+        ...Object.keys(spec.options).map((name) => [optionLabel(name), spec.options[name] || OPTIONS[name].help]),
+        ...GLOBAL.filter((name) => name !== 'version').map((name) => [optionLabel(name), OPTIONS[name].help]),
+    ];
+    const exits = [
+        ...spec.exits.filter(([code]) => code < 2),
+        [2, 'usage or config error: nothing was touched'],
+        ...spec.exits.filter(([code]) => code > 2),
+        [130, 'interrupted (SIGINT), after a clean stop'],
+        [143, 'terminated (SIGTERM), after a clean stop'],
+    ].map(([code, text]) => [String(code), text]);
+    return `vm-sync ${spec.name}: ${spec.summary}
+
+Usage:
+${usageLines(spec).map((u) => `  vm-sync ${u}`).join('\n')}
+
+${wrap(spec.description, 78)}
+
+Options:
+${table(options)}
+
+Exit codes:
+${table(exits)}
+`;
 }
-/** Log and progress lines on stderr (stdout is reserved for the table or the JSON document). */
-function stderrEvents(io) {
-    const lastProgress = new Map();
-    return {
-        // Engine lines quote VM and repository text: one clean line each on the terminal.
-        info: (vm, message) => io.err(`${terminalLine(`${vm ? `[${vm}] ` : ''}${message}`)}\n`),
-        progress: (vm, percent, rate) => {
-            const now = Date.now();
-            // A line every 2 s per VM is enough to show a long transfer is alive.
-            if (now - (lastProgress.get(vm) ?? 0) < 2000 && percent < 100)
-                return;
-            lastProgress.set(vm, now);
-            io.err(`[${vm}] transfer ${percent}% at ${rate}\n`);
-        },
-    };
+function wrap(text, width) {
+    const lines = [];
+    let line = '';
+    for (const word of text.split(/\s+/)) {
+        if (line && line.length + 1 + word.length > width) {
+            lines.push(line);
+            line = word;
+        }
+        else
+            line = line ? `${line} ${word}` : word;
+    }
+    if (line)
+        lines.push(line);
+    return lines.join('\n');
 }
+// ---------------------------------------------------------------------------
+// Parsing
+const PARSE_OPTIONS = Object.fromEntries(Object.entries(OPTIONS).map(([name, spec]) => [name, { type: spec.type, ...(spec.short ? { short: spec.short } : {}) }]));
+/**
+ * Reads argv leniently (an unknown option is noted, not thrown), so the
+ * error can name the command it was given to and what that command takes.
+ */
 function parse(argv) {
-    try {
-        return (0,external_node_util_namespaceObject.parseArgs)({
-            args: argv,
-            allowPositionals: true,
-            options: {
-                config: { type: 'string', short: 'c' },
-                commit: { type: 'string' },
-                vm: { type: 'string' },
-                force: { type: 'boolean', default: false },
-                'dry-run': { type: 'boolean', default: false },
-                'no-fetch': { type: 'boolean', default: false },
-                json: { type: 'boolean', default: false },
-                dir: { type: 'string', default: DEFAULT_DEMO_DIR },
-                keep: { type: 'boolean', default: false },
-                vms: { type: 'string' },
-                range: { type: 'string' },
-                repo: { type: 'string' },
-                sarif: { type: 'string' },
-                'scan-base': { type: 'string' },
-                to: { type: 'string' },
-                'lock-wait': { type: 'string' },
-                deep: { type: 'boolean', default: false },
-                shard: { type: 'string' },
-                merge: { type: 'boolean', default: false },
-                shards: { type: 'string' },
-                summary: { type: 'string' },
-                help: { type: 'boolean', short: 'h', default: false },
-            },
-        });
+    const { values, positionals, tokens } = (0,external_node_util_namespaceObject.parseArgs)({ args: argv, options: PARSE_OPTIONS, allowPositionals: true, strict: false, tokens: true });
+    const problems = [];
+    const given = new Set();
+    for (const token of tokens) {
+        if (token.kind !== 'option')
+            continue;
+        const spec = OPTIONS[token.name];
+        if (!spec)
+            problems.push({ raw: token.rawName, name: token.name, problem: 'unknown' });
+        else if (spec.type === 'string' && (token.value === undefined || (!token.inlineValue && token.value.startsWith('-') && token.value !== '-'))) {
+            problems.push({ raw: token.rawName, name: token.name, problem: 'needs-value' });
+        }
+        else if (spec.type === 'boolean' && token.inlineValue)
+            problems.push({ raw: token.rawName, name: token.name, problem: 'takes-no-value' });
+        else
+            given.add(token.name);
     }
-    catch (error) {
-        throw new UsageError(getErrorMessage(error));
-    }
+    const [command, ...operands] = positionals;
+    return { values: values, command, operands, problems, given: [...given] };
 }
+/** The usage error for `problem`, for `command` (which is known). */
+function optionProblem(problem, spec) {
+    const raw = terminalLine(problem.raw, 80);
+    const where = spec ? ` for ${spec.name}` : '';
+    if (problem.problem === 'unknown') {
+        const allowed = spec ? [...Object.keys(spec.options), ...GLOBAL] : Object.keys(OPTIONS);
+        const near = problem.raw.startsWith('--') ? closest(problem.name, allowed) : null;
+        return new UsageError(`unknown option '${raw}'${where}${near ? ` (did you mean '--${near}'?)` : ''}`, spec?.name);
+    }
+    const option = problem.name;
+    if (problem.problem === 'needs-value')
+        return new UsageError(`option '${raw}' needs a value: ${optionLabel(option)}`, spec?.name);
+    return new UsageError(`option '${raw}' takes no value`, spec?.name);
+}
+/** "--X only applies to a, b and c", in table order (or the command's own word for it). */
+function notApplicable(option, spec) {
+    const own = spec.misuse?.[option];
+    if (own)
+        return new UsageError(own, spec.name);
+    const takers = cli_COMMANDS.filter((c) => option in c.options).map((c) => c.name);
+    const list = takers.length > 1 ? `${takers.slice(0, -1).join(', ')} and ${takers[takers.length - 1]}` : (takers[0] ?? 'no command');
+    const extra = OPTIONS[option].elsewhere;
+    return new UsageError(`--${option} only applies to ${list}${extra ? ` ${extra}` : ''}`, spec.name);
+}
+/**
+ * The config file: `--config`, else `$VM_SYNC_CONFIG`, else `./vm-sync.yml`.
+ * A `$VM_SYNC_CONFIG` that names no file is an error, never a silent fall
+ * back to another fleet's config.
+ */
+function configPathFor(given, env, cwd) {
+    if (given !== undefined)
+        return given;
+    const fromEnv = env.VM_SYNC_CONFIG;
+    if (fromEnv) {
+        if (!external_node_fs_default().existsSync(external_node_path_default().resolve(cwd, fromEnv))) {
+            throw new VmSyncError('config_invalid', `no config file: $VM_SYNC_CONFIG is ${terminalLine(fromEnv)}, which does not exist (./vm-sync.yml is not used while VM_SYNC_CONFIG is set). Fix VM_SYNC_CONFIG, or pass --config FILE.`);
+        }
+        return external_node_path_default().resolve(cwd, fromEnv);
+    }
+    const local = external_node_path_default().join(cwd, 'vm-sync.yml');
+    if (external_node_fs_default().existsSync(local))
+        return local;
+    throw new VmSyncError('config_invalid', `no config file: pass --config FILE, set VM_SYNC_CONFIG to its path, or create ./vm-sync.yml (there is none in ${terminalLine(cwd)}).`);
+}
+// ---------------------------------------------------------------------------
+// Entry
 /**
  * Runs the CLI with `argv` (without `node` and the script) and returns the exit
  * code. Every failure becomes a message and an exit code; nothing throws out.
+ * When `signal` aborts (its reason names the signal), the run stops cleanly.
  */
 async function main(argv, io = processIO, signal) {
-    let json = false;
+    const env = io.env ?? process.env;
+    const parsed = parse(argv);
+    const { values } = parsed;
+    const json = values.json === true;
+    const format = values['log-format'] === 'json' ? 'json' : 'text';
+    const log = new Log(io.err, {
+        format,
+        verbosity: values.quiet === true ? 'quiet' : values.verbose === true ? 'verbose' : 'normal',
+        colour: format === 'text' && colourWanted(io.errIsTTY, env),
+        stack: readableStack,
+    });
+    const onAbort = () => {
+        const name = typeof signal?.reason === 'string' ? signal.reason : 'interrupted';
+        log.note('warn', `vm-sync: ${name}: stopping; every VM stays on its last complete release (again to force)`);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
     try {
-        const { values, positionals } = parse(argv);
-        json = values.json;
-        const [command, sub] = positionals;
-        if (values.help || !command) {
-            io.out(USAGE);
-            return command || values.help ? 0 : 2;
+        if (values['log-format'] !== undefined && values['log-format'] !== 'text' && values['log-format'] !== 'json') {
+            throw new UsageError(`--log-format must be text or json, not '${terminalLine(String(values['log-format']), 80)}'`);
         }
-        const events = stderrEvents(io);
-        if (command === 'demo') {
-            if (sub === 'up') {
-                const count = Number(values.vms ?? '3');
-                if (!Number.isInteger(count) || count < 1 || count > 200)
-                    throw new UsageError('--vms must be a whole number from 1 to 200');
-                const demo = await setupDemo(values.dir, count);
-                if (demo.warning)
-                    io.err(`WARNING: ${demo.warning}\n`);
-                io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
-                return 0;
-            }
-            if (sub !== undefined && sub !== 'stop')
-                throw new UsageError(`unknown demo command '${sub}' (up, stop)`);
-            if (sub === 'stop') {
-                const fleet = stopDemo(values.dir);
-                io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);
-                return 0;
-            }
-            return await runDemo(values.dir, values.keep, events, io.out);
-        }
-        if (command === 'report')
-            return reportCommand(values, positionals.slice(1), io);
-        if (values.merge || values.shards !== undefined || values.summary !== undefined)
-            throw new UsageError('--merge, --shards and --summary only apply to report');
-        if (!['sync', 'rollback', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock', 'locks'].includes(command))
-            throw new UsageError(`unknown command '${command}'`);
-        if (values.shard !== undefined && !['sync', 'rollback', 'verify', 'status'].includes(command))
-            throw new UsageError('--shard only applies to sync, rollback, verify and status');
-        const shard = values.shard === undefined ? undefined : parseShard(values.shard, '--shard');
-        if (values.to !== undefined && command !== 'rollback')
-            throw new UsageError('--to only applies to rollback (sync takes --commit)');
-        if (values['lock-wait'] !== undefined && command !== 'sync' && command !== 'rollback')
-            throw new UsageError('--lock-wait only applies to sync and rollback');
-        const lockWait = values['lock-wait'] === undefined ? 0 : Number(values['lock-wait']);
-        if (!Number.isInteger(lockWait) || lockWait < 0 || lockWait > 86400)
-            throw new UsageError(`--lock-wait must be a whole number of seconds from 0 to 86400, not '${values['lock-wait']}'`);
-        if (values.to !== undefined && !/^[0-9A-Za-z._/-]{1,200}$/.test(values.to))
-            throw new UsageError(`--to must be a commit hash or a ref, not '${values.to}'`);
-        if (command === 'rollback' && values.commit)
-            throw new UsageError('rollback takes --to SHA, not --commit');
-        if (command !== 'scan' && (values.range || values.repo))
-            throw new UsageError('--range and --repo only apply to scan');
-        if (values.sarif && command !== 'scan' && command !== 'sync')
-            throw new UsageError('--sarif only applies to scan and sync');
-        if (values['scan-base'] && command !== 'sync')
-            throw new UsageError('--scan-base only applies to sync (scan takes --range BASE..HEAD)');
-        if (values.range && values.commit)
-            throw new UsageError('give --range or --commit, not both');
-        if (positionals.length > 1)
-            throw new UsageError(`unexpected argument '${positionals[1]}'`);
-        if (!values.config)
-            throw new UsageError('--config FILE is required');
-        if (command !== 'sync' && command !== 'unlock' && values.force)
-            throw new UsageError('--force only applies to sync and unlock');
-        if (command !== 'sync' && values['dry-run'])
-            throw new UsageError('--dry-run only applies to sync');
-        if (values['no-fetch'] && command !== 'sync' && command !== 'scan')
-            throw new UsageError('--no-fetch only applies to sync and scan');
-        if (values.deep && command !== 'verify')
-            throw new UsageError('--deep only applies to verify');
-        if (command === 'status' && values.commit)
-            throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
-        // scan never reaches a VM, so it does not need (or check) the SSH keys;
-        // doctor reports a missing key or known_hosts per VM, with the fix.
-        const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory', 'locks'].includes(command) });
-        if (command === 'inventory') {
-            // For scripts (the runner bootstrap): everything needed to provision keys and pin host keys.
-            const inventory = {
-                key_storage_path: config.keyStoragePath,
-                known_hosts: config.knownHostsPath,
-                vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: knownHostsName(vm), jump: vm.jump?.name ?? null })),
-                jump_hosts: jumpHostsOf(config).map((jump) => ({
-                    name: jump.name,
-                    host: jump.host,
-                    port: jump.port,
-                    user: jump.user,
-                    key_path: jump.keyPath,
-                    known_hosts_name: knownHostsName(jump),
-                    max_sessions: jump.maxSessions,
-                })),
-            };
-            io.out(`${JSON.stringify(inventory, null, 2)}\n`);
+        if (values.version === true && parsed.problems.length === 0) {
+            io.out(`vm-sync ${version_generated_VERSION}\n`);
             return 0;
         }
-        const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
-        if (command === 'locks') {
-            if (values.commit)
-                throw new UsageError('locks takes no --commit');
-            const rows = await runLocks(config, { vms });
-            if (json)
-                io.out(`${JSON.stringify({ command: 'locks', vms: rows }, null, 2)}\n`);
-            else
-                for (const row of rows)
-                    io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
-            return rows.every((row) => row.error === null) ? 0 : 1;
+        const spec = parsed.command === undefined ? null : commandNamed(parsed.command);
+        if (values.help === true) {
+            io.out(spec ? commandHelp(spec) : generalHelp());
+            return 0;
         }
-        if (command === 'doctor') {
-            if (values.commit)
-                throw new UsageError('doctor takes no --commit');
-            const doctor = await runDoctor(config, { vms });
-            io.out(json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
-            return doctor.vms.every((vm) => vm.ready) && doctor.runner_host.status !== 'fail' ? 0 : 1;
+        if (!spec) {
+            if (parsed.problems.length > 0)
+                throw optionProblem(parsed.problems[0], null);
+            io.err(generalHelp());
+            return 2;
         }
-        if (command === 'unlock') {
-            if (values.commit)
-                throw new UsageError('unlock takes no --commit');
-            const rows = await runUnlock(config, { vms: vms ?? [], force: values.force });
-            if (json)
-                io.out(`${JSON.stringify({ command: 'unlock', vms: rows }, null, 2)}\n`);
-            else
-                for (const row of rows)
-                    io.out(`${row.id}: ${row.detail}\n`);
-            return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
-        }
-        const options = { commit: values.commit, vms, shard, events, signal };
-        let request;
-        if (command === 'sync') {
-            request = { name: 'sync', options: { ...options, force: values.force, dryRun: values['dry-run'], fetch: !values['no-fetch'], scanBase: values['scan-base'], lockWaitS: lockWait } };
-        }
-        else if (command === 'rollback') {
-            request = { name: 'rollback', options: { vms, shard, events, signal, to: values.to, lockWaitS: lockWait } };
-        }
-        else if (command === 'scan') {
-            request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
-        }
-        else if (command === 'verify') {
-            request = { name: 'verify', options: { ...options, deep: values.deep } };
-        }
-        else {
-            request = { name: command, options };
-        }
-        const report = await execute(config, request);
-        if (values.sarif)
-            external_node_fs_default().writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
-        io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
-        if (report.scan?.blocked) {
-            io.err(`vm-sync: secrets_found: ${report.scan.findings.length} possible secret(s) in what would be deployed; ${command !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it'}.\n`);
-        }
-        return exitCodeFor(report);
+        if (parsed.problems.length > 0)
+            throw optionProblem(parsed.problems[0], spec);
+        for (const option of parsed.given)
+            if (!GLOBAL.includes(option) && !(option in spec.options))
+                throw notApplicable(option, spec);
+        if (values.quiet && values.verbose)
+            throw new UsageError('give -q or -v, not both', spec.name);
+        if (parsed.operands.length > 0 && !spec.operands)
+            throw new UsageError(`unexpected argument '${terminalLine(parsed.operands[0], 80)}'`, spec.name);
+        for (const option of spec.required ?? [])
+            if (values[option] === undefined)
+                throw new UsageError(`${spec.name} needs ${optionLabel(option)}`, spec.name);
+        const cwd = io.cwd ?? process.cwd();
+        let configPath = null;
+        const ctx = {
+            values,
+            operands: parsed.operands,
+            io,
+            log,
+            events: log.events(),
+            signal,
+            colour: !json && colourWanted(io.outIsTTY, env),
+            config: (options = {}) => {
+                configPath ??= configPathFor(values.config, env, cwd);
+                log.line('debug', null, `config: ${configPath}${values.config !== undefined ? '' : env.VM_SYNC_CONFIG ? ' (from $VM_SYNC_CONFIG)' : ' (./vm-sync.yml)'}`);
+                return loadConfig(configPath, options);
+            },
+        };
+        return await spec.run(ctx);
     }
     catch (error) {
         const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && error.code === 'config_invalid');
@@ -44926,44 +45396,192 @@ async function main(argv, io = processIO, signal) {
         const message = getErrorMessage(error);
         if (json)
             io.out(`${JSON.stringify({ commit: null, vms: [], error: { code, message } }, null, 2)}\n`);
-        io.err(`vm-sync: ${code === 'usage' || code === 'config_invalid' ? '' : `${code}: `}${message}\n`);
+        if ((code === 'internal' || code === 'internal_error') && error instanceof Error && error.stack) {
+            // -v: where the defect is, in the sources' terms.
+            log.line('debug', null, `internal error: ${error.stack}`);
+        }
+        const hints = [];
         if (error instanceof UsageError)
-            io.err('Run vm-sync --help for usage.\n');
+            hints.push(error.command ? `Run vm-sync ${error.command} --help for its options.` : 'Run vm-sync --help for the commands.');
+        else if (code === 'internal' && !log.enabled('debug'))
+            hints.push('This is a defect in vm-sync: run again with -v for its stack trace, and report it.');
+        log.failure(code === 'usage' || code === 'config_invalid' ? null : code, message, hints);
         return usage ? 2 : 1;
     }
+    finally {
+        signal?.removeEventListener('abort', onAbort);
+    }
+}
+// ---------------------------------------------------------------------------
+// The commands
+/** How known_hosts names a host: `host` on port 22, `[host]:port` otherwise. */
+function knownHostsName(host) {
+    return host.port === 22 ? host.host : `[${host.host}]:${host.port}`;
+}
+function vmList(values) {
+    return values.vm?.split(',').map((s) => s.trim()).filter(Boolean);
+}
+/** sync, rollback, verify, status, scan: one engine command, then the table or the JSON document. */
+async function engineCommand(ctx, name) {
+    const { values, io, events, signal } = ctx;
+    const shard = values.shard === undefined ? undefined : parseShard(values.shard, '--shard');
+    const lockWait = values['lock-wait'] === undefined ? 0 : Number(values['lock-wait']);
+    if (!Number.isInteger(lockWait) || lockWait < 0 || lockWait > 86400)
+        throw new UsageError(`--lock-wait must be a whole number of seconds from 0 to 86400, not '${values['lock-wait']}'`, name);
+    if (values.to !== undefined && !/^[0-9A-Za-z._/-]{1,200}$/.test(values.to))
+        throw new UsageError(`--to must be a commit hash or a ref, not '${terminalLine(values.to, 80)}'`, name);
+    if (values.range && values.commit)
+        throw new UsageError('give --range or --commit, not both', name);
+    // scan never reaches a VM, so it does not need (or check) the SSH keys.
+    const config = ctx.config({ checkFiles: name !== 'scan' });
+    const vms = vmList(values);
+    const options = { commit: values.commit, vms, shard, events, signal };
+    let request;
+    if (name === 'sync') {
+        request = { name, options: { ...options, force: values.force === true, dryRun: values['dry-run'] === true, fetch: values['no-fetch'] !== true, scanBase: values['scan-base'], lockWaitS: lockWait } };
+    }
+    else if (name === 'rollback') {
+        request = { name, options: { vms, shard, events, signal, to: values.to, lockWaitS: lockWait } };
+    }
+    else if (name === 'scan') {
+        request = { name, options: { ...options, range: values.range, repoDir: values.repo, fetch: values['no-fetch'] !== true } };
+    }
+    else if (name === 'verify') {
+        request = { name, options: { ...options, deep: values.deep === true } };
+    }
+    else {
+        request = { name, options };
+    }
+    const report = await execute(config, request);
+    if (values.sarif)
+        external_node_fs_default().writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
+    io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
+    if (report.scan?.blocked) {
+        const what = name !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it';
+        ctx.log.failure('secrets_found', `${report.scan.findings.length} possible secret(s) in what would be deployed; ${what}.`);
+    }
+    return exitCodeFor(report);
+}
+async function doctorCommand(ctx) {
+    // doctor reports a missing key or known_hosts per VM, with the fix.
+    const config = ctx.config({ checkFiles: false });
+    const doctor = await runDoctor(config, { vms: vmList(ctx.values) });
+    ctx.io.out(ctx.values.json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
+    return doctor.vms.every((vm) => vm.ready) && doctor.runner_host.status !== 'fail' ? 0 : 1;
+}
+async function locksCommand(ctx) {
+    const config = ctx.config({ checkFiles: false });
+    const rows = await runLocks(config, { vms: vmList(ctx.values) });
+    if (ctx.values.json)
+        ctx.io.out(`${JSON.stringify({ command: 'locks', vms: rows }, null, 2)}\n`);
+    else
+        for (const row of rows)
+            ctx.io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
+    return rows.every((row) => row.error === null) ? 0 : 1;
+}
+async function unlockCommand(ctx) {
+    const vms = vmList(ctx.values) ?? [];
+    if (vms.length === 0)
+        throw new UsageError('unlock needs --vm ID[,ID...]: the VMs whose lock to break', 'unlock');
+    const config = ctx.config();
+    const rows = await runUnlock(config, { vms, force: ctx.values.force === true });
+    if (ctx.values.json)
+        ctx.io.out(`${JSON.stringify({ command: 'unlock', vms: rows }, null, 2)}\n`);
+    else
+        for (const row of rows)
+            ctx.io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
+    return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
+}
+async function inventoryCommand(ctx) {
+    const config = ctx.config({ checkFiles: false });
+    // For scripts (the runner bootstrap): everything needed to provision keys and pin host keys.
+    const inventory = {
+        key_storage_path: config.keyStoragePath,
+        known_hosts: config.knownHostsPath,
+        vms: config.vms.map((vm) => ({ id: vm.id, host: vm.host, port: vm.port, user: vm.user, key_path: vm.keyPath, known_hosts_name: knownHostsName(vm), jump: vm.jump?.name ?? null })),
+        jump_hosts: jumpHostsOf(config).map((jump) => ({
+            name: jump.name,
+            host: jump.host,
+            port: jump.port,
+            user: jump.user,
+            key_path: jump.keyPath,
+            known_hosts_name: knownHostsName(jump),
+            max_sessions: jump.maxSessions,
+        })),
+    };
+    ctx.io.out(`${JSON.stringify(inventory, null, 2)}\n`);
+    return 0;
 }
 /**
  * `vm-sync report --merge PATH...`: one report from the results of every
- * shard of a deploy. With `--config`, each VM of a missing shard gets its own
+ * shard of a deploy. With a config, each VM of a missing shard gets its own
  * failed row; `--shards N` says how many shards there were (else the results say).
  */
-function reportCommand(values, paths, io) {
+async function reportCommand(ctx) {
+    const { values, operands } = ctx;
     if (!values.merge)
-        throw new UsageError('report needs --merge FILE_OR_DIR... (the --json results of each shard)');
-    if (paths.length === 0)
-        throw new UsageError('report --merge needs at least one results file or directory');
-    for (const flag of ['commit', 'vm', 'shard', 'to', 'range', 'repo', 'sarif', 'scan-base', 'lock-wait']) {
-        if (values[flag] !== undefined)
-            throw new UsageError(`--${flag} does not apply to report`);
-    }
+        throw new UsageError('report needs --merge FILE_OR_DIR... (the --json results of each shard)', 'report');
+    if (operands.length === 0)
+        throw new UsageError('report --merge needs at least one results file or directory', 'report');
     const expected = values.shards === undefined ? undefined : Number(values.shards);
     if (expected !== undefined && !(Number.isInteger(expected) && expected >= 1 && expected <= MAX_SHARDS))
-        throw new UsageError(`--shards must be a whole number from 1 to ${MAX_SHARDS}, not '${values.shards}'`);
-    const config = values.config ? loadConfig(values.config, { checkFiles: false }) : null;
-    const report = mergeShards(config, paths, { expected });
+        throw new UsageError(`--shards must be a whole number from 1 to ${MAX_SHARDS}, not '${terminalLine(values.shards ?? '', 80)}'`, 'report');
+    // The config is optional here: without one (none given, none by default), a missing shard is one row.
+    const env = ctx.io.env ?? process.env;
+    const hasDefault = values.config !== undefined || Boolean(env.VM_SYNC_CONFIG) || external_node_fs_default().existsSync(external_node_path_default().join(ctx.io.cwd ?? process.cwd(), 'vm-sync.yml'));
+    const config = hasDefault ? ctx.config({ checkFiles: false }) : null;
+    const report = mergeShards(config, operands, { expected });
     if (values.summary)
         external_node_fs_default().writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
-    io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
+    ctx.io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
     return exitCodeFor(report);
 }
-/** Entry point when run as a program: wires Ctrl-C / SIGTERM to a clean stop. */
+async function demoCommand(ctx) {
+    const { values, operands, io, log } = ctx;
+    const [sub, ...rest] = operands;
+    if (rest.length > 0)
+        throw new UsageError(`unexpected argument '${terminalLine(rest[0], 80)}'`, 'demo');
+    const dir = values.dir ?? DEFAULT_DEMO_DIR;
+    if (sub !== undefined && sub !== 'up' && sub !== 'stop')
+        throw new UsageError(`unknown demo command '${terminalLine(sub, 80)}' (up, stop)`, 'demo');
+    if (values.keep && sub !== undefined)
+        throw new UsageError(`--keep only applies to demo (the walk-through), not demo ${sub}`, 'demo');
+    if (values.vms !== undefined && sub !== 'up')
+        throw new UsageError('--vms only applies to demo up', 'demo');
+    if (sub === 'up') {
+        const count = Number(values.vms ?? '3');
+        if (!Number.isInteger(count) || count < 1 || count > 200)
+            throw new UsageError('--vms must be a whole number from 1 to 200', 'demo');
+        const demo = await setupDemo(dir, count);
+        if (demo.warning)
+            log.note('warn', `WARNING: ${demo.warning}`);
+        io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${dir}\n`);
+        return 0;
+    }
+    if (sub === 'stop') {
+        const fleet = stopDemo(dir);
+        io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);
+        return 0;
+    }
+    return await runDemo(dir, values.keep === true, ctx.events, io.out);
+}
+// ---------------------------------------------------------------------------
+// Program
+/** The exit code of a run stopped by `signal`: 128 + its number, as shells report it. */
+const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 };
+/**
+ * Entry point when run as a program: Ctrl-C / SIGTERM stop the run cleanly
+ * (every VM ends on a complete release), then the exit code says which signal
+ * it was (130, 143), whatever the run itself returned. A second signal exits at once.
+ */
 async function runCli() {
     const controller = new AbortController();
+    let received = null;
     const onSignal = (name) => {
-        if (controller.signal.aborted)
-            process.exit(130);
-        process.stderr.write(`vm-sync: ${name}: stopping; every VM stays on its last complete release (again to force)\n`);
-        controller.abort();
+        if (received)
+            process.exit(SIGNAL_EXIT[name]);
+        received = name;
+        controller.abort(name);
     };
     process.on('SIGINT', () => onSignal('SIGINT'));
     process.on('SIGTERM', () => onSignal('SIGTERM'));
@@ -44976,8 +45594,9 @@ async function runCli() {
             process.exitCode = 70;
         }
     });
-    process.exitCode = await main(process.argv.slice(2), processIO, controller.signal);
+    const code = await main(process.argv.slice(2), processIO, controller.signal);
     finished = true;
+    process.exitCode = received ? SIGNAL_EXIT[received] : code;
 }
 
 ;// CONCATENATED MODULE: ./src/bin.ts
@@ -44990,3 +45609,4 @@ void runCli();
 module.exports = __webpack_exports__;
 /******/ })()
 ;
+//# sourceMappingURL=cli.js.map

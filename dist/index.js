@@ -2,851 +2,6 @@
 /******/ (() => { // webpackBootstrap
 /******/ 	var __webpack_modules__ = ({
 
-/***/ 9659:
-/***/ (function(__unused_webpack_module, exports, __nccwpck_require__) {
-
-"use strict";
-
-/* eslint-disable @typescript-eslint/no-explicit-any */
-var __createBinding = (this && this.__createBinding) || (Object.create ? (function(o, m, k, k2) {
-    if (k2 === undefined) k2 = k;
-    var desc = Object.getOwnPropertyDescriptor(m, k);
-    if (!desc || ("get" in desc ? !m.__esModule : desc.writable || desc.configurable)) {
-      desc = { enumerable: true, get: function() { return m[k]; } };
-    }
-    Object.defineProperty(o, k2, desc);
-}) : (function(o, m, k, k2) {
-    if (k2 === undefined) k2 = k;
-    o[k2] = m[k];
-}));
-var __setModuleDefault = (this && this.__setModuleDefault) || (Object.create ? (function(o, v) {
-    Object.defineProperty(o, "default", { enumerable: true, value: v });
-}) : function(o, v) {
-    o["default"] = v;
-});
-var __importStar = (this && this.__importStar) || (function () {
-    var ownKeys = function(o) {
-        ownKeys = Object.getOwnPropertyNames || function (o) {
-            var ar = [];
-            for (var k in o) if (Object.prototype.hasOwnProperty.call(o, k)) ar[ar.length] = k;
-            return ar;
-        };
-        return ownKeys(o);
-    };
-    return function (mod) {
-        if (mod && mod.__esModule) return mod;
-        var result = {};
-        if (mod != null) for (var k = ownKeys(mod), i = 0; i < k.length; i++) if (k[i] !== "default") __createBinding(result, mod, k[i]);
-        __setModuleDefault(result, mod);
-        return result;
-    };
-})();
-var __awaiter = (this && this.__awaiter) || function (thisArg, _arguments, P, generator) {
-    function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
-    return new (P || (P = Promise))(function (resolve, reject) {
-        function fulfilled(value) { try { step(generator.next(value)); } catch (e) { reject(e); } }
-        function rejected(value) { try { step(generator["throw"](value)); } catch (e) { reject(e); } }
-        function step(result) { result.done ? resolve(result.value) : adopt(result.value).then(fulfilled, rejected); }
-        step((generator = generator.apply(thisArg, _arguments || [])).next());
-    });
-};
-Object.defineProperty(exports, "__esModule", ({ value: true }));
-exports.HttpClient = exports.HttpClientResponse = exports.HttpClientError = exports.MediaTypes = exports.Headers = exports.HttpCodes = void 0;
-exports.getProxyUrl = getProxyUrl;
-exports.isHttps = isHttps;
-const http = __importStar(__nccwpck_require__(8611));
-const https = __importStar(__nccwpck_require__(5692));
-const pm = __importStar(__nccwpck_require__(3335));
-const tunnel = __importStar(__nccwpck_require__(770));
-const undici_1 = __nccwpck_require__(6752);
-var HttpCodes;
-(function (HttpCodes) {
-    HttpCodes[HttpCodes["OK"] = 200] = "OK";
-    HttpCodes[HttpCodes["MultipleChoices"] = 300] = "MultipleChoices";
-    HttpCodes[HttpCodes["MovedPermanently"] = 301] = "MovedPermanently";
-    HttpCodes[HttpCodes["ResourceMoved"] = 302] = "ResourceMoved";
-    HttpCodes[HttpCodes["SeeOther"] = 303] = "SeeOther";
-    HttpCodes[HttpCodes["NotModified"] = 304] = "NotModified";
-    HttpCodes[HttpCodes["UseProxy"] = 305] = "UseProxy";
-    HttpCodes[HttpCodes["SwitchProxy"] = 306] = "SwitchProxy";
-    HttpCodes[HttpCodes["TemporaryRedirect"] = 307] = "TemporaryRedirect";
-    HttpCodes[HttpCodes["PermanentRedirect"] = 308] = "PermanentRedirect";
-    HttpCodes[HttpCodes["BadRequest"] = 400] = "BadRequest";
-    HttpCodes[HttpCodes["Unauthorized"] = 401] = "Unauthorized";
-    HttpCodes[HttpCodes["PaymentRequired"] = 402] = "PaymentRequired";
-    HttpCodes[HttpCodes["Forbidden"] = 403] = "Forbidden";
-    HttpCodes[HttpCodes["NotFound"] = 404] = "NotFound";
-    HttpCodes[HttpCodes["MethodNotAllowed"] = 405] = "MethodNotAllowed";
-    HttpCodes[HttpCodes["NotAcceptable"] = 406] = "NotAcceptable";
-    HttpCodes[HttpCodes["ProxyAuthenticationRequired"] = 407] = "ProxyAuthenticationRequired";
-    HttpCodes[HttpCodes["RequestTimeout"] = 408] = "RequestTimeout";
-    HttpCodes[HttpCodes["Conflict"] = 409] = "Conflict";
-    HttpCodes[HttpCodes["Gone"] = 410] = "Gone";
-    HttpCodes[HttpCodes["TooManyRequests"] = 429] = "TooManyRequests";
-    HttpCodes[HttpCodes["InternalServerError"] = 500] = "InternalServerError";
-    HttpCodes[HttpCodes["NotImplemented"] = 501] = "NotImplemented";
-    HttpCodes[HttpCodes["BadGateway"] = 502] = "BadGateway";
-    HttpCodes[HttpCodes["ServiceUnavailable"] = 503] = "ServiceUnavailable";
-    HttpCodes[HttpCodes["GatewayTimeout"] = 504] = "GatewayTimeout";
-})(HttpCodes || (exports.HttpCodes = HttpCodes = {}));
-var Headers;
-(function (Headers) {
-    Headers["Accept"] = "accept";
-    Headers["ContentType"] = "content-type";
-})(Headers || (exports.Headers = Headers = {}));
-var MediaTypes;
-(function (MediaTypes) {
-    MediaTypes["ApplicationJson"] = "application/json";
-})(MediaTypes || (exports.MediaTypes = MediaTypes = {}));
-/**
- * Returns the proxy URL, depending upon the supplied url and proxy environment variables.
- * @param serverUrl  The server URL where the request will be sent. For example, https://api.github.com
- */
-function getProxyUrl(serverUrl) {
-    const proxyUrl = pm.getProxyUrl(new URL(serverUrl));
-    return proxyUrl ? proxyUrl.href : '';
-}
-const HttpRedirectCodes = [
-    HttpCodes.MovedPermanently,
-    HttpCodes.ResourceMoved,
-    HttpCodes.SeeOther,
-    HttpCodes.TemporaryRedirect,
-    HttpCodes.PermanentRedirect
-];
-const HttpResponseRetryCodes = [
-    HttpCodes.BadGateway,
-    HttpCodes.ServiceUnavailable,
-    HttpCodes.GatewayTimeout
-];
-const RetryableHttpVerbs = ['OPTIONS', 'GET', 'DELETE', 'HEAD'];
-const ExponentialBackoffCeiling = 10;
-const ExponentialBackoffTimeSlice = 5;
-class HttpClientError extends Error {
-    constructor(message, statusCode) {
-        super(message);
-        this.name = 'HttpClientError';
-        this.statusCode = statusCode;
-        Object.setPrototypeOf(this, HttpClientError.prototype);
-    }
-}
-exports.HttpClientError = HttpClientError;
-class HttpClientResponse {
-    constructor(message) {
-        this.message = message;
-    }
-    readBody() {
-        return __awaiter(this, void 0, void 0, function* () {
-            return new Promise((resolve) => __awaiter(this, void 0, void 0, function* () {
-                let output = Buffer.alloc(0);
-                this.message.on('data', (chunk) => {
-                    output = Buffer.concat([output, chunk]);
-                });
-                this.message.on('end', () => {
-                    resolve(output.toString());
-                });
-            }));
-        });
-    }
-    readBodyBuffer() {
-        return __awaiter(this, void 0, void 0, function* () {
-            return new Promise((resolve) => __awaiter(this, void 0, void 0, function* () {
-                const chunks = [];
-                this.message.on('data', (chunk) => {
-                    chunks.push(chunk);
-                });
-                this.message.on('end', () => {
-                    resolve(Buffer.concat(chunks));
-                });
-            }));
-        });
-    }
-}
-exports.HttpClientResponse = HttpClientResponse;
-function isHttps(requestUrl) {
-    const parsedUrl = new URL(requestUrl);
-    return parsedUrl.protocol === 'https:';
-}
-class HttpClient {
-    constructor(userAgent, handlers, requestOptions) {
-        this._ignoreSslError = false;
-        this._allowRedirects = true;
-        this._allowRedirectDowngrade = false;
-        this._maxRedirects = 50;
-        this._allowRetries = false;
-        this._maxRetries = 1;
-        this._keepAlive = false;
-        this._disposed = false;
-        this.userAgent = this._getUserAgentWithOrchestrationId(userAgent);
-        this.handlers = handlers || [];
-        this.requestOptions = requestOptions;
-        if (requestOptions) {
-            if (requestOptions.ignoreSslError != null) {
-                this._ignoreSslError = requestOptions.ignoreSslError;
-            }
-            this._socketTimeout = requestOptions.socketTimeout;
-            if (requestOptions.allowRedirects != null) {
-                this._allowRedirects = requestOptions.allowRedirects;
-            }
-            if (requestOptions.allowRedirectDowngrade != null) {
-                this._allowRedirectDowngrade = requestOptions.allowRedirectDowngrade;
-            }
-            if (requestOptions.maxRedirects != null) {
-                this._maxRedirects = Math.max(requestOptions.maxRedirects, 0);
-            }
-            if (requestOptions.keepAlive != null) {
-                this._keepAlive = requestOptions.keepAlive;
-            }
-            if (requestOptions.allowRetries != null) {
-                this._allowRetries = requestOptions.allowRetries;
-            }
-            if (requestOptions.maxRetries != null) {
-                this._maxRetries = requestOptions.maxRetries;
-            }
-        }
-    }
-    options(requestUrl, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request('OPTIONS', requestUrl, null, additionalHeaders || {});
-        });
-    }
-    get(requestUrl, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request('GET', requestUrl, null, additionalHeaders || {});
-        });
-    }
-    del(requestUrl, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request('DELETE', requestUrl, null, additionalHeaders || {});
-        });
-    }
-    post(requestUrl, data, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request('POST', requestUrl, data, additionalHeaders || {});
-        });
-    }
-    patch(requestUrl, data, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request('PATCH', requestUrl, data, additionalHeaders || {});
-        });
-    }
-    put(requestUrl, data, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request('PUT', requestUrl, data, additionalHeaders || {});
-        });
-    }
-    head(requestUrl, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request('HEAD', requestUrl, null, additionalHeaders || {});
-        });
-    }
-    sendStream(verb, requestUrl, stream, additionalHeaders) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return this.request(verb, requestUrl, stream, additionalHeaders);
-        });
-    }
-    /**
-     * Gets a typed object from an endpoint
-     * Be aware that not found returns a null.  Other errors (4xx, 5xx) reject the promise
-     */
-    getJson(requestUrl_1) {
-        return __awaiter(this, arguments, void 0, function* (requestUrl, additionalHeaders = {}) {
-            additionalHeaders[Headers.Accept] = this._getExistingOrDefaultHeader(additionalHeaders, Headers.Accept, MediaTypes.ApplicationJson);
-            const res = yield this.get(requestUrl, additionalHeaders);
-            return this._processResponse(res, this.requestOptions);
-        });
-    }
-    postJson(requestUrl_1, obj_1) {
-        return __awaiter(this, arguments, void 0, function* (requestUrl, obj, additionalHeaders = {}) {
-            const data = JSON.stringify(obj, null, 2);
-            additionalHeaders[Headers.Accept] = this._getExistingOrDefaultHeader(additionalHeaders, Headers.Accept, MediaTypes.ApplicationJson);
-            additionalHeaders[Headers.ContentType] =
-                this._getExistingOrDefaultContentTypeHeader(additionalHeaders, MediaTypes.ApplicationJson);
-            const res = yield this.post(requestUrl, data, additionalHeaders);
-            return this._processResponse(res, this.requestOptions);
-        });
-    }
-    putJson(requestUrl_1, obj_1) {
-        return __awaiter(this, arguments, void 0, function* (requestUrl, obj, additionalHeaders = {}) {
-            const data = JSON.stringify(obj, null, 2);
-            additionalHeaders[Headers.Accept] = this._getExistingOrDefaultHeader(additionalHeaders, Headers.Accept, MediaTypes.ApplicationJson);
-            additionalHeaders[Headers.ContentType] =
-                this._getExistingOrDefaultContentTypeHeader(additionalHeaders, MediaTypes.ApplicationJson);
-            const res = yield this.put(requestUrl, data, additionalHeaders);
-            return this._processResponse(res, this.requestOptions);
-        });
-    }
-    patchJson(requestUrl_1, obj_1) {
-        return __awaiter(this, arguments, void 0, function* (requestUrl, obj, additionalHeaders = {}) {
-            const data = JSON.stringify(obj, null, 2);
-            additionalHeaders[Headers.Accept] = this._getExistingOrDefaultHeader(additionalHeaders, Headers.Accept, MediaTypes.ApplicationJson);
-            additionalHeaders[Headers.ContentType] =
-                this._getExistingOrDefaultContentTypeHeader(additionalHeaders, MediaTypes.ApplicationJson);
-            const res = yield this.patch(requestUrl, data, additionalHeaders);
-            return this._processResponse(res, this.requestOptions);
-        });
-    }
-    /**
-     * Makes a raw http request.
-     * All other methods such as get, post, patch, and request ultimately call this.
-     * Prefer get, del, post and patch
-     */
-    request(verb, requestUrl, data, headers) {
-        return __awaiter(this, void 0, void 0, function* () {
-            if (this._disposed) {
-                throw new Error('Client has already been disposed.');
-            }
-            const parsedUrl = new URL(requestUrl);
-            let info = this._prepareRequest(verb, parsedUrl, headers);
-            // Only perform retries on reads since writes may not be idempotent.
-            const maxTries = this._allowRetries && RetryableHttpVerbs.includes(verb)
-                ? this._maxRetries + 1
-                : 1;
-            let numTries = 0;
-            let response;
-            do {
-                response = yield this.requestRaw(info, data);
-                // Check if it's an authentication challenge
-                if (response &&
-                    response.message &&
-                    response.message.statusCode === HttpCodes.Unauthorized) {
-                    let authenticationHandler;
-                    for (const handler of this.handlers) {
-                        if (handler.canHandleAuthentication(response)) {
-                            authenticationHandler = handler;
-                            break;
-                        }
-                    }
-                    if (authenticationHandler) {
-                        return authenticationHandler.handleAuthentication(this, info, data);
-                    }
-                    else {
-                        // We have received an unauthorized response but have no handlers to handle it.
-                        // Let the response return to the caller.
-                        return response;
-                    }
-                }
-                let redirectsRemaining = this._maxRedirects;
-                while (response.message.statusCode &&
-                    HttpRedirectCodes.includes(response.message.statusCode) &&
-                    this._allowRedirects &&
-                    redirectsRemaining > 0) {
-                    const redirectUrl = response.message.headers['location'];
-                    if (!redirectUrl) {
-                        // if there's no location to redirect to, we won't
-                        break;
-                    }
-                    const parsedRedirectUrl = new URL(redirectUrl);
-                    if (parsedUrl.protocol === 'https:' &&
-                        parsedUrl.protocol !== parsedRedirectUrl.protocol &&
-                        !this._allowRedirectDowngrade) {
-                        throw new Error('Redirect from HTTPS to HTTP protocol. This downgrade is not allowed for security reasons. If you want to allow this behavior, set the allowRedirectDowngrade option to true.');
-                    }
-                    // we need to finish reading the response before reassigning response
-                    // which will leak the open socket.
-                    yield response.readBody();
-                    // strip authorization header if redirected to a different hostname
-                    if (parsedRedirectUrl.hostname !== parsedUrl.hostname) {
-                        for (const header in headers) {
-                            // header names are case insensitive
-                            if (header.toLowerCase() === 'authorization') {
-                                delete headers[header];
-                            }
-                        }
-                    }
-                    // let's make the request with the new redirectUrl
-                    info = this._prepareRequest(verb, parsedRedirectUrl, headers);
-                    response = yield this.requestRaw(info, data);
-                    redirectsRemaining--;
-                }
-                if (!response.message.statusCode ||
-                    !HttpResponseRetryCodes.includes(response.message.statusCode)) {
-                    // If not a retry code, return immediately instead of retrying
-                    return response;
-                }
-                numTries += 1;
-                if (numTries < maxTries) {
-                    yield response.readBody();
-                    yield this._performExponentialBackoff(numTries);
-                }
-            } while (numTries < maxTries);
-            return response;
-        });
-    }
-    /**
-     * Needs to be called if keepAlive is set to true in request options.
-     */
-    dispose() {
-        if (this._agent) {
-            this._agent.destroy();
-        }
-        this._disposed = true;
-    }
-    /**
-     * Raw request.
-     * @param info
-     * @param data
-     */
-    requestRaw(info, data) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return new Promise((resolve, reject) => {
-                function callbackForResult(err, res) {
-                    if (err) {
-                        reject(err);
-                    }
-                    else if (!res) {
-                        // If `err` is not passed, then `res` must be passed.
-                        reject(new Error('Unknown error'));
-                    }
-                    else {
-                        resolve(res);
-                    }
-                }
-                this.requestRawWithCallback(info, data, callbackForResult);
-            });
-        });
-    }
-    /**
-     * Raw request with callback.
-     * @param info
-     * @param data
-     * @param onResult
-     */
-    requestRawWithCallback(info, data, onResult) {
-        if (typeof data === 'string') {
-            if (!info.options.headers) {
-                info.options.headers = {};
-            }
-            info.options.headers['Content-Length'] = Buffer.byteLength(data, 'utf8');
-        }
-        let callbackCalled = false;
-        function handleResult(err, res) {
-            if (!callbackCalled) {
-                callbackCalled = true;
-                onResult(err, res);
-            }
-        }
-        const req = info.httpModule.request(info.options, (msg) => {
-            const res = new HttpClientResponse(msg);
-            handleResult(undefined, res);
-        });
-        let socket;
-        req.on('socket', sock => {
-            socket = sock;
-        });
-        // If we ever get disconnected, we want the socket to timeout eventually
-        req.setTimeout(this._socketTimeout || 3 * 60000, () => {
-            if (socket) {
-                socket.end();
-            }
-            handleResult(new Error(`Request timeout: ${info.options.path}`));
-        });
-        req.on('error', function (err) {
-            // err has statusCode property
-            // res should have headers
-            handleResult(err);
-        });
-        if (data && typeof data === 'string') {
-            req.write(data, 'utf8');
-        }
-        if (data && typeof data !== 'string') {
-            data.on('close', function () {
-                req.end();
-            });
-            data.pipe(req);
-        }
-        else {
-            req.end();
-        }
-    }
-    /**
-     * Gets an http agent. This function is useful when you need an http agent that handles
-     * routing through a proxy server - depending upon the url and proxy environment variables.
-     * @param serverUrl  The server URL where the request will be sent. For example, https://api.github.com
-     */
-    getAgent(serverUrl) {
-        const parsedUrl = new URL(serverUrl);
-        return this._getAgent(parsedUrl);
-    }
-    getAgentDispatcher(serverUrl) {
-        const parsedUrl = new URL(serverUrl);
-        const proxyUrl = pm.getProxyUrl(parsedUrl);
-        const useProxy = proxyUrl && proxyUrl.hostname;
-        if (!useProxy) {
-            return;
-        }
-        return this._getProxyAgentDispatcher(parsedUrl, proxyUrl);
-    }
-    _prepareRequest(method, requestUrl, headers) {
-        const info = {};
-        info.parsedUrl = requestUrl;
-        const usingSsl = info.parsedUrl.protocol === 'https:';
-        info.httpModule = usingSsl ? https : http;
-        const defaultPort = usingSsl ? 443 : 80;
-        info.options = {};
-        info.options.host = info.parsedUrl.hostname;
-        info.options.port = info.parsedUrl.port
-            ? parseInt(info.parsedUrl.port)
-            : defaultPort;
-        info.options.path =
-            (info.parsedUrl.pathname || '') + (info.parsedUrl.search || '');
-        info.options.method = method;
-        info.options.headers = this._mergeHeaders(headers);
-        if (this.userAgent != null) {
-            info.options.headers['user-agent'] = this.userAgent;
-        }
-        info.options.agent = this._getAgent(info.parsedUrl);
-        // gives handlers an opportunity to participate
-        if (this.handlers) {
-            for (const handler of this.handlers) {
-                handler.prepareRequest(info.options);
-            }
-        }
-        return info;
-    }
-    _mergeHeaders(headers) {
-        if (this.requestOptions && this.requestOptions.headers) {
-            return Object.assign({}, lowercaseKeys(this.requestOptions.headers), lowercaseKeys(headers || {}));
-        }
-        return lowercaseKeys(headers || {});
-    }
-    /**
-     * Gets an existing header value or returns a default.
-     * Handles converting number header values to strings since HTTP headers must be strings.
-     * Note: This returns string | string[] since some headers can have multiple values.
-     * For headers that must always be a single string (like Content-Type), use the
-     * specialized _getExistingOrDefaultContentTypeHeader method instead.
-     */
-    _getExistingOrDefaultHeader(additionalHeaders, header, _default) {
-        let clientHeader;
-        if (this.requestOptions && this.requestOptions.headers) {
-            const headerValue = lowercaseKeys(this.requestOptions.headers)[header];
-            if (headerValue) {
-                clientHeader =
-                    typeof headerValue === 'number' ? headerValue.toString() : headerValue;
-            }
-        }
-        const additionalValue = additionalHeaders[header];
-        if (additionalValue !== undefined) {
-            return typeof additionalValue === 'number'
-                ? additionalValue.toString()
-                : additionalValue;
-        }
-        if (clientHeader !== undefined) {
-            return clientHeader;
-        }
-        return _default;
-    }
-    /**
-     * Specialized version of _getExistingOrDefaultHeader for Content-Type header.
-     * Always returns a single string (not an array) since Content-Type should be a single value.
-     * Converts arrays to comma-separated strings and numbers to strings to ensure type safety.
-     * This was split from _getExistingOrDefaultHeader to provide stricter typing for callers
-     * that assign the result to places expecting a string (e.g., additionalHeaders[Headers.ContentType]).
-     */
-    _getExistingOrDefaultContentTypeHeader(additionalHeaders, _default) {
-        let clientHeader;
-        if (this.requestOptions && this.requestOptions.headers) {
-            const headerValue = lowercaseKeys(this.requestOptions.headers)[Headers.ContentType];
-            if (headerValue) {
-                if (typeof headerValue === 'number') {
-                    clientHeader = String(headerValue);
-                }
-                else if (Array.isArray(headerValue)) {
-                    clientHeader = headerValue.join(', ');
-                }
-                else {
-                    clientHeader = headerValue;
-                }
-            }
-        }
-        const additionalValue = additionalHeaders[Headers.ContentType];
-        // Return the first non-undefined value, converting numbers or arrays to strings if necessary
-        if (additionalValue !== undefined) {
-            if (typeof additionalValue === 'number') {
-                return String(additionalValue);
-            }
-            else if (Array.isArray(additionalValue)) {
-                return additionalValue.join(', ');
-            }
-            else {
-                return additionalValue;
-            }
-        }
-        if (clientHeader !== undefined) {
-            return clientHeader;
-        }
-        return _default;
-    }
-    _getAgent(parsedUrl) {
-        let agent;
-        const proxyUrl = pm.getProxyUrl(parsedUrl);
-        const useProxy = proxyUrl && proxyUrl.hostname;
-        if (this._keepAlive && useProxy) {
-            agent = this._proxyAgent;
-        }
-        if (!useProxy) {
-            agent = this._agent;
-        }
-        // if agent is already assigned use that agent.
-        if (agent) {
-            return agent;
-        }
-        const usingSsl = parsedUrl.protocol === 'https:';
-        let maxSockets = 100;
-        if (this.requestOptions) {
-            maxSockets = this.requestOptions.maxSockets || http.globalAgent.maxSockets;
-        }
-        // This is `useProxy` again, but we need to check `proxyURl` directly for TypeScripts's flow analysis.
-        if (proxyUrl && proxyUrl.hostname) {
-            const agentOptions = {
-                maxSockets,
-                keepAlive: this._keepAlive,
-                proxy: Object.assign(Object.assign({}, ((proxyUrl.username || proxyUrl.password) && {
-                    proxyAuth: `${proxyUrl.username}:${proxyUrl.password}`
-                })), { host: proxyUrl.hostname, port: proxyUrl.port })
-            };
-            let tunnelAgent;
-            const overHttps = proxyUrl.protocol === 'https:';
-            if (usingSsl) {
-                tunnelAgent = overHttps ? tunnel.httpsOverHttps : tunnel.httpsOverHttp;
-            }
-            else {
-                tunnelAgent = overHttps ? tunnel.httpOverHttps : tunnel.httpOverHttp;
-            }
-            agent = tunnelAgent(agentOptions);
-            this._proxyAgent = agent;
-        }
-        // if tunneling agent isn't assigned create a new agent
-        if (!agent) {
-            const options = { keepAlive: this._keepAlive, maxSockets };
-            agent = usingSsl ? new https.Agent(options) : new http.Agent(options);
-            this._agent = agent;
-        }
-        if (usingSsl && this._ignoreSslError) {
-            // we don't want to set NODE_TLS_REJECT_UNAUTHORIZED=0 since that will affect request for entire process
-            // http.RequestOptions doesn't expose a way to modify RequestOptions.agent.options
-            // we have to cast it to any and change it directly
-            agent.options = Object.assign(agent.options || {}, {
-                rejectUnauthorized: false
-            });
-        }
-        return agent;
-    }
-    _getProxyAgentDispatcher(parsedUrl, proxyUrl) {
-        let proxyAgent;
-        if (this._keepAlive) {
-            proxyAgent = this._proxyAgentDispatcher;
-        }
-        // if agent is already assigned use that agent.
-        if (proxyAgent) {
-            return proxyAgent;
-        }
-        const usingSsl = parsedUrl.protocol === 'https:';
-        proxyAgent = new undici_1.ProxyAgent(Object.assign({ uri: proxyUrl.href, pipelining: !this._keepAlive ? 0 : 1 }, ((proxyUrl.username || proxyUrl.password) && {
-            token: `Basic ${Buffer.from(`${proxyUrl.username}:${proxyUrl.password}`).toString('base64')}`
-        })));
-        this._proxyAgentDispatcher = proxyAgent;
-        if (usingSsl && this._ignoreSslError) {
-            // we don't want to set NODE_TLS_REJECT_UNAUTHORIZED=0 since that will affect request for entire process
-            // http.RequestOptions doesn't expose a way to modify RequestOptions.agent.options
-            // we have to cast it to any and change it directly
-            proxyAgent.options = Object.assign(proxyAgent.options.requestTls || {}, {
-                rejectUnauthorized: false
-            });
-        }
-        return proxyAgent;
-    }
-    _getUserAgentWithOrchestrationId(userAgent) {
-        const baseUserAgent = userAgent || 'actions/http-client';
-        const orchId = process.env['ACTIONS_ORCHESTRATION_ID'];
-        if (orchId) {
-            // Sanitize the orchestration ID to ensure it contains only valid characters
-            // Valid characters: 0-9, a-z, _, -, .
-            const sanitizedId = orchId.replace(/[^a-z0-9_.-]/gi, '_');
-            return `${baseUserAgent} actions_orchestration_id/${sanitizedId}`;
-        }
-        return baseUserAgent;
-    }
-    _performExponentialBackoff(retryNumber) {
-        return __awaiter(this, void 0, void 0, function* () {
-            retryNumber = Math.min(ExponentialBackoffCeiling, retryNumber);
-            const ms = ExponentialBackoffTimeSlice * Math.pow(2, retryNumber);
-            return new Promise(resolve => setTimeout(() => resolve(), ms));
-        });
-    }
-    _processResponse(res, options) {
-        return __awaiter(this, void 0, void 0, function* () {
-            return new Promise((resolve, reject) => __awaiter(this, void 0, void 0, function* () {
-                const statusCode = res.message.statusCode || 0;
-                const response = {
-                    statusCode,
-                    result: null,
-                    headers: {}
-                };
-                // not found leads to null obj returned
-                if (statusCode === HttpCodes.NotFound) {
-                    resolve(response);
-                }
-                // get the result from the body
-                function dateTimeDeserializer(key, value) {
-                    if (typeof value === 'string') {
-                        const a = new Date(value);
-                        if (!isNaN(a.valueOf())) {
-                            return a;
-                        }
-                    }
-                    return value;
-                }
-                let obj;
-                let contents;
-                try {
-                    contents = yield res.readBody();
-                    if (contents && contents.length > 0) {
-                        if (options && options.deserializeDates) {
-                            obj = JSON.parse(contents, dateTimeDeserializer);
-                        }
-                        else {
-                            obj = JSON.parse(contents);
-                        }
-                        response.result = obj;
-                    }
-                    response.headers = res.message.headers;
-                }
-                catch (err) {
-                    // Invalid resource (contents not json);  leaving result obj null
-                }
-                // note that 3xx redirects are handled by the http layer.
-                if (statusCode > 299) {
-                    let msg;
-                    // if exception/error in body, attempt to get better error
-                    if (obj && obj.message) {
-                        msg = obj.message;
-                    }
-                    else if (contents && contents.length > 0) {
-                        // it may be the case that the exception is in the body message as string
-                        msg = contents;
-                    }
-                    else {
-                        msg = `Failed request: (${statusCode})`;
-                    }
-                    const err = new HttpClientError(msg, statusCode);
-                    err.result = response.result;
-                    reject(err);
-                }
-                else {
-                    resolve(response);
-                }
-            }));
-        });
-    }
-}
-exports.HttpClient = HttpClient;
-const lowercaseKeys = (obj) => Object.keys(obj).reduce((c, k) => ((c[k.toLowerCase()] = obj[k]), c), {});
-//# sourceMappingURL=index.js.map
-
-/***/ }),
-
-/***/ 3335:
-/***/ ((__unused_webpack_module, exports) => {
-
-"use strict";
-
-Object.defineProperty(exports, "__esModule", ({ value: true }));
-exports.getProxyUrl = getProxyUrl;
-exports.checkBypass = checkBypass;
-function getProxyUrl(reqUrl) {
-    const usingSsl = reqUrl.protocol === 'https:';
-    if (checkBypass(reqUrl)) {
-        return undefined;
-    }
-    const proxyVar = (() => {
-        if (usingSsl) {
-            return process.env['https_proxy'] || process.env['HTTPS_PROXY'];
-        }
-        else {
-            return process.env['http_proxy'] || process.env['HTTP_PROXY'];
-        }
-    })();
-    if (proxyVar) {
-        try {
-            return new DecodedURL(proxyVar);
-        }
-        catch (_a) {
-            if (!proxyVar.startsWith('http://') && !proxyVar.startsWith('https://'))
-                return new DecodedURL(`http://${proxyVar}`);
-        }
-    }
-    else {
-        return undefined;
-    }
-}
-function checkBypass(reqUrl) {
-    if (!reqUrl.hostname) {
-        return false;
-    }
-    const reqHost = reqUrl.hostname;
-    if (isLoopbackAddress(reqHost)) {
-        return true;
-    }
-    const noProxy = process.env['no_proxy'] || process.env['NO_PROXY'] || '';
-    if (!noProxy) {
-        return false;
-    }
-    // Determine the request port
-    let reqPort;
-    if (reqUrl.port) {
-        reqPort = Number(reqUrl.port);
-    }
-    else if (reqUrl.protocol === 'http:') {
-        reqPort = 80;
-    }
-    else if (reqUrl.protocol === 'https:') {
-        reqPort = 443;
-    }
-    // Format the request hostname and hostname with port
-    const upperReqHosts = [reqUrl.hostname.toUpperCase()];
-    if (typeof reqPort === 'number') {
-        upperReqHosts.push(`${upperReqHosts[0]}:${reqPort}`);
-    }
-    // Compare request host against noproxy
-    for (const upperNoProxyItem of noProxy
-        .split(',')
-        .map(x => x.trim().toUpperCase())
-        .filter(x => x)) {
-        if (upperNoProxyItem === '*' ||
-            upperReqHosts.some(x => x === upperNoProxyItem ||
-                x.endsWith(`.${upperNoProxyItem}`) ||
-                (upperNoProxyItem.startsWith('.') &&
-                    x.endsWith(`${upperNoProxyItem}`)))) {
-            return true;
-        }
-    }
-    return false;
-}
-function isLoopbackAddress(host) {
-    const hostLower = host.toLowerCase();
-    return (hostLower === 'localhost' ||
-        hostLower.startsWith('127.') ||
-        hostLower.startsWith('[::1]') ||
-        hostLower.startsWith('[0:0:0:0:0:0:0:1]'));
-}
-class DecodedURL extends URL {
-    constructor(url, base) {
-        super(url, base);
-        this._decodedUsername = decodeURIComponent(super.username);
-        this._decodedPassword = decodeURIComponent(super.password);
-    }
-    get username() {
-        return this._decodedUsername;
-    }
-    get password() {
-        return this._decodedPassword;
-    }
-}
-//# sourceMappingURL=proxy.js.map
-
-/***/ }),
-
 /***/ 7712:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
@@ -27387,6 +26542,7 @@ module.exports = __nccwpck_require__(218);
 /***/ ((__unused_webpack_module, exports, __nccwpck_require__) => {
 
 "use strict";
+var __webpack_unused_export__;
 
 
 var net = __nccwpck_require__(9278);
@@ -27650,7 +26806,7 @@ if (process.env.NODE_DEBUG && /\btunnel\b/.test(process.env.NODE_DEBUG)) {
 } else {
   debug = function() {};
 }
-exports.debug = debug; // for test
+__webpack_unused_export__ = debug; // for test
 
 
 /***/ }),
@@ -30054,6 +29210,7 @@ nacl.setPRNG = function(fn) {
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 "use strict";
+var __webpack_unused_export__;
 
 
 const Client = __nccwpck_require__(3701)
@@ -30081,29 +29238,29 @@ const createRedirectInterceptor = __nccwpck_require__(5092)
 
 Object.assign(Dispatcher.prototype, api)
 
-module.exports.Dispatcher = Dispatcher
-module.exports.Client = Client
-module.exports.Pool = Pool
-module.exports.BalancedPool = BalancedPool
-module.exports.Agent = Agent
-module.exports.ProxyAgent = ProxyAgent
-module.exports.EnvHttpProxyAgent = EnvHttpProxyAgent
-module.exports.RetryAgent = RetryAgent
-module.exports.RetryHandler = RetryHandler
+__webpack_unused_export__ = Dispatcher
+__webpack_unused_export__ = Client
+__webpack_unused_export__ = Pool
+__webpack_unused_export__ = BalancedPool
+__webpack_unused_export__ = Agent
+module.exports.kT = ProxyAgent
+__webpack_unused_export__ = EnvHttpProxyAgent
+__webpack_unused_export__ = RetryAgent
+__webpack_unused_export__ = RetryHandler
 
-module.exports.DecoratorHandler = DecoratorHandler
-module.exports.RedirectHandler = RedirectHandler
-module.exports.createRedirectInterceptor = createRedirectInterceptor
-module.exports.interceptors = {
+__webpack_unused_export__ = DecoratorHandler
+__webpack_unused_export__ = RedirectHandler
+__webpack_unused_export__ = createRedirectInterceptor
+__webpack_unused_export__ = {
   redirect: __nccwpck_require__(1514),
   retry: __nccwpck_require__(2026),
   dump: __nccwpck_require__(8060),
   dns: __nccwpck_require__(379)
 }
 
-module.exports.buildConnector = buildConnector
-module.exports.errors = errors
-module.exports.util = {
+__webpack_unused_export__ = buildConnector
+__webpack_unused_export__ = errors
+__webpack_unused_export__ = {
   parseHeaders: util.parseHeaders,
   headerNameToString: util.headerNameToString
 }
@@ -30157,11 +29314,11 @@ function makeDispatcher (fn) {
   }
 }
 
-module.exports.setGlobalDispatcher = setGlobalDispatcher
-module.exports.getGlobalDispatcher = getGlobalDispatcher
+__webpack_unused_export__ = setGlobalDispatcher
+__webpack_unused_export__ = getGlobalDispatcher
 
 const fetchImpl = (__nccwpck_require__(4398).fetch)
-module.exports.fetch = async function fetch (init, options = undefined) {
+module.exports.hd = async function fetch (init, options = undefined) {
   try {
     return await fetchImpl(init, options)
   } catch (err) {
@@ -30172,57 +29329,57 @@ module.exports.fetch = async function fetch (init, options = undefined) {
     throw err
   }
 }
-module.exports.Headers = __nccwpck_require__(660).Headers
-module.exports.Response = __nccwpck_require__(9051).Response
-module.exports.Request = __nccwpck_require__(9967).Request
-module.exports.FormData = __nccwpck_require__(5910).FormData
-module.exports.File = globalThis.File ?? (__nccwpck_require__(4573).File)
-module.exports.FileReader = __nccwpck_require__(8355).FileReader
+/* unused reexport */ __nccwpck_require__(660).Headers
+/* unused reexport */ __nccwpck_require__(9051).Response
+/* unused reexport */ __nccwpck_require__(9967).Request
+/* unused reexport */ __nccwpck_require__(5910).FormData
+__webpack_unused_export__ = globalThis.File ?? (__nccwpck_require__(4573).File)
+/* unused reexport */ __nccwpck_require__(8355).FileReader
 
 const { setGlobalOrigin, getGlobalOrigin } = __nccwpck_require__(1059)
 
-module.exports.setGlobalOrigin = setGlobalOrigin
-module.exports.getGlobalOrigin = getGlobalOrigin
+__webpack_unused_export__ = setGlobalOrigin
+__webpack_unused_export__ = getGlobalOrigin
 
 const { CacheStorage } = __nccwpck_require__(3245)
 const { kConstruct } = __nccwpck_require__(109)
 
 // Cache & CacheStorage are tightly coupled with fetch. Even if it may run
 // in an older version of Node, it doesn't have any use without fetch.
-module.exports.caches = new CacheStorage(kConstruct)
+__webpack_unused_export__ = new CacheStorage(kConstruct)
 
 const { deleteCookie, getCookies, getSetCookies, setCookie } = __nccwpck_require__(9061)
 
-module.exports.deleteCookie = deleteCookie
-module.exports.getCookies = getCookies
-module.exports.getSetCookies = getSetCookies
-module.exports.setCookie = setCookie
+__webpack_unused_export__ = deleteCookie
+__webpack_unused_export__ = getCookies
+__webpack_unused_export__ = getSetCookies
+__webpack_unused_export__ = setCookie
 
 const { parseMIMEType, serializeAMimeType } = __nccwpck_require__(1900)
 
-module.exports.parseMIMEType = parseMIMEType
-module.exports.serializeAMimeType = serializeAMimeType
+__webpack_unused_export__ = parseMIMEType
+__webpack_unused_export__ = serializeAMimeType
 
 const { CloseEvent, ErrorEvent, MessageEvent } = __nccwpck_require__(5188)
-module.exports.WebSocket = __nccwpck_require__(3726).WebSocket
-module.exports.CloseEvent = CloseEvent
-module.exports.ErrorEvent = ErrorEvent
-module.exports.MessageEvent = MessageEvent
+/* unused reexport */ __nccwpck_require__(3726).WebSocket
+__webpack_unused_export__ = CloseEvent
+__webpack_unused_export__ = ErrorEvent
+__webpack_unused_export__ = MessageEvent
 
-module.exports.request = makeDispatcher(api.request)
-module.exports.stream = makeDispatcher(api.stream)
-module.exports.pipeline = makeDispatcher(api.pipeline)
-module.exports.connect = makeDispatcher(api.connect)
-module.exports.upgrade = makeDispatcher(api.upgrade)
+__webpack_unused_export__ = makeDispatcher(api.request)
+__webpack_unused_export__ = makeDispatcher(api.stream)
+__webpack_unused_export__ = makeDispatcher(api.pipeline)
+__webpack_unused_export__ = makeDispatcher(api.connect)
+__webpack_unused_export__ = makeDispatcher(api.upgrade)
 
-module.exports.MockClient = MockClient
-module.exports.MockPool = MockPool
-module.exports.MockAgent = MockAgent
-module.exports.mockErrors = mockErrors
+__webpack_unused_export__ = MockClient
+__webpack_unused_export__ = MockPool
+__webpack_unused_export__ = MockAgent
+__webpack_unused_export__ = mockErrors
 
 const { EventSource } = __nccwpck_require__(1238)
 
-module.exports.EventSource = EventSource
+__webpack_unused_export__ = EventSource
 
 
 /***/ }),
@@ -67211,7 +66368,7 @@ module.exports = {"rE":"1.17.0"};
 /******/ 		// Execute the module function
 /******/ 		var threw = true;
 /******/ 		try {
-/******/ 			__webpack_modules__[moduleId].call(module.exports, module, module.exports, __nccwpck_require__);
+/******/ 			__webpack_modules__[moduleId](module, module.exports, __nccwpck_require__);
 /******/ 			threw = false;
 /******/ 		} finally {
 /******/ 			if(threw) delete __webpack_module_cache__[moduleId];
@@ -68176,7 +67333,7 @@ class lib_HttpClient {
             return proxyAgent;
         }
         const usingSsl = parsedUrl.protocol === 'https:';
-        proxyAgent = new undici.ProxyAgent(Object.assign({ uri: proxyUrl.href, pipelining: !this._keepAlive ? 0 : 1 }, ((proxyUrl.username || proxyUrl.password) && {
+        proxyAgent = new undici/* ProxyAgent */.kT(Object.assign({ uri: proxyUrl.href, pipelining: !this._keepAlive ? 0 : 1 }, ((proxyUrl.username || proxyUrl.password) && {
             token: `Basic ${Buffer.from(`${proxyUrl.username}:${proxyUrl.password}`).toString('base64')}`
         })));
         this._proxyAgentDispatcher = proxyAgent;
@@ -70590,8 +69747,6 @@ class Context {
     }
 }
 //# sourceMappingURL=context.js.map
-// EXTERNAL MODULE: ./node_modules/@actions/github/node_modules/@actions/http-client/lib/index.js
-var lib = __nccwpck_require__(9659);
 ;// CONCATENATED MODULE: ./node_modules/@actions/github/lib/internal/utils.js
 var utils_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
@@ -70614,17 +69769,17 @@ function getAuthString(token, options) {
     return typeof options.auth === 'string' ? options.auth : `token ${token}`;
 }
 function getProxyAgent(destinationUrl) {
-    const hc = new lib.HttpClient();
+    const hc = new lib_HttpClient();
     return hc.getAgent(destinationUrl);
 }
 function getProxyAgentDispatcher(destinationUrl) {
-    const hc = new lib.HttpClient();
+    const hc = new lib_HttpClient();
     return hc.getAgentDispatcher(destinationUrl);
 }
 function getProxyFetch(destinationUrl) {
     const httpDispatcher = getProxyAgentDispatcher(destinationUrl);
     const proxyFetch = (url, opts) => utils_awaiter(this, void 0, void 0, function* () {
-        return (0,undici.fetch)(url, Object.assign(Object.assign({}, opts), { dispatcher: httpDispatcher }));
+        return (0,undici/* fetch */.hd)(url, Object.assign(Object.assign({}, opts), { dispatcher: httpDispatcher }));
     });
     return proxyFetch;
 }
@@ -76546,7 +75701,32 @@ class GitHubReporter {
     }
 }
 
+;// CONCATENATED MODULE: ./src/report/colour.ts
+/*
+ * Colour for the CLI: only where a person reads it. A pipe, a file or a CI
+ * log gets plain text, so nothing downstream has to strip escape sequences.
+ */
+const CODES = { ok: '32', bad: '31', warn: '33' };
+/**
+ * Whether to colour a stream: never when `NO_COLOR` is set to anything
+ * (no-color.org), always when `FORCE_COLOR` is set (except `0` or `false`),
+ * otherwise only on a terminal that is not `TERM=dumb`.
+ */
+function colourWanted(isTTY, env) {
+    if (env.NO_COLOR)
+        return false;
+    const force = env.FORCE_COLOR;
+    if (force !== undefined && force !== '')
+        return force !== '0' && force.toLowerCase() !== 'false';
+    return Boolean(isTTY) && env.TERM !== 'dumb';
+}
+/** `text` in `tone` when `on`, else unchanged (the text itself must already be clean). */
+function colour_paint(text, tone, on) {
+    return on ? `\u001b[${CODES[tone]}m${text}\u001b[0m` : text;
+}
+
 ;// CONCATENATED MODULE: ./src/report/table.ts
+
 
 
 // A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
@@ -76625,12 +75805,15 @@ function shardsLine(report) {
         parts.push(`shard ${f.index}/${shards.expected} FAILED before reaching its VMs: ${f.code}: ${f.message}`);
     return parts.join('; ');
 }
+const RESULT_COLUMN = 4;
+const RESULT_TONE = { success: 'ok', failed: 'bad', refused: 'bad', skipped: 'warn' };
 /**
  * The readable report of a run: a header line, an aligned table with one row
  * per VM, then every error and note in full (a table cell is too small for
  * the sentence that tells the user what to do). Pure: same report, same text.
+ * With `colour` (a terminal), each RESULT cell is coloured by the VM's result.
  */
-function renderTable(report) {
+function renderTable(report, options = {}) {
     const scan = renderScan(report);
     const shards = shardsLine(report);
     if (report.vms.length === 0)
@@ -76642,7 +75825,11 @@ function renderTable(report) {
     const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : []), ...(withDrift ? ['DRIFT'] : [])];
     const rows = [header, ...report.vms.map((vm) => row(vm, withHealth, withDrift))];
     const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
-    const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
+    // Padded first, coloured after: the escape sequences must not count towards a column's width.
+    const lines = rows.map((r, i) => r
+        .map((cell, col) => (i > 0 && col === RESULT_COLUMN && options.colour ? paint(cell, RESULT_TONE[report.vms[i - 1].result] ?? 'warn', true) + ' '.repeat(widths[col] - cell.length) : cell.padEnd(widths[col])))
+        .join('  ')
+        .trimEnd());
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
     const ok = report.vms.filter((vm) => vm.result === 'success').length;
     const subject = report.command === 'rollback' ? (report.commit ? `to ${terminalLine(report.commit.slice(0, 12))}` : "to each VM's previous release") : `of ${terminalLine(report.commit.slice(0, 12))}`;
@@ -78494,6 +77681,28 @@ function failedRow(vm, error = null, notes = []) {
     };
 }
 const silentEvents = { info: () => undefined, progress: () => undefined };
+/** Sends one line at `level`, falling back to `info` when the sink has no such level (debug: dropped). */
+function logAt(events, level, vmId, message, phase) {
+    if (level === 'debug')
+        events.debug?.(vmId, message, phase);
+    else if (level === 'warn' && events.warn)
+        events.warn(vmId, message, phase);
+    else if (level === 'error' && events.error)
+        events.error(vmId, message, phase);
+    else
+        events.info(vmId, message, phase);
+}
+/**
+ * Announces a VM's final row: one `finish` line with its result (an error
+ * line when it failed or was refused, a warning when skipped), then
+ * `vmFinished`. Every command ends each VM through here.
+ */
+function announceRow(events, report) {
+    const level = report.result === 'success' ? 'info' : report.result === 'skipped' ? 'warn' : 'error';
+    logAt(events, level, report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result, 'finish');
+    events.vmFinished?.(report);
+    return report;
+}
 
 ;// CONCATENATED MODULE: ./src/report/merge.ts
 
@@ -79740,7 +78949,7 @@ async function spawnOk(command, args) {
 }
 
 // EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
-var ssh2_lib = __nccwpck_require__(5472);
+var lib = __nccwpck_require__(5472);
 ;// CONCATENATED MODULE: ./src/remote/known-hosts.ts
 
 
@@ -79879,7 +79088,7 @@ const ALGORITHM_NAME = /^[A-Za-z0-9@._+-]{1,64}$/;
  */
 function probeHostKeys(host, port, timeoutMs) {
     return new Promise((resolve) => {
-        const client = new ssh2_lib.Client();
+        const client = new lib.Client();
         const seen = { algorithms: [], key: null };
         let settled = false;
         const finish = () => {
@@ -81873,7 +81082,7 @@ class NodeSSH {
                 };
             }
         }
-        const connection = new ssh2_lib.Client();
+        const connection = new lib.Client();
         this.connection = connection;
         await new Promise((resolve, reject) => {
             connection.on('error', reject);
@@ -84480,10 +83689,10 @@ const sleep = (ms, signal) => new Promise((resolve) => {
 });
 /**
  * Runs `attempt` under the VM's hard timeout, retrying network failures
- * (unreachable, timeout of one step) with exponential backoff and jitter.
- * Never throws: the outcome is always a report row.
+ * (unreachable, timeout of one step) up to `retries` times with exponential
+ * backoff and jitter. Never throws: the outcome is always a report row.
  */
-async function withBudget(vm, ctx, attempt) {
+async function withBudget(vm, ctx, phase, retries, attempt) {
     const started = Date.now();
     const deadlineAt = started + ctx.config.sync.timeoutS * 1000;
     const deadline = AbortSignal.timeout(ctx.config.sync.timeoutS * 1000);
@@ -84506,7 +83715,7 @@ async function withBudget(vm, ctx, attempt) {
             }
             report.result = report.result === 'refused' ? 'refused' : 'failed';
             report.error = { code: failure.code, message: failure.message };
-            if (!failure.retryable || signal.aborted || attemptNo >= ctx.config.sync.retries) {
+            if (!failure.retryable || signal.aborted || attemptNo >= retries) {
                 // An earlier attempt that failed the same way adds nothing; say how many there were instead.
                 const same = `${failure.code}: ${failure.message}`;
                 report.notes = report.notes.filter((note) => !note.endsWith(same));
@@ -84516,19 +83725,38 @@ async function withBudget(vm, ctx, attempt) {
             }
             earlier.push(`attempt ${attemptNo + 1} failed: ${failure.code}: ${failure.message}`);
             const delay = ctx.retryBaseMs * 2 ** attemptNo * (1 + Math.random());
-            ctx.events.info(vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${ctx.config.sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+            logAt(ctx.events, 'warn', vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${retries} in ${(delay / 1000).toFixed(1)}s`, phase);
             await sleep(delay, signal);
         }
     }
 }
 /** Connects, runs `body` with the session and target, and always closes the connection. */
-async function withTarget(vm, ctx, signal, deadlineAt, body) {
-    const session = await VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal });
+async function withTarget(vm, ctx, phase, signal, deadlineAt, body) {
+    const session = await connect(vm, ctx.events, phase, ctx.config.sync.connectTimeoutS, () => VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal }));
     try {
         return await body(session, new RemoteTarget(session, vm.repoPath, deadlineAt, signal));
     }
     finally {
         session.dispose();
+    }
+}
+/**
+ * One SSH connection attempt, with `-v` lines before and after it (how long
+ * the handshake took, or how it failed): what an operator needs to tell a
+ * slow VM from an unreachable one.
+ */
+async function connect(vm, events, phase, connectTimeoutS, open) {
+    const via = vm.jump ? ` via ${vm.jump.name}` : '';
+    logAt(events, 'debug', vm.id, `connecting to ${vm.user}@${vm.host}:${vm.port}${via} (connect_timeout_s=${connectTimeoutS})`, phase);
+    const started = Date.now();
+    try {
+        const opened = await open();
+        logAt(events, 'debug', vm.id, `connected in ${Date.now() - started} ms`, phase);
+        return opened;
+    }
+    catch (error) {
+        logAt(events, 'debug', vm.id, `connection failed after ${Date.now() - started} ms: ${toFailure(error).code}`, phase);
+        throw error;
     }
 }
 const vm_pipeline_FULL_SHA = /^[0-9a-f]{40}$/;
@@ -84554,7 +83782,7 @@ async function stateOf(vm, probe, ctx, force) {
  * now; nothing is written on the VM and no lock is taken.
  */
 function dryRunVm(vm, ctx) {
-    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)));
+    return withBudget(vm, ctx, 'prepare', ctx.config.sync.retries, (report, signal, deadlineAt) => withTarget(vm, ctx, 'prepare', signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)));
 }
 /** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
 async function dryRun(vm, ctx, session, target, report, signal) {
@@ -84585,7 +83813,9 @@ async function dryRun(vm, ctx, session, target, report, signal) {
  * with `release_drifted`, its row's `drift` saying how.
  */
 function inspectVm(vm, ctx, mode, deep) {
-    return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
+    // One attempt, bounded by connect_timeout_s: a read-only look answers now
+    // (unreachable, timeout) rather than after sync.retries rounds of backoff.
+    return withBudget(vm, ctx, 'inspect', 0, (report, signal, deadlineAt) => withTarget(vm, ctx, 'inspect', signal, deadlineAt, async (_session, target) => {
         report.action = mode;
         const probe = await target.probe();
         report.rev_before = report.rev_after = liveRev(probe);
@@ -84761,8 +83991,8 @@ class FleetRelease {
         this.buildKey = buildKey(rsyncExcludes(ctx.config, []), ctx.config.repository.sharedPaths.map((s) => s.path));
         this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
     }
-    say(run, message) {
-        this.ctx.events.info(run.vm.id, message);
+    say(run, message, phase, level = 'info') {
+        logAt(this.ctx.events, level, run.vm.id, message, phase);
     }
     /** The run's signal combined with a fresh per-VM budget. */
     budget(extraMs = 0) {
@@ -84811,7 +84041,8 @@ class FleetRelease {
                 await this.prepareWithRetries(run);
             }
             catch (error) {
-                // A defect: the VM still ends with a row, and its lock is released.
+                // A defect: the VM still ends with a row, and its lock is released; -v shows where.
+                this.say(run, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`, 'prepare', 'debug');
                 await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${getErrorMessage(error)}`));
             }
         });
@@ -84847,7 +84078,7 @@ class FleetRelease {
                 run.port = null;
                 earlier.push(`attempt ${attempt + 1} failed: ${failure.code}: ${failure.message}`);
                 const delay = this.ctx.retryBaseMs * 2 ** attempt * (1 + Math.random());
-                this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+                this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`, 'prepare', 'warn');
                 await sleep(delay, signal);
             }
         }
@@ -84855,8 +84086,9 @@ class FleetRelease {
     /** Connect, lock, probe, decide, and stage + seal the release (atomic layout). */
     async prepareVm(run, signal, deadlineAt) {
         const { config, commit, force } = this.ctx;
-        const port = await this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+        const port = await connect(run.vm, this.ctx.events, 'prepare', config.sync.connectTimeoutS, () => this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }));
         run.port = port;
+        this.say(run, this.ctx.lockWaitS > 0 ? `taking the deploy lock (waiting up to ${this.ctx.lockWaitS}s for another run)` : 'taking the deploy lock', 'prepare', 'debug');
         let begun;
         try {
             begun = await takeLock(run.vm, port, {
@@ -84866,7 +84098,7 @@ class FleetRelease {
                 staleAfterS: config.sync.timeoutS,
                 lockWaitS: this.ctx.lockWaitS,
                 signal,
-                onWait: (message) => this.say(run, message),
+                onWait: (message) => this.say(run, message, 'prepare'),
             });
         }
         catch (error) {
@@ -84908,7 +84140,7 @@ class FleetRelease {
             report.action = 'none';
             report.result = 'success';
             report.verified = true;
-            this.say(run, `already on ${release_short(commit)}: nothing to do`);
+            this.say(run, `already on ${release_short(commit)}: nothing to do`, 'prepare');
             if (!begun.released)
                 await port.unlock(this.token).catch(() => false);
             this.close(run);
@@ -84932,14 +84164,14 @@ class FleetRelease {
             run.release = staged.completeRelease;
             report.staged_at = now();
             report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (sync --force stages afresh)`);
-            this.say(run, `reusing ${staged.completeRelease}, staged earlier`);
+            this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
             return;
         }
         const tree = await this.ctx.tree();
         run.treeNotes = tree.notes;
         const stats = (await this.streamed(run, port, staged)) ??
             (await (async () => {
-                this.say(run, `staging ${release_short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
+                this.say(run, `staging ${release_short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`, 'transfer');
                 return port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
             })());
         report.files_changed = stats.filesChanged;
@@ -84951,7 +84183,7 @@ class FleetRelease {
             report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
         run.release = sealed.release;
         report.staged_at = now();
-        this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
+        this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'transfer');
     }
     /**
      * The stream transfer, when it applies: the VM has GNU tar and find, and
@@ -84980,11 +84212,11 @@ class FleetRelease {
             return null;
         const outcome = await stream(base);
         if (!outcome.ok) {
-            this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`);
+            this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`, 'transfer');
             return null;
         }
         const { stream: made } = outcome;
-        this.say(run, `staging ${release_short(commit)} from ${base ? `${release_short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`);
+        this.say(run, `staging ${release_short(commit)} from ${base ? `${release_short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`, 'transfer');
         try {
             await port.apply(this.token, commit, base ? live : null, made.file, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
         }
@@ -85026,14 +84258,17 @@ class FleetRelease {
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
             run.touched = true;
             if (config.repository.layout === 'atomic') {
+                this.say(run, `switching the live path to ${run.release}`, 'flip', 'debug');
                 const flipped = await port.flip(this.token, run.release);
                 run.report.flipped_at = now();
                 run.previous = flipped.previous;
                 if (flipped.movedAside)
                     run.report.notes.push(`kept the directory that stood at ${run.before?.target} as ${flipped.movedAside}`);
+                this.say(run, `flipped to ${run.release}${flipped.previous ? ` (was ${flipped.previous})` : ''}`, 'flip');
                 return;
             }
             // In place: no staging is possible; the transfer is the flip.
+            this.say(run, `transferring ${release_short(commit)} into the live directory (layout in-place)`, 'transfer');
             const tree = await this.ctx.tree();
             run.treeNotes = tree.notes;
             const dest = await port.inPlaceBegin(this.token, run.before);
@@ -85042,12 +84277,14 @@ class FleetRelease {
             run.report.files_changed = stats.filesChanged;
             run.report.bytes_sent = stats.bytesSent;
             run.report.flipped_at = now();
+            this.say(run, `wrote .sync_rev ${release_short(commit)} in place (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'flip');
         })));
     }
     /** Phase 3: `.sync_rev` read back through the live path must be the commit. */
     async verify(batch) {
         const { commit } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            this.say(run, 'reading .sync_rev back through the live path', 'verify', 'debug');
             const after = await port.probe();
             run.report.rev_after = liveRev(after);
             run.report.release = releaseOf(after);
@@ -85056,16 +84293,18 @@ class FleetRelease {
             }
             run.report.verified = true;
             run.report.notes.push(...run.treeNotes);
-            this.say(run, `live on ${release_short(commit)}`);
+            this.say(run, `live on ${release_short(commit)}`, 'verify');
         })));
     }
     /** Phase 4: the health command in the new release; an unhealthy VM goes back to the release it had. */
     async health(batch, command) {
         const { config, commit } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            this.say(run, `running health_command (health_timeout_s=${config.rollout.healthTimeoutS})`, 'health', 'debug');
             const outcome = await port.health(this.token, commit, command, config.rollout.healthTimeoutS);
             if (outcome.exit === 0) {
                 run.report.health = 'passed';
+                this.say(run, 'health check passed', 'health');
                 return;
             }
             run.report.health = 'failed';
@@ -85089,11 +84328,12 @@ class FleetRelease {
     async finish(batch, keep) {
         const { config, commit } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
+            this.say(run, 'finishing: prune old releases, post_sync_command, unlock', 'finish', 'debug');
             if (config.repository.layout === 'atomic') {
                 try {
                     const pruned = await port.prune(this.token, keep);
                     if (pruned.length > 0)
-                        this.say(run, `pruned ${pruned.length} old release(s)`);
+                        this.say(run, `pruned ${pruned.length} old release(s)`, 'finish');
                 }
                 catch (error) {
                     if (this.ctx.signal?.aborted)
@@ -85102,7 +84342,7 @@ class FleetRelease {
                 }
             }
             if (config.sync.postSyncCommand) {
-                this.say(run, 'running post_sync_command');
+                this.say(run, 'running post_sync_command', 'finish');
                 await port.postSync(this.token, commit, config.sync.postSyncCommand);
             }
             run.report.result = 'success';
@@ -85212,9 +84452,7 @@ class FleetRelease {
         run.port?.close();
         run.port = null;
         run.report.duration_ms = Date.now() - run.started;
-        const { report } = run;
-        this.ctx.events.info(run.vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
-        this.ctx.events.vmFinished?.(report);
+        announceRow(this.ctx.events, run.report);
     }
 }
 /**
@@ -85252,10 +84490,10 @@ async function rollbackFleet(ctx, vms) {
         try {
             if (config.repository.layout !== 'atomic')
                 throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
-            port = await ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+            port = await connect(vm, ctx.events, 'rollback', config.sync.connectTimeoutS, () => ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }));
             let begun;
             try {
-                begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m) });
+                begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m, 'rollback') });
             }
             catch (error) {
                 // Without an answer the VM may have taken the lock for us: stop that step, then release what is ours.
@@ -85285,7 +84523,7 @@ async function rollbackFleet(ctx, vms) {
             }
             report.verified = true;
             report.result = 'success';
-            ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${release_short(decision.release.commit)} (${decision.release.name})` : `already on ${release_short(decision.release.commit)}`);
+            ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${release_short(decision.release.commit)} (${decision.release.name})` : `already on ${release_short(decision.release.commit)}`, 'rollback');
         }
         catch (error) {
             const failure = toFailure(error);
@@ -85312,8 +84550,7 @@ async function rollbackFleet(ctx, vms) {
                 await port.unlock(ctx.owner.token).catch(() => false);
             port?.close();
             report.duration_ms = Date.now() - started;
-            ctx.events.info(vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result);
-            ctx.events.vmFinished?.(report);
+            announceRow(ctx.events, report);
         }
         return report;
     });
@@ -85404,7 +84641,7 @@ async function runSync(config, options = {}) {
         exportDir = snapshot.dir;
         events.info(null, snapshot.how === 'incremental'
             ? `export of ${sha.slice(0, 12)}: ${snapshot.changedPaths} path(s) rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
-            : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`);
+            : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`, 'export');
     };
     const force = options.force ?? false;
     const dryRun = options.dryRun ?? false;
@@ -85427,7 +84664,7 @@ async function runSync(config, options = {}) {
         let scan = null;
         const gate = async () => {
             if (!config.repository.secretScanning.enabled) {
-                events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+                events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)', 'scan');
                 return null;
             }
             const request = options.scanRequest ??
@@ -85450,7 +84687,7 @@ async function runSync(config, options = {}) {
                 return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
         }
         else {
-            events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`);
+            events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
         }
         // The tree, for a VM that needs it: exported and scanned once, on first demand.
         let late = null;
@@ -85458,7 +84695,7 @@ async function runSync(config, options = {}) {
             if (exported)
                 return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
             late ??= (async () => {
-                events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`);
+                events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
                 await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
                 scan = await gate();
                 if (scan?.blocked)
@@ -85468,7 +84705,7 @@ async function runSync(config, options = {}) {
             return late;
         };
         const { rollout } = config;
-        events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`);
+        events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
         if (dryRun) {
             const ctx = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
@@ -85590,7 +84827,7 @@ async function runRollback(config, options = {}) {
             }
         }
     }
-    events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`);
+    events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
     const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (external_node_fs_default().existsSync(config.repository.mainRepoPath))
@@ -85651,8 +84888,10 @@ async function rowOf(vm, events, pipeline) {
         report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
             'what this VM serves is unknown: check it with vm-sync status',
         ]);
+        // The trace, for -v: where the defect is.
+        events.debug?.(vm.id, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`);
     }
-    return announce(events, report);
+    return announceRow(events, report);
 }
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
 async function recordDeployed(repo, reports, events) {
@@ -85681,11 +84920,6 @@ function committedSentinelNote(exportDir) {
     catch {
         return [];
     }
-}
-function announce(events, report) {
-    events.info(report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
-    events.vmFinished?.(report);
-    return report;
 }
 /**
  * Exit status for a finished run: 3 when secrets blocked it, 0 when every VM

@@ -1,5 +1,6 @@
 import { describeFinding } from '../scan/findings.js';
 import type { DriftReport, RunReport, VmReport } from '../sync/types.js';
+import { paint, type Tone } from './colour.js';
 import { terminalLine } from './escape.js';
 
 // A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
@@ -78,12 +79,16 @@ export function shardsLine(report: RunReport): string | null {
   return parts.join('; ');
 }
 
+const RESULT_COLUMN = 4;
+const RESULT_TONE: Record<VmReport['result'], Tone> = { success: 'ok', failed: 'bad', refused: 'bad', skipped: 'warn' };
+
 /**
  * The readable report of a run: a header line, an aligned table with one row
  * per VM, then every error and note in full (a table cell is too small for
  * the sentence that tells the user what to do). Pure: same report, same text.
+ * With `colour` (a terminal), each RESULT cell is coloured by the VM's result.
  */
-export function renderTable(report: RunReport): string {
+export function renderTable(report: RunReport, options: { colour?: boolean } = {}): string {
   const scan = renderScan(report);
   const shards = shardsLine(report);
   if (report.vms.length === 0) return scan + (shards ? `${terminalLine(shards, MESSAGE_MAX)}\n` : '');
@@ -94,7 +99,13 @@ export function renderTable(report: RunReport): string {
   const header = ['VM', 'HOST', 'STATE', 'ACTION', 'RESULT', 'REV', 'FILES', 'BYTES', 'TIME', 'VERIFIED', ...(withHealth ? ['HEALTH'] : []), ...(withDrift ? ['DRIFT'] : [])];
   const rows = [header, ...report.vms.map((vm) => row(vm, withHealth, withDrift))];
   const widths = header.map((_, col) => Math.max(...rows.map((r) => r[col].length)));
-  const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
+  // Padded first, coloured after: the escape sequences must not count towards a column's width.
+  const lines = rows.map((r, i) =>
+    r
+      .map((cell, col) => (i > 0 && col === RESULT_COLUMN && options.colour ? paint(cell, RESULT_TONE[report.vms[i - 1].result] ?? 'warn', true) + ' '.repeat(widths[col] - cell.length) : cell.padEnd(widths[col])))
+      .join('  ')
+      .trimEnd(),
+  );
   lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
 
   const ok = report.vms.filter((vm) => vm.result === 'success').length;

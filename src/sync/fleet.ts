@@ -16,7 +16,7 @@ import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
 import { ExpectedTrees } from './drift.js';
 import { dryRunVm, inspectVm, rsyncExcludes, type DeepCheck, type RunContext } from './vm-pipeline.js';
-import { failedRow, silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
+import { announceRow, failedRow, silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
 
 /** Options shared by every engine command. */
 export interface FleetOptions {
@@ -143,6 +143,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       snapshot.how === 'incremental'
         ? `export of ${sha.slice(0, 12)}: ${snapshot.changedPaths} path(s) rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
         : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`,
+      'export',
     );
   };
   const force = options.force ?? false;
@@ -167,7 +168,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     let scan: ScanReport | null = null;
     const gate = async (): Promise<ScanReport | null> => {
       if (!config.repository.secretScanning.enabled) {
-        events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)');
+        events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)', 'scan');
         return null;
       }
       const request: ScanRequest =
@@ -189,14 +190,14 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       scan = await gate();
       if (scan?.blocked) return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
     } else {
-      events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`);
+      events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
     }
     // The tree, for a VM that needs it: exported and scanned once, on first demand.
     let late: Promise<{ dir: string; notes: string[] }> | null = null;
     const tree = (): Promise<{ dir: string; notes: string[] }> => {
       if (exported) return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
       late ??= (async () => {
-        events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`);
+        events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
         await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
         scan = await gate();
         if (scan?.blocked) throw new VmSyncError('secrets_found', `${scan.findings.length} possible secret(s) in ${commit.slice(0, 12)}: nothing was sent to this VM`);
@@ -206,7 +207,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     };
 
     const { rollout } = config;
-    events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`);
+    events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
     if (dryRun) {
       const ctx: RunContext = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
       const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
@@ -333,7 +334,7 @@ export async function runRollback(config: Config, options: RollbackOptions = {})
       }
     }
   }
-  events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`);
+  events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
   const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
   if (fs.existsSync(config.repository.mainRepoPath)) await recordDeployed(repo, rows, events);
@@ -390,8 +391,10 @@ async function rowOf(vm: VmConfig, events: EngineEvents, pipeline: () => Promise
     report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
       'what this VM serves is unknown: check it with vm-sync status',
     ]);
+    // The trace, for -v: where the defect is.
+    events.debug?.(vm.id, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`);
   }
-  return announce(events, report);
+  return announceRow(events, report);
 }
 
 /** Remembers what each VM holds, so the next manual resync scans only what is new to it. Never fails the run. */
@@ -420,12 +423,6 @@ function committedSentinelNote(exportDir: string): string[] {
   } catch {
     return [];
   }
-}
-
-function announce(events: EngineEvents, report: VmReport): VmReport {
-  events.info(report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
-  events.vmFinished?.(report);
-  return report;
 }
 
 /**

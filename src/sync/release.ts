@@ -20,8 +20,8 @@ import { CLEANUP_MS, type BeginOutcome, type Probe, type StageResult } from '../
 import { mapPool } from './pool.js';
 import { afterHealth, chooseRollback, decidePrepare, planBatches, rolloutVerdict } from './planner.js';
 import { classifyState, type History } from './state.js';
-import { failedRow, type EngineEvents, type RolloutReport, type VmReport } from './types.js';
-import { liveRev, releaseOf, rsyncExcludes, sleep, toFailure } from './vm-pipeline.js';
+import { announceRow, failedRow, logAt, type EngineEvents, type EnginePhase, type LogLevel, type RolloutReport, type VmReport } from './types.js';
+import { connect, liveRev, releaseOf, rsyncExcludes, sleep, toFailure } from './vm-pipeline.js';
 import { holderName, staleReason, takeLock } from './vm-lock.js';
 import { buildKey, type StreamOutcome } from './stream.js';
 
@@ -108,8 +108,8 @@ class FleetRelease {
     this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
   }
 
-  private say(run: VmRun, message: string): void {
-    this.ctx.events.info(run.vm.id, message);
+  private say(run: VmRun, message: string, phase: EnginePhase, level: LogLevel = 'info'): void {
+    logAt(this.ctx.events, level, run.vm.id, message, phase);
   }
 
   /** The run's signal combined with a fresh per-VM budget. */
@@ -158,7 +158,8 @@ class FleetRelease {
       try {
         await this.prepareWithRetries(run);
       } catch (error) {
-        // A defect: the VM still ends with a row, and its lock is released.
+        // A defect: the VM still ends with a row, and its lock is released; -v shows where.
+        this.say(run, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`, 'prepare', 'debug');
         await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${getErrorMessage(error)}`));
       }
     });
@@ -193,7 +194,7 @@ class FleetRelease {
         run.port = null;
         earlier.push(`attempt ${attempt + 1} failed: ${failure.code}: ${failure.message}`);
         const delay = this.ctx.retryBaseMs * 2 ** attempt * (1 + Math.random());
-        this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+        this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`, 'prepare', 'warn');
         await sleep(delay, signal);
       }
     }
@@ -202,8 +203,11 @@ class FleetRelease {
   /** Connect, lock, probe, decide, and stage + seal the release (atomic layout). */
   private async prepareVm(run: VmRun, signal: AbortSignal, deadlineAt: number): Promise<void> {
     const { config, commit, force } = this.ctx;
-    const port = await this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+    const port = await connect(run.vm, this.ctx.events, 'prepare', config.sync.connectTimeoutS, () =>
+      this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }),
+    );
     run.port = port;
+    this.say(run, this.ctx.lockWaitS > 0 ? `taking the deploy lock (waiting up to ${this.ctx.lockWaitS}s for another run)` : 'taking the deploy lock', 'prepare', 'debug');
     let begun: Extract<BeginOutcome, { held: false }>;
     try {
       begun = await takeLock(run.vm, port, {
@@ -213,7 +217,7 @@ class FleetRelease {
         staleAfterS: config.sync.timeoutS,
         lockWaitS: this.ctx.lockWaitS,
         signal,
-        onWait: (message) => this.say(run, message),
+        onWait: (message) => this.say(run, message, 'prepare'),
       });
     } catch (error) {
       const probe = (error as { probe?: Probe }).probe;
@@ -250,7 +254,7 @@ class FleetRelease {
       report.action = 'none';
       report.result = 'success';
       report.verified = true;
-      this.say(run, `already on ${short(commit)}: nothing to do`);
+      this.say(run, `already on ${short(commit)}: nothing to do`, 'prepare');
       if (!begun.released) await port.unlock(this.token).catch(() => false);
       this.close(run);
       return;
@@ -271,7 +275,7 @@ class FleetRelease {
       run.release = staged.completeRelease;
       report.staged_at = now();
       report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (sync --force stages afresh)`);
-      this.say(run, `reusing ${staged.completeRelease}, staged earlier`);
+      this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
       return;
     }
     const tree = await this.ctx.tree();
@@ -279,7 +283,7 @@ class FleetRelease {
     const stats =
       (await this.streamed(run, port, staged)) ??
       (await (async () => {
-        this.say(run, `staging ${short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`);
+        this.say(run, `staging ${short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`, 'transfer');
         return port.transfer(
           { source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) },
           (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate),
@@ -292,7 +296,7 @@ class FleetRelease {
     for (const p of sealed.created) report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
     run.release = sealed.release;
     report.staged_at = now();
-    this.say(run, `staged ${short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`);
+    this.say(run, `staged ${short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'transfer');
   }
 
   /**
@@ -319,11 +323,11 @@ class FleetRelease {
     if (staged.baseState === 'intact' && !base) return null;
     const outcome = await stream(base);
     if (!outcome.ok) {
-      this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`);
+      this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`, 'transfer');
       return null;
     }
     const { stream: made } = outcome;
-    this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`);
+    this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`, 'transfer');
     try {
       await port.apply(this.token, commit, base ? live : null, made.file, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
     } catch (error) {
@@ -368,13 +372,16 @@ class FleetRelease {
         this.step(run, async (port) => {
           run.touched = true;
           if (config.repository.layout === 'atomic') {
+            this.say(run, `switching the live path to ${run.release}`, 'flip', 'debug');
             const flipped = await port.flip(this.token, run.release as string);
             run.report.flipped_at = now();
             run.previous = flipped.previous;
             if (flipped.movedAside) run.report.notes.push(`kept the directory that stood at ${run.before?.target} as ${flipped.movedAside}`);
+            this.say(run, `flipped to ${run.release}${flipped.previous ? ` (was ${flipped.previous})` : ''}`, 'flip');
             return;
           }
           // In place: no staging is possible; the transfer is the flip.
+          this.say(run, `transferring ${short(commit)} into the live directory (layout in-place)`, 'transfer');
           const tree = await this.ctx.tree();
           run.treeNotes = tree.notes;
           const dest = await port.inPlaceBegin(this.token, run.before as Probe);
@@ -385,6 +392,7 @@ class FleetRelease {
           run.report.files_changed = stats.filesChanged;
           run.report.bytes_sent = stats.bytesSent;
           run.report.flipped_at = now();
+          this.say(run, `wrote .sync_rev ${short(commit)} in place (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'flip');
         }),
       ),
     );
@@ -396,6 +404,7 @@ class FleetRelease {
     await Promise.all(
       batch.map((run) =>
         this.step(run, async (port) => {
+          this.say(run, 'reading .sync_rev back through the live path', 'verify', 'debug');
           const after = await port.probe();
           run.report.rev_after = liveRev(after);
           run.report.release = releaseOf(after);
@@ -404,7 +413,7 @@ class FleetRelease {
           }
           run.report.verified = true;
           run.report.notes.push(...run.treeNotes);
-          this.say(run, `live on ${short(commit)}`);
+          this.say(run, `live on ${short(commit)}`, 'verify');
         }),
       ),
     );
@@ -416,9 +425,11 @@ class FleetRelease {
     await Promise.all(
       batch.map((run) =>
         this.step(run, async (port) => {
+          this.say(run, `running health_command (health_timeout_s=${config.rollout.healthTimeoutS})`, 'health', 'debug');
           const outcome = await port.health(this.token, commit, command, config.rollout.healthTimeoutS);
           if (outcome.exit === 0) {
             run.report.health = 'passed';
+            this.say(run, 'health check passed', 'health');
             return;
           }
           run.report.health = 'failed';
@@ -447,17 +458,18 @@ class FleetRelease {
     await Promise.all(
       batch.map((run) =>
         this.step(run, async (port) => {
+          this.say(run, 'finishing: prune old releases, post_sync_command, unlock', 'finish', 'debug');
           if (config.repository.layout === 'atomic') {
             try {
               const pruned = await port.prune(this.token, keep);
-              if (pruned.length > 0) this.say(run, `pruned ${pruned.length} old release(s)`);
+              if (pruned.length > 0) this.say(run, `pruned ${pruned.length} old release(s)`, 'finish');
             } catch (error) {
               if (this.ctx.signal?.aborted) throw error;
               run.report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
             }
           }
           if (config.sync.postSyncCommand) {
-            this.say(run, 'running post_sync_command');
+            this.say(run, 'running post_sync_command', 'finish');
             await port.postSync(this.token, commit, config.sync.postSyncCommand);
           }
           run.report.result = 'success';
@@ -564,9 +576,7 @@ class FleetRelease {
     run.port?.close();
     run.port = null;
     run.report.duration_ms = Date.now() - run.started;
-    const { report } = run;
-    this.ctx.events.info(run.vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : `${report.result}`);
-    this.ctx.events.vmFinished?.(report);
+    announceRow(this.ctx.events, run.report);
   }
 }
 
@@ -625,10 +635,12 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
     let locked = false;
     try {
       if (config.repository.layout !== 'atomic') throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
-      port = await ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 });
+      port = await connect(vm, ctx.events, 'rollback', config.sync.connectTimeoutS, () =>
+        ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }),
+      );
       let begun: Extract<BeginOutcome, { held: false }>;
       try {
-        begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m) });
+        begun = await takeLock(vm, port, { owner: ctx.owner, expect: '', force: false, staleAfterS: config.sync.timeoutS, lockWaitS: ctx.lockWaitS, signal, onWait: (m) => ctx.events.info(vm.id, m, 'rollback') });
       } catch (error) {
         // Without an answer the VM may have taken the lock for us: stop that step, then release what is ours.
         if (!(error as { probe?: Probe }).probe) locked = true;
@@ -654,7 +666,7 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
       }
       report.verified = true;
       report.result = 'success';
-      ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${short(decision.release.commit)} (${decision.release.name})` : `already on ${short(decision.release.commit)}`);
+      ctx.events.info(vm.id, decision.kind === 'flip' ? `rolled back to ${short(decision.release.commit)} (${decision.release.name})` : `already on ${short(decision.release.commit)}`, 'rollback');
     } catch (error) {
       const failure = toFailure(error);
       const probe = (error as { probe?: Probe }).probe;
@@ -677,8 +689,7 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
       if (port && locked) await port.unlock(ctx.owner.token).catch(() => false);
       port?.close();
       report.duration_ms = Date.now() - started;
-      ctx.events.info(vm.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result);
-      ctx.events.vmFinished?.(report);
+      announceRow(ctx.events, report);
     }
     return report;
   });

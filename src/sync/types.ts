@@ -120,10 +120,34 @@ export interface RolloutReport {
   halted_reason: string | null;
 }
 
-/** Progress and log lines from the engine; the CLI prints them, the action groups them. */
+/**
+ * The named steps of the engine, for `--log-format json`. A VM's events come
+ * in this order: `prepare` (connect, lock, probe, decide), `transfer` (stage
+ * the release), `flip`, `verify`, `health`, `finish` (prune, post_sync_command,
+ * unlock; its last line is the VM's result). `rollback` and `inspect` (status,
+ * verify) are the phases of those commands; `export` and `scan` are the
+ * run's own, before any VM.
+ */
+export type EnginePhase = 'prepare' | 'transfer' | 'flip' | 'verify' | 'health' | 'finish' | 'rollback' | 'inspect' | 'export' | 'scan';
+
+/** How much an engine line matters: `-q` keeps warn and error, `-v` adds debug. */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/**
+ * Progress and log lines from the engine; the CLI prints them, the action
+ * groups them. `phase` names the step a line belongs to (absent: no single
+ * one). The optional levels fall back to `info` (warn, error) or to nothing
+ * (debug), so a sink that knows only `info` sees what it always saw.
+ */
 export interface EngineEvents {
-  info(vmId: string | null, message: string): void;
+  info(vmId: string | null, message: string, phase?: EnginePhase): void;
   progress(vmId: string, percent: number, rate: string): void;
+  /** Detail for `-v`: connection attempts, each phase starting. */
+  debug?(vmId: string | null, message: string, phase?: EnginePhase): void;
+  /** Something went wrong and the run goes on (a retry). */
+  warn?(vmId: string | null, message: string, phase?: EnginePhase): void;
+  /** A VM's run ended in failure (its result line). */
+  error?(vmId: string | null, message: string, phase?: EnginePhase): void;
   /** A VM's pipeline is starting (the action posts a pending status). */
   vmStarted?(vmId: string): void;
   /** A VM's pipeline ended, successfully or not. */
@@ -131,3 +155,23 @@ export interface EngineEvents {
 }
 
 export const silentEvents: EngineEvents = { info: () => undefined, progress: () => undefined };
+
+/** Sends one line at `level`, falling back to `info` when the sink has no such level (debug: dropped). */
+export function logAt(events: EngineEvents, level: LogLevel, vmId: string | null, message: string, phase?: EnginePhase): void {
+  if (level === 'debug') events.debug?.(vmId, message, phase);
+  else if (level === 'warn' && events.warn) events.warn(vmId, message, phase);
+  else if (level === 'error' && events.error) events.error(vmId, message, phase);
+  else events.info(vmId, message, phase);
+}
+
+/**
+ * Announces a VM's final row: one `finish` line with its result (an error
+ * line when it failed or was refused, a warning when skipped), then
+ * `vmFinished`. Every command ends each VM through here.
+ */
+export function announceRow(events: EngineEvents, report: VmReport): VmReport {
+  const level: LogLevel = report.result === 'success' ? 'info' : report.result === 'skipped' ? 'warn' : 'error';
+  logAt(events, level, report.id, report.error ? `${report.result}: ${report.error.code}: ${report.error.message}` : report.result, 'finish');
+  events.vmFinished?.(report);
+  return report;
+}

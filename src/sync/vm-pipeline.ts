@@ -7,7 +7,7 @@ import { VmSession } from '../remote/session.js';
 import { RemoteTarget, type Probe } from '../remote/target.js';
 import { compareTrees, driftReport, sentinelMatches, sharedLinkTarget, type ExpectedTree } from './drift.js';
 import { classifyState, type History } from './state.js';
-import { failedRow, type EngineEvents, type VmReport } from './types.js';
+import { failedRow, logAt, type EngineEvents, type EnginePhase, type VmReport } from './types.js';
 
 /** Everything a per-VM run needs, shared by all VMs of one run. */
 export interface RunContext {
@@ -40,10 +40,16 @@ export const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
 
 /**
  * Runs `attempt` under the VM's hard timeout, retrying network failures
- * (unreachable, timeout of one step) with exponential backoff and jitter.
- * Never throws: the outcome is always a report row.
+ * (unreachable, timeout of one step) up to `retries` times with exponential
+ * backoff and jitter. Never throws: the outcome is always a report row.
  */
-async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmReport, signal: AbortSignal, deadlineAt: number) => Promise<void>): Promise<VmReport> {
+async function withBudget(
+  vm: VmConfig,
+  ctx: RunContext,
+  phase: EnginePhase,
+  retries: number,
+  attempt: (report: VmReport, signal: AbortSignal, deadlineAt: number) => Promise<void>,
+): Promise<VmReport> {
   const started = Date.now();
   const deadlineAt = started + ctx.config.sync.timeoutS * 1000;
   const deadline = AbortSignal.timeout(ctx.config.sync.timeoutS * 1000);
@@ -65,7 +71,7 @@ async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmRep
       }
       report.result = report.result === 'refused' ? 'refused' : 'failed';
       report.error = { code: failure.code, message: failure.message };
-      if (!failure.retryable || signal.aborted || attemptNo >= ctx.config.sync.retries) {
+      if (!failure.retryable || signal.aborted || attemptNo >= retries) {
         // An earlier attempt that failed the same way adds nothing; say how many there were instead.
         const same = `${failure.code}: ${failure.message}`;
         report.notes = report.notes.filter((note) => !note.endsWith(same));
@@ -74,19 +80,38 @@ async function withBudget(vm: VmConfig, ctx: RunContext, attempt: (report: VmRep
       }
       earlier.push(`attempt ${attemptNo + 1} failed: ${failure.code}: ${failure.message}`);
       const delay = ctx.retryBaseMs * 2 ** attemptNo * (1 + Math.random());
-      ctx.events.info(vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${ctx.config.sync.retries} in ${(delay / 1000).toFixed(1)}s`);
+      logAt(ctx.events, 'warn', vm.id, `${failure.code}: ${failure.message} — retry ${attemptNo + 1}/${retries} in ${(delay / 1000).toFixed(1)}s`, phase);
       await sleep(delay, signal);
     }
   }
 }
 
 /** Connects, runs `body` with the session and target, and always closes the connection. */
-async function withTarget<T>(vm: VmConfig, ctx: RunContext, signal: AbortSignal, deadlineAt: number, body: (session: VmSession, target: RemoteTarget) => Promise<T>): Promise<T> {
-  const session = await VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal });
+async function withTarget<T>(vm: VmConfig, ctx: RunContext, phase: EnginePhase, signal: AbortSignal, deadlineAt: number, body: (session: VmSession, target: RemoteTarget) => Promise<T>): Promise<T> {
+  const session = await connect(vm, ctx.events, phase, ctx.config.sync.connectTimeoutS, () => VmSession.open(vm, ctx.knownHosts, { connectTimeoutMs: ctx.config.sync.connectTimeoutS * 1000, signal }));
   try {
     return await body(session, new RemoteTarget(session, vm.repoPath, deadlineAt, signal));
   } finally {
     session.dispose();
+  }
+}
+
+/**
+ * One SSH connection attempt, with `-v` lines before and after it (how long
+ * the handshake took, or how it failed): what an operator needs to tell a
+ * slow VM from an unreachable one.
+ */
+export async function connect<T>(vm: VmConfig, events: EngineEvents, phase: EnginePhase, connectTimeoutS: number, open: () => Promise<T>): Promise<T> {
+  const via = vm.jump ? ` via ${vm.jump.name}` : '';
+  logAt(events, 'debug', vm.id, `connecting to ${vm.user}@${vm.host}:${vm.port}${via} (connect_timeout_s=${connectTimeoutS})`, phase);
+  const started = Date.now();
+  try {
+    const opened = await open();
+    logAt(events, 'debug', vm.id, `connected in ${Date.now() - started} ms`, phase);
+    return opened;
+  } catch (error) {
+    logAt(events, 'debug', vm.id, `connection failed after ${Date.now() - started} ms: ${toFailure(error).code}`, phase);
+    throw error;
   }
 }
 
@@ -118,7 +143,9 @@ async function stateOf(vm: VmConfig, probe: Probe, ctx: RunContext, force: boole
  * now; nothing is written on the VM and no lock is taken.
  */
 export function dryRunVm(vm: VmConfig, ctx: RunContext): Promise<VmReport> {
-  return withBudget(vm, ctx, (report, signal, deadlineAt) => withTarget(vm, ctx, signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)));
+  return withBudget(vm, ctx, 'prepare', ctx.config.sync.retries, (report, signal, deadlineAt) =>
+    withTarget(vm, ctx, 'prepare', signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)),
+  );
 }
 
 /** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
@@ -153,8 +180,10 @@ export interface DeepCheck {
  * with `release_drifted`, its row's `drift` saying how.
  */
 export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'status', deep?: DeepCheck): Promise<VmReport> {
-  return withBudget(vm, ctx, (report, signal, deadlineAt) =>
-    withTarget(vm, ctx, signal, deadlineAt, async (_session, target) => {
+  // One attempt, bounded by connect_timeout_s: a read-only look answers now
+  // (unreachable, timeout) rather than after sync.retries rounds of backoff.
+  return withBudget(vm, ctx, 'inspect', 0, (report, signal, deadlineAt) =>
+    withTarget(vm, ctx, 'inspect', signal, deadlineAt, async (_session, target) => {
       report.action = mode;
       const probe = await target.probe();
       report.rev_before = report.rev_after = liveRev(probe);
