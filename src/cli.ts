@@ -1,3 +1,4 @@
+import * as words from './words.js';
 import { parseArgs } from 'node:util';
 import { ConfigError, jumpHostsOf, loadConfig } from './config/load.js';
 import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
@@ -21,9 +22,10 @@ Usage:
   vm-sync sync   --config FILE [--commit SHA] [--vm vm01,vm02] [--force] [--dry-run] [--no-fetch] [--scan-base REV] [--lock-wait SECONDS] [--json]
   vm-sync rollback --config FILE [--vm ...] [--to SHA] [--lock-wait SECONDS] [--json]
                  flip back to the previous kept release (or to the kept release of SHA): no transfer, no scan
-  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--deep] [--json]
-                 every VM on the commit? --deep: also compare every file each VM serves with its commit's tree
-  vm-sync status --config FILE [--vm ...] [--json]
+  vm-sync verify --config FILE [--commit SHA] [--vm ...] [--deep] [--no-fetch] [--json]
+                 every VM on the commit (default: the fetched tip of the default branch)?
+                 --deep: also compare every file each VM serves with its commit's tree
+  vm-sync status --config FILE [--vm ...] [--no-fetch] [--json]
   vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
   vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
   vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
@@ -130,13 +132,13 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
         if (!Number.isInteger(count) || count < 1 || count > 200) throw new UsageError('--vms must be a whole number from 1 to 200');
         const demo = await setupDemo(values.dir, count);
         if (demo.warning) io.err(`WARNING: ${demo.warning}\n`);
-        io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
+        io.out(`started ${words.count(count, 'loopback VM')} under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
         return 0;
       }
       if (sub !== undefined && sub !== 'stop') throw new UsageError(`unknown demo command '${sub}' (up, stop)`);
       if (sub === 'stop') {
         const fleet = stopDemo(values.dir);
-        io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);
+        io.out(`stopped ${words.count(fleet.vms.length, 'VM')} of ${fleet.dir}\n`);
         return 0;
       }
       return await runDemo(values.dir, values.keep, events, io.out);
@@ -160,9 +162,9 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     if (!values.config) throw new UsageError('--config FILE is required');
     if (command !== 'sync' && command !== 'unlock' && values.force) throw new UsageError('--force only applies to sync and unlock');
     if (command !== 'sync' && values['dry-run']) throw new UsageError('--dry-run only applies to sync');
-    if (values['no-fetch'] && command !== 'sync' && command !== 'scan') throw new UsageError('--no-fetch only applies to sync and scan');
+    if (values['no-fetch'] && !['sync', 'scan', 'verify', 'status'].includes(command)) throw new UsageError('--no-fetch only applies to sync, scan, verify and status');
     if (values.deep && command !== 'verify') throw new UsageError('--deep only applies to verify');
-    if (command === 'status' && values.commit) throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
+    if (command === 'status' && values.commit) throw new UsageError('status compares with the fetched tip of the default branch; use verify --commit');
 
     // scan never reaches a VM, so it does not need (or check) the SSH keys;
     // doctor reports a missing key or known_hosts per VM, with the fix.
@@ -216,15 +218,15 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     } else if (command === 'scan') {
       request = { name: 'scan', options: { ...options, range: values.range, repoDir: values.repo, fetch: !values['no-fetch'] } };
     } else if (command === 'verify') {
-      request = { name: 'verify', options: { ...options, deep: values.deep } };
+      request = { name: 'verify', options: { ...options, deep: values.deep, fetch: !values['no-fetch'] } };
     } else {
-      request = { name: command as 'status', options };
+      request = { name: command as 'status', options: { ...options, fetch: !values['no-fetch'] } };
     }
     const report: RunReport = await execute(config, request);
     if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
     io.out(json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
     if (report.scan?.blocked) {
-      io.err(`vm-sync: secrets_found: ${report.scan.findings.length} possible secret(s) in what would be deployed; ${command !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it'}.\n`);
+      io.err(`vm-sync: secrets_found: ${words.count(report.scan.findings.length, 'possible secret')} in what would be deployed; ${command !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it'}.\n`);
     }
     return exitCodeFor(report);
   } catch (error) {

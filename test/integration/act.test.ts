@@ -114,6 +114,6 @@ test('act workflow_dispatch with dry-run: the sync job runs and changes no VM', 
 
   const shard = shardOf('vm01', 2);
   expect(run.log).toMatch(new RegExp(`\\[deploy/sync \\(shard ${shard}\\)-${shard}\\] 🏁 {2}Job succeeded`));
-  expect(run.log).toContain(`vm-sync sync (shard ${shard}/2): 1/1 VM(s) ok (dry run: nothing changed)`);
+  expect(run.log).toContain(`vm-sync sync (shard ${shard}/2): 1 would be deployed (dry run: nothing changed)`);
   expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(vmsBefore);
 });
