@@ -36732,7 +36732,7 @@ class RunnerRepo {
                 throw this.failure(`git fetch of the branches of ${this.remote} (looking for ${rev}) failed`, all.stderr, fetchAdvice());
             const found = (await this.tryResolve(rev)) ?? (isBranchName(rev) ? await this.tryResolve(`${BRANCHES_NAMESPACE}${rev}`) : null);
             if (found === null) {
-                throw new VmSyncError('git_failed', `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch (git push ${this.remote} ${rev}:refs/heads/NAME), merge it into ${this.branch} to deploy it, or deploy the branch with ${advice_option('force')}.`);
+                throw new VmSyncError('git_failed', `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch first (git push ${this.remote} ${rev}:refs/heads/NAME); to deploy it without ${advice_option('force')}, merge it into ${this.branch}.`);
             }
             const branches = await this.branchesHolding(found);
             this.events.info(null, `fetched the branches of ${this.remote}: ${found.slice(0, 12)} is on ${branches.length ? branches.join(', ') : 'none of them'}`);

@@ -367,7 +367,7 @@ export class RunnerRepo {
       if (found === null) {
         throw new VmSyncError(
           'git_failed',
-          `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch (git push ${this.remote} ${rev}:refs/heads/NAME), merge it into ${this.branch} to deploy it, or deploy the branch with ${option('force')}.`,
+          `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch first (git push ${this.remote} ${rev}:refs/heads/NAME); to deploy it without ${option('force')}, merge it into ${this.branch}.`,
         );
       }
       const branches = await this.branchesHolding(found);

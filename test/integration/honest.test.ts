@@ -312,7 +312,7 @@ test('--commit of another pushed branch: fetched and reported as not merged, dep
   const nowhere = await cli(['sync', '--commit', commits.unpushed]);
   expect(nowhere.json.error?.code).toBe('git_failed');
   expect(nowhere.json.error?.message).toBe(
-    `commit ${commits.unpushed} is not on any branch of origin (every branch was fetched just now): push it to a branch (git push origin ${commits.unpushed}:refs/heads/NAME), merge it into main to deploy it, or deploy the branch with --force.`,
+    `commit ${commits.unpushed} is not on any branch of origin (every branch was fetched just now): push it to a branch first (git push origin ${commits.unpushed}:refs/heads/NAME); to deploy it without --force, merge it into main.`,
   );
   const offline = await cli(['sync', '--no-fetch', '--commit', commits.unpushed]);
   expect(offline.json.error?.message).toBe(`commit ${commits.unpushed} is not in the runner-host clone ${world.runnerRepo}, which was not fetched: drop --no-fetch so vm-sync fetches it, or push it to origin first.`);
@@ -346,7 +346,7 @@ test("the Action's messages name its inputs, never the CLI's flags", async () =>
     expect(notMerged).toBeInstanceOf(Error);
     expect((notMerged as Error).message).toBe(`${commits.f4} is not on origin/main: only merged commits are deployed. Merge it into main, or deploy it anyway with input force: true.`);
     const nowhere = await execute(config, { name: 'sync', options: { commit: 'f'.repeat(40) } }).catch((e: Error) => e);
-    expect((nowhere as Error).message).toContain('or deploy the branch with input force: true.');
+    expect((nowhere as Error).message).toContain('to deploy it without input force: true, merge it into main.');
     // A VM that is behind fails verify with advice in the Action's terms.
     const verify = await execute(config, { name: 'verify', options: { commit: commits.c7, vms: ['vm02'] } });
     expect(verify.vms[0].error?.message).toBe(`vm02 is on ${short(commits.c5b)}, expected ${short(commits.c7)} (behind): run the Action with command: sync and vms: vm02.`);
