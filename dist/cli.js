@@ -34501,6 +34501,63 @@ var __webpack_exports__ = {};
 (() => {
 "use strict";
 
+;// CONCATENATED MODULE: ./src/words.ts
+/*
+ * Counts in prose: "1 file", "2 files", "1 VM", "3 directories". Every
+ * message with a number in it says the noun through here, so no output reads
+ * "1 files" or hedges with "file(s)".
+ */
+/** Nouns whose plural is not the noun plus `s`. */
+const IRREGULAR = {
+    directory: 'directories',
+    entry: 'entries',
+    batch: 'batches',
+    match: 'matches',
+    'possible secret': 'possible secrets',
+};
+/** The plural of `noun` (`file` → `files`, `directory` → `directories`). */
+function plural(noun) {
+    if (IRREGULAR[noun])
+        return IRREGULAR[noun];
+    if (/(s|x|z|ch|sh)$/.test(noun))
+        return `${noun}es`;
+    if (/[^aeiou]y$/.test(noun))
+        return `${noun.slice(0, -1)}ies`;
+    return `${noun}s`;
+}
+/** `noun` as the count `n` needs it: singular for exactly 1, plural otherwise (0 files, 1 file, 2 files). */
+function noun(n, singular, pluralForm) {
+    return n === 1 ? singular : (pluralForm ?? plural(singular));
+}
+/**
+ * A count with its noun: `count(1, 'file')` → `1 file`, `count(2, 'file')` →
+ * `2 files`, `count(3, 'directory')` → `3 directories`. `pluralForm` for a
+ * noun {@link plural} does not know. The number as digits only (`4847
+ * files`), so logs stay easy to parse.
+ */
+function words_count(n, singular, pluralForm) {
+    return `${n} ${noun(n, singular, pluralForm)}`;
+}
+/** "is" or "are", as the count needs: `${count(n, 'file')} ${isAre(n)} unchanged`. */
+function isAre(n) {
+    return n === 1 ? 'is' : 'are';
+}
+/** "was" or "were", as the count needs. */
+function wasWere(n) {
+    return n === 1 ? 'was' : 'were';
+}
+/**
+ * The first `max` items and, when there are more, how many were left out:
+ * `a, b, c and 4 more`. `total` counts items not even passed in (a capped list).
+ */
+function firstFew(items, max, total = items.length) {
+    const shown = items.slice(0, max);
+    const rest = total - shown.length;
+    if (rest <= 0)
+        return shown.join(', ');
+    return shown.length === 0 ? `${rest} more` : `${shown.join(', ')} and ${rest} more`;
+}
+
 ;// CONCATENATED MODULE: external "node:fs"
 const external_node_fs_namespaceObject = require("node:fs");
 var external_node_fs_default = /*#__PURE__*/__nccwpck_require__.n(external_node_fs_namespaceObject);
@@ -35359,6 +35416,7 @@ function paint(text, tone, on) {
 }
 
 ;// CONCATENATED MODULE: ./src/remote/untrusted.ts
+
 /**
  * Text that a VM controls (its `.sync_rev`, a lock owner, error output, paths
  * its `$HOME` expands to) is untrusted: it may hold terminal escapes, markdown
@@ -35390,7 +35448,7 @@ function untrusted_vmBlock(value, max) {
 function clip(text, max) {
     if (text.length <= max)
         return text;
-    return `${text.slice(0, max)}… (${text.length - max} more characters cut)`;
+    return `${text.slice(0, max)}… (${words_count(text.length - max, 'more character')} cut)`;
 }
 
 ;// CONCATENATED MODULE: ./src/report/escape.ts
@@ -35530,6 +35588,7 @@ function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
 
 
 
+
 // A rev is shown only when it is a commit hash; anything else a VM wrote is not echoed here.
 const table_short = (sha) => (sha === null ? '-' : /^[0-9a-f]{40}$/.test(sha) ? sha.slice(0, 7) : '?');
 /** Bounds for table cells and for each error or note printed under the table. */
@@ -35576,6 +35635,58 @@ function row(vm, withHealth, withDrift) {
         ...(withDrift ? [driftCell(vm.drift)] : []),
     ];
 }
+/** The order outcome words are listed in: the good news first, then what needs a look. */
+const OUTCOME_ORDER = ['deployed', 'would be deployed', 'rolled back', 'up to date', 'behind', 'ahead', 'diverged', 'fresh', 'broken', 'drifted', 'would be refused', 'unknown', 'refused', 'skipped', 'failed'];
+/** One VM's outcome as the headline counts it. */
+function outcomeOf(report, vm) {
+    const state = vm.state === 'up-to-date' ? 'up to date' : vm.state;
+    if (report.command === 'status' || report.command === 'verify') {
+        // verify fails a VM that is not on the commit: where it stands is the news, not "failed".
+        if (vm.result === 'success' || vm.error?.code === 'verify_mismatch')
+            return state;
+        if (vm.error?.code === 'release_drifted')
+            return 'drifted';
+        return vm.result;
+    }
+    if (vm.result !== 'success')
+        return vm.result;
+    if (vm.action === 'deploy')
+        return report.dry_run ? 'would be deployed' : 'deployed';
+    if (vm.action === 'rollback')
+        return 'rolled back';
+    if (vm.action === 'refuse')
+        return 'would be refused';
+    return 'up to date';
+}
+/**
+ * The run's outcome in words, counted over its VMs: `2 up to date, 1 behind`
+ * (status, verify: where each VM stands, and `failed` for one not reached),
+ * `3 deployed, 1 failed` (sync), `2 would be deployed, 1 up to date` (dry run),
+ * `no VM` when none was selected. Shared by the table and the job summary.
+ */
+function outcomeLine(report) {
+    if (report.vms.length === 0)
+        return 'no VM';
+    const tally = new Map();
+    for (const vm of report.vms) {
+        const word = outcomeOf(report, vm);
+        tally.set(word, (tally.get(word) ?? 0) + 1);
+    }
+    const rank = (word) => (OUTCOME_ORDER.includes(word) ? OUTCOME_ORDER.indexOf(word) : OUTCOME_ORDER.length);
+    return [...tally].sort(([a], [b]) => rank(a) - rank(b)).map(([word, n]) => `${n} ${word}`).join(', ');
+}
+/**
+ * What the commit of a status, verify or scan is, in one line (null when the
+ * user named it or the command has none): `compared with origin/main,
+ * fetched just now`, or a clear warning that the fetch failed.
+ */
+function baselineLine(report) {
+    const b = report.baseline;
+    if (!b)
+        return null;
+    const verb = report.command === 'scan' ? 'scanned' : 'compared with';
+    return `${b.fetched ? '' : 'WARNING: '}${verb} ${b.ref} at ${report.commit.slice(0, 12)}, ${b.note}`;
+}
 /** The rollout in one line: strategy, batches, flip skew, and why it stopped when it did. */
 function rolloutLine(report) {
     const rollout = report.rollout;
@@ -35583,7 +35694,7 @@ function rolloutLine(report) {
         return null;
     const parts = [`rollout: ${rollout.strategy}`];
     if (rollout.strategy === 'rolling')
-        parts.push(`${rollout.batches.length} batch${rollout.batches.length === 1 ? '' : 'es'}`);
+        parts.push(words_count(rollout.batches.length, 'batch'));
     if (report.flip_skew_ms !== null && report.flip_skew_ms !== undefined)
         parts.push(`flip skew ${report.flip_skew_ms} ms`);
     if (rollout.halted)
@@ -35617,8 +35728,9 @@ const RESULT_TONE = { success: 'ok', failed: 'bad', refused: 'bad', skipped: 'wa
 function renderTable(report, options = {}) {
     const scan = renderScan(report);
     const shards = shardsLine(report);
+    const baseline = baselineLine(report);
     if (report.vms.length === 0)
-        return scan + (shards ? `${terminalLine(shards, MESSAGE_MAX)}\n` : '');
+        return (baseline ? `${terminalLine(baseline, MESSAGE_MAX)}\n` : '') + scan + (shards ? `${terminalLine(shards, MESSAGE_MAX)}\n` : '');
     // The health column only when a health check ran.
     const withHealth = report.vms.some((vm) => vm.health !== 'skipped');
     // The drift column only when verify --deep compared a VM's files.
@@ -35632,10 +35744,9 @@ function renderTable(report, options = {}) {
         .join('  ')
         .trimEnd());
     lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
-    const ok = report.vms.filter((vm) => vm.result === 'success').length;
     const subject = report.command === 'rollback' ? (report.commit ? `to ${terminalLine(report.commit.slice(0, 12))}` : "to each VM's previous release") : `of ${terminalLine(report.commit.slice(0, 12))}`;
     const shard = report.shard ? ` [shard ${report.shard.index}/${report.shard.count}]` : '';
-    const title = `vm-sync ${report.command}${shard}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${ok}/${report.vms.length} VM(s) ok`;
+    const title = `vm-sync ${report.command}${shard}${report.dry_run ? ' (dry run: nothing changed)' : ''} ${subject}: ${terminalLine(outcomeLine(report))}`;
     const details = [];
     for (const vm of report.vms) {
         const id = terminalLine(vm.id, CELL_MAX);
@@ -35647,14 +35758,14 @@ function renderTable(report, options = {}) {
             details.push(terminalLine(`${id}: drift: ${p.what}: ${p.path} (${p.detail})`, MESSAGE_MAX));
         const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
         if (unlisted > 0)
-            details.push(`${id}: drift: …and ${unlisted} more path(s) (the counts are in the DRIFT column)`);
+            details.push(`${id}: drift: …and ${words_count(unlisted, 'more path')} (the counts are in the DRIFT column)`);
         for (const note of vm.notes.slice(0, NOTES_PER_VM))
             details.push(terminalLine(`${id}: note: ${note}`, MESSAGE_MAX));
         if (vm.notes.length > NOTES_PER_VM)
-            details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
+            details.push(`${id}: note: …and ${words_count(vm.notes.length - NOTES_PER_VM, 'more note')} (see --json)`);
     }
     const rollout = rolloutLine(report);
-    return scan + [title, ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    return scan + [title, ...(baseline ? [terminalLine(baseline, MESSAGE_MAX)] : []), ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
 function renderScan(report) {
@@ -35663,7 +35774,7 @@ function renderScan(report) {
         return '';
     const verdict = scan.findings.length === 0
         ? 'clean'
-        : `${scan.findings.length} possible secret(s)${scan.blocked ? `: DEPLOY BLOCKED, ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` : ' (not blocking: block_on_secrets is false)'}`;
+        : `${words_count(scan.findings.length, 'possible secret')}${scan.blocked ? `: DEPLOY BLOCKED, ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` : ' (not blocking: block_on_secrets is false)'}`;
     const lines = [`secret scan: ${verdict}`, terminalLine(`  scanned: ${scan.description}`)];
     for (const finding of scan.findings)
         lines.push(terminalLine(`  - ${describeFinding(finding)}`));
@@ -35683,7 +35794,7 @@ function renderScan(report) {
     const unscanned = scan.unscanned ?? [];
     const total = scan.unscanned_count ?? unscanned.length;
     if (total > 0) {
-        lines.push(`  not scanned: ${total} deployed file(s) or archive entries (binaries, archives gitleaks cannot open):`);
+        lines.push(`  not scanned: ${words_count(total, 'deployed file or archive entry', 'deployed files or archive entries')} (binaries, archives gitleaks cannot open):`);
         for (const u of unscanned.slice(0, 10))
             lines.push(terminalLine(`    - ${u.path}: ${u.reason}: ${u.detail}`));
         if (total > 10)
@@ -35735,6 +35846,88 @@ function shardLabel(shard) {
 
 ;// CONCATENATED MODULE: external "node:child_process"
 const external_node_child_process_namespaceObject = require("node:child_process");
+;// CONCATENATED MODULE: ./src/advice.ts
+/*
+ * The one wording of "what to do next" per entry point. The engine's messages
+ * tell the user to set an option or run a command; the CLI spells that
+ * `--force` or `vm-sync sync --force --vm vm01`, the Action `force: true` or
+ * `command: sync with force: true and vms: vm01`. A message built here never
+ * shows an Action user a CLI flag: every option and command an engine message
+ * names goes through this module.
+ */
+let current = 'cli';
+/**
+ * Selects the wording for this process (the Action's `run()` sets `action`
+ * and restores the previous one when it returns); returns the previous one.
+ */
+function setEntryPoint(entry) {
+    const previous = current;
+    current = entry;
+    return previous;
+}
+/** The entry point whose wording messages use now. */
+function entryPoint() {
+    return current;
+}
+/** The Action's input for each option, and its value when the option is a switch. */
+const ACTION_INPUT = {
+    force: { input: 'force', flag: true },
+    commit: { input: 'commit', flag: false },
+    vm: { input: 'vms', flag: false },
+    'lock-wait': { input: 'lock-wait', flag: false },
+    deep: { input: 'deep', flag: true },
+    to: { input: 'to', flag: false },
+    shard: { input: 'shard', flag: false },
+    'dry-run': { input: 'dry-run', flag: true },
+};
+/**
+ * How to set one option: `--force`, `--vm vm01` (CLI); `input force: true`,
+ * `input vms: vm01` (Action). `value` is what the option takes (none for a switch).
+ */
+function advice_option(name, value) {
+    if (current === 'cli')
+        return value === undefined ? `--${name}` : `--${name} ${value}`;
+    return `input ${actionInput(name, value)}`;
+}
+/** One option as the Action's input and value: `force: true`, `vms: vm01`. */
+function actionInput(name, value) {
+    const { input, flag } = ACTION_INPUT[name];
+    return `${input}: ${flag ? 'true' : (value ?? input.toUpperCase())}`;
+}
+/**
+ * A command of both entry points, with the options to give it (`[name,
+ * value]`, value absent for a switch): `vm-sync sync --force --vm vm01` (CLI),
+ * `the Action with command: sync, force: true and vms: vm01` (Action).
+ */
+function invocation(command, options = []) {
+    if (current === 'cli')
+        return ['vm-sync', command, ...options.map(([name, value]) => advice_option(name, value))].join(' ');
+    const inputs = [`command: ${command}`, ...options.map(([name, value]) => actionInput(name, value))];
+    const last = inputs.pop();
+    return `the Action with ${inputs.length === 0 ? last : `${inputs.join(', ')} and ${last}`}`;
+}
+/**
+ * A command only the CLI has (`unlock`, `doctor`, `locks`): as it is for the
+ * CLI; for the Action, the same command line, said to be typed in a shell on
+ * the runner host (the Action cannot run it).
+ */
+function cliCommand(commandLine) {
+    return current === 'cli' ? commandLine : `\`${commandLine}\` in a shell on the runner host`;
+}
+/**
+ * The advice after a failed fetch: the network and the credentials, and for
+ * the CLI, the way to go on with the clone as last fetched.
+ */
+function fetchAdvice() {
+    return current === 'cli'
+        ? "Check the network and the runner's credentials for the remote, or run with --no-fetch to use the clone as last fetched."
+        : "Check the network and the runner's credentials for the remote (the github-token input).";
+}
+/** How to let a deploy fetch again, for a commit missing from a clone that was not fetched. */
+function noFetchAdvice() {
+    return current === 'cli' ? 'drop --no-fetch so vm-sync fetches it' : 'let the run fetch it';
+}
+
 ;// CONCATENATED MODULE: ./src/local/run.ts
 
 /**
@@ -36300,6 +36493,9 @@ function releaseIfOurs(lockPath, record) {
 
 
 
+
+/** Where the commits of other branches are fetched to when the remote will not send one by its hash. */
+const BRANCHES_NAMESPACE = 'refs/vm-sync/branches/';
 const FULL_SHA = /^[0-9a-f]{40}$/;
 // Messages git prints when the object store itself is damaged, as opposed to
 // the network or the remote being unavailable (which must not trigger a re-clone).
@@ -36385,29 +36581,34 @@ class RunnerRepo {
      * Makes `dir` a healthy clone and, unless `fetch` is false, fetches the
      * default branch. Clones when absent (into a temporary sibling, renamed into
      * place only when complete, so an interrupted clone never looks valid).
-     * A corrupt clone is moved aside and cloned again. Under the runner-host lock.
+     * A corrupt clone is moved aside and cloned again. A fetch that fails for
+     * another reason (the network, the credentials) throws `git_failed`, or
+     * with `keepOnFetchFailure` leaves the clone as it was (`unfetched`).
+     * Under the runner-host lock.
      */
-    prepare(fetch) {
+    prepare(fetch, options = {}) {
         return this.locked(fetch ? 'fetching' : 'checking the clone', async () => {
             this.sweepDeadClones();
             if (!external_node_fs_default().existsSync(this.dir)) {
                 await this.cloneInto(this.url);
                 this.events.info(null, `cloned ${this.dir}`);
-                return { action: 'cloned', movedAside: null };
+                return { action: 'cloned', movedAside: null, fetchError: null };
             }
             const problem = await this.healthProblem();
             if (problem === null) {
                 if (!fetch)
-                    return { action: 'reused', movedAside: null };
+                    return { action: 'reused', movedAside: null, fetchError: null };
                 const result = await this.fetchBranch();
                 if (result.code === 0)
-                    return { action: 'fetched', movedAside: null };
+                    return { action: 'fetched', movedAside: null, fetchError: null };
                 if (!CORRUPTION.test(result.stderr)) {
-                    throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, "Check the network and the runner's credentials for the remote, or run with --no-fetch.");
+                    if (options.keepOnFetchFailure)
+                        return { action: 'unfetched', movedAside: null, fetchError: gitOutput(result.stderr) };
+                    throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, fetchAdvice());
                 }
-                return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`) };
+                return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`), fetchError: null };
             }
-            return { action: 'recloned', movedAside: await this.recloneAside(problem) };
+            return { action: 'recloned', movedAside: await this.recloneAside(problem), fetchError: null };
         });
     }
     /**
@@ -36522,21 +36723,80 @@ class RunnerRepo {
     }
     /** The full hash of a revision, or a clear error when the clone does not have it. */
     async resolve(rev) {
+        const sha = await this.tryResolve(rev);
+        if (sha === null)
+            throw new VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}.`);
+        return sha;
+    }
+    /** The full hash of a revision, or null when the clone does not have it (a ref to a missing object is corruption). */
+    async tryResolve(rev) {
         if (rev.startsWith('-'))
             throw new VmSyncError('git_failed', `not a revision: ${rev}`);
         const result = await this.git(['rev-parse', '--verify', '--quiet', `${rev}^{commit}`]);
         const sha = result.stdout.trim();
-        if (result.code !== 0 || !FULL_SHA.test(sha)) {
-            // A ref whose commit object is gone is a damaged clone, not an unknown commit.
-            const named = await this.git(['rev-parse', '--verify', '--quiet', rev]);
-            const target = named.stdout.trim();
-            const isHash = /^[0-9a-f]{4,40}$/i.test(rev);
-            if (!isHash && named.code === 0 && FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
-                throw new CorruptCloneError(`${rev} points to ${target}, which is missing from ${this.dir}`);
-            }
-            throw new VmSyncError('git_failed', `commit ${rev} is not in ${this.dir}: push it, or fetch (drop --no-fetch).`);
+        if (result.code === 0 && FULL_SHA.test(sha))
+            return sha;
+        // A ref whose commit object is gone is a damaged clone, not an unknown commit.
+        const named = await this.git(['rev-parse', '--verify', '--quiet', rev]);
+        const target = named.stdout.trim();
+        const isHash = /^[0-9a-f]{4,40}$/i.test(rev);
+        if (!isHash && named.code === 0 && FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
+            throw new CorruptCloneError(`${rev} points to ${target}, which is missing from ${this.dir}`);
+        }
+        return null;
+    }
+    /** The commit at the tip of `remote/default_branch` as this clone last fetched it. */
+    async tip() {
+        const sha = await this.tryResolve(this.trackingRef);
+        if (sha === null) {
+            throw new VmSyncError('git_failed', `the runner-host clone ${this.dir} has no ${this.remote}/${this.branch}: check repository.remote and repository.default_branch, and that the branch exists on the remote.`);
         }
         return sha;
+    }
+    /**
+     * Resolves the commit a user named (`--commit`, input `commit`), fetching
+     * it when the clone does not have it and `fetch` is allowed: first by its
+     * hash from the remote (servers that allow it, GitHub among them for
+     * reachable commits), then, for an abbreviated hash, a branch name or a
+     * server that refuses, every branch of the remote into
+     * `refs/vm-sync/branches/` (never into the remote-tracking refs, which say
+     * what is deployable). A commit on no branch of the remote is an error that
+     * says how to deploy it. Returns the hash and the fetched branches that
+     * hold it (empty when it was not looked for there).
+     */
+    async locate(rev, fetch) {
+        const present = await this.tryResolve(rev);
+        if (present !== null)
+            return { sha: present, branches: [] };
+        if (!fetch) {
+            throw new VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}, which was not fetched: ${noFetchAdvice()}, or push it to ${this.remote} first.`);
+        }
+        return this.locked(`fetching ${rev}`, async () => {
+            if (FULL_SHA.test(rev)) {
+                // No ref is written: the commit is deployed (and recorded under refs/vm-sync/deployed/) or forgotten.
+                // --refmap= (empty): the configured refspec would otherwise update remote-tracking refs on the side.
+                const byHash = await this.git(['-c', 'gc.autoDetach=false', 'fetch', '--no-tags', '--quiet', '--no-write-fetch-head', '--refmap=', this.remote, rev]);
+                if (byHash.code === 0 && (await this.hasCommit(rev))) {
+                    this.events.info(null, `fetched ${rev.slice(0, 12)} from ${this.remote} by its hash`);
+                    return { sha: rev, branches: [] };
+                }
+            }
+            const all = await this.git(['-c', 'gc.autoDetach=false', 'fetch', '--prune', '--no-tags', '--quiet', '--no-write-fetch-head', '--refmap=', this.remote, `+refs/heads/*:${BRANCHES_NAMESPACE}*`]);
+            if (all.code !== 0)
+                throw this.failure(`git fetch of the branches of ${this.remote} (looking for ${rev}) failed`, all.stderr, fetchAdvice());
+            const found = (await this.tryResolve(rev)) ?? (isBranchName(rev) ? await this.tryResolve(`${BRANCHES_NAMESPACE}${rev}`) : null);
+            if (found === null) {
+                throw new VmSyncError('git_failed', `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch first (git push ${this.remote} ${rev}:refs/heads/NAME); to deploy it without ${advice_option('force')}, merge it into ${this.branch}.`);
+            }
+            const branches = await this.branchesHolding(found);
+            this.events.info(null, `fetched the branches of ${this.remote}: ${found.slice(0, 12)} is on ${branches.length ? branches.join(', ') : 'none of them'}`);
+            return { sha: found, branches };
+        });
+    }
+    /** The fetched branches (`refs/vm-sync/branches/`) whose history holds `sha`, by name. */
+    async branchesHolding(sha) {
+        const result = await this.git(['for-each-ref', '--format=%(refname)', '--contains', sha, BRANCHES_NAMESPACE]);
+        return result.code === 0 ? result.stdout.split('\n').filter(Boolean).map((ref) => ref.slice(BRANCHES_NAMESPACE.length)) : [];
     }
     /** Whether `sha` is reachable from `remote/default_branch`; a git failure (a damaged history) throws. */
     async isOnBranch(sha) {
@@ -36554,14 +36814,17 @@ class RunnerRepo {
      * clone aside, clones again and redoes the steps once. Returns the commit.
      */
     prepareDeploy(options) {
-        return this.locked(`sync: fetch, reset and export ${options.rev ?? this.trackingRef}`, async () => {
+        return this.locked(`sync: fetch, ${options.dryRun ? '' : 'reset and '}export ${options.rev ?? this.trackingRef}`, async () => {
             await this.prepare(options.fetch);
             return this.recovering(async () => {
-                const commit = await this.resolve(options.rev ?? this.trackingRef);
+                const { sha: commit, branches } = options.rev ? await this.locate(options.rev, options.fetch) : { sha: await this.tip(), branches: [] };
                 if (!options.force && !(await this.isOnBranch(commit))) {
-                    throw new VmSyncError('commit_not_on_branch', `${commit} is not on ${this.remote}/${this.branch}: only merged commits are deployed. Use --force to deploy it anyway.`);
+                    const where = branches.length ? ` (it is on ${this.remote}'s ${branches.length === 1 ? 'branch' : 'branches'} ${branches.join(', ')})` : '';
+                    throw new VmSyncError('commit_not_on_branch', `${commit} is not on ${this.remote}/${this.branch}${where}: only merged commits are deployed. Merge it into ${this.branch}, or deploy it anyway with ${advice_option('force')}.`);
                 }
-                await this.checkoutSteps(commit);
+                // A dry run leaves the clone's HEAD, index and working tree as they were: it only reads the commit.
+                if (!options.dryRun)
+                    await this.checkoutSteps(commit);
                 if (options.exportWhen && !(await options.exportWhen(commit)))
                     return commit;
                 if (options.exporter) {
@@ -36782,6 +37045,10 @@ function gitOutput(stderr) {
 /** `https://user:token@host/…` → `https://***@host/…`: a URL's credentials never reach a message. */
 function anonymizeUrls(text) {
     return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
+}
+/** Whether `name` could be a branch name (so `refs/vm-sync/branches/<name>` may hold it). */
+function isBranchName(name) {
+    return /^[A-Za-z0-9_][A-Za-z0-9._/-]{0,200}$/.test(name) && !name.includes('..') && !name.includes('//') && !name.endsWith('/') && !name.endsWith('.lock');
 }
 function escapeRegExp(text) {
     return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -38176,6 +38443,7 @@ function gitleaksVersion(binary) {
 
 
 
+
 /** The most unscanned entries a report lists (the count is always complete). */
 const MAX_UNSCANNED_LISTED = 1000;
 async function absoluteGitDir(repoDir) {
@@ -38184,7 +38452,7 @@ async function absoluteGitDir(repoDir) {
         throw new VmSyncError('git_failed', `${repoDir} is not a git repository: ${result.stderr.trim()}`);
     return result.stdout.trim();
 }
-const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+const gate_plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 /**
  * Scans the commits being deployed and the exact tree being deployed with
  * gitleaks, failing closed: our own count of the commits must be matched by
@@ -38263,13 +38531,13 @@ async function runSecretScan(inputs) {
             events.info(null, `secret scan: ${blocked ? 'BLOCKING' : 'found'}: ${describeFinding(finding)}`);
         if (unscanned.length > 0) {
             const shown = unscanned.slice(0, 5).map((u) => `${u.path} (${u.detail})`);
-            events.info(null, `secret scan: ${plural(unscanned.length, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned: ${shown.join('; ')}${unscanned.length > shown.length ? '; ...' : ''}`);
+            events.info(null, `secret scan: ${gate_plural(unscanned.length, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned: ${shown.join('; ')}${unscanned.length > shown.length ? '; ...' : ''}`);
         }
         if (findings.length > 0 && !settings.blockOnSecrets) {
-            events.info(null, `WARNING: ${findings.length} possible secret(s) found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
+            events.info(null, `WARNING: ${words_count(findings.length, 'possible secret')} found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
         }
         else if (findings.length === 0) {
-            events.info(null, `secret scan: clean (${commitsScanned} commit(s)${inputs.exportDir ? ' and the deployed tree' : ''})`);
+            events.info(null, `secret scan: clean (${words_count(commitsScanned, 'commit')}${inputs.exportDir ? ' and the deployed tree' : ''})`);
         }
         return {
             description: plan.description,
@@ -38316,7 +38584,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
             }
         }
         if (count > 0) {
-            inputs.events.info(null, `secret scan: ${plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
+            inputs.events.info(null, `secret scan: ${gate_plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
             const gitDir = await absoluteGitDir(inputs.repoDir);
             const result = await runGitleaks(binary, { mode: 'git', gitDir, selection }, files, limits);
             if (strict) {
@@ -38326,7 +38594,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
                 const withText = await inputs.countCommitsAddingText(selection);
                 const scanned = result.commitsScanned;
                 if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > count) {
-                    throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
+                    throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned === null || scanned === undefined ? 'an unknown number of commits' : words_count(scanned, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
                 }
                 commitsScanned = scanned;
             }
@@ -38360,7 +38628,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
                     saved.files_scanned = fresh.length;
                     saved.files_cached = listed.length - fresh.length;
                 }
-                inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} file(s) (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
+                inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
                 root = view;
             }
             if (!fresh || fresh.length > 0) {
@@ -38488,7 +38756,7 @@ async function weakeningOf(inputs, binary, change, dir, limits) {
     const added = [...after].filter((entry) => !before.has(entry));
     if (change.changed.some((c) => c.path === IGNORE_FILE) && added.length > 0) {
         const hidden = change.findings.filter((f) => isIgnored(after, f));
-        out.push(`${IGNORE_FILE} gains ${plural(added.length, 'entry', 'entries')}${hidden.length ? `, which would hide ${plural(hidden.length, 'finding')} of this scan` : ''}`);
+        out.push(`${IGNORE_FILE} gains ${gate_plural(added.length, 'entry', 'entries')}${hidden.length ? `, which would hide ${gate_plural(hidden.length, 'finding')} of this scan` : ''}`);
     }
     if (change.changed.some((c) => c.path !== IGNORE_FILE) && change.findings.length > 0) {
         try {
@@ -38497,7 +38765,7 @@ async function weakeningOf(inputs, binary, change, dir, limits) {
             const hidden = change.findings.filter((f) => !still.has(f.fingerprint));
             if (hidden.length > 0) {
                 const shown = hidden.slice(0, 3).map((f) => `${f.rule} in ${f.file}:${f.line}`);
-                out.push(`the new ${inputs.settings.configPath} would hide ${hidden.length} of the ${plural(change.findings.length, 'finding')} this scan reports (${shown.join(', ')}${hidden.length > shown.length ? ', ...' : ''})`);
+                out.push(`the new ${inputs.settings.configPath} would hide ${hidden.length} of the ${gate_plural(change.findings.length, 'finding')} this scan reports (${shown.join(', ')}${hidden.length > shown.length ? ', ...' : ''})`);
             }
         }
         catch (error) {
@@ -38509,6 +38777,8 @@ async function weakeningOf(inputs, binary, change, dir, limits) {
 }
 
 ;// CONCATENATED MODULE: ./src/scan/plan.ts
+
+
 
 const ZERO = /^0{40}$/;
 function unresolved(message) {
@@ -38602,7 +38872,7 @@ async function planScan(repo, request) {
         return {
             head,
             commits,
-            description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}`,
+            description: `the ${words_count(commits.count, 'commit')} of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}`,
             trusted: { commit: base, reason: 'the base of the range' },
         };
     }
@@ -38624,7 +38894,7 @@ async function planScan(repo, request) {
             return {
                 head,
                 commits,
-                description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}`,
+                description: `force push: the ${words_count(commits.count, 'commit')} after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}`,
                 trusted: { commit: await repo.resolve(request.before), reason: 'the branch tip before the (force) push' },
             };
         }
@@ -38638,7 +38908,7 @@ async function planScan(repo, request) {
         return {
             head,
             commits,
-            description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}`,
+            description: `${why}: the ${words_count(commits.count, 'commit')} no other remote branch has and the tree of ${head.slice(0, 12)}`,
             trusted: fromParent(await firstParentBefore(repo, head, others), 'the last commit before the pushed ones on the first-parent line'),
         };
     }
@@ -38657,13 +38927,13 @@ async function planScan(repo, request) {
         ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
         : request.withoutRecord === 'first-parent'
             ? fromParent(await parentOf(repo, head), 'the first parent of the commit being scanned (a checkout with no deploy recorded; the sync job scans again against what the VMs hold)')
-            : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on; sync --scan-base names a commit to trust)" };
+            : { commit: null, reason: `no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on; ${cliCommand('vm-sync sync --scan-base REV')} names a commit to trust)` };
     if (deployed.length === 0 || known.length !== deployed.length) {
         return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
     }
     await requireFullHistory(repo, 'a resync');
     const commits = await counted(repo, [head, '--not', ...unique]);
-    return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}`, trusted };
+    return { head, commits, description: `resync: the ${words_count(commits.count, 'commit')} the VMs do not have yet and the tree of ${head.slice(0, 12)}`, trusted };
 }
 
 ;// CONCATENATED MODULE: external "node:net"
@@ -38672,7 +38942,7 @@ var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node
 ;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
 // Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
 /** The VM agent's program text (src/remote/agent.sh without its comments). */
-const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then kind=symlink\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
 
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
 
@@ -39112,6 +39382,8 @@ function classifyConnectError(error, hostKeyRejected) {
 
 
 
+/** How many itemised paths a dry run keeps (the counts cover all of them). */
+const ITEMIZED_MAX = 200;
 /**
  * The rsync argument array for a plan. Deliberate choices:
  * - `-rlp` without `-t`: exports carry the commit time as every file's mtime,
@@ -39136,8 +39408,9 @@ function rsyncArgs(plan) {
         args.push(`--link-dest=${plan.linkDest}`);
     for (const pattern of [...plan.excludes, '/.sync_rev'])
         args.push(`--exclude=${pattern}`);
+    // %n only: a symlink's target (%L) would be ambiguous with a name that holds " -> ".
     if (plan.dryRun)
-        args.push('--dry-run', '--itemize-changes', '--out-format=%i %n%L');
+        args.push('--dry-run', '--itemize-changes', '--out-format=%i %n');
     else
         args.push('--stats', '--info=progress2', '--no-human-readable');
     // `vm:` is a placeholder host name; the bridge ignores it and uses the VM's connection.
@@ -39151,13 +39424,47 @@ function parseRsyncOutput(stdout, dryRun) {
         return match ? Number(match[1].replace(/[,.]/g, '')) : 0;
     };
     if (dryRun) {
-        const changes = stdout
-            .split('\n')
-            .filter((line) => /^[<>ch.*][fdLDS*]/.test(line) || line.startsWith('*deleting'))
-            .filter((line) => !/^\.[fdLDS] /.test(line) && !/^\.d\.\.\.\.\.\.\.\.\. /.test(line));
-        return { filesChanged: changes.length, bytesSent: 0, changes: changes.slice(0, 200) };
+        const changes = parseItemized(stdout);
+        const counts = { add: 0, change: 0, delete: 0 };
+        for (const c of changes)
+            if (!c.dir)
+                counts[c.kind]++;
+        // Files before directories: the list a user reads names what changes, not the folders around it.
+        const listed = [...changes.filter((c) => !c.dir), ...changes.filter((c) => c.dir)].slice(0, ITEMIZED_MAX);
+        return { filesChanged: counts.add + counts.change + counts.delete, bytesSent: 0, changes: listed, counts };
     }
     return { filesChanged: number('Number of regular files transferred'), bytesSent: number('Total bytes sent'), changes: [] };
+}
+/**
+ * The paths of rsync's `--itemize-changes --out-format='%i %n'` output, each
+ * as add, change or delete. `YXcstpoguax`: Y `>`/`c`/`h` with X's attributes
+ * all `+` is a new entry, any other is a change; `.` is an attribute change
+ * (a file's mode: a change; a directory's: nothing a user deploys);
+ * `*deleting` is a delete. Other lines ("created directory ...") are not paths.
+ */
+function parseItemized(stdout) {
+    const changes = [];
+    for (const line of stdout.split('\n')) {
+        const deleting = /^\*deleting +(.+)$/.exec(line);
+        if (deleting) {
+            changes.push({ kind: 'delete', path: deleting[1], dir: deleting[1].endsWith('/') });
+            continue;
+        }
+        const item = /^([<>ch.])([fdLDS])([^ ]{9}) (.+)$/.exec(line);
+        if (!item)
+            continue;
+        const [, update, type, attrs, path] = item;
+        const dir = type === 'd';
+        if (path === './')
+            continue; // the root itself
+        if (/^\++$/.test(attrs))
+            changes.push({ kind: 'add', path, dir });
+        else if (dir)
+            continue; // a directory's times or mode: not a change of the deployed files
+        else if (update !== '.' || /[^. ]/.test(attrs))
+            changes.push({ kind: 'change', path, dir });
+    }
+    return changes;
 }
 /** Parses the last progress2 sample in a chunk of rsync output, if any. */
 function parseProgress(chunk) {
@@ -40292,6 +40599,7 @@ function tunnelTo(vm, knownHosts, openJump) {
 
 
 
+
 const OUTPUT_MAX = 64 * 1024;
 const FRAMED_LINE_MAX = 8192;
 const FRAMED_LINES_MAX = 2000;
@@ -40319,7 +40627,7 @@ class BoundedText {
         this.tail = joined.slice(-keep);
     }
     text() {
-        return this.dropped > 0 ? `${this.head}\n[... ${this.dropped} characters not kept ...]\n${this.tail}` : this.head + this.tail;
+        return this.dropped > 0 ? `${this.head}\n[... ${words_count(this.dropped, 'character')} not kept ...]\n${this.tail}` : this.head + this.tail;
     }
 }
 /**
@@ -40641,9 +40949,10 @@ function connectMessage(vm, code, error, seen) {
             return `host key of ${where} is REVOKED: it presented ${offered ? key(offered) : 'a key'}, which a @revoked line for ${pinned.name} in known_hosts vetoes. Do not deploy to this VM until you know why: check it out of band, give it a new host key and pin that one (ssh-keyscan -p ${vm.port} ${vm.host}, fingerprint verified out of band).`;
         case 'host_key_mismatch':
             if (seen.algorithms !== null) {
-                const pinnedTypes = [...new Set(pinned.keys.map(keyType))].join(', ');
+                const types = [...new Set(pinned.keys.map(keyType))];
+                const pinnedTypes = types.join(', ');
                 const vmOffers = seen.algorithms.length ? seen.algorithms.join(', ') : 'nothing vm-sync could read';
-                return `host key of ${where} cannot be checked: known_hosts pins only ${pinnedTypes} key(s) for ${pinned.name}, and the VM offers host key types ${vmOffers}${offered ? ` (its ${keyType(offered)} key is ${fingerprint(offered)})` : ''}. Pin one of the keys the VM has: fetch them with ssh-keyscan -p ${vm.port} ${vm.host}, verify the fingerprint out of band, and add the line to known_hosts. Retrying will not help.`;
+                return `host key of ${where} cannot be checked: known_hosts pins only ${pinnedTypes} ${noun(types.length, 'key')} for ${pinned.name}, and the VM offers host key types ${vmOffers}${offered ? ` (its ${keyType(offered)} key is ${fingerprint(offered)})` : ''}. Pin one of the keys the VM has: fetch them with ssh-keyscan -p ${vm.port} ${vm.host}, verify the fingerprint out of band, and add the line to known_hosts. Retrying will not help.`;
             }
             return `host key of ${where} does not match the pinned key: offered ${offered ? fingerprint(offered) : 'unknown'}, pinned ${pinned.keys.map(fingerprint).join(', ')}. If the VM was rebuilt, verify the new fingerprint out of band and replace its line in known_hosts; otherwise treat this as an attack.`;
         case 'auth_failed':
@@ -40854,6 +41163,7 @@ class AgentSession {
 
 
 
+
 /** The defaults: a few hundred thousand entries, at most a few hundred MiB of runner memory per VM. */
 const LISTING_LIMITS = { maxEntries: 300_000, maxCompressedBytes: 64 * 1024 * 1024, maxBytes: 160 * 1024 * 1024 };
 const TYPES = { f: 'file', d: 'dir', l: 'symlink', p: 'fifo', s: 'socket', b: 'device', c: 'device', D: 'other' };
@@ -40866,10 +41176,10 @@ const AGENT_CODES = new Set(FAILURE_CODES);
 /** A byte bound in words: MiB when it is that large. */
 const bytes = (n) => (n >= 1048576 ? `${Math.round(n / 1048576)} MiB` : `${n} bytes`);
 function tooMany(vmId, limits, what) {
-    return new VmSyncError('remote_command_failed', `too many entries on ${vmId} for verify --deep: ${what} (the limit is ${limits.maxEntries} entries, ${bytes(limits.maxCompressedBytes)} gzip'd, ${bytes(limits.maxBytes)} listed). Exclude generated trees with rsync_excludes or shared_paths, or check this VM with plain vm-sync verify.`);
+    return new VmSyncError('remote_command_failed', `too many entries on ${vmId} for the deep verify: ${what} (the limit is ${limits.maxEntries} entries, ${bytes(limits.maxCompressedBytes)} gzip'd, ${bytes(limits.maxBytes)} listed). Exclude generated trees with rsync_excludes or shared_paths, or check this VM with ${invocation('verify', [['vm', vmId]])} (without deep).`);
 }
 function garbled(vmId, why) {
-    return new VmSyncError('remote_command_failed', `the listing from ${vmId} is not usable (${why}): nothing was compared. Run vm-sync verify --deep again; if it persists, check the VM's find, sha256sum and gzip.`);
+    return new VmSyncError('remote_command_failed', `the listing from ${vmId} is not usable (${why}): nothing was compared. Run ${invocation('verify', [['deep'], ['vm', vmId]])} again; if it persists, check the VM's find, sha256sum and gzip.`);
 }
 /** Whether a relative path is one find could print: no empty, `.` or `..` component, not absolute. */
 function plainPath(rel) {
@@ -40932,9 +41242,9 @@ function parseListing(data, vmId, limits = LISTING_LIMITS) {
             if (at !== data.length)
                 throw garbled(vmId, 'data after the end record');
             if (end[1] !== '0')
-                throw new VmSyncError('remote_command_failed', `find could not read all of the release on ${vmId} (exit ${end[1]}): an unreadable directory hides what it holds. Fix its permissions on the VM, then run vm-sync verify --deep again.`);
+                throw new VmSyncError('remote_command_failed', `find could not read all of the release on ${vmId} (exit ${end[1]}): an unreadable directory hides what it holds. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
             if (end[2] !== '0')
-                throw new VmSyncError('remote_command_failed', `sha256sum could not read every file of the release on ${vmId} (exit ${end[2]}): an unreadable file cannot be compared. Fix its permissions on the VM, then run vm-sync verify --deep again.`);
+                throw new VmSyncError('remote_command_failed', `sha256sum could not read every file of the release on ${vmId} (exit ${end[2]}): an unreadable file cannot be compared. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
             break;
         }
         const h = HASH_RECORD.exec(record);
@@ -40994,6 +41304,7 @@ function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
 }
 
 ;// CONCATENATED MODULE: ./src/remote/target.ts
+
 
 
 
@@ -41333,7 +41644,7 @@ class RemoteTarget {
             return;
         const exit = response.get('exit') ?? String(code);
         const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
-        throw new VmSyncError('post_sync_failed', `post_sync_command exited ${untrusted_vmText(exit, 10)} on ${this.vmId}: ${untrusted_vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run sync --force to run it again.`);
+        throw new VmSyncError('post_sync_failed', `post_sync_command exited ${untrusted_vmText(exit, 10)} on ${this.vmId}: ${untrusted_vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', this.vmId]])} to run it again.`);
     }
     /**
      * Kills, on the VM, the process groups of operations whose channel this run
@@ -41469,6 +41780,12 @@ async function mapPool(items, limit, fn) {
 }
 
 ;// CONCATENATED MODULE: ./src/sync/planner.ts
+/**
+ * The decisions of a fleet release, as pure functions of what the VMs
+ * reported and what the operator asked for. No I/O here: the executor
+ * (release.ts) gathers the facts, asks, and carries the answer out.
+ */
+
 
 /**
  * Decides the prepare phase for one VM: nothing (already on the commit),
@@ -41482,13 +41799,13 @@ function decidePrepare(vmId, facts, options) {
             kind: 'refuse',
             code: 'sentinel_unreadable',
             result: 'failed',
-            message: `.sync_rev on ${vmId} is ${facts.sentinel === 'unreadable' ? 'not readable' : `a ${facts.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run sync --force to replace it with a new release.`,
+            message: `.sync_rev on ${vmId} is ${facts.sentinel === 'unreadable' ? 'not readable' : `a ${facts.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run ${invocation('sync', [['force'], ['vm', vmId]])} to replace it with a new release.`,
         };
     }
     if (!options.force && (facts.releasedAtBegin || facts.state === 'up-to-date'))
         return { kind: 'none' };
     if (!options.force && facts.state === 'ahead') {
-        return { kind: 'refuse', code: 'refused_ahead', result: 'refused', message: `${vmId} is on a descendant of ${short}: an older run arrived late. Use --force to roll back deliberately (or vm-sync rollback).` };
+        return { kind: 'refuse', code: 'refused_ahead', result: 'refused', message: `${vmId} is on a descendant of ${short}: an older run arrived late. Use ${advice_option('force')} to deploy the older commit deliberately (or ${invocation('rollback')}).` };
     }
     if (!facts.rsyncPresent) {
         return { kind: 'refuse', code: 'remote_rsync_missing', result: 'failed', message: `rsync is not installed on ${vmId} (or not on the SSH user's PATH): install it there (apt-get install rsync).` };
@@ -41537,14 +41854,14 @@ function chooseRollback(vmId, list, to) {
             return { kind: 'none', release: live };
         const match = sorted.find((r) => r.commit === to);
         if (!match)
-            return { kind: 'refuse', message: `${vmId} keeps no release of ${to.slice(0, 12)}: ${kept}. Deploy that commit with vm-sync sync --commit ${to.slice(0, 12)} --force instead.` };
+            return { kind: 'refuse', message: `${vmId} keeps no release of ${to.slice(0, 12)}: ${kept}. Deploy that commit with ${invocation('sync', [['commit', to.slice(0, 12)], ['force']])} instead.` };
         return match.name === list.live ? { kind: 'none', release: match } : { kind: 'flip', release: match };
     }
     if (list.live === null)
         return { kind: 'refuse', message: `${vmId} serves no release of vm-sync, so there is nothing to roll back from (${kept}).` };
     const previous = sorted.find((r) => r.name === list.previous && r.name !== list.live);
     if (!previous)
-        return { kind: 'refuse', message: `${vmId} keeps no release it served before the live one (${list.live}) that it may go back to (releases rolled back from or reverted as unhealthy do not count): ${kept}. Use rollback --to SHA to pick one, or raise repository.keep_releases to keep more.` };
+        return { kind: 'refuse', message: `${vmId} keeps no release it served before the live one (${list.live}) that it may go back to (releases rolled back from or reverted as unhealthy do not count): ${kept}. Use ${invocation('rollback', [['to', 'SHA']])} to pick one, or raise repository.keep_releases to keep more.` };
     return { kind: 'flip', release: previous };
 }
 
@@ -41553,6 +41870,8 @@ function chooseRollback(vmId, list, to) {
 const state_FULL_SHA = /^[0-9a-f]{40}$/;
 /**
  * Where a VM stands against the deploy commit:
+ * - `broken`: the target is a symlink to nothing (`kind` `dangling`: its live
+ *   release is gone), so the VM serves nothing; never `fresh`;
  * - `fresh`: no `.sync_rev` (never deployed);
  * - `up-to-date`: same commit;
  * - `behind`: the VM's commit is an ancestor (the normal deploy);
@@ -41560,7 +41879,9 @@ const state_FULL_SHA = /^[0-9a-f]{40}$/;
  * - `diverged`: neither, or a commit the runner-host repo does not know (history rewritten).
  * A sentinel that is not a full commit hash is an error, never `fresh`.
  */
-async function classifyState(vmId, rev, deploy, history) {
+async function classifyState(vmId, rev, deploy, history, kind) {
+    if (kind === 'dangling')
+        return 'broken';
     if (rev === null)
         return 'fresh';
     const trimmed = rev.trim();
@@ -41937,7 +42258,7 @@ async function expectedTree(exportDir, rules, scratchDir) {
         const args = ['-rlpt', `--link-dest=${external_node_path_default().resolve(exportDir)}`, ...rules.excludes.map((p) => `--exclude=${p}`), `${exportDir}/`, `${root}/`];
         const result = await run('rsync', args, { maxOutput: 4000 });
         if (result.code !== 0)
-            throw new VmSyncError('rsync_failed', `could not apply rsync_excludes to the export for verify --deep (rsync exited ${result.code}): ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+            throw new VmSyncError('rsync_failed', `could not apply rsync_excludes to the export for the deep verify (rsync exited ${result.code}): ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
     }
     const entries = await readTree(root, (rel, isDir) => rel !== '.sync_rev' && !shared.some((s) => rel === s || under(rel, s)) && !(exclude?.(rel, isDir) ?? false));
     // The release's seal step creates a shared path's missing parents as directories.
@@ -42110,7 +42431,82 @@ class ExpectedTrees {
     }
 }
 
+;// CONCATENATED MODULE: ./src/sync/dry-run.ts
+
+
+
+/*
+ * What `sync --dry-run` predicts on one VM, in words. Pure: the facts come
+ * from the probe and from rsync's itemised dry run; the sentences are made
+ * here. The predictions follow what the real sync does (agent.sh): `stage`
+ * hard-links from the live release, or from a plain directory at the target;
+ * `flip` moves whatever stands at the target aside when vm-sync did not make
+ * it (a directory, a file, a symlink of someone else's), into
+ * `<parent>/.<name>.vm-sync/previous-<UTC time>`.
+ */
+/** How many changed paths a dry run lists by name (the counts cover all of them). */
+const DRY_RUN_LISTED = 10;
+/** vm-sync's state directory for a target, as agent.sh names it: `<parent>/.<name>.vm-sync`. */
+function stateDirOfTarget(target) {
+    return `${external_node_path_default().posix.dirname(target)}/.${external_node_path_default().posix.basename(target)}.vm-sync`;
+}
+/**
+ * What the real sync does with what it found at the target. Atomic layout:
+ * the live release is the base; a directory vm-sync did not create is the
+ * base of the new release's hard links and is moved aside at the flip; a
+ * file or a symlink that is not vm-sync's is moved aside and the release
+ * built from nothing; a dangling symlink of vm-sync's is replaced. In-place
+ * layout: the target directory is rewritten, a symlink or a file there fails.
+ */
+function targetPlan(probe, layout) {
+    const what = probe.kind === 'dir' ? 'the directory' : probe.kind === 'other' ? 'the file' : probe.kind === 'symlink' || probe.kind === 'dangling' ? 'the symlink' : null;
+    if (layout !== 'atomic') {
+        if (probe.kind === 'dir')
+            return { compareWith: 'target', movedAside: null, wouldFail: null };
+        if (probe.kind === 'absent')
+            return { compareWith: 'nothing', movedAside: null, wouldFail: null };
+        return { compareWith: 'nothing', movedAside: null, wouldFail: `${what} at the target is not a directory, and layout in-place deploys into a directory` };
+    }
+    if (probe.kind === 'release')
+        return { compareWith: 'release', movedAside: null, wouldFail: null };
+    if (probe.kind === 'dir')
+        return { compareWith: 'target', movedAside: what, wouldFail: null };
+    // vm-sync's own symlink to a release that is gone is simply replaced; anything else of someone else's is kept.
+    const ours = probe.kind === 'dangling' && probe.currentRelease !== null;
+    return { compareWith: 'nothing', movedAside: probe.kind === 'absent' || ours ? null : what, wouldFail: null };
+}
+/**
+ * The notes of one VM's dry run: the move-aside, then one line of counts,
+ * then the first {@link DRY_RUN_LISTED} files by name and how many more.
+ * Directories are never counted as files; they are listed only when no
+ * file changes (a new empty directory is still a change to say).
+ */
+function dryRunNotes(target, plan, changes, counts) {
+    const notes = [];
+    if (plan.movedAside) {
+        notes.push(`would move ${plan.movedAside} at ${untrusted_vmText(target)} aside to ${untrusted_vmText(stateDirOfTarget(target))}/previous-<UTC time> (vm-sync did not create it, so it is kept, never deleted) and point ${untrusted_vmText(target)} at the new release`);
+    }
+    // What only the VM has is deleted from a release, but from a directory moved aside it is only left out of the new release.
+    const deleteVerb = plan.movedAside ? 'leave out' : 'delete';
+    const parts = [counts.add ? `add ${words_count(counts.add, 'file')}` : '', counts.change ? `change ${words_count(counts.change, 'file')}` : '', counts.delete ? `${deleteVerb} ${words_count(counts.delete, 'file')}` : ''].filter(Boolean);
+    const total = counts.add + counts.change + counts.delete;
+    notes.push(parts.length === 0 ? 'no file would change' : `would ${parts.length === 1 ? parts[0] : `${parts.slice(0, -1).join(', ')} and ${parts.at(-1)}`}`);
+    const files = changes.filter((c) => !c.dir);
+    const listed = (files.length > 0 ? files : changes).slice(0, DRY_RUN_LISTED);
+    for (const c of listed)
+        notes.push(`would ${c.kind === 'delete' ? deleteVerb : c.kind}: ${untrusted_vmText(c.path, 500)}`);
+    const more = (files.length > 0 ? total : changes.length) - listed.length;
+    if (more > 0)
+        notes.push(`…and ${words_count(more, files.length > 0 ? 'more file' : 'more path')}`);
+    if (plan.movedAside && counts.delete > 0)
+        notes.push(`the ${words_count(counts.delete, 'file')} left out ${counts.delete === 1 ? 'stays' : 'stay'} in the copy moved aside`);
+    return notes;
+}
+
 ;// CONCATENATED MODULE: ./src/sync/vm-pipeline.ts
+
+
+
 
 
 
@@ -42214,9 +42610,9 @@ async function stateOf(vm, probe, ctx, force) {
     if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
         if (force)
             return 'unknown';
-        throw new VmSyncError('sentinel_unreadable', `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run sync --force to replace it with a new release.`);
+        throw new VmSyncError('sentinel_unreadable', `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run ${invocation('sync', [['force'], ['vm', vm.id]])} to replace it with a new release.`);
     }
-    return classifyState(vm.id, probe.rev, ctx.commit, ctx.history);
+    return classifyState(vm.id, probe.rev, ctx.commit, ctx.history, probe.kind);
 }
 /**
  * `vm-sync sync --dry-run` on one VM: compares the export with what is live
@@ -42225,26 +42621,52 @@ async function stateOf(vm, probe, ctx, force) {
 function dryRunVm(vm, ctx) {
     return withBudget(vm, ctx, 'prepare', ctx.config.sync.retries, (report, signal, deadlineAt) => withTarget(vm, ctx, 'prepare', signal, deadlineAt, (session, target) => dryRun(vm, ctx, session, target, report, signal)));
 }
-/** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
+/**
+ * Compares the export with what a sync would start from, and says what it
+ * would do, in words; nothing is written on the VM and no lock is taken.
+ * It compares with the live release, or the directory at the target (which
+ * the real sync hard-links from, then moves aside), or with nothing (a new
+ * release from scratch): see {@link targetPlan}.
+ */
 async function dryRun(vm, ctx, session, target, report, signal) {
     const before = await target.probe();
     report.rev_before = report.rev_after = liveRev(before);
+    report.release = releaseOf(before);
     report.state = await stateOf(vm, before, ctx, ctx.force);
     report.action = report.state === 'up-to-date' && !ctx.force ? 'none' : report.state === 'ahead' && !ctx.force ? 'refuse' : 'deploy';
     if (before.lock)
         report.notes.push(`lock present: ${before.lock.record || '(empty owner)'}`);
+    if (report.state === 'broken')
+        report.notes.push(brokenNote(before));
+    const plan = targetPlan(before, ctx.config.repository.layout);
+    if (plan.wouldFail && report.action === 'deploy') {
+        throw new VmSyncError('remote_command_failed', `a sync would fail on ${vm.id}: ${plan.wouldFail} (${before.target}). Remove it, or set repository.layout: atomic (which moves it aside and keeps it).`);
+    }
     const bridge = await RshBridge.start(session);
     try {
-        const dest = before.currentRelease ?? before.target;
+        // A path that cannot exist on the VM stands for "nothing": rsync's dry run then lists the whole tree as added.
+        const nothing = `${stateDirOfTarget(before.target)}/releases/${ctx.commit}.dry-run-${external_node_crypto_default().randomBytes(6).toString('hex')}`;
+        const dest = plan.compareWith === 'release' && before.currentRelease ? before.currentRelease : plan.compareWith === 'target' ? before.target : nothing;
         const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: rsyncExcludes(ctx.config, ctx.config.repository.sharedPaths.map((s) => s.path)), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
-        report.files_changed = stats.filesChanged;
-        for (const change of stats.changes.slice(0, 20))
-            report.notes.push(`would change: ${change}`);
+        const counts = stats.counts ?? { add: 0, change: 0, delete: 0 };
+        // An up-to-date VM gets nothing (unless forced): its differences are drift, which verify --deep reports.
+        report.files_changed = report.action === 'deploy' ? stats.filesChanged : 0;
+        if (report.action === 'deploy')
+            report.notes.push(...dryRunNotes(before.target, plan, stats.changes, counts));
+        else if (report.action === 'none')
+            report.notes.push(`already on ${vm_pipeline_short(ctx.commit)}: nothing would be sent`);
+        else
+            report.notes.push(`would refuse: ${vm.id} is on a descendant of ${vm_pipeline_short(ctx.commit)}; ${advice_option('force')} deploys the older commit anyway`);
     }
     finally {
         await bridge.close();
     }
     report.result = 'success';
+}
+/** What a `broken` VM is, for its row: the target points at a release that is gone. */
+function brokenNote(probe) {
+    const release = releaseOf(probe);
+    return `${probe.target} is a symlink to ${release ? `the release ${release}, which is gone` : 'nothing'}: the VM serves nothing there; a sync deploys a new release`;
 }
 /**
  * Reads one VM's `.sync_rev` and classifies it (`vm-sync status`), and with
@@ -42264,6 +42686,8 @@ function inspectVm(vm, ctx, mode, deep) {
         if (probe.lock)
             report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
         report.state = await stateOf(vm, probe, ctx, false);
+        if (report.state === 'broken')
+            report.notes.push(brokenNote(probe));
         report.verified = report.rev_after === ctx.commit;
         const served = report.rev_after;
         if (deep && served !== null && (probe.kind === 'release' || probe.kind === 'dir')) {
@@ -42278,13 +42702,14 @@ function inspectVm(vm, ctx, mode, deep) {
             }
         }
         if (mode === 'verify' && !report.verified) {
-            throw new VmSyncError('verify_mismatch', `${vm.id} is on ${report.rev_after ? vm_pipeline_short(report.rev_after) : 'nothing (no .sync_rev)'}, expected ${vm_pipeline_short(ctx.commit)} (${report.state}): run vm-sync sync.`);
+            const on = report.state === 'broken' ? 'nothing (its live release is gone)' : report.rev_after ? vm_pipeline_short(report.rev_after) : 'nothing (no .sync_rev)';
+            throw new VmSyncError('verify_mismatch', `${vm.id} is on ${on}, expected ${vm_pipeline_short(ctx.commit)} (${report.state}): run ${invocation('sync', [['vm', vm.id]])}.`);
         }
         const drift = report.drift;
         if (drift && drift.changed + drift.missing + drift.extra > 0) {
             report.verified = false;
             const counts = [`${drift.changed} changed`, `${drift.missing} missing`, `${drift.extra} extra`].join(', ');
-            throw new VmSyncError('release_drifted', `${vm.id} serves ${vm_pipeline_short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with vm-sync sync --force --vm ${vm.id} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`);
+            throw new VmSyncError('release_drifted', `${vm.id} serves ${vm_pipeline_short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with ${invocation('sync', [['force'], ['vm', vm.id]])} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`);
         }
         report.result = 'success';
     }));
@@ -42295,12 +42720,12 @@ async function checkDrift(vm, ctx, target, probe, served, report, deep) {
     const listing = await target.listing(probe.kind === 'release' ? 'release' : 'dir');
     // The listing is of what serves `served` only if its own .sync_rev still says so (a deploy may have flipped meanwhile).
     if (!sentinelMatches(listing, served)) {
-        throw new VmSyncError('remote_command_failed', `what ${vm.id} serves changed while verify --deep read it (its .sync_rev no longer holds ${vm_pipeline_short(served)}): run vm-sync verify --deep again.`);
+        throw new VmSyncError('remote_command_failed', `what ${vm.id} serves changed while the deep verify read it (its .sync_rev no longer holds ${vm_pipeline_short(served)}): run ${invocation('verify', [['deep'], ['vm', vm.id]])} again.`);
     }
     const drift = compareTrees(expected, listing, sharedLinkTarget(probe.target));
     report.drift = driftReport(drift, expected.entries.size + expected.shared.length);
     if (!expected.exclude) {
-        report.notes.push('rsync_excludes has patterns verify --deep cannot match on the VM (wildcards or unanchored paths): files only the VM has were not compared, so none is reported as extra');
+        report.notes.push('rsync_excludes has patterns the deep verify cannot match on the VM (wildcards or unanchored paths): files only the VM has were not compared, so none is reported as extra');
     }
     if (served !== ctx.commit && drift.length > 0)
         report.notes.push(`its files also differ from ${vm_pipeline_short(served)}'s tree: see drift`);
@@ -42331,6 +42756,7 @@ function vm_pipeline_short(sha) {
 
 
 
+
 /** Who held a lock, in a few words (its token for vm-sync's own records). */
 function holderName(record) {
     const owner = parseLockOwner(record);
@@ -42350,10 +42776,11 @@ function staleReason(why) {
 /** Why a lock is held, in words that say what to do. */
 function lockedError(vm, outcome, staleAfterS, waitedS) {
     const owner = parseLockOwner(outcome.record);
-    const unlock = `vm-sync unlock --vm ${vm.id}`;
+    const unlock = cliCommand(`vm-sync unlock --vm ${vm.id}`);
+    const unlockForce = cliCommand(`vm-sync unlock --vm ${vm.id} --force`);
     const waited = waitedS > 0 ? ` (waited ${waitedS}s)` : '';
     if (owner) {
-        return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress${waited}. Wait for it (--lock-wait SECONDS waits for you); if you know it is gone, run ${unlock} (--force for a holder that is still alive).`);
+        return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress${waited}. Wait for it (${advice_option('lock-wait', 'SECONDS')} waits for you); if you know it is gone, run ${unlock} (${unlockForce} for a holder that is still alive).`);
     }
     if (outcome.why === 'legacy') {
         return new VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s)${waited}. Wait for it, or run ${unlock}.`);
@@ -42386,7 +42813,7 @@ async function takeLock(vm, port, options) {
             throw Object.assign(lockedError(vm, outcome, options.staleAfterS, waitedS), { probe: outcome.probe });
         }
         if (!announced) {
-            options.onWait?.(`locked by ${holderName(outcome.record)}: waiting up to ${options.lockWaitS}s (--lock-wait)`);
+            options.onWait?.(`locked by ${holderName(outcome.record)}: waiting up to ${options.lockWaitS}s (${advice_option('lock-wait', String(options.lockWaitS))})`);
             announced = true;
         }
         await sleep(Math.min(5000, 500 * 2 ** Math.min(round, 4), Math.max(100, started + options.lockWaitS * 1000 - Date.now())), options.signal);
@@ -42394,6 +42821,21 @@ async function takeLock(vm, port, options) {
 }
 
 ;// CONCATENATED MODULE: ./src/sync/release.ts
+/**
+ * The executor of a fleet release. `main` reads as its phases:
+ *
+ *   prepare  every VM in parallel: lock, probe, decide, stage and seal a release
+ *   flip     all at once, or batch by batch (rolling)
+ *   verify   `.sync_rev` read back through the live path
+ *   health   the health command in the live release; revert when unhealthy
+ *   finish   prune, post_sync_command, unlock
+ *
+ * Decisions come from the pure planner (planner.ts); every remote step goes
+ * through a {@link VmPort} the entry point provides. Whatever fails, each VM
+ * ends with one row that says what it serves at the end.
+ */
+
+
 
 
 
@@ -42452,7 +42894,7 @@ class FleetRelease {
         for (const [index, ids] of batches.entries()) {
             const failed = this.runs.filter((run) => run.done && run.report.result !== 'success').length;
             if (rolloutVerdict(failed, total, rollout.maxFailed) === 'halt') {
-                await this.halt(`${failed} of ${total} VM(s) failed, more than rollout.max_failed allows`, batches.slice(index).flat());
+                await this.halt(`${failed} of ${words_count(total, 'VM')} failed, more than rollout.max_failed allows`, batches.slice(index).flat());
                 break;
             }
             if (this.ctx.signal?.aborted)
@@ -42571,7 +43013,7 @@ class FleetRelease {
         if (begun.tookOver)
             report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
         const readable = before.sentinel === 'regular' || before.sentinel === 'absent';
-        report.state = readable ? await classifyState(run.vm.id, before.rev, commit, this.ctx.history).catch((error) => {
+        report.state = readable ? await classifyState(run.vm.id, before.rev, commit, this.ctx.history, before.kind).catch((error) => {
             if (force)
                 return 'unknown';
             throw error;
@@ -42604,7 +43046,7 @@ class FleetRelease {
             // Staged by an earlier run that did not flip it (a halted rollout, a revert): nothing to send.
             run.release = staged.completeRelease;
             report.staged_at = now();
-            report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (sync --force stages afresh)`);
+            report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (${advice_option('force')} stages afresh)`);
             this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
             return;
         }
@@ -42624,7 +43066,7 @@ class FleetRelease {
             report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
         run.release = sealed.release;
         report.staged_at = now();
-        this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'transfer');
+        this.say(run, `staged ${release_short(commit)} as ${sealed.release} (${words_count(stats.filesChanged, 'file')} changed, ${words_count(stats.bytesSent, 'byte')} sent)`, 'transfer');
     }
     /**
      * The stream transfer, when it applies: the VM has GNU tar and find, and
@@ -42774,7 +43216,7 @@ class FleetRelease {
                 try {
                     const pruned = await port.prune(this.token, keep);
                     if (pruned.length > 0)
-                        this.say(run, `pruned ${pruned.length} old release(s)`, 'finish');
+                        this.say(run, `pruned ${words_count(pruned.length, 'old release')}`, 'finish');
                 }
                 catch (error) {
                     if (this.ctx.signal?.aborted)
@@ -42789,7 +43231,7 @@ class FleetRelease {
             run.report.result = 'success';
             run.report.error = null;
             await port.unlock(this.token).catch((error) => {
-                run.report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+                run.report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${getErrorMessage(error)}`);
             });
             this.close(run);
         })));
@@ -42882,7 +43324,7 @@ class FleetRelease {
             await port.unlock(this.token);
         }
         catch (error) {
-            report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+            report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${getErrorMessage(error)}`);
         }
     }
     /** Makes the row final: closes the port and announces it. */
@@ -42930,7 +43372,7 @@ async function rollbackFleet(ctx, vms) {
         let locked = false;
         try {
             if (config.repository.layout !== 'atomic')
-                throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
+                throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with ${invocation('sync', [['commit', 'SHA'], ['force']])}`);
             port = await connect(vm, ctx.events, 'rollback', config.sync.connectTimeoutS, () => ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }));
             let begun;
             try {
@@ -43016,6 +43458,8 @@ async function rollbackFleet(ctx, vms) {
 
 
 
+
+
 /**
  * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
  * usage error naming the known ones. A known id that belongs to another shard
@@ -43055,7 +43499,7 @@ function runnerRepo(config, env, options = {}) {
 function sweepDeadRuns(events) {
     const removed = sweepScratchDirs();
     if (removed.length > 0)
-        events.info(null, `removed ${removed.length} temporary director${removed.length === 1 ? 'y' : 'ies'} left by vm-sync runs that died: ${removed.join(', ')}`);
+        events.info(null, `removed ${words_count(removed.length, 'temporary directory', 'temporary directories')} left by vm-sync runs that died: ${removed.join(', ')}`);
 }
 function loadKnownHosts(config) {
     return new KnownHosts(external_node_fs_default().readFileSync(config.knownHostsPath, 'utf8'));
@@ -43081,25 +43525,31 @@ async function runSync(config, options = {}) {
         snapshot = await exports.checkout(sha);
         exportDir = snapshot.dir;
         events.info(null, snapshot.how === 'incremental'
-            ? `export of ${sha.slice(0, 12)}: ${snapshot.changedPaths} path(s) rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
+            ? `export of ${sha.slice(0, 12)}: ${words_count(snapshot.changedPaths, 'path')} rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
             : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`, 'export');
     };
     const force = options.force ?? false;
     const dryRun = options.dryRun ?? false;
     let streamDir = null;
+    // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
+    // exports (whose newest is the base of the next real deploy), and the clone is not reset.
+    const dryExportRoot = dryRun ? makeScratchDir('export') : null;
     try {
         // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
         // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
         // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
         // exported and scanned first.
         let exported = false;
+        if (dryExportRoot)
+            exportDir = external_node_path_default().join(dryExportRoot, 'tree');
         const commit = await repo.prepareDeploy({
             rev: options.commit,
             fetch: options.fetch !== false,
             force,
-            exportDir: '',
+            dryRun,
+            exportDir,
             exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
-            exporter: exportNow,
+            exporter: dryRun ? undefined : exportNow,
         });
         // The secret-scan gate: before any VM is contacted.
         let scan = null;
@@ -43140,13 +43590,13 @@ async function runSync(config, options = {}) {
                 await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
                 scan = await gate();
                 if (scan?.blocked)
-                    throw new VmSyncError('secrets_found', `${scan.findings.length} possible secret(s) in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+                    throw new VmSyncError('secrets_found', `${words_count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
                 return { dir: exportDir, notes: committedSentinelNote(exportDir) };
             })();
             return late;
         };
         const { rollout } = config;
-        events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
+        events.info(null, `deploying ${commit} to ${words_count(vms.length, 'VM')}, ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
         if (dryRun) {
             const ctx = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
@@ -43184,6 +43634,8 @@ async function runSync(config, options = {}) {
     finally {
         if (streamDir)
             removeScratchDirLater(streamDir);
+        if (dryExportRoot)
+            removeScratchDirLater(dryExportRoot);
         // The export becomes the base of the next run's (under the runner-host lock: no run copies it meanwhile).
         const made = snapshot;
         if (made)
@@ -43200,11 +43652,36 @@ async function allRecordedOn(repo, vms, commit) {
     return vms.length > 0 && recorded.every((sha) => sha === commit);
 }
 /**
+ * The commit that status, verify and scan compare with when none is named:
+ * the tip of `remote/default_branch`, fetched first unless `fetch` is false.
+ * With `keepOnFetchFailure`, a failed fetch falls back to the tip as last
+ * fetched, and the baseline says so. A named commit the clone lacks is
+ * fetched from the remote (by hash, else with every branch).
+ */
+async function baselineOf(repo, config, rev, fetch, events, keepOnFetchFailure) {
+    const { remote, defaultBranch, mainRepoPath } = config.repository;
+    if (!fetch && !external_node_fs_default().existsSync(mainRepoPath)) {
+        throw new VmSyncError('git_failed', `the runner-host clone ${mainRepoPath} does not exist, and this run may not fetch: ${noFetchAdvice()} (the run clones it), or run ${invocation('sync')} first.`);
+    }
+    const prepared = await repo.prepare(fetch, { keepOnFetchFailure });
+    const fetched = prepared.action !== 'reused' && prepared.action !== 'unfetched';
+    const ref = rev ?? `${remote}/${defaultBranch}`;
+    let note;
+    if (prepared.fetchError !== null) {
+        note = `as last fetched: the fetch failed, so this may be out of date (${prepared.fetchError.split('\n').at(-1)})`;
+        events.info(null, `WARNING: could not fetch ${remote}/${defaultBranch}; comparing with the runner-host clone as last fetched. git said:\n${prepared.fetchError}`);
+    }
+    else
+        note = fetched ? 'fetched just now' : 'as last fetched: this run did not fetch';
+    const commit = rev === undefined ? await repo.tip() : (await repo.locate(rev, fetch && prepared.fetchError === null)).sha;
+    return { commit, baseline: { ref, fetched: fetched && prepared.fetchError === null, note } };
+}
+/**
  * `vm-sync verify` / `vm-sync status`: reads every selected VM's `.sync_rev`
- * and classifies it against the commit (default: the runner-host HEAD).
- * With `deep` (verify only), each commit the VMs serve is exported once and
- * every VM's files are compared with it. Read-only on the VMs and on the
- * runner-host repo.
+ * and classifies it against the commit (default: the fetched tip of
+ * `remote/default_branch`, what a sync would deploy). With `deep` (verify
+ * only), each commit the VMs serve is exported once and every VM's files are
+ * compared with it. Read-only on the VMs; on the runner host it only fetches.
  */
 async function runInspect(config, mode, options = {}) {
     if (options.deep && mode !== 'verify')
@@ -43213,12 +43690,7 @@ async function runInspect(config, mode, options = {}) {
     const vms = selectVms(config, options.vms, options.shard);
     sweepDeadRuns(events);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
-    if (options.fetch)
-        await repo.prepare(true);
-    else if (!external_node_fs_default().existsSync(config.repository.mainRepoPath)) {
-        throw new VmSyncError('git_failed', `runner-host repo ${config.repository.mainRepoPath} does not exist: run vm-sync sync first, or pass --commit with a repo present.`);
-    }
-    const commit = await repo.resolve(options.commit ?? 'HEAD');
+    const { commit, baseline } = await baselineOf(repo, config, options.commit, options.fetch !== false, events, true);
     const ctx = {
         config,
         knownHosts: loadKnownHosts(config),
@@ -43235,7 +43707,7 @@ async function runInspect(config, mode, options = {}) {
     const deep = trees ? { expected: (sha) => trees.for(sha) } : undefined;
     try {
         const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode, deep)));
-        return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+        return { command: mode, commit, baseline, dry_run: false, scan: null, vms: reports };
     }
     finally {
         trees?.close();
@@ -43257,18 +43729,18 @@ async function runRollback(config, options = {}) {
         else {
             const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
             if (!external_node_fs_default().existsSync(config.repository.mainRepoPath))
-                throw new VmSyncError('git_failed', `cannot resolve --to ${options.to}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
+                throw new VmSyncError('git_failed', `cannot resolve ${advice_option('to', options.to)}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
             try {
                 to = await repo.resolve(options.to);
             }
             catch (error) {
                 if (!(error instanceof VmSyncError) || !error.message.startsWith('commit '))
                     throw error;
-                throw new VmSyncError('no_release', `--to ${options.to} is not a commit the runner-host clone ${config.repository.mainRepoPath} knows: give the full 40-character hash of a release the VMs keep (vm-sync status shows what they serve; vm-sync rollback without --to goes to each VM's previous release).`);
+                throw new VmSyncError('no_release', `${advice_option('to', options.to)} is not a commit the runner-host clone ${config.repository.mainRepoPath} knows: give the full 40-character hash of a release the VMs keep (${invocation('status')} shows what they serve; ${invocation('rollback')} goes to each VM's previous release).`);
             }
         }
     }
-    events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
+    events.info(null, `rolling back ${words_count(vms.length, 'VM')} to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
     const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (external_node_fs_default().existsSync(config.repository.mainRepoPath))
@@ -43284,20 +43756,33 @@ async function runScan(config, options = {}) {
     const { remote, defaultBranch } = config.repository;
     const dir = options.repoDir ?? config.repository.mainRepoPath;
     let repo;
+    let head;
+    let baseline = null;
     if (options.repoDir) {
+        // A CI checkout is scanned as it was checked out: its HEAD is the commit of the event.
         if (!external_node_fs_default().existsSync(external_node_path_default().join(dir, '.git')))
             throw new VmSyncError('git_failed', `${dir} is not a git checkout.`);
         repo = new RunnerRepo(dir, remote, defaultBranch, null);
+        head = options.commit ?? 'HEAD';
     }
     else {
-        repo = runnerRepo(config, undefined, { events, signal: options.signal });
-        await repo.prepare(options.fetch !== false);
+        // What a sync would deploy: the fetched tip of the default branch (or the named commit), never
+        // wherever the clone's HEAD was left. A fetch that fails fails the scan, as it fails a sync.
+        repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+        if (options.range || options.request) {
+            await repo.prepare(options.fetch !== false);
+            head = '';
+        }
+        else
+            ({ commit: head, baseline } = await baselineOf(repo, config, options.commit, options.fetch !== false, events, false));
     }
+    // The same range as a sync of the same VMs: what this runner recorded for each selected VM.
+    const vms = selectVms(config, options.vms, options.shard);
     const request = options.request
         ? options.request
         : options.range
             ? { kind: 'range', range: options.range }
-            : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
+            : { kind: 'resync', head, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
     const plan = await planScan(repo, request);
     sweepDeadRuns(events);
     const exportRoot = makeScratchDir('export');
@@ -43308,7 +43793,7 @@ async function runScan(config, options = {}) {
         // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
         const cacheDir = options.repoDir ? null : scanCacheDir(config);
         const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events, signal: options.signal });
-        return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
+        return { command: 'scan', commit: plan.head ?? '', ...(baseline ? { baseline } : {}), dry_run: false, scan, vms: [] };
     }
     finally {
         external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
@@ -43327,7 +43812,7 @@ async function rowOf(vm, events, pipeline) {
     }
     catch (error) {
         report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
-            'what this VM serves is unknown: check it with vm-sync status',
+            `what this VM serves is unknown: check it with ${invocation('status', [['vm', vm.id]])}`,
         ]);
         // The trace, for -v: where the defect is.
         events.debug?.(vm.id, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`);
@@ -43884,6 +44369,7 @@ function checkRunnerHost(env = process.env) {
 
 
 
+
 function tcpReachable(host, port, timeoutMs) {
     return new Promise((resolve) => {
         const socket = external_node_net_default().connect({ host, port });
@@ -44123,7 +44609,7 @@ function renderDoctor(report) {
     }
     const ready = report.vms.filter((vm) => vm.ready).length;
     const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
-    lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
+    lines.push('', `${ready} of ${words_count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
     return `${lines.join('\n')}\n`;
 }
 
@@ -44291,9 +44777,10 @@ function readableStack(trace, bundle = process.argv[1]) {
 
 
 
+
 const COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'];
 const RESULTS = ['success', 'failed', 'refused', 'skipped'];
-const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'unknown'];
+const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'broken', 'unknown'];
 const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
 const HEALTH = ['passed', 'failed', 'skipped'];
 function invalid(source, what) {
@@ -44485,7 +44972,7 @@ function mergeResults(sources, options = {}) {
         if (!p) {
             missing.push(index);
             for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
-                add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with vm-sync status --shard ${label}, then re-run the failed job.` }), `shard ${label}`);
+                add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with ${invocation('status', [['shard', label]])}, then re-run the failed job.` }), `shard ${label}`);
             }
             continue;
         }
@@ -44631,6 +45118,7 @@ function mergeShards(config, paths, options = {}) {
 ;// CONCATENATED MODULE: ./src/report/summary.ts
 
 
+
 // GitHub rejects a step summary over 1 MiB; stay far below it.
 const MAX_BYTES = 512 * 1024;
 const MAX_FINDINGS = 200;
@@ -44664,11 +45152,11 @@ function detailLines(vm) {
         lines.push(`- ${id}: drift: ${markdownText(p.what, summary_CELL_MAX)} ${markdownCode(p.path, NOTE_MAX)} (${markdownText(p.detail, summary_CELL_MAX)})`);
     const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
     if (unlisted > 0)
-        lines.push(`- ${id}: drift: …and ${unlisted} more path(s) (see the \`results\` output)`);
+        lines.push(`- ${id}: drift: …and ${words_count(unlisted, 'more path')} (see the \`results\` output)`);
     for (const note of vm.notes.slice(0, summary_NOTES_PER_VM))
         lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
     if (vm.notes.length > summary_NOTES_PER_VM)
-        lines.push(`- ${id}: …and ${vm.notes.length - summary_NOTES_PER_VM} more note(s) (see the \`results\` output)`);
+        lines.push(`- ${id}: …and ${words_count(vm.notes.length - summary_NOTES_PER_VM, 'more note')} (see the \`results\` output)`);
     return lines;
 }
 /**
@@ -44700,7 +45188,7 @@ function scanSection(scan, contacted) {
         lines.push(`✅ clean — ${markdownText(scan.description, summary_MESSAGE_MAX)}`);
     }
     else {
-        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
+        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${words_count(scan.findings.length, 'possible secret')}**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
         for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
             lines.push(`| ${markdownText(f.rule, summary_CELL_MAX)} | ${markdownText(f.file, summary_CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, summary_CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', summary_CELL_MAX)} | ${markdownText(f.fingerprint, summary_CELL_MAX * 3)} |`);
         }
@@ -44724,7 +45212,7 @@ function scanSection(scan, contacted) {
     const unscanned = scan.unscanned ?? [];
     if ((scan.unscanned_count ?? unscanned.length) > 0) {
         const total = scan.unscanned_count ?? unscanned.length;
-        lines.push('', `ℹ️ **${total} deployed file(s) or archive entries could not be scanned**:`, '');
+        lines.push('', `ℹ️ **${words_count(total, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned**:`, '');
         for (const u of unscanned.slice(0, 10))
             lines.push(`- ${markdownCode(u.path, summary_CELL_MAX)} — ${u.reason}: ${markdownText(u.detail, summary_CELL_MAX)}`);
         if (total > 10)
@@ -44746,12 +45234,14 @@ function renderSummary(report, ctx) {
             lines.push('', `[Workflow run](${ctx.runUrl})`);
         return capped(lines);
     }
-    const ok = report.vms.filter((vm) => vm.result === 'success').length;
-    const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${report.shards.expected} shard${report.shards.expected === 1 ? '' : 's'} merged)` : '';
-    const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${ok}/${report.vms.length} VM(s) ok`;
+    const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${words_count(report.shards.expected, 'shard')} merged)` : '';
+    const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${markdownText(outcomeLine(report), summary_MESSAGE_MAX)}`;
     lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
     if (report.commit)
         lines.push(`Commit ${markdownCode(report.commit, summary_CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
+    const baseline = baselineLine(report);
+    if (baseline)
+        lines.push(`${report.baseline?.fetched ? 'ℹ️' : '⚠️'} ${markdownText(baseline, summary_MESSAGE_MAX)}`, '');
     if (ctx.failure)
         lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
     const shards = shardsLine(report);
@@ -44762,7 +45252,7 @@ function renderSummary(report, ctx) {
     if (report.rollout) {
         const r = report.rollout;
         const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;
-        lines.push(`Rollout: ${markdownText(r.strategy, summary_CELL_MAX)}${r.strategy === 'rolling' ? ` in ${r.batches.length} batch(es)` : ''}${skew}`, '');
+        lines.push(`Rollout: ${markdownText(r.strategy, summary_CELL_MAX)}${r.strategy === 'rolling' ? ` in ${words_count(r.batches.length, 'batch')}` : ''}${skew}`, '');
         if (r.halted)
             lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', summary_MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
     }
@@ -44928,6 +45418,7 @@ const version_generated_VERSION = "0.1.0";
 
 
 
+
 const processIO = {
     out: (t) => process.stdout.write(t),
     err: (t) => process.stderr.write(t),
@@ -45009,8 +45500,8 @@ const cli_COMMANDS = [
     {
         name: 'verify',
         summary: 'check that every VM serves the commit (--deep: and its files)',
-        description: "Reads each VM's .sync_rev and requires it to equal the commit (default: the runner-host clone's HEAD). With --deep, also compares every file each VM serves with its commit's tree. One connection attempt per VM, bounded by sync.connect_timeout_s.",
-        options: { config: '', commit: 'the commit every VM must serve (default: the runner-host HEAD)', vm: '', shard: '', deep: '', json: '' },
+        description: "Reads each VM's .sync_rev and requires it to equal the commit (default: the fetched tip of remote/default_branch; with --no-fetch, the tip as last fetched). With --deep, also compares every file each VM serves with its commit's tree. One connection attempt per VM, bounded by sync.connect_timeout_s.",
+        options: { config: '', commit: 'the commit every VM must serve (default: the fetched tip of remote/default_branch)', vm: '', shard: '', deep: '', 'no-fetch': '', json: '' },
         exits: [
             [0, 'every VM serves the commit'],
             [1, 'a VM is on another commit, unreachable or drifted, or the run failed'],
@@ -45019,10 +45510,10 @@ const cli_COMMANDS = [
     },
     {
         name: 'status',
-        summary: 'what each VM serves, against the runner-host HEAD',
-        description: "Reads each VM's .sync_rev and classifies it (fresh, up-to-date, behind, ahead, diverged) against the runner-host clone's HEAD. One connection attempt per VM, bounded by sync.connect_timeout_s.",
-        options: { config: '', vm: '', shard: '', json: '' },
-        misuse: { commit: 'status compares against the runner-host HEAD; use verify --commit' },
+        summary: 'what each VM serves, against the fetched tip of the default branch',
+        description: "Reads each VM's .sync_rev and classifies it (fresh, broken, up-to-date, behind, ahead, diverged) against the fetched tip of remote/default_branch (with --no-fetch, the tip as last fetched). One connection attempt per VM, bounded by sync.connect_timeout_s.",
+        options: { config: '', vm: '', shard: '', 'no-fetch': '', json: '' },
+        misuse: { commit: 'status compares with the fetched tip of the default branch; use verify --commit' },
         exits: [
             [0, 'every VM was read'],
             [1, 'a VM could not be read, or the run failed'],
@@ -45447,10 +45938,10 @@ async function engineCommand(ctx, name) {
         request = { name, options: { ...options, range: values.range, repoDir: values.repo, fetch: values['no-fetch'] !== true } };
     }
     else if (name === 'verify') {
-        request = { name, options: { ...options, deep: values.deep === true } };
+        request = { name, options: { ...options, deep: values.deep === true, fetch: values['no-fetch'] !== true } };
     }
     else {
-        request = { name, options };
+        request = { name, options: { ...options, fetch: values['no-fetch'] !== true } };
     }
     const report = await execute(config, request);
     if (values.sarif)
@@ -45458,7 +45949,7 @@ async function engineCommand(ctx, name) {
     io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
     if (report.scan?.blocked) {
         const what = name !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it';
-        ctx.log.failure('secrets_found', `${report.scan.findings.length} possible secret(s) in what would be deployed; ${what}.`);
+        ctx.log.failure('secrets_found', `${words_count(report.scan.findings.length, 'possible secret')} in what would be deployed; ${what}.`);
     }
     return exitCodeFor(report);
 }
@@ -45555,12 +46046,12 @@ async function demoCommand(ctx) {
         const demo = await setupDemo(dir, count);
         if (demo.warning)
             log.note('warn', `WARNING: ${demo.warning}`);
-        io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${dir}\n`);
+        io.out(`started ${words_count(count, 'loopback VM')} under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${dir}\n`);
         return 0;
     }
     if (sub === 'stop') {
         const fleet = stopDemo(dir);
-        io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);
+        io.out(`stopped ${words_count(fleet.vms.length, 'VM')} of ${fleet.dir}\n`);
         return 0;
     }
     return await runDemo(dir, values.keep === true, ctx.events, io.out);

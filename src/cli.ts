@@ -1,3 +1,4 @@
+import * as words from './words.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -186,8 +187,8 @@ const COMMANDS: CommandSpec[] = [
     name: 'verify',
     summary: 'check that every VM serves the commit (--deep: and its files)',
     description:
-      "Reads each VM's .sync_rev and requires it to equal the commit (default: the runner-host clone's HEAD). With --deep, also compares every file each VM serves with its commit's tree. One connection attempt per VM, bounded by sync.connect_timeout_s.",
-    options: { config: '', commit: 'the commit every VM must serve (default: the runner-host HEAD)', vm: '', shard: '', deep: '', json: '' },
+      "Reads each VM's .sync_rev and requires it to equal the commit (default: the fetched tip of remote/default_branch; with --no-fetch, the tip as last fetched). With --deep, also compares every file each VM serves with its commit's tree. One connection attempt per VM, bounded by sync.connect_timeout_s.",
+    options: { config: '', commit: 'the commit every VM must serve (default: the fetched tip of remote/default_branch)', vm: '', shard: '', deep: '', 'no-fetch': '', json: '' },
     exits: [
       [0, 'every VM serves the commit'],
       [1, 'a VM is on another commit, unreachable or drifted, or the run failed'],
@@ -196,10 +197,10 @@ const COMMANDS: CommandSpec[] = [
   },
   {
     name: 'status',
-    summary: 'what each VM serves, against the runner-host HEAD',
-    description: "Reads each VM's .sync_rev and classifies it (fresh, up-to-date, behind, ahead, diverged) against the runner-host clone's HEAD. One connection attempt per VM, bounded by sync.connect_timeout_s.",
-    options: { config: '', vm: '', shard: '', json: '' },
-    misuse: { commit: 'status compares against the runner-host HEAD; use verify --commit' },
+    summary: 'what each VM serves, against the fetched tip of the default branch',
+    description: "Reads each VM's .sync_rev and classifies it (fresh, broken, up-to-date, behind, ahead, diverged) against the fetched tip of remote/default_branch (with --no-fetch, the tip as last fetched). One connection attempt per VM, bounded by sync.connect_timeout_s.",
+    options: { config: '', vm: '', shard: '', 'no-fetch': '', json: '' },
+    misuse: { commit: 'status compares with the fetched tip of the default branch; use verify --commit' },
     exits: [
       [0, 'every VM was read'],
       [1, 'a VM could not be read, or the run failed'],
@@ -628,16 +629,16 @@ async function engineCommand(ctx: CommandContext, name: Command['name']): Promis
   } else if (name === 'scan') {
     request = { name, options: { ...options, range: values.range, repoDir: values.repo, fetch: values['no-fetch'] !== true } };
   } else if (name === 'verify') {
-    request = { name, options: { ...options, deep: values.deep === true } };
+    request = { name, options: { ...options, deep: values.deep === true, fetch: values['no-fetch'] !== true } };
   } else {
-    request = { name, options };
+    request = { name, options: { ...options, fetch: values['no-fetch'] !== true } };
   }
   const report: RunReport = await execute(config, request);
   if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
   io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
   if (report.scan?.blocked) {
     const what = name !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it';
-    ctx.log.failure('secrets_found', `${report.scan.findings.length} possible secret(s) in what would be deployed; ${what}.`);
+    ctx.log.failure('secrets_found', `${words.count(report.scan.findings.length, 'possible secret')} in what would be deployed; ${what}.`);
   }
   return exitCodeFor(report);
 }
@@ -723,12 +724,12 @@ async function demoCommand(ctx: CommandContext): Promise<number> {
     if (!Number.isInteger(count) || count < 1 || count > 200) throw new UsageError('--vms must be a whole number from 1 to 200', 'demo');
     const demo = await setupDemo(dir, count);
     if (demo.warning) log.note('warn', `WARNING: ${demo.warning}`);
-    io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${dir}\n`);
+    io.out(`started ${words.count(count, 'loopback VM')} under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${dir}\n`);
     return 0;
   }
   if (sub === 'stop') {
     const fleet = stopDemo(dir);
-    io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);
+    io.out(`stopped ${words.count(fleet.vms.length, 'VM')} of ${fleet.dir}\n`);
     return 0;
   }
   return await runDemo(dir, values.keep === true, ctx.events, io.out);

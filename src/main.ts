@@ -1,3 +1,4 @@
+import { count, noun } from './words.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as core from '@actions/core';
@@ -6,6 +7,7 @@ import { parseInputs, type Inputs } from './action/inputs.js';
 import { octokitApi } from './action/octokit-api.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/types.js';
+import { invocation, setEntryPoint } from './advice.js';
 import { getErrorMessage, VmSyncError, type FailureCode } from './errors.js';
 import { annotationText, ANNOTATION_TITLE_MAX, boundedResults, terminalLine, type ResultsDocument } from './report/escape.js';
 import { GitHubReporter } from './report/github.js';
@@ -111,7 +113,7 @@ function partialReport(command: RunReport['command'], commit: string, dryRun: bo
     return failedRow(vm, {
       code: failure.code,
       message: started
-        ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with vm-sync status, then run the deploy again.`
+        ? `the run stopped before ${vm.id} finished (${failure.message}): what it serves now is unknown; check it with ${invocation('status', [['vm', vm.id]])}, then run the deploy again.`
         : `the run stopped before ${vm.id} was started (${failure.message}); nothing was changed on it. Run the deploy again.`,
     });
   });
@@ -163,6 +165,8 @@ export async function run(): Promise<void> {
   const onSignal = (): void => controller.abort();
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
+  // Every message of this run names the Action's inputs, never the CLI's flags.
+  const previousEntry = setEntryPoint('action');
   try {
     const inputs = parseInputs();
     if (inputs.githubToken) core.setSecret(inputs.githubToken);
@@ -234,12 +238,12 @@ export async function run(): Promise<void> {
     if (inputs.sarifPath) fs.writeFileSync(path.resolve(ctx.workspace, inputs.sarifPath), renderSarif(report.scan?.findings ?? []));
 
     const code = exitCodeFor(report);
-    if (code === 3) failure = { code: 'secrets_found', message: `${report.scan?.findings.length} possible secret(s): the deploy was blocked and ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` };
+    if (code === 3) failure = { code: 'secrets_found', message: `${count(report.scan?.findings.length ?? 0, 'possible secret')}: the deploy was blocked and ${report.vms.length === 0 ? 'no VM was contacted' : 'no VM was sent it'}` };
     else if (code !== 0) {
       const bad = report.vms.filter((vm) => vm.result !== 'success');
       const missing = report.shards?.missing ?? [];
-      const shardsNote = missing.length > 0 ? `; shard(s) ${missing.map((i) => `${i}/${report?.shards?.expected}`).join(', ')} wrote no results` : '';
-      failure = { code: bad[0]?.error?.code ?? (missing.length > 0 ? 'shard_missing' : 'failed'), message: `${bad.length} of ${report.vms.length} VM(s) did not succeed${bad.length ? `: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` : ''}${shardsNote}` };
+      const shardsNote = missing.length > 0 ? `; ${noun(missing.length, 'shard')} ${missing.map((i) => `${i}/${report?.shards?.expected}`).join(', ')} wrote no results` : '';
+      failure = { code: bad[0]?.error?.code ?? (missing.length > 0 ? 'shard_missing' : 'failed'), message: `${bad.length} of ${count(report.vms.length, 'VM')} did not succeed${bad.length ? `: ${bad.map((vm) => `${vm.id} (${vm.error?.code ?? vm.result})`).join(', ')}` : ''}${shardsNote}` };
     }
     if (failure) core.setFailed(annotationText(`${failure.code}: ${failure.message}`));
   } catch (error) {
@@ -265,5 +269,6 @@ export async function run(): Promise<void> {
     } catch (error) {
       core.warning(annotationText(`could not write the job summary: ${getErrorMessage(error)}`));
     }
+    setEntryPoint(previousEntry);
   }
 }

@@ -1,3 +1,4 @@
+import { count } from '../words.js';
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Config, JumpHost, VmConfig } from '../config/types.js';
@@ -261,6 +262,6 @@ export function renderDoctor(report: DoctorReport): string {
   }
   const ready = report.vms.filter((vm) => vm.ready).length;
   const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
-  lines.push('', `${ready}/${report.vms.length} VM(s) ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
+  lines.push('', `${ready} of ${count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
   return `${lines.join('\n')}\n`;
 }

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { fetchAdvice, noFetchAdvice, option } from '../advice.js';
 import { VmSyncError } from '../errors.js';
 import { run, type RunResult } from '../local/run.js';
 import { removeIfOrphaned, scratchSiblingName } from '../local/scratch.js';
@@ -12,10 +13,22 @@ export type Relation = 'up-to-date' | 'behind' | 'ahead' | 'diverged';
 
 /** What {@link RunnerRepo.prepare} had to do to get a usable clone. */
 export interface PrepareOutcome {
-  action: 'cloned' | 'fetched' | 'reused' | 'recloned';
+  /** `unfetched`: the fetch failed and the caller asked to go on with the clone as last fetched. */
+  action: 'cloned' | 'fetched' | 'reused' | 'recloned' | 'unfetched';
   /** Where a corrupt clone was moved to (kept until a later re-clone moves a newer one aside). */
   movedAside: string | null;
+  /** Why the fetch failed (git's output, bounded), with `unfetched`; else null. */
+  fetchError: string | null;
 }
+
+/** What {@link RunnerRepo.prepare} does when the fetch fails (not corruption: the network, the credentials). */
+export interface PrepareOptions {
+  /** Go on with the clone as last fetched (`unfetched`) instead of failing with `git_failed`. */
+  keepOnFetchFailure?: boolean;
+}
+
+/** Where the commits of other branches are fetched to when the remote will not send one by its hash. */
+export const BRANCHES_NAMESPACE = 'refs/vm-sync/branches/';
 
 const FULL_SHA = /^[0-9a-f]{40}$/;
 
@@ -51,8 +64,13 @@ export interface RunnerRepoOptions {
 export interface PrepareDeployOptions {
   /** The revision to deploy (default: `remote/branch`). */
   rev?: string;
-  /** Fetch the default branch first. */
+  /** Fetch the default branch first (and a commit it does not have, see {@link RunnerRepo.locate}). */
   fetch: boolean;
+  /**
+   * A dry run: nothing in the clone changes (no reset, no clean: HEAD, the
+   * index and the working tree stay as they were); it may fetch.
+   */
+  dryRun?: boolean;
   /** Deploy even when the commit is not on the default branch. */
   force: boolean;
   /** An empty directory to export the commit into. */
@@ -147,27 +165,31 @@ export class RunnerRepo {
    * Makes `dir` a healthy clone and, unless `fetch` is false, fetches the
    * default branch. Clones when absent (into a temporary sibling, renamed into
    * place only when complete, so an interrupted clone never looks valid).
-   * A corrupt clone is moved aside and cloned again. Under the runner-host lock.
+   * A corrupt clone is moved aside and cloned again. A fetch that fails for
+   * another reason (the network, the credentials) throws `git_failed`, or
+   * with `keepOnFetchFailure` leaves the clone as it was (`unfetched`).
+   * Under the runner-host lock.
    */
-  prepare(fetch: boolean): Promise<PrepareOutcome> {
+  prepare(fetch: boolean, options: PrepareOptions = {}): Promise<PrepareOutcome> {
     return this.locked(fetch ? 'fetching' : 'checking the clone', async () => {
       this.sweepDeadClones();
       if (!fs.existsSync(this.dir)) {
         await this.cloneInto(this.url);
         this.events.info(null, `cloned ${this.dir}`);
-        return { action: 'cloned', movedAside: null };
+        return { action: 'cloned', movedAside: null, fetchError: null };
       }
       const problem = await this.healthProblem();
       if (problem === null) {
-        if (!fetch) return { action: 'reused', movedAside: null };
+        if (!fetch) return { action: 'reused', movedAside: null, fetchError: null };
         const result = await this.fetchBranch();
-        if (result.code === 0) return { action: 'fetched', movedAside: null };
+        if (result.code === 0) return { action: 'fetched', movedAside: null, fetchError: null };
         if (!CORRUPTION.test(result.stderr)) {
-          throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, "Check the network and the runner's credentials for the remote, or run with --no-fetch.");
+          if (options.keepOnFetchFailure) return { action: 'unfetched', movedAside: null, fetchError: gitOutput(result.stderr) };
+          throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, fetchAdvice());
         }
-        return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`) };
+        return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`), fetchError: null };
       }
-      return { action: 'recloned', movedAside: await this.recloneAside(problem) };
+      return { action: 'recloned', movedAside: await this.recloneAside(problem), fetchError: null };
     });
   }
 
@@ -282,20 +304,82 @@ export class RunnerRepo {
 
   /** The full hash of a revision, or a clear error when the clone does not have it. */
   async resolve(rev: string): Promise<string> {
+    const sha = await this.tryResolve(rev);
+    if (sha === null) throw new VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}.`);
+    return sha;
+  }
+
+  /** The full hash of a revision, or null when the clone does not have it (a ref to a missing object is corruption). */
+  private async tryResolve(rev: string): Promise<string | null> {
     if (rev.startsWith('-')) throw new VmSyncError('git_failed', `not a revision: ${rev}`);
     const result = await this.git(['rev-parse', '--verify', '--quiet', `${rev}^{commit}`]);
     const sha = result.stdout.trim();
-    if (result.code !== 0 || !FULL_SHA.test(sha)) {
-      // A ref whose commit object is gone is a damaged clone, not an unknown commit.
-      const named = await this.git(['rev-parse', '--verify', '--quiet', rev]);
-      const target = named.stdout.trim();
-      const isHash = /^[0-9a-f]{4,40}$/i.test(rev);
-      if (!isHash && named.code === 0 && FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
-        throw new CorruptCloneError(`${rev} points to ${target}, which is missing from ${this.dir}`);
-      }
-      throw new VmSyncError('git_failed', `commit ${rev} is not in ${this.dir}: push it, or fetch (drop --no-fetch).`);
+    if (result.code === 0 && FULL_SHA.test(sha)) return sha;
+    // A ref whose commit object is gone is a damaged clone, not an unknown commit.
+    const named = await this.git(['rev-parse', '--verify', '--quiet', rev]);
+    const target = named.stdout.trim();
+    const isHash = /^[0-9a-f]{4,40}$/i.test(rev);
+    if (!isHash && named.code === 0 && FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
+      throw new CorruptCloneError(`${rev} points to ${target}, which is missing from ${this.dir}`);
+    }
+    return null;
+  }
+
+  /** The commit at the tip of `remote/default_branch` as this clone last fetched it. */
+  async tip(): Promise<string> {
+    const sha = await this.tryResolve(this.trackingRef);
+    if (sha === null) {
+      throw new VmSyncError('git_failed', `the runner-host clone ${this.dir} has no ${this.remote}/${this.branch}: check repository.remote and repository.default_branch, and that the branch exists on the remote.`);
     }
     return sha;
+  }
+
+  /**
+   * Resolves the commit a user named (`--commit`, input `commit`), fetching
+   * it when the clone does not have it and `fetch` is allowed: first by its
+   * hash from the remote (servers that allow it, GitHub among them for
+   * reachable commits), then, for an abbreviated hash, a branch name or a
+   * server that refuses, every branch of the remote into
+   * `refs/vm-sync/branches/` (never into the remote-tracking refs, which say
+   * what is deployable). A commit on no branch of the remote is an error that
+   * says how to deploy it. Returns the hash and the fetched branches that
+   * hold it (empty when it was not looked for there).
+   */
+  async locate(rev: string, fetch: boolean): Promise<{ sha: string; branches: string[] }> {
+    const present = await this.tryResolve(rev);
+    if (present !== null) return { sha: present, branches: [] };
+    if (!fetch) {
+      throw new VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}, which was not fetched: ${noFetchAdvice()}, or push it to ${this.remote} first.`);
+    }
+    return this.locked(`fetching ${rev}`, async () => {
+      if (FULL_SHA.test(rev)) {
+        // No ref is written: the commit is deployed (and recorded under refs/vm-sync/deployed/) or forgotten.
+        // --refmap= (empty): the configured refspec would otherwise update remote-tracking refs on the side.
+        const byHash = await this.git(['-c', 'gc.autoDetach=false', 'fetch', '--no-tags', '--quiet', '--no-write-fetch-head', '--refmap=', this.remote, rev]);
+        if (byHash.code === 0 && (await this.hasCommit(rev))) {
+          this.events.info(null, `fetched ${rev.slice(0, 12)} from ${this.remote} by its hash`);
+          return { sha: rev, branches: [] };
+        }
+      }
+      const all = await this.git(['-c', 'gc.autoDetach=false', 'fetch', '--prune', '--no-tags', '--quiet', '--no-write-fetch-head', '--refmap=', this.remote, `+refs/heads/*:${BRANCHES_NAMESPACE}*`]);
+      if (all.code !== 0) throw this.failure(`git fetch of the branches of ${this.remote} (looking for ${rev}) failed`, all.stderr, fetchAdvice());
+      const found = (await this.tryResolve(rev)) ?? (isBranchName(rev) ? await this.tryResolve(`${BRANCHES_NAMESPACE}${rev}`) : null);
+      if (found === null) {
+        throw new VmSyncError(
+          'git_failed',
+          `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch first (git push ${this.remote} ${rev}:refs/heads/NAME); to deploy it without ${option('force')}, merge it into ${this.branch}.`,
+        );
+      }
+      const branches = await this.branchesHolding(found);
+      this.events.info(null, `fetched the branches of ${this.remote}: ${found.slice(0, 12)} is on ${branches.length ? branches.join(', ') : 'none of them'}`);
+      return { sha: found, branches };
+    });
+  }
+
+  /** The fetched branches (`refs/vm-sync/branches/`) whose history holds `sha`, by name. */
+  private async branchesHolding(sha: string): Promise<string[]> {
+    const result = await this.git(['for-each-ref', '--format=%(refname)', '--contains', sha, BRANCHES_NAMESPACE]);
+    return result.code === 0 ? result.stdout.split('\n').filter(Boolean).map((ref) => ref.slice(BRANCHES_NAMESPACE.length)) : [];
   }
 
   /** Whether `sha` is reachable from `remote/default_branch`; a git failure (a damaged history) throws. */
@@ -314,17 +398,19 @@ export class RunnerRepo {
    * clone aside, clones again and redoes the steps once. Returns the commit.
    */
   prepareDeploy(options: PrepareDeployOptions): Promise<string> {
-    return this.locked(`sync: fetch, reset and export ${options.rev ?? this.trackingRef}`, async () => {
+    return this.locked(`sync: fetch, ${options.dryRun ? '' : 'reset and '}export ${options.rev ?? this.trackingRef}`, async () => {
       await this.prepare(options.fetch);
       return this.recovering(async () => {
-        const commit = await this.resolve(options.rev ?? this.trackingRef);
+        const { sha: commit, branches } = options.rev ? await this.locate(options.rev, options.fetch) : { sha: await this.tip(), branches: [] };
         if (!options.force && !(await this.isOnBranch(commit))) {
+          const where = branches.length ? ` (it is on ${this.remote}'s ${branches.length === 1 ? 'branch' : 'branches'} ${branches.join(', ')})` : '';
           throw new VmSyncError(
             'commit_not_on_branch',
-            `${commit} is not on ${this.remote}/${this.branch}: only merged commits are deployed. Use --force to deploy it anyway.`,
+            `${commit} is not on ${this.remote}/${this.branch}${where}: only merged commits are deployed. Merge it into ${this.branch}, or deploy it anyway with ${option('force')}.`,
           );
         }
-        await this.checkoutSteps(commit);
+        // A dry run leaves the clone's HEAD, index and working tree as they were: it only reads the commit.
+        if (!options.dryRun) await this.checkoutSteps(commit);
         if (options.exportWhen && !(await options.exportWhen(commit))) return commit;
         if (options.exporter) {
           await options.exporter(commit);
@@ -559,6 +645,11 @@ export function gitOutput(stderr: string): string {
 /** `https://user:token@host/…` → `https://***@host/…`: a URL's credentials never reach a message. */
 function anonymizeUrls(text: string): string {
   return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
+}
+
+/** Whether `name` could be a branch name (so `refs/vm-sync/branches/<name>` may hold it). */
+function isBranchName(name: string): boolean {
+  return /^[A-Za-z0-9_][A-Za-z0-9._/-]{0,200}$/.test(name) && !name.includes('..') && !name.includes('//') && !name.endsWith('/') && !name.endsWith('.lock');
 }
 
 function escapeRegExp(text: string): string {

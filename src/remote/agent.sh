@@ -216,7 +216,9 @@ probe() {
   out target "$T"
   cur=$(current_release)
   if [ -L "$T" ]; then
-    if [ -z "$cur" ]; then kind=symlink
+    # A symlink whose target is gone serves nothing, whoever made it: dangling.
+    if [ -z "$cur" ]; then
+      if [ -e "$T" ]; then kind=symlink; else kind=dangling; fi
     elif [ -d "$cur" ]; then kind=release
     else kind=dangling
     fi

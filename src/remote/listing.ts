@@ -1,3 +1,4 @@
+import { invocation } from '../advice.js';
 import zlib from 'node:zlib';
 import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
 import { parseAgentOutput } from './agent-script.js';
@@ -58,12 +59,12 @@ const bytes = (n: number): string => (n >= 1048576 ? `${Math.round(n / 1048576)}
 function tooMany(vmId: string, limits: ListingLimits, what: string): VmSyncError {
   return new VmSyncError(
     'remote_command_failed',
-    `too many entries on ${vmId} for verify --deep: ${what} (the limit is ${limits.maxEntries} entries, ${bytes(limits.maxCompressedBytes)} gzip'd, ${bytes(limits.maxBytes)} listed). Exclude generated trees with rsync_excludes or shared_paths, or check this VM with plain vm-sync verify.`,
+    `too many entries on ${vmId} for the deep verify: ${what} (the limit is ${limits.maxEntries} entries, ${bytes(limits.maxCompressedBytes)} gzip'd, ${bytes(limits.maxBytes)} listed). Exclude generated trees with rsync_excludes or shared_paths, or check this VM with ${invocation('verify', [['vm', vmId]])} (without deep).`,
   );
 }
 
 function garbled(vmId: string, why: string): VmSyncError {
-  return new VmSyncError('remote_command_failed', `the listing from ${vmId} is not usable (${why}): nothing was compared. Run vm-sync verify --deep again; if it persists, check the VM's find, sha256sum and gzip.`);
+  return new VmSyncError('remote_command_failed', `the listing from ${vmId} is not usable (${why}): nothing was compared. Run ${invocation('verify', [['deep'], ['vm', vmId]])} again; if it persists, check the VM's find, sha256sum and gzip.`);
 }
 
 /** Whether a relative path is one find could print: no empty, `.` or `..` component, not absolute. */
@@ -113,8 +114,8 @@ export function parseListing(data: Buffer, vmId: string, limits: ListingLimits =
     const end = END.exec(record);
     if (end) {
       if (at !== data.length) throw garbled(vmId, 'data after the end record');
-      if (end[1] !== '0') throw new VmSyncError('remote_command_failed', `find could not read all of the release on ${vmId} (exit ${end[1]}): an unreadable directory hides what it holds. Fix its permissions on the VM, then run vm-sync verify --deep again.`);
-      if (end[2] !== '0') throw new VmSyncError('remote_command_failed', `sha256sum could not read every file of the release on ${vmId} (exit ${end[2]}): an unreadable file cannot be compared. Fix its permissions on the VM, then run vm-sync verify --deep again.`);
+      if (end[1] !== '0') throw new VmSyncError('remote_command_failed', `find could not read all of the release on ${vmId} (exit ${end[1]}): an unreadable directory hides what it holds. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
+      if (end[2] !== '0') throw new VmSyncError('remote_command_failed', `sha256sum could not read every file of the release on ${vmId} (exit ${end[2]}): an unreadable file cannot be compared. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
       break;
     }
     const h = HASH_RECORD.exec(record);

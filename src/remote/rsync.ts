@@ -18,13 +18,36 @@ export interface RsyncPlan {
   ioTimeoutS: number;
 }
 
+/** One path a dry run would touch, from rsync's itemised output. */
+export interface ItemizedChange {
+  /** `add`: not on the VM yet; `change`: its content, mode or link target differs; `delete`: only the VM has it. */
+  kind: 'add' | 'change' | 'delete';
+  /** As rsync prints it (relative, unprintable bytes as `\#ooo`); a directory's ends with `/`. */
+  path: string;
+  /** A directory: listed, but never counted as a file. */
+  dir: boolean;
+}
+
+/** How many files (anything but a directory: regular files, symlinks, devices) a dry run would add, change, delete. */
+export interface ChangeCounts {
+  add: number;
+  change: number;
+  delete: number;
+}
+
 /** What rsync reports when it finishes. */
 export interface RsyncStats {
+  /** Regular files transferred; with a dry run, files (not directories) that would be added, changed or deleted. */
   filesChanged: number;
   bytesSent: number;
-  /** With a dry run: the itemised paths that would change (capped). */
-  changes: string[];
+  /** With a dry run: the paths that would change, files first in rsync's order (capped at {@link ITEMIZED_MAX}). */
+  changes: ItemizedChange[];
+  /** With a dry run: every file that would change, by kind (not capped). */
+  counts?: ChangeCounts;
 }
+
+/** How many itemised paths a dry run keeps (the counts cover all of them). */
+export const ITEMIZED_MAX = 200;
 
 /** A progress sample parsed from `--info=progress2`. */
 export interface RsyncProgress {
@@ -55,7 +78,8 @@ export function rsyncArgs(plan: RsyncPlan): string[] {
   ];
   if (plan.linkDest) args.push(`--link-dest=${plan.linkDest}`);
   for (const pattern of [...plan.excludes, '/.sync_rev']) args.push(`--exclude=${pattern}`);
-  if (plan.dryRun) args.push('--dry-run', '--itemize-changes', '--out-format=%i %n%L');
+  // %n only: a symlink's target (%L) would be ambiguous with a name that holds " -> ".
+  if (plan.dryRun) args.push('--dry-run', '--itemize-changes', '--out-format=%i %n');
   else args.push('--stats', '--info=progress2', '--no-human-readable');
   // `vm:` is a placeholder host name; the bridge ignores it and uses the VM's connection.
   args.push(`${plan.source.replace(/\/?$/, '/')}`, `vm:${plan.dest.replace(/\/?$/, '/')}`);
@@ -69,13 +93,41 @@ export function parseRsyncOutput(stdout: string, dryRun: boolean): RsyncStats {
     return match ? Number(match[1].replace(/[,.]/g, '')) : 0;
   };
   if (dryRun) {
-    const changes = stdout
-      .split('\n')
-      .filter((line) => /^[<>ch.*][fdLDS*]/.test(line) || line.startsWith('*deleting'))
-      .filter((line) => !/^\.[fdLDS] /.test(line) && !/^\.d\.\.\.\.\.\.\.\.\. /.test(line));
-    return { filesChanged: changes.length, bytesSent: 0, changes: changes.slice(0, 200) };
+    const changes = parseItemized(stdout);
+    const counts: ChangeCounts = { add: 0, change: 0, delete: 0 };
+    for (const c of changes) if (!c.dir) counts[c.kind]++;
+    // Files before directories: the list a user reads names what changes, not the folders around it.
+    const listed = [...changes.filter((c) => !c.dir), ...changes.filter((c) => c.dir)].slice(0, ITEMIZED_MAX);
+    return { filesChanged: counts.add + counts.change + counts.delete, bytesSent: 0, changes: listed, counts };
   }
   return { filesChanged: number('Number of regular files transferred'), bytesSent: number('Total bytes sent'), changes: [] };
+}
+
+/**
+ * The paths of rsync's `--itemize-changes --out-format='%i %n'` output, each
+ * as add, change or delete. `YXcstpoguax`: Y `>`/`c`/`h` with X's attributes
+ * all `+` is a new entry, any other is a change; `.` is an attribute change
+ * (a file's mode: a change; a directory's: nothing a user deploys);
+ * `*deleting` is a delete. Other lines ("created directory ...") are not paths.
+ */
+export function parseItemized(stdout: string): ItemizedChange[] {
+  const changes: ItemizedChange[] = [];
+  for (const line of stdout.split('\n')) {
+    const deleting = /^\*deleting +(.+)$/.exec(line);
+    if (deleting) {
+      changes.push({ kind: 'delete', path: deleting[1], dir: deleting[1].endsWith('/') });
+      continue;
+    }
+    const item = /^([<>ch.])([fdLDS])([^ ]{9}) (.+)$/.exec(line);
+    if (!item) continue;
+    const [, update, type, attrs, path] = item;
+    const dir = type === 'd';
+    if (path === './') continue; // the root itself
+    if (/^\++$/.test(attrs)) changes.push({ kind: 'add', path, dir });
+    else if (dir) continue; // a directory's times or mode: not a change of the deployed files
+    else if (update !== '.' || /[^. ]/.test(attrs)) changes.push({ kind: 'change', path, dir });
+  }
+  return changes;
 }
 
 /** Parses the last progress2 sample in a chunk of rsync output, if any. */

@@ -1,3 +1,4 @@
+import { count, noun } from '../words.js';
 import fs from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { NodeSSH } from 'node-ssh';
@@ -66,7 +67,7 @@ export class BoundedText {
   }
 
   text(): string {
-    return this.dropped > 0 ? `${this.head}\n[... ${this.dropped} characters not kept ...]\n${this.tail}` : this.head + this.tail;
+    return this.dropped > 0 ? `${this.head}\n[... ${count(this.dropped, 'character')} not kept ...]\n${this.tail}` : this.head + this.tail;
   }
 }
 
@@ -385,9 +386,10 @@ function connectMessage(vm: VmConfig, code: string, error: unknown, seen: { offe
       return `host key of ${where} is REVOKED: it presented ${offered ? key(offered) : 'a key'}, which a @revoked line for ${pinned.name} in known_hosts vetoes. Do not deploy to this VM until you know why: check it out of band, give it a new host key and pin that one (ssh-keyscan -p ${vm.port} ${vm.host}, fingerprint verified out of band).`;
     case 'host_key_mismatch':
       if (seen.algorithms !== null) {
-        const pinnedTypes = [...new Set(pinned.keys.map(keyType))].join(', ');
+        const types = [...new Set(pinned.keys.map(keyType))];
+        const pinnedTypes = types.join(', ');
         const vmOffers = seen.algorithms.length ? seen.algorithms.join(', ') : 'nothing vm-sync could read';
-        return `host key of ${where} cannot be checked: known_hosts pins only ${pinnedTypes} key(s) for ${pinned.name}, and the VM offers host key types ${vmOffers}${offered ? ` (its ${keyType(offered)} key is ${fingerprint(offered)})` : ''}. Pin one of the keys the VM has: fetch them with ssh-keyscan -p ${vm.port} ${vm.host}, verify the fingerprint out of band, and add the line to known_hosts. Retrying will not help.`;
+        return `host key of ${where} cannot be checked: known_hosts pins only ${pinnedTypes} ${noun(types.length, 'key')} for ${pinned.name}, and the VM offers host key types ${vmOffers}${offered ? ` (its ${keyType(offered)} key is ${fingerprint(offered)})` : ''}. Pin one of the keys the VM has: fetch them with ssh-keyscan -p ${vm.port} ${vm.host}, verify the fingerprint out of band, and add the line to known_hosts. Retrying will not help.`;
       }
       return `host key of ${where} does not match the pinned key: offered ${offered ? fingerprint(offered) : 'unknown'}, pinned ${pinned.keys.map(fingerprint).join(', ')}. If the VM was rebuilt, verify the new fingerprint out of band and replace its line in known_hosts; otherwise treat this as an attack.`;
     case 'auth_failed':

@@ -1,3 +1,4 @@
+import { invocation } from '../advice.js';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
@@ -22,7 +23,11 @@ const SENTINEL_STATES: readonly SentinelState[] = ['regular', 'absent', 'symlink
 export interface Probe {
   /** The target with `~` expanded by the VM. */
   target: string;
-  /** `release`: vm-sync's symlink to a release; `symlink`: a symlink vm-sync did not make; `dangling`: vm-sync's symlink to a missing release. */
+  /**
+   * `release`: vm-sync's symlink to a release; `symlink`: a symlink vm-sync
+   * did not make, to something that exists; `dangling`: a symlink to nothing
+   * (vm-sync's to a missing release, with `currentRelease` set, or another).
+   */
   kind: TargetKind;
   /** The release the managed symlink points at, or null. */
   currentRelease: string | null;
@@ -423,7 +428,7 @@ export class RemoteTarget {
     if (code === 0 && response.complete) return;
     const exit = response.get('exit') ?? String(code);
     const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
-    throw new VmSyncError('post_sync_failed', `post_sync_command exited ${vmText(exit, 10)} on ${this.vmId}: ${vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run sync --force to run it again.`);
+    throw new VmSyncError('post_sync_failed', `post_sync_command exited ${vmText(exit, 10)} on ${this.vmId}: ${vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', this.vmId]])} to run it again.`);
   }
 
   /**

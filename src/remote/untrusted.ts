@@ -1,3 +1,5 @@
+import { count } from '../words.js';
+
 /**
  * Text that a VM controls (its `.sync_rev`, a lock owner, error output, paths
  * its `$HOME` expands to) is untrusted: it may hold terminal escapes, markdown
@@ -33,5 +35,5 @@ export function vmBlock(value: string, max: number): string {
 
 function clip(text: string, max: number): string {
   if (text.length <= max) return text;
-  return `${text.slice(0, max)}… (${text.length - max} more characters cut)`;
+  return `${text.slice(0, max)}… (${count(text.length - max, 'more character')} cut)`;
 }

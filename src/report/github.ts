@@ -1,3 +1,4 @@
+import { count } from '../words.js';
 import { getErrorMessage } from '../errors.js';
 import type { ScanReport } from '../scan/gate.js';
 import type { RunReport, VmReport } from '../sync/types.js';
@@ -36,9 +37,9 @@ export function vmStatus(report: VmReport, verb: 'sync' | 'verify', dryRun: bool
     const rev = report.rev_after?.slice(0, 7) ?? '?';
     let description: string;
     if (verb === 'verify') description = `verified: on ${rev}`;
-    else if (dryRun) description = `dry run: ${report.files_changed} file(s) would change`;
+    else if (dryRun) description = `dry run: ${count(report.files_changed, 'file')} would change`;
     else if (report.action === 'none') description = `already on ${rev}`;
-    else description = `deployed ${rev}: ${report.files_changed} file(s), ${report.bytes_sent} bytes in ${(report.duration_ms / 1000).toFixed(1)}s`;
+    else description = `deployed ${rev}: ${count(report.files_changed, 'file')}, ${count(report.bytes_sent, 'byte')} in ${(report.duration_ms / 1000).toFixed(1)}s`;
     return { state: 'success', description };
   }
   const code = report.error?.code ?? report.result;
@@ -56,15 +57,16 @@ export function fleetStatus(report: RunReport | null, failure: { code: string; m
   const shards = report.shards;
   const missing = shards?.missing.length ?? 0;
   const broken = shards?.failed.length ?? 0;
-  const of = shards ? ` in ${shards.expected} shard${shards.expected === 1 ? '' : 's'}` : '';
-  if (report.scan?.blocked) return { state: 'failure', description: `secrets_found: ${report.scan.findings.length} possible secret(s): deploy blocked` };
+  const of = shards ? ` in ${count(shards.expected, 'shard')}` : '';
+  if (report.scan?.blocked) return { state: 'failure', description: `secrets_found: ${count(report.scan.findings.length, 'possible secret')}: deploy blocked` };
+  const okOf = `${ok} of ${count(report.vms.length, 'VM')} ok${of}`;
   if (ok === report.vms.length && missing === 0 && broken === 0) {
     // A dry run changed nothing: its success must not read as a deploy.
-    return { state: 'success', description: report.dry_run ? `dry run: ${ok}/${report.vms.length} VM(s) ok${of}, nothing changed` : `${ok}/${report.vms.length} VM(s) ok${of}` };
+    return { state: 'success', description: report.dry_run ? `dry run: ${okOf}, nothing changed` : okOf };
   }
-  const parts = [`${ok}/${report.vms.length} VM(s) ok${of}`];
-  if (missing) parts.push(`${missing} shard(s) missing`);
-  if (broken) parts.push(`${broken} shard(s) failed`);
+  const parts = [okOf];
+  if (missing) parts.push(`${count(missing, 'shard')} missing`);
+  if (broken) parts.push(`${count(broken, 'shard')} failed`);
   return { state: 'failure', description: githubDescription(parts.join(', ')) };
 }
 
@@ -112,8 +114,8 @@ export class GitHubReporter {
     // With neither a result nor a failure there is nothing to say yet: finalize() closes it.
     if (failure || scan) this.scanOpen = false;
     if (failure) this.status('scan', 'vm-sync/secret-scan', 'error', `${failure.code}: ${failure.message}`);
-    else if (scan && scan.findings.length === 0) this.status('scan', 'vm-sync/secret-scan', 'success', `clean: ${scan.commits_scanned} commit(s) and the tree`);
-    else if (scan) this.status('scan', 'vm-sync/secret-scan', scan.blocked ? 'failure' : 'success', `${scan.findings.length} possible secret(s)${scan.blocked ? ': deploy blocked' : ' (not blocking)'}`);
+    else if (scan && scan.findings.length === 0) this.status('scan', 'vm-sync/secret-scan', 'success', `clean: ${count(scan.commits_scanned, 'commit')} and the tree`);
+    else if (scan) this.status('scan', 'vm-sync/secret-scan', scan.blocked ? 'failure' : 'success', `${count(scan.findings.length, 'possible secret')}${scan.blocked ? ': deploy blocked' : ' (not blocking)'}`);
   }
 
   vmStarted(vmId: string): void {

@@ -1,3 +1,4 @@
+import { invocation } from '../advice.js';
 import { VmSyncError, FAILURE_CODES, type FailureCode } from '../errors.js';
 import { MAX_SHARDS, shardLabel, type Shard } from '../config/shard.js';
 import type { ScanReport } from '../scan/gate.js';
@@ -22,7 +23,7 @@ export interface MergeOptions {
 
 const COMMANDS = ['sync', 'rollback', 'verify', 'status', 'scan'] as const;
 const RESULTS = ['success', 'failed', 'refused', 'skipped'] as const;
-const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'unknown'] as const;
+const STATES = ['fresh', 'up-to-date', 'behind', 'ahead', 'diverged', 'broken', 'unknown'] as const;
 const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'] as const;
 const HEALTH = ['passed', 'failed', 'skipped'] as const;
 
@@ -218,7 +219,7 @@ export function mergeResults(sources: readonly ResultsSource[], options: MergeOp
     if (!p) {
       missing.push(index);
       for (const vm of options.vmsOfShard?.({ index, count: expected }) ?? []) {
-        add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with vm-sync status --shard ${label}, then re-run the failed job.` }), `shard ${label}`);
+        add(failedRow(vm, { code: 'shard_missing', message: `shard ${label}, which has ${vm.id}, wrote no results: its job failed or was cancelled before the end, so what ${vm.id} serves now is unknown. Open that job's log, check the VMs with ${invocation('status', [['shard', label]])}, then re-run the failed job.` }), `shard ${label}`);
       }
       continue;
     }

@@ -1,7 +1,8 @@
 import type { ScanReport } from '../scan/gate.js';
 import type { RunReport, VmReport } from '../sync/types.js';
 import { markdownCode, markdownText } from './escape.js';
-import { driftCell, formatBytes, shardsLine } from './table.js';
+import { count } from '../words.js';
+import { baselineLine, driftCell, formatBytes, outcomeLine, shardsLine } from './table.js';
 
 /** What the summary needs besides the report. */
 export interface SummaryContext {
@@ -46,9 +47,9 @@ function detailLines(vm: VmReport): string[] {
   if (vm.health_output) lines.push(`- ${id}: health command output: ${markdownCode(vm.health_output, NOTE_MAX)}`);
   for (const p of vm.drift?.paths ?? []) lines.push(`- ${id}: drift: ${markdownText(p.what, CELL_MAX)} ${markdownCode(p.path, NOTE_MAX)} (${markdownText(p.detail, CELL_MAX)})`);
   const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
-  if (unlisted > 0) lines.push(`- ${id}: drift: …and ${unlisted} more path(s) (see the \`results\` output)`);
+  if (unlisted > 0) lines.push(`- ${id}: drift: …and ${count(unlisted, 'more path')} (see the \`results\` output)`);
   for (const note of vm.notes.slice(0, NOTES_PER_VM)) lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
-  if (vm.notes.length > NOTES_PER_VM) lines.push(`- ${id}: …and ${vm.notes.length - NOTES_PER_VM} more note(s) (see the \`results\` output)`);
+  if (vm.notes.length > NOTES_PER_VM) lines.push(`- ${id}: …and ${count(vm.notes.length - NOTES_PER_VM, 'more note')} (see the \`results\` output)`);
   return lines;
 }
 
@@ -80,7 +81,7 @@ function scanSection(scan: ScanReport, contacted: boolean): string[] {
     lines.push(`✅ clean — ${markdownText(scan.description, MESSAGE_MAX)}`);
   } else {
     lines.push(
-      `${scan.blocked ? '❌' : '⚠️'} **${scan.findings.length} possible secret(s)**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, MESSAGE_MAX)}.`,
+      `${scan.blocked ? '❌' : '⚠️'} **${count(scan.findings.length, 'possible secret')}**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, MESSAGE_MAX)}.`,
       '',
       '| Rule | File | Line | Commit | Author | Fingerprint |',
       '|---|---|---|---|---|---|',
@@ -106,7 +107,7 @@ function scanSection(scan: ScanReport, contacted: boolean): string[] {
   const unscanned = scan.unscanned ?? [];
   if ((scan.unscanned_count ?? unscanned.length) > 0) {
     const total = scan.unscanned_count ?? unscanned.length;
-    lines.push('', `ℹ️ **${total} deployed file(s) or archive entries could not be scanned**:`, '');
+    lines.push('', `ℹ️ **${count(total, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned**:`, '');
     for (const u of unscanned.slice(0, 10)) lines.push(`- ${markdownCode(u.path, CELL_MAX)} — ${u.reason}: ${markdownText(u.detail, CELL_MAX)}`);
     if (total > 10) lines.push(`- …and ${total - 10} more (see the \`results\` output or the job log).`);
   }
@@ -126,11 +127,12 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
     if (ctx.runUrl) lines.push('', `[Workflow run](${ctx.runUrl})`);
     return capped(lines);
   }
-  const ok = report.vms.filter((vm) => vm.result === 'success').length;
-  const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${report.shards.expected} shard${report.shards.expected === 1 ? '' : 's'} merged)` : '';
-  const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${ok}/${report.vms.length} VM(s) ok`;
+  const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${count(report.shards.expected, 'shard')} merged)` : '';
+  const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${markdownText(outcomeLine(report), MESSAGE_MAX)}`;
   lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
   if (report.commit) lines.push(`Commit ${markdownCode(report.commit, CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
+  const baseline = baselineLine(report);
+  if (baseline) lines.push(`${report.baseline?.fetched ? 'ℹ️' : '⚠️'} ${markdownText(baseline, MESSAGE_MAX)}`, '');
   if (ctx.failure) lines.push(`❌ ${markdownCode(ctx.failure.code, CELL_MAX)}: ${markdownText(ctx.failure.message, MESSAGE_MAX)}`, '');
   const shards = shardsLine(report);
   if (shards) lines.push(`${report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0) ? '❌' : '✅'} ${markdownText(shards, MESSAGE_MAX)}`, '');
@@ -138,7 +140,7 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
   if (report.rollout) {
     const r = report.rollout;
     const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;
-    lines.push(`Rollout: ${markdownText(r.strategy, CELL_MAX)}${r.strategy === 'rolling' ? ` in ${r.batches.length} batch(es)` : ''}${skew}`, '');
+    lines.push(`Rollout: ${markdownText(r.strategy, CELL_MAX)}${r.strategy === 'rolling' ? ` in ${count(r.batches.length, 'batch')}` : ''}${skew}`, '');
     if (r.halted) lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
   }
   if (report.vms.length > 0) {

@@ -1,3 +1,4 @@
+import { count as countOf, noun } from '../words.js';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -165,9 +166,9 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
       events.info(null, `secret scan: ${plural(unscanned.length, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned: ${shown.join('; ')}${unscanned.length > shown.length ? '; ...' : ''}`);
     }
     if (findings.length > 0 && !settings.blockOnSecrets) {
-      events.info(null, `WARNING: ${findings.length} possible secret(s) found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
+      events.info(null, `WARNING: ${countOf(findings.length, 'possible secret')} found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
     } else if (findings.length === 0) {
-      events.info(null, `secret scan: clean (${commitsScanned} commit(s)${inputs.exportDir ? ' and the deployed tree' : ''})`);
+      events.info(null, `secret scan: clean (${countOf(commitsScanned, 'commit')}${inputs.exportDir ? ' and the deployed tree' : ''})`);
     }
     return {
       description: plan.description,
@@ -221,7 +222,7 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
         const withText = await inputs.countCommitsAddingText(selection);
         const scanned = result.commitsScanned;
         if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > count) {
-          throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned ?? 'an unknown number of'} commit(s) where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
+          throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned === null || scanned === undefined ? 'an unknown number of commits' : countOf(scanned, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
         }
         commitsScanned = scanned;
       }
@@ -251,7 +252,7 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
           saved.files_scanned = fresh.length;
           saved.files_cached = listed.length - fresh.length;
         }
-        inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} file(s) (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
+        inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
         root = view;
       }
       if (!fresh || fresh.length > 0) {

@@ -1,3 +1,5 @@
+import { cliCommand } from '../advice.js';
+import { count } from '../words.js';
 import { VmSyncError } from '../errors.js';
 import type { RunnerRepo } from '../git/repo.js';
 
@@ -135,7 +137,7 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
     return {
       head,
       commits,
-      description: `the ${commits.count} commit(s) of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}`,
+      description: `the ${count(commits.count, 'commit')} of ${base.slice(0, 12)}..${head.slice(0, 12)} and the tree of ${head.slice(0, 12)}`,
       trusted: { commit: base, reason: 'the base of the range' },
     };
   }
@@ -157,7 +159,7 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
       return {
         head,
         commits,
-        description: `force push: the ${commits.count} commit(s) after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}`,
+        description: `force push: the ${count(commits.count, 'commit')} after the merge base ${base ? base.slice(0, 12) : '(none: whole history)'} and the tree of ${head.slice(0, 12)}`,
         trusted: { commit: await repo.resolve(request.before), reason: 'the branch tip before the (force) push' },
       };
     }
@@ -171,7 +173,7 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
     return {
       head,
       commits,
-      description: `${why}: the ${commits.count} commit(s) no other remote branch has and the tree of ${head.slice(0, 12)}`,
+      description: `${why}: the ${count(commits.count, 'commit')} no other remote branch has and the tree of ${head.slice(0, 12)}`,
       trusted: fromParent(await firstParentBefore(repo, head, others), 'the last commit before the pushed ones on the first-parent line'),
     };
   }
@@ -189,11 +191,11 @@ export async function planScan(repo: RunnerRepo, request: ScanRequest): Promise<
     ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
     : request.withoutRecord === 'first-parent'
       ? fromParent(await parentOf(repo, head), 'the first parent of the commit being scanned (a checkout with no deploy recorded; the sync job scans again against what the VMs hold)')
-      : { commit: null, reason: "no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on; sync --scan-base names a commit to trust)" };
+      : { commit: null, reason: `no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on; ${cliCommand('vm-sync sync --scan-base REV')} names a commit to trust)` };
   if (deployed.length === 0 || known.length !== deployed.length) {
     return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
   }
   await requireFullHistory(repo, 'a resync');
   const commits = await counted(repo, [head, '--not', ...unique]);
-  return { head, commits, description: `resync: the ${commits.count} commit(s) the VMs do not have yet and the tree of ${head.slice(0, 12)}`, trusted };
+  return { head, commits, description: `resync: the ${count(commits.count, 'commit')} the VMs do not have yet and the tree of ${head.slice(0, 12)}`, trusted };
 }

@@ -120,7 +120,7 @@ export async function expectedTree(exportDir: string, rules: DeployRules, scratc
     root = path.join(scratchDir, 'filtered');
     const args = ['-rlpt', `--link-dest=${path.resolve(exportDir)}`, ...rules.excludes.map((p) => `--exclude=${p}`), `${exportDir}/`, `${root}/`];
     const result = await run('rsync', args, { maxOutput: 4000 });
-    if (result.code !== 0) throw new VmSyncError('rsync_failed', `could not apply rsync_excludes to the export for verify --deep (rsync exited ${result.code}): ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+    if (result.code !== 0) throw new VmSyncError('rsync_failed', `could not apply rsync_excludes to the export for the deep verify (rsync exited ${result.code}): ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
   }
   const entries = await readTree(root, (rel, isDir) => rel !== '.sync_rev' && !shared.some((s) => rel === s || under(rel, s)) && !(exclude?.(rel, isDir) ?? false));
   // The release's seal step creates a shared path's missing parents as directories.

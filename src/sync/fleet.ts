@@ -1,3 +1,4 @@
+import { count } from '../words.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Config, VmConfig } from '../config/types.js';
@@ -16,11 +17,16 @@ import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
 import { ExpectedTrees } from './drift.js';
 import { dryRunVm, inspectVm, rsyncExcludes, type DeepCheck, type RunContext } from './vm-pipeline.js';
-import { announceRow, failedRow, silentEvents, type EngineEvents, type RunReport, type VmReport } from './types.js';
+import { announceRow, failedRow, silentEvents, type Baseline, type EngineEvents, type RunReport, type VmReport } from './types.js';
+import { invocation, noFetchAdvice, option } from '../advice.js';
 
 /** Options shared by every engine command. */
 export interface FleetOptions {
-  /** Revision to deploy or check; default: `remote/default_branch` for sync, the runner-host HEAD otherwise. */
+  /**
+   * Revision to deploy or check; default: the tip of `remote/default_branch`
+   * (fetched first unless `fetch` is false). One the clone does not have is
+   * fetched from the remote (see RunnerRepo.locate).
+   */
   commit?: string;
   /** Only these VM ids (default: all). */
   vms?: string[];
@@ -30,7 +36,11 @@ export interface FleetOptions {
   signal?: AbortSignal;
   /** First retry delay in ms (tests shorten it). */
   retryBaseMs?: number;
-  /** verify/status: fetch the runner-host clone first (the action does; the CLI reads it as it is). */
+  /**
+   * Fetch the runner-host clone first (default true). verify and status go on
+   * with the clone as last fetched when the fetch fails, and say so in the
+   * report's `baseline`; sync and scan fail.
+   */
   fetch?: boolean;
   /** Extra environment for git (credentials for the fetch, never on a command line). */
   gitEnv?: NodeJS.ProcessEnv;
@@ -111,7 +121,7 @@ export function runnerRepo(config: Config, env?: NodeJS.ProcessEnv, options: { e
 /** Removes what runs killed on this host left in the temporary directory (say so when there was any). */
 function sweepDeadRuns(events: EngineEvents): void {
   const removed = sweepScratchDirs();
-  if (removed.length > 0) events.info(null, `removed ${removed.length} temporary director${removed.length === 1 ? 'y' : 'ies'} left by vm-sync runs that died: ${removed.join(', ')}`);
+  if (removed.length > 0) events.info(null, `removed ${count(removed.length, 'temporary directory', 'temporary directories')} left by vm-sync runs that died: ${removed.join(', ')}`);
 }
 
 function loadKnownHosts(config: Config): KnownHosts {
@@ -141,7 +151,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     events.info(
       null,
       snapshot.how === 'incremental'
-        ? `export of ${sha.slice(0, 12)}: ${snapshot.changedPaths} path(s) rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
+        ? `export of ${sha.slice(0, 12)}: ${count(snapshot.changedPaths, 'path')} rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
         : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`,
       'export',
     );
@@ -149,19 +159,24 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   const force = options.force ?? false;
   const dryRun = options.dryRun ?? false;
   let streamDir: string | null = null;
+  // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
+  // exports (whose newest is the base of the next real deploy), and the clone is not reset.
+  const dryExportRoot = dryRun ? makeScratchDir('export') : null;
   try {
     // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
     // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
     // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
     // exported and scanned first.
     let exported = false;
+    if (dryExportRoot) exportDir = path.join(dryExportRoot, 'tree');
     const commit = await repo.prepareDeploy({
       rev: options.commit,
       fetch: options.fetch !== false,
       force,
-      exportDir: '',
+      dryRun,
+      exportDir,
       exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
-      exporter: exportNow,
+      exporter: dryRun ? undefined : exportNow,
     });
 
     // The secret-scan gate: before any VM is contacted.
@@ -200,14 +215,14 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
         await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
         scan = await gate();
-        if (scan?.blocked) throw new VmSyncError('secrets_found', `${scan.findings.length} possible secret(s) in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+        if (scan?.blocked) throw new VmSyncError('secrets_found', `${count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
         return { dir: exportDir, notes: committedSentinelNote(exportDir) };
       })();
       return late;
     };
 
     const { rollout } = config;
-    events.info(null, `deploying ${commit} to ${vms.length} VM(s), ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
+    events.info(null, `deploying ${commit} to ${count(vms.length, 'VM')}, ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
     if (dryRun) {
       const ctx: RunContext = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
       const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
@@ -247,6 +262,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
   } finally {
     if (streamDir) removeScratchDirLater(streamDir);
+    if (dryExportRoot) removeScratchDirLater(dryExportRoot);
     // The export becomes the base of the next run's (under the runner-host lock: no run copies it meanwhile).
     const made: ExportSnapshot | null = snapshot;
     if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
@@ -265,11 +281,35 @@ async function allRecordedOn(repo: RunnerRepo, vms: readonly VmConfig[], commit:
 }
 
 /**
+ * The commit that status, verify and scan compare with when none is named:
+ * the tip of `remote/default_branch`, fetched first unless `fetch` is false.
+ * With `keepOnFetchFailure`, a failed fetch falls back to the tip as last
+ * fetched, and the baseline says so. A named commit the clone lacks is
+ * fetched from the remote (by hash, else with every branch).
+ */
+async function baselineOf(repo: RunnerRepo, config: Config, rev: string | undefined, fetch: boolean, events: EngineEvents, keepOnFetchFailure: boolean): Promise<{ commit: string; baseline: Baseline }> {
+  const { remote, defaultBranch, mainRepoPath } = config.repository;
+  if (!fetch && !fs.existsSync(mainRepoPath)) {
+    throw new VmSyncError('git_failed', `the runner-host clone ${mainRepoPath} does not exist, and this run may not fetch: ${noFetchAdvice()} (the run clones it), or run ${invocation('sync')} first.`);
+  }
+  const prepared = await repo.prepare(fetch, { keepOnFetchFailure });
+  const fetched = prepared.action !== 'reused' && prepared.action !== 'unfetched';
+  const ref = rev ?? `${remote}/${defaultBranch}`;
+  let note: string;
+  if (prepared.fetchError !== null) {
+    note = `as last fetched: the fetch failed, so this may be out of date (${prepared.fetchError.split('\n').at(-1)})`;
+    events.info(null, `WARNING: could not fetch ${remote}/${defaultBranch}; comparing with the runner-host clone as last fetched. git said:\n${prepared.fetchError}`);
+  } else note = fetched ? 'fetched just now' : 'as last fetched: this run did not fetch';
+  const commit = rev === undefined ? await repo.tip() : (await repo.locate(rev, fetch && prepared.fetchError === null)).sha;
+  return { commit, baseline: { ref, fetched: fetched && prepared.fetchError === null, note } };
+}
+
+/**
  * `vm-sync verify` / `vm-sync status`: reads every selected VM's `.sync_rev`
- * and classifies it against the commit (default: the runner-host HEAD).
- * With `deep` (verify only), each commit the VMs serve is exported once and
- * every VM's files are compared with it. Read-only on the VMs and on the
- * runner-host repo.
+ * and classifies it against the commit (default: the fetched tip of
+ * `remote/default_branch`, what a sync would deploy). With `deep` (verify
+ * only), each commit the VMs serve is exported once and every VM's files are
+ * compared with it. Read-only on the VMs; on the runner host it only fetches.
  */
 export async function runInspect(config: Config, mode: 'verify' | 'status', options: InspectOptions = {}): Promise<RunReport> {
   if (options.deep && mode !== 'verify') throw new VmSyncError('config_invalid', 'deep only applies to verify');
@@ -277,11 +317,7 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
   const vms = selectVms(config, options.vms, options.shard);
   sweepDeadRuns(events);
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
-  if (options.fetch) await repo.prepare(true);
-  else if (!fs.existsSync(config.repository.mainRepoPath)) {
-    throw new VmSyncError('git_failed', `runner-host repo ${config.repository.mainRepoPath} does not exist: run vm-sync sync first, or pass --commit with a repo present.`);
-  }
-  const commit = await repo.resolve(options.commit ?? 'HEAD');
+  const { commit, baseline } = await baselineOf(repo, config, options.commit, options.fetch !== false, events, true);
   const ctx: RunContext = {
     config,
     knownHosts: loadKnownHosts(config),
@@ -298,7 +334,7 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
   const deep: DeepCheck | undefined = trees ? { expected: (sha) => trees.for(sha) } : undefined;
   try {
     const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => inspectVm(vm, ctx, mode, deep)));
-    return { command: mode, commit, dry_run: false, scan: null, vms: reports };
+    return { command: mode, commit, baseline, dry_run: false, scan: null, vms: reports };
   } finally {
     trees?.close();
   }
@@ -325,16 +361,16 @@ export async function runRollback(config: Config, options: RollbackOptions = {})
     if (/^[0-9a-f]{40}$/.test(options.to)) to = options.to;
     else {
       const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
-      if (!fs.existsSync(config.repository.mainRepoPath)) throw new VmSyncError('git_failed', `cannot resolve --to ${options.to}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
+      if (!fs.existsSync(config.repository.mainRepoPath)) throw new VmSyncError('git_failed', `cannot resolve ${option('to', options.to)}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
       try {
         to = await repo.resolve(options.to);
       } catch (error) {
         if (!(error instanceof VmSyncError) || !error.message.startsWith('commit ')) throw error;
-        throw new VmSyncError('no_release', `--to ${options.to} is not a commit the runner-host clone ${config.repository.mainRepoPath} knows: give the full 40-character hash of a release the VMs keep (vm-sync status shows what they serve; vm-sync rollback without --to goes to each VM's previous release).`);
+        throw new VmSyncError('no_release', `${option('to', options.to)} is not a commit the runner-host clone ${config.repository.mainRepoPath} knows: give the full 40-character hash of a release the VMs keep (${invocation('status')} shows what they serve; ${invocation('rollback')} goes to each VM's previous release).`);
       }
     }
   }
-  events.info(null, `rolling back ${vms.length} VM(s) to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
+  events.info(null, `rolling back ${count(vms.length, 'VM')} to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
   const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
   if (fs.existsSync(config.repository.mainRepoPath)) await recordDeployed(repo, rows, events);
@@ -350,18 +386,29 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
   const { remote, defaultBranch } = config.repository;
   const dir = options.repoDir ?? config.repository.mainRepoPath;
   let repo: RunnerRepo;
+  let head: string;
+  let baseline: Baseline | null = null;
   if (options.repoDir) {
+    // A CI checkout is scanned as it was checked out: its HEAD is the commit of the event.
     if (!fs.existsSync(path.join(dir, '.git'))) throw new VmSyncError('git_failed', `${dir} is not a git checkout.`);
     repo = new RunnerRepo(dir, remote, defaultBranch, null);
+    head = options.commit ?? 'HEAD';
   } else {
-    repo = runnerRepo(config, undefined, { events, signal: options.signal });
-    await repo.prepare(options.fetch !== false);
+    // What a sync would deploy: the fetched tip of the default branch (or the named commit), never
+    // wherever the clone's HEAD was left. A fetch that fails fails the scan, as it fails a sync.
+    repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
+    if (options.range || options.request) {
+      await repo.prepare(options.fetch !== false);
+      head = '';
+    } else ({ commit: head, baseline } = await baselineOf(repo, config, options.commit, options.fetch !== false, events, false));
   }
+  // The same range as a sync of the same VMs: what this runner recorded for each selected VM.
+  const vms = selectVms(config, options.vms, options.shard);
   const request: ScanRequest = options.request
     ? options.request
     : options.range
     ? { kind: 'range', range: options.range }
-    : { kind: 'resync', head: options.commit ?? 'HEAD', deployed: await Promise.all(config.vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
+    : { kind: 'resync', head, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
   const plan = await planScan(repo, request);
   sweepDeadRuns(events);
   const exportRoot = makeScratchDir('export');
@@ -371,7 +418,7 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
     const cacheDir = options.repoDir ? null : scanCacheDir(config);
     const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events, signal: options.signal });
-    return { command: 'scan', commit: plan.head ?? '', dry_run: false, scan, vms: [] };
+    return { command: 'scan', commit: plan.head ?? '', ...(baseline ? { baseline } : {}), dry_run: false, scan, vms: [] };
   } finally {
     fs.rmSync(exportRoot, { recursive: true, force: true });
   }
@@ -389,7 +436,7 @@ async function rowOf(vm: VmConfig, events: EngineEvents, pipeline: () => Promise
     report = await pipeline();
   } catch (error) {
     report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
-      'what this VM serves is unknown: check it with vm-sync status',
+      `what this VM serves is unknown: check it with ${invocation('status', [['vm', vm.id]])}`,
     ]);
     // The trace, for -v: where the defect is.
     events.debug?.(vm.id, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`);

@@ -3,6 +3,7 @@
  * reported and what the operator asked for. No I/O here: the executor
  * (release.ts) gathers the facts, asks, and carries the answer out.
  */
+import { invocation, option } from '../advice.js';
 import type { FailureCode } from '../errors.js';
 import type { Layout, Quantity, RolloutConfig } from '../config/types.js';
 import { resolveQuantity } from '../config/rollout.js';
@@ -37,12 +38,12 @@ export function decidePrepare(vmId: string, facts: PrepareFacts, options: { forc
       kind: 'refuse',
       code: 'sentinel_unreadable',
       result: 'failed',
-      message: `.sync_rev on ${vmId} is ${facts.sentinel === 'unreadable' ? 'not readable' : `a ${facts.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run sync --force to replace it with a new release.`,
+      message: `.sync_rev on ${vmId} is ${facts.sentinel === 'unreadable' ? 'not readable' : `a ${facts.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run ${invocation('sync', [['force'], ['vm', vmId]])} to replace it with a new release.`,
     };
   }
   if (!options.force && (facts.releasedAtBegin || facts.state === 'up-to-date')) return { kind: 'none' };
   if (!options.force && facts.state === 'ahead') {
-    return { kind: 'refuse', code: 'refused_ahead', result: 'refused', message: `${vmId} is on a descendant of ${short}: an older run arrived late. Use --force to roll back deliberately (or vm-sync rollback).` };
+    return { kind: 'refuse', code: 'refused_ahead', result: 'refused', message: `${vmId} is on a descendant of ${short}: an older run arrived late. Use ${option('force')} to deploy the older commit deliberately (or ${invocation('rollback')}).` };
   }
   if (!facts.rsyncPresent) {
     return { kind: 'refuse', code: 'remote_rsync_missing', result: 'failed', message: `rsync is not installed on ${vmId} (or not on the SSH user's PATH): install it there (apt-get install rsync).` };
@@ -98,11 +99,11 @@ export function chooseRollback(vmId: string, list: { live: string | null; previo
     const live = sorted.find((r) => r.name === list.live && r.commit === to);
     if (live) return { kind: 'none', release: live };
     const match = sorted.find((r) => r.commit === to);
-    if (!match) return { kind: 'refuse', message: `${vmId} keeps no release of ${to.slice(0, 12)}: ${kept}. Deploy that commit with vm-sync sync --commit ${to.slice(0, 12)} --force instead.` };
+    if (!match) return { kind: 'refuse', message: `${vmId} keeps no release of ${to.slice(0, 12)}: ${kept}. Deploy that commit with ${invocation('sync', [['commit', to.slice(0, 12)], ['force']])} instead.` };
     return match.name === list.live ? { kind: 'none', release: match } : { kind: 'flip', release: match };
   }
   if (list.live === null) return { kind: 'refuse', message: `${vmId} serves no release of vm-sync, so there is nothing to roll back from (${kept}).` };
   const previous = sorted.find((r) => r.name === list.previous && r.name !== list.live);
-  if (!previous) return { kind: 'refuse', message: `${vmId} keeps no release it served before the live one (${list.live}) that it may go back to (releases rolled back from or reverted as unhealthy do not count): ${kept}. Use rollback --to SHA to pick one, or raise repository.keep_releases to keep more.` };
+  if (!previous) return { kind: 'refuse', message: `${vmId} keeps no release it served before the live one (${list.live}) that it may go back to (releases rolled back from or reverted as unhealthy do not count): ${kept}. Use ${invocation('rollback', [['to', 'SHA']])} to pick one, or raise repository.keep_releases to keep more.` };
   return { kind: 'flip', release: previous };
 }

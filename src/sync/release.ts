@@ -11,6 +11,8 @@
  * through a {@link VmPort} the entry point provides. Whatever fails, each VM
  * ends with one row that says what it serves at the end.
  */
+import { cliCommand, invocation, option } from '../advice.js';
+import { count } from '../words.js';
 import type { Config, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { LockOwner } from '../remote/lock.js';
@@ -130,7 +132,7 @@ class FleetRelease {
     for (const [index, ids] of batches.entries()) {
       const failed = this.runs.filter((run) => run.done && run.report.result !== 'success').length;
       if (rolloutVerdict(failed, total, rollout.maxFailed) === 'halt') {
-        await this.halt(`${failed} of ${total} VM(s) failed, more than rollout.max_failed allows`, batches.slice(index).flat());
+        await this.halt(`${failed} of ${count(total, 'VM')} failed, more than rollout.max_failed allows`, batches.slice(index).flat());
         break;
       }
       if (this.ctx.signal?.aborted) break;
@@ -245,7 +247,7 @@ class FleetRelease {
     report.release = releaseOf(before);
     if (begun.tookOver) report.notes.push(`took over a stale lock left by ${holderName(begun.tookOver.record)} (${staleReason(begun.tookOver.why)})`);
     const readable = before.sentinel === 'regular' || before.sentinel === 'absent';
-    report.state = readable ? await classifyState(run.vm.id, before.rev, commit, this.ctx.history).catch((error: unknown) => {
+    report.state = readable ? await classifyState(run.vm.id, before.rev, commit, this.ctx.history, before.kind).catch((error: unknown) => {
       if (force) return 'unknown' as const;
       throw error;
     }) : 'unknown';
@@ -274,7 +276,7 @@ class FleetRelease {
       // Staged by an earlier run that did not flip it (a halted rollout, a revert): nothing to send.
       run.release = staged.completeRelease;
       report.staged_at = now();
-      report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (sync --force stages afresh)`);
+      report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (${option('force')} stages afresh)`);
       this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
       return;
     }
@@ -296,7 +298,7 @@ class FleetRelease {
     for (const p of sealed.created) report.notes.push(`shared path ${p} created empty (the commit does not have it)`);
     run.release = sealed.release;
     report.staged_at = now();
-    this.say(run, `staged ${short(commit)} as ${sealed.release} (${stats.filesChanged} files changed, ${stats.bytesSent} bytes sent)`, 'transfer');
+    this.say(run, `staged ${short(commit)} as ${sealed.release} (${count(stats.filesChanged, 'file')} changed, ${count(stats.bytesSent, 'byte')} sent)`, 'transfer');
   }
 
   /**
@@ -462,7 +464,7 @@ class FleetRelease {
           if (config.repository.layout === 'atomic') {
             try {
               const pruned = await port.prune(this.token, keep);
-              if (pruned.length > 0) this.say(run, `pruned ${pruned.length} old release(s)`, 'finish');
+              if (pruned.length > 0) this.say(run, `pruned ${count(pruned.length, 'old release')}`, 'finish');
             } catch (error) {
               if (this.ctx.signal?.aborted) throw error;
               run.report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
@@ -475,7 +477,7 @@ class FleetRelease {
           run.report.result = 'success';
           run.report.error = null;
           await port.unlock(this.token).catch((error: unknown) => {
-            run.report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+            run.report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${getErrorMessage(error)}`);
           });
           this.close(run);
         }),
@@ -565,7 +567,7 @@ class FleetRelease {
     try {
       await port.unlock(this.token);
     } catch (error) {
-      report.notes.push(`could not release the lock (it expires at its deadline, or run vm-sync unlock --vm ${run.vm.id}): ${getErrorMessage(error)}`);
+      report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${getErrorMessage(error)}`);
     }
   }
 
@@ -634,7 +636,7 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
     let port: VmPort | null = null;
     let locked = false;
     try {
-      if (config.repository.layout !== 'atomic') throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with vm-sync sync --commit SHA --force`);
+      if (config.repository.layout !== 'atomic') throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with ${invocation('sync', [['commit', 'SHA'], ['force']])}`);
       port = await connect(vm, ctx.events, 'rollback', config.sync.connectTimeoutS, () =>
         ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }),
       );

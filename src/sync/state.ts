@@ -1,4 +1,5 @@
 import { VmSyncError } from '../errors.js';
+import type { TargetKind } from '../remote/target.js';
 import type { VmState } from './types.js';
 
 const FULL_SHA = /^[0-9a-f]{40}$/;
@@ -10,6 +11,8 @@ export interface History {
 
 /**
  * Where a VM stands against the deploy commit:
+ * - `broken`: the target is a symlink to nothing (`kind` `dangling`: its live
+ *   release is gone), so the VM serves nothing; never `fresh`;
  * - `fresh`: no `.sync_rev` (never deployed);
  * - `up-to-date`: same commit;
  * - `behind`: the VM's commit is an ancestor (the normal deploy);
@@ -17,7 +20,8 @@ export interface History {
  * - `diverged`: neither, or a commit the runner-host repo does not know (history rewritten).
  * A sentinel that is not a full commit hash is an error, never `fresh`.
  */
-export async function classifyState(vmId: string, rev: string | null, deploy: string, history: History): Promise<VmState> {
+export async function classifyState(vmId: string, rev: string | null, deploy: string, history: History, kind?: TargetKind): Promise<VmState> {
+  if (kind === 'dangling') return 'broken';
   if (rev === null) return 'fresh';
   const trimmed = rev.trim();
   if (!FULL_SHA.test(trimmed)) {

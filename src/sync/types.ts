@@ -1,8 +1,11 @@
 import type { FailureCode } from '../errors.js';
 import type { ScanReport } from '../scan/gate.js';
 
-/** Where a VM stood before the run, relative to the deploy commit. */
-export type VmState = 'fresh' | 'up-to-date' | 'behind' | 'ahead' | 'diverged' | 'unknown';
+/**
+ * Where a VM stood before the run, relative to the deploy commit. `broken`:
+ * the target is a symlink to a release that is gone (nothing is served).
+ */
+export type VmState = 'fresh' | 'up-to-date' | 'behind' | 'ahead' | 'diverged' | 'broken' | 'unknown';
 
 /** What the run did (or, with --dry-run, would do) on a VM. */
 export type VmAction = 'deploy' | 'none' | 'refuse' | 'rollback' | 'verify' | 'status';
@@ -81,10 +84,23 @@ export function failedRow(vm: { id: string; host: string }, error: VmReport['err
   };
 }
 
+/**
+ * What `commit` is when the user named none (status, verify, scan): the tip of
+ * `ref` (`origin/main`), and whether this run fetched it. `note` says it in
+ * words: `fetched just now`, or why it is the tip as last fetched.
+ */
+export interface Baseline {
+  ref: string;
+  fetched: boolean;
+  note: string;
+}
+
 /** The whole run: the `--json` document. */
 export interface RunReport {
   command: 'sync' | 'rollback' | 'verify' | 'status' | 'scan';
   commit: string;
+  /** status, verify, scan: what `commit` was taken from (absent for other commands). */
+  baseline?: Baseline | null;
   dry_run: boolean;
   /** The secret-scan gate's outcome; null when scanning is disabled or the command does not scan. */
   scan: ScanReport | null;

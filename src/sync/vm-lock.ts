@@ -1,3 +1,4 @@
+import { cliCommand, option } from '../advice.js';
 import type { VmConfig } from '../config/types.js';
 import { VmSyncError } from '../errors.js';
 import { describeOwner, holderIsDead, parseLockOwner, type LockOwner } from '../remote/lock.js';
@@ -25,10 +26,11 @@ export function staleReason(why: string): string {
 /** Why a lock is held, in words that say what to do. */
 function lockedError(vm: VmConfig, outcome: Extract<BeginOutcome, { held: true }>, staleAfterS: number, waitedS: number): VmSyncError {
   const owner = parseLockOwner(outcome.record);
-  const unlock = `vm-sync unlock --vm ${vm.id}`;
+  const unlock = cliCommand(`vm-sync unlock --vm ${vm.id}`);
+  const unlockForce = cliCommand(`vm-sync unlock --vm ${vm.id} --force`);
   const waited = waitedS > 0 ? ` (waited ${waitedS}s)` : '';
   if (owner) {
-    return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress${waited}. Wait for it (--lock-wait SECONDS waits for you); if you know it is gone, run ${unlock} (--force for a holder that is still alive).`);
+    return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress${waited}. Wait for it (${option('lock-wait', 'SECONDS')} waits for you); if you know it is gone, run ${unlock} (${unlockForce} for a holder that is still alive).`);
   }
   if (outcome.why === 'legacy') {
     return new VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s)${waited}. Wait for it, or run ${unlock}.`);
@@ -65,7 +67,7 @@ export async function takeLock(
       throw Object.assign(lockedError(vm, outcome, options.staleAfterS, waitedS), { probe: outcome.probe });
     }
     if (!announced) {
-      options.onWait?.(`locked by ${holderName(outcome.record)}: waiting up to ${options.lockWaitS}s (--lock-wait)`);
+      options.onWait?.(`locked by ${holderName(outcome.record)}: waiting up to ${options.lockWaitS}s (${option('lock-wait', String(options.lockWaitS))})`);
       announced = true;
     }
     await sleep(Math.min(5000, 500 * 2 ** Math.min(round, 4), Math.max(100, started + options.lockWaitS * 1000 - Date.now())), options.signal);

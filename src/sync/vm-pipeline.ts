@@ -1,4 +1,6 @@
+import crypto from 'node:crypto';
 import type { Config, VmConfig } from '../config/types.js';
+import { invocation, option } from '../advice.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { KnownHosts } from '../remote/known-hosts.js';
 import { RshBridge } from '../remote/rsh-bridge.js';
@@ -6,6 +8,7 @@ import { runRsync } from '../remote/rsync.js';
 import { VmSession } from '../remote/session.js';
 import { RemoteTarget, type Probe } from '../remote/target.js';
 import { compareTrees, driftReport, sentinelMatches, sharedLinkTarget, type ExpectedTree } from './drift.js';
+import { dryRunNotes, stateDirOfTarget, targetPlan } from './dry-run.js';
 import { classifyState, type History } from './state.js';
 import { failedRow, logAt, type EngineEvents, type EnginePhase, type VmReport } from './types.js';
 
@@ -132,10 +135,10 @@ async function stateOf(vm: VmConfig, probe: Probe, ctx: RunContext, force: boole
     if (force) return 'unknown';
     throw new VmSyncError(
       'sentinel_unreadable',
-      `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run sync --force to replace it with a new release.`,
+      `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run ${invocation('sync', [['force'], ['vm', vm.id]])} to replace it with a new release.`,
     );
   }
-  return classifyState(vm.id, probe.rev, ctx.commit, ctx.history);
+  return classifyState(vm.id, probe.rev, ctx.commit, ctx.history, probe.kind);
 }
 
 /**
@@ -148,23 +151,47 @@ export function dryRunVm(vm: VmConfig, ctx: RunContext): Promise<VmReport> {
   );
 }
 
-/** Compares the export with what is live now; nothing is written on the VM and no lock is taken. */
+/**
+ * Compares the export with what a sync would start from, and says what it
+ * would do, in words; nothing is written on the VM and no lock is taken.
+ * It compares with the live release, or the directory at the target (which
+ * the real sync hard-links from, then moves aside), or with nothing (a new
+ * release from scratch): see {@link targetPlan}.
+ */
 async function dryRun(vm: VmConfig, ctx: RunContext, session: VmSession, target: RemoteTarget, report: VmReport, signal: AbortSignal): Promise<void> {
   const before = await target.probe();
   report.rev_before = report.rev_after = liveRev(before);
+  report.release = releaseOf(before);
   report.state = await stateOf(vm, before, ctx, ctx.force);
   report.action = report.state === 'up-to-date' && !ctx.force ? 'none' : report.state === 'ahead' && !ctx.force ? 'refuse' : 'deploy';
   if (before.lock) report.notes.push(`lock present: ${before.lock.record || '(empty owner)'}`);
+  if (report.state === 'broken') report.notes.push(brokenNote(before));
+  const plan = targetPlan(before, ctx.config.repository.layout);
+  if (plan.wouldFail && report.action === 'deploy') {
+    throw new VmSyncError('remote_command_failed', `a sync would fail on ${vm.id}: ${plan.wouldFail} (${before.target}). Remove it, or set repository.layout: atomic (which moves it aside and keeps it).`);
+  }
   const bridge = await RshBridge.start(session);
   try {
-    const dest = before.currentRelease ?? before.target;
+    // A path that cannot exist on the VM stands for "nothing": rsync's dry run then lists the whole tree as added.
+    const nothing = `${stateDirOfTarget(before.target)}/releases/${ctx.commit}.dry-run-${crypto.randomBytes(6).toString('hex')}`;
+    const dest = plan.compareWith === 'release' && before.currentRelease ? before.currentRelease : plan.compareWith === 'target' ? before.target : nothing;
     const stats = await runRsync({ source: ctx.exportDir, rsh: bridge.rshCommand, excludes: rsyncExcludes(ctx.config, ctx.config.repository.sharedPaths.map((s) => s.path)), ioTimeoutS: 30, dest, linkDest: null, dryRun: true }, bridge.env, { signal });
-    report.files_changed = stats.filesChanged;
-    for (const change of stats.changes.slice(0, 20)) report.notes.push(`would change: ${change}`);
+    const counts = stats.counts ?? { add: 0, change: 0, delete: 0 };
+    // An up-to-date VM gets nothing (unless forced): its differences are drift, which verify --deep reports.
+    report.files_changed = report.action === 'deploy' ? stats.filesChanged : 0;
+    if (report.action === 'deploy') report.notes.push(...dryRunNotes(before.target, plan, stats.changes, counts));
+    else if (report.action === 'none') report.notes.push(`already on ${short(ctx.commit)}: nothing would be sent`);
+    else report.notes.push(`would refuse: ${vm.id} is on a descendant of ${short(ctx.commit)}; ${option('force')} deploys the older commit anyway`);
   } finally {
     await bridge.close();
   }
   report.result = 'success';
+}
+
+/** What a `broken` VM is, for its row: the target points at a release that is gone. */
+function brokenNote(probe: Probe): string {
+  const release = releaseOf(probe);
+  return `${probe.target} is a symlink to ${release ? `the release ${release}, which is gone` : 'nothing'}: the VM serves nothing there; a sync deploys a new release`;
 }
 
 /** `verify --deep`: where the expected tree of a commit comes from (one export per commit, shared by the VMs on it). */
@@ -190,6 +217,7 @@ export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'statu
       report.release = releaseOf(probe);
       if (probe.lock) report.notes.push(`lock present: ${probe.lock.record || '(empty owner)'}`);
       report.state = await stateOf(vm, probe, ctx, false);
+      if (report.state === 'broken') report.notes.push(brokenNote(probe));
       report.verified = report.rev_after === ctx.commit;
       const served = report.rev_after;
       if (deep && served !== null && (probe.kind === 'release' || probe.kind === 'dir')) {
@@ -202,7 +230,8 @@ export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'statu
         }
       }
       if (mode === 'verify' && !report.verified) {
-        throw new VmSyncError('verify_mismatch', `${vm.id} is on ${report.rev_after ? short(report.rev_after) : 'nothing (no .sync_rev)'}, expected ${short(ctx.commit)} (${report.state}): run vm-sync sync.`);
+        const on = report.state === 'broken' ? 'nothing (its live release is gone)' : report.rev_after ? short(report.rev_after) : 'nothing (no .sync_rev)';
+        throw new VmSyncError('verify_mismatch', `${vm.id} is on ${on}, expected ${short(ctx.commit)} (${report.state}): run ${invocation('sync', [['vm', vm.id]])}.`);
       }
       const drift = report.drift;
       if (drift && drift.changed + drift.missing + drift.extra > 0) {
@@ -210,7 +239,7 @@ export function inspectVm(vm: VmConfig, ctx: RunContext, mode: 'verify' | 'statu
         const counts = [`${drift.changed} changed`, `${drift.missing} missing`, `${drift.extra} extra`].join(', ');
         throw new VmSyncError(
           'release_drifted',
-          `${vm.id} serves ${short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with vm-sync sync --force --vm ${vm.id} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`,
+          `${vm.id} serves ${short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with ${invocation('sync', [['force'], ['vm', vm.id]])} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`,
         );
       }
       report.result = 'success';
@@ -224,12 +253,12 @@ async function checkDrift(vm: VmConfig, ctx: RunContext, target: RemoteTarget, p
   const listing = await target.listing(probe.kind === 'release' ? 'release' : 'dir');
   // The listing is of what serves `served` only if its own .sync_rev still says so (a deploy may have flipped meanwhile).
   if (!sentinelMatches(listing, served)) {
-    throw new VmSyncError('remote_command_failed', `what ${vm.id} serves changed while verify --deep read it (its .sync_rev no longer holds ${short(served)}): run vm-sync verify --deep again.`);
+    throw new VmSyncError('remote_command_failed', `what ${vm.id} serves changed while the deep verify read it (its .sync_rev no longer holds ${short(served)}): run ${invocation('verify', [['deep'], ['vm', vm.id]])} again.`);
   }
   const drift = compareTrees(expected, listing, sharedLinkTarget(probe.target));
   report.drift = driftReport(drift, expected.entries.size + expected.shared.length);
   if (!expected.exclude) {
-    report.notes.push('rsync_excludes has patterns verify --deep cannot match on the VM (wildcards or unanchored paths): files only the VM has were not compared, so none is reported as extra');
+    report.notes.push('rsync_excludes has patterns the deep verify cannot match on the VM (wildcards or unanchored paths): files only the VM has were not compared, so none is reported as extra');
   }
   if (served !== ctx.commit && drift.length > 0) report.notes.push(`its files also differ from ${short(served)}'s tree: see drift`);
 }

@@ -59,13 +59,13 @@ test('a push deploys, posts the exact statuses and deployments, writes outputs a
   const byContext = (context: string): Array<[unknown, unknown]> => statuses.filter((c) => c.body.context === context).map((c) => [c.body.state, c.body.description]);
   expect(byContext('vm-sync/secret-scan')).toEqual([
     ['pending', 'scanning the commits and the tree being deployed'],
-    ['success', 'clean: 1 commit(s) and the tree'],
+    ['success', 'clean: 1 commit and the tree'],
   ]);
   for (const id of ['vm01', 'vm02']) {
     const [pending, done] = byContext(`vm-sync/${id}`);
     expect(pending).toEqual(['pending', 'deploying']);
     expect(done[0]).toBe('success');
-    expect(done[1]).toMatch(new RegExp(`^deployed ${sha.slice(0, 7)}: 2 file\\(s\\), \\d+ bytes in \\d+\\.\\ds$`));
+    expect(done[1]).toMatch(new RegExp(`^deployed ${sha.slice(0, 7)}: 2 files, \\d+ bytes in \\d+\\.\\ds$`));
   }
   for (const status of statuses) expect(status.body.target_url).toBe(`${github.url}/acme/app/actions/runs/4242`);
   const deployments = calls.filter((c) => c.call === 'POST /api/v3/repos/acme/app/deployments');
@@ -93,7 +93,7 @@ test('a push deploys, posts the exact statuses and deployments, writes outputs a
 
   // Logs grouped per VM; the summary has a row per VM; the token is never visible.
   expect(run.stdout).toMatch(/^::group::vm01: success$/m);
-  expect(run.summary).toContain('## vm-sync sync: 2/2 VM(s) ok');
+  expect(run.summary).toContain('## vm-sync sync: 2 deployed\n');
   expect(run.summary).toMatch(/^\| vm01 \| 127\.0\.0\.1 \| fresh \| deploy \| ✅ success \| — → `[0-9a-f]{7}` \| 2 \|/m);
   expect(run.stdout).toContain(`::add-mask::${TOKEN}`);
   expect(visible(run)).not.toContain(TOKEN);
@@ -129,7 +129,7 @@ test('secrets block the sync: exit 1 with secrets_found, annotations on file and
   const run = await runAction({ command: 'sync', 'sarif-path': sarif }, { name: 'push', sha, payload: { before: base, after: sha, ref: 'refs/heads/main' } });
 
   expect(run.code).toBe(1);
-  expect(run.stdout).toMatch(/^::error::secrets_found: \d+ possible secret\(s\): the deploy was blocked and no VM was contacted$/m);
+  expect(run.stdout).toMatch(/^::error::secrets_found: \d+ possible secrets?: the deploy was blocked and no VM was contacted$/m);
   expect(run.stdout).toMatch(/^::error title=vm-sync secret scan%3A github-pat,file=config\/github.env,line=1::Possible secret \(github-pat\) added in commit [0-9a-f]{12}/m);
   expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(before);
   expect(Number(run.outputs.findings)).toBeGreaterThanOrEqual(4);
@@ -241,7 +241,7 @@ test('command: rollback flips every VM back to its previous release: no transfer
   // No scan ran and no status was posted: the pushed commit's verdict is not the rollback's to change.
   expect(results.scan).toBeNull();
   expect(github.calls().slice(callsBefore).filter((c) => c.call.includes('/statuses/'))).toEqual([]);
-  expect(run.summary).toContain('## vm-sync rollback: 2/2 VM(s) ok');
+  expect(run.summary).toContain('## vm-sync rollback: 2 rolled back\n');
 
   // Rolling back to a commit no VM keeps fails with no_release, and changes nothing.
   const never = world.ws.commit({ 'index.html': '<h1>never deployed</h1>\n' }, 'never deployed');

@@ -32,7 +32,7 @@ test('sync prints the table and exits 0; --json prints one parseable document', 
   const sync = vmSync(['sync', '--config', world.configPath]);
   expect(sync.stderr).toContain('[vm01] live on');
   expect(sync.code).toBe(0);
-  expect(sync.stdout).toMatch(/^vm-sync sync of [0-9a-f]{12}: 2\/2 VM\(s\) ok$/m);
+  expect(sync.stdout).toMatch(/^vm-sync sync of [0-9a-f]{12}: 2 deployed$/m);
   expect(sync.stdout).toMatch(/^vm01 +127\.0\.0\.1 +fresh +deploy +success/m);
 
   const status = vmSync(['status', '--config', world.configPath, '--json']);
@@ -68,5 +68,5 @@ test('usage errors exit 2; a VM that fails exits 1', () => {
 
   const verify = vmSync(['verify', '--config', world.configPath, '--commit', '0000000']);
   expect(verify.code).toBe(1);
-  expect(verify.stderr).toContain('git_failed: commit 0000000 is not in');
+  expect(verify.stderr).toContain('git_failed: commit 0000000 is not on any branch of origin');
 });

@@ -89,7 +89,7 @@ test('doctor diagnoses every VM in parallel, one line per check, with a fix for 
   expect(text.code).toBe(1);
   expect(text.stdout).toMatch(/^down +FAIL +tcp +127\.0\.0\.1:\d+ not reachable: ECONNREFUSED$/m);
   expect(text.stdout).toMatch(/^ +fix: install rsync on norsync/m);
-  expect(text.stdout).toMatch(/^1\/9 VM\(s\) ready for a sync; not ready: down, unpinned, rekeyed, noauth, nokey, norsync/m);
+  expect(text.stdout).toMatch(/^1 of 9 VMs ready for a sync; not ready: down, unpinned, rekeyed, noauth, nokey, norsync/m);
 });
 
 test('doctor exits 0 when every VM is ready', async () => {

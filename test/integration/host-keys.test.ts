@@ -62,7 +62,7 @@ test.each([
   expect([vm01.result, vm01.error?.code]).toEqual(['failed', 'host_key_mismatch']);
   const port = world.vm('vm01').port;
   expect(vm01.error?.message).toBe(
-    `host key of vm01 (${world.fleet.user}@127.0.0.1:${port}) cannot be checked: known_hosts pins only ${typeName} key(s) for [127.0.0.1]:${port}, ` +
+    `host key of vm01 (${world.fleet.user}@127.0.0.1:${port}) cannot be checked: known_hosts pins only ${typeName} key for [127.0.0.1]:${port}, ` +
       `and the VM offers host key types ssh-ed25519 (its ssh-ed25519 key is ${fingerprint(vmKey('vm01').blob)}). ` +
       `Pin one of the keys the VM has: fetch them with ssh-keyscan -p ${port} 127.0.0.1, verify the fingerprint out of band, and add the line to known_hosts. Retrying will not help.`,
   );

@@ -84,7 +84,7 @@ test('VM ids that are not valid ref names as they are deploy, are recorded, and 
   world.ws.push();
   const next = await world.cli(['sync']);
   expect(next.code).toBe(0);
-  expect(next.json.scan?.description).toBe(`resync: the 1 commit(s) the VMs do not have yet and the tree of ${c2.slice(0, 12)}`);
+  expect(next.json.scan?.description).toBe(`resync: the 1 commit the VMs do not have yet and the tree of ${c2.slice(0, 12)}`);
   for (const id of ids) expectDeployed(id, c2);
 });
 

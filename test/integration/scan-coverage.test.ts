@@ -160,9 +160,9 @@ test('what cannot be scanned is reported with the reason: a real binary, an arch
     { path: 'bin/tool', reason: 'binary', detail: 'binary file (application/x-executable)' },
   ]);
   expect(scan.json.scan?.unscanned_count).toBe(2);
-  expect(table.stdout).toContain('not scanned: 2 deployed file(s) or archive entries');
+  expect(table.stdout).toContain('not scanned: 2 deployed files or archive entries');
   expect(table.stdout).toContain('    - bin/tool: binary: binary file (application/x-executable)');
-  expect(renderSummary(scan.json, { runUrl: '', failure: null })).toContain('**2 deployed file(s) or archive entries could not be scanned**');
+  expect(renderSummary(scan.json, { runUrl: '', failure: null })).toContain('**2 deployed files or archive entries could not be scanned**');
   expect(scan.stderr).toMatch(/secret scan: 2 deployed files or archive entries could not be scanned: assets\/outer\.zip!inner\.tgz/);
   expectNoSecret(...outputs(scan), table.stdout);
 });

@@ -76,7 +76,7 @@ test('a push adding secrets blocks the sync before any VM is contacted; no secre
   const github = run.json.scan?.findings.find((f) => f.rule === 'github-pat' && f.source === 'commits');
   expect(github).toEqual({ rule: 'github-pat', file: 'config/github.env', line: 1, commit: bad.slice(0, 12), author: 'Demo Dev', fingerprint: `${bad}:config/github.env:github-pat:1`, source: 'commits' });
   expect(table.stdout).toMatch(/DEPLOY BLOCKED, no VM was contacted/);
-  expect(run.stderr).toMatch(/vm-sync: secrets_found: \d+ possible secret\(s\) in what would be deployed; the deploy was blocked and no VM was contacted/);
+  expect(run.stderr).toMatch(/vm-sync: secrets_found: \d+ possible secrets? in what would be deployed; the deploy was blocked and no VM was contacted/);
   expect(table.stdout).toContain(`github-pat in config/github.env:1 (commit ${bad.slice(0, 12)} by Demo Dev)`);
 
   // Nothing reached a VM: same trees, and not even an SSH handshake.
@@ -152,7 +152,7 @@ test('push shapes: new branch scans only its own commits; force push scans from 
   world.ws.git(world.ws.work, ['push', '--quiet', 'origin', 'feature']);
   const fresh = await planScan(runnerRepo(), { kind: 'push', before: ZERO, after: tip, branch: 'refs/heads/feature' });
   expect(fresh.commits?.count).toBe(2);
-  expect(fresh.description).toMatch(/^new branch: the 2 commit\(s\) no other remote branch has/);
+  expect(fresh.description).toMatch(/^new branch: the 2 commits no other remote branch has/);
 
   // Force push: rewrite feature onto a different second commit.
   world.ws.git(world.ws.work, ['reset', '--quiet', '--hard', 'HEAD~1']);
@@ -160,7 +160,7 @@ test('push shapes: new branch scans only its own commits; force push scans from 
   world.ws.git(world.ws.work, ['push', '--quiet', '--force', 'origin', 'feature']);
   const forced = await planScan(runnerRepo(), { kind: 'push', before: tip, after: rewritten, branch: 'feature' });
   expect(forced.commits?.count).toBe(1);
-  expect(forced.description).toMatch(/^force push: the 1 commit\(s\) after the merge base/);
+  expect(forced.description).toMatch(/^force push: the 1 commit after the merge base/);
   const exportDir = path.join(world.dir, 'export-forced');
   await repo.exportTree(rewritten, exportDir);
   const clean = await runSecretScan({ settings, plan: forced, repoDir: world.runnerRepo, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, events: silentEvents });
@@ -242,7 +242,7 @@ test('.gitleaksignore entries (from the next deploy on) and block_on_secrets: fa
     expect(run.code).toBe(0);
     expect(run.json.scan).toMatchObject({ blocked: false });
     expect(run.json.scan?.findings.length).toBeGreaterThan(0);
-    expect(run.stderr).toMatch(/WARNING: \d+ possible secret\(s\) found and repository.secret_scanning.block_on_secrets is false/);
+    expect(run.stderr).toMatch(/WARNING: \d+ possible secrets? found and repository.secret_scanning.block_on_secrets is false/);
     expect(run.json.vms.map((vm) => vm.rev_after)).toEqual([next, next]);
     expectNoSecret(run.stdout, run.stderr);
   } finally {
@@ -257,7 +257,7 @@ test('a manual resync scans only the commits the VMs do not have yet', async () 
   const run = await world.cli(['sync']);
   expect(run.code).toBe(0);
   expect(run.json.scan?.commits_scanned).toBe(2);
-  expect(run.json.scan?.description).toMatch(/^resync: the 2 commit\(s\) the VMs do not have yet/);
+  expect(run.json.scan?.description).toMatch(/^resync: the 2 commits the VMs do not have yet/);
 });
 
 test('a push that only changes binary files passes (gitleaks counts no commit there, and that is right)', async () => {

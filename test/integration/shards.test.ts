@@ -60,8 +60,8 @@ test('each shard deploys exactly its own VMs; the merge reports all of them, in 
   const table = await world.cli(['report', '--merge', ...[1, 2, 3].map((k) => path.join(results, `shard-${k}.json`)), '--summary', path.join(world.dir, 'summary.md')], { json: false });
   expect(table.code).toBe(0);
   expect(table.stdout).toContain(`shards: 3 of 3 reported`);
-  expect(table.stdout).toContain(`5/5 VM(s) ok`);
-  expect(fs.readFileSync(path.join(world.dir, 'summary.md'), 'utf8')).toContain('## vm-sync sync (3 shards merged): 5/5 VM(s) ok');
+  expect(table.stdout).toContain(`: 5 deployed\n`);
+  expect(fs.readFileSync(path.join(world.dir, 'summary.md'), 'utf8')).toContain('## vm-sync sync (3 shards merged): 5 deployed\n');
 });
 
 test('a shard whose results are missing fails each of its VMs with shard_missing and the merge exits 1', async () => {
@@ -122,10 +122,10 @@ test('the Action: a shard with skip-scan writes its results file; command: repor
   const statuses = github.calls().filter((c) => c.call.startsWith('POST /api/v3/repos/acme/app/statuses/'));
   const ok = shardVms(k).length;
   expect(statuses.map((c) => [c.call, c.body.context, c.body.state, c.body.description])).toEqual([
-    [`POST /api/v3/repos/acme/app/statuses/${sha}`, 'vm-sync', 'failure', `${ok}/${IDS.length} VM(s) ok in ${N} shards, ${N - 1} shard(s) missing`],
+    [`POST /api/v3/repos/acme/app/statuses/${sha}`, 'vm-sync', 'failure', `${ok} of ${IDS.length} VMs ok in ${N} shards, ${N - 1} shards missing`],
   ]);
   expect(report.outputs.failed.split(',').sort()).toEqual(IDS.filter((id) => !shardVms(k).includes(id)).sort());
-  expect(report.summary).toContain(`## vm-sync sync (${N} shards merged): ${ok}/${IDS.length} VM(s) ok`);
+  expect(report.summary).toContain(`## vm-sync sync (${N} shards merged): ${ok} deployed, ${IDS.length - ok} failed\n`);
   expect(report.summary).toContain('`shard_missing`');
 
   // The other shards come back: the aggregate turns success.
@@ -139,7 +139,7 @@ test('the Action: a shard with skip-scan writes its results file; command: repor
   const whole = await runAction(world, github, { command: 'report', results: 'artifacts', shards: String(N) }, push);
   expect(whole.code).toBe(0);
   expect(github.calls().map((c) => [c.call, c.body.context, c.body.state, c.body.description])).toEqual([
-    [`POST /api/v3/repos/acme/app/statuses/${sha}`, 'vm-sync', 'success', `${IDS.length}/${IDS.length} VM(s) ok in ${N} shards`],
+    [`POST /api/v3/repos/acme/app/statuses/${sha}`, 'vm-sync', 'success', `${IDS.length} of ${IDS.length} VMs ok in ${N} shards`],
   ]);
   for (const id of IDS) expect(world.sentinel(id)).toBe(`${sha}\n`);
   deployed = sha;

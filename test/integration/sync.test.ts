@@ -219,8 +219,8 @@ test('--dry-run says what would change and changes nothing', async () => {
   for (const vm of run.json.vms) {
     expect([vm.state, vm.action, vm.result, vm.rev_after]).toEqual(['behind', 'deploy', 'success', commits.c3]);
     expect(vm.files_changed).toBe(3);
-    expect(vm.notes.join('\n')).toMatch(/would change: .*added\.txt/);
-    expect(vm.notes.join('\n')).toMatch(/would change: \*deleting +README\.md/);
+    expect(vm.notes[0]).toBe('would add 1 file, change 1 file and delete 1 file');
+    expect(vm.notes.slice(1, 4).sort()).toEqual(['would add: added.txt', 'would change: src/main.py', 'would delete: README.md']);
   }
   for (const id of ids) expect(snapshotTree(world.vm(id).home)).toEqual(before[id]);
 });

@@ -180,9 +180,9 @@ test('the listing is bounded: past its byte cap the channel is cut, past its ent
     const generous = { maxEntries: 1000, maxCompressedBytes: 1 << 20, maxBytes: 1 << 20 };
     // The live release: the 12 deployed entries and .sync_rev.
     expect((await target.listing('release', generous)).size).toBe(CHECKED + 1);
-    await expect(target.listing('release', { ...generous, maxCompressedBytes: 64 })).rejects.toThrow(/^too many entries on d1 for verify --deep: its listing is over 64 bytes gzip'd/);
-    await expect(target.listing('release', { ...generous, maxEntries: 3 })).rejects.toThrow(/^too many entries on d1 for verify --deep: \S+ holds more than 3 entries/);
-    await expect(target.listing('release', { ...generous, maxBytes: 200 })).rejects.toThrow(/^too many entries on d1 for verify --deep: its listing is over 200 bytes/);
+    await expect(target.listing('release', { ...generous, maxCompressedBytes: 64 })).rejects.toThrow(/^too many entries on d1 for the deep verify: its listing is over 64 bytes gzip'd/);
+    await expect(target.listing('release', { ...generous, maxEntries: 3 })).rejects.toThrow(/^too many entries on d1 for the deep verify: \S+ holds more than 3 entries/);
+    await expect(target.listing('release', { ...generous, maxBytes: 200 })).rejects.toThrow(/^too many entries on d1 for the deep verify: its listing is over 200 bytes/);
     // A target that is not a plain directory is not listed as one.
     await expect(target.listing('dir', generous)).rejects.toThrow(/is not a directory: nothing to list/);
   } finally {

@@ -129,12 +129,12 @@ test('an error after the fan-out began: every VM gets a row, final statuses, out
     ['vm02', 'failed', 'internal_error'],
     ['vm03', 'failed', 'internal_error'],
   ]);
-  expect(results.vms[1].error?.message).toBe('the run stopped before vm02 finished (boom <b>?[31m): what it serves now is unknown; check it with vm-sync status, then run the deploy again.');
+  expect(results.vms[1].error?.message).toBe('the run stopped before vm02 finished (boom <b>?[31m): what it serves now is unknown; check it with the Action with command: status and vms: vm02, then run the deploy again.');
   expect(results.vms[2].error?.message).toBe('the run stopped before vm03 was started (boom <b>?[31m); nothing was changed on it. Run the deploy again.');
 
   // The summary has the three rows and the failure, escaped.
   const md = fs.readFileSync(summary, 'utf8');
-  expect(md).toContain('## vm-sync sync: 1/3 VM(s) ok');
+  expect(md).toContain('## vm-sync sync: 1 deployed, 2 failed');
   expect(md).toContain('❌ `internal_error`: boom &lt;b&gt;?\\[31m');
   expect(md).toMatch(/^\| vm03 \| 192\.0\.2\.3 \| unknown \| none \| ❌ failed \(`internal_error`\) \|/m);
 });

@@ -118,9 +118,9 @@ function vm(overrides: Partial<VmReport>): VmReport {
 
 describe('commit status of a VM', () => {
   test.each([
-    [vm({}), 'sync', false, { state: 'success', description: 'deployed bbbbbbb: 3 file(s), 2048 bytes in 1.5s' }],
+    [vm({}), 'sync', false, { state: 'success', description: 'deployed bbbbbbb: 3 files, 2048 bytes in 1.5s' }],
     [vm({ action: 'none' }), 'sync', false, { state: 'success', description: 'already on bbbbbbb' }],
-    [vm({}), 'sync', true, { state: 'success', description: 'dry run: 3 file(s) would change' }],
+    [vm({}), 'sync', true, { state: 'success', description: 'dry run: 3 files would change' }],
     [vm({ action: 'verify' }), 'verify', false, { state: 'success', description: 'verified: on bbbbbbb' }],
     [vm({ result: 'refused', error: { code: 'refused_ahead', message: 'older' } }), 'sync', false, { state: 'failure', description: 'refused_ahead: older' }],
     [vm({ result: 'failed', error: { code: 'unreachable', message: 'x'.repeat(300) } }), 'sync', false, { state: 'error', description: `unreachable: ${'x'.repeat(126)}…` }],

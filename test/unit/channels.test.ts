@@ -57,7 +57,7 @@ describe('job summary', () => {
     expect(line('❌', failure.length)).toBe(failure);
     // Revs that are not commit hashes are not echoed; notes past 20 are counted, not listed.
     expect(line('| vm01 |', 200)).toBe('| vm01 | 10.0.0.1 | behind | deploy | ❌ failed (`sentinel_unreadable`) | ? → ? | 3 | 2.0 KB | 1.5s | no |');
-    expect(line('- vm01: …', 200)).toBe('- vm01: …and 32 more note(s) (see the `results` output)');
+    expect(line('- vm01: …', 200)).toBe('- vm01: …and 32 more notes (see the `results` output)');
   });
 
   test('a summary over the cap is cut at a line, in bytes, with <details> closed', () => {
@@ -78,7 +78,7 @@ describe('terminal table', () => {
     const lines = text.split('\n');
     expect(lines[4]).toMatch(/^vm01 +10\.0\.0\.1 +behind +deploy +failed \(sentinel_unreadable\) +\? -> \? /);
     expect(lines).toContain(`vm01: note: ?[31mred${HTML}${LINK} # heading ?2J | pipe \`tick\` *b* _i_ &amp;`);
-    expect(lines).toContain('vm01: note: …and 32 more (see --json)');
+    expect(lines).toContain('vm01: note: …and 32 more notes (see --json)');
   });
 
   test('an error of 10 MB is one bounded line', () => {

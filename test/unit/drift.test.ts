@@ -122,12 +122,12 @@ describe('readListingAnswer', () => {
     expect(() => readListingAnswer(answer(Buffer.alloc(10), -1, { overflowed: true }), NONCE, 'vm01')).toThrow(/too many entries on vm01/);
     const bomb = zlib.gzipSync(Buffer.alloc(4 * 1024 * 1024));
     const limits: ListingLimits = { maxEntries: 10, maxCompressedBytes: 1 << 20, maxBytes: 1 << 20 };
-    expect(() => readListingAnswer(answer(framed(bomb)), NONCE, 'vm01', limits)).toThrow(/too many entries on vm01 for verify --deep: its listing is over 1 MiB/);
+    expect(() => readListingAnswer(answer(framed(bomb)), NONCE, 'vm01', limits)).toThrow(/too many entries on vm01 for the deep verify: its listing is over 1 MiB/);
   });
 
   test("the agent's own refusal keeps its code and message", () => {
     const said = (code: string, message: string): Buffer => Buffer.from(`@${NONCE} error=${code}\n@${NONCE} message=${message}\n`);
-    expect(() => readListingAnswer(answer(said('too_many', '/srv/app holds more than 10 entries'), 3), NONCE, 'vm01')).toThrow(/too many entries on vm01 for verify --deep: \/srv\/app holds more than 10 entries/);
+    expect(() => readListingAnswer(answer(said('too_many', '/srv/app holds more than 10 entries'), 3), NONCE, 'vm01')).toThrow(/too many entries on vm01 for the deep verify: \/srv\/app holds more than 10 entries/);
     const error = (() => {
       try {
         readListingAnswer(answer(said('no_release', '~/app is not a directory'), 3), NONCE, 'vm01');
@@ -177,7 +177,7 @@ describe('agent.sh listing, run here on a real directory', () => {
   });
 
   test('refuses more entries than asked for, before hashing anything', () => {
-    expect(() => readListingAnswer(listing(5), 'abc', 'here')).toThrow(/too many entries on here for verify --deep: .* holds more than 5 entries/);
+    expect(() => readListingAnswer(listing(5), 'abc', 'here')).toThrow(/too many entries on here for the deep verify: .* holds more than 5 entries/);
   });
 
   test("a directory that is not vm-sync's release is not listed as one", () => {
@@ -395,7 +395,7 @@ describe('the report shows drift', () => {
     const text = renderTable(report);
     expect(text).toMatchSnapshot();
     expect(text).not.toContain('\x1b');
-    expect(text).toContain('vm02: drift: …and 22 more path(s)');
+    expect(text).toContain('vm02: drift: …and 22 more paths');
   });
 
   test('the job summary: a Drift column and each listed path as code', () => {

@@ -35,7 +35,7 @@ test('every shard back: one report in config order, the fleet-wide flip skew, ex
   expect(merged.commit).toBe(SHA);
   expect(merged.flip_skew_ms).toBe(1750);
   expect(exitCodeFor(merged)).toBe(0);
-  expect(fleetStatus(merged, null)).toEqual({ state: 'success', description: '5/5 VM(s) ok in 3 shards' });
+  expect(fleetStatus(merged, null)).toEqual({ state: 'success', description: '5 of 5 VMs ok in 3 shards' });
 });
 
 test('a shard with no results fails each of its VMs with shard_missing, never success', () => {
@@ -50,7 +50,7 @@ test('a shard with no results fails each of its VMs with shard_missing, never su
   expect(merged.vms[1].error?.message).toMatch(/^shard 2\/3, which has vm2, wrote no results: .* vm-sync status --shard 2\/3/);
   expect(merged.shards?.missing).toEqual([2]);
   expect(exitCodeFor(merged)).toBe(1);
-  expect(fleetStatus(merged, null)).toEqual({ state: 'failure', description: '3/5 VM(s) ok in 3 shards, 1 shard(s) missing' });
+  expect(fleetStatus(merged, null)).toEqual({ state: 'failure', description: '3 of 5 VMs ok in 3 shards, 1 shard missing' });
   // Without the config there are no rows to fail, but the run still fails.
   const blind = mergeResults([shard(1, 3, [row('vm1'), row('vm4')]), shard(3, 3, [row('vm3')])]);
   expect(blind.vms.map((vm) => vm.id)).toEqual(['vm1', 'vm3', 'vm4']);
@@ -93,7 +93,7 @@ test("the scan job's verdict is the merged report's scan; a blocked scan exits 3
   const merged = mergeResults([doc('scan.json', { command: 'scan', scan: scan as unknown as RunReport['scan'] }), shard(1, 1, [])]);
   expect(merged.scan?.blocked).toBe(true);
   expect(exitCodeFor(merged)).toBe(3);
-  expect(fleetStatus(merged, null)).toEqual({ state: 'failure', description: 'secrets_found: 1 possible secret(s): deploy blocked' });
+  expect(fleetStatus(merged, null)).toEqual({ state: 'failure', description: 'secrets_found: 1 possible secret: deploy blocked' });
 });
 
 describe('inputs that are not the results of one deploy are refused, naming the file', () => {
@@ -123,14 +123,14 @@ test('the merged report renders as one table and one job summary (snapshots)', (
   expect(table).toContain('shards: 2 of 3 reported; MISSING 2/3');
   expect(table).toMatchSnapshot();
   const summary = renderSummary(merged, { runUrl: 'https://github.com/acme/app/actions/runs/9', failure: null });
-  expect(summary).toContain('## vm-sync sync (3 shards merged): 2/5 VM(s) ok');
+  expect(summary).toContain('## vm-sync sync (3 shards merged): 2 deployed, 3 failed');
   expect(summary).toContain('❌ shards: 2 of 3 reported; MISSING 2/3');
   expect(summary).toMatchSnapshot();
 });
 
 test('a merged dry run says so in its aggregate status', () => {
   const merged = mergeResults([shard(1, 2, [row('vm1')], { dry_run: true }), shard(2, 2, [row('vm2')], { dry_run: true })]);
-  expect(fleetStatus(merged, null)).toEqual({ state: 'success', description: 'dry run: 2/2 VM(s) ok in 2 shards, nothing changed' });
+  expect(fleetStatus(merged, null)).toEqual({ state: 'success', description: 'dry run: 2 of 2 VMs ok in 2 shards, nothing changed' });
 });
 
 test('a merge that could not be done is an error status, never success', () => {

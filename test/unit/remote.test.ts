@@ -140,11 +140,38 @@ describe('rsync arguments', () => {
     expect(parseProgress('sending incremental file list\n')).toBeNull();
   });
 
-  test('dry-run itemised lines count as changes', () => {
-    const out = '>f+++++++++ new.txt\n>fcs.p..... changed.txt\n*deleting   old.txt\ncd+++++++++ newdir/\n';
+  test('a dry run counts files, not directories, as add, change and delete', () => {
+    const out = [
+      'created directory /srv/.app.vm-sync/releases/x.dry-run-1',
+      'cd+++++++++ ./',
+      '>f+++++++++ new.txt',
+      '>fcs.p..... changed.txt',
+      '.f...p..... mode-only.sh',
+      '.d..t...... olddir/',
+      'cL+++++++++ link',
+      'cLc.T...... relinked',
+      '*deleting   old.txt',
+      '*deleting   gone/',
+      'cd+++++++++ newdir/',
+      '>f+++++++++ name -> with arrow',
+      '',
+    ].join('\n');
     const stats = parseRsyncOutput(out, true);
-    expect(stats.filesChanged).toBe(4);
-    expect(stats.changes).toContain('*deleting   old.txt');
+    expect(stats.counts).toEqual({ add: 3, change: 3, delete: 1 });
+    expect(stats.filesChanged).toBe(7);
+    // Files first, in rsync's order; directories after them; the root and attribute-only directories not at all.
+    expect(stats.changes).toEqual([
+      { kind: 'add', path: 'new.txt', dir: false },
+      { kind: 'change', path: 'changed.txt', dir: false },
+      { kind: 'change', path: 'mode-only.sh', dir: false },
+      { kind: 'add', path: 'link', dir: false },
+      { kind: 'change', path: 'relinked', dir: false },
+      { kind: 'delete', path: 'old.txt', dir: false },
+      { kind: 'add', path: 'name -> with arrow', dir: false },
+      { kind: 'delete', path: 'gone/', dir: true },
+      { kind: 'add', path: 'newdir/', dir: true },
+    ]);
+    expect(rsyncArgs({ ...plan, dryRun: true, linkDest: null })).toContain('--out-format=%i %n');
   });
 });
 

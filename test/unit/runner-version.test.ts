@@ -126,6 +126,6 @@ describe('checkRunnerHost', () => {
     expect(lines[0]).toMatch(/^runner host {2}FAIL {2}runner {6}runner 2\.320\.0 in .* is older than 2\.329\.0/);
     expect(lines[1]).toMatch(/^ {13}fix: upgrade the runner: /);
     expect(lines.filter((l) => l.includes('older than'))).toHaveLength(1);
-    expect(lines.at(-2)).toBe('2/2 VM(s) ready for a sync; the runner host is not ready');
+    expect(lines.at(-2)).toBe('2 of 2 VMs ready for a sync; the runner host is not ready');
   });
 });
