@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, jumpHostsOf, loadConfig } from './config/load.js';
 import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { renderDoctor, runDoctor } from './doctor/doctor.js';
+import { githubAccessFromEnv } from './doctor/github.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
 import { terminalLine } from './report/escape.js';
 import { renderTable } from './report/table.js';
@@ -24,7 +25,8 @@ Usage:
   vm-sync verify --config FILE [--commit SHA] [--vm ...] [--deep] [--json]
                  every VM on the commit? --deep: also compare every file each VM serves with its commit's tree
   vm-sync status --config FILE [--vm ...] [--json]
-  vm-sync doctor --config FILE [--vm ...] [--json]   prove every VM is ready before the first deploy
+  vm-sync doctor --config FILE [--vm ...] [--github] [--json]   prove the runner host and every VM are ready for a sync
+                 --github: also check the deployed branch is protected (token from GITHUB_TOKEN or GH_TOKEN)
   vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
   vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
   vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
@@ -97,6 +99,7 @@ function parse(argv: string[]) {
         to: { type: 'string' },
         'lock-wait': { type: 'string' },
         deep: { type: 'boolean', default: false },
+        github: { type: 'boolean', default: false },
         shard: { type: 'string' },
         merge: { type: 'boolean', default: false },
         shards: { type: 'string' },
@@ -162,11 +165,12 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     if (command !== 'sync' && values['dry-run']) throw new UsageError('--dry-run only applies to sync');
     if (values['no-fetch'] && command !== 'sync' && command !== 'scan') throw new UsageError('--no-fetch only applies to sync and scan');
     if (values.deep && command !== 'verify') throw new UsageError('--deep only applies to verify');
+    if (values.github && command !== 'doctor') throw new UsageError('--github only applies to doctor');
     if (command === 'status' && values.commit) throw new UsageError('status compares against the runner-host HEAD; use verify --commit');
 
-    // scan never reaches a VM, so it does not need (or check) the SSH keys;
-    // doctor reports a missing key or known_hosts per VM, with the fix.
-    const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory', 'locks'].includes(command) });
+    // scan never reaches a VM, so it does not need (or check) known_hosts; doctor reports it with the fix.
+    // SSH keys are checked per VM when it is connected to: a bad key fails that VM alone (key_invalid).
+    const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory'].includes(command) });
     if (command === 'inventory') {
       // For scripts (the runner bootstrap): everything needed to provision keys and pin host keys.
       const inventory = {
@@ -196,9 +200,10 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     }
     if (command === 'doctor') {
       if (values.commit) throw new UsageError('doctor takes no --commit');
-      const doctor = await runDoctor(config, { vms });
+      // The token comes from the environment only: an argument would show in the process list.
+      const doctor = await runDoctor(config, { vms, github: values.github ? githubAccessFromEnv(process.env) : undefined });
       io.out(json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
-      return doctor.vms.every((vm) => vm.ready) ? 0 : 1;
+      return doctor.ready ? 0 : 1;
     }
     if (command === 'unlock') {
       if (values.commit) throw new UsageError('unlock takes no --commit');
