@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { adoptJumpKey, writeJumpConfig } from '../helpers/jump-net.js';
+import { adoptJumpKey, jumpKeyFile, writeJumpConfig } from '../helpers/jump-net.js';
 import { World, type CliRun } from '../helpers/world.js';
 
 /*
@@ -195,11 +195,11 @@ test('with the default rollout.max_failed (0), vm02 failing on its key halts the
 
 test('a bad jump host key fails only the VMs behind that jump host, in sync and doctor', async () => {
   adoptJumpKey(world.fleet.keyDir, 'bastion', 'bastion');
-  const jumpKey = path.join(world.fleet.keyDir, 'id_ed25519_jump_bastion');
+  const bastionFile = path.join(world.fleet.keyDir, jumpKeyFile('bastion'));
   writeJumpConfig(world, { bastion: { ip: '127.0.0.1', port: world.vm('bastion').port, maxSessions: 4 }, vmIp: '127.0.0.1', behind: ['vm01', 'vm02'], direct: ['vm03'], sync: '{ concurrency: 8, connect_timeout_s: 5, timeout_s: 60, retries: 1 }' });
   try {
     expect((await world.cli(['status'])).code).toBe(0);
-    fs.chmodSync(jumpKey, 0o644);
+    fs.chmodSync(bastionFile, 0o644);
     const sha = world.ws.commit({ 'index.html': 'jump\n' }, 'jump');
     world.ws.push();
     const run = await world.cli(['sync']);
@@ -208,7 +208,7 @@ test('a bad jump host key fails only the VMs behind that jump host, in sync and 
     for (const id of ['vm01', 'vm02']) {
       expect([id, byId[id].error?.code]).toEqual([id, 'key_invalid']);
       expect(byId[id].error?.message).toBe(
-        `the SSH key for jump host bastion, ${jumpKey}, is readable by other users (mode 644): OpenSSH refuses such a key, and so does vm-sync: run chmod 600 ${jumpKey}. (every VM behind jump host bastion fails until it is fixed; the other VMs are not affected)`,
+        `the SSH key for jump host bastion, ${bastionFile}, is readable by other users (mode 644): OpenSSH refuses such a key, and so does vm-sync: run chmod 600 ${bastionFile}. (every VM behind jump host bastion fails until it is fixed; the other VMs are not affected)`,
       );
     }
     expect([byId.vm03.result, world.sentinel('vm03')]).toEqual(['success', `${sha}\n`]);
@@ -218,11 +218,11 @@ test('a bad jump host key fails only the VMs behind that jump host, in sync and 
     const byVm = Object.fromEntries(doc.vms.map((vm) => [vm.id, vm]));
     for (const id of ['vm01', 'vm02']) {
       const jump = byVm[id].checks.find((c) => c.name === 'jump');
-      expect([id, byVm[id].ready, jump?.status, jump?.hint]).toEqual([id, false, 'fail', `run chmod 600 ${jumpKey}`]);
+      expect([id, byVm[id].ready, jump?.status, jump?.hint]).toEqual([id, false, 'fail', `run chmod 600 ${bastionFile}`]);
       expect(jump?.detail).toMatch(/^jump host bastion \(.*\): key: the SSH key for jump host bastion, .* is readable by other users \(mode 644\)/);
     }
     expect(byVm.vm03.ready).toBe(true);
   } finally {
-    fs.chmodSync(jumpKey, 0o600);
+    fs.chmodSync(bastionFile, 0o600);
   }
 });
