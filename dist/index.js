@@ -55629,7 +55629,7 @@ module.exports = {
 "use strict";
 
 
-const { uid, states, sentCloseFrameState, emptyBuffer, opcodes } = __nccwpck_require__(736)
+const { uid, states, sentCloseFrameState, emptyBuffer, opcodes } = __nccwpck_require__(5974)
 const {
   kReadyState,
   kSentClose,
@@ -56002,7 +56002,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 736:
+/***/ 5974:
 /***/ ((module) => {
 
 "use strict";
@@ -56419,7 +56419,7 @@ module.exports = {
 "use strict";
 
 
-const { maxUnsigned16Bit } = __nccwpck_require__(736)
+const { maxUnsigned16Bit } = __nccwpck_require__(5974)
 
 const BUFFER_SIZE = 16386
 
@@ -56638,7 +56638,7 @@ module.exports = { PerMessageDeflate }
 
 const { Writable } = __nccwpck_require__(7075)
 const assert = __nccwpck_require__(4589)
-const { parserStates, opcodes, states, emptyBuffer, sentCloseFrameState } = __nccwpck_require__(736)
+const { parserStates, opcodes, states, emptyBuffer, sentCloseFrameState } = __nccwpck_require__(5974)
 const { kReadyState, kSentClose, kResponse, kReceivedClose } = __nccwpck_require__(1216)
 const { channels } = __nccwpck_require__(2414)
 const {
@@ -57172,7 +57172,7 @@ module.exports = {
 
 
 const { WebsocketFrameSend } = __nccwpck_require__(3264)
-const { opcodes, sendHints } = __nccwpck_require__(736)
+const { opcodes, sendHints } = __nccwpck_require__(5974)
 const FixedQueue = __nccwpck_require__(4660)
 
 /** @type {typeof Uint8Array} */
@@ -57304,7 +57304,7 @@ module.exports = {
 
 
 const { kReadyState, kController, kResponse, kBinaryType, kWebSocketURL } = __nccwpck_require__(1216)
-const { states, opcodes } = __nccwpck_require__(736)
+const { states, opcodes } = __nccwpck_require__(5974)
 const { ErrorEvent, createFastMessageEvent } = __nccwpck_require__(5188)
 const { isUtf8 } = __nccwpck_require__(4573)
 const { collectASequenceOfCodePointsFast, removeHTTPWhitespace } = __nccwpck_require__(1900)
@@ -57636,7 +57636,7 @@ module.exports = {
 const { webidl } = __nccwpck_require__(5893)
 const { URLSerializer } = __nccwpck_require__(1900)
 const { environmentSettingsObject } = __nccwpck_require__(3168)
-const { staticPropertyDescriptors, states, sentCloseFrameState, sendHints } = __nccwpck_require__(736)
+const { staticPropertyDescriptors, states, sentCloseFrameState, sendHints } = __nccwpck_require__(5974)
 const {
   kWebSocketURL,
   kReadyState,
@@ -78567,14 +78567,23 @@ function _unique(values) {
     return Array.from(new Set(values));
 }
 //# sourceMappingURL=tool-cache.js.map
+;// CONCATENATED MODULE: ./src/scan/pinned.ts
+/**
+ * The gitleaks version vm-sync pins: the Action installs it when none is
+ * given, and doctor compares the runner host's with it. Its own module so the
+ * CLI can name it without bundling the installer's download client.
+ */
+const DEFAULT_GITLEAKS_VERSION = '8.30.1';
+
 ;// CONCATENATED MODULE: ./src/scan/install.ts
 
 
 
 
 
+
 /** The gitleaks version the action installs when none is given. */
-const DEFAULT_GITLEAKS_VERSION = '8.30.1';
+
 /**
  * SHA-256 of the official release archives, pinned in the code: a download is
  * used only if it matches. Values from the v8.30.1 release's checksums file,

@@ -9,7 +9,7 @@ import { run } from '../local/run.js';
 import { holderIsDead } from '../remote/lock.js';
 import { vmText } from '../remote/untrusted.js';
 import { checkGitleaksLogs, locateGitleaks } from '../scan/gitleaks.js';
-import { DEFAULT_GITLEAKS_VERSION } from '../scan/install.js';
+import { DEFAULT_GITLEAKS_VERSION } from '../scan/pinned.js';
 import type { Check } from './doctor.js';
 
 /*
