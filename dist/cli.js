@@ -34615,6 +34615,7 @@ const FAILURE_CODES = [
     'shard_missing',
     'results_invalid',
     'jump_unreachable',
+    'key_invalid',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout', 'jump_unreachable']);
@@ -35252,40 +35253,87 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
 function jumpHostsOf(config) {
     return [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : []))).values()];
 }
+/** The user vm-sync runs as, by name when the system knows it. */
+function runningUser() {
+    try {
+        return external_node_os_default().userInfo().username;
+    }
+    catch {
+        return `uid ${process.getuid?.() ?? '?'}`;
+    }
+}
 /**
- * Checks what the config points at on the runner host: a readable key file per
- * VM that only its owner can read (OpenSSH refuses others, so do we), and the
- * pinned known_hosts file. Returns problems; touches nothing.
+ * Checks one private key file the way OpenSSH would before using it, and a
+ * little stricter: it must exist, be a regular file this user can read, be
+ * owned by this user (anyone who owns it can replace it), and grant nothing
+ * to group or others (OpenSSH refuses such a key: "UNPROTECTED PRIVATE KEY
+ * FILE"). Null when it is fine. Only the file's metadata is read here; its
+ * content is checked where it is parsed (src/remote/session.ts).
+ */
+function keyFileProblem(file) {
+    const user = runningUser();
+    let stat;
+    try {
+        stat = external_node_fs_default().statSync(file);
+    }
+    catch (error) {
+        const code = error.code ?? 'error';
+        if (code === 'ENOENT' || code === 'ENOTDIR') {
+            return {
+                problem: 'does not exist',
+                fix: `put the private key there (vm-sync expects it at remote_execution.key_storage_path/${external_node_path_default().basename(file)}), or create one: ssh-keygen -t ed25519 -N '' -f ${file} and authorize ${file}.pub on the host (scripts/bootstrap-runner.sh --config does both)`,
+            };
+        }
+        return { problem: `cannot be looked at by ${user} (${code})`, fix: `let ${user} reach it: check the permissions of ${external_node_path_default().dirname(file)} and its parents` };
+    }
+    if (!stat.isFile())
+        return { problem: `is ${stat.isDirectory() ? 'a directory' : 'not a regular file'}`, fix: `replace it with the private key file (vm-sync expects it at remote_execution.key_storage_path/${external_node_path_default().basename(file)})` };
+    const uid = process.getuid?.();
+    const mode = stat.mode & 0o777;
+    const foreign = uid !== undefined && stat.uid !== uid;
+    const open = (mode & 0o077) !== 0;
+    if (foreign || open) {
+        const shown = mode.toString(8).padStart(3, '0');
+        const access = mode & 0o044 ? 'readable by other users' : mode & 0o022 ? 'writable by other users' : 'open to other users';
+        const parts = [
+            ...(foreign ? [`is owned by uid ${stat.uid}, not by ${user} who runs vm-sync`] : []),
+            ...(open ? [`${foreign ? 'and ' : 'is '}${access} (mode ${shown}): OpenSSH refuses such a key, and so does vm-sync`] : []),
+        ];
+        const commands = [...(foreign ? [`chown ${user} ${file}`] : []), ...(open ? [`chmod 600 ${file}`] : [])];
+        return { problem: parts.join(', '), fix: `run ${commands.join(' && ')}` };
+    }
+    try {
+        external_node_fs_default().accessSync(file, (external_node_fs_default()).constants.R_OK);
+    }
+    catch {
+        return { problem: `is not readable by ${user} (mode ${mode.toString(8).padStart(3, '0')})`, fix: `run chmod 600 ${file}` };
+    }
+    return null;
+}
+/**
+ * Checks what the whole run needs on the runner host: the pinned known_hosts
+ * file. Returns problems; touches nothing. Each VM's (and jump host's) key is
+ * checked when that VM is connected to ({@link keyFileProblem}), so a bad key
+ * fails that VM alone (`key_invalid`), never the run.
  */
 function checkConfigFiles(config) {
     const problems = [];
-    const check = (file, what, privateKey) => {
-        let stat;
-        try {
-            stat = external_node_fs_default().statSync(file);
-            external_node_fs_default().accessSync(file, (external_node_fs_default()).constants.R_OK);
-        }
-        catch {
-            problems.push({ line: null, message: `${what} not found or not readable: ${file}` });
-            return;
-        }
-        if (!stat.isFile())
-            problems.push({ line: null, message: `${what} is not a regular file: ${file}` });
-        else if (privateKey && (stat.mode & 0o077) !== 0) {
-            problems.push({ line: null, message: `${what} is readable by other users (mode ${(stat.mode & 0o777).toString(8)}): run chmod 600 ${file}` });
-        }
-    };
-    for (const vm of config.vms)
-        check(vm.keyPath, `SSH key for ${vm.id}`, true);
-    for (const jump of jumpHostsOf(config))
-        check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
-    check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
+    const file = config.knownHostsPath;
+    try {
+        external_node_fs_default().accessSync(file, (external_node_fs_default()).constants.R_OK);
+        if (!external_node_fs_default().statSync(file).isFile())
+            problems.push({ line: null, message: `pinned known_hosts (remote_execution.known_hosts) is not a regular file: ${file}` });
+    }
+    catch {
+        problems.push({ line: null, message: `pinned known_hosts (remote_execution.known_hosts) not found or not readable: ${file}` });
+    }
     return problems;
 }
 /**
  * Reads, validates and checks a config file; throws {@link ConfigError} with
- * every problem. `checkFiles: false` skips the key and known_hosts checks, for
- * commands that never reach a VM (`scan` on a CI checkout has no keys).
+ * every problem. `checkFiles: false` skips the known_hosts check, for commands
+ * that never reach a VM (`scan` on a CI checkout has none) or that report it
+ * themselves (`doctor`). SSH keys are never checked here: see {@link keyFileProblem}.
  */
 function loadConfig(file, options = {}) {
     let text;
@@ -35481,7 +35529,7 @@ const HTML_SPECIAL = { '&': '&amp;', '<': '&lt;', '>': '&gt;' };
  * (links, images, emphasis, code, tables, headings) escaped, so it renders as
  * the literal characters.
  */
-function markdownText(text, max) {
+function escape_markdownText(text, max) {
     const escaped = untrusted_vmText(text, max)
         .replace(/[&<>]/g, (c) => HTML_SPECIAL[c])
         .replace(MARKDOWN_SPECIAL, (c) => `\\${c}`);
@@ -36339,7 +36387,7 @@ async function withCloneLock(cloneDir, doing, options, fn) {
 /** Reads the holder of a lock path, or null when it is free or not a vm-sync clone lock. */
 function readCloneLock(lockPath) {
     try {
-        return parseHolder(fs.readlinkSync(lockPath));
+        return parseHolder(external_node_fs_default().readlinkSync(lockPath));
     }
     catch {
         return null;
@@ -37043,6 +37091,7 @@ function gitOutput(stderr) {
     return cut > 0 ? `(${cut} earlier line${cut === 1 ? '' : 's'} cut)\n${text}` : text;
 }
 /** `https://user:token@host/…` → `https://***@host/…`: a URL's credentials never reach a message. */
+/** Text with the user and password of any URL in it masked (`https://***@host/...`). */
 function anonymizeUrls(text) {
     return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
 }
@@ -40554,7 +40603,9 @@ class JumpLink {
                 }, FAILURE_MEMORY_MS).unref();
                 const code = error instanceof VmSyncError ? error.code : 'unreachable';
                 // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
-                throw new VmSyncError(code === 'unreachable' || code === 'timeout' ? 'jump_unreachable' : code, `${getErrorMessage(error)}${code === 'unreachable' || code === 'timeout' ? ` (every VM behind jump host ${name} fails until it is back)` : ''}`, { cause: error });
+                const network = code === 'unreachable' || code === 'timeout';
+                const behind = network ? ` (every VM behind jump host ${name} fails until it is back)` : code === 'key_invalid' ? ` (every VM behind jump host ${name} fails until it is fixed; the other VMs are not affected)` : '';
+                throw new VmSyncError(network ? 'jump_unreachable' : code, `${getErrorMessage(error)}${behind}`, { cause: error });
             });
             this.session = failed;
         }
@@ -40590,6 +40641,7 @@ function tunnelTo(vm, knownHosts, openJump) {
 }
 
 ;// CONCATENATED MODULE: ./src/remote/session.ts
+
 
 
 
@@ -40654,19 +40706,14 @@ class VmSession {
      * fail fast rather than prompt (OpenSSH's BatchMode).
      */
     static async open(vm, knownHosts, options) {
+        // The key first: a problem with it is this host's alone, and says exactly what to fix.
+        const privateKey = readPrivateKey(vm).text;
         const pinned = knownHosts.pinned(vm.host, vm.port);
         if (pinned.keys.length === 0 && pinned.revoked.length > 0) {
             throw new VmSyncError('host_key_revoked', `every host key pinned for ${pinned.name} in known_hosts is REVOKED (@revoked ${pinned.revoked.map(fingerprint).join(', ')}): vm-sync will not connect to ${vm.id}. Give the VM a new host key, fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band and pin it; remove the @revoked line only if it was added by mistake.`);
         }
         if (pinned.keys.length === 0) {
             throw new VmSyncError('host_key_unknown', `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`);
-        }
-        let privateKey;
-        try {
-            privateKey = external_node_fs_default().readFileSync(vm.keyPath, 'utf8');
-        }
-        catch (error) {
-            throw new VmSyncError('config_invalid', `cannot read SSH key ${vm.keyPath}: ${getErrorMessage(error)}`);
         }
         // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
         const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
@@ -40932,6 +40979,54 @@ class VmSession {
         this.ssh.dispose();
         this.tunnelClosed();
     }
+}
+/** `key_invalid`, with what is wrong and the fix apart (doctor shows them on lines of their own). */
+class KeyInvalidError extends VmSyncError {
+    problem;
+    fix;
+    constructor(
+    /** What is wrong, as a sentence about the file. */
+    problem, 
+    /** What to run or do about it. */
+    fix) {
+        super('key_invalid', `${problem}: ${fix}.`);
+        this.problem = problem;
+        this.fix = fix;
+        this.name = 'KeyInvalidError';
+    }
+}
+/**
+ * Reads a host's private key (a VM's, or a jump host's) as a connection will
+ * use it, or throws {@link KeyInvalidError} (`key_invalid`) with the fix: the
+ * file's checks ({@link keyFileProblem}), then its content must be an
+ * unencrypted private key ssh2 can use. Nothing of the key's content is ever
+ * put in a message.
+ */
+function readPrivateKey(host) {
+    const file = host.keyPath;
+    const invalid = (problem, fix) => new KeyInvalidError(`the SSH key for ${host.id}, ${file}, ${problem}`, fix);
+    const problem = keyFileProblem(file);
+    if (problem)
+        throw invalid(problem.problem, problem.fix);
+    let text;
+    try {
+        text = external_node_fs_default().readFileSync(file, 'utf8');
+    }
+    catch (error) {
+        throw invalid(`cannot be read (${error.code ?? getErrorMessage(error)})`, `run chmod 600 ${file}`);
+    }
+    // One file may hold several keys (ssh2 answers a list): the first is the one used.
+    const parsed = lib.utils.parseKey(text);
+    const key = Array.isArray(parsed) ? parsed[0] : parsed;
+    if (key instanceof Error || !key) {
+        if (/passphrase|encrypted/i.test(key ? key.message : '')) {
+            throw invalid('is protected by a passphrase, which an unattended deploy cannot type', `remove the passphrase (ssh-keygen -p -N '' -f ${file}), keeping the file mode 600`);
+        }
+        throw invalid('is not a private key vm-sync can read (OpenSSH or PEM format)', `put ${host.id}'s private key there, or create a new one: ssh-keygen -t ed25519 -N '' -f ${file} (then authorize ${file}.pub on the host)`);
+    }
+    if (!key.isPrivateKey())
+        throw invalid('holds a public key, not the private one', 'put the private half there (the file without .pub)');
+    return { text, key };
 }
 /**
  * The message for a failed connection: what happened and what to do. `seen`
@@ -44212,6 +44307,406 @@ function stopDemo(dir) {
     return fleet;
 }
 
+;// CONCATENATED MODULE: ./src/report/protection.ts
+
+
+
+/*
+ * Branch protection of the deployed branch. vm-sync deploys whatever reaches
+ * `remote/default_branch`, and its secret scan only blocks a deploy, not a
+ * push: the branch itself must only change through reviewed, scanned pull
+ * requests. `GET /repos/{owner}/{repo}/branches/{branch}` answers `protected`
+ * with read access only (the protection settings themselves need admin), so
+ * this is what vm-sync checks: a warning when the branch is not protected,
+ * a notice when it cannot tell. Never a failure: the deploy is not its to stop.
+ */
+/** The status check vm-sync posts for the secret scan; the README asks to require it. */
+const SCAN_STATUS_CONTEXT = 'vm-sync/secret-scan';
+const SETTINGS = `require a pull request before merging with at least one approving review, require the status check ${SCAN_STATUS_CONTEXT}, and block direct pushes, force pushes and deletions`;
+/** The verdict on one answer. Pure. */
+function judgeProtection(where, answer) {
+    const name = `branch ${where.branch} of ${where.owner}/${where.repo}`;
+    if (answer.status === 200 && answer.protected === false) {
+        return {
+            level: 'warning',
+            message: `${name} is not protected: anyone who can push to it deploys what they push, unreviewed, and can force-push or delete it`,
+            fix: `protect it (Settings → Branches, or a ruleset): ${SETTINGS} (README: Branch protection)`,
+            checked: true,
+        };
+    }
+    if (answer.status === 200 && answer.protected === true) {
+        const contexts = answer.requiredContexts;
+        if (contexts && !contexts.includes(SCAN_STATUS_CONTEXT)) {
+            return {
+                level: 'notice',
+                message: `${name} is protected, but its required status checks (${contexts.length ? contexts.map((c) => untrusted_vmText(c, 100)).join(', ') : 'none'}) do not include ${SCAN_STATUS_CONTEXT}`,
+                fix: `add ${SCAN_STATUS_CONTEXT} to the branch's required status checks, so a commit with a possible secret cannot be merged`,
+                checked: true,
+            };
+        }
+        return { level: 'ok', message: `${name} is protected`, fix: null, checked: true };
+    }
+    const why = answer.status === 0
+        ? `no answer: ${answer.reason ?? 'unknown error'}`
+        : answer.status === 200
+            ? 'the answer has no protected field'
+            : `HTTP ${answer.status}${answer.reason ? `: ${untrusted_vmText(answer.reason, 200)}` : ''}`;
+    const fix = answer.status === 401
+        ? 'the token was refused: give a valid token'
+        : answer.status === 403 || answer.status === 404
+            ? 'give the token read access to the repository (permissions: contents: read), and check that the branch exists'
+            : 'check the API URL and the network';
+    return { level: 'notice', message: `could not check whether ${name} is protected (${why})`, fix, checked: false };
+}
+/**
+ * A {@link BranchReader} over `fetch` against `apiUrl` (https://api.github.com,
+ * or a GitHub Enterprise Server's `/api/v3`). The token goes in a header only;
+ * nothing it answers is trusted beyond the fields read.
+ */
+function fetchBranchReader(apiUrl, token, options = {}) {
+    const doFetch = options.fetchImpl ?? fetch;
+    return async (owner, repo, branch) => {
+        const url = `${apiUrl.replace(/\/$/, '')}/repos/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/branches/${encodeURIComponent(branch)}`;
+        let response;
+        try {
+            response = await doFetch(url, {
+                headers: { accept: 'application/vnd.github+json', authorization: `Bearer ${token}`, 'user-agent': 'vm-sync', 'x-github-api-version': '2022-11-28' },
+                signal: AbortSignal.timeout(options.timeoutMs ?? 15_000),
+                redirect: 'error',
+            });
+        }
+        catch (error) {
+            return { status: 0, reason: untrusted_vmText(getErrorMessage(error), 200) };
+        }
+        const body = await response.json().catch(() => null);
+        return answerOf(response.status, body);
+    };
+}
+/** The fields of a branch answer this check reads; anything else in it is ignored. */
+function answerOf(status, body) {
+    const record = (value) => (value && typeof value === 'object' && !Array.isArray(value) ? value : null);
+    const doc = record(body);
+    if (status !== 200)
+        return { status, reason: typeof doc?.message === 'string' ? doc.message : undefined };
+    const checks = record(record(doc?.protection)?.required_status_checks);
+    const contexts = Array.isArray(checks?.contexts) && checks.contexts.every((c) => typeof c === 'string') ? checks.contexts : null;
+    // enforcement_level "off" means no check is required, whatever the list says.
+    const enforced = checks?.enforcement_level !== 'off';
+    return {
+        status,
+        protected: typeof doc?.protected === 'boolean' ? doc.protected : undefined,
+        requiredContexts: checks && contexts ? (enforced ? contexts : []) : null,
+    };
+}
+/** The job summary's section for a verdict (empty for `ok`: a protected branch needs no words). */
+function protectionSummary(verdict) {
+    if (verdict.level === 'ok')
+        return '';
+    const mark = verdict.level === 'warning' ? '⚠️ **Branch protection:**' : 'ℹ️ **Branch protection:**';
+    return `\n${mark} ${markdownText(`${verdict.message}.${verdict.fix ? ` To fix: ${verdict.fix}.` : ''}`, 2000)}\n`;
+}
+
+;// CONCATENATED MODULE: ./src/doctor/github.ts
+
+/** {@link GitHubAccess} from the environment: never from arguments, which other users see in the process list. */
+function githubAccessFromEnv(env) {
+    const token = env.GITHUB_TOKEN?.trim() || env.GH_TOKEN?.trim() || null;
+    return { apiUrl: (env.GITHUB_API_URL?.trim() || 'https://api.github.com').replace(/\/$/, ''), token };
+}
+/**
+ * The repository a remote URL names on its server: the last two path
+ * components, without `.git`. `https://github.com/acme/app.git`,
+ * `git@github.com:acme/app.git`, `ssh://git@ghe.example.com/acme/app` all give
+ * acme/app. Null for anything else (a local path).
+ */
+function repositoryOfUrl(url) {
+    let pathPart;
+    const scp = /^[^/@:\s]+@[^/:\s]+:(.+)$/.exec(url);
+    if (scp)
+        pathPart = scp[1];
+    else {
+        let parsed;
+        try {
+            parsed = new URL(url);
+        }
+        catch {
+            return null;
+        }
+        if (!['https:', 'http:', 'ssh:', 'git:'].includes(parsed.protocol))
+            return null;
+        pathPart = decodeURIComponent(parsed.pathname);
+    }
+    const parts = pathPart.replace(/\/+$/, '').replace(/\.git$/, '').split('/').filter(Boolean);
+    if (parts.length < 2)
+        return null;
+    const [owner, repo] = parts.slice(-2);
+    const NAME = /^[A-Za-z0-9_.-]{1,100}$/;
+    return NAME.test(owner) && NAME.test(repo) ? { owner, repo } : null;
+}
+/**
+ * `doctor --github`: whether the deployed branch is protected, like the
+ * Action checks it. A warning when it is not; `skipped` when it cannot be
+ * told (no token, no GitHub URL, 403/404, no answer). Never a failure.
+ * `cloneUrl` is the runner-host clone's remote URL, used when the config has
+ * no `repository.url`.
+ */
+async function branchProtectionCheck(config, access, cloneUrl) {
+    const branch = config.repository.defaultBranch;
+    const url = config.repository.url ?? cloneUrl;
+    const where = url ? repositoryOfUrl(url) : null;
+    if (!where) {
+        return {
+            name: 'branch_protection',
+            status: 'skipped',
+            detail: `cannot tell which GitHub repository to ask: ${url ? 'repository.url is not a GitHub URL' : 'repository.url is not set and there is no clone to read it from'}`,
+            hint: 'set repository.url to the repository\'s GitHub URL (https://github.com/OWNER/REPO.git)',
+        };
+    }
+    if (!access.token) {
+        return {
+            name: 'branch_protection',
+            status: 'skipped',
+            detail: `cannot check branch ${branch} of ${where.owner}/${where.repo}: no token`,
+            hint: 'export GITHUB_TOKEN (or GH_TOKEN) with read access to the repository, then run doctor --github again',
+        };
+    }
+    const reader = access.reader ?? fetchBranchReader(access.apiUrl, access.token);
+    const verdict = judgeProtection({ ...where, branch }, await reader(where.owner, where.repo, branch));
+    return {
+        name: 'branch_protection',
+        status: !verdict.checked ? 'skipped' : verdict.level === 'ok' ? 'ok' : 'warn',
+        detail: verdict.message,
+        hint: verdict.fix,
+    };
+}
+
+;// CONCATENATED MODULE: ./src/scan/pinned.ts
+/**
+ * The gitleaks version vm-sync pins: the Action installs it when none is
+ * given, and doctor compares the runner host's with it. Its own module so the
+ * CLI can name it without bundling the installer's download client.
+ */
+const DEFAULT_GITLEAKS_VERSION = '8.30.1';
+
+;// CONCATENATED MODULE: ./src/doctor/host.ts
+
+
+
+
+
+
+
+
+
+
+
+
+/*
+ * The runner host's part of `vm-sync doctor`: what every sync needs here
+ * before it reaches any VM, checked once per run. Read-only: nothing here
+ * writes, fetches or takes a lock.
+ */
+/** How long `git fsck --connectivity-only` may take before doctor stops it (~2 s for ~500k objects here). */
+const FSCK_BUDGET_MS = 30_000;
+const check = (name, status, detail, hint = null) => ({ name, status, detail, hint });
+/** The pinned known_hosts file: without it, every VM is refused. */
+function knownHostsCheck(config) {
+    const file = config.knownHostsPath;
+    try {
+        external_node_fs_default().accessSync(file, (external_node_fs_default()).constants.R_OK);
+        if (!external_node_fs_default().statSync(file).isFile())
+            throw new Error('not a file');
+    }
+    catch {
+        return check('known_hosts', 'fail', `${file} (remote_execution.known_hosts) is missing or not a readable file: every command that reaches a VM stops before it starts`, `pin each VM's host key there: ssh-keyscan -p PORT HOST, compare the fingerprint with the one on the VM's console, append the line (scripts/bootstrap-runner.sh --config does it)`);
+    }
+    const lines = external_node_fs_default().readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() && !l.trim().startsWith('#')).length;
+    return check('known_hosts', 'ok', `${file}: ${words_count(lines, 'pinned key line')}`);
+}
+/**
+ * gitleaks as the sync's scan will use it: found where sync looks, its
+ * version against the one vm-sync pins, and the probe the scan runs first
+ * (it must log what it skips the way vm-sync reads it, or every scan fails
+ * closed with scan_failed).
+ */
+async function gitleaksCheck(config) {
+    const settings = config.repository.secretScanning;
+    const pinned = DEFAULT_GITLEAKS_VERSION;
+    const install = `install gitleaks ${pinned} (https://github.com/gitleaks/gitleaks/releases/tag/v${pinned}) on PATH or set repository.secret_scanning.gitleaks_path (the Action downloads the pinned release itself when gitleaks is not on PATH)`;
+    if (!settings.enabled)
+        return check('gitleaks', 'skipped', 'secret scanning is disabled (repository.secret_scanning.enabled: false): deploys are not scanned', 'enable it unless another gate scans every commit before it reaches the deployed branch');
+    let binary;
+    try {
+        binary = locateGitleaks(settings.gitleaksPath);
+    }
+    catch (error) {
+        return check('gitleaks', 'fail', `${getErrorMessage(error)} Every sync fails with gitleaks_missing.`, install);
+    }
+    // A build from source answers "version is set by build process": no version at all.
+    const answer = await run(binary, ['version'], { signal: AbortSignal.timeout(10_000) }).catch(() => null);
+    const version = answer ? (/\bv?(\d+\.\d+\.\d+)\b/.exec(answer.stdout)?.[1] ?? null) : null;
+    try {
+        await checkGitleaksLogs(binary, { deadline: Date.now() + 60_000, timeoutS: 60 });
+    }
+    catch (error) {
+        return check('gitleaks', 'fail', `gitleaks ${version ?? '(version unknown)'} at ${binary}: ${getErrorMessage(error)} Every sync fails with scan_failed.`, install);
+    }
+    const series = (v) => v.split('.').slice(0, 2).join('.');
+    if (version === null) {
+        return check('gitleaks', 'ok', `gitleaks at ${binary} (it does not report its version: a build from source?) passed the probe every scan runs first; vm-sync pins ${pinned}`);
+    }
+    if (series(version) !== series(pinned)) {
+        return check('gitleaks', 'warn', `gitleaks ${version} at ${binary} is not the ${series(pinned)} series vm-sync pins (${pinned}); it passed the probe every scan runs first, so scans work`, `install gitleaks ${pinned} to scan exactly as the Action does`);
+    }
+    return check('gitleaks', 'ok', `gitleaks ${version} at ${binary} (pinned: ${pinned}); it passed the probe every scan runs first`);
+}
+function gitEnv() {
+    return { ...process.env, GIT_TERMINAL_PROMPT: '0', GIT_ASKPASS: '', LC_ALL: 'C' };
+}
+/** The first line of git's error output, cleaned, for a detail. */
+function firstLine(text) {
+    return untrusted_vmText(anonymizeUrls(text.trim().split('\n')[0] ?? ''), 300);
+}
+/** A URL or path reduced to what names the repository: host and path, without credentials, `.git` or a trailing `/`. */
+function repositoryKey(url) {
+    const scp = /^(?:[^/@:\s]+@)?([^/:\s]+):(?!\/\/)(.+)$/.exec(url);
+    const trim = (p) => p.replace(/\/+$/, '').replace(/\.git$/, '').replace(/^\/+/, '');
+    if (scp && !/^[A-Za-z]:\\/.test(url) && !url.includes('://'))
+        return `${scp[1].toLowerCase()}/${trim(scp[2])}`;
+    try {
+        const parsed = new URL(url);
+        if (parsed.protocol === 'file:')
+            return `file:${trim(external_node_path_default().resolve(decodeURIComponent(parsed.pathname)))}`;
+        return `${parsed.hostname.toLowerCase()}${parsed.port && !['80', '443', '22'].includes(parsed.port) ? `:${parsed.port}` : ''}/${trim(decodeURIComponent(parsed.pathname))}`;
+    }
+    catch {
+        return `file:${trim(external_node_path_default().resolve(url))}`;
+    }
+}
+/** Work git left half-done in a clone: a person is (or was) working in it. */
+const IN_PROGRESS = [
+    ['rebase-merge', 'a rebase', 'git -C DIR rebase --abort'],
+    ['rebase-apply', 'a rebase or git am', 'git -C DIR rebase --abort (or git am --abort)'],
+    ['MERGE_HEAD', 'a merge', 'git -C DIR merge --abort'],
+    ['CHERRY_PICK_HEAD', 'a cherry-pick', 'git -C DIR cherry-pick --abort'],
+    ['REVERT_HEAD', 'a revert', 'git -C DIR revert --abort'],
+    ['BISECT_LOG', 'a bisect', 'git -C DIR bisect reset'],
+];
+/**
+ * The runner-host clone as the next sync will find it: one check per thing
+ * found, each named `clone`. Also answers the clone's remote URL (for
+ * `--github` when the config has no `repository.url`).
+ */
+async function cloneChecks(config) {
+    const { mainRepoPath: dir, remote, defaultBranch, url } = config.repository;
+    const checks = [];
+    const add = (status, detail, hint = null) => {
+        checks.push(check('clone', status, detail, hint));
+    };
+    const user = (() => {
+        try {
+            return external_node_os_default().userInfo().username;
+        }
+        catch {
+            return 'the runner user';
+        }
+    })();
+    const shownUrl = url ? anonymizeUrls(url) : null;
+    if (!external_node_fs_default().existsSync(dir)) {
+        if (!url) {
+            add('fail', `${dir} (repository.main_repo_path) does not exist and repository.url is not set: sync has nothing to clone`, `set repository.url, or clone it there yourself: git clone --branch ${defaultBranch} URL ${dir}`);
+            return { checks, remoteUrl: null };
+        }
+        let existing = external_node_path_default().dirname(dir);
+        while (!external_node_fs_default().existsSync(existing) && external_node_path_default().dirname(existing) !== existing)
+            existing = external_node_path_default().dirname(existing);
+        try {
+            external_node_fs_default().accessSync(existing, (external_node_fs_default()).constants.W_OK);
+        }
+        catch {
+            add('fail', `${dir} does not exist, and ${existing} is not writable by ${user}: the first sync cannot clone it`, `mkdir -p ${external_node_path_default().dirname(dir)} && chown ${user} ${external_node_path_default().dirname(dir)}`);
+            return { checks, remoteUrl: url };
+        }
+        add('ok', `${dir} is not cloned yet: the first sync clones ${shownUrl} (branch ${defaultBranch}) into it`);
+        return { checks, remoteUrl: url };
+    }
+    const git = (...args) => run('git', ['-C', dir, ...args], { env: gitEnv() });
+    const aside = `${dir}.corrupt-<UTC time>`;
+    const reclone = (why) => {
+        if (url)
+            add('warn', `${dir} ${why}: the next sync moves it to ${aside} and clones ${shownUrl} again`, `nothing to do if that is expected; to keep what is in ${dir}, move it elsewhere first`);
+        else
+            add('fail', `${dir} ${why}, and repository.url is not set: sync cannot clone it again and fails with git_failed`, `set repository.url, or repair the clone by hand`);
+    };
+    if (!external_node_fs_default().statSync(dir).isDirectory() || !external_node_fs_default().existsSync(external_node_path_default().join(dir, '.git'))) {
+        reclone('is not a git clone (no .git)');
+        return { checks, remoteUrl: url };
+    }
+    const head = await git('rev-parse', '--verify', '--quiet', 'HEAD^{tree}');
+    if (head.code !== 0) {
+        reclone(`has no usable HEAD${head.stderr.trim() ? ` (${firstLine(head.stderr)})` : ''}`);
+        return { checks, remoteUrl: url };
+    }
+    // Where sync fetches from: the clone's own remote, whatever repository.url says.
+    const configured = await git('config', '--get', `remote.${remote}.url`);
+    const remoteUrl = configured.code === 0 && configured.stdout.trim() ? configured.stdout.trim() : null;
+    if (!remoteUrl) {
+        add('fail', `${dir} has no remote '${remote}' (repository.remote): every sync fails to fetch`, `git -C ${dir} remote add ${remote} ${url ?? 'URL'}`);
+    }
+    else if (url && repositoryKey(remoteUrl) !== repositoryKey(url)) {
+        add('fail', `${dir} fetches from ${anonymizeUrls(remoteUrl)}, not from repository.url ${shownUrl}: sync would deploy that repository's commits`, `git -C ${dir} remote set-url ${remote} ${shownUrl} (or correct repository.url)`);
+    }
+    const gitDir = external_node_path_default().join(dir, '.git');
+    for (const [marker, what, abort] of IN_PROGRESS) {
+        if (external_node_fs_default().existsSync(external_node_path_default().join(gitDir, marker))) {
+            add('warn', `${what} is in progress in ${dir}: someone works in vm-sync's clone by hand; the next sync resets and cleans it, and their changes there are lost`, `finish or abort it (${abort.replace('DIR', dir)}), and work in a clone of your own`);
+        }
+    }
+    const lock = cloneLockPath(dir);
+    const lockPresent = external_node_fs_default().lstatSync(lock, { throwIfNoEntry: false }) !== undefined;
+    const holder = lockPresent ? readCloneLock(lock) : null;
+    const liveRun = holder !== null && !holderIsDead(holder);
+    if (lockPresent && holder === null) {
+        add('fail', `${lock} is not a lock vm-sync can read: a sync waits for it 300 s (VM_SYNC_CLONE_WAIT_S) and fails with runner_busy`, `if no vm-sync run is working on this host: rm ${lock}`);
+    }
+    else if (liveRun) {
+        add('warn', `a vm-sync run holds the clone: ${describeHolder(holder)}; a sync now waits for it up to 300 s (VM_SYNC_CLONE_WAIT_S), then fails with runner_busy`, 'wait for that run to finish');
+    }
+    // git's own lock files: one left by a killed git makes every reset (and fetch) of the clone fail.
+    const refLock = (ref) => external_node_path_default().join(gitDir, ...ref.split('/')) + '.lock';
+    for (const file of [external_node_path_default().join(gitDir, 'index.lock'), external_node_path_default().join(gitDir, 'HEAD.lock'), external_node_path_default().join(gitDir, 'config.lock'), external_node_path_default().join(gitDir, 'packed-refs.lock'), external_node_path_default().join(gitDir, 'shallow.lock'), refLock(`refs/remotes/${remote}/${defaultBranch}`)]) {
+        let age;
+        try {
+            age = Math.round((Date.now() - external_node_fs_default().lstatSync(file).mtimeMs) / 1000);
+        }
+        catch {
+            continue;
+        }
+        if (liveRun)
+            add('warn', `${file} exists (${age} s old), probably the running vm-sync's`, 'wait for that run to finish');
+        else
+            add('fail', `${file} exists (${age} s old): git refuses to change the clone while it is there, so every sync fails with git_failed`, `if no git process works in ${dir} (ps -ef | grep git): rm ${file}`);
+    }
+    // Connectivity of everything reachable, under a budget: a missing object is found here, not mid-deploy.
+    const started = Date.now();
+    const fsck = await run('git', ['-C', dir, 'fsck', '--connectivity-only', '--no-progress'], { env: gitEnv(), signal: AbortSignal.timeout(FSCK_BUDGET_MS), maxOutput: 64 * 1024 });
+    const took = ((Date.now() - started) / 1000).toFixed(1);
+    let connectivity = `objects connected (git fsck --connectivity-only, ${took} s)`;
+    if (fsck.signal) {
+        connectivity = `connectivity not checked (git fsck --connectivity-only took over ${FSCK_BUDGET_MS / 1000} s)`;
+    }
+    else if (fsck.code !== 0) {
+        const said = firstLine(fsck.stderr || fsck.stdout);
+        if (url || remoteUrl)
+            add('warn', `git fsck --connectivity-only finds the clone damaged (${said}): the next sync moves it to ${aside} when a step meets the damage, and clones again`, `to do it now: mv ${dir} ${dir}.damaged && vm-sync sync`);
+        else
+            add('fail', `git fsck --connectivity-only finds the clone damaged (${said}), and there is no URL to clone it again from`, 'set repository.url, or repair the clone by hand');
+    }
+    if (checks.length === 0)
+        add('ok', `${dir}: a git clone fetching ${defaultBranch} from ${anonymizeUrls(remoteUrl ?? '?')}; ${connectivity}`);
+    return { checks, remoteUrl };
+}
+
 ;// CONCATENATED MODULE: ./src/doctor/runner.ts
 
 
@@ -44370,6 +44865,11 @@ function checkRunnerHost(env = process.env) {
 
 
 
+
+
+
+
+
 function tcpReachable(host, port, timeoutMs) {
     return new Promise((resolve) => {
         const socket = external_node_net_default().connect({ host, port });
@@ -44395,28 +44895,31 @@ function describeLock(vm, probe, staleAfterS) {
             return { status: 'warn', detail: `stale lock of ${describeOwner(owner, probe.now)}`, hint: `the next sync takes it over; to clear it now: ${unlock}` };
         if (holderIsDead(owner))
             return { status: 'warn', detail: `lock of a process that no longer exists: ${describeOwner(owner, probe.now)}`, hint: `the next sync from this runner host takes it over; to clear it now: ${unlock}` };
-        return { status: 'warn', detail: `locked by ${describeOwner(owner, probe.now)}: a deploy is running`, hint: `wait for it; if you know it is gone: ${unlock} --force` };
+        return { status: 'fail', detail: `locked by ${describeOwner(owner, probe.now)}: a deploy is running, and a sync now fails with locked`, hint: `wait for it (sync --lock-wait SECONDS waits for you); if you know it is gone: ${unlock} --force` };
     }
     const legacy = /^(\S+) (\d+)$/.exec(lock.record);
     if (lock.kind === 'legacy' && legacy) {
         const held = probe.now - Number(legacy[2]);
         return held > staleAfterS
             ? { status: 'warn', detail: `stale lock left by ${legacy[1]}, ${held}s old (an older vm-sync's lock; stale after sync.timeout_s=${staleAfterS}s)`, hint: `the next sync takes it over; to clear it now: ${unlock}` }
-            : { status: 'warn', detail: `locked by ${legacy[1]} for ${held}s (an older vm-sync): a deploy may be running`, hint: `wait for it, or clear it: ${unlock}` };
+            : { status: 'fail', detail: `locked by ${legacy[1]} for ${held}s (an older vm-sync): a deploy may be running, and a sync now fails with locked`, hint: `wait for it, or clear it: ${unlock}` };
     }
     const stale = age !== null && age > UNREADABLE_LOCK_GRACE_S;
-    return {
-        status: 'warn',
-        detail: `lock with an empty or unreadable owner record (${lock.record ? JSON.stringify(lock.record) : 'empty'}, ${age ?? '?'}s old): ${stale ? 'stale, the next sync takes it over' : `treated as stale after ${UNREADABLE_LOCK_GRACE_S}s`}`,
-        hint: `to clear it now: ${unlock}`,
-    };
+    const record = lock.record ? JSON.stringify(lock.record) : 'empty';
+    return stale
+        ? { status: 'warn', detail: `lock with an empty or unreadable owner record (${record}, ${age}s old): stale, the next sync takes it over`, hint: `to clear it now: ${unlock}` }
+        : {
+            status: 'fail',
+            detail: `lock with an empty or unreadable owner record (${record}, ${age ?? '?'}s old): a sync fails with locked until it is ${UNREADABLE_LOCK_GRACE_S}s old, then takes it over`,
+            hint: `clear it now if no deploy is running: ${unlock}`,
+        };
 }
 /** The hint for a failed login to a host (VM or jump host) with its key. */
 function loginHint(host, failure) {
     if (failure.code === 'auth_failed')
         return `on ${host.id}: append the output of ssh-keygen -y -f ${host.keyPath} to ~${host.user}/.ssh/authorized_keys`;
-    if (failure.code === 'config_invalid')
-        return `create it: ssh-keygen -t ed25519 -N '' -f ${host.keyPath} (then authorize its .pub on ${host.id})`;
+    if (failure instanceof KeyInvalidError)
+        return failure.fix;
     return null;
 }
 /** TCP, then the host key against the pinned ones, for a host this runner reaches directly. False when one failed. */
@@ -44459,6 +44962,9 @@ async function checkJump(jump, config, knownHosts) {
     const host = { id: `jump host ${jump.name}`, host: jump.host, user: jump.user, port: jump.port, keyPath: jump.keyPath, repoPath: '' };
     const checks = [];
     const add = (name, status, detail, hint = null) => checks.push({ name, status, detail, hint });
+    const key = keyCheck(host);
+    if (key.status === 'fail')
+        return key;
     if (!(await reachDirectly(host, 'jump host', config, knownHosts, add)))
         return checks.find((c) => c.status === 'fail') ?? null;
     try {
@@ -44468,6 +44974,87 @@ async function checkJump(jump, config, knownHosts) {
     catch (error) {
         const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
         return { name: 'auth', status: 'fail', detail: failure.message, hint: loginHint(host, failure) };
+    }
+}
+/** The user vm-sync runs as, for details. */
+function doctor_runningUser() {
+    try {
+        return external_node_os_default().userInfo().username;
+    }
+    catch {
+        return `uid ${process.getuid?.() ?? '?'}`;
+    }
+}
+/** The private key of a VM or jump host, checked as a connection will read it (src/remote/session.ts). */
+function keyCheck(host) {
+    try {
+        const { key } = readPrivateKey(host);
+        const mode = (external_node_fs_default().statSync(host.keyPath).mode & 0o777).toString(8).padStart(3, '0');
+        return { name: 'key', status: 'ok', detail: `${host.keyPath}: ${key.type} private key, mode ${mode}, owned by ${doctor_runningUser()}`, hint: null };
+    }
+    catch (error) {
+        if (error instanceof KeyInvalidError)
+            return { name: 'key', status: 'fail', detail: `${error.problem}; every command fails on ${host.id} alone with key_invalid`, hint: error.fix };
+        return { name: 'key', status: 'fail', detail: getErrorMessage(error), hint: null };
+    }
+}
+/**
+ * A no-op run through the same exec path rsync uses: a login shell that
+ * prints to stdout on a non-interactive session corrupts rsync's protocol.
+ * vm-sync's own agent frames its answers and the stream transfer carries no
+ * protocol on stdout, so it depends on the config whether a sync fails.
+ */
+async function shellCheck(vm, config, session, timeoutMs) {
+    let result;
+    try {
+        result = await session.exec('true', timeoutMs);
+    }
+    catch (error) {
+        return { name: 'shell', status: 'fail', detail: `running "true" on ${vm.id} failed: ${getErrorMessage(error)}`, hint: `check that ${vm.user}'s login shell on ${vm.id} starts non-interactively` };
+    }
+    if (result.code !== 0) {
+        return { name: 'shell', status: 'fail', detail: `"true" exited ${result.code} on ${vm.id}: ${vm.user}'s shell start-up files stop non-interactive commands (${untrusted_vmText(result.stderr.trim().split('\n').at(-1) ?? '', 200) || 'no message'})`, hint: `fix ${vm.user}'s start-up files on ${vm.id} (~/.bashrc, ~/.profile, /etc/bash.bashrc) so that: ssh ${vm.user}@${vm.host} true exits 0` };
+    }
+    if (result.stdout.length === 0)
+        return { name: 'shell', status: 'ok', detail: 'a non-interactive command prints nothing on stdout (rsync needs that)', hint: null };
+    const first = untrusted_vmText(result.stdout.split('\n').find((l) => l.trim()) ?? result.stdout, 80);
+    const rsyncAlways = config.sync.transfer === 'rsync' || config.repository.layout === 'in-place';
+    const where = rsyncAlways
+        ? `every sync of ${vm.id} uses rsync (${config.sync.transfer === 'rsync' ? 'sync.transfer: rsync' : 'layout: in-place'}) and fails with remote_shell_unclean`
+        : `rsync fails on it with remote_shell_unclean: sync --dry-run, and any deploy that falls back to rsync (a release changed by hand, a VM without GNU tar); the stream transfer itself is unaffected`;
+    return {
+        name: 'shell',
+        status: rsyncAlways ? 'fail' : 'warn',
+        detail: `${vm.user}'s login shell prints ${words_count(result.stdout.length, 'byte')} on stdout for a non-interactive command (${JSON.stringify(first)}): ${where}`,
+        hint: `on ${vm.id}: make ${vm.user}'s start-up files (~/.bashrc, ~/.profile, /etc/bash.bashrc, /etc/profile.d/*) print nothing unless the shell is interactive (e.g. begin ~/.bashrc with: case $- in *i*) ;; *) return ;; esac), or print to stderr, so that: ssh ${vm.user}@${vm.host} true prints nothing`,
+    };
+}
+/** What stands at the target path, and what the next sync does with it. */
+function liveCheck(vm, config, probe) {
+    const target = probe.target;
+    const stateDir = external_node_path_default().posix.join(external_node_path_default().posix.dirname(target), `.${external_node_path_default().posix.basename(target)}.vm-sync`);
+    const release = probe.currentRelease ? external_node_path_default().posix.basename(probe.currentRelease) : null;
+    const check = (status, detail, hint = null) => ({ name: 'live', status, detail, hint });
+    if (config.repository.layout === 'in-place') {
+        if (probe.kind === 'dir')
+            return check('ok', `${target} is a directory (layout: in-place)`);
+        if (probe.kind === 'absent')
+            return check('ok', `${target} does not exist yet: the first sync creates it`);
+        if (probe.kind === 'other')
+            return check('fail', `${target} is a file, not a directory: an in-place sync fails`, `on ${vm.id}: move ${target} away`);
+        return check('fail', `${target} is a symlink (${probe.kind === 'symlink' ? 'not made by vm-sync' : 'vm-sync\'s atomic layout'}): an in-place sync refuses to write through it`, `set repository.layout: atomic, or remove the symlink on ${vm.id}`);
+    }
+    switch (probe.kind) {
+        case 'release':
+            return check('ok', `${target} serves release ${release}`);
+        case 'absent':
+            return check('ok', `${target} does not exist yet: the first sync makes it a symlink to its release`);
+        case 'dangling':
+            return check('warn', `${target} points at release ${release}, which is gone: the VM serves nothing now; the next sync deploys a complete release and points ${target} at it`, `deploy now: vm-sync sync --vm ${vm.id}`);
+        default: {
+            const what = probe.kind === 'dir' ? 'a directory' : probe.kind === 'symlink' ? 'a symlink' : 'a file';
+            return check('warn', `${target} is ${what} vm-sync did not create: the first sync moves it aside to ${stateDir}/previous-<UTC time> (kept, never deleted) and puts its release symlink in its place`, `nothing to do if that is expected; to keep it somewhere else, move it on ${vm.id} before the first sync`);
+        }
     }
 }
 /**
@@ -44483,6 +45070,8 @@ async function checkVm(vm, config, knownHosts, treeBytes, jumps) {
     };
     const timeoutMs = config.sync.connectTimeoutS * 1000;
     const report = () => ({ id: vm.id, host: vm.host, ready: !checks.some((c) => c.status === 'fail'), checks });
+    const key = keyCheck(vm);
+    checks.push(key);
     const jump = vm.jump;
     if (jump) {
         let checked = jumps.get(jump.name);
@@ -44497,6 +45086,10 @@ async function checkVm(vm, config, knownHosts, treeBytes, jumps) {
         add('jump', 'ok', `${named}: reachable, host key matches the pinned key, logged in with ${jump.keyPath}`);
     }
     else if (!(await reachDirectly(vm, 'VM', config, knownHosts, add))) {
+        return report();
+    }
+    if (key.status === 'fail') {
+        add('auth', 'skipped', `login not tried: the key is unusable`, 'fix the key check first');
         return report();
     }
     let session;
@@ -44518,6 +45111,7 @@ async function checkVm(vm, config, knownHosts, treeBytes, jumps) {
         add('host_key', 'ok', `the key ${vm.id} offered through ${jump.name} matches the pinned key`);
     try {
         add('auth', 'ok', `logged in as ${vm.user} with ${vm.keyPath}`);
+        checks.push(await shellCheck(vm, config, session, timeoutMs * 3));
         const target = new RemoteTarget(session, vm.repoPath, Date.now() + timeoutMs * 3);
         let probe;
         try {
@@ -44536,6 +45130,7 @@ async function checkVm(vm, config, knownHosts, treeBytes, jumps) {
             add('target', 'ok', `${probe.target}: ${space.existing} is writable by ${vm.user}`);
         else
             add('target', 'fail', `${probe.target}: ${space.existing} is not writable by ${vm.user}`, `on ${vm.id}: mkdir -p ${space.parent} && chown ${vm.user} ${space.parent}`);
+        checks.push(liveCheck(vm, config, probe));
         if (space.availableKb === null)
             add('free_space', 'warn', 'free space unknown (df failed)', null);
         else if (treeBytes === null)
@@ -44557,13 +45152,13 @@ async function checkVm(vm, config, knownHosts, treeBytes, jumps) {
         const lockCheck = describeLock(vm, probe, config.sync.timeoutS);
         add('lock', lockCheck.status, lockCheck.detail, lockCheck.hint);
         if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
-            add('sync_rev', 'fail', `${probe.target}/.sync_rev is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}`}: vm-sync never follows or reads it, so a sync fails`, `remove it on ${vm.id}, or run vm-sync sync --force to replace it with a new release`);
+            add('sync_rev', 'fail', `${probe.target}/.sync_rev is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}`}: vm-sync never follows or reads it, so a sync fails with sentinel_unreadable`, `remove it on ${vm.id}, or run vm-sync sync --force --vm ${vm.id} to replace it with a new release`);
         }
         else if (probe.rev !== null && !/^[0-9a-f]{40}$/.test(probe.rev.trim())) {
-            add('sync_rev', 'fail', `.sync_rev holds ${JSON.stringify(probe.rev.slice(0, 60))}, not a commit hash`, `remove ${probe.target}/.sync_rev on ${vm.id} to treat the VM as fresh`);
+            add('sync_rev', 'fail', `${probe.target}/.sync_rev holds ${JSON.stringify(probe.rev.slice(0, 60))}, not a commit hash: a sync fails with sentinel_unreadable`, `remove ${probe.target}/.sync_rev on ${vm.id} to treat the VM as fresh, or run vm-sync sync --force --vm ${vm.id}`);
         }
         else {
-            add('sync_rev', 'ok', probe.rev ? `on ${probe.rev}` : 'no .sync_rev (never deployed)');
+            add('sync_rev', 'ok', probe.rev ? `on ${probe.rev.trim()}` : 'no .sync_rev (never deployed)');
         }
     }
     finally {
@@ -44572,9 +45167,12 @@ async function checkVm(vm, config, knownHosts, treeBytes, jumps) {
     return report();
 }
 /**
- * `vm-sync doctor`: proves every VM is ready for a sync, in parallel: TCP,
- * pinned host key, key login, rsync, a writable target, free space for the
- * tree, a stale lock, the current `.sync_rev`. Read-only everywhere.
+ * `vm-sync doctor`: proves the runner host and every VM are ready for a
+ * sync, in parallel. The runner host once: the runner's version, known_hosts, gitleaks, the
+ * runner-host clone (and, with `github`, the deployed branch's protection).
+ * Each VM: its key, TCP, pinned host key, key login, a clean login shell,
+ * rsync, a writable target, what stands at the target, free space for the
+ * tree, the lock, the current `.sync_rev`. Read-only everywhere.
  */
 async function runDoctor(config, options = {}) {
     const vms = selectVms(config, options.vms);
@@ -44588,28 +45186,40 @@ async function runDoctor(config, options = {}) {
             .then((sha) => repo.treeBytes(sha))
             .catch(() => null);
     }
+    const host = (async () => {
+        const [gitleaks, clone] = await Promise.all([gitleaksCheck(config), cloneChecks(config)]);
+        const runner = checkRunnerHost(options.env);
+        const checks = [{ name: runner.name, status: runner.status, detail: runner.detail, hint: runner.hint }, knownHostsCheck(config), gitleaks, ...clone.checks];
+        if (options.github)
+            checks.push(await branchProtectionCheck(config, options.github, clone.remoteUrl));
+        return checks;
+    })();
     const jumps = new Map();
-    const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps));
-    return { command: 'doctor', tree_bytes: treeBytes, runner_host: checkRunnerHost(options.env), vms: reports };
+    const [hostChecks, reports] = await Promise.all([host, mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps))]);
+    const runnerHost = { ready: !hostChecks.some((c) => c.status === 'fail'), checks: hostChecks };
+    return { command: 'doctor', ready: runnerHost.ready && reports.every((vm) => vm.ready), tree_bytes: treeBytes, runner_host: runnerHost, vms: reports };
 }
-/** One line per check per VM, with the fix under each failure. Pure. */
+/** The id column of the runner host's lines (no VM id can hold a space). */
+const RUNNER_HOST = 'runner host';
+/** One line per check (the runner host's first, then each VM's), with the fix under each that is not ok. Pure. */
 function renderDoctor(report) {
     const lines = [];
-    const width = Math.max(...report.vms.map((vm) => vm.id.length), 2);
-    const runner = report.runner_host;
-    lines.push(`runner host  ${runner.status.toUpperCase().padEnd(4)}  ${runner.name.padEnd(10)}  ${runner.detail}`);
-    if (runner.hint && runner.status !== 'ok')
-        lines.push(`             fix: ${runner.hint}`);
-    for (const vm of report.vms) {
-        for (const check of vm.checks) {
-            lines.push(`${vm.id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
+    const width = Math.max(...report.vms.map((vm) => vm.id.length), RUNNER_HOST.length);
+    const section = (id, checks) => {
+        for (const check of checks) {
+            lines.push(`${id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
             if (check.hint && check.status !== 'ok')
                 lines.push(`${' '.repeat(width)}        fix: ${check.hint}`);
         }
-    }
+    };
+    section(RUNNER_HOST, report.runner_host.checks);
+    for (const vm of report.vms)
+        section(vm.id, vm.checks);
     const ready = report.vms.filter((vm) => vm.ready).length;
     const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
-    lines.push('', `${ready} of ${words_count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
+    const hostFailed = [...new Set(report.runner_host.checks.filter((c) => c.status === 'fail').map((c) => c.name))];
+    lines.push('', `${RUNNER_HOST}: ${report.runner_host.ready ? 'ready' : `not ready (${hostFailed.join(', ')}): every sync from it fails`}`);
+    lines.push(`${ready} of ${words_count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
     return `${lines.join('\n')}\n`;
 }
 
@@ -45133,28 +45743,28 @@ const sha = (s) => (s === null ? '—' : /^[0-9a-f]{40}$/.test(s) ? `\`${s.slice
 const clock = (iso) => (iso && /^\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d\.\d{3})Z$/.test(iso) ? `${iso.slice(11, 23)}` : '—');
 function resultCell(vm) {
     const icon = vm.result === 'success' ? '✅' : vm.result === 'refused' ? '⛔' : vm.result === 'skipped' ? '⏸️' : '❌';
-    return `${icon} ${markdownText(vm.result, summary_CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, summary_CELL_MAX)})` : ''}`;
+    return `${icon} ${escape_markdownText(vm.result, summary_CELL_MAX)}${vm.error ? ` (${markdownCode(vm.error.code, summary_CELL_MAX)})` : ''}`;
 }
 /** What verify --deep found on a VM: `clean`, a warning with the counts, or a dash when it did not compare. */
 function driftSummaryCell(vm) {
     if (!vm.drift)
         return '—';
     const cell = driftCell(vm.drift);
-    return cell === 'clean' ? cell : `⚠️ ${markdownText(cell, summary_CELL_MAX)}`;
+    return cell === 'clean' ? cell : `⚠️ ${escape_markdownText(cell, summary_CELL_MAX)}`;
 }
 /** One VM's error and notes as list items, each escaped and bounded. */
 function detailLines(vm) {
-    const id = markdownText(vm.id, summary_CELL_MAX);
-    const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, summary_CELL_MAX)}: ${markdownText(vm.error.message, summary_MESSAGE_MAX)}`] : [];
+    const id = escape_markdownText(vm.id, summary_CELL_MAX);
+    const lines = vm.error ? [`- **${id}** ${markdownCode(vm.error.code, summary_CELL_MAX)}: ${escape_markdownText(vm.error.message, summary_MESSAGE_MAX)}`] : [];
     if (vm.health_output)
         lines.push(`- ${id}: health command output: ${markdownCode(vm.health_output, NOTE_MAX)}`);
     for (const p of vm.drift?.paths ?? [])
-        lines.push(`- ${id}: drift: ${markdownText(p.what, summary_CELL_MAX)} ${markdownCode(p.path, NOTE_MAX)} (${markdownText(p.detail, summary_CELL_MAX)})`);
+        lines.push(`- ${id}: drift: ${escape_markdownText(p.what, summary_CELL_MAX)} ${markdownCode(p.path, NOTE_MAX)} (${escape_markdownText(p.detail, summary_CELL_MAX)})`);
     const unlisted = vm.drift ? vm.drift.changed + vm.drift.missing + vm.drift.extra - vm.drift.paths.length : 0;
     if (unlisted > 0)
         lines.push(`- ${id}: drift: …and ${words_count(unlisted, 'more path')} (see the \`results\` output)`);
     for (const note of vm.notes.slice(0, summary_NOTES_PER_VM))
-        lines.push(`- ${id}: ${markdownText(note, NOTE_MAX)}`);
+        lines.push(`- ${id}: ${escape_markdownText(note, NOTE_MAX)}`);
     if (vm.notes.length > summary_NOTES_PER_VM)
         lines.push(`- ${id}: …and ${words_count(vm.notes.length - summary_NOTES_PER_VM, 'more note')} (see the \`results\` output)`);
     return lines;
@@ -45185,12 +45795,12 @@ function capped(lines) {
 function scanSection(scan, contacted) {
     const lines = ['### Secret scan', ''];
     if (scan.findings.length === 0) {
-        lines.push(`✅ clean — ${markdownText(scan.description, summary_MESSAGE_MAX)}`);
+        lines.push(`✅ clean — ${escape_markdownText(scan.description, summary_MESSAGE_MAX)}`);
     }
     else {
-        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${words_count(scan.findings.length, 'possible secret')}**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
+        lines.push(`${scan.blocked ? '❌' : '⚠️'} **${words_count(scan.findings.length, 'possible secret')}**${scan.blocked ? ` — the deploy was blocked, ${contacted ? 'no VM was sent it' : 'no VM was contacted'}` : ' — not blocking (block_on_secrets: false)'}. Scanned: ${escape_markdownText(scan.description, summary_MESSAGE_MAX)}.`, '', '| Rule | File | Line | Commit | Author | Fingerprint |', '|---|---|---|---|---|---|');
         for (const f of scan.findings.slice(0, MAX_FINDINGS)) {
-            lines.push(`| ${markdownText(f.rule, summary_CELL_MAX)} | ${markdownText(f.file, summary_CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, summary_CELL_MAX) : 'tree'} | ${markdownText(f.author ?? '—', summary_CELL_MAX)} | ${markdownText(f.fingerprint, summary_CELL_MAX * 3)} |`);
+            lines.push(`| ${escape_markdownText(f.rule, summary_CELL_MAX)} | ${escape_markdownText(f.file, summary_CELL_MAX * 2)} | ${f.line} | ${f.commit ? markdownCode(f.commit, summary_CELL_MAX) : 'tree'} | ${escape_markdownText(f.author ?? '—', summary_CELL_MAX)} | ${escape_markdownText(f.fingerprint, summary_CELL_MAX * 3)} |`);
         }
         if (scan.findings.length > MAX_FINDINGS)
             lines.push('', `…and ${scan.findings.length - MAX_FINDINGS} more (see the SARIF file or the job log).`);
@@ -45200,13 +45810,13 @@ function scanSection(scan, contacted) {
     const settings = scan.configuration;
     if (settings) {
         const from = settings.commit ? `commit ${markdownCode(settings.commit.slice(0, 12), summary_CELL_MAX)}` : "gitleaks' defaults";
-        lines.push('', `Scan settings: ${from} (${markdownText(settings.reason, summary_CELL_MAX)})${settings.files.length ? `: ${settings.files.map((f) => markdownCode(f, summary_CELL_MAX)).join(', ')}` : ''}.`);
+        lines.push('', `Scan settings: ${from} (${escape_markdownText(settings.reason, summary_CELL_MAX)})${settings.files.length ? `: ${settings.files.map((f) => markdownCode(f, summary_CELL_MAX)).join(', ')}` : ''}.`);
         if (settings.changed.length > 0) {
             const changed = settings.changed.map((c) => `${markdownCode(c.path, summary_CELL_MAX)} (${c.change})`).join(', ');
             lines.push('', `⚠️ **This change modifies the scan settings**: ${changed}. They take effect from the next deploy; this one was scanned with the settings of ${from}.`);
         }
         for (const sentence of settings.weakening.slice(0, 10))
-            lines.push('', `❗ **It weakens the scan**: ${markdownText(sentence, summary_MESSAGE_MAX)}.`);
+            lines.push('', `❗ **It weakens the scan**: ${escape_markdownText(sentence, summary_MESSAGE_MAX)}.`);
     }
     // What could not be scanned, and why (the first few; the JSON report has up to 1000).
     const unscanned = scan.unscanned ?? [];
@@ -45214,7 +45824,7 @@ function scanSection(scan, contacted) {
         const total = scan.unscanned_count ?? unscanned.length;
         lines.push('', `ℹ️ **${words_count(total, 'deployed file or archive entry', 'deployed files or archive entries')} could not be scanned**:`, '');
         for (const u of unscanned.slice(0, 10))
-            lines.push(`- ${markdownCode(u.path, summary_CELL_MAX)} — ${u.reason}: ${markdownText(u.detail, summary_CELL_MAX)}`);
+            lines.push(`- ${markdownCode(u.path, summary_CELL_MAX)} — ${u.reason}: ${escape_markdownText(u.detail, summary_CELL_MAX)}`);
         if (total > 10)
             lines.push(`- …and ${total - 10} more (see the \`results\` output or the job log).`);
     }
@@ -45229,32 +45839,32 @@ function scanSection(scan, contacted) {
 function renderSummary(report, ctx) {
     const lines = [];
     if (!report) {
-        lines.push('## vm-sync: failed before reaching any VM', '', `❌ ${markdownCode(ctx.failure?.code ?? 'error', summary_CELL_MAX)}: ${markdownText(ctx.failure?.message ?? 'unknown error', summary_MESSAGE_MAX)}`);
+        lines.push('## vm-sync: failed before reaching any VM', '', `❌ ${markdownCode(ctx.failure?.code ?? 'error', summary_CELL_MAX)}: ${escape_markdownText(ctx.failure?.message ?? 'unknown error', summary_MESSAGE_MAX)}`);
         if (ctx.runUrl)
             lines.push('', `[Workflow run](${ctx.runUrl})`);
         return capped(lines);
     }
     const shard = report.shard ? ` (shard ${report.shard.index}/${report.shard.count})` : report.shards ? ` (${words_count(report.shards.expected, 'shard')} merged)` : '';
-    const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${markdownText(outcomeLine(report), summary_MESSAGE_MAX)}`;
+    const title = report.command === 'scan' ? 'vm-sync scan' : `vm-sync ${report.command}${shard}: ${escape_markdownText(outcomeLine(report), summary_MESSAGE_MAX)}`;
     lines.push(`## ${title}${report.dry_run ? ' (dry run: nothing changed)' : ''}`, '');
     if (report.commit)
         lines.push(`Commit ${markdownCode(report.commit, summary_CELL_MAX)}${ctx.runUrl ? ` · [workflow run](${ctx.runUrl})` : ''}`, '');
     const baseline = baselineLine(report);
     if (baseline)
-        lines.push(`${report.baseline?.fetched ? 'ℹ️' : '⚠️'} ${markdownText(baseline, summary_MESSAGE_MAX)}`, '');
+        lines.push(`${report.baseline?.fetched ? 'ℹ️' : '⚠️'} ${escape_markdownText(baseline, summary_MESSAGE_MAX)}`, '');
     if (ctx.failure)
-        lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
+        lines.push(`❌ ${markdownCode(ctx.failure.code, summary_CELL_MAX)}: ${escape_markdownText(ctx.failure.message, summary_MESSAGE_MAX)}`, '');
     const shards = shardsLine(report);
     if (shards)
-        lines.push(`${report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0) ? '❌' : '✅'} ${markdownText(shards, summary_MESSAGE_MAX)}`, '');
+        lines.push(`${report.shards && (report.shards.missing.length > 0 || report.shards.failed.length > 0) ? '❌' : '✅'} ${escape_markdownText(shards, summary_MESSAGE_MAX)}`, '');
     if (report.scan)
         lines.push(...scanSection(report.scan, report.vms.length > 0), '');
     if (report.rollout) {
         const r = report.rollout;
         const skew = report.flip_skew_ms === null || report.flip_skew_ms === undefined ? '' : ` · flip skew **${report.flip_skew_ms} ms**`;
-        lines.push(`Rollout: ${markdownText(r.strategy, summary_CELL_MAX)}${r.strategy === 'rolling' ? ` in ${words_count(r.batches.length, 'batch')}` : ''}${skew}`, '');
+        lines.push(`Rollout: ${escape_markdownText(r.strategy, summary_CELL_MAX)}${r.strategy === 'rolling' ? ` in ${words_count(r.batches.length, 'batch')}` : ''}${skew}`, '');
         if (r.halted)
-            lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', summary_MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
+            lines.push(`⛔ Rollout halted: ${escape_markdownText(r.halted_reason ?? 'stopped', summary_MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
     }
     if (report.vms.length > 0) {
         // A release run shows when each VM was staged and flipped, and its health check.
@@ -45264,8 +45874,8 @@ function renderSummary(report, ctx) {
         lines.push('### VMs', '', `| VM | Host | State | Action | Result | Rev before → after | Files | Bytes | Duration | Verified |${phases ? ' Staged | Flipped | Health |' : ''}${withDrift ? ' Drift |' : ''}`, `|---|---|---|---|---|---|---|---|---|---|${phases ? '---|---|---|' : ''}${withDrift ? '---|' : ''}`);
         for (const vm of report.vms) {
             const revs = vm.rev_before === vm.rev_after ? sha(vm.rev_after) : `${sha(vm.rev_before)} → ${sha(vm.rev_after)}`;
-            const extra = (phases ? ` ${clock(vm.staged_at)} | ${clock(vm.flipped_at)} | ${markdownText(vm.health, summary_CELL_MAX)} |` : '') + (withDrift ? ` ${driftSummaryCell(vm)} |` : '');
-            lines.push(`| ${markdownText(vm.id, summary_CELL_MAX)} | ${markdownText(vm.host, summary_CELL_MAX)} | ${markdownText(vm.state, summary_CELL_MAX)} | ${markdownText(vm.action, summary_CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |${extra}`);
+            const extra = (phases ? ` ${clock(vm.staged_at)} | ${clock(vm.flipped_at)} | ${escape_markdownText(vm.health, summary_CELL_MAX)} |` : '') + (withDrift ? ` ${driftSummaryCell(vm)} |` : '');
+            lines.push(`| ${escape_markdownText(vm.id, summary_CELL_MAX)} | ${escape_markdownText(vm.host, summary_CELL_MAX)} | ${escape_markdownText(vm.state, summary_CELL_MAX)} | ${escape_markdownText(vm.action, summary_CELL_MAX)} | ${resultCell(vm)} | ${revs} | ${vm.files_changed} | ${formatBytes(vm.bytes_sent)} | ${(vm.duration_ms / 1000).toFixed(1)}s | ${vm.verified ? 'yes' : 'no'} |${extra}`);
         }
         const details = report.vms.flatMap(detailLines);
         if (details.length)
@@ -45419,6 +46029,7 @@ const version_generated_VERSION = "0.1.0";
 
 
 
+
 const processIO = {
     out: (t) => process.stdout.write(t),
     err: (t) => process.stderr.write(t),
@@ -45444,6 +46055,7 @@ const OPTIONS = {
     'scan-base': { type: 'string', arg: 'REV', help: 'scan REV..commit with the scan settings of REV, a commit you vouch for', elsewhere: '(scan takes --range BASE..HEAD)' },
     'lock-wait': { type: 'string', arg: 'SECONDS', help: 'wait up to SECONDS for a VM locked by another live run (default 0: fail with locked)' },
     to: { type: 'string', arg: 'SHA', help: 'the release to go back to (default: each VM\'s previous release)', elsewhere: '(sync takes --commit)' },
+    github: { type: 'boolean', help: 'also check on GitHub that the deployed branch is protected (token from $GITHUB_TOKEN or $GH_TOKEN, never an argument)' },
     deep: { type: 'boolean', help: 'also compare every file each VM serves with its commit\'s tree (release_drifted when they differ)' },
     range: { type: 'string', arg: 'BASE..HEAD', help: 'scan these commits (default: what the VMs do not have yet, as recorded here)' },
     repo: { type: 'string', arg: 'DIR', help: 'scan this checkout instead of the runner-host clone (never fetched)' },
@@ -45534,12 +46146,12 @@ const cli_COMMANDS = [
     },
     {
         name: 'doctor',
-        summary: 'prove every VM is ready before the first deploy',
-        description: 'Checks, for each selected VM, what a sync needs (key, host key, login, remote tools, target) and prints a fix for each failure.',
-        options: { config: '', vm: '', json: '' },
+        summary: 'prove the runner host and every VM are ready for a sync',
+        description: "Checks the runner host once (the runner's version, known_hosts, gitleaks, the runner-host clone; with --github, the deployed branch's protection) and, for each selected VM, what a sync needs (key file, host key, login, a clean login shell, rsync, the target and what stands there, free space, the lock, .sync_rev), and prints a fix for each failure. Read-only everywhere.",
+        options: { config: '', vm: '', github: '', json: '' },
         exits: [
-            [0, 'every VM is ready'],
-            [1, 'a VM is not ready (each failure has its fix)'],
+            [0, 'the runner host and every VM are ready'],
+            [1, 'the runner host or a VM is not ready (each failure has its fix)'],
         ],
         run: doctorCommand,
     },
@@ -45956,9 +46568,10 @@ async function engineCommand(ctx, name) {
 async function doctorCommand(ctx) {
     // doctor reports a missing key or known_hosts per VM, with the fix.
     const config = ctx.config({ checkFiles: false });
-    const doctor = await runDoctor(config, { vms: vmList(ctx.values) });
+    // The token comes from the environment only: an argument would show in the process list.
+    const doctor = await runDoctor(config, { vms: vmList(ctx.values), github: ctx.values.github === true ? githubAccessFromEnv(process.env) : undefined });
     ctx.io.out(ctx.values.json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
-    return doctor.vms.every((vm) => vm.ready) && doctor.runner_host.status !== 'fail' ? 0 : 1;
+    return doctor.ready ? 0 : 1;
 }
 async function locksCommand(ctx) {
     const config = ctx.config({ checkFiles: false });

@@ -66545,7 +66545,7 @@ function utils_toCommandValue(input) {
  * @returns The command properties to send with the actual annotation command
  * See IssueCommandProperties: https://github.com/actions/runner/blob/main/src/Runner.Worker/ActionCommandManager.cs#L646
  */
-function utils_toCommandProperties(annotationProperties) {
+function toCommandProperties(annotationProperties) {
     if (!Object.keys(annotationProperties).length) {
         return {};
     }
@@ -69358,7 +69358,7 @@ function core_debug(message) {
  * @param properties optional properties to add to the annotation.
  */
 function error(message, properties = {}) {
-    command_issueCommand('error', utils_toCommandProperties(properties), message instanceof Error ? message.toString() : message);
+    command_issueCommand('error', toCommandProperties(properties), message instanceof Error ? message.toString() : message);
 }
 /**
  * Adds a warning issue
@@ -69366,7 +69366,7 @@ function error(message, properties = {}) {
  * @param properties optional properties to add to the annotation.
  */
 function warning(message, properties = {}) {
-    command_issueCommand('warning', utils_toCommandProperties(properties), message instanceof Error ? message.toString() : message);
+    command_issueCommand('warning', toCommandProperties(properties), message instanceof Error ? message.toString() : message);
 }
 /**
  * Adds a notice issue
@@ -69374,7 +69374,7 @@ function warning(message, properties = {}) {
  * @param properties optional properties to add to the annotation.
  */
 function notice(message, properties = {}) {
-    issueCommand('notice', toCommandProperties(properties), message instanceof Error ? message.toString() : message);
+    command_issueCommand('notice', toCommandProperties(properties), message instanceof Error ? message.toString() : message);
 }
 /**
  * Writes info to log with console.log.
@@ -69512,6 +69512,7 @@ const FAILURE_CODES = [
     'shard_missing',
     'results_invalid',
     'jump_unreachable',
+    'key_invalid',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout', 'jump_unreachable']);
@@ -69528,7 +69529,7 @@ class VmSyncError extends Error {
     }
 }
 /** The message of anything thrown, without assuming it is an `Error`. */
-function getErrorMessage(error) {
+function errors_getErrorMessage(error) {
     if (error instanceof Error)
         return error.message;
     if (typeof error === 'string')
@@ -74747,7 +74748,278 @@ function getOctokit(token, options, ...additionalPlugins) {
     return new GitHubWithPlugins(getOctokitOptions(token, options));
 }
 //# sourceMappingURL=github.js.map
+;// CONCATENATED MODULE: ./src/remote/untrusted.ts
+
+/**
+ * Text that a VM controls (its `.sync_rev`, a lock owner, error output, paths
+ * its `$HOME` expands to) is untrusted: it may hold terminal escapes, markdown
+ * or HTML, or be megabytes long. Everything read from a VM passes through
+ * {@link vmText} once, where it is parsed; each output channel then applies its
+ * own escaping on top (markdown in the summary, JSON in `--json`).
+ */
+// C0 controls except tab and newline, DEL, and the C1 range (U+0080–U+009F:
+// U+009B is a one-character CSI on some terminals).
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+// eslint-disable-next-line no-control-regex
+const CONTROL_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f]/g;
+/** The default bound for one value read from a VM (a path, a rev, an owner). */
+const VM_VALUE_MAX = 300;
+/**
+ * One line of VM-controlled text made safe to store and print: control
+ * characters (escape sequences above all) become `?`, newlines become spaces,
+ * and anything past `max` characters is cut with a note of how much was cut.
+ */
+function untrusted_vmText(value, max = VM_VALUE_MAX) {
+    const clean = value.replace(CONTROL_OR_NEWLINE, (c) => (c === '\n' || c === '\r' || c === '\t' ? ' ' : '?'));
+    return clip(clean, max);
+}
+/** Like {@link vmText} but keeps newlines (command output shown as a block). */
+function vmBlock(value, max) {
+    return clip(value.replace(/\r\n?/g, '\n').replace(CONTROL, '?'), max);
+}
+function clip(text, max) {
+    if (text.length <= max)
+        return text;
+    return `${text.slice(0, max)}… (${words_count(text.length - max, 'more character')} cut)`;
+}
+
+;// CONCATENATED MODULE: ./src/report/escape.ts
+
+/*
+ * Each output channel makes text safe on its own terms, whatever the remote
+ * layer already cleaned: messages and notes embed text a VM or a commit's tree
+ * controls (a rev, a lock owner, a file name, stderr), and one missed spot
+ * must not reach a terminal as an escape sequence, the job summary as HTML,
+ * or GITHUB_OUTPUT as megabytes.
+ */
+/** Longest line vm-sync prints to a terminal or a job log for one message. */
+const LINE_MAX = 4000;
+/**
+ * One line for a terminal or the Actions log: no control characters (so no
+ * escape sequences, no carriage return overwriting what was printed), bounded.
+ * A line that would start with `::` gets a leading space, so it can never be
+ * read by the runner as a workflow command.
+ */
+function escape_terminalLine(text, max = LINE_MAX) {
+    const line = untrusted_vmText(text, max);
+    return line.startsWith('::') ? ` ${line}` : line;
+}
+// Backslash first, so the escapes added after it are not escaped again.
+const MARKDOWN_SPECIAL = /[\\`*_[\]|~]/g;
+const HTML_SPECIAL = { '&': '&amp;', '<': '&lt;', '>': '&gt;' };
+/**
+ * Text for the job summary (GitHub-flavoured markdown with HTML), inline: one
+ * line, bounded, with HTML and every markdown construct that text could start
+ * (links, images, emphasis, code, tables, headings) escaped, so it renders as
+ * the literal characters.
+ */
+function markdownText(text, max) {
+    const escaped = untrusted_vmText(text, max)
+        .replace(/[&<>]/g, (c) => HTML_SPECIAL[c])
+        .replace(MARKDOWN_SPECIAL, (c) => `\\${c}`);
+    // A heading, quote or list marker only counts at the start of a line.
+    return escaped.replace(/^([#+-])/, '\\$1').replace(/^(\d{1,9})([.)])(?=\s|$)/, '$1\\$2');
+}
+/**
+ * A code span for the job summary. Inside backticks markdown escapes are shown
+ * literally, so instead the text loses any backtick (it could close the span)
+ * and keeps `\|` (GitHub's table parser needs it even inside code).
+ */
+function markdownCode(text, max) {
+    return `\`${untrusted_vmText(text, max).replace(/`/g, "'").replace(/\|/g, '\\|')}\``;
+}
+/** GitHub's limit on a commit status or deployment status description. */
+const DESCRIPTION_MAX = 140;
+/**
+ * A commit status or deployment status description: one line, no control
+ * characters, at most 140 UTF-16 units (GitHub rejects longer ones), never
+ * cutting a surrogate pair in half.
+ */
+function githubDescription(text) {
+    // Only the start can be shown: never clean megabytes to keep 140 characters.
+    const line = untrusted_vmText(text.slice(0, 1000), 1000);
+    if (line.length <= DESCRIPTION_MAX)
+        return line;
+    let cut = line.slice(0, DESCRIPTION_MAX - 1);
+    if (/[\uD800-\uDBFF]$/.test(cut))
+        cut = cut.slice(0, -1);
+    return `${cut}…`;
+}
+/** Annotation (core.error/warning) message and title bounds. */
+const ANNOTATION_MAX = 2000;
+const ANNOTATION_TITLE_MAX = 200;
+/** An annotation message or title: one line, no control characters, bounded. */
+function annotationText(text, max = ANNOTATION_MAX) {
+    return untrusted_vmText(text, max);
+}
+/** The cap on the `results` output: GitHub allows 1 MB per output; stay under it with room for the other outputs. */
+const RESULTS_MAX_BYTES = 900 * 1024;
+/** Per-string caps for `results`: generous first, tight when the document is still too big. */
+const STRING_MAX = 2000;
+const STRING_MAX_TIGHT = 200;
+const NOTES_MAX = 20;
+const FINDINGS_MAX = 1000;
+/** Every string in a JSON value cleaned of control characters (newlines kept) and bounded. */
+function capStrings(value, max) {
+    if (typeof value === 'string')
+        return vmBlock(value, max);
+    if (Array.isArray(value))
+        return value.map((v) => capStrings(v, max));
+    if (value && typeof value === 'object') {
+        return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, capStrings(v, max)]));
+    }
+    return value;
+}
+/**
+ * The `results` output as JSON that is always valid and at most `maxBytes`
+ * (UTF-8): every string bounded and cleaned; if the document is still too
+ * big, messages are shortened and notes and findings trimmed; if even that is
+ * too big (a fleet of thousands), VM rows are cut from the end and
+ * `truncated` says how many there were. `failed` and the other outputs keep
+ * the full picture.
+ */
+function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
+    const capped = capStrings({
+        ...doc,
+        vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX) })),
+        scan: doc.scan ? { ...doc.scan, findings: doc.scan.findings.slice(0, FINDINGS_MAX) } : doc.scan,
+    }, STRING_MAX);
+    let text = JSON.stringify(capped);
+    if (Buffer.byteLength(text) <= maxBytes)
+        return text;
+    const tight = capStrings({
+        ...capped,
+        vms: capped.vms.map((vm) => ({ ...vm, notes: [] })),
+        scan: capped.scan ? { ...capped.scan, findings: capped.scan.findings.slice(0, 100) } : capped.scan,
+    }, STRING_MAX_TIGHT);
+    text = JSON.stringify(tight);
+    if (Buffer.byteLength(text) <= maxBytes)
+        return text;
+    // Keep as many rows as fit (rows are similar in size: one pass, then trim).
+    const total = tight.vms.length;
+    const reason = `the full report is over ${Math.round(maxBytes / 1024)} KiB: see the job summary and log`;
+    const fits = (shown) => {
+        const candidate = JSON.stringify({ ...tight, vms: tight.vms.slice(0, shown), truncated: { vms_total: total, vms_shown: shown, reason } });
+        return Buffer.byteLength(candidate) <= maxBytes ? candidate : null;
+    };
+    // Binary search on the row count: a few serialisations, whatever the fleet size.
+    let best = fits(0);
+    let [lo, hi] = [1, total];
+    while (lo <= hi) {
+        const mid = Math.floor((lo + hi) / 2);
+        const candidate = fits(mid);
+        if (candidate === null)
+            hi = mid - 1;
+        else
+            [best, lo] = [candidate, mid + 1];
+    }
+    return best ?? JSON.stringify({ command: doc.command, commit: doc.commit, vms: [], truncated: { vms_total: total, vms_shown: 0, reason } });
+}
+
+;// CONCATENATED MODULE: ./src/report/protection.ts
+
+
+
+/*
+ * Branch protection of the deployed branch. vm-sync deploys whatever reaches
+ * `remote/default_branch`, and its secret scan only blocks a deploy, not a
+ * push: the branch itself must only change through reviewed, scanned pull
+ * requests. `GET /repos/{owner}/{repo}/branches/{branch}` answers `protected`
+ * with read access only (the protection settings themselves need admin), so
+ * this is what vm-sync checks: a warning when the branch is not protected,
+ * a notice when it cannot tell. Never a failure: the deploy is not its to stop.
+ */
+/** The status check vm-sync posts for the secret scan; the README asks to require it. */
+const SCAN_STATUS_CONTEXT = 'vm-sync/secret-scan';
+const SETTINGS = `require a pull request before merging with at least one approving review, require the status check ${SCAN_STATUS_CONTEXT}, and block direct pushes, force pushes and deletions`;
+/** The verdict on one answer. Pure. */
+function judgeProtection(where, answer) {
+    const name = `branch ${where.branch} of ${where.owner}/${where.repo}`;
+    if (answer.status === 200 && answer.protected === false) {
+        return {
+            level: 'warning',
+            message: `${name} is not protected: anyone who can push to it deploys what they push, unreviewed, and can force-push or delete it`,
+            fix: `protect it (Settings → Branches, or a ruleset): ${SETTINGS} (README: Branch protection)`,
+            checked: true,
+        };
+    }
+    if (answer.status === 200 && answer.protected === true) {
+        const contexts = answer.requiredContexts;
+        if (contexts && !contexts.includes(SCAN_STATUS_CONTEXT)) {
+            return {
+                level: 'notice',
+                message: `${name} is protected, but its required status checks (${contexts.length ? contexts.map((c) => untrusted_vmText(c, 100)).join(', ') : 'none'}) do not include ${SCAN_STATUS_CONTEXT}`,
+                fix: `add ${SCAN_STATUS_CONTEXT} to the branch's required status checks, so a commit with a possible secret cannot be merged`,
+                checked: true,
+            };
+        }
+        return { level: 'ok', message: `${name} is protected`, fix: null, checked: true };
+    }
+    const why = answer.status === 0
+        ? `no answer: ${answer.reason ?? 'unknown error'}`
+        : answer.status === 200
+            ? 'the answer has no protected field'
+            : `HTTP ${answer.status}${answer.reason ? `: ${untrusted_vmText(answer.reason, 200)}` : ''}`;
+    const fix = answer.status === 401
+        ? 'the token was refused: give a valid token'
+        : answer.status === 403 || answer.status === 404
+            ? 'give the token read access to the repository (permissions: contents: read), and check that the branch exists'
+            : 'check the API URL and the network';
+    return { level: 'notice', message: `could not check whether ${name} is protected (${why})`, fix, checked: false };
+}
+/**
+ * A {@link BranchReader} over `fetch` against `apiUrl` (https://api.github.com,
+ * or a GitHub Enterprise Server's `/api/v3`). The token goes in a header only;
+ * nothing it answers is trusted beyond the fields read.
+ */
+function fetchBranchReader(apiUrl, token, options = {}) {
+    const doFetch = options.fetchImpl ?? fetch;
+    return async (owner, repo, branch) => {
+        const url = `${apiUrl.replace(/\/$/, '')}/repos/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/branches/${encodeURIComponent(branch)}`;
+        let response;
+        try {
+            response = await doFetch(url, {
+                headers: { accept: 'application/vnd.github+json', authorization: `Bearer ${token}`, 'user-agent': 'vm-sync', 'x-github-api-version': '2022-11-28' },
+                signal: AbortSignal.timeout(options.timeoutMs ?? 15_000),
+                redirect: 'error',
+            });
+        }
+        catch (error) {
+            return { status: 0, reason: vmText(getErrorMessage(error), 200) };
+        }
+        const body = await response.json().catch(() => null);
+        return answerOf(response.status, body);
+    };
+}
+/** The fields of a branch answer this check reads; anything else in it is ignored. */
+function answerOf(status, body) {
+    const record = (value) => (value && typeof value === 'object' && !Array.isArray(value) ? value : null);
+    const doc = record(body);
+    if (status !== 200)
+        return { status, reason: typeof doc?.message === 'string' ? doc.message : undefined };
+    const checks = record(record(doc?.protection)?.required_status_checks);
+    const contexts = Array.isArray(checks?.contexts) && checks.contexts.every((c) => typeof c === 'string') ? checks.contexts : null;
+    // enforcement_level "off" means no check is required, whatever the list says.
+    const enforced = checks?.enforcement_level !== 'off';
+    return {
+        status,
+        protected: typeof doc?.protected === 'boolean' ? doc.protected : undefined,
+        requiredContexts: checks && contexts ? (enforced ? contexts : []) : null,
+    };
+}
+/** The job summary's section for a verdict (empty for `ok`: a protected branch needs no words). */
+function protectionSummary(verdict) {
+    if (verdict.level === 'ok')
+        return '';
+    const mark = verdict.level === 'warning' ? '⚠️ **Branch protection:**' : 'ℹ️ **Branch protection:**';
+    return `\n${mark} ${markdownText(`${verdict.message}.${verdict.fix ? ` To fix: ${verdict.fix}.` : ''}`, 2000)}\n`;
+}
+
 ;// CONCATENATED MODULE: ./src/action/octokit-api.ts
+
+
+
 
 /** {@link GitHubApi} over Octokit, against GITHUB_API_URL (github.com or GitHub Enterprise Server). */
 function octokitApi(token, ctx) {
@@ -74775,6 +75047,27 @@ function octokitApi(token, ctx) {
         },
     };
 }
+/**
+ * {@link BranchReader} over Octokit (the token, proxy settings and API URL of
+ * the other calls). A refused or failed request is an answer with its status,
+ * never an exception: the branch-protection check only ever warns.
+ */
+function octokitBranchReader(token, ctx) {
+    const octokit = getOctokit(token, { baseUrl: ctx.apiUrl });
+    return async (owner, repo, branch) => {
+        try {
+            // A silent API must not hold the deploy: the check gives up after 15 s (a notice).
+            const response = await octokit.rest.repos.getBranch({ owner, repo, branch, request: { signal: AbortSignal.timeout(15_000) } });
+            return answerOf(response.status, response.data);
+        }
+        catch (error) {
+            const status = error.status;
+            if (typeof status === 'number')
+                return answerOf(status, error.response?.data ?? null);
+            return { status: 0, reason: untrusted_vmText(errors_getErrorMessage(error), 200) };
+        }
+    };
+}
 
 ;// CONCATENATED MODULE: external "node:os"
 const external_node_os_namespaceObject = require("node:os");
@@ -74787,7 +75080,7 @@ var dist = __nccwpck_require__(8815);
 // Control characters (newlines above all) would let a path escape a quoted
 // argument in a log line or break the line-oriented remote protocol.
 // eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f]/;
+const paths_CONTROL = /[\u0000-\u001f\u007f]/;
 /**
  * Why a path from the config is unusable, or null when it is fine.
  * Accepted: absolute, or `~/...`. Refused: empty, `/`, `~`, relative, any `..`
@@ -74796,7 +75089,7 @@ const CONTROL = /[\u0000-\u001f\u007f]/;
 function pathProblem(value) {
     if (value.trim() === '')
         return 'is empty';
-    if (CONTROL.test(value))
+    if (paths_CONTROL.test(value))
         return 'contains a control character';
     if (!value.startsWith('/') && !value.startsWith('~/')) {
         return 'must be absolute (start with / or ~/)';
@@ -75389,40 +75682,87 @@ function parseConfig(text, source, home = external_node_os_default().homedir()) 
 function jumpHostsOf(config) {
     return [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump]] : []))).values()];
 }
+/** The user vm-sync runs as, by name when the system knows it. */
+function runningUser() {
+    try {
+        return external_node_os_default().userInfo().username;
+    }
+    catch {
+        return `uid ${process.getuid?.() ?? '?'}`;
+    }
+}
 /**
- * Checks what the config points at on the runner host: a readable key file per
- * VM that only its owner can read (OpenSSH refuses others, so do we), and the
- * pinned known_hosts file. Returns problems; touches nothing.
+ * Checks one private key file the way OpenSSH would before using it, and a
+ * little stricter: it must exist, be a regular file this user can read, be
+ * owned by this user (anyone who owns it can replace it), and grant nothing
+ * to group or others (OpenSSH refuses such a key: "UNPROTECTED PRIVATE KEY
+ * FILE"). Null when it is fine. Only the file's metadata is read here; its
+ * content is checked where it is parsed (src/remote/session.ts).
+ */
+function keyFileProblem(file) {
+    const user = runningUser();
+    let stat;
+    try {
+        stat = external_node_fs_default().statSync(file);
+    }
+    catch (error) {
+        const code = error.code ?? 'error';
+        if (code === 'ENOENT' || code === 'ENOTDIR') {
+            return {
+                problem: 'does not exist',
+                fix: `put the private key there (vm-sync expects it at remote_execution.key_storage_path/${external_node_path_default().basename(file)}), or create one: ssh-keygen -t ed25519 -N '' -f ${file} and authorize ${file}.pub on the host (scripts/bootstrap-runner.sh --config does both)`,
+            };
+        }
+        return { problem: `cannot be looked at by ${user} (${code})`, fix: `let ${user} reach it: check the permissions of ${external_node_path_default().dirname(file)} and its parents` };
+    }
+    if (!stat.isFile())
+        return { problem: `is ${stat.isDirectory() ? 'a directory' : 'not a regular file'}`, fix: `replace it with the private key file (vm-sync expects it at remote_execution.key_storage_path/${external_node_path_default().basename(file)})` };
+    const uid = process.getuid?.();
+    const mode = stat.mode & 0o777;
+    const foreign = uid !== undefined && stat.uid !== uid;
+    const open = (mode & 0o077) !== 0;
+    if (foreign || open) {
+        const shown = mode.toString(8).padStart(3, '0');
+        const access = mode & 0o044 ? 'readable by other users' : mode & 0o022 ? 'writable by other users' : 'open to other users';
+        const parts = [
+            ...(foreign ? [`is owned by uid ${stat.uid}, not by ${user} who runs vm-sync`] : []),
+            ...(open ? [`${foreign ? 'and ' : 'is '}${access} (mode ${shown}): OpenSSH refuses such a key, and so does vm-sync`] : []),
+        ];
+        const commands = [...(foreign ? [`chown ${user} ${file}`] : []), ...(open ? [`chmod 600 ${file}`] : [])];
+        return { problem: parts.join(', '), fix: `run ${commands.join(' && ')}` };
+    }
+    try {
+        external_node_fs_default().accessSync(file, (external_node_fs_default()).constants.R_OK);
+    }
+    catch {
+        return { problem: `is not readable by ${user} (mode ${mode.toString(8).padStart(3, '0')})`, fix: `run chmod 600 ${file}` };
+    }
+    return null;
+}
+/**
+ * Checks what the whole run needs on the runner host: the pinned known_hosts
+ * file. Returns problems; touches nothing. Each VM's (and jump host's) key is
+ * checked when that VM is connected to ({@link keyFileProblem}), so a bad key
+ * fails that VM alone (`key_invalid`), never the run.
  */
 function checkConfigFiles(config) {
     const problems = [];
-    const check = (file, what, privateKey) => {
-        let stat;
-        try {
-            stat = external_node_fs_default().statSync(file);
-            external_node_fs_default().accessSync(file, (external_node_fs_default()).constants.R_OK);
-        }
-        catch {
-            problems.push({ line: null, message: `${what} not found or not readable: ${file}` });
-            return;
-        }
-        if (!stat.isFile())
-            problems.push({ line: null, message: `${what} is not a regular file: ${file}` });
-        else if (privateKey && (stat.mode & 0o077) !== 0) {
-            problems.push({ line: null, message: `${what} is readable by other users (mode ${(stat.mode & 0o777).toString(8)}): run chmod 600 ${file}` });
-        }
-    };
-    for (const vm of config.vms)
-        check(vm.keyPath, `SSH key for ${vm.id}`, true);
-    for (const jump of jumpHostsOf(config))
-        check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
-    check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
+    const file = config.knownHostsPath;
+    try {
+        external_node_fs_default().accessSync(file, (external_node_fs_default()).constants.R_OK);
+        if (!external_node_fs_default().statSync(file).isFile())
+            problems.push({ line: null, message: `pinned known_hosts (remote_execution.known_hosts) is not a regular file: ${file}` });
+    }
+    catch {
+        problems.push({ line: null, message: `pinned known_hosts (remote_execution.known_hosts) not found or not readable: ${file}` });
+    }
     return problems;
 }
 /**
  * Reads, validates and checks a config file; throws {@link ConfigError} with
- * every problem. `checkFiles: false` skips the key and known_hosts checks, for
- * commands that never reach a VM (`scan` on a CI checkout has no keys).
+ * every problem. `checkFiles: false` skips the known_hosts check, for commands
+ * that never reach a VM (`scan` on a CI checkout has none) or that report it
+ * themselves (`doctor`). SSH keys are never checked here: see {@link keyFileProblem}.
  */
 function loadConfig(file, options = {}) {
     let text;
@@ -75521,175 +75861,6 @@ function noFetchAdvice() {
     return current === 'cli' ? 'drop --no-fetch so vm-sync fetches it' : 'let the run fetch it';
 }
 
-;// CONCATENATED MODULE: ./src/remote/untrusted.ts
-
-/**
- * Text that a VM controls (its `.sync_rev`, a lock owner, error output, paths
- * its `$HOME` expands to) is untrusted: it may hold terminal escapes, markdown
- * or HTML, or be megabytes long. Everything read from a VM passes through
- * {@link vmText} once, where it is parsed; each output channel then applies its
- * own escaping on top (markdown in the summary, JSON in `--json`).
- */
-// C0 controls except tab and newline, DEL, and the C1 range (U+0080–U+009F:
-// U+009B is a one-character CSI on some terminals).
-// eslint-disable-next-line no-control-regex
-const untrusted_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
-// eslint-disable-next-line no-control-regex
-const CONTROL_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f]/g;
-/** The default bound for one value read from a VM (a path, a rev, an owner). */
-const VM_VALUE_MAX = 300;
-/**
- * One line of VM-controlled text made safe to store and print: control
- * characters (escape sequences above all) become `?`, newlines become spaces,
- * and anything past `max` characters is cut with a note of how much was cut.
- */
-function vmText(value, max = VM_VALUE_MAX) {
-    const clean = value.replace(CONTROL_OR_NEWLINE, (c) => (c === '\n' || c === '\r' || c === '\t' ? ' ' : '?'));
-    return clip(clean, max);
-}
-/** Like {@link vmText} but keeps newlines (command output shown as a block). */
-function vmBlock(value, max) {
-    return clip(value.replace(/\r\n?/g, '\n').replace(untrusted_CONTROL, '?'), max);
-}
-function clip(text, max) {
-    if (text.length <= max)
-        return text;
-    return `${text.slice(0, max)}… (${words_count(text.length - max, 'more character')} cut)`;
-}
-
-;// CONCATENATED MODULE: ./src/report/escape.ts
-
-/*
- * Each output channel makes text safe on its own terms, whatever the remote
- * layer already cleaned: messages and notes embed text a VM or a commit's tree
- * controls (a rev, a lock owner, a file name, stderr), and one missed spot
- * must not reach a terminal as an escape sequence, the job summary as HTML,
- * or GITHUB_OUTPUT as megabytes.
- */
-/** Longest line vm-sync prints to a terminal or a job log for one message. */
-const LINE_MAX = 4000;
-/**
- * One line for a terminal or the Actions log: no control characters (so no
- * escape sequences, no carriage return overwriting what was printed), bounded.
- * A line that would start with `::` gets a leading space, so it can never be
- * read by the runner as a workflow command.
- */
-function escape_terminalLine(text, max = LINE_MAX) {
-    const line = vmText(text, max);
-    return line.startsWith('::') ? ` ${line}` : line;
-}
-// Backslash first, so the escapes added after it are not escaped again.
-const MARKDOWN_SPECIAL = /[\\`*_[\]|~]/g;
-const HTML_SPECIAL = { '&': '&amp;', '<': '&lt;', '>': '&gt;' };
-/**
- * Text for the job summary (GitHub-flavoured markdown with HTML), inline: one
- * line, bounded, with HTML and every markdown construct that text could start
- * (links, images, emphasis, code, tables, headings) escaped, so it renders as
- * the literal characters.
- */
-function markdownText(text, max) {
-    const escaped = vmText(text, max)
-        .replace(/[&<>]/g, (c) => HTML_SPECIAL[c])
-        .replace(MARKDOWN_SPECIAL, (c) => `\\${c}`);
-    // A heading, quote or list marker only counts at the start of a line.
-    return escaped.replace(/^([#+-])/, '\\$1').replace(/^(\d{1,9})([.)])(?=\s|$)/, '$1\\$2');
-}
-/**
- * A code span for the job summary. Inside backticks markdown escapes are shown
- * literally, so instead the text loses any backtick (it could close the span)
- * and keeps `\|` (GitHub's table parser needs it even inside code).
- */
-function markdownCode(text, max) {
-    return `\`${vmText(text, max).replace(/`/g, "'").replace(/\|/g, '\\|')}\``;
-}
-/** GitHub's limit on a commit status or deployment status description. */
-const DESCRIPTION_MAX = 140;
-/**
- * A commit status or deployment status description: one line, no control
- * characters, at most 140 UTF-16 units (GitHub rejects longer ones), never
- * cutting a surrogate pair in half.
- */
-function githubDescription(text) {
-    // Only the start can be shown: never clean megabytes to keep 140 characters.
-    const line = vmText(text.slice(0, 1000), 1000);
-    if (line.length <= DESCRIPTION_MAX)
-        return line;
-    let cut = line.slice(0, DESCRIPTION_MAX - 1);
-    if (/[\uD800-\uDBFF]$/.test(cut))
-        cut = cut.slice(0, -1);
-    return `${cut}…`;
-}
-/** Annotation (core.error/warning) message and title bounds. */
-const ANNOTATION_MAX = 2000;
-const ANNOTATION_TITLE_MAX = 200;
-/** An annotation message or title: one line, no control characters, bounded. */
-function annotationText(text, max = ANNOTATION_MAX) {
-    return vmText(text, max);
-}
-/** The cap on the `results` output: GitHub allows 1 MB per output; stay under it with room for the other outputs. */
-const RESULTS_MAX_BYTES = 900 * 1024;
-/** Per-string caps for `results`: generous first, tight when the document is still too big. */
-const STRING_MAX = 2000;
-const STRING_MAX_TIGHT = 200;
-const NOTES_MAX = 20;
-const FINDINGS_MAX = 1000;
-/** Every string in a JSON value cleaned of control characters (newlines kept) and bounded. */
-function capStrings(value, max) {
-    if (typeof value === 'string')
-        return vmBlock(value, max);
-    if (Array.isArray(value))
-        return value.map((v) => capStrings(v, max));
-    if (value && typeof value === 'object') {
-        return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, capStrings(v, max)]));
-    }
-    return value;
-}
-/**
- * The `results` output as JSON that is always valid and at most `maxBytes`
- * (UTF-8): every string bounded and cleaned; if the document is still too
- * big, messages are shortened and notes and findings trimmed; if even that is
- * too big (a fleet of thousands), VM rows are cut from the end and
- * `truncated` says how many there were. `failed` and the other outputs keep
- * the full picture.
- */
-function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
-    const capped = capStrings({
-        ...doc,
-        vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX) })),
-        scan: doc.scan ? { ...doc.scan, findings: doc.scan.findings.slice(0, FINDINGS_MAX) } : doc.scan,
-    }, STRING_MAX);
-    let text = JSON.stringify(capped);
-    if (Buffer.byteLength(text) <= maxBytes)
-        return text;
-    const tight = capStrings({
-        ...capped,
-        vms: capped.vms.map((vm) => ({ ...vm, notes: [] })),
-        scan: capped.scan ? { ...capped.scan, findings: capped.scan.findings.slice(0, 100) } : capped.scan,
-    }, STRING_MAX_TIGHT);
-    text = JSON.stringify(tight);
-    if (Buffer.byteLength(text) <= maxBytes)
-        return text;
-    // Keep as many rows as fit (rows are similar in size: one pass, then trim).
-    const total = tight.vms.length;
-    const reason = `the full report is over ${Math.round(maxBytes / 1024)} KiB: see the job summary and log`;
-    const fits = (shown) => {
-        const candidate = JSON.stringify({ ...tight, vms: tight.vms.slice(0, shown), truncated: { vms_total: total, vms_shown: shown, reason } });
-        return Buffer.byteLength(candidate) <= maxBytes ? candidate : null;
-    };
-    // Binary search on the row count: a few serialisations, whatever the fleet size.
-    let best = fits(0);
-    let [lo, hi] = [1, total];
-    while (lo <= hi) {
-        const mid = Math.floor((lo + hi) / 2);
-        const candidate = fits(mid);
-        if (candidate === null)
-            hi = mid - 1;
-        else
-            [best, lo] = [candidate, mid + 1];
-    }
-    return best ?? JSON.stringify({ command: doc.command, commit: doc.commit, vms: [], truncated: { vms_total: total, vms_shown: 0, reason } });
-}
-
 ;// CONCATENATED MODULE: ./src/report/github.ts
 
 
@@ -75765,7 +75936,7 @@ class GitHubReporter {
         if (!api)
             return;
         const previous = this.chains.get(key) ?? Promise.resolve();
-        this.chains.set(key, previous.then(() => call(api)).catch((error) => this.options.warn(annotationText(`could not ${what}: ${getErrorMessage(error)} (the deploy itself is unaffected)`))));
+        this.chains.set(key, previous.then(() => call(api)).catch((error) => this.options.warn(annotationText(`could not ${what}: ${errors_getErrorMessage(error)} (the deploy itself is unaffected)`))));
     }
     status(key, context, state, description) {
         if (!this.options.statuses)
@@ -76453,7 +76624,7 @@ function describeOwner(owner, vmNow) {
     if (owner.run)
         parts.push(owner.run);
     parts.push(left >= 0 ? `its deadline is in ${left}s` : `its deadline passed ${-left}s ago`);
-    return vmText(parts.join(', '));
+    return untrusted_vmText(parts.join(', '));
 }
 /** This runner host's name as locks record it. */
 function runnerHostId() {
@@ -76906,7 +77077,7 @@ async function runGitleaks(binary, target, settings, limits) {
             });
         }
         catch (error) {
-            throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${getErrorMessage(error)}`);
+            throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${errors_getErrorMessage(error)}`);
         }
         finally {
             if (heartbeat)
@@ -77781,14 +77952,23 @@ function _unique(values) {
     return Array.from(new Set(values));
 }
 //# sourceMappingURL=tool-cache.js.map
+;// CONCATENATED MODULE: ./src/scan/pinned.ts
+/**
+ * The gitleaks version vm-sync pins: the Action installs it when none is
+ * given, and doctor compares the runner host's with it. Its own module so the
+ * CLI can name it without bundling the installer's download client.
+ */
+const DEFAULT_GITLEAKS_VERSION = '8.30.1';
+
 ;// CONCATENATED MODULE: ./src/scan/install.ts
 
 
 
 
 
+
 /** The gitleaks version the action installs when none is given. */
-const DEFAULT_GITLEAKS_VERSION = '8.30.1';
+
 /**
  * SHA-256 of the official release archives, pinned in the code: a download is
  * used only if it matches. Values from the v8.30.1 release's checksums file,
@@ -77828,7 +78008,7 @@ async function installGitleaks(options = {}) {
         archive = await downloadTool(url);
     }
     catch (error) {
-        throw new VmSyncError('gitleaks_missing', `cannot download ${url}: ${getErrorMessage(error)}`);
+        throw new VmSyncError('gitleaks_missing', `cannot download ${url}: ${errors_getErrorMessage(error)}`);
     }
     let extracted = null;
     try {
@@ -77915,7 +78095,7 @@ const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
 const HEALTH = ['passed', 'failed', 'skipped'];
 function invalid(source, what) {
     // A file name comes from another job's artifact: never print its control characters.
-    return new VmSyncError('results_invalid', `${vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
+    return new VmSyncError('results_invalid', `${untrusted_vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
 }
 function field(source, where, value, check, what) {
     if (!check(value))
@@ -78145,7 +78325,7 @@ function mergeResults(sources, options = {}) {
 
 
 /** A path for a message: names under the results directory come from other jobs' artifacts. */
-const shown = (p) => vmText(p, 1000);
+const shown = (p) => untrusted_vmText(p, 1000);
 /** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
 const MAX_FILE_BYTES = 64 * 1024 * 1024;
 /** More files than this under one directory is not a set of shard results. */
@@ -78306,7 +78486,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
         external_node_fs_default().mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     }
     catch (error) {
-        throw new VmSyncError('git_failed', `cannot create ${stateDir}, where vm-sync keeps the runner-host lock for ${cloneDir}: ${getErrorMessage(error)}. Make ${external_node_path_default().dirname(stateDir)} writable by the runner's user, or create ${stateDir} owned by it.`);
+        throw new VmSyncError('git_failed', `cannot create ${stateDir}, where vm-sync keeps the runner-host lock for ${cloneDir}: ${errors_getErrorMessage(error)}. Make ${external_node_path_default().dirname(stateDir)} writable by the runner's user, or create ${stateDir} owned by it.`);
     }
     const record = encodeHolder({ ...ownIdentity(), since: Date.now(), doing });
     const waitMs = options.waitMs ?? DEFAULT_CLONE_WAIT_MS;
@@ -78319,7 +78499,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
         }
         catch (error) {
             if (error.code !== 'EEXIST') {
-                throw new VmSyncError('git_failed', `cannot take the runner-host lock ${lockPath}: ${getErrorMessage(error)}`);
+                throw new VmSyncError('git_failed', `cannot take the runner-host lock ${lockPath}: ${errors_getErrorMessage(error)}`);
             }
         }
         let current;
@@ -78958,6 +79138,7 @@ function gitOutput(stderr) {
     return cut > 0 ? `(${cut} earlier line${cut === 1 ? '' : 's'} cut)\n${text}` : text;
 }
 /** `https://user:token@host/…` → `https://***@host/…`: a URL's credentials never reach a message. */
+/** Text with the user and password of any URL in it masked (`https://***@host/...`). */
 function anonymizeUrls(text) {
     return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
 }
@@ -79033,7 +79214,7 @@ class ExportStore {
             this.trash(external_node_path_default().basename(home));
             if (error instanceof VmSyncError)
                 throw error;
-            throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed: ${getErrorMessage(error)}`);
+            throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed: ${errors_getErrorMessage(error)}`);
         }
     }
     /** Makes a run's export a base for later runs and drops ready exports beyond `keep` (removed in the background). */
@@ -79931,7 +80112,7 @@ class ScanCache {
             return new ScanCache(dir, key, loaded);
         }
         catch (error) {
-            say(`secret scan: the scan cache in ${dir} cannot be used (${getErrorMessage(error)}): everything is scanned`);
+            say(`secret scan: the scan cache in ${dir} cannot be used (${errors_getErrorMessage(error)}): everything is scanned`);
             return null;
         }
     }
@@ -79999,7 +80180,7 @@ function writeSet(file, set) {
 }
 /** `gitleaks version`: part of the cache key (asked each time: a binary replaced between runs is another key). */
 function gitleaksVersion(binary) {
-    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => (error ? reject(new Error(`gitleaks version failed: ${getErrorMessage(error)}`)) : resolve(stdout.trim()))));
+    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => (error ? reject(new Error(`gitleaks version failed: ${errors_getErrorMessage(error)}`)) : resolve(stdout.trim()))));
 }
 
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
@@ -80886,7 +81067,7 @@ function stderrSummary(stderr) {
     const cause = rule ? lines.find((l) => rule[0].test(l)) : undefined;
     const last = lines.at(-1);
     // The VM writes this text: each line is cleaned and bounded before it joins a message.
-    return [...new Set([cause, last].filter((l) => Boolean(l)))].map((l) => vmText(l, SUMMARY_LINE_MAX)).join(' | ');
+    return [...new Set([cause, last].filter((l) => Boolean(l)))].map((l) => untrusted_vmText(l, SUMMARY_LINE_MAX)).join(' | ');
 }
 const SUMMARY_LINE_MAX = 300;
 /**
@@ -82068,9 +82249,9 @@ class JumpLink {
             }, (error) => {
                 const reason = error?.reason;
                 if (typeof reason !== 'number')
-                    return linkFailed(`is gone (${vmText(getErrorMessage(error), 200)})`);
+                    return linkFailed(`is gone (${untrusted_vmText(errors_getErrorMessage(error), 200)})`);
                 if (settle()) {
-                    reject(new VmSyncError('unreachable', `jump host ${name} (${host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${vmText(getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`));
+                    reject(new VmSyncError('unreachable', `jump host ${name} (${host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${untrusted_vmText(errors_getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`));
                 }
             });
         }));
@@ -82119,7 +82300,9 @@ class JumpLink {
                 }, FAILURE_MEMORY_MS).unref();
                 const code = error instanceof VmSyncError ? error.code : 'unreachable';
                 // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
-                throw new VmSyncError(code === 'unreachable' || code === 'timeout' ? 'jump_unreachable' : code, `${getErrorMessage(error)}${code === 'unreachable' || code === 'timeout' ? ` (every VM behind jump host ${name} fails until it is back)` : ''}`, { cause: error });
+                const network = code === 'unreachable' || code === 'timeout';
+                const behind = network ? ` (every VM behind jump host ${name} fails until it is back)` : code === 'key_invalid' ? ` (every VM behind jump host ${name} fails until it is fixed; the other VMs are not affected)` : '';
+                throw new VmSyncError(network ? 'jump_unreachable' : code, `${errors_getErrorMessage(error)}${behind}`, { cause: error });
             });
             this.session = failed;
         }
@@ -82155,6 +82338,7 @@ function tunnelTo(vm, knownHosts, openJump) {
 }
 
 ;// CONCATENATED MODULE: ./src/remote/session.ts
+
 
 
 
@@ -82219,19 +82403,14 @@ class VmSession {
      * fail fast rather than prompt (OpenSSH's BatchMode).
      */
     static async open(vm, knownHosts, options) {
+        // The key first: a problem with it is this host's alone, and says exactly what to fix.
+        const privateKey = readPrivateKey(vm).text;
         const pinned = knownHosts.pinned(vm.host, vm.port);
         if (pinned.keys.length === 0 && pinned.revoked.length > 0) {
             throw new VmSyncError('host_key_revoked', `every host key pinned for ${pinned.name} in known_hosts is REVOKED (@revoked ${pinned.revoked.map(known_hosts_fingerprint).join(', ')}): vm-sync will not connect to ${vm.id}. Give the VM a new host key, fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band and pin it; remove the @revoked line only if it was added by mistake.`);
         }
         if (pinned.keys.length === 0) {
             throw new VmSyncError('host_key_unknown', `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`);
-        }
-        let privateKey;
-        try {
-            privateKey = external_node_fs_default().readFileSync(vm.keyPath, 'utf8');
-        }
-        catch (error) {
-            throw new VmSyncError('config_invalid', `cannot read SSH key ${vm.keyPath}: ${getErrorMessage(error)}`);
         }
         // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
         const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
@@ -82351,7 +82530,7 @@ class VmSession {
             signal?.addEventListener('abort', onAbort, { once: true });
             connection.exec(command, (error, ch) => {
                 if (error) {
-                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`));
+                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${errors_getErrorMessage(error)}`));
                     return;
                 }
                 channel = ch;
@@ -82385,7 +82564,7 @@ class VmSession {
                         sent += chunk.length;
                         input.onSent?.(sent);
                     });
-                    file.on('error', (error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${getErrorMessage(error)}`)));
+                    file.on('error', (error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${errors_getErrorMessage(error)}`)));
                     // A command that exits without reading all of it ends the pipe: its answer says why.
                     ch.on('error', () => undefined);
                     file.pipe(ch);
@@ -82438,7 +82617,7 @@ class VmSession {
             signal?.addEventListener('abort', onAbort, { once: true });
             connection.exec(command, (error, ch) => {
                 if (error) {
-                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${getErrorMessage(error)}`));
+                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${errors_getErrorMessage(error)}`));
                     return;
                 }
                 channel = ch;
@@ -82498,6 +82677,54 @@ class VmSession {
         this.tunnelClosed();
     }
 }
+/** `key_invalid`, with what is wrong and the fix apart (doctor shows them on lines of their own). */
+class KeyInvalidError extends VmSyncError {
+    problem;
+    fix;
+    constructor(
+    /** What is wrong, as a sentence about the file. */
+    problem, 
+    /** What to run or do about it. */
+    fix) {
+        super('key_invalid', `${problem}: ${fix}.`);
+        this.problem = problem;
+        this.fix = fix;
+        this.name = 'KeyInvalidError';
+    }
+}
+/**
+ * Reads a host's private key (a VM's, or a jump host's) as a connection will
+ * use it, or throws {@link KeyInvalidError} (`key_invalid`) with the fix: the
+ * file's checks ({@link keyFileProblem}), then its content must be an
+ * unencrypted private key ssh2 can use. Nothing of the key's content is ever
+ * put in a message.
+ */
+function readPrivateKey(host) {
+    const file = host.keyPath;
+    const invalid = (problem, fix) => new KeyInvalidError(`the SSH key for ${host.id}, ${file}, ${problem}`, fix);
+    const problem = keyFileProblem(file);
+    if (problem)
+        throw invalid(problem.problem, problem.fix);
+    let text;
+    try {
+        text = external_node_fs_default().readFileSync(file, 'utf8');
+    }
+    catch (error) {
+        throw invalid(`cannot be read (${error.code ?? errors_getErrorMessage(error)})`, `run chmod 600 ${file}`);
+    }
+    // One file may hold several keys (ssh2 answers a list): the first is the one used.
+    const parsed = lib.utils.parseKey(text);
+    const key = Array.isArray(parsed) ? parsed[0] : parsed;
+    if (key instanceof Error || !key) {
+        if (/passphrase|encrypted/i.test(key ? key.message : '')) {
+            throw invalid('is protected by a passphrase, which an unattended deploy cannot type', `remove the passphrase (ssh-keygen -p -N '' -f ${file}), keeping the file mode 600`);
+        }
+        throw invalid('is not a private key vm-sync can read (OpenSSH or PEM format)', `put ${host.id}'s private key there, or create a new one: ssh-keygen -t ed25519 -N '' -f ${file} (then authorize ${file}.pub on the host)`);
+    }
+    if (!key.isPrivateKey())
+        throw invalid('holds a public key, not the private one', 'put the private half there (the file without .pub)');
+    return { text, key };
+}
 /**
  * The message for a failed connection: what happened and what to do. `seen`
  * holds what the VM showed: the key it presented (`offered`) and, when no key
@@ -82508,7 +82735,7 @@ function connectMessage(vm, code, error, seen) {
     const { offered, pinned } = seen;
     const key = (blob) => `${known_hosts_fingerprint(blob)} (${keyType(blob)})`;
     // ssh2's message can carry text the VM sent (a disconnect reason).
-    const said = vmText(getErrorMessage(error), 300);
+    const said = untrusted_vmText(errors_getErrorMessage(error), 300);
     switch (code) {
         case 'host_key_revoked':
             return `host key of ${where} is REVOKED: it presented ${offered ? key(offered) : 'a key'}, which a @revoked line for ${pinned.name} in known_hosts vetoes. Do not deploy to this VM until you know why: check it out of band, give it a new host key and pin that one (ssh-keyscan -p ${vm.port} ${vm.host}, fingerprint verified out of band).`;
@@ -82607,7 +82834,7 @@ class AgentSession {
             channel = await session.openChannel(agentSessionCommand(target, { nonce, budgetS }));
         }
         catch (error) {
-            throw new VmSyncError('unreachable', `cannot start the agent on ${session.vm.id}: ${getErrorMessage(error)}`);
+            throw new VmSyncError('unreachable', `cannot start the agent on ${session.vm.id}: ${errors_getErrorMessage(error)}`);
         }
         return new AgentSession(session.vm.id, channel, nonce);
     }
@@ -82778,18 +83005,18 @@ function parseListing(data, vmId, limits = LISTING_LIMITS) {
             break;
         const m = META.exec(meta);
         if (!m)
-            throw garbled(vmId, `an entry of unknown form ${JSON.stringify(vmText(meta, 40))}`);
+            throw garbled(vmId, `an entry of unknown form ${JSON.stringify(untrusted_vmText(meta, 40))}`);
         const rel = next();
         const link = next();
         if (rel === null || link === null)
             throw garbled(vmId, 'an entry without its path or link field: the listing was cut short');
         if (!plainPath(rel))
-            throw garbled(vmId, `an entry with the path ${JSON.stringify(vmText(rel, 80))}`);
+            throw garbled(vmId, `an entry with the path ${JSON.stringify(untrusted_vmText(rel, 80))}`);
         if (entries.has(rel))
-            throw garbled(vmId, `${JSON.stringify(vmText(rel, 80))} is listed twice`);
+            throw garbled(vmId, `${JSON.stringify(untrusted_vmText(rel, 80))} is listed twice`);
         const type = TYPES[m[1]];
         if ((type === 'symlink') !== (link !== ''))
-            throw garbled(vmId, `${JSON.stringify(vmText(rel, 80))}: a link target on a ${type}, or a symlink without one`);
+            throw garbled(vmId, `${JSON.stringify(untrusted_vmText(rel, 80))}: a link target on a ${type}, or a symlink without one`);
         const size = Number(m[3]);
         if (!Number.isSafeInteger(size))
             throw garbled(vmId, `an entry size of ${m[3]}`);
@@ -82814,17 +83041,17 @@ function parseListing(data, vmId, limits = LISTING_LIMITS) {
         }
         const h = HASH_RECORD.exec(record);
         if (!h)
-            throw garbled(vmId, `a hash record of unknown form ${JSON.stringify(vmText(record, 80))}`);
+            throw garbled(vmId, `a hash record of unknown form ${JSON.stringify(untrusted_vmText(record, 80))}`);
         const entry = entries.get(h[2]);
         if (!entry || entry.type !== 'file')
-            throw garbled(vmId, `a hash for ${JSON.stringify(vmText(h[2], 80))}, which is not a listed regular file`);
+            throw garbled(vmId, `a hash for ${JSON.stringify(untrusted_vmText(h[2], 80))}, which is not a listed regular file`);
         if (entry.sha256 !== null)
-            throw garbled(vmId, `two hashes for ${JSON.stringify(vmText(h[2], 80))}`);
+            throw garbled(vmId, `two hashes for ${JSON.stringify(untrusted_vmText(h[2], 80))}`);
         entry.sha256 = h[1];
     }
     for (const [rel, entry] of entries) {
         if (entry.type === 'file' && entry.sha256 === null)
-            throw garbled(vmId, `no hash for the file ${JSON.stringify(vmText(rel, 80))} (it changed while it was read?)`);
+            throw garbled(vmId, `no hash for the file ${JSON.stringify(untrusted_vmText(rel, 80))} (it changed while it was read?)`);
     }
     return entries;
 }
@@ -82843,17 +83070,17 @@ function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
         // Only framed lines before the header count: anything else is a chatty login shell.
         const said = parseAgentOutput(result.stdout.toString('utf8'), nonce);
         const code = said.get('error');
-        const message = vmText(said.get('message') ?? '', 500);
+        const message = untrusted_vmText(said.get('message') ?? '', 500);
         if (code === 'too_many')
             throw tooMany(vmId, limits, message);
         const known = code !== null && code !== 'failed' && AGENT_CODES.has(code) ? code : 'remote_command_failed';
-        const detail = message || vmText(result.stderr.trim().split('\n').slice(-3).join(' | '), 500) || `exit ${result.code}, no answer`;
+        const detail = message || untrusted_vmText(result.stderr.trim().split('\n').slice(-3).join(' | '), 500) || `exit ${result.code}, no answer`;
         throw new VmSyncError(known, `listing on ${vmId} failed: ${detail}`);
     }
     const trailer = Buffer.from(`@${nonce} end=ok\n`, 'latin1');
     const body = result.stdout.subarray(start + header.length);
     if (result.code !== 0 || body.length < trailer.length || !body.subarray(body.length - trailer.length).equals(trailer)) {
-        const said = vmText(result.stderr.trim().split('\n').slice(-2).join(' | '), 300);
+        const said = untrusted_vmText(result.stderr.trim().split('\n').slice(-2).join(' | '), 300);
         throw garbled(vmId, `it did not run to its end: exit ${result.code}${said ? `, ${said}` : ''}`);
     }
     let data;
@@ -82863,7 +83090,7 @@ function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
     catch (error) {
         if (error instanceof RangeError || error.code === 'ERR_BUFFER_TOO_LARGE')
             throw tooMany(vmId, limits, `its listing is over ${bytes(limits.maxBytes)}`);
-        throw garbled(vmId, `its gzip data is corrupt: ${vmText(error.message, 100)}`);
+        throw garbled(vmId, `its gzip data is corrupt: ${untrusted_vmText(error.message, 100)}`);
     }
     return parseListing(data, vmId, limits);
 }
@@ -82964,7 +83191,7 @@ class RemoteTarget {
                         const known = codeFromStderr(said);
                         const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(said);
                         if (known || missingTimeout)
-                            throw new VmSyncError(known ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${vmText(said.split('\n').slice(-3).join(' | '), 500)}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+                            throw new VmSyncError(known ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${untrusted_vmText(said.split('\n').slice(-3).join(' | '), 500)}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
                     }
                     throw error;
                 }
@@ -82986,10 +83213,10 @@ class RemoteTarget {
         const agentCode = response.get('error');
         if (agentCode === null && code === 0 && response.complete)
             return response;
-        const said = vmText(response.get('message') ?? '', 500);
+        const said = untrusted_vmText(response.get('message') ?? '', 500);
         const known = agentCode !== null && agentCode !== 'failed' && target_AGENT_CODES.has(agentCode) ? agentCode : null;
         const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(stderr);
-        const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${vmText(other, 300)}` : `exit ${code}`);
+        const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${untrusted_vmText(other, 300)}` : `exit ${code}`);
         // The agent quotes the shell's own error (disk full, I/O error) in its message.
         throw new VmSyncError(known ?? codeFromStderr(`${said}\n${stderr}`) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
     }
@@ -83029,20 +83256,20 @@ class RemoteTarget {
             return {
                 held: true,
                 probe,
-                record: vmText(out.require('owner'), 1000),
+                record: untrusted_vmText(out.require('owner'), 1000),
                 hex: hexOnly(out.require('owner_hex')),
                 why: out.oneOf('lock_why', ['deadline', 'legacy', 'unreadable']),
                 ageS: toInt(out.require('age')),
             };
         }
         if (lock !== 'acquired')
-            throw new VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${vmText(lock ?? '', 40)}`);
+            throw new VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${untrusted_vmText(lock ?? '', 40)}`);
         const took = out.all('took_over').at(-1);
         return {
             held: false,
             probe,
             released: out.all('lock').includes('released'),
-            tookOver: took !== undefined ? { record: vmText(took, 1000), why: vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
+            tookOver: took !== undefined ? { record: untrusted_vmText(took, 1000), why: untrusted_vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
         };
     }
     /** Releases the lock if this run still holds it; never removes another run's lock. Runs on a budget of its own. */
@@ -83064,17 +83291,17 @@ class RemoteTarget {
         const expected = external_node_path_default().posix.join(external_node_path_default().posix.dirname(probed.target), `.${external_node_path_default().posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
         const stage = out.require('stage');
         if (stage !== expected)
-            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${vmText(stage)}, not ${expected}: refusing to transfer there`);
+            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${untrusted_vmText(stage)}, not ${expected}: refusing to transfer there`);
         const linkDest = out.require('link_dest');
         const releases = external_node_path_default().posix.dirname(expected);
         if (linkDest && linkDest !== probed.target && external_node_path_default().posix.dirname(linkDest) !== releases)
-            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
+            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${untrusted_vmText(linkDest)}`);
         const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
         const complete = out.require('complete');
         return {
             stage,
             linkDest: linkDest || null,
-            removedPartials: out.all('removed_partial').map((p) => vmText(p)),
+            removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)),
             sharedExisting: existing,
             completeRelease: complete ? releaseName(complete, this.vmId) : null,
             streamSupported: out.oneOf('stream', ['0', '1']) === '1',
@@ -83101,7 +83328,7 @@ class RemoteTarget {
      */
     async seal(token, sha, shared = [], key = '0') {
         const out = (await this.op('seal', [token, sha, key, ...shared.map((s) => `${s.dir ? 'd' : 'f'}:${s.path}`)])).only(['release', 'seeded', 'created']);
-        return { release: releaseName(out.require('release'), this.vmId), seeded: out.all('seeded').map((p) => vmText(p)), created: out.all('created').map((p) => vmText(p)) };
+        return { release: releaseName(out.require('release'), this.vmId), seeded: out.all('seeded').map((p) => untrusted_vmText(p)), created: out.all('created').map((p) => untrusted_vmText(p)) };
     }
     /**
      * Points the target at a complete kept release; returns the release it
@@ -83111,10 +83338,10 @@ class RemoteTarget {
     async flip(token, release, reject = false) {
         const out = (await this.op('flip', [token, release, reject ? '1' : '0'])).only(['previous', 'moved_aside', 'release']);
         if (out.require('release') !== release)
-            throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${vmText(out.require('release'))}, not ${release}`);
+            throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${untrusted_vmText(out.require('release'))}, not ${release}`);
         const previous = out.require('previous');
         const aside = out.get('moved_aside');
-        return { previous: previous ? releaseName(previous, this.vmId) : null, movedAside: aside === null ? null : vmText(aside) };
+        return { previous: previous ? releaseName(previous, this.vmId) : null, movedAside: aside === null ? null : untrusted_vmText(aside) };
     }
     /** The kept releases and the live one; read-only, needs no lock. */
     async releases() {
@@ -83124,10 +83351,10 @@ class RemoteTarget {
         const complete = out.all('release').map((line) => {
             const [name, commit] = line.split(' ');
             if (!commit || !/^[0-9a-f]{40}$/.test(commit))
-                throw new VmSyncError('remote_command_failed', `releases on ${this.vmId}: a completion marker without a commit (${vmText(line, 120)})`);
+                throw new VmSyncError('remote_command_failed', `releases on ${this.vmId}: a completion marker without a commit (${untrusted_vmText(line, 120)})`);
             return { name: releaseName(name, this.vmId), commit };
         });
-        return { live: live ? vmText(live, 200) : null, previous: previous ? releaseName(previous, this.vmId) : null, complete, incomplete: out.all('incomplete').map((n) => vmText(n, 200)) };
+        return { live: live ? untrusted_vmText(live, 200) : null, previous: previous ? releaseName(previous, this.vmId) : null, complete, incomplete: out.all('incomplete').map((n) => untrusted_vmText(n, 200)) };
     }
     /** Extends this run's lock to the budget's end (plus the margin); fails with lock_lost when it is gone. */
     async renew(token) {
@@ -83156,7 +83383,7 @@ class RemoteTarget {
     async inPlaceBegin(token, probed) {
         const target = (await this.op('inplace-begin', [token])).require('target');
         if (target !== probed.target)
-            throw new VmSyncError('remote_command_failed', `inplace-begin on ${this.vmId} answered ${vmText(target)}, not ${probed.target}: refusing to transfer there`);
+            throw new VmSyncError('remote_command_failed', `inplace-begin on ${this.vmId} answered ${untrusted_vmText(target)}, not ${probed.target}: refusing to transfer there`);
         return target;
     }
     async inPlaceFinish(token, sha) {
@@ -83164,7 +83391,7 @@ class RemoteTarget {
     }
     /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
     async prune(token, keep) {
-        return (await this.op('prune', [token, String(keep)])).only(['pruned']).all('pruned').map((p) => vmText(p));
+        return (await this.op('prune', [token, String(keep)])).only(['pruned']).all('pruned').map((p) => untrusted_vmText(p));
     }
     /**
      * Every entry of the live release (`release`) or of the target directory
@@ -83193,11 +83420,11 @@ class RemoteTarget {
         const out = await this.op('doctor', []);
         const kb = Number(out.get('avail_kb'));
         return {
-            parent: vmText(out.require('parent')),
-            existing: vmText(out.require('existing')),
+            parent: untrusted_vmText(out.require('parent')),
+            existing: untrusted_vmText(out.require('existing')),
             writable: out.require('writable') === '1',
             availableKb: out.get('avail_kb') && Number.isFinite(kb) ? kb : null,
-            timeout: out.get('timeout') ? vmText(out.require('timeout')) : null,
+            timeout: out.get('timeout') ? untrusted_vmText(out.require('timeout')) : null,
         };
     }
     /** Runs the configured post-sync command in the live release, under the run's deadline. */
@@ -83209,7 +83436,7 @@ class RemoteTarget {
             return;
         const exit = response.get('exit') ?? String(code);
         const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
-        throw new VmSyncError('post_sync_failed', `post_sync_command exited ${vmText(exit, 10)} on ${this.vmId}: ${vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', this.vmId]])} to run it again.`);
+        throw new VmSyncError('post_sync_failed', `post_sync_command exited ${untrusted_vmText(exit, 10)} on ${this.vmId}: ${untrusted_vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', this.vmId]])} to run it again.`);
     }
     /**
      * Kills, on the VM, the process groups of operations whose channel this run
@@ -83233,7 +83460,7 @@ class RemoteTarget {
 /** A release name as the agent makes them; anything else is a protocol error, never a path to use. */
 function releaseName(value, vmId) {
     if (!RELEASE_NAME.test(value))
-        throw new VmSyncError('remote_command_failed', `the agent on ${vmId} named a release ${JSON.stringify(vmText(value, 80))}, which is not a release name`);
+        throw new VmSyncError('remote_command_failed', `the agent on ${vmId} named a release ${JSON.stringify(untrusted_vmText(value, 80))}, which is not a release name`);
     return value;
 }
 /** Long output as its first 1000 and last 4000 characters: a command says why it failed at its end. */
@@ -83253,15 +83480,15 @@ function parseProbe(out) {
     const lockKind = out.get('lock_kind');
     const mtime = Number(out.get('lock_mtime'));
     return {
-        target: vmText(out.require('target')),
+        target: untrusted_vmText(out.require('target')),
         kind: out.oneOf('kind', TARGET_KINDS),
-        currentRelease: out.require('current') ? vmText(out.require('current')) : null,
+        currentRelease: out.require('current') ? untrusted_vmText(out.require('current')) : null,
         sentinel,
-        rev: sentinel === 'regular' ? vmText(out.require('rev'), 100) : null,
-        rsyncVersion: out.require('rsync') ? vmText(out.require('rsync'), 120) : null,
+        rev: sentinel === 'regular' ? untrusted_vmText(out.require('rev'), 100) : null,
+        rsyncVersion: out.require('rsync') ? untrusted_vmText(out.require('rsync'), 120) : null,
         lock: lockKind === null
             ? null
-            : { record: vmText(out.get('lock_record') ?? '', 1000), hex: hexOnly(out.get('lock_hex') ?? ''), kind: lockKind === 'v2' || lockKind === 'legacy' ? lockKind : 'other', mtime: out.get('lock_mtime') && Number.isSafeInteger(mtime) ? mtime : null },
+            : { record: untrusted_vmText(out.get('lock_record') ?? '', 1000), hex: hexOnly(out.get('lock_hex') ?? ''), kind: lockKind === 'v2' || lockKind === 'legacy' ? lockKind : 'other', mtime: out.get('lock_mtime') && Number.isSafeInteger(mtime) ? mtime : null },
         now: toInt(out.require('now')),
     };
 }
@@ -83556,7 +83783,7 @@ class ReleaseStreams {
         let made = this.made.get(key);
         if (!made) {
             // A stream that cannot be made (a defect, a full disk) costs speed, not the deploy: rsync takes over.
-            made = this.make(base).catch((error) => ({ ok: false, reason: getErrorMessage(error) }));
+            made = this.make(base).catch((error) => ({ ok: false, reason: errors_getErrorMessage(error) }));
             this.made.set(key, made);
         }
         return made;
@@ -83730,7 +83957,7 @@ async function writeStream(file, root, removals, members, env) {
     catch (error) {
         if (error instanceof VmSyncError)
             throw error;
-        throw new VmSyncError('internal_error', `could not build the release stream: ${getErrorMessage(error)}`);
+        throw new VmSyncError('internal_error', `could not build the release stream: ${errors_getErrorMessage(error)}`);
     }
     finally {
         external_node_fs_default().closeSync(out);
@@ -83939,7 +84166,7 @@ function printablePath(rel, max = 300) {
         out += `\\x${b.toString(16).padStart(2, '0')}`;
         i++;
     }
-    return vmText(out, max);
+    return untrusted_vmText(out, max);
 }
 /** The link a shared path must be on a VM whose target (as the VM expanded it) is `target`: agent.sh `seal` makes it. */
 function sharedLinkTarget(target) {
@@ -84049,7 +84276,7 @@ function targetPlan(probe, layout) {
 function dryRunNotes(target, plan, changes, counts) {
     const notes = [];
     if (plan.movedAside) {
-        notes.push(`would move ${plan.movedAside} at ${vmText(target)} aside to ${vmText(stateDirOfTarget(target))}/previous-<UTC time> (vm-sync did not create it, so it is kept, never deleted) and point ${vmText(target)} at the new release`);
+        notes.push(`would move ${plan.movedAside} at ${untrusted_vmText(target)} aside to ${untrusted_vmText(stateDirOfTarget(target))}/previous-<UTC time> (vm-sync did not create it, so it is kept, never deleted) and point ${untrusted_vmText(target)} at the new release`);
     }
     // What only the VM has is deleted from a release, but from a directory moved aside it is only left out of the new release.
     const deleteVerb = plan.movedAside ? 'leave out' : 'delete';
@@ -84059,7 +84286,7 @@ function dryRunNotes(target, plan, changes, counts) {
     const files = changes.filter((c) => !c.dir);
     const listed = (files.length > 0 ? files : changes).slice(0, DRY_RUN_LISTED);
     for (const c of listed)
-        notes.push(`would ${c.kind === 'delete' ? deleteVerb : c.kind}: ${vmText(c.path, 500)}`);
+        notes.push(`would ${c.kind === 'delete' ? deleteVerb : c.kind}: ${untrusted_vmText(c.path, 500)}`);
     const more = (files.length > 0 ? total : changes.length) - listed.length;
     if (more > 0)
         notes.push(`…and ${words_count(more, files.length > 0 ? 'more file' : 'more path')}`);
@@ -84082,7 +84309,7 @@ function dryRunNotes(target, plan, changes, counts) {
 
 /** Any error as a {@link VmSyncError} (a stray one is a remote command that failed). */
 function toFailure(error) {
-    return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', getErrorMessage(error), { cause: error });
+    return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', errors_getErrorMessage(error), { cause: error });
 }
 /** Waits `ms`, or less when `signal` aborts. */
 const sleep = (ms, signal) => new Promise((resolve) => {
@@ -84490,8 +84717,8 @@ class FleetRelease {
             }
             catch (error) {
                 // A defect: the VM still ends with a row, and its lock is released; -v shows where.
-                this.say(run, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`, 'prepare', 'debug');
-                await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${getErrorMessage(error)}`));
+                this.say(run, `internal error: ${error instanceof Error && error.stack ? error.stack : errors_getErrorMessage(error)}`, 'prepare', 'debug');
+                await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${errors_getErrorMessage(error)}`));
             }
         });
     }
@@ -84786,7 +85013,7 @@ class FleetRelease {
                 catch (error) {
                     if (this.ctx.signal?.aborted)
                         throw error;
-                    run.report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
+                    run.report.notes.push(`pruning old releases failed (deploy is fine): ${errors_getErrorMessage(error)}`);
                 }
             }
             if (config.sync.postSyncCommand) {
@@ -84796,7 +85023,7 @@ class FleetRelease {
             run.report.result = 'success';
             run.report.error = null;
             await port.unlock(this.token).catch((error) => {
-                run.report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${getErrorMessage(error)}`);
+                run.report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${errors_getErrorMessage(error)}`);
             });
             this.close(run);
         })));
@@ -84879,7 +85106,7 @@ class FleetRelease {
             catch (error) {
                 if (run.touched) {
                     report.rev_after = null;
-                    report.notes.push(`could not read what ${run.vm.id} serves after the failure (${getErrorMessage(error)}): check it with vm-sync status`);
+                    report.notes.push(`could not read what ${run.vm.id} serves after the failure (${errors_getErrorMessage(error)}): check it with vm-sync status`);
                 }
             }
         }
@@ -84889,7 +85116,7 @@ class FleetRelease {
             await port.unlock(this.token);
         }
         catch (error) {
-            report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${getErrorMessage(error)}`);
+            report.notes.push(`could not release the lock (it expires at its deadline, or run ${cliCommand(`vm-sync unlock --vm ${run.vm.id}`)}): ${errors_getErrorMessage(error)}`);
         }
     }
     /** Makes the row final: closes the port and announces it. */
@@ -85204,7 +85431,7 @@ async function runSync(config, options = {}) {
         // The export becomes the base of the next run's (under the runner-host lock: no run copies it meanwhile).
         const made = snapshot;
         if (made)
-            await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
+            await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${errors_getErrorMessage(error)}`));
     }
 }
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */
@@ -85376,11 +85603,11 @@ async function rowOf(vm, events, pipeline) {
         report = await pipeline();
     }
     catch (error) {
-        report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${getErrorMessage(error)}` }, [
+        report = failedRow(vm, { code: 'internal_error', message: `vm-sync failed on ${vm.id} (a defect, please report it): ${errors_getErrorMessage(error)}` }, [
             `what this VM serves is unknown: check it with ${invocation('status', [['vm', vm.id]])}`,
         ]);
         // The trace, for -v: where the defect is.
-        events.debug?.(vm.id, `internal error: ${error instanceof Error && error.stack ? error.stack : getErrorMessage(error)}`);
+        events.debug?.(vm.id, `internal error: ${error instanceof Error && error.stack ? error.stack : errors_getErrorMessage(error)}`);
     }
     return announceRow(events, report);
 }
@@ -85393,7 +85620,7 @@ async function recordDeployed(repo, reports, events) {
         await repo.recordDeployed(entries);
     }
     catch (error) {
-        events.info(null, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${getErrorMessage(error)}`);
+        events.info(null, `could not record the deployed commit on the runner host (the next resync scans the whole tree): ${errors_getErrorMessage(error)}`);
     }
 }
 /** The Actions run that is deploying, for lock records ('' outside Actions). */
@@ -85493,6 +85720,7 @@ function mergeShards(config, paths, options = {}) {
 
 
 
+
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
 function maskKeys(config) {
     for (const vm of config.vms) {
@@ -85520,6 +85748,25 @@ async function resolveGitleaks(inputs, config) {
         info(`gitleaks not on PATH: installing the checksum-pinned release ${inputs.gitleaksVersion}`);
         return installGitleaks({ version: inputs.gitleaksVersion });
     }
+}
+/**
+ * sync: whether the deployed branch (repository.default_branch of this
+ * repository) is protected. Not protected: a warning in the log and the job
+ * summary; not known (no token, 403, 404, no answer): a notice. Never a failure.
+ */
+async function checkBranchProtection(inputs, ctx, config) {
+    const where = { owner: ctx.owner, repo: ctx.repo, branch: config.repository.defaultBranch };
+    const verdict = inputs.githubToken
+        ? judgeProtection(where, await octokitBranchReader(inputs.githubToken, ctx)(where.owner, where.repo, where.branch))
+        : { level: 'notice', message: `could not check whether branch ${where.branch} of ${where.owner}/${where.repo} is protected (no github-token)`, fix: 'pass github-token (its default, github.token, can read it)', checked: false };
+    const line = annotationText(`${verdict.message}${verdict.fix ? `. To fix: ${verdict.fix}` : ''}`);
+    if (verdict.level === 'warning')
+        warning(line, { title: 'vm-sync: branch protection' });
+    else if (verdict.level === 'notice')
+        notice(line, { title: 'vm-sync: branch protection' });
+    else
+        info(line);
+    return verdict;
 }
 /** What the pushed change is, for the scan, when this run is a push of the commit being deployed. */
 function pushRequest(ctx, commit) {
@@ -85633,6 +85880,7 @@ async function main_run() {
     let shard = null;
     let resultsPath = '';
     let merging = false;
+    let protection = null;
     const fanOut = { started: new Set(), finished: new Map() };
     const controller = new AbortController();
     const onSignal = () => controller.abort();
@@ -85675,6 +85923,8 @@ async function main_run() {
             warn: (message) => warning(annotationText(message)),
         });
         const events = actionEvents(reporter, fanOut);
+        if (inputs.command === 'sync')
+            protection = await checkBranchProtection(inputs, ctx, config);
         if (scans)
             reporter.scanStarted();
         const sharded = inputs.shard ?? undefined;
@@ -85733,7 +85983,7 @@ async function main_run() {
             setFailed(annotationText(`${failure.code}: ${failure.message}`));
     }
     catch (error) {
-        thrown = { code: error instanceof VmSyncError ? error.code : 'internal_error', message: getErrorMessage(error) };
+        thrown = { code: error instanceof VmSyncError ? error.code : 'internal_error', message: errors_getErrorMessage(error) };
         failure = thrown;
         setFailed(annotationText(`${failure.code}: ${failure.message}`));
     }
@@ -85751,14 +86001,14 @@ async function main_run() {
             setOutputs(report, failure, { command, dryRun, shard, resultsPath });
         }
         catch (error) {
-            warning(annotationText(`could not write the outputs: ${getErrorMessage(error)}`));
+            warning(annotationText(`could not write the outputs: ${errors_getErrorMessage(error)}`));
         }
         await reporter?.flush();
         try {
-            await summary.addRaw(renderSummary(report, { runUrl, failure }), true).write();
+            await summary.addRaw(renderSummary(report, { runUrl, failure }) + (protection ? protectionSummary(protection) : ''), true).write();
         }
         catch (error) {
-            warning(annotationText(`could not write the job summary: ${getErrorMessage(error)}`));
+            warning(annotationText(`could not write the job summary: ${errors_getErrorMessage(error)}`));
         }
         setEntryPoint(previousEntry);
     }

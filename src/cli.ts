@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, jumpHostsOf, loadConfig } from './config/load.js';
 import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { renderDoctor, runDoctor } from './doctor/doctor.js';
+import { githubAccessFromEnv } from './doctor/github.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
 import { colourWanted } from './report/colour.js';
 import { terminalLine } from './report/escape.js';
@@ -83,6 +84,7 @@ const OPTIONS = {
   'scan-base': { type: 'string', arg: 'REV', help: 'scan REV..commit with the scan settings of REV, a commit you vouch for', elsewhere: '(scan takes --range BASE..HEAD)' },
   'lock-wait': { type: 'string', arg: 'SECONDS', help: 'wait up to SECONDS for a VM locked by another live run (default 0: fail with locked)' },
   to: { type: 'string', arg: 'SHA', help: 'the release to go back to (default: each VM\'s previous release)', elsewhere: '(sync takes --commit)' },
+  github: { type: 'boolean', help: 'also check on GitHub that the deployed branch is protected (token from $GITHUB_TOKEN or $GH_TOKEN, never an argument)' },
   deep: { type: 'boolean', help: 'also compare every file each VM serves with its commit\'s tree (release_drifted when they differ)' },
   range: { type: 'string', arg: 'BASE..HEAD', help: 'scan these commits (default: what the VMs do not have yet, as recorded here)' },
   repo: { type: 'string', arg: 'DIR', help: 'scan this checkout instead of the runner-host clone (never fetched)' },
@@ -221,12 +223,13 @@ const COMMANDS: CommandSpec[] = [
   },
   {
     name: 'doctor',
-    summary: 'prove every VM is ready before the first deploy',
-    description: 'Checks, for each selected VM, what a sync needs (key, host key, login, remote tools, target) and prints a fix for each failure.',
-    options: { config: '', vm: '', json: '' },
+    summary: 'prove the runner host and every VM are ready for a sync',
+    description:
+      "Checks the runner host once (the runner's version, known_hosts, gitleaks, the runner-host clone; with --github, the deployed branch's protection) and, for each selected VM, what a sync needs (key file, host key, login, a clean login shell, rsync, the target and what stands there, free space, the lock, .sync_rev), and prints a fix for each failure. Read-only everywhere.",
+    options: { config: '', vm: '', github: '', json: '' },
     exits: [
-      [0, 'every VM is ready'],
-      [1, 'a VM is not ready (each failure has its fix)'],
+      [0, 'the runner host and every VM are ready'],
+      [1, 'the runner host or a VM is not ready (each failure has its fix)'],
     ],
     run: doctorCommand,
   },
@@ -646,9 +649,10 @@ async function engineCommand(ctx: CommandContext, name: Command['name']): Promis
 async function doctorCommand(ctx: CommandContext): Promise<number> {
   // doctor reports a missing key or known_hosts per VM, with the fix.
   const config = ctx.config({ checkFiles: false });
-  const doctor = await runDoctor(config, { vms: vmList(ctx.values) });
+  // The token comes from the environment only: an argument would show in the process list.
+  const doctor = await runDoctor(config, { vms: vmList(ctx.values), github: ctx.values.github === true ? githubAccessFromEnv(process.env) : undefined });
   ctx.io.out(ctx.values.json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
-  return doctor.vms.every((vm) => vm.ready) && doctor.runner_host.status !== 'fail' ? 0 : 1;
+  return doctor.ready ? 0 : 1;
 }
 
 async function locksCommand(ctx: CommandContext): Promise<number> {

@@ -4,13 +4,14 @@ import path from 'node:path';
 import * as core from '@actions/core';
 import { gitAuthEnv, readWorkflowContext, type WorkflowContext } from './action/context.js';
 import { parseInputs, type Inputs } from './action/inputs.js';
-import { octokitApi } from './action/octokit-api.js';
+import { octokitApi, octokitBranchReader } from './action/octokit-api.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/types.js';
 import { invocation, setEntryPoint } from './advice.js';
 import { getErrorMessage, VmSyncError, type FailureCode } from './errors.js';
 import { annotationText, ANNOTATION_TITLE_MAX, boundedResults, terminalLine, type ResultsDocument } from './report/escape.js';
 import { GitHubReporter } from './report/github.js';
+import { judgeProtection, protectionSummary, type ProtectionVerdict } from './report/protection.js';
 import { renderSummary } from './report/summary.js';
 import { renderSarif } from './scan/findings.js';
 import { locateGitleaks } from './scan/gitleaks.js';
@@ -42,6 +43,23 @@ async function resolveGitleaks(inputs: Inputs, config: Config): Promise<string> 
     core.info(`gitleaks not on PATH: installing the checksum-pinned release ${inputs.gitleaksVersion}`);
     return installGitleaks({ version: inputs.gitleaksVersion });
   }
+}
+
+/**
+ * sync: whether the deployed branch (repository.default_branch of this
+ * repository) is protected. Not protected: a warning in the log and the job
+ * summary; not known (no token, 403, 404, no answer): a notice. Never a failure.
+ */
+async function checkBranchProtection(inputs: Inputs, ctx: WorkflowContext, config: Config): Promise<ProtectionVerdict> {
+  const where = { owner: ctx.owner, repo: ctx.repo, branch: config.repository.defaultBranch };
+  const verdict: ProtectionVerdict = inputs.githubToken
+    ? judgeProtection(where, await octokitBranchReader(inputs.githubToken, ctx)(where.owner, where.repo, where.branch))
+    : { level: 'notice', message: `could not check whether branch ${where.branch} of ${where.owner}/${where.repo} is protected (no github-token)`, fix: 'pass github-token (its default, github.token, can read it)', checked: false };
+  const line = annotationText(`${verdict.message}${verdict.fix ? `. To fix: ${verdict.fix}` : ''}`);
+  if (verdict.level === 'warning') core.warning(line, { title: 'vm-sync: branch protection' });
+  else if (verdict.level === 'notice') core.notice(line, { title: 'vm-sync: branch protection' });
+  else core.info(line);
+  return verdict;
 }
 
 /** What the pushed change is, for the scan, when this run is a push of the commit being deployed. */
@@ -160,6 +178,7 @@ export async function run(): Promise<void> {
   let shard: RunReport['shard'] = null;
   let resultsPath = '';
   let merging = false;
+  let protection: ProtectionVerdict | null = null;
   const fanOut: FanOut = { started: new Set(), finished: new Map() };
   const controller = new AbortController();
   const onSignal = (): void => controller.abort();
@@ -200,6 +219,7 @@ export async function run(): Promise<void> {
       warn: (message) => core.warning(annotationText(message)),
     });
     const events = actionEvents(reporter, fanOut);
+    if (inputs.command === 'sync') protection = await checkBranchProtection(inputs, ctx, config);
     if (scans) reporter.scanStarted();
     const sharded = inputs.shard ?? undefined;
     if (inputs.command === 'report') {
@@ -265,7 +285,7 @@ export async function run(): Promise<void> {
     }
     await reporter?.flush();
     try {
-      await core.summary.addRaw(renderSummary(report, { runUrl, failure }), true).write();
+      await core.summary.addRaw(renderSummary(report, { runUrl, failure }) + (protection ? protectionSummary(protection) : ''), true).write();
     } catch (error) {
       core.warning(annotationText(`could not write the job summary: ${getErrorMessage(error)}`));
     }

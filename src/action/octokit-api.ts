@@ -1,5 +1,8 @@
 import { getOctokit } from '@actions/github';
+import { getErrorMessage } from '../errors.js';
+import { vmText } from '../remote/untrusted.js';
 import type { GitHubApi } from '../report/github.js';
+import { answerOf, type BranchReader } from '../report/protection.js';
 import type { WorkflowContext } from './context.js';
 
 /** {@link GitHubApi} over Octokit, against GITHUB_API_URL (github.com or GitHub Enterprise Server). */
@@ -25,5 +28,25 @@ export function octokitApi(token: string, ctx: WorkflowContext): GitHubApi {
     async createDeploymentStatus(id, body) {
       await octokit.rest.repos.createDeploymentStatus({ ...repo, deployment_id: id, ...body, auto_inactive: true });
     },
+  };
+}
+
+/**
+ * {@link BranchReader} over Octokit (the token, proxy settings and API URL of
+ * the other calls). A refused or failed request is an answer with its status,
+ * never an exception: the branch-protection check only ever warns.
+ */
+export function octokitBranchReader(token: string, ctx: WorkflowContext): BranchReader {
+  const octokit = getOctokit(token, { baseUrl: ctx.apiUrl });
+  return async (owner, repo, branch) => {
+    try {
+      // A silent API must not hold the deploy: the check gives up after 15 s (a notice).
+      const response = await octokit.rest.repos.getBranch({ owner, repo, branch, request: { signal: AbortSignal.timeout(15_000) } });
+      return answerOf(response.status, response.data);
+    } catch (error) {
+      const status = (error as { status?: unknown }).status;
+      if (typeof status === 'number') return answerOf(status, (error as { response?: { data?: unknown } }).response?.data ?? null);
+      return { status: 0, reason: vmText(getErrorMessage(error), 200) };
+    }
   };
 }

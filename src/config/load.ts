@@ -534,37 +534,92 @@ export function jumpHostsOf(config: Config): JumpHost[] {
   return [...new Map(config.vms.flatMap((vm) => (vm.jump ? [[vm.jump.name, vm.jump] as const] : []))).values()];
 }
 
+/** What is wrong with a private key file on the runner host, and the command that fixes it. */
+export interface KeyFileProblem {
+  /** What is wrong, as a phrase that follows the file's name ("is readable by other users (mode 644)"). */
+  problem: string;
+  /** What to run or do about it. */
+  fix: string;
+}
+
+/** The user vm-sync runs as, by name when the system knows it. */
+function runningUser(): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return `uid ${process.getuid?.() ?? '?'}`;
+  }
+}
+
 /**
- * Checks what the config points at on the runner host: a readable key file per
- * VM that only its owner can read (OpenSSH refuses others, so do we), and the
- * pinned known_hosts file. Returns problems; touches nothing.
+ * Checks one private key file the way OpenSSH would before using it, and a
+ * little stricter: it must exist, be a regular file this user can read, be
+ * owned by this user (anyone who owns it can replace it), and grant nothing
+ * to group or others (OpenSSH refuses such a key: "UNPROTECTED PRIVATE KEY
+ * FILE"). Null when it is fine. Only the file's metadata is read here; its
+ * content is checked where it is parsed (src/remote/session.ts).
+ */
+export function keyFileProblem(file: string): KeyFileProblem | null {
+  const user = runningUser();
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(file);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? 'error';
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      return {
+        problem: 'does not exist',
+        fix: `put the private key there (vm-sync expects it at remote_execution.key_storage_path/${path.basename(file)}), or create one: ssh-keygen -t ed25519 -N '' -f ${file} and authorize ${file}.pub on the host (scripts/bootstrap-runner.sh --config does both)`,
+      };
+    }
+    return { problem: `cannot be looked at by ${user} (${code})`, fix: `let ${user} reach it: check the permissions of ${path.dirname(file)} and its parents` };
+  }
+  if (!stat.isFile()) return { problem: `is ${stat.isDirectory() ? 'a directory' : 'not a regular file'}`, fix: `replace it with the private key file (vm-sync expects it at remote_execution.key_storage_path/${path.basename(file)})` };
+  const uid = process.getuid?.();
+  const mode = stat.mode & 0o777;
+  const foreign = uid !== undefined && stat.uid !== uid;
+  const open = (mode & 0o077) !== 0;
+  if (foreign || open) {
+    const shown = mode.toString(8).padStart(3, '0');
+    const access = mode & 0o044 ? 'readable by other users' : mode & 0o022 ? 'writable by other users' : 'open to other users';
+    const parts = [
+      ...(foreign ? [`is owned by uid ${stat.uid}, not by ${user} who runs vm-sync`] : []),
+      ...(open ? [`${foreign ? 'and ' : 'is '}${access} (mode ${shown}): OpenSSH refuses such a key, and so does vm-sync`] : []),
+    ];
+    const commands = [...(foreign ? [`chown ${user} ${file}`] : []), ...(open ? [`chmod 600 ${file}`] : [])];
+    return { problem: parts.join(', '), fix: `run ${commands.join(' && ')}` };
+  }
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch {
+    return { problem: `is not readable by ${user} (mode ${mode.toString(8).padStart(3, '0')})`, fix: `run chmod 600 ${file}` };
+  }
+  return null;
+}
+
+/**
+ * Checks what the whole run needs on the runner host: the pinned known_hosts
+ * file. Returns problems; touches nothing. Each VM's (and jump host's) key is
+ * checked when that VM is connected to ({@link keyFileProblem}), so a bad key
+ * fails that VM alone (`key_invalid`), never the run.
  */
 export function checkConfigFiles(config: Config): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
-  const check = (file: string, what: string, privateKey: boolean): void => {
-    let stat: fs.Stats;
-    try {
-      stat = fs.statSync(file);
-      fs.accessSync(file, fs.constants.R_OK);
-    } catch {
-      problems.push({ line: null, message: `${what} not found or not readable: ${file}` });
-      return;
-    }
-    if (!stat.isFile()) problems.push({ line: null, message: `${what} is not a regular file: ${file}` });
-    else if (privateKey && (stat.mode & 0o077) !== 0) {
-      problems.push({ line: null, message: `${what} is readable by other users (mode ${(stat.mode & 0o777).toString(8)}): run chmod 600 ${file}` });
-    }
-  };
-  for (const vm of config.vms) check(vm.keyPath, `SSH key for ${vm.id}`, true);
-  for (const jump of jumpHostsOf(config)) check(jump.keyPath, `SSH key for jump host ${jump.name}`, true);
-  check(config.knownHostsPath, 'pinned known_hosts (remote_execution.known_hosts)', false);
+  const file = config.knownHostsPath;
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    if (!fs.statSync(file).isFile()) problems.push({ line: null, message: `pinned known_hosts (remote_execution.known_hosts) is not a regular file: ${file}` });
+  } catch {
+    problems.push({ line: null, message: `pinned known_hosts (remote_execution.known_hosts) not found or not readable: ${file}` });
+  }
   return problems;
 }
 
 /**
  * Reads, validates and checks a config file; throws {@link ConfigError} with
- * every problem. `checkFiles: false` skips the key and known_hosts checks, for
- * commands that never reach a VM (`scan` on a CI checkout has no keys).
+ * every problem. `checkFiles: false` skips the known_hosts check, for commands
+ * that never reach a VM (`scan` on a CI checkout has none) or that report it
+ * themselves (`doctor`). SSH keys are never checked here: see {@link keyFileProblem}.
  */
 export function loadConfig(file: string, options: { checkFiles?: boolean } = {}): Config {
   let text: string;

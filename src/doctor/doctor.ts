@@ -1,23 +1,50 @@
 import { count } from '../words.js';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import type { Config, JumpHost, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { formatBytes } from '../report/table.js';
 import { KnownHosts } from '../remote/known-hosts.js';
-import { scanHostKey, VmSession } from '../remote/session.js';
+import { KeyInvalidError, readPrivateKey, scanHostKey, VmSession } from '../remote/session.js';
+import { vmText } from '../remote/untrusted.js';
 import { describeOwner, holderIsDead, parseLockOwner } from '../remote/lock.js';
 import { RemoteTarget, UNREADABLE_LOCK_GRACE_S, type Probe } from '../remote/target.js';
 import { runnerRepo, selectVms } from '../sync/fleet.js';
 import { mapPool } from '../sync/pool.js';
-import { checkRunnerHost, type RunnerHostCheck } from './runner.js';
+import { branchProtectionCheck, type GitHubAccess } from './github.js';
+import { cloneChecks, gitleaksCheck, knownHostsCheck } from './host.js';
+import { checkRunnerHost } from './runner.js';
 
-/** One check of one VM. `warn` is worth knowing but would not fail a sync. */
+/**
+ * One check, of one VM or of the runner host. `warn` is worth knowing but
+ * would not fail a sync; `fail` is what a sync would fail on; `skipped`: not
+ * tried (an earlier check failed), or could not be told.
+ */
 export interface Check {
-  name: 'jump' | 'tcp' | 'host_key' | 'auth' | 'rsync' | 'timeout' | 'target' | 'free_space' | 'lock' | 'sync_rev';
+  name:
+    | 'runner'
+    | 'key'
+    | 'jump'
+    | 'tcp'
+    | 'host_key'
+    | 'auth'
+    | 'shell'
+    | 'rsync'
+    | 'timeout'
+    | 'target'
+    | 'live'
+    | 'free_space'
+    | 'lock'
+    | 'sync_rev'
+    | 'known_hosts'
+    | 'gitleaks'
+    | 'clone'
+    | 'branch_protection';
   status: 'ok' | 'warn' | 'fail' | 'skipped';
   detail: string;
-  /** What to do about a warn or fail. */
+  /** What to do about a warn, fail or skipped. */
   hint: string | null;
 }
 
@@ -29,12 +56,21 @@ export interface VmDoctorReport {
   checks: Check[];
 }
 
+/** What every sync needs on this host before it reaches any VM: checked once, not per VM. */
+export interface RunnerHostReport {
+  /** False when every sync from this host would fail. */
+  ready: boolean;
+  checks: Check[];
+}
+
 export interface DoctorReport {
   command: 'doctor';
+  /** The runner host and every selected VM are ready. */
+  ready: boolean;
   /** Bytes of the tree a fresh deploy sends (runner-host HEAD), null when unknown. */
   tree_bytes: number | null;
-  /** This host's GitHub Actions runner (its version against GitHub's minimum); checked once per run. */
-  runner_host: RunnerHostCheck;
+  /** What every sync needs on this host (the runner's version, known_hosts, gitleaks, the clone); checked once per run. */
+  runner_host: RunnerHostReport;
   vms: VmDoctorReport[];
 }
 
@@ -61,21 +97,24 @@ function describeLock(vm: VmConfig, probe: Probe, staleAfterS: number): Pick<Che
   if (owner) {
     if (owner.deadline < probe.now) return { status: 'warn', detail: `stale lock of ${describeOwner(owner, probe.now)}`, hint: `the next sync takes it over; to clear it now: ${unlock}` };
     if (holderIsDead(owner)) return { status: 'warn', detail: `lock of a process that no longer exists: ${describeOwner(owner, probe.now)}`, hint: `the next sync from this runner host takes it over; to clear it now: ${unlock}` };
-    return { status: 'warn', detail: `locked by ${describeOwner(owner, probe.now)}: a deploy is running`, hint: `wait for it; if you know it is gone: ${unlock} --force` };
+    return { status: 'fail', detail: `locked by ${describeOwner(owner, probe.now)}: a deploy is running, and a sync now fails with locked`, hint: `wait for it (sync --lock-wait SECONDS waits for you); if you know it is gone: ${unlock} --force` };
   }
   const legacy = /^(\S+) (\d+)$/.exec(lock.record);
   if (lock.kind === 'legacy' && legacy) {
     const held = probe.now - Number(legacy[2]);
     return held > staleAfterS
       ? { status: 'warn', detail: `stale lock left by ${legacy[1]}, ${held}s old (an older vm-sync's lock; stale after sync.timeout_s=${staleAfterS}s)`, hint: `the next sync takes it over; to clear it now: ${unlock}` }
-      : { status: 'warn', detail: `locked by ${legacy[1]} for ${held}s (an older vm-sync): a deploy may be running`, hint: `wait for it, or clear it: ${unlock}` };
+      : { status: 'fail', detail: `locked by ${legacy[1]} for ${held}s (an older vm-sync): a deploy may be running, and a sync now fails with locked`, hint: `wait for it, or clear it: ${unlock}` };
   }
   const stale = age !== null && age > UNREADABLE_LOCK_GRACE_S;
-  return {
-    status: 'warn',
-    detail: `lock with an empty or unreadable owner record (${lock.record ? JSON.stringify(lock.record) : 'empty'}, ${age ?? '?'}s old): ${stale ? 'stale, the next sync takes it over' : `treated as stale after ${UNREADABLE_LOCK_GRACE_S}s`}`,
-    hint: `to clear it now: ${unlock}`,
-  };
+  const record = lock.record ? JSON.stringify(lock.record) : 'empty';
+  return stale
+    ? { status: 'warn', detail: `lock with an empty or unreadable owner record (${record}, ${age}s old): stale, the next sync takes it over`, hint: `to clear it now: ${unlock}` }
+    : {
+        status: 'fail',
+        detail: `lock with an empty or unreadable owner record (${record}, ${age ?? '?'}s old): a sync fails with locked until it is ${UNREADABLE_LOCK_GRACE_S}s old, then takes it over`,
+        hint: `clear it now if no deploy is running: ${unlock}`,
+      };
 }
 
 type AddCheck = (name: Check['name'], status: Check['status'], detail: string, hint?: string | null) => void;
@@ -83,7 +122,7 @@ type AddCheck = (name: Check['name'], status: Check['status'], detail: string, h
 /** The hint for a failed login to a host (VM or jump host) with its key. */
 function loginHint(host: VmConfig, failure: VmSyncError): string | null {
   if (failure.code === 'auth_failed') return `on ${host.id}: append the output of ssh-keygen -y -f ${host.keyPath} to ~${host.user}/.ssh/authorized_keys`;
-  if (failure.code === 'config_invalid') return `create it: ssh-keygen -t ed25519 -N '' -f ${host.keyPath} (then authorize its .pub on ${host.id})`;
+  if (failure instanceof KeyInvalidError) return failure.fix;
   return null;
 }
 
@@ -127,6 +166,8 @@ async function checkJump(jump: JumpHost, config: Config, knownHosts: KnownHosts)
   const host: VmConfig = { id: `jump host ${jump.name}`, host: jump.host, user: jump.user, port: jump.port, keyPath: jump.keyPath, repoPath: '' };
   const checks: Check[] = [];
   const add: AddCheck = (name, status, detail, hint = null) => checks.push({ name, status, detail, hint });
+  const key = keyCheck(host);
+  if (key.status === 'fail') return key;
   if (!(await reachDirectly(host, 'jump host', config, knownHosts, add))) return checks.find((c) => c.status === 'fail') ?? null;
   try {
     (await VmSession.open(host, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000 })).dispose();
@@ -134,6 +175,87 @@ async function checkJump(jump: JumpHost, config: Config, knownHosts: KnownHosts)
   } catch (error) {
     const failure = error instanceof VmSyncError ? error : new VmSyncError('auth_failed', getErrorMessage(error));
     return { name: 'auth', status: 'fail', detail: failure.message, hint: loginHint(host, failure) };
+  }
+}
+
+/** The user vm-sync runs as, for details. */
+function runningUser(): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return `uid ${process.getuid?.() ?? '?'}`;
+  }
+}
+
+/** The private key of a VM or jump host, checked as a connection will read it (src/remote/session.ts). */
+function keyCheck(host: Pick<VmConfig, 'id' | 'keyPath'>): Check {
+  try {
+    const { key } = readPrivateKey(host);
+    const mode = (fs.statSync(host.keyPath).mode & 0o777).toString(8).padStart(3, '0');
+    return { name: 'key', status: 'ok', detail: `${host.keyPath}: ${key.type} private key, mode ${mode}, owned by ${runningUser()}`, hint: null };
+  } catch (error) {
+    if (error instanceof KeyInvalidError) return { name: 'key', status: 'fail', detail: `${error.problem}; every command fails on ${host.id} alone with key_invalid`, hint: error.fix };
+    return { name: 'key', status: 'fail', detail: getErrorMessage(error), hint: null };
+  }
+}
+
+/**
+ * A no-op run through the same exec path rsync uses: a login shell that
+ * prints to stdout on a non-interactive session corrupts rsync's protocol.
+ * vm-sync's own agent frames its answers and the stream transfer carries no
+ * protocol on stdout, so it depends on the config whether a sync fails.
+ */
+async function shellCheck(vm: VmConfig, config: Config, session: VmSession, timeoutMs: number): Promise<Check> {
+  let result;
+  try {
+    result = await session.exec('true', timeoutMs);
+  } catch (error) {
+    return { name: 'shell', status: 'fail', detail: `running "true" on ${vm.id} failed: ${getErrorMessage(error)}`, hint: `check that ${vm.user}'s login shell on ${vm.id} starts non-interactively` };
+  }
+  if (result.code !== 0) {
+    return { name: 'shell', status: 'fail', detail: `"true" exited ${result.code} on ${vm.id}: ${vm.user}'s shell start-up files stop non-interactive commands (${vmText(result.stderr.trim().split('\n').at(-1) ?? '', 200) || 'no message'})`, hint: `fix ${vm.user}'s start-up files on ${vm.id} (~/.bashrc, ~/.profile, /etc/bash.bashrc) so that: ssh ${vm.user}@${vm.host} true exits 0` };
+  }
+  if (result.stdout.length === 0) return { name: 'shell', status: 'ok', detail: 'a non-interactive command prints nothing on stdout (rsync needs that)', hint: null };
+  const first = vmText(result.stdout.split('\n').find((l) => l.trim()) ?? result.stdout, 80);
+  const rsyncAlways = config.sync.transfer === 'rsync' || config.repository.layout === 'in-place';
+  const where = rsyncAlways
+    ? `every sync of ${vm.id} uses rsync (${config.sync.transfer === 'rsync' ? 'sync.transfer: rsync' : 'layout: in-place'}) and fails with remote_shell_unclean`
+    : `rsync fails on it with remote_shell_unclean: sync --dry-run, and any deploy that falls back to rsync (a release changed by hand, a VM without GNU tar); the stream transfer itself is unaffected`;
+  return {
+    name: 'shell',
+    status: rsyncAlways ? 'fail' : 'warn',
+    detail: `${vm.user}'s login shell prints ${count(result.stdout.length, 'byte')} on stdout for a non-interactive command (${JSON.stringify(first)}): ${where}`,
+    hint: `on ${vm.id}: make ${vm.user}'s start-up files (~/.bashrc, ~/.profile, /etc/bash.bashrc, /etc/profile.d/*) print nothing unless the shell is interactive (e.g. begin ~/.bashrc with: case $- in *i*) ;; *) return ;; esac), or print to stderr, so that: ssh ${vm.user}@${vm.host} true prints nothing`,
+  };
+}
+
+/** What stands at the target path, and what the next sync does with it. */
+function liveCheck(vm: VmConfig, config: Config, probe: Probe): Check {
+  const target = probe.target;
+  const stateDir = path.posix.join(path.posix.dirname(target), `.${path.posix.basename(target)}.vm-sync`);
+  const release = probe.currentRelease ? path.posix.basename(probe.currentRelease) : null;
+  const check = (status: Check['status'], detail: string, hint: string | null = null): Check => ({ name: 'live', status, detail, hint });
+  if (config.repository.layout === 'in-place') {
+    if (probe.kind === 'dir') return check('ok', `${target} is a directory (layout: in-place)`);
+    if (probe.kind === 'absent') return check('ok', `${target} does not exist yet: the first sync creates it`);
+    if (probe.kind === 'other') return check('fail', `${target} is a file, not a directory: an in-place sync fails`, `on ${vm.id}: move ${target} away`);
+    return check('fail', `${target} is a symlink (${probe.kind === 'symlink' ? 'not made by vm-sync' : 'vm-sync\'s atomic layout'}): an in-place sync refuses to write through it`, `set repository.layout: atomic, or remove the symlink on ${vm.id}`);
+  }
+  switch (probe.kind) {
+    case 'release':
+      return check('ok', `${target} serves release ${release}`);
+    case 'absent':
+      return check('ok', `${target} does not exist yet: the first sync makes it a symlink to its release`);
+    case 'dangling':
+      return check('warn', `${target} points at release ${release}, which is gone: the VM serves nothing now; the next sync deploys a complete release and points ${target} at it`, `deploy now: vm-sync sync --vm ${vm.id}`);
+    default: {
+      const what = probe.kind === 'dir' ? 'a directory' : probe.kind === 'symlink' ? 'a symlink' : 'a file';
+      return check(
+        'warn',
+        `${target} is ${what} vm-sync did not create: the first sync moves it aside to ${stateDir}/previous-<UTC time> (kept, never deleted) and puts its release symlink in its place`,
+        `nothing to do if that is expected; to keep it somewhere else, move it on ${vm.id} before the first sync`,
+      );
+    }
   }
 }
 
@@ -151,6 +273,8 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
   const timeoutMs = config.sync.connectTimeoutS * 1000;
   const report = (): VmDoctorReport => ({ id: vm.id, host: vm.host, ready: !checks.some((c) => c.status === 'fail'), checks });
 
+  const key = keyCheck(vm);
+  checks.push(key);
   const jump = vm.jump;
   if (jump) {
     let checked = jumps.get(jump.name);
@@ -163,6 +287,10 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
     }
     add('jump', 'ok', `${named}: reachable, host key matches the pinned key, logged in with ${jump.keyPath}`);
   } else if (!(await reachDirectly(vm, 'VM', config, knownHosts, add))) {
+    return report();
+  }
+  if (key.status === 'fail') {
+    add('auth', 'skipped', `login not tried: the key is unusable`, 'fix the key check first');
     return report();
   }
 
@@ -180,6 +308,7 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
   if (jump) add('host_key', 'ok', `the key ${vm.id} offered through ${jump.name} matches the pinned key`);
   try {
     add('auth', 'ok', `logged in as ${vm.user} with ${vm.keyPath}`);
+    checks.push(await shellCheck(vm, config, session, timeoutMs * 3));
     const target = new RemoteTarget(session, vm.repoPath, Date.now() + timeoutMs * 3);
     let probe: Probe;
     try {
@@ -194,6 +323,7 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
     const space = await target.writability();
     if (space.writable) add('target', 'ok', `${probe.target}: ${space.existing} is writable by ${vm.user}`);
     else add('target', 'fail', `${probe.target}: ${space.existing} is not writable by ${vm.user}`, `on ${vm.id}: mkdir -p ${space.parent} && chown ${vm.user} ${space.parent}`);
+    checks.push(liveCheck(vm, config, probe));
 
     if (space.availableKb === null) add('free_space', 'warn', 'free space unknown (df failed)', null);
     else if (treeBytes === null) add('free_space', 'ok', `${formatBytes(space.availableKb * 1024)} free (tree size unknown: runner-host repo not cloned yet)`);
@@ -213,11 +343,11 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
     const lockCheck = describeLock(vm, probe, config.sync.timeoutS);
     add('lock', lockCheck.status, lockCheck.detail, lockCheck.hint);
     if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
-      add('sync_rev', 'fail', `${probe.target}/.sync_rev is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}`}: vm-sync never follows or reads it, so a sync fails`, `remove it on ${vm.id}, or run vm-sync sync --force to replace it with a new release`);
+      add('sync_rev', 'fail', `${probe.target}/.sync_rev is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}`}: vm-sync never follows or reads it, so a sync fails with sentinel_unreadable`, `remove it on ${vm.id}, or run vm-sync sync --force --vm ${vm.id} to replace it with a new release`);
     } else if (probe.rev !== null && !/^[0-9a-f]{40}$/.test(probe.rev.trim())) {
-      add('sync_rev', 'fail', `.sync_rev holds ${JSON.stringify(probe.rev.slice(0, 60))}, not a commit hash`, `remove ${probe.target}/.sync_rev on ${vm.id} to treat the VM as fresh`);
+      add('sync_rev', 'fail', `${probe.target}/.sync_rev holds ${JSON.stringify(probe.rev.slice(0, 60))}, not a commit hash: a sync fails with sentinel_unreadable`, `remove ${probe.target}/.sync_rev on ${vm.id} to treat the VM as fresh, or run vm-sync sync --force --vm ${vm.id}`);
     } else {
-      add('sync_rev', 'ok', probe.rev ? `on ${probe.rev}` : 'no .sync_rev (never deployed)');
+      add('sync_rev', 'ok', probe.rev ? `on ${probe.rev.trim()}` : 'no .sync_rev (never deployed)');
     }
   } finally {
     session.dispose();
@@ -225,12 +355,25 @@ async function checkVm(vm: VmConfig, config: Config, knownHosts: KnownHosts, tre
   return report();
 }
 
+/** Options of {@link runDoctor}. */
+export interface DoctorOptions {
+  /** Only these VM ids (default: all). */
+  vms?: string[];
+  /** Also check the deployed branch's protection on GitHub (`--github`). */
+  github?: GitHubAccess;
+  /** Where VM_SYNC_RUNNER_DIR is read from (default: this process's environment). */
+  env?: NodeJS.ProcessEnv;
+}
+
 /**
- * `vm-sync doctor`: proves every VM is ready for a sync, in parallel: TCP,
- * pinned host key, key login, rsync, a writable target, free space for the
- * tree, a stale lock, the current `.sync_rev`. Read-only everywhere.
+ * `vm-sync doctor`: proves the runner host and every VM are ready for a
+ * sync, in parallel. The runner host once: the runner's version, known_hosts, gitleaks, the
+ * runner-host clone (and, with `github`, the deployed branch's protection).
+ * Each VM: its key, TCP, pinned host key, key login, a clean login shell,
+ * rsync, a writable target, what stands at the target, free space for the
+ * tree, the lock, the current `.sync_rev`. Read-only everywhere.
  */
-export async function runDoctor(config: Config, options: { vms?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DoctorReport> {
+export async function runDoctor(config: Config, options: DoctorOptions = {}): Promise<DoctorReport> {
   const vms = selectVms(config, options.vms);
   const knownHosts = new KnownHosts(fs.existsSync(config.knownHostsPath) ? fs.readFileSync(config.knownHostsPath, 'utf8') : '');
   let treeBytes: number | null = null;
@@ -242,26 +385,38 @@ export async function runDoctor(config: Config, options: { vms?: string[]; env?:
       .then((sha) => repo.treeBytes(sha))
       .catch(() => null);
   }
+  const host = (async (): Promise<Check[]> => {
+    const [gitleaks, clone] = await Promise.all([gitleaksCheck(config), cloneChecks(config)]);
+    const runner = checkRunnerHost(options.env);
+    const checks: Check[] = [{ name: runner.name, status: runner.status, detail: runner.detail, hint: runner.hint }, knownHostsCheck(config), gitleaks, ...clone.checks];
+    if (options.github) checks.push(await branchProtectionCheck(config, options.github, clone.remoteUrl));
+    return checks;
+  })();
   const jumps = new Map<string, Promise<Check | null>>();
-  const reports = await mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps));
-  return { command: 'doctor', tree_bytes: treeBytes, runner_host: checkRunnerHost(options.env), vms: reports };
+  const [hostChecks, reports] = await Promise.all([host, mapPool(vms, config.sync.concurrency, (vm) => checkVm(vm, config, knownHosts, treeBytes, jumps))]);
+  const runnerHost: RunnerHostReport = { ready: !hostChecks.some((c) => c.status === 'fail'), checks: hostChecks };
+  return { command: 'doctor', ready: runnerHost.ready && reports.every((vm) => vm.ready), tree_bytes: treeBytes, runner_host: runnerHost, vms: reports };
 }
 
-/** One line per check per VM, with the fix under each failure. Pure. */
+/** The id column of the runner host's lines (no VM id can hold a space). */
+const RUNNER_HOST = 'runner host';
+
+/** One line per check (the runner host's first, then each VM's), with the fix under each that is not ok. Pure. */
 export function renderDoctor(report: DoctorReport): string {
   const lines: string[] = [];
-  const width = Math.max(...report.vms.map((vm) => vm.id.length), 2);
-  const runner = report.runner_host;
-  lines.push(`runner host  ${runner.status.toUpperCase().padEnd(4)}  ${runner.name.padEnd(10)}  ${runner.detail}`);
-  if (runner.hint && runner.status !== 'ok') lines.push(`             fix: ${runner.hint}`);
-  for (const vm of report.vms) {
-    for (const check of vm.checks) {
-      lines.push(`${vm.id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
+  const width = Math.max(...report.vms.map((vm) => vm.id.length), RUNNER_HOST.length);
+  const section = (id: string, checks: Check[]): void => {
+    for (const check of checks) {
+      lines.push(`${id.padEnd(width)}  ${check.status.toUpperCase().padEnd(4)}  ${check.name.padEnd(10)}  ${check.detail}`);
       if (check.hint && check.status !== 'ok') lines.push(`${' '.repeat(width)}        fix: ${check.hint}`);
     }
-  }
+  };
+  section(RUNNER_HOST, report.runner_host.checks);
+  for (const vm of report.vms) section(vm.id, vm.checks);
   const ready = report.vms.filter((vm) => vm.ready).length;
   const notReady = report.vms.filter((vm) => !vm.ready).map((vm) => vm.id);
-  lines.push('', `${ready} of ${count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}${runner.status === 'fail' ? '; the runner host is not ready' : ''}`);
+  const hostFailed = [...new Set(report.runner_host.checks.filter((c) => c.status === 'fail').map((c) => c.name))];
+  lines.push('', `${RUNNER_HOST}: ${report.runner_host.ready ? 'ready' : `not ready (${hostFailed.join(', ')}): every sync from it fails`}`);
+  lines.push(`${ready} of ${count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
   return `${lines.join('\n')}\n`;
 }

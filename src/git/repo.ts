@@ -643,7 +643,8 @@ export function gitOutput(stderr: string): string {
 }
 
 /** `https://user:token@host/…` → `https://***@host/…`: a URL's credentials never reach a message. */
-function anonymizeUrls(text: string): string {
+/** Text with the user and password of any URL in it masked (`https://***@host/...`). */
+export function anonymizeUrls(text: string): string {
   return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi, '$1***@');
 }
 

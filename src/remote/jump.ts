@@ -185,7 +185,9 @@ class JumpLink {
         }, FAILURE_MEMORY_MS).unref();
         const code = error instanceof VmSyncError ? error.code : 'unreachable';
         // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
-        throw new VmSyncError(code === 'unreachable' || code === 'timeout' ? 'jump_unreachable' : code, `${getErrorMessage(error)}${code === 'unreachable' || code === 'timeout' ? ` (every VM behind jump host ${name} fails until it is back)` : ''}`, { cause: error });
+        const network = code === 'unreachable' || code === 'timeout';
+        const behind = network ? ` (every VM behind jump host ${name} fails until it is back)` : code === 'key_invalid' ? ` (every VM behind jump host ${name} fails until it is fixed; the other VMs are not affected)` : '';
+        throw new VmSyncError(network ? 'jump_unreachable' : code, `${getErrorMessage(error)}${behind}`, { cause: error });
       });
       this.session = failed;
     }

@@ -2,7 +2,8 @@ import { count, noun } from '../words.js';
 import fs from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { NodeSSH } from 'node-ssh';
-import { Client, type ClientChannel } from 'ssh2';
+import { Client, utils, type ClientChannel, type ParsedKey } from 'ssh2';
+import { keyFileProblem } from '../config/load.js';
 import type { VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { classifyConnectError } from './classify.js';
@@ -98,6 +99,8 @@ export class VmSession {
    * fail fast rather than prompt (OpenSSH's BatchMode).
    */
   static async open(vm: VmConfig, knownHosts: KnownHosts, options: ConnectOptions): Promise<VmSession> {
+    // The key first: a problem with it is this host's alone, and says exactly what to fix.
+    const privateKey = readPrivateKey(vm).text;
     const pinned = knownHosts.pinned(vm.host, vm.port);
     if (pinned.keys.length === 0 && pinned.revoked.length > 0) {
       throw new VmSyncError(
@@ -110,12 +113,6 @@ export class VmSession {
         'host_key_unknown',
         `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`,
       );
-    }
-    let privateKey: string;
-    try {
-      privateKey = fs.readFileSync(vm.keyPath, 'utf8');
-    } catch (error) {
-      throw new VmSyncError('config_invalid', `cannot read SSH key ${vm.keyPath}: ${getErrorMessage(error)}`);
     }
     // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
     const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
@@ -368,6 +365,50 @@ export class VmSession {
     this.ssh.dispose();
     this.tunnelClosed();
   }
+}
+
+/** `key_invalid`, with what is wrong and the fix apart (doctor shows them on lines of their own). */
+export class KeyInvalidError extends VmSyncError {
+  constructor(
+    /** What is wrong, as a sentence about the file. */
+    readonly problem: string,
+    /** What to run or do about it. */
+    readonly fix: string,
+  ) {
+    super('key_invalid', `${problem}: ${fix}.`);
+    this.name = 'KeyInvalidError';
+  }
+}
+
+/**
+ * Reads a host's private key (a VM's, or a jump host's) as a connection will
+ * use it, or throws {@link KeyInvalidError} (`key_invalid`) with the fix: the
+ * file's checks ({@link keyFileProblem}), then its content must be an
+ * unencrypted private key ssh2 can use. Nothing of the key's content is ever
+ * put in a message.
+ */
+export function readPrivateKey(host: Pick<VmConfig, 'id' | 'keyPath'>): { text: string; key: ParsedKey } {
+  const file = host.keyPath;
+  const invalid = (problem: string, fix: string): KeyInvalidError => new KeyInvalidError(`the SSH key for ${host.id}, ${file}, ${problem}`, fix);
+  const problem = keyFileProblem(file);
+  if (problem) throw invalid(problem.problem, problem.fix);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    throw invalid(`cannot be read (${(error as NodeJS.ErrnoException).code ?? getErrorMessage(error)})`, `run chmod 600 ${file}`);
+  }
+  // One file may hold several keys (ssh2 answers a list): the first is the one used.
+  const parsed = utils.parseKey(text) as ParsedKey | ParsedKey[] | Error;
+  const key = Array.isArray(parsed) ? parsed[0] : parsed;
+  if (key instanceof Error || !key) {
+    if (/passphrase|encrypted/i.test(key ? key.message : '')) {
+      throw invalid('is protected by a passphrase, which an unattended deploy cannot type', `remove the passphrase (ssh-keygen -p -N '' -f ${file}), keeping the file mode 600`);
+    }
+    throw invalid('is not a private key vm-sync can read (OpenSSH or PEM format)', `put ${host.id}'s private key there, or create a new one: ssh-keygen -t ed25519 -N '' -f ${file} (then authorize ${file}.pub on the host)`);
+  }
+  if (!key.isPrivateKey()) throw invalid('holds a public key, not the private one', 'put the private half there (the file without .pub)');
+  return { text, key };
 }
 
 /**

@@ -4,8 +4,10 @@ import path from 'node:path';
 import * as tc from '@actions/tool-cache';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 
+import { DEFAULT_GITLEAKS_VERSION } from './pinned.js';
+
 /** The gitleaks version the action installs when none is given. */
-export const DEFAULT_GITLEAKS_VERSION = '8.30.1';
+export { DEFAULT_GITLEAKS_VERSION };
 
 /**
  * SHA-256 of the official release archives, pinned in the code: a download is

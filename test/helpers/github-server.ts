@@ -20,6 +20,12 @@ export class FakeGitHub {
   readonly git: Recorded[] = [];
   /** When set, every commit-status call answers this HTTP status (to test that failures only warn). */
   failStatusesWith: number | null = null;
+  /**
+   * What `GET /repos/{owner}/{repo}/branches/{branch}` answers, by branch name: a
+   * boolean is `protected` in a 200 answer (`contexts`: the required status checks it
+   * shows), a number that HTTP status. A branch not listed: 404.
+   */
+  branches: Record<string, boolean | number | { protected: boolean; contexts: string[] }> = {};
   private nextDeployment = 1000;
 
   private constructor(
@@ -67,6 +73,20 @@ export class FakeGitHub {
       json(201, { id: this.nextDeployment++, ...(parsed as object) });
     } else if (/^\/repos\/[^/]+\/[^/]+\/deployments\/\d+\/statuses$/.test(route)) {
       json(201, { id: 1, ...(parsed as object) });
+    } else if (req.method === 'GET' && /^\/repos\/[^/]+\/[^/]+\/branches\/[^/]+$/.test(route)) {
+      const name = decodeURIComponent(route.split('/').pop() ?? '');
+      const answer = this.branches[name];
+      if (answer === undefined) json(404, { message: 'Branch not found' });
+      else if (typeof answer === 'number') json(answer, { message: answer === 403 ? 'Resource not accessible by integration' : 'error' });
+      else {
+        const entry = typeof answer === 'boolean' ? { protected: answer, contexts: [] as string[] } : answer;
+        json(200, {
+          name,
+          commit: { sha: '0'.repeat(40) },
+          protected: entry.protected,
+          protection: { enabled: entry.protected, required_status_checks: { enforcement_level: entry.protected ? 'non_admins' : 'off', contexts: entry.contexts, checks: [] } },
+        });
+      }
     } else {
       json(404, { message: 'Not Found' });
     }

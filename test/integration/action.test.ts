@@ -252,3 +252,57 @@ test('command: rollback flips every VM back to its previous release: no transfer
   expect(refused.stdout).toMatch(/^::error::no_release: /m);
   for (const id of ['vm01', 'vm02']) expect(world.sentinel(id)).toBe(`${older}\n`);
 });
+
+test('sync checks that the deployed branch is protected: a warning in the log and the summary when it is not, a notice when it cannot tell, never a failure', async () => {
+  const sha = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  const cases: Array<{ answer: boolean | number | { protected: boolean; contexts: string[] } | undefined; token?: string; log: RegExp | null; summary: string | null }> = [
+    {
+      answer: false,
+      log: /^::warning title=vm-sync%3A branch protection::branch main of acme\/app is not protected: anyone who can push to it deploys what they push, unreviewed, and can force-push or delete it\. To fix: protect it \(Settings → Branches, or a ruleset\): require a pull request before merging with at least one approving review, require the status check vm-sync\/secret-scan, and block direct pushes, force pushes and deletions \(README: Branch protection\)$/m,
+      summary:
+        '\n⚠️ **Branch protection:** branch main of acme/app is not protected: anyone who can push to it deploys what they push, unreviewed, and can force-push or delete it. To fix: protect it (Settings → Branches, or a ruleset): require a pull request before merging with at least one approving review, require the status check vm-sync/secret-scan, and block direct pushes, force pushes and deletions (README: Branch protection).\n',
+    },
+    { answer: { protected: true, contexts: ['vm-sync/secret-scan', 'ci'] }, log: null, summary: null },
+    { answer: { protected: true, contexts: ['ci'] }, log: /^::notice title=vm-sync%3A branch protection::branch main of acme\/app is protected, but its required status checks \(ci\) do not include vm-sync\/secret-scan\./m, summary: 'ℹ️ **Branch protection:** branch main of acme/app is protected, but its required status checks (ci) do not include vm-sync/secret-scan.' },
+    { answer: 403, log: /^::notice title=vm-sync%3A branch protection::could not check whether branch main of acme\/app is protected \(HTTP 403: Resource not accessible by integration\)\. To fix: give the token read access/m, summary: 'ℹ️ **Branch protection:** could not check whether branch main of acme/app is protected (HTTP 403: Resource not accessible by integration).' },
+    { answer: undefined, log: /^::notice title=vm-sync%3A branch protection::could not check whether branch main of acme\/app is protected \(HTTP 404: Branch not found\)/m, summary: 'ℹ️ **Branch protection:** could not check whether branch main of acme/app is protected (HTTP 404: Branch not found).' },
+    { answer: false, token: '', log: /^::notice title=vm-sync%3A branch protection::could not check whether branch main of acme\/app is protected \(no github-token\)/m, summary: '(no github-token)' },
+  ];
+  for (const c of cases) {
+    github.branches = c.answer === undefined ? {} : { main: c.answer };
+    const before = github.api.length;
+    const run = await runAction({ command: 'sync', ...(c.token === undefined ? {} : { 'github-token': c.token }) }, { name: 'workflow_dispatch', sha, payload: {} });
+    const label = JSON.stringify(c.answer);
+    expect([label, run.code, run.outputs.failed]).toEqual([label, 0, '']);
+    // Exactly one request, the documented one, with the job's token; none without a token.
+    const asked = github.api.slice(before).filter((r) => r.path.includes('/branches/'));
+    if (c.token === '') expect(asked).toEqual([]);
+    else expect(asked.map((r) => [r.method, r.path, r.authorization])).toEqual([['GET', '/api/v3/repos/acme/app/branches/main', `token ${TOKEN}`]]);
+    if (c.log) expect(run.stdout).toMatch(c.log);
+    else expect([label, run.stdout.match(/^::(warning|notice).*branch protection.*$/m)]).toEqual([label, null]);
+    if (c.summary) expect(run.summary).toContain(c.summary);
+    else expect(run.summary).not.toContain('Branch protection');
+    expect(visible(run)).not.toContain(TOKEN);
+  }
+  github.branches = {};
+});
+
+test('a VM whose key is group-readable fails alone with key_invalid and the chmod that fixes it; the other VM is checked', async () => {
+  const key = path.join(world.fleet.keyDir, 'id_ed25519_vm02');
+  fs.chmodSync(key, 0o640);
+  try {
+    const sha = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+    const run = await runAction({ command: 'status' }, { name: 'workflow_dispatch', sha, payload: {} });
+    expect(run.code).toBe(1);
+    const results = JSON.parse(run.outputs.results) as { vms: Array<{ id: string; result: string; error: { code: string; message: string } | null }> };
+    expect(results.vms.map((vm) => [vm.id, vm.result, vm.error?.code ?? null])).toEqual([
+      ['vm01', 'success', null],
+      ['vm02', 'failed', 'key_invalid'],
+    ]);
+    expect(run.outputs.failed).toBe('vm02');
+    expect(run.stdout).toContain(`::error title=vm-sync%3A vm02 failed::vm02: key_invalid: the SSH key for vm02, ${key}, is readable by other users (mode 640): OpenSSH refuses such a key, and so does vm-sync: run chmod 600 ${key}.`);
+    expect(run.summary).toContain('key\\_invalid');
+  } finally {
+    fs.chmodSync(key, 0o600);
+  }
+});

@@ -377,7 +377,7 @@ maybe('bootstrap-runner.sh', () => {
     const help = vmSync(root, ['--help']);
     expect(help.stderr).toBe('');
     expect(help.code).toBe(0);
-    expect(help.stdout).toMatch(/^vm-sync: deploy a git repository to a fleet of VMs/);
+    expect(help.stdout).toMatch(/^vm-sync \d+\.\d+\.\d+: deploy a git repository to a fleet of VMs/);
     const inventory = vmSync(root, ['inventory', '--config', configPath]);
     expect(inventory.code).toBe(0);
     const parsed = JSON.parse(inventory.stdout) as { key_storage_path: string; vms: Array<{ id: string; port: number }> };
@@ -426,7 +426,7 @@ maybe('bootstrap-runner.sh', () => {
     expect(refused.stderr).toContain('belongs to uid 999): run vm-sync as that user (e.g. sudo -u <runner user> vm-sync ...)');
     const withPathNode = vmSync(root, ['--help'], { uid: 0, path: `${toolsBin}:${path.dirname(NODE24)}` });
     expect(withPathNode.code).toBe(0);
-    expect(withPathNode.stdout).toMatch(/^vm-sync: deploy/);
+    expect(withPathNode.stdout).toMatch(/^vm-sync \d+\.\d+\.\d+: deploy/);
   });
 
   test('doctor reads the installed runner\'s version (once, not per VM) and fails a runner older than GitHub\'s minimum', () => {

@@ -62,14 +62,14 @@ test('doctor diagnoses every VM in parallel, one line per check, with a fix for 
   const failed = (id: string): string | undefined => byId[id].checks.find((c) => c.status === 'fail')?.name;
 
   expect(byId.ok.ready).toBe(true);
-  expect(byId.ok.checks.map((c) => `${c.name}:${c.status}`)).toEqual(['tcp:ok', 'host_key:ok', 'auth:ok', 'rsync:ok', 'target:ok', 'free_space:ok', 'timeout:ok', 'lock:warn', 'sync_rev:ok']);
+  expect(byId.ok.checks.map((c) => `${c.name}:${c.status}`)).toEqual(['key:ok', 'tcp:ok', 'host_key:ok', 'auth:ok', 'shell:ok', 'rsync:ok', 'target:ok', 'live:ok', 'free_space:ok', 'timeout:ok', 'lock:warn', 'sync_rev:ok']);
   expect(byId.ok.checks.find((c) => c.name === 'lock')?.detail).toMatch(/stale lock left by dead-runner:1:x, \d+s old/);
 
   expect(failed('down')).toBe('tcp');
   expect(failed('unpinned')).toBe('host_key');
   expect(failed('rekeyed')).toBe('host_key');
   expect(failed('noauth')).toBe('auth');
-  expect(failed('nokey')).toBe('auth');
+  expect(failed('nokey')).toBe('key');
   expect(failed('norsync')).toBe('rsync');
   if (isRoot) {
     expect(failed('full')).toBe('free_space');
@@ -80,9 +80,10 @@ test('doctor diagnoses every VM in parallel, one line per check, with a fix for 
   const hostPub = fs.readFileSync(path.join(world.vm('unpinned').dir, 'ssh_host_ed25519_key.pub'), 'utf8').split(' ').slice(0, 2).join(' ');
   const hint = byId.unpinned.checks.find((c) => c.name === 'host_key')?.hint ?? '';
   expect(hint).toContain(`add this line to ${world.fleet.knownHosts}: [127.0.0.1]:${world.vm('unpinned').port} ${hostPub}`);
-  expect(byId.rekeyed.checks[1].hint).toMatch(/otherwise treat this as an attack/);
+  expect(byId.rekeyed.checks.find((c) => c.name === 'host_key')?.hint).toMatch(/otherwise treat this as an attack/);
   expect(byId.noauth.checks.find((c) => c.name === 'auth')?.hint).toMatch(/authorized_keys/);
-  expect(byId.nokey.checks.find((c) => c.name === 'auth')?.hint).toMatch(/ssh-keygen -t ed25519/);
+  expect(byId.nokey.checks.find((c) => c.name === 'key')?.hint).toMatch(/ssh-keygen -t ed25519/);
+  expect(byId.nokey.checks.map((c) => `${c.name}:${c.status}`)).toEqual(['key:fail', 'tcp:ok', 'host_key:ok', 'auth:skipped']);
   expect(byId.norsync.checks.find((c) => c.name === 'rsync')?.hint).toBe('install rsync on norsync (apt-get install rsync)');
 
   const text = await world.cli(['doctor'], { json: false });

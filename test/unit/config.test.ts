@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { checkConfigFiles, ConfigError, loadConfig, parseConfig, sharedPathProblem } from '../../src/config/load.js';
+import { checkConfigFiles, ConfigError, keyFileProblem, loadConfig, parseConfig, sharedPathProblem } from '../../src/config/load.js';
 import { pathProblem } from '../../src/config/paths.js';
 import { parseQuantity, resolveQuantity } from '../../src/config/rollout.js';
 
@@ -496,17 +496,45 @@ describe('file checks', () => {
     return file;
   };
 
-  test('missing key files and a missing known_hosts stop the run with one message each', () => {
+  test('a missing known_hosts stops the run; key files do not (each VM checks its own when connected)', () => {
     fs.mkdirSync(path.join(dir, 'keys'));
     fs.writeFileSync(path.join(dir, 'keys', 'id_ed25519_vm01'), 'key', { mode: 0o644 });
     const file = write();
     expect(() => loadConfig(file)).toThrow(ConfigError);
     const problems = checkConfigFiles(parseConfig(fs.readFileSync(file, 'utf8'), file));
-    expect(problems.map((p) => p.message)).toEqual([
-      `SSH key for vm01 is readable by other users (mode 644): run chmod 600 ${dir}/keys/id_ed25519_vm01`,
-      `SSH key for vm02 not found or not readable: ${dir}/keys/id_ed25519_vm02`,
-      `pinned known_hosts (remote_execution.known_hosts) not found or not readable: ${dir}/keys/known_hosts`,
-    ]);
+    expect(problems.map((p) => p.message)).toEqual([`pinned known_hosts (remote_execution.known_hosts) not found or not readable: ${dir}/keys/known_hosts`]);
+    fs.writeFileSync(path.join(dir, 'keys', 'known_hosts'), '');
+    expect(loadConfig(file).vms.map((vm) => vm.id)).toEqual(['vm01', 'vm02']);
+  });
+
+  test('keyFileProblem: a missing, open, foreign or non-file key is named with the command that fixes it', () => {
+    const keys = path.join(dir, 'keys');
+    fs.mkdirSync(keys);
+    const key = path.join(keys, 'id_ed25519_vm01');
+    expect(keyFileProblem(key)).toEqual({ problem: 'does not exist', fix: expect.stringContaining(`remote_execution.key_storage_path/id_ed25519_vm01), or create one: ssh-keygen -t ed25519 -N '' -f ${key}`) });
+    fs.writeFileSync(key, 'k', { mode: 0o600 });
+    expect(keyFileProblem(key)).toBeNull();
+    for (const [mode, word] of [[0o640, 'readable'], [0o604, 'readable'], [0o620, 'writable'], [0o610, 'open']] as const) {
+      fs.chmodSync(key, mode);
+      expect(keyFileProblem(key)).toEqual({
+        problem: `is ${word} by other users (mode ${mode.toString(8)}): OpenSSH refuses such a key, and so does vm-sync`.replace('is open by', 'is open to'),
+        fix: `run chmod 600 ${key}`,
+      });
+    }
+    fs.chmodSync(key, 0o400);
+    expect(keyFileProblem(key)).toBeNull();
+    const asDir = path.join(keys, 'id_ed25519_vm02');
+    fs.mkdirSync(asDir);
+    expect(keyFileProblem(asDir)?.problem).toBe('is a directory');
+    if (process.getuid?.() === 0) {
+      // Owned by someone else: whoever owns it can replace it.
+      fs.chmodSync(key, 0o644);
+      fs.chownSync(key, 4242, 4242);
+      expect(keyFileProblem(key)).toEqual({
+        problem: `is owned by uid 4242, not by ${os.userInfo().username} who runs vm-sync, and readable by other users (mode 644): OpenSSH refuses such a key, and so does vm-sync`,
+        fix: `run chown ${os.userInfo().username} ${key} && chmod 600 ${key}`,
+      });
+    }
   });
 
   test('a complete setup loads', () => {

@@ -113,10 +113,12 @@ describe('checkRunnerHost', () => {
   });
 
   test('doctor prints it once, before the VMs, with its fix, and says the runner host is not ready', () => {
+    const runner = checkRunnerHost({ VM_SYNC_RUNNER_DIR: runnerDir({ bin: deps('2.320.0') }) });
     const report: DoctorReport = {
       command: 'doctor',
+      ready: false,
       tree_bytes: null,
-      runner_host: checkRunnerHost({ VM_SYNC_RUNNER_DIR: runnerDir({ bin: deps('2.320.0') }) }),
+      runner_host: { ready: false, checks: [{ name: runner.name, status: runner.status, detail: runner.detail, hint: runner.hint }] },
       vms: [
         { id: 'vm01', host: 'h', ready: true, checks: [{ name: 'tcp', status: 'ok', detail: 'h:22 reachable', hint: null }] },
         { id: 'vm02', host: 'h', ready: true, checks: [{ name: 'tcp', status: 'ok', detail: 'h:22 reachable', hint: null }] },
@@ -124,8 +126,9 @@ describe('checkRunnerHost', () => {
     };
     const lines = renderDoctor(report).split('\n');
     expect(lines[0]).toMatch(/^runner host {2}FAIL {2}runner {6}runner 2\.320\.0 in .* is older than 2\.329\.0/);
-    expect(lines[1]).toMatch(/^ {13}fix: upgrade the runner: /);
+    expect(lines[1]).toMatch(/^ {19}fix: upgrade the runner: /);
     expect(lines.filter((l) => l.includes('older than'))).toHaveLength(1);
-    expect(lines.at(-2)).toBe('2 of 2 VMs ready for a sync; the runner host is not ready');
+    expect(lines.at(-3)).toBe('runner host: not ready (runner): every sync from it fails');
+    expect(lines.at(-2)).toBe('2 of 2 VMs ready for a sync');
   });
 });

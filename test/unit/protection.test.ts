@@ -1,0 +1,53 @@
+import { repositoryOfUrl } from '../../src/doctor/github.js';
+import { repositoryKey } from '../../src/doctor/host.js';
+import { answerOf, judgeProtection } from '../../src/report/protection.js';
+
+const where = { owner: 'acme', repo: 'app', branch: 'main' };
+
+describe('repositoryOfUrl', () => {
+  test.each([
+    ['https://github.com/acme/app.git', 'acme/app'],
+    ['https://github.com/acme/app', 'acme/app'],
+    ['https://x-access-token:abc@github.com/acme/app.git/', 'acme/app'],
+    ['git@github.com:acme/app.git', 'acme/app'],
+    ['ssh://git@ghe.example.com:2222/acme/app', 'acme/app'],
+    ['https://ghe.example.com/scm/acme/app.git', 'acme/app'],
+  ])('%s names %s', (url, name) => expect(repositoryOfUrl(url)).toEqual({ owner: name.split('/')[0], repo: name.split('/')[1] }));
+  test.each(['/srv/git/app.git', 'file:///srv/app.git', 'https://github.com/app.git', 'https://github.com/ac me/app'])('%s names none', (url) => expect(repositoryOfUrl(url)).toBeNull());
+});
+
+describe('repositoryKey: one repository however it is written', () => {
+  test.each([
+    ['https://github.com/acme/app.git', 'https://GitHub.com/acme/app/'],
+    ['https://user:secret@github.com/acme/app', 'https://github.com/acme/app.git'],
+    ['git@github.com:acme/app.git', 'github.com:acme/app'],
+    ['/srv/git/app.git', '/srv/git/app.git/'],
+  ])('%s = %s', (a, b) => expect(repositoryKey(a)).toBe(repositoryKey(b)));
+  test.each([
+    ['https://github.com/acme/app.git', 'https://github.com/acme/other.git'],
+    ['https://github.com/acme/app.git', 'https://gitlab.com/acme/app.git'],
+    ['/srv/git/app.git', '/srv/git/other.git'],
+  ])('%s != %s', (a, b) => expect(repositoryKey(a)).not.toBe(repositoryKey(b)));
+});
+
+describe('judgeProtection', () => {
+  test('not protected is a warning; protected and requiring the scan is ok', () => {
+    expect(judgeProtection(where, answerOf(200, { protected: false })).level).toBe('warning');
+    expect(judgeProtection(where, answerOf(200, { protected: true, protection: { required_status_checks: { enforcement_level: 'everyone', contexts: ['vm-sync/secret-scan'] } } }))).toEqual({ level: 'ok', message: 'branch main of acme/app is protected', fix: null, checked: true });
+  });
+  test('protected without the scan required (or with required checks off) is a notice; a protection the answer does not show is ok', () => {
+    expect(judgeProtection(where, answerOf(200, { protected: true, protection: { required_status_checks: { enforcement_level: 'off', contexts: ['vm-sync/secret-scan'] } } })).message).toBe(
+      'branch main of acme/app is protected, but its required status checks (none) do not include vm-sync/secret-scan',
+    );
+    expect(judgeProtection(where, answerOf(200, { protected: true })).level).toBe('ok');
+  });
+  test('no usable answer is a notice that says why, never a warning', () => {
+    for (const [status, body] of [[403, { message: 'Resource not accessible by integration' }], [404, null], [401, {}], [500, 'oops'], [200, { protected: 'yes' }]] as const) {
+      const verdict = judgeProtection(where, answerOf(status, body));
+      expect([status, verdict.level, verdict.checked]).toEqual([status, 'notice', false]);
+    }
+    expect(judgeProtection(where, { status: 0, reason: 'ECONNREFUSED' }).message).toBe('could not check whether branch main of acme/app is protected (no answer: ECONNREFUSED)');
+    // Text the API sends is cleaned before it is shown.
+    expect(judgeProtection(where, answerOf(403, { message: 'no\u001b[31m access' })).message).not.toContain('\u001b');
+  });
+});
