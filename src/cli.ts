@@ -14,6 +14,9 @@ import { renderSummary } from './report/summary.js';
 import { runLocks } from './sync/locks.js';
 import { runUnlock } from './sync/unlock.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
+import type { Config } from './config/types.js';
+import { HISTORY_MAX, runHistory } from './journal/history.js';
+import { renderHistory } from './report/history.js';
 
 const USAGE = `vm-sync: deploy a git repository to a fleet of VMs over rsync/SSH
 
@@ -28,6 +31,8 @@ Usage:
   vm-sync locks  --config FILE [--vm ...] [--json]      every VM's deploy lock and who holds it
   vm-sync unlock --config FILE --vm ID[,ID...] [--force]   break a VM's deploy lock (--force: even a live holder's)
   vm-sync inventory --config FILE              the VMs, key files and known_hosts path, as JSON
+  vm-sync history --config FILE [--vm ID] [--limit N] [--json]
+                 the runs journaled on this runner host; with --vm also that VM's revisions.log
   vm-sync report --merge FILE_OR_DIR... [--shards N] [--config FILE] [--json] [--summary FILE]
                  merge the --json results of the shards of one deploy into one report (exit 1 when a shard is missing)
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
@@ -101,6 +106,7 @@ function parse(argv: string[]) {
         merge: { type: 'boolean', default: false },
         shards: { type: 'string' },
         summary: { type: 'string' },
+        limit: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -143,7 +149,8 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     }
     if (command === 'report') return reportCommand(values, positionals.slice(1), io);
     if (values.merge || values.shards !== undefined || values.summary !== undefined) throw new UsageError('--merge, --shards and --summary only apply to report');
-    if (!['sync', 'rollback', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock', 'locks'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (!['sync', 'rollback', 'verify', 'status', 'scan', 'doctor', 'inventory', 'unlock', 'locks', 'history'].includes(command)) throw new UsageError(`unknown command '${command}'`);
+    if (values.limit !== undefined && command !== 'history') throw new UsageError('--limit only applies to history');
     if (values.shard !== undefined && !['sync', 'rollback', 'verify', 'status'].includes(command)) throw new UsageError('--shard only applies to sync, rollback, verify and status');
     const shard = values.shard === undefined ? undefined : parseShard(values.shard, '--shard');
     if (values.to !== undefined && command !== 'rollback') throw new UsageError('--to only applies to rollback (sync takes --commit)');
@@ -166,7 +173,8 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
 
     // scan never reaches a VM, so it does not need (or check) the SSH keys;
     // doctor reports a missing key or known_hosts per VM, with the fix.
-    const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory', 'locks'].includes(command) });
+    const config = loadConfig(values.config, { checkFiles: !['scan', 'doctor', 'inventory', 'locks', 'history'].includes(command) });
+    if (command === 'history') return await historyCommand(config, values, io);
     if (command === 'inventory') {
       // For scripts (the runner bootstrap): everything needed to provision keys and pin host keys.
       const inventory = {
@@ -256,6 +264,20 @@ function reportCommand(values: ReturnType<typeof parse>['values'], paths: string
   if (values.summary) fs.writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
   io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report));
   return exitCodeFor(report);
+}
+
+/** `vm-sync history`: the journal (and a VM's revisions.log) as a table or a JSON document; exit 1 when the VM could not be read. */
+async function historyCommand(config: Config, values: ReturnType<typeof parse>['values'], io: CliIO): Promise<number> {
+  for (const flag of ['commit', 'shard', 'to', 'range', 'repo', 'sarif', 'scan-base', 'lock-wait'] as const) {
+    if (values[flag] !== undefined) throw new UsageError(`--${flag} does not apply to history`);
+  }
+  const vms = values.vm?.split(',').map((s) => s.trim()).filter(Boolean) ?? [];
+  if (vms.length > 1) throw new UsageError('history takes one --vm ID');
+  const limit = values.limit === undefined ? undefined : Number(values.limit);
+  if (limit !== undefined && !(Number.isInteger(limit) && limit >= 1 && limit <= HISTORY_MAX)) throw new UsageError(`--limit must be a whole number from 1 to ${HISTORY_MAX}, not '${values.limit}'`);
+  const report = await runHistory(config, { vm: vms[0], limit });
+  io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderHistory(report));
+  return report.vm?.error ? 1 : 0;
 }
 
 /** Entry point when run as a program: wires Ctrl-C / SIGTERM to a clean stop. */

@@ -113,7 +113,8 @@ export function renderTable(report: RunReport): string {
     if (vm.notes.length > NOTES_PER_VM) details.push(`${id}: note: …and ${vm.notes.length - NOTES_PER_VM} more (see --json)`);
   }
   const rollout = rolloutLine(report);
-  return scan + [title, ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+  const runNotes = (report.notes ?? []).map((note) => terminalLine(`note: ${note}`, MESSAGE_MAX));
+  return scan + [title, ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), ...runNotes, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
