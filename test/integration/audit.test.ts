@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { stateDirOf } from '../../src/git/exports.js';
 import { readJournal } from '../../src/journal/journal.js';
+import { parseRevisions } from '../../src/remote/revisions.js';
 import { renderSummary } from '../../src/report/summary.js';
 import { renderTable } from '../../src/report/table.js';
 import { stopVm } from '../../src/demo/fleet.js';
@@ -171,7 +172,8 @@ test('every run is journaled on the runner host, and each flip, revert and rollb
   // The VM's own record: the last three changes of vm02, with the run that made each.
   const tail = revisionLines('vm02').slice(-3).map((l) => l.split(' '));
   expect(tail.map((f) => [f[2], f[3], f[4], f[5]])).toEqual([
-    ['deploy', expect.stringMatching(/^[0-9a-f]{40}$/), c1, first.json.run_id],
+    // From whatever vm02 served before (nothing, when this test runs alone).
+    ['deploy', expect.stringMatching(/^([0-9a-f]{40}|-)$/), c1, first.json.run_id],
     ['deploy', c1, c2, second.json.run_id],
     ['rollback', c2, c1, back.json.run_id],
   ]);
@@ -180,21 +182,30 @@ test('every run is journaled on the runner host, and each flip, revert and rollb
 });
 
 test('a failed run is journaled with each VM\'s code; a run that fails before its VMs with its error', async () => {
+  world.writeConfig();
+  const cN = world.ws.commit({ 'app.txt': `only vm01 ${Date.now()}\n` }, 'only vm01');
+  world.ws.push();
+  expect((await world.cli(['sync', '--vm', 'vm01'])).code).toBe(0);
   const early = await world.cli(['verify', '--commit', 'no-such-ref']);
   expect(early.code).toBe(1);
   const failed = readJournal(journalFile()).records.at(-1);
   expect(failed).toMatchObject({ command: 'verify', commit: 'no-such-ref', exit_code: 1, vms: [], error: { code: early.json.error?.code } });
-  const out = await world.cli(['verify', '--commit', 'HEAD~1']);
+  const out = await world.cli(['verify']);
   expect(out.code).toBe(1);
+  expect(out.json.commit).toBe(cN);
   const record = readJournal(journalFile()).records.at(-1);
   expect(record?.run_id).toBe(out.json.run_id);
-  expect(record?.vms.map((v) => [v.id, v.result, v.code])).toEqual([
-    ['vm01', 'failed', 'verify_mismatch'],
-    ['vm02', 'success', null],
+  expect(record?.vms.map((v) => [v.id, v.result, v.code, v.rev])).toEqual([
+    ['vm01', 'success', null, cN],
+    ['vm02', 'failed', 'verify_mismatch', expect.not.stringMatching(cN)],
   ]);
 });
 
 test('a health check that fails is reverted, and the revert is in revisions.log', async () => {
+  world.writeConfig();
+  world.ws.commit({ 'app.txt': `healthy ${Date.now()}\n` }, 'healthy');
+  world.ws.push();
+  expect((await world.cli(['sync', '--vm', 'vm01'])).code).toBe(0);
   world.writeConfig({ rollout: ['health_command: "exit 3"'] });
   const live = world.sentinel('vm01')?.trim();
   const bad = world.ws.commit({ 'app.txt': 'unhealthy\n' }, 'unhealthy');
@@ -209,7 +220,32 @@ test('a health check that fails is reverted, and the revert is in revisions.log'
   world.writeConfig();
 });
 
+test('layout in-place: each deploy is a line of revisions.log too (from the commit it replaced, no release)', async () => {
+  world.writeConfig({ repository: ['layout: in-place'] });
+  fs.writeFileSync(world.configPath, fs.readFileSync(world.configPath, 'utf8').replace('vm_repo_paths: { default: ~/app }', 'vm_repo_paths: { default: ~/inplace }'));
+  const runs: Array<{ sha: string; run: string }> = [];
+  for (const n of [1, 2]) {
+    const sha = world.ws.commit({ 'app.txt': `in place ${n} ${Date.now()}\n` }, `in place ${n}`);
+    world.ws.push();
+    const run = await world.cli(['sync', '--vm', 'vm02']);
+    expect(run.code).toBe(0);
+    runs.push({ sha, run: run.json.run_id as string });
+  }
+  const lines = fs.readFileSync(path.join(world.vm('vm02').home, '.inplace.vm-sync', 'revisions.log'), 'utf8').split('\n').filter(Boolean);
+  expect(lines.map((l) => l.split(' ').slice(2))).toEqual([
+    ['deploy', '-', runs[0].sha, runs[0].run, '-'],
+    ['deploy', runs[0].sha, runs[1].sha, runs[1].run, '-'],
+  ]);
+  world.writeConfig();
+});
+
 test('history: the journal as a table and a document, with --vm the VM\'s revisions.log; garbled lines are skipped and counted, never printed', async () => {
+  world.writeConfig();
+  world.ws.commit({ 'app.txt': `history ${Date.now()}\n` }, 'history');
+  world.ws.push();
+  const deployed = await world.cli(['sync', '--vm', 'vm01']);
+  expect(deployed.code).toBe(0);
+  await world.cli(['status']); // at least two runs in the journal, whatever ran before
   // Damage both logs: a line that is not JSON, and hostile revisions.log lines.
   fs.appendFileSync(journalFile(), '{"v":1,"run_id":"x"\n\u001b]0;owned\u0007 not json\n');
   fs.appendFileSync(revisionsLog('vm01'), 'vm-sync-rev-1 2026-01-01T00:00:00Z deploy - \u001b[2J 20260101T000000Z-0a1b2c3d -\nvm-sync-rev-1 2026-01-01T00:00:00Z deploy - 0123456789012345678901234567890123456789 ok;rm -\n');
@@ -217,26 +253,29 @@ test('history: the journal as a table and a document, with --vm the VM\'s revisi
   expect(doc.code).toBe(0);
   const history = doc.json as unknown as {
     journal: { records: Array<{ run_id: string; vms: Array<{ id: string }> }>; total: number; skipped: number };
-    vm: { id: string; present: boolean; revisions: Array<{ action: string; to: string }>; skipped: number; error: null };
+    vm: { id: string; present: boolean; revisions: Array<{ action: string; to: string; time: string; from: string | null; run: string | null; release: string | null }>; skipped: number; error: null };
   };
   const all = readJournal(journalFile()).records.filter((r) => r.vms.some((v) => v.id === 'vm01'));
   expect(history.journal.skipped).toBe(2);
   expect(history.journal.total).toBe(all.length);
   expect(history.journal.records.map((r) => r.run_id)).toEqual(all.slice(-4).map((r) => r.run_id));
   expect(history.vm).toMatchObject({ id: 'vm01', present: true, skipped: 2, error: null });
-  expect(history.vm.revisions.map((r) => r.action)).toEqual(['deploy', 'revert']);
+  // The last 4 lines: the 2 garbled ones and the records before them (1 when this test runs alone), the newest this test's deploy.
+  expect(history.vm.revisions).toEqual(parseRevisions(revisionLines('vm01').slice(-4)).revisions);
+  expect(history.vm.revisions.length).toBeGreaterThanOrEqual(1);
+  expect(history.vm.revisions.at(-1)).toMatchObject({ action: 'deploy', to: deployed.json.commit, run: deployed.json.run_id });
 
   const text = await world.cli(['history', '--vm', 'vm01', '--limit', '4'], { json: false });
   expect(text.code).toBe(0);
   expect(text.stdout).not.toMatch(CONTROL);
   expect(text.stdout).not.toContain('owned');
   expect(text.stdout).not.toContain('ok;rm');
-  expect(text.stdout).toMatch(/^journal .*journal\.jsonl: the last 4 of \d+ run\(s\) that included vm01$/m);
+  expect(text.stdout).toMatch(/^journal .*journal\.jsonl: (the last 4 of \d+|[1-4]) run\(s\) that included vm01$/m);
   expect(text.stdout).toMatch(/^STARTED +RUN +COMMAND +COMMIT +DRY +SHARD +RESULT +BY$/m);
   expect(text.stdout).toContain('note: 2 line(s) of the journal are not records (damaged or edited) and were skipped');
   expect(text.stdout).toContain('note: 2 line(s) of revisions.log on vm01 are not records (garbled or written by something else) and were skipped');
   expect(text.stdout).toMatch(/^TIME +ACTION +FROM +TO +RUN +RELEASE$/m);
-  expect(text.stdout).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ +revert +[0-9a-f]{7} +[0-9a-f]{7} +\d{8}T\d{6}Z-[0-9a-f]{8} +\S+$/m);
+  expect(text.stdout).toMatch(new RegExp(`^\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ +deploy +([0-9a-f]{7}|-) +${deployed.json.commit.slice(0, 7)} +${deployed.json.run_id} +\\S+$`, 'm'));
 
   // Without --vm: every run.
   const plain = await world.cli(['history', '--limit', '1'], { json: false });
