@@ -16,6 +16,8 @@ import { parseRevisions } from '../../src/remote/revisions.js';
 import { commandOutputTail } from '../../src/remote/untrusted.js';
 import { excludedPaths, unescapeRsyncName } from '../../src/sync/excluded.js';
 import { renderHistory } from '../../src/report/history.js';
+import { boundedResults } from '../../src/report/escape.js';
+import { failedRow } from '../../src/sync/types.js';
 import { transpileClosure } from '../helpers/transpile.js';
 
 const SHA = '0123456789abcdef0123456789abcdef01234567';
@@ -64,6 +66,16 @@ describe('commandOutputTail', () => {
     // What the session kept of a long output starts with its notice and a partial line: both go.
     expect(commandOutputTail('\n[... 99 characters not kept ...]\nrtial\nwhole\n', 200, 65536)).toBe('[… earlier output not kept]\nwhole');
     expect(commandOutputTail('', 200, 65536)).toBe('');
+  });
+});
+
+describe('the results output', () => {
+  test('post_sync output is cut to its end, where a command says why it failed', () => {
+    const row = { ...failedRow({ id: 'vm01', host: 'h' }), post_sync: { exit_code: 1, output_tail: `${'start '.repeat(2000)}the reason` } };
+    const doc = JSON.parse(boundedResults({ command: 'sync', commit: SHA, dry_run: false, scan: null, vms: [row] }));
+    expect(doc.vms[0].post_sync.exit_code).toBe(1);
+    expect(doc.vms[0].post_sync.output_tail).toMatch(/^\[…\](start )+the reason$/);
+    expect(doc.vms[0].post_sync.output_tail.length).toBeLessThanOrEqual(2000);
   });
 });
 
