@@ -35498,6 +35498,43 @@ function clip(text, max) {
         return text;
     return `${text.slice(0, max)}… (${words_count(text.length - max, 'more character')} cut)`;
 }
+// Terminal escape sequences whole (CSI, OSC, and two-character ESC sequences),
+// so a coloured line reads as its text rather than as `?[31m...`.
+// eslint-disable-next-line no-control-regex
+const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b[@-_]|\u009b[0-?]*[ -/]*[@-~]/g;
+/** What a cut of the start of a command's output looks like (BoundedText's notice). */
+const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters not kept \.\.\.\]\n/;
+/**
+ * The end of a command's output (post_sync_command) as vm-sync keeps it: escape
+ * sequences removed, other control characters made `?`, `\r\n` and lone `\r`
+ * as newlines, then its last `maxLines` lines of at most `maxChars` in all. A
+ * line cut by an earlier bound (the first one after a cut) is dropped whole,
+ * and the text says how many lines or characters came before.
+ */
+function commandOutputTail(raw, maxLines, maxChars) {
+    let text = raw;
+    let cut = false;
+    const notice = CUT_NOTICE.exec(text);
+    if (notice) {
+        // The first line after the cut is a fragment: a secret cut in half would no longer look like one.
+        text = text.slice(notice[0].length);
+        text = text.slice(text.indexOf('\n') + 1);
+        cut = true;
+    }
+    const clean = text.replace(ESCAPES, '').replace(/\r\n?/g, '\n').replace(untrusted_CONTROL, '?').replace(/\n+$/, '');
+    let lines = clean === '' ? [] : clean.split('\n');
+    if (lines.length > maxLines) {
+        lines = lines.slice(-maxLines);
+        cut = true;
+    }
+    let out = lines.join('\n');
+    if (out.length > maxChars) {
+        out = out.slice(-maxChars);
+        out = out.slice(out.indexOf('\n') + 1);
+        cut = true;
+    }
+    return cut ? `[… earlier output not kept]\n${out}` : out;
+}
 
 ;// CONCATENATED MODULE: ./src/report/escape.ts
 
@@ -35575,6 +35612,12 @@ const STRING_MAX = 2000;
 const STRING_MAX_TIGHT = 200;
 const NOTES_MAX = 20;
 const FINDINGS_MAX = 1000;
+/** A post_sync report with its output cut to its last `max` characters (a command says why it failed at its end). */
+function endOf(post, max) {
+    if (post.output_tail.length <= max)
+        return post;
+    return { ...post, output_tail: `[…]${post.output_tail.slice(-(max - 10))}` };
+}
 /** Every string in a JSON value cleaned of control characters (newlines kept) and bounded. */
 function capStrings(value, max) {
     if (typeof value === 'string')
@@ -35597,7 +35640,7 @@ function capStrings(value, max) {
 function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
     const capped = capStrings({
         ...doc,
-        vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX) })),
+        vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX), ...(vm.post_sync ? { post_sync: endOf(vm.post_sync, STRING_MAX) } : {}) })),
         scan: doc.scan ? { ...doc.scan, findings: doc.scan.findings.slice(0, FINDINGS_MAX) } : doc.scan,
     }, STRING_MAX);
     let text = JSON.stringify(capped);
@@ -35605,7 +35648,7 @@ function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
         return text;
     const tight = capStrings({
         ...capped,
-        vms: capped.vms.map((vm) => ({ ...vm, notes: [] })),
+        vms: capped.vms.map((vm) => ({ ...vm, notes: [], ...(vm.post_sync ? { post_sync: endOf(vm.post_sync, STRING_MAX_TIGHT) } : {}) })),
         scan: capped.scan ? { ...capped.scan, findings: capped.scan.findings.slice(0, 100) } : capped.scan,
     }, STRING_MAX_TIGHT);
     text = JSON.stringify(tight);
@@ -35813,7 +35856,8 @@ function renderTable(report, options = {}) {
             details.push(`${id}: note: …and ${words_count(vm.notes.length - NOTES_PER_VM, 'more note')} (see --json)`);
     }
     const rollout = rolloutLine(report);
-    return scan + [title, ...(baseline ? [terminalLine(baseline, MESSAGE_MAX)] : []), ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    const runNotes = (report.notes ?? []).map((note) => terminalLine(`note: ${note}`, MESSAGE_MAX));
+    return scan + [title, ...(baseline ? [terminalLine(baseline, MESSAGE_MAX)] : []), ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), ...runNotes, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
 function renderScan(report) {
@@ -36303,6 +36347,7 @@ function failedRow(vm, error = null, notes = []) {
         health_output: null,
         release: null,
         drift: null,
+        post_sync: null,
     };
 }
 const silentEvents = { info: () => undefined, progress: () => undefined };
@@ -38991,7 +39036,7 @@ var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node
 ;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
 // Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
 /** The VM agent's program text (src/remote/agent.sh without its comments). */
-const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nmarker_commit() { # NAME\n  mc=-\n  if [ -n \"$1\" ] && [ -f \"$C/$1\" ] && [ ! -L \"$C/$1\" ]; then\n    mc=$(head -c 100 -- \"$C/$1\" | head -n 1)\n    case $mc in *[!0-9a-f]* | '') mc=- ;; esac\n    [ \"${#mc}\" = 40 ] || mc=-\n  fi\n  printf '%s' \"$mc\"\n}\nrevlog() { # ACTION FROM TO RUN RELEASE\n  rl=\"$S/revisions.log\"\n  if [ -L \"$rl\" ]; then rm -f -- \"$rl\"; fi\n  if [ -e \"$rl\" ] && [ ! -f \"$rl\" ]; then return 0; fi\n  rr=$4\n  case $rr in '' | *[!A-Za-z0-9._:-]*) rr=- ;; esac\n  [ \"${#rr}\" -le 64 ] || rr=-\n  printf 'vm-sync-rev-1 %s %s %s %s %s %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$1\" \"$2\" \"$3\" \"$rr\" \"${5:--}\" >> \"$rl\" 2>/dev/null || return 0\n  if [ \"$(wc -l < \"$rl\")\" -gt 2000 ]; then\n    keep=$(mktemp \"$S/tmp/revisions.XXXXXX\") && tail -n 1000 -- \"$rl\" > \"$keep\" && mv -f -- \"$keep\" \"$rl\"\n  fi\n  return 0\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0} action=${4:-deploy} run=${5:-}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  case $action in deploy | revert | rollback) ;; *) fail failed \"bad flip action\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  revlog \"$action\" \"$(marker_commit \"${cur##*/}\")\" \"$(marker_commit \"$name\")\" \"$run\" \"$name\"\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2 from=${3:-} run=${4:-}\n  require_lock \"$token\"\n  case $sha in *[!0-9a-f]* | '') fail failed \"bad commit\" ;; esac\n  case $from in *[!0-9a-f]* | '') from=- ;; esac\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  revlog deploy \"$from\" \"$sha\" \"$run\" -\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\nrevisions)\n  limit=$1\n  digits \"$limit\" || fail failed \"bad limit\"\n  if [ -L \"$S\" ]; then fail unsafe_state_dir \"$S is a symlink: vm-sync refuses to read through it\"; fi\n  rl=\"$S/revisions.log\"\n  if [ -f \"$rl\" ] && [ ! -L \"$rl\" ]; then\n    out log present\n    tail -n \"$limit\" -- \"$rl\" | cut -b 1-400 | while IFS= read -r l || [ -n \"$l\" ]; do out revision \"$l\"; done\n  else\n    out log absent\n  fi\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
 
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
 
@@ -40658,22 +40703,25 @@ const FRAMED_LINES_MAX = 2000;
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
 class BoundedText {
     max;
+    headMax;
     head = '';
     tail = '';
     dropped = 0;
-    constructor(max) {
+    /** `headMax`: how much of the start to keep (default half; 0 keeps only the end). */
+    constructor(max, headMax = max / 2) {
         this.max = max;
+        this.headMax = headMax;
     }
     add(chunk) {
-        if (this.head.length < this.max / 2) {
-            const room = this.max / 2 - this.head.length;
+        if (this.head.length < this.headMax) {
+            const room = this.headMax - this.head.length;
             this.head += chunk.slice(0, room);
             chunk = chunk.slice(room);
         }
         if (!chunk)
             return;
         const joined = this.tail + chunk;
-        const keep = this.max / 2;
+        const keep = this.max - this.headMax;
         if (joined.length > keep)
             this.dropped += joined.length - keep;
         this.tail = joined.slice(-keep);
@@ -41181,7 +41229,8 @@ class AgentSession {
                 nonce: options.nonce,
                 framed: [],
                 stderr: [],
-                other: new BoundedText(OTHER_MAX),
+                // A command's own output (post_sync) is kept by its end only, as much as asked.
+                other: options.otherTail ? new BoundedText(options.otherTail, 0) : new BoundedText(OTHER_MAX),
                 resolve: (reply) => {
                     done();
                     resolve(reply);
@@ -41408,7 +41457,6 @@ function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
 
 
 
-
 const TARGET_KINDS = ['release', 'symlink', 'dangling', 'dir', 'other', 'absent'];
 const SENTINEL_STATES = ['regular', 'absent', 'symlink', 'directory', 'special', 'unreadable'];
 /** Seconds an empty, unreadable or garbled lock is respected before it is treated as stale. */
@@ -41421,6 +41469,8 @@ const target_AGENT_CODES = new Set(FAILURE_CODES);
 const PROBE_KEYS = ['target', 'kind', 'current', 'rev_state', 'rev', 'rsync', 'lock_record', 'lock_hex', 'lock_kind', 'lock_mtime', 'now'];
 const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid'];
 const BASE_STATES = ['none', 'unknown', 'intact', 'drifted'];
+/** What the post-sync command's output is kept to on the runner host (its end). */
+const POST_OUTPUT_MAX = 64 * 1024;
 const RELEASE_NAME = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
 /**
  * The deploy target on one VM, driven through the agent over the VM's
@@ -41470,8 +41520,12 @@ class RemoteTarget {
     budgetS() {
         return Math.max(1, Math.ceil((this.deadlineAt - Date.now()) / 1000));
     }
-    /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
-    async call(op, args, cleanup, budgetOverride, input) {
+    /**
+     * Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form).
+     * `otherTail`: keep the last this many characters of its unframed output, as printed (a command's
+     * output the caller cleans and bounds), instead of its start and end made into a message.
+     */
+    async call(op, args, cleanup, budgetOverride, input, otherTail) {
         const nonce = external_node_crypto_default().randomBytes(12).toString('hex');
         const budgetS = cleanup ? CLEANUP_MS / 1000 : (budgetOverride ?? this.budgetS());
         try {
@@ -41483,8 +41537,8 @@ class RemoteTarget {
                 }
                 const agent = this.agent;
                 try {
-                    const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal });
-                    return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: untrusted_vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: untrusted_vmBlock(ends(reply.other.trim()), 5200) };
+                    const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal, otherTail });
+                    return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: untrusted_vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: otherTail ? reply.other : untrusted_vmBlock(ends(reply.other.trim()), 5200) };
                 }
                 catch (error) {
                     // The session's own process must go too when its step is killed.
@@ -41637,9 +41691,10 @@ class RemoteTarget {
      * Points the target at a complete kept release; returns the release it
      * replaced (null: none of vm-sync's). With `reject`, the replaced release is
      * marked as one a rollback never goes back to (it was reverted or rolled back from).
+     * `record` says why, for the VM's revisions.log.
      */
-    async flip(token, release, reject = false) {
-        const out = (await this.op('flip', [token, release, reject ? '1' : '0'])).only(['previous', 'moved_aside', 'release']);
+    async flip(token, release, reject = false, record = { action: 'deploy', run: '' }) {
+        const out = (await this.op('flip', [token, release, reject ? '1' : '0', record.action, record.run])).only(['previous', 'moved_aside', 'release']);
         if (out.require('release') !== release)
             throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${untrusted_vmText(out.require('release'))}, not ${release}`);
         const previous = out.require('previous');
@@ -41658,6 +41713,11 @@ class RemoteTarget {
             return { name: releaseName(name, this.vmId), commit };
         });
         return { live: live ? untrusted_vmText(live, 200) : null, previous: previous ? releaseName(previous, this.vmId) : null, complete, incomplete: out.all('incomplete').map((n) => untrusted_vmText(n, 200)) };
+    }
+    /** The last `limit` lines of the VM's revisions.log (read-only, no lock; each line raw, cut at 400 bytes). */
+    async revisions(limit) {
+        const out = (await this.op('revisions', [String(Math.max(1, Math.floor(limit)))])).only(['log', 'revision']);
+        return { present: out.oneOf('log', ['present', 'absent']) === 'present', lines: out.all('revision') };
     }
     /** Extends this run's lock to the budget's end (plus the margin); fails with lock_lost when it is gone. */
     async renew(token) {
@@ -41689,8 +41749,9 @@ class RemoteTarget {
             throw new VmSyncError('remote_command_failed', `inplace-begin on ${this.vmId} answered ${untrusted_vmText(target)}, not ${probed.target}: refusing to transfer there`);
         return target;
     }
-    async inPlaceFinish(token, sha) {
-        await this.op('inplace-finish', [token, sha]);
+    /** Writes `.sync_rev` after an in-place transfer; `from` (the commit it held) and `run` go into revisions.log. */
+    async inPlaceFinish(token, sha, record = { from: null, run: '' }) {
+        await this.op('inplace-finish', [token, sha, record.from ?? '', record.run]);
     }
     /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
     async prune(token, keep) {
@@ -41730,16 +41791,23 @@ class RemoteTarget {
             timeout: out.get('timeout') ? untrusted_vmText(out.require('timeout')) : null,
         };
     }
-    /** Runs the configured post-sync command in the live release, under the run's deadline. */
+    /**
+     * Runs the configured post-sync command in the live release, under the
+     * run's deadline, and returns its exit status (null: stopped before it
+     * ended) and the tail of its output (stdout and stderr, in order; at most
+     * {@link POST_OUTPUT_MAX} characters, as the VM printed it: the caller
+     * cleans and masks it). Only the VM's or the lock's failures throw.
+     */
     async postSync(token, sha, command) {
-        const { response, code, stderr, other } = await this.call('post', [token, sha, command], false);
+        // A budget spent or a cancellation throws here, as for any step (the output is lost with the channel).
+        const { response, code, stderr, other } = await this.call('post', [token, sha, command], false, undefined, undefined, POST_OUTPUT_MAX);
         if (response.get('error') !== null)
             await this.op('post', [token, sha, command]); // lock lost and the like: the checked form says why
-        if (code === 0 && response.complete)
-            return;
-        const exit = response.get('exit') ?? String(code);
-        const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
-        throw new VmSyncError('post_sync_failed', `post_sync_command exited ${untrusted_vmText(exit, 10)} on ${this.vmId}: ${untrusted_vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', this.vmId]])} to run it again.`);
+        if (!response.complete)
+            return { exit: null, output: other || stderr };
+        response.only(['exit']);
+        const exit = toInt(response.require('exit'));
+        return { exit: code === 0 ? exit : exit || code, output: other };
     }
     /**
      * Kills, on the VM, the process groups of operations whose channel this run
@@ -41831,9 +41899,9 @@ function sshPorts(knownHosts) {
             },
             apply: (token, sha, base, file, onSent) => target.apply(token, sha, base, file, onSent),
             seal: (token, sha, shared, key) => target.seal(token, sha, shared, key),
-            flip: (token, release, reject) => target.flip(token, release, reject),
+            flip: (token, release, reject, record) => target.flip(token, release, reject, record),
             inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
-            inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),
+            inPlaceFinish: (token, sha, record) => target.inPlaceFinish(token, sha, record),
             releases: () => target.releases(),
             listing: (kind) => target.listing(kind),
             renew: (token) => target.renew(token),
@@ -41872,6 +41940,76 @@ async function mapPool(items, limit, fn) {
     };
     await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
     return results;
+}
+
+;// CONCATENATED MODULE: ./src/remote/mask.ts
+/*
+ * Masking of secrets in text vm-sync shows that it did not write itself (a
+ * post_sync_command's output): it reaches the terminal, the job log, the job
+ * summary, `--json` and the `results` output, and the runner's own log masking
+ * covers only the job log. Two layers:
+ *
+ * - values registered here (the Action registers what it registers with the
+ *   runner: the job's token, the VMs' key lines), replaced by `***`;
+ * - what looks like a credential, replaced by `[masked]`: private key blocks,
+ *   the value of an assignment whose name says secret (`password=...`,
+ *   `API_TOKEN: ...`), and token-shaped words: 20 or more characters of
+ *   `[A-Za-z0-9+/=_-]` mixing letters and digits (GitHub, Slack, AWS, JWT and
+ *   most API keys), the same shape the scan's own log scrubbing removes.
+ *   Commit hashes (40 lowercase hex) and vm-sync's release names stay: they
+ *   are in the report anyway. A path is judged one component at a time.
+ *
+ * It errs on the side of masking; it cannot know every secret format, so a
+ * command should still not print secrets.
+ */
+const registered = new Set();
+/** Shorter values are not masked: they would blank out ordinary words. */
+const MIN_REGISTERED = 6;
+/** Registers a secret value: it is masked wherever {@link maskSecrets} runs. Multi-line values are registered line by line. */
+function registerSecret(value) {
+    for (const line of value.split(/\r?\n/)) {
+        const trimmed = line.trim();
+        if (trimmed.length >= MIN_REGISTERED)
+            registered.add(trimmed);
+    }
+}
+/** Forgets every registered value (tests). */
+function clearRegisteredSecrets() {
+    registered.clear();
+}
+const PEM_BLOCK = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)/g;
+// NAME=value, NAME: value, "name": "value" where NAME says it holds a secret.
+const ASSIGNMENT = /([A-Za-z0-9_.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)[A-Za-z0-9_.-]*["']?[ \t]*[:=][ \t]*["']?)([^\s"',;]+)/gi;
+const TOKEN_RUN = /[A-Za-z0-9+/=_-]{20,}/g;
+const mask_COMMIT = /^[0-9a-f]{40}$/;
+const RELEASE = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
+const MASK = '[masked]';
+/** Whether one word is shaped like a token: long, letters and digits mixed, and not a commit or a release name. */
+function tokenShaped(word) {
+    return word.length >= 20 && /[0-9]/.test(word) && /[A-Za-z]/.test(word) && !mask_COMMIT.test(word) && !RELEASE.test(word);
+}
+/**
+ * A run of token characters. Without `/` it is one word. With `/` it is a
+ * path (judged component by component) unless it reads as base64 (not
+ * starting with `/`, upper and lower case and digits), which is masked whole.
+ */
+function maskRun(run) {
+    if (!run.includes('/'))
+        return tokenShaped(run) ? MASK : run;
+    const parts = run.split('/');
+    if (!run.startsWith('/') && tokenShaped(run) && /[A-Z]/.test(run) && /[a-z]/.test(run) && !parts.some((part) => mask_COMMIT.test(part) || RELEASE.test(part)))
+        return MASK;
+    return parts.map((part) => (tokenShaped(part) ? MASK : part)).join('/');
+}
+/** `text` with registered secrets and credential-shaped values masked. */
+function maskSecrets(text) {
+    let out = text;
+    // Longest first, so a value that contains another is masked whole.
+    for (const value of [...registered].sort((a, b) => b.length - a.length))
+        out = out.split(value).join('***');
+    out = out.replace(PEM_BLOCK, '[private key masked]');
+    out = out.replace(ASSIGNMENT, (_all, name, value) => (value === '***' || value === MASK ? `${name}${value}` : `${name}${MASK}`));
+    return out.replace(TOKEN_RUN, maskRun);
 }
 
 ;// CONCATENATED MODULE: ./src/sync/planner.ts
@@ -42941,6 +43079,11 @@ async function takeLock(vm, port, options) {
 
 
 
+
+
+/** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
+const POST_SYNC_LINES = 200;
+const POST_SYNC_FAILURE_LINES = 20;
 const now = () => new Date().toISOString();
 /** rsync's I/O timeout: no data for this long aborts a transfer (a few connect timeouts, at least 30 s). */
 const ioTimeoutS = (config) => Math.max(30, config.sync.connectTimeoutS * 3);
@@ -43237,7 +43380,7 @@ class FleetRelease {
             run.touched = true;
             if (config.repository.layout === 'atomic') {
                 this.say(run, `switching the live path to ${run.release}`, 'flip', 'debug');
-                const flipped = await port.flip(this.token, run.release);
+                const flipped = await port.flip(this.token, run.release, false, { action: 'deploy', run: this.ctx.runId ?? '' });
                 run.report.flipped_at = now();
                 run.previous = flipped.previous;
                 if (flipped.movedAside)
@@ -43251,7 +43394,7 @@ class FleetRelease {
             run.treeNotes = tree.notes;
             const dest = await port.inPlaceBegin(this.token, run.before);
             const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: rsyncExcludes(config, []), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
-            await port.inPlaceFinish(this.token, commit);
+            await port.inPlaceFinish(this.token, commit, { from: run.report.rev_before, run: this.ctx.runId ?? '' });
             run.report.files_changed = stats.filesChanged;
             run.report.bytes_sent = stats.bytesSent;
             run.report.flipped_at = now();
@@ -43291,7 +43434,7 @@ class FleetRelease {
             const next = afterHealth(outcome, { revertUnhealthy: config.rollout.revertUnhealthy, previous: run.previous, layout: config.repository.layout });
             if (next === 'revert') {
                 // The unhealthy release is rejected: a later rollback never goes back to it.
-                await port.flip(this.token, run.previous, true);
+                await port.flip(this.token, run.previous, true, { action: 'revert', run: this.ctx.runId ?? '' });
                 const back = await port.probe();
                 run.report.rev_after = liveRev(back);
                 run.report.release = releaseOf(back);
@@ -43304,7 +43447,7 @@ class FleetRelease {
     }
     /** Phase 5: prune, post_sync_command, unlock. */
     async finish(batch, keep) {
-        const { config, commit } = this.ctx;
+        const { config } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
             this.say(run, 'finishing: prune old releases, post_sync_command, unlock', 'finish', 'debug');
             if (config.repository.layout === 'atomic') {
@@ -43319,10 +43462,8 @@ class FleetRelease {
                     run.report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
                 }
             }
-            if (config.sync.postSyncCommand) {
-                this.say(run, 'running post_sync_command', 'finish');
-                await port.postSync(this.token, commit, config.sync.postSyncCommand);
-            }
+            if (config.sync.postSyncCommand)
+                await this.postSync(run, port, config.sync.postSyncCommand);
             run.report.result = 'success';
             run.report.error = null;
             await port.unlock(this.token).catch((error) => {
@@ -43330,6 +43471,25 @@ class FleetRelease {
             });
             this.close(run);
         })));
+    }
+    /**
+     * Runs post_sync_command on a VM: its output's tail (cleaned, masked) goes
+     * into the row and the VM's log lines; a failure keeps its last lines in
+     * the message. The release stays live either way.
+     */
+    async postSync(run, port, command) {
+        this.say(run, 'running post_sync_command', 'finish');
+        const outcome = await port.postSync(this.token, this.ctx.commit, command);
+        const tail = maskSecrets(commandOutputTail(outcome.output, POST_SYNC_LINES, POST_OUTPUT_MAX));
+        run.report.post_sync = { exit_code: outcome.exit, output_tail: tail };
+        const lines = tail === '' ? [] : tail.split('\n');
+        for (const line of lines)
+            this.say(run, `post_sync: ${line}`, 'finish');
+        if (outcome.exit === 0)
+            return;
+        const why = outcome.exit === null ? 'did not finish' : `exited ${outcome.exit}`;
+        const last = lines.slice(-POST_SYNC_FAILURE_LINES).join(' | ');
+        throw new VmSyncError('post_sync_failed', `post_sync_command ${why} on ${run.vm.id}: ${last || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', run.vm.id]])} to run it again.`);
     }
     /** Runs one VM's step of a phase; a failure ends that VM's release (settled, unlocked, reported). */
     async step(run, body) {
@@ -43487,7 +43647,7 @@ async function rollbackFleet(ctx, vms) {
                 throw new VmSyncError('no_release', decision.message);
             if (decision.kind === 'flip') {
                 // A plain rollback rejects the release it leaves; --to is a deliberate move either way.
-                await port.flip(ctx.owner.token, decision.release.name, ctx.to === null);
+                await port.flip(ctx.owner.token, decision.release.name, ctx.to === null, { action: 'rollback', run: ctx.runId ?? '' });
                 report.flipped_at = now();
             }
             else {
@@ -43534,7 +43694,100 @@ async function rollbackFleet(ctx, vms) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/sync/excluded.ts
+
+
+
+
+
+
+/** How many excluded paths a report names (the count covers them all). */
+const EXCLUDED_LISTED = 20;
+/** Every file and symlink of `root` (not directories), relative, as latin1 strings (one char per byte). */
+function committedEntries(root) {
+    const found = new Set();
+    const slash = Buffer.from('/');
+    // Buffer paths throughout: a name that is not UTF-8 is still read byte for byte.
+    const walk = (dir, rel) => {
+        for (const entry of external_node_fs_default().readdirSync(dir, { withFileTypes: true, encoding: 'buffer' })) {
+            const relPath = rel ? `${rel}/${entry.name.toString('latin1')}` : entry.name.toString('latin1');
+            if (entry.isDirectory())
+                walk(Buffer.concat([dir, slash, entry.name]), relPath);
+            else
+                found.add(relPath);
+        }
+    };
+    walk(Buffer.from(root), '');
+    return found;
+}
+/** Undoes rsync's output escaping: with LC_ALL=C every byte that is not printable ASCII (and a `\` before `#ooo`) is `\#ooo`. */
+function unescapeRsyncName(name) {
+    return name.replace(/\\#([0-7]{3})/g, (_all, octal) => String.fromCharCode(parseInt(octal, 8)));
+}
+/**
+ * Asks rsync itself which paths of `exportDir` it would send with these
+ * exclude rules (a dry run into an empty directory, with the transfer's
+ * recursion and symlink options), and returns the files and symlinks it
+ * would not: rsync's matcher, not a copy of it, so every pattern form it
+ * takes (anchored, `**`, `dir/`, `- `/`+ ` rules, `!`) means the same here
+ * as in the deploy. Only for display: the deploy does not depend on it.
+ */
+async function excludedPaths(exportDir, patterns, options = {}) {
+    const report = (missing) => ({
+        count: missing.length,
+        paths: missing.slice(0, EXCLUDED_LISTED).map((p) => untrusted_vmText(Buffer.from(p, 'latin1').toString('utf8'))),
+        patterns: [...patterns],
+    });
+    if (patterns.length === 0)
+        return report([]);
+    const committed = committedEntries(exportDir);
+    const empty = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-excluded-'));
+    try {
+        const sent = new Set();
+        let partial = '';
+        const onLine = (line) => {
+            if (line === '' || line.endsWith('/'))
+                return; // directories: the files under them count
+            sent.add(unescapeRsyncName(line));
+        };
+        const result = await run('rsync', ['-rl', '--dry-run', '--out-format=%n', ...patterns.map((p) => `--exclude=${p}`), `${exportDir.replace(/\/?$/, '/')}`, `${empty}/`], {
+            env: { ...process.env, LC_ALL: 'C' },
+            signal: options.signal,
+            // Read as it comes: a large tree's listing is never held whole.
+            onStdout: (chunk) => {
+                const lines = (partial + chunk).split('\n');
+                partial = lines.pop() ?? '';
+                for (const line of lines)
+                    onLine(line);
+            },
+            maxOutput: 64 * 1024,
+        });
+        onLine(partial);
+        if (result.code !== 0) {
+            throw new VmSyncError('rsync_failed', `rsync could not list what rsync_excludes leaves out (exit ${result.code ?? result.signal}): ${untrusted_vmText(result.stderr.trim().split('\n').slice(-2).join(' | '), 500)}`);
+        }
+        const missing = [...committed].filter((p) => !sent.has(p)).sort();
+        return report(missing);
+    }
+    catch (error) {
+        if (error instanceof VmSyncError)
+            throw error;
+        throw new VmSyncError('rsync_failed', `could not list what rsync_excludes leaves out: ${getErrorMessage(error)}`);
+    }
+    finally {
+        external_node_fs_default().rmSync(empty, { recursive: true, force: true });
+    }
+}
+/** The sentence a report shows for excluded paths (null when there are none). */
+function excludedSentence(excluded) {
+    if (!excluded || excluded.count === 0)
+        return null;
+    const more = excluded.count - excluded.paths.length;
+    return `rsync_excludes left out ${excluded.count} committed path${excluded.count === 1 ? '' : 's'}, not deployed: ${excluded.paths.join(', ')}${more > 0 ? ` and ${more} more` : ''}`;
+}
+
 ;// CONCATENATED MODULE: ./src/sync/fleet.ts
+
 
 
 
@@ -43646,6 +43899,23 @@ async function runSync(config, options = {}) {
             exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
             exporter: dryRun ? undefined : exportNow,
         });
+        // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
+        let excluded = null;
+        const runNotes = [];
+        const listExcluded = async () => {
+            try {
+                excluded = await excludedPaths(exportDir, rsyncExcludes(config, []), { signal: options.signal });
+                const sentence = excludedSentence(excluded);
+                if (sentence) {
+                    events.info(null, sentence);
+                    runNotes.push(sentence);
+                }
+            }
+            catch (error) {
+                runNotes.push(`could not list the committed paths rsync_excludes leaves out (the deploy is not affected): ${getErrorMessage(error)}`);
+            }
+        };
+        const done = (report) => ({ ...report, excluded, ...(runNotes.length > 0 ? { notes: runNotes } : {}) });
         // The secret-scan gate: before any VM is contacted.
         let scan = null;
         const gate = async () => {
@@ -43671,6 +43941,7 @@ async function runSync(config, options = {}) {
             scan = await gate();
             if (scan?.blocked)
                 return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
+            await listExcluded();
         }
         else {
             events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
@@ -43686,6 +43957,7 @@ async function runSync(config, options = {}) {
                 scan = await gate();
                 if (scan?.blocked)
                     throw new VmSyncError('secrets_found', `${words_count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+                await listExcluded();
                 return { dir: exportDir, notes: committedSentinelNote(exportDir) };
             })();
             return late;
@@ -43695,7 +43967,7 @@ async function runSync(config, options = {}) {
         if (dryRun) {
             const ctx = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
-            return { command: 'sync', commit, dry_run: true, scan, vms: reports };
+            return done({ command: 'sync', commit, dry_run: true, scan, vms: reports });
         }
         // The stream transfer: made once per starting commit, for every VM on it.
         const streams = config.sync.transfer === 'auto' && config.repository.layout === 'atomic'
@@ -43717,6 +43989,7 @@ async function runSync(config, options = {}) {
             tree,
             force,
             owner: ownLockOwner(commit, runUrlFromEnv()),
+            runId: options.runId,
             events,
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
@@ -43724,7 +43997,7 @@ async function runSync(config, options = {}) {
             stream: streams ? (base) => streams.for(base) : undefined,
         }, vms);
         await recordDeployed(repo, outcome.vms, events);
-        return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
+        return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
     }
     finally {
         if (streamDir)
@@ -43836,7 +44109,7 @@ async function runRollback(config, options = {}) {
         }
     }
     events.info(null, `rolling back ${words_count(vms.length, 'VM')} to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
-    const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
+    const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), runId: options.runId, events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (external_node_fs_default().existsSync(config.repository.mainRepoPath))
         await recordDeployed(repo, rows, events);
@@ -45480,7 +45753,33 @@ function parseRow(source, raw, i) {
         health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
         release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
         drift: parseDrift(source, `${at}.drift`, row.drift),
+        post_sync: parsePostSync(source, `${at}.post_sync`, row.post_sync),
     };
+}
+/** A row's post_sync (exit status and output tail), checked like the rest of the row. */
+function parsePostSync(source, at, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const post = field(source, at, raw, isObject, 'an object or null');
+    return {
+        exit_code: field(source, `${at}.exit_code`, post.exit_code, (v) => v === null || (typeof v === 'number' && Number.isSafeInteger(v)), 'a whole number or null'),
+        output_tail: field(source, `${at}.output_tail`, post.output_tail, isString, 'a string'),
+    };
+}
+/** The run's notes: a list of strings, or absent. */
+function parseNotes(source, raw) {
+    if (raw === undefined || raw === null)
+        return [];
+    const notes = field(source, 'notes', raw, (v) => Array.isArray(v), 'a list');
+    return notes.map((note, n) => field(source, `notes[${n}]`, note, isString, 'a string'));
+}
+/** What rsync_excludes left out (sync), checked: a count and lists of strings; null when absent. */
+function parseExcluded(source, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const excluded = field(source, 'excluded', raw, isObject, 'an object or null');
+    const strings = (name) => field(source, `excluded.${name}`, excluded[name], (v) => Array.isArray(v), 'a list').map((p, n) => field(source, `excluded.${name}[${n}]`, p, isString, 'a string'));
+    return { count: field(source, 'excluded.count', excluded.count, isCount, 'a count'), paths: strings('paths'), patterns: strings('patterns') };
 }
 function parseShardField(source, raw) {
     if (raw === undefined || raw === null)
@@ -45513,6 +45812,8 @@ function parseResults(input) {
         scan: doc.scan === null || doc.scan === undefined ? null : field(input.source, 'scan', doc.scan, isObject, 'an object or null'),
         vms: rows.map((row, i) => parseRow(input.source, row, i)),
         shard: parseShardField(input.source, doc.shard),
+        notes: parseNotes(input.source, doc.notes),
+        excluded: parseExcluded(input.source, doc.excluded),
     };
     if (report.scan && !Array.isArray(report.scan.findings))
         throw invalid(input.source, 'scan.findings is not a list');
@@ -45616,6 +45917,9 @@ function mergeResults(sources, options = {}) {
         flip_skew_ms: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : null,
         vms,
         shards: { expected, received: [...byIndex.keys()].sort((a, b) => a - b), missing, failed },
+        // Every shard deployed the same tree with the same config: their run notes repeat, said once.
+        notes: [...new Set(shards.flatMap((p) => p.report.notes ?? []))],
+        excluded: shards.find((p) => p.report.excluded)?.report.excluded ?? null,
     };
 }
 
@@ -45676,7 +45980,355 @@ function readResultsFiles(paths, options = {}) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/journal/journal.ts
+
+
+
+
+
+
+
+
+/*
+ * The runner host's journal: one JSON line per run of a command that changes
+ * or checks VMs (sync, rollback, verify, status, unlock), in vm-sync's state
+ * directory beside the clone (`/srv/.app.vm-sync/journal.jsonl` for
+ * `main_repo_path: /srv/app`). Who ran what, when, on which commit, and what
+ * each VM ended with: the audit trail `vm-sync history` reads.
+ *
+ * Appends from concurrent runs never interleave: each line is written with
+ * one write(2) on an O_APPEND descriptor while holding `journal.lock` (a
+ * symlink naming its holder; a holder that died on this host, or one older
+ * than a few seconds, is broken). Rotation (past the size limit the file
+ * becomes `journal.1.jsonl`, replacing the older one) happens under the
+ * same lock. Reading skips, and counts, any line that is not a record.
+ */
+/** The journal's format version, in every record. */
+const JOURNAL_VERSION = 1;
+/** Default size at which the journal is rotated; `$VM_SYNC_JOURNAL_MAX_BYTES` sets another. */
+const JOURNAL_MAX_BYTES = 10 * 1024 * 1024;
+/** How long an append waits for another run's append before writing without the lock (and without rotating). */
+const LOCK_WAIT_MS = 3000;
+/** A lock older than this is stale whoever holds it: an append holds it for milliseconds. */
+const LOCK_STALE_MS = 10_000;
+/** The journal of the clone whose state directory is `stateDir`. */
+function journalPath(stateDir) {
+    return external_node_path_default().join(stateDir, 'journal.jsonl');
+}
+/** The rotated (older) journal beside `file`. */
+function rotatedPath(file) {
+    return file.replace(/\.jsonl$/, '.1.jsonl');
+}
+/** A new run id: UTC time to the second plus 8 random hex digits (`20261122T070102Z-0a1b2c3d`). */
+function newRunId(now = new Date()) {
+    return `${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${external_node_crypto_default().randomBytes(4).toString('hex')}`;
+}
+/** Run ids as vm-sync makes them, and as the VM's agent accepts them. */
+const RUN_ID = /^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$/;
+/** Who is running this process: the Actions run (with its actor) inside a workflow, else the local user. */
+function triggerFromEnv(env = process.env) {
+    const host = external_node_os_default().hostname();
+    const { GITHUB_ACTIONS, GITHUB_SERVER_URL, GITHUB_REPOSITORY, GITHUB_RUN_ID, GITHUB_RUN_ATTEMPT, GITHUB_ACTOR } = env;
+    if (GITHUB_ACTIONS === 'true' && GITHUB_RUN_ID) {
+        const base = GITHUB_SERVER_URL && GITHUB_REPOSITORY ? `${GITHUB_SERVER_URL}/${GITHUB_REPOSITORY}/actions/runs/${GITHUB_RUN_ID}` : `run ${GITHUB_RUN_ID}`;
+        const attempt = GITHUB_RUN_ATTEMPT && GITHUB_RUN_ATTEMPT !== '1' ? `/attempts/${GITHUB_RUN_ATTEMPT}` : '';
+        return { kind: 'actions', run_url: `${base}${attempt}`, actor: GITHUB_ACTOR ?? '', host };
+    }
+    let user;
+    try {
+        user = external_node_os_default().userInfo().username;
+    }
+    catch {
+        user = env.USER ?? env.LOGNAME ?? '';
+    }
+    return { kind: 'cli', user: user || `uid ${process.getuid?.() ?? '?'}`, sudo_user: env.SUDO_USER || null, host };
+}
+/** The journal's size limit: `$VM_SYNC_JOURNAL_MAX_BYTES` when it is a whole number of bytes (at least 1 KB), else the default. */
+function journalMaxBytes(env = process.env) {
+    const value = Number(env.VM_SYNC_JOURNAL_MAX_BYTES);
+    return Number.isSafeInteger(value) && value >= 1024 ? value : JOURNAL_MAX_BYTES;
+}
+function encodeLock(identity) {
+    return ['vm-sync-journal-lock-v1', identity.token, identity.host, identity.pid, identity.pidStart, identity.boot, identity.pidns].map((v) => String(v).replace(/\s/g, '_')).join(' ');
+}
+function decodeLock(text) {
+    const [magic, token, host, pid, pidStart, boot, pidns] = text.split(' ');
+    if (magic !== 'vm-sync-journal-lock-v1' || !token || !Number.isSafeInteger(Number(pid)))
+        return null;
+    return { token, host: host ?? '', pid: Number(pid), pidStart: pidStart ?? '', boot: boot ?? '', pidns: pidns ?? '' };
+}
+/** Whether a lock someone holds is stale: its holder died on this host, it is not ours to read, or it is old. */
+function isStale(lockPath, text) {
+    const holder = decodeLock(text);
+    if (holder && holderIsDead(holder))
+        return true;
+    try {
+        return Date.now() - external_node_fs_default().lstatSync(lockPath).mtimeMs > LOCK_STALE_MS;
+    }
+    catch {
+        return false;
+    }
+}
+/**
+ * Removes a stale lock, unless another run is breaking it (a marker
+ * serialises breakers, so one never removes the lock another just took).
+ */
+function journal_breakStale(lockPath, seen) {
+    const marker = `${lockPath}.break`;
+    const mine = `${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
+    try {
+        external_node_fs_default().symlinkSync(mine, marker);
+    }
+    catch {
+        try {
+            if (Date.now() - external_node_fs_default().lstatSync(marker).mtimeMs > LOCK_STALE_MS)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+        return;
+    }
+    try {
+        if (external_node_fs_default().readlinkSync(lockPath) === seen)
+            external_node_fs_default().unlinkSync(lockPath);
+    }
+    catch {
+        // gone already
+    }
+    finally {
+        try {
+            if (external_node_fs_default().readlinkSync(marker) === mine)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+    }
+}
+/** Takes the journal lock; null when it stayed busy for `waitMs`. */
+async function lock(lockPath, waitMs) {
+    const record = encodeLock(ownIdentity());
+    const until = Date.now() + waitMs;
+    for (;;) {
+        try {
+            external_node_fs_default().symlinkSync(record, lockPath);
+            return record;
+        }
+        catch (error) {
+            if (error.code !== 'EEXIST')
+                throw error;
+        }
+        let seen;
+        try {
+            seen = external_node_fs_default().readlinkSync(lockPath);
+        }
+        catch {
+            continue; // released meanwhile
+        }
+        if (isStale(lockPath, seen)) {
+            journal_breakStale(lockPath, seen);
+            continue;
+        }
+        if (Date.now() >= until)
+            return null;
+        await (0,promises_namespaceObject.setTimeout)(5 + Math.random() * 15);
+    }
+}
+function unlock(lockPath, record) {
+    try {
+        if (external_node_fs_default().readlinkSync(lockPath) === record)
+            external_node_fs_default().unlinkSync(lockPath);
+    }
+    catch {
+        // removed by hand
+    }
+}
+/** Writes all of `data` with O_APPEND: one write(2) unless the kernel writes less (then the rest follows). */
+function appendOnce(file, data) {
+    const fd = external_node_fs_default().openSync(file, (external_node_fs_default()).constants.O_WRONLY | (external_node_fs_default()).constants.O_APPEND | (external_node_fs_default()).constants.O_CREAT | (external_node_fs_default()).constants.O_NOFOLLOW, 0o600);
+    try {
+        let done = 0;
+        while (done < data.length)
+            done += external_node_fs_default().writeSync(fd, data, done, data.length - done);
+    }
+    finally {
+        external_node_fs_default().closeSync(fd);
+    }
+}
+/**
+ * Appends one record to the journal at `file` (creating its directory),
+ * rotating it first when the line would take it past `maxBytes`. Returns a
+ * warning when something was not as it should be (the lock stayed busy, so
+ * the line was written without it and no rotation happened); throws only when
+ * the line could not be written at all.
+ */
+async function appendJournal(file, record, options = {}) {
+    const line = Buffer.from(`${JSON.stringify(record)}\n`);
+    external_node_fs_default().mkdirSync(external_node_path_default().dirname(file), { recursive: true, mode: 0o700 });
+    const lockPath = `${file}.lock`;
+    const held = await lock(lockPath, options.lockWaitMs ?? LOCK_WAIT_MS);
+    if (!held) {
+        // Never lose a record for a busy lock: one O_APPEND write is still whole on a local file system.
+        appendOnce(file, line);
+        return `the journal lock ${lockPath} stayed busy: the record was appended without it and the journal was not rotated`;
+    }
+    try {
+        const maxBytes = options.maxBytes ?? journalMaxBytes();
+        let size = 0;
+        try {
+            size = external_node_fs_default().statSync(file).size;
+        }
+        catch {
+            // no journal yet
+        }
+        if (size > 0 && size + line.length > maxBytes)
+            external_node_fs_default().renameSync(file, rotatedPath(file));
+        appendOnce(file, line);
+        return null;
+    }
+    finally {
+        unlock(lockPath, held);
+    }
+}
+const journal_isString = (v) => typeof v === 'string';
+const journal_isNullableString = (v) => v === null || typeof v === 'string';
+const journal_isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,3})?Z$/;
+/** Every string of a record made printable and bounded (the journal is a file anyone with the runner user's rights can edit). */
+function clean(value, max = 300) {
+    return value === null ? null : untrusted_vmText(value, max);
+}
+/** One journal line as a record, or null when it is not one (every field checked). */
+function parseJournalLine(line) {
+    let raw;
+    try {
+        raw = JSON.parse(line);
+    }
+    catch {
+        return null;
+    }
+    if (!journal_isObject(raw) || raw.v !== JOURNAL_VERSION)
+        return null;
+    const { run_id, started_at, ended_at, command, trigger, commit, dry_run, shard, exit_code, error, vms } = raw;
+    if (!journal_isString(run_id) || !journal_isString(started_at) || !ISO.test(started_at) || !journal_isString(ended_at) || !ISO.test(ended_at) || !journal_isString(command))
+        return null;
+    if (!journal_isNullableString(commit) || typeof dry_run !== 'boolean' || !journal_isNullableString(shard) || !Number.isSafeInteger(exit_code) || !Array.isArray(vms) || !journal_isObject(trigger))
+        return null;
+    let who;
+    if (trigger.kind === 'cli' && journal_isString(trigger.user) && journal_isString(trigger.host) && journal_isNullableString(trigger.sudo_user ?? null)) {
+        who = { kind: 'cli', user: untrusted_vmText(trigger.user, 100), sudo_user: clean(trigger.sudo_user ?? null, 100), host: untrusted_vmText(trigger.host, 100) };
+    }
+    else if (trigger.kind === 'actions' && journal_isString(trigger.run_url) && journal_isString(trigger.actor) && journal_isString(trigger.host)) {
+        who = { kind: 'actions', run_url: untrusted_vmText(trigger.run_url, 500), actor: untrusted_vmText(trigger.actor, 100), host: untrusted_vmText(trigger.host, 100) };
+    }
+    else {
+        return null;
+    }
+    let failure = null;
+    if (error !== null) {
+        if (!journal_isObject(error) || !journal_isString(error.code) || !journal_isString(error.message))
+            return null;
+        failure = { code: untrusted_vmText(error.code, 60), message: untrusted_vmText(error.message, 500) };
+    }
+    const rows = [];
+    for (const vm of vms) {
+        if (!journal_isObject(vm) || !journal_isString(vm.id) || !journal_isString(vm.result) || !journal_isNullableString(vm.state) || !journal_isNullableString(vm.action) || !journal_isNullableString(vm.code) || !journal_isNullableString(vm.rev))
+            return null;
+        rows.push({ id: untrusted_vmText(vm.id, 100), state: clean(vm.state, 40), action: clean(vm.action, 40), result: untrusted_vmText(vm.result, 40), code: clean(vm.code, 60), rev: clean(vm.rev, 64) });
+    }
+    return {
+        v: JOURNAL_VERSION,
+        run_id: untrusted_vmText(run_id, 80),
+        started_at,
+        ended_at,
+        command: untrusted_vmText(command, 40),
+        trigger: who,
+        commit: clean(commit, 64),
+        dry_run,
+        shard: clean(shard, 20),
+        exit_code: exit_code,
+        error: failure,
+        vms: rows,
+    };
+}
+/** Reads the journal at `file` and its rotated predecessor; a line that is not a record is skipped and counted. */
+function readJournal(file) {
+    const out = { records: [], skipped: 0, files: [] };
+    for (const f of [rotatedPath(file), file]) {
+        let text;
+        try {
+            text = external_node_fs_default().readFileSync(f, 'utf8');
+        }
+        catch (error) {
+            if (error.code === 'ENOENT')
+                continue;
+            throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
+        }
+        out.files.push(f);
+        for (const line of text.split('\n')) {
+            if (line.trim() === '')
+                continue;
+            const record = parseJournalLine(line);
+            if (record)
+                out.records.push(record);
+            else
+                out.skipped++;
+        }
+    }
+    return out;
+}
+
+;// CONCATENATED MODULE: ./src/journal/record.ts
+
+
+
+
+
+/** The journal of a config's runner-host clone: in its state directory (`/srv/.app.vm-sync/journal.jsonl` for `/srv/app`). */
+function journalOf(config) {
+    return journalPath(stateDirOf(config.repository.mainRepoPath));
+}
+/** A run report's rows as the journal keeps them. */
+function journalVms(report) {
+    return report.vms.map((vm) => ({ id: vm.id, state: vm.state, action: vm.action, result: vm.result, code: vm.error?.code ?? null, rev: vm.rev_after }));
+}
+/**
+ * Appends a run to the config's journal. Never fails the run: a journal that
+ * cannot be written is a warning (returned, and said through `events`).
+ */
+async function journalRun(config, outcome, events) {
+    const record = {
+        v: JOURNAL_VERSION,
+        run_id: outcome.runId,
+        started_at: outcome.started.toISOString(),
+        ended_at: new Date().toISOString(),
+        command: outcome.command,
+        trigger: triggerFromEnv(),
+        commit: outcome.commit || null,
+        dry_run: outcome.dryRun,
+        shard: outcome.shard ? shardLabel(outcome.shard) : null,
+        exit_code: outcome.exitCode,
+        error: outcome.error ? { code: outcome.error instanceof VmSyncError ? outcome.error.code : 'internal_error', message: untrusted_vmText(getErrorMessage(outcome.error), 500) } : null,
+        vms: outcome.vms,
+    };
+    const file = journalOf(config);
+    let warning;
+    try {
+        warning = await appendJournal(file, record);
+    }
+    catch (error) {
+        warning = `could not append this run to the journal ${file} (vm-sync history will not show it): ${getErrorMessage(error)}`;
+    }
+    if (warning)
+        events?.info(null, warning);
+    return warning;
+}
+
 ;// CONCATENATED MODULE: ./src/execute.ts
+
+
+
 
 
 
@@ -45686,14 +46338,45 @@ function readResultsFiles(paths, options = {}) {
  * (cli.ts) and the Action (main.ts) only parse their input into a
  * {@link Command} and present the report; everything between is here.
  * A sharded run's report says which shard it covered, so `report --merge`
- * can tell a missing shard from an empty one.
+ * can tell a missing shard from an empty one. Every run but a scan (which
+ * reaches no VM) gets a run id and a line in the runner-host journal, also
+ * when it fails before reaching its VMs.
  */
 async function execute(config, command) {
+    const runId = command.options.runId ?? newRunId();
+    const started = new Date();
+    const withId = { ...command, options: { ...command.options, runId } };
+    let report;
+    try {
+        report = await shardedRun(config, withId);
+    }
+    catch (error) {
+        if (command.name !== 'scan') {
+            await journalRun(config, { runId, started, command: command.name, commit: (command.name === 'rollback' ? command.options.to : command.options.commit) ?? null, dryRun: isDryRun(command), shard: command.options.shard, exitCode: exitCodeOf(error), vms: [], error }, command.options.events);
+        }
+        throw error;
+    }
+    const notes = [...(report.notes ?? [])];
+    if (command.name !== 'scan') {
+        const warning = await journalRun(config, { runId, started, command: command.name, commit: report.commit, dryRun: report.dry_run, shard: report.shard, exitCode: exitCodeFor(report), vms: journalVms(report), error: null }, command.options.events);
+        if (warning)
+            notes.push(warning);
+    }
+    return { ...report, run_id: runId, ...(notes.length > 0 ? { notes } : {}) };
+}
+function isDryRun(command) {
+    return command.name === 'sync' && Boolean(command.options.dryRun);
+}
+/** The exit code a run that threw ends with (as the CLI maps it): 2 for a config error, else 1. */
+function exitCodeOf(error) {
+    return error instanceof VmSyncError && error.code === 'config_invalid' ? 2 : 1;
+}
+async function shardedRun(config, command) {
     const shard = command.options.shard;
     if (shard && command.name !== 'scan' && selectVms(config, command.options.vms, shard).length === 0) {
         // Nothing to do here, and nothing to fetch, export or scan for it: the other shards have the VMs.
         command.options.events?.info(null, `shard ${shardLabel(shard)} has no VM${command.options.vms?.length ? ' among those selected' : ''}: nothing to do`);
-        return { command: command.name, commit: '', dry_run: command.name === 'sync' && Boolean(command.options.dryRun), scan: null, vms: [], shard };
+        return { command: command.name, commit: '', dry_run: isDryRun(command), scan: null, vms: [], shard };
     }
     const report = await execute_run(config, command);
     return shard ? { ...report, shard } : report;
@@ -45866,6 +46549,9 @@ function renderSummary(report, ctx) {
         if (r.halted)
             lines.push(`⛔ Rollout halted: ${escape_markdownText(r.halted_reason ?? 'stopped', summary_MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
     }
+    // Things about the whole run that are not failures (committed paths rsync_excludes left out).
+    for (const note of (report.notes ?? []).slice(0, summary_NOTES_PER_VM))
+        lines.push(`ℹ️ ${escape_markdownText(note, summary_MESSAGE_MAX)}`, '');
     if (report.vms.length > 0) {
         // A release run shows when each VM was staged and flipped, and its health check.
         const phases = Boolean(report.rollout);
@@ -45885,6 +46571,8 @@ function renderSummary(report, ctx) {
 }
 
 ;// CONCATENATED MODULE: ./src/sync/unlock.ts
+
+
 
 
 
@@ -45954,7 +46642,22 @@ async function runUnlock(config, options) {
         throw new VmSyncError('config_invalid', 'unlock needs --vm ID (one or more, comma-separated): locks are broken one VM at a time, deliberately');
     const vms = selectVms(config, options.vms);
     const knownHosts = new KnownHosts(external_node_fs_default().readFileSync(config.knownHostsPath, 'utf8'));
-    return mapPool(vms, config.sync.concurrency, (vm) => unlockVm(vm, config, knownHosts, options.force));
+    const started = new Date();
+    const rows = await mapPool(vms, config.sync.concurrency, (vm) => unlockVm(vm, config, knownHosts, options.force));
+    // Breaking a lock changes what may run on a VM: the journal says who did it.
+    const ok = rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken');
+    await journalRun(config, {
+        runId: newRunId(started),
+        started,
+        command: options.force ? 'unlock --force' : 'unlock',
+        commit: null,
+        dryRun: false,
+        shard: null,
+        exitCode: ok ? 0 : 1,
+        vms: rows.map((row) => ({ id: row.id, state: null, action: 'unlock', result: row.outcome, code: null, rev: null })),
+        error: null,
+    });
+    return rows;
 }
 
 ;// CONCATENATED MODULE: ./src/sync/locks.ts
@@ -46002,12 +46705,199 @@ async function runLocks(config, options = {}) {
     return mapPool(vms, config.sync.concurrency, (vm) => lockOf(vm, config, knownHosts));
 }
 
+;// CONCATENATED MODULE: ./src/remote/revisions.ts
+/*
+ * A VM's revisions.log (written by agent.sh `revlog`): one line per flip,
+ * revert or rollback,
+ *
+ *   vm-sync-rev-1 TIME ACTION FROM TO RUN RELEASE
+ *
+ * The file is on the VM, so anyone with the SSH user's rights can write
+ * into it: every field is required and checked, and a line that is not
+ * exactly a record is skipped and counted, never shown.
+ */
+const revisions_MAGIC = 'vm-sync-rev-1';
+const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/;
+const revisions_ACTIONS = ['deploy', 'revert', 'rollback'];
+const revisions_COMMIT = /^[0-9a-f]{40}$/;
+const RUN = /^[A-Za-z0-9._:-]{1,64}$/;
+const revisions_RELEASE = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
+/** `-` or a value matching `pattern`; undefined when it is neither. */
+function optional(value, pattern) {
+    if (value === '-')
+        return null;
+    return pattern.test(value) ? value : undefined;
+}
+/** One line as a revision, or null when it is not exactly one. */
+function parseRevision(line) {
+    const fields = line.split(' ');
+    if (fields.length !== 7 || fields[0] !== revisions_MAGIC)
+        return null;
+    const [, time, action, fromField, toField, runField, releaseField] = fields;
+    if (!TIME.test(time) || Number.isNaN(Date.parse(time)))
+        return null;
+    if (!revisions_ACTIONS.includes(action))
+        return null;
+    const from = optional(fromField, revisions_COMMIT);
+    const to = optional(toField, revisions_COMMIT);
+    const run = optional(runField, RUN);
+    const release = optional(releaseField, revisions_RELEASE);
+    if (from === undefined || to === undefined || run === undefined || release === undefined)
+        return null;
+    return { time, action: action, from, to, run, release };
+}
+/** The lines of a revisions.log as revisions, oldest first; `skipped` counts the lines that were not. */
+function parseRevisions(lines) {
+    const revisions = [];
+    let skipped = 0;
+    for (const line of lines) {
+        if (line === '')
+            continue;
+        const revision = parseRevision(line);
+        if (revision)
+            revisions.push(revision);
+        else
+            skipped++;
+    }
+    return { revisions, skipped };
+}
+
+;// CONCATENATED MODULE: ./src/journal/history.ts
+
+
+
+
+
+
+
+
+
+/** Most records (and revisions.log lines) `history` shows; `--limit` goes up to it. */
+const HISTORY_MAX = 1000;
+/** Default `--limit`. */
+const HISTORY_DEFAULT = 20;
+/** How long reading a VM's revisions.log may take once connected. */
+const READ_BUDGET_MS = 30_000;
+/** Reads the last `limit` lines of one VM's revisions.log: one connection, one attempt, the connect timeout of the config. */
+async function vmRevisions(config, id, limit) {
+    const [vm] = selectVms(config, [id]);
+    const row = { id: vm.id, present: null, revisions: [], skipped: 0, error: null };
+    let session = null;
+    let target = null;
+    try {
+        const knownHosts = new KnownHosts(external_node_fs_default().readFileSync(config.knownHostsPath, 'utf8'));
+        session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal: AbortSignal.timeout(config.sync.connectTimeoutS * 1000 + READ_BUDGET_MS) });
+        target = new RemoteTarget(session, vm.repoPath, Date.now() + READ_BUDGET_MS, AbortSignal.timeout(READ_BUDGET_MS + 5000));
+        const read = await target.revisions(limit);
+        const parsed = parseRevisions(read.lines);
+        row.present = read.present;
+        row.revisions = parsed.revisions;
+        row.skipped = parsed.skipped;
+    }
+    catch (error) {
+        row.error = { code: error instanceof VmSyncError ? error.code : 'remote_command_failed', message: getErrorMessage(error) };
+    }
+    finally {
+        target?.close();
+        session?.dispose();
+    }
+    return row;
+}
+/**
+ * `vm-sync history`: the runner-host journal (the newest `limit` runs; with
+ * `vm`, the runs that included that VM) and, with `vm`, that VM's
+ * revisions.log. Read-only everywhere.
+ */
+async function runHistory(config, options = {}) {
+    const limit = options.limit ?? HISTORY_DEFAULT;
+    if (!Number.isInteger(limit) || limit < 1 || limit > HISTORY_MAX)
+        throw new VmSyncError('config_invalid', `--limit must be a whole number from 1 to ${HISTORY_MAX}, not '${options.limit}'`);
+    if (options.vm !== undefined)
+        selectVms(config, [options.vm]); // an unknown id is a usage error, before anything is read
+    const file = journalOf(config);
+    const read = readJournal(file);
+    const matching = options.vm === undefined ? read.records : read.records.filter((r) => r.vms.some((vm) => vm.id === options.vm));
+    const journal = { path: file, records: matching.slice(-limit), total: matching.length, skipped: read.skipped };
+    const vm = options.vm === undefined ? null : await vmRevisions(config, options.vm, limit);
+    return { command: 'history', journal, vm };
+}
+
+;// CONCATENATED MODULE: ./src/report/history.ts
+
+const history_CELL_MAX = 120;
+const history_short = (sha) => (sha && /^[0-9a-f]{40}$/.test(sha) ? sha.slice(0, 7) : '-');
+/** `2026-11-22T07:01:02.345Z` as `2026-11-22 07:01:02Z`. */
+const when = (iso) => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+/** Who started a run, in a few words. */
+function triggerText(trigger) {
+    if (trigger.kind === 'actions')
+        return `${trigger.actor || '?'} via Actions ${trigger.run_url}`;
+    return `${trigger.user}@${trigger.host}${trigger.sudo_user ? ` (sudo from ${trigger.sudo_user})` : ''}`;
+}
+/** A run's outcome: how many VMs succeeded, or (with `vm`) that VM's result. */
+function outcome(record, vm) {
+    if (vm !== null) {
+        const row = record.vms.find((r) => r.id === vm);
+        return row ? `${row.result}${row.code ? ` (${row.code})` : ''}` : '-';
+    }
+    if (record.error && record.vms.length === 0)
+        return `failed (${record.error.code})`;
+    const ok = record.vms.filter((r) => r.result === 'success').length;
+    return `${ok}/${record.vms.length} ok${record.exit_code === 3 ? ' (secrets found)' : ''}`;
+}
+/** Left-aligned columns, two spaces apart, with a dashed line under the header. */
+function table(rows) {
+    const widths = rows[0].map((_, col) => Math.max(...rows.map((r) => r[col].length)));
+    const lines = rows.map((r) => r.map((cell, col) => (col === r.length - 1 ? cell : cell.padEnd(widths[col]))).join('  ').trimEnd());
+    lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
+    return lines;
+}
+/** `vm-sync history` as text: the journal's runs as a table, then the VM's revisions.log. Every cell is made printable. */
+function renderHistory(report) {
+    const vm = report.vm?.id ?? null;
+    const { journal } = report;
+    const out = [];
+    const scope = vm === null ? 'run(s)' : `run(s) that included ${vm}`;
+    out.push(terminalLine(`journal ${journal.path}: ${journal.records.length === journal.total ? `${journal.total} ${scope}` : `the last ${journal.records.length} of ${journal.total} ${scope}`}`));
+    if (journal.records.length > 0) {
+        const rows = [['STARTED', 'RUN', 'COMMAND', 'COMMIT', 'DRY', 'SHARD', 'RESULT', 'BY']];
+        for (const r of journal.records) {
+            rows.push([when(r.started_at), r.run_id, r.command, history_short(r.commit), r.dry_run ? 'yes' : '-', r.shard ?? '-', outcome(r, vm), triggerText(r.trigger)].map((cell) => terminalLine(cell, history_CELL_MAX)));
+        }
+        out.push('', ...table(rows));
+    }
+    if (journal.skipped > 0)
+        out.push('', `note: ${journal.skipped} line(s) of the journal are not records (damaged or edited) and were skipped`);
+    if (report.vm) {
+        const v = report.vm;
+        out.push('');
+        if (v.error)
+            out.push(terminalLine(`revisions.log on ${v.id}: could not be read: ${v.error.code}: ${v.error.message}`, 4000));
+        else if (!v.present)
+            out.push(terminalLine(`revisions.log on ${v.id}: none yet (no flip, revert or rollback since vm-sync began keeping it)`));
+        else {
+            out.push(terminalLine(`revisions.log on ${v.id}: the last ${v.revisions.length} change(s)`));
+            if (v.revisions.length > 0) {
+                const rows = [['TIME', 'ACTION', 'FROM', 'TO', 'RUN', 'RELEASE']];
+                for (const r of v.revisions)
+                    rows.push([when(r.time), r.action, history_short(r.from), history_short(r.to), r.run ?? '-', r.release ?? '-']);
+                out.push('', ...table(rows));
+            }
+        }
+        if (v.skipped > 0)
+            out.push('', terminalLine(`note: ${v.skipped} line(s) of revisions.log on ${v.id} are not records (garbled or written by something else) and were skipped`));
+    }
+    return `${out.join('\n')}\n`;
+}
+
 ;// CONCATENATED MODULE: ./src/version.generated.ts
 // Generated by scripts/build.mjs from package.json: change the version there, then run npm run build.
 /** vm-sync's version (package.json), as built into the bundle. */
 const version_generated_VERSION = "0.1.0";
 
 ;// CONCATENATED MODULE: ./src/cli.ts
+
+
 
 
 
@@ -46066,6 +46956,7 @@ const OPTIONS = {
     dir: { type: 'string', arg: 'DIR', help: `the demo's directory (default: ${DEFAULT_DEMO_DIR})` },
     keep: { type: 'boolean', help: 'leave the fleet running after the walk-through' },
     vms: { type: 'string', arg: 'N', help: 'how many VMs (1 to 200, default 3)' },
+    limit: { type: 'string', arg: 'N', help: `at most the N newest entries (1 to ${HISTORY_MAX}, default 20)` },
     json: { type: 'boolean', help: 'print one JSON document on stdout instead of the table' },
     quiet: { type: 'boolean', short: 'q', help: 'only the result and errors: no info or progress lines on stderr' },
     verbose: { type: 'boolean', short: 'v', help: 'also debug lines (connection attempts, phases) and stack traces of internal errors' },
@@ -46190,6 +47081,17 @@ const cli_COMMANDS = [
         run: inventoryCommand,
     },
     {
+        name: 'history',
+        summary: 'the runs journaled on this runner host (with --vm: and that VM\'s revisions.log)',
+        description: "Lists the runs this runner host journaled (<state dir>/journal.jsonl: run id, trigger, commit, the result per VM), newest first. With --vm ID, also reads that VM's revisions.log over SSH: one line per flip, revert or rollback, whichever runner host made it.",
+        options: { config: '', vm: 'also this VM\'s revisions.log (one VM)', limit: '', json: '' },
+        exits: [
+            [0, 'printed'],
+            [1, "the VM's revisions.log could not be read"],
+        ],
+        run: historyCommand,
+    },
+    {
         name: 'report',
         summary: "merge the shards' --json results into one report",
         usage: ['report --merge FILE_OR_DIR... [--shards N] [--config FILE] [--summary FILE] [--json]'],
@@ -46281,7 +47183,7 @@ function usageLines(spec) {
     });
     return [[spec.name, ...(spec.operands ? [spec.operands] : []), ...parts].join(' ')];
 }
-function table(rows, indent = '  ') {
+function cli_table(rows, indent = '  ') {
     const width = Math.max(...rows.map(([left]) => left.length));
     return rows.map(([left, right]) => `${indent}${left.padEnd(width)}  ${right}`.trimEnd()).join('\n');
 }
@@ -46294,10 +47196,10 @@ Usage:
   vm-sync COMMAND --help      the options and exit codes of COMMAND (or: vm-sync help COMMAND)
 
 Commands:
-${table(cli_COMMANDS.map((c) => [c.name, c.summary]))}
+${cli_table(cli_COMMANDS.map((c) => [c.name, c.summary]))}
 
 Options every command takes:
-${table(GLOBAL.map((name) => [optionLabel(name), OPTIONS[name].help]))}
+${cli_table(GLOBAL.map((name) => [optionLabel(name), OPTIONS[name].help]))}
 
 The config is --config FILE, else $VM_SYNC_CONFIG, else ./vm-sync.yml.
 Colour only on a terminal; NO_COLOR (any value) turns it off, FORCE_COLOR on.
@@ -46327,10 +47229,10 @@ ${usageLines(spec).map((u) => `  vm-sync ${u}`).join('\n')}
 ${wrap(spec.description, 78)}
 
 Options:
-${table(options)}
+${cli_table(options)}
 
 Exit codes:
-${table(exits)}
+${cli_table(exits)}
 `;
 }
 function wrap(text, width) {
@@ -46572,6 +47474,20 @@ async function doctorCommand(ctx) {
     const doctor = await runDoctor(config, { vms: vmList(ctx.values), github: ctx.values.github === true ? githubAccessFromEnv(process.env) : undefined });
     ctx.io.out(ctx.values.json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
     return doctor.ready ? 0 : 1;
+}
+/** `vm-sync history`: the journal (and a VM's revisions.log) as a table or a JSON document. */
+async function historyCommand(ctx) {
+    const vms = vmList(ctx.values) ?? [];
+    if (vms.length > 1)
+        throw new UsageError('history takes one --vm ID', 'history');
+    const raw = ctx.values.limit;
+    const limit = raw === undefined ? undefined : Number(raw);
+    if (limit !== undefined && !(Number.isInteger(limit) && limit >= 1 && limit <= HISTORY_MAX))
+        throw new UsageError(`--limit must be a whole number from 1 to ${HISTORY_MAX}, not '${terminalLine(String(raw), 80)}'`, 'history');
+    const config = ctx.config({ checkFiles: false });
+    const report = await runHistory(config, { vm: vms[0], limit });
+    ctx.io.out(ctx.values.json ? `${JSON.stringify(report, null, 2)}\n` : renderHistory(report));
+    return report.vm?.error ? 1 : 0;
 }
 async function locksCommand(ctx) {
     const config = ctx.config({ checkFiles: false });

@@ -69517,7 +69517,7 @@ const FAILURE_CODES = [
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout', 'jump_unreachable']);
 /** An error that carries a stable code and a message telling the user what to do. */
-class VmSyncError extends Error {
+class errors_VmSyncError extends Error {
     code;
     constructor(code, message, options) {
         super(message, options);
@@ -69552,7 +69552,7 @@ function errors_getErrorMessage(error) {
 function readWorkflowContext(env = process.env) {
     const [owner, repo] = (env.GITHUB_REPOSITORY ?? '').split('/');
     if (!owner || !repo)
-        throw new VmSyncError('config_invalid', 'GITHUB_REPOSITORY is not set: vm-sync must run inside a GitHub Actions job (or act).');
+        throw new errors_VmSyncError('config_invalid', 'GITHUB_REPOSITORY is not set: vm-sync must run inside a GitHub Actions job (or act).');
     const serverUrl = (env.GITHUB_SERVER_URL ?? 'https://github.com').replace(/\/$/, '');
     const apiUrl = (env.GITHUB_API_URL ?? 'https://api.github.com').replace(/\/$/, '');
     const eventName = env.GITHUB_EVENT_NAME ?? '';
@@ -69608,7 +69608,7 @@ function parseShard(text, what) {
     const index = match ? Number(match[1]) : NaN;
     const count = match ? Number(match[2]) : NaN;
     if (!(index >= 1 && count >= 1 && index <= count && count <= MAX_SHARDS)) {
-        throw new VmSyncError('config_invalid', `${what} must be K/N with 1 <= K <= N <= ${MAX_SHARDS} (for example 2/4), not '${text}'`);
+        throw new errors_VmSyncError('config_invalid', `${what} must be K/N with 1 <= K <= N <= ${MAX_SHARDS} (for example 2/4), not '${text}'`);
     }
     return { index, count };
 }
@@ -69649,7 +69649,7 @@ function bool(read, name, fallback) {
         return true;
     if (['false', 'False', 'FALSE'].includes(raw))
         return false;
-    throw new VmSyncError('config_invalid', `input ${name} must be true or false, not '${raw}'`);
+    throw new errors_VmSyncError('config_invalid', `input ${name} must be true or false, not '${raw}'`);
 }
 /** A commit or ref as an input may name it: 7-40 hex digits, or a ref name git would accept (roughly). */
 function isCommitOrRef(value) {
@@ -69669,7 +69669,7 @@ function lockWait(read) {
         return 0;
     const seconds = /^[0-9]{1,6}$/.test(raw) ? Number(raw) : NaN;
     if (!(seconds <= MAX_LOCK_WAIT_S)) {
-        throw new VmSyncError('config_invalid', `input lock-wait must be whole seconds from 0 to ${MAX_LOCK_WAIT_S}, not '${raw}'`);
+        throw new errors_VmSyncError('config_invalid', `input lock-wait must be whole seconds from 0 to ${MAX_LOCK_WAIT_S}, not '${raw}'`);
     }
     return seconds;
 }
@@ -69680,7 +69680,7 @@ function shardCount(read) {
         return null;
     const count = /^[0-9]{1,3}$/.test(raw) ? Number(raw) : NaN;
     if (!(count >= 1 && count <= MAX_SHARDS))
-        throw new VmSyncError('config_invalid', `input shards must be a whole number from 1 to ${MAX_SHARDS}, not '${raw}'`);
+        throw new errors_VmSyncError('config_invalid', `input shards must be a whole number from 1 to ${MAX_SHARDS}, not '${raw}'`);
     return count;
 }
 /**
@@ -69690,21 +69690,21 @@ function shardCount(read) {
 function parseInputs(read = defaultReader) {
     const command = (read('command').trim() || 'sync');
     if (!COMMANDS.includes(command)) {
-        throw new VmSyncError('config_invalid', `input command must be sync, rollback, verify, status, scan or report, not '${command}'`);
+        throw new errors_VmSyncError('config_invalid', `input command must be sync, rollback, verify, status, scan or report, not '${command}'`);
     }
     const commit = read('commit').trim();
     if (commit !== '' && !/^[0-9a-fA-F]{7,40}$/.test(commit) && !/^[A-Za-z0-9._/-]+$/.test(commit)) {
-        throw new VmSyncError('config_invalid', `input commit is not a commit or ref: '${commit}'`);
+        throw new errors_VmSyncError('config_invalid', `input commit is not a commit or ref: '${commit}'`);
     }
     const to = read('to').trim();
     if (to !== '' && !isCommitOrRef(to)) {
-        throw new VmSyncError('config_invalid', `input to must be a commit (7 to 40 hex digits) or a ref name, not '${to}'`);
+        throw new errors_VmSyncError('config_invalid', `input to must be a commit (7 to 40 hex digits) or a ref name, not '${to}'`);
     }
     if (to !== '' && command !== 'rollback') {
-        throw new VmSyncError('config_invalid', `input to only applies to command: rollback (command is ${command}); for sync use input commit`);
+        throw new errors_VmSyncError('config_invalid', `input to only applies to command: rollback (command is ${command}); for sync use input commit`);
     }
     if (commit !== '' && command === 'rollback') {
-        throw new VmSyncError('config_invalid', 'input commit does not apply to command: rollback; name the release to go back to with input to');
+        throw new errors_VmSyncError('config_invalid', 'input commit does not apply to command: rollback; name the release to go back to with input to');
     }
     const vms = read('vms')
         .split(',')
@@ -69733,21 +69733,21 @@ function parseInputs(read = defaultReader) {
         sarifPath: read('sarif-path').trim(),
     };
     if (inputs.shard && !['sync', 'rollback', 'verify', 'status'].includes(command))
-        throw new VmSyncError('config_invalid', 'input shard only applies to command: sync, rollback, verify or status');
+        throw new errors_VmSyncError('config_invalid', 'input shard only applies to command: sync, rollback, verify or status');
     if (command === 'report' && inputs.results === '')
-        throw new VmSyncError('config_invalid', 'command: report needs input results: the directory the shards\' results artifacts were downloaded to');
+        throw new errors_VmSyncError('config_invalid', 'command: report needs input results: the directory the shards\' results artifacts were downloaded to');
     if (command !== 'report' && (inputs.results !== '' || inputs.shards !== null))
-        throw new VmSyncError('config_invalid', 'inputs results and shards only apply to command: report');
+        throw new errors_VmSyncError('config_invalid', 'inputs results and shards only apply to command: report');
     if (inputs.skipScan && command !== 'sync')
-        throw new VmSyncError('config_invalid', 'input skip-scan only applies to command: sync');
+        throw new errors_VmSyncError('config_invalid', 'input skip-scan only applies to command: sync');
     if (inputs.dryRun && command !== 'sync')
-        throw new VmSyncError('config_invalid', 'input dry-run only applies to command: sync');
+        throw new errors_VmSyncError('config_invalid', 'input dry-run only applies to command: sync');
     if (inputs.deep && command !== 'verify')
-        throw new VmSyncError('config_invalid', 'input deep only applies to command: verify');
+        throw new errors_VmSyncError('config_invalid', 'input deep only applies to command: verify');
     if (inputs.force && command !== 'sync')
-        throw new VmSyncError('config_invalid', 'input force only applies to command: sync');
+        throw new errors_VmSyncError('config_invalid', 'input force only applies to command: sync');
     if (inputs.lockWaitS > 0 && command !== 'sync' && command !== 'rollback') {
-        throw new VmSyncError('config_invalid', 'input lock-wait only applies to command: sync or rollback');
+        throw new errors_VmSyncError('config_invalid', 'input lock-wait only applies to command: sync or rollback');
     }
     return inputs;
 }
@@ -74783,6 +74783,43 @@ function clip(text, max) {
         return text;
     return `${text.slice(0, max)}… (${words_count(text.length - max, 'more character')} cut)`;
 }
+// Terminal escape sequences whole (CSI, OSC, and two-character ESC sequences),
+// so a coloured line reads as its text rather than as `?[31m...`.
+// eslint-disable-next-line no-control-regex
+const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b[@-_]|\u009b[0-?]*[ -/]*[@-~]/g;
+/** What a cut of the start of a command's output looks like (BoundedText's notice). */
+const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters not kept \.\.\.\]\n/;
+/**
+ * The end of a command's output (post_sync_command) as vm-sync keeps it: escape
+ * sequences removed, other control characters made `?`, `\r\n` and lone `\r`
+ * as newlines, then its last `maxLines` lines of at most `maxChars` in all. A
+ * line cut by an earlier bound (the first one after a cut) is dropped whole,
+ * and the text says how many lines or characters came before.
+ */
+function commandOutputTail(raw, maxLines, maxChars) {
+    let text = raw;
+    let cut = false;
+    const notice = CUT_NOTICE.exec(text);
+    if (notice) {
+        // The first line after the cut is a fragment: a secret cut in half would no longer look like one.
+        text = text.slice(notice[0].length);
+        text = text.slice(text.indexOf('\n') + 1);
+        cut = true;
+    }
+    const clean = text.replace(ESCAPES, '').replace(/\r\n?/g, '\n').replace(CONTROL, '?').replace(/\n+$/, '');
+    let lines = clean === '' ? [] : clean.split('\n');
+    if (lines.length > maxLines) {
+        lines = lines.slice(-maxLines);
+        cut = true;
+    }
+    let out = lines.join('\n');
+    if (out.length > maxChars) {
+        out = out.slice(-maxChars);
+        out = out.slice(out.indexOf('\n') + 1);
+        cut = true;
+    }
+    return cut ? `[… earlier output not kept]\n${out}` : out;
+}
 
 ;// CONCATENATED MODULE: ./src/report/escape.ts
 
@@ -74860,6 +74897,12 @@ const STRING_MAX = 2000;
 const STRING_MAX_TIGHT = 200;
 const NOTES_MAX = 20;
 const FINDINGS_MAX = 1000;
+/** A post_sync report with its output cut to its last `max` characters (a command says why it failed at its end). */
+function endOf(post, max) {
+    if (post.output_tail.length <= max)
+        return post;
+    return { ...post, output_tail: `[…]${post.output_tail.slice(-(max - 10))}` };
+}
 /** Every string in a JSON value cleaned of control characters (newlines kept) and bounded. */
 function capStrings(value, max) {
     if (typeof value === 'string')
@@ -74882,7 +74925,7 @@ function capStrings(value, max) {
 function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
     const capped = capStrings({
         ...doc,
-        vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX) })),
+        vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX), ...(vm.post_sync ? { post_sync: endOf(vm.post_sync, STRING_MAX) } : {}) })),
         scan: doc.scan ? { ...doc.scan, findings: doc.scan.findings.slice(0, FINDINGS_MAX) } : doc.scan,
     }, STRING_MAX);
     let text = JSON.stringify(capped);
@@ -74890,7 +74933,7 @@ function boundedResults(doc, maxBytes = RESULTS_MAX_BYTES) {
         return text;
     const tight = capStrings({
         ...capped,
-        vms: capped.vms.map((vm) => ({ ...vm, notes: [] })),
+        vms: capped.vms.map((vm) => ({ ...vm, notes: [], ...(vm.post_sync ? { post_sync: endOf(vm.post_sync, STRING_MAX_TIGHT) } : {}) })),
         scan: capped.scan ? { ...capped.scan, findings: capped.scan.findings.slice(0, 100) } : capped.scan,
     }, STRING_MAX_TIGHT);
     text = JSON.stringify(tight);
@@ -75182,7 +75225,7 @@ function parseQuantity(value, min, source) {
 
 
 /** Thrown when the config cannot be used; carries every problem found, not just the first. */
-class ConfigError extends VmSyncError {
+class ConfigError extends errors_VmSyncError {
     problems;
     constructor(source, problems) {
         const lines = problems.map((p) => `  ${source}${p.line ? `:${p.line}` : ''}: ${p.message}`);
@@ -76219,7 +76262,8 @@ function renderTable(report, options = {}) {
             details.push(`${id}: note: …and ${count(vm.notes.length - NOTES_PER_VM, 'more note')} (see --json)`);
     }
     const rollout = rolloutLine(report);
-    return scan + [title, ...(baseline ? [terminalLine(baseline, MESSAGE_MAX)] : []), ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+    const runNotes = (report.notes ?? []).map((note) => terminalLine(`note: ${note}`, MESSAGE_MAX));
+    return scan + [title, ...(baseline ? [terminalLine(baseline, MESSAGE_MAX)] : []), ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), ...runNotes, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */
 function renderScan(report) {
@@ -76398,6 +76442,9 @@ function renderSummary(report, ctx) {
         if (r.halted)
             lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', summary_MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
     }
+    // Things about the whole run that are not failures (committed paths rsync_excludes left out).
+    for (const note of (report.notes ?? []).slice(0, summary_NOTES_PER_VM))
+        lines.push(`ℹ️ ${markdownText(note, summary_MESSAGE_MAX)}`, '');
     if (report.vms.length > 0) {
         // A release run shows when each VM was staged and flipped, and its health check.
         const phases = Boolean(report.rollout);
@@ -76841,7 +76888,7 @@ function locateGitleaks(explicit) {
             // next
         }
     }
-    throw new VmSyncError('gitleaks_missing', explicit
+    throw new errors_VmSyncError('gitleaks_missing', explicit
         ? `gitleaks not found or not executable at ${explicit}: fix secret_scanning.gitleaks_path.`
         : 'gitleaks is not on PATH: install it (https://github.com/gitleaks/gitleaks, v8.30.x), set secret_scanning.gitleaks_path, or disable repository.secret_scanning (not recommended).');
 }
@@ -76984,7 +77031,7 @@ function lineReader(onLine) {
 }
 /** Thrown when a scan ran out of `secret_scanning.timeout_s`. */
 function scanTimeout(limits, what) {
-    return new VmSyncError('scan_timeout', `the secret scan did not finish within repository.secret_scanning.timeout_s (${limits.timeoutS} s) while ${what}; a scan that did not finish is not a pass, so nothing is deployed. Raise timeout_s, or make the large files in the deployed tree smaller (gitleaks is slowest on long single-line files).`);
+    return new errors_VmSyncError('scan_timeout', `the secret scan did not finish within repository.secret_scanning.timeout_s (${limits.timeoutS} s) while ${what}; a scan that did not finish is not a pass, so nothing is deployed. Raise timeout_s, or make the large files in the deployed tree smaller (gitleaks is slowest on long single-line files).`);
 }
 /**
  * Runs gitleaks with every setting that keeps secrets out of logs: `--redact`,
@@ -77077,7 +77124,7 @@ async function runGitleaks(binary, target, settings, limits) {
             });
         }
         catch (error) {
-            throw new VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${errors_getErrorMessage(error)}`);
+            throw new errors_VmSyncError('gitleaks_missing', `cannot run gitleaks at ${binary}: ${errors_getErrorMessage(error)}`);
         }
         finally {
             if (heartbeat)
@@ -77089,20 +77136,20 @@ async function runGitleaks(binary, target, settings, limits) {
             throw scanTimeout(limits, what);
         if ((result.code !== 0 && result.code !== 2) || errors.length > 0) {
             const detail = errors.join(' | ') || `exit ${result.code ?? result.signal}`;
-            throw new VmSyncError('scan_failed', `gitleaks ${target.mode} scan failed (exit ${result.code ?? result.signal}): ${detail}. The deploy is blocked until a scan succeeds.`);
+            throw new errors_VmSyncError('scan_failed', `gitleaks ${target.mode} scan failed (exit ${result.code ?? result.signal}): ${detail}. The deploy is blocked until a scan succeeds.`);
         }
         let raw = [];
         try {
             raw = JSON.parse(external_node_fs_default().readFileSync(report, 'utf8'));
         }
         catch {
-            throw new VmSyncError('scan_failed', `gitleaks exited ${result.code} but wrote no readable report: the deploy is blocked until a scan succeeds.`);
+            throw new errors_VmSyncError('scan_failed', `gitleaks exited ${result.code} but wrote no readable report: the deploy is blocked until a scan succeeds.`);
         }
         const findings = sanitizeFindings(raw, target.mode === 'git' ? 'commits' : 'tree');
         if (result.code === 0 && findings.length > 0)
-            throw new VmSyncError('scan_failed', 'gitleaks reported findings but exited 0: refusing to trust this scan.');
+            throw new errors_VmSyncError('scan_failed', 'gitleaks reported findings but exited 0: refusing to trust this scan.');
         if (result.code === 2 && findings.length === 0)
-            throw new VmSyncError('scan_failed', 'gitleaks reported leaks but its report lists none: refusing to trust this scan.');
+            throw new errors_VmSyncError('scan_failed', 'gitleaks reported leaks but its report lists none: refusing to trust this scan.');
         return { findings, commitsScanned, skips, suppressed, extended };
     }
     finally {
@@ -77144,12 +77191,82 @@ async function probeLogs(binary, limits) {
         const has = (kind, at) => result.skips.some((s) => s.kind === kind && s.path === at);
         const ok = has('allowlist-dir', 'node_modules') && has('allowlist-file', 'a b.png') && has('binary', 'z.dat') && result.suppressed.includes('ignored.txt:github-pat:1');
         if (!ok) {
-            throw new VmSyncError('scan_failed', `gitleaks at ${binary} does not log what it skips the way vm-sync reads it (gitleaks 8.30.x does), so vm-sync cannot prove the whole deployed tree was scanned: use gitleaks 8.30.x.`);
+            throw new errors_VmSyncError('scan_failed', `gitleaks at ${binary} does not log what it skips the way vm-sync reads it (gitleaks 8.30.x does), so vm-sync cannot prove the whole deployed tree was scanned: use gitleaks 8.30.x.`);
         }
     }
     finally {
         external_node_fs_default().rmSync(dir, { recursive: true, force: true });
     }
+}
+
+;// CONCATENATED MODULE: ./src/remote/mask.ts
+/*
+ * Masking of secrets in text vm-sync shows that it did not write itself (a
+ * post_sync_command's output): it reaches the terminal, the job log, the job
+ * summary, `--json` and the `results` output, and the runner's own log masking
+ * covers only the job log. Two layers:
+ *
+ * - values registered here (the Action registers what it registers with the
+ *   runner: the job's token, the VMs' key lines), replaced by `***`;
+ * - what looks like a credential, replaced by `[masked]`: private key blocks,
+ *   the value of an assignment whose name says secret (`password=...`,
+ *   `API_TOKEN: ...`), and token-shaped words: 20 or more characters of
+ *   `[A-Za-z0-9+/=_-]` mixing letters and digits (GitHub, Slack, AWS, JWT and
+ *   most API keys), the same shape the scan's own log scrubbing removes.
+ *   Commit hashes (40 lowercase hex) and vm-sync's release names stay: they
+ *   are in the report anyway. A path is judged one component at a time.
+ *
+ * It errs on the side of masking; it cannot know every secret format, so a
+ * command should still not print secrets.
+ */
+const registered = new Set();
+/** Shorter values are not masked: they would blank out ordinary words. */
+const MIN_REGISTERED = 6;
+/** Registers a secret value: it is masked wherever {@link maskSecrets} runs. Multi-line values are registered line by line. */
+function registerSecret(value) {
+    for (const line of value.split(/\r?\n/)) {
+        const trimmed = line.trim();
+        if (trimmed.length >= MIN_REGISTERED)
+            registered.add(trimmed);
+    }
+}
+/** Forgets every registered value (tests). */
+function clearRegisteredSecrets() {
+    registered.clear();
+}
+const PEM_BLOCK = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)/g;
+// NAME=value, NAME: value, "name": "value" where NAME says it holds a secret.
+const ASSIGNMENT = /([A-Za-z0-9_.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)[A-Za-z0-9_.-]*["']?[ \t]*[:=][ \t]*["']?)([^\s"',;]+)/gi;
+const TOKEN_RUN = /[A-Za-z0-9+/=_-]{20,}/g;
+const COMMIT = /^[0-9a-f]{40}$/;
+const RELEASE = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
+const MASK = '[masked]';
+/** Whether one word is shaped like a token: long, letters and digits mixed, and not a commit or a release name. */
+function tokenShaped(word) {
+    return word.length >= 20 && /[0-9]/.test(word) && /[A-Za-z]/.test(word) && !COMMIT.test(word) && !RELEASE.test(word);
+}
+/**
+ * A run of token characters. Without `/` it is one word. With `/` it is a
+ * path (judged component by component) unless it reads as base64 (not
+ * starting with `/`, upper and lower case and digits), which is masked whole.
+ */
+function maskRun(run) {
+    if (!run.includes('/'))
+        return tokenShaped(run) ? MASK : run;
+    const parts = run.split('/');
+    if (!run.startsWith('/') && tokenShaped(run) && /[A-Z]/.test(run) && /[a-z]/.test(run) && !parts.some((part) => COMMIT.test(part) || RELEASE.test(part)))
+        return MASK;
+    return parts.map((part) => (tokenShaped(part) ? MASK : part)).join('/');
+}
+/** `text` with registered secrets and credential-shaped values masked. */
+function maskSecrets(text) {
+    let out = text;
+    // Longest first, so a value that contains another is masked whole.
+    for (const value of [...registered].sort((a, b) => b.length - a.length))
+        out = out.split(value).join('***');
+    out = out.replace(PEM_BLOCK, '[private key masked]');
+    out = out.replace(ASSIGNMENT, (_all, name, value) => (value === '***' || value === MASK ? `${name}${value}` : `${name}${MASK}`));
+    return out.replace(TOKEN_RUN, maskRun);
 }
 
 // EXTERNAL MODULE: ./node_modules/@actions/tool-cache/node_modules/semver/index.js
@@ -77995,7 +78112,7 @@ async function installGitleaks(options = {}) {
     const key = `${platform}-${arch}`;
     const expected = (options.checksums ?? GITLEAKS_SHA256)[version]?.[key];
     if (!expected) {
-        throw new VmSyncError('gitleaks_missing', `no pinned checksum for gitleaks ${version} on ${key}: use a pinned version (${Object.keys(options.checksums ?? GITLEAKS_SHA256).join(', ')}) or install gitleaks yourself and pass gitleaks-path.`);
+        throw new errors_VmSyncError('gitleaks_missing', `no pinned checksum for gitleaks ${version} on ${key}: use a pinned version (${Object.keys(options.checksums ?? GITLEAKS_SHA256).join(', ')}) or install gitleaks yourself and pass gitleaks-path.`);
     }
     const cached = find('gitleaks', version, arch);
     if (cached)
@@ -78008,17 +78125,17 @@ async function installGitleaks(options = {}) {
         archive = await downloadTool(url);
     }
     catch (error) {
-        throw new VmSyncError('gitleaks_missing', `cannot download ${url}: ${errors_getErrorMessage(error)}`);
+        throw new errors_VmSyncError('gitleaks_missing', `cannot download ${url}: ${errors_getErrorMessage(error)}`);
     }
     let extracted = null;
     try {
         const actual = external_node_crypto_default().createHash('sha256').update(external_node_fs_default().readFileSync(archive)).digest('hex');
         if (actual !== expected) {
-            throw new VmSyncError('gitleaks_missing', `checksum mismatch for ${asset}: expected ${expected}, got ${actual}. The download was discarded; nothing was run.`);
+            throw new errors_VmSyncError('gitleaks_missing', `checksum mismatch for ${asset}: expected ${expected}, got ${actual}. The download was discarded; nothing was run.`);
         }
         extracted = await extractTar(archive);
         if (!external_node_fs_default().existsSync(external_node_path_default().join(extracted, 'gitleaks'))) {
-            throw new VmSyncError('gitleaks_missing', `${asset} does not contain a gitleaks binary`);
+            throw new errors_VmSyncError('gitleaks_missing', `${asset} does not contain a gitleaks binary`);
         }
         const dir = await cacheDir(extracted, 'gitleaks', version, arch);
         return external_node_path_default().join(dir, 'gitleaks');
@@ -78056,6 +78173,7 @@ function failedRow(vm, error = null, notes = []) {
         health_output: null,
         release: null,
         drift: null,
+        post_sync: null,
     };
 }
 const silentEvents = { info: () => undefined, progress: () => undefined };
@@ -78095,7 +78213,7 @@ const ACTIONS = ['deploy', 'none', 'refuse', 'rollback', 'verify', 'status'];
 const HEALTH = ['passed', 'failed', 'skipped'];
 function invalid(source, what) {
     // A file name comes from another job's artifact: never print its control characters.
-    return new VmSyncError('results_invalid', `${untrusted_vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
+    return new errors_VmSyncError('results_invalid', `${untrusted_vmText(source, 1000)}: ${what}. Pass the results files written by vm-sync (the Action's results-path, or the CLI's --json output), unmodified.`);
 }
 function field(source, where, value, check, what) {
     if (!check(value))
@@ -78180,7 +78298,33 @@ function parseRow(source, raw, i) {
         health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
         release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
         drift: parseDrift(source, `${at}.drift`, row.drift),
+        post_sync: parsePostSync(source, `${at}.post_sync`, row.post_sync),
     };
+}
+/** A row's post_sync (exit status and output tail), checked like the rest of the row. */
+function parsePostSync(source, at, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const post = field(source, at, raw, isObject, 'an object or null');
+    return {
+        exit_code: field(source, `${at}.exit_code`, post.exit_code, (v) => v === null || (typeof v === 'number' && Number.isSafeInteger(v)), 'a whole number or null'),
+        output_tail: field(source, `${at}.output_tail`, post.output_tail, isString, 'a string'),
+    };
+}
+/** The run's notes: a list of strings, or absent. */
+function parseNotes(source, raw) {
+    if (raw === undefined || raw === null)
+        return [];
+    const notes = field(source, 'notes', raw, (v) => Array.isArray(v), 'a list');
+    return notes.map((note, n) => field(source, `notes[${n}]`, note, isString, 'a string'));
+}
+/** What rsync_excludes left out (sync), checked: a count and lists of strings; null when absent. */
+function parseExcluded(source, raw) {
+    if (raw === undefined || raw === null)
+        return null;
+    const excluded = field(source, 'excluded', raw, isObject, 'an object or null');
+    const strings = (name) => field(source, `excluded.${name}`, excluded[name], (v) => Array.isArray(v), 'a list').map((p, n) => field(source, `excluded.${name}[${n}]`, p, isString, 'a string'));
+    return { count: field(source, 'excluded.count', excluded.count, isCount, 'a count'), paths: strings('paths'), patterns: strings('patterns') };
 }
 function parseShardField(source, raw) {
     if (raw === undefined || raw === null)
@@ -78213,6 +78357,8 @@ function parseResults(input) {
         scan: doc.scan === null || doc.scan === undefined ? null : field(input.source, 'scan', doc.scan, isObject, 'an object or null'),
         vms: rows.map((row, i) => parseRow(input.source, row, i)),
         shard: parseShardField(input.source, doc.shard),
+        notes: parseNotes(input.source, doc.notes),
+        excluded: parseExcluded(input.source, doc.excluded),
     };
     if (report.scan && !Array.isArray(report.scan.findings))
         throw invalid(input.source, 'scan.findings is not a list');
@@ -78242,7 +78388,7 @@ function mergeResults(sources, options = {}) {
         throw invalid(shards.map((p) => p.source).join(', '), `the results disagree on the number of shards (${[...counts].sort((a, b) => a - b).join(', ')}): merge the results of one deploy, with the shards input set to its matrix size`);
     const expected = [...counts][0];
     if (expected === undefined) {
-        throw new VmSyncError('results_invalid', 'no shard results to merge (only scan results, or none at all): set the shards input (the number of shards) so every shard is reported missing, or pass the shards\' results files');
+        throw new errors_VmSyncError('results_invalid', 'no shard results to merge (only scan results, or none at all): set the shards input (the number of shards) so every shard is reported missing, or pass the shards\' results files');
     }
     const byIndex = new Map();
     for (const p of shards) {
@@ -78316,6 +78462,9 @@ function mergeResults(sources, options = {}) {
         flip_skew_ms: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : null,
         vms,
         shards: { expected, received: [...byIndex.keys()].sort((a, b) => a - b), missing, failed },
+        // Every shard deployed the same tree with the same config: their run notes repeat, said once.
+        notes: [...new Set(shards.flatMap((p) => p.report.notes ?? []))],
+        excluded: shards.find((p) => p.report.excluded)?.report.excluded ?? null,
     };
 }
 
@@ -78348,7 +78497,7 @@ function readResultsFiles(paths, options = {}) {
             else if (entry.isFile() && entry.name.endsWith('.json'))
                 files.push(full);
             if (files.length > MAX_FILES)
-                throw new VmSyncError('results_invalid', `${shown(dir)}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
+                throw new errors_VmSyncError('results_invalid', `${shown(dir)}: more than ${MAX_FILES} .json files; point the merge at the directory of the shards' results`);
         }
     };
     for (const p of paths) {
@@ -78359,27 +78508,326 @@ function readResultsFiles(paths, options = {}) {
         catch {
             if (options.allowMissing)
                 continue;
-            throw new VmSyncError('config_invalid', `results path ${shown(p)} does not exist: give the results files (or a directory of them) that the shards wrote`);
+            throw new errors_VmSyncError('config_invalid', `results path ${shown(p)} does not exist: give the results files (or a directory of them) that the shards wrote`);
         }
         if (stat.isDirectory())
             walk(p);
         else if (stat.isFile())
             files.push(p);
         else
-            throw new VmSyncError('config_invalid', `results path ${shown(p)} is not a file or a directory`);
+            throw new errors_VmSyncError('config_invalid', `results path ${shown(p)} is not a file or a directory`);
     }
     return files.map((file) => {
         const size = external_node_fs_default().statSync(file).size;
         if (size > MAX_FILE_BYTES)
-            throw new VmSyncError('results_invalid', `${shown(file)} is ${size} bytes: not a vm-sync results file`);
+            throw new errors_VmSyncError('results_invalid', `${shown(file)} is ${size} bytes: not a vm-sync results file`);
         return { source: file, text: external_node_fs_default().readFileSync(file, 'utf8') };
     });
 }
 
-// EXTERNAL MODULE: external "node:async_hooks"
-var external_node_async_hooks_ = __nccwpck_require__(6698);
 ;// CONCATENATED MODULE: external "node:timers/promises"
 const promises_namespaceObject = require("node:timers/promises");
+;// CONCATENATED MODULE: ./src/journal/journal.ts
+
+
+
+
+
+
+
+
+/*
+ * The runner host's journal: one JSON line per run of a command that changes
+ * or checks VMs (sync, rollback, verify, status, unlock), in vm-sync's state
+ * directory beside the clone (`/srv/.app.vm-sync/journal.jsonl` for
+ * `main_repo_path: /srv/app`). Who ran what, when, on which commit, and what
+ * each VM ended with: the audit trail `vm-sync history` reads.
+ *
+ * Appends from concurrent runs never interleave: each line is written with
+ * one write(2) on an O_APPEND descriptor while holding `journal.lock` (a
+ * symlink naming its holder; a holder that died on this host, or one older
+ * than a few seconds, is broken). Rotation (past the size limit the file
+ * becomes `journal.1.jsonl`, replacing the older one) happens under the
+ * same lock. Reading skips, and counts, any line that is not a record.
+ */
+/** The journal's format version, in every record. */
+const JOURNAL_VERSION = 1;
+/** Default size at which the journal is rotated; `$VM_SYNC_JOURNAL_MAX_BYTES` sets another. */
+const JOURNAL_MAX_BYTES = 10 * 1024 * 1024;
+/** How long an append waits for another run's append before writing without the lock (and without rotating). */
+const LOCK_WAIT_MS = 3000;
+/** A lock older than this is stale whoever holds it: an append holds it for milliseconds. */
+const LOCK_STALE_MS = 10_000;
+/** The journal of the clone whose state directory is `stateDir`. */
+function journalPath(stateDir) {
+    return external_node_path_default().join(stateDir, 'journal.jsonl');
+}
+/** The rotated (older) journal beside `file`. */
+function rotatedPath(file) {
+    return file.replace(/\.jsonl$/, '.1.jsonl');
+}
+/** A new run id: UTC time to the second plus 8 random hex digits (`20261122T070102Z-0a1b2c3d`). */
+function newRunId(now = new Date()) {
+    return `${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${external_node_crypto_default().randomBytes(4).toString('hex')}`;
+}
+/** Run ids as vm-sync makes them, and as the VM's agent accepts them. */
+const RUN_ID = /^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$/;
+/** Who is running this process: the Actions run (with its actor) inside a workflow, else the local user. */
+function triggerFromEnv(env = process.env) {
+    const host = external_node_os_default().hostname();
+    const { GITHUB_ACTIONS, GITHUB_SERVER_URL, GITHUB_REPOSITORY, GITHUB_RUN_ID, GITHUB_RUN_ATTEMPT, GITHUB_ACTOR } = env;
+    if (GITHUB_ACTIONS === 'true' && GITHUB_RUN_ID) {
+        const base = GITHUB_SERVER_URL && GITHUB_REPOSITORY ? `${GITHUB_SERVER_URL}/${GITHUB_REPOSITORY}/actions/runs/${GITHUB_RUN_ID}` : `run ${GITHUB_RUN_ID}`;
+        const attempt = GITHUB_RUN_ATTEMPT && GITHUB_RUN_ATTEMPT !== '1' ? `/attempts/${GITHUB_RUN_ATTEMPT}` : '';
+        return { kind: 'actions', run_url: `${base}${attempt}`, actor: GITHUB_ACTOR ?? '', host };
+    }
+    let user;
+    try {
+        user = external_node_os_default().userInfo().username;
+    }
+    catch {
+        user = env.USER ?? env.LOGNAME ?? '';
+    }
+    return { kind: 'cli', user: user || `uid ${process.getuid?.() ?? '?'}`, sudo_user: env.SUDO_USER || null, host };
+}
+/** The journal's size limit: `$VM_SYNC_JOURNAL_MAX_BYTES` when it is a whole number of bytes (at least 1 KB), else the default. */
+function journalMaxBytes(env = process.env) {
+    const value = Number(env.VM_SYNC_JOURNAL_MAX_BYTES);
+    return Number.isSafeInteger(value) && value >= 1024 ? value : JOURNAL_MAX_BYTES;
+}
+function encodeLock(identity) {
+    return ['vm-sync-journal-lock-v1', identity.token, identity.host, identity.pid, identity.pidStart, identity.boot, identity.pidns].map((v) => String(v).replace(/\s/g, '_')).join(' ');
+}
+function decodeLock(text) {
+    const [magic, token, host, pid, pidStart, boot, pidns] = text.split(' ');
+    if (magic !== 'vm-sync-journal-lock-v1' || !token || !Number.isSafeInteger(Number(pid)))
+        return null;
+    return { token, host: host ?? '', pid: Number(pid), pidStart: pidStart ?? '', boot: boot ?? '', pidns: pidns ?? '' };
+}
+/** Whether a lock someone holds is stale: its holder died on this host, it is not ours to read, or it is old. */
+function isStale(lockPath, text) {
+    const holder = decodeLock(text);
+    if (holder && holderIsDead(holder))
+        return true;
+    try {
+        return Date.now() - external_node_fs_default().lstatSync(lockPath).mtimeMs > LOCK_STALE_MS;
+    }
+    catch {
+        return false;
+    }
+}
+/**
+ * Removes a stale lock, unless another run is breaking it (a marker
+ * serialises breakers, so one never removes the lock another just took).
+ */
+function breakStale(lockPath, seen) {
+    const marker = `${lockPath}.break`;
+    const mine = `${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
+    try {
+        external_node_fs_default().symlinkSync(mine, marker);
+    }
+    catch {
+        try {
+            if (Date.now() - external_node_fs_default().lstatSync(marker).mtimeMs > LOCK_STALE_MS)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+        return;
+    }
+    try {
+        if (external_node_fs_default().readlinkSync(lockPath) === seen)
+            external_node_fs_default().unlinkSync(lockPath);
+    }
+    catch {
+        // gone already
+    }
+    finally {
+        try {
+            if (external_node_fs_default().readlinkSync(marker) === mine)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+    }
+}
+/** Takes the journal lock; null when it stayed busy for `waitMs`. */
+async function lock(lockPath, waitMs) {
+    const record = encodeLock(ownIdentity());
+    const until = Date.now() + waitMs;
+    for (;;) {
+        try {
+            external_node_fs_default().symlinkSync(record, lockPath);
+            return record;
+        }
+        catch (error) {
+            if (error.code !== 'EEXIST')
+                throw error;
+        }
+        let seen;
+        try {
+            seen = external_node_fs_default().readlinkSync(lockPath);
+        }
+        catch {
+            continue; // released meanwhile
+        }
+        if (isStale(lockPath, seen)) {
+            breakStale(lockPath, seen);
+            continue;
+        }
+        if (Date.now() >= until)
+            return null;
+        await (0,promises_namespaceObject.setTimeout)(5 + Math.random() * 15);
+    }
+}
+function unlock(lockPath, record) {
+    try {
+        if (external_node_fs_default().readlinkSync(lockPath) === record)
+            external_node_fs_default().unlinkSync(lockPath);
+    }
+    catch {
+        // removed by hand
+    }
+}
+/** Writes all of `data` with O_APPEND: one write(2) unless the kernel writes less (then the rest follows). */
+function appendOnce(file, data) {
+    const fd = external_node_fs_default().openSync(file, (external_node_fs_default()).constants.O_WRONLY | (external_node_fs_default()).constants.O_APPEND | (external_node_fs_default()).constants.O_CREAT | (external_node_fs_default()).constants.O_NOFOLLOW, 0o600);
+    try {
+        let done = 0;
+        while (done < data.length)
+            done += external_node_fs_default().writeSync(fd, data, done, data.length - done);
+    }
+    finally {
+        external_node_fs_default().closeSync(fd);
+    }
+}
+/**
+ * Appends one record to the journal at `file` (creating its directory),
+ * rotating it first when the line would take it past `maxBytes`. Returns a
+ * warning when something was not as it should be (the lock stayed busy, so
+ * the line was written without it and no rotation happened); throws only when
+ * the line could not be written at all.
+ */
+async function appendJournal(file, record, options = {}) {
+    const line = Buffer.from(`${JSON.stringify(record)}\n`);
+    external_node_fs_default().mkdirSync(external_node_path_default().dirname(file), { recursive: true, mode: 0o700 });
+    const lockPath = `${file}.lock`;
+    const held = await lock(lockPath, options.lockWaitMs ?? LOCK_WAIT_MS);
+    if (!held) {
+        // Never lose a record for a busy lock: one O_APPEND write is still whole on a local file system.
+        appendOnce(file, line);
+        return `the journal lock ${lockPath} stayed busy: the record was appended without it and the journal was not rotated`;
+    }
+    try {
+        const maxBytes = options.maxBytes ?? journalMaxBytes();
+        let size = 0;
+        try {
+            size = external_node_fs_default().statSync(file).size;
+        }
+        catch {
+            // no journal yet
+        }
+        if (size > 0 && size + line.length > maxBytes)
+            external_node_fs_default().renameSync(file, rotatedPath(file));
+        appendOnce(file, line);
+        return null;
+    }
+    finally {
+        unlock(lockPath, held);
+    }
+}
+const journal_isString = (v) => typeof v === 'string';
+const journal_isNullableString = (v) => v === null || typeof v === 'string';
+const journal_isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,3})?Z$/;
+/** Every string of a record made printable and bounded (the journal is a file anyone with the runner user's rights can edit). */
+function clean(value, max = 300) {
+    return value === null ? null : vmText(value, max);
+}
+/** One journal line as a record, or null when it is not one (every field checked). */
+function parseJournalLine(line) {
+    let raw;
+    try {
+        raw = JSON.parse(line);
+    }
+    catch {
+        return null;
+    }
+    if (!journal_isObject(raw) || raw.v !== JOURNAL_VERSION)
+        return null;
+    const { run_id, started_at, ended_at, command, trigger, commit, dry_run, shard, exit_code, error, vms } = raw;
+    if (!journal_isString(run_id) || !journal_isString(started_at) || !ISO.test(started_at) || !journal_isString(ended_at) || !ISO.test(ended_at) || !journal_isString(command))
+        return null;
+    if (!journal_isNullableString(commit) || typeof dry_run !== 'boolean' || !journal_isNullableString(shard) || !Number.isSafeInteger(exit_code) || !Array.isArray(vms) || !journal_isObject(trigger))
+        return null;
+    let who;
+    if (trigger.kind === 'cli' && journal_isString(trigger.user) && journal_isString(trigger.host) && journal_isNullableString(trigger.sudo_user ?? null)) {
+        who = { kind: 'cli', user: vmText(trigger.user, 100), sudo_user: clean(trigger.sudo_user ?? null, 100), host: vmText(trigger.host, 100) };
+    }
+    else if (trigger.kind === 'actions' && journal_isString(trigger.run_url) && journal_isString(trigger.actor) && journal_isString(trigger.host)) {
+        who = { kind: 'actions', run_url: vmText(trigger.run_url, 500), actor: vmText(trigger.actor, 100), host: vmText(trigger.host, 100) };
+    }
+    else {
+        return null;
+    }
+    let failure = null;
+    if (error !== null) {
+        if (!journal_isObject(error) || !journal_isString(error.code) || !journal_isString(error.message))
+            return null;
+        failure = { code: vmText(error.code, 60), message: vmText(error.message, 500) };
+    }
+    const rows = [];
+    for (const vm of vms) {
+        if (!journal_isObject(vm) || !journal_isString(vm.id) || !journal_isString(vm.result) || !journal_isNullableString(vm.state) || !journal_isNullableString(vm.action) || !journal_isNullableString(vm.code) || !journal_isNullableString(vm.rev))
+            return null;
+        rows.push({ id: vmText(vm.id, 100), state: clean(vm.state, 40), action: clean(vm.action, 40), result: vmText(vm.result, 40), code: clean(vm.code, 60), rev: clean(vm.rev, 64) });
+    }
+    return {
+        v: JOURNAL_VERSION,
+        run_id: vmText(run_id, 80),
+        started_at,
+        ended_at,
+        command: vmText(command, 40),
+        trigger: who,
+        commit: clean(commit, 64),
+        dry_run,
+        shard: clean(shard, 20),
+        exit_code: exit_code,
+        error: failure,
+        vms: rows,
+    };
+}
+/** Reads the journal at `file` and its rotated predecessor; a line that is not a record is skipped and counted. */
+function readJournal(file) {
+    const out = { records: [], skipped: 0, files: [] };
+    for (const f of [rotatedPath(file), file]) {
+        let text;
+        try {
+            text = fs.readFileSync(f, 'utf8');
+        }
+        catch (error) {
+            if (error.code === 'ENOENT')
+                continue;
+            throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
+        }
+        out.files.push(f);
+        for (const line of text.split('\n')) {
+            if (line.trim() === '')
+                continue;
+            const record = parseJournalLine(line);
+            if (record)
+                out.records.push(record);
+            else
+                out.skipped++;
+        }
+    }
+    return out;
+}
+
+// EXTERNAL MODULE: external "node:async_hooks"
+var external_node_async_hooks_ = __nccwpck_require__(6698);
 ;// CONCATENATED MODULE: ./src/git/clone-lock.ts
 
 
@@ -78486,7 +78934,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
         external_node_fs_default().mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     }
     catch (error) {
-        throw new VmSyncError('git_failed', `cannot create ${stateDir}, where vm-sync keeps the runner-host lock for ${cloneDir}: ${errors_getErrorMessage(error)}. Make ${external_node_path_default().dirname(stateDir)} writable by the runner's user, or create ${stateDir} owned by it.`);
+        throw new errors_VmSyncError('git_failed', `cannot create ${stateDir}, where vm-sync keeps the runner-host lock for ${cloneDir}: ${errors_getErrorMessage(error)}. Make ${external_node_path_default().dirname(stateDir)} writable by the runner's user, or create ${stateDir} owned by it.`);
     }
     const record = encodeHolder({ ...ownIdentity(), since: Date.now(), doing });
     const waitMs = options.waitMs ?? DEFAULT_CLONE_WAIT_MS;
@@ -78499,7 +78947,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
         }
         catch (error) {
             if (error.code !== 'EEXIST') {
-                throw new VmSyncError('git_failed', `cannot take the runner-host lock ${lockPath}: ${errors_getErrorMessage(error)}`);
+                throw new errors_VmSyncError('git_failed', `cannot take the runner-host lock ${lockPath}: ${errors_getErrorMessage(error)}`);
             }
         }
         let current;
@@ -78510,13 +78958,13 @@ async function acquire(lockPath, cloneDir, doing, options) {
             continue; // released between our attempt and the read: try again at once
         }
         const holder = parseHolder(current);
-        if (holder && holderIsDead(holder) && breakStale(lockPath, current))
+        if (holder && holderIsDead(holder) && clone_lock_breakStale(lockPath, current))
             continue;
         if (options.signal?.aborted)
-            throw new VmSyncError('interrupted', `interrupted while waiting for the runner-host clone ${cloneDir}`);
+            throw new errors_VmSyncError('interrupted', `interrupted while waiting for the runner-host clone ${cloneDir}`);
         const waited = Date.now() - started;
         if (waited >= waitMs) {
-            throw new VmSyncError('runner_busy', `the runner-host clone ${cloneDir} is still in use after waiting ${Math.round(waited / 1000)} s: held by ${describeHolder(holder)}. ` +
+            throw new errors_VmSyncError('runner_busy', `the runner-host clone ${cloneDir} is still in use after waiting ${Math.round(waited / 1000)} s: held by ${describeHolder(holder)}. ` +
                 `Wait for that run to finish and retry. If no vm-sync run with that pid is alive on ${holder ? clone_lock_printable(holder.host) : 'this host'}, remove ${lockPath}. ` +
                 `VM_SYNC_CLONE_WAIT_S sets how long to wait.`);
         }
@@ -78534,7 +78982,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
  * it the lock is removed only if it still holds the dead holder's record.
  * Returns false when another waiter is breaking it (the caller waits a poll).
  */
-function breakStale(lockPath, deadRecord) {
+function clone_lock_breakStale(lockPath, deadRecord) {
     const marker = `${lockPath}.break`;
     const mine = `${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
     try {
@@ -78579,6 +79027,301 @@ function releaseIfOurs(lockPath, record) {
     }
 }
 
+;// CONCATENATED MODULE: ./src/git/exports.ts
+
+
+
+
+
+
+const FULL_SHA = /^[0-9a-f]{40}$/;
+const READY = /^ready-(\d{15})-([0-9a-f]{40})$/;
+/** Above this many changed paths a full export is as cheap as rewriting them one chunk at a time. */
+const MAX_INCREMENTAL_PATHS = 20_000;
+/** vm-sync's runner-host state directory for a clone. */
+function stateDirOf(cloneDir) {
+    return external_node_path_default().dirname(cloneLockPath(cloneDir));
+}
+/** The export store of one runner-host clone. The caller holds the runner-host lock for checkout, retire and discard. */
+class ExportStore {
+    options;
+    dir;
+    keep;
+    constructor(options) {
+        this.options = options;
+        this.dir = external_node_path_default().join(options.stateDir, 'exports');
+        this.keep = Math.max(1, options.keep ?? 2);
+    }
+    /** Removes what earlier runs left: trash, and run exports whose owner died. In the background; never throws. */
+    sweep() {
+        for (const name of this.names()) {
+            if (name.startsWith('trash-') || (name.startsWith('run-') && ownedByDeadProcess(name)))
+                this.removeLater(name);
+        }
+    }
+    /**
+     * An export of `commit` for this run: derived from the newest ready export
+     * when that is possible and cheaper, else a full `git archive`. Identical to
+     * a full export in paths, types, modes, bytes and link targets (mtimes may
+     * differ). A failure leaves nothing that could become a base.
+     */
+    async checkout(commit) {
+        if (!FULL_SHA.test(commit))
+            throw new errors_VmSyncError('git_failed', `not a full commit hash: ${commit}`);
+        this.ensureDir();
+        const home = scratchSiblingName(external_node_path_default().join(this.dir, 'run'), 'export').replace(/^(.*\/)run\./, '$1run-');
+        external_node_fs_default().mkdirSync(home, { mode: 0o700 });
+        const tree = external_node_path_default().join(home, 'tree');
+        try {
+            const base = this.newestReady();
+            const why = base ? await this.whyNotIncremental(base.commit, commit) : 'no earlier export on this runner';
+            if (base && why === null) {
+                const changed = await this.incremental(base.dir, base.commit, commit, tree);
+                if (changed !== null)
+                    return { dir: tree, commit, base: base.commit, how: 'incremental', reason: null, changedPaths: changed, home };
+                external_node_fs_default().rmSync(tree, { recursive: true, force: true });
+            }
+            await this.archive(commit, tree, []);
+            return { dir: tree, commit, base: null, how: 'fresh', reason: why ?? 'too many changed paths', changedPaths: 0, home };
+        }
+        catch (error) {
+            this.trash(external_node_path_default().basename(home));
+            if (error instanceof errors_VmSyncError)
+                throw error;
+            throw new errors_VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed: ${errors_getErrorMessage(error)}`);
+        }
+    }
+    /** Makes a run's export a base for later runs and drops ready exports beyond `keep` (removed in the background). */
+    retire(snapshot) {
+        const ready = external_node_path_default().join(this.dir, `ready-${String(Date.now()).padStart(15, '0')}-${snapshot.commit}`);
+        try {
+            external_node_fs_default().renameSync(snapshot.home, ready);
+        }
+        catch {
+            return; // gone already (a sweep of a run that looked dead): nothing to keep
+        }
+        const all = this.names()
+            .filter((n) => READY.test(n))
+            .sort()
+            .reverse();
+        for (const name of all.slice(this.keep))
+            this.trash(name);
+    }
+    /** Drops a run's export (a run whose export must not become a base). */
+    discard(snapshot) {
+        this.trash(external_node_path_default().basename(snapshot.home));
+    }
+    ensureDir() {
+        external_node_fs_default().mkdirSync(this.options.stateDir, { recursive: true, mode: 0o700 });
+        const stat = external_node_fs_default().lstatSync(this.options.stateDir);
+        if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
+            throw new errors_VmSyncError('unsafe_state_dir', `${this.options.stateDir} is not a directory owned by this user: vm-sync keeps its exports there and refuses to use it. Check who made it, then remove it.`);
+        }
+        try {
+            external_node_fs_default().mkdirSync(this.dir, { mode: 0o700 });
+        }
+        catch (error) {
+            if (error.code !== 'EEXIST')
+                throw error;
+        }
+        const own = external_node_fs_default().lstatSync(this.dir);
+        if (!own.isDirectory() || own.uid !== process.getuid?.())
+            throw new errors_VmSyncError('unsafe_state_dir', `${this.dir} is not a directory owned by this user: remove it.`);
+    }
+    names() {
+        try {
+            return external_node_fs_default().readdirSync(this.dir);
+        }
+        catch {
+            return [];
+        }
+    }
+    newestReady() {
+        const name = this.names()
+            .filter((n) => READY.test(n))
+            .sort()
+            .at(-1);
+        if (!name)
+            return null;
+        const dir = external_node_path_default().join(this.dir, name, 'tree');
+        return external_node_fs_default().existsSync(dir) ? { dir, commit: READY.exec(name)[2] } : null;
+    }
+    /** Renames a snapshot out of the way at once, and removes it in the background. */
+    trash(name) {
+        const to = `trash-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+        try {
+            external_node_fs_default().renameSync(external_node_path_default().join(this.dir, name), external_node_path_default().join(this.dir, to));
+        }
+        catch {
+            return;
+        }
+        this.removeLater(to);
+    }
+    removeLater(name) {
+        void external_node_fs_default().promises.rm(external_node_path_default().join(this.dir, name), { recursive: true, force: true }).catch(() => undefined);
+    }
+    git(args) {
+        return new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 512 * 1024 * 1024 }, (error, stdout, stderr) => resolve({ ok: !error, out: stdout, err: stderr.toString('utf8').slice(-2000) })));
+    }
+    /**
+     * Why the export of `commit` cannot be derived from `base`'s (null: it can).
+     * `.gitattributes` decide how git archive writes every file (eol, export-ignore,
+     * export-subst): a change to one, or an export-subst anywhere (its content
+     * depends on the commit), means a full export.
+     */
+    async whyNotIncremental(base, commit) {
+        if (!(await this.git(['cat-file', '-e', `${base}^{commit}`])).ok)
+            return `the last export's commit ${base.slice(0, 12)} is not in the clone`;
+        const names = await this.git(['diff', '--name-only', '-z', '--no-renames', base, commit, '--']);
+        if (!names.ok)
+            return 'git cannot diff the last export against this commit';
+        if (names.out.toString('latin1').split('\0').some((p) => p === '.gitattributes' || p.endsWith('/.gitattributes')))
+            return 'a .gitattributes changed';
+        const attrs = await this.git(['ls-tree', '-r', '-z', '--name-only', commit]);
+        if (!attrs.ok)
+            return 'git cannot list the commit';
+        for (const p of attrs.out.toString('latin1').split('\0')) {
+            if (p !== '.gitattributes' && !p.endsWith('/.gitattributes'))
+                continue;
+            const text = await this.git(['show', `${commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
+            if (!text.ok || text.out.toString('latin1').includes('export-subst'))
+                return `${p} uses export-subst`;
+        }
+        return null;
+    }
+    /** Hard-link copy of `baseTree`, then the changed paths rewritten. null: too many changes, or names argv cannot carry. */
+    async incremental(baseTree, base, commit, tree) {
+        const diff = await this.git(['diff', '--raw', '-z', '--no-renames', '--no-abbrev', base, commit, '--']);
+        if (!diff.ok)
+            throw new errors_VmSyncError('git_failed', `git diff ${base.slice(0, 12)} ${commit.slice(0, 12)} failed: ${diff.err}`);
+        const fields = diff.out.toString('latin1').split('\0');
+        const removed = [];
+        const written = [];
+        for (let i = 0; i + 1 < fields.length; i += 2) {
+            const status = fields[i].split(' ')[4]?.[0];
+            const rel = fields[i + 1];
+            if (!status || !rel)
+                continue;
+            // argv carries UTF-8 only: a name that is not UTF-8 goes through a full export.
+            if (Buffer.from(Buffer.from(rel, 'latin1').toString('utf8'), 'utf8').toString('latin1') !== rel)
+                return null;
+            if (status !== 'A')
+                removed.push(rel);
+            if (status !== 'D')
+                written.push(Buffer.from(rel, 'latin1').toString('utf8'));
+        }
+        if (removed.length + written.length > MAX_INCREMENTAL_PATHS)
+            return null;
+        await spawnOk('cp', ['-al', '--', baseTree, tree]);
+        for (const rel of removed) {
+            const full = external_node_path_default().join(tree, Buffer.from(rel, 'latin1').toString('utf8'));
+            external_node_fs_default().rmSync(full, { recursive: true, force: true });
+            // A directory the change emptied goes too: a full export never has one.
+            for (let dir = external_node_path_default().dirname(full); dir.startsWith(`${tree}/`); dir = external_node_path_default().dirname(dir)) {
+                try {
+                    external_node_fs_default().rmdirSync(dir);
+                }
+                catch {
+                    break;
+                }
+            }
+        }
+        if (written.length > 0)
+            await this.archive(commit, tree, written);
+        return removed.length + written.length;
+    }
+    /** `git archive` of `commit` (or of just `paths` in it) unpacked into `dest`, in chunks that fit an argv. */
+    async archive(commit, dest, paths) {
+        external_node_fs_default().mkdirSync(dest, { recursive: true, mode: 0o755 });
+        external_node_fs_default().chmodSync(dest, 0o755);
+        const chunks = [];
+        if (paths.length === 0)
+            chunks.push([]);
+        let chunk = [];
+        let size = 0;
+        for (const p of paths) {
+            if (size + p.length > 100_000 && chunk.length > 0) {
+                chunks.push(chunk);
+                chunk = [];
+                size = 0;
+            }
+            chunk.push(p);
+            size += p.length + 1;
+        }
+        if (chunk.length > 0)
+            chunks.push(chunk);
+        for (const part of chunks) {
+            // Literal pathspecs: a name with `*` or `:(...)` means itself.
+            const args = ['--literal-pathspecs', '-c', 'tar.umask=022', 'archive', '--format=tar', commit, ...(part.length ? ['--', ...part] : [])];
+            const archive = (0,external_node_child_process_namespaceObject.spawn)('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+            const tar = (0,external_node_child_process_namespaceObject.spawn)('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
+            archive.stdout.pipe(tar.stdin);
+            const [a, t] = await Promise.all([exports_status(archive), exports_status(tar)]);
+            if (a.code !== 0 || t.code !== 0)
+                throw new errors_VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${a.code}, tar ${t.code}): ${(a.stderr || t.stderr).trim().slice(-1000)}`);
+        }
+    }
+}
+function exports_status(child) {
+    return new Promise((resolve, reject) => {
+        let stderr = '';
+        child.stderr?.on('data', (d) => (stderr = (stderr + d.toString()).slice(-4000)));
+        child.on('error', reject);
+        child.on('close', (code) => resolve({ code, stderr }));
+    });
+}
+async function spawnOk(command, args) {
+    const result = await exports_status((0,external_node_child_process_namespaceObject.spawn)(command, args, { stdio: ['ignore', 'ignore', 'pipe'] }));
+    if (result.code !== 0)
+        throw new errors_VmSyncError('git_failed', `${command} ${args[0]} failed: ${result.stderr.trim().slice(-500)}`);
+}
+
+;// CONCATENATED MODULE: ./src/journal/record.ts
+
+
+
+
+
+/** The journal of a config's runner-host clone: in its state directory (`/srv/.app.vm-sync/journal.jsonl` for `/srv/app`). */
+function journalOf(config) {
+    return journalPath(stateDirOf(config.repository.mainRepoPath));
+}
+/** A run report's rows as the journal keeps them. */
+function journalVms(report) {
+    return report.vms.map((vm) => ({ id: vm.id, state: vm.state, action: vm.action, result: vm.result, code: vm.error?.code ?? null, rev: vm.rev_after }));
+}
+/**
+ * Appends a run to the config's journal. Never fails the run: a journal that
+ * cannot be written is a warning (returned, and said through `events`).
+ */
+async function journalRun(config, outcome, events) {
+    const record = {
+        v: JOURNAL_VERSION,
+        run_id: outcome.runId,
+        started_at: outcome.started.toISOString(),
+        ended_at: new Date().toISOString(),
+        command: outcome.command,
+        trigger: triggerFromEnv(),
+        commit: outcome.commit || null,
+        dry_run: outcome.dryRun,
+        shard: outcome.shard ? shardLabel(outcome.shard) : null,
+        exit_code: outcome.exitCode,
+        error: outcome.error ? { code: outcome.error instanceof errors_VmSyncError ? outcome.error.code : 'internal_error', message: untrusted_vmText(errors_getErrorMessage(outcome.error), 500) } : null,
+        vms: outcome.vms,
+    };
+    const file = journalOf(config);
+    let warning;
+    try {
+        warning = await appendJournal(file, record);
+    }
+    catch (error) {
+        warning = `could not append this run to the journal ${file} (vm-sync history will not show it): ${errors_getErrorMessage(error)}`;
+    }
+    if (warning)
+        events?.info(null, warning);
+    return warning;
+}
+
 ;// CONCATENATED MODULE: ./src/git/repo.ts
 
 
@@ -78591,12 +79334,12 @@ function releaseIfOurs(lockPath, record) {
 
 /** Where the commits of other branches are fetched to when the remote will not send one by its hash. */
 const BRANCHES_NAMESPACE = 'refs/vm-sync/branches/';
-const FULL_SHA = /^[0-9a-f]{40}$/;
+const repo_FULL_SHA = /^[0-9a-f]{40}$/;
 // Messages git prints when the object store itself is damaged, as opposed to
 // the network or the remote being unavailable (which must not trigger a re-clone).
 const CORRUPTION = /bad object|corrupt|unable to read tree|did not send all necessary objects|packfile .* cannot be accessed|does not match index|not a git repository|invalid object|missing blob|unable to read sha1 file|Could not parse object|Could not read [0-9a-f]{40}|Failed to traverse parents|not a tree object|bad revision 'HEAD'|ambiguous argument 'HEAD'/i;
 /** A git step failed because the clone's object store is damaged (moving it aside and cloning again fixes it). */
-class CorruptCloneError extends VmSyncError {
+class CorruptCloneError extends errors_VmSyncError {
     constructor(message) {
         super('git_failed', message);
     }
@@ -78670,7 +79413,7 @@ class RunnerRepo {
     /** The error for a failed git step, carrying git's own (bounded) output; corruption is its own class. */
     failure(what, stderr, advice = '') {
         const message = `${what}:\n${gitOutput(stderr)}${advice ? `\n${advice}` : ''}`;
-        return CORRUPTION.test(stderr) ? new CorruptCloneError(message) : new VmSyncError('git_failed', message);
+        return CORRUPTION.test(stderr) ? new CorruptCloneError(message) : new errors_VmSyncError('git_failed', message);
     }
     /**
      * Makes `dir` a healthy clone and, unless `fetch` is false, fetches the
@@ -78715,10 +79458,10 @@ class RunnerRepo {
     async recloneAside(problem) {
         const url = this.url ?? (await this.configuredUrl());
         if (url === null) {
-            throw new VmSyncError('git_failed', `${this.dir} is not a usable clone and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand. The problem: ${problem}`);
+            throw new errors_VmSyncError('git_failed', `${this.dir} is not a usable clone and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand. The problem: ${problem}`);
         }
         if (this.recloned) {
-            throw new VmSyncError('git_failed', `${this.dir} is corrupt again right after a fresh clone: check the runner host's disk and the remote repository. The problem: ${problem}`);
+            throw new errors_VmSyncError('git_failed', `${this.dir} is corrupt again right after a fresh clone: check the runner host's disk and the remote repository. The problem: ${problem}`);
         }
         this.recloned = true;
         let aside = `${this.dir}.corrupt-${timestamp()}`;
@@ -78803,7 +79546,7 @@ class RunnerRepo {
     }
     async cloneInto(url) {
         if (url === null) {
-            throw new VmSyncError('git_failed', `repository.main_repo_path ${this.dir} does not exist and repository.url is not set: clone it there, or set repository.url.`);
+            throw new errors_VmSyncError('git_failed', `repository.main_repo_path ${this.dir} does not exist and repository.url is not set: clone it there, or set repository.url.`);
         }
         const parent = external_node_path_default().dirname(this.dir);
         external_node_fs_default().mkdirSync(parent, { recursive: true });
@@ -78812,7 +79555,7 @@ class RunnerRepo {
         const result = await this.git(['clone', '--quiet', '--no-tags', '--origin', this.remote, '--branch', this.branch, '--', url, temp], parent);
         if (result.code !== 0) {
             external_node_fs_default().rmSync(temp, { recursive: true, force: true });
-            throw new VmSyncError('git_failed', `git clone of ${anonymizeUrls(url)} failed:\n${gitOutput(result.stderr)}`);
+            throw new errors_VmSyncError('git_failed', `git clone of ${anonymizeUrls(url)} failed:\n${gitOutput(result.stderr)}`);
         }
         external_node_fs_default().renameSync(temp, this.dir);
     }
@@ -78820,22 +79563,22 @@ class RunnerRepo {
     async resolve(rev) {
         const sha = await this.tryResolve(rev);
         if (sha === null)
-            throw new VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}.`);
+            throw new errors_VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}.`);
         return sha;
     }
     /** The full hash of a revision, or null when the clone does not have it (a ref to a missing object is corruption). */
     async tryResolve(rev) {
         if (rev.startsWith('-'))
-            throw new VmSyncError('git_failed', `not a revision: ${rev}`);
+            throw new errors_VmSyncError('git_failed', `not a revision: ${rev}`);
         const result = await this.git(['rev-parse', '--verify', '--quiet', `${rev}^{commit}`]);
         const sha = result.stdout.trim();
-        if (result.code === 0 && FULL_SHA.test(sha))
+        if (result.code === 0 && repo_FULL_SHA.test(sha))
             return sha;
         // A ref whose commit object is gone is a damaged clone, not an unknown commit.
         const named = await this.git(['rev-parse', '--verify', '--quiet', rev]);
         const target = named.stdout.trim();
         const isHash = /^[0-9a-f]{4,40}$/i.test(rev);
-        if (!isHash && named.code === 0 && FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
+        if (!isHash && named.code === 0 && repo_FULL_SHA.test(target) && (await this.git(['cat-file', '-e', target])).code !== 0) {
             throw new CorruptCloneError(`${rev} points to ${target}, which is missing from ${this.dir}`);
         }
         return null;
@@ -78844,7 +79587,7 @@ class RunnerRepo {
     async tip() {
         const sha = await this.tryResolve(this.trackingRef);
         if (sha === null) {
-            throw new VmSyncError('git_failed', `the runner-host clone ${this.dir} has no ${this.remote}/${this.branch}: check repository.remote and repository.default_branch, and that the branch exists on the remote.`);
+            throw new errors_VmSyncError('git_failed', `the runner-host clone ${this.dir} has no ${this.remote}/${this.branch}: check repository.remote and repository.default_branch, and that the branch exists on the remote.`);
         }
         return sha;
     }
@@ -78864,10 +79607,10 @@ class RunnerRepo {
         if (present !== null)
             return { sha: present, branches: [] };
         if (!fetch) {
-            throw new VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}, which was not fetched: ${noFetchAdvice()}, or push it to ${this.remote} first.`);
+            throw new errors_VmSyncError('git_failed', `commit ${rev} is not in the runner-host clone ${this.dir}, which was not fetched: ${noFetchAdvice()}, or push it to ${this.remote} first.`);
         }
         return this.locked(`fetching ${rev}`, async () => {
-            if (FULL_SHA.test(rev)) {
+            if (repo_FULL_SHA.test(rev)) {
                 // No ref is written: the commit is deployed (and recorded under refs/vm-sync/deployed/) or forgotten.
                 // --refmap= (empty): the configured refspec would otherwise update remote-tracking refs on the side.
                 const byHash = await this.git(['-c', 'gc.autoDetach=false', 'fetch', '--no-tags', '--quiet', '--no-write-fetch-head', '--refmap=', this.remote, rev]);
@@ -78881,7 +79624,7 @@ class RunnerRepo {
                 throw this.failure(`git fetch of the branches of ${this.remote} (looking for ${rev}) failed`, all.stderr, fetchAdvice());
             const found = (await this.tryResolve(rev)) ?? (isBranchName(rev) ? await this.tryResolve(`${BRANCHES_NAMESPACE}${rev}`) : null);
             if (found === null) {
-                throw new VmSyncError('git_failed', `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch first (git push ${this.remote} ${rev}:refs/heads/NAME); to deploy it without ${advice_option('force')}, merge it into ${this.branch}.`);
+                throw new errors_VmSyncError('git_failed', `commit ${rev} is not on any branch of ${this.remote} (every branch was fetched just now): push it to a branch first (git push ${this.remote} ${rev}:refs/heads/NAME); to deploy it without ${advice_option('force')}, merge it into ${this.branch}.`);
             }
             const branches = await this.branchesHolding(found);
             this.events.info(null, `fetched the branches of ${this.remote}: ${found.slice(0, 12)} is on ${branches.length ? branches.join(', ') : 'none of them'}`);
@@ -78915,7 +79658,7 @@ class RunnerRepo {
                 const { sha: commit, branches } = options.rev ? await this.locate(options.rev, options.fetch) : { sha: await this.tip(), branches: [] };
                 if (!options.force && !(await this.isOnBranch(commit))) {
                     const where = branches.length ? ` (it is on ${this.remote}'s ${branches.length === 1 ? 'branch' : 'branches'} ${branches.join(', ')})` : '';
-                    throw new VmSyncError('commit_not_on_branch', `${commit} is not on ${this.remote}/${this.branch}${where}: only merged commits are deployed. Merge it into ${this.branch}, or deploy it anyway with ${advice_option('force')}.`);
+                    throw new errors_VmSyncError('commit_not_on_branch', `${commit} is not on ${this.remote}/${this.branch}${where}: only merged commits are deployed. Merge it into ${this.branch}, or deploy it anyway with ${advice_option('force')}.`);
                 }
                 // A dry run leaves the clone's HEAD, index and working tree as they were: it only reads the commit.
                 if (!options.dryRun)
@@ -78934,7 +79677,7 @@ class RunnerRepo {
     }
     /** Whether the clone holds this commit object. */
     async hasCommit(sha) {
-        return FULL_SHA.test(sha) && (await this.git(['cat-file', '-e', `${sha}^{commit}`])).code === 0;
+        return repo_FULL_SHA.test(sha) && (await this.git(['cat-file', '-e', `${sha}^{commit}`])).code === 0;
     }
     /**
      * Classifies a VM's deployed commit against the deploy commit using this
@@ -79000,7 +79743,7 @@ class RunnerRepo {
         const entries = typeof first === 'string' ? [{ vmId: first, sha: sha ?? '' }] : first;
         const latest = new Map();
         for (const entry of entries)
-            if (entry.vmId !== '' && FULL_SHA.test(entry.sha))
+            if (entry.vmId !== '' && repo_FULL_SHA.test(entry.sha))
                 latest.set(entry.vmId, entry.sha);
         if (latest.size === 0)
             return;
@@ -79151,255 +79894,6 @@ function escapeRegExp(text) {
 }
 function timestamp(date = new Date()) {
     return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
-}
-
-;// CONCATENATED MODULE: ./src/git/exports.ts
-
-
-
-
-
-
-const exports_FULL_SHA = /^[0-9a-f]{40}$/;
-const READY = /^ready-(\d{15})-([0-9a-f]{40})$/;
-/** Above this many changed paths a full export is as cheap as rewriting them one chunk at a time. */
-const MAX_INCREMENTAL_PATHS = 20_000;
-/** vm-sync's runner-host state directory for a clone. */
-function stateDirOf(cloneDir) {
-    return external_node_path_default().dirname(cloneLockPath(cloneDir));
-}
-/** The export store of one runner-host clone. The caller holds the runner-host lock for checkout, retire and discard. */
-class ExportStore {
-    options;
-    dir;
-    keep;
-    constructor(options) {
-        this.options = options;
-        this.dir = external_node_path_default().join(options.stateDir, 'exports');
-        this.keep = Math.max(1, options.keep ?? 2);
-    }
-    /** Removes what earlier runs left: trash, and run exports whose owner died. In the background; never throws. */
-    sweep() {
-        for (const name of this.names()) {
-            if (name.startsWith('trash-') || (name.startsWith('run-') && ownedByDeadProcess(name)))
-                this.removeLater(name);
-        }
-    }
-    /**
-     * An export of `commit` for this run: derived from the newest ready export
-     * when that is possible and cheaper, else a full `git archive`. Identical to
-     * a full export in paths, types, modes, bytes and link targets (mtimes may
-     * differ). A failure leaves nothing that could become a base.
-     */
-    async checkout(commit) {
-        if (!exports_FULL_SHA.test(commit))
-            throw new VmSyncError('git_failed', `not a full commit hash: ${commit}`);
-        this.ensureDir();
-        const home = scratchSiblingName(external_node_path_default().join(this.dir, 'run'), 'export').replace(/^(.*\/)run\./, '$1run-');
-        external_node_fs_default().mkdirSync(home, { mode: 0o700 });
-        const tree = external_node_path_default().join(home, 'tree');
-        try {
-            const base = this.newestReady();
-            const why = base ? await this.whyNotIncremental(base.commit, commit) : 'no earlier export on this runner';
-            if (base && why === null) {
-                const changed = await this.incremental(base.dir, base.commit, commit, tree);
-                if (changed !== null)
-                    return { dir: tree, commit, base: base.commit, how: 'incremental', reason: null, changedPaths: changed, home };
-                external_node_fs_default().rmSync(tree, { recursive: true, force: true });
-            }
-            await this.archive(commit, tree, []);
-            return { dir: tree, commit, base: null, how: 'fresh', reason: why ?? 'too many changed paths', changedPaths: 0, home };
-        }
-        catch (error) {
-            this.trash(external_node_path_default().basename(home));
-            if (error instanceof VmSyncError)
-                throw error;
-            throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed: ${errors_getErrorMessage(error)}`);
-        }
-    }
-    /** Makes a run's export a base for later runs and drops ready exports beyond `keep` (removed in the background). */
-    retire(snapshot) {
-        const ready = external_node_path_default().join(this.dir, `ready-${String(Date.now()).padStart(15, '0')}-${snapshot.commit}`);
-        try {
-            external_node_fs_default().renameSync(snapshot.home, ready);
-        }
-        catch {
-            return; // gone already (a sweep of a run that looked dead): nothing to keep
-        }
-        const all = this.names()
-            .filter((n) => READY.test(n))
-            .sort()
-            .reverse();
-        for (const name of all.slice(this.keep))
-            this.trash(name);
-    }
-    /** Drops a run's export (a run whose export must not become a base). */
-    discard(snapshot) {
-        this.trash(external_node_path_default().basename(snapshot.home));
-    }
-    ensureDir() {
-        external_node_fs_default().mkdirSync(this.options.stateDir, { recursive: true, mode: 0o700 });
-        const stat = external_node_fs_default().lstatSync(this.options.stateDir);
-        if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
-            throw new VmSyncError('unsafe_state_dir', `${this.options.stateDir} is not a directory owned by this user: vm-sync keeps its exports there and refuses to use it. Check who made it, then remove it.`);
-        }
-        try {
-            external_node_fs_default().mkdirSync(this.dir, { mode: 0o700 });
-        }
-        catch (error) {
-            if (error.code !== 'EEXIST')
-                throw error;
-        }
-        const own = external_node_fs_default().lstatSync(this.dir);
-        if (!own.isDirectory() || own.uid !== process.getuid?.())
-            throw new VmSyncError('unsafe_state_dir', `${this.dir} is not a directory owned by this user: remove it.`);
-    }
-    names() {
-        try {
-            return external_node_fs_default().readdirSync(this.dir);
-        }
-        catch {
-            return [];
-        }
-    }
-    newestReady() {
-        const name = this.names()
-            .filter((n) => READY.test(n))
-            .sort()
-            .at(-1);
-        if (!name)
-            return null;
-        const dir = external_node_path_default().join(this.dir, name, 'tree');
-        return external_node_fs_default().existsSync(dir) ? { dir, commit: READY.exec(name)[2] } : null;
-    }
-    /** Renames a snapshot out of the way at once, and removes it in the background. */
-    trash(name) {
-        const to = `trash-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
-        try {
-            external_node_fs_default().renameSync(external_node_path_default().join(this.dir, name), external_node_path_default().join(this.dir, to));
-        }
-        catch {
-            return;
-        }
-        this.removeLater(to);
-    }
-    removeLater(name) {
-        void external_node_fs_default().promises.rm(external_node_path_default().join(this.dir, name), { recursive: true, force: true }).catch(() => undefined);
-    }
-    git(args) {
-        return new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 512 * 1024 * 1024 }, (error, stdout, stderr) => resolve({ ok: !error, out: stdout, err: stderr.toString('utf8').slice(-2000) })));
-    }
-    /**
-     * Why the export of `commit` cannot be derived from `base`'s (null: it can).
-     * `.gitattributes` decide how git archive writes every file (eol, export-ignore,
-     * export-subst): a change to one, or an export-subst anywhere (its content
-     * depends on the commit), means a full export.
-     */
-    async whyNotIncremental(base, commit) {
-        if (!(await this.git(['cat-file', '-e', `${base}^{commit}`])).ok)
-            return `the last export's commit ${base.slice(0, 12)} is not in the clone`;
-        const names = await this.git(['diff', '--name-only', '-z', '--no-renames', base, commit, '--']);
-        if (!names.ok)
-            return 'git cannot diff the last export against this commit';
-        if (names.out.toString('latin1').split('\0').some((p) => p === '.gitattributes' || p.endsWith('/.gitattributes')))
-            return 'a .gitattributes changed';
-        const attrs = await this.git(['ls-tree', '-r', '-z', '--name-only', commit]);
-        if (!attrs.ok)
-            return 'git cannot list the commit';
-        for (const p of attrs.out.toString('latin1').split('\0')) {
-            if (p !== '.gitattributes' && !p.endsWith('/.gitattributes'))
-                continue;
-            const text = await this.git(['show', `${commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
-            if (!text.ok || text.out.toString('latin1').includes('export-subst'))
-                return `${p} uses export-subst`;
-        }
-        return null;
-    }
-    /** Hard-link copy of `baseTree`, then the changed paths rewritten. null: too many changes, or names argv cannot carry. */
-    async incremental(baseTree, base, commit, tree) {
-        const diff = await this.git(['diff', '--raw', '-z', '--no-renames', '--no-abbrev', base, commit, '--']);
-        if (!diff.ok)
-            throw new VmSyncError('git_failed', `git diff ${base.slice(0, 12)} ${commit.slice(0, 12)} failed: ${diff.err}`);
-        const fields = diff.out.toString('latin1').split('\0');
-        const removed = [];
-        const written = [];
-        for (let i = 0; i + 1 < fields.length; i += 2) {
-            const status = fields[i].split(' ')[4]?.[0];
-            const rel = fields[i + 1];
-            if (!status || !rel)
-                continue;
-            // argv carries UTF-8 only: a name that is not UTF-8 goes through a full export.
-            if (Buffer.from(Buffer.from(rel, 'latin1').toString('utf8'), 'utf8').toString('latin1') !== rel)
-                return null;
-            if (status !== 'A')
-                removed.push(rel);
-            if (status !== 'D')
-                written.push(Buffer.from(rel, 'latin1').toString('utf8'));
-        }
-        if (removed.length + written.length > MAX_INCREMENTAL_PATHS)
-            return null;
-        await spawnOk('cp', ['-al', '--', baseTree, tree]);
-        for (const rel of removed) {
-            const full = external_node_path_default().join(tree, Buffer.from(rel, 'latin1').toString('utf8'));
-            external_node_fs_default().rmSync(full, { recursive: true, force: true });
-            // A directory the change emptied goes too: a full export never has one.
-            for (let dir = external_node_path_default().dirname(full); dir.startsWith(`${tree}/`); dir = external_node_path_default().dirname(dir)) {
-                try {
-                    external_node_fs_default().rmdirSync(dir);
-                }
-                catch {
-                    break;
-                }
-            }
-        }
-        if (written.length > 0)
-            await this.archive(commit, tree, written);
-        return removed.length + written.length;
-    }
-    /** `git archive` of `commit` (or of just `paths` in it) unpacked into `dest`, in chunks that fit an argv. */
-    async archive(commit, dest, paths) {
-        external_node_fs_default().mkdirSync(dest, { recursive: true, mode: 0o755 });
-        external_node_fs_default().chmodSync(dest, 0o755);
-        const chunks = [];
-        if (paths.length === 0)
-            chunks.push([]);
-        let chunk = [];
-        let size = 0;
-        for (const p of paths) {
-            if (size + p.length > 100_000 && chunk.length > 0) {
-                chunks.push(chunk);
-                chunk = [];
-                size = 0;
-            }
-            chunk.push(p);
-            size += p.length + 1;
-        }
-        if (chunk.length > 0)
-            chunks.push(chunk);
-        for (const part of chunks) {
-            // Literal pathspecs: a name with `*` or `:(...)` means itself.
-            const args = ['--literal-pathspecs', '-c', 'tar.umask=022', 'archive', '--format=tar', commit, ...(part.length ? ['--', ...part] : [])];
-            const archive = (0,external_node_child_process_namespaceObject.spawn)('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
-            const tar = (0,external_node_child_process_namespaceObject.spawn)('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
-            archive.stdout.pipe(tar.stdin);
-            const [a, t] = await Promise.all([exports_status(archive), exports_status(tar)]);
-            if (a.code !== 0 || t.code !== 0)
-                throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${a.code}, tar ${t.code}): ${(a.stderr || t.stderr).trim().slice(-1000)}`);
-        }
-    }
-}
-function exports_status(child) {
-    return new Promise((resolve, reject) => {
-        let stderr = '';
-        child.stderr?.on('data', (d) => (stderr = (stderr + d.toString()).slice(-4000)));
-        child.on('error', reject);
-        child.on('close', (code) => resolve({ code, stderr }));
-    });
-}
-async function spawnOk(command, args) {
-    const result = await exports_status((0,external_node_child_process_namespaceObject.spawn)(command, args, { stdio: ['ignore', 'ignore', 'pipe'] }));
-    if (result.code !== 0)
-        throw new VmSyncError('git_failed', `${command} ${args[0]} failed: ${result.stderr.trim().slice(-500)}`);
 }
 
 // EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
@@ -79597,20 +80091,20 @@ function git(repoDir, args) {
 async function fileAt(repoDir, commit, file) {
     const listed = await git(repoDir, ['ls-tree', '-l', '-z', commit, '--', file]);
     if (listed.code !== 0)
-        throw new VmSyncError('git_failed', `git ls-tree ${commit.slice(0, 12)} -- ${file} failed in ${repoDir}: ${listed.stderr.trim().split('\n').pop()}`);
+        throw new errors_VmSyncError('git_failed', `git ls-tree ${commit.slice(0, 12)} -- ${file} failed in ${repoDir}: ${listed.stderr.trim().split('\n').pop()}`);
     const entry = listed.stdout.split('\0').find((e) => e.endsWith(`\t${file}`));
     if (!entry)
         return null;
     const [mode, type, oid, size] = entry.split('\t')[0].split(/\s+/);
     if (type !== 'blob' || (mode !== '100644' && mode !== '100755')) {
-        throw new VmSyncError('config_invalid', `${file} in commit ${commit.slice(0, 12)} is not a regular file (git mode ${mode}): the secret scan reads its settings only from regular files.`);
+        throw new errors_VmSyncError('config_invalid', `${file} in commit ${commit.slice(0, 12)} is not a regular file (git mode ${mode}): the secret scan reads its settings only from regular files.`);
     }
     if (Number(size) > MAX_SETTINGS_BYTES) {
-        throw new VmSyncError('config_invalid', `${file} in commit ${commit.slice(0, 12)} is ${size} bytes: scan settings larger than 1 MiB are refused.`);
+        throw new errors_VmSyncError('config_invalid', `${file} in commit ${commit.slice(0, 12)} is ${size} bytes: scan settings larger than 1 MiB are refused.`);
     }
     const blob = await git(repoDir, ['cat-file', 'blob', oid]);
     if (blob.code !== 0 || Buffer.byteLength(blob.stdout) !== Number(size)) {
-        throw new VmSyncError('git_failed', `cannot read ${file} of commit ${commit.slice(0, 12)} from ${repoDir}.`);
+        throw new errors_VmSyncError('git_failed', `cannot read ${file} of commit ${commit.slice(0, 12)} from ${repoDir}.`);
     }
     return { path: file, oid, text: blob.stdout };
 }
@@ -80055,7 +80549,7 @@ const SCAN_LOGIC_VERSION = '1';
 /** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
 const MAX_ENTRIES = 1_000_000;
 const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
-const COMMIT = /^[0-9a-f]{40,64}$/;
+const cache_COMMIT = /^[0-9a-f]{40,64}$/;
 /**
  * What the secret scan already found clean on this runner host, so that a
  * deploy scans only what is new: tree entries as (blob id, path) — the path
@@ -80108,7 +80602,7 @@ class ScanCache {
             for (const name of external_node_fs_default().readdirSync(dir))
                 if (!name.startsWith(key))
                     external_node_fs_default().rmSync(external_node_path_default().join(dir, name), { force: true, recursive: true });
-            const loaded = { entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say), commits: readSet(external_node_path_default().join(dir, `${key}.commits`), COMMIT, say) };
+            const loaded = { entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say), commits: readSet(external_node_path_default().join(dir, `${key}.commits`), cache_COMMIT, say) };
             return new ScanCache(dir, key, loaded);
         }
         catch (error) {
@@ -80201,7 +80695,7 @@ const MAX_UNSCANNED_LISTED = 1000;
 async function absoluteGitDir(repoDir) {
     const result = await run('git', ['rev-parse', '--absolute-git-dir'], { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' } });
     if (result.code !== 0)
-        throw new VmSyncError('git_failed', `${repoDir} is not a git repository: ${result.stderr.trim()}`);
+        throw new errors_VmSyncError('git_failed', `${repoDir} is not a git repository: ${result.stderr.trim()}`);
     return result.stdout.trim();
 }
 const gate_plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
@@ -80247,7 +80741,7 @@ async function runSecretScan(inputs) {
     const trusted = await settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath);
     const head = await settingsAt(inputs.repoDir, plan.head, settings.configPath);
     if (!trusted.config && !head.config && settings.configPath !== '.gitleaks.toml') {
-        throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${settings.configPath}' does not exist in the commit being deployed.`);
+        throw new errors_VmSyncError('config_invalid', `repository.secret_scanning.config_path '${settings.configPath}' does not exist in the commit being deployed.`);
     }
     const changed = settingsChanges(trusted, head);
     const files = [trusted.config?.path, trusted.ignore?.path].filter((f) => !!f);
@@ -80346,7 +80840,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
                 const withText = await inputs.countCommitsAddingText(selection);
                 const scanned = result.commitsScanned;
                 if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > count) {
-                    throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned === null || scanned === undefined ? 'an unknown number of commits' : words_count(scanned, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
+                    throw new errors_VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned === null || scanned === undefined ? 'an unknown number of commits' : words_count(scanned, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
                 }
                 commitsScanned = scanned;
             }
@@ -80410,7 +80904,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
     // is reset to the commit under scan). Either way the commit could change its
     // own scan, so repository configs may only extend gitleaks' defaults.
     if (strict && extended.length > 0) {
-        throw new VmSyncError('config_invalid', `the trusted gitleaks config extends '${extended[0]}': vm-sync does not follow [extend] path, because the file it names is not pinned to a trusted commit (the commit being scanned could rewrite it). Copy that file's rules into ${inputs.settings.configPath} and extend only gitleaks' defaults ([extend] useDefault = true).`);
+        throw new errors_VmSyncError('config_invalid', `the trusted gitleaks config extends '${extended[0]}': vm-sync does not follow [extend] path, because the file it names is not pinned to a trusted commit (the commit being scanned could rewrite it). Copy that file's rules into ${inputs.settings.configPath} and extend only gitleaks' defaults ([extend] useDefault = true).`);
     }
     if (cache && strict) {
         cache.addCommits(cleanCommits);
@@ -80485,14 +80979,14 @@ async function vetNewConfig(binary, head, dir, limits) {
         // In an empty directory a relative `[extend] path` cannot be found, so it fails here too.
         const loaded = await runGitleaks(binary, { mode: 'dir', root: empty }, files, limits);
         if (loaded.extended.length > 0) {
-            throw new VmSyncError('config_invalid', `the ${file} this change brings extends '${loaded.extended[0]}': vm-sync does not follow [extend] path (the file it names is not pinned to a commit), and from the next deploy on it would be the one in force, failing every scan. Copy that file's rules into it and extend only gitleaks' defaults ([extend] useDefault = true).`);
+            throw new errors_VmSyncError('config_invalid', `the ${file} this change brings extends '${loaded.extended[0]}': vm-sync does not follow [extend] path (the file it names is not pinned to a commit), and from the next deploy on it would be the one in force, failing every scan. Copy that file's rules into it and extend only gitleaks' defaults ([extend] useDefault = true).`);
         }
     }
     catch (error) {
-        if (!(error instanceof VmSyncError) || error.code !== 'scan_failed')
+        if (!(error instanceof errors_VmSyncError) || error.code !== 'scan_failed')
             throw error;
         const hint = /extended config/.test(error.message) ? ' (vm-sync does not follow [extend] path: extend only gitleaks\' defaults)' : '';
-        throw new VmSyncError('config_invalid', `the ${file} this change brings cannot be loaded by gitleaks${hint}, and from the next deploy on it would be the one in force, failing every scan: fix it first. gitleaks: ${error.message}`);
+        throw new errors_VmSyncError('config_invalid', `the ${file} this change brings cannot be loaded by gitleaks${hint}, and from the next deploy on it would be the one in force, failing every scan: fix it first. gitleaks: ${error.message}`);
     }
 }
 /**
@@ -80521,7 +81015,7 @@ async function weakeningOf(inputs, binary, change, dir, limits) {
             }
         }
         catch (error) {
-            const code = error instanceof VmSyncError ? error.code : 'error';
+            const code = error instanceof errors_VmSyncError ? error.code : 'error';
             inputs.events.info(null, `secret scan: the new ${inputs.settings.configPath} could not be evaluated (${code}); from the next deploy on it is the one in force.`);
         }
     }
@@ -80534,7 +81028,7 @@ async function weakeningOf(inputs, binary, change, dir, limits) {
 
 const ZERO = /^0{40}$/;
 function unresolved(message) {
-    return new VmSyncError('scan_range_unresolved', `${message}. Nothing was scanned, so nothing is deployed: fetch the full history (actions/checkout with fetch-depth: 0) and try again.`);
+    return new errors_VmSyncError('scan_range_unresolved', `${message}. Nothing was scanned, so nothing is deployed: fetch the full history (actions/checkout with fetch-depth: 0) and try again.`);
 }
 async function resolveOrFail(repo, rev, what) {
     try {
@@ -80613,7 +81107,7 @@ async function planScan(repo, request) {
     if (request.kind === 'range') {
         const parts = request.range.split('..');
         if (parts.length !== 2 || parts.some((p) => p === '' || p.startsWith('.'))) {
-            throw new VmSyncError('config_invalid', `--range must be BASE..HEAD, not '${request.range}'`);
+            throw new errors_VmSyncError('config_invalid', `--range must be BASE..HEAD, not '${request.range}'`);
         }
         const base = await resolveOrFail(repo, parts[0], 'range base');
         const head = await resolveOrFail(repo, parts[1], 'range head');
@@ -80694,7 +81188,7 @@ var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node
 ;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
 // Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
 /** The VM agent's program text (src/remote/agent.sh without its comments). */
-const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2\n  require_lock \"$token\"\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null\n  status=$?\n  printf '\\n'\n  [ \"$status\" = 0 ] || { out exit \"$status\"; out end failed; exit \"$status\"; }\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nP=$(dirname -- \"$T\")\nN=$(basename -- \"$T\")\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n  case $(ls -ld -- \"$d\") in\n    d????w???? | d???????w?) chmod go-w -- \"$d\" || fail unsafe_state_dir \"$d is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  own_dir \"$S\"\n  own_dir \"$R\"\n  own_dir \"$C\"\n  own_dir \"$RJ\"\n  own_dir \"$S/tmp\"\n  own_dir \"$S/ops\"\n  own_dir \"$S/manifests\"\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nmarker_commit() { # NAME\n  mc=-\n  if [ -n \"$1\" ] && [ -f \"$C/$1\" ] && [ ! -L \"$C/$1\" ]; then\n    mc=$(head -c 100 -- \"$C/$1\" | head -n 1)\n    case $mc in *[!0-9a-f]* | '') mc=- ;; esac\n    [ \"${#mc}\" = 40 ] || mc=-\n  fi\n  printf '%s' \"$mc\"\n}\nrevlog() { # ACTION FROM TO RUN RELEASE\n  rl=\"$S/revisions.log\"\n  if [ -L \"$rl\" ]; then rm -f -- \"$rl\"; fi\n  if [ -e \"$rl\" ] && [ ! -f \"$rl\" ]; then return 0; fi\n  rr=$4\n  case $rr in '' | *[!A-Za-z0-9._:-]*) rr=- ;; esac\n  [ \"${#rr}\" -le 64 ] || rr=-\n  printf 'vm-sync-rev-1 %s %s %s %s %s %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$1\" \"$2\" \"$3\" \"$rr\" \"${5:--}\" >> \"$rl\" 2>/dev/null || return 0\n  if [ \"$(wc -l < \"$rl\")\" -gt 2000 ]; then\n    keep=$(mktemp \"$S/tmp/revisions.XXXXXX\") && tail -n 1000 -- \"$rl\" > \"$keep\" && mv -f -- \"$keep\" \"$rl\"\n  fi\n  return 0\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0} action=${4:-deploy} run=${5:-}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  case $action in deploy | revert | rollback) ;; *) fail failed \"bad flip action\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  revlog \"$action\" \"$(marker_commit \"${cur##*/}\")\" \"$(marker_commit \"$name\")\" \"$run\" \"$name\"\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    rel=$(printf '%bx' \"$line\")\n    rel=${rel%x}\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x -z -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2 from=${3:-} run=${4:-}\n  require_lock \"$token\"\n  case $sha in *[!0-9a-f]* | '') fail failed \"bad commit\" ;; esac\n  case $from in *[!0-9a-f]* | '') from=- ;; esac\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  revlog deploy \"$from\" \"$sha\" \"$run\" -\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\nrevisions)\n  limit=$1\n  digits \"$limit\" || fail failed \"bad limit\"\n  if [ -L \"$S\" ]; then fail unsafe_state_dir \"$S is a symlink: vm-sync refuses to read through it\"; fi\n  rl=\"$S/revisions.log\"\n  if [ -f \"$rl\" ] && [ ! -L \"$rl\" ]; then\n    out log present\n    tail -n \"$limit\" -- \"$rl\" | cut -b 1-400 | while IFS= read -r l || [ -n \"$l\" ]; do out revision \"$l\"; done\n  else\n    out log absent\n  fi\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      a=$(printf '%bx' \"${w#=}\")\n      set -- \"$@\" \"${a%x}\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
 
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
 
@@ -81243,11 +81737,11 @@ async function runRsync(plan, env, options = {}) {
     if (result.code === 0)
         return parseRsyncOutput(result.stdout, plan.dryRun);
     if (options.signal?.aborted)
-        throw new VmSyncError('timeout', 'rsync was stopped: the per-VM timeout (sync.timeout_s) ran out');
+        throw new errors_VmSyncError('timeout', 'rsync was stopped: the per-VM timeout (sync.timeout_s) ran out');
     const code = classifyRsyncFailure(result.code, result.stderr);
     const detail = stderrSummary(result.stderr) || 'no error output';
     const remedy = remedyFor(code);
-    throw new VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}${remedy}`);
+    throw new errors_VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}${remedy}`);
 }
 
 // EXTERNAL MODULE: ./node_modules/is-stream/index.js
@@ -82231,11 +82725,11 @@ class JumpLink {
                 if (!settle())
                     return;
                 this.forget(session);
-                reject(new VmSyncError('jump_unreachable', `the connection to jump host ${name} (${host}) ${why} while opening the way to ${vm.id} (every VM behind jump host ${name} fails until it is back; the next attempt connects afresh)`));
+                reject(new errors_VmSyncError('jump_unreachable', `the connection to jump host ${name} (${host}) ${why} while opening the way to ${vm.id} (every VM behind jump host ${name} fails until it is back; the next attempt connects afresh)`));
             };
             const onAbort = () => {
                 if (settle())
-                    reject(new VmSyncError('timeout', `opening the way to ${vm.id} through jump host ${name} was cancelled (per-VM timeout)`));
+                    reject(new errors_VmSyncError('timeout', `opening the way to ${vm.id} through jump host ${name} was cancelled (per-VM timeout)`));
             };
             const timer = setTimeout(() => linkFailed(`did not answer within ${Math.round(options.connectTimeoutMs / 1000)}s (sync.connect_timeout_s)`), options.connectTimeoutMs);
             options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -82251,7 +82745,7 @@ class JumpLink {
                 if (typeof reason !== 'number')
                     return linkFailed(`is gone (${untrusted_vmText(errors_getErrorMessage(error), 200)})`);
                 if (settle()) {
-                    reject(new VmSyncError('unreachable', `jump host ${name} (${host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${untrusted_vmText(errors_getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`));
+                    reject(new errors_VmSyncError('unreachable', `jump host ${name} (${host}) could not open a connection to ${vm.id} at ${vm.host}:${vm.port}: ${untrusted_vmText(errors_getErrorMessage(error), 200)}. Check the VM is up and that the jump host can reach it (AllowTcpForwarding on the jump host's sshd).`));
                 }
             });
         }));
@@ -82266,7 +82760,7 @@ class JumpLink {
     /** Takes a slot, at once or when one is released (counted when taken, so concurrent callers cannot overshoot). */
     slot(signal) {
         if (signal?.aborted)
-            return Promise.reject(new VmSyncError('timeout', `the VM's time ran out before a connection through jump host ${this.jump.name} could be opened`));
+            return Promise.reject(new errors_VmSyncError('timeout', `the VM's time ran out before a connection through jump host ${this.jump.name} could be opened`));
         if (this.active < this.jump.maxSessions) {
             this.active++;
             return Promise.resolve();
@@ -82281,7 +82775,7 @@ class JumpLink {
                 const at = this.waiting.indexOf(go);
                 if (at >= 0)
                     this.waiting.splice(at, 1);
-                reject(new VmSyncError('timeout', `stopped while waiting to open a connection through jump host ${this.jump.name} (at most ${this.jump.maxSessions} at a time): the run was cancelled or the VM's time ran out; if it ran out, raise jump_hosts.${this.jump.name}.max_sessions or sync.timeout_s`));
+                reject(new errors_VmSyncError('timeout', `stopped while waiting to open a connection through jump host ${this.jump.name} (at most ${this.jump.maxSessions} at a time): the run was cancelled or the VM's time ran out; if it ran out, raise jump_hosts.${this.jump.name}.max_sessions or sync.timeout_s`));
             };
             signal?.addEventListener('abort', cancel, { once: true });
             this.waiting.push(go);
@@ -82298,11 +82792,11 @@ class JumpLink {
                     if (this.session === failed)
                         this.session = null;
                 }, FAILURE_MEMORY_MS).unref();
-                const code = error instanceof VmSyncError ? error.code : 'unreachable';
+                const code = error instanceof errors_VmSyncError ? error.code : 'unreachable';
                 // A bastion that is down or silent is the jump host's failure, not the VM's; a key problem keeps its own code.
                 const network = code === 'unreachable' || code === 'timeout';
                 const behind = network ? ` (every VM behind jump host ${name} fails until it is back)` : code === 'key_invalid' ? ` (every VM behind jump host ${name} fails until it is fixed; the other VMs are not affected)` : '';
-                throw new VmSyncError(network ? 'jump_unreachable' : code, `${errors_getErrorMessage(error)}${behind}`, { cause: error });
+                throw new errors_VmSyncError(network ? 'jump_unreachable' : code, `${errors_getErrorMessage(error)}${behind}`, { cause: error });
             });
             this.session = failed;
         }
@@ -82355,22 +82849,25 @@ const FRAMED_LINES_MAX = 2000;
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
 class BoundedText {
     max;
+    headMax;
     head = '';
     tail = '';
     dropped = 0;
-    constructor(max) {
+    /** `headMax`: how much of the start to keep (default half; 0 keeps only the end). */
+    constructor(max, headMax = max / 2) {
         this.max = max;
+        this.headMax = headMax;
     }
     add(chunk) {
-        if (this.head.length < this.max / 2) {
-            const room = this.max / 2 - this.head.length;
+        if (this.head.length < this.headMax) {
+            const room = this.headMax - this.head.length;
             this.head += chunk.slice(0, room);
             chunk = chunk.slice(room);
         }
         if (!chunk)
             return;
         const joined = this.tail + chunk;
-        const keep = this.max / 2;
+        const keep = this.max - this.headMax;
         if (joined.length > keep)
             this.dropped += joined.length - keep;
         this.tail = joined.slice(-keep);
@@ -82407,10 +82904,10 @@ class VmSession {
         const privateKey = readPrivateKey(vm).text;
         const pinned = knownHosts.pinned(vm.host, vm.port);
         if (pinned.keys.length === 0 && pinned.revoked.length > 0) {
-            throw new VmSyncError('host_key_revoked', `every host key pinned for ${pinned.name} in known_hosts is REVOKED (@revoked ${pinned.revoked.map(known_hosts_fingerprint).join(', ')}): vm-sync will not connect to ${vm.id}. Give the VM a new host key, fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band and pin it; remove the @revoked line only if it was added by mistake.`);
+            throw new errors_VmSyncError('host_key_revoked', `every host key pinned for ${pinned.name} in known_hosts is REVOKED (@revoked ${pinned.revoked.map(known_hosts_fingerprint).join(', ')}): vm-sync will not connect to ${vm.id}. Give the VM a new host key, fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band and pin it; remove the @revoked line only if it was added by mistake.`);
         }
         if (pinned.keys.length === 0) {
-            throw new VmSyncError('host_key_unknown', `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`);
+            throw new errors_VmSyncError('host_key_unknown', `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`);
         }
         // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
         const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
@@ -82446,7 +82943,7 @@ class VmSession {
             tunnel?.opened();
             tunnel?.closed();
             if (options.signal?.aborted)
-                throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+                throw new errors_VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
             let code = classifyConnectError(error, rejected);
             // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
             // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
@@ -82454,7 +82951,7 @@ class VmSession {
             const shown = offered ?? probed?.key ?? null;
             if (shown && isRevoked(pinned, shown))
                 code = 'host_key_revoked';
-            throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
+            throw new errors_VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
         }
         finally {
             options.signal?.removeEventListener('abort', abort);
@@ -82485,7 +82982,7 @@ class VmSession {
         return new Promise((resolve, reject) => {
             const connection = this.ssh.connection;
             if (!connection || this.closed) {
-                reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
+                reject(new errors_VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
                 return;
             }
             let channel = null;
@@ -82521,8 +83018,8 @@ class VmSession {
                 else
                     out.add(`${line}\n`);
             };
-            const timer = setTimeout(() => finish(new VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
-            const onAbort = () => finish(new VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
+            const timer = setTimeout(() => finish(new errors_VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
+            const onAbort = () => finish(new errors_VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
             if (signal?.aborted) {
                 onAbort();
                 return;
@@ -82530,7 +83027,7 @@ class VmSession {
             signal?.addEventListener('abort', onAbort, { once: true });
             connection.exec(command, (error, ch) => {
                 if (error) {
-                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${errors_getErrorMessage(error)}`));
+                    finish(new errors_VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${errors_getErrorMessage(error)}`));
                     return;
                 }
                 channel = ch;
@@ -82564,7 +83061,7 @@ class VmSession {
                         sent += chunk.length;
                         input.onSent?.(sent);
                     });
-                    file.on('error', (error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${errors_getErrorMessage(error)}`)));
+                    file.on('error', (error) => finish(new errors_VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${errors_getErrorMessage(error)}`)));
                     // A command that exits without reading all of it ends the pipe: its answer says why.
                     ch.on('error', () => undefined);
                     file.pipe(ch);
@@ -82587,7 +83084,7 @@ class VmSession {
         return new Promise((resolve, reject) => {
             const connection = this.ssh.connection;
             if (!connection || this.closed) {
-                reject(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
+                reject(new errors_VmSyncError('unreachable', `SSH connection to ${this.vm.id} is closed`));
                 return;
             }
             let channel = null;
@@ -82601,15 +83098,15 @@ class VmSession {
                 settled = true;
                 clearTimeout(timer);
                 signal?.removeEventListener('abort', onAbort);
-                if (outcome instanceof VmSyncError || outcome.overflowed)
+                if (outcome instanceof errors_VmSyncError || outcome.overflowed)
                     channel?.close();
-                if (outcome instanceof VmSyncError)
+                if (outcome instanceof errors_VmSyncError)
                     reject(outcome);
                 else
                     resolve({ code: outcome.code, stdout: Buffer.concat(chunks, size), stderr: err.text(), overflowed: outcome.overflowed });
             };
-            const timer = setTimeout(() => finish(new VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
-            const onAbort = () => finish(new VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
+            const timer = setTimeout(() => finish(new errors_VmSyncError('timeout', `command on ${this.vm.id} did not finish within ${Math.round(timeoutMs / 1000)}s`)), timeoutMs);
+            const onAbort = () => finish(new errors_VmSyncError('timeout', `command on ${this.vm.id} was cancelled`));
             if (signal?.aborted) {
                 onAbort();
                 return;
@@ -82617,7 +83114,7 @@ class VmSession {
             signal?.addEventListener('abort', onAbort, { once: true });
             connection.exec(command, (error, ch) => {
                 if (error) {
-                    finish(new VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${errors_getErrorMessage(error)}`));
+                    finish(new errors_VmSyncError('unreachable', `SSH connection to ${this.vm.id} lost: ${errors_getErrorMessage(error)}`));
                     return;
                 }
                 channel = ch;
@@ -82678,7 +83175,7 @@ class VmSession {
     }
 }
 /** `key_invalid`, with what is wrong and the fix apart (doctor shows them on lines of their own). */
-class KeyInvalidError extends VmSyncError {
+class KeyInvalidError extends errors_VmSyncError {
     problem;
     fix;
     constructor(
@@ -82824,7 +83321,7 @@ class AgentSession {
         channel.stderr.on('data', (data) => {
             this.stderrTail = (this.stderrTail + data.toString('utf8')).slice(-4000);
         });
-        channel.on('close', () => this.fail(new VmSyncError('unreachable', `the agent session on ${vmId} ended${this.stderrTail.trim() ? `: ${this.stderrTail.trim().split('\n').slice(-3).join(' | ')}` : ''}`)));
+        channel.on('close', () => this.fail(new errors_VmSyncError('unreachable', `the agent session on ${vmId} ended${this.stderrTail.trim() ? `: ${this.stderrTail.trim().split('\n').slice(-3).join(' | ')}` : ''}`)));
     }
     /** Starts the agent on the VM for `target`, alive for at most `budgetS` seconds. */
     static async open(session, target, budgetS) {
@@ -82834,7 +83331,7 @@ class AgentSession {
             channel = await session.openChannel(agentSessionCommand(target, { nonce, budgetS }));
         }
         catch (error) {
-            throw new VmSyncError('unreachable', `cannot start the agent on ${session.vm.id}: ${errors_getErrorMessage(error)}`);
+            throw new errors_VmSyncError('unreachable', `cannot start the agent on ${session.vm.id}: ${errors_getErrorMessage(error)}`);
         }
         return new AgentSession(session.vm.id, channel, nonce);
     }
@@ -82867,8 +83364,8 @@ class AgentSession {
             const budget = Math.max(1, Math.ceil(options.budgetS));
             const line = `${options.nonce} ${budget} ${op}${args.map((a) => ` ${encodeSessionArg(a)}`).join('')}\n`;
             const signal = options.signal;
-            const onAbort = () => this.fail(new VmSyncError('timeout', `${op} on ${this.vmId} was cancelled`));
-            const timer = setTimeout(() => this.fail(new VmSyncError('timeout', `${op} on ${this.vmId} did not finish within ${budget}s`)), (budget + KILL_GRACE_S + 2) * 1000);
+            const onAbort = () => this.fail(new errors_VmSyncError('timeout', `${op} on ${this.vmId} was cancelled`));
+            const timer = setTimeout(() => this.fail(new errors_VmSyncError('timeout', `${op} on ${this.vmId} did not finish within ${budget}s`)), (budget + KILL_GRACE_S + 2) * 1000);
             const done = () => {
                 clearTimeout(timer);
                 signal?.removeEventListener('abort', onAbort);
@@ -82878,7 +83375,8 @@ class AgentSession {
                 nonce: options.nonce,
                 framed: [],
                 stderr: [],
-                other: new BoundedText(OTHER_MAX),
+                // A command's own output (post_sync) is kept by its end only, as much as asked.
+                other: options.otherTail ? new BoundedText(options.otherTail, 0) : new BoundedText(OTHER_MAX),
                 resolve: (reply) => {
                     done();
                     resolve(reply);
@@ -82899,7 +83397,7 @@ class AgentSession {
     /** Ends the session: the agent reads end-of-input and exits. */
     close() {
         if (!this.dead)
-            this.dead = new VmSyncError('unreachable', `the agent session on ${this.vmId} was closed`);
+            this.dead = new errors_VmSyncError('unreachable', `the agent session on ${this.vmId} was closed`);
         this.channel.end();
         this.channel.close();
     }
@@ -82930,7 +83428,7 @@ class AgentSession {
         const prefix = pending ? `@${pending.nonce} ` : null;
         if (!pending || !prefix || !line.startsWith(prefix)) {
             if (line.startsWith(`@${this.nonce} error=`))
-                this.fail(new VmSyncError('remote_command_failed', `the agent session on ${this.vmId} failed to start`));
+                this.fail(new errors_VmSyncError('remote_command_failed', `the agent session on ${this.vmId} failed to start`));
             else if (!line.startsWith(`@${this.nonce} `))
                 this.noise(line);
             return;
@@ -82968,10 +83466,10 @@ const AGENT_CODES = new Set(FAILURE_CODES);
 /** A byte bound in words: MiB when it is that large. */
 const bytes = (n) => (n >= 1048576 ? `${Math.round(n / 1048576)} MiB` : `${n} bytes`);
 function tooMany(vmId, limits, what) {
-    return new VmSyncError('remote_command_failed', `too many entries on ${vmId} for the deep verify: ${what} (the limit is ${limits.maxEntries} entries, ${bytes(limits.maxCompressedBytes)} gzip'd, ${bytes(limits.maxBytes)} listed). Exclude generated trees with rsync_excludes or shared_paths, or check this VM with ${invocation('verify', [['vm', vmId]])} (without deep).`);
+    return new errors_VmSyncError('remote_command_failed', `too many entries on ${vmId} for the deep verify: ${what} (the limit is ${limits.maxEntries} entries, ${bytes(limits.maxCompressedBytes)} gzip'd, ${bytes(limits.maxBytes)} listed). Exclude generated trees with rsync_excludes or shared_paths, or check this VM with ${invocation('verify', [['vm', vmId]])} (without deep).`);
 }
 function garbled(vmId, why) {
-    return new VmSyncError('remote_command_failed', `the listing from ${vmId} is not usable (${why}): nothing was compared. Run ${invocation('verify', [['deep'], ['vm', vmId]])} again; if it persists, check the VM's find, sha256sum and gzip.`);
+    return new errors_VmSyncError('remote_command_failed', `the listing from ${vmId} is not usable (${why}): nothing was compared. Run ${invocation('verify', [['deep'], ['vm', vmId]])} again; if it persists, check the VM's find, sha256sum and gzip.`);
 }
 /** Whether a relative path is one find could print: no empty, `.` or `..` component, not absolute. */
 function plainPath(rel) {
@@ -83034,9 +83532,9 @@ function parseListing(data, vmId, limits = LISTING_LIMITS) {
             if (at !== data.length)
                 throw garbled(vmId, 'data after the end record');
             if (end[1] !== '0')
-                throw new VmSyncError('remote_command_failed', `find could not read all of the release on ${vmId} (exit ${end[1]}): an unreadable directory hides what it holds. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
+                throw new errors_VmSyncError('remote_command_failed', `find could not read all of the release on ${vmId} (exit ${end[1]}): an unreadable directory hides what it holds. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
             if (end[2] !== '0')
-                throw new VmSyncError('remote_command_failed', `sha256sum could not read every file of the release on ${vmId} (exit ${end[2]}): an unreadable file cannot be compared. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
+                throw new errors_VmSyncError('remote_command_failed', `sha256sum could not read every file of the release on ${vmId} (exit ${end[2]}): an unreadable file cannot be compared. Fix its permissions on the VM, then run ${invocation('verify', [['deep'], ['vm', vmId]])} again.`);
             break;
         }
         const h = HASH_RECORD.exec(record);
@@ -83075,7 +83573,7 @@ function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
             throw tooMany(vmId, limits, message);
         const known = code !== null && code !== 'failed' && AGENT_CODES.has(code) ? code : 'remote_command_failed';
         const detail = message || untrusted_vmText(result.stderr.trim().split('\n').slice(-3).join(' | '), 500) || `exit ${result.code}, no answer`;
-        throw new VmSyncError(known, `listing on ${vmId} failed: ${detail}`);
+        throw new errors_VmSyncError(known, `listing on ${vmId} failed: ${detail}`);
     }
     const trailer = Buffer.from(`@${nonce} end=ok\n`, 'latin1');
     const body = result.stdout.subarray(start + header.length);
@@ -83105,7 +83603,6 @@ function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
 
 
 
-
 const TARGET_KINDS = ['release', 'symlink', 'dangling', 'dir', 'other', 'absent'];
 const SENTINEL_STATES = ['regular', 'absent', 'symlink', 'directory', 'special', 'unreadable'];
 /** Seconds an empty, unreadable or garbled lock is respected before it is treated as stale. */
@@ -83118,6 +83615,8 @@ const target_AGENT_CODES = new Set(FAILURE_CODES);
 const PROBE_KEYS = ['target', 'kind', 'current', 'rev_state', 'rev', 'rsync', 'lock_record', 'lock_hex', 'lock_kind', 'lock_mtime', 'now'];
 const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid'];
 const BASE_STATES = ['none', 'unknown', 'intact', 'drifted'];
+/** What the post-sync command's output is kept to on the runner host (its end). */
+const POST_OUTPUT_MAX = 64 * 1024;
 const RELEASE_NAME = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
 /**
  * The deploy target on one VM, driven through the agent over the VM's
@@ -83167,8 +83666,12 @@ class RemoteTarget {
     budgetS() {
         return Math.max(1, Math.ceil((this.deadlineAt - Date.now()) / 1000));
     }
-    /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
-    async call(op, args, cleanup, budgetOverride, input) {
+    /**
+     * Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form).
+     * `otherTail`: keep the last this many characters of its unframed output, as printed (a command's
+     * output the caller cleans and bounds), instead of its start and end made into a message.
+     */
+    async call(op, args, cleanup, budgetOverride, input, otherTail) {
         const nonce = external_node_crypto_default().randomBytes(12).toString('hex');
         const budgetS = cleanup ? CLEANUP_MS / 1000 : (budgetOverride ?? this.budgetS());
         try {
@@ -83180,18 +83683,18 @@ class RemoteTarget {
                 }
                 const agent = this.agent;
                 try {
-                    const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal });
-                    return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: vmBlock(ends(reply.other.trim()), 5200) };
+                    const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal, otherTail });
+                    return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: otherTail ? reply.other : vmBlock(ends(reply.other.trim()), 5200) };
                 }
                 catch (error) {
                     // The session's own process must go too when its step is killed.
                     this.interrupted.add(agent.nonce);
                     const said = agent.stderr.trim();
-                    if (error instanceof VmSyncError && error.code === 'unreachable' && said) {
+                    if (error instanceof errors_VmSyncError && error.code === 'unreachable' && said) {
                         const known = codeFromStderr(said);
                         const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(said);
                         if (known || missingTimeout)
-                            throw new VmSyncError(known ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${untrusted_vmText(said.split('\n').slice(-3).join(' | '), 500)}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+                            throw new errors_VmSyncError(known ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${untrusted_vmText(said.split('\n').slice(-3).join(' | '), 500)}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
                     }
                     throw error;
                 }
@@ -83218,7 +83721,7 @@ class RemoteTarget {
         const missingTimeout = /timeout: (command )?not found|timeout: No such file/.test(stderr);
         const detail = said || stderr.split('\n').slice(-3).join(' | ') || (other ? `no answer; the login shell printed: ${untrusted_vmText(other, 300)}` : `exit ${code}`);
         // The agent quotes the shell's own error (disk full, I/O error) in its message.
-        throw new VmSyncError(known ?? codeFromStderr(`${said}\n${stderr}`) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
+        throw new errors_VmSyncError(known ?? codeFromStderr(`${said}\n${stderr}`) ?? 'remote_command_failed', `${op} on ${this.vmId} failed: ${detail}${missingTimeout ? ' (vm-sync needs coreutils `timeout` on the VM: install coreutils)' : ''}`);
     }
     /**
      * A guard for this run's transfer (see RshBridge.start): the VM's rsync
@@ -83263,7 +83766,7 @@ class RemoteTarget {
             };
         }
         if (lock !== 'acquired')
-            throw new VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${untrusted_vmText(lock ?? '', 40)}`);
+            throw new errors_VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${untrusted_vmText(lock ?? '', 40)}`);
         const took = out.all('took_over').at(-1);
         return {
             held: false,
@@ -83291,11 +83794,11 @@ class RemoteTarget {
         const expected = external_node_path_default().posix.join(external_node_path_default().posix.dirname(probed.target), `.${external_node_path_default().posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
         const stage = out.require('stage');
         if (stage !== expected)
-            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${untrusted_vmText(stage)}, not ${expected}: refusing to transfer there`);
+            throw new errors_VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${untrusted_vmText(stage)}, not ${expected}: refusing to transfer there`);
         const linkDest = out.require('link_dest');
         const releases = external_node_path_default().posix.dirname(expected);
         if (linkDest && linkDest !== probed.target && external_node_path_default().posix.dirname(linkDest) !== releases)
-            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${untrusted_vmText(linkDest)}`);
+            throw new errors_VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${untrusted_vmText(linkDest)}`);
         const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
         const complete = out.require('complete');
         return {
@@ -83334,11 +83837,12 @@ class RemoteTarget {
      * Points the target at a complete kept release; returns the release it
      * replaced (null: none of vm-sync's). With `reject`, the replaced release is
      * marked as one a rollback never goes back to (it was reverted or rolled back from).
+     * `record` says why, for the VM's revisions.log.
      */
-    async flip(token, release, reject = false) {
-        const out = (await this.op('flip', [token, release, reject ? '1' : '0'])).only(['previous', 'moved_aside', 'release']);
+    async flip(token, release, reject = false, record = { action: 'deploy', run: '' }) {
+        const out = (await this.op('flip', [token, release, reject ? '1' : '0', record.action, record.run])).only(['previous', 'moved_aside', 'release']);
         if (out.require('release') !== release)
-            throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${untrusted_vmText(out.require('release'))}, not ${release}`);
+            throw new errors_VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${untrusted_vmText(out.require('release'))}, not ${release}`);
         const previous = out.require('previous');
         const aside = out.get('moved_aside');
         return { previous: previous ? releaseName(previous, this.vmId) : null, movedAside: aside === null ? null : untrusted_vmText(aside) };
@@ -83351,10 +83855,15 @@ class RemoteTarget {
         const complete = out.all('release').map((line) => {
             const [name, commit] = line.split(' ');
             if (!commit || !/^[0-9a-f]{40}$/.test(commit))
-                throw new VmSyncError('remote_command_failed', `releases on ${this.vmId}: a completion marker without a commit (${untrusted_vmText(line, 120)})`);
+                throw new errors_VmSyncError('remote_command_failed', `releases on ${this.vmId}: a completion marker without a commit (${untrusted_vmText(line, 120)})`);
             return { name: releaseName(name, this.vmId), commit };
         });
         return { live: live ? untrusted_vmText(live, 200) : null, previous: previous ? releaseName(previous, this.vmId) : null, complete, incomplete: out.all('incomplete').map((n) => untrusted_vmText(n, 200)) };
+    }
+    /** The last `limit` lines of the VM's revisions.log (read-only, no lock; each line raw, cut at 400 bytes). */
+    async revisions(limit) {
+        const out = (await this.op('revisions', [String(Math.max(1, Math.floor(limit)))])).only(['log', 'revision']);
+        return { present: out.oneOf('log', ['present', 'absent']) === 'present', lines: out.all('revision') };
     }
     /** Extends this run's lock to the budget's end (plus the margin); fails with lock_lost when it is gone. */
     async renew(token) {
@@ -83383,11 +83892,12 @@ class RemoteTarget {
     async inPlaceBegin(token, probed) {
         const target = (await this.op('inplace-begin', [token])).require('target');
         if (target !== probed.target)
-            throw new VmSyncError('remote_command_failed', `inplace-begin on ${this.vmId} answered ${untrusted_vmText(target)}, not ${probed.target}: refusing to transfer there`);
+            throw new errors_VmSyncError('remote_command_failed', `inplace-begin on ${this.vmId} answered ${untrusted_vmText(target)}, not ${probed.target}: refusing to transfer there`);
         return target;
     }
-    async inPlaceFinish(token, sha) {
-        await this.op('inplace-finish', [token, sha]);
+    /** Writes `.sync_rev` after an in-place transfer; `from` (the commit it held) and `run` go into revisions.log. */
+    async inPlaceFinish(token, sha, record = { from: null, run: '' }) {
+        await this.op('inplace-finish', [token, sha, record.from ?? '', record.run]);
     }
     /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
     async prune(token, keep) {
@@ -83427,16 +83937,23 @@ class RemoteTarget {
             timeout: out.get('timeout') ? untrusted_vmText(out.require('timeout')) : null,
         };
     }
-    /** Runs the configured post-sync command in the live release, under the run's deadline. */
+    /**
+     * Runs the configured post-sync command in the live release, under the
+     * run's deadline, and returns its exit status (null: stopped before it
+     * ended) and the tail of its output (stdout and stderr, in order; at most
+     * {@link POST_OUTPUT_MAX} characters, as the VM printed it: the caller
+     * cleans and masks it). Only the VM's or the lock's failures throw.
+     */
     async postSync(token, sha, command) {
-        const { response, code, stderr, other } = await this.call('post', [token, sha, command], false);
+        // A budget spent or a cancellation throws here, as for any step (the output is lost with the channel).
+        const { response, code, stderr, other } = await this.call('post', [token, sha, command], false, undefined, undefined, POST_OUTPUT_MAX);
         if (response.get('error') !== null)
             await this.op('post', [token, sha, command]); // lock lost and the like: the checked form says why
-        if (code === 0 && response.complete)
-            return;
-        const exit = response.get('exit') ?? String(code);
-        const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
-        throw new VmSyncError('post_sync_failed', `post_sync_command exited ${untrusted_vmText(exit, 10)} on ${this.vmId}: ${untrusted_vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', this.vmId]])} to run it again.`);
+        if (!response.complete)
+            return { exit: null, output: other || stderr };
+        response.only(['exit']);
+        const exit = toInt(response.require('exit'));
+        return { exit: code === 0 ? exit : exit || code, output: other };
     }
     /**
      * Kills, on the VM, the process groups of operations whose channel this run
@@ -83460,7 +83977,7 @@ class RemoteTarget {
 /** A release name as the agent makes them; anything else is a protocol error, never a path to use. */
 function releaseName(value, vmId) {
     if (!RELEASE_NAME.test(value))
-        throw new VmSyncError('remote_command_failed', `the agent on ${vmId} named a release ${JSON.stringify(untrusted_vmText(value, 80))}, which is not a release name`);
+        throw new errors_VmSyncError('remote_command_failed', `the agent on ${vmId} named a release ${JSON.stringify(untrusted_vmText(value, 80))}, which is not a release name`);
     return value;
 }
 /** Long output as its first 1000 and last 4000 characters: a command says why it failed at its end. */
@@ -83528,9 +84045,9 @@ function sshPorts(knownHosts) {
             },
             apply: (token, sha, base, file, onSent) => target.apply(token, sha, base, file, onSent),
             seal: (token, sha, shared, key) => target.seal(token, sha, shared, key),
-            flip: (token, release, reject) => target.flip(token, release, reject),
+            flip: (token, release, reject, record) => target.flip(token, release, reject, record),
             inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
-            inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),
+            inPlaceFinish: (token, sha, record) => target.inPlaceFinish(token, sha, record),
             releases: () => target.releases(),
             listing: (kind) => target.listing(kind),
             renew: (token) => target.renew(token),
@@ -83678,7 +84195,7 @@ async function classifyState(vmId, rev, deploy, history, kind) {
         return 'fresh';
     const trimmed = rev.trim();
     if (!state_FULL_SHA.test(trimmed)) {
-        throw new VmSyncError('sentinel_unreadable', `.sync_rev on ${vmId} holds ${JSON.stringify(trimmed.slice(0, 60))}, not a commit hash: something other than vm-sync wrote it. Remove it to treat the VM as fresh.`);
+        throw new errors_VmSyncError('sentinel_unreadable', `.sync_rev on ${vmId} holds ${JSON.stringify(trimmed.slice(0, 60))}, not a commit hash: something other than vm-sync wrote it. Remove it to treat the VM as fresh.`);
     }
     return history.relation(trimmed, deploy);
 }
@@ -83753,7 +84270,7 @@ function parseRawDiff(out) {
             break;
         const status = meta.split(' ')[4];
         if (!meta.startsWith(':') || !status)
-            throw new VmSyncError('git_failed', `unexpected git diff record: ${JSON.stringify(meta.slice(0, 80))}`);
+            throw new errors_VmSyncError('git_failed', `unexpected git diff record: ${JSON.stringify(meta.slice(0, 80))}`);
         entries.push({ status: status[0], path: fields[i + 1] });
     }
     return entries;
@@ -83952,12 +84469,12 @@ async function writeStream(file, root, removals, members, env) {
         });
         const [t, g] = await Promise.all([status(tar), status(gzip)]);
         if (t.code !== 0 || g.code !== 0)
-            throw new VmSyncError('internal_error', `could not build the release stream (tar exited ${t.code}, gzip ${g.code}): ${(t.stderr || g.stderr).trim().slice(0, 500)}`);
+            throw new errors_VmSyncError('internal_error', `could not build the release stream (tar exited ${t.code}, gzip ${g.code}): ${(t.stderr || g.stderr).trim().slice(0, 500)}`);
     }
     catch (error) {
-        if (error instanceof VmSyncError)
+        if (error instanceof errors_VmSyncError)
             throw error;
-        throw new VmSyncError('internal_error', `could not build the release stream: ${errors_getErrorMessage(error)}`);
+        throw new errors_VmSyncError('internal_error', `could not build the release stream: ${errors_getErrorMessage(error)}`);
     }
     finally {
         external_node_fs_default().closeSync(out);
@@ -84050,7 +84567,7 @@ async function expectedTree(exportDir, rules, scratchDir) {
         const args = ['-rlpt', `--link-dest=${external_node_path_default().resolve(exportDir)}`, ...rules.excludes.map((p) => `--exclude=${p}`), `${exportDir}/`, `${root}/`];
         const result = await run('rsync', args, { maxOutput: 4000 });
         if (result.code !== 0)
-            throw new VmSyncError('rsync_failed', `could not apply rsync_excludes to the export for the deep verify (rsync exited ${result.code}): ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+            throw new errors_VmSyncError('rsync_failed', `could not apply rsync_excludes to the export for the deep verify (rsync exited ${result.code}): ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
     }
     const entries = await readTree(root, (rel, isDir) => rel !== '.sync_rev' && !shared.some((s) => rel === s || under(rel, s)) && !(exclude?.(rel, isDir) ?? false));
     // The release's seal step creates a shared path's missing parents as directories.
@@ -84309,7 +84826,7 @@ function dryRunNotes(target, plan, changes, counts) {
 
 /** Any error as a {@link VmSyncError} (a stray one is a remote command that failed). */
 function toFailure(error) {
-    return error instanceof VmSyncError ? error : new VmSyncError('remote_command_failed', errors_getErrorMessage(error), { cause: error });
+    return error instanceof errors_VmSyncError ? error : new errors_VmSyncError('remote_command_failed', errors_getErrorMessage(error), { cause: error });
 }
 /** Waits `ms`, or less when `signal` aborts. */
 const sleep = (ms, signal) => new Promise((resolve) => {
@@ -84339,8 +84856,8 @@ async function withBudget(vm, ctx, phase, retries, attempt) {
             let failure = toFailure(error);
             if (signal.aborted) {
                 failure = ctx.signal?.aborted
-                    ? new VmSyncError('interrupted', `run interrupted before ${vm.id} finished; what it serves now is in rev_after`)
-                    : new VmSyncError('timeout', `${vm.id} did not finish within sync.timeout_s=${ctx.config.sync.timeoutS}s (last step: ${failure.message})`);
+                    ? new errors_VmSyncError('interrupted', `run interrupted before ${vm.id} finished; what it serves now is in rev_after`)
+                    : new errors_VmSyncError('timeout', `${vm.id} did not finish within sync.timeout_s=${ctx.config.sync.timeoutS}s (last step: ${failure.message})`);
             }
             report.result = report.result === 'refused' ? 'refused' : 'failed';
             report.error = { code: failure.code, message: failure.message };
@@ -84402,7 +84919,7 @@ async function stateOf(vm, probe, ctx, force) {
     if (probe.sentinel !== 'regular' && probe.sentinel !== 'absent') {
         if (force)
             return 'unknown';
-        throw new VmSyncError('sentinel_unreadable', `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run ${invocation('sync', [['force'], ['vm', vm.id]])} to replace it with a new release.`);
+        throw new errors_VmSyncError('sentinel_unreadable', `${probe.target}/.sync_rev on ${vm.id} is ${probe.sentinel === 'unreadable' ? 'not readable' : `a ${probe.sentinel}, not a file`}: vm-sync never follows or reads it. Remove it, or run ${invocation('sync', [['force'], ['vm', vm.id]])} to replace it with a new release.`);
     }
     return classifyState(vm.id, probe.rev, ctx.commit, ctx.history, probe.kind);
 }
@@ -84432,7 +84949,7 @@ async function dryRun(vm, ctx, session, target, report, signal) {
         report.notes.push(brokenNote(before));
     const plan = targetPlan(before, ctx.config.repository.layout);
     if (plan.wouldFail && report.action === 'deploy') {
-        throw new VmSyncError('remote_command_failed', `a sync would fail on ${vm.id}: ${plan.wouldFail} (${before.target}). Remove it, or set repository.layout: atomic (which moves it aside and keeps it).`);
+        throw new errors_VmSyncError('remote_command_failed', `a sync would fail on ${vm.id}: ${plan.wouldFail} (${before.target}). Remove it, or set repository.layout: atomic (which moves it aside and keeps it).`);
     }
     const bridge = await RshBridge.start(session);
     try {
@@ -84495,13 +85012,13 @@ function inspectVm(vm, ctx, mode, deep) {
         }
         if (mode === 'verify' && !report.verified) {
             const on = report.state === 'broken' ? 'nothing (its live release is gone)' : report.rev_after ? vm_pipeline_short(report.rev_after) : 'nothing (no .sync_rev)';
-            throw new VmSyncError('verify_mismatch', `${vm.id} is on ${on}, expected ${vm_pipeline_short(ctx.commit)} (${report.state}): run ${invocation('sync', [['vm', vm.id]])}.`);
+            throw new errors_VmSyncError('verify_mismatch', `${vm.id} is on ${on}, expected ${vm_pipeline_short(ctx.commit)} (${report.state}): run ${invocation('sync', [['vm', vm.id]])}.`);
         }
         const drift = report.drift;
         if (drift && drift.changed + drift.missing + drift.extra > 0) {
             report.verified = false;
             const counts = [`${drift.changed} changed`, `${drift.missing} missing`, `${drift.extra} extra`].join(', ');
-            throw new VmSyncError('release_drifted', `${vm.id} serves ${vm_pipeline_short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with ${invocation('sync', [['force'], ['vm', vm.id]])} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`);
+            throw new errors_VmSyncError('release_drifted', `${vm.id} serves ${vm_pipeline_short(served)}, but its files differ from that commit's tree (${counts}): they were changed on the VM by hand. Restore them with ${invocation('sync', [['force'], ['vm', vm.id]])} (it rebuilds the release from the commit through rsync), or commit the change and deploy it.`);
         }
         report.result = 'success';
     }));
@@ -84512,7 +85029,7 @@ async function checkDrift(vm, ctx, target, probe, served, report, deep) {
     const listing = await target.listing(probe.kind === 'release' ? 'release' : 'dir');
     // The listing is of what serves `served` only if its own .sync_rev still says so (a deploy may have flipped meanwhile).
     if (!sentinelMatches(listing, served)) {
-        throw new VmSyncError('remote_command_failed', `what ${vm.id} serves changed while the deep verify read it (its .sync_rev no longer holds ${vm_pipeline_short(served)}): run ${invocation('verify', [['deep'], ['vm', vm.id]])} again.`);
+        throw new errors_VmSyncError('remote_command_failed', `what ${vm.id} serves changed while the deep verify read it (its .sync_rev no longer holds ${vm_pipeline_short(served)}): run ${invocation('verify', [['deep'], ['vm', vm.id]])} again.`);
     }
     const drift = compareTrees(expected, listing, sharedLinkTarget(probe.target));
     report.drift = driftReport(drift, expected.entries.size + expected.shared.length);
@@ -84572,12 +85089,12 @@ function lockedError(vm, outcome, staleAfterS, waitedS) {
     const unlockForce = cliCommand(`vm-sync unlock --vm ${vm.id} --force`);
     const waited = waitedS > 0 ? ` (waited ${waitedS}s)` : '';
     if (owner) {
-        return new VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress${waited}. Wait for it (${advice_option('lock-wait', 'SECONDS')} waits for you); if you know it is gone, run ${unlock} (${unlockForce} for a holder that is still alive).`);
+        return new errors_VmSyncError('locked', `${vm.id} is locked by ${describeOwner(owner, outcome.probe.now)}: another deploy is in progress${waited}. Wait for it (${advice_option('lock-wait', 'SECONDS')} waits for you); if you know it is gone, run ${unlock} (${unlockForce} for a holder that is still alive).`);
     }
     if (outcome.why === 'legacy') {
-        return new VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s)${waited}. Wait for it, or run ${unlock}.`);
+        return new errors_VmSyncError('locked', `${vm.id} is locked by ${JSON.stringify(outcome.record)} (a lock of an older vm-sync, ${outcome.ageS}s old; stale after sync.timeout_s=${staleAfterS}s)${waited}. Wait for it, or run ${unlock}.`);
     }
-    return new VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s${waited}. Run ${unlock} to break it now.`);
+    return new errors_VmSyncError('locked', `${vm.id} has a lock whose owner record is empty or unreadable (${outcome.record ? JSON.stringify(outcome.record) : 'empty'}, ${outcome.ageS}s old): it is treated as stale after ${UNREADABLE_LOCK_GRACE_S}s${waited}. Run ${unlock} to break it now.`);
 }
 /**
  * Takes the VM's lock. A lock of this same run (an earlier attempt that lost
@@ -84638,6 +85155,11 @@ async function takeLock(vm, port, options) {
 
 
 
+
+
+/** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
+const POST_SYNC_LINES = 200;
+const POST_SYNC_FAILURE_LINES = 20;
 const now = () => new Date().toISOString();
 /** rsync's I/O timeout: no data for this long aborts a transfer (a few connect timeouts, at least 30 s). */
 const ioTimeoutS = (config) => Math.max(30, config.sync.connectTimeoutS * 3);
@@ -84701,7 +85223,7 @@ class FleetRelease {
         }
         // Cancelled between batches: what is left stays on its release, staged.
         for (const run of this.active())
-            await this.fail(run, new VmSyncError('interrupted', `run interrupted before ${run.vm.id} flipped: it serves its old release, with the new one staged`));
+            await this.fail(run, new errors_VmSyncError('interrupted', `run interrupted before ${run.vm.id} flipped: it serves its old release, with the new one staged`));
         return this.runs.map((run) => run.report);
     }
     /** The VMs still in the release: staged, holding their lock, not yet final. */
@@ -84718,7 +85240,7 @@ class FleetRelease {
             catch (error) {
                 // A defect: the VM still ends with a row, and its lock is released; -v shows where.
                 this.say(run, `internal error: ${error instanceof Error && error.stack ? error.stack : errors_getErrorMessage(error)}`, 'prepare', 'debug');
-                await this.fail(run, new VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${errors_getErrorMessage(error)}`));
+                await this.fail(run, new errors_VmSyncError('internal_error', `vm-sync failed on ${run.vm.id} (a defect, please report it): ${errors_getErrorMessage(error)}`));
             }
         });
     }
@@ -84737,14 +85259,14 @@ class FleetRelease {
                 let failure = toFailure(error);
                 if (signal.aborted) {
                     failure = this.ctx.signal?.aborted
-                        ? new VmSyncError('interrupted', `run interrupted before ${run.vm.id} finished; what it serves now is in rev_after`)
-                        : new VmSyncError('timeout', `${run.vm.id} did not finish within sync.timeout_s=${sync.timeoutS}s (last step: ${failure.message})`);
+                        ? new errors_VmSyncError('interrupted', `run interrupted before ${run.vm.id} finished; what it serves now is in rev_after`)
+                        : new errors_VmSyncError('timeout', `${run.vm.id} did not finish within sync.timeout_s=${sync.timeoutS}s (last step: ${failure.message})`);
                 }
                 if (!failure.retryable || signal.aborted || attempt >= sync.retries) {
                     const same = `${failure.code}: ${failure.message}`;
                     run.report.notes = run.report.notes.filter((note) => !note.endsWith(same));
                     if (attempt > 0)
-                        failure = new VmSyncError(failure.code, `${failure.message} (${attempt + 1} attempts)`);
+                        failure = new errors_VmSyncError(failure.code, `${failure.message} (${attempt + 1} attempts)`);
                     await this.fail(run, failure);
                     return;
                 }
@@ -84824,7 +85346,7 @@ class FleetRelease {
         if (decision.kind === 'refuse') {
             report.action = decision.code === 'refused_ahead' ? 'refuse' : 'deploy';
             report.result = decision.result;
-            throw new VmSyncError(decision.code, decision.message);
+            throw new errors_VmSyncError(decision.code, decision.message);
         }
         report.notes.push(...decision.notes);
         report.action = 'deploy';
@@ -84934,7 +85456,7 @@ class FleetRelease {
             run.touched = true;
             if (config.repository.layout === 'atomic') {
                 this.say(run, `switching the live path to ${run.release}`, 'flip', 'debug');
-                const flipped = await port.flip(this.token, run.release);
+                const flipped = await port.flip(this.token, run.release, false, { action: 'deploy', run: this.ctx.runId ?? '' });
                 run.report.flipped_at = now();
                 run.previous = flipped.previous;
                 if (flipped.movedAside)
@@ -84948,7 +85470,7 @@ class FleetRelease {
             run.treeNotes = tree.notes;
             const dest = await port.inPlaceBegin(this.token, run.before);
             const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: rsyncExcludes(config, []), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
-            await port.inPlaceFinish(this.token, commit);
+            await port.inPlaceFinish(this.token, commit, { from: run.report.rev_before, run: this.ctx.runId ?? '' });
             run.report.files_changed = stats.filesChanged;
             run.report.bytes_sent = stats.bytesSent;
             run.report.flipped_at = now();
@@ -84964,7 +85486,7 @@ class FleetRelease {
             run.report.rev_after = liveRev(after);
             run.report.release = releaseOf(after);
             if (run.report.rev_after !== commit) {
-                throw new VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
+                throw new errors_VmSyncError('verify_mismatch', `${run.vm.id} reports ${run.report.rev_after ?? 'no valid .sync_rev'} after the flip, expected ${commit}: something else is writing to ${after.target}.`);
             }
             run.report.verified = true;
             run.report.notes.push(...run.treeNotes);
@@ -84988,20 +85510,20 @@ class FleetRelease {
             const next = afterHealth(outcome, { revertUnhealthy: config.rollout.revertUnhealthy, previous: run.previous, layout: config.repository.layout });
             if (next === 'revert') {
                 // The unhealthy release is rejected: a later rollback never goes back to it.
-                await port.flip(this.token, run.previous, true);
+                await port.flip(this.token, run.previous, true, { action: 'revert', run: this.ctx.runId ?? '' });
                 const back = await port.probe();
                 run.report.rev_after = liveRev(back);
                 run.report.release = releaseOf(back);
                 run.report.verified = false;
-                throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${release_short(commit)}: flipped back to ${run.previous} (now serving ${release_short(run.report.rev_after)}). Fix the release and deploy again.`);
+                throw new errors_VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${release_short(commit)}: flipped back to ${run.previous} (now serving ${release_short(run.report.rev_after)}). Fix the release and deploy again.`);
             }
             const reason = config.repository.layout !== 'atomic' ? 'the in-place layout keeps no release to go back to' : run.previous === null ? 'it had no release of vm-sync before' : 'rollout.revert_unhealthy is false';
-            throw new VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${release_short(commit)}; it still serves ${release_short(commit)} (${reason}). Fix it, or run vm-sync rollback.`);
+            throw new errors_VmSyncError('health_failed', `health_command ${why} on ${run.vm.id} after the flip to ${release_short(commit)}; it still serves ${release_short(commit)} (${reason}). Fix it, or run vm-sync rollback.`);
         })));
     }
     /** Phase 5: prune, post_sync_command, unlock. */
     async finish(batch, keep) {
-        const { config, commit } = this.ctx;
+        const { config } = this.ctx;
         await Promise.all(batch.map((run) => this.step(run, async (port) => {
             this.say(run, 'finishing: prune old releases, post_sync_command, unlock', 'finish', 'debug');
             if (config.repository.layout === 'atomic') {
@@ -85016,10 +85538,8 @@ class FleetRelease {
                     run.report.notes.push(`pruning old releases failed (deploy is fine): ${errors_getErrorMessage(error)}`);
                 }
             }
-            if (config.sync.postSyncCommand) {
-                this.say(run, 'running post_sync_command', 'finish');
-                await port.postSync(this.token, commit, config.sync.postSyncCommand);
-            }
+            if (config.sync.postSyncCommand)
+                await this.postSync(run, port, config.sync.postSyncCommand);
             run.report.result = 'success';
             run.report.error = null;
             await port.unlock(this.token).catch((error) => {
@@ -85027,6 +85547,25 @@ class FleetRelease {
             });
             this.close(run);
         })));
+    }
+    /**
+     * Runs post_sync_command on a VM: its output's tail (cleaned, masked) goes
+     * into the row and the VM's log lines; a failure keeps its last lines in
+     * the message. The release stays live either way.
+     */
+    async postSync(run, port, command) {
+        this.say(run, 'running post_sync_command', 'finish');
+        const outcome = await port.postSync(this.token, this.ctx.commit, command);
+        const tail = maskSecrets(commandOutputTail(outcome.output, POST_SYNC_LINES, POST_OUTPUT_MAX));
+        run.report.post_sync = { exit_code: outcome.exit, output_tail: tail };
+        const lines = tail === '' ? [] : tail.split('\n');
+        for (const line of lines)
+            this.say(run, `post_sync: ${line}`, 'finish');
+        if (outcome.exit === 0)
+            return;
+        const why = outcome.exit === null ? 'did not finish' : `exited ${outcome.exit}`;
+        const last = lines.slice(-POST_SYNC_FAILURE_LINES).join(' | ');
+        throw new errors_VmSyncError('post_sync_failed', `post_sync_command ${why} on ${run.vm.id}: ${last || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', run.vm.id]])} to run it again.`);
     }
     /** Runs one VM's step of a phase; a failure ends that VM's release (settled, unlocked, reported). */
     async step(run, body) {
@@ -85047,7 +85586,7 @@ class FleetRelease {
     cause(run, error) {
         const failure = toFailure(error);
         if (this.ctx.signal?.aborted && failure.code !== 'health_failed')
-            return new VmSyncError('interrupted', `run interrupted during ${run.vm.id}'s release; what it serves now is in rev_after`);
+            return new errors_VmSyncError('interrupted', `run interrupted during ${run.vm.id}'s release; what it serves now is in rev_after`);
         return failure;
     }
     /** The VMs not yet flipped when the rollout stops: they keep their release, the new one staged. */
@@ -85164,7 +85703,7 @@ async function rollbackFleet(ctx, vms) {
         let locked = false;
         try {
             if (config.repository.layout !== 'atomic')
-                throw new VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with ${invocation('sync', [['commit', 'SHA'], ['force']])}`);
+                throw new errors_VmSyncError('no_release', `${vm.id}: layout in-place keeps no releases to roll back to; deploy the commit you want with ${invocation('sync', [['commit', 'SHA'], ['force']])}`);
             port = await connect(vm, ctx.events, 'rollback', config.sync.connectTimeoutS, () => ctx.openPort(vm, { signal, deadlineAt: Date.now() + ms, sessionBudgetS: Math.ceil(ms / 1000) + 60, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }));
             let begun;
             try {
@@ -85181,10 +85720,10 @@ async function rollbackFleet(ctx, vms) {
             const list = await port.releases();
             const decision = chooseRollback(vm.id, list, ctx.to);
             if (decision.kind === 'refuse')
-                throw new VmSyncError('no_release', decision.message);
+                throw new errors_VmSyncError('no_release', decision.message);
             if (decision.kind === 'flip') {
                 // A plain rollback rejects the release it leaves; --to is a deliberate move either way.
-                await port.flip(ctx.owner.token, decision.release.name, ctx.to === null);
+                await port.flip(ctx.owner.token, decision.release.name, ctx.to === null, { action: 'rollback', run: ctx.runId ?? '' });
                 report.flipped_at = now();
             }
             else {
@@ -85194,7 +85733,7 @@ async function rollbackFleet(ctx, vms) {
             report.rev_after = liveRev(after);
             report.release = releaseOf(after);
             if (report.rev_after !== decision.release.commit) {
-                throw new VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the rollback, expected ${decision.release.commit}: the release ${decision.release.name} was changed by hand; deploy instead.`);
+                throw new errors_VmSyncError('verify_mismatch', `${vm.id} reports ${report.rev_after ?? 'no valid .sync_rev'} after the rollback, expected ${decision.release.commit}: the release ${decision.release.name} was changed by hand; deploy instead.`);
             }
             report.verified = true;
             report.result = 'success';
@@ -85231,7 +85770,100 @@ async function rollbackFleet(ctx, vms) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/sync/excluded.ts
+
+
+
+
+
+
+/** How many excluded paths a report names (the count covers them all). */
+const EXCLUDED_LISTED = 20;
+/** Every file and symlink of `root` (not directories), relative, as latin1 strings (one char per byte). */
+function committedEntries(root) {
+    const found = new Set();
+    const slash = Buffer.from('/');
+    // Buffer paths throughout: a name that is not UTF-8 is still read byte for byte.
+    const walk = (dir, rel) => {
+        for (const entry of external_node_fs_default().readdirSync(dir, { withFileTypes: true, encoding: 'buffer' })) {
+            const relPath = rel ? `${rel}/${entry.name.toString('latin1')}` : entry.name.toString('latin1');
+            if (entry.isDirectory())
+                walk(Buffer.concat([dir, slash, entry.name]), relPath);
+            else
+                found.add(relPath);
+        }
+    };
+    walk(Buffer.from(root), '');
+    return found;
+}
+/** Undoes rsync's output escaping: with LC_ALL=C every byte that is not printable ASCII (and a `\` before `#ooo`) is `\#ooo`. */
+function unescapeRsyncName(name) {
+    return name.replace(/\\#([0-7]{3})/g, (_all, octal) => String.fromCharCode(parseInt(octal, 8)));
+}
+/**
+ * Asks rsync itself which paths of `exportDir` it would send with these
+ * exclude rules (a dry run into an empty directory, with the transfer's
+ * recursion and symlink options), and returns the files and symlinks it
+ * would not: rsync's matcher, not a copy of it, so every pattern form it
+ * takes (anchored, `**`, `dir/`, `- `/`+ ` rules, `!`) means the same here
+ * as in the deploy. Only for display: the deploy does not depend on it.
+ */
+async function excludedPaths(exportDir, patterns, options = {}) {
+    const report = (missing) => ({
+        count: missing.length,
+        paths: missing.slice(0, EXCLUDED_LISTED).map((p) => untrusted_vmText(Buffer.from(p, 'latin1').toString('utf8'))),
+        patterns: [...patterns],
+    });
+    if (patterns.length === 0)
+        return report([]);
+    const committed = committedEntries(exportDir);
+    const empty = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-excluded-'));
+    try {
+        const sent = new Set();
+        let partial = '';
+        const onLine = (line) => {
+            if (line === '' || line.endsWith('/'))
+                return; // directories: the files under them count
+            sent.add(unescapeRsyncName(line));
+        };
+        const result = await run('rsync', ['-rl', '--dry-run', '--out-format=%n', ...patterns.map((p) => `--exclude=${p}`), `${exportDir.replace(/\/?$/, '/')}`, `${empty}/`], {
+            env: { ...process.env, LC_ALL: 'C' },
+            signal: options.signal,
+            // Read as it comes: a large tree's listing is never held whole.
+            onStdout: (chunk) => {
+                const lines = (partial + chunk).split('\n');
+                partial = lines.pop() ?? '';
+                for (const line of lines)
+                    onLine(line);
+            },
+            maxOutput: 64 * 1024,
+        });
+        onLine(partial);
+        if (result.code !== 0) {
+            throw new errors_VmSyncError('rsync_failed', `rsync could not list what rsync_excludes leaves out (exit ${result.code ?? result.signal}): ${untrusted_vmText(result.stderr.trim().split('\n').slice(-2).join(' | '), 500)}`);
+        }
+        const missing = [...committed].filter((p) => !sent.has(p)).sort();
+        return report(missing);
+    }
+    catch (error) {
+        if (error instanceof errors_VmSyncError)
+            throw error;
+        throw new errors_VmSyncError('rsync_failed', `could not list what rsync_excludes leaves out: ${errors_getErrorMessage(error)}`);
+    }
+    finally {
+        external_node_fs_default().rmSync(empty, { recursive: true, force: true });
+    }
+}
+/** The sentence a report shows for excluded paths (null when there are none). */
+function excludedSentence(excluded) {
+    if (!excluded || excluded.count === 0)
+        return null;
+    const more = excluded.count - excluded.paths.length;
+    return `rsync_excludes left out ${excluded.count} committed path${excluded.count === 1 ? '' : 's'}, not deployed: ${excluded.paths.join(', ')}${more > 0 ? ` and ${more} more` : ''}`;
+}
+
 ;// CONCATENATED MODULE: ./src/sync/fleet.ts
+
 
 
 
@@ -85264,7 +85896,7 @@ function selectVms(config, ids, shard) {
     const known = new Set(config.vms.map((vm) => vm.id));
     const unknown = ids.filter((id) => !known.has(id));
     if (unknown.length > 0) {
-        throw new VmSyncError('config_invalid', `unknown VM id${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (configured: ${[...known].join(', ')})`);
+        throw new errors_VmSyncError('config_invalid', `unknown VM id${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (configured: ${[...known].join(', ')})`);
     }
     return config.vms.filter((vm) => ids.includes(vm.id) && inSelectedShard(vm));
 }
@@ -85278,7 +85910,7 @@ function runnerRepo(config, env, options = {}) {
     const wait = process.env.VM_SYNC_CLONE_WAIT_S;
     const seconds = wait === undefined || wait === '' ? undefined : Number(wait);
     if (seconds !== undefined && !(Number.isFinite(seconds) && seconds >= 0)) {
-        throw new VmSyncError('config_invalid', `VM_SYNC_CLONE_WAIT_S must be a number of seconds, not '${wait}'`);
+        throw new errors_VmSyncError('config_invalid', `VM_SYNC_CLONE_WAIT_S must be a number of seconds, not '${wait}'`);
     }
     return new RunnerRepo(mainRepoPath, remote, defaultBranch, url, env, {
         managed: true,
@@ -85343,6 +85975,23 @@ async function runSync(config, options = {}) {
             exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
             exporter: dryRun ? undefined : exportNow,
         });
+        // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
+        let excluded = null;
+        const runNotes = [];
+        const listExcluded = async () => {
+            try {
+                excluded = await excludedPaths(exportDir, rsyncExcludes(config, []), { signal: options.signal });
+                const sentence = excludedSentence(excluded);
+                if (sentence) {
+                    events.info(null, sentence);
+                    runNotes.push(sentence);
+                }
+            }
+            catch (error) {
+                runNotes.push(`could not list the committed paths rsync_excludes leaves out (the deploy is not affected): ${errors_getErrorMessage(error)}`);
+            }
+        };
+        const done = (report) => ({ ...report, excluded, ...(runNotes.length > 0 ? { notes: runNotes } : {}) });
         // The secret-scan gate: before any VM is contacted.
         let scan = null;
         const gate = async () => {
@@ -85368,6 +86017,7 @@ async function runSync(config, options = {}) {
             scan = await gate();
             if (scan?.blocked)
                 return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
+            await listExcluded();
         }
         else {
             events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
@@ -85382,7 +86032,8 @@ async function runSync(config, options = {}) {
                 await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
                 scan = await gate();
                 if (scan?.blocked)
-                    throw new VmSyncError('secrets_found', `${words_count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+                    throw new errors_VmSyncError('secrets_found', `${words_count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+                await listExcluded();
                 return { dir: exportDir, notes: committedSentinelNote(exportDir) };
             })();
             return late;
@@ -85392,7 +86043,7 @@ async function runSync(config, options = {}) {
         if (dryRun) {
             const ctx = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
-            return { command: 'sync', commit, dry_run: true, scan, vms: reports };
+            return done({ command: 'sync', commit, dry_run: true, scan, vms: reports });
         }
         // The stream transfer: made once per starting commit, for every VM on it.
         const streams = config.sync.transfer === 'auto' && config.repository.layout === 'atomic'
@@ -85414,6 +86065,7 @@ async function runSync(config, options = {}) {
             tree,
             force,
             owner: ownLockOwner(commit, runUrlFromEnv()),
+            runId: options.runId,
             events,
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
@@ -85421,7 +86073,7 @@ async function runSync(config, options = {}) {
             stream: streams ? (base) => streams.for(base) : undefined,
         }, vms);
         await recordDeployed(repo, outcome.vms, events);
-        return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
+        return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
     }
     finally {
         if (streamDir)
@@ -85453,7 +86105,7 @@ async function allRecordedOn(repo, vms, commit) {
 async function baselineOf(repo, config, rev, fetch, events, keepOnFetchFailure) {
     const { remote, defaultBranch, mainRepoPath } = config.repository;
     if (!fetch && !external_node_fs_default().existsSync(mainRepoPath)) {
-        throw new VmSyncError('git_failed', `the runner-host clone ${mainRepoPath} does not exist, and this run may not fetch: ${noFetchAdvice()} (the run clones it), or run ${invocation('sync')} first.`);
+        throw new errors_VmSyncError('git_failed', `the runner-host clone ${mainRepoPath} does not exist, and this run may not fetch: ${noFetchAdvice()} (the run clones it), or run ${invocation('sync')} first.`);
     }
     const prepared = await repo.prepare(fetch, { keepOnFetchFailure });
     const fetched = prepared.action !== 'reused' && prepared.action !== 'unfetched';
@@ -85477,7 +86129,7 @@ async function baselineOf(repo, config, rev, fetch, events, keepOnFetchFailure) 
  */
 async function runInspect(config, mode, options = {}) {
     if (options.deep && mode !== 'verify')
-        throw new VmSyncError('config_invalid', 'deep only applies to verify');
+        throw new errors_VmSyncError('config_invalid', 'deep only applies to verify');
     const events = options.events ?? silentEvents;
     const vms = selectVms(config, options.vms, options.shard);
     sweepDeadRuns(events);
@@ -85521,19 +86173,19 @@ async function runRollback(config, options = {}) {
         else {
             const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
             if (!external_node_fs_default().existsSync(config.repository.mainRepoPath))
-                throw new VmSyncError('git_failed', `cannot resolve ${advice_option('to', options.to)}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
+                throw new errors_VmSyncError('git_failed', `cannot resolve ${advice_option('to', options.to)}: the runner-host repo ${config.repository.mainRepoPath} does not exist; give the full 40-character commit hash.`);
             try {
                 to = await repo.resolve(options.to);
             }
             catch (error) {
-                if (!(error instanceof VmSyncError) || !error.message.startsWith('commit '))
+                if (!(error instanceof errors_VmSyncError) || !error.message.startsWith('commit '))
                     throw error;
-                throw new VmSyncError('no_release', `${advice_option('to', options.to)} is not a commit the runner-host clone ${config.repository.mainRepoPath} knows: give the full 40-character hash of a release the VMs keep (${invocation('status')} shows what they serve; ${invocation('rollback')} goes to each VM's previous release).`);
+                throw new errors_VmSyncError('no_release', `${advice_option('to', options.to)} is not a commit the runner-host clone ${config.repository.mainRepoPath} knows: give the full 40-character hash of a release the VMs keep (${invocation('status')} shows what they serve; ${invocation('rollback')} goes to each VM's previous release).`);
             }
         }
     }
     events.info(null, `rolling back ${words_count(vms.length, 'VM')} to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
-    const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
+    const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), runId: options.runId, events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
     const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
     if (external_node_fs_default().existsSync(config.repository.mainRepoPath))
         await recordDeployed(repo, rows, events);
@@ -85553,7 +86205,7 @@ async function runScan(config, options = {}) {
     if (options.repoDir) {
         // A CI checkout is scanned as it was checked out: its HEAD is the commit of the event.
         if (!external_node_fs_default().existsSync(external_node_path_default().join(dir, '.git')))
-            throw new VmSyncError('git_failed', `${dir} is not a git checkout.`);
+            throw new errors_VmSyncError('git_failed', `${dir} is not a git checkout.`);
         repo = new RunnerRepo(dir, remote, defaultBranch, null);
         head = options.commit ?? 'HEAD';
     }
@@ -85656,19 +86308,53 @@ function exitCodeFor(report) {
 
 
 
+
+
+
 /**
  * Runs one command against the fleet and returns its report. The CLI
  * (cli.ts) and the Action (main.ts) only parse their input into a
  * {@link Command} and present the report; everything between is here.
  * A sharded run's report says which shard it covered, so `report --merge`
- * can tell a missing shard from an empty one.
+ * can tell a missing shard from an empty one. Every run but a scan (which
+ * reaches no VM) gets a run id and a line in the runner-host journal, also
+ * when it fails before reaching its VMs.
  */
 async function execute(config, command) {
+    const runId = command.options.runId ?? newRunId();
+    const started = new Date();
+    const withId = { ...command, options: { ...command.options, runId } };
+    let report;
+    try {
+        report = await shardedRun(config, withId);
+    }
+    catch (error) {
+        if (command.name !== 'scan') {
+            await journalRun(config, { runId, started, command: command.name, commit: (command.name === 'rollback' ? command.options.to : command.options.commit) ?? null, dryRun: isDryRun(command), shard: command.options.shard, exitCode: exitCodeOf(error), vms: [], error }, command.options.events);
+        }
+        throw error;
+    }
+    const notes = [...(report.notes ?? [])];
+    if (command.name !== 'scan') {
+        const warning = await journalRun(config, { runId, started, command: command.name, commit: report.commit, dryRun: report.dry_run, shard: report.shard, exitCode: exitCodeFor(report), vms: journalVms(report), error: null }, command.options.events);
+        if (warning)
+            notes.push(warning);
+    }
+    return { ...report, run_id: runId, ...(notes.length > 0 ? { notes } : {}) };
+}
+function isDryRun(command) {
+    return command.name === 'sync' && Boolean(command.options.dryRun);
+}
+/** The exit code a run that threw ends with (as the CLI maps it): 2 for a config error, else 1. */
+function exitCodeOf(error) {
+    return error instanceof errors_VmSyncError && error.code === 'config_invalid' ? 2 : 1;
+}
+async function shardedRun(config, command) {
     const shard = command.options.shard;
     if (shard && command.name !== 'scan' && selectVms(config, command.options.vms, shard).length === 0) {
         // Nothing to do here, and nothing to fetch, export or scan for it: the other shards have the VMs.
         command.options.events?.info(null, `shard ${shardLabel(shard)} has no VM${command.options.vms?.length ? ' among those selected' : ''}: nothing to do`);
-        return { command: command.name, commit: '', dry_run: command.name === 'sync' && Boolean(command.options.dryRun), scan: null, vms: [], shard };
+        return { command: command.name, commit: '', dry_run: isDryRun(command), scan: null, vms: [], shard };
     }
     const report = await execute_run(config, command);
     return shard ? { ...report, shard } : report;
@@ -85721,6 +86407,16 @@ function mergeShards(config, paths, options = {}) {
 
 
 
+
+/**
+ * Registers a secret with the runner's log masking and with vm-sync's own
+ * (src/remote/mask.ts), which also covers what the runner does not mask:
+ * the job summary and the `results` output (post_sync_command output).
+ */
+function maskSecret(value) {
+    core_setSecret(value);
+    registerSecret(value);
+}
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
 function maskKeys(config) {
     for (const vm of config.vms) {
@@ -85728,7 +86424,7 @@ function maskKeys(config) {
             // Mask each line of every private key body (multi-line values are masked line by line).
             for (const line of external_node_fs_default().readFileSync(vm.keyPath, 'utf8').split('\n'))
                 if (line.length >= 16 && !line.startsWith('-----'))
-                    core_setSecret(line);
+                    maskSecret(line);
         }
         catch {
             // a missing key is reported by the engine
@@ -85891,7 +86587,7 @@ async function main_run() {
     try {
         const inputs = parseInputs();
         if (inputs.githubToken)
-            core_setSecret(inputs.githubToken);
+            maskSecret(inputs.githubToken);
         merging = inputs.command === 'report';
         if (inputs.command !== 'report')
             command = inputs.command;
@@ -85940,7 +86636,7 @@ async function main_run() {
         else if (inputs.command === 'sync') {
             const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
             if (auth)
-                core_setSecret(auth.secret);
+                maskSecret(auth.secret);
             report = await execute(config, {
                 name: 'sync',
                 options: { commit, vms: inputs.vms, shard: sharded, force: inputs.force, dryRun: inputs.dryRun, gitEnv: auth?.env, scanRequest: pushRequest(ctx, commit), lockWaitS: inputs.lockWaitS, events, signal: controller.signal },
@@ -85949,14 +86645,14 @@ async function main_run() {
         else if (inputs.command === 'rollback') {
             const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
             if (auth)
-                core_setSecret(auth.secret);
+                maskSecret(auth.secret);
             report = await execute(config, { name: 'rollback', options: { vms: inputs.vms, shard: sharded, to: inputs.to || undefined, lockWaitS: inputs.lockWaitS, gitEnv: auth?.env, events, signal: controller.signal } });
         }
         else {
             // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
             const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
             if (auth)
-                core_setSecret(auth.secret);
+                maskSecret(auth.secret);
             report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, shard: sharded, fetch: true, deep: inputs.deep, gitEnv: auth?.env, events, signal: controller.signal } });
         }
         if (scans)
@@ -85983,7 +86679,7 @@ async function main_run() {
             setFailed(annotationText(`${failure.code}: ${failure.message}`));
     }
     catch (error) {
-        thrown = { code: error instanceof VmSyncError ? error.code : 'internal_error', message: errors_getErrorMessage(error) };
+        thrown = { code: error instanceof errors_VmSyncError ? error.code : 'internal_error', message: errors_getErrorMessage(error) };
         failure = thrown;
         setFailed(annotationText(`${failure.code}: ${failure.message}`));
     }

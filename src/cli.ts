@@ -18,6 +18,8 @@ import { exitCodeFor } from './sync/fleet.js';
 import { MAX_SHARDS, parseShard } from './config/shard.js';
 import { renderSummary } from './report/summary.js';
 import { runLocks } from './sync/locks.js';
+import { HISTORY_MAX, runHistory } from './journal/history.js';
+import { renderHistory } from './report/history.js';
 import { runUnlock } from './sync/unlock.js';
 import type { Config } from './config/types.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
@@ -95,6 +97,7 @@ const OPTIONS = {
   dir: { type: 'string', arg: 'DIR', help: `the demo's directory (default: ${DEFAULT_DEMO_DIR})` },
   keep: { type: 'boolean', help: 'leave the fleet running after the walk-through' },
   vms: { type: 'string', arg: 'N', help: 'how many VMs (1 to 200, default 3)' },
+  limit: { type: 'string', arg: 'N', help: `at most the N newest entries (1 to ${HISTORY_MAX}, default 20)` },
   json: { type: 'boolean', help: 'print one JSON document on stdout instead of the table' },
   quiet: { type: 'boolean', short: 'q', help: 'only the result and errors: no info or progress lines on stderr' },
   verbose: { type: 'boolean', short: 'v', help: 'also debug lines (connection attempts, phases) and stack traces of internal errors' },
@@ -267,6 +270,18 @@ const COMMANDS: CommandSpec[] = [
       [1, 'the inventory could not be made'],
     ],
     run: inventoryCommand,
+  },
+  {
+    name: 'history',
+    summary: 'the runs journaled on this runner host (with --vm: and that VM\'s revisions.log)',
+    description:
+      "Lists the runs this runner host journaled (<state dir>/journal.jsonl: run id, trigger, commit, the result per VM), newest first. With --vm ID, also reads that VM's revisions.log over SSH: one line per flip, revert or rollback, whichever runner host made it.",
+    options: { config: '', vm: 'also this VM\'s revisions.log (one VM)', limit: '', json: '' },
+    exits: [
+      [0, 'printed'],
+      [1, "the VM's revisions.log could not be read"],
+    ],
+    run: historyCommand,
   },
   {
     name: 'report',
@@ -653,6 +668,19 @@ async function doctorCommand(ctx: CommandContext): Promise<number> {
   const doctor = await runDoctor(config, { vms: vmList(ctx.values), github: ctx.values.github === true ? githubAccessFromEnv(process.env) : undefined });
   ctx.io.out(ctx.values.json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
   return doctor.ready ? 0 : 1;
+}
+
+/** `vm-sync history`: the journal (and a VM's revisions.log) as a table or a JSON document. */
+async function historyCommand(ctx: CommandContext): Promise<number> {
+  const vms = vmList(ctx.values) ?? [];
+  if (vms.length > 1) throw new UsageError('history takes one --vm ID', 'history');
+  const raw = ctx.values.limit;
+  const limit = raw === undefined ? undefined : Number(raw);
+  if (limit !== undefined && !(Number.isInteger(limit) && limit >= 1 && limit <= HISTORY_MAX)) throw new UsageError(`--limit must be a whole number from 1 to ${HISTORY_MAX}, not '${terminalLine(String(raw), 80)}'`, 'history');
+  const config = ctx.config({ checkFiles: false });
+  const report = await runHistory(config, { vm: vms[0], limit });
+  ctx.io.out(ctx.values.json ? `${JSON.stringify(report, null, 2)}\n` : renderHistory(report));
+  return report.vm?.error ? 1 : 0;
 }
 
 async function locksCommand(ctx: CommandContext): Promise<number> {

@@ -15,18 +15,29 @@ import { judgeProtection, protectionSummary, type ProtectionVerdict } from './re
 import { renderSummary } from './report/summary.js';
 import { renderSarif } from './scan/findings.js';
 import { locateGitleaks } from './scan/gitleaks.js';
+import { registerSecret } from './remote/mask.js';
 import { installGitleaks } from './scan/install.js';
 import type { ScanRequest } from './scan/plan.js';
 import { execute, mergeShards } from './execute.js';
 import { exitCodeFor, selectVms } from './sync/fleet.js';
 import { failedRow, type EngineEvents, type RunReport, type VmReport } from './sync/types.js';
 
+/**
+ * Registers a secret with the runner's log masking and with vm-sync's own
+ * (src/remote/mask.ts), which also covers what the runner does not mask:
+ * the job summary and the `results` output (post_sync_command output).
+ */
+function maskSecret(value: string): void {
+  core.setSecret(value);
+  registerSecret(value);
+}
+
 /** Registers the VMs' private keys with the runner's log masking, line by line (masks are per line). */
 function maskKeys(config: Config): void {
   for (const vm of config.vms) {
     try {
       // Mask each line of every private key body (multi-line values are masked line by line).
-      for (const line of fs.readFileSync(vm.keyPath, 'utf8').split('\n')) if (line.length >= 16 && !line.startsWith('-----')) core.setSecret(line);
+      for (const line of fs.readFileSync(vm.keyPath, 'utf8').split('\n')) if (line.length >= 16 && !line.startsWith('-----')) maskSecret(line);
     } catch {
       // a missing key is reported by the engine
     }
@@ -188,7 +199,7 @@ export async function run(): Promise<void> {
   const previousEntry = setEntryPoint('action');
   try {
     const inputs = parseInputs();
-    if (inputs.githubToken) core.setSecret(inputs.githubToken);
+    if (inputs.githubToken) maskSecret(inputs.githubToken);
     merging = inputs.command === 'report';
     if (inputs.command !== 'report') command = inputs.command;
     dryRun = inputs.dryRun;
@@ -231,19 +242,19 @@ export async function run(): Promise<void> {
       report = await execute(config, { name: 'scan', options: { repoDir: ctx.workspace, commit: inputs.commit || undefined, request: pushRequest(ctx, commit), events, signal: controller.signal } });
     } else if (inputs.command === 'sync') {
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
-      if (auth) core.setSecret(auth.secret);
+      if (auth) maskSecret(auth.secret);
       report = await execute(config, {
         name: 'sync',
         options: { commit, vms: inputs.vms, shard: sharded, force: inputs.force, dryRun: inputs.dryRun, gitEnv: auth?.env, scanRequest: pushRequest(ctx, commit), lockWaitS: inputs.lockWaitS, events, signal: controller.signal },
       });
     } else if (inputs.command === 'rollback') {
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
-      if (auth) core.setSecret(auth.secret);
+      if (auth) maskSecret(auth.secret);
       report = await execute(config, { name: 'rollback', options: { vms: inputs.vms, shard: sharded, to: inputs.to || undefined, lockWaitS: inputs.lockWaitS, gitEnv: auth?.env, events, signal: controller.signal } });
     } else {
       // Check the event's commit (on a schedule: the default branch's head), fetched with the job's token.
       const auth = inputs.githubToken ? gitAuthEnv(inputs.githubToken, ctx.serverUrl) : null;
-      if (auth) core.setSecret(auth.secret);
+      if (auth) maskSecret(auth.secret);
       report = await execute(config, { name: inputs.command, options: { commit, vms: inputs.vms, shard: sharded, fetch: true, deep: inputs.deep, gitEnv: auth?.env, events, signal: controller.signal } });
     }
     if (scans) reporter.scanFinished(report.scan, null);

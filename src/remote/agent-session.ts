@@ -19,6 +19,15 @@ const LINE_MAX = 8192;
 const LINES_MAX = 2000;
 const OTHER_MAX = 16 * 1024;
 
+/** How one request runs: its nonce and budget on the VM, and how much unframed output to keep. */
+export interface RequestOptions {
+  nonce: string;
+  budgetS: number;
+  signal?: AbortSignal;
+  /** Keep only the last this many characters of the unframed output (default: the start and the end, 16 KB). */
+  otherTail?: number;
+}
+
 interface Pending {
   nonce: string;
   framed: string[];
@@ -86,14 +95,14 @@ export class AgentSession {
    * timeout or a cancellation ends the session: its operation may still run
    * on the VM, and only a kill by nonce stops it.
    */
-  request(op: string, args: readonly string[], options: { nonce: string; budgetS: number; signal?: AbortSignal }): Promise<SessionReply> {
+  request(op: string, args: readonly string[], options: RequestOptions): Promise<SessionReply> {
     const run = (): Promise<SessionReply> => this.send(op, args, options);
     const next = this.queue.then(run, run);
     this.queue = next.catch(() => undefined);
     return next;
   }
 
-  private send(op: string, args: readonly string[], options: { nonce: string; budgetS: number; signal?: AbortSignal }): Promise<SessionReply> {
+  private send(op: string, args: readonly string[], options: RequestOptions): Promise<SessionReply> {
     return new Promise<SessionReply>((resolve, reject) => {
       if (this.dead) {
         reject(this.dead);
@@ -113,7 +122,8 @@ export class AgentSession {
         nonce: options.nonce,
         framed: [],
         stderr: [],
-        other: new BoundedText(OTHER_MAX),
+        // A command's own output (post_sync) is kept by its end only, as much as asked.
+        other: options.otherTail ? new BoundedText(options.otherTail, 0) : new BoundedText(OTHER_MAX),
         resolve: (reply) => {
           done();
           resolve(reply);

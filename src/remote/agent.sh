@@ -19,6 +19,7 @@
 #   P/.N.vm-sync/ops/<pgid>         the holder's running operations, so a later run can stop a dead one's
 #   P/.N.vm-sync/tmp/               sentinels and links are written here, then renamed into place
 #   P/.N.vm-sync/previous-<time>    what stood at T before vm-sync managed it
+#   P/.N.vm-sync/revisions.log      one line per flip, revert or rollback (the last 1000; see revlog)
 #
 # Every operation runs under `timeout` in a process group of its own, so the
 # end of a run's budget, or its cancellation, stops it on the VM too (closing
@@ -123,6 +124,35 @@ adopt_legacy() {
     [ "${#sha}" = 40 ] || continue
     case $name in ????????T??????Z-"$(printf '%s' "$sha" | cut -c1-12)"*) printf '%s\n' "$sha" > "$C/$name" ;; esac
   done
+}
+# The commit a release's completion marker holds, or - when it holds none.
+marker_commit() { # NAME
+  mc=-
+  if [ -n "$1" ] && [ -f "$C/$1" ] && [ ! -L "$C/$1" ]; then
+    mc=$(head -c 100 -- "$C/$1" | head -n 1)
+    case $mc in *[!0-9a-f]* | '') mc=- ;; esac
+    [ "${#mc}" = 40 ] || mc=-
+  fi
+  printf '%s' "$mc"
+}
+# The VM's own record of what changed it: one line per flip, revert or
+# rollback, appended after the change (a failed write never undoes it):
+#   vm-sync-rev-1 TIME ACTION FROM TO RUN RELEASE
+# TIME is UTC (ISO 8601), FROM and TO are commits (- when unknown), RUN is
+# the run id vm-sync journals on the runner host, RELEASE the release made
+# live (- in place). Bounded: past 2000 lines the last 1000 are kept.
+revlog() { # ACTION FROM TO RUN RELEASE
+  rl="$S/revisions.log"
+  if [ -L "$rl" ]; then rm -f -- "$rl"; fi
+  if [ -e "$rl" ] && [ ! -f "$rl" ]; then return 0; fi
+  rr=$4
+  case $rr in '' | *[!A-Za-z0-9._:-]*) rr=- ;; esac
+  [ "${#rr}" -le 64 ] || rr=-
+  printf 'vm-sync-rev-1 %s %s %s %s %s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" "$2" "$3" "$rr" "${5:--}" >> "$rl" 2>/dev/null || return 0
+  if [ "$(wc -l < "$rl")" -gt 2000 ]; then
+    keep=$(mktemp "$S/tmp/revisions.XXXXXX") && tail -n 1000 -- "$rl" > "$keep" && mv -f -- "$keep" "$rl"
+  fi
+  return 0
 }
 # The release a rollback goes to from LIVE: the last one live before it, from
 # the flip history, that is still complete and was not rejected (rolled back
@@ -511,9 +541,11 @@ seal)
 flip)
   # Points the target at a complete release (a deploy, a revert, a rollback).
   # REJECT=1 marks the release it replaces as one a rollback never goes back to.
-  token=$1 name=$2 reject=${3:-0}
+  # ACTION and RUN go into revisions.log.
+  token=$1 name=$2 reject=${3:-0} action=${4:-deploy} run=${5:-}
   require_lock "$token"
   case $name in '' | */* | .* | *.partial) fail failed "bad release name" ;; esac
+  case $action in deploy | revert | rollback) ;; *) fail failed "bad flip action" ;; esac
   if [ ! -d "$R/$name" ] || [ -L "$R/$name" ] || [ ! -f "$C/$name" ]; then
     fail no_release "release $name is not kept complete on this VM"
   fi
@@ -542,6 +574,7 @@ flip)
   if [ "$(wc -l < "$S/history")" -gt 400 ]; then
     keep=$(mktemp "$S/tmp/history.XXXXXX") && tail -n 200 -- "$S/history" > "$keep" && mv -f -- "$keep" "$S/history"
   fi
+  revlog "$action" "$(marker_commit "${cur##*/}")" "$(marker_commit "$name")" "$run" "$name"
   out release "$name"
   ;;
 apply)
@@ -652,8 +685,11 @@ inplace-begin)
   out target "$T"
   ;;
 inplace-finish)
-  token=$1 sha=$2
+  # FROM (the commit the tree held before, or empty) and RUN go into revisions.log.
+  token=$1 sha=$2 from=${3:-} run=${4:-}
   require_lock "$token"
+  case $sha in *[!0-9a-f]* | '') fail failed "bad commit" ;; esac
+  case $from in *[!0-9a-f]* | '') from=- ;; esac
   rm -rf -- "$T/.sync_rev"
   tmp="$S/tmp/sync_rev.$$"
   rm -rf -- "$tmp"
@@ -661,6 +697,7 @@ inplace-finish)
   flush "$tmp"
   mv -f -- "$tmp" "$T/.sync_rev" || fail failed "cannot write .sync_rev"
   flush "$T"
+  revlog deploy "$from" "$sha" "$run" -
   out rev "$sha"
   ;;
 prune)
@@ -702,13 +739,31 @@ prune)
   rm -f -- "$list"
   ;;
 post)
+  # The post-sync command, in the live release. Its output (stderr merged,
+  # in order) goes to the caller unframed as it is printed, so a command
+  # stopped by the budget still leaves what it printed; the caller keeps
+  # the tail, bounded, and cleans it.
   token=$1 sha=$2 cmd=$3
   require_lock "$token"
   cd -- "$T" || fail failed "cannot enter $T"
-  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null
+  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c "$cmd" </dev/null 2>&1
   status=$?
   printf '\n'
-  [ "$status" = 0 ] || { out exit "$status"; out end failed; exit "$status"; }
+  out exit "$status"
+  ;;
+revisions)
+  # Read-only: the last LIMIT lines of revisions.log, each cut at 400 bytes,
+  # one framed line each; vm-sync parses and checks every field.
+  limit=$1
+  digits "$limit" || fail failed "bad limit"
+  if [ -L "$S" ]; then fail unsafe_state_dir "$S is a symlink: vm-sync refuses to read through it"; fi
+  rl="$S/revisions.log"
+  if [ -f "$rl" ] && [ ! -L "$rl" ]; then
+    out log present
+    tail -n "$limit" -- "$rl" | cut -b 1-400 | while IFS= read -r l || [ -n "$l" ]; do out revision "$l"; done
+  else
+    out log absent
+  fi
   ;;
 kill)
   # Stops this run's own steps that outlived their channel (a cancelled run),

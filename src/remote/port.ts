@@ -5,7 +5,7 @@ import { RshBridge } from './rsh-bridge.js';
 import { runRsync, type RsyncStats } from './rsync.js';
 import { VmSession } from './session.js';
 import type { TreeListing } from './listing.js';
-import { RemoteTarget, type BeginOutcome, type HealthOutcome, type Probe, type ReleaseList, type StageResult } from './target.js';
+import { RemoteTarget, type BeginOutcome, type FlipRecord, type HealthOutcome, type PostSyncOutcome, type Probe, type ReleaseList, type StageResult } from './target.js';
 
 /** One transfer into a directory on the VM. */
 export interface TransferPlan {
@@ -31,16 +31,18 @@ export interface VmPort {
   /** Builds the staged release from a stream file: a hard-link copy of `base` (or nothing) changed as the stream says. */
   apply(token: string, sha: string, base: string | null, file: string, onSent?: (bytes: number) => void): Promise<{ removed: number }>;
   seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>, key: string): Promise<{ release: string; seeded: string[]; created: string[] }>;
-  flip(token: string, release: string, reject?: boolean): Promise<{ previous: string | null; movedAside: string | null }>;
+  /** Switches the live path to a kept release; `record` (why, which run) goes into the VM's revisions.log. */
+  flip(token: string, release: string, reject?: boolean, record?: FlipRecord): Promise<{ previous: string | null; movedAside: string | null }>;
   inPlaceBegin(token: string, probed: Probe): Promise<string>;
-  inPlaceFinish(token: string, sha: string): Promise<void>;
+  inPlaceFinish(token: string, sha: string, record?: { from: string | null; run: string }): Promise<void>;
   releases(): Promise<ReleaseList>;
   /** Every entry of the live release (`release`) or target directory (`dir`), with file hashes; read-only. */
   listing(kind: 'release' | 'dir'): Promise<TreeListing>;
   renew(token: string): Promise<void>;
   health(token: string, sha: string, command: string, timeoutS: number): Promise<HealthOutcome>;
   prune(token: string, keep: number): Promise<string[]>;
-  postSync(token: string, sha: string, command: string): Promise<void>;
+  /** Runs post_sync_command: its exit status and output tail (raw); throws only for the VM's or the lock's failures. */
+  postSync(token: string, sha: string, command: string): Promise<PostSyncOutcome>;
   unlock(token: string): Promise<boolean>;
   breakLock(hex: string): Promise<boolean>;
   /** Kills this run's steps that a cancellation or a spent budget left running; false when not confirmed. */
@@ -82,9 +84,9 @@ export function sshPorts(knownHosts: KnownHosts): OpenPort {
       },
       apply: (token, sha, base, file, onSent) => target.apply(token, sha, base, file, onSent),
       seal: (token, sha, shared, key) => target.seal(token, sha, shared, key),
-      flip: (token, release, reject) => target.flip(token, release, reject),
+      flip: (token, release, reject, record) => target.flip(token, release, reject, record),
       inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),
-      inPlaceFinish: (token, sha) => target.inPlaceFinish(token, sha),
+      inPlaceFinish: (token, sha, record) => target.inPlaceFinish(token, sha, record),
       releases: () => target.releases(),
       listing: (kind) => target.listing(kind),
       renew: (token) => target.renew(token),

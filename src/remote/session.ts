@@ -52,17 +52,21 @@ export class BoundedText {
   private tail = '';
   private dropped = 0;
 
-  constructor(private readonly max: number) {}
+  /** `headMax`: how much of the start to keep (default half; 0 keeps only the end). */
+  constructor(
+    private readonly max: number,
+    private readonly headMax: number = max / 2,
+  ) {}
 
   add(chunk: string): void {
-    if (this.head.length < this.max / 2) {
-      const room = this.max / 2 - this.head.length;
+    if (this.head.length < this.headMax) {
+      const room = this.headMax - this.head.length;
       this.head += chunk.slice(0, room);
       chunk = chunk.slice(room);
     }
     if (!chunk) return;
     const joined = this.tail + chunk;
-    const keep = this.max / 2;
+    const keep = this.max - this.headMax;
     if (joined.length > keep) this.dropped += joined.length - keep;
     this.tail = joined.slice(-keep);
   }

@@ -1,4 +1,3 @@
-import { invocation } from '../advice.js';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { FAILURE_CODES, type FailureCode, VmSyncError } from '../errors.js';
@@ -102,6 +101,28 @@ export interface StageResult {
 export type BaseState = 'none' | 'unknown' | 'intact' | 'drifted';
 const BASE_STATES: readonly BaseState[] = ['none', 'unknown', 'intact', 'drifted'];
 
+/** How the post-sync command ended: its exit status (null: it did not finish) and its output's tail, raw. */
+export interface PostSyncOutcome {
+  exit: number | null;
+  output: string;
+}
+
+/** What the post-sync command's output is kept to on the runner host (its end). */
+export const POST_OUTPUT_MAX = 64 * 1024;
+
+/** Why a flip happens, and the run that made it: the VM's revisions.log records both. */
+export interface FlipRecord {
+  action: 'deploy' | 'revert' | 'rollback';
+  /** The run id (see src/journal); '' when none. */
+  run: string;
+}
+
+/** What `revisions` read: whether the VM has a revisions.log, and its last lines (raw: parse them). */
+export interface RevisionsRead {
+  present: boolean;
+  lines: string[];
+}
+
 /** How a health command ended: its exit status (null when it ran out of time) and its last output lines. */
 export interface HealthOutcome {
   exit: number | null;
@@ -155,8 +176,12 @@ export class RemoteTarget {
     return Math.max(1, Math.ceil((this.deadlineAt - Date.now()) / 1000));
   }
 
-  /** Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form). */
-  private async call(op: string, args: string[], cleanup: boolean, budgetOverride?: number, input?: ExecInput): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
+  /**
+   * Runs one operation; resolves with its answer whatever it says (see {@link op} for the checked form).
+   * `otherTail`: keep the last this many characters of its unframed output, as printed (a command's
+   * output the caller cleans and bounds), instead of its start and end made into a message.
+   */
+  private async call(op: string, args: string[], cleanup: boolean, budgetOverride?: number, input?: ExecInput, otherTail?: number): Promise<{ response: AgentResponse; code: number; stderr: string; other: string }> {
     const nonce = crypto.randomBytes(12).toString('hex');
     const budgetS = cleanup ? CLEANUP_MS / 1000 : (budgetOverride ?? this.budgetS());
     try {
@@ -168,8 +193,8 @@ export class RemoteTarget {
         }
         const agent = this.agent;
         try {
-          const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal });
-          return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: vmBlock(ends(reply.other.trim()), 5200) };
+          const reply = await agent.request(op, args, { nonce, budgetS, signal: this.signal, otherTail });
+          return { response: parseAgentOutput(reply.framed, nonce), code: reply.code, stderr: vmBlock(reply.stderr.trim() || agent.stderr.trim(), 2000), other: otherTail ? reply.other : vmBlock(ends(reply.other.trim()), 5200) };
         } catch (error) {
           // The session's own process must go too when its step is killed.
           this.interrupted.add(agent.nonce);
@@ -325,9 +350,10 @@ export class RemoteTarget {
    * Points the target at a complete kept release; returns the release it
    * replaced (null: none of vm-sync's). With `reject`, the replaced release is
    * marked as one a rollback never goes back to (it was reverted or rolled back from).
+   * `record` says why, for the VM's revisions.log.
    */
-  async flip(token: string, release: string, reject = false): Promise<{ previous: string | null; movedAside: string | null }> {
-    const out = (await this.op('flip', [token, release, reject ? '1' : '0'])).only(['previous', 'moved_aside', 'release']);
+  async flip(token: string, release: string, reject = false, record: FlipRecord = { action: 'deploy', run: '' }): Promise<{ previous: string | null; movedAside: string | null }> {
+    const out = (await this.op('flip', [token, release, reject ? '1' : '0', record.action, record.run])).only(['previous', 'moved_aside', 'release']);
     if (out.require('release') !== release) throw new VmSyncError('remote_command_failed', `flip on ${this.vmId} answered ${vmText(out.require('release'))}, not ${release}`);
     const previous = out.require('previous');
     const aside = out.get('moved_aside');
@@ -345,6 +371,12 @@ export class RemoteTarget {
       return { name: releaseName(name, this.vmId), commit };
     });
     return { live: live ? vmText(live, 200) : null, previous: previous ? releaseName(previous, this.vmId) : null, complete, incomplete: out.all('incomplete').map((n) => vmText(n, 200)) };
+  }
+
+  /** The last `limit` lines of the VM's revisions.log (read-only, no lock; each line raw, cut at 400 bytes). */
+  async revisions(limit: number): Promise<RevisionsRead> {
+    const out = (await this.op('revisions', [String(Math.max(1, Math.floor(limit)))])).only(['log', 'revision']);
+    return { present: out.oneOf('log', ['present', 'absent'] as const) === 'present', lines: out.all('revision') };
   }
 
   /** Extends this run's lock to the budget's end (plus the margin); fails with lock_lost when it is gone. */
@@ -378,8 +410,9 @@ export class RemoteTarget {
     return target;
   }
 
-  async inPlaceFinish(token: string, sha: string): Promise<void> {
-    await this.op('inplace-finish', [token, sha]);
+  /** Writes `.sync_rev` after an in-place transfer; `from` (the commit it held) and `run` go into revisions.log. */
+  async inPlaceFinish(token: string, sha: string, record: { from: string | null; run: string } = { from: null, run: '' }): Promise<void> {
+    await this.op('inplace-finish', [token, sha, record.from ?? '', record.run]);
   }
 
   /** Removes releases beyond `keep` complete ones (never the live one or the one before it) and abandoned stages. */
@@ -421,14 +454,21 @@ export class RemoteTarget {
     };
   }
 
-  /** Runs the configured post-sync command in the live release, under the run's deadline. */
-  async postSync(token: string, sha: string, command: string): Promise<void> {
-    const { response, code, stderr, other } = await this.call('post', [token, sha, command], false);
+  /**
+   * Runs the configured post-sync command in the live release, under the
+   * run's deadline, and returns its exit status (null: stopped before it
+   * ended) and the tail of its output (stdout and stderr, in order; at most
+   * {@link POST_OUTPUT_MAX} characters, as the VM printed it: the caller
+   * cleans and masks it). Only the VM's or the lock's failures throw.
+   */
+  async postSync(token: string, sha: string, command: string): Promise<PostSyncOutcome> {
+    // A budget spent or a cancellation throws here, as for any step (the output is lost with the channel).
+    const { response, code, stderr, other } = await this.call('post', [token, sha, command], false, undefined, undefined, POST_OUTPUT_MAX);
     if (response.get('error') !== null) await this.op('post', [token, sha, command]); // lock lost and the like: the checked form says why
-    if (code === 0 && response.complete) return;
-    const exit = response.get('exit') ?? String(code);
-    const tail = (stderr || other).split('\n').filter(Boolean).slice(-3).join(' | ');
-    throw new VmSyncError('post_sync_failed', `post_sync_command exited ${vmText(exit, 10)} on ${this.vmId}: ${vmText(tail, 500) || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', this.vmId]])} to run it again.`);
+    if (!response.complete) return { exit: null, output: other || stderr };
+    response.only(['exit']);
+    const exit = toInt(response.require('exit'));
+    return { exit: code === 0 ? exit : exit || code, output: other };
   }
 
   /**

@@ -37,3 +37,42 @@ function clip(text: string, max: number): string {
   if (text.length <= max) return text;
   return `${text.slice(0, max)}… (${count(text.length - max, 'more character')} cut)`;
 }
+
+// Terminal escape sequences whole (CSI, OSC, and two-character ESC sequences),
+// so a coloured line reads as its text rather than as `?[31m...`.
+// eslint-disable-next-line no-control-regex
+const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b[@-_]|\u009b[0-?]*[ -/]*[@-~]/g;
+/** What a cut of the start of a command's output looks like (BoundedText's notice). */
+const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters not kept \.\.\.\]\n/;
+
+/**
+ * The end of a command's output (post_sync_command) as vm-sync keeps it: escape
+ * sequences removed, other control characters made `?`, `\r\n` and lone `\r`
+ * as newlines, then its last `maxLines` lines of at most `maxChars` in all. A
+ * line cut by an earlier bound (the first one after a cut) is dropped whole,
+ * and the text says how many lines or characters came before.
+ */
+export function commandOutputTail(raw: string, maxLines: number, maxChars: number): string {
+  let text = raw;
+  let cut = false;
+  const notice = CUT_NOTICE.exec(text);
+  if (notice) {
+    // The first line after the cut is a fragment: a secret cut in half would no longer look like one.
+    text = text.slice(notice[0].length);
+    text = text.slice(text.indexOf('\n') + 1);
+    cut = true;
+  }
+  const clean = text.replace(ESCAPES, '').replace(/\r\n?/g, '\n').replace(CONTROL, '?').replace(/\n+$/, '');
+  let lines = clean === '' ? [] : clean.split('\n');
+  if (lines.length > maxLines) {
+    lines = lines.slice(-maxLines);
+    cut = true;
+  }
+  let out = lines.join('\n');
+  if (out.length > maxChars) {
+    out = out.slice(-maxChars);
+    out = out.slice(out.indexOf('\n') + 1);
+    cut = true;
+  }
+  return cut ? `[… earlier output not kept]\n${out}` : out;
+}

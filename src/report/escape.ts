@@ -1,4 +1,4 @@
-import type { RunReport } from '../sync/types.js';
+import type { RunReport, VmReport } from '../sync/types.js';
 import { vmBlock, vmText } from '../remote/untrusted.js';
 
 /*
@@ -85,6 +85,12 @@ const STRING_MAX_TIGHT = 200;
 const NOTES_MAX = 20;
 const FINDINGS_MAX = 1000;
 
+/** A post_sync report with its output cut to its last `max` characters (a command says why it failed at its end). */
+function endOf(post: NonNullable<VmReport['post_sync']>, max: number): VmReport['post_sync'] {
+  if (post.output_tail.length <= max) return post;
+  return { ...post, output_tail: `[…]${post.output_tail.slice(-(max - 10))}` };
+}
+
 /** Every string in a JSON value cleaned of control characters (newlines kept) and bounded. */
 function capStrings<T>(value: T, max: number): T {
   if (typeof value === 'string') return vmBlock(value, max) as T;
@@ -114,7 +120,7 @@ export function boundedResults(doc: ResultsDocument, maxBytes: number = RESULTS_
   const capped: ResultsDocument = capStrings(
     {
       ...doc,
-      vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX) })),
+      vms: doc.vms.map((vm) => ({ ...vm, notes: vm.notes.slice(0, NOTES_MAX), ...(vm.post_sync ? { post_sync: endOf(vm.post_sync, STRING_MAX) } : {}) })),
       scan: doc.scan ? { ...doc.scan, findings: doc.scan.findings.slice(0, FINDINGS_MAX) } : doc.scan,
     },
     STRING_MAX,
@@ -125,7 +131,7 @@ export function boundedResults(doc: ResultsDocument, maxBytes: number = RESULTS_
   const tight: ResultsDocument = capStrings(
     {
       ...capped,
-      vms: capped.vms.map((vm) => ({ ...vm, notes: [] })),
+      vms: capped.vms.map((vm) => ({ ...vm, notes: [], ...(vm.post_sync ? { post_sync: endOf(vm.post_sync, STRING_MAX_TIGHT) } : {}) })),
       scan: capped.scan ? { ...capped.scan, findings: capped.scan.findings.slice(0, 100) } : capped.scan,
     },
     STRING_MAX_TIGHT,

@@ -4,6 +4,7 @@ import { MAX_SHARDS, shardLabel, type Shard } from '../config/shard.js';
 import type { ScanReport } from '../scan/gate.js';
 import { failedRow, type DriftReport, type RunReport, type ShardsReport, type VmReport } from '../sync/types.js';
 import { vmBlock, vmText } from '../remote/untrusted.js';
+import type { ExcludedReport } from '../sync/excluded.js';
 
 /** One results document as read from a file: where it came from and its text. */
 export interface ResultsSource {
@@ -124,7 +125,34 @@ function parseRow(source: string, raw: unknown, i: number): VmReport {
     health_output: field(source, `${at}.health_output`, row.health_output ?? null, isNullableString, 'a string or null'),
     release: field(source, `${at}.release`, row.release ?? null, isNullableString, 'a string or null'),
     drift: parseDrift(source, `${at}.drift`, row.drift),
+    post_sync: parsePostSync(source, `${at}.post_sync`, row.post_sync),
   };
+}
+
+/** A row's post_sync (exit status and output tail), checked like the rest of the row. */
+function parsePostSync(source: string, at: string, raw: unknown): VmReport['post_sync'] {
+  if (raw === undefined || raw === null) return null;
+  const post = field(source, at, raw, isObject, 'an object or null');
+  return {
+    exit_code: field(source, `${at}.exit_code`, post.exit_code, (v): v is number | null => v === null || (typeof v === 'number' && Number.isSafeInteger(v)), 'a whole number or null'),
+    output_tail: field(source, `${at}.output_tail`, post.output_tail, isString, 'a string'),
+  };
+}
+
+/** The run's notes: a list of strings, or absent. */
+function parseNotes(source: string, raw: unknown): string[] {
+  if (raw === undefined || raw === null) return [];
+  const notes = field(source, 'notes', raw, (v): v is unknown[] => Array.isArray(v), 'a list');
+  return notes.map((note, n) => field(source, `notes[${n}]`, note, isString, 'a string'));
+}
+
+/** What rsync_excludes left out (sync), checked: a count and lists of strings; null when absent. */
+function parseExcluded(source: string, raw: unknown): ExcludedReport | null {
+  if (raw === undefined || raw === null) return null;
+  const excluded = field(source, 'excluded', raw, isObject, 'an object or null');
+  const strings = (name: 'paths' | 'patterns'): string[] =>
+    field(source, `excluded.${name}`, excluded[name], (v): v is unknown[] => Array.isArray(v), 'a list').map((p, n) => field(source, `excluded.${name}[${n}]`, p, isString, 'a string'));
+  return { count: field(source, 'excluded.count', excluded.count, isCount, 'a count'), paths: strings('paths'), patterns: strings('patterns') };
 }
 
 function parseShardField(source: string, raw: unknown): Shard | null {
@@ -156,6 +184,8 @@ export function parseResults(input: ResultsSource): ParsedResults {
     scan: doc.scan === null || doc.scan === undefined ? null : (field(input.source, 'scan', doc.scan, isObject, 'an object or null') as unknown as ScanReport),
     vms: rows.map((row, i) => parseRow(input.source, row, i)),
     shard: parseShardField(input.source, doc.shard),
+    notes: parseNotes(input.source, doc.notes),
+    excluded: parseExcluded(input.source, doc.excluded),
   };
   if (report.scan && !Array.isArray(report.scan.findings)) throw invalid(input.source, 'scan.findings is not a list');
   return {
@@ -252,5 +282,8 @@ export function mergeResults(sources: readonly ResultsSource[], options: MergeOp
     flip_skew_ms: flips.length > 0 ? Math.max(...flips) - Math.min(...flips) : null,
     vms,
     shards: { expected, received: [...byIndex.keys()].sort((a, b) => a - b), missing, failed },
+    // Every shard deployed the same tree with the same config: their run notes repeat, said once.
+    notes: [...new Set(shards.flatMap((p) => p.report.notes ?? []))],
+    excluded: shards.find((p) => p.report.excluded)?.report.excluded ?? null,
   };
 }

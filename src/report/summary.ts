@@ -143,6 +143,8 @@ export function renderSummary(report: RunReport | null, ctx: SummaryContext): st
     lines.push(`Rollout: ${markdownText(r.strategy, CELL_MAX)}${r.strategy === 'rolling' ? ` in ${count(r.batches.length, 'batch')}` : ''}${skew}`, '');
     if (r.halted) lines.push(`⛔ Rollout halted: ${markdownText(r.halted_reason ?? 'stopped', MESSAGE_MAX)}. The VMs not flipped keep their release, with the new one staged.`, '');
   }
+  // Things about the whole run that are not failures (committed paths rsync_excludes left out).
+  for (const note of (report.notes ?? []).slice(0, NOTES_PER_VM)) lines.push(`ℹ️ ${markdownText(note, MESSAGE_MAX)}`, '');
   if (report.vms.length > 0) {
     // A release run shows when each VM was staged and flipped, and its health check.
     const phases = Boolean(report.rollout);

@@ -173,7 +173,8 @@ export function renderTable(report: RunReport, options: { colour?: boolean } = {
     if (vm.notes.length > NOTES_PER_VM) details.push(`${id}: note: …and ${count(vm.notes.length - NOTES_PER_VM, 'more note')} (see --json)`);
   }
   const rollout = rolloutLine(report);
-  return scan + [title, ...(baseline ? [terminalLine(baseline, MESSAGE_MAX)] : []), ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
+  const runNotes = (report.notes ?? []).map((note) => terminalLine(`note: ${note}`, MESSAGE_MAX));
+  return scan + [title, ...(baseline ? [terminalLine(baseline, MESSAGE_MAX)] : []), ...(shards ? [terminalLine(shards, MESSAGE_MAX)] : []), ...(rollout ? [rollout] : []), ...runNotes, '', ...lines, ...(details.length ? ['', ...details] : [])].join('\n') + '\n';
 }
 
 /** The secret-scan part of the report: what was scanned and each finding (never the secret itself). */

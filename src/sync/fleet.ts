@@ -17,6 +17,7 @@ import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
 import { ExpectedTrees } from './drift.js';
 import { dryRunVm, inspectVm, rsyncExcludes, type DeepCheck, type RunContext } from './vm-pipeline.js';
+import { excludedPaths, excludedSentence, type ExcludedReport } from './excluded.js';
 import { announceRow, failedRow, silentEvents, type Baseline, type EngineEvents, type RunReport, type VmReport } from './types.js';
 import { invocation, noFetchAdvice, option } from '../advice.js';
 
@@ -44,6 +45,8 @@ export interface FleetOptions {
   fetch?: boolean;
   /** Extra environment for git (credentials for the fetch, never on a command line). */
   gitEnv?: NodeJS.ProcessEnv;
+  /** This run's id (execute() makes one): recorded in each VM's revisions.log. */
+  runId?: string;
 }
 
 /** Options of `vm-sync verify` and `vm-sync status`. */
@@ -179,6 +182,23 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       exporter: dryRun ? undefined : exportNow,
     });
 
+    // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
+    let excluded: ExcludedReport | null = null;
+    const runNotes: string[] = [];
+    const listExcluded = async (): Promise<void> => {
+      try {
+        excluded = await excludedPaths(exportDir, rsyncExcludes(config, []), { signal: options.signal });
+        const sentence = excludedSentence(excluded);
+        if (sentence) {
+          events.info(null, sentence);
+          runNotes.push(sentence);
+        }
+      } catch (error) {
+        runNotes.push(`could not list the committed paths rsync_excludes leaves out (the deploy is not affected): ${getErrorMessage(error)}`);
+      }
+    };
+    const done = (report: RunReport): RunReport => ({ ...report, excluded, ...(runNotes.length > 0 ? { notes: runNotes } : {}) });
+
     // The secret-scan gate: before any VM is contacted.
     let scan: ScanReport | null = null;
     const gate = async (): Promise<ScanReport | null> => {
@@ -204,6 +224,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     if (exported) {
       scan = await gate();
       if (scan?.blocked) return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
+      await listExcluded();
     } else {
       events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
     }
@@ -216,6 +237,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
         scan = await gate();
         if (scan?.blocked) throw new VmSyncError('secrets_found', `${count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+        await listExcluded();
         return { dir: exportDir, notes: committedSentinelNote(exportDir) };
       })();
       return late;
@@ -226,7 +248,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     if (dryRun) {
       const ctx: RunContext = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
       const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
-      return { command: 'sync', commit, dry_run: true, scan, vms: reports };
+      return done({ command: 'sync', commit, dry_run: true, scan, vms: reports });
     }
     // The stream transfer: made once per starting commit, for every VM on it.
     const streams =
@@ -250,6 +272,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         tree,
         force,
         owner: ownLockOwner(commit, runUrlFromEnv()),
+        runId: options.runId,
         events,
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
@@ -259,7 +282,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       vms,
     );
     await recordDeployed(repo, outcome.vms, events);
-    return { command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms };
+    return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
   } finally {
     if (streamDir) removeScratchDirLater(streamDir);
     if (dryExportRoot) removeScratchDirLater(dryExportRoot);
@@ -371,7 +394,7 @@ export async function runRollback(config: Config, options: RollbackOptions = {})
     }
   }
   events.info(null, `rolling back ${count(vms.length, 'VM')} to ${to ? to.slice(0, 12) : 'their previous release'}`, 'rollback');
-  const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
+  const rows = await rollbackFleet({ config, openPort: sshPorts(knownHosts), to, owner: ownLockOwner(to ?? '', runUrlFromEnv()), runId: options.runId, events, signal: options.signal, lockWaitS: options.lockWaitS ?? 0 }, vms);
   const repo = runnerRepo(config, options.gitEnv, { events, signal: options.signal });
   if (fs.existsSync(config.repository.mainRepoPath)) await recordDeployed(repo, rows, events);
   return { command: 'rollback', commit: to ?? '', dry_run: false, scan: null, vms: rows };

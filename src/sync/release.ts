@@ -18,7 +18,9 @@ import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { LockOwner } from '../remote/lock.js';
 import { KILL_GRACE_S } from '../remote/agent-script.js';
 import type { OpenPort, VmPort } from '../remote/port.js';
-import { CLEANUP_MS, type BeginOutcome, type Probe, type StageResult } from '../remote/target.js';
+import { CLEANUP_MS, POST_OUTPUT_MAX, type BeginOutcome, type Probe, type StageResult } from '../remote/target.js';
+import { maskSecrets } from '../remote/mask.js';
+import { commandOutputTail } from '../remote/untrusted.js';
 import { mapPool } from './pool.js';
 import { afterHealth, chooseRollback, decidePrepare, planBatches, rolloutVerdict } from './planner.js';
 import { classifyState, type History } from './state.js';
@@ -44,6 +46,8 @@ export interface ReleaseContext {
   force: boolean;
   /** Who this run is, as recorded in each VM's lock (the VM adds the deadline). */
   owner: Omit<LockOwner, 'deadline'>;
+  /** The run's id (the runner-host journal's), recorded in each VM's revisions.log; '' when none. */
+  runId?: string;
   events: EngineEvents;
   signal?: AbortSignal;
   /** First retry delay; doubles each time, plus jitter. */
@@ -77,6 +81,10 @@ interface VmRun {
   /** Notes about the tree this VM gets (a committed `.sync_rev` not deployed). */
   treeNotes: string[];
 }
+
+/** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
+const POST_SYNC_LINES = 200;
+const POST_SYNC_FAILURE_LINES = 20;
 
 const now = (): string => new Date().toISOString();
 /** rsync's I/O timeout: no data for this long aborts a transfer (a few connect timeouts, at least 30 s). */
@@ -375,7 +383,7 @@ class FleetRelease {
           run.touched = true;
           if (config.repository.layout === 'atomic') {
             this.say(run, `switching the live path to ${run.release}`, 'flip', 'debug');
-            const flipped = await port.flip(this.token, run.release as string);
+            const flipped = await port.flip(this.token, run.release as string, false, { action: 'deploy', run: this.ctx.runId ?? '' });
             run.report.flipped_at = now();
             run.previous = flipped.previous;
             if (flipped.movedAside) run.report.notes.push(`kept the directory that stood at ${run.before?.target} as ${flipped.movedAside}`);
@@ -390,7 +398,7 @@ class FleetRelease {
           const stats = await port.transfer({ source: tree.dir, dest, linkDest: null, excludes: rsyncExcludes(config, []), ioTimeoutS: ioTimeoutS(config) }, (p) =>
             this.ctx.events.progress(run.vm.id, p.percent, p.rate),
           );
-          await port.inPlaceFinish(this.token, commit);
+          await port.inPlaceFinish(this.token, commit, { from: run.report.rev_before, run: this.ctx.runId ?? '' });
           run.report.files_changed = stats.filesChanged;
           run.report.bytes_sent = stats.bytesSent;
           run.report.flipped_at = now();
@@ -440,7 +448,7 @@ class FleetRelease {
           const next = afterHealth(outcome, { revertUnhealthy: config.rollout.revertUnhealthy, previous: run.previous, layout: config.repository.layout });
           if (next === 'revert') {
             // The unhealthy release is rejected: a later rollback never goes back to it.
-            await port.flip(this.token, run.previous as string, true);
+            await port.flip(this.token, run.previous as string, true, { action: 'revert', run: this.ctx.runId ?? '' });
             const back = await port.probe();
             run.report.rev_after = liveRev(back);
             run.report.release = releaseOf(back);
@@ -456,7 +464,7 @@ class FleetRelease {
 
   /** Phase 5: prune, post_sync_command, unlock. */
   private async finish(batch: VmRun[], keep: number): Promise<void> {
-    const { config, commit } = this.ctx;
+    const { config } = this.ctx;
     await Promise.all(
       batch.map((run) =>
         this.step(run, async (port) => {
@@ -470,10 +478,7 @@ class FleetRelease {
               run.report.notes.push(`pruning old releases failed (deploy is fine): ${getErrorMessage(error)}`);
             }
           }
-          if (config.sync.postSyncCommand) {
-            this.say(run, 'running post_sync_command', 'finish');
-            await port.postSync(this.token, commit, config.sync.postSyncCommand);
-          }
+          if (config.sync.postSyncCommand) await this.postSync(run, port, config.sync.postSyncCommand);
           run.report.result = 'success';
           run.report.error = null;
           await port.unlock(this.token).catch((error: unknown) => {
@@ -483,6 +488,24 @@ class FleetRelease {
         }),
       ),
     );
+  }
+
+  /**
+   * Runs post_sync_command on a VM: its output's tail (cleaned, masked) goes
+   * into the row and the VM's log lines; a failure keeps its last lines in
+   * the message. The release stays live either way.
+   */
+  private async postSync(run: VmRun, port: VmPort, command: string): Promise<void> {
+    this.say(run, 'running post_sync_command', 'finish');
+    const outcome = await port.postSync(this.token, this.ctx.commit, command);
+    const tail = maskSecrets(commandOutputTail(outcome.output, POST_SYNC_LINES, POST_OUTPUT_MAX));
+    run.report.post_sync = { exit_code: outcome.exit, output_tail: tail };
+    const lines = tail === '' ? [] : tail.split('\n');
+    for (const line of lines) this.say(run, `post_sync: ${line}`, 'finish');
+    if (outcome.exit === 0) return;
+    const why = outcome.exit === null ? 'did not finish' : `exited ${outcome.exit}`;
+    const last = lines.slice(-POST_SYNC_FAILURE_LINES).join(' | ');
+    throw new VmSyncError('post_sync_failed', `post_sync_command ${why} on ${run.vm.id}: ${last || 'no output'}. The new release is live; fix the command and run ${invocation('sync', [['force'], ['vm', run.vm.id]])} to run it again.`);
   }
 
   /** Runs one VM's step of a phase; a failure ends that VM's release (settled, unlocked, reported). */
@@ -615,6 +638,8 @@ export interface RollbackContext {
   /** The commit to go back to (full hash), or null: each VM's previous release. */
   to: string | null;
   owner: Omit<LockOwner, 'deadline'>;
+  /** The run's id, recorded in each VM's revisions.log; '' when none. */
+  runId?: string;
   events: EngineEvents;
   signal?: AbortSignal;
   lockWaitS: number;
@@ -655,7 +680,7 @@ export async function rollbackFleet(ctx: RollbackContext, vms: readonly VmConfig
       if (decision.kind === 'refuse') throw new VmSyncError('no_release', decision.message);
       if (decision.kind === 'flip') {
         // A plain rollback rejects the release it leaves; --to is a deliberate move either way.
-        await port.flip(ctx.owner.token, decision.release.name, ctx.to === null);
+        await port.flip(ctx.owner.token, decision.release.name, ctx.to === null, { action: 'rollback', run: ctx.runId ?? '' });
         report.flipped_at = now();
       } else {
         report.action = 'none';

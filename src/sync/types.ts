@@ -1,5 +1,6 @@
 import type { FailureCode } from '../errors.js';
 import type { ScanReport } from '../scan/gate.js';
+import type { ExcludedReport } from './excluded.js';
 
 /**
  * Where a VM stood before the run, relative to the deploy commit. `broken`:
@@ -41,6 +42,19 @@ export interface VmReport {
   release: string | null;
   /** `verify --deep`: how what the VM serves differs from its commit's tree; null when not checked. */
   drift?: DriftReport | null;
+  /** post_sync_command on this VM; null when it did not run. */
+  post_sync?: PostSyncReport | null;
+}
+
+/**
+ * How post_sync_command ended on a VM: its exit status (null: it did not
+ * finish) and the end of its output, stdout and stderr in order: at most the
+ * last 200 lines and 64 KB, escape sequences and control characters removed,
+ * secrets masked (src/remote/mask.ts).
+ */
+export interface PostSyncReport {
+  exit_code: number | null;
+  output_tail: string;
 }
 
 /**
@@ -81,6 +95,7 @@ export function failedRow(vm: { id: string; host: string }, error: VmReport['err
     health_output: null,
     release: null,
     drift: null,
+    post_sync: null,
   };
 }
 
@@ -98,10 +113,16 @@ export interface Baseline {
 /** The whole run: the `--json` document. */
 export interface RunReport {
   command: 'sync' | 'rollback' | 'verify' | 'status' | 'scan';
+  /** This run's id, as in the runner-host journal and each VM's revisions.log (absent: a merged report). */
+  run_id?: string;
   commit: string;
   /** status, verify, scan: what `commit` was taken from (absent for other commands). */
   baseline?: Baseline | null;
   dry_run: boolean;
+  /** Things about the whole run the user should know that are not failures (committed paths not deployed). */
+  notes?: string[];
+  /** sync: the committed paths `rsync_excludes` leaves out of the deployed tree; null when not listed (nothing exported). */
+  excluded?: ExcludedReport | null;
   /** The secret-scan gate's outcome; null when scanning is disabled or the command does not scan. */
   scan: ScanReport | null;
   /** How the release was rolled out (sync of an atomic layout), null for other commands. */

@@ -7,6 +7,8 @@ import { VmSession } from '../remote/session.js';
 import { CLEANUP_MS, RemoteTarget, UNREADABLE_LOCK_GRACE_S, type Probe } from '../remote/target.js';
 import { selectVms } from './fleet.js';
 import { mapPool } from './pool.js';
+import { newRunId } from '../journal/journal.js';
+import { journalRun } from '../journal/record.js';
 
 /** What `vm-sync unlock` did on one VM. */
 export interface UnlockRow {
@@ -71,5 +73,20 @@ export async function runUnlock(config: Config, options: { vms: string[]; force:
   if (options.vms.length === 0) throw new VmSyncError('config_invalid', 'unlock needs --vm ID (one or more, comma-separated): locks are broken one VM at a time, deliberately');
   const vms = selectVms(config, options.vms);
   const knownHosts = new KnownHosts(fs.readFileSync(config.knownHostsPath, 'utf8'));
-  return mapPool(vms, config.sync.concurrency, (vm) => unlockVm(vm, config, knownHosts, options.force));
+  const started = new Date();
+  const rows = await mapPool(vms, config.sync.concurrency, (vm) => unlockVm(vm, config, knownHosts, options.force));
+  // Breaking a lock changes what may run on a VM: the journal says who did it.
+  const ok = rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken');
+  await journalRun(config, {
+    runId: newRunId(started),
+    started,
+    command: options.force ? 'unlock --force' : 'unlock',
+    commit: null,
+    dryRun: false,
+    shard: null,
+    exitCode: ok ? 0 : 1,
+    vms: rows.map((row) => ({ id: row.id, state: null, action: 'unlock', result: row.outcome, code: null, rev: null })),
+    error: null,
+  });
+  return rows;
 }

@@ -11,7 +11,7 @@ import { VmSyncError } from '../../src/errors.js';
 import type { LockOwner } from '../../src/remote/lock.js';
 import type { TreeListing } from '../../src/remote/listing.js';
 import type { OpenPort, TransferPlan, VmPort } from '../../src/remote/port.js';
-import type { BaseState, BeginOutcome, HealthOutcome, Probe, ReleaseList, SentinelState } from '../../src/remote/target.js';
+import type { BaseState, BeginOutcome, HealthOutcome, PostSyncOutcome, Probe, ReleaseList, SentinelState } from '../../src/remote/target.js';
 import type { History } from '../../src/sync/state.js';
 import type { EngineEvents, VmReport } from '../../src/sync/types.js';
 
@@ -72,6 +72,8 @@ export interface VmScript {
   keepsLockAtBegin?: boolean;
   /** What `listing` answers (default: an empty tree). */
   listing?: TreeListing;
+  /** How post_sync_command ends (default: exit 0, no output). */
+  postSync?: PostSyncOutcome;
 }
 
 export const NEW = '1111111111111111111111111111111111111111';
@@ -310,7 +312,7 @@ export class FakeFleet {
           return vm.nextHealth();
         }),
       prune: (token, keep) => op('prune', [token, keep], () => [] as string[]),
-      postSync: (token, sha, command) => op('postSync', [token, sha, command], () => undefined),
+      postSync: (token, sha, command) => op('postSync', [token, sha, command], () => vm.script.postSync ?? { exit: 0, output: '' }),
       unlock: (token) =>
         op('unlock', [token], () => {
           if (vm.lock !== token) return false;

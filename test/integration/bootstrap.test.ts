@@ -431,9 +431,9 @@ maybe('bootstrap-runner.sh', () => {
 
   test('doctor reads the installed runner\'s version (once, not per VM) and fails a runner older than GitHub\'s minimum', () => {
     const run = vmSync(root, ['doctor', '--config', configPath, '--json', '--vm', 'vm01']);
-    const doc = JSON.parse(run.stdout) as { runner_host: { status: string; version: string; dir: string; detail: string }; vms: unknown[] };
-    expect(doc.runner_host).toMatchObject({ status: 'ok', version: '2.329.0', dir: path.join(root, 'opt', 'actions-runner') });
-    expect(doc.runner_host.detail).toContain('read from bin/Runner.Listener.deps.json');
+    const doc = JSON.parse(run.stdout) as { runner_host: { checks: Array<{ name: string; status: string; detail: string }> }; vms: unknown[] };
+    const runner = doc.runner_host.checks.filter((check) => check.name === 'runner');
+    expect(runner).toEqual([{ name: 'runner', status: 'ok', detail: `runner 2.329.0 in ${path.join(root, 'opt', 'actions-runner')} (GitHub's minimum for registration: 2.329.0; read from bin/Runner.Listener.deps.json)`, hint: null }]);
     const deps = path.join(root, 'opt', 'actions-runner', 'bin', 'Runner.Listener.deps.json');
     const original = fs.readFileSync(deps);
     try {
@@ -442,7 +442,8 @@ maybe('bootstrap-runner.sh', () => {
       expect(old.code).toBe(1);
       const lines = old.stdout.split('\n');
       expect(lines[0]).toBe(`runner host  FAIL  runner      runner 2.328.9 in ${path.join(root, 'opt', 'actions-runner')} is older than 2.329.0, the oldest GitHub lets register or connect: the sync job would never start`);
-      expect(lines.filter((l) => l.startsWith('runner host'))).toHaveLength(1);
+      expect(lines.filter((l) => /^runner host +[A-Z]+ +runner /.test(l))).toHaveLength(1);
+      expect(lines).toContain('runner host: not ready (runner, known_hosts, gitleaks): every sync from it fails');
     } finally {
       fs.writeFileSync(deps, original);
     }

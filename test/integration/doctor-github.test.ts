@@ -98,5 +98,5 @@ test('without a token nothing is asked, and doctor says how to give one; without
   expect(github.api.length).toBe(before);
   // --github is doctor's only.
   const misuse = await cli(['status', '--github', '--config', world.configPath], {});
-  expect([misuse.code, misuse.stderr]).toEqual([2, 'vm-sync: --github only applies to doctor\nRun vm-sync --help for usage.\n']);
+  expect([misuse.code, misuse.stderr]).toEqual([2, 'vm-sync: --github only applies to doctor\nRun vm-sync status --help for its options.\n']);
 });
