@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, jumpHostsOf, loadConfig } from './config/load.js';
-import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
+import { DEFAULT_DEMO_DIR, demoVm, describeStop, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { renderDoctor, runDoctor } from './doctor/doctor.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
 import { terminalLine } from './report/escape.js';
@@ -32,8 +32,10 @@ Usage:
                  merge the --json results of the shards of one deploy into one report (exit 1 when a shard is missing)
   vm-sync scan   --config FILE [--range BASE..HEAD | --commit SHA] [--repo DIR] [--no-fetch] [--sarif FILE] [--json]
   vm-sync demo   [--dir DIR] [--keep]       three loopback sshd VMs, a sample repo, three syncs
-  vm-sync demo up [--dir DIR] [--vms N]     start N loopback VMs + sample repo + config, leave them running
-  vm-sync demo stop [--dir DIR]
+  vm-sync demo up [--dir DIR] [--vms N] [--repo PATH]
+                 start N loopback VMs + sample repo (or PATH's checked-out branch) + config, leave them running
+  vm-sync demo stop [--dir DIR]             stop that fleet (says what was running and what it stopped)
+  vm-sync demo vm stop|start ID [--dir DIR] take one demo VM down, or bring it back (same port and host key)
 
 sync also takes --sarif FILE (the secret-scan findings, for code scanning).
 sync, rollback, verify and status take --shard K/N: only the VMs of shard K of N (a stable hash of
@@ -128,16 +130,26 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
       if (sub === 'up') {
         const count = Number(values.vms ?? '3');
         if (!Number.isInteger(count) || count < 1 || count > 200) throw new UsageError('--vms must be a whole number from 1 to 200');
-        const demo = await setupDemo(values.dir, count);
+        const demo = await setupDemo(values.dir, count, { repo: values.repo });
         if (demo.warning) io.err(`WARNING: ${demo.warning}\n`);
-        io.out(`started ${count} loopback VM(s) under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${values.dir}\n`);
+        if (demo.previous) io.err(`${terminalLine(`stopped the fleet an earlier demo up left running: ${describeStop(demo.previous)}`)}\n`);
+        if (demo.kept.length) io.err(`${terminalLine(`left alone in ${demo.fleet.dir} (not the demo's): ${demo.kept.join(', ')}`)}\n`);
+        io.out(`${terminalLine(`started ${count} loopback VM(s) under ${demo.fleet.dir}${values.repo ? `, deploying ${values.repo}` : ''}`)}\n${terminalLine(`config: ${demo.configPath}`)}\n${terminalLine(`stop with: vm-sync demo stop --dir ${values.dir}`)}\n`);
         return 0;
       }
-      if (sub !== undefined && sub !== 'stop') throw new UsageError(`unknown demo command '${sub}' (up, stop)`);
+      if (values.repo !== undefined) throw new UsageError('--repo only applies to demo up and scan');
+      if (sub === 'vm') {
+        const [action, id, extra] = positionals.slice(2);
+        if ((action !== 'stop' && action !== 'start') || !id || extra !== undefined) throw new UsageError('usage: vm-sync demo vm stop|start ID [--dir DIR]');
+        const result = await demoVm(values.dir, action, id);
+        io.out(`${terminalLine(result.message)}\n`);
+        return result.ok ? 0 : 1;
+      }
+      if (sub !== undefined && sub !== 'stop') throw new UsageError(`unknown demo command '${sub}' (up, stop, vm)`);
       if (sub === 'stop') {
-        const fleet = stopDemo(values.dir);
-        io.out(`stopped ${fleet.vms.length} VM(s) of ${fleet.dir}\n`);
-        return 0;
+        const stop = stopDemo(values.dir);
+        io.out(`${terminalLine(`${describeStop(stop)} (${stop.dir})`)}\n`);
+        return stop.vms.every((vm) => vm.problems.length === 0) ? 0 : 1;
       }
       return await runDemo(values.dir, values.keep, events, io.out);
     }
@@ -228,7 +240,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     }
     return exitCodeFor(report);
   } catch (error) {
-    const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && error.code === 'config_invalid');
+    const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && (error.code === 'config_invalid' || error.code === 'demo_dir_refused'));
     const code = error instanceof VmSyncError ? error.code : usage ? 'usage' : 'internal';
     const message = getErrorMessage(error);
     if (json) io.out(`${JSON.stringify({ commit: null, vms: [], error: { code, message } }, null, 2)}\n`);

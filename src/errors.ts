@@ -41,6 +41,7 @@ export const FAILURE_CODES = [
   'shard_missing',
   'results_invalid',
   'jump_unreachable',
+  'demo_dir_refused',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];
