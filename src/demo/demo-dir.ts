@@ -87,7 +87,11 @@ export function inspectDemoDir(dir: string): DemoDirState {
   const entries = fs.readdirSync(dir);
   if (entries.length === 0) return { kind: 'empty' };
   const problem = markerProblem(dir, stat);
-  if (problem) throw refused(dir, problem, CHOOSE);
+  if (problem) {
+    // A fleet made before the demo marked its directories: say how to retire it (stop works without the marker).
+    const legacy = !entries.includes(DEMO_MARKER) && entries.includes('fleet.json') && entries.every((name) => (DEMO_ENTRIES as readonly string[]).includes(name));
+    throw refused(dir, problem, legacy ? `If it is a demo directory from an older vm-sync: vm-sync demo stop --dir ${terminalLine(dir, 300)}, then delete it yourself. Or ${CHOOSE.charAt(0).toLowerCase()}${CHOOSE.slice(1)}` : CHOOSE);
+  }
   const ours = new Set<string>([DEMO_MARKER, ...DEMO_ENTRIES]);
   return { kind: 'demo', others: entries.filter((name) => !ours.has(name)).sort() };
 }

@@ -78,8 +78,9 @@ export async function setupDemo(dir: string, count: number, options: { repo?: st
     repository.push('secret_scanning: { enabled: false }');
     warning = 'gitleaks is not installed: this demo config runs WITHOUT the secret-scan gate (install gitleaks v8.30.x to see it).';
   }
+  // The demo shows one VM down without holding back the others (the default, 0, halts the rollout on any failure).
   const source = user ? { url: user.url, branch: user.branch } : { url: (ws as GitWorkspace).origin, branch: 'main' };
-  fs.writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: path.join(absolute, 'runner', 'app'), url: source.url, branch: source.branch }, { sync: ['retries: 1'], repository }));
+  fs.writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: path.join(absolute, 'runner', 'app'), url: source.url, branch: source.branch }, { sync: ['retries: 1'], repository, rollout: ['max_failed: 1'] }));
   return { fleet, ws, configPath, warning, previous, kept };
 }
 

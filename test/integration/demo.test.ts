@@ -166,7 +166,9 @@ describe('--dir: only a directory the demo made (or found empty) is used', () =>
   test('a demo directory is reused: the demo replaces its own entries and leaves the files it did not write', async () => {
     const dir = path.join(tmp, 'reused');
     expect((await run(['demo', 'up', '--dir', dir, '--vms', '1'])).code).toBe(0);
-    const oldKey = fs.readFileSync(path.join(dir, 'keys', 'id_ed25519_vm01.pub'), 'utf8');
+    const pubName = 'id_ed25519_vm01.pub';
+    const publicKeyFile = path.join(dir, 'keys', pubName);
+    const firstFleet = fs.readFileSync(publicKeyFile, 'utf8');
     fs.writeFileSync(path.join(dir, 'my-notes.md'), 'what I tried\n');
     fs.mkdirSync(path.join(dir, 'experiments'));
     fs.writeFileSync(path.join(dir, 'experiments', 'run.sh'), 'echo hi\n');
@@ -178,9 +180,25 @@ describe('--dir: only a directory the demo made (or found empty) is used', () =>
     expect(again.stderr).toContain("(not the demo's): experiments, my-notes.md");
     expect(fs.readFileSync(path.join(dir, 'my-notes.md'), 'utf8')).toBe('what I tried\n');
     expect(fs.readFileSync(path.join(dir, 'experiments', 'run.sh'), 'utf8')).toBe('echo hi\n');
-    expect(fs.readFileSync(path.join(dir, 'keys', 'id_ed25519_vm01.pub'), 'utf8')).not.toBe(oldKey);
+    // A new fleet: new client keys.
+    expect(fs.readFileSync(publicKeyFile, 'utf8')).not.toBe(firstFleet);
     expect((await run(['demo', 'stop', '--dir', dir])).code).toBe(0);
   });
+});
+
+test('the walk-through (vm-sync demo): vm02 down fails alone, vm01 and vm03 move on, then vm02 catches up; exit 0, no sshd left', async () => {
+  const dir = path.join(tmp, 'walk');
+  let out = '';
+  const code = await main(['demo', '--dir', dir], { out: (t) => (out += t), err: () => undefined });
+  expect(code).toBe(0);
+  const steps = out.split('\n== ').slice(1);
+  expect(steps).toHaveLength(3);
+  expect(steps[1]).toMatch(/: 2\/3 VM\(s\) ok/);
+  expect(steps[1]).toMatch(/^vm02 .* failed \(unreachable\)/m);
+  expect(steps[2]).toMatch(/: 3\/3 VM\(s\) ok/);
+  const head = fs.readFileSync(path.join(dir, 'origin.git', 'refs', 'heads', 'main'), 'utf8');
+  for (const id of ['vm01', 'vm02', 'vm03']) expect(fs.readFileSync(path.join(dir, 'vms', id, 'home', 'app', '.sync_rev'), 'utf8')).toBe(head);
+  expect(sshdUnder(dir)).toEqual([]);
 });
 
 describe('stop says what it stopped', () => {
