@@ -44027,7 +44027,7 @@ async function runDemo(dir, keep, events, print) {
     const ws = sample;
     if (warning)
         events.info(null, `WARNING: ${warning}`);
-    if (previous)
+    if (previous?.vms.some((vm) => vm.running > 0))
         events.info(null, `the fleet an earlier demo left in ${fleet.dir}: ${describeStop(previous)}`);
     if (kept.length > 0)
         events.info(null, `left alone in ${fleet.dir} (not the demo's): ${kept.join(', ')}`);
@@ -45124,7 +45124,7 @@ async function main(argv, io = processIO, signal) {
                 const demo = await setupDemo(values.dir, count, { repo: values.repo });
                 if (demo.warning)
                     io.err(`WARNING: ${demo.warning}\n`);
-                if (demo.previous)
+                if (demo.previous?.vms.some((vm) => vm.running > 0))
                     io.err(`${terminalLine(`stopped the fleet an earlier demo up left running: ${describeStop(demo.previous)}`)}\n`);
                 if (demo.kept.length)
                     io.err(`${terminalLine(`left alone in ${demo.fleet.dir} (not the demo's): ${demo.kept.join(', ')}`)}\n`);

@@ -132,7 +132,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
         if (!Number.isInteger(count) || count < 1 || count > 200) throw new UsageError('--vms must be a whole number from 1 to 200');
         const demo = await setupDemo(values.dir, count, { repo: values.repo });
         if (demo.warning) io.err(`WARNING: ${demo.warning}\n`);
-        if (demo.previous) io.err(`${terminalLine(`stopped the fleet an earlier demo up left running: ${describeStop(demo.previous)}`)}\n`);
+        if (demo.previous?.vms.some((vm) => vm.running > 0)) io.err(`${terminalLine(`stopped the fleet an earlier demo up left running: ${describeStop(demo.previous)}`)}\n`);
         if (demo.kept.length) io.err(`${terminalLine(`left alone in ${demo.fleet.dir} (not the demo's): ${demo.kept.join(', ')}`)}\n`);
         io.out(`${terminalLine(`started ${count} loopback VM(s) under ${demo.fleet.dir}${values.repo ? `, deploying ${values.repo}` : ''}`)}\n${terminalLine(`config: ${demo.configPath}`)}\n${terminalLine(`stop with: vm-sync demo stop --dir ${values.dir}`)}\n`);
         return 0;

@@ -97,7 +97,7 @@ export async function runDemo(dir: string, keep: boolean, events: EngineEvents, 
   const { fleet, ws: sample, configPath, warning, previous, kept } = await setupDemo(dir, 3);
   const ws = sample as GitWorkspace;
   if (warning) events.info(null, `WARNING: ${warning}`);
-  if (previous) events.info(null, `the fleet an earlier demo left in ${fleet.dir}: ${describeStop(previous)}`);
+  if (previous?.vms.some((vm) => vm.running > 0)) events.info(null, `the fleet an earlier demo left in ${fleet.dir}: ${describeStop(previous)}`);
   if (kept.length > 0) events.info(null, `left alone in ${fleet.dir} (not the demo's): ${kept.join(', ')}`);
   try {
     const config = loadConfig(configPath);
