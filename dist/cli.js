@@ -34616,6 +34616,7 @@ const FAILURE_CODES = [
     'results_invalid',
     'jump_unreachable',
     'key_invalid',
+    'demo_dir_refused',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout', 'jump_unreachable']);
@@ -35350,6 +35351,8 @@ function loadConfig(file, options = {}) {
     return config;
 }
 
+;// CONCATENATED MODULE: external "node:child_process"
+const external_node_child_process_namespaceObject = require("node:child_process");
 ;// CONCATENATED MODULE: ./src/scan/findings.ts
 const str = (v) => (typeof v === 'string' ? v : '');
 // Control characters (terminal escapes, newlines) and invisible or
@@ -35936,8 +35939,6 @@ function shardLabel(shard) {
     return `${shard.index}/${shard.count}`;
 }
 
-;// CONCATENATED MODULE: external "node:child_process"
-const external_node_child_process_namespaceObject = require("node:child_process");
 ;// CONCATENATED MODULE: ./src/advice.ts
 /*
  * The one wording of "what to do next" per entry point. The engine's messages
@@ -44227,7 +44228,305 @@ function exitCodeFor(report) {
     return report.vms.every((vm) => vm.result === 'success') ? 0 : 1;
 }
 
+;// CONCATENATED MODULE: ./src/demo/demo-dir.ts
+
+
+
+
+/**
+ * The demo's directory (`--dir`) and the marker that proves the demo made it.
+ *
+ * `demo up` starts afresh in its directory, which means deleting what an
+ * earlier run left there. It must never delete anything else: so it only
+ * ever works in a directory it created (or found empty) and marked, and even
+ * there it deletes only the entries it writes itself ({@link DEMO_ENTRIES}).
+ * The marker names the directory it was written in (device and inode): a
+ * marker copied into another directory does not make that one the demo's.
+ */
+/** The marker file's name inside a demo directory. */
+const DEMO_MARKER = '.vm-sync-demo-dir';
+/** The marker's first line. */
+const MARKER_HEAD = 'vm-sync demo directory (format 1)';
+/** What the demo writes in its directory; a fresh `demo up` replaces these and nothing else. */
+const DEMO_ENTRIES = ['keys', 'vms', 'origin.git', 'work', 'runner', 'vm-sync.yml', 'fleet.json'];
+function refused(dir, why, fix) {
+    return new VmSyncError('demo_dir_refused', `${terminalLine(dir, 300)} ${why}: the demo never deletes or reuses a directory it did not create. ${fix}`);
+}
+const CHOOSE = 'Give --dir a new path (or an empty directory), or move the files away yourself.';
+function markerText(id) {
+    return [
+        MARKER_HEAD,
+        `directory: ${id}`,
+        'Written by `vm-sync demo` in the directory it created for a loopback test fleet (private keys included).',
+        `Another \`vm-sync demo up\` here stops that fleet and replaces only: ${DEMO_ENTRIES.join(', ')}.`,
+        '',
+    ].join('\n');
+}
+/** The directory's identity as the marker records it: device and inode (they follow a `mv`, not a `cp`). */
+function dirId(stat) {
+    return `${stat.dev}:${stat.ino}`;
+}
+/** Why the marker in `dir` does not prove the demo made `dir`, or null when it does. */
+function markerProblem(dir, stat) {
+    const marker = external_node_path_default().join(dir, DEMO_MARKER);
+    let mstat;
+    try {
+        mstat = external_node_fs_default().lstatSync(marker);
+    }
+    catch {
+        return `is not empty and has no ${DEMO_MARKER} marker`;
+    }
+    if (!mstat.isFile() || mstat.size > 4096)
+        return `has a ${DEMO_MARKER} that is not the demo's marker file`;
+    const lines = external_node_fs_default().readFileSync(marker, 'utf8').split('\n');
+    if (lines[0] !== MARKER_HEAD)
+        return `has a ${DEMO_MARKER} that is not the demo's marker`;
+    if (lines[1] !== `directory: ${dirId(stat)}`)
+        return `has a ${DEMO_MARKER} marker written for another directory (copied here?)`;
+    return null;
+}
+/**
+ * Looks at `dir` and says whether the demo may use it; throws
+ * `demo_dir_refused` (exit 2) for a symbolic link, a file, or a non-empty
+ * directory without a valid marker. Changes nothing.
+ */
+function inspectDemoDir(dir) {
+    let stat;
+    try {
+        stat = external_node_fs_default().lstatSync(dir);
+    }
+    catch (error) {
+        if (error.code === 'ENOENT')
+            return { kind: 'absent' };
+        throw refused(dir, `cannot be read (${error.code ?? 'error'})`, CHOOSE);
+    }
+    // A link could point anywhere: the demo works only in the directory itself.
+    if (stat.isSymbolicLink())
+        throw refused(dir, 'is a symbolic link', 'Give --dir the real directory, or a new path.');
+    if (!stat.isDirectory())
+        throw refused(dir, 'is not a directory', CHOOSE);
+    const entries = external_node_fs_default().readdirSync(dir);
+    if (entries.length === 0)
+        return { kind: 'empty' };
+    const problem = markerProblem(dir, stat);
+    if (problem) {
+        // A fleet made before the demo marked its directories: say how to retire it (stop works without the marker).
+        const legacy = !entries.includes(DEMO_MARKER) && entries.includes('fleet.json') && entries.every((name) => DEMO_ENTRIES.includes(name));
+        throw refused(dir, problem, legacy ? `If it is a demo directory from an older vm-sync: vm-sync demo stop --dir ${terminalLine(dir, 300)}, then delete it yourself. Or ${CHOOSE.charAt(0).toLowerCase()}${CHOOSE.slice(1)}` : CHOOSE);
+    }
+    const ours = new Set([DEMO_MARKER, ...DEMO_ENTRIES]);
+    return { kind: 'demo', others: entries.filter((name) => !ours.has(name)).sort() };
+}
+/** True when `dir` is a directory the demo created and marked (no exception, for read-only commands). */
+function isDemoDir(dir) {
+    try {
+        return inspectDemoDir(dir).kind === 'demo';
+    }
+    catch {
+        return false;
+    }
+}
+/**
+ * Makes `dir` an empty demo directory: creates and marks it, marks an empty
+ * one, or in a marked one deletes the demo's own entries. Entries the demo did
+ * not write are left where they are and returned. The caller stops a running
+ * fleet first (its sshd still use the files).
+ */
+function claimDemoDir(dir) {
+    const state = inspectDemoDir(dir);
+    const absolute = external_node_path_default().resolve(dir);
+    if (state.kind === 'demo') {
+        for (const name of DEMO_ENTRIES)
+            external_node_fs_default().rmSync(external_node_path_default().join(absolute, name), { recursive: true, force: true });
+        return { dir: absolute, kept: state.others };
+    }
+    if (state.kind === 'absent') {
+        external_node_fs_default().mkdirSync(external_node_path_default().dirname(absolute), { recursive: true });
+        // Not recursive: if the directory appeared since it was inspected, fail instead of adopting it.
+        external_node_fs_default().mkdirSync(absolute);
+    }
+    // 'wx': if anything appeared in the meantime, fail rather than overwrite.
+    external_node_fs_default().writeFileSync(external_node_path_default().join(absolute, DEMO_MARKER), markerText(dirId(external_node_fs_default().statSync(absolute))), { flag: 'wx' });
+    return { dir: absolute, kept: [] };
+}
+
+;// CONCATENATED MODULE: ./src/demo/processes.ts
+
+
+function readOrNull(file) {
+    try {
+        return external_node_fs_default().readFileSync(file, 'utf8');
+    }
+    catch {
+        return null;
+    }
+}
+/** True when this system exposes processes the way this module reads them. */
+function canInspectProcesses() {
+    return fs.existsSync('/proc/self/stat');
+}
+function processes_bootId() {
+    return (readOrNull('/proc/sys/kernel/random/boot_id') ?? '').trim();
+}
+/** The identity of the live process `pid`, or null when there is none (or it is a zombie). */
+function processIdentity(pid) {
+    if (!Number.isInteger(pid) || pid <= 0)
+        return null;
+    const stat = readOrNull(`/proc/${pid}/stat`);
+    if (!stat)
+        return null;
+    // The command name (field 2) may hold spaces and parentheses: fields are counted after its last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields[0] is field 3 (state); a zombie has exited and only waits for its parent.
+    if (fields[0] === 'Z' || fields[0] === 'X')
+        return null;
+    const start = fields[19];
+    return start ? { pid, start, boot: processes_bootId() } : null;
+}
+/** True while the very process `id` names is alive (not merely some process with its pid). */
+function isAlive(id) {
+    const now = processIdentity(id.pid);
+    return now !== null && now.start === id.start && now.boot === id.boot;
+}
+/** The arguments of process `pid` (argv), or null when it is gone or unreadable. */
+function processArgs(pid) {
+    const raw = readOrNull(`/proc/${pid}/cmdline`);
+    if (!raw)
+        return null;
+    return raw.split('\0').filter((arg, i, all) => arg !== '' || i < all.length - 1);
+}
+/** Every pid in `/proc` (empty where there is no `/proc`). */
+function listPids() {
+    try {
+        return external_node_fs_default().readdirSync('/proc')
+            .filter((name) => /^\d+$/.test(name))
+            .map(Number);
+    }
+    catch {
+        return [];
+    }
+}
+function sameFile(a, b) {
+    try {
+        const s = external_node_fs_default().statSync(a);
+        return s.dev === b.dev && s.ino === b.ino;
+    }
+    catch {
+        return false;
+    }
+}
+/** True when process `pid` runs an sshd binary (its executable, not its title, which sshd rewrites). */
+function runsSshd(pid) {
+    try {
+        // After a package upgrade the link reads "/usr/sbin/sshd (deleted)".
+        return external_node_path_default().basename(external_node_fs_default().readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '')) === 'sshd';
+    }
+    catch {
+        return false;
+    }
+}
+/**
+ * The paths an sshd's arguments may give with `-f`. A listener rewrites its
+ * argv into one title ("sshd: /usr/sbin/sshd -f CONFIG -E LOG [listener] ..."),
+ * so a path with spaces cannot be split out for sure: every prefix that ends
+ * at a space is a candidate, and the caller compares files, not strings.
+ */
+function configCandidates(args) {
+    const flag = args.indexOf('-f');
+    if (args.length > 2 && flag > 0 && flag < args.length - 1)
+        return [args[flag + 1]];
+    const title = args.join(' ');
+    const candidates = [];
+    for (let at = title.indexOf(' -f /'); at >= 0; at = title.indexOf(' -f /', at + 1)) {
+        const rest = title.slice(at + 4);
+        for (let end = rest.indexOf(' ');; end = rest.indexOf(' ', end + 1)) {
+            candidates.push(end < 0 ? rest : rest.slice(0, end));
+            if (end < 0 || candidates.length > 64)
+                break;
+        }
+    }
+    return candidates;
+}
+/**
+ * True when `args` (of a process that runs sshd) show it was started with
+ * `-f config`: the same file, however its path is spelled. Per-connection
+ * children retitle themselves (`sshd: user@notty`) and are not matched: they
+ * end with their connection.
+ */
+function isSshdWithConfig(args, config) {
+    return args !== null && configCandidates(args).some((candidate) => external_node_path_default().isAbsolute(candidate) && sameFile(candidate, config));
+}
+/** True when process `pid` is an sshd started with `-f` of the file `config` is the stat of. */
+function isSshd(pid, config) {
+    return runsSshd(pid) && isSshdWithConfig(processArgs(pid), config);
+}
+/** The live sshd processes started with `-f configPath` (found by scanning `/proc`). */
+function sshdProcessesOf(configPath) {
+    let config;
+    try {
+        config = external_node_fs_default().statSync(configPath);
+    }
+    catch {
+        return [];
+    }
+    const found = [];
+    for (const pid of listPids()) {
+        if (!isSshd(pid, config))
+            continue;
+        const id = processIdentity(pid);
+        if (id)
+            found.push(id);
+    }
+    return found;
+}
+/** Blocks this thread for `ms` (the demo's stop is synchronous for its callers; waits are short). */
+function sleepSync(ms) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+/**
+ * Ends each process: SIGTERM, up to `graceMs` to go, then SIGKILL. Every
+ * signal is sent only after checking that the pid is still the same process,
+ * so a pid the kernel gave to another program in the meantime is never hit.
+ * Only processes that were alive and are now gone count as stopped.
+ */
+function terminate(ids, graceMs = 3000) {
+    const result = { stopped: [], survivors: [] };
+    const pending = new Map();
+    const signal = (id, sig) => {
+        if (!isAlive(id))
+            return;
+        try {
+            process.kill(id.pid, sig);
+        }
+        catch (error) {
+            pending.set(id, error.code === 'EPERM' ? `not allowed to signal pid ${id.pid}` : `cannot signal pid ${id.pid}`);
+        }
+    };
+    const live = ids.filter(isAlive);
+    for (const id of live)
+        signal(id, 'SIGTERM');
+    const waitGone = (ms) => {
+        const deadline = Date.now() + ms;
+        while (live.some(isAlive) && Date.now() < deadline)
+            sleepSync(20);
+    };
+    waitGone(graceMs);
+    for (const id of live)
+        if (isAlive(id))
+            signal(id, 'SIGKILL');
+    waitGone(1000);
+    for (const id of live) {
+        if (isAlive(id))
+            result.survivors.push({ id, reason: pending.get(id) ?? `pid ${id.pid} is still running after SIGKILL` });
+        else
+            result.stopped.push(id);
+    }
+    return result;
+}
+
 ;// CONCATENATED MODULE: ./src/demo/fleet.ts
+
+
 
 
 
@@ -44280,15 +44579,24 @@ async function waitForPort(port, timeoutMs) {
         await new Promise((r) => setTimeout(r, 50));
     }
 }
+/**
+ * sshd_config's quoting: a double-quoted argument may hold spaces and `#`.
+ * There is no escape for `"` itself, so such paths are refused (by
+ * {@link createFleet}, before anything is written).
+ */
+function sshdQuote(value) {
+    return `"${value}"`;
+}
 function sshdConfig(vm, user, hostKey, authorizedKeys, extra) {
     // sshd honours only the first SetEnv directive: fold any extra ones into it.
-    const setEnv = [`HOME=${vm.home}`, ...extra.filter((l) => l.startsWith('SetEnv ')).map((l) => l.slice('SetEnv '.length))];
+    const setEnv = [sshdQuote(`HOME=${vm.home}`), ...extra.filter((l) => l.startsWith('SetEnv ')).map((l) => l.slice('SetEnv '.length))];
     return [
         `Port ${vm.port}`,
         'ListenAddress 127.0.0.1',
-        `HostKey ${hostKey}`,
-        `PidFile ${vm.pidFile}`,
-        `AuthorizedKeysFile ${authorizedKeys}`,
+        `HostKey ${sshdQuote(hostKey)}`,
+        `PidFile ${sshdQuote(vm.pidFile)}`,
+        // AuthorizedKeysFile expands % tokens: a literal % is written %%.
+        `AuthorizedKeysFile ${sshdQuote(authorizedKeys.replaceAll('%', '%%'))}`,
         `AllowUsers ${user}`,
         'StrictModes no',
         'PasswordAuthentication no',
@@ -44303,7 +44611,63 @@ function sshdConfig(vm, user, hostKey, authorizedKeys, extra) {
         '',
     ].join('\n');
 }
-/** Starts (or restarts) one VM's sshd from its existing config. */
+/** Why a fleet (its sshd_config, and a config whose repository.url is a path under it) cannot live at `dir`, or null. */
+function fleetDirProblem(dir) {
+    // eslint-disable-next-line no-control-regex
+    return /["\\\s\u0000-\u001f\u007f]/.test(external_node_path_default().resolve(dir)) ? 'its path has a space, a double quote, a backslash or a control character (sshd_config and repository.url cannot hold them)' : null;
+}
+/** Where a VM's running sshd is recorded: its pid with the start time that makes it unique. */
+function processRecordPath(vm) {
+    return external_node_path_default().join(vm.dir, 'sshd.process.json');
+}
+function readProcessRecord(vm) {
+    try {
+        const record = JSON.parse(external_node_fs_default().readFileSync(processRecordPath(vm), 'utf8'));
+        if (typeof record.pid === 'number' && typeof record.start === 'string' && typeof record.boot === 'string')
+            return { pid: record.pid, start: record.start, boot: record.boot };
+    }
+    catch {
+        // none, or unreadable: the /proc scan still finds the VM's sshd
+    }
+    return null;
+}
+/** Resolves after `ms`. */
+function pause(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+/**
+ * Records the sshd now serving `vm` (pid and start time), so that a later stop
+ * signals exactly that process. sshd writes its pid file after it listens: wait
+ * a moment for it.
+ */
+async function recordProcess(vm) {
+    const config = external_node_fs_default().statSync(external_node_path_default().join(vm.dir, 'sshd_config'));
+    for (let i = 0; i < 100; i++) {
+        const pid = Number((external_node_fs_default().existsSync(vm.pidFile) ? external_node_fs_default().readFileSync(vm.pidFile, 'utf8') : '').trim());
+        const id = processIdentity(pid);
+        if (id && isSshd(pid, config)) {
+            external_node_fs_default().writeFileSync(processRecordPath(vm), `${JSON.stringify(id)}\n`);
+            return;
+        }
+        await pause(20);
+    }
+    // No pid file: the /proc scan in stopVm still finds it by its config.
+}
+/**
+ * The live sshd processes serving `vm`: the recorded one if it is still that
+ * very process, and any other sshd started with this VM's sshd_config (one
+ * left by an older vm-sync, or whose record was lost).
+ */
+function vmProcesses(vm) {
+    const config = external_node_path_default().join(vm.dir, 'sshd_config');
+    const found = sshdProcessesOf(config);
+    const recorded = readProcessRecord(vm);
+    // The recorded sshd counts only while it is that very process (same start time) and still this VM's sshd.
+    if (recorded && isAlive(recorded) && !found.some((p) => p.pid === recorded.pid) && external_node_fs_default().existsSync(config) && isSshd(recorded.pid, external_node_fs_default().statSync(config)))
+        found.push(recorded);
+    return found;
+}
+/** Starts (or restarts) one VM's sshd from its existing config: the same port and host key as before. */
 async function startVm(vm) {
     if (!SSHD)
         throw new Error(fleetPrerequisiteProblem() ?? 'sshd not found');
@@ -44315,28 +44679,41 @@ async function startVm(vm) {
     const child = (0,external_node_child_process_namespaceObject.spawn)(SSHD, ['-f', external_node_path_default().join(vm.dir, 'sshd_config'), '-E', vm.log], { stdio: 'ignore', detached: true });
     await new Promise((resolve, reject) => {
         child.once('error', reject);
-        child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`sshd for ${vm.id} exited ${code}; see ${vm.log}`))));
+        child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`sshd for ${vm.id} exited ${code}${lastLogLine(vm)}; see ${vm.log}`))));
     });
     await waitForPort(vm.port, 5000);
+    await recordProcess(vm);
 }
-/** Stops one VM's sshd (the VM is "down": connections are refused). */
-function stopVm(vm) {
+/** The last line of a VM's sshd log, to say why it would not start (sshd's own text, about its own config). */
+function lastLogLine(vm) {
     try {
-        const pid = Number(external_node_fs_default().readFileSync(vm.pidFile, 'utf8').trim());
-        if (pid > 0)
-            process.kill(pid, 'SIGTERM');
+        const line = external_node_fs_default().readFileSync(vm.log, 'utf8').trim().split('\n').pop() ?? '';
+        return line ? ` (${terminalLine(line, 300)})` : '';
     }
     catch {
-        // not running
+        return '';
     }
-    external_node_fs_default().rmSync(vm.pidFile, { force: true });
+}
+/**
+ * Stops one VM's sshd (the VM is "down": connections are refused) and waits
+ * until it is gone. Only the VM's own sshd is signalled (see
+ * {@link vmProcesses}); a pid that now belongs to another process is never touched.
+ */
+function stopVm(vm) {
+    const running = vmProcesses(vm);
+    const { stopped, survivors } = terminate(running);
+    if (survivors.length === 0) {
+        external_node_fs_default().rmSync(vm.pidFile, { force: true });
+        external_node_fs_default().rmSync(processRecordPath(vm), { force: true });
+    }
+    return { id: vm.id, running: running.length, stopped: stopped.length, problems: survivors.map((s) => s.reason) };
 }
 /**
  * Creates and starts a loopback fleet under `dir`: keys, pinned known_hosts
  * and one sshd per id. Everything lives under `dir`; {@link stopFleet} ends it.
  */
 async function createFleet(options) {
-    const problem = fleetPrerequisiteProblem();
+    const problem = fleetPrerequisiteProblem() ?? (fleetDirProblem(options.dir) ? `${options.dir}: ${fleetDirProblem(options.dir)}` : null);
     if (problem)
         throw new Error(problem);
     const user = external_node_os_default().userInfo().username;
@@ -44374,14 +44751,13 @@ async function createFleet(options) {
     external_node_fs_default().writeFileSync(external_node_path_default().join(options.dir, 'fleet.json'), JSON.stringify(fleet, null, 2));
     return fleet;
 }
-/** Stops every sshd of a fleet. */
+/** Stops every sshd of a fleet and says, per VM, what was running and what was stopped. */
 function stopFleet(fleet) {
-    for (const vm of fleet.vms)
-        stopVm(vm);
+    return fleet.vms.map(stopVm);
 }
 /** Reads a fleet saved by {@link createFleet} (for `vm-sync demo stop` and the benchmark). */
 function readFleet(dir) {
-    return JSON.parse(external_node_fs_default().readFileSync(external_node_path_default().join(dir, 'fleet.json'), 'utf8'));
+    return JSON.parse(fs.readFileSync(path.join(dir, 'fleet.json'), 'utf8'));
 }
 /** How many SSH handshakes (accepted public-key logins) a VM's sshd has logged. */
 function handshakeCount(vm) {
@@ -44394,22 +44770,24 @@ function handshakeCount(vm) {
 }
 /**
  * A vm-sync config for a fleet: each VM's target is `~/app` (its own home),
- * the runner-host repo at `mainRepoPath`, cloned from `url`.
+ * the runner-host repo at `mainRepoPath`, cloned from `url` (branch `branch`,
+ * default main). Paths are quoted: a directory name may hold `#` or `: `.
  */
 function fleetConfigYaml(fleet, repo, extra = {}) {
-    const vms = fleet.vms.map((vm) => `  ${vm.id}: { ip: 127.0.0.1, ssh_user: ${fleet.user}, ssh_port: ${vm.port} }`);
+    const q = (value) => JSON.stringify(value);
+    const vms = fleet.vms.map((vm) => `  ${vm.id}: { ip: 127.0.0.1, ssh_user: ${q(fleet.user)}, ssh_port: ${vm.port} }`);
     return [
         'vms:',
         ...vms,
         'repository:',
-        `  main_repo_path: ${repo.mainRepoPath}`,
-        `  url: ${repo.url}`,
-        '  default_branch: main',
+        `  main_repo_path: ${q(repo.mainRepoPath)}`,
+        `  url: ${q(repo.url)}`,
+        `  default_branch: ${q(repo.branch ?? 'main')}`,
         '  vm_repo_paths: { default: ~/app }',
         ...(extra.repository ?? []).map((l) => `  ${l}`),
         'remote_execution:',
-        `  key_storage_path: ${fleet.keyDir}`,
-        `  known_hosts: ${fleet.knownHosts}`,
+        `  key_storage_path: ${q(fleet.keyDir)}`,
+        `  known_hosts: ${q(fleet.knownHosts)}`,
         'sync:',
         '  concurrency: 8',
         '  connect_timeout_s: 5',
@@ -44504,21 +44882,53 @@ function seedDemoApp(ws) {
 
 
 
+
+
+
+
 /** Where the demo keeps its fleet, repositories and config. */
 const DEFAULT_DEMO_DIR = '.vm-sync-demo';
+/** The repository a demo config deploys instead of the sample app: its path and the branch checked out there. */
+function userRepository(repo) {
+    const git = (args) => (0,external_node_child_process_namespaceObject.spawnSync)('git', ['-C', repo, ...args], { encoding: 'utf8' });
+    const top = git(['rev-parse', '--show-toplevel']);
+    if (top.status !== 0)
+        throw new VmSyncError('config_invalid', `--repo ${terminalLine(repo, 300)} is not a git repository: give the path of a clone (for act: the clone you run act in, --repo .).`);
+    const branch = git(['symbolic-ref', '--quiet', '--short', 'HEAD']);
+    if (branch.status !== 0)
+        throw new VmSyncError('config_invalid', `--repo ${terminalLine(repo, 300)} has no branch checked out (detached HEAD): check out the branch to deploy, then run demo up again.`);
+    return { url: top.stdout.trim(), branch: branch.stdout.trim() };
+}
 /**
  * `vm-sync demo up`: starts `count` loopback VMs (vm01, vm02, ...) under `dir`,
  * creates the sample repository (the "GitHub" remote) and writes a config for
- * them. The fleet keeps running until `vm-sync demo stop`.
+ * them. With `repo`, the config deploys that repository (its checked-out
+ * branch) instead, and no sample is made. The fleet keeps running until
+ * `vm-sync demo stop`.
+ *
+ * `dir` must be new, empty, or a directory an earlier `demo up` made (its
+ * marker, see demo-dir.ts); anything else is refused before anything changes.
+ * A fleet still running there is stopped first.
  */
-async function setupDemo(dir, count) {
-    external_node_fs_default().rmSync(dir, { recursive: true, force: true });
-    external_node_fs_default().mkdirSync(dir, { recursive: true });
-    const absolute = external_node_path_default().resolve(dir);
+async function setupDemo(dir, count, options = {}) {
+    // Refuse before changing anything: a bad --dir or --repo leaves every file and process as it was.
+    const state = inspectDemoDir(dir);
+    const dirProblem = fleetDirProblem(dir);
+    if (dirProblem)
+        throw new VmSyncError('demo_dir_refused', `${terminalLine(dir, 300)}: ${dirProblem}. Give --dir a plainer path.`);
+    const user = options.repo === undefined ? null : userRepository(options.repo);
+    const previous = state.kind === 'demo' ? stopDemo(dir) : null;
+    if (previous && previous.vms.some((vm) => vm.problems.length > 0)) {
+        throw new VmSyncError('demo_dir_refused', `the fleet running in ${terminalLine(dir, 300)} could not be stopped (${describeStop(previous)}): stop those sshd processes, then run demo up again.`);
+    }
+    const { dir: absolute, kept } = claimDemoDir(dir);
     const ids = Array.from({ length: count }, (_, i) => `vm${String(i + 1).padStart(2, '0')}`);
     const fleet = await createFleet({ dir: absolute, ids });
-    const ws = new GitWorkspace(absolute);
-    seedDemoApp(ws);
+    let ws = null;
+    if (!user) {
+        ws = new GitWorkspace(absolute);
+        seedDemoApp(ws);
+    }
     const configPath = external_node_path_default().join(absolute, 'vm-sync.yml');
     const repository = [];
     let warning = null;
@@ -44530,8 +44940,10 @@ async function setupDemo(dir, count) {
         repository.push('secret_scanning: { enabled: false }');
         warning = 'gitleaks is not installed: this demo config runs WITHOUT the secret-scan gate (install gitleaks v8.30.x to see it).';
     }
-    external_node_fs_default().writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: external_node_path_default().join(absolute, 'runner', 'app'), url: ws.origin }, { sync: ['retries: 1'], repository }));
-    return { fleet, ws, configPath, warning };
+    // The demo shows one VM down without holding back the others (the default, 0, halts the rollout on any failure).
+    const source = user ? { url: user.url, branch: user.branch } : { url: ws.origin, branch: 'main' };
+    external_node_fs_default().writeFileSync(configPath, fleetConfigYaml(fleet, { mainRepoPath: external_node_path_default().join(absolute, 'runner', 'app'), url: source.url, branch: source.branch }, { sync: ['retries: 1'], repository, rollout: ['max_failed: 1'] }));
+    return { fleet, ws, configPath, warning, previous, kept };
 }
 /**
  * `vm-sync demo`: a complete local walk-through on three loopback sshd VMs.
@@ -44543,9 +44955,14 @@ async function setupDemo(dir, count) {
  * With `keep`, the fleet stays up for experiments (`vm-sync demo stop` ends it).
  */
 async function runDemo(dir, keep, events, print) {
-    const { fleet, ws, configPath, warning } = await setupDemo(dir, 3);
+    const { fleet, ws: sample, configPath, warning, previous, kept } = await setupDemo(dir, 3);
+    const ws = sample;
     if (warning)
         events.info(null, `WARNING: ${warning}`);
+    if (previous?.vms.some((vm) => vm.running > 0))
+        events.info(null, `the fleet an earlier demo left in ${fleet.dir}: ${describeStop(previous)}`);
+    if (kept.length > 0)
+        events.info(null, `left alone in ${fleet.dir} (not the demo's): ${kept.join(', ')}`);
     try {
         const config = loadConfig(configPath);
         const step = async (title) => {
@@ -44573,11 +44990,78 @@ async function runDemo(dir, keep, events, print) {
             stopFleet(fleet);
     }
 }
-/** `vm-sync demo stop`: stops a fleet left running with `--keep`. */
+/** The VMs of the demo fleet in `dir`, from the layout on disk (each `vms/<id>/sshd_config`), in id order. */
+function vmsOnDisk(dir) {
+    const absolute = external_node_path_default().resolve(dir);
+    const vmsDir = external_node_path_default().join(absolute, 'vms');
+    let ids;
+    try {
+        ids = external_node_fs_default().readdirSync(vmsDir).filter((id) => /^[A-Za-z0-9._-]{1,64}$/.test(id) && external_node_fs_default().existsSync(external_node_path_default().join(vmsDir, id, 'sshd_config')));
+    }
+    catch {
+        return [];
+    }
+    return ids.sort().map((id) => {
+        const vmDir = external_node_path_default().join(vmsDir, id);
+        const port = Number(/^Port (\d+)$/m.exec(external_node_fs_default().readFileSync(external_node_path_default().join(vmDir, 'sshd_config'), 'utf8'))?.[1] ?? 0);
+        return { id, port, dir: vmDir, home: external_node_path_default().join(vmDir, 'home'), log: external_node_path_default().join(vmDir, 'sshd.log'), pidFile: external_node_path_default().join(vmDir, 'sshd.pid') };
+    });
+}
+/**
+ * `vm-sync demo stop`: stops the fleet in `dir` and says what was stopped.
+ * Only sshd processes of this fleet that were running and are gone afterwards
+ * count (see stopVm); a VM already down is reported as such.
+ */
 function stopDemo(dir) {
-    const fleet = readFleet(external_node_path_default().resolve(dir));
-    stopFleet(fleet);
-    return fleet;
+    return { dir: external_node_path_default().resolve(dir), vms: vmsOnDisk(dir).map(stopVm) };
+}
+/** One line for a {@link FleetStop}: "2 running, 2 stopped: vm01, vm03; already down: vm02". */
+function describeStop(stop) {
+    const running = stop.vms.filter((vm) => vm.running > 0);
+    const stopped = running.filter((vm) => vm.stopped === vm.running);
+    const down = stop.vms.filter((vm) => vm.running === 0);
+    const failed = running.filter((vm) => vm.problems.length > 0);
+    const parts = [];
+    // "running" and "stopped" count VMs: a VM counts as stopped when every sshd process of it that ran is gone
+    // (its listener, and any connection child or stray sshd started with its config).
+    if (stop.vms.length === 0)
+        return '0 running: no demo fleet there';
+    if (running.length === 0)
+        return `0 running: ${down.map((vm) => vm.id).join(', ')} ${down.length === 1 ? 'was' : 'were'} already down`;
+    parts.push(`${running.length} running, ${stopped.length} stopped${stopped.length ? `: ${stopped.map((vm) => vm.id).join(', ')}` : ''}`);
+    if (down.length)
+        parts.push(`already down: ${down.map((vm) => vm.id).join(', ')}`);
+    for (const vm of failed)
+        parts.push(`could not stop ${vm.id}: ${vm.problems.join('; ')}`);
+    return parts.join('; ');
+}
+/**
+ * `vm-sync demo vm stop|start ID`: takes one VM of the fleet in `dir` down by
+ * stopping its sshd, or brings it back with the same config: the same port and
+ * host key, so the pinned known_hosts still matches.
+ */
+async function demoVm(dir, action, id) {
+    const vms = vmsOnDisk(dir);
+    if (vms.length === 0)
+        throw new VmSyncError('config_invalid', `no demo fleet in ${terminalLine(external_node_path_default().resolve(dir), 300)}: start one with vm-sync demo up${dir === DEFAULT_DEMO_DIR ? '' : ' --dir DIR'}.`);
+    const vm = vms.find((v) => v.id === id);
+    if (!vm)
+        throw new VmSyncError('config_invalid', `no VM '${terminalLine(id, 64)}' in the demo fleet (it has ${vms.map((v) => v.id).join(', ')}).`);
+    if (action === 'stop') {
+        const result = stopVm(vm);
+        if (result.problems.length > 0)
+            return { ok: false, message: `${vm.id}: could not stop it: ${result.problems.join('; ')}` };
+        return { ok: true, message: result.running === 0 ? `${vm.id}: already down (0 running)` : `${vm.id}: stopped (port ${vm.port} now refuses connections)` };
+    }
+    if (vmProcesses(vm).length > 0)
+        return { ok: true, message: `${vm.id}: already running on 127.0.0.1:${vm.port}` };
+    try {
+        await startVm(vm);
+    }
+    catch (error) {
+        throw new VmSyncError('unreachable', `${vm.id} did not start on 127.0.0.1:${vm.port}: ${getErrorMessage(error)}. If another program took the port, stop it, or run demo up again for a new fleet.`);
+    }
+    return { ok: true, message: `${vm.id}: started on 127.0.0.1:${vm.port} (same host key: known_hosts still matches)` };
 }
 
 ;// CONCATENATED MODULE: ./src/report/protection.ts
@@ -47108,10 +47592,10 @@ const cli_COMMANDS = [
     {
         name: 'demo',
         summary: 'three loopback sshd VMs, a sample repo, three syncs',
-        usage: ['demo [--dir DIR] [--keep]', 'demo up [--dir DIR] [--vms N]', 'demo stop [--dir DIR]'],
-        description: 'The walk-through: starts loopback sshd "VMs" and a sample repository, deploys, stops one VM and deploys again, then lets it catch up. `demo up` leaves a fleet and its config running for experiments; `demo stop` stops it.',
-        options: { dir: '', keep: 'leave the fleet running after the walk-through (demo)', vms: 'how many VMs (demo up; 1 to 200, default 3)' },
-        operands: '[up | stop]',
+        usage: ['demo [--dir DIR] [--keep]', 'demo up [--dir DIR] [--vms N] [--repo PATH]', 'demo stop [--dir DIR]', 'demo vm stop|start ID [--dir DIR]'],
+        description: 'The walk-through: starts loopback sshd "VMs" and a sample repository, deploys, stops one VM and deploys again, then lets it catch up. `demo up` leaves a fleet and its config running for experiments (it stops a fleet an earlier `demo up` left in DIR first); `demo stop` stops it and says what was running and what it stopped; `demo vm stop|start ID` takes one VM down or brings it back (same port and host key). The demo only ever deletes what it made: a DIR it did not create is refused (demo_dir_refused, exit 2).',
+        options: { dir: '', keep: 'leave the fleet running after the walk-through (demo)', vms: 'how many VMs (demo up; 1 to 200, default 3)', repo: "deploy this repository's checked-out branch instead of the sample (demo up)" },
+        operands: '[up | stop | vm stop|start ID]',
         exits: [
             [0, 'the walk-through went as described'],
             [1, 'it did not'],
@@ -47396,7 +47880,7 @@ async function main(argv, io = processIO, signal) {
         return await spec.run(ctx);
     }
     catch (error) {
-        const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && error.code === 'config_invalid');
+        const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && (error.code === 'config_invalid' || error.code === 'demo_dir_refused'));
         const code = error instanceof VmSyncError ? error.code : usage ? 'usage' : 'internal';
         const message = getErrorMessage(error);
         if (json)
@@ -47559,11 +48043,23 @@ async function reportCommand(ctx) {
 async function demoCommand(ctx) {
     const { values, operands, io, log } = ctx;
     const [sub, ...rest] = operands;
+    const dir = values.dir ?? DEFAULT_DEMO_DIR;
+    if (sub !== undefined && sub !== 'up' && sub !== 'stop' && sub !== 'vm')
+        throw new UsageError(`unknown demo command '${terminalLine(sub, 80)}' (up, stop, vm)`, 'demo');
+    if (sub === 'vm') {
+        const [action, id, extra] = rest;
+        if ((action !== 'stop' && action !== 'start') || !id || extra !== undefined)
+            throw new UsageError('usage: vm-sync demo vm stop|start ID [--dir DIR]', 'demo');
+        if (values.keep || values.vms !== undefined || values.repo !== undefined)
+            throw new UsageError('demo vm takes only --dir', 'demo');
+        const result = await demoVm(dir, action, id);
+        io.out(`${terminalLine(result.message)}\n`);
+        return result.ok ? 0 : 1;
+    }
     if (rest.length > 0)
         throw new UsageError(`unexpected argument '${terminalLine(rest[0], 80)}'`, 'demo');
-    const dir = values.dir ?? DEFAULT_DEMO_DIR;
-    if (sub !== undefined && sub !== 'up' && sub !== 'stop')
-        throw new UsageError(`unknown demo command '${terminalLine(sub, 80)}' (up, stop)`, 'demo');
+    if (values.repo !== undefined && sub !== 'up')
+        throw new UsageError('--repo only applies to demo up (and scan)', 'demo');
     if (values.keep && sub !== undefined)
         throw new UsageError(`--keep only applies to demo (the walk-through), not demo ${sub}`, 'demo');
     if (values.vms !== undefined && sub !== 'up')
@@ -47572,16 +48068,20 @@ async function demoCommand(ctx) {
         const count = Number(values.vms ?? '3');
         if (!Number.isInteger(count) || count < 1 || count > 200)
             throw new UsageError('--vms must be a whole number from 1 to 200', 'demo');
-        const demo = await setupDemo(dir, count);
+        const demo = await setupDemo(dir, count, { repo: values.repo });
         if (demo.warning)
             log.note('warn', `WARNING: ${demo.warning}`);
-        io.out(`started ${words_count(count, 'loopback VM')} under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${dir}\n`);
+        if (demo.previous?.vms.some((vm) => vm.running > 0))
+            log.note('info', terminalLine(`stopped the fleet an earlier demo up left running: ${describeStop(demo.previous)}`));
+        if (demo.kept.length)
+            log.note('info', terminalLine(`left alone in ${demo.fleet.dir} (not the demo's): ${demo.kept.join(', ')}`));
+        io.out(`${terminalLine(`started ${words_count(count, 'loopback VM')} under ${demo.fleet.dir}${values.repo ? `, deploying ${values.repo}` : ''}`)}\n${terminalLine(`config: ${demo.configPath}`)}\n${terminalLine(`stop with: vm-sync demo stop --dir ${dir}`)}\n`);
         return 0;
     }
     if (sub === 'stop') {
-        const fleet = stopDemo(dir);
-        io.out(`stopped ${words_count(fleet.vms.length, 'VM')} of ${fleet.dir}\n`);
-        return 0;
+        const stop = stopDemo(dir);
+        io.out(`${terminalLine(`${describeStop(stop)} (${stop.dir})`)}\n`);
+        return stop.vms.every((vm) => vm.problems.length === 0) ? 0 : 1;
     }
     return await runDemo(dir, values.keep === true, ctx.events, io.out);
 }

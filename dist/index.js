@@ -69468,6 +69468,80 @@ function getIDToken(aud) {
  */
 
 //# sourceMappingURL=core.js.map
+;// CONCATENATED MODULE: ./src/action/context.ts
+
+/** `owner/name` as GitHub spells a repository; anything else in GITHUB_REPOSITORY is ignored. */
+const REPOSITORY = /^([A-Za-z0-9_][A-Za-z0-9_.-]{0,99})\/([A-Za-z0-9_.-]{1,100})$/;
+/** A full commit hash other than the all-zero one GitHub sends for a created or deleted branch. */
+const COMMIT = /^(?!0{40}$)[0-9a-f]{40}$/;
+/**
+ * Reads the run's context from GITHUB_* variables and the event payload.
+ * Never a hard-coded host: GitHub Enterprise Server sets these too.
+ *
+ * The repository's name is only needed to post statuses and deployments. act
+ * takes it from the `origin` remote and leaves it empty when that remote is a
+ * local path (a fresh `git clone` of a directory): the deploy itself does not
+ * depend on it, so an empty one is not an error here ({@link githubRepositoryProblem}).
+ *
+ * On a push the commit is the event's `after`. GitHub sets GITHUB_SHA to the
+ * same commit; act sets it to the workspace's HEAD unless the event file says
+ * `"deleted": false`, and the pushed commit is what a deploy must ship.
+ */
+function readWorkflowContext(env = process.env) {
+    const match = REPOSITORY.exec(env.GITHUB_REPOSITORY ?? '');
+    const [owner, repo] = match ? [match[1], match[2]] : ['', ''];
+    const serverUrl = (env.GITHUB_SERVER_URL ?? 'https://github.com').replace(/\/$/, '');
+    const apiUrl = (env.GITHUB_API_URL ?? 'https://api.github.com').replace(/\/$/, '');
+    const eventName = env.GITHUB_EVENT_NAME ?? '';
+    let push = null;
+    if (eventName === 'push' && env.GITHUB_EVENT_PATH && external_node_fs_default().existsSync(env.GITHUB_EVENT_PATH)) {
+        const payload = JSON.parse(external_node_fs_default().readFileSync(env.GITHUB_EVENT_PATH, 'utf8'));
+        if (payload.before && payload.after)
+            push = { before: payload.before, after: payload.after, ref: payload.ref ?? '' };
+    }
+    const sha = push && COMMIT.test(push.after) ? push.after : (env.GITHUB_SHA ?? '');
+    return {
+        owner,
+        repo,
+        sha,
+        eventName,
+        push,
+        serverUrl,
+        apiUrl,
+        runUrl: owner ? `${serverUrl}/${owner}/${repo}/actions/runs/${env.GITHUB_RUN_ID ?? '0'}` : '',
+        workspace: env.GITHUB_WORKSPACE ?? process.cwd(),
+    };
+}
+/**
+ * Why GitHub reporting is off for this run, or null when the repository is
+ * known. Said once as a warning: the deploy goes on, only statuses and
+ * deployments are not posted.
+ */
+function githubRepositoryProblem(ctx, env = process.env) {
+    if (ctx.owner)
+        return null;
+    const value = env.GITHUB_REPOSITORY ?? '';
+    return value
+        ? `GITHUB_REPOSITORY is not owner/name${env.ACT ? ' (act takes it from the origin remote, which is not a GitHub URL here)' : ''}: no commit statuses or deployments are posted for this run.`
+        : 'GITHUB_REPOSITORY is not set: no commit statuses or deployments are posted for this run.';
+}
+/**
+ * Git configuration, as environment variables, that sends the job's token as
+ * an HTTP header to the server for one git command: never written into
+ * `.git/config`, never on a command line (GIT_CONFIG_* need git 2.31+).
+ */
+function gitAuthEnv(token, serverUrl) {
+    const secret = Buffer.from(`x-access-token:${token}`).toString('base64');
+    return {
+        secret,
+        env: {
+            GIT_CONFIG_COUNT: '1',
+            GIT_CONFIG_KEY_0: `http.${serverUrl}/.extraheader`,
+            GIT_CONFIG_VALUE_0: `AUTHORIZATION: basic ${secret}`,
+        },
+    };
+}
+
 ;// CONCATENATED MODULE: ./src/errors.ts
 /**
  * Stable failure codes. They appear in `--json` output, in reports and in the
@@ -69513,6 +69587,7 @@ const FAILURE_CODES = [
     'results_invalid',
     'jump_unreachable',
     'key_invalid',
+    'demo_dir_refused',
 ];
 /** Failures worth another attempt: the network, not the VM's answer. */
 const RETRYABLE = new Set(['unreachable', 'timeout', 'jump_unreachable']);
@@ -69540,55 +69615,6 @@ function errors_getErrorMessage(error) {
     catch {
         return String(error);
     }
-}
-
-;// CONCATENATED MODULE: ./src/action/context.ts
-
-
-/**
- * Reads the run's context from GITHUB_* variables and the event payload.
- * Never a hard-coded host: GitHub Enterprise Server sets these too.
- */
-function readWorkflowContext(env = process.env) {
-    const [owner, repo] = (env.GITHUB_REPOSITORY ?? '').split('/');
-    if (!owner || !repo)
-        throw new errors_VmSyncError('config_invalid', 'GITHUB_REPOSITORY is not set: vm-sync must run inside a GitHub Actions job (or act).');
-    const serverUrl = (env.GITHUB_SERVER_URL ?? 'https://github.com').replace(/\/$/, '');
-    const apiUrl = (env.GITHUB_API_URL ?? 'https://api.github.com').replace(/\/$/, '');
-    const eventName = env.GITHUB_EVENT_NAME ?? '';
-    let push = null;
-    if (eventName === 'push' && env.GITHUB_EVENT_PATH && external_node_fs_default().existsSync(env.GITHUB_EVENT_PATH)) {
-        const payload = JSON.parse(external_node_fs_default().readFileSync(env.GITHUB_EVENT_PATH, 'utf8'));
-        if (payload.before && payload.after)
-            push = { before: payload.before, after: payload.after, ref: payload.ref ?? '' };
-    }
-    return {
-        owner,
-        repo,
-        sha: env.GITHUB_SHA ?? '',
-        eventName,
-        push,
-        serverUrl,
-        apiUrl,
-        runUrl: `${serverUrl}/${owner}/${repo}/actions/runs/${env.GITHUB_RUN_ID ?? '0'}`,
-        workspace: env.GITHUB_WORKSPACE ?? process.cwd(),
-    };
-}
-/**
- * Git configuration, as environment variables, that sends the job's token as
- * an HTTP header to the server for one git command: never written into
- * `.git/config`, never on a command line (GIT_CONFIG_* need git 2.31+).
- */
-function gitAuthEnv(token, serverUrl) {
-    const secret = Buffer.from(`x-access-token:${token}`).toString('base64');
-    return {
-        secret,
-        env: {
-            GIT_CONFIG_COUNT: '1',
-            GIT_CONFIG_KEY_0: `http.${serverUrl}/.extraheader`,
-            GIT_CONFIG_VALUE_0: `AUTHORIZATION: basic ${secret}`,
-        },
-    };
 }
 
 // EXTERNAL MODULE: external "node:crypto"
@@ -77238,12 +77264,12 @@ const PEM_BLOCK = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:--
 // NAME=value, NAME: value, "name": "value" where NAME says it holds a secret.
 const ASSIGNMENT = /([A-Za-z0-9_.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)[A-Za-z0-9_.-]*["']?[ \t]*[:=][ \t]*["']?)([^\s"',;]+)/gi;
 const TOKEN_RUN = /[A-Za-z0-9+/=_-]{20,}/g;
-const COMMIT = /^[0-9a-f]{40}$/;
+const mask_COMMIT = /^[0-9a-f]{40}$/;
 const RELEASE = /^[0-9]{8}T[0-9]{6,9}Z-[0-9a-f]{12}(-[0-9]+)?$/;
 const MASK = '[masked]';
 /** Whether one word is shaped like a token: long, letters and digits mixed, and not a commit or a release name. */
 function tokenShaped(word) {
-    return word.length >= 20 && /[0-9]/.test(word) && /[A-Za-z]/.test(word) && !COMMIT.test(word) && !RELEASE.test(word);
+    return word.length >= 20 && /[0-9]/.test(word) && /[A-Za-z]/.test(word) && !mask_COMMIT.test(word) && !RELEASE.test(word);
 }
 /**
  * A run of token characters. Without `/` it is one word. With `/` it is a
@@ -77254,7 +77280,7 @@ function maskRun(run) {
     if (!run.includes('/'))
         return tokenShaped(run) ? MASK : run;
     const parts = run.split('/');
-    if (!run.startsWith('/') && tokenShaped(run) && /[A-Z]/.test(run) && /[a-z]/.test(run) && !parts.some((part) => COMMIT.test(part) || RELEASE.test(part)))
+    if (!run.startsWith('/') && tokenShaped(run) && /[A-Z]/.test(run) && /[a-z]/.test(run) && !parts.some((part) => mask_COMMIT.test(part) || RELEASE.test(part)))
         return MASK;
     return parts.map((part) => (tokenShaped(part) ? MASK : part)).join('/');
 }
@@ -86599,6 +86625,10 @@ async function main_run() {
         const config = loadConfig(external_node_path_default().resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' && inputs.command !== 'report' });
         maskKeys(config);
         commit = inputs.commit || ctx.sha;
+        if (!inputs.commit && ctx.push && process.env.GITHUB_SHA && process.env.GITHUB_SHA !== ctx.sha) {
+            // act without "deleted": false in its event file: GITHUB_SHA is the workspace's HEAD, not what was pushed.
+            info(escape_terminalLine(`GITHUB_SHA ${process.env.GITHUB_SHA} is not the push event's after: using the pushed commit ${ctx.sha}`));
+        }
         selected = selectVms(config, inputs.vms, inputs.shard ?? undefined);
         if (inputs.skipScan) {
             // The job this one needs scanned the commit (deploy.yml: one scan for every shard); its result is in the merged report.
@@ -86608,7 +86638,11 @@ async function main_run() {
         const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
         if (scans)
             config.repository.secretScanning.gitleaksPath = await resolveGitleaks(inputs, config);
-        reporter = new GitHubReporter(inputs.githubToken ? octokitApi(inputs.githubToken, ctx) : null, {
+        // Statuses and deployments need the repository's name; the deploy does not (act with a local-path origin).
+        const repositoryProblem = githubRepositoryProblem(ctx);
+        if (repositoryProblem && inputs.githubToken)
+            warning(annotationText(repositoryProblem));
+        reporter = new GitHubReporter(inputs.githubToken && !repositoryProblem ? octokitApi(inputs.githubToken, ctx) : null, {
             sha: commit,
             runUrl,
             // A rollback changes what the VMs serve, not the commit's verdict: it posts no statuses on it.

@@ -135,7 +135,7 @@ const cliSource = path.resolve(values.cli ?? path.join(root, 'dist', 'cli.js'));
 const cli = path.join(tmp, 'cli.js');
 fs.copyFileSync(cliSource, cli);
 const cliSha = crypto.createHash('sha256').update(fs.readFileSync(cli)).digest('hex').slice(0, 12);
-const dir = path.join(tmp, 'fleet'); // `demo up` empties its --dir first: keep our own files beside it
+const dir = path.join(tmp, 'fleet'); // a new path for `demo up` (it only reuses a directory it made): our own files live beside it
 const SSHD = ['/usr/sbin/sshd', '/usr/bin/sshd', '/usr/local/sbin/sshd'].find((p) => fs.existsSync(p));
 const netnsScript = path.join(root, 'scripts', 'bench-netns.sh');
 const netnsTag = process.pid.toString(36); // keeps namespace and interface names unique per run

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, jumpHostsOf, loadConfig } from './config/load.js';
-import { DEFAULT_DEMO_DIR, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
+import { DEFAULT_DEMO_DIR, demoVm, describeStop, runDemo, setupDemo, stopDemo } from './demo/run-demo.js';
 import { renderDoctor, runDoctor } from './doctor/doctor.js';
 import { githubAccessFromEnv } from './doctor/github.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
@@ -301,11 +301,11 @@ const COMMANDS: CommandSpec[] = [
   {
     name: 'demo',
     summary: 'three loopback sshd VMs, a sample repo, three syncs',
-    usage: ['demo [--dir DIR] [--keep]', 'demo up [--dir DIR] [--vms N]', 'demo stop [--dir DIR]'],
+    usage: ['demo [--dir DIR] [--keep]', 'demo up [--dir DIR] [--vms N] [--repo PATH]', 'demo stop [--dir DIR]', 'demo vm stop|start ID [--dir DIR]'],
     description:
-      'The walk-through: starts loopback sshd "VMs" and a sample repository, deploys, stops one VM and deploys again, then lets it catch up. `demo up` leaves a fleet and its config running for experiments; `demo stop` stops it.',
-    options: { dir: '', keep: 'leave the fleet running after the walk-through (demo)', vms: 'how many VMs (demo up; 1 to 200, default 3)' },
-    operands: '[up | stop]',
+      'The walk-through: starts loopback sshd "VMs" and a sample repository, deploys, stops one VM and deploys again, then lets it catch up. `demo up` leaves a fleet and its config running for experiments (it stops a fleet an earlier `demo up` left in DIR first); `demo stop` stops it and says what was running and what it stopped; `demo vm stop|start ID` takes one VM down or brings it back (same port and host key). The demo only ever deletes what it made: a DIR it did not create is refused (demo_dir_refused, exit 2).',
+    options: { dir: '', keep: 'leave the fleet running after the walk-through (demo)', vms: 'how many VMs (demo up; 1 to 200, default 3)', repo: "deploy this repository's checked-out branch instead of the sample (demo up)" },
+    operands: '[up | stop | vm stop|start ID]',
     exits: [
       [0, 'the walk-through went as described'],
       [1, 'it did not'],
@@ -597,7 +597,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     };
     return await spec.run(ctx);
   } catch (error) {
-    const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && error.code === 'config_invalid');
+    const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && (error.code === 'config_invalid' || error.code === 'demo_dir_refused'));
     const code = error instanceof VmSyncError ? error.code : usage ? 'usage' : 'internal';
     const message = getErrorMessage(error);
     if (json) io.out(`${JSON.stringify({ commit: null, vms: [], error: { code, message } }, null, 2)}\n`);
@@ -746,23 +746,34 @@ async function reportCommand(ctx: CommandContext): Promise<number> {
 async function demoCommand(ctx: CommandContext): Promise<number> {
   const { values, operands, io, log } = ctx;
   const [sub, ...rest] = operands;
-  if (rest.length > 0) throw new UsageError(`unexpected argument '${terminalLine(rest[0], 80)}'`, 'demo');
   const dir = values.dir ?? DEFAULT_DEMO_DIR;
-  if (sub !== undefined && sub !== 'up' && sub !== 'stop') throw new UsageError(`unknown demo command '${terminalLine(sub, 80)}' (up, stop)`, 'demo');
+  if (sub !== undefined && sub !== 'up' && sub !== 'stop' && sub !== 'vm') throw new UsageError(`unknown demo command '${terminalLine(sub, 80)}' (up, stop, vm)`, 'demo');
+  if (sub === 'vm') {
+    const [action, id, extra] = rest;
+    if ((action !== 'stop' && action !== 'start') || !id || extra !== undefined) throw new UsageError('usage: vm-sync demo vm stop|start ID [--dir DIR]', 'demo');
+    if (values.keep || values.vms !== undefined || values.repo !== undefined) throw new UsageError('demo vm takes only --dir', 'demo');
+    const result = await demoVm(dir, action, id);
+    io.out(`${terminalLine(result.message)}\n`);
+    return result.ok ? 0 : 1;
+  }
+  if (rest.length > 0) throw new UsageError(`unexpected argument '${terminalLine(rest[0], 80)}'`, 'demo');
+  if (values.repo !== undefined && sub !== 'up') throw new UsageError('--repo only applies to demo up (and scan)', 'demo');
   if (values.keep && sub !== undefined) throw new UsageError(`--keep only applies to demo (the walk-through), not demo ${sub}`, 'demo');
   if (values.vms !== undefined && sub !== 'up') throw new UsageError('--vms only applies to demo up', 'demo');
   if (sub === 'up') {
     const count = Number(values.vms ?? '3');
     if (!Number.isInteger(count) || count < 1 || count > 200) throw new UsageError('--vms must be a whole number from 1 to 200', 'demo');
-    const demo = await setupDemo(dir, count);
+    const demo = await setupDemo(dir, count, { repo: values.repo });
     if (demo.warning) log.note('warn', `WARNING: ${demo.warning}`);
-    io.out(`started ${words.count(count, 'loopback VM')} under ${demo.fleet.dir}\nconfig: ${demo.configPath}\nstop with: vm-sync demo stop --dir ${dir}\n`);
+    if (demo.previous?.vms.some((vm) => vm.running > 0)) log.note('info', terminalLine(`stopped the fleet an earlier demo up left running: ${describeStop(demo.previous)}`));
+    if (demo.kept.length) log.note('info', terminalLine(`left alone in ${demo.fleet.dir} (not the demo's): ${demo.kept.join(', ')}`));
+    io.out(`${terminalLine(`started ${words.count(count, 'loopback VM')} under ${demo.fleet.dir}${values.repo ? `, deploying ${values.repo}` : ''}`)}\n${terminalLine(`config: ${demo.configPath}`)}\n${terminalLine(`stop with: vm-sync demo stop --dir ${dir}`)}\n`);
     return 0;
   }
   if (sub === 'stop') {
-    const fleet = stopDemo(dir);
-    io.out(`stopped ${words.count(fleet.vms.length, 'VM')} of ${fleet.dir}\n`);
-    return 0;
+    const stop = stopDemo(dir);
+    io.out(`${terminalLine(`${describeStop(stop)} (${stop.dir})`)}\n`);
+    return stop.vms.every((vm) => vm.problems.length === 0) ? 0 : 1;
   }
   return await runDemo(dir, values.keep === true, ctx.events, io.out);
 }

@@ -42,6 +42,7 @@ export const FAILURE_CODES = [
   'results_invalid',
   'jump_unreachable',
   'key_invalid',
+  'demo_dir_refused',
 ] as const;
 
 export type FailureCode = (typeof FAILURE_CODES)[number];

@@ -2,7 +2,7 @@ import { count, noun } from './words.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as core from '@actions/core';
-import { gitAuthEnv, readWorkflowContext, type WorkflowContext } from './action/context.js';
+import { gitAuthEnv, githubRepositoryProblem, readWorkflowContext, type WorkflowContext } from './action/context.js';
 import { parseInputs, type Inputs } from './action/inputs.js';
 import { octokitApi, octokitBranchReader } from './action/octokit-api.js';
 import { loadConfig } from './config/load.js';
@@ -210,6 +210,10 @@ export async function run(): Promise<void> {
     const config = loadConfig(path.resolve(ctx.workspace, inputs.config), { checkFiles: inputs.command !== 'scan' && inputs.command !== 'report' });
     maskKeys(config);
     commit = inputs.commit || ctx.sha;
+    if (!inputs.commit && ctx.push && process.env.GITHUB_SHA && process.env.GITHUB_SHA !== ctx.sha) {
+      // act without "deleted": false in its event file: GITHUB_SHA is the workspace's HEAD, not what was pushed.
+      core.info(terminalLine(`GITHUB_SHA ${process.env.GITHUB_SHA} is not the push event's after: using the pushed commit ${ctx.sha}`));
+    }
     selected = selectVms(config, inputs.vms, inputs.shard ?? undefined);
     if (inputs.skipScan) {
       // The job this one needs scanned the commit (deploy.yml: one scan for every shard); its result is in the merged report.
@@ -219,7 +223,10 @@ export async function run(): Promise<void> {
     const scans = inputs.command === 'scan' || (inputs.command === 'sync' && config.repository.secretScanning.enabled);
     if (scans) config.repository.secretScanning.gitleaksPath = await resolveGitleaks(inputs, config);
 
-    reporter = new GitHubReporter(inputs.githubToken ? octokitApi(inputs.githubToken, ctx) : null, {
+    // Statuses and deployments need the repository's name; the deploy does not (act with a local-path origin).
+    const repositoryProblem = githubRepositoryProblem(ctx);
+    if (repositoryProblem && inputs.githubToken) core.warning(annotationText(repositoryProblem));
+    reporter = new GitHubReporter(inputs.githubToken && !repositoryProblem ? octokitApi(inputs.githubToken, ctx) : null, {
       sha: commit,
       runUrl,
       // A rollback changes what the VMs serve, not the commit's verdict: it posts no statuses on it.

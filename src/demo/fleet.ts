@@ -3,6 +3,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { terminalLine } from '../report/escape.js';
+import { isAlive, isSshd, processIdentity, sshdProcessesOf, terminate, type ProcessIdentity } from './processes.js';
 
 /**
  * A fleet of "VMs" that are real sshd processes on loopback, each with its own
@@ -81,15 +83,25 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
   }
 }
 
+/**
+ * sshd_config's quoting: a double-quoted argument may hold spaces and `#`.
+ * There is no escape for `"` itself, so such paths are refused (by
+ * {@link createFleet}, before anything is written).
+ */
+function sshdQuote(value: string): string {
+  return `"${value}"`;
+}
+
 function sshdConfig(vm: FleetVm, user: string, hostKey: string, authorizedKeys: string, extra: string[]): string {
   // sshd honours only the first SetEnv directive: fold any extra ones into it.
-  const setEnv = [`HOME=${vm.home}`, ...extra.filter((l) => l.startsWith('SetEnv ')).map((l) => l.slice('SetEnv '.length))];
+  const setEnv = [sshdQuote(`HOME=${vm.home}`), ...extra.filter((l) => l.startsWith('SetEnv ')).map((l) => l.slice('SetEnv '.length))];
   return [
     `Port ${vm.port}`,
     'ListenAddress 127.0.0.1',
-    `HostKey ${hostKey}`,
-    `PidFile ${vm.pidFile}`,
-    `AuthorizedKeysFile ${authorizedKeys}`,
+    `HostKey ${sshdQuote(hostKey)}`,
+    `PidFile ${sshdQuote(vm.pidFile)}`,
+    // AuthorizedKeysFile expands % tokens: a literal % is written %%.
+    `AuthorizedKeysFile ${sshdQuote(authorizedKeys.replaceAll('%', '%%'))}`,
     `AllowUsers ${user}`,
     'StrictModes no',
     'PasswordAuthentication no',
@@ -105,7 +117,66 @@ function sshdConfig(vm: FleetVm, user: string, hostKey: string, authorizedKeys: 
   ].join('\n');
 }
 
-/** Starts (or restarts) one VM's sshd from its existing config. */
+/** Why a fleet (its sshd_config, and a config whose repository.url is a path under it) cannot live at `dir`, or null. */
+export function fleetDirProblem(dir: string): string | null {
+  // eslint-disable-next-line no-control-regex
+  return /["\\\s\u0000-\u001f\u007f]/.test(path.resolve(dir)) ? 'its path has a space, a double quote, a backslash or a control character (sshd_config and repository.url cannot hold them)' : null;
+}
+
+/** Where a VM's running sshd is recorded: its pid with the start time that makes it unique. */
+function processRecordPath(vm: FleetVm): string {
+  return path.join(vm.dir, 'sshd.process.json');
+}
+
+function readProcessRecord(vm: FleetVm): ProcessIdentity | null {
+  try {
+    const record = JSON.parse(fs.readFileSync(processRecordPath(vm), 'utf8')) as Partial<ProcessIdentity>;
+    if (typeof record.pid === 'number' && typeof record.start === 'string' && typeof record.boot === 'string') return { pid: record.pid, start: record.start, boot: record.boot };
+  } catch {
+    // none, or unreadable: the /proc scan still finds the VM's sshd
+  }
+  return null;
+}
+
+/** Resolves after `ms`. */
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Records the sshd now serving `vm` (pid and start time), so that a later stop
+ * signals exactly that process. sshd writes its pid file after it listens: wait
+ * a moment for it.
+ */
+async function recordProcess(vm: FleetVm): Promise<void> {
+  const config = fs.statSync(path.join(vm.dir, 'sshd_config'));
+  for (let i = 0; i < 100; i++) {
+    const pid = Number((fs.existsSync(vm.pidFile) ? fs.readFileSync(vm.pidFile, 'utf8') : '').trim());
+    const id = processIdentity(pid);
+    if (id && isSshd(pid, config)) {
+      fs.writeFileSync(processRecordPath(vm), `${JSON.stringify(id)}\n`);
+      return;
+    }
+    await pause(20);
+  }
+  // No pid file: the /proc scan in stopVm still finds it by its config.
+}
+
+/**
+ * The live sshd processes serving `vm`: the recorded one if it is still that
+ * very process, and any other sshd started with this VM's sshd_config (one
+ * left by an older vm-sync, or whose record was lost).
+ */
+export function vmProcesses(vm: FleetVm): ProcessIdentity[] {
+  const config = path.join(vm.dir, 'sshd_config');
+  const found = sshdProcessesOf(config);
+  const recorded = readProcessRecord(vm);
+  // The recorded sshd counts only while it is that very process (same start time) and still this VM's sshd.
+  if (recorded && isAlive(recorded) && !found.some((p) => p.pid === recorded.pid) && fs.existsSync(config) && isSshd(recorded.pid, fs.statSync(config))) found.push(recorded);
+  return found;
+}
+
+/** Starts (or restarts) one VM's sshd from its existing config: the same port and host key as before. */
 export async function startVm(vm: FleetVm): Promise<void> {
   if (!SSHD) throw new Error(fleetPrerequisiteProblem() ?? 'sshd not found');
   // sshd needs its privilege-separation directory when started as root.
@@ -115,20 +186,43 @@ export async function startVm(vm: FleetVm): Promise<void> {
   const child = spawn(SSHD, ['-f', path.join(vm.dir, 'sshd_config'), '-E', vm.log], { stdio: 'ignore', detached: true });
   await new Promise<void>((resolve, reject) => {
     child.once('error', reject);
-    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`sshd for ${vm.id} exited ${code}; see ${vm.log}`))));
+    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`sshd for ${vm.id} exited ${code}${lastLogLine(vm)}; see ${vm.log}`))));
   });
   await waitForPort(vm.port, 5000);
+  await recordProcess(vm);
 }
 
-/** Stops one VM's sshd (the VM is "down": connections are refused). */
-export function stopVm(vm: FleetVm): void {
+/** The last line of a VM's sshd log, to say why it would not start (sshd's own text, about its own config). */
+function lastLogLine(vm: FleetVm): string {
   try {
-    const pid = Number(fs.readFileSync(vm.pidFile, 'utf8').trim());
-    if (pid > 0) process.kill(pid, 'SIGTERM');
+    const line = fs.readFileSync(vm.log, 'utf8').trim().split('\n').pop() ?? '';
+    return line ? ` (${terminalLine(line, 300)})` : '';
   } catch {
-    // not running
+    return '';
   }
-  fs.rmSync(vm.pidFile, { force: true });
+}
+
+/** What stopping one VM did: how many of its sshd processes were running, how many are gone now, and why any is left. */
+export interface VmStopResult {
+  id: string;
+  running: number;
+  stopped: number;
+  problems: string[];
+}
+
+/**
+ * Stops one VM's sshd (the VM is "down": connections are refused) and waits
+ * until it is gone. Only the VM's own sshd is signalled (see
+ * {@link vmProcesses}); a pid that now belongs to another process is never touched.
+ */
+export function stopVm(vm: FleetVm): VmStopResult {
+  const running = vmProcesses(vm);
+  const { stopped, survivors } = terminate(running);
+  if (survivors.length === 0) {
+    fs.rmSync(vm.pidFile, { force: true });
+    fs.rmSync(processRecordPath(vm), { force: true });
+  }
+  return { id: vm.id, running: running.length, stopped: stopped.length, problems: survivors.map((s) => s.reason) };
 }
 
 /** Options for {@link createFleet}. */
@@ -144,7 +238,7 @@ export interface FleetOptions {
  * and one sshd per id. Everything lives under `dir`; {@link stopFleet} ends it.
  */
 export async function createFleet(options: FleetOptions): Promise<Fleet> {
-  const problem = fleetPrerequisiteProblem();
+  const problem = fleetPrerequisiteProblem() ?? (fleetDirProblem(options.dir) ? `${options.dir}: ${fleetDirProblem(options.dir)}` : null);
   if (problem) throw new Error(problem);
   const user = os.userInfo().username;
   const keyDir = path.join(options.dir, 'keys');
@@ -179,9 +273,9 @@ export async function createFleet(options: FleetOptions): Promise<Fleet> {
   return fleet;
 }
 
-/** Stops every sshd of a fleet. */
-export function stopFleet(fleet: Fleet): void {
-  for (const vm of fleet.vms) stopVm(vm);
+/** Stops every sshd of a fleet and says, per VM, what was running and what was stopped. */
+export function stopFleet(fleet: Fleet): VmStopResult[] {
+  return fleet.vms.map(stopVm);
 }
 
 /** Reads a fleet saved by {@link createFleet} (for `vm-sync demo stop` and the benchmark). */
@@ -200,22 +294,24 @@ export function handshakeCount(vm: FleetVm): number {
 
 /**
  * A vm-sync config for a fleet: each VM's target is `~/app` (its own home),
- * the runner-host repo at `mainRepoPath`, cloned from `url`.
+ * the runner-host repo at `mainRepoPath`, cloned from `url` (branch `branch`,
+ * default main). Paths are quoted: a directory name may hold `#` or `: `.
  */
-export function fleetConfigYaml(fleet: Fleet, repo: { mainRepoPath: string; url: string }, extra: { sync?: string[]; repository?: string[]; rollout?: string[] } = {}): string {
-  const vms = fleet.vms.map((vm) => `  ${vm.id}: { ip: 127.0.0.1, ssh_user: ${fleet.user}, ssh_port: ${vm.port} }`);
+export function fleetConfigYaml(fleet: Fleet, repo: { mainRepoPath: string; url: string; branch?: string }, extra: { sync?: string[]; repository?: string[]; rollout?: string[] } = {}): string {
+  const q = (value: string): string => JSON.stringify(value);
+  const vms = fleet.vms.map((vm) => `  ${vm.id}: { ip: 127.0.0.1, ssh_user: ${q(fleet.user)}, ssh_port: ${vm.port} }`);
   return [
     'vms:',
     ...vms,
     'repository:',
-    `  main_repo_path: ${repo.mainRepoPath}`,
-    `  url: ${repo.url}`,
-    '  default_branch: main',
+    `  main_repo_path: ${q(repo.mainRepoPath)}`,
+    `  url: ${q(repo.url)}`,
+    `  default_branch: ${q(repo.branch ?? 'main')}`,
     '  vm_repo_paths: { default: ~/app }',
     ...(extra.repository ?? []).map((l) => `  ${l}`),
     'remote_execution:',
-    `  key_storage_path: ${fleet.keyDir}`,
-    `  known_hosts: ${fleet.knownHosts}`,
+    `  key_storage_path: ${q(fleet.keyDir)}`,
+    `  known_hosts: ${q(fleet.knownHosts)}`,
     'sync:',
     '  concurrency: 8',
     '  connect_timeout_s: 5',

@@ -1,4 +1,7 @@
-import { gitAuthEnv, readWorkflowContext } from '../../src/action/context.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { gitAuthEnv, githubRepositoryProblem, readWorkflowContext } from '../../src/action/context.js';
 import { parseInputs } from '../../src/action/inputs.js';
 import { GitHubReporter, vmStatus, type GitHubApi } from '../../src/report/github.js';
 import { renderSummary } from '../../src/report/summary.js';
@@ -103,6 +106,30 @@ describe('workflow context', () => {
   test('reads GHES URLs from the environment, never a hard-coded host', () => {
     const ctx = readWorkflowContext({ GITHUB_REPOSITORY: 'acme/app', GITHUB_SERVER_URL: 'https://ghe.example.com/', GITHUB_API_URL: 'https://ghe.example.com/api/v3', GITHUB_RUN_ID: '7', GITHUB_SHA: 'a'.repeat(40) });
     expect(ctx).toMatchObject({ owner: 'acme', repo: 'app', serverUrl: 'https://ghe.example.com', apiUrl: 'https://ghe.example.com/api/v3', runUrl: 'https://ghe.example.com/acme/app/actions/runs/7', push: null });
+  });
+
+  test.each([
+    ['/home/dev/vm-sync', true, /not owner\/name \(act takes it from the origin remote, which is not a GitHub URL here\): no commit statuses/],
+    ['../vm-sync', false, /^GITHUB_REPOSITORY is not owner\/name: no commit statuses/],
+    ['', false, /^GITHUB_REPOSITORY is not set: no commit statuses/],
+  ])('GITHUB_REPOSITORY %j (act with a local-path origin): no error, no GitHub reporting, a reason', (value, act, reason) => {
+    const env = { GITHUB_REPOSITORY: value, GITHUB_RUN_ID: '7', GITHUB_SHA: 'a'.repeat(40), ...(act ? { ACT: 'true' } : {}) };
+    const ctx = readWorkflowContext(env);
+    expect(ctx).toMatchObject({ owner: '', repo: '', runUrl: '', sha: 'a'.repeat(40) });
+    expect(githubRepositoryProblem(ctx, env)).toMatch(reason);
+    expect(githubRepositoryProblem(readWorkflowContext({ GITHUB_REPOSITORY: 'acme/app.js' }), {})).toBeNull();
+  });
+
+  test.each([
+    ['an after other than GITHUB_SHA (act without "deleted": false)', 'b'.repeat(40), 'b'.repeat(40)],
+    ['a branch deletion (all-zero after)', '0'.repeat(40), 'a'.repeat(40)],
+    ['an after that is not a commit hash', 'HEAD', 'a'.repeat(40)],
+  ])('a push deploys the event\'s after: %s', (_name, after, expected) => {
+    const event = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-event-')), 'event.json');
+    fs.writeFileSync(event, JSON.stringify({ ref: 'refs/heads/main', before: 'c'.repeat(40), after }));
+    const ctx = readWorkflowContext({ GITHUB_REPOSITORY: 'acme/app', GITHUB_EVENT_NAME: 'push', GITHUB_EVENT_PATH: event, GITHUB_SHA: 'a'.repeat(40) });
+    expect(ctx.sha).toBe(expected);
+    expect(ctx.push).toEqual({ before: 'c'.repeat(40), after, ref: 'refs/heads/main' });
   });
 
   test('the fetch credential is a per-command header in the environment', () => {
