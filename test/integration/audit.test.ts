@@ -129,7 +129,7 @@ test('a failing post_sync_command keeps its last 20 lines in the failure message
   const [row] = run.json.vms;
   expect(row.error?.code).toBe('post_sync_failed');
   const quoted = ['out 12', 'out 13', 'out 14', 'out 15', 'out 16', 'out 17', 'out 18', 'out 19', 'out 20', 'out 21', 'out 22', 'out 23', 'out 24', 'out 25', 'out 26', 'out 27', 'out 28', 'out 29', 'out 30', 'restart failed'];
-  expect(row.error?.message).toBe(`post_sync_command exited 5 on vm01: ${quoted.join(' | ')}. The new release is live; fix the command and run sync --force to run it again.`);
+  expect(row.error?.message).toBe(`post_sync_command exited 5 on vm01: ${quoted.join(' | ')}. The new release is live; fix the command and run vm-sync sync --force --vm vm01 to run it again.`);
   expect(row.post_sync).toEqual({ exit_code: 5, output_tail: [...Array.from({ length: 30 }, (_, i) => `out ${i + 1}`), 'restart failed'].join('\n') });
   expect(renderTable(run.json)).toContain('vm01: post_sync_failed: post_sync_command exited 5 on vm01: out 12 | out 13');
   world.writeConfig();

@@ -443,7 +443,7 @@ maybe('bootstrap-runner.sh', () => {
       const lines = old.stdout.split('\n');
       expect(lines[0]).toBe(`runner host  FAIL  runner      runner 2.328.9 in ${path.join(root, 'opt', 'actions-runner')} is older than 2.329.0, the oldest GitHub lets register or connect: the sync job would never start`);
       expect(lines.filter((l) => /^runner host +[A-Z]+ +runner /.test(l))).toHaveLength(1);
-      expect(lines).toContain('runner host: not ready (runner, known_hosts, gitleaks): every sync from it fails');
+      expect(lines.filter((l) => /^runner host: not ready \(runner[,)]/.test(l))).toHaveLength(1);
     } finally {
       fs.writeFileSync(deps, original);
     }
