@@ -78553,7 +78553,59 @@ function readResultsFiles(paths, options = {}) {
 
 ;// CONCATENATED MODULE: external "node:timers/promises"
 const promises_namespaceObject = require("node:timers/promises");
+;// CONCATENATED MODULE: ./src/local/break-lock.ts
+
+
+/**
+ * Removes a runner-host lock (a symbolic link whose target is its holder's
+ * record) that the caller found abandoned, holding `seen`.
+ *
+ * Two waiters may find the same abandoned lock; without care the slower one
+ * would delete the lock the faster one has just taken. So breaking is itself
+ * serialised by a `<lock>.break` marker symlink, and under it the lock is
+ * removed only if it still holds `seen`. A marker older than `markerStaleMs`
+ * was left by a breaker that was killed, and is removed.
+ *
+ * Returns false when another waiter holds the marker (try again after a poll),
+ * true when this call broke the lock or found it gone.
+ */
+function breakAbandonedLock(lockPath, seen, markerStaleMs) {
+    const marker = `${lockPath}.break`;
+    const mine = `${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
+    try {
+        external_node_fs_default().symlinkSync(mine, marker);
+    }
+    catch {
+        try {
+            if (Date.now() - external_node_fs_default().lstatSync(marker).mtimeMs > markerStaleMs)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+        return false;
+    }
+    try {
+        if (external_node_fs_default().readlinkSync(lockPath) === seen)
+            external_node_fs_default().unlinkSync(lockPath);
+        return true;
+    }
+    catch {
+        return true; // already gone
+    }
+    finally {
+        try {
+            if (external_node_fs_default().readlinkSync(marker) === mine)
+                external_node_fs_default().unlinkSync(marker);
+        }
+        catch {
+            // gone already
+        }
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/journal/journal.ts
+
 
 
 
@@ -78642,43 +78694,6 @@ function isStale(lockPath, text) {
         return false;
     }
 }
-/**
- * Removes a stale lock, unless another run is breaking it (a marker
- * serialises breakers, so one never removes the lock another just took).
- */
-function breakStale(lockPath, seen) {
-    const marker = `${lockPath}.break`;
-    const mine = `${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
-    try {
-        external_node_fs_default().symlinkSync(mine, marker);
-    }
-    catch {
-        try {
-            if (Date.now() - external_node_fs_default().lstatSync(marker).mtimeMs > LOCK_STALE_MS)
-                external_node_fs_default().unlinkSync(marker);
-        }
-        catch {
-            // gone already
-        }
-        return;
-    }
-    try {
-        if (external_node_fs_default().readlinkSync(lockPath) === seen)
-            external_node_fs_default().unlinkSync(lockPath);
-    }
-    catch {
-        // gone already
-    }
-    finally {
-        try {
-            if (external_node_fs_default().readlinkSync(marker) === mine)
-                external_node_fs_default().unlinkSync(marker);
-        }
-        catch {
-            // gone already
-        }
-    }
-}
 /** Takes the journal lock; null when it stayed busy for `waitMs`. */
 async function lock(lockPath, waitMs) {
     const record = encodeLock(ownIdentity());
@@ -78700,7 +78715,7 @@ async function lock(lockPath, waitMs) {
             continue; // released meanwhile
         }
         if (isStale(lockPath, seen)) {
-            breakStale(lockPath, seen);
+            breakAbandonedLock(lockPath, seen, LOCK_STALE_MS);
             continue;
         }
         if (Date.now() >= until)
@@ -78984,7 +78999,7 @@ async function acquire(lockPath, cloneDir, doing, options) {
             continue; // released between our attempt and the read: try again at once
         }
         const holder = parseHolder(current);
-        if (holder && holderIsDead(holder) && clone_lock_breakStale(lockPath, current))
+        if (holder && holderIsDead(holder) && breakAbandonedLock(lockPath, current, BREAK_STALE_MS))
             continue;
         if (options.signal?.aborted)
             throw new errors_VmSyncError('interrupted', `interrupted while waiting for the runner-host clone ${cloneDir}`);
@@ -78999,48 +79014,6 @@ async function acquire(lockPath, cloneDir, doing, options) {
             options.onWait?.(`waiting for the runner-host clone ${cloneDir}: held by ${describeHolder(holder)}; waiting up to ${Math.round(waitMs / 1000)} s`);
         }
         await (0,promises_namespaceObject.setTimeout)(Math.min(POLL_MS, waitMs - waited), undefined, { signal: options.signal }).catch(() => undefined);
-    }
-}
-/**
- * Removes a dead holder's lock. Two waiters may both find the same dead
- * holder; without care the slower one would delete the lock the faster one
- * just took. So breaking is itself serialised by a marker symlink, and under
- * it the lock is removed only if it still holds the dead holder's record.
- * Returns false when another waiter is breaking it (the caller waits a poll).
- */
-function clone_lock_breakStale(lockPath, deadRecord) {
-    const marker = `${lockPath}.break`;
-    const mine = `${process.pid}:${external_node_crypto_default().randomBytes(6).toString('hex')}`;
-    try {
-        external_node_fs_default().symlinkSync(mine, marker);
-    }
-    catch {
-        // Another waiter is breaking it; a marker left by a killed breaker is removed once old.
-        try {
-            if (Date.now() - external_node_fs_default().lstatSync(marker).mtimeMs > BREAK_STALE_MS)
-                external_node_fs_default().unlinkSync(marker);
-        }
-        catch {
-            // gone already
-        }
-        return false;
-    }
-    try {
-        if (external_node_fs_default().readlinkSync(lockPath) === deadRecord)
-            external_node_fs_default().unlinkSync(lockPath);
-        return true;
-    }
-    catch {
-        return true; // already gone
-    }
-    finally {
-        try {
-            if (external_node_fs_default().readlinkSync(marker) === mine)
-                external_node_fs_default().unlinkSync(marker);
-        }
-        catch {
-            // gone already
-        }
     }
 }
 function releaseIfOurs(lockPath, record) {

@@ -1,10 +1,10 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { holderIsDead, ownIdentity, type ProcessIdentity } from '../remote/lock.js';
+import { breakAbandonedLock } from '../local/break-lock.js';
 
 /*
  * The runner-host lock: one vm-sync run at a time fetches, resets, exports or
@@ -150,7 +150,7 @@ async function acquire(lockPath: string, cloneDir: string, doing: string, option
       continue; // released between our attempt and the read: try again at once
     }
     const holder = parseHolder(current);
-    if (holder && holderIsDead(holder) && breakStale(lockPath, current)) continue;
+    if (holder && holderIsDead(holder) && breakAbandonedLock(lockPath, current, BREAK_STALE_MS)) continue;
     if (options.signal?.aborted) throw new VmSyncError('interrupted', `interrupted while waiting for the runner-host clone ${cloneDir}`);
     const waited = Date.now() - started;
     if (waited >= waitMs) {
@@ -169,40 +169,6 @@ async function acquire(lockPath: string, cloneDir: string, doing: string, option
   }
 }
 
-/**
- * Removes a dead holder's lock. Two waiters may both find the same dead
- * holder; without care the slower one would delete the lock the faster one
- * just took. So breaking is itself serialised by a marker symlink, and under
- * it the lock is removed only if it still holds the dead holder's record.
- * Returns false when another waiter is breaking it (the caller waits a poll).
- */
-function breakStale(lockPath: string, deadRecord: string): boolean {
-  const marker = `${lockPath}.break`;
-  const mine = `${process.pid}:${crypto.randomBytes(6).toString('hex')}`;
-  try {
-    fs.symlinkSync(mine, marker);
-  } catch {
-    // Another waiter is breaking it; a marker left by a killed breaker is removed once old.
-    try {
-      if (Date.now() - fs.lstatSync(marker).mtimeMs > BREAK_STALE_MS) fs.unlinkSync(marker);
-    } catch {
-      // gone already
-    }
-    return false;
-  }
-  try {
-    if (fs.readlinkSync(lockPath) === deadRecord) fs.unlinkSync(lockPath);
-    return true;
-  } catch {
-    return true; // already gone
-  } finally {
-    try {
-      if (fs.readlinkSync(marker) === mine) fs.unlinkSync(marker);
-    } catch {
-      // gone already
-    }
-  }
-}
 
 function releaseIfOurs(lockPath: string, record: string): void {
   try {

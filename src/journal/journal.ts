@@ -5,6 +5,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { holderIsDead, ownIdentity, type ProcessIdentity } from '../remote/lock.js';
+import { breakAbandonedLock } from '../local/break-lock.js';
 import { vmText } from '../remote/untrusted.js';
 
 /*
@@ -138,35 +139,6 @@ function isStale(lockPath: string, text: string): boolean {
   }
 }
 
-/**
- * Removes a stale lock, unless another run is breaking it (a marker
- * serialises breakers, so one never removes the lock another just took).
- */
-function breakStale(lockPath: string, seen: string): void {
-  const marker = `${lockPath}.break`;
-  const mine = `${process.pid}:${crypto.randomBytes(6).toString('hex')}`;
-  try {
-    fs.symlinkSync(mine, marker);
-  } catch {
-    try {
-      if (Date.now() - fs.lstatSync(marker).mtimeMs > LOCK_STALE_MS) fs.unlinkSync(marker);
-    } catch {
-      // gone already
-    }
-    return;
-  }
-  try {
-    if (fs.readlinkSync(lockPath) === seen) fs.unlinkSync(lockPath);
-  } catch {
-    // gone already
-  } finally {
-    try {
-      if (fs.readlinkSync(marker) === mine) fs.unlinkSync(marker);
-    } catch {
-      // gone already
-    }
-  }
-}
 
 /** Takes the journal lock; null when it stayed busy for `waitMs`. */
 async function lock(lockPath: string, waitMs: number): Promise<string | null> {
@@ -186,7 +158,7 @@ async function lock(lockPath: string, waitMs: number): Promise<string | null> {
       continue; // released meanwhile
     }
     if (isStale(lockPath, seen)) {
-      breakStale(lockPath, seen);
+      breakAbandonedLock(lockPath, seen, LOCK_STALE_MS);
       continue;
     }
     if (Date.now() >= until) return null;
