@@ -34638,6 +34638,9 @@ function getErrorMessage(error) {
         return error.message;
     if (typeof error === 'string')
         return error;
+    // An Error of another realm (a vm context, as under jest) fails instanceof but still has its message.
+    if (typeof error === 'object' && error !== null && typeof error.message === 'string')
+        return error.message;
     try {
         return JSON.stringify(error);
     }
@@ -47281,6 +47284,7 @@ async function runHistory(config, options = {}) {
 
 ;// CONCATENATED MODULE: ./src/report/history.ts
 
+
 const history_CELL_MAX = 120;
 const history_short = (sha) => (sha && /^[0-9a-f]{40}$/.test(sha) ? sha.slice(0, 7) : '-');
 /** `2026-11-22T07:01:02.345Z` as `2026-11-22 07:01:02Z`. */
@@ -47314,8 +47318,8 @@ function renderHistory(report) {
     const vm = report.vm?.id ?? null;
     const { journal } = report;
     const out = [];
-    const scope = vm === null ? 'run(s)' : `run(s) that included ${vm}`;
-    out.push(terminalLine(`journal ${journal.path}: ${journal.records.length === journal.total ? `${journal.total} ${scope}` : `the last ${journal.records.length} of ${journal.total} ${scope}`}`));
+    const scope = vm === null ? '' : ` that included ${vm}`;
+    out.push(terminalLine(`journal ${journal.path}: ${journal.records.length === journal.total ? words_count(journal.total, 'run') : `the last ${journal.records.length} of ${words_count(journal.total, 'run')}`}${scope}`));
     if (journal.records.length > 0) {
         const rows = [['STARTED', 'RUN', 'COMMAND', 'COMMIT', 'DRY', 'SHARD', 'RESULT', 'BY']];
         for (const r of journal.records) {
@@ -47324,7 +47328,7 @@ function renderHistory(report) {
         out.push('', ...table(rows));
     }
     if (journal.skipped > 0)
-        out.push('', `note: ${journal.skipped} line(s) of the journal are not records (damaged or edited) and were skipped`);
+        out.push('', `note: ${words_count(journal.skipped, 'line')} of the journal ${journal.skipped === 1 ? 'is not a record' : 'are not records'} (damaged or edited) and were skipped`);
     if (report.vm) {
         const v = report.vm;
         out.push('');
@@ -47333,7 +47337,7 @@ function renderHistory(report) {
         else if (!v.present)
             out.push(terminalLine(`revisions.log on ${v.id}: none yet (no flip, revert or rollback since vm-sync began keeping it)`));
         else {
-            out.push(terminalLine(`revisions.log on ${v.id}: the last ${v.revisions.length} change(s)`));
+            out.push(terminalLine(`revisions.log on ${v.id}: the last ${v.revisions.length === 1 ? 'change' : words_count(v.revisions.length, 'change')}`));
             if (v.revisions.length > 0) {
                 const rows = [['TIME', 'ACTION', 'FROM', 'TO', 'RUN', 'RELEASE']];
                 for (const r of v.revisions)
@@ -47342,7 +47346,7 @@ function renderHistory(report) {
             }
         }
         if (v.skipped > 0)
-            out.push('', terminalLine(`note: ${v.skipped} line(s) of revisions.log on ${v.id} are not records (garbled or written by something else) and were skipped`));
+            out.push('', terminalLine(`note: ${words_count(v.skipped, 'line')} of revisions.log on ${v.id} ${v.skipped === 1 ? 'is not a record' : 'are not records'} (garbled or written by something else) and were skipped`));
     }
     return `${out.join('\n')}\n`;
 }

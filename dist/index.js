@@ -69609,6 +69609,9 @@ function errors_getErrorMessage(error) {
         return error.message;
     if (typeof error === 'string')
         return error;
+    // An Error of another realm (a vm context, as under jest) fails instanceof but still has its message.
+    if (typeof error === 'object' && error !== null && typeof error.message === 'string')
+        return error.message;
     try {
         return JSON.stringify(error);
     }
@@ -86480,14 +86483,18 @@ const RESULTS_FILE_MAX_BYTES = 32 * 1024 * 1024;
 function actionEvents(reporter, fanOut) {
     const buffers = new Map();
     const lastProgress = new Map();
+    // Debug lines (each phase starting, connection attempts) go to core.debug: the log shows them
+    // only when the run is re-run with debug logging (ACTIONS_STEP_DEBUG), as -v does for the CLI.
+    const line = (debug) => (vm, message) => {
+        const buffer = vm ? buffers.get(vm) : undefined;
+        if (buffer)
+            buffer.push({ debug, text: message });
+        else
+            (debug ? core_debug : info)(escape_terminalLine(vm ? `[${vm}] ${message}` : message));
+    };
     return {
-        info: (vm, message) => {
-            const buffer = vm ? buffers.get(vm) : undefined;
-            if (buffer)
-                buffer.push(message);
-            else
-                info(escape_terminalLine(vm ? `[${vm}] ${message}` : message));
-        },
+        info: line(false),
+        debug: line(true),
         progress: (vm, percent, rate) => {
             const now = Date.now();
             if (now - (lastProgress.get(vm) ?? 0) < 5000 && percent < 100)
@@ -86505,8 +86512,8 @@ function actionEvents(reporter, fanOut) {
             const lines = buffers.get(report.id) ?? [];
             buffers.delete(report.id);
             startGroup(escape_terminalLine(`${report.id}: ${report.result}${report.error ? ` (${report.error.code})` : ''}`));
-            for (const line of lines)
-                info(escape_terminalLine(line));
+            for (const { debug, text } of lines)
+                (debug ? core_debug : info)(escape_terminalLine(text));
             endGroup();
             if (report.error) {
                 error(annotationText(`${report.id}: ${report.error.code}: ${report.error.message}`), { title: annotationText(`vm-sync: ${report.id} ${report.result}`, ANNOTATION_TITLE_MAX) });

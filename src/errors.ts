@@ -69,6 +69,8 @@ export class VmSyncError extends Error {
 export function getErrorMessage(error: unknown): string {
   if (error instanceof Error) return error.message;
   if (typeof error === 'string') return error;
+  // An Error of another realm (a vm context, as under jest) fails instanceof but still has its message.
+  if (typeof error === 'object' && error !== null && typeof (error as { message?: unknown }).message === 'string') return (error as { message: string }).message;
   try {
     return JSON.stringify(error);
   } catch {

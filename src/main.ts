@@ -95,14 +95,18 @@ interface FanOut {
  * Every line is made safe for the log (messages embed text a VM wrote).
  */
 function actionEvents(reporter: GitHubReporter, fanOut: FanOut): EngineEvents {
-  const buffers = new Map<string, string[]>();
+  const buffers = new Map<string, Array<{ debug: boolean; text: string }>>();
   const lastProgress = new Map<string, number>();
+  // Debug lines (each phase starting, connection attempts) go to core.debug: the log shows them
+  // only when the run is re-run with debug logging (ACTIONS_STEP_DEBUG), as -v does for the CLI.
+  const line = (debug: boolean) => (vm: string | null, message: string) => {
+    const buffer = vm ? buffers.get(vm) : undefined;
+    if (buffer) buffer.push({ debug, text: message });
+    else (debug ? core.debug : core.info)(terminalLine(vm ? `[${vm}] ${message}` : message));
+  };
   return {
-    info: (vm, message) => {
-      const buffer = vm ? buffers.get(vm) : undefined;
-      if (buffer) buffer.push(message);
-      else core.info(terminalLine(vm ? `[${vm}] ${message}` : message));
-    },
+    info: line(false),
+    debug: line(true),
     progress: (vm, percent, rate) => {
       const now = Date.now();
       if (now - (lastProgress.get(vm) ?? 0) < 5000 && percent < 100) return;
@@ -119,7 +123,7 @@ function actionEvents(reporter: GitHubReporter, fanOut: FanOut): EngineEvents {
       const lines = buffers.get(report.id) ?? [];
       buffers.delete(report.id);
       core.startGroup(terminalLine(`${report.id}: ${report.result}${report.error ? ` (${report.error.code})` : ''}`));
-      for (const line of lines) core.info(terminalLine(line));
+      for (const { debug, text } of lines) (debug ? core.debug : core.info)(terminalLine(text));
       core.endGroup();
       if (report.error) {
         core.error(annotationText(`${report.id}: ${report.error.code}: ${report.error.message}`), { title: annotationText(`vm-sync: ${report.id} ${report.result}`, ANNOTATION_TITLE_MAX) });

@@ -1,4 +1,5 @@
 import type { HistoryReport } from '../journal/history.js';
+import { count } from '../words.js';
 import type { JournalRecord, Trigger } from '../journal/journal.js';
 import { terminalLine } from './escape.js';
 
@@ -37,8 +38,8 @@ export function renderHistory(report: HistoryReport): string {
   const vm = report.vm?.id ?? null;
   const { journal } = report;
   const out: string[] = [];
-  const scope = vm === null ? 'run(s)' : `run(s) that included ${vm}`;
-  out.push(terminalLine(`journal ${journal.path}: ${journal.records.length === journal.total ? `${journal.total} ${scope}` : `the last ${journal.records.length} of ${journal.total} ${scope}`}`));
+  const scope = vm === null ? '' : ` that included ${vm}`;
+  out.push(terminalLine(`journal ${journal.path}: ${journal.records.length === journal.total ? count(journal.total, 'run') : `the last ${journal.records.length} of ${count(journal.total, 'run')}`}${scope}`));
   if (journal.records.length > 0) {
     const rows = [['STARTED', 'RUN', 'COMMAND', 'COMMIT', 'DRY', 'SHARD', 'RESULT', 'BY']];
     for (const r of journal.records) {
@@ -46,21 +47,21 @@ export function renderHistory(report: HistoryReport): string {
     }
     out.push('', ...table(rows));
   }
-  if (journal.skipped > 0) out.push('', `note: ${journal.skipped} line(s) of the journal are not records (damaged or edited) and were skipped`);
+  if (journal.skipped > 0) out.push('', `note: ${count(journal.skipped, 'line')} of the journal ${journal.skipped === 1 ? 'is not a record' : 'are not records'} (damaged or edited) and were skipped`);
   if (report.vm) {
     const v = report.vm;
     out.push('');
     if (v.error) out.push(terminalLine(`revisions.log on ${v.id}: could not be read: ${v.error.code}: ${v.error.message}`, 4000));
     else if (!v.present) out.push(terminalLine(`revisions.log on ${v.id}: none yet (no flip, revert or rollback since vm-sync began keeping it)`));
     else {
-      out.push(terminalLine(`revisions.log on ${v.id}: the last ${v.revisions.length} change(s)`));
+      out.push(terminalLine(`revisions.log on ${v.id}: the last ${v.revisions.length === 1 ? 'change' : count(v.revisions.length, 'change')}`));
       if (v.revisions.length > 0) {
         const rows = [['TIME', 'ACTION', 'FROM', 'TO', 'RUN', 'RELEASE']];
         for (const r of v.revisions) rows.push([when(r.time), r.action, short(r.from), short(r.to), r.run ?? '-', r.release ?? '-']);
         out.push('', ...table(rows));
       }
     }
-    if (v.skipped > 0) out.push('', terminalLine(`note: ${v.skipped} line(s) of revisions.log on ${v.id} are not records (garbled or written by something else) and were skipped`));
+    if (v.skipped > 0) out.push('', terminalLine(`note: ${count(v.skipped, 'line')} of revisions.log on ${v.id} ${v.skipped === 1 ? 'is not a record' : 'are not records'} (garbled or written by something else) and were skipped`));
   }
   return `${out.join('\n')}\n`;
 }

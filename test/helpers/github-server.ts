@@ -121,6 +121,9 @@ export class FakeGitHub {
       }
       res.writeHead(status, headers).end(all.subarray(split + 4));
     });
+    // http-backend may answer and exit before reading the whole body (a GET, a refused
+    // request): its stdin then closes under us, which is its answer, not a server failure.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(body);
   }
 

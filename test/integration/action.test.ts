@@ -93,6 +93,9 @@ test('a push deploys, posts the exact statuses and deployments, writes outputs a
 
   // Logs grouped per VM; the summary has a row per VM; the token is never visible.
   expect(run.stdout).toMatch(/^::group::vm01: success$/m);
+  // The engine's debug lines are the runner's debug lines (shown with ACTIONS_STEP_DEBUG), inside the VM's group.
+  const group = run.stdout.slice(run.stdout.indexOf('::group::vm01: success'));
+  expect(group.slice(0, group.indexOf('::endgroup::'))).toMatch(/^::debug::switching the live path to /m);
   expect(run.summary).toContain('## vm-sync sync: 2 deployed\n');
   expect(run.summary).toMatch(/^\| vm01 \| 127\.0\.0\.1 \| fresh \| deploy \| ✅ success \| — → `[0-9a-f]{7}` \| 2 \|/m);
   expect(run.stdout).toContain(`::add-mask::${TOKEN}`);

@@ -270,10 +270,10 @@ test('history: the journal as a table and a document, with --vm the VM\'s revisi
   expect(text.stdout).not.toMatch(CONTROL);
   expect(text.stdout).not.toContain('owned');
   expect(text.stdout).not.toContain('ok;rm');
-  expect(text.stdout).toMatch(/^journal .*journal\.jsonl: (the last 4 of \d+|[1-4]) run\(s\) that included vm01$/m);
+  expect(text.stdout).toMatch(/^journal .*journal\.jsonl: (the last 4 of \d+ runs|1 run|[2-4] runs) that included vm01$/m);
   expect(text.stdout).toMatch(/^STARTED +RUN +COMMAND +COMMIT +DRY +SHARD +RESULT +BY$/m);
-  expect(text.stdout).toContain('note: 2 line(s) of the journal are not records (damaged or edited) and were skipped');
-  expect(text.stdout).toContain('note: 2 line(s) of revisions.log on vm01 are not records (garbled or written by something else) and were skipped');
+  expect(text.stdout).toContain('note: 2 lines of the journal are not records (damaged or edited) and were skipped');
+  expect(text.stdout).toContain('note: 2 lines of revisions.log on vm01 are not records (garbled or written by something else) and were skipped');
   expect(text.stdout).toMatch(/^TIME +ACTION +FROM +TO +RUN +RELEASE$/m);
   expect(text.stdout).toMatch(new RegExp(`^\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ +deploy +([0-9a-f]{7}|-) +${deployed.json.commit.slice(0, 7)} +${deployed.json.run_id} +\\S+$`, 'm'));
 

@@ -39,7 +39,7 @@ test('sync prints the table and exits 0; --json prints one parseable document', 
   expect(status.code).toBe(0);
   const doc = JSON.parse(status.stdout);
   expect(Object.keys(doc.vms[0]).sort()).toEqual(
-    ['id', 'host', 'state', 'action', 'result', 'rev_before', 'rev_after', 'files_changed', 'bytes_sent', 'duration_ms', 'verified', 'notes', 'error', 'staged_at', 'flipped_at', 'health', 'health_output', 'release', 'drift'].sort(),
+    ['id', 'host', 'state', 'action', 'result', 'rev_before', 'rev_after', 'files_changed', 'bytes_sent', 'duration_ms', 'verified', 'notes', 'error', 'staged_at', 'flipped_at', 'health', 'health_output', 'release', 'drift', 'post_sync'].sort(),
   );
   expect(doc.vms.map((vm: { state: string }) => vm.state)).toEqual(['up-to-date', 'up-to-date']);
   // status names the live release (the symlink's target), and nothing was staged, flipped or checked.

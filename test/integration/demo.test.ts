@@ -193,9 +193,9 @@ test('the walk-through (vm-sync demo): vm02 down fails alone, vm01 and vm03 move
   expect(code).toBe(0);
   const steps = out.split('\n== ').slice(1);
   expect(steps).toHaveLength(3);
-  expect(steps[1]).toMatch(/: 2\/3 VM\(s\) ok/);
+  expect(steps[1]).toMatch(/: 2 deployed, 1 failed$/m);
   expect(steps[1]).toMatch(/^vm02 .* failed \(unreachable\)/m);
-  expect(steps[2]).toMatch(/: 3\/3 VM\(s\) ok/);
+  expect(steps[2]).toMatch(/: 1 deployed, 2 up to date$/m);
   const head = fs.readFileSync(path.join(dir, 'origin.git', 'refs', 'heads', 'main'), 'utf8');
   for (const id of ['vm01', 'vm02', 'vm03']) expect(fs.readFileSync(path.join(dir, 'vms', id, 'home', 'app', '.sync_rev'), 'utf8')).toBe(head);
   expect(sshdUnder(dir)).toEqual([]);

@@ -222,7 +222,7 @@ describe('journal', () => {
     const text = renderHistory({ command: 'history', journal: { path: '/srv/.app.vm-sync/journal.jsonl', records: [actions], total: 1, skipped: 0 }, vm: null });
     expect(text).toBe(
       [
-        'journal /srv/.app.vm-sync/journal.jsonl: 1 run(s)',
+        'journal /srv/.app.vm-sync/journal.jsonl: 1 run',
         '',
         'STARTED               RUN                        COMMAND  COMMIT   DRY  SHARD  RESULT  BY',
         '--------------------  -------------------------  -------  -------  ---  -----  ------  ---------------------------------------------------------',
