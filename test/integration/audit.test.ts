@@ -279,14 +279,14 @@ test('history: the journal as a table and a document, with --vm the VM\'s revisi
 
   // Without --vm: every run.
   const plain = await world.cli(['history', '--limit', '1'], { json: false });
-  expect(plain.stdout).toMatch(/the last 1 of \d+ run\(s\)\n/);
+  expect(plain.stdout).toMatch(/the last 1 of \d+ runs\n/);
   // A VM that is down fails only the --vm part, after one attempt: the journal is still shown, exit 1.
   stopVm(world.vm('vm02'));
   const started = Date.now();
   const down = await world.cli(['history', '--vm', 'vm02'], { json: false });
   expect(down.code).toBe(1);
   expect(Date.now() - started).toBeLessThan(4000);
-  expect(down.stdout).toMatch(/^journal .* run\(s\) that included vm02$/m);
+  expect(down.stdout).toMatch(/^journal .* runs? that included vm02$/m);
   expect(down.stdout).toMatch(/^revisions\.log on vm02: could not be read: unreachable: /m);
   const usage = await world.cli(['history', '--vm', 'nope']);
   expect(usage.code).toBe(2);
