@@ -273,9 +273,10 @@ const COMMANDS: CommandSpec[] = [
   },
   {
     name: 'history',
+    usage: ['history [--config FILE] [--vm ID] [--limit N] [--json]'],
     summary: 'the runs journaled on this runner host (with --vm: and that VM\'s revisions.log)',
     description:
-      "Lists the runs this runner host journaled (<state dir>/journal.jsonl: run id, trigger, commit, the result per VM), newest first. With --vm ID, also reads that VM's revisions.log over SSH: one line per flip, revert or rollback, whichever runner host made it.",
+      "Lists the newest runs this runner host journaled (<state dir>/journal.jsonl: run id, trigger, commit, the result per VM), oldest of them first. With --vm ID, only the runs that included that VM, and also that VM's revisions.log, read over SSH in one attempt: one line per flip, revert or rollback, whichever runner host made it.",
     options: { config: '', vm: 'also this VM\'s revisions.log (one VM)', limit: '', json: '' },
     exits: [
       [0, 'printed'],
