@@ -202,10 +202,20 @@ function unlock(lockPath: string, record: string): void {
   }
 }
 
-/** Writes all of `data` with O_APPEND: one write(2) unless the kernel writes less (then the rest follows). */
-function appendOnce(file: string, data: Buffer): void {
-  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+/**
+ * Writes all of `data` with O_APPEND: one write(2) unless the kernel writes
+ * less (then the rest follows). A journal that does not end with a newline
+ * holds the start of a record whose write was cut (the run killed, the disk
+ * full): the record starts on a new line, or it would be glued to that
+ * fragment and lost with it.
+ */
+function appendOnce(file: string, line: Buffer): void {
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   try {
+    const size = fs.fstatSync(fd).size;
+    const last = Buffer.alloc(1);
+    const torn = size > 0 && fs.readSync(fd, last, 0, 1, size - 1) === 1 && last[0] !== 0x0a;
+    const data = torn ? Buffer.concat([Buffer.from('\n'), line]) : line;
     let done = 0;
     while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done);
   } finally {

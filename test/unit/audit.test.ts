@@ -142,6 +142,22 @@ describe('journal', () => {
     expect(fs.statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
   });
 
+  test('a line cut short (a run killed mid-write, a full disk) costs only itself: the next record starts on a line of its own', async () => {
+    const file = journalPath(path.join(dir, 'state'));
+    await appendJournal(file, record('r1'));
+    // What a write cut by SIGKILL or ENOSPC leaves: the start of a record, no newline.
+    const torn = JSON.stringify(record('torn')).slice(0, 40);
+    fs.appendFileSync(file, torn);
+    await appendJournal(file, record('r2'));
+    // The same with the lock busy (the record is written without it).
+    fs.appendFileSync(file, torn);
+    fs.symlinkSync(`vm-sync-journal-lock-v1 t ${runnerHostId()} ${process.pid} ${processStart(process.pid)} ${bootId()} ${pidNamespace()}`, `${file}.lock`);
+    expect(await appendJournal(file, record('r3'), { lockWaitMs: 50 })).toMatch(/stayed busy/);
+    const read = readJournal(file);
+    expect(read.records.map((r) => r.run_id)).toEqual(['r1', 'r2', 'r3']);
+    expect(read.skipped).toBe(2);
+  });
+
   test('rotates past its size limit, keeping one older file; both are read, oldest first', async () => {
     const file = journalPath(dir);
     const line = Buffer.byteLength(JSON.stringify(record('r1', 1000))) + 1;
