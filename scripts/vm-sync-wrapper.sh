@@ -35,10 +35,12 @@ fail() {
 uid=$(id -u)
 refused=""
 # trusted PATH: sets `resolved` to PATH with every symlink resolved, when that
-# file and every directory above it belong to root or to this user. The
-# runner's directory belongs to the runner user, and a job could replace its
-# node (even between a check and the exec, through a directory it owns): root
-# or an operator must never run what another user can rewrite.
+# file and every directory above it belong to root or to this user, and no
+# other user may write them: not a group other than root's, not everyone (a
+# directory with the sticky bit, like /tmp, keeps others off what they do not
+# own). The runner's directory belongs to the runner user, and a job could
+# replace its node (even between a check and the exec, through a directory it
+# owns): root or an operator must never run what another user can rewrite.
 trusted() {
   resolved=$(readlink -f -- "$1") || return 1
   p=$resolved
@@ -46,6 +48,18 @@ trusted() {
     owner=$(stat -c %u -- "$p") || return 1
     if [ "$owner" != 0 ] && [ "$owner" != "$uid" ]; then
       refused="$refused $1 ($p belongs to uid $owner)"
+      return 1
+    fi
+    perm=$(stat -c %A -- "$p") || return 1
+    group=$(stat -c %g -- "$p") || return 1
+    case $perm in
+      d????????[tT]) writable= ;;
+      ????????w?) writable=1 ;;
+      ?????w????) [ "$group" = 0 ] && writable= || writable=1 ;;
+      *) writable= ;;
+    esac
+    if [ -n "$writable" ]; then
+      refused="$refused $1 ($p is writable by other users)"
       return 1
     fi
     [ "$p" != / ] || return 0
