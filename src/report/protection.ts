@@ -81,6 +81,9 @@ export function judgeProtection(where: { owner: string; repo: string; branch: st
   return { level: 'notice', message: `could not check whether ${name} is protected (${why})`, fix, checked: false };
 }
 
+/** A path segment URL parsing resolves (`.`, `..`): never sent, whatever its encoding would be. */
+export const DOT_SEGMENT = /^\.{1,2}$/;
+
 /**
  * A {@link BranchReader} over `fetch` against `apiUrl` (https://api.github.com,
  * or a GitHub Enterprise Server's `/api/v3`). The token goes in a header only;
@@ -89,6 +92,8 @@ export function judgeProtection(where: { owner: string; repo: string; branch: st
 export function fetchBranchReader(apiUrl: string, token: string, options: { timeoutMs?: number; fetchImpl?: typeof fetch } = {}): BranchReader {
   const doFetch = options.fetchImpl ?? fetch;
   return async (owner, repo, branch) => {
+    // The token goes to {api}/repos/... only: a dot segment would move the request elsewhere on the host.
+    if ([owner, repo, branch].some((part) => DOT_SEGMENT.test(part))) return { status: 0, reason: `${vmText(`${owner}/${repo}`, 100)} branch ${vmText(branch, 100)}: not a repository or branch name` };
     const url = `${apiUrl.replace(/\/$/, '')}/repos/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/branches/${encodeURIComponent(branch)}`;
     let response: Response;
     try {

@@ -1,6 +1,6 @@
 import { repositoryOfUrl } from '../../src/doctor/github.js';
 import { repositoryKey } from '../../src/doctor/host.js';
-import { answerOf, judgeProtection } from '../../src/report/protection.js';
+import { answerOf, fetchBranchReader, judgeProtection } from '../../src/report/protection.js';
 
 const where = { owner: 'acme', repo: 'app', branch: 'main' };
 
@@ -14,6 +14,27 @@ describe('repositoryOfUrl', () => {
     ['https://ghe.example.com/scm/acme/app.git', 'acme/app'],
   ])('%s names %s', (url, name) => expect(repositoryOfUrl(url)).toEqual({ owner: name.split('/')[0], repo: name.split('/')[1] }));
   test.each(['/srv/git/app.git', 'file:///srv/app.git', 'https://github.com/app.git', 'https://github.com/ac me/app'])('%s names none', (url) => expect(repositoryOfUrl(url)).toBeNull());
+  // A dot segment would move the API request to another path of the API host (with the token).
+  test.each(['git@github.com:acme/..', 'git@github.com:../app.git', 'git@github.com:./..', 'ssh://git@github.com/acme/%2e%2E', 'https://github.com/acme/%2E'])('%s names none (a dot segment)', (url) => expect(repositoryOfUrl(url)).toBeNull());
+});
+
+describe('fetchBranchReader', () => {
+  test('asks exactly GET {api}/repos/{owner}/{repo}/branches/{branch}, and never with a dot segment in it', async () => {
+    const asked: string[] = [];
+    const fetchImpl = (async (url: string | URL) => {
+      asked.push(String(url));
+      return new Response(JSON.stringify({ protected: true }), { status: 200 });
+    }) as typeof fetch;
+    const read = fetchBranchReader('https://ghe.example.com/api/v3/', 'tok', { fetchImpl });
+    expect((await read('acme', 'app', 'release/1.x')).protected).toBe(true);
+    expect(asked).toEqual(['https://ghe.example.com/api/v3/repos/acme/app/branches/release%2F1.x']);
+    for (const [owner, repo, branch] of [['..', '..', 'main'], ['acme', '.', 'main'], ['acme', 'app', '..']]) {
+      const answer = await read(owner, repo, branch);
+      expect(answer.status).toBe(0);
+      expect(answer.reason).toMatch(/not a repository or branch name/);
+    }
+    expect(asked).toHaveLength(1);
+  });
 });
 
 describe('repositoryKey: one repository however it is written', () => {
