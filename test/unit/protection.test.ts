@@ -1,3 +1,5 @@
+import type { WorkflowContext } from '../../src/action/context.js';
+import { octokitBranchReader } from '../../src/action/octokit-api.js';
 import { repositoryOfUrl } from '../../src/doctor/github.js';
 import { repositoryKey } from '../../src/doctor/host.js';
 import { answerOf, fetchBranchReader, judgeProtection } from '../../src/report/protection.js';
@@ -34,6 +36,21 @@ describe('fetchBranchReader', () => {
       expect(answer.reason).toMatch(/not a repository or branch name/);
     }
     expect(asked).toHaveLength(1);
+  });
+
+  test('a token no HTTP header can carry is never quoted back: fetch\'s own error names the header value', async () => {
+    const parts = ['first-line-part', 'second-line-part'];
+    for (const token of [parts.join('\n'), `${parts[0]}\u20ac${parts[1]}`, `${parts[0]}\u0000${parts[1]}`]) {
+      // The CLI's reader (doctor --github) and the Action's (octokit).
+      const readers = [fetchBranchReader('http://127.0.0.1:9', token, { timeoutMs: 2000 }), octokitBranchReader(token, { apiUrl: 'http://127.0.0.1:9' } as WorkflowContext)];
+      for (const read of readers) {
+        const answer = await read('acme', 'app', 'main');
+        expect(answer.status).toBe(0);
+        expect(answer.reason).toMatch(/token/);
+        for (const part of parts) expect(answer.reason).not.toContain(part);
+        expect(judgeProtection(where, answer).message).not.toMatch(/line-part/);
+      }
+    }
   });
 });
 
