@@ -4,7 +4,7 @@
  * rotation, damaged lines, concurrent appends from several processes), and
  * the excluded-paths listing with a real rsync.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -156,6 +156,31 @@ describe('journal', () => {
     const read = readJournal(file);
     expect(read.records.map((r) => r.run_id)).toEqual(['r1', 'r2', 'r3']);
     expect(read.skipped).toBe(2);
+  });
+
+  test('history reads the journal itself, never through a symlink or from a FIFO (no hang), and at most its newest bytes', async () => {
+    const file = journalPath(path.join(dir, 'state'));
+    for (let i = 1; i <= 5; i++) await appendJournal(file, record(`r${i}`));
+    // Only the newest bytes are read: the first, partial, line goes (counted), the newest records stay.
+    const line = fs.readFileSync(file, 'utf8').split('\n')[0].length + 1;
+    const tail = readJournal(file, { maxBytes: 2 * line + 10 });
+    expect(tail.records.map((r) => r.run_id)).toEqual(['r4', 'r5']);
+    expect(tail.skipped).toBe(1);
+    // A symlink in place of the rotated journal (to a FIFO that would block a read forever, or to another file).
+    const fifo = path.join(dir, 'fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    fs.symlinkSync(fifo, rotatedPath(file));
+    const started = Date.now();
+    expect(() => readJournal(file)).toThrow(/is a symbolic link/);
+    fs.rmSync(rotatedPath(file));
+    fs.renameSync(fifo, rotatedPath(file));
+    expect(() => readJournal(file)).toThrow(/is not a regular file/);
+    expect(Date.now() - started).toBeLessThan(5000);
+    fs.rmSync(rotatedPath(file));
+    const elsewhere = path.join(dir, 'elsewhere.jsonl');
+    fs.writeFileSync(elsewhere, `${JSON.stringify(record('planted'))}\n`);
+    fs.symlinkSync(elsewhere, rotatedPath(file));
+    expect(() => readJournal(file)).toThrow(/is a symbolic link/);
   });
 
   test('rotates past its size limit, keeping one older file; both are read, oldest first', async () => {
