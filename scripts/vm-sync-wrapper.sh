@@ -16,7 +16,7 @@ min_major=20
 
 self=$(readlink -f -- "$0")
 here=$(dirname -- "$self")
-cli=$here/../lib/vm-sync/cli.js
+cli=$(dirname -- "$here")/lib/vm-sync/cli.js
 # The tree this file sits in: empty on the host itself; the --root directory
 # when a tree made with bootstrap-runner.sh --root is used in place.
 case $here in
@@ -66,6 +66,11 @@ trusted() {
     p=$(dirname -- "$p")
   done
 }
+
+# The bundle is code this user runs too: the same rule as for node.
+trusted "$cli" || fail "the CLI bundle $cli is not used, because another user can replace it:$refused. Run scripts/bootstrap-runner.sh install again (it installs it owned by root, mode 0644)."
+cli=$resolved
+refused=""
 
 node=""
 if [ -n "${VM_SYNC_NODE:-}" ]; then

@@ -73,6 +73,17 @@ describe('the vm-sync wrapper never runs a node another user may replace', () =>
     expect(run().ran).toBe(false);
   });
 
+  maybe('the CLI bundle is held to the same rule: one another user owns or may write is not run', () => {
+    const cli = path.join(tree, 'usr', 'local', 'lib', 'vm-sync', 'cli.js');
+    fs.chownSync(cli, OTHER_GID, OTHER_GID);
+    const owned = run();
+    expect([owned.code, owned.ran]).toEqual([127, false]);
+    expect(owned.stderr).toContain(`the CLI bundle ${cli} is not used, because another user can replace it: ${cli} (${cli} belongs to uid ${OTHER_GID})`);
+    fs.chownSync(cli, 0, 0);
+    fs.chmodSync(path.dirname(cli), 0o777);
+    expect(run().ran).toBe(false);
+  });
+
   maybe('a sticky world-writable directory (like /tmp) does not make what root owns in it replaceable', () => {
     fs.chmodSync(path.join(runnerDir, 'externals'), 0o1777);
     expect(run()).toEqual({ code: 0, stderr: '', ran: true });
