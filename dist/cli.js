@@ -35509,7 +35509,12 @@ function clip(text, max) {
 // eslint-disable-next-line no-control-regex
 const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b[@-_]|\u009b[0-?]*[ -/]*[@-~]/g;
 /** What a cut of the start of a command's output looks like (BoundedText's notice). */
-const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters not kept \.\.\.\]\n/;
+const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters? not kept \.\.\.\]\n/;
+/** What follows the first line of `text`: nothing when it is all one line (a fragment, dropped whole). */
+function afterFirstLine(text) {
+    const newline = text.indexOf('\n');
+    return newline < 0 ? '' : text.slice(newline + 1);
+}
 /**
  * The end of a command's output (post_sync_command) as vm-sync keeps it: escape
  * sequences removed, other control characters made `?`, `\r\n` and lone `\r`
@@ -35523,8 +35528,7 @@ function commandOutputTail(raw, maxLines, maxChars) {
     const notice = CUT_NOTICE.exec(text);
     if (notice) {
         // The first line after the cut is a fragment: a secret cut in half would no longer look like one.
-        text = text.slice(notice[0].length);
-        text = text.slice(text.indexOf('\n') + 1);
+        text = afterFirstLine(text.slice(notice[0].length));
         cut = true;
     }
     const clean = text.replace(ESCAPES, '').replace(/\r\n?/g, '\n').replace(untrusted_CONTROL, '?').replace(/\n+$/, '');
@@ -35535,8 +35539,7 @@ function commandOutputTail(raw, maxLines, maxChars) {
     }
     let out = lines.join('\n');
     if (out.length > maxChars) {
-        out = out.slice(-maxChars);
-        out = out.slice(out.indexOf('\n') + 1);
+        out = afterFirstLine(out.slice(-maxChars));
         cut = true;
     }
     return cut ? `[… earlier output not kept]\n${out}` : out;
@@ -35553,15 +35556,45 @@ function commandOutputTail(raw, maxLines, maxChars) {
  */
 /** Longest line vm-sync prints to a terminal or a job log for one message. */
 const LINE_MAX = 4000;
+// Characters a culture-aware string search may skip as if absent: format
+// characters (soft hyphen, zero-width and bidi marks), variation selectors,
+// the combining grapheme joiner.
+const IGNORABLE = /[\p{Cf}\p{Variation_Selector}\u034f]/gu;
+/**
+ * `line` (one line, already free of control characters) as the Actions runner
+ * can never read it as a workflow command. The runner takes `::name::` at the
+ * start of any line it logs once leading whitespace is trimmed, and the legacy
+ * `##[name]` anywhere in a line (actions/runner, ActionCommandManager); a
+ * `##[stop-commands]` would silence every annotation and mask sent after it.
+ * So `##[` becomes `## [`, a leading `::` becomes `: :`, and characters its
+ * search could skip become `?`. It matters for the CLI too: it runs in
+ * workflow steps.
+ */
+function noWorkflowCommand(line) {
+    const out = line.replace(IGNORABLE, '?').replace(/##\[/g, '## [');
+    return out.trimStart().startsWith('::') ? out.replace('::', ': :') : out;
+}
 /**
  * One line for a terminal or the Actions log: no control characters (so no
- * escape sequences, no carriage return overwriting what was printed), bounded.
- * A line that would start with `::` gets a leading space, so it can never be
- * read by the runner as a workflow command.
+ * escape sequences, no carriage return overwriting what was printed), bounded,
+ * and never a workflow command ({@link noWorkflowCommand}).
  */
 function terminalLine(text, max = LINE_MAX) {
-    const line = untrusted_vmText(text, max);
-    return line.startsWith('::') ? ` ${line}` : line;
+    return noWorkflowCommand(untrusted_vmText(text, max));
+}
+/** A character as JSON escapes (`\uXXXX` per UTF-16 unit). */
+function jsonEscape(c) {
+    return Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
+}
+/**
+ * JSON vmSync prints (`--json`, `--log-format json`): the same value for a
+ * JSON reader, but no line of it a workflow command for the Actions runner:
+ * `[` after `##` and the characters the runner's search could skip are
+ * written as `\uXXXX` escapes (JSON puts `#` only inside strings, and no line
+ * of it starts with `::`).
+ */
+function jsonText(value, indent) {
+    return JSON.stringify(value, null, indent).replace(/##\[/g, '##\\u005b').replace(IGNORABLE, jsonEscape);
 }
 // Backslash first, so the escapes added after it are not escaped again.
 const MARKDOWN_SPECIAL = /[\\`*_[\]|~]/g;
@@ -36712,18 +36745,22 @@ class RunnerRepo {
                         return { action: 'unfetched', movedAside: null, fetchError: gitOutput(result.stderr) };
                     throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, fetchAdvice());
                 }
-                return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`), fetchError: null };
+                return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`, options.readOnly), fetchError: null };
             }
-            return { action: 'recloned', movedAside: await this.recloneAside(problem), fetchError: null };
+            return { action: 'recloned', movedAside: await this.recloneAside(problem, options.readOnly), fetchError: null };
         });
     }
     /**
      * Moves the clone aside as `<dir>.corrupt-<UTC time>` (never deleted at
      * once: it is evidence), clones again, and then removes older
      * `<dir>.corrupt-*` copies so only this newest one is kept. Returns where
-     * the clone went. Once per run.
+     * the clone went. Once per run. `readOnly` (a dry run): throws instead,
+     * saying what a sync would do.
      */
-    async recloneAside(problem) {
+    async recloneAside(problem, readOnly = false) {
+        if (readOnly) {
+            throw new VmSyncError('git_failed', `${this.dir} is not a usable clone, and a dry run changes nothing on the runner host: a sync moves it aside as ${external_node_path_default().basename(this.dir)}.corrupt-<UTC time> and clones again (vm-sync doctor checks it). The problem: ${problem}`);
+        }
         const url = this.url ?? (await this.configuredUrl());
         if (url === null) {
             throw new VmSyncError('git_failed', `${this.dir} is not a usable clone and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand. The problem: ${problem}`);
@@ -36781,14 +36818,14 @@ class RunnerRepo {
      * aside, clones again and runs it once more. Only a managed clone is ever
      * re-cloned.
      */
-    async recovering(step) {
+    async recovering(step, readOnly = false) {
         try {
             return await step();
         }
         catch (error) {
             if (!(error instanceof CorruptCloneError) || !this.options.managed)
                 throw error;
-            await this.recloneAside(error.message);
+            await this.recloneAside(error.message, readOnly);
             return step();
         }
     }
@@ -36921,7 +36958,7 @@ class RunnerRepo {
      */
     prepareDeploy(options) {
         return this.locked(`sync: fetch, ${options.dryRun ? '' : 'reset and '}export ${options.rev ?? this.trackingRef}`, async () => {
-            await this.prepare(options.fetch);
+            await this.prepare(options.fetch, { readOnly: options.dryRun });
             return this.recovering(async () => {
                 const { sha: commit, branches } = options.rev ? await this.locate(options.rev, options.fetch) : { sha: await this.tip(), branches: [] };
                 if (!options.force && !(await this.isOnBranch(commit))) {
@@ -36940,7 +36977,7 @@ class RunnerRepo {
                 external_node_fs_default().rmSync(options.exportDir, { recursive: true, force: true });
                 await this.exportSteps(commit, options.exportDir);
                 return commit;
-            });
+            }, options.dryRun);
         });
     }
     /** Whether the clone holds this commit object. */
@@ -41152,7 +41189,10 @@ function scanHostKey(host, port, timeoutMs, algorithms) {
     });
 }
 
+;// CONCATENATED MODULE: external "node:string_decoder"
+const external_node_string_decoder_namespaceObject = require("node:string_decoder");
 ;// CONCATENATED MODULE: ./src/remote/agent-session.ts
+
 
 
 
@@ -41174,6 +41214,8 @@ class AgentSession {
     channel;
     nonce;
     partial = '';
+    /** Whether the line being read is past LINE_MAX: what is left of it, up to its newline, is unframed output too. */
+    overlong = false;
     pending = null;
     dead = null;
     stderrTail = '';
@@ -41184,7 +41226,9 @@ class AgentSession {
         this.vmId = vmId;
         this.channel = channel;
         this.nonce = nonce;
-        channel.on('data', (data) => this.onData(data.toString('utf8')));
+        // One decoder for the stream: a character split between two reads stays one character.
+        const decoder = new external_node_string_decoder_namespaceObject.StringDecoder('utf8');
+        channel.on('data', (data) => this.onData(decoder.write(data)));
         channel.stderr.on('data', (data) => {
             this.stderrTail = (this.stderrTail + data.toString('utf8')).slice(-4000);
         });
@@ -41279,13 +41323,23 @@ class AgentSession {
     onData(text) {
         const lines = (this.partial + text).split('\n');
         this.partial = lines.pop() ?? '';
-        // A line that never ends is noise, not an answer: keep memory bounded.
-        if (this.partial.length > agent_session_LINE_MAX) {
-            this.noise(this.partial);
-            this.partial = '';
+        for (const line of lines) {
+            if (this.overlong) {
+                // The end of a line already passed on as output: never an answer.
+                this.overlong = false;
+                this.noise(line);
+            }
+            else
+                this.onLine(line);
         }
-        for (const line of lines)
-            this.onLine(line);
+        // A line that never ends is noise, not an answer: keep memory bounded.
+        // It is passed on as it was printed, with no newline put into it (a
+        // secret cut in two by one would no longer look like a secret).
+        if (this.partial.length > agent_session_LINE_MAX) {
+            this.pending?.other.add(this.partial);
+            this.partial = '';
+            this.overlong = true;
+        }
     }
     noise(line) {
         this.pending?.other.add(`${line}\n`);
@@ -45128,6 +45182,24 @@ function judgeProtection(where, answer) {
     return { level: 'notice', message: `could not check whether ${name} is protected (${why})`, fix, checked: false };
 }
 /**
+ * Why a token cannot go into an Authorization header, or null. fetch refuses
+ * such a header with an error that quotes its value, token included: a token
+ * with a line break in it (two lines of a file) is never sent.
+ */
+function tokenProblem(token) {
+    return /^[\x21-\x7e]+$/.test(token) ? null : 'the token holds a character no HTTP header can carry (a line break, a space or a non-ASCII character): give the token alone';
+}
+/** `message` with the token, and each line of it, replaced by `***`: no error text carries it out. */
+function withoutToken(message, token) {
+    let out = message.split(token).join('***');
+    for (const part of token.split(/\s+/))
+        if (part.length >= 6)
+            out = out.split(part).join('***');
+    return out;
+}
+/** A path segment URL parsing resolves (`.`, `..`): never sent, whatever its encoding would be. */
+const DOT_SEGMENT = /^\.{1,2}$/;
+/**
  * A {@link BranchReader} over `fetch` against `apiUrl` (https://api.github.com,
  * or a GitHub Enterprise Server's `/api/v3`). The token goes in a header only;
  * nothing it answers is trusted beyond the fields read.
@@ -45135,6 +45207,12 @@ function judgeProtection(where, answer) {
 function fetchBranchReader(apiUrl, token, options = {}) {
     const doFetch = options.fetchImpl ?? fetch;
     return async (owner, repo, branch) => {
+        // The token goes to {api}/repos/... only: a dot segment would move the request elsewhere on the host.
+        if ([owner, repo, branch].some((part) => DOT_SEGMENT.test(part)))
+            return { status: 0, reason: `${untrusted_vmText(`${owner}/${repo}`, 100)} branch ${untrusted_vmText(branch, 100)}: not a repository or branch name` };
+        const problem = tokenProblem(token);
+        if (problem)
+            return { status: 0, reason: problem };
         const url = `${apiUrl.replace(/\/$/, '')}/repos/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/branches/${encodeURIComponent(branch)}`;
         let response;
         try {
@@ -45145,7 +45223,8 @@ function fetchBranchReader(apiUrl, token, options = {}) {
             });
         }
         catch (error) {
-            return { status: 0, reason: untrusted_vmText(getErrorMessage(error), 200) };
+            // No error of fetch's may carry the token out.
+            return { status: 0, reason: untrusted_vmText(withoutToken(getErrorMessage(error), token), 200) };
         }
         const body = await response.json().catch(() => null);
         return answerOf(response.status, body);
@@ -45210,7 +45289,9 @@ function repositoryOfUrl(url) {
         return null;
     const [owner, repo] = parts.slice(-2);
     const NAME = /^[A-Za-z0-9_.-]{1,100}$/;
-    return NAME.test(owner) && NAME.test(repo) ? { owner, repo } : null;
+    // `.` and `..` are no GitHub name: in the API URL they would climb to another path of the API host.
+    const ok = (name) => NAME.test(name) && !DOT_SEGMENT.test(name);
+    return ok(owner) && ok(repo) ? { owner, repo } : null;
 }
 /**
  * `doctor --github`: whether the deployed branch is protected, like the
@@ -45639,6 +45720,7 @@ function checkRunnerHost(env = process.env) {
 
 
 
+
 function tcpReachable(host, port, timeoutMs) {
     return new Promise((resolve) => {
         const socket = external_node_net_default().connect({ host, port });
@@ -45989,7 +46071,8 @@ function renderDoctor(report) {
     const hostFailed = [...new Set(report.runner_host.checks.filter((c) => c.status === 'fail').map((c) => c.name))];
     lines.push('', `${RUNNER_HOST}: ${report.runner_host.ready ? 'ready' : `not ready (${hostFailed.join(', ')}): every sync from it fails`}`);
     lines.push(`${ready} of ${words_count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
-    return `${lines.join('\n')}\n`;
+    // Details quote VMs, the clone and API answers: every line is cleaned as it is printed.
+    return `${lines.map((line) => terminalLine(line)).join('\n')}\n`;
 }
 
 ;// CONCATENATED MODULE: ./src/report/log.ts
@@ -46066,7 +46149,7 @@ class Log {
         }
         const prefix = paint(`vm-sync: ${code ? `${code}: ` : ''}`, 'bad', this.options.colour);
         // The message may span lines (a config error lists each problem); each line is cleaned.
-        const body = message.split('\n').map((l) => untrusted_vmText(l, LINE_MAX)).join('\n');
+        const body = message.split('\n').map((l) => noWorkflowCommand(untrusted_vmText(l, LINE_MAX))).join('\n');
         this.write(`${prefix}${body}\n${hints.map((h) => `${terminalLine(h)}\n`).join('')}`);
     }
     /** A CLI message at `level` that is not about a VM (a warning of the demo, the stop on a signal). */
@@ -46091,7 +46174,7 @@ class Log {
     }
     json(fields) {
         const line = { time: this.now().toISOString(), ...fields, message: untrusted_vmText(fields.message, LINE_MAX) };
-        this.write(`${JSON.stringify(line)}\n`);
+        this.write(`${jsonText(line)}\n`);
     }
 }
 
@@ -46604,10 +46687,20 @@ function unlock(lockPath, record) {
         // removed by hand
     }
 }
-/** Writes all of `data` with O_APPEND: one write(2) unless the kernel writes less (then the rest follows). */
-function appendOnce(file, data) {
-    const fd = external_node_fs_default().openSync(file, (external_node_fs_default()).constants.O_WRONLY | (external_node_fs_default()).constants.O_APPEND | (external_node_fs_default()).constants.O_CREAT | (external_node_fs_default()).constants.O_NOFOLLOW, 0o600);
+/**
+ * Writes all of `data` with O_APPEND: one write(2) unless the kernel writes
+ * less (then the rest follows). A journal that does not end with a newline
+ * holds the start of a record whose write was cut (the run killed, the disk
+ * full): the record starts on a new line, or it would be glued to that
+ * fragment and lost with it.
+ */
+function appendOnce(file, line) {
+    const fd = external_node_fs_default().openSync(file, (external_node_fs_default()).constants.O_RDWR | (external_node_fs_default()).constants.O_APPEND | (external_node_fs_default()).constants.O_CREAT | (external_node_fs_default()).constants.O_NOFOLLOW, 0o600);
     try {
+        const size = external_node_fs_default().fstatSync(fd).size;
+        const last = Buffer.alloc(1);
+        const torn = size > 0 && external_node_fs_default().readSync(fd, last, 0, 1, size - 1) === 1 && last[0] !== 0x0a;
+        const data = torn ? Buffer.concat([Buffer.from('\n'), line]) : line;
         let done = 0;
         while (done < data.length)
             done += external_node_fs_default().writeSync(fd, data, done, data.length - done);
@@ -46712,19 +46805,56 @@ function parseJournalLine(line) {
         vms: rows,
     };
 }
-/** Reads the journal at `file` and its rotated predecessor; a line that is not a record is skipped and counted. */
-function readJournal(file) {
+/** The most of one journal file {@link readJournal} reads: its newest bytes (history shows the newest runs). */
+const JOURNAL_READ_MAX_BYTES = 64 * 1024 * 1024;
+/**
+ * The text of one journal file, or null when there is none: the file itself
+ * (never through a symbolic link, never a FIFO or device, whose read could
+ * block or never end), at most its last `maxBytes`, starting at a line.
+ */
+function journalText(f, maxBytes) {
+    let fd;
+    try {
+        fd = external_node_fs_default().openSync(f, (external_node_fs_default()).constants.O_RDONLY | (external_node_fs_default()).constants.O_NOFOLLOW | (external_node_fs_default()).constants.O_NONBLOCK);
+    }
+    catch (error) {
+        const code = error.code;
+        if (code === 'ENOENT')
+            return null;
+        if (code === 'ELOOP')
+            throw new VmSyncError('permission_denied', `the journal ${f} is a symbolic link: vm-sync reads only its own file. Remove the link.`);
+        throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
+    }
+    try {
+        const stat = external_node_fs_default().fstatSync(fd);
+        if (!stat.isFile())
+            throw new VmSyncError('permission_denied', `the journal ${f} is not a regular file: vm-sync reads only its own file. Remove it.`);
+        const length = Math.min(stat.size, maxBytes);
+        const buffer = Buffer.alloc(length);
+        let done = 0;
+        while (done < length) {
+            const n = external_node_fs_default().readSync(fd, buffer, done, length - done, stat.size - length + done);
+            if (n === 0)
+                break;
+            done += n;
+        }
+        return buffer.subarray(0, done).toString('utf8');
+    }
+    finally {
+        external_node_fs_default().closeSync(fd);
+    }
+}
+/**
+ * Reads the journal at `file` and its rotated predecessor; a line that is not
+ * a record is skipped and counted. Of a file larger than `maxBytes` only the
+ * newest part is read (its first, partial, line counts as skipped).
+ */
+function readJournal(file, options = {}) {
     const out = { records: [], skipped: 0, files: [] };
     for (const f of [rotatedPath(file), file]) {
-        let text;
-        try {
-            text = external_node_fs_default().readFileSync(f, 'utf8');
-        }
-        catch (error) {
-            if (error.code === 'ENOENT')
-                continue;
-            throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
-        }
+        const text = journalText(f, options.maxBytes ?? JOURNAL_READ_MAX_BYTES);
+        if (text === null)
+            continue;
         out.files.push(f);
         for (const line of text.split('\n')) {
             if (line.trim() === '')
@@ -47862,7 +47992,7 @@ async function main(argv, io = processIO, signal) {
         const code = error instanceof VmSyncError ? error.code : usage ? 'usage' : 'internal';
         const message = getErrorMessage(error);
         if (json)
-            io.out(`${JSON.stringify({ commit: null, vms: [], error: { code, message } }, null, 2)}\n`);
+            io.out(`${jsonText({ commit: null, vms: [], error: { code, message } }, 2)}\n`);
         if ((code === 'internal' || code === 'internal_error') && error instanceof Error && error.stack) {
             // -v: where the defect is, in the sources' terms.
             log.line('debug', null, `internal error: ${error.stack}`);
@@ -47922,7 +48052,7 @@ async function engineCommand(ctx, name) {
     const report = await execute(config, request);
     if (values.sarif)
         external_node_fs_default().writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
-    io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
+    io.out(values.json ? `${jsonText(report, 2)}\n` : renderTable(report, { colour: ctx.colour }));
     if (report.scan?.blocked) {
         const what = name !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it';
         ctx.log.failure('secrets_found', `${words_count(report.scan.findings.length, 'possible secret')} in what would be deployed; ${what}.`);
@@ -47934,7 +48064,7 @@ async function doctorCommand(ctx) {
     const config = ctx.config({ checkFiles: false });
     // The token comes from the environment only: an argument would show in the process list.
     const doctor = await runDoctor(config, { vms: vmList(ctx.values), github: ctx.values.github === true ? githubAccessFromEnv(process.env) : undefined });
-    ctx.io.out(ctx.values.json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
+    ctx.io.out(ctx.values.json ? `${jsonText(doctor, 2)}\n` : renderDoctor(doctor));
     return doctor.ready ? 0 : 1;
 }
 /** `vm-sync history`: the journal (and a VM's revisions.log) as a table or a JSON document. */
@@ -47948,14 +48078,14 @@ async function historyCommand(ctx) {
         throw new UsageError(`--limit must be a whole number from 1 to ${HISTORY_MAX}, not '${terminalLine(String(raw), 80)}'`, 'history');
     const config = ctx.config({ checkFiles: false });
     const report = await runHistory(config, { vm: vms[0], limit });
-    ctx.io.out(ctx.values.json ? `${JSON.stringify(report, null, 2)}\n` : renderHistory(report));
+    ctx.io.out(ctx.values.json ? `${jsonText(report, 2)}\n` : renderHistory(report));
     return report.vm?.error ? 1 : 0;
 }
 async function locksCommand(ctx) {
     const config = ctx.config({ checkFiles: false });
     const rows = await runLocks(config, { vms: vmList(ctx.values) });
     if (ctx.values.json)
-        ctx.io.out(`${JSON.stringify({ command: 'locks', vms: rows }, null, 2)}\n`);
+        ctx.io.out(`${jsonText({ command: 'locks', vms: rows }, 2)}\n`);
     else
         for (const row of rows)
             ctx.io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
@@ -47968,7 +48098,7 @@ async function unlockCommand(ctx) {
     const config = ctx.config();
     const rows = await runUnlock(config, { vms, force: ctx.values.force === true });
     if (ctx.values.json)
-        ctx.io.out(`${JSON.stringify({ command: 'unlock', vms: rows }, null, 2)}\n`);
+        ctx.io.out(`${jsonText({ command: 'unlock', vms: rows }, 2)}\n`);
     else
         for (const row of rows)
             ctx.io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
@@ -47991,7 +48121,7 @@ async function inventoryCommand(ctx) {
             max_sessions: jump.maxSessions,
         })),
     };
-    ctx.io.out(`${JSON.stringify(inventory, null, 2)}\n`);
+    ctx.io.out(`${jsonText(inventory, 2)}\n`);
     return 0;
 }
 /**
@@ -48015,7 +48145,7 @@ async function reportCommand(ctx) {
     const report = mergeShards(config, operands, { expected });
     if (values.summary)
         external_node_fs_default().writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
-    ctx.io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
+    ctx.io.out(values.json ? `${jsonText(report, 2)}\n` : renderTable(report, { colour: ctx.colour }));
     return exitCodeFor(report);
 }
 async function demoCommand(ctx) {

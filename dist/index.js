@@ -74817,7 +74817,12 @@ function clip(text, max) {
 // eslint-disable-next-line no-control-regex
 const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b[@-_]|\u009b[0-?]*[ -/]*[@-~]/g;
 /** What a cut of the start of a command's output looks like (BoundedText's notice). */
-const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters not kept \.\.\.\]\n/;
+const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters? not kept \.\.\.\]\n/;
+/** What follows the first line of `text`: nothing when it is all one line (a fragment, dropped whole). */
+function afterFirstLine(text) {
+    const newline = text.indexOf('\n');
+    return newline < 0 ? '' : text.slice(newline + 1);
+}
 /**
  * The end of a command's output (post_sync_command) as vm-sync keeps it: escape
  * sequences removed, other control characters made `?`, `\r\n` and lone `\r`
@@ -74831,8 +74836,7 @@ function commandOutputTail(raw, maxLines, maxChars) {
     const notice = CUT_NOTICE.exec(text);
     if (notice) {
         // The first line after the cut is a fragment: a secret cut in half would no longer look like one.
-        text = text.slice(notice[0].length);
-        text = text.slice(text.indexOf('\n') + 1);
+        text = afterFirstLine(text.slice(notice[0].length));
         cut = true;
     }
     const clean = text.replace(ESCAPES, '').replace(/\r\n?/g, '\n').replace(CONTROL, '?').replace(/\n+$/, '');
@@ -74843,8 +74847,7 @@ function commandOutputTail(raw, maxLines, maxChars) {
     }
     let out = lines.join('\n');
     if (out.length > maxChars) {
-        out = out.slice(-maxChars);
-        out = out.slice(out.indexOf('\n') + 1);
+        out = afterFirstLine(out.slice(-maxChars));
         cut = true;
     }
     return cut ? `[… earlier output not kept]\n${out}` : out;
@@ -74861,15 +74864,45 @@ function commandOutputTail(raw, maxLines, maxChars) {
  */
 /** Longest line vm-sync prints to a terminal or a job log for one message. */
 const LINE_MAX = 4000;
+// Characters a culture-aware string search may skip as if absent: format
+// characters (soft hyphen, zero-width and bidi marks), variation selectors,
+// the combining grapheme joiner.
+const IGNORABLE = /[\p{Cf}\p{Variation_Selector}\u034f]/gu;
+/**
+ * `line` (one line, already free of control characters) as the Actions runner
+ * can never read it as a workflow command. The runner takes `::name::` at the
+ * start of any line it logs once leading whitespace is trimmed, and the legacy
+ * `##[name]` anywhere in a line (actions/runner, ActionCommandManager); a
+ * `##[stop-commands]` would silence every annotation and mask sent after it.
+ * So `##[` becomes `## [`, a leading `::` becomes `: :`, and characters its
+ * search could skip become `?`. It matters for the CLI too: it runs in
+ * workflow steps.
+ */
+function noWorkflowCommand(line) {
+    const out = line.replace(IGNORABLE, '?').replace(/##\[/g, '## [');
+    return out.trimStart().startsWith('::') ? out.replace('::', ': :') : out;
+}
 /**
  * One line for a terminal or the Actions log: no control characters (so no
- * escape sequences, no carriage return overwriting what was printed), bounded.
- * A line that would start with `::` gets a leading space, so it can never be
- * read by the runner as a workflow command.
+ * escape sequences, no carriage return overwriting what was printed), bounded,
+ * and never a workflow command ({@link noWorkflowCommand}).
  */
 function escape_terminalLine(text, max = LINE_MAX) {
-    const line = untrusted_vmText(text, max);
-    return line.startsWith('::') ? ` ${line}` : line;
+    return noWorkflowCommand(untrusted_vmText(text, max));
+}
+/** A character as JSON escapes (`\uXXXX` per UTF-16 unit). */
+function jsonEscape(c) {
+    return Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
+}
+/**
+ * JSON vmSync prints (`--json`, `--log-format json`): the same value for a
+ * JSON reader, but no line of it a workflow command for the Actions runner:
+ * `[` after `##` and the characters the runner's search could skip are
+ * written as `\uXXXX` escapes (JSON puts `#` only inside strings, and no line
+ * of it starts with `::`).
+ */
+function jsonText(value, indent) {
+    return JSON.stringify(value, null, indent).replace(/##\[/g, '##\\u005b').replace(IGNORABLE, jsonEscape);
 }
 // Backslash first, so the escapes added after it are not escaped again.
 const MARKDOWN_SPECIAL = /[\\`*_[\]|~]/g;
@@ -75041,6 +75074,24 @@ function judgeProtection(where, answer) {
     return { level: 'notice', message: `could not check whether ${name} is protected (${why})`, fix, checked: false };
 }
 /**
+ * Why a token cannot go into an Authorization header, or null. fetch refuses
+ * such a header with an error that quotes its value, token included: a token
+ * with a line break in it (two lines of a file) is never sent.
+ */
+function tokenProblem(token) {
+    return /^[\x21-\x7e]+$/.test(token) ? null : 'the token holds a character no HTTP header can carry (a line break, a space or a non-ASCII character): give the token alone';
+}
+/** `message` with the token, and each line of it, replaced by `***`: no error text carries it out. */
+function withoutToken(message, token) {
+    let out = message.split(token).join('***');
+    for (const part of token.split(/\s+/))
+        if (part.length >= 6)
+            out = out.split(part).join('***');
+    return out;
+}
+/** A path segment URL parsing resolves (`.`, `..`): never sent, whatever its encoding would be. */
+const DOT_SEGMENT = /^\.{1,2}$/;
+/**
  * A {@link BranchReader} over `fetch` against `apiUrl` (https://api.github.com,
  * or a GitHub Enterprise Server's `/api/v3`). The token goes in a header only;
  * nothing it answers is trusted beyond the fields read.
@@ -75048,6 +75099,12 @@ function judgeProtection(where, answer) {
 function fetchBranchReader(apiUrl, token, options = {}) {
     const doFetch = options.fetchImpl ?? fetch;
     return async (owner, repo, branch) => {
+        // The token goes to {api}/repos/... only: a dot segment would move the request elsewhere on the host.
+        if ([owner, repo, branch].some((part) => DOT_SEGMENT.test(part)))
+            return { status: 0, reason: `${vmText(`${owner}/${repo}`, 100)} branch ${vmText(branch, 100)}: not a repository or branch name` };
+        const problem = tokenProblem(token);
+        if (problem)
+            return { status: 0, reason: problem };
         const url = `${apiUrl.replace(/\/$/, '')}/repos/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/branches/${encodeURIComponent(branch)}`;
         let response;
         try {
@@ -75058,7 +75115,8 @@ function fetchBranchReader(apiUrl, token, options = {}) {
             });
         }
         catch (error) {
-            return { status: 0, reason: vmText(getErrorMessage(error), 200) };
+            // No error of fetch's may carry the token out.
+            return { status: 0, reason: vmText(withoutToken(getErrorMessage(error), token), 200) };
         }
         const body = await response.json().catch(() => null);
         return answerOf(response.status, body);
@@ -75127,6 +75185,9 @@ function octokitApi(token, ctx) {
 function octokitBranchReader(token, ctx) {
     const octokit = getOctokit(token, { baseUrl: ctx.apiUrl });
     return async (owner, repo, branch) => {
+        const problem = tokenProblem(token) ?? (DOT_SEGMENT.test(branch) ? `branch ${untrusted_vmText(branch, 100)}: not a branch name` : null);
+        if (problem)
+            return { status: 0, reason: problem };
         try {
             // A silent API must not hold the deploy: the check gives up after 15 s (a notice).
             const response = await octokit.rest.repos.getBranch({ owner, repo, branch, request: { signal: AbortSignal.timeout(15_000) } });
@@ -75136,7 +75197,7 @@ function octokitBranchReader(token, ctx) {
             const status = error.status;
             if (typeof status === 'number')
                 return answerOf(status, error.response?.data ?? null);
-            return { status: 0, reason: untrusted_vmText(errors_getErrorMessage(error), 200) };
+            return { status: 0, reason: untrusted_vmText(withoutToken(errors_getErrorMessage(error), token), 200) };
         }
     };
 }
@@ -78735,10 +78796,20 @@ function unlock(lockPath, record) {
         // removed by hand
     }
 }
-/** Writes all of `data` with O_APPEND: one write(2) unless the kernel writes less (then the rest follows). */
-function appendOnce(file, data) {
-    const fd = external_node_fs_default().openSync(file, (external_node_fs_default()).constants.O_WRONLY | (external_node_fs_default()).constants.O_APPEND | (external_node_fs_default()).constants.O_CREAT | (external_node_fs_default()).constants.O_NOFOLLOW, 0o600);
+/**
+ * Writes all of `data` with O_APPEND: one write(2) unless the kernel writes
+ * less (then the rest follows). A journal that does not end with a newline
+ * holds the start of a record whose write was cut (the run killed, the disk
+ * full): the record starts on a new line, or it would be glued to that
+ * fragment and lost with it.
+ */
+function appendOnce(file, line) {
+    const fd = external_node_fs_default().openSync(file, (external_node_fs_default()).constants.O_RDWR | (external_node_fs_default()).constants.O_APPEND | (external_node_fs_default()).constants.O_CREAT | (external_node_fs_default()).constants.O_NOFOLLOW, 0o600);
     try {
+        const size = external_node_fs_default().fstatSync(fd).size;
+        const last = Buffer.alloc(1);
+        const torn = size > 0 && external_node_fs_default().readSync(fd, last, 0, 1, size - 1) === 1 && last[0] !== 0x0a;
+        const data = torn ? Buffer.concat([Buffer.from('\n'), line]) : line;
         let done = 0;
         while (done < data.length)
             done += external_node_fs_default().writeSync(fd, data, done, data.length - done);
@@ -78843,19 +78914,56 @@ function parseJournalLine(line) {
         vms: rows,
     };
 }
-/** Reads the journal at `file` and its rotated predecessor; a line that is not a record is skipped and counted. */
-function readJournal(file) {
+/** The most of one journal file {@link readJournal} reads: its newest bytes (history shows the newest runs). */
+const JOURNAL_READ_MAX_BYTES = (/* unused pure expression or super */ null && (64 * 1024 * 1024));
+/**
+ * The text of one journal file, or null when there is none: the file itself
+ * (never through a symbolic link, never a FIFO or device, whose read could
+ * block or never end), at most its last `maxBytes`, starting at a line.
+ */
+function journalText(f, maxBytes) {
+    let fd;
+    try {
+        fd = fs.openSync(f, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    }
+    catch (error) {
+        const code = error.code;
+        if (code === 'ENOENT')
+            return null;
+        if (code === 'ELOOP')
+            throw new VmSyncError('permission_denied', `the journal ${f} is a symbolic link: vm-sync reads only its own file. Remove the link.`);
+        throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
+    }
+    try {
+        const stat = fs.fstatSync(fd);
+        if (!stat.isFile())
+            throw new VmSyncError('permission_denied', `the journal ${f} is not a regular file: vm-sync reads only its own file. Remove it.`);
+        const length = Math.min(stat.size, maxBytes);
+        const buffer = Buffer.alloc(length);
+        let done = 0;
+        while (done < length) {
+            const n = fs.readSync(fd, buffer, done, length - done, stat.size - length + done);
+            if (n === 0)
+                break;
+            done += n;
+        }
+        return buffer.subarray(0, done).toString('utf8');
+    }
+    finally {
+        fs.closeSync(fd);
+    }
+}
+/**
+ * Reads the journal at `file` and its rotated predecessor; a line that is not
+ * a record is skipped and counted. Of a file larger than `maxBytes` only the
+ * newest part is read (its first, partial, line counts as skipped).
+ */
+function readJournal(file, options = {}) {
     const out = { records: [], skipped: 0, files: [] };
     for (const f of [rotatedPath(file), file]) {
-        let text;
-        try {
-            text = fs.readFileSync(f, 'utf8');
-        }
-        catch (error) {
-            if (error.code === 'ENOENT')
-                continue;
-            throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
-        }
+        const text = journalText(f, options.maxBytes ?? JOURNAL_READ_MAX_BYTES);
+        if (text === null)
+            continue;
         out.files.push(f);
         for (const line of text.split('\n')) {
             if (line.trim() === '')
@@ -79446,18 +79554,22 @@ class RunnerRepo {
                         return { action: 'unfetched', movedAside: null, fetchError: gitOutput(result.stderr) };
                     throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, fetchAdvice());
                 }
-                return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`), fetchError: null };
+                return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`, options.readOnly), fetchError: null };
             }
-            return { action: 'recloned', movedAside: await this.recloneAside(problem), fetchError: null };
+            return { action: 'recloned', movedAside: await this.recloneAside(problem, options.readOnly), fetchError: null };
         });
     }
     /**
      * Moves the clone aside as `<dir>.corrupt-<UTC time>` (never deleted at
      * once: it is evidence), clones again, and then removes older
      * `<dir>.corrupt-*` copies so only this newest one is kept. Returns where
-     * the clone went. Once per run.
+     * the clone went. Once per run. `readOnly` (a dry run): throws instead,
+     * saying what a sync would do.
      */
-    async recloneAside(problem) {
+    async recloneAside(problem, readOnly = false) {
+        if (readOnly) {
+            throw new errors_VmSyncError('git_failed', `${this.dir} is not a usable clone, and a dry run changes nothing on the runner host: a sync moves it aside as ${external_node_path_default().basename(this.dir)}.corrupt-<UTC time> and clones again (vm-sync doctor checks it). The problem: ${problem}`);
+        }
         const url = this.url ?? (await this.configuredUrl());
         if (url === null) {
             throw new errors_VmSyncError('git_failed', `${this.dir} is not a usable clone and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand. The problem: ${problem}`);
@@ -79515,14 +79627,14 @@ class RunnerRepo {
      * aside, clones again and runs it once more. Only a managed clone is ever
      * re-cloned.
      */
-    async recovering(step) {
+    async recovering(step, readOnly = false) {
         try {
             return await step();
         }
         catch (error) {
             if (!(error instanceof CorruptCloneError) || !this.options.managed)
                 throw error;
-            await this.recloneAside(error.message);
+            await this.recloneAside(error.message, readOnly);
             return step();
         }
     }
@@ -79655,7 +79767,7 @@ class RunnerRepo {
      */
     prepareDeploy(options) {
         return this.locked(`sync: fetch, ${options.dryRun ? '' : 'reset and '}export ${options.rev ?? this.trackingRef}`, async () => {
-            await this.prepare(options.fetch);
+            await this.prepare(options.fetch, { readOnly: options.dryRun });
             return this.recovering(async () => {
                 const { sha: commit, branches } = options.rev ? await this.locate(options.rev, options.fetch) : { sha: await this.tip(), branches: [] };
                 if (!options.force && !(await this.isOnBranch(commit))) {
@@ -79674,7 +79786,7 @@ class RunnerRepo {
                 external_node_fs_default().rmSync(options.exportDir, { recursive: true, force: true });
                 await this.exportSteps(commit, options.exportDir);
                 return commit;
-            });
+            }, options.dryRun);
         });
     }
     /** Whether the clone holds this commit object. */
@@ -83287,7 +83399,10 @@ function scanHostKey(host, port, timeoutMs, algorithms) {
     });
 }
 
+;// CONCATENATED MODULE: external "node:string_decoder"
+const external_node_string_decoder_namespaceObject = require("node:string_decoder");
 ;// CONCATENATED MODULE: ./src/remote/agent-session.ts
+
 
 
 
@@ -83309,6 +83424,8 @@ class AgentSession {
     channel;
     nonce;
     partial = '';
+    /** Whether the line being read is past LINE_MAX: what is left of it, up to its newline, is unframed output too. */
+    overlong = false;
     pending = null;
     dead = null;
     stderrTail = '';
@@ -83319,7 +83436,9 @@ class AgentSession {
         this.vmId = vmId;
         this.channel = channel;
         this.nonce = nonce;
-        channel.on('data', (data) => this.onData(data.toString('utf8')));
+        // One decoder for the stream: a character split between two reads stays one character.
+        const decoder = new external_node_string_decoder_namespaceObject.StringDecoder('utf8');
+        channel.on('data', (data) => this.onData(decoder.write(data)));
         channel.stderr.on('data', (data) => {
             this.stderrTail = (this.stderrTail + data.toString('utf8')).slice(-4000);
         });
@@ -83414,13 +83533,23 @@ class AgentSession {
     onData(text) {
         const lines = (this.partial + text).split('\n');
         this.partial = lines.pop() ?? '';
-        // A line that never ends is noise, not an answer: keep memory bounded.
-        if (this.partial.length > agent_session_LINE_MAX) {
-            this.noise(this.partial);
-            this.partial = '';
+        for (const line of lines) {
+            if (this.overlong) {
+                // The end of a line already passed on as output: never an answer.
+                this.overlong = false;
+                this.noise(line);
+            }
+            else
+                this.onLine(line);
         }
-        for (const line of lines)
-            this.onLine(line);
+        // A line that never ends is noise, not an answer: keep memory bounded.
+        // It is passed on as it was printed, with no newline put into it (a
+        // secret cut in two by one would no longer look like a secret).
+        if (this.partial.length > agent_session_LINE_MAX) {
+            this.pending?.other.add(this.partial);
+            this.partial = '';
+            this.overlong = true;
+        }
     }
     noise(line) {
         this.pending?.other.add(`${line}\n`);
@@ -86463,7 +86592,7 @@ async function checkBranchProtection(inputs, ctx, config) {
     else if (verdict.level === 'notice')
         notice(line, { title: 'vm-sync: branch protection' });
     else
-        info(line);
+        info(escape_terminalLine(line));
     return verdict;
 }
 /** What the pushed change is, for the scan, when this run is a push of the commit being deployed. */

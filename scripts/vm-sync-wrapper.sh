@@ -16,7 +16,7 @@ min_major=20
 
 self=$(readlink -f -- "$0")
 here=$(dirname -- "$self")
-cli=$here/../lib/vm-sync/cli.js
+cli=$(dirname -- "$here")/lib/vm-sync/cli.js
 # The tree this file sits in: empty on the host itself; the --root directory
 # when a tree made with bootstrap-runner.sh --root is used in place.
 case $here in
@@ -35,10 +35,12 @@ fail() {
 uid=$(id -u)
 refused=""
 # trusted PATH: sets `resolved` to PATH with every symlink resolved, when that
-# file and every directory above it belong to root or to this user. The
-# runner's directory belongs to the runner user, and a job could replace its
-# node (even between a check and the exec, through a directory it owns): root
-# or an operator must never run what another user can rewrite.
+# file and every directory above it belong to root or to this user, and no
+# other user may write them: not a group other than root's, not everyone (a
+# directory with the sticky bit, like /tmp, keeps others off what they do not
+# own). The runner's directory belongs to the runner user, and a job could
+# replace its node (even between a check and the exec, through a directory it
+# owns): root or an operator must never run what another user can rewrite.
 trusted() {
   resolved=$(readlink -f -- "$1") || return 1
   p=$resolved
@@ -48,10 +50,27 @@ trusted() {
       refused="$refused $1 ($p belongs to uid $owner)"
       return 1
     fi
+    perm=$(stat -c %A -- "$p") || return 1
+    group=$(stat -c %g -- "$p") || return 1
+    case $perm in
+      d????????[tT]) writable= ;;
+      ????????w?) writable=1 ;;
+      ?????w????) [ "$group" = 0 ] && writable= || writable=1 ;;
+      *) writable= ;;
+    esac
+    if [ -n "$writable" ]; then
+      refused="$refused $1 ($p is writable by other users)"
+      return 1
+    fi
     [ "$p" != / ] || return 0
     p=$(dirname -- "$p")
   done
 }
+
+# The bundle is code this user runs too: the same rule as for node.
+trusted "$cli" || fail "the CLI bundle $cli is not used, because another user can replace it:$refused. Run scripts/bootstrap-runner.sh install again (it installs it owned by root, mode 0644)."
+cli=$resolved
+refused=""
 
 node=""
 if [ -n "${VM_SYNC_NODE:-}" ]; then

@@ -8,7 +8,7 @@ import { renderDoctor, runDoctor } from './doctor/doctor.js';
 import { githubAccessFromEnv } from './doctor/github.js';
 import { getErrorMessage, VmSyncError } from './errors.js';
 import { colourWanted } from './report/colour.js';
-import { terminalLine } from './report/escape.js';
+import { jsonText, terminalLine } from './report/escape.js';
 import { Log, type LogFormat } from './report/log.js';
 import { readableStack } from './report/stack.js';
 import { renderTable } from './report/table.js';
@@ -601,7 +601,7 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     const usage = error instanceof UsageError || error instanceof ConfigError || (error instanceof VmSyncError && (error.code === 'config_invalid' || error.code === 'demo_dir_refused'));
     const code = error instanceof VmSyncError ? error.code : usage ? 'usage' : 'internal';
     const message = getErrorMessage(error);
-    if (json) io.out(`${JSON.stringify({ commit: null, vms: [], error: { code, message } }, null, 2)}\n`);
+    if (json) io.out(`${jsonText({ commit: null, vms: [], error: { code, message } }, 2)}\n`);
     if ((code === 'internal' || code === 'internal_error') && error instanceof Error && error.stack) {
       // -v: where the defect is, in the sources' terms.
       log.line('debug', null, `internal error: ${error.stack}`);
@@ -654,7 +654,7 @@ async function engineCommand(ctx: CommandContext, name: Command['name']): Promis
   }
   const report: RunReport = await execute(config, request);
   if (values.sarif) fs.writeFileSync(values.sarif, renderSarif(report.scan?.findings ?? []));
-  io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
+  io.out(values.json ? `${jsonText(report, 2)}\n` : renderTable(report, { colour: ctx.colour }));
   if (report.scan?.blocked) {
     const what = name !== 'sync' ? 'a sync of it would be blocked' : report.vms.length === 0 ? 'the deploy was blocked and no VM was contacted' : 'the deploy was blocked and no VM was sent it';
     ctx.log.failure('secrets_found', `${words.count(report.scan.findings.length, 'possible secret')} in what would be deployed; ${what}.`);
@@ -667,7 +667,7 @@ async function doctorCommand(ctx: CommandContext): Promise<number> {
   const config = ctx.config({ checkFiles: false });
   // The token comes from the environment only: an argument would show in the process list.
   const doctor = await runDoctor(config, { vms: vmList(ctx.values), github: ctx.values.github === true ? githubAccessFromEnv(process.env) : undefined });
-  ctx.io.out(ctx.values.json ? `${JSON.stringify(doctor, null, 2)}\n` : renderDoctor(doctor));
+  ctx.io.out(ctx.values.json ? `${jsonText(doctor, 2)}\n` : renderDoctor(doctor));
   return doctor.ready ? 0 : 1;
 }
 
@@ -680,14 +680,14 @@ async function historyCommand(ctx: CommandContext): Promise<number> {
   if (limit !== undefined && !(Number.isInteger(limit) && limit >= 1 && limit <= HISTORY_MAX)) throw new UsageError(`--limit must be a whole number from 1 to ${HISTORY_MAX}, not '${terminalLine(String(raw), 80)}'`, 'history');
   const config = ctx.config({ checkFiles: false });
   const report = await runHistory(config, { vm: vms[0], limit });
-  ctx.io.out(ctx.values.json ? `${JSON.stringify(report, null, 2)}\n` : renderHistory(report));
+  ctx.io.out(ctx.values.json ? `${jsonText(report, 2)}\n` : renderHistory(report));
   return report.vm?.error ? 1 : 0;
 }
 
 async function locksCommand(ctx: CommandContext): Promise<number> {
   const config = ctx.config({ checkFiles: false });
   const rows = await runLocks(config, { vms: vmList(ctx.values) });
-  if (ctx.values.json) ctx.io.out(`${JSON.stringify({ command: 'locks', vms: rows }, null, 2)}\n`);
+  if (ctx.values.json) ctx.io.out(`${jsonText({ command: 'locks', vms: rows }, 2)}\n`);
   else for (const row of rows) ctx.io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
   return rows.every((row) => row.error === null) ? 0 : 1;
 }
@@ -697,7 +697,7 @@ async function unlockCommand(ctx: CommandContext): Promise<number> {
   if (vms.length === 0) throw new UsageError('unlock needs --vm ID[,ID...]: the VMs whose lock to break', 'unlock');
   const config = ctx.config();
   const rows = await runUnlock(config, { vms, force: ctx.values.force === true });
-  if (ctx.values.json) ctx.io.out(`${JSON.stringify({ command: 'unlock', vms: rows }, null, 2)}\n`);
+  if (ctx.values.json) ctx.io.out(`${jsonText({ command: 'unlock', vms: rows }, 2)}\n`);
   else for (const row of rows) ctx.io.out(`${terminalLine(`${row.id}: ${row.detail}`)}\n`);
   return rows.every((row) => row.outcome === 'not-locked' || row.outcome === 'broken') ? 0 : 1;
 }
@@ -719,7 +719,7 @@ async function inventoryCommand(ctx: CommandContext): Promise<number> {
       max_sessions: jump.maxSessions,
     })),
   };
-  ctx.io.out(`${JSON.stringify(inventory, null, 2)}\n`);
+  ctx.io.out(`${jsonText(inventory, 2)}\n`);
   return 0;
 }
 
@@ -740,7 +740,7 @@ async function reportCommand(ctx: CommandContext): Promise<number> {
   const config = hasDefault ? ctx.config({ checkFiles: false }) : null;
   const report = mergeShards(config, operands, { expected });
   if (values.summary) fs.writeFileSync(values.summary, renderSummary(report, { runUrl: '', failure: null }));
-  ctx.io.out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, { colour: ctx.colour }));
+  ctx.io.out(values.json ? `${jsonText(report, 2)}\n` : renderTable(report, { colour: ctx.colour }));
   return exitCodeFor(report);
 }
 

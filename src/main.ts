@@ -69,7 +69,7 @@ async function checkBranchProtection(inputs: Inputs, ctx: WorkflowContext, confi
   const line = annotationText(`${verdict.message}${verdict.fix ? `. To fix: ${verdict.fix}` : ''}`);
   if (verdict.level === 'warning') core.warning(line, { title: 'vm-sync: branch protection' });
   else if (verdict.level === 'notice') core.notice(line, { title: 'vm-sync: branch protection' });
-  else core.info(line);
+  else core.info(terminalLine(line));
   return verdict;
 }
 

@@ -2,7 +2,7 @@ import { getOctokit } from '@actions/github';
 import { getErrorMessage } from '../errors.js';
 import { vmText } from '../remote/untrusted.js';
 import type { GitHubApi } from '../report/github.js';
-import { answerOf, type BranchReader } from '../report/protection.js';
+import { answerOf, DOT_SEGMENT, tokenProblem, withoutToken, type BranchReader } from '../report/protection.js';
 import type { WorkflowContext } from './context.js';
 
 /** {@link GitHubApi} over Octokit, against GITHUB_API_URL (github.com or GitHub Enterprise Server). */
@@ -39,6 +39,8 @@ export function octokitApi(token: string, ctx: WorkflowContext): GitHubApi {
 export function octokitBranchReader(token: string, ctx: WorkflowContext): BranchReader {
   const octokit = getOctokit(token, { baseUrl: ctx.apiUrl });
   return async (owner, repo, branch) => {
+    const problem = tokenProblem(token) ?? (DOT_SEGMENT.test(branch) ? `branch ${vmText(branch, 100)}: not a branch name` : null);
+    if (problem) return { status: 0, reason: problem };
     try {
       // A silent API must not hold the deploy: the check gives up after 15 s (a notice).
       const response = await octokit.rest.repos.getBranch({ owner, repo, branch, request: { signal: AbortSignal.timeout(15_000) } });
@@ -46,7 +48,7 @@ export function octokitBranchReader(token: string, ctx: WorkflowContext): Branch
     } catch (error) {
       const status = (error as { status?: unknown }).status;
       if (typeof status === 'number') return answerOf(status, (error as { response?: { data?: unknown } }).response?.data ?? null);
-      return { status: 0, reason: vmText(getErrorMessage(error), 200) };
+      return { status: 0, reason: vmText(withoutToken(getErrorMessage(error), token), 200) };
     }
   };
 }

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Config, JumpHost, VmConfig } from '../config/types.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
+import { terminalLine } from '../report/escape.js';
 import { formatBytes } from '../report/table.js';
 import { KnownHosts } from '../remote/known-hosts.js';
 import { KeyInvalidError, readPrivateKey, scanHostKey, VmSession } from '../remote/session.js';
@@ -418,5 +419,6 @@ export function renderDoctor(report: DoctorReport): string {
   const hostFailed = [...new Set(report.runner_host.checks.filter((c) => c.status === 'fail').map((c) => c.name))];
   lines.push('', `${RUNNER_HOST}: ${report.runner_host.ready ? 'ready' : `not ready (${hostFailed.join(', ')}): every sync from it fails`}`);
   lines.push(`${ready} of ${count(report.vms.length, 'VM')} ready for a sync${notReady.length ? `; not ready: ${notReady.join(', ')}` : ''}`);
-  return `${lines.join('\n')}\n`;
+  // Details quote VMs, the clone and API answers: every line is cleaned as it is printed.
+  return `${lines.map((line) => terminalLine(line)).join('\n')}\n`;
 }

@@ -1,5 +1,5 @@
 import type { Config } from '../config/types.js';
-import { fetchBranchReader, judgeProtection, type BranchReader } from '../report/protection.js';
+import { DOT_SEGMENT, fetchBranchReader, judgeProtection, type BranchReader } from '../report/protection.js';
 import type { Check } from './doctor.js';
 
 /** How `doctor --github` reaches the GitHub API: the URL and a token, both from the environment. */
@@ -42,7 +42,9 @@ export function repositoryOfUrl(url: string): { owner: string; repo: string } | 
   if (parts.length < 2) return null;
   const [owner, repo] = parts.slice(-2);
   const NAME = /^[A-Za-z0-9_.-]{1,100}$/;
-  return NAME.test(owner) && NAME.test(repo) ? { owner, repo } : null;
+  // `.` and `..` are no GitHub name: in the API URL they would climb to another path of the API host.
+  const ok = (name: string): boolean => NAME.test(name) && !DOT_SEGMENT.test(name);
+  return ok(owner) && ok(repo) ? { owner, repo } : null;
 }
 
 /**

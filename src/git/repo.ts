@@ -25,6 +25,8 @@ export interface PrepareOutcome {
 export interface PrepareOptions {
   /** Go on with the clone as last fetched (`unfetched`) instead of failing with `git_failed`. */
   keepOnFetchFailure?: boolean;
+  /** A dry run: an unusable clone is a `git_failed` that says what a sync would do, never moved aside and cloned again. */
+  readOnly?: boolean;
 }
 
 /** Where the commits of other branches are fetched to when the remote will not send one by its hash. */
@@ -187,9 +189,9 @@ export class RunnerRepo {
           if (options.keepOnFetchFailure) return { action: 'unfetched', movedAside: null, fetchError: gitOutput(result.stderr) };
           throw this.failure(`git fetch ${this.remote} ${this.branch} failed`, result.stderr, fetchAdvice());
         }
-        return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`), fetchError: null };
+        return { action: 'recloned', movedAside: await this.recloneAside(`git fetch reported corruption:\n${gitOutput(result.stderr)}`, options.readOnly), fetchError: null };
       }
-      return { action: 'recloned', movedAside: await this.recloneAside(problem), fetchError: null };
+      return { action: 'recloned', movedAside: await this.recloneAside(problem, options.readOnly), fetchError: null };
     });
   }
 
@@ -197,9 +199,13 @@ export class RunnerRepo {
    * Moves the clone aside as `<dir>.corrupt-<UTC time>` (never deleted at
    * once: it is evidence), clones again, and then removes older
    * `<dir>.corrupt-*` copies so only this newest one is kept. Returns where
-   * the clone went. Once per run.
+   * the clone went. Once per run. `readOnly` (a dry run): throws instead,
+   * saying what a sync would do.
    */
-  private async recloneAside(problem: string): Promise<string> {
+  private async recloneAside(problem: string, readOnly = false): Promise<string> {
+    if (readOnly) {
+      throw new VmSyncError('git_failed', `${this.dir} is not a usable clone, and a dry run changes nothing on the runner host: a sync moves it aside as ${path.basename(this.dir)}.corrupt-<UTC time> and clones again (vm-sync doctor checks it). The problem: ${problem}`);
+    }
     const url = this.url ?? (await this.configuredUrl());
     if (url === null) {
       throw new VmSyncError('git_failed', `${this.dir} is not a usable clone and repository.url is not set: set it so vm-sync can clone again, or repair the clone by hand. The problem: ${problem}`);
@@ -253,12 +259,12 @@ export class RunnerRepo {
    * aside, clones again and runs it once more. Only a managed clone is ever
    * re-cloned.
    */
-  private async recovering<T>(step: () => Promise<T>): Promise<T> {
+  private async recovering<T>(step: () => Promise<T>, readOnly = false): Promise<T> {
     try {
       return await step();
     } catch (error) {
       if (!(error instanceof CorruptCloneError) || !this.options.managed) throw error;
-      await this.recloneAside(error.message);
+      await this.recloneAside(error.message, readOnly);
       return step();
     }
   }
@@ -399,7 +405,7 @@ export class RunnerRepo {
    */
   prepareDeploy(options: PrepareDeployOptions): Promise<string> {
     return this.locked(`sync: fetch, ${options.dryRun ? '' : 'reset and '}export ${options.rev ?? this.trackingRef}`, async () => {
-      await this.prepare(options.fetch);
+      await this.prepare(options.fetch, { readOnly: options.dryRun });
       return this.recovering(async () => {
         const { sha: commit, branches } = options.rev ? await this.locate(options.rev, options.fetch) : { sha: await this.tip(), branches: [] };
         if (!options.force && !(await this.isOnBranch(commit))) {
@@ -419,7 +425,7 @@ export class RunnerRepo {
         fs.rmSync(options.exportDir, { recursive: true, force: true });
         await this.exportSteps(commit, options.exportDir);
         return commit;
-      });
+      }, options.dryRun);
     });
   }
 

@@ -174,10 +174,20 @@ function unlock(lockPath: string, record: string): void {
   }
 }
 
-/** Writes all of `data` with O_APPEND: one write(2) unless the kernel writes less (then the rest follows). */
-function appendOnce(file: string, data: Buffer): void {
-  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+/**
+ * Writes all of `data` with O_APPEND: one write(2) unless the kernel writes
+ * less (then the rest follows). A journal that does not end with a newline
+ * holds the start of a record whose write was cut (the run killed, the disk
+ * full): the record starts on a new line, or it would be glued to that
+ * fragment and lost with it.
+ */
+function appendOnce(file: string, line: Buffer): void {
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   try {
+    const size = fs.fstatSync(fd).size;
+    const last = Buffer.alloc(1);
+    const torn = size > 0 && fs.readSync(fd, last, 0, 1, size - 1) === 1 && last[0] !== 0x0a;
+    const data = torn ? Buffer.concat([Buffer.from('\n'), line]) : line;
     let done = 0;
     while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done);
   } finally {
@@ -282,17 +292,51 @@ export interface JournalRead {
   files: string[];
 }
 
-/** Reads the journal at `file` and its rotated predecessor; a line that is not a record is skipped and counted. */
-export function readJournal(file: string): JournalRead {
+/** The most of one journal file {@link readJournal} reads: its newest bytes (history shows the newest runs). */
+export const JOURNAL_READ_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The text of one journal file, or null when there is none: the file itself
+ * (never through a symbolic link, never a FIFO or device, whose read could
+ * block or never end), at most its last `maxBytes`, starting at a line.
+ */
+function journalText(f: string, maxBytes: number): string | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(f, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    if (code === 'ELOOP') throw new VmSyncError('permission_denied', `the journal ${f} is a symbolic link: vm-sync reads only its own file. Remove the link.`);
+    throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
+  }
+  try {
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new VmSyncError('permission_denied', `the journal ${f} is not a regular file: vm-sync reads only its own file. Remove it.`);
+    const length = Math.min(stat.size, maxBytes);
+    const buffer = Buffer.alloc(length);
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(fd, buffer, done, length - done, stat.size - length + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return buffer.subarray(0, done).toString('utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Reads the journal at `file` and its rotated predecessor; a line that is not
+ * a record is skipped and counted. Of a file larger than `maxBytes` only the
+ * newest part is read (its first, partial, line counts as skipped).
+ */
+export function readJournal(file: string, options: { maxBytes?: number } = {}): JournalRead {
   const out: JournalRead = { records: [], skipped: 0, files: [] };
   for (const f of [rotatedPath(file), file]) {
-    let text: string;
-    try {
-      text = fs.readFileSync(f, 'utf8');
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      throw new VmSyncError('permission_denied', `cannot read the journal ${f}: ${getErrorMessage(error)}. Run vm-sync history as the runner's user.`);
-    }
+    const text = journalText(f, options.maxBytes ?? JOURNAL_READ_MAX_BYTES);
+    if (text === null) continue;
     out.files.push(f);
     for (const line of text.split('\n')) {
       if (line.trim() === '') continue;

@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import { StringDecoder } from 'node:string_decoder';
 import type { ClientChannel } from 'ssh2';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { agentSessionCommand, encodeSessionArg, KILL_GRACE_S } from './agent-script.js';
@@ -49,6 +50,8 @@ interface Pending {
  */
 export class AgentSession {
   private partial = '';
+  /** Whether the line being read is past LINE_MAX: what is left of it, up to its newline, is unframed output too. */
+  private overlong = false;
   private pending: Pending | null = null;
   private dead: VmSyncError | null = null;
   private stderrTail = '';
@@ -60,7 +63,9 @@ export class AgentSession {
     /** The session's own nonce: on its `timeout` process on the VM, for the kill step. */
     readonly nonce: string,
   ) {
-    channel.on('data', (data: Buffer) => this.onData(data.toString('utf8')));
+    // One decoder for the stream: a character split between two reads stays one character.
+    const decoder = new StringDecoder('utf8');
+    channel.on('data', (data: Buffer) => this.onData(decoder.write(data)));
     channel.stderr.on('data', (data: Buffer) => {
       this.stderrTail = (this.stderrTail + data.toString('utf8')).slice(-4000);
     });
@@ -160,12 +165,21 @@ export class AgentSession {
   private onData(text: string): void {
     const lines = (this.partial + text).split('\n');
     this.partial = lines.pop() ?? '';
-    // A line that never ends is noise, not an answer: keep memory bounded.
-    if (this.partial.length > LINE_MAX) {
-      this.noise(this.partial);
-      this.partial = '';
+    for (const line of lines) {
+      if (this.overlong) {
+        // The end of a line already passed on as output: never an answer.
+        this.overlong = false;
+        this.noise(line);
+      } else this.onLine(line);
     }
-    for (const line of lines) this.onLine(line);
+    // A line that never ends is noise, not an answer: keep memory bounded.
+    // It is passed on as it was printed, with no newline put into it (a
+    // secret cut in two by one would no longer look like a secret).
+    if (this.partial.length > LINE_MAX) {
+      this.pending?.other.add(this.partial);
+      this.partial = '';
+      this.overlong = true;
+    }
   }
 
   private noise(line: string): void {

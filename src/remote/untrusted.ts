@@ -43,7 +43,13 @@ function clip(text: string, max: number): string {
 // eslint-disable-next-line no-control-regex
 const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|\u001b[@-_]|\u009b[0-?]*[ -/]*[@-~]/g;
 /** What a cut of the start of a command's output looks like (BoundedText's notice). */
-const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters not kept \.\.\.\]\n/;
+const CUT_NOTICE = /^\n?\[\.\.\. (\d+) characters? not kept \.\.\.\]\n/;
+
+/** What follows the first line of `text`: nothing when it is all one line (a fragment, dropped whole). */
+function afterFirstLine(text: string): string {
+  const newline = text.indexOf('\n');
+  return newline < 0 ? '' : text.slice(newline + 1);
+}
 
 /**
  * The end of a command's output (post_sync_command) as vm-sync keeps it: escape
@@ -58,8 +64,7 @@ export function commandOutputTail(raw: string, maxLines: number, maxChars: numbe
   const notice = CUT_NOTICE.exec(text);
   if (notice) {
     // The first line after the cut is a fragment: a secret cut in half would no longer look like one.
-    text = text.slice(notice[0].length);
-    text = text.slice(text.indexOf('\n') + 1);
+    text = afterFirstLine(text.slice(notice[0].length));
     cut = true;
   }
   const clean = text.replace(ESCAPES, '').replace(/\r\n?/g, '\n').replace(CONTROL, '?').replace(/\n+$/, '');
@@ -70,8 +75,7 @@ export function commandOutputTail(raw: string, maxLines: number, maxChars: numbe
   }
   let out = lines.join('\n');
   if (out.length > maxChars) {
-    out = out.slice(-maxChars);
-    out = out.slice(out.indexOf('\n') + 1);
+    out = afterFirstLine(out.slice(-maxChars));
     cut = true;
   }
   return cut ? `[… earlier output not kept]\n${out}` : out;

@@ -12,15 +12,49 @@ import { vmBlock, vmText } from '../remote/untrusted.js';
 /** Longest line vm-sync prints to a terminal or a job log for one message. */
 export const LINE_MAX = 4000;
 
+// Characters a culture-aware string search may skip as if absent: format
+// characters (soft hyphen, zero-width and bidi marks), variation selectors,
+// the combining grapheme joiner.
+const IGNORABLE = /[\p{Cf}\p{Variation_Selector}\u034f]/gu;
+
+/**
+ * `line` (one line, already free of control characters) as the Actions runner
+ * can never read it as a workflow command. The runner takes `::name::` at the
+ * start of any line it logs once leading whitespace is trimmed, and the legacy
+ * `##[name]` anywhere in a line (actions/runner, ActionCommandManager); a
+ * `##[stop-commands]` would silence every annotation and mask sent after it.
+ * So `##[` becomes `## [`, a leading `::` becomes `: :`, and characters its
+ * search could skip become `?`. It matters for the CLI too: it runs in
+ * workflow steps.
+ */
+export function noWorkflowCommand(line: string): string {
+  const out = line.replace(IGNORABLE, '?').replace(/##\[/g, '## [');
+  return out.trimStart().startsWith('::') ? out.replace('::', ': :') : out;
+}
+
 /**
  * One line for a terminal or the Actions log: no control characters (so no
- * escape sequences, no carriage return overwriting what was printed), bounded.
- * A line that would start with `::` gets a leading space, so it can never be
- * read by the runner as a workflow command.
+ * escape sequences, no carriage return overwriting what was printed), bounded,
+ * and never a workflow command ({@link noWorkflowCommand}).
  */
 export function terminalLine(text: string, max: number = LINE_MAX): string {
-  const line = vmText(text, max);
-  return line.startsWith('::') ? ` ${line}` : line;
+  return noWorkflowCommand(vmText(text, max));
+}
+
+/** A character as JSON escapes (`\uXXXX` per UTF-16 unit). */
+function jsonEscape(c: string): string {
+  return Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
+}
+
+/**
+ * JSON vmSync prints (`--json`, `--log-format json`): the same value for a
+ * JSON reader, but no line of it a workflow command for the Actions runner:
+ * `[` after `##` and the characters the runner's search could skip are
+ * written as `\uXXXX` escapes (JSON puts `#` only inside strings, and no line
+ * of it starts with `::`).
+ */
+export function jsonText(value: unknown, indent?: number): string {
+  return JSON.stringify(value, null, indent).replace(/##\[/g, '##\\u005b').replace(IGNORABLE, jsonEscape);
 }
 
 // Backslash first, so the escapes added after it are not escaped again.

@@ -1,7 +1,7 @@
 import { vmText } from '../remote/untrusted.js';
 import type { EngineEvents, EnginePhase, LogLevel } from '../sync/types.js';
 import { paint, type Tone } from './colour.js';
-import { LINE_MAX, terminalLine } from './escape.js';
+import { jsonText, LINE_MAX, noWorkflowCommand, terminalLine } from './escape.js';
 
 /** How the CLI writes its stderr: `text` for people, `json` (one object per line) for log shippers. */
 export type LogFormat = 'text' | 'json';
@@ -105,7 +105,7 @@ export class Log {
     }
     const prefix = paint(`vm-sync: ${code ? `${code}: ` : ''}`, 'bad', this.options.colour);
     // The message may span lines (a config error lists each problem); each line is cleaned.
-    const body = message.split('\n').map((l) => vmText(l, LINE_MAX)).join('\n');
+    const body = message.split('\n').map((l) => noWorkflowCommand(vmText(l, LINE_MAX))).join('\n');
     this.write(`${prefix}${body}\n${hints.map((h) => `${terminalLine(h)}\n`).join('')}`);
   }
 
@@ -130,6 +130,6 @@ export class Log {
 
   private json(fields: Omit<JsonLogLine, 'time'>): void {
     const line: JsonLogLine = { time: this.now().toISOString(), ...fields, message: vmText(fields.message, LINE_MAX) };
-    this.write(`${JSON.stringify(line)}\n`);
+    this.write(`${jsonText(line)}\n`);
   }
 }

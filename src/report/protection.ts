@@ -82,6 +82,25 @@ export function judgeProtection(where: { owner: string; repo: string; branch: st
 }
 
 /**
+ * Why a token cannot go into an Authorization header, or null. fetch refuses
+ * such a header with an error that quotes its value, token included: a token
+ * with a line break in it (two lines of a file) is never sent.
+ */
+export function tokenProblem(token: string): string | null {
+  return /^[\x21-\x7e]+$/.test(token) ? null : 'the token holds a character no HTTP header can carry (a line break, a space or a non-ASCII character): give the token alone';
+}
+
+/** `message` with the token, and each line of it, replaced by `***`: no error text carries it out. */
+export function withoutToken(message: string, token: string): string {
+  let out = message.split(token).join('***');
+  for (const part of token.split(/\s+/)) if (part.length >= 6) out = out.split(part).join('***');
+  return out;
+}
+
+/** A path segment URL parsing resolves (`.`, `..`): never sent, whatever its encoding would be. */
+export const DOT_SEGMENT = /^\.{1,2}$/;
+
+/**
  * A {@link BranchReader} over `fetch` against `apiUrl` (https://api.github.com,
  * or a GitHub Enterprise Server's `/api/v3`). The token goes in a header only;
  * nothing it answers is trusted beyond the fields read.
@@ -89,6 +108,10 @@ export function judgeProtection(where: { owner: string; repo: string; branch: st
 export function fetchBranchReader(apiUrl: string, token: string, options: { timeoutMs?: number; fetchImpl?: typeof fetch } = {}): BranchReader {
   const doFetch = options.fetchImpl ?? fetch;
   return async (owner, repo, branch) => {
+    // The token goes to {api}/repos/... only: a dot segment would move the request elsewhere on the host.
+    if ([owner, repo, branch].some((part) => DOT_SEGMENT.test(part))) return { status: 0, reason: `${vmText(`${owner}/${repo}`, 100)} branch ${vmText(branch, 100)}: not a repository or branch name` };
+    const problem = tokenProblem(token);
+    if (problem) return { status: 0, reason: problem };
     const url = `${apiUrl.replace(/\/$/, '')}/repos/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/branches/${encodeURIComponent(branch)}`;
     let response: Response;
     try {
@@ -98,7 +121,8 @@ export function fetchBranchReader(apiUrl: string, token: string, options: { time
         redirect: 'error',
       });
     } catch (error) {
-      return { status: 0, reason: vmText(getErrorMessage(error), 200) };
+      // No error of fetch's may carry the token out.
+      return { status: 0, reason: vmText(withoutToken(getErrorMessage(error), token), 200) };
     }
     const body: unknown = await response.json().catch(() => null);
     return answerOf(response.status, body);

@@ -120,6 +120,38 @@ test('post_sync_command output: per VM in the log and in --json, bounded to 200 
   }
 });
 
+test('post_sync_command output over a real channel: a secret in a line longer than the session bound is masked, and no line it prints is a workflow command', async () => {
+  const password = `pw-${crypto.randomBytes(6).toString('hex')}`;
+  // One long line, in two writes: the first ends inside the secret's name, just past the session's 8,192-character
+  // line bound (8,196 characters: however a pipe splits it, at page sizes, only its end passes the bound).
+  const script = [
+    `printf '%8190s PASSW' x`,
+    'sleep 0.3',
+    `printf 'ORD=${password} done\\n'`,
+    `echo '##[stop-commands]pause-token'`,
+    `echo '  ::add-mask::x'`,
+    `printf 'soft\\302\\255::error::forged\\n'`,
+    'echo restarted',
+  ].join('; ');
+  world.writeConfig({ sync: [`post_sync_command: ${JSON.stringify(script)}`] });
+  world.ws.commit({ 'app.txt': 'v3b\n' }, 'v3b');
+  world.ws.push();
+  const run = await world.cli(['sync', '--vm', 'vm01']);
+  expect(run.code).toBe(0);
+  const tail = run.json.vms[0].post_sync?.output_tail ?? '';
+  expect(tail.split('\n').slice(-4)).toEqual(['##[stop-commands]pause-token', '  ::add-mask::x', 'soft\u00ad::error::forged', 'restarted']);
+  const all = `${run.stdout}\n${run.stderr}`;
+  expect(all).not.toContain(password);
+  // As the runner reads lines: `::` first after leading whitespace, `##[` anywhere, ignoring format characters.
+  const commands = all.split('\n').filter((line) => {
+    const seen = line.replace(/[\p{Cf}]/gu, '');
+    return seen.trimStart().startsWith('::') || seen.includes('##[');
+  });
+  expect(commands).toEqual([]);
+  expect(run.stderr).toContain('[vm01] post_sync: ## [stop-commands]pause-token');
+  expect(run.stderr).toContain('[vm01] post_sync: restarted');
+});
+
 test('a failing post_sync_command keeps its last 20 lines in the failure message and its exit code in the row', async () => {
   world.writeConfig({ sync: [`post_sync_command: 'i=1; while [ $i -le 30 ]; do echo "out $i"; i=$((i+1)); done; echo "restart failed" >&2; exit 5'`] });
   world.ws.commit({ 'app.txt': 'v4\n' }, 'v4');

@@ -4,7 +4,7 @@
  * rotation, damaged lines, concurrent appends from several processes), and
  * the excluded-paths listing with a real rsync.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -140,6 +140,47 @@ describe('journal', () => {
     expect(read.skipped).toBe(3);
     expect(fs.statSync(file).mode & 0o777).toBe(0o600);
     expect(fs.statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
+  });
+
+  test('a line cut short (a run killed mid-write, a full disk) costs only itself: the next record starts on a line of its own', async () => {
+    const file = journalPath(path.join(dir, 'state'));
+    await appendJournal(file, record('r1'));
+    // What a write cut by SIGKILL or ENOSPC leaves: the start of a record, no newline.
+    const torn = JSON.stringify(record('torn')).slice(0, 40);
+    fs.appendFileSync(file, torn);
+    await appendJournal(file, record('r2'));
+    // The same with the lock busy (the record is written without it).
+    fs.appendFileSync(file, torn);
+    fs.symlinkSync(`vm-sync-journal-lock-v1 t ${runnerHostId()} ${process.pid} ${processStart(process.pid)} ${bootId()} ${pidNamespace()}`, `${file}.lock`);
+    expect(await appendJournal(file, record('r3'), { lockWaitMs: 50 })).toMatch(/stayed busy/);
+    const read = readJournal(file);
+    expect(read.records.map((r) => r.run_id)).toEqual(['r1', 'r2', 'r3']);
+    expect(read.skipped).toBe(2);
+  });
+
+  test('history reads the journal itself, never through a symlink or from a FIFO (no hang), and at most its newest bytes', async () => {
+    const file = journalPath(path.join(dir, 'state'));
+    for (let i = 1; i <= 5; i++) await appendJournal(file, record(`r${i}`));
+    // Only the newest bytes are read: the first, partial, line goes (counted), the newest records stay.
+    const line = fs.readFileSync(file, 'utf8').split('\n')[0].length + 1;
+    const tail = readJournal(file, { maxBytes: 2 * line + 10 });
+    expect(tail.records.map((r) => r.run_id)).toEqual(['r4', 'r5']);
+    expect(tail.skipped).toBe(1);
+    // A symlink in place of the rotated journal (to a FIFO that would block a read forever, or to another file).
+    const fifo = path.join(dir, 'fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    fs.symlinkSync(fifo, rotatedPath(file));
+    const started = Date.now();
+    expect(() => readJournal(file)).toThrow(/is a symbolic link/);
+    fs.rmSync(rotatedPath(file));
+    fs.renameSync(fifo, rotatedPath(file));
+    expect(() => readJournal(file)).toThrow(/is not a regular file/);
+    expect(Date.now() - started).toBeLessThan(5000);
+    fs.rmSync(rotatedPath(file));
+    const elsewhere = path.join(dir, 'elsewhere.jsonl');
+    fs.writeFileSync(elsewhere, `${JSON.stringify(record('planted'))}\n`);
+    fs.symlinkSync(elsewhere, rotatedPath(file));
+    expect(() => readJournal(file)).toThrow(/is a symbolic link/);
   });
 
   test('rotates past its size limit, keeping one older file; both are read, oldest first', async () => {

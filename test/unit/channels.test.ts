@@ -169,7 +169,8 @@ describe('the results output', () => {
 
 describe('log lines and annotations', () => {
   test('a log line can never be a workflow command, and is one bounded line', () => {
-    expect(terminalLine('::add-mask::x')).toBe(' ::add-mask::x');
+    expect(terminalLine('::add-mask::x')).toBe(': :add-mask::x');
+    expect(terminalLine(' ::add-mask::x')).toBe(' : :add-mask::x');
     expect(terminalLine(`ok\n::set-output name=x::y${ESC}`)).toBe('ok ::set-output name=x::y?[31m');
     expect(terminalLine(HUGE).length).toBeLessThan(4100);
   });

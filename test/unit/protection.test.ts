@@ -1,6 +1,8 @@
+import type { WorkflowContext } from '../../src/action/context.js';
+import { octokitBranchReader } from '../../src/action/octokit-api.js';
 import { repositoryOfUrl } from '../../src/doctor/github.js';
 import { repositoryKey } from '../../src/doctor/host.js';
-import { answerOf, judgeProtection } from '../../src/report/protection.js';
+import { answerOf, fetchBranchReader, judgeProtection } from '../../src/report/protection.js';
 
 const where = { owner: 'acme', repo: 'app', branch: 'main' };
 
@@ -14,6 +16,42 @@ describe('repositoryOfUrl', () => {
     ['https://ghe.example.com/scm/acme/app.git', 'acme/app'],
   ])('%s names %s', (url, name) => expect(repositoryOfUrl(url)).toEqual({ owner: name.split('/')[0], repo: name.split('/')[1] }));
   test.each(['/srv/git/app.git', 'file:///srv/app.git', 'https://github.com/app.git', 'https://github.com/ac me/app'])('%s names none', (url) => expect(repositoryOfUrl(url)).toBeNull());
+  // A dot segment would move the API request to another path of the API host (with the token).
+  test.each(['git@github.com:acme/..', 'git@github.com:../app.git', 'git@github.com:./..', 'ssh://git@github.com/acme/%2e%2E', 'https://github.com/acme/%2E'])('%s names none (a dot segment)', (url) => expect(repositoryOfUrl(url)).toBeNull());
+});
+
+describe('fetchBranchReader', () => {
+  test('asks exactly GET {api}/repos/{owner}/{repo}/branches/{branch}, and never with a dot segment in it', async () => {
+    const asked: string[] = [];
+    const fetchImpl = (async (url: string | URL) => {
+      asked.push(String(url));
+      return new Response(JSON.stringify({ protected: true }), { status: 200 });
+    }) as typeof fetch;
+    const read = fetchBranchReader('https://ghe.example.com/api/v3/', 'tok', { fetchImpl });
+    expect((await read('acme', 'app', 'release/1.x')).protected).toBe(true);
+    expect(asked).toEqual(['https://ghe.example.com/api/v3/repos/acme/app/branches/release%2F1.x']);
+    for (const [owner, repo, branch] of [['..', '..', 'main'], ['acme', '.', 'main'], ['acme', 'app', '..']]) {
+      const answer = await read(owner, repo, branch);
+      expect(answer.status).toBe(0);
+      expect(answer.reason).toMatch(/not a repository or branch name/);
+    }
+    expect(asked).toHaveLength(1);
+  });
+
+  test('a token no HTTP header can carry is never quoted back: fetch\'s own error names the header value', async () => {
+    const parts = ['first-line-part', 'second-line-part'];
+    for (const token of [parts.join('\n'), `${parts[0]}\u20ac${parts[1]}`, `${parts[0]}\u0000${parts[1]}`]) {
+      // The CLI's reader (doctor --github) and the Action's (octokit).
+      const readers = [fetchBranchReader('http://127.0.0.1:9', token, { timeoutMs: 2000 }), octokitBranchReader(token, { apiUrl: 'http://127.0.0.1:9' } as WorkflowContext)];
+      for (const read of readers) {
+        const answer = await read('acme', 'app', 'main');
+        expect(answer.status).toBe(0);
+        expect(answer.reason).toMatch(/token/);
+        for (const part of parts) expect(answer.reason).not.toContain(part);
+        expect(judgeProtection(where, answer).message).not.toMatch(/line-part/);
+      }
+    }
+  });
 });
 
 describe('repositoryKey: one repository however it is written', () => {

@@ -204,6 +204,38 @@ describe('git errors', () => {
   });
 });
 
+describe('a dry run and an unusable clone', () => {
+  test('a dry run never moves the clone aside or clones again: it says what a sync would do, and the clone stays as it was', async () => {
+    const origin = path.join(dir, 'origin.git');
+    const work = path.join(dir, 'work');
+    git(dir, ['init', '--quiet', '--bare', '--initial-branch=main', origin]);
+    git(dir, ['clone', '--quiet', origin, work]);
+    fs.writeFileSync(path.join(work, 'a.txt'), 'a\n');
+    git(work, ['add', '.']);
+    git(work, ['commit', '--quiet', '-m', 'a']);
+    git(work, ['push', '--quiet', 'origin', 'main']);
+    const clone = path.join(dir, 'app');
+    git(dir, ['clone', '--quiet', origin, clone]);
+    // A clone left unusable (HEAD names a branch that is not there: a cut-short clone or checkout looks the same).
+    git(clone, ['symbolic-ref', 'HEAD', 'refs/heads/gone']);
+    fs.writeFileSync(path.join(clone, 'notes.txt'), 'by hand\n');
+    const inode = fs.statSync(clone).ino;
+    const repo = new RunnerRepo(clone, 'origin', 'main', origin, {}, { managed: true });
+    const exportDir = path.join(dir, 'export');
+    const error = await repo.prepareDeploy({ fetch: true, dryRun: true, force: false, exportDir }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'git_failed' });
+    expect((error as Error).message).toContain('a dry run changes nothing on the runner host');
+    expect((error as Error).message).toContain('a sync moves it aside');
+    expect(fs.statSync(clone).ino).toBe(inode);
+    expect(git(clone, ['symbolic-ref', 'HEAD'])).toBe('refs/heads/gone');
+    expect(fs.readFileSync(path.join(clone, 'notes.txt'), 'utf8')).toBe('by hand\n');
+    expect(fs.readdirSync(dir).filter((name) => name.startsWith('app.corrupt-'))).toEqual([]);
+    // The real sync repairs it, as before.
+    expect(await repo.prepareDeploy({ fetch: true, force: false, exportDir })).toBe(git(work, ['rev-parse', 'HEAD']));
+    expect(fs.readdirSync(dir).filter((name) => name.startsWith('app.corrupt-'))).toHaveLength(1);
+  });
+});
+
 describe('deployed-commit refs', () => {
   const ids = ['vm01', 'web-1.eu', 'web.lock', 'a..b', 'vm.', 'x.lock.lock', 'A_b-c', 'a.b..c.', '9', 'web%2Elock'];
 
