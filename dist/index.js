@@ -75931,10 +75931,6 @@ function setEntryPoint(entry) {
     current = entry;
     return previous;
 }
-/** The entry point whose wording messages use now. */
-function entryPoint() {
-    return current;
-}
 /** The Action's input for each option, and its value when the option is a switch. */
 const ACTION_INPUT = {
     force: { input: 'force', flag: true },

@@ -22,11 +22,6 @@ export function setEntryPoint(entry: EntryPoint): EntryPoint {
   return previous;
 }
 
-/** The entry point whose wording messages use now. */
-export function entryPoint(): EntryPoint {
-  return current;
-}
-
 /** An option a message may tell the user to set, by its CLI name. */
 export type OptionName = 'force' | 'commit' | 'vm' | 'lock-wait' | 'deep' | 'to' | 'shard' | 'dry-run';
 
