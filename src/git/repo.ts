@@ -7,6 +7,7 @@ import { run, type RunResult } from '../local/run.js';
 import { removeIfOrphaned, scratchSiblingName } from '../local/scratch.js';
 import { silentEvents, type EngineEvents } from '../sync/types.js';
 import { withCloneLock } from './clone-lock.js';
+import { mergeDiffOption } from './merge-diffs.js';
 
 /** How a VM's deployed commit relates to the commit being deployed. */
 export type Relation = 'up-to-date' | 'behind' | 'ahead' | 'diverged';
@@ -460,14 +461,14 @@ export class RunnerRepo {
 
   /**
    * How many commits of a selection add at least one line of text (merges
-   * diffed against each parent, as the scan sees them). Commits that only
+   * diffed as the scan sees them: see {@link mergeDiffOption}). Commits that only
    * touch binary files, delete lines or change modes add no text, and a
    * scanner rightly reports them as nothing to scan.
    */
   async countCommitsAddingText(selection: string[]): Promise<number | null> {
     // With rename detection, as gitleaks' own `git log -p` sees commits: a pure rename adds no line there, so
     // counting it here would fail a scan that is complete (scan_range_unresolved on a commit that only moves a file).
-    const result = await this.git(['log', '-m', '-M', '--format=%x00%H', '--numstat', ...selection, '--']);
+    const result = await this.git(['log', await mergeDiffOption(), '-M', '--format=%x00%H', '--numstat', ...selection, '--']);
     if (result.code !== 0) return null;
     const adding = new Set<string>();
     for (const block of result.stdout.split('\0').filter(Boolean)) {

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { getErrorMessage, VmSyncError } from '../errors.js';
+import { mergeDiffOption } from '../git/merge-diffs.js';
 import { run } from '../local/run.js';
 import { makeScratchDir } from '../local/scratch.js';
 import { sanitizeFindings, type Finding } from './findings.js';
@@ -251,7 +252,7 @@ export async function runGitleaks(binary: string, target: GitleaksTarget, settin
     if (remainingMs <= 0) throw scanTimeout(limits, what);
     const args = [
       target.mode,
-      ...(target.mode === 'git' ? ['--log-opts', ['-m', ...target.selection].join(' ')] : ['--max-archive-depth', String(MAX_ARCHIVE_DEPTH)]),
+      ...(target.mode === 'git' ? ['--log-opts', [await mergeDiffOption(), ...target.selection].join(' ')] : ['--max-archive-depth', String(MAX_ARCHIVE_DEPTH)]),
       '--redact',
       '--exit-code', '2',
       '--report-format', 'json',

@@ -143,6 +143,34 @@ test('a secret that arrives through a merge is caught: from the side branch, and
   world.ws.push();
 });
 
+test('a merge is read against its first parent: what it adds there is scanned, what only its other side lacks is not read again', async () => {
+  const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  // An old topic branch: forked here, one commit of its own.
+  world.ws.git(world.ws.work, ['checkout', '--quiet', '-b', 'old-topic']);
+  world.ws.commit({ 'topic.txt': 'topic work\n' }, 'topic work');
+  world.ws.git(world.ws.work, ['checkout', '--quiet', 'main']);
+  // Meanwhile main moves on: many lines the topic branch never saw, one of them a secret.
+  const main1 = world.ws.commit({ 'main-notes.txt': `${Array.from({ length: 50 }, (_, i) => `note ${i}`).join('\n')}\n`, 'deploy.env': `TOKEN=${secrets.github}\n` }, 'main work');
+  world.ws.push();
+  // The secret is found in main's own commit...
+  const first = await world.cli(['scan', '--range', `${base}..${main1}`]);
+  expect(first.code).toBe(3);
+  expect(first.json.scan?.findings.filter((f) => f.source === 'commits').map((f) => f.commit)).toEqual([main1.slice(0, 12)]);
+  // ...and removed again, so main is clean.
+  const main2 = world.ws.commit({ 'deploy.env': null }, 'drop the token');
+  // The topic branch merged with its changes discarded (-s ours): against its first parent the merge adds
+  // nothing. Against its second parent it would "add" all of main's work since the fork; that is not read
+  // again (it is main's own commits, scanned above), so the merge is neither a finding nor a scanned commit.
+  world.ws.git(world.ws.work, ['merge', '--quiet', '--no-edit', '-s', 'ours', 'old-topic']);
+  const merge = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  world.ws.push();
+  const scan = await world.cli(['scan', '--range', `${main2}..${merge}`]);
+  expect(scan.code).toBe(0);
+  expect(scan.json.scan).toMatchObject({ commits_scanned: 1, findings: [], blocked: false }); // the topic commit only
+  // A secret the merge itself brings (a line its first parent lacks) is still found: see the conflict-resolution test.
+  expectNoSecret(first.stdout, first.stderr, scan.stdout, scan.stderr);
+});
+
 test('push shapes: new branch scans only its own commits; force push scans from the merge base; delete scans nothing', async () => {
   const repo = runnerRepo();
   // New branch with two commits, one secret.
