@@ -219,6 +219,8 @@ gnu_tools() {
   # shellcheck disable=SC2185 # --version takes no path
   find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'
 }
+# A zstd that runs (not merely one on PATH).
+has_zstd() { zstd -q -V >/dev/null 2>&1; }
 # A release's entries as a sorted NUL-separated stat listing (no content is
 # read): what a release held when sealed, compared before it is hard-link
 # copied. Any change by hand (content, mode, a new or removed file, a
@@ -461,6 +463,8 @@ stage)
   # Whether the stream transfer can build on the live release: GNU tools, and
   # the live release unchanged since it was sealed (else rsync repairs it).
   if gnu_tools; then out stream 1; else out stream 0; fi
+  # zstd unpacks a stream about four times faster than gzip (CPU a busy VM keeps).
+  if has_zstd; then out zstd 1; else out zstd 0; fi
   if [ -n "$live" ] && [ -f "$C/${live##*/}" ]; then
     bk=$(sed -n 2p -- "$C/${live##*/}" | head -c 100)
     out base_key "${bk#key=}"
@@ -580,13 +584,18 @@ flip)
 apply)
   # Builds this commit's staged release from the stream on stdin: the paths to
   # remove (one a line, as printf %b escapes, ended by a line "."), then a
-  # gzip'd tar of the changed entries, each with its parent directories. With
+  # tar (compressed with CODEC: gzip or zstd) of the changed entries, each with its parent directories. With
   # BASE (a release name) the release starts as a hard-link copy of BASE,
   # which must be the live release and unchanged since it was sealed; without
   # it, from nothing. Nothing live changes; seal completes the release.
-  token=$1 sha=$2 base=$3
+  token=$1 sha=$2 base=$3 codec=${4:-gzip}
   require_lock "$token"
   gnu_tools || fail stream_failed "GNU tar and find are needed for the stream transfer"
+  case $codec in
+    gzip) unpack=-z ;;
+    zstd) has_zstd || fail stream_failed "zstd is needed to unpack this stream and does not run here"; unpack='--use-compress-program=zstd' ;;
+    *) fail failed "bad stream codec" ;;
+  esac
   stage="$R/$sha.partial"
   if [ -L "$stage" ]; then rm -f -- "$stage"; fi
   rm -rf -- "$stage" || fail failed "cannot remove $stage"
@@ -619,7 +628,7 @@ apply)
   # is never written through) and replaces a symlink where the stream has a
   # directory; members never leave the directory.
   # Its own error (a full disk) goes into the message: vm-sync classifies by it.
-  if ! err=$(tar -x -z -f - -C "$stage" --no-same-owner --delay-directory-restore 2>&1); then
+  if ! err=$(tar -x "$unpack" -f - -C "$stage" --no-same-owner --delay-directory-restore 2>&1); then
     # GNU tar reports a full disk as a short write ("Wrote only N of M bytes").
     case $err in
       *'No space left'* | *'Wrote only'* | *'Disk quota'*)

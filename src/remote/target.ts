@@ -87,6 +87,8 @@ export interface StageResult {
   completeRelease: string | null;
   /** Whether the VM has what the stream transfer needs (GNU tar and find). */
   streamSupported: boolean;
+  /** Whether the VM can unpack a zstd stream (else gzip). */
+  zstd: boolean;
   /** Whether the live release can be the base of a stream (see {@link BaseState}). */
   baseState: BaseState;
   /** The build key the live release was sealed with (null: none recorded). */
@@ -99,6 +101,9 @@ export interface StageResult {
  * (unchanged since it was sealed), `drifted` (changed on the VM since).
  */
 export type BaseState = 'none' | 'unknown' | 'intact' | 'drifted';
+
+/** How a release stream's tar is compressed: zstd where both ends run it, else gzip. */
+export type StreamCodec = 'gzip' | 'zstd';
 const BASE_STATES: readonly BaseState[] = ['none', 'unknown', 'intact', 'drifted'];
 
 /** How the post-sync command ended: its exit status (null: it did not finish) and its output's tail, raw. */
@@ -301,7 +306,7 @@ export class RemoteTarget {
    * of the shared paths already exist on the VM (excluded from the transfer).
    */
   async stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[] = []): Promise<StageResult> {
-    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'base_state', 'base_key']);
+    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'zstd', 'base_state', 'base_key']);
     // rsync writes there with --delete: only the one directory it must be.
     const expected = path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
     const stage = out.require('stage');
@@ -318,6 +323,7 @@ export class RemoteTarget {
       sharedExisting: existing,
       completeRelease: complete ? releaseName(complete, this.vmId) : null,
       streamSupported: out.oneOf('stream', ['0', '1'] as const) === '1',
+      zstd: out.oneOf('zstd', ['0', '1'] as const) === '1',
       baseState: out.oneOf('base_state', BASE_STATES),
       baseKey: out.get('base_key'),
     };
@@ -330,8 +336,8 @@ export class RemoteTarget {
    * the paths the stream removes, plus what it carries. Fails with
    * `release_drifted` when the base is not what vm-sync sealed.
    */
-  async apply(token: string, sha: string, base: string | null, file: string, onSent?: (bytes: number) => void): Promise<{ removed: number }> {
-    const out = (await this.op('apply', [token, sha, base ?? ''], false, { path: file, onSent })).only(['removed', 'stage']);
+  async apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void): Promise<{ removed: number }> {
+    const out = (await this.op('apply', [token, sha, base ?? '', codec], false, { path: file, onSent })).only(['removed', 'stage']);
     return { removed: toInt(out.require('removed')) };
   }
 

@@ -277,7 +277,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
         lockWaitS: options.lockWaitS ?? 0,
-        stream: streams ? (base) => streams.for(base) : undefined,
+        stream: streams ? (base, vmHasZstd) => streams.for(base, vmHasZstd) : undefined,
       },
       vms,
     );

@@ -59,7 +59,7 @@ export interface ReleaseContext {
    * `commit`, made once per starting commit (`src/sync/stream.ts`). Absent:
    * every transfer is rsync.
    */
-  stream?: (base: string | null) => Promise<StreamOutcome>;
+  stream?: (base: string | null, vmHasZstd: boolean) => Promise<StreamOutcome>;
 }
 
 /** One VM through the phases: its row, its open port while it holds the lock, its releases. */
@@ -331,15 +331,15 @@ class FleetRelease {
     }
     const base = staged.baseState === 'intact' ? run.report.rev_before : null;
     if (staged.baseState === 'intact' && !base) return null;
-    const outcome = await stream(base);
+    const outcome = await stream(base, staged.zstd);
     if (!outcome.ok) {
       this.say(run, `stream transfer not possible (${outcome.reason}): using rsync`, 'transfer');
       return null;
     }
     const { stream: made } = outcome;
-    this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte stream`, 'transfer');
+    this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte ${made.codec} stream`, 'transfer');
     try {
-      await port.apply(this.token, commit, base ? live : null, made.file, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+      await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
     } catch (error) {
       const failure = toFailure(error);
       if (failure.code !== 'release_drifted' && failure.code !== 'stream_failed') throw failure;

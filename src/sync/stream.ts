@@ -3,18 +3,20 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
+import type { StreamCodec } from '../remote/target.js';
 
 /*
  * The stream transfer: a release built on the VM as a hard-link copy of the
  * release it serves, minus the paths that changed, plus their new content,
  * taken from `git diff` between the two commits. The content travels as one
- * gzip'd tar made once per distinct starting commit and sent as it is to
- * every VM on that commit: no per-file checksum of the whole tree on either
+ * compressed tar (zstd where the runner host and the VM both run it, else
+ * gzip) made once per distinct starting commit and codec, and sent as it is
+ * to every VM on that commit: no per-file checksum of the whole tree on either
  * side, and the compression is paid once for the fleet. A VM with no release
  * gets the whole tree the same way (one stream for all of them).
  *
  * Stream file layout (what agent.sh `apply` reads on stdin):
- *   <path to remove, printf %b escapes>\n ... .\n    then the gzip'd tar.
+ *   <path to remove, printf %b escapes>\n ... .\n    then the compressed tar.
  *
  * Paths are handled as latin1 strings throughout: one char per byte, so a
  * name that is not UTF-8 survives byte for byte.
@@ -24,6 +26,8 @@ import { getErrorMessage, VmSyncError } from '../errors.js';
 export interface ReleaseStream {
   /** The commit it starts from (the VM's live release holds it), null: the whole tree. */
   base: string | null;
+  /** How its tar is compressed. */
+  codec: StreamCodec;
   file: string;
   /** Paths removed from the base copy before unpacking (changed or deleted ones). */
   removals: number;
@@ -144,19 +148,24 @@ export class ReleaseStreams {
     this.exclude = excludeMatcher(source.excludes);
   }
 
-  /** The stream from `base` (a commit the VM's live release holds; null: none) to the commit. */
-  for(base: string | null): Promise<StreamOutcome> {
-    const key = base ?? '';
+  /**
+   * The stream from `base` (a commit the VM's live release holds; null: none)
+   * to the commit, compressed with zstd when `vmHasZstd` and the runner host
+   * runs zstd too, else with gzip.
+   */
+  async for(base: string | null, vmHasZstd = false): Promise<StreamOutcome> {
+    const codec: StreamCodec = vmHasZstd && (await runnerHasZstd(this.source.env)) ? 'zstd' : 'gzip';
+    const key = `${codec}:${base ?? ''}`;
     let made = this.made.get(key);
     if (!made) {
       // A stream that cannot be made (a defect, a full disk) costs speed, not the deploy: rsync takes over.
-      made = this.make(base).catch((error: unknown): StreamOutcome => ({ ok: false, reason: getErrorMessage(error) }));
+      made = this.make(base, codec).catch((error: unknown): StreamOutcome => ({ ok: false, reason: getErrorMessage(error) }));
       this.made.set(key, made);
     }
     return made;
   }
 
-  private async make(base: string | null): Promise<StreamOutcome> {
+  private async make(base: string | null, codec: StreamCodec): Promise<StreamOutcome> {
     const exclude = this.exclude;
     if (!exclude) return { ok: false, reason: 'rsync_excludes has patterns only rsync understands (wildcards or unanchored paths)' };
     const { dir } = await this.source.tree();
@@ -184,9 +193,9 @@ export class ReleaseStreams {
       removals = kept.filter((e) => e.status !== 'A').map((e) => e.path);
       members = this.withParents(dir, kept, exclude);
     }
-    const file = path.join(this.source.scratchDir, `stream-${base ?? 'full'}.bin`);
-    const files = await writeStream(file, dir, removals, members, this.source.env);
-    return { ok: true, stream: { base, file, removals: removals.length, files, bytes: fs.statSync(file).size } };
+    const file = path.join(this.source.scratchDir, `stream-${base ?? 'full'}.${codec}`);
+    const files = await writeStream(file, dir, removals, members, codec, this.source.env);
+    return { ok: true, stream: { base, codec, file, removals: removals.length, files, bytes: fs.statSync(file).size } };
   }
 
   /** Changed paths between `base` and the commit, or why the stream cannot be made. */
@@ -286,12 +295,32 @@ function printableLatin1(rel: string): string {
 }
 
 /**
- * Writes the stream file: the removal header, then `tar -c --no-recursion` of
- * `members` (read from `root`) through `gzip -1` (fast: the stream is made
- * on the critical path, and links of 100 Mbit/s and up carry it faster than
- * a higher level would squeeze it). Returns how many regular files it holds.
+ * The compressor of each codec. The stream is made on the critical path and
+ * unpacked on every VM, so both ends' CPU counts: zstd at its default level
+ * packs git/git's 48 MB tree into 11.8 MB in 0.3 s and unpacks it in 0.1 s;
+ * `gzip -1` takes 0.7 s for 15.2 MB and 0.4 s to unpack.
  */
-async function writeStream(file: string, root: string, removals: string[], members: string[], env?: NodeJS.ProcessEnv): Promise<number> {
+const COMPRESSORS: Record<StreamCodec, [string, string[]]> = {
+  zstd: ['zstd', ['-3', '-q', '-c']],
+  gzip: ['gzip', ['-1', '-n', '-c']],
+};
+
+let zstdRuns: Promise<boolean> | null = null;
+
+/** Whether zstd runs on the runner host (asked once per process). */
+function runnerHasZstd(env?: NodeJS.ProcessEnv): Promise<boolean> {
+  zstdRuns ??= new Promise((resolve) => {
+    execFile('zstd', ['-q', '-V'], { env: env ?? process.env, timeout: 10_000 }, (error) => resolve(!error));
+  });
+  return zstdRuns;
+}
+
+/**
+ * Writes the stream file: the removal header, then `tar -c --no-recursion` of
+ * `members` (read from `root`) through the codec's compressor. Returns how
+ * many regular files it holds.
+ */
+async function writeStream(file: string, root: string, removals: string[], members: string[], codec: StreamCodec, env?: NodeJS.ProcessEnv): Promise<number> {
   const list = `${file}.list`;
   fs.writeFileSync(list, Buffer.from(members.map((m) => `${m}\0`).join(''), 'latin1'), { mode: 0o600 });
   fs.writeFileSync(file, `${removals.map((r) => `${encodeStreamPath(r)}\n`).join('')}.\n`, { mode: 0o600 });
@@ -303,8 +332,9 @@ async function writeStream(file: string, root: string, removals: string[], membe
       env: { ...(env ?? process.env), LC_ALL: 'C' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const gzip = spawn('gzip', ['-1', '-n', '-c'], { stdio: ['pipe', out, 'pipe'] });
-    tar.stdout.pipe(gzip.stdin as NodeJS.WritableStream);
+    const [program, args] = COMPRESSORS[codec];
+    const compress = spawn(program, args, { stdio: ['pipe', out, 'pipe'] });
+    tar.stdout.pipe(compress.stdin as NodeJS.WritableStream);
     const status = (child: ReturnType<typeof spawn>): Promise<{ code: number | null; stderr: string }> =>
       new Promise((resolve, reject) => {
         let stderr = '';
@@ -312,8 +342,8 @@ async function writeStream(file: string, root: string, removals: string[], membe
         child.on('error', reject);
         child.on('close', (code) => resolve({ code, stderr }));
       });
-    const [t, g] = await Promise.all([status(tar), status(gzip)]);
-    if (t.code !== 0 || g.code !== 0) throw new VmSyncError('internal_error', `could not build the release stream (tar exited ${t.code}, gzip ${g.code}): ${(t.stderr || g.stderr).trim().slice(0, 500)}`);
+    const [t, c] = await Promise.all([status(tar), status(compress)]);
+    if (t.code !== 0 || c.code !== 0) throw new VmSyncError('internal_error', `could not build the release stream (tar exited ${t.code}, ${program} ${c.code}): ${(t.stderr || c.stderr).trim().slice(0, 500)}`);
   } catch (error) {
     if (error instanceof VmSyncError) throw error;
     throw new VmSyncError('internal_error', `could not build the release stream: ${getErrorMessage(error)}`);

@@ -64,6 +64,8 @@ export interface VmScript {
   lockedBy?: string | null;
   /** The VM has GNU tar and find (stage answers stream=1); default false: every transfer is rsync. */
   stream?: boolean;
+  /** The VM runs zstd (stage answers zstd=1); default false. */
+  zstd?: boolean;
   /** What stage says of the live release as a stream base; default: intact when live, else none. */
   baseState?: BaseState;
   /** The build key stage reports for the live release (default: none recorded). */
@@ -270,13 +272,14 @@ export class FakeFleet {
             sharedExisting: [],
             completeRelease,
             streamSupported: vm.script.stream ?? false,
+            zstd: vm.script.zstd ?? false,
             baseState: vm.script.baseState ?? (vm.live ? 'intact' : 'none'),
             baseKey: vm.script.baseKey === undefined ? null : vm.script.baseKey,
           };
         }),
       transfer: (plan: TransferPlan) => op('transfer', [plan], () => ({ filesChanged: 3, bytesSent: 1234, changes: [] })),
-      apply: (token, sha, base, file) =>
-        op('apply', [token, sha, base, file], () => {
+      apply: (token, sha, base, file, codec) =>
+        op('apply', [token, sha, base, file, codec], () => {
           vm.requireLock(token, 'apply');
           if (base !== null && base !== vm.live) throw new VmSyncError('release_drifted', `the live release is no longer ${base}`);
           return { removed: 0 };

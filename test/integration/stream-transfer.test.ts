@@ -9,7 +9,8 @@ import type { VmReport } from '../../src/sync/types.js';
 /*
  * The stream transfer (src/sync/stream.ts + agent.sh `apply`): a release is
  * the live one hard-link copied plus the changes of `git diff`, sent as one
- * gzip'd tar per starting commit. What a user checks: the VM serves exactly
+ * compressed tar per starting commit and codec (zstd where the VM runs it,
+ * else gzip). What a user checks: the VM serves exactly
  * the commit's tree, the release it came from is untouched, little is sent,
  * and where the stream cannot apply (drift, no GNU tar, rsync-only patterns)
  * rsync does the work and the row says why.
@@ -18,6 +19,7 @@ import type { VmReport } from '../../src/sync/types.js';
 let world: World;
 let outside: string;
 let bins: string;
+let noZstd: string;
 const IDS = ['s1', 's2', 's3', 'plain'];
 
 beforeAll(async () => {
@@ -26,12 +28,16 @@ beforeAll(async () => {
   // VM "plain" has a tar that is not GNU tar: the stream cannot apply there.
   bins = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-stream-bins-'));
   fs.writeFileSync(path.join(bins, 'tar'), '#!/bin/sh\nif [ "$1" = --version ]; then echo "tar (busybox) 1.36"; exit 0; fi\nexec /bin/tar "$@"\n', { mode: 0o755 });
-  world = await World.create(IDS, { sshdExtra: { plain: [`SetEnv PATH=${bins}:/usr/bin:/bin`] } });
+  // VM "s3" has a zstd that does not run: it gets gzip streams.
+  noZstd = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-stream-nozstd-'));
+  fs.writeFileSync(path.join(noZstd, 'zstd'), '#!/bin/sh\necho "zstd: not here" >&2\nexit 127\n', { mode: 0o755 });
+  world = await World.create(IDS, { sshdExtra: { plain: [`SetEnv PATH=${bins}:/usr/bin:/bin`], s3: [`SetEnv PATH=${noZstd}:/usr/bin:/bin`] } });
 });
 afterAll(() => {
   destroyWorld(world);
   fs.rmSync(outside, { recursive: true, force: true });
   fs.rmSync(bins, { recursive: true, force: true });
+  fs.rmSync(noZstd, { recursive: true, force: true });
 });
 
 function rows(run: CliRun): Record<string, VmReport> {
@@ -56,6 +62,8 @@ function deployable(tree: Record<string, string>): Record<string, string> {
 }
 
 const streamed = (run: CliRun, id: string): boolean => new RegExp(`\\[${id}\\] staging [0-9a-f]{12} from .* stream`).test(run.stderr);
+/** The codec of the stream a VM was staged from (null: none). */
+const codecOf = (run: CliRun, id: string): string | null => new RegExp(`\\[${id}\\] staging [0-9a-f]{12} from .* (\\w+) stream`).exec(run.stderr)?.[1] ?? null;
 
 /** A history that exercises every kind of change, one commit at a time. */
 const history = (): Array<Record<string, Parameters<typeof commitExactly>[1][string]>> => [
@@ -122,8 +130,11 @@ test('deploys every kind of change through the stream: exact trees, releases unt
       // Only the changes travel: the 200 KB file (unchanged) is hard-linked, not sent.
       for (const id of ['s1', 's2', 's3']) expect([i, id, byId[id].bytes_sent < 20_000]).toEqual([i, id, true]);
     }
-    // One stream for the fleet: every streamed VM reports the same size.
-    expect(new Set(['s1', 's2', 's3'].map((id) => byId[id].bytes_sent)).size).toBe(1);
+    // zstd where the VM runs it, gzip on s3 (its zstd does not run); the same release either way (expectExact).
+    expect([i, ['s1', 's2', 's3'].map((id) => codecOf(run, id))]).toEqual([i, ['zstd', 'zstd', 'gzip']]);
+    // One stream per codec for the fleet: the VMs on one codec report the same size.
+    expect(byId.s1.bytes_sent).toBe(byId.s2.bytes_sent);
+    expect(byId.s3.bytes_sent).not.toBe(byId.s1.bytes_sent);
   }
   expect(snapshotAll(outside)).toEqual(before);
   // Excluded by the default rsync_excludes, on both paths.

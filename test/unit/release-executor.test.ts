@@ -706,13 +706,21 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
   const KEY = buildKey(rsyncExcludes(fleetConfig(['vm01']), []), []);
 
   /** A stream source that records which bases were asked for. */
-  function streamsOf(outcome: (base: string | null) => StreamOutcome = (base) => ({ ok: true, stream: { base, file: `/tmp/stream-${base ?? 'full'}.bin`, removals: 1, files: 2, bytes: 999 } })) {
+  function streamsOf(
+    outcome: (base: string | null, vmHasZstd: boolean) => StreamOutcome = (base, vmHasZstd) => ({
+      ok: true,
+      stream: { base, codec: vmHasZstd ? 'zstd' : 'gzip', file: `/tmp/stream-${base ?? 'full'}.${vmHasZstd ? 'zstd' : 'gzip'}`, removals: 1, files: 2, bytes: 999 },
+    }),
+  ) {
     const asked: Array<string | null> = [];
+    const zstd: boolean[] = [];
     return {
       asked,
-      stream: async (base: string | null): Promise<StreamOutcome> => {
+      zstd,
+      stream: async (base: string | null, vmHasZstd: boolean): Promise<StreamOutcome> => {
         asked.push(base);
-        return outcome(base);
+        zstd.push(vmHasZstd);
+        return outcome(base, vmHasZstd);
       },
     };
   }
@@ -723,9 +731,22 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
     expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'stage', 'apply', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
-    expect(fleet.of('vm01', 'apply')[0].args.slice(1, 4)).toEqual([NEW, kept(OLD, 2).name, `/tmp/stream-${OLD}.bin`]);
+    expect(fleet.of('vm01', 'apply')[0].args.slice(1, 5)).toEqual([NEW, kept(OLD, 2).name, `/tmp/stream-${OLD}.gzip`, 'gzip']);
     expect(s.asked).toEqual([OLD]);
+    expect(s.zstd).toEqual([false]);
     expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW, files_changed: 2, bytes_sent: 999 });
+    expectClean(fleet);
+  });
+
+  test('a VM that runs zstd is asked for a zstd stream, and unpacks it as zstd; one without it, gzip', async () => {
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY, zstd: true }), vm02: onOld({ stream: true, baseKey: KEY }) }, ['vm01', 'vm02']);
+    const s = streamsOf();
+    const config = fleetConfig(['vm01', 'vm02']);
+    const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
+    expect(fleet.of('vm01', 'apply')[0].args.slice(3, 5)).toEqual([`/tmp/stream-${OLD}.zstd`, 'zstd']);
+    expect(fleet.of('vm02', 'apply')[0].args.slice(3, 5)).toEqual([`/tmp/stream-${OLD}.gzip`, 'gzip']);
+    expect([...s.zstd].sort()).toEqual([false, true]);
+    expect(outcome.vms.map((vm) => vm.result)).toEqual(['success', 'success']);
     expectClean(fleet);
   });
 

@@ -90,15 +90,18 @@ describe('ReleaseStreams (real git, real tar)', () => {
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   /** The header's paths and the tar's member names of a stream file. */
-  function read(file: string): { removals: string[]; members: string[] } {
+  function read(file: string): { removals: string[]; members: string[]; format: 'zstd' | 'gzip' } {
     const bytes = fs.readFileSync(file);
     const end = bytes.indexOf('\n.\n') >= 0 && !bytes.subarray(0, 2).equals(Buffer.from('.\n')) ? bytes.indexOf('\n.\n') + 3 : 2;
     const header = bytes.subarray(0, end).toString('latin1').split('\n').filter((l) => l && l !== '.');
-    const tar = zlib.gunzipSync(bytes.subarray(end));
+    const body = bytes.subarray(end);
+    // zstd frames start with 28 b5 2f fd; gzip with 1f 8b.
+    const format = body[0] === 0x28 && body[1] === 0xb5 ? 'zstd' : 'gzip';
+    const tar = format === 'zstd' ? execFileSync('zstd', ['-d', '-q', '-c'], { input: body }) : zlib.gunzipSync(body);
     const list = path.join(dir, 'member.tar');
     fs.writeFileSync(list, tar);
     const members = execFileSync('tar', ['-t', '-f', list], { encoding: 'utf8' }).split('\n').filter(Boolean).map((m) => m.replace(/\/$/, ''));
-    return { removals: header, members };
+    return { removals: header, members, format };
   }
 
   function streams(scratch: string, extra: { excludes?: string[]; shared?: string[] } = {}): { streams: ReleaseStreams; exports: () => number } {
@@ -143,8 +146,19 @@ describe('ReleaseStreams (real git, real tar)', () => {
     const { streams: s, exports } = streams(scratch);
     const all = await Promise.all([s.for(c1), s.for(c1), s.for(c1), s.for(null)]);
     expect(new Set(all.map((o) => (o.ok ? o.stream.file : o.reason))).size).toBe(2);
-    expect(fs.readdirSync(scratch).sort()).toEqual([`stream-${c1}.bin`, 'stream-full.bin']);
+    expect(fs.readdirSync(scratch).sort()).toEqual([`stream-${c1}.gzip`, 'stream-full.gzip']);
     expect(exports()).toBe(2);
+  });
+
+  test('zstd for a VM that runs it (the runner host runs it too): the same header and members, smaller; made once per codec', async () => {
+    const scratch = fs.mkdtempSync(path.join(dir, 's-'));
+    const { streams: s } = streams(scratch);
+    const [zstd, again, gzip] = await Promise.all([s.for(c1, true), s.for(c1, true), s.for(c1, false)]);
+    if (!zstd.ok || !again.ok || !gzip.ok) throw new Error('no stream');
+    expect([zstd.stream.codec, again.stream.file, gzip.stream.codec]).toEqual(['zstd', zstd.stream.file, 'gzip']);
+    expect(read(zstd.stream.file)).toEqual({ ...read(gzip.stream.file), format: 'zstd' });
+    expect(read(gzip.stream.file).format).toBe('gzip');
+    expect(fs.readdirSync(scratch).sort()).toEqual([`stream-${c1}.gzip`, `stream-${c1}.zstd`]);
   });
 
   test('no stream where rsync must decide: a wildcard exclude, a change to a parent of a shared path, a base git cannot diff', async () => {
