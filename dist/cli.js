@@ -37084,6 +37084,27 @@ class RunnerRepo {
         const result = await this.git(['rev-parse', '--verify', '--quiet', `${deployedRefName(vmId)}^{commit}`]);
         return result.code === 0 ? result.stdout.trim() : null;
     }
+    /**
+     * The commit recorded for each VM (null: none), in the order given, read
+     * with one `git for-each-ref` however many VMs there are: a fleet of a
+     * hundred costs one git start, not a hundred.
+     */
+    async deployedOf(vmIds) {
+        const result = await this.git(['for-each-ref', '--format=%(objecttype) %(objectname) %(refname)', 'refs/vm-sync/deployed/']);
+        if (result.code !== 0)
+            return Promise.all(vmIds.map((id) => this.deployed(id)));
+        const recorded = new Map();
+        for (const line of result.stdout.split('\n')) {
+            const [type, sha, ref] = line.split(' ');
+            if (ref)
+                recorded.set(ref, { type, sha });
+        }
+        // vm-sync records commits; anything else there (a tag someone wrote) is read as deployed() reads it.
+        return Promise.all(vmIds.map((id) => {
+            const found = recorded.get(deployedRefName(id));
+            return !found ? null : found.type === 'commit' ? found.sha : this.deployed(id);
+        }));
+    }
     /** Which of `shas` are commits the clone holds (one `cat-file --batch-check`). */
     async commitsPresent(shas) {
         const result = await this.gitWithInput(['cat-file', '--batch-check=%(objectname) %(objecttype)'], shas.map((s) => `${s}\n`).join(''));
@@ -42297,6 +42318,8 @@ function encodeStreamPath(rel) {
 class ReleaseStreams {
     source;
     made = new Map();
+    /** What prefetch started (it may not be in `made` yet: the codec is decided first). */
+    asked = [];
     exclude;
     substChecked;
     constructor(source) {
@@ -42318,6 +42341,23 @@ class ReleaseStreams {
             this.made.set(key, made);
         }
         return made;
+    }
+    /**
+     * Starts making, in the background, the streams VMs are likely to ask for:
+     * from each commit this runner recorded on a VM of the run, and from
+     * nothing for a VM with no record. The stream is then ready, or nearly,
+     * when the VM has been connected, locked and staged, instead of being made
+     * after that on the critical path. A guess that turns out wrong costs one
+     * stream's CPU; zstd is assumed (what most VMs run).
+     */
+    prefetch(bases) {
+        for (const base of new Set(bases))
+            this.asked.push(this.for(base, true));
+    }
+    /** Waits for every stream being made (before its scratch directory goes). */
+    async settled() {
+        await Promise.all(this.asked);
+        await Promise.all(this.made.values());
     }
     async make(base, codec) {
         const exclude = this.exclude;
@@ -43987,6 +44027,7 @@ async function runSync(config, options = {}) {
     const force = options.force ?? false;
     const dryRun = options.dryRun ?? false;
     let streamDir = null;
+    let streams = null;
     // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
     // exports (whose newest is the base of the next real deploy), and the clone is not reset.
     const dryExportRoot = dryRun ? makeScratchDir('export') : null;
@@ -44032,7 +44073,7 @@ async function runSync(config, options = {}) {
                 return null;
             }
             const request = options.scanRequest ??
-                (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
+                (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await repo.deployedOf(vms.map((vm) => vm.id)) });
             const plan = await planScan(repo, request);
             return runSecretScan({
                 settings: config.repository.secretScanning,
@@ -44078,17 +44119,21 @@ async function runSync(config, options = {}) {
             return done({ command: 'sync', commit, dry_run: true, scan, vms: reports });
         }
         // The stream transfer: made once per starting commit, for every VM on it.
-        const streams = config.sync.transfer === 'auto' && config.repository.layout === 'atomic'
-            ? new ReleaseStreams({
-                repoDir: repo.dir,
-                commit,
-                tree,
-                excludes: rsyncExcludes(config, []),
-                sharedPaths: config.repository.sharedPaths.map((s) => s.path),
-                scratchDir: (streamDir = makeScratchDir('stream')),
-                env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined,
-            })
-            : null;
+        const runStreams = (streams =
+            config.sync.transfer === 'auto' && config.repository.layout === 'atomic'
+                ? new ReleaseStreams({
+                    repoDir: repo.dir,
+                    commit,
+                    tree,
+                    excludes: rsyncExcludes(config, []),
+                    sharedPaths: config.repository.sharedPaths.map((s) => s.path),
+                    scratchDir: (streamDir = makeScratchDir('stream')),
+                    env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined,
+                })
+                : null);
+        // The streams the VMs will most likely ask for, made while they are connected and locked.
+        if (runStreams && exported)
+            runStreams.prefetch(await repo.deployedOf(vms.slice(0, PREFETCH_MAX_VMS).map((vm) => vm.id)));
         const outcome = await releaseFleet({
             config,
             openPort: sshPorts(knownHosts),
@@ -44102,12 +44147,13 @@ async function runSync(config, options = {}) {
             signal: options.signal,
             retryBaseMs: options.retryBaseMs ?? 1000,
             lockWaitS: options.lockWaitS ?? 0,
-            stream: streams ? (base, vmHasZstd) => streams.for(base, vmHasZstd) : undefined,
+            stream: runStreams ? (base, vmHasZstd) => runStreams.for(base, vmHasZstd) : undefined,
         }, vms);
         await recordDeployed(repo, outcome.vms, events);
         return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
     }
     finally {
+        await streams?.settled();
         if (streamDir)
             removeScratchDirLater(streamDir);
         if (dryExportRoot)
@@ -44118,13 +44164,15 @@ async function runSync(config, options = {}) {
             await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
     }
 }
+/** Streams are prefetched from the bases of this many VMs (a fleet on many commits makes the rest on demand). */
+const PREFETCH_MAX_VMS = 1000;
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */
 function scanCacheDir(config) {
     return external_node_path_default().join(stateDirOf(config.repository.mainRepoPath), 'scan-cache');
 }
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
 async function allRecordedOn(repo, vms, commit) {
-    const recorded = await Promise.all(vms.map((vm) => repo.deployed(vm.id)));
+    const recorded = await repo.deployedOf(vms.map((vm) => vm.id));
     return vms.length > 0 && recorded.every((sha) => sha === commit);
 }
 /**
@@ -44258,7 +44306,7 @@ async function runScan(config, options = {}) {
         ? options.request
         : options.range
             ? { kind: 'range', range: options.range }
-            : { kind: 'resync', head, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
+            : { kind: 'resync', head, deployed: await repo.deployedOf(vms.map((vm) => vm.id)), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
     const plan = await planScan(repo, request);
     sweepDeadRuns(events);
     const exportRoot = makeScratchDir('export');

@@ -528,6 +528,28 @@ export class RunnerRepo {
     return result.code === 0 ? result.stdout.trim() : null;
   }
 
+  /**
+   * The commit recorded for each VM (null: none), in the order given, read
+   * with one `git for-each-ref` however many VMs there are: a fleet of a
+   * hundred costs one git start, not a hundred.
+   */
+  async deployedOf(vmIds: readonly string[]): Promise<Array<string | null>> {
+    const result = await this.git(['for-each-ref', '--format=%(objecttype) %(objectname) %(refname)', 'refs/vm-sync/deployed/']);
+    if (result.code !== 0) return Promise.all(vmIds.map((id) => this.deployed(id)));
+    const recorded = new Map<string, { type: string; sha: string }>();
+    for (const line of result.stdout.split('\n')) {
+      const [type, sha, ref] = line.split(' ');
+      if (ref) recorded.set(ref, { type, sha });
+    }
+    // vm-sync records commits; anything else there (a tag someone wrote) is read as deployed() reads it.
+    return Promise.all(
+      vmIds.map((id) => {
+        const found = recorded.get(deployedRefName(id));
+        return !found ? null : found.type === 'commit' ? found.sha : this.deployed(id);
+      }),
+    );
+  }
+
   /** Which of `shas` are commits the clone holds (one `cat-file --batch-check`). */
   private async commitsPresent(shas: string[]): Promise<Set<string>> {
     const result = await this.gitWithInput(['cat-file', '--batch-check=%(objectname) %(objecttype)'], shas.map((s) => `${s}\n`).join(''));

@@ -162,6 +162,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   const force = options.force ?? false;
   const dryRun = options.dryRun ?? false;
   let streamDir: string | null = null;
+  let streams: ReleaseStreams | null = null;
   // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
   // exports (whose newest is the base of the next real deploy), and the clone is not reset.
   const dryExportRoot = dryRun ? makeScratchDir('export') : null;
@@ -208,7 +209,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       }
       const request: ScanRequest =
         options.scanRequest ??
-        (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))) });
+        (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await repo.deployedOf(vms.map((vm) => vm.id)) });
       const plan = await planScan(repo, request);
       return runSecretScan({
         settings: config.repository.secretScanning,
@@ -251,7 +252,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       return done({ command: 'sync', commit, dry_run: true, scan, vms: reports });
     }
     // The stream transfer: made once per starting commit, for every VM on it.
-    const streams =
+    const runStreams = (streams =
       config.sync.transfer === 'auto' && config.repository.layout === 'atomic'
         ? new ReleaseStreams({
             repoDir: repo.dir,
@@ -262,7 +263,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
             scratchDir: (streamDir = makeScratchDir('stream')),
             env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined,
           })
-        : null;
+        : null);
+    // The streams the VMs will most likely ask for, made while they are connected and locked.
+    if (runStreams && exported) runStreams.prefetch(await repo.deployedOf(vms.slice(0, PREFETCH_MAX_VMS).map((vm) => vm.id)));
     const outcome = await releaseFleet(
       {
         config,
@@ -277,13 +280,14 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         signal: options.signal,
         retryBaseMs: options.retryBaseMs ?? 1000,
         lockWaitS: options.lockWaitS ?? 0,
-        stream: streams ? (base, vmHasZstd) => streams.for(base, vmHasZstd) : undefined,
+        stream: runStreams ? (base, vmHasZstd) => runStreams.for(base, vmHasZstd) : undefined,
       },
       vms,
     );
     await recordDeployed(repo, outcome.vms, events);
     return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
   } finally {
+    await streams?.settled();
     if (streamDir) removeScratchDirLater(streamDir);
     if (dryExportRoot) removeScratchDirLater(dryExportRoot);
     // The export becomes the base of the next run's (under the runner-host lock: no run copies it meanwhile).
@@ -292,6 +296,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   }
 }
 
+/** Streams are prefetched from the bases of this many VMs (a fleet on many commits makes the rest on demand). */
+const PREFETCH_MAX_VMS = 1000;
+
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */
 function scanCacheDir(config: Config): string {
   return path.join(stateDirOf(config.repository.mainRepoPath), 'scan-cache');
@@ -299,7 +306,7 @@ function scanCacheDir(config: Config): string {
 
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
 async function allRecordedOn(repo: RunnerRepo, vms: readonly VmConfig[], commit: string): Promise<boolean> {
-  const recorded = await Promise.all(vms.map((vm) => repo.deployed(vm.id)));
+  const recorded = await repo.deployedOf(vms.map((vm) => vm.id));
   return vms.length > 0 && recorded.every((sha) => sha === commit);
 }
 
@@ -431,7 +438,7 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     ? options.request
     : options.range
     ? { kind: 'range', range: options.range }
-    : { kind: 'resync', head, deployed: await Promise.all(vms.map((vm) => repo.deployed(vm.id))), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
+    : { kind: 'resync', head, deployed: await repo.deployedOf(vms.map((vm) => vm.id)), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
   const plan = await planScan(repo, request);
   sweepDeadRuns(events);
   const exportRoot = makeScratchDir('export');

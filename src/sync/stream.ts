@@ -141,6 +141,8 @@ export function encodeStreamPath(rel: string): string {
 /** The streams of one deploy, made once per starting commit, on first demand. */
 export class ReleaseStreams {
   private readonly made = new Map<string, Promise<StreamOutcome>>();
+  /** What prefetch started (it may not be in `made` yet: the codec is decided first). */
+  private readonly asked: Array<Promise<StreamOutcome>> = [];
   private readonly exclude: ExcludeMatcher | null;
   private substChecked?: Promise<string | null>;
 
@@ -163,6 +165,24 @@ export class ReleaseStreams {
       this.made.set(key, made);
     }
     return made;
+  }
+
+  /**
+   * Starts making, in the background, the streams VMs are likely to ask for:
+   * from each commit this runner recorded on a VM of the run, and from
+   * nothing for a VM with no record. The stream is then ready, or nearly,
+   * when the VM has been connected, locked and staged, instead of being made
+   * after that on the critical path. A guess that turns out wrong costs one
+   * stream's CPU; zstd is assumed (what most VMs run).
+   */
+  prefetch(bases: ReadonlyArray<string | null>): void {
+    for (const base of new Set(bases)) this.asked.push(this.for(base, true));
+  }
+
+  /** Waits for every stream being made (before its scratch directory goes). */
+  async settled(): Promise<void> {
+    await Promise.all(this.asked);
+    await Promise.all(this.made.values());
   }
 
   private async make(base: string | null, codec: StreamCodec): Promise<StreamOutcome> {

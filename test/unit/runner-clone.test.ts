@@ -278,6 +278,13 @@ describe('deployed-commit refs', () => {
     expect(await repo.deployed('old.vm')).toBe(one);
     expect(await repo.deployed('ghost')).toBeNull();
     expect(await repo.deployed('short')).toBeNull();
+    // All at once (one for-each-ref), in the order asked: the same answers.
+    const ids = ['short', 'web.lock', 'a..b', 'vm.', 'vm01', 'old.vm', 'ghost'];
+    expect(await repo.deployedOf(ids)).toEqual([null, two, two, two, one, one, null]);
+    // A record that is not a commit (an annotated tag written by hand) reads as deployed() reads it.
+    git(clone, ['tag', '-a', '-m', 'annotated', 'ann', one]);
+    git(clone, ['update-ref', deployedRefName('tagged'), git(clone, ['rev-parse', 'ann'])]);
+    expect([await repo.deployedOf(['tagged', 'vm01']), await repo.deployed('tagged')]).toEqual([[one, one], one]);
     expect(fs.existsSync(cloneLockPath(clone))).toBe(false);
   });
 });

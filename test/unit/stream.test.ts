@@ -150,6 +150,21 @@ describe('ReleaseStreams (real git, real tar)', () => {
     expect(exports()).toBe(2);
   });
 
+  test('prefetch makes the likely streams ahead (zstd, each base once); a VM asking later gets them without a second make', async () => {
+    const scratch = fs.mkdtempSync(path.join(dir, 's-'));
+    const { streams: s, exports } = streams(scratch);
+    s.prefetch([c1, null, c1, null]);
+    await s.settled();
+    expect(fs.readdirSync(scratch).sort()).toEqual([`stream-${c1}.zstd`, 'stream-full.zstd']);
+    const before = fs.statSync(path.join(scratch, 'stream-full.zstd')).mtimeMs;
+    const later = await s.for(null, true);
+    if (!later.ok) throw new Error(later.reason);
+    expect([path.basename(later.stream.file), fs.statSync(later.stream.file).mtimeMs, exports()]).toEqual(['stream-full.zstd', before, 2]);
+    // A VM without zstd still gets its own gzip stream.
+    const gzip = await s.for(null, false);
+    expect(gzip.ok && gzip.stream.codec).toBe('gzip');
+  });
+
   test('zstd for a VM that runs it (the runner host runs it too): the same header and members, smaller; made once per codec', async () => {
     const scratch = fs.mkdtempSync(path.join(dir, 's-'));
     const { streams: s } = streams(scratch);
