@@ -44020,9 +44020,7 @@ async function runSync(config, options = {}) {
         const started = Date.now();
         snapshot = await exports.checkout(sha);
         exportDir = snapshot.dir;
-        events.info(null, snapshot.how === 'incremental'
-            ? `export of ${sha.slice(0, 12)}: ${words_count(snapshot.changedPaths, 'path')} rewritten from the export of ${snapshot.base?.slice(0, 12)} (${Date.now() - started} ms)`
-            : `export of ${sha.slice(0, 12)}: the whole tree (${snapshot.reason}; ${Date.now() - started} ms)`, 'export');
+        events.info(null, exportSentence(snapshot, Date.now() - started), 'export');
     };
     const force = options.force ?? false;
     const dryRun = options.dryRun ?? false;
@@ -44170,6 +44168,13 @@ const PREFETCH_MAX_VMS = 1000;
 function scanCacheDir(config) {
     return external_node_path_default().join(stateDirOf(config.repository.mainRepoPath), 'scan-cache');
 }
+/** How a run's export was made, for the log: rewritten from the last one, or the whole tree and why. */
+function exportSentence(snapshot, ms) {
+    const sha = snapshot.commit.slice(0, 12);
+    return snapshot.how === 'incremental'
+        ? `export of ${sha}: ${words_count(snapshot.changedPaths, 'path')} rewritten from the export of ${snapshot.base?.slice(0, 12)} (${ms} ms)`
+        : `export of ${sha}: the whole tree (${snapshot.reason}; ${ms} ms)`;
+}
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
 async function allRecordedOn(repo, vms, commit) {
     const recorded = await repo.deployedOf(vms.map((vm) => vm.id));
@@ -44309,18 +44314,37 @@ async function runScan(config, options = {}) {
             : { kind: 'resync', head, deployed: await repo.deployedOf(vms.map((vm) => vm.id)), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
     const plan = await planScan(repo, request);
     sweepDeadRuns(events);
-    const exportRoot = makeScratchDir('export');
+    // On the runner host the tree comes from the kept exports, as a sync's does: a hard-link copy of the last
+    // export with only the changed paths rewritten, kept afterwards as the next run's base (the sync that
+    // follows this scan then rewrites nothing). A CI checkout (--repo) gets a scratch export, gone after.
+    const exports = options.repoDir ? null : new ExportStore({ stateDir: stateDirOf(config.repository.mainRepoPath), repoDir: dir, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined });
+    exports?.sweep();
+    const exportRoot = exports ? null : makeScratchDir('export');
+    let snapshot = null;
     try {
-        const exportDir = plan.head ? external_node_path_default().join(exportRoot, 'tree') : null;
-        if (plan.head && exportDir)
+        let exportDir = null;
+        if (plan.head && exports) {
+            const sha = plan.head;
+            const started = Date.now();
+            snapshot = await repo.locked(`export of ${sha.slice(0, 12)}`, () => exports.checkout(sha));
+            exportDir = snapshot.dir;
+            events.info(null, exportSentence(snapshot, Date.now() - started), 'export');
+        }
+        else if (plan.head && exportRoot) {
+            exportDir = external_node_path_default().join(exportRoot, 'tree');
             await repo.exportTree(plan.head, exportDir);
+        }
         // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
         const cacheDir = options.repoDir ? null : scanCacheDir(config);
         const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events, signal: options.signal });
         return { command: 'scan', commit: plan.head ?? '', ...(baseline ? { baseline } : {}), dry_run: false, scan, vms: [] };
     }
     finally {
-        external_node_fs_default().rmSync(exportRoot, { recursive: true, force: true });
+        if (exportRoot)
+            removeScratchDirLater(exportRoot);
+        const made = snapshot;
+        if (made && exports)
+            await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
     }
 }
 /**

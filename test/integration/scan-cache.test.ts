@@ -151,3 +151,20 @@ test('a change to the trusted settings is another key: everything is scanned wit
   expect(run.run.json.scan?.configuration?.commit).toBe(next);
   expect(run.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0 });
 });
+
+test('vm-sync scan on the runner host keeps its export: the next scan, and the sync after it, rewrite only what changed', async () => {
+  const first = world.ws.commit({ 'src/one.txt': 'one\n' }, 'export 1');
+  world.ws.push();
+  const a = await world.cli(['scan', '--commit', first]);
+  expect(a.code).toBe(0);
+  const second = world.ws.commit({ 'src/two.txt': 'two\n' }, 'export 2');
+  world.ws.push();
+  const b = await world.cli(['scan', '--commit', second]);
+  expect(b.code).toBe(0);
+  expect(b.stderr).toContain(`export of ${second.slice(0, 12)}: 1 path rewritten from the export of ${first.slice(0, 12)}`);
+  // The sync that follows the scan (its own job in deploy.yml) finds the scanned tree ready.
+  const sync = await world.cli(['sync', '--commit', second]);
+  expect(sync.code).toBe(0);
+  expect(sync.stderr).toContain(`export of ${second.slice(0, 12)}: 0 paths rewritten from the export of ${second.slice(0, 12)}`);
+  expect(sync.json.vms.map((vm) => vm.rev_after)).toEqual([second]);
+});
