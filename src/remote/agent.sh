@@ -88,6 +88,11 @@ not_cancelled() {
 # vm-sync's own directories: never a symlink, always ours, never writable by
 # others. A planted one would let another user steer what vm-sync writes or deletes.
 own_dir() {
+  own_dir_entry "$1"
+  no_other_writers "$1"
+}
+# The checks a shell builtin can make: no symlink, made if absent, a directory, ours.
+own_dir_entry() {
   d=$1
   if [ -L "$d" ]; then fail unsafe_state_dir "$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it."; fi
   if [ ! -e "$d" ]; then
@@ -95,18 +100,19 @@ own_dir() {
   fi
   [ -d "$d" ] || fail unsafe_state_dir "$d is not a directory: vm-sync refuses to use it. Move it away."
   [ -O "$d" ] || fail unsafe_state_dir "$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it."
-  case $(ls -ld -- "$d") in
-    d????w???? | d???????w?) chmod go-w -- "$d" || fail unsafe_state_dir "$d is writable by other users and cannot be fixed" ;;
+}
+no_other_writers() {
+  # The mode is the first word of the line (a trailing . or + marks an SELinux context or an ACL).
+  case $(ls -ld -- "$1") in
+    d????w????* | d???????w?*) chmod go-w -- "$1" || fail unsafe_state_dir "$1 is writable by other users and cannot be fixed" ;;
   esac
 }
 state_dirs() {
-  own_dir "$S"
-  own_dir "$R"
-  own_dir "$C"
-  own_dir "$RJ"
-  own_dir "$S/tmp"
-  own_dir "$S/ops"
-  own_dir "$S/manifests"
+  for d in "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests"; do own_dir_entry "$d"; done
+  # Writable by group or others: one find for all seven (every step runs this), the fix one by one.
+  if [ -n "$(find "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests" -prune \( -perm -020 -o -perm -002 \) -print 2>/dev/null | head -c 1)" ]; then
+    for d in "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests"; do no_other_writers "$d"; done
+  fi
 }
 # A release is complete when $C/<name> (its completion marker, holding the
 # commit) exists. Releases made before markers existed were renamed into
@@ -354,7 +360,12 @@ begin)
   digits "$budget" || fail failed "bad budget"
   state_dirs
   not_cancelled
-  find "$S/tmp" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null
+  # Old cancellation marks go (a find only when there is one).
+  set +f
+  for m in "$S/tmp"/cancelled.*; do
+    if [ -e "$m" ]; then find "$S/tmp" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null; fi
+    break
+  done
   now=$(date +%s)
   if [ -n "$expected_break" ]; then
     break_lock "$expected_break" && out took_over "$seen"

@@ -208,6 +208,19 @@ test('a state directory that is a symlink, has a symlinked releases/, or is owne
   expect(run.stdout + run.stderr).not.toContain(ESC);
 });
 
+test('a state directory, or one of its parts, made writable by group or others: the next step takes the write bits away, then deploys', async () => {
+  const state = stateDir(world, 'clean');
+  const parts = ['.', 'releases', 'complete', 'tmp', 'ops', 'manifests'];
+  const modeOf = (rel: string): number => fs.statSync(path.join(state, rel)).mode & 0o777;
+  // One of each: group-writable, others-writable, both, and the sticky /tmp kind.
+  const opened: Record<string, number> = { '.': 0o775, releases: 0o757, complete: 0o777, tmp: 0o1777, ops: 0o755, manifests: 0o775 };
+  for (const rel of parts) fs.chmodSync(path.join(state, rel), opened[rel]);
+  const c4 = commitExactly(world, { 'app.txt': `c4 ${Date.now()}\n` }, 'c4');
+  const run = await world.cli(['sync', '--vm', 'clean']);
+  expect([run.code, rows(run).clean?.rev_after, liveRev(world, 'clean')]).toEqual([0, c4, c4]);
+  expect(Object.fromEntries(parts.map((rel) => [rel, modeOf(rel) & 0o022]))).toEqual(Object.fromEntries(parts.map((rel) => [rel, 0])));
+});
+
 test('VM text in a failing post_sync_command and in the login shell\'s stderr: the message is clean and bounded', async () => {
   const bashrc = path.join(world.vm('noisy').home, '.bashrc');
   fs.writeFileSync(bashrc, "printf '\\033[31mbanner on stderr\\033]0;pwned\\007\\n' >&2\n");
