@@ -62,8 +62,13 @@ digits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 TARGET_ARG=$1
 T=$(expand "$1")
 shift
-P=$(dirname -- "$T")
-N=$(basename -- "$T")
+# dirname and basename by parameter expansion (two programs fewer on every step).
+while :; do case $T in ?*/) T=${T%/} ;; *) break ;; esac; done
+case $T in
+  */*) P=${T%/*}; [ -n "$P" ] || P=/ ;;
+  *) P=. ;;
+esac
+N=${T##*/}
 S="$P/.$N.vm-sync"
 R="$S/releases"
 C="$S/complete"
