@@ -27,7 +27,10 @@ const licences = new Set();
 for (const [name, entry] of Object.entries(entries)) {
   const out = path.join(stage, name);
   const mapFlags = mapped.has(name) ? ['--source-map', '--no-source-map-register'] : [];
-  execFileSync(process.execPath, [ncc, 'build', entry, '-o', out, '--license', 'licenses.txt', '--target', 'es2022', '--quiet', ...mapFlags], { cwd: root, stdio: 'inherit' });
+  // --no-cache: ncc's cache lives in ~/.cache/ncc, shared by every build on the machine, and a module
+  // cached by an earlier build can come out another way (ssh2's pagent.exe path): dist/ must depend on
+  // the source alone, or the fresh-build check fails at random.
+  execFileSync(process.execPath, [ncc, 'build', entry, '-o', out, '--license', 'licenses.txt', '--target', 'es2022', '--quiet', '--no-cache', ...mapFlags], { cwd: root, stdio: 'inherit' });
   // ssh2 carries pagent.exe for Windows' Pageant agent; vm-sync never uses an agent.
   const produced = fs.readdirSync(out).filter((f) => !['index.js', 'index.js.map', 'licenses.txt', 'pagent.exe'].includes(f));
   if (produced.length > 0) throw new Error(`ncc emitted extra files for ${name} (a native addon?): ${produced.join(', ')}`);
