@@ -7,6 +7,7 @@
 //                          [--scenarios full,no-op,incremental]
 //                          [--contenders scan-on,scan-off,parallel,sequential]
 //                          [--gitleaks-allow-existing] [--cli dist/cli.js]
+//                          [--vm-disk shared|tmpfs] [--trace DIR]
 //   node scripts/bench.mjs --footprint --vms 100     vm-sync only: time and runner-side peak RSS
 //
 // Scenarios, each timed as wall time (median of --rounds, at least 3 for a median):
@@ -64,6 +65,17 @@
 // scripts/bench-netns.sh). Otherwise (or with --rate-mbit 0) the VMs stay on
 // uncapped loopback, and the output says so.
 //
+// VM disks (--vm-disk): `shared` (the default) keeps every VM's home on this
+// machine's one disk, so the fleet shares one filesystem journal and one
+// writeback, and a VM's `sync -f` before its flip waits for every VM's
+// writes; no real fleet works that way. `tmpfs` (root) mounts a tmpfs of its
+// own on each VM's home before the VMs' sshd move into their namespaces: a
+// VM with a disk to itself, faster than a real one. Both contenders write to
+// the same homes either way.
+//
+// --trace DIR keeps each vm-sync run's `-v --log-format json` lines (one file
+// per run): where the time of a run went, VM by VM and phase by phase.
+//
 // The tree: --repo PATH deploys that git repository's HEAD (its history is
 // fetched into the demo's origin; a bare repository or mirror works too); by
 // default a synthetic tree of --files random files (--mb MB in all) plus N
@@ -96,6 +108,8 @@ const { values } = parseArgs({
     footprint: { type: 'boolean', default: false },
     'gitleaks-allow-existing': { type: 'boolean', default: false },
     cli: { type: 'string' },
+    trace: { type: 'string' },
+    'vm-disk': { type: 'string', default: 'shared' },
   },
 });
 const footprint = values.footprint;
@@ -312,6 +326,26 @@ async function capFleet(fleet) {
   return { hosts, cap: `${rateMbit} Mbit/s per VM and direction (tbf on a veth pair into one network namespace per VM)` };
 }
 
+const mounted = []; // tmpfs mounts to remove at the end
+/**
+ * --vm-disk: where the VMs' files live. `shared` (the default): every VM's
+ * home is a directory on this machine's disk, so ten VMs share one disk,
+ * one journal and one writeback, which no real fleet does. `tmpfs` (root):
+ * each VM's home is a tmpfs of its own, a VM with a disk to itself that is
+ * faster than a real one (and whose flush costs nothing).
+ */
+function mountVmDisks(fleet) {
+  const kind = values['vm-disk'];
+  if (kind === 'shared') return "shared: every VM's home on this machine's one disk";
+  if (kind !== 'tmpfs') throw new Error(`--vm-disk: expected shared or tmpfs, got '${kind}'`);
+  if (process.getuid?.() !== 0) throw new Error('--vm-disk tmpfs needs root (mount)');
+  for (const vm of fleet.vms) {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4g,mode=0755', 'tmpfs', vm.home]);
+    mounted.push(vm.home);
+  }
+  return 'tmpfs: each VM\'s home on a tmpfs of its own';
+}
+
 /** The vm-sync config for the fleet (as src/demo/fleet.ts writes it), every VM at once like the raw runs. */
 function configYaml(fleet, hosts, scan) {
   return [
@@ -390,6 +424,8 @@ try {
   }
   const repoHead = head;
 
+  // Before the VMs' sshd move into their namespaces: `ip netns exec` gives each a copy of the mounts as they are then.
+  const disk = mountVmDisks(fleet);
   const { hosts, cap } = await capFleet(fleet);
   const configs = { on: path.join(dir, 'scan-on.yml'), off: path.join(dir, 'scan-off.yml') };
   fs.writeFileSync(configs.on, configYaml(fleet, hosts, true));
@@ -454,12 +490,18 @@ try {
   const treeMb = treeFiles.reduce((sum, line) => sum + (Number(line.split(/\s+/)[3]) || 0), 0) / 1e6;
   const changedFiles = base ? git(origin, 'diff', '--name-only', base, head).split('\n').filter(Boolean).length : null;
 
+  let traceCount = 0;
   const handshakes = () => fleet.vms.map((vm) => (fs.readFileSync(vm.log, 'utf8').match(/Accepted publickey for /g) ?? []).length);
   /** One timed vm-sync deploy; a run the secret scan blocks (exit 3) is recorded as such, not as a failure. */
   const deploy = async (config, commit, extra = []) => {
     settle();
     const before = handshakes();
-    const run = await vmSync('sync', '--config', config, '--commit', commit, ...extra, '--json');
+    const traced = values.trace ? ['-v', '--log-format', 'json'] : [];
+    const run = await vmSync('sync', '--config', config, '--commit', commit, ...extra, ...traced, '--json');
+    if (values.trace) {
+      fs.mkdirSync(values.trace, { recursive: true });
+      fs.writeFileSync(path.join(values.trace, `run-${++traceCount}.jsonl`), run.stderr);
+    }
     if (run.code !== 0 && run.code !== 3) throw new Error(`vm-sync sync exited ${run.code}\n${run.stderr.slice(-3000)}`);
     const report = JSON.parse(run.stdout);
     const perVm = handshakes().map((n, i) => n - before[i]);
@@ -483,8 +525,8 @@ try {
   /** Fresh VMs: empty homes, and no record on the runner host of what they hold. */
   const wipeVms = () => {
     for (const vm of fleet.vms) {
-      fs.rmSync(vm.home, { recursive: true, force: true });
-      fs.mkdirSync(vm.home);
+      // Empties the home (a tmpfs mount point stays).
+      for (const name of fs.readdirSync(vm.home)) fs.rmSync(path.join(vm.home, name), { recursive: true, force: true });
     }
     if (fs.existsSync(runnerClone)) {
       for (const ref of git(runnerClone, 'for-each-ref', '--format=%(refname)', 'refs/vm-sync/deployed/').split('\n').filter(Boolean)) git(runnerClone, 'update-ref', '-d', ref);
@@ -651,7 +693,7 @@ try {
     `vm-sync benchmark${footprint ? ' (--footprint: vm-sync only)' : ''}: ${setting}\n` +
       `bundle: ${path.relative(root, cliSource) || cliSource} (sha256 ${cliSha}, copied at the start)\n` +
       `machine: ${os.cpus().length} × ${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GB, node ${process.version}, load at start ${load}\n` +
-      `rate cap: ${cap}\nvm-sync concurrency ${vmCount} (all VMs at once, like the parallel raw rsync)\n` +
+      `rate cap: ${cap}\nVM disks: ${disk}\nvm-sync concurrency ${vmCount} (all VMs at once, like the parallel raw rsync)\n` +
       (variants.includes('on') ? `secret scan: ${allowNote ?? 'no waiver (any finding blocks a scan-on deploy)'}; scan cache warm for full and no-op${base ? ', at HEAD~N for incremental' : ''}\n` : '') +
       `peak RSS: node = vm-sync's node process (getrusage ru_maxrss); tree = sum of VmRSS over vm-sync and its children, sampled every ${SAMPLE_MS} ms; max over the rounds\n`,
   );
@@ -700,6 +742,7 @@ try {
   console.error(`\nwrote ${outFile}`);
 } finally {
   spawnSync(process.execPath, [cli, 'demo', 'stop', '--dir', dir], { stdio: 'ignore' });
+  for (const mount of mounted) spawnSync('umount', [mount], { stdio: 'ignore' });
   for (const index of netnsUp) spawnSync('sh', [netnsScript, 'down', netnsTag, String(index)], { stdio: 'ignore' });
   fs.rmSync(tmp, { recursive: true, force: true });
 }

@@ -21,21 +21,24 @@ const IDS = ['s1', 'ab'];
 
 beforeAll(async () => {
   bins = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-advs-gz-'));
-  // VM "ab": `gzip -d` (what tar -z runs) stalls after 256 KB while `stall` exists: tar has unpacked part of the stream.
-  fs.writeFileSync(
-    path.join(bins, 'gzip'),
-    [
-      '#!/bin/sh',
-      `d='${bins}'`,
-      'case " $* " in *" -d "*) if [ -e "$d/stall" ]; then',
-      '  /bin/gzip "$@" | { head -c 262144; : > "$d/stalled"; sleep 60; cat; }',
-      '  exit 0',
-      'fi ;; esac',
-      'exec /bin/gzip "$@"',
-      '',
-    ].join('\n'),
-    { mode: 0o755 },
-  );
+  // VM "ab": the decompressor tar runs (`gzip -d` or `zstd -d`, whichever codec the stream has) stalls
+  // after 256 KB while `stall` exists: tar has unpacked part of the stream.
+  for (const [name, real] of [['gzip', '/bin/gzip'], ['zstd', '/usr/bin/zstd']]) {
+    fs.writeFileSync(
+      path.join(bins, name),
+      [
+        '#!/bin/sh',
+        `d='${bins}'`,
+        'case " $* " in *" -d "*) if [ -e "$d/stall" ]; then',
+        `  ${real} "$@" | { head -c 262144; : > "$d/stalled"; sleep 60; cat; }`,
+        '  exit 0',
+        'fi ;; esac',
+        `exec ${real} "$@"`,
+        '',
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+  }
   world = await World.create(IDS, { sshdExtra: { ab: [`SetEnv PATH=${bins}:/usr/bin:/bin`] } });
 });
 afterAll(() => {

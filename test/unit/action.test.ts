@@ -125,11 +125,16 @@ describe('workflow context', () => {
     ['a branch deletion (all-zero after)', '0'.repeat(40), 'a'.repeat(40)],
     ['an after that is not a commit hash', 'HEAD', 'a'.repeat(40)],
   ])('a push deploys the event\'s after: %s', (_name, after, expected) => {
-    const event = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-event-')), 'event.json');
-    fs.writeFileSync(event, JSON.stringify({ ref: 'refs/heads/main', before: 'c'.repeat(40), after }));
-    const ctx = readWorkflowContext({ GITHUB_REPOSITORY: 'acme/app', GITHUB_EVENT_NAME: 'push', GITHUB_EVENT_PATH: event, GITHUB_SHA: 'a'.repeat(40) });
-    expect(ctx.sha).toBe(expected);
-    expect(ctx.push).toEqual({ before: 'c'.repeat(40), after, ref: 'refs/heads/main' });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-event-'));
+    const event = path.join(dir, 'event.json');
+    try {
+      fs.writeFileSync(event, JSON.stringify({ ref: 'refs/heads/main', before: 'c'.repeat(40), after }));
+      const ctx = readWorkflowContext({ GITHUB_REPOSITORY: 'acme/app', GITHUB_EVENT_NAME: 'push', GITHUB_EVENT_PATH: event, GITHUB_SHA: 'a'.repeat(40) });
+      expect(ctx.sha).toBe(expected);
+      expect(ctx.push).toEqual({ before: 'c'.repeat(40), after, ref: 'refs/heads/main' });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('the fetch credential is a per-command header in the environment', () => {

@@ -6,6 +6,18 @@ import { AGENT_SCRIPT, agentCommand, parseAgentOutput, shellQuote } from '../../
 import { classifyConnectError, classifyRsyncFailure } from '../../src/remote/classify.js';
 import { parseProgress, parseRsyncOutput, rsyncArgs, type RsyncPlan } from '../../src/remote/rsync.js';
 
+
+/** Homes made by these tests, removed after them. */
+const homes: string[] = [];
+function tempHome(): string {
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-home-'));
+  homes.push(home);
+  return home;
+}
+afterAll(() => {
+  for (const home of homes) fs.rmSync(home, { recursive: true, force: true });
+});
+
 describe('shellQuote', () => {
   const tricky = ["it's", '$(touch /tmp/pwned)', '`id`', 'a b\tc', '"; rm -rf / #', '~/app', '\\n', '', "''", 'ünïcødé 日本'];
   test.each(tricky)('a real sh receives %j unchanged', (word) => {
@@ -42,7 +54,7 @@ describe('agent script', () => {
   });
 
   test('probe runs under a real sh and expands ~/ against $HOME', () => {
-    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-home-'));
+    const home = tempHome();
     fs.mkdirSync(path.join(home, 'app'));
     fs.writeFileSync(path.join(home, 'app', '.sync_rev'), `${'a'.repeat(40)}\n`);
     const out = execFileSync('sh', ['-c', agentCommand('probe', '~/app', { nonce: 'n1', budgetS: 30 })], { encoding: 'utf8', env: { ...process.env, HOME: home } });
@@ -59,7 +71,7 @@ describe('agent script', () => {
     ['a FIFO', (f: string) => execFileSync('mkfifo', [f]), 'special'],
     ['a directory', (f: string) => fs.mkdirSync(f), 'directory'],
   ])('probe never reads or follows a .sync_rev that is %s', (_what, plant, state) => {
-    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-home-'));
+    const home = tempHome();
     fs.mkdirSync(path.join(home, 'app'));
     plant(path.join(home, 'app', '.sync_rev'));
     const out = execFileSync('sh', ['-c', agentCommand('probe', '~/app', { nonce: 'n2', budgetS: 5 })], { encoding: 'utf8', env: { ...process.env, HOME: home }, timeout: 10_000 });
