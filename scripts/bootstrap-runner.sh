@@ -163,10 +163,17 @@ uid_of() { awk -F: -v u="$1" '$1 == u { print $3 }' "$(R /etc/passwd)"; }
 gid_of() { awk -F: -v u="$1" '$1 == u { print $4 }' "$(R /etc/passwd)"; }
 in_group() { awk -F: -v g="$2" -v u="$1" '$1 == g { n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == u) found = 1 } END { exit !found }' "$(R /etc/group)"; }
 as_user() { # run a command as the runner user with a clean environment (plus NAME=VALUE pairs first)
-  local env_pairs=()
+  local env_pairs=() keep_path=$PATH home uid gid
   while [ $# -gt 0 ] && [[ $1 == *=* ]]; do env_pairs+=("$1"); shift; done
-  env -i PATH="$PATH" HOME="$(R "$dir")" LANG=C.UTF-8 "${env_pairs[@]}" \
-    setpriv --reuid "$(uid_of "$run_user")" --regid "$(gid_of "$run_user")" --clear-groups -- "$@"
+  home=$(R "$dir") uid=$(uid_of "$run_user") gid=$(gid_of "$run_user")
+  # A pair may be a secret (the registration token). `env -i NAME=VALUE cmd` would show it in ps for as
+  # long as env runs, so the environment is cleared and set with shell builtins, which start no program.
+  (
+    while IFS= read -r exported; do unset "$exported" 2>/dev/null || true; done < <(compgen -e)
+    export PATH="$keep_path" HOME="$home" LANG=C.UTF-8
+    for pair in "${env_pairs[@]}"; do export "${pair?}"; done
+    exec setpriv --reuid "$uid" --regid "$gid" --clear-groups -- "$@"
+  )
 }
 api() { # METHOD PATH: GitHub REST with the PAT read from the environment, sent via curl's stdin config
   local method=$1 path=$2 api_url

@@ -167,9 +167,12 @@ function calls(): Array<{ script: string; uid: number; token: string; args: stri
 function expectNoToken(run: ScriptRun): void {
   // The sampler really saw the script and its children (otherwise this check would prove nothing).
   expect(run.processes.some((p) => p.includes('bootstrap-runner.sh'))).toBe(true);
+  const envArgs = fs.existsSync(path.join(records, 'env-args')) ? fs.readFileSync(path.join(records, 'env-args'), 'utf8') : '';
   for (const secret of [PAT, REG_TOKEN, REMOVE_TOKEN]) {
     expect(run.out).not.toContain(secret);
     expect(run.processes.some((p) => p.includes(secret))).toBe(false);
+    // Sampling ps can miss a short-lived program; `env` records every call it gets.
+    expect(envArgs.includes(secret)).toBe(false);
   }
 }
 
@@ -198,6 +201,8 @@ maybe('bootstrap-runner.sh', () => {
     for (const name of HOST_COMMANDS) {
       fs.writeFileSync(path.join(fakeBin, name), `#!/bin/sh\necho "${name} $*" >> ${records}/host-commands\nexit 1\n`, { mode: 0o755 });
     }
+    // `env` records its arguments, then runs: no secret may be one of them (ps shows a program's arguments).
+    fs.writeFileSync(path.join(fakeBin, 'env'), `#!/bin/sh\nprintf '%s\\n' "$*" >> ${records}/env-args\nexec /usr/bin/env "$@"\n`, { mode: 0o755 });
     toolsBin = path.join(work, 'tools');
     fs.mkdirSync(toolsBin);
     for (const tool of ['readlink', 'dirname', 'id', 'stat']) fs.symlinkSync(`/usr/bin/${tool}`, path.join(toolsBin, tool));
