@@ -68,6 +68,8 @@ case $T in
   */*) P=${T%/*}; [ -n "$P" ] || P=/ ;;
   *) P=. ;;
 esac
+# As dirname: no trailing slash on the parent (a $HOME of "/home/u/" makes T "/home/u//app").
+while :; do case $P in ?*/) P=${P%/} ;; *) break ;; esac; done
 N=${T##*/}
 S="$P/.$N.vm-sync"
 R="$S/releases"

@@ -259,7 +259,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
           })
         : null);
     // The streams the VMs will most likely ask for, made while they are connected and locked.
-    if (runStreams && exported) runStreams.prefetch(await repo.deployedOf(vms.slice(0, PREFETCH_MAX_VMS).map((vm) => vm.id)));
+    if (runStreams && exported) runStreams.prefetch(await repo.deployedOf(vms.map((vm) => vm.id)));
     const outcome = await releaseFleet(
       {
         config,
@@ -289,9 +289,6 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
 }
-
-/** Streams are prefetched from the bases of this many VMs (a fleet on many commits makes the rest on demand). */
-const PREFETCH_MAX_VMS = 1000;
 
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */
 function scanCacheDir(config: Config): string {

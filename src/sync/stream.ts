@@ -22,6 +22,9 @@ import type { StreamCodec } from '../remote/target.js';
  * name that is not UTF-8 survives byte for byte.
  */
 
+/** How many streams {@link ReleaseStreams.prefetch} makes ahead, at most. */
+export const PREFETCH_STREAMS = 2;
+
 /** One stream, ready to send. */
 export interface ReleaseStream {
   /** The commit it starts from (the VM's live release holds it), null: the whole tree. */
@@ -142,7 +145,7 @@ export function encodeStreamPath(rel: string): string {
 export class ReleaseStreams {
   private readonly made = new Map<string, Promise<StreamOutcome>>();
   /** What prefetch started (it may not be in `made` yet: the codec is decided first). */
-  private readonly asked: Array<Promise<StreamOutcome>> = [];
+  private readonly asked: Array<Promise<unknown>> = [];
   private readonly exclude: ExcludeMatcher | null;
   private substChecked?: Promise<string | null>;
 
@@ -176,7 +179,18 @@ export class ReleaseStreams {
    * stream's CPU; zstd is assumed (what most VMs run).
    */
   prefetch(bases: ReadonlyArray<string | null>): void {
-    for (const base of new Set(bases)) this.asked.push(this.for(base, true));
+    const counts = new Map<string | null, number>();
+    for (const base of bases) counts.set(base, (counts.get(base) ?? 0) + 1);
+    // The most common starting points only, one after the other: a fleet spread over many commits must not
+    // start a git diff, tar and zstd for each of them at once, beside the SSH handshakes, and a run that
+    // ends early waits for at most these (see settled()). The rest are made when a VM asks.
+    const likely = [...counts].sort((a, b) => b[1] - a[1]).slice(0, PREFETCH_STREAMS).map(([base]) => base);
+    let previous: Promise<unknown> = Promise.resolve();
+    for (const base of likely) {
+      const next = previous.then(() => this.for(base, true));
+      this.asked.push(next);
+      previous = next;
+    }
   }
 
   /** Waits for every stream being made (before its scratch directory goes). */

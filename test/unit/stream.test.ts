@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { encodeStreamPath, excludeMatcher, parseRawDiff, ReleaseStreams } from '../../src/sync/stream.js';
+import { encodeStreamPath, excludeMatcher, parseRawDiff, PREFETCH_STREAMS, ReleaseStreams } from '../../src/sync/stream.js';
 
 describe('excludeMatcher: rsync meaning for the patterns it understands, null for the rest', () => {
   test('a bare name matches that entry at any depth, and only whole components', () => {
@@ -163,6 +163,16 @@ describe('ReleaseStreams (real git, real tar)', () => {
     // A VM without zstd still gets its own gzip stream.
     const gzip = await s.for(null, false);
     expect(gzip.ok && gzip.stream.codec).toBe('gzip');
+  });
+
+  test('prefetch makes only the most common starting points ahead (a fleet spread over many commits is not made all at once)', async () => {
+    const scratch = fs.mkdtempSync(path.join(dir, 's-'));
+    const { streams: s } = streams(scratch);
+    // Three distinct bases: c1 on three VMs, nothing on two, c2 (the commit itself: an empty diff) on one.
+    s.prefetch([c2, null, c1, c1, null, c1]);
+    await s.settled();
+    expect(PREFETCH_STREAMS).toBe(2);
+    expect(fs.readdirSync(scratch).sort()).toEqual([`stream-${c1}.zstd`, 'stream-full.zstd']);
   });
 
   test('zstd for a VM that runs it (the runner host runs it too): the same header and members, smaller; made once per codec', async () => {
