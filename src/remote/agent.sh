@@ -115,10 +115,12 @@ no_other_writers() {
   esac
 }
 state_dirs() {
-  for d in "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests"; do own_dir_entry "$d"; done
+  # The function's own positional parameters: the seven directories, listed once.
+  set -- "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests"
+  for d in "$@"; do own_dir_entry "$d"; done
   # Writable by group or others: one find for all seven (every step runs this), the fix one by one.
-  if [ -n "$(find "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests" -prune \( -perm -020 -o -perm -002 \) -print 2>/dev/null | head -c 1)" ]; then
-    for d in "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests"; do no_other_writers "$d"; done
+  if [ -n "$(find "$@" -prune \( -perm -020 -o -perm -002 \) -print 2>/dev/null | head -c 1)" ]; then
+    for d in "$@"; do no_other_writers "$d"; done
   fi
 }
 # A release is complete when $C/<name> (its completion marker, holding the

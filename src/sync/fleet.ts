@@ -155,6 +155,10 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   };
   const force = options.force ?? false;
   const dryRun = options.dryRun ?? false;
+  // What this runner recorded on each VM, read once (one for-each-ref) after the fetch: the no-op check, the
+  // scan's range and the prefetch all ask, and nothing records a deploy before this run ends.
+  let records: Promise<Array<string | null>> | null = null;
+  const recorded = (): Promise<Array<string | null>> => (records ??= repo.deployedOf(vms.map((vm) => vm.id)));
   let streamDir: string | null = null;
   let streams: ReleaseStreams | null = null;
   // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
@@ -173,7 +177,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       force,
       dryRun,
       exportDir,
-      exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(repo, vms, sha))),
+      exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(recorded(), vms, sha))),
       exporter: dryRun ? undefined : exportNow,
     });
 
@@ -203,7 +207,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       }
       const request: ScanRequest =
         options.scanRequest ??
-        (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await repo.deployedOf(vms.map((vm) => vm.id)) });
+        (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await recorded() });
       const plan = await planScan(repo, request);
       return runSecretScan({
         settings: config.repository.secretScanning,
@@ -259,7 +263,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
           })
         : null);
     // The streams the VMs will most likely ask for, made while they are connected and locked.
-    if (runStreams && exported) runStreams.prefetch(await repo.deployedOf(vms.map((vm) => vm.id)));
+    if (runStreams && exported) runStreams.prefetch(await recorded());
     const outcome = await releaseFleet(
       {
         config,
@@ -304,8 +308,8 @@ function exportSentence(snapshot: ExportSnapshot, ms: number): string {
 }
 
 /** Whether this runner recorded every VM on `commit` (its last successful deploy to each). */
-async function allRecordedOn(repo: RunnerRepo, vms: readonly VmConfig[], commit: string): Promise<boolean> {
-  const recorded = await repo.deployedOf(vms.map((vm) => vm.id));
+async function allRecordedOn(records: Promise<Array<string | null>>, vms: readonly VmConfig[], commit: string): Promise<boolean> {
+  const recorded = await records;
   return vms.length > 0 && recorded.every((sha) => sha === commit);
 }
 
