@@ -630,8 +630,11 @@ apply)
   removed=0
   while IFS= read -r line; do
     [ "$line" = . ] && break
-    rel=$(printf '%bx' "$line")
-    rel=${rel%x}
+    # Only a line with an escape needs printf (a fork per removal adds up).
+    case $line in
+      *\\*) rel=$(printf '%bx' "$line"); rel=${rel%x} ;;
+      *) rel=$line ;;
+    esac
     case /$rel/ in // | *//* | */./* | */../*) fail failed "bad path in the stream" ;; esac
     no_link_parent "$stage" "$rel" || fail release_drifted "a parent directory of a changed path is a symlink in $base"
     rm -rf -- "${stage:?}/$rel" || fail failed "cannot remove a changed path from $stage"
@@ -913,8 +916,12 @@ serve)
     case $rop in '' | *[!a-z-]*) continue ;; esac
     for w in "$@"; do
       shift
-      a=$(printf '%bx' "${w#=}")
-      set -- "$@" "${a%x}"
+      w=${w#=}
+      # Only a word with an escape needs printf (a fork per argument adds up over a deploy).
+      case $w in
+        *\\*) a=$(printf '%bx' "$w"); w=${a%x} ;;
+      esac
+      set -- "$@" "$w"
     done
     rm -f -- "$errf.st"
     { { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&-; printf '%s\n' "$?" > "$errf.st"; } | tail -c 4000 > "$errf"; } 3>&1

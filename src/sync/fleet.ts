@@ -184,21 +184,26 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
     let excluded: ExcludedReport | null = null;
     const runNotes: string[] = [];
-    const listExcluded = async (): Promise<void> => {
-      try {
-        excluded = await excludedPaths(exportDir, rsyncExcludes(config, []), { signal: options.signal });
-        const sentence = excludedSentence(excluded);
+    // Listed while the scan runs (it only reads the export); said once the scan has passed.
+    const listExcluded = (): (() => Promise<void>) => {
+      const listing = excludedPaths(exportDir, rsyncExcludes(config, []), { signal: options.signal }).then(
+        (found) => ({ found, error: null }),
+        (error: unknown) => ({ found: null, error }),
+      );
+      return async () => {
+        const { found, error } = await listing;
+        if (!found) return void runNotes.push(`could not list the committed paths rsync_excludes leaves out (the deploy is not affected): ${getErrorMessage(error)}`);
+        excluded = found;
+        const sentence = excludedSentence(found);
         if (sentence) {
           events.info(null, sentence);
           runNotes.push(sentence);
         }
-      } catch (error) {
-        runNotes.push(`could not list the committed paths rsync_excludes leaves out (the deploy is not affected): ${getErrorMessage(error)}`);
-      }
+      };
     };
     const done = (report: RunReport): RunReport => ({ ...report, excluded, ...(runNotes.length > 0 ? { notes: runNotes } : {}) });
 
-    // The secret-scan gate: before any VM is contacted.
+    // The secret-scan gate: before any byte of the tree leaves this host.
     let scan: ScanReport | null = null;
     const gate = async (): Promise<ScanReport | null> => {
       if (!config.repository.secretScanning.enabled) {
@@ -220,27 +225,38 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         signal: options.signal,
       });
     };
-    if (exported) {
+    // The scan, then the list of what rsync_excludes leaves out; rejects when the scan blocks or fails.
+    const scanned = async (): Promise<{ dir: string; notes: string[] }> => {
+      const sayExcluded = listExcluded();
       scan = await gate();
-      if (scan?.blocked) return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
-      await listExcluded();
+      if (scan?.blocked) throw new VmSyncError('secrets_found', `${count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+      await sayExcluded();
+      return { dir: exportDir, notes: committedSentinelNote(exportDir) };
+    };
+    // The tree, for the VMs that need it: ready once the scan passed. A real deploy scans while the VMs
+    // connect and lock (they stage nothing before it passes); a dry run scans first, as it always did.
+    let ready: Promise<{ dir: string; notes: string[] }> | null = null;
+    if (exported && dryRun) {
+      const passed = await scanned().catch((error: unknown) => {
+        if (scan?.blocked) return null;
+        throw error;
+      });
+      if (!passed) return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
+      ready = Promise.resolve(passed);
+    } else if (exported) {
+      ready = scanned();
+      // Observed by every VM that needs the tree and after the release; never an unhandled rejection.
+      ready.catch(() => undefined);
     } else {
       events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
     }
-    // The tree, for a VM that needs it: exported and scanned once, on first demand.
-    let late: Promise<{ dir: string; notes: string[] }> | null = null;
-    const tree = (): Promise<{ dir: string; notes: string[] }> => {
-      if (exported) return Promise.resolve({ dir: exportDir, notes: committedSentinelNote(exportDir) });
-      late ??= (async () => {
+    // Not exported up front: exported and scanned once, on first demand.
+    const tree = (): Promise<{ dir: string; notes: string[] }> =>
+      (ready ??= (async () => {
         events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
         await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
-        scan = await gate();
-        if (scan?.blocked) throw new VmSyncError('secrets_found', `${count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
-        await listExcluded();
-        return { dir: exportDir, notes: committedSentinelNote(exportDir) };
-      })();
-      return late;
-    };
+        return scanned();
+      })());
 
     const { rollout } = config;
     events.info(null, `deploying ${commit} to ${count(vms.length, 'VM')}, ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
@@ -255,7 +271,8 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         ? new ReleaseStreams({
             repoDir: repo.dir,
             commit,
-            tree,
+            // Built from the export while the scan runs (nothing leaves this host: a VM gets a stream only after tree()).
+            tree: exported ? () => Promise.resolve({ dir: exportDir }) : tree,
             excludes: rsyncExcludes(config, []),
             sharedPaths: config.repository.sharedPaths.map((s) => s.path),
             scratchDir: (streamDir = makeScratchDir('stream')),
@@ -271,6 +288,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         history: repo,
         commit,
         tree,
+        treeWaitS: config.repository.secretScanning.enabled ? config.repository.secretScanning.timeoutS : 0,
         force,
         owner: ownLockOwner(commit, runUrlFromEnv()),
         runId: options.runId,
@@ -283,6 +301,11 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       vms,
     );
     await recordDeployed(repo, outcome.vms, events);
+    // A scan that failed (not a block: a broken or timed-out scan) fails the run with its error: no VM
+    // staged or got anything (each waited for the tree), and each one's lock was released.
+    if (ready) await ready.catch((error: unknown) => {
+      if (!scan?.blocked) throw error;
+    });
     return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
   } finally {
     await streams?.settled();

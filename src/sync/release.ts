@@ -1,7 +1,8 @@
 /**
  * The executor of a fleet release. `main` reads as its phases:
  *
- *   prepare  every VM in parallel: lock, probe, decide, stage and seal a release
+ *   prepare  every VM in parallel: lock, probe, decide while the secret scan
+ *            runs; once it passed (tree), stage and seal a release
  *   flip     all at once, or batch by batch (rolling)
  *   verify   `.sync_rev` read back through the live path
  *   health   the health command in the live release; revert when unhealthy
@@ -43,6 +44,13 @@ export interface ReleaseContext {
    * scan nothing; one that finds secrets then rejects, and no VM gets the tree.
    */
   tree(): Promise<{ dir: string; notes: string[] }>;
+  /**
+   * The longest {@link tree} may keep a VM waiting, in seconds (the secret
+   * scan's `timeout_s` when it scans). The VMs connect and lock while it
+   * runs: their lock and agent session last that much longer, and each VM's
+   * own budget stops while it waits (see VmBudget).
+   */
+  treeWaitS?: number;
   force: boolean;
   /** Who this run is, as recorded in each VM's lock (the VM adds the deadline). */
   owner: Omit<LockOwner, 'deadline'>;
@@ -82,6 +90,37 @@ interface VmRun {
   treeNotes: string[];
 }
 
+/**
+ * A VM's prepare budget: `sync.timeout_s` (plus the lock wait) of the VM's own
+ * time. Time spent waiting for the run (the secret scan, before the tree is
+ * ready) is not the VM's: {@link extend} pushes the deadline back by it, so a
+ * slow scan never times a VM out, and a stuck VM still fails on time.
+ */
+class VmBudget {
+  private readonly controller = new AbortController();
+  private timer: NodeJS.Timeout;
+  readonly signal: AbortSignal;
+  deadlineAt: number;
+
+  constructor(ms: number, run?: AbortSignal) {
+    this.deadlineAt = Date.now() + ms;
+    this.timer = this.arm();
+    this.signal = run ? AbortSignal.any([run, this.controller.signal]) : this.controller.signal;
+  }
+
+  extend(ms: number): void {
+    if (ms <= 0 || this.controller.signal.aborted) return;
+    clearTimeout(this.timer);
+    this.deadlineAt += ms;
+    this.timer = this.arm();
+  }
+
+  private arm(): NodeJS.Timeout {
+    // Unref'd like AbortSignal.timeout: a budget never keeps the process alive.
+    return setTimeout(() => this.controller.abort(new DOMException('the VM budget ran out', 'TimeoutError')), Math.max(0, this.deadlineAt - Date.now())).unref();
+  }
+}
+
 /** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
 const POST_SYNC_LINES = 200;
 const POST_SYNC_FAILURE_LINES = 20;
@@ -113,7 +152,7 @@ class FleetRelease {
     this.token = ctx.owner.token;
     const { sync, rollout } = ctx.config;
     this.budgetMs = sync.timeoutS * 1000;
-    this.sessionBudgetS = sessionBudgetS(ctx.config, vms.length, ctx.lockWaitS);
+    this.sessionBudgetS = sessionBudgetS(ctx.config, vms.length, ctx.lockWaitS + (ctx.treeWaitS ?? 0));
     this.buildKey = buildKey(rsyncExcludes(ctx.config, []), ctx.config.repository.sharedPaths.map((s) => s.path));
     this.rollout = { strategy: rollout.strategy, batches: [], halted: false, halted_reason: null };
   }
@@ -133,6 +172,15 @@ class FleetRelease {
   async main(): Promise<VmReport[]> {
     const { rollout, repository } = this.ctx.config;
     await this.prepare();
+    // Nothing flips before the tree is cleared (the secret scan passed): for the atomic layout every staged
+    // VM already waited for it; in place, the transfer is the flip, so the whole fleet waits here.
+    if (this.active().length > 0) {
+      const blocked = await this.ctx.tree().then(
+        () => null,
+        (error: unknown) => toFailure(error),
+      );
+      if (blocked) await Promise.all(this.active().map((run) => this.fail(run, blocked)));
+    }
     const staged = this.active();
     const total = this.runs.length;
     const batches = planBatches(staged.map((run) => run.vm.id), rollout);
@@ -179,11 +227,12 @@ class FleetRelease {
   private async prepareWithRetries(run: VmRun): Promise<void> {
     const { sync } = this.ctx.config;
     const earlier: string[] = [];
-    const { signal, deadlineAt } = this.budget(this.ctx.lockWaitS * 1000);
+    const budget = new VmBudget(this.budgetMs + this.ctx.lockWaitS * 1000, this.ctx.signal);
+    const { signal } = budget;
     for (let attempt = 0; ; attempt++) {
       run.report = { ...failedRow(run.vm), notes: [...earlier] };
       try {
-        await this.prepareVm(run, signal, deadlineAt);
+        await this.prepareVm(run, budget);
         return;
       } catch (error) {
         let failure = toFailure(error);
@@ -211,8 +260,11 @@ class FleetRelease {
   }
 
   /** Connect, lock, probe, decide, and stage + seal the release (atomic layout). */
-  private async prepareVm(run: VmRun, signal: AbortSignal, deadlineAt: number): Promise<void> {
+  private async prepareVm(run: VmRun, budget: VmBudget): Promise<void> {
     const { config, commit, force } = this.ctx;
+    const { signal } = budget;
+    // The VM's side (its lock's deadline, each step's timeout) also covers the longest wait for the tree.
+    const deadlineAt = budget.deadlineAt + (this.ctx.treeWaitS ?? 0) * 1000;
     const port = await connect(run.vm, this.ctx.events, 'prepare', config.sync.connectTimeoutS, () =>
       this.ctx.openPort(run.vm, { signal, deadlineAt, sessionBudgetS: this.sessionBudgetS, connectTimeoutMs: config.sync.connectTimeoutS * 1000 }),
     );
@@ -277,6 +329,14 @@ class FleetRelease {
     report.notes.push(...decision.notes);
     report.action = 'deploy';
     if (config.repository.layout !== 'atomic') return; // in place: the transfer is the flip
+    // The tree is ready once the secret scan passed (it runs while the VMs connect and lock): until
+    // then nothing is staged, so a blocked deploy leaves nothing on the VM.
+    const waitFrom = Date.now();
+    const tree = await this.ctx.tree();
+    run.treeNotes = tree.notes;
+    // The wait was the run's, not the VM's: the VM's budget starts again where it stopped.
+    budget.extend(Date.now() - waitFrom);
+    port.extendTo(budget.deadlineAt, signal);
     const shared = config.repository.sharedPaths;
     const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
     for (const name of staged.removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);
@@ -288,8 +348,6 @@ class FleetRelease {
       this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
       return;
     }
-    const tree = await this.ctx.tree();
-    run.treeNotes = tree.notes;
     const stats =
       (await this.streamed(run, port, staged)) ??
       (await (async () => {

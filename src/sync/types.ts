@@ -129,7 +129,7 @@ export interface RunReport {
   rollout?: RolloutReport | null;
   /** Last flip minus first flip over the VMs that flipped, in ms; null when none flipped. */
   flip_skew_ms?: number | null;
-  /** Empty when the scan blocked the run: no VM was contacted. */
+  /** Empty when a dry run's scan blocked it (no VM was contacted); a blocked sync has a `secrets_found` row per VM it did not send it to. */
   vms: VmReport[];
   /** The shard this run covered (`--shard K/N`); absent when it covered the whole selection. */
   shard?: { index: number; count: number } | null;
@@ -163,7 +163,7 @@ export interface RolloutReport {
  * the release), `flip`, `verify`, `health`, `finish` (prune, post_sync_command,
  * unlock; its last line is the VM's result). `rollback` and `inspect` (status,
  * verify) are the phases of those commands; `export` and `scan` are the
- * run's own, before any VM.
+ * run's own (the scan runs while the VMs are in `prepare`).
  */
 export type EnginePhase = 'prepare' | 'transfer' | 'flip' | 'verify' | 'health' | 'finish' | 'rollback' | 'inspect' | 'export' | 'scan';
 

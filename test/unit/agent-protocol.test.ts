@@ -105,12 +105,15 @@ describe('encodeSessionArg through a real shell', () => {
   ];
 
   const shells = ['/bin/sh', ...['/bin/bash', '/usr/bin/bash'].filter((p) => fs.existsSync(p)).slice(0, 1)];
-  // The decoding of agent.sh's serve op: a=$(printf '%bx' "${w#=}"); ... "${a%x}"
-  const decode = 'a=$(printf "%bx" "${1#=}"); printf %s "${a%x}"';
+  // The decoding of agent.sh's serve op: printf only for a word with an escape.
+  const decodeWord = 'w=${w#=}; case $w in *\\\\*) a=$(printf \'%bx\' "$w"); w=${a%x} ;; esac';
+  const decode = `w=$1; ${decodeWord}; printf %s "$w"`;
 
   test('the shells under test: /bin/sh (dash here) and bash', () => {
     expect(shells.length).toBeGreaterThanOrEqual(1);
-    expect(fs.readFileSync('src/remote/agent.sh', 'utf8')).toContain(`a=$(printf '%bx' "\${w#=}")`);
+    const agent = fs.readFileSync('src/remote/agent.sh', 'utf8');
+    expect(agent).toContain('w=${w#=}');
+    expect(agent).toContain(`*\\\\*) a=$(printf '%bx' "$w"); w=\${a%x} ;;`);
   });
 
   test.each(values)('%s: the encoded word is one plain word starting with "="', (_name, value) => {
@@ -140,7 +143,7 @@ describe('encodeSessionArg through a real shell', () => {
         'IFS= read -r line',
         'set -f; set -- $line; set +f',
         'shift 3',
-        'for w in "$@"; do shift; a=$(printf \'%bx\' "${w#=}"); set -- "$@" "${a%x}"; done',
+        `for w in "$@"; do shift; ${decodeWord}; set -- "$@" "$w"; done`,
         'for v in "$@"; do printf \'%s\\000\' "$v"; done',
       ].join('\n');
       const result = spawnSync(shell, ['-c', script, 'x'], { input: `${line}\n` });

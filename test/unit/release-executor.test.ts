@@ -8,7 +8,7 @@
 import type { Config } from '../../src/config/types.js';
 import { VmSyncError } from '../../src/errors.js';
 import type { LockOwner } from '../../src/remote/lock.js';
-import { releaseFleet, rollbackFleet, type ReleaseContext, type ReleaseOutcome, type RollbackContext } from '../../src/sync/release.js';
+import { releaseFleet, rollbackFleet, sessionBudgetS, type ReleaseContext, type ReleaseOutcome, type RollbackContext } from '../../src/sync/release.js';
 import { buildKey, type StreamOutcome } from '../../src/sync/stream.js';
 import { rsyncExcludes } from '../../src/sync/vm-pipeline.js';
 import type { VmReport } from '../../src/sync/types.js';
@@ -155,10 +155,86 @@ describe('all-at-once', () => {
     expect(rows.vm01).toMatchObject({ action: 'none', result: 'success' });
     for (const id of ['vm02', 'vm03']) {
       expect(rows[id]).toMatchObject({ result: 'failed', error: { code: 'secrets_found' }, rev_after: OLD });
+      // Not even staged: a blocked deploy leaves no partial release behind.
+      expect(mixed.of(id, 'stage')).toEqual([]);
       expect(mixed.of(id, 'transfer')).toEqual([]);
       expect(mixed.of(id, 'flip')).toEqual([]);
     }
     expectClean(mixed);
+  });
+
+  test('the VMs lock while the tree is made ready (the scan), and stage only once it is', async () => {
+    // Catches: staging or sending before the scan passed, or waiting for the scan before connecting.
+    const scan = deferred();
+    const fleet = fleetOf({});
+    const config = fleetConfig(IDS);
+    const running = releaseFleet(releaseCtx(config, fleet, { tree: async () => (await scan.promise, { dir: '/tmp/x', notes: [] }) }), config.vms);
+    await fleet.until((calls) => IDS.every((id) => calls.some((c) => c.vm === id && c.op === 'begin')));
+    await new Promise((r) => setTimeout(r, 30));
+    for (const id of IDS) expect([id, ops(fleet, id)]).toEqual([id, ['open', 'begin']]);
+    scan.resolve();
+    const outcome = await running;
+    for (const id of IDS) expect([id, ops(fleet, id)]).toEqual([id, ['open', 'begin', 'stage', 'transfer', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']]);
+    expect(outcome.vms.map((r) => r.result)).toEqual(IDS.map(() => 'success'));
+    expectClean(fleet);
+  });
+
+  test("the wait for the tree (the scan) is the run's, not the VM's: its budget stops meanwhile, its lock and session cover the wait", async () => {
+    // Catches: a scan longer than sync.timeout_s timing out VMs that only waited for it, or a lock that can expire during the wait.
+    const fleet = fleetOf({}, ['vm01']);
+    const config = fleetConfig(['vm01'], { sync: ['timeout_s: 5'] });
+    const started = Date.now();
+    const outcome = await releaseFleet(
+      releaseCtx(config, fleet, { treeWaitS: 60, tree: async () => (await new Promise((r) => setTimeout(r, 400)), { dir: '/tmp/x', notes: [] }) }),
+      config.vms,
+    );
+    expect(outcome.vms[0].result).toBe('success');
+    const [openDeadline, sessionS] = fleet.of('vm01', 'open')[0].args as [number, number];
+    // The VM side (lock deadline, step timeouts) first covers 5 s of its own plus up to 60 s of waiting.
+    expect(openDeadline - started).toBeGreaterThanOrEqual(65_000 - 100);
+    expect(sessionS).toBe(sessionBudgetS(config, 1, 60));
+    expect(sessionS).toBeGreaterThan(sessionBudgetS(config, 1, 0));
+    // Once the tree is there: 5 s of the VM's own time, from where it stopped (at least the 400 ms waited later).
+    const [firstExtend] = fleet.of('vm01', 'extendTo').map((c) => c.args[0] as number);
+    expect(firstExtend - started).toBeGreaterThanOrEqual(5_400 - 50);
+    expect(firstExtend - started).toBeLessThan(5_400 + 1_000);
+    expectClean(fleet);
+  });
+
+  test('a refused tree also stops a VM that would flip to a release staged earlier (no transfer needed)', async () => {
+    // Catches: a VM that needs no transfer flipping although the scan of the commit blocked the deploy.
+    const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), kept(NEW, 2)], live: kept(OLD, 1).name } }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const outcome = await releaseFleet(
+      releaseCtx(config, fleet, {
+        tree: async () => {
+          throw new VmSyncError('secrets_found', '1 possible secret: nothing was sent to this VM');
+        },
+      }),
+      config.vms,
+    );
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'secrets_found' }, rev_after: OLD });
+    expect(fleet.of('vm01', 'flip')).toEqual([]);
+    expect(fleet.vm('vm01').live).toBe(kept(OLD, 1).name);
+    expectClean(fleet);
+  });
+
+  test('in place, a refused tree stops the whole fleet before the first batch: every row says why, none is halted', async () => {
+    // Catches: in-place VMs (whose transfer is the flip) failing one batch at a time, the rest reported rollout_halted.
+    const fleet = fleetOf({});
+    const config = fleetConfig(IDS, { repository: ['layout: in-place'], rollout: ['strategy: rolling', 'batch_size: 1'] });
+    const outcome = await releaseFleet(
+      releaseCtx(config, fleet, {
+        tree: async () => {
+          throw new VmSyncError('secrets_found', '1 possible secret: nothing was sent to this VM');
+        },
+      }),
+      config.vms,
+    );
+    expect(outcome.vms.map((r) => [r.id, r.result, r.error?.code])).toEqual(IDS.map((id) => [id, 'failed', 'secrets_found']));
+    expect(fleet.calls.filter((c) => c.op === 'inPlaceBegin' || c.op === 'transfer')).toEqual([]);
+    expect(outcome.rollout.halted).toBe(false);
+    expectClean(fleet);
   });
 
   test('(b) the same failure with max_failed 1: the others flip', async () => {
