@@ -36407,6 +36407,59 @@ function announceRow(events, report) {
     return report;
 }
 
+;// CONCATENATED MODULE: ./src/git/archive.ts
+
+
+/** The most bytes of pathspecs one `git archive` is given (an argv has limits). */
+const CHUNK_BYTES = 100_000;
+/**
+ * Unpacks `commit` as `git archive` makes it (export-ignore, export-subst and
+ * eol attributes applied: the bytes a VM gets) into `dest`, all of it or only
+ * `paths` (UTF-8 names, taken literally: a name with `*` or `:(...)` means
+ * itself). `dest` is made 0755, and files come out 0644/0755 as git records
+ * them: git archive's default umask 002 would make them group-writable, and
+ * rsync -p copies modes to the VMs.
+ */
+async function archiveInto(options) {
+    const { repoDir, env, commit, dest } = options;
+    external_node_fs_default().mkdirSync(dest, { recursive: true, mode: 0o755 });
+    external_node_fs_default().chmodSync(dest, 0o755);
+    const chunks = [];
+    let chunk = [];
+    let size = 0;
+    for (const p of options.paths ?? []) {
+        if (size + p.length > CHUNK_BYTES && chunk.length > 0) {
+            chunks.push(chunk);
+            chunk = [];
+            size = 0;
+        }
+        chunk.push(p);
+        size += p.length + 1;
+    }
+    if (chunk.length > 0)
+        chunks.push(chunk);
+    if (options.paths === undefined)
+        chunks.push([]);
+    for (const part of chunks) {
+        const args = ['--literal-pathspecs', '-c', 'tar.umask=022', 'archive', '--format=tar', commit, ...(part.length ? ['--', ...part] : [])];
+        const archive = (0,external_node_child_process_namespaceObject.spawn)('git', args, { cwd: repoDir, env: { ...(env ?? process.env), LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
+        const tar = (0,external_node_child_process_namespaceObject.spawn)('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
+        archive.stdout.pipe(tar.stdin);
+        const [a, t] = await Promise.all([exited(archive), exited(tar)]);
+        if (a.code !== 0 || t.code !== 0)
+            return { ok: false, archiveCode: a.code, tarCode: t.code, stderr: [a.stderr, t.stderr].filter((x) => x.trim()).join('\n') };
+    }
+    return { ok: true, archiveCode: 0, tarCode: 0, stderr: '' };
+}
+function exited(child) {
+    return new Promise((resolve, reject) => {
+        let stderr = '';
+        child.stderr?.on('data', (d) => (stderr = (stderr + d.toString()).slice(-4000)));
+        child.on('error', reject);
+        child.on('close', (code) => resolve({ code, stderr }));
+    });
+}
+
 ;// CONCATENATED MODULE: external "node:async_hooks"
 const external_node_async_hooks_namespaceObject = require("node:async_hooks");
 ;// CONCATENATED MODULE: external "node:timers/promises"
@@ -36639,6 +36692,7 @@ function optionForVersion(versionText) {
 }
 
 ;// CONCATENATED MODULE: ./src/git/repo.ts
+
 
 
 
@@ -37171,24 +37225,9 @@ class RunnerRepo {
         }));
     }
     async exportSteps(sha, dest) {
-        external_node_fs_default().mkdirSync(dest, { recursive: true });
-        // rsync -p copies the export's modes: the tree root must be 0755 and files
-        // 0644/0755 as git records them (git archive's default umask 002 would
-        // make everything group-writable on the VMs).
-        external_node_fs_default().chmodSync(dest, 0o755);
-        const archive = (0,external_node_child_process_namespaceObject.spawn)('git', ['-c', 'tar.umask=022', 'archive', '--format=tar', sha], { cwd: this.dir, env: this.gitEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-        const tar = (0,external_node_child_process_namespaceObject.spawn)('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
-        archive.stdout.pipe(tar.stdin);
-        const status = (child) => new Promise((resolve, reject) => {
-            let stderr = '';
-            child.stderr?.on('data', (d) => (stderr += d.toString()));
-            child.on('error', reject);
-            child.on('close', (code) => resolve({ code, stderr }));
-        });
-        const [a, t] = await Promise.all([status(archive), status(tar)]);
-        if (a.code !== 0 || t.code !== 0) {
-            throw this.failure(`export of ${sha} failed (git archive exited ${a.code}, tar ${t.code})`, [a.stderr, t.stderr].filter((x) => x.trim()).join('\n'));
-        }
+        const done = await archiveInto({ repoDir: this.dir, env: this.gitEnv(), commit: sha, dest });
+        if (!done.ok)
+            throw this.failure(`export of ${sha} failed (git archive exited ${done.archiveCode}, tar ${done.tarCode})`, done.stderr);
     }
 }
 const OUTPUT_LINES = 20;
@@ -37239,6 +37278,7 @@ function timestamp(date = new Date()) {
 }
 
 ;// CONCATENATED MODULE: ./src/git/exports.ts
+
 
 
 
@@ -37441,36 +37481,11 @@ class ExportStore {
             await this.archive(commit, tree, written);
         return removed.length + written.length;
     }
-    /** `git archive` of `commit` (or of just `paths` in it) unpacked into `dest`, in chunks that fit an argv. */
+    /** `git archive` of `commit` (or of just `paths` in it) unpacked into `dest`. */
     async archive(commit, dest, paths) {
-        external_node_fs_default().mkdirSync(dest, { recursive: true, mode: 0o755 });
-        external_node_fs_default().chmodSync(dest, 0o755);
-        const chunks = [];
-        if (paths.length === 0)
-            chunks.push([]);
-        let chunk = [];
-        let size = 0;
-        for (const p of paths) {
-            if (size + p.length > 100_000 && chunk.length > 0) {
-                chunks.push(chunk);
-                chunk = [];
-                size = 0;
-            }
-            chunk.push(p);
-            size += p.length + 1;
-        }
-        if (chunk.length > 0)
-            chunks.push(chunk);
-        for (const part of chunks) {
-            // Literal pathspecs: a name with `*` or `:(...)` means itself.
-            const args = ['--literal-pathspecs', '-c', 'tar.umask=022', 'archive', '--format=tar', commit, ...(part.length ? ['--', ...part] : [])];
-            const archive = (0,external_node_child_process_namespaceObject.spawn)('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
-            const tar = (0,external_node_child_process_namespaceObject.spawn)('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
-            archive.stdout.pipe(tar.stdin);
-            const [a, t] = await Promise.all([exports_status(archive), exports_status(tar)]);
-            if (a.code !== 0 || t.code !== 0)
-                throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${a.code}, tar ${t.code}): ${(a.stderr || t.stderr).trim().slice(-1000)}`);
-        }
+        const done = await archiveInto({ repoDir: this.options.repoDir, env: this.options.env, commit, dest, paths: paths.length ? paths : undefined });
+        if (!done.ok)
+            throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${done.archiveCode}, tar ${done.tarCode}): ${done.stderr.trim().slice(-1000)}`);
     }
 }
 function exports_status(child) {
@@ -38719,12 +38734,12 @@ async function runSecretScan(inputs) {
             events.info(null, `WARNING: ${words_count(findings.length, 'possible secret')} found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
         }
         else if (findings.length === 0) {
-            events.info(null, `secret scan: clean (${words_count(commitsScanned, 'commit')}${inputs.exportDir ? ' and the deployed tree' : ''})`);
+            events.info(null, `secret scan: clean (${words_count(commitsScanned, 'commit')}${treeWanted(inputs) ? ' and the deployed tree' : ''})`);
         }
         return {
             description: plan.description,
             commits_scanned: commitsScanned,
-            tree_scanned: inputs.exportDir !== null,
+            tree_scanned: treeWanted(inputs),
             findings,
             blocked,
             unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
@@ -38796,8 +38811,8 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
         commitsScanned += saved?.commits_cached ?? 0;
     let unscanned = [];
     let cleanEntries = [];
-    if (inputs.exportDir) {
-        // Only the files not scanned before under these settings, from a view of hard links at their real paths.
+    if (treeWanted(inputs)) {
+        // Only the files not scanned before under these settings, in a view at their real paths.
         const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
         const fresh = listed ? listed.filter((f) => !cache.hasEntry(f.blob, f.path)) : null;
         let root = inputs.exportDir;
@@ -38805,12 +38820,18 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
         try {
             if (listed && fresh) {
                 view = makeScratchDir('scanview');
-                const bytes = linkView(inputs.exportDir, view, fresh);
+                const bytes = inputs.exportDir ? linkView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh);
                 if (saved) {
                     saved.files_scanned = fresh.length;
                     saved.files_cached = listed.length - fresh.length;
                 }
                 inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
+                root = view;
+            }
+            else if (root === null) {
+                // No cache to narrow it: the whole tree.
+                view = makeScratchDir('scanview');
+                await inputs.exportPaths(view);
                 root = view;
             }
             if (!fresh || fresh.length > 0) {
@@ -38875,6 +38896,32 @@ async function treeFiles(repoDir, commit) {
     return files;
 }
 /** Hard links (copies across filesystems) of `files` from the export into `view`, at their paths; returns their bytes. A file the export lacks (export-ignore) is not deployed: skipped. */
+/** Whether the run scans a tree: from an export, or exported on demand. */
+function treeWanted(inputs) {
+    return inputs.exportDir !== null || inputs.exportPaths !== undefined;
+}
+/**
+ * Unpacks `files` into `view` (bytes as git archive makes them), returning
+ * their size. A name that is not UTF-8 cannot travel in an argv: then the
+ * whole tree is unpacked beside the view, and the files linked from it.
+ */
+async function exportView(exportPaths, view, files) {
+    if (files.length === 0)
+        return 0;
+    const names = files.map((f) => Buffer.from(f.path, 'latin1').toString('utf8'));
+    if (names.every((name, i) => Buffer.from(name, 'utf8').toString('latin1') === files[i].path)) {
+        await exportPaths(view, names);
+        return files.reduce((sum, f) => sum + f.size, 0);
+    }
+    const whole = makeScratchDir('scanexport');
+    try {
+        await exportPaths(whole);
+        return linkView(whole, view, files);
+    }
+    finally {
+        external_node_fs_default().rmSync(whole, { recursive: true, force: true });
+    }
+}
 function linkView(exportDir, view, files) {
     let bytes = 0;
     for (const f of files) {
@@ -44033,6 +44080,7 @@ function excludedSentence(excluded) {
 
 
 
+
 /**
  * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
  * usage error naming the known ones. A known id that belongs to another shard
@@ -44415,37 +44463,32 @@ async function runScan(config, options = {}) {
             : { kind: 'resync', head, deployed: await repo.deployedOf(vms.map((vm) => vm.id)), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
     const plan = await planScan(repo, request);
     sweepDeadRuns(events);
-    // On the runner host the tree comes from the kept exports, as a sync's does: a hard-link copy of the last
-    // export with only the changed paths rewritten, kept afterwards as the next run's base (the sync that
-    // follows this scan then rewrites nothing). A CI checkout (--repo) gets a scratch export, gone after.
-    const exports = options.repoDir ? null : new ExportStore({ stateDir: stateDirOf(config.repository.mainRepoPath), repoDir: dir, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined });
-    exports?.sweep();
-    const exportRoot = exports ? null : makeScratchDir('export');
-    let snapshot = null;
+    // On the runner host only the files the scan cache does not vouch for are exported, straight from the
+    // clone (git archive of those paths): the cost follows the change, not the size of the tree. A CI
+    // checkout (--repo) keeps no cache: its whole tree is exported to a scratch directory, gone after.
+    const exportRoot = options.repoDir && plan.head ? makeScratchDir('export') : null;
     try {
         let exportDir = null;
-        if (plan.head && exports) {
-            const sha = plan.head;
-            const started = Date.now();
-            snapshot = await repo.locked(`export of ${sha.slice(0, 12)}`, () => exports.checkout(sha));
-            exportDir = snapshot.dir;
-            events.info(null, exportSentence(snapshot, Date.now() - started), 'export');
-        }
-        else if (plan.head && exportRoot) {
+        if (plan.head && exportRoot) {
             exportDir = external_node_path_default().join(exportRoot, 'tree');
             await repo.exportTree(plan.head, exportDir);
         }
+        const head = plan.head;
+        const exportPaths = head && !options.repoDir
+            ? (dest, paths) => repo.locked(`export of ${head.slice(0, 12)} for the scan`, async () => {
+                const done = await archiveInto({ repoDir: dir, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined, commit: head, dest, paths });
+                if (!done.ok)
+                    throw new VmSyncError('git_failed', `export of ${head.slice(0, 12)} for the scan failed (git archive exited ${done.archiveCode}, tar ${done.tarCode}): ${done.stderr.trim().slice(-1000)}`);
+            })
+            : undefined;
         // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
         const cacheDir = options.repoDir ? null : scanCacheDir(config);
-        const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events, signal: options.signal });
+        const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, exportPaths, cacheDir, events, signal: options.signal });
         return { command: 'scan', commit: plan.head ?? '', ...(baseline ? { baseline } : {}), dry_run: false, scan, vms: [] };
     }
     finally {
         if (exportRoot)
             removeScratchDirLater(exportRoot);
-        const made = snapshot;
-        if (made && exports)
-            await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
     }
 }
 /**

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { ownedByDeadProcess, scratchSiblingName } from '../local/scratch.js';
+import { archiveInto } from './archive.js';
 import { cloneLockPath } from './clone-lock.js';
 
 /*
@@ -226,33 +227,10 @@ export class ExportStore {
     return removed.length + written.length;
   }
 
-  /** `git archive` of `commit` (or of just `paths` in it) unpacked into `dest`, in chunks that fit an argv. */
+  /** `git archive` of `commit` (or of just `paths` in it) unpacked into `dest`. */
   private async archive(commit: string, dest: string, paths: string[]): Promise<void> {
-    fs.mkdirSync(dest, { recursive: true, mode: 0o755 });
-    fs.chmodSync(dest, 0o755);
-    const chunks: string[][] = [];
-    if (paths.length === 0) chunks.push([]);
-    let chunk: string[] = [];
-    let size = 0;
-    for (const p of paths) {
-      if (size + p.length > 100_000 && chunk.length > 0) {
-        chunks.push(chunk);
-        chunk = [];
-        size = 0;
-      }
-      chunk.push(p);
-      size += p.length + 1;
-    }
-    if (chunk.length > 0) chunks.push(chunk);
-    for (const part of chunks) {
-      // Literal pathspecs: a name with `*` or `:(...)` means itself.
-      const args = ['--literal-pathspecs', '-c', 'tar.umask=022', 'archive', '--format=tar', commit, ...(part.length ? ['--', ...part] : [])];
-      const archive = spawn('git', args, { cwd: this.options.repoDir, env: { ...(this.options.env ?? process.env), LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
-      const tar = spawn('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
-      archive.stdout.pipe(tar.stdin);
-      const [a, t] = await Promise.all([status(archive), status(tar)]);
-      if (a.code !== 0 || t.code !== 0) throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${a.code}, tar ${t.code}): ${(a.stderr || t.stderr).trim().slice(-1000)}`);
-    }
+    const done = await archiveInto({ repoDir: this.options.repoDir, env: this.options.env, commit, dest, paths: paths.length ? paths : undefined });
+    if (!done.ok) throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${done.archiveCode}, tar ${done.tarCode}): ${done.stderr.trim().slice(-1000)}`);
   }
 }
 

@@ -6,6 +6,7 @@ import { VmSyncError } from '../errors.js';
 import { run, type RunResult } from '../local/run.js';
 import { removeIfOrphaned, scratchSiblingName } from '../local/scratch.js';
 import { silentEvents, type EngineEvents } from '../sync/types.js';
+import { archiveInto } from './archive.js';
 import { withCloneLock } from './clone-lock.js';
 import { mergeDiffOption } from './merge-diffs.js';
 
@@ -621,25 +622,8 @@ export class RunnerRepo {
   }
 
   private async exportSteps(sha: string, dest: string): Promise<void> {
-    fs.mkdirSync(dest, { recursive: true });
-    // rsync -p copies the export's modes: the tree root must be 0755 and files
-    // 0644/0755 as git records them (git archive's default umask 002 would
-    // make everything group-writable on the VMs).
-    fs.chmodSync(dest, 0o755);
-    const archive = spawn('git', ['-c', 'tar.umask=022', 'archive', '--format=tar', sha], { cwd: this.dir, env: this.gitEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-    const tar = spawn('tar', ['-x', '-f', '-', '-C', dest], { stdio: ['pipe', 'ignore', 'pipe'] });
-    archive.stdout.pipe(tar.stdin);
-    const status = (child: ReturnType<typeof spawn>): Promise<{ code: number | null; stderr: string }> =>
-      new Promise((resolve, reject) => {
-        let stderr = '';
-        child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-        child.on('error', reject);
-        child.on('close', (code) => resolve({ code, stderr }));
-      });
-    const [a, t] = await Promise.all([status(archive), status(tar)]);
-    if (a.code !== 0 || t.code !== 0) {
-      throw this.failure(`export of ${sha} failed (git archive exited ${a.code}, tar ${t.code})`, [a.stderr, t.stderr].filter((x) => x.trim()).join('\n'));
-    }
+    const done = await archiveInto({ repoDir: this.dir, env: this.gitEnv(), commit: sha, dest });
+    if (!done.ok) throw this.failure(`export of ${sha} failed (git archive exited ${done.archiveCode}, tar ${done.tarCode})`, done.stderr);
   }
 }
 

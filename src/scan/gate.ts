@@ -63,8 +63,15 @@ export interface GateInputs {
   repoDir: string;
   /** Counts the commits of a selection that add text (RunnerRepo.countCommitsAddingText). */
   countCommitsAddingText: (selection: string[]) => Promise<number | null>;
-  /** The clean export of `plan.head` (its tree is scanned there); null when there is no tree. */
+  /** The clean export of `plan.head` (its tree is scanned there); null when there is none (see exportPaths). */
   exportDir: string | null;
+  /**
+   * Without an export: unpacks `paths` of `plan.head` (all of it when
+   * absent) into `dest`, as git archive makes them. `vm-sync scan` on the
+   * runner host then reads only the files the cache does not vouch for,
+   * whatever the size of the tree. Neither this nor exportDir: no tree scan.
+   */
+  exportPaths?: (dest: string, paths?: string[]) => Promise<void>;
   /** The runner host's scan cache directory (src/scan/cache.ts); absent: scan everything. */
   cacheDir?: string | null;
   events: EngineEvents;
@@ -168,12 +175,12 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
     if (findings.length > 0 && !settings.blockOnSecrets) {
       events.info(null, `WARNING: ${countOf(findings.length, 'possible secret')} found and repository.secret_scanning.block_on_secrets is false: the deploy goes on. Rotate them.`);
     } else if (findings.length === 0) {
-      events.info(null, `secret scan: clean (${countOf(commitsScanned, 'commit')}${inputs.exportDir ? ' and the deployed tree' : ''})`);
+      events.info(null, `secret scan: clean (${countOf(commitsScanned, 'commit')}${treeWanted(inputs) ? ' and the deployed tree' : ''})`);
     }
     return {
       description: plan.description,
       commits_scanned: commitsScanned,
-      tree_scanned: inputs.exportDir !== null,
+      tree_scanned: treeWanted(inputs),
       findings,
       blocked,
       unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
@@ -238,8 +245,8 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
   if (strict) commitsScanned += saved?.commits_cached ?? 0;
   let unscanned: UnscannedFile[] = [];
   let cleanEntries: TreeFile[] = [];
-  if (inputs.exportDir) {
-    // Only the files not scanned before under these settings, from a view of hard links at their real paths.
+  if (treeWanted(inputs)) {
+    // Only the files not scanned before under these settings, in a view at their real paths.
     const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
     const fresh = listed ? listed.filter((f) => !(cache as ScanCache).hasEntry(f.blob, f.path)) : null;
     let root = inputs.exportDir;
@@ -247,12 +254,17 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
     try {
       if (listed && fresh) {
         view = makeScratchDir('scanview');
-        const bytes = linkView(inputs.exportDir, view, fresh);
+        const bytes = inputs.exportDir ? linkView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths as NonNullable<GateInputs['exportPaths']>, view, fresh);
         if (saved) {
           saved.files_scanned = fresh.length;
           saved.files_cached = listed.length - fresh.length;
         }
         inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
+        root = view;
+      } else if (root === null) {
+        // No cache to narrow it: the whole tree.
+        view = makeScratchDir('scanview');
+        await (inputs.exportPaths as NonNullable<GateInputs['exportPaths']>)(view);
         root = view;
       }
       if (!fresh || fresh.length > 0) {
@@ -337,6 +349,32 @@ async function treeFiles(repoDir: string, commit: string): Promise<TreeFile[] | 
 }
 
 /** Hard links (copies across filesystems) of `files` from the export into `view`, at their paths; returns their bytes. A file the export lacks (export-ignore) is not deployed: skipped. */
+/** Whether the run scans a tree: from an export, or exported on demand. */
+function treeWanted(inputs: GateInputs): boolean {
+  return inputs.exportDir !== null || inputs.exportPaths !== undefined;
+}
+
+/**
+ * Unpacks `files` into `view` (bytes as git archive makes them), returning
+ * their size. A name that is not UTF-8 cannot travel in an argv: then the
+ * whole tree is unpacked beside the view, and the files linked from it.
+ */
+async function exportView(exportPaths: NonNullable<GateInputs['exportPaths']>, view: string, files: readonly TreeFile[]): Promise<number> {
+  if (files.length === 0) return 0;
+  const names = files.map((f) => Buffer.from(f.path, 'latin1').toString('utf8'));
+  if (names.every((name, i) => Buffer.from(name, 'utf8').toString('latin1') === files[i].path)) {
+    await exportPaths(view, names);
+    return files.reduce((sum, f) => sum + f.size, 0);
+  }
+  const whole = makeScratchDir('scanexport');
+  try {
+    await exportPaths(whole);
+    return linkView(whole, view, files);
+  } finally {
+    fs.rmSync(whole, { recursive: true, force: true });
+  }
+}
+
 function linkView(exportDir: string, view: string, files: readonly TreeFile[]): number {
   let bytes = 0;
   for (const f of files) {

@@ -5,6 +5,7 @@ import type { Config, VmConfig } from '../config/types.js';
 import { inShard, type Shard } from '../config/shard.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
+import { archiveInto } from '../git/archive.js';
 import { ExportStore, stateDirOf, type ExportSnapshot } from '../git/exports.js';
 import { makeScratchDir, removeScratchDirLater, sweepScratchDirs } from '../local/scratch.js';
 import { KnownHosts } from '../remote/known-hosts.js';
@@ -467,33 +468,31 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
     : { kind: 'resync', head, deployed: await repo.deployedOf(vms.map((vm) => vm.id)), withoutRecord: options.repoDir ? 'first-parent' : 'defaults' };
   const plan = await planScan(repo, request);
   sweepDeadRuns(events);
-  // On the runner host the tree comes from the kept exports, as a sync's does: a hard-link copy of the last
-  // export with only the changed paths rewritten, kept afterwards as the next run's base (the sync that
-  // follows this scan then rewrites nothing). A CI checkout (--repo) gets a scratch export, gone after.
-  const exports = options.repoDir ? null : new ExportStore({ stateDir: stateDirOf(config.repository.mainRepoPath), repoDir: dir, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined });
-  exports?.sweep();
-  const exportRoot = exports ? null : makeScratchDir('export');
-  let snapshot: ExportSnapshot | null = null;
+  // On the runner host only the files the scan cache does not vouch for are exported, straight from the
+  // clone (git archive of those paths): the cost follows the change, not the size of the tree. A CI
+  // checkout (--repo) keeps no cache: its whole tree is exported to a scratch directory, gone after.
+  const exportRoot = options.repoDir && plan.head ? makeScratchDir('export') : null;
   try {
     let exportDir: string | null = null;
-    if (plan.head && exports) {
-      const sha = plan.head;
-      const started = Date.now();
-      snapshot = await repo.locked(`export of ${sha.slice(0, 12)}`, () => exports.checkout(sha));
-      exportDir = snapshot.dir;
-      events.info(null, exportSentence(snapshot, Date.now() - started), 'export');
-    } else if (plan.head && exportRoot) {
+    if (plan.head && exportRoot) {
       exportDir = path.join(exportRoot, 'tree');
       await repo.exportTree(plan.head, exportDir);
     }
+    const head = plan.head;
+    const exportPaths =
+      head && !options.repoDir
+        ? (dest: string, paths?: string[]) =>
+            repo.locked(`export of ${head.slice(0, 12)} for the scan`, async () => {
+              const done = await archiveInto({ repoDir: dir, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined, commit: head, dest, paths });
+              if (!done.ok) throw new VmSyncError('git_failed', `export of ${head.slice(0, 12)} for the scan failed (git archive exited ${done.archiveCode}, tar ${done.tarCode}): ${done.stderr.trim().slice(-1000)}`);
+            })
+        : undefined;
     // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
     const cacheDir = options.repoDir ? null : scanCacheDir(config);
-    const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events, signal: options.signal });
+    const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, exportPaths, cacheDir, events, signal: options.signal });
     return { command: 'scan', commit: plan.head ?? '', ...(baseline ? { baseline } : {}), dry_run: false, scan, vms: [] };
   } finally {
     if (exportRoot) removeScratchDirLater(exportRoot);
-    const made: ExportSnapshot | null = snapshot;
-    if (made && exports) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
 }
 

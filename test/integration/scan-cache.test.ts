@@ -152,19 +152,31 @@ test('a change to the trusted settings is another key: everything is scanned wit
   expect(run.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0 });
 });
 
-test('vm-sync scan on the runner host keeps its export: the next scan, and the sync after it, rewrite only what changed', async () => {
-  const first = world.ws.commit({ 'src/one.txt': 'one\n' }, 'export 1');
-  world.ws.push();
-  const a = await world.cli(['scan', '--commit', first]);
-  expect(a.code).toBe(0);
-  const second = world.ws.commit({ 'src/two.txt': 'two\n' }, 'export 2');
-  world.ws.push();
+test('vm-sync scan on the runner host exports only the files the cache does not vouch for: no kept export is made, the sync after it exports from its own', async () => {
+  const exportsDir = path.join(path.dirname(world.runnerRepo), `.${path.basename(world.runnerRepo)}.vm-sync`, 'exports');
+  const kept = (): string[] => (fs.existsSync(exportsDir) ? fs.readdirSync(exportsDir).filter((n) => n.startsWith('ready-')).sort() : []);
+  const first = commit({ 'src/one.txt': 'one\n' }, 'export 1');
+  expect((await world.cli(['scan', '--commit', first])).code).toBe(0);
+  // What every scan reads again (files an earlier test left that are never recorded clean).
+  const again = (await world.cli(['scan', '--commit', first])).json.scan?.cache?.files_scanned ?? NaN;
+  const before = kept();
+  const second = commit({ 'src/two.txt': 'two\n', 'src/four.txt': 'four\n' }, 'export 2');
   const b = await world.cli(['scan', '--commit', second]);
   expect(b.code).toBe(0);
-  expect(b.stderr).toContain(`export of ${second.slice(0, 12)}: 1 path rewritten from the export of ${first.slice(0, 12)}`);
-  // The sync that follows the scan (its own job in deploy.yml) finds the scanned tree ready.
+  expect(b.json.scan?.cache).toMatchObject({ files_scanned: again + 2 });
+  expect(b.stderr).not.toMatch(/export of [0-9a-f]{12}:/);
+  expect(kept()).toEqual(before);
+  // The sync that follows the scan (its own job in deploy.yml) makes its own export.
   const sync = await world.cli(['sync', '--commit', second]);
   expect(sync.code).toBe(0);
-  expect(sync.stderr).toContain(`export of ${second.slice(0, 12)}: 0 paths rewritten from the export of ${second.slice(0, 12)}`);
+  expect(sync.stderr).toContain(`export of ${second.slice(0, 12)}: `);
   expect(sync.json.vms.map((vm) => vm.rev_after)).toEqual([second]);
+  const afterSync = kept();
+  // The files exported for the scan hold their bytes: a token in a new one is found there (and only there).
+  const third = commit({ 'src/five.txt': token }, 'export 3');
+  const c = await world.cli(['scan', '--commit', third]);
+  expect(c.code).toBe(3);
+  expect(c.json.scan?.cache).toMatchObject({ files_scanned: again + 1 });
+  expect(c.json.scan?.findings.filter((f) => f.source === 'tree').map((f) => f.file)).toEqual(['src/five.txt']);
+  expect(kept()).toEqual(afterSync);
 });
