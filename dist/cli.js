@@ -38495,16 +38495,28 @@ async function rescan(binary, entries, settings, limits) {
 /**
  * Bumped whenever vm-sync's own scan logic changes what a clean result
  * means (coverage rules, rescans): every cache made before is then unused.
+ * 2: files holding an export-subst placeholder are never cached (a cache of
+ * version 1 may vouch for one).
  */
-const SCAN_LOGIC_VERSION = '1';
+const SCAN_LOGIC_VERSION = '2';
 /** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
 const MAX_ENTRIES = 1_000_000;
 const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
 const COMMIT = /^[0-9a-f]{40,64}$/;
+/** Reasons that are a property of the bytes, the path and the settings (not of a moment: never `unreadable`). */
+const LASTING = new Set(['binary', 'archive', 'allowlisted', 'too_large']);
+/** The most parts one file may remember, and the longest text of one: past them it is scanned every time. */
+const MAX_PARTS = 100;
+const MAX_PART_TEXT = 1000;
 /**
  * What the secret scan already found clean on this runner host, so that a
  * deploy scans only what is new: tree entries as (blob id, path) — the path
  * too, because gitleaks rules and allowlists can match on it — and commits.
+ * A tree entry with no finding but parts it could not scan (a binary, an
+ * archive entry gitleaks cannot open) is remembered with those parts, so that
+ * it is reported the same way without being read again (those parts keep the
+ * archive entry names and reasons the report shows; the file's path is hashed
+ * like every other).
  * One file pair per key: the gitleaks version and the exact bytes of the
  * settings in force, plus {@link SCAN_LOGIC_VERSION}. Any change to them is
  * another key, so nothing recorded under other rules is ever trusted.
@@ -38518,13 +38530,16 @@ class ScanCache {
     key;
     entries;
     commits;
+    unscanned;
     newEntries = [];
     newCommits = [];
+    newUnscanned = 0;
     constructor(dir, key, loaded) {
         this.dir = dir;
         this.key = key;
         this.entries = loaded.entries;
         this.commits = loaded.commits;
+        this.unscanned = loaded.unscanned;
     }
     /**
      * Opens the cache in `dir` for `binary` with `settings` (the files the
@@ -38553,7 +38568,11 @@ class ScanCache {
             for (const name of external_node_fs_default().readdirSync(dir))
                 if (!name.startsWith(key))
                     external_node_fs_default().rmSync(external_node_path_default().join(dir, name), { force: true, recursive: true });
-            const loaded = { entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say), commits: readSet(external_node_path_default().join(dir, `${key}.commits`), COMMIT, say) };
+            const loaded = {
+                entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say),
+                commits: readSet(external_node_path_default().join(dir, `${key}.commits`), COMMIT, say),
+                unscanned: readUnscanned(external_node_path_default().join(dir, `${key}.unscanned`), say),
+            };
             return new ScanCache(dir, key, loaded);
         }
         catch (error) {
@@ -38564,6 +38583,10 @@ class ScanCache {
     /** Whether the file `rel` (latin1) with blob `blob` was scanned clean under this key. */
     hasEntry(blob, rel) {
         return this.entries.has(entryLine(blob, rel));
+    }
+    /** What the file `rel` (latin1) with blob `blob` could not have scanned under this key, if it is remembered. */
+    unscannedOf(blob, rel) {
+        return this.unscanned.get(entryLine(blob, rel));
     }
     hasCommit(sha) {
         return this.commits.has(sha);
@@ -38576,6 +38599,20 @@ class ScanCache {
                 this.entries.add(line);
                 this.newEntries.push(line);
             }
+        }
+    }
+    /**
+     * Remembers files with no finding whose only unscanned parts are lasting
+     * ones (see LASTING); any other is left out, and scanned again next time.
+     */
+    addUnscanned(files) {
+        for (const f of files) {
+            const lasting = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => LASTING.has(p.reason) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
+            const line = entryLine(f.blob, f.path);
+            if (!lasting || this.unscanned.has(line))
+                continue;
+            this.unscanned.set(line, f.parts.map((p) => ({ suffix: p.suffix, reason: p.reason, detail: p.detail })));
+            this.newUnscanned++;
         }
     }
     addCommits(shas) {
@@ -38592,6 +38629,8 @@ class ScanCache {
             writeSet(external_node_path_default().join(this.dir, `${this.key}.entries`), this.entries);
         if (this.newCommits.length > 0)
             writeSet(external_node_path_default().join(this.dir, `${this.key}.commits`), this.commits);
+        if (this.newUnscanned > 0)
+            writeLines(external_node_path_default().join(this.dir, `${this.key}.unscanned`), [...this.unscanned].map(([entry, parts]) => JSON.stringify({ e: entry, u: parts.map((p) => [p.suffix, p.reason, p.detail]) })));
     }
 }
 /** A path enters the cache as a hash: the file stays small and holds no names. */
@@ -38615,13 +38654,58 @@ function readSet(file, line, say) {
     return new Set(lines);
 }
 function writeSet(file, set) {
-    if (set.size > MAX_ENTRIES) {
+    writeLines(file, [...set]);
+}
+function writeLines(file, lines) {
+    if (lines.length > MAX_ENTRIES) {
         external_node_fs_default().rmSync(file, { force: true });
         return;
     }
     const tmp = `${file}.${process.pid}.${external_node_crypto_default().randomBytes(4).toString('hex')}`;
-    external_node_fs_default().writeFileSync(tmp, [...set].map((l) => `${l}\n`).join(''), { mode: 0o600 });
+    external_node_fs_default().writeFileSync(tmp, lines.map((l) => `${l}\n`).join(''), { mode: 0o600 });
     external_node_fs_default().renameSync(tmp, file);
+}
+/** The remembered unscanned files; any line that is not exactly what {@link ScanCache.save} writes voids the whole file. */
+function readUnscanned(file, say) {
+    let text;
+    try {
+        text = external_node_fs_default().readFileSync(file, 'utf8');
+    }
+    catch {
+        return new Map();
+    }
+    const out = new Map();
+    const lines = text.split('\n').filter(Boolean);
+    const valid = lines.length <= MAX_ENTRIES &&
+        lines.every((line) => {
+            let parsed;
+            try {
+                parsed = JSON.parse(line);
+            }
+            catch {
+                return false;
+            }
+            const { e, u } = (parsed ?? {});
+            if (typeof e !== 'string' || !ENTRY.test(e) || !Array.isArray(u) || u.length === 0 || u.length > MAX_PARTS)
+                return false;
+            const parts = [];
+            for (const part of u) {
+                if (!Array.isArray(part) || part.length !== 3 || !part.every((x) => typeof x === 'string'))
+                    return false;
+                const [suffix, reason, detail] = part;
+                if (!LASTING.has(reason) || (suffix !== '' && !suffix.startsWith('!')) || suffix.length + detail.length > MAX_PART_TEXT)
+                    return false;
+                parts.push({ suffix, reason: reason, detail });
+            }
+            out.set(e, parts);
+            return true;
+        });
+    if (!valid) {
+        say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and those files are scanned`);
+        external_node_fs_default().rmSync(file, { force: true });
+        return new Map();
+    }
+    return out;
 }
 /** `gitleaks version`: part of the cache key (asked each time: a binary replaced between runs is another key). */
 function gitleaksVersion(binary) {
@@ -38810,11 +38894,26 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
     if (strict)
         commitsScanned += saved?.commits_cached ?? 0;
     let unscanned = [];
-    let cleanEntries = [];
+    const cleanEntries = [];
+    const unscannedEntries = [];
     if (treeWanted(inputs)) {
         // Only the files not scanned before under these settings, in a view at their real paths.
         const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
-        const fresh = listed ? listed.filter((f) => !cache.hasEntry(f.blob, f.path)) : null;
+        // Files whose unscannable parts are remembered: reported as a scan reports them, not read again.
+        const recalled = [];
+        const fresh = listed
+            ? listed.filter((f) => {
+                if (cache.hasEntry(f.blob, f.path))
+                    return false;
+                const parts = cache.unscannedOf(f.blob, f.path);
+                if (!parts)
+                    return true;
+                const name = Buffer.from(f.path, 'latin1').toString('utf8');
+                recalled.push(...parts.map((p) => ({ path: `${name}${p.suffix}`, reason: p.reason, detail: p.detail })));
+                return false;
+            })
+            : null;
+        unscanned = [...recalled].sort(byPath);
         let root = inputs.exportDir;
         let view = null;
         try {
@@ -38837,7 +38936,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
             if (!fresh || fresh.length > 0) {
                 const tree = await scanTree(binary, root, files, ignore, limits);
                 findings.push(...tree.findings);
-                unscanned = tree.unscanned;
+                unscanned = [...tree.unscanned, ...recalled].sort(byPath);
                 extended.push(...tree.extended);
             }
         }
@@ -38848,12 +38947,27 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
         }
         if (fresh) {
             // Clean means: no finding in it (or in an archive entry of it) and nothing of it left unscanned.
-            const touched = new Set([...findings.map((f) => f.file), ...unscanned.map((u) => u.path)].map((p) => p.split('!')[0]));
-            cleanEntries = fresh.filter((f) => {
-                const name = Buffer.from(f.path, 'latin1').toString('utf8');
-                // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
-                return Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name && !touched.has(name);
-            });
+            const found = new Set(findings.map((f) => f.file.split('!')[0]));
+            const touched = new Set([...found, ...unscanned.map((u) => u.path.split('!')[0])]);
+            const partsOf = new Map();
+            for (const u of unscanned) {
+                const at = u.path.indexOf('!');
+                const file = at < 0 ? u.path : u.path.slice(0, at);
+                partsOf.set(file, [...(partsOf.get(file) ?? []), { suffix: u.path.slice(file.length), reason: u.reason, detail: u.detail }]);
+            }
+            // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
+            const named = fresh.map((f) => ({ f, name: Buffer.from(f.path, 'latin1').toString('utf8') })).filter(({ f, name }) => Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name);
+            // Nor is a file whose deployed bytes may hold text of the commit (export-subst), or all of them when git cannot tell.
+            const volatile = plan.head ? await withPlaceholder(inputs.repoDir, plan.head, named.map(({ name }) => name)) : new Set();
+            for (const { f, name } of named) {
+                if (!volatile || volatile.has(name))
+                    continue;
+                if (!touched.has(name))
+                    cleanEntries.push(f);
+                // No finding, only parts it could not scan: remembered with them (a name holding `!` is ambiguous: not).
+                else if (!found.has(name) && !name.includes('!') && partsOf.has(name))
+                    unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) });
+            }
         }
     }
     // An `[extend] path` names a file outside git: a relative one is read from
@@ -38866,6 +38980,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
     if (cache && strict) {
         cache.addCommits(cleanCommits);
         cache.addEntries(cleanEntries);
+        cache.addUnscanned(unscannedEntries);
     }
     return { findings, commitsScanned, unscanned };
 }
@@ -38878,6 +38993,36 @@ function gitBytes(repoDir, args) {
 async function revList(repoDir, selection) {
     const out = await gitBytes(repoDir, ['rev-list', ...selection, '--']);
     return out ? out.toString('latin1').split('\n').filter(Boolean) : null;
+}
+/** `$Format:` starts an export-subst placeholder (gitattributes(5)); nothing else in a blob does. */
+const PLACEHOLDER = '$Format:';
+/**
+ * The files among `paths` (UTF-8 names) of `commit` whose blob holds an
+ * export-subst placeholder. git archive may replace it with text of the
+ * commit (its message, its refs, a describe), which no scan of the blob saw:
+ * such a file's deployed bytes are not a function of its blob and path, so it
+ * is never cached. null when git cannot tell.
+ */
+async function withPlaceholder(repoDir, commit, paths) {
+    const found = new Set();
+    const prefix = `${commit}:`;
+    for (let i = 0; i < paths.length;) {
+        const part = [];
+        let size = 0;
+        while (i < paths.length && (part.length === 0 || size + paths[i].length < 100_000)) {
+            size += paths[i].length + 1;
+            part.push(paths[i++]);
+        }
+        const out = await new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', ['--literal-pathspecs', 'grep', '-l', '-z', '-a', '-F', '-e', PLACEHOLDER, commit, '--', ...part], { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 28 }, (error, stdout) => 
+        // git grep exits 1 when nothing matches.
+        resolve(!error ? stdout : error.code === 1 ? Buffer.alloc(0) : null)));
+        if (!out)
+            return null;
+        for (const hit of out.toString('utf8').split('\0'))
+            if (hit.startsWith(prefix))
+                found.add(hit.slice(prefix.length));
+    }
+    return found;
 }
 /** The regular files of `commit`'s tree (symlinks and submodules carry no content of their own). */
 async function treeFiles(repoDir, commit) {
@@ -38896,6 +39041,8 @@ async function treeFiles(repoDir, commit) {
     return files;
 }
 /** Hard links (copies across filesystems) of `files` from the export into `view`, at their paths; returns their bytes. A file the export lacks (export-ignore) is not deployed: skipped. */
+/** The order scanTree reports unscanned files in. */
+const byPath = (a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
 /** Whether the run scans a tree: from an export, or exported on demand. */
 function treeWanted(inputs) {
     return inputs.exportDir !== null || inputs.exportPaths !== undefined;
@@ -39171,7 +39318,7 @@ var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node
 ;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
 // Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
 /** The VM agent's program text (src/remote/agent.sh without its comments). */
-const AGENT_SH = "set -u\numask 022\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nwhile :; do case $T in ?*/) T=${T%/} ;; *) break ;; esac; done\ncase $T in\n  */*) P=${T%/*}; [ -n \"$P\" ] || P=/ ;;\n  *) P=. ;;\nesac\nwhile :; do case $P in ?*/) P=${P%/} ;; *) break ;; esac; done\nN=${T##*/}\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  own_dir_entry \"$1\"\n  no_other_writers \"$1\"\n}\nown_dir_entry() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n}\nno_other_writers() {\n  case $(ls -ld -- \"$1\") in\n    d????w????* | d???????w?*) chmod go-w -- \"$1\" || fail unsafe_state_dir \"$1 is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  set -- \"$S\" \"$R\" \"$C\" \"$RJ\" \"$S/tmp\" \"$S/ops\" \"$S/manifests\"\n  for d in \"$@\"; do own_dir_entry \"$d\"; done\n  if [ -n \"$(find \"$@\" -prune \\( -perm -020 -o -perm -002 \\) -print 2>/dev/null | head -c 1)\" ]; then\n    for d in \"$@\"; do no_other_writers \"$d\"; done\n  fi\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nmarker_commit() { # NAME\n  mc=-\n  if [ -n \"$1\" ] && [ -f \"$C/$1\" ] && [ ! -L \"$C/$1\" ]; then\n    mc=$(head -c 100 -- \"$C/$1\" | head -n 1)\n    case $mc in *[!0-9a-f]* | '') mc=- ;; esac\n    [ \"${#mc}\" = 40 ] || mc=-\n  fi\n  printf '%s' \"$mc\"\n}\nrevlog() { # ACTION FROM TO RUN RELEASE\n  rl=\"$S/revisions.log\"\n  if [ -L \"$rl\" ]; then rm -f -- \"$rl\"; fi\n  if [ -e \"$rl\" ] && [ ! -f \"$rl\" ]; then return 0; fi\n  rr=$4\n  case $rr in '' | *[!A-Za-z0-9._:-]*) rr=- ;; esac\n  [ \"${#rr}\" -le 64 ] || rr=-\n  printf 'vm-sync-rev-1 %s %s %s %s %s %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$1\" \"$2\" \"$3\" \"$rr\" \"${5:--}\" >> \"$rl\" 2>/dev/null || return 0\n  if [ \"$(wc -l < \"$rl\")\" -gt 2000 ]; then\n    keep=$(mktemp \"$S/tmp/revisions.XXXXXX\") && tail -n 1000 -- \"$rl\" > \"$keep\" && mv -f -- \"$keep\" \"$rl\"\n  fi\n  return 0\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nhas_zstd() { zstd -q -V >/dev/null 2>&1; }\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  set +f\n  for m in \"$S/tmp\"/cancelled.*; do\n    if [ -e \"$m\" ]; then find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null; fi\n    break\n  done\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if has_zstd; then out zstd 1; else out zstd 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0} action=${4:-deploy} run=${5:-}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  case $action in deploy | revert | rollback) ;; *) fail failed \"bad flip action\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  revlog \"$action\" \"$(marker_commit \"${cur##*/}\")\" \"$(marker_commit \"$name\")\" \"$run\" \"$name\"\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3 codec=${4:-gzip}\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  case $codec in\n    gzip) unpack=-z ;;\n    zstd) has_zstd || fail stream_failed \"zstd is needed to unpack this stream and does not run here\"; unpack='--use-compress-program=zstd' ;;\n    *) fail failed \"bad stream codec\" ;;\n  esac\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    case $line in\n      *\\\\*) rel=$(printf '%bx' \"$line\"); rel=${rel%x} ;;\n      *) rel=$line ;;\n    esac\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x \"$unpack\" -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2 from=${3:-} run=${4:-}\n  require_lock \"$token\"\n  case $sha in *[!0-9a-f]* | '') fail failed \"bad commit\" ;; esac\n  case $from in *[!0-9a-f]* | '') from=- ;; esac\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  revlog deploy \"$from\" \"$sha\" \"$run\" -\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\nrevisions)\n  limit=$1\n  digits \"$limit\" || fail failed \"bad limit\"\n  if [ -L \"$S\" ]; then fail unsafe_state_dir \"$S is a symlink: vm-sync refuses to read through it\"; fi\n  rl=\"$S/revisions.log\"\n  if [ -f \"$rl\" ] && [ ! -L \"$rl\" ]; then\n    out log present\n    tail -n \"$limit\" -- \"$rl\" | cut -b 1-400 | while IFS= read -r l || [ -n \"$l\" ]; do out revision \"$l\"; done\n  else\n    out log absent\n  fi\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      w=${w#=}\n      case $w in\n        *\\\\*) a=$(printf '%bx' \"$w\"); w=${a%x} ;;\n      esac\n      set -- \"$@\" \"$w\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+const AGENT_SH = "set -u\numask 022\nunset TAR_OPTIONS GZIP\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nwhile :; do case $T in ?*/) T=${T%/} ;; *) break ;; esac; done\ncase $T in\n  */*) P=${T%/*}; [ -n \"$P\" ] || P=/ ;;\n  *) P=. ;;\nesac\nwhile :; do case $P in ?*/) P=${P%/} ;; *) break ;; esac; done\nN=${T##*/}\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  own_dir_entry \"$1\"\n  no_other_writers \"$1\"\n}\nown_dir_entry() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n}\nno_other_writers() {\n  case $(ls -ld -- \"$1\") in\n    d????w????* | d???????w?*) chmod go-w -- \"$1\" || fail unsafe_state_dir \"$1 is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  set -- \"$S\" \"$R\" \"$C\" \"$RJ\" \"$S/tmp\" \"$S/ops\" \"$S/manifests\"\n  for d in \"$@\"; do own_dir_entry \"$d\"; done\n  if [ -n \"$(find \"$@\" -prune \\( -perm -020 -o -perm -002 \\) -print 2>/dev/null | head -c 1)\" ]; then\n    for d in \"$@\"; do no_other_writers \"$d\"; done\n  fi\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nmarker_commit() { # NAME\n  mc=-\n  if [ -n \"$1\" ] && [ -f \"$C/$1\" ] && [ ! -L \"$C/$1\" ]; then\n    mc=$(head -c 100 -- \"$C/$1\" | head -n 1)\n    case $mc in *[!0-9a-f]* | '') mc=- ;; esac\n    [ \"${#mc}\" = 40 ] || mc=-\n  fi\n  printf '%s' \"$mc\"\n}\nrevlog() { # ACTION FROM TO RUN RELEASE\n  rl=\"$S/revisions.log\"\n  if [ -L \"$rl\" ]; then rm -f -- \"$rl\"; fi\n  if [ -e \"$rl\" ] && [ ! -f \"$rl\" ]; then return 0; fi\n  rr=$4\n  case $rr in '' | *[!A-Za-z0-9._:-]*) rr=- ;; esac\n  [ \"${#rr}\" -le 64 ] || rr=-\n  printf 'vm-sync-rev-1 %s %s %s %s %s %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$1\" \"$2\" \"$3\" \"$rr\" \"${5:--}\" >> \"$rl\" 2>/dev/null || return 0\n  if [ \"$(wc -l < \"$rl\")\" -gt 2000 ]; then\n    keep=$(mktemp \"$S/tmp/revisions.XXXXXX\") && tail -n 1000 -- \"$rl\" > \"$keep\" && mv -f -- \"$keep\" \"$rl\"\n  fi\n  return 0\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nhas_zstd() { zstd -q -V >/dev/null 2>&1; }\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  set +f\n  for m in \"$S/tmp\"/cancelled.*; do\n    if [ -e \"$m\" ]; then find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null; fi\n    break\n  done\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if has_zstd; then out zstd 1; else out zstd 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0} action=${4:-deploy} run=${5:-}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  case $action in deploy | revert | rollback) ;; *) fail failed \"bad flip action\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  revlog \"$action\" \"$(marker_commit \"${cur##*/}\")\" \"$(marker_commit \"$name\")\" \"$run\" \"$name\"\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3 codec=${4:-gzip}\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  case $codec in\n    gzip) unpack=-z ;;\n    zstd) has_zstd || fail stream_failed \"zstd is needed to unpack this stream and does not run here\"; unpack='--use-compress-program=zstd' ;;\n    *) fail failed \"bad stream codec\" ;;\n  esac\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    case $line in\n      *\\\\*) rel=$(printf '%bx' \"$line\"); rel=${rel%x} ;;\n      *) rel=$line ;;\n    esac\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x \"$unpack\" -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2 from=${3:-} run=${4:-}\n  require_lock \"$token\"\n  case $sha in *[!0-9a-f]* | '') fail failed \"bad commit\" ;; esac\n  case $from in *[!0-9a-f]* | '') from=- ;; esac\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  revlog deploy \"$from\" \"$sha\" \"$run\" -\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\nrevisions)\n  limit=$1\n  digits \"$limit\" || fail failed \"bad limit\"\n  if [ -L \"$S\" ]; then fail unsafe_state_dir \"$S is a symlink: vm-sync refuses to read through it\"; fi\n  rl=\"$S/revisions.log\"\n  if [ -f \"$rl\" ] && [ ! -L \"$rl\" ]; then\n    out log present\n    tail -n \"$limit\" -- \"$rl\" | cut -b 1-400 | while IFS= read -r l || [ -n \"$l\" ]; do out revision \"$l\"; done\n  else\n    out log absent\n  fi\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      w=${w#=}\n      case $w in\n        *\\\\*) a=$(printf '%bx' \"$w\"); w=${a%x} ;;\n      esac\n      set -- \"$@\" \"$w\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
 
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
 
@@ -42467,8 +42614,10 @@ class ReleaseStreams {
             // Excluded paths are removed too (they are absent, so it costs nothing): the agent then removes
             // the directories the change left empty, as rsync --delete would. A modified path (M: content or
             // mode, same type) needs no removal: tar unlinks it before writing the new one, never writing
-            // through the hard link to the live release. Each removal costs the VM a few programs.
-            removals = kept.filter((e) => e.status !== 'A' && e.status !== 'M').map((e) => e.path);
+            // through the hard link to the live release (the agent unsets TAR_OPTIONS, so no --overwrite).
+            // Each removal costs the VM a few programs.
+            // One the export lacks (export-ignore'd by the runner host's own attributes) is removed as before.
+            removals = kept.filter((e) => e.status !== 'A' && (e.status !== 'M' || lstatLatin1(dir, e.path) === null)).map((e) => e.path);
             members = this.withParents(dir, kept, exclude);
         }
         const file = external_node_path_default().join(this.source.scratchDir, `stream-${base ?? 'full'}.${codec}`);
@@ -43311,8 +43460,9 @@ async function takeLock(vm, port, options) {
 /**
  * A VM's prepare budget: `sync.timeout_s` (plus the lock wait) of the VM's own
  * time. Time spent waiting for the run (the secret scan, before the tree is
- * ready) is not the VM's: {@link extend} pushes the deadline back by it, so a
- * slow scan never times a VM out, and a stuck VM still fails on time.
+ * ready) is not the VM's: the clock is paused meanwhile ({@link pause},
+ * {@link resume}), so a slow scan never times a VM out, and a stuck VM still
+ * fails on time.
  */
 class VmBudget {
     controller = new AbortController();
@@ -43324,18 +43474,30 @@ class VmBudget {
         this.timer = this.arm();
         this.signal = run ? AbortSignal.any([run, this.controller.signal]) : this.controller.signal;
     }
-    extend(ms) {
-        if (ms <= 0 || this.controller.signal.aborted)
+    pausedAt = null;
+    /** Stops the clock (a wait that is not the VM's). */
+    pause() {
+        if (this.pausedAt !== null || this.controller.signal.aborted)
             return;
         clearTimeout(this.timer);
-        this.deadlineAt += ms;
-        this.timer = this.arm();
+        this.pausedAt = Date.now();
+    }
+    /** Starts it again: the deadline moves by the time paused. */
+    resume() {
+        if (this.pausedAt === null)
+            return;
+        this.deadlineAt += Date.now() - this.pausedAt;
+        this.pausedAt = null;
+        if (!this.controller.signal.aborted)
+            this.timer = this.arm();
     }
     arm() {
         // Unref'd like AbortSignal.timeout: a budget never keeps the process alive.
         return setTimeout(() => this.controller.abort(new DOMException('the VM budget ran out', 'TimeoutError')), Math.max(0, this.deadlineAt - Date.now())).unref();
     }
 }
+/** A wait for the tree at least this long renews the VM's lock afterwards (one round trip). */
+const LOCK_RENEW_AFTER_WAIT_MS = 1000;
 /** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
 const POST_SYNC_LINES = 200;
 const POST_SYNC_FAILURE_LINES = 20;
@@ -43544,12 +43706,22 @@ class FleetRelease {
             return; // in place: the transfer is the flip
         // The tree is ready once the secret scan passed (it runs while the VMs connect and lock): until
         // then nothing is staged, so a blocked deploy leaves nothing on the VM.
+        // The wait is the run's, not the VM's: the VM's budget stops meanwhile, and starts again where it stopped.
         const waitFrom = Date.now();
-        const tree = await this.ctx.tree();
+        budget.pause();
+        let tree;
+        try {
+            tree = await this.ctx.tree();
+        }
+        finally {
+            budget.resume();
+        }
         run.treeNotes = tree.notes;
-        // The wait was the run's, not the VM's: the VM's budget starts again where it stopped.
-        budget.extend(Date.now() - waitFrom);
         port.extendTo(budget.deadlineAt, signal);
+        // The lock's deadline was set for the longest wait treeWaitS foresaw; after a real wait, it follows the
+        // VM's budget again (a wait can outlast it: an export made on demand, git work around the scan).
+        if (Date.now() - waitFrom >= LOCK_RENEW_AFTER_WAIT_MS)
+            await port.renew(this.token);
         const shared = config.repository.sharedPaths;
         const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
         for (const name of staged.removedPartials)
@@ -44245,6 +44417,8 @@ async function runSync(config, options = {}) {
         else {
             events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
         }
+        // Scanned up front (a failure of that scan fails the run), or on demand (a VM's row carries it).
+        const upFront = ready;
         // Not exported up front: exported and scanned once, on first demand.
         const tree = () => (ready ??= (async () => {
             events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
@@ -44294,8 +44468,8 @@ async function runSync(config, options = {}) {
         await recordDeployed(repo, outcome.vms, events);
         // A scan that failed (not a block: a broken or timed-out scan) fails the run with its error: no VM
         // staged or got anything (each waited for the tree), and each one's lock was released.
-        if (ready)
-            await ready.catch((error) => {
+        if (upFront)
+            await upFront.catch((error) => {
                 if (!scan?.blocked)
                     throw error;
             });

@@ -279,9 +279,31 @@ const waitForPort = async (host, port) => {
   }
 };
 // The fleet's disks are this machine's disk: flush what a previous step (a
-// wipe, a setup deploy) left dirty, so that its writeback is not billed to the
-// next timed step.
-const settle = () => execFileSync('sync');
+// wipe, a setup deploy) left dirty, and wait until the disk is idle, so that
+// its writeback is not billed to the next timed step. `sync` alone is not
+// enough where the filesystem discards freed blocks online: a wipe of ten
+// trees goes on discarding for seconds after it, and slowed whichever run
+// came next (full rounds after the first took two to three times as long).
+const diskActivity = () => {
+  try {
+    // Per device: writes completed (field 8), I/Os in flight (12), discards completed (15, kernel 4.18+).
+    return fs.readFileSync('/proc/diskstats', 'utf8').split('\n').filter((l) => l.trim() && !/ (loop|ram|zram)\d/.test(l)).map((l) => { const f = l.trim().split(/\s+/); return `${f[7]}/${f[11]}/${f[14] ?? ''}`; }).join(' ');
+  } catch {
+    return null;
+  }
+};
+const settle = () => {
+  execFileSync('sync');
+  let last = diskActivity();
+  if (last === null) return;
+  const until = Date.now() + 120_000;
+  for (let quiet = 0; quiet < 2 && Date.now() < until; ) {
+    execFileSync('sleep', ['0.5']);
+    const now = diskActivity();
+    quiet = now === last ? quiet + 1 : 0;
+    last = now;
+  }
+};
 const alive = (pid) => {
   try {
     process.kill(pid, 0);

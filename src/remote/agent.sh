@@ -29,6 +29,10 @@
 # the shell's own error text (disk full) is on stderr.
 set -u
 umask 022
+# The VM's environment must not change what tar and gzip do with a release
+# (TAR_OPTIONS=--overwrite would write through a hard link into the live
+# release; --keep-directory-symlink would follow a symlink out of it).
+unset TAR_OPTIONS GZIP
 NONCE=$1 op=$2
 shift 2
 # Every line vm-sync parses starts with @NONCE: a login shell that prints to

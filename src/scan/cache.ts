@@ -3,23 +3,38 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage } from '../errors.js';
+import type { UnscannedFile } from './coverage.js';
 import type { GitleaksSettings } from './gitleaks.js';
 
 /**
  * Bumped whenever vm-sync's own scan logic changes what a clean result
  * means (coverage rules, rescans): every cache made before is then unused.
+ * 2: files holding an export-subst placeholder are never cached (a cache of
+ * version 1 may vouch for one).
  */
-export const SCAN_LOGIC_VERSION = '1';
+export const SCAN_LOGIC_VERSION = '2';
 
 /** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
 const MAX_ENTRIES = 1_000_000;
 const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
 const COMMIT = /^[0-9a-f]{40,64}$/;
+/** What a file could not have scanned, relative to its path: `suffix` ('' or `!entry...`), reason, detail. */
+export type UnscannedPart = { suffix: string; reason: UnscannedFile['reason']; detail: string };
+/** Reasons that are a property of the bytes, the path and the settings (not of a moment: never `unreadable`). */
+const LASTING: ReadonlySet<string> = new Set(['binary', 'archive', 'allowlisted', 'too_large']);
+/** The most parts one file may remember, and the longest text of one: past them it is scanned every time. */
+const MAX_PARTS = 100;
+const MAX_PART_TEXT = 1000;
 
 /**
  * What the secret scan already found clean on this runner host, so that a
  * deploy scans only what is new: tree entries as (blob id, path) — the path
  * too, because gitleaks rules and allowlists can match on it — and commits.
+ * A tree entry with no finding but parts it could not scan (a binary, an
+ * archive entry gitleaks cannot open) is remembered with those parts, so that
+ * it is reported the same way without being read again (those parts keep the
+ * archive entry names and reasons the report shows; the file's path is hashed
+ * like every other).
  * One file pair per key: the gitleaks version and the exact bytes of the
  * settings in force, plus {@link SCAN_LOGIC_VERSION}. Any change to them is
  * another key, so nothing recorded under other rules is ever trusted.
@@ -31,16 +46,19 @@ const COMMIT = /^[0-9a-f]{40,64}$/;
 export class ScanCache {
   private readonly entries: Set<string>;
   private readonly commits: Set<string>;
+  private readonly unscanned: Map<string, UnscannedPart[]>;
   private readonly newEntries: string[] = [];
   private readonly newCommits: string[] = [];
+  private newUnscanned = 0;
 
   private constructor(
     private readonly dir: string,
     private readonly key: string,
-    loaded: { entries: Set<string>; commits: Set<string> },
+    loaded: { entries: Set<string>; commits: Set<string>; unscanned: Map<string, UnscannedPart[]> },
   ) {
     this.entries = loaded.entries;
     this.commits = loaded.commits;
+    this.unscanned = loaded.unscanned;
   }
 
   /**
@@ -67,7 +85,11 @@ export class ScanCache {
       const key = hash.digest('hex').slice(0, 32);
       // Caches of other keys are never used again: drop them.
       for (const name of fs.readdirSync(dir)) if (!name.startsWith(key)) fs.rmSync(path.join(dir, name), { force: true, recursive: true });
-      const loaded = { entries: readSet(path.join(dir, `${key}.entries`), ENTRY, say), commits: readSet(path.join(dir, `${key}.commits`), COMMIT, say) };
+      const loaded = {
+        entries: readSet(path.join(dir, `${key}.entries`), ENTRY, say),
+        commits: readSet(path.join(dir, `${key}.commits`), COMMIT, say),
+        unscanned: readUnscanned(path.join(dir, `${key}.unscanned`), say),
+      };
       return new ScanCache(dir, key, loaded);
     } catch (error) {
       say(`secret scan: the scan cache in ${dir} cannot be used (${getErrorMessage(error)}): everything is scanned`);
@@ -78,6 +100,11 @@ export class ScanCache {
   /** Whether the file `rel` (latin1) with blob `blob` was scanned clean under this key. */
   hasEntry(blob: string, rel: string): boolean {
     return this.entries.has(entryLine(blob, rel));
+  }
+
+  /** What the file `rel` (latin1) with blob `blob` could not have scanned under this key, if it is remembered. */
+  unscannedOf(blob: string, rel: string): readonly UnscannedPart[] | undefined {
+    return this.unscanned.get(entryLine(blob, rel));
   }
 
   hasCommit(sha: string): boolean {
@@ -95,6 +122,20 @@ export class ScanCache {
     }
   }
 
+  /**
+   * Remembers files with no finding whose only unscanned parts are lasting
+   * ones (see LASTING); any other is left out, and scanned again next time.
+   */
+  addUnscanned(files: ReadonlyArray<{ blob: string; path: string; parts: readonly UnscannedPart[] }>): void {
+    for (const f of files) {
+      const lasting = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => LASTING.has(p.reason) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
+      const line = entryLine(f.blob, f.path);
+      if (!lasting || this.unscanned.has(line)) continue;
+      this.unscanned.set(line, f.parts.map((p) => ({ suffix: p.suffix, reason: p.reason, detail: p.detail })));
+      this.newUnscanned++;
+    }
+  }
+
   addCommits(shas: readonly string[]): void {
     for (const sha of shas) {
       if (!this.commits.has(sha)) {
@@ -108,6 +149,7 @@ export class ScanCache {
   save(): void {
     if (this.newEntries.length > 0) writeSet(path.join(this.dir, `${this.key}.entries`), this.entries);
     if (this.newCommits.length > 0) writeSet(path.join(this.dir, `${this.key}.commits`), this.commits);
+    if (this.newUnscanned > 0) writeLines(path.join(this.dir, `${this.key}.unscanned`), [...this.unscanned].map(([entry, parts]) => JSON.stringify({ e: entry, u: parts.map((p) => [p.suffix, p.reason, p.detail]) })));
   }
 }
 
@@ -133,13 +175,56 @@ function readSet(file: string, line: RegExp, say: (message: string) => void): Se
 }
 
 function writeSet(file: string, set: Set<string>): void {
-  if (set.size > MAX_ENTRIES) {
+  writeLines(file, [...set]);
+}
+
+function writeLines(file: string, lines: string[]): void {
+  if (lines.length > MAX_ENTRIES) {
     fs.rmSync(file, { force: true });
     return;
   }
   const tmp = `${file}.${process.pid}.${crypto.randomBytes(4).toString('hex')}`;
-  fs.writeFileSync(tmp, [...set].map((l) => `${l}\n`).join(''), { mode: 0o600 });
+  fs.writeFileSync(tmp, lines.map((l) => `${l}\n`).join(''), { mode: 0o600 });
   fs.renameSync(tmp, file);
+}
+
+/** The remembered unscanned files; any line that is not exactly what {@link ScanCache.save} writes voids the whole file. */
+function readUnscanned(file: string, say: (message: string) => void): Map<string, UnscannedPart[]> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return new Map();
+  }
+  const out = new Map<string, UnscannedPart[]>();
+  const lines = text.split('\n').filter(Boolean);
+  const valid =
+    lines.length <= MAX_ENTRIES &&
+    lines.every((line) => {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(line);
+      } catch {
+        return false;
+      }
+      const { e, u } = (parsed ?? {}) as { e?: unknown; u?: unknown };
+      if (typeof e !== 'string' || !ENTRY.test(e) || !Array.isArray(u) || u.length === 0 || u.length > MAX_PARTS) return false;
+      const parts: UnscannedPart[] = [];
+      for (const part of u) {
+        if (!Array.isArray(part) || part.length !== 3 || !part.every((x) => typeof x === 'string')) return false;
+        const [suffix, reason, detail] = part as [string, string, string];
+        if (!LASTING.has(reason) || (suffix !== '' && !suffix.startsWith('!')) || suffix.length + detail.length > MAX_PART_TEXT) return false;
+        parts.push({ suffix, reason: reason as UnscannedPart['reason'], detail });
+      }
+      out.set(e, parts);
+      return true;
+    });
+  if (!valid) {
+    say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and those files are scanned`);
+    fs.rmSync(file, { force: true });
+    return new Map();
+  }
+  return out;
 }
 
 /** `gitleaks version`: part of the cache key (asked each time: a binary replaced between runs is another key). */

@@ -8,7 +8,7 @@ import { run } from '../local/run.js';
 import { makeScratchDir } from '../local/scratch.js';
 import type { EngineEvents } from '../sync/types.js';
 import { scanTree, type UnscannedFile } from './coverage.js';
-import { ScanCache } from './cache.js';
+import { ScanCache, type UnscannedPart } from './cache.js';
 import { describeFinding, findingFromFingerprint, printable, type Finding } from './findings.js';
 import { checkGitleaksLogs, locateGitleaks, runGitleaks, type GitleaksSettings, type ScanLimits } from './gitleaks.js';
 import type { ScanPlan } from './plan.js';
@@ -244,11 +244,24 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
   // Commits covered: scanned now, or clean under these settings before (the report reads the same either way).
   if (strict) commitsScanned += saved?.commits_cached ?? 0;
   let unscanned: UnscannedFile[] = [];
-  let cleanEntries: TreeFile[] = [];
+  const cleanEntries: TreeFile[] = [];
+  const unscannedEntries: Array<{ blob: string; path: string; parts: UnscannedPart[] }> = [];
   if (treeWanted(inputs)) {
     // Only the files not scanned before under these settings, in a view at their real paths.
     const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
-    const fresh = listed ? listed.filter((f) => !(cache as ScanCache).hasEntry(f.blob, f.path)) : null;
+    // Files whose unscannable parts are remembered: reported as a scan reports them, not read again.
+    const recalled: UnscannedFile[] = [];
+    const fresh = listed
+      ? listed.filter((f) => {
+          if ((cache as ScanCache).hasEntry(f.blob, f.path)) return false;
+          const parts = (cache as ScanCache).unscannedOf(f.blob, f.path);
+          if (!parts) return true;
+          const name = Buffer.from(f.path, 'latin1').toString('utf8');
+          recalled.push(...parts.map((p) => ({ path: `${name}${p.suffix}`, reason: p.reason, detail: p.detail })));
+          return false;
+        })
+      : null;
+    unscanned = [...recalled].sort(byPath);
     let root = inputs.exportDir;
     let view: string | null = null;
     try {
@@ -270,7 +283,7 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
       if (!fresh || fresh.length > 0) {
         const tree = await scanTree(binary, root, files, ignore, limits);
         findings.push(...tree.findings);
-        unscanned = tree.unscanned;
+        unscanned = [...tree.unscanned, ...recalled].sort(byPath);
         extended.push(...tree.extended);
       }
     } finally {
@@ -279,12 +292,24 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
     }
     if (fresh) {
       // Clean means: no finding in it (or in an archive entry of it) and nothing of it left unscanned.
-      const touched = new Set([...findings.map((f) => f.file), ...unscanned.map((u) => u.path)].map((p) => p.split('!')[0]));
-      cleanEntries = fresh.filter((f) => {
-        const name = Buffer.from(f.path, 'latin1').toString('utf8');
-        // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
-        return Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name && !touched.has(name);
-      });
+      const found = new Set(findings.map((f) => f.file.split('!')[0]));
+      const touched = new Set([...found, ...unscanned.map((u) => u.path.split('!')[0])]);
+      const partsOf = new Map<string, UnscannedPart[]>();
+      for (const u of unscanned) {
+        const at = u.path.indexOf('!');
+        const file = at < 0 ? u.path : u.path.slice(0, at);
+        partsOf.set(file, [...(partsOf.get(file) ?? []), { suffix: u.path.slice(file.length), reason: u.reason, detail: u.detail }]);
+      }
+      // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
+      const named = fresh.map((f) => ({ f, name: Buffer.from(f.path, 'latin1').toString('utf8') })).filter(({ f, name }) => Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name);
+      // Nor is a file whose deployed bytes may hold text of the commit (export-subst), or all of them when git cannot tell.
+      const volatile = plan.head ? await withPlaceholder(inputs.repoDir, plan.head, named.map(({ name }) => name)) : new Set<string>();
+      for (const { f, name } of named) {
+        if (!volatile || volatile.has(name)) continue;
+        if (!touched.has(name)) cleanEntries.push(f);
+        // No finding, only parts it could not scan: remembered with them (a name holding `!` is ambiguous: not).
+        else if (!found.has(name) && !name.includes('!') && partsOf.has(name)) unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) as UnscannedPart[] });
+      }
     }
   }
   // An `[extend] path` names a file outside git: a relative one is read from
@@ -300,6 +325,7 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
   if (cache && strict) {
     cache.addCommits(cleanCommits);
     cache.addEntries(cleanEntries);
+    cache.addUnscanned(unscannedEntries);
   }
   return { findings, commitsScanned, unscanned };
 }
@@ -334,6 +360,38 @@ async function revList(repoDir: string, selection: string[]): Promise<string[] |
   return out ? out.toString('latin1').split('\n').filter(Boolean) : null;
 }
 
+/** `$Format:` starts an export-subst placeholder (gitattributes(5)); nothing else in a blob does. */
+const PLACEHOLDER = '$Format:';
+
+/**
+ * The files among `paths` (UTF-8 names) of `commit` whose blob holds an
+ * export-subst placeholder. git archive may replace it with text of the
+ * commit (its message, its refs, a describe), which no scan of the blob saw:
+ * such a file's deployed bytes are not a function of its blob and path, so it
+ * is never cached. null when git cannot tell.
+ */
+async function withPlaceholder(repoDir: string, commit: string, paths: readonly string[]): Promise<Set<string> | null> {
+  const found = new Set<string>();
+  const prefix = `${commit}:`;
+  for (let i = 0; i < paths.length; ) {
+    const part: string[] = [];
+    let size = 0;
+    while (i < paths.length && (part.length === 0 || size + paths[i].length < 100_000)) {
+      size += paths[i].length + 1;
+      part.push(paths[i++]);
+    }
+    const out = await new Promise<Buffer | null>((resolve) =>
+      execFile('git', ['--literal-pathspecs', 'grep', '-l', '-z', '-a', '-F', '-e', PLACEHOLDER, commit, '--', ...part], { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 28 }, (error, stdout) =>
+        // git grep exits 1 when nothing matches.
+        resolve(!error ? stdout : (error as { code?: unknown }).code === 1 ? Buffer.alloc(0) : null),
+      ),
+    );
+    if (!out) return null;
+    for (const hit of out.toString('utf8').split('\0')) if (hit.startsWith(prefix)) found.add(hit.slice(prefix.length));
+  }
+  return found;
+}
+
 /** The regular files of `commit`'s tree (symlinks and submodules carry no content of their own). */
 async function treeFiles(repoDir: string, commit: string): Promise<TreeFile[] | null> {
   const out = await gitBytes(repoDir, ['ls-tree', '-r', '-l', '-z', '--full-tree', commit]);
@@ -349,6 +407,9 @@ async function treeFiles(repoDir: string, commit: string): Promise<TreeFile[] | 
 }
 
 /** Hard links (copies across filesystems) of `files` from the export into `view`, at their paths; returns their bytes. A file the export lacks (export-ignore) is not deployed: skipped. */
+/** The order scanTree reports unscanned files in. */
+const byPath = (a: UnscannedFile, b: UnscannedFile): number => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
+
 /** Whether the run scans a tree: from an export, or exported on demand. */
 function treeWanted(inputs: GateInputs): boolean {
   return inputs.exportDir !== null || inputs.exportPaths !== undefined;

@@ -251,6 +251,8 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     } else {
       events.info(null, `this runner deployed ${commit.slice(0, 12)} to every selected VM: nothing exported or scanned unless a VM turns out to need it`, 'export');
     }
+    // Scanned up front (a failure of that scan fails the run), or on demand (a VM's row carries it).
+    const upFront = ready;
     // Not exported up front: exported and scanned once, on first demand.
     const tree = (): Promise<{ dir: string; notes: string[] }> =>
       (ready ??= (async () => {
@@ -304,7 +306,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     await recordDeployed(repo, outcome.vms, events);
     // A scan that failed (not a block: a broken or timed-out scan) fails the run with its error: no VM
     // staged or got anything (each waited for the tree), and each one's lock was released.
-    if (ready) await ready.catch((error: unknown) => {
+    if (upFront) await upFront.catch((error: unknown) => {
       if (!scan?.blocked) throw error;
     });
     return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });

@@ -93,8 +93,9 @@ interface VmRun {
 /**
  * A VM's prepare budget: `sync.timeout_s` (plus the lock wait) of the VM's own
  * time. Time spent waiting for the run (the secret scan, before the tree is
- * ready) is not the VM's: {@link extend} pushes the deadline back by it, so a
- * slow scan never times a VM out, and a stuck VM still fails on time.
+ * ready) is not the VM's: the clock is paused meanwhile ({@link pause},
+ * {@link resume}), so a slow scan never times a VM out, and a stuck VM still
+ * fails on time.
  */
 class VmBudget {
   private readonly controller = new AbortController();
@@ -108,11 +109,21 @@ class VmBudget {
     this.signal = run ? AbortSignal.any([run, this.controller.signal]) : this.controller.signal;
   }
 
-  extend(ms: number): void {
-    if (ms <= 0 || this.controller.signal.aborted) return;
+  private pausedAt: number | null = null;
+
+  /** Stops the clock (a wait that is not the VM's). */
+  pause(): void {
+    if (this.pausedAt !== null || this.controller.signal.aborted) return;
     clearTimeout(this.timer);
-    this.deadlineAt += ms;
-    this.timer = this.arm();
+    this.pausedAt = Date.now();
+  }
+
+  /** Starts it again: the deadline moves by the time paused. */
+  resume(): void {
+    if (this.pausedAt === null) return;
+    this.deadlineAt += Date.now() - this.pausedAt;
+    this.pausedAt = null;
+    if (!this.controller.signal.aborted) this.timer = this.arm();
   }
 
   private arm(): NodeJS.Timeout {
@@ -120,6 +131,9 @@ class VmBudget {
     return setTimeout(() => this.controller.abort(new DOMException('the VM budget ran out', 'TimeoutError')), Math.max(0, this.deadlineAt - Date.now())).unref();
   }
 }
+
+/** A wait for the tree at least this long renews the VM's lock afterwards (one round trip). */
+const LOCK_RENEW_AFTER_WAIT_MS = 1000;
 
 /** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
 const POST_SYNC_LINES = 200;
@@ -331,12 +345,20 @@ class FleetRelease {
     if (config.repository.layout !== 'atomic') return; // in place: the transfer is the flip
     // The tree is ready once the secret scan passed (it runs while the VMs connect and lock): until
     // then nothing is staged, so a blocked deploy leaves nothing on the VM.
+    // The wait is the run's, not the VM's: the VM's budget stops meanwhile, and starts again where it stopped.
     const waitFrom = Date.now();
-    const tree = await this.ctx.tree();
+    budget.pause();
+    let tree: { dir: string; notes: string[] };
+    try {
+      tree = await this.ctx.tree();
+    } finally {
+      budget.resume();
+    }
     run.treeNotes = tree.notes;
-    // The wait was the run's, not the VM's: the VM's budget starts again where it stopped.
-    budget.extend(Date.now() - waitFrom);
     port.extendTo(budget.deadlineAt, signal);
+    // The lock's deadline was set for the longest wait treeWaitS foresaw; after a real wait, it follows the
+    // VM's budget again (a wait can outlast it: an export made on demand, git work around the scan).
+    if (Date.now() - waitFrom >= LOCK_RENEW_AFTER_WAIT_MS) await port.renew(this.token);
     const shared = config.repository.sharedPaths;
     const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
     for (const name of staged.removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);

@@ -225,8 +225,10 @@ export class ReleaseStreams {
       // Excluded paths are removed too (they are absent, so it costs nothing): the agent then removes
       // the directories the change left empty, as rsync --delete would. A modified path (M: content or
       // mode, same type) needs no removal: tar unlinks it before writing the new one, never writing
-      // through the hard link to the live release. Each removal costs the VM a few programs.
-      removals = kept.filter((e) => e.status !== 'A' && e.status !== 'M').map((e) => e.path);
+      // through the hard link to the live release (the agent unsets TAR_OPTIONS, so no --overwrite).
+      // Each removal costs the VM a few programs.
+      // One the export lacks (export-ignore'd by the runner host's own attributes) is removed as before.
+      removals = kept.filter((e) => e.status !== 'A' && (e.status !== 'M' || lstatLatin1(dir, e.path) === null)).map((e) => e.path);
       members = this.withParents(dir, kept, exclude);
     }
     const file = path.join(this.source.scratchDir, `stream-${base ?? 'full'}.${codec}`);
