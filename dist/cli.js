@@ -36754,6 +36754,10 @@ class RunnerRepo {
     get events() {
         return this.options.events ?? silentEvents;
     }
+    /** How long a step waits for another run's hold of the clone lock, in seconds. */
+    get lockWaitS() {
+        return Math.ceil((this.options.lockWaitMs ?? DEFAULT_CLONE_WAIT_MS) / 1000);
+    }
     /**
      * Runs `fn` holding the runner-host lock (a managed clone only; re-entrant
      * within one run). Another run holding it is waited for, with one message,
@@ -37285,6 +37289,7 @@ function timestamp(date = new Date()) {
 
 
 
+
 const exports_FULL_SHA = /^[0-9a-f]{40}$/;
 const READY = /^ready-(\d{15})-([0-9a-f]{40})$/;
 /** Above this many changed paths a full export is as cheap as rewriting them one chunk at a time. */
@@ -37488,16 +37493,8 @@ class ExportStore {
             throw new VmSyncError('git_failed', `export of ${commit.slice(0, 12)} failed (git archive exited ${done.archiveCode}, tar ${done.tarCode}): ${done.stderr.trim().slice(-1000)}`);
     }
 }
-function exports_status(child) {
-    return new Promise((resolve, reject) => {
-        let stderr = '';
-        child.stderr?.on('data', (d) => (stderr = (stderr + d.toString()).slice(-4000)));
-        child.on('error', reject);
-        child.on('close', (code) => resolve({ code, stderr }));
-    });
-}
 async function spawnOk(command, args) {
-    const result = await exports_status((0,external_node_child_process_namespaceObject.spawn)(command, args, { stdio: ['ignore', 'ignore', 'pipe'] }));
+    const result = await run(command, args, { maxOutput: 4000 });
     if (result.code !== 0)
         throw new VmSyncError('git_failed', `${command} ${args[0]} failed: ${result.stderr.trim().slice(-500)}`);
 }
@@ -38580,21 +38577,26 @@ class ScanCache {
             return null;
         }
     }
-    /** Whether the file `rel` (latin1) with blob `blob` was scanned clean under this key. */
-    hasEntry(blob, rel) {
-        return this.entries.has(entryLine(blob, rel));
+    /**
+     * Whether the file `rel` (latin1) with blob `blob` was scanned clean under
+     * this key, with the same git attributes in force (`attributes`: a digest of
+     * every attributes file, see gate.ts): attributes decide the bytes git
+     * archive deploys (eol, working-tree-encoding, filters), not the blob alone.
+     */
+    hasEntry(blob, rel, attributes) {
+        return this.entries.has(entryLine(blob, rel, attributes));
     }
     /** What the file `rel` (latin1) with blob `blob` could not have scanned under this key, if it is remembered. */
-    unscannedOf(blob, rel) {
-        return this.unscanned.get(entryLine(blob, rel));
+    unscannedOf(blob, rel, attributes) {
+        return this.unscanned.get(entryLine(blob, rel, attributes));
     }
     hasCommit(sha) {
         return this.commits.has(sha);
     }
     /** Records clean results (kept in memory until {@link save}). */
-    addEntries(entries) {
+    addEntries(entries, attributes) {
         for (const e of entries) {
-            const line = entryLine(e.blob, e.path);
+            const line = entryLine(e.blob, e.path, attributes);
             if (!this.entries.has(line)) {
                 this.entries.add(line);
                 this.newEntries.push(line);
@@ -38605,10 +38607,10 @@ class ScanCache {
      * Remembers files with no finding whose only unscanned parts are lasting
      * ones (see LASTING); any other is left out, and scanned again next time.
      */
-    addUnscanned(files) {
+    addUnscanned(files, attributes) {
         for (const f of files) {
             const lasting = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => LASTING.has(p.reason) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
-            const line = entryLine(f.blob, f.path);
+            const line = entryLine(f.blob, f.path, attributes);
             if (!lasting || this.unscanned.has(line))
                 continue;
             this.unscanned.set(line, f.parts.map((p) => ({ suffix: p.suffix, reason: p.reason, detail: p.detail })));
@@ -38634,17 +38636,29 @@ class ScanCache {
     }
 }
 /** A path enters the cache as a hash: the file stays small and holds no names. */
-function entryLine(blob, rel) {
-    return `${blob} ${external_node_crypto_default().createHash('sha256').update(Buffer.from(rel, 'latin1')).digest('hex').slice(0, 32)}`;
+function entryLine(blob, rel, attributes) {
+    return `${blob} ${external_node_crypto_default().createHash('sha256').update(`${attributes}\0`).update(Buffer.from(rel, 'latin1')).digest('hex').slice(0, 32)}`;
 }
-function readSet(file, line, say) {
-    let text;
+/** A cache file larger than this is dropped unread (a string that size cannot be held). */
+const MAX_FILE_BYTES = 256 * 1024 * 1024;
+/** The file's text; null when it is absent. One too large is removed (said), and reads as absent. */
+function readCacheFile(file, encoding, say) {
     try {
-        text = external_node_fs_default().readFileSync(file, 'latin1');
+        if (external_node_fs_default().statSync(file).size > MAX_FILE_BYTES) {
+            say(`secret scan: the scan cache ${file} is too large: it is removed and what it held is scanned`);
+            external_node_fs_default().rmSync(file, { force: true });
+            return null;
+        }
+        return external_node_fs_default().readFileSync(file, encoding);
     }
     catch {
-        return new Set();
+        return null;
     }
+}
+function readSet(file, line, say) {
+    const text = readCacheFile(file, 'latin1', say);
+    if (text === null)
+        return new Set();
     const lines = text.split('\n').filter(Boolean);
     if (lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
         say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and everything is scanned`);
@@ -38657,7 +38671,7 @@ function writeSet(file, set) {
     writeLines(file, [...set]);
 }
 function writeLines(file, lines) {
-    if (lines.length > MAX_ENTRIES) {
+    if (lines.length > MAX_ENTRIES || lines.reduce((n, l) => n + l.length + 1, 0) > MAX_FILE_BYTES) {
         external_node_fs_default().rmSync(file, { force: true });
         return;
     }
@@ -38667,13 +38681,9 @@ function writeLines(file, lines) {
 }
 /** The remembered unscanned files; any line that is not exactly what {@link ScanCache.save} writes voids the whole file. */
 function readUnscanned(file, say) {
-    let text;
-    try {
-        text = external_node_fs_default().readFileSync(file, 'utf8');
-    }
-    catch {
+    const text = readCacheFile(file, 'utf8', say);
+    if (text === null)
         return new Map();
-    }
     const out = new Map();
     const lines = text.split('\n').filter(Boolean);
     const valid = lines.length <= MAX_ENTRIES &&
@@ -38713,6 +38723,8 @@ function gitleaksVersion(binary) {
 }
 
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
+
+
 
 
 
@@ -38896,16 +38908,22 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
     let unscanned = [];
     const cleanEntries = [];
     const unscannedEntries = [];
+    let treeDigest = '';
     if (treeWanted(inputs)) {
-        // Only the files not scanned before under these settings, in a view at their real paths.
-        const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
+        // Only the files not scanned before under these settings and these git attributes, in a view at their real paths.
+        const tree = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
+        const attributes = tree ? await attributesOf(inputs.repoDir, tree) : null;
+        if (attributes?.substitutes)
+            inputs.events.info(null, 'secret scan: the git attributes use export-subst, which can write text of each commit (its message, its refs) into files: the whole tree is scanned every time');
+        const listed = attributes && !attributes.substitutes ? tree : null;
+        const digest = (treeDigest = attributes?.digest ?? '');
         // Files whose unscannable parts are remembered: reported as a scan reports them, not read again.
         const recalled = [];
         const fresh = listed
             ? listed.filter((f) => {
-                if (cache.hasEntry(f.blob, f.path))
+                if (cache.hasEntry(f.blob, f.path, digest))
                     return false;
-                const parts = cache.unscannedOf(f.blob, f.path);
+                const parts = cache.unscannedOf(f.blob, f.path, digest);
                 if (!parts)
                     return true;
                 const name = Buffer.from(f.path, 'latin1').toString('utf8');
@@ -38955,17 +38973,16 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
                 const file = at < 0 ? u.path : u.path.slice(0, at);
                 partsOf.set(file, [...(partsOf.get(file) ?? []), { suffix: u.path.slice(file.length), reason: u.reason, detail: u.detail }]);
             }
-            // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
-            const named = fresh.map((f) => ({ f, name: Buffer.from(f.path, 'latin1').toString('utf8') })).filter(({ f, name }) => Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name);
-            // Nor is a file whose deployed bytes may hold text of the commit (export-subst), or all of them when git cannot tell.
-            const volatile = plan.head ? await withPlaceholder(inputs.repoDir, plan.head, named.map(({ name }) => name)) : new Set();
-            for (const { f, name } of named) {
-                if (!volatile || volatile.has(name))
+            for (const f of fresh) {
+                const name = Buffer.from(f.path, 'latin1').toString('utf8');
+                // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched; one
+                // holding `!` reads as an archive entry (`a!b` as entry b of a): neither is ever cached.
+                if (Buffer.from(name, 'utf8').toString('latin1') !== f.path || printable(name) !== name || name.includes('!'))
                     continue;
                 if (!touched.has(name))
                     cleanEntries.push(f);
-                // No finding, only parts it could not scan: remembered with them (a name holding `!` is ambiguous: not).
-                else if (!found.has(name) && !name.includes('!') && partsOf.has(name))
+                // No finding, only parts it could not scan: remembered with them.
+                else if (!found.has(name) && partsOf.has(name))
                     unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) });
             }
         }
@@ -38979,50 +38996,69 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
     }
     if (cache && strict) {
         cache.addCommits(cleanCommits);
-        cache.addEntries(cleanEntries);
-        cache.addUnscanned(unscannedEntries);
+        cache.addEntries(cleanEntries, treeDigest);
+        cache.addUnscanned(unscannedEntries, treeDigest);
     }
     return { findings, commitsScanned, unscanned };
 }
 /** Above this many new commits the selection is scanned as it is (an argv of hashes has limits). */
 const MAX_LISTED_COMMITS = 1000;
-function gitBytes(repoDir, args) {
-    return new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout)));
+function gitBytes(repoDir, args, input) {
+    return new Promise((resolve) => {
+        const child = (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout));
+        if (input !== undefined)
+            child.stdin?.end(input);
+    });
 }
 /** The commits of a rev-list selection, or null when git cannot list them. */
 async function revList(repoDir, selection) {
     const out = await gitBytes(repoDir, ['rev-list', ...selection, '--']);
     return out ? out.toString('latin1').split('\n').filter(Boolean) : null;
 }
-/** `$Format:` starts an export-subst placeholder (gitattributes(5)); nothing else in a blob does. */
-const PLACEHOLDER = '$Format:';
 /**
- * The files among `paths` (UTF-8 names) of `commit` whose blob holds an
- * export-subst placeholder. git archive may replace it with text of the
- * commit (its message, its refs, a describe), which no scan of the blob saw:
- * such a file's deployed bytes are not a function of its blob and path, so it
- * is never cached. null when git cannot tell.
+ * What decides the bytes git archive makes of a blob, besides the blob and its
+ * path: the git attributes in force (eol, working-tree-encoding, filters,
+ * ident, export-subst). They come from every `.gitattributes` of the tree and
+ * from the runner host (the clone's info/attributes, core.attributesFile, the
+ * system file). `digest` covers all of them and goes into every cache entry:
+ * any change to them scans the tree again. `substitutes`: one of them mentions
+ * export-subst (a macro defining it included), which writes text of the
+ * commit itself into files, so no file of the tree can be vouched for. null
+ * when git cannot tell.
  */
-async function withPlaceholder(repoDir, commit, paths) {
-    const found = new Set();
-    const prefix = `${commit}:`;
-    for (let i = 0; i < paths.length;) {
-        const part = [];
-        let size = 0;
-        while (i < paths.length && (part.length === 0 || size + paths[i].length < 100_000)) {
-            size += paths[i].length + 1;
-            part.push(paths[i++]);
-        }
-        const out = await new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', ['--literal-pathspecs', 'grep', '-l', '-z', '-a', '-F', '-e', PLACEHOLDER, commit, '--', ...part], { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 28 }, (error, stdout) => 
-        // git grep exits 1 when nothing matches.
-        resolve(!error ? stdout : error.code === 1 ? Buffer.alloc(0) : null)));
+async function attributesOf(repoDir, files) {
+    const inTree = files.filter((f) => f.path === '.gitattributes' || f.path.endsWith('/.gitattributes'));
+    const texts = [];
+    if (inTree.length > 0) {
+        const out = await gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`);
         if (!out)
             return null;
-        for (const hit of out.toString('utf8').split('\0'))
-            if (hit.startsWith(prefix))
-                found.add(hit.slice(prefix.length));
+        texts.push(out);
     }
-    return found;
+    const infoPath = await gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']);
+    if (!infoPath)
+        return null;
+    const local = [external_node_path_default().resolve(repoDir, infoPath.toString('utf8').trim())];
+    // core.attributesFile, else the XDG default; git config exits 1 when it is unset.
+    const configured = await gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']);
+    const xdg = process.env.XDG_CONFIG_HOME || external_node_path_default().join(external_node_os_default().homedir(), '.config');
+    local.push(configured && configured.length > 0 ? configured.toString('utf8').trim() : external_node_path_default().join(xdg, 'git', 'attributes'));
+    if (!process.env.GIT_ATTR_NOSYSTEM)
+        local.push('/etc/gitattributes');
+    for (const file of local) {
+        try {
+            texts.push(Buffer.from(`\0${file}\0`), external_node_fs_default().readFileSync(file));
+        }
+        catch {
+            texts.push(Buffer.from(`\0${file}\0absent`));
+        }
+    }
+    const hash = external_node_crypto_default().createHash('sha256');
+    for (const f of inTree)
+        hash.update(`${f.path}\0${f.blob}\0`);
+    for (const t of texts)
+        hash.update(t);
+    return { digest: hash.digest('hex').slice(0, 32), substitutes: texts.some((t) => t.includes('export-subst')) };
 }
 /** The regular files of `commit`'s tree (symlinks and submodules carry no content of their own). */
 async function treeFiles(repoDir, commit) {
@@ -44455,7 +44491,9 @@ async function runSync(config, options = {}) {
             history: repo,
             commit,
             tree,
-            treeWaitS: config.repository.secretScanning.enabled ? config.repository.secretScanning.timeoutS : 0,
+            // The longest a VM may wait for the tree: the scan's time limit, and for a tree made on demand also
+            // the wait for the runner-host lock and the export itself (see ReleaseContext.treeWaitS).
+            treeWaitS: (config.repository.secretScanning.enabled ? config.repository.secretScanning.timeoutS : 0) + (exported ? 0 : repo.lockWaitS + ON_DEMAND_EXPORT_S),
             force,
             owner: ownLockOwner(commit, runUrlFromEnv()),
             runId: options.runId,
@@ -44487,6 +44525,8 @@ async function runSync(config, options = {}) {
             await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
     }
 }
+/** What a tree exported on demand may take beyond the runner-host lock's wait (a VM's lock must outlast it). */
+const ON_DEMAND_EXPORT_S = 600;
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */
 function scanCacheDir(config) {
     return external_node_path_default().join(stateDirOf(config.repository.mainRepoPath), 'scan-cache');
@@ -46941,7 +46981,7 @@ function mergeResults(sources, options = {}) {
 /** A path for a message: names under the results directory come from other jobs' artifacts. */
 const shown = (p) => untrusted_vmText(p, 1000);
 /** A results file larger than this is not one vm-sync wrote (a 1,000-VM report is a few MB). */
-const MAX_FILE_BYTES = 64 * 1024 * 1024;
+const results_files_MAX_FILE_BYTES = 64 * 1024 * 1024;
 /** More files than this under one directory is not a set of shard results. */
 const MAX_FILES = 10_000;
 /**
@@ -46984,7 +47024,7 @@ function readResultsFiles(paths, options = {}) {
     }
     return files.map((file) => {
         const size = external_node_fs_default().statSync(file).size;
-        if (size > MAX_FILE_BYTES)
+        if (size > results_files_MAX_FILE_BYTES)
             throw new VmSyncError('results_invalid', `${shown(file)} is ${size} bytes: not a vm-sync results file`);
         return { source: file, text: external_node_fs_default().readFileSync(file, 'utf8') };
     });

@@ -1,7 +1,8 @@
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
+import { run } from '../local/run.js';
 import { ownedByDeadProcess, scratchSiblingName } from '../local/scratch.js';
 import { archiveInto } from './archive.js';
 import { cloneLockPath } from './clone-lock.js';
@@ -234,16 +235,7 @@ export class ExportStore {
   }
 }
 
-function status(child: ReturnType<typeof spawn>): Promise<{ code: number | null; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    let stderr = '';
-    child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stderr }));
-  });
-}
-
 async function spawnOk(command: string, args: string[]): Promise<void> {
-  const result = await status(spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] }));
+  const result = await run(command, args, { maxOutput: 4000 });
   if (result.code !== 0) throw new VmSyncError('git_failed', `${command} ${args[0]} failed: ${result.stderr.trim().slice(-500)}`);
 }

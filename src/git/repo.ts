@@ -7,7 +7,7 @@ import { run, type RunResult } from '../local/run.js';
 import { removeIfOrphaned, scratchSiblingName } from '../local/scratch.js';
 import { silentEvents, type EngineEvents } from '../sync/types.js';
 import { archiveInto } from './archive.js';
-import { withCloneLock } from './clone-lock.js';
+import { DEFAULT_CLONE_WAIT_MS, withCloneLock } from './clone-lock.js';
 import { mergeDiffOption } from './merge-diffs.js';
 
 /** How a VM's deployed commit relates to the commit being deployed. */
@@ -127,6 +127,11 @@ export class RunnerRepo {
 
   private get events(): EngineEvents {
     return this.options.events ?? silentEvents;
+  }
+
+  /** How long a step waits for another run's hold of the clone lock, in seconds. */
+  get lockWaitS(): number {
+    return Math.ceil((this.options.lockWaitMs ?? DEFAULT_CLONE_WAIT_MS) / 1000);
   }
 
   /**

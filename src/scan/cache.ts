@@ -97,14 +97,19 @@ export class ScanCache {
     }
   }
 
-  /** Whether the file `rel` (latin1) with blob `blob` was scanned clean under this key. */
-  hasEntry(blob: string, rel: string): boolean {
-    return this.entries.has(entryLine(blob, rel));
+  /**
+   * Whether the file `rel` (latin1) with blob `blob` was scanned clean under
+   * this key, with the same git attributes in force (`attributes`: a digest of
+   * every attributes file, see gate.ts): attributes decide the bytes git
+   * archive deploys (eol, working-tree-encoding, filters), not the blob alone.
+   */
+  hasEntry(blob: string, rel: string, attributes: string): boolean {
+    return this.entries.has(entryLine(blob, rel, attributes));
   }
 
   /** What the file `rel` (latin1) with blob `blob` could not have scanned under this key, if it is remembered. */
-  unscannedOf(blob: string, rel: string): readonly UnscannedPart[] | undefined {
-    return this.unscanned.get(entryLine(blob, rel));
+  unscannedOf(blob: string, rel: string, attributes: string): readonly UnscannedPart[] | undefined {
+    return this.unscanned.get(entryLine(blob, rel, attributes));
   }
 
   hasCommit(sha: string): boolean {
@@ -112,9 +117,9 @@ export class ScanCache {
   }
 
   /** Records clean results (kept in memory until {@link save}). */
-  addEntries(entries: ReadonlyArray<{ blob: string; path: string }>): void {
+  addEntries(entries: ReadonlyArray<{ blob: string; path: string }>, attributes: string): void {
     for (const e of entries) {
-      const line = entryLine(e.blob, e.path);
+      const line = entryLine(e.blob, e.path, attributes);
       if (!this.entries.has(line)) {
         this.entries.add(line);
         this.newEntries.push(line);
@@ -126,10 +131,10 @@ export class ScanCache {
    * Remembers files with no finding whose only unscanned parts are lasting
    * ones (see LASTING); any other is left out, and scanned again next time.
    */
-  addUnscanned(files: ReadonlyArray<{ blob: string; path: string; parts: readonly UnscannedPart[] }>): void {
+  addUnscanned(files: ReadonlyArray<{ blob: string; path: string; parts: readonly UnscannedPart[] }>, attributes: string): void {
     for (const f of files) {
       const lasting = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => LASTING.has(p.reason) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
-      const line = entryLine(f.blob, f.path);
+      const line = entryLine(f.blob, f.path, attributes);
       if (!lasting || this.unscanned.has(line)) continue;
       this.unscanned.set(line, f.parts.map((p) => ({ suffix: p.suffix, reason: p.reason, detail: p.detail })));
       this.newUnscanned++;
@@ -154,17 +159,30 @@ export class ScanCache {
 }
 
 /** A path enters the cache as a hash: the file stays small and holds no names. */
-function entryLine(blob: string, rel: string): string {
-  return `${blob} ${crypto.createHash('sha256').update(Buffer.from(rel, 'latin1')).digest('hex').slice(0, 32)}`;
+function entryLine(blob: string, rel: string, attributes: string): string {
+  return `${blob} ${crypto.createHash('sha256').update(`${attributes}\0`).update(Buffer.from(rel, 'latin1')).digest('hex').slice(0, 32)}`;
+}
+
+/** A cache file larger than this is dropped unread (a string that size cannot be held). */
+const MAX_FILE_BYTES = 256 * 1024 * 1024;
+
+/** The file's text; null when it is absent. One too large is removed (said), and reads as absent. */
+function readCacheFile(file: string, encoding: BufferEncoding, say: (message: string) => void): string | null {
+  try {
+    if (fs.statSync(file).size > MAX_FILE_BYTES) {
+      say(`secret scan: the scan cache ${file} is too large: it is removed and what it held is scanned`);
+      fs.rmSync(file, { force: true });
+      return null;
+    }
+    return fs.readFileSync(file, encoding);
+  } catch {
+    return null;
+  }
 }
 
 function readSet(file: string, line: RegExp, say: (message: string) => void): Set<string> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'latin1');
-  } catch {
-    return new Set();
-  }
+  const text = readCacheFile(file, 'latin1', say);
+  if (text === null) return new Set();
   const lines = text.split('\n').filter(Boolean);
   if (lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
     say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and everything is scanned`);
@@ -179,7 +197,7 @@ function writeSet(file: string, set: Set<string>): void {
 }
 
 function writeLines(file: string, lines: string[]): void {
-  if (lines.length > MAX_ENTRIES) {
+  if (lines.length > MAX_ENTRIES || lines.reduce((n, l) => n + l.length + 1, 0) > MAX_FILE_BYTES) {
     fs.rmSync(file, { force: true });
     return;
   }
@@ -190,12 +208,8 @@ function writeLines(file: string, lines: string[]): void {
 
 /** The remembered unscanned files; any line that is not exactly what {@link ScanCache.save} writes voids the whole file. */
 function readUnscanned(file: string, say: (message: string) => void): Map<string, UnscannedPart[]> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return new Map();
-  }
+  const text = readCacheFile(file, 'utf8', say);
+  if (text === null) return new Map();
   const out = new Map<string, UnscannedPart[]>();
   const lines = text.split('\n').filter(Boolean);
   const valid =

@@ -1,6 +1,8 @@
 import { count as countOf, noun } from '../words.js';
 import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { SecretScanningConfig } from '../config/types.js';
 import { VmSyncError } from '../errors.js';
@@ -246,15 +248,20 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
   let unscanned: UnscannedFile[] = [];
   const cleanEntries: TreeFile[] = [];
   const unscannedEntries: Array<{ blob: string; path: string; parts: UnscannedPart[] }> = [];
+  let treeDigest = '';
   if (treeWanted(inputs)) {
-    // Only the files not scanned before under these settings, in a view at their real paths.
-    const listed = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
+    // Only the files not scanned before under these settings and these git attributes, in a view at their real paths.
+    const tree = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
+    const attributes = tree ? await attributesOf(inputs.repoDir, tree) : null;
+    if (attributes?.substitutes) inputs.events.info(null, 'secret scan: the git attributes use export-subst, which can write text of each commit (its message, its refs) into files: the whole tree is scanned every time');
+    const listed = attributes && !attributes.substitutes ? tree : null;
+    const digest = (treeDigest = attributes?.digest ?? '');
     // Files whose unscannable parts are remembered: reported as a scan reports them, not read again.
     const recalled: UnscannedFile[] = [];
     const fresh = listed
       ? listed.filter((f) => {
-          if ((cache as ScanCache).hasEntry(f.blob, f.path)) return false;
-          const parts = (cache as ScanCache).unscannedOf(f.blob, f.path);
+          if ((cache as ScanCache).hasEntry(f.blob, f.path, digest)) return false;
+          const parts = (cache as ScanCache).unscannedOf(f.blob, f.path, digest);
           if (!parts) return true;
           const name = Buffer.from(f.path, 'latin1').toString('utf8');
           recalled.push(...parts.map((p) => ({ path: `${name}${p.suffix}`, reason: p.reason, detail: p.detail })));
@@ -300,15 +307,14 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
         const file = at < 0 ? u.path : u.path.slice(0, at);
         partsOf.set(file, [...(partsOf.get(file) ?? []), { suffix: u.path.slice(file.length), reason: u.reason, detail: u.detail }]);
       }
-      // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched: never cached.
-      const named = fresh.map((f) => ({ f, name: Buffer.from(f.path, 'latin1').toString('utf8') })).filter(({ f, name }) => Buffer.from(name, 'utf8').toString('latin1') === f.path && printable(name) === name);
-      // Nor is a file whose deployed bytes may hold text of the commit (export-subst), or all of them when git cannot tell.
-      const volatile = plan.head ? await withPlaceholder(inputs.repoDir, plan.head, named.map(({ name }) => name)) : new Set<string>();
-      for (const { f, name } of named) {
-        if (!volatile || volatile.has(name)) continue;
+      for (const f of fresh) {
+        const name = Buffer.from(f.path, 'latin1').toString('utf8');
+        // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched; one
+        // holding `!` reads as an archive entry (`a!b` as entry b of a): neither is ever cached.
+        if (Buffer.from(name, 'utf8').toString('latin1') !== f.path || printable(name) !== name || name.includes('!')) continue;
         if (!touched.has(name)) cleanEntries.push(f);
-        // No finding, only parts it could not scan: remembered with them (a name holding `!` is ambiguous: not).
-        else if (!found.has(name) && !name.includes('!') && partsOf.has(name)) unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) as UnscannedPart[] });
+        // No finding, only parts it could not scan: remembered with them.
+        else if (!found.has(name) && partsOf.has(name)) unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) as UnscannedPart[] });
       }
     }
   }
@@ -324,8 +330,8 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
   }
   if (cache && strict) {
     cache.addCommits(cleanCommits);
-    cache.addEntries(cleanEntries);
-    cache.addUnscanned(unscannedEntries);
+    cache.addEntries(cleanEntries, treeDigest);
+    cache.addUnscanned(unscannedEntries, treeDigest);
   }
   return { findings, commitsScanned, unscanned };
 }
@@ -348,10 +354,11 @@ interface TreeFile {
   size: number;
 }
 
-function gitBytes(repoDir: string, args: string[]): Promise<Buffer | null> {
-  return new Promise((resolve) =>
-    execFile('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout)),
-  );
+function gitBytes(repoDir: string, args: string[], input?: string): Promise<Buffer | null> {
+  return new Promise((resolve) => {
+    const child = execFile('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout));
+    if (input !== undefined) child.stdin?.end(input);
+  });
 }
 
 /** The commits of a rev-list selection, or null when git cannot list them. */
@@ -360,36 +367,44 @@ async function revList(repoDir: string, selection: string[]): Promise<string[] |
   return out ? out.toString('latin1').split('\n').filter(Boolean) : null;
 }
 
-/** `$Format:` starts an export-subst placeholder (gitattributes(5)); nothing else in a blob does. */
-const PLACEHOLDER = '$Format:';
-
 /**
- * The files among `paths` (UTF-8 names) of `commit` whose blob holds an
- * export-subst placeholder. git archive may replace it with text of the
- * commit (its message, its refs, a describe), which no scan of the blob saw:
- * such a file's deployed bytes are not a function of its blob and path, so it
- * is never cached. null when git cannot tell.
+ * What decides the bytes git archive makes of a blob, besides the blob and its
+ * path: the git attributes in force (eol, working-tree-encoding, filters,
+ * ident, export-subst). They come from every `.gitattributes` of the tree and
+ * from the runner host (the clone's info/attributes, core.attributesFile, the
+ * system file). `digest` covers all of them and goes into every cache entry:
+ * any change to them scans the tree again. `substitutes`: one of them mentions
+ * export-subst (a macro defining it included), which writes text of the
+ * commit itself into files, so no file of the tree can be vouched for. null
+ * when git cannot tell.
  */
-async function withPlaceholder(repoDir: string, commit: string, paths: readonly string[]): Promise<Set<string> | null> {
-  const found = new Set<string>();
-  const prefix = `${commit}:`;
-  for (let i = 0; i < paths.length; ) {
-    const part: string[] = [];
-    let size = 0;
-    while (i < paths.length && (part.length === 0 || size + paths[i].length < 100_000)) {
-      size += paths[i].length + 1;
-      part.push(paths[i++]);
-    }
-    const out = await new Promise<Buffer | null>((resolve) =>
-      execFile('git', ['--literal-pathspecs', 'grep', '-l', '-z', '-a', '-F', '-e', PLACEHOLDER, commit, '--', ...part], { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 28 }, (error, stdout) =>
-        // git grep exits 1 when nothing matches.
-        resolve(!error ? stdout : (error as { code?: unknown }).code === 1 ? Buffer.alloc(0) : null),
-      ),
-    );
+async function attributesOf(repoDir: string, files: readonly TreeFile[]): Promise<{ digest: string; substitutes: boolean } | null> {
+  const inTree = files.filter((f) => f.path === '.gitattributes' || f.path.endsWith('/.gitattributes'));
+  const texts: Buffer[] = [];
+  if (inTree.length > 0) {
+    const out = await gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`);
     if (!out) return null;
-    for (const hit of out.toString('utf8').split('\0')) if (hit.startsWith(prefix)) found.add(hit.slice(prefix.length));
+    texts.push(out);
   }
-  return found;
+  const infoPath = await gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']);
+  if (!infoPath) return null;
+  const local = [path.resolve(repoDir, infoPath.toString('utf8').trim())];
+  // core.attributesFile, else the XDG default; git config exits 1 when it is unset.
+  const configured = await gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']);
+  const xdg = process.env.XDG_CONFIG_HOME || path.join(os.homedir(), '.config');
+  local.push(configured && configured.length > 0 ? configured.toString('utf8').trim() : path.join(xdg, 'git', 'attributes'));
+  if (!process.env.GIT_ATTR_NOSYSTEM) local.push('/etc/gitattributes');
+  for (const file of local) {
+    try {
+      texts.push(Buffer.from(`\0${file}\0`), fs.readFileSync(file));
+    } catch {
+      texts.push(Buffer.from(`\0${file}\0absent`));
+    }
+  }
+  const hash = crypto.createHash('sha256');
+  for (const f of inTree) hash.update(`${f.path}\0${f.blob}\0`);
+  for (const t of texts) hash.update(t);
+  return { digest: hash.digest('hex').slice(0, 32), substitutes: texts.some((t) => t.includes('export-subst')) };
 }
 
 /** The regular files of `commit`'s tree (symlinks and submodules carry no content of their own). */

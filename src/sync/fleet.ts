@@ -291,7 +291,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         history: repo,
         commit,
         tree,
-        treeWaitS: config.repository.secretScanning.enabled ? config.repository.secretScanning.timeoutS : 0,
+        // The longest a VM may wait for the tree: the scan's time limit, and for a tree made on demand also
+        // the wait for the runner-host lock and the export itself (see ReleaseContext.treeWaitS).
+        treeWaitS: (config.repository.secretScanning.enabled ? config.repository.secretScanning.timeoutS : 0) + (exported ? 0 : repo.lockWaitS + ON_DEMAND_EXPORT_S),
         force,
         owner: ownLockOwner(commit, runUrlFromEnv()),
         runId: options.runId,
@@ -319,6 +321,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
 }
+
+/** What a tree exported on demand may take beyond the runner-host lock's wait (a VM's lock must outlast it). */
+const ON_DEMAND_EXPORT_S = 600;
 
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */
 function scanCacheDir(config: Config): string {

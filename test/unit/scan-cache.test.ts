@@ -14,6 +14,8 @@ let binary: string;
 let settings: { configFile: string; ignoreDir: string };
 const BLOB = 'a'.repeat(40);
 const OTHER = 'b'.repeat(40);
+/** The digest of the git attributes in force (gate.ts attributesOf). */
+const ATTRS = 'c'.repeat(32);
 
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-scan-cache-unit-'));
@@ -32,20 +34,21 @@ async function open(said: string[] = []): Promise<ScanCache> {
 
 test('lasting unscanned parts are remembered per blob and path; a moment\'s failure (unreadable) is not', async () => {
   const cache = await open();
-  cache.addUnscanned([
+  cache.addUnscanned(
+    [
     { blob: BLOB, path: 'assets/logo.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] },
     { blob: BLOB, path: 'dist/a.zip', parts: [{ suffix: '!inner.tgz', reason: 'archive', detail: 'an archive inside an archive' }] },
     { blob: OTHER, path: 'data/x.bin', parts: [{ suffix: '', reason: 'unreadable', detail: 'EACCES' }] },
     { blob: OTHER, path: 'data/y.bin', parts: [] },
-  ]);
+  ], ATTRS);
   cache.save();
   const again = await open();
-  expect(again.unscannedOf(BLOB, 'assets/logo.pdf')).toEqual([{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }]);
-  expect(again.unscannedOf(BLOB, 'dist/a.zip')).toEqual([{ suffix: '!inner.tgz', reason: 'archive', detail: 'an archive inside an archive' }]);
+  expect(again.unscannedOf(BLOB, 'assets/logo.pdf', ATTRS)).toEqual([{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }]);
+  expect(again.unscannedOf(BLOB, 'dist/a.zip', ATTRS)).toEqual([{ suffix: '!inner.tgz', reason: 'archive', detail: 'an archive inside an archive' }]);
   // The same bytes at another path are another entry (rules and allowlists match on paths).
-  expect(again.unscannedOf(BLOB, 'assets/logo2.pdf')).toBeUndefined();
-  expect(again.unscannedOf(OTHER, 'data/x.bin')).toBeUndefined();
-  expect(again.unscannedOf(OTHER, 'data/y.bin')).toBeUndefined();
+  expect(again.unscannedOf(BLOB, 'assets/logo2.pdf', ATTRS)).toBeUndefined();
+  expect(again.unscannedOf(OTHER, 'data/x.bin', ATTRS)).toBeUndefined();
+  expect(again.unscannedOf(OTHER, 'data/y.bin', ATTRS)).toBeUndefined();
   // Names never reach the file: paths are hashed.
   const text = fs.readdirSync(path.join(dir, 'cache')).map((f) => fs.readFileSync(path.join(dir, 'cache', f), 'utf8')).join('\n');
   expect(text).not.toContain('logo.pdf');
@@ -58,10 +61,11 @@ test.each([
   ['an entry key of the wrong shape', (line: string) => line.replace(/"e":"[0-9a-f]{40}/, '"e":"zz')],
 ])('%s voids the whole file: nothing of it is trusted, and the scan says so', async (_what, tamper) => {
   const cache = await open();
-  cache.addUnscanned([
+  cache.addUnscanned(
+    [
     { blob: BLOB, path: 'assets/logo.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] },
     { blob: OTHER, path: 'assets/two.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] },
-  ]);
+  ], ATTRS);
   cache.save();
   const file = fs.readdirSync(path.join(dir, 'cache')).find((f) => f.endsWith('.unscanned')) as string;
   const full = path.join(dir, 'cache', file);
@@ -69,16 +73,27 @@ test.each([
   fs.writeFileSync(full, [tamper(first), ...rest].join('\n'));
   const said: string[] = [];
   const again = await open(said);
-  expect(again.unscannedOf(BLOB, 'assets/logo.pdf')).toBeUndefined();
-  expect(again.unscannedOf(OTHER, 'assets/two.pdf')).toBeUndefined();
+  expect(again.unscannedOf(BLOB, 'assets/logo.pdf', ATTRS)).toBeUndefined();
+  expect(again.unscannedOf(OTHER, 'assets/two.pdf', ATTRS)).toBeUndefined();
   expect(said.join('\n')).toMatch(/damaged or too large: it is ignored/);
+});
+
+test('other git attributes in force are other entries: nothing remembered under the old ones is used', async () => {
+  const cache = await open();
+  cache.addEntries([{ blob: BLOB, path: 'notes.txt' }], ATTRS);
+  cache.addUnscanned([{ blob: OTHER, path: 'assets/logo.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] }], ATTRS);
+  cache.save();
+  const again = await open();
+  expect([again.hasEntry(BLOB, 'notes.txt', ATTRS), again.unscannedOf(OTHER, 'assets/logo.pdf', ATTRS) !== undefined]).toEqual([true, true]);
+  const changed = 'd'.repeat(32);
+  expect([again.hasEntry(BLOB, 'notes.txt', changed), again.unscannedOf(OTHER, 'assets/logo.pdf', changed)]).toEqual([false, undefined]);
 });
 
 test('another gitleaks version is another key: nothing remembered under the old one is used', async () => {
   const cache = await open();
-  cache.addUnscanned([{ blob: BLOB, path: 'assets/logo.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] }]);
+  cache.addUnscanned([{ blob: BLOB, path: 'assets/logo.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] }], ATTRS);
   cache.save();
   fs.writeFileSync(binary, '#!/bin/sh\necho 8.31.0\n', { mode: 0o755 });
   const again = await open();
-  expect(again.unscannedOf(BLOB, 'assets/logo.pdf')).toBeUndefined();
+  expect(again.unscannedOf(BLOB, 'assets/logo.pdf', ATTRS)).toBeUndefined();
 });
