@@ -85672,8 +85672,6 @@ class VmBudget {
         return setTimeout(() => this.controller.abort(new DOMException('the VM budget ran out', 'TimeoutError')), Math.max(0, this.deadlineAt - Date.now())).unref();
     }
 }
-/** A wait for the tree at least this long renews the VM's lock afterwards (one round trip). */
-const LOCK_RENEW_AFTER_WAIT_MS = 1000;
 /** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
 const POST_SYNC_LINES = 200;
 const POST_SYNC_FAILURE_LINES = 20;
@@ -85894,9 +85892,11 @@ class FleetRelease {
         }
         run.treeNotes = tree.notes;
         port.extendTo(budget.deadlineAt, signal);
-        // The lock's deadline was set for the longest wait treeWaitS foresaw; after a real wait, it follows the
-        // VM's budget again (a wait can outlast it: an export made on demand, git work around the scan).
-        if (Date.now() - waitFrom >= LOCK_RENEW_AFTER_WAIT_MS)
+        // The lock's deadline covers the longest wait treeWaitS foresaw; a wait that outlasted it (git work
+        // around the scan, a slow export made on demand) renews the lock before anything else is done under it.
+        // (Under a second, the lock's own margin covers it.)
+        const waited = Date.now() - waitFrom;
+        if (waited >= 1000 && waited > (this.ctx.treeWaitS ?? 0) * 1000)
             await port.renew(this.token);
         const shared = config.repository.sharedPaths;
         const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
@@ -86646,9 +86646,10 @@ async function runSync(config, options = {}) {
         await recordDeployed(repo, outcome.vms, events);
         // A scan that failed (not a block: a broken or timed-out scan) fails the run with its error: no VM
         // staged or got anything (each waited for the tree), and each one's lock was released.
+        // A run cancelled meanwhile reports its rows (each VM interrupted, on the release it served), as before.
         if (upFront)
             await upFront.catch((error) => {
-                if (!scan?.blocked)
+                if (!scan?.blocked && !options.signal?.aborted)
                     throw error;
             });
         return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });

@@ -308,8 +308,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     await recordDeployed(repo, outcome.vms, events);
     // A scan that failed (not a block: a broken or timed-out scan) fails the run with its error: no VM
     // staged or got anything (each waited for the tree), and each one's lock was released.
+    // A run cancelled meanwhile reports its rows (each VM interrupted, on the release it served), as before.
     if (upFront) await upFront.catch((error: unknown) => {
-      if (!scan?.blocked) throw error;
+      if (!scan?.blocked && !options.signal?.aborted) throw error;
     });
     return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
   } finally {

@@ -132,9 +132,6 @@ class VmBudget {
   }
 }
 
-/** A wait for the tree at least this long renews the VM's lock afterwards (one round trip). */
-const LOCK_RENEW_AFTER_WAIT_MS = 1000;
-
 /** The post_sync_command output a row keeps (the end), and the lines a failure message quotes. */
 const POST_SYNC_LINES = 200;
 const POST_SYNC_FAILURE_LINES = 20;
@@ -356,9 +353,11 @@ class FleetRelease {
     }
     run.treeNotes = tree.notes;
     port.extendTo(budget.deadlineAt, signal);
-    // The lock's deadline was set for the longest wait treeWaitS foresaw; after a real wait, it follows the
-    // VM's budget again (a wait can outlast it: an export made on demand, git work around the scan).
-    if (Date.now() - waitFrom >= LOCK_RENEW_AFTER_WAIT_MS) await port.renew(this.token);
+    // The lock's deadline covers the longest wait treeWaitS foresaw; a wait that outlasted it (git work
+    // around the scan, a slow export made on demand) renews the lock before anything else is done under it.
+    // (Under a second, the lock's own margin covers it.)
+    const waited = Date.now() - waitFrom;
+    if (waited >= 1000 && waited > (this.ctx.treeWaitS ?? 0) * 1000) await port.renew(this.token);
     const shared = config.repository.sharedPaths;
     const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
     for (const name of staged.removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);

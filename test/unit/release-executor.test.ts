@@ -201,6 +201,20 @@ describe('all-at-once', () => {
     expectClean(fleet);
   });
 
+  test('a wait for the tree longer than the lock foresaw (treeWaitS) renews the lock before staging; a shorter one does not', async () => {
+    // Catches: staging under a lock whose deadline the wait may have passed, or a round trip on every deploy.
+    const slowTree = async (): Promise<{ dir: string; notes: string[] }> => (await new Promise((r) => setTimeout(r, 1100)), { dir: '/tmp/x', notes: [] });
+    const config = fleetConfig(['vm01']);
+    const outlasted = fleetOf({}, ['vm01']);
+    await releaseFleet(releaseCtx(config, outlasted, { treeWaitS: 0, tree: slowTree }), config.vms);
+    expect(ops(outlasted, 'vm01').slice(0, 4)).toEqual(['open', 'begin', 'renew', 'stage']);
+    const covered = fleetOf({}, ['vm01']);
+    await releaseFleet(releaseCtx(config, covered, { treeWaitS: 60, tree: slowTree }), config.vms);
+    expect(ops(covered, 'vm01').slice(0, 3)).toEqual(['open', 'begin', 'stage']);
+    expectClean(outlasted);
+    expectClean(covered);
+  });
+
   test('a refused tree also stops a VM that would flip to a release staged earlier (no transfer needed)', async () => {
     // Catches: a VM that needs no transfer flipping although the scan of the commit blocked the deploy.
     const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), kept(NEW, 2)], live: kept(OLD, 1).name } }, ['vm01']);
