@@ -37213,13 +37213,14 @@ class RunnerRepo {
     /**
      * Writes a clean export of `sha` (no `.git`, nothing untracked, frozen while
      * rsync reads it) into the directory `dest` (absent or empty), via
-     * `git archive | tar -x`. Under the runner-host lock; on corruption a
-     * managed clone is cloned again and the export redone once.
+     * `git archive | tar -x`: the whole tree, or only `paths` (UTF-8 names, taken
+     * literally). Under the runner-host lock; on corruption a managed clone is
+     * cloned again and the export redone once.
      */
-    exportTree(sha, dest) {
+    exportTree(sha, dest, paths) {
         return this.locked(`export of ${sha.slice(0, 12)}`, () => this.recovering(async () => {
             try {
-                await this.exportSteps(sha, dest);
+                await this.exportSteps(sha, dest, paths);
             }
             catch (error) {
                 // A half-written export must not mix into the retry.
@@ -37228,8 +37229,8 @@ class RunnerRepo {
             }
         }));
     }
-    async exportSteps(sha, dest) {
-        const done = await archiveInto({ repoDir: this.dir, env: this.gitEnv(), commit: sha, dest });
+    async exportSteps(sha, dest, paths) {
+        const done = await archiveInto({ repoDir: this.dir, env: this.gitEnv(), commit: sha, dest, paths });
         if (!done.ok)
             throw this.failure(`export of ${sha} failed (git archive exited ${done.archiveCode}, tar ${done.tarCode})`, done.stderr);
     }
@@ -39029,18 +39030,17 @@ async function revList(repoDir, selection) {
 async function attributesOf(repoDir, files) {
     const inTree = files.filter((f) => f.path === '.gitattributes' || f.path.endsWith('/.gitattributes'));
     const texts = [];
-    if (inTree.length > 0) {
-        const out = await gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`);
-        if (!out)
-            return null;
-        texts.push(out);
-    }
-    const infoPath = await gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']);
-    if (!infoPath)
+    // Three independent questions to git, asked at once (this runs on every scan). git config exits 1 when
+    // core.attributesFile is unset: then the XDG default.
+    const [out, infoPath, configured] = await Promise.all([
+        inTree.length > 0 ? gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`) : Promise.resolve(Buffer.alloc(0)),
+        gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']),
+        gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']),
+    ]);
+    if (!out || !infoPath)
         return null;
+    texts.push(out);
     const local = [external_node_path_default().resolve(repoDir, infoPath.toString('utf8').trim())];
-    // core.attributesFile, else the XDG default; git config exits 1 when it is unset.
-    const configured = await gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']);
     const xdg = process.env.XDG_CONFIG_HOME || external_node_path_default().join(external_node_os_default().homedir(), '.config');
     local.push(configured && configured.length > 0 ? configured.toString('utf8').trim() : external_node_path_default().join(xdg, 'git', 'attributes'));
     if (!process.env.GIT_ATTR_NOSYSTEM)
@@ -43503,6 +43503,7 @@ async function takeLock(vm, port, options) {
 class VmBudget {
     controller = new AbortController();
     timer;
+    pausedAt = null;
     signal;
     deadlineAt;
     constructor(ms, run) {
@@ -43510,7 +43511,6 @@ class VmBudget {
         this.timer = this.arm();
         this.signal = run ? AbortSignal.any([run, this.controller.signal]) : this.controller.signal;
     }
-    pausedAt = null;
     /** Stops the clock (a wait that is not the VM's). */
     pause() {
         if (this.pausedAt !== null || this.controller.signal.aborted)
@@ -44288,7 +44288,6 @@ function excludedSentence(excluded) {
 
 
 
-
 /**
  * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
  * usage error naming the known ones. A known id that belongs to another shard
@@ -44689,13 +44688,7 @@ async function runScan(config, options = {}) {
             await repo.exportTree(plan.head, exportDir);
         }
         const head = plan.head;
-        const exportPaths = head && !options.repoDir
-            ? (dest, paths) => repo.locked(`export of ${head.slice(0, 12)} for the scan`, async () => {
-                const done = await archiveInto({ repoDir: dir, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined, commit: head, dest, paths });
-                if (!done.ok)
-                    throw new VmSyncError('git_failed', `export of ${head.slice(0, 12)} for the scan failed (git archive exited ${done.archiveCode}, tar ${done.tarCode}): ${done.stderr.trim().slice(-1000)}`);
-            })
-            : undefined;
+        const exportPaths = head && !options.repoDir ? (dest, paths) => repo.exportTree(head, dest, paths) : undefined;
         // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
         const cacheDir = options.repoDir ? null : scanCacheDir(config);
         const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, exportPaths, cacheDir, events, signal: options.signal });

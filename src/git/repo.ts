@@ -609,14 +609,15 @@ export class RunnerRepo {
   /**
    * Writes a clean export of `sha` (no `.git`, nothing untracked, frozen while
    * rsync reads it) into the directory `dest` (absent or empty), via
-   * `git archive | tar -x`. Under the runner-host lock; on corruption a
-   * managed clone is cloned again and the export redone once.
+   * `git archive | tar -x`: the whole tree, or only `paths` (UTF-8 names, taken
+   * literally). Under the runner-host lock; on corruption a managed clone is
+   * cloned again and the export redone once.
    */
-  exportTree(sha: string, dest: string): Promise<void> {
+  exportTree(sha: string, dest: string, paths?: string[]): Promise<void> {
     return this.locked(`export of ${sha.slice(0, 12)}`, () =>
       this.recovering(async () => {
         try {
-          await this.exportSteps(sha, dest);
+          await this.exportSteps(sha, dest, paths);
         } catch (error) {
           // A half-written export must not mix into the retry.
           fs.rmSync(dest, { recursive: true, force: true });
@@ -626,8 +627,8 @@ export class RunnerRepo {
     );
   }
 
-  private async exportSteps(sha: string, dest: string): Promise<void> {
-    const done = await archiveInto({ repoDir: this.dir, env: this.gitEnv(), commit: sha, dest });
+  private async exportSteps(sha: string, dest: string, paths?: string[]): Promise<void> {
+    const done = await archiveInto({ repoDir: this.dir, env: this.gitEnv(), commit: sha, dest, paths });
     if (!done.ok) throw this.failure(`export of ${sha} failed (git archive exited ${done.archiveCode}, tar ${done.tarCode})`, done.stderr);
   }
 }

@@ -381,16 +381,16 @@ async function revList(repoDir: string, selection: string[]): Promise<string[] |
 async function attributesOf(repoDir: string, files: readonly TreeFile[]): Promise<{ digest: string; substitutes: boolean } | null> {
   const inTree = files.filter((f) => f.path === '.gitattributes' || f.path.endsWith('/.gitattributes'));
   const texts: Buffer[] = [];
-  if (inTree.length > 0) {
-    const out = await gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`);
-    if (!out) return null;
-    texts.push(out);
-  }
-  const infoPath = await gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']);
-  if (!infoPath) return null;
+  // Three independent questions to git, asked at once (this runs on every scan). git config exits 1 when
+  // core.attributesFile is unset: then the XDG default.
+  const [out, infoPath, configured] = await Promise.all([
+    inTree.length > 0 ? gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`) : Promise.resolve(Buffer.alloc(0)),
+    gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']),
+    gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']),
+  ]);
+  if (!out || !infoPath) return null;
+  texts.push(out);
   const local = [path.resolve(repoDir, infoPath.toString('utf8').trim())];
-  // core.attributesFile, else the XDG default; git config exits 1 when it is unset.
-  const configured = await gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']);
   const xdg = process.env.XDG_CONFIG_HOME || path.join(os.homedir(), '.config');
   local.push(configured && configured.length > 0 ? configured.toString('utf8').trim() : path.join(xdg, 'git', 'attributes'));
   if (!process.env.GIT_ATTR_NOSYSTEM) local.push('/etc/gitattributes');

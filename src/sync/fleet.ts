@@ -5,7 +5,6 @@ import type { Config, VmConfig } from '../config/types.js';
 import { inShard, type Shard } from '../config/shard.js';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { RunnerRepo } from '../git/repo.js';
-import { archiveInto } from '../git/archive.js';
 import { ExportStore, stateDirOf, type ExportSnapshot } from '../git/exports.js';
 import { makeScratchDir, removeScratchDirLater, sweepScratchDirs } from '../local/scratch.js';
 import { KnownHosts } from '../remote/known-hosts.js';
@@ -487,14 +486,7 @@ export async function runScan(config: Config, options: ScanOptions = {}): Promis
       await repo.exportTree(plan.head, exportDir);
     }
     const head = plan.head;
-    const exportPaths =
-      head && !options.repoDir
-        ? (dest: string, paths?: string[]) =>
-            repo.locked(`export of ${head.slice(0, 12)} for the scan`, async () => {
-              const done = await archiveInto({ repoDir: dir, env: options.gitEnv ? { ...process.env, ...options.gitEnv } : undefined, commit: head, dest, paths });
-              if (!done.ok) throw new VmSyncError('git_failed', `export of ${head.slice(0, 12)} for the scan failed (git archive exited ${done.archiveCode}, tar ${done.tarCode}): ${done.stderr.trim().slice(-1000)}`);
-            })
-        : undefined;
+    const exportPaths = head && !options.repoDir ? (dest: string, paths?: string[]) => repo.exportTree(head, dest, paths) : undefined;
     // A CI checkout (--repo) keeps no cache: it is gone after the job, and it is not the runner host's.
     const cacheDir = options.repoDir ? null : scanCacheDir(config);
     const scan = await runSecretScan({ settings: config.repository.secretScanning, plan, repoDir: dir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, exportPaths, cacheDir, events, signal: options.signal });

@@ -100,6 +100,7 @@ interface VmRun {
 class VmBudget {
   private readonly controller = new AbortController();
   private timer: NodeJS.Timeout;
+  private pausedAt: number | null = null;
   readonly signal: AbortSignal;
   deadlineAt: number;
 
@@ -108,8 +109,6 @@ class VmBudget {
     this.timer = this.arm();
     this.signal = run ? AbortSignal.any([run, this.controller.signal]) : this.controller.signal;
   }
-
-  private pausedAt: number | null = null;
 
   /** Stops the clock (a wait that is not the VM's). */
   pause(): void {
