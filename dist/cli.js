@@ -38718,9 +38718,20 @@ function readUnscanned(file, say) {
     }
     return out;
 }
-/** `gitleaks version`: part of the cache key (asked each time: a binary replaced between runs is another key). */
+/**
+ * `gitleaks version`: part of the cache key (asked each time: a binary
+ * replaced between runs is another key). Its output is hashed, never shown:
+ * a failure says only how it ended (a broken gitleaks may print anything,
+ * a secret it was scanning included).
+ */
 function gitleaksVersion(binary) {
-    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => (error ? reject(new Error(`gitleaks version failed: ${getErrorMessage(error)}`)) : resolve(stdout.trim()))));
+    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
+        if (!error)
+            return resolve(stdout.trim());
+        const { code, signal } = error;
+        const how = typeof code === 'number' ? `exit ${code}` : typeof signal === 'string' ? `signal ${signal}` : typeof code === 'string' ? code : 'no answer';
+        reject(new Error(`gitleaks version failed (${how})`));
+    }));
 }
 
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
@@ -38785,9 +38796,11 @@ async function runSecretScan(inputs) {
             configuration: { commit: null, reason: plan.trusted.reason, files: [], changed: [], weakening: [] },
         };
     }
-    await checkGitleaksLogs(binary, limits);
-    const trusted = await settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath);
-    const head = await settingsAt(inputs.repoDir, plan.head, settings.configPath);
+    // gitleaks' own check (does it log what vm-sync reads?) runs beside the scan; nothing is trusted or
+    // remembered before it passed.
+    const logsChecked = checkGitleaksLogs(binary, limits);
+    logsChecked.catch(() => undefined);
+    const [trusted, head] = await Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]);
     if (!trusted.config && !head.config && settings.configPath !== '.gitleaks.toml') {
         throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${settings.configPath}' does not exist in the commit being deployed.`);
     }
@@ -38807,6 +38820,7 @@ async function runSecretScan(inputs) {
         const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
         const saved = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
         const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
+        await logsChecked;
         // Only a scan that completed is remembered (a throw above records nothing).
         if (cache) {
             try {
@@ -38849,143 +38863,78 @@ async function runSecretScan(inputs) {
         external_node_fs_default().rmSync(privateDir, { recursive: true, force: true });
     }
 }
-/** The commits and the tree scanned with one set of settings. `strict`: the trusted run, whose coverage is enforced (and whose clean results the cache keeps). */
+/**
+ * The commits and the tree scanned with one set of settings. `strict`: the
+ * trusted run, whose coverage is enforced (and whose clean results the cache
+ * keeps). The two parts run at once: each is one gitleaks process that leaves
+ * a core idle for much of its run, and on a push both are small.
+ */
 async function scanWith(inputs, binary, files, ignore, limits, strict, cache = null, saved) {
-    const { plan } = inputs;
-    const findings = [];
-    const extended = [];
-    let commitsScanned = 0;
-    let cleanCommits = [];
-    if (plan.commits && plan.commits.count > 0) {
-        // Only the commits not scanned before under these settings (listed explicitly when some were).
-        let selection = plan.commits.selection;
-        let count = plan.commits.count;
-        let fresh = null;
-        if (cache) {
-            const all = await revList(inputs.repoDir, selection);
-            if (all !== null) {
-                fresh = all.filter((sha) => !cache.hasCommit(sha));
-                if (saved)
-                    saved.commits_cached = all.length - fresh.length;
-                if (fresh.length < all.length && fresh.length <= MAX_LISTED_COMMITS) {
-                    selection = fresh.length > 0 ? ['--no-walk', ...fresh] : [];
-                    count = fresh.length;
-                }
-                else if (fresh.length > MAX_LISTED_COMMITS) {
-                    if (saved)
-                        saved.commits_cached = 0;
-                }
-            }
+    // A part that fails stops the other (its own error is the one reported, not the other's "cancelled").
+    const stop = new AbortController();
+    const onOuterAbort = () => stop.abort();
+    limits.signal?.addEventListener('abort', onOuterAbort, { once: true });
+    if (limits.signal?.aborted)
+        stop.abort();
+    // One heartbeat for the two parts, counted from the start of the scan.
+    const began = Date.now();
+    let said = 0;
+    const onLongRun = limits.onLongRun;
+    const heartbeat = onLongRun
+        ? () => {
+            const seconds = Math.round((Date.now() - began) / 1000);
+            if (seconds - said < HEARTBEAT_S / 2)
+                return;
+            said = seconds;
+            onLongRun(seconds);
         }
-        if (count > 0) {
-            inputs.events.info(null, `secret scan: ${gate_plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
-            const gitDir = await absoluteGitDir(inputs.repoDir);
-            const result = await runGitleaks(binary, { mode: 'git', gitDir, selection }, files, limits);
-            if (strict) {
-                // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-                // scan that saw no commits where some add text is not a pass. (Commits
-                // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-                const withText = await inputs.countCommitsAddingText(selection);
-                const scanned = result.commitsScanned;
-                if (withText === null || scanned === null || (withText > 0 && scanned === 0) || scanned > count) {
-                    throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${scanned === null || scanned === undefined ? 'an unknown number of commits' : words_count(scanned, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
-                }
-                commitsScanned = scanned;
-            }
-            findings.push(...result.findings);
-            for (const fingerprint of result.suppressed)
-                if (!isIgnored(ignore, { fingerprint }))
-                    findings.push(findingFromFingerprint(fingerprint, 'commits'));
-            extended.push(...result.extended);
-            if (saved)
-                saved.commits_scanned = count;
-            const tainted = findings.filter((f) => f.commit).map((f) => f.commit);
-            cleanCommits = (fresh ?? (await revList(inputs.repoDir, plan.commits.selection)) ?? []).filter((sha) => !tainted.some((short) => sha.startsWith(short)));
-        }
+        : undefined;
+    const partLimits = { ...limits, signal: stop.signal, onLongRun: heartbeat };
+    let firstError = null;
+    const part = (work) => work.catch((error) => {
+        firstError ??= { error };
+        stop.abort();
+        throw error;
+    });
+    let commits;
+    let tree;
+    try {
+        const settled = await Promise.allSettled([part(scanCommits(inputs, binary, files, ignore, partLimits, strict, cache, saved)), part(scanTreePart(inputs, binary, files, ignore, partLimits, cache, saved))]);
+        if (firstError)
+            throw firstError.error;
+        [commits, tree] = settled.map((s) => s.value);
     }
+    finally {
+        limits.signal?.removeEventListener('abort', onOuterAbort);
+    }
+    const findings = [...commits.findings, ...tree.findings];
+    const extended = [...commits.extended, ...tree.extended];
     // Commits covered: scanned now, or clean under these settings before (the report reads the same either way).
-    if (strict)
-        commitsScanned += saved?.commits_cached ?? 0;
-    let unscanned = [];
+    const commitsScanned = commits.scanned + (strict ? (saved?.commits_cached ?? 0) : 0);
+    const { unscanned, fresh } = tree;
     const cleanEntries = [];
     const unscannedEntries = [];
-    let treeDigest = '';
-    if (treeWanted(inputs)) {
-        // Only the files not scanned before under these settings and these git attributes, in a view at their real paths.
-        const tree = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
-        const attributes = tree ? await attributesOf(inputs.repoDir, tree) : null;
-        if (attributes?.substitutes)
-            inputs.events.info(null, 'secret scan: the git attributes use export-subst, which can write text of each commit (its message, its refs) into files: the whole tree is scanned every time');
-        const listed = attributes && !attributes.substitutes ? tree : null;
-        const digest = (treeDigest = attributes?.digest ?? '');
-        // Files whose unscannable parts are remembered: reported as a scan reports them, not read again.
-        const recalled = [];
-        const fresh = listed
-            ? listed.filter((f) => {
-                if (cache.hasEntry(f.blob, f.path, digest))
-                    return false;
-                const parts = cache.unscannedOf(f.blob, f.path, digest);
-                if (!parts)
-                    return true;
-                const name = Buffer.from(f.path, 'latin1').toString('utf8');
-                recalled.push(...parts.map((p) => ({ path: `${name}${p.suffix}`, reason: p.reason, detail: p.detail })));
-                return false;
-            })
-            : null;
-        unscanned = [...recalled].sort(byPath);
-        let root = inputs.exportDir;
-        let view = null;
-        try {
-            if (listed && fresh) {
-                view = makeScratchDir('scanview');
-                const bytes = inputs.exportDir ? linkView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh);
-                if (saved) {
-                    saved.files_scanned = fresh.length;
-                    saved.files_cached = listed.length - fresh.length;
-                }
-                inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
-                root = view;
-            }
-            else if (root === null) {
-                // No cache to narrow it: the whole tree.
-                view = makeScratchDir('scanview');
-                await inputs.exportPaths(view);
-                root = view;
-            }
-            if (!fresh || fresh.length > 0) {
-                const tree = await scanTree(binary, root, files, ignore, limits);
-                findings.push(...tree.findings);
-                unscanned = [...tree.unscanned, ...recalled].sort(byPath);
-                extended.push(...tree.extended);
-            }
+    if (fresh) {
+        // Clean means: no finding in it (or in an archive entry of it) and nothing of it left unscanned.
+        const found = new Set(findings.map((f) => f.file.split('!')[0]));
+        const touched = new Set([...found, ...unscanned.map((u) => u.path.split('!')[0])]);
+        const partsOf = new Map();
+        for (const u of unscanned) {
+            const at = u.path.indexOf('!');
+            const file = at < 0 ? u.path : u.path.slice(0, at);
+            partsOf.set(file, [...(partsOf.get(file) ?? []), { suffix: u.path.slice(file.length), reason: u.reason, detail: u.detail }]);
         }
-        finally {
-            // Small (only what was not scanned before): gone before the scan returns, like its other scratch files.
-            if (view)
-                external_node_fs_default().rmSync(view, { recursive: true, force: true });
-        }
-        if (fresh) {
-            // Clean means: no finding in it (or in an archive entry of it) and nothing of it left unscanned.
-            const found = new Set(findings.map((f) => f.file.split('!')[0]));
-            const touched = new Set([...found, ...unscanned.map((u) => u.path.split('!')[0])]);
-            const partsOf = new Map();
-            for (const u of unscanned) {
-                const at = u.path.indexOf('!');
-                const file = at < 0 ? u.path : u.path.slice(0, at);
-                partsOf.set(file, [...(partsOf.get(file) ?? []), { suffix: u.path.slice(file.length), reason: u.reason, detail: u.detail }]);
-            }
-            for (const f of fresh) {
-                const name = Buffer.from(f.path, 'latin1').toString('utf8');
-                // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched; one
-                // holding `!` reads as an archive entry (`a!b` as entry b of a): neither is ever cached.
-                if (Buffer.from(name, 'utf8').toString('latin1') !== f.path || printable(name) !== name || name.includes('!'))
-                    continue;
-                if (!touched.has(name))
-                    cleanEntries.push(f);
-                // No finding, only parts it could not scan: remembered with them.
-                else if (!found.has(name) && partsOf.has(name))
-                    unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) });
-            }
+        for (const f of fresh) {
+            const name = Buffer.from(f.path, 'latin1').toString('utf8');
+            // A name that is not plain printable UTF-8 is shown escaped, so a finding in it could not be matched; one
+            // holding `!` reads as an archive entry (`a!b` as entry b of a): neither is ever cached.
+            if (Buffer.from(name, 'utf8').toString('latin1') !== f.path || printable(name) !== name || name.includes('!'))
+                continue;
+            if (!touched.has(name))
+                cleanEntries.push(f);
+            // No finding, only parts it could not scan: remembered with them.
+            else if (!found.has(name) && partsOf.has(name))
+                unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) });
         }
     }
     // An `[extend] path` names a file outside git: a relative one is read from
@@ -38996,11 +38945,125 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
         throw new VmSyncError('config_invalid', `the trusted gitleaks config extends '${extended[0]}': vm-sync does not follow [extend] path, because the file it names is not pinned to a trusted commit (the commit being scanned could rewrite it). Copy that file's rules into ${inputs.settings.configPath} and extend only gitleaks' defaults ([extend] useDefault = true).`);
     }
     if (cache && strict) {
-        cache.addCommits(cleanCommits);
-        cache.addEntries(cleanEntries, treeDigest);
-        cache.addUnscanned(unscannedEntries, treeDigest);
+        cache.addCommits(commits.clean);
+        cache.addEntries(cleanEntries, tree.digest);
+        cache.addUnscanned(unscannedEntries, tree.digest);
     }
     return { findings, commitsScanned, unscanned };
+}
+/** The plan's commits, only those not scanned before under these settings (listed explicitly when some were). */
+async function scanCommits(inputs, binary, files, ignore, limits, strict, cache, saved) {
+    const { plan } = inputs;
+    const none = { findings: [], extended: [], scanned: 0, clean: [] };
+    if (!plan.commits || plan.commits.count === 0)
+        return none;
+    let selection = plan.commits.selection;
+    let count = plan.commits.count;
+    let fresh = null;
+    if (cache) {
+        const all = await revList(inputs.repoDir, selection);
+        if (all !== null) {
+            fresh = all.filter((sha) => !cache.hasCommit(sha));
+            if (saved)
+                saved.commits_cached = all.length - fresh.length;
+            if (fresh.length < all.length && fresh.length <= MAX_LISTED_COMMITS) {
+                selection = fresh.length > 0 ? ['--no-walk', ...fresh] : [];
+                count = fresh.length;
+            }
+            else if (fresh.length > MAX_LISTED_COMMITS) {
+                if (saved)
+                    saved.commits_cached = 0;
+            }
+        }
+    }
+    if (count === 0)
+        return none;
+    inputs.events.info(null, `secret scan: ${gate_plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
+    const gitDir = await absoluteGitDir(inputs.repoDir);
+    // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+    // scan that saw no commits where some add text is not a pass. (Commits
+    // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+    // Counted while gitleaks runs.
+    const textCount = strict ? inputs.countCommitsAddingText(selection) : null;
+    textCount?.catch(() => undefined);
+    const result = await runGitleaks(binary, { mode: 'git', gitDir, selection }, files, limits);
+    let scanned = 0;
+    if (strict) {
+        const withText = await textCount;
+        const counted = result.commitsScanned;
+        if (withText === null || counted === null || (withText > 0 && counted === 0) || counted > count) {
+            throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${counted === null || counted === undefined ? 'an unknown number of commits' : words_count(counted, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
+        }
+        scanned = counted;
+    }
+    const findings = [...result.findings];
+    for (const fingerprint of result.suppressed)
+        if (!isIgnored(ignore, { fingerprint }))
+            findings.push(findingFromFingerprint(fingerprint, 'commits'));
+    if (saved)
+        saved.commits_scanned = count;
+    const tainted = findings.filter((f) => f.commit).map((f) => f.commit);
+    const clean = (fresh ?? (await revList(inputs.repoDir, plan.commits.selection)) ?? []).filter((sha) => !tainted.some((short) => sha.startsWith(short)));
+    return { findings, extended: [...result.extended], scanned, clean };
+}
+/** The deployed tree: only the files not scanned before under these settings and these git attributes, in a view at their real paths. */
+async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved) {
+    const { plan } = inputs;
+    if (!treeWanted(inputs))
+        return { findings: [], extended: [], unscanned: [], fresh: null, digest: '' };
+    const tree = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
+    const attributes = tree ? await attributesOf(inputs.repoDir, tree) : null;
+    if (attributes?.substitutes)
+        inputs.events.info(null, 'secret scan: the git attributes use export-subst, which can write text of each commit (its message, its refs) into files: the whole tree is scanned every time');
+    const listed = attributes && !attributes.substitutes ? tree : null;
+    const digest = attributes?.digest ?? '';
+    // Files whose unscannable parts are remembered: reported as a scan reports them, not read again.
+    const recalled = [];
+    const fresh = listed
+        ? listed.filter((f) => {
+            if (cache.hasEntry(f.blob, f.path, digest))
+                return false;
+            const parts = cache.unscannedOf(f.blob, f.path, digest);
+            if (!parts)
+                return true;
+            const name = Buffer.from(f.path, 'latin1').toString('utf8');
+            recalled.push(...parts.map((p) => ({ path: `${name}${p.suffix}`, reason: p.reason, detail: p.detail })));
+            return false;
+        })
+        : null;
+    const found = { findings: [], extended: [], unscanned: [...recalled].sort(byPath), fresh, digest };
+    let root = inputs.exportDir;
+    let view = null;
+    try {
+        if (listed && fresh) {
+            view = makeScratchDir('scanview');
+            const bytes = inputs.exportDir ? linkView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh);
+            if (saved) {
+                saved.files_scanned = fresh.length;
+                saved.files_cached = listed.length - fresh.length;
+            }
+            inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
+            root = view;
+        }
+        else if (root === null) {
+            // No cache to narrow it: the whole tree.
+            view = makeScratchDir('scanview');
+            await inputs.exportPaths(view);
+            root = view;
+        }
+        if (!fresh || fresh.length > 0) {
+            const scanned = await scanTree(binary, root, files, ignore, limits);
+            found.findings.push(...scanned.findings);
+            found.unscanned = [...scanned.unscanned, ...recalled].sort(byPath);
+            found.extended.push(...scanned.extended);
+        }
+    }
+    finally {
+        // Small (only what was not scanned before): gone before the scan returns, like its other scratch files.
+        if (view)
+            external_node_fs_default().rmSync(view, { recursive: true, force: true });
+    }
+    return found;
 }
 /** Above this many new commits the selection is scanned as it is (an argv of hashes has limits). */
 const MAX_LISTED_COMMITS = 1000;

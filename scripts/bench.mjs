@@ -7,7 +7,7 @@
 //                          [--scenarios full,no-op,incremental]
 //                          [--contenders scan-on,scan-off,parallel,sequential]
 //                          [--gitleaks-allow-existing] [--cli dist/cli.js]
-//                          [--vm-disk shared|tmpfs] [--trace DIR]
+//                          [--vm-disk shared|ext4|tmpfs] [--trace DIR]
 //   node scripts/bench.mjs --footprint --vms 100     vm-sync only: time and runner-side peak RSS
 //
 // Scenarios, each timed as wall time (median of --rounds, at least 3 for a median):
@@ -68,10 +68,12 @@
 // VM disks (--vm-disk): `shared` (the default) keeps every VM's home on this
 // machine's one disk, so the fleet shares one filesystem journal and one
 // writeback, and a VM's `sync -f` before its flip waits for every VM's
-// writes; no real fleet works that way. `tmpfs` (root) mounts a tmpfs of its
-// own on each VM's home before the VMs' sshd move into their namespaces: a
-// VM with a disk to itself, faster than a real one. Both contenders write to
-// the same homes either way.
+// writes; no real fleet works that way. `ext4` (root) loop-mounts an ext4
+// image of its own (no `discard`) on each VM's home: a filesystem, journal and
+// flush per VM, as on real VMs, though the images share this machine's disk.
+// `tmpfs` (root) mounts a tmpfs of its own on each VM's home: a VM with a disk
+// to itself, faster than a real one. Either is mounted before the VMs' sshd
+// move into their namespaces. Both contenders write to the same homes.
 //
 // --trace DIR keeps each vm-sync run's `-v --log-format json` lines (one file
 // per run): where the time of a run went, VM by VM and phase by phase.
@@ -348,24 +350,38 @@ async function capFleet(fleet) {
   return { hosts, cap: `${rateMbit} Mbit/s per VM and direction (tbf on a veth pair into one network namespace per VM)` };
 }
 
-const mounted = []; // tmpfs mounts to remove at the end
+const mounted = []; // VM disk mounts to remove at the end
 /**
  * --vm-disk: where the VMs' files live. `shared` (the default): every VM's
  * home is a directory on this machine's disk, so ten VMs share one disk,
- * one journal and one writeback, which no real fleet does. `tmpfs` (root):
- * each VM's home is a tmpfs of its own, a VM with a disk to itself that is
- * faster than a real one (and whose flush costs nothing).
+ * one journal and one writeback, which no real fleet does. `ext4` (root):
+ * each VM's home is an ext4 filesystem of its own (a loop-mounted image,
+ * mounted without `discard`), so a VM's flush waits for its own writes only,
+ * as on a VM with a disk to itself; the images still sit on this machine's
+ * one disk. `tmpfs` (root): each VM's home is a tmpfs of its own, faster
+ * than any real disk (and whose flush costs nothing).
  */
 function mountVmDisks(fleet) {
   const kind = values['vm-disk'];
   if (kind === 'shared') return "shared: every VM's home on this machine's one disk";
-  if (kind !== 'tmpfs') throw new Error(`--vm-disk: expected shared or tmpfs, got '${kind}'`);
-  if (process.getuid?.() !== 0) throw new Error('--vm-disk tmpfs needs root (mount)');
+  if (kind !== 'tmpfs' && kind !== 'ext4') throw new Error(`--vm-disk: expected shared, ext4 or tmpfs, got '${kind}'`);
+  if (process.getuid?.() !== 0) throw new Error(`--vm-disk ${kind} needs root (mount)`);
   for (const vm of fleet.vms) {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4g,mode=0755', 'tmpfs', vm.home]);
+    if (kind === 'tmpfs') {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4g,mode=0755', 'tmpfs', vm.home]);
+    } else {
+      // Sparse: the image takes only what the VM writes. nodiscard: mkfs would
+      // otherwise discard the whole image first.
+      const image = path.join(tmp, `disk-${vm.id}.img`);
+      execFileSync('truncate', ['-s', '4G', image]);
+      execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-m', '0', image]);
+      execFileSync('mount', ['-o', 'loop', image, vm.home]);
+    }
     mounted.push(vm.home);
   }
-  return 'tmpfs: each VM\'s home on a tmpfs of its own';
+  return kind === 'tmpfs'
+    ? "tmpfs: each VM's home on a tmpfs of its own"
+    : "ext4: each VM's home on an ext4 filesystem of its own (loop-mounted image on this machine's disk, no discard)";
 }
 
 /** The vm-sync config for the fleet (as src/demo/fleet.ts writes it), every VM at once like the raw runs. */

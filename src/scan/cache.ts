@@ -241,9 +241,19 @@ function readUnscanned(file: string, say: (message: string) => void): Map<string
   return out;
 }
 
-/** `gitleaks version`: part of the cache key (asked each time: a binary replaced between runs is another key). */
+/**
+ * `gitleaks version`: part of the cache key (asked each time: a binary
+ * replaced between runs is another key). Its output is hashed, never shown:
+ * a failure says only how it ended (a broken gitleaks may print anything,
+ * a secret it was scanning included).
+ */
 function gitleaksVersion(binary: string): Promise<string> {
   return new Promise<string>((resolve, reject) =>
-    execFile(binary, ['version'], { timeout: 30_000 }, (error, stdout) => (error ? reject(new Error(`gitleaks version failed: ${getErrorMessage(error)}`)) : resolve(stdout.trim()))),
+    execFile(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
+      if (!error) return resolve(stdout.trim());
+      const { code, signal } = error as { code?: unknown; signal?: unknown };
+      const how = typeof code === 'number' ? `exit ${code}` : typeof signal === 'string' ? `signal ${signal}` : typeof code === 'string' ? code : 'no answer';
+      reject(new Error(`gitleaks version failed (${how})`));
+    }),
   );
 }

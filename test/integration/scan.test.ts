@@ -240,6 +240,30 @@ test('gitleaks crashing (even after printing a secret) blocks the deploy and pri
   }
 });
 
+test('a gitleaks whose `version` fails with a secret in its output: the scan cache is skipped, and nothing of that output is shown', async () => {
+  const real = execFileSync('sh', ['-c', 'command -v gitleaks'], { encoding: 'utf8' }).trim();
+  const wrapper = path.join(world.dir, 'gitleaks-bad-version');
+  // Scans like gitleaks; only `gitleaks version` (the scan cache's key) breaks, printing what it last read.
+  fs.writeFileSync(wrapper, `#!/bin/sh
+if [ "$1" = version ]; then echo "panic near ${secrets.github}"; echo "ERR near ${secrets.awsSecret}" >&2; exit 2; fi
+exec "${real}" "$@"
+`, { mode: 0o755 });
+  world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${wrapper} }`] });
+  const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  const head = world.ws.commit({ 'version-note.txt': 'clean\n' }, 'a clean change');
+  world.ws.push();
+  try {
+    const run = await world.cli(['scan', '--range', `${base}..${head}`, '-v']);
+    // The scan itself ran in full, without the cache.
+    expect(run.code).toBe(0);
+    expect(run.json.scan).toMatchObject({ commits_scanned: 1, tree_scanned: true, findings: [], blocked: false, cache: null });
+    expectNoSecret(run.stdout, run.stderr);
+    expect(run.stderr).toContain('cannot be used (gitleaks version failed (exit 2)): everything is scanned');
+  } finally {
+    world.writeConfig();
+  }
+});
+
 test('.gitleaksignore entries (from the next deploy on) and block_on_secrets: false are honoured', async () => {
   const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
   const head = world.ws.commit({ 'fixtures/token.txt': `${secrets.github}\n` }, 'test fixture');
