@@ -81012,11 +81012,17 @@ async function runSecretScan(inputs) {
             configuration: { commit: null, reason: plan.trusted.reason, files: [], changed: [], weakening: [] },
         };
     }
-    // gitleaks' own check (does it log what vm-sync reads?) runs beside the scan; nothing is trusted or
-    // remembered before it passed.
-    const logsChecked = checkGitleaksLogs(binary, limits);
-    logsChecked.catch(() => undefined);
-    const [trusted, head] = await Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]);
+    // gitleaks' own check (does it log what vm-sync reads?) runs while the settings are read; its failure
+    // comes first, and nothing of the scan starts (or is touched in the cache) before it passed.
+    const [checked, read] = await Promise.allSettled([
+        checkGitleaksLogs(binary, limits),
+        Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]),
+    ]);
+    if (checked.status === 'rejected')
+        throw checked.reason;
+    if (read.status === 'rejected')
+        throw read.reason;
+    const [trusted, head] = read.value;
     if (!trusted.config && !head.config && settings.configPath !== '.gitleaks.toml') {
         throw new errors_VmSyncError('config_invalid', `repository.secret_scanning.config_path '${settings.configPath}' does not exist in the commit being deployed.`);
     }
@@ -81036,7 +81042,6 @@ async function runSecretScan(inputs) {
         const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
         const saved = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
         const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
-        await logsChecked;
         // Only a scan that completed is remembered (a throw above records nothing).
         if (cache) {
             try {
@@ -81196,16 +81201,13 @@ async function scanCommits(inputs, binary, files, ignore, limits, strict, cache,
         return none;
     inputs.events.info(null, `secret scan: ${gate_plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
     const gitDir = await absoluteGitDir(inputs.repoDir);
-    // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-    // scan that saw no commits where some add text is not a pass. (Commits
-    // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-    // Counted while gitleaks runs.
-    const textCount = strict ? inputs.countCommitsAddingText(selection) : null;
-    textCount?.catch(() => undefined);
     const result = await runGitleaks(binary, { mode: 'git', gitDir, selection }, files, limits);
     let scanned = 0;
     if (strict) {
-        const withText = await textCount;
+        // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+        // scan that saw no commits where some add text is not a pass. (Commits
+        // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+        const withText = await inputs.countCommitsAddingText(selection);
         const counted = result.commitsScanned;
         if (withText === null || counted === null || (withText > 0 && counted === 0) || counted > count) {
             throw new errors_VmSyncError('scan_range_unresolved', `gitleaks scanned ${counted === null || counted === undefined ? 'an unknown number of commits' : words_count(counted, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
@@ -84478,10 +84480,50 @@ function parseProbe(out) {
 
 
 
-/** The real port: one SSH connection, one agent session, rsync through the connection's bridge. */
-function sshPorts(knownHosts) {
+/**
+ * SSH connections opened before they are needed: a deploy starts them while
+ * the runner host fetches and exports, so the handshakes overlap that work.
+ * Each is taken once, by {@link sshPorts}; the rest are closed at the end.
+ * A connection only authenticates (host key pinned as always): nothing runs
+ * on the VM before the port is used.
+ */
+class EarlyConnections {
+    knownHosts;
+    pending = new Map();
+    constructor(knownHosts) {
+        this.knownHosts = knownHosts;
+    }
+    /** Starts connecting to each VM (a failure is kept for the VM's first connect to report). */
+    start(vms, options) {
+        for (const vm of vms) {
+            if (this.pending.has(vm.id))
+                continue;
+            const opening = VmSession.open(vm, this.knownHosts, options);
+            opening.catch(() => undefined);
+            this.pending.set(vm.id, opening);
+        }
+    }
+    /** The connection started for this VM, once; null when none was (or it was taken). */
+    take(vmId) {
+        const opening = this.pending.get(vmId) ?? null;
+        this.pending.delete(vmId);
+        return opening;
+    }
+    /** Closes the connections nobody took (a run that failed before its VMs, a VM never reached). */
+    closeRest() {
+        for (const opening of this.pending.values())
+            opening.then((session) => session.dispose(), () => undefined);
+        this.pending.clear();
+    }
+}
+/**
+ * The real port: one SSH connection, one agent session, rsync through the
+ * connection's bridge. With `early`, a VM's first port uses the connection
+ * started for it (its failure is that connect's failure: a retry connects anew).
+ */
+function sshPorts(knownHosts, early) {
     return async (vm, options) => {
-        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
+        const session = await (early?.take(vm.id) ?? VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
         const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
         let signal = options.signal;
         const port = {
@@ -86568,6 +86610,9 @@ async function runSync(config, options = {}) {
     // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
     // exports (whose newest is the base of the next real deploy), and the clone is not reset.
     const dryExportRoot = dryRun ? makeScratchDir('export') : null;
+    // The first VMs' SSH handshakes run while this host fetches and exports (a dry run connects its own way).
+    const early = dryRun ? null : new EarlyConnections(knownHosts);
+    early?.start(vms.slice(0, config.sync.concurrency), { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal: options.signal });
     try {
         // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
         // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
@@ -86689,7 +86734,7 @@ async function runSync(config, options = {}) {
             runStreams.prefetch(await recorded());
         const outcome = await releaseFleet({
             config,
-            openPort: sshPorts(knownHosts),
+            openPort: sshPorts(knownHosts, early ?? undefined),
             history: repo,
             commit,
             tree,
@@ -86717,6 +86762,7 @@ async function runSync(config, options = {}) {
         return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
     }
     finally {
+        early?.closeRest();
         await streams?.settled();
         if (streamDir)
             removeScratchDirLater(streamDir);

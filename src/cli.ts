@@ -788,19 +788,21 @@ const SIGNAL_EXIT: Record<'SIGINT' | 'SIGTERM', number> = { SIGINT: 130, SIGTERM
 /**
  * Entry point when run as a program: Ctrl-C / SIGTERM stop the run cleanly
  * (every VM ends on a complete release), then the exit code says which signal
- * it was (130, 143), whatever the run itself returned. A second signal exits at once.
+ * it was (130, 143), whatever the run itself returned. A second signal, or a
+ * signal after the run finished, exits at once.
  */
 export async function runCli(): Promise<void> {
   const controller = new AbortController();
   let received: 'SIGINT' | 'SIGTERM' | null = null;
+  let finished = false;
   const onSignal = (name: 'SIGINT' | 'SIGTERM'): void => {
-    if (received) process.exit(SIGNAL_EXIT[name]);
+    // A second signal, or one after the run finished (nothing left to stop cleanly): exit at once.
+    if (received || finished) process.exit(SIGNAL_EXIT[name]);
     received = name;
     controller.abort(name);
   };
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
-  let finished = false;
   // If the event loop ever drains while a step still awaits (a bug), Node would
   // exit 0 silently; a deploy tool must never report success it did not reach.
   process.on('exit', () => {

@@ -133,11 +133,15 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
       configuration: { commit: null, reason: plan.trusted.reason, files: [], changed: [], weakening: [] },
     };
   }
-  // gitleaks' own check (does it log what vm-sync reads?) runs beside the scan; nothing is trusted or
-  // remembered before it passed.
-  const logsChecked = checkGitleaksLogs(binary, limits);
-  logsChecked.catch(() => undefined);
-  const [trusted, head] = await Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]);
+  // gitleaks' own check (does it log what vm-sync reads?) runs while the settings are read; its failure
+  // comes first, and nothing of the scan starts (or is touched in the cache) before it passed.
+  const [checked, read] = await Promise.allSettled([
+    checkGitleaksLogs(binary, limits),
+    Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]),
+  ]);
+  if (checked.status === 'rejected') throw checked.reason;
+  if (read.status === 'rejected') throw read.reason;
+  const [trusted, head] = read.value;
   if (!trusted.config && !head.config && settings.configPath !== '.gitleaks.toml') {
     throw new VmSyncError('config_invalid', `repository.secret_scanning.config_path '${settings.configPath}' does not exist in the commit being deployed.`);
   }
@@ -157,7 +161,6 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
     const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
     const saved: CacheSavings = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
     const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
-    await logsChecked;
     // Only a scan that completed is remembered (a throw above records nothing).
     if (cache) {
       try {
@@ -317,16 +320,13 @@ async function scanCommits(inputs: GateInputs, binary: string, files: GitleaksSe
   if (count === 0) return none;
   inputs.events.info(null, `secret scan: ${plural(count, 'commit')} to scan${saved?.commits_cached ? `, ${saved.commits_cached} scanned before with these settings` : ''}`);
   const gitDir = await absoluteGitDir(inputs.repoDir);
-  // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
-  // scan that saw no commits where some add text is not a pass. (Commits
-  // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-  // Counted while gitleaks runs.
-  const textCount = strict ? inputs.countCommitsAddingText(selection) : null;
-  textCount?.catch(() => undefined);
   const result = await runGitleaks(binary, { mode: 'git', gitDir, selection }, files, limits);
   let scanned = 0;
   if (strict) {
-    const withText = await textCount;
+    // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
+    // scan that saw no commits where some add text is not a pass. (Commits
+    // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
+    const withText = await inputs.countCommitsAddingText(selection);
     const counted = result.commitsScanned;
     if (withText === null || counted === null || (withText > 0 && counted === 0) || counted > count) {
       throw new VmSyncError('scan_range_unresolved', `gitleaks scanned ${counted === null || counted === undefined ? 'an unknown number of commits' : countOf(counted, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);

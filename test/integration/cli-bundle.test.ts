@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { World } from '../helpers/world.js';
+import { snapshotTree, World } from '../helpers/world.js';
 
 /**
  * The committed bundle, run the way an operator runs it on the runner host:
@@ -12,8 +12,9 @@ const bundleDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-bundle-'));
 const bundle = path.join(bundleDir, 'cli.js');
 fs.copyFileSync(path.join(process.cwd(), 'dist', 'cli.js'), bundle);
 
-function vmSync(args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(process.execPath, [bundle, ...args], { encoding: 'utf8', cwd: bundleDir, timeout: 120_000 });
+function vmSync(args: string[], timeoutMs = 120_000): { code: number | null; stdout: string; stderr: string } {
+  // SIGKILL: a process that cannot exit (a handle left open) must not hold the test past its limit.
+  const result = spawnSync(process.execPath, [bundle, ...args], { encoding: 'utf8', cwd: bundleDir, timeout: timeoutMs, killSignal: 'SIGKILL' });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -69,4 +70,15 @@ test('usage errors exit 2; a VM that fails exits 1', () => {
   const verify = vmSync(['verify', '--config', world.configPath, '--commit', '0000000']);
   expect(verify.code).toBe(1);
   expect(verify.stderr).toContain('git_failed: commit 0000000 is not on any branch of origin');
+});
+
+test('a sync of a commit the remote does not have fails with that error and exits: the SSH connections started meanwhile are closed', () => {
+  // Each VM's handshake starts while the runner host fetches (it overlaps that work); a run that fails there
+  // must close them, or the process would never exit.
+  const before = ['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home));
+  const missing = 'c0ffee'.repeat(6) + 'c0ff';
+  const sync = vmSync(['sync', '--config', world.configPath, '--commit', missing], 30_000);
+  expect(sync.code).toBe(1);
+  expect(sync.stderr).toContain(`git_failed: commit ${missing} is not on any branch of origin`);
+  expect(['vm01', 'vm02'].map((id) => snapshotTree(world.vm(id).home))).toEqual(before);
 });
