@@ -39039,7 +39039,7 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
     try {
         if (listed && fresh) {
             view = makeScratchDir('scanview');
-            const bytes = inputs.exportDir ? linkView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh);
+            const bytes = inputs.exportDir ? copyView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh);
             if (saved) {
                 saved.files_scanned = fresh.length;
                 saved.files_cached = listed.length - fresh.length;
@@ -39151,7 +39151,7 @@ function treeWanted(inputs) {
 /**
  * Unpacks `files` into `view` (bytes as git archive makes them), returning
  * their size. A name that is not UTF-8 cannot travel in an argv: then the
- * whole tree is unpacked beside the view, and the files linked from it.
+ * whole tree is unpacked beside the view, and the files copied from it.
  */
 async function exportView(exportPaths, view, files) {
     if (files.length === 0)
@@ -39164,13 +39164,13 @@ async function exportView(exportPaths, view, files) {
     const whole = makeScratchDir('scanexport');
     try {
         await exportPaths(whole);
-        return linkView(whole, view, files);
+        return copyView(whole, view, files);
     }
     finally {
         external_node_fs_default().rmSync(whole, { recursive: true, force: true });
     }
 }
-function linkView(exportDir, view, files) {
+function copyView(exportDir, view, files) {
     let bytes = 0;
     for (const f of files) {
         const rel = Buffer.from(f.path, 'latin1');
@@ -39184,12 +39184,10 @@ function linkView(exportDir, view, files) {
             continue;
         }
         external_node_fs_default().mkdirSync(external_node_path_default().dirname(to.toString('latin1')) === '.' ? view : Buffer.from(external_node_path_default().dirname(to.toString('latin1')), 'latin1'), { recursive: true });
-        try {
-            external_node_fs_default().linkSync(from, to);
-        }
-        catch {
-            external_node_fs_default().copyFileSync(from, to);
-        }
+        // A copy (a clone where the filesystem has them), never a hard link: linking changes the file's ctime,
+        // and the release stream's tar, reading the same export at the same time, takes that for a file
+        // changed under it and fails (the deploy then falls back to rsync).
+        external_node_fs_default().copyFileSync(from, to, (external_node_fs_default()).constants.COPYFILE_FICLONE);
         bytes += f.size;
     }
     return bytes;
@@ -41123,6 +41121,8 @@ class VmSession {
     ssh;
     tunnelClosed;
     closed = false;
+    /** The VM or the network ended the connection. */
+    lost = false;
     constructor(vm, ssh, 
     /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
     tunnelClosed = () => undefined) {
@@ -41197,7 +41197,13 @@ class VmSession {
         // later socket error (VM rebooting mid-deploy) would crash the process.
         ssh.connection?.on('error', () => undefined);
         tunnel?.opened();
-        return new VmSession(vm, ssh, tunnel?.closed);
+        const session = new VmSession(vm, ssh, tunnel?.closed);
+        ssh.connection?.on('close', () => (session.lost = true));
+        return session;
+    }
+    /** Whether the connection is still up (not closed here, not ended by the other side). */
+    get open() {
+        return !this.closed && !this.lost;
     }
     /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
     forward(host, port) {
@@ -42313,7 +42319,13 @@ class EarlyConnections {
  */
 function sshPorts(knownHosts, early) {
     return async (vm, options) => {
-        const session = await (early?.take(vm.id) ?? VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
+        const fresh = () => VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
+        let session = await (early?.take(vm.id) ?? fresh());
+        if (!session.open) {
+            // Started early and dropped while it waited (a long fetch): connect again.
+            session.dispose();
+            session = await fresh();
+        }
         const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
         let signal = options.signal;
         const port = {

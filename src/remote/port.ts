@@ -99,7 +99,13 @@ export class EarlyConnections {
  */
 export function sshPorts(knownHosts: KnownHosts, early?: EarlyConnections): OpenPort {
   return async (vm, options) => {
-    const session = await (early?.take(vm.id) ?? VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
+    const fresh = (): Promise<VmSession> => VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
+    let session = await (early?.take(vm.id) ?? fresh());
+    if (!session.open) {
+      // Started early and dropped while it waited (a long fetch): connect again.
+      session.dispose();
+      session = await fresh();
+    }
     const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
     let signal = options.signal;
     const port: VmPort = {

@@ -380,7 +380,7 @@ async function scanTreePart(inputs: GateInputs, binary: string, files: GitleaksS
   try {
     if (listed && fresh) {
       view = makeScratchDir('scanview');
-      const bytes = inputs.exportDir ? linkView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths as NonNullable<GateInputs['exportPaths']>, view, fresh);
+      const bytes = inputs.exportDir ? copyView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths as NonNullable<GateInputs['exportPaths']>, view, fresh);
       if (saved) {
         saved.files_scanned = fresh.length;
         saved.files_cached = listed.length - fresh.length;
@@ -503,7 +503,7 @@ function treeWanted(inputs: GateInputs): boolean {
 /**
  * Unpacks `files` into `view` (bytes as git archive makes them), returning
  * their size. A name that is not UTF-8 cannot travel in an argv: then the
- * whole tree is unpacked beside the view, and the files linked from it.
+ * whole tree is unpacked beside the view, and the files copied from it.
  */
 async function exportView(exportPaths: NonNullable<GateInputs['exportPaths']>, view: string, files: readonly TreeFile[]): Promise<number> {
   if (files.length === 0) return 0;
@@ -515,13 +515,13 @@ async function exportView(exportPaths: NonNullable<GateInputs['exportPaths']>, v
   const whole = makeScratchDir('scanexport');
   try {
     await exportPaths(whole);
-    return linkView(whole, view, files);
+    return copyView(whole, view, files);
   } finally {
     fs.rmSync(whole, { recursive: true, force: true });
   }
 }
 
-function linkView(exportDir: string, view: string, files: readonly TreeFile[]): number {
+function copyView(exportDir: string, view: string, files: readonly TreeFile[]): number {
   let bytes = 0;
   for (const f of files) {
     const rel = Buffer.from(f.path, 'latin1');
@@ -533,11 +533,10 @@ function linkView(exportDir: string, view: string, files: readonly TreeFile[]): 
       continue;
     }
     fs.mkdirSync(path.dirname(to.toString('latin1')) === '.' ? view : Buffer.from(path.dirname(to.toString('latin1')), 'latin1'), { recursive: true });
-    try {
-      fs.linkSync(from, to);
-    } catch {
-      fs.copyFileSync(from, to);
-    }
+    // A copy (a clone where the filesystem has them), never a hard link: linking changes the file's ctime,
+    // and the release stream's tar, reading the same export at the same time, takes that for a file
+    // changed under it and fails (the deploy then falls back to rsync).
+    fs.copyFileSync(from, to, fs.constants.COPYFILE_FICLONE);
     bytes += f.size;
   }
   return bytes;
