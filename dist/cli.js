@@ -39387,27 +39387,27 @@ async function planScan(repo, request) {
             trusted: fromParent(await firstParentBefore(repo, head, others), 'the last commit before the pushed ones on the first-parent line'),
         };
     }
-    const head = await resolveOrFail(repo, request.head, 'commit');
     const deployed = request.deployed;
-    const known = [];
-    for (const rev of deployed)
-        if (rev && (await repo.hasCommit(rev)))
-            known.push(rev);
+    // Each distinct record is checked once (a fleet usually holds one or two commits), all at once.
+    const distinct = [...new Set(deployed.filter((rev) => !!rev))];
+    const [head, present] = await Promise.all([resolveOrFail(repo, request.head, 'commit'), Promise.all(distinct.map((rev) => repo.hasCommit(rev)))]);
+    const here = new Set(distinct.filter((_, i) => present[i]));
+    const known = deployed.filter((rev) => !!rev && here.has(rev));
     // The settings of what the VMs run were in force when it was deployed. With
     // no record at all, nothing in the history being deployed can be trusted
     // (an earlier commit of the same unscanned history could have weakened the
     // scan), so gitleaks' own defaults apply until a deploy is recorded.
     const unique = [...new Set(known)];
-    const trusted = unique.length
+    const trusting = async () => unique.length
         ? { commit: await newest(repo, unique), reason: 'the commit this runner last deployed' }
         : request.withoutRecord === 'first-parent'
             ? fromParent(await parentOf(repo, head), 'the first parent of the commit being scanned (a checkout with no deploy recorded; the sync job scans again against what the VMs hold)')
             : { commit: null, reason: `no deploy recorded on this runner yet: gitleaks' defaults (the repository's own scan settings apply from the first recorded deploy on; ${cliCommand('vm-sync sync --scan-base REV')} names a commit to trust)` };
     if (deployed.length === 0 || known.length !== deployed.length) {
-        return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted };
+        return { head, commits: null, description: `resync: what some VM holds is unknown to this runner, so the whole tree of ${head.slice(0, 12)} is scanned`, trusted: await trusting() };
     }
-    await requireFullHistory(repo, 'a resync');
-    const commits = await counted(repo, [head, '--not', ...unique]);
+    // Independent questions to git, asked at once.
+    const [trusted, commits] = await Promise.all([trusting(), requireFullHistory(repo, 'a resync').then(() => counted(repo, [head, '--not', ...unique]))]);
     return { head, commits, description: `resync: the ${words_count(commits.count, 'commit')} the VMs do not have yet and the tree of ${head.slice(0, 12)}`, trusted };
 }
 
