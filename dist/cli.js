@@ -39039,7 +39039,7 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
     try {
         if (listed && fresh) {
             view = makeScratchDir('scanview');
-            const bytes = inputs.exportDir ? copyView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh);
+            const bytes = await viewFailure(view, async () => (inputs.exportDir ? copyView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh)));
             if (saved) {
                 saved.files_scanned = fresh.length;
                 saved.files_cached = listed.length - fresh.length;
@@ -39168,6 +39168,25 @@ async function exportView(exportPaths, view, files) {
     }
     finally {
         external_node_fs_default().rmSync(whole, { recursive: true, force: true });
+    }
+}
+/**
+ * Runs the making of the scan's view; a failure of this host (a full or
+ * unwritable temporary directory) is said as such, with what to do: the
+ * scan fails closed either way.
+ */
+async function viewFailure(view, make) {
+    try {
+        return await make();
+    }
+    catch (error) {
+        if (error instanceof VmSyncError)
+            throw error;
+        const code = error.code;
+        if (code === 'ENOSPC' || code === 'EDQUOT') {
+            throw new VmSyncError('storage_full', `no space left for the secret scan's copy of the files to scan in ${external_node_path_default().dirname(view)} (${code}): free space there, or point TMPDIR at a larger directory; a first scan needs about the size of the tree. Nothing was deployed.`);
+        }
+        throw new VmSyncError('scan_failed', `cannot copy the files to scan into ${external_node_path_default().dirname(view)}: ${error instanceof Error ? error.message : String(error)}. Nothing was deployed.`);
     }
 }
 function copyView(exportDir, view, files) {
@@ -41121,8 +41140,6 @@ class VmSession {
     ssh;
     tunnelClosed;
     closed = false;
-    /** The VM or the network ended the connection. */
-    lost = false;
     constructor(vm, ssh, 
     /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
     tunnelClosed = () => undefined) {
@@ -41197,13 +41214,7 @@ class VmSession {
         // later socket error (VM rebooting mid-deploy) would crash the process.
         ssh.connection?.on('error', () => undefined);
         tunnel?.opened();
-        const session = new VmSession(vm, ssh, tunnel?.closed);
-        ssh.connection?.on('close', () => (session.lost = true));
-        return session;
-    }
-    /** Whether the connection is still up (not closed here, not ended by the other side). */
-    get open() {
-        return !this.closed && !this.lost;
+        return new VmSession(vm, ssh, tunnel?.closed);
     }
     /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
     forward(host, port) {
@@ -42276,56 +42287,10 @@ function parseProbe(out) {
 
 
 
-/**
- * SSH connections opened before they are needed: a deploy starts them while
- * the runner host fetches and exports, so the handshakes overlap that work.
- * Each is taken once, by {@link sshPorts}; the rest are closed at the end.
- * A connection only authenticates (host key pinned as always): nothing runs
- * on the VM before the port is used.
- */
-class EarlyConnections {
-    knownHosts;
-    pending = new Map();
-    constructor(knownHosts) {
-        this.knownHosts = knownHosts;
-    }
-    /** Starts connecting to each VM (a failure is kept for the VM's first connect to report). */
-    start(vms, options) {
-        for (const vm of vms) {
-            if (this.pending.has(vm.id))
-                continue;
-            const opening = VmSession.open(vm, this.knownHosts, options);
-            opening.catch(() => undefined);
-            this.pending.set(vm.id, opening);
-        }
-    }
-    /** The connection started for this VM, once; null when none was (or it was taken). */
-    take(vmId) {
-        const opening = this.pending.get(vmId) ?? null;
-        this.pending.delete(vmId);
-        return opening;
-    }
-    /** Closes the connections nobody took (a run that failed before its VMs, a VM never reached). */
-    closeRest() {
-        for (const opening of this.pending.values())
-            opening.then((session) => session.dispose(), () => undefined);
-        this.pending.clear();
-    }
-}
-/**
- * The real port: one SSH connection, one agent session, rsync through the
- * connection's bridge. With `early`, a VM's first port uses the connection
- * started for it (its failure is that connect's failure: a retry connects anew).
- */
-function sshPorts(knownHosts, early) {
+/** The real port: one SSH connection, one agent session, rsync through the connection's bridge. */
+function sshPorts(knownHosts) {
     return async (vm, options) => {
-        const fresh = () => VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
-        let session = await (early?.take(vm.id) ?? fresh());
-        if (!session.open) {
-            // Started early and dropped while it waited (a long fetch): connect again.
-            session.dispose();
-            session = await fresh();
-        }
+        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
         const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
         let signal = options.signal;
         const port = {
@@ -44482,9 +44447,6 @@ async function runSync(config, options = {}) {
     // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
     // exports (whose newest is the base of the next real deploy), and the clone is not reset.
     const dryExportRoot = dryRun ? makeScratchDir('export') : null;
-    // The first VMs' SSH handshakes run while this host fetches and exports (a dry run connects its own way).
-    const early = dryRun ? null : new EarlyConnections(knownHosts);
-    early?.start(vms.slice(0, config.sync.concurrency), { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal: options.signal });
     try {
         // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
         // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
@@ -44606,7 +44568,7 @@ async function runSync(config, options = {}) {
             runStreams.prefetch(await recorded());
         const outcome = await releaseFleet({
             config,
-            openPort: sshPorts(knownHosts, early ?? undefined),
+            openPort: sshPorts(knownHosts),
             history: repo,
             commit,
             tree,
@@ -44634,7 +44596,6 @@ async function runSync(config, options = {}) {
         return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
     }
     finally {
-        early?.closeRest();
         await streams?.settled();
         if (streamDir)
             removeScratchDirLater(streamDir);

@@ -56,56 +56,10 @@ export interface VmPort {
 /** How the executor reaches a VM: connect (host key pinned) and start its agent session. */
 export type OpenPort = (vm: VmConfig, options: { signal: AbortSignal; deadlineAt: number; sessionBudgetS: number; connectTimeoutMs: number }) => Promise<VmPort>;
 
-/**
- * SSH connections opened before they are needed: a deploy starts them while
- * the runner host fetches and exports, so the handshakes overlap that work.
- * Each is taken once, by {@link sshPorts}; the rest are closed at the end.
- * A connection only authenticates (host key pinned as always): nothing runs
- * on the VM before the port is used.
- */
-export class EarlyConnections {
-  private readonly pending = new Map<string, Promise<VmSession>>();
-
-  constructor(private readonly knownHosts: KnownHosts) {}
-
-  /** Starts connecting to each VM (a failure is kept for the VM's first connect to report). */
-  start(vms: readonly VmConfig[], options: { connectTimeoutMs: number; signal?: AbortSignal }): void {
-    for (const vm of vms) {
-      if (this.pending.has(vm.id)) continue;
-      const opening = VmSession.open(vm, this.knownHosts, options);
-      opening.catch(() => undefined);
-      this.pending.set(vm.id, opening);
-    }
-  }
-
-  /** The connection started for this VM, once; null when none was (or it was taken). */
-  take(vmId: string): Promise<VmSession> | null {
-    const opening = this.pending.get(vmId) ?? null;
-    this.pending.delete(vmId);
-    return opening;
-  }
-
-  /** Closes the connections nobody took (a run that failed before its VMs, a VM never reached). */
-  closeRest(): void {
-    for (const opening of this.pending.values()) opening.then((session) => session.dispose(), () => undefined);
-    this.pending.clear();
-  }
-}
-
-/**
- * The real port: one SSH connection, one agent session, rsync through the
- * connection's bridge. With `early`, a VM's first port uses the connection
- * started for it (its failure is that connect's failure: a retry connects anew).
- */
-export function sshPorts(knownHosts: KnownHosts, early?: EarlyConnections): OpenPort {
+/** The real port: one SSH connection, one agent session, rsync through the connection's bridge. */
+export function sshPorts(knownHosts: KnownHosts): OpenPort {
   return async (vm, options) => {
-    const fresh = (): Promise<VmSession> => VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
-    let session = await (early?.take(vm.id) ?? fresh());
-    if (!session.open) {
-      // Started early and dropped while it waited (a long fetch): connect again.
-      session.dispose();
-      session = await fresh();
-    }
+    const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
     const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
     let signal = options.signal;
     const port: VmPort = {

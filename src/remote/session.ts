@@ -88,8 +88,6 @@ export interface ConnectOptions {
  */
 export class VmSession {
   private closed = false;
-  /** The VM or the network ended the connection. */
-  private lost = false;
 
   private constructor(
     readonly vm: VmConfig,
@@ -167,14 +165,7 @@ export class VmSession {
     // later socket error (VM rebooting mid-deploy) would crash the process.
     ssh.connection?.on('error', () => undefined);
     tunnel?.opened();
-    const session = new VmSession(vm, ssh, tunnel?.closed);
-    ssh.connection?.on('close', () => (session.lost = true));
-    return session;
-  }
-
-  /** Whether the connection is still up (not closed here, not ended by the other side). */
-  get open(): boolean {
-    return !this.closed && !this.lost;
+    return new VmSession(vm, ssh, tunnel?.closed);
   }
 
   /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */

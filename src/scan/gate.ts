@@ -380,7 +380,7 @@ async function scanTreePart(inputs: GateInputs, binary: string, files: GitleaksS
   try {
     if (listed && fresh) {
       view = makeScratchDir('scanview');
-      const bytes = inputs.exportDir ? copyView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths as NonNullable<GateInputs['exportPaths']>, view, fresh);
+      const bytes = await viewFailure(view, async () => (inputs.exportDir ? copyView(inputs.exportDir, view as string, fresh) : await exportView(inputs.exportPaths as NonNullable<GateInputs['exportPaths']>, view as string, fresh)));
       if (saved) {
         saved.files_scanned = fresh.length;
         saved.files_cached = listed.length - fresh.length;
@@ -518,6 +518,24 @@ async function exportView(exportPaths: NonNullable<GateInputs['exportPaths']>, v
     return copyView(whole, view, files);
   } finally {
     fs.rmSync(whole, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs the making of the scan's view; a failure of this host (a full or
+ * unwritable temporary directory) is said as such, with what to do: the
+ * scan fails closed either way.
+ */
+async function viewFailure<T>(view: string, make: () => Promise<T>): Promise<T> {
+  try {
+    return await make();
+  } catch (error) {
+    if (error instanceof VmSyncError) throw error;
+    const code = (error as { code?: unknown }).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      throw new VmSyncError('storage_full', `no space left for the secret scan's copy of the files to scan in ${path.dirname(view)} (${code}): free space there, or point TMPDIR at a larger directory; a first scan needs about the size of the tree. Nothing was deployed.`);
+    }
+    throw new VmSyncError('scan_failed', `cannot copy the files to scan into ${path.dirname(view)}: ${error instanceof Error ? error.message : String(error)}. Nothing was deployed.`);
   }
 }
 

@@ -11,7 +11,7 @@ import { KnownHosts } from '../remote/known-hosts.js';
 import { ownLockOwner } from '../remote/lock.js';
 import { runSecretScan, type ScanReport } from '../scan/gate.js';
 import { planScan, type ScanRequest } from '../scan/plan.js';
-import { EarlyConnections, sshPorts } from '../remote/port.js';
+import { sshPorts } from '../remote/port.js';
 import { mapPool } from './pool.js';
 import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
@@ -164,9 +164,6 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
   // exports (whose newest is the base of the next real deploy), and the clone is not reset.
   const dryExportRoot = dryRun ? makeScratchDir('export') : null;
-  // The first VMs' SSH handshakes run while this host fetches and exports (a dry run connects its own way).
-  const early = dryRun ? null : new EarlyConnections(knownHosts);
-  early?.start(vms.slice(0, config.sync.concurrency), { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal: options.signal });
   try {
     // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
     // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
@@ -289,7 +286,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     const outcome = await releaseFleet(
       {
         config,
-        openPort: sshPorts(knownHosts, early ?? undefined),
+        openPort: sshPorts(knownHosts),
         history: repo,
         commit,
         tree,
@@ -316,7 +313,6 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     });
     return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
   } finally {
-    early?.closeRest();
     await streams?.settled();
     if (streamDir) removeScratchDirLater(streamDir);
     if (dryExportRoot) removeScratchDirLater(dryExportRoot);
