@@ -38734,7 +38734,30 @@ function gitleaksVersion(binary) {
     }));
 }
 
+;// CONCATENATED MODULE: ./src/local/together.ts
+/**
+ * Runs independent tasks at the same time, as one task. The first to fail
+ * aborts `stop` (the others watch its signal) and its error is the one thrown,
+ * not the "cancelled" of a task it stopped; it is thrown only once every task
+ * has settled, so nothing a task started (a child process, a scratch
+ * directory) outlives the call.
+ */
+async function together(stop, tasks) {
+    let first = null;
+    const watched = tasks.map((task) => Promise.resolve(task).catch((error) => {
+        first ??= { error };
+        stop.abort();
+        throw error;
+    }));
+    const settled = await Promise.allSettled(watched);
+    const failure = first;
+    if (failure)
+        throw failure.error;
+    return settled.map((s) => (s.status === 'fulfilled' ? s.value : undefined));
+}
+
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
+
 
 
 
@@ -38895,19 +38918,10 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
         }
         : undefined;
     const partLimits = { ...limits, signal: stop.signal, onLongRun: heartbeat };
-    let firstError = null;
-    const part = (work) => work.catch((error) => {
-        firstError ??= { error };
-        stop.abort();
-        throw error;
-    });
     let commits;
     let tree;
     try {
-        const settled = await Promise.allSettled([part(scanCommits(inputs, binary, files, ignore, partLimits, strict, cache, saved)), part(scanTreePart(inputs, binary, files, ignore, partLimits, cache, saved))]);
-        if (firstError)
-            throw firstError.error;
-        [commits, tree] = settled.map((s) => s.value);
+        [commits, tree] = await together(stop, [scanCommits(inputs, binary, files, ignore, partLimits, strict, cache, saved), scanTreePart(inputs, binary, files, ignore, partLimits, cache, saved)]);
     }
     finally {
         limits.signal?.removeEventListener('abort', onOuterAbort);
@@ -39034,24 +39048,23 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
         })
         : null;
     const found = { findings: [], extended: [], unscanned: [...recalled].sort(byPath), fresh, digest };
-    let root = inputs.exportDir;
-    let view = null;
+    const { exportDir, exportPaths } = inputs;
+    // Only the files to scan, or (no cache to narrow it, no export) the whole tree: in a view of their own.
+    const view = (listed && fresh) || exportDir === null ? makeScratchDir('scanview') : null;
+    const root = view ?? exportDir;
+    if (root === null)
+        throw new VmSyncError('internal_error', 'the secret scan has no tree to read');
     try {
-        if (listed && fresh) {
-            view = makeScratchDir('scanview');
-            const bytes = await viewFailure(view, async () => (inputs.exportDir ? copyView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh)));
+        if (listed && fresh && view) {
+            const bytes = await viewFailure(view, async () => (exportDir ? copyView(exportDir, view, fresh) : await exportView(exportPaths, view, fresh)));
             if (saved) {
                 saved.files_scanned = fresh.length;
                 saved.files_cached = listed.length - fresh.length;
             }
             inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
-            root = view;
         }
-        else if (root === null) {
-            // No cache to narrow it: the whole tree.
-            view = makeScratchDir('scanview');
-            await inputs.exportPaths(view);
-            root = view;
+        else if (view) {
+            await exportPaths(view);
         }
         if (!fresh || fresh.length > 0) {
             const scanned = await scanTree(binary, root, files, ignore, limits);
@@ -39992,6 +40005,8 @@ async function runRsync(plan, env, options = {}) {
     throw new VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}${remedy}`);
 }
 
+;// CONCATENATED MODULE: external "node:events"
+const external_node_events_namespaceObject = require("node:events");
 // EXTERNAL MODULE: external "assert"
 var external_assert_ = __nccwpck_require__(2613);
 // EXTERNAL MODULE: external "fs"
@@ -41097,9 +41112,39 @@ function tunnelTo(vm, knownHosts, openJump) {
 
 
 
+
+
 const OUTPUT_MAX = 64 * 1024;
+/**
+ * How many bytes of a file being sent may wait in this process for the VM's
+ * connection to take them. ssh2 hands a channel's data to the connection as
+ * soon as the SSH window allows (2 MB with OpenSSH), whatever the socket has
+ * queued: a hundred VMs that unpack slower than the runner reads would hold
+ * about that much each in memory. Past this, reading waits for the connection
+ * to drain; the kernel's socket buffer keeps the link busy meanwhile.
+ */
+const SEND_BACKLOG_MAX = 256 * 1024;
+/** How much of a sent file is read at a time. */
+const SEND_CHUNK = 64 * 1024;
 const FRAMED_LINE_MAX = 8192;
 const FRAMED_LINES_MAX = 2000;
+/**
+ * Resolves once `stream` has taken `chunk` (its write callback): true, or
+ * false when the channel refused it (the command ended without reading all;
+ * its exit says why) or `stop` aborted.
+ */
+function written(stream, chunk, stop) {
+    return new Promise((resolve) => {
+        if (stop.aborted)
+            return resolve(false);
+        const onStop = () => resolve(false);
+        stop.addEventListener('abort', onStop, { once: true });
+        stream.write(chunk, (error) => {
+            stop.removeEventListener('abort', onStop);
+            resolve(!error);
+        });
+    });
+}
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
 class BoundedText {
     max;
@@ -41138,13 +41183,17 @@ class BoundedText {
 class VmSession {
     vm;
     ssh;
+    transport;
     tunnelClosed;
     closed = false;
     constructor(vm, ssh, 
+    /** What the SSH connection runs over: the TCP socket, or the jump host's forwarded channel. */
+    transport, 
     /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
     tunnelClosed = () => undefined) {
         this.vm = vm;
         this.ssh = ssh;
+        this.transport = transport;
         this.tunnelClosed = tunnelClosed;
     }
     /**
@@ -41168,15 +41217,22 @@ class VmSession {
         const ssh = new NodeSSH();
         let offered = null;
         let rejected = false;
+        // The socket is made here, not by ssh2, so that a send can see how much waits in it (SEND_BACKLOG_MAX).
+        // ssh2 takes a socket that is still connecting as its own: the same timeout, errors and events.
+        const transport = tunnel ? tunnel.sock : external_node_net_default().connect({ host: vm.host, port: vm.port });
+        if (!tunnel)
+            transport.setMaxListeners(0);
         const abort = () => {
             ssh.connection?.end();
+            // A handshake still under way stops now, not when the VM answers or the connect timeout passes.
+            transport.destroy();
         };
         options.signal?.addEventListener('abort', abort, { once: true });
         try {
             await ssh.connect({
                 host: vm.host,
                 port: vm.port,
-                ...(tunnel ? { sock: tunnel.sock } : {}),
+                sock: transport,
                 username: vm.user,
                 privateKey,
                 tryKeyboard: false,
@@ -41194,6 +41250,7 @@ class VmSession {
         }
         catch (error) {
             ssh.dispose();
+            transport.destroy();
             tunnel?.opened();
             tunnel?.closed();
             if (options.signal?.aborted)
@@ -41214,7 +41271,7 @@ class VmSession {
         // later socket error (VM rebooting mid-deploy) would crash the process.
         ssh.connection?.on('error', () => undefined);
         tunnel?.opened();
-        return new VmSession(vm, ssh, tunnel?.closed);
+        return new VmSession(vm, ssh, transport, tunnel?.closed);
     }
     /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
     forward(host, port) {
@@ -41246,10 +41303,13 @@ class VmSession {
             const framed = [];
             const prefix = frame ? `@${frame} ` : null;
             let partial = '';
+            // Stops a file still being sent once the command is over, whatever ended it.
+            const sending = new AbortController();
             const finish = (error, code = -1) => {
                 if (settled)
                     return;
                 settled = true;
+                sending.abort();
                 clearTimeout(timer);
                 signal?.removeEventListener('abort', onAbort);
                 if (error) {
@@ -41308,17 +41368,9 @@ class VmSession {
                 });
                 ch.stderr.on('data', (data) => err.add(data.toString('utf8')));
                 if (input) {
-                    // The file is read as it is sent: a stream of any size costs one buffer of memory.
-                    const file = external_node_fs_default().createReadStream(input.path);
-                    let sent = 0;
-                    file.on('data', (chunk) => {
-                        sent += chunk.length;
-                        input.onSent?.(sent);
-                    });
-                    file.on('error', (error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${getErrorMessage(error)}`)));
-                    // A command that exits without reading all of it ends the pipe: its answer says why.
+                    // A command that exits without reading all of it ends the channel: its answer says why.
                     ch.on('error', () => undefined);
-                    file.pipe(ch);
+                    this.send(input, ch, sending.signal).catch((error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${getErrorMessage(error)}`)));
                 }
                 ch.on('exit', (exitCode) => {
                     code = typeof exitCode === 'number' ? exitCode : -1;
@@ -41326,6 +41378,49 @@ class VmSession {
                 ch.on('close', () => finish(null, code));
             });
         });
+    }
+    /**
+     * Sends a file as a command's standard input, then ends it. The file is
+     * read as it is sent, into one buffer reused for the whole file (ssh2 copies
+     * each write into a packet of its own before it calls back), and reading
+     * waits while the channel is full (the SSH window) or the connection holds
+     * more than {@link SEND_BACKLOG_MAX}: a stream of any size costs one buffer
+     * and a bounded backlog per VM, and leaves no garbage of its own for the GC.
+     * Resolves early, having sent part, when `stop` aborts (the command is over).
+     */
+    async send(input, ch, stop) {
+        const handle = await external_node_fs_default().promises.open(input.path, 'r');
+        const buffer = Buffer.allocUnsafeSlow(SEND_CHUNK);
+        let sent = 0;
+        try {
+            for (;;) {
+                const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+                if (stop.aborted)
+                    return;
+                if (bytesRead === 0)
+                    break;
+                sent += bytesRead;
+                input.onSent?.(sent);
+                // Until the callback, ssh2 may still hold the bytes (a window that closed mid-chunk): the buffer waits.
+                if (!(await written(ch, buffer.subarray(0, bytesRead), stop)))
+                    return;
+                while (this.transport.writableLength > SEND_BACKLOG_MAX)
+                    await (0,external_node_events_namespaceObject.once)(this.transport, 'drain', { signal: stop });
+            }
+            ch.end();
+        }
+        catch (error) {
+            if (stop.aborted)
+                return;
+            throw error;
+        }
+        finally {
+            await handle.close();
+        }
+    }
+    /** Bytes waiting in this process for the VM's connection to take them (see {@link SEND_BACKLOG_MAX}). */
+    get backlog() {
+        return this.transport.writableLength;
     }
     /**
      * Runs a command line on the VM and keeps its stdout as raw bytes (a

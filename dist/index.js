@@ -1121,7 +1121,7 @@ module.exports = clean
 const eq = __nccwpck_require__(273)
 const neq = __nccwpck_require__(2991)
 const gt = __nccwpck_require__(3740)
-const gte = __nccwpck_require__(6297)
+const gte = __nccwpck_require__(8678)
 const lt = __nccwpck_require__(2115)
 const lte = __nccwpck_require__(9824)
 
@@ -1383,7 +1383,7 @@ module.exports = gt
 
 /***/ }),
 
-/***/ 6297:
+/***/ 8678:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 "use strict";
@@ -1706,7 +1706,7 @@ const gt = __nccwpck_require__(3740)
 const lt = __nccwpck_require__(2115)
 const eq = __nccwpck_require__(273)
 const neq = __nccwpck_require__(2991)
-const gte = __nccwpck_require__(6297)
+const gte = __nccwpck_require__(8678)
 const lte = __nccwpck_require__(9824)
 const cmp = __nccwpck_require__(9647)
 const coerce = __nccwpck_require__(6141)
@@ -2859,7 +2859,7 @@ const satisfies = __nccwpck_require__(6326)
 const gt = __nccwpck_require__(3740)
 const lt = __nccwpck_require__(2115)
 const lte = __nccwpck_require__(9824)
-const gte = __nccwpck_require__(6297)
+const gte = __nccwpck_require__(8678)
 
 const outside = (version, range, hilo, options) => {
   version = new SemVer(version, options)
@@ -8180,7 +8180,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 8678:
+/***/ 6773:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 "use strict";
@@ -10392,7 +10392,7 @@ for (const ctor of [HttpAgent, HttpsAgent]) {
       const dstPort = options.port;
 
       if (Client === undefined)
-        Client = __nccwpck_require__(8678);
+        Client = __nccwpck_require__(6773);
 
       const client = new Client();
       let triedForward = false;
@@ -10486,7 +10486,7 @@ module.exports = {
   AgentProtocol,
   BaseAgent,
   createAgent,
-  Client: __nccwpck_require__(8678),
+  Client: __nccwpck_require__(6773),
   CygwinAgent,
   HTTPAgent,
   HTTPSAgent,
@@ -29222,7 +29222,7 @@ const ProxyAgent = __nccwpck_require__(6672)
 const EnvHttpProxyAgent = __nccwpck_require__(3137)
 const RetryAgent = __nccwpck_require__(50)
 const errors = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { InvalidArgumentError } = errors
 const api = __nccwpck_require__(6615)
 const buildConnector = __nccwpck_require__(9136)
@@ -29336,7 +29336,7 @@ module.exports.hd = async function fetch (init, options = undefined) {
 __webpack_unused_export__ = globalThis.File ?? (__nccwpck_require__(4573).File)
 /* unused reexport */ __nccwpck_require__(8355).FileReader
 
-const { setGlobalOrigin, getGlobalOrigin } = __nccwpck_require__(1059)
+const { setGlobalOrigin, getGlobalOrigin } = __nccwpck_require__(6297)
 
 __webpack_unused_export__ = setGlobalOrigin
 __webpack_unused_export__ = getGlobalOrigin
@@ -29387,7 +29387,7 @@ __webpack_unused_export__ = EventSource
 /***/ 158:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
-const { addAbortListener } = __nccwpck_require__(3440)
+const { addAbortListener } = __nccwpck_require__(1059)
 const { RequestAbortedError } = __nccwpck_require__(8707)
 
 const kListener = Symbol('kListener')
@@ -29457,7 +29457,7 @@ module.exports = {
 const assert = __nccwpck_require__(4589)
 const { AsyncResource } = __nccwpck_require__(6698)
 const { InvalidArgumentError, SocketError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
 
 class ConnectHandler extends AsyncResource {
@@ -29580,7 +29580,7 @@ const {
   InvalidReturnValueError,
   RequestAbortedError
 } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { AsyncResource } = __nccwpck_require__(6698)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
 const assert = __nccwpck_require__(4589)
@@ -29832,7 +29832,7 @@ module.exports = pipeline
 const assert = __nccwpck_require__(4589)
 const { Readable } = __nccwpck_require__(9927)
 const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { getResolveErrorBodyCallback } = __nccwpck_require__(7655)
 const { AsyncResource } = __nccwpck_require__(6698)
 
@@ -30054,7 +30054,7 @@ module.exports.RequestHandler = RequestHandler
 const assert = __nccwpck_require__(4589)
 const { finished, PassThrough } = __nccwpck_require__(7075)
 const { InvalidArgumentError, InvalidReturnValueError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { getResolveErrorBodyCallback } = __nccwpck_require__(7655)
 const { AsyncResource } = __nccwpck_require__(6698)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
@@ -30281,7 +30281,7 @@ module.exports = stream
 
 const { InvalidArgumentError, SocketError } = __nccwpck_require__(8707)
 const { AsyncResource } = __nccwpck_require__(6698)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
 const assert = __nccwpck_require__(4589)
 
@@ -30415,8 +30415,8 @@ module.exports.connect = __nccwpck_require__(2279)
 const assert = __nccwpck_require__(4589)
 const { Readable } = __nccwpck_require__(7075)
 const { RequestAbortedError, NotSupportedError, InvalidArgumentError, AbortError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
-const { ReadableStreamFrom } = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
+const { ReadableStreamFrom } = __nccwpck_require__(1059)
 
 const kConsume = Symbol('kConsume')
 const kReading = Symbol('kReading')
@@ -30905,7 +30905,7 @@ module.exports = {
 
 const net = __nccwpck_require__(7030)
 const assert = __nccwpck_require__(4589)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { InvalidArgumentError, ConnectTimeoutError } = __nccwpck_require__(8707)
 const timers = __nccwpck_require__(6603)
 
@@ -31938,7 +31938,7 @@ const {
   validateHandler,
   getServerName,
   normalizedMethodRecords
-} = __nccwpck_require__(3440)
+} = __nccwpck_require__(1059)
 const { channels } = __nccwpck_require__(2414)
 const { headerNameLowerCasedRecord } = __nccwpck_require__(735)
 
@@ -32638,7 +32638,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3440:
+/***/ 1059:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 "use strict";
@@ -33376,7 +33376,7 @@ const { kClients, kRunning, kClose, kDestroy, kDispatch, kInterceptors } = __ncc
 const DispatcherBase = __nccwpck_require__(1841)
 const Pool = __nccwpck_require__(628)
 const Client = __nccwpck_require__(3701)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const createRedirectInterceptor = __nccwpck_require__(5092)
 
 const kOnConnect = Symbol('onConnect')
@@ -33526,7 +33526,7 @@ const {
 } = __nccwpck_require__(2128)
 const Pool = __nccwpck_require__(628)
 const { kUrl, kInterceptors } = __nccwpck_require__(6443)
-const { parseOrigin } = __nccwpck_require__(3440)
+const { parseOrigin } = __nccwpck_require__(1059)
 const kFactory = Symbol('factory')
 
 const kOptions = Symbol('options')
@@ -33732,7 +33732,7 @@ module.exports = BalancedPool
 /* global WebAssembly */
 
 const assert = __nccwpck_require__(4589)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { channels } = __nccwpck_require__(2414)
 const timers = __nccwpck_require__(6603)
 const {
@@ -35253,7 +35253,7 @@ module.exports = connectH1
 const assert = __nccwpck_require__(4589)
 const { errorMonitor } = __nccwpck_require__(8474)
 const { pipeline } = __nccwpck_require__(7075)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const {
   RequestContentLengthMismatchError,
   RequestAbortedError,
@@ -36055,7 +36055,7 @@ module.exports = connectH2
 const assert = __nccwpck_require__(4589)
 const net = __nccwpck_require__(7030)
 const http = __nccwpck_require__(7067)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { channels } = __nccwpck_require__(2414)
 const Request = __nccwpck_require__(4655)
 const DispatcherBase = __nccwpck_require__(1841)
@@ -37518,7 +37518,7 @@ const Client = __nccwpck_require__(3701)
 const {
   InvalidArgumentError
 } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { kUrl, kInterceptors } = __nccwpck_require__(6443)
 const buildConnector = __nccwpck_require__(9136)
 
@@ -38039,7 +38039,7 @@ module.exports = class DecoratorHandler {
 "use strict";
 
 
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { kBodyUsed } = __nccwpck_require__(6443)
 const assert = __nccwpck_require__(4589)
 const { InvalidArgumentError } = __nccwpck_require__(8707)
@@ -38287,7 +38287,7 @@ const {
   parseHeaders,
   parseRangeHeader,
   wrapRequestBody
-} = __nccwpck_require__(3440)
+} = __nccwpck_require__(1059)
 
 function calculateRetryAfterHeader (retryAfter) {
   const current = Date.now()
@@ -39107,7 +39107,7 @@ module.exports = interceptorOpts => {
 "use strict";
 
 
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(8707)
 const DecoratorHandler = __nccwpck_require__(8155)
 
@@ -39940,7 +39940,7 @@ const {
   kMockDispatch
 } = __nccwpck_require__(1117)
 const { InvalidArgumentError } = __nccwpck_require__(8707)
-const { buildURL } = __nccwpck_require__(3440)
+const { buildURL } = __nccwpck_require__(1059)
 
 /**
  * Defines the scope API for an interceptor reply
@@ -40251,7 +40251,7 @@ const {
   kOrigin,
   kGetNetConnect
 } = __nccwpck_require__(1117)
-const { buildURL } = __nccwpck_require__(3440)
+const { buildURL } = __nccwpck_require__(1059)
 const { STATUS_CODES } = __nccwpck_require__(7067)
 const {
   types: {
@@ -41139,7 +41139,7 @@ module.exports = {
 
 const { kConstruct } = __nccwpck_require__(109)
 const { urlEquals, getFieldValues } = __nccwpck_require__(6798)
-const { kEnumerableProperty, isDisturbed } = __nccwpck_require__(3440)
+const { kEnumerableProperty, isDisturbed } = __nccwpck_require__(1059)
 const { webidl } = __nccwpck_require__(5893)
 const { Response, cloneResponse, fromInnerResponse } = __nccwpck_require__(9051)
 const { Request, fromInnerRequest } = __nccwpck_require__(9967)
@@ -42007,7 +42007,7 @@ module.exports = {
 const { kConstruct } = __nccwpck_require__(109)
 const { Cache } = __nccwpck_require__(9634)
 const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kEnumerableProperty } = __nccwpck_require__(1059)
 
 class CacheStorage {
   /**
@@ -43711,7 +43711,7 @@ const { parseMIMEType } = __nccwpck_require__(1900)
 const { createFastMessageEvent } = __nccwpck_require__(5188)
 const { isNetworkError } = __nccwpck_require__(9051)
 const { delay } = __nccwpck_require__(4811)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kEnumerableProperty } = __nccwpck_require__(1059)
 const { environmentSettingsObject } = __nccwpck_require__(3168)
 const { getGlobalDispatcher } = __nccwpck_require__(2581)
 
@@ -44238,7 +44238,7 @@ module.exports = {
 "use strict";
 
 
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const {
   ReadableStreamFrom,
   isBlobLike,
@@ -45847,7 +45847,7 @@ module.exports = { FileLike, isFileLike }
 "use strict";
 
 
-const { isUSVString, bufferToLowerCasedHeaderName } = __nccwpck_require__(3440)
+const { isUSVString, bufferToLowerCasedHeaderName } = __nccwpck_require__(1059)
 const { utf8DecodeBytes } = __nccwpck_require__(3168)
 const { HTTP_TOKEN_CODEPOINTS, isomorphicDecode } = __nccwpck_require__(1900)
 const { isFileLike } = __nccwpck_require__(7114)
@@ -46331,7 +46331,7 @@ module.exports = {
 
 const { isBlobLike, iteratorMixin } = __nccwpck_require__(3168)
 const { kState } = __nccwpck_require__(3627)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kEnumerableProperty } = __nccwpck_require__(1059)
 const { FileLike, isFileLike } = __nccwpck_require__(7114)
 const { webidl } = __nccwpck_require__(5893)
 const { File: NativeFile } = __nccwpck_require__(4573)
@@ -46583,7 +46583,7 @@ module.exports = { FormData, makeEntry }
 
 /***/ }),
 
-/***/ 1059:
+/***/ 6297:
 /***/ ((module) => {
 
 "use strict";
@@ -46640,7 +46640,7 @@ module.exports = {
 
 
 const { kConstruct } = __nccwpck_require__(6443)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kEnumerableProperty } = __nccwpck_require__(1059)
 const {
   iteratorMixin,
   isValidHeaderName,
@@ -47391,7 +47391,7 @@ const {
 } = __nccwpck_require__(4495)
 const EE = __nccwpck_require__(8474)
 const { Readable, pipeline, finished } = __nccwpck_require__(7075)
-const { addAbortListener, isErrored, isReadable, bufferToLowerCasedHeaderName } = __nccwpck_require__(3440)
+const { addAbortListener, isErrored, isReadable, bufferToLowerCasedHeaderName } = __nccwpck_require__(1059)
 const { dataURLProcessor, serializeAMimeType, minimizeSupportedMimeType } = __nccwpck_require__(1900)
 const { getGlobalDispatcher } = __nccwpck_require__(2581)
 const { webidl } = __nccwpck_require__(5893)
@@ -49615,7 +49615,7 @@ module.exports = {
 const { extractBody, mixinBody, cloneBody, bodyUnusable } = __nccwpck_require__(4492)
 const { Headers, fill: fillHeaders, HeadersList, setHeadersGuard, getHeadersGuard, setHeadersList, getHeadersList } = __nccwpck_require__(660)
 const { FinalizationRegistry } = __nccwpck_require__(6653)()
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const nodeUtil = __nccwpck_require__(7975)
 const {
   isValidHTTPToken,
@@ -50657,7 +50657,7 @@ module.exports = { Request, makeRequest, fromInnerRequest, cloneRequest }
 
 const { Headers, HeadersList, fill, getHeadersGuard, setHeadersGuard, setHeadersList } = __nccwpck_require__(660)
 const { extractBody, cloneBody, mixinBody, hasFinalizationRegistry, streamRegistry, bodyUnusable } = __nccwpck_require__(4492)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(1059)
 const nodeUtil = __nccwpck_require__(7975)
 const { kEnumerableProperty } = util
 const {
@@ -51293,10 +51293,10 @@ module.exports = {
 const { Transform } = __nccwpck_require__(7075)
 const zlib = __nccwpck_require__(8522)
 const { redirectStatusSet, referrerPolicySet: referrerPolicyTokens, badPortsSet } = __nccwpck_require__(4495)
-const { getGlobalOrigin } = __nccwpck_require__(1059)
+const { getGlobalOrigin } = __nccwpck_require__(6297)
 const { collectASequenceOfCodePoints, collectAnHTTPQuotedString, removeChars, parseMIMEType } = __nccwpck_require__(1900)
 const { performance } = __nccwpck_require__(643)
-const { isBlobLike, ReadableStreamFrom, isValidHTTPToken, normalizedMethodRecordsBase } = __nccwpck_require__(3440)
+const { isBlobLike, ReadableStreamFrom, isValidHTTPToken, normalizedMethodRecordsBase } = __nccwpck_require__(1059)
 const assert = __nccwpck_require__(4589)
 const { isUint8Array } = __nccwpck_require__(3429)
 const { webidl } = __nccwpck_require__(5893)
@@ -52932,7 +52932,7 @@ module.exports = {
 
 const { types, inspect } = __nccwpck_require__(7975)
 const { markAsUncloneable } = __nccwpck_require__(5919)
-const { toUSVString } = __nccwpck_require__(3440)
+const { toUSVString } = __nccwpck_require__(1059)
 
 /** @type {import('../../../types/webidl').Webidl} */
 const webidl = {}
@@ -53944,7 +53944,7 @@ const {
   kAborted
 } = __nccwpck_require__(961)
 const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kEnumerableProperty } = __nccwpck_require__(1059)
 
 class FileReader extends EventTarget {
   constructor () {
@@ -55240,7 +55240,7 @@ module.exports = {
 
 
 const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kEnumerableProperty } = __nccwpck_require__(1059)
 const { kConstruct } = __nccwpck_require__(6443)
 const { MessagePort } = __nccwpck_require__(5919)
 
@@ -56812,7 +56812,7 @@ const {
 } = __nccwpck_require__(8625)
 const { establishWebSocketConnection, closeWebSocketConnection } = __nccwpck_require__(6897)
 const { ByteParser } = __nccwpck_require__(1652)
-const { kEnumerableProperty, isBlobLike } = __nccwpck_require__(3440)
+const { kEnumerableProperty, isBlobLike } = __nccwpck_require__(1059)
 const { getGlobalDispatcher } = __nccwpck_require__(2581)
 const { types } = __nccwpck_require__(7975)
 const { ErrorEvent, CloseEvent } = __nccwpck_require__(5188)
@@ -80950,7 +80950,30 @@ function gitleaksVersion(binary) {
     }));
 }
 
+;// CONCATENATED MODULE: ./src/local/together.ts
+/**
+ * Runs independent tasks at the same time, as one task. The first to fail
+ * aborts `stop` (the others watch its signal) and its error is the one thrown,
+ * not the "cancelled" of a task it stopped; it is thrown only once every task
+ * has settled, so nothing a task started (a child process, a scratch
+ * directory) outlives the call.
+ */
+async function together(stop, tasks) {
+    let first = null;
+    const watched = tasks.map((task) => Promise.resolve(task).catch((error) => {
+        first ??= { error };
+        stop.abort();
+        throw error;
+    }));
+    const settled = await Promise.allSettled(watched);
+    const failure = first;
+    if (failure)
+        throw failure.error;
+    return settled.map((s) => (s.status === 'fulfilled' ? s.value : undefined));
+}
+
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
+
 
 
 
@@ -81111,19 +81134,10 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
         }
         : undefined;
     const partLimits = { ...limits, signal: stop.signal, onLongRun: heartbeat };
-    let firstError = null;
-    const part = (work) => work.catch((error) => {
-        firstError ??= { error };
-        stop.abort();
-        throw error;
-    });
     let commits;
     let tree;
     try {
-        const settled = await Promise.allSettled([part(scanCommits(inputs, binary, files, ignore, partLimits, strict, cache, saved)), part(scanTreePart(inputs, binary, files, ignore, partLimits, cache, saved))]);
-        if (firstError)
-            throw firstError.error;
-        [commits, tree] = settled.map((s) => s.value);
+        [commits, tree] = await together(stop, [scanCommits(inputs, binary, files, ignore, partLimits, strict, cache, saved), scanTreePart(inputs, binary, files, ignore, partLimits, cache, saved)]);
     }
     finally {
         limits.signal?.removeEventListener('abort', onOuterAbort);
@@ -81250,24 +81264,23 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
         })
         : null;
     const found = { findings: [], extended: [], unscanned: [...recalled].sort(byPath), fresh, digest };
-    let root = inputs.exportDir;
-    let view = null;
+    const { exportDir, exportPaths } = inputs;
+    // Only the files to scan, or (no cache to narrow it, no export) the whole tree: in a view of their own.
+    const view = (listed && fresh) || exportDir === null ? makeScratchDir('scanview') : null;
+    const root = view ?? exportDir;
+    if (root === null)
+        throw new errors_VmSyncError('internal_error', 'the secret scan has no tree to read');
     try {
-        if (listed && fresh) {
-            view = makeScratchDir('scanview');
-            const bytes = await viewFailure(view, async () => (inputs.exportDir ? copyView(inputs.exportDir, view, fresh) : await exportView(inputs.exportPaths, view, fresh)));
+        if (listed && fresh && view) {
+            const bytes = await viewFailure(view, async () => (exportDir ? copyView(exportDir, view, fresh) : await exportView(exportPaths, view, fresh)));
             if (saved) {
                 saved.files_scanned = fresh.length;
                 saved.files_cached = listed.length - fresh.length;
             }
             inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
-            root = view;
         }
-        else if (root === null) {
-            // No cache to narrow it: the whole tree.
-            view = makeScratchDir('scanview');
-            await inputs.exportPaths(view);
-            root = view;
+        else if (view) {
+            await exportPaths(view);
         }
         if (!fresh || fresh.length > 0) {
             const scanned = await scanTree(binary, root, files, ignore, limits);
@@ -82208,6 +82221,8 @@ async function runRsync(plan, env, options = {}) {
     throw new errors_VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}${remedy}`);
 }
 
+// EXTERNAL MODULE: external "node:events"
+var external_node_events_ = __nccwpck_require__(8474);
 // EXTERNAL MODULE: ./node_modules/is-stream/index.js
 var is_stream = __nccwpck_require__(6543);
 // EXTERNAL MODULE: ./node_modules/node-ssh/node_modules/make-dir/index.js
@@ -83307,9 +83322,39 @@ function tunnelTo(vm, knownHosts, openJump) {
 
 
 
+
+
 const OUTPUT_MAX = 64 * 1024;
+/**
+ * How many bytes of a file being sent may wait in this process for the VM's
+ * connection to take them. ssh2 hands a channel's data to the connection as
+ * soon as the SSH window allows (2 MB with OpenSSH), whatever the socket has
+ * queued: a hundred VMs that unpack slower than the runner reads would hold
+ * about that much each in memory. Past this, reading waits for the connection
+ * to drain; the kernel's socket buffer keeps the link busy meanwhile.
+ */
+const SEND_BACKLOG_MAX = 256 * 1024;
+/** How much of a sent file is read at a time. */
+const SEND_CHUNK = 64 * 1024;
 const FRAMED_LINE_MAX = 8192;
 const FRAMED_LINES_MAX = 2000;
+/**
+ * Resolves once `stream` has taken `chunk` (its write callback): true, or
+ * false when the channel refused it (the command ended without reading all;
+ * its exit says why) or `stop` aborted.
+ */
+function written(stream, chunk, stop) {
+    return new Promise((resolve) => {
+        if (stop.aborted)
+            return resolve(false);
+        const onStop = () => resolve(false);
+        stop.addEventListener('abort', onStop, { once: true });
+        stream.write(chunk, (error) => {
+            stop.removeEventListener('abort', onStop);
+            resolve(!error);
+        });
+    });
+}
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
 class BoundedText {
     max;
@@ -83348,13 +83393,17 @@ class BoundedText {
 class VmSession {
     vm;
     ssh;
+    transport;
     tunnelClosed;
     closed = false;
     constructor(vm, ssh, 
+    /** What the SSH connection runs over: the TCP socket, or the jump host's forwarded channel. */
+    transport, 
     /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
     tunnelClosed = () => undefined) {
         this.vm = vm;
         this.ssh = ssh;
+        this.transport = transport;
         this.tunnelClosed = tunnelClosed;
     }
     /**
@@ -83378,15 +83427,22 @@ class VmSession {
         const ssh = new NodeSSH();
         let offered = null;
         let rejected = false;
+        // The socket is made here, not by ssh2, so that a send can see how much waits in it (SEND_BACKLOG_MAX).
+        // ssh2 takes a socket that is still connecting as its own: the same timeout, errors and events.
+        const transport = tunnel ? tunnel.sock : external_node_net_default().connect({ host: vm.host, port: vm.port });
+        if (!tunnel)
+            transport.setMaxListeners(0);
         const abort = () => {
             ssh.connection?.end();
+            // A handshake still under way stops now, not when the VM answers or the connect timeout passes.
+            transport.destroy();
         };
         options.signal?.addEventListener('abort', abort, { once: true });
         try {
             await ssh.connect({
                 host: vm.host,
                 port: vm.port,
-                ...(tunnel ? { sock: tunnel.sock } : {}),
+                sock: transport,
                 username: vm.user,
                 privateKey,
                 tryKeyboard: false,
@@ -83404,6 +83460,7 @@ class VmSession {
         }
         catch (error) {
             ssh.dispose();
+            transport.destroy();
             tunnel?.opened();
             tunnel?.closed();
             if (options.signal?.aborted)
@@ -83424,7 +83481,7 @@ class VmSession {
         // later socket error (VM rebooting mid-deploy) would crash the process.
         ssh.connection?.on('error', () => undefined);
         tunnel?.opened();
-        return new VmSession(vm, ssh, tunnel?.closed);
+        return new VmSession(vm, ssh, transport, tunnel?.closed);
     }
     /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
     forward(host, port) {
@@ -83456,10 +83513,13 @@ class VmSession {
             const framed = [];
             const prefix = frame ? `@${frame} ` : null;
             let partial = '';
+            // Stops a file still being sent once the command is over, whatever ended it.
+            const sending = new AbortController();
             const finish = (error, code = -1) => {
                 if (settled)
                     return;
                 settled = true;
+                sending.abort();
                 clearTimeout(timer);
                 signal?.removeEventListener('abort', onAbort);
                 if (error) {
@@ -83518,17 +83578,9 @@ class VmSession {
                 });
                 ch.stderr.on('data', (data) => err.add(data.toString('utf8')));
                 if (input) {
-                    // The file is read as it is sent: a stream of any size costs one buffer of memory.
-                    const file = external_node_fs_default().createReadStream(input.path);
-                    let sent = 0;
-                    file.on('data', (chunk) => {
-                        sent += chunk.length;
-                        input.onSent?.(sent);
-                    });
-                    file.on('error', (error) => finish(new errors_VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${errors_getErrorMessage(error)}`)));
-                    // A command that exits without reading all of it ends the pipe: its answer says why.
+                    // A command that exits without reading all of it ends the channel: its answer says why.
                     ch.on('error', () => undefined);
-                    file.pipe(ch);
+                    this.send(input, ch, sending.signal).catch((error) => finish(new errors_VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${errors_getErrorMessage(error)}`)));
                 }
                 ch.on('exit', (exitCode) => {
                     code = typeof exitCode === 'number' ? exitCode : -1;
@@ -83536,6 +83588,49 @@ class VmSession {
                 ch.on('close', () => finish(null, code));
             });
         });
+    }
+    /**
+     * Sends a file as a command's standard input, then ends it. The file is
+     * read as it is sent, into one buffer reused for the whole file (ssh2 copies
+     * each write into a packet of its own before it calls back), and reading
+     * waits while the channel is full (the SSH window) or the connection holds
+     * more than {@link SEND_BACKLOG_MAX}: a stream of any size costs one buffer
+     * and a bounded backlog per VM, and leaves no garbage of its own for the GC.
+     * Resolves early, having sent part, when `stop` aborts (the command is over).
+     */
+    async send(input, ch, stop) {
+        const handle = await external_node_fs_default().promises.open(input.path, 'r');
+        const buffer = Buffer.allocUnsafeSlow(SEND_CHUNK);
+        let sent = 0;
+        try {
+            for (;;) {
+                const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+                if (stop.aborted)
+                    return;
+                if (bytesRead === 0)
+                    break;
+                sent += bytesRead;
+                input.onSent?.(sent);
+                // Until the callback, ssh2 may still hold the bytes (a window that closed mid-chunk): the buffer waits.
+                if (!(await written(ch, buffer.subarray(0, bytesRead), stop)))
+                    return;
+                while (this.transport.writableLength > SEND_BACKLOG_MAX)
+                    await (0,external_node_events_.once)(this.transport, 'drain', { signal: stop });
+            }
+            ch.end();
+        }
+        catch (error) {
+            if (stop.aborted)
+                return;
+            throw error;
+        }
+        finally {
+            await handle.close();
+        }
+    }
+    /** Bytes waiting in this process for the VM's connection to take them (see {@link SEND_BACKLOG_MAX}). */
+    get backlog() {
+        return this.transport.writableLength;
     }
     /**
      * Runs a command line on the VM and keeps its stdout as raw bytes (a

@@ -156,6 +156,7 @@ const SSHD = ['/usr/sbin/sshd', '/usr/bin/sshd', '/usr/local/sbin/sshd'].find((p
 const netnsScript = path.join(root, 'scripts', 'bench-netns.sh');
 const netnsTag = process.pid.toString(36); // keeps namespace and interface names unique per run
 const netnsUp = []; // indexes of the namespaces to delete at the end
+const children = new Set(); // vm-sync and raw rsync runs under way, stopped on a signal
 
 const gitEnv = { ...process.env, GIT_AUTHOR_NAME: 'b', GIT_AUTHOR_EMAIL: 'b@x', GIT_COMMITTER_NAME: 'b', GIT_COMMITTER_EMAIL: 'b@x' };
 const git = (cwd, ...args) => execFileSync('git', args, { cwd, encoding: 'utf8', env: gitEnv, maxBuffer: 1 << 28 }).trim();
@@ -230,10 +231,14 @@ async function vmSync(...args) {
   const timeFile = path.join(tmp, 'time.out');
   fs.rmSync(usageFile, { force: true });
   fs.rmSync(timeFile, { force: true });
-  const command = [process.execPath, '--require', preload, cli, ...args];
+  // As the installed `vm-sync` command runs it (scripts/vm-sync-wrapper.sh): V8's young generation capped.
+  const heapFlag = /--max-semi-space-size/.test(process.env.NODE_OPTIONS ?? '') ? [] : ['--max-semi-space-size=2'];
+  const command = [process.execPath, ...heapFlag, '--require', preload, cli, ...args];
   const [exe, ...argv] = TIME ? [TIME, '-f', '%M %U %S', '-o', timeFile, ...command] : command;
   const started = now();
   const child = spawn(exe, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BENCH_USAGE_OUT: usageFile } });
+  children.add(child);
+  child.on('close', () => children.delete(child));
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
@@ -442,6 +447,44 @@ const cell = (xs, digits = 2) => {
   return ok.length < 3 ? `${m} (n=${ok.length}, no median)` : `${m} (${fix(Math.min(...ok), digits)}–${fix(Math.max(...ok), digits)})`;
 };
 
+/**
+ * Stops the fleet and removes what the run set up: VM disk mounts, network
+ * namespaces, the scratch directory. Runs once, from `finally` or from a
+ * signal: an interrupted benchmark must not leave sshd, loop mounts or
+ * namespaces behind (a `finally` does not run when SIGINT ends the process).
+ */
+let cleanedUp = false;
+function cleanUp() {
+  if (cleanedUp) return;
+  cleanedUp = true;
+  for (const child of children) child.kill('SIGTERM');
+  // Synchronously (a signal handler cannot await): give them up to 10 s to finish their own cleanup first.
+  // Not yet reaped (the event loop does not run here), an exited child is a zombie: that counts as gone.
+  const alive = (pid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+    } catch {
+      return false;
+    }
+  };
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let waited = 0; waited < 10_000 && [...children].some((c) => c.pid && alive(c.pid)); waited += 100) Atomics.wait(pause, 0, 0, 100);
+  spawnSync(process.execPath, [cli, 'demo', 'stop', '--dir', dir], { stdio: 'ignore' });
+  // A VM session still closing can keep a mount busy for a moment: detach it then (lazy), so nothing stays mounted.
+  for (const mount of mounted) if (spawnSync('umount', [mount], { stdio: 'ignore' }).status !== 0) spawnSync('umount', ['-l', mount], { stdio: 'ignore' });
+  for (const index of netnsUp) spawnSync('sh', [netnsScript, 'down', netnsTag, String(index)], { stdio: 'ignore' });
+  // Retried: a run stopped by the signal may still be writing into it for a moment.
+  fs.rmSync(tmp, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+}
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]]) {
+  process.on(signal, () => {
+    console.error(`\n${signal}: stopping the fleet and removing the benchmark's mounts, namespaces and files`);
+    cleanUp();
+    process.exit(code);
+  });
+}
+
 try {
   const up = await vmSync('demo', 'up', '--dir', dir, '--vms', String(vmCount));
   if (up.code !== 0) throw new Error(`demo up failed: ${up.stderr}`);
@@ -593,6 +636,8 @@ try {
       const key = path.join(fleet.keyDir, `id_ed25519_${vm.id}`);
       const rsh = `ssh -i ${key} -p ${vm.port} -o UserKnownHostsFile=${fleet.knownHosts} -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes`;
       const child = spawn('rsync', ['-a', '--delete', '-e', rsh, `${src}/`, `${fleet.user}@${hosts[i]}:${path.join(vm.home, 'raw')}/`], { stdio: ['ignore', 'ignore', 'pipe'] });
+      children.add(child);
+      child.on('close', () => children.delete(child));
       let stderr = '';
       child.stderr.on('data', (d) => (stderr += d));
       child.on('error', reject);
@@ -779,8 +824,5 @@ try {
   );
   console.error(`\nwrote ${outFile}`);
 } finally {
-  spawnSync(process.execPath, [cli, 'demo', 'stop', '--dir', dir], { stdio: 'ignore' });
-  for (const mount of mounted) spawnSync('umount', [mount], { stdio: 'ignore' });
-  for (const index of netnsUp) spawnSync('sh', [netnsScript, 'down', netnsTag, String(index)], { stdio: 'ignore' });
-  fs.rmSync(tmp, { recursive: true, force: true });
+  cleanUp();
 }

@@ -1,5 +1,7 @@
 import { count, noun } from '../words.js';
+import { once } from 'node:events';
 import fs from 'node:fs';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { NodeSSH } from 'node-ssh';
 import { Client, utils, type ClientChannel, type ParsedKey } from 'ssh2';
@@ -43,8 +45,36 @@ export interface RawExecResult {
 }
 
 const OUTPUT_MAX = 64 * 1024;
+/**
+ * How many bytes of a file being sent may wait in this process for the VM's
+ * connection to take them. ssh2 hands a channel's data to the connection as
+ * soon as the SSH window allows (2 MB with OpenSSH), whatever the socket has
+ * queued: a hundred VMs that unpack slower than the runner reads would hold
+ * about that much each in memory. Past this, reading waits for the connection
+ * to drain; the kernel's socket buffer keeps the link busy meanwhile.
+ */
+export const SEND_BACKLOG_MAX = 256 * 1024;
+/** How much of a sent file is read at a time. */
+const SEND_CHUNK = 64 * 1024;
 const FRAMED_LINE_MAX = 8192;
 const FRAMED_LINES_MAX = 2000;
+
+/**
+ * Resolves once `stream` has taken `chunk` (its write callback): true, or
+ * false when the channel refused it (the command ended without reading all;
+ * its exit says why) or `stop` aborted.
+ */
+function written(stream: ClientChannel, chunk: Buffer, stop: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (stop.aborted) return resolve(false);
+    const onStop = (): void => resolve(false);
+    stop.addEventListener('abort', onStop, { once: true });
+    stream.write(chunk, (error) => {
+      stop.removeEventListener('abort', onStop);
+      resolve(!error);
+    });
+  });
+}
 
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
 export class BoundedText {
@@ -92,6 +122,8 @@ export class VmSession {
   private constructor(
     readonly vm: VmConfig,
     private readonly ssh: NodeSSH,
+    /** What the SSH connection runs over: the TCP socket, or the jump host's forwarded channel. */
+    private readonly transport: Duplex,
     /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
     private readonly tunnelClosed: () => void = () => undefined,
   ) {}
@@ -123,15 +155,21 @@ export class VmSession {
     const ssh = new NodeSSH();
     let offered: Buffer | null = null;
     let rejected = false;
+    // The socket is made here, not by ssh2, so that a send can see how much waits in it (SEND_BACKLOG_MAX).
+    // ssh2 takes a socket that is still connecting as its own: the same timeout, errors and events.
+    const transport: Duplex = tunnel ? tunnel.sock : net.connect({ host: vm.host, port: vm.port });
+    if (!tunnel) (transport as net.Socket).setMaxListeners(0);
     const abort = (): void => {
       ssh.connection?.end();
+      // A handshake still under way stops now, not when the VM answers or the connect timeout passes.
+      transport.destroy();
     };
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
       await ssh.connect({
         host: vm.host,
         port: vm.port,
-        ...(tunnel ? { sock: tunnel.sock as never } : {}),
+        sock: transport as never,
         username: vm.user,
         privateKey,
         tryKeyboard: false,
@@ -148,6 +186,7 @@ export class VmSession {
       });
     } catch (error) {
       ssh.dispose();
+      transport.destroy();
       tunnel?.opened();
       tunnel?.closed();
       if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
@@ -165,7 +204,7 @@ export class VmSession {
     // later socket error (VM rebooting mid-deploy) would crash the process.
     ssh.connection?.on('error', () => undefined);
     tunnel?.opened();
-    return new VmSession(vm, ssh, tunnel?.closed);
+    return new VmSession(vm, ssh, transport, tunnel?.closed);
   }
 
   /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
@@ -198,9 +237,12 @@ export class VmSession {
       const framed: string[] = [];
       const prefix = frame ? `@${frame} ` : null;
       let partial = '';
+      // Stops a file still being sent once the command is over, whatever ended it.
+      const sending = new AbortController();
       const finish = (error: VmSyncError | null, code = -1): void => {
         if (settled) return;
         settled = true;
+        sending.abort();
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         if (error) {
@@ -254,17 +296,9 @@ export class VmSession {
         });
         ch.stderr.on('data', (data: Buffer) => err.add(data.toString('utf8')));
         if (input) {
-          // The file is read as it is sent: a stream of any size costs one buffer of memory.
-          const file = fs.createReadStream(input.path);
-          let sent = 0;
-          file.on('data', (chunk) => {
-            sent += chunk.length;
-            input.onSent?.(sent);
-          });
-          file.on('error', (error) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${getErrorMessage(error)}`)));
-          // A command that exits without reading all of it ends the pipe: its answer says why.
+          // A command that exits without reading all of it ends the channel: its answer says why.
           ch.on('error', () => undefined);
-          file.pipe(ch);
+          this.send(input, ch, sending.signal).catch((error: unknown) => finish(new VmSyncError('internal_error', `cannot read ${input.path} to send it to ${this.vm.id}: ${getErrorMessage(error)}`)));
         }
         ch.on('exit', (exitCode: number | null) => {
           code = typeof exitCode === 'number' ? exitCode : -1;
@@ -272,6 +306,44 @@ export class VmSession {
         ch.on('close', () => finish(null, code));
       });
     });
+  }
+
+  /**
+   * Sends a file as a command's standard input, then ends it. The file is
+   * read as it is sent, into one buffer reused for the whole file (ssh2 copies
+   * each write into a packet of its own before it calls back), and reading
+   * waits while the channel is full (the SSH window) or the connection holds
+   * more than {@link SEND_BACKLOG_MAX}: a stream of any size costs one buffer
+   * and a bounded backlog per VM, and leaves no garbage of its own for the GC.
+   * Resolves early, having sent part, when `stop` aborts (the command is over).
+   */
+  private async send(input: ExecInput, ch: ClientChannel, stop: AbortSignal): Promise<void> {
+    const handle = await fs.promises.open(input.path, 'r');
+    const buffer = Buffer.allocUnsafeSlow(SEND_CHUNK);
+    let sent = 0;
+    try {
+      for (;;) {
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+        if (stop.aborted) return;
+        if (bytesRead === 0) break;
+        sent += bytesRead;
+        input.onSent?.(sent);
+        // Until the callback, ssh2 may still hold the bytes (a window that closed mid-chunk): the buffer waits.
+        if (!(await written(ch, buffer.subarray(0, bytesRead), stop))) return;
+        while (this.transport.writableLength > SEND_BACKLOG_MAX) await once(this.transport, 'drain', { signal: stop });
+      }
+      ch.end();
+    } catch (error) {
+      if (stop.aborted) return;
+      throw error;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Bytes waiting in this process for the VM's connection to take them (see {@link SEND_BACKLOG_MAX}). */
+  get backlog(): number {
+    return this.transport.writableLength;
   }
 
   /**

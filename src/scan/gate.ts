@@ -15,6 +15,7 @@ import { describeFinding, findingFromFingerprint, printable, type Finding } from
 import { checkGitleaksLogs, HEARTBEAT_S, locateGitleaks, runGitleaks, type GitleaksSettings, type ScanLimits } from './gitleaks.js';
 import type { ScanPlan } from './plan.js';
 import { IGNORE_FILE, isIgnored, parseIgnore, settingsAt, settingsChanges, writeSettings, type CommitSettings, type SettingsChange } from './settings.js';
+import { together } from '../local/together.js';
 
 export type { UnscannedFile } from './coverage.js';
 
@@ -225,19 +226,10 @@ async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSetti
       }
     : undefined;
   const partLimits: ScanLimits = { ...limits, signal: stop.signal, onLongRun: heartbeat };
-  let firstError: { error: unknown } | null = null;
-  const part = <T>(work: Promise<T>): Promise<T> =>
-    work.catch((error: unknown) => {
-      firstError ??= { error };
-      stop.abort();
-      throw error;
-    });
   let commits: CommitsPart;
   let tree: TreePart;
   try {
-    const settled = await Promise.allSettled([part(scanCommits(inputs, binary, files, ignore, partLimits, strict, cache, saved)), part(scanTreePart(inputs, binary, files, ignore, partLimits, cache, saved))]);
-    if (firstError) throw (firstError as { error: unknown }).error;
-    [commits, tree] = settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [CommitsPart, TreePart];
+    [commits, tree] = await together<[CommitsPart, TreePart]>(stop, [scanCommits(inputs, binary, files, ignore, partLimits, strict, cache, saved), scanTreePart(inputs, binary, files, ignore, partLimits, cache, saved)]);
   } finally {
     limits.signal?.removeEventListener('abort', onOuterAbort);
   }
@@ -375,23 +367,21 @@ async function scanTreePart(inputs: GateInputs, binary: string, files: GitleaksS
       })
     : null;
   const found: TreePart = { findings: [], extended: [], unscanned: [...recalled].sort(byPath), fresh, digest };
-  let root = inputs.exportDir;
-  let view: string | null = null;
+  const { exportDir, exportPaths } = inputs;
+  // Only the files to scan, or (no cache to narrow it, no export) the whole tree: in a view of their own.
+  const view = (listed && fresh) || exportDir === null ? makeScratchDir('scanview') : null;
+  const root = view ?? exportDir;
+  if (root === null) throw new VmSyncError('internal_error', 'the secret scan has no tree to read');
   try {
-    if (listed && fresh) {
-      view = makeScratchDir('scanview');
-      const bytes = await viewFailure(view, async () => (inputs.exportDir ? copyView(inputs.exportDir, view as string, fresh) : await exportView(inputs.exportPaths as NonNullable<GateInputs['exportPaths']>, view as string, fresh)));
+    if (listed && fresh && view) {
+      const bytes = await viewFailure(view, async () => (exportDir ? copyView(exportDir, view, fresh) : await exportView(exportPaths as NonNullable<typeof exportPaths>, view, fresh)));
       if (saved) {
         saved.files_scanned = fresh.length;
         saved.files_cached = listed.length - fresh.length;
       }
       inputs.events.info(null, `secret scan: ${fresh.length.toLocaleString('en-US')} of ${listed.length.toLocaleString('en-US')} ${noun(listed.length, 'file')} (${(bytes / 1e6).toFixed(1)} MB) not scanned before with these settings`);
-      root = view;
-    } else if (root === null) {
-      // No cache to narrow it: the whole tree.
-      view = makeScratchDir('scanview');
-      await (inputs.exportPaths as NonNullable<GateInputs['exportPaths']>)(view);
-      root = view;
+    } else if (view) {
+      await (exportPaths as NonNullable<typeof exportPaths>)(view);
     }
     if (!fresh || fresh.length > 0) {
       const scanned = await scanTree(binary, root, files, ignore, limits);

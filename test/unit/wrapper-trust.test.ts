@@ -34,8 +34,8 @@ beforeEach(() => {
   nodeDir = path.join(runnerDir, 'externals', 'node24', 'bin');
   fs.mkdirSync(nodeDir, { recursive: true });
   record = path.join(tree, 'ran');
-  // A stand-in node: it records that it ran.
-  fs.writeFileSync(path.join(nodeDir, 'node'), `#!/bin/sh\necho ran > ${record}\n`, { mode: 0o755 });
+  // A stand-in node: it records that it ran, and with what arguments.
+  fs.writeFileSync(path.join(nodeDir, 'node'), `#!/bin/sh\necho "$@" > ${record}\n`, { mode: 0o755 });
   for (let p = nodeDir; p.startsWith(tree); p = path.dirname(p)) fs.chmodSync(p, 0o755);
   // PATH: the few tools the wrapper uses, and no node.
   fs.mkdirSync(path.join(tree, 'tools'));
@@ -44,11 +44,27 @@ beforeEach(() => {
 afterEach(() => fs.rmSync(tree, { recursive: true, force: true }));
 
 /** Runs the tree's vm-sync as root with only the tools it needs on PATH (no node there). */
-function run(): { code: number | null; stderr: string; ran: boolean } {
+function run(env: Record<string, string> = {}): { code: number | null; stderr: string; ran: boolean } {
   fs.rmSync(record, { force: true });
-  const result = spawnSync(path.join(tree, 'usr', 'local', 'bin', 'vm-sync'), ['--help'], { env: { PATH: path.join(tree, 'tools') }, encoding: 'utf8' });
+  const result = spawnSync(path.join(tree, 'usr', 'local', 'bin', 'vm-sync'), ['--help'], { env: { PATH: path.join(tree, 'tools'), ...env }, encoding: 'utf8' });
   return { code: result.status, stderr: result.stderr, ran: fs.existsSync(record) };
 }
+
+describe("the vm-sync wrapper caps V8's young generation", () => {
+  const cli = (): string => path.join(tree, 'usr', 'local', 'lib', 'vm-sync', 'cli.js');
+  maybe('node runs the CLI with --max-semi-space-size=2 (a deploy to 100 VMs peaks at about 130 MB, not 190-240)', () => {
+    expect(run().ran).toBe(true);
+    expect(fs.readFileSync(record, 'utf8').trim()).toBe(`--max-semi-space-size=2 ${cli()} --help`);
+  });
+
+  maybe('a size chosen in NODE_OPTIONS is left to apply (a flag on the command line would override it)', () => {
+    expect(run({ NODE_OPTIONS: '--max-semi-space-size=16' }).ran).toBe(true);
+    expect(fs.readFileSync(record, 'utf8').trim()).toBe(`${cli()} --help`);
+    // Another NODE_OPTIONS does not stop the cap.
+    expect(run({ NODE_OPTIONS: '--enable-source-maps' }).ran).toBe(true);
+    expect(fs.readFileSync(record, 'utf8').trim()).toBe(`--max-semi-space-size=2 ${cli()} --help`);
+  });
+});
 
 describe('the vm-sync wrapper never runs a node another user may replace', () => {
   maybe('a root-owned node in root-owned directories that only root can write is used', () => {
