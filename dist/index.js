@@ -82221,8 +82221,6 @@ async function runRsync(plan, env, options = {}) {
     throw new errors_VmSyncError(code, `rsync to ${plan.dest} failed (exit ${result.code ?? result.signal}): ${detail}${remedy}`);
 }
 
-// EXTERNAL MODULE: external "node:events"
-var external_node_events_ = __nccwpck_require__(8474);
 // EXTERNAL MODULE: ./node_modules/is-stream/index.js
 var is_stream = __nccwpck_require__(6543);
 // EXTERNAL MODULE: ./node_modules/node-ssh/node_modules/make-dir/index.js
@@ -83171,8 +83169,8 @@ class JumpLink {
             this.waiting.shift()?.();
         };
         try {
-            const sock = await this.forward(this.connect(options), vm, options);
-            return { sock, opened, closed: done };
+            const { sock, carriers } = await this.forward(this.connect(options), vm, options);
+            return { sock, carriers, opened, closed: done };
         }
         catch (error) {
             opened();
@@ -83216,7 +83214,7 @@ class JumpLink {
                 onAbort();
             s.forward(vm.host, vm.port).then((sock) => {
                 if (settle())
-                    resolve(sock);
+                    resolve({ sock, carriers: s.carriers });
                 else
                     sock.destroy();
             }, (error) => {
@@ -83323,7 +83321,6 @@ function tunnelTo(vm, knownHosts, openJump) {
 
 
 
-
 const OUTPUT_MAX = 64 * 1024;
 /**
  * How many bytes of a file being sent may wait in this process for the VM's
@@ -83353,6 +83350,29 @@ function written(stream, chunk, stop) {
             stop.removeEventListener('abort', onStop);
             resolve(!error);
         });
+    });
+}
+/**
+ * Resolves true once `stream` has drained; false if it closes first or `stop`
+ * aborts. No 'error' listener: a connection that fails is reported by the
+ * command it carried (its channel closes), never as this send's failure.
+ */
+function drained(stream, stop) {
+    return new Promise((resolve) => {
+        if (stop.aborted || stream.destroyed)
+            return resolve(false);
+        const end = (result) => {
+            stream.off('drain', onDrain);
+            stream.off('close', onClose);
+            stop.removeEventListener('abort', onStop);
+            resolve(result);
+        };
+        const onDrain = () => end(true);
+        const onClose = () => end(false);
+        const onStop = () => end(false);
+        stream.on('drain', onDrain);
+        stream.on('close', onClose);
+        stop.addEventListener('abort', onStop, { once: true });
     });
 }
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
@@ -83394,16 +83414,20 @@ class VmSession {
     vm;
     ssh;
     transport;
+    upstream;
     tunnelClosed;
     closed = false;
     constructor(vm, ssh, 
     /** What the SSH connection runs over: the TCP socket, or the jump host's forwarded channel. */
     transport, 
+    /** Behind a jump host: the jump connection's carriers (its socket, shared by every VM behind it). */
+    upstream, 
     /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
     tunnelClosed = () => undefined) {
         this.vm = vm;
         this.ssh = ssh;
         this.transport = transport;
+        this.upstream = upstream;
         this.tunnelClosed = tunnelClosed;
     }
     /**
@@ -83430,8 +83454,8 @@ class VmSession {
         // The socket is made here, not by ssh2, so that a send can see how much waits in it (SEND_BACKLOG_MAX).
         // ssh2 takes a socket that is still connecting as its own: the same timeout, errors and events.
         const transport = tunnel ? tunnel.sock : external_node_net_default().connect({ host: vm.host, port: vm.port });
-        if (!tunnel)
-            transport.setMaxListeners(0);
+        // Every send in progress waits on it (and on a jump host's socket, every VM behind it does).
+        transport.setMaxListeners(0);
         const abort = () => {
             ssh.connection?.end();
             // A handshake still under way stops now, not when the VM answers or the connect timeout passes.
@@ -83481,7 +83505,7 @@ class VmSession {
         // later socket error (VM rebooting mid-deploy) would crash the process.
         ssh.connection?.on('error', () => undefined);
         tunnel?.opened();
-        return new VmSession(vm, ssh, transport, tunnel?.closed);
+        return new VmSession(vm, ssh, transport, tunnel?.carriers ?? [], tunnel?.closed);
     }
     /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
     forward(host, port) {
@@ -83614,8 +83638,12 @@ class VmSession {
                 // Until the callback, ssh2 may still hold the bytes (a window that closed mid-chunk): the buffer waits.
                 if (!(await written(ch, buffer.subarray(0, bytesRead), stop)))
                     return;
-                while (this.transport.writableLength > SEND_BACKLOG_MAX)
-                    await (0,external_node_events_.once)(this.transport, 'drain', { signal: stop });
+                // Behind a jump host the bytes wait in its socket too: shared, so every VM behind it waits for it to drain.
+                for (const carrier of this.carriers) {
+                    while (carrier.writableLength > SEND_BACKLOG_MAX)
+                        if (!(await drained(carrier, stop)))
+                            return;
+                }
             }
             ch.end();
         }
@@ -83628,9 +83656,13 @@ class VmSession {
             await handle.close();
         }
     }
-    /** Bytes waiting in this process for the VM's connection to take them (see {@link SEND_BACKLOG_MAX}). */
+    /** The streams this session's bytes pass through in this process: its transport, then a jump host's socket. */
+    get carriers() {
+        return [this.transport, ...this.upstream];
+    }
+    /** The most bytes waiting in one of {@link carriers} to be taken (see {@link SEND_BACKLOG_MAX}). */
     get backlog() {
-        return this.transport.writableLength;
+        return Math.max(...this.carriers.map((c) => c.writableLength));
     }
     /**
      * Runs a command line on the VM and keeps its stdout as raw bytes (a

@@ -8,6 +8,8 @@ import { vmText } from './untrusted.js';
 /** The connection to a jump host, as the link needs it (a VmSession; an interface so there is no import cycle). */
 export interface JumpSession {
   forward(host: string, port: number): Promise<Duplex>;
+  /** The streams that carry its bytes towards the network: its own socket (and, behind another jump host, that one's). */
+  readonly carriers: readonly Duplex[];
   dispose(): void;
 }
 
@@ -17,6 +19,8 @@ export type JumpOpener = (jump: VmConfig, options: ConnectOptions) => Promise<Ju
 /** A forwarded connection to a VM through its jump host. */
 export interface Tunnel {
   sock: Duplex;
+  /** The jump connection's carriers: a VM's bytes wait there too (and it is shared by every VM behind the jump host). */
+  carriers: readonly Duplex[];
   /** The VM's SSH handshake is done (or failed): its opening slot goes to the next VM. Safe to call twice. */
   opened(): void;
   /** The VM's session is closed: the jump connection may close once no VM uses it. Safe to call twice. */
@@ -85,8 +89,8 @@ class JumpLink {
       this.waiting.shift()?.();
     };
     try {
-      const sock = await this.forward(this.connect(options), vm, options);
-      return { sock, opened, closed: done };
+      const { sock, carriers } = await this.forward(this.connect(options), vm, options);
+      return { sock, carriers, opened, closed: done };
     } catch (error) {
       opened();
       done();
@@ -102,11 +106,11 @@ class JumpLink {
    * connects afresh, and is `jump_unreachable`; the jump host's refusal to
    * reach the VM (an SSH channel-open failure, with its reason code) is the VM's.
    */
-  private forward(session: Promise<JumpSession>, vm: VmConfig, options: ConnectOptions): Promise<Duplex> {
+  private forward(session: Promise<JumpSession>, vm: VmConfig, options: ConnectOptions): Promise<{ sock: Duplex; carriers: readonly Duplex[] }> {
     const { name, host } = this.jump;
     return session.then(
       (s) =>
-        new Promise<Duplex>((resolve, reject) => {
+        new Promise<{ sock: Duplex; carriers: readonly Duplex[] }>((resolve, reject) => {
           let settled = false;
           const settle = (): boolean => {
             if (settled) return false;
@@ -128,7 +132,7 @@ class JumpLink {
           if (options.signal?.aborted) onAbort();
           s.forward(vm.host, vm.port).then(
             (sock) => {
-              if (settle()) resolve(sock);
+              if (settle()) resolve({ sock, carriers: s.carriers });
               else sock.destroy();
             },
             (error: unknown) => {

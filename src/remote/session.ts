@@ -1,5 +1,4 @@
 import { count, noun } from '../words.js';
-import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -76,6 +75,29 @@ function written(stream: ClientChannel, chunk: Buffer, stop: AbortSignal): Promi
   });
 }
 
+/**
+ * Resolves true once `stream` has drained; false if it closes first or `stop`
+ * aborts. No 'error' listener: a connection that fails is reported by the
+ * command it carried (its channel closes), never as this send's failure.
+ */
+function drained(stream: Duplex, stop: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (stop.aborted || stream.destroyed) return resolve(false);
+    const end = (result: boolean): void => {
+      stream.off('drain', onDrain);
+      stream.off('close', onClose);
+      stop.removeEventListener('abort', onStop);
+      resolve(result);
+    };
+    const onDrain = (): void => end(true);
+    const onClose = (): void => end(false);
+    const onStop = (): void => end(false);
+    stream.on('drain', onDrain);
+    stream.on('close', onClose);
+    stop.addEventListener('abort', onStop, { once: true });
+  });
+}
+
 /** Keeps the first and the last part of a stream, never more than `max` characters in all. */
 export class BoundedText {
   private head = '';
@@ -124,6 +146,8 @@ export class VmSession {
     private readonly ssh: NodeSSH,
     /** What the SSH connection runs over: the TCP socket, or the jump host's forwarded channel. */
     private readonly transport: Duplex,
+    /** Behind a jump host: the jump connection's carriers (its socket, shared by every VM behind it). */
+    private readonly upstream: readonly Duplex[],
     /** Tells the VM's jump host link this session closed (a no-op for a direct VM). */
     private readonly tunnelClosed: () => void = () => undefined,
   ) {}
@@ -158,7 +182,8 @@ export class VmSession {
     // The socket is made here, not by ssh2, so that a send can see how much waits in it (SEND_BACKLOG_MAX).
     // ssh2 takes a socket that is still connecting as its own: the same timeout, errors and events.
     const transport: Duplex = tunnel ? tunnel.sock : net.connect({ host: vm.host, port: vm.port });
-    if (!tunnel) (transport as net.Socket).setMaxListeners(0);
+    // Every send in progress waits on it (and on a jump host's socket, every VM behind it does).
+    transport.setMaxListeners(0);
     const abort = (): void => {
       ssh.connection?.end();
       // A handshake still under way stops now, not when the VM answers or the connect timeout passes.
@@ -204,7 +229,7 @@ export class VmSession {
     // later socket error (VM rebooting mid-deploy) would crash the process.
     ssh.connection?.on('error', () => undefined);
     tunnel?.opened();
-    return new VmSession(vm, ssh, transport, tunnel?.closed);
+    return new VmSession(vm, ssh, transport, tunnel?.carriers ?? [], tunnel?.closed);
   }
 
   /** A TCP connection from this host to `host:port`, as a channel of this session (this session is a jump host's). */
@@ -330,7 +355,10 @@ export class VmSession {
         input.onSent?.(sent);
         // Until the callback, ssh2 may still hold the bytes (a window that closed mid-chunk): the buffer waits.
         if (!(await written(ch, buffer.subarray(0, bytesRead), stop))) return;
-        while (this.transport.writableLength > SEND_BACKLOG_MAX) await once(this.transport, 'drain', { signal: stop });
+        // Behind a jump host the bytes wait in its socket too: shared, so every VM behind it waits for it to drain.
+        for (const carrier of this.carriers) {
+          while (carrier.writableLength > SEND_BACKLOG_MAX) if (!(await drained(carrier, stop))) return;
+        }
       }
       ch.end();
     } catch (error) {
@@ -341,9 +369,14 @@ export class VmSession {
     }
   }
 
-  /** Bytes waiting in this process for the VM's connection to take them (see {@link SEND_BACKLOG_MAX}). */
+  /** The streams this session's bytes pass through in this process: its transport, then a jump host's socket. */
+  get carriers(): readonly Duplex[] {
+    return [this.transport, ...this.upstream];
+  }
+
+  /** The most bytes waiting in one of {@link carriers} to be taken (see {@link SEND_BACKLOG_MAX}). */
   get backlog(): number {
-    return this.transport.writableLength;
+    return Math.max(...this.carriers.map((c) => c.writableLength));
   }
 
   /**

@@ -28,6 +28,7 @@ function fakeJump(): Fake {
     await tick();
     const generation = fake.opened;
     const session: JumpSession = {
+      carriers: [],
       forward: (host) => {
         // A connection that died answers every later forward with ssh2's "Not connected" (no channel-open reason).
         if (fake.mode === 'dead' && generation === 1) return Promise.reject(new Error('Not connected'));

@@ -17,6 +17,7 @@ function fakeJump(options: { fail?: boolean } = {}): { opener: JumpOpener; opene
     await tick();
     if (options.fail) throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'unreachable' });
     return {
+      carriers: [],
       forward: async (host: string, port: number) => {
         state.forwards.push(`${host}:${port}`);
         return new PassThrough();
