@@ -29,6 +29,9 @@
 // --rate-mbit is given, and the demo's own sample repository unless --repo or
 // --files is given. It prints wall time and the runner-side peak RSS.
 //
+// vm-sync runs under `node --max-semi-space-size=2`, as the installed `vm-sync`
+// command (scripts/vm-sync-wrapper.sh) runs it, unless NODE_OPTIONS sets a size.
+//
 // Memory on the runner host, per vm-sync run:
 //   node peak RSS       the vm-sync node process's own peak (getrusage ru_maxrss,
 //                       RUSAGE_SELF, read by a preload at exit: exact, from the kernel)
