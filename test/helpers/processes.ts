@@ -1,4 +1,5 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 
 /**
  * Waits for a child to exit while sampling every process's command line
@@ -20,4 +21,21 @@ export async function exitWhileSampling(child: ChildProcess, everyMs: number): P
   } finally {
     clearInterval(sampler);
   }
+}
+
+/** `pid` and every process under it (children, their children, ...), read from /proc: `pid` first. */
+export function processTree(pid: number): number[] {
+  const parents = new Map<number, number>();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) for (const [child, parent] of parents) if (parent === tree[i]) tree.push(child);
+  return tree;
 }

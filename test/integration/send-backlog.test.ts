@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { destroyWorld } from '../helpers/hardening.js';
+import { processTree } from '../helpers/processes.js';
 import { canMakeNamespaces, JumpNet } from '../helpers/jump-net.js';
 import { World } from '../helpers/world.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -83,30 +84,13 @@ const BOUND = SEND_BACKLOG_MAX + 128 * 1024;
   expect(sent.most).toBeLessThanOrEqual(BOUND);
 });
 
-/** The VM's sshd and every process under it (its per-connection processes and the command they run). */
-function sshdTree(listener: number): number[] {
-  const parents = new Map<number, number>();
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const tree = [listener];
-  for (let i = 0; i < tree.length; i++) for (const [pid, parent] of parents) if (parent === tree[i]) tree.push(pid);
-  return tree;
-}
-
 // On loopback the kernel's socket buffers take the whole window, so this checks the waiting, not the bound.
 test('a VM that stops reading mid-send (SIGSTOP) gets every byte once it goes on: the send waits, nothing is lost or doubled', async () => {
   const content = crypto.randomBytes(12 * 1024 * 1024);
   const listener = Number(fs.readFileSync(world.vm('slow').pidFile, 'utf8').trim());
   let stopped: number[] = [];
   const sent = await sendSampled('slow', content, null, async () => {
-    stopped = sshdTree(listener);
+    stopped = processTree(listener);
     for (const pid of stopped) process.kill(pid, 'SIGSTOP');
     await new Promise((resolve) => setTimeout(resolve, 1500));
     for (const pid of stopped) process.kill(pid, 'SIGCONT');

@@ -4,6 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { destroyWorld } from '../helpers/hardening.js';
+import { processTree } from '../helpers/processes.js';
 import { World } from '../helpers/world.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { VmConfig } from '../../src/config/types.js';
@@ -76,16 +77,7 @@ test('a VM that stops (SIGSTOP) mid-send: the exec timeout ends it with `timeout
         path: big,
         onSent: (bytes) => {
           if (stopped.length === 0 && bytes >= 1024 * 1024) {
-            stopped = [listener()];
-            for (const entry of fs.readdirSync('/proc')) {
-              if (!/^\d+$/.test(entry)) continue;
-              try {
-                const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-                if (stopped.includes(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]))) stopped.push(Number(entry));
-              } catch {
-                // gone
-              }
-            }
+            stopped = processTree(listener());
             for (const pid of stopped.slice(1)) process.kill(pid, 'SIGSTOP');
           }
         },

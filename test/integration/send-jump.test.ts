@@ -5,6 +5,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { jest } from '@jest/globals';
 import { destroyWorld } from '../helpers/hardening.js';
+import { processTree } from '../helpers/processes.js';
 import { adoptJumpKey, canMakeNamespaces, JumpNet, writeJumpConfig } from '../helpers/jump-net.js';
 import { World } from '../helpers/world.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -66,23 +67,6 @@ function knownHosts(): KnownHosts {
   return new KnownHosts(fs.readFileSync(loadConfig(world.configPath).knownHostsPath, 'utf8'));
 }
 
-/** The per-connection processes under a VM's listening sshd (not the listener itself). */
-function connectionTree(listener: number): number[] {
-  const parents = new Map<number, number>();
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const tree = [listener];
-  for (let i = 0; i < tree.length; i++) for (const [pid, parent] of parents) if (parent === tree[i]) tree.push(pid);
-  return tree.slice(1);
-}
-
 const sha = (b: Buffer): string => crypto.createHash('sha256').update(b).digest('hex');
 const BOUND = SEND_BACKLOG_MAX + 128 * 1024;
 
@@ -104,7 +88,7 @@ const BOUND = SEND_BACKLOG_MAX + 128 * 1024;
     // The send is waiting for the socket to drain: the VM stops, then dies (the kernel resets a socket closed with unread data).
     if (!stopping && session.backlog > SEND_BACKLOG_MAX) {
       stopping = true;
-      const tree = connectionTree(listener);
+      const tree = processTree(listener).slice(1);
       for (const pid of tree) process.kill(pid, 'SIGSTOP');
       setTimeout(() => {
         for (const pid of tree) {
