@@ -111,7 +111,7 @@ VM_SYNC_RUNNER_DIR=$runner_dir
 export VM_SYNC_RUNNER_DIR
 # On a host with a lot of memory V8 lets its young generation grow to 64 MB per
 # semi-space; a deploy to a hundred VMs, whose SSH packets are short-lived
-# garbage, then peaks at 190-240 MB instead of about 130 (README, Benchmark).
+# garbage, then peaks at 190-245 MB instead of 130-155 (README, Benchmark).
 # NODE_OPTIONS that chooses a size of its own is left to do so.
 case " ${NODE_OPTIONS:-} " in
   *" --max-semi-space-size"*) exec "$node" "$cli" "$@" ;;
