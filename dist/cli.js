@@ -37976,16 +37976,25 @@ async function runGitleaks(binary, target, settings, limits) {
 }
 const verified = new Map();
 /**
- * Proves, once per binary and process, that this gitleaks build logs the
- * messages vm-sync relies on to find what it skipped (a path allowlist, a
- * binary, an ignored fingerprint). A build that words them differently would
- * otherwise make skipped files look scanned; this fails closed instead.
+ * Proves, once per gitleaks build, that it logs the messages vm-sync relies
+ * on to find what it skipped (a path allowlist, a binary, an ignored
+ * fingerprint). A build that words them differently would otherwise make
+ * skipped files look scanned; this fails closed instead.
+ *
+ * Once per process for any build; once per runner host for an exact
+ * `identity` (an executable, by its digest) when a `record` is given: a
+ * release build pays about 0.3 s of start-up for each gitleaks run.
  */
-function checkGitleaksLogs(binary, limits) {
-    const key = binary;
+function checkGitleaksLogs(binary, limits, identity, record) {
+    if (identity && record?.has(identity))
+        return Promise.resolve();
+    const key = identity ? `${binary}\0${identity.digest}` : binary;
     let check = verified.get(key);
     if (!check) {
-        check = probeLogs(binary, limits);
+        check = probeLogs(binary, limits).then(() => {
+            if (identity)
+                record?.add(identity);
+        });
         verified.set(key, check);
         check.catch(() => verified.delete(key));
     }
@@ -38489,7 +38498,6 @@ async function rescan(binary, entries, settings, limits) {
 
 
 
-
 /**
  * Bumped whenever vm-sync's own scan logic changes what a clean result
  * means (coverage rules, rescans): every cache made before is then unused.
@@ -38515,9 +38523,10 @@ const MAX_PART_TEXT = 1000;
  * it is reported the same way without being read again (those parts keep the
  * archive entry names and reasons the report shows; the file's path is hashed
  * like every other).
- * One file pair per key: the gitleaks version and the exact bytes of the
- * settings in force, plus {@link SCAN_LOGIC_VERSION}. Any change to them is
- * another key, so nothing recorded under other rules is ever trusted.
+ * One file set per key: the gitleaks build (its {@link GitleaksIdentity}) and
+ * the exact bytes of the settings in force, plus {@link SCAN_LOGIC_VERSION}.
+ * Any change to them is another key, so nothing recorded under other rules
+ * is ever trusted.
  *
  * Only clean results go in (no finding, nothing left unscanned), and only
  * after a complete, strict scan: a failed, cancelled or timed-out scan
@@ -38540,31 +38549,29 @@ class ScanCache {
         this.unscanned = loaded.unscanned;
     }
     /**
-     * Opens the cache in `dir` for `binary` with `settings` (the files the
-     * scan runs with). null when there is no usable cache directory: the
+     * Opens the cache in `dir` for the gitleaks `identity` with `settings` (the
+     * files the scan runs with). null when there is no usable cache directory,
+     * or gitleaks could not be identified (`identity` is then that error): the
      * reason goes to `say`.
      */
-    static async open(dir, binary, settings, say) {
+    static open(dir, identity, settings, say) {
         if (!dir)
             return null;
         try {
-            external_node_fs_default().mkdirSync(dir, { recursive: true, mode: 0o700 });
-            const stat = external_node_fs_default().lstatSync(dir);
-            if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
-                say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+            if (identity === null || identity instanceof Error)
+                throw identity ?? new Error('gitleaks was not identified');
+            if (!ownDirectory(dir, say))
                 return null;
-            }
-            const version = await gitleaksVersion(binary);
             const hash = external_node_crypto_default().createHash('sha256');
-            hash.update(`vm-sync-scan-cache ${SCAN_LOGIC_VERSION}\0${version}\0`);
+            hash.update(`vm-sync-scan-cache ${SCAN_LOGIC_VERSION}\0${identity.digest}\0`);
             hash.update(external_node_fs_default().readFileSync(settings.configFile));
             hash.update('\0');
             const ignore = external_node_path_default().join(settings.ignoreDir, '.gitleaksignore');
             hash.update(external_node_fs_default().existsSync(ignore) ? external_node_fs_default().readFileSync(ignore) : Buffer.alloc(0));
             const key = hash.digest('hex').slice(0, 32);
-            // Caches of other keys are never used again: drop them.
+            // Caches of other keys are never used again: drop them (the probe record is not one).
             for (const name of external_node_fs_default().readdirSync(dir))
-                if (!name.startsWith(key))
+                if (!name.startsWith(key) && !name.startsWith(PROBED))
                     external_node_fs_default().rmSync(external_node_path_default().join(dir, name), { force: true, recursive: true });
             const loaded = {
                 entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say),
@@ -38718,12 +38725,95 @@ function readUnscanned(file, say) {
     }
     return out;
 }
+/** The cache directory's file naming the gitleaks builds that passed the log probe. */
+const PROBED = 'probed';
+/** How many builds it remembers (the newest). */
+const MAX_PROBED = 8;
+const DIGEST = /^[0-9a-f]{64}$/;
+/** `dir` exists (made 0700 if not) and is a directory of this user; said when it is not. */
+function ownDirectory(dir, say) {
+    external_node_fs_default().mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const stat = external_node_fs_default().lstatSync(dir);
+    if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
+        say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+        return false;
+    }
+    return true;
+}
 /**
- * `gitleaks version`: part of the cache key (asked each time: a binary
- * replaced between runs is another key). Its output is hashed, never shown:
- * a failure says only how it ended (a broken gitleaks may print anything,
- * a secret it was scanning included).
+ * The gitleaks builds (by the digest of their executable) that passed the
+ * probe vm-sync runs before it trusts a build's logs (`checkGitleaksLogs`),
+ * kept with the scan cache so that each run does not start gitleaks once
+ * more to prove it again: the probe's answer is a property of the bytes.
+ * Only exact identities (an executable, not a wrapper) are recorded.
  */
+class ProbeRecord {
+    file;
+    digests;
+    constructor(file, digests) {
+        this.file = file;
+        this.digests = digests;
+    }
+    /** The record in the cache directory `dir`; null when there is none to use (no directory, or not this user's). */
+    static open(dir, say) {
+        if (!dir)
+            return null;
+        try {
+            if (!ownDirectory(dir, say))
+                return null;
+            const file = external_node_path_default().join(dir, PROBED);
+            const text = readCacheFile(file, 'latin1', say) ?? '';
+            const lines = text.split('\n').filter(Boolean);
+            // Anything but what add() writes is dropped whole: the probe then runs again.
+            return new ProbeRecord(file, lines.length <= MAX_PROBED && lines.every((l) => DIGEST.test(l)) ? lines : []);
+        }
+        catch {
+            return null;
+        }
+    }
+    has(identity) {
+        return identity.exact && this.digests.includes(identity.digest);
+    }
+    /** Records that `identity` passed; best effort (a record that cannot be written only means the next run probes again). */
+    add(identity) {
+        if (!identity.exact || this.digests.includes(identity.digest))
+            return;
+        this.digests.push(identity.digest);
+        try {
+            writeLines(this.file, this.digests.slice(-MAX_PROBED));
+        }
+        catch {
+            // best effort, see above
+        }
+    }
+}
+
+;// CONCATENATED MODULE: ./src/scan/identity.ts
+
+
+
+const ELF = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
+/**
+ * Identifies the gitleaks at `binary` (see {@link GitleaksIdentity}). Rejects
+ * when it cannot be read, or when a script's `version` fails: the message
+ * then says only how it ended (a broken gitleaks may print anything, a secret
+ * it was scanning included).
+ */
+async function identifyGitleaks(binary) {
+    const hash = external_node_crypto_default().createHash('sha256');
+    let head = null;
+    // Streamed: the executable is 20-30 MB and the runner host's memory is a target.
+    for await (const chunk of external_node_fs_default().createReadStream(binary, { highWaterMark: 1024 * 1024 })) {
+        const bytes = chunk;
+        head ??= bytes.subarray(0, ELF.length);
+        hash.update(bytes);
+    }
+    const exact = head !== null && head.equals(ELF);
+    if (!exact)
+        hash.update('\0version\0').update(await gitleaksVersion(binary));
+    return { digest: hash.digest('hex'), exact };
+}
+/** `gitleaks version`'s answer; a failure says only how it ended. */
 function gitleaksVersion(binary) {
     return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
         if (!error)
@@ -38757,6 +38847,7 @@ async function together(stop, tasks) {
 }
 
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
+
 
 
 
@@ -38820,9 +38911,13 @@ async function runSecretScan(inputs) {
         };
     }
     // gitleaks' own check (does it log what vm-sync reads?) runs while the settings are read; its failure
-    // comes first, and nothing of the scan starts (or is touched in the cache) before it passed.
+    // comes first, and nothing of the scan starts (or is touched in the cache) before it passed. A build
+    // this runner host already proved (by its digest) is not probed again.
+    const identity = inputs.cacheDir ? await identifyGitleaks(binary).catch((error) => (error instanceof Error ? error : new Error(String(error)))) : null;
+    const known = identity instanceof Error ? null : identity;
+    const proven = known ? ProbeRecord.open(inputs.cacheDir, (m) => events.info(null, m)) : null;
     const [checked, read] = await Promise.allSettled([
-        checkGitleaksLogs(binary, limits),
+        checkGitleaksLogs(binary, limits, known, proven),
         Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]),
     ]);
     if (checked.status === 'rejected')
@@ -38846,7 +38941,7 @@ async function runSecretScan(inputs) {
             await vetNewConfig(binary, head, external_node_path_default().join(privateDir, 'vet'), limits);
         const ignore = parseIgnore(trusted.ignore?.text);
         const trustedFiles = writeSettings(external_node_path_default().join(privateDir, 'trusted'), trusted);
-        const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
+        const cache = ScanCache.open(inputs.cacheDir, identity, trustedFiles, (m) => events.info(null, m));
         const saved = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
         const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
         // Only a scan that completed is remembered (a throw above records nothing).

@@ -1121,7 +1121,7 @@ module.exports = clean
 const eq = __nccwpck_require__(273)
 const neq = __nccwpck_require__(2991)
 const gt = __nccwpck_require__(3740)
-const gte = __nccwpck_require__(8678)
+const gte = __nccwpck_require__(6297)
 const lt = __nccwpck_require__(2115)
 const lte = __nccwpck_require__(9824)
 
@@ -1383,7 +1383,7 @@ module.exports = gt
 
 /***/ }),
 
-/***/ 8678:
+/***/ 6297:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 "use strict";
@@ -1706,7 +1706,7 @@ const gt = __nccwpck_require__(3740)
 const lt = __nccwpck_require__(2115)
 const eq = __nccwpck_require__(273)
 const neq = __nccwpck_require__(2991)
-const gte = __nccwpck_require__(8678)
+const gte = __nccwpck_require__(6297)
 const lte = __nccwpck_require__(9824)
 const cmp = __nccwpck_require__(9647)
 const coerce = __nccwpck_require__(6141)
@@ -2859,7 +2859,7 @@ const satisfies = __nccwpck_require__(6326)
 const gt = __nccwpck_require__(3740)
 const lt = __nccwpck_require__(2115)
 const lte = __nccwpck_require__(9824)
-const gte = __nccwpck_require__(8678)
+const gte = __nccwpck_require__(6297)
 
 const outside = (version, range, hilo, options) => {
   version = new SemVer(version, options)
@@ -8180,7 +8180,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 6773:
+/***/ 8678:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 "use strict";
@@ -10392,7 +10392,7 @@ for (const ctor of [HttpAgent, HttpsAgent]) {
       const dstPort = options.port;
 
       if (Client === undefined)
-        Client = __nccwpck_require__(6773);
+        Client = __nccwpck_require__(8678);
 
       const client = new Client();
       let triedForward = false;
@@ -10486,7 +10486,7 @@ module.exports = {
   AgentProtocol,
   BaseAgent,
   createAgent,
-  Client: __nccwpck_require__(6773),
+  Client: __nccwpck_require__(8678),
   CygwinAgent,
   HTTPAgent,
   HTTPSAgent,
@@ -29222,7 +29222,7 @@ const ProxyAgent = __nccwpck_require__(6672)
 const EnvHttpProxyAgent = __nccwpck_require__(3137)
 const RetryAgent = __nccwpck_require__(50)
 const errors = __nccwpck_require__(8707)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { InvalidArgumentError } = errors
 const api = __nccwpck_require__(6615)
 const buildConnector = __nccwpck_require__(9136)
@@ -29336,7 +29336,7 @@ module.exports.hd = async function fetch (init, options = undefined) {
 __webpack_unused_export__ = globalThis.File ?? (__nccwpck_require__(4573).File)
 /* unused reexport */ __nccwpck_require__(8355).FileReader
 
-const { setGlobalOrigin, getGlobalOrigin } = __nccwpck_require__(6297)
+const { setGlobalOrigin, getGlobalOrigin } = __nccwpck_require__(1059)
 
 __webpack_unused_export__ = setGlobalOrigin
 __webpack_unused_export__ = getGlobalOrigin
@@ -29387,7 +29387,7 @@ __webpack_unused_export__ = EventSource
 /***/ 158:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
-const { addAbortListener } = __nccwpck_require__(1059)
+const { addAbortListener } = __nccwpck_require__(3440)
 const { RequestAbortedError } = __nccwpck_require__(8707)
 
 const kListener = Symbol('kListener')
@@ -29457,7 +29457,7 @@ module.exports = {
 const assert = __nccwpck_require__(4589)
 const { AsyncResource } = __nccwpck_require__(6698)
 const { InvalidArgumentError, SocketError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
 
 class ConnectHandler extends AsyncResource {
@@ -29580,7 +29580,7 @@ const {
   InvalidReturnValueError,
   RequestAbortedError
 } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { AsyncResource } = __nccwpck_require__(6698)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
 const assert = __nccwpck_require__(4589)
@@ -29832,7 +29832,7 @@ module.exports = pipeline
 const assert = __nccwpck_require__(4589)
 const { Readable } = __nccwpck_require__(9927)
 const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { getResolveErrorBodyCallback } = __nccwpck_require__(7655)
 const { AsyncResource } = __nccwpck_require__(6698)
 
@@ -30054,7 +30054,7 @@ module.exports.RequestHandler = RequestHandler
 const assert = __nccwpck_require__(4589)
 const { finished, PassThrough } = __nccwpck_require__(7075)
 const { InvalidArgumentError, InvalidReturnValueError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { getResolveErrorBodyCallback } = __nccwpck_require__(7655)
 const { AsyncResource } = __nccwpck_require__(6698)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
@@ -30281,7 +30281,7 @@ module.exports = stream
 
 const { InvalidArgumentError, SocketError } = __nccwpck_require__(8707)
 const { AsyncResource } = __nccwpck_require__(6698)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { addSignal, removeSignal } = __nccwpck_require__(158)
 const assert = __nccwpck_require__(4589)
 
@@ -30415,8 +30415,8 @@ module.exports.connect = __nccwpck_require__(2279)
 const assert = __nccwpck_require__(4589)
 const { Readable } = __nccwpck_require__(7075)
 const { RequestAbortedError, NotSupportedError, InvalidArgumentError, AbortError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(1059)
-const { ReadableStreamFrom } = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
+const { ReadableStreamFrom } = __nccwpck_require__(3440)
 
 const kConsume = Symbol('kConsume')
 const kReading = Symbol('kReading')
@@ -30905,7 +30905,7 @@ module.exports = {
 
 const net = __nccwpck_require__(7030)
 const assert = __nccwpck_require__(4589)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { InvalidArgumentError, ConnectTimeoutError } = __nccwpck_require__(8707)
 const timers = __nccwpck_require__(6603)
 
@@ -31938,7 +31938,7 @@ const {
   validateHandler,
   getServerName,
   normalizedMethodRecords
-} = __nccwpck_require__(1059)
+} = __nccwpck_require__(3440)
 const { channels } = __nccwpck_require__(2414)
 const { headerNameLowerCasedRecord } = __nccwpck_require__(735)
 
@@ -32638,7 +32638,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1059:
+/***/ 3440:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 "use strict";
@@ -33376,7 +33376,7 @@ const { kClients, kRunning, kClose, kDestroy, kDispatch, kInterceptors } = __ncc
 const DispatcherBase = __nccwpck_require__(1841)
 const Pool = __nccwpck_require__(628)
 const Client = __nccwpck_require__(3701)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const createRedirectInterceptor = __nccwpck_require__(5092)
 
 const kOnConnect = Symbol('onConnect')
@@ -33526,7 +33526,7 @@ const {
 } = __nccwpck_require__(2128)
 const Pool = __nccwpck_require__(628)
 const { kUrl, kInterceptors } = __nccwpck_require__(6443)
-const { parseOrigin } = __nccwpck_require__(1059)
+const { parseOrigin } = __nccwpck_require__(3440)
 const kFactory = Symbol('factory')
 
 const kOptions = Symbol('options')
@@ -33732,7 +33732,7 @@ module.exports = BalancedPool
 /* global WebAssembly */
 
 const assert = __nccwpck_require__(4589)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { channels } = __nccwpck_require__(2414)
 const timers = __nccwpck_require__(6603)
 const {
@@ -35253,7 +35253,7 @@ module.exports = connectH1
 const assert = __nccwpck_require__(4589)
 const { errorMonitor } = __nccwpck_require__(8474)
 const { pipeline } = __nccwpck_require__(7075)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const {
   RequestContentLengthMismatchError,
   RequestAbortedError,
@@ -36055,7 +36055,7 @@ module.exports = connectH2
 const assert = __nccwpck_require__(4589)
 const net = __nccwpck_require__(7030)
 const http = __nccwpck_require__(7067)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { channels } = __nccwpck_require__(2414)
 const Request = __nccwpck_require__(4655)
 const DispatcherBase = __nccwpck_require__(1841)
@@ -37518,7 +37518,7 @@ const Client = __nccwpck_require__(3701)
 const {
   InvalidArgumentError
 } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { kUrl, kInterceptors } = __nccwpck_require__(6443)
 const buildConnector = __nccwpck_require__(9136)
 
@@ -38039,7 +38039,7 @@ module.exports = class DecoratorHandler {
 "use strict";
 
 
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { kBodyUsed } = __nccwpck_require__(6443)
 const assert = __nccwpck_require__(4589)
 const { InvalidArgumentError } = __nccwpck_require__(8707)
@@ -38287,7 +38287,7 @@ const {
   parseHeaders,
   parseRangeHeader,
   wrapRequestBody
-} = __nccwpck_require__(1059)
+} = __nccwpck_require__(3440)
 
 function calculateRetryAfterHeader (retryAfter) {
   const current = Date.now()
@@ -39107,7 +39107,7 @@ module.exports = interceptorOpts => {
 "use strict";
 
 
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(8707)
 const DecoratorHandler = __nccwpck_require__(8155)
 
@@ -39940,7 +39940,7 @@ const {
   kMockDispatch
 } = __nccwpck_require__(1117)
 const { InvalidArgumentError } = __nccwpck_require__(8707)
-const { buildURL } = __nccwpck_require__(1059)
+const { buildURL } = __nccwpck_require__(3440)
 
 /**
  * Defines the scope API for an interceptor reply
@@ -40251,7 +40251,7 @@ const {
   kOrigin,
   kGetNetConnect
 } = __nccwpck_require__(1117)
-const { buildURL } = __nccwpck_require__(1059)
+const { buildURL } = __nccwpck_require__(3440)
 const { STATUS_CODES } = __nccwpck_require__(7067)
 const {
   types: {
@@ -41139,7 +41139,7 @@ module.exports = {
 
 const { kConstruct } = __nccwpck_require__(109)
 const { urlEquals, getFieldValues } = __nccwpck_require__(6798)
-const { kEnumerableProperty, isDisturbed } = __nccwpck_require__(1059)
+const { kEnumerableProperty, isDisturbed } = __nccwpck_require__(3440)
 const { webidl } = __nccwpck_require__(5893)
 const { Response, cloneResponse, fromInnerResponse } = __nccwpck_require__(9051)
 const { Request, fromInnerRequest } = __nccwpck_require__(9967)
@@ -42007,7 +42007,7 @@ module.exports = {
 const { kConstruct } = __nccwpck_require__(109)
 const { Cache } = __nccwpck_require__(9634)
 const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(1059)
+const { kEnumerableProperty } = __nccwpck_require__(3440)
 
 class CacheStorage {
   /**
@@ -43711,7 +43711,7 @@ const { parseMIMEType } = __nccwpck_require__(1900)
 const { createFastMessageEvent } = __nccwpck_require__(5188)
 const { isNetworkError } = __nccwpck_require__(9051)
 const { delay } = __nccwpck_require__(4811)
-const { kEnumerableProperty } = __nccwpck_require__(1059)
+const { kEnumerableProperty } = __nccwpck_require__(3440)
 const { environmentSettingsObject } = __nccwpck_require__(3168)
 const { getGlobalDispatcher } = __nccwpck_require__(2581)
 
@@ -44238,7 +44238,7 @@ module.exports = {
 "use strict";
 
 
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const {
   ReadableStreamFrom,
   isBlobLike,
@@ -45847,7 +45847,7 @@ module.exports = { FileLike, isFileLike }
 "use strict";
 
 
-const { isUSVString, bufferToLowerCasedHeaderName } = __nccwpck_require__(1059)
+const { isUSVString, bufferToLowerCasedHeaderName } = __nccwpck_require__(3440)
 const { utf8DecodeBytes } = __nccwpck_require__(3168)
 const { HTTP_TOKEN_CODEPOINTS, isomorphicDecode } = __nccwpck_require__(1900)
 const { isFileLike } = __nccwpck_require__(7114)
@@ -46331,7 +46331,7 @@ module.exports = {
 
 const { isBlobLike, iteratorMixin } = __nccwpck_require__(3168)
 const { kState } = __nccwpck_require__(3627)
-const { kEnumerableProperty } = __nccwpck_require__(1059)
+const { kEnumerableProperty } = __nccwpck_require__(3440)
 const { FileLike, isFileLike } = __nccwpck_require__(7114)
 const { webidl } = __nccwpck_require__(5893)
 const { File: NativeFile } = __nccwpck_require__(4573)
@@ -46583,7 +46583,7 @@ module.exports = { FormData, makeEntry }
 
 /***/ }),
 
-/***/ 6297:
+/***/ 1059:
 /***/ ((module) => {
 
 "use strict";
@@ -46640,7 +46640,7 @@ module.exports = {
 
 
 const { kConstruct } = __nccwpck_require__(6443)
-const { kEnumerableProperty } = __nccwpck_require__(1059)
+const { kEnumerableProperty } = __nccwpck_require__(3440)
 const {
   iteratorMixin,
   isValidHeaderName,
@@ -47391,7 +47391,7 @@ const {
 } = __nccwpck_require__(4495)
 const EE = __nccwpck_require__(8474)
 const { Readable, pipeline, finished } = __nccwpck_require__(7075)
-const { addAbortListener, isErrored, isReadable, bufferToLowerCasedHeaderName } = __nccwpck_require__(1059)
+const { addAbortListener, isErrored, isReadable, bufferToLowerCasedHeaderName } = __nccwpck_require__(3440)
 const { dataURLProcessor, serializeAMimeType, minimizeSupportedMimeType } = __nccwpck_require__(1900)
 const { getGlobalDispatcher } = __nccwpck_require__(2581)
 const { webidl } = __nccwpck_require__(5893)
@@ -49615,7 +49615,7 @@ module.exports = {
 const { extractBody, mixinBody, cloneBody, bodyUnusable } = __nccwpck_require__(4492)
 const { Headers, fill: fillHeaders, HeadersList, setHeadersGuard, getHeadersGuard, setHeadersList, getHeadersList } = __nccwpck_require__(660)
 const { FinalizationRegistry } = __nccwpck_require__(6653)()
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const nodeUtil = __nccwpck_require__(7975)
 const {
   isValidHTTPToken,
@@ -50657,7 +50657,7 @@ module.exports = { Request, makeRequest, fromInnerRequest, cloneRequest }
 
 const { Headers, HeadersList, fill, getHeadersGuard, setHeadersGuard, setHeadersList } = __nccwpck_require__(660)
 const { extractBody, cloneBody, mixinBody, hasFinalizationRegistry, streamRegistry, bodyUnusable } = __nccwpck_require__(4492)
-const util = __nccwpck_require__(1059)
+const util = __nccwpck_require__(3440)
 const nodeUtil = __nccwpck_require__(7975)
 const { kEnumerableProperty } = util
 const {
@@ -51293,10 +51293,10 @@ module.exports = {
 const { Transform } = __nccwpck_require__(7075)
 const zlib = __nccwpck_require__(8522)
 const { redirectStatusSet, referrerPolicySet: referrerPolicyTokens, badPortsSet } = __nccwpck_require__(4495)
-const { getGlobalOrigin } = __nccwpck_require__(6297)
+const { getGlobalOrigin } = __nccwpck_require__(1059)
 const { collectASequenceOfCodePoints, collectAnHTTPQuotedString, removeChars, parseMIMEType } = __nccwpck_require__(1900)
 const { performance } = __nccwpck_require__(643)
-const { isBlobLike, ReadableStreamFrom, isValidHTTPToken, normalizedMethodRecordsBase } = __nccwpck_require__(1059)
+const { isBlobLike, ReadableStreamFrom, isValidHTTPToken, normalizedMethodRecordsBase } = __nccwpck_require__(3440)
 const assert = __nccwpck_require__(4589)
 const { isUint8Array } = __nccwpck_require__(3429)
 const { webidl } = __nccwpck_require__(5893)
@@ -52932,7 +52932,7 @@ module.exports = {
 
 const { types, inspect } = __nccwpck_require__(7975)
 const { markAsUncloneable } = __nccwpck_require__(5919)
-const { toUSVString } = __nccwpck_require__(1059)
+const { toUSVString } = __nccwpck_require__(3440)
 
 /** @type {import('../../../types/webidl').Webidl} */
 const webidl = {}
@@ -53944,7 +53944,7 @@ const {
   kAborted
 } = __nccwpck_require__(961)
 const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(1059)
+const { kEnumerableProperty } = __nccwpck_require__(3440)
 
 class FileReader extends EventTarget {
   constructor () {
@@ -55240,7 +55240,7 @@ module.exports = {
 
 
 const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(1059)
+const { kEnumerableProperty } = __nccwpck_require__(3440)
 const { kConstruct } = __nccwpck_require__(6443)
 const { MessagePort } = __nccwpck_require__(5919)
 
@@ -56812,7 +56812,7 @@ const {
 } = __nccwpck_require__(8625)
 const { establishWebSocketConnection, closeWebSocketConnection } = __nccwpck_require__(6897)
 const { ByteParser } = __nccwpck_require__(1652)
-const { kEnumerableProperty, isBlobLike } = __nccwpck_require__(1059)
+const { kEnumerableProperty, isBlobLike } = __nccwpck_require__(3440)
 const { getGlobalDispatcher } = __nccwpck_require__(2581)
 const { types } = __nccwpck_require__(7975)
 const { ErrorEvent, CloseEvent } = __nccwpck_require__(5188)
@@ -77264,16 +77264,25 @@ async function runGitleaks(binary, target, settings, limits) {
 }
 const verified = new Map();
 /**
- * Proves, once per binary and process, that this gitleaks build logs the
- * messages vm-sync relies on to find what it skipped (a path allowlist, a
- * binary, an ignored fingerprint). A build that words them differently would
- * otherwise make skipped files look scanned; this fails closed instead.
+ * Proves, once per gitleaks build, that it logs the messages vm-sync relies
+ * on to find what it skipped (a path allowlist, a binary, an ignored
+ * fingerprint). A build that words them differently would otherwise make
+ * skipped files look scanned; this fails closed instead.
+ *
+ * Once per process for any build; once per runner host for an exact
+ * `identity` (an executable, by its digest) when a `record` is given: a
+ * release build pays about 0.3 s of start-up for each gitleaks run.
  */
-function checkGitleaksLogs(binary, limits) {
-    const key = binary;
+function checkGitleaksLogs(binary, limits, identity, record) {
+    if (identity && record?.has(identity))
+        return Promise.resolve();
+    const key = identity ? `${binary}\0${identity.digest}` : binary;
     let check = verified.get(key);
     if (!check) {
-        check = probeLogs(binary, limits);
+        check = probeLogs(binary, limits).then(() => {
+            if (identity)
+                record?.add(identity);
+        });
         verified.set(key, check);
         check.catch(() => verified.delete(key));
     }
@@ -80705,7 +80714,6 @@ async function rescan(binary, entries, settings, limits) {
 
 
 
-
 /**
  * Bumped whenever vm-sync's own scan logic changes what a clean result
  * means (coverage rules, rescans): every cache made before is then unused.
@@ -80731,9 +80739,10 @@ const MAX_PART_TEXT = 1000;
  * it is reported the same way without being read again (those parts keep the
  * archive entry names and reasons the report shows; the file's path is hashed
  * like every other).
- * One file pair per key: the gitleaks version and the exact bytes of the
- * settings in force, plus {@link SCAN_LOGIC_VERSION}. Any change to them is
- * another key, so nothing recorded under other rules is ever trusted.
+ * One file set per key: the gitleaks build (its {@link GitleaksIdentity}) and
+ * the exact bytes of the settings in force, plus {@link SCAN_LOGIC_VERSION}.
+ * Any change to them is another key, so nothing recorded under other rules
+ * is ever trusted.
  *
  * Only clean results go in (no finding, nothing left unscanned), and only
  * after a complete, strict scan: a failed, cancelled or timed-out scan
@@ -80756,31 +80765,29 @@ class ScanCache {
         this.unscanned = loaded.unscanned;
     }
     /**
-     * Opens the cache in `dir` for `binary` with `settings` (the files the
-     * scan runs with). null when there is no usable cache directory: the
+     * Opens the cache in `dir` for the gitleaks `identity` with `settings` (the
+     * files the scan runs with). null when there is no usable cache directory,
+     * or gitleaks could not be identified (`identity` is then that error): the
      * reason goes to `say`.
      */
-    static async open(dir, binary, settings, say) {
+    static open(dir, identity, settings, say) {
         if (!dir)
             return null;
         try {
-            external_node_fs_default().mkdirSync(dir, { recursive: true, mode: 0o700 });
-            const stat = external_node_fs_default().lstatSync(dir);
-            if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
-                say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+            if (identity === null || identity instanceof Error)
+                throw identity ?? new Error('gitleaks was not identified');
+            if (!ownDirectory(dir, say))
                 return null;
-            }
-            const version = await gitleaksVersion(binary);
             const hash = external_node_crypto_default().createHash('sha256');
-            hash.update(`vm-sync-scan-cache ${SCAN_LOGIC_VERSION}\0${version}\0`);
+            hash.update(`vm-sync-scan-cache ${SCAN_LOGIC_VERSION}\0${identity.digest}\0`);
             hash.update(external_node_fs_default().readFileSync(settings.configFile));
             hash.update('\0');
             const ignore = external_node_path_default().join(settings.ignoreDir, '.gitleaksignore');
             hash.update(external_node_fs_default().existsSync(ignore) ? external_node_fs_default().readFileSync(ignore) : Buffer.alloc(0));
             const key = hash.digest('hex').slice(0, 32);
-            // Caches of other keys are never used again: drop them.
+            // Caches of other keys are never used again: drop them (the probe record is not one).
             for (const name of external_node_fs_default().readdirSync(dir))
-                if (!name.startsWith(key))
+                if (!name.startsWith(key) && !name.startsWith(PROBED))
                     external_node_fs_default().rmSync(external_node_path_default().join(dir, name), { force: true, recursive: true });
             const loaded = {
                 entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say),
@@ -80934,12 +80941,95 @@ function readUnscanned(file, say) {
     }
     return out;
 }
+/** The cache directory's file naming the gitleaks builds that passed the log probe. */
+const PROBED = 'probed';
+/** How many builds it remembers (the newest). */
+const MAX_PROBED = 8;
+const DIGEST = /^[0-9a-f]{64}$/;
+/** `dir` exists (made 0700 if not) and is a directory of this user; said when it is not. */
+function ownDirectory(dir, say) {
+    external_node_fs_default().mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const stat = external_node_fs_default().lstatSync(dir);
+    if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
+        say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+        return false;
+    }
+    return true;
+}
 /**
- * `gitleaks version`: part of the cache key (asked each time: a binary
- * replaced between runs is another key). Its output is hashed, never shown:
- * a failure says only how it ended (a broken gitleaks may print anything,
- * a secret it was scanning included).
+ * The gitleaks builds (by the digest of their executable) that passed the
+ * probe vm-sync runs before it trusts a build's logs (`checkGitleaksLogs`),
+ * kept with the scan cache so that each run does not start gitleaks once
+ * more to prove it again: the probe's answer is a property of the bytes.
+ * Only exact identities (an executable, not a wrapper) are recorded.
  */
+class ProbeRecord {
+    file;
+    digests;
+    constructor(file, digests) {
+        this.file = file;
+        this.digests = digests;
+    }
+    /** The record in the cache directory `dir`; null when there is none to use (no directory, or not this user's). */
+    static open(dir, say) {
+        if (!dir)
+            return null;
+        try {
+            if (!ownDirectory(dir, say))
+                return null;
+            const file = external_node_path_default().join(dir, PROBED);
+            const text = readCacheFile(file, 'latin1', say) ?? '';
+            const lines = text.split('\n').filter(Boolean);
+            // Anything but what add() writes is dropped whole: the probe then runs again.
+            return new ProbeRecord(file, lines.length <= MAX_PROBED && lines.every((l) => DIGEST.test(l)) ? lines : []);
+        }
+        catch {
+            return null;
+        }
+    }
+    has(identity) {
+        return identity.exact && this.digests.includes(identity.digest);
+    }
+    /** Records that `identity` passed; best effort (a record that cannot be written only means the next run probes again). */
+    add(identity) {
+        if (!identity.exact || this.digests.includes(identity.digest))
+            return;
+        this.digests.push(identity.digest);
+        try {
+            writeLines(this.file, this.digests.slice(-MAX_PROBED));
+        }
+        catch {
+            // best effort, see above
+        }
+    }
+}
+
+;// CONCATENATED MODULE: ./src/scan/identity.ts
+
+
+
+const ELF = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
+/**
+ * Identifies the gitleaks at `binary` (see {@link GitleaksIdentity}). Rejects
+ * when it cannot be read, or when a script's `version` fails: the message
+ * then says only how it ended (a broken gitleaks may print anything, a secret
+ * it was scanning included).
+ */
+async function identifyGitleaks(binary) {
+    const hash = external_node_crypto_default().createHash('sha256');
+    let head = null;
+    // Streamed: the executable is 20-30 MB and the runner host's memory is a target.
+    for await (const chunk of external_node_fs_default().createReadStream(binary, { highWaterMark: 1024 * 1024 })) {
+        const bytes = chunk;
+        head ??= bytes.subarray(0, ELF.length);
+        hash.update(bytes);
+    }
+    const exact = head !== null && head.equals(ELF);
+    if (!exact)
+        hash.update('\0version\0').update(await gitleaksVersion(binary));
+    return { digest: hash.digest('hex'), exact };
+}
+/** `gitleaks version`'s answer; a failure says only how it ended. */
 function gitleaksVersion(binary) {
     return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
         if (!error)
@@ -80973,6 +81063,7 @@ async function together(stop, tasks) {
 }
 
 ;// CONCATENATED MODULE: ./src/scan/gate.ts
+
 
 
 
@@ -81036,9 +81127,13 @@ async function runSecretScan(inputs) {
         };
     }
     // gitleaks' own check (does it log what vm-sync reads?) runs while the settings are read; its failure
-    // comes first, and nothing of the scan starts (or is touched in the cache) before it passed.
+    // comes first, and nothing of the scan starts (or is touched in the cache) before it passed. A build
+    // this runner host already proved (by its digest) is not probed again.
+    const identity = inputs.cacheDir ? await identifyGitleaks(binary).catch((error) => (error instanceof Error ? error : new Error(String(error)))) : null;
+    const known = identity instanceof Error ? null : identity;
+    const proven = known ? ProbeRecord.open(inputs.cacheDir, (m) => events.info(null, m)) : null;
     const [checked, read] = await Promise.allSettled([
-        checkGitleaksLogs(binary, limits),
+        checkGitleaksLogs(binary, limits, known, proven),
         Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]),
     ]);
     if (checked.status === 'rejected')
@@ -81062,7 +81157,7 @@ async function runSecretScan(inputs) {
             await vetNewConfig(binary, head, external_node_path_default().join(privateDir, 'vet'), limits);
         const ignore = parseIgnore(trusted.ignore?.text);
         const trustedFiles = writeSettings(external_node_path_default().join(privateDir, 'trusted'), trusted);
-        const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
+        const cache = ScanCache.open(inputs.cacheDir, identity, trustedFiles, (m) => events.info(null, m));
         const saved = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
         const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
         // Only a scan that completed is remembered (a throw above records nothing).

@@ -1,10 +1,10 @@
-import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage } from '../errors.js';
 import type { UnscannedFile } from './coverage.js';
 import type { GitleaksSettings } from './gitleaks.js';
+import type { GitleaksIdentity } from './identity.js';
 
 /**
  * Bumped whenever vm-sync's own scan logic changes what a clean result
@@ -35,9 +35,10 @@ const MAX_PART_TEXT = 1000;
  * it is reported the same way without being read again (those parts keep the
  * archive entry names and reasons the report shows; the file's path is hashed
  * like every other).
- * One file pair per key: the gitleaks version and the exact bytes of the
- * settings in force, plus {@link SCAN_LOGIC_VERSION}. Any change to them is
- * another key, so nothing recorded under other rules is ever trusted.
+ * One file set per key: the gitleaks build (its {@link GitleaksIdentity}) and
+ * the exact bytes of the settings in force, plus {@link SCAN_LOGIC_VERSION}.
+ * Any change to them is another key, so nothing recorded under other rules
+ * is ever trusted.
  *
  * Only clean results go in (no finding, nothing left unscanned), and only
  * after a complete, strict scan: a failed, cancelled or timed-out scan
@@ -62,29 +63,25 @@ export class ScanCache {
   }
 
   /**
-   * Opens the cache in `dir` for `binary` with `settings` (the files the
-   * scan runs with). null when there is no usable cache directory: the
+   * Opens the cache in `dir` for the gitleaks `identity` with `settings` (the
+   * files the scan runs with). null when there is no usable cache directory,
+   * or gitleaks could not be identified (`identity` is then that error): the
    * reason goes to `say`.
    */
-  static async open(dir: string | null | undefined, binary: string, settings: GitleaksSettings, say: (message: string) => void): Promise<ScanCache | null> {
+  static open(dir: string | null | undefined, identity: GitleaksIdentity | Error | null, settings: GitleaksSettings, say: (message: string) => void): ScanCache | null {
     if (!dir) return null;
     try {
-      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      const stat = fs.lstatSync(dir);
-      if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
-        say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
-        return null;
-      }
-      const version = await gitleaksVersion(binary);
+      if (identity === null || identity instanceof Error) throw identity ?? new Error('gitleaks was not identified');
+      if (!ownDirectory(dir, say)) return null;
       const hash = crypto.createHash('sha256');
-      hash.update(`vm-sync-scan-cache ${SCAN_LOGIC_VERSION}\0${version}\0`);
+      hash.update(`vm-sync-scan-cache ${SCAN_LOGIC_VERSION}\0${identity.digest}\0`);
       hash.update(fs.readFileSync(settings.configFile));
       hash.update('\0');
       const ignore = path.join(settings.ignoreDir, '.gitleaksignore');
       hash.update(fs.existsSync(ignore) ? fs.readFileSync(ignore) : Buffer.alloc(0));
       const key = hash.digest('hex').slice(0, 32);
-      // Caches of other keys are never used again: drop them.
-      for (const name of fs.readdirSync(dir)) if (!name.startsWith(key)) fs.rmSync(path.join(dir, name), { force: true, recursive: true });
+      // Caches of other keys are never used again: drop them (the probe record is not one).
+      for (const name of fs.readdirSync(dir)) if (!name.startsWith(key) && !name.startsWith(PROBED)) fs.rmSync(path.join(dir, name), { force: true, recursive: true });
       const loaded = {
         entries: readSet(path.join(dir, `${key}.entries`), ENTRY, say),
         commits: readSet(path.join(dir, `${key}.commits`), COMMIT, say),
@@ -241,19 +238,64 @@ function readUnscanned(file: string, say: (message: string) => void): Map<string
   return out;
 }
 
+
+/** The cache directory's file naming the gitleaks builds that passed the log probe. */
+const PROBED = 'probed';
+/** How many builds it remembers (the newest). */
+const MAX_PROBED = 8;
+const DIGEST = /^[0-9a-f]{64}$/;
+
+/** `dir` exists (made 0700 if not) and is a directory of this user; said when it is not. */
+function ownDirectory(dir: string, say: (message: string) => void): boolean {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const stat = fs.lstatSync(dir);
+  if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
+    say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+    return false;
+  }
+  return true;
+}
+
 /**
- * `gitleaks version`: part of the cache key (asked each time: a binary
- * replaced between runs is another key). Its output is hashed, never shown:
- * a failure says only how it ended (a broken gitleaks may print anything,
- * a secret it was scanning included).
+ * The gitleaks builds (by the digest of their executable) that passed the
+ * probe vm-sync runs before it trusts a build's logs (`checkGitleaksLogs`),
+ * kept with the scan cache so that each run does not start gitleaks once
+ * more to prove it again: the probe's answer is a property of the bytes.
+ * Only exact identities (an executable, not a wrapper) are recorded.
  */
-function gitleaksVersion(binary: string): Promise<string> {
-  return new Promise<string>((resolve, reject) =>
-    execFile(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
-      if (!error) return resolve(stdout.trim());
-      const { code, signal } = error as { code?: unknown; signal?: unknown };
-      const how = typeof code === 'number' ? `exit ${code}` : typeof signal === 'string' ? `signal ${signal}` : typeof code === 'string' ? code : 'no answer';
-      reject(new Error(`gitleaks version failed (${how})`));
-    }),
-  );
+export class ProbeRecord {
+  private constructor(
+    private readonly file: string,
+    private readonly digests: string[],
+  ) {}
+
+  /** The record in the cache directory `dir`; null when there is none to use (no directory, or not this user's). */
+  static open(dir: string | null | undefined, say: (message: string) => void): ProbeRecord | null {
+    if (!dir) return null;
+    try {
+      if (!ownDirectory(dir, say)) return null;
+      const file = path.join(dir, PROBED);
+      const text = readCacheFile(file, 'latin1', say) ?? '';
+      const lines = text.split('\n').filter(Boolean);
+      // Anything but what add() writes is dropped whole: the probe then runs again.
+      return new ProbeRecord(file, lines.length <= MAX_PROBED && lines.every((l) => DIGEST.test(l)) ? lines : []);
+    } catch {
+      return null;
+    }
+  }
+
+  has(identity: GitleaksIdentity): boolean {
+    return identity.exact && this.digests.includes(identity.digest);
+  }
+
+  /** Records that `identity` passed; best effort (a record that cannot be written only means the next run probes again). */
+  add(identity: GitleaksIdentity): void {
+    if (!identity.exact || this.digests.includes(identity.digest)) return;
+    this.digests.push(identity.digest);
+    try {
+      writeLines(this.file, this.digests.slice(-MAX_PROBED));
+    } catch {
+      // best effort, see above
+    }
+  }
 }

@@ -10,9 +10,10 @@ import { run } from '../local/run.js';
 import { makeScratchDir } from '../local/scratch.js';
 import type { EngineEvents } from '../sync/types.js';
 import { scanTree, type UnscannedFile } from './coverage.js';
-import { ScanCache, type UnscannedPart } from './cache.js';
+import { ProbeRecord, ScanCache, type UnscannedPart } from './cache.js';
 import { describeFinding, findingFromFingerprint, printable, type Finding } from './findings.js';
 import { checkGitleaksLogs, HEARTBEAT_S, locateGitleaks, runGitleaks, type GitleaksSettings, type ScanLimits } from './gitleaks.js';
+import { identifyGitleaks } from './identity.js';
 import type { ScanPlan } from './plan.js';
 import { IGNORE_FILE, isIgnored, parseIgnore, settingsAt, settingsChanges, writeSettings, type CommitSettings, type SettingsChange } from './settings.js';
 import { together } from '../local/together.js';
@@ -135,9 +136,13 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
     };
   }
   // gitleaks' own check (does it log what vm-sync reads?) runs while the settings are read; its failure
-  // comes first, and nothing of the scan starts (or is touched in the cache) before it passed.
+  // comes first, and nothing of the scan starts (or is touched in the cache) before it passed. A build
+  // this runner host already proved (by its digest) is not probed again.
+  const identity = inputs.cacheDir ? await identifyGitleaks(binary).catch((error: unknown) => (error instanceof Error ? error : new Error(String(error)))) : null;
+  const known = identity instanceof Error ? null : identity;
+  const proven = known ? ProbeRecord.open(inputs.cacheDir, (m) => events.info(null, m)) : null;
   const [checked, read] = await Promise.allSettled([
-    checkGitleaksLogs(binary, limits),
+    checkGitleaksLogs(binary, limits, known, proven),
     Promise.all([settingsAt(inputs.repoDir, plan.trusted.commit, settings.configPath), settingsAt(inputs.repoDir, plan.head, settings.configPath)]),
   ]);
   if (checked.status === 'rejected') throw checked.reason;
@@ -159,7 +164,7 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
     if (head.config && changed.some((c) => c.path === head.config?.path)) await vetNewConfig(binary, head, path.join(privateDir, 'vet'), limits);
     const ignore = parseIgnore(trusted.ignore?.text);
     const trustedFiles = writeSettings(path.join(privateDir, 'trusted'), trusted);
-    const cache = await ScanCache.open(inputs.cacheDir, binary, trustedFiles, (m) => events.info(null, m));
+    const cache = ScanCache.open(inputs.cacheDir, identity, trustedFiles, (m) => events.info(null, m));
     const saved: CacheSavings = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
     const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
     // Only a scan that completed is remembered (a throw above records nothing).

@@ -1,3 +1,5 @@
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -208,4 +210,39 @@ test('the tree scan reads the export without touching it: every file keeps its c
   // (Earlier tests left findings in the tree: whether it blocks is not the point here.)
   expect(report).toMatchObject({ tree_scanned: true, cache: { files_scanned: Object.keys(before).length, files_cached: 0 } });
   expect(ctimes()).toEqual(before);
+});
+
+test('the real gitleaks executable is keyed by its bytes: proven once per runner host, and a rebuild of the same version is another key', async () => {
+  const real = (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'gitleaks')).find((f) => fs.existsSync(f)) as string;
+  const build = path.join(world.dir, 'gitleaks-build');
+  fs.copyFileSync(real, build);
+  fs.chmodSync(build, 0o755);
+  const digest = (): string => crypto.createHash('sha256').update(fs.readFileSync(build)).digest('hex');
+  const probed = (): string[] => fs.readFileSync(path.join(cacheDir(), 'probed'), 'utf8').split('\n').filter(Boolean);
+  world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${build} }`] });
+  try {
+    fs.rmSync(cacheDir(), { recursive: true, force: true });
+    const base = head();
+    const c = commit({ 'src/rebuild.txt': 'clean\n' }, 'for the rebuild');
+    // (Earlier tests left findings in the tree: they are found every time, and are not the point here.)
+    const cold = await scan(`${base}..${c}`);
+    expect(cold.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0 });
+    // The build that passed the probe is recorded by the digest of its bytes.
+    expect(probed()).toEqual([digest()]);
+    const warm = await scan(`${base}..${c}`);
+    expect(warm.run.json.scan?.cache).toMatchObject({ commits_cached: 1, files_cached: (cold.run.json.scan?.cache?.files_scanned ?? 0) - (warm.run.json.scan?.cache?.files_scanned ?? 0) });
+    expect(warm.run.json.scan?.cache?.files_cached).toBeGreaterThan(0);
+
+    // The same version with other bytes (as a build with another regex engine or other built-in rules would be).
+    const version = execFileSync(build, ['version'], { encoding: 'utf8' });
+    const first = digest();
+    fs.appendFileSync(build, Buffer.from([0]));
+    expect(execFileSync(build, ['version'], { encoding: 'utf8' })).toBe(version);
+    const rebuilt = await scan(`${base}..${c}`);
+    expect(rebuilt.run.json.scan?.cache).toMatchObject({ files_cached: 0, commits_cached: 0 });
+    expect([rebuilt.run.code, rebuilt.run.json.scan?.findings]).toEqual([cold.run.code, cold.run.json.scan?.findings]);
+    expect(probed()).toEqual([first, digest()]);
+  } finally {
+    world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${wrapper} }`] });
+  }
 });

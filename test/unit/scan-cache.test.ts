@@ -10,7 +10,8 @@ import path from 'node:path';
 import { ScanCache } from '../../src/scan/cache.js';
 
 let dir: string;
-let binary: string;
+/** The gitleaks build the cache is keyed by (see src/scan/identity.ts). */
+let identity = { digest: 'd'.repeat(64), exact: true };
 let settings: { configFile: string; ignoreDir: string };
 const BLOB = 'a'.repeat(40);
 const OTHER = 'b'.repeat(40);
@@ -18,16 +19,15 @@ const OTHER = 'b'.repeat(40);
 const ATTRS = 'c'.repeat(32);
 
 beforeEach(() => {
+  identity = { digest: 'd'.repeat(64), exact: true };
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-scan-cache-unit-'));
-  binary = path.join(dir, 'gitleaks');
-  fs.writeFileSync(binary, '#!/bin/sh\necho 8.30.1\n', { mode: 0o755 });
   fs.writeFileSync(path.join(dir, 'config.toml'), '[extend]\nuseDefault = true\n');
   settings = { configFile: path.join(dir, 'config.toml'), ignoreDir: dir };
 });
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 async function open(said: string[] = []): Promise<ScanCache> {
-  const cache = await ScanCache.open(path.join(dir, 'cache'), binary, settings, (m) => said.push(m));
+  const cache = ScanCache.open(path.join(dir, 'cache'), identity, settings, (m) => said.push(m));
   if (!cache) throw new Error('no cache');
   return cache;
 }
@@ -89,11 +89,19 @@ test('other git attributes in force are other entries: nothing remembered under 
   expect([again.hasEntry(BLOB, 'notes.txt', changed), again.unscannedOf(OTHER, 'assets/logo.pdf', changed)]).toEqual([false, undefined]);
 });
 
-test('another gitleaks version is another key: nothing remembered under the old one is used', async () => {
+test('another gitleaks build is another key: nothing remembered under the old one is used', async () => {
   const cache = await open();
+  cache.addEntries([{ blob: OTHER, path: 'notes.txt' }], ATTRS);
   cache.addUnscanned([{ blob: BLOB, path: 'assets/logo.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] }], ATTRS);
   cache.save();
-  fs.writeFileSync(binary, '#!/bin/sh\necho 8.31.0\n', { mode: 0o755 });
+  expect((await open()).hasEntry(OTHER, 'notes.txt', ATTRS)).toBe(true);
+  identity = { digest: 'e'.repeat(64), exact: true };
   const again = await open();
-  expect(again.unscannedOf(BLOB, 'assets/logo.pdf', ATTRS)).toBeUndefined();
+  expect([again.hasEntry(OTHER, 'notes.txt', ATTRS), again.unscannedOf(BLOB, 'assets/logo.pdf', ATTRS)]).toEqual([false, undefined]);
+});
+
+test('a gitleaks that could not be identified opens no cache, and says why', async () => {
+  const said: string[] = [];
+  expect(ScanCache.open(path.join(dir, 'cache'), new Error('gitleaks version failed (exit 2)'), settings, (m) => said.push(m))).toBeNull();
+  expect(said).toEqual([`secret scan: the scan cache in ${path.join(dir, 'cache')} cannot be used (gitleaks version failed (exit 2)): everything is scanned`]);
 });
