@@ -80725,8 +80725,18 @@ const SCAN_LOGIC_VERSION = '2';
 const MAX_ENTRIES = 1_000_000;
 const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
 const cache_COMMIT = /^[0-9a-f]{40,64}$/;
-/** Reasons that are a property of the bytes, the path and the settings (not of a moment: never `unreadable`). */
+/** Reasons that are a property of the bytes, the path and the settings (not of a moment: see {@link lasting}). */
 const LASTING = new Set(['binary', 'archive', 'allowlisted', 'too_large']);
+/**
+ * Whether an unscanned part is a property of the bytes, the path and the
+ * settings, so that it may be remembered. `unreadable` is, only for an entry
+ * inside an archive: gitleaks failed to parse bytes it had read (a truncated
+ * tar member: "unexpected EOF"), and does so on every read of the same blob.
+ * A file of the tree itself that could not be read is a moment's failure.
+ */
+function lasting(part) {
+    return LASTING.has(part.reason) || (part.reason === 'unreadable' && part.suffix.startsWith('!'));
+}
 /** The most parts one file may remember, and the longest text of one: past them it is scanned every time. */
 const MAX_PARTS = 100;
 const MAX_PART_TEXT = 1000;
@@ -80829,13 +80839,13 @@ class ScanCache {
     }
     /**
      * Remembers files with no finding whose only unscanned parts are lasting
-     * ones (see LASTING); any other is left out, and scanned again next time.
+     * ones (see {@link lasting}); any other is left out, and scanned again next time.
      */
     addUnscanned(files, attributes) {
         for (const f of files) {
-            const lasting = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => LASTING.has(p.reason) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
+            const kept = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => lasting(p) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
             const line = entryLine(f.blob, f.path, attributes);
-            if (!lasting || this.unscanned.has(line))
+            if (!kept || this.unscanned.has(line))
                 continue;
             this.unscanned.set(line, f.parts.map((p) => ({ suffix: p.suffix, reason: p.reason, detail: p.detail })));
             this.newUnscanned++;
@@ -80927,7 +80937,7 @@ function readUnscanned(file, say) {
                 if (!Array.isArray(part) || part.length !== 3 || !part.every((x) => typeof x === 'string'))
                     return false;
                 const [suffix, reason, detail] = part;
-                if (!LASTING.has(reason) || (suffix !== '' && !suffix.startsWith('!')) || suffix.length + detail.length > MAX_PART_TEXT)
+                if (!lasting({ suffix, reason }) || (suffix !== '' && !suffix.startsWith('!')) || suffix.length + detail.length > MAX_PART_TEXT)
                     return false;
                 parts.push({ suffix, reason: reason, detail });
             }

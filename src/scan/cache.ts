@@ -20,8 +20,19 @@ const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
 const COMMIT = /^[0-9a-f]{40,64}$/;
 /** What a file could not have scanned, relative to its path: `suffix` ('' or `!entry...`), reason, detail. */
 export type UnscannedPart = { suffix: string; reason: UnscannedFile['reason']; detail: string };
-/** Reasons that are a property of the bytes, the path and the settings (not of a moment: never `unreadable`). */
+/** Reasons that are a property of the bytes, the path and the settings (not of a moment: see {@link lasting}). */
 const LASTING: ReadonlySet<string> = new Set(['binary', 'archive', 'allowlisted', 'too_large']);
+
+/**
+ * Whether an unscanned part is a property of the bytes, the path and the
+ * settings, so that it may be remembered. `unreadable` is, only for an entry
+ * inside an archive: gitleaks failed to parse bytes it had read (a truncated
+ * tar member: "unexpected EOF"), and does so on every read of the same blob.
+ * A file of the tree itself that could not be read is a moment's failure.
+ */
+function lasting(part: { suffix: string; reason: string }): boolean {
+  return LASTING.has(part.reason) || (part.reason === 'unreadable' && part.suffix.startsWith('!'));
+}
 /** The most parts one file may remember, and the longest text of one: past them it is scanned every time. */
 const MAX_PARTS = 100;
 const MAX_PART_TEXT = 1000;
@@ -126,13 +137,13 @@ export class ScanCache {
 
   /**
    * Remembers files with no finding whose only unscanned parts are lasting
-   * ones (see LASTING); any other is left out, and scanned again next time.
+   * ones (see {@link lasting}); any other is left out, and scanned again next time.
    */
   addUnscanned(files: ReadonlyArray<{ blob: string; path: string; parts: readonly UnscannedPart[] }>, attributes: string): void {
     for (const f of files) {
-      const lasting = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => LASTING.has(p.reason) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
+      const kept = f.parts.length > 0 && f.parts.length <= MAX_PARTS && f.parts.every((p) => lasting(p) && p.suffix.length + p.detail.length <= MAX_PART_TEXT);
       const line = entryLine(f.blob, f.path, attributes);
-      if (!lasting || this.unscanned.has(line)) continue;
+      if (!kept || this.unscanned.has(line)) continue;
       this.unscanned.set(line, f.parts.map((p) => ({ suffix: p.suffix, reason: p.reason, detail: p.detail })));
       this.newUnscanned++;
     }
@@ -224,7 +235,7 @@ function readUnscanned(file: string, say: (message: string) => void): Map<string
       for (const part of u) {
         if (!Array.isArray(part) || part.length !== 3 || !part.every((x) => typeof x === 'string')) return false;
         const [suffix, reason, detail] = part as [string, string, string];
-        if (!LASTING.has(reason) || (suffix !== '' && !suffix.startsWith('!')) || suffix.length + detail.length > MAX_PART_TEXT) return false;
+        if (!lasting({ suffix, reason }) || (suffix !== '' && !suffix.startsWith('!')) || suffix.length + detail.length > MAX_PART_TEXT) return false;
         parts.push({ suffix, reason: reason as UnscannedPart['reason'], detail });
       }
       out.set(e, parts);

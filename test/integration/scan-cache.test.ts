@@ -246,3 +246,23 @@ test('the real gitleaks executable is keyed by its bytes: proven once per runner
     world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${wrapper} }`] });
   }
 });
+
+test('an archive whose entry gitleaks cannot read (a truncated tar member) is remembered so: the warm scan does not read it again', async () => {
+  const base = head();
+  // The cache vouches for the tree as it is (an earlier test used another gitleaks build, another key).
+  await scan(`${base}..${base}`);
+  fs.mkdirSync(path.join(world.ws.work, 'assets'), { recursive: true });
+  const whole = tarOf({ 'big.txt': 'hello world\n'.repeat(20000) });
+  fs.writeFileSync(path.join(world.ws.work, 'assets/cut.tar'), whole.subarray(0, 4096));
+  const a = commit({ 'src/cut-note.txt': 'a truncated archive\n' }, 'a truncated archive');
+  const cold = await scan(`${base}..${a}`);
+  // (Earlier tests left findings in the tree: they are found every time, and are not the point here.)
+  expect(cold.run.json.scan?.unscanned).toEqual(expect.arrayContaining([expect.objectContaining({ path: 'assets/cut.tar!big.txt', reason: 'unreadable' })]));
+  const warm = await scan(`${base}..${a}`);
+  // Both new files are vouched for now (only files an earlier test left with findings are read again).
+  expect(warm.run.json.scan?.cache?.files_scanned).toBe((cold.run.json.scan?.cache?.files_scanned ?? NaN) - 2);
+  expect({ ...warm.run.json.scan, cache: null }).toEqual({ ...cold.run.json.scan, cache: null });
+  world.ws.git(world.ws.work, ['rm', '-q', 'assets/cut.tar']);
+  world.ws.git(world.ws.work, ['commit', '-q', '-m', 'truncated archive removed']);
+  world.ws.push();
+});

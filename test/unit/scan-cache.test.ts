@@ -39,6 +39,8 @@ test('lasting unscanned parts are remembered per blob and path; a moment\'s fail
     { blob: BLOB, path: 'assets/logo.pdf', parts: [{ suffix: '', reason: 'binary', detail: 'binary file (application/pdf)' }] },
     { blob: BLOB, path: 'dist/a.zip', parts: [{ suffix: '!inner.tgz', reason: 'archive', detail: 'an archive inside an archive' }] },
     { blob: OTHER, path: 'data/x.bin', parts: [{ suffix: '', reason: 'unreadable', detail: 'EACCES' }] },
+    // An entry gitleaks cannot parse (a truncated tar member) fails the same way on every read of these bytes.
+    { blob: OTHER, path: 'data/cut.tar', parts: [{ suffix: '!big.txt', reason: 'unreadable', detail: 'gitleaks could not open it (unexpected EOF)' }] },
     { blob: OTHER, path: 'data/y.bin', parts: [] },
   ], ATTRS);
   cache.save();
@@ -48,6 +50,7 @@ test('lasting unscanned parts are remembered per blob and path; a moment\'s fail
   // The same bytes at another path are another entry (rules and allowlists match on paths).
   expect(again.unscannedOf(BLOB, 'assets/logo2.pdf', ATTRS)).toBeUndefined();
   expect(again.unscannedOf(OTHER, 'data/x.bin', ATTRS)).toBeUndefined();
+  expect(again.unscannedOf(OTHER, 'data/cut.tar', ATTRS)).toEqual([{ suffix: '!big.txt', reason: 'unreadable', detail: 'gitleaks could not open it (unexpected EOF)' }]);
   expect(again.unscannedOf(OTHER, 'data/y.bin', ATTRS)).toBeUndefined();
   // Names never reach the file: paths are hashed.
   const text = fs.readdirSync(path.join(dir, 'cache')).map((f) => fs.readFileSync(path.join(dir, 'cache', f), 'utf8')).join('\n');
