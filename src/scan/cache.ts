@@ -6,6 +6,9 @@ import type { UnscannedFile } from './coverage.js';
 import type { GitleaksSettings } from './gitleaks.js';
 import type { GitleaksIdentity } from './identity.js';
 
+/** What the cache and the probe record know a gitleaks build by. */
+type Build = Pick<GitleaksIdentity, 'digest' | 'exact'>;
+
 /**
  * Bumped whenever vm-sync's own scan logic changes what a clean result
  * means (coverage rules, rescans): every cache made before is then unused.
@@ -79,7 +82,7 @@ export class ScanCache {
    * or gitleaks could not be identified (`identity` is then that error): the
    * reason goes to `say`.
    */
-  static open(dir: string | null | undefined, identity: GitleaksIdentity | Error | null, settings: GitleaksSettings, say: (message: string) => void): ScanCache | null {
+  static open(dir: string | null | undefined, identity: Build | Error | null, settings: GitleaksSettings, say: (message: string) => void): ScanCache | null {
     if (!dir) return null;
     try {
       if (identity === null || identity instanceof Error) throw identity ?? new Error('gitleaks was not identified');
@@ -92,7 +95,7 @@ export class ScanCache {
       hash.update(fs.existsSync(ignore) ? fs.readFileSync(ignore) : Buffer.alloc(0));
       const key = hash.digest('hex').slice(0, 32);
       // Caches of other keys are never used again: drop them (the probe record is not one).
-      for (const name of fs.readdirSync(dir)) if (!name.startsWith(key) && !name.startsWith(PROBED)) fs.rmSync(path.join(dir, name), { force: true, recursive: true });
+      for (const name of fs.readdirSync(dir)) if (!name.startsWith(key) && name !== PROBED) fs.rmSync(path.join(dir, name), { force: true, recursive: true });
       const loaded = {
         entries: readSet(path.join(dir, `${key}.entries`), ENTRY, say),
         commits: readSet(path.join(dir, `${key}.commits`), COMMIT, say),
@@ -188,11 +191,18 @@ function readCacheFile(file: string, encoding: BufferEncoding, say: (message: st
   }
 }
 
+/** Whether `text` holds more than `max` lines, counted without splitting it (a file of nothing but newlines would not fit in memory split). */
+function tooManyLines(text: string, max: number): boolean {
+  let lines = 0;
+  for (let at = text.indexOf('\n'); at >= 0; at = text.indexOf('\n', at + 1)) if (++lines > max) return true;
+  return false;
+}
+
 function readSet(file: string, line: RegExp, say: (message: string) => void): Set<string> {
   const text = readCacheFile(file, 'latin1', say);
   if (text === null) return new Set();
-  const lines = text.split('\n').filter(Boolean);
-  if (lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
+  const lines = tooManyLines(text, MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
+  if (lines === null || lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
     say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and everything is scanned`);
     fs.rmSync(file, { force: true });
     return new Set();
@@ -210,8 +220,13 @@ function writeLines(file: string, lines: string[]): void {
     return;
   }
   const tmp = `${file}.${process.pid}.${crypto.randomBytes(4).toString('hex')}`;
-  fs.writeFileSync(tmp, lines.map((l) => `${l}\n`).join(''), { mode: 0o600 });
-  fs.renameSync(tmp, file);
+  try {
+    fs.writeFileSync(tmp, lines.map((l) => `${l}\n`).join(''), { mode: 0o600 });
+    fs.renameSync(tmp, file);
+  } finally {
+    // Gone after a rename; left by a failed write or rename (a full disk): never kept.
+    fs.rmSync(tmp, { force: true });
+  }
 }
 
 /** The remembered unscanned files; any line that is not exactly what {@link ScanCache.save} writes voids the whole file. */
@@ -219,8 +234,9 @@ function readUnscanned(file: string, say: (message: string) => void): Map<string
   const text = readCacheFile(file, 'utf8', say);
   if (text === null) return new Map();
   const out = new Map<string, UnscannedPart[]>();
-  const lines = text.split('\n').filter(Boolean);
+  const lines = tooManyLines(text, MAX_ENTRIES) ? [] : text.split('\n').filter(Boolean);
   const valid =
+    !tooManyLines(text, MAX_ENTRIES) &&
     lines.length <= MAX_ENTRIES &&
     lines.every((line) => {
       let parsed: unknown;
@@ -250,18 +266,31 @@ function readUnscanned(file: string, say: (message: string) => void): Map<string
 }
 
 
-/** The cache directory's file naming the gitleaks builds that passed the log probe. */
-const PROBED = 'probed';
+/**
+ * The cache directory's file naming the gitleaks builds that passed the log
+ * probe. Its number is the probe's version: a vm-sync whose probe checks more
+ * uses another name, so that builds proven by an older probe are proven again.
+ */
+const PROBED = 'probed-1';
 /** How many builds it remembers (the newest). */
 const MAX_PROBED = 8;
+/** Larger than what MAX_PROBED digests take: not a record vm-sync wrote. */
+const MAX_PROBED_BYTES = 4096;
 const DIGEST = /^[0-9a-f]{64}$/;
 
-/** `dir` exists (made 0700 if not) and is a directory of this user; said when it is not. */
+/**
+ * `dir` exists (made 0700 if not) and is a directory of this user that no
+ * other user can write to (so every file in it is this user's); said when not.
+ */
 function ownDirectory(dir: string, say: (message: string) => void): boolean {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const stat = fs.lstatSync(dir);
   if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
     say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+    return false;
+  }
+  if ((stat.mode & 0o022) !== 0) {
+    say(`secret scan: ${dir} can be written by other users: no scan cache (everything is scanned); chmod go-w ${dir}`);
     return false;
   }
   return true;
@@ -286,7 +315,8 @@ export class ProbeRecord {
     try {
       if (!ownDirectory(dir, say)) return null;
       const file = path.join(dir, PROBED);
-      const text = readCacheFile(file, 'latin1', say) ?? '';
+      const size = fs.lstatSync(file, { throwIfNoEntry: false })?.size ?? 0;
+      const text = size <= MAX_PROBED_BYTES ? (readCacheFile(file, 'latin1', say) ?? '') : '';
       const lines = text.split('\n').filter(Boolean);
       // Anything but what add() writes is dropped whole: the probe then runs again.
       return new ProbeRecord(file, lines.length <= MAX_PROBED && lines.every((l) => DIGEST.test(l)) ? lines : []);
@@ -295,12 +325,12 @@ export class ProbeRecord {
     }
   }
 
-  has(identity: GitleaksIdentity): boolean {
+  has(identity: Build): boolean {
     return identity.exact && this.digests.includes(identity.digest);
   }
 
   /** Records that `identity` passed; best effort (a record that cannot be written only means the next run probes again). */
-  add(identity: GitleaksIdentity): void {
+  add(identity: Build): void {
     if (!identity.exact || this.digests.includes(identity.digest)) return;
     this.digests.push(identity.digest);
     try {

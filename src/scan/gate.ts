@@ -13,7 +13,7 @@ import { scanTree, type UnscannedFile } from './coverage.js';
 import { ProbeRecord, ScanCache, type UnscannedPart } from './cache.js';
 import { describeFinding, findingFromFingerprint, printable, type Finding } from './findings.js';
 import { checkGitleaksLogs, HEARTBEAT_S, locateGitleaks, runGitleaks, type GitleaksSettings, type ScanLimits } from './gitleaks.js';
-import { identifyGitleaks } from './identity.js';
+import { identifyGitleaks, unchangedSince } from './identity.js';
 import type { ScanPlan } from './plan.js';
 import { IGNORE_FILE, isIgnored, parseIgnore, settingsAt, settingsChanges, writeSettings, type CommitSettings, type SettingsChange } from './settings.js';
 import { together } from '../local/together.js';
@@ -167,8 +167,11 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
     const cache = ScanCache.open(inputs.cacheDir, identity, trustedFiles, (m) => events.info(null, m));
     const saved: CacheSavings = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
     const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
-    // Only a scan that completed is remembered (a throw above records nothing).
-    if (cache) {
+    // Only a scan that completed is remembered (a throw above records nothing), and only for the gitleaks
+    // that was identified: one replaced meanwhile (an upgrade during the run) may have done part of the scan.
+    if (cache && known && !unchangedSince(binary, known)) {
+      events.info(null, `secret scan: ${binary} changed during the scan: nothing of it is remembered (the next run scans again)`);
+    } else if (cache) {
       try {
         cache.save();
       } catch (error) {

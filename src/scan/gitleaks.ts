@@ -8,7 +8,7 @@ import { run } from '../local/run.js';
 import { makeScratchDir } from '../local/scratch.js';
 import type { ProbeRecord } from './cache.js';
 import { sanitizeFindings, type Finding } from './findings.js';
-import type { GitleaksIdentity } from './identity.js';
+import { unchangedSince, type GitleaksIdentity } from './identity.js';
 
 /** Why gitleaks left something out, as its debug log says. */
 export type SkipKind = 'allowlist-dir' | 'allowlist-file' | 'binary' | 'archive-depth' | 'archive-unknown' | 'too-large' | 'unreadable';
@@ -354,7 +354,8 @@ export function checkGitleaksLogs(binary: string, limits: ScanLimits, identity?:
   let check = verified.get(key);
   if (!check) {
     check = probeLogs(binary, limits).then(() => {
-      if (identity) record?.add(identity);
+      // Only the bytes that were identified, if they are still what ran.
+      if (identity && unchangedSince(binary, identity)) record?.add(identity);
     });
     verified.set(key, check);
     check.catch(() => verified.delete(key));

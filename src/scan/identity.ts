@@ -13,37 +13,122 @@ import fs from 'node:fs';
  * version` run: a release build pays about 0.25 s of start-up for each.
  */
 export interface GitleaksIdentity {
-  /** Hex SHA-256 of the executable (and, for a script, of its `version` answer too). */
+  /** Hex SHA-256 of the executable (and, when it is not exact, of its `version` answer too). */
   digest: string;
   /**
-   * Whether the digest covers the code that runs: an ELF executable. A script
-   * (a wrapper that starts another gitleaks) is keyed by its bytes and the
-   * `version` it answers, but what it starts can change under the same
-   * answer, so nothing is remembered of it beyond one process.
+   * Whether the digest covers the code that scans: a Go executable whose main
+   * module is gitleaks'. Anything else at that path (a wrapper script, a
+   * version manager's shim such as aqua-proxy or mise, which are executables
+   * too) starts another program, which can change under the same bytes: its
+   * key also holds the `version` it answers, and no probe result is recorded
+   * for it beyond one process.
    */
   exact: boolean;
+  /** The file as it was read: a scan that finds it changed records nothing (see {@link unchangedSince}). */
+  file: FileStamp;
 }
 
-const ELF = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
+/** What tells one state of a file from another without reading it. */
+export interface FileStamp {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+/** gitleaks' main module, as its Go build information names it. */
+const GITLEAKS_MODULE = 'github.com/zricethezav/gitleaks/v8';
+/** The start of a Go executable's build information (Go aligns it to 16 bytes). */
+const BUILDINFO_MAGIC = Buffer.from('\xff Go buildinf:', 'latin1');
+/** Read size; a multiple of 16, so an aligned magic never straddles two reads. */
+const CHUNK = 1024 * 1024;
+/** The most of the build information read after its magic. */
+const BUILDINFO_MAX = 64 * 1024;
 
 /**
  * Identifies the gitleaks at `binary` (see {@link GitleaksIdentity}). Rejects
- * when it cannot be read, or when a script's `version` fails: the message
- * then says only how it ended (a broken gitleaks may print anything, a secret
- * it was scanning included).
+ * when it cannot be read, or when a `version` it must be asked fails: the
+ * message then says only how it ended (a broken gitleaks may print anything,
+ * a secret it was scanning included).
  */
 export async function identifyGitleaks(binary: string): Promise<GitleaksIdentity> {
-  const hash = crypto.createHash('sha256');
-  let head: Buffer | null = null;
-  // Streamed: the executable is 20-30 MB and the runner host's memory is a target.
-  for await (const chunk of fs.createReadStream(binary, { highWaterMark: 1024 * 1024 })) {
-    const bytes = chunk as Buffer;
-    head ??= bytes.subarray(0, ELF.length);
-    hash.update(bytes);
+  const handle = await fs.promises.open(binary, 'r');
+  try {
+    const stat = await handle.stat({ bigint: true });
+    const hash = crypto.createHash('sha256');
+    // One buffer, reused: the executable is 20-30 MB and the runner host's memory is a target.
+    const buffer = Buffer.allocUnsafe(CHUNK);
+    let position = 0;
+    let buildinfo = -1;
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, 0, CHUNK, position);
+      if (bytesRead === 0) break;
+      const chunk = buffer.subarray(0, bytesRead);
+      hash.update(chunk);
+      if (buildinfo < 0) buildinfo = alignedMagic(chunk, position);
+      position += bytesRead;
+    }
+    const exact = buildinfo >= 0 && (await mainModuleAt(handle, buildinfo)) === GITLEAKS_MODULE;
+    if (!exact) hash.update('\0version\0').update(await gitleaksVersion(binary));
+    const file = { dev: Number(stat.dev), ino: Number(stat.ino), size: Number(stat.size), mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs };
+    return { digest: hash.digest('hex'), exact, file };
+  } finally {
+    await handle.close();
   }
-  const exact = head !== null && head.equals(ELF);
-  if (!exact) hash.update('\0version\0').update(await gitleaksVersion(binary));
-  return { digest: hash.digest('hex'), exact };
+}
+
+/** Whether the file at `binary` is still the one identified (same inode, size and times): false when it cannot be read. */
+export function unchangedSince(binary: string, identity: GitleaksIdentity): boolean {
+  try {
+    const now = fs.statSync(binary, { bigint: true });
+    const was = identity.file;
+    return Number(now.dev) === was.dev && Number(now.ino) === was.ino && Number(now.size) === was.size && now.mtimeNs === was.mtimeNs && now.ctimeNs === was.ctimeNs;
+  } catch {
+    return false;
+  }
+}
+
+/** The file offset of the first 16-byte-aligned build-information magic in `chunk` (read at `offset`), or -1. */
+function alignedMagic(chunk: Buffer, offset: number): number {
+  for (let at = chunk.indexOf(BUILDINFO_MAGIC); at >= 0; at = chunk.indexOf(BUILDINFO_MAGIC, at + 1)) {
+    if ((offset + at) % 16 === 0) return offset + at;
+  }
+  return -1;
+}
+
+/**
+ * The main module a Go executable's build information names (Go 1.18+:
+ * a 32-byte header, then the Go version and the module information as
+ * length-prefixed strings; the latter starts with a 16-byte sentinel, then
+ * `path\t<main package>`), or null when it cannot be read that way.
+ */
+async function mainModuleAt(handle: fs.promises.FileHandle, offset: number): Promise<string | null> {
+  const info = Buffer.alloc(BUILDINFO_MAX);
+  const { bytesRead } = await handle.read(info, 0, BUILDINFO_MAX, offset);
+  const bytes = info.subarray(0, bytesRead);
+  // Flag 2: the strings follow the header (older layouts point into memory instead).
+  if (bytes.length < 32 || (bytes[15] & 2) === 0) return null;
+  let at = 32;
+  const string = (): Buffer | null => {
+    let length = 0;
+    for (let shift = 0; at < bytes.length && shift < 28; shift += 7) {
+      const byte = bytes[at++];
+      length |= (byte & 0x7f) << shift;
+      if ((byte & 0x80) === 0) {
+        if (at + length > bytes.length) return null;
+        const value = bytes.subarray(at, at + length);
+        at += length;
+        return value;
+      }
+    }
+    return null;
+  };
+  if (string() === null) return null; // the Go version
+  const modinfo = string();
+  if (modinfo === null || modinfo.length < 16) return null;
+  const first = modinfo.subarray(16).toString('latin1').split('\n', 1)[0];
+  return first.startsWith('path\t') ? first.slice('path\t'.length) : null;
 }
 
 /** `gitleaks version`'s answer; a failure says only how it ended. */

@@ -218,7 +218,7 @@ test('the real gitleaks executable is keyed by its bytes: proven once per runner
   fs.copyFileSync(real, build);
   fs.chmodSync(build, 0o755);
   const digest = (): string => crypto.createHash('sha256').update(fs.readFileSync(build)).digest('hex');
-  const probed = (): string[] => fs.readFileSync(path.join(cacheDir(), 'probed'), 'utf8').split('\n').filter(Boolean);
+  const probed = (): string[] => fs.readFileSync(path.join(cacheDir(), 'probed-1'), 'utf8').split('\n').filter(Boolean);
   world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${build} }`] });
   try {
     fs.rmSync(cacheDir(), { recursive: true, force: true });
