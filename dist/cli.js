@@ -37675,7 +37675,122 @@ function probeHostKeys(host, port, timeoutMs) {
 ;// CONCATENATED MODULE: external "node:zlib"
 const external_node_zlib_namespaceObject = require("node:zlib");
 var external_node_zlib_default = /*#__PURE__*/__nccwpck_require__.n(external_node_zlib_namespaceObject);
+;// CONCATENATED MODULE: ./src/scan/identity.ts
+
+
+
+/** gitleaks' main module, as its Go build information names it. */
+const GITLEAKS_MODULE = 'github.com/zricethezav/gitleaks/v8';
+/** The start of a Go executable's build information (Go aligns it to 16 bytes). */
+const BUILDINFO_MAGIC = Buffer.from('\xff Go buildinf:', 'latin1');
+/** Read size; a multiple of 16, so an aligned magic never straddles two reads. */
+const CHUNK = 1024 * 1024;
+/** The most of the build information read after its magic. */
+const BUILDINFO_MAX = 64 * 1024;
+/**
+ * Identifies the gitleaks at `binary` (see {@link GitleaksIdentity}). Rejects
+ * when it cannot be read, or when a `version` it must be asked fails: the
+ * message then says only how it ended (a broken gitleaks may print anything,
+ * a secret it was scanning included).
+ */
+async function identifyGitleaks(binary) {
+    const handle = await external_node_fs_default().promises.open(binary, 'r');
+    try {
+        const stat = await handle.stat({ bigint: true });
+        const hash = external_node_crypto_default().createHash('sha256');
+        // One buffer, reused: the executable is 20-30 MB and the runner host's memory is a target.
+        const buffer = Buffer.allocUnsafe(CHUNK);
+        let position = 0;
+        let buildinfo = -1;
+        for (;;) {
+            const { bytesRead } = await handle.read(buffer, 0, CHUNK, position);
+            if (bytesRead === 0)
+                break;
+            const chunk = buffer.subarray(0, bytesRead);
+            hash.update(chunk);
+            if (buildinfo < 0)
+                buildinfo = alignedMagic(chunk, position);
+            position += bytesRead;
+        }
+        const exact = buildinfo >= 0 && (await mainModuleAt(handle, buildinfo)) === GITLEAKS_MODULE;
+        if (!exact)
+            hash.update('\0version\0').update(await gitleaksVersion(binary));
+        const file = { dev: Number(stat.dev), ino: Number(stat.ino), size: Number(stat.size), mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs };
+        return { digest: hash.digest('hex'), exact, file };
+    }
+    finally {
+        await handle.close();
+    }
+}
+/** Whether the file at `binary` is still the one identified (same inode, size and times): false when it cannot be read. */
+function unchangedSince(binary, identity) {
+    try {
+        const now = external_node_fs_default().statSync(binary, { bigint: true });
+        const was = identity.file;
+        return Number(now.dev) === was.dev && Number(now.ino) === was.ino && Number(now.size) === was.size && now.mtimeNs === was.mtimeNs && now.ctimeNs === was.ctimeNs;
+    }
+    catch {
+        return false;
+    }
+}
+/** The file offset of the first 16-byte-aligned build-information magic in `chunk` (read at `offset`), or -1. */
+function alignedMagic(chunk, offset) {
+    for (let at = chunk.indexOf(BUILDINFO_MAGIC); at >= 0; at = chunk.indexOf(BUILDINFO_MAGIC, at + 1)) {
+        if ((offset + at) % 16 === 0)
+            return offset + at;
+    }
+    return -1;
+}
+/**
+ * The main module a Go executable's build information names (Go 1.18+:
+ * a 32-byte header, then the Go version and the module information as
+ * length-prefixed strings; the latter starts with a 16-byte sentinel, then
+ * `path\t<main package>`), or null when it cannot be read that way.
+ */
+async function mainModuleAt(handle, offset) {
+    const info = Buffer.alloc(BUILDINFO_MAX);
+    const { bytesRead } = await handle.read(info, 0, BUILDINFO_MAX, offset);
+    const bytes = info.subarray(0, bytesRead);
+    // Flag 2: the strings follow the header (older layouts point into memory instead).
+    if (bytes.length < 32 || (bytes[15] & 2) === 0)
+        return null;
+    let at = 32;
+    const string = () => {
+        let length = 0;
+        for (let shift = 0; at < bytes.length && shift < 28; shift += 7) {
+            const byte = bytes[at++];
+            length |= (byte & 0x7f) << shift;
+            if ((byte & 0x80) === 0) {
+                if (at + length > bytes.length)
+                    return null;
+                const value = bytes.subarray(at, at + length);
+                at += length;
+                return value;
+            }
+        }
+        return null;
+    };
+    if (string() === null)
+        return null; // the Go version
+    const modinfo = string();
+    if (modinfo === null || modinfo.length < 16)
+        return null;
+    const first = modinfo.subarray(16).toString('latin1').split('\n', 1)[0];
+    return first.startsWith('path\t') ? first.slice('path\t'.length) : null;
+}
+/** `gitleaks version`'s answer; a failure says only how it ended. */
+function gitleaksVersion(binary) {
+    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
+        if (!error)
+            return resolve(stdout.trim());
+        const { code, signal } = error;
+        const how = typeof code === 'number' ? `exit ${code}` : typeof signal === 'string' ? `signal ${signal}` : typeof code === 'string' ? code : 'no answer';
+        reject(new Error(`gitleaks version failed (${how})`));
+    }));
+}
+
 ;// CONCATENATED MODULE: ./src/scan/gitleaks.ts
+
 
 
 
@@ -37992,7 +38107,8 @@ function checkGitleaksLogs(binary, limits, identity, record) {
     let check = verified.get(key);
     if (!check) {
         check = probeLogs(binary, limits).then(() => {
-            if (identity)
+            // Only the bytes that were identified, if they are still what ran.
+            if (identity && unchangedSince(binary, identity))
                 record?.add(identity);
         });
         verified.set(key, check);
@@ -38581,7 +38697,7 @@ class ScanCache {
             const key = hash.digest('hex').slice(0, 32);
             // Caches of other keys are never used again: drop them (the probe record is not one).
             for (const name of external_node_fs_default().readdirSync(dir))
-                if (!name.startsWith(key) && !name.startsWith(PROBED))
+                if (!name.startsWith(key) && name !== PROBED)
                     external_node_fs_default().rmSync(external_node_path_default().join(dir, name), { force: true, recursive: true });
             const loaded = {
                 entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say),
@@ -38673,12 +38789,20 @@ function readCacheFile(file, encoding, say) {
         return null;
     }
 }
+/** Whether `text` holds more than `max` lines, counted without splitting it (a file of nothing but newlines would not fit in memory split). */
+function tooManyLines(text, max) {
+    let lines = 0;
+    for (let at = text.indexOf('\n'); at >= 0; at = text.indexOf('\n', at + 1))
+        if (++lines > max)
+            return true;
+    return false;
+}
 function readSet(file, line, say) {
     const text = readCacheFile(file, 'latin1', say);
     if (text === null)
         return new Set();
-    const lines = text.split('\n').filter(Boolean);
-    if (lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
+    const lines = tooManyLines(text, MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
+    if (lines === null || lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
         say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and everything is scanned`);
         external_node_fs_default().rmSync(file, { force: true });
         return new Set();
@@ -38694,8 +38818,14 @@ function writeLines(file, lines) {
         return;
     }
     const tmp = `${file}.${process.pid}.${external_node_crypto_default().randomBytes(4).toString('hex')}`;
-    external_node_fs_default().writeFileSync(tmp, lines.map((l) => `${l}\n`).join(''), { mode: 0o600 });
-    external_node_fs_default().renameSync(tmp, file);
+    try {
+        external_node_fs_default().writeFileSync(tmp, lines.map((l) => `${l}\n`).join(''), { mode: 0o600 });
+        external_node_fs_default().renameSync(tmp, file);
+    }
+    finally {
+        // Gone after a rename; left by a failed write or rename (a full disk): never kept.
+        external_node_fs_default().rmSync(tmp, { force: true });
+    }
 }
 /** The remembered unscanned files; any line that is not exactly what {@link ScanCache.save} writes voids the whole file. */
 function readUnscanned(file, say) {
@@ -38703,8 +38833,9 @@ function readUnscanned(file, say) {
     if (text === null)
         return new Map();
     const out = new Map();
-    const lines = text.split('\n').filter(Boolean);
-    const valid = lines.length <= MAX_ENTRIES &&
+    const lines = tooManyLines(text, MAX_ENTRIES) ? [] : text.split('\n').filter(Boolean);
+    const valid = !tooManyLines(text, MAX_ENTRIES) &&
+        lines.length <= MAX_ENTRIES &&
         lines.every((line) => {
             let parsed;
             try {
@@ -38735,17 +38866,30 @@ function readUnscanned(file, say) {
     }
     return out;
 }
-/** The cache directory's file naming the gitleaks builds that passed the log probe. */
-const PROBED = 'probed';
+/**
+ * The cache directory's file naming the gitleaks builds that passed the log
+ * probe. Its number is the probe's version: a vm-sync whose probe checks more
+ * uses another name, so that builds proven by an older probe are proven again.
+ */
+const PROBED = 'probed-1';
 /** How many builds it remembers (the newest). */
 const MAX_PROBED = 8;
+/** Larger than what MAX_PROBED digests take: not a record vm-sync wrote. */
+const MAX_PROBED_BYTES = 4096;
 const DIGEST = /^[0-9a-f]{64}$/;
-/** `dir` exists (made 0700 if not) and is a directory of this user; said when it is not. */
+/**
+ * `dir` exists (made 0700 if not) and is a directory of this user that no
+ * other user can write to (so every file in it is this user's); said when not.
+ */
 function ownDirectory(dir, say) {
     external_node_fs_default().mkdirSync(dir, { recursive: true, mode: 0o700 });
     const stat = external_node_fs_default().lstatSync(dir);
     if (!stat.isDirectory() || stat.uid !== process.getuid?.()) {
         say(`secret scan: ${dir} is not a directory of this user: no scan cache (everything is scanned)`);
+        return false;
+    }
+    if ((stat.mode & 0o022) !== 0) {
+        say(`secret scan: ${dir} can be written by other users: no scan cache (everything is scanned); chmod go-w ${dir}`);
         return false;
     }
     return true;
@@ -38772,7 +38916,8 @@ class ProbeRecord {
             if (!ownDirectory(dir, say))
                 return null;
             const file = external_node_path_default().join(dir, PROBED);
-            const text = readCacheFile(file, 'latin1', say) ?? '';
+            const size = external_node_fs_default().lstatSync(file, { throwIfNoEntry: false })?.size ?? 0;
+            const text = size <= MAX_PROBED_BYTES ? (readCacheFile(file, 'latin1', say) ?? '') : '';
             const lines = text.split('\n').filter(Boolean);
             // Anything but what add() writes is dropped whole: the probe then runs again.
             return new ProbeRecord(file, lines.length <= MAX_PROBED && lines.every((l) => DIGEST.test(l)) ? lines : []);
@@ -38796,42 +38941,6 @@ class ProbeRecord {
             // best effort, see above
         }
     }
-}
-
-;// CONCATENATED MODULE: ./src/scan/identity.ts
-
-
-
-const ELF = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
-/**
- * Identifies the gitleaks at `binary` (see {@link GitleaksIdentity}). Rejects
- * when it cannot be read, or when a script's `version` fails: the message
- * then says only how it ended (a broken gitleaks may print anything, a secret
- * it was scanning included).
- */
-async function identifyGitleaks(binary) {
-    const hash = external_node_crypto_default().createHash('sha256');
-    let head = null;
-    // Streamed: the executable is 20-30 MB and the runner host's memory is a target.
-    for await (const chunk of external_node_fs_default().createReadStream(binary, { highWaterMark: 1024 * 1024 })) {
-        const bytes = chunk;
-        head ??= bytes.subarray(0, ELF.length);
-        hash.update(bytes);
-    }
-    const exact = head !== null && head.equals(ELF);
-    if (!exact)
-        hash.update('\0version\0').update(await gitleaksVersion(binary));
-    return { digest: hash.digest('hex'), exact };
-}
-/** `gitleaks version`'s answer; a failure says only how it ended. */
-function gitleaksVersion(binary) {
-    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
-        if (!error)
-            return resolve(stdout.trim());
-        const { code, signal } = error;
-        const how = typeof code === 'number' ? `exit ${code}` : typeof signal === 'string' ? `signal ${signal}` : typeof code === 'string' ? code : 'no answer';
-        reject(new Error(`gitleaks version failed (${how})`));
-    }));
 }
 
 ;// CONCATENATED MODULE: ./src/local/together.ts
@@ -38954,8 +39063,12 @@ async function runSecretScan(inputs) {
         const cache = ScanCache.open(inputs.cacheDir, identity, trustedFiles, (m) => events.info(null, m));
         const saved = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
         const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
-        // Only a scan that completed is remembered (a throw above records nothing).
-        if (cache) {
+        // Only a scan that completed is remembered (a throw above records nothing), and only for the gitleaks
+        // that was identified: one replaced meanwhile (an upgrade during the run) may have done part of the scan.
+        if (cache && known && !unchangedSince(binary, known)) {
+            events.info(null, `secret scan: ${binary} changed during the scan: nothing of it is remembered (the next run scans again)`);
+        }
+        else if (cache) {
             try {
                 cache.save();
             }
@@ -39554,7 +39667,7 @@ var external_node_net_default = /*#__PURE__*/__nccwpck_require__.n(external_node
 ;// CONCATENATED MODULE: ./src/remote/agent-sh.generated.ts
 // Generated by scripts/embed-agent.mjs from src/remote/agent.sh: edit that file, then run npm run build.
 /** The VM agent's program text (src/remote/agent.sh without its comments). */
-const AGENT_SH = "set -u\numask 022\nunset TAR_OPTIONS GZIP\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nwhile :; do case $T in ?*/) T=${T%/} ;; *) break ;; esac; done\ncase $T in\n  */*) P=${T%/*}; [ -n \"$P\" ] || P=/ ;;\n  *) P=. ;;\nesac\nwhile :; do case $P in ?*/) P=${P%/} ;; *) break ;; esac; done\nN=${T##*/}\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  own_dir_entry \"$1\"\n  no_other_writers \"$1\"\n}\nown_dir_entry() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n}\nno_other_writers() {\n  case $(ls -ld -- \"$1\") in\n    d????w????* | d???????w?*) chmod go-w -- \"$1\" || fail unsafe_state_dir \"$1 is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  set -- \"$S\" \"$R\" \"$C\" \"$RJ\" \"$S/tmp\" \"$S/ops\" \"$S/manifests\"\n  for d in \"$@\"; do own_dir_entry \"$d\"; done\n  if [ -n \"$(find \"$@\" -prune \\( -perm -020 -o -perm -002 \\) -print 2>/dev/null | head -c 1)\" ]; then\n    for d in \"$@\"; do no_other_writers \"$d\"; done\n  fi\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nmarker_commit() { # NAME\n  mc=-\n  if [ -n \"$1\" ] && [ -f \"$C/$1\" ] && [ ! -L \"$C/$1\" ]; then\n    mc=$(head -c 100 -- \"$C/$1\" | head -n 1)\n    case $mc in *[!0-9a-f]* | '') mc=- ;; esac\n    [ \"${#mc}\" = 40 ] || mc=-\n  fi\n  printf '%s' \"$mc\"\n}\nrevlog() { # ACTION FROM TO RUN RELEASE\n  rl=\"$S/revisions.log\"\n  if [ -L \"$rl\" ]; then rm -f -- \"$rl\"; fi\n  if [ -e \"$rl\" ] && [ ! -f \"$rl\" ]; then return 0; fi\n  rr=$4\n  case $rr in '' | *[!A-Za-z0-9._:-]*) rr=- ;; esac\n  [ \"${#rr}\" -le 64 ] || rr=-\n  printf 'vm-sync-rev-1 %s %s %s %s %s %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$1\" \"$2\" \"$3\" \"$rr\" \"${5:--}\" >> \"$rl\" 2>/dev/null || return 0\n  if [ \"$(wc -l < \"$rl\")\" -gt 2000 ]; then\n    keep=$(mktemp \"$S/tmp/revisions.XXXXXX\") && tail -n 1000 -- \"$rl\" > \"$keep\" && mv -f -- \"$keep\" \"$rl\"\n  fi\n  return 0\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nhas_zstd() { zstd -q -V >/dev/null 2>&1; }\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  set +f\n  for m in \"$S/tmp\"/cancelled.*; do\n    if [ -e \"$m\" ]; then find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null; fi\n    break\n  done\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$sha.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$sha\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$sha\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if has_zstd; then out zstd 1; else out zstd 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0} action=${4:-deploy} run=${5:-}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  case $action in deploy | revert | rollback) ;; *) fail failed \"bad flip action\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  revlog \"$action\" \"$(marker_commit \"${cur##*/}\")\" \"$(marker_commit \"$name\")\" \"$run\" \"$name\"\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3 codec=${4:-gzip}\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  case $codec in\n    gzip) unpack=-z ;;\n    zstd) has_zstd || fail stream_failed \"zstd is needed to unpack this stream and does not run here\"; unpack='--use-compress-program=zstd' ;;\n    *) fail failed \"bad stream codec\" ;;\n  esac\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    case $line in\n      *\\\\*) rel=$(printf '%bx' \"$line\"); rel=${rel%x} ;;\n      *) rel=$line ;;\n    esac\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x \"$unpack\" -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2 from=${3:-} run=${4:-}\n  require_lock \"$token\"\n  case $sha in *[!0-9a-f]* | '') fail failed \"bad commit\" ;; esac\n  case $from in *[!0-9a-f]* | '') from=- ;; esac\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  revlog deploy \"$from\" \"$sha\" \"$run\" -\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\nrevisions)\n  limit=$1\n  digits \"$limit\" || fail failed \"bad limit\"\n  if [ -L \"$S\" ]; then fail unsafe_state_dir \"$S is a symlink: vm-sync refuses to read through it\"; fi\n  rl=\"$S/revisions.log\"\n  if [ -f \"$rl\" ] && [ ! -L \"$rl\" ]; then\n    out log present\n    tail -n \"$limit\" -- \"$rl\" | cut -b 1-400 | while IFS= read -r l || [ -n \"$l\" ]; do out revision \"$l\"; done\n  else\n    out log absent\n  fi\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      w=${w#=}\n      case $w in\n        *\\\\*) a=$(printf '%bx' \"$w\"); w=${a%x} ;;\n      esac\n      set -- \"$@\" \"$w\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
+const AGENT_SH = "set -u\numask 022\nunset TAR_OPTIONS GZIP\nNONCE=$1 op=$2\nshift 2\nNL='\n'\nCR=$(printf '\\r')\nout() {\n  case $2 in\n    *\"$NL\"* | *\"$CR\"*) v=$(printf '%s' \"$2\" | tr '\\n\\r' '??') ;;\n    *) v=$2 ;;\n  esac\n  printf '@%s %s=%s\\n' \"$NONCE\" \"$1\" \"$v\"\n}\nfail() { # CODE MESSAGE\n  out error \"$1\"\n  out message \"$2\"\n  printf 'vm-sync: %s\\n' \"$2\" >&2\n  exit 3\n}\nflush() { sync -f \"$1\" 2>/dev/null || sync; }\nexpand() {\n  case $1 in\n    \"~/\"*) printf '%s\\n' \"$HOME/${1#\"~/\"}\" ;;\n    *) printf '%s\\n' \"$1\" ;;\n  esac\n}\ndigits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }\nTARGET_ARG=$1\nT=$(expand \"$1\")\nshift\nwhile :; do case $T in ?*/) T=${T%/} ;; *) break ;; esac; done\ncase $T in\n  */*) P=${T%/*}; [ -n \"$P\" ] || P=/ ;;\n  *) P=. ;;\nesac\nwhile :; do case $P in ?*/) P=${P%/} ;; *) break ;; esac; done\nN=${T##*/}\nS=\"$P/.$N.vm-sync\"\nR=\"$S/releases\"\nC=\"$S/complete\"\nRJ=\"$S/rejected\"\nSH=\"$S/shared\"\nL=\"$S/lock\"\nLOCK_MAX=1000\nhexof() { od -An -v -tx1 | tr -d ' \\n'; }\nlock_text() {\n  if [ -L \"$L\" ]; then readlink -- \"$L\" | head -c \"$LOCK_MAX\"\n  elif [ -d \"$L\" ]; then head -c 200 -- \"$L/owner\" 2>/dev/null | head -n 1\n  fi\n}\nnot_cancelled() {\n  if [ -e \"$S/tmp/cancelled.$NONCE\" ]; then fail interrupted \"this step was cancelled by its run before it started: nothing was changed\"; fi\n}\nown_dir() {\n  own_dir_entry \"$1\"\n  no_other_writers \"$1\"\n}\nown_dir_entry() {\n  d=$1\n  if [ -L \"$d\" ]; then fail unsafe_state_dir \"$d is a symlink: vm-sync refuses to use it. Remove it if you did not create it.\"; fi\n  if [ ! -e \"$d\" ]; then\n    mkdir -- \"$d\" 2>/dev/null || fail failed \"cannot create $d: $(mkdir -- \"$d\" 2>&1)\"\n  fi\n  [ -d \"$d\" ] || fail unsafe_state_dir \"$d is not a directory: vm-sync refuses to use it. Move it away.\"\n  [ -O \"$d\" ] || fail unsafe_state_dir \"$d is not owned by $(id -un): vm-sync refuses to use it. Check who created it, then remove it.\"\n}\nno_other_writers() {\n  case $(ls -ld -- \"$1\") in\n    d????w????* | d???????w?*) chmod go-w -- \"$1\" || fail unsafe_state_dir \"$1 is writable by other users and cannot be fixed\" ;;\n  esac\n}\nstate_dirs() {\n  set -- \"$S\" \"$R\" \"$C\" \"$RJ\" \"$S/tmp\" \"$S/ops\" \"$S/manifests\"\n  for d in \"$@\"; do own_dir_entry \"$d\"; done\n  if [ -n \"$(find \"$@\" -prune \\( -perm -020 -o -perm -002 \\) -print 2>/dev/null | head -c 1)\" ]; then\n    for d in \"$@\"; do no_other_writers \"$d\"; done\n  fi\n}\nadopt_legacy() {\n  set +f\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ -e \"$C/$name\" ] || [ -L \"$C/$name\" ]; then continue; fi\n    case $name in *.partial) continue ;; esac\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ]; then continue; fi\n    sha=$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\n    case $sha in *[!0-9a-f]*) continue ;; esac\n    [ \"${#sha}\" = 40 ] || continue\n    case $name in ????????T??????Z-\"$(printf '%s' \"$sha\" | cut -c1-12)\"*) printf '%s\\n' \"$sha\" > \"$C/$name\" ;; esac\n  done\n}\nmarker_commit() { # NAME\n  mc=-\n  if [ -n \"$1\" ] && [ -f \"$C/$1\" ] && [ ! -L \"$C/$1\" ]; then\n    mc=$(head -c 100 -- \"$C/$1\" | head -n 1)\n    case $mc in *[!0-9a-f]* | '') mc=- ;; esac\n    [ \"${#mc}\" = 40 ] || mc=-\n  fi\n  printf '%s' \"$mc\"\n}\nrevlog() { # ACTION FROM TO RUN RELEASE\n  rl=\"$S/revisions.log\"\n  if [ -L \"$rl\" ]; then rm -f -- \"$rl\"; fi\n  if [ -e \"$rl\" ] && [ ! -f \"$rl\" ]; then return 0; fi\n  rr=$4\n  case $rr in '' | *[!A-Za-z0-9._:-]*) rr=- ;; esac\n  [ \"${#rr}\" -le 64 ] || rr=-\n  printf 'vm-sync-rev-1 %s %s %s %s %s %s\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$1\" \"$2\" \"$3\" \"$rr\" \"${5:--}\" >> \"$rl\" 2>/dev/null || return 0\n  if [ \"$(wc -l < \"$rl\")\" -gt 2000 ]; then\n    keep=$(mktemp \"$S/tmp/revisions.XXXXXX\") && tail -n 1000 -- \"$rl\" > \"$keep\" && mv -f -- \"$keep\" \"$rl\"\n  fi\n  return 0\n}\nprevious_of() { # LIVE\n  found=''\n  if [ -f \"$S/history\" ] && [ ! -L \"$S/history\" ]; then\n    found=$(tac -- \"$S/history\" | while IFS= read -r name; do\n      case $name in '' | */* | .*) continue ;; esac\n      [ \"$name\" = \"$1\" ] && continue\n      if [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ] && [ -d \"$R/$name\" ] && [ ! -L \"$R/$name\" ]; then printf '%s\\n' \"$name\"; break; fi\n    done)\n  fi\n  if [ -z \"$found\" ] && [ -n \"$1\" ]; then\n    found=$(for d in \"$R\"/*; do\n      name=${d##*/}\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/$name\" ] && [ ! -e \"$RJ/$name\" ]; then printf '%s\\n' \"$name\"; fi\n    done | sort -r | {\n      after=0\n      while IFS= read -r name; do\n        if [ \"$after\" = 1 ]; then printf '%s\\n' \"$name\"; break; fi\n        [ \"$name\" = \"$1\" ] && after=1\n      done\n    })\n  fi\n  printf '%s\\n' \"$found\"\n}\nparents_ok() { # BASE REL create|check\n  case $2 in */*) ;; *) return 0 ;; esac\n  cur=$1 how=$3\n  old_ifs=$IFS\n  IFS=/\n  set -f\n  set -- ${2%/*}\n  set +f\n  IFS=$old_ifs\n  for c in \"$@\"; do\n    cur=\"$cur/$c\"\n    [ -L \"$cur\" ] && return 1\n    if [ ! -e \"$cur\" ]; then\n      [ \"$how\" = create ] || return 0\n      mkdir -- \"$cur\" || return 1\n    fi\n    if [ ! -d \"$cur\" ]; then\n      [ \"$how\" = create ] && return 1\n      return 0\n    fi\n  done\n  return 0\n}\nsafe_parent() { parents_ok \"$1\" \"$2\" create; }\nno_link_parent() { parents_ok \"$1\" \"$2\" check; }\ngnu_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'\n}\nhas_zstd() { zstd -q -V >/dev/null 2>&1; }\nstat_list() { # DIR\n  find \"$1\" -mindepth 1 -printf '%y %m %s %T@ %i %P\\0' | LC_ALL=C sort -z\n}\nintact() { # NAME\n  m=\"$S/manifests/$1\"\n  [ -f \"$m\" ] && [ ! -L \"$m\" ] && [ -d \"$R/$1\" ] && [ ! -L \"$R/$1\" ] || return 1\n  stat_list \"$R/$1\" | cmp -s - \"$m\"\n}\ncurrent_release() {\n  if [ -L \"$T\" ]; then\n    link=$(readlink -- \"$T\")\n    case $link in\n      \".$N.vm-sync/releases/\"*/* | *..*) ;;\n      \".$N.vm-sync/releases/\"?*) printf '%s\\n' \"$P/$link\" ;;\n    esac\n  fi\n}\ndrop_partials() { # SHA\n  for p in \"$R\"/*.partial; do\n    if [ ! -d \"$p\" ] || [ -L \"$p\" ]; then continue; fi\n    [ \"$p\" = \"$R/$1.partial\" ] && continue\n    rm -rf -- \"$p\" && out removed_partial \"${p##*/}\"\n  done\n}\nsurvey() { # SHA SHARED...\n  want=$1\n  shift\n  cur=$(current_release)\n  if [ -n \"$cur\" ] && [ -d \"$cur\" ]; then out link_dest \"$cur\"\n  elif [ ! -L \"$T\" ] && [ -d \"$T\" ]; then out link_dest \"$T\"\n  else out link_dest ''\n  fi\n  live=$(current_release)\n  reuse=$(for m in \"$C\"/*; do\n    [ -f \"$m\" ] || continue\n    [ \"$(head -c 100 -- \"$m\" | head -n 1)\" = \"$want\" ] || continue\n    d=\"$R/${m##*/}\"\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ] || [ \"$d\" = \"$live\" ]; then continue; fi\n    if [ ! -f \"$d/.sync_rev\" ] || [ -L \"$d/.sync_rev\" ] || [ \"$(head -c 100 -- \"$d/.sync_rev\" | head -n 1)\" != \"$want\" ]; then continue; fi\n    ok=1\n    for rel in \"$@\"; do\n      if [ ! -L \"$d/$rel\" ] || [ \"$(readlink -- \"$d/$rel\")\" != \"$SH/$rel\" ]; then ok=0; fi\n    done\n    if [ \"$ok\" = 1 ]; then printf '%s\\n' \"${m##*/}\"; fi\n  done | sort -r | head -n 1)\n  out complete \"$reuse\"\n  if gnu_tools; then out stream 1; else out stream 0; fi\n  if has_zstd; then out zstd 1; else out zstd 0; fi\n  if [ -n \"$live\" ] && [ -f \"$C/${live##*/}\" ]; then\n    bk=$(sed -n 2p -- \"$C/${live##*/}\" | head -c 100)\n    out base_key \"${bk#key=}\"\n  fi\n  if [ -z \"$live\" ]; then out base_state none\n  elif [ ! -f \"$S/manifests/${live##*/}\" ]; then out base_state unknown\n  elif gnu_tools && intact \"${live##*/}\"; then out base_state intact\n  else out base_state drifted\n  fi\n  for rel in \"$@\"; do\n    if [ -e \"$SH/$rel\" ] || [ -L \"$SH/$rel\" ]; then out shared \"$rel\"; fi\n  done\n}\nprobe() {\n  out target \"$T\"\n  cur=$(current_release)\n  if [ -L \"$T\" ]; then\n    if [ -z \"$cur\" ]; then\n      if [ -e \"$T\" ]; then kind=symlink; else kind=dangling; fi\n    elif [ -d \"$cur\" ]; then kind=release\n    else kind=dangling\n    fi\n  elif [ -d \"$T\" ]; then kind=dir\n  elif [ -e \"$T\" ]; then kind=other\n  else kind=absent\n  fi\n  out kind \"$kind\"\n  out current \"$cur\"\n  f=\"$T/.sync_rev\"\n  if [ \"$kind\" = symlink ] || [ \"$kind\" = other ] || [ \"$kind\" = dangling ]; then state=absent\n  elif [ -L \"$f\" ]; then state=symlink\n  elif [ ! -e \"$f\" ]; then state=absent\n  elif [ -d \"$f\" ]; then state=directory\n  elif [ ! -f \"$f\" ]; then state=special\n  elif [ ! -r \"$f\" ]; then state=unreadable\n  else state=regular\n  fi\n  out rev_state \"$state\"\n  revval=\n  if [ \"$state\" = regular ]; then revval=$(head -c 100 -- \"$f\" | head -n 1); out rev \"$revval\"; fi\n  out rsync \"$(rsync --version 2>/dev/null </dev/null | head -n 1)\"\n  if [ -L \"$L\" ] || [ -e \"$L\" ]; then\n    lt=$(lock_text)\n    out lock_record \"$lt\"\n    out lock_hex \"$(printf '%s' \"$lt\" | hexof)\"\n    if [ -L \"$L\" ]; then out lock_kind v2; elif [ -d \"$L\" ]; then out lock_kind legacy; else out lock_kind other; fi\n  fi\n  if [ -e \"$L\" ] || [ -L \"$L\" ]; then out lock_mtime \"$(stat -c %Y -- \"$L\" 2>/dev/null)\"; fi\n  out now \"$(date +%s)\"\n}\nfield() { # TEXT KEY: the value of key=value in a space-separated lock record\n  case \" $1 \" in\n    *\" $2=\"*) v=${1##*\" $2=\"}; printf '%s\\n' \"${v%% *}\" ;;\n  esac\n}\nbreak_lock() { # EXPECTED_HEX\n  [ -L \"$L\" ] || [ -e \"$L\" ] || return 1\n  seen=$(lock_text)\n  [ \"$(printf '%s' \"$seen\" | hexof)\" = \"$1\" ] || return 1\n  away=\"$S/tmp/broken.$$\"\n  rm -rf -- \"$away\"\n  mv -- \"$L\" \"$away\" 2>/dev/null || return 1\n  if [ -L \"$away\" ]; then again=$(readlink -- \"$away\" | head -c \"$LOCK_MAX\"); else again=$(head -c 200 -- \"$away/owner\" 2>/dev/null | head -n 1); fi\n  if [ \"$again\" != \"$seen\" ]; then\n    [ -e \"$L\" ] || [ -L \"$L\" ] || mv -- \"$away\" \"$L\" 2>/dev/null\n    return 1\n  fi\n  rm -rf -- \"$away\"\n  kill_ops \"$(field \"$seen\" token)\"\n  return 0\n}\nkill_ops() { # TOKEN\n  for rec in \"$S/ops\"/*; do\n    [ -f \"$rec\" ] || continue\n    pg=${rec##*/}\n    digits \"$pg\" || { rm -f -- \"$rec\"; continue; }\n    holder=$(head -c 200 -- \"$rec\")\n    alive=0\n    [ \"$(cat \"/proc/$pg/comm\" 2>/dev/null)\" = timeout ] && alive=1\n    if [ \"$alive\" = 1 ] && [ -n \"$1\" ] && [ \"$holder\" = \"$1\" ]; then\n      kill -KILL \"-$pg\" 2>/dev/null && out killed_pgid \"$pg\"\n      rm -f -- \"$rec\"\n    elif [ \"$alive\" = 0 ]; then\n      rm -f -- \"$rec\"\n    fi\n  done\n}\nrequire_lock() { # TOKEN\n  not_cancelled\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$1 \"*) ;;\n    *) fail lock_lost \"this run no longer holds the lock $L (another run broke it): nothing was changed by this step\" ;;\n  esac\n  printf '%s\\n' \"$1\" > \"$S/ops/$PPID\" 2>/dev/null || true\n  trap 'rm -f -- \"$S/ops/$PPID\"' EXIT\n}\nlisting_tools() {\n  find --version 2>/dev/null | head -n 1 | grep -q GNU && printf '' | sha256sum -z >/dev/null 2>&1 && printf 'x' | head -c 1 >/dev/null 2>&1 && gzip -c </dev/null >/dev/null 2>&1\n}\ncase $op in\nprobe)\n  probe\n  ;;\nbegin)\n  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7 survey=${8:-0}\n  if [ \"$#\" -ge 8 ]; then shift 8; else set --; fi\n  digits \"$budget\" || fail failed \"bad budget\"\n  state_dirs\n  not_cancelled\n  set +f\n  for m in \"$S/tmp\"/cancelled.*; do\n    if [ -e \"$m\" ]; then find \"$S/tmp\" -maxdepth 1 -name 'cancelled.*' -mmin +60 -exec rm -f -- {} + 2>/dev/null; fi\n    break\n  done\n  now=$(date +%s)\n  if [ -n \"$expected_break\" ]; then\n    break_lock \"$expected_break\" && out took_over \"$seen\"\n  fi\n  record=\"vm-sync-lock-v2 deadline=$((now + budget)) ${owner#vm-sync-lock-v2 }\"\n  if ! err=$(ln -s -T -- \"$record\" \"$L\" 2>&1); then\n    if [ ! -L \"$L\" ] && [ ! -e \"$L\" ]; then fail failed \"cannot create the lock $L: $err\"; fi\n    stale=0\n    held=$(lock_text)\n    if [ -L \"$L\" ]; then\n      deadline=$(field \"$held\" deadline)\n      if digits \"$deadline\"; then [ \"$now\" -gt \"$deadline\" ] && stale=1; why=deadline\n      else why=unreadable\n      fi\n    elif [ -d \"$L\" ]; then\n      started=${held##* }\n      if [ \"$held\" != \"$started\" ] && digits \"$started\"; then\n        [ $((now - started)) -gt \"$legacy_after\" ] && stale=1; why=legacy\n      else why=unreadable\n      fi\n    else\n      why=unreadable\n    fi\n    mtime=$(stat -c %Y -- \"$L\" 2>/dev/null)\n    digits \"$mtime\" || mtime=$now\n    age=$((now - mtime))\n    if [ \"$why\" = unreadable ] && [ \"$age\" -gt \"$grace\" ]; then stale=1; fi\n    if [ \"$stale\" = 1 ] && break_lock \"$(printf '%s' \"$held\" | hexof)\" && ln -s -T -- \"$record\" \"$L\" 2>/dev/null; then\n      out took_over \"$held\"\n      out took_over_why \"$why\"\n    else\n      out lock held\n      out lock_why \"$why\"\n      out owner \"$held\"\n      out owner_hex \"$(printf '%s' \"$held\" | hexof)\"\n      out age \"$age\"\n      probe\n      out end ok\n      exit 0\n    fi\n  fi\n  out lock acquired\n  adopt_legacy\n  kill_ops ''\n  probe\n  if [ \"$force\" = 0 ] && [ \"$state\" = regular ] && { [ \"$kind\" = release ] || [ \"$kind\" = dir ]; } && [ \"$revval\" = \"$expect\" ]; then\n    rm -f -- \"$L\"\n    out lock released\n  elif [ \"$survey\" = 1 ]; then\n    survey \"$expect\" \"$@\"\n  fi\n  ;;\nunlock)\n  token=$1\n  case \" $(readlink -- \"$L\" 2>/dev/null | head -c \"$LOCK_MAX\") \" in\n    *\" token=$token \"*) rm -f -- \"$L\"; out lock released ;;\n    *) out lock not-ours ;;\n  esac\n  ;;\nbreak)\n  state_dirs\n  if break_lock \"$1\"; then out lock broken; else out lock changed; fi\n  ;;\nstage)\n  token=$1 sha=$2\n  shift 2\n  require_lock \"$token\"\n  drop_partials \"$sha\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  [ -d \"$stage\" ] || mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  out stage \"$stage\"\n  survey \"$sha\" \"$@\"\n  ;;\nseal)\n  token=$1 sha=$2 key=$3\n  shift 3\n  case $key in *[!0-9a-f]*) fail failed \"bad build key\" ;; esac\n  require_lock \"$token\"\n  stage=\"$R/$sha.partial\"\n  if [ ! -d \"$stage\" ] || [ -L \"$stage\" ]; then fail failed \"staged release $stage is missing\"; fi\n  rm -rf -- \"$stage/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  mv -f -- \"$tmp\" \"$stage/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  if [ \"$#\" -gt 0 ]; then own_dir \"$SH\"; fi\n  for spec in \"$@\"; do\n    kind=${spec%%:*} rel=${spec#*:}\n    case /$rel/ in *//* | */./* | */../*) fail failed \"bad shared path $rel\" ;; esac\n    src=\"$stage/$rel\" dst=\"$SH/$rel\"\n    safe_parent \"$SH\" \"$rel\" || fail unsafe_state_dir \"a parent of $dst is a symlink or not a directory: vm-sync refuses to write there. Fix it by hand.\"\n    safe_parent \"$stage\" \"$rel\" || fail failed \"shared path $rel: a parent directory of it in the commit is a symlink or a file; shared paths need real directories in the tree\"\n    if [ ! -e \"$dst\" ] && [ ! -L \"$dst\" ]; then\n      if [ \"$kind\" = d ] && [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = f ] && [ -f \"$src\" ] && [ ! -L \"$src\" ]; then\n        cp -a -- \"$src\" \"$dst\" || fail failed \"cannot seed $dst\"\n        out seeded \"$rel\"\n      elif [ \"$kind\" = d ]; then\n        mkdir -m 700 -- \"$dst\" || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      else\n        (umask 077 && : > \"$dst\") || fail failed \"cannot create $dst\"\n        out created \"$rel\"\n      fi\n    fi\n    rm -rf -- \"$src\"\n    ln -s -- \"$dst\" \"$src\" || fail failed \"cannot link $rel in the release\"\n  done\n  flush \"$stage\"\n  ms=$(date -u +%N | cut -c1-3)\n  digits \"$ms\" || ms=''\n  name=\"$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' \"$sha\" | cut -c1-12)\"\n  [ ! -e \"$R/$name\" ] || name=\"$name-$$\"\n  rm -rf -- \"${C:?}/$name\"\n  own_dir \"$S/manifests\"\n  rm -rf -- \"${S:?}/manifests/$name\"\n  if gnu_tools; then\n    mf=\"$S/tmp/manifest.$$\"\n    if ! { stat_list \"$stage\" > \"$mf\" && mv -f -- \"$mf\" \"$S/manifests/$name\"; }; then rm -f -- \"$mf\"; fi\n  fi\n  printf '%s\\nkey=%s\\n' \"$sha\" \"$key\" > \"$C/$name\" || fail failed \"cannot write the completion marker\"\n  mv -- \"$stage\" \"$R/$name\" || { rm -f -- \"$C/$name\"; fail failed \"cannot rename $stage\"; }\n  flush \"$R\"\n  out release \"$name\"\n  ;;\nflip)\n  token=$1 name=$2 reject=${3:-0} action=${4:-deploy} run=${5:-}\n  require_lock \"$token\"\n  case $name in '' | */* | .* | *.partial) fail failed \"bad release name\" ;; esac\n  case $action in deploy | revert | rollback) ;; *) fail failed \"bad flip action\" ;; esac\n  if [ ! -d \"$R/$name\" ] || [ -L \"$R/$name\" ] || [ ! -f \"$C/$name\" ]; then\n    fail no_release \"release $name is not kept complete on this VM\"\n  fi\n  cur=$(current_release)\n  out previous \"${cur##*/}\"\n  if [ -z \"$cur\" ] && { [ -e \"$T\" ] || [ -L \"$T\" ]; }; then\n    previous=\"$S/previous-$(date -u +%Y%m%dT%H%M%SZ)\"\n    [ ! -e \"$previous\" ] || previous=\"$previous-$$\"\n    mv -- \"$T\" \"$previous\" || fail failed \"cannot move $T aside\"\n    out moved_aside \"$previous\"\n  fi\n  link=\"$S/tmp/link.$$\"\n  rm -f -- \"$link\"\n  ln -s -- \".$N.vm-sync/releases/$name\" \"$link\" || fail failed \"cannot create symlink\"\n  mv -f -T -- \"$link\" \"$T\" || { rm -f -- \"$link\"; fail failed \"cannot flip $T\"; }\n  flush \"$P\"\n  rm -rf -- \"${RJ:?}/$name\"\n  if [ \"$reject\" = 1 ] && [ -n \"$cur\" ]; then\n    rm -rf -- \"${RJ:?}/${cur##*/}\"\n    : > \"$RJ/${cur##*/}\"\n  fi\n  if [ -L \"$S/history\" ]; then rm -f -- \"$S/history\"; fi\n  printf '%s\\n' \"$name\" >> \"$S/history\"\n  if [ \"$(wc -l < \"$S/history\")\" -gt 400 ]; then\n    keep=$(mktemp \"$S/tmp/history.XXXXXX\") && tail -n 200 -- \"$S/history\" > \"$keep\" && mv -f -- \"$keep\" \"$S/history\"\n  fi\n  revlog \"$action\" \"$(marker_commit \"${cur##*/}\")\" \"$(marker_commit \"$name\")\" \"$run\" \"$name\"\n  out release \"$name\"\n  ;;\napply)\n  token=$1 sha=$2 base=$3 codec=${4:-gzip}\n  require_lock \"$token\"\n  gnu_tools || fail stream_failed \"GNU tar and find are needed for the stream transfer\"\n  case $codec in\n    gzip) unpack=-z ;;\n    zstd) has_zstd || fail stream_failed \"zstd is needed to unpack this stream and does not run here\"; unpack='--use-compress-program=zstd' ;;\n    *) fail failed \"bad stream codec\" ;;\n  esac\n  drop_partials \"$sha\"\n  stage=\"$R/$sha.partial\"\n  if [ -L \"$stage\" ]; then rm -f -- \"$stage\"; fi\n  rm -rf -- \"$stage\" || fail failed \"cannot remove $stage\"\n  mkdir -- \"$stage\" || fail failed \"cannot create $stage\"\n  if [ -n \"$base\" ]; then\n    case $base in */* | .* | *.partial) fail failed \"bad base release name\" ;; esac\n    cur=$(current_release)\n    if [ \"$cur\" != \"$R/$base\" ] || [ ! -f \"$C/$base\" ]; then fail release_drifted \"the live release is no longer $base\"; fi\n    intact \"$base\" || fail release_drifted \"release $base was changed on this VM after vm-sync sealed it\"\n    if ! err=$(cp -al -- \"$R/$base/.\" \"$stage/\" 2>&1); then fail failed \"cannot hard-link $base into $stage: $(printf '%s' \"$err\" | tail -n 2)\"; fi\n  fi\n  removed=0\n  while IFS= read -r line; do\n    [ \"$line\" = . ] && break\n    case $line in\n      *\\\\*) rel=$(printf '%bx' \"$line\"); rel=${rel%x} ;;\n      *) rel=$line ;;\n    esac\n    case /$rel/ in // | *//* | */./* | */../*) fail failed \"bad path in the stream\" ;; esac\n    no_link_parent \"$stage\" \"$rel\" || fail release_drifted \"a parent directory of a changed path is a symlink in $base\"\n    rm -rf -- \"${stage:?}/$rel\" || fail failed \"cannot remove a changed path from $stage\"\n    removed=$((removed + 1))\n    p=$rel\n    while case $p in */*) true ;; *) false ;; esac; do\n      p=${p%/*}\n      if [ -L \"$stage/$p\" ]; then break; fi\n      if [ -d \"$stage/$p\" ]; then rmdir -- \"$stage/$p\" 2>/dev/null || break; fi\n    done\n  done\n  if ! err=$(tar -x \"$unpack\" -f - -C \"$stage\" --no-same-owner --delay-directory-restore 2>&1); then\n    case $err in\n      *'No space left'* | *'Wrote only'* | *'Disk quota'*)\n        free=$(df -Pk -- \"$S\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n        fail storage_full \"No space left on device while unpacking into $stage (${free:-?} KB free): free space on the VM, then deploy again\" ;;\n    esac\n    fail failed \"cannot unpack the stream into $stage: $(printf '%s' \"$err\" | tail -n 2)\"\n  fi\n  out removed \"$removed\"\n  out stage \"$stage\"\n  ;;\nreleases)\n  cur=$(current_release)\n  out live \"${cur##*/}\"\n  out previous \"$(previous_of \"${cur##*/}\")\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    case $name in *.partial) continue ;; esac\n    if [ -f \"$C/$name\" ]; then out release \"$name $(head -c 100 -- \"$C/$name\" | head -n 1)\"\n    else out incomplete \"$name\"\n    fi\n  done\n  ;;\nrenew)\n  token=$1 budget=$2\n  require_lock \"$token\"\n  digits \"$budget\" || fail failed \"bad budget\"\n  rec=$(readlink -- \"$L\" | head -c \"$LOCK_MAX\")\n  dl=$(field \"$rec\" deadline)\n  now=$(date +%s)\n  if ! digits \"$dl\" || [ \"$dl\" -le $((now + 2)) ]; then fail lock_lost \"this run's lock on $T expired before it was renewed\"; fi\n  rest=${rec#* }\n  rest=${rest#* }\n  link=\"$S/tmp/lock.$$\"\n  rm -f -- \"$link\"\n  ln -s -T -- \"vm-sync-lock-v2 deadline=$((now + budget)) $rest\" \"$link\" || fail failed \"cannot renew the lock\"\n  mv -f -T -- \"$link\" \"$L\" || { rm -f -- \"$link\"; fail failed \"cannot renew the lock\"; }\n  out deadline \"$((now + budget))\"\n  ;;\nhealth)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\ninplace-begin)\n  token=$1\n  require_lock \"$token\"\n  [ ! -L \"$T\" ] || fail failed \"$T is a symlink (atomic layout): switch layout back to atomic or remove it\"\n  [ -d \"$T\" ] || mkdir -- \"$T\" || fail failed \"cannot create $T\"\n  rm -rf -- \"$T/.sync_rev\" || fail failed \"cannot remove $T/.sync_rev\"\n  out target \"$T\"\n  ;;\ninplace-finish)\n  token=$1 sha=$2 from=${3:-} run=${4:-}\n  require_lock \"$token\"\n  case $sha in *[!0-9a-f]* | '') fail failed \"bad commit\" ;; esac\n  case $from in *[!0-9a-f]* | '') from=- ;; esac\n  rm -rf -- \"$T/.sync_rev\"\n  tmp=\"$S/tmp/sync_rev.$$\"\n  rm -rf -- \"$tmp\"\n  printf '%s\\n' \"$sha\" > \"$tmp\" || fail failed \"cannot write $tmp\"\n  flush \"$tmp\"\n  mv -f -- \"$tmp\" \"$T/.sync_rev\" || fail failed \"cannot write .sync_rev\"\n  flush \"$T\"\n  revlog deploy \"$from\" \"$sha\" \"$run\" -\n  out rev \"$sha\"\n  ;;\nprune)\n  token=$1 keep=$2\n  require_lock \"$token\"\n  digits \"$keep\" || fail failed \"bad keep\"\n  cur=$(current_release)\n  cur=${cur##*/}\n  for p in \"$R\"/*.partial; do\n    [ -d \"$p\" ] && [ ! -L \"$p\" ] && rm -rf -- \"$p\" && out pruned \"${p##*/}\"\n  done\n  for m in \"$C\"/* \"$RJ\"/* \"$S/manifests\"/*; do\n    if [ -e \"$m\" ] || [ -L \"$m\" ]; then [ -d \"$R/${m##*/}\" ] || rm -f -- \"$m\"; fi\n  done\n  list=$(mktemp \"$S/tmp/prune.XXXXXX\") || fail failed \"cannot create a temporary file in $S/tmp\"\n  {\n    for d in \"$R\"/*; do\n      if [ -d \"$d\" ] && [ ! -L \"$d\" ] && [ -f \"$C/${d##*/}\" ]; then printf '%s\\n' \"${d##*/}\"; fi\n    done\n    if [ -n \"$cur\" ]; then printf '%s\\n' \"$cur\"; fi\n  } | sort -r -u > \"$list\"\n  prev=$(previous_of \"$cur\")\n  i=0\n  while IFS= read -r name; do\n    [ -f \"$C/$name\" ] && i=$((i + 1))\n    if [ \"$name\" = \"$cur\" ] || [ \"$name\" = \"$prev\" ]; then continue; fi\n    if [ -f \"$C/$name\" ] && [ \"$i\" -le \"$keep\" ]; then continue; fi\n    rm -rf -- \"${R:?}/$name\" && rm -f -- \"$C/$name\" \"$RJ/$name\" && out pruned \"$name\"\n  done < \"$list\"\n  for d in \"$R\"/*; do\n    if [ ! -d \"$d\" ] || [ -L \"$d\" ]; then continue; fi\n    name=${d##*/}\n    if [ ! -f \"$C/$name\" ] && [ \"$name\" != \"$cur\" ]; then rm -rf -- \"$d\" && out pruned \"$name\"; fi\n  done\n  rm -f -- \"$list\"\n  ;;\npost)\n  token=$1 sha=$2 cmd=$3\n  require_lock \"$token\"\n  cd -- \"$T\" || fail failed \"cannot enter $T\"\n  VM_SYNC_COMMIT=$sha VM_SYNC_TARGET=$T sh -c \"$cmd\" </dev/null 2>&1\n  status=$?\n  printf '\\n'\n  out exit \"$status\"\n  ;;\nrevisions)\n  limit=$1\n  digits \"$limit\" || fail failed \"bad limit\"\n  if [ -L \"$S\" ]; then fail unsafe_state_dir \"$S is a symlink: vm-sync refuses to read through it\"; fi\n  rl=\"$S/revisions.log\"\n  if [ -f \"$rl\" ] && [ ! -L \"$rl\" ]; then\n    out log present\n    tail -n \"$limit\" -- \"$rl\" | cut -b 1-400 | while IFS= read -r l || [ -n \"$l\" ]; do out revision \"$l\"; done\n  else\n    out log absent\n  fi\n  ;;\nkill)\n  [ -d \"$S/tmp\" ] && [ ! -L \"$S/tmp\" ] && [ -O \"$S/tmp\" ] || S=\n  groups=\n  for nonce in \"$@\"; do\n    case $nonce in '' | *[!0-9a-f]*) continue ;; esac\n    [ -n \"$S\" ] && : > \"$S/tmp/cancelled.$nonce\"\n  done\n  for d in /proc/[0-9]*; do\n    [ \"${d#/proc/}\" = \"$PPID\" ] && continue\n    comm=\n    read -r comm 2>/dev/null < \"$d/comm\" || continue\n    [ \"$comm\" = timeout ] || continue\n    args=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null)\n    for nonce in \"$@\"; do\n      case \"\n$args\n\" in *\"\n$nonce\n\"*) groups=\"$groups ${d#/proc/}\"; break ;; esac\n    done\n  done\n  for pg in $groups; do kill -TERM \"-$pg\" 2>/dev/null; done\n  i=0\n  while [ \"$i\" -lt 30 ]; do\n    left=0\n    for pg in $groups; do kill -0 \"-$pg\" 2>/dev/null && left=1; done\n    [ \"$left\" = 0 ] && break\n    sleep 0.1 2>/dev/null || sleep 1\n    i=$((i + 1))\n  done\n  for pg in $groups; do\n    kill -0 \"-$pg\" 2>/dev/null && kill -KILL \"-$pg\" 2>/dev/null\n    out stopped \"$pg\"\n  done\n  ;;\nlisting)\n  max=$1 want=$2\n  digits \"$max\" || fail failed \"bad entry limit\"\n  listing_tools || fail failed \"verify --deep needs GNU find and GNU coreutils (sha256sum -z, head) and gzip on the VM\"\n  case $want in\n    release)\n      if [ -L \"$S\" ] || [ -L \"$R\" ]; then fail unsafe_state_dir \"$S or $R is a symlink: vm-sync refuses to read through it\"; fi\n      root=$(current_release)\n      if [ -z \"$root\" ] || [ ! -d \"$root\" ] || [ -L \"$root\" ]; then fail no_release \"$T is not vm-sync's symlink to a release: nothing to list\"; fi\n      ;;\n    dir)\n      if [ -L \"$T\" ] || [ ! -d \"$T\" ]; then fail no_release \"$T is not a directory: nothing to list\"; fi\n      root=$T\n      ;;\n    *) fail failed \"bad listing kind\" ;;\n  esac\n  cd -- \"$root\" || fail failed \"cannot enter $root\"\n  n=$(find . -mindepth 1 -printf x 2>/dev/null | head -c \"$((max + 1))\" | wc -c)\n  [ \"$n\" -le \"$max\" ] || fail too_many \"$root holds more than $max entries\"\n  printf '@%s listing=gzip\\n' \"$NONCE\"\n  {\n    printf 'vm-sync-listing-1\\0'\n    find . -mindepth 1 -printf '%y %m %s\\0%P\\0%l\\0'\n    fst=$?\n    printf 'hashes\\0'\n    find . -mindepth 1 -type f -exec sha256sum -z -- {} +\n    hst=$?\n    printf 'end %s %s\\0' \"$fst\" \"$hst\"\n  } | gzip -c\n  ;;\ndoctor)\n  d=$P\n  while [ ! -e \"$d\" ]; do d=$(dirname -- \"$d\"); done\n  out parent \"$P\"\n  out existing \"$d\"\n  if [ -d \"$d\" ] && [ -w \"$d\" ]; then out writable 1; else out writable 0; fi\n  out avail_kb \"$(df -Pk -- \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\"\n  out timeout \"$(command -v timeout)\"\n  ;;\nserve)\n  src=$1\n  errf=$(mktemp \"${TMPDIR:-/tmp}/vm-sync.XXXXXX\") || fail failed \"cannot create a temporary file\"\n  trap 'rm -f -- \"$errf\" \"$errf.st\"' EXIT\n  trap 'exit 143' TERM\n  trap 'exit 129' HUP\n  out ready 1\n  while IFS= read -r line; do\n    set -f\n    set -- $line\n    set +f\n    [ \"$#\" -ge 3 ] || continue\n    rn=$1 rb=$2 rop=$3\n    shift 3\n    case $rn in '' | *[!0-9a-f]*) continue ;; esac\n    digits \"$rb\" || continue\n    case $rop in '' | *[!a-z-]*) continue ;; esac\n    for w in \"$@\"; do\n      shift\n      w=${w#=}\n      case $w in\n        *\\\\*) a=$(printf '%bx' \"$w\"); w=${a%x} ;;\n      esac\n      set -- \"$@\" \"$w\"\n    done\n    rm -f -- \"$errf.st\"\n    { { timeout -k 3 \"$rb\" sh -c \"$src\" vm-sync \"$rn\" \"$rop\" \"$TARGET_ARG\" \"$@\" </dev/null 2>&1 1>&3 3>&-; printf '%s\\n' \"$?\" > \"$errf.st\"; } | tail -c 4000 > \"$errf\"; } 3>&1\n    printf '\\n'\n    while IFS= read -r l || [ -n \"$l\" ]; do\n      printf '@%s stderr=%s\\n' \"$rn\" \"$(printf '%s' \"$l\" | tr '\\r' '?')\"\n    done < \"$errf\"\n    printf '@%s done=%s\\n' \"$rn\" \"$(head -c 10 -- \"$errf.st\" 2>/dev/null)\"\n  done\n  exit 0\n  ;;\n*)\n  fail failed \"unknown operation $op\"\n  ;;\nesac\nout end ok\n";
 
 ;// CONCATENATED MODULE: ./src/remote/agent-script.ts
 
@@ -42108,6 +42221,10 @@ function readListingAnswer(result, nonce, vmId, limits = LISTING_LIMITS) {
 
 const TARGET_KINDS = ['release', 'symlink', 'dangling', 'dir', 'other', 'absent'];
 const SENTINEL_STATES = ['regular', 'absent', 'symlink', 'directory', 'special', 'unreadable'];
+/** Where the release of `sha` is staged, beside the probed target. */
+function stageDir(probed, sha) {
+    return external_node_path_default().posix.join(external_node_path_default().posix.dirname(probed.target), `.${external_node_path_default().posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
+}
 /** Seconds an empty, unreadable or garbled lock is respected before it is treated as stale. */
 const UNREADABLE_LOCK_GRACE_S = 60;
 /** Extra lifetime of a lock past its holder's budget, covering the final probe and unlock. */
@@ -42116,7 +42233,8 @@ const LOCK_MARGIN_S = KILL_GRACE_S + 20;
 const CLEANUP_MS = 15_000;
 const target_AGENT_CODES = new Set(FAILURE_CODES);
 const PROBE_KEYS = ['target', 'kind', 'current', 'rev_state', 'rev', 'rsync', 'lock_record', 'lock_hex', 'lock_kind', 'lock_mtime', 'now'];
-const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid'];
+const SURVEY_KEYS = ['link_dest', 'shared', 'complete', 'stream', 'zstd', 'base_state', 'base_key'];
+const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid', ...SURVEY_KEYS];
 const BASE_STATES = ['none', 'unknown', 'intact', 'drifted'];
 /** What the post-sync command's output is kept to on the runner host (its end). */
 const POST_OUTPUT_MAX = 64 * 1024;
@@ -42254,6 +42372,8 @@ class RemoteTarget {
             String(UNREADABLE_LOCK_GRACE_S),
             String(options.legacyStaleAfterS),
             options.expectedBreak ?? '',
+            options.survey ? '1' : '0',
+            ...(options.survey?.sharedPaths ?? []),
         ]);
         out.only(BEGIN_KEYS);
         const probe = parseProbe(out);
@@ -42271,11 +42391,14 @@ class RemoteTarget {
         if (lock !== 'acquired')
             throw new VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${untrusted_vmText(lock ?? '', 40)}`);
         const took = out.all('took_over').at(-1);
+        const released = out.all('lock').includes('released');
         return {
             held: false,
             probe,
-            released: out.all('lock').includes('released'),
+            released,
             tookOver: took !== undefined ? { record: untrusted_vmText(took, 1000), why: untrusted_vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
+            // Asked for and the lock kept: every field required, as stage's.
+            survey: options.survey && !released ? this.surveyOf(out, probe, options.expect, options.survey.sharedPaths) : null,
         };
     }
     /** Releases the lock if this run still holds it; never removes another run's lock. Runs on a budget of its own. */
@@ -42292,23 +42415,24 @@ class RemoteTarget {
      * of the shared paths already exist on the VM (excluded from the transfer).
      */
     async stage(token, sha, probed, sharedPaths = []) {
-        const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'zstd', 'base_state', 'base_key']);
+        const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'removed_partial', ...SURVEY_KEYS]);
         // rsync writes there with --delete: only the one directory it must be.
-        const expected = external_node_path_default().posix.join(external_node_path_default().posix.dirname(probed.target), `.${external_node_path_default().posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
+        const expected = stageDir(probed, sha);
         const stage = out.require('stage');
         if (stage !== expected)
             throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${untrusted_vmText(stage)}, not ${expected}: refusing to transfer there`);
+        return { stage, removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)), ...this.surveyOf(out, probed, sha, sharedPaths) };
+    }
+    /** The survey fields of `begin`'s or `stage`'s answer, each required. */
+    surveyOf(out, probed, sha, sharedPaths) {
         const linkDest = out.require('link_dest');
-        const releases = external_node_path_default().posix.dirname(expected);
+        const releases = external_node_path_default().posix.dirname(stageDir(probed, sha));
         if (linkDest && linkDest !== probed.target && external_node_path_default().posix.dirname(linkDest) !== releases)
-            throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${untrusted_vmText(linkDest)}`);
-        const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
+            throw new VmSyncError('remote_command_failed', `${this.vmId} answered an unexpected link-dest ${untrusted_vmText(linkDest)}`);
         const complete = out.require('complete');
         return {
-            stage,
             linkDest: linkDest || null,
-            removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)),
-            sharedExisting: existing,
+            sharedExisting: out.all('shared').filter((p) => sharedPaths.includes(p)),
             completeRelease: complete ? releaseName(complete, this.vmId) : null,
             streamSupported: out.oneOf('stream', ['0', '1']) === '1',
             zstd: out.oneOf('zstd', ['0', '1']) === '1',
@@ -42324,8 +42448,8 @@ class RemoteTarget {
      * `release_drifted` when the base is not what vm-sync sealed.
      */
     async apply(token, sha, base, file, codec, onSent) {
-        const out = (await this.op('apply', [token, sha, base ?? '', codec], false, { path: file, onSent })).only(['removed', 'stage']);
-        return { removed: toInt(out.require('removed')) };
+        const out = (await this.op('apply', [token, sha, base ?? '', codec], false, { path: file, onSent })).only(['removed', 'stage', 'removed_partial']);
+        return { removed: toInt(out.require('removed')), removedPartials: out.all('removed_partial').map((p) => untrusted_vmText(p)) };
     }
     /**
      * Completes the staged release: writes `.sync_rev`, links the shared paths
@@ -43753,7 +43877,7 @@ function lockedError(vm, outcome, staleAfterS, waitedS) {
  * it is a `locked` failure carrying the probe made meanwhile.
  */
 async function takeLock(vm, port, options) {
-    const begin = { expect: options.expect, force: options.force, legacyStaleAfterS: options.staleAfterS };
+    const begin = { expect: options.expect, force: options.force, legacyStaleAfterS: options.staleAfterS, ...(options.survey ? { survey: options.survey } : {}) };
     const started = Date.now();
     let announced = false;
     for (let round = 0;; round++) {
@@ -43782,8 +43906,8 @@ async function takeLock(vm, port, options) {
 /**
  * The executor of a fleet release. `main` reads as its phases:
  *
- *   prepare  every VM in parallel: lock, probe, decide while the secret scan
- *            runs; once it passed (tree), stage and seal a release
+ *   prepare  every VM in parallel: lock, probe, survey, decide while the
+ *            secret scan runs; once it passed (tree), stage and seal a release
  *   flip     all at once, or batch by batch (rolling)
  *   verify   `.sync_rev` read back through the live path
  *   health   the health command in the live release; revert when unhealthy
@@ -43996,6 +44120,8 @@ class FleetRelease {
                 lockWaitS: this.ctx.lockWaitS,
                 signal,
                 onWait: (message) => this.say(run, message, 'prepare'),
+                // What staging needs, learnt under the lock while the scan runs (read-only: nothing is staged yet).
+                ...(config.repository.layout === 'atomic' ? { survey: { sharedPaths: config.repository.sharedPaths.map((s) => s.path) } } : {}),
             });
         }
         catch (error) {
@@ -44073,21 +44199,32 @@ class FleetRelease {
         if (waited >= 1000 && waited > (this.ctx.treeWaitS ?? 0) * 1000)
             await port.renew(this.token);
         const shared = config.repository.sharedPaths;
-        const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
-        for (const name of staged.removedPartials)
-            report.notes.push(`removed an abandoned partial release ${name}`);
-        if (staged.completeRelease && !force) {
+        const removedPartials = (names) => {
+            for (const name of names)
+                report.notes.push(`removed an abandoned partial release ${name}`);
+        };
+        // stage is the step that makes the partial release; the stream's apply makes its own, so with the
+        // survey begin answered, a stream transfer needs no stage step (one round trip fewer after the scan).
+        const stage = async () => {
+            const result = await port.stage(this.token, commit, before, shared.map((s) => s.path));
+            removedPartials(result.removedPartials);
+            return result;
+        };
+        let staged = null;
+        const survey = begun.survey ?? (staged = await stage());
+        if (survey.completeRelease && !force) {
             // Staged by an earlier run that did not flip it (a halted rollout, a revert): nothing to send.
-            run.release = staged.completeRelease;
+            run.release = survey.completeRelease;
             report.staged_at = now();
-            report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (${advice_option('force')} stages afresh)`);
-            this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
+            report.notes.push(`reused the release ${survey.completeRelease} staged earlier: nothing transferred (${advice_option('force')} stages afresh)`);
+            this.say(run, `reusing ${survey.completeRelease}, staged earlier`, 'transfer');
             return;
         }
-        const stats = (await this.streamed(run, port, staged)) ??
+        const stats = (await this.streamed(run, port, survey, removedPartials)) ??
             (await (async () => {
-                this.say(run, `staging ${release_short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`, 'transfer');
-                return port.transfer({ source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
+                const into = staged ?? (await stage());
+                this.say(run, `staging ${release_short(commit)} into a new release through rsync${into.linkDest ? ' (unchanged files hard-linked)' : ''}`, 'transfer');
+                return port.transfer({ source: tree.dir, dest: into.stage, linkDest: into.linkDest, excludes: rsyncExcludes(config, into.sharedExisting), ioTimeoutS: ioTimeoutS(config) }, (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate));
             })());
         report.files_changed = stats.filesChanged;
         report.bytes_sent = stats.bytesSent;
@@ -44107,7 +44244,7 @@ class FleetRelease {
      * null, with the reason in the row when the user should know it (a drifted
      * release is repaired by rsync, which compares every file).
      */
-    async streamed(run, port, staged) {
+    async streamed(run, port, staged, removedPartials) {
         const { stream, commit } = this.ctx;
         if (!stream || !staged.streamSupported)
             return null;
@@ -44133,7 +44270,8 @@ class FleetRelease {
         const { stream: made } = outcome;
         this.say(run, `staging ${release_short(commit)} from ${base ? `${release_short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte ${made.codec} stream`, 'transfer');
         try {
-            await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+            const applied = await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+            removedPartials(applied.removedPartials);
         }
         catch (error) {
             const failure = toFailure(error);

@@ -263,6 +263,67 @@ current_release() {
     esac
   fi
 }
+# What staging needs to know, read-only: where rsync hard-links from, a
+# complete release of SHA kept from an earlier run, the GNU tools and zstd the
+# stream transfer needs, the live release as a stream base, and which of the
+# shared paths (the other arguments) exist. begin answers it under the lock
+# while the run's secret scan still runs; stage answers it again.
+# A half-staged release of another commit is abandoned: free its space
+# before staging. This commit's own partial is kept: rsync resumes it.
+drop_partials() { # SHA
+  for p in "$R"/*.partial; do
+    if [ ! -d "$p" ] || [ -L "$p" ]; then continue; fi
+    [ "$p" = "$R/$1.partial" ] && continue
+    rm -rf -- "$p" && out removed_partial "${p##*/}"
+  done
+}
+survey() { # SHA SHARED...
+  want=$1
+  shift
+  cur=$(current_release)
+  if [ -n "$cur" ] && [ -d "$cur" ]; then out link_dest "$cur"
+  elif [ ! -L "$T" ] && [ -d "$T" ]; then out link_dest "$T"
+  else out link_dest ''
+  fi
+  # A complete release of this commit that was staged before (a rollout
+  # that stopped, a revert): the caller may flip to it without a transfer.
+  # Never the live release (the VM serves it and does not claim the commit:
+  # it was changed), only one whose sentinel still names the commit, and one
+  # that links every shared path configured now (they may have changed).
+  live=$(current_release)
+  reuse=$(for m in "$C"/*; do
+    [ -f "$m" ] || continue
+    [ "$(head -c 100 -- "$m" | head -n 1)" = "$want" ] || continue
+    d="$R/${m##*/}"
+    if [ ! -d "$d" ] || [ -L "$d" ] || [ "$d" = "$live" ]; then continue; fi
+    if [ ! -f "$d/.sync_rev" ] || [ -L "$d/.sync_rev" ] || [ "$(head -c 100 -- "$d/.sync_rev" | head -n 1)" != "$want" ]; then continue; fi
+    ok=1
+    for rel in "$@"; do
+      if [ ! -L "$d/$rel" ] || [ "$(readlink -- "$d/$rel")" != "$SH/$rel" ]; then ok=0; fi
+    done
+    if [ "$ok" = 1 ]; then printf '%s\n' "${m##*/}"; fi
+  done | sort -r | head -n 1)
+  out complete "$reuse"
+  # Whether the stream transfer can build on the live release: GNU tools, and
+  # the live release unchanged since it was sealed (else rsync repairs it).
+  if gnu_tools; then out stream 1; else out stream 0; fi
+  # zstd unpacks a stream about four times faster than gzip (CPU a busy VM keeps).
+  if has_zstd; then out zstd 1; else out zstd 0; fi
+  if [ -n "$live" ] && [ -f "$C/${live##*/}" ]; then
+    bk=$(sed -n 2p -- "$C/${live##*/}" | head -c 100)
+    out base_key "${bk#key=}"
+  fi
+  if [ -z "$live" ]; then out base_state none
+  elif [ ! -f "$S/manifests/${live##*/}" ]; then out base_state unknown
+  elif gnu_tools && intact "${live##*/}"; then out base_state intact
+  else out base_state drifted
+  fi
+  # Shared paths that already exist are excluded from the transfer; the
+  # others are transferred once, to seed them.
+  for rel in "$@"; do
+    if [ -e "$SH/$rel" ] || [ -L "$SH/$rel" ]; then out shared "$rel"; fi
+  done
+}
 probe() {
   out target "$T"
   cur=$(current_release)
@@ -369,7 +430,9 @@ probe)
   probe
   ;;
 begin)
-  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7
+  owner=$1 budget=$2 expect=$3 force=$4 grace=$5 legacy_after=$6 expected_break=$7 survey=${8:-0}
+  # The rest: the shared paths, for the survey.
+  if [ "$#" -ge 8 ]; then shift 8; else set --; fi
   digits "$budget" || fail failed "bad budget"
   state_dirs
   not_cancelled
@@ -432,6 +495,10 @@ begin)
   if [ "$force" = 0 ] && [ "$state" = regular ] && { [ "$kind" = release ] || [ "$kind" = dir ]; } && [ "$revval" = "$expect" ]; then
     rm -f -- "$L"
     out lock released
+  elif [ "$survey" = 1 ]; then
+    # Read-only, under the lock: what staging will need, found out while
+    # the run's secret scan still runs (nothing is staged before it passed).
+    survey "$expect" "$@"
   fi
   ;;
 unlock)
@@ -449,60 +516,12 @@ stage)
   token=$1 sha=$2
   shift 2
   require_lock "$token"
-  # A half-staged release of another commit is abandoned: free its space
-  # before staging. This commit's own partial is kept: rsync resumes it.
-  for p in "$R"/*.partial; do
-    if [ ! -d "$p" ] || [ -L "$p" ]; then continue; fi
-    [ "$p" = "$R/$sha.partial" ] && continue
-    rm -rf -- "$p" && out removed_partial "${p##*/}"
-  done
+  drop_partials "$sha"
   stage="$R/$sha.partial"
   if [ -L "$stage" ]; then rm -f -- "$stage"; fi
   [ -d "$stage" ] || mkdir -- "$stage" || fail failed "cannot create $stage"
   out stage "$stage"
-  cur=$(current_release)
-  if [ -n "$cur" ] && [ -d "$cur" ]; then out link_dest "$cur"
-  elif [ ! -L "$T" ] && [ -d "$T" ]; then out link_dest "$T"
-  else out link_dest ''
-  fi
-  # A complete release of this commit that was staged before (a rollout
-  # that stopped, a revert): the caller may flip to it without a transfer.
-  # Never the live release (the VM serves it and does not claim the commit:
-  # it was changed), only one whose sentinel still names the commit, and one
-  # that links every shared path configured now (they may have changed).
-  live=$(current_release)
-  reuse=$(for m in "$C"/*; do
-    [ -f "$m" ] || continue
-    [ "$(head -c 100 -- "$m" | head -n 1)" = "$sha" ] || continue
-    d="$R/${m##*/}"
-    if [ ! -d "$d" ] || [ -L "$d" ] || [ "$d" = "$live" ]; then continue; fi
-    if [ ! -f "$d/.sync_rev" ] || [ -L "$d/.sync_rev" ] || [ "$(head -c 100 -- "$d/.sync_rev" | head -n 1)" != "$sha" ]; then continue; fi
-    ok=1
-    for rel in "$@"; do
-      if [ ! -L "$d/$rel" ] || [ "$(readlink -- "$d/$rel")" != "$SH/$rel" ]; then ok=0; fi
-    done
-    if [ "$ok" = 1 ]; then printf '%s\n' "${m##*/}"; fi
-  done | sort -r | head -n 1)
-  out complete "$reuse"
-  # Whether the stream transfer can build on the live release: GNU tools, and
-  # the live release unchanged since it was sealed (else rsync repairs it).
-  if gnu_tools; then out stream 1; else out stream 0; fi
-  # zstd unpacks a stream about four times faster than gzip (CPU a busy VM keeps).
-  if has_zstd; then out zstd 1; else out zstd 0; fi
-  if [ -n "$live" ] && [ -f "$C/${live##*/}" ]; then
-    bk=$(sed -n 2p -- "$C/${live##*/}" | head -c 100)
-    out base_key "${bk#key=}"
-  fi
-  if [ -z "$live" ]; then out base_state none
-  elif [ ! -f "$S/manifests/${live##*/}" ]; then out base_state unknown
-  elif gnu_tools && intact "${live##*/}"; then out base_state intact
-  else out base_state drifted
-  fi
-  # Shared paths that already exist are excluded from the transfer; the
-  # others are transferred once, to seed them.
-  for rel in "$@"; do
-    if [ -e "$SH/$rel" ] || [ -L "$SH/$rel" ]; then out shared "$rel"; fi
-  done
+  survey "$sha" "$@"
   ;;
 seal)
   # Completes the staged release: sentinel, shared-path links, completion
@@ -620,6 +639,7 @@ apply)
     zstd) has_zstd || fail stream_failed "zstd is needed to unpack this stream and does not run here"; unpack='--use-compress-program=zstd' ;;
     *) fail failed "bad stream codec" ;;
   esac
+  drop_partials "$sha"
   stage="$R/$sha.partial"
   if [ -L "$stage" ]; then rm -f -- "$stage"; fi
   rm -rf -- "$stage" || fail failed "cannot remove $stage"

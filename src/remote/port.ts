@@ -5,7 +5,7 @@ import { RshBridge } from './rsh-bridge.js';
 import { runRsync, type RsyncStats } from './rsync.js';
 import { VmSession } from './session.js';
 import type { TreeListing } from './listing.js';
-import { RemoteTarget, type BeginOutcome, type FlipRecord, type HealthOutcome, type PostSyncOutcome, type Probe, type ReleaseList, type StageResult, type StreamCodec } from './target.js';
+import { RemoteTarget, type BeginOptions, type BeginOutcome, type FlipRecord, type HealthOutcome, type PostSyncOutcome, type Probe, type ReleaseList, type StageResult, type StreamCodec } from './target.js';
 
 /** One transfer into a directory on the VM. */
 export interface TransferPlan {
@@ -25,11 +25,11 @@ export interface TransferPlan {
  */
 export interface VmPort {
   probe(cleanup?: boolean): Promise<Probe>;
-  begin(owner: Omit<LockOwner, 'deadline'>, options: { expect: string; force: boolean; legacyStaleAfterS: number; expectedBreak?: string }): Promise<BeginOutcome>;
+  begin(owner: Omit<LockOwner, 'deadline'>, options: BeginOptions): Promise<BeginOutcome>;
   stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[]): Promise<StageResult>;
   transfer(plan: TransferPlan, onProgress?: (p: { percent: number; rate: string }) => void): Promise<RsyncStats>;
   /** Builds the staged release from a stream file: a hard-link copy of `base` (or nothing) changed as the stream says. */
-  apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void): Promise<{ removed: number }>;
+  apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void): Promise<{ removed: number; removedPartials: string[] }>;
   seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>, key: string): Promise<{ release: string; seeded: string[]; created: string[] }>;
   /** Switches the live path to a kept release; `record` (why, which run) goes into the VM's revisions.log. */
   flip(token: string, release: string, reject?: boolean, record?: FlipRecord): Promise<{ previous: string | null; movedAside: string | null }>;

@@ -41,10 +41,28 @@ export interface Probe {
   now: number;
 }
 
-/** The answer to `begin`: the lock taken (with the probe made under it), or who holds it. */
+/**
+ * The answer to `begin`: the lock taken (with the probe made under it, and
+ * the stage survey when asked for and the lock was kept), or who holds it.
+ */
 export type BeginOutcome =
-  | { held: false; probe: Probe; released: boolean; tookOver: { record: string; why: string } | null }
+  | { held: false; probe: Probe; released: boolean; tookOver: { record: string; why: string } | null; survey: StageSurvey | null }
   | { held: true; probe: Probe; record: string; hex: string; why: 'deadline' | 'legacy' | 'unreadable'; ageS: number };
+
+/** How to take the lock: see {@link RemoteTarget.begin}. */
+export interface BeginOptions {
+  expect: string;
+  force: boolean;
+  legacyStaleAfterS: number;
+  expectedBreak?: string;
+  /** Also answer the stage survey for `expect` when the lock is kept (atomic layout), with these shared paths. */
+  survey?: { sharedPaths: readonly string[] };
+}
+
+/** Where the release of `sha` is staged, beside the probed target. */
+function stageDir(probed: Probe, sha: string): string {
+  return path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
+}
 
 /** Seconds an empty, unreadable or garbled lock is respected before it is treated as stale. */
 export const UNREADABLE_LOCK_GRACE_S = 60;
@@ -56,7 +74,8 @@ export const CLEANUP_MS = 15_000;
 const AGENT_CODES: ReadonlySet<string> = new Set(FAILURE_CODES);
 
 const PROBE_KEYS = ['target', 'kind', 'current', 'rev_state', 'rev', 'rsync', 'lock_record', 'lock_hex', 'lock_kind', 'lock_mtime', 'now'] as const;
-const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid'];
+const SURVEY_KEYS = ['link_dest', 'shared', 'complete', 'stream', 'zstd', 'base_state', 'base_key'] as const;
+const BEGIN_KEYS = [...PROBE_KEYS, 'lock', 'lock_why', 'owner', 'owner_hex', 'age', 'took_over', 'took_over_why', 'killed_pgid', ...SURVEY_KEYS];
 
 /** A kept release on a VM: its directory name and the commit it holds (complete releases only). */
 export interface KeptRelease {
@@ -76,11 +95,9 @@ export interface ReleaseList {
   incomplete: string[];
 }
 
-/** What `stage` answered: where to transfer, what to hard-link from, and what the VM already has. */
-export interface StageResult {
-  stage: string;
+/** What the VM has that staging depends on (read-only; `begin` can answer it under the lock, `stage` does). */
+export interface StageSurvey {
   linkDest: string | null;
-  removedPartials: string[];
   /** Shared paths that exist on the VM (excluded from the transfer). */
   sharedExisting: string[];
   /** The newest complete release of this commit kept on the VM, or null. */
@@ -93,6 +110,12 @@ export interface StageResult {
   baseState: BaseState;
   /** The build key the live release was sealed with (null: none recorded). */
   baseKey: string | null;
+}
+
+/** What `stage` answered: where to transfer, the abandoned partial releases it removed, and the survey. */
+export interface StageResult extends StageSurvey {
+  stage: string;
+  removedPartials: string[];
 }
 
 /**
@@ -256,7 +279,7 @@ export class RemoteTarget {
    * record), then probes under it. With `expect` equal to the live commit and
    * no `force`, the lock is released again at once (`released`).
    */
-  async begin(owner: Omit<LockOwner, 'deadline'>, options: { expect: string; force: boolean; legacyStaleAfterS: number; expectedBreak?: string }): Promise<BeginOutcome> {
+  async begin(owner: Omit<LockOwner, 'deadline'>, options: BeginOptions): Promise<BeginOutcome> {
     const lockBudget = this.budgetS() + LOCK_MARGIN_S;
     const out = await this.op('begin', [
       encodeLockOwner(owner),
@@ -266,6 +289,8 @@ export class RemoteTarget {
       String(UNREADABLE_LOCK_GRACE_S),
       String(options.legacyStaleAfterS),
       options.expectedBreak ?? '',
+      options.survey ? '1' : '0',
+      ...(options.survey?.sharedPaths ?? []),
     ]);
     out.only(BEGIN_KEYS);
     const probe = parseProbe(out);
@@ -282,11 +307,14 @@ export class RemoteTarget {
     }
     if (lock !== 'acquired') throw new VmSyncError('remote_command_failed', `begin on ${this.vmId}: unexpected lock=${vmText(lock ?? '', 40)}`);
     const took = out.all('took_over').at(-1);
+    const released = out.all('lock').includes('released');
     return {
       held: false,
       probe,
-      released: out.all('lock').includes('released'),
+      released,
       tookOver: took !== undefined ? { record: vmText(took, 1000), why: vmText(out.get('took_over_why') ?? 'dead holder', 40) } : null,
+      // Asked for and the lock kept: every field required, as stage's.
+      survey: options.survey && !released ? this.surveyOf(out, probe, options.expect, options.survey.sharedPaths) : null,
     };
   }
 
@@ -306,21 +334,23 @@ export class RemoteTarget {
    * of the shared paths already exist on the VM (excluded from the transfer).
    */
   async stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[] = []): Promise<StageResult> {
-    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'link_dest', 'removed_partial', 'shared', 'complete', 'stream', 'zstd', 'base_state', 'base_key']);
+    const out = (await this.op('stage', [token, sha, ...sharedPaths])).only(['stage', 'removed_partial', ...SURVEY_KEYS]);
     // rsync writes there with --delete: only the one directory it must be.
-    const expected = path.posix.join(path.posix.dirname(probed.target), `.${path.posix.basename(probed.target)}.vm-sync`, 'releases', `${sha}.partial`);
+    const expected = stageDir(probed, sha);
     const stage = out.require('stage');
     if (stage !== expected) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered ${vmText(stage)}, not ${expected}: refusing to transfer there`);
+    return { stage, removedPartials: out.all('removed_partial').map((p) => vmText(p)), ...this.surveyOf(out, probed, sha, sharedPaths) };
+  }
+
+  /** The survey fields of `begin`'s or `stage`'s answer, each required. */
+  private surveyOf(out: AgentResponse, probed: Probe, sha: string, sharedPaths: readonly string[]): StageSurvey {
     const linkDest = out.require('link_dest');
-    const releases = path.posix.dirname(expected);
-    if (linkDest && linkDest !== probed.target && path.posix.dirname(linkDest) !== releases) throw new VmSyncError('remote_command_failed', `stage on ${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
-    const existing = out.all('shared').filter((p) => sharedPaths.includes(p));
+    const releases = path.posix.dirname(stageDir(probed, sha));
+    if (linkDest && linkDest !== probed.target && path.posix.dirname(linkDest) !== releases) throw new VmSyncError('remote_command_failed', `${this.vmId} answered an unexpected link-dest ${vmText(linkDest)}`);
     const complete = out.require('complete');
     return {
-      stage,
       linkDest: linkDest || null,
-      removedPartials: out.all('removed_partial').map((p) => vmText(p)),
-      sharedExisting: existing,
+      sharedExisting: out.all('shared').filter((p) => sharedPaths.includes(p)),
       completeRelease: complete ? releaseName(complete, this.vmId) : null,
       streamSupported: out.oneOf('stream', ['0', '1'] as const) === '1',
       zstd: out.oneOf('zstd', ['0', '1'] as const) === '1',
@@ -336,9 +366,9 @@ export class RemoteTarget {
    * the paths the stream removes, plus what it carries. Fails with
    * `release_drifted` when the base is not what vm-sync sealed.
    */
-  async apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void): Promise<{ removed: number }> {
-    const out = (await this.op('apply', [token, sha, base ?? '', codec], false, { path: file, onSent })).only(['removed', 'stage']);
-    return { removed: toInt(out.require('removed')) };
+  async apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void): Promise<{ removed: number; removedPartials: string[] }> {
+    const out = (await this.op('apply', [token, sha, base ?? '', codec], false, { path: file, onSent })).only(['removed', 'stage', 'removed_partial']);
+    return { removed: toInt(out.require('removed')), removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
   }
 
   /**

@@ -1,8 +1,8 @@
 /**
  * The executor of a fleet release. `main` reads as its phases:
  *
- *   prepare  every VM in parallel: lock, probe, decide while the secret scan
- *            runs; once it passed (tree), stage and seal a release
+ *   prepare  every VM in parallel: lock, probe, survey, decide while the
+ *            secret scan runs; once it passed (tree), stage and seal a release
  *   flip     all at once, or batch by batch (rolling)
  *   verify   `.sync_rev` read back through the live path
  *   health   the health command in the live release; revert when unhealthy
@@ -19,7 +19,7 @@ import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { LockOwner } from '../remote/lock.js';
 import { KILL_GRACE_S } from '../remote/agent-script.js';
 import type { OpenPort, VmPort } from '../remote/port.js';
-import { CLEANUP_MS, POST_OUTPUT_MAX, type BeginOutcome, type Probe, type StageResult } from '../remote/target.js';
+import { CLEANUP_MS, POST_OUTPUT_MAX, type BeginOutcome, type Probe, type StageResult, type StageSurvey } from '../remote/target.js';
 import { maskSecrets } from '../remote/mask.js';
 import { commandOutputTail } from '../remote/untrusted.js';
 import { mapPool } from './pool.js';
@@ -290,6 +290,8 @@ class FleetRelease {
         lockWaitS: this.ctx.lockWaitS,
         signal,
         onWait: (message) => this.say(run, message, 'prepare'),
+        // What staging needs, learnt under the lock while the scan runs (read-only: nothing is staged yet).
+        ...(config.repository.layout === 'atomic' ? { survey: { sharedPaths: config.repository.sharedPaths.map((s) => s.path) } } : {}),
       });
     } catch (error) {
       const probe = (error as { probe?: Probe }).probe;
@@ -358,22 +360,33 @@ class FleetRelease {
     const waited = Date.now() - waitFrom;
     if (waited >= 1000 && waited > (this.ctx.treeWaitS ?? 0) * 1000) await port.renew(this.token);
     const shared = config.repository.sharedPaths;
-    const staged = await port.stage(this.token, commit, before, shared.map((s) => s.path));
-    for (const name of staged.removedPartials) report.notes.push(`removed an abandoned partial release ${name}`);
-    if (staged.completeRelease && !force) {
+    const removedPartials = (names: readonly string[]): void => {
+      for (const name of names) report.notes.push(`removed an abandoned partial release ${name}`);
+    };
+    // stage is the step that makes the partial release; the stream's apply makes its own, so with the
+    // survey begin answered, a stream transfer needs no stage step (one round trip fewer after the scan).
+    const stage = async (): Promise<StageResult> => {
+      const result = await port.stage(this.token, commit, before, shared.map((s) => s.path));
+      removedPartials(result.removedPartials);
+      return result;
+    };
+    let staged: StageResult | null = null;
+    const survey: StageSurvey = begun.survey ?? (staged = await stage());
+    if (survey.completeRelease && !force) {
       // Staged by an earlier run that did not flip it (a halted rollout, a revert): nothing to send.
-      run.release = staged.completeRelease;
+      run.release = survey.completeRelease;
       report.staged_at = now();
-      report.notes.push(`reused the release ${staged.completeRelease} staged earlier: nothing transferred (${option('force')} stages afresh)`);
-      this.say(run, `reusing ${staged.completeRelease}, staged earlier`, 'transfer');
+      report.notes.push(`reused the release ${survey.completeRelease} staged earlier: nothing transferred (${option('force')} stages afresh)`);
+      this.say(run, `reusing ${survey.completeRelease}, staged earlier`, 'transfer');
       return;
     }
     const stats =
-      (await this.streamed(run, port, staged)) ??
+      (await this.streamed(run, port, survey, removedPartials)) ??
       (await (async () => {
-        this.say(run, `staging ${short(commit)} into a new release through rsync${staged.linkDest ? ' (unchanged files hard-linked)' : ''}`, 'transfer');
+        const into = staged ?? (await stage());
+        this.say(run, `staging ${short(commit)} into a new release through rsync${into.linkDest ? ' (unchanged files hard-linked)' : ''}`, 'transfer');
         return port.transfer(
-          { source: tree.dir, dest: staged.stage, linkDest: staged.linkDest, excludes: rsyncExcludes(config, staged.sharedExisting), ioTimeoutS: ioTimeoutS(config) },
+          { source: tree.dir, dest: into.stage, linkDest: into.linkDest, excludes: rsyncExcludes(config, into.sharedExisting), ioTimeoutS: ioTimeoutS(config) },
           (p) => this.ctx.events.progress(run.vm.id, p.percent, p.rate),
         );
       })());
@@ -394,7 +407,7 @@ class FleetRelease {
    * null, with the reason in the row when the user should know it (a drifted
    * release is repaired by rsync, which compares every file).
    */
-  private async streamed(run: VmRun, port: VmPort, staged: StageResult): Promise<{ filesChanged: number; bytesSent: number } | null> {
+  private async streamed(run: VmRun, port: VmPort, staged: StageSurvey, removedPartials: (names: readonly string[]) => void): Promise<{ filesChanged: number; bytesSent: number } | null> {
     const { stream, commit } = this.ctx;
     if (!stream || !staged.streamSupported) return null;
     const live = run.before ? releaseOf(run.before) : null;
@@ -417,7 +430,8 @@ class FleetRelease {
     const { stream: made } = outcome;
     this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte ${made.codec} stream`, 'transfer');
     try {
-      await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+      const applied = await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+      removedPartials(applied.removedPartials);
     } catch (error) {
       const failure = toFailure(error);
       if (failure.code !== 'release_drifted' && failure.code !== 'stream_failed') throw failure;

@@ -48,9 +48,19 @@ function lockedError(vm: VmConfig, outcome: Extract<BeginOutcome, { held: true }
 export async function takeLock(
   vm: VmConfig,
   port: VmPort,
-  options: { owner: Omit<LockOwner, 'deadline'>; expect: string; force: boolean; staleAfterS: number; lockWaitS: number; signal?: AbortSignal; onWait?: (message: string) => void },
+  options: {
+    owner: Omit<LockOwner, 'deadline'>;
+    expect: string;
+    force: boolean;
+    staleAfterS: number;
+    lockWaitS: number;
+    signal?: AbortSignal;
+    onWait?: (message: string) => void;
+    /** Ask for the stage survey with the lock (see BeginOptions.survey). */
+    survey?: { sharedPaths: readonly string[] };
+  },
 ): Promise<Extract<BeginOutcome, { held: false }>> {
-  const begin = { expect: options.expect, force: options.force, legacyStaleAfterS: options.staleAfterS };
+  const begin = { expect: options.expect, force: options.force, legacyStaleAfterS: options.staleAfterS, ...(options.survey ? { survey: options.survey } : {}) };
   const started = Date.now();
   let announced = false;
   for (let round = 0; ; round++) {

@@ -11,7 +11,7 @@ import { VmSyncError } from '../../src/errors.js';
 import type { LockOwner } from '../../src/remote/lock.js';
 import type { TreeListing } from '../../src/remote/listing.js';
 import type { OpenPort, TransferPlan, VmPort } from '../../src/remote/port.js';
-import type { BaseState, BeginOutcome, HealthOutcome, PostSyncOutcome, Probe, ReleaseList, SentinelState } from '../../src/remote/target.js';
+import type { BaseState, BeginOutcome, HealthOutcome, PostSyncOutcome, Probe, ReleaseList, SentinelState, StageSurvey } from '../../src/remote/target.js';
 import type { History } from '../../src/sync/state.js';
 import type { EngineEvents, VmReport } from '../../src/sync/types.js';
 
@@ -245,6 +245,17 @@ export class FakeFleet {
         }
       })();
     };
+    // What begin (asked for it) and stage answer of the VM (see agent.sh survey).
+    const survey = (sha: string): StageSurvey => ({
+      linkDest: vm.live,
+      sharedExisting: [],
+      // The newest complete release of this commit kept on the VM, for the caller to reuse.
+      completeRelease: [...vm.releases].filter(([, commit]) => commit === sha).map(([name]) => name).sort().at(-1) ?? null,
+      streamSupported: vm.script.stream ?? false,
+      zstd: vm.script.zstd ?? false,
+      baseState: vm.script.baseState ?? (vm.live ? 'intact' : 'none'),
+      baseKey: vm.script.baseKey === undefined ? null : vm.script.baseKey,
+    });
     const port: VmPort = {
       probe: (cleanup) => op('probe', [cleanup], () => vm.probe()),
       begin: (owner: Omit<LockOwner, 'deadline'>, options) =>
@@ -258,31 +269,20 @@ export class FakeFleet {
           const released = !vm.script.keepsLockAtBegin && !options.force && probe.sentinel === 'regular' && probe.rev === options.expect;
           if (released) vm.lock = null;
           call.took = !released;
-          return { held: false, probe, released, tookOver: null };
+          // As agent.sh: the stage survey, when asked for and the lock is kept.
+          return { held: false, probe, released, tookOver: null, survey: options.survey && !released ? survey(options.expect) : null };
         }),
       stage: (token, sha, probed, sharedPaths) =>
         op('stage', [token, sha, probed, sharedPaths], () => {
           vm.requireLock(token, 'stage');
-          // As agent.sh: the newest complete release of this commit kept on the VM, for the caller to reuse.
-          const completeRelease = [...vm.releases].filter(([, commit]) => commit === sha).map(([name]) => name).sort().at(-1) ?? null;
-          return {
-            stage: `/home/deploy/.app-${vm.id}.vm-sync/releases/${sha}.partial`,
-            linkDest: vm.live,
-            removedPartials: [],
-            sharedExisting: [],
-            completeRelease,
-            streamSupported: vm.script.stream ?? false,
-            zstd: vm.script.zstd ?? false,
-            baseState: vm.script.baseState ?? (vm.live ? 'intact' : 'none'),
-            baseKey: vm.script.baseKey === undefined ? null : vm.script.baseKey,
-          };
+          return { stage: `/home/deploy/.app-${vm.id}.vm-sync/releases/${sha}.partial`, removedPartials: [], ...survey(sha) };
         }),
       transfer: (plan: TransferPlan) => op('transfer', [plan], () => ({ filesChanged: 3, bytesSent: 1234, changes: [] })),
       apply: (token, sha, base, file, codec) =>
         op('apply', [token, sha, base, file, codec], () => {
           vm.requireLock(token, 'apply');
           if (base !== null && base !== vm.live) throw new VmSyncError('release_drifted', `the live release is no longer ${base}`);
-          return { removed: 0 };
+          return { removed: 0, removedPartials: [] };
         }),
       seal: (token, sha, shared, key) =>
         op('seal', [token, sha, shared, key], () => {

@@ -662,7 +662,8 @@ describe('more edges', () => {
     const fleet = fleetOf({ vm01: { releases: [kept(OLD, 1), staged], live: kept(OLD, 1).name } }, ['vm01']);
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet), config.vms);
-    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'stage', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
+    // The survey came with the lock (begin): no stage step, nothing made on the VM.
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
     expect(fleet.of('vm01', 'flip').map((c) => c.args[1])).toEqual([staged.name]);
     expect(outcome.vms[0]).toMatchObject({ action: 'deploy', result: 'success', rev_after: NEW, release: staged.name, files_changed: 0, bytes_sent: 0 });
     expect(outcome.vms[0].staged_at).not.toBeNull();
@@ -791,6 +792,20 @@ describe('rollbackFleet', () => {
   });
 });
 
+describe('the stage survey with the lock', () => {
+  test('asked of begin for the atomic layout with the shared paths; not in place, where nothing is staged', async () => {
+    // Catches: a survey round trip after the scan (atomic), or survey work on in-place VMs that never stage.
+    const atomic = fleetOf({}, ['vm01']);
+    await releaseFleet(releaseCtx(fleetConfig(['vm01'], { repository: ['shared_paths: [logs, data/uploads]'] }), atomic), fleetConfig(['vm01']).vms);
+    expect(atomic.of('vm01', 'begin')[0].args[1]).toMatchObject({ survey: { sharedPaths: ['logs', 'data/uploads'] } });
+    const inPlace = fleetOf({}, ['vm01']);
+    await releaseFleet(releaseCtx(fleetConfig(['vm01'], { repository: ['layout: in-place'] }), inPlace), fleetConfig(['vm01']).vms);
+    expect(inPlace.of('vm01', 'begin')[0].args[1]).not.toHaveProperty('survey');
+    expectClean(atomic);
+    expectClean(inPlace);
+  });
+});
+
 describe('the stream transfer: when it applies, and rsync where it cannot', () => {
   /** The build key of releases made with the test fleet's config (what a VM's completion marker records). */
   const KEY = buildKey(rsyncExcludes(fleetConfig(['vm01']), []), []);
@@ -820,7 +835,9 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
     const s = streamsOf();
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
-    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'stage', 'apply', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
+    // The survey came with the lock (begin), and apply makes its own stage: no stage step after the scan.
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'apply', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
+    expect(fleet.of('vm01', 'begin')[0].args[1]).toMatchObject({ survey: { sharedPaths: [] } });
     expect(fleet.of('vm01', 'apply')[0].args.slice(1, 5)).toEqual([NEW, kept(OLD, 2).name, `/tmp/stream-${OLD}.gzip`, 'gzip']);
     expect(s.asked).toEqual([OLD]);
     expect(s.zstd).toEqual([false]);
@@ -894,7 +911,7 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
     const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY, failures: { apply: [new VmSyncError('release_drifted', 'release x was changed on this VM after vm-sync sealed it')] } }) }, ['vm01']);
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream }), config.vms);
-    expect(ops(fleet, 'vm01').slice(0, 6)).toEqual(['open', 'begin', 'stage', 'apply', 'transfer', 'seal']);
+    expect(ops(fleet, 'vm01').slice(0, 6)).toEqual(['open', 'begin', 'apply', 'stage', 'transfer', 'seal']);
     expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
     expect(outcome.vms[0].notes.join('\n')).toMatch(/stream transfer refused by vm01 .*staged through rsync instead/);
     expectClean(fleet);
