@@ -286,12 +286,15 @@ drop_lines_of() { # FILE NAME: FILE without the entry of NAME (first field), ren
 user_files() { local f; for f in /etc/passwd /etc/group /etc/shadow /etc/gshadow; do if [ -f "$(R "$f")" ]; then printf "%s\n" "$(R "$f")"; fi; done; }
 
 prerequisites() {
-  local tools=(git rsync ssh ssh-keygen ssh-keyscan curl tar jq setpriv) packages=(git rsync openssh-client curl tar jq util-linux zstd) missing=() tool
+  local tools=(git rsync ssh ssh-keygen ssh-keyscan curl tar jq setpriv) packages=(git rsync openssh-client curl tar jq util-linux zstd xz-utils bzip2) missing=() tool
   for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || missing+=("$tool")
   done
-  # zstd is not the bootstrap's own: vm-sync compresses release streams with it (gzip without it).
-  if [ -z "$root" ] && ! command -v zstd >/dev/null; then missing+=(zstd); fi
+  # Not the bootstrap's own: vm-sync compresses release streams with zstd (gzip without it), and the secret
+  # scan inflates zstd, xz and bzip2 archives of the tree to read them whole (reported unscanned without).
+  if [ -z "$root" ]; then
+    for tool in zstd xz bzip2; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  fi
   if [ -n "$root" ]; then
     # The tree's packages belong to whatever builds its image: say what the host it becomes needs.
     host_run apt-get install -y "${packages[@]}"

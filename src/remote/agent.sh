@@ -519,6 +519,14 @@ stage)
   drop_partials "$sha"
   stage="$R/$sha.partial"
   if [ -L "$stage" ]; then rm -f -- "$stage"; fi
+  # This commit's partial is resumed only if none of its files is a hard
+  # link. A stream transfer cut short leaves a copy of the live release made
+  # of hard links, with the old modes; rsync would chmod those files in
+  # place, in the live release too. (rsync's own links from --link-dest are
+  # to files that already match, so dropping such a partial costs only time.)
+  if [ -d "$stage" ] && [ -n "$(find "$stage" -type f -links +1 2>/dev/null | head -n 1)" ]; then
+    rm -rf -- "$stage" && out removed_partial "${stage##*/}"
+  fi
   [ -d "$stage" ] || mkdir -- "$stage" || fail failed "cannot create $stage"
   out stage "$stage"
   survey "$sha" "$@"

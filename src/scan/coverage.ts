@@ -4,6 +4,7 @@ import zlib from 'node:zlib';
 import { makeScratchDir } from '../local/scratch.js';
 import { findingFromFingerprint, printable, type Finding } from './findings.js';
 import { runGitleaks, type GitleaksSettings, type GitleaksSkip, type ScanLimits } from './gitleaks.js';
+import { inflate, type Compression } from './inflate.js';
 import { isIgnored } from './settings.js';
 
 /** Something deployed that the scan could not read, and why. */
@@ -39,8 +40,11 @@ interface Rescan {
    * start) and archive handling (by name) cannot skip it. Lines map back - 1.
    */
   raw?: boolean;
-  /** With `raw`: scan the gzip stream's inflated bytes (a tarball's bytes outside its entries are inside the stream). */
-  gunzip?: boolean;
+  /**
+   * With `raw`: scan the compressed stream's inflated bytes instead (a tarball's bytes outside its entries,
+   * and every member after a header gitleaks rejects, are inside the stream).
+   */
+  inflate?: Compression;
 }
 
 // Names gitleaks opens as archives (it picks the format by name alone, and an
@@ -243,7 +247,8 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
     if (size > RAW_MAX) unscanned.push({ path: rel, reason: 'too_large', detail: `its bytes outside archive entries are not scanned above ${RAW_MAX / 1024 / 1024} MB` });
     else if (!rescans.has(`${rel}\0raw`)) rescans.set(`${rel}\0raw`, { original: rel, file, archive: null, attempt: 1, raw: true });
     const kind = sniffArchive(file);
-    if ((kind === 'gz' || kind === 'tar.gz') && !rescans.has(`${rel}\0gunzip`)) rescans.set(`${rel}\0gunzip`, { original: rel, file, archive: null, attempt: 1, raw: true, gunzip: true });
+    const compression: Compression | null = kind === 'tar.gz' ? 'gz' : kind === 'gz' || kind === 'zst' || kind === 'xz' || kind === 'bz2' ? kind : null;
+    if (compression && !rescans.has(`${rel}\0inflate`)) rescans.set(`${rel}\0inflate`, { original: rel, file, archive: null, attempt: 1, raw: true, inflate: compression });
   };
   // gitleaks reports a file name that is not UTF-8 with U+FFFD in its place,
   // a path nobody can open: such files are rescanned under neutral names.
@@ -299,14 +304,26 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
     fs.mkdirSync(empty);
     fs.mkdirSync(scanRoot);
     const names = entries.map(nameFor);
-    entries.forEach((entry, i) => {
+    for (const [i, entry] of entries.entries()) {
       const target = path.join(scanRoot, String(i), names[i]);
       fs.mkdirSync(path.dirname(target));
-      try {
-        if (entry.raw) {
-          const bytes = fs.readFileSync(entry.file);
-          fs.writeFileSync(target, Buffer.concat([Buffer.from('\n'), entry.gunzip ? zlib.gunzipSync(bytes, { maxOutputLength: RAW_MAX * 4 }) : bytes]));
+      if (entry.inflate) {
+        // The inflated stream, or the reason it cannot be had: reported, never a copy of the compressed bytes.
+        let bytes: Buffer;
+        try {
+          bytes = fs.readFileSync(entry.file);
+        } catch (error) {
+          unscanned.push({ path: entry.original, reason: 'unreadable', detail: (error as NodeJS.ErrnoException).code ?? 'cannot read' });
+          continue;
         }
+        const ends = AbortSignal.timeout(Math.max(1, limits.deadline - Date.now()));
+        const inflated = await inflate(entry.inflate, bytes, RAW_MAX * 4, { signal: limits.signal ? AbortSignal.any([limits.signal, ends]) : ends, cwd: view });
+        if (inflated.bytes) fs.writeFileSync(target, Buffer.concat([Buffer.from('\n'), inflated.bytes]));
+        if (inflated.problem) unscanned.push({ path: entry.original, ...inflated.problem });
+        continue;
+      }
+      try {
+        if (entry.raw) fs.writeFileSync(target, Buffer.concat([Buffer.from('\n'), fs.readFileSync(entry.file)]));
         // A hard link costs nothing and cannot change under the scan; a copy when the export is on another filesystem.
         else fs.linkSync(entry.file, target);
       } catch {
@@ -316,7 +333,7 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
           unscanned.push({ path: entry.original, reason: 'unreadable', detail: (error as NodeJS.ErrnoException).code ?? 'cannot read' });
         }
       }
-    });
+    }
     const result = await runGitleaks(binary, { mode: 'dir', root: scanRoot }, { configFile: settings.configFile, ignoreDir: empty }, limits);
 
     // `<n>/<name>` or `<n>/<name>!entry...` -> the entry and the part inside it.

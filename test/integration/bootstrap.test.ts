@@ -279,7 +279,7 @@ maybe('bootstrap-runner.sh', () => {
     const lines = run.out.split('\n').map((l) => l.replace(/^bootstrap-runner\.sh: /, ''));
     const expected = [
       'dry run: printing each step; nothing is changed',
-      'would run on a real host: apt-get install -y git rsync openssh-client curl tar jq util-linux zstd',
+      'would run on a real host: apt-get install -y git rsync openssh-client curl tar jq util-linux zstd xz-utils bzip2',
       `would create directory ${fresh}/usr (mode 0755, owner root)`,
       `would download ${baseUrl}/gitleaks/v8.30.1/gitleaks_8.30.1_linux_x64.tar.gz and check its SHA-256 is ${gitleaksSha}`,
       `would write ${fresh}/usr/local/bin/gitleaks (mode 0755, owner root)`,
@@ -330,7 +330,7 @@ maybe('bootstrap-runner.sh', () => {
     expect(recorded[0].uid).toBe(uid);
     expect(recorded[0].token).toBe(REG_TOKEN);
     expect(run.out).toContain('would run on a real host: env -C /opt/actions-runner ./svc.sh install gh-runner');
-    expect(run.out).toContain(`--root: on the host that boots ${root}, still to run:\n  apt-get install -y git rsync openssh-client curl tar jq util-linux zstd\n  env -C /opt/actions-runner ./svc.sh install gh-runner\n  env -C /opt/actions-runner ./svc.sh start\n`);
+    expect(run.out).toContain(`--root: on the host that boots ${root}, still to run:\n  apt-get install -y git rsync openssh-client curl tar jq util-linux zstd xz-utils bzip2\n  env -C /opt/actions-runner ./svc.sh install gh-runner\n  env -C /opt/actions-runner ./svc.sh start\n`);
     const tokenCall = requests.find((r) => r.path === '/api/repos/acme/app/actions/runners/registration-token');
     expect(tokenCall).toEqual({ method: 'POST', path: '/api/repos/acme/app/actions/runners/registration-token', auth: `Bearer ${PAT}` });
 
