@@ -38780,10 +38780,6 @@ class ScanCache {
             const ignore = external_node_path_default().join(settings.ignoreDir, '.gitleaksignore');
             hash.update(external_node_fs_default().existsSync(ignore) ? external_node_fs_default().readFileSync(ignore) : Buffer.alloc(0));
             const key = hash.digest('hex').slice(0, 32);
-            // Caches of other keys are never used again: drop them (the probe record is not one).
-            for (const name of external_node_fs_default().readdirSync(dir))
-                if (!name.startsWith(key) && name !== PROBED)
-                    external_node_fs_default().rmSync(external_node_path_default().join(dir, name), { force: true, recursive: true });
             const loaded = {
                 entries: readSet(external_node_path_default().join(dir, `${key}.entries`), ENTRY, say),
                 commits: readSet(external_node_path_default().join(dir, `${key}.commits`), COMMIT, say),
@@ -38846,6 +38842,11 @@ class ScanCache {
     }
     /** Writes what was added, atomically (another run's concurrent write may win: then this one's additions are lost, never torn). */
     save() {
+        // Caches of other keys are never used again: dropped, but only by a scan that completed (a failed one
+        // changes nothing here). The probe record is not one of them.
+        for (const name of external_node_fs_default().readdirSync(this.dir))
+            if (!name.startsWith(this.key) && name !== PROBED)
+                external_node_fs_default().rmSync(external_node_path_default().join(this.dir, name), { force: true, recursive: true });
         if (this.newEntries.length > 0)
             writeSet(external_node_path_default().join(this.dir, `${this.key}.entries`), this.entries);
         if (this.newCommits.length > 0)

@@ -94,8 +94,6 @@ export class ScanCache {
       const ignore = path.join(settings.ignoreDir, '.gitleaksignore');
       hash.update(fs.existsSync(ignore) ? fs.readFileSync(ignore) : Buffer.alloc(0));
       const key = hash.digest('hex').slice(0, 32);
-      // Caches of other keys are never used again: drop them (the probe record is not one).
-      for (const name of fs.readdirSync(dir)) if (!name.startsWith(key) && name !== PROBED) fs.rmSync(path.join(dir, name), { force: true, recursive: true });
       const loaded = {
         entries: readSet(path.join(dir, `${key}.entries`), ENTRY, say),
         commits: readSet(path.join(dir, `${key}.commits`), COMMIT, say),
@@ -163,6 +161,9 @@ export class ScanCache {
 
   /** Writes what was added, atomically (another run's concurrent write may win: then this one's additions are lost, never torn). */
   save(): void {
+    // Caches of other keys are never used again: dropped, but only by a scan that completed (a failed one
+    // changes nothing here). The probe record is not one of them.
+    for (const name of fs.readdirSync(this.dir)) if (!name.startsWith(this.key) && name !== PROBED) fs.rmSync(path.join(this.dir, name), { force: true, recursive: true });
     if (this.newEntries.length > 0) writeSet(path.join(this.dir, `${this.key}.entries`), this.entries);
     if (this.newCommits.length > 0) writeSet(path.join(this.dir, `${this.key}.commits`), this.commits);
     if (this.newUnscanned > 0) writeLines(path.join(this.dir, `${this.key}.unscanned`), [...this.unscanned].map(([entry, parts]) => JSON.stringify({ e: entry, u: parts.map((p) => [p.suffix, p.reason, p.detail]) })));

@@ -46,9 +46,13 @@ afterAll(() => {
 });
 
 test('atomic: a VM-chosen stage path with escapes reaches the error message raw', async () => {
+  // Through rsync, which stages first (a stream transfer's apply makes its own stage, and never asks for one).
+  configure(world, { sync: ['transfer: rsync'] });
   const run = await world.cli(['sync']);
   const row = rows(run).evil;
   const human = await world.cli(['sync'], { json: false });
+  configure(world);
+  expect(row.error?.code).toBe('remote_command_failed');
   expect({ code: row.error?.code, message: row.error?.message.slice(0, 120) }).toBeDefined();
   expect({ jsonHasEsc: row.error?.message.includes(ESC), humanHasEsc: (human.stdout + human.stderr).includes(EVIL) }).toEqual({ jsonHasEsc: false, humanHasEsc: false });
 });
@@ -59,6 +63,7 @@ test('in-place: a VM-chosen target path with escapes reaches the error message r
   const row = rows(run).evil;
   const human = await world.cli(['sync'], { json: false });
   configure(world);
+  expect(row.error?.code).toBeDefined();
   expect({ jsonHasEsc: row.error?.message.includes(ESC), humanHasEsc: (human.stdout + human.stderr).includes(EVIL) }).toEqual({ jsonHasEsc: false, humanHasEsc: false });
 });
 
