@@ -37800,6 +37800,11 @@ function gitleaksVersion(binary) {
 
 
 
+/** A signal that fires when the scan ends without passing: its deadline, or the caller's cancel. */
+function scanEnds(limits) {
+    const timer = AbortSignal.timeout(Math.max(1, limits.deadline - Date.now()));
+    return limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
+}
 /** How often a long gitleaks run says it is still going. */
 const HEARTBEAT_S = 10;
 /** How deep gitleaks opens archives inside archives; deeper ones are reported as not scanned. */
@@ -38041,8 +38046,7 @@ async function runGitleaks(binary, target, settings, limits) {
         };
         const stderr = lineReader(onLine);
         const stdout = lineReader(onLine);
-        const timer = AbortSignal.timeout(remainingMs);
-        const signal = limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
+        const signal = scanEnds(limits);
         const started = Date.now();
         const heartbeat = limits.onLongRun ? setInterval(() => limits.onLongRun?.(Math.round((Date.now() - started) / 1000)), HEARTBEAT_S * 1000) : null;
         let result;
@@ -38065,7 +38069,7 @@ async function runGitleaks(binary, target, settings, limits) {
         }
         stderr.end();
         stdout.end();
-        if (!limits.signal?.aborted && (timer.aborted || Date.now() - started >= remainingMs))
+        if (!limits.signal?.aborted && (signal.aborted || Date.now() - started >= remainingMs))
             throw scanTimeout(limits, what);
         if ((result.code !== 0 && result.code !== 2) || errors.length > 0) {
             const detail = errors.join(' | ') || `exit ${result.code ?? result.signal}`;
@@ -38594,6 +38598,10 @@ async function scanTree(binary, exportDir, settings, ignore, limits) {
         extended: first.extended,
     };
 }
+/** A rescan's file that could not be read (a moment's failure: never remembered). */
+function unreadable(entry, error) {
+    return { path: entry.original, reason: 'unreadable', detail: error.code ?? 'cannot read' };
+}
 /** One second-pass round over `entries`: findings mapped back, what is still skipped, and what to try under another name. */
 async function rescan(binary, entries, settings, limits) {
     const view = makeScratchDir('scanview');
@@ -38616,11 +38624,10 @@ async function rescan(binary, entries, settings, limits) {
                     bytes = external_node_fs_default().readFileSync(entry.file);
                 }
                 catch (error) {
-                    unscanned.push({ path: entry.original, reason: 'unreadable', detail: error.code ?? 'cannot read' });
+                    unscanned.push(unreadable(entry, error));
                     continue;
                 }
-                const ends = AbortSignal.timeout(Math.max(1, limits.deadline - Date.now()));
-                const inflated = await inflate(entry.inflate, bytes, RAW_MAX * 4, { signal: limits.signal ? AbortSignal.any([limits.signal, ends]) : ends, cwd: view });
+                const inflated = await inflate(entry.inflate, bytes, RAW_MAX * 4, { signal: scanEnds(limits), cwd: view });
                 if (inflated.bytes)
                     external_node_fs_default().writeFileSync(target, Buffer.concat([Buffer.from('\n'), inflated.bytes]));
                 if (inflated.problem)
@@ -38639,7 +38646,7 @@ async function rescan(binary, entries, settings, limits) {
                     external_node_fs_default().copyFileSync(entry.file, target);
                 }
                 catch (error) {
-                    unscanned.push({ path: entry.original, reason: 'unreadable', detail: error.code ?? 'cannot read' });
+                    unscanned.push(unreadable(entry, error));
                 }
             }
         }
@@ -38919,8 +38926,8 @@ function readUnscanned(file, say) {
     if (text === null)
         return new Map();
     const out = new Map();
-    const lines = tooManyLines(text, MAX_ENTRIES) ? [] : text.split('\n').filter(Boolean);
-    const valid = !tooManyLines(text, MAX_ENTRIES) &&
+    const lines = tooManyLines(text, MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
+    const valid = lines !== null &&
         lines.length <= MAX_ENTRIES &&
         lines.every((line) => {
             let parsed;

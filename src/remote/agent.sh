@@ -263,11 +263,6 @@ current_release() {
     esac
   fi
 }
-# What staging needs to know, read-only: where rsync hard-links from, a
-# complete release of SHA kept from an earlier run, the GNU tools and zstd the
-# stream transfer needs, the live release as a stream base, and which of the
-# shared paths (the other arguments) exist. begin answers it under the lock
-# while the run's secret scan still runs; stage answers it again.
 # A half-staged release of another commit is abandoned: free its space
 # before staging. This commit's own partial is kept: rsync resumes it.
 drop_partials() { # SHA
@@ -277,6 +272,11 @@ drop_partials() { # SHA
     rm -rf -- "$p" && out removed_partial "${p##*/}"
   done
 }
+# What staging needs to know, read-only: where rsync hard-links from, a
+# complete release of SHA kept from an earlier run, the GNU tools and zstd the
+# stream transfer needs, the live release as a stream base, and which of the
+# shared paths (the other arguments) exist. begin answers it under the lock
+# while the run's secret scan still runs; stage answers it again.
 survey() { # SHA SHARED...
   want=$1
   shift

@@ -235,9 +235,9 @@ function readUnscanned(file: string, say: (message: string) => void): Map<string
   const text = readCacheFile(file, 'utf8', say);
   if (text === null) return new Map();
   const out = new Map<string, UnscannedPart[]>();
-  const lines = tooManyLines(text, MAX_ENTRIES) ? [] : text.split('\n').filter(Boolean);
+  const lines = tooManyLines(text, MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
   const valid =
-    !tooManyLines(text, MAX_ENTRIES) &&
+    lines !== null &&
     lines.length <= MAX_ENTRIES &&
     lines.every((line) => {
       let parsed: unknown;
@@ -265,7 +265,6 @@ function readUnscanned(file: string, say: (message: string) => void): Map<string
   }
   return out;
 }
-
 
 /**
  * The cache directory's file naming the gitleaks builds that passed the log

@@ -3,7 +3,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { makeScratchDir } from '../local/scratch.js';
 import { findingFromFingerprint, printable, type Finding } from './findings.js';
-import { runGitleaks, type GitleaksSettings, type GitleaksSkip, type ScanLimits } from './gitleaks.js';
+import { runGitleaks, scanEnds, type GitleaksSettings, type GitleaksSkip, type ScanLimits } from './gitleaks.js';
 import { inflate, type Compression } from './inflate.js';
 import { isIgnored } from './settings.js';
 
@@ -292,6 +292,11 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
   };
 }
 
+/** A rescan's file that could not be read (a moment's failure: never remembered). */
+function unreadable(entry: Rescan, error: unknown): UnscannedFile {
+  return { path: entry.original, reason: 'unreadable', detail: (error as NodeJS.ErrnoException).code ?? 'cannot read' };
+}
+
 /** One second-pass round over `entries`: findings mapped back, what is still skipped, and what to try under another name. */
 async function rescan(binary: string, entries: Rescan[], settings: GitleaksSettings, limits: ScanLimits): Promise<{ findings: Finding[]; unscanned: UnscannedFile[]; retry: Rescan[] }> {
   const view = makeScratchDir('scanview');
@@ -313,11 +318,10 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
         try {
           bytes = fs.readFileSync(entry.file);
         } catch (error) {
-          unscanned.push({ path: entry.original, reason: 'unreadable', detail: (error as NodeJS.ErrnoException).code ?? 'cannot read' });
+          unscanned.push(unreadable(entry, error));
           continue;
         }
-        const ends = AbortSignal.timeout(Math.max(1, limits.deadline - Date.now()));
-        const inflated = await inflate(entry.inflate, bytes, RAW_MAX * 4, { signal: limits.signal ? AbortSignal.any([limits.signal, ends]) : ends, cwd: view });
+        const inflated = await inflate(entry.inflate, bytes, RAW_MAX * 4, { signal: scanEnds(limits), cwd: view });
         if (inflated.bytes) fs.writeFileSync(target, Buffer.concat([Buffer.from('\n'), inflated.bytes]));
         if (inflated.problem) unscanned.push({ path: entry.original, ...inflated.problem });
         continue;
@@ -330,7 +334,7 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
         try {
           fs.copyFileSync(entry.file, target);
         } catch (error) {
-          unscanned.push({ path: entry.original, reason: 'unreadable', detail: (error as NodeJS.ErrnoException).code ?? 'cannot read' });
+          unscanned.push(unreadable(entry, error));
         }
       }
     }

@@ -57,6 +57,12 @@ export interface ScanLimits {
   onLongRun?: (seconds: number) => void;
 }
 
+/** A signal that fires when the scan ends without passing: its deadline, or the caller's cancel. */
+export function scanEnds(limits: ScanLimits): AbortSignal {
+  const timer = AbortSignal.timeout(Math.max(1, limits.deadline - Date.now()));
+  return limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
+}
+
 /** How often a long gitleaks run says it is still going. */
 export const HEARTBEAT_S = 10;
 
@@ -295,8 +301,7 @@ export async function runGitleaks(binary: string, target: GitleaksTarget, settin
     };
     const stderr = lineReader(onLine);
     const stdout = lineReader(onLine);
-    const timer = AbortSignal.timeout(remainingMs);
-    const signal = limits.signal ? AbortSignal.any([limits.signal, timer]) : timer;
+    const signal = scanEnds(limits);
     const started = Date.now();
     const heartbeat = limits.onLongRun ? setInterval(() => limits.onLongRun?.(Math.round((Date.now() - started) / 1000)), HEARTBEAT_S * 1000) : null;
     let result;
@@ -316,7 +321,7 @@ export async function runGitleaks(binary: string, target: GitleaksTarget, settin
     }
     stderr.end();
     stdout.end();
-    if (!limits.signal?.aborted && (timer.aborted || Date.now() - started >= remainingMs)) throw scanTimeout(limits, what);
+    if (!limits.signal?.aborted && (signal.aborted || Date.now() - started >= remainingMs)) throw scanTimeout(limits, what);
     if ((result.code !== 0 && result.code !== 2) || errors.length > 0) {
       const detail = errors.join(' | ') || `exit ${result.code ?? result.signal}`;
       throw new VmSyncError('scan_failed', `gitleaks ${target.mode} scan failed (exit ${result.code ?? result.signal}): ${detail}. The deploy is blocked until a scan succeeds.`);
