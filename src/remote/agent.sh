@@ -271,6 +271,16 @@ drop_partials() { # SHA
     [ "$p" = "$R/$1.partial" ] && continue
     rm -rf -- "$p" && out removed_partial "${p##*/}"
   done
+  for m in "$S/tmp"/linked.*; do
+    [ "$m" = "$S/tmp/linked.$1" ] || rm -f -- "$m"
+  done
+}
+# The record `link` leaves for `apply`: "TOKEN BASE" of the run that made
+# this commit's partial release as a hard-link copy of BASE. In vm-sync's
+# own tmp directory (nobody else writes there); one line, bounded.
+linked_by() { # SHA
+  m="$S/tmp/linked.$1"
+  if [ -f "$m" ] && [ ! -L "$m" ]; then head -c 200 -- "$m" | head -n 1; fi
 }
 # What staging needs to know, read-only: where rsync hard-links from, a
 # complete release of SHA kept from an earlier run, the GNU tools and zstd the
@@ -504,7 +514,19 @@ begin)
 unlock)
   token=$1
   case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
-    *" token=$token "*) rm -f -- "$L"; out lock released ;;
+    *" token=$token "*)
+      # A partial release this run linked but never built on (the scan
+      # blocked, the VM failed first) goes with the lock: the VM is left as
+      # it was found.
+      for m in "$S/tmp"/linked.*; do
+        if [ ! -f "$m" ] || [ -L "$m" ]; then continue; fi
+        by=$(head -c 200 -- "$m" | head -n 1)
+        [ "${by%% *}" = "$token" ] || continue
+        sha=${m##*/linked.}
+        case $sha in *[!0-9a-f]* | '') continue ;; esac
+        rm -rf -- "${R:?}/$sha.partial" && rm -f -- "$m" && out discarded_partial "$sha.partial"
+      done
+      rm -f -- "$L"; out lock released ;;
     *) out lock not-ours ;;
   esac
   ;;
@@ -524,6 +546,7 @@ stage)
   # of hard links, with the old modes; rsync would chmod those files in
   # place, in the live release too. (rsync's own links from --link-dest are
   # to files that already match, so dropping such a partial costs only time.)
+  rm -f -- "$S/tmp/linked.$sha"
   if [ -d "$stage" ] && [ -n "$(find "$stage" -type f -links +1 2>/dev/null | head -n 1)" ]; then
     rm -rf -- "$stage" && out removed_partial "${stage##*/}"
   fi
@@ -632,6 +655,40 @@ flip)
   revlog "$action" "$(marker_commit "${cur##*/}")" "$(marker_commit "$name")" "$run" "$name"
   out release "$name"
   ;;
+link)
+  # While the run's secret scan runs: this commit's partial release as a
+  # hard-link copy of BASE (the live release, unchanged since it was
+  # sealed), the first part of `apply`'s work. Nothing of the commit is on
+  # the VM yet, and nothing live changes; the partial is removed by
+  # `unlock` when the run ends without building on it.
+  token=$1 sha=$2 base=$3
+  require_lock "$token"
+  gnu_tools || fail stream_failed "GNU tar and find are needed for the stream transfer"
+  case $sha in *[!0-9a-f]* | '') fail failed "bad commit" ;; esac
+  case $base in '' | */* | .* | *.partial) fail failed "bad base release name" ;; esac
+  drop_partials "$sha"
+  stage="$R/$sha.partial"
+  rm -f -- "$S/tmp/linked.$sha"
+  if [ -L "$stage" ]; then rm -f -- "$stage"; fi
+  rm -rf -- "$stage" || fail failed "cannot remove $stage"
+  cur=$(current_release)
+  if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
+  intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
+  mkdir -- "$stage" || fail failed "cannot create $stage"
+  if ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then
+    rm -rf -- "$stage"
+    fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"
+  fi
+  # Its directory entries reach the disk now, not in seal's flush after the scan.
+  flush "$stage"
+  tmp="$S/tmp/linked.$sha.$$"
+  if ! { printf '%s %s\n' "$token" "$base" > "$tmp" && mv -f -- "$tmp" "$S/tmp/linked.$sha"; }; then
+    rm -f -- "$tmp"
+    rm -rf -- "$stage"
+    fail failed "cannot record the linked copy"
+  fi
+  out linked "$stage"
+  ;;
 apply)
   # Builds this commit's staged release from the stream on stdin: the paths to
   # remove (one a line, as printf %b escapes, ended by a line "."), then a
@@ -639,7 +696,7 @@ apply)
   # BASE (a release name) the release starts as a hard-link copy of BASE,
   # which must be the live release and unchanged since it was sealed; without
   # it, from nothing. Nothing live changes; seal completes the release.
-  token=$1 sha=$2 base=$3 codec=${4:-gzip}
+  token=$1 sha=$2 base=$3 codec=${4:-gzip} linked=${5:-0}
   require_lock "$token"
   gnu_tools || fail stream_failed "GNU tar and find are needed for the stream transfer"
   case $codec in
@@ -649,15 +706,25 @@ apply)
   esac
   drop_partials "$sha"
   stage="$R/$sha.partial"
-  if [ -L "$stage" ]; then rm -f -- "$stage"; fi
-  rm -rf -- "$stage" || fail failed "cannot remove $stage"
-  mkdir -- "$stage" || fail failed "cannot create $stage"
+  # The copy `link` made while the scan ran is used only if this run made it
+  # from this base, and it is still a plain directory; anything else is
+  # made again here.
+  reuse=0
+  if [ "$linked" = 1 ] && [ -n "$base" ] && [ "$(linked_by "$sha")" = "$token $base" ] && [ -d "$stage" ] && [ ! -L "$stage" ]; then reuse=1; fi
+  rm -f -- "$S/tmp/linked.$sha"
+  if [ "$reuse" = 0 ]; then
+    if [ -L "$stage" ]; then rm -f -- "$stage"; fi
+    rm -rf -- "$stage" || fail failed "cannot remove $stage"
+    mkdir -- "$stage" || fail failed "cannot create $stage"
+  fi
   if [ -n "$base" ]; then
     case $base in */* | .* | *.partial) fail failed "bad base release name" ;; esac
     cur=$(current_release)
     if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
+    # Checked again when reused: a file of the base changed in place since
+    # the link would be changed in the copy too (they share the inode).
     intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
-    if ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"; fi
+    if [ "$reuse" = 0 ] && ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"; fi
   fi
   removed=0
   while IFS= read -r line; do

@@ -28,8 +28,10 @@ export interface VmPort {
   begin(owner: Omit<LockOwner, 'deadline'>, options: BeginOptions): Promise<BeginOutcome>;
   stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[]): Promise<StageResult>;
   transfer(plan: TransferPlan, onProgress?: (p: { percent: number; rate: string }) => void): Promise<RsyncStats>;
-  /** Builds the staged release from a stream file: a hard-link copy of `base` (or nothing) changed as the stream says. */
-  apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void): Promise<{ removed: number; removedPartials: string[] }>;
+  /** Makes the commit's partial release a hard-link copy of `base` (the live release) ahead of {@link apply}; nothing of the commit is sent. */
+  link(token: string, sha: string, base: string, probed: Probe): Promise<{ removedPartials: string[] }>;
+  /** Builds the staged release from a stream file: a hard-link copy of `base` (or nothing; with `linked`, the one {@link link} made) changed as the stream says. */
+  apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void, linked?: boolean): Promise<{ removed: number; removedPartials: string[] }>;
   seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>, key: string): Promise<{ release: string; seeded: string[]; created: string[] }>;
   /** Switches the live path to a kept release; `record` (why, which run) goes into the VM's revisions.log. */
   flip(token: string, release: string, reject?: boolean, record?: FlipRecord): Promise<{ previous: string | null; movedAside: string | null }>;
@@ -82,7 +84,8 @@ export function sshPorts(knownHosts: KnownHosts): OpenPort {
           await bridge.close();
         }
       },
-      apply: (token, sha, base, file, codec, onSent) => target.apply(token, sha, base, file, codec, onSent),
+      link: (token, sha, base, probed) => target.link(token, sha, base, probed),
+      apply: (token, sha, base, file, codec, onSent, linked) => target.apply(token, sha, base, file, codec, onSent, linked),
       seal: (token, sha, shared, key) => target.seal(token, sha, shared, key),
       flip: (token, release, reject, record) => target.flip(token, release, reject, record),
       inPlaceBegin: (token, probed) => target.inPlaceBegin(token, probed),

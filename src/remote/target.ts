@@ -360,14 +360,30 @@ export class RemoteTarget {
   }
 
   /**
+   * Makes this commit's partial release a hard-link copy of `base` (the live
+   * release, which the VM checks is unchanged since it was sealed): the part
+   * of {@link apply}'s work that needs nothing of the commit, so it can run
+   * while the secret scan does. `apply` with `linked` builds on it; `unlock`
+   * removes it when the run ends without that.
+   */
+  async link(token: string, sha: string, base: string, probed: Probe): Promise<{ removedPartials: string[] }> {
+    const out = (await this.op('link', [token, sha, base])).only(['linked', 'removed_partial']);
+    const expected = stageDir(probed, sha);
+    if (out.require('linked') !== expected) throw new VmSyncError('remote_command_failed', `link on ${this.vmId} answered ${vmText(out.require('linked'))}, not ${expected}`);
+    return { removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
+  }
+
+  /**
    * Builds this commit's staged release from a stream file (see
    * `src/sync/stream.ts`): a hard-link copy of `base` (the live release,
    * which the VM checks is unchanged since it was sealed) or nothing, minus
    * the paths the stream removes, plus what it carries. Fails with
-   * `release_drifted` when the base is not what vm-sync sealed.
+   * `release_drifted` when the base is not what vm-sync sealed. With
+   * `linked`, the copy {@link link} made is used when the VM confirms this
+   * run made it from `base`.
    */
-  async apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void): Promise<{ removed: number; removedPartials: string[] }> {
-    const out = (await this.op('apply', [token, sha, base ?? '', codec], false, { path: file, onSent })).only(['removed', 'stage', 'removed_partial']);
+  async apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void, linked = false): Promise<{ removed: number; removedPartials: string[] }> {
+    const out = (await this.op('apply', [token, sha, base ?? '', codec, linked ? '1' : '0'], false, { path: file, onSent })).only(['removed', 'stage', 'removed_partial']);
     return { removed: toInt(out.require('removed')), removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
   }
 

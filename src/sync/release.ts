@@ -88,6 +88,13 @@ interface VmRun {
   done: boolean;
   /** Notes about the tree this VM gets (a committed `.sync_rev` not deployed). */
   treeNotes: string[];
+  /**
+   * The hard-link copy of the live release started while the scan runs (see
+   * {@link FleetRelease.linkAhead}): true once the VM made it. Awaited
+   * before anything else of this run on the VM that depends on it (apply,
+   * unlock, which removes an unused one).
+   */
+  linking: Promise<boolean> | null;
 }
 
 /**
@@ -158,7 +165,7 @@ class FleetRelease {
     private readonly ctx: ReleaseContext,
     vms: readonly VmConfig[],
   ) {
-    this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, treeNotes: [] }));
+    this.runs = vms.map((vm) => ({ vm, report: failedRow(vm), started: Date.now(), port: null, before: null, release: null, previous: null, touched: false, done: false, treeNotes: [], linking: null }));
     this.token = ctx.owner.token;
     const { sync, rollout } = ctx.config;
     this.budgetMs = sync.timeoutS * 1000;
@@ -261,6 +268,7 @@ class FleetRelease {
         await this.settle(run, true);
         run.port?.close();
         run.port = null;
+        run.linking = null;
         earlier.push(`attempt ${attempt + 1} failed: ${failure.code}: ${failure.message}`);
         const delay = this.ctx.retryBaseMs * 2 ** attempt * (1 + Math.random());
         this.say(run, `${failure.code}: ${failure.message} — retry ${attempt + 1}/${sync.retries} in ${(delay / 1000).toFixed(1)}s`, 'prepare', 'warn');
@@ -344,6 +352,11 @@ class FleetRelease {
     // The tree is ready once the secret scan passed (it runs while the VMs connect and lock): until
     // then nothing is staged, so a blocked deploy leaves nothing on the VM.
     // The wait is the run's, not the VM's: the VM's budget stops meanwhile, and starts again where it stopped.
+    const shared = config.repository.sharedPaths;
+    const removedPartials = (names: readonly string[]): void => {
+      for (const name of names) report.notes.push(`removed an abandoned partial release ${name}`);
+    };
+    this.linkAhead(run, port, begun.survey, removedPartials);
     const waitFrom = Date.now();
     budget.pause();
     let tree: { dir: string; notes: string[] };
@@ -359,10 +372,6 @@ class FleetRelease {
     // (Under a second, the lock's own margin covers it.)
     const waited = Date.now() - waitFrom;
     if (waited >= 1000 && waited > (this.ctx.treeWaitS ?? 0) * 1000) await port.renew(this.token);
-    const shared = config.repository.sharedPaths;
-    const removedPartials = (names: readonly string[]): void => {
-      for (const name of names) report.notes.push(`removed an abandoned partial release ${name}`);
-    };
     // stage is the step that makes the partial release; the stream's apply makes its own, so with the
     // survey begin answered, a stream transfer needs no stage step (one round trip fewer after the scan).
     const stage = async (): Promise<StageResult> => {
@@ -401,6 +410,31 @@ class FleetRelease {
   }
 
   /**
+   * While the scan runs, a VM that will most likely take the stream transfer
+   * from its live release makes the hard-link copy of that release the
+   * stream builds on (the slowest part of `apply` on a large tree, and it
+   * needs nothing of the commit). A copy that cannot be made costs nothing
+   * but the time: `apply` then makes it itself, or rsync stages as before.
+   */
+  private linkAhead(run: VmRun, port: VmPort, survey: StageSurvey | null, removedPartials: (names: readonly string[]) => void): void {
+    const live = run.before ? releaseOf(run.before) : null;
+    if (!survey || !this.ctx.stream || !live || !run.before || !run.report.rev_before) return;
+    if (!survey.streamSupported || survey.baseState !== 'intact' || survey.baseKey !== this.buildKey) return;
+    if (survey.completeRelease && !this.ctx.force) return;
+    const before = run.before;
+    run.linking = port.link(this.token, this.ctx.commit, live, before).then(
+      (made) => {
+        removedPartials(made.removedPartials);
+        return true;
+      },
+      (error: unknown) => {
+        this.say(run, `could not prepare the copy of ${live} ahead of the stream (${getErrorMessage(error)}): apply makes it`, 'prepare', 'debug');
+        return false;
+      },
+    );
+  }
+
+  /**
    * The stream transfer, when it applies: the VM has GNU tar and find, and
    * either serves no release (the whole tree) or serves one that is exactly
    * what vm-sync sealed, of a commit this runner can diff from. Otherwise
@@ -430,7 +464,8 @@ class FleetRelease {
     const { stream: made } = outcome;
     this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte ${made.codec} stream`, 'transfer');
     try {
-      const applied = await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''));
+      const linked = base !== null && run.linking !== null && (await run.linking);
+      const applied = await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''), linked);
       removedPartials(applied.removedPartials);
     } catch (error) {
       const failure = toFailure(error);
@@ -661,6 +696,8 @@ class FleetRelease {
     const port = run.port;
     if (!port) return;
     const { report } = run;
+    // The copy made ahead still being made: unlock (which removes it) comes after it, never beside it.
+    if (run.linking) await run.linking;
     port.extendTo(Date.now() + CLEANUP_MS, AbortSignal.timeout(CLEANUP_MS));
     let safeToUnlock = true;
     if (failed) {

@@ -16,7 +16,7 @@ import type { History } from '../../src/sync/state.js';
 import type { EngineEvents, VmReport } from '../../src/sync/types.js';
 
 export type Op =
-  | 'open' | 'probe' | 'begin' | 'stage' | 'transfer' | 'apply' | 'seal' | 'flip' | 'inPlaceBegin' | 'inPlaceFinish' | 'releases' | 'listing' | 'renew' | 'health' | 'prune'
+  | 'open' | 'probe' | 'begin' | 'stage' | 'transfer' | 'link' | 'apply' | 'seal' | 'flip' | 'inPlaceBegin' | 'inPlaceFinish' | 'releases' | 'listing' | 'renew' | 'health' | 'prune'
   | 'postSync' | 'unlock' | 'breakLock' | 'stopInterrupted' | 'extendTo' | 'close';
 
 /** One call on a port (or an `open`), in the order they happened across the whole fleet. */
@@ -278,8 +278,14 @@ export class FakeFleet {
           return { stage: `/home/deploy/.app-${vm.id}.vm-sync/releases/${sha}.partial`, removedPartials: [], ...survey(sha) };
         }),
       transfer: (plan: TransferPlan) => op('transfer', [plan], () => ({ filesChanged: 3, bytesSent: 1234, changes: [] })),
-      apply: (token, sha, base, file, codec) =>
-        op('apply', [token, sha, base, file, codec], () => {
+      link: (token, sha, base) =>
+        op('link', [token, sha, base], () => {
+          vm.requireLock(token, 'link');
+          if (base !== vm.live) throw new VmSyncError('release_drifted', `the live release is no longer ${base}`);
+          return { removedPartials: [] };
+        }),
+      apply: (token, sha, base, file, codec, _onSent, linked) =>
+        op('apply', [token, sha, base, file, codec, linked ?? false], () => {
           vm.requireLock(token, 'apply');
           if (base !== null && base !== vm.live) throw new VmSyncError('release_drifted', `the live release is no longer ${base}`);
           return { removed: 0, removedPartials: [] };

@@ -162,6 +162,40 @@ test('a release changed by hand on the VM (drift) is not built upon: rsync repai
   for (const id of ['s1', 's2', 's3']) expect([id, snapshotTree(world.target(id))]).toEqual([id, expectedTree(world.ws, next)]);
 });
 
+test('a live release changed by hand while the scan runs, after its copy was made ahead: not built upon, rsync repairs it', async () => {
+  configure(world);
+  commitExactly(world, { 'app.txt': 'during base\n', 'data/x.txt': 'x\n' }, 'during base');
+  expect((await world.cli(['sync'])).code).toBe(0);
+  // A gitleaks that, once, waits for s1's copy ahead, then changes a file of s1's live release in place
+  // (same size, same inode: the copy's hard link sees the change too), then scans as gitleaks does.
+  const real = (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'gitleaks')).find((f) => fs.existsSync(f)) as string;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-stream-during-'));
+  const wrapper = path.join(dir, 'gitleaks');
+  const tmp = path.join(world.vm('s1').home, '.app.vm-sync', 'tmp');
+  const file = path.join(world.target('s1'), 'data', 'x.txt');
+  fs.writeFileSync(
+    wrapper,
+    `#!/bin/sh\nif [ ! -e ${dir}/done ]; then\n  : > ${dir}/done\n  i=0\n  while [ $i -lt 200 ] && ! ls ${tmp}/linked.* >/dev/null 2>&1; do sleep 0.05; i=$((i + 1)); done\n  ls ${tmp}/linked.* > ${dir}/seen 2>/dev/null\n  sleep 1.1\n  printf 'X\\n' > ${file}\nfi\nexec ${real} "$@"\n`,
+    { mode: 0o755 },
+  );
+  try {
+    world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${wrapper} }`], rollout: ['max_failed: "100%"'] });
+    const next = commitExactly(world, { 'app.txt': 'after during\n', 'data/x.txt': 'x\n' }, 'after during');
+    const run = await world.cli(['sync']);
+    expect(run.code).toBe(0);
+    // The copy was made while gitleaks ran, and the change came after it.
+    expect(fs.readFileSync(path.join(dir, 'seen'), 'utf8')).toMatch(/linked\.[0-9a-f]{40}/);
+    expect(rows(run).s1.notes.join('\n')).toMatch(/stream transfer refused by s1 .*changed on this VM after vm-sync sealed it.*staged through rsync instead/);
+    // Every VM serves exactly the commit, s1 included: the changed file is the commit's again.
+    for (const id of ['s1', 's2', 's3']) expect([id, snapshotTree(world.target(id))]).toEqual([id, deployable(expectedTree(world.ws, next))]);
+    expect(streamed(run, 's2')).toBe(true);
+    // No copy ahead or its record is left on any VM.
+    for (const id of IDS) expect([id, fs.readdirSync(path.join(world.vm(id).home, '.app.vm-sync', 'tmp')).filter((n) => n.startsWith('linked.'))]).toEqual([id, []]);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('sync.transfer: rsync never streams; rsync_excludes with a wildcard falls back to rsync and is honoured', async () => {
   configure(world, { sync: ['transfer: rsync'] });
   const a = commitExactly(world, { 'app.txt': 'rsync only\n', 'x.log': 'log\n' }, 'rsync only');

@@ -836,9 +836,11 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: s.stream }), config.vms);
     // The survey came with the lock (begin), and apply makes its own stage: no stage step after the scan.
-    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'apply', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'link', 'apply', 'seal', 'renew', 'flip', 'probe', 'prune', 'unlock', 'close']);
     expect(fleet.of('vm01', 'begin')[0].args[1]).toMatchObject({ survey: { sharedPaths: [] } });
-    expect(fleet.of('vm01', 'apply')[0].args.slice(1, 5)).toEqual([NEW, kept(OLD, 2).name, `/tmp/stream-${OLD}.gzip`, 'gzip']);
+    // The hard-link copy of the live release was made ahead, and apply builds on it.
+    expect(fleet.of('vm01', 'link')[0].args.slice(1, 3)).toEqual([NEW, kept(OLD, 2).name]);
+    expect(fleet.of('vm01', 'apply')[0].args.slice(1, 6)).toEqual([NEW, kept(OLD, 2).name, `/tmp/stream-${OLD}.gzip`, 'gzip', true]);
     expect(s.asked).toEqual([OLD]);
     expect(s.zstd).toEqual([false]);
     expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW, files_changed: 2, bytes_sent: 999 });
@@ -907,11 +909,78 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
     }
   });
 
+  test('the copy of the live release is made while the scan runs, before the tree is ready', async () => {
+    let scanned!: (tree: { dir: string; notes: string[] }) => void;
+    const scan = new Promise<{ dir: string; notes: string[] }>((resolve) => (scanned = resolve));
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY }) }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const running = releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream, tree: () => scan }), config.vms);
+    await fleet.until((calls) => calls.some((c) => c.op === 'link'));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'link']);
+    scanned({ dir: '/tmp/vm-sync-export', notes: [] });
+    expect((await running).vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
+    expect(fleet.of('vm01', 'apply')[0].args[5]).toBe(true);
+    expectClean(fleet);
+  });
+
+  test('no copy ahead where the stream cannot build on the live release; a failed copy leaves apply to make it', async () => {
+    for (const script of [
+      onOld({ stream: false, baseKey: KEY }),
+      onOld({ stream: true, baseKey: KEY, baseState: 'drifted' }),
+      onOld({ stream: true, baseKey: KEY, baseState: 'unknown' }),
+      onOld({ stream: true, baseKey: 'other' }),
+    ]) {
+      const fleet = fleetOf({ vm01: script }, ['vm01']);
+      const config = fleetConfig(['vm01']);
+      const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream }), config.vms);
+      expect([fleet.of('vm01', 'link').length, outcome.vms[0].result]).toEqual([0, 'success']);
+      expectClean(fleet);
+    }
+    // No stream transfer configured (transfer: rsync): no copy either.
+    const plain = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY }) }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    await releaseFleet(releaseCtx(config, plain, {}), config.vms);
+    expect(plain.of('vm01', 'link')).toEqual([]);
+
+    const failing = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY, failures: { link: [new VmSyncError('release_drifted', 'the live release is no longer x')] } }) }, ['vm01']);
+    const outcome = await releaseFleet(releaseCtx(config, failing, { stream: streamsOf().stream }), config.vms);
+    expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
+    expect(failing.of('vm01', 'apply')[0].args[5]).toBe(false);
+    expectClean(failing);
+  });
+
+  test('a blocked scan while the copy is being made: the lock is released only after it, and nothing is applied', async () => {
+    let copied!: () => void;
+    const linkGate = new Promise<void>((resolve) => (copied = resolve));
+    const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY, gates: { link: linkGate } }) }, ['vm01']);
+    const config = fleetConfig(['vm01']);
+    const running = releaseFleet(
+      releaseCtx(config, fleet, {
+        stream: streamsOf().stream,
+        tree: async () => {
+          await fleet.until((calls) => calls.some((c) => c.op === 'link'));
+          throw new VmSyncError('secrets_found', '1 possible secret: nothing was sent to this VM');
+        },
+      }),
+      config.vms,
+    );
+    await fleet.until((calls) => calls.some((c) => c.op === 'link'));
+    await new Promise((r) => setTimeout(r, 30));
+    // unlock removes the copy on the VM: never while it is still being made.
+    expect(fleet.of('vm01', 'unlock')).toEqual([]);
+    copied();
+    const outcome = await running;
+    expect(outcome.vms[0]).toMatchObject({ result: 'failed', error: { code: 'secrets_found' }, rev_after: OLD });
+    expect(ops(fleet, 'vm01')).toEqual(['open', 'begin', 'link', 'stopInterrupted', 'probe', 'unlock', 'close']);
+    expectClean(fleet);
+  });
+
   test('the VM refuses the stream (its release changed meanwhile): rsync into the same stage, said in the row', async () => {
     const fleet = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY, failures: { apply: [new VmSyncError('release_drifted', 'release x was changed on this VM after vm-sync sealed it')] } }) }, ['vm01']);
     const config = fleetConfig(['vm01']);
     const outcome = await releaseFleet(releaseCtx(config, fleet, { stream: streamsOf().stream }), config.vms);
-    expect(ops(fleet, 'vm01').slice(0, 6)).toEqual(['open', 'begin', 'apply', 'stage', 'transfer', 'seal']);
+    expect(ops(fleet, 'vm01').slice(0, 7)).toEqual(['open', 'begin', 'link', 'apply', 'stage', 'transfer', 'seal']);
     expect(outcome.vms[0]).toMatchObject({ result: 'success', rev_after: NEW });
     expect(outcome.vms[0].notes.join('\n')).toMatch(/stream transfer refused by vm01 .*staged through rsync instead/);
     expectClean(fleet);
