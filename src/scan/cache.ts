@@ -14,8 +14,11 @@ type Build = Pick<GitleaksIdentity, 'digest' | 'exact'>;
  * means (coverage rules, rescans): every cache made before is then unused.
  * 2: files holding an export-subst placeholder are never cached (a cache of
  * version 1 may vouch for one).
+ * 3: compressed tarballs are inflated and scanned as a stream, and archives
+ * inside archives extracted and scanned the same way (gitleaks stops silently
+ * at a damaged tar member header): a cache of version 2 may vouch for one.
  */
-export const SCAN_LOGIC_VERSION = '2';
+export const SCAN_LOGIC_VERSION = '3';
 
 /** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
 const MAX_ENTRIES = 1_000_000;

@@ -3,8 +3,9 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { makeScratchDir } from '../local/scratch.js';
 import { findingFromFingerprint, printable, type Finding } from './findings.js';
-import { runGitleaks, scanEnds, type GitleaksSettings, type GitleaksSkip, type ScanLimits } from './gitleaks.js';
+import { runGitleaks, scanEnds, scanTimeout, type GitleaksSettings, type GitleaksSkip, type ScanLimits } from './gitleaks.js';
 import { inflate, type Compression } from './inflate.js';
+import { findNestedArchives, type NestedScan } from './nested.js';
 import { isIgnored } from './settings.js';
 
 /** Something deployed that the scan could not read, and why. */
@@ -214,8 +215,11 @@ function unscannedFor(skip: GitleaksSkip, at: string, isArchive: boolean): Unsca
  * then `<n>/content`; archives as `archive.<format>`), and the findings are
  * mapped back to the real path and fingerprint (`file:rule:line`). gitleaks
  * cannot apply `.gitleaksignore` to the renamed files, so the trusted ignore
- * list is applied here. Whatever still could not be scanned is returned with
- * the reason.
+ * list is applied here. Archives and compressed streams inside the tree's
+ * archives (as deep as gitleaks opens them) are extracted to a private
+ * directory and scanned like files of the tree (see nested.ts): gitleaks stops
+ * silently in a tarball at a damaged member header. Whatever still could not
+ * be scanned is returned with the reason.
  *
  * Findings that gitleaks dropped because of an ignore list other than the
  * trusted one (it always loads the scanned tree's own `.gitleaksignore`) are
@@ -252,44 +256,69 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
   };
   // gitleaks reports a file name that is not UTF-8 with U+FFFD in its place,
   // a path nobody can open: such files are rescanned under neutral names.
-  for (const odd of filesWithOddNames(root)) queue(odd.shown, odd.file, sniffArchive(odd.file), 1);
-  for (const rel of filesUnder(root, '.')) if (ARCHIVE_NAME.test(rel)) queueRaw(rel, path.join(root, rel));
-  for (const skip of first.skips) {
-    const full = inside(root, skip.path);
-    const stat = full ? lstat(full) : null;
-    if (skip.kind === 'allowlist-dir' && full && stat?.isDirectory()) {
-      for (const rel of filesUnder(full, skip.path)) queue(rel, path.join(root, rel), sniffArchive(path.join(root, rel)));
-    } else if (full && stat?.isFile()) {
-      // A file of the tree itself (not an entry inside an archive).
-      const archive = sniffArchive(full);
-      if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive)) queue(skip.path, full, archive);
-      else if (skip.kind === 'binary' && mostlyText(full)) queueRaw(skip.path, full);
-      // A file gitleaks took for an archive by its name and could not open: its bytes are scanned as text.
-      else if (skip.kind === 'unreadable' && /could not open it/.test(skip.detail)) queueRaw(skip.path, full);
-      else unscanned.push(unscannedFor(skip, skip.path, archive !== null));
-    } else if (skip.path.includes('!')) {
-      unscanned.push(unscannedFor(skip, skip.path, true));
-    } else if (!skip.path.includes('\ufffd')) {
-      // Never drop a skip: what cannot be mapped back is reported.
-      unscanned.push(unscannedFor(skip, skip.path, false));
+  const odd = filesWithOddNames(root);
+  for (const o of odd) queue(o.shown, o.file, sniffArchive(o.file), 1);
+  const files = filesUnder(root, '.');
+  for (const rel of files) if (ARCHIVE_NAME.test(rel)) queueRaw(rel, path.join(root, rel));
+
+  // Archives inside archives (gitleaks opens them, and stops silently in a tarball at a damaged member header):
+  // extracted to a private directory and given a file's treatment, their bytes and inflated stream scanned as text.
+  const scratch = makeScratchDir('scannested');
+  try {
+    let nested: NestedScan;
+    try {
+      nested = await findNestedArchives([...files.map((rel) => ({ shown: rel, file: path.join(root, rel) })), ...odd], scratch, scanEnds(limits));
+    } catch (error) {
+      if (limits.signal?.aborted || (error as Error).name !== 'AbortError') throw error;
+      throw scanTimeout(limits, 'vm-sync searched the archives of the deployed tree for archives inside them');
     }
-  }
+    unscanned.push(...nested.unscanned);
+    const nestedAt = new Map(nested.archives.map((a) => [a.path, a]));
+    for (const a of nested.archives) queueRaw(a.path, a.file);
+    for (const skip of first.skips) {
+      const full = inside(root, skip.path);
+      const stat = full ? lstat(full) : null;
+      if (skip.kind === 'allowlist-dir' && full && stat?.isDirectory()) {
+        for (const rel of filesUnder(full, skip.path)) queue(rel, path.join(root, rel), sniffArchive(path.join(root, rel)));
+      } else if (full && stat?.isFile()) {
+        // A file of the tree itself (not an entry inside an archive).
+        const archive = sniffArchive(full);
+        if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive)) queue(skip.path, full, archive);
+        else if (skip.kind === 'binary' && mostlyText(full)) queueRaw(skip.path, full);
+        // A file gitleaks took for an archive by its name and could not open: its bytes are scanned as text.
+        else if (skip.kind === 'unreadable' && /could not open it/.test(skip.detail)) queueRaw(skip.path, full);
+        else unscanned.push(unscannedFor(skip, skip.path, archive !== null));
+      } else if (skip.path.includes('!')) {
+        // An archive inside an archive under a name gitleaks does not open: extracted, it is opened under its
+        // format's name. Still reported as gitleaks left it (what the report and the scan cache have always said).
+        const inner = skip.kind === 'binary' ? nestedAt.get(skip.path) : undefined;
+        const kind = inner ? sniffArchive(inner.file) : null;
+        if (inner && kind) queue(skip.path, inner.file, kind);
+        unscanned.push(unscannedFor(skip, skip.path, true));
+      } else if (!skip.path.includes('\ufffd')) {
+        // Never drop a skip: what cannot be mapped back is reported.
+        unscanned.push(unscannedFor(skip, skip.path, false));
+      }
+    }
 
-  let pending = [...rescans.values()];
-  for (let round = 0; pending.length > 0 && round < 2; round++) {
-    const result = await rescan(binary, pending, settings, limits);
-    for (const f of result.findings) if (!isIgnored(ignore, f)) findings.push(f);
-    unscanned.push(...result.unscanned);
-    pending = result.retry.map((entry) => ({ ...entry, attempt: entry.attempt + 1 }));
-  }
+    let pending = [...rescans.values()];
+    for (let round = 0; pending.length > 0 && round < 2; round++) {
+      const result = await rescan(binary, pending, settings, limits);
+      for (const f of result.findings) if (!isIgnored(ignore, f)) findings.push(f);
+      unscanned.push(...result.unscanned);
+      pending = result.retry.map((entry) => ({ ...entry, attempt: entry.attempt + 1 }));
+    }
 
-  const seenFindings = new Map(findings.map((f) => [f.fingerprint || `${f.file}:${f.rule}:${f.line}`, f]));
-  const seenUnscanned = new Map(unscanned.map((u) => [`${u.path}\0${u.reason}`, { ...u, path: printable(u.path) }]));
-  return {
-    findings: [...seenFindings.values()],
-    unscanned: [...seenUnscanned.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
-    extended: first.extended,
-  };
+    const seenFindings = new Map(findings.map((f) => [f.fingerprint || `${f.file}:${f.rule}:${f.line}`, f]));
+    const seenUnscanned = new Map(unscanned.map((u) => [`${u.path}\0${u.reason}`, { ...u, path: printable(u.path) }]));
+    return {
+      findings: [...seenFindings.values()],
+      unscanned: [...seenUnscanned.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
+      extended: first.extended,
+    };
+  } finally {
+    fs.rmSync(scratch, { recursive: true, force: true });
+  }
 }
 
 /** A rescan's file that could not be read (a moment's failure: never remembered). */

@@ -2,32 +2,38 @@ import zlib from 'node:zlib';
 
 // Archives for the scan tests, built here: the CI machine has no zip tool.
 
-/** A zip archive (stored entries). */
-export function zipOf(entries: Record<string, string | Buffer>): Buffer {
+/** Zip compression methods the helper writes: stored, deflated, zstd (method 93, as mholt/archives reads it). */
+const METHODS = { store: 0, deflate: 8, zstd: 93 } as const;
+
+/** A zip archive (stored entries unless `method` says otherwise). */
+export function zipOf(entries: Record<string, string | Buffer>, method: keyof typeof METHODS = 'store'): Buffer {
   const parts: Buffer[] = [];
   const central: Buffer[] = [];
   let offset = 0;
   for (const [name, content] of Object.entries(entries)) {
-    const data = Buffer.from(content);
+    const plain = Buffer.from(content);
+    const data = method === 'deflate' ? zlib.deflateRawSync(plain) : method === 'zstd' ? zlib.zstdCompressSync(plain) : plain;
     const nameBytes = Buffer.from(name);
-    const crc = zlib.crc32(data);
+    const crc = zlib.crc32(plain);
     const local = Buffer.alloc(30);
     local.writeUInt32LE(0x04034b50, 0);
     local.writeUInt16LE(20, 4);
+    local.writeUInt16LE(METHODS[method], 8);
     local.writeUInt16LE(0x21, 12); // 1980-01-01
     local.writeUInt32LE(crc, 14);
     local.writeUInt32LE(data.length, 18);
-    local.writeUInt32LE(data.length, 22);
+    local.writeUInt32LE(plain.length, 22);
     local.writeUInt16LE(nameBytes.length, 26);
     parts.push(local, nameBytes, data);
     const entry = Buffer.alloc(46);
     entry.writeUInt32LE(0x02014b50, 0);
     entry.writeUInt16LE(20, 4);
     entry.writeUInt16LE(20, 6);
+    entry.writeUInt16LE(METHODS[method], 10);
     entry.writeUInt16LE(0x21, 14);
     entry.writeUInt32LE(crc, 16);
     entry.writeUInt32LE(data.length, 20);
-    entry.writeUInt32LE(data.length, 24);
+    entry.writeUInt32LE(plain.length, 24);
     entry.writeUInt16LE(nameBytes.length, 28);
     entry.writeUInt32LE(offset, 42);
     central.push(entry, nameBytes);
