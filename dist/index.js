@@ -80429,6 +80429,385 @@ function inflate(kind, bytes, limit, options) {
     });
 }
 
+;// CONCATENATED MODULE: ./src/scan/nested.ts
+
+
+
+
+
+/** The largest archive of the tree searched for archives inside it; a larger one is reported. */
+const WALK_MAX = 256 * 1024 * 1024;
+/** The largest entry extracted (the inflate rescan's own limit: the same stream is read no further than that). */
+const ENTRY_MAX = 64 * 1024 * 1024;
+/** All extracted bytes of one scan together; past it, what is left is reported. */
+const TOTAL_MAX = 1024 * 1024 * 1024;
+/** The most entries read from one archive (a zip of a million empty entries is read in no time, but listed forever). */
+const MAX_ENTRIES = 200_000;
+const CANNOT_LOOK = (format) => `a ${format} archive: gitleaks opens it, but vm-sync cannot look inside it for tarballs that gitleaks stops reading at a damaged member header, so it may be only partly scanned; deploy its content unpacked, or as zip or tar`;
+const OTHER_COMPRESSION = 'a tarball in a compression vm-sync cannot inflate (brotli, lz4, snappy, lzip, minlz, zlib): gitleaks stops reading it at a damaged member header, so it may be only partly scanned; deploy it as .tar.gz, .tar.zst, .tar.xz or .tar.bz2';
+/**
+ * Names gitleaks (mholt/archives, by name alone) opens as a tarball in a
+ * compression vm-sync has no tool for. Such a tarball's stream cannot be
+ * read here, so it is reported: it is never a silent pass.
+ */
+const OTHER_COMPRESSED_TAR = /\.tar\.(br|lz4|sz|lz|mlz|zz)$|\.t(br|lz4|sz|lz)$/i;
+/** Names gitleaks opens as an archive or a compressed stream (coverage.ts' list, and `.tar` anywhere in the name, as mholt/archives matches it). */
+const ARCHIVE_NAME = /\.(zip|jar|war|ear|apk|aar|whl|nupkg|tar|tgz|gz|tbz2?|bz2|txz|xz|tzst|zst|7z|rar)$|\.tar\./i;
+/** The format of `b` by its first bytes, or null. */
+function magicOf(b) {
+    const starts = (...bytes) => b.length >= bytes.length && bytes.every((v, i) => b[i] === v);
+    if (starts(0x50, 0x4b, 0x03, 0x04) || starts(0x50, 0x4b, 0x05, 0x06))
+        return 'zip';
+    if (starts(0x1f, 0x8b))
+        return 'gz';
+    if (starts(0x42, 0x5a, 0x68))
+        return 'bz2';
+    if (starts(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00))
+        return 'xz';
+    if (starts(0x28, 0xb5, 0x2f, 0xfd))
+        return 'zst';
+    if (starts(0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c))
+        return '7z';
+    if (starts(0x52, 0x61, 0x72, 0x21, 0x1a, 0x07))
+        return 'rar';
+    // ustar's magic, or (an old tar has none) a first header with a valid checksum.
+    if (b.length >= 512 && (b.toString('latin1', 257, 262) === 'ustar' || headerOk(b.subarray(0, 512))))
+        return 'tar';
+    return null;
+}
+/** Whether a 512-byte block is a tar header GNU tar accepts: its checksum (unsigned or signed sum) matches. */
+function headerOk(h) {
+    const field = h.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim();
+    if (!/^[0-7]{1,7}$/.test(field))
+        return false;
+    const want = parseInt(field, 8);
+    let unsigned = 0;
+    let signed = 0;
+    for (let i = 0; i < 512; i++) {
+        const c = i >= 148 && i < 156 ? 32 : h[i];
+        unsigned += c;
+        signed += c > 127 ? c - 256 : c;
+    }
+    return want === unsigned || want === signed;
+}
+/** A tar size field: octal, or GNU's base-256 (top bit set); null when it is neither. */
+function tarSize(h) {
+    if (h[124] & 0x80) {
+        let n = 0;
+        for (let i = 125; i < 136; i++)
+            n = n * 256 + h[i];
+        return Number.isSafeInteger(n) ? n : null;
+    }
+    const field = h.toString('latin1', 124, 136).replace(/[\0 ]+$/, '').trim();
+    return field === '' ? 0 : /^[0-7]+$/.test(field) ? parseInt(field, 8) : null;
+}
+/** A NUL-terminated field. */
+function cstring(b) {
+    const end = b.indexOf(0);
+    return end < 0 ? b : b.subarray(0, end);
+}
+/** An entry name as gitleaks shows it: Go's filepath.Clean of the name (a leading `/` kept, `./`, `//` and `x/..` folded). */
+function cleanName(name) {
+    if (name === '')
+        return '.';
+    const normal = external_node_path_default().posix.normalize(name);
+    return normal.length > 1 && normal.endsWith('/') ? normal.slice(0, -1) : normal;
+}
+/**
+ * The regular members of a tar, the way GNU tar on a VM reads them: a block
+ * that is not a valid header is skipped ("Skipping to next header") and the
+ * next block tried, so every member after a damaged header is found too.
+ */
+function* tarMembers(b) {
+    let long = null;
+    let pax = null;
+    for (let off = 0; off + 512 <= b.length;) {
+        const h = b.subarray(off, off + 512);
+        const size = headerOk(h) ? tarSize(h) : null;
+        if (size === null) {
+            off += 512;
+            continue;
+        }
+        const start = off + 512;
+        const data = b.subarray(start, Math.min(b.length, start + size));
+        off = start + Math.ceil(size / 512) * 512;
+        const type = String.fromCharCode(h[156]);
+        if (type === 'L') {
+            long = cstring(data);
+            continue;
+        }
+        if (type === 'x') {
+            // A pax header's `path=` record names the next member.
+            const record = /(?:^|\n)\d+ path=([^\n]*)\n/.exec(data.toString('utf8'));
+            pax = record ? record[1] : pax;
+            continue;
+        }
+        if (type === '0' || type === '\0' || type === '7') {
+            const prefix = h.toString('latin1', 257, 263) === 'ustar\0' ? cstring(h.subarray(345, 500)) : Buffer.alloc(0);
+            const own = cstring(h.subarray(0, 100));
+            const name = pax ?? (long ?? (prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), own]) : own)).toString('utf8');
+            yield { name, data };
+        }
+        long = null;
+        pax = null;
+    }
+}
+/**
+ * The file entries of a zip, from its central directory (what Go's
+ * archive/zip, and so gitleaks, reads), or null when there is none to read.
+ */
+function zipEntries(b) {
+    const from = Math.max(0, b.length - 22 - 65535);
+    let end = -1;
+    for (let i = b.length - 22; i >= from; i--) {
+        if (b.readUInt32LE(i) === 0x06054b50) {
+            end = i;
+            break;
+        }
+    }
+    if (end < 0)
+        return null;
+    let count = b.readUInt16LE(end + 10);
+    let size = b.readUInt32LE(end + 12);
+    let offset = b.readUInt32LE(end + 16);
+    // zip64: the real values are in the zip64 end record its locator points to.
+    if ((count === 0xffff || size === 0xffffffff || offset === 0xffffffff) && end >= 20 && b.readUInt32LE(end - 20) === 0x07064b50) {
+        const at = Number(b.readBigUInt64LE(end - 20 + 8));
+        if (at + 56 > b.length || b.readUInt32LE(at) !== 0x06064b50)
+            return null;
+        count = Number(b.readBigUInt64LE(at + 32));
+        size = Number(b.readBigUInt64LE(at + 40));
+        offset = Number(b.readBigUInt64LE(at + 48));
+        end = at;
+    }
+    // Bytes before the archive (a self-extracting stub) shift every offset, as Go's reader allows.
+    const base = Math.max(0, end - size - offset);
+    const out = [];
+    for (let p = base + offset, i = 0; i < count && i < MAX_ENTRIES; i++) {
+        if (p + 46 > b.length || b.readUInt32LE(p) !== 0x02014b50)
+            break;
+        const flags = b.readUInt16LE(p + 8);
+        const method = b.readUInt16LE(p + 10);
+        let compressed = b.readUInt32LE(p + 20);
+        let plain = b.readUInt32LE(p + 24);
+        const nameLength = b.readUInt16LE(p + 28);
+        const extraLength = b.readUInt16LE(p + 30);
+        const commentLength = b.readUInt16LE(p + 32);
+        let local = b.readUInt32LE(p + 42);
+        const name = b.subarray(p + 46, p + 46 + nameLength).toString('utf8');
+        // zip64 sizes and offset, in that order, each only where the 32-bit field is full.
+        const extra = b.subarray(p + 46 + nameLength, p + 46 + nameLength + extraLength);
+        for (let e = 0; e + 4 <= extra.length;) {
+            const id = extra.readUInt16LE(e);
+            const length = extra.readUInt16LE(e + 2);
+            if (id === 0x0001) {
+                let q = e + 4;
+                const next = () => {
+                    const v = q + 8 <= e + 4 + length && q + 8 <= extra.length ? Number(extra.readBigUInt64LE(q)) : -1;
+                    q += 8;
+                    return v;
+                };
+                if (plain === 0xffffffff)
+                    plain = next();
+                if (compressed === 0xffffffff)
+                    compressed = next();
+                if (local === 0xffffffff)
+                    local = next();
+            }
+            e += 4 + length;
+        }
+        p += 46 + nameLength + extraLength + commentLength;
+        if (name.endsWith('/'))
+            continue;
+        const at = base + local;
+        if (local < 0 || compressed < 0 || at + 30 > b.length || b.readUInt32LE(at) !== 0x04034b50)
+            continue;
+        const start = at + 30 + b.readUInt16LE(at + 26) + b.readUInt16LE(at + 28);
+        out.push({ name, method, encrypted: (flags & 1) !== 0, data: b.subarray(start, Math.min(b.length, start + compressed)), size: plain });
+    }
+    return out;
+}
+/** Up to `want` bytes from the start of a raw deflate stream, inflating no more than that (a zip bomb costs nothing). */
+function inflateHead(data, want) {
+    return new Promise((resolve) => {
+        const z = external_node_zlib_default().createInflateRaw();
+        const chunks = [];
+        let got = 0;
+        const done = () => {
+            z.destroy();
+            resolve(Buffer.concat(chunks).subarray(0, want));
+        };
+        z.on('data', (chunk) => {
+            chunks.push(chunk);
+            got += chunk.length;
+            if (got >= want)
+                done();
+        });
+        z.on('error', done);
+        z.on('end', done);
+        z.end(data);
+    });
+}
+/** Zip compression methods whose stream is that compression's own file format. */
+const ZIP_TOOL = { 12: 'bz2', 93: 'zst', 95: 'xz' };
+/**
+ * Finds the archives and compressed streams inside the archives of `files`
+ * (by their first bytes, or by a name gitleaks opens), down to the depth
+ * gitleaks opens archives ({@link MAX_ARCHIVE_DEPTH}), and extracts each to
+ * `scratch` under a counter (no name from an archive ever becomes a path).
+ * Tarballs are read the way GNU tar reads them (past damaged headers), zips by
+ * their central directory, compressed streams with the tool a VM uses.
+ *
+ * Whatever could not be searched is returned as unscanned with the reason:
+ * 7z and rar archives (gitleaks opens them; vm-sync cannot), tarballs in a
+ * compression vm-sync has no tool for, encrypted or oddly compressed zip
+ * entries, and anything past the size limits.
+ */
+async function findNestedArchives(files, scratch, signal) {
+    const archives = [];
+    const unscanned = [];
+    let written = 0;
+    const report = (at, reason, detail) => void unscanned.push({ path: at, reason, detail });
+    /** An entry's bytes (or a whole file's): searched when it is an archive, recorded when it is a nested one. */
+    const visit = async (bytes, at, name, depth) => {
+        signal?.throwIfAborted();
+        if (OTHER_COMPRESSED_TAR.test(name))
+            report(at, 'archive', OTHER_COMPRESSION);
+        const magic = magicOf(bytes);
+        if (!magic && !(depth > 0 && ARCHIVE_NAME.test(name)))
+            return;
+        if (depth > 0) {
+            // gitleaks opens an archive at depth d only while d < MAX_ARCHIVE_DEPTH (and reports the deeper ones itself).
+            if (depth >= MAX_ARCHIVE_DEPTH)
+                return;
+            if (written + bytes.length > TOTAL_MAX)
+                return report(at, 'too_large', `an archive inside an archive, not extracted to be scanned whole: the scan's ${TOTAL_MAX / 1024 / 1024} MB for those is used up`);
+            const file = external_node_path_default().join(scratch, String(archives.length));
+            external_node_fs_default().writeFileSync(file, bytes, { mode: 0o600 });
+            written += bytes.length;
+            archives.push({ path: at, file, magic });
+        }
+        await search(bytes, magic, at, depth);
+    };
+    /** The entries of an archive at `at` (depth: how many archives hold it). */
+    const search = async (bytes, magic, at, depth) => {
+        switch (magic) {
+            case '7z':
+                return report(at, 'archive', CANNOT_LOOK('7z'));
+            case 'rar':
+                return report(at, 'archive', CANNOT_LOOK('rar'));
+            case 'tar': {
+                let n = 0;
+                for (const member of tarMembers(bytes)) {
+                    if (++n > MAX_ENTRIES)
+                        return report(at, 'archive', `more than ${MAX_ENTRIES} entries: the rest is not searched for archives inside it`);
+                    await entry(member.data, at, member.name, depth);
+                }
+                return;
+            }
+            case 'zip': {
+                const entries = zipEntries(bytes);
+                if (entries && entries.length >= MAX_ENTRIES)
+                    report(at, 'archive', `more than ${MAX_ENTRIES} entries: the rest is not searched for archives inside it`);
+                for (const e of entries ?? []) {
+                    const inner = `${at}!${cleanName(e.name)}`;
+                    if (e.encrypted) {
+                        report(inner, 'archive', 'an encrypted zip entry: nothing in it can be scanned');
+                        continue;
+                    }
+                    if (e.method === 0)
+                        await entry(e.data, at, e.name, depth);
+                    else if (e.method === 8) {
+                        // Only what it starts with decides whether it is read whole.
+                        const head = await inflateHead(e.data, 512);
+                        const base = external_node_path_default().posix.basename(e.name);
+                        if (!magicOf(head) && !ARCHIVE_NAME.test(base) && !OTHER_COMPRESSED_TAR.test(base))
+                            continue;
+                        if (e.size > ENTRY_MAX) {
+                            report(inner, 'too_large', `an archive inside an archive larger than ${ENTRY_MAX / 1024 / 1024} MB: only scanned as far as gitleaks reads it`);
+                            continue;
+                        }
+                        let whole;
+                        try {
+                            whole = external_node_zlib_default().inflateRawSync(e.data, { maxOutputLength: ENTRY_MAX });
+                        }
+                        catch (error) {
+                            report(inner, error.code === 'ERR_BUFFER_TOO_LARGE' ? 'too_large' : 'archive', 'a zip entry vm-sync could not inflate whole: an archive in it may be only partly scanned');
+                            continue;
+                        }
+                        await entry(whole, at, e.name, depth);
+                    }
+                    else if (ZIP_TOOL[e.method]) {
+                        const inflated = await inflate(ZIP_TOOL[e.method], e.data, ENTRY_MAX, { signal, cwd: scratch });
+                        if (inflated.problem)
+                            report(inner, inflated.problem.reason, inflated.problem.detail);
+                        if (inflated.bytes)
+                            await entry(inflated.bytes, at, e.name, depth);
+                    }
+                    else {
+                        report(inner, 'archive', `a zip entry compressed with method ${e.method}, which vm-sync cannot read: an archive in it may be only partly scanned`);
+                    }
+                }
+                return;
+            }
+            case 'gz':
+            case 'zst':
+            case 'xz':
+            case 'bz2': {
+                // A compressed stream is no archive level of its own in gitleaks' names (`x.tar.gz!member`).
+                const inflated = await inflate(magic, bytes, ENTRY_MAX, { signal, cwd: scratch });
+                // A file of the tree itself: coverage.ts' inflate rescan reports the same problem.
+                if (inflated.problem && depth > 0)
+                    report(at, inflated.problem.reason, inflated.problem.detail);
+                const inner = inflated.bytes ? magicOf(inflated.bytes) : null;
+                // A stream in a stream (`x.gz.gz`) is searched one level deeper, so that depth bounds it.
+                if (inflated.bytes && inner)
+                    await search(inflated.bytes, inner, at, depth + (inner === 'tar' || inner === 'zip' ? 0 : 1));
+                return;
+            }
+            default:
+        }
+    };
+    const entry = (bytes, at, name, depth) => visit(bytes, `${at}!${cleanName(name)}`, external_node_path_default().posix.basename(name), depth + 1);
+    for (const { shown, file } of files) {
+        const head = Buffer.alloc(512);
+        let n;
+        let size;
+        try {
+            const fd = external_node_fs_default().openSync(file, 'r');
+            try {
+                size = external_node_fs_default().fstatSync(fd).size;
+                n = external_node_fs_default().readSync(fd, head, 0, head.length, 0);
+            }
+            finally {
+                external_node_fs_default().closeSync(fd);
+            }
+        }
+        catch {
+            continue; // gone or unreadable: the scan itself reports what it cannot read
+        }
+        const name = external_node_path_default().posix.basename(shown);
+        if (OTHER_COMPRESSED_TAR.test(name))
+            report(shown, 'archive', OTHER_COMPRESSION);
+        const magic = magicOf(head.subarray(0, n));
+        if (!magic)
+            continue;
+        if (size > WALK_MAX) {
+            report(shown, 'too_large', `an archive larger than ${WALK_MAX / 1024 / 1024} MB is not searched for archives inside it (gitleaks stops reading a tarball in it at a damaged member header)`);
+            continue;
+        }
+        let bytes;
+        try {
+            bytes = external_node_fs_default().readFileSync(file);
+        }
+        catch {
+            continue;
+        }
+        await search(bytes, magic, shown, 0);
+    }
+    return { archives, unscanned };
+}
+
 ;// CONCATENATED MODULE: ./src/scan/settings.ts
 
 
@@ -80542,9 +80921,10 @@ function settingsChanges(trusted, head) {
 
 
 
+
 // Names gitleaks opens as archives (it picks the format by name alone, and an
 // archive it cannot read, or bytes outside its entries, are skipped silently).
-const ARCHIVE_NAME = /\.(zip|jar|war|ear|apk|aar|whl|nupkg|tar|tgz|gz|tbz2?|bz2|txz|xz|tzst|zst|7z|rar|br|lz4|sz|lz|lzma|z)$/i;
+const coverage_ARCHIVE_NAME = /\.(zip|jar|war|ear|apk|aar|whl|nupkg|tar|tgz|gz|tbz2?|bz2|txz|xz|tzst|zst|7z|rar|br|lz4|sz|lz|lzma|z)$/i;
 /** The largest file scanned byte for byte (a raw copy); larger ones are reported. */
 const RAW_MAX = 16 * 1024 * 1024;
 /** Whether a file gitleaks called binary is really text (a text file that merely starts with a magic number). */
@@ -80720,8 +81100,11 @@ function unscannedFor(skip, at, isArchive) {
  * then `<n>/content`; archives as `archive.<format>`), and the findings are
  * mapped back to the real path and fingerprint (`file:rule:line`). gitleaks
  * cannot apply `.gitleaksignore` to the renamed files, so the trusted ignore
- * list is applied here. Whatever still could not be scanned is returned with
- * the reason.
+ * list is applied here. Archives and compressed streams inside the tree's
+ * archives (as deep as gitleaks opens them) are extracted to a private
+ * directory and scanned like files of the tree (see nested.ts): gitleaks stops
+ * silently in a tarball at a damaged member header. Whatever still could not
+ * be scanned is returned with the reason.
  *
  * Findings that gitleaks dropped because of an ignore list other than the
  * trusted one (it always loads the scanned tree's own `.gitleaksignore`) are
@@ -80742,7 +81125,7 @@ async function scanTree(binary, exportDir, settings, ignore, limits) {
             rescans.set(rel, { original: rel, file, archive, attempt });
         // An archive is also read byte for byte: gitleaks reads only its entries,
         // never what sits before, between or after them.
-        if (archive || ARCHIVE_NAME.test(rel))
+        if (archive || coverage_ARCHIVE_NAME.test(rel))
             queueRaw(rel, file);
     };
     const queueRaw = (rel, file) => {
@@ -80764,55 +81147,84 @@ async function scanTree(binary, exportDir, settings, ignore, limits) {
     };
     // gitleaks reports a file name that is not UTF-8 with U+FFFD in its place,
     // a path nobody can open: such files are rescanned under neutral names.
-    for (const odd of filesWithOddNames(root))
-        queue(odd.shown, odd.file, sniffArchive(odd.file), 1);
-    for (const rel of filesUnder(root, '.'))
-        if (ARCHIVE_NAME.test(rel))
+    const odd = filesWithOddNames(root);
+    for (const o of odd)
+        queue(o.shown, o.file, sniffArchive(o.file), 1);
+    const files = filesUnder(root, '.');
+    for (const rel of files)
+        if (coverage_ARCHIVE_NAME.test(rel))
             queueRaw(rel, external_node_path_default().join(root, rel));
-    for (const skip of first.skips) {
-        const full = inside(root, skip.path);
-        const stat = full ? coverage_lstat(full) : null;
-        if (skip.kind === 'allowlist-dir' && full && stat?.isDirectory()) {
-            for (const rel of filesUnder(full, skip.path))
-                queue(rel, external_node_path_default().join(root, rel), sniffArchive(external_node_path_default().join(root, rel)));
+    // Archives inside archives (gitleaks opens them, and stops silently in a tarball at a damaged member header):
+    // extracted to a private directory and given a file's treatment, their bytes and inflated stream scanned as text.
+    const scratch = makeScratchDir('scannested');
+    try {
+        let nested;
+        try {
+            nested = await findNestedArchives([...files.map((rel) => ({ shown: rel, file: external_node_path_default().join(root, rel) })), ...odd], scratch, scanEnds(limits));
         }
-        else if (full && stat?.isFile()) {
-            // A file of the tree itself (not an entry inside an archive).
-            const archive = sniffArchive(full);
-            if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive))
-                queue(skip.path, full, archive);
-            else if (skip.kind === 'binary' && mostlyText(full))
-                queueRaw(skip.path, full);
-            // A file gitleaks took for an archive by its name and could not open: its bytes are scanned as text.
-            else if (skip.kind === 'unreadable' && /could not open it/.test(skip.detail))
-                queueRaw(skip.path, full);
-            else
-                unscanned.push(unscannedFor(skip, skip.path, archive !== null));
+        catch (error) {
+            if (limits.signal?.aborted || error.name !== 'AbortError')
+                throw error;
+            throw scanTimeout(limits, 'vm-sync searched the archives of the deployed tree for archives inside them');
         }
-        else if (skip.path.includes('!')) {
-            unscanned.push(unscannedFor(skip, skip.path, true));
+        unscanned.push(...nested.unscanned);
+        const nestedAt = new Map(nested.archives.map((a) => [a.path, a]));
+        for (const a of nested.archives)
+            queueRaw(a.path, a.file);
+        for (const skip of first.skips) {
+            const full = inside(root, skip.path);
+            const stat = full ? coverage_lstat(full) : null;
+            if (skip.kind === 'allowlist-dir' && full && stat?.isDirectory()) {
+                for (const rel of filesUnder(full, skip.path))
+                    queue(rel, external_node_path_default().join(root, rel), sniffArchive(external_node_path_default().join(root, rel)));
+            }
+            else if (full && stat?.isFile()) {
+                // A file of the tree itself (not an entry inside an archive).
+                const archive = sniffArchive(full);
+                if (skip.kind === 'allowlist-file' || (skip.kind === 'binary' && archive))
+                    queue(skip.path, full, archive);
+                else if (skip.kind === 'binary' && mostlyText(full))
+                    queueRaw(skip.path, full);
+                // A file gitleaks took for an archive by its name and could not open: its bytes are scanned as text.
+                else if (skip.kind === 'unreadable' && /could not open it/.test(skip.detail))
+                    queueRaw(skip.path, full);
+                else
+                    unscanned.push(unscannedFor(skip, skip.path, archive !== null));
+            }
+            else if (skip.path.includes('!')) {
+                // An archive inside an archive under a name gitleaks does not open: extracted, it is opened under its
+                // format's name. Still reported as gitleaks left it (what the report and the scan cache have always said).
+                const inner = skip.kind === 'binary' ? nestedAt.get(skip.path) : undefined;
+                const kind = inner ? sniffArchive(inner.file) : null;
+                if (inner && kind)
+                    queue(skip.path, inner.file, kind);
+                unscanned.push(unscannedFor(skip, skip.path, true));
+            }
+            else if (!skip.path.includes('\ufffd')) {
+                // Never drop a skip: what cannot be mapped back is reported.
+                unscanned.push(unscannedFor(skip, skip.path, false));
+            }
         }
-        else if (!skip.path.includes('\ufffd')) {
-            // Never drop a skip: what cannot be mapped back is reported.
-            unscanned.push(unscannedFor(skip, skip.path, false));
+        let pending = [...rescans.values()];
+        for (let round = 0; pending.length > 0 && round < 2; round++) {
+            const result = await rescan(binary, pending, settings, limits);
+            for (const f of result.findings)
+                if (!isIgnored(ignore, f))
+                    findings.push(f);
+            unscanned.push(...result.unscanned);
+            pending = result.retry.map((entry) => ({ ...entry, attempt: entry.attempt + 1 }));
         }
+        const seenFindings = new Map(findings.map((f) => [f.fingerprint || `${f.file}:${f.rule}:${f.line}`, f]));
+        const seenUnscanned = new Map(unscanned.map((u) => [`${u.path}\0${u.reason}`, { ...u, path: printable(u.path) }]));
+        return {
+            findings: [...seenFindings.values()],
+            unscanned: [...seenUnscanned.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
+            extended: first.extended,
+        };
     }
-    let pending = [...rescans.values()];
-    for (let round = 0; pending.length > 0 && round < 2; round++) {
-        const result = await rescan(binary, pending, settings, limits);
-        for (const f of result.findings)
-            if (!isIgnored(ignore, f))
-                findings.push(f);
-        unscanned.push(...result.unscanned);
-        pending = result.retry.map((entry) => ({ ...entry, attempt: entry.attempt + 1 }));
+    finally {
+        external_node_fs_default().rmSync(scratch, { recursive: true, force: true });
     }
-    const seenFindings = new Map(findings.map((f) => [f.fingerprint || `${f.file}:${f.rule}:${f.line}`, f]));
-    const seenUnscanned = new Map(unscanned.map((u) => [`${u.path}\0${u.reason}`, { ...u, path: printable(u.path) }]));
-    return {
-        findings: [...seenFindings.values()],
-        unscanned: [...seenUnscanned.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
-        extended: first.extended,
-    };
 }
 /** A rescan's file that could not be read (a moment's failure: never remembered). */
 function unreadable(entry, error) {
@@ -80927,10 +81339,13 @@ async function rescan(binary, entries, settings, limits) {
  * means (coverage rules, rescans): every cache made before is then unused.
  * 2: files holding an export-subst placeholder are never cached (a cache of
  * version 1 may vouch for one).
+ * 3: compressed tarballs are inflated and scanned as a stream, and archives
+ * inside archives extracted and scanned the same way (gitleaks stops silently
+ * at a damaged tar member header): a cache of version 2 may vouch for one.
  */
-const SCAN_LOGIC_VERSION = '2';
+const SCAN_LOGIC_VERSION = '3';
 /** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
-const MAX_ENTRIES = 1_000_000;
+const cache_MAX_ENTRIES = 1_000_000;
 const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
 const cache_COMMIT = /^[0-9a-f]{40,64}$/;
 /** Reasons that are a property of the bytes, the path and the settings (not of a moment: see {@link lasting}). */
@@ -81110,8 +81525,8 @@ function readSet(file, line, say) {
     const text = readCacheFile(file, 'latin1', say);
     if (text === null)
         return new Set();
-    const lines = tooManyLines(text, MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
-    if (lines === null || lines.length > MAX_ENTRIES || lines.some((l) => !line.test(l))) {
+    const lines = tooManyLines(text, cache_MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
+    if (lines === null || lines.length > cache_MAX_ENTRIES || lines.some((l) => !line.test(l))) {
         say(`secret scan: the scan cache ${file} is damaged or too large: it is ignored and everything is scanned`);
         external_node_fs_default().rmSync(file, { force: true });
         return new Set();
@@ -81122,7 +81537,7 @@ function writeSet(file, set) {
     writeLines(file, [...set]);
 }
 function writeLines(file, lines) {
-    if (lines.length > MAX_ENTRIES || lines.reduce((n, l) => n + l.length + 1, 0) > cache_MAX_FILE_BYTES) {
+    if (lines.length > cache_MAX_ENTRIES || lines.reduce((n, l) => n + l.length + 1, 0) > cache_MAX_FILE_BYTES) {
         external_node_fs_default().rmSync(file, { force: true });
         return;
     }
@@ -81142,9 +81557,9 @@ function readUnscanned(file, say) {
     if (text === null)
         return new Map();
     const out = new Map();
-    const lines = tooManyLines(text, MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
+    const lines = tooManyLines(text, cache_MAX_ENTRIES) ? null : text.split('\n').filter(Boolean);
     const valid = lines !== null &&
-        lines.length <= MAX_ENTRIES &&
+        lines.length <= cache_MAX_ENTRIES &&
         lines.every((line) => {
             let parsed;
             try {
@@ -81532,10 +81947,13 @@ async function scanCommits(inputs, binary, files, ignore, limits, strict, cache,
         // gitleaks 8.27+ exits 0 with "no leaks found" when its git log fails: a
         // scan that saw no commits where some add text is not a pass. (Commits
         // that add no text, e.g. binary-only changes, are not counted by gitleaks.)
-        const withText = await inputs.countCommitsAddingText(selection);
+        // git's own count is needed only when gitleaks counted none: it diffs
+        // every commit again (0.4 CPU-s for 130 commits of git/git).
         const counted = result.commitsScanned;
-        if (withText === null || counted === null || (withText > 0 && counted === 0) || counted > count) {
-            throw new errors_VmSyncError('scan_range_unresolved', `gitleaks scanned ${counted === null || counted === undefined ? 'an unknown number of commits' : words_count(counted, 'commit')} where ${withText ?? 'an unknown number'} of the ${count} add text: the scan cannot be trusted, so nothing is deployed.`);
+        const withText = counted === 0 ? await inputs.countCommitsAddingText(selection) : undefined;
+        if (counted === null || counted > count || (counted === 0 && (withText === null || (withText ?? 0) > 0))) {
+            const adding = withText === undefined ? ` of ${count}` : ` where ${withText ?? 'an unknown number'} of the ${count} add text`;
+            throw new errors_VmSyncError('scan_range_unresolved', `gitleaks scanned ${counted === null ? 'an unknown number of commits' : words_count(counted, 'commit')}${adding}: the scan cannot be trusted, so nothing is deployed.`);
         }
         scanned = counted;
     }
@@ -81575,7 +81993,8 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
         })
         : null;
     const found = { findings: [], extended: [], unscanned: [...recalled].sort(byPath), fresh, digest };
-    const { exportDir, exportPaths } = inputs;
+    const { exportPaths } = inputs;
+    const exportDir = inputs.exportReady ? await inputs.exportReady : inputs.exportDir;
     // Only the files to scan, or (no cache to narrow it, no export) the whole tree: in a view of their own.
     const view = (listed && fresh) || exportDir === null ? makeScratchDir('scanview') : null;
     const root = view ?? exportDir;
@@ -81686,7 +82105,7 @@ async function treeFiles(repoDir, commit) {
 const byPath = (a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
 /** Whether the run scans a tree: from an export, or exported on demand. */
 function treeWanted(inputs) {
-    return inputs.exportDir !== null || inputs.exportPaths !== undefined;
+    return inputs.exportDir !== null || inputs.exportReady !== undefined || inputs.exportPaths !== undefined;
 }
 /**
  * Unpacks `files` into `view` (bytes as git archive makes them), returning
@@ -87080,10 +87499,22 @@ async function runSync(config, options = {}) {
     exports.sweep();
     let snapshot = null;
     let exportDir = '';
+    // A scan started before the export it reads is done (see exportWhen below): the export it waits for, and its stop.
+    let early = null;
+    // (Read through a function: TypeScript does not see the assignment made in a callback.)
+    const earlyScan = () => early;
     const exportNow = async (sha) => {
         const started = Date.now();
-        snapshot = await exports.checkout(sha);
+        const waiting = early;
+        try {
+            snapshot = await exports.checkout(sha);
+        }
+        catch (error) {
+            waiting?.failed(error);
+            throw error;
+        }
         exportDir = snapshot.dir;
+        waiting?.made(exportDir);
         events.info(null, exportSentence(snapshot, Date.now() - started), 'export');
     };
     const force = options.force ?? false;
@@ -87098,22 +87529,6 @@ async function runSync(config, options = {}) {
     // exports (whose newest is the base of the next real deploy), and the clone is not reset.
     const dryExportRoot = dryRun ? makeScratchDir('export') : null;
     try {
-        // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
-        // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
-        // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
-        // exported and scanned first.
-        let exported = false;
-        if (dryExportRoot)
-            exportDir = external_node_path_default().join(dryExportRoot, 'tree');
-        const commit = await repo.prepareDeploy({
-            rev: options.commit,
-            fetch: options.fetch !== false,
-            force,
-            dryRun,
-            exportDir,
-            exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(recorded(), vms, sha))),
-            exporter: dryRun ? undefined : exportNow,
-        });
         // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
         let excluded = null;
         const runNotes = [];
@@ -87135,39 +87550,99 @@ async function runSync(config, options = {}) {
         const done = (report) => ({ ...report, excluded, ...(runNotes.length > 0 ? { notes: runNotes } : {}) });
         // The secret-scan gate: before any byte of the tree leaves this host.
         let scan = null;
-        const gate = async () => {
+        const gate = async (sha, ready, signal) => {
             if (!config.repository.secretScanning.enabled) {
                 events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)', 'scan');
                 return null;
             }
             const request = options.scanRequest ??
-                (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await recorded() });
+                (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${sha}` } : { kind: 'resync', head: sha, deployed: await recorded() });
             const plan = await planScan(repo, request);
             return runSecretScan({
                 settings: config.repository.secretScanning,
                 plan,
                 repoDir: repo.dir,
                 countCommitsAddingText: (s) => repo.countCommitsAddingText(s),
-                exportDir,
+                exportDir: ready ? null : exportDir,
+                ...(ready ? { exportReady: ready } : {}),
                 cacheDir: scanCacheDir(config),
                 events,
-                signal: options.signal,
+                signal,
             });
         };
         // The scan, then the list of what rsync_excludes leaves out; rejects when the scan blocks or fails.
-        const scanned = async () => {
+        // With `ready`, it starts while the export is made (the list waits for the export).
+        const scanned = async (sha, ready = null, stop) => {
+            const signal = stop && options.signal ? AbortSignal.any([options.signal, stop]) : (stop ?? options.signal);
+            const scanning = gate(sha, ready, signal);
+            scanning.catch(() => undefined);
+            if (ready)
+                await ready;
             const sayExcluded = listExcluded();
-            scan = await gate();
+            scan = await scanning;
             if (scan?.blocked)
-                throw new errors_VmSyncError('secrets_found', `${words_count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+                throw new errors_VmSyncError('secrets_found', `${words_count(scan.findings.length, 'possible secret')} in ${sha.slice(0, 12)}: nothing was sent to this VM`);
             await sayExcluded();
             return { dir: exportDir, notes: committedSentinelNote(exportDir) };
         };
+        // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
+        // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
+        // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
+        // exported and scanned first.
+        let exported = false;
+        if (dryExportRoot)
+            exportDir = external_node_path_default().join(dryExportRoot, 'tree');
+        // A real deploy's scan starts as soon as the commit is known: its settings, the probe and the commits
+        // are read while the tree is exported, and only its tree part waits for the export. (A clone found
+        // corrupt is cloned again and the step repeated: a scan started before that is stopped, and another starts.)
+        const stopEarly = async (error) => {
+            const was = earlyScan();
+            early = null;
+            if (!was)
+                return;
+            was.stop.abort();
+            was.failed(error);
+            await was.scan.catch(() => undefined);
+        };
+        let commit;
+        try {
+            commit = await repo.prepareDeploy({
+                rev: options.commit,
+                fetch: options.fetch !== false,
+                force,
+                dryRun,
+                exportDir,
+                exportWhen: async (sha) => {
+                    exported = force || dryRun || !(await allRecordedOn(recorded(), vms, sha));
+                    if (exported && !dryRun) {
+                        await stopEarly(new errors_VmSyncError('interrupted', 'the export was started again'));
+                        let made = () => undefined;
+                        let failed = () => undefined;
+                        const ready = new Promise((resolve, reject) => {
+                            made = resolve;
+                            failed = reject;
+                        });
+                        ready.catch(() => undefined);
+                        const stop = new AbortController();
+                        const scan = scanned(sha, ready, stop.signal);
+                        scan.catch(() => undefined);
+                        early = { scan, stop, made, failed };
+                    }
+                    return exported;
+                },
+                exporter: dryRun ? undefined : exportNow,
+            });
+        }
+        catch (error) {
+            // The scan started for it stops with it (its own rejection is this one's consequence).
+            await stopEarly(error);
+            throw error;
+        }
         // The tree, for the VMs that need it: ready once the scan passed. A real deploy scans while the VMs
         // connect and lock (they stage nothing before it passes); a dry run scans first, as it always did.
         let ready = null;
         if (exported && dryRun) {
-            const passed = await scanned().catch((error) => {
+            const passed = await scanned(commit).catch((error) => {
                 if (scan?.blocked)
                     return null;
                 throw error;
@@ -87177,7 +87652,7 @@ async function runSync(config, options = {}) {
             ready = Promise.resolve(passed);
         }
         else if (exported) {
-            ready = scanned();
+            ready = earlyScan()?.scan ?? scanned(commit);
             // Observed by every VM that needs the tree and after the release; never an unhandled rejection.
             ready.catch(() => undefined);
         }
@@ -87190,7 +87665,7 @@ async function runSync(config, options = {}) {
         const tree = () => (ready ??= (async () => {
             events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
             await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
-            return scanned();
+            return scanned(commit);
         })());
         const { rollout } = config;
         events.info(null, `deploying ${commit} to ${words_count(vms.length, 'VM')}, ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');

@@ -147,10 +147,21 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   exports.sweep();
   let snapshot: ExportSnapshot | null = null;
   let exportDir = '';
+  // A scan started before the export it reads is done (see exportWhen below): the export it waits for, and its stop.
+  let early: EarlyScan | null = null;
+  // (Read through a function: TypeScript does not see the assignment made in a callback.)
+  const earlyScan = (): EarlyScan | null => early;
   const exportNow = async (sha: string): Promise<void> => {
     const started = Date.now();
-    snapshot = await exports.checkout(sha);
+    const waiting = early;
+    try {
+      snapshot = await exports.checkout(sha);
+    } catch (error) {
+      waiting?.failed(error);
+      throw error;
+    }
     exportDir = snapshot.dir;
+    waiting?.made(exportDir);
     events.info(null, exportSentence(snapshot, Date.now() - started), 'export');
   };
   const force = options.force ?? false;
@@ -165,22 +176,6 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   // exports (whose newest is the base of the next real deploy), and the clone is not reset.
   const dryExportRoot = dryRun ? makeScratchDir('export') : null;
   try {
-    // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
-    // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
-    // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
-    // exported and scanned first.
-    let exported = false;
-    if (dryExportRoot) exportDir = path.join(dryExportRoot, 'tree');
-    const commit = await repo.prepareDeploy({
-      rev: options.commit,
-      fetch: options.fetch !== false,
-      force,
-      dryRun,
-      exportDir,
-      exportWhen: async (sha) => (exported = force || dryRun || !(await allRecordedOn(recorded(), vms, sha))),
-      exporter: dryRun ? undefined : exportNow,
-    });
-
     // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
     let excluded: ExcludedReport | null = null;
     const runNotes: string[] = [];
@@ -205,46 +200,103 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
 
     // The secret-scan gate: before any byte of the tree leaves this host.
     let scan: ScanReport | null = null;
-    const gate = async (): Promise<ScanReport | null> => {
+    const gate = async (sha: string, ready: Promise<string> | null, signal: AbortSignal | undefined): Promise<ScanReport | null> => {
       if (!config.repository.secretScanning.enabled) {
         events.info(null, 'secret scanning is disabled (repository.secret_scanning.enabled: false)', 'scan');
         return null;
       }
       const request: ScanRequest =
         options.scanRequest ??
-        (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${commit}` } : { kind: 'resync', head: commit, deployed: await recorded() });
+        (options.scanBase ? { kind: 'range', range: `${options.scanBase}..${sha}` } : { kind: 'resync', head: sha, deployed: await recorded() });
       const plan = await planScan(repo, request);
       return runSecretScan({
         settings: config.repository.secretScanning,
         plan,
         repoDir: repo.dir,
         countCommitsAddingText: (s) => repo.countCommitsAddingText(s),
-        exportDir,
+        exportDir: ready ? null : exportDir,
+        ...(ready ? { exportReady: ready } : {}),
         cacheDir: scanCacheDir(config),
         events,
-        signal: options.signal,
+        signal,
       });
     };
     // The scan, then the list of what rsync_excludes leaves out; rejects when the scan blocks or fails.
-    const scanned = async (): Promise<{ dir: string; notes: string[] }> => {
+    // With `ready`, it starts while the export is made (the list waits for the export).
+    const scanned = async (sha: string, ready: Promise<string> | null = null, stop?: AbortSignal): Promise<{ dir: string; notes: string[] }> => {
+      const signal = stop && options.signal ? AbortSignal.any([options.signal, stop]) : (stop ?? options.signal);
+      const scanning = gate(sha, ready, signal);
+      scanning.catch(() => undefined);
+      if (ready) await ready;
       const sayExcluded = listExcluded();
-      scan = await gate();
-      if (scan?.blocked) throw new VmSyncError('secrets_found', `${count(scan.findings.length, 'possible secret')} in ${commit.slice(0, 12)}: nothing was sent to this VM`);
+      scan = await scanning;
+      if (scan?.blocked) throw new VmSyncError('secrets_found', `${count(scan.findings.length, 'possible secret')} in ${sha.slice(0, 12)}: nothing was sent to this VM`);
       await sayExcluded();
       return { dir: exportDir, notes: committedSentinelNote(exportDir) };
     };
+    // Fetch, branch check, reset and export under one hold of the runner-host lock. When this runner
+    // recorded every VM on the commit, nothing is exported or scanned up front (it was scanned when it
+    // was deployed); each VM confirms under its lock, and one that needs the tree after all gets it then,
+    // exported and scanned first.
+    let exported = false;
+    if (dryExportRoot) exportDir = path.join(dryExportRoot, 'tree');
+    // A real deploy's scan starts as soon as the commit is known: its settings, the probe and the commits
+    // are read while the tree is exported, and only its tree part waits for the export. (A clone found
+    // corrupt is cloned again and the step repeated: a scan started before that is stopped, and another starts.)
+    const stopEarly = async (error: unknown): Promise<void> => {
+      const was = earlyScan();
+      early = null;
+      if (!was) return;
+      was.stop.abort();
+      was.failed(error);
+      await was.scan.catch(() => undefined);
+    };
+    let commit: string;
+    try {
+      commit = await repo.prepareDeploy({
+        rev: options.commit,
+        fetch: options.fetch !== false,
+        force,
+        dryRun,
+        exportDir,
+        exportWhen: async (sha) => {
+          exported = force || dryRun || !(await allRecordedOn(recorded(), vms, sha));
+          if (exported && !dryRun) {
+            await stopEarly(new VmSyncError('interrupted', 'the export was started again'));
+            let made: (dir: string) => void = () => undefined;
+            let failed: (error: unknown) => void = () => undefined;
+            const ready = new Promise<string>((resolve, reject) => {
+              made = resolve;
+              failed = reject;
+            });
+            ready.catch(() => undefined);
+            const stop = new AbortController();
+            const scan = scanned(sha, ready, stop.signal);
+            scan.catch(() => undefined);
+            early = { scan, stop, made, failed };
+          }
+          return exported;
+        },
+        exporter: dryRun ? undefined : exportNow,
+      });
+    } catch (error) {
+      // The scan started for it stops with it (its own rejection is this one's consequence).
+      await stopEarly(error);
+      throw error;
+    }
+
     // The tree, for the VMs that need it: ready once the scan passed. A real deploy scans while the VMs
     // connect and lock (they stage nothing before it passes); a dry run scans first, as it always did.
     let ready: Promise<{ dir: string; notes: string[] }> | null = null;
     if (exported && dryRun) {
-      const passed = await scanned().catch((error: unknown) => {
+      const passed = await scanned(commit).catch((error: unknown) => {
         if (scan?.blocked) return null;
         throw error;
       });
       if (!passed) return { command: 'sync', commit, dry_run: dryRun, scan, vms: [] };
       ready = Promise.resolve(passed);
     } else if (exported) {
-      ready = scanned();
+      ready = earlyScan()?.scan ?? scanned(commit);
       // Observed by every VM that needs the tree and after the release; never an unhandled rejection.
       ready.catch(() => undefined);
     } else {
@@ -257,7 +309,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       (ready ??= (async () => {
         events.info(null, `a VM is not on ${commit.slice(0, 12)} after all: exporting and scanning it now`, 'export');
         await repo.locked(`export of ${commit.slice(0, 12)}`, () => exportNow(commit));
-        return scanned();
+        return scanned(commit);
       })());
 
     const { rollout } = config;
@@ -324,6 +376,14 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
 
 /** What a tree exported on demand may take beyond the runner-host lock's wait (a VM's lock must outlast it). */
 const ON_DEMAND_EXPORT_S = 600;
+
+/** A secret scan started while the export it reads is made: the export it waits for (made or failed), and its stop. */
+interface EarlyScan {
+  scan: Promise<{ dir: string; notes: string[] }>;
+  stop: AbortController;
+  made(dir: string): void;
+  failed(error: unknown): void;
+}
 
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */
 function scanCacheDir(config: Config): string {

@@ -211,6 +211,24 @@ test('a shallow clone cannot prove its range: scan_range_unresolved, never a pas
   expect(scan.stderr).toContain('fetch-depth: 0');
 });
 
+test('a gitleaks whose git log saw no commit, where the range adds text: scan_range_unresolved, never a pass', async () => {
+  const real = execFileSync('sh', ['-c', 'command -v gitleaks'], { encoding: 'utf8' }).trim();
+  const wrapper = path.join(world.dir, 'gitleaks-blind');
+  // As gitleaks 8.27+ does when its own git log fails: "0 commits scanned", no leaks, exit 0.
+  fs.writeFileSync(wrapper, `#!/bin/sh\nif [ "$1" = git ]; then echo "2:51PM INF 0 commits scanned." >&2; echo "2:51PM INF no leaks found" >&2; r=""; for a in "$@"; do case $p in --report-path) r=$a ;; esac; p=$a; done; echo '[]' > "$r"; exit 0; fi\nexec "${real}" "$@"\n`, { mode: 0o755 });
+  const head = world.ws.git(world.ws.work, ['rev-parse', 'HEAD']);
+  const base = world.ws.git(world.ws.work, ['rev-parse', 'HEAD~3']);
+  world.writeConfig({ repository: [`secret_scanning: { gitleaks_path: ${wrapper} }`] });
+  try {
+    const scan = await world.cli(['scan', '--range', `${base}..${head}`]);
+    expect(scan.code).toBe(1);
+    expect(scan.json.error?.code).toBe('scan_range_unresolved');
+    expect(scan.json.error?.message).toMatch(/gitleaks scanned 0 commits where [1-9]\d* of the \d+ add text/);
+  } finally {
+    world.writeConfig();
+  }
+});
+
 test('a missing gitleaks is an error, never a skipped scan', async () => {
   world.writeConfig({ repository: ['secret_scanning: { gitleaks_path: /nonexistent/gitleaks }'] });
   try {
