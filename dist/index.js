@@ -76967,6 +76967,8 @@ function removeIfOrphaned(full) {
 
 
 
+
+
 /** gitleaks' main module, as its Go build information names it. */
 const GITLEAKS_MODULE = 'github.com/zricethezav/gitleaks/v8';
 /** The start of a Go executable's build information (Go aligns it to 16 bytes). */
@@ -77001,10 +77003,11 @@ async function identifyGitleaks(binary) {
             position += bytesRead;
         }
         const exact = buildinfo >= 0 && (await mainModuleAt(handle, buildinfo)) === GITLEAKS_MODULE;
-        if (!exact)
-            hash.update('\0version\0').update(await gitleaksVersion(binary));
+        const version = exact ? undefined : await inPrivateDir((dir) => gitleaksVersion(binary, dir));
+        if (version !== undefined)
+            hash.update('\0version\0').update(version);
         const file = { dev: Number(stat.dev), ino: Number(stat.ino), size: Number(stat.size), mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs };
-        return { digest: hash.digest('hex'), exact, file };
+        return { digest: hash.digest('hex'), exact, file, ...(version !== undefined ? { version } : {}) };
     }
     finally {
         await handle.close();
@@ -77066,9 +77069,42 @@ async function mainModuleAt(handle, offset) {
     const first = modinfo.subarray(16).toString('latin1').split('\n', 1)[0];
     return first.startsWith('path\t') ? first.slice('path\t'.length) : null;
 }
-/** `gitleaks version`'s answer; a failure says only how it ended. */
-function gitleaksVersion(binary) {
-    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
+/**
+ * Proves that the gitleaks at `binary` is the same program when started in
+ * `dir`, a directory that holds files of the commit being scanned (gitleaks'
+ * dir mode must run there: the paths it reports, and so the config's path
+ * rules and `.gitleaksignore`, are relative to it). An executable whose Go
+ * build information names gitleaks' module reads no file to decide what it
+ * is. Anything else (a version manager's shim: asdf and mise read
+ * `.tool-versions` and `mise.toml`, aqua `aqua.yaml`, from the directory it
+ * starts in and its parents) could let the commit choose which gitleaks scans
+ * it: its `version` is asked in `dir` and from a private directory, and any
+ * difference fails the scan. (A shim that picks another build of the same
+ * version is not told apart: see the README.)
+ */
+async function requireSameGitleaksIn(binary, identity, dir) {
+    if (identity?.exact)
+        return;
+    const outcome = (cwd) => gitleaksVersion(binary, cwd).then((answer) => `answers ${JSON.stringify(answer.slice(0, 80))}`, (error) => (error instanceof Error ? error.message : 'fails'));
+    const elsewhere = identity?.version !== undefined ? `answers ${JSON.stringify(identity.version.slice(0, 80))}` : await inPrivateDir(outcome);
+    const here = await outcome(dir);
+    if (here !== elsewhere) {
+        throw new errors_VmSyncError('scan_failed', `${binary} is not the same program inside the tree being scanned: its \`version\` ${elsewhere} from a private directory and ${here} there. It is not a gitleaks executable itself (a version manager's shim or a wrapper), and files of the commit (.tool-versions, mise.toml, aqua.yaml) may choose what it runs. Set repository.secret_scanning.gitleaks_path to the gitleaks executable itself.`);
+    }
+}
+/** Runs `body` with a new private directory as its argument, and removes it after. */
+async function inPrivateDir(body) {
+    const dir = makeScratchDir('gitleaksversion');
+    try {
+        return await body(dir);
+    }
+    finally {
+        external_node_fs_default().rmSync(dir, { recursive: true, force: true });
+    }
+}
+/** `gitleaks version`'s answer, asked in `cwd`; a failure says only how it ended. */
+function gitleaksVersion(binary, cwd) {
+    return new Promise((resolve, reject) => (0,external_node_child_process_namespaceObject.execFile)(binary, ['version'], { timeout: 30_000, cwd }, (error, stdout) => {
         if (!error)
             return resolve(stdout.trim());
         const { code, signal } = error;
@@ -81756,8 +81792,10 @@ async function runSecretScan(inputs) {
     // gitleaks' own check (does it log what vm-sync reads?) runs while the settings are read; its failure
     // comes first, and nothing of the scan starts (or is touched in the cache) before it passed. A build
     // this runner host already proved (by its digest) is not probed again.
-    const identity = inputs.cacheDir ? await identifyGitleaks(binary).catch((error) => (error instanceof Error ? error : new Error(String(error)))) : null;
+    // Identified with or without a cache: the tree part needs to know whether it runs gitleaks itself.
+    const identity = await identifyGitleaks(binary).catch((error) => (error instanceof Error ? error : new Error(String(error))));
     const known = identity instanceof Error ? null : identity;
+    const context = { ...inputs, identity: known };
     const proven = known ? ProbeRecord.open(inputs.cacheDir, (m) => events.info(null, m)) : null;
     const [checked, read] = await Promise.allSettled([
         checkGitleaksLogs(binary, limits, known, proven),
@@ -81786,7 +81824,7 @@ async function runSecretScan(inputs) {
         const trustedFiles = writeSettings(external_node_path_default().join(privateDir, 'trusted'), trusted);
         const cache = ScanCache.open(inputs.cacheDir, identity, trustedFiles, (m) => events.info(null, m));
         const saved = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
-        const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
+        const outcome = await scanWith(context, binary, trustedFiles, ignore, limits, true, cache, saved);
         // Only a scan that completed is remembered (a throw above records nothing), and only for the gitleaks
         // that was identified: one replaced meanwhile (an upgrade during the run) may have done part of the scan.
         if (cache && known && !unchangedSince(binary, known)) {
@@ -81800,7 +81838,7 @@ async function runSecretScan(inputs) {
                 events.info(null, `secret scan: could not write the scan cache (the next run scans everything again): ${error instanceof Error ? error.message : String(error)}`);
             }
         }
-        const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, external_node_path_default().join(privateDir, 'candidate'), limits) : [];
+        const weakening = changed.length ? await weakeningOf(context, binary, { trusted, head, changed, findings: outcome.findings }, external_node_path_default().join(privateDir, 'candidate'), limits) : [];
         for (const sentence of weakening)
             events.info(null, `secret scan: WARNING: this change weakens the scan settings: ${sentence}`);
         const { findings, commitsScanned, unscanned } = outcome;
@@ -82013,6 +82051,8 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
             await exportPaths(view);
         }
         if (!fresh || fresh.length > 0) {
+            // gitleaks runs inside the tree (its paths are relative to it): what runs must not depend on the tree's files.
+            await requireSameGitleaksIn(binary, inputs.identity, root);
             const scanned = await scanTree(binary, root, files, ignore, limits);
             found.findings.push(...scanned.findings);
             found.unscanned = [...scanned.unscanned, ...recalled].sort(byPath);

@@ -13,7 +13,7 @@ import { scanTree, type UnscannedFile } from './coverage.js';
 import { ProbeRecord, ScanCache, type UnscannedPart } from './cache.js';
 import { describeFinding, findingFromFingerprint, printable, type Finding } from './findings.js';
 import { checkGitleaksLogs, HEARTBEAT_S, locateGitleaks, runGitleaks, type GitleaksSettings, type ScanLimits } from './gitleaks.js';
-import { identifyGitleaks, unchangedSince } from './identity.js';
+import { identifyGitleaks, requireSameGitleaksIn, unchangedSince, type GitleaksIdentity } from './identity.js';
 import type { ScanPlan } from './plan.js';
 import { IGNORE_FILE, isIgnored, parseIgnore, settingsAt, settingsChanges, writeSettings, type CommitSettings, type SettingsChange } from './settings.js';
 import { together } from '../local/together.js';
@@ -88,6 +88,12 @@ export interface GateInputs {
   signal?: AbortSignal;
 }
 
+/** The inputs, with what this run learnt of the gitleaks it runs. */
+interface ScanContext extends GateInputs {
+  /** The gitleaks at the configured path, identified (null: it could not be). */
+  identity: GitleaksIdentity | null;
+}
+
 /** What one full scan (commits and tree) with one set of settings found. */
 interface ScanOutcome {
   findings: Finding[];
@@ -144,8 +150,10 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
   // gitleaks' own check (does it log what vm-sync reads?) runs while the settings are read; its failure
   // comes first, and nothing of the scan starts (or is touched in the cache) before it passed. A build
   // this runner host already proved (by its digest) is not probed again.
-  const identity = inputs.cacheDir ? await identifyGitleaks(binary).catch((error: unknown) => (error instanceof Error ? error : new Error(String(error)))) : null;
+  // Identified with or without a cache: the tree part needs to know whether it runs gitleaks itself.
+  const identity = await identifyGitleaks(binary).catch((error: unknown) => (error instanceof Error ? error : new Error(String(error))));
   const known = identity instanceof Error ? null : identity;
+  const context: ScanContext = { ...inputs, identity: known };
   const proven = known ? ProbeRecord.open(inputs.cacheDir, (m) => events.info(null, m)) : null;
   const [checked, read] = await Promise.allSettled([
     checkGitleaksLogs(binary, limits, known, proven),
@@ -172,7 +180,7 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
     const trustedFiles = writeSettings(path.join(privateDir, 'trusted'), trusted);
     const cache = ScanCache.open(inputs.cacheDir, identity, trustedFiles, (m) => events.info(null, m));
     const saved: CacheSavings = { files_scanned: 0, files_cached: 0, commits_scanned: 0, commits_cached: 0 };
-    const outcome = await scanWith(inputs, binary, trustedFiles, ignore, limits, true, cache, saved);
+    const outcome = await scanWith(context, binary, trustedFiles, ignore, limits, true, cache, saved);
     // Only a scan that completed is remembered (a throw above records nothing), and only for the gitleaks
     // that was identified: one replaced meanwhile (an upgrade during the run) may have done part of the scan.
     if (cache && known && !unchangedSince(binary, known)) {
@@ -184,7 +192,7 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
         events.info(null, `secret scan: could not write the scan cache (the next run scans everything again): ${error instanceof Error ? error.message : String(error)}`);
       }
     }
-    const weakening = changed.length ? await weakeningOf(inputs, binary, { trusted, head, changed, findings: outcome.findings }, path.join(privateDir, 'candidate'), limits) : [];
+    const weakening = changed.length ? await weakeningOf(context, binary, { trusted, head, changed, findings: outcome.findings }, path.join(privateDir, 'candidate'), limits) : [];
     for (const sentence of weakening) events.info(null, `secret scan: WARNING: this change weakens the scan settings: ${sentence}`);
 
     const { findings, commitsScanned, unscanned } = outcome;
@@ -221,7 +229,7 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
  * keeps). The two parts run at once: each is one gitleaks process that leaves
  * a core idle for much of its run, and on a push both are small.
  */
-async function scanWith(inputs: GateInputs, binary: string, files: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, strict: boolean, cache: ScanCache | null = null, saved?: CacheSavings): Promise<ScanOutcome> {
+async function scanWith(inputs: ScanContext, binary: string, files: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, strict: boolean, cache: ScanCache | null = null, saved?: CacheSavings): Promise<ScanOutcome> {
   // A part that fails stops the other (its own error is the one reported, not the other's "cancelled").
   const stop = new AbortController();
   const onOuterAbort = (): void => stop.abort();
@@ -363,7 +371,7 @@ interface TreePart {
 }
 
 /** The deployed tree: only the files not scanned before under these settings and these git attributes, in a view at their real paths. */
-async function scanTreePart(inputs: GateInputs, binary: string, files: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, cache: ScanCache | null, saved?: CacheSavings): Promise<TreePart> {
+async function scanTreePart(inputs: ScanContext, binary: string, files: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, cache: ScanCache | null, saved?: CacheSavings): Promise<TreePart> {
   const { plan } = inputs;
   if (!treeWanted(inputs)) return { findings: [], extended: [], unscanned: [], fresh: null, digest: '' };
   const tree = cache && plan.head ? await treeFiles(inputs.repoDir, plan.head) : null;
@@ -402,6 +410,8 @@ async function scanTreePart(inputs: GateInputs, binary: string, files: GitleaksS
       await (exportPaths as NonNullable<typeof exportPaths>)(view);
     }
     if (!fresh || fresh.length > 0) {
+      // gitleaks runs inside the tree (its paths are relative to it): what runs must not depend on the tree's files.
+      await requireSameGitleaksIn(binary, inputs.identity, root);
       const scanned = await scanTree(binary, root, files, ignore, limits);
       found.findings.push(...scanned.findings);
       found.unscanned = [...scanned.unscanned, ...recalled].sort(byPath);
@@ -600,7 +610,7 @@ async function vetNewConfig(binary: string, head: CommitSettings, dir: string, l
  * are findings to lose). Failing to evaluate is reported, never fatal.
  */
 async function weakeningOf(
-  inputs: GateInputs,
+  inputs: ScanContext,
   binary: string,
   change: { trusted: CommitSettings; head: CommitSettings; changed: SettingsChange[]; findings: Finding[] },
   dir: string,

@@ -1,6 +1,8 @@
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { makeScratchDir } from '../local/scratch.js';
+import { VmSyncError } from '../errors.js';
 
 /**
  * Which gitleaks scans: the key of the scan cache and of the probe record.
@@ -26,6 +28,8 @@ export interface GitleaksIdentity {
   exact: boolean;
   /** The file as it was read: a scan that finds it changed records nothing (see {@link unchangedSince}). */
   file: FileStamp;
+  /** What `version` answered, asked from a private directory (only when not exact). */
+  version?: string;
 }
 
 /** What tells one state of a file from another without reading it. */
@@ -70,9 +74,10 @@ export async function identifyGitleaks(binary: string): Promise<GitleaksIdentity
       position += bytesRead;
     }
     const exact = buildinfo >= 0 && (await mainModuleAt(handle, buildinfo)) === GITLEAKS_MODULE;
-    if (!exact) hash.update('\0version\0').update(await gitleaksVersion(binary));
+    const version = exact ? undefined : await inPrivateDir((dir) => gitleaksVersion(binary, dir));
+    if (version !== undefined) hash.update('\0version\0').update(version);
     const file = { dev: Number(stat.dev), ino: Number(stat.ino), size: Number(stat.size), mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs };
-    return { digest: hash.digest('hex'), exact, file };
+    return { digest: hash.digest('hex'), exact, file, ...(version !== undefined ? { version } : {}) };
   } finally {
     await handle.close();
   }
@@ -131,10 +136,46 @@ async function mainModuleAt(handle: fs.promises.FileHandle, offset: number): Pro
   return first.startsWith('path\t') ? first.slice('path\t'.length) : null;
 }
 
-/** `gitleaks version`'s answer; a failure says only how it ended. */
-function gitleaksVersion(binary: string): Promise<string> {
+/**
+ * Proves that the gitleaks at `binary` is the same program when started in
+ * `dir`, a directory that holds files of the commit being scanned (gitleaks'
+ * dir mode must run there: the paths it reports, and so the config's path
+ * rules and `.gitleaksignore`, are relative to it). An executable whose Go
+ * build information names gitleaks' module reads no file to decide what it
+ * is. Anything else (a version manager's shim: asdf and mise read
+ * `.tool-versions` and `mise.toml`, aqua `aqua.yaml`, from the directory it
+ * starts in and its parents) could let the commit choose which gitleaks scans
+ * it: its `version` is asked in `dir` and from a private directory, and any
+ * difference fails the scan. (A shim that picks another build of the same
+ * version is not told apart: see the README.)
+ */
+export async function requireSameGitleaksIn(binary: string, identity: GitleaksIdentity | null, dir: string): Promise<void> {
+  if (identity?.exact) return;
+  const outcome = (cwd: string): Promise<string> => gitleaksVersion(binary, cwd).then((answer) => `answers ${JSON.stringify(answer.slice(0, 80))}`, (error: unknown) => (error instanceof Error ? error.message : 'fails'));
+  const elsewhere = identity?.version !== undefined ? `answers ${JSON.stringify(identity.version.slice(0, 80))}` : await inPrivateDir(outcome);
+  const here = await outcome(dir);
+  if (here !== elsewhere) {
+    throw new VmSyncError(
+      'scan_failed',
+      `${binary} is not the same program inside the tree being scanned: its \`version\` ${elsewhere} from a private directory and ${here} there. It is not a gitleaks executable itself (a version manager's shim or a wrapper), and files of the commit (.tool-versions, mise.toml, aqua.yaml) may choose what it runs. Set repository.secret_scanning.gitleaks_path to the gitleaks executable itself.`,
+    );
+  }
+}
+
+/** Runs `body` with a new private directory as its argument, and removes it after. */
+async function inPrivateDir<T>(body: (dir: string) => Promise<T>): Promise<T> {
+  const dir = makeScratchDir('gitleaksversion');
+  try {
+    return await body(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** `gitleaks version`'s answer, asked in `cwd`; a failure says only how it ended. */
+function gitleaksVersion(binary: string, cwd: string): Promise<string> {
   return new Promise<string>((resolve, reject) =>
-    execFile(binary, ['version'], { timeout: 30_000 }, (error, stdout) => {
+    execFile(binary, ['version'], { timeout: 30_000, cwd }, (error, stdout) => {
       if (!error) return resolve(stdout.trim());
       const { code, signal } = error as { code?: unknown; signal?: unknown };
       const how = typeof code === 'number' ? `exit ${code}` : typeof signal === 'string' ? `signal ${signal}` : typeof code === 'string' ? code : 'no answer';

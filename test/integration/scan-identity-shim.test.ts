@@ -112,3 +112,56 @@ test('a gitleaks switched behind an ELF shim is probed again: a token in an allo
   }
   expect(outcome).toBe('refused: scan_failed');
 }, 240_000);
+
+/*
+ * gitleaks' dir mode runs inside the tree being scanned (the paths it reports,
+ * and so the config's path rules and .gitleaksignore, are relative to it). A
+ * version manager's shim picks the program by files of the directory it starts
+ * in: the commit could choose the gitleaks that scans it. A shim whose
+ * `version` answers otherwise inside the tree than outside it fails the scan.
+ */
+test('a shim that a committed .tool-versions points at another gitleaks: the scan fails, never a pass by the commit\'s choice', async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-scan-shim-cwd-'));
+  // A "gitleaks" that finds nothing: what a commit would choose.
+  const blind = path.join(dir, 'gitleaks-0.0.1');
+  fs.writeFileSync(blind, `#!/bin/sh\nif [ "$1" = version ]; then echo 0.0.1; exit 0; fi\nr=""; p=""; for a in "$@"; do [ "$p" = --report-path ] && r=$a; p=$a; done\necho '[]' > "$r"\necho "2:51PM INF no leaks found" >&2\nexit 0\n`, { mode: 0o755 });
+  // As asdf's and mise's shims do: the version named in .tool-versions of the directory it starts in.
+  const shimmed = path.join(dir, 'bin', 'gitleaks');
+  fs.mkdirSync(path.dirname(shimmed));
+  fs.writeFileSync(shimmed, `#!/bin/sh\nif [ -f .tool-versions ] && grep -q '^gitleaks 0.0.1' .tool-versions; then exec '${blind}' "$@"; fi\nexec '${real()}' "$@"\n`, { mode: 0o755 });
+
+  const repoDir = path.join(dir, 'repo');
+  fs.mkdirSync(repoDir);
+  git(repoDir, ['init', '--quiet', '-b', 'main']);
+  fs.writeFileSync(path.join(repoDir, 'README.md'), '# app\n');
+  // A token committed before the range scanned: only the tree scan (which runs inside the tree) can see it.
+  fs.writeFileSync(path.join(repoDir, 'config.env'), `GITHUB_TOKEN=${plantedSecrets().github}\n`);
+  git(repoDir, ['add', '.']);
+  git(repoDir, ['commit', '--quiet', '-m', 'base']);
+  const base = git(repoDir, ['rev-parse', 'HEAD']);
+  const repo = new RunnerRepo(repoDir, 'origin', 'main', null);
+  const settings = { enabled: true, tool: 'gitleaks' as const, configPath: '.gitleaks.toml', blockOnSecrets: true, gitleaksPath: shimmed, timeoutS: 300 };
+  const scanTip = async (cacheDir: string | null): Promise<string> => {
+    git(repoDir, ['add', '.']);
+    git(repoDir, ['commit', '--quiet', '--allow-empty', '-m', 'next']);
+    const tip = git(repoDir, ['rev-parse', 'HEAD']);
+    const exportDir = fs.mkdtempSync(path.join(dir, 'export-'));
+    await repo.exportTree(tip, exportDir);
+    const plan = await planScan(repo, { kind: 'range', range: `${base}..${tip}` });
+    try {
+      const report = await runSecretScan({ settings, plan, repoDir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events: silentEvents });
+      return report.findings.some((f) => f.file === 'config.env') ? 'blocked: token found' : `passed (blocked=${report.blocked})`;
+    } catch (error) {
+      return `refused: ${(error as { code?: string }).code}: ${(error as Error).message}`;
+    }
+  };
+
+  // The shim without a .tool-versions in the tree: the real gitleaks, the token found.
+  expect(await scanTip(null)).toBe('blocked: token found');
+  // The commit adds .tool-versions naming the blind one: with and without the scan cache, refused.
+  fs.writeFileSync(path.join(repoDir, '.tool-versions'), 'gitleaks 0.0.1\n');
+  for (const cacheDir of [null, path.join(dir, 'scan-cache')]) {
+    const outcome = await scanTip(cacheDir);
+    expect(outcome).toMatch(/^refused: scan_failed: .*not the same program inside the tree being scanned.*gitleaks_path/);
+  }
+}, 240_000);
