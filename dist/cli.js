@@ -44819,6 +44819,9 @@ class FleetRelease {
         const live = run.before ? releaseOf(run.before) : null;
         if (!survey || !this.ctx.stream || !live || !run.before || !run.report.rev_before)
             return;
+        // A commit this runner does not have (diverged) gives no stream to build on.
+        if (run.report.state !== 'behind' && run.report.state !== 'ahead' && run.report.state !== 'up-to-date')
+            return;
         if (!survey.streamSupported || survey.baseState !== 'intact' || survey.baseKey !== this.buildKey)
             return;
         if (survey.completeRelease && !this.ctx.force)

@@ -419,6 +419,8 @@ class FleetRelease {
   private linkAhead(run: VmRun, port: VmPort, survey: StageSurvey | null, removedPartials: (names: readonly string[]) => void): void {
     const live = run.before ? releaseOf(run.before) : null;
     if (!survey || !this.ctx.stream || !live || !run.before || !run.report.rev_before) return;
+    // A commit this runner does not have (diverged) gives no stream to build on.
+    if (run.report.state !== 'behind' && run.report.state !== 'ahead' && run.report.state !== 'up-to-date') return;
     if (!survey.streamSupported || survey.baseState !== 'intact' || survey.baseKey !== this.buildKey) return;
     if (survey.completeRelease && !this.ctx.force) return;
     const before = run.before;

@@ -937,6 +937,11 @@ describe('the stream transfer: when it applies, and rsync where it cannot', () =
       expect([fleet.of('vm01', 'link').length, outcome.vms[0].result]).toEqual([0, 'success']);
       expectClean(fleet);
     }
+    // A VM on a commit this runner does not have (diverged): no stream from it, so no copy either.
+    const strange = '5'.repeat(40);
+    const diverged = fleetOf({ vm01: { releases: [kept(strange, 1)], stream: true, baseKey: KEY } }, ['vm01']);
+    await releaseFleet(releaseCtx(fleetConfig(['vm01']), diverged, { stream: streamsOf().stream }), fleetConfig(['vm01']).vms);
+    expect(diverged.of('vm01', 'link')).toEqual([]);
     // No stream transfer configured (transfer: rsync): no copy either.
     const plain = fleetOf({ vm01: onOld({ stream: true, baseKey: KEY }) }, ['vm01']);
     const config = fleetConfig(['vm01']);
