@@ -660,34 +660,37 @@ link)
   # hard-link copy of BASE (the live release, unchanged since it was
   # sealed), the first part of `apply`'s work. Nothing of the commit is on
   # the VM yet, and nothing live changes; the partial is removed by
-  # `unlock` when the run ends without building on it.
+  # `unlock` when the run ends without building on it. Nothing that was
+  # there is touched before the scan passed: not other commits' partials
+  # (stage and apply remove those), and not one of this commit (then the
+  # answer is linked='' and apply does the work).
   token=$1 sha=$2 base=$3
   require_lock "$token"
   gnu_tools || fail stream_failed "GNU tar and find are needed for the stream transfer"
   case $sha in *[!0-9a-f]* | '') fail failed "bad commit" ;; esac
   case $base in '' | */* | .* | *.partial) fail failed "bad base release name" ;; esac
-  drop_partials "$sha"
   stage="$R/$sha.partial"
-  rm -f -- "$S/tmp/linked.$sha"
-  if [ -L "$stage" ]; then rm -f -- "$stage"; fi
-  rm -rf -- "$stage" || fail failed "cannot remove $stage"
-  cur=$(current_release)
-  if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
-  intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
-  mkdir -- "$stage" || fail failed "cannot create $stage"
-  if ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then
-    rm -rf -- "$stage"
-    fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"
+  if [ -e "$stage" ] || [ -L "$stage" ] || [ -e "$S/tmp/linked.$sha" ] || [ -L "$S/tmp/linked.$sha" ]; then
+    out linked ''
+  else
+    cur=$(current_release)
+    if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
+    intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
+    mkdir -- "$stage" || fail failed "cannot create $stage"
+    if ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then
+      rm -rf -- "$stage"
+      fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"
+    fi
+    # Its directory entries reach the disk now, not in seal's flush after the scan.
+    flush "$stage"
+    tmp="$S/tmp/linked.$sha.$$"
+    if ! { printf '%s %s\n' "$token" "$base" > "$tmp" && mv -f -- "$tmp" "$S/tmp/linked.$sha"; }; then
+      rm -f -- "$tmp"
+      rm -rf -- "$stage"
+      fail failed "cannot record the linked copy"
+    fi
+    out linked "$stage"
   fi
-  # Its directory entries reach the disk now, not in seal's flush after the scan.
-  flush "$stage"
-  tmp="$S/tmp/linked.$sha.$$"
-  if ! { printf '%s %s\n' "$token" "$base" > "$tmp" && mv -f -- "$tmp" "$S/tmp/linked.$sha"; }; then
-    rm -f -- "$tmp"
-    rm -rf -- "$stage"
-    fail failed "cannot record the linked copy"
-  fi
-  out linked "$stage"
   ;;
 apply)
   # Builds this commit's staged release from the stream on stdin: the paths to

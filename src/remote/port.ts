@@ -29,7 +29,7 @@ export interface VmPort {
   stage(token: string, sha: string, probed: Probe, sharedPaths: readonly string[]): Promise<StageResult>;
   transfer(plan: TransferPlan, onProgress?: (p: { percent: number; rate: string }) => void): Promise<RsyncStats>;
   /** Makes the commit's partial release a hard-link copy of `base` (the live release) ahead of {@link apply}; nothing of the commit is sent. */
-  link(token: string, sha: string, base: string, probed: Probe): Promise<{ removedPartials: string[] }>;
+  link(token: string, sha: string, base: string, probed: Probe): Promise<boolean>;
   /** Builds the staged release from a stream file: a hard-link copy of `base` (or nothing; with `linked`, the one {@link link} made) changed as the stream says. */
   apply(token: string, sha: string, base: string | null, file: string, codec: StreamCodec, onSent?: (bytes: number) => void, linked?: boolean): Promise<{ removed: number; removedPartials: string[] }>;
   seal(token: string, sha: string, shared: ReadonlyArray<{ path: string; dir: boolean }>, key: string): Promise<{ release: string; seeded: string[]; created: string[] }>;

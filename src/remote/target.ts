@@ -364,13 +364,17 @@ export class RemoteTarget {
    * release, which the VM checks is unchanged since it was sealed): the part
    * of {@link apply}'s work that needs nothing of the commit, so it can run
    * while the secret scan does. `apply` with `linked` builds on it; `unlock`
-   * removes it when the run ends without that.
+   * removes it when the run ends without that. False when it was not made: a
+   * partial release of this commit is there already (it is not touched before
+   * the scan passed).
    */
-  async link(token: string, sha: string, base: string, probed: Probe): Promise<{ removedPartials: string[] }> {
-    const out = (await this.op('link', [token, sha, base])).only(['linked', 'removed_partial']);
+  async link(token: string, sha: string, base: string, probed: Probe): Promise<boolean> {
+    const linked = (await this.op('link', [token, sha, base])).only(['linked']).require('linked');
+    // '': a partial release of this commit is already there, and stays untouched until the scan passed.
+    if (linked === '') return false;
     const expected = stageDir(probed, sha);
-    if (out.require('linked') !== expected) throw new VmSyncError('remote_command_failed', `link on ${this.vmId} answered ${vmText(out.require('linked'))}, not ${expected}`);
-    return { removedPartials: out.all('removed_partial').map((p) => vmText(p)) };
+    if (linked !== expected) throw new VmSyncError('remote_command_failed', `link on ${this.vmId} answered ${vmText(linked)}, not ${expected}`);
+    return true;
   }
 
   /**

@@ -356,7 +356,7 @@ class FleetRelease {
     const removedPartials = (names: readonly string[]): void => {
       for (const name of names) report.notes.push(`removed an abandoned partial release ${name}`);
     };
-    this.linkAhead(run, port, begun.survey, removedPartials);
+    this.linkAhead(run, port, begun.survey);
     const waitFrom = Date.now();
     budget.pause();
     let tree: { dir: string; notes: string[] };
@@ -375,6 +375,11 @@ class FleetRelease {
     // stage is the step that makes the partial release; the stream's apply makes its own, so with the
     // survey begin answered, a stream transfer needs no stage step (one round trip fewer after the scan).
     const stage = async (): Promise<StageResult> => {
+      // stage empties the directory the copy ahead fills: never beside it. A copy that failed may have been
+      // cut off with its channel, its `cp -al` still running on the VM: stopped first, or this attempt ends.
+      if (run.linking && !(await run.linking) && !(await port.stopInterrupted())) {
+        throw new VmSyncError('remote_command_failed', `could not confirm that the copy of the live release started on ${run.vm.id} stopped: not staging beside it (deploy again)`);
+      }
       const result = await port.stage(this.token, commit, before, shared.map((s) => s.path));
       removedPartials(result.removedPartials);
       return result;
@@ -416,7 +421,7 @@ class FleetRelease {
    * needs nothing of the commit). A copy that cannot be made costs nothing
    * but the time: `apply` then makes it itself, or rsync stages as before.
    */
-  private linkAhead(run: VmRun, port: VmPort, survey: StageSurvey | null, removedPartials: (names: readonly string[]) => void): void {
+  private linkAhead(run: VmRun, port: VmPort, survey: StageSurvey | null): void {
     const live = run.before ? releaseOf(run.before) : null;
     if (!survey || !this.ctx.stream || !live || !run.before || !run.report.rev_before) return;
     // A commit this runner does not have (diverged) gives no stream to build on.
@@ -425,10 +430,7 @@ class FleetRelease {
     if (survey.completeRelease && !this.ctx.force) return;
     const before = run.before;
     run.linking = port.link(this.token, this.ctx.commit, live, before).then(
-      (made) => {
-        removedPartials(made.removedPartials);
-        return true;
-      },
+      (made) => made,
       (error: unknown) => {
         this.say(run, `could not prepare the copy of ${live} ahead of the stream (${getErrorMessage(error)}): apply makes it`, 'prepare', 'debug');
         return false;

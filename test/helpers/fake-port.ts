@@ -282,7 +282,7 @@ export class FakeFleet {
         op('link', [token, sha, base], () => {
           vm.requireLock(token, 'link');
           if (base !== vm.live) throw new VmSyncError('release_drifted', `the live release is no longer ${base}`);
-          return { removedPartials: [] };
+          return true;
         }),
       apply: (token, sha, base, file, codec, _onSent, linked) =>
         op('apply', [token, sha, base, file, codec, linked ?? false], () => {
