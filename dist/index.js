@@ -77085,12 +77085,50 @@ async function mainModuleAt(handle, offset) {
 async function requireSameGitleaksIn(binary, identity, dir) {
     if (identity?.exact)
         return;
+    // Not even asked its version there: with `.tool-versions` naming `gitleaks path:./tools/gl`, asdf's shim
+    // runs a program of the commit, which may answer as gitleaks does (and runs on the runner host as it likes).
+    const config = toolConfigIn(dir);
+    if (config) {
+        throw new errors_VmSyncError('scan_failed', `${binary} is not a gitleaks executable itself (a version manager's shim or a wrapper), and the tree being scanned holds ${config}, which a version manager reads to choose what runs: vm-sync does not start it there (the commit could choose its own scanner). Set repository.secret_scanning.gitleaks_path to the gitleaks executable itself (\`mise which gitleaks\`, \`asdf which gitleaks\`).`);
+    }
     const outcome = (cwd) => gitleaksVersion(binary, cwd).then((answer) => `answers ${JSON.stringify(answer.slice(0, 80))}`, (error) => (error instanceof Error ? error.message : 'fails'));
     const elsewhere = identity?.version !== undefined ? `answers ${JSON.stringify(identity.version.slice(0, 80))}` : await inPrivateDir(outcome);
     const here = await outcome(dir);
     if (here !== elsewhere) {
         throw new errors_VmSyncError('scan_failed', `${binary} is not the same program inside the tree being scanned: its \`version\` ${elsewhere} from a private directory and ${here} there. It is not a gitleaks executable itself (a version manager's shim or a wrapper), and files of the commit (.tool-versions, mise.toml, aqua.yaml) may choose what it runs. Set repository.secret_scanning.gitleaks_path to the gitleaks executable itself.`);
     }
+}
+/**
+ * Top-level names by which version managers choose a tool's version or
+ * program: asdf and mise (`.tool-versions`, `mise.toml`, `.mise.local.toml`,
+ * `mise/config.toml`, and rtx, mise's old name), aqua (`aqua.yaml`, `aqua/`),
+ * proto (`.prototools`), pkgx (`pkgx.yaml`), devbox (`devbox.json`), and
+ * direnv (`.envrc`). `.config/` is searched for the same names, and `bin/`
+ * for hermit's `hermit.hcl`.
+ */
+const TOOL_CONFIG = /^(?:\.tool-versions|\.?(?:mise|rtx)(?:\.[\w.-]+)?\.toml|\.?(?:mise|rtx|aqua)|\.?aqua\.ya?ml|\.prototools|\.?pkgx\.ya?ml|devbox\.json|\.envrc)$/i;
+/** The first tool-version config at the top of `dir` (see {@link TOOL_CONFIG}), or null. */
+function toolConfigIn(dir) {
+    const names = (at) => {
+        try {
+            return external_node_fs_default().readdirSync(at);
+        }
+        catch {
+            return [];
+        }
+    };
+    const top = names(dir);
+    const found = top.find((name) => TOOL_CONFIG.test(name));
+    if (found)
+        return found;
+    if (top.includes('.config')) {
+        const inner = names(`${dir}/.config`).find((name) => TOOL_CONFIG.test(name));
+        if (inner)
+            return `.config/${inner}`;
+    }
+    if (top.includes('bin') && names(`${dir}/bin`).includes('hermit.hcl'))
+        return 'bin/hermit.hcl';
+    return null;
 }
 /** Runs `body` with a new private directory as its argument, and removes it after. */
 async function inPrivateDir(body) {

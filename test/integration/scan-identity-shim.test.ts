@@ -158,10 +158,16 @@ test('a shim that a committed .tool-versions points at another gitleaks: the sca
 
   // The shim without a .tool-versions in the tree: the real gitleaks, the token found.
   expect(await scanTip(null)).toBe('blocked: token found');
-  // The commit adds .tool-versions naming the blind one: with and without the scan cache, refused.
+  // The commit adds .tool-versions naming the blind one: with and without the scan cache, refused, and the
+  // shim is not started inside the tree at all.
   fs.writeFileSync(path.join(repoDir, '.tool-versions'), 'gitleaks 0.0.1\n');
   for (const cacheDir of [null, path.join(dir, 'scan-cache')]) {
     const outcome = await scanTip(cacheDir);
-    expect(outcome).toMatch(/^refused: scan_failed: .*not the same program inside the tree being scanned.*gitleaks_path/);
+    expect(outcome).toMatch(/^refused: scan_failed: .*holds \.tool-versions, which a version manager reads.*gitleaks_path/);
   }
+  // A shim steered by a file vm-sync does not know by name: told apart by its answer inside the tree.
+  fs.rmSync(path.join(repoDir, '.tool-versions'));
+  fs.writeFileSync(shimmed, `#!/bin/sh\nif [ -f .gitleaks-version ]; then exec '${blind}' "$@"; fi\nexec '${real()}' "$@"\n`, { mode: 0o755 });
+  fs.writeFileSync(path.join(repoDir, '.gitleaks-version'), '0.0.1\n');
+  expect(await scanTip(null)).toMatch(/^refused: scan_failed: .*not the same program inside the tree being scanned.*gitleaks_path/);
 }, 240_000);
