@@ -17,8 +17,11 @@ type Build = Pick<GitleaksIdentity, 'digest' | 'exact'>;
  * 3: compressed tarballs are inflated and scanned as a stream, and archives
  * inside archives extracted and scanned the same way (gitleaks stops silently
  * at a damaged tar member header): a cache of version 2 may vouch for one.
+ * 4: tars inside archives read as GNU tar reads them (members of any type it
+ * unpacks, pax sizes, sparse members, lenient numeric fields, a damaged first
+ * block), zips behind a stub: a cache of version 3 may vouch for one.
  */
-export const SCAN_LOGIC_VERSION = '3';
+export const SCAN_LOGIC_VERSION = '4';
 
 /** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
 const MAX_ENTRIES = 1_000_000;
