@@ -80518,6 +80518,8 @@ const TOTAL_MAX = 1024 * 1024 * 1024;
 /** The most entries read from one archive (a zip of a million empty entries is read in no time, but listed forever). */
 const MAX_ENTRIES = 200_000;
 const CANNOT_LOOK = (format) => `a ${format} archive: gitleaks opens it, but vm-sync cannot look inside it for tarballs that gitleaks stops reading at a damaged member header, so it may be only partly scanned; deploy its content unpacked, or as zip or tar`;
+const UNREAD_TAIL = 'a tarball with a damaged region that no member header follows: vm-sync reads nothing in it, where a VM\'s GNU tar may still unpack something, so it may be only partly scanned; check it with `tar -tvf`, and deploy it repacked (tar -cf) or unpacked';
+const SPARSE_PARTIAL = 'a sparse tar member vm-sync could not rebuild from its map: its stored bytes were searched, but an archive in it may be only partly scanned; deploy it as a regular file (tar without --sparse)';
 const OTHER_COMPRESSION = 'a tarball in a compression vm-sync cannot inflate (brotli, lz4, snappy, lzip, minlz, zlib): gitleaks stops reading it at a damaged member header, so it may be only partly scanned; deploy it as .tar.gz, .tar.zst, .tar.xz or .tar.bz2';
 /**
  * Names gitleaks (mholt/archives, by name alone) opens as a tarball in a
@@ -80549,31 +80551,113 @@ function magicOf(b) {
         return 'tar';
     return null;
 }
-/** Whether a 512-byte block is a tar header GNU tar accepts: its checksum (unsigned or signed sum) matches. */
-function headerOk(h) {
-    const field = h.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim();
-    if (!/^[0-7]{1,7}$/.test(field))
-        return false;
-    const want = parseInt(field, 8);
+/** How many blocks at the start of a file with no other format are searched for a tar header (GNU tar skips a damaged first block too). */
+const TAR_PROBE_BLOCKS = 64;
+/** The bytes at the end of a file that hold a zip's end record, if it has one (the record, and a comment of up to 64 KiB after it). */
+const ZIP_TAIL = 22 + 65535;
+/** Names whose bytes gitleaks opens as a tarball (not compressed: a compressed one has its compression's magic). */
+const TAR_NAME = /\.tar$/i;
+/** Names of a compressed tarball: the stream in it is read as a tar even when its first block is no header. */
+const TAR_STREAM = /\.tar\.[^./]+$|\.t(gz|bz2?|xz|zst|lz4|br|sz|lz)$/i;
+/**
+ * The format of an archive (or a file that may be one): by its first bytes;
+ * else a zip by an end record in its last 64 KiB (a self-extracting stub, or
+ * any other prefix, before it: Go's archive/zip, and Info-ZIP unzip, read it
+ * from that record); else a tar by its name (GNU tar skips a first block that
+ * is no header: "This does not look like a tar archive"); else a tar by a
+ * valid header in its first blocks (a size of whole blocks only: what tar
+ * writes). null when it is none of them. `head` (the first
+ * {@link TAR_PROBE_BLOCKS} blocks will do) and `tail` (the last
+ * {@link ZIP_TAIL} bytes) may be parts of a file of `size` bytes.
+ */
+function formatOf(head, name, tail = head, size = head.length) {
+    const magic = magicOf(head);
+    if (magic)
+        return { kind: magic, sure: true };
+    if (zipEnd(tail) >= 0)
+        return { kind: 'zip', sure: true };
+    // A `.tar.gz` that is no gzip stream: GNU tar goes by the bytes (no compression) where gitleaks goes by the name (and fails).
+    if (TAR_NAME.test(name) || TAR_STREAM.test(name))
+        return { kind: 'tar', sure: true };
+    if (size % 512 === 0 && tarProbe(head))
+        return { kind: 'tar', sure: false };
+    return null;
+}
+/** Whether one of the first {@link TAR_PROBE_BLOCKS} blocks of `b` is a tar header. */
+function tarProbe(b) {
+    for (let off = 0; off + 512 <= b.length && off < TAR_PROBE_BLOCKS * 512; off += 512)
+        if (headerOk(b.subarray(off, off + 512)))
+            return true;
+    return false;
+}
+const isSpace = (c) => c === 32 || (c >= 9 && c <= 13);
+const isOctal = (c) => c >= 0x30 && c <= 0x37;
+const BASE64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+/**
+ * A numeric header field, parsed as GNU tar's from_header() parses it (what
+ * a VM's tar accepts): one leading NUL and any leading blanks skipped, octal
+ * digits up to the first non-digit or the field's end (so a field full of
+ * digits, with no terminator, is valid), which must be a NUL or a blank;
+ * unless `octalOnly`, GNU's base-256 (first byte 0x80) and the old base-64
+ * (`+`/`-`) too. null where GNU tar rejects it (blanks only, junk, a negative
+ * number), or for a value past 2^53.
+ */
+function fromHeader(f, octalOnly) {
+    let i = f.length > 0 && f[0] === 0 ? 1 : 0;
+    for (;; i++) {
+        if (i >= f.length)
+            return null;
+        if (!isSpace(f[i]))
+            break;
+    }
+    let value = 0;
+    if (isOctal(f[i])) {
+        for (; i < f.length && isOctal(f[i]); i++)
+            value = value * 8 + f[i] - 0x30;
+    }
+    else if (octalOnly) {
+        // A checksum is octal only: whatever else stands here is checked as the terminator below.
+    }
+    else if (f[i] === 0x2b || f[i] === 0x2d) {
+        const negative = f[i++] === 0x2d;
+        for (let d; i < f.length && (d = BASE64.indexOf(String.fromCharCode(f[i]))) >= 0; i++)
+            value = value * 64 + d;
+        if (negative && value !== 0)
+            return null;
+    }
+    else if (f[0] === 0x80) {
+        for (i = 1; i < f.length; i++)
+            value = value * 256 + f[i];
+    }
+    else if (f[0] === 0xff) {
+        return null; // a negative base-256 number: no size or checksum
+    }
+    if (i < f.length && f[i] !== 0 && !isSpace(f[i]))
+        return null;
+    return Number.isSafeInteger(value) ? value : null;
+}
+/** What a 512-byte block is to GNU tar: all zeros (an end-of-archive block), a header (its checksum matches the unsigned or the signed sum), or neither. */
+function blockKind(h) {
     let unsigned = 0;
     let signed = 0;
     for (let i = 0; i < 512; i++) {
-        const c = i >= 148 && i < 156 ? 32 : h[i];
+        const c = h[i];
         unsigned += c;
         signed += c > 127 ? c - 256 : c;
     }
-    return want === unsigned || want === signed;
-}
-/** A tar size field: octal, or GNU's base-256 (top bit set); null when it is neither. */
-function tarSize(h) {
-    if (h[124] & 0x80) {
-        let n = 0;
-        for (let i = 125; i < 136; i++)
-            n = n * 256 + h[i];
-        return Number.isSafeInteger(n) ? n : null;
+    if (unsigned === 0)
+        return 'zero';
+    // The checksum field counts as eight blanks.
+    for (let i = 148; i < 156; i++) {
+        unsigned += 32 - h[i];
+        signed += 32 - (h[i] > 127 ? h[i] - 256 : h[i]);
     }
-    const field = h.toString('latin1', 124, 136).replace(/[\0 ]+$/, '').trim();
-    return field === '' ? 0 : /^[0-7]+$/.test(field) ? parseInt(field, 8) : null;
+    const want = fromHeader(h.subarray(148, 156), true);
+    return want !== null && (want === unsigned || want === signed) ? 'header' : 'bad';
+}
+/** Whether a 512-byte block is a tar header GNU tar accepts. */
+function headerOk(h) {
+    return blockKind(h) === 'header';
 }
 /** A NUL-terminated field. */
 function cstring(b) {
@@ -80587,58 +80671,180 @@ function cleanName(name) {
     const normal = external_node_path_default().posix.normalize(name);
     return normal.length > 1 && normal.endsWith('/') ? normal.slice(0, -1) : normal;
 }
+/** The records of a pax extended header (`<length> <key>=<value>\n`), in order; reading stops at the first malformed one, as GNU tar's does. */
+function paxRecords(data) {
+    const out = [];
+    for (let at = 0; at < data.length;) {
+        const space = data.indexOf(0x20, at);
+        const length = space > at ? Number(data.toString('latin1', at, space)) : NaN;
+        if (!Number.isSafeInteger(length) || length <= space - at || at + length > data.length || data[at + length - 1] !== 0x0a)
+            break;
+        const record = data.toString('utf8', space + 1, at + length - 1);
+        const eq = record.indexOf('=');
+        if (eq < 0)
+            break;
+        out.push([record.slice(0, eq), record.slice(eq + 1)]);
+        at += length;
+    }
+    return out;
+}
+/** Types whose data GNU tar never reads as a file's: hard and symbolic links, devices, directories, fifos. It reads the next header right after theirs, whatever their size field says (GNU tar 1.34 extracting). */
+const NO_DATA = new Set(['1', '2', '3', '4', '5', '6']);
+/** Types GNU tar skips by their size without unpacking a file: a volume label, a continued file, a dumpdir, pax and GNU long-name headers. */
+const NOT_A_FILE = new Set(['V', 'M', 'D', 'g', 'x', 'L', 'K']);
+/** A sparse file's bytes rebuilt from its stored segments and map; null when the map does not fit them (or it is too large to rebuild). */
+function unsparse(stored, map, real) {
+    if (!Number.isSafeInteger(real) || real > ENTRY_MAX)
+        return null;
+    const out = Buffer.alloc(real);
+    let at = 0;
+    for (const [offset, n] of map) {
+        if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(n) || offset < 0 || n < 0 || offset + n > real || at + n > stored.length)
+            return null;
+        stored.copy(out, offset, at, at + n);
+        at += n;
+    }
+    return out;
+}
+/** An old GNU sparse map: four entries in the header at 386, each 12 octal digits of offset and 12 of length, an empty length ending it. */
+function oldSparseEntries(block, from, count, map) {
+    for (let i = 0; i < count; i++) {
+        const at = from + i * 24;
+        if (block[at + 12] === 0)
+            return true;
+        const offset = fromHeader(block.subarray(at, at + 12), false);
+        const n = fromHeader(block.subarray(at + 12, at + 24), false);
+        if (offset === null || n === null)
+            return false;
+        map.push([offset, n]);
+    }
+    return true;
+}
 /**
  * The regular members of a tar, the way GNU tar on a VM reads them: a block
  * that is not a valid header is skipped ("Skipping to next header") and the
  * next block tried, so every member after a damaged header is found too.
+ * Every type GNU tar unpacks as a file is a member: regular, contiguous,
+ * sparse (rebuilt from its map), and any type it does not know ("Unknown file
+ * type, extracted as normal file"). pax `path=` and `size=` records, and GNU
+ * long names, apply to the next header; links, devices, directories and fifos
+ * carry no data (the next header follows theirs).
  */
-function* tarMembers(b) {
+function* tarMembers(b, notes) {
     let long = null;
-    let pax = null;
+    let pax = [];
+    let zeros = 0;
+    let ended = false;
+    let unread = false;
+    let seen = false;
     for (let off = 0; off + 512 <= b.length;) {
         const h = b.subarray(off, off + 512);
-        const size = headerOk(h) ? tarSize(h) : null;
+        const kind = blockKind(h);
+        const type = String.fromCharCode(h[156]);
+        let size = kind === 'header' ? fromHeader(h.subarray(124, 136), false) : null;
         if (size === null) {
+            // Two end blocks end the archive for GNU tar: nothing after them counts as damage (the walk still looks).
+            if (kind === 'zero')
+                ended ||= ++zeros >= 2;
+            else {
+                zeros = 0;
+                unread ||= seen && !ended;
+            }
             off += 512;
             continue;
         }
-        const start = off + 512;
+        zeros = 0;
+        unread = false;
+        seen = true;
+        const record = (key) => pax.findLast(([k]) => k === key)?.[1];
+        const paxSize = record('size');
+        // A pax size is the next file's (not another pax or long-name header's, which GNU tar reads by its own size).
+        if (paxSize !== undefined && !'xgLK'.includes(type) && /^\d+$/.test(paxSize) && Number.isSafeInteger(Number(paxSize)))
+            size = Number(paxSize);
+        let start = off + 512;
+        if (NO_DATA.has(type)) {
+            off = start;
+            long = null;
+            pax = [];
+            continue;
+        }
+        // An old GNU sparse header may be followed by extension blocks of its map, before the data.
+        const map = [];
+        let mapOk = true;
+        if (type === 'S') {
+            mapOk = oldSparseEntries(h, 386, 4, map);
+            for (let more = h[482] !== 0; more && start + 512 <= b.length; start += 512) {
+                const ext = b.subarray(start, start + 512);
+                mapOk &&= oldSparseEntries(ext, 0, 21, map);
+                more = ext[504] !== 0;
+            }
+        }
         const data = b.subarray(start, Math.min(b.length, start + size));
         off = start + Math.ceil(size / 512) * 512;
-        const type = String.fromCharCode(h[156]);
         if (type === 'L') {
             long = cstring(data);
             continue;
         }
         if (type === 'x') {
-            // A pax header's `path=` record names the next member.
-            const record = /(?:^|\n)\d+ path=([^\n]*)\n/.exec(data.toString('utf8'));
-            pax = record ? record[1] : pax;
+            pax = paxRecords(data);
             continue;
         }
-        if (type === '0' || type === '\0' || type === '7') {
-            const prefix = h.toString('latin1', 257, 263) === 'ustar\0' ? cstring(h.subarray(345, 500)) : Buffer.alloc(0);
-            const own = cstring(h.subarray(0, 100));
-            const name = pax ?? (long ?? (prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), own]) : own)).toString('utf8');
-            yield { name, data };
+        if (NOT_A_FILE.has(type)) {
+            long = null;
+            pax = [];
+            continue;
         }
+        const prefix = h.toString('latin1', 257, 263) === 'ustar\0' ? cstring(h.subarray(345, 500)) : Buffer.alloc(0);
+        const own = cstring(h.subarray(0, 100));
+        const name = record('GNU.sparse.name') ?? record('path') ?? (long ?? (prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), own]) : own)).toString('utf8');
+        let content = data;
+        if (type === 'S') {
+            const real = fromHeader(h.subarray(483, 495), false);
+            content = mapOk && real !== null ? unsparse(data, map, real) : null;
+        }
+        else if (record('GNU.sparse.major') === '1') {
+            // pax sparse 1.0: the map leads the data (decimal lines: a count, then offset and length pairs), padded to a block.
+            const lines = data.toString('latin1', 0, Math.min(data.length, 64 * 1024)).split('\n');
+            const count = Number(lines[0]);
+            const numbers = lines.slice(1, 1 + 2 * count).map(Number);
+            const mapBytes = lines.slice(0, 1 + 2 * count).join('\n').length + 1;
+            for (let i = 0; i + 1 < numbers.length; i += 2)
+                map.push([numbers[i], numbers[i + 1]]);
+            const real = Number(record('GNU.sparse.realsize'));
+            content = Number.isSafeInteger(count) && numbers.length === 2 * count && lines.length > 2 * count ? unsparse(data.subarray(Math.ceil(mapBytes / 512) * 512), map, real) : null;
+        }
+        else if (pax.some(([k]) => k.startsWith('GNU.sparse.'))) {
+            // pax sparse 0.0 (offset and numbytes records) or 0.1 (one map record): the data is the segments, one after another.
+            const numbers = record('GNU.sparse.map')?.split(',').map(Number) ?? pax.filter(([k]) => k === 'GNU.sparse.offset' || k === 'GNU.sparse.numbytes').map(([, v]) => Number(v));
+            for (let i = 0; i + 1 < numbers.length; i += 2)
+                map.push([numbers[i], numbers[i + 1]]);
+            const real = Number(record('GNU.sparse.size') ?? record('GNU.sparse.realsize'));
+            content = numbers.length % 2 === 0 ? unsparse(data, map, real) : null;
+        }
+        if (content === null) {
+            // Its stored bytes are searched all the same; what they make up is not known.
+            notes.partial.push(name);
+            content = data;
+        }
+        yield { name, data: content };
         long = null;
-        pax = null;
+        pax = [];
     }
+    notes.unreadTail = unread;
+}
+/** A zip's end-of-central-directory signature. */
+const ZIP_END = Buffer.from([0x50, 0x4b, 0x05, 0x06]);
+/** Where the end record of a zip is in `b` (the last one, within the 64 KiB + 22 bytes at its end, where Go's archive/zip looks), or -1. */
+function zipEnd(b) {
+    const at = b.length >= 22 ? b.lastIndexOf(ZIP_END, b.length - 22) : -1;
+    return at >= Math.max(0, b.length - ZIP_TAIL) ? at : -1;
 }
 /**
  * The file entries of a zip, from its central directory (what Go's
  * archive/zip, and so gitleaks, reads), or null when there is none to read.
  */
 function zipEntries(b) {
-    const from = Math.max(0, b.length - 22 - 65535);
-    let end = -1;
-    for (let i = b.length - 22; i >= from; i--) {
-        if (b.readUInt32LE(i) === 0x06054b50) {
-            end = i;
-            break;
-        }
-    }
+    let end = zipEnd(b);
     if (end < 0)
         return null;
     let count = b.readUInt16LE(end + 10);
@@ -80726,7 +80932,8 @@ function inflateHead(data, want) {
 const ZIP_TOOL = { 12: 'bz2', 93: 'zst', 95: 'xz' };
 /**
  * Finds the archives and compressed streams inside the archives of `files`
- * (by their first bytes, or by a name gitleaks opens), down to the depth
+ * (by their first bytes, a zip's end record, a tar header in the first
+ * blocks, or by a name gitleaks opens), down to the depth
  * gitleaks opens archives ({@link MAX_ARCHIVE_DEPTH}), and extracts each to
  * `scratch` under a counter (no name from an archive ever becomes a path).
  * Tarballs are read the way GNU tar reads them (past damaged headers), zips by
@@ -80735,7 +80942,8 @@ const ZIP_TOOL = { 12: 'bz2', 93: 'zst', 95: 'xz' };
  * Whatever could not be searched is returned as unscanned with the reason:
  * 7z and rar archives (gitleaks opens them; vm-sync cannot), tarballs in a
  * compression vm-sync has no tool for, encrypted or oddly compressed zip
- * entries, and anything past the size limits.
+ * entries, sparse tar members whose map does not fit, tars with a damaged
+ * region that no header follows, and anything past the size limits.
  */
 async function findNestedArchives(files, scratch, signal) {
     const archives = [];
@@ -80747,8 +80955,8 @@ async function findNestedArchives(files, scratch, signal) {
         signal?.throwIfAborted();
         if (OTHER_COMPRESSED_TAR.test(name))
             report(at, 'archive', OTHER_COMPRESSION);
-        const magic = magicOf(bytes);
-        if (!magic && !(depth > 0 && ARCHIVE_NAME.test(name)))
+        const format = formatOf(bytes, name);
+        if (!format && !(depth > 0 && ARCHIVE_NAME.test(name)))
             return;
         if (depth > 0) {
             // gitleaks opens an archive at depth d only while d < MAX_ARCHIVE_DEPTH (and reports the deeper ones itself).
@@ -80759,24 +80967,32 @@ async function findNestedArchives(files, scratch, signal) {
             const file = external_node_path_default().join(scratch, String(archives.length));
             external_node_fs_default().writeFileSync(file, bytes, { mode: 0o600 });
             written += bytes.length;
-            archives.push({ path: at, file, magic });
+            archives.push({ path: at, file, magic: magicOf(bytes) });
         }
-        await search(bytes, magic, at, depth);
+        if (format)
+            await search(bytes, format, at, depth, name);
     };
-    /** The entries of an archive at `at` (depth: how many archives hold it). */
-    const search = async (bytes, magic, at, depth) => {
+    /** The entries of an archive at `at` (depth: how many archives hold it; name: its base name). */
+    const search = async (bytes, format, at, depth, name) => {
+        const magic = format.kind;
         switch (magic) {
             case '7z':
                 return report(at, 'archive', CANNOT_LOOK('7z'));
             case 'rar':
                 return report(at, 'archive', CANNOT_LOOK('rar'));
             case 'tar': {
+                const notes = { unreadTail: false, partial: [] };
                 let n = 0;
-                for (const member of tarMembers(bytes)) {
+                for (const member of tarMembers(bytes, notes)) {
                     if (++n > MAX_ENTRIES)
                         return report(at, 'archive', `more than ${MAX_ENTRIES} entries: the rest is not searched for archives inside it`);
                     await entry(member.data, at, member.name, depth);
                 }
+                for (const member of notes.partial)
+                    report(`${at}!${cleanName(member)}`, 'archive', SPARSE_PARTIAL);
+                // Only for what says it is a tar: a file that merely has a header somewhere in its first blocks may be anything.
+                if (notes.unreadTail && format.sure)
+                    report(at, 'archive', UNREAD_TAIL);
                 return;
             }
             case 'zip': {
@@ -80792,10 +81008,10 @@ async function findNestedArchives(files, scratch, signal) {
                     if (e.method === 0)
                         await entry(e.data, at, e.name, depth);
                     else if (e.method === 8) {
-                        // Only what it starts with decides whether it is read whole.
-                        const head = await inflateHead(e.data, 512);
+                        // Only what it starts with decides whether it is read whole (the first blocks, where its size may be a tar's).
+                        const head = await inflateHead(e.data, e.size % 512 === 0 ? TAR_PROBE_BLOCKS * 512 : 512);
                         const base = external_node_path_default().posix.basename(e.name);
-                        if (!magicOf(head) && !ARCHIVE_NAME.test(base) && !OTHER_COMPRESSED_TAR.test(base))
+                        if (!magicOf(head) && !(e.size % 512 === 0 && tarProbe(head)) && !ARCHIVE_NAME.test(base) && !OTHER_COMPRESSED_TAR.test(base))
                             continue;
                         if (e.size > ENTRY_MAX) {
                             report(inner, 'too_large', `an archive inside an archive larger than ${ENTRY_MAX / 1024 / 1024} MB: only scanned as far as gitleaks reads it`);
@@ -80833,10 +81049,12 @@ async function findNestedArchives(files, scratch, signal) {
                 // A file of the tree itself: coverage.ts' inflate rescan reports the same problem.
                 if (inflated.problem && depth > 0)
                     report(at, inflated.problem.reason, inflated.problem.detail);
-                const inner = inflated.bytes ? magicOf(inflated.bytes) : null;
+                // A compressed tarball's stream is read as a tar whatever its first block is (GNU tar skips a damaged one).
+                const innerName = TAR_STREAM.test(name) ? 'stream.tar' : name.replace(/\.[^./]*$/, '');
+                const inner = inflated.bytes ? formatOf(inflated.bytes, innerName) : null;
                 // A stream in a stream (`x.gz.gz`) is searched one level deeper, so that depth bounds it.
                 if (inflated.bytes && inner)
-                    await search(inflated.bytes, inner, at, depth + (inner === 'tar' || inner === 'zip' ? 0 : 1));
+                    await search(inflated.bytes, inner, at, depth + (inner.kind === 'tar' || inner.kind === 'zip' ? 0 : 1), innerName);
                 return;
             }
             default:
@@ -80844,14 +81062,21 @@ async function findNestedArchives(files, scratch, signal) {
     };
     const entry = (bytes, at, name, depth) => visit(bytes, `${at}!${cleanName(name)}`, external_node_path_default().posix.basename(name), depth + 1);
     for (const { shown, file } of files) {
-        const head = Buffer.alloc(512);
-        let n;
+        let head;
+        let tail;
         let size;
         try {
             const fd = external_node_fs_default().openSync(file, 'r');
             try {
                 size = external_node_fs_default().fstatSync(fd).size;
-                n = external_node_fs_default().readSync(fd, head, 0, head.length, 0);
+                // Its first bytes (the first blocks when its size is a tar's) and its last 64 KiB (a zip's end record); a small file in one read.
+                const read = (at, length) => {
+                    const b = Buffer.allocUnsafe(length);
+                    return b.subarray(0, external_node_fs_default().readSync(fd, b, 0, length, at));
+                };
+                const want = Math.min(size, size % 512 === 0 ? TAR_PROBE_BLOCKS * 512 : 512);
+                tail = read(Math.max(0, size - ZIP_TAIL), Math.min(size, ZIP_TAIL));
+                head = size <= ZIP_TAIL ? tail.subarray(0, want) : read(0, want);
             }
             finally {
                 external_node_fs_default().closeSync(fd);
@@ -80863,8 +81088,8 @@ async function findNestedArchives(files, scratch, signal) {
         const name = external_node_path_default().posix.basename(shown);
         if (OTHER_COMPRESSED_TAR.test(name))
             report(shown, 'archive', OTHER_COMPRESSION);
-        const magic = magicOf(head.subarray(0, n));
-        if (!magic)
+        const format = formatOf(head, name, tail, size);
+        if (!format)
             continue;
         if (size > WALK_MAX) {
             report(shown, 'too_large', `an archive larger than ${WALK_MAX / 1024 / 1024} MB is not searched for archives inside it (gitleaks stops reading a tarball in it at a damaged member header)`);
@@ -80877,7 +81102,7 @@ async function findNestedArchives(files, scratch, signal) {
         catch {
             continue;
         }
-        await search(bytes, magic, shown, 0);
+        await search(bytes, format, shown, 0, name);
     }
     return { archives, unscanned };
 }
@@ -81416,8 +81641,11 @@ async function rescan(binary, entries, settings, limits) {
  * 3: compressed tarballs are inflated and scanned as a stream, and archives
  * inside archives extracted and scanned the same way (gitleaks stops silently
  * at a damaged tar member header): a cache of version 2 may vouch for one.
+ * 4: tars inside archives read as GNU tar reads them (members of any type it
+ * unpacks, pax sizes, sparse members, lenient numeric fields, a damaged first
+ * block), zips behind a stub: a cache of version 3 may vouch for one.
  */
-const SCAN_LOGIC_VERSION = '3';
+const SCAN_LOGIC_VERSION = '4';
 /** The most entries a cache keeps; past it the cache starts again (it is only a cache). */
 const cache_MAX_ENTRIES = 1_000_000;
 const ENTRY = /^[0-9a-f]{40,64} [0-9a-f]{32}$/;
