@@ -676,19 +676,24 @@ link)
     cur=$(current_release)
     if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
     intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
-    mkdir -- "$stage" || fail failed "cannot create $stage"
+    # Recorded before the copy starts: a copy cut short (the step killed at
+    # its budget, the run cancelled) is still this run's, and unlock removes it.
+    tmp="$S/tmp/linked.$sha.$$"
+    if ! { printf '%s %s\n' "$token" "$base" > "$tmp" && mv -f -- "$tmp" "$S/tmp/linked.$sha"; }; then
+      rm -f -- "$tmp"
+      fail failed "cannot record the linked copy"
+    fi
+    if ! mkdir -- "$stage"; then
+      rm -f -- "$S/tmp/linked.$sha"
+      fail failed "cannot create $stage"
+    fi
     if ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then
       rm -rf -- "$stage"
+      rm -f -- "$S/tmp/linked.$sha"
       fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"
     fi
     # Its directory entries reach the disk now, not in seal's flush after the scan.
     flush "$stage"
-    tmp="$S/tmp/linked.$sha.$$"
-    if ! { printf '%s %s\n' "$token" "$base" > "$tmp" && mv -f -- "$tmp" "$S/tmp/linked.$sha"; }; then
-      rm -f -- "$tmp"
-      rm -rf -- "$stage"
-      fail failed "cannot record the linked copy"
-    fi
     out linked "$stage"
   fi
   ;;

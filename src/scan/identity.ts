@@ -1,8 +1,11 @@
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { makeScratchDir } from '../local/scratch.js';
 import { VmSyncError } from '../errors.js';
+import { printable } from './findings.js';
 
 /**
  * Which gitleaks scans: the key of the scan cache and of the probe record.
@@ -153,11 +156,11 @@ export async function requireSameGitleaksIn(binary: string, identity: GitleaksId
   if (identity?.exact) return;
   // Not even asked its version there: with `.tool-versions` naming `gitleaks path:./tools/gl`, asdf's shim
   // runs a program of the commit, which may answer as gitleaks does (and runs on the runner host as it likes).
-  const config = toolConfigIn(dir);
+  const config = toolConfigIn(dir) ?? toolConfigIn(os.tmpdir());
   if (config) {
     throw new VmSyncError(
       'scan_failed',
-      `${binary} is not a gitleaks executable itself (a version manager's shim or a wrapper), and the tree being scanned holds ${config}, which a version manager reads to choose what runs: vm-sync does not start it there (the commit could choose its own scanner). Set repository.secret_scanning.gitleaks_path to the gitleaks executable itself (\`mise which gitleaks\`, \`asdf which gitleaks\`).`,
+      `${binary} is not a gitleaks executable itself (a version manager's shim or a wrapper), and ${printable(config)} stands in the tree being scanned or above it, where a version manager reads it to choose what runs: vm-sync does not start it there (the commit, or whoever wrote that file, could choose the scanner). Set repository.secret_scanning.gitleaks_path to the gitleaks executable itself (\`mise which gitleaks\`, \`asdf which gitleaks\`).`,
     );
   }
   const outcome = (cwd: string): Promise<string> => gitleaksVersion(binary, cwd).then((answer) => `answers ${JSON.stringify(answer.slice(0, 80))}`, (error: unknown) => (error instanceof Error ? error.message : 'fails'));
@@ -172,16 +175,21 @@ export async function requireSameGitleaksIn(binary: string, identity: GitleaksId
 }
 
 /**
- * Top-level names by which version managers choose a tool's version or
- * program: asdf and mise (`.tool-versions`, `mise.toml`, `.mise.local.toml`,
- * `mise/config.toml`, and rtx, mise's old name), aqua (`aqua.yaml`, `aqua/`),
- * proto (`.prototools`), pkgx (`pkgx.yaml`), devbox (`devbox.json`), and
- * direnv (`.envrc`). `.config/` is searched for the same names, and `bin/`
- * for hermit's `hermit.hcl`.
+ * Names by which version managers choose a tool's version or program, in the
+ * directory a program starts in and in every parent of it: asdf and mise
+ * (`.tool-versions`, `mise.toml`, `.mise.local.toml`, `mise/config.toml`,
+ * and rtx, mise's old name), aqua (`aqua.yaml`, `aqua/`), proto
+ * (`.prototools`), pkgx (`pkgx.yaml`). `.config/` is searched for the same
+ * names, and `bin/` for hermit's `hermit.hcl`. (direnv and devbox act
+ * through a shell's hook, never on a program started by another.)
  */
-const TOOL_CONFIG = /^(?:\.tool-versions|\.?(?:mise|rtx)(?:\.[\w.-]+)?\.toml|\.?(?:mise|rtx|aqua)|\.?aqua\.ya?ml|\.prototools|\.?pkgx\.ya?ml|devbox\.json|\.envrc)$/i;
+const TOOL_CONFIG = /^(?:\.tool-versions|\.?(?:mise|rtx)(?:\.[\w.-]+)?\.toml|\.?(?:mise|rtx|aqua)|\.?aqua\.ya?ml|\.prototools(?:\.[\w.-]+)?|\.?pkgx\.ya?ml)$/i;
 
-/** The first tool-version config at the top of `dir` (see {@link TOOL_CONFIG}), or null. */
+/**
+ * The first tool-version config (see {@link TOOL_CONFIG}) in `dir` or any
+ * parent of it, as a path, or null: the tree's own files, and whatever
+ * stands above it (a clone inside a workspace checkout, a shared /tmp).
+ */
 function toolConfigIn(dir: string): string | null {
   const names = (at: string): string[] => {
     try {
@@ -190,15 +198,17 @@ function toolConfigIn(dir: string): string | null {
       return [];
     }
   };
-  const top = names(dir);
-  const found = top.find((name) => TOOL_CONFIG.test(name));
-  if (found) return found;
-  if (top.includes('.config')) {
-    const inner = names(`${dir}/.config`).find((name) => TOOL_CONFIG.test(name));
-    if (inner) return `.config/${inner}`;
+  for (let at = path.resolve(dir); ; at = path.dirname(at)) {
+    const top = names(at);
+    const found = top.find((name) => TOOL_CONFIG.test(name));
+    if (found) return path.join(at, found);
+    if (top.includes('.config')) {
+      const inner = names(path.join(at, '.config')).find((name) => TOOL_CONFIG.test(name));
+      if (inner) return path.join(at, '.config', inner);
+    }
+    if (top.includes('bin') && names(path.join(at, 'bin')).includes('hermit.hcl')) return path.join(at, 'bin', 'hermit.hcl');
+    if (path.dirname(at) === at) return null;
   }
-  if (top.includes('bin') && names(`${dir}/bin`).includes('hermit.hcl')) return 'bin/hermit.hcl';
-  return null;
 }
 
 /** Runs `body` with a new private directory as its argument, and removes it after. */

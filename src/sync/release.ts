@@ -375,11 +375,7 @@ class FleetRelease {
     // stage is the step that makes the partial release; the stream's apply makes its own, so with the
     // survey begin answered, a stream transfer needs no stage step (one round trip fewer after the scan).
     const stage = async (): Promise<StageResult> => {
-      // stage empties the directory the copy ahead fills: never beside it. A copy that failed may have been
-      // cut off with its channel, its `cp -al` still running on the VM: stopped first, or this attempt ends.
-      if (run.linking && !(await run.linking) && !(await port.stopInterrupted())) {
-        throw new VmSyncError('remote_command_failed', `could not confirm that the copy of the live release started on ${run.vm.id} stopped: not staging beside it (deploy again)`);
-      }
+      await this.copyAheadSettled(run, port);
       const result = await port.stage(this.token, commit, before, shared.map((s) => s.path));
       removedPartials(result.removedPartials);
       return result;
@@ -439,6 +435,21 @@ class FleetRelease {
   }
 
   /**
+   * Waits for the copy ahead (stage and apply both empty the directory it
+   * fills: never beside it); true when it was made. A copy that failed may
+   * have been cut off with its channel, its `cp -al` still running on the VM:
+   * that is stopped first, or the attempt ends.
+   */
+  private async copyAheadSettled(run: VmRun, port: VmPort): Promise<boolean> {
+    if (!run.linking) return false;
+    if (await run.linking) return true;
+    if (!(await port.stopInterrupted())) {
+      throw new VmSyncError('remote_command_failed', `could not confirm that the copy of the live release started on ${run.vm.id} stopped: not staging beside it (deploy again)`);
+    }
+    return false;
+  }
+
+  /**
    * The stream transfer, when it applies: the VM has GNU tar and find, and
    * either serves no release (the whole tree) or serves one that is exactly
    * what vm-sync sealed, of a commit this runner can diff from. Otherwise
@@ -468,7 +479,7 @@ class FleetRelease {
     const { stream: made } = outcome;
     this.say(run, `staging ${short(commit)} from ${base ? `${short(base)} (${made.files} changed files, ${made.removals} removed)` : 'nothing (the whole tree)'} as one ${made.bytes}-byte ${made.codec} stream`, 'transfer');
     try {
-      const linked = base !== null && run.linking !== null && (await run.linking);
+      const linked = (await this.copyAheadSettled(run, port)) && base !== null;
       const applied = await port.apply(this.token, commit, base ? live : null, made.file, made.codec, (sent) => this.ctx.events.progress(run.vm.id, Math.floor((100 * sent) / Math.max(1, made.bytes)), ''), linked);
       removedPartials(applied.removedPartials);
     } catch (error) {
