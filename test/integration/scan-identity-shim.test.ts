@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { plantedSecrets } from '../helpers/secrets.js';
+import { git, realGitleaks, repoWithOldToken, scanOutcome, shimSettings } from '../helpers/gitleaks-shims.js';
 import { RunnerRepo } from '../../src/git/repo.js';
 import { runSecretScan } from '../../src/scan/gate.js';
 import { planScan } from '../../src/scan/plan.js';
@@ -25,8 +26,7 @@ import { silentEvents } from '../../src/sync/types.js';
 let dir: string;
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-const real = (): string => (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'gitleaks')).find((f) => fs.existsSync(f)) as string;
-const git = (cwd: string, args: string[]): string => execFileSync('git', args, { cwd, encoding: 'utf8', env: { ...process.env, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com' } }).trim();
+const real = realGitleaks;
 
 /** An ELF that execs the program named in `targetFile` (read at each start): what aqua-proxy / a mise shim do. */
 function shim(targetFile: string): string {
@@ -131,29 +131,14 @@ test('a shim that a committed .tool-versions points at another gitleaks: the sca
   fs.writeFileSync(shimmed, `#!/bin/sh\nif [ -f .tool-versions ] && grep -q '^gitleaks 0.0.1' .tool-versions; then exec '${blind}' "$@"; fi\nexec '${real()}' "$@"\n`, { mode: 0o755 });
 
   const repoDir = path.join(dir, 'repo');
-  fs.mkdirSync(repoDir);
-  git(repoDir, ['init', '--quiet', '-b', 'main']);
-  fs.writeFileSync(path.join(repoDir, 'README.md'), '# app\n');
-  // A token committed before the range scanned: only the tree scan (which runs inside the tree) can see it.
-  fs.writeFileSync(path.join(repoDir, 'config.env'), `GITHUB_TOKEN=${plantedSecrets().github}\n`);
-  git(repoDir, ['add', '.']);
-  git(repoDir, ['commit', '--quiet', '-m', 'base']);
-  const base = git(repoDir, ['rev-parse', 'HEAD']);
-  const repo = new RunnerRepo(repoDir, 'origin', 'main', null);
-  const settings = { enabled: true, tool: 'gitleaks' as const, configPath: '.gitleaks.toml', blockOnSecrets: true, gitleaksPath: shimmed, timeoutS: 300 };
+  const { repo, base } = repoWithOldToken(repoDir);
   const scanTip = async (cacheDir: string | null): Promise<string> => {
     git(repoDir, ['add', '.']);
     git(repoDir, ['commit', '--quiet', '--allow-empty', '-m', 'next']);
     const tip = git(repoDir, ['rev-parse', 'HEAD']);
     const exportDir = fs.mkdtempSync(path.join(dir, 'export-'));
     await repo.exportTree(tip, exportDir);
-    const plan = await planScan(repo, { kind: 'range', range: `${base}..${tip}` });
-    try {
-      const report = await runSecretScan({ settings, plan, repoDir, countCommitsAddingText: (s) => repo.countCommitsAddingText(s), exportDir, cacheDir, events: silentEvents });
-      return report.findings.some((f) => f.file === 'config.env') ? 'blocked: token found' : `passed (blocked=${report.blocked})`;
-    } catch (error) {
-      return `refused: ${(error as { code?: string }).code}: ${(error as Error).message}`;
-    }
+    return scanOutcome(repo, shimSettings(shimmed), { base, tip }, exportDir, cacheDir);
   };
 
   // The shim without a .tool-versions in the tree: the real gitleaks, the token found.
