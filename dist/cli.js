@@ -38758,7 +38758,7 @@ async function findNestedArchives(files, scratch, signal) {
             if (depth >= MAX_ARCHIVE_DEPTH)
                 return;
             if (written + bytes.length > TOTAL_MAX)
-                return report(at, 'too_large', `an archive inside an archive, not extracted to be scanned whole: the scan's ${TOTAL_MAX / 1024 / 1024} MB for those is used up`);
+                return void unscanned.push({ path: at, reason: 'too_large', transient: true, detail: `an archive inside an archive, not extracted to be scanned whole: the scan's ${TOTAL_MAX / 1024 / 1024} MB for those is used up` });
             const file = external_node_path_default().join(scratch, String(archives.length));
             external_node_fs_default().writeFileSync(file, bytes, { mode: 0o600 });
             written += bytes.length;
@@ -39021,6 +39021,8 @@ function settingsChanges(trusted, head) {
 const coverage_ARCHIVE_NAME = /\.(zip|jar|war|ear|apk|aar|whl|nupkg|tar|tgz|gz|tbz2?|bz2|txz|xz|tzst|zst|7z|rar|br|lz4|sz|lz|lzma|z)$/i;
 /** The largest file scanned byte for byte (a raw copy); larger ones are reported. */
 const RAW_MAX = 16 * 1024 * 1024;
+/** All inflated streams of one scan together (each is at most 4 × RAW_MAX); past it, what is left is reported. */
+const INFLATED_MAX = 1024 * 1024 * 1024;
 /** Whether a file gitleaks called binary is really text (a text file that merely starts with a magic number). */
 function mostlyText(file) {
     const head = Buffer.alloc(64 * 1024);
@@ -39204,7 +39206,7 @@ function unscannedFor(skip, at, isArchive) {
  * trusted one (it always loads the scanned tree's own `.gitleaksignore`) are
  * restored from its log.
  */
-async function scanTree(binary, exportDir, settings, ignore, limits) {
+async function scanTree(binary, exportDir, settings, ignore, limits, inflatedMax = INFLATED_MAX) {
     const root = external_node_path_default().resolve(exportDir);
     const first = await runGitleaks(binary, { mode: 'dir', root }, settings, limits);
     const findings = [...first.findings];
@@ -39300,8 +39302,9 @@ async function scanTree(binary, exportDir, settings, ignore, limits) {
             }
         }
         let pending = [...rescans.values()];
+        const budget = { left: inflatedMax, max: inflatedMax };
         for (let round = 0; pending.length > 0 && round < 2; round++) {
-            const result = await rescan(binary, pending, settings, limits);
+            const result = await rescan(binary, pending, settings, limits, budget);
             for (const f of result.findings)
                 if (!isIgnored(ignore, f))
                     findings.push(f);
@@ -39325,7 +39328,7 @@ function unreadable(entry, error) {
     return { path: entry.original, reason: 'unreadable', detail: error.code ?? 'cannot read' };
 }
 /** One second-pass round over `entries`: findings mapped back, what is still skipped, and what to try under another name. */
-async function rescan(binary, entries, settings, limits) {
+async function rescan(binary, entries, settings, limits, budget) {
     const view = makeScratchDir('scanview');
     const unscanned = [];
     const retry = [];
@@ -39350,8 +39353,15 @@ async function rescan(binary, entries, settings, limits) {
                     continue;
                 }
                 const inflated = await inflate(entry.inflate, bytes, RAW_MAX * 4, { signal: scanEnds(limits), cwd: view });
-                if (inflated.bytes)
+                if (inflated.bytes && inflated.bytes.length > budget.left) {
+                    // Many small streams that inflate large (gzip bombs) must not fill the runner host's disk.
+                    unscanned.push({ path: entry.original, reason: 'too_large', transient: true, detail: `not inflated to be scanned: the scan's ${budget.max >= 1 << 20 ? `${Math.round(budget.max / (1 << 20))} MB` : `${Math.round(budget.max / 1024)} KB`} for inflated streams is used up (deploy fewer or smaller compressed files, or unpacked ones)` });
+                    continue;
+                }
+                if (inflated.bytes) {
+                    budget.left -= inflated.bytes.length;
                     external_node_fs_default().writeFileSync(target, Buffer.concat([Buffer.from('\n'), inflated.bytes]));
+                }
                 if (inflated.problem)
                     unscanned.push({ path: entry.original, ...inflated.problem });
                 continue;
@@ -39922,7 +39932,7 @@ async function runSecretScan(inputs) {
             tree_scanned: treeWanted(inputs),
             findings,
             blocked,
-            unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
+            unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED).map(({ path: at, reason, detail }) => ({ path: at, reason, detail })),
             unscanned_count: unscanned.length,
             configuration: { commit: trusted.commit, reason: plan.trusted.reason, files, changed, weakening },
             cache: cache ? saved : null,
@@ -39979,6 +39989,8 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
         const found = new Set(findings.map((f) => f.file.split('!')[0]));
         const touched = new Set([...found, ...unscanned.map((u) => u.path.split('!')[0])]);
         const partsOf = new Map();
+        // A file left unscanned because this scan's budget was spent is scanned again next time: never remembered.
+        const transient = new Set(unscanned.filter((u) => u.transient).map((u) => u.path.split('!')[0]));
         for (const u of unscanned) {
             const at = u.path.indexOf('!');
             const file = at < 0 ? u.path : u.path.slice(0, at);
@@ -39993,7 +40005,7 @@ async function scanWith(inputs, binary, files, ignore, limits, strict, cache = n
             if (!touched.has(name))
                 cleanEntries.push(f);
             // No finding, only parts it could not scan: remembered with them.
-            else if (!found.has(name) && partsOf.has(name))
+            else if (!found.has(name) && partsOf.has(name) && !transient.has(name))
                 unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) });
         }
     }
@@ -40114,7 +40126,7 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
         if (!fresh || fresh.length > 0) {
             // gitleaks runs inside the tree (its paths are relative to it): what runs must not depend on the tree's files.
             await requireSameGitleaksIn(binary, inputs.identity, root);
-            const scanned = await scanTree(binary, root, files, ignore, limits);
+            const scanned = await scanTree(binary, root, files, ignore, limits, inputs.inflatedMax);
             found.findings.push(...scanned.findings);
             found.unscanned = [...scanned.unscanned, ...recalled].sort(byPath);
             found.extended.push(...scanned.extended);

@@ -15,6 +15,11 @@ export interface UnscannedFile {
   reason: 'binary' | 'archive' | 'allowlisted' | 'too_large' | 'unreadable';
   /** What exactly, in a few words. */
   detail: string;
+  /**
+   * Not a property of the file but of this scan (a per-scan budget was used
+   * up by other files): never remembered by the scan cache.
+   */
+  transient?: true;
 }
 
 /** The deployed tree's scan: findings, and what could not be scanned. */
@@ -53,6 +58,8 @@ interface Rescan {
 const ARCHIVE_NAME = /\.(zip|jar|war|ear|apk|aar|whl|nupkg|tar|tgz|gz|tbz2?|bz2|txz|xz|tzst|zst|7z|rar|br|lz4|sz|lz|lzma|z)$/i;
 /** The largest file scanned byte for byte (a raw copy); larger ones are reported. */
 const RAW_MAX = 16 * 1024 * 1024;
+/** All inflated streams of one scan together (each is at most 4 × RAW_MAX); past it, what is left is reported. */
+const INFLATED_MAX = 1024 * 1024 * 1024;
 
 /** Whether a file gitleaks called binary is really text (a text file that merely starts with a magic number). */
 function mostlyText(file: fs.PathLike): boolean {
@@ -225,7 +232,7 @@ function unscannedFor(skip: GitleaksSkip, at: string, isArchive: boolean): Unsca
  * trusted one (it always loads the scanned tree's own `.gitleaksignore`) are
  * restored from its log.
  */
-export async function scanTree(binary: string, exportDir: string, settings: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits): Promise<TreeScan> {
+export async function scanTree(binary: string, exportDir: string, settings: GitleaksSettings, ignore: ReadonlySet<string>, limits: ScanLimits, inflatedMax = INFLATED_MAX): Promise<TreeScan> {
   const root = path.resolve(exportDir);
   const first = await runGitleaks(binary, { mode: 'dir', root }, settings, limits);
   const findings: Finding[] = [...first.findings];
@@ -302,8 +309,9 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
     }
 
     let pending = [...rescans.values()];
+    const budget = { left: inflatedMax, max: inflatedMax };
     for (let round = 0; pending.length > 0 && round < 2; round++) {
-      const result = await rescan(binary, pending, settings, limits);
+      const result = await rescan(binary, pending, settings, limits, budget);
       for (const f of result.findings) if (!isIgnored(ignore, f)) findings.push(f);
       unscanned.push(...result.unscanned);
       pending = result.retry.map((entry) => ({ ...entry, attempt: entry.attempt + 1 }));
@@ -327,7 +335,7 @@ function unreadable(entry: Rescan, error: unknown): UnscannedFile {
 }
 
 /** One second-pass round over `entries`: findings mapped back, what is still skipped, and what to try under another name. */
-async function rescan(binary: string, entries: Rescan[], settings: GitleaksSettings, limits: ScanLimits): Promise<{ findings: Finding[]; unscanned: UnscannedFile[]; retry: Rescan[] }> {
+async function rescan(binary: string, entries: Rescan[], settings: GitleaksSettings, limits: ScanLimits, budget: { left: number; max: number }): Promise<{ findings: Finding[]; unscanned: UnscannedFile[]; retry: Rescan[] }> {
   const view = makeScratchDir('scanview');
   const unscanned: UnscannedFile[] = [];
   const retry: Rescan[] = [];
@@ -351,7 +359,15 @@ async function rescan(binary: string, entries: Rescan[], settings: GitleaksSetti
           continue;
         }
         const inflated = await inflate(entry.inflate, bytes, RAW_MAX * 4, { signal: scanEnds(limits), cwd: view });
-        if (inflated.bytes) fs.writeFileSync(target, Buffer.concat([Buffer.from('\n'), inflated.bytes]));
+        if (inflated.bytes && inflated.bytes.length > budget.left) {
+          // Many small streams that inflate large (gzip bombs) must not fill the runner host's disk.
+          unscanned.push({ path: entry.original, reason: 'too_large', transient: true, detail: `not inflated to be scanned: the scan's ${budget.max >= 1 << 20 ? `${Math.round(budget.max / (1 << 20))} MB` : `${Math.round(budget.max / 1024)} KB`} for inflated streams is used up (deploy fewer or smaller compressed files, or unpacked ones)` });
+          continue;
+        }
+        if (inflated.bytes) {
+          budget.left -= inflated.bytes.length;
+          fs.writeFileSync(target, Buffer.concat([Buffer.from('\n'), inflated.bytes]));
+        }
         if (inflated.problem) unscanned.push({ path: entry.original, ...inflated.problem });
         continue;
       }

@@ -82,6 +82,8 @@ export interface GateInputs {
    * whatever the size of the tree. Neither this nor exportDir: no tree scan.
    */
   exportPaths?: (dest: string, paths?: string[]) => Promise<void>;
+  /** All inflated streams of one tree scan together, in bytes (default 1 GB; smaller in tests). */
+  inflatedMax?: number;
   /** The runner host's scan cache directory (src/scan/cache.ts); absent: scan everything. */
   cacheDir?: string | null;
   events: EngineEvents;
@@ -213,7 +215,7 @@ export async function runSecretScan(inputs: GateInputs): Promise<ScanReport> {
       tree_scanned: treeWanted(inputs),
       findings,
       blocked,
-      unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED),
+      unscanned: unscanned.slice(0, MAX_UNSCANNED_LISTED).map(({ path: at, reason, detail }) => ({ path: at, reason, detail })),
       unscanned_count: unscanned.length,
       configuration: { commit: trusted.commit, reason: plan.trusted.reason, files, changed, weakening },
       cache: cache ? saved : null,
@@ -267,6 +269,8 @@ async function scanWith(inputs: ScanContext, binary: string, files: GitleaksSett
     const found = new Set(findings.map((f) => f.file.split('!')[0]));
     const touched = new Set([...found, ...unscanned.map((u) => u.path.split('!')[0])]);
     const partsOf = new Map<string, UnscannedPart[]>();
+    // A file left unscanned because this scan's budget was spent is scanned again next time: never remembered.
+    const transient = new Set(unscanned.filter((u) => u.transient).map((u) => u.path.split('!')[0]));
     for (const u of unscanned) {
       const at = u.path.indexOf('!');
       const file = at < 0 ? u.path : u.path.slice(0, at);
@@ -279,7 +283,7 @@ async function scanWith(inputs: ScanContext, binary: string, files: GitleaksSett
       if (Buffer.from(name, 'utf8').toString('latin1') !== f.path || printable(name) !== name || name.includes('!')) continue;
       if (!touched.has(name)) cleanEntries.push(f);
       // No finding, only parts it could not scan: remembered with them.
-      else if (!found.has(name) && partsOf.has(name)) unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) as UnscannedPart[] });
+      else if (!found.has(name) && partsOf.has(name) && !transient.has(name)) unscannedEntries.push({ blob: f.blob, path: f.path, parts: partsOf.get(name) as UnscannedPart[] });
     }
   }
   // An `[extend] path` names a file outside git: a relative one is read from
@@ -412,7 +416,7 @@ async function scanTreePart(inputs: ScanContext, binary: string, files: Gitleaks
     if (!fresh || fresh.length > 0) {
       // gitleaks runs inside the tree (its paths are relative to it): what runs must not depend on the tree's files.
       await requireSameGitleaksIn(binary, inputs.identity, root);
-      const scanned = await scanTree(binary, root, files, ignore, limits);
+      const scanned = await scanTree(binary, root, files, ignore, limits, inputs.inflatedMax);
       found.findings.push(...scanned.findings);
       found.unscanned = [...scanned.unscanned, ...recalled].sort(byPath);
       found.extended.push(...scanned.extended);

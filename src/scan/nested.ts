@@ -492,7 +492,7 @@ export async function findNestedArchives(files: ReadonlyArray<{ shown: string; f
     if (depth > 0) {
       // gitleaks opens an archive at depth d only while d < MAX_ARCHIVE_DEPTH (and reports the deeper ones itself).
       if (depth >= MAX_ARCHIVE_DEPTH) return;
-      if (written + bytes.length > TOTAL_MAX) return report(at, 'too_large', `an archive inside an archive, not extracted to be scanned whole: the scan's ${TOTAL_MAX / 1024 / 1024} MB for those is used up`);
+      if (written + bytes.length > TOTAL_MAX) return void unscanned.push({ path: at, reason: 'too_large', transient: true, detail: `an archive inside an archive, not extracted to be scanned whole: the scan's ${TOTAL_MAX / 1024 / 1024} MB for those is used up` });
       const file = path.join(scratch, String(archives.length));
       fs.writeFileSync(file, bytes, { mode: 0o600 });
       written += bytes.length;

@@ -130,3 +130,22 @@ test.each([
   expect(result.findings.map((f) => [f.file, f.rule])).toContainEqual([`assets/${name}`, 'github-pat']);
   expect(result.unscanned.some((u) => u.path === `assets/${name}` && u.reason === 'archive')).toBe(reported);
 }, 120_000);
+
+test('inflated streams share one budget per scan: past it, a compressed file is reported as not scanned, never written or passed silently', async () => {
+  const root = path.join(dir, 'export');
+  fs.mkdirSync(path.join(root, 'logs'), { recursive: true });
+  // Four gzip files of about 100 KB of text each (they compress to little: what a gzip bomb is, in small).
+  const filler = `${'nothing to see here\n'.repeat(5000)}`;
+  for (const n of [1, 2, 3]) fs.writeFileSync(path.join(root, 'logs', `day${n}.log.gz`), zlib.gzipSync(filler));
+  fs.writeFileSync(path.join(root, 'logs', 'day4.log.gz'), zlib.gzipSync(`${filler}GITHUB_TOKEN=${secrets.github}\n`));
+  fs.writeFileSync(path.join(dir, 'config.toml'), '[extend]\nuseDefault = true\n');
+  const result = await scanTree(gitleaks, root, { configFile: path.join(dir, 'config.toml'), ignoreDir: dir }, new Set(), { deadline: Date.now() + 120_000, timeoutS: 120 }, 250_000);
+  const over = result.unscanned.filter((u) => u.reason === 'too_large' && /for inflated streams is used up/.test(u.detail));
+  // Two fit in 250 KB; the other two are reported, each by its path.
+  expect(over.map((u) => u.path).sort()).toHaveLength(2);
+  for (const u of over) expect(u.path).toMatch(/^logs\/day\d\.log\.gz$/);
+  // The token's file is scanned (found) or reported: never a silent pass.
+  const found = result.findings.some((f) => f.file === 'logs/day4.log.gz' && f.rule === 'github-pat');
+  expect(found || over.some((u) => u.path === 'logs/day4.log.gz')).toBe(true);
+  for (const fragment of secretFragments(secrets)) expect(JSON.stringify(result)).not.toContain(fragment);
+}, 120_000);
