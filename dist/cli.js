@@ -42312,7 +42312,7 @@ class VmSession {
         };
         options.signal?.addEventListener('abort', abort, { once: true });
         try {
-            await ssh.connect({
+            const connecting = ssh.connect({
                 host: vm.host,
                 port: vm.port,
                 sock: transport,
@@ -42330,6 +42330,15 @@ class VmSession {
                     return !rejected;
                 },
             });
+            // node-ssh stops listening for errors at 'ready', and a socket error that follows at once (the VM
+            // dropping the connection just after authentication: a write's EPIPE is emitted on the next tick,
+            // before this function resumes) would then crash the process. Listening from the start closes that
+            // gap; node-ssh's own listener still turns a failure to connect into the rejection caught below.
+            const early = ssh.connection;
+            early?.on('error', () => undefined);
+            await connecting;
+            if (ssh.connection !== early)
+                ssh.connection?.on('error', () => undefined);
         }
         catch (error) {
             ssh.dispose();
@@ -42350,9 +42359,8 @@ class VmSession {
         finally {
             options.signal?.removeEventListener('abort', abort);
         }
-        // node-ssh stops listening for errors once connected; without a listener a
-        // later socket error (VM rebooting mid-deploy) would crash the process.
-        ssh.connection?.on('error', () => undefined);
+        // (The listener above stays: a later socket error, a VM rebooting mid-deploy, must not crash the process.
+        // What it breaks is seen by the channel or step that was using the connection.)
         tunnel?.opened();
         return new VmSession(vm, ssh, transport, tunnel?.carriers ?? [], tunnel?.closed);
     }
@@ -42604,6 +42612,10 @@ class VmSession {
             }
             connection.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
         });
+    }
+    /** Whether the connection is still open (not disposed, not closed by the VM or the network). */
+    get alive() {
+        return !this.closed && this.ssh.isConnected();
     }
     /** Closes the connection. Safe to call twice; an open socket would keep the process alive. */
     dispose() {
@@ -43505,10 +43517,14 @@ function parseProbe(out) {
 
 
 
-/** The real port: one SSH connection, one agent session, rsync through the connection's bridge. */
-function sshPorts(knownHosts) {
+/**
+ * The real port: one SSH connection, one agent session, rsync through the connection's bridge.
+ * With `warm`, a VM's first port takes the connection opened for it ahead of the pipeline (see
+ * {@link WarmConnections}); its later ones (retries) connect afresh.
+ */
+function sshPorts(knownHosts, warm) {
     return async (vm, options) => {
-        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
+        const session = (await warm?.take(vm)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
         const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
         let signal = options.signal;
         const port = {
@@ -43559,6 +43575,76 @@ function sshPorts(knownHosts) {
         };
         return port;
     };
+}
+
+;// CONCATENATED MODULE: ./src/remote/warm.ts
+/**
+ * SSH connections opened before the run needs them: while the runner host
+ * fetches and exports the commit, the first VMs of the fleet are connected
+ * (handshake, host-key check, authentication), so a VM's pipeline starts
+ * with its connection made. Nothing is run on a VM here: its lock, probe and
+ * everything else wait for the pipeline, which knows the commit.
+ *
+ * A connection made ahead never costs the VM anything it would not have
+ * spent anyway (the reasons the first version of this, 6dcfa6f, was taken out):
+ * - each is handed out once ({@link take}), and only when it is still
+ *   usable: one that failed before its pipeline asked, or closed meanwhile,
+ *   is not handed out, and the pipeline connects afresh (a VM down only
+ *   during the fetch loses no attempt);
+ * - one still being made when the pipeline asks is the pipeline's own
+ *   connect: its outcome, success or failure, is that attempt's;
+ * - {@link close} stops those still being made and closes those not taken,
+ *   at once: a VM silent during the fetch does not hold a run that failed
+ *   before its pipelines open until the connect timeout.
+ */
+class WarmConnections {
+    open;
+    pending = new Map();
+    closing = false;
+    /** `open` connects to a VM; it must give up promptly when its signal aborts. */
+    constructor(open) {
+        this.open = open;
+    }
+    /** Starts connecting to each of `vms` (each VM once; nothing after {@link close}). */
+    start(vms) {
+        for (const vm of vms) {
+            if (this.closing || this.pending.has(vm.id))
+                continue;
+            const stop = new AbortController();
+            const warming = { opening: this.open(vm, stop.signal), failed: false, stop };
+            // Observed by take or close; a failure nobody takes is not an unhandled rejection.
+            warming.opening.catch(() => (warming.failed = true));
+            this.pending.set(vm.id, warming);
+        }
+    }
+    /**
+     * The connection started for `vm`, once, as a promise: null when none was
+     * started, it was already taken, or it failed before this call; resolves to
+     * null when it closed meanwhile (the caller then connects afresh).
+     */
+    take(vm) {
+        const warming = this.pending.get(vm.id);
+        if (!warming)
+            return null;
+        this.pending.delete(vm.id);
+        if (warming.failed)
+            return null;
+        return warming.opening.then((session) => {
+            if (session.alive)
+                return session;
+            session.dispose();
+            return null;
+        });
+    }
+    /** Stops the connections still being made and closes every one not taken. */
+    async close() {
+        this.closing = true;
+        const left = [...this.pending.values()];
+        this.pending.clear();
+        for (const warming of left)
+            warming.stop.abort();
+        await Promise.all(left.map((warming) => warming.opening.then((session) => session.dispose(), () => undefined)));
+    }
 }
 
 ;// CONCATENATED MODULE: ./src/sync/pool.ts
@@ -45650,6 +45736,8 @@ function excludedSentence(excluded) {
 
 
 
+
+
 /**
  * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
  * usage error naming the known ones. A known id that belongs to another shard
@@ -45739,6 +45827,20 @@ async function runSync(config, options = {}) {
     // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
     // exports (whose newest is the base of the next real deploy), and the clone is not reset.
     const dryExportRoot = dryRun ? makeScratchDir('export') : null;
+    // A real deploy connects to its first VMs (as many as it prepares at once) while the commit is fetched and
+    // exported: their pipelines then start connected. Nothing runs on a VM before its pipeline does. VMs behind a
+    // jump host are left out: the jump connection made for them could drop before their pipelines start, and
+    // the pipeline's connect would then find it gone (one failed attempt) instead of opening its own.
+    const warm = dryRun
+        ? null
+        : new WarmConnections(async (vm, stop) => {
+            const started = Date.now();
+            const signal = options.signal ? AbortSignal.any([options.signal, stop]) : stop;
+            const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal });
+            events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
+            return session;
+        });
+    warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
     try {
         // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
         let excluded = null;
@@ -45904,7 +46006,7 @@ async function runSync(config, options = {}) {
             runStreams.prefetch(await recorded());
         const outcome = await releaseFleet({
             config,
-            openPort: sshPorts(knownHosts),
+            openPort: sshPorts(knownHosts, warm ?? undefined),
             history: repo,
             commit,
             tree,
@@ -45932,6 +46034,7 @@ async function runSync(config, options = {}) {
         return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
     }
     finally {
+        await warm?.close();
         await streams?.settled();
         if (streamDir)
             removeScratchDirLater(streamDir);

@@ -4,6 +4,7 @@ import type { LockOwner } from './lock.js';
 import { RshBridge } from './rsh-bridge.js';
 import { runRsync, type RsyncStats } from './rsync.js';
 import { VmSession } from './session.js';
+import type { WarmConnections } from './warm.js';
 import type { TreeListing } from './listing.js';
 import { RemoteTarget, type BeginOptions, type BeginOutcome, type FlipRecord, type HealthOutcome, type PostSyncOutcome, type Probe, type ReleaseList, type StageResult, type StreamCodec } from './target.js';
 
@@ -58,10 +59,14 @@ export interface VmPort {
 /** How the executor reaches a VM: connect (host key pinned) and start its agent session. */
 export type OpenPort = (vm: VmConfig, options: { signal: AbortSignal; deadlineAt: number; sessionBudgetS: number; connectTimeoutMs: number }) => Promise<VmPort>;
 
-/** The real port: one SSH connection, one agent session, rsync through the connection's bridge. */
-export function sshPorts(knownHosts: KnownHosts): OpenPort {
+/**
+ * The real port: one SSH connection, one agent session, rsync through the connection's bridge.
+ * With `warm`, a VM's first port takes the connection opened for it ahead of the pipeline (see
+ * {@link WarmConnections}); its later ones (retries) connect afresh.
+ */
+export function sshPorts(knownHosts: KnownHosts, warm?: WarmConnections<VmSession>): OpenPort {
   return async (vm, options) => {
-    const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal });
+    const session = (await warm?.take(vm)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
     const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
     let signal = options.signal;
     const port: VmPort = {

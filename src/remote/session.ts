@@ -191,7 +191,7 @@ export class VmSession {
     };
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
-      await ssh.connect({
+      const connecting = ssh.connect({
         host: vm.host,
         port: vm.port,
         sock: transport as never,
@@ -209,6 +209,14 @@ export class VmSession {
           return !rejected;
         },
       });
+      // node-ssh stops listening for errors at 'ready', and a socket error that follows at once (the VM
+      // dropping the connection just after authentication: a write's EPIPE is emitted on the next tick,
+      // before this function resumes) would then crash the process. Listening from the start closes that
+      // gap; node-ssh's own listener still turns a failure to connect into the rejection caught below.
+      const early = ssh.connection;
+      early?.on('error', () => undefined);
+      await connecting;
+      if (ssh.connection !== early) ssh.connection?.on('error', () => undefined);
     } catch (error) {
       ssh.dispose();
       transport.destroy();
@@ -225,9 +233,8 @@ export class VmSession {
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
-    // node-ssh stops listening for errors once connected; without a listener a
-    // later socket error (VM rebooting mid-deploy) would crash the process.
-    ssh.connection?.on('error', () => undefined);
+    // (The listener above stays: a later socket error, a VM rebooting mid-deploy, must not crash the process.
+    // What it breaks is seen by the channel or step that was using the connection.)
     tunnel?.opened();
     return new VmSession(vm, ssh, transport, tunnel?.carriers ?? [], tunnel?.closed);
   }
@@ -465,6 +472,11 @@ export class VmSession {
       }
       connection.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
     });
+  }
+
+  /** Whether the connection is still open (not disposed, not closed by the VM or the network). */
+  get alive(): boolean {
+    return !this.closed && this.ssh.isConnected();
   }
 
   /** Closes the connection. Safe to call twice; an open socket would keep the process alive. */

@@ -12,6 +12,8 @@ import { ownLockOwner } from '../remote/lock.js';
 import { runSecretScan, type ScanReport } from '../scan/gate.js';
 import { planScan, type ScanRequest } from '../scan/plan.js';
 import { sshPorts } from '../remote/port.js';
+import { VmSession } from '../remote/session.js';
+import { WarmConnections } from '../remote/warm.js';
 import { mapPool } from './pool.js';
 import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
@@ -175,6 +177,20 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
   // exports (whose newest is the base of the next real deploy), and the clone is not reset.
   const dryExportRoot = dryRun ? makeScratchDir('export') : null;
+  // A real deploy connects to its first VMs (as many as it prepares at once) while the commit is fetched and
+  // exported: their pipelines then start connected. Nothing runs on a VM before its pipeline does. VMs behind a
+  // jump host are left out: the jump connection made for them could drop before their pipelines start, and
+  // the pipeline's connect would then find it gone (one failed attempt) instead of opening its own.
+  const warm = dryRun
+    ? null
+    : new WarmConnections(async (vm, stop) => {
+        const started = Date.now();
+        const signal = options.signal ? AbortSignal.any([options.signal, stop]) : stop;
+        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal });
+        events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
+        return session;
+      });
+  warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
   try {
     // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
     let excluded: ExcludedReport | null = null;
@@ -338,7 +354,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     const outcome = await releaseFleet(
       {
         config,
-        openPort: sshPorts(knownHosts),
+        openPort: sshPorts(knownHosts, warm ?? undefined),
         history: repo,
         commit,
         tree,
@@ -365,6 +381,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     });
     return done({ command: 'sync', commit, dry_run: false, scan, rollout: outcome.rollout, flip_skew_ms: outcome.flip_skew_ms, vms: outcome.vms });
   } finally {
+    await warm?.close();
     await streams?.settled();
     if (streamDir) removeScratchDirLater(streamDir);
     if (dryExportRoot) removeScratchDirLater(dryExportRoot);

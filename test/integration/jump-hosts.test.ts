@@ -60,7 +60,7 @@ test('sync through the bastion: every VM gets the commit over one shared connect
   world.ws.push();
   const logins = handshakeCount(bastion);
   const sampler = jnet.sampleForwarded();
-  const run = await world.cli(['sync']);
+  const run = await world.cli(['sync', '-v']);
   const forwarded = await sampler.stop();
 
   expect(run.code).toBe(0);
@@ -72,6 +72,10 @@ test('sync through the bastion: every VM gets the commit over one shared connect
   // while at most max_sessions (2) were being opened at a time (a cap on open connections would deadlock here).
   expect(Math.max(...forwarded)).toBe(BEHIND.length);
   for (const id of BEHIND) expect(handshakeCount(world.vm(id))).toBeGreaterThanOrEqual(1);
+  // The direct VM was connected while the commit was prepared; the VMs behind the bastion were not (their
+  // pipelines open the way through it themselves).
+  expect(run.stderr).toMatch(/\[direct1\] debug: connected ahead in \d+ ms/);
+  for (const id of BEHIND) expect(run.stderr).not.toContain(`[${id}] debug: connected ahead`);
 });
 
 test('verify, status and doctor go through the bastion too; doctor names it', async () => {

@@ -1,0 +1,200 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { withCloneLock } from '../../src/git/clone-lock.js';
+import { expectedTree, snapshotTree, World } from '../helpers/world.js';
+
+/*
+ * A deploy connects to its first VMs while the runner host fetches and
+ * exports the commit (here: while another run holds the runner-host clone),
+ * and runs nothing on them before its pipeline does. Observed from the VMs'
+ * side: sshd's log of handshakes, established TCP connections, and the
+ * deploy lock directory.
+ */
+
+let world: World;
+
+beforeAll(async () => {
+  world = await World.create(['ca1', 'ca2', 'ca3']);
+});
+afterAll(() => world?.destroy());
+
+/** Handshakes sshd accepted so far on a VM. */
+function handshakes(id: string): number {
+  return (fs.readFileSync(world.vm(id).log, 'utf8').match(/Accepted publickey/g) ?? []).length;
+}
+
+/** Established TCP connections to a VM's sshd (from this host). */
+function established(id: string): number {
+  const out = execFileSync('ss', ['-Htn', 'state', 'established', `( dport = :${world.vm(id).port} )`], { encoding: 'utf8' });
+  return out.split('\n').filter((line) => line.trim()).length;
+}
+
+async function until(what: string, ok: () => boolean, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** The world's config with some of its lines replaced. */
+function configure(replace: Record<string, string> = {}): void {
+  world.writeConfig();
+  let text = fs.readFileSync(world.configPath, 'utf8');
+  for (const [from, to] of Object.entries(replace)) {
+    expect(text).toContain(from);
+    text = text.replace(from, to);
+  }
+  fs.writeFileSync(world.configPath, text);
+}
+
+/** Stops (SIGSTOP) or resumes (SIGCONT) a VM's sshd listener: stopped, it accepts TCP but never answers. */
+function freeze(id: string, frozen: boolean): void {
+  process.kill(Number(fs.readFileSync(world.vm(id).pidFile, 'utf8').trim()), frozen ? 'SIGSTOP' : 'SIGCONT');
+}
+
+async function withCloneWait<T>(seconds: string, fn: () => Promise<T>): Promise<T> {
+  process.env.VM_SYNC_CLONE_WAIT_S = seconds;
+  try {
+    return await fn();
+  } finally {
+    delete process.env.VM_SYNC_CLONE_WAIT_S;
+  }
+}
+
+test('the first VMs (sync.concurrency of them) are connected while the commit is prepared; nothing runs on them before; the deploy lands', async () => {
+  configure({ 'concurrency: 8': 'concurrency: 2' });
+  const c1 = world.ws.commit({ 'app.txt': 'one\n', 'lib/x.txt': 'x\n' }, 'c1');
+  world.ws.push();
+  const before = Object.fromEntries(['ca1', 'ca2', 'ca3'].map((id) => [id, handshakes(id)]));
+  let release!: () => void;
+  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
+  let run: ReturnType<World['cli']> | undefined;
+  try {
+    run = withCloneWait('60', () => world.cli(['sync', '-v']));
+    // The run waits for the clone; its first two VMs are connected meanwhile (config order), the third is not.
+    await until('the first two VMs to be connected', () => handshakes('ca1') > before.ca1 && handshakes('ca2') > before.ca2);
+    await sleep(300);
+    expect(established('ca1')).toBe(1);
+    expect(established('ca2')).toBe(1);
+    expect(handshakes('ca3')).toBe(before.ca3);
+    expect(established('ca3')).toBe(0);
+    // Connected only: no deploy lock taken, nothing written.
+    for (const id of ['ca1', 'ca2']) {
+      expect(fs.existsSync(world.target(id))).toBe(false);
+      expect(fs.readdirSync(world.vm(id).home).filter((name) => name.startsWith('.vm-sync') || name.startsWith('app'))).toEqual([]);
+    }
+  } finally {
+    release();
+    await holding;
+  }
+  const done = await run!;
+  expect(done.code).toBe(0);
+  for (const id of ['ca1', 'ca2', 'ca3']) {
+    expect(world.sentinel(id)).toBe(`${c1}\n`);
+    expect(snapshotTree(world.target(id))).toEqual(expectedTree(world.ws, c1));
+  }
+  // One handshake per VM: the connection made ahead is the one the pipeline used.
+  expect(handshakes('ca1') - before.ca1).toBe(1);
+  expect(handshakes('ca2') - before.ca2).toBe(1);
+  expect(handshakes('ca3') - before.ca3).toBe(1);
+  expect(done.stderr).toMatch(/ca1.*connected ahead in \d+ ms \(while the commit is prepared\)/);
+  expect(done.stderr).not.toMatch(/ca3.*connected ahead/);
+  // Nothing stays open after the run (the CLI runs in this process here).
+  await until('every connection to close', () => ['ca1', 'ca2', 'ca3'].every((id) => established(id) === 0), 5000);
+});
+
+test('a run that fails before its pipelines start closes the connections it made ahead', async () => {
+  world.writeConfig();
+  const before = handshakes('ca1');
+  let release!: () => void;
+  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
+  let run: ReturnType<World['cli']> | undefined;
+  try {
+    run = withCloneWait('60', () => world.cli(['sync', '--commit', 'no-such-rev-anywhere']));
+    await until('the VMs to be connected ahead', () => handshakes('ca1') > before && established('ca1') === 1);
+  } finally {
+    release();
+    await holding;
+  }
+  const failed = await run!;
+  expect(failed.code).not.toBe(0);
+  expect(failed.json.error?.code).toBeDefined();
+  await until('every connection to close', () => ['ca1', 'ca2', 'ca3'].every((id) => established(id) === 0), 5000);
+});
+
+test('a VM whose connection made ahead closed before its pipeline took it is connected afresh, and deployed', async () => {
+  world.writeConfig();
+  const c2 = world.ws.commit({ 'app.txt': 'two\n' }, 'c2');
+  world.ws.push();
+  const before = handshakes('ca2');
+  let release!: () => void;
+  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
+  let run: ReturnType<World['cli']> | undefined;
+  try {
+    run = withCloneWait('60', () => world.cli(['sync']));
+    await until('ca2 to be connected ahead', () => handshakes('ca2') > before && established('ca2') === 1);
+    // The VM drops the idle connection (sshd restarted, a firewall's idle timeout): kill its session process.
+    const children = execFileSync('pgrep', ['-P', fs.readFileSync(world.vm('ca2').pidFile, 'utf8').trim()], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    expect(children.length).toBeGreaterThan(0);
+    for (const pid of children) process.kill(Number(pid), 'SIGTERM');
+    await until('the connection to drop', () => established('ca2') === 0);
+  } finally {
+    release();
+    await holding;
+  }
+  const done = await run!;
+  expect(done.code).toBe(0);
+  expect(world.sentinel('ca2')).toBe(`${c2}\n`);
+  const row = done.json.vms.find((vm) => vm.id === 'ca2');
+  expect(row?.result).toBe('success');
+  // Connected afresh, not retried: no failed attempt in its row.
+  expect(row?.notes.join('\n') ?? '').not.toContain('attempt 1 failed');
+  expect(handshakes('ca2') - before).toBe(2);
+});
+
+test('a VM silent while the commit is prepared does not hold a run that fails first until its connect timeout', async () => {
+  configure({ 'connect_timeout_s: 5': 'connect_timeout_s: 60' });
+  freeze('ca3', true);
+  try {
+    const started = Date.now();
+    const failed = await world.cli(['sync', '--commit', 'no-such-rev-anywhere']);
+    expect(failed.code).not.toBe(0);
+    expect(failed.json.error?.code).toBeDefined();
+    // Well under the 60 s connect timeout: the connection still being made was stopped, not waited for.
+    expect(Date.now() - started).toBeLessThan(20_000);
+    await until('every connection to close', () => ['ca1', 'ca2', 'ca3'].every((id) => established(id) === 0), 5000);
+  } finally {
+    freeze('ca3', false);
+  }
+});
+
+test('a VM unreachable only while the commit is prepared loses no attempt: with retries 0 it is deployed', async () => {
+  configure({ 'connect_timeout_s: 5': 'connect_timeout_s: 1', 'retries: 1': 'retries: 0' });
+  const c3 = world.ws.commit({ 'app.txt': 'three\n' }, 'c3');
+  world.ws.push();
+  const before = handshakes('ca1');
+  let release!: () => void;
+  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
+  let run: ReturnType<World['cli']> | undefined;
+  freeze('ca1', true);
+  try {
+    run = withCloneWait('60', () => world.cli(['sync', '-v']));
+    // The connection made ahead times out (1 s) while the clone is held; then the VM is back.
+    await sleep(2500);
+    freeze('ca1', false);
+    await sleep(300);
+  } finally {
+    freeze('ca1', false);
+    release();
+    await holding;
+  }
+  const done = await run!;
+  expect(done.code).toBe(0);
+  for (const id of ['ca1', 'ca2', 'ca3']) expect(world.sentinel(id)).toBe(`${c3}\n`);
+  const row = done.json.vms.find((vm) => vm.id === 'ca1');
+  expect(row?.result).toBe('success');
+  expect(handshakes('ca1') - before).toBeGreaterThanOrEqual(1);
+  expect(done.stderr).not.toMatch(/ca1.*connected ahead/);
+});

@@ -1,0 +1,97 @@
+import type { VmConfig } from '../../src/config/types.js';
+import { WarmConnections, type Warmable } from '../../src/remote/warm.js';
+
+/** A connection whose opening the test settles by hand. */
+class FakeConnection implements Warmable {
+  alive = true;
+  disposed = 0;
+  dispose(): void {
+    this.disposed++;
+    this.alive = false;
+  }
+}
+
+interface Opening {
+  vm: string;
+  signal: AbortSignal;
+  resolve(c: FakeConnection): void;
+  reject(e: Error): void;
+}
+
+function harness(): { warm: WarmConnections<FakeConnection>; opened: Opening[] } {
+  const opened: Opening[] = [];
+  const warm = new WarmConnections<FakeConnection>(
+    (vm, signal) =>
+      new Promise<FakeConnection>((resolve, reject) => {
+        const entry: Opening = { vm: vm.id, signal, resolve, reject };
+        opened.push(entry);
+        // As VmSession.open does: an abort ends the handshake at once.
+        signal.addEventListener('abort', () => reject(new Error(`connecting to ${vm.id} was cancelled`)), { once: true });
+      }),
+  );
+  return { warm, opened };
+}
+
+const vm = (id: string): VmConfig => ({ id }) as VmConfig;
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+test('each VM is connected once, and its connection handed out once', async () => {
+  const { warm, opened } = harness();
+  warm.start([vm('a'), vm('b'), vm('a')]);
+  expect(opened.map((o) => o.vm)).toEqual(['a', 'b']);
+  const conn = new FakeConnection();
+  opened[0].resolve(conn);
+  await expect(warm.take(vm('a'))).resolves.toBe(conn);
+  expect(warm.take(vm('a'))).toBeNull();
+  expect(warm.take(vm('zzz'))).toBeNull();
+  await warm.close();
+  expect(conn.disposed).toBe(0); // taken: the taker's to close
+});
+
+test('a connection that failed before it was asked for is not handed out (the pipeline connects afresh, no attempt lost)', async () => {
+  const { warm, opened } = harness();
+  warm.start([vm('a')]);
+  opened[0].reject(new Error('ECONNREFUSED'));
+  await tick();
+  expect(warm.take(vm('a'))).toBeNull();
+});
+
+test("a connection still being made when asked for is the pipeline's connect: its failure is that attempt's", async () => {
+  const { warm, opened } = harness();
+  warm.start([vm('a')]);
+  const taken = warm.take(vm('a'));
+  expect(taken).not.toBeNull();
+  opened[0].reject(new Error('host key mismatch'));
+  await expect(taken).rejects.toThrow('host key mismatch');
+});
+
+test('a connection that closed while it waited is disposed and not handed out', async () => {
+  const { warm, opened } = harness();
+  warm.start([vm('a')]);
+  const conn = new FakeConnection();
+  opened[0].resolve(conn);
+  await tick();
+  conn.alive = false;
+  await expect(warm.take(vm('a'))).resolves.toBeNull();
+  expect(conn.disposed).toBe(1);
+});
+
+test('close stops the connections still being made and closes those not taken, without waiting for a silent VM', async () => {
+  const { warm, opened } = harness();
+  warm.start([vm('made'), vm('silent'), vm('taken')]);
+  const made = new FakeConnection();
+  opened[0].resolve(made);
+  const taken = new FakeConnection();
+  opened[2].resolve(taken);
+  await expect(warm.take(vm('taken'))).resolves.toBe(taken);
+  await warm.close(); // would never settle if the silent VM's connect were awaited without being stopped
+  expect(opened[1].signal.aborted).toBe(true);
+  expect(opened[0].signal.aborted).toBe(true);
+  expect(made.disposed).toBe(1);
+  expect(taken.disposed).toBe(0);
+  expect(opened[2].signal.aborted).toBe(false);
+  // Nothing starts after close.
+  warm.start([vm('late')]);
+  expect(opened).toHaveLength(3);
+  expect(warm.take(vm('late'))).toBeNull();
+});
