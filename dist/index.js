@@ -77081,9 +77081,16 @@ async function mainModuleAt(handle, offset) {
  * is. Anything else (a version manager's shim: asdf and mise read
  * `.tool-versions` and `mise.toml`, aqua `aqua.yaml`, from the directory it
  * starts in and its parents) could let the commit choose which gitleaks scans
- * it: its `version` is asked in `dir` and from a private directory, and any
- * difference fails the scan. (A shim that picks another build of the same
- * version is not told apart: see the README.)
+ * it, so the scan fails with `scan_failed`:
+ * - without starting it at all, when a version manager's file (see
+ *   {@link TOOL_CONFIG}) stands in `dir`, in a parent of it, or in or above
+ *   the temporary directory: a shim started there might run a program the
+ *   commit holds, even only to answer `version`;
+ * - otherwise, when its `version` asked in `dir` differs from its answer in
+ *   a private directory (a wrapper steered by a file not on that list).
+ *
+ * A shim that picks another build of the same version, through a file not
+ * on the list, is not told apart (see the README).
  */
 async function requireSameGitleaksIn(binary, identity, dir) {
     if (identity?.exact)

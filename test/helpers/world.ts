@@ -134,3 +134,13 @@ export function expectedTree(ws: GitWorkspace, sha: string): Record<string, Tree
   }
   return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
+
+/** Runs `fn` with the runner-host clone wait (VM_SYNC_CLONE_WAIT_S) set to `seconds`. */
+export async function withCloneWait<T>(seconds: string, fn: () => Promise<T>): Promise<T> {
+  process.env.VM_SYNC_CLONE_WAIT_S = seconds;
+  try {
+    return await fn();
+  } finally {
+    delete process.env.VM_SYNC_CLONE_WAIT_S;
+  }
+}

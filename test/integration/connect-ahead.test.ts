@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { withCloneLock } from '../../src/git/clone-lock.js';
-import { expectedTree, snapshotTree, World } from '../helpers/world.js';
+import { expectedTree, snapshotTree, withCloneWait, World, type CliRun } from '../helpers/world.js';
 
 /*
  * A deploy connects to its first VMs while the runner host fetches and
@@ -54,13 +54,21 @@ function freeze(id: string, frozen: boolean): void {
   process.kill(Number(fs.readFileSync(world.vm(id).pidFile, 'utf8').trim()), frozen ? 'SIGSTOP' : 'SIGCONT');
 }
 
-async function withCloneWait<T>(seconds: string, fn: () => Promise<T>): Promise<T> {
-  process.env.VM_SYNC_CLONE_WAIT_S = seconds;
+/**
+ * Runs the CLI while another run holds the runner-host clone (so the deploy waits in its fetch step);
+ * `during` runs meanwhile, then the clone is released and the deploy goes on.
+ */
+async function runWhileCloneHeld(args: string[], during: () => Promise<void>): Promise<CliRun> {
+  let release!: () => void;
+  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
+  const run = withCloneWait('60', () => world.cli(args));
   try {
-    return await fn();
+    await during();
   } finally {
-    delete process.env.VM_SYNC_CLONE_WAIT_S;
+    release();
+    await holding;
   }
+  return run;
 }
 
 test('the first VMs (sync.concurrency of them) are connected while the commit is prepared; nothing runs on them before; the deploy lands', async () => {
@@ -68,11 +76,7 @@ test('the first VMs (sync.concurrency of them) are connected while the commit is
   const c1 = world.ws.commit({ 'app.txt': 'one\n', 'lib/x.txt': 'x\n' }, 'c1');
   world.ws.push();
   const before = Object.fromEntries(['ca1', 'ca2', 'ca3'].map((id) => [id, handshakes(id)]));
-  let release!: () => void;
-  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
-  let run: ReturnType<World['cli']> | undefined;
-  try {
-    run = withCloneWait('60', () => world.cli(['sync', '-v']));
+  const done = await runWhileCloneHeld(['sync', '-v'], async () => {
     // The run waits for the clone; its first two VMs are connected meanwhile (config order), the third is not.
     await until('the first two VMs to be connected', () => handshakes('ca1') > before.ca1 && handshakes('ca2') > before.ca2);
     await sleep(300);
@@ -85,11 +89,7 @@ test('the first VMs (sync.concurrency of them) are connected while the commit is
       expect(fs.existsSync(world.target(id))).toBe(false);
       expect(fs.readdirSync(world.vm(id).home).filter((name) => name.startsWith('.vm-sync') || name.startsWith('app'))).toEqual([]);
     }
-  } finally {
-    release();
-    await holding;
-  }
-  const done = await run!;
+  });
   expect(done.code).toBe(0);
   for (const id of ['ca1', 'ca2', 'ca3']) {
     expect(world.sentinel(id)).toBe(`${c1}\n`);
@@ -106,45 +106,27 @@ test('the first VMs (sync.concurrency of them) are connected while the commit is
 });
 
 test('a run that fails before its pipelines start closes the connections it made ahead', async () => {
-  world.writeConfig();
+  configure();
   const before = handshakes('ca1');
-  let release!: () => void;
-  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
-  let run: ReturnType<World['cli']> | undefined;
-  try {
-    run = withCloneWait('60', () => world.cli(['sync', '--commit', 'no-such-rev-anywhere']));
-    await until('the VMs to be connected ahead', () => handshakes('ca1') > before && established('ca1') === 1);
-  } finally {
-    release();
-    await holding;
-  }
-  const failed = await run!;
+  const failed = await runWhileCloneHeld(['sync', '--commit', 'no-such-rev-anywhere'], () => until('the VMs to be connected ahead', () => handshakes('ca1') > before && established('ca1') === 1));
   expect(failed.code).not.toBe(0);
   expect(failed.json.error?.code).toBeDefined();
   await until('every connection to close', () => ['ca1', 'ca2', 'ca3'].every((id) => established(id) === 0), 5000);
 });
 
 test('a VM whose connection made ahead closed before its pipeline took it is connected afresh, and deployed', async () => {
-  world.writeConfig();
+  configure();
   const c2 = world.ws.commit({ 'app.txt': 'two\n' }, 'c2');
   world.ws.push();
   const before = handshakes('ca2');
-  let release!: () => void;
-  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
-  let run: ReturnType<World['cli']> | undefined;
-  try {
-    run = withCloneWait('60', () => world.cli(['sync']));
+  const done = await runWhileCloneHeld(['sync'], async () => {
     await until('ca2 to be connected ahead', () => handshakes('ca2') > before && established('ca2') === 1);
     // The VM drops the idle connection (sshd restarted, a firewall's idle timeout): kill its session process.
     const children = execFileSync('pgrep', ['-P', fs.readFileSync(world.vm('ca2').pidFile, 'utf8').trim()], { encoding: 'utf8' }).split('\n').filter(Boolean);
     expect(children.length).toBeGreaterThan(0);
     for (const pid of children) process.kill(Number(pid), 'SIGTERM');
     await until('the connection to drop', () => established('ca2') === 0);
-  } finally {
-    release();
-    await holding;
-  }
-  const done = await run!;
+  });
   expect(done.code).toBe(0);
   expect(world.sentinel('ca2')).toBe(`${c2}\n`);
   const row = done.json.vms.find((vm) => vm.id === 'ca2');
@@ -175,22 +157,18 @@ test('a VM unreachable only while the commit is prepared loses no attempt: with 
   const c3 = world.ws.commit({ 'app.txt': 'three\n' }, 'c3');
   world.ws.push();
   const before = handshakes('ca1');
-  let release!: () => void;
-  const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
-  let run: ReturnType<World['cli']> | undefined;
   freeze('ca1', true);
+  let done: CliRun;
   try {
-    run = withCloneWait('60', () => world.cli(['sync', '-v']));
-    // The connection made ahead times out (1 s) while the clone is held; then the VM is back.
-    await sleep(2500);
-    freeze('ca1', false);
-    await sleep(300);
+    done = await runWhileCloneHeld(['sync', '-v'], async () => {
+      // The connection made ahead times out (1 s) while the clone is held; then the VM is back.
+      await sleep(2500);
+      freeze('ca1', false);
+      await sleep(300);
+    });
   } finally {
     freeze('ca1', false);
-    release();
-    await holding;
   }
-  const done = await run!;
   expect(done.code).toBe(0);
   for (const id of ['ca1', 'ca2', 'ca3']) expect(world.sentinel(id)).toBe(`${c3}\n`);
   const row = done.json.vms.find((vm) => vm.id === 'ca1');

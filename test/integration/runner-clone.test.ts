@@ -5,7 +5,7 @@ import path from 'node:path';
 import { cloneLockPath, withCloneLock } from '../../src/git/clone-lock.js';
 import { makeScratchDir } from '../../src/local/scratch.js';
 import { processStart } from '../../src/remote/lock.js';
-import { expectedTree, snapshotTree, World } from '../helpers/world.js';
+import { expectedTree, snapshotTree, withCloneWait, World } from '../helpers/world.js';
 
 /*
  * The runner-host clone under concurrent runs, corruption and kill -9, through
@@ -32,14 +32,6 @@ function esc(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
-async function withWait<T>(seconds: string, fn: () => Promise<T>): Promise<T> {
-  process.env.VM_SYNC_CLONE_WAIT_S = seconds;
-  try {
-    return await fn();
-  } finally {
-    delete process.env.VM_SYNC_CLONE_WAIT_S;
-  }
-}
 
 /** A process started and killed with SIGKILL: its pid and start time, now dead. */
 async function deadProcess(): Promise<{ pid: number; start: string }> {
@@ -126,7 +118,7 @@ test('a run that holds the clone past the wait limit fails the other with runner
   let release!: () => void;
   const holding = withCloneLock(world.runnerRepo, 'a deploy from another job', {}, () => new Promise<void>((r) => (release = r)));
   try {
-    const busy = await withWait('1', () => world.cli(['sync', '--vm', 'vm01']));
+    const busy = await withCloneWait('1', () => world.cli(['sync', '--vm', 'vm01']));
     expect(busy.code).toBe(1);
     expect(busy.json.error?.code).toBe('runner_busy');
     expect(busy.json.error?.message).toContain(`the runner-host clone ${world.runnerRepo} is still in use after waiting 1 s: held by pid ${process.pid} on `);
@@ -136,7 +128,7 @@ test('a run that holds the clone past the wait limit fails the other with runner
     expect(world.sentinel('vm01')).not.toBe(`${c6}\n`); // nothing reached a VM
 
     setTimeout(() => release(), 1500);
-    const waited = await withWait('30', () => world.cli(['sync', '--vm', 'vm01']));
+    const waited = await withCloneWait('30', () => world.cli(['sync', '--vm', 'vm01']));
     expect(waited.code).toBe(0);
     expect(waited.stderr.match(/waiting for the runner-host clone/g)).toHaveLength(1);
     expectDeployed('vm01', c6);
@@ -156,7 +148,7 @@ test("a lock left by a run killed with -9 is taken at once", async () => {
   const c7 = world.ws.commit({ 'app.txt': 'v7\n' }, 'c7');
   world.ws.push();
   const started = Date.now();
-  const run = await withWait('60', () => world.cli(['sync', '--vm', 'vm01']));
+  const run = await withCloneWait('60', () => world.cli(['sync', '--vm', 'vm01']));
   expect(run.code).toBe(0);
   expect(run.stderr).not.toContain('waiting for the runner-host clone');
   expect(Date.now() - started).toBeLessThan(20_000);
