@@ -43832,6 +43832,27 @@ function chooseRollback(vmId, list, to) {
 
 const state_FULL_SHA = /^[0-9a-f]{40}$/;
 /**
+ * A {@link History} that asks `history` once per pair of commits: VMs on the
+ * same commit (most of a fleet) share one answer instead of costing two git
+ * processes each. For one run, whose clone does not change meanwhile; a
+ * question that failed is asked again.
+ */
+function askedOnce(history) {
+    const answers = new Map();
+    return {
+        relation(vmRev, deploy) {
+            const key = `${vmRev} ${deploy}`;
+            let answer = answers.get(key);
+            if (!answer) {
+                answer = history.relation(vmRev, deploy);
+                answers.set(key, answer);
+                answer.catch(() => answers.delete(key));
+            }
+            return answer;
+        },
+    };
+}
+/**
  * Where a VM stands against the deploy commit:
  * - `broken`: the target is a symlink to nothing (`kind` `dangling`: its live
  *   release is gone), so the VM serves nothing; never `fresh`;
@@ -44122,18 +44143,24 @@ class ReleaseStreams {
     /** Why no stream can be made for the commit because of export-subst (null: none is used); checked once. */
     exportSubst() {
         this.substChecked ??= (async () => {
-            const run = (args) => new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout)));
-            const names = await run(['ls-tree', '-r', '-z', '--name-only', this.source.commit]);
-            if (!names)
+            const run = (args, input) => new Promise((resolve) => {
+                const child = (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout));
+                if (input !== undefined)
+                    child.stdin?.end(input);
+            });
+            const listing = await run(['ls-tree', '-r', '-z', this.source.commit]);
+            if (!listing)
                 return `the runner-host clone cannot list ${this.source.commit.slice(0, 12)}`;
-            for (const p of names.toString('latin1').split('\0')) {
-                if (p !== '.gitattributes' && !p.endsWith('/.gitattributes'))
-                    continue;
-                const text = await run(['cat-file', 'blob', `${this.source.commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
-                if (!text || text.toString('latin1').includes('export-subst'))
-                    return `${printableLatin1(p)} uses export-subst (its files name the commit)`;
-            }
-            return null;
+            const attributes = attributeFiles(listing);
+            if (attributes.length === 0)
+                return null;
+            // Every .gitattributes of the tree read by one git process (git/git has sixteen: one process each cost
+            // the runner host a quarter of a CPU-second per deploy).
+            const texts = batchContents(await run(['cat-file', '--batch'], attributes.map((a) => `${a.oid}\n`).join('')), attributes.length);
+            if (!texts)
+                return `the runner-host clone cannot read the .gitattributes files of ${this.source.commit.slice(0, 12)}`;
+            const using = attributes.find((_, i) => texts[i].includes('export-subst'));
+            return using ? `${printableLatin1(using.path)} uses export-subst (its files name the commit)` : null;
         })();
         return this.substChecked;
     }
@@ -44210,6 +44237,42 @@ async function writeStream(file, root, removals, members, codec, env) {
         external_node_fs_default().rmSync(list, { force: true });
     }
     return files;
+}
+/** The `.gitattributes` files of an `ls-tree -r -z` listing (paths as latin1, as git wrote them). */
+function attributeFiles(listing) {
+    const out = [];
+    for (const record of listing.toString('latin1').split('\0')) {
+        const tab = record.indexOf('\t');
+        if (tab < 0)
+            continue;
+        const [, type, oid] = record.slice(0, tab).split(' ');
+        const p = record.slice(tab + 1);
+        if (type === 'blob' && (p === '.gitattributes' || p.endsWith('/.gitattributes')))
+            out.push({ path: p, oid });
+    }
+    return out;
+}
+/**
+ * The contents in a `git cat-file --batch` answer, in order; null unless it
+ * holds exactly `count` objects, each whole (a missing one fails it).
+ */
+function batchContents(out, count) {
+    if (!out)
+        return null;
+    const texts = [];
+    let at = 0;
+    while (at < out.length) {
+        const eol = out.indexOf(0x0a, at);
+        if (eol < 0)
+            return null;
+        const header = out.subarray(at, eol).toString('latin1').split(' ');
+        const size = Number(header[2]);
+        if (header.length !== 3 || !/^\d+$/.test(header[2]) || eol + 1 + size + 1 > out.length || out[eol + 1 + size] !== 0x0a)
+            return null;
+        texts.push(out.subarray(eol + 1, eol + 1 + size));
+        at = eol + 1 + size + 1;
+    }
+    return texts.length === count ? texts : null;
 }
 
 ;// CONCATENATED MODULE: ./src/sync/drift.ts
@@ -45745,6 +45808,7 @@ function excludedSentence(excluded) {
 
 
 
+
 /**
  * The configured VMs, narrowed to `ids` and to `shard`; an unknown id is a
  * usage error naming the known ones. A known id that belongs to another shard
@@ -45990,7 +46054,7 @@ async function runSync(config, options = {}) {
         const { rollout } = config;
         events.info(null, `deploying ${commit} to ${words_count(vms.length, 'VM')}, ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
         if (dryRun) {
-            const ctx = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
+            const ctx = { config, knownHosts, history: askedOnce(repo), commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
             const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
             return done({ command: 'sync', commit, dry_run: true, scan, vms: reports });
         }
@@ -46014,7 +46078,7 @@ async function runSync(config, options = {}) {
         const outcome = await releaseFleet({
             config,
             openPort: sshPorts(knownHosts, warm ?? undefined),
-            history: repo,
+            history: askedOnce(repo),
             commit,
             tree,
             // The longest a VM may wait for the tree: the scan's time limit, and for a tree made on demand also
@@ -46114,7 +46178,7 @@ async function runInspect(config, mode, options = {}) {
     const ctx = {
         config,
         knownHosts: loadKnownHosts(config),
-        history: repo,
+        history: askedOnce(repo),
         commit,
         exportDir: '',
         force: false,

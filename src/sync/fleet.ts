@@ -18,6 +18,7 @@ import { mapPool } from './pool.js';
 import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
 import { ExpectedTrees } from './drift.js';
+import { askedOnce } from './state.js';
 import { dryRunVm, inspectVm, rsyncExcludes, type DeepCheck, type RunContext } from './vm-pipeline.js';
 import { excludedPaths, excludedSentence, type ExcludedReport } from './excluded.js';
 import { announceRow, failedRow, silentEvents, type Baseline, type EngineEvents, type RunReport, type VmReport } from './types.js';
@@ -331,7 +332,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     const { rollout } = config;
     events.info(null, `deploying ${commit} to ${count(vms.length, 'VM')}, ${config.sync.concurrency} at a time, ${rollout.strategy}${dryRun ? ' (dry run)' : ''}`, 'prepare');
     if (dryRun) {
-      const ctx: RunContext = { config, knownHosts, history: repo, commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
+      const ctx: RunContext = { config, knownHosts, history: askedOnce(repo), commit, exportDir, force, events, signal: options.signal, retryBaseMs: options.retryBaseMs ?? 1000 };
       const reports = await mapPool(vms, config.sync.concurrency, (vm) => rowOf(vm, events, () => dryRunVm(vm, ctx)));
       return done({ command: 'sync', commit, dry_run: true, scan, vms: reports });
     }
@@ -355,7 +356,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
       {
         config,
         openPort: sshPorts(knownHosts, warm ?? undefined),
-        history: repo,
+        history: askedOnce(repo),
         commit,
         tree,
         // The longest a VM may wait for the tree: the scan's time limit, and for a tree made on demand also
@@ -462,7 +463,7 @@ export async function runInspect(config: Config, mode: 'verify' | 'status', opti
   const ctx: RunContext = {
     config,
     knownHosts: loadKnownHosts(config),
-    history: repo,
+    history: askedOnce(repo),
     commit,
     exportDir: '',
     force: false,

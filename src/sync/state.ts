@@ -10,6 +10,28 @@ export interface History {
 }
 
 /**
+ * A {@link History} that asks `history` once per pair of commits: VMs on the
+ * same commit (most of a fleet) share one answer instead of costing two git
+ * processes each. For one run, whose clone does not change meanwhile; a
+ * question that failed is asked again.
+ */
+export function askedOnce(history: History): History {
+  const answers = new Map<string, ReturnType<History['relation']>>();
+  return {
+    relation(vmRev, deploy) {
+      const key = `${vmRev} ${deploy}`;
+      let answer = answers.get(key);
+      if (!answer) {
+        answer = history.relation(vmRev, deploy);
+        answers.set(key, answer);
+        answer.catch(() => answers.delete(key));
+      }
+      return answer;
+    },
+  };
+}
+
+/**
  * Where a VM stands against the deploy commit:
  * - `broken`: the target is a symlink to nothing (`kind` `dangling`: its live
  *   release is gone), so the VM serves nothing; never `fresh`;

@@ -111,6 +111,30 @@ test('export-subst: a file whose content is unchanged in git but expands to the 
   expectSameAsRsync('export-subst');
 });
 
+test('export-subst set by one of several .gitattributes files, the deepest: the stream is not used, and says which file', async () => {
+  configure(world);
+  const files = {
+    '.gitattributes': '*.txt text\n',
+    'a/.gitattributes': '*.sh text eol=lf\n',
+    'deep/er/.gitattributes': 'version.txt export-subst\n',
+    'deep/er/version.txt': 'commit $Format:%H$\n',
+    'app.txt': 'v1\n',
+  };
+  commitTree(files, 'nested subst 1');
+  await deploy(world.ws.git(world.ws.work, ['rev-parse', 'HEAD']), null);
+  const b = commitTree({ ...files, 'app.txt': 'v2\n' }, 'nested subst 2');
+  const run = await deploy(b, false);
+  expect(run.stderr).toContain('[s1] stream transfer not possible (deep/er/.gitattributes uses export-subst (its files name the commit)): using rsync');
+  expect(fs.readFileSync(path.join(world.target('s1'), 'deep/er/version.txt'), 'utf8')).toBe(`commit ${b}\n`);
+  expectSameAsRsync('nested export-subst');
+  // Without export-subst anywhere (the same several attribute files otherwise), the stream is used again.
+  const c = commitTree({ ...files, 'deep/er/.gitattributes': 'version.txt text\n', 'app.txt': 'v3\n' }, 'nested subst 3');
+  await deploy(c, null);
+  const d = commitTree({ ...files, 'deep/er/.gitattributes': 'version.txt text\n', 'app.txt': 'v4\n' }, 'nested subst 4');
+  await deploy(d, true);
+  expectSameAsRsync('no export-subst');
+});
+
 test('a directory left holding only excluded entries is kept, as rsync keeps it', async () => {
   configure(world);
   commitTree({ 'app.txt': 'e1\n', 'sub/keep.txt': 'k\n', 'sub/__pycache__/m.pyc': 'x\n', 'link': { symlink: 'nowhere' } }, 'empty 1');
