@@ -37282,7 +37282,89 @@ function timestamp(date = new Date()) {
     return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 }
 
+;// CONCATENATED MODULE: ./src/git/attributes.ts
+
+/**
+ * Answers by commit: a commit's tree never changes, so one answer serves
+ * every later question about it in this process (the export and the stream
+ * of a run both ask, and so does the next run of a long-lived process). A
+ * failed question is asked again.
+ */
+const answers = new Map();
+/**
+ * Which `.gitattributes` of `commit` (at any depth) mentions `export-subst`,
+ * read with two git processes whatever their number: `ls-tree` for their
+ * blob ids, one `cat-file --batch` for their contents. (Each file read by a
+ * git process of its own cost git/git's sixteen a quarter of a CPU-second of
+ * spawning per deploy.) Paths are latin1, as git wrote them.
+ */
+function exportSubstIn(repoDir, commit, env) {
+    const key = `${repoDir}\0${commit}`;
+    let answer = answers.get(key);
+    if (!answer) {
+        answer = ask(repoDir, commit, env);
+        answers.set(key, answer);
+        void answer.then((a) => a.kind === 'unreadable' && answers.delete(key));
+    }
+    return answer;
+}
+async function ask(repoDir, commit, env) {
+    const git = (args, input) => new Promise((resolve) => {
+        const child = (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: repoDir, env: { ...(env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout));
+        if (input !== undefined)
+            child.stdin?.end(input);
+    });
+    const listing = await git(['ls-tree', '-r', '-z', commit]);
+    if (!listing)
+        return { kind: 'unreadable', why: `git cannot list ${commit.slice(0, 12)}` };
+    const files = attributeFiles(listing);
+    if (files.length === 0)
+        return { kind: 'none' };
+    const texts = batchContents(await git(['cat-file', '--batch'], files.map((f) => `${f.oid}\n`).join('')), files.length);
+    if (!texts)
+        return { kind: 'unreadable', why: `git cannot read the .gitattributes files of ${commit.slice(0, 12)}` };
+    const using = files.find((_, i) => texts[i].includes('export-subst'));
+    return using ? { kind: 'uses', path: using.path } : { kind: 'none' };
+}
+/** The `.gitattributes` files of an `ls-tree -r -z` listing (paths as latin1, as git wrote them). */
+function attributeFiles(listing) {
+    const out = [];
+    for (const record of listing.toString('latin1').split('\0')) {
+        const tab = record.indexOf('\t');
+        if (tab < 0)
+            continue;
+        const [, type, oid] = record.slice(0, tab).split(' ');
+        const p = record.slice(tab + 1);
+        if (type === 'blob' && (p === '.gitattributes' || p.endsWith('/.gitattributes')))
+            out.push({ path: p, oid });
+    }
+    return out;
+}
+/**
+ * The contents in a `git cat-file --batch` answer, in order; null unless it
+ * holds exactly `count` objects, each whole (a missing one fails it).
+ */
+function batchContents(out, count) {
+    if (!out)
+        return null;
+    const texts = [];
+    let at = 0;
+    while (at < out.length) {
+        const eol = out.indexOf(0x0a, at);
+        if (eol < 0)
+            return null;
+        const header = out.subarray(at, eol).toString('latin1').split(' ');
+        const size = Number(header[2]);
+        if (header.length !== 3 || !/^\d+$/.test(header[2]) || eol + 1 + size + 1 > out.length || out[eol + 1 + size] !== 0x0a)
+            return null;
+        texts.push(out.subarray(eol + 1, eol + 1 + size));
+        at = eol + 1 + size + 1;
+    }
+    return texts.length === count ? texts : null;
+}
+
 ;// CONCATENATED MODULE: ./src/git/exports.ts
+
 
 
 
@@ -37434,17 +37516,8 @@ class ExportStore {
             return 'git cannot diff the last export against this commit';
         if (names.out.toString('latin1').split('\0').some((p) => p === '.gitattributes' || p.endsWith('/.gitattributes')))
             return 'a .gitattributes changed';
-        const attrs = await this.git(['ls-tree', '-r', '-z', '--name-only', commit]);
-        if (!attrs.ok)
-            return 'git cannot list the commit';
-        for (const p of attrs.out.toString('latin1').split('\0')) {
-            if (p !== '.gitattributes' && !p.endsWith('/.gitattributes'))
-                continue;
-            const text = await this.git(['show', `${commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
-            if (!text.ok || text.out.toString('latin1').includes('export-subst'))
-                return `${p} uses export-subst`;
-        }
-        return null;
+        const subst = await exportSubstIn(this.options.repoDir, commit, this.options.env);
+        return subst.kind === 'none' ? null : subst.kind === 'uses' ? `${subst.path} uses export-subst` : subst.why;
     }
     /** Hard-link copy of `baseTree`, then the changed paths rewritten. null: too many changes, or names argv cannot carry. */
     async incremental(baseTree, base, commit, tree) {
@@ -43881,6 +43954,7 @@ async function classifyState(vmId, rev, deploy, history, kind) {
 
 
 
+
 /*
  * The stream transfer: a release built on the VM as a hard-link copy of the
  * release it serves, minus the paths that changed, plus their new content,
@@ -44142,26 +44216,7 @@ class ReleaseStreams {
     }
     /** Why no stream can be made for the commit because of export-subst (null: none is used); checked once. */
     exportSubst() {
-        this.substChecked ??= (async () => {
-            const run = (args, input) => new Promise((resolve) => {
-                const child = (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout));
-                if (input !== undefined)
-                    child.stdin?.end(input);
-            });
-            const listing = await run(['ls-tree', '-r', '-z', this.source.commit]);
-            if (!listing)
-                return `the runner-host clone cannot list ${this.source.commit.slice(0, 12)}`;
-            const attributes = attributeFiles(listing);
-            if (attributes.length === 0)
-                return null;
-            // Every .gitattributes of the tree read by one git process (git/git has sixteen: one process each cost
-            // the runner host a quarter of a CPU-second per deploy).
-            const texts = batchContents(await run(['cat-file', '--batch'], attributes.map((a) => `${a.oid}\n`).join('')), attributes.length);
-            if (!texts)
-                return `the runner-host clone cannot read the .gitattributes files of ${this.source.commit.slice(0, 12)}`;
-            const using = attributes.find((_, i) => texts[i].includes('export-subst'));
-            return using ? `${printableLatin1(using.path)} uses export-subst (its files name the commit)` : null;
-        })();
+        this.substChecked ??= exportSubstIn(this.source.repoDir, this.source.commit, this.source.env).then((subst) => subst.kind === 'none' ? null : subst.kind === 'uses' ? `${printableLatin1(subst.path)} uses export-subst (its files name the commit)` : subst.why);
         return this.substChecked;
     }
 }
@@ -44237,42 +44292,6 @@ async function writeStream(file, root, removals, members, codec, env) {
         external_node_fs_default().rmSync(list, { force: true });
     }
     return files;
-}
-/** The `.gitattributes` files of an `ls-tree -r -z` listing (paths as latin1, as git wrote them). */
-function attributeFiles(listing) {
-    const out = [];
-    for (const record of listing.toString('latin1').split('\0')) {
-        const tab = record.indexOf('\t');
-        if (tab < 0)
-            continue;
-        const [, type, oid] = record.slice(0, tab).split(' ');
-        const p = record.slice(tab + 1);
-        if (type === 'blob' && (p === '.gitattributes' || p.endsWith('/.gitattributes')))
-            out.push({ path: p, oid });
-    }
-    return out;
-}
-/**
- * The contents in a `git cat-file --batch` answer, in order; null unless it
- * holds exactly `count` objects, each whole (a missing one fails it).
- */
-function batchContents(out, count) {
-    if (!out)
-        return null;
-    const texts = [];
-    let at = 0;
-    while (at < out.length) {
-        const eol = out.indexOf(0x0a, at);
-        if (eol < 0)
-            return null;
-        const header = out.subarray(at, eol).toString('latin1').split(' ');
-        const size = Number(header[2]);
-        if (header.length !== 3 || !/^\d+$/.test(header[2]) || eol + 1 + size + 1 > out.length || out[eol + 1 + size] !== 0x0a)
-            return null;
-        texts.push(out.subarray(eol + 1, eol + 1 + size));
-        at = eol + 1 + size + 1;
-    }
-    return texts.length === count ? texts : null;
 }
 
 ;// CONCATENATED MODULE: ./src/sync/drift.ts

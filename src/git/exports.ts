@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
+import { exportSubstIn } from './attributes.js';
 import { run } from '../local/run.js';
 import { ownedByDeadProcess, scratchSiblingName } from '../local/scratch.js';
 import { archiveInto } from './archive.js';
@@ -184,14 +185,8 @@ export class ExportStore {
     const names = await this.git(['diff', '--name-only', '-z', '--no-renames', base, commit, '--']);
     if (!names.ok) return 'git cannot diff the last export against this commit';
     if (names.out.toString('latin1').split('\0').some((p) => p === '.gitattributes' || p.endsWith('/.gitattributes'))) return 'a .gitattributes changed';
-    const attrs = await this.git(['ls-tree', '-r', '-z', '--name-only', commit]);
-    if (!attrs.ok) return 'git cannot list the commit';
-    for (const p of attrs.out.toString('latin1').split('\0')) {
-      if (p !== '.gitattributes' && !p.endsWith('/.gitattributes')) continue;
-      const text = await this.git(['show', `${commit}:${Buffer.from(p, 'latin1').toString('utf8')}`]);
-      if (!text.ok || text.out.toString('latin1').includes('export-subst')) return `${p} uses export-subst`;
-    }
-    return null;
+    const subst = await exportSubstIn(this.options.repoDir, commit, this.options.env);
+    return subst.kind === 'none' ? null : subst.kind === 'uses' ? `${subst.path} uses export-subst` : subst.why;
   }
 
   /** Hard-link copy of `baseTree`, then the changed paths rewritten. null: too many changes, or names argv cannot carry. */

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { StreamCodec } from '../remote/target.js';
+import { exportSubstIn } from '../git/attributes.js';
 
 /*
  * The stream transfer: a release built on the VM as a hard-link copy of the
@@ -301,23 +302,9 @@ export class ReleaseStreams {
 
   /** Why no stream can be made for the commit because of export-subst (null: none is used); checked once. */
   private exportSubst(): Promise<string | null> {
-    this.substChecked ??= (async () => {
-      const run = (args: string[], input?: string): Promise<Buffer | null> =>
-        new Promise((resolve) => {
-          const child = execFile('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout));
-          if (input !== undefined) child.stdin?.end(input);
-        });
-      const listing = await run(['ls-tree', '-r', '-z', this.source.commit]);
-      if (!listing) return `the runner-host clone cannot list ${this.source.commit.slice(0, 12)}`;
-      const attributes = attributeFiles(listing);
-      if (attributes.length === 0) return null;
-      // Every .gitattributes of the tree read by one git process (git/git has sixteen: one process each cost
-      // the runner host a quarter of a CPU-second per deploy).
-      const texts = batchContents(await run(['cat-file', '--batch'], attributes.map((a) => `${a.oid}\n`).join('')), attributes.length);
-      if (!texts) return `the runner-host clone cannot read the .gitattributes files of ${this.source.commit.slice(0, 12)}`;
-      const using = attributes.find((_, i) => texts[i].includes('export-subst'));
-      return using ? `${printableLatin1(using.path)} uses export-subst (its files name the commit)` : null;
-    })();
+    this.substChecked ??= exportSubstIn(this.source.repoDir, this.source.commit, this.source.env).then((subst) =>
+      subst.kind === 'none' ? null : subst.kind === 'uses' ? `${printableLatin1(subst.path)} uses export-subst (its files name the commit)` : subst.why,
+    );
     return this.substChecked;
   }
 }
@@ -395,35 +382,3 @@ async function writeStream(file: string, root: string, removals: string[], membe
   return files;
 }
 
-/** The `.gitattributes` files of an `ls-tree -r -z` listing (paths as latin1, as git wrote them). */
-export function attributeFiles(listing: Buffer): Array<{ path: string; oid: string }> {
-  const out: Array<{ path: string; oid: string }> = [];
-  for (const record of listing.toString('latin1').split('\0')) {
-    const tab = record.indexOf('\t');
-    if (tab < 0) continue;
-    const [, type, oid] = record.slice(0, tab).split(' ');
-    const p = record.slice(tab + 1);
-    if (type === 'blob' && (p === '.gitattributes' || p.endsWith('/.gitattributes'))) out.push({ path: p, oid });
-  }
-  return out;
-}
-
-/**
- * The contents in a `git cat-file --batch` answer, in order; null unless it
- * holds exactly `count` objects, each whole (a missing one fails it).
- */
-export function batchContents(out: Buffer | null, count: number): Buffer[] | null {
-  if (!out) return null;
-  const texts: Buffer[] = [];
-  let at = 0;
-  while (at < out.length) {
-    const eol = out.indexOf(0x0a, at);
-    if (eol < 0) return null;
-    const header = out.subarray(at, eol).toString('latin1').split(' ');
-    const size = Number(header[2]);
-    if (header.length !== 3 || !/^\d+$/.test(header[2]) || eol + 1 + size + 1 > out.length || out[eol + 1 + size] !== 0x0a) return null;
-    texts.push(out.subarray(eol + 1, eol + 1 + size));
-    at = eol + 1 + size + 1;
-  }
-  return texts.length === count ? texts : null;
-}

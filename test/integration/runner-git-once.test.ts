@@ -26,7 +26,7 @@ afterAll(() => {
   fs.rmSync(bin, { recursive: true, force: true });
 });
 
-test('four VMs on one commit: one ancestry check and one read of the attribute files for the whole run', async () => {
+test('four VMs on one commit: one ancestry check, and the attribute files read once for the whole run', async () => {
   const files = { '.gitattributes': '*.txt text\n', 'a/.gitattributes': '*.sh text eol=lf\n', 'b/c/.gitattributes': '*.md text\n', 'app.txt': 'one\n' };
   const c1 = world.ws.commit(files, 'c1');
   world.ws.push();
@@ -51,6 +51,7 @@ test('four VMs on one commit: one ancestry check and one read of the attribute f
   expect(calls.filter((c) => c === `merge-base --is-ancestor ${c1} ${c2}`)).toHaveLength(1);
   // (Not one per VM: other steps ask it once each, the export's base and the scan's records.)
   expect(calls.filter((c) => c === `cat-file -e ${c1}^{commit}`).length).toBeLessThan(4);
-  expect(calls.filter((c) => c.startsWith('cat-file blob '))).toEqual([]);
-  expect(calls.filter((c) => c === 'cat-file --batch')).not.toHaveLength(0);
+  // The export and the stream both ask whether the commit uses export-subst: git is asked once.
+  expect(calls.filter((c) => c.startsWith('cat-file blob ') || c.startsWith('show '))).toEqual([]);
+  expect(calls.filter((c) => c === `ls-tree -r -z ${c2}`)).toHaveLength(1);
 });

@@ -1,5 +1,5 @@
 import { askedOnce, type History } from '../../src/sync/state.js';
-import { attributeFiles, batchContents } from '../../src/sync/stream.js';
+import { attributeFiles, batchContents } from '../../src/git/attributes.js';
 
 test('askedOnce: VMs on the same commit share one answer; another pair is asked; a failed question is asked again', async () => {
   const asked: string[] = [];
