@@ -42334,6 +42334,8 @@ class BoundedText {
         return this.dropped > 0 ? `${this.head}\n[... ${words_count(this.dropped, 'character')} not kept ...]\n${this.tail}` : this.head + this.tail;
     }
 }
+/** How long a closed session's socket may wait for the VM's side of the close before it is destroyed. */
+const CLOSE_GRACE_MS = 2000;
 /**
  * One authenticated SSH connection to one VM. Everything vm-sync does on a VM
  * (remote commands and rsync, through the bridge) runs over this single
@@ -42375,6 +42377,9 @@ class VmSession {
         if (pinned.keys.length === 0) {
             throw new VmSyncError('host_key_unknown', `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`);
         }
+        // A run already stopped connects to nothing (an abort listener added now would never fire).
+        if (options.signal?.aborted)
+            throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
         // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
         const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
         const ssh = new NodeSSH();
@@ -42391,6 +42396,7 @@ class VmSession {
             transport.destroy();
         };
         options.signal?.addEventListener('abort', abort, { once: true });
+        options.expire?.addEventListener('abort', abort, { once: true });
         try {
             const connecting = ssh.connect({
                 host: vm.host,
@@ -42427,7 +42433,7 @@ class VmSession {
             tunnel?.closed();
             if (options.signal?.aborted)
                 throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
-            let code = classifyConnectError(error, rejected);
+            let code = options.expire?.aborted ? 'timeout' : classifyConnectError(error, rejected);
             // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
             // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
             const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
@@ -42438,6 +42444,7 @@ class VmSession {
         }
         finally {
             options.signal?.removeEventListener('abort', abort);
+            options.expire?.removeEventListener('abort', abort);
         }
         // (The listener above stays: a later socket error, a VM rebooting mid-deploy, must not crash the process.
         // What it breaks is seen by the channel or step that was using the connection.)
@@ -42703,6 +42710,11 @@ class VmSession {
             return;
         this.closed = true;
         this.ssh.dispose();
+        // ssh2's end only half-closes the socket, and stops its keepalive: a VM that stopped answering would
+        // hold it (and the process, which exits when nothing is left open) until the kernel gives up, minutes
+        // later. After a grace for an orderly close, the socket goes; the timer alone keeps nothing alive.
+        const transport = this.transport;
+        setTimeout(() => transport.destroy(), CLOSE_GRACE_MS).unref();
         this.tunnelClosed();
     }
 }
@@ -43604,7 +43616,7 @@ function parseProbe(out) {
  */
 function sshPorts(knownHosts, warm) {
     return async (vm, options) => {
-        const session = (await warm?.take(vm)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
+        const session = (await warm?.take(vm, options.connectTimeoutMs)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
         const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
         let signal = options.signal;
         const port = {
@@ -43666,24 +43678,36 @@ function sshPorts(knownHosts, warm) {
  * everything else wait for the pipeline, which knows the commit.
  *
  * A connection made ahead never costs the VM anything it would not have
- * spent anyway (the reasons the first version of this, 6dcfa6f, was taken out):
+ * spent anyway (the reasons the first version of this, d96a1dc, was taken
+ * out in 91ec66c):
  * - each is handed out once ({@link take}), and only when it is still
  *   usable: one that failed before its pipeline asked, or closed meanwhile,
  *   is not handed out, and the pipeline connects afresh (a VM down only
- *   during the fetch loses no attempt);
- * - one still being made when the pipeline asks is the pipeline's own
- *   connect: its outcome, success or failure, is that attempt's;
+ *   during the fetch loses no attempt); unless its failure lasts (a host
+ *   key that is not the pinned one, a refused key): that failure is handed
+ *   out as the pipeline's, whose connect could only repeat it;
+ * - it has no timeout of its own until it is taken: one still being made
+ *   when the pipeline asks becomes the pipeline's connect, with the
+ *   pipeline's whole connect timeout from then (a VM that answers late in
+ *   the fetch is not cut short by the time the fetch took);
  * - {@link close} stops those still being made and closes those not taken,
  *   at once: a VM silent during the fetch does not hold a run that failed
  *   before its pipelines open until the connect timeout.
  */
 class WarmConnections {
     open;
+    lasting;
     pending = new Map();
     closing = false;
-    /** `open` connects to a VM; it must give up promptly when its signal aborts. */
-    constructor(open) {
+    /**
+     * `open` connects to a VM with no timeout of its own: it must give up promptly when `stop` aborts (the
+     * run ends), and fail as a connect timeout does when `expire` aborts (the taker's timeout passed).
+     */
+    constructor(open, 
+    /** Whether a failure lasts: connecting again would only repeat it (not a network failure). */
+    lasting = () => false) {
         this.open = open;
+        this.lasting = lasting;
     }
     /** Starts connecting to each of `vms` (each VM once; nothing after {@link close}). */
     start(vms) {
@@ -43691,24 +43715,36 @@ class WarmConnections {
             if (this.closing || this.pending.has(vm.id))
                 continue;
             const stop = new AbortController();
-            const warming = { opening: this.open(vm, stop.signal), failed: false, stop };
+            const expire = new AbortController();
+            const warming = { opening: this.open(vm, stop.signal, expire.signal), settled: false, failed: false, error: null, stop, expire };
             // Observed by take or close; a failure nobody takes is not an unhandled rejection.
-            warming.opening.catch(() => (warming.failed = true));
+            warming.opening.then(() => (warming.settled = true), (error) => {
+                warming.settled = warming.failed = true;
+                warming.error = error;
+            });
             this.pending.set(vm.id, warming);
         }
     }
     /**
      * The connection started for `vm`, once, as a promise: null when none was
-     * started, it was already taken, or it failed before this call; resolves to
-     * null when it closed meanwhile (the caller then connects afresh).
+     * started, it was already taken, or it failed before this call (unless its
+     * failure lasts: then it rejects with that failure); resolves to
+     * null when it closed meanwhile (the caller then connects afresh). One
+     * still being made fails as a connect timeout would `timeoutMs` from now.
      */
-    take(vm) {
+    take(vm, timeoutMs) {
         const warming = this.pending.get(vm.id);
         if (!warming)
             return null;
         this.pending.delete(vm.id);
         if (warming.failed)
-            return null;
+            return this.lasting(warming.error) ? warming.opening : null;
+        if (!warming.settled) {
+            const timer = setTimeout(() => warming.expire.abort(), timeoutMs);
+            timer.unref();
+            const clear = () => clearTimeout(timer);
+            warming.opening.then(clear, clear);
+        }
         return warming.opening.then((session) => {
             if (session.alive)
                 return session;
@@ -45923,13 +45959,14 @@ async function runSync(config, options = {}) {
     // the pipeline's connect would then find it gone (one failed attempt) instead of opening its own.
     const warm = dryRun
         ? null
-        : new WarmConnections(async (vm, stop) => {
+        : new WarmConnections(async (vm, stop, expire) => {
             const started = Date.now();
             const signal = options.signal ? AbortSignal.any([options.signal, stop]) : stop;
-            const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal });
+            // No timeout until the pipeline takes it (then the pipeline's own, from then: see WarmConnections).
+            const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
             events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
             return session;
-        });
+        }, (error) => !toFailure(error).retryable);
     warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
     try {
         // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
@@ -46136,6 +46173,8 @@ async function runSync(config, options = {}) {
             await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
     }
 }
+/** A connection made ahead has no timeout of its own until its pipeline takes it (a day stands for none). */
+const UNTIL_TAKEN_MS = 24 * 60 * 60 * 1000;
 /** What a tree exported on demand may take beyond the runner-host lock's wait (a VM's lock must outlast it). */
 const ON_DEMAND_EXPORT_S = 600;
 /** The runner host's scan cache, in vm-sync's state directory beside the clone. */

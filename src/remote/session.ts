@@ -131,7 +131,16 @@ export class BoundedText {
 export interface ConnectOptions {
   connectTimeoutMs: number;
   signal?: AbortSignal;
+  /**
+   * Ends the handshake as the connect timeout would (code `timeout`, the same
+   * message), when the caller keeps the time itself: a connection made ahead
+   * of its VM's pipeline has the pipeline's whole timeout from when it is taken.
+   */
+  expire?: AbortSignal;
 }
+
+/** How long a closed session's socket may wait for the VM's side of the close before it is destroyed. */
+const CLOSE_GRACE_MS = 2000;
 
 /**
  * One authenticated SSH connection to one VM. Everything vm-sync does on a VM
@@ -174,6 +183,8 @@ export class VmSession {
         `no pinned host key for ${pinned.name} in known_hosts: fetch it with ssh-keyscan -p ${vm.port} ${vm.host}, check its fingerprint out of band, and add the line.`,
       );
     }
+    // A run already stopped connects to nothing (an abort listener added now would never fire).
+    if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
     // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
     const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
     const ssh = new NodeSSH();
@@ -190,6 +201,7 @@ export class VmSession {
       transport.destroy();
     };
     options.signal?.addEventListener('abort', abort, { once: true });
+    options.expire?.addEventListener('abort', abort, { once: true });
     try {
       const connecting = ssh.connect({
         host: vm.host,
@@ -223,7 +235,7 @@ export class VmSession {
       tunnel?.opened();
       tunnel?.closed();
       if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
-      let code = classifyConnectError(error, rejected);
+      let code = options.expire?.aborted ? 'timeout' : classifyConnectError(error, rejected);
       // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
       // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
       const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
@@ -232,6 +244,7 @@ export class VmSession {
       throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
     } finally {
       options.signal?.removeEventListener('abort', abort);
+      options.expire?.removeEventListener('abort', abort);
     }
     // (The listener above stays: a later socket error, a VM rebooting mid-deploy, must not crash the process.
     // What it breaks is seen by the channel or step that was using the connection.)
@@ -484,6 +497,11 @@ export class VmSession {
     if (this.closed) return;
     this.closed = true;
     this.ssh.dispose();
+    // ssh2's end only half-closes the socket, and stops its keepalive: a VM that stopped answering would
+    // hold it (and the process, which exits when nothing is left open) until the kernel gives up, minutes
+    // later. After a grace for an orderly close, the socket goes; the timer alone keeps nothing alive.
+    const transport = this.transport;
+    setTimeout(() => transport.destroy(), CLOSE_GRACE_MS).unref();
     this.tunnelClosed();
   }
 }

@@ -19,7 +19,7 @@ import { releaseFleet, rollbackFleet } from './release.js';
 import { ReleaseStreams } from './stream.js';
 import { ExpectedTrees } from './drift.js';
 import { askedOnce } from './state.js';
-import { dryRunVm, inspectVm, rsyncExcludes, type DeepCheck, type RunContext } from './vm-pipeline.js';
+import { dryRunVm, inspectVm, rsyncExcludes, toFailure, type DeepCheck, type RunContext } from './vm-pipeline.js';
 import { excludedPaths, excludedSentence, type ExcludedReport } from './excluded.js';
 import { announceRow, failedRow, silentEvents, type Baseline, type EngineEvents, type RunReport, type VmReport } from './types.js';
 import { invocation, noFetchAdvice, option } from '../advice.js';
@@ -184,13 +184,14 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   // the pipeline's connect would then find it gone (one failed attempt) instead of opening its own.
   const warm = dryRun
     ? null
-    : new WarmConnections(async (vm, stop) => {
+    : new WarmConnections(async (vm, stop, expire) => {
         const started = Date.now();
         const signal = options.signal ? AbortSignal.any([options.signal, stop]) : stop;
-        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: config.sync.connectTimeoutS * 1000, signal });
+        // No timeout until the pipeline takes it (then the pipeline's own, from then: see WarmConnections).
+        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
         events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
         return session;
-      });
+      }, (error) => !toFailure(error).retryable);
   warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
   try {
     // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
@@ -391,6 +392,9 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
 }
+
+/** A connection made ahead has no timeout of its own until its pipeline takes it (a day stands for none). */
+const UNTIL_TAKEN_MS = 24 * 60 * 60 * 1000;
 
 /** What a tree exported on demand may take beyond the runner-host lock's wait (a VM's lock must outlast it). */
 const ON_DEMAND_EXPORT_S = 600;
