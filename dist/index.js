@@ -84607,6 +84607,9 @@ class VmSession {
         };
         options.signal?.addEventListener('abort', abort, { once: true });
         options.expire?.addEventListener('abort', abort, { once: true });
+        // Either may have aborted while the way to the VM was being opened (a jump host's tunnel).
+        if (options.signal?.aborted || options.expire?.aborted)
+            abort();
         try {
             const connecting = ssh.connect({
                 host: vm.host,
@@ -85826,7 +85829,7 @@ function parseProbe(out) {
  */
 function sshPorts(knownHosts, warm) {
     return async (vm, options) => {
-        const session = (await warm?.take(vm, options.connectTimeoutMs)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
+        const session = (await warm?.take(vm, options.connectTimeoutMs, options.signal)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
         const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
         let signal = options.signal;
         const port = {
@@ -85940,9 +85943,11 @@ class WarmConnections {
      * started, it was already taken, or it failed before this call (unless its
      * failure lasts: then it rejects with that failure); resolves to
      * null when it closed meanwhile (the caller then connects afresh). One
-     * still being made fails as a connect timeout would `timeoutMs` from now.
+     * still being made fails as a connect timeout would `timeoutMs` from now,
+     * and stops when `signal` aborts. (For a direct connection only: a jump
+     * host's own connect knows neither.)
      */
-    take(vm, timeoutMs) {
+    take(vm, timeoutMs, signal) {
         const warming = this.pending.get(vm.id);
         if (!warming)
             return null;
@@ -85950,9 +85955,17 @@ class WarmConnections {
         if (warming.failed)
             return this.lasting(warming.error) ? warming.opening : null;
         if (!warming.settled) {
+            // The taker's timeout, and its signal (the VM's budget): as for a connect it started itself.
             const timer = setTimeout(() => warming.expire.abort(), timeoutMs);
             timer.unref();
-            const clear = () => clearTimeout(timer);
+            const stop = () => warming.stop.abort();
+            signal?.addEventListener('abort', stop, { once: true });
+            if (signal?.aborted)
+                stop();
+            const clear = () => {
+                clearTimeout(timer);
+                signal?.removeEventListener('abort', stop);
+            };
             warming.opening.then(clear, clear);
         }
         return warming.opening.then((session) => {
@@ -88106,7 +88119,7 @@ async function runSync(config, options = {}) {
             const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
             events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
             return session;
-        }, (error) => !toFailure(error).retryable);
+        }, (error) => LASTING_CONNECT_FAILURES.has(toFailure(error).code));
     warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
     try {
         // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
@@ -88313,6 +88326,11 @@ async function runSync(config, options = {}) {
             await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${errors_getErrorMessage(error)}`));
     }
 }
+/**
+ * Failures of a connection made ahead that its pipeline's connect could only repeat: host keys and the
+ * runner's own key file. (A refused key is not one: a VM being provisioned may add it during the fetch.)
+ */
+const LASTING_CONNECT_FAILURES = new Set(['host_key_mismatch', 'host_key_revoked', 'host_key_unknown', 'key_invalid']);
 /** A connection made ahead has no timeout of its own until its pipeline takes it (a day stands for none). */
 const UNTIL_TAKEN_MS = 24 * 60 * 60 * 1000;
 /** What a tree exported on demand may take beyond the runner-host lock's wait (a VM's lock must outlast it). */

@@ -66,7 +66,7 @@ export type OpenPort = (vm: VmConfig, options: { signal: AbortSignal; deadlineAt
  */
 export function sshPorts(knownHosts: KnownHosts, warm?: WarmConnections<VmSession>): OpenPort {
   return async (vm, options) => {
-    const session = (await warm?.take(vm, options.connectTimeoutMs)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
+    const session = (await warm?.take(vm, options.connectTimeoutMs, options.signal)) ?? (await VmSession.open(vm, knownHosts, { connectTimeoutMs: options.connectTimeoutMs, signal: options.signal }));
     const target = new RemoteTarget(session, vm.repoPath, options.deadlineAt, options.signal, options.sessionBudgetS);
     let signal = options.signal;
     const port: VmPort = {

@@ -202,6 +202,8 @@ export class VmSession {
     };
     options.signal?.addEventListener('abort', abort, { once: true });
     options.expire?.addEventListener('abort', abort, { once: true });
+    // Either may have aborted while the way to the VM was being opened (a jump host's tunnel).
+    if (options.signal?.aborted || options.expire?.aborted) abort();
     try {
       const connecting = ssh.connect({
         host: vm.host,

@@ -78,17 +78,26 @@ export class WarmConnections<S extends Warmable> {
    * started, it was already taken, or it failed before this call (unless its
    * failure lasts: then it rejects with that failure); resolves to
    * null when it closed meanwhile (the caller then connects afresh). One
-   * still being made fails as a connect timeout would `timeoutMs` from now.
+   * still being made fails as a connect timeout would `timeoutMs` from now,
+   * and stops when `signal` aborts. (For a direct connection only: a jump
+   * host's own connect knows neither.)
    */
-  take(vm: VmConfig, timeoutMs: number): Promise<S | null> | null {
+  take(vm: VmConfig, timeoutMs: number, signal?: AbortSignal): Promise<S | null> | null {
     const warming = this.pending.get(vm.id);
     if (!warming) return null;
     this.pending.delete(vm.id);
     if (warming.failed) return this.lasting(warming.error) ? warming.opening : null;
     if (!warming.settled) {
+      // The taker's timeout, and its signal (the VM's budget): as for a connect it started itself.
       const timer = setTimeout(() => warming.expire.abort(), timeoutMs);
       timer.unref();
-      const clear = (): void => clearTimeout(timer);
+      const stop = (): void => warming.stop.abort();
+      signal?.addEventListener('abort', stop, { once: true });
+      if (signal?.aborted) stop();
+      const clear = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', stop);
+      };
       warming.opening.then(clear, clear);
     }
     return warming.opening.then((session) => {

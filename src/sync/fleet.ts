@@ -191,7 +191,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
         const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
         events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
         return session;
-      }, (error) => !toFailure(error).retryable);
+      }, (error) => LASTING_CONNECT_FAILURES.has(toFailure(error).code));
   warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
   try {
     // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
@@ -392,6 +392,12 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
 }
+
+/**
+ * Failures of a connection made ahead that its pipeline's connect could only repeat: host keys and the
+ * runner's own key file. (A refused key is not one: a VM being provisioned may add it during the fetch.)
+ */
+const LASTING_CONNECT_FAILURES: ReadonlySet<string> = new Set(['host_key_mismatch', 'host_key_revoked', 'host_key_unknown', 'key_invalid']);
 
 /** A connection made ahead has no timeout of its own until its pipeline takes it (a day stands for none). */
 const UNTIL_TAKEN_MS = 24 * 60 * 60 * 1000;

@@ -134,3 +134,14 @@ test('a failure that lasts (not the network: a host key that is not the pinned o
   await expect(warm.take(vm('pinned-wrong'), 1000)).rejects.toThrow('does not match the pinned key');
   expect(warm.take(vm('down'), 1000)).toBeNull();
 });
+
+test("a connection still being made when taken stops with the taker's signal (the VM's budget), as its own connect would", async () => {
+  const { warm, opened } = harness();
+  warm.start([vm('slow')]);
+  const budget = new AbortController();
+  const taken = warm.take(vm('slow'), 60_000, budget.signal);
+  expect(opened[0].signal.aborted).toBe(false);
+  budget.abort();
+  await expect(taken).rejects.toThrow('connecting to slow was cancelled');
+  expect(opened[0].signal.aborted).toBe(true);
+});
