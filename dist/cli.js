@@ -37282,6 +37282,21 @@ function timestamp(date = new Date()) {
     return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 }
 
+;// CONCATENATED MODULE: ./src/git/bytes.ts
+
+/**
+ * Runs git in `repoDir` (LC_ALL=C) and gives its stdout as bytes (a path
+ * that is not UTF-8 must survive), or null when git fails. `input` is
+ * written to its stdin.
+ */
+function gitBytes(repoDir, args, options = {}) {
+    return new Promise((resolve) => {
+        const child = (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: repoDir, env: { ...(options.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: options.maxBuffer ?? 1 << 30 }, (error, stdout) => resolve(error ? null : stdout));
+        if (options.input !== undefined)
+            child.stdin?.end(options.input);
+    });
+}
+
 ;// CONCATENATED MODULE: ./src/git/attributes.ts
 
 /**
@@ -37309,11 +37324,7 @@ function exportSubstIn(repoDir, commit, env) {
     return answer;
 }
 async function ask(repoDir, commit, env) {
-    const git = (args, input) => new Promise((resolve) => {
-        const child = (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: repoDir, env: { ...(env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout));
-        if (input !== undefined)
-            child.stdin?.end(input);
-    });
+    const git = (args, input) => gitBytes(repoDir, args, { input, env, maxBuffer: 256 * 1024 * 1024 });
     const listing = await git(['ls-tree', '-r', '-z', commit]);
     if (!listing)
         return { kind: 'unreadable', why: `git cannot list ${commit.slice(0, 12)}` };
@@ -40221,13 +40232,6 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
 }
 /** Above this many new commits the selection is scanned as it is (an argv of hashes has limits). */
 const MAX_LISTED_COMMITS = 1000;
-function gitBytes(repoDir, args, input) {
-    return new Promise((resolve) => {
-        const child = (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout));
-        if (input !== undefined)
-            child.stdin?.end(input);
-    });
-}
 /** The commits of a rev-list selection, or null when git cannot list them. */
 async function revList(repoDir, selection) {
     const out = await gitBytes(repoDir, ['rev-list', ...selection, '--']);
@@ -40250,7 +40254,7 @@ async function attributesOf(repoDir, files) {
     // Three independent questions to git, asked at once (this runs on every scan). git config exits 1 when
     // core.attributesFile is unset: then the XDG default.
     const [out, infoPath, configured] = await Promise.all([
-        inTree.length > 0 ? gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`) : Promise.resolve(Buffer.alloc(0)),
+        inTree.length > 0 ? gitBytes(repoDir, ['cat-file', '--batch'], { input: `${inTree.map((f) => f.blob).join('\n')}\n` }) : Promise.resolve(Buffer.alloc(0)),
         gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']),
         gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']),
     ]);
@@ -44004,6 +44008,7 @@ async function classifyState(vmId, rev, deploy, history, kind) {
 
 
 
+
 /*
  * The stream transfer: a release built on the VM as a hard-link copy of the
  * release it serves, minus the paths that changed, plus their new content,
@@ -44202,7 +44207,7 @@ class ReleaseStreams {
     async diff(base) {
         const args = ['diff', '--raw', '-z', '--no-renames', '--no-abbrev', '--no-ext-diff', '--no-textconv', base, this.source.commit, '--'];
         // Bytes, not text: a path that is not UTF-8 must survive.
-        const out = await new Promise((resolve) => (0,external_node_child_process_namespaceObject.execFile)('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout)));
+        const out = await gitBytes(this.source.repoDir, args, { env: this.source.env, maxBuffer: 256 * 1024 * 1024 });
         if (!out)
             return `the runner-host clone cannot diff ${base.slice(0, 12)}..${this.source.commit.slice(0, 12)}`;
         return parseRawDiff(out);

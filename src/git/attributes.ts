@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { gitBytes } from './bytes.js';
 
 /** Whether a commit's tree uses `export-subst`, which makes `git archive` write the commit into files. */
 export type ExportSubst = { kind: 'none' } | { kind: 'uses'; path: string } | { kind: 'unreadable'; why: string };
@@ -30,11 +30,7 @@ export function exportSubstIn(repoDir: string, commit: string, env?: NodeJS.Proc
 }
 
 async function ask(repoDir: string, commit: string, env?: NodeJS.ProcessEnv): Promise<ExportSubst> {
-  const git = (args: string[], input?: string): Promise<Buffer | null> =>
-    new Promise((resolve) => {
-      const child = execFile('git', args, { cwd: repoDir, env: { ...(env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) => resolve(error ? null : stdout));
-      if (input !== undefined) child.stdin?.end(input);
-    });
+  const git = (args: string[], input?: string): Promise<Buffer | null> => gitBytes(repoDir, args, { input, env, maxBuffer: 256 * 1024 * 1024 });
   const listing = await git(['ls-tree', '-r', '-z', commit]);
   if (!listing) return { kind: 'unreadable', why: `git cannot list ${commit.slice(0, 12)}` };
   const files = attributeFiles(listing);

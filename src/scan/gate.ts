@@ -1,5 +1,5 @@
 import { count as countOf, noun } from '../words.js';
-import { execFile } from 'node:child_process';
+import { gitBytes } from '../git/bytes.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -446,13 +446,6 @@ interface TreeFile {
   size: number;
 }
 
-function gitBytes(repoDir: string, args: string[], input?: string): Promise<Buffer | null> {
-  return new Promise((resolve) => {
-    const child = execFile('git', args, { cwd: repoDir, env: { ...process.env, LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 1 << 30 }, (error, stdout) => resolve(error ? null : stdout));
-    if (input !== undefined) child.stdin?.end(input);
-  });
-}
-
 /** The commits of a rev-list selection, or null when git cannot list them. */
 async function revList(repoDir: string, selection: string[]): Promise<string[] | null> {
   const out = await gitBytes(repoDir, ['rev-list', ...selection, '--']);
@@ -476,7 +469,7 @@ async function attributesOf(repoDir: string, files: readonly TreeFile[]): Promis
   // Three independent questions to git, asked at once (this runs on every scan). git config exits 1 when
   // core.attributesFile is unset: then the XDG default.
   const [out, infoPath, configured] = await Promise.all([
-    inTree.length > 0 ? gitBytes(repoDir, ['cat-file', '--batch'], `${inTree.map((f) => f.blob).join('\n')}\n`) : Promise.resolve(Buffer.alloc(0)),
+    inTree.length > 0 ? gitBytes(repoDir, ['cat-file', '--batch'], { input: `${inTree.map((f) => f.blob).join('\n')}\n` }) : Promise.resolve(Buffer.alloc(0)),
     gitBytes(repoDir, ['rev-parse', '--git-path', 'info/attributes']),
     gitBytes(repoDir, ['config', '--path', '--get', 'core.attributesFile']),
   ]);

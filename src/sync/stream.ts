@@ -5,6 +5,7 @@ import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import type { StreamCodec } from '../remote/target.js';
 import { exportSubstIn } from '../git/attributes.js';
+import { gitBytes } from '../git/bytes.js';
 
 /*
  * The stream transfer: a release built on the VM as a hard-link copy of the
@@ -241,11 +242,7 @@ export class ReleaseStreams {
   private async diff(base: string): Promise<DiffEntry[] | string> {
     const args = ['diff', '--raw', '-z', '--no-renames', '--no-abbrev', '--no-ext-diff', '--no-textconv', base, this.source.commit, '--'];
     // Bytes, not text: a path that is not UTF-8 must survive.
-    const out = await new Promise<Buffer | null>((resolve) =>
-      execFile('git', args, { cwd: this.source.repoDir, env: { ...(this.source.env ?? process.env), LC_ALL: 'C' }, encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 }, (error, stdout) =>
-        resolve(error ? null : stdout),
-      ),
-    );
+    const out = await gitBytes(this.source.repoDir, args, { env: this.source.env, maxBuffer: 256 * 1024 * 1024 });
     if (!out) return `the runner-host clone cannot diff ${base.slice(0, 12)}..${this.source.commit.slice(0, 12)}`;
     return parseRawDiff(out);
   }
