@@ -80502,9 +80502,12 @@ const ALGORITHM_NAME = /^[A-Za-z0-9@._+-]{1,64}$/;
  * without authenticating (the handshake is stopped once the key is seen). Used
  * only to explain a failed connection whose pinned key types the VM does not
  * offer: ssh2 then fails with "no matching host key format" and names neither
- * side. Never rejects; an unreachable VM gives empty answers.
+ * side. Never rejects; an unreachable VM gives empty answers. When `signal`
+ * aborts (the run ends, the VM's budget is spent), it answers at once with
+ * what it saw so far: a VM silent to the probe must not hold a run that is
+ * over for the probe's whole timeout.
  */
-function probeHostKeys(host, port, timeoutMs) {
+function probeHostKeys(host, port, timeoutMs, signal) {
     return new Promise((resolve) => {
         const client = new lib.Client();
         const seen = { algorithms: [], key: null };
@@ -80513,9 +80516,18 @@ function probeHostKeys(host, port, timeoutMs) {
             if (settled)
                 return;
             settled = true;
+            signal?.removeEventListener('abort', stop);
             client.end();
             resolve(seen);
         };
+        // ssh2's end() only half-closes, and a VM that never answers would keep the socket: destroyed.
+        const stop = () => {
+            finish();
+            client.destroy();
+        };
+        if (signal?.aborted)
+            return stop();
+        signal?.addEventListener('abort', stop, { once: true });
         client.on('error', finish);
         client.on('close', finish);
         client.connect({
@@ -84653,7 +84665,11 @@ class VmSession {
             let code = options.expire?.aborted ? 'timeout' : classifyConnectError(error, rejected);
             // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
             // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
-            const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
+            // It stops with the connect it explains: when the run ends or the VM's time is up.
+            const probeStop = [options.signal, options.expire].filter((s) => s !== undefined);
+            const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000), probeStop.length ? AbortSignal.any(probeStop) : undefined) : null;
+            if (options.signal?.aborted)
+                throw new errors_VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
             const shown = offered ?? probed?.key ?? null;
             if (shown && isRevoked(pinned, shown))
                 code = 'host_key_revoked';
@@ -88111,21 +88127,7 @@ async function runSync(config, options = {}) {
     // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
     // exports (whose newest is the base of the next real deploy), and the clone is not reset.
     const dryExportRoot = dryRun ? makeScratchDir('export') : null;
-    // A real deploy connects to its first VMs (as many as it prepares at once) while the commit is fetched and
-    // exported: their pipelines then start connected. Nothing runs on a VM before its pipeline does. VMs behind a
-    // jump host are left out: the jump connection made for them could drop before their pipelines start, and
-    // the pipeline's connect would then find it gone (one failed attempt) instead of opening its own.
-    const warm = dryRun
-        ? null
-        : new WarmConnections(async (vm, stop, expire) => {
-            const started = Date.now();
-            const signal = options.signal ? AbortSignal.any([options.signal, stop]) : stop;
-            // No timeout until the pipeline takes it (then the pipeline's own, from then: see WarmConnections).
-            const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
-            events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
-            return session;
-        }, (error) => LASTING_CONNECT_FAILURES.has(toFailure(error).code));
-    warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
+    const warm = dryRun ? null : connectAhead(vms, config.sync.concurrency, knownHosts, events, options.signal);
     try {
         // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
         let excluded = null;
@@ -88330,6 +88332,26 @@ async function runSync(config, options = {}) {
         if (made)
             await repo.locked('keeping the export', async () => exports.retire(made)).catch((error) => events.info(null, `could not keep the export for the next run: ${errors_getErrorMessage(error)}`));
     }
+}
+/**
+ * Connects to the first VMs a real deploy prepares (as many as it prepares at
+ * once, in `vms:` order) while the commit is fetched and exported: their
+ * pipelines then start connected. Nothing runs on a VM before its pipeline
+ * does. VMs behind a jump host are left out: the jump connection made for
+ * them could drop before their pipelines start, and the pipeline's connect
+ * would then find it gone (one failed attempt) instead of opening its own.
+ */
+function connectAhead(vms, concurrency, knownHosts, events, runSignal) {
+    const warm = new WarmConnections(async (vm, stop, expire) => {
+        const started = Date.now();
+        const signal = runSignal ? AbortSignal.any([runSignal, stop]) : stop;
+        // No timeout until the pipeline takes it (then the pipeline's own, from then: see WarmConnections).
+        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
+        events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
+        return session;
+    }, (error) => LASTING_CONNECT_FAILURES.has(toFailure(error).code));
+    warm.start(vms.slice(0, concurrency).filter((vm) => !vm.jump));
+    return warm;
 }
 /**
  * Failures of a connection made ahead that its pipeline's connect could only repeat: host keys and the

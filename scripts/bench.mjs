@@ -228,6 +228,32 @@ function treeRssKb(rootPid, skip) {
 }
 const SAMPLE_MS = 50;
 
+// CPU time of the whole machine: every process, the VMs' sshd, tar and cp
+// included. Here the VMs share the runner host's cores, so a contender that
+// does more work anywhere pays for it in wall time; this column says how much.
+// From the first line of /proc/stat (user, nice, system, idle, iowait, irq,
+// softirq, steal, ...): busy = user + nice + system + irq + softirq, in
+// clock ticks (steal is the hypervisor's, not ours).
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+const machineBusyS = () => {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / CLK_TCK;
+  } catch {
+    return null;
+  }
+};
+const busySince = (start) => {
+  const end = machineBusyS();
+  return start === null || end === null ? null : end - start;
+};
+
 /** Runs the vm-sync CLI: wall time, exit code, output, and its cost on the runner host. */
 async function vmSync(...args) {
   const usageFile = path.join(tmp, 'usage.out');
@@ -238,6 +264,7 @@ async function vmSync(...args) {
   const heapFlag = /--max-semi-space-size/.test(process.env.NODE_OPTIONS ?? '') ? [] : ['--max-semi-space-size=2'];
   const command = [process.execPath, ...heapFlag, '--require', preload, cli, ...args];
   const [exe, ...argv] = TIME ? [TIME, '-f', '%M %U %S', '-o', timeFile, ...command] : command;
+  const busy = machineBusyS();
   const started = now();
   const child = spawn(exe, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BENCH_USAGE_OUT: usageFile } });
   children.add(child);
@@ -257,6 +284,7 @@ async function vmSync(...args) {
   });
   clearInterval(sampler);
   const s = secondsSince(started);
+  const machineCpuS = busySince(busy);
   const own = JSON.parse(readLastLine(usageFile) ?? '{}');
   const [largestKb, user, system] = (readLastLine(timeFile) ?? '').split(' ').map(Number);
   return {
@@ -269,6 +297,7 @@ async function vmSync(...args) {
     treePeakMb: treePeakKb ? treePeakKb / 1024 : null,
     largestRssMb: largestKb ? largestKb / 1024 : null,
     treeCpuS: TIME && !Number.isNaN(user + system) ? user + system : null,
+    machineCpuS,
   };
 }
 
@@ -597,6 +626,7 @@ try {
       largest_process_rss_mb: fix(run.largestRssMb, 0),
       cpu_s: fix(run.cpuS),
       runner_cpu_s: fix(run.treeCpuS),
+      machine_cpu_s: fix(run.machineCpuS),
       handshakes_per_vm: `${Math.min(...perVm)}-${Math.max(...perVm)}`,
       files_changed_per_vm: report.vms.length ? Math.max(...report.vms.map((v) => v.files_changed)) : null,
       bytes_sent_per_vm: report.vms.length ? Math.max(...report.vms.map((v) => v.bytes_sent)) : null,
@@ -649,12 +679,13 @@ try {
   /** Export + rsync to every VM, all at once or one after the other. */
   const raw = async (commit, parallel) => {
     settle();
+    const busy = machineBusyS();
     const export_s = exportTree(commit, exportDir);
     const started = now();
     if (parallel) await Promise.all(fleet.vms.map((vm, i) => rsyncTo(vm, i, exportDir)));
     else for (const [i, vm] of fleet.vms.entries()) await rsyncTo(vm, i, exportDir);
     const rsync_s = secondsSince(started);
-    return { s: export_s + rsync_s, export_s, rsync_s };
+    return { s: export_s + rsync_s, export_s, rsync_s, machine_cpu_s: fix(busySince(busy)) };
   };
   // `git archive` stamps every file with the commit's time, so the raw copy of
   // HEAD~N differs from HEAD's export in mtime everywhere: rsync's quick check
@@ -731,7 +762,8 @@ try {
         const result = await scenarios[name](variant);
         results[name][variant].push(result);
         const mem = isVmSync(variant) ? `, node RSS ${result.rss_mb} MB, tree RSS ${result.tree_peak_rss_mb} MB` : '';
-        console.error(`${name} round ${r + 1} ${variant}: ${result.s.toFixed(2)} s${mem}${result.blocked ? ' (blocked by the secret scan)' : ''}`);
+        const busy = result.machine_cpu_s === null ? '' : `, machine CPU ${result.machine_cpu_s} s`;
+        console.error(`${name} round ${r + 1} ${variant}: ${result.s.toFixed(2)} s${busy}${mem}${result.blocked ? ' (blocked by the secret scan)' : ''}`);
       }
     }
     last = name;
@@ -761,6 +793,10 @@ try {
       rss_mb_scan_off: peak('off', 'rss_mb'),
       tree_rss_mb_scan_on: peak('on', 'tree_peak_rss_mb'),
       tree_rss_mb_scan_off: peak('off', 'tree_peak_rss_mb'),
+      machine_cpu_s: Object.fromEntries(variants.map((v) => {
+        const busy = (byVariant[v] ?? []).map((r) => r.machine_cpu_s).filter((x) => x !== null && x !== undefined);
+        return [v, busy.length ? fix(median(busy), 1) : null];
+      })),
       cells: {
         on: cell(times('on')),
         off: cell(times('off')),
@@ -781,6 +817,7 @@ try {
       `machine: ${os.cpus().length} × ${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GB, node ${process.version}, load at start ${load}\n` +
       `rate cap: ${cap}\nVM disks: ${disk}\nvm-sync concurrency ${vmCount} (all VMs at once, like the parallel raw rsync)\n` +
       (variants.includes('on') ? `secret scan: ${allowNote ?? 'no waiver (any finding blocks a scan-on deploy)'}; scan cache warm for full and no-op${base ? ', at HEAD~N for incremental' : ''}\n` : '') +
+      `machine CPU: busy CPU-seconds of the whole machine during the run (every process, the VMs' included; /proc/stat), median over the rounds\n` +
       `peak RSS: node = vm-sync's node process (getrusage ru_maxrss); tree = sum of VmRSS over vm-sync and its children, sampled every ${SAMPLE_MS} ms; max over the rounds\n`,
   );
   const vmSyncVariants = variants.filter(isVmSync);
@@ -789,6 +826,7 @@ try {
   if (rawVariants.length) header.push('export (part of raw)');
   if (variants.includes('parallel')) header.push(...vmSyncVariants.map((v) => `ratio ${v} ÷ parallel`));
   header.push(...vmSyncVariants.map((v) => `peak RSS MB ${v} (node / tree)`));
+  header.push(`machine CPU s (${variants.join(' / ')})`);
   console.log(
     table(
       header,
@@ -801,6 +839,7 @@ try {
           ...(rawVariants.length ? [r.export_s] : []),
           ...(variants.includes('parallel') ? vmSyncVariants.map((v) => ratios[v]) : []),
           ...vmSyncVariants.map((v) => rss[v]),
+          variants.map((v) => r.machine_cpu_s[v] ?? '-').join(' / '),
         ];
       }),
     ),

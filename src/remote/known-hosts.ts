@@ -171,9 +171,12 @@ const ALGORITHM_NAME = /^[A-Za-z0-9@._+-]{1,64}$/;
  * without authenticating (the handshake is stopped once the key is seen). Used
  * only to explain a failed connection whose pinned key types the VM does not
  * offer: ssh2 then fails with "no matching host key format" and names neither
- * side. Never rejects; an unreachable VM gives empty answers.
+ * side. Never rejects; an unreachable VM gives empty answers. When `signal`
+ * aborts (the run ends, the VM's budget is spent), it answers at once with
+ * what it saw so far: a VM silent to the probe must not hold a run that is
+ * over for the probe's whole timeout.
  */
-export function probeHostKeys(host: string, port: number, timeoutMs: number): Promise<OfferedHostKeys> {
+export function probeHostKeys(host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<OfferedHostKeys> {
   return new Promise((resolve) => {
     const client = new Client();
     const seen: OfferedHostKeys = { algorithms: [], key: null };
@@ -181,9 +184,17 @@ export function probeHostKeys(host: string, port: number, timeoutMs: number): Pr
     const finish = (): void => {
       if (settled) return;
       settled = true;
+      signal?.removeEventListener('abort', stop);
       client.end();
       resolve(seen);
     };
+    // ssh2's end() only half-closes, and a VM that never answers would keep the socket: destroyed.
+    const stop = (): void => {
+      finish();
+      client.destroy();
+    };
+    if (signal?.aborted) return stop();
+    signal?.addEventListener('abort', stop, { once: true });
     client.on('error', finish);
     client.on('close', finish);
     client.connect({

@@ -240,7 +240,10 @@ export class VmSession {
       let code = options.expire?.aborted ? 'timeout' : classifyConnectError(error, rejected);
       // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
       // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
-      const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000)) : null;
+      // It stops with the connect it explains: when the run ends or the VM's time is up.
+      const probeStop = [options.signal, options.expire].filter((s): s is AbortSignal => s !== undefined);
+      const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000), probeStop.length ? AbortSignal.any(probeStop) : undefined) : null;
+      if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
       const shown = offered ?? probed?.key ?? null;
       if (shown && isRevoked(pinned, shown)) code = 'host_key_revoked';
       throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });

@@ -178,21 +178,7 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
   // A dry run changes nothing on the runner host either: its export is a private scratch copy, not the kept
   // exports (whose newest is the base of the next real deploy), and the clone is not reset.
   const dryExportRoot = dryRun ? makeScratchDir('export') : null;
-  // A real deploy connects to its first VMs (as many as it prepares at once) while the commit is fetched and
-  // exported: their pipelines then start connected. Nothing runs on a VM before its pipeline does. VMs behind a
-  // jump host are left out: the jump connection made for them could drop before their pipelines start, and
-  // the pipeline's connect would then find it gone (one failed attempt) instead of opening its own.
-  const warm = dryRun
-    ? null
-    : new WarmConnections(async (vm, stop, expire) => {
-        const started = Date.now();
-        const signal = options.signal ? AbortSignal.any([options.signal, stop]) : stop;
-        // No timeout until the pipeline takes it (then the pipeline's own, from then: see WarmConnections).
-        const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
-        events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
-        return session;
-      }, (error) => LASTING_CONNECT_FAILURES.has(toFailure(error).code));
-  warm?.start(vms.slice(0, config.sync.concurrency).filter((vm) => !vm.jump));
+  const warm = dryRun ? null : connectAhead(vms, config.sync.concurrency, knownHosts, events, options.signal);
   try {
     // What rsync_excludes leaves out of the tree: listed once per export, said in the report (never silently dropped).
     let excluded: ExcludedReport | null = null;
@@ -391,6 +377,30 @@ export async function runSync(config: Config, options: SyncOptions = {}): Promis
     const made: ExportSnapshot | null = snapshot;
     if (made) await repo.locked('keeping the export', async () => exports.retire(made)).catch((error: unknown) => events.info(null, `could not keep the export for the next run: ${getErrorMessage(error)}`));
   }
+}
+
+/**
+ * Connects to the first VMs a real deploy prepares (as many as it prepares at
+ * once, in `vms:` order) while the commit is fetched and exported: their
+ * pipelines then start connected. Nothing runs on a VM before its pipeline
+ * does. VMs behind a jump host are left out: the jump connection made for
+ * them could drop before their pipelines start, and the pipeline's connect
+ * would then find it gone (one failed attempt) instead of opening its own.
+ */
+function connectAhead(vms: readonly VmConfig[], concurrency: number, knownHosts: KnownHosts, events: EngineEvents, runSignal: AbortSignal | undefined): WarmConnections<VmSession> {
+  const warm = new WarmConnections(
+    async (vm, stop, expire) => {
+      const started = Date.now();
+      const signal = runSignal ? AbortSignal.any([runSignal, stop]) : stop;
+      // No timeout until the pipeline takes it (then the pipeline's own, from then: see WarmConnections).
+      const session = await VmSession.open(vm, knownHosts, { connectTimeoutMs: UNTIL_TAKEN_MS, signal, expire });
+      events.debug?.(vm.id, `connected ahead in ${Date.now() - started} ms (while the commit is prepared)`, 'prepare');
+      return session;
+    },
+    (error) => LASTING_CONNECT_FAILURES.has(toFailure(error).code),
+  );
+  warm.start(vms.slice(0, concurrency).filter((vm) => !vm.jump));
+  return warm;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig } from '../../src/config/load.js';
@@ -124,6 +125,29 @@ test('the first VMs (sync.concurrency of them) are connected while the commit is
   expect(done.stderr).not.toMatch(/ca3.*connected ahead/);
   // Nothing stays open after the run (the CLI runs in this process here).
   await until('every connection to close', () => ['ca1', 'ca2', 'ca3'].every((id) => established(id) === 0), 5000);
+});
+
+test('the in-place layout starts from the connections made ahead too: one handshake per VM, the deploy lands', async () => {
+  configure({ 'vm_repo_paths: { default: ~/app }': 'vm_repo_paths: { default: ~/site }\n  layout: in-place', 'concurrency: 8': 'concurrency: 2' });
+  const c = world.ws.commit({ 'app.txt': 'in place\n' }, 'in-place');
+  world.ws.push();
+  const before = Object.fromEntries(['ca1', 'ca2', 'ca3'].map((id) => [id, handshakes(id)]));
+  const done = await runWhileCloneHeld(['sync', '-v'], async () => {
+    await until('the first two VMs to be connected', () => handshakes('ca1') > before.ca1 && handshakes('ca2') > before.ca2);
+    await sleep(300);
+    expect(handshakes('ca3')).toBe(before.ca3);
+  });
+  expect(done.code).toBe(0);
+  for (const id of ['ca1', 'ca2', 'ca3']) {
+    const site = path.join(world.vm(id).home, 'site');
+    // A plain directory (no release symlink), holding the commit.
+    expect(fs.lstatSync(site).isDirectory()).toBe(true);
+    expect(fs.readFileSync(path.join(site, '.sync_rev'), 'utf8')).toBe(`${c}\n`);
+    expect(snapshotTree(site)).toEqual(expectedTree(world.ws, c));
+    expect(handshakes(id) - before[id]).toBe(1);
+  }
+  expect(done.stderr).toMatch(/ca2.*connected ahead in \d+ ms/);
+  expect(done.stderr).not.toMatch(/ca3.*connected ahead/);
 });
 
 test('a run that fails before its pipelines start closes the connections it made ahead', async () => {
@@ -285,4 +309,60 @@ test('VmSession.open with a signal already aborted connects to nothing, at once'
   }
   expect(Date.now() - started).toBeLessThan(2000);
   expect(handshakes('ca2')).toBe(before);
+});
+
+test('a connect that failed on a host key type the VM lacks stops asking the VM for its keys when the run ends (the probe is not waited for)', async () => {
+  configure();
+  const config = loadConfig(world.configPath);
+  const real = config.vms.find((v) => v.id === 'ca3');
+  if (!real) throw new Error('no ca3');
+  // In front of ca3's sshd: the first connection reaches it; any later one (the probe that asks which
+  // host keys the VM has) is accepted and never answered.
+  const sockets: net.Socket[] = [];
+  let later = 0;
+  let laterClosed = 0;
+  const proxy = net.createServer((socket) => {
+    sockets.push(socket);
+    socket.on('error', () => undefined);
+    if (sockets.length > 1) {
+      later++;
+      // Read (and drop) what it sends, so that its close is seen.
+      socket.on('close', () => laterClosed++).resume();
+      return;
+    }
+    const upstream = net.connect(real.port, '127.0.0.1');
+    sockets.push(upstream);
+    upstream.on('error', () => socket.destroy());
+    socket.pipe(upstream).pipe(socket);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  const port = (proxy.address() as net.AddressInfo).port;
+  // Only an RSA key is pinned; the VM has only ed25519: ssh2 fails with no host key type in common.
+  const keyFile = path.join(world.dir, 'probe_rsa');
+  if (!fs.existsSync(keyFile)) execFileSync('ssh-keygen', ['-q', '-t', 'rsa', '-N', '', '-f', keyFile]);
+  const [type, b64] = fs.readFileSync(`${keyFile}.pub`, 'utf8').split(' ');
+  const knownHosts = new KnownHosts(`[127.0.0.1]:${port} ${type} ${b64}\n`);
+  const stop = new AbortController();
+  try {
+    const outcome = VmSession.open({ ...real, port }, knownHosts, { connectTimeoutMs: 20_000, signal: stop.signal }).then(
+      (session) => {
+        session.dispose();
+        return { message: 'connected', at: Date.now() };
+      },
+      (error: Error) => ({ message: error.message, at: Date.now() }),
+    );
+    await until('the probe to connect', () => later > 0);
+    await sleep(200);
+    const stoppedAt = Date.now();
+    stop.abort();
+    const { message, at } = await outcome;
+    expect(message).toBe('connecting to ca3 was cancelled (per-VM timeout)');
+    // The probe's own limit is 5 s: it stopped with the run instead.
+    expect(at - stoppedAt).toBeLessThan(1000);
+    // And it let go of its socket (the silent end sees it closed).
+    await until('the probe socket to close', () => laterClosed === later, 3000);
+  } finally {
+    for (const s of sockets) s.destroy();
+    await new Promise((resolve) => proxy.close(resolve));
+  }
 });
