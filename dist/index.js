@@ -80520,10 +80520,11 @@ function probeHostKeys(host, port, timeoutMs, signal) {
             client.end();
             resolve(seen);
         };
-        // ssh2's end() only half-closes, and a VM that never answers would keep the socket: destroyed.
+        // Destroyed first: ssh2's end() only half-closes (a VM that never answers would keep the socket, and the
+        // handshake's timer, for the probe's whole timeout), and ssh2's destroy() does nothing once end() ran.
         const stop = () => {
-            finish();
             client.destroy();
+            finish();
         };
         if (signal?.aborted)
             return stop();
@@ -84673,7 +84674,9 @@ class VmSession {
             const shown = offered ?? probed?.key ?? null;
             if (shown && isRevoked(pinned, shown))
                 code = 'host_key_revoked';
-            throw new errors_VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
+            // A probe cut short by the VM's time before the VM listed its key types learnt nothing: not "it offers nothing".
+            const algorithms = probed && (probed.algorithms.length > 0 || !options.expire?.aborted) ? probed.algorithms : null;
+            throw new errors_VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms }), { cause: error });
         }
         finally {
             options.signal?.removeEventListener('abort', abort);

@@ -188,10 +188,11 @@ export function probeHostKeys(host: string, port: number, timeoutMs: number, sig
       client.end();
       resolve(seen);
     };
-    // ssh2's end() only half-closes, and a VM that never answers would keep the socket: destroyed.
+    // Destroyed first: ssh2's end() only half-closes (a VM that never answers would keep the socket, and the
+    // handshake's timer, for the probe's whole timeout), and ssh2's destroy() does nothing once end() ran.
     const stop = (): void => {
-      finish();
       client.destroy();
+      finish();
     };
     if (signal?.aborted) return stop();
     signal?.addEventListener('abort', stop, { once: true });

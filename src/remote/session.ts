@@ -246,7 +246,9 @@ export class VmSession {
       if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
       const shown = offered ?? probed?.key ?? null;
       if (shown && isRevoked(pinned, shown)) code = 'host_key_revoked';
-      throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms: probed?.algorithms ?? null }), { cause: error });
+      // A probe cut short by the VM's time before the VM listed its key types learnt nothing: not "it offers nothing".
+      const algorithms = probed && (probed.algorithms.length > 0 || !options.expire?.aborted) ? probed.algorithms : null;
+      throw new VmSyncError(code, connectMessage(vm, code, error, { offered: shown, pinned, algorithms }), { cause: error });
     } finally {
       options.signal?.removeEventListener('abort', abort);
       options.expire?.removeEventListener('abort', abort);

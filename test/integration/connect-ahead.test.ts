@@ -8,6 +8,7 @@ import { startVm, stopVm } from '../../src/demo/fleet.js';
 import { withCloneLock } from '../../src/git/clone-lock.js';
 import { KnownHosts } from '../../src/remote/known-hosts.js';
 import { VmSession } from '../../src/remote/session.js';
+import type { VmSyncError } from '../../src/errors.js';
 import { expectedTree, snapshotTree, withCloneWait, World, type CliRun } from '../helpers/world.js';
 
 /*
@@ -311,23 +312,39 @@ test('VmSession.open with a signal already aborted connects to nothing, at once'
   expect(handshakes('ca2')).toBe(before);
 });
 
-test('a connect that failed on a host key type the VM lacks stops asking the VM for its keys when the run ends (the probe is not waited for)', async () => {
+/**
+ * Connects to ca3 through a proxy that passes the first connection to its sshd and holds any later one (the
+ * probe that asks which host keys the VM has) silent, with only an RSA key pinned (the VM has only ed25519:
+ * ssh2 fails with no host key type in common, and the probe starts). Once the probe is connected, `abort`
+ * ('signal': the run ends; 'expire': the VM's connect time is up) is aborted. Says how the connect failed, how
+ * long after the abort, and whether the probe let go of its socket within a second.
+ */
+async function probeStopped(abort: 'signal' | 'expire'): Promise<{ code: string; message: string; afterMs: number; released: boolean }> {
   configure();
   const config = loadConfig(world.configPath);
   const real = config.vms.find((v) => v.id === 'ca3');
   if (!real) throw new Error('no ca3');
-  // In front of ca3's sshd: the first connection reaches it; any later one (the probe that asks which
-  // host keys the VM has) is accepted and never answered.
   const sockets: net.Socket[] = [];
   let later = 0;
-  let laterClosed = 0;
-  const proxy = net.createServer((socket) => {
+  let laterGone = 0;
+  // Half-open allowed: like a VM that never answers, it does not close its side when the probe closes its own.
+  const proxy = net.createServer({ allowHalfOpen: true }, (socket) => {
     sockets.push(socket);
     socket.on('error', () => undefined);
     if (sockets.length > 1) {
       later++;
-      // Read (and drop) what it sends, so that its close is seen.
-      socket.on('close', () => laterClosed++).resume();
+      // Once the probe closes its side, write to it: a socket the probe let go of answers with a reset; one it
+      // only half-closed (and would keep until its own timeout) takes the bytes without a word.
+      let gone = false;
+      socket.on('error', () => {
+        if (!gone) laterGone++;
+        gone = true;
+      });
+      socket.on('end', () => {
+        socket.write('x');
+        setTimeout(() => socket.writable && socket.write('y'), 100).unref();
+      });
+      socket.resume();
       return;
     }
     const upstream = net.connect(real.port, '127.0.0.1');
@@ -337,32 +354,46 @@ test('a connect that failed on a host key type the VM lacks stops asking the VM 
   });
   await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
   const port = (proxy.address() as net.AddressInfo).port;
-  // Only an RSA key is pinned; the VM has only ed25519: ssh2 fails with no host key type in common.
   const keyFile = path.join(world.dir, 'probe_rsa');
   if (!fs.existsSync(keyFile)) execFileSync('ssh-keygen', ['-q', '-t', 'rsa', '-N', '', '-f', keyFile]);
   const [type, b64] = fs.readFileSync(`${keyFile}.pub`, 'utf8').split(' ');
   const knownHosts = new KnownHosts(`[127.0.0.1]:${port} ${type} ${b64}\n`);
-  const stop = new AbortController();
+  const signal = new AbortController();
+  const expire = new AbortController();
   try {
-    const outcome = VmSession.open({ ...real, port }, knownHosts, { connectTimeoutMs: 20_000, signal: stop.signal }).then(
+    const outcome = VmSession.open({ ...real, port }, knownHosts, { connectTimeoutMs: 20_000, signal: signal.signal, expire: expire.signal }).then(
       (session) => {
         session.dispose();
-        return { message: 'connected', at: Date.now() };
+        return { code: 'connected', message: '', at: Date.now() };
       },
-      (error: Error) => ({ message: error.message, at: Date.now() }),
+      (error: VmSyncError) => ({ code: error.code, message: error.message, at: Date.now() }),
     );
     await until('the probe to connect', () => later > 0);
     await sleep(200);
-    const stoppedAt = Date.now();
-    stop.abort();
-    const { message, at } = await outcome;
-    expect(message).toBe('connecting to ca3 was cancelled (per-VM timeout)');
-    // The probe's own limit is 5 s: it stopped with the run instead.
-    expect(at - stoppedAt).toBeLessThan(1000);
-    // And it let go of its socket (the silent end sees it closed).
-    await until('the probe socket to close', () => laterClosed === later, 3000);
+    const abortedAt = Date.now();
+    (abort === 'signal' ? signal : expire).abort();
+    const { code, message, at } = await outcome;
+    const released = await until('the probe socket to be closed', () => laterGone === later, 1000).then(() => true, () => false);
+    return { code, message, afterMs: at - abortedAt, released };
   } finally {
     for (const s of sockets) s.destroy();
     await new Promise((resolve) => proxy.close(resolve));
   }
+}
+
+test('a connect that failed on a host key type the VM lacks stops asking the VM for its keys when the run ends (the probe is not waited for)', async () => {
+  const { code, message, afterMs, released } = await probeStopped('signal');
+  expect([code, message]).toEqual(['timeout', 'connecting to ca3 was cancelled (per-VM timeout)']);
+  // The probe's own limit is 5 s: it stopped with the run instead, and let go of its socket.
+  expect(afterMs).toBeLessThan(1000);
+  expect(released).toBe(true);
+});
+
+test('a probe cut short by the connect timeout of the VM says the host key does not match, not that the VM offers nothing', async () => {
+  const { code, message, afterMs, released } = await probeStopped('expire');
+  expect(code).toBe('host_key_mismatch');
+  expect(message).not.toContain('nothing vm-sync could read');
+  expect(message).toContain('ca3');
+  expect(afterMs).toBeLessThan(1000);
+  expect(released).toBe(true);
 });
