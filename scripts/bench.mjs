@@ -42,6 +42,11 @@
 //   largest process     /usr/bin/time's %M: ru_maxrss of the largest single process
 // The demo VMs' sshd and shells are not descendants of vm-sync and not counted.
 //
+// Work, per run of every contender: the busy CPU-seconds of the whole machine
+// (/proc/stat; every process, the VMs' included, and the kernel's work for
+// them). The VMs share this machine's cores, so this says whether a contender
+// is slower or does more work.
+//
 // Secret scan and existing findings: a repository whose history or tree
 // already has gitleaks findings (git/git: its test fixtures) blocks every
 // scan-on deploy. --gitleaks-allow-existing then waives exactly those, the
