@@ -84561,6 +84561,10 @@ class BoundedText {
         return this.dropped > 0 ? `${this.head}\n[... ${words_count(this.dropped, 'character')} not kept ...]\n${this.tail}` : this.head + this.tail;
     }
 }
+/** A connect stopped by its signal (the run ended, or the VM's whole budget is spent). */
+function connectCancelled(vm) {
+    return new errors_VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+}
 /** How long a closed session's socket may wait for the VM's side of the close before it is destroyed. */
 const CLOSE_GRACE_MS = 2000;
 /**
@@ -84606,7 +84610,7 @@ class VmSession {
         }
         // A run already stopped connects to nothing (an abort listener added now would never fire).
         if (options.signal?.aborted)
-            throw new errors_VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+            throw connectCancelled(vm);
         // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
         const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
         const ssh = new NodeSSH();
@@ -84661,16 +84665,15 @@ class VmSession {
             transport.destroy();
             tunnel?.opened();
             tunnel?.closed();
-            if (options.signal?.aborted)
-                throw new errors_VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
             let code = options.expire?.aborted ? 'timeout' : classifyConnectError(error, rejected);
             // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
             // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
-            // It stops with the connect it explains: when the run ends or the VM's time is up.
+            // It stops with the connect it explains: when the run ends or the VM's time is up (with a run already
+            // stopped it connects to nothing, and the check below says so).
             const probeStop = [options.signal, options.expire].filter((s) => s !== undefined);
             const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000), probeStop.length ? AbortSignal.any(probeStop) : undefined) : null;
             if (options.signal?.aborted)
-                throw new errors_VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+                throw connectCancelled(vm);
             const shown = offered ?? probed?.key ?? null;
             if (shown && isRevoked(pinned, shown))
                 code = 'host_key_revoked';

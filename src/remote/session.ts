@@ -139,6 +139,11 @@ export interface ConnectOptions {
   expire?: AbortSignal;
 }
 
+/** A connect stopped by its signal (the run ended, or the VM's whole budget is spent). */
+function connectCancelled(vm: VmConfig): VmSyncError {
+  return new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+}
+
 /** How long a closed session's socket may wait for the VM's side of the close before it is destroyed. */
 const CLOSE_GRACE_MS = 2000;
 
@@ -184,7 +189,7 @@ export class VmSession {
       );
     }
     // A run already stopped connects to nothing (an abort listener added now would never fire).
-    if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+    if (options.signal?.aborted) throw connectCancelled(vm);
     // A VM behind a jump host is reached through the run's one connection to it, as a forwarded channel.
     const tunnel = await tunnelTo(vm, knownHosts, (jump, jumpOptions) => VmSession.open(jump, knownHosts, jumpOptions))?.(options);
     const ssh = new NodeSSH();
@@ -236,14 +241,14 @@ export class VmSession {
       transport.destroy();
       tunnel?.opened();
       tunnel?.closed();
-      if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
       let code = options.expire?.aborted ? 'timeout' : classifyConnectError(error, rejected);
       // The VM showed no key of a pinned type: ask it (unrestricted) what it has, to say so.
       // (Not through a jump host: the probe connects directly, which from here would not reach the VM.)
-      // It stops with the connect it explains: when the run ends or the VM's time is up.
+      // It stops with the connect it explains: when the run ends or the VM's time is up (with a run already
+      // stopped it connects to nothing, and the check below says so).
       const probeStop = [options.signal, options.expire].filter((s): s is AbortSignal => s !== undefined);
       const probed = code === 'host_key_mismatch' && !offered && !tunnel ? await probeHostKeys(vm.host, vm.port, Math.min(options.connectTimeoutMs, 5000), probeStop.length ? AbortSignal.any(probeStop) : undefined) : null;
-      if (options.signal?.aborted) throw new VmSyncError('timeout', `connecting to ${vm.id} was cancelled (per-VM timeout)`);
+      if (options.signal?.aborted) throw connectCancelled(vm);
       const shown = offered ?? probed?.key ?? null;
       if (shown && isRevoked(pinned, shown)) code = 'host_key_revoked';
       // A probe cut short by the VM's time before the VM listed its key types learnt nothing: not "it offers nothing".
