@@ -196,8 +196,10 @@ export class AgentSession {
     }
     const body = line.slice(prefix.length, LINE_MAX);
     if (body.startsWith('done=')) {
-      const code = Number(body.slice(5));
-      pending.resolve({ framed: pending.framed.join('\n'), code: Number.isInteger(code) ? code : -1, stderr: pending.stderr.join('\n'), other: pending.other.text() });
+      // An empty status (the agent could not read the one it wrote) is no success: Number('') is 0.
+      const status = body.slice(5);
+      const code = /^[0-9]{1,3}$/.test(status) ? Number(status) : -1;
+      pending.resolve({ framed: pending.framed.join('\n'), code, stderr: pending.stderr.join('\n'), other: pending.other.text() });
     } else if (body.startsWith('stderr=')) {
       if (pending.stderr.length < 200) pending.stderr.push(body.slice(7));
     } else if (pending.framed.length < LINES_MAX) {

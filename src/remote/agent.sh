@@ -39,11 +39,13 @@ shift 2
 # stdout (.bashrc, motd) cannot forge a response without knowing it.
 NL='
 '
-CR=$(printf '\r')
+# Set by gnu_tools, never taken from the VM's environment.
+gnu_ok=
 out() {
-  # tr only for a value that needs it: a fork per answer line adds up over a fleet.
+  # tr only for a value that needs it (one with a control character: tr
+  # changes only \n and \r): a fork per answer line adds up over a fleet.
   case $2 in
-    *"$NL"* | *"$CR"*) v=$(printf '%s' "$2" | tr '\n\r' '??') ;;
+    *[[:cntrl:]]*) v=$(printf '%s' "$2" | tr '\n\r' '??') ;;
     *) v=$2 ;;
   esac
   printf '@%s %s=%s\n' "$NONCE" "$1" "$v"
@@ -55,16 +57,18 @@ fail() { # CODE MESSAGE
   exit 3
 }
 flush() { sync -f "$1" 2>/dev/null || sync; }
-expand() {
+# Sets T: the target with a leading "~/" expanded (in this shell: every step
+# starts with it, and a subshell per step adds up over a fleet).
+expand_target() {
   # shellcheck disable=SC2088 # a literal "~/" prefix from the config, expanded here
   case $1 in
-    "~/"*) printf '%s\n' "$HOME/${1#"~/"}" ;;
-    *) printf '%s\n' "$1" ;;
+    "~/"*) T="$HOME/${1#"~/"}" ;;
+    *) T=$1 ;;
   esac
 }
 digits() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 TARGET_ARG=$1
-T=$(expand "$1")
+expand_target "$1"
 shift
 # dirname and basename by parameter expansion (two programs fewer on every step).
 while :; do case $T in ?*/) T=${T%/} ;; *) break ;; esac; done
@@ -123,7 +127,8 @@ state_dirs() {
   set -- "$S" "$R" "$C" "$RJ" "$S/tmp" "$S/ops" "$S/manifests"
   for d in "$@"; do own_dir_entry "$d"; done
   # Writable by group or others: one find for all seven (every step runs this), the fix one by one.
-  if [ -n "$(find "$@" -prune \( -perm -020 -o -perm -002 \) -print 2>/dev/null | head -c 1)" ]; then
+  # It prints at most seven names: no head.
+  if [ -n "$(find "$@" -prune \( -perm -020 -o -perm -002 \) -print 2>/dev/null)" ]; then
     for d in "$@"; do no_other_writers "$d"; done
   fi
 }
@@ -148,7 +153,8 @@ adopt_legacy() {
 marker_commit() { # NAME
   mc=-
   if [ -n "$1" ] && [ -f "$C/$1" ] && [ ! -L "$C/$1" ]; then
-    mc=$(head -c 100 -- "$C/$1" | head -n 1)
+    first_line "$C/$1"
+    mc=$fl
     case $mc in *[!0-9a-f]* | '') mc=- ;; esac
     [ "${#mc}" = 40 ] || mc=-
   fi
@@ -234,12 +240,29 @@ parents_ok() { # BASE REL create|check
 safe_parent() { parents_ok "$1" "$2" create; }
 no_link_parent() { parents_ok "$1" "$2" check; }
 # GNU find and tar: the stat listing and the stream need them.
+# Asked once per step (two programs, not six: every step that stages asks).
 gnu_tools() {
-  # shellcheck disable=SC2185 # --version takes no path
-  find --version 2>/dev/null | head -n 1 | grep -q GNU && tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'
+  if [ -z "$gnu_ok" ]; then
+    gnu_ok=0
+    # shellcheck disable=SC2185 # --version takes no path
+    gv=$(find --version 2>/dev/null)
+    case ${gv%%"$NL"*} in
+      *GNU*)
+        gv=$(tar --version 2>/dev/null)
+        case ${gv%%"$NL"*} in *'GNU tar'*) gnu_ok=1 ;; esac ;;
+    esac
+  fi
+  [ "$gnu_ok" = 1 ]
 }
 # A zstd that runs (not merely one on PATH).
 has_zstd() { zstd -q -V >/dev/null 2>&1; }
+# Sets fl to the first line of FILE, a record vm-sync wrote in its own state
+# directory (no other user can write there: see own_dir), by the shell's own
+# read: two programs and a subshell fewer than head | head, on every step.
+first_line() { # FILE
+  fl=
+  IFS= read -r fl 2>/dev/null < "$1" || :
+}
 # A release's entries as a sorted NUL-separated stat listing (no content is
 # read): what a release held when sealed, compared before it is hard-link
 # copied. Any change by hand (content, mode, a new or removed file, a
@@ -280,7 +303,7 @@ drop_partials() { # SHA
 # own tmp directory (nobody else writes there); one line, bounded.
 linked_by() { # SHA
   m="$S/tmp/linked.$1"
-  if [ -f "$m" ] && [ ! -L "$m" ]; then head -c 200 -- "$m" | head -n 1; fi
+  if [ -f "$m" ] && [ ! -L "$m" ]; then first_line "$m"; printf '%s\n' "$fl"; fi
 }
 # What staging needs to know, read-only: where rsync hard-links from, a
 # complete release of SHA kept from an earlier run, the GNU tools and zstd the
@@ -290,8 +313,8 @@ linked_by() { # SHA
 survey() { # SHA SHARED...
   want=$1
   shift
-  cur=$(current_release)
-  if [ -n "$cur" ] && [ -d "$cur" ]; then out link_dest "$cur"
+  live=$(current_release)
+  if [ -n "$live" ] && [ -d "$live" ]; then out link_dest "$live"
   elif [ ! -L "$T" ] && [ -d "$T" ]; then out link_dest "$T"
   else out link_dest ''
   fi
@@ -300,10 +323,10 @@ survey() { # SHA SHARED...
   # Never the live release (the VM serves it and does not claim the commit:
   # it was changed), only one whose sentinel still names the commit, and one
   # that links every shared path configured now (they may have changed).
-  live=$(current_release)
   reuse=$(for m in "$C"/*; do
     [ -f "$m" ] || continue
-    [ "$(head -c 100 -- "$m" | head -n 1)" = "$want" ] || continue
+    first_line "$m"
+    [ "$fl" = "$want" ] || continue
     d="$R/${m##*/}"
     if [ ! -d "$d" ] || [ -L "$d" ] || [ "$d" = "$live" ]; then continue; fi
     if [ ! -f "$d/.sync_rev" ] || [ -L "$d/.sync_rev" ] || [ "$(head -c 100 -- "$d/.sync_rev" | head -n 1)" != "$want" ]; then continue; fi
@@ -320,7 +343,10 @@ survey() { # SHA SHARED...
   # zstd unpacks a stream about four times faster than gzip (CPU a busy VM keeps).
   if has_zstd; then out zstd 1; else out zstd 0; fi
   if [ -n "$live" ] && [ -f "$C/${live##*/}" ]; then
-    bk=$(sed -n 2p -- "$C/${live##*/}" | head -c 100)
+    # The second line of the marker (the first is the commit).
+    bk=
+    { IFS= read -r bk; bk=; IFS= read -r bk || :; } 2>/dev/null < "$C/${live##*/}"
+    [ "${#bk}" -le 100 ] || bk=
     out base_key "${bk#key=}"
   fi
   if [ -z "$live" ]; then out base_state none
@@ -365,7 +391,9 @@ probe() {
   out rev_state "$state"
   revval=
   if [ "$state" = regular ]; then revval=$(head -c 100 -- "$f" | head -n 1); out rev "$revval"; fi
-  out rsync "$(rsync --version 2>/dev/null </dev/null | head -n 1)"
+  # Its first line, cut here (a program fewer on every probe).
+  rv=$(rsync --version 2>/dev/null </dev/null)
+  out rsync "${rv%%"$NL"*}"
   if [ -L "$L" ] || [ -e "$L" ]; then
     lt=$(lock_text)
     out lock_record "$lt"
@@ -420,7 +448,9 @@ kill_ops() { # TOKEN
 # and records its process group so a later run can stop it if this one died.
 require_lock() { # TOKEN
   not_cancelled
-  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
+  # The whole record (a symlink's target is bounded by the system, PATH_MAX):
+  # no head, on every step that changes the VM.
+  case " $(readlink -- "$L" 2>/dev/null) " in
     *" token=$1 "*) ;;
     *) fail lock_lost "this run no longer holds the lock $L (another run broke it): nothing was changed by this step" ;;
   esac
@@ -513,15 +543,15 @@ begin)
   ;;
 unlock)
   token=$1
-  case " $(readlink -- "$L" 2>/dev/null | head -c "$LOCK_MAX") " in
+  case " $(readlink -- "$L" 2>/dev/null) " in
     *" token=$token "*)
       # A partial release this run linked but never built on (the scan
       # blocked, the VM failed first) goes with the lock: the VM is left as
       # it was found.
       for m in "$S/tmp"/linked.*; do
         if [ ! -f "$m" ] || [ -L "$m" ]; then continue; fi
-        by=$(head -c 200 -- "$m" | head -n 1)
-        [ "${by%% *}" = "$token" ] || continue
+        first_line "$m"
+        [ "${fl%% *}" = "$token" ] || continue
         sha=${m##*/linked.}
         case $sha in *[!0-9a-f]* | '') continue ;; esac
         rm -rf -- "${R:?}/$sha.partial" && rm -f -- "$m" && out discarded_partial "$sha.partial"
@@ -599,10 +629,16 @@ seal)
     ln -s -- "$dst" "$src" || fail failed "cannot link $rel in the release"
   done
   flush "$stage"
-  # Milliseconds (GNU date) keep two releases of one second in order.
-  ms=$(date -u +%N | cut -c1-3)
-  digits "$ms" || ms=''
-  name="$(date -u +%Y%m%dT%H%M%S)${ms}Z-$(printf '%s' "$sha" | cut -c1-12)"
+  # Milliseconds (GNU date) keep two releases of one second in order. One
+  # date, split here (three programs fewer on every deploy).
+  now=$(date -u +%Y%m%dT%H%M%S.%N)
+  ms=${now#*.}
+  # Nanoseconds to milliseconds: the first three of nine digits (%N is not
+  # expanded by a date that lacks it: no milliseconds then).
+  if digits "$ms" && [ "${#ms}" = 9 ]; then ms=${ms%??????}; else ms=''; fi
+  sha12=$sha
+  while [ "${#sha12}" -gt 12 ]; do sha12=${sha12%?}; done
+  name="${now%%.*}${ms}Z-$sha12"
   [ ! -e "$R/$name" ] || name="$name-$$"
   rm -rf -- "${C:?}/$name"
   own_dir "$S/manifests"
@@ -657,8 +693,8 @@ flip)
   ;;
 link)
   # While the run's secret scan runs: this commit's partial release as a
-  # hard-link copy of BASE (the live release, unchanged since it was
-  # sealed), the first part of `apply`'s work. Nothing of the commit is on
+  # hard-link copy of BASE (the live release, which begin's survey found
+  # unchanged since it was sealed), the first part of `apply`'s work. Nothing of the commit is on
   # the VM yet, and nothing live changes; the partial is removed by
   # `unlock` when the run ends without building on it. Nothing that was
   # there is touched before the scan passed: not other commits' partials
@@ -675,7 +711,10 @@ link)
   else
     cur=$(current_release)
     if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
-    intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
+    # Whether BASE is still what vm-sync sealed is not checked here: begin's
+    # survey checked it moments ago, and apply checks it again after the copy
+    # (a change made in between, even one the copy picked up, shows there).
+    # A drifted base costs this copy, never a release built on it.
     # Recorded before the copy starts: a copy cut short (the step killed at
     # its budget, the run cancelled) is still this run's, and unlock removes it.
     tmp="$S/tmp/linked.$sha.$$"
@@ -728,10 +767,18 @@ apply)
   if [ -n "$base" ]; then
     case $base in */* | .* | *.partial) fail failed "bad base release name" ;; esac
     cur=$(current_release)
-    if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then fail release_drifted "the live release is no longer $base"; fi
+    drift=
+    if [ "$cur" != "$R/$base" ] || [ ! -f "$C/$base" ]; then drift="the live release is no longer $base"
     # Checked again when reused: a file of the base changed in place since
     # the link would be changed in the copy too (they share the inode).
-    intact "$base" || fail release_drifted "release $base was changed on this VM after vm-sync sealed it"
+    elif ! intact "$base"; then drift="release $base was changed on this VM after vm-sync sealed it"
+    fi
+    if [ -n "$drift" ]; then
+      # The copy (link's, its record gone above, or the empty directory made
+      # here) is of no use to anyone: it goes now, not with a later step.
+      rm -rf -- "$stage"
+      fail release_drifted "$drift"
+    fi
     if [ "$reuse" = 0 ] && ! err=$(cp -al -- "$R/$base/." "$stage/" 2>&1); then fail failed "cannot hard-link $base into $stage: $(printf '%s' "$err" | tail -n 2)"; fi
   fi
   removed=0
@@ -1004,8 +1051,11 @@ serve)
   # of its own would: same budget, own process group, killed by its nonce.
   # Its stderr is kept (bounded) and framed after it, then @NONCE done=STATUS.
   src=$1
-  errf=$(mktemp "${TMPDIR:-/tmp}/vm-sync.XXXXXX") || fail failed "cannot create a temporary file"
-  trap 'rm -f -- "$errf" "$errf.st"' EXIT
+  # A directory of the session's own: its files are truncated by the shell
+  # (no rm, no head per request), never through a name another user made.
+  errd=$(mktemp -d "${TMPDIR:-/tmp}/vm-sync.XXXXXX") || fail failed "cannot create a temporary directory"
+  errf="$errd/stderr" stf="$errd/status"
+  trap 'rm -rf -- "$errd"' EXIT
   # A session stopped by its budget or its run (SIGTERM, a hang-up) still removes its files.
   trap 'exit 143' TERM
   trap 'exit 129' HUP
@@ -1030,15 +1080,18 @@ serve)
       esac
       set -- "$@" "$w"
     done
-    rm -f -- "$errf.st"
-    { { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&-; printf '%s\n' "$?" > "$errf.st"; } | tail -c 4000 > "$errf"; } 3>&1
+    # printf, not ":" (a special builtin, whose failed redirection would end the session).
+    printf '' > "$stf"
+    { { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&-; printf '%s\n' "$?" > "$stf"; } | tail -c 4000 > "$errf"; } 3>&1
     # An operation killed while its command printed half a line must not glue
     # that half to the framed lines that follow.
     printf '\n'
     while IFS= read -r l || [ -n "$l" ]; do
       printf '@%s stderr=%s\n' "$rn" "$(printf '%s' "$l" | tr '\r' '?')"
     done < "$errf"
-    printf '@%s done=%s\n' "$rn" "$(head -c 10 -- "$errf.st" 2>/dev/null)"
+    st=
+    IFS= read -r st < "$stf" || :
+    printf '@%s done=%s\n' "$rn" "$st"
   done
   exit 0
   ;;

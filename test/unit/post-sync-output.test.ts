@@ -5,29 +5,17 @@
  * reads of the channel, must not be cut into pieces that no longer look like
  * the secret they hold.
  */
-import { EventEmitter } from 'node:events';
 import { AgentSession } from '../../src/remote/agent-session.js';
 import { clearRegisteredSecrets, maskSecrets, registerSecret } from '../../src/remote/mask.js';
-import type { VmSession } from '../../src/remote/session.js';
 import { commandOutputTail } from '../../src/remote/untrusted.js';
-
-/** A channel the test speaks for the VM: what it emits is what the VM printed, in the reads given. */
-class FakeChannel extends EventEmitter {
-  readonly stderr = new EventEmitter();
-  write(): boolean {
-    return true;
-  }
-  end(): void {}
-  close(): void {}
-}
+import { FakeChannel, sessionWith } from '../helpers/fake-channel.js';
 
 const KEEP = 64 * 1024;
 
 /** Sends `chunks` as the VM's stdout for one post request and returns the output as vm-sync keeps it (tail, masked). */
 async function keptOutput(chunks: Buffer[]): Promise<string> {
   const channel = new FakeChannel();
-  const session = { vm: { id: 'vm01' }, openChannel: async () => channel } as unknown as VmSession;
-  const agent = await AgentSession.open(session, '/srv/app', 60);
+  const agent = await AgentSession.open(sessionWith(channel), '/srv/app', 60);
   const reply = agent.request('post', [], { nonce: 'n1', budgetS: 60, otherTail: KEEP });
   await new Promise((resolve) => setImmediate(resolve)); // the request is sent from the session's queue
   for (const chunk of [...chunks, Buffer.from('@n1 exit=0\n@n1 done=0\n')]) channel.emit('data', chunk);
