@@ -45,7 +45,9 @@ out() {
   # tr only for a value that needs it (one with a control character: tr
   # changes only \n and \r): a fork per answer line adds up over a fleet.
   case $2 in
-    *[[:cntrl:]]*) v=$(printf '%s' "$2" | tr '\n\r' '??') ;;
+    # The newline on its own: a shell without character classes (mksh, posh)
+    # reads the class as a plain bracket and would let it through.
+    *"$NL"* | *[[:cntrl:]]*) v=$(printf '%s' "$2" | tr '\n\r' '??') ;;
     *) v=$2 ;;
   esac
   printf '@%s %s=%s\n' "$NONCE" "$1" "$v"
@@ -62,7 +64,9 @@ flush() { sync -f "$1" 2>/dev/null || sync; }
 expand_target() {
   # shellcheck disable=SC2088 # a literal "~/" prefix from the config, expanded here
   case $1 in
-    "~/"*) T="$HOME/${1#"~/"}" ;;
+    "~/"*)
+      [ -n "${HOME:-}" ] || fail failed "the target $1 starts with ~/ and HOME is not set on this VM: give an absolute path"
+      T="$HOME/${1#"~/"}" ;;
     *) T=$1 ;;
   esac
 }
@@ -324,7 +328,7 @@ survey() { # SHA SHARED...
   # it was changed), only one whose sentinel still names the commit, and one
   # that links every shared path configured now (they may have changed).
   reuse=$(for m in "$C"/*; do
-    [ -f "$m" ] || continue
+    if [ ! -f "$m" ] || [ -L "$m" ]; then continue; fi
     first_line "$m"
     [ "$fl" = "$want" ] || continue
     d="$R/${m##*/}"
@@ -342,7 +346,7 @@ survey() { # SHA SHARED...
   if gnu_tools; then out stream 1; else out stream 0; fi
   # zstd unpacks a stream about four times faster than gzip (CPU a busy VM keeps).
   if has_zstd; then out zstd 1; else out zstd 0; fi
-  if [ -n "$live" ] && [ -f "$C/${live##*/}" ]; then
+  if [ -n "$live" ] && [ -f "$C/${live##*/}" ] && [ ! -L "$C/${live##*/}" ]; then
     # The second line of the marker (the first is the commit).
     bk=
     { IFS= read -r bk; bk=; IFS= read -r bk || :; } 2>/dev/null < "$C/${live##*/}"
@@ -1051,12 +1055,8 @@ serve)
   # of its own would: same budget, own process group, killed by its nonce.
   # Its stderr is kept (bounded) and framed after it, then @NONCE done=STATUS.
   src=$1
-  # A directory of the session's own: its files are truncated by the shell
-  # (no rm, no head per request), never through a name another user made.
-  errd=$(mktemp -d "${TMPDIR:-/tmp}/vm-sync.XXXXXX") || fail failed "cannot create a temporary directory"
-  errf="$errd/stderr" stf="$errd/status"
-  trap 'rm -rf -- "$errd"' EXIT
-  # A session stopped by its budget or its run (SIGTERM, a hang-up) still removes its files.
+  # No file of its own: a full /tmp (often a small tmpfs) neither stops the
+  # session nor loses a step's status.
   trap 'exit 143' TERM
   trap 'exit 129' HUP
   out ready 1
@@ -1080,17 +1080,28 @@ serve)
       esac
       set -- "$@" "$w"
     done
-    # printf, not ":" (a special builtin, whose failed redirection would end the session).
-    printf '' > "$stf"
-    { { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&-; printf '%s\n' "$?" > "$stf"; } | tail -c 4000 > "$errf"; } 3>&1
+    # The step's stdout goes straight to the session's (fd 3); what is
+    # captured here is its exit status, then the last 4000 bytes of its
+    # stderr. The status is written first: tail prints only once every
+    # writer of its input has gone, and the group writes the status before
+    # it goes. The step itself holds neither the capture (4) nor fd 3.
+    { res=$({ { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&- 4>&-; printf '%s\n' "$?" >&4; } | tail -c 4000; } 4>&1); } 3>&1
+    st=${res%%"$NL"*}
+    if digits "$st"; then
+      case $res in *"$NL"*) rest=${res#*"$NL"} ;; *) rest= ;; esac
+    else
+      # No status came (never seen): all of it is stderr, and an empty
+      # status is a failure to vm-sync.
+      st='' rest=$res
+    fi
     # An operation killed while its command printed half a line must not glue
     # that half to the framed lines that follow.
     printf '\n'
-    while IFS= read -r l || [ -n "$l" ]; do
+    while [ -n "$rest" ]; do
+      l=${rest%%"$NL"*}
+      case $rest in *"$NL"*) rest=${rest#*"$NL"} ;; *) rest= ;; esac
       printf '@%s stderr=%s\n' "$rn" "$(printf '%s' "$l" | tr '\r' '?')"
-    done < "$errf"
-    st=
-    IFS= read -r st < "$stf" || :
+    done
     printf '@%s done=%s\n' "$rn" "$st"
   done
   exit 0
