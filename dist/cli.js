@@ -36266,7 +36266,21 @@ const SCRATCH = /^vm-sync-([a-z]+)-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
  * first, {@link sweepScratchDirs} finishes the job on the next run.
  */
 function removeScratchDirLater(dir) {
-    void external_node_fs_default().promises.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    const removal = external_node_fs_default().promises
+        .rm(dir, { recursive: true, force: true })
+        .catch(() => undefined)
+        .finally(() => pendingRemovals.delete(removal));
+    pendingRemovals.add(removal);
+}
+const pendingRemovals = new Set();
+/**
+ * Resolves once every removal {@link removeScratchDirLater} started has
+ * ended (never rejects): the CLI waits for it after its output, so a caller
+ * that runs it in-process finds nothing of the run left either.
+ */
+async function scratchRemovalsSettled() {
+    while (pendingRemovals.size > 0)
+        await Promise.all([...pendingRemovals]);
 }
 /**
  * Creates a private (0700) temporary directory `vm-sync-<kind>-<owner>-XXXXXX`
@@ -39424,7 +39438,8 @@ async function scanTree(binary, exportDir, settings, ignore, limits, inflatedMax
         };
     }
     finally {
-        external_node_fs_default().rmSync(scratch, { recursive: true, force: true });
+        // Archives unpacked for the scan: removed without holding up the event loop.
+        removeScratchDirLater(scratch);
     }
 }
 /** A rescan's file that could not be read (a moment's failure: never remembered). */
@@ -40237,9 +40252,10 @@ async function scanTreePart(inputs, binary, files, ignore, limits, cache, saved)
         }
     }
     finally {
-        // Small (only what was not scanned before): gone before the scan returns, like its other scratch files.
+        // Removed without waiting (it is the whole tree on a first scan: seconds of
+        // the event loop on a large one, which every VM's session shares).
         if (view)
-            external_node_fs_default().rmSync(view, { recursive: true, force: true });
+            removeScratchDirLater(view);
     }
     return found;
 }
@@ -40336,7 +40352,7 @@ async function exportView(exportPaths, view, files) {
         return copyView(whole, view, files);
     }
     finally {
-        external_node_fs_default().rmSync(whole, { recursive: true, force: true });
+        removeScratchDirLater(whole);
     }
 }
 /**
@@ -45796,6 +45812,7 @@ async function rollbackFleet(ctx, vms) {
 
 
 
+
 /** How many excluded paths a report names (the count covers them all). */
 const EXCLUDED_LISTED = 20;
 /** Every file and symlink of `root` (not directories), relative, as latin1 strings (one char per byte). */
@@ -45870,7 +45887,8 @@ async function excludedPaths(exportDir, patterns, options = {}) {
         throw new VmSyncError('rsync_failed', `could not list what rsync_excludes leaves out: ${getErrorMessage(error)}`);
     }
     finally {
-        external_node_fs_default().rmSync(empty, { recursive: true, force: true });
+        // Not on the event loop: this runs beside the VMs' sessions.
+        removeScratchDirLater(empty);
     }
 }
 /** The sentence a report shows for excluded paths (null when there are none). */
@@ -49679,6 +49697,7 @@ const version_generated_VERSION = "0.1.0";
 
 
 
+
 const processIO = {
     out: (t) => process.stdout.write(t),
     err: (t) => process.stderr.write(t),
@@ -50175,6 +50194,8 @@ async function main(argv, io = processIO, signal) {
     }
     finally {
         signal?.removeEventListener('abort', onAbort);
+        // After the output: scratch directories removed in the background are gone when main returns.
+        await scratchRemovalsSettled();
     }
 }
 // ---------------------------------------------------------------------------

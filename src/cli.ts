@@ -21,6 +21,7 @@ import { runLocks } from './sync/locks.js';
 import { HISTORY_MAX, runHistory } from './journal/history.js';
 import { renderHistory } from './report/history.js';
 import { runUnlock } from './sync/unlock.js';
+import { scratchRemovalsSettled } from './local/scratch.js';
 import type { Config } from './config/types.js';
 import type { EngineEvents, RunReport } from './sync/types.js';
 import { VERSION } from './version.generated.js';
@@ -613,6 +614,8 @@ export async function main(argv: string[], io: CliIO = processIO, signal?: Abort
     return usage ? 2 : 1;
   } finally {
     signal?.removeEventListener('abort', onAbort);
+    // After the output: scratch directories removed in the background are gone when main returns.
+    await scratchRemovalsSettled();
   }
 }
 

@@ -35,7 +35,22 @@ const SCRATCH = /^vm-sync-([a-z]+)-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
  * first, {@link sweepScratchDirs} finishes the job on the next run.
  */
 export function removeScratchDirLater(dir: string): void {
-  void fs.promises.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  const removal: Promise<void> = fs.promises
+    .rm(dir, { recursive: true, force: true })
+    .catch(() => undefined)
+    .finally(() => pendingRemovals.delete(removal));
+  pendingRemovals.add(removal);
+}
+
+const pendingRemovals = new Set<Promise<void>>();
+
+/**
+ * Resolves once every removal {@link removeScratchDirLater} started has
+ * ended (never rejects): the CLI waits for it after its output, so a caller
+ * that runs it in-process finds nothing of the run left either.
+ */
+export async function scratchRemovalsSettled(): Promise<void> {
+  while (pendingRemovals.size > 0) await Promise.all([...pendingRemovals]);
 }
 
 /**

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { makeScratchDir } from '../local/scratch.js';
+import { makeScratchDir, removeScratchDirLater } from '../local/scratch.js';
 import { findingFromFingerprint, printable, type Finding } from './findings.js';
 import { runGitleaks, scanEnds, scanTimeout, type GitleaksSettings, type GitleaksSkip, type ScanLimits } from './gitleaks.js';
 import { inflate, type Compression } from './inflate.js';
@@ -325,7 +325,8 @@ export async function scanTree(binary: string, exportDir: string, settings: Gitl
       extended: first.extended,
     };
   } finally {
-    fs.rmSync(scratch, { recursive: true, force: true });
+    // Archives unpacked for the scan: removed without holding up the event loop.
+    removeScratchDirLater(scratch);
   }
 }
 

@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { SecretScanningConfig } from '../config/types.js';
 import { VmSyncError } from '../errors.js';
 import { run } from '../local/run.js';
-import { makeScratchDir } from '../local/scratch.js';
+import { makeScratchDir, removeScratchDirLater } from '../local/scratch.js';
 import type { EngineEvents } from '../sync/types.js';
 import { scanTree, type UnscannedFile } from './coverage.js';
 import { ProbeRecord, ScanCache, type UnscannedPart } from './cache.js';
@@ -422,8 +422,9 @@ async function scanTreePart(inputs: ScanContext, binary: string, files: Gitleaks
       found.extended.push(...scanned.extended);
     }
   } finally {
-    // Small (only what was not scanned before): gone before the scan returns, like its other scratch files.
-    if (view) fs.rmSync(view, { recursive: true, force: true });
+    // Removed without waiting (it is the whole tree on a first scan: seconds of
+    // the event loop on a large one, which every VM's session shares).
+    if (view) removeScratchDirLater(view);
   }
   return found;
 }
@@ -532,7 +533,7 @@ async function exportView(exportPaths: NonNullable<GateInputs['exportPaths']>, v
     await exportPaths(whole);
     return copyView(whole, view, files);
   } finally {
-    fs.rmSync(whole, { recursive: true, force: true });
+    removeScratchDirLater(whole);
   }
 }
 

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { run } from '../local/run.js';
+import { removeScratchDirLater } from '../local/scratch.js';
 import { vmText } from '../remote/untrusted.js';
 
 /**
@@ -86,7 +87,8 @@ export async function excludedPaths(exportDir: string, patterns: readonly string
     if (error instanceof VmSyncError) throw error;
     throw new VmSyncError('rsync_failed', `could not list what rsync_excludes leaves out: ${getErrorMessage(error)}`);
   } finally {
-    fs.rmSync(empty, { recursive: true, force: true });
+    // Not on the event loop: this runs beside the VMs' sessions.
+    removeScratchDirLater(empty);
   }
 }
 
