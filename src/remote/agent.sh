@@ -1084,10 +1084,14 @@ serve)
     # captured here is its exit status, then the last 4000 bytes of its
     # stderr. The status is written first: tail prints only once every
     # writer of its input has gone, and the group writes the status before
-    # it goes. The step itself holds neither the capture (4) nor fd 3.
-    { res=$({ { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&- 4>&-; printf '%s\n' "$?" >&4; } | tail -c 4000; } 4>&1); } 3>&1
+    # it goes. The step itself holds neither the capture (4) nor fd 3. The
+    # status line carries the request's nonce: if the group died before
+    # writing it, stderr that starts with a number is never taken for it.
+    # The shell's own warnings (bash: a NUL in the capture) go nowhere.
+    { res=$({ { timeout -k 3 "$rb" sh -c "$src" vm-sync "$rn" "$rop" "$TARGET_ARG" "$@" </dev/null 2>&1 1>&3 3>&- 4>&-; printf 'status-%s=%s\n' "$rn" "$?" >&4; } | tail -c 4000; } 4>&1); } 3>&1 2>/dev/null
     st=${res%%"$NL"*}
-    if digits "$st"; then
+    st=${st#"status-$rn="}
+    if [ "${res#"status-$rn="}" != "$res" ] && digits "$st"; then
       case $res in *"$NL"*) rest=${res#*"$NL"} ;; *) rest= ;; esac
     else
       # No status came (never seen): all of it is stderr, and an empty
@@ -1097,11 +1101,10 @@ serve)
     # An operation killed while its command printed half a line must not glue
     # that half to the framed lines that follow.
     printf '\n'
-    while [ -n "$rest" ]; do
-      l=${rest%%"$NL"*}
-      case $rest in *"$NL"*) rest=${rest#*"$NL"} ;; *) rest= ;; esac
-      printf '@%s stderr=%s\n' "$rn" "$(printf '%s' "$l" | tr '\r' '?')"
-    done
+    # One tr for all of the lines (a carriage return would end a line on a terminal).
+    if [ -n "$rest" ]; then
+      printf '%s\n' "$rest" | tr '\r' '?' | while IFS= read -r l; do printf '@%s stderr=%s\n' "$rn" "$l"; done
+    fi
     printf '@%s done=%s\n' "$rn" "$st"
   done
   exit 0

@@ -172,6 +172,25 @@ describe.each(SHELLS)('%s: serve', (shell) => {
   });
 });
 
+describe.each(SHELLS)('%s: serve, a step whose status never came', (shell) => {
+  test('is no success even when its stderr starts with a number', () => {
+    fs.mkdirSync(path.join(root, 'app'));
+    // A `timeout` whose step prints "0" on stderr and fails, while the shell
+    // that would write the step's status (its parent) is killed, as an
+    // out-of-memory kill would.
+    const bin = path.join(root, 'bin');
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, 'timeout'), '#!/bin/sh\necho 0 >&2\nkill -9 $PPID\nsleep 1\nexit 1\n', { mode: 0o755 });
+    const input = Buffer.from(`bb01 30 probe\n`);
+    const r = spawnSync(shell, ['-c', AGENT_SCRIPT, 'vm-sync', 'se66', 'serve', path.join(root, 'app'), AGENT_SCRIPT], { input, timeout: 30_000, env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` } });
+    const out = r.stdout.toString('utf8');
+    expect(r.status).toBe(0);
+    // What the step printed on stderr is framed as such; its status is empty, which vm-sync reads as a failure.
+    expect(answer(out, '', 0, 'bb01').values.get('stderr')).toEqual(['0']);
+    expect(answer(out, '', 0, 'bb01').values.get('done')).toEqual(['']);
+  });
+});
+
 describe('a target under ~/', () => {
   test('with HOME unset is refused with a message that says why, not run against /', () => {
     const env = { ...process.env };
