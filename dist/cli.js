@@ -36259,6 +36259,8 @@ function hostTag() {
     return external_node_crypto_default().createHash('sha256').update(`${runnerHostId()} ${bootId()} ${pidNamespace()}`).digest('hex').slice(0, 8);
 }
 const SCRATCH = /^vm-sync-([a-z]+)-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
+// The removals started by removeScratchDirLater and not yet ended.
+const pendingRemovals = new Set();
 /**
  * Removes a scratch directory without waiting for it: removing a whole tree
  * (an export of a large repository takes seconds) must not stand between a
@@ -36272,7 +36274,6 @@ function removeScratchDirLater(dir) {
         .finally(() => pendingRemovals.delete(removal));
     pendingRemovals.add(removal);
 }
-const pendingRemovals = new Set();
 /**
  * Resolves once every removal {@link removeScratchDirLater} started has
  * ended (never rejects): the CLI waits for it after its output, so a caller
@@ -43041,7 +43042,7 @@ class AgentSession {
         }
         const body = line.slice(prefix.length, agent_session_LINE_MAX);
         if (body.startsWith('done=')) {
-            // An empty status (the agent could not read the one it wrote) is no success: Number('') is 0.
+            // No status (the shell that writes it died first) is no success: Number('') would be 0.
             const status = body.slice(5);
             const code = /^[0-9]{1,3}$/.test(status) ? Number(status) : -1;
             pending.resolve({ framed: pending.framed.join('\n'), code, stderr: pending.stderr.join('\n'), other: pending.other.text() });

@@ -28,6 +28,9 @@ function hostTag(): string {
 
 const SCRATCH = /^vm-sync-([a-z]+)-([0-9a-f]{8})-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
 
+// The removals started by removeScratchDirLater and not yet ended.
+const pendingRemovals = new Set<Promise<void>>();
+
 /**
  * Removes a scratch directory without waiting for it: removing a whole tree
  * (an export of a large repository takes seconds) must not stand between a
@@ -41,8 +44,6 @@ export function removeScratchDirLater(dir: string): void {
     .finally(() => pendingRemovals.delete(removal));
   pendingRemovals.add(removal);
 }
-
-const pendingRemovals = new Set<Promise<void>>();
 
 /**
  * Resolves once every removal {@link removeScratchDirLater} started has

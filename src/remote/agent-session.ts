@@ -196,7 +196,7 @@ export class AgentSession {
     }
     const body = line.slice(prefix.length, LINE_MAX);
     if (body.startsWith('done=')) {
-      // An empty status (the agent could not read the one it wrote) is no success: Number('') is 0.
+      // No status (the shell that writes it died first) is no success: Number('') would be 0.
       const status = body.slice(5);
       const code = /^[0-9]{1,3}$/.test(status) ? Number(status) : -1;
       pending.resolve({ framed: pending.framed.join('\n'), code, stderr: pending.stderr.join('\n'), other: pending.other.text() });
