@@ -45812,8 +45812,6 @@ async function rollbackFleet(ctx, vms) {
 
 
 
-
-
 /** How many excluded paths a report names (the count covers them all). */
 const EXCLUDED_LISTED = 20;
 /** Every file and symlink of `root` (not directories), relative, as latin1 strings (one char per byte). */
@@ -45854,7 +45852,8 @@ async function excludedPaths(exportDir, patterns, options = {}) {
     if (patterns.length === 0)
         return report([]);
     const committed = committedEntries(exportDir);
-    const empty = external_node_fs_default().mkdtempSync(external_node_path_default().join(external_node_os_default().tmpdir(), 'vm-sync-excluded-'));
+    // A scratch directory like the run's others: a run killed meanwhile leaves it to the next run's sweep.
+    const empty = makeScratchDir('excluded');
     try {
         const sent = new Set();
         let partial = '';

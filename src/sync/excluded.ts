@@ -1,9 +1,7 @@
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { getErrorMessage, VmSyncError } from '../errors.js';
 import { run } from '../local/run.js';
-import { removeScratchDirLater } from '../local/scratch.js';
+import { makeScratchDir, removeScratchDirLater } from '../local/scratch.js';
 import { vmText } from '../remote/untrusted.js';
 
 /**
@@ -58,7 +56,8 @@ export async function excludedPaths(exportDir: string, patterns: readonly string
   });
   if (patterns.length === 0) return report([]);
   const committed = committedEntries(exportDir);
-  const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-sync-excluded-'));
+  // A scratch directory like the run's others: a run killed meanwhile leaves it to the next run's sweep.
+  const empty = makeScratchDir('excluded');
   try {
     const sent = new Set<string>();
     let partial = '';
